@@ -1,0 +1,24 @@
+//! `lazarus bench ...`: benchmarks that measure against the physical limit in the same run
+//! and print a ratio. Results are recorded in docs/PERFORMANCE.md with their command.
+
+use super::CmdResult;
+
+mod checkpoint;
+mod net;
+
+/// Benchmarks.
+#[derive(clap::Subcommand, Debug)]
+pub enum Bench {
+    /// Full / incremental checkpoint and restore vs raw write+fsync and raw read.
+    Checkpoint(checkpoint::Args),
+    /// Communicator throughput/latency vs raw TCP; allreduce scaling.
+    Net(net::Args),
+}
+
+/// Runs the chosen benchmark.
+pub fn main(b: Bench) -> CmdResult {
+    match b {
+        Bench::Checkpoint(a) => checkpoint::main(a),
+        Bench::Net(a) => net::main(a),
+    }
+}

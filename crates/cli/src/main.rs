@@ -1,0 +1,79 @@
+//! The `lazarus` command. Thin: every subcommand parses its flags, validates them into a
+//! typed configuration, and calls the library.
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+mod cmd;
+
+/// Make long-running distributed programs survive failures.
+#[derive(Parser, Debug)]
+#[command(name = "lazarus", version, about)]
+struct Cli {
+    /// More log output (-v: debug, -vv: trace). `RUST_LOG` overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Start N ranks of a program on this machine (and supervise them).
+    Run(cmd::run::Args),
+    /// The main demo: distributed heat on 4 ranks, one killed mid-run, automatic recovery.
+    Demo(cmd::demo::Args),
+    /// List a repository's checkpoints with sizes and ratios.
+    Inspect(cmd::inspect::Args),
+    /// Re-hash everything in a repository; exit 1 naming the first damage.
+    Verify(cmd::verify::Args),
+    /// Keep the newest K committed checkpoints and sweep unused chunks.
+    Gc(cmd::gc::Args),
+    /// Optimal checkpoint interval by Young, Daly, and the exact minimiser.
+    Model(cmd::model::Args),
+    /// Benchmarks measured against the machine's physical limits.
+    #[command(subcommand)]
+    Bench(cmd::bench::Bench),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    let result = match cli.command {
+        Command::Run(a) => cmd::run::main(a),
+        Command::Demo(a) => cmd::demo::main(a),
+        Command::Inspect(a) => cmd::inspect::main(a),
+        Command::Verify(a) => cmd::verify::main(a),
+        Command::Gc(a) => cmd::gc::main(a),
+        Command::Model(a) => cmd::model::main(a),
+        Command::Bench(b) => cmd::bench::main(b),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("lazarus: error: {e}");
+            let mut source = e.source();
+            while let Some(s) = source {
+                eprintln!("  caused by: {s}");
+                source = s.source();
+            }
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_logging(verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let default = match verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .try_init();
+}

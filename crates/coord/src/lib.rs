@@ -1,0 +1,1 @@
+//! lazarus-coord (under construction).

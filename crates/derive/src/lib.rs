@@ -1,0 +1,1 @@
+//! `#[derive(Checkpoint)]` (under construction).

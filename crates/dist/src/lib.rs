@@ -1,0 +1,1 @@
+//! lazarus-dist (under construction).

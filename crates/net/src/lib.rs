@@ -1,0 +1,1 @@
+//! lazarus-net (under construction).

@@ -1,0 +1,1 @@
+//! lazarus-state (under construction).

@@ -1,0 +1,1 @@
+//! lazarus-store (under construction).
