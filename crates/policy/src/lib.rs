@@ -1,6 +1,41 @@
 //! When to checkpoint. A [`Policy`] is asked at every checkpoint opportunity (the top of
 //! the main loop) whether to take one now, and is told what each checkpoint cost.
+//!
+//! The three central types:
+//! - [`Model`]: Young's, Daly's and the exact optimal checkpoint interval, and Daly's
+//!   expected wall time for any interval.
+//! - [`Adaptive`]: a [`Policy`] that measures the checkpoint cost as the job runs and
+//!   follows a [`Formula`], with the MTBF configured or estimated from the
+//!   [`FailureHistory`] a supervisor hands over in `LAZARUS_FAILURES`/`LAZARUS_JOB_START`.
+//! - [`PolicySpec`]: `steps:100`, `every:30s`, `daly,mtbf=6h` — one string selecting any
+//!   policy.
+//!
+//! ```
+//! use lazarus_policy::{Formula, Model};
+//! // Daly's case: δ = 5 min, M = 24 h, R = 10 min.
+//! let m = Model::new(300.0, 86_400.0, 600.0).unwrap();
+//! assert!((m.interval(Formula::DalyHigherOrder) / 60.0 - 116.7).abs() < 0.1);
+//! ```
+//!
+//! See docs/POLICY.md for the formulas, the derivation of the optimum and the hand-off
+//! format.
 #![deny(missing_docs)]
+
+mod adaptive;
+mod duration;
+mod error;
+mod fixed;
+mod history;
+mod model;
+mod spec;
+
+pub use adaptive::{Adaptive, MtbfSource};
+pub use duration::{format_seconds, parse_duration};
+pub use error::{ErrorKind, PolicyError};
+pub use fixed::{EveryInterval, EverySteps};
+pub use history::{FailureHistory, DEFAULT_PRIOR_MTBF_S};
+pub use model::{lambert_w0, Formula, Model};
+pub use spec::{ModelSpec, PolicySpec};
 
 use std::time::{Duration, Instant};
 
@@ -22,72 +57,11 @@ pub trait Policy: Send {
     fn checkpoint_taken(&mut self, at: Opportunity, cost: Duration);
 }
 
-/// Checkpoint every `n` steps (at steps that are multiples of `n`, never at step 0).
-#[derive(Clone, Debug)]
-pub struct EverySteps {
-    n: u64,
-}
-
-impl EverySteps {
-    /// Every `n` steps; `n == 0` is treated as 1.
-    pub fn new(n: u64) -> Self {
-        EverySteps { n: n.max(1) }
-    }
-}
-
-impl Policy for EverySteps {
+impl<P: Policy + ?Sized> Policy for Box<P> {
     fn should_checkpoint(&mut self, at: Opportunity) -> bool {
-        at.step > 0 && at.step % self.n == 0
+        (**self).should_checkpoint(at)
     }
-    fn checkpoint_taken(&mut self, _at: Opportunity, _cost: Duration) {}
-}
-
-/// Checkpoint when at least `interval` has passed since the last one (or since start).
-#[derive(Clone, Debug)]
-pub struct EveryInterval {
-    interval: Duration,
-    last: Option<Instant>,
-}
-
-impl EveryInterval {
-    /// Every `interval` of wall-clock time.
-    pub fn new(interval: Duration) -> Self {
-        EveryInterval { interval, last: None }
-    }
-}
-
-impl Policy for EveryInterval {
-    fn should_checkpoint(&mut self, at: Opportunity) -> bool {
-        let last = *self.last.get_or_insert(at.now);
-        at.now.duration_since(last) >= self.interval
-    }
-    fn checkpoint_taken(&mut self, at: Opportunity, _cost: Duration) {
-        self.last = Some(at.now);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_steps_fires_on_multiples_only() {
-        let mut p = EverySteps::new(3);
-        let now = Instant::now();
-        let fired: Vec<u64> = (0..10)
-            .filter(|&step| p.should_checkpoint(Opportunity { step, now }))
-            .collect();
-        assert_eq!(fired, vec![3, 6, 9]);
-    }
-
-    #[test]
-    fn every_interval_waits_for_the_interval() {
-        let mut p = EveryInterval::new(Duration::from_secs(10));
-        let t0 = Instant::now();
-        assert!(!p.should_checkpoint(Opportunity { step: 1, now: t0 }));
-        let t1 = t0 + Duration::from_secs(11);
-        assert!(p.should_checkpoint(Opportunity { step: 2, now: t1 }));
-        p.checkpoint_taken(Opportunity { step: 2, now: t1 }, Duration::ZERO);
-        assert!(!p.should_checkpoint(Opportunity { step: 3, now: t1 + Duration::from_secs(1) }));
+    fn checkpoint_taken(&mut self, at: Opportunity, cost: Duration) {
+        (**self).checkpoint_taken(at, cost)
     }
 }

@@ -1,0 +1,200 @@
+//! The adaptive policy and policy specs, driven by an injected clock (no sleeps).
+
+use lazarus_policy::{
+    Adaptive, ErrorKind, FailureHistory, Formula, Model, MtbfSource, Opportunity, Policy,
+    PolicySpec,
+};
+use proptest::prelude::*;
+use std::time::{Duration, Instant};
+
+/// A fake clock: opportunities at `t0 + offset`.
+struct Clock {
+    t0: Instant,
+    step: u64,
+}
+
+impl Clock {
+    fn new() -> Clock {
+        Clock {
+            t0: Instant::now(),
+            step: 0,
+        }
+    }
+    fn at(&mut self, secs: f64) -> Opportunity {
+        self.step += 1;
+        Opportunity {
+            step: self.step,
+            now: self.t0 + Duration::from_secs_f64(secs),
+        }
+    }
+}
+
+fn s(x: f64) -> Duration {
+    Duration::from_secs_f64(x)
+}
+
+#[test]
+fn probes_then_follows_daly() {
+    let mut c = Clock::new();
+    let mut p = Adaptive::new(Formula::DalyHigherOrder, MtbfSource::Fixed(s(86_400.0)));
+    // Unknown cost: the first opportunity starts the clock, the second probes.
+    assert!(!p.should_checkpoint(c.at(0.0)));
+    assert_eq!(p.current_interval(), None);
+    assert!(p.should_checkpoint(c.at(1.0)));
+    p.checkpoint_taken(c.at(301.0), s(300.0));
+    let want = Model::new(300.0, 86_400.0, 0.0)
+        .unwrap()
+        .daly_higher_order();
+    let got = p.current_interval().unwrap().as_secs_f64();
+    assert!((got - want).abs() < 1e-6, "{got} vs {want}");
+    // Counts from the end of the last checkpoint.
+    assert!(!p.should_checkpoint(c.at(301.0 + want - 1.0)));
+    assert!(p.should_checkpoint(c.at(301.0 + want + 1e-3)));
+}
+
+#[test]
+fn initial_cost_skips_the_probe_and_is_replaced_by_the_first_measurement() {
+    let mut c = Clock::new();
+    let mut p = Adaptive::new(Formula::Young, MtbfSource::Fixed(s(1800.0)))
+        .initial_cost(s(1.0))
+        .smoothing(0.5);
+    assert!(!p.should_checkpoint(c.at(0.0)));
+    assert!(!p.should_checkpoint(c.at(1.0)));
+    assert_eq!(p.current_interval(), Some(s(60.0))); // sqrt(2·1·1800)
+    assert!(p.should_checkpoint(c.at(60.0)));
+    p.checkpoint_taken(c.at(64.0), s(4.0));
+    assert_eq!(p.cost_estimate(), Some(s(4.0)));
+    p.checkpoint_taken(c.at(200.0), s(2.0));
+    assert_eq!(p.cost_estimate(), Some(s(3.0))); // EWMA 0.5
+}
+
+#[test]
+fn bounds_clamp_the_interval() {
+    let mut c = Clock::new();
+    let mut p = Adaptive::new(Formula::Optimal, MtbfSource::Fixed(s(1e6)))
+        .initial_cost(s(100.0))
+        .max_interval(s(10.0));
+    assert!(!p.should_checkpoint(c.at(0.0)));
+    assert!(p.should_checkpoint(c.at(10.0)));
+    let mut q = Adaptive::new(Formula::Optimal, MtbfSource::Fixed(s(10.0)))
+        .initial_cost(Duration::ZERO)
+        .min_interval(s(5.0));
+    assert!(!q.should_checkpoint(c.at(10.0)));
+    assert!(!q.should_checkpoint(c.at(14.9)));
+    assert!(q.should_checkpoint(c.at(15.0)));
+}
+
+#[test]
+fn failure_history_shortens_the_interval() {
+    let prior = s(86_400.0);
+    let quiet = FailureHistory::new(0.0, vec![], 3600.0).unwrap();
+    let stormy =
+        FailureHistory::new(0.0, (1..=20).map(|i| i as f64 * 150.0).collect(), 3600.0).unwrap();
+    let interval = |h: FailureHistory| {
+        let mut c = Clock::new();
+        let mut p = Adaptive::new(
+            Formula::DalyHigherOrder,
+            MtbfSource::Estimated {
+                history: Some(h),
+                prior,
+                prior_weight: 1.0,
+            },
+        )
+        .initial_cost(s(10.0));
+        p.should_checkpoint(c.at(0.0));
+        (p.current_interval().unwrap(), p.mtbf_estimate(c.t0))
+    };
+    let (iq, mq) = interval(quiet);
+    let (is, ms) = interval(stormy);
+    assert_eq!(mq, s(3600.0 + 86_400.0));
+    assert!((ms.as_secs_f64() - (3600.0 + 86_400.0) / 21.0).abs() < 1e-6);
+    assert!(is < iq, "{is:?} vs {iq:?}");
+}
+
+#[test]
+fn specs_parse_and_build() {
+    let cases = [
+        "steps:100",
+        "every:30s",
+        "daly",
+        "young,mtbf=6h",
+        "optimal,mtbf=1d,restart=10m,cost=5s,min=1s,max=2h,smoothing=0.5",
+        "daly1,prior=12h",
+    ];
+    for c in cases {
+        let spec: PolicySpec = c.parse().unwrap();
+        let again: PolicySpec = spec.to_string().parse().unwrap();
+        assert_eq!(spec, again, "{c}");
+        let mut p = spec.build(None);
+        let now = Instant::now();
+        p.should_checkpoint(Opportunity { step: 1, now });
+    }
+    for bad in [
+        "",
+        "steps:0",
+        "steps:x",
+        "every:5",
+        "dally",
+        "daly,mtbf",
+        "daly,foo=1s",
+        "daly,mtbf=0s",
+        "daly,smoothing=2",
+    ] {
+        let e = bad.parse::<PolicySpec>().unwrap_err();
+        assert!(
+            matches!(
+                e.kind(),
+                ErrorKind::InvalidSpec | ErrorKind::InvalidDuration
+            ),
+            "{bad}: {e}"
+        );
+    }
+}
+
+proptest! {
+    /// Whatever the costs, the policy fires exactly when the time since the last
+    /// checkpoint reaches the model's interval for the EWMA cost.
+    #[test]
+    fn fires_exactly_at_the_model_interval(
+        costs in proptest::collection::vec(1e-3f64..100.0, 1..20),
+        mtbf in 60.0f64..1e6,
+        alpha in 0.05f64..1.0,
+    ) {
+        let mut c = Clock::new();
+        let mut p = Adaptive::new(Formula::Optimal, MtbfSource::Fixed(s(mtbf))).smoothing(alpha);
+        let mut now = 0.0;
+        prop_assert!(!p.should_checkpoint(c.at(now)));
+        now += 1.0;
+        prop_assert!(p.should_checkpoint(c.at(now)));
+        let mut ewma: Option<f64> = None;
+        for cost in costs {
+            now += cost;
+            p.checkpoint_taken(c.at(now), s(cost));
+            let e = match ewma { None => cost, Some(old) => old + alpha * (cost - old) };
+            ewma = Some(e);
+            let tau = Model::new(e, mtbf, 0.0).unwrap().optimal();
+            let got = p.current_interval().unwrap().as_secs_f64();
+            prop_assert!((got - tau).abs() <= 1e-6 * tau + 1e-9, "{got} vs {tau}");
+            prop_assert!(!p.should_checkpoint(c.at(now + got * 0.999)));
+            prop_assert!(p.should_checkpoint(c.at(now + got + 1e-6)));
+            now += got;
+        }
+    }
+
+    #[test]
+    fn env_history_round_trips(start in 1e9f64..2e9, gaps in proptest::collection::vec(0.0f64..1e5, 0..30)) {
+        let start = (start * 1000.0).round() / 1000.0;
+        let mut h = FailureHistory::starting_at(start).unwrap();
+        let mut t = start;
+        for g in gaps {
+            t = ((t + g) * 1000.0).round() / 1000.0;
+            h.record_failure(t).unwrap();
+        }
+        let [(_, a), (_, b)] = h.env_vars();
+        let back = FailureHistory::parse(Some(&a), Some(&b), h.observed_at()).unwrap().unwrap();
+        prop_assert_eq!(back.failures().len(), h.failures().len());
+        for (x, y) in back.failures().iter().zip(h.failures()) {
+            prop_assert!((x - y).abs() < 1e-3);
+        }
+    }
+}
