@@ -1,1 +1,226 @@
-//! `#[derive(Checkpoint)]` (under construction).
+//! `#[derive(Checkpoint)]` for structs (named, tuple, unit). See the `lazarus_state` crate
+//! docs for the attributes; this crate only generates code calling its public API.
+//!
+//! Path to the runtime crate: `::lazarus_state` when expanding inside the Lazarus crates
+//! below the facade (they cannot depend on it), `::lazarus::state` everywhere else (user
+//! programs depend on the facade), or whatever `#[checkpoint(crate = "...")]` says.
+#![deny(missing_docs)]
+
+use proc_macro::TokenStream;
+use proc_macro2::{Span, TokenStream as TokenStream2};
+use quote::{format_ident, quote};
+use syn::{parse_macro_input, Data, DeriveInput, Fields, LitStr};
+
+/// Generates `lazarus_state::Checkpoint` for a struct.
+#[proc_macro_derive(Checkpoint, attributes(checkpoint))]
+pub fn derive_checkpoint(input: TokenStream) -> TokenStream {
+    let input = parse_macro_input!(input as DeriveInput);
+    match expand(&input) {
+        Ok(ts) => ts.into(),
+        Err(e) => e.to_compile_error().into(),
+    }
+}
+
+/// Crates that sit below the facade in the dependency graph.
+const BELOW_FACADE: &[&str] = &[
+    "lazarus-state",
+    "lazarus-dist",
+    "lazarus-coord",
+    "lazarus-store",
+    "lazarus-net",
+    "lazarus-policy",
+];
+
+struct StructAttrs {
+    krate: Option<syn::Path>,
+    after_restore: Option<syn::Path>,
+}
+
+#[derive(PartialEq)]
+enum Mode {
+    Default,
+    Serde,
+    Skip,
+}
+
+struct FieldPlan {
+    access: TokenStream2,
+    name: String,
+    mode: Mode,
+    ty: syn::Type,
+}
+
+fn parse_struct_attrs(input: &DeriveInput) -> syn::Result<StructAttrs> {
+    let mut out = StructAttrs {
+        krate: None,
+        after_restore: None,
+    };
+    for attr in &input.attrs {
+        if !attr.path().is_ident("checkpoint") {
+            continue;
+        }
+        attr.parse_nested_meta(|meta| {
+            if meta.path.is_ident("crate") {
+                let s: LitStr = meta.value()?.parse()?;
+                out.krate = Some(s.parse()?);
+                Ok(())
+            } else if meta.path.is_ident("after_restore") {
+                let s: LitStr = meta.value()?.parse()?;
+                out.after_restore = Some(s.parse()?);
+                Ok(())
+            } else {
+                Err(meta.error("unknown struct attribute; expected `crate = \"..\"` or `after_restore = \"path::to::fn\"`"))
+            }
+        })?;
+    }
+    Ok(out)
+}
+
+fn parse_field(field: &syn::Field, index: usize) -> syn::Result<FieldPlan> {
+    let (access, mut name) = match &field.ident {
+        Some(id) => (
+            quote!(#id),
+            id.to_string().trim_start_matches("r#").to_string(),
+        ),
+        None => {
+            let idx = syn::Index::from(index);
+            (quote!(#idx), index.to_string())
+        }
+    };
+    let mut mode = Mode::Default;
+    for attr in &field.attrs {
+        if !attr.path().is_ident("checkpoint") {
+            continue;
+        }
+        attr.parse_nested_meta(|meta| {
+            let new_mode = if meta.path.is_ident("skip") {
+                Mode::Skip
+            } else if meta.path.is_ident("serde") {
+                Mode::Serde
+            } else if meta.path.is_ident("rename") {
+                let s: LitStr = meta.value()?.parse()?;
+                name = s.value();
+                if name.is_empty() || name.contains('.') {
+                    return Err(meta.error("rename must be non-empty and contain no '.'"));
+                }
+                return Ok(());
+            } else {
+                return Err(meta.error(
+                    "unknown field attribute; expected `skip`, `serde` or `rename = \"..\"`",
+                ));
+            };
+            if mode != Mode::Default {
+                return Err(meta.error("`skip` and `serde` are exclusive and may appear once"));
+            }
+            mode = new_mode;
+            Ok(())
+        })?;
+    }
+    Ok(FieldPlan {
+        access,
+        name,
+        mode,
+        ty: field.ty.clone(),
+    })
+}
+
+fn runtime_path(attrs: &StructAttrs) -> TokenStream2 {
+    if let Some(p) = &attrs.krate {
+        return quote!(#p);
+    }
+    let pkg = std::env::var("CARGO_PKG_NAME").unwrap_or_default();
+    if BELOW_FACADE.contains(&pkg.as_str()) {
+        quote!(::lazarus_state)
+    } else {
+        quote!(::lazarus::state)
+    }
+}
+
+fn expand(input: &DeriveInput) -> syn::Result<TokenStream2> {
+    let attrs = parse_struct_attrs(input)?;
+    let fields: Vec<FieldPlan> = match &input.data {
+        Data::Struct(s) => match &s.fields {
+            Fields::Named(f) => f.named.iter().enumerate().map(|(i, f)| parse_field(f, i)).collect::<Result<_, _>>()?,
+            Fields::Unnamed(f) => f.unnamed.iter().enumerate().map(|(i, f)| parse_field(f, i)).collect::<Result<_, _>>()?,
+            Fields::Unit => Vec::new(),
+        },
+        _ => {
+            return Err(syn::Error::new(
+                Span::call_site(),
+                "#[derive(Checkpoint)] supports structs only; save an enum as a field with #[checkpoint(serde)]",
+            ))
+        }
+    };
+    let mut seen = std::collections::HashSet::new();
+    for f in &fields {
+        if f.mode != Mode::Skip && !seen.insert(f.name.clone()) {
+            return Err(syn::Error::new(
+                Span::call_site(),
+                format!("two fields are saved under the name `{}`", f.name),
+            ));
+        }
+    }
+
+    let rt = runtime_path(&attrs);
+    let ident = &input.ident;
+    let mut generics = input.generics.clone();
+    if !generics.params.is_empty() {
+        let wc = generics.make_where_clause();
+        for f in &fields {
+            let ty = &f.ty;
+            match f.mode {
+                Mode::Default => wc.predicates.push(syn::parse_quote!(#ty: #rt::Checkpoint)),
+                Mode::Serde => wc.predicates.push(syn::parse_quote!(
+                    #ty: #rt::__private::serde::Serialize + #rt::__private::serde::de::DeserializeOwned
+                )),
+                Mode::Skip => {}
+            }
+        }
+    }
+    let (impl_g, ty_g, where_c) = generics.split_for_impl();
+
+    let mut save = Vec::new();
+    let mut restore = Vec::new();
+    let mut hooks = Vec::new();
+    for f in &fields {
+        let (access, name) = (&f.access, &f.name);
+        match f.mode {
+            Mode::Default => {
+                save.push(quote!(__out.field(#name, &self.#access)?;));
+                restore.push(quote!(__inp.field(#name, &mut self.#access)?;));
+                hooks.push(quote!(#rt::Checkpoint::after_restore(&mut self.#access)?;));
+            }
+            Mode::Serde => {
+                save.push(quote!(__out.serde_field(#name, &self.#access)?;));
+                restore.push(quote!(__inp.serde_field(#name, &mut self.#access)?;));
+            }
+            Mode::Skip => {}
+        }
+    }
+    if let Some(hook) = &attrs.after_restore {
+        hooks.push(quote!(#hook(self)?;));
+    }
+    let lt = format_ident!("__lazarus_a");
+    let lt = syn::Lifetime {
+        apostrophe: Span::call_site(),
+        ident: lt,
+    };
+    Ok(quote! {
+        impl #impl_g #rt::Checkpoint for #ident #ty_g #where_c {
+            fn save<#lt>(&#lt self, __out: &mut #rt::StateWriter<#lt>) -> ::core::result::Result<(), #rt::StateError> {
+                #(#save)*
+                let _ = __out;
+                ::core::result::Result::Ok(())
+            }
+            fn restore(&mut self, __inp: &mut #rt::StateReader) -> ::core::result::Result<(), #rt::StateError> {
+                #(#restore)*
+                let _ = __inp;
+                ::core::result::Result::Ok(())
+            }
+            fn after_restore(&mut self) -> ::core::result::Result<(), #rt::StateError> {
+                #(#hooks)*
+                ::core::result::Result::Ok(())
+            }
+        }
+    })
+}

@@ -1,0 +1,115 @@
+//! `StateWriter`: collects the objects of one value, named by field path.
+
+use crate::element::{to_le_bytes, Element};
+use crate::{short_type_name, Checkpoint, StateError, ROOT_NAME};
+use lazarus_format::{GlobalRange, ObjectInfo, ObjectKind, ObjectSpec};
+use serde::Serialize;
+use std::borrow::Cow;
+use std::collections::HashSet;
+
+/// Receives the objects a value saves. Bulk objects borrow the value's memory for `'a`, so
+/// taking a checkpoint of a large array copies nothing until the store hashes and writes it.
+#[derive(Debug, Default)]
+pub struct StateWriter<'a> {
+    path: String,
+    objects: Vec<ObjectSpec<'a>>,
+    names: HashSet<String>,
+}
+
+impl<'a> StateWriter<'a> {
+    /// An empty writer positioned at the root.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The current field path (`""` at the root).
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// Saves `value` under the child path `name` (so its objects are named `path.name...`).
+    pub fn field<T: Checkpoint + ?Sized>(
+        &mut self,
+        name: &str,
+        value: &'a T,
+    ) -> Result<(), StateError> {
+        let saved = crate::push_path(&mut self.path, name)?;
+        let r = value.save(self);
+        self.path.truncate(saved);
+        r
+    }
+
+    /// Saves `value` with postcard under the child path `name`; the schema records
+    /// `T`'s type name without module paths (`Params`, `Option<u32>`).
+    pub fn serde_field<T: Serialize + ?Sized>(
+        &mut self,
+        name: &str,
+        value: &T,
+    ) -> Result<(), StateError> {
+        let saved = crate::push_path(&mut self.path, name)?;
+        let r = self.serde(&short_type_name::<T>(), value);
+        self.path.truncate(saved);
+        r
+    }
+
+    /// Pushes one bulk object at the current path: `data` as raw little-endian bytes,
+    /// with `global` when it is one block of a distributed array.
+    pub fn bulk<T: Element>(
+        &mut self,
+        type_name: &str,
+        data: &'a [T],
+        global: Option<GlobalRange>,
+    ) -> Result<(), StateError> {
+        let kind = ObjectKind::Bulk {
+            dtype: T::DTYPE,
+            len: data.len() as u64,
+            global,
+        };
+        self.push(type_name, kind, to_le_bytes(data))
+    }
+
+    /// Pushes one serde object at the current path, encoded with postcard 1.x.
+    pub fn serde<T: Serialize + ?Sized>(
+        &mut self,
+        type_name: &str,
+        value: &T,
+    ) -> Result<(), StateError> {
+        let bytes = postcard::to_stdvec(value).map_err(|source| StateError::Encode {
+            field: self.object_name(),
+            source,
+        })?;
+        self.push(type_name, ObjectKind::Serde, Cow::Owned(bytes))
+    }
+
+    /// The objects saved so far, in save order.
+    pub fn into_objects(self) -> Vec<ObjectSpec<'a>> {
+        self.objects
+    }
+
+    fn object_name(&self) -> String {
+        if self.path.is_empty() {
+            ROOT_NAME.to_string()
+        } else {
+            self.path.clone()
+        }
+    }
+
+    fn push(
+        &mut self,
+        type_name: &str,
+        kind: ObjectKind,
+        data: Cow<'a, [u8]>,
+    ) -> Result<(), StateError> {
+        let name = self.object_name();
+        if !self.names.insert(name.clone()) {
+            return Err(StateError::Duplicate { field: name });
+        }
+        let info = ObjectInfo {
+            name,
+            type_name: type_name.to_string(),
+            kind,
+        };
+        self.objects.push(ObjectSpec { info, data });
+        Ok(())
+    }
+}
