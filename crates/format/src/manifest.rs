@@ -1,0 +1,212 @@
+//! Rank manifests (`checkpoints/<id>/rank-<r>.manifest`) and COMMIT records
+//! (`checkpoints/<id>/COMMIT`): JSON bodies in the self-checksummed envelope of
+//! [`crate::envelope`]. Field meanings are specified in docs/FORMAT.md.
+
+use crate::envelope::{self, COMMIT_MAGIC, MANIFEST_MAGIC};
+use crate::error::{FormatError, FormatErrorKind};
+use crate::ids::{CheckpointId, ChunkDigest, Rank};
+use crate::object::{ObjectInfo, ObjectKind};
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// One chunk of an object, in order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkRef {
+    /// BLAKE3 of the chunk's raw bytes; also its file name.
+    pub digest: ChunkDigest,
+    /// Raw (decoded) length of the chunk in bytes.
+    pub len: u64,
+    /// Size of the chunk file as stored (header + payload); informational, for statistics.
+    pub stored: u64,
+}
+
+/// One object of a rank's part: its description, total byte length and chunk list.
+/// The object's bytes are the concatenation of its chunks' raw bytes, in order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestObject {
+    /// Name, type name and kind (bulk dtype/len/global range, or serde).
+    #[serde(flatten)]
+    pub info: ObjectInfo,
+    /// Total length of the object's bytes.
+    pub bytes: u64,
+    /// The chunks, in order.
+    pub chunks: Vec<ChunkRef>,
+}
+
+/// The manifest of one rank's part of one checkpoint.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// The checkpoint this part belongs to.
+    pub checkpoint: CheckpointId,
+    /// The rank that wrote it.
+    pub rank: Rank,
+    /// Maximum raw chunk length used when splitting objects.
+    pub chunk_size: u64,
+    /// The objects, in the order they were written.
+    pub objects: Vec<ManifestObject>,
+}
+
+impl Manifest {
+    /// Encodes the manifest file (envelope + JSON).
+    pub fn encode(&self) -> Vec<u8> {
+        // Serializing plain structs of integers and strings to JSON cannot fail.
+        let body = serde_json::to_vec_pretty(self).unwrap_or_default();
+        envelope::seal(MANIFEST_MAGIC, &body)
+    }
+
+    /// Decodes and validates a manifest file: envelope, JSON, and internal consistency
+    /// (each object's chunk lengths add up to `bytes`; a bulk object's `bytes` equals
+    /// `len * dtype width`; names unique).
+    pub fn decode(file: &[u8]) -> Result<Manifest, FormatError> {
+        let body = envelope::open(MANIFEST_MAGIC, "manifest", file)?;
+        let m: Manifest = serde_json::from_slice(body).map_err(|e| {
+            FormatError::new(FormatErrorKind::Invalid, format!("manifest JSON: {e}"))
+        })?;
+        m.validate()?;
+        Ok(m)
+    }
+
+    fn validate(&self) -> Result<(), FormatError> {
+        let mut names = std::collections::BTreeSet::new();
+        for o in &self.objects {
+            let name = &o.info.name;
+            if !names.insert(name.as_str()) {
+                return Err(invalid(format!("object {name:?} appears twice")));
+            }
+            let mut sum: u64 = 0;
+            for c in &o.chunks {
+                if c.len == 0 || c.len > crate::chunk::MAX_CHUNK_LEN {
+                    return Err(invalid(format!(
+                        "object {name:?}: chunk {} has length {}",
+                        c.digest, c.len
+                    )));
+                }
+                sum = sum
+                    .checked_add(c.len)
+                    .ok_or_else(|| invalid(format!("object {name:?}: chunk lengths overflow")))?;
+            }
+            if sum != o.bytes {
+                return Err(invalid(format!(
+                    "object {name:?}: chunks hold {sum} bytes, object says {}",
+                    o.bytes
+                )));
+            }
+            if let ObjectKind::Bulk { dtype, len, global } = &o.info.kind {
+                let want = len.checked_mul(dtype.size() as u64);
+                if want != Some(o.bytes) {
+                    return Err(invalid(format!(
+                        "object {name:?}: {len} elements of {} is not {} bytes",
+                        dtype.tag(),
+                        o.bytes
+                    )));
+                }
+                if let Some(g) = global {
+                    let end = g.start.checked_add(g.len);
+                    if g.len != *len || end.is_none_or(|e| e > g.total) {
+                        return Err(invalid(format!(
+                            "object {name:?}: global range {}+{} of {} does not fit {len} elements",
+                            g.start, g.len, g.total
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn invalid(msg: String) -> FormatError {
+    FormatError::new(FormatErrorKind::Invalid, msg)
+}
+
+/// One rank's entry in a COMMIT record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitPart {
+    /// The rank.
+    pub rank: Rank,
+    /// BLAKE3 of the rank's whole manifest file (header included).
+    pub manifest_digest: ChunkDigest,
+    /// Sum of the rank's object lengths.
+    pub logical_bytes: u64,
+    /// Bytes of chunk files this rank newly wrote for this checkpoint (after dedup).
+    pub stored_new_bytes: u64,
+}
+
+/// Who wrote a COMMIT (informational only; readers never depend on it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriterInfo {
+    /// `std::env::consts::ARCH` of the writer.
+    pub arch: String,
+    /// `"little"` or `"big"`: the writer's native byte order (the data is LE regardless).
+    pub endian: String,
+    /// `std::env::consts::OS` of the writer.
+    pub os: String,
+    /// Version of the Lazarus crate that wrote it.
+    pub lazarus_version: String,
+}
+
+impl WriterInfo {
+    /// Describes the running host.
+    pub fn this_host() -> WriterInfo {
+        WriterInfo {
+            arch: std::env::consts::ARCH.to_string(),
+            endian: if cfg!(target_endian = "little") {
+                "little"
+            } else {
+                "big"
+            }
+            .to_string(),
+            os: std::env::consts::OS.to_string(),
+            lazarus_version: env!("CARGO_PKG_VERSION").to_string(),
+        }
+    }
+}
+
+/// The COMMIT record: the only commit point of a checkpoint. A checkpoint directory
+/// without a valid COMMIT is never restored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitRecord {
+    /// The checkpoint id (equals the directory name).
+    pub checkpoint: CheckpointId,
+    /// Number of ranks; `parts` has exactly one entry per rank `0..world_size`, in order.
+    pub world_size: u32,
+    /// Application step at which the checkpoint was taken.
+    pub step: u64,
+    /// Wall time of the commit, milliseconds since the Unix epoch (UTC).
+    pub time_unix_ms: u64,
+    /// Free-form application metadata.
+    pub app: BTreeMap<String, String>,
+    /// One entry per rank.
+    pub parts: Vec<CommitPart>,
+    /// Writer host description.
+    pub writer: WriterInfo,
+}
+
+impl CommitRecord {
+    /// Encodes the COMMIT file (envelope + JSON).
+    pub fn encode(&self) -> Vec<u8> {
+        let body = serde_json::to_vec_pretty(self).unwrap_or_default();
+        envelope::seal(COMMIT_MAGIC, &body)
+    }
+
+    /// Decodes and validates a COMMIT file (envelope, JSON, one part per rank in order).
+    pub fn decode(file: &[u8]) -> Result<CommitRecord, FormatError> {
+        let body = envelope::open(COMMIT_MAGIC, "COMMIT", file)?;
+        let c: CommitRecord = serde_json::from_slice(body)
+            .map_err(|e| FormatError::new(FormatErrorKind::Invalid, format!("COMMIT JSON: {e}")))?;
+        if c.parts.len() as u64 != u64::from(c.world_size) {
+            return Err(invalid(format!(
+                "COMMIT lists {} parts for world size {}",
+                c.parts.len(),
+                c.world_size
+            )));
+        }
+        for (i, p) in c.parts.iter().enumerate() {
+            if p.rank.index() != i {
+                return Err(invalid(format!("COMMIT part {i} is for {}", p.rank)));
+            }
+        }
+        Ok(c)
+    }
+}
