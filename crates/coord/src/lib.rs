@@ -1,1 +1,53 @@
-//! lazarus-coord (under construction).
+//! Checkpoint protocols of Lazarus as pure state machines (raft-rs style): inputs are
+//! `step(message)`, `tick(now)` and local events; outputs are ordered lists of actions
+//! ("send this to rank r", "write my part", "write COMMIT", "deliver this message",
+//! "record this as channel state"). Nothing here does I/O, reads a clock or spawns a
+//! thread, so every protocol can be run on a simulated network and model-checked.
+//!
+//! The three central types:
+//! - [`Coordinator`]: decides aligned rounds by two-phase commit: COMMIT only with a
+//!   durable receipt from every rank, abort on any failure, dead rank or deadline.
+//! - [`Participant`]: one rank's side of a round: write the part, vote, learn the outcome.
+//! - [`Unaligned`]: one rank's consistent-cut recorder (Chandy-Lamport markers with
+//!   Lai-Yang epoch piggybacking) producing the [`ChannelState`] saved with its part,
+//!   and replaying it exactly once after a restart.
+//!
+//! An unaligned checkpoint uses both: the coordinator's `Prepare` starts the snapshot
+//! (`Unaligned::start_snapshot`), the part is written when the recorder reports
+//! `Complete`, and the round commits as an aligned one. See docs/PROTOCOL.md.
+//!
+//! ```
+//! use lazarus_coord::{Coordinator, CoordinatorAction, Participant, ParticipantAction, RoundId, Timeouts};
+//! use lazarus_format::{CheckpointId, Epoch, Rank};
+//! use std::time::Duration;
+//!
+//! let t0 = Duration::ZERO;
+//! let round = RoundId { epoch: Epoch(1), ckpt: CheckpointId(1) };
+//! let mut coord = Coordinator::<&str>::new(1, Timeouts::default())?;
+//! let mut rank0 = Participant::new(Rank(0), Timeouts::default());
+//! let prepare = match coord.start_round(round, t0)?.remove(0) {
+//!     CoordinatorAction::Send { msg, .. } => msg,
+//!     other => unreachable!("{other:?}"),
+//! };
+//! assert_eq!(rank0.step(prepare, t0)?, vec![ParticipantAction::WritePart { round }]);
+//! // ... the runtime writes the part; the store returns a receipt ...
+//! let vote = match rank0.part_written(round, Ok("receipt-0"), t0).remove(0) {
+//!     ParticipantAction::Send(v) => v,
+//!     other => unreachable!("{other:?}"),
+//! };
+//! let actions = coord.step(vote, t0)?;
+//! assert!(matches!(actions[0], CoordinatorAction::WriteCommit { .. }));
+//! # Ok::<(), lazarus_coord::ProtocolError>(())
+//! ```
+#![deny(missing_docs)]
+
+mod aligned;
+mod error;
+mod unaligned;
+
+pub use aligned::{
+    AbortReason, Coordinator, CoordinatorAction, Decision, Outcome, Participant, ParticipantAction,
+    RoundId, Timeouts, ToParticipant, Vote, VoteMsg,
+};
+pub use error::{ErrorKind, ProtocolError};
+pub use unaligned::{ChannelState, Unaligned, UnalignedAction};
