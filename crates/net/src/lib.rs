@@ -1,1 +1,51 @@
-//! lazarus-net (under construction).
+//! The Lazarus message-passing runtime.
+//!
+//! Three central types:
+//! - [`Comm`]: this rank's communicator — typed and bulk point-to-point messages, the
+//!   envelope level the checkpoint protocol uses, and collectives with bit-reproducible
+//!   reductions. Backends: TCP full mesh between processes ([`init`], [`join`]) and threads
+//!   in one process ([`local`]).
+//! - [`NetConfig`]: heartbeat, failure and connect timeouts and the frame limit, validated
+//!   in one place.
+//! - [`launch::Launcher`]: starts N ranks on this machine, prefixes their output, detects
+//!   a failure, stops everyone and reports a [`launch::JobOutcome`].
+//!
+//! ```
+//! let sums = lazarus_net::local(4, |comm| {
+//!     let mut x = [comm.rank().0 as f64];
+//!     comm.allreduce(&mut x, lazarus_net::ReduceOp::Sum).unwrap();
+//!     x[0]
+//! })
+//! .unwrap();
+//! assert_eq!(sums, vec![6.0; 4]);
+//! ```
+#![deny(missing_docs)]
+
+mod auth;
+mod collective;
+mod comm;
+mod config;
+mod env;
+mod error;
+#[cfg(test)]
+mod fault;
+pub mod launch;
+mod local;
+mod mailbox;
+mod rdv;
+mod reliable;
+mod scalar;
+mod tcp;
+pub mod wire;
+
+pub use auth::JobToken;
+pub use collective::ReduceOp;
+pub use comm::Comm;
+pub use config::NetConfig;
+pub use env::{init, join, JoinOptions};
+pub use error::{ErrorKind, NetError, Result};
+pub use local::{local, local_comms, local_comms_with};
+pub use mailbox::Envelope;
+pub use rdv::RendezvousServer;
+pub use scalar::Scalar;
+pub use wire::{Tag, TagSpace};

@@ -1,0 +1,402 @@
+//! Rendezvous: ranks register their listening address with a small server (run by the
+//! launcher, or by rank 0 under srun/mpirun), receive the full address table, then keep an
+//! authenticated control connection with heartbeats so the host notices a dead rank.
+
+use crate::auth::{handshake, JobToken, COORD_RANK};
+use crate::config::NetConfig;
+use crate::error::{ErrorKind, NetError, Result};
+use crate::wire::{self, Frame};
+use serde::{Deserialize, Serialize};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// Control messages carried in `Control` frames (postcard).
+#[derive(Serialize, Deserialize, Debug)]
+pub(crate) enum Ctl {
+    Register { rank: u32, size: u32, addr: String },
+    Table { addrs: Vec<String> },
+}
+
+/// A rank's state as seen by the rendezvous host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Liveness {
+    /// Not registered yet.
+    Pending,
+    /// Registered and heartbeating.
+    Running,
+    /// Said goodbye (its communicator was dropped).
+    Finished,
+    /// Its control connection closed without a goodbye.
+    LostConnection,
+    /// No heartbeat for longer than the failure timeout.
+    MissedHeartbeats,
+}
+
+struct Slot {
+    addr: Option<String>,
+    stream: Option<TcpStream>,
+    last_seen: Instant,
+    state: Liveness,
+}
+
+struct Shared {
+    size: u32,
+    token: JobToken,
+    incarnation: u64,
+    config: NetConfig,
+    slots: Mutex<Vec<Slot>>,
+    shutdown: AtomicBool,
+}
+
+impl Shared {
+    fn slots(&self) -> MutexGuard<'_, Vec<Slot>> {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The rendezvous server. Dropping it stops accepting and closes control connections.
+pub struct RendezvousServer {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+}
+
+impl std::fmt::Debug for RendezvousServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RendezvousServer({})", self.addr)
+    }
+}
+
+impl RendezvousServer {
+    /// Listens on `addr` (e.g. `127.0.0.1:0`) for a job of `size` ranks.
+    pub fn bind(
+        addr: &str,
+        size: u32,
+        token: JobToken,
+        incarnation: u64,
+        config: NetConfig,
+    ) -> Result<Self> {
+        let listener = TcpListener::bind(addr)
+            .map_err(|e| NetError::io(format!("rendezvous: bind {addr}"), e))?;
+        let local = listener
+            .local_addr()
+            .map_err(|e| NetError::io("rendezvous: local address", e))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| NetError::io("rendezvous: nonblocking", e))?;
+        let now = Instant::now();
+        let shared = Arc::new(Shared {
+            size,
+            token,
+            incarnation,
+            config,
+            slots: Mutex::new(
+                (0..size)
+                    .map(|_| Slot {
+                        addr: None,
+                        stream: None,
+                        last_seen: now,
+                        state: Liveness::Pending,
+                    })
+                    .collect(),
+            ),
+            shutdown: AtomicBool::new(false),
+        });
+        let s2 = shared.clone();
+        std::thread::Builder::new()
+            .name("lazarus-rdv".into())
+            .spawn(move || accept_loop(listener, s2))
+            .map_err(|e| NetError::io("rendezvous: spawn thread", e))?;
+        Ok(RendezvousServer {
+            shared,
+            addr: local,
+        })
+    }
+
+    /// The address ranks must use as `LAZARUS_COORD`.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Each rank's state, in rank order (missed heartbeats evaluated now).
+    pub fn liveness(&self) -> Vec<Liveness> {
+        let timeout = self.shared.config.failure_timeout;
+        self.shared
+            .slots()
+            .iter()
+            .map(|s| {
+                if s.state == Liveness::Running && s.last_seen.elapsed() > timeout {
+                    Liveness::MissedHeartbeats
+                } else {
+                    s.state.clone()
+                }
+            })
+            .collect()
+    }
+}
+
+impl Drop for RendezvousServer {
+    fn drop(&mut self) {
+        self.shared.shutdown.store(true, Ordering::Release);
+        for s in self.shared.slots().iter_mut() {
+            if let Some(st) = s.stream.take() {
+                let _ = st.shutdown(std::net::Shutdown::Both);
+            }
+        }
+    }
+}
+
+fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    while !shared.shutdown.load(Ordering::Acquire) {
+        match listener.accept() {
+            Ok((stream, peer)) => {
+                let s2 = shared.clone();
+                let _ = std::thread::Builder::new()
+                    .name("lazarus-rdv-conn".into())
+                    .spawn(move || {
+                        if let Err(e) = serve(stream, peer, &s2) {
+                            if !s2.shutdown.load(Ordering::Acquire) {
+                                tracing::warn!("rendezvous: connection from {peer} closed: {e}");
+                            }
+                        }
+                    });
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => {
+                tracing::warn!("rendezvous: accept failed: {e}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+fn serve(mut stream: TcpStream, peer: SocketAddr, shared: &Shared) -> Result<()> {
+    let io = |e: std::io::Error| NetError::io(format!("rendezvous peer {peer}"), e);
+    stream.set_nonblocking(false).map_err(io)?;
+    stream.set_nodelay(true).map_err(io)?;
+    stream
+        .set_read_timeout(Some(shared.config.connect_timeout))
+        .map_err(io)?;
+    stream
+        .set_write_timeout(Some(shared.config.connect_timeout))
+        .map_err(io)?;
+    let who = handshake(
+        &mut stream,
+        &shared.token,
+        COORD_RANK,
+        shared.incarnation,
+        None,
+        &peer.to_string(),
+    )?;
+    let mut buf = Vec::new();
+    wire::read_frame(&mut stream, 64 << 10, &mut buf).map_err(io)?;
+    let reg = match wire::decode(&buf)? {
+        Frame::Control(b) => postcard::from_bytes::<Ctl>(b).map_err(|e| {
+            NetError::new(
+                ErrorKind::Protocol,
+                format!("bad register from {peer}: {e}"),
+            )
+        })?,
+        f => {
+            return Err(NetError::new(
+                ErrorKind::Protocol,
+                format!("expected register from {peer}, got {f:?}"),
+            ))
+        }
+    };
+    let (rank, addr) = match reg {
+        Ctl::Register { rank, size, addr }
+            if rank == who.rank && size == shared.size && rank < size =>
+        {
+            (rank, addr)
+        }
+        other => {
+            return Err(NetError::new(
+                ErrorKind::Protocol,
+                format!(
+                "register from {peer} inconsistent with hello rank {} / world size {}: {other:?}",
+                who.rank, shared.size
+            ),
+            ))
+        }
+    };
+    {
+        let mut slots = shared.slots();
+        let slot = slots
+            .get_mut(rank as usize)
+            .ok_or_else(|| NetError::new(ErrorKind::Protocol, "rank out of range"))?;
+        if slot.state != Liveness::Pending {
+            return Err(NetError::new(
+                ErrorKind::Protocol,
+                format!("rank {rank} registered twice (from {peer})"),
+            ));
+        }
+        slot.addr = Some(addr);
+        slot.stream = Some(stream.try_clone().map_err(io)?);
+        slot.state = Liveness::Running;
+        slot.last_seen = Instant::now();
+        if slots.iter().all(|s| s.addr.is_some()) {
+            let addrs: Vec<String> = slots
+                .iter()
+                .map(|s| s.addr.clone().unwrap_or_default())
+                .collect();
+            let msg = postcard::to_allocvec(&Ctl::Table { addrs })
+                .map_err(|e| NetError::new(ErrorKind::Codec, e.to_string()))?;
+            for (i, s) in slots.iter_mut().enumerate() {
+                if let Some(st) = s.stream.as_mut() {
+                    if let Err(e) = wire::write_frame(st, &Frame::Control(&msg)) {
+                        tracing::warn!("rendezvous: sending the table to rank {i} failed: {e}");
+                    }
+                }
+            }
+        }
+    }
+    // Control phase: heartbeats until goodbye or loss.
+    stream
+        .set_read_timeout(Some(shared.config.heartbeat_interval))
+        .map_err(io)?;
+    loop {
+        if shared.shutdown.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        match wire::read_frame(&mut stream, 128, &mut buf) {
+            Ok(()) => {
+                let f = wire::decode(&buf);
+                let mut slots = shared.slots();
+                let Some(slot) = slots.get_mut(rank as usize) else {
+                    return Ok(());
+                };
+                match f {
+                    Ok(Frame::Heartbeat(_)) => slot.last_seen = Instant::now(),
+                    Ok(Frame::Bye) => {
+                        slot.state = Liveness::Finished;
+                        return Ok(());
+                    }
+                    other => {
+                        slot.state = Liveness::LostConnection;
+                        return Err(NetError::new(
+                            ErrorKind::Protocol,
+                            format!("rank {rank} ({peer}) sent {other:?}"),
+                        ));
+                    }
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => {
+                let mut slots = shared.slots();
+                if let Some(slot) = slots.get_mut(rank as usize) {
+                    if slot.state == Liveness::Running {
+                        slot.state = Liveness::LostConnection;
+                        tracing::debug!(
+                            "rendezvous: rank {rank} ({peer}) control connection lost: {e}"
+                        );
+                    }
+                }
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Client side: registers `listen` with the coordinator and returns the address table and
+/// the control connection (kept for heartbeats).
+pub(crate) fn register(
+    coord: &str,
+    me: u32,
+    size: u32,
+    token: &JobToken,
+    incarnation: u64,
+    config: &NetConfig,
+    listen_for: impl FnOnce(&TcpStream) -> Result<String>,
+) -> Result<(Vec<SocketAddr>, TcpStream)> {
+    let deadline = Instant::now() + config.connect_timeout;
+    let mut stream = loop {
+        match TcpStream::connect(coord) {
+            Ok(s) => break s,
+            Err(e) => {
+                if Instant::now() >= deadline {
+                    return Err(NetError::new(
+                        ErrorKind::Timeout,
+                        format!(
+                            "could not reach coordinator {coord} within {:?}: {e}",
+                            config.connect_timeout
+                        ),
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    };
+    let io = |e: std::io::Error| NetError::io(format!("coordinator {coord}"), e);
+    stream.set_nodelay(true).map_err(io)?;
+    stream
+        .set_read_timeout(Some(config.connect_timeout))
+        .map_err(io)?;
+    stream
+        .set_write_timeout(Some(config.connect_timeout))
+        .map_err(io)?;
+    handshake(&mut stream, token, me, incarnation, Some(COORD_RANK), coord)?;
+    let addr = listen_for(&stream)?;
+    let msg = postcard::to_allocvec(&Ctl::Register {
+        rank: me,
+        size,
+        addr,
+    })
+    .map_err(|e| NetError::new(ErrorKind::Codec, e.to_string()))?;
+    wire::write_frame(&mut stream, &Frame::Control(&msg)).map_err(io)?;
+    let remaining = deadline
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_millis(1));
+    stream.set_read_timeout(Some(remaining)).map_err(io)?;
+    let mut buf = Vec::new();
+    wire::read_frame(&mut stream, 16 << 20, &mut buf).map_err(|e| {
+        NetError::io(
+            format!("waiting for all {size} ranks to register at {coord}"),
+            e,
+        )
+    })?;
+    let addrs = match wire::decode(&buf)? {
+        Frame::Control(b) => match postcard::from_bytes::<Ctl>(b) {
+            Ok(Ctl::Table { addrs }) => addrs,
+            other => {
+                return Err(NetError::new(
+                    ErrorKind::Protocol,
+                    format!("expected table from {coord}, got {other:?}"),
+                ))
+            }
+        },
+        f => {
+            return Err(NetError::new(
+                ErrorKind::Protocol,
+                format!("expected table from {coord}, got {f:?}"),
+            ))
+        }
+    };
+    if addrs.len() != size as usize {
+        return Err(NetError::new(
+            ErrorKind::Protocol,
+            format!("table has {} entries for {size} ranks", addrs.len()),
+        ));
+    }
+    let addrs = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            a.parse::<SocketAddr>().map_err(|_| {
+                NetError::new(
+                    ErrorKind::Protocol,
+                    format!("bad address {a:?} for rank {i}"),
+                )
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    stream.set_read_timeout(None).map_err(io)?;
+    Ok((addrs, stream))
+}

@@ -1,0 +1,666 @@
+//! TCP full-mesh transport: one authenticated connection per pair of ranks (the higher rank
+//! dials), go-back-N reliability on top (see `reliable`), reconnect with retransmission,
+//! heartbeats and failure detection.
+//!
+//! Deadlock rule: a reader thread never blocks on a writer's lock. Acks it receives go to
+//! an atomic; acks it sends use `try_lock` (data frames piggyback acks anyway).
+
+use crate::auth::{handshake, JobToken};
+use crate::comm::Transport;
+use crate::config::NetConfig;
+use crate::error::{ErrorKind, NetError, Result};
+use crate::mailbox::{Envelope, Mailbox, PeerState};
+use crate::reliable::{Accept, RecvWindow, SendWindow};
+use crate::wire::{self, DataHeader, Frame, DATA_HEADER_LEN, FLAG_LAST};
+use lazarus_format::{Epoch, Rank};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// Frames a receiver may take before it must acknowledge (bounds retransmit buffers).
+const ACK_EVERY_FRAMES: u32 = 64;
+/// Bytes a receiver may take before it must acknowledge.
+const ACK_EVERY_BYTES: usize = 4 << 20;
+
+struct Frag {
+    hdr: DataHeader,
+    payload: Arc<Vec<u8>>,
+    start: usize,
+    end: usize,
+}
+
+struct Out {
+    stream: Option<TcpStream>,
+    gen: u64,
+    window: SendWindow<Frag>,
+}
+
+struct In {
+    window: RecvWindow,
+    partial: Vec<u8>,
+    gen: u64,
+}
+
+struct Peer {
+    rank: Rank,
+    out: Mutex<Out>,
+    inbound: Mutex<In>,
+    /// Peer's cumulative ack of our frames.
+    acked: AtomicU64,
+    /// Mirror of `inbound.window.next_expected()`, for acks sent without that lock.
+    recv_next: AtomicU64,
+    last_seen: Mutex<Instant>,
+    down_since: Mutex<Option<Instant>>,
+    bye: AtomicBool,
+    reconnecting: AtomicBool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Critical sections leave their data consistent at every await-free step; a panic
+    // elsewhere must not take the transport down with it.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+pub(crate) struct Shared {
+    me: Rank,
+    size: u32,
+    incarnation: u64,
+    token: JobToken,
+    config: NetConfig,
+    mailbox: Arc<Mailbox>,
+    peers: Vec<Peer>,
+    addrs: Vec<SocketAddr>,
+    shutdown: AtomicBool,
+    control: Mutex<Option<TcpStream>>,
+    /// Keeps a rendezvous server hosted by this rank alive as long as the communicator.
+    _server: Option<crate::rdv::RendezvousServer>,
+}
+
+pub(crate) struct TcpTransport {
+    shared: Arc<Shared>,
+}
+
+pub(crate) struct MeshParams {
+    pub me: Rank,
+    pub size: u32,
+    pub incarnation: u64,
+    pub token: JobToken,
+    pub config: NetConfig,
+    pub mailbox: Arc<Mailbox>,
+    pub addrs: Vec<SocketAddr>,
+    pub listener: TcpListener,
+    pub control: Option<TcpStream>,
+    pub server: Option<crate::rdv::RendezvousServer>,
+}
+
+impl TcpTransport {
+    /// Connects the full mesh; returns once every peer is connected or fails in time.
+    pub(crate) fn connect(p: MeshParams) -> Result<Self> {
+        let now = Instant::now();
+        let peers = (0..p.size)
+            .map(|r| Peer {
+                rank: Rank(r),
+                out: Mutex::new(Out {
+                    stream: None,
+                    gen: 0,
+                    window: SendWindow::new(),
+                }),
+                inbound: Mutex::new(In {
+                    window: RecvWindow::default(),
+                    partial: Vec::new(),
+                    gen: 0,
+                }),
+                acked: AtomicU64::new(0),
+                recv_next: AtomicU64::new(0),
+                last_seen: Mutex::new(now),
+                down_since: Mutex::new(None),
+                bye: AtomicBool::new(false),
+                reconnecting: AtomicBool::new(false),
+            })
+            .collect();
+        let shared = Arc::new(Shared {
+            me: p.me,
+            size: p.size,
+            incarnation: p.incarnation,
+            token: p.token,
+            config: p.config,
+            mailbox: p.mailbox,
+            peers,
+            addrs: p.addrs,
+            shutdown: AtomicBool::new(false),
+            control: Mutex::new(p.control),
+            _server: p.server,
+        });
+        let s2 = shared.clone();
+        p.listener
+            .set_nonblocking(true)
+            .map_err(|e| NetError::io("listener nonblocking", e))?;
+        spawn("lazarus-accept", move || accept_loop(p.listener, s2))?;
+        let deadline = Instant::now() + shared.config.connect_timeout;
+        for r in 0..shared.me.0 {
+            let peer = Rank(r);
+            loop {
+                match dial(&shared, peer) {
+                    Ok(()) => break,
+                    Err(e) if Instant::now() < deadline => {
+                        tracing::debug!("{}: dialing {peer} failed, retrying: {e}", shared.me);
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    Err(e) => {
+                        shared.shutdown.store(true, Ordering::Release);
+                        return Err(NetError::new(
+                            ErrorKind::Timeout,
+                            format!(
+                                "could not connect within {:?}: {e}",
+                                shared.config.connect_timeout
+                            ),
+                        )
+                        .with_peer(peer));
+                    }
+                }
+            }
+        }
+        // Wait for the higher ranks to dial us.
+        for peer in shared.peers.iter().filter(|p| p.rank != shared.me) {
+            while lock(&peer.out).stream.is_none() {
+                if Instant::now() >= deadline {
+                    shared.shutdown.store(true, Ordering::Release);
+                    return Err(NetError::new(
+                        ErrorKind::Timeout,
+                        format!(
+                            "peer did not connect within {:?}",
+                            shared.config.connect_timeout
+                        ),
+                    )
+                    .with_peer(peer.rank));
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+        let s3 = shared.clone();
+        spawn("lazarus-heartbeat", move || heartbeat_loop(s3))?;
+        Ok(TcpTransport { shared })
+    }
+}
+
+fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<()> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(f)
+        .map(|_| ())
+        .map_err(|e| NetError::io(format!("spawn {name}"), e))
+}
+
+fn prepare(stream: &TcpStream, config: &NetConfig) -> std::io::Result<()> {
+    stream.set_nonblocking(false)?;
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(config.connect_timeout))?;
+    stream.set_write_timeout(Some(config.connect_timeout))
+}
+
+fn dial(shared: &Arc<Shared>, peer: Rank) -> Result<()> {
+    let addr = *shared
+        .addrs
+        .get(peer.index())
+        .ok_or_else(|| NetError::new(ErrorKind::InvalidArgument, "no address").with_peer(peer))?;
+    let mut s = TcpStream::connect_timeout(&addr, shared.config.connect_timeout)
+        .map_err(|e| NetError::io(format!("connect {addr}"), e).with_peer(peer))?;
+    prepare(&s, &shared.config).map_err(|e| NetError::io("socket options", e))?;
+    handshake(
+        &mut s,
+        &shared.token,
+        shared.me.0,
+        shared.incarnation,
+        Some(peer.0),
+        &addr.to_string(),
+    )?;
+    install(shared, peer, s, &addr.to_string())
+}
+
+fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    while !shared.shutdown.load(Ordering::Acquire) {
+        match listener.accept() {
+            Ok((s, addr)) => {
+                let sh = shared.clone();
+                let _ = spawn("lazarus-handshake", move || {
+                    if let Err(e) = accept_one(&sh, s, addr) {
+                        tracing::warn!("{}: refused connection from {addr}: {e}", sh.me);
+                    }
+                });
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => {
+                tracing::warn!("{}: accept failed: {e}", shared.me);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+fn accept_one(shared: &Arc<Shared>, mut s: TcpStream, addr: SocketAddr) -> Result<()> {
+    prepare(&s, &shared.config).map_err(|e| NetError::io("socket options", e))?;
+    let who = handshake(
+        &mut s,
+        &shared.token,
+        shared.me.0,
+        shared.incarnation,
+        None,
+        &addr.to_string(),
+    )?;
+    if who.rank >= shared.size || who.rank <= shared.me.0 {
+        return Err(NetError::new(
+            ErrorKind::Auth,
+            format!(
+                "rank {} may not dial rank {} (world size {})",
+                who.rank, shared.me.0, shared.size
+            ),
+        ));
+    }
+    install(shared, Rank(who.rank), s, &addr.to_string())
+}
+
+/// After authentication: exchange resume points, retransmit, start the reader.
+fn install(shared: &Arc<Shared>, peer: Rank, mut s: TcpStream, addr: &str) -> Result<()> {
+    let p = shared
+        .peers
+        .get(peer.index())
+        .ok_or_else(|| NetError::new(ErrorKind::InvalidArgument, "no such peer").with_peer(peer))?;
+    if !matches!(shared.mailbox.peer_state(peer), PeerState::Alive) {
+        return Err(NetError::new(
+            ErrorKind::PeerFailed,
+            "peer already declared failed or finished",
+        )
+        .with_peer(peer));
+    }
+    let io = |e: std::io::Error| NetError::io(format!("resume with {addr}"), e).with_peer(peer);
+    let (gen, my_next) = {
+        let mut inb = lock(&p.inbound);
+        inb.gen += 1;
+        (inb.gen, inb.window.next_expected())
+    };
+    wire::write_frame(&mut s, &Frame::Resume(my_next)).map_err(io)?;
+    let mut buf = Vec::new();
+    wire::read_frame(&mut s, 64, &mut buf).map_err(io)?;
+    let their_next = match wire::decode(&buf)? {
+        Frame::Resume(n) => n,
+        f => {
+            return Err(
+                NetError::new(ErrorKind::Protocol, format!("expected resume, got {f:?}"))
+                    .with_peer(peer),
+            )
+        }
+    };
+    s.set_read_timeout(Some(shared.config.heartbeat_interval))
+        .map_err(io)?;
+    s.set_write_timeout(Some(shared.config.failure_timeout))
+        .map_err(io)?;
+    let reader = s.try_clone().map_err(io)?;
+    {
+        let mut out = lock(&p.out);
+        p.acked.fetch_max(their_next, Ordering::AcqRel);
+        out.window.ack(their_next);
+        let ack = p.recv_next.load(Ordering::Acquire);
+        for (seq, f) in out.window.unacked() {
+            let h = DataHeader {
+                seq: *seq,
+                ack,
+                ..f.hdr
+            };
+            let body = f.payload.get(f.start..f.end).unwrap_or(&[]);
+            wire::write_data(&mut s, &h, body).map_err(io)?;
+        }
+        if let Some(old) = out.stream.replace(s) {
+            let _ = old.shutdown(Shutdown::Both);
+        }
+        out.gen = gen;
+        *lock(&p.down_since) = None;
+        *lock(&p.last_seen) = Instant::now();
+    }
+    let sh = shared.clone();
+    let addr = addr.to_string();
+    spawn("lazarus-reader", move || {
+        read_loop(sh, peer, reader, gen, addr)
+    })?;
+    Ok(())
+}
+
+fn mark_down(shared: &Arc<Shared>, peer: Rank, gen: u64) {
+    let Some(p) = shared.peers.get(peer.index()) else {
+        return;
+    };
+    {
+        let mut out = lock(&p.out);
+        if out.gen != gen {
+            return; // a newer connection already replaced this one
+        }
+        if let Some(s) = out.stream.take() {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+    }
+    lock(&p.down_since).get_or_insert_with(Instant::now);
+    if shared.me > peer && !p.reconnecting.swap(true, Ordering::AcqRel) {
+        let sh = shared.clone();
+        let _ = spawn("lazarus-reconnect", move || reconnect_loop(sh, peer));
+    }
+}
+
+fn reconnect_loop(shared: Arc<Shared>, peer: Rank) {
+    let Some(p) = shared.peers.get(peer.index()) else {
+        return;
+    };
+    while !shared.shutdown.load(Ordering::Acquire)
+        && matches!(shared.mailbox.peer_state(peer), PeerState::Alive)
+        && lock(&p.out).stream.is_none()
+    {
+        match dial(&shared, peer) {
+            Ok(()) => {
+                tracing::info!("{}: reconnected to {peer}", shared.me);
+                break;
+            }
+            Err(e) => {
+                tracing::debug!("{}: reconnect to {peer} failed: {e}", shared.me);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+    p.reconnecting.store(false, Ordering::Release);
+}
+
+fn declare_failed(shared: &Shared, peer: Rank, why: String) {
+    if !matches!(shared.mailbox.peer_state(peer), PeerState::Alive) {
+        return;
+    }
+    tracing::warn!("{}: {peer} declared failed: {why}", shared.me);
+    shared.mailbox.set_peer(peer, PeerState::Failed(why));
+    if let Some(p) = shared.peers.get(peer.index()) {
+        if let Some(s) = lock(&p.out).stream.take() {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+fn try_send_ack(p: &Peer) {
+    if let Ok(mut out) = p.out.try_lock() {
+        let ack = p.recv_next.load(Ordering::Acquire);
+        if let Some(s) = out.stream.as_mut() {
+            let _ = wire::write_frame(s, &Frame::Ack(ack));
+        }
+    }
+}
+
+fn read_loop(shared: Arc<Shared>, peer: Rank, mut s: TcpStream, gen: u64, addr: String) {
+    let Some(p) = shared.peers.get(peer.index()) else {
+        return;
+    };
+    let mut buf = Vec::new();
+    let (mut frames, mut bytes) = (0u32, 0usize);
+    loop {
+        if shared.shutdown.load(Ordering::Acquire) || lock(&p.inbound).gen != gen {
+            return;
+        }
+        if let Err(e) = wire::read_frame(&mut s, shared.config.max_frame, &mut buf) {
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) {
+                continue;
+            }
+            if e.kind() == std::io::ErrorKind::InvalidData {
+                tracing::warn!(
+                    "{}: closing connection from {peer} at {addr}: {e}",
+                    shared.me
+                );
+            } else {
+                tracing::debug!("{}: connection to {peer} at {addr} lost: {e}", shared.me);
+            }
+            if !shared.shutdown.load(Ordering::Acquire) && !p.bye.load(Ordering::Acquire) {
+                mark_down(&shared, peer, gen);
+            }
+            return;
+        }
+        *lock(&p.last_seen) = Instant::now();
+        let frame = match wire::decode(&buf) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(
+                    "{}: closing connection from {peer} at {addr}: {e}",
+                    shared.me
+                );
+                mark_down(&shared, peer, gen);
+                return;
+            }
+        };
+        match frame {
+            Frame::Data(h, payload) => {
+                p.acked.fetch_max(h.ack, Ordering::AcqRel);
+                if h.src != peer.0 {
+                    tracing::warn!(
+                        "{}: closing connection from {peer} at {addr}: data claims src {}",
+                        shared.me,
+                        h.src
+                    );
+                    mark_down(&shared, peer, gen);
+                    return;
+                }
+                let mut inb = lock(&p.inbound);
+                if inb.gen != gen {
+                    return;
+                }
+                match inb.window.accept(h.seq) {
+                    Accept::Deliver => {
+                        p.recv_next
+                            .store(inb.window.next_expected(), Ordering::Release);
+                        if h.flags & FLAG_LAST != 0 {
+                            let mut body = std::mem::take(&mut inb.partial);
+                            if body.is_empty() {
+                                body = payload.to_vec();
+                            } else {
+                                body.extend_from_slice(payload);
+                            }
+                            drop(inb);
+                            shared.mailbox.push(Envelope {
+                                src: peer,
+                                tag: h.tag,
+                                epoch: Epoch(h.epoch),
+                                incarnation: h.incarnation,
+                                payload: body,
+                            });
+                        } else {
+                            inb.partial.extend_from_slice(payload);
+                        }
+                        frames += 1;
+                        bytes += payload.len();
+                        if frames >= ACK_EVERY_FRAMES || bytes >= ACK_EVERY_BYTES {
+                            frames = 0;
+                            bytes = 0;
+                            try_send_ack(p);
+                        }
+                    }
+                    Accept::Duplicate => {}
+                    Accept::Gap => {
+                        drop(inb);
+                        tracing::warn!(
+                            "{}: closing connection from {peer} at {addr}: sequence gap at {}",
+                            shared.me,
+                            h.seq
+                        );
+                        mark_down(&shared, peer, gen);
+                        return;
+                    }
+                }
+            }
+            Frame::Ack(a) => {
+                p.acked.fetch_max(a, Ordering::AcqRel);
+            }
+            Frame::Heartbeat(a) => {
+                p.acked.fetch_max(a, Ordering::AcqRel);
+                // Answering lets a finishing peer learn promptly that we hold its data.
+                try_send_ack(p);
+            }
+            Frame::Bye => {
+                p.bye.store(true, Ordering::Release);
+                shared.mailbox.set_peer(peer, PeerState::Finished);
+                return;
+            }
+            other => {
+                tracing::warn!(
+                    "{}: closing connection from {peer} at {addr}: unexpected {other:?}",
+                    shared.me
+                );
+                mark_down(&shared, peer, gen);
+                return;
+            }
+        }
+    }
+}
+
+fn heartbeat_loop(shared: Arc<Shared>) {
+    let cfg = shared.config.clone();
+    while !shared.shutdown.load(Ordering::Acquire) {
+        std::thread::sleep(cfg.heartbeat_interval);
+        for p in shared.peers.iter().filter(|p| p.rank != shared.me) {
+            if p.bye.load(Ordering::Acquire)
+                || !matches!(shared.mailbox.peer_state(p.rank), PeerState::Alive)
+            {
+                continue;
+            }
+            if let Ok(mut out) = p.out.try_lock() {
+                let acked = p.acked.load(Ordering::Acquire);
+                out.window.ack(acked);
+                let ack = p.recv_next.load(Ordering::Acquire);
+                let gen = out.gen;
+                let failed = match out.stream.as_mut() {
+                    Some(s) => wire::write_frame(s, &Frame::Heartbeat(ack)).is_err(),
+                    None => false,
+                };
+                drop(out);
+                if failed {
+                    mark_down(&shared, p.rank, gen);
+                }
+            }
+            let silent = lock(&p.last_seen).elapsed();
+            let down = *lock(&p.down_since);
+            if let Some(d) = down {
+                if d.elapsed() > cfg.failure_timeout {
+                    declare_failed(
+                        &shared,
+                        p.rank,
+                        format!(
+                            "connection lost and not re-established within {:?}",
+                            cfg.failure_timeout
+                        ),
+                    );
+                }
+            } else if silent > cfg.failure_timeout {
+                declare_failed(&shared, p.rank, format!("no heartbeat for {silent:?}"));
+            }
+        }
+        if let Some(c) = lock(&shared.control).as_mut() {
+            let _ = wire::write_frame(c, &Frame::Heartbeat(0));
+        }
+    }
+}
+
+impl Transport for TcpTransport {
+    fn send(&self, to: Rank, env: Envelope) -> Result<()> {
+        let sh = &self.shared;
+        let p = sh.peers.get(to.index()).ok_or_else(|| {
+            NetError::new(ErrorKind::InvalidArgument, "rank out of range").with_peer(to)
+        })?;
+        let max_payload = (sh.config.max_frame as usize)
+            .saturating_sub(DATA_HEADER_LEN)
+            .max(1);
+        let total = env.payload.len();
+        let payload = Arc::new(env.payload);
+        let mut out = lock(&p.out);
+        let acked = p.acked.load(Ordering::Acquire);
+        out.window.ack(acked);
+        let mut start = 0;
+        loop {
+            let end = (start + max_payload).min(total);
+            let hdr = DataHeader {
+                flags: if end == total { FLAG_LAST } else { 0 },
+                tag: env.tag,
+                src: sh.me.0,
+                incarnation: env.incarnation,
+                epoch: env.epoch.0,
+                seq: 0,
+                ack: 0,
+            };
+            let seq = out.window.push(Frag {
+                hdr,
+                payload: payload.clone(),
+                start,
+                end,
+            });
+            let gen = out.gen;
+            if let Some(s) = out.stream.as_mut() {
+                let h = DataHeader {
+                    seq,
+                    ack: p.recv_next.load(Ordering::Acquire),
+                    ..hdr
+                };
+                let body = payload.get(start..end).unwrap_or(&[]);
+                if let Err(e) = wire::write_data(s, &h, body) {
+                    // Kept in the window: retransmitted after the reconnect.
+                    tracing::debug!("{}: write to {to} failed: {e}", sh.me);
+                    drop(out);
+                    mark_down(sh, to, gen);
+                    out = lock(&p.out);
+                }
+            }
+            start = end;
+            if start >= total {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn finalize(&self) {
+        let sh = &self.shared;
+        let deadline = Instant::now() + sh.config.failure_timeout;
+        // Wait until peers hold everything we sent (they ack on heartbeats at the latest).
+        for p in sh.peers.iter().filter(|p| p.rank != sh.me) {
+            loop {
+                let done = {
+                    let mut out = lock(&p.out);
+                    let a = p.acked.load(Ordering::Acquire);
+                    out.window.ack(a);
+                    out.window.all_acked()
+                };
+                if done
+                    || p.bye.load(Ordering::Acquire)
+                    || !matches!(
+                        sh.mailbox.peer_state(p.rank),
+                        PeerState::Alive | PeerState::Finished
+                    )
+                    || Instant::now() >= deadline
+                {
+                    break;
+                }
+                if let Some(st) = lock(&p.out).stream.as_mut() {
+                    let _ = wire::write_frame(
+                        st,
+                        &Frame::Heartbeat(p.recv_next.load(Ordering::Acquire)),
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+        sh.shutdown.store(true, Ordering::Release);
+        for p in sh.peers.iter().filter(|p| p.rank != sh.me) {
+            if let Some(mut s) = lock(&p.out).stream.take() {
+                let _ = wire::write_frame(&mut s, &Frame::Bye);
+                let _ = s.shutdown(Shutdown::Write);
+            }
+        }
+        if let Some(mut c) = lock(&sh.control).take() {
+            let _ = wire::write_frame(&mut c, &Frame::Bye);
+            let _ = c.shutdown(Shutdown::Both);
+        }
+    }
+}
