@@ -405,7 +405,8 @@ pub enum ParticipantAction<R> {
     Send(VoteMsg<R>),
     /// The coordinator's decision on the round this rank took part in.
     Learned(Decision),
-    /// This rank's part of an aborted round was written after the abort: delete it.
+    /// This rank's part of an aborted round exists (it may have landed after the
+    /// coordinator collected the leftovers): delete it.
     DiscardPart {
         /// the aborted round
         round: RoundId,
@@ -599,8 +600,13 @@ impl<R: Clone> Participant<R> {
         if round != d.round {
             return;
         }
+        // The coordinator's CollectLeftovers may have run before our part landed.
+        let discard = d.outcome == Outcome::Abort && matches!(vote, Some(Vote::Durable(_)));
         self.phase = PartPhase::Done { decision: d, vote };
         out.push(ParticipantAction::Learned(d));
+        if discard {
+            out.push(ParticipantAction::DiscardPart { round });
+        }
     }
 }
 
