@@ -1,1 +1,53 @@
-//! lazarus-store (under construction).
+//! The crash-safe directory store for Lazarus checkpoints (format v1, docs/FORMAT.md).
+//!
+//! Three central types:
+//! - [`Repository`]: the single writer (holds `LOCK`): `begin` a checkpoint, `commit` it
+//!   once every rank's [`PartReceipt`] is in, `abort` it, `retain` the newest K and GC.
+//! - [`PartWriter`]: writes one rank's objects (chunked, hashed, deduplicated, compressed,
+//!   fsynced) and its manifest; usable from any process without the lock.
+//! - [`RepoReader`]: lock-free reads: list committed checkpoints, load a rank's part with
+//!   every digest verified, find the newest intact checkpoint, verify everything.
+//!
+//! Crash safety: files are written temp -> fsync -> rename -> fsync(dir); chunks are durable
+//! before the manifest naming them, manifests before COMMIT, and COMMIT is the only commit
+//! point. Failpoints named after each step (`after_chunk_write`, `before_manifest_rename`,
+//! `after_manifest_rename`, `before_commit`, `before_commit_rename`, `after_commit_rename`,
+//! `after_commit`, `gc_after_uncommit`, `gc_during_sweep`) SIGKILL the process when
+//! `LAZARUS_FAILPOINT` names them.
+//!
+//! ```
+//! use lazarus_store::{Repository, RepoOptions, RepoReader, CommitMeta};
+//! use lazarus_format::{ObjectSpec, ObjectInfo, ObjectKind, DType, Rank};
+//! # let dir = tempfile::tempdir().unwrap();
+//! let mut repo = Repository::open(dir.path(), RepoOptions::default())?;
+//! let pending = repo.begin(1)?;
+//! let data: Vec<u8> = [1.5f64, 2.5].iter().flat_map(|x| x.to_le_bytes()).collect();
+//! let obj = ObjectSpec {
+//!     info: ObjectInfo { name: "x".into(), type_name: "Vec<f64>".into(),
+//!         kind: ObjectKind::Bulk { dtype: DType::F64, len: 2, global: None } },
+//!     data: data.as_slice().into(),
+//! };
+//! let receipt = pending.part_writer().write(Rank(0), &[obj])?;
+//! let done = repo.commit(pending, vec![receipt], CommitMeta::default())?;
+//! let reader = RepoReader::open(dir.path())?;
+//! let objs = reader.load_part(done.summary.id, Rank(0))?;
+//! assert_eq!(objs[0].data, data);
+//! # Ok::<(), lazarus_store::StoreError>(())
+//! ```
+#![deny(missing_docs)]
+
+mod error;
+mod fsutil;
+mod layout;
+mod lock;
+mod reader;
+mod repo;
+mod writer;
+
+pub use error::{StoreError, StoreErrorKind};
+pub use fsutil::FAILPOINT_ENV;
+pub use reader::{CheckpointSummary, Damage, Problem, RepoReader, VerifyReport};
+pub use repo::{CommitMeta, CommittedCheckpoint, GcReport, PendingCheckpoint, Repository};
+pub use writer::{
+    Codec, PartReceipt, PartWriter, RepoOptions, DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE,
+};

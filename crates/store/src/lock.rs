@@ -1,0 +1,146 @@
+//! The repository `LOCK`: one writer per repository.
+//!
+//! Mechanism: an exclusive, non-blocking `flock(2)` on `LOCK`, which the kernel releases
+//! when the holder dies (so a `kill -9`'d writer never blocks the next one), plus a small
+//! JSON body naming the owner (pid, host, a BLAKE3 prefix of the job token - never the
+//! token itself, which is a secret). A lock whose file still names an owner but whose
+//! flock is free is stale: it is taken over with a log line. On clean release the body is
+//! truncated rather than the file removed, so two openers can never lock different inodes.
+//! Limitation: flock is not reliable on some network file systems (documented in FORMAT.md).
+
+use crate::error::{StoreError, StoreErrorKind};
+use serde::{Deserialize, Serialize};
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, Write};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+/// Contents of the `LOCK` file.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub(crate) struct LockOwner {
+    pub pid: u32,
+    pub host: String,
+    /// First 16 hex digits of BLAKE3(job token), or null.
+    pub job: Option<String>,
+    pub since_unix_ms: u64,
+}
+
+/// A held (or shared) repository lock; released on drop.
+#[derive(Debug)]
+pub(crate) struct RepoLock {
+    file: Option<File>,
+    path: PathBuf,
+}
+
+pub(crate) fn job_tag(token: &str) -> String {
+    blake3::hash(token.as_bytes()).to_hex()[..16].to_string()
+}
+
+pub(crate) fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: buf is valid for buf.len() bytes; gethostname NUL-terminates on success.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return "unknown".into();
+    }
+    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+impl RepoLock {
+    /// Acquires the lock. With `shared`, a lock held by a live process of the same job
+    /// (same non-None job token) is accepted without being taken.
+    pub(crate) fn acquire(
+        path: &Path,
+        job_token: Option<&str>,
+        shared: bool,
+    ) -> Result<Self, StoreError> {
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(|e| StoreError::io(path, "opening lock file", e))?;
+        // SAFETY: flock on a valid, owned fd.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        let previous = read_owner(&mut file);
+        if rc != 0 {
+            let err = std::io::Error::last_os_error();
+            if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
+                return Err(StoreError::io(path, "flock", err));
+            }
+            let mine = job_token.map(job_tag);
+            if shared && mine.is_some() && previous.as_ref().and_then(|o| o.job.clone()) == mine {
+                tracing::debug!(path = %path.display(), "sharing the lock of our own job");
+                return Ok(RepoLock {
+                    file: None,
+                    path: path.to_path_buf(),
+                });
+            }
+            let who = match previous {
+                Some(o) => format!(
+                    "held by pid {} on host {} since {} ms",
+                    o.pid, o.host, o.since_unix_ms
+                ),
+                None => "held by another process".to_string(),
+            };
+            return Err(StoreError::new(
+                StoreErrorKind::Locked,
+                Some(path),
+                format!("repository is locked: {who}"),
+            ));
+        }
+        if let Some(o) = previous {
+            tracing::warn!(
+                path = %path.display(),
+                "taking over stale lock of dead writer pid {} on host {} (since {} ms)",
+                o.pid, o.host, o.since_unix_ms
+            );
+        }
+        let me = LockOwner {
+            pid: std::process::id(),
+            host: hostname(),
+            job: job_token.map(job_tag),
+            since_unix_ms: crate::fsutil::now_unix_ms(),
+        };
+        let body = serde_json::to_vec(&me).unwrap_or_default();
+        (|| {
+            file.set_len(0)?;
+            file.rewind()?;
+            file.write_all(&body)?;
+            file.sync_all()
+        })()
+        .map_err(|e| StoreError::io(path, "writing lock file", e))?;
+        Ok(RepoLock {
+            file: Some(file),
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+fn read_owner(file: &mut File) -> Option<LockOwner> {
+    let mut s = Vec::new();
+    file.rewind().ok()?;
+    file.take(4096).read_to_end(&mut s).ok()?;
+    if s.is_empty() {
+        return None;
+    }
+    Some(serde_json::from_slice(&s).unwrap_or(LockOwner {
+        pid: 0,
+        host: "unknown (unreadable LOCK)".into(),
+        job: None,
+        since_unix_ms: 0,
+    }))
+}
+
+impl Drop for RepoLock {
+    fn drop(&mut self) {
+        if let Some(f) = &self.file {
+            // Truncate, never unlink: see the module doc. The flock goes with the fd.
+            if let Err(e) = f.set_len(0) {
+                tracing::warn!(path = %self.path.display(), "could not clear lock file: {e}");
+            }
+        }
+    }
+}

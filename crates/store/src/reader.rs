@@ -1,0 +1,518 @@
+//! Read-only access: listing committed checkpoints, loading parts with every digest
+//! verified, finding the newest intact checkpoint, and verifying a whole repository.
+//! Takes no lock; safe while a writer is active (writers only add complete files under
+//! final names, and a checkpoint is visible only once its COMMIT is).
+
+use crate::error::{StoreError, StoreErrorKind};
+use crate::fsutil;
+use crate::layout::Layout;
+use lazarus_format::{
+    decode_chunk, CheckpointId, ChunkCodec, ChunkDigest, ChunkHeader, CommitPart, CommitRecord,
+    FormatVersion, LoadedObject, Manifest, Rank, WriterInfo, CHUNK_HEADER_LEN,
+};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+/// What a COMMIT says about a committed checkpoint.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointSummary {
+    /// Checkpoint id.
+    pub id: CheckpointId,
+    /// Application step.
+    pub step: u64,
+    /// Commit wall time, ms since the Unix epoch.
+    pub time_unix_ms: u64,
+    /// Number of ranks.
+    pub world_size: u32,
+    /// Application metadata.
+    pub app: BTreeMap<String, String>,
+    /// Per-rank manifest digests and sizes, indexed by rank.
+    pub parts: Vec<CommitPart>,
+    /// Sum of logical bytes over ranks.
+    pub logical_bytes: u64,
+    /// Sum of newly stored chunk bytes over ranks.
+    pub stored_new_bytes: u64,
+    /// Who wrote it.
+    pub writer: WriterInfo,
+}
+
+impl From<CommitRecord> for CheckpointSummary {
+    fn from(c: CommitRecord) -> Self {
+        CheckpointSummary {
+            id: c.checkpoint,
+            step: c.step,
+            time_unix_ms: c.time_unix_ms,
+            world_size: c.world_size,
+            app: c.app,
+            logical_bytes: c.parts.iter().map(|p| p.logical_bytes).sum(),
+            stored_new_bytes: c.parts.iter().map(|p| p.stored_new_bytes).sum(),
+            parts: c.parts,
+            writer: c.writer,
+        }
+    }
+}
+
+/// Why a committed checkpoint cannot be used.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Damage {
+    /// The unusable checkpoint.
+    pub checkpoint: CheckpointId,
+    /// The first damaged file found.
+    pub path: PathBuf,
+    /// Error kind, as text (`corrupt`, `missing`, ...).
+    pub kind: String,
+    /// The full error message.
+    pub detail: String,
+}
+
+/// One problem found by [`RepoReader::verify`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Problem {
+    /// The damaged or missing file.
+    pub path: PathBuf,
+    /// Error kind, as text.
+    pub kind: String,
+    /// The full error message.
+    pub detail: String,
+    /// Committed checkpoints that this problem makes unrestorable.
+    pub breaks: Vec<CheckpointId>,
+}
+
+/// Result of a full verification. The repository is sound iff `problems` is empty.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifyReport {
+    /// Committed checkpoints found.
+    pub checkpoints: Vec<CheckpointId>,
+    /// Checkpoints with no problem.
+    pub intact: Vec<CheckpointId>,
+    /// Problems, in discovery order (COMMITs and manifests first, then chunks by digest).
+    pub problems: Vec<Problem>,
+    /// Distinct chunks re-hashed.
+    pub chunks_checked: u64,
+    /// Raw bytes re-hashed.
+    pub bytes_checked: u64,
+}
+
+/// Read-only view of a repository.
+#[derive(Clone, Debug)]
+pub struct RepoReader {
+    layout: Layout,
+    version: FormatVersion,
+}
+
+pub(crate) fn check_format(layout: &Layout) -> Result<FormatVersion, StoreError> {
+    let p = layout.format_file();
+    let bytes = fsutil::read(&p).map_err(|e| {
+        if e.kind() == StoreErrorKind::Missing {
+            StoreError::new(
+                StoreErrorKind::Missing,
+                Some(&p),
+                "not a Lazarus repository (no FORMAT file)",
+            )
+        } else {
+            e
+        }
+    })?;
+    FormatVersion::decode(&bytes).map_err(|e| StoreError::format(&p, "", e))
+}
+
+fn damage(id: CheckpointId, e: &StoreError) -> Damage {
+    Damage {
+        checkpoint: id,
+        path: e.path().map(Path::to_path_buf).unwrap_or_default(),
+        kind: e.kind().to_string(),
+        detail: e.to_string(),
+    }
+}
+
+impl RepoReader {
+    /// Opens a repository for reading; fails with `Missing` if there is no `FORMAT` file and
+    /// `VersionUnsupported` for an unknown major version.
+    pub fn open(path: &Path) -> Result<RepoReader, StoreError> {
+        let layout = Layout::new(path);
+        let version = check_format(&layout)?;
+        Ok(RepoReader { layout, version })
+    }
+
+    /// The repository root.
+    pub fn path(&self) -> &Path {
+        self.layout.root()
+    }
+
+    /// The repository's format version.
+    pub fn version(&self) -> FormatVersion {
+        self.version
+    }
+
+    /// Reads and validates the COMMIT of `id`.
+    pub fn commit_record(&self, id: CheckpointId) -> Result<CommitRecord, StoreError> {
+        let p = self.layout.commit(id);
+        let bytes = fsutil::read(&p)?;
+        let c = CommitRecord::decode(&bytes)
+            .map_err(|e| StoreError::format(&p, &format!("checkpoint {id}"), e))?;
+        if c.checkpoint != id {
+            return Err(StoreError::new(
+                StoreErrorKind::Corrupt,
+                Some(&p),
+                format!("COMMIT in directory {id} names checkpoint {}", c.checkpoint),
+            ));
+        }
+        Ok(c)
+    }
+
+    /// All checkpoint directories that contain a COMMIT file, oldest first, with the result
+    /// of decoding it.
+    pub(crate) fn scan(
+        &self,
+    ) -> Result<Vec<(CheckpointId, Result<CommitRecord, StoreError>)>, StoreError> {
+        let mut out = Vec::new();
+        for id in self.layout.checkpoint_ids()? {
+            if self.layout.commit(id).exists() {
+                out.push((id, self.commit_record(id)));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Committed checkpoints whose COMMIT decodes, oldest first. Damaged COMMITs are
+    /// skipped with a warning (see [`RepoReader::newest_intact`] and `verify` for details).
+    pub fn committed(&self) -> Result<Vec<CheckpointSummary>, StoreError> {
+        let mut out = Vec::new();
+        for (id, r) in self.scan()? {
+            match r {
+                Ok(c) => out.push(CheckpointSummary::from(c)),
+                Err(e) => tracing::warn!("skipping checkpoint {id}: {e}"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Reads rank `rank`'s manifest of committed checkpoint `id`, checked against the digest
+    /// recorded in COMMIT.
+    pub fn manifest(&self, id: CheckpointId, rank: Rank) -> Result<Manifest, StoreError> {
+        let c = self.commit_record(id)?;
+        self.manifest_checked(&c, rank)
+    }
+
+    fn manifest_checked(&self, c: &CommitRecord, rank: Rank) -> Result<Manifest, StoreError> {
+        let id = c.checkpoint;
+        let p = self.layout.manifest(id, rank);
+        let part = c.parts.get(rank.index()).ok_or_else(|| {
+            StoreError::new(
+                StoreErrorKind::InvalidArgument,
+                Some(&p),
+                format!("checkpoint {id} has world size {}, no {rank}", c.world_size),
+            )
+        })?;
+        let bytes = fsutil::read(&p)?;
+        let m = Manifest::decode(&bytes)
+            .map_err(|e| StoreError::format(&p, &format!("checkpoint {id} {rank}"), e))?;
+        if ChunkDigest::of(&bytes) != part.manifest_digest {
+            return Err(StoreError::new(
+                StoreErrorKind::Corrupt,
+                Some(&p),
+                format!("checkpoint {id} {rank}: manifest digest differs from the one in COMMIT"),
+            ));
+        }
+        if m.checkpoint != id || m.rank != rank {
+            return Err(StoreError::new(
+                StoreErrorKind::Corrupt,
+                Some(&p),
+                format!(
+                    "manifest names checkpoint {} {}, expected {id} {rank}",
+                    m.checkpoint, m.rank
+                ),
+            ));
+        }
+        Ok(m)
+    }
+
+    /// Loads rank `rank`'s objects of committed checkpoint `id`, verifying the COMMIT, the
+    /// manifest (against COMMIT) and every chunk (against its digest).
+    pub fn load_part(&self, id: CheckpointId, rank: Rank) -> Result<Vec<LoadedObject>, StoreError> {
+        let m = self.manifest(id, rank)?;
+        let ctx = format!("checkpoint {id} {rank}");
+        let mut out = Vec::with_capacity(m.objects.len());
+        for o in m.objects {
+            let mut data = Vec::new();
+            let n = usize::try_from(o.bytes).ok();
+            let ok = n.is_some_and(|n| data.try_reserve_exact(n).is_ok());
+            if !ok {
+                return Err(StoreError::new(
+                    StoreErrorKind::Corrupt,
+                    Some(&self.layout.manifest(id, rank)),
+                    format!(
+                        "{ctx}: object {:?} of {} bytes cannot be allocated",
+                        o.info.name, o.bytes
+                    ),
+                ));
+            }
+            data.resize(n.unwrap_or(0), 0);
+            let mut slices = Vec::with_capacity(o.chunks.len());
+            let mut rest: &mut [u8] = &mut data;
+            for c in &o.chunks {
+                let Some((a, b)) = rest.split_at_mut_checked(c.len as usize) else {
+                    return Err(StoreError::new(
+                        StoreErrorKind::Corrupt,
+                        Some(&self.layout.manifest(id, rank)),
+                        format!(
+                            "{ctx}: object {:?} chunk lengths exceed its size",
+                            o.info.name
+                        ),
+                    ));
+                };
+                slices.push((c.digest, a));
+                rest = b;
+            }
+            self.read_chunks_into(slices, &ctx)?;
+            out.push(LoadedObject { info: o.info, data });
+        }
+        Ok(out)
+    }
+
+    fn read_chunks_into(
+        &self,
+        slices: Vec<(ChunkDigest, &mut [u8])>,
+        ctx: &str,
+    ) -> Result<(), StoreError> {
+        let work = Mutex::new(slices.into_iter());
+        let first_err: Mutex<Option<StoreError>> = Mutex::new(None);
+        std::thread::scope(|s| {
+            for _ in 0..2 {
+                s.spawn(|| loop {
+                    let next = work.lock().unwrap_or_else(|e| e.into_inner()).next();
+                    let Some((d, out)) = next else { return };
+                    if let Err(e) = self.read_chunk_into(&d, out) {
+                        let mut fe = first_err.lock().unwrap_or_else(|e| e.into_inner());
+                        fe.get_or_insert(e);
+                        return;
+                    }
+                });
+            }
+        });
+        match first_err.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            Some(e) => Err(StoreError::new(
+                e.kind(),
+                e.path(),
+                format!("{ctx}: {}", e.message()),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// Reads chunk `d` into `out` (whose length is the chunk's raw length per the manifest)
+    /// and verifies its digest. Uncompressed chunks are read straight into `out`.
+    pub(crate) fn read_chunk_into(
+        &self,
+        d: &ChunkDigest,
+        out: &mut [u8],
+    ) -> Result<(), StoreError> {
+        let p = self.layout.chunk(d);
+        let fmt_err = |e| StoreError::format(&p, &format!("chunk {d}"), e);
+        let mut f = std::fs::File::open(&p).map_err(|e| StoreError::io(&p, "opening chunk", e))?;
+        let file_len = f
+            .metadata()
+            .map_err(|e| StoreError::io(&p, "stat of chunk", e))?
+            .len();
+        let mut head = [0u8; CHUNK_HEADER_LEN];
+        f.read_exact(&mut head).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                StoreError::new(
+                    StoreErrorKind::Corrupt,
+                    Some(&p),
+                    format!("chunk {d}: truncated header"),
+                )
+            } else {
+                StoreError::io(&p, "reading chunk", e)
+            }
+        })?;
+        let h = ChunkHeader::decode(&head).map_err(fmt_err)?;
+        if h.raw_len != out.len() as u64 {
+            return Err(StoreError::new(
+                StoreErrorKind::Corrupt,
+                Some(&p),
+                format!(
+                    "chunk {d}: raw length {} but the manifest says {}",
+                    h.raw_len,
+                    out.len()
+                ),
+            ));
+        }
+        if h.codec == ChunkCodec::None && h.shuffle.is_none() {
+            if file_len != CHUNK_HEADER_LEN as u64 + h.raw_len {
+                return Err(StoreError::new(
+                    StoreErrorKind::Corrupt,
+                    Some(&p),
+                    format!(
+                        "chunk {d}: file is {file_len} bytes, expected {}",
+                        CHUNK_HEADER_LEN as u64 + h.raw_len
+                    ),
+                ));
+            }
+            f.read_exact(out)
+                .map_err(|e| StoreError::io(&p, "reading chunk", e))?;
+            if ChunkDigest::of(out) != *d {
+                return Err(StoreError::new(
+                    StoreErrorKind::Corrupt,
+                    Some(&p),
+                    format!("chunk {d}: content does not match its digest"),
+                ));
+            }
+            return Ok(());
+        }
+        let mut file = head.to_vec();
+        f.take(lazarus_format::MAX_CHUNK_LEN * 2)
+            .read_to_end(&mut file)
+            .map_err(|e| StoreError::io(&p, "reading chunk", e))?;
+        let raw = decode_chunk(&file, d).map_err(fmt_err)?;
+        if raw.len() != out.len() {
+            return Err(StoreError::new(
+                StoreErrorKind::Corrupt,
+                Some(&p),
+                format!("chunk {d}: wrong length"),
+            ));
+        }
+        out.copy_from_slice(&raw);
+        Ok(())
+    }
+
+    /// Fully verifies committed checkpoint `id`: COMMIT, every manifest, every chunk.
+    pub fn verify_checkpoint(&self, id: CheckpointId) -> Result<(), StoreError> {
+        let c = self.commit_record(id)?;
+        let mut seen = BTreeSet::new();
+        let mut buf = Vec::new();
+        for p in &c.parts {
+            let m = self.manifest_checked(&c, p.rank)?;
+            for o in &m.objects {
+                for ch in &o.chunks {
+                    if seen.insert(ch.digest) {
+                        buf.resize(ch.len as usize, 0);
+                        self.read_chunk_into(&ch.digest, &mut buf).map_err(|e| {
+                            StoreError::new(
+                                e.kind(),
+                                e.path(),
+                                format!("checkpoint {id} {}: {}", p.rank, e.message()),
+                            )
+                        })?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The newest committed checkpoint whose COMMIT, manifests and chunks all verify, plus
+    /// the reasons every newer committed checkpoint was skipped (newest first). `None` when
+    /// no committed checkpoint is intact. Costs one full read of the chosen checkpoint.
+    pub fn newest_intact(&self) -> Result<Option<(CheckpointSummary, Vec<Damage>)>, StoreError> {
+        let mut damages = Vec::new();
+        for (id, r) in self.scan()?.into_iter().rev() {
+            let res = r.and_then(|c| self.verify_checkpoint(id).map(|()| c));
+            match res {
+                Ok(c) => return Ok(Some((CheckpointSummary::from(c), damages))),
+                Err(e) if e.kind() == StoreErrorKind::Io => return Err(e),
+                Err(e) => damages.push(damage(id, &e)),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Verifies every committed checkpoint, re-hashing every referenced chunk once.
+    /// `progress(done_bytes, total_bytes)` is called as chunks are checked.
+    pub fn verify(&self, progress: &dyn Fn(u64, u64)) -> Result<VerifyReport, StoreError> {
+        let mut report = VerifyReport::default();
+        let mut broken: BTreeSet<CheckpointId> = BTreeSet::new();
+        // digest -> (raw length, checkpoints that use it)
+        let mut uses: BTreeMap<ChunkDigest, (u64, BTreeSet<CheckpointId>)> = BTreeMap::new();
+        for (id, r) in self.scan()? {
+            report.checkpoints.push(id);
+            let c = match r {
+                Ok(c) => c,
+                Err(e) => {
+                    report.problems.push(problem(&e, vec![id]));
+                    broken.insert(id);
+                    continue;
+                }
+            };
+            for p in &c.parts {
+                match self.manifest_checked(&c, p.rank) {
+                    Ok(m) => {
+                        for ch in m.objects.iter().flat_map(|o| o.chunks.iter()) {
+                            uses.entry(ch.digest)
+                                .or_insert_with(|| (ch.len, BTreeSet::new()))
+                                .1
+                                .insert(id);
+                        }
+                    }
+                    Err(e) => {
+                        report.problems.push(problem(&e, vec![id]));
+                        broken.insert(id);
+                    }
+                }
+            }
+        }
+        let total: u64 = uses.values().map(|(l, _)| *l).sum();
+        let done = AtomicU64::new(0);
+        let entries: Vec<_> = uses.iter().collect();
+        let next = AtomicUsize::new(0);
+        let bad: Mutex<Vec<(usize, StoreError)>> = Mutex::new(Vec::new());
+        progress(0, total);
+        std::thread::scope(|s| {
+            for _ in 0..2 {
+                s.spawn(|| {
+                    let mut buf = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some((d, (len, _))) = entries.get(i) else {
+                            return;
+                        };
+                        buf.resize(*len as usize, 0);
+                        if let Err(e) = self.read_chunk_into(d, &mut buf) {
+                            bad.lock().unwrap_or_else(|e| e.into_inner()).push((i, e));
+                        }
+                        done.fetch_add(*len, Ordering::Relaxed);
+                    }
+                });
+            }
+            // `progress` need not be Sync: only this thread calls it.
+            let workers_done = || next.load(Ordering::Relaxed) >= entries.len() + 2;
+            while !workers_done() {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                progress(done.load(Ordering::Relaxed), total);
+            }
+        });
+        progress(total, total);
+        let mut bad = bad.into_inner().unwrap_or_else(|e| e.into_inner());
+        bad.sort_by_key(|(i, _)| *i);
+        for (i, e) in bad {
+            if let Some((_, (_, ids))) = entries.get(i) {
+                broken.extend(ids.iter().copied());
+                report
+                    .problems
+                    .push(problem(&e, ids.iter().copied().collect()));
+            }
+        }
+        report.chunks_checked = entries.len() as u64;
+        report.bytes_checked = total;
+        report.intact = report
+            .checkpoints
+            .iter()
+            .copied()
+            .filter(|id| !broken.contains(id))
+            .collect();
+        Ok(report)
+    }
+}
+
+fn problem(e: &StoreError, breaks: Vec<CheckpointId>) -> Problem {
+    Problem {
+        path: e.path().map(Path::to_path_buf).unwrap_or_default(),
+        kind: e.kind().to_string(),
+        detail: e.to_string(),
+        breaks,
+    }
+}

@@ -1,0 +1,417 @@
+//! Writing one rank's part of a pending checkpoint: chunking, hashing, dedup, compression,
+//! durable chunk files, then the rank manifest.
+
+use crate::error::{StoreError, StoreErrorKind};
+use crate::fsutil::{self, failpoint, Budget};
+use crate::layout::Layout;
+use lazarus_format::{
+    encode_chunk, CheckpointId, ChunkCodec, ChunkDigest, ChunkRef, Manifest, ManifestObject,
+    ObjectKind, ObjectSpec, Rank,
+};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeSet, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+/// Default maximum raw chunk length: 1 MiB.
+pub const DEFAULT_CHUNK_SIZE: u32 = 1 << 20;
+/// Smallest accepted chunk size.
+pub const MIN_CHUNK_SIZE: u32 = 4096;
+/// Largest accepted chunk size.
+pub const MAX_CHUNK_SIZE: u32 = 64 << 20;
+
+/// Compression policy for new chunks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Codec {
+    /// zstd level 1 (byte-shuffled first for f32/f64) when a 64 KiB probe of the chunk
+    /// shrinks by at least 5 % and the whole chunk then does too; raw otherwise, so
+    /// incompressible data pays only for the probe.
+    #[default]
+    Auto,
+    /// Never compress.
+    None,
+    /// Always zstd level 1 (byte-shuffled for f32/f64).
+    Zstd,
+}
+
+/// Options for opening a repository or a part writer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RepoOptions {
+    /// Maximum raw bytes per chunk (`MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE`); default 1 MiB.
+    pub chunk_size: u32,
+    /// Compression policy for new chunks.
+    pub codec: Codec,
+    /// Job token of the writer; its BLAKE3 prefix (not the token) is stored in `LOCK`.
+    pub job_token: Option<String>,
+}
+
+impl Default for RepoOptions {
+    fn default() -> Self {
+        RepoOptions {
+            chunk_size: DEFAULT_CHUNK_SIZE,
+            codec: Codec::Auto,
+            job_token: None,
+        }
+    }
+}
+
+impl RepoOptions {
+    pub(crate) fn validate(&self) -> Result<(), StoreError> {
+        if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&self.chunk_size) {
+            return Err(StoreError::new(
+                StoreErrorKind::InvalidArgument,
+                None,
+                format!(
+                    "chunk_size {} is outside {MIN_CHUNK_SIZE}..={MAX_CHUNK_SIZE}",
+                    self.chunk_size
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Proof that one rank's part is durable: sent to the committer (over the network in the
+/// two-phase commit), which checks it against the manifest on disk.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartReceipt {
+    /// The rank that wrote the part.
+    pub rank: Rank,
+    /// The checkpoint the part belongs to.
+    pub checkpoint: CheckpointId,
+    /// BLAKE3 of the whole manifest file.
+    pub manifest_digest: ChunkDigest,
+    /// Sum of the object lengths.
+    pub logical_bytes: u64,
+    /// Bytes of chunk files newly written (not deduplicated).
+    pub stored_new_bytes: u64,
+    /// Number of chunks referenced by the part.
+    pub chunks: u64,
+    /// Number of those chunks that were newly written.
+    pub new_chunks: u64,
+}
+
+/// Writes rank parts of one pending checkpoint. Cheap to clone, `Send + Sync`; can be built
+/// in another process with [`PartWriter::open`] without holding the repository lock.
+#[derive(Clone, Debug)]
+pub struct PartWriter {
+    layout: Layout,
+    id: CheckpointId,
+    opts: RepoOptions,
+    budget: Budget,
+}
+
+struct Job<'a> {
+    obj: usize,
+    data: &'a [u8],
+    shuffle: Option<u8>,
+}
+
+struct ChunkOutcome {
+    chunk: ChunkRef,
+    new_bytes: u64,
+    dir: Option<PathBuf>,
+}
+
+impl PartWriter {
+    pub(crate) fn new(layout: Layout, id: CheckpointId, opts: RepoOptions, budget: Budget) -> Self {
+        PartWriter {
+            layout,
+            id,
+            opts,
+            budget,
+        }
+    }
+
+    /// A writer for the pending checkpoint `id` of the repository at `repo`; the pending
+    /// directory must exist (created by `Repository::begin`) and must not be committed.
+    pub fn open(
+        repo: &Path,
+        id: CheckpointId,
+        opts: RepoOptions,
+    ) -> Result<PartWriter, StoreError> {
+        opts.validate()?;
+        let layout = Layout::new(repo);
+        crate::reader::check_format(&layout)?;
+        let w = PartWriter::new(layout, id, opts, Budget::default());
+        w.check_pending()?;
+        Ok(w)
+    }
+
+    /// Simulates a disk with only `bytes` left for this writer's files (fault injection).
+    pub fn with_write_budget(mut self, bytes: u64) -> Self {
+        self.budget = Budget::limited(bytes);
+        self
+    }
+
+    /// The checkpoint this writer writes to.
+    pub fn id(&self) -> CheckpointId {
+        self.id
+    }
+
+    fn check_pending(&self) -> Result<(), StoreError> {
+        let dir = self.layout.checkpoint_dir(self.id);
+        if !dir.is_dir() {
+            return Err(StoreError::new(
+                StoreErrorKind::Missing,
+                Some(&dir),
+                format!("checkpoint {} is not pending (no directory)", self.id),
+            ));
+        }
+        let commit = self.layout.commit(self.id);
+        if commit.exists() {
+            return Err(StoreError::new(
+                StoreErrorKind::InvalidArgument,
+                Some(&commit),
+                format!("checkpoint {} is already committed", self.id),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Writes `rank`'s objects: every chunk, then the manifest, each durable (fsynced and
+    /// renamed, directories fsynced) before this returns. Chunks already present in the
+    /// repository are not rewritten. Object names must be unique.
+    pub fn write(&self, rank: Rank, objects: &[ObjectSpec<'_>]) -> Result<PartReceipt, StoreError> {
+        self.check_pending()?;
+        let ctx = format!("checkpoint {} {rank}", self.id);
+        let mut names = HashSet::new();
+        let chunk_size = self.opts.chunk_size as usize;
+        let mut jobs = Vec::new();
+        for (i, o) in objects.iter().enumerate() {
+            if !names.insert(o.info.name.as_str()) {
+                return Err(StoreError::new(
+                    StoreErrorKind::InvalidArgument,
+                    None,
+                    format!("{ctx}: object {:?} given twice", o.info.name),
+                ));
+            }
+            let shuffle = match &o.info.kind {
+                ObjectKind::Bulk { dtype, len, .. } => {
+                    let want = len.checked_mul(dtype.size() as u64);
+                    if want != Some(o.data.len() as u64) {
+                        return Err(StoreError::new(
+                            StoreErrorKind::InvalidArgument,
+                            None,
+                            format!(
+                                "{ctx}: object {:?} declares {len} {} elements but has {} bytes",
+                                o.info.name,
+                                dtype.tag(),
+                                o.data.len()
+                            ),
+                        ));
+                    }
+                    dtype.is_float().then_some(dtype.size() as u8)
+                }
+                ObjectKind::Serde => None,
+            };
+            for piece in o.data.chunks(chunk_size) {
+                jobs.push(Job {
+                    obj: i,
+                    data: piece,
+                    shuffle,
+                });
+            }
+        }
+
+        let results = self.write_chunks(&jobs, &ctx)?;
+        let mut per_obj: Vec<Vec<ChunkRef>> = vec![Vec::new(); objects.len()];
+        let mut new_bytes = 0u64;
+        let mut new_chunks = 0u64;
+        let mut dirs = BTreeSet::new();
+        for (job, r) in jobs.iter().zip(results) {
+            new_bytes += r.new_bytes;
+            if r.new_bytes > 0 {
+                new_chunks += 1;
+            }
+            if let Some(d) = r.dir {
+                dirs.insert(d);
+            }
+            if let Some(v) = per_obj.get_mut(job.obj) {
+                v.push(r.chunk);
+            }
+        }
+        // Renames of new chunks must be durable before the manifest that names them.
+        for d in &dirs {
+            fsutil::fsync_dir(d)?;
+        }
+        let manifest = Manifest {
+            checkpoint: self.id,
+            rank,
+            chunk_size: self.opts.chunk_size as u64,
+            objects: objects
+                .iter()
+                .zip(per_obj)
+                .map(|(o, chunks)| ManifestObject {
+                    info: o.info.clone(),
+                    bytes: o.data.len() as u64,
+                    chunks,
+                })
+                .collect(),
+        };
+        let bytes = manifest.encode();
+        let dir = self.layout.checkpoint_dir(self.id);
+        fsutil::write_atomic(
+            &dir,
+            &Layout::manifest_name(rank),
+            &bytes,
+            &self.budget,
+            Some("before_manifest_rename"),
+            true,
+        )?;
+        failpoint("after_manifest_rename");
+        Ok(PartReceipt {
+            rank,
+            checkpoint: self.id,
+            manifest_digest: ChunkDigest::of(&bytes),
+            logical_bytes: objects.iter().map(|o| o.data.len() as u64).sum(),
+            stored_new_bytes: new_bytes,
+            chunks: jobs.len() as u64,
+            new_chunks,
+        })
+    }
+
+    /// Hashes, compresses and writes chunks on up to two threads (the machine has two
+    /// cores; hashing+compression of one chunk overlaps the write of another).
+    fn write_chunks(&self, jobs: &[Job<'_>], ctx: &str) -> Result<Vec<ChunkOutcome>, StoreError> {
+        let next = AtomicUsize::new(0);
+        let claimed: Mutex<HashSet<ChunkDigest>> = Mutex::new(HashSet::new());
+        let slots: Mutex<Vec<Option<ChunkOutcome>>> =
+            Mutex::new((0..jobs.len()).map(|_| None).collect());
+        let first_err: Mutex<Option<StoreError>> = Mutex::new(None);
+        let workers = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+            .clamp(1, 4)
+            .min(jobs.len().max(1));
+        std::thread::scope(|s| {
+            for _ in 0..workers {
+                s.spawn(|| loop {
+                    if first_err
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .is_some()
+                    {
+                        return;
+                    }
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(job) = jobs.get(i) else { return };
+                    match self.write_one(job, &claimed) {
+                        Ok(out) => {
+                            if let Some(slot) =
+                                slots.lock().unwrap_or_else(|e| e.into_inner()).get_mut(i)
+                            {
+                                *slot = Some(out);
+                            }
+                        }
+                        Err(e) => {
+                            let mut fe = first_err.lock().unwrap_or_else(|e| e.into_inner());
+                            if fe.is_none() {
+                                *fe = Some(e);
+                            }
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        if let Some(e) = first_err.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            return Err(StoreError::new(
+                e.kind(),
+                e.path(),
+                format!("{ctx}: {}", e.message()),
+            ));
+        }
+        slots
+            .into_inner()
+            .unwrap_or_else(|e| e.into_inner())
+            .into_iter()
+            .map(|o| {
+                o.ok_or_else(|| {
+                    StoreError::new(
+                        StoreErrorKind::Io,
+                        None,
+                        format!("{ctx}: chunk writer lost a result"),
+                    )
+                })
+            })
+            .collect()
+    }
+
+    fn write_one(
+        &self,
+        job: &Job<'_>,
+        claimed: &Mutex<HashSet<ChunkDigest>>,
+    ) -> Result<ChunkOutcome, StoreError> {
+        let digest = ChunkDigest::of(job.data);
+        let path = self.layout.chunk(&digest);
+        let first_claim = claimed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(digest);
+        // Only complete, renamed files exist under a chunk's final name, so presence
+        // means the chunk is durable and intact (verify re-hashes it anyway).
+        if !first_claim || path.exists() {
+            let stored = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            return Ok(ChunkOutcome {
+                chunk: ChunkRef {
+                    digest,
+                    len: job.data.len() as u64,
+                    stored,
+                },
+                new_bytes: 0,
+                dir: None,
+            });
+        }
+        let file = self.encode(job);
+        let dir = self.layout.chunk_dir(&digest);
+        fsutil::create_dir_durable(&dir)?;
+        fsutil::write_atomic(
+            &dir,
+            &Layout::chunk_name(&digest),
+            &file,
+            &self.budget,
+            None,
+            false,
+        )?;
+        failpoint("after_chunk_write");
+        Ok(ChunkOutcome {
+            chunk: ChunkRef {
+                digest,
+                len: job.data.len() as u64,
+                stored: file.len() as u64,
+            },
+            new_bytes: file.len() as u64,
+            dir: Some(dir),
+        })
+    }
+
+    fn encode(&self, job: &Job<'_>) -> Vec<u8> {
+        const PROBE: usize = 64 << 10;
+        let raw = job.data;
+        match self.opts.codec {
+            Codec::None => encode_chunk(raw, ChunkCodec::None, None, 1),
+            Codec::Zstd => encode_chunk(raw, ChunkCodec::Zstd, job.shuffle, 1),
+            Codec::Auto => {
+                let probe_len = raw.len().min(PROBE);
+                let probe_len = probe_len - probe_len % job.shuffle.unwrap_or(1).max(1) as usize;
+                let probe = encode_chunk(&raw[..probe_len], ChunkCodec::Zstd, job.shuffle, 1);
+                if (probe.len() as f64)
+                    > 0.95 * (probe_len as f64 + lazarus_format::CHUNK_HEADER_LEN as f64)
+                {
+                    return encode_chunk(raw, ChunkCodec::None, None, 1);
+                }
+                if probe_len == raw.len() {
+                    return probe;
+                }
+                let z = encode_chunk(raw, ChunkCodec::Zstd, job.shuffle, 1);
+                if (z.len() as f64) > 0.95 * (raw.len() + lazarus_format::CHUNK_HEADER_LEN) as f64 {
+                    encode_chunk(raw, ChunkCodec::None, None, 1)
+                } else {
+                    z
+                }
+            }
+        }
+    }
+}
