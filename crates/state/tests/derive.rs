@@ -1,0 +1,313 @@
+//! The derive and the schema check, end to end through save/restore in memory.
+
+use lazarus_format::{DType, LoadedObject, ObjectKind};
+use lazarus_state::{restore, save, to_loaded, Checkpoint, Serde, StateError, StateErrorKind};
+use serde::{Deserialize, Serialize};
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+struct Params {
+    dt: f64,
+    label: String,
+}
+
+#[derive(Checkpoint, Debug, Default, PartialEq)]
+struct Inner {
+    hits: u32,
+    weights: [f32; 3],
+}
+
+#[derive(Checkpoint, Debug, Default, PartialEq)]
+#[checkpoint(after_restore = "Sim::rebuild")]
+struct Sim {
+    step: u64,
+    grid: Vec<f64>,
+    #[checkpoint(serde)]
+    params: Params,
+    inner: Inner,
+    maybe: Option<i64>,
+    name: String,
+    #[checkpoint(skip)]
+    total: f64,
+    #[checkpoint(skip)]
+    rebuilt: bool,
+}
+
+impl Sim {
+    fn rebuild(&mut self) -> Result<(), StateError> {
+        self.total = self.grid.iter().sum();
+        self.rebuilt = true;
+        Ok(())
+    }
+    fn sample() -> Self {
+        Sim {
+            step: 42,
+            grid: vec![1.0, 2.5, -3.0],
+            params: Params {
+                dt: 0.25,
+                label: "heat".into(),
+            },
+            inner: Inner {
+                hits: 9,
+                weights: [0.5, 1.5, 2.5],
+            },
+            maybe: Some(-7),
+            name: "sim".into(),
+            total: 0.5,
+            rebuilt: false,
+        }
+    }
+}
+
+#[test]
+fn objects_are_named_by_field_path_with_kinds() {
+    let s = Sim::sample();
+    let objs = save(&s).unwrap();
+    let got: Vec<(&str, &str)> = objs
+        .iter()
+        .map(|o| (o.info.name.as_str(), o.info.type_name.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("step", "u64"),
+            ("grid", "Vec<f64>"),
+            ("params", "Params"),
+            ("inner.hits", "u32"),
+            ("inner.weights", "[f32; 3]"),
+            ("maybe", "Option<i64>"),
+            ("name", "String"),
+        ]
+    );
+    assert_eq!(
+        objs[1].info.kind,
+        ObjectKind::Bulk {
+            dtype: DType::F64,
+            len: 3,
+            global: None
+        }
+    );
+    let le: Vec<u8> = s.grid.iter().flat_map(|x| x.to_le_bytes()).collect();
+    assert_eq!(&*objs[1].data, &le[..]);
+    #[cfg(target_endian = "little")]
+    assert!(
+        matches!(objs[1].data, std::borrow::Cow::Borrowed(_)),
+        "bulk data must not be copied on LE hosts"
+    );
+}
+
+#[test]
+fn round_trip_restores_fields_and_rebuilds_skipped_ones() {
+    let s = Sim::sample();
+    let loaded = to_loaded(&save(&s).unwrap());
+    let mut back = Sim {
+        total: 100.0,
+        ..Default::default()
+    };
+    restore(&mut back, loaded).unwrap();
+    assert_eq!(back.grid, s.grid);
+    assert_eq!(back.params, s.params);
+    assert_eq!(back.inner, s.inner);
+    assert_eq!(back.maybe, Some(-7));
+    assert_eq!(
+        back.total, 0.5,
+        "skip field rebuilt by the hook from restored data"
+    );
+    assert!(back.rebuilt);
+}
+
+#[derive(Checkpoint, Default)]
+struct SimV2 {
+    step: u64,
+    grid: Vec<f32>,
+}
+
+#[derive(Checkpoint, Default)]
+struct SimTooMuch {
+    step: u64,
+    grid: Vec<f64>,
+    #[checkpoint(serde)]
+    params: Params,
+    inner: Inner,
+    maybe: Option<i64>,
+    name: String,
+    extra: u8,
+}
+
+fn loaded_sample() -> Vec<LoadedObject> {
+    to_loaded(&save(&Sim::sample()).unwrap())
+}
+
+#[test]
+fn dtype_change_is_a_kind_mismatch_naming_the_field() {
+    let err = restore(&mut SimV2::default(), loaded_sample()).unwrap_err();
+    assert_eq!(err.field(), "grid");
+    assert_eq!(err.kind(), StateErrorKind::Schema);
+    assert!(err.to_string().contains("grid"), "{err}");
+}
+
+#[test]
+fn removed_fields_are_reported_as_unexpected() {
+    #[derive(Checkpoint, Default)]
+    struct Small {
+        step: u64,
+        grid: Vec<f64>,
+    }
+    let err = restore(&mut Small::default(), loaded_sample()).unwrap_err();
+    assert!(
+        matches!(&err, StateError::Unexpected { field, count: 5 } if field == "inner.hits"),
+        "{err}"
+    );
+}
+
+#[test]
+fn added_field_is_reported_as_missing() {
+    let err = restore(&mut SimTooMuch::default(), loaded_sample()).unwrap_err();
+    assert!(
+        matches!(&err, StateError::Missing { field } if field == "extra"),
+        "{err}"
+    );
+}
+
+#[test]
+fn serde_type_change_is_a_type_mismatch() {
+    #[derive(Serialize, Deserialize, Default)]
+    struct Other {
+        dt: f64,
+    }
+    #[derive(Checkpoint, Default)]
+    struct S {
+        params: Serde<Other>,
+    }
+    #[derive(Checkpoint, Default)]
+    struct T {
+        #[checkpoint(serde)]
+        params: Params,
+    }
+    let objs = to_loaded(&save(&T::default()).unwrap());
+    let err = restore(&mut S::default(), objs).unwrap_err();
+    assert!(
+        matches!(&err, StateError::TypeMismatch { field, expected, found } if field == "params" && expected == "Other" && found == "Params"),
+        "{err}"
+    );
+}
+
+#[test]
+fn array_length_change_is_a_length_error() {
+    #[derive(Checkpoint, Default)]
+    struct A {
+        w: [u16; 4],
+    }
+    #[derive(Checkpoint, Default)]
+    struct B {
+        #[checkpoint(rename = "w")]
+        w2: Vec<u16>,
+    }
+    // Same dtype, different container: the type name differs.
+    let objs = to_loaded(&save(&A { w: [1, 2, 3, 4] }).unwrap());
+    let err = restore(&mut B::default(), objs.clone()).unwrap_err();
+    assert!(matches!(err, StateError::TypeMismatch { .. }), "{err}");
+    // A truncated payload is a length error, not a panic.
+    let mut bad = objs;
+    bad[0].data.pop();
+    let err = restore(&mut A::default(), bad).unwrap_err();
+    assert!(
+        matches!(&err, StateError::Length { field, .. } if field == "w"),
+        "{err}"
+    );
+}
+
+#[test]
+fn rename_and_tuple_and_unit_structs() {
+    #[derive(Checkpoint, Default, Debug, PartialEq)]
+    struct Pair(u8, Vec<i32>);
+    #[derive(Checkpoint, Default, Debug, PartialEq)]
+    struct Unit;
+    #[derive(Checkpoint, Default, Debug, PartialEq)]
+    struct Outer {
+        #[checkpoint(rename = "p")]
+        pair: Pair,
+        unit: Unit,
+    }
+    let v = Outer {
+        pair: Pair(3, vec![-1, 2]),
+        unit: Unit,
+    };
+    let objs = save(&v).unwrap();
+    let names: Vec<_> = objs.iter().map(|o| o.info.name.clone()).collect();
+    assert_eq!(names, ["p.0", "p.1"]);
+    let mut back = Outer::default();
+    restore(&mut back, to_loaded(&objs)).unwrap();
+    assert_eq!(back, v);
+}
+
+#[test]
+fn generic_structs_and_nested_hooks() {
+    #[derive(Checkpoint, Default)]
+    #[checkpoint(after_restore = "Leaf::hook")]
+    struct Leaf {
+        x: u8,
+        #[checkpoint(skip)]
+        seen: u8,
+    }
+    impl Leaf {
+        fn hook(&mut self) -> Result<(), StateError> {
+            self.seen = self.x + 1;
+            Ok(())
+        }
+    }
+    #[derive(Checkpoint, Default)]
+    struct G<T> {
+        val: T,
+        leaf: Leaf,
+    }
+    let g = G {
+        val: vec![1u64, 2],
+        leaf: Leaf { x: 4, seen: 0 },
+    };
+    let mut back = G::<Vec<u64>>::default();
+    restore(&mut back, to_loaded(&save(&g).unwrap())).unwrap();
+    assert_eq!(back.val, vec![1, 2]);
+    assert_eq!(back.leaf.seen, 5, "nested hook ran");
+}
+
+#[test]
+fn hook_errors_propagate() {
+    #[derive(Checkpoint, Default)]
+    #[checkpoint(after_restore = "Bad::hook")]
+    struct Bad {
+        x: u8,
+    }
+    impl Bad {
+        fn hook(&mut self) -> Result<(), StateError> {
+            Err(StateError::custom("x", "cannot rebuild"))
+        }
+    }
+    let err = restore(
+        &mut Bad::default(),
+        to_loaded(&save(&Bad { x: 1 }).unwrap()),
+    )
+    .unwrap_err();
+    assert_eq!(err.kind(), StateErrorKind::Custom);
+    assert_eq!(err.field(), "x");
+}
+
+#[test]
+fn root_leaf_and_duplicates() {
+    let v = vec![1.0f32, 2.0];
+    let objs = save(&v).unwrap();
+    assert_eq!(objs[0].info.name, lazarus_state::ROOT_NAME);
+    let mut loaded = to_loaded(&objs);
+    loaded.push(loaded[0].clone());
+    let err = restore(&mut Vec::<f32>::new(), loaded).unwrap_err();
+    assert!(matches!(err, StateError::Duplicate { .. }), "{err}");
+}
+
+#[test]
+fn garbage_serde_bytes_are_a_decode_error() {
+    let mut objs = to_loaded(&save(&Sim::sample()).unwrap());
+    let p = objs.iter_mut().find(|o| o.info.name == "params").unwrap();
+    p.data = vec![0xff; 3];
+    let err = restore(&mut Sim::default(), objs).unwrap_err();
+    assert_eq!(err.kind(), StateErrorKind::Codec);
+    assert_eq!(err.field(), "params");
+}
