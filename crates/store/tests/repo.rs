@@ -1,0 +1,348 @@
+//! Repository behaviour: round trips, dedup, damage detection and fallback, versions,
+//! full disk, locking, retention and GC.
+
+mod common;
+
+use common::*;
+use lazarus_format::{CheckpointId, Rank};
+use lazarus_store::{RepoOptions, RepoReader, Repository, StoreErrorKind};
+
+#[test]
+fn round_trip_and_dedup() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut repo = Repository::open(dir.path(), small_opts()).unwrap();
+    let a = checkpoint(&mut repo, 3, 7, 3000);
+    assert_holds(dir.path(), a, 3, 7, 3000);
+    // Same content again: nothing new stored except manifests.
+    let pending = repo.begin(1).unwrap();
+    let bytes = le_f64(&field(0, 7, 3000));
+    let r = pending
+        .part_writer()
+        .write(Rank(0), &[bulk_f64("field", &bytes, None)])
+        .unwrap();
+    assert_eq!(r.stored_new_bytes, 0);
+    assert_eq!(r.new_chunks, 0);
+    repo.abort(pending).unwrap();
+    let s = RepoReader::open(dir.path()).unwrap().committed().unwrap();
+    assert_eq!(s.len(), 1);
+    assert_eq!(s[0].step, 7);
+    assert_eq!(s[0].world_size, 3);
+}
+
+#[test]
+fn incremental_writes_only_changed_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = RepoOptions {
+        codec: lazarus_store::Codec::None,
+        ..small_opts()
+    };
+    let mut repo = Repository::open(dir.path(), opts).unwrap();
+    let mut v: Vec<f64> = (0..51200).map(|i| (i as f64).sin()).collect(); // 100 chunks of 4 KiB
+    let write = |repo: &mut Repository, v: &[f64]| {
+        let p = repo.begin(1).unwrap();
+        let b = le_f64(v);
+        let r = p
+            .part_writer()
+            .write(Rank(0), &[bulk_f64("v", &b, None)])
+            .unwrap();
+        repo.commit(p, vec![r.clone()], Default::default()).unwrap();
+        r
+    };
+    let full = write(&mut repo, &v);
+    for x in &mut v[1000..1512] {
+        *x += 1.0; // one contiguous 1 % region
+    }
+    let inc = write(&mut repo, &v);
+    assert_eq!(full.new_chunks, 100);
+    assert!(inc.new_chunks <= 2, "{inc:?}");
+    assert!(
+        inc.stored_new_bytes * 20 <= full.stored_new_bytes,
+        "{inc:?} vs {full:?}"
+    );
+}
+
+#[test]
+fn flipped_chunk_falls_back_and_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut repo = Repository::open(dir.path(), small_opts()).unwrap();
+    let a = checkpoint(&mut repo, 2, 1, 2000);
+    let b = checkpoint(&mut repo, 2, 2, 2000);
+    drop(repo);
+    // Find a chunk only checkpoint b uses: rank 1's field at step 2.
+    let reader = RepoReader::open(dir.path()).unwrap();
+    let m = reader.manifest(b, Rank(1)).unwrap();
+    let d = m.objects[0].chunks[0].digest;
+    let path = files(dir.path(), &d.to_hex())[0].clone();
+    flip(&path, 100);
+    let e = reader.load_part(b, Rank(1)).unwrap_err();
+    assert_eq!(e.kind(), StoreErrorKind::Corrupt);
+    assert_eq!(e.path(), Some(path.as_path()));
+    assert!(e.to_string().contains("rank 1"), "{e}");
+    let (s, damage) = reader.newest_intact().unwrap().unwrap();
+    assert_eq!(s.id, a);
+    assert_eq!(damage.len(), 1);
+    assert_eq!(damage[0].checkpoint, b);
+    assert_eq!(damage[0].path, path);
+    assert_holds(dir.path(), a, 2, 1, 2000);
+    let rep = reader.verify(&|_, _| {}).unwrap();
+    assert_eq!(rep.problems.len(), 1);
+    assert_eq!(rep.problems[0].breaks, vec![b]);
+    assert_eq!(rep.intact, vec![a]);
+}
+
+#[test]
+fn every_damage_kind_is_detected_and_named() {
+    // (what to damage, how) -> load of the newest fails naming the file; fallback works.
+    type Damage = fn(&std::path::Path);
+    let cases: Vec<(&str, &str, Damage)> = vec![
+        ("manifest flip", "rank-0.manifest", |p| flip(p, 60)),
+        ("manifest header flip", "rank-0.manifest", |p| flip(p, 9)),
+        ("manifest truncated", "rank-0.manifest", |p| {
+            let b = std::fs::read(p).unwrap();
+            std::fs::write(p, &b[..b.len() / 2]).unwrap();
+        }),
+        ("manifest not valid at all", "rank-0.manifest", |p| {
+            std::fs::write(p, b"{\"hello\": 1}").unwrap()
+        }),
+        ("commit flip", "COMMIT", |p| flip(p, 70)),
+        ("commit truncated", "COMMIT", |p| {
+            std::fs::write(p, b"LZCM").unwrap()
+        }),
+        ("manifest missing", "rank-0.manifest", |p| {
+            std::fs::remove_file(p).unwrap()
+        }),
+    ];
+    for (what, needle, damage) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let mut repo = Repository::open(dir.path(), small_opts()).unwrap();
+        let a = checkpoint(&mut repo, 1, 1, 1000);
+        let b = checkpoint(&mut repo, 1, 2, 1000);
+        drop(repo);
+        let target = dir
+            .path()
+            .join("checkpoints")
+            .join(b.to_string())
+            .join(needle);
+        damage(&target);
+        let reader = RepoReader::open(dir.path()).unwrap();
+        let e = reader.load_part(b, Rank(0)).unwrap_err();
+        assert_eq!(e.path(), Some(target.as_path()), "{what}: {e}");
+        assert!(
+            matches!(e.kind(), StoreErrorKind::Corrupt | StoreErrorKind::Missing),
+            "{what}: {e}"
+        );
+        let (s, dmg) = reader.newest_intact().unwrap().unwrap();
+        assert_eq!(s.id, a, "{what}");
+        assert_eq!(dmg[0].checkpoint, b, "{what}");
+        assert_holds(dir.path(), a, 1, 1, 1000);
+        let rep = reader.verify(&|_, _| {}).unwrap();
+        assert!(!rep.problems.is_empty(), "{what}");
+        assert_eq!(rep.problems[0].path, target, "{what}");
+        assert_eq!(rep.problems[0].breaks, vec![b], "{what}");
+    }
+}
+
+#[test]
+fn missing_and_truncated_chunks() {
+    for truncate in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut repo = Repository::open(dir.path(), small_opts()).unwrap();
+        let a = checkpoint(&mut repo, 1, 1, 1000);
+        let b = checkpoint(&mut repo, 1, 2, 1000);
+        drop(repo);
+        let reader = RepoReader::open(dir.path()).unwrap();
+        let d = reader.manifest(b, Rank(0)).unwrap().objects[1].chunks[0].digest;
+        let path = files(dir.path(), &d.to_hex())[0].clone();
+        if truncate {
+            let bytes = std::fs::read(&path).unwrap();
+            std::fs::write(&path, &bytes[..bytes.len() - 1]).unwrap();
+        } else {
+            std::fs::remove_file(&path).unwrap();
+        }
+        let e = reader.load_part(b, Rank(0)).unwrap_err();
+        assert_eq!(e.path(), Some(path.as_path()));
+        let want = if truncate {
+            StoreErrorKind::Corrupt
+        } else {
+            StoreErrorKind::Missing
+        };
+        assert_eq!(e.kind(), want, "{e}");
+        assert_eq!(reader.newest_intact().unwrap().unwrap().0.id, a);
+    }
+}
+
+#[test]
+fn future_major_version_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(Repository::open(dir.path(), RepoOptions::default()).unwrap());
+    let mut f = std::fs::read(dir.path().join("FORMAT")).unwrap();
+    f[8] = 2; // major 2
+    std::fs::write(dir.path().join("FORMAT"), &f).unwrap();
+    let e = RepoReader::open(dir.path()).unwrap_err();
+    assert_eq!(e.kind(), StoreErrorKind::VersionUnsupported);
+    assert!(e.to_string().contains("2.0"), "{e}");
+    let e = Repository::open(dir.path(), RepoOptions::default()).unwrap_err();
+    assert_eq!(e.kind(), StoreErrorKind::VersionUnsupported);
+    // A non-repository directory is not silently adopted.
+    let other = tempfile::tempdir().unwrap();
+    std::fs::write(other.path().join("data.txt"), b"x").unwrap();
+    let e = Repository::open(other.path(), RepoOptions::default()).unwrap_err();
+    assert_eq!(e.kind(), StoreErrorKind::Missing);
+}
+
+#[test]
+fn full_disk_fails_cleanly_and_keeps_the_last_checkpoint() {
+    let mut commit_failures = 0;
+    for budget in [
+        0u64, 5000, 20_000, 40_300, 41_000, 41_500, 42_000, 42_500, 43_000, 60_000,
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut repo = Repository::open(
+            dir.path(),
+            RepoOptions {
+                codec: lazarus_store::Codec::None,
+                ..small_opts()
+            },
+        )
+        .unwrap();
+        let a = checkpoint(&mut repo, 1, 1, 5000);
+        repo.set_write_budget(budget);
+        let pending = repo.begin(1).unwrap();
+        let bytes = le_f64(&field(0, 2, 5000));
+        let step = 2u64.to_le_bytes();
+        let r = pending.part_writer().write(
+            Rank(0),
+            &[bulk_f64("field", &bytes, None), serde_obj("step", &step)],
+        );
+        match r {
+            Err(e) => {
+                assert_eq!(e.kind(), StoreErrorKind::NoSpace, "budget {budget}: {e}");
+                assert!(e.is_retryable());
+                repo.abort(pending).unwrap();
+            }
+            Ok(rec) => match repo.commit(pending, vec![rec], Default::default()) {
+                Err(e) => {
+                    commit_failures += 1;
+                    assert_eq!(e.kind(), StoreErrorKind::NoSpace, "budget {budget}: {e}");
+                }
+                Ok(c) => {
+                    assert_holds(dir.path(), c.summary.id, 1, 2, 5000);
+                    continue;
+                }
+            },
+        }
+        let reader = RepoReader::open(dir.path()).unwrap();
+        assert_eq!(reader.newest_intact().unwrap().unwrap().0.id, a);
+        assert!(
+            files(dir.path(), ".tmp-").is_empty(),
+            "temp files left at budget {budget}"
+        );
+        repo.set_write_budget(u64::MAX);
+        repo.retain(5).unwrap();
+        assert!(reader.verify(&|_, _| {}).unwrap().problems.is_empty());
+        let c = checkpoint(&mut repo, 1, 3, 5000);
+        assert_holds(dir.path(), c, 1, 3, 5000);
+    }
+    assert!(commit_failures >= 1, "no budget hit the COMMIT write");
+}
+
+#[test]
+fn one_writer_per_repository() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = RepoOptions {
+        job_token: Some("job-1".into()),
+        ..RepoOptions::default()
+    };
+    let repo = Repository::open(dir.path(), opts.clone()).unwrap();
+    let e = Repository::open(dir.path(), RepoOptions::default()).unwrap_err();
+    assert_eq!(e.kind(), StoreErrorKind::Locked);
+    assert!(
+        e.to_string()
+            .contains(&format!("pid {}", std::process::id())),
+        "{e}"
+    );
+    // Same job may share; another job may not, even with open_shared.
+    let shared = Repository::open_shared(dir.path(), opts.clone()).unwrap();
+    drop(shared);
+    let other = RepoOptions {
+        job_token: Some("job-2".into()),
+        ..RepoOptions::default()
+    };
+    assert_eq!(
+        Repository::open_shared(dir.path(), other)
+            .unwrap_err()
+            .kind(),
+        StoreErrorKind::Locked
+    );
+    // The token itself never lands on disk.
+    let lock = std::fs::read_to_string(dir.path().join("LOCK")).unwrap();
+    assert!(!lock.contains("job-1"), "{lock}");
+    drop(repo);
+    Repository::open(dir.path(), RepoOptions::default()).unwrap();
+}
+
+#[test]
+fn retain_keeps_newest_and_sweeps_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut repo = Repository::open(dir.path(), small_opts()).unwrap();
+    let ids: Vec<CheckpointId> = (1..=5).map(|s| checkpoint(&mut repo, 2, s, 1500)).collect();
+    let leftover = repo.begin(2).unwrap();
+    let b = le_f64(&field(0, 99, 1500));
+    leftover
+        .part_writer()
+        .write(Rank(0), &[bulk_f64("field", &b, None)])
+        .unwrap();
+    assert_eq!(
+        repo.retain(2).unwrap_err().kind(),
+        StoreErrorKind::InvalidArgument
+    );
+    drop(leftover); // e.g. a crashed checkpoint attempt
+    let before = files(&dir.path().join("chunks"), "").len();
+    let rep = repo.retain(2).unwrap();
+    assert_eq!(rep.kept, ids[3..].to_vec());
+    assert_eq!(rep.removed, ids[..3].to_vec());
+    assert_eq!(rep.removed_uncommitted.len(), 1);
+    assert!(rep.chunks_removed > 0);
+    assert_eq!(
+        files(&dir.path().join("chunks"), "").len() as u64,
+        before as u64 - rep.chunks_removed
+    );
+    let reader = RepoReader::open(dir.path()).unwrap();
+    let v = reader.verify(&|_, _| {}).unwrap();
+    assert!(v.problems.is_empty(), "{:?}", v.problems);
+    assert_eq!(v.intact, ids[3..].to_vec());
+    assert_holds(dir.path(), ids[4], 2, 5, 1500);
+    // Idempotent.
+    let again = repo.retain(2).unwrap();
+    assert_eq!(again.chunks_removed, 0);
+    // Ids keep increasing past removed ones.
+    let next = checkpoint(&mut repo, 1, 6, 10);
+    assert!(next > ids[4]);
+}
+
+#[test]
+fn commit_checks_receipts() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut repo = Repository::open(dir.path(), small_opts()).unwrap();
+    let p = repo.begin(2).unwrap();
+    let b = le_f64(&field(0, 1, 10));
+    let r0 = p
+        .part_writer()
+        .write(Rank(0), &[bulk_f64("field", &b, None)])
+        .unwrap();
+    let e = repo
+        .commit(p, vec![r0.clone()], Default::default())
+        .unwrap_err();
+    assert_eq!(e.kind(), StoreErrorKind::InvalidArgument);
+    assert!(e.to_string().contains("rank 1"), "{e}");
+    let p = repo.begin(2).unwrap();
+    let e = repo
+        .commit(p, vec![r0.clone(), r0], Default::default())
+        .unwrap_err();
+    assert_eq!(e.kind(), StoreErrorKind::InvalidArgument);
+    assert!(RepoReader::open(dir.path())
+        .unwrap()
+        .committed()
+        .unwrap()
+        .is_empty());
+}
