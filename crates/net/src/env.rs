@@ -213,3 +213,33 @@ pub fn join(o: JoinOptions) -> Result<Comm> {
         config,
     ))
 }
+
+/// Builds an `n`-rank TCP job inside this process (a rendezvous server on 127.0.0.1 and one
+/// joining thread per rank): the real transport, for tests and benchmarks.
+pub fn loopback_comms(n: u32, config: NetConfig) -> Result<Vec<Comm>> {
+    let token = JobToken::random();
+    let server = RendezvousServer::bind("127.0.0.1:0", n, token.clone(), 0, config.clone())?;
+    let coord = server.local_addr().to_string();
+    let handles: Vec<_> = (0..n)
+        .map(|r| {
+            let o = JoinOptions {
+                rank: Rank(r),
+                size: n,
+                coord: coord.clone(),
+                token: token.clone(),
+                incarnation: 0,
+                config: config.clone(),
+                host_rendezvous: false,
+            };
+            std::thread::spawn(move || join(o))
+        })
+        .collect();
+    let mut out = Vec::with_capacity(n as usize);
+    for (r, h) in handles.into_iter().enumerate() {
+        let c = h.join().map_err(|_| {
+            NetError::new(ErrorKind::PeerFailed, "join thread panicked").with_peer(Rank(r as u32))
+        })??;
+        out.push(c);
+    }
+    Ok(out)
+}

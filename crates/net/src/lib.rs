@@ -42,7 +42,7 @@ pub use auth::JobToken;
 pub use collective::ReduceOp;
 pub use comm::Comm;
 pub use config::NetConfig;
-pub use env::{init, join, JoinOptions};
+pub use env::{init, join, loopback_comms, JoinOptions};
 pub use error::{ErrorKind, NetError, Result};
 pub use local::{local, local_comms, local_comms_with};
 pub use mailbox::Envelope;
