@@ -6,7 +6,8 @@
 //! 4..6    major version u16 LE (1)
 //! 6..8    minor version u16 LE (0)
 //! 8..16   body length u64 LE
-//! 16..48  BLAKE3 of the body
+//! 16..48  BLAKE3 of bytes 0..16 followed by the body (so a flipped version byte is
+//!         detected too)
 //! 48..    body: UTF-8 JSON, exactly `body length` bytes, nothing after it
 //! ```
 
@@ -29,7 +30,8 @@ pub fn seal(magic: [u8; 4], body: &[u8]) -> Vec<u8> {
     out.extend_from_slice(&FORMAT_MAJOR.to_le_bytes());
     out.extend_from_slice(&FORMAT_MINOR.to_le_bytes());
     out.extend_from_slice(&(body.len() as u64).to_le_bytes());
-    out.extend_from_slice(blake3::hash(body).as_bytes());
+    let sum = checksum(&out[..16], body);
+    out.extend_from_slice(&sum);
     out.extend_from_slice(body);
     out
 }
@@ -83,11 +85,19 @@ pub fn open<'a>(magic: [u8; 4], what: &str, file: &'a [u8]) -> Result<&'a [u8], 
             ),
         ));
     }
-    if blake3::hash(body).as_bytes()[..] != header[16..48] {
+    if checksum(&header[..16], body)[..] != header[16..48] {
         return Err(FormatError::new(
             FormatErrorKind::Checksum,
             format!("{what} body does not match its BLAKE3 checksum"),
         ));
     }
     Ok(body)
+}
+
+/// BLAKE3 over the first 16 header bytes and the body.
+fn checksum(head: &[u8], body: &[u8]) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(head);
+    h.update(body);
+    *h.finalize().as_bytes()
 }
