@@ -1,0 +1,459 @@
+//! Collective operations of `DVec`: every rank calls them in the same order.
+//!
+//! Messages use user tags `0xD157_0000..=0xD157_00FF` (reserved for this crate; programs
+//! must not use them). Point-to-point transfers follow one list shared by all ranks, so
+//! even a blocking transport could not deadlock; `Comm` sends are eager anyway.
+
+use crate::balance::{Balancer, Decision, Sample};
+use crate::dvec::{scalars, DVec};
+use crate::elem::{BlockPart, BlockParts, DElem, SumAcc};
+use crate::error::{DistError, DistErrorKind, Result};
+use crate::partition::{Distribution, Plan, DEFAULT_PIECE_BYTES};
+use lazarus_format::Rank;
+use lazarus_net::{Comm, NetError};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::ops::Range;
+use std::sync::OnceLock;
+
+const TAG_MIGRATE: u32 = 0xD157_0001;
+const TAG_HALO: u32 = 0xD157_0002;
+const TAG_GATHER: u32 = 0xD157_0003;
+const TAG_SCATTER: u32 = 0xD157_0004;
+
+pub(crate) fn comm_err(what: &str) -> impl Fn(NetError) -> DistError + '_ {
+    move |e| DistError::with_source(DistErrorKind::Comm, what.to_string(), e)
+}
+
+/// Rows next to a rank's block, received by [`DVec::halo`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Halo<T> {
+    /// Up to `w` rows just before the block (fewer at the global start), in order.
+    pub left: Vec<T>,
+    /// Up to `w` rows just after the block (fewer at the global end), in order.
+    pub right: Vec<T>,
+    /// Global rows of `left`.
+    pub left_rows: Range<u64>,
+    /// Global rows of `right`.
+    pub right_rows: Range<u64>,
+}
+
+impl<T: DElem> DVec<T> {
+    fn check_comm(&self, comm: &Comm) -> Result<()> {
+        if comm.rank() != self.rank || comm.size() != self.world {
+            return Err(DistError::invalid(format!(
+                "DVec of {} in a world of {} used with the communicator of {} in a world of {}",
+                self.rank,
+                self.world,
+                comm.rank(),
+                comm.size()
+            )));
+        }
+        Ok(())
+    }
+
+    /// The block distribution, learned with one allgather after a restore. Collective.
+    pub fn sync_distribution(&self, comm: &Comm) -> Result<&Distribution> {
+        self.check_comm(comm)?;
+        if let Some(d) = self.dist.get() {
+            return Ok(d);
+        }
+        let mine = (self.my.start, self.my.end, self.total);
+        let all: Vec<(u64, u64, u64)> = comm
+            .allgather(&mine)
+            .map_err(comm_err("learning the distribution"))?;
+        let ranges: Vec<_> = all
+            .iter()
+            .map(|&(s, e, t)| lazarus_format::GlobalRange {
+                start: s,
+                len: e.saturating_sub(s),
+                total: t,
+            })
+            .collect();
+        let d = Distribution::from_ranges(&ranges)?;
+        Ok(self.dist.get_or_init(|| d))
+    }
+
+    fn piece_rows(&self) -> u64 {
+        let row_bytes = (self.width * std::mem::size_of::<T>()).max(1);
+        (DEFAULT_PIECE_BYTES / row_bytes).max(1) as u64
+    }
+
+    // ---- reductions ---------------------------------------------------------------------
+
+    fn allreduce_acc(&self, comm: &Comm, local: SumAcc) -> Result<SumAcc> {
+        self.check_comm(comm)?;
+        let all: Vec<Vec<u8>> = comm
+            .allgather(&local.to_le_bytes())
+            .map_err(comm_err("sum"))?;
+        let mut acc = SumAcc::new();
+        for (r, b) in all.iter().enumerate() {
+            let a = SumAcc::from_le_bytes(b).ok_or_else(|| {
+                DistError::protocol(format!("rank {r} sent a malformed sum accumulator"))
+            })?;
+            acc.merge(&a);
+        }
+        Ok(acc)
+    }
+
+    /// Sum of all elements; bit-identical for every distribution and world size (exact
+    /// and rounded once for floats, wrapping for integers). Collective.
+    pub fn sum(&self, comm: &Comm) -> Result<T> {
+        let mut acc = SumAcc::new();
+        for x in &self.data {
+            x.add_to(&mut acc);
+        }
+        Ok(T::from_acc(&self.allreduce_acc(comm, acc)?))
+    }
+
+    /// Dot product with an aligned vector; bit-identical for every distribution.
+    /// Collective.
+    pub fn dot(&self, comm: &Comm, other: &DVec<T>) -> Result<T> {
+        self.check_aligned(other)?;
+        let mut acc = SumAcc::new();
+        for (x, y) in self.data.iter().zip(&other.data) {
+            x.add_product_to(*y, &mut acc);
+        }
+        Ok(T::from_acc(&self.allreduce_acc(comm, acc)?))
+    }
+
+    fn extreme(&self, comm: &Comm, want: std::cmp::Ordering) -> Result<Option<T>> {
+        self.check_comm(comm)?;
+        let pick = |a: T, b: T| if b.total_cmp(&a) == want { b } else { a };
+        let local = self.data.iter().copied().reduce(pick);
+        let all: Vec<Option<T>> = comm.allgather(&local).map_err(comm_err("min/max"))?;
+        Ok(all.into_iter().flatten().reduce(pick))
+    }
+
+    /// Smallest element in the total order (`None` when empty). Collective.
+    pub fn min(&self, comm: &Comm) -> Result<Option<T>> {
+        self.extreme(comm, std::cmp::Ordering::Less)
+    }
+
+    /// Largest element in the total order (`None` when empty). Collective.
+    pub fn max(&self, comm: &Comm) -> Result<Option<T>> {
+        self.extreme(comm, std::cmp::Ordering::Greater)
+    }
+
+    /// Custom reduction in a fixed order: elements (rows, for `width > 1` the row's first
+    /// scalar index `g`) are mapped with `map(g, &row)` and folded with `combine` over
+    /// fixed global blocks of [`crate::REDUCE_BLOCK`] rows, then block results are folded
+    /// in global order. `combine` need not be associative: the result is bit-identical
+    /// whatever the distribution. Collective; every rank gets the result.
+    pub fn reduce<A>(
+        &self,
+        comm: &Comm,
+        identity: A,
+        map: impl Fn(u64, &[T]) -> A,
+        combine: impl Fn(A, A) -> A,
+    ) -> Result<A>
+    where
+        A: Clone + Serialize + DeserializeOwned,
+    {
+        self.check_comm(comm)?;
+        let rows: Vec<&[T]> = self.data.chunks_exact(self.width).collect();
+        let m = |g: u64, r: &&[T]| map(g, r);
+        let parts = BlockParts::local(self.my.start, &rows, &identity, &m, &combine);
+        let all: Vec<Vec<BlockPart<A>>> = comm.allgather(&parts).map_err(comm_err("reduce"))?;
+        Ok(BlockParts::finish(
+            all.into_iter().flatten(),
+            &identity,
+            &combine,
+        ))
+    }
+
+    /// Inclusive prefix sums over the global order (each scalar position of a row is
+    /// scanned over rows independently... for `width == 1`, element `g` becomes
+    /// `x[0] + ... + x[g]`). Floats: every output is the exact prefix sum rounded once, so
+    /// it is bit-identical whatever the distribution. Collective.
+    pub fn scan_sum(&self, comm: &Comm) -> Result<DVec<T>> {
+        self.check_comm(comm)?;
+        let w = self.width;
+        let mut local: Vec<SumAcc> = vec![SumAcc::new(); w];
+        for row in self.data.chunks_exact(w) {
+            for (a, x) in local.iter_mut().zip(row) {
+                x.add_to(a);
+            }
+        }
+        let enc: Vec<Vec<u8>> = local.iter().map(SumAcc::to_le_bytes).collect();
+        let all: Vec<Vec<Vec<u8>>> = comm.allgather(&enc).map_err(comm_err("scan"))?;
+        let mut run: Vec<SumAcc> = vec![SumAcc::new(); w];
+        for (r, accs) in all.iter().enumerate().take(self.rank.index()) {
+            for (c, b) in run.iter_mut().zip(accs) {
+                let a = SumAcc::from_le_bytes(b).ok_or_else(|| {
+                    DistError::protocol(format!("rank {r} sent a malformed scan accumulator"))
+                })?;
+                c.merge(&a);
+            }
+        }
+        let mut out = self.map(|_, x| x);
+        for row in out.data.chunks_exact_mut(w) {
+            for (c, x) in run.iter_mut().zip(row.iter_mut()) {
+                x.add_to(c);
+                *x = T::from_acc(c);
+            }
+        }
+        Ok(out)
+    }
+
+    // ---- gather / scatter ---------------------------------------------------------------
+
+    /// Collects the whole vector (row-major scalars) on `root`: `Some` there, `None`
+    /// elsewhere. Blocks travel in pieces of at most `DEFAULT_PIECE_BYTES`. Collective.
+    pub fn gather(&self, comm: &Comm, root: Rank) -> Result<Option<Vec<T>>> {
+        let dist = self.sync_distribution(comm)?.clone();
+        let pr = self.piece_rows();
+        let w = self.width;
+        if comm.rank() != root {
+            for piece in self.data.chunks(scalars(pr, w)?) {
+                comm.send_slice(root, TAG_GATHER, piece)
+                    .map_err(comm_err("gather"))?;
+            }
+            return Ok(None);
+        }
+        let mut out = Vec::with_capacity(scalars(self.total, w)?);
+        for r in 0..self.world {
+            let r = Rank(r);
+            if r == root {
+                out.extend_from_slice(&self.data);
+                continue;
+            }
+            let mut need = scalars(dist.len_of(r), w)?;
+            let step = scalars(pr, w)?;
+            while need > 0 {
+                let v: Vec<T> = comm.recv_vec(r, TAG_GATHER).map_err(comm_err("gather"))?;
+                if v.len() != need.min(step) {
+                    return Err(DistError::protocol(format!(
+                        "gather: {r} sent {} scalars, expected {}",
+                        v.len(),
+                        need.min(step)
+                    )));
+                }
+                need -= v.len();
+                out.extend_from_slice(&v);
+            }
+        }
+        Ok(Some(out))
+    }
+
+    /// Builds a vector of rows of `width` from `data` (row-major scalars) held by `root`
+    /// (ignored elsewhere), evenly distributed. Collective.
+    pub fn scatter(comm: &Comm, root: Rank, data: Option<&[T]>, width: usize) -> Result<Self> {
+        if width == 0 {
+            return Err(DistError::invalid("a DVec row needs at least one scalar"));
+        }
+        let mut total: u64 = 0;
+        if comm.rank() == root {
+            let d = data.ok_or_else(|| DistError::invalid("scatter root must pass the data"))?;
+            if d.len() % width != 0 {
+                return Err(DistError::invalid(format!(
+                    "scatter: {} scalars are not whole rows of {width}",
+                    d.len()
+                )));
+            }
+            total = (d.len() / width) as u64;
+        }
+        comm.broadcast(root, &mut total)
+            .map_err(comm_err("scatter"))?;
+        let mut v = Self::with_width(comm, total, width)?;
+        let dist = v.sync_distribution(comm)?.clone();
+        let step = scalars(v.piece_rows(), width)?;
+        if comm.rank() == root {
+            let d = data.unwrap_or(&[]);
+            for r in 0..comm.size() {
+                let r = Rank(r);
+                let g = dist.range(r);
+                let block = d
+                    .get(scalars(g.start, width)?..scalars(g.end, width)?)
+                    .unwrap_or(&[]);
+                if r == root {
+                    v.data.copy_from_slice(block);
+                } else {
+                    for piece in block.chunks(step) {
+                        comm.send_slice(r, TAG_SCATTER, piece)
+                            .map_err(comm_err("scatter"))?;
+                    }
+                }
+            }
+        } else {
+            for piece in v.data.chunks_mut(step) {
+                comm.recv_into(root, TAG_SCATTER, piece)
+                    .map_err(comm_err("scatter"))?;
+            }
+        }
+        Ok(v)
+    }
+
+    // ---- halo ---------------------------------------------------------------------------
+
+    /// Receives up to `w` rows on each side of this rank's block from whichever ranks hold
+    /// them (several, if blocks are narrower than `w`). Non-periodic. Collective.
+    pub fn halo(&self, comm: &Comm, w: u64) -> Result<Halo<T>> {
+        let dist = self.sync_distribution(comm)?.clone();
+        let me = self.rank;
+        let wanted = |r: Rank| {
+            let g = dist.range(r);
+            (
+                g.start.saturating_sub(w)..g.start,
+                g.end..g.end.saturating_add(w).min(dist.total()),
+            )
+        };
+        let mut halo = Halo {
+            left: Vec::new(),
+            right: Vec::new(),
+            left_rows: wanted(me).0,
+            right_rows: wanted(me).1,
+        };
+        for d in 0..self.world {
+            let d = Rank(d);
+            let (l, r) = wanted(d);
+            for (side, range) in [(0, l), (1, r)] {
+                for (src, sub) in dist.overlapping(range) {
+                    if src == me && d != me {
+                        let a = scalars(sub.start - self.my.start, self.width)?;
+                        let b = scalars(sub.end - self.my.start, self.width)?;
+                        let s = self.data.get(a..b).ok_or_else(|| {
+                            DistError::protocol(format!("halo: rows {sub:?} not held here"))
+                        })?;
+                        comm.send_slice(d, TAG_HALO, s).map_err(comm_err("halo"))?;
+                    } else if d == me && src != me {
+                        let n = scalars(sub.end - sub.start, self.width)?;
+                        let v: Vec<T> = comm.recv_vec(src, TAG_HALO).map_err(comm_err("halo"))?;
+                        if v.len() != n {
+                            return Err(DistError::protocol(format!(
+                                "halo: {src} sent {} scalars, expected {n}",
+                                v.len()
+                            )));
+                        }
+                        if side == 0 {
+                            &mut halo.left
+                        } else {
+                            &mut halo.right
+                        }
+                        .extend(v);
+                    }
+                }
+            }
+        }
+        Ok(halo)
+    }
+
+    // ---- migration and balancing --------------------------------------------------------
+
+    /// Moves to distribution `to` (one block per rank, same length). Pieces of at most
+    /// `DEFAULT_PIECE_BYTES` travel one at a time; beyond its final block, a rank holds at
+    /// most the rows it receives from the left plus one piece (docs/DIST.md). Collective.
+    pub fn redistribute(&mut self, comm: &Comm, to: &Distribution) -> Result<()> {
+        let from = self.sync_distribution(comm)?.clone();
+        if to.ranks() != self.world as usize || to.total() != self.total {
+            return Err(DistError::invalid(format!(
+                "cannot redistribute {} rows over {} ranks into {} rows over {}",
+                self.total,
+                self.world,
+                to.total(),
+                to.ranks()
+            )));
+        }
+        let plan = Plan::new(&from, to, self.piece_rows())?;
+        let me = self.rank;
+        let w = self.width;
+        let old = self.my.clone();
+        let new = to.range(me);
+        let keep = old.start.max(new.start)..old.end.min(new.end).max(old.start.max(new.start));
+        let mut front: Vec<T> = Vec::new();
+        let mut compacted = false;
+        let compact = |data: &mut Vec<T>, front: &mut Vec<T>| -> Result<()> {
+            if keep.is_empty() {
+                data.clear();
+            } else {
+                data.truncate(scalars(keep.end - old.start, w)?);
+                data.drain(..scalars(keep.start - old.start, w)?);
+            }
+            data.splice(0..0, std::mem::take(front));
+            data.reserve_exact(scalars(new.end - new.start, w)?.saturating_sub(data.len()));
+            Ok(())
+        };
+        for p in plan.involving(me) {
+            let n = scalars(p.global.end - p.global.start, w)?;
+            if p.src == me {
+                // Outgoing rows are still at their old offsets: compaction happens only
+                // once a right-side piece arrives, after every send (global order).
+                let a = scalars(p.global.start - old.start, w)?;
+                let s = self.data.get(a..a + n).ok_or_else(|| {
+                    DistError::protocol(format!("migration: rows {:?} not held", p.global))
+                })?;
+                comm.send_slice(p.dst, TAG_MIGRATE, s)
+                    .map_err(comm_err("migration"))?;
+            } else {
+                let v: Vec<T> = comm
+                    .recv_vec(p.src, TAG_MIGRATE)
+                    .map_err(comm_err("migration"))?;
+                if v.len() != n {
+                    return Err(DistError::protocol(format!(
+                        "migration: {} sent {} scalars for rows {:?}, expected {n}",
+                        p.src,
+                        v.len(),
+                        p.global
+                    )));
+                }
+                if p.global.start < old.start {
+                    front.extend(v);
+                } else {
+                    if !compacted {
+                        compact(&mut self.data, &mut front)?;
+                        compacted = true;
+                    }
+                    self.data.extend(v);
+                }
+            }
+        }
+        if !compacted {
+            compact(&mut self.data, &mut front)?;
+        }
+        if self.data.len() != scalars(new.end - new.start, w)? {
+            return Err(DistError::protocol(format!(
+                "migration left {} with {} scalars, expected rows {new:?}",
+                me,
+                self.data.len()
+            )));
+        }
+        self.my = new;
+        self.dist = OnceLock::new();
+        let _ = self.dist.set(to.clone());
+        Ok(())
+    }
+
+    /// Load balancing in one call: shares the work measured since the last call (by
+    /// [`DVec::work`] and the element-wise operations), lets the policy decide
+    /// ([`crate::Balancer`], docs/DIST.md) and, if it says so, migrates. Every rank gets
+    /// the same decision. Results of later operations do not change (reductions are
+    /// distribution-independent). Collective.
+    pub fn balance(&mut self, comm: &Comm) -> Result<Decision> {
+        let dist = self.sync_distribution(comm)?.clone();
+        let mine = (self.meter.elements, self.meter.seconds);
+        let all: Vec<(u64, f64)> = comm.allgather(&mine).map_err(comm_err("balance"))?;
+        self.meter.elements = 0;
+        self.meter.seconds = 0.0;
+        if self.balancer.is_none() {
+            self.balancer = Some(Balancer::new(
+                self.balance_cfg.clone(),
+                self.world as usize,
+            )?);
+        }
+        let decision = {
+            let Some(b) = self.balancer.as_mut() else {
+                return Err(DistError::invalid("balancer missing"));
+            };
+            let samples: Vec<Sample> = all
+                .iter()
+                .map(|&(elements, seconds)| Sample { elements, seconds })
+                .collect();
+            b.observe(&samples)?;
+            b.decide(&dist)?
+        };
+        if let Decision::Rebalance { to, .. } = &decision {
+            self.redistribute(comm, to)?;
+        }
+        Ok(decision)
+    }
+}

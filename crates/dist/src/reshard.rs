@@ -1,0 +1,299 @@
+//! N -> M restart: cutting the parts of a checkpoint written by N ranks into what each of
+//! M ranks restores.
+//!
+//! Classification, from the manifests alone:
+//! - **distributed**: a bulk object that records a [`GlobalRange`] on every rank (a DVec);
+//!   the ranges must tile the array. New rank `r` of M gets rows
+//!   `Distribution::even(rows, M).range(r)` (rows of the width in the DVec type name), the
+//!   layout `DVec::new` creates, re-assembled from the old parts that overlap it.
+//! - **replicated**: any other object whose bytes are identical on every old rank (a step
+//!   counter, parameters); every new rank gets rank 0's copy.
+//! - **per-rank**: an object whose bytes differ between old ranks, or that only some ranks
+//!   have. It cannot be redistributed: the restore is refused with an error naming it.
+
+use crate::dvec::row_width_of;
+use crate::error::{DistError, Result};
+use crate::partition::Distribution;
+use lazarus_format::{GlobalRange, LoadedObject, ObjectInfo, ObjectKind, Rank};
+use std::collections::BTreeMap;
+
+/// How an object of a checkpoint moves to another world size.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ObjectClass {
+    /// Blocks of one distributed array: re-cut for the new world.
+    Distributed {
+        /// the old parts' ranges, indexed by old rank
+        parts: Vec<GlobalRange>,
+        /// scalars per row (from the DVec type name; 1 otherwise)
+        row_width: u64,
+    },
+    /// Must be identical on every old rank (checked while assembling).
+    Replicated,
+}
+
+/// A plan to restore a checkpoint of `old_world` ranks on `new_world` ranks.
+#[derive(Clone, Debug)]
+pub struct Reshard {
+    old_world: u32,
+    new_world: u32,
+    objects: BTreeMap<String, (ObjectInfo, ObjectClass)>,
+}
+
+impl Reshard {
+    /// Classifies the objects of every old rank's manifest (`old[r]` lists rank `r`'s
+    /// objects). Errors, naming the field and rank, when an object is missing on some rank,
+    /// changes type or kind between ranks, or has global ranges that do not tile.
+    pub fn new(old: &[Vec<ObjectInfo>], new_world: u32) -> Result<Self> {
+        if old.is_empty() || new_world == 0 {
+            return Err(DistError::invalid(format!(
+                "cannot reshard {} ranks onto {new_world}",
+                old.len()
+            )));
+        }
+        let old_world = u32::try_from(old.len())
+            .map_err(|_| DistError::invalid("too many ranks in the checkpoint"))?;
+        let mut objects = BTreeMap::new();
+        let first = &old[0];
+        for info in first {
+            let mut ranges = Vec::with_capacity(old.len());
+            for (r, part) in old.iter().enumerate() {
+                let o = part.iter().find(|o| o.name == info.name).ok_or_else(|| {
+                    DistError::bad_checkpoint(format!(
+                        "field `{}` is saved by rank 0 but not by rank {r}: per-rank state \
+                         is not redistributable",
+                        info.name
+                    ))
+                })?;
+                if o.type_name != info.type_name || !same_shape(&o.kind, &info.kind) {
+                    return Err(DistError::bad_checkpoint(format!(
+                        "field `{}` has type {} {:?} on rank 0 but {} {:?} on rank {r}",
+                        info.name, info.type_name, info.kind, o.type_name, o.kind
+                    )));
+                }
+                if let ObjectKind::Bulk {
+                    global: Some(g),
+                    len,
+                    ..
+                } = &o.kind
+                {
+                    if g.len != *len {
+                        return Err(DistError::bad_checkpoint(format!(
+                            "field `{}` on rank {r}: global range {g:?} disagrees with {len} \
+                             stored elements",
+                            info.name
+                        )));
+                    }
+                    ranges.push(*g);
+                }
+            }
+            let class = match &info.kind {
+                ObjectKind::Bulk {
+                    global: Some(_), ..
+                } => {
+                    Distribution::from_ranges(&ranges).map_err(|e| {
+                        DistError::bad_checkpoint(format!("field `{}`: {e}", info.name))
+                    })?;
+                    let w = row_width_of(&info.type_name);
+                    let total = ranges.first().map(|g| g.total).unwrap_or(0);
+                    if total % w != 0 {
+                        return Err(DistError::bad_checkpoint(format!(
+                            "field `{}`: {total} scalars are not whole rows of {w}",
+                            info.name
+                        )));
+                    }
+                    ObjectClass::Distributed {
+                        parts: ranges,
+                        row_width: w,
+                    }
+                }
+                _ => ObjectClass::Replicated,
+            };
+            objects.insert(info.name.clone(), (info.clone(), class));
+        }
+        for (r, part) in old.iter().enumerate().skip(1) {
+            if let Some(o) = part.iter().find(|o| !objects.contains_key(&o.name)) {
+                return Err(DistError::bad_checkpoint(format!(
+                    "field `{}` is saved by rank {r} but not by rank 0: per-rank state is \
+                     not redistributable",
+                    o.name
+                )));
+            }
+        }
+        Ok(Reshard {
+            old_world,
+            new_world,
+            objects,
+        })
+    }
+
+    /// Every object with its class, by name.
+    pub fn classes(&self) -> impl Iterator<Item = (&str, &ObjectClass)> {
+        self.objects.iter().map(|(n, (_, c))| (n.as_str(), c))
+    }
+
+    /// Checks that every replicated object really is identical on all old ranks, fetching
+    /// it from each (`fetch(old_rank, name)`). The error names the first field that is
+    /// per-rank state. A supervisor calls this once before relaunching on a new size.
+    pub fn check<E>(
+        &self,
+        fetch: &mut impl FnMut(Rank, &str) -> Result<LoadedObject, E>,
+    ) -> Result<()>
+    where
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        for (name, (_, class)) in &self.objects {
+            if *class == ObjectClass::Replicated {
+                self.replicated(name, fetch)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn replicated<E>(
+        &self,
+        name: &str,
+        fetch: &mut impl FnMut(Rank, &str) -> Result<LoadedObject, E>,
+    ) -> Result<LoadedObject>
+    where
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        let base = fetch_one(fetch, Rank(0), name)?;
+        for r in 1..self.old_world {
+            let o = fetch_one(fetch, Rank(r), name)?;
+            if o.data != base.data {
+                return Err(DistError::bad_checkpoint(format!(
+                    "field `{name}` differs between rank 0 and rank {r}: it is per-rank state, \
+                     not redistributable, so a checkpoint of {} ranks cannot restore on {} \
+                     (make it a DVec, or identical on every rank)",
+                    self.old_world, self.new_world
+                )));
+            }
+        }
+        Ok(base)
+    }
+
+    /// The objects new rank `rank` restores from, fetching old parts with
+    /// `fetch(old_rank, name)` (only the parts overlapping its block, and every rank's copy
+    /// of replicated objects to check they agree). Pass the result to
+    /// `lazarus_state::restore`.
+    pub fn assemble<E>(
+        &self,
+        rank: Rank,
+        fetch: &mut impl FnMut(Rank, &str) -> Result<LoadedObject, E>,
+    ) -> Result<Vec<LoadedObject>>
+    where
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        if rank.0 >= self.new_world {
+            return Err(DistError::invalid(format!(
+                "{rank} out of range for the new world of {}",
+                self.new_world
+            )));
+        }
+        let mut out = Vec::with_capacity(self.objects.len());
+        for (name, (info, class)) in &self.objects {
+            match class {
+                ObjectClass::Replicated => out.push(self.replicated(name, fetch)?),
+                ObjectClass::Distributed { parts, row_width } => {
+                    out.push(self.cut(name, info, parts, *row_width, rank, fetch)?)
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn cut<E>(
+        &self,
+        name: &str,
+        info: &ObjectInfo,
+        parts: &[GlobalRange],
+        w: u64,
+        rank: Rank,
+        fetch: &mut impl FnMut(Rank, &str) -> Result<LoadedObject, E>,
+    ) -> Result<LoadedObject>
+    where
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        let ObjectKind::Bulk { dtype, .. } = info.kind else {
+            return Err(DistError::bad_checkpoint(format!(
+                "field `{name}` is not bulk"
+            )));
+        };
+        let esize = dtype.size() as u64;
+        let old = Distribution::from_ranges(parts)?;
+        let total = old.total();
+        let rows = Distribution::even(total / w, self.new_world as usize)?.range(rank);
+        let want = rows.start * w..rows.end * w;
+        let n_bytes = usize::try_from((want.end - want.start) * esize)
+            .map_err(|_| DistError::invalid("block too large for this host"))?;
+        let mut data = Vec::with_capacity(n_bytes);
+        for (src, sub) in old.overlapping(want.clone()) {
+            let o = fetch_one(fetch, src, name)?;
+            let base = old.range(src).start;
+            let a = ((sub.start - base) * esize) as usize;
+            let b = ((sub.end - base) * esize) as usize;
+            let bytes = o.data.get(a..b).ok_or_else(|| {
+                DistError::bad_checkpoint(format!(
+                    "field `{name}` of rank {}: {} bytes, too short for its global range",
+                    src.0,
+                    o.data.len()
+                ))
+            })?;
+            data.extend_from_slice(bytes);
+        }
+        let len = want.end - want.start;
+        Ok(LoadedObject {
+            info: ObjectInfo {
+                name: name.to_string(),
+                type_name: info.type_name.clone(),
+                kind: ObjectKind::Bulk {
+                    dtype,
+                    len,
+                    global: Some(GlobalRange {
+                        start: want.start,
+                        len,
+                        total,
+                    }),
+                },
+            },
+            data,
+        })
+    }
+}
+
+fn fetch_one<E>(
+    fetch: &mut impl FnMut(Rank, &str) -> Result<LoadedObject, E>,
+    r: Rank,
+    name: &str,
+) -> Result<LoadedObject>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    fetch(r, name).map_err(|e| {
+        DistError::with_source(
+            crate::error::DistErrorKind::BadCheckpoint,
+            format!("reading field `{name}` of rank {}", r.0),
+            e,
+        )
+    })
+}
+
+/// Same kind and dtype (bulk lengths and ranges may differ between ranks).
+fn same_shape(a: &ObjectKind, b: &ObjectKind) -> bool {
+    match (a, b) {
+        (
+            ObjectKind::Bulk {
+                dtype: da,
+                global: ga,
+                ..
+            },
+            ObjectKind::Bulk {
+                dtype: db,
+                global: gb,
+                ..
+            },
+        ) => da == db && ga.is_some() == gb.is_some(),
+        (ObjectKind::Serde, ObjectKind::Serde) => true,
+        _ => false,
+    }
+}
