@@ -1,4 +1,70 @@
 //! Lazarus: high-level, portable checkpoint/restart and automatic recovery for
-//! distributed Rust programs. (Facade crate: re-exports the workspace crates.)
+//! distributed Rust programs.
+//!
+//! Three types carry a program through failures:
+//! - [`Checkpoint`] (usually `#[derive(Checkpoint)]`): what to save. Numbers and `Vec`s of
+//!   numbers are saved as raw little-endian arrays, other fields with serde
+//!   (`#[checkpoint(serde)]`), and `#[checkpoint(skip)]` fields are rebuilt after restore.
+//! - [`Job`]: where and when. It opens a checkpoint repository, restores the newest intact
+//!   checkpoint (falling back past damaged ones) or initialises fresh state, and saves at the
+//!   top of the main loop when its policy (every N steps, every T seconds) says so.
+//! - [`store::Repository`]: the portable, crash-safe repository of checkpoints
+//!   (content-addressed chunks, per-rank manifests, one COMMIT per checkpoint).
+//!
+//! Step counting: `job.step()` counts completed iterations; `job.checkpoint(&state)` is
+//! called once at the top of each iteration, may save, and counts the iteration. The step
+//! is recorded in the checkpoint and restored with it, so the loop below runs exactly
+//! `steps` iterations in total however often the process is killed and restarted.
+//!
+//! ```
+//! use lazarus::{Checkpoint, Job, StateError};
+//!
+//! #[derive(Checkpoint)]
+//! #[checkpoint(after_restore = "Sim::rebuild")]
+//! struct Sim {
+//!     x: Vec<f64>,
+//!     #[checkpoint(skip)]
+//!     norm: f64,
+//! }
+//!
+//! impl Sim {
+//!     fn rebuild(&mut self) -> Result<(), StateError> {
+//!         self.norm = self.x.iter().map(|v| v * v).sum::<f64>().sqrt();
+//!         Ok(())
+//!     }
+//! }
+//!
+//! # let dir = tempfile::tempdir()?;
+//! # let repo = dir.path().join("repo");
+//! let steps = 25;
+//! for _attempt in 0..2 {
+//!     // The second attempt restores step 20 and runs the remaining 5 iterations.
+//!     let mut job = Job::builder().repo(&repo).every_steps(10).keep(2).open()?;
+//!     let mut sim = job.restore_or_init(|| Sim { x: vec![1.0; 4], norm: 2.0 })?;
+//!     while job.step() < steps {
+//!         job.checkpoint(&sim)?;
+//!         for v in &mut sim.x {
+//!             *v *= 0.5;
+//!         }
+//!         sim.rebuild()?;
+//!     }
+//! }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+#![deny(missing_docs)]
+
+// Lets `#[derive(Checkpoint)]`, which names `::lazarus::state`, work inside this crate too.
+extern crate self as lazarus;
+
+mod job;
+
+pub use job::{Job, JobBuilder, JobError, RestoreReport, REPO_ENV};
+pub use lazarus_dist as dist;
+pub use lazarus_dist::DVec;
 pub use lazarus_format as format;
+pub use lazarus_net as net;
+pub use lazarus_net::{init, local, Comm};
 pub use lazarus_policy as policy;
+pub use lazarus_state as state;
+pub use lazarus_state::{Checkpoint, Serde, StateError};
+pub use lazarus_store as store;
