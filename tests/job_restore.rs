@@ -1,0 +1,329 @@
+//! Job API against a real on-disk repository: step counting across restarts, fallback past
+//! damaged checkpoints, schema mismatch errors, skipped fields rebuilt by the hook.
+
+use lazarus::format::CheckpointId;
+use lazarus::store::RepoReader;
+use lazarus::{Checkpoint, Job, JobError, StateError};
+use std::path::{Path, PathBuf};
+
+#[derive(Checkpoint, Debug, Clone, PartialEq)]
+#[checkpoint(after_restore = "Counter::rebuild")]
+struct Counter {
+    iters: u64,
+    data: Vec<u32>,
+    #[checkpoint(skip)]
+    sum: u64,
+    #[checkpoint(skip)]
+    rebuilt: bool,
+}
+
+impl Counter {
+    fn new() -> Self {
+        Counter {
+            iters: 0,
+            data: vec![0; 4096],
+            sum: 0,
+            rebuilt: false,
+        }
+    }
+    fn rebuild(&mut self) -> Result<(), StateError> {
+        self.sum = self.data.iter().map(|&x| x as u64).sum();
+        self.rebuilt = true;
+        Ok(())
+    }
+    fn work(&mut self, i: u64) {
+        // Touch every element so each checkpoint has unique chunks.
+        for (k, x) in self.data.iter_mut().enumerate() {
+            *x = x.wrapping_mul(31).wrapping_add(i as u32 ^ k as u32);
+        }
+        self.sum = self.data.iter().map(|&x| x as u64).sum();
+        self.iters += 1;
+    }
+}
+
+fn run(
+    repo: &Path,
+    every: u64,
+    until: u64,
+    stop_after: Option<u64>,
+) -> Result<(Counter, Job), JobError> {
+    let mut job = Job::builder()
+        .repo(repo)
+        .every_steps(every)
+        .keep(10)
+        .open()?;
+    let mut c = job.restore_or_init(Counter::new)?;
+    let mut done = 0;
+    while job.step() < until {
+        if Some(done) == stop_after {
+            break;
+        }
+        let i = job.checkpoint(&c)?;
+        assert_eq!(
+            i, c.iters,
+            "checkpoint() returns the index of the iteration about to run"
+        );
+        c.work(i);
+        done += 1;
+    }
+    Ok((c, job))
+}
+
+fn reference(until: u64) -> Counter {
+    let mut c = Counter::new();
+    for i in 0..until {
+        c.work(i);
+    }
+    c
+}
+
+fn newest_dir(repo: &Path) -> (CheckpointId, PathBuf) {
+    let reader = RepoReader::open(repo).unwrap();
+    let newest = reader.committed().unwrap().last().unwrap().id;
+    (newest, repo.join("checkpoints").join(newest.to_string()))
+}
+
+#[test]
+fn restarts_run_exactly_the_requested_iterations() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("r");
+    // First life: 23 iterations, checkpoints at steps 5, 10, 15, 20.
+    let (c1, job) = run(&repo, 5, 100, Some(23)).unwrap();
+    assert_eq!((c1.iters, job.step()), (23, 23));
+    drop(job);
+    // Second life restores step 20 and redoes 20..100.
+    let (c2, job) = run(&repo, 5, 100, None).unwrap();
+    let report = job.restore_report().unwrap();
+    assert_eq!(report.step, 20);
+    assert!(report.skipped.is_empty());
+    assert_eq!(job.step(), 100);
+    assert_eq!(
+        c2,
+        Counter {
+            rebuilt: true,
+            ..reference(100)
+        }
+    );
+    drop(job);
+    // Third life restores step 95; nothing saved twice at the restored step.
+    let before = RepoReader::open(&repo).unwrap().committed().unwrap().len();
+    let (c3, job) = run(&repo, 5, 100, None).unwrap();
+    assert_eq!(job.restore_report().unwrap().step, 95);
+    assert_eq!(c3.data, reference(100).data);
+    let after = RepoReader::open(&repo).unwrap().committed().unwrap().len();
+    assert_eq!(
+        before, after,
+        "restoring step 95 must not commit step 95 again"
+    );
+}
+
+#[test]
+fn skipped_field_is_rebuilt_by_the_hook() {
+    let dir = tempfile::tempdir().unwrap();
+    let (c1, job) = run(dir.path(), 3, 7, None).unwrap();
+    drop(job);
+    let mut job = Job::builder()
+        .repo(dir.path())
+        .every_steps(3)
+        .open()
+        .unwrap();
+    let c = job
+        .restore_or_init(|| Counter {
+            sum: 12345,
+            ..Counter::new()
+        })
+        .unwrap();
+    assert!(c.rebuilt);
+    assert_eq!(c.iters, 6);
+    assert_eq!(
+        c.sum,
+        reference(6).sum,
+        "sum recomputed from the restored data, not the init value"
+    );
+    assert_ne!(c1.sum, c.sum);
+}
+
+fn corrupt_file(p: &Path) {
+    let mut bytes = std::fs::read(p).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x5a;
+    std::fs::write(p, bytes).unwrap();
+}
+
+/// Digests of the chunks named in a manifest (the JSON body after the binary header).
+fn manifest_chunks(manifest: &Path) -> Vec<String> {
+    let bytes = std::fs::read(manifest).unwrap();
+    let start = bytes.iter().position(|&b| b == b'{').unwrap();
+    let text = String::from_utf8_lossy(&bytes[start..]);
+    text.split("\"digest\": \"")
+        .skip(1)
+        .filter_map(|s| s.get(..64))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn damaged_newest_chunk_falls_back_and_reports_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path();
+    let (_, job) = run(repo, 4, 13, None).unwrap(); // checkpoints at 4, 8, 12
+    drop(job);
+    let (newest, ndir) = newest_dir(repo);
+    let (_, older_chunks) = {
+        let reader = RepoReader::open(repo).unwrap();
+        let all = reader.committed().unwrap();
+        let prev = &all[all.len() - 2];
+        (
+            prev.id,
+            manifest_chunks(
+                &repo
+                    .join("checkpoints")
+                    .join(prev.id.to_string())
+                    .join("rank-0.manifest"),
+            ),
+        )
+    };
+    let victim = manifest_chunks(&ndir.join("rank-0.manifest"))
+        .into_iter()
+        .find(|d| !older_chunks.contains(d))
+        .expect("newest checkpoint has a chunk of its own");
+    corrupt_file(&repo.join("chunks").join(&victim[..2]).join(&victim));
+
+    let mut job = Job::builder().repo(repo).every_steps(4).open().unwrap();
+    let c = job.restore_or_init(Counter::new).unwrap();
+    let report = job.restore_report().unwrap().clone();
+    assert_eq!(report.step, 8);
+    assert_eq!(c.data, reference(8).data);
+    assert_eq!(report.skipped.len(), 1);
+    assert_eq!(report.skipped[0].checkpoint, newest);
+    let text = report.to_string();
+    assert!(
+        text.contains("skipped damaged checkpoint") && text.contains(&victim[..16]),
+        "{text}"
+    );
+}
+
+#[test]
+fn damaged_manifest_and_commit_fall_back_further() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path();
+    let (_, job) = run(repo, 2, 7, None).unwrap(); // checkpoints at 2, 4, 6
+    drop(job);
+    let reader = RepoReader::open(repo).unwrap();
+    let ids: Vec<_> = reader.committed().unwrap().iter().map(|s| s.id).collect();
+    let cdir = |id: CheckpointId| repo.join("checkpoints").join(id.to_string());
+    corrupt_file(&cdir(ids[2]).join("COMMIT"));
+    corrupt_file(&cdir(ids[1]).join("rank-0.manifest"));
+    let mut job = Job::builder().repo(repo).every_steps(2).open().unwrap();
+    let c = job.restore_or_init(Counter::new).unwrap();
+    let report = job.restore_report().unwrap();
+    assert_eq!(report.step, 2);
+    assert_eq!(c.data, reference(2).data);
+    let skipped: Vec<_> = report.skipped.iter().map(|d| d.checkpoint).collect();
+    assert_eq!(skipped, vec![ids[2], ids[1]]);
+    // And the job goes on from there, writing new checkpoints after the damaged ones.
+    let mut c = c;
+    while job.step() < 9 {
+        let i = job.checkpoint(&c).unwrap();
+        c.work(i);
+    }
+    assert_eq!(c.data, reference(9).data);
+}
+
+#[test]
+fn all_damaged_starts_fresh() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, job) = run(dir.path(), 3, 4, None).unwrap();
+    drop(job);
+    let (_, ndir) = newest_dir(dir.path());
+    corrupt_file(&ndir.join("COMMIT"));
+    let mut job = Job::builder()
+        .repo(dir.path())
+        .every_steps(3)
+        .open()
+        .unwrap();
+    let c = job.restore_or_init(Counter::new).unwrap();
+    assert_eq!((job.step(), c.iters), (0, 0));
+    assert!(job.restore_report().is_none());
+}
+
+#[test]
+fn schema_mismatch_names_the_field() {
+    #[derive(Checkpoint, Debug)]
+    struct Other {
+        iters: u64,
+        data: Vec<u64>,
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (_, job) = run(dir.path(), 2, 3, None).unwrap();
+    drop(job);
+    let mut job = Job::builder().repo(dir.path()).open().unwrap();
+    let err = job
+        .restore_or_init(|| Other {
+            iters: 0,
+            data: vec![],
+        })
+        .unwrap_err();
+    match &err {
+        JobError::Restore {
+            source, step: 2, ..
+        } => assert_eq!(source.field(), "data"),
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(err.to_string().contains("`data`"), "{err}");
+    assert!(!err.is_retryable());
+}
+
+#[test]
+fn configuration_errors_are_typed() {
+    std::env::remove_var(lazarus::REPO_ENV);
+    assert!(matches!(Job::builder().open(), Err(JobError::NoRepo)));
+    let dir = tempfile::tempdir().unwrap();
+    assert!(matches!(
+        Job::builder().repo(dir.path()).keep(0).open(),
+        Err(JobError::Config(_))
+    ));
+    assert!(matches!(
+        Job::builder().repo(dir.path()).every_steps(0).open(),
+        Err(JobError::Config(_))
+    ));
+    // A second job on the same repository is refused while the first holds the lock.
+    let _first = Job::builder().repo(dir.path()).open().unwrap();
+    let err = Job::builder().repo(dir.path()).open().unwrap_err();
+    assert!(err.is_retryable(), "{err}");
+}
+
+#[test]
+fn retention_keeps_the_newest_k() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut job = Job::builder()
+        .repo(dir.path())
+        .every_steps(1)
+        .keep(2)
+        .open()
+        .unwrap();
+    let mut c = job.restore_or_init(Counter::new).unwrap();
+    while job.step() < 6 {
+        let i = job.checkpoint(&c).unwrap();
+        c.work(i);
+    }
+    let id = job.checkpoint_now(&c).unwrap();
+    let steps: Vec<u64> = RepoReader::open(dir.path())
+        .unwrap()
+        .committed()
+        .unwrap()
+        .iter()
+        .map(|s| s.step)
+        .collect();
+    assert_eq!(steps, vec![5, 6]);
+    assert_eq!(
+        RepoReader::open(dir.path())
+            .unwrap()
+            .committed()
+            .unwrap()
+            .last()
+            .unwrap()
+            .id,
+        id
+    );
+}
