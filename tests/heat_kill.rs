@@ -1,0 +1,256 @@
+//! Real processes: the `heat` example is SIGKILLed at seeded random moments and at the
+//! store's named failpoints around a checkpoint, restarted with the same arguments until it
+//! completes, and must print the checksum of a run that was never killed.
+//!
+//! Seed: `LAZARUS_TEST_SEED` (printed on every run) or a fixed default.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const ARGS: [&str; 6] = ["--steps", "600", "--size", "128", "--every", "40"];
+const DEADLINE: Duration = Duration::from_secs(120);
+
+/// The example binary, built next to this test by `cargo test`; built on demand otherwise.
+fn heat_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>");
+    let bin = profile_dir
+        .join("examples")
+        .join(format!("heat{}", std::env::consts::EXE_SUFFIX));
+    if !bin.exists() {
+        let status = Command::new(env!("CARGO"))
+            .args([
+                "build",
+                "--example",
+                "heat",
+                "--manifest-path",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"),
+            ])
+            .status()
+            .expect("running cargo build --example heat");
+        assert!(status.success(), "cargo build --example heat failed");
+    }
+    bin
+}
+
+fn command(repo: &Path) -> Command {
+    let mut c = Command::new(heat_bin());
+    c.arg("--repo")
+        .arg(repo)
+        .args(ARGS)
+        .env_remove("LAZARUS_FAILPOINT")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    c
+}
+
+fn finish(mut c: Command) -> Output {
+    let child = c.spawn().expect("spawning heat");
+    let start = Instant::now();
+    let out = child.wait_with_output().expect("waiting for heat");
+    assert!(
+        start.elapsed() < DEADLINE,
+        "heat took {:?}",
+        start.elapsed()
+    );
+    out
+}
+
+fn checksum_of(out: &Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "heat failed: {:?}\nstdout: {stdout}\nstderr: {stderr}",
+        out.status
+    );
+    let last = stdout.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("checksum=") && last.len() == "checksum=".len() + 16,
+        "last line {last:?}"
+    );
+    last.to_string()
+}
+
+/// The uninterrupted result and how long that run took.
+fn reference_run() -> (String, Duration) {
+    static REF: std::sync::OnceLock<(String, Duration)> = std::sync::OnceLock::new();
+    REF.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let t0 = Instant::now();
+        let sum = checksum_of(&finish(command(&dir.path().join("ref"))));
+        (sum, t0.elapsed())
+    })
+    .clone()
+}
+
+fn reference() -> String {
+    reference_run().0
+}
+
+/// Spawns heat and SIGKILLs it after `after` (if it is still running). True if killed.
+fn run_and_kill(repo: &Path, after: Duration) -> bool {
+    let mut child = command(repo)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawning heat");
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            assert!(
+                status.success(),
+                "heat exited with {status:?} before being killed"
+            );
+            return false;
+        }
+        if start.elapsed() >= after {
+            // SIGKILL; `wait` reaps it so its pid is dead before the next run takes the lock.
+            child.kill().expect("kill -9");
+            let status = child.wait().expect("wait");
+            return status.signal() == Some(libc::SIGKILL);
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+#[test]
+fn uninterrupted_runs_agree() {
+    let dir = tempfile::tempdir().unwrap();
+    assert_eq!(
+        checksum_of(&finish(command(&dir.path().join("a")))),
+        reference()
+    );
+    // Running again on a finished repository resumes from the last checkpoint: same result.
+    assert_eq!(
+        checksum_of(&finish(command(&dir.path().join("a")))),
+        reference()
+    );
+}
+
+#[test]
+fn sigkill_at_seeded_random_moments() {
+    let seed: u64 = std::env::var("LAZARUS_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20261122);
+    println!("seed={seed} (set LAZARUS_TEST_SEED to reproduce)");
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let (want, full) = reference_run();
+    // Kill points are drawn over the length of a whole run, so most land mid-run.
+    let span = (full.as_millis() as u64 * 3 / 4).max(50);
+    for round in 0..3 {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = dir.path().join("r");
+        let mut kills = Vec::new();
+        for _ in 0..6 {
+            let after = rng.gen_range(5..span);
+            if !run_and_kill(&repo, Duration::from_millis(after)) {
+                break; // it completed before the kill
+            }
+            kills.push(after);
+        }
+        let out = finish(command(&repo));
+        println!(
+            "round {round}: killed at {kills:?} ms; then: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        assert_eq!(
+            checksum_of(&out),
+            want,
+            "seed {seed} round {round}, kills at {kills:?} ms"
+        );
+    }
+}
+
+#[test]
+fn sigkill_at_each_failpoint_around_a_checkpoint() {
+    let want = reference();
+    for fp in [
+        "after_chunk_write",
+        "before_manifest_rename",
+        "after_manifest_rename",
+        "before_commit",
+        "before_commit_rename",
+        "after_commit_rename",
+        "after_commit",
+        "gc_after_uncommit",
+        "gc_during_sweep",
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = dir.path().join("r");
+        let mut c = command(&repo);
+        c.env("LAZARUS_FAILPOINT", fp);
+        let out = finish(c);
+        assert_eq!(
+            out.status.signal(),
+            Some(libc::SIGKILL),
+            "failpoint {fp} did not fire: {out:?}"
+        );
+        // The restart runs without the failpoint and must reach the reference result.
+        assert_eq!(
+            checksum_of(&finish(command(&repo))),
+            want,
+            "after failpoint {fp}"
+        );
+    }
+}
+
+#[test]
+fn damaged_newest_checkpoint_is_skipped_and_logged() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("r");
+    assert_eq!(checksum_of(&finish(command(&repo))), reference());
+    let newest = std::fs::read_dir(repo.join("checkpoints"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.join("COMMIT").exists())
+        .max()
+        .unwrap();
+    let commit = newest.join("COMMIT");
+    let mut bytes = std::fs::read(&commit).unwrap();
+    let last = bytes.len() - 2;
+    bytes[last] ^= 0xff;
+    std::fs::write(&commit, bytes).unwrap();
+    let out = finish(command(&repo));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let name = newest
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .trim_start_matches('0')
+        .to_string();
+    assert!(
+        stderr.contains(&format!("skipped damaged checkpoint {name}")),
+        "stderr: {stderr}"
+    );
+    assert_eq!(checksum_of(&out), reference());
+}
+
+#[test]
+fn restart_with_other_arguments_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("r");
+    checksum_of(&finish(command(&repo)));
+    let out = finish({
+        let mut c = Command::new(heat_bin());
+        c.arg("--repo")
+            .arg(&repo)
+            .args(["--steps", "600", "--size", "64", "--every", "40"]);
+        c.stdout(Stdio::piped()).stderr(Stdio::piped());
+        c
+    });
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("size: 128"),
+        "{out:?}"
+    );
+}
