@@ -8,7 +8,8 @@
 
 use proc_macro::TokenStream;
 use proc_macro2::{Span, TokenStream as TokenStream2};
-use quote::{format_ident, quote};
+use quote::{format_ident, quote, quote_spanned};
+use syn::spanned::Spanned;
 use syn::{parse_macro_input, Data, DeriveInput, Fields, LitStr};
 
 /// Generates `lazarus_state::Checkpoint` for a struct.
@@ -186,8 +187,10 @@ fn expand(input: &DeriveInput) -> syn::Result<TokenStream2> {
         let (access, name) = (&f.access, &f.name);
         match f.mode {
             Mode::Default => {
-                save.push(quote!(__out.field(#name, &self.#access)?;));
-                restore.push(quote!(__inp.field(#name, &mut self.#access)?;));
+                // Spanned at the field's type so "does not implement Checkpoint" points there.
+                let sp = f.ty.span();
+                save.push(quote_spanned!(sp=> __out.field(#name, &self.#access)?;));
+                restore.push(quote_spanned!(sp=> __inp.field(#name, &mut self.#access)?;));
                 hooks.push(quote!(#rt::Checkpoint::after_restore(&mut self.#access)?;));
             }
             Mode::Serde => {

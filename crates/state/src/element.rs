@@ -10,6 +10,10 @@ use std::borrow::Cow;
 /// Implemented for `u8 i8 u16 i16 u32 i32 u64 i64 f32 f64`. Deliberately not for `usize`,
 /// `isize` or `bool`: their width or bit patterns are host-dependent, which would make a
 /// checkpoint unportable (use `u64` or a serde field).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a fixed-width primitive number, so `Vec<{Self}>` has no bulk path",
+    note = "mark the field #[checkpoint(serde)] to save it with postcard instead"
+)]
 pub trait Element: Pod + Default + Send + Sync + 'static {
     /// The dtype tag recorded in the manifest.
     const DTYPE: DType;

@@ -94,6 +94,10 @@ pub const ROOT_NAME: &str = "value";
 /// field's hook and then the struct's own. A hand-written impl pushes objects with
 /// [`StateWriter::bulk`] / [`StateWriter::serde`] (at the current path) or saves children
 /// with [`StateWriter::field`], and mirrors that in `restore`.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` does not implement `Checkpoint`",
+    note = "in a #[derive(Checkpoint)] struct, mark the field #[checkpoint(serde)] if it is a serde type, #[checkpoint(skip)] to rebuild it after restore, or derive Checkpoint for it"
+)]
 pub trait Checkpoint {
     /// Pushes this value's objects under the writer's current path.
     fn save<'a>(&'a self, out: &mut StateWriter<'a>) -> Result<(), StateError>;
