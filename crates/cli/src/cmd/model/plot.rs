@@ -108,7 +108,7 @@ fn label(v: f64) -> String {
 /// Nice linear ticks (1, 2, 5 × 10ᵏ steps) covering `[lo, hi]`.
 fn linear_ticks(lo: f64, hi: f64) -> Vec<f64> {
     let raw = (hi - lo) / 9.0;
-    if !(raw > 0.0) || !raw.is_finite() {
+    if raw.is_nan() || raw <= 0.0 || !raw.is_finite() {
         return vec![lo];
     }
     let mag = 10f64.powf(raw.log10().floor());
