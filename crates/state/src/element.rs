@@ -46,32 +46,43 @@ pub fn swap_element_bytes(bytes: &mut [u8], width: usize) {
     }
 }
 
+/// True on hosts whose memory layout differs from the on-disk (little-endian) layout.
+const HOST_IS_BIG_ENDIAN: bool = cfg!(target_endian = "big");
+
 /// The on-disk (little-endian) bytes of `data`: borrowed on little-endian hosts, a swapped
 /// copy on big-endian hosts.
 pub fn to_le_bytes<T: Element>(data: &[T]) -> Cow<'_, [u8]> {
+    host_bytes(data, HOST_IS_BIG_ENDIAN)
+}
+
+/// `data`'s memory as bytes, byte-swapped per element when `swap`. Both paths are compiled
+/// (and tested) on every host; `swap` is a constant, so the other path folds away.
+fn host_bytes<T: Element>(data: &[T], swap: bool) -> Cow<'_, [u8]> {
     let raw: &[u8] = bytemuck::cast_slice(data);
-    #[cfg(target_endian = "little")]
-    {
-        Cow::Borrowed(raw)
-    }
-    #[cfg(target_endian = "big")]
-    {
+    if swap {
         let mut owned = raw.to_vec();
         swap_element_bytes(&mut owned, std::mem::size_of::<T>());
         Cow::Owned(owned)
+    } else {
+        Cow::Borrowed(raw)
     }
 }
 
 /// Fills `dst` (whose length the caller already set to `le.len() / size_of::<T>()`) from
 /// little-endian bytes. The caller checked the lengths agree.
 pub(crate) fn fill_from_le<T: Element>(dst: &mut [T], le: &[u8]) {
+    fill_swapped(dst, le, HOST_IS_BIG_ENDIAN);
+}
+
+fn fill_swapped<T: Element>(dst: &mut [T], bytes: &[u8], swap: bool) {
     let out: &mut [u8] = bytemuck::cast_slice_mut(dst);
-    let n = out.len().min(le.len());
-    if let (Some(o), Some(i)) = (out.get_mut(..n), le.get(..n)) {
+    let n = out.len().min(bytes.len());
+    if let (Some(o), Some(i)) = (out.get_mut(..n), bytes.get(..n)) {
         o.copy_from_slice(i);
     }
-    #[cfg(target_endian = "big")]
-    swap_element_bytes(out, std::mem::size_of::<T>());
+    if swap {
+        swap_element_bytes(out, std::mem::size_of::<T>());
+    }
 }
 
 #[cfg(test)]
@@ -97,6 +108,28 @@ mod tests {
         swap_element_bytes(&mut be, 8);
         let le: Vec<u8> = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
         assert_eq!(be, le);
+    }
+
+    #[test]
+    fn swapped_path_produces_the_other_byte_order() {
+        // On a little-endian host the swapped path yields big-endian bytes, and vice versa:
+        // this is the code a big-endian host runs to produce and read little-endian bytes.
+        let v = [0x0102_0304u32, 0xdead_beef, 7];
+        let swapped = host_bytes(&v, true);
+        let other: Vec<u8> = if HOST_IS_BIG_ENDIAN {
+            v.iter().flat_map(|x| x.to_le_bytes()).collect()
+        } else {
+            v.iter().flat_map(|x| x.to_be_bytes()).collect()
+        };
+        assert_eq!(&*swapped, &other[..]);
+        assert!(matches!(swapped, Cow::Owned(_)));
+        let mut back = [0u32; 3];
+        fill_swapped(&mut back, &swapped, true);
+        assert_eq!(back, v);
+        let f = [1.5f64, -0.0, f64::NAN];
+        let mut fb = [0f64; 3];
+        fill_swapped(&mut fb, &host_bytes(&f, true), true);
+        assert_eq!(fb.map(f64::to_bits), f.map(f64::to_bits));
     }
 
     #[test]
