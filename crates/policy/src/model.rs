@@ -351,6 +351,17 @@ mod tests {
     }
 
     #[test]
+    fn optimum_matches_the_small_ratio_series() {
+        // y = s − s²/3 + s³/36 + O(s⁴) with s = sqrt(2δ/M) solves Σ_{k≥2} yᵏ/k = δ/M.
+        for d in [1e-8f64, 1e-10, 1e-14, 1e-20] {
+            let s = (2.0 * d).sqrt();
+            let series = s - s * s / 3.0 + s * s * s / 36.0;
+            let y = Model::new(d, 1.0, 0.0).unwrap().optimal();
+            assert!((y - series).abs() <= 1e-13 * series, "δ/M={d}: {y} vs {series}");
+        }
+    }
+
+    #[test]
     fn bad_parameters_are_named() {
         let e = Model::new(-1.0, 1.0, 0.0).unwrap_err();
         assert!(e.to_string().contains("cost"), "{e}");
