@@ -357,7 +357,10 @@ mod tests {
             let s = (2.0 * d).sqrt();
             let series = s - s * s / 3.0 + s * s * s / 36.0;
             let y = Model::new(d, 1.0, 0.0).unwrap().optimal();
-            assert!((y - series).abs() <= 1e-13 * series, "δ/M={d}: {y} vs {series}");
+            assert!(
+                (y - series).abs() <= 1e-13 * series,
+                "δ/M={d}: {y} vs {series}"
+            );
         }
     }
 
