@@ -333,19 +333,28 @@ impl Job {
     /// Call once at the top of every loop iteration: saves `state` if the policy says so
     /// (and it was not just restored from this step), then counts the iteration. Returns
     /// the index of the iteration about to run.
+    ///
+    /// The iteration is counted even when saving fails, so a caller that chooses to go on
+    /// after a retryable error (a full disk, see [`JobError::is_retryable`]) keeps its step
+    /// count right; the failed checkpoint is simply not there.
     pub fn checkpoint<T: Checkpoint + ?Sized>(&mut self, state: &T) -> Result<u64, JobError> {
         let at = Opportunity {
             step: self.step,
             now: Instant::now(),
         };
-        if self.saved_at != Some(self.step) && self.policy.should_checkpoint(at) {
-            let t0 = Instant::now();
-            self.save(state)?;
-            self.policy.checkpoint_taken(at, t0.elapsed());
-        }
         let current = self.step;
+        let saved = if self.saved_at != Some(current) && self.policy.should_checkpoint(at) {
+            let t0 = Instant::now();
+            let r = self.save(state);
+            if r.is_ok() {
+                self.policy.checkpoint_taken(at, t0.elapsed());
+            }
+            r.map(|_| ())
+        } else {
+            Ok(())
+        };
         self.step += 1;
-        Ok(current)
+        saved.map(|()| current)
     }
 
     /// Saves `state` now as the state after `step()` iterations, whatever the policy says
