@@ -198,3 +198,23 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #[test]
+    fn durations_parse_with_every_unit(v in 0.0f64..1e6, unit in 0usize..5) {
+        let (name, scale) = [("ms", 1e-3), ("s", 1.0), ("m", 60.0), ("h", 3600.0), ("d", 86400.0)][unit];
+        let text = format!("{v}{name}");
+        let got = lazarus_policy::parse_duration("--x", &text).unwrap().as_secs_f64();
+        prop_assert!((got - v * scale).abs() <= 1e-9 * (v * scale).max(1.0), "{text}: {got}");
+    }
+
+    #[test]
+    fn duration_parser_never_panics(s in "\\PC{0,12}") {
+        let _ = lazarus_policy::parse_duration("--x", &s);
+    }
+
+    #[test]
+    fn spec_parser_never_panics(s in "[a-z0-9:,=.]{0,30}") {
+        let _ = s.parse::<PolicySpec>();
+    }
+}

@@ -9,20 +9,26 @@ use std::process::ExitCode;
 
 mod plot;
 
-/// Flags of `lazarus model`. Durations take units: `250ms`, `90s`, `5m`, `1.5h`, `2d`.
+/// Flags of `lazarus model`. Durations take units: `250ms`, `90s`, `5m`, `1.5h`, `2d`;
+/// they are kept as strings here and validated in `validate`, so errors name the flag.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Time to take one checkpoint (δ).
-    #[arg(long, value_name = "DURATION")]
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
     cost: String,
     /// Time to restart from a checkpoint after a failure (R).
-    #[arg(long, value_name = "DURATION", default_value = "0s")]
+    #[arg(
+        long,
+        value_name = "DURATION",
+        default_value = "0s",
+        allow_hyphen_values = true
+    )]
     restart: String,
     /// Mean time between failures of the whole job (M).
-    #[arg(long, value_name = "DURATION")]
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
     mtbf: String,
     /// Failure-free work the job has to do (T_s).
-    #[arg(long, value_name = "DURATION")]
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
     work: String,
     /// Print JSON: young_s, daly_s (higher order), optimal_s, expected_runtime_s (at the
     /// optimum), and more, all in seconds.
