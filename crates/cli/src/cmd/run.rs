@@ -1,12 +1,93 @@
-//! `lazarus run` (under construction).
+//! `lazarus run -n N -- PROG ARGS…`: a thin CLI over `lazarus::net::launch`.
 
 use super::CmdResult;
+use lazarus::net::launch::{install_signal_forwarding, LaunchConfig, Launcher};
+use lazarus::net::NetConfig;
+use std::ffi::OsString;
+use std::process::ExitCode;
+use std::time::Duration;
 
-/// Flags of `lazarus run`.
+/// Flags of `lazarus run`. Timeouts default to the `LAZARUS_*` environment variables, then
+/// to built-in defaults; flags win. Everything is validated before any rank starts.
 #[derive(clap::Args, Debug)]
-pub struct Args {}
+pub struct Args {
+    /// Number of ranks to start on this machine.
+    #[arg(short = 'n', long = "ranks", value_parser = clap::value_parser!(u32).range(1..=4096))]
+    ranks: u32,
+    /// A rank silent (or disconnected) this long is declared dead [default: 3000].
+    #[arg(long)]
+    failure_timeout_ms: Option<u64>,
+    /// Heartbeat interval [default: 250].
+    #[arg(long)]
+    heartbeat_ms: Option<u64>,
+    /// Bound on rendezvous and connection set-up [default: 20000].
+    #[arg(long)]
+    connect_timeout_ms: Option<u64>,
+    /// Largest frame on the wire, bytes [default: 67108864].
+    #[arg(long)]
+    max_frame: Option<u32>,
+    /// After a failure, time the other ranks get to exit on their own before SIGTERM.
+    #[arg(long, default_value_t = 0)]
+    stop_grace_ms: u64,
+    /// Time between SIGTERM (or a forwarded Ctrl-C) and SIGKILL.
+    #[arg(long, default_value_t = 2000)]
+    kill_grace_ms: u64,
+    /// Incarnation (restart count) exported as LAZARUS_INCARNATION.
+    #[arg(long, default_value_t = 0)]
+    incarnation: u64,
+    /// Extra environment for every rank, `KEY=VALUE` (repeatable).
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    env: Vec<String>,
+    /// The program and its arguments, after `--`.
+    #[arg(last = true, required = true, value_name = "PROG")]
+    command: Vec<OsString>,
+}
 
-/// Runs `lazarus run`.
-pub fn main(_args: Args) -> CmdResult {
-    Err("lazarus run: not implemented yet".into())
+fn config(a: &Args) -> Result<LaunchConfig, Box<dyn std::error::Error + Send + Sync>> {
+    let mut net = NetConfig::from_env()?;
+    if let Some(v) = a.failure_timeout_ms {
+        net.failure_timeout = Duration::from_millis(v);
+    }
+    if let Some(v) = a.heartbeat_ms {
+        net.heartbeat_interval = Duration::from_millis(v);
+    }
+    if let Some(v) = a.connect_timeout_ms {
+        net.connect_timeout = Duration::from_millis(v);
+    }
+    if let Some(v) = a.max_frame {
+        net.max_frame = v;
+    }
+    let net = net.validated()?;
+    let (prog, args) = a
+        .command
+        .split_first()
+        .ok_or("lazarus run: missing program after `--`")?;
+    let mut c = LaunchConfig::new(a.ranks, prog.clone(), args.to_vec());
+    c.net = net;
+    c.incarnation = a.incarnation;
+    c.stop_grace = Duration::from_millis(a.stop_grace_ms);
+    c.kill_grace = Duration::from_millis(a.kill_grace_ms);
+    for kv in &a.env {
+        let (k, v) = kv
+            .split_once('=')
+            .filter(|(k, _)| !k.is_empty())
+            .ok_or_else(|| format!("--env {kv:?}: expected KEY=VALUE"))?;
+        c.env.push((k.into(), v.into()));
+    }
+    Ok(c)
+}
+
+/// Runs `lazarus run`: exits with the first failing rank's status (128+signal for a
+/// signal, 1 for a heartbeat/connection failure), 128+signal if interrupted, else 0.
+pub fn main(args: Args) -> CmdResult {
+    let cfg = config(&args)?;
+    install_signal_forwarding();
+    let outcome = Launcher::run(&cfg)?;
+    if let Some(f) = outcome.failure {
+        eprintln!("lazarus run: {f}; stopped the other ranks");
+    } else if let Some(s) = outcome.interrupted {
+        eprintln!("lazarus run: interrupted by signal {s}; stopped all ranks");
+    }
+    let code = outcome.exit_code().clamp(0, 255) as u8;
+    Ok(ExitCode::from(code))
 }

@@ -1,12 +1,224 @@
-//! `lazarus bench net` (under construction).
+//! `lazarus bench net`: communicator throughput and latency against raw TCP on loopback
+//! measured in the same run, and allreduce scaling (TCP backend, ranks as threads).
 
 use crate::cmd::CmdResult;
+use lazarus::format::Rank;
+use lazarus::net::{loopback_comms, Comm, NetConfig, ReduceOp};
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 /// Flags of `lazarus bench net`.
 #[derive(clap::Args, Debug)]
-pub struct Args {}
+pub struct Args {
+    /// MiB moved per throughput measurement.
+    #[arg(long, default_value_t = 512)]
+    mib: usize,
+    /// Round trips per latency measurement.
+    #[arg(long, default_value_t = 20_000)]
+    round_trips: usize,
+    /// Rank counts for the allreduce table (comma-separated).
+    #[arg(long, default_value = "2,4,8,16", value_delimiter = ',')]
+    ranks: Vec<u32>,
+    /// Allreduce repetitions per size (the median is reported).
+    #[arg(long, default_value_t = 20)]
+    reps: usize,
+}
 
-/// Runs the benchmark.
-pub fn main(_args: Args) -> CmdResult {
-    Err("lazarus bench net: not implemented yet".into())
+const MSG: usize = 1 << 20;
+
+fn raw_pair() -> std::io::Result<(TcpStream, TcpStream)> {
+    let l = TcpListener::bind("127.0.0.1:0")?;
+    let a = TcpStream::connect(l.local_addr()?)?;
+    let (b, _) = l.accept()?;
+    a.set_nodelay(true)?;
+    b.set_nodelay(true)?;
+    Ok((a, b))
+}
+
+/// Bytes per second of 1 MiB writes over raw loopback TCP.
+fn raw_throughput(mib: usize) -> std::io::Result<f64> {
+    let (mut a, mut b) = raw_pair()?;
+    let rx = std::thread::spawn(move || -> std::io::Result<()> {
+        let mut buf = vec![0u8; MSG];
+        for _ in 0..mib {
+            b.read_exact(&mut buf)?;
+        }
+        b.write_all(&[1])
+    });
+    let buf = vec![7u8; MSG];
+    let t0 = Instant::now();
+    for _ in 0..mib {
+        a.write_all(&buf)?;
+    }
+    let mut done = [0u8];
+    a.read_exact(&mut done)?;
+    let dt = t0.elapsed();
+    rx.join()
+        .map_err(|_| std::io::Error::other("receiver panicked"))??;
+    Ok((mib * MSG) as f64 / dt.as_secs_f64())
+}
+
+/// One-way latency of an 8-byte ping-pong over raw TCP (blocking reads).
+fn raw_latency(n: usize) -> std::io::Result<Duration> {
+    let (mut a, mut b) = raw_pair()?;
+    let echo = std::thread::spawn(move || -> std::io::Result<()> {
+        let mut x = [0u8; 8];
+        for _ in 0..n {
+            b.read_exact(&mut x)?;
+            b.write_all(&x)?;
+        }
+        Ok(())
+    });
+    let mut x = [0u8; 8];
+    let t0 = Instant::now();
+    for i in 0..n {
+        a.write_all(&(i as u64).to_le_bytes())?;
+        a.read_exact(&mut x)?;
+    }
+    let dt = t0.elapsed();
+    echo.join()
+        .map_err(|_| std::io::Error::other("echo panicked"))??;
+    Ok(dt / (2 * n as u32))
+}
+
+fn pair(comms: Vec<Comm>) -> Result<(Comm, Comm), String> {
+    let mut it = comms.into_iter();
+    match (it.next(), it.next()) {
+        (Some(a), Some(b)) => Ok((a, b)),
+        _ => Err("expected two communicators".into()),
+    }
+}
+
+fn comm_throughput(mib: usize) -> Result<f64, Box<dyn std::error::Error + Send + Sync>> {
+    let (a, b) = pair(loopback_comms(2, NetConfig::default())?)?;
+    let window = 32;
+    let rx = std::thread::spawn(move || -> lazarus::net::Result<()> {
+        let mut buf = vec![0f64; MSG / 8];
+        for i in 0..mib {
+            b.recv_into(Rank(0), 1, &mut buf)?;
+            if (i + 1) % window == 0 || i + 1 == mib {
+                b.send(Rank(0), 2, &())?;
+            }
+        }
+        Ok(())
+    });
+    let data = vec![1.5f64; MSG / 8];
+    let t0 = Instant::now();
+    for i in 0..mib {
+        a.send_slice(Rank(1), 1, &data)?;
+        // Bounded run-ahead, like a real application's flow control.
+        if (i + 1) % window == 0 || i + 1 == mib {
+            a.recv::<()>(Rank(1), 2)?;
+        }
+    }
+    let dt = t0.elapsed();
+    rx.join().map_err(|_| "receiver panicked")??;
+    Ok((mib * MSG) as f64 / dt.as_secs_f64())
+}
+
+fn comm_latency(n: usize) -> Result<Duration, Box<dyn std::error::Error + Send + Sync>> {
+    let (a, b) = pair(loopback_comms(2, NetConfig::default())?)?;
+    let echo = std::thread::spawn(move || -> lazarus::net::Result<()> {
+        let mut x = [0u64; 1];
+        for _ in 0..n {
+            b.recv_into(Rank(0), 1, &mut x)?;
+            b.send_slice(Rank(0), 1, &x)?;
+        }
+        Ok(())
+    });
+    let mut x = [0u64; 1];
+    let t0 = Instant::now();
+    for i in 0..n {
+        a.send_slice(Rank(1), 1, &[i as u64])?;
+        a.recv_into(Rank(1), 1, &mut x)?;
+    }
+    let dt = t0.elapsed();
+    echo.join().map_err(|_| "echo panicked")??;
+    Ok(dt / (2 * n as u32))
+}
+
+/// Median time of one allreduce of `len` f64 on `n` ranks.
+fn allreduce_time(
+    n: u32,
+    len: usize,
+    reps: usize,
+) -> Result<Duration, Box<dyn std::error::Error + Send + Sync>> {
+    let comms = loopback_comms(n, NetConfig::default())?;
+    let times = std::thread::scope(|s| -> Result<Vec<Duration>, String> {
+        let hs: Vec<_> = comms
+            .into_iter()
+            .map(|c| {
+                s.spawn(move || -> lazarus::net::Result<Vec<Duration>> {
+                    let mut v = vec![c.rank().0 as f64; len];
+                    let mut t = Vec::with_capacity(reps);
+                    c.barrier()?;
+                    for _ in 0..reps {
+                        let t0 = Instant::now();
+                        c.allreduce(&mut v, ReduceOp::Sum)?;
+                        c.barrier()?;
+                        t.push(t0.elapsed());
+                    }
+                    Ok(t)
+                })
+            })
+            .collect();
+        let mut first = None;
+        for h in hs {
+            let t = h
+                .join()
+                .map_err(|_| "rank panicked".to_string())?
+                .map_err(|e| e.to_string())?;
+            first.get_or_insert(t);
+        }
+        first.ok_or_else(|| "no ranks".to_string())
+    })?;
+    let mut times = times;
+    times.sort();
+    Ok(times.get(times.len() / 2).copied().unwrap_or_default())
+}
+
+/// Runs the benchmark and prints measured ratios.
+pub fn main(a: Args) -> CmdResult {
+    println!(
+        "lazarus bench net: loopback, {} MiB per throughput run, {} round trips",
+        a.mib, a.round_trips
+    );
+    let raw_bw = raw_throughput(a.mib)?;
+    let comm_bw = comm_throughput(a.mib)?;
+    println!(
+        "throughput 1 MiB msgs: raw TCP {:.2} GB/s, Comm {:.2} GB/s, ratio {:.2}x (target >= 0.80x)",
+        raw_bw / 1e9,
+        comm_bw / 1e9,
+        comm_bw / raw_bw
+    );
+    let raw_lat = raw_latency(a.round_trips)?;
+    let comm_lat = comm_latency(a.round_trips)?;
+    println!(
+        "latency 8 B one-way: raw TCP {:.1} us, Comm {:.1} us, ratio {:.2}x (target <= 1.50x)",
+        raw_lat.as_secs_f64() * 1e6,
+        comm_lat.as_secs_f64() * 1e6,
+        comm_lat.as_secs_f64() / raw_lat.as_secs_f64()
+    );
+    println!(
+        "allreduce (sum, f64, TCP backend, ranks as threads, median of {}):",
+        a.reps
+    );
+    println!(
+        "{:>6} {:>14} {:>14} {:>16}",
+        "ranks", "8 B", "8 MiB", "8 MiB alg. GB/s"
+    );
+    for &n in &a.ranks {
+        let small = allreduce_time(n, 1, a.reps)?;
+        let big = allreduce_time(n, (8 << 20) / 8, a.reps.min(5))?;
+        println!(
+            "{:>6} {:>11.1} us {:>11.2} ms {:>16.2}",
+            n,
+            small.as_secs_f64() * 1e6,
+            big.as_secs_f64() * 1e3,
+            (8 << 20) as f64 / big.as_secs_f64() / 1e9
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,58 @@
+//! `lazarus run`: output prefixing, environment, first-failure exit status, bad flags.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn lazarus() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_lazarus"))
+}
+
+#[test]
+fn output_is_prefixed_per_rank_on_the_right_stream() {
+    let out = lazarus()
+        .args(["run", "-n", "3", "--env", "GREETING=hi", "--", "sh", "-c"])
+        .arg("echo \"$GREETING $LAZARUS_RANK/$LAZARUS_WORLD_SIZE inc=$LAZARUS_INCARNATION\"; echo oops >&2")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for r in 0..3 {
+        assert!(
+            stdout.contains(&format!("[rank {r}] hi {r}/3 inc=0\n")),
+            "{stdout}"
+        );
+        assert!(stderr.contains(&format!("[rank {r}] oops\n")), "{stderr}");
+    }
+    assert!(!stdout.contains("oops"));
+}
+
+#[test]
+fn exits_with_the_first_failure_status_and_names_the_rank() {
+    let t0 = Instant::now();
+    let out = lazarus()
+        .args(["run", "-n", "3", "--", "sh", "-c"])
+        .arg("if [ \"$LAZARUS_RANK\" = 1 ]; then exit 5; fi; sleep 30")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(5), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("rank 1 exited with status 5"), "{stderr}");
+    assert!(t0.elapsed() < Duration::from_secs(15));
+}
+
+#[test]
+fn invalid_timeouts_are_refused_before_starting() {
+    let out = lazarus()
+        .args(["run", "-n", "2", "--failure-timeout-ms", "10", "--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("failure timeout"));
+}
+
+#[test]
+fn missing_program_is_a_usage_error() {
+    let out = lazarus().args(["run", "-n", "2"]).output().unwrap();
+    assert!(!out.status.success());
+}
