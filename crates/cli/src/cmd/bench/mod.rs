@@ -3,12 +3,15 @@
 
 use super::CmdResult;
 
+mod balance;
 mod checkpoint;
 mod net;
 
 /// Benchmarks.
 #[derive(clap::Subcommand, Debug)]
 pub enum Bench {
+    /// DVec load balancing vs the ideal, migration cost, N -> M restore vs same N.
+    Balance(balance::Args),
     /// Full / incremental checkpoint and restore vs raw write+fsync and raw read.
     Checkpoint(checkpoint::Args),
     /// Communicator throughput/latency vs raw TCP; allreduce scaling.
@@ -18,6 +21,7 @@ pub enum Bench {
 /// Runs the chosen benchmark.
 pub fn main(b: Bench) -> CmdResult {
     match b {
+        Bench::Balance(a) => balance::main(a),
         Bench::Checkpoint(a) => checkpoint::main(a),
         Bench::Net(a) => net::main(a),
     }
