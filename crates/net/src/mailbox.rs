@@ -190,8 +190,9 @@ impl Mailbox {
             }
             // Spin briefly: a wake-up through the condvar costs tens of microseconds here.
             let t0 = Instant::now();
+            // Yielding while spinning lets the transport's reader thread run on this core.
             while self.arrivals.load(Ordering::Acquire) == seen && t0.elapsed() < self.spin {
-                std::hint::spin_loop();
+                std::thread::yield_now();
             }
             if self.arrivals.load(Ordering::Acquire) != seen {
                 continue;

@@ -401,26 +401,29 @@ fn read_loop(shared: Arc<Shared>, peer: Rank, mut s: TcpStream, gen: u64, addr: 
         if shared.shutdown.load(Ordering::Acquire) || lock(&p.inbound).gen != gen {
             return;
         }
-        if let Err(e) = wire::read_frame(&mut s, shared.config.max_frame, &mut buf) {
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-            ) {
-                continue;
+        let big = match wire::read_frame_split(&mut s, shared.config.max_frame, &mut buf) {
+            Ok(b) => b,
+            Err(e) => {
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) {
+                    continue;
+                }
+                if e.kind() == std::io::ErrorKind::InvalidData {
+                    tracing::warn!(
+                        "{}: closing connection from {peer} at {addr}: {e}",
+                        shared.me
+                    );
+                } else {
+                    tracing::debug!("{}: connection to {peer} at {addr} lost: {e}", shared.me);
+                }
+                if !shared.shutdown.load(Ordering::Acquire) && !p.bye.load(Ordering::Acquire) {
+                    mark_down(&shared, peer, gen);
+                }
+                return;
             }
-            if e.kind() == std::io::ErrorKind::InvalidData {
-                tracing::warn!(
-                    "{}: closing connection from {peer} at {addr}: {e}",
-                    shared.me
-                );
-            } else {
-                tracing::debug!("{}: connection to {peer} at {addr} lost: {e}", shared.me);
-            }
-            if !shared.shutdown.load(Ordering::Acquire) && !p.bye.load(Ordering::Acquire) {
-                mark_down(&shared, peer, gen);
-            }
-            return;
-        }
+        };
         *lock(&p.last_seen) = Instant::now();
         let frame = match wire::decode(&buf) {
             Ok(f) => f,
@@ -453,12 +456,14 @@ fn read_loop(shared: Arc<Shared>, peer: Rank, mut s: TcpStream, gen: u64, addr: 
                     Accept::Deliver => {
                         p.recv_next
                             .store(inb.window.next_expected(), Ordering::Release);
+                        let plen = big.as_ref().map_or(payload.len(), |b| b.len());
                         if h.flags & FLAG_LAST != 0 {
                             let mut body = std::mem::take(&mut inb.partial);
-                            if body.is_empty() {
-                                body = payload.to_vec();
-                            } else {
-                                body.extend_from_slice(payload);
+                            match big {
+                                // Whole message in one frame: hand over the buffer, no copy.
+                                Some(b) if body.is_empty() => body = b,
+                                Some(b) => body.extend_from_slice(&b),
+                                None => body.extend_from_slice(payload),
                             }
                             drop(inb);
                             shared.mailbox.push(Envelope {
@@ -469,10 +474,11 @@ fn read_loop(shared: Arc<Shared>, peer: Rank, mut s: TcpStream, gen: u64, addr: 
                                 payload: body,
                             });
                         } else {
-                            inb.partial.extend_from_slice(payload);
+                            inb.partial
+                                .extend_from_slice(big.as_deref().unwrap_or(payload));
                         }
                         frames += 1;
-                        bytes += payload.len();
+                        bytes += plen;
                         if frames >= ACK_EVERY_FRAMES || bytes >= ACK_EVERY_BYTES {
                             frames = 0;
                             bytes = 0;

@@ -360,6 +360,38 @@ pub(crate) fn write_data(
     w.write_all(payload)
 }
 
+/// Reads one frame like [`read_frame`], except that a Data frame's payload is read into its
+/// own exactly-sized vector (returned) so that it can become a message without a copy;
+/// `head` then holds only the Data header.
+pub(crate) fn read_frame_split(
+    r: &mut impl Read,
+    max: u32,
+    head: &mut Vec<u8>,
+) -> std::io::Result<Option<Vec<u8>>> {
+    let mut len = [0u8; 4];
+    r.read_exact(&mut len)?;
+    let len = u32::from_le_bytes(len);
+    if len == 0 || len > max {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("frame length {len} outside 1..={max}"),
+        ));
+    }
+    let len = len as usize;
+    let first = len.min(DATA_HEADER_LEN);
+    head.clear();
+    head.resize(first, 0);
+    r.read_exact(head)?;
+    if head.first() == Some(&4) && len > DATA_HEADER_LEN {
+        let mut payload = vec![0u8; len - DATA_HEADER_LEN];
+        r.read_exact(&mut payload)?;
+        return Ok(Some(payload));
+    }
+    head.resize(len, 0);
+    r.read_exact(&mut head[first..])?;
+    Ok(None)
+}
+
 /// Reads one frame body into `buf` (resized); refuses lengths of 0 or above `max`.
 pub(crate) fn read_frame(r: &mut impl Read, max: u32, buf: &mut Vec<u8>) -> std::io::Result<()> {
     let mut len = [0u8; 4];
