@@ -26,7 +26,7 @@ pub struct RoundId {
 }
 
 /// How a round ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Outcome {
     /// COMMIT was written durably; the checkpoint is usable.
     Commit,
@@ -35,7 +35,7 @@ pub enum Outcome {
 }
 
 /// The coordinator's final word on a round.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Decision {
     /// the round decided
     pub round: RoundId,
