@@ -20,6 +20,14 @@ pub(crate) trait Transport: Send + Sync {
     /// Called once when the last handle is dropped: flush what is unacknowledged (bounded
     /// by the failure timeout) and tell peers this rank is done.
     fn finalize(&self);
+    /// Test hook: breaks every connection as a network fault would (not a clean close).
+    #[cfg(test)]
+    fn inject_reset(&self) {}
+    /// Test hook: listening addresses of all ranks.
+    #[cfg(test)]
+    fn addrs(&self) -> Vec<std::net::SocketAddr> {
+        Vec::new()
+    }
 }
 
 pub(crate) struct Inner {
@@ -278,6 +286,11 @@ impl Comm {
     }
 
     // ---- internals shared with collectives ----------------------------------------------
+
+    #[cfg(test)]
+    pub(crate) fn transport_for_tests(&self) -> Option<&dyn Transport> {
+        self.inner.transport.as_deref()
+    }
 
     pub(crate) fn next_collective_tag(&self) -> Tag {
         Tag::collective(self.inner.coll_seq.fetch_add(1, Ordering::AcqRel))

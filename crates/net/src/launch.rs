@@ -40,6 +40,28 @@ pub struct LaunchConfig {
     pub stop_grace: Duration,
     /// After SIGTERM (or a forwarded Ctrl-C), how long before SIGKILL.
     pub kill_grace: Duration,
+    /// The job token to hand to the ranks; `None`: a fresh random one per run. A supervisor
+    /// that restarts the job passes the same token every time (it also names the job in
+    /// the repository lock).
+    pub token: Option<JobToken>,
+    /// Extra environment for one rank only, `(rank, key, value)` (fault injection).
+    pub rank_env: Vec<(u32, OsString, OsString)>,
+    /// Sees every spawned rank and may take over its stdout lines (output commit).
+    pub observer: Option<std::sync::Arc<dyn LaunchObserver>>,
+}
+
+/// Hooks into a running job, called from the launcher's threads.
+pub trait LaunchObserver: Send + Sync + std::fmt::Debug {
+    /// Rank `rank` was spawned as process `pid` (not yet reaped: the pid is valid here).
+    fn spawned(&self, rank: u32, pid: u32) {
+        let _ = (rank, pid);
+    }
+    /// One stdout line of `rank` (with its newline). Return true if handled; false lets
+    /// the launcher print it with the `[rank r]` prefix.
+    fn stdout_line(&self, rank: u32, line: &[u8]) -> bool {
+        let _ = (rank, line);
+        false
+    }
 }
 
 impl LaunchConfig {
@@ -54,6 +76,9 @@ impl LaunchConfig {
             incarnation: 0,
             stop_grace: Duration::ZERO,
             kill_grace: Duration::from_secs(2),
+            token: None,
+            rank_env: Vec::new(),
+            observer: None,
         }
     }
 }
@@ -184,7 +209,12 @@ fn killpg(pgid: i32, sig: i32) {
     }
 }
 
-fn pump(rank: u32, src: impl Read, to_stderr: bool) {
+fn pump(
+    rank: u32,
+    src: impl Read,
+    to_stderr: bool,
+    observer: Option<std::sync::Arc<dyn LaunchObserver>>,
+) {
     let mut r = BufReader::new(src);
     let mut line = Vec::new();
     loop {
@@ -194,6 +224,11 @@ fn pump(rank: u32, src: impl Read, to_stderr: bool) {
             Ok(_) => {
                 if line.last() != Some(&b'\n') {
                     line.push(b'\n');
+                }
+                if let Some(o) = &observer {
+                    if !to_stderr && o.stdout_line(rank, &line) {
+                        continue;
+                    }
                 }
                 let mut out = Vec::with_capacity(line.len() + 12);
                 out.extend_from_slice(format!("[rank {rank}] ").as_bytes());
@@ -260,7 +295,7 @@ impl Launcher {
             ));
         }
         let net = cfg.net.clone().validated()?;
-        let token = JobToken::random();
+        let token = cfg.token.clone().unwrap_or_else(JobToken::random);
         let server = RendezvousServer::bind(
             "127.0.0.1:0",
             cfg.ranks,
@@ -289,6 +324,12 @@ impl Launcher {
                 .env(ENV_TOKEN, token.expose())
                 .env(ENV_INCARNATION, cfg.incarnation.to_string())
                 .env(ENV_LAUNCHER, "1")
+                .envs(
+                    cfg.rank_env
+                        .iter()
+                        .filter(|(rr, _, _)| *rr == r)
+                        .map(|(_, k, v)| (k, v)),
+                )
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped());
@@ -320,11 +361,15 @@ impl Launcher {
             if ranks.pgid == 0 {
                 ranks.pgid = child.id() as i32;
             }
+            if let Some(o) = &cfg.observer {
+                o.spawned(r, child.id());
+            }
             if let Some(o) = child.stdout.take() {
-                pumps.push(std::thread::spawn(move || pump(r, o, false)));
+                let obs = cfg.observer.clone();
+                pumps.push(std::thread::spawn(move || pump(r, o, false, obs)));
             }
             if let Some(e) = child.stderr.take() {
-                pumps.push(std::thread::spawn(move || pump(r, e, true)));
+                pumps.push(std::thread::spawn(move || pump(r, e, true, None)));
             }
             ranks.children.push(child);
             ranks.statuses.push(None);

@@ -351,22 +351,31 @@ fn reconnect_loop(shared: Arc<Shared>, peer: Rank) {
     let Some(p) = shared.peers.get(peer.index()) else {
         return;
     };
-    while !shared.shutdown.load(Ordering::Acquire)
-        && matches!(shared.mailbox.peer_state(peer), PeerState::Alive)
-        && lock(&p.out).stream.is_none()
-    {
-        match dial(&shared, peer) {
-            Ok(()) => {
-                tracing::info!("{}: reconnected to {peer}", shared.me);
-                break;
-            }
-            Err(e) => {
-                tracing::debug!("{}: reconnect to {peer} failed: {e}", shared.me);
-                std::thread::sleep(Duration::from_millis(50));
+    let down = || {
+        !shared.shutdown.load(Ordering::Acquire)
+            && matches!(shared.mailbox.peer_state(peer), PeerState::Alive)
+            && lock(&p.out).stream.is_none()
+    };
+    loop {
+        while down() {
+            match dial(&shared, peer) {
+                Ok(()) => {
+                    tracing::info!("{}: reconnected to {peer}", shared.me);
+                    break;
+                }
+                Err(e) => {
+                    tracing::debug!("{}: reconnect to {peer} failed: {e}", shared.me);
+                    std::thread::sleep(Duration::from_millis(20));
+                }
             }
         }
+        p.reconnecting.store(false, Ordering::Release);
+        // A reset between our successful dial and clearing the flag found the flag set
+        // and spawned nobody: take that job over.
+        if !(down() && !p.reconnecting.swap(true, Ordering::AcqRel)) {
+            return;
+        }
     }
-    p.reconnecting.store(false, Ordering::Release);
 }
 
 fn declare_failed(shared: &Shared, peer: Rank, why: String) {
@@ -626,6 +635,20 @@ impl Transport for TcpTransport {
         Ok(())
     }
 
+    #[cfg(test)]
+    fn inject_reset(&self) {
+        for p in self.shared.peers.iter() {
+            if let Some(s) = lock(&p.out).stream.as_ref() {
+                let _ = s.shutdown(Shutdown::Both);
+            }
+        }
+    }
+
+    #[cfg(test)]
+    fn addrs(&self) -> Vec<SocketAddr> {
+        self.shared.addrs.clone()
+    }
+
     fn finalize(&self) {
         let sh = &self.shared;
         let deadline = Instant::now() + sh.config.failure_timeout;
@@ -668,5 +691,100 @@ impl Transport for TcpTransport {
             let _ = wire::write_frame(&mut c, &Frame::Bye);
             let _ = c.shutdown(Shutdown::Both);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{loopback_comms, Comm, NetConfig};
+    use lazarus_format::Rank;
+    use std::io::{Read, Write};
+    use std::time::Duration;
+
+    fn cfg() -> NetConfig {
+        NetConfig {
+            heartbeat_interval: Duration::from_millis(50),
+            failure_timeout: Duration::from_millis(2000),
+            connect_timeout: Duration::from_secs(10),
+            max_frame: 4096,
+            spin: Duration::from_micros(20),
+        }
+    }
+
+    #[test]
+    fn connection_resets_lose_and_duplicate_nothing() {
+        let comms = loopback_comms(3, cfg()).unwrap();
+        let n_msgs = 1500u32;
+        std::thread::scope(|s| {
+            let c0 = comms[0].clone();
+            let c1 = comms[1].clone();
+            // Moves its clones in and drops them when done, so a failed rank cannot keep
+            // the others waiting forever.
+            s.spawn(move || {
+                for _ in 0..15 {
+                    std::thread::sleep(Duration::from_millis(7));
+                    c0.transport_for_tests().unwrap().inject_reset();
+                    c1.transport_for_tests().unwrap().inject_reset();
+                }
+            });
+            let hs: Vec<_> = comms
+                .into_iter()
+                .map(|c: Comm| {
+                    s.spawn(move || {
+                        if c.rank() == Rank(2) {
+                            for i in 0..n_msgs {
+                                // Sizes spanning several frames exercise mid-message resets.
+                                let v = vec![i; (i as usize * 7) % 3000];
+                                c.send(Rank(0), 1, &v).unwrap();
+                                c.send(Rank(1), 1, &v).unwrap();
+                            }
+                        } else {
+                            for i in 0..n_msgs {
+                                let v: Vec<u32> = c.recv(Rank(2), 1).unwrap();
+                                assert_eq!(v.len(), (i as usize * 7) % 3000);
+                                assert!(v.iter().all(|x| *x == i), "message {i} out of order");
+                            }
+                            assert!(c.try_recv_envelope(None, None).unwrap().is_none());
+                        }
+                        c.barrier().unwrap();
+                    })
+                })
+                .collect();
+            for h in hs {
+                h.join().unwrap();
+            }
+        });
+    }
+
+    #[test]
+    fn garbage_and_wrong_token_connections_are_closed_and_the_job_goes_on() {
+        let comms = loopback_comms(2, cfg()).unwrap();
+        let addrs = comms[0].transport_for_tests().unwrap().addrs();
+        let target = addrs[0];
+        // Garbage bytes.
+        let mut g = std::net::TcpStream::connect(target).unwrap();
+        g.write_all(&[0xff; 64]).unwrap();
+        g.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut sink = Vec::new();
+        let _ = g.read_to_end(&mut sink); // returns once the rank closes the connection
+                                          // A peer with another token (another job) claiming to be rank 1.
+        let other = crate::JobToken::new("not-this-job").unwrap();
+        let mut w = std::net::TcpStream::connect(target).unwrap();
+        w.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let e = crate::auth::handshake(&mut w, &other, 1, 0, Some(0), "test").unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::Auth);
+        // An oversized length prefix.
+        let mut big = std::net::TcpStream::connect(target).unwrap();
+        big.write_all(&u32::MAX.to_le_bytes()).unwrap();
+        // The real job still works.
+        std::thread::scope(|s| {
+            for c in comms.iter().cloned() {
+                s.spawn(move || {
+                    let mut x = [1u64];
+                    c.allreduce(&mut x, crate::ReduceOp::Sum).unwrap();
+                    assert_eq!(x[0], 2);
+                });
+            }
+        });
     }
 }
