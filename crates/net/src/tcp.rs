@@ -372,7 +372,7 @@ fn reconnect_loop(shared: Arc<Shared>, peer: Rank) {
         p.reconnecting.store(false, Ordering::Release);
         // A reset between our successful dial and clearing the flag found the flag set
         // and spawned nobody: take that job over.
-        if !(down() && !p.reconnecting.swap(true, Ordering::AcqRel)) {
+        if !down() || p.reconnecting.swap(true, Ordering::AcqRel) {
             return;
         }
     }
@@ -778,7 +778,7 @@ mod tests {
         big.write_all(&u32::MAX.to_le_bytes()).unwrap();
         // The real job still works.
         std::thread::scope(|s| {
-            for c in comms.iter().cloned() {
+            for c in comms {
                 s.spawn(move || {
                     let mut x = [1u64];
                     c.allreduce(&mut x, crate::ReduceOp::Sum).unwrap();
