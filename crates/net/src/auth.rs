@@ -176,6 +176,32 @@ pub(crate) fn handshake<S: Read + Write>(
     })
 }
 
+/// Runs the responder side of the handshake against arbitrary peer bytes (for the fuzz
+/// target `handshake`): must return an error or a peer, never panic or over-allocate.
+#[doc(hidden)]
+pub fn fuzz_handshake(input: &[u8]) -> bool {
+    struct Duplex<'a> {
+        input: &'a [u8],
+    }
+    impl Read for Duplex<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            self.input.read(buf)
+        }
+    }
+    impl Write for Duplex<'_> {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let Ok(token) = JobToken::new("fuzz") else {
+        return false;
+    };
+    handshake(&mut Duplex { input }, &token, 0, 0, None, "fuzz").is_ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -207,6 +233,13 @@ mod tests {
     fn wrong_token_is_refused_as_auth() {
         let (a, _b) = pair("secret", "other");
         assert_eq!(a.unwrap_err().kind(), ErrorKind::Auth);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn handshake_never_panics_on_garbage(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
+            let _ = fuzz_handshake(&bytes);
+        }
     }
 
     #[test]

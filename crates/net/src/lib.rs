@@ -38,6 +38,8 @@ mod scalar;
 mod tcp;
 pub mod wire;
 
+#[doc(hidden)]
+pub use auth::fuzz_handshake;
 pub use auth::JobToken;
 pub use collective::ReduceOp;
 pub use comm::Comm;
