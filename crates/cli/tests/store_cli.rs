@@ -1,0 +1,162 @@
+//! `lazarus inspect | verify | gc` on the golden v1 repository and damaged copies of it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn golden() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/data/golden-v1")
+}
+
+fn lazarus(args: &[&str], repo: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_lazarus"))
+        .args(args)
+        .arg(repo)
+        .output()
+        .expect("run lazarus")
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        let p = e.path();
+        let dest = to.join(e.file_name());
+        if p.is_dir() {
+            copy_dir(&p, &dest);
+        } else {
+            std::fs::copy(&p, &dest).unwrap();
+        }
+    }
+}
+
+fn golden_copy() -> (tempfile::TempDir, PathBuf) {
+    let d = tempfile::tempdir().unwrap();
+    let repo = d.path().join("repo");
+    copy_dir(&golden(), &repo);
+    (d, repo)
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn verify_passes_on_golden() {
+    let o = lazarus(&["verify"], &golden());
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}{}",
+        text(&o.stdout),
+        text(&o.stderr)
+    );
+    assert!(
+        text(&o.stdout).contains("ok: 2 committed checkpoint(s)"),
+        "{}",
+        text(&o.stdout)
+    );
+}
+
+#[test]
+fn inspect_table_and_json() {
+    let o = lazarus(&["inspect"], &golden());
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let t = text(&o.stdout);
+    assert!(t.contains("logical") && t.contains("dedup"), "{t}");
+    assert_eq!(t.lines().count(), 3, "{t}");
+    let o = lazarus(&["inspect", "--json"], &golden());
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let cps = v["checkpoints"].as_array().unwrap();
+    assert_eq!(cps.len(), 2);
+    assert_eq!(cps[0]["step"], 10);
+    assert_eq!(cps[1]["step"], 20);
+    assert_eq!(cps[1]["ranks"], 2);
+    // 2 ranks x (8000 B field + 256 B ids + params)
+    assert!(cps[0]["logical_bytes"].as_u64().unwrap() > 16_512);
+    // The second checkpoint changed one region of rank 0's field only.
+    assert!(
+        cps[1]["new_bytes"].as_u64().unwrap() < cps[0]["new_bytes"].as_u64().unwrap() / 2,
+        "{v}"
+    );
+    assert!(cps[1]["dedup_ratio"].as_f64().unwrap() >= 1.0);
+}
+
+#[test]
+fn verify_names_the_first_bad_chunk_and_what_it_breaks() {
+    let (_d, repo) = golden_copy();
+    // A chunk used by both checkpoints: rank 1's ids (unchanged between them).
+    let m = std::fs::read(repo.join("checkpoints/0000000000000001/rank-1.manifest")).unwrap();
+    let body: serde_json::Value = serde_json::from_slice(&m[48..]).unwrap();
+    let digest = body["objects"][1]["chunks"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let chunk = repo.join("chunks").join(&digest[..2]).join(&digest);
+    let mut b = std::fs::read(&chunk).unwrap();
+    let last = b.len() - 1;
+    b[last] ^= 1;
+    std::fs::write(&chunk, b).unwrap();
+    let o = lazarus(&["verify"], &repo);
+    assert_eq!(o.status.code(), Some(1));
+    let e = text(&o.stderr);
+    assert!(e.contains(&digest), "{e}");
+    assert!(e.contains("breaks checkpoint(s) 1, 2"), "{e}");
+    assert!(e.contains("intact checkpoints: none"), "{e}");
+}
+
+#[test]
+fn verify_names_a_damaged_commit() {
+    let (_d, repo) = golden_copy();
+    let commit = repo.join("checkpoints/0000000000000002/COMMIT");
+    let mut b = std::fs::read(&commit).unwrap();
+    b[60] ^= 4;
+    std::fs::write(&commit, b).unwrap();
+    let o = lazarus(&["verify"], &repo);
+    assert_eq!(o.status.code(), Some(1));
+    let e = text(&o.stderr);
+    assert!(
+        e.contains("0000000000000002/COMMIT") && e.contains("breaks checkpoint(s) 2"),
+        "{e}"
+    );
+    assert!(e.contains("intact checkpoints: 1"), "{e}");
+}
+
+#[test]
+fn gc_keeps_newest() {
+    let (_d, repo) = golden_copy();
+    let o = lazarus(&["gc", "--keep", "1"], &repo);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stdout).contains("kept 1 checkpoint(s), removed 1"),
+        "{}",
+        text(&o.stdout)
+    );
+    let o = lazarus(&["verify"], &repo);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert!(text(&o.stdout).contains("ok: 1 committed"));
+    let o = lazarus(&["gc", "--keep", "0"], &repo);
+    assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
+fn bad_repositories_are_clear_errors() {
+    let (_d, repo) = golden_copy();
+    let mut f = std::fs::read(repo.join("FORMAT")).unwrap();
+    f[8] = 2;
+    std::fs::write(repo.join("FORMAT"), f).unwrap();
+    for cmd in ["verify", "inspect"] {
+        let o = lazarus(&[cmd], &repo);
+        assert_eq!(o.status.code(), Some(2));
+        assert!(
+            text(&o.stderr).contains("format 2.0 is not supported"),
+            "{}",
+            text(&o.stderr)
+        );
+    }
+    let o = lazarus(&["gc", "--keep", "1"], &repo);
+    assert_eq!(o.status.code(), Some(2));
+    let missing = repo.join("nope");
+    let o = lazarus(&["gc", "--keep", "1"], &missing);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(!missing.exists(), "gc must not create a repository");
+    assert!(text(&o.stderr).contains("no FORMAT"), "{}", text(&o.stderr));
+}
