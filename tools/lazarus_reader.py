@@ -1,0 +1,752 @@
+#!/usr/bin/env python3
+"""Standalone reader of Lazarus checkpoint repositories (format 1.x), numpy only.
+
+Written from docs/FORMAT.md alone (not from the Rust code), so it checks that the
+specification is sufficient. It verifies everything the format lets a reader verify:
+
+* FORMAT magic and major version;
+* the BLAKE3 checksum of every COMMIT and manifest envelope, and each manifest's BLAKE3
+  against the COMMIT's ``manifest_digest``;
+* the BLAKE3 of every chunk's raw bytes against its file name.
+
+BLAKE3 is not in hashlib, so this file carries its own implementation (written from the
+BLAKE3 specification; vectorised over 1 KiB chunks with numpy, ~10-50 MB/s). Pass
+``verify=False`` (CLI ``--no-verify``) to skip chunk digests on large repositories;
+envelope checksums are always checked (they are small).
+
+Byte order: every binary field is decoded with an explicit little-endian format
+(``struct`` ``'<'``, numpy ``'<f8'`` ...), never the host's native order, so this reader
+gives the same values on a big-endian or 32-bit host. Arrays are returned in the host's
+native byte order (converted from little-endian), ready for arithmetic.
+
+Compression: chunks with codec 0 (none) need numpy only. Codec 1 (zstd) needs the
+``zstandard`` package from PyPI or the stdlib ``compression.zstd`` (Python >= 3.14); when
+neither is present, reading such a chunk raises ``LazarusFormatError`` naming the chunk and
+suggesting ``pip install zstandard`` (or writing the repository with codec "none").
+The byte-shuffle filter is undone with numpy.
+
+API::
+
+    repo = open_repo("path/to/repo")
+    repo.checkpoints()                     # [CheckpointInfo(id, step, world_size, ...)]
+    a = repo.load(name="field")            # newest intact checkpoint, whole distributed array
+    a = repo.load(checkpoint=2, name="ids", rank=1)   # one rank's part
+    parts = repo.load(name="ids")          # non-distributed object: list indexed by rank
+
+CLI::
+
+    python3 tools/lazarus_reader.py REPO [--checkpoint ID] [--field NAME] [--rank R]
+        [--dump-npy OUT.npy] [--digest] [--no-verify]
+
+Without ``--field`` it prints a summary of the repository; with it, the array's shape,
+dtype and statistics. ``--digest`` prints the SHA-256 of the array's little-endian bytes
+(a value the Rust tests compare against), ``--dump-npy`` saves it with ``numpy.save``.
+"""
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import struct
+import sys
+
+import numpy as np
+
+__all__ = [
+    "LazarusFormatError",
+    "Repo",
+    "CheckpointInfo",
+    "ObjectInfo",
+    "open_repo",
+    "blake3",
+    "Postcard",
+]
+
+SUPPORTED_MAJOR = 1
+
+# dtype tag -> little-endian numpy dtype. Never a native-order type.
+DTYPES = {
+    "u8": "<u1",
+    "i8": "<i1",
+    "u16": "<u2",
+    "i16": "<i2",
+    "u32": "<u4",
+    "i32": "<i4",
+    "u64": "<u8",
+    "i64": "<i8",
+    "f32": "<f4",
+    "f64": "<f8",
+}
+
+MAX_RAW_CHUNK = 256 << 20
+_ID_RE = re.compile(r"^[0-9]{16}$")
+_RANK_RE = re.compile(r"^rank-(0|[1-9][0-9]*)\.manifest$")
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+class LazarusFormatError(Exception):
+    """A repository file is missing, malformed or corrupt. The message names the file."""
+
+    def __init__(self, path, msg):
+        super().__init__("%s: %s" % (path, msg))
+        self.path = path
+
+
+# ----------------------------------------------------------------------------- BLAKE3
+
+_IV = np.array(
+    [
+        0x6A09E667,
+        0xBB67AE85,
+        0x3C6EF372,
+        0xA54FF53A,
+        0x510E527F,
+        0x9B05688C,
+        0x1F83D9AB,
+        0x5BE0CD19,
+    ],
+    dtype=np.uint32,
+)
+_PERM = [2, 6, 3, 10, 7, 0, 4, 13, 1, 11, 12, 5, 9, 14, 15, 8]
+_CHUNK_START, _CHUNK_END, _PARENT, _ROOT = 1, 2, 4, 8
+_CHUNK_LEN, _BLOCK_LEN = 1024, 64
+
+
+def _rotr(x, n):
+    return (x >> np.uint32(n)) | (x << np.uint32(32 - n))
+
+
+def _compress(cv, m, counter, block_len, flags):
+    """BLAKE3 compression of many blocks at once.
+
+    cv: list of 8 uint32 arrays (n,); m: list of 16 uint32 arrays; counter: uint64 array;
+    block_len, flags: uint32 arrays. Returns the 8 chaining-value words.
+    """
+    n = cv[0].shape[0]
+    s = list(cv) + [np.full(n, _IV[i], dtype=np.uint32) for i in range(4)]
+    s += [
+        (counter & np.uint64(0xFFFFFFFF)).astype(np.uint32),
+        (counter >> np.uint64(32)).astype(np.uint32),
+        block_len.astype(np.uint32),
+        flags.astype(np.uint32),
+    ]
+    m = list(m)
+
+    def g(a, b, c, d, x, y):
+        s[a] = s[a] + s[b] + x
+        s[d] = _rotr(s[d] ^ s[a], 16)
+        s[c] = s[c] + s[d]
+        s[b] = _rotr(s[b] ^ s[c], 12)
+        s[a] = s[a] + s[b] + y
+        s[d] = _rotr(s[d] ^ s[a], 8)
+        s[c] = s[c] + s[d]
+        s[b] = _rotr(s[b] ^ s[c], 7)
+
+    for r in range(7):
+        g(0, 4, 8, 12, m[0], m[1])
+        g(1, 5, 9, 13, m[2], m[3])
+        g(2, 6, 10, 14, m[4], m[5])
+        g(3, 7, 11, 15, m[6], m[7])
+        g(0, 5, 10, 15, m[8], m[9])
+        g(1, 6, 11, 12, m[10], m[11])
+        g(2, 7, 8, 13, m[12], m[13])
+        g(3, 4, 9, 14, m[14], m[15])
+        if r < 6:
+            m = [m[i] for i in _PERM]
+    return [s[i] ^ s[i + 8] for i in range(8)]
+
+
+def blake3(data):
+    """BLAKE3-256 (unkeyed, default output length) of ``data``; returns 32 bytes.
+
+    The 1 KiB chunks are compressed in parallel (numpy lanes); the tree is then reduced
+    level by level, pairing neighbours and carrying an odd last node up, which builds the
+    same left-complete tree as the reference implementation's chaining-value stack.
+    """
+    data = bytes(data)
+    n_chunks = max(1, -(-len(data) // _CHUNK_LEN))
+    padded = np.zeros(n_chunks * _CHUNK_LEN, dtype=np.uint8)
+    padded[: len(data)] = np.frombuffer(data, dtype=np.uint8)
+    # Message words are little-endian u32 whatever the host's order.
+    words = padded.view("<u4").astype(np.uint32).reshape(n_chunks, 16, 16)
+    last_len = len(data) - (n_chunks - 1) * _CHUNK_LEN  # bytes in the last chunk
+    last_blocks = max(1, -(-last_len // _BLOCK_LEN))
+    cv = [np.full(n_chunks, _IV[i], dtype=np.uint32) for i in range(8)]
+    counter = np.arange(n_chunks, dtype=np.uint64)
+    is_last_chunk = np.arange(n_chunks) == n_chunks - 1
+    for b in range(16):
+        active = ~is_last_chunk | (b < last_blocks)
+        if not active.any():
+            break
+        blen = np.full(n_chunks, _BLOCK_LEN, dtype=np.uint32)
+        if b == last_blocks - 1:
+            blen[-1] = last_len - b * _BLOCK_LEN
+        flags = np.zeros(n_chunks, dtype=np.uint32)
+        if b == 0:
+            flags |= _CHUNK_START
+        ends = (b == 15) | (is_last_chunk & (b == last_blocks - 1))
+        flags[ends] |= _CHUNK_END
+        if n_chunks == 1 and b == last_blocks - 1:
+            flags |= _ROOT
+        m = [words[:, b, i] for i in range(16)]
+        new = _compress(cv, m, counter, blen, flags)
+        cv = [np.where(active, new[i], cv[i]) for i in range(8)]
+    nodes = np.stack(cv, axis=1)  # (n, 8)
+    while nodes.shape[0] > 1:
+        pairs = nodes.shape[0] // 2
+        left = nodes[0 : 2 * pairs : 2]
+        right = nodes[1 : 2 * pairs : 2]
+        root = nodes.shape[0] == 2
+        m = [left[:, i] for i in range(8)] + [right[:, i] for i in range(8)]
+        key = [np.full(pairs, _IV[i], dtype=np.uint32) for i in range(8)]
+        flags = np.full(pairs, _PARENT | (_ROOT if root else 0), dtype=np.uint32)
+        out = _compress(
+            key,
+            m,
+            np.zeros(pairs, dtype=np.uint64),
+            np.full(pairs, _BLOCK_LEN, dtype=np.uint32),
+            flags,
+        )
+        parents = np.stack(out, axis=1)
+        if nodes.shape[0] % 2:
+            parents = np.concatenate([parents, nodes[-1:]], axis=0)
+        nodes = parents
+    return nodes[0].astype("<u4").tobytes()
+
+
+# ----------------------------------------------------------------------------- postcard
+
+
+class Postcard:
+    """Minimal cursor over postcard 1.x bytes, for decoding serde objects by hand.
+
+    postcard has no schema in the data: the caller reads fields in the Rust struct's
+    order. Unsigned integers > u8 are LEB128 varints, signed ones zigzag varints, floats
+    little-endian IEEE-754, strings and sequences a varint length then the items.
+    """
+
+    def __init__(self, data, name="object"):
+        self.data = bytes(data)
+        self.pos = 0
+        self.name = name
+
+    def _take(self, n):
+        if self.pos + n > len(self.data):
+            raise LazarusFormatError(self.name, "postcard data ends early at byte %d" % self.pos)
+        b = self.data[self.pos : self.pos + n]
+        self.pos += n
+        return b
+
+    def u8(self):
+        return self._take(1)[0]
+
+    def bool(self):
+        return self.u8() != 0
+
+    def varint(self):
+        """An unsigned LEB128 varint (u16/u32/u64/usize, lengths)."""
+        v, shift = 0, 0
+        while True:
+            b = self.u8()
+            v |= (b & 0x7F) << shift
+            if b < 0x80:
+                return v
+            shift += 7
+            if shift > 63:
+                raise LazarusFormatError(self.name, "varint too long at byte %d" % self.pos)
+
+    def zigzag(self):
+        """A signed (zigzag) varint (i16/i32/i64/isize)."""
+        v = self.varint()
+        return (v >> 1) ^ -(v & 1)
+
+    def f32(self):
+        return struct.unpack("<f", self._take(4))[0]
+
+    def f64(self):
+        return struct.unpack("<d", self._take(8))[0]
+
+    def str(self):
+        n = self.varint()
+        try:
+            return self._take(n).decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise LazarusFormatError(self.name, "string is not UTF-8: %s" % e)
+
+    def at_end(self):
+        return self.pos == len(self.data)
+
+
+# ----------------------------------------------------------------------------- decoding
+
+
+def _read(path):
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise LazarusFormatError(path, "cannot read: %s" % e.strerror)
+
+
+def _envelope(path, magic):
+    """Checks a 48-byte LZMF/LZCM envelope and returns its JSON body (decoded)."""
+    raw = _read(path)
+    if len(raw) < 48:
+        raise LazarusFormatError(path, "%d bytes, shorter than the 48-byte header" % len(raw))
+    if raw[:4] != magic:
+        raise LazarusFormatError(path, "magic %r, expected %r" % (raw[:4], magic))
+    major, minor, body_len = struct.unpack_from("<HHQ", raw, 4)
+    if major != 1:
+        raise LazarusFormatError(
+            path, "envelope version %d.%d is not supported by this reader" % (major, minor)
+        )
+    if len(raw) != 48 + body_len:
+        raise LazarusFormatError(
+            path, "file is %d bytes, header says 48 + %d" % (len(raw), body_len)
+        )
+    if blake3(raw[:16] + raw[48:]) != raw[16:48]:
+        raise LazarusFormatError(path, "checksum mismatch (the file is corrupt)")
+    try:
+        body = json.loads(raw[48:].decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise LazarusFormatError(path, "body is not UTF-8 JSON: %s" % e)
+    if not isinstance(body, dict):
+        raise LazarusFormatError(path, "body is not a JSON object")
+    return raw, body
+
+
+def _field(path, obj, key, kind):
+    if key not in obj:
+        raise LazarusFormatError(path, "missing field `%s`" % key)
+    v = obj[key]
+    if kind == "u64":
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 1 << 64:
+            raise LazarusFormatError(path, "field `%s` is not a u64: %r" % (key, v))
+    elif kind == "str" and not isinstance(v, str):
+        raise LazarusFormatError(path, "field `%s` is not a string" % key)
+    elif kind == "list" and not isinstance(v, list):
+        raise LazarusFormatError(path, "field `%s` is not an array" % key)
+    elif kind == "dict" and not isinstance(v, dict):
+        raise LazarusFormatError(path, "field `%s` is not an object" % key)
+    return v
+
+
+def _zstd_decompress(payload, raw_len, path):
+    try:
+        import zstandard  # type: ignore
+
+        try:
+            return zstandard.ZstdDecompressor().decompress(payload, max_output_size=raw_len)
+        except zstandard.ZstdError as e:
+            raise LazarusFormatError(path, "zstd payload does not decode: %s" % e)
+    except ImportError:
+        pass
+    try:
+        from compression import zstd  # type: ignore  # Python >= 3.14
+
+        try:
+            return zstd.decompress(payload)
+        except zstd.ZstdError as e:
+            raise LazarusFormatError(path, "zstd payload does not decode: %s" % e)
+    except ImportError:
+        raise LazarusFormatError(
+            path,
+            "chunk is zstd-compressed and no zstd decoder is available: "
+            "`pip install zstandard` (or use Python >= 3.14), or write the repository "
+            "with codec none",
+        )
+
+
+def decode_chunk(path, raw_file, expect_digest=None, verify=True):
+    """Decodes one chunk file's bytes into its raw bytes (see FORMAT.md, "Chunk")."""
+    if len(raw_file) < 16:
+        raise LazarusFormatError(path, "chunk is %d bytes, shorter than its header" % len(raw_file))
+    magic, codec, filt, width, layout, raw_len = struct.unpack_from("<4sBBBBQ", raw_file, 0)
+    if magic != b"LZCK":
+        raise LazarusFormatError(path, "chunk magic %r, expected b'LZCK'" % magic)
+    if layout != 1:
+        raise LazarusFormatError(path, "chunk layout version %d is not supported" % layout)
+    if raw_len > MAX_RAW_CHUNK:
+        raise LazarusFormatError(path, "raw length %d exceeds 256 MiB" % raw_len)
+    payload = raw_file[16:]
+    if codec == 0:
+        filtered = payload
+    elif codec == 1:
+        filtered = _zstd_decompress(payload, raw_len, path)
+    else:
+        raise LazarusFormatError(path, "unknown codec %d" % codec)
+    if len(filtered) != raw_len:
+        raise LazarusFormatError(
+            path, "payload decodes to %d bytes, header says %d" % (len(filtered), raw_len)
+        )
+    if filt == 0:
+        if width != 0:
+            raise LazarusFormatError(path, "filter none with element width %d" % width)
+        raw = bytes(filtered)
+    elif filt == 1:
+        if not 2 <= width <= 8:
+            raise LazarusFormatError(path, "byte-shuffle width %d outside 2..8" % width)
+        n = raw_len // width
+        f = np.frombuffer(filtered, dtype=np.uint8)
+        body = f[: n * width].reshape(width, n).T.reshape(-1)
+        raw = body.tobytes() + bytes(f[n * width :])
+    else:
+        raise LazarusFormatError(path, "unknown filter %d" % filt)
+    if verify and expect_digest is not None and blake3(raw).hex() != expect_digest:
+        raise LazarusFormatError(path, "BLAKE3 of the decoded bytes does not match the name")
+    return raw
+
+
+class CheckpointInfo:
+    """One committed checkpoint (from its COMMIT record)."""
+
+    def __init__(self, id, step, world_size, time_unix_ms, app, parts, writer):
+        self.id = id
+        self.step = step
+        self.world_size = world_size
+        self.time_unix_ms = time_unix_ms
+        self.app = app
+        self.parts = parts  # [{rank, manifest_digest, logical_bytes, stored_new_bytes}]
+        self.writer = writer
+
+    def __repr__(self):
+        return "CheckpointInfo(id=%d, step=%d, world_size=%d)" % (
+            self.id,
+            self.step,
+            self.world_size,
+        )
+
+
+class ObjectInfo:
+    """One object of one rank's manifest."""
+
+    def __init__(self, rank, d, path):
+        self.rank = rank
+        self.name = _field(path, d, "name", "str")
+        self.type_name = _field(path, d, "type_name", "str")
+        self.kind = _field(path, d, "kind", "str")
+        self.bytes = _field(path, d, "bytes", "u64")
+        self.chunks = _field(path, d, "chunks", "list")
+        self.dtype = None
+        self.len = None
+        self.global_range = None  # (start, len, total) in elements (scalars)
+        where = "%s (object `%s`)" % (path, self.name)
+        if self.kind == "bulk":
+            self.dtype = _field(where, d, "dtype", "str")
+            if self.dtype not in DTYPES:
+                raise LazarusFormatError(where, "unknown dtype %r" % self.dtype)
+            self.len = _field(where, d, "len", "u64")
+            g = d.get("global")
+            if g is not None:
+                if not isinstance(g, dict):
+                    raise LazarusFormatError(where, "field `global` is not an object")
+                self.global_range = tuple(
+                    _field(where, g, k, "u64") for k in ("start", "len", "total")
+                )
+                start, glen, total = self.global_range
+                if glen != self.len or start + glen > total:
+                    raise LazarusFormatError(
+                        where, "global range %r does not fit len %d" % (g, self.len)
+                    )
+            if self.len * np.dtype(DTYPES[self.dtype]).itemsize != self.bytes:
+                raise LazarusFormatError(
+                    where, "%d x %s is not %d bytes" % (self.len, self.dtype, self.bytes)
+                )
+        elif self.kind != "serde":
+            raise LazarusFormatError(where, "unknown kind %r" % self.kind)
+        total = 0
+        for c in self.chunks:
+            if not isinstance(c, dict):
+                raise LazarusFormatError(where, "chunk entry is not an object")
+            dg = _field(where, c, "digest", "str")
+            if not _HEX64.match(dg):
+                raise LazarusFormatError(where, "chunk digest %r is not 64 hex digits" % dg)
+            total += _field(where, c, "len", "u64")
+        if total != self.bytes:
+            raise LazarusFormatError(
+                where, "chunk lengths add up to %d, not %d bytes" % (total, self.bytes)
+            )
+
+    def row_width(self):
+        """Scalars per row: N for a `DVec<[T; N]>`, else 1."""
+        m = re.search(r"\[[a-z0-9]+; *([0-9]+)\]", self.type_name)
+        return int(m.group(1)) if m and int(m.group(1)) > 0 else 1
+
+
+class Repo:
+    """An open repository (read-only; never takes the writer's LOCK)."""
+
+    def __init__(self, path, verify=True):
+        self.path = path
+        self.verify = verify
+        fmt_path = os.path.join(path, "FORMAT")
+        raw = _read(fmt_path)
+        if len(raw) != 12 or raw[:8] != b"LZRSREPO":
+            raise LazarusFormatError(fmt_path, "not a Lazarus repository FORMAT file")
+        self.major, self.minor = struct.unpack_from("<HH", raw, 8)
+        if self.major != SUPPORTED_MAJOR:
+            raise LazarusFormatError(
+                fmt_path,
+                "repository format %d.%d is not supported by this reader (%d.x)"
+                % (self.major, self.minor, SUPPORTED_MAJOR),
+            )
+        self._manifests = {}
+
+    def _ckpt_dir(self, cid):
+        return os.path.join(self.path, "checkpoints", "%016d" % cid)
+
+    def checkpoints(self):
+        """Committed checkpoints, oldest first. A checkpoint whose COMMIT does not decode is
+        not committed and is left out (FORMAT.md: "Which checkpoints exist")."""
+        root = os.path.join(self.path, "checkpoints")
+        try:
+            names = sorted(os.listdir(root))
+        except FileNotFoundError:
+            return []
+        out = []
+        for name in names:
+            if not _ID_RE.match(name):
+                continue
+            try:
+                out.append(self.commit(int(name)))
+            except LazarusFormatError:
+                continue
+        return out
+
+    def commit(self, cid):
+        """Decodes and checks one COMMIT record."""
+        path = os.path.join(self._ckpt_dir(cid), "COMMIT")
+        _, body = _envelope(path, b"LZCM")
+        if _field(path, body, "checkpoint", "u64") != cid:
+            raise LazarusFormatError(path, "records checkpoint %r" % body["checkpoint"])
+        ws = _field(path, body, "world_size", "u64")
+        parts = _field(path, body, "parts", "list")
+        if len(parts) != ws:
+            raise LazarusFormatError(path, "%d parts for world size %d" % (len(parts), ws))
+        for i, p in enumerate(parts):
+            if not isinstance(p, dict) or _field(path, p, "rank", "u64") != i:
+                raise LazarusFormatError(path, "parts[%d] is not rank %d" % (i, i))
+            if not _HEX64.match(_field(path, p, "manifest_digest", "str")):
+                raise LazarusFormatError(path, "parts[%d].manifest_digest is not hex" % i)
+        return CheckpointInfo(
+            cid,
+            _field(path, body, "step", "u64"),
+            ws,
+            _field(path, body, "time_unix_ms", "u64"),
+            _field(path, body, "app", "dict"),
+            parts,
+            body.get("writer", {}),
+        )
+
+    def manifest(self, info, rank):
+        """The objects of `rank`'s manifest in checkpoint `info`, checked against COMMIT."""
+        key = (info.id, rank)
+        if key in self._manifests:
+            return self._manifests[key]
+        path = os.path.join(self._ckpt_dir(info.id), "rank-%d.manifest" % rank)
+        raw, body = _envelope(path, b"LZMF")
+        if blake3(raw).hex() != info.parts[rank]["manifest_digest"]:
+            raise LazarusFormatError(path, "BLAKE3 differs from COMMIT's manifest_digest")
+        if _field(path, body, "checkpoint", "u64") != info.id:
+            raise LazarusFormatError(path, "records checkpoint %r" % body["checkpoint"])
+        if _field(path, body, "rank", "u64") != rank:
+            raise LazarusFormatError(path, "records rank %r" % body["rank"])
+        objs = [ObjectInfo(rank, o, path) for o in _field(path, body, "objects", "list")]
+        names = [o.name for o in objs]
+        if len(set(names)) != len(names):
+            raise LazarusFormatError(path, "object names are not unique")
+        self._manifests[key] = objs
+        return objs
+
+    def object_bytes(self, obj):
+        """The concatenated raw bytes of one object, every chunk decoded and verified."""
+        out = bytearray()
+        for c in obj.chunks:
+            dg = c["digest"]
+            path = os.path.join(self.path, "chunks", dg[:2], dg)
+            raw = decode_chunk(path, _read(path), dg, self.verify)
+            if len(raw) != c["len"]:
+                raise LazarusFormatError(
+                    path, "%d raw bytes, manifest of rank %d says %d" % (len(raw), obj.rank, c["len"])
+                )
+            out += raw
+        return bytes(out)
+
+    def _value(self, obj):
+        data = self.object_bytes(obj)
+        if obj.kind == "serde":
+            return data
+        # Explicit little-endian dtype, then the host's native order for arithmetic.
+        a = np.frombuffer(data, dtype=DTYPES[obj.dtype])
+        return a.astype(a.dtype.newbyteorder("="))
+
+    def _find(self, info, rank, name):
+        for o in self.manifest(info, rank):
+            if o.name == name:
+                return o
+        return None
+
+    def _resolve(self, checkpoint):
+        """The CheckpointInfo to read: the given id, or candidates newest first."""
+        if checkpoint is not None:
+            return [self.commit(int(checkpoint))]
+        c = self.checkpoints()
+        if not c:
+            raise LazarusFormatError(self.path, "no committed checkpoint")
+        return list(reversed(c))
+
+    def load(self, checkpoint=None, name="field", rank=None):
+        """Loads object `name`.
+
+        * distributed bulk object (a `global` range on every rank; ranges must tile
+          0..total exactly): the whole array, reassembled by global range, shaped
+          (rows, width) for a `DVec<[T; width]>` and 1-D otherwise;
+        * `rank` given: that rank's part (ndarray for bulk, postcard bytes for serde);
+        * otherwise: a list with every rank's part, indexed by rank.
+
+        `checkpoint=None` reads the newest committed checkpoint and falls back to older
+        ones when it is damaged (FORMAT.md, "Restoring"); an explicit id never falls back.
+        """
+        errors = []
+        for info in self._resolve(checkpoint):
+            try:
+                return self._load_from(info, name, rank)
+            except LazarusFormatError as e:
+                if checkpoint is not None:
+                    raise
+                errors.append(str(e))
+                print("lazarus_reader: checkpoint %d is damaged: %s" % (info.id, e), file=sys.stderr)
+        raise LazarusFormatError(self.path, "no intact checkpoint: " + "; ".join(errors))
+
+    def _load_from(self, info, name, rank):
+        if rank is not None:
+            if not 0 <= rank < info.world_size:
+                raise LazarusFormatError(self.path, "rank %d outside world size %d" % (rank, info.world_size))
+            o = self._find(info, rank, name)
+            if o is None:
+                raise LazarusFormatError(
+                    self._ckpt_dir(info.id), "rank %d has no object `%s`" % (rank, name)
+                )
+            return self._value(o)
+        objs = [self._find(info, r, name) for r in range(info.world_size)]
+        missing = [r for r, o in enumerate(objs) if o is None]
+        if len(missing) == info.world_size:
+            raise LazarusFormatError(self._ckpt_dir(info.id), "no object `%s`" % name)
+        distributed = not missing and all(
+            o.kind == "bulk" and o.global_range is not None for o in objs
+        )
+        if not distributed:
+            return [None if o is None else self._value(o) for o in objs]
+        return self._assemble(info, name, objs)
+
+    def _assemble(self, info, name, objs):
+        where = "%s (object `%s`)" % (self._ckpt_dir(info.id), name)
+        total = objs[0].global_range[2]
+        dtypes = {o.dtype for o in objs}
+        if len(dtypes) != 1 or any(o.global_range[2] != total for o in objs):
+            raise LazarusFormatError(where, "ranks disagree on dtype or total length")
+        # Ranges must tile 0..total: sorted by start, each begins where the last ended.
+        pos = 0
+        for o in sorted(objs, key=lambda o: (o.global_range[0], o.global_range[1])):
+            start, glen, _ = o.global_range
+            if glen == 0:
+                continue
+            if start != pos:
+                raise LazarusFormatError(
+                    where, "rank %d holds %d.. but %d.. was expected (gap or overlap)" % (o.rank, start, pos)
+                )
+            pos = start + glen
+        if pos != total:
+            raise LazarusFormatError(where, "parts cover 0..%d of %d elements" % (pos, total))
+        dt = np.dtype(DTYPES[objs[0].dtype]).newbyteorder("=")
+        out = np.empty(total, dtype=dt)
+        for o in objs:
+            start, glen, _ = o.global_range
+            out[start : start + glen] = self._value(o)
+        w = objs[0].row_width()
+        if w > 1 and total % w == 0:
+            out = out.reshape(total // w, w)
+        return out
+
+    def objects(self, checkpoint=None):
+        """(rank, ObjectInfo) of every object of a checkpoint (default: newest)."""
+        info = self._resolve(checkpoint)[0]
+        return [(r, o) for r in range(info.world_size) for o in self.manifest(info, r)]
+
+
+def open_repo(path, verify=True):
+    """Opens a repository for reading; refuses unknown major format versions."""
+    return Repo(path, verify=verify)
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def _le_bytes(a):
+    """The array's elements as little-endian bytes (the on-disk order) for digests."""
+    a = np.ascontiguousarray(a)
+    return a.astype(a.dtype.newbyteorder("<")).tobytes()
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description="Read a Lazarus checkpoint repository (numpy only).")
+    ap.add_argument("repo")
+    ap.add_argument("--checkpoint", type=int, default=None, help="checkpoint id (default newest)")
+    ap.add_argument("--field", default=None, help="object name to load")
+    ap.add_argument("--rank", type=int, default=None, help="load one rank's part")
+    ap.add_argument("--dump-npy", default=None, help="save the array with numpy.save")
+    ap.add_argument("--digest", action="store_true", help="print SHA-256 of the LE bytes")
+    ap.add_argument("--no-verify", action="store_true", help="skip chunk BLAKE3 checks")
+    args = ap.parse_args(argv)
+    try:
+        repo = open_repo(args.repo, verify=not args.no_verify)
+        if args.field is None:
+            cps = repo.checkpoints()
+            print("repository %s: format %d.%d, %d committed checkpoint(s)" % (args.repo, repo.major, repo.minor, len(cps)))
+            for c in cps:
+                print("checkpoint %d: step %d, world size %d, app %s" % (c.id, c.step, c.world_size, json.dumps(c.app, sort_keys=True)))
+            if cps:
+                for r, o in repo.objects(args.checkpoint):
+                    g = "" if o.global_range is None else " global %d+%d/%d" % o.global_range
+                    shape = "" if o.kind == "serde" else " %s[%d]" % (o.dtype, o.len)
+                    print("  rank %d: %s (%s) %s%s%s, %d bytes" % (r, o.name, o.type_name, o.kind, shape, g, o.bytes))
+            return 0
+        v = repo.load(args.checkpoint, args.field, args.rank)
+        if isinstance(v, list):
+            print("%s: not distributed; %d rank part(s)" % (args.field, len(v)))
+            for r, p in enumerate(v):
+                desc = "missing" if p is None else (
+                    "%d postcard bytes" % len(p) if isinstance(p, bytes) else "%s %s" % (p.dtype, p.shape)
+                )
+                print("  rank %d: %s" % (r, desc))
+            return 0
+        if isinstance(v, bytes):
+            print("%s: %d postcard bytes: %s" % (args.field, len(v), v.hex()))
+            if args.digest:
+                print("sha256=%s" % hashlib.sha256(v).hexdigest())
+            return 0
+        print("%s: dtype %s shape %s" % (args.field, v.dtype.str, v.shape))
+        if v.size:
+            if v.dtype.kind == "f":
+                finite = v[np.isfinite(v)]
+                print("min=%r max=%r sum=%r nonfinite=%d" % (
+                    float(finite.min()) if finite.size else None,
+                    float(finite.max()) if finite.size else None,
+                    float(np.sum(finite, dtype=np.float64)),
+                    int(v.size - finite.size),
+                ))
+            else:
+                print("min=%d max=%d" % (int(v.min()), int(v.max())))
+        if args.digest:
+            print("sha256=%s" % hashlib.sha256(_le_bytes(v)).hexdigest())
+        if args.dump_npy:
+            np.save(args.dump_npy, v)
+        return 0
+    except LazarusFormatError as e:
+        print("lazarus_reader: error: %s" % e, file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

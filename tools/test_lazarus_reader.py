@@ -1,0 +1,199 @@
+"""Unit tests of tools/lazarus_reader.py against the committed golden repository and the
+byte examples of docs/FORMAT.md. Run: `python3 -m unittest discover -s tools` (also run by
+`cargo test --test python_reader`)."""
+
+import os
+import shutil
+import struct
+import sys
+import tempfile
+import unittest
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import lazarus_reader as L  # noqa: E402
+
+GOLDEN = os.path.join(HERE, "..", "tests", "data", "golden-v1")
+N = 1000
+
+
+def field(k, i):
+    """Element i of the golden field at checkpoint k (see crates/store/tests/golden.rs)."""
+    return -float(i) if k == 2 and 100 <= i < 120 else i * 0.25 + 0.125
+
+
+def ids(rank):
+    x = (0x9E3779B9 ^ rank) & 0xFFFFFFFF
+    out = []
+    for _ in range(64):
+        x ^= (x << 13) & 0xFFFFFFFF
+        x ^= x >> 17
+        x ^= (x << 5) & 0xFFFFFFFF
+        out.append(x)
+    return out
+
+
+def hexbytes(s):
+    return bytes.fromhex(s.replace(" ", "").replace("\n", ""))
+
+
+class Blake3(unittest.TestCase):
+    def test_known_vectors(self):
+        # Official test vectors' first 32 bytes (input byte i = i % 251).
+        def inp(n):
+            return bytes(i % 251 for i in range(n))
+
+        self.assertEqual(
+            L.blake3(b"").hex(),
+            "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262",
+        )
+        self.assertEqual(
+            L.blake3(inp(1)).hex(),
+            "2d3adedff11b61f14c886e35afa036736dcd87a74d27b5c1510225d0f592e213",
+        )
+        self.assertEqual(
+            L.blake3(inp(1024)).hex(),
+            "42214739f095a406f3fc83deb889744ac00df831c10daa55189b5d121c855af7",
+        )
+        self.assertEqual(
+            L.blake3(inp(1025)).hex(),
+            "d00278ae47eb27b34faecf67b4fe263f82d5412916c1ffd97c8cb7fb814b8444",
+        )
+        self.assertEqual(
+            L.blake3(inp(3072)).hex(),
+            "b98cb0ff3623be03326b373de6b9095218513e64f1ee2edd2525c7ad1e5cffd2",
+        )
+
+    def test_format_doc_example(self):
+        self.assertEqual(
+            L.blake3(struct.pack("<2d", 1.0, -2.5)).hex(),
+            "daaf7662a25b3c7f7a73793dd34e923fa3bff88a5825224fcf89a5ac4a0582a8",
+        )
+
+
+class Chunks(unittest.TestCase):
+    DIGEST = "daaf7662a25b3c7f7a73793dd34e923fa3bff88a5825224fcf89a5ac4a0582a8"
+
+    def test_none_example(self):
+        f = hexbytes(
+            "4c 5a 43 4b 00 00 00 01 10 00 00 00 00 00 00 00"
+            "00 00 00 00 00 00 f0 3f 00 00 00 00 00 00 04 c0"
+        )
+        raw = L.decode_chunk("example", f, self.DIGEST)
+        self.assertEqual(np.frombuffer(raw, "<f8").tolist(), [1.0, -2.5])
+
+    def test_zstd_shuffle_example(self):
+        try:
+            import zstandard  # noqa: F401
+        except ImportError:
+            if os.environ.get("CI"):
+                raise
+            self.skipTest("zstandard not installed")
+        f = hexbytes(
+            "4c 5a 43 4b 01 01 08 01 10 00 00 00 00 00 00 00"
+            "28 b5 2f fd 20 10 65 00 00 30 00 00 f0 04 3f c0"
+            "01 00 1b c0 02"
+        )
+        raw = L.decode_chunk("example", f, self.DIGEST)
+        self.assertEqual(np.frombuffer(raw, "<f8").tolist(), [1.0, -2.5])
+
+    def test_shuffle_tail_and_corruption(self):
+        raw = bytes(range(23))  # 23 = 2 * 8 + 7: a 7-byte tail is copied unchanged
+        n = len(raw) // 8
+        planes = bytes(raw[i * 8 + j] for j in range(8) for i in range(n)) + raw[n * 8 :]
+        f = b"LZCK" + bytes([0, 1, 8, 1]) + struct.pack("<Q", len(raw)) + planes
+        self.assertEqual(L.decode_chunk("c", f, L.blake3(raw).hex()), raw)
+        with self.assertRaisesRegex(L.LazarusFormatError, "does not match"):
+            L.decode_chunk("c", f[:-1] + b"\xff", L.blake3(raw).hex())
+        with self.assertRaisesRegex(L.LazarusFormatError, "layout version 2"):
+            L.decode_chunk("c", f[:7] + b"\x02" + f[8:], None)
+
+
+class Golden(unittest.TestCase):
+    def test_checkpoints(self):
+        r = L.open_repo(GOLDEN)
+        self.assertEqual((r.major, r.minor), (1, 0))
+        cps = r.checkpoints()
+        self.assertEqual([c.id for c in cps], [1, 2])
+        self.assertEqual([c.step for c in cps], [10, 20])
+        self.assertEqual([c.world_size for c in cps], [2, 2])
+        self.assertEqual(cps[1].app, {"app": "golden"})
+
+    def test_field_values(self):
+        r = L.open_repo(GOLDEN)
+        for k in (1, 2):
+            a = r.load(checkpoint=k, name="field")
+            self.assertEqual(a.shape, (2 * N,))
+            self.assertEqual(a.dtype, np.float64)
+            want = np.array([field(k, i) for i in range(2 * N)])
+            self.assertTrue(np.array_equal(a, want), "checkpoint %d" % k)
+        a = r.load(name="field")  # newest = 2
+        self.assertEqual(
+            (a[0], a[1], a[100], a[119], a[120], a[999]),
+            (0.125, 0.375, -100.0, -119.0, 30.125, 249.875),
+        )
+
+    def test_per_rank_objects(self):
+        r = L.open_repo(GOLDEN)
+        parts = r.load(name="ids")
+        self.assertEqual(len(parts), 2)
+        self.assertEqual(int(parts[0][0]), 0x510C4619)
+        for rank in (0, 1):
+            self.assertEqual(parts[rank].tolist(), ids(rank))
+            p = L.Postcard(r.load(name="params", rank=rank), "params")
+            self.assertEqual(p.f64(), 0.5)
+            self.assertEqual(p.str(), "rank%d" % rank)
+            self.assertEqual(p.varint(), 7 + rank)
+            self.assertEqual([p.zigzag() for _ in range(p.varint())], [-1, 2, -300])
+            self.assertTrue(p.at_end())
+
+
+class Damage(unittest.TestCase):
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp()
+        self.repo = os.path.join(self.tmp, "repo")
+        shutil.copytree(GOLDEN, self.repo)
+
+    def tearDown(self):
+        shutil.rmtree(self.tmp)
+
+    def flip(self, path, offset):
+        with open(path, "r+b") as f:
+            f.seek(offset)
+            b = f.read(1)
+            f.seek(offset)
+            f.write(bytes([b[0] ^ 0x01]))
+
+    def test_corrupt_chunk_is_named_and_newest_falls_back(self):
+        r = L.open_repo(self.repo)
+        obj = [o for o in r.manifest(r.commit(2), 0) if o.name == "field"][0]
+        dg = obj.chunks[0]["digest"]
+        old = {c["digest"] for o in r.manifest(r.commit(1), 0) for c in o.chunks}
+        self.assertNotIn(dg, old, "the chunk must belong to checkpoint 2 only")
+        self.flip(os.path.join(self.repo, "chunks", dg[:2], dg), 40)
+        r = L.open_repo(self.repo)
+        with self.assertRaisesRegex(L.LazarusFormatError, dg):
+            r.load(checkpoint=2, name="field")
+        a = r.load(name="field")  # falls back to checkpoint 1
+        self.assertEqual(a[100], field(1, 100))
+
+    def test_corrupt_manifest_and_commit(self):
+        self.flip(os.path.join(self.repo, "checkpoints", "%016d" % 2, "rank-1.manifest"), 60)
+        r = L.open_repo(self.repo)
+        with self.assertRaisesRegex(L.LazarusFormatError, "rank-1.manifest: checksum"):
+            r.load(checkpoint=2, name="field")
+        self.flip(os.path.join(self.repo, "checkpoints", "%016d" % 2, "COMMIT"), 70)
+        self.assertEqual([c.id for c in L.open_repo(self.repo).checkpoints()], [1])
+
+    def test_unknown_major_refused(self):
+        with open(os.path.join(self.repo, "FORMAT"), "r+b") as f:
+            f.seek(8)
+            f.write(struct.pack("<H", 2))
+        with self.assertRaisesRegex(L.LazarusFormatError, "format 2.0 is not supported"):
+            L.open_repo(self.repo)
+
+
+if __name__ == "__main__":
+    unittest.main()
