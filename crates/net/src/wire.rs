@@ -383,8 +383,16 @@ pub(crate) fn read_frame_split(
     head.resize(first, 0);
     r.read_exact(head)?;
     if head.first() == Some(&4) && len > DATA_HEADER_LEN {
-        let mut payload = vec![0u8; len - DATA_HEADER_LEN];
-        r.read_exact(&mut payload)?;
+        let n = len - DATA_HEADER_LEN;
+        // read_to_end fills spare capacity without zeroing it first (a memset per MiB).
+        let mut payload = Vec::with_capacity(n);
+        r.by_ref().take(n as u64).read_to_end(&mut payload)?;
+        if payload.len() != n {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("frame ended after {} of {n} payload bytes", payload.len()),
+            ));
+        }
         return Ok(Some(payload));
     }
     head.resize(len, 0);
