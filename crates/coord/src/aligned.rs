@@ -727,6 +727,27 @@ mod tests {
     }
 
     #[test]
+    fn dead_rank_aborts_collecting_round_but_not_a_commit_in_flight() {
+        let mut c = C::new(2, t()).unwrap();
+        c.start_round(rid(1), ms(0)).unwrap();
+        let a = c.rank_failed(Rank(1)).unwrap();
+        assert!(a.contains(&CoordinatorAction::Decided {
+            decision: Decision {
+                round: rid(1),
+                outcome: Outcome::Abort
+            },
+            reason: Some(AbortReason::RankDied { rank: Rank(1) })
+        }));
+        c.start_round(rid(2), ms(1)).unwrap();
+        c.step(durable(0, 2), ms(1)).unwrap();
+        c.step(durable(1, 2), ms(1)).unwrap();
+        // Every part is durable and COMMIT is being written: only its result decides.
+        assert!(c.rank_failed(Rank(1)).unwrap().is_empty());
+        let a = c.commit_written(rid(2), Err("ENOSPC".into())).unwrap();
+        assert!(a.contains(&CoordinatorAction::CollectLeftovers { round: rid(2) }));
+    }
+
+    #[test]
     fn bad_inputs_are_typed_errors() {
         let mut c = C::new(2, t()).unwrap();
         c.start_round(rid(1), ms(0)).unwrap();
