@@ -8,7 +8,7 @@
 use crate::error::StoreError;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
@@ -104,6 +104,56 @@ pub(crate) fn write_atomic(
         fsync_dir(dir)?;
     }
     Ok(())
+}
+
+/// Writes `bytes` to a new temp file in `dir` for final name `name` WITHOUT fsync, and
+/// starts its writeback (`sync_file_range`), so that many files can be made durable by a
+/// later [`fsync_file`] each without paying a full round trip per file while writing.
+/// Returns the temp path; the temp is removed on error.
+pub(crate) fn write_temp(
+    dir: &Path,
+    name: &str,
+    bytes: &[u8],
+    budget: &Budget,
+) -> Result<PathBuf, StoreError> {
+    let tmp = dir.join(tmp_name(name));
+    let dest = dir.join(name);
+    let result = (|| {
+        budget
+            .take(bytes.len() as u64)
+            .map_err(|e| StoreError::io(&dest, "writing", e))?;
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(|e| StoreError::io(&tmp, "creating temp file", e))?;
+        f.write_all(bytes)
+            .map_err(|e| StoreError::io(&tmp, "writing temp file", e))?;
+        // SAFETY: valid fd; the call only hints the kernel to start writeback now.
+        unsafe {
+            libc::sync_file_range(
+                std::os::fd::AsRawFd::as_raw_fd(&f),
+                0,
+                0,
+                libc::SYNC_FILE_RANGE_WRITE,
+            );
+        }
+        Ok(())
+    })();
+    match result {
+        Ok(()) => Ok(tmp),
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
+
+/// fsyncs a regular file by path.
+pub(crate) fn fsync_file(path: &Path) -> Result<(), StoreError> {
+    File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| StoreError::io(path, "fsync", e))
 }
 
 /// fsyncs a directory so that renames and creations in it are durable.

@@ -17,6 +17,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
+/// A checkpoint directory with a COMMIT file, and the result of decoding that COMMIT.
+pub(crate) type Scanned = (CheckpointId, Result<CommitRecord, StoreError>);
+
 /// What a COMMIT says about a committed checkpoint.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CheckpointSummary {
@@ -166,9 +169,7 @@ impl RepoReader {
 
     /// All checkpoint directories that contain a COMMIT file, oldest first, with the result
     /// of decoding it.
-    pub(crate) fn scan(
-        &self,
-    ) -> Result<Vec<(CheckpointId, Result<CommitRecord, StoreError>)>, StoreError> {
+    pub(crate) fn scan(&self) -> Result<Vec<Scanned>, StoreError> {
         let mut out = Vec::new();
         for id in self.layout.checkpoint_ids()? {
             if self.layout.commit(id).exists() {

@@ -111,6 +111,8 @@ struct Job<'a> {
 struct ChunkOutcome {
     chunk: ChunkRef,
     new_bytes: u64,
+    /// (temp path, final path) of a newly written, not yet durable chunk.
+    temp: Option<(PathBuf, PathBuf)>,
     dir: Option<PathBuf>,
 }
 
@@ -316,16 +318,30 @@ impl PartWriter {
                 });
             }
         });
+        let slots = slots.into_inner().unwrap_or_else(|e| e.into_inner());
+        let temps: Vec<(PathBuf, PathBuf)> = slots
+            .iter()
+            .flatten()
+            .filter_map(|o| o.temp.clone())
+            .collect();
+        let cleanup = |e: StoreError| {
+            for (tmp, _) in &temps {
+                let _ = std::fs::remove_file(tmp);
+            }
+            StoreError::new(e.kind(), e.path(), format!("{ctx}: {}", e.message()))
+        };
         if let Some(e) = first_err.into_inner().unwrap_or_else(|e| e.into_inner()) {
-            return Err(StoreError::new(
-                e.kind(),
-                e.path(),
-                format!("{ctx}: {}", e.message()),
-            ));
+            return Err(cleanup(e));
+        }
+        // Durable before visible: fsync every temp (their writeback started while writing),
+        // then rename them to their final names.
+        self.fsync_all(&temps).map_err(cleanup)?;
+        for (tmp, dest) in &temps {
+            std::fs::rename(tmp, dest)
+                .map_err(|e| cleanup(StoreError::io(dest, "renaming temp chunk", e)))?;
+            failpoint("after_chunk_write");
         }
         slots
-            .into_inner()
-            .unwrap_or_else(|e| e.into_inner())
             .into_iter()
             .map(|o| {
                 o.ok_or_else(|| {
@@ -337,6 +353,30 @@ impl PartWriter {
                 })
             })
             .collect()
+    }
+
+    fn fsync_all(&self, temps: &[(PathBuf, PathBuf)]) -> Result<(), StoreError> {
+        let next = AtomicUsize::new(0);
+        let first_err: Mutex<Option<StoreError>> = Mutex::new(None);
+        std::thread::scope(|s| {
+            for _ in 0..2 {
+                s.spawn(|| loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some((tmp, _)) = temps.get(i) else { return };
+                    if let Err(e) = fsutil::fsync_file(tmp) {
+                        first_err
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .get_or_insert(e);
+                        return;
+                    }
+                });
+            }
+        });
+        match first_err.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
     fn write_one(
@@ -361,21 +401,14 @@ impl PartWriter {
                     stored,
                 },
                 new_bytes: 0,
+                temp: None,
                 dir: None,
             });
         }
         let file = self.encode(job);
         let dir = self.layout.chunk_dir(&digest);
         fsutil::create_dir_durable(&dir)?;
-        fsutil::write_atomic(
-            &dir,
-            &Layout::chunk_name(&digest),
-            &file,
-            &self.budget,
-            None,
-            false,
-        )?;
-        failpoint("after_chunk_write");
+        let tmp = fsutil::write_temp(&dir, &Layout::chunk_name(&digest), &file, &self.budget)?;
         Ok(ChunkOutcome {
             chunk: ChunkRef {
                 digest,
@@ -383,6 +416,7 @@ impl PartWriter {
                 stored: file.len() as u64,
             },
             new_bytes: file.len() as u64,
+            temp: Some((tmp, path)),
             dir: Some(dir),
         })
     }
