@@ -68,3 +68,4 @@ pub use lazarus_policy as policy;
 pub use lazarus_state as state;
 pub use lazarus_state::{Checkpoint, Serde, StateError};
 pub use lazarus_store as store;
+pub use lazarus_supervisor as supervisor;

@@ -1,0 +1,173 @@
+//! Test rank program for the supervisor: a tiny SPMD job with an aligned two-phase commit
+//! written directly against the store (so the supervisor is testable without the Job API).
+//!
+//! `lazarus-recovery-probe --steps N --every K --sleep-ms M --lines L --state-kib S`
+//! Each step: every rank prints L lines `r<rank> s<step> l<j>`, updates its accumulator,
+//! and all ranks allreduce. Every K steps (at the top of the iteration) rank 0 begins a
+//! checkpoint, every rank writes its part and prints the part marker, rank 0 commits and
+//! prints the commit marker. At the end rank 0 prints `checksum=<hex>`, which does not
+//! depend on how often the job was killed and restarted.
+use lazarus_format::{CheckpointId, DType, ObjectInfo, ObjectKind, ObjectSpec, Rank};
+use lazarus_net::ReduceOp;
+use lazarus_store::{CommitMeta, PartReceipt, PartWriter, RepoOptions, RepoReader, Repository};
+use std::error::Error;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+const MARK: &str = "\u{1e}lazarus:";
+
+struct Args {
+    steps: u64,
+    every: u64,
+    sleep_ms: u64,
+    lines: u64,
+    state_kib: u64,
+}
+
+fn parse() -> Result<Args, String> {
+    let mut a = Args {
+        steps: 20,
+        every: 5,
+        sleep_ms: 5,
+        lines: 1,
+        state_kib: 4,
+    };
+    let raw: Vec<String> = std::env::args().skip(1).collect();
+    let mut it = raw.iter();
+    while let Some(flag) = it.next() {
+        let v: u64 = it
+            .next()
+            .ok_or(format!("{flag} needs a value"))?
+            .parse()
+            .map_err(|e| format!("{flag}: {e}"))?;
+        match flag.as_str() {
+            "--steps" => a.steps = v,
+            "--every" => a.every = v.max(1),
+            "--sleep-ms" => a.sleep_ms = v,
+            "--lines" => a.lines = v,
+            "--state-kib" => a.state_kib = v,
+            o => return Err(format!("unknown flag {o}")),
+        }
+    }
+    Ok(a)
+}
+
+fn say(line: &str) {
+    let mut o = std::io::stdout().lock();
+    let _ = writeln!(o, "{line}");
+    let _ = o.flush();
+}
+
+fn state_bytes(step: u64, acc: u64, kib: u64) -> Vec<u8> {
+    let mut v = Vec::with_capacity(16 + kib as usize * 1024);
+    v.extend_from_slice(&step.to_le_bytes());
+    v.extend_from_slice(&acc.to_le_bytes());
+    // Filler derived from the state, so every checkpoint writes new chunks.
+    let mut x = acc ^ 0x9e37_79b9_7f4a_7c15;
+    while v.len() < 16 + kib as usize * 1024 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v
+}
+
+fn run() -> Result<(), Box<dyn Error>> {
+    let a = parse()?;
+    let comm = lazarus_net::init()?;
+    let rank = comm.rank();
+    let repo = PathBuf::from(std::env::var("LAZARUS_REPO")?);
+    let opts = RepoOptions {
+        job_token: std::env::var("LAZARUS_JOB_TOKEN").ok(),
+        ..RepoOptions::default()
+    };
+    let mut writer = if rank.0 == 0 {
+        Some(Repository::open_shared(&repo, opts.clone())?)
+    } else {
+        None
+    };
+    // Restore: every rank finds the same newest intact checkpoint.
+    let reader = RepoReader::open(&repo)?;
+    let (mut step, mut acc, restored) = match reader.newest_intact()? {
+        Some((c, _)) => {
+            let objs = reader.load_part(c.id, rank)?;
+            let d = &objs.first().ok_or("empty part")?.data;
+            let g = |i: usize| -> Result<u64, Box<dyn Error>> {
+                let b: [u8; 8] = d.get(i..i + 8).ok_or("short state")?.try_into()?;
+                Ok(u64::from_le_bytes(b))
+            };
+            (g(0)?, g(8)?, Some(c.id))
+        }
+        None => (0, 0, None),
+    };
+    match restored {
+        Some(id) => say(&format!("{MARK}resumed {} {step}", id.0)),
+        None => say(&format!("{MARK}resumed - {step}")),
+    }
+    let restored_step = restored.map(|_| step);
+    while step < a.steps {
+        if step > 0 && step % a.every == 0 && restored_step != Some(step) {
+            let mut id = 0u64;
+            let mut pending = None;
+            if let Some(w) = writer.as_mut() {
+                let p = w.begin(comm.size())?;
+                id = p.id().0;
+                pending = Some(p);
+            }
+            comm.broadcast(Rank(0), &mut id)?;
+            let bytes = state_bytes(step, acc, a.state_kib);
+            let obj = ObjectSpec {
+                info: ObjectInfo {
+                    name: "state".into(),
+                    type_name: "probe".into(),
+                    kind: ObjectKind::Bulk {
+                        dtype: DType::U8,
+                        len: bytes.len() as u64,
+                        global: None,
+                    },
+                },
+                data: bytes.as_slice().into(),
+            };
+            let receipt =
+                PartWriter::open(&repo, CheckpointId(id), opts.clone())?.write(rank, &[obj])?;
+            say(&format!("{MARK}part {id} {step}"));
+            let all: Option<Vec<PartReceipt>> = comm.gather(Rank(0), &receipt)?;
+            if let (Some(w), Some(p), Some(all)) = (writer.as_mut(), pending, all) {
+                let meta = CommitMeta {
+                    step,
+                    ..CommitMeta::default()
+                };
+                w.commit(p, all, meta)?;
+                say(&format!("{MARK}commit {id} {step}"));
+                w.retain(3)?;
+            }
+        }
+        for j in 0..a.lines {
+            say(&format!("r{} s{step} l{j}", rank.0));
+        }
+        acc = (acc.wrapping_mul(31) + rank.0 as u64 + step) % 1_000_000_007;
+        let mut x = [acc % 1000];
+        comm.allreduce(&mut x, ReduceOp::Sum)?;
+        acc = (acc + x[0]) % 1_000_000_007;
+        step += 1;
+        std::thread::sleep(Duration::from_millis(a.sleep_ms));
+    }
+    let all = comm.gather(Rank(0), &acc)?;
+    if let Some(all) = all {
+        let sum = all.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, v| {
+            (h ^ v).wrapping_mul(0x100_0000_01b3)
+        });
+        say(&format!("checksum={sum:016x}"));
+    }
+    comm.barrier()?;
+    Ok(())
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("probe: error: {e}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,27 @@
+//! Automatic recovery for Lazarus jobs: `lazarus run -n N --repo DIR --max-restarts K`.
+//!
+//! Three central types:
+//! - [`SupervisorConfig`]: the job to launch, its repository, the restart budget and an
+//!   optional seeded [`KillPlan`] (fault injection for tests, the demo and experiments).
+//! - [`Supervisor`]: holds the repository lock for the whole job, launches the ranks,
+//!   and after a failure stops everyone and restarts all ranks from the newest committed
+//!   checkpoint, until the job completes or the budget is spent.
+//! - [`Report`]: every failure with the work it lost and the recovery time, and how the
+//!   job ended.
+//!
+//! Output commit ([`OutputCommit`]): each rank's stdout is held back until a committed
+//! checkpoint follows it, so re-executed work neither loses nor repeats output. Ranks
+//! learn everything from the environment (`LAZARUS_REPO`, `LAZARUS_JOB_TOKEN`,
+//! `LAZARUS_INCARNATION`, `LAZARUS_JOB_START`, `LAZARUS_FAILURES`,
+//! `LAZARUS_OUTPUT_MARKERS=1`). See docs/RECOVERY.md.
+#![deny(missing_docs)]
+
+mod output;
+mod plan;
+mod report;
+mod supervisor;
+
+pub use output::{Marker, OutputCommit, MARKER_PREFIX};
+pub use plan::{FailpointKill, KillPlan, KillTrigger, PlannedKill};
+pub use report::{FailureReport, JobEnd, OutputLine, Report, RestorePoint};
+pub use supervisor::{Supervisor, SupervisorConfig, SupervisorError, OUTPUT_MARKERS_ENV, REPO_ENV};

@@ -1,0 +1,147 @@
+//! What a supervised job did: its failures, the work each one cost, how it ended.
+
+use lazarus_format::{CheckpointId, Rank};
+use lazarus_net::launch::RankFailure;
+use std::fmt;
+use std::time::Duration;
+
+/// The checkpoint a restart resumed from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RestorePoint {
+    /// Checkpoint id.
+    pub id: CheckpointId,
+    /// Its step.
+    pub step: u64,
+    /// Its commit time, ms since the Unix epoch.
+    pub time_unix_ms: u64,
+}
+
+/// One failure and what it cost.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FailureReport {
+    /// The incarnation that failed (0 = first run).
+    pub incarnation: u64,
+    /// The first failing rank and how it failed.
+    pub failure: RankFailure,
+    /// True when the plan's fault injection caused it (a planned SIGKILL fired).
+    pub injected: bool,
+    /// When it was detected (or injected), ms since the Unix epoch.
+    pub at_unix_ms: u64,
+    /// The newest intact committed checkpoint at that time (`None`: restart from scratch).
+    pub restored: Option<RestorePoint>,
+    /// Highest step a checkpoint marker of the failed incarnation reported (a lower bound
+    /// of the step reached; `None` without markers).
+    pub last_step: Option<u64>,
+    /// Wall time since the restored checkpoint was committed (or since the incarnation
+    /// started, whichever is later): the computation lost.
+    pub lost_time: Duration,
+    /// Stdout lines printed after the restore point and withheld (they are printed again).
+    pub dropped_lines: usize,
+    /// From the failure to every rank of the next incarnation reporting `resumed`
+    /// (`None` if not restarted or the program emits no `resumed` markers).
+    pub recovery_time: Option<Duration>,
+    /// From the failure to the next incarnation's ranks being spawned.
+    pub restart_latency: Option<Duration>,
+}
+
+impl FailureReport {
+    /// Steps lost (last step known from markers minus restored step), if known.
+    pub fn lost_steps(&self) -> Option<u64> {
+        let from = self.restored.map_or(0, |r| r.step);
+        self.last_step.map(|s| s.saturating_sub(from))
+    }
+}
+
+impl fmt::Display for FailureReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "incarnation {}: {}", self.incarnation, self.failure)?;
+        if self.injected {
+            write!(f, " (injected)")?;
+        }
+        match self.restored {
+            Some(r) => write!(
+                f,
+                "; newest committed checkpoint {} at step {}",
+                r.id.0, r.step
+            )?,
+            None => write!(f, "; no committed checkpoint yet, restarting from scratch")?,
+        }
+        write!(f, "; lost {:.2} s of work", self.lost_time.as_secs_f64())?;
+        if let (Some(s), Some(l)) = (self.last_step, self.lost_steps()) {
+            write!(f, " (reached at least step {s}: {l} steps to redo)")?;
+        }
+        Ok(())
+    }
+}
+
+/// How the job ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum JobEnd {
+    /// Every rank exited 0.
+    Completed,
+    /// The restart budget was spent; the last failure is in `failures`.
+    GaveUp {
+        /// the budget
+        max_restarts: u32,
+    },
+    /// A signal (SIGINT/SIGTERM/SIGHUP) stopped the job.
+    Interrupted(i32),
+}
+
+/// A stdout line released to the user (when capturing).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutputLine {
+    /// Which rank printed it.
+    pub rank: Rank,
+    /// The line, without its newline (lossy UTF-8).
+    pub text: String,
+}
+
+/// The result of [`crate::Supervisor::run`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Report {
+    /// How it ended.
+    pub end: JobEnd,
+    /// Every failure, in order.
+    pub failures: Vec<FailureReport>,
+    /// Number of launches (1 + restarts).
+    pub launches: u64,
+    /// Commit markers seen (checkpoints committed while supervised).
+    pub commits: u64,
+    /// Wall time of the whole job.
+    pub elapsed: Duration,
+    /// Released stdout lines, when `SupervisorConfig::capture_output` is set.
+    pub output: Vec<OutputLine>,
+    /// Exit status of the last launch (the failing rank's status when giving up).
+    pub last_exit_code: i32,
+}
+
+impl Report {
+    /// True when the job completed.
+    pub fn success(&self) -> bool {
+        self.end == JobEnd::Completed
+    }
+
+    /// The process exit status for the CLI: 0 on completion, 128+signal when interrupted,
+    /// otherwise the last failure's status (never 0).
+    pub fn exit_code(&self) -> i32 {
+        match self.end {
+            JobEnd::Completed => 0,
+            JobEnd::Interrupted(s) => 128 + s,
+            JobEnd::GaveUp { .. } if self.last_exit_code != 0 => self.last_exit_code,
+            JobEnd::GaveUp { .. } => 1,
+        }
+    }
+
+    /// The message explaining a give-up: the budget, and the rank and cause of the last failure.
+    pub fn give_up_message(&self) -> Option<String> {
+        let JobEnd::GaveUp { max_restarts } = self.end else {
+            return None;
+        };
+        let last = self.failures.last()?;
+        Some(format!(
+            "giving up after {max_restarts} restart(s): the last failure was {} in incarnation {}",
+            last.failure, last.incarnation
+        ))
+    }
+}

@@ -1,0 +1,501 @@
+//! The restart loop around [`Launcher::run`].
+
+use crate::output::{Marker, OutputCommit};
+use crate::plan::{KillPlan, KillTrigger, ResolvedKill};
+use crate::report::{FailureReport, JobEnd, OutputLine, Report, RestorePoint};
+use lazarus_format::Rank;
+use lazarus_net::launch::{LaunchConfig, LaunchObserver, Launcher};
+use lazarus_net::{JobToken, NetError};
+use lazarus_policy::FailureHistory;
+use lazarus_store::{RepoOptions, RepoReader, Repository, StoreError};
+use std::ffi::OsString;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Variable telling the Job to write output-commit markers on stdout.
+pub const OUTPUT_MARKERS_ENV: &str = "LAZARUS_OUTPUT_MARKERS";
+/// Variable naming the repository (read by `lazarus::Job`).
+pub const REPO_ENV: &str = "LAZARUS_REPO";
+
+/// Errors that stop the supervisor before or between launches (a rank failing is not an
+/// error: it is handled, and reported in [`Report`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SupervisorError {
+    /// The configuration is unusable.
+    #[error("invalid supervisor configuration: {0}")]
+    Config(String),
+    /// The repository could not be opened, locked or read.
+    #[error("checkpoint repository {path}: {source}")]
+    Repo {
+        /// repository root
+        path: PathBuf,
+        /// the store's error
+        source: StoreError,
+    },
+    /// The ranks could not be started.
+    #[error("launching incarnation {incarnation}: {source}")]
+    Launch {
+        /// which launch
+        incarnation: u64,
+        /// the launcher's error
+        source: NetError,
+    },
+}
+
+/// What to supervise. Built from a [`LaunchConfig`]; its `token`, `observer`, `incarnation`
+/// and `rank_env` are managed by the supervisor.
+#[derive(Clone, Debug)]
+pub struct SupervisorConfig {
+    /// The job (ranks, program, args, env, timeouts).
+    pub launch: LaunchConfig,
+    /// The checkpoint repository; exported to the ranks as `LAZARUS_REPO`.
+    pub repo: PathBuf,
+    /// Restarts allowed before giving up.
+    pub max_restarts: u32,
+    /// Fault injection (empty by default).
+    pub kill_plan: KillPlan,
+    /// Print released stdout lines (with the `[rank r]` prefix) on this process's stdout.
+    pub echo_output: bool,
+    /// Keep released stdout lines in [`Report::output`].
+    pub capture_output: bool,
+    /// Print one human line per failure/restart on stderr.
+    pub progress: bool,
+}
+
+impl SupervisorConfig {
+    /// Supervises `launch` with checkpoints in `repo`, 3 restarts, no fault injection,
+    /// output echoed, progress on stderr.
+    pub fn new(launch: LaunchConfig, repo: impl Into<PathBuf>) -> Self {
+        SupervisorConfig {
+            launch,
+            repo: repo.into(),
+            max_restarts: 3,
+            kill_plan: KillPlan::none(),
+            echo_output: true,
+            capture_output: false,
+            progress: true,
+        }
+    }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A process handle that cannot hit a recycled pid (Linux pidfd), else the bare pid.
+#[derive(Debug)]
+struct Victim {
+    pid: u32,
+    #[cfg(target_os = "linux")]
+    fd: Option<std::os::fd::OwnedFd>,
+}
+
+impl Victim {
+    fn new(pid: u32) -> Self {
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::FromRawFd;
+            // SAFETY: pidfd_open takes a pid and flags; it returns a new fd or -1.
+            let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+            let fd = (fd >= 0).then(|| {
+                // SAFETY: fd is a fresh descriptor we own.
+                unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) }
+            });
+            Victim { pid, fd }
+        }
+        #[cfg(not(target_os = "linux"))]
+        Victim { pid }
+    }
+
+    fn kill(&self) {
+        #[cfg(target_os = "linux")]
+        if let Some(fd) = &self.fd {
+            use std::os::fd::AsRawFd;
+            // SAFETY: valid pidfd; a null siginfo is allowed.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    fd.as_raw_fd(),
+                    libc::SIGKILL,
+                    std::ptr::null::<libc::siginfo_t>(),
+                    0,
+                );
+            }
+            return;
+        }
+        // SAFETY: plain kill(2) on a child we spawned and have not waited for here.
+        unsafe {
+            libc::kill(self.pid as libc::pid_t, libc::SIGKILL);
+        }
+    }
+}
+
+/// Shared between the launcher's output threads, the kill thread and the restart loop.
+#[derive(Debug)]
+struct Shared {
+    out: OutputCommit,
+    victims: Vec<Option<Victim>>,
+    spawned_at: Option<Instant>,
+    commits: u64,
+    commits_this_run: u32,
+    last_step: Option<u64>,
+    resumed: Vec<Option<Instant>>,
+    captured: Vec<OutputLine>,
+    echo: bool,
+    capture: bool,
+    bad_markers: u64,
+}
+
+impl Shared {
+    fn emit(&mut self, lines: Vec<(u32, Vec<u8>)>) {
+        if lines.is_empty() {
+            return;
+        }
+        if self.echo {
+            let mut buf = Vec::new();
+            for (r, l) in &lines {
+                buf.extend_from_slice(format!("[rank {r}] ").as_bytes());
+                buf.extend_from_slice(l);
+            }
+            let _ = std::io::stdout().lock().write_all(&buf);
+        }
+        if self.capture {
+            for (r, l) in lines {
+                let text = String::from_utf8_lossy(&l)
+                    .trim_end_matches(['\n', '\r'])
+                    .to_string();
+                self.captured.push(OutputLine {
+                    rank: Rank(r),
+                    text,
+                });
+            }
+        }
+    }
+
+    fn new_launch(&mut self, ranks: u32) {
+        self.victims = (0..ranks).map(|_| None).collect();
+        self.resumed = vec![None; ranks as usize];
+        self.spawned_at = None;
+        self.commits_this_run = 0;
+        self.last_step = None;
+    }
+}
+
+#[derive(Debug)]
+struct Observer(Arc<Mutex<Shared>>);
+
+fn lock(m: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
+    // A panic elsewhere must not silence the job's output: keep using the data.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl LaunchObserver for Observer {
+    fn spawned(&self, rank: u32, pid: u32) {
+        let mut s = lock(&self.0);
+        s.spawned_at.get_or_insert_with(Instant::now);
+        if let Some(v) = s.victims.get_mut(rank as usize) {
+            *v = Some(Victim::new(pid));
+        }
+    }
+
+    fn stdout_line(&self, rank: u32, line: &[u8]) -> bool {
+        let mut s = lock(&self.0);
+        match Marker::parse(line) {
+            None => s.out.line(rank, line.to_vec()),
+            Some(Err(e)) => {
+                s.bad_markers += 1;
+                tracing::warn!("rank {rank}: ignoring malformed output marker: {e}");
+            }
+            Some(Ok(m)) => {
+                match m {
+                    Marker::Part { step, .. } | Marker::Commit { step, .. } => {
+                        s.last_step = Some(s.last_step.map_or(step, |x| x.max(step)));
+                    }
+                    Marker::Resumed { .. } => {}
+                }
+                if let Marker::Commit { .. } = m {
+                    s.commits += 1;
+                    s.commits_this_run += 1;
+                }
+                if let Marker::Resumed { .. } = m {
+                    if let Some(t) = s.resumed.get_mut(rank as usize) {
+                        t.get_or_insert_with(Instant::now);
+                    }
+                }
+                let rel = s.out.marker(rank, m);
+                s.emit(rel);
+            }
+        }
+        true
+    }
+}
+
+/// Runs a job under supervision; see the crate documentation.
+#[derive(Debug)]
+pub struct Supervisor;
+
+impl Supervisor {
+    /// Runs the job to completion, restarting it from the newest committed checkpoint after
+    /// each failure, at most `max_restarts` times. Holds the repository lock (with the job's
+    /// token, which rank 0 shares through `open_shared`) for the whole call. `Err` only when
+    /// the repository cannot be used or ranks cannot be started.
+    pub fn run(cfg: &SupervisorConfig) -> Result<Report, SupervisorError> {
+        let n = cfg.launch.ranks;
+        if n == 0 {
+            return Err(SupervisorError::Config("-n must be at least 1".into()));
+        }
+        let token = JobToken::random();
+        let repo_err = |source| SupervisorError::Repo {
+            path: cfg.repo.clone(),
+            source,
+        };
+        let opts = RepoOptions {
+            job_token: Some(token.expose()),
+            ..RepoOptions::default()
+        };
+        let _lock = Repository::open(&cfg.repo, opts).map_err(repo_err)?;
+        let t0 = Instant::now();
+        let mut history = FailureHistory::starting_at(unix_ms() as f64 / 1000.0)
+            .map_err(|e| SupervisorError::Config(e.to_string()))?;
+        let shared = Arc::new(Mutex::new(Shared {
+            out: OutputCommit::new(n),
+            victims: Vec::new(),
+            spawned_at: None,
+            commits: 0,
+            commits_this_run: 0,
+            last_step: None,
+            resumed: Vec::new(),
+            captured: Vec::new(),
+            echo: cfg.echo_output,
+            capture: cfg.capture_output,
+            bad_markers: 0,
+        }));
+        let mut failures: Vec<FailureReport> = Vec::new();
+        let mut incarnation = 0u64;
+        let mut failed_at: Option<Instant> = None;
+        loop {
+            let mut launch = cfg.launch.clone();
+            launch.token = Some(token.clone());
+            launch.incarnation = incarnation;
+            launch.observer = Some(Arc::new(Observer(shared.clone())));
+            let env: [(&str, String); 2] = [
+                (OUTPUT_MARKERS_ENV, "1".into()),
+                ("LAZARUS_SUPERVISED", "1".into()),
+            ];
+            for (k, v) in env.into_iter().chain(history.env_vars()) {
+                launch.env.push((k.into(), v.into()));
+            }
+            launch
+                .env
+                .push((REPO_ENV.into(), cfg.repo.clone().into_os_string()));
+            for (r, name) in cfg.kill_plan.failpoints_for(incarnation) {
+                launch.rank_env.push((
+                    r,
+                    OsString::from(lazarus_store::FAILPOINT_ENV),
+                    name.into(),
+                ));
+            }
+            let kills = cfg.kill_plan.resolve(incarnation, n);
+            lock(&shared).new_launch(n);
+            let run_start = Instant::now();
+            let run_start_unix = unix_ms();
+            let done = Arc::new(AtomicBool::new(false));
+            let fired = Arc::new(Mutex::new(None::<Instant>));
+            let killer = (!kills.is_empty()).then(|| {
+                let (shared, done, fired) = (shared.clone(), done.clone(), fired.clone());
+                std::thread::spawn(move || kill_loop(&kills, &shared, &done, &fired))
+            });
+            let outcome = Launcher::run(&launch);
+            done.store(true, Ordering::SeqCst);
+            if let Some(k) = killer {
+                let _ = k.join();
+            }
+            let outcome = outcome.map_err(|source| SupervisorError::Launch {
+                incarnation,
+                source,
+            })?;
+            let injected_at = *fired.lock().unwrap_or_else(|e| e.into_inner());
+            // Recovery of the previous failure: until every rank of this launch resumed.
+            {
+                let s = lock(&shared);
+                if let (Some(prev), Some(f)) = (failures.last_mut(), failed_at) {
+                    prev.restart_latency = s.spawned_at.map(|t| t.saturating_duration_since(f));
+                    if s.resumed.iter().all(Option::is_some) {
+                        prev.recovery_time = s
+                            .resumed
+                            .iter()
+                            .flatten()
+                            .max()
+                            .map(|t| t.saturating_duration_since(f));
+                    }
+                }
+            }
+            if outcome.success() {
+                let mut s = lock(&shared);
+                let rest = s.out.finish();
+                s.emit(rest);
+                return Ok(report(
+                    &mut s,
+                    JobEnd::Completed,
+                    failures,
+                    incarnation,
+                    t0,
+                    0,
+                ));
+            }
+            let reader = RepoReader::open(&cfg.repo).map_err(repo_err)?;
+            let restored = reader
+                .newest_intact()
+                .map_err(repo_err)?
+                .map(|(c, _)| RestorePoint {
+                    id: c.id,
+                    step: c.step,
+                    time_unix_ms: c.time_unix_ms,
+                });
+            let mut s = lock(&shared);
+            let (released, dropped) = s.out.rollback(restored.map(|r| r.id));
+            s.emit(released);
+            if let Some(sig) = outcome.interrupted {
+                if cfg.progress && dropped > 0 {
+                    eprintln!(
+                        "lazarus: withheld {dropped} output line(s) printed after the last \
+                         committed checkpoint (a resumed run prints them again)"
+                    );
+                }
+                let code = outcome.exit_code();
+                return Ok(report(
+                    &mut s,
+                    JobEnd::Interrupted(sig),
+                    failures,
+                    incarnation,
+                    t0,
+                    code,
+                ));
+            }
+            let Some(failure) = outcome.failure else {
+                // Not a success, not interrupted, no failure: cannot happen; treat as done.
+                return Ok(report(
+                    &mut s,
+                    JobEnd::Completed,
+                    failures,
+                    incarnation,
+                    t0,
+                    0,
+                ));
+            };
+            let now = Instant::now();
+            let f_at = injected_at.unwrap_or(now);
+            let f_unix =
+                unix_ms().saturating_sub(now.saturating_duration_since(f_at).as_millis() as u64);
+            let since = restored.map_or(run_start_unix, |r| r.time_unix_ms.max(run_start_unix));
+            let fr = FailureReport {
+                incarnation,
+                failure,
+                injected: injected_at.is_some(),
+                at_unix_ms: f_unix,
+                restored,
+                last_step: s.last_step,
+                lost_time: Duration::from_millis(f_unix.saturating_sub(since)),
+                dropped_lines: dropped,
+                recovery_time: None,
+                restart_latency: None,
+            };
+            let _ = run_start;
+            if cfg.progress {
+                eprintln!("lazarus: {fr}");
+            }
+            failures.push(fr);
+            if failures.len() as u64 > cfg.max_restarts as u64 {
+                let code = outcome.exit_code();
+                let r = report(
+                    &mut s,
+                    JobEnd::GaveUp {
+                        max_restarts: cfg.max_restarts,
+                    },
+                    failures,
+                    incarnation,
+                    t0,
+                    code,
+                );
+                if cfg.progress {
+                    if let Some(m) = r.give_up_message() {
+                        eprintln!("lazarus: {m}");
+                    }
+                }
+                return Ok(r);
+            }
+            drop(s);
+            let _ = history.record_failure(f_unix as f64 / 1000.0);
+            incarnation += 1;
+            failed_at = Some(f_at);
+            if cfg.progress {
+                eprintln!(
+                    "lazarus: restarting all {n} ranks (restart {incarnation} of at most {})",
+                    cfg.max_restarts
+                );
+            }
+        }
+    }
+}
+
+fn report(
+    s: &mut Shared,
+    end: JobEnd,
+    failures: Vec<FailureReport>,
+    incarnation: u64,
+    t0: Instant,
+    code: i32,
+) -> Report {
+    Report {
+        end,
+        failures,
+        launches: incarnation + 1,
+        commits: s.commits,
+        elapsed: t0.elapsed(),
+        output: std::mem::take(&mut s.captured),
+        last_exit_code: code,
+    }
+}
+
+/// Fires the planned kills of one launch; returns when all fired or the launch ended.
+fn kill_loop(
+    kills: &[ResolvedKill],
+    shared: &Mutex<Shared>,
+    done: &AtomicBool,
+    fired: &Mutex<Option<Instant>>,
+) {
+    let mut pending: Vec<(ResolvedKill, Option<Instant>)> =
+        kills.iter().map(|k| (*k, None)).collect();
+    while !done.load(Ordering::SeqCst) && !pending.is_empty() {
+        {
+            let s = lock(shared);
+            let now = Instant::now();
+            pending.retain_mut(|(k, due)| {
+                if due.is_none() {
+                    *due = match k.trigger {
+                        KillTrigger::AfterStart(d) => s.spawned_at.map(|t| t + d),
+                        KillTrigger::AfterCommits { commits, delay } => {
+                            (s.commits_this_run >= commits.max(1)).then(|| now + delay)
+                        }
+                    };
+                }
+                match (*due, s.victims.get(k.rank as usize)) {
+                    (Some(t), Some(Some(v))) if now >= t => {
+                        v.kill();
+                        let mut f = fired.lock().unwrap_or_else(|e| e.into_inner());
+                        f.get_or_insert(now);
+                        false
+                    }
+                    _ => true,
+                }
+            });
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
