@@ -36,11 +36,13 @@ API::
 CLI::
 
     python3 tools/lazarus_reader.py REPO [--checkpoint ID] [--field NAME] [--rank R]
-        [--dump-npy OUT.npy] [--digest] [--no-verify]
+        [--dump-npy OUT.npy] [--dump-raw OUT.bin] [--digest] [--no-verify]
 
 Without ``--field`` it prints a summary of the repository; with it, the array's shape,
 dtype and statistics. ``--digest`` prints the SHA-256 of the array's little-endian bytes
-(a value the Rust tests compare against), ``--dump-npy`` saves it with ``numpy.save``.
+``--dump-all DIR`` writes every object of the checkpoint (see --help),
+``--dump-npy`` saves it with ``numpy.save``, ``--dump-raw`` writes its little-endian
+bytes (what the Rust test compares bit for bit). Serde objects are dumped as their bytes.
 """
 
 import argparse
@@ -689,6 +691,25 @@ def _le_bytes(a):
     return a.astype(a.dtype.newbyteorder("<")).tobytes()
 
 
+def _dump_all(repo, checkpoint, out_dir):
+    os.makedirs(out_dir, exist_ok=True)
+    cid = repo._resolve(checkpoint)[0].id  # one checkpoint for every object
+    names = []
+    for _, o in repo.objects(cid):
+        if o.name not in names:
+            names.append(o.name)
+    for name in names:
+        v = repo.load(cid, name)
+        items = [(name + ".rank%d" % r, p) for r, p in enumerate(v)] if isinstance(v, list) else [(name, v)]
+        for fname, p in items:
+            if p is None:
+                continue
+            with open(os.path.join(out_dir, fname + ".bin"), "wb") as f:
+                f.write(p if isinstance(p, bytes) else _le_bytes(p))
+            print("%s: %s" % (fname, "bytes" if isinstance(p, bytes) else "%s %s" % (p.dtype.str, p.shape)))
+    return 0
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description="Read a Lazarus checkpoint repository (numpy only).")
     ap.add_argument("repo")
@@ -696,11 +717,21 @@ def main(argv=None):
     ap.add_argument("--field", default=None, help="object name to load")
     ap.add_argument("--rank", type=int, default=None, help="load one rank's part")
     ap.add_argument("--dump-npy", default=None, help="save the array with numpy.save")
+    ap.add_argument("--dump-raw", default=None, help="write the array's little-endian bytes")
     ap.add_argument("--digest", action="store_true", help="print SHA-256 of the LE bytes")
+    ap.add_argument(
+        "--dump-all",
+        default=None,
+        metavar="DIR",
+        help="write every object's LE bytes: DIR/NAME.bin (distributed, assembled) or "
+        "DIR/NAME.rank<R>.bin (per rank)",
+    )
     ap.add_argument("--no-verify", action="store_true", help="skip chunk BLAKE3 checks")
     args = ap.parse_args(argv)
     try:
         repo = open_repo(args.repo, verify=not args.no_verify)
+        if args.dump_all:
+            return _dump_all(repo, args.checkpoint, args.dump_all)
         if args.field is None:
             cps = repo.checkpoints()
             print("repository %s: format %d.%d, %d committed checkpoint(s)" % (args.repo, repo.major, repo.minor, len(cps)))
@@ -725,6 +756,9 @@ def main(argv=None):
             print("%s: %d postcard bytes: %s" % (args.field, len(v), v.hex()))
             if args.digest:
                 print("sha256=%s" % hashlib.sha256(v).hexdigest())
+            if args.dump_raw:
+                with open(args.dump_raw, "wb") as f:
+                    f.write(v)
             return 0
         print("%s: dtype %s shape %s" % (args.field, v.dtype.str, v.shape))
         if v.size:
@@ -742,6 +776,9 @@ def main(argv=None):
             print("sha256=%s" % hashlib.sha256(_le_bytes(v)).hexdigest())
         if args.dump_npy:
             np.save(args.dump_npy, v)
+        if args.dump_raw:
+            with open(args.dump_raw, "wb") as f:
+                f.write(_le_bytes(v))
         return 0
     except LazarusFormatError as e:
         print("lazarus_reader: error: %s" % e, file=sys.stderr)
