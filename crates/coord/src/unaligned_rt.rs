@@ -1,0 +1,949 @@
+//! Unaligned checkpoints at run time: the [`Unaligned`] recorder and the 2PC machines
+//! bound to a real [`Comm`], the store and the state crate (docs/PROTOCOL.md, section
+//! "Unaligned checkpoints at run time").
+//!
+//! Every application send and receive of a rank goes through its [`AsyncSession`]. The
+//! session stamps the epoch on outgoing messages, feeds every incoming envelope to the
+//! recorder in arrival order (so the per-channel FIFO order the recorder relies on is the
+//! net layer's), and handles markers and the 2PC on reserved checkpoint tags.
+//!
+//! Because a snapshot can be triggered by any incoming marker or post-cut message, every
+//! call that reads the network takes the application state (`&S`): the session may have
+//! to capture it right there, before the triggering message is delivered. The state given
+//! must reflect every message the session has returned so far, and nothing else.
+
+mod error;
+mod wire;
+
+pub use error::{SessionError, SessionErrorKind};
+pub use wire::{SavedMessage, CHANNELS_OBJECT, UNALIGNED_TAG_BASE};
+
+use crate::aligned::{
+    AbortReason, Coordinator, CoordinatorAction, Decision, Outcome, Participant, ParticipantAction,
+    RoundId, Timeouts, ToParticipant, VoteMsg,
+};
+use crate::unaligned::{ChannelState, Unaligned, UnalignedAction};
+use lazarus_format::{CheckpointId, Epoch, ObjectSpec, Rank};
+use lazarus_net::{Comm, Envelope, ErrorKind as NetKind, NetError, Tag, TagSpace};
+use lazarus_state::Checkpoint;
+use lazarus_store::{
+    CommitMeta, PartReceipt, PartWriter, PendingCheckpoint, RepoOptions, RepoReader, Repository,
+    StoreErrorKind,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use wire::{TAG_DONE, TAG_MARKER, TAG_TO_PARTICIPANT, TAG_VOTE};
+use SessionErrorKind as K;
+
+/// Where and how an [`AsyncSession`] checkpoints.
+#[derive(Clone, Debug)]
+pub struct AsyncConfig {
+    /// The repository (a directory every rank can reach). Rank 0 opens it for writing
+    /// and holds its lock for the session's lifetime; the others only write parts.
+    pub repo: PathBuf,
+    /// Store options (chunk size, codec, job token) used by every rank.
+    pub store: RepoOptions,
+    /// Bounds of the commit protocol; `round` also bounds marker collection.
+    pub timeouts: Timeouts,
+    /// After each commit, keep only this many newest checkpoints (`None`: keep all).
+    pub keep: Option<usize>,
+}
+
+impl AsyncConfig {
+    /// Defaults: store defaults, `Timeouts::default()`, keep the newest 2.
+    pub fn new(repo: impl Into<PathBuf>) -> Self {
+        AsyncConfig {
+            repo: repo.into(),
+            store: RepoOptions::default(),
+            timeouts: Timeouts::default(),
+            keep: Some(2),
+        }
+    }
+}
+
+/// How a session started.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AsyncStart {
+    /// No committed checkpoint: the state was left as given.
+    Fresh,
+    /// The state was restored from checkpoint `id` (snapshot `epoch`), and `replayed`
+    /// saved in-flight messages were queued for delivery before any new traffic.
+    Restored {
+        /// the checkpoint restored
+        id: CheckpointId,
+        /// its snapshot epoch
+        epoch: Epoch,
+        /// messages queued from its channel state for this rank
+        replayed: usize,
+    },
+}
+
+/// One application message handed to the program.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AsyncMessage {
+    /// the sender
+    pub from: Rank,
+    /// the user tag
+    pub tag: u32,
+    /// the bytes sent
+    pub payload: Vec<u8>,
+}
+
+impl AsyncMessage {
+    /// Decodes a payload sent with [`AsyncSession::send`] (postcard).
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T, SessionError> {
+        postcard::from_bytes(&self.payload).map_err(|e| {
+            SessionError::wrap(
+                K::Codec,
+                self.from,
+                &format!("decoding message with tag {} from {}", self.tag, self.from),
+                e,
+            )
+        })
+    }
+}
+
+/// What rank 0's [`AsyncSession::checkpoint`] reports once the round is decided.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AsyncReport {
+    /// the round (epoch and repository id)
+    pub round: RoundId,
+    /// committed or aborted
+    pub outcome: Outcome,
+    /// why it aborted, if it did
+    pub reason: Option<AbortReason>,
+}
+
+/// Counters of one session, for tests and logs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AsyncStats {
+    /// local snapshots captured
+    pub snapshots: u64,
+    /// parts written to the repository
+    pub parts_written: u64,
+    /// in-flight messages saved in those parts (channel state, including messages received
+    /// by the session but not yet handed to the program)
+    pub messages_saved: u64,
+    /// saved messages queued again at restore
+    pub replayed: u64,
+    /// rounds whose outcome this rank never learned
+    pub outcomes_unknown: u64,
+}
+
+struct Leader {
+    repo: Repository,
+    coord: Coordinator<PartReceipt>,
+    pending: Option<PendingCheckpoint>,
+    decided: Option<AsyncReport>,
+}
+
+/// The local state captured at `TakeLocalSnapshot`, waiting for the recorder to complete.
+struct Snap {
+    epoch: Epoch,
+    objects: Vec<ObjectSpec<'static>>,
+    /// received by the session but not yet by the program: in flight for the cut
+    inbox: BTreeMap<Rank, Vec<SavedMessage>>,
+}
+
+/// A complete part: captured state plus channel state.
+struct Ready {
+    epoch: Epoch,
+    objects: Vec<ObjectSpec<'static>>,
+    channels: ChannelState<SavedMessage>,
+}
+
+/// One rank's runtime for unaligned (Chandy-Lamport / Lai-Yang) checkpoints.
+///
+/// Guarantees, for a program that sends and receives only through its session and
+/// passes a state reflecting exactly the messages it was given: every committed
+/// checkpoint is a consistent cut (no orphan message), every message in flight across
+/// it is saved in the receiver's part, and after [`AsyncSession::open`] on a new
+/// incarnation those messages are delivered exactly once, before any new traffic.
+/// Every blocking call has a time bound. Rank 0 initiates rounds (see
+/// [`AsyncSession::checkpoint`]) and writes COMMIT; it must be able to open the
+/// repository for writing.
+pub struct AsyncSession {
+    comm: Comm,
+    me: Rank,
+    world: u32,
+    cfg: AsyncConfig,
+    t0: Instant,
+    rec: Unaligned<SavedMessage>,
+    part: Participant<PartReceipt>,
+    leader: Option<Leader>,
+    inbox: VecDeque<(Rank, SavedMessage)>,
+    snap: Option<Snap>,
+    ready: Option<Ready>,
+    want: Option<RoundId>,
+    done_from: BTreeSet<Rank>,
+    stats: AsyncStats,
+}
+
+impl std::fmt::Debug for AsyncSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AsyncSession")
+            .field("rank", &self.me)
+            .field("world", &self.world)
+            .field("epoch", &self.rec.epoch())
+            .field("stats", &self.stats)
+            .finish()
+    }
+}
+
+impl AsyncSession {
+    /// Starts the session of `comm`'s rank: restores `state` and the saved in-flight
+    /// messages from the newest intact committed checkpoint of `cfg.repo` if there is one
+    /// (the communicator should then be a new incarnation), else leaves `state` alone.
+    /// Every rank of the job must call it before sending. Fails with `WorldMismatch` if
+    /// the checkpoint has another world size (channel state cannot be resharded).
+    pub fn open<S: Checkpoint + ?Sized>(
+        comm: Comm,
+        cfg: AsyncConfig,
+        state: &mut S,
+    ) -> Result<(AsyncSession, AsyncStart), SessionError> {
+        let me = comm.rank();
+        let world = comm.size();
+        let store = |ctx: &str, e| SessionError::wrap(K::Store, me, ctx, e);
+        let leader = if me == Rank(0) {
+            let repo = Repository::open(&cfg.repo, cfg.store.clone())
+                .map_err(|e| store("opening the repository", e))?;
+            let coord = Coordinator::new(world, cfg.timeouts)
+                .map_err(|e| SessionError::protocol(me, "coordinator", e))?;
+            Some(Leader {
+                repo,
+                coord,
+                pending: None,
+                decided: None,
+            })
+        } else {
+            None
+        };
+        let mut s = AsyncSession {
+            me,
+            world,
+            t0: Instant::now(),
+            rec: Unaligned::new(me, world)
+                .map_err(|e| SessionError::protocol(me, "recorder", e))?,
+            part: Participant::new(me, cfg.timeouts),
+            leader,
+            inbox: VecDeque::new(),
+            snap: None,
+            ready: None,
+            want: None,
+            done_from: BTreeSet::new(),
+            stats: AsyncStats::default(),
+            cfg,
+            comm,
+        };
+        let start = s.restore(state)?;
+        Ok((s, start))
+    }
+
+    fn restore<S: Checkpoint + ?Sized>(
+        &mut self,
+        state: &mut S,
+    ) -> Result<AsyncStart, SessionError> {
+        let me = self.me;
+        let store = |ctx: &str, e| SessionError::wrap(K::Store, me, ctx, e);
+        let reader = match RepoReader::open(&self.cfg.repo) {
+            Ok(r) => r,
+            // Rank 0 creates the repository in `open`; another rank may look first.
+            Err(e) if e.kind() == StoreErrorKind::Missing => return Ok(AsyncStart::Fresh),
+            Err(e) => return Err(store("opening the repository", e)),
+        };
+        let Some((summary, _damaged)) = reader
+            .newest_intact()
+            .map_err(|e| store("finding the newest checkpoint", e))?
+        else {
+            return Ok(AsyncStart::Fresh);
+        };
+        if summary.world_size != self.world {
+            return Err(SessionError::new(
+                K::WorldMismatch,
+                me,
+                format!(
+                    "checkpoint {} has {} ranks but this job has {}; unaligned checkpoints \
+                     cannot be restored on another world size",
+                    summary.id, summary.world_size, self.world
+                ),
+            ));
+        }
+        let (channels, user) = load_split(&reader, summary.id, me)?;
+        lazarus_state::restore(state, user).map_err(|e| {
+            SessionError::wrap(
+                K::State,
+                me,
+                &format!("restoring state from checkpoint {}", summary.id),
+                e,
+            )
+        })?;
+        let channels = channels.unwrap_or(ChannelState {
+            epoch: summary
+                .app
+                .get("lazarus.epoch")
+                .and_then(|e| e.parse().ok())
+                .map_or(Epoch(0), Epoch),
+            channels: Vec::new(),
+        });
+        let epoch = channels.epoch;
+        let (rec, replay) = Unaligned::restore(me, self.world, channels)
+            .map_err(|e| SessionError::protocol(me, "restoring channel state", e))?;
+        self.rec = rec;
+        self.comm.set_epoch(epoch);
+        let envs: Vec<Envelope> = replay
+            .into_iter()
+            .filter_map(|a| match a {
+                UnalignedAction::Deliver { from, payload } => Some(Envelope {
+                    src: from,
+                    tag: Tag::user(payload.tag),
+                    epoch: payload.epoch,
+                    incarnation: self.comm.incarnation(),
+                    payload: payload.payload,
+                }),
+                _ => None,
+            })
+            .collect();
+        let replayed = envs.len();
+        self.stats.replayed = replayed as u64;
+        self.comm.requeue(envs);
+        Ok(AsyncStart::Restored {
+            id: summary.id,
+            epoch,
+            replayed,
+        })
+    }
+
+    /// The saved channel state of `rank` in checkpoint `id` (empty if the part has none),
+    /// for inspection and tests.
+    pub fn saved_channels(
+        repo: &Path,
+        id: CheckpointId,
+        rank: Rank,
+    ) -> Result<ChannelState<SavedMessage>, SessionError> {
+        let reader = RepoReader::open(repo)
+            .map_err(|e| SessionError::wrap(K::Store, rank, "opening the repository", e))?;
+        let (cs, _) = load_split(&reader, id, rank)?;
+        Ok(cs.unwrap_or(ChannelState {
+            epoch: Epoch(0),
+            channels: Vec::new(),
+        }))
+    }
+
+    /// This rank.
+    pub fn rank(&self) -> Rank {
+        self.me
+    }
+
+    /// Number of ranks.
+    pub fn size(&self) -> u32 {
+        self.world
+    }
+
+    /// The epoch stamped on messages sent now (the latest local snapshot's).
+    pub fn epoch(&self) -> Epoch {
+        self.rec.epoch()
+    }
+
+    /// Counters since `open`.
+    pub fn stats(&self) -> AsyncStats {
+        self.stats
+    }
+
+    /// Sends `value` (postcard) under user tag `tag` to `to` (itself allowed). Eager.
+    pub fn send<T: Serialize + ?Sized>(
+        &mut self,
+        to: Rank,
+        tag: u32,
+        value: &T,
+    ) -> Result<(), SessionError> {
+        let bytes = postcard::to_allocvec(value)
+            .map_err(|e| SessionError::wrap(K::Codec, self.me, "encoding message", e))?;
+        self.send_bytes(to, tag, bytes)
+    }
+
+    /// Sends raw bytes under user tag `tag` to `to`, stamped with the current epoch.
+    pub fn send_bytes(&mut self, to: Rank, tag: u32, bytes: Vec<u8>) -> Result<(), SessionError> {
+        self.comm
+            .send_bytes(to, Tag::user(tag), bytes)
+            .map_err(|e| net(self.me, &format!("sending to {to}"), e))
+    }
+
+    /// The next application message from any rank (in arrival order, which is send order
+    /// per sender), waiting at most `timeout` (then `Timeout`, retryable). While waiting
+    /// it runs the checkpoint protocol and may capture `state`.
+    pub fn recv<S: Checkpoint + ?Sized>(
+        &mut self,
+        state: &S,
+        timeout: Duration,
+    ) -> Result<AsyncMessage, SessionError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some((from, m)) = self.inbox.pop_front() {
+                return Ok(AsyncMessage {
+                    from,
+                    tag: m.tag,
+                    payload: m.payload,
+                });
+            }
+            self.tick(state)?;
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(SessionError::new(
+                    K::Timeout,
+                    self.me,
+                    format!("no message within {timeout:?}"),
+                ));
+            }
+            self.pump_one(state, left.min(self.cfg.timeouts.retry))?;
+        }
+    }
+
+    /// Runs the checkpoint protocol on whatever has arrived, without blocking.
+    pub fn poll<S: Checkpoint + ?Sized>(&mut self, state: &S) -> Result<(), SessionError> {
+        self.tick(state)?;
+        loop {
+            match self.comm.try_recv_envelope(None, None) {
+                Ok(Some(env)) => self.handle(state, env)?,
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(net(self.me, "polling", e)),
+            }
+        }
+    }
+
+    /// On rank 0: starts an unaligned round (next epoch, next repository id), runs the
+    /// protocol until it is decided and returns the decision. It blocks for at most the
+    /// round deadline plus the COMMIT write; meanwhile it keeps receiving (messages are
+    /// held for later `recv`s). On other ranks: the same as [`AsyncSession::poll`], and
+    /// returns `None` — any rank may call it at its own checkpoint opportunities, but only
+    /// rank 0 decides when a round starts, so ranks need not be in lockstep.
+    pub fn checkpoint<S: Checkpoint + ?Sized>(
+        &mut self,
+        state: &S,
+    ) -> Result<Option<AsyncReport>, SessionError> {
+        let me = self.me;
+        let world = self.world;
+        let epoch = Epoch(self.rec.epoch().0 + 1);
+        let now = self.now();
+        let Some(l) = self.leader.as_mut() else {
+            self.poll(state)?;
+            return Ok(None);
+        };
+        if l.coord.active_round().is_some() {
+            return Err(SessionError::new(
+                K::Misuse,
+                me,
+                "a round is already running",
+            ));
+        }
+        let pending = l
+            .repo
+            .begin(world)
+            .map_err(|e| SessionError::wrap(K::Store, me, "beginning a checkpoint", e))?;
+        let round = RoundId {
+            epoch,
+            ckpt: pending.id(),
+        };
+        l.pending = Some(pending);
+        l.decided = None;
+        let actions = l
+            .coord
+            .start_round(round, now)
+            .map_err(|e| SessionError::protocol(me, "starting a round", e))?;
+        self.exec_coord(actions)?;
+        // The coordinator decides collecting rounds by `timeouts.round`; COMMIT is written
+        // synchronously here. This outer bound only guards against a bug.
+        let bound = Instant::now() + self.cfg.timeouts.decision;
+        loop {
+            if let Some(r) = self.leader.as_mut().and_then(|l| l.decided.take()) {
+                return Ok(Some(r));
+            }
+            if Instant::now() >= bound {
+                return Err(SessionError::new(
+                    K::Timeout,
+                    me,
+                    format!(
+                        "round {round:?} undecided after {:?}",
+                        self.cfg.timeouts.decision
+                    ),
+                ));
+            }
+            self.tick(state)?;
+            self.pump_one(state, self.cfg.timeouts.retry)?;
+        }
+    }
+
+    /// Ends the session: tells every rank this one is done, keeps running the protocol
+    /// until every rank said so (so no rank leaves while a round may still need it), and
+    /// gives the communicator back. Fails if a peer leaves without saying so, after
+    /// `timeout`, or if messages are left that the program never received.
+    pub fn finish<S: Checkpoint + ?Sized>(
+        mut self,
+        state: &S,
+        timeout: Duration,
+    ) -> Result<Comm, SessionError> {
+        let me = self.me;
+        self.done_from.insert(me);
+        for r in (0..self.world).map(Rank).filter(|&r| r != me) {
+            self.send_ctl(r, TAG_DONE, Vec::new())
+                .map_err(|e| net(me, &format!("telling {r} this rank is done"), e))?;
+        }
+        let deadline = Instant::now() + timeout;
+        while (self.done_from.len() as u32) < self.world {
+            self.tick(state)?;
+            match self
+                .comm
+                .recv_envelope_timeout(None, None, self.cfg.timeouts.retry)
+            {
+                Ok(env) => self.handle(state, env)?,
+                Err(e) if e.kind() == NetKind::Timeout => {}
+                Err(e) if e.kind() == NetKind::PeerFinished => {}
+                Err(e) => return Err(net(me, "finishing", e)),
+            }
+            // A peer that dropped its communicator without `Done` would make us wait for
+            // ever: ask for it by name, which reports it as finished.
+            let missing: Vec<Rank> = (0..self.world)
+                .map(Rank)
+                .filter(|r| !self.done_from.contains(r))
+                .collect();
+            for r in missing {
+                match self.comm.try_recv_envelope(Some(r), None) {
+                    Ok(Some(env)) => self.handle(state, env)?,
+                    Ok(None) => {}
+                    Err(e) => {
+                        return Err(SessionError::wrap(
+                            K::PeerGone,
+                            me,
+                            &format!("{r} left without finishing"),
+                            e,
+                        ))
+                    }
+                }
+            }
+            if Instant::now() >= deadline && (self.done_from.len() as u32) < self.world {
+                let missing: Vec<String> = (0..self.world)
+                    .map(Rank)
+                    .filter(|r| !self.done_from.contains(r))
+                    .map(|r| r.to_string())
+                    .collect();
+                return Err(SessionError::new(
+                    K::Timeout,
+                    me,
+                    format!("not done after {timeout:?}: {}", missing.join(", ")),
+                ));
+            }
+        }
+        if !self.inbox.is_empty() {
+            return Err(SessionError::new(
+                K::Misuse,
+                me,
+                format!(
+                    "{} received messages were never taken by the program",
+                    self.inbox.len()
+                ),
+            ));
+        }
+        Ok(self.comm)
+    }
+
+    // ---- protocol plumbing ---------------------------------------------------------
+
+    fn now(&self) -> Duration {
+        self.t0.elapsed()
+    }
+
+    fn send_ctl(&self, to: Rank, tag: u32, bytes: Vec<u8>) -> Result<(), NetError> {
+        self.comm.send_bytes(to, Tag::checkpoint(tag), bytes)
+    }
+
+    fn tick<S: Checkpoint + ?Sized>(&mut self, state: &S) -> Result<(), SessionError> {
+        let now = self.now();
+        let a = self.part.tick(now);
+        self.exec_part(state, a)?;
+        if let Some(l) = self.leader.as_mut() {
+            let a = l.coord.tick(now);
+            self.exec_coord(a)?;
+        }
+        Ok(())
+    }
+
+    fn pump_one<S: Checkpoint + ?Sized>(
+        &mut self,
+        state: &S,
+        wait: Duration,
+    ) -> Result<(), SessionError> {
+        match self.comm.recv_envelope_timeout(None, None, wait) {
+            Ok(env) => self.handle(state, env),
+            Err(e) if e.kind() == NetKind::Timeout => Ok(()),
+            Err(e) => Err(net(self.me, "receiving", e)),
+        }
+    }
+
+    fn handle<S: Checkpoint + ?Sized>(
+        &mut self,
+        state: &S,
+        env: Envelope,
+    ) -> Result<(), SessionError> {
+        let me = self.me;
+        let from = env.src;
+        match env.tag.space() {
+            TagSpace::User => {
+                let msg = SavedMessage {
+                    tag: env.tag.value(),
+                    epoch: env.epoch,
+                    payload: env.payload,
+                };
+                let a = self
+                    .rec
+                    .on_message(from, env.epoch, msg)
+                    .map_err(|e| SessionError::protocol(me, "application message", e))?;
+                self.exec_rec(state, a)
+            }
+            TagSpace::Checkpoint => match env.tag.value() {
+                TAG_MARKER => {
+                    let epoch = wire::decode_marker(&env.payload).ok_or_else(|| {
+                        SessionError::new(
+                            K::Codec,
+                            me,
+                            format!("marker from {from} has {} bytes, not 8", env.payload.len()),
+                        )
+                    })?;
+                    let a = self
+                        .rec
+                        .on_marker(from, epoch)
+                        .map_err(|e| SessionError::protocol(me, "marker", e))?;
+                    self.exec_rec(state, a)
+                }
+                TAG_TO_PARTICIPANT => {
+                    let msg: ToParticipant = decode(me, from, "2PC message", &env.payload)?;
+                    let now = self.now();
+                    let a = self
+                        .part
+                        .step(msg, now)
+                        .map_err(|e| SessionError::protocol(me, "2PC message", e))?;
+                    self.exec_part(state, a)
+                }
+                TAG_VOTE => {
+                    let vote: VoteMsg<PartReceipt> = decode(me, from, "vote", &env.payload)?;
+                    let now = self.now();
+                    let Some(l) = self.leader.as_mut() else {
+                        return Err(SessionError::new(
+                            K::Protocol,
+                            me,
+                            format!("vote from {from} reached a rank that is not rank 0"),
+                        ));
+                    };
+                    let a = l
+                        .coord
+                        .step(vote, now)
+                        .map_err(|e| SessionError::protocol(me, "vote", e))?;
+                    self.exec_coord(a)
+                }
+                TAG_DONE => {
+                    self.done_from.insert(from);
+                    Ok(())
+                }
+                other => Err(SessionError::new(
+                    K::Protocol,
+                    me,
+                    format!(
+                        "checkpoint tag {other:#x} from {from} is not the unaligned runtime's; \
+                         do not mix an AsyncSession with other checkpoint traffic"
+                    ),
+                )),
+            },
+            // A wildcard receive never yields collective traffic; nothing else exists.
+            _ => Ok(()),
+        }
+    }
+
+    fn exec_rec<S: Checkpoint + ?Sized>(
+        &mut self,
+        state: &S,
+        actions: Vec<UnalignedAction<SavedMessage>>,
+    ) -> Result<(), SessionError> {
+        let me = self.me;
+        for a in actions {
+            match a {
+                UnalignedAction::TakeLocalSnapshot { epoch } => {
+                    let objects = capture(me, state)?;
+                    let mut inbox: BTreeMap<Rank, Vec<SavedMessage>> = BTreeMap::new();
+                    for (from, m) in &self.inbox {
+                        inbox.entry(*from).or_default().push(m.clone());
+                    }
+                    self.snap = Some(Snap {
+                        epoch,
+                        objects,
+                        inbox,
+                    });
+                    self.stats.snapshots += 1;
+                    // Stamp before any marker or later send leaves this rank.
+                    self.comm.set_epoch(epoch);
+                }
+                UnalignedAction::SendMarker { to, epoch } => {
+                    match self.send_ctl(to, TAG_MARKER, wire::encode_marker(epoch)) {
+                        Ok(()) => {}
+                        // A rank that left cannot take part; the round aborts on its own
+                        // deadline or vote, and a snapshot without round is garbage.
+                        Err(e) if e.kind() == NetKind::PeerFinished => {}
+                        Err(e) => return Err(net(me, &format!("marker to {to}"), e)),
+                    }
+                }
+                UnalignedAction::Deliver { from, payload } => self.inbox.push_back((from, payload)),
+                UnalignedAction::Complete(cs) => {
+                    if let Some(snap) = self.snap.take_if(|s| s.epoch == cs.epoch) {
+                        self.ready = Some(merge(snap, cs));
+                    }
+                    self.try_write(state)?;
+                }
+                UnalignedAction::Abandoned { epoch } => {
+                    if self.snap.as_ref().is_some_and(|s| s.epoch == epoch) {
+                        self.snap = None;
+                    }
+                    if self.ready.as_ref().is_some_and(|r| r.epoch == epoch) {
+                        self.ready = None;
+                    }
+                    self.try_write(state)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the part if the round asked for it and the recorder has completed it; votes
+    /// `Failed` if the recorder can no longer produce it.
+    fn try_write<S: Checkpoint + ?Sized>(&mut self, state: &S) -> Result<(), SessionError> {
+        let Some(round) = self.want else {
+            return Ok(());
+        };
+        let result = if let Some(ready) = self.ready.take_if(|r| r.epoch == round.epoch) {
+            self.stats.messages_saved += ready.channels.len() as u64;
+            Some(self.write_part(round, ready))
+        } else {
+            let e = self.rec.epoch();
+            let gone = e > round.epoch
+                || (e == round.epoch && self.snap.as_ref().is_none_or(|s| s.epoch != e));
+            gone.then(|| Err(format!("superseded: recorder is at {e}")))
+        };
+        let Some(result) = result else {
+            return Ok(());
+        };
+        self.want = None;
+        if result.is_ok() {
+            self.stats.parts_written += 1;
+        }
+        let now = self.now();
+        let a = self.part.part_written(round, result, now);
+        self.exec_part(state, a)
+    }
+
+    fn write_part(&self, round: RoundId, ready: Ready) -> Result<PartReceipt, String> {
+        let mut objects = ready.objects;
+        objects.push(wire::channels_object(&ready.channels).map_err(|e| e.to_string())?);
+        PartWriter::open(&self.cfg.repo, round.ckpt, self.cfg.store.clone())
+            .and_then(|w| w.write(self.me, &objects))
+            .map_err(|e| e.to_string())
+    }
+
+    fn exec_part<S: Checkpoint + ?Sized>(
+        &mut self,
+        state: &S,
+        actions: Vec<ParticipantAction<PartReceipt>>,
+    ) -> Result<(), SessionError> {
+        let me = self.me;
+        for a in actions {
+            match a {
+                ParticipantAction::WritePart { round } => {
+                    self.want = Some(round);
+                    if self.rec.epoch() < round.epoch {
+                        let a = self.rec.start_snapshot(round.epoch);
+                        self.exec_rec(state, a)?;
+                    }
+                    self.try_write(state)?;
+                }
+                ParticipantAction::Send(vote) => {
+                    let bytes = postcard::to_allocvec(&vote)
+                        .map_err(|e| SessionError::wrap(K::Codec, me, "encoding vote", e))?;
+                    match self.send_ctl(Rank(0), TAG_VOTE, bytes) {
+                        Ok(()) => {}
+                        // Rank 0 gone: no decision will come; OutcomeUnknown follows.
+                        Err(e) if e.kind() == NetKind::PeerFinished => {}
+                        Err(e) => return Err(net(me, "sending vote to rank 0", e)),
+                    }
+                }
+                ParticipantAction::Learned(Decision { round, outcome }) => {
+                    if outcome == Outcome::Abort {
+                        let a = self.rec.abandon(round.epoch);
+                        self.exec_rec(state, a)?;
+                        if self.want == Some(round) {
+                            self.want = None;
+                        }
+                    }
+                }
+                // The store has no per-part delete for non-owners; GC removes every
+                // checkpoint directory without COMMIT (docs/PROTOCOL.md, 2PC rule 4).
+                ParticipantAction::DiscardPart { .. } => {}
+                ParticipantAction::OutcomeUnknown { .. } => self.stats.outcomes_unknown += 1,
+            }
+        }
+        Ok(())
+    }
+
+    fn exec_coord(
+        &mut self,
+        actions: Vec<CoordinatorAction<PartReceipt>>,
+    ) -> Result<(), SessionError> {
+        let me = self.me;
+        let mut queue: VecDeque<_> = actions.into();
+        while let Some(a) = queue.pop_front() {
+            let Some(l) = self.leader.as_mut() else {
+                return Ok(());
+            };
+            match a {
+                CoordinatorAction::Send { to, msg } => {
+                    let bytes = postcard::to_allocvec(&msg)
+                        .map_err(|e| SessionError::wrap(K::Codec, me, "encoding prepare", e))?;
+                    if self
+                        .comm
+                        .send_bytes(to, Tag::checkpoint(TAG_TO_PARTICIPANT), bytes)
+                        .is_err()
+                    {
+                        let more = l
+                            .coord
+                            .rank_failed(to)
+                            .map_err(|e| SessionError::protocol(me, "rank failed", e))?;
+                        queue.extend(more);
+                    }
+                }
+                CoordinatorAction::WriteCommit { round, receipts } => {
+                    let result = match l.pending.take() {
+                        Some(p) if p.id() == round.ckpt => {
+                            let meta = CommitMeta {
+                                step: round.epoch.0,
+                                app: BTreeMap::from([
+                                    ("lazarus.mode".to_string(), "unaligned".to_string()),
+                                    ("lazarus.epoch".to_string(), round.epoch.0.to_string()),
+                                ]),
+                            };
+                            let receipts = receipts.into_iter().map(|(_, r)| r).collect();
+                            l.repo
+                                .commit(p, receipts, meta)
+                                .map(|_| ())
+                                .map_err(|e| e.to_string())
+                        }
+                        other => {
+                            l.pending = other;
+                            Err(format!("no pending checkpoint {}", round.ckpt))
+                        }
+                    };
+                    if result.is_ok() {
+                        if let Some(k) = self.cfg.keep {
+                            // Retention failing leaves extra checkpoints, never a wrong one.
+                            let _ = l.repo.retain(k);
+                        }
+                    }
+                    let now = self.t0.elapsed();
+                    queue.extend(l.coord.commit_written(round, result, now));
+                }
+                CoordinatorAction::CollectLeftovers { round } => {
+                    if let Some(p) = l.pending.take_if(|p| p.id() == round.ckpt) {
+                        // Left behind on failure; GC removes directories without COMMIT.
+                        let _ = l.repo.abort(p);
+                    }
+                }
+                CoordinatorAction::Decided { decision, reason } => {
+                    l.decided = Some(AsyncReport {
+                        round: decision.round,
+                        outcome: decision.outcome,
+                        reason,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn net(me: Rank, ctx: &str, e: NetError) -> SessionError {
+    SessionError::wrap(K::Net, me, ctx, e)
+}
+
+fn decode<T: DeserializeOwned>(
+    me: Rank,
+    from: Rank,
+    what: &str,
+    b: &[u8],
+) -> Result<T, SessionError> {
+    postcard::from_bytes(b)
+        .map_err(|e| SessionError::wrap(K::Codec, me, &format!("{what} from {from}"), e))
+}
+
+fn capture<S: Checkpoint + ?Sized>(
+    me: Rank,
+    state: &S,
+) -> Result<Vec<ObjectSpec<'static>>, SessionError> {
+    let objects = lazarus_state::save(state)
+        .map_err(|e| SessionError::wrap(K::State, me, "capturing the local snapshot", e))?;
+    if let Some(o) = objects.iter().find(|o| o.info.name == CHANNELS_OBJECT) {
+        return Err(SessionError::new(
+            K::Misuse,
+            me,
+            format!("state object {:?} uses the reserved name", o.info.name),
+        ));
+    }
+    Ok(objects
+        .into_iter()
+        .map(|o| ObjectSpec {
+            info: o.info,
+            data: o.data.into_owned().into(),
+        })
+        .collect())
+}
+
+/// Per sender: messages the session held for the program at the cut come before the
+/// ones recorded after it (arrival order on the FIFO channel).
+fn merge(snap: Snap, cs: ChannelState<SavedMessage>) -> Ready {
+    let mut by_rank = snap.inbox;
+    for (r, msgs) in cs.channels {
+        by_rank.entry(r).or_default().extend(msgs);
+    }
+    Ready {
+        epoch: snap.epoch,
+        objects: snap.objects,
+        channels: ChannelState {
+            epoch: cs.epoch,
+            channels: by_rank.into_iter().filter(|(_, m)| !m.is_empty()).collect(),
+        },
+    }
+}
+
+type Split = (
+    Option<ChannelState<SavedMessage>>,
+    Vec<lazarus_format::LoadedObject>,
+);
+
+fn load_split(reader: &RepoReader, id: CheckpointId, me: Rank) -> Result<Split, SessionError> {
+    let objects = reader.load_part(id, me).map_err(|e| {
+        SessionError::wrap(
+            K::Store,
+            me,
+            &format!("loading part of {me} in checkpoint {id}"),
+            e,
+        )
+    })?;
+    let mut channels = None;
+    let mut user = Vec::with_capacity(objects.len());
+    for o in objects {
+        if o.info.name == CHANNELS_OBJECT {
+            let cs = wire::decode_channels(&o.info, &o.data).map_err(|e| {
+                SessionError::new(K::Codec, me, format!("checkpoint {id} part of {me}: {e}"))
+            })?;
+            channels = Some(cs);
+        } else {
+            user.push(o);
+        }
+    }
+    Ok((channels, user))
+}

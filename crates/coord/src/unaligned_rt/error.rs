@@ -1,0 +1,91 @@
+//! Errors of the unaligned runtime.
+//!
+//! Policy: every error names the rank that raised it, carries a [`SessionErrorKind`] to
+//! branch on, and keeps the lower layer's error (net, store, state, protocol) as its
+//! source. After an error the session's recorder may be half-way through a snapshot; the
+//! caller should treat the session as failed (drop it; restart restores the newest
+//! committed checkpoint), except for `Timeout` from a receive, which changes nothing.
+
+use crate::error::ProtocolError;
+use lazarus_format::Rank;
+use std::error::Error as StdError;
+use thiserror::Error;
+
+/// What went wrong, without the details.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SessionErrorKind {
+    /// The communicator failed (a peer died, a frame was refused, ...).
+    Net,
+    /// The checkpoint repository could not be read or written.
+    Store,
+    /// The application state could not be saved or restored (schema mismatch, ...).
+    State,
+    /// A peer sent input the checkpoint protocol cannot accept.
+    Protocol,
+    /// A payload could not be encoded or decoded.
+    Codec,
+    /// A receive or a protocol phase did not complete in its time bound.
+    Timeout,
+    /// A peer left the job (dropped its communicator) before saying it was done.
+    PeerGone,
+    /// The checkpoint to restore was written by a different number of ranks.
+    WorldMismatch,
+    /// The program used the session in a way it does not support.
+    Misuse,
+}
+
+/// An error of [`AsyncSession`](crate::AsyncSession): a kind, the rank it happened on, a
+/// message naming the peer, file or field, and the underlying error if any.
+#[derive(Debug, Error)]
+#[error("{rank}: {detail}")]
+pub struct SessionError {
+    kind: SessionErrorKind,
+    rank: Rank,
+    detail: String,
+    #[source]
+    source: Option<Box<dyn StdError + Send + Sync + 'static>>,
+}
+
+impl SessionError {
+    pub(crate) fn new(kind: SessionErrorKind, rank: Rank, detail: impl Into<String>) -> Self {
+        SessionError {
+            kind,
+            rank,
+            detail: detail.into(),
+            source: None,
+        }
+    }
+
+    pub(crate) fn wrap<E: StdError + Send + Sync + 'static>(
+        kind: SessionErrorKind,
+        rank: Rank,
+        context: &str,
+        e: E,
+    ) -> Self {
+        SessionError {
+            kind,
+            rank,
+            detail: format!("{context}: {e}"),
+            source: Some(Box::new(e)),
+        }
+    }
+
+    pub(crate) fn protocol(rank: Rank, context: &str, e: ProtocolError) -> Self {
+        Self::wrap(SessionErrorKind::Protocol, rank, context, e)
+    }
+
+    /// The cause, for callers that branch on it.
+    pub fn kind(&self) -> SessionErrorKind {
+        self.kind
+    }
+
+    /// The rank on which the error was raised.
+    pub fn rank(&self) -> Rank {
+        self.rank
+    }
+
+    /// True when repeating the call may succeed (only a receive that timed out).
+    pub fn is_retryable(&self) -> bool {
+        self.kind == SessionErrorKind::Timeout
+    }
+}
