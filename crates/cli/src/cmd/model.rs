@@ -7,7 +7,7 @@ use lazarus::policy::{format_seconds, parse_duration, Formula, Model};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-mod plot;
+pub(crate) mod plot;
 
 /// Flags of `lazarus model`. Durations take units: `250ms`, `90s`, `5m`, `1.5h`, `2d`;
 /// they are kept as strings here and validated in `validate`, so errors name the flag.

@@ -5,6 +5,7 @@ use super::CmdResult;
 
 mod balance;
 mod checkpoint;
+mod experiment;
 mod net;
 
 /// Benchmarks.
@@ -14,6 +15,8 @@ pub enum Bench {
     Balance(balance::Args),
     /// Full / incremental checkpoint and restore vs raw write+fsync and raw read.
     Checkpoint(checkpoint::Args),
+    /// Young/Daly in practice: heat under seeded SIGKILLs, measured vs model, interval sweep.
+    Experiment(experiment::Args),
     /// Communicator throughput/latency vs raw TCP; allreduce scaling.
     Net(net::Args),
 }
@@ -23,6 +26,7 @@ pub fn main(b: Bench) -> CmdResult {
     match b {
         Bench::Balance(a) => balance::main(a),
         Bench::Checkpoint(a) => checkpoint::main(a),
+        Bench::Experiment(a) => experiment::main(a),
         Bench::Net(a) => net::main(a),
     }
 }

@@ -91,7 +91,7 @@ fn unit_for(seconds: f64) -> (&'static str, f64) {
 }
 
 /// A tick label: up to 4 significant digits, no trailing zeros.
-fn label(v: f64) -> String {
+pub(crate) fn label(v: f64) -> String {
     let s = if v.abs() >= 1000.0 || v == v.round() {
         format!("{v:.0}")
     } else {
@@ -106,7 +106,7 @@ fn label(v: f64) -> String {
 }
 
 /// Nice linear ticks (1, 2, 5 × 10ᵏ steps) covering `[lo, hi]`.
-fn linear_ticks(lo: f64, hi: f64) -> Vec<f64> {
+pub(crate) fn linear_ticks(lo: f64, hi: f64) -> Vec<f64> {
     let raw = (hi - lo) / 9.0;
     if raw.is_nan() || raw <= 0.0 || !raw.is_finite() {
         return vec![lo];
@@ -127,7 +127,7 @@ fn linear_ticks(lo: f64, hi: f64) -> Vec<f64> {
 }
 
 /// Log ticks at 1, 2, 5 × 10ᵏ (only 1 × 10ᵏ when there would be too many).
-fn log_ticks(lo: f64, hi: f64) -> Vec<f64> {
+pub(crate) fn log_ticks(lo: f64, hi: f64) -> Vec<f64> {
     let (k0, k1) = (lo.log10().floor() as i32, hi.log10().ceil() as i32);
     let all: Vec<f64> = (k0..=k1)
         .flat_map(|k| [1.0, 2.0, 5.0].map(|m| m * 10f64.powi(k)))
