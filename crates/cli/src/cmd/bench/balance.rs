@@ -3,11 +3,18 @@
 //! Ranks are threads of this process (`lazarus::local`). One rank is slowed by the
 //! `LAZARUS_SLOWDOWN` knob (default `1:3`: rank 1 takes 3x per element). Printed ratios:
 //! throughput without and with balancing against the ideal (the sum of the ranks' own
-//! rates, measured in the same run); migration seconds per MiB moved against a memcpy of
-//! the same bytes; restore time on M ranks (via `Reshard`) against restore on N.
+//! rates, measured in the same run); migration cost split into a fixed part (a
+//! redistribution that moves nothing: the collectives and wake-ups) and a per-MiB slope
+//! (from two sizes), against memcpy and first-touch copies of the same bytes; restore time
+//! on M ranks (via `Reshard`) against restore on N.
+//!
+//! Methodology of the balanced phase: `balance()` is called after every step until the
+//! first rebalance (one step is enough to measure rates), then every `--every` steps. The
+//! steady-state figure covers the `--steps` steps after the first rebalance; the whole-run
+//! figure adds the warm-up steps and the migration.
 
 use crate::cmd::CmdResult;
-use lazarus::dist::{Distribution, Reshard, SLOWDOWN_ENV};
+use lazarus::dist::{Decision, Distribution, Reshard, SLOWDOWN_ENV};
 use lazarus::format::{LoadedObject, Rank};
 use lazarus::{Comm, DVec};
 use std::time::Instant;
@@ -21,10 +28,11 @@ pub struct Args {
     /// Elements (f64) of the vector.
     #[arg(long, default_value_t = 1 << 20)]
     len: u64,
-    /// Steps per phase.
+    /// Steps per phase (the balanced phase's steady state; warm-up steps come on top).
     #[arg(long, default_value_t = 40)]
     steps: u32,
-    /// Call `balance()` every this many steps in the balanced phase.
+    /// Call `balance()` every this many steps in the balanced phase (after the first
+    /// rebalance; before it, after every step).
     #[arg(long, default_value_t = 4)]
     every: u32,
     /// World size M for the N -> M restore measurement (default: ranks + 1).
@@ -47,7 +55,33 @@ fn kernel(x: &mut f64) {
 
 type Err = Box<dyn std::error::Error + Send + Sync>;
 
-/// Runs `steps` steps; returns (wall seconds, per-rank compute seconds, elements per rank).
+/// Most steps run before giving up on the first rebalance.
+const WARMUP_MAX: u32 = 4;
+/// Repetitions of each migration measurement (best kept: noise only adds time).
+const REPS: u32 = 3;
+
+/// One rank's measurements.
+struct Row {
+    /// own rate in the static phase
+    rate: f64,
+    /// own rate in the balanced steady state
+    rate_steady: f64,
+    t_static: f64,
+    t_warm: f64,
+    t_steady: f64,
+    warm: u32,
+    same: bool,
+    final_range: std::ops::Range<u64>,
+    t_fixed: f64,
+    /// (bytes moved, best seconds, first (cold) seconds) per migration size
+    mig: Vec<(u64, f64, f64)>,
+    t_copy: f64,
+    t_first: f64,
+    objs: Vec<LoadedObject>,
+}
+
+/// Runs `steps` steps; returns (wall seconds, this rank's rate in elements per compute
+/// second, slowdown included).
 fn phase(
     comm: &Comm,
     v: &mut DVec<f64>,
@@ -57,10 +91,12 @@ fn phase(
     comm.barrier()?;
     let t = Instant::now();
     let mut compute = 0.0;
+    let mut elements = 0u64;
     for s in 0..steps {
         let c = Instant::now();
         v.for_each_mut(|_, x| kernel(x));
         compute += c.elapsed().as_secs_f64();
+        elements += v.range().end - v.range().start;
         comm.barrier()?; // a step ends with communication, as in a real stencil/solver
         if let Some(e) = every {
             if (s + 1) % e == 0 {
@@ -68,7 +104,12 @@ fn phase(
             }
         }
     }
-    Ok((t.elapsed().as_secs_f64(), compute))
+    let rate = if compute > 0.0 {
+        elements as f64 / compute
+    } else {
+        0.0
+    };
+    Ok((t.elapsed().as_secs_f64(), rate))
 }
 
 /// Runs the benchmark.
@@ -88,97 +129,188 @@ pub fn main(a: Args) -> CmdResult {
     let results = lazarus::local(n, |comm| -> Result<_, Err> {
         // Phase 1: static even blocks.
         let mut v = DVec::<f64>::from_fn(&comm, len, |g| g as f64)?;
-        let (t_static, c_static) = phase(&comm, &mut v, steps, None)?;
-        let my = (v.range().end - v.range().start) as f64 * f64::from(steps);
-        let rate = if c_static > 0.0 { my / c_static } else { 0.0 };
-        let sum_static = v.sum(&comm)?;
-        // Phase 2: balancing every `every` steps.
+        let (t_static, rate) = phase(&comm, &mut v, steps, None)?;
+        // Phase 2: balance after every step until the first rebalance (at most
+        // WARMUP_MAX steps), then the steady state with balance every `every` steps.
         let mut w = DVec::<f64>::from_fn(&comm, len, |g| g as f64)?;
-        let (t_bal, _) = phase(&comm, &mut w, steps, Some(every))?;
+        comm.barrier()?;
+        let t = Instant::now();
+        let mut warm = 0u32;
+        while warm < WARMUP_MAX {
+            w.for_each_mut(|_, x| kernel(x));
+            comm.barrier()?;
+            warm += 1;
+            // Identical decision on every rank, so every rank leaves the loop together.
+            if matches!(w.balance(&comm)?, Decision::Rebalance { .. }) {
+                break;
+            }
+        }
+        let t_warm = t.elapsed().as_secs_f64();
+        let (t_steady, rate_steady) = phase(&comm, &mut w, steps, Some(every))?;
+        // The same number of kernel applications as phase 1, so the sums must agree.
+        for _ in 0..warm {
+            v.for_each_mut(|_, x| kernel(x));
+        }
+        let sum_static = v.sum(&comm)?;
         let sum_bal = w.sum(&comm)?;
         let final_range = w.range();
 
-        // Migration: move ~half of every block to the neighbour and back.
+        // Migration profile. Fixed part: a redistribution to the current layout (moves
+        // nothing; pays the collectives and thread wake-ups).
         let even = Distribution::even(len, n as usize)?;
-        let shifted =
-            Distribution::weighted(len, &(0..n).map(|r| 1.0 + f64::from(r)).collect::<Vec<_>>())?;
         let mut u = DVec::<f64>::with_distribution(&comm, even.clone(), 1)?;
-        let moved = lazarus::dist::Plan::new(&even, &shifted, u64::MAX)?.moved();
-        comm.barrier()?;
-        let t = Instant::now();
-        u.redistribute(&comm, &shifted)?;
-        comm.barrier()?;
-        let t_mig = t.elapsed().as_secs_f64();
-        let bytes = (moved * 8) as usize;
-        let src = vec![1u8; bytes.max(1)];
-        let mut dst = vec![0u8; bytes.max(1)];
+        let mut t_fixed = f64::INFINITY;
+        for _ in 0..REPS {
+            comm.barrier()?;
+            let t = Instant::now();
+            u.redistribute(&comm, &even)?;
+            comm.barrier()?;
+            t_fixed = t_fixed.min(t.elapsed().as_secs_f64());
+        }
+        // Two sizes (len and 4 len) shifted there and back; best of REPS each.
+        let mut mig = Vec::new();
+        for scale in [1u64, 4] {
+            let l = len * scale;
+            let even = Distribution::even(l, n as usize)?;
+            let shifted =
+                Distribution::weighted(l, &(0..n).map(|r| 1.0 + f64::from(r)).collect::<Vec<_>>())?;
+            let moved = lazarus::dist::Plan::new(&even, &shifted, u64::MAX)?.moved();
+            let mut u = DVec::<f64>::with_distribution(&comm, even.clone(), 1)?;
+            let mut best = f64::INFINITY;
+            let mut first = None;
+            for _ in 0..REPS {
+                for to in [&shifted, &even] {
+                    comm.barrier()?;
+                    let t = Instant::now();
+                    u.redistribute(&comm, to)?;
+                    comm.barrier()?;
+                    let e = t.elapsed().as_secs_f64();
+                    first.get_or_insert(e);
+                    best = best.min(e);
+                }
+            }
+            mig.push((moved * 8, best, first.unwrap_or(best)));
+        }
+        // Physical references for the larger size: warm memcpy, and a copy into fresh
+        // memory (first touch), which is what receiving into a new buffer costs.
+        let bytes = mig.last().map_or(1, |m| m.0 as usize).max(1);
+        let src = vec![1u8; bytes];
+        let mut dst = vec![0u8; bytes];
         dst.copy_from_slice(&src); // warm both buffers
         let t = Instant::now();
         dst.copy_from_slice(&src);
         let t_copy = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let fresh = src.clone();
+        let t_first = t.elapsed().as_secs_f64();
+        drop(fresh);
 
         // Checkpoint objects of this rank (in memory: the store is measured elsewhere).
         let objs = lazarus::state::to_loaded(&lazarus::state::save(&w)?);
-        Ok((
+        Ok(Row {
             rate,
+            rate_steady,
             t_static,
-            t_bal,
-            sum_static.to_bits() == sum_bal.to_bits(),
+            t_warm,
+            t_steady,
+            warm,
+            same: sum_static.to_bits() == sum_bal.to_bits(),
             final_range,
-            moved,
-            t_mig,
+            t_fixed,
+            mig,
             t_copy,
+            t_first,
             objs,
-        ))
+        })
     })?;
     let mut rows = Vec::new();
     for r in results {
         rows.push(r?);
     }
-    let ideal: f64 = rows.iter().map(|r| r.0).sum();
+    // Each phase against the ideal measured in that phase (the load on a shared machine
+    // drifts between phases).
+    let ideal: f64 = rows.iter().map(|r| r.rate).sum();
+    let ideal_b: f64 = rows.iter().map(|r| r.rate_steady).sum();
     let total = len as f64 * f64::from(steps);
-    let t_static = rows.iter().map(|r| r.1).fold(0.0, f64::max);
-    let t_bal = rows.iter().map(|r| r.2).fold(0.0, f64::max);
-    let (thr_s, thr_b) = (total / t_static, total / t_bal);
+    let worst = |f: fn(&Row) -> f64| rows.iter().map(f).fold(0.0, f64::max);
+    let t_static = worst(|r| r.t_static);
+    let t_warm = worst(|r| r.t_warm);
+    let t_steady = worst(|r| r.t_steady);
+    let warm = rows.first().map_or(0, |r| r.warm);
+    let thr_s = total / t_static;
+    let thr_b = total / t_steady;
+    let thr_w = (total + len as f64 * f64::from(warm)) / (t_warm + t_steady);
     println!(
         "per-rank rates (elem/s): {:?}",
         rows.iter()
-            .map(|r| format!("{:.3e}", r.0))
+            .map(|r| format!("{:.3e}", r.rate))
             .collect::<Vec<_>>()
     );
     println!(
         "final blocks with balancing: {:?}",
-        rows.iter().map(|r| r.4.clone()).collect::<Vec<_>>()
+        rows.iter()
+            .map(|r| r.final_range.clone())
+            .collect::<Vec<_>>()
     );
-    println!("ideal (sum of rates): {ideal:.3e} elem/s");
+    println!("ideal (sum of rates): static phase {ideal:.3e}, balanced phase {ideal_b:.3e} elem/s");
     println!(
         "without balancing:    {thr_s:.3e} elem/s = {:.2}x ideal",
         thr_s / ideal
     );
     println!(
-        "with balancing:       {thr_b:.3e} elem/s = {:.2}x ideal (target >= 0.85)",
-        thr_b / ideal
+        "with balancing, steady state ({steps} steps after the first rebalance): {thr_b:.3e} elem/s = {:.2}x ideal (target >= 0.85)",
+        thr_b / ideal_b
+    );
+    println!(
+        "with balancing, whole run ({warm} warm-up steps incl. migration + {steps}): {thr_w:.3e} elem/s = {:.2}x ideal",
+        thr_w / ideal_b
     );
     println!(
         "results identical with and without balancing: {}",
-        rows.iter().all(|r| r.3)
+        rows.iter().all(|r| r.same)
     );
-    let moved = rows[0].5;
-    let mib = (moved * 8) as f64 / (1 << 20) as f64;
-    let t_mig = rows.iter().map(|r| r.6).fold(0.0, f64::max);
-    let t_copy = rows.iter().map(|r| r.7).fold(0.0, f64::max);
-    if mib > 0.0 {
+    let t_fixed = worst(|r| r.t_fixed);
+    let t_copy = worst(|r| r.t_copy);
+    let t_first = worst(|r| r.t_first);
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    let sizes: Vec<(u64, f64, f64)> = (0..rows.first().map_or(0, |r| r.mig.len()))
+        .map(|i| {
+            let b = rows.first().and_then(|r| r.mig.get(i)).map_or(0, |m| m.0);
+            let t = |f: fn(&(u64, f64, f64)) -> f64| {
+                rows.iter()
+                    .filter_map(|r| r.mig.get(i).map(f))
+                    .fold(0.0, f64::max)
+            };
+            (b, t(|m| m.1), t(|m| m.2))
+        })
+        .collect();
+    println!(
+        "migration fixed cost (redistribute moving nothing): {:.2} ms",
+        t_fixed * 1e3
+    );
+    for (b, t, cold) in &sizes {
         println!(
-            "migration: {mib:.1} MiB moved in {:.1} ms = {:.2} ms/MiB (memcpy of the same bytes: {:.3} ms/MiB, ratio {:.1}x)",
-            t_mig * 1e3,
-            t_mig * 1e3 / mib,
-            t_copy * 1e3 / mib,
-            t_mig / t_copy.max(1e-12)
+            "migration of {:.1} MiB: best {:.2} ms = {:.2} ms/MiB all-in (first, cold: {:.2} ms/MiB)",
+            mib(*b),
+            t * 1e3,
+            t * 1e3 / mib(*b).max(1e-9),
+            cold * 1e3 / mib(*b).max(1e-9)
+        );
+    }
+    if let [(b1, t1, _), (b2, t2, _)] = sizes[..] {
+        let big = mib(b2);
+        let slope = (t2 - t1) / (mib(b2) - mib(b1)).max(1e-9);
+        println!(
+            "migration slope: {:.3} ms/MiB; memcpy {:.3} ms/MiB, copy into fresh memory {:.3} ms/MiB (slope / first-touch copy = {:.1}x)",
+            slope * 1e3,
+            t_copy * 1e3 / big,
+            t_first * 1e3 / big,
+            slope / (t_first / big).max(1e-12)
         );
     }
 
     // Restore: same N (each rank its own part) vs N -> M through Reshard.
-    let parts: Vec<Vec<LoadedObject>> = rows.into_iter().map(|r| r.8).collect();
+    let parts: Vec<Vec<LoadedObject>> = rows.into_iter().map(|r| r.objs).collect();
     let infos: Vec<Vec<_>> = parts
         .iter()
         .map(|p| p.iter().map(|o| o.info.clone()).collect())
