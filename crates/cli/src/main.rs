@@ -31,6 +31,9 @@ enum Command {
     Gc(cmd::gc::Args),
     /// Optimal checkpoint interval by Young, Daly, and the exact minimiser.
     Model(cmd::model::Args),
+    /// The demo's rank program (runs examples/heat.rs; used by `lazarus demo`).
+    #[command(name = "__heat-rank", hide = true)]
+    HeatRank(cmd::demo::HeatRankArgs),
     /// Benchmarks measured against the machine's physical limits.
     #[command(subcommand)]
     Bench(cmd::bench::Bench),
@@ -42,6 +45,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(a) => cmd::run::main(a),
         Command::Demo(a) => cmd::demo::main(a),
+        Command::HeatRank(a) => cmd::demo::heat_rank(a),
         Command::Inspect(a) => cmd::inspect::main(a),
         Command::Verify(a) => cmd::verify::main(a),
         Command::Gc(a) => cmd::gc::main(a),

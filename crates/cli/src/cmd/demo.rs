@@ -1,12 +1,238 @@
-//! `lazarus demo` (under construction).
+//! `lazarus demo`: the distributed heat example on 4 local ranks, one rank SIGKILLed
+//! part-way, automatic recovery, and a comparison with a failure-free run.
+//!
+//! The rank program is this binary itself (`lazarus __heat-rank …`, hidden), which runs
+//! examples/heat.rs compiled into the CLI, so the demo needs nothing but `lazarus`.
 
 use super::CmdResult;
+use lazarus::net::launch::LaunchConfig;
+use lazarus::supervisor::{
+    JobEnd, KillPlan, KillTrigger, PlannedKill, Report, Supervisor, SupervisorConfig,
+};
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+// The example's own `main` is unused here: `heat_rank` plays its part.
+#[allow(dead_code)]
+#[path = "../../../../examples/heat.rs"]
+mod heat;
 
 /// Flags of `lazarus demo`.
 #[derive(clap::Args, Debug)]
-pub struct Args {}
+pub struct Args {
+    /// Directory for the two checkpoint repositories [default: a fresh temporary directory,
+    /// removed afterwards].
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Number of ranks.
+    #[arg(short = 'n', long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
+    ranks: u32,
+    /// Grid edge length.
+    #[arg(long, default_value_t = 256)]
+    size: u64,
+    /// Time steps.
+    #[arg(long, default_value_t = 600)]
+    steps: u64,
+    /// Checkpoint every this many steps.
+    #[arg(long, default_value_t = 50)]
+    every: u64,
+    /// Seed choosing the victim rank and the moment of the kill.
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+}
 
-/// Runs `lazarus demo`.
-pub fn main(_args: Args) -> CmdResult {
-    Err("lazarus demo: not implemented yet".into())
+/// Arguments of the hidden rank program (the heat example's own flags).
+#[derive(clap::Args, Debug)]
+pub struct HeatRankArgs {
+    /// `--steps N --size N --every K` (the repository comes from LAZARUS_REPO).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    args: Vec<String>,
+}
+
+/// One rank of the demo's heat job: runs the example; rank 0 prints the checksum.
+pub fn heat_rank(a: HeatRankArgs) -> CmdResult {
+    let args = heat::parse_args(&a.args)?;
+    let sum = heat::run(&args).map_err(|e| format!("heat: {e}"))?;
+    let rank = std::env::var("LAZARUS_RANK").unwrap_or_default();
+    if rank.is_empty() || rank == "0" {
+        println!("checksum={sum:016x}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+struct Removal(Option<PathBuf>);
+
+impl Drop for Removal {
+    fn drop(&mut self) {
+        if let Some(p) = &self.0 {
+            let _ = std::fs::remove_dir_all(p);
+        }
+    }
+}
+
+fn checksum(r: &Report) -> Option<String> {
+    r.output
+        .iter()
+        .find(|l| l.rank.0 == 0 && l.text.starts_with("checksum="))
+        .map(|l| l.text.trim_start_matches("checksum=").to_string())
+}
+
+fn supervised(a: &Args, repo: &Path, plan: KillPlan) -> Result<Report, String> {
+    let exe =
+        std::env::current_exe().map_err(|e| format!("cannot find the lazarus binary: {e}"))?;
+    let args: Vec<OsString> = [
+        "__heat-rank".to_string(),
+        "--steps".into(),
+        a.steps.to_string(),
+        "--size".into(),
+        a.size.to_string(),
+        "--every".into(),
+        a.every.to_string(),
+    ]
+    .into_iter()
+    .map(Into::into)
+    .collect();
+    let mut launch = LaunchConfig::new(a.ranks, exe, args);
+    launch.stop_grace = Duration::from_millis(200);
+    let mut cfg = SupervisorConfig::new(launch, repo);
+    cfg.kill_plan = plan;
+    cfg.max_restarts = 2;
+    cfg.echo_output = false;
+    cfg.capture_output = true;
+    cfg.progress = false;
+    Supervisor::run(&cfg).map_err(|e| e.to_string())
+}
+
+/// Runs `lazarus demo`: exit 0 when the recovered run's checksum equals the failure-free
+/// run's, 1 otherwise (with the reason).
+pub fn main(a: Args) -> CmdResult {
+    heat::parse_args(&[
+        "--steps".into(),
+        a.steps.to_string(),
+        "--size".into(),
+        a.size.to_string(),
+        "--every".into(),
+        a.every.to_string(),
+    ])?;
+    let (root, _cleanup) = match &a.dir {
+        Some(d) => (d.clone(), Removal(None)),
+        None => {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos());
+            let d =
+                std::env::temp_dir().join(format!("lazarus-demo-{}-{nanos}", std::process::id()));
+            (d.clone(), Removal(Some(d)))
+        }
+    };
+    std::fs::create_dir_all(&root).map_err(|e| format!("creating {}: {e}", root.display()))?;
+    let (crash_repo, ref_repo) = (root.join("with-failure"), root.join("reference"));
+    println!(
+        "Lazarus demo: 2-D heat diffusion on a {0}x{0} grid, {1} steps, {2} ranks on this machine,",
+        a.size, a.steps, a.ranks
+    );
+    println!(
+        "checkpoint every {} steps (repositories under {}).",
+        a.every,
+        root.display()
+    );
+    println!();
+    println!("1. Running with a failure: one rank gets SIGKILL soon after the first checkpoint.");
+    let plan = KillPlan {
+        seed: a.seed,
+        kills: vec![PlannedKill {
+            incarnation: 0,
+            rank: None,
+            trigger: KillTrigger::AfterCommits {
+                commits: 1,
+                delay: Duration::from_millis(20 + a.seed % 80),
+            },
+        }],
+        ..KillPlan::default()
+    };
+    let crashed = supervised(&a, &crash_repo, plan)?;
+    for f in &crashed.failures {
+        println!(
+            "   - {} {}.",
+            f.failure,
+            if f.injected {
+                "(on purpose)"
+            } else {
+                "(unplanned)"
+            }
+        );
+        match f.restored {
+            Some(p) => println!(
+                "     All {} ranks were stopped and restarted from checkpoint {} (step {}).",
+                a.ranks, p.id.0, p.step
+            ),
+            None => println!("     No checkpoint was committed yet: restarted from the beginning."),
+        }
+        let steps = f
+            .lost_steps()
+            .map(|s| format!(" ({s} steps to redo)"))
+            .unwrap_or_default();
+        println!("     Work lost: {:.2} s{steps}.", f.lost_time.as_secs_f64());
+        match (f.recovery_time, f.restart_latency) {
+            (Some(r), _) => println!(
+                "     Recovery: all ranks resumed {:.2} s after the failure.",
+                r.as_secs_f64()
+            ),
+            (None, Some(l)) => println!(
+                "     Recovery: all ranks restarted {:.2} s after the failure.",
+                l.as_secs_f64()
+            ),
+            _ => {}
+        }
+    }
+    if crashed.failures.is_empty() {
+        println!("   (the job finished before the planned kill fired)");
+    }
+    let got = checksum(&crashed);
+    println!(
+        "   Finished in {:.2} s: {} checkpoints committed, checksum {}.",
+        crashed.elapsed.as_secs_f64(),
+        crashed.commits,
+        got.as_deref().unwrap_or("missing")
+    );
+    println!();
+    println!("2. Running again without failures, for reference.");
+    let reference = supervised(&a, &ref_repo, KillPlan::none())?;
+    let want = checksum(&reference);
+    println!(
+        "   Finished in {:.2} s: checksum {}.",
+        reference.elapsed.as_secs_f64(),
+        want.as_deref().unwrap_or("missing")
+    );
+    println!();
+    let problem = match (&crashed.end, &reference.end, &got, &want) {
+        (JobEnd::Completed, JobEnd::Completed, Some(g), Some(w)) if g == w => None,
+        (JobEnd::Completed, JobEnd::Completed, Some(_), Some(_)) => {
+            Some("the checksums differ".to_string())
+        }
+        (JobEnd::Completed, JobEnd::Completed, _, _) => {
+            Some("a run printed no checksum line".to_string())
+        }
+        (e, JobEnd::Completed, _, _) => Some(format!(
+            "the run with a failure did not complete ({})",
+            crashed
+                .give_up_message()
+                .unwrap_or_else(|| format!("{e:?}"))
+        )),
+        (_, e, _, _) => Some(format!("the reference run did not complete ({e:?})")),
+    };
+    match problem {
+        None => {
+            println!(
+                "Result: identical. The recovered run computed exactly the failure-free result."
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(p) => {
+            println!("Result: FAILED: {p}.");
+            Ok(ExitCode::from(1))
+        }
+    }
 }

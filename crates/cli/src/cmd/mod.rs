@@ -5,6 +5,7 @@ pub mod demo;
 pub mod gc;
 pub mod inspect;
 pub mod model;
+pub mod recover;
 pub mod run;
 pub mod verify;
 

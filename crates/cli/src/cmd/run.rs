@@ -1,4 +1,5 @@
-//! `lazarus run -n N -- PROG ARGS…`: a thin CLI over `lazarus::net::launch`.
+//! `lazarus run -n N [--repo DIR --max-restarts K] -- PROG ARGS…`: a thin CLI over
+//! `lazarus::net::launch`, and over `lazarus::supervisor` when `--repo` asks for recovery.
 
 use super::CmdResult;
 use lazarus::net::launch::{install_signal_forwarding, LaunchConfig, Launcher};
@@ -38,6 +39,15 @@ pub struct Args {
     /// Extra environment for every rank, `KEY=VALUE` (repeatable).
     #[arg(long = "env", value_name = "KEY=VALUE")]
     env: Vec<String>,
+    /// Checkpoint repository: enables automatic recovery. Each rank finds it through
+    /// LAZARUS_REPO; after a failure all ranks restart from its newest committed checkpoint.
+    #[arg(long, value_name = "DIR")]
+    repo: Option<std::path::PathBuf>,
+    /// With --repo: restarts allowed before giving up.
+    #[arg(long, default_value_t = 3, requires = "repo")]
+    max_restarts: u32,
+    #[command(flatten)]
+    inject: super::recover::InjectArgs,
     /// The program and its arguments, after `--`.
     #[arg(last = true, required = true, value_name = "PROG")]
     command: Vec<OsString>,
@@ -81,6 +91,12 @@ fn config(a: &Args) -> Result<LaunchConfig, Box<dyn std::error::Error + Send + S
 /// signal, 1 for a heartbeat/connection failure), 128+signal if interrupted, else 0.
 pub fn main(args: Args) -> CmdResult {
     let cfg = config(&args)?;
+    if let Some(repo) = &args.repo {
+        return super::recover::supervise(cfg, repo, args.max_restarts, &args.inject);
+    }
+    if args.inject.any() {
+        return Err("lazarus run: fault injection flags need --repo".into());
+    }
     install_signal_forwarding();
     let outcome = Launcher::run(&cfg)?;
     if let Some(f) = outcome.failure {

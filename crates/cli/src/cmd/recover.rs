@@ -1,0 +1,125 @@
+//! The recovery half of `lazarus run --repo DIR`: flags for fault injection and the call
+//! into `lazarus::supervisor`. Kept apart from run.rs so the launcher CLI stays thin.
+
+use super::CmdResult;
+use lazarus::format::Rank;
+use lazarus::net::launch::{install_signal_forwarding, LaunchConfig};
+use lazarus::supervisor::{
+    FailpointKill, KillPlan, KillTrigger, PlannedKill, Supervisor, SupervisorConfig,
+};
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Hidden fault-injection flags of `lazarus run --repo` (tests, demos, experiments).
+#[derive(clap::Args, Debug, Default)]
+pub struct InjectArgs {
+    /// SIGKILL a rank this long after (re)start: `[RANK@]DURATION` (e.g. `2@1.5s`; no rank:
+    /// a seeded random one). Repeatable: the k-th one applies to incarnation k-1.
+    #[arg(long, hide = true, value_name = "[RANK@]DURATION")]
+    inject_kill_after: Vec<String>,
+    /// SIGKILL a random rank at exponentially distributed times with this mean, in every
+    /// incarnation (e.g. `20s`).
+    #[arg(long, hide = true, value_name = "DURATION")]
+    inject_kill_mtbf: Option<String>,
+    /// Arm a store failpoint in one rank of the first run: `NAME[@RANK]` (default rank 0).
+    #[arg(long, hide = true, value_name = "NAME[@RANK]")]
+    inject_failpoint: Vec<String>,
+    /// Seed of every random choice of the fault injection.
+    #[arg(long, hide = true, default_value_t = 0)]
+    seed: u64,
+}
+
+impl InjectArgs {
+    /// True when any fault is requested.
+    pub fn any(&self) -> bool {
+        !self.inject_kill_after.is_empty()
+            || self.inject_kill_mtbf.is_some()
+            || !self.inject_failpoint.is_empty()
+    }
+
+    /// Validates the flags into a plan; errors name the flag and the bad value.
+    pub fn plan(&self, ranks: u32) -> Result<KillPlan, String> {
+        let dur = |flag: &str, v: &str| {
+            lazarus::policy::parse_duration(flag, v).map_err(|e| format!("--{flag} {v:?}: {e}"))
+        };
+        let rank = |flag: &str, v: &str| -> Result<Rank, String> {
+            match v.parse::<u32>() {
+                Ok(r) if r < ranks => Ok(Rank(r)),
+                _ => Err(format!("--{flag}: rank {v:?} is not in 0..{ranks}")),
+            }
+        };
+        let mut plan = KillPlan {
+            seed: self.seed,
+            ..KillPlan::default()
+        };
+        for (i, spec) in self.inject_kill_after.iter().enumerate() {
+            let (r, d) = match spec.split_once('@') {
+                Some((r, d)) => (Some(rank("inject-kill-after", r)?), d),
+                None => (None, spec.as_str()),
+            };
+            plan.kills.push(PlannedKill {
+                incarnation: i as u64,
+                rank: r,
+                trigger: KillTrigger::AfterStart(dur("inject-kill-after", d)?),
+            });
+        }
+        if let Some(m) = &self.inject_kill_mtbf {
+            let d = dur("inject-kill-mtbf", m)?;
+            if d.is_zero() {
+                return Err("--inject-kill-mtbf must be positive".into());
+            }
+            plan.mtbf = Some(d);
+        }
+        for spec in &self.inject_failpoint {
+            let (name, r) = match spec.split_once('@') {
+                Some((n, r)) => (n, rank("inject-failpoint", r)?),
+                None => (spec.as_str(), Rank(0)),
+            };
+            if name.is_empty() {
+                return Err("--inject-failpoint needs a failpoint name".into());
+            }
+            plan.failpoints.push(FailpointKill {
+                incarnation: 0,
+                rank: r,
+                name: name.into(),
+            });
+        }
+        Ok(plan)
+    }
+}
+
+/// Runs the job under the supervisor. Exit status: 0 when the job completed, the last
+/// failure's status after giving up (with a message naming rank and cause), 128+signal when
+/// interrupted.
+pub fn supervise(
+    launch: LaunchConfig,
+    repo: &Path,
+    max_restarts: u32,
+    inject: &InjectArgs,
+) -> CmdResult {
+    let mut cfg = SupervisorConfig::new(launch, repo);
+    cfg.max_restarts = max_restarts;
+    cfg.kill_plan = inject.plan(cfg.launch.ranks)?;
+    // Rank stop grace: give the survivors a moment to notice the dead peer and exit by
+    // themselves, which keeps their stderr free of SIGTERM noise.
+    if cfg.launch.stop_grace.is_zero() {
+        cfg.launch.stop_grace = Duration::from_millis(200);
+    }
+    install_signal_forwarding();
+    let report = Supervisor::run(&cfg)?;
+    if !report.failures.is_empty() && report.success() {
+        eprintln!(
+            "lazarus run: completed after {} restart(s) in {:.2} s",
+            report.failures.len(),
+            report.elapsed.as_secs_f64()
+        );
+    }
+    if let Some(s) = match report.end {
+        lazarus::supervisor::JobEnd::Interrupted(s) => Some(s),
+        _ => None,
+    } {
+        eprintln!("lazarus run: interrupted by signal {s}; stopped all ranks");
+    }
+    Ok(ExitCode::from(report.exit_code().clamp(0, 255) as u8))
+}

@@ -1,0 +1,139 @@
+//! `lazarus run --repo`: restart budget, clear give-up message, output released once.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const LAZARUS: &str = env!("CARGO_BIN_EXE_lazarus");
+
+/// Runs `lazarus` with a deadline: a hang fails the test instead of blocking CI.
+fn lazarus(args: &[&str]) -> (i32, String, String) {
+    let mut child = Command::new(LAZARUS)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        if t0.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("lazarus {args:?} exceeded its 60 s deadline");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn budget_exhausted_names_rank_and_cause() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let (code, out, err) = lazarus(&[
+        "run",
+        "-n",
+        "2",
+        "--repo",
+        repo.to_str().unwrap(),
+        "--max-restarts",
+        "2",
+        "--",
+        "sh",
+        "-c",
+        "echo partial; [ \"$LAZARUS_RANK\" = 1 ] && kill -9 $$; sleep 2",
+    ]);
+    assert_eq!(code, 137, "stderr: {err}");
+    assert!(
+        err.contains("giving up after 2 restart(s)")
+            && err.contains("rank 1 was killed by signal 9"),
+        "{err}"
+    );
+    assert_eq!(err.matches("restarting all 2 ranks").count(), 2, "{err}");
+    // No checkpoint was ever committed: nothing printed may be released.
+    assert!(!out.contains("partial"), "{out}");
+}
+
+#[test]
+fn output_of_a_clean_run_is_released_once_with_rank_prefix() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let (code, out, err) = lazarus(&[
+        "run",
+        "-n",
+        "3",
+        "--repo",
+        repo.to_str().unwrap(),
+        "--",
+        "sh",
+        "-c",
+        "echo hello from $LAZARUS_RANK; printf '\\036lazarus:resumed - 0\\n'",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    for r in 0..3 {
+        assert_eq!(
+            out.matches(&format!("[rank {r}] hello from {r}\n")).count(),
+            1,
+            "{out}"
+        );
+    }
+    assert!(!out.contains('\u{1e}'), "markers are never shown: {out:?}");
+}
+
+#[test]
+fn ranks_find_the_repository_and_token_from_the_launcher() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let (code, out, err) = lazarus(&[
+        "run",
+        "-n",
+        "1",
+        "--repo",
+        repo.to_str().unwrap(),
+        "--",
+        "sh",
+        "-c",
+        "echo repo=$LAZARUS_REPO inc=$LAZARUS_INCARNATION markers=$LAZARUS_OUTPUT_MARKERS; \
+         [ -n \"$LAZARUS_JOB_TOKEN\" ] && [ -n \"$LAZARUS_JOB_START\" ] && echo env-ok",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(&format!("repo={} inc=0 markers=1", repo.display())),
+        "{out}"
+    );
+    assert!(out.contains("env-ok"), "{out}");
+    // The supervisor created the repository and held its lock.
+    assert!(repo.join("FORMAT").exists() || repo.join("LOCK").exists());
+}
+
+#[test]
+fn injection_flags_are_validated() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let (code, _, err) = lazarus(&[
+        "run",
+        "-n",
+        "2",
+        "--repo",
+        repo.to_str().unwrap(),
+        "--inject-kill-after",
+        "5@10ms",
+        "--",
+        "true",
+    ]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("--inject-kill-after") && err.contains("\"5\""),
+        "{err}"
+    );
+    let (code, _, err) = lazarus(&["run", "-n", "2", "--inject-kill-mtbf", "1s", "--", "true"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("need --repo"), "{err}");
+}
