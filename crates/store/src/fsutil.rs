@@ -110,25 +110,29 @@ pub(crate) fn write_atomic(
 /// starts its writeback (`sync_file_range`), so that many files can be made durable by a
 /// later [`fsync_file`] each without paying a full round trip per file while writing.
 /// Returns the temp path; the temp is removed on error.
+/// The file's bytes are the concatenation of `parts` (so a raw chunk's header and the
+/// caller's data are written without first copying them into one buffer).
 pub(crate) fn write_temp(
     dir: &Path,
     name: &str,
-    bytes: &[u8],
+    parts: &[&[u8]],
     budget: &Budget,
 ) -> Result<PathBuf, StoreError> {
     let tmp = dir.join(tmp_name(name));
     let dest = dir.join(name);
     let result = (|| {
         budget
-            .take(bytes.len() as u64)
+            .take(parts.iter().map(|p| p.len() as u64).sum())
             .map_err(|e| StoreError::io(&dest, "writing", e))?;
         let mut f = OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(&tmp)
             .map_err(|e| StoreError::io(&tmp, "creating temp file", e))?;
-        f.write_all(bytes)
-            .map_err(|e| StoreError::io(&tmp, "writing temp file", e))?;
+        for bytes in parts {
+            f.write_all(bytes)
+                .map_err(|e| StoreError::io(&tmp, "writing temp file", e))?;
+        }
         // SAFETY: valid fd; the call only hints the kernel to start writeback now.
         unsafe {
             libc::sync_file_range(

@@ -37,6 +37,7 @@
 #![deny(missing_docs)]
 
 mod error;
+mod fpcache;
 mod fsutil;
 mod layout;
 mod lock;

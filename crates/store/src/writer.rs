@@ -2,11 +2,12 @@
 //! durable chunk files, then the rank manifest.
 
 use crate::error::{StoreError, StoreErrorKind};
+use crate::fpcache::{self, Fingerprint, PartCache};
 use crate::fsutil::{self, failpoint, Budget};
 use crate::layout::Layout;
 use lazarus_format::{
-    encode_chunk, CheckpointId, ChunkCodec, ChunkDigest, ChunkRef, Manifest, ManifestObject,
-    ObjectKind, ObjectSpec, Rank,
+    encode_chunk, CheckpointId, ChunkCodec, ChunkDigest, ChunkHeader, ChunkRef, Manifest,
+    ManifestObject, ObjectKind, ObjectSpec, Rank,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashSet};
@@ -90,6 +91,10 @@ pub struct PartReceipt {
     pub chunks: u64,
     /// Number of those chunks that were newly written.
     pub new_chunks: u64,
+    /// Number of chunks whose digest came from this process's fingerprint cache (unchanged
+    /// since its previous checkpoint of the rank, not re-hashed with BLAKE3).
+    #[serde(default)]
+    pub cached_chunks: u64,
 }
 
 /// Writes rank parts of one pending checkpoint. Cheap to clone, `Send + Sync`; can be built
@@ -100,16 +105,45 @@ pub struct PartWriter {
     id: CheckpointId,
     opts: RepoOptions,
     budget: Budget,
+    fingerprint_cache: bool,
+    /// `fpcache::fingerprint`, replaceable by unit tests to force collisions.
+    fingerprint_fn: fn(&[u8]) -> Fingerprint,
 }
 
 struct Job<'a> {
     obj: usize,
+    name: &'a str,
+    /// Chunk index within the object.
+    index: usize,
     data: &'a [u8],
     shuffle: Option<u8>,
 }
 
+/// A chunk file's bytes: `Raw` borrows the caller's data (no copy), `Owned` is a
+/// compressed encoding.
+enum Encoded<'a> {
+    Raw([u8; lazarus_format::CHUNK_HEADER_LEN], &'a [u8]),
+    Owned(Vec<u8>),
+}
+
+impl Encoded<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Encoded::Raw(h, d) => h.len() + d.len(),
+            Encoded::Owned(v) => v.len(),
+        }
+    }
+}
+
 struct ChunkOutcome {
     chunk: ChunkRef,
+    /// Fingerprint of the raw bytes when the fingerprint cache is on.
+    fp: Option<Fingerprint>,
+    /// The stored size is not known yet: another worker of this write is writing the same
+    /// chunk; filled in from that worker's outcome.
+    stored_pending: bool,
+    /// The digest came from the fingerprint cache.
+    cached: bool,
     new_bytes: u64,
     /// (temp path, final path) of a newly written, not yet durable chunk.
     temp: Option<(PathBuf, PathBuf)>,
@@ -123,7 +157,18 @@ impl PartWriter {
             id,
             opts,
             budget,
+            fingerprint_cache: true,
+            fingerprint_fn: fpcache::fingerprint,
         }
+    }
+
+    /// Turns off the per-process fingerprint cache for this writer: every chunk is hashed
+    /// with BLAKE3 on every checkpoint, as for a freshly started process. For callers whose
+    /// state is chosen by an adversary who could try to craft XXH3 collisions (see
+    /// docs/FORMAT.md, "Writer notes"); costs a full BLAKE3 pass over the data.
+    pub fn without_fingerprint_cache(mut self) -> Self {
+        self.fingerprint_cache = false;
+        self
     }
 
     /// A writer for the pending checkpoint `id` of the repository at `repo`; the pending
@@ -208,22 +253,44 @@ impl PartWriter {
                 }
                 ObjectKind::Serde => None,
             };
-            for piece in o.data.chunks(chunk_size) {
+            for (index, piece) in o.data.chunks(chunk_size).enumerate() {
                 jobs.push(Job {
                     obj: i,
+                    name: o.info.name.as_str(),
+                    index,
                     data: piece,
                     shuffle,
                 });
             }
         }
 
-        let results = self.write_chunks(&jobs, &ctx)?;
+        let root = self.layout.root();
+        let cache = if self.fingerprint_cache {
+            fpcache::take(root, rank, chunk_size as u64)
+        } else {
+            None
+        };
+        let results = self.write_chunks(&jobs, cache.as_ref(), &ctx)?;
+        drop(cache);
+        let mut next_cache = self
+            .fingerprint_cache
+            .then(|| PartCache::new(chunk_size as u64));
+        let mut cache_obj: Vec<(Fingerprint, ChunkDigest)> = Vec::new();
         let mut per_obj: Vec<Vec<ChunkRef>> = vec![Vec::new(); objects.len()];
         let mut new_bytes = 0u64;
         let mut new_chunks = 0u64;
+        let mut cached_chunks = 0u64;
         let mut dirs = BTreeSet::new();
-        for (job, r) in jobs.iter().zip(results) {
+        for (k, (job, r)) in jobs.iter().zip(results).enumerate() {
+            if let (Some(c), Some(fp)) = (next_cache.as_mut(), r.fp) {
+                cache_obj.push((fp, r.chunk.digest));
+                let last_of_object = jobs.get(k + 1).is_none_or(|n| n.obj != job.obj);
+                if last_of_object {
+                    c.insert(job.name, std::mem::take(&mut cache_obj));
+                }
+            }
             new_bytes += r.new_bytes;
+            cached_chunks += u64::from(r.cached);
             if r.new_bytes > 0 {
                 new_chunks += 1;
             }
@@ -263,6 +330,10 @@ impl PartWriter {
             true,
         )?;
         failpoint("after_manifest_rename");
+        // Only a durable part feeds the cache: a failed write leaves none behind.
+        if let Some(c) = next_cache {
+            fpcache::put(root, rank, c);
+        }
         Ok(PartReceipt {
             rank,
             checkpoint: self.id,
@@ -271,12 +342,18 @@ impl PartWriter {
             stored_new_bytes: new_bytes,
             chunks: jobs.len() as u64,
             new_chunks,
+            cached_chunks,
         })
     }
 
     /// Hashes, compresses and writes chunks on up to two threads (the machine has two
     /// cores; hashing+compression of one chunk overlaps the write of another).
-    fn write_chunks(&self, jobs: &[Job<'_>], ctx: &str) -> Result<Vec<ChunkOutcome>, StoreError> {
+    fn write_chunks(
+        &self,
+        jobs: &[Job<'_>],
+        cache: Option<&PartCache>,
+        ctx: &str,
+    ) -> Result<Vec<ChunkOutcome>, StoreError> {
         let next = AtomicUsize::new(0);
         let claimed: Mutex<HashSet<ChunkDigest>> = Mutex::new(HashSet::new());
         let slots: Mutex<Vec<Option<ChunkOutcome>>> =
@@ -299,7 +376,7 @@ impl PartWriter {
                     }
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(job) = jobs.get(i) else { return };
-                    match self.write_one(job, &claimed) {
+                    match self.write_one(job, cache, &claimed) {
                         Ok(out) => {
                             if let Some(slot) =
                                 slots.lock().unwrap_or_else(|e| e.into_inner()).get_mut(i)
@@ -341,7 +418,7 @@ impl PartWriter {
                 .map_err(|e| cleanup(StoreError::io(dest, "renaming temp chunk", e)))?;
             failpoint("after_chunk_write");
         }
-        slots
+        let mut out: Vec<ChunkOutcome> = slots
             .into_iter()
             .map(|o| {
                 o.ok_or_else(|| {
@@ -352,7 +429,20 @@ impl PartWriter {
                     )
                 })
             })
-            .collect()
+            .collect::<Result<_, _>>()?;
+        if out.iter().any(|o| o.stored_pending) {
+            let sizes: std::collections::HashMap<ChunkDigest, u64> = out
+                .iter()
+                .filter(|o| o.temp.is_some())
+                .map(|o| (o.chunk.digest, o.chunk.stored))
+                .collect();
+            for o in out.iter_mut().filter(|o| o.stored_pending) {
+                if let Some(s) = sizes.get(&o.chunk.digest) {
+                    o.chunk.stored = *s;
+                }
+            }
+        }
+        Ok(out)
     }
 
     fn fsync_all(&self, temps: &[(PathBuf, PathBuf)]) -> Result<(), StoreError> {
@@ -379,71 +469,136 @@ impl PartWriter {
         }
     }
 
+    /// Digest of `job` (from the fingerprint cache when its bytes are unchanged, else
+    /// BLAKE3), then the chunk file unless the repository already has it.
     fn write_one(
         &self,
         job: &Job<'_>,
+        cache: Option<&PartCache>,
         claimed: &Mutex<HashSet<ChunkDigest>>,
     ) -> Result<ChunkOutcome, StoreError> {
-        let digest = ChunkDigest::of(job.data);
+        let fp = self
+            .fingerprint_cache
+            .then(|| (self.fingerprint_fn)(job.data));
+        let cached = match (cache, fp) {
+            (Some(c), Some(fp)) => c.lookup(job.name, job.index, fp),
+            _ => None,
+        };
+        let len = job.data.len() as u64;
+        let present = |digest: ChunkDigest, stored_pending: bool| {
+            let stored = std::fs::metadata(self.layout.chunk(&digest))
+                .map(|m| m.len())
+                .unwrap_or(0);
+            ChunkOutcome {
+                chunk: ChunkRef {
+                    digest,
+                    len,
+                    stored,
+                },
+                fp,
+                stored_pending,
+                cached: false,
+                new_bytes: 0,
+                temp: None,
+                dir: None,
+            }
+        };
+        if let Some(digest) = cached {
+            // Unchanged since this process's previous checkpoint of the rank: no BLAKE3,
+            // no compression trial; one stat proves the chunk is still in the repository
+            // (GC may have removed it since), otherwise fall through and write it.
+            if let Ok(m) = std::fs::metadata(self.layout.chunk(&digest)) {
+                if m.is_file() {
+                    return Ok(ChunkOutcome {
+                        chunk: ChunkRef {
+                            digest,
+                            len,
+                            stored: m.len(),
+                        },
+                        fp,
+                        stored_pending: false,
+                        cached: true,
+                        new_bytes: 0,
+                        temp: None,
+                        dir: None,
+                    });
+                }
+            }
+        }
+        let digest = cached.unwrap_or_else(|| ChunkDigest::of(job.data));
         let path = self.layout.chunk(&digest);
         let first_claim = claimed
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(digest);
+        if !first_claim {
+            // Another worker of this write owns the chunk (it may still be a temp file).
+            return Ok(present(digest, true));
+        }
         // Only complete, renamed files exist under a chunk's final name, so presence
         // means the chunk is durable and intact (verify re-hashes it anyway).
-        if !first_claim || path.exists() {
-            let stored = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-            return Ok(ChunkOutcome {
-                chunk: ChunkRef {
-                    digest,
-                    len: job.data.len() as u64,
-                    stored,
-                },
-                new_bytes: 0,
-                temp: None,
-                dir: None,
-            });
+        if path.exists() {
+            return Ok(present(digest, false));
         }
         let file = self.encode(job);
         let dir = self.layout.chunk_dir(&digest);
         fsutil::create_dir_durable(&dir)?;
-        let tmp = fsutil::write_temp(&dir, &Layout::chunk_name(&digest), &file, &self.budget)?;
+        let name = Layout::chunk_name(&digest);
+        let tmp = match &file {
+            Encoded::Raw(h, d) => fsutil::write_temp(&dir, &name, &[h, d], &self.budget)?,
+            Encoded::Owned(v) => fsutil::write_temp(&dir, &name, &[v], &self.budget)?,
+        };
         Ok(ChunkOutcome {
             chunk: ChunkRef {
                 digest,
-                len: job.data.len() as u64,
+                len,
                 stored: file.len() as u64,
             },
+            fp,
+            stored_pending: false,
+            cached: false,
             new_bytes: file.len() as u64,
             temp: Some((tmp, path)),
             dir: Some(dir),
         })
     }
 
-    fn encode(&self, job: &Job<'_>) -> Vec<u8> {
+    fn encode<'a>(&self, job: &Job<'a>) -> Encoded<'a> {
         const PROBE: usize = 64 << 10;
         let raw = job.data;
+        let stored_raw = || {
+            let h = ChunkHeader {
+                codec: ChunkCodec::None,
+                shuffle: None,
+                raw_len: raw.len() as u64,
+            };
+            Encoded::Raw(h.encode(), raw)
+        };
         match self.opts.codec {
-            Codec::None => encode_chunk(raw, ChunkCodec::None, None, 1),
-            Codec::Zstd => encode_chunk(raw, ChunkCodec::Zstd, job.shuffle, 1),
+            Codec::None => stored_raw(),
+            Codec::Zstd => Encoded::Owned(encode_chunk(raw, ChunkCodec::Zstd, job.shuffle, 1)),
             Codec::Auto => {
                 let probe_len = raw.len().min(PROBE);
                 let probe_len = probe_len - probe_len % job.shuffle.unwrap_or(1).max(1) as usize;
-                let probe = encode_chunk(&raw[..probe_len], ChunkCodec::Zstd, job.shuffle, 1);
+                let probe = encode_chunk(
+                    raw.get(..probe_len).unwrap_or(raw),
+                    ChunkCodec::Zstd,
+                    job.shuffle,
+                    1,
+                );
                 if (probe.len() as f64)
                     > 0.95 * (probe_len as f64 + lazarus_format::CHUNK_HEADER_LEN as f64)
                 {
-                    return encode_chunk(raw, ChunkCodec::None, None, 1);
+                    return stored_raw();
                 }
                 if probe_len == raw.len() {
-                    return probe;
+                    return Encoded::Owned(probe);
                 }
                 let z = encode_chunk(raw, ChunkCodec::Zstd, job.shuffle, 1);
                 if (z.len() as f64) > 0.95 * (raw.len() + lazarus_format::CHUNK_HEADER_LEN) as f64 {
-                    encode_chunk(raw, ChunkCodec::None, None, 1)
+                    stored_raw()
                 } else {
-                    z
+                    Encoded::Owned(z)
                 }
             }
         }
