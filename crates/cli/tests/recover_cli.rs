@@ -48,7 +48,7 @@ fn budget_exhausted_names_rank_and_cause() {
         "--",
         "sh",
         "-c",
-        "echo partial; [ \"$LAZARUS_RANK\" = 1 ] && kill -9 $$; sleep 2",
+        "echo partial; [ \"$LAZARUS_RANK\" = 1 ] && kill -9 $$; sleep 7.3125",
     ]);
     assert_eq!(code, 137, "stderr: {err}");
     assert!(
@@ -59,6 +59,16 @@ fn budget_exhausted_names_rank_and_cause() {
     assert_eq!(err.matches("restarting all 2 ranks").count(), 2, "{err}");
     // No checkpoint was ever committed: nothing printed may be released.
     assert!(!out.contains("partial"), "{out}");
+    // No orphans: the survivors' `sleep` of every incarnation is gone.
+    std::thread::sleep(Duration::from_millis(100));
+    let left: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains("sleep 7.3125"))
+        .collect();
+    assert!(left.is_empty(), "orphans: {left:?}");
 }
 
 #[test]
