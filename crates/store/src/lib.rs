@@ -48,7 +48,7 @@ mod writer;
 pub use error::{StoreError, StoreErrorKind};
 pub use fsutil::FAILPOINT_ENV;
 pub use reader::{CheckpointSummary, Damage, Problem, RepoReader, VerifyReport};
-pub use repo::{CommitMeta, CommittedCheckpoint, GcReport, PendingCheckpoint, Repository};
+pub use repo::{CommitMeta, CommittedCheckpoint, GcReport, GcStage, PendingCheckpoint, Repository};
 pub use writer::{
     Codec, PartReceipt, PartWriter, RepoOptions, DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE,
 };

@@ -85,6 +85,17 @@ pub struct GcReport {
     pub chunks_kept: u64,
 }
 
+/// The stage a [`Repository::retain_with_progress`] call reports progress for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GcStage {
+    /// Reading the manifests of kept checkpoints (unit: checkpoints).
+    Mark,
+    /// Removing old and uncommitted checkpoint directories (unit: checkpoints).
+    Remove,
+    /// Deleting unreferenced chunk files (unit: `chunks/<hh>` directories).
+    Sweep,
+}
+
 /// A repository opened for writing. Holds the `LOCK` until dropped.
 #[derive(Debug)]
 pub struct Repository {
@@ -327,6 +338,16 @@ impl Repository {
     /// are neither counted nor removed; chunks named by their readable manifests are kept.
     /// Fails without deleting anything if a kept checkpoint's manifest is unreadable.
     pub fn retain(&mut self, keep: usize) -> Result<GcReport, StoreError> {
+        self.retain_with_progress(keep, &|_, _, _| {})
+    }
+
+    /// [`Repository::retain`], calling `progress(stage, done, total)` as it goes (for
+    /// progress bars; the callback must be cheap and cannot stop the collection).
+    pub fn retain_with_progress(
+        &mut self,
+        keep: usize,
+        progress: &dyn Fn(GcStage, u64, u64),
+    ) -> Result<GcReport, StoreError> {
         if keep == 0 {
             return Err(arg(
                 self.layout.root(),
@@ -357,7 +378,9 @@ impl Repository {
         let (old, kept) = committed.split_at(split);
         // Mark.
         let mut live: HashSet<ChunkDigest> = HashSet::new();
-        for id in kept {
+        let n_mark = (kept.len() + damaged.len()) as u64;
+        for (i, id) in kept.iter().enumerate() {
+            progress(GcStage::Mark, i as u64, n_mark);
             let c = reader.commit_record(*id)?;
             for p in &c.parts {
                 let m = reader.manifest(*id, p.rank)?;
@@ -368,7 +391,8 @@ impl Repository {
                 );
             }
         }
-        for id in &damaged {
+        for (i, id) in damaged.iter().enumerate() {
+            progress(GcStage::Mark, (kept.len() + i) as u64, n_mark);
             let dir = self.layout.checkpoint_dir(*id);
             for ent in std::fs::read_dir(&dir)
                 .map_err(|e| StoreError::io(&dir, "listing", e))?
@@ -387,7 +411,10 @@ impl Repository {
         }
         // Remove old committed checkpoints: COMMIT first, so a crash midway leaves an
         // uncommitted directory (never a committed one with missing manifests).
-        for id in old {
+        progress(GcStage::Mark, n_mark, n_mark);
+        let n_remove = (old.len() + uncommitted.len()) as u64;
+        for (i, id) in old.iter().enumerate() {
+            progress(GcStage::Remove, i as u64, n_remove);
             let commit = self.layout.commit(*id);
             std::fs::remove_file(&commit)
                 .map_err(|e| StoreError::io(&commit, "removing COMMIT", e))?;
@@ -395,16 +422,22 @@ impl Repository {
             failpoint("gc_after_uncommit");
             remove_dir(&self.layout.checkpoint_dir(*id))?;
         }
-        for id in &uncommitted {
+        for (i, id) in uncommitted.iter().enumerate() {
+            progress(GcStage::Remove, (old.len() + i) as u64, n_remove);
             remove_dir(&self.layout.checkpoint_dir(*id))?;
         }
+        progress(GcStage::Remove, n_remove, n_remove);
         fsutil::fsync_dir(&self.layout.checkpoints_dir())?;
         // Sweep.
         let chunks = self.layout.chunks_dir();
-        let rd =
-            std::fs::read_dir(&chunks).map_err(|e| StoreError::io(&chunks, "listing chunks", e))?;
-        for sub in rd.flatten() {
-            let subp = sub.path();
+        let subs: Vec<PathBuf> = std::fs::read_dir(&chunks)
+            .map_err(|e| StoreError::io(&chunks, "listing chunks", e))?
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        let n_sweep = subs.len() as u64;
+        for (i, subp) in subs.into_iter().enumerate() {
+            progress(GcStage::Sweep, i as u64, n_sweep);
             if !subp.is_dir() {
                 continue;
             }
@@ -438,6 +471,7 @@ impl Repository {
                 fsutil::fsync_dir(&subp)?;
             }
         }
+        progress(GcStage::Sweep, n_sweep, n_sweep);
         report.kept = kept.to_vec();
         report.removed = old.to_vec();
         report.removed_uncommitted = uncommitted;
