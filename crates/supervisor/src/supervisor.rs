@@ -349,11 +349,16 @@ impl Supervisor {
                     0,
                 ));
             }
+            // The newest COMMIT, not re-verified: verifying reads the whole checkpoint and
+            // would delay every restart (the ranks verify what they load). If it is damaged
+            // the ranks fall back to an older one; see docs/RECOVERY.md for the effect.
             let reader = RepoReader::open(&cfg.repo).map_err(repo_err)?;
             let restored = reader
-                .newest_intact()
+                .committed()
                 .map_err(repo_err)?
-                .map(|(c, _)| RestorePoint {
+                .into_iter()
+                .max_by_key(|c| c.id)
+                .map(|c| RestorePoint {
                     id: c.id,
                     step: c.step,
                     time_unix_ms: c.time_unix_ms,
