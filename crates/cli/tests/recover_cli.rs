@@ -147,3 +147,34 @@ fn injection_flags_are_validated() {
     assert_eq!(code, 2);
     assert!(err.contains("need --repo"), "{err}");
 }
+
+#[test]
+fn sigint_stops_the_supervised_job_without_restarting() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let mut child = Command::new(LAZARUS)
+        .args(["run", "-n", "2", "--repo", repo.to_str().unwrap(), "--"])
+        .args(["sh", "-c", "echo started; sleep 9.8125"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    // SAFETY: plain kill(2) on our own child.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+    let t0 = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "no exit after SIGINT"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(err.contains("interrupted by signal 2"), "{err}");
+    assert!(!err.contains("restarting"), "{err}");
+}
