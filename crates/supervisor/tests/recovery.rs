@@ -204,3 +204,30 @@ fn budget_exhausted_gives_up_naming_the_rank() {
     // Nothing printed after the last commit was released.
     assert!(r.output.iter().all(|l| !l.text.starts_with("checksum")));
 }
+
+#[test]
+fn poisson_failures_with_mtbf_still_finish_with_the_same_result() {
+    deadline(120);
+    let probe = Probe {
+        steps: 40,
+        sleep_ms: 5,
+        ..PROBE
+    };
+    let want = {
+        let dir = tempfile::tempdir().unwrap();
+        let r = probe.run(&dir.path().join("repo"), KillPlan::none(), 0);
+        probe.check_output(&r)
+    };
+    let plan = KillPlan {
+        seed: 11,
+        mtbf: Some(Duration::from_millis(150)),
+        ..KillPlan::default()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let r = probe.run(&dir.path().join("repo"), plan, 100);
+    assert_eq!(r.end, JobEnd::Completed, "{r:?}");
+    eprintln!("mtbf 150 ms: {} failures recovered", r.failures.len());
+    assert!(!r.failures.is_empty());
+    assert!(r.failures.iter().all(|f| f.injected));
+    assert_eq!(probe.check_output(&r), want);
+}
