@@ -12,20 +12,36 @@
 //! - Right after a restore, the first `checkpoint()` does not save again the checkpoint it
 //!   was restored from.
 //!
-//! A single process is a world of one: rank 0 writes the only part and commits it. The
-//! multi-rank issue adds a coordinator (agreement on when to checkpoint, a two-phase commit)
-//! behind the same calls; `World` is where it plugs in.
+//! Several ranks: give every rank's builder its communicator (`.comm(lazarus::init()?)`).
+//! Without one, the job is a world of one. Every rank must call `checkpoint(&state)` at the
+//! same step with its channels quiet (aligned checkpoints); each writes its own part and a
+//! two-phase commit (crate `lazarus-coord`, docs/PROTOCOL.md) makes rank 0 write COMMIT
+//! only after every rank reported its part durable. A round that fails anywhere is aborted
+//! on every rank and never used; rank 0 deletes its directory.
+//!
+//! Agreement on *when*: a step-based policy (`every_steps` alone) is evaluated by every rank
+//! locally at no cost. Any other policy (time-based, adaptive) is evaluated by rank 0 and
+//! its decision broadcast at every step (one small collective per step).
+//!
+//! Restore: rank 0 finds the newest intact checkpoint and broadcasts its id; every rank then
+//! loads (and verifies) only its own part. A checkpoint of another world size is refused.
 
+use lazarus_coord::{AlignedRuntime, RankStore, RoundError, Timeouts};
 use lazarus_format::{CheckpointId, Rank};
+use lazarus_net::{Comm, NetError};
 use lazarus_policy::{EveryInterval, EverySteps, Opportunity, Policy};
 use lazarus_state::{Checkpoint, StateError};
 use lazarus_store::{CommitMeta, Damage, RepoOptions, RepoReader, Repository, StoreError};
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// Environment variable naming the repository when the builder was given none.
 pub const REPO_ENV: &str = "LAZARUS_REPO";
+
+/// The job token variable (set by `lazarus run`), used as the repository's job token.
+const TOKEN_ENV: &str = "LAZARUS_JOB_TOKEN";
 
 /// Errors of the Job API. Each says which step failed and wraps the store or state error
 /// that names the file or field.
@@ -66,14 +82,52 @@ pub enum JobError {
         /// the error naming the field
         source: StateError,
     },
+    /// The checkpoint round at `step` did not commit (a rank failed to write, died or
+    /// missed the deadline); the checkpoint is never used and its leftovers are collected.
+    #[error("checkpoint at step {step}: {source}")]
+    Round {
+        /// the step being saved
+        step: u64,
+        /// the round's error, naming the rank
+        source: RoundError,
+    },
+    /// Talking to the other ranks failed (usually: one died).
+    #[error("job communication: {0}")]
+    Net(#[from] NetError),
+    /// Rank 0 failed while preparing the restore; its own error says why.
+    #[error("rank 0 could not prepare the restore: {0}")]
+    Rank0(String),
+    /// The newest intact checkpoint was written by another number of ranks.
+    #[error("checkpoint {checkpoint} was written by {saved} ranks but this job has {current}; restart with {saved} ranks")]
+    WorldSize {
+        /// the checkpoint
+        checkpoint: CheckpointId,
+        /// its world size
+        saved: u32,
+        /// this job's world size
+        current: u32,
+    },
 }
 
 impl JobError {
     /// True when running the same program again later can succeed without changing it or
-    /// repairing the repository (a held lock, a full disk, a transient I/O error).
+    /// repairing the repository (a held lock, a full disk, a transient I/O error), or, for
+    /// a failed checkpoint round, when the job may go on and try the next one.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, JobError::Store { source, .. } if source.is_retryable())
+        match self {
+            JobError::Store { source, .. } => source.is_retryable(),
+            JobError::Round { source, .. } => source.is_retryable(),
+            _ => false,
+        }
     }
+}
+
+/// Rank 0's restore decision, broadcast to every rank.
+#[derive(Serialize, Deserialize)]
+enum Plan {
+    Fresh,
+    From { id: u64, step: u64, world: u32 },
+    Failed(String),
 }
 
 /// What `restore_or_init` found: the checkpoint used and the newer ones skipped as damaged.
@@ -115,6 +169,8 @@ pub struct JobBuilder {
     keep: Option<usize>,
     app: BTreeMap<String, String>,
     options: RepoOptions,
+    comm: Option<Comm>,
+    timeouts: Option<Timeouts>,
 }
 
 impl JobBuilder {
@@ -155,14 +211,30 @@ impl JobBuilder {
         self
     }
 
-    /// Store options (chunk size, codec, job token).
+    /// Store options (chunk size, codec, job token). Without a job token,
+    /// `LAZARUS_JOB_TOKEN` is used when set, so rank 0 can share the repository lock with
+    /// the supervisor of the same job.
     pub fn repo_options(mut self, options: RepoOptions) -> Self {
         self.options = options;
         self
     }
 
-    /// Validates the configuration and opens (creating if needed) and locks the repository.
-    /// With no policy given, checkpoints every 60 s.
+    /// This rank's communicator: the job spans `comm.size()` ranks (all must open the same
+    /// repository path). Without it the job is a world of one.
+    pub fn comm(mut self, comm: Comm) -> Self {
+        self.comm = Some(comm);
+        self
+    }
+
+    /// Time bounds of the checkpoint rounds (default: `Timeouts::default()`).
+    pub fn timeouts(mut self, timeouts: Timeouts) -> Self {
+        self.timeouts = Some(timeouts);
+        self
+    }
+
+    /// Validates the configuration; rank 0 opens (creating if needed) and locks the
+    /// repository (shared with the supervisor when both hold the job token); other ranks
+    /// only remember its path. With no policy given, checkpoints every 60 s.
     pub fn open(self) -> Result<Job, JobError> {
         let path = match self.repo {
             Some(p) => p,
@@ -182,6 +254,9 @@ impl JobBuilder {
                 "checkpoint interval must be positive".into(),
             ));
         }
+        // Only a pure step policy gives every rank the same answer without talking.
+        let local_policy =
+            self.policy.is_none() && self.every.is_none() && self.every_steps.is_some();
         let policy: Box<dyn Policy> = match (self.policy, self.every_steps, self.every) {
             (Some(p), _, _) => p,
             (None, Some(n), None) => Box::new(EverySteps::new(n)),
@@ -189,17 +264,36 @@ impl JobBuilder {
             (None, Some(n), Some(t)) => Box::new(Either(EverySteps::new(n), EveryInterval::new(t))),
             (None, None, None) => Box::new(EveryInterval::new(Duration::from_secs(60))),
         };
-        let repo = Repository::open(&path, self.options).map_err(|source| JobError::Store {
-            path: path.clone(),
-            source,
-        })?;
+        let mut options = self.options;
+        if options.job_token.is_none() {
+            options.job_token = std::env::var(TOKEN_ENV).ok();
+        }
+        let comm = self.comm.unwrap_or_else(Comm::solo);
+        let store = if comm.rank() == Rank(0) {
+            let opened = if options.job_token.is_some() {
+                Repository::open_shared(&path, options)
+            } else {
+                Repository::open(&path, options)
+            };
+            RankStore::Coordinator(opened.map_err(|source| JobError::Store {
+                path: path.clone(),
+                source,
+            })?)
+        } else {
+            RankStore::Participant {
+                path: path.clone(),
+                options,
+            }
+        };
+        let runtime = AlignedRuntime::new(comm, store, self.timeouts.unwrap_or_default())
+            .map_err(|source| JobError::Round { step: 0, source })?;
         Ok(Job {
-            repo,
+            runtime,
             path,
             policy,
+            local_policy,
             keep,
             app: self.app,
-            world: World::single(),
             step: 0,
             saved_at: None,
             report: None,
@@ -223,30 +317,14 @@ impl<A: Policy, B: Policy> Policy for Either<A, B> {
     }
 }
 
-/// This process's place in the job. A single process is rank 0 of a world of 1.
-#[derive(Clone, Copy, Debug)]
-struct World {
-    rank: Rank,
-    size: u32,
-}
-
-impl World {
-    fn single() -> Self {
-        World {
-            rank: Rank(0),
-            size: 1,
-        }
-    }
-}
-
 /// A running job: owns the (locked) repository, the checkpoint policy and the step count.
 pub struct Job {
-    repo: Repository,
+    runtime: AlignedRuntime,
     path: PathBuf,
     policy: Box<dyn Policy>,
+    local_policy: bool,
     keep: usize,
     app: BTreeMap<String, String>,
-    world: World,
     step: u64,
     saved_at: Option<u64>,
     report: Option<RestoreReport>,
@@ -277,6 +355,11 @@ impl Job {
         &self.path
     }
 
+    /// This rank's communicator (a world of one without `JobBuilder::comm`).
+    pub fn comm(&self) -> &Comm {
+        self.runtime.comm()
+    }
+
     /// What the last `restore_or_init` restored and skipped; `None` after a fresh start.
     pub fn restore_report(&self) -> Option<&RestoreReport> {
         self.report.as_ref()
@@ -292,42 +375,101 @@ impl Job {
         init: impl FnOnce() -> T,
     ) -> Result<T, JobError> {
         let mut state = init();
-        let reader = RepoReader::open(&self.path).map_err(|e| self.store_err(e))?;
-        let Some((summary, skipped)) = reader.newest_intact().map_err(|e| self.store_err(e))?
-        else {
-            self.step = 0;
-            self.saved_at = None;
-            self.report = None;
-            return Ok(state);
+        let comm = self.runtime.comm().clone();
+        let me = comm.rank();
+        let mut found = None;
+        let mut plan = if me == Rank(0) {
+            match self.find_newest() {
+                Ok(None) => Plan::Fresh,
+                Ok(Some((summary, skipped))) => {
+                    let p = Plan::From {
+                        id: summary.id.0,
+                        step: summary.step,
+                        world: summary.world_size,
+                    };
+                    found = Some(skipped);
+                    p
+                }
+                Err(e) => {
+                    // Tell the others before failing, so they do not wait for us.
+                    let mut p = Plan::Failed(e.to_string());
+                    comm.broadcast(Rank(0), &mut p)?;
+                    return Err(e);
+                }
+            }
+        } else {
+            Plan::Fresh
         };
-        for d in &skipped {
-            tracing::warn!(
-                checkpoint = d.checkpoint.0,
-                path = %d.path.display(),
-                "skipping damaged checkpoint {} ({}): {}",
-                d.checkpoint.0,
-                d.kind,
-                d.detail
-            );
+        comm.broadcast(Rank(0), &mut plan)?;
+        let (id, step, world) = match plan {
+            Plan::Fresh => {
+                self.step = 0;
+                self.saved_at = None;
+                self.report = None;
+                return Ok(state);
+            }
+            Plan::Failed(e) => return Err(JobError::Rank0(e)),
+            Plan::From { id, step, world } => (CheckpointId(id), step, world),
+        };
+        if world != comm.size() {
+            return Err(JobError::WorldSize {
+                checkpoint: id,
+                saved: world,
+                current: comm.size(),
+            });
         }
-        let objects = reader
-            .load_part(summary.id, self.world.rank)
-            .map_err(|e| self.store_err(e))?;
+        let reader = RepoReader::open(&self.path).map_err(|e| self.store_err(e))?;
+        let objects = reader.load_part(id, me).map_err(|e| self.store_err(e))?;
         lazarus_state::restore(&mut state, objects).map_err(|source| JobError::Restore {
-            checkpoint: summary.id,
-            step: summary.step,
+            checkpoint: id,
+            step,
             source,
         })?;
+        let skipped = found.unwrap_or_default();
+        let summary = RestoreReport {
+            checkpoint: id,
+            step,
+            skipped: Vec::new(),
+        };
         self.step = summary.step;
         self.saved_at = Some(summary.step);
-        let report = RestoreReport {
-            checkpoint: summary.id,
-            step: summary.step,
-            skipped,
-        };
+        let report = RestoreReport { skipped, ..summary };
         tracing::info!("{report}");
         self.report = Some(report);
         Ok(state)
+    }
+
+    /// Rank 0: the newest committed checkpoint that verifies, logging the damaged ones.
+    fn find_newest(
+        &self,
+    ) -> Result<Option<(lazarus_store::CheckpointSummary, Vec<Damage>)>, JobError> {
+        let reader = RepoReader::open(&self.path).map_err(|e| self.store_err(e))?;
+        let found = reader.newest_intact().map_err(|e| self.store_err(e))?;
+        if let Some((_, skipped)) = &found {
+            for d in skipped {
+                tracing::warn!(
+                    checkpoint = d.checkpoint.0,
+                    path = %d.path.display(),
+                    "skipping damaged checkpoint {} ({}): {}",
+                    d.checkpoint.0,
+                    d.kind,
+                    d.detail
+                );
+            }
+        }
+        Ok(found)
+    }
+
+    /// The policy's answer, identical on every rank: local for step policies, rank 0's
+    /// broadcast otherwise.
+    fn decide(&mut self, at: Opportunity) -> Result<bool, JobError> {
+        let comm = self.runtime.comm();
+        if self.local_policy || comm.size() == 1 {
+            return Ok(self.policy.should_checkpoint(at));
+        }
+        let mut yes = comm.rank() == Rank(0) && self.policy.should_checkpoint(at);
+        comm.clone().broadcast(Rank(0), &mut yes)?;
+        Ok(yes)
     }
 
     /// Call once at the top of every loop iteration: saves `state` if the policy says so
@@ -343,7 +485,19 @@ impl Job {
             now: Instant::now(),
         };
         let current = self.step;
-        let saved = if self.saved_at != Some(current) && self.policy.should_checkpoint(at) {
+        let due = if self.saved_at != Some(current) {
+            self.decide(at)
+        } else {
+            Ok(false)
+        };
+        let due = match due {
+            Ok(d) => d,
+            Err(e) => {
+                self.step += 1;
+                return Err(e);
+            }
+        };
+        let saved = if due {
             let t0 = Instant::now();
             let r = self.save(state);
             if r.is_ok() {
@@ -374,39 +528,31 @@ impl Job {
 
     fn save<T: Checkpoint + ?Sized>(&mut self, state: &T) -> Result<CheckpointId, JobError> {
         let step = self.step;
-        let objects =
-            lazarus_state::save(state).map_err(|source| JobError::Save { step, source })?;
-        let pending = self
-            .repo
-            .begin(self.world.size)
-            .map_err(|e| self.store_err(e))?;
-        let written = pending.part_writer().write(self.world.rank, &objects);
-        let receipt = match written {
-            Ok(r) => r,
-            Err(e) => {
-                // Best effort: a leftover pending directory is also removed by the next GC.
-                let _ = self.repo.abort(pending);
-                return Err(self.store_err(e));
-            }
-        };
         let meta = CommitMeta {
             step,
             app: self.app.clone(),
         };
-        let done = self
-            .repo
-            .commit(pending, vec![receipt], meta)
-            .map_err(|e| self.store_err(e))?;
+        let round = match lazarus_state::save(state) {
+            Ok(objects) => self.runtime.round(&objects, &meta),
+            Err(source) => {
+                // Still take part, voting Failed, so the other ranks are not left waiting.
+                let _ = self.runtime.round_failed(source.to_string(), &meta);
+                return Err(JobError::Save { step, source });
+            }
+        };
+        let done = round.map_err(|source| JobError::Round { step, source })?;
         self.saved_at = Some(step);
-        // Retention failing leaves extra checkpoints behind, never a broken one: log it.
-        if let Err(e) = self.repo.retain(self.keep) {
-            tracing::warn!(
-                "retention after checkpoint {} failed: {e}",
-                done.summary.id.0
-            );
+        if let Some(repo) = self.runtime.repository_mut() {
+            // Retention failing leaves extra checkpoints behind, never a broken one: log it.
+            if let Err(e) = repo.retain(self.keep) {
+                tracing::warn!(
+                    "retention after checkpoint {} failed: {e}",
+                    done.checkpoint.0
+                );
+            }
         }
-        tracing::debug!("checkpoint {} committed at step {step}", done.summary.id.0);
-        Ok(done.summary.id)
+        tracing::debug!("checkpoint {} committed at step {step}", done.checkpoint.0);
+        Ok(done.checkpoint)
     }
 
     fn store_err(&self, source: StoreError) -> JobError {

@@ -42,12 +42,17 @@
 #![deny(missing_docs)]
 
 mod aligned;
+mod aligned_rt;
 mod error;
 mod unaligned;
 
 pub use aligned::{
     AbortReason, Coordinator, CoordinatorAction, Decision, Outcome, Participant, ParticipantAction,
     RoundId, Timeouts, ToParticipant, Vote, VoteMsg,
+};
+pub use aligned_rt::{
+    AlignedRuntime, Committed, RankStore, RoundError, RoundErrorKind, OUTPUT_MARKERS_ENV,
+    TAG_TO_PARTICIPANT, TAG_VOTE,
 };
 pub use error::{ErrorKind, ProtocolError};
 pub use unaligned::{ChannelState, Unaligned, UnalignedAction};

@@ -1,0 +1,576 @@
+//! The aligned two-phase commit bound to the real runtime: [`Coordinator`] and
+//! [`Participant`] driven over a [`Comm`] (tags in the checkpoint space), parts written with
+//! the store's `PartWriter`, COMMIT written by rank 0's `Repository`.
+//!
+//! Every rank calls [`AlignedRuntime::round`] at the same program step, with its channels
+//! quiet (aligned). Rank 0 begins a pending checkpoint, sends `Prepare` to every rank
+//! (itself included, through its own mailbox), writes its own part, then collects votes;
+//! the other ranks write their part as soon as `Prepare` arrives. Rank 0 writes COMMIT only
+//! with a durable receipt from every rank; any failed write, dead rank or deadline aborts
+//! the round and rank 0 deletes the pending directory at once (chunks go with the next GC).
+//!
+//! Every wait is bounded: by `Timeouts::decision` for `Prepare` and for the decision, by
+//! `Timeouts::round` for votes, and by the net layer's failure timeout when the peer
+//! waited for has died (the receive then fails naming it).
+
+use crate::aligned::{
+    AbortReason, Coordinator, CoordinatorAction, Decision, Outcome, Participant, ParticipantAction,
+    RoundId, Timeouts, ToParticipant, VoteMsg,
+};
+use crate::error::ProtocolError;
+use lazarus_format::{CheckpointId, Epoch, ObjectSpec, Rank};
+use lazarus_net::{Comm, ErrorKind as NetKind, NetError, Tag};
+use lazarus_store::{
+    CommitMeta, PartReceipt, PartWriter, RepoOptions, RepoReader, Repository, StoreError,
+};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Checkpoint-space tag of coordinator → participant messages (`Prepare`, `Decided`).
+/// Values `0x100..0x200` of the checkpoint tag space belong to the aligned runtime.
+pub const TAG_TO_PARTICIPANT: u32 = 0x100;
+/// Checkpoint-space tag of participant → coordinator votes.
+pub const TAG_VOTE: u32 = 0x101;
+
+/// Environment variable: when `1`, parts and commits print output markers on stdout.
+pub const OUTPUT_MARKERS_ENV: &str = "LAZARUS_OUTPUT_MARKERS";
+
+/// Where this rank's part goes. Rank 0 owns the (locked or shared) repository and commits;
+/// other ranks only need its path and options to open a part writer per round.
+#[derive(Debug)]
+pub enum RankStore {
+    /// Rank 0: the repository it commits to.
+    Coordinator(Repository),
+    /// Any other rank: the repository root and the options to write parts with.
+    Participant {
+        /// repository root (shared file system)
+        path: PathBuf,
+        /// chunk size and codec for this rank's chunks
+        options: RepoOptions,
+    },
+}
+
+/// What went wrong in a round, for callers that branch on the cause.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RoundErrorKind {
+    /// The round was aborted (a failed write, a dead rank, the deadline, COMMIT failed).
+    Aborted,
+    /// The network failed (usually a dead peer).
+    Net,
+    /// The repository could not be read or written outside a vote.
+    Store,
+    /// A peer sent something no correct peer sends.
+    Protocol,
+    /// Rank 0 did not start the round in time: ranks did not call `round` at the same step.
+    NotStarted,
+}
+
+/// A round that did not commit. Every variant names the checkpoint, rank or peer involved.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RoundError {
+    /// The round was decided `Abort`: its checkpoint is never used and was collected.
+    #[error("checkpoint {checkpoint} aborted: {reason}")]
+    Aborted {
+        /// the aborted checkpoint
+        checkpoint: CheckpointId,
+        /// why (which rank failed or was missing), as the coordinator saw it
+        reason: String,
+        /// whether the cause may go away (a full disk) as opposed to a dead rank
+        retryable: bool,
+    },
+    /// A message could not be sent or received.
+    #[error("checkpoint round: {0}")]
+    Net(#[from] NetError),
+    /// The repository failed outside a vote (begin, commit check, reading COMMIT).
+    #[error("checkpoint round: {0}")]
+    Store(#[from] StoreError),
+    /// A protocol violation (see `ProtocolError`).
+    #[error("checkpoint round: {0}")]
+    Protocol(#[from] ProtocolError),
+    /// A checkpoint message from `rank` did not decode.
+    #[error("checkpoint round: undecodable message from {rank}: {detail}")]
+    BadMessage {
+        /// the sender
+        rank: Rank,
+        /// the decoder's error
+        detail: String,
+    },
+    /// No `Prepare` from rank 0 within `waited`.
+    #[error("{rank} waited {waited:?} for rank 0 to start a checkpoint round: do all ranks checkpoint at the same step?")]
+    NotStarted {
+        /// the waiting rank
+        rank: Rank,
+        /// how long it waited
+        waited: Duration,
+    },
+}
+
+impl RoundError {
+    /// The cause, for branching.
+    pub fn kind(&self) -> RoundErrorKind {
+        match self {
+            RoundError::Aborted { .. } => RoundErrorKind::Aborted,
+            RoundError::Net(_) => RoundErrorKind::Net,
+            RoundError::Store(_) => RoundErrorKind::Store,
+            RoundError::Protocol(_) | RoundError::BadMessage { .. } => RoundErrorKind::Protocol,
+            RoundError::NotStarted { .. } => RoundErrorKind::NotStarted,
+        }
+    }
+
+    /// True when the job can go on and a later round can commit (e.g. one rank's disk was
+    /// full); false when a rank is gone or the ranks disagree.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            RoundError::Aborted { retryable, .. } => *retryable,
+            RoundError::Store(e) => e.is_retryable(),
+            _ => false,
+        }
+    }
+}
+
+/// A committed round, as every rank sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Committed {
+    /// The checkpoint id.
+    pub checkpoint: CheckpointId,
+    /// This rank's receipt (sizes written).
+    pub receipt: PartReceipt,
+}
+
+/// One rank's driver of aligned rounds. Not `Sync`: one round at a time per rank.
+pub struct AlignedRuntime {
+    comm: Comm,
+    store: RankStore,
+    participant: Participant<PartReceipt>,
+    coordinator: Option<Coordinator<PartReceipt>>,
+    timeouts: Timeouts,
+    origin: Instant,
+    markers: bool,
+    /// Rank 0: why the last round aborted, and whether a later round may succeed.
+    abort_reason: Option<(String, bool)>,
+}
+
+impl std::fmt::Debug for AlignedRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AlignedRuntime")
+            .field("rank", &self.comm.rank())
+            .field("world", &self.comm.size())
+            .finish_non_exhaustive()
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(rank: Rank, bytes: &[u8]) -> Result<T, RoundError> {
+    postcard::from_bytes(bytes).map_err(|e| RoundError::BadMessage {
+        rank,
+        detail: e.to_string(),
+    })
+}
+
+fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    // Encoding plain derive(Serialize) structs into a Vec cannot fail.
+    postcard::to_allocvec(v).unwrap_or_default()
+}
+
+impl AlignedRuntime {
+    /// A driver for `comm`'s rank. Rank 0 must pass [`RankStore::Coordinator`], other ranks
+    /// [`RankStore::Participant`]. Output markers follow `LAZARUS_OUTPUT_MARKERS`.
+    pub fn new(comm: Comm, store: RankStore, timeouts: Timeouts) -> Result<Self, RoundError> {
+        let rank0 = comm.rank() == Rank(0);
+        let coordinator = match (&store, rank0) {
+            (RankStore::Coordinator(_), true) => Some(Coordinator::new(comm.size(), timeouts)?),
+            (RankStore::Participant { .. }, false) => None,
+            _ => {
+                return Err(ProtocolError::Misuse(
+                    "rank 0 and only rank 0 holds the repository (RankStore::Coordinator)",
+                )
+                .into())
+            }
+        };
+        Ok(AlignedRuntime {
+            participant: Participant::new(comm.rank(), timeouts),
+            comm,
+            store,
+            coordinator,
+            timeouts,
+            origin: Instant::now(),
+            markers: std::env::var(OUTPUT_MARKERS_ENV).is_ok_and(|v| v == "1"),
+            abort_reason: None,
+        })
+    }
+
+    /// Forces output markers on or off (default: from `LAZARUS_OUTPUT_MARKERS`).
+    pub fn set_output_markers(&mut self, on: bool) {
+        self.markers = on;
+    }
+
+    /// The communicator.
+    pub fn comm(&self) -> &Comm {
+        &self.comm
+    }
+
+    /// The repository root.
+    pub fn repo_path(&self) -> &Path {
+        match &self.store {
+            RankStore::Coordinator(r) => r.path(),
+            RankStore::Participant { path, .. } => path,
+        }
+    }
+
+    /// Rank 0's repository (for retention); `None` on other ranks.
+    pub fn repository_mut(&mut self) -> Option<&mut Repository> {
+        match &mut self.store {
+            RankStore::Coordinator(r) => Some(r),
+            RankStore::Participant { .. } => None,
+        }
+    }
+
+    fn now(&self) -> Duration {
+        self.origin.elapsed()
+    }
+
+    /// Runs one aligned round: writes this rank's `objects` and returns once the round is
+    /// decided. `Ok` means COMMIT is durable (`meta.step` is recorded in it; only rank 0's
+    /// `meta` is used); `Err(Aborted)` means the checkpoint will never be used.
+    pub fn round(
+        &mut self,
+        objects: &[ObjectSpec<'_>],
+        meta: &CommitMeta,
+    ) -> Result<Committed, RoundError> {
+        self.round_impl(Ok(objects), meta)
+    }
+
+    /// Takes part in the round without a part (this rank could not produce its state):
+    /// votes `Failed(reason)`, so the round aborts everywhere instead of timing out.
+    pub fn round_failed(&mut self, reason: String, meta: &CommitMeta) -> Result<(), RoundError> {
+        self.round_impl(Err(reason), meta).map(|_| ())
+    }
+
+    fn round_impl(
+        &mut self,
+        objects: Result<&[ObjectSpec<'_>], String>,
+        meta: &CommitMeta,
+    ) -> Result<Committed, RoundError> {
+        if self.coordinator.is_none() {
+            let (round, receipt) = self.write_phase(objects, meta.step, None)?;
+            return self.await_decision(round, receipt, meta.step);
+        }
+        let world = self.comm.size();
+        let pending = match &mut self.store {
+            RankStore::Coordinator(repo) => repo.begin(world)?,
+            RankStore::Participant { .. } => {
+                return Err(ProtocolError::Misuse("rank 0 without a repository").into())
+            }
+        };
+        self.abort_reason = None;
+        let id = pending.id();
+        let round = RoundId {
+            epoch: Epoch(id.0),
+            ckpt: id,
+        };
+        let now = self.now();
+        let start = match self.coordinator.as_mut() {
+            Some(c) => c.start_round(round, now),
+            None => Err(ProtocolError::Misuse("no coordinator")),
+        };
+        let mut pending = Some(pending);
+        let actions = match start {
+            Ok(a) => a,
+            Err(e) => {
+                self.collect(&mut pending);
+                return Err(e.into());
+            }
+        };
+        let mut decided = None;
+        self.run_coordinator_actions(actions, &mut pending, meta, &mut decided);
+        let writer = pending.as_ref().map(|p| p.part_writer());
+        let written = self.write_phase(objects, meta.step, writer);
+        let (own_round, receipt) = match written {
+            Ok(x) => x,
+            Err(e) => {
+                self.collect(&mut pending);
+                return Err(e);
+            }
+        };
+        debug_assert_eq!(own_round, round);
+        let mut first_net_error = None;
+        while decided.is_none() {
+            let got = self.comm.recv_envelope_timeout(
+                None,
+                Some(Tag::checkpoint(TAG_VOTE)),
+                self.timeouts.retry,
+            );
+            let now = self.now();
+            let Some(coord) = self.coordinator.as_mut() else {
+                break;
+            };
+            let actions = match got {
+                Ok(env) => {
+                    let vote: VoteMsg<PartReceipt> = match decode(env.src, &env.payload) {
+                        Ok(v) => v,
+                        Err(e) => {
+                            tracing::warn!("ignoring checkpoint vote: {e}");
+                            continue;
+                        }
+                    };
+                    match coord.step(vote, now) {
+                        Ok(a) => a,
+                        Err(e) => {
+                            tracing::warn!("ignoring checkpoint vote: {e}");
+                            continue;
+                        }
+                    }
+                }
+                Err(e) if e.kind() == NetKind::Timeout => coord.tick(now),
+                Err(e) => match e.peer() {
+                    Some(peer) => {
+                        let a = coord.rank_failed(peer).unwrap_or_default();
+                        first_net_error.get_or_insert(e);
+                        if a.is_empty() {
+                            // Already writing COMMIT or decided: keep going.
+                            coord.tick(now)
+                        } else {
+                            a
+                        }
+                    }
+                    None => {
+                        self.collect(&mut pending);
+                        return Err(e.into());
+                    }
+                },
+            };
+            self.run_coordinator_actions(actions, &mut pending, meta, &mut decided);
+        }
+        // Our own Decided is in our mailbox now.
+        self.await_decision(round, receipt, meta.step)
+    }
+
+    fn collect(&mut self, pending: &mut Option<lazarus_store::PendingCheckpoint>) {
+        if let (Some(p), RankStore::Coordinator(repo)) = (pending.take(), &mut self.store) {
+            let id = p.id();
+            if let Err(e) = repo.abort(p) {
+                tracing::warn!("collecting aborted checkpoint {id}: {e} (GC will retry)");
+            }
+        }
+    }
+
+    fn run_coordinator_actions(
+        &mut self,
+        actions: Vec<CoordinatorAction<PartReceipt>>,
+        pending: &mut Option<lazarus_store::PendingCheckpoint>,
+        meta: &CommitMeta,
+        decided: &mut Option<Decision>,
+    ) {
+        let mut queue = std::collections::VecDeque::from(actions);
+        while let Some(a) = queue.pop_front() {
+            match a {
+                CoordinatorAction::Send { to, msg } => {
+                    // A dead peer cannot be told; the vote loop notices its death.
+                    if let Err(e) =
+                        self.comm
+                            .send_bytes(to, Tag::checkpoint(TAG_TO_PARTICIPANT), encode(&msg))
+                    {
+                        tracing::debug!("checkpoint message to {to} not sent: {e}");
+                    }
+                }
+                CoordinatorAction::WriteCommit { round, receipts } => {
+                    let result = match (pending.take(), &mut self.store) {
+                        (Some(p), RankStore::Coordinator(repo)) => repo
+                            .commit(
+                                p,
+                                receipts.into_iter().map(|(_, r)| r).collect(),
+                                meta.clone(),
+                            )
+                            .map(|_| ())
+                            .map_err(|e| e.to_string()),
+                        _ => Err("no pending checkpoint to commit".to_string()),
+                    };
+                    if result.is_ok() && self.markers {
+                        marker("commit", round.ckpt, meta.step);
+                    }
+                    if let Some(c) = self.coordinator.as_mut() {
+                        match c.commit_written(round, result) {
+                            Ok(more) => queue.extend(more),
+                            Err(e) => tracing::warn!("commit_written: {e}"),
+                        }
+                    }
+                }
+                CoordinatorAction::CollectLeftovers { .. } => self.collect(pending),
+                CoordinatorAction::Decided { decision, reason } => {
+                    if let Some(r) = reason {
+                        tracing::warn!("checkpoint {} aborted: {r:?}", decision.round.ckpt);
+                        self.abort_reason = Some(describe(&r));
+                    }
+                    *decided = Some(decision);
+                }
+            }
+        }
+    }
+
+    /// Waits for `Prepare`, writes the part, votes. Returns the round and the receipt.
+    fn write_phase(
+        &mut self,
+        objects: Result<&[ObjectSpec<'_>], String>,
+        step: u64,
+        own_writer: Option<PartWriter>,
+    ) -> Result<(RoundId, Option<PartReceipt>), RoundError> {
+        let me = self.comm.rank();
+        let started = Instant::now();
+        let limit = self.timeouts.decision;
+        loop {
+            let left = limit.saturating_sub(started.elapsed());
+            let env = match self.comm.recv_envelope_timeout(
+                Some(Rank(0)),
+                Some(Tag::checkpoint(TAG_TO_PARTICIPANT)),
+                left,
+            ) {
+                Ok(env) => env,
+                Err(e) if e.kind() == NetKind::Timeout => {
+                    return Err(RoundError::NotStarted {
+                        rank: me,
+                        waited: limit,
+                    })
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let msg: ToParticipant = decode(env.src, &env.payload)?;
+            let now = self.now();
+            for a in self.participant.step(msg, now)? {
+                let ParticipantAction::WritePart { round } = a else {
+                    // Decisions of older rounds and their leftovers: rank 0 collected them.
+                    continue;
+                };
+                self.comm.set_epoch(round.epoch);
+                let result = objects.clone().and_then(|objects| {
+                    let writer = match (&own_writer, &self.store) {
+                        (Some(w), _) => Ok(w.clone()),
+                        (None, RankStore::Participant { path, options }) => {
+                            PartWriter::open(path, round.ckpt, options.clone())
+                        }
+                        (None, RankStore::Coordinator(r)) => {
+                            PartWriter::open(r.path(), round.ckpt, r.options().clone())
+                        }
+                    };
+                    writer
+                        .and_then(|w| w.write(me, objects))
+                        .map_err(|e| format!("{me}: {e}"))
+                });
+                let receipt = result.as_ref().ok().cloned();
+                if receipt.is_some() && self.markers {
+                    marker("part", round.ckpt, step);
+                }
+                let now = self.now();
+                for a in self.participant.part_written(round, result, now) {
+                    self.exec_participant(a)?;
+                }
+                return Ok((round, receipt));
+            }
+        }
+    }
+
+    fn exec_participant(&mut self, a: ParticipantAction<PartReceipt>) -> Result<(), RoundError> {
+        if let ParticipantAction::Send(v) = a {
+            self.comm
+                .send_bytes(Rank(0), Tag::checkpoint(TAG_VOTE), encode(&v))?;
+        }
+        Ok(())
+    }
+
+    fn await_decision(
+        &mut self,
+        round: RoundId,
+        receipt: Option<PartReceipt>,
+        _step: u64,
+    ) -> Result<Committed, RoundError> {
+        let outcome = loop {
+            let got = self.comm.recv_envelope_timeout(
+                Some(Rank(0)),
+                Some(Tag::checkpoint(TAG_TO_PARTICIPANT)),
+                self.timeouts.retry,
+            );
+            let now = self.now();
+            let actions = match got {
+                Ok(env) => {
+                    let msg: ToParticipant = decode(env.src, &env.payload)?;
+                    self.participant.step(msg, now)?
+                }
+                Err(e) if e.kind() == NetKind::Timeout => self.participant.tick(now),
+                Err(e) => return Err(e.into()),
+            };
+            let mut learned = None;
+            for a in actions {
+                match a {
+                    ParticipantAction::Learned(d) if d.round == round => learned = Some(d.outcome),
+                    ParticipantAction::OutcomeUnknown { round: r } if r == round => {
+                        // The repository is the truth: committed iff COMMIT exists.
+                        let reader = RepoReader::open(self.repo_path())?;
+                        learned = Some(if reader.commit_record(round.ckpt).is_ok() {
+                            Outcome::Commit
+                        } else {
+                            Outcome::Abort
+                        });
+                    }
+                    other => self.exec_participant(other)?,
+                }
+            }
+            if let Some(o) = learned {
+                break o;
+            }
+        };
+        match (outcome, receipt) {
+            (Outcome::Commit, Some(receipt)) => Ok(Committed {
+                checkpoint: round.ckpt,
+                receipt,
+            }),
+            (Outcome::Commit, None) => {
+                Err(ProtocolError::Misuse("a round committed without this rank's receipt").into())
+            }
+            (Outcome::Abort, receipt) => {
+                let (reason, retryable) = match self.abort_reason.take() {
+                    Some(r) => r,
+                    // Our own failed write (e.g. a full disk) may pass; a dead peer shows
+                    // up as a net error on the next communication anyway.
+                    None if receipt.is_none() => (
+                        format!("{} could not write its part", self.comm.rank()),
+                        true,
+                    ),
+                    None => (
+                        "another rank failed, died or missed the deadline (see rank 0's log)"
+                            .into(),
+                        true,
+                    ),
+                };
+                Err(RoundError::Aborted {
+                    checkpoint: round.ckpt,
+                    reason,
+                    retryable,
+                })
+            }
+        }
+    }
+}
+
+fn describe(r: &AbortReason) -> (String, bool) {
+    match r {
+        AbortReason::Failed { rank, reason } => {
+            (format!("{rank} could not write its part: {reason}"), true)
+        }
+        AbortReason::Timeout { missing } => (
+            format!("no vote within the round deadline from {missing:?}"),
+            false,
+        ),
+        AbortReason::RankDied { rank } => (format!("{rank} died"), false),
+        AbortReason::CommitWrite(e) => (format!("writing COMMIT failed: {e}"), true),
+    }
+}
+
+/// Prints `\u{1e}lazarus:<what> <checkpoint-id> <step>` on stdout and flushes, for the
+/// supervisor's output commit (docs/PROTOCOL.md, "Output markers").
+fn marker(what: &str, id: CheckpointId, step: u64) {
+    let mut out = std::io::stdout().lock();
+    // A closed stdout must not fail the checkpoint: the marker only gates output release.
+    let _ = writeln!(out, "\u{1e}lazarus:{what} {} {step}", id.0);
+    let _ = out.flush();
+}
