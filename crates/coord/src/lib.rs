@@ -45,6 +45,7 @@ mod aligned;
 mod aligned_rt;
 mod error;
 mod unaligned;
+mod unaligned_rt;
 
 pub use aligned::{
     AbortReason, Coordinator, CoordinatorAction, Decision, Outcome, Participant, ParticipantAction,
@@ -56,3 +57,7 @@ pub use aligned_rt::{
 };
 pub use error::{ErrorKind, ProtocolError};
 pub use unaligned::{ChannelState, Unaligned, UnalignedAction};
+pub use unaligned_rt::{
+    AsyncConfig, AsyncMessage, AsyncReport, AsyncSession, AsyncStart, AsyncStats, SavedMessage,
+    SessionError, SessionErrorKind, CHANNELS_OBJECT, UNALIGNED_TAG_BASE,
+};

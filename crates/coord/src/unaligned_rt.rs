@@ -844,8 +844,11 @@ impl AsyncSession {
                             let _ = l.repo.retain(k);
                         }
                     }
-                    let now = self.t0.elapsed();
-                    queue.extend(l.coord.commit_written(round, result, now));
+                    let more = l
+                        .coord
+                        .commit_written(round, result)
+                        .map_err(|e| SessionError::protocol(me, "commit written", e))?;
+                    queue.extend(more);
                 }
                 CoordinatorAction::CollectLeftovers { round } => {
                     if let Some(p) = l.pending.take_if(|p| p.id() == round.ckpt) {
