@@ -96,6 +96,10 @@ fn supervised(a: &Args, repo: &Path, plan: KillPlan) -> Result<Report, String> {
     .collect();
     let mut launch = LaunchConfig::new(a.ranks, exe, args);
     launch.stop_grace = Duration::from_millis(200);
+    // Keep the ranks' log lines out of the demo's plain output unless asked for.
+    if std::env::var_os("RUST_LOG").is_none() {
+        launch.env.push(("RUST_LOG".into(), "warn".into()));
+    }
     let mut cfg = SupervisorConfig::new(launch, repo);
     cfg.kill_plan = plan;
     cfg.max_restarts = 2;
