@@ -359,3 +359,44 @@ fn restore_refuses_another_world_size() {
     let err = AsyncSession::open(cs[1].clone(), cfg(&repo), &mut app).unwrap_err();
     assert_eq!(err.kind(), SessionErrorKind::WorldMismatch, "{err}");
 }
+
+#[test]
+fn silent_rank_aborts_the_round_by_its_deadline_and_the_job_still_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let mut cs = comms(2, 0);
+    let c1 = cs.pop().unwrap();
+    let c0 = cs.pop().unwrap();
+    let mk = |repo: &Path| {
+        let mut c = cfg(repo);
+        c.timeouts.round = Duration::from_millis(400);
+        c
+    };
+    let r1 = {
+        let cfg1 = mk(&repo);
+        std::thread::spawn(move || {
+            let mut app = App::default();
+            let (s, _) = AsyncSession::open(c1, cfg1, &mut app)?;
+            // Busy elsewhere: no session call while rank 0 runs its round.
+            std::thread::sleep(Duration::from_millis(1200));
+            s.finish(&app, Duration::from_secs(10)).map(|_| ())
+        })
+    };
+    let mut app = App::default();
+    let (mut s0, _) = AsyncSession::open(c0, mk(&repo), &mut app).unwrap();
+    let t = Instant::now();
+    let report = s0.checkpoint(&app).unwrap().unwrap();
+    assert_eq!(report.outcome, Outcome::Abort, "{report:?}");
+    assert!(
+        format!("{:?}", report.reason).contains("Timeout"),
+        "{report:?}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    s0.finish(&app, Duration::from_secs(10)).unwrap();
+    r1.join().unwrap().unwrap();
+    let committed = lazarus_store::RepoReader::open(&repo)
+        .unwrap()
+        .committed()
+        .unwrap();
+    assert!(committed.is_empty(), "an aborted round was committed");
+}
