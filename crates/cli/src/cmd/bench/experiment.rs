@@ -18,13 +18,14 @@
 //!    intervals are compared under the same failure schedules);
 //! 5. a markdown table, a JSON file and an SVG (measured points over the model's curve).
 //!
-//! Without the supervisor's fault-injection flags in this build, the calibration and the
-//! model still run and the trials are refused with a clear error: kills are never faked.
+//! The kills are real: `lazarus run --repo DIR --inject-kill-mtbf M --seed S` (the
+//! supervisor's seeded Poisson fault injection) SIGKILLs a random rank at exponentially
+//! distributed times after every (re)start, and the supervisor restarts all ranks from the
+//! newest committed checkpoint. Each trial's checksum must equal the failure-free run's.
 
 use crate::cmd::CmdResult;
 use lazarus::policy::{format_seconds, parse_duration, Formula, Model};
 use serde::Serialize;
-use std::ffi::OsString;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
@@ -59,7 +60,8 @@ pub struct Args {
     /// Where the table (results.md), results.json and walltime.svg are written.
     #[arg(long, default_value = "docs/experiment")]
     pub out: PathBuf,
-    /// The heat example binary [default: `examples/heat` next to this executable].
+    /// A heat binary taking `--steps N --size N --every K` (e.g. target/release/examples/heat)
+    /// [default: this executable's built-in copy of examples/heat.rs, `lazarus __heat-rank`].
     #[arg(long)]
     pub heat: Option<PathBuf>,
     /// Directory for the scratch repositories [default: the system temp dir].
@@ -68,6 +70,9 @@ pub struct Args {
     /// Restart budget per trial (`lazarus run --max-restarts`).
     #[arg(long, default_value_t = 10_000)]
     pub max_restarts: u32,
+    /// Computing time of each calibration run (longer: a steadier δ and time per step).
+    #[arg(long, default_value = "3s")]
+    pub calibration: String,
     /// Stop after the calibration, the baseline and the model (no kills).
     #[arg(long)]
     pub calibrate_only: bool,
@@ -84,18 +89,9 @@ pub enum ExperimentError {
         /// why
         reason: String,
     },
-    /// The heat example binary is missing.
-    #[error(
-        "heat example not found at {0}; build it with `cargo build --release --example heat` \
-         or pass --heat PATH"
-    )]
+    /// The `--heat` binary is missing.
+    #[error("--heat {0}: no such file")]
     NoHeat(PathBuf),
-    /// The supervisor's fault-injection flags are not in this `lazarus run`.
-    #[error(
-        "`lazarus run` in this build has no {0} flag: the supervisor's fault injection is \
-         not available, so the kill trials cannot run (use --calibrate-only)"
-    )]
-    NoSupervisor(&'static str),
     /// A run could not be started or watched.
     #[error("{what}: {source}")]
     Io {
@@ -168,16 +164,16 @@ struct Results {
     daly_s: f64,
     optimal_s: f64,
     sweep: Vec<IntervalResult>,
-    supervisor: bool,
 }
 
 /// How to start a job under `lazarus run`.
 struct Launch {
     lazarus: PathBuf,
+    /// The rank program and the arguments before heat's own flags.
     heat: PathBuf,
+    heat_prefix: Vec<&'static str>,
     ranks: u32,
     size: u64,
-    supervisor: bool,
     max_restarts: u32,
 }
 
@@ -209,21 +205,17 @@ impl Launch {
         timeout: Duration,
     ) -> Result<RunOutcome, ExperimentError> {
         let mut cmd = Command::new(&self.lazarus);
+        // Every run, also without kills, goes through the supervisor, so the calibration
+        // measures the same path (output commit, repository lock) as the trials.
         cmd.arg("run").arg("-n").arg(self.ranks.to_string());
-        if self.supervisor {
-            cmd.arg("--repo").arg(repo);
-            cmd.arg("--max-restarts").arg(self.max_restarts.to_string());
-        } else {
-            let mut kv = OsString::from("LAZARUS_REPO=");
-            kv.push(repo);
-            cmd.arg("--env").arg(kv);
-        }
+        cmd.arg("--repo").arg(repo);
+        cmd.arg("--max-restarts").arg(self.max_restarts.to_string());
         if let Some(k) = kills {
             cmd.arg("--inject-kill-mtbf")
                 .arg(format!("{}ms", k.mtbf.as_millis()));
             cmd.arg("--seed").arg(k.seed.to_string());
         }
-        cmd.arg("--").arg(&self.heat);
+        cmd.arg("--").arg(&self.heat).args(&self.heat_prefix);
         for (flag, v) in [
             ("--steps", steps),
             ("--size", self.size),
@@ -368,34 +360,17 @@ fn duration_flag(flag: &'static str, v: &str) -> Result<f64, ExperimentError> {
     Ok(d.as_secs_f64())
 }
 
-/// The heat example: `--heat`, else `examples/heat` next to this executable (cargo's
-/// layout: `target/<profile>/lazarus` and `target/<profile>/examples/heat`).
-fn find_heat(lazarus: &Path, flag: Option<&Path>) -> Result<PathBuf, ExperimentError> {
-    let p = match flag {
-        Some(p) => p.to_path_buf(),
-        None => lazarus
-            .parent()
-            .unwrap_or(Path::new("."))
-            .join("examples")
-            .join("heat"),
-    };
-    if p.is_file() {
-        Ok(p)
-    } else {
-        Err(ExperimentError::NoHeat(p))
+/// The rank program: `--heat PATH`, else this executable's hidden `__heat-rank` (the same
+/// examples/heat.rs, compiled into the CLI), so the bench needs nothing but `lazarus`.
+fn heat_program(
+    lazarus: &Path,
+    flag: Option<&Path>,
+) -> Result<(PathBuf, Vec<&'static str>), ExperimentError> {
+    match flag {
+        Some(p) if p.is_file() => Ok((p.to_path_buf(), Vec::new())),
+        Some(p) => Err(ExperimentError::NoHeat(p.to_path_buf())),
+        None => Ok((lazarus.to_path_buf(), vec!["__heat-rank"])),
     }
-}
-
-/// True when `lazarus run --help` lists `flag`.
-fn run_has_flag(lazarus: &Path, flag: &str) -> Result<bool, ExperimentError> {
-    let out = Command::new(lazarus)
-        .args(["run", "--help"])
-        .output()
-        .map_err(|source| ExperimentError::Io {
-            what: format!("{} run --help", lazarus.display()),
-            source,
-        })?;
-    Ok(String::from_utf8_lossy(&out.stdout).contains(flag))
 }
 
 fn mean(xs: &[f64]) -> f64 {
@@ -416,7 +391,11 @@ fn std_err(xs: &[f64]) -> f64 {
 }
 
 /// Calibration runs, under the same `lazarus run` path as the trials.
-fn calibrate(launch: &Launch, scratch: &Path) -> Result<Calibration, ExperimentError> {
+fn calibrate(
+    launch: &Launch,
+    scratch: &Path,
+    target_s: f64,
+) -> Result<Calibration, ExperimentError> {
     let never = u64::MAX;
     let timeout = Duration::from_secs(300);
     let fresh = |name: &str| -> Result<Scratch, ExperimentError> {
@@ -440,17 +419,17 @@ fn calibrate(launch: &Launch, scratch: &Path) -> Result<Calibration, ExperimentE
     }
     starts.sort_by(f64::total_cmp);
     let startup_s = starts.get(1).copied().unwrap_or(0.0);
-    // Steps: double until the computing part dominates (>= 3 s).
+    // Steps: grow until the computing part reaches the target.
     let mut steps = 16u64;
     let step_s = loop {
         let repo = fresh("cal-steps")?;
         let w = launch.run("calibration (steps)", &repo.0, steps, never, None, timeout)?;
         let compute = w.wall_s - startup_s;
-        if compute >= 3.0 || steps >= 1 << 24 {
+        if compute >= target_s || steps >= 1 << 24 {
             break compute.max(1e-9) / steps as f64;
         }
-        let factor = if compute > 0.1 {
-            (3.5 / compute).ceil()
+        let factor = if compute > target_s / 30.0 {
+            (1.2 * target_s / compute).ceil()
         } else {
             8.0
         };
@@ -514,28 +493,19 @@ fn calibrate(launch: &Launch, scratch: &Path) -> Result<Calibration, ExperimentE
 pub fn main(args: Args) -> CmdResult {
     let work = duration_flag("work", &args.work)?;
     let mtbf = duration_flag("mtbf", &args.mtbf)?;
+    let calibration = duration_flag("calibration", &args.calibration)?;
     let multiples = parse_multiples(&args.intervals)?;
     let lazarus = std::env::current_exe().map_err(|source| ExperimentError::Io {
         what: "locating this executable".into(),
         source,
     })?;
-    let heat = find_heat(&lazarus, args.heat.as_deref())?;
-    let supervisor = run_has_flag(&lazarus, "--max-restarts")?;
-    let injection = supervisor && run_has_flag(&lazarus, "--inject-kill-mtbf")?;
-    if !args.calibrate_only && !injection {
-        return Err(ExperimentError::NoSupervisor(if supervisor {
-            "--inject-kill-mtbf"
-        } else {
-            "--max-restarts"
-        })
-        .into());
-    }
+    let (heat, heat_prefix) = heat_program(&lazarus, args.heat.as_deref())?;
     let launch = Launch {
         lazarus,
         heat,
+        heat_prefix,
         ranks: args.ranks,
         size: args.size,
-        supervisor,
         max_restarts: args.max_restarts,
     };
     let scratch_root = args.scratch.clone().unwrap_or_else(std::env::temp_dir);
@@ -557,7 +527,7 @@ pub fn main(args: Args) -> CmdResult {
         args.seed,
         args.trials
     );
-    let cal = calibrate(&launch, &scratch.0)?;
+    let cal = calibrate(&launch, &scratch.0, calibration)?;
     eprintln!(
         "experiment: start-up {:.3} s, {:.3} ms/step, checkpoint δ = {:.3} s, restart R = {:.3} s",
         cal.startup_s,
@@ -682,7 +652,6 @@ pub fn main(args: Args) -> CmdResult {
         daly_s: daly,
         optimal_s: model.optimal(),
         sweep,
-        supervisor,
     };
     let table = render_table(&results, &model, args.calibrate_only);
     println!("{table}");

@@ -56,7 +56,8 @@ fn text(x: f64, y: f64, s: String, anchor: Anchor, size: f64, vertical: bool) ->
 
 /// The SVG document. `work` is the failure-free run time T_s (the curve's floor).
 pub(super) fn svg(model: &Model, points: &[Point], work: f64) -> String {
-    let marks = [Formula::Young, Formula::DalyHigherOrder, Formula::Optimal]
+    // Daly last: it is drawn over the optimum it usually coincides with.
+    let marks = [Formula::Young, Formula::Optimal, Formula::DalyHigherOrder]
         .map(|f| (f, model.interval(f)));
     let xs: Vec<f64> = points
         .iter()
@@ -137,9 +138,15 @@ pub(super) fn svg(model: &Model, points: &[Point], work: f64) -> String {
         let x = px(tau);
         items.push(line(vec![(x, t), (x, b)], mark_colour(f), 1.5, true));
     }
-    // Measurements.
+    // The model at the intervals used, then the measurements.
     for p in points {
         let x = px(p.interval_s);
+        items.push(Item::Dot {
+            x,
+            y: py(model.expected_wall_time(p.interval_s, work)),
+            r: 3.5,
+            colour: CURVE,
+        });
         for w in &p.trials {
             items.push(Item::Dot {
                 x,

@@ -1,0 +1,76 @@
+//! `lazarus bench experiment` end to end on a tiny configuration: real `lazarus run`
+//! supervisor, real SIGKILLs at seeded exponential times, real restarts. Checks the
+//! pipeline (calibration, baseline, model, trials whose checksums must match the
+//! failure-free run, table, JSON, SVG), not the accuracy: that is the bench's job.
+
+use std::process::Command;
+
+fn lazarus() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_lazarus"))
+}
+
+#[test]
+fn tiny_experiment_writes_table_json_and_plot() {
+    let out_dir = tempfile::tempdir().unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let seed = 11;
+    eprintln!("seed {seed}");
+    let out = lazarus()
+        .args(["bench", "experiment", "--ranks", "1", "--size", "64"])
+        .args(["--work", "2s", "--mtbf", "500ms", "--calibration", "300ms"])
+        .args(["--trials", "1", "--intervals", "0.5x,2x"])
+        .args(["--seed", &seed.to_string()])
+        .arg("--out")
+        .arg(out_dir.path())
+        .arg("--scratch")
+        .arg(scratch.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stdout.contains("| 0.5×Daly |"), "{stdout}");
+    assert!(stdout.contains("| 2×Daly |"), "{stdout}");
+    assert!(stdout.contains("Target 1"), "{stdout}");
+    let table = std::fs::read_to_string(out_dir.path().join("results.md")).unwrap();
+    assert_eq!(table.trim(), stdout.trim());
+    let json: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out_dir.path().join("results.json")).unwrap(),
+    )
+    .unwrap();
+    let sweep = json["sweep"].as_array().unwrap();
+    assert_eq!(sweep.len(), 2);
+    for s in sweep {
+        let trials = s["trials"].as_array().unwrap();
+        assert_eq!(trials.len(), 1);
+        // Every trial finished with the failure-free checksum (the bench refuses otherwise).
+        assert_eq!(trials[0]["checksum"], json["baseline_checksum"]);
+        assert!(s["predicted_s"].as_f64().unwrap() > 0.0);
+    }
+    let failures: u64 = sweep
+        .iter()
+        .map(|s| s["trials"][0]["failures"].as_u64().unwrap())
+        .sum();
+    eprintln!("injected failures over both trials: {failures}");
+    let svg = std::fs::read_to_string(out_dir.path().join("walltime.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    // The scratch repositories are removed.
+    assert_eq!(std::fs::read_dir(scratch.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn bad_flags_name_the_flag() {
+    for (flag, value, expect) in [
+        ("--intervals", "0x", "--intervals"),
+        ("--mtbf", "5", "--mtbf"),
+        ("--work", "0s", "--work"),
+    ] {
+        let out = lazarus()
+            .args(["bench", "experiment", flag, value])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(expect), "{flag} {value}: {stderr}");
+    }
+}
