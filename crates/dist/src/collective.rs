@@ -385,26 +385,26 @@ impl<T: DElem> DVec<T> {
                 comm.send_slice(p.dst, TAG_MIGRATE, s)
                     .map_err(comm_err("migration"))?;
             } else {
-                let v: Vec<T> = comm
-                    .recv_vec(p.src, TAG_MIGRATE)
-                    .map_err(comm_err("migration"))?;
-                if v.len() != n {
-                    return Err(DistError::protocol(format!(
-                        "migration: {} sent {} scalars for rows {:?}, expected {n}",
-                        p.src,
-                        v.len(),
-                        p.global
-                    )));
-                }
-                if p.global.start < old.start {
-                    front.extend(v);
+                // Received straight into its final place (no temporary vector): the
+                // first migration used to pay an extra allocation, first touch and copy
+                // per byte (docs/PERFORMANCE.md). A wrong length is an error from
+                // `recv_into`, naming the peer.
+                let dst = if p.global.start < old.start {
+                    &mut front
                 } else {
                     if !compacted {
                         compact(&mut self.data, &mut front)?;
                         compacted = true;
                     }
-                    self.data.extend(v);
-                }
+                    &mut self.data
+                };
+                let at = dst.len();
+                dst.resize(at + n, T::default());
+                let buf = dst.get_mut(at..).ok_or_else(|| {
+                    DistError::protocol(format!("migration: rows {:?} do not fit", p.global))
+                })?;
+                comm.recv_into(p.src, TAG_MIGRATE, buf)
+                    .map_err(comm_err("migration"))?;
             }
         }
         if !compacted {
