@@ -3,7 +3,7 @@
 
 use crate::config::NetConfig;
 use crate::error::{ErrorKind, NetError, Result};
-use crate::mailbox::{Envelope, Mailbox, Match, PeerState};
+use crate::mailbox::{Envelope, Mailbox, Match, PeerState, Posted};
 use crate::scalar::{self, Scalar};
 use crate::wire::Tag;
 use lazarus_format::{Epoch, Rank};
@@ -266,14 +266,39 @@ impl Comm {
     // ---- bulk numeric path ------------------------------------------------------------
 
     /// Sends a numeric slice as raw little-endian bytes.
+    ///
+    /// The bytes are copied once, into a recycled buffer that the retransmit window keeps
+    /// until the peer acknowledges it (the caller may reuse `data` as soon as this returns).
     pub fn send_slice<T: Scalar>(&self, to: Rank, tag: u32, data: &[T]) -> Result<()> {
         self.send_bytes(to, Tag::user(tag), scalar::to_le_bytes(data))
     }
 
     /// Receives exactly `buf.len()` elements from `from`; a length mismatch is an error.
+    ///
+    /// When the message has not arrived yet, the TCP backend reads it from the socket
+    /// straight into `buf` (no intermediate buffer); otherwise it is copied from the queue.
     pub fn recv_into<T: Scalar>(&self, from: Rank, tag: u32, buf: &mut [T]) -> Result<()> {
-        let e = self.recv_envelope(Some(from), Some(Tag::user(tag)))?;
-        scalar::from_le_bytes(&e.payload, buf).map_err(|x| x.with_peer(from))
+        self.check_rank(from)?;
+        let m = Match {
+            src: Some(from),
+            tag: Some(Tag::user(tag)),
+        };
+        // Raw bytes are the wire format only on little-endian hosts.
+        if cfg!(target_endian = "little") && from != self.inner.rank && !buf.is_empty() {
+            let bytes: &mut [u8] = bytemuck::cast_slice_mut(buf);
+            return match self.inner.mailbox.recv_posted(&m, self.inner.rank, bytes)? {
+                Posted::Filled => Ok(()),
+                Posted::Queued(e) => {
+                    let r = scalar::from_le_bytes(&e.payload, buf).map_err(|x| x.with_peer(from));
+                    crate::pool::give(e.payload);
+                    r
+                }
+            };
+        }
+        let e = self.inner.mailbox.recv(&m, self.inner.rank, None)?;
+        let r = scalar::from_le_bytes(&e.payload, buf).map_err(|x| x.with_peer(from));
+        crate::pool::give(e.payload);
+        r
     }
 
     /// Receives a numeric message of any length from `from`.

@@ -32,6 +32,7 @@ mod fault;
 pub mod launch;
 mod local;
 mod mailbox;
+mod pool;
 mod rdv;
 mod reliable;
 mod scalar;

@@ -5,7 +5,7 @@ use crate::error::{ErrorKind, NetError, Result};
 use crate::wire::Tag;
 use lazarus_format::{Epoch, Rank};
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -35,12 +35,83 @@ pub(crate) enum PeerState {
 struct State {
     queue: VecDeque<Envelope>,
     peers: Vec<PeerState>,
+    /// Receives waiting with their own buffer (see [`Mailbox::recv_posted`]), oldest first.
+    slots: Vec<Slot>,
+    next_slot: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SlotState {
+    /// Nobody is writing the buffer; the owner may withdraw the slot.
+    Waiting,
+    /// A transport thread is writing the buffer; the owner must not return.
+    Filling,
+    /// The buffer holds a whole message.
+    Done,
+}
+
+/// The caller's buffer, shared with the transport thread that fills it.
+struct BufPtr(*mut u8);
+// SAFETY: the pointer is only dereferenced by the one thread holding the `Filling` claim,
+// while the owning thread is blocked in `recv_posted` (which never returns while a slot is
+// `Filling`); the mailbox lock orders the hand-over in both directions.
+unsafe impl Send for BufPtr {}
+
+struct Slot {
+    id: u64,
+    m: Match,
+    ptr: BufPtr,
+    len: usize,
+    state: SlotState,
+}
+
+/// What [`Mailbox::recv_posted`] produced.
+pub(crate) enum Posted {
+    /// The transport wrote the message straight into the caller's buffer.
+    Filled,
+    /// The message came through the queue; the caller copies it.
+    Queued(Envelope),
+}
+
+/// A transport thread's exclusive right to fill one posted buffer. Dropping it without
+/// [`Claim::complete`] hands the slot back (the message was not delivered).
+pub(crate) struct Claim<'a> {
+    mb: &'a Mailbox,
+    id: u64,
+    ptr: *mut u8,
+    len: usize,
+    done: bool,
+}
+
+impl Claim<'_> {
+    /// The posted buffer, exactly as long as the message payload.
+    pub(crate) fn buf(&mut self) -> &mut [u8] {
+        // SAFETY: see `BufPtr`: the owner is blocked until this claim completes or is
+        // dropped, and no other claim on this slot can exist while it is `Filling`.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+    }
+
+    /// The buffer now holds the whole message: wake its owner.
+    pub(crate) fn complete(mut self) {
+        self.done = true;
+        self.mb.finish_claim(self.id, SlotState::Done);
+    }
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.mb.finish_claim(self.id, SlotState::Waiting);
+        }
+    }
 }
 
 pub(crate) struct Mailbox {
     state: Mutex<State>,
     cv: Condvar,
     arrivals: AtomicU64,
+    /// Threads blocked on `cv`: pushes skip the futex wake-up syscall when nobody sleeps.
+    sleepers: AtomicUsize,
     spin: Duration,
 }
 
@@ -53,12 +124,15 @@ pub(crate) struct Match {
 
 impl Match {
     fn hits(&self, e: &Envelope) -> bool {
+        self.hits_parts(e.src, e.tag)
+    }
+    fn hits_parts(&self, src: Rank, tag: Tag) -> bool {
         let tag_ok = match self.tag {
-            Some(t) => t == e.tag,
+            Some(t) => t == tag,
             // Wildcards never steal internal collective traffic.
-            None => e.tag.space() != crate::wire::TagSpace::Collective,
+            None => tag.space() != crate::wire::TagSpace::Collective,
         };
-        self.src.is_none_or(|s| s == e.src) && tag_ok
+        self.src.is_none_or(|s| s == src) && tag_ok
     }
 }
 
@@ -68,9 +142,12 @@ impl Mailbox {
             state: Mutex::new(State {
                 queue: VecDeque::new(),
                 peers: vec![PeerState::Alive; size],
+                slots: Vec::new(),
+                next_slot: 0,
             }),
             cv: Condvar::new(),
             arrivals: AtomicU64::new(0),
+            sleepers: AtomicUsize::new(0),
             spin,
         }
     }
@@ -81,12 +158,161 @@ impl Mailbox {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn wake(&self) {
+        // A sleeper registers under the lock before it waits and re-checks `arrivals`
+        // under that lock, so a zero here means nobody can miss this arrival.
+        if self.sleepers.load(Ordering::SeqCst) > 0 {
+            self.cv.notify_all();
+        }
+    }
+
     pub(crate) fn push(&self, e: Envelope) {
         let mut s = self.lock();
         s.queue.push_back(e);
-        self.arrivals.fetch_add(1, Ordering::Release);
+        self.arrivals.fetch_add(1, Ordering::SeqCst);
         drop(s);
-        self.cv.notify_all();
+        self.wake();
+    }
+
+    /// Claims the oldest posted receive that the message `(src, tag)` of `len` bytes would
+    /// satisfy, provided no queued message must be delivered to it first.
+    pub(crate) fn claim(&self, src: Rank, tag: Tag, len: usize) -> Option<Claim<'_>> {
+        let mut s = self.lock();
+        let st = &mut *s;
+        let slot = st
+            .slots
+            .iter_mut()
+            .find(|sl| sl.state == SlotState::Waiting && sl.m.hits_parts(src, tag))?;
+        if slot.len != len || st.queue.iter().any(|e| slot.m.hits(e)) {
+            return None;
+        }
+        slot.state = SlotState::Filling;
+        Some(Claim {
+            mb: self,
+            id: slot.id,
+            ptr: slot.ptr.0,
+            len,
+            done: false,
+        })
+    }
+
+    fn finish_claim(&self, id: u64, to: SlotState) {
+        let mut s = self.lock();
+        if let Some(sl) = s.slots.iter_mut().find(|sl| sl.id == id) {
+            sl.state = to;
+        }
+        self.arrivals.fetch_add(1, Ordering::SeqCst);
+        drop(s);
+        self.wake();
+    }
+
+    /// Blocking receive into `dst`: either a transport fills `dst` directly (no
+    /// intermediate buffer) or the matching message is taken from the queue. Same
+    /// failure rules as [`Mailbox::recv`] (without deadline).
+    pub(crate) fn recv_posted(&self, m: &Match, me: Rank, dst: &mut [u8]) -> Result<Posted> {
+        let id = {
+            let mut s = self.lock();
+            if let Some(e) = Self::take(&mut s, m) {
+                return Ok(Posted::Queued(e));
+            }
+            if let Some(e) = Self::hopeless(&s, m, me) {
+                return Err(e);
+            }
+            let id = s.next_slot;
+            s.next_slot += 1;
+            s.slots.push(Slot {
+                id,
+                m: *m,
+                ptr: BufPtr(dst.as_mut_ptr()),
+                len: dst.len(),
+                state: SlotState::Waiting,
+            });
+            id
+        };
+        // Withdraws the slot on every way out, waiting for a transport that is writing
+        // into `dst` (it must not outlive this call).
+        struct Withdraw<'a>(&'a Mailbox, u64);
+        impl Drop for Withdraw<'_> {
+            fn drop(&mut self) {
+                let mut s = self.0.lock();
+                loop {
+                    let i = s.slots.iter().position(|sl| sl.id == self.1);
+                    match i.and_then(|i| s.slots.get(i).map(|sl| (i, sl.state))) {
+                        Some((_, SlotState::Filling)) => {
+                            self.0.sleepers.fetch_add(1, Ordering::SeqCst);
+                            s = self
+                                .0
+                                .cv
+                                .wait_timeout(s, Duration::from_millis(10))
+                                .unwrap_or_else(|p| p.into_inner())
+                                .0;
+                            self.0.sleepers.fetch_sub(1, Ordering::SeqCst);
+                        }
+                        Some((i, _)) => {
+                            s.slots.remove(i);
+                            return;
+                        }
+                        None => return,
+                    }
+                }
+            }
+        }
+        let _withdraw = Withdraw(self, id);
+        loop {
+            let seen = self.arrivals.load(Ordering::SeqCst);
+            {
+                let mut s = self.lock();
+                let state = s.slots.iter().find(|sl| sl.id == id).map(|sl| sl.state);
+                // The slot leaves under the same lock as the decision, so no transport can
+                // claim it in between.
+                let outcome = match state {
+                    Some(SlotState::Done) => Some(Ok(Posted::Filled)),
+                    Some(SlotState::Waiting) | None => match Self::take(&mut s, m) {
+                        Some(e) => Some(Ok(Posted::Queued(e))),
+                        None => Self::hopeless(&s, m, me).map(Err),
+                    },
+                    Some(SlotState::Filling) => None,
+                };
+                if let Some(o) = outcome {
+                    s.slots.retain(|sl| sl.id != id);
+                    return o;
+                }
+            }
+            self.wait_for_arrival(seen, None)?;
+        }
+    }
+
+    /// Spins, then sleeps, until `arrivals` moves past `seen` (or 100 ms pass, or the
+    /// deadline); `Timeout` only at the deadline.
+    fn wait_for_arrival(&self, seen: u64, deadline: Option<Instant>) -> Result<()> {
+        // Spin briefly: a wake-up through the condvar costs tens of microseconds here.
+        let t0 = Instant::now();
+        // Yielding while spinning lets the transport's reader thread run on this core.
+        while self.arrivals.load(Ordering::SeqCst) == seen && t0.elapsed() < self.spin {
+            std::thread::yield_now();
+        }
+        if self.arrivals.load(Ordering::SeqCst) != seen {
+            return Ok(());
+        }
+        let s = self.lock();
+        // Periodic re-check bounds the wait even if a notification were missed.
+        let mut wait = Duration::from_millis(100);
+        if let Some(d) = deadline {
+            let now = Instant::now();
+            if now >= d {
+                return Err(NetError::new(ErrorKind::Timeout, "receive timed out"));
+            }
+            wait = wait.min(d - now);
+        }
+        self.sleepers.fetch_add(1, Ordering::SeqCst);
+        if self.arrivals.load(Ordering::SeqCst) == seen {
+            let _unused = self
+                .cv
+                .wait_timeout(s, wait)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+        self.sleepers.fetch_sub(1, Ordering::SeqCst);
+        Ok(())
     }
 
     /// Puts saved envelopes back in front of everything queued, in their given order.
@@ -95,9 +321,9 @@ impl Mailbox {
         for e in envs.into_iter().rev() {
             s.queue.push_front(e);
         }
-        self.arrivals.fetch_add(1, Ordering::Release);
+        self.arrivals.fetch_add(1, Ordering::SeqCst);
         drop(s);
-        self.cv.notify_all();
+        self.wake();
     }
 
     /// Marks a peer; a failure is sticky (a later Bye does not hide it).
@@ -108,9 +334,9 @@ impl Mailbox {
                 *p = st;
             }
         }
-        self.arrivals.fetch_add(1, Ordering::Release);
+        self.arrivals.fetch_add(1, Ordering::SeqCst);
         drop(s);
-        self.cv.notify_all();
+        self.wake();
     }
 
     pub(crate) fn peer_state(&self, r: Rank) -> PeerState {
@@ -184,36 +410,11 @@ impl Mailbox {
     /// awaited peer (any peer, for a wildcard) has failed, or `Timeout` at `deadline`.
     pub(crate) fn recv(&self, m: &Match, me: Rank, deadline: Option<Instant>) -> Result<Envelope> {
         loop {
-            let seen = self.arrivals.load(Ordering::Acquire);
+            let seen = self.arrivals.load(Ordering::SeqCst);
             if let Some(e) = self.try_recv(m, me)? {
                 return Ok(e);
             }
-            // Spin briefly: a wake-up through the condvar costs tens of microseconds here.
-            let t0 = Instant::now();
-            // Yielding while spinning lets the transport's reader thread run on this core.
-            while self.arrivals.load(Ordering::Acquire) == seen && t0.elapsed() < self.spin {
-                std::thread::yield_now();
-            }
-            if self.arrivals.load(Ordering::Acquire) != seen {
-                continue;
-            }
-            let s = self.lock();
-            if self.arrivals.load(Ordering::Acquire) != seen {
-                continue;
-            }
-            // Periodic re-check bounds the wait even if a notification were missed.
-            let mut wait = Duration::from_millis(100);
-            if let Some(d) = deadline {
-                let now = Instant::now();
-                if now >= d {
-                    return Err(NetError::new(ErrorKind::Timeout, "receive timed out"));
-                }
-                wait = wait.min(d - now);
-            }
-            let _unused = self
-                .cv
-                .wait_timeout(s, wait)
-                .unwrap_or_else(|p| p.into_inner());
+            self.wait_for_arrival(seen, deadline)?;
         }
     }
 }

@@ -48,7 +48,10 @@ impl Scalar for f64 {
 /// A slice's little-endian bytes.
 pub(crate) fn to_le_bytes<T: Scalar>(v: &[T]) -> Vec<u8> {
     if cfg!(target_endian = "little") {
-        bytemuck::cast_slice(v).to_vec()
+        let b: &[u8] = bytemuck::cast_slice(v);
+        let mut out = crate::pool::take(b.len());
+        out.extend_from_slice(b);
+        out
     } else {
         let swapped: Vec<T> = v.iter().map(|x| x.swap_le()).collect();
         bytemuck::cast_slice(&swapped).to_vec()

@@ -16,7 +16,7 @@
 //! | 8    | Control   | postcard-encoded rendezvous message                                   |
 
 use crate::error::{ErrorKind, NetError, Result};
-use std::io::{Read, Write};
+use std::io::{IoSlice, Read, Write};
 
 /// Magic bytes opening every Hello.
 pub const MAGIC: [u8; 4] = *b"LZRS";
@@ -341,7 +341,9 @@ pub(crate) fn write_frame(w: &mut impl Write, frame: &Frame<'_>) -> std::io::Res
     w.write_all(&buf)
 }
 
-/// Writes a Data frame without copying the payload into a frame buffer.
+/// Writes a Data frame without copying the payload into a frame buffer: header and payload
+/// leave in one vectored write (one syscall, one segment train), as a concatenation would,
+/// minus the copy.
 pub(crate) fn write_data(
     w: &mut impl Write,
     h: &DataHeader,
@@ -351,53 +353,208 @@ pub(crate) fn write_data(
     let len = (DATA_HEADER_LEN + payload.len()) as u32;
     head.extend_from_slice(&len.to_le_bytes());
     h.encode(&mut head);
-    if payload.len() <= 4096 {
-        // Small messages: one write, one segment (latency path).
-        head.extend_from_slice(payload);
-        return w.write_all(&head);
-    }
-    w.write_all(&head)?;
-    w.write_all(payload)
+    let mut bufs = [IoSlice::new(&head), IoSlice::new(payload)];
+    write_all_vectored(w, &mut bufs)
 }
 
-/// Reads one frame like [`read_frame`], except that a Data frame's payload is read into its
-/// own exactly-sized vector (returned) so that it can become a message without a copy;
-/// `head` then holds only the Data header.
-pub(crate) fn read_frame_split(
-    r: &mut impl Read,
-    max: u32,
-    head: &mut Vec<u8>,
-) -> std::io::Result<Option<Vec<u8>>> {
-    let mut len = [0u8; 4];
-    r.read_exact(&mut len)?;
-    let len = u32::from_le_bytes(len);
-    if len == 0 || len > max {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("frame length {len} outside 1..={max}"),
-        ));
-    }
-    let len = len as usize;
-    let first = len.min(DATA_HEADER_LEN);
-    head.clear();
-    head.resize(first, 0);
-    r.read_exact(head)?;
-    if head.first() == Some(&4) && len > DATA_HEADER_LEN {
-        let n = len - DATA_HEADER_LEN;
-        // read_to_end fills spare capacity without zeroing it first (a memset per MiB).
-        let mut payload = Vec::with_capacity(n);
-        r.by_ref().take(n as u64).read_to_end(&mut payload)?;
-        if payload.len() != n {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                format!("frame ended after {} of {n} payload bytes", payload.len()),
-            ));
+/// `Write::write_all_vectored` (unstable in std): loops until every slice is written.
+fn write_all_vectored(w: &mut impl Write, mut bufs: &mut [IoSlice<'_>]) -> std::io::Result<()> {
+    IoSlice::advance_slices(&mut bufs, 0);
+    while !bufs.is_empty() {
+        match w.write_vectored(bufs) {
+            Ok(0) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::WriteZero,
+                    "failed to write whole frame",
+                ))
+            }
+            Ok(n) => IoSlice::advance_slices(&mut bufs, n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
-        return Ok(Some(payload));
     }
-    head.resize(len, 0);
-    r.read_exact(&mut head[first..])?;
-    Ok(None)
+    Ok(())
+}
+
+/// Size of a [`FrameReader`]'s staging buffer: several small frames per syscall.
+const READER_BUF: usize = 64 << 10;
+
+/// What [`FrameReader::next`] found.
+pub(crate) enum Next {
+    /// A Data frame: its header bytes (kind byte included) and the payload length still
+    /// to be read with [`FrameReader::read_into`] or [`FrameReader::read_vec`].
+    Data([u8; DATA_HEADER_LEN], usize),
+    /// Any other frame; its body is [`FrameReader::body`].
+    Small,
+}
+
+fn is_timeout(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+    )
+}
+
+/// Incremental frame reader over a stream with a read timeout.
+///
+/// Why: reading a length, then a header, then a payload costs three syscalls per message;
+/// staging what the socket has lets one `read` carry the prefix, the header and (for small
+/// messages) the payload, and lets a large payload go straight into its destination.
+/// A read timeout between frames is returned (so the caller can check for shutdown); a
+/// timeout in the middle of a frame is retried until `stop()` says to give up, so the
+/// stream never loses its framing.
+pub(crate) struct FrameReader {
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    small: std::ops::Range<usize>,
+}
+
+impl FrameReader {
+    pub(crate) fn new() -> Self {
+        FrameReader {
+            buf: vec![0; READER_BUF],
+            start: 0,
+            end: 0,
+            small: 0..0,
+        }
+    }
+
+    /// Makes at least `k` (<= READER_BUF) bytes available from `start`.
+    fn ensure(
+        &mut self,
+        r: &mut impl Read,
+        k: usize,
+        at_boundary: bool,
+        stop: &dyn Fn() -> bool,
+    ) -> std::io::Result<()> {
+        if self.start + k > self.buf.len() {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        while self.end - self.start < k {
+            let spare = self.buf.get_mut(self.end..).unwrap_or_default();
+            match r.read(spare) {
+                Ok(0) => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "connection closed",
+                    ))
+                }
+                Ok(n) => self.end += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) if is_timeout(&e) => {
+                    if (at_boundary && self.start == self.end) || stop() {
+                        return Err(e);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the next frame's prefix; refuses lengths of 0 or above `max`.
+    pub(crate) fn next(
+        &mut self,
+        r: &mut impl Read,
+        max: u32,
+        stop: &dyn Fn() -> bool,
+    ) -> std::io::Result<Next> {
+        self.ensure(r, 5, true, stop)?;
+        let b = &self.buf[self.start..self.end];
+        let len = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        let kind = b[4];
+        let bad = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidData, m);
+        if len == 0 || len > max {
+            return Err(bad(format!("frame length {len} outside 1..={max}")));
+        }
+        let len = len as usize;
+        if kind == 4 {
+            if len < DATA_HEADER_LEN {
+                return Err(bad(format!("data frame of {len} bytes has no full header")));
+            }
+            self.ensure(r, 4 + DATA_HEADER_LEN, false, stop)?;
+            let mut head = [0u8; DATA_HEADER_LEN];
+            let from = self.start + 4;
+            head.copy_from_slice(&self.buf[from..from + DATA_HEADER_LEN]);
+            self.start += 4 + DATA_HEADER_LEN;
+            return Ok(Next::Data(head, len - DATA_HEADER_LEN));
+        }
+        if len + 4 > READER_BUF {
+            return Err(bad(format!("{len}-byte frame of kind {kind} is too long")));
+        }
+        self.ensure(r, 4 + len, false, stop)?;
+        self.small = self.start + 4..self.start + 4 + len;
+        self.start += 4 + len;
+        Ok(Next::Small)
+    }
+
+    /// The body of the frame [`Next::Small`] announced.
+    pub(crate) fn body(&self) -> &[u8] {
+        self.buf.get(self.small.clone()).unwrap_or_default()
+    }
+
+    /// Fills `dst` with the next `dst.len()` payload bytes: what is staged is copied, the
+    /// rest is read from the socket straight into `dst`.
+    pub(crate) fn read_into(
+        &mut self,
+        r: &mut impl Read,
+        dst: &mut [u8],
+        stop: &dyn Fn() -> bool,
+    ) -> std::io::Result<()> {
+        let staged = (self.end - self.start).min(dst.len());
+        let (now, rest) = dst.split_at_mut(staged);
+        now.copy_from_slice(&self.buf[self.start..self.start + staged]);
+        self.start += staged;
+        let mut off = 0;
+        while off < rest.len() {
+            match r.read(&mut rest[off..]) {
+                Ok(0) => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        format!("frame ended {} bytes early", rest.len() - off),
+                    ))
+                }
+                Ok(n) => off += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) if is_timeout(&e) && !stop() => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the next `n` payload bytes into a (pooled) vector of exactly that length,
+    /// without zero-filling it first.
+    pub(crate) fn read_vec(
+        &mut self,
+        r: &mut impl Read,
+        n: usize,
+        stop: &dyn Fn() -> bool,
+    ) -> std::io::Result<Vec<u8>> {
+        let mut v = crate::pool::take(n);
+        let staged = (self.end - self.start).min(n);
+        v.extend_from_slice(&self.buf[self.start..self.start + staged]);
+        self.start += staged;
+        while v.len() < n {
+            let want = (n - v.len()) as u64;
+            match r.by_ref().take(want).read_to_end(&mut v) {
+                Ok(_) if v.len() < n => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        format!("frame ended after {} of {n} payload bytes", v.len()),
+                    ))
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) if is_timeout(&e) && !stop() => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(v)
+    }
 }
 
 /// Reads one frame body into `buf` (resized); refuses lengths of 0 or above `max`.
