@@ -6,9 +6,11 @@
 //! Killed at any moment and started again with the same arguments, it resumes from the
 //! newest intact checkpoint and prints the same checksum as an uninterrupted run.
 //!
-//! The grid is stored as a block of rows with one halo row above and below, as a rank of a
-//! row-block decomposition would hold it; with one process the halos are the boundary.
-use lazarus::{Checkpoint, Job, StateError};
+//! Row-block decomposition: under `lazarus run -n P` each rank holds a block of rows plus
+//! one halo row above and below, refreshed from its neighbours before every step. The
+//! checksum is chained over the ranks in order, so any P prints the 1-rank checksum.
+use lazarus::format::Rank;
+use lazarus::{Checkpoint, Comm, Job, StateError};
 use serde::{Deserialize, Serialize};
 use std::error::Error;
 
@@ -82,6 +84,27 @@ impl Heat {
 
     /// One explicit step, in a fixed order (rows, then columns), so results are bitwise
     /// reproducible. With one rank the halos stay zero: the fixed boundary.
+    /// Refreshes the halo rows from the neighbouring ranks (the outer ones stay zero: the
+    /// fixed boundary). Sends first, then receives: sends are buffered, so no deadlock.
+    fn exchange_halos(&mut self, comm: &Comm) -> Result<(), lazarus::net::NetError> {
+        let (r, p) = (comm.rank().0, comm.size());
+        let n = self.params.size as usize;
+        let (first, last) = (&self.grid[..n], &self.grid[self.grid.len() - n..]);
+        if r > 0 {
+            comm.send_slice(Rank(r - 1), TAG_UP, first)?;
+        }
+        if r + 1 < p {
+            comm.send_slice(Rank(r + 1), TAG_DOWN, last)?;
+        }
+        if r > 0 {
+            comm.recv_into(Rank(r - 1), TAG_DOWN, &mut self.halo_up)?;
+        }
+        if r + 1 < p {
+            comm.recv_into(Rank(r + 1), TAG_UP, &mut self.halo_down)?;
+        }
+        Ok(())
+    }
+
     fn step_once(&mut self) {
         let n = self.params.size as usize;
         let a = self.params.alpha;
@@ -105,13 +128,44 @@ impl Heat {
     }
 }
 
+const TAG_UP: u32 = 1;
+const TAG_DOWN: u32 = 2;
+const TAG_SUM: u32 = 3;
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
 /// FNV-1a 64 of the grid's little-endian bytes: stable across hosts and Rust versions.
 pub fn checksum(grid: &[f64]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    fnv_continue(FNV_OFFSET, grid)
+}
+
+/// Rank `r` continues the hash of the rows of ranks `0..r`: the result equals `checksum`
+/// of the whole grid in row-major order; the last rank's result is broadcast to all.
+fn distributed_checksum(comm: &Comm, grid: &[f64]) -> Result<u64, Box<dyn Error>> {
+    let (r, p) = (comm.rank().0, comm.size());
+    let h = if r == 0 {
+        FNV_OFFSET
+    } else {
+        comm.recv::<u64>(Rank(r - 1), TAG_SUM)?
+    };
+    let mut h = fnv_continue(h, grid);
+    if r + 1 < p {
+        comm.send(Rank(r + 1), TAG_SUM, &h)?;
+    }
+    comm.broadcast(Rank(p - 1), &mut h)?;
+    Ok(h)
+}
+
+fn fnv_continue(mut h: u64, grid: &[f64]) -> u64 {
     for b in grid.iter().flat_map(|x| x.to_le_bytes()) {
         h = (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3);
     }
     h
+}
+
+/// The rows `[start, start + rows)` that rank `r` of `p` holds: blocks as equal as possible.
+fn block(size: u64, r: u64, p: u64) -> (u64, u64) {
+    let (base, extra) = (size / p, size % p);
+    (r * base + r.min(extra), base + u64::from(r < extra))
 }
 
 /// Validated command line.
@@ -160,9 +214,17 @@ pub fn parse_args(raw: &[String]) -> Result<Args, String> {
     Ok(a)
 }
 
-/// Runs the simulation; returns the final checksum. Progress and restore notes go to stderr.
+/// Runs the simulation on this rank (`lazarus::init()`: a world of one outside a launcher);
+/// returns the final checksum (the same on every rank). Notes go to stderr.
 pub fn run(args: &Args) -> Result<u64, Box<dyn Error>> {
+    let comm = lazarus::init()?;
+    let p = u64::from(comm.size());
+    if p > args.size {
+        return Err(format!("{p} ranks need --size >= {p}").into());
+    }
+    let (row_start, rows) = block(args.size, u64::from(comm.rank().0), p);
     let mut builder = Job::builder()
+        .comm(comm.clone())
         .every_steps(args.every)
         .keep(3)
         .app("program", "heat");
@@ -173,11 +235,11 @@ pub fn run(args: &Args) -> Result<u64, Box<dyn Error>> {
     let params = Params {
         size: args.size,
         alpha: 0.2,
-        row_start: 0,
-        rows: args.size,
+        row_start,
+        rows,
     };
     let mut sim = job.restore_or_init(|| Heat::new(params.clone()))?;
-    if let Some(report) = job.restore_report() {
+    if let (Some(report), 0) = (job.restore_report(), comm.rank().0) {
         eprintln!("heat: {report}");
     }
     if sim.params != params {
@@ -189,16 +251,26 @@ pub fn run(args: &Args) -> Result<u64, Box<dyn Error>> {
     }
     while job.step() < args.steps {
         job.checkpoint(&sim)?;
+        sim.exchange_halos(&comm)?;
         sim.step_once();
     }
-    Ok(checksum(&sim.grid))
+    distributed_checksum(&comm, &sim.grid)
+}
+
+fn rank() -> Rank {
+    let r = std::env::var("LAZARUS_RANK")
+        .ok()
+        .and_then(|r| r.parse().ok());
+    Rank(r.unwrap_or(0))
 }
 
 fn main() {
     let raw: Vec<String> = std::env::args().skip(1).collect();
     let result = parse_args(&raw).map_err(Into::into).and_then(|a| run(&a));
     match result {
-        Ok(sum) => println!("checksum={sum:016x}"),
+        // Rank 0 speaks for the job.
+        Ok(sum) if Rank(0) == rank() => println!("checksum={sum:016x}"),
+        Ok(_) => {}
         Err(e) => {
             eprintln!("heat: error: {e}");
             std::process::exit(1);
