@@ -59,6 +59,7 @@ extern crate self as lazarus;
 mod job;
 
 pub use job::{Job, JobBuilder, JobError, RestoreReport, REPO_ENV};
+pub use lazarus_coord as coord;
 pub use lazarus_dist as dist;
 pub use lazarus_dist::DVec;
 pub use lazarus_format as format;

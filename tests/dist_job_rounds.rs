@@ -1,0 +1,170 @@
+//! Multi-rank Job over real TCP ranks in one process (`loopback_comms`): checkpoints commit
+//! with one part per rank, restore gives every rank its own part, a rank that cannot write
+//! aborts the round everywhere and its leftovers are collected, and a checkpoint of another
+//! world size is refused by name.
+
+use lazarus::coord::Timeouts;
+use lazarus::net::{loopback_comms, NetConfig};
+use lazarus::{Checkpoint, Comm, Job, JobError};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Checkpoint, Clone, Debug, PartialEq)]
+struct S {
+    rank: u32,
+    xs: Vec<f64>,
+}
+
+fn comms(n: u32) -> Vec<Comm> {
+    loopback_comms(n, NetConfig::default()).expect("loopback ranks")
+}
+
+fn timeouts() -> Timeouts {
+    Timeouts {
+        round: Duration::from_secs(10),
+        retry: Duration::from_millis(50),
+        decision: Duration::from_secs(20),
+    }
+}
+
+/// Runs `f(rank, comm)` on one thread per rank and returns the results in rank order.
+fn each<T: Send + 'static>(
+    comms: Vec<Comm>,
+    f: impl Fn(u32, Comm) -> T + Send + Sync + Clone + 'static,
+) -> Vec<T> {
+    let hs: Vec<_> = comms
+        .into_iter()
+        .enumerate()
+        .map(|(r, c)| {
+            let f = f.clone();
+            std::thread::spawn(move || f(r as u32, c))
+        })
+        .collect();
+    hs.into_iter()
+        .map(|h| h.join().expect("rank thread"))
+        .collect()
+}
+
+fn dirs(repo: &Path) -> Vec<(String, bool)> {
+    let mut v: Vec<_> = std::fs::read_dir(repo.join("checkpoints"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                e.path().join("COMMIT").is_file(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+fn run(repo: PathBuf, n: u32, steps: u64) -> Vec<Result<(u64, S), String>> {
+    each(comms(n), move |r, comm| {
+        let mut job = Job::builder()
+            .repo(&repo)
+            .comm(comm)
+            .every_steps(5)
+            .keep(2)
+            .timeouts(timeouts())
+            .open()
+            .map_err(|e| e.to_string())?;
+        let mut s = job
+            .restore_or_init(|| S {
+                rank: r,
+                xs: vec![r as f64; 100 + r as usize],
+            })
+            .map_err(|e| e.to_string())?;
+        while job.step() < steps {
+            job.checkpoint(&s).map_err(|e| e.to_string())?;
+            for x in &mut s.xs {
+                *x += 1.0;
+            }
+        }
+        Ok((job.restore_report().map_or(0, |r| r.step), s))
+    })
+}
+
+#[test]
+fn every_rank_restores_its_own_part() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let first = run(repo.clone(), 3, 12);
+    assert!(first.iter().all(Result::is_ok), "{first:?}");
+    // Steps 5 and 10 committed, each with 3 parts.
+    assert_eq!(
+        dirs(&repo),
+        vec![
+            ("0000000000000001".into(), true),
+            ("0000000000000002".into(), true)
+        ]
+    );
+    let again = run(repo.clone(), 3, 14);
+    for (r, got) in again.into_iter().enumerate() {
+        let (restored_at, s) = got.unwrap();
+        assert_eq!(restored_at, 10);
+        assert_eq!(s.rank, r as u32);
+        assert_eq!(s.xs, vec![r as f64 + 14.0; 100 + r]);
+    }
+}
+
+#[test]
+fn another_world_size_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    assert!(run(repo.clone(), 2, 6).iter().all(Result::is_ok));
+    let got = run(repo, 3, 6);
+    for g in got {
+        let e = g.unwrap_err();
+        assert!(e.contains("written by 2 ranks but this job has 3"), "{e}");
+    }
+}
+
+#[test]
+fn a_rank_that_cannot_write_aborts_the_round_and_leftovers_are_collected() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let elsewhere = dir.path().join("not-the-repo");
+    let results = each(comms(3), move |r, comm| {
+        // Rank 2 points at a directory that is not the repository: its write fails.
+        let path = if r == 2 {
+            elsewhere.clone()
+        } else {
+            repo.clone()
+        };
+        let mut job = Job::builder()
+            .repo(&path)
+            .comm(comm)
+            .every_steps(1)
+            .timeouts(timeouts())
+            .open()
+            .unwrap();
+        let s = job
+            .restore_or_init(|| S {
+                rank: r,
+                xs: vec![1.0; 10],
+            })
+            .unwrap();
+        job.checkpoint(&s).unwrap(); // step 0: nothing due
+        let e = job.checkpoint(&s).unwrap_err();
+        (
+            matches!(e, JobError::Round { .. }),
+            e.is_retryable(),
+            e.to_string(),
+        )
+    });
+    for (r, (is_round, retryable, msg)) in results.iter().enumerate() {
+        assert!(*is_round && *retryable, "rank {r}: {msg}");
+        assert!(msg.contains("aborted"), "rank {r}: {msg}");
+    }
+    assert!(
+        results[0].2.contains("rank 2"),
+        "rank 0 names the failed rank: {}",
+        results[0].2
+    );
+    assert!(
+        dirs(&dir.path().join("repo")).is_empty(),
+        "the aborted round was collected"
+    );
+}
