@@ -121,6 +121,8 @@ struct RunOutcome {
     wall_s: f64,
     failures: u32,
     checksum: String,
+    /// The model's prediction for this trial, from its round's baseline (0 outside trials).
+    predicted_s: f64,
 }
 
 /// What the calibration measured, all seconds.
@@ -164,6 +166,8 @@ struct Results {
     daly_s: f64,
     optimal_s: f64,
     sweep: Vec<IntervalResult>,
+    /// The failure-free run repeated before each round of trials (load drift).
+    round_baselines_s: Vec<f64>,
 }
 
 /// How to start a job under `lazarus run`.
@@ -261,6 +265,7 @@ impl Launch {
             wall_s,
             failures: count_failures(&stderr),
             checksum,
+            predicted_s: 0.0,
         })
     }
 }
@@ -582,10 +587,34 @@ pub fn main(args: Args) -> CmdResult {
             error_pct: f64::NAN,
         });
     }
+    let mut round_baselines = Vec::new();
     if !args.calibrate_only {
         for t in 0..args.trials {
             let seed = args.seed.wrapping_add(t as u64);
+            // The machine's speed drifts (shared cores): each round re-measures the
+            // failure-free run, and its trials are predicted from that T_s and the time per
+            // step it implies, so a slower or faster machine moves model and measurement
+            // together.
+            let repo = Scratch(scratch.0.join(format!("baseline-t{t}")));
+            let b = launch.run(
+                &format!("failure-free run of round {t}"),
+                &repo.0,
+                steps,
+                u64::MAX,
+                None,
+                Duration::from_secs_f64(t_s * 10.0 + 60.0),
+            )?;
+            drop(repo);
+            let round_step = ((b.wall_s - cal.startup_s) / steps as f64).max(1e-9);
+            eprintln!(
+                "experiment: round {t}: failure-free {:.2} s ({:.3} ms/step)",
+                b.wall_s,
+                round_step * 1e3
+            );
+            round_baselines.push(b.wall_s);
             for r in sweep.iter_mut() {
+                let predicted =
+                    model.expected_wall_time(r.every_steps as f64 * round_step, b.wall_s);
                 let repo = Scratch(scratch.0.join(format!("k{}-t{t}", r.every_steps)));
                 let what = format!(
                     "interval {}x (every {} steps), seed {seed}",
@@ -596,7 +625,7 @@ pub fn main(args: Args) -> CmdResult {
                 } else {
                     Duration::from_secs_f64(work * 20.0 + 120.0)
                 };
-                let o = launch.run(
+                let mut o = launch.run(
                     &what,
                     &repo.0,
                     steps,
@@ -618,14 +647,18 @@ pub fn main(args: Args) -> CmdResult {
                     }
                     .into());
                 }
+                o.predicted_s = predicted;
                 eprintln!(
                     "experiment: {what}: {:.2} s, {} failure(s) (model {:.2} s)",
-                    o.wall_s, o.failures, r.predicted_s
+                    o.wall_s, o.failures, predicted
                 );
                 r.trials.push(o);
             }
         }
+        // The plot and table show the intervals at the rounds' mean speed.
+        let mean_step = (mean(&round_baselines) - cal.startup_s) / steps as f64;
         for r in sweep.iter_mut() {
+            r.interval_s = r.every_steps as f64 * mean_step;
             let walls: Vec<f64> = r.trials.iter().map(|o| o.wall_s).collect();
             r.mean_s = mean(&walls);
             r.stderr_s = std_err(&walls);
@@ -635,6 +668,7 @@ pub fn main(args: Args) -> CmdResult {
                     .map(|o| o.failures as f64)
                     .collect::<Vec<_>>(),
             );
+            r.predicted_s = mean(&r.trials.iter().map(|o| o.predicted_s).collect::<Vec<_>>());
             r.error_pct = (r.mean_s / r.predicted_s - 1.0) * 100.0;
         }
     }
@@ -652,13 +686,19 @@ pub fn main(args: Args) -> CmdResult {
         daly_s: daly,
         optimal_s: model.optimal(),
         sweep,
+        round_baselines_s: round_baselines,
     };
     let table = render_table(&results, &model, args.calibrate_only);
     println!("{table}");
     write_file(&args.out.join("results.md"), table.as_bytes())?;
     let json = serde_json::to_string_pretty(&results)?;
     write_file(&args.out.join("results.json"), json.as_bytes())?;
-    let svg = plot::svg(&model, &results_points(&results), t_s);
+    let work_plot = if results.round_baselines_s.is_empty() {
+        t_s
+    } else {
+        mean(&results.round_baselines_s)
+    };
+    let svg = plot::svg(&model, &results_points(&results), work_plot);
     write_file(&args.out.join("walltime.svg"), svg.as_bytes())?;
     eprintln!(
         "experiment: wrote results.md, results.json and walltime.svg to {}",
@@ -714,10 +754,28 @@ fn render_table(r: &Results, model: &Model, calibrate_only: bool) -> String {
         format_seconds(r.daly_s),
         format_seconds(r.optimal_s),
     ));
+    if !r.round_baselines_s.is_empty() {
+        let b: Vec<String> = r
+            .round_baselines_s
+            .iter()
+            .map(|v| format!("{v:.2}"))
+            .collect();
+        s.push_str(&format!(
+            "Failure-free run repeated before each round of trials: {} s; each trial is \
+             predicted from its round's (T_s and time per step), the model column is the \
+             mean of those predictions.\n\n",
+            b.join(", ")
+        ));
+    }
     s.push_str(
         "| interval | every (steps) | τ (s) | failures (mean) | measured (s) | model (s) | \
          measured/model − 1 | vs failure-free |\n|---|---|---|---|---|---|---|---|\n",
     );
+    let ff = if r.round_baselines_s.is_empty() {
+        r.baseline_s
+    } else {
+        mean(&r.round_baselines_s)
+    };
     for i in &r.sweep {
         let measured = if i.trials.is_empty() {
             "—".to_string()
@@ -744,7 +802,7 @@ fn render_table(r: &Results, model: &Model, calibrate_only: bool) -> String {
             measured,
             i.predicted_s,
             pct(i.error_pct),
-            pct((i.mean_s / r.baseline_s - 1.0) * 100.0),
+            pct((i.mean_s / ff - 1.0) * 100.0),
         ));
     }
     if calibrate_only {
