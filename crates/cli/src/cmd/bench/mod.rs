@@ -7,6 +7,7 @@ mod balance;
 mod checkpoint;
 mod experiment;
 mod net;
+mod round;
 
 /// Benchmarks.
 #[derive(clap::Subcommand, Debug)]
@@ -19,6 +20,8 @@ pub enum Bench {
     Experiment(experiment::Args),
     /// Communicator throughput/latency vs raw TCP; allreduce scaling.
     Net(net::Args),
+    /// Aligned checkpoint round latency (2..16 ranks) and stall per checkpoint vs floor.
+    Round(round::Args),
 }
 
 /// Runs the chosen benchmark.
@@ -28,5 +31,6 @@ pub fn main(b: Bench) -> CmdResult {
         Bench::Checkpoint(a) => checkpoint::main(a),
         Bench::Experiment(a) => experiment::main(a),
         Bench::Net(a) => net::main(a),
+        Bench::Round(a) => round::main(a),
     }
 }
