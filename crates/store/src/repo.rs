@@ -263,6 +263,7 @@ impl Repository {
             }
             *slot = Some(r);
         }
+        let t = std::time::Instant::now();
         let mut commit_parts = Vec::with_capacity(n as usize);
         for (i, r) in by_rank.into_iter().enumerate() {
             let r =
@@ -298,6 +299,8 @@ impl Repository {
                 stored_new_bytes: r.stored_new_bytes,
             });
         }
+        tracing::debug!(secs = t.elapsed().as_secs_f64(), "commit: parts checked");
+        let t = std::time::Instant::now();
         let record = CommitRecord {
             checkpoint: id,
             world_size: n,
@@ -319,6 +322,7 @@ impl Repository {
         failpoint("after_commit_rename");
         fsutil::fsync_dir(&dir)?;
         failpoint("after_commit");
+        tracing::debug!(secs = t.elapsed().as_secs_f64(), "commit: COMMIT durable");
         drop(pending);
         Ok(CommittedCheckpoint {
             summary: CheckpointSummary::from(record),

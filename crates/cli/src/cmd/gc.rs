@@ -3,7 +3,7 @@
 //! repository lock (fails while a live writer holds it).
 
 use super::CmdResult;
-use lazarus::store::{RepoOptions, Repository};
+use lazarus::store::{GcStage, RepoOptions, Repository};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -28,7 +28,23 @@ pub fn main(args: Args) -> CmdResult {
     }
     let keep = usize::try_from(args.keep)?;
     let mut repo = Repository::open(&args.repo, RepoOptions::default())?;
-    let r = repo.retain(keep)?;
+    let bar = super::inspect::progress_bar("{msg:8} {bar:40} {pos}/{len}", 0);
+    let r = repo.retain_with_progress(keep, &|stage, done, total| {
+        if let Some(b) = &bar {
+            let msg = match stage {
+                GcStage::Mark => "marking",
+                GcStage::Remove => "removing",
+                GcStage::Sweep => "sweeping",
+            };
+            b.set_message(msg);
+            b.set_length(total);
+            b.set_position(done);
+        }
+    });
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    let r = r?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {

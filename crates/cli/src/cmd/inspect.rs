@@ -10,6 +10,7 @@ use lazarus::format::{CheckpointId, ChunkDigest};
 use lazarus::store::RepoReader;
 use serde::Serialize;
 use std::collections::HashMap;
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -44,7 +45,16 @@ pub fn main(args: Args) -> CmdResult {
     let reader = RepoReader::open(&args.repo)?;
     let mut rows = Vec::new();
     let mut prev: Option<HashMap<ChunkDigest, (u64, u64)>> = None;
-    for s in reader.committed()? {
+    let committed = reader.committed()?;
+    // Each checkpoint costs one manifest read and decode per rank: long for big jobs.
+    let bar = progress_bar(
+        "inspecting {bar:40} {pos}/{len} checkpoints",
+        committed.len() as u64,
+    );
+    for s in committed {
+        if let Some(b) = &bar {
+            b.inc(1);
+        }
         let mut chunks: HashMap<ChunkDigest, (u64, u64)> = HashMap::new();
         let mut damaged = None;
         for p in &s.parts {
@@ -80,6 +90,9 @@ pub fn main(args: Args) -> CmdResult {
         });
         prev = Some(chunks);
     }
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
     if args.json {
         let out = serde_json::json!({ "repo": args.repo, "checkpoints": rows });
         println!("{}", serde_json::to_string_pretty(&out)?);
@@ -111,6 +124,19 @@ pub fn main(args: Args) -> CmdResult {
         println!("(no committed checkpoints)");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A progress bar on stderr with `template`, only when stderr is a terminal (so pipes,
+/// logs and tests see clean output).
+pub(crate) fn progress_bar(template: &str, len: u64) -> Option<indicatif::ProgressBar> {
+    std::io::stderr().is_terminal().then(|| {
+        let b = indicatif::ProgressBar::new(len);
+        b.set_style(
+            indicatif::ProgressStyle::with_template(template)
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        b
+    })
 }
 
 fn ratio(a: u64, b: u64) -> f64 {
