@@ -22,7 +22,7 @@ fn crash_child() {
         return;
     };
     let (mode, repo) = spec.split_once(':').expect("mode:path");
-    let mut r = Repository::open(Path::new(repo), small_opts()).expect("child open");
+    let mut r = open_retrying(Path::new(repo));
     match mode {
         "write" => {
             checkpoint(&mut r, 2, 2, N);
@@ -37,6 +37,27 @@ fn crash_child() {
             }
         }
         _ => panic!("unknown mode {mode}"),
+    }
+}
+
+/// Opens the repository in the child, retrying briefly while it is locked. The parent's other
+/// test threads fork children too, and a fork briefly duplicates every open descriptor, the
+/// parent's just-released LOCK included, until the forked child execs; so the parent having
+/// dropped its `Repository` does not yet mean the flock is free (seen once as a flaky
+/// `child open` panic under heavy load).
+fn open_retrying(repo: &Path) -> Repository {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match Repository::open(repo, small_opts()) {
+            Ok(r) => return r,
+            Err(e)
+                if e.kind() == lazarus_store::StoreErrorKind::Locked
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => panic!("child open: {e}"),
+        }
     }
 }
 
