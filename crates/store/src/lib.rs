@@ -47,7 +47,9 @@ mod writer;
 
 pub use error::{StoreError, StoreErrorKind};
 pub use fsutil::FAILPOINT_ENV;
-pub use reader::{CheckpointSummary, Damage, Problem, RepoReader, VerifyReport};
+pub use reader::{
+    CheckpointDir, CheckpointSummary, CommitStatus, Damage, Problem, RepoReader, VerifyReport,
+};
 pub use repo::{CommitMeta, CommittedCheckpoint, GcReport, GcStage, PendingCheckpoint, Repository};
 pub use writer::{
     Codec, PartReceipt, PartWriter, RepoOptions, DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE,

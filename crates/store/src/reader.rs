@@ -580,3 +580,149 @@ fn problem(e: &StoreError, breaks: Vec<CheckpointId>) -> Problem {
         breaks,
     }
 }
+
+/// Whether a checkpoint directory is a restorable candidate (docs/FORMAT.md: a checkpoint
+/// exists iff its COMMIT exists and decodes).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", content = "reason", rename_all = "snake_case")]
+pub enum CommitStatus {
+    /// COMMIT exists and decodes. Says nothing about manifests or chunks (see `verify`).
+    Committed,
+    /// No COMMIT: a pending, aborted, crashed or half-deleted checkpoint. Never restorable.
+    Uncommitted,
+    /// COMMIT exists but does not decode; the reason names the file. Never restorable.
+    Damaged(String),
+}
+
+/// One directory under `checkpoints/`, as found on disk (see
+/// [`RepoReader::checkpoint_dirs`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointDir {
+    /// The checkpoint id (the directory name).
+    pub id: CheckpointId,
+    /// Commit status of the directory.
+    pub status: CommitStatus,
+    /// World size from the COMMIT, when it decodes.
+    pub world_size: Option<u32>,
+    /// Ranks whose `rank-<r>.manifest` file exists (ascending), whether or not COMMIT
+    /// lists them. Temporaries (`.tmp-*`) and non-canonical names are not counted.
+    pub manifest_ranks: Vec<Rank>,
+}
+
+impl RepoReader {
+    /// Every checkpoint directory (committed or not), oldest first, with its commit status
+    /// and the rank manifests present in it. Reads each COMMIT and lists each directory;
+    /// reads no manifest or chunk. Fails only when a directory cannot be listed.
+    pub fn checkpoint_dirs(&self) -> Result<Vec<CheckpointDir>, StoreError> {
+        let mut out = Vec::new();
+        for id in self.layout.checkpoint_ids()? {
+            let (status, world_size) = if !self.layout.commit(id).exists() {
+                (CommitStatus::Uncommitted, None)
+            } else {
+                match self.commit_record(id) {
+                    Ok(c) => (CommitStatus::Committed, Some(c.world_size)),
+                    Err(e) => (CommitStatus::Damaged(e.to_string()), None),
+                }
+            };
+            let dir = self.layout.checkpoint_dir(id);
+            let rd = match std::fs::read_dir(&dir) {
+                Ok(rd) => rd,
+                // Removed by a concurrent GC between listing and reading: skip it.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(StoreError::io(&dir, "listing checkpoint", e)),
+            };
+            let mut manifest_ranks = Vec::new();
+            for ent in rd {
+                let ent = ent.map_err(|e| StoreError::io(&dir, "listing checkpoint", e))?;
+                if let Some(r) = ent.file_name().to_str().and_then(parse_manifest_name) {
+                    manifest_ranks.push(r);
+                }
+            }
+            manifest_ranks.sort();
+            out.push(CheckpointDir {
+                id,
+                status,
+                world_size,
+                manifest_ranks,
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// `rank-<r>.manifest` with `r` in canonical decimal (what [`Layout::manifest_name`] writes).
+fn parse_manifest_name(s: &str) -> Option<Rank> {
+    let r: u32 = s
+        .strip_prefix("rank-")?
+        .strip_suffix(".manifest")?
+        .parse()
+        .ok()?;
+    (Layout::manifest_name(Rank(r)) == s).then_some(Rank(r))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{CommitMeta, RepoOptions, Repository};
+    use lazarus_format::{ObjectInfo, ObjectKind, ObjectSpec};
+
+    fn obj(data: &[u8]) -> ObjectSpec<'_> {
+        ObjectSpec {
+            info: ObjectInfo {
+                name: "p".into(),
+                type_name: "P".into(),
+                kind: ObjectKind::Serde,
+            },
+            data: data.into(),
+        }
+    }
+
+    #[test]
+    fn checkpoint_dirs_reports_status_and_present_ranks() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut repo = Repository::open(dir.path(), RepoOptions::default()).unwrap();
+        let p = repo.begin(2).unwrap();
+        let w = p.part_writer();
+        let rs = vec![
+            w.write(Rank(0), &[obj(b"a")]).unwrap(),
+            w.write(Rank(1), &[obj(b"b")]).unwrap(),
+        ];
+        let a = repo
+            .commit(p, rs, CommitMeta::default())
+            .unwrap()
+            .summary
+            .id;
+        let p = repo.begin(3).unwrap();
+        p.part_writer().write(Rank(2), &[obj(b"c")]).unwrap();
+        let b = p.id();
+        drop(p);
+        let layout = Layout::new(dir.path());
+        std::fs::write(layout.checkpoint_dir(b).join("rank-07.manifest"), b"x").unwrap();
+        std::fs::write(layout.checkpoint_dir(b).join(".tmp-rank-1.manifest"), b"x").unwrap();
+
+        let dirs = RepoReader::open(dir.path())
+            .unwrap()
+            .checkpoint_dirs()
+            .unwrap();
+        assert_eq!(dirs.len(), 2);
+        assert_eq!(dirs[0].id, a);
+        assert_eq!(dirs[0].status, CommitStatus::Committed);
+        assert_eq!(dirs[0].world_size, Some(2));
+        assert_eq!(dirs[0].manifest_ranks, vec![Rank(0), Rank(1)]);
+        assert_eq!(dirs[1].id, b);
+        assert_eq!(dirs[1].status, CommitStatus::Uncommitted);
+        assert_eq!(dirs[1].world_size, None);
+        assert_eq!(dirs[1].manifest_ranks, vec![Rank(2)]);
+
+        std::fs::write(layout.commit(b), b"garbage").unwrap();
+        let dirs = RepoReader::open(dir.path())
+            .unwrap()
+            .checkpoint_dirs()
+            .unwrap();
+        assert!(
+            matches!(&dirs[1].status, CommitStatus::Damaged(r) if r.contains("COMMIT")),
+            "{:?}",
+            dirs[1].status
+        );
+    }
+}
