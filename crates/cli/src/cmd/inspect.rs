@@ -4,10 +4,18 @@
 //! raw bytes of its distinct chunks; *stored* = chunk-file bytes of its distinct chunks;
 //! *new* = chunk-file bytes of chunks the previous committed checkpoint did not use;
 //! compression = unique / stored; dedup = logical / unique.
+//!
+//! Per-rank parts (`--parts`, and always in `--json` as `parts`): objects, logical bytes,
+//! *stored* = chunk-file bytes of the rank's distinct chunks (shared with other ranks or
+//! older checkpoints or not), *channel* = logical bytes of the rank's `lazarus.channels`
+//! object (in-flight messages of an unaligned checkpoint; 0 if absent), and the short
+//! manifest digest from COMMIT. Checkpoint directories without COMMIT (pending or aborted)
+//! or with a damaged COMMIT are listed separately (`uncommitted` in JSON, a trailing line in
+//! the table) with the rank manifests they hold; they are never restorable or counted.
 
 use super::CmdResult;
 use lazarus::format::{CheckpointId, ChunkDigest};
-use lazarus::store::RepoReader;
+use lazarus::store::{CommitStatus, RepoReader};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::io::IsTerminal;
@@ -22,6 +30,31 @@ pub struct Args {
     /// Print JSON (one object with a `checkpoints` array) instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Also print one line per rank part under each checkpoint.
+    #[arg(long)]
+    pub parts: bool,
+}
+
+/// Name of the object holding a rank's saved in-flight messages (`lazarus-coord`'s
+/// `CHANNELS_OBJECT`; repeated here because the CLI reads repositories, not sessions).
+const CHANNELS_OBJECT: &str = "lazarus.channels";
+
+#[derive(Serialize)]
+struct PartRow {
+    rank: u32,
+    objects: usize,
+    logical_bytes: u64,
+    stored_bytes: u64,
+    channel_bytes: u64,
+    manifest_digest: String,
+    damaged: Option<String>,
+}
+
+#[derive(Serialize)]
+struct NotCommitted {
+    id: CheckpointId,
+    status: String,
+    manifest_ranks: Vec<u32>,
 }
 
 #[derive(Serialize)]
@@ -38,6 +71,8 @@ struct Row {
     compression_ratio: f64,
     dedup_ratio: f64,
     damaged: Option<String>,
+    status: &'static str,
+    parts: Vec<PartRow>,
 }
 
 /// Runs `lazarus inspect`.
@@ -57,15 +92,40 @@ pub fn main(args: Args) -> CmdResult {
         }
         let mut chunks: HashMap<ChunkDigest, (u64, u64)> = HashMap::new();
         let mut damaged = None;
+        let mut parts = Vec::with_capacity(s.parts.len());
         for p in &s.parts {
+            let hex = p.manifest_digest.to_hex();
+            let mut row = PartRow {
+                rank: p.rank.0,
+                objects: 0,
+                logical_bytes: p.logical_bytes,
+                stored_bytes: 0,
+                channel_bytes: 0,
+                manifest_digest: hex.get(..12).unwrap_or(&hex).to_string(),
+                damaged: None,
+            };
             match reader.manifest(s.id, p.rank) {
                 Ok(m) => {
+                    let mut own: HashMap<ChunkDigest, u64> = HashMap::new();
                     for c in m.objects.iter().flat_map(|o| o.chunks.iter()) {
                         chunks.insert(c.digest, (c.len, c.stored));
+                        own.insert(c.digest, c.stored);
                     }
+                    row.objects = m.objects.len();
+                    row.stored_bytes = own.values().sum();
+                    row.channel_bytes = m
+                        .objects
+                        .iter()
+                        .filter(|o| o.info.name == CHANNELS_OBJECT)
+                        .map(|o| o.bytes)
+                        .sum();
                 }
-                Err(e) => damaged = Some(e.to_string()),
+                Err(e) => {
+                    row.damaged = Some(e.to_string());
+                    damaged = Some(e.to_string());
+                }
             }
+            parts.push(row);
         }
         let unique: u64 = chunks.values().map(|c| c.0).sum();
         let stored: u64 = chunks.values().map(|c| c.1).sum();
@@ -87,14 +147,36 @@ pub fn main(args: Args) -> CmdResult {
             compression_ratio: ratio(unique, stored),
             dedup_ratio: ratio(s.logical_bytes, unique),
             damaged,
+            status: "committed",
+            parts,
         });
         prev = Some(chunks);
     }
     if let Some(b) = bar {
         b.finish_and_clear();
     }
+    let not_committed: Vec<NotCommitted> = reader
+        .checkpoint_dirs()?
+        .into_iter()
+        .filter_map(|d| {
+            let status = match d.status {
+                CommitStatus::Committed => return None,
+                CommitStatus::Uncommitted => "uncommitted (pending or aborted)".to_string(),
+                CommitStatus::Damaged(r) => format!("damaged COMMIT: {r}"),
+            };
+            Some(NotCommitted {
+                id: d.id,
+                status,
+                manifest_ranks: d.manifest_ranks.iter().map(|r| r.0).collect(),
+            })
+        })
+        .collect();
     if args.json {
-        let out = serde_json::json!({ "repo": args.repo, "checkpoints": rows });
+        let out = serde_json::json!({
+            "repo": args.repo,
+            "checkpoints": rows,
+            "uncommitted": not_committed,
+        });
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(ExitCode::SUCCESS);
     }
@@ -119,11 +201,46 @@ pub fn main(args: Args) -> CmdResult {
                 .map(|d| format!("  DAMAGED: {d}"))
                 .unwrap_or_default()
         );
+        if args.parts {
+            print_parts(&r.parts);
+        }
     }
     if rows.is_empty() {
         println!("(no committed checkpoints)");
     }
+    if !not_committed.is_empty() {
+        let list: Vec<String> = not_committed
+            .iter()
+            .map(|n| {
+                let ranks: Vec<String> = n.manifest_ranks.iter().map(u32::to_string).collect();
+                format!("{} [{}; rank parts: {}]", n.id.0, n.status, ranks.join(","))
+            })
+            .collect();
+        println!("uncommitted: {}", list.join(", "));
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+fn print_parts(parts: &[PartRow]) {
+    println!(
+        "{:>12} {:>7} {:>10} {:>10} {:>10}  {:<12}",
+        "rank", "objects", "logical", "stored", "channels", "manifest"
+    );
+    for p in parts {
+        println!(
+            "{:>12} {:>7} {:>10} {:>10} {:>10}  {:<12}{}",
+            p.rank,
+            p.objects,
+            human(p.logical_bytes),
+            human(p.stored_bytes),
+            human(p.channel_bytes),
+            p.manifest_digest,
+            p.damaged
+                .as_ref()
+                .map(|d| format!("  DAMAGED: {d}"))
+                .unwrap_or_default()
+        );
+    }
 }
 
 /// A progress bar on stderr with `template`, only when stderr is a terminal (so pipes,

@@ -1,9 +1,19 @@
 //! `lazarus verify REPO`: re-hashes every COMMIT, manifest and chunk of every committed
 //! checkpoint. Exit 0 when sound; exit 1 naming the first bad file and the checkpoints it
 //! breaks (and every other problem after it); exit 2 when the repository cannot be read.
+//!
+//! Global consistency is checked explicitly for every committed checkpoint: a manifest
+//! for each rank `0..world_size` is present (a missing one is reported as
+//! `checkpoint <id> rank <r>: manifest missing`), each matches the digest in COMMIT (done by
+//! the store's verify), and no `rank-<r>.manifest` exists for `r >= world_size`. Decision:
+//! such a stray manifest fails verification (exit 1, kind `inconsistent`) because something
+//! wrote into a committed checkpoint, but it does not make the checkpoint unrestorable
+//! (restore reads only the ranks COMMIT lists), so it breaks no checkpoint. Directories
+//! without COMMIT (pending or aborted) are listed as a note, never as a failure.
 
 use super::CmdResult;
-use lazarus::store::RepoReader;
+use lazarus::format::CheckpointId;
+use lazarus::store::{CommitStatus, Problem, RepoReader, VerifyReport};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -31,7 +41,7 @@ pub fn main(args: Args) -> CmdResult {
         );
         b
     });
-    let report = reader.verify(&|done, total| {
+    let mut report = reader.verify(&|done, total| {
         if let Some(b) = &bar {
             b.set_length(total);
             b.set_position(done);
@@ -39,6 +49,14 @@ pub fn main(args: Args) -> CmdResult {
     })?;
     if let Some(b) = bar {
         b.finish_and_clear();
+    }
+    let uncommitted = check_ranks(&reader, &mut report)?;
+    if !uncommitted.is_empty() && !args.json {
+        println!(
+            "note: {} uncommitted checkpoint dir(s) (pending or aborted, never restored): {}",
+            uncommitted.len(),
+            ids_text(&uncommitted)
+        );
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -54,11 +72,12 @@ pub fn main(args: Args) -> CmdResult {
         }
         return Ok(ExitCode::SUCCESS);
     };
-    let ids = |v: &[lazarus::format::CheckpointId]| {
-        v.iter()
-            .map(|i| i.0.to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
+    let ids = |v: &[CheckpointId]| {
+        if v.is_empty() {
+            "none (restore unaffected)".to_string()
+        } else {
+            ids_text(v)
+        }
     };
     eprintln!(
         "lazarus verify: FAILED: first bad file {}: {}; it breaks checkpoint(s) {}",
@@ -79,8 +98,68 @@ pub fn main(args: Args) -> CmdResult {
         if report.intact.is_empty() {
             "none".to_string()
         } else {
-            ids(&report.intact)
+            ids_text(&report.intact)
         }
     );
     Ok(ExitCode::from(1))
+}
+
+fn ids_text(v: &[CheckpointId]) -> String {
+    v.iter()
+        .map(|i| i.0.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Adds the per-rank consistency problems of committed checkpoints to `report` (a missing
+/// manifest replaces the store's generic read error for the same file, so each file is
+/// named once) and returns the ids of directories without COMMIT.
+fn check_ranks(
+    reader: &RepoReader,
+    report: &mut VerifyReport,
+) -> Result<Vec<CheckpointId>, lazarus::store::StoreError> {
+    let mut uncommitted = Vec::new();
+    for d in reader.checkpoint_dirs()? {
+        let w = match (&d.status, d.world_size) {
+            (CommitStatus::Committed, Some(w)) => w,
+            (CommitStatus::Uncommitted, _) => {
+                uncommitted.push(d.id);
+                continue;
+            }
+            // A damaged COMMIT is already a problem from the store's verify.
+            _ => continue,
+        };
+        let dir = reader.path().join("checkpoints").join(d.id.to_string());
+        for r in 0..w {
+            if d.manifest_ranks.iter().any(|m| m.0 == r) {
+                continue;
+            }
+            let p = Problem {
+                path: dir.join(format!("rank-{r}.manifest")),
+                kind: "missing".into(),
+                detail: format!(
+                    "checkpoint {} rank {r}: manifest missing (COMMIT lists world size {w})",
+                    d.id
+                ),
+                breaks: vec![d.id],
+            };
+            match report.problems.iter_mut().find(|q| q.path == p.path) {
+                Some(q) => *q = p,
+                None => report.problems.push(p),
+            }
+            report.intact.retain(|i| *i != d.id);
+        }
+        for m in d.manifest_ranks.iter().filter(|m| m.0 >= w) {
+            report.problems.push(Problem {
+                path: dir.join(format!("rank-{}.manifest", m.0)),
+                kind: "inconsistent".into(),
+                detail: format!(
+                    "checkpoint {} rank {}: stray manifest beyond world size {w} in COMMIT",
+                    d.id, m.0
+                ),
+                breaks: Vec::new(),
+            });
+        }
+    }
+    Ok(uncommitted)
 }
