@@ -223,7 +223,7 @@ pub fn main(args: Args) -> CmdResult {
 
 fn print_parts(parts: &[PartRow]) {
     println!(
-        "{:>12} {:>7} {:>10} {:>10} {:>10}  {:<12}",
+        "{:>12} {:>7} {:>10} {:>10} {:>10}  {}",
         "rank", "objects", "logical", "stored", "channels", "manifest"
     );
     for p in parts {
