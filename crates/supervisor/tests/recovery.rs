@@ -209,7 +209,9 @@ fn budget_exhausted_gives_up_naming_the_rank() {
 fn poisson_failures_with_mtbf_still_finish_with_the_same_result() {
     deadline(120);
     let probe = Probe {
-        steps: 40,
+        // Long enough (>= 0.6 s of work) that the seeded first kill lands inside the run even
+        // on an idle machine; with 40 steps a fast run could finish before it (seen in CI).
+        steps: 120,
         sleep_ms: 5,
         ..PROBE
     };
