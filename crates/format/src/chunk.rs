@@ -298,7 +298,13 @@ mod tests {
             let mut f = encode_chunk(&data, codec, Some(8), 1);
             let i = pos.index(f.len());
             f[i] ^= 1 << bit;
-            prop_assert!(decode_chunk(&f, &ChunkDigest::of(&data)).is_err());
+            // The guarantee is "never a wrong value": a flip is either an error, or lands in
+            // encoding bits that do not change what decodes (seen: a zstd frame-descriptor
+            // bit), in which case the BLAKE3 check has proven the bytes are the originals.
+            match decode_chunk(&f, &ChunkDigest::of(&data)) {
+                Err(_) => {}
+                Ok(back) => prop_assert_eq!(back, data),
+            }
         }
     }
 }
