@@ -104,6 +104,11 @@ pub struct Repository {
     _lock: RepoLock,
     pending: Arc<AtomicUsize>,
     budget: Budget,
+    /// Highest id this handle has handed out. An aborted checkpoint's directory is deleted,
+    /// so the directory listing alone would hand its id out again; the coordinator refuses
+    /// a round whose id does not increase, which would wedge checkpointing for the rest of
+    /// the run. Ids therefore never repeat within one writer's lifetime.
+    last_begun: u64,
 }
 
 impl Repository {
@@ -164,6 +169,7 @@ impl Repository {
             _lock: lock,
             pending: Arc::new(AtomicUsize::new(0)),
             budget: Budget::default(),
+            last_begun: 0,
         })
     }
 
@@ -202,13 +208,15 @@ impl Repository {
             .layout
             .checkpoint_ids()?
             .last()
-            .map_or(1, |id| id.0 + 1);
+            .map_or(1, |id| id.0 + 1)
+            .max(self.last_begun + 1);
         let id = CheckpointId(next);
         let dir = self.layout.checkpoint_dir(id);
         std::fs::create_dir(&dir)
             .map_err(|e| StoreError::io(&dir, "creating checkpoint directory", e))?;
         fsutil::fsync_dir(&self.layout.checkpoints_dir())?;
         self.pending.fetch_add(1, Ordering::SeqCst);
+        self.last_begun = next;
         Ok(PendingCheckpoint {
             id,
             world_size,

@@ -346,3 +346,38 @@ fn commit_checks_receipts() {
         .unwrap()
         .is_empty());
 }
+
+/// Regression: an aborted checkpoint's directory is deleted, and the next `begin` used to
+/// hand out the same id again; the coordinator refuses non-increasing round ids, so one
+/// aborted round wedged checkpointing for the rest of the run.
+#[test]
+fn aborted_checkpoint_ids_are_never_handed_out_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut repo = Repository::open(dir.path(), small_opts()).unwrap();
+    let first = checkpoint(&mut repo, 1, 1, 10);
+    let aborted = repo.begin(1).unwrap();
+    let aborted_id = aborted.id();
+    assert!(aborted_id > first);
+    repo.abort(aborted).unwrap();
+    let next = repo.begin(1).unwrap();
+    assert!(
+        next.id() > aborted_id,
+        "{:?} reused after abort of {aborted_id:?}",
+        next.id()
+    );
+    let b = le_f64(&field(0, 2, 10));
+    let r = next
+        .part_writer()
+        .write(Rank(0), &[bulk_f64("field", &b, None)])
+        .unwrap();
+    let committed = repo.commit(next, vec![r], Default::default()).unwrap();
+    assert!(committed.summary.id > aborted_id);
+    let ids: Vec<CheckpointId> = RepoReader::open(dir.path())
+        .unwrap()
+        .committed()
+        .unwrap()
+        .iter()
+        .map(|s| s.id)
+        .collect();
+    assert_eq!(ids, vec![first, committed.summary.id]);
+}
