@@ -223,8 +223,8 @@ pub fn main(args: Args) -> CmdResult {
 
 fn print_parts(parts: &[PartRow]) {
     println!(
-        "{:>12} {:>7} {:>10} {:>10} {:>10}  {}",
-        "rank", "objects", "logical", "stored", "channels", "manifest"
+        "{:>12} {:>7} {:>10} {:>10} {:>10}  manifest",
+        "rank", "objects", "logical", "stored", "channels"
     );
     for p in parts {
         println!(
