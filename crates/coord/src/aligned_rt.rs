@@ -528,6 +528,14 @@ impl AlignedRuntime {
                 Err(ProtocolError::Misuse("a round committed without this rank's receipt").into())
             }
             (Outcome::Abort, receipt) => {
+                // Our part may have landed after rank 0 collected the round (recreating its
+                // directory): remove it now rather than leave it to the next GC.
+                if receipt.is_some() && !matches!(self.store, RankStore::Coordinator(_)) {
+                    let me = self.comm.rank();
+                    if let Err(e) = lazarus_store::discard_part(self.repo_path(), round.ckpt, me) {
+                        tracing::warn!("discarding {me}'s aborted part: {e} (GC will retry)");
+                    }
+                }
                 let (reason, retryable) = match self.abort_reason.take() {
                     Some(r) => r,
                     // Our own failed write (e.g. a full disk) may pass; a dead peer shows

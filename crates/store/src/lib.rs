@@ -52,5 +52,6 @@ pub use reader::{
 };
 pub use repo::{CommitMeta, CommittedCheckpoint, GcReport, GcStage, PendingCheckpoint, Repository};
 pub use writer::{
-    Codec, PartReceipt, PartWriter, RepoOptions, DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE,
+    discard_part, Codec, PartReceipt, PartWriter, RepoOptions, DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE,
+    MIN_CHUNK_SIZE,
 };

@@ -636,3 +636,29 @@ impl PartWriter {
         }
     }
 }
+
+/// Removes `rank`'s part of the uncommitted checkpoint `id` (its manifest, then the
+/// checkpoint directory if that leaves it empty), for a participant that learns its round
+/// was aborted. The coordinator deletes an aborted checkpoint's directory, but a slow rank
+/// may finish writing its manifest afterwards and so recreate it; this makes the leftovers
+/// go away at once instead of at the next GC. Chunks stay for the GC sweep (other
+/// checkpoints may share them). Refuses a committed checkpoint: that part is in use.
+pub fn discard_part(repo: &Path, id: CheckpointId, rank: Rank) -> Result<(), StoreError> {
+    let layout = Layout::new(repo);
+    if layout.commit(id).exists() {
+        return Err(StoreError::new(
+            StoreErrorKind::InvalidArgument,
+            Some(&layout.commit(id)),
+            format!("checkpoint {id} is committed; {rank}'s part cannot be discarded"),
+        ));
+    }
+    let manifest = layout.manifest(id, rank);
+    match std::fs::remove_file(&manifest) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(StoreError::io(&manifest, "removing an aborted part", e)),
+    }
+    // Fails harmlessly while other ranks' leftovers (or temp files) are still there.
+    let _ = std::fs::remove_dir(layout.checkpoint_dir(id));
+    Ok(())
+}
