@@ -49,6 +49,40 @@ impl ReduceOp {
     }
 }
 
+/// Vectors of at least this many bytes (and one element per rank) are reduced by
+/// reduce-scatter + allgather; below it the per-message latency of `n - 1` messages per
+/// phase costs more than the bytes saved.
+const SCATTER_MIN_BYTES: usize = 64 << 10;
+/// Elements per block of the local combine: the `n` contributions' blocks stay in cache.
+const COMBINE_BLOCK: usize = 2048;
+
+/// Reduces `parts[0..n]` (rank `q`'s contribution in `parts[q]`, all the same length) into
+/// `parts[0]` with the association of the binomial tree rooted at rank 0: at step `mask`,
+/// every `vr` that is a multiple of `2 mask` absorbs `vr + mask` as `op(lower, higher)`.
+fn combine_in_tree_order<T: Scalar>(parts: &mut [Vec<T>], op: ReduceOp) {
+    let n = parts.len();
+    let len = parts.first().map_or(0, Vec::len);
+    let mut start = 0;
+    while start < len {
+        let end = (start + COMBINE_BLOCK).min(len);
+        let mut mask = 1;
+        while mask < n {
+            let mut vr = 0;
+            while vr + mask < n {
+                let (lo, hi) = parts.split_at_mut(vr + mask);
+                if let (Some(a), Some(b)) = (lo.get_mut(vr), hi.first()) {
+                    if let (Some(a), Some(b)) = (a.get_mut(start..end), b.get(start..end)) {
+                        op.apply(a, b);
+                    }
+                }
+                vr += 2 * mask;
+            }
+            mask <<= 1;
+        }
+        start = end;
+    }
+}
+
 /// Folds a child's encoded partial result (from the named rank) into the accumulator.
 type Combine<'a, V> = dyn FnMut(&mut V, &[u8], Rank) -> Result<()> + 'a;
 
@@ -202,7 +236,23 @@ impl Comm {
     }
 
     /// Element-wise reduction of `data` across ranks; every rank gets the same bits.
+    ///
+    /// Every element is combined in the order of the fixed binomial tree rooted at rank 0
+    /// (see the module doc) whichever algorithm moves the bytes: large vectors use
+    /// reduce-scatter + allgather, power-of-two worlds use recursive doubling, the rest
+    /// the tree itself. The algorithm depends only on the world size and `data.len()`,
+    /// which every rank passes identically, so all ranks always pick the same one.
     pub fn allreduce<T: Scalar>(&self, data: &mut [T], op: ReduceOp) -> Result<()> {
+        let n = self.size();
+        if n < 2 {
+            return Ok(());
+        }
+        if data.len() >= n as usize && std::mem::size_of_val(data) >= SCATTER_MIN_BYTES {
+            return self.allreduce_scatter(data, op);
+        }
+        if n.is_power_of_two() {
+            return self.allreduce_doubling(data, op);
+        }
         let t = self.next_collective_tag();
         let bytes = match self.reduce_slice(Rank(0), data, op, t)? {
             Some(r) => {
@@ -214,6 +264,94 @@ impl Comm {
         let got = self.bcast_bytes(Rank(0), t, bytes)?;
         if self.rank() != Rank(0) {
             scalar::from_le_bytes(&got, data)?;
+        }
+        Ok(())
+    }
+
+    /// Recursive doubling for a power-of-two world: at step `mask` every rank holds the
+    /// partial result of its aligned block of `mask` ranks and swaps it with the partner
+    /// block; combining as `op(lower block, higher block)` gives exactly the binomial
+    /// tree's association, in `log2 n` rounds instead of the tree's `2 log2 n`.
+    fn allreduce_doubling<T: Scalar>(&self, data: &mut [T], op: ReduceOp) -> Result<()> {
+        let n = self.size();
+        let me = self.rank().0;
+        let t = self.next_collective_tag();
+        let mut theirs = vec![T::zeroed(); data.len()];
+        let mut mask = 1u32;
+        while mask < n {
+            let partner = Rank(me ^ mask);
+            self.send_bytes(partner, t, scalar::to_le_bytes(data))?;
+            let bytes = self.coll_recv(partner, t)?;
+            scalar::from_le_bytes(&bytes, &mut theirs).map_err(|e| e.with_peer(partner))?;
+            crate::pool::give(bytes);
+            if me & mask == 0 {
+                op.apply(data, &theirs);
+            } else {
+                op.apply(&mut theirs, data);
+                data.copy_from_slice(&theirs);
+            }
+            mask <<= 1;
+        }
+        Ok(())
+    }
+
+    /// Reduce-scatter + allgather for large vectors: rank `k` owns the `k`-th of `n`
+    /// near-equal segments, receives every rank's contribution to it straight into its
+    /// buffers, combines them locally in the binomial tree's order, then sends the result
+    /// to everyone. Each rank moves `2 (n-1)/n` of the vector instead of the tree's
+    /// `log2 n` whole copies through the root, and every rank works in parallel.
+    fn allreduce_scatter<T: Scalar>(&self, data: &mut [T], op: ReduceOp) -> Result<()> {
+        let n = self.size();
+        let me = self.rank().0;
+        let scatter = self.next_collective_tag();
+        let gather = self.next_collective_tag();
+        let len = data.len();
+        let seg = |k: u32| -> std::ops::Range<usize> {
+            let at = |k: u32| (len as u128 * u128::from(k) / u128::from(n)) as usize;
+            at(k)..at(k + 1)
+        };
+        let part = |data: &[T], k: u32| -> Result<Vec<u8>> {
+            data.get(seg(k))
+                .map(scalar::to_le_bytes)
+                .ok_or_else(|| NetError::new(ErrorKind::Protocol, "segment out of range"))
+        };
+        // Nearest-next first, so that no rank is everyone's first destination.
+        for i in 1..n {
+            let q = (me + i) % n;
+            self.send_bytes(Rank(q), scatter, part(data, q)?)?;
+        }
+        let mine = seg(me);
+        let mut parts: Vec<Vec<T>> = Vec::with_capacity(n as usize);
+        for q in 0..n {
+            if q == me {
+                parts.push(data.get(mine.clone()).unwrap_or_default().to_vec());
+            } else {
+                parts.push(vec![T::zeroed(); mine.len()]);
+            }
+        }
+        // Rank me-1 sent to us first; receiving in sending order lets most receives take
+        // the direct (no intermediate buffer) path.
+        for i in 1..n {
+            let q = (me + n - i) % n;
+            if let Some(buf) = parts.get_mut(q as usize) {
+                self.recv_into_tag(Rank(q), scatter, buf)?;
+            }
+        }
+        combine_in_tree_order(&mut parts, op);
+        let result = parts.swap_remove(0);
+        if let Some(d) = data.get_mut(mine) {
+            d.copy_from_slice(&result);
+        }
+        for i in 1..n {
+            let q = (me + i) % n;
+            self.send_bytes(Rank(q), gather, scalar::to_le_bytes(&result))?;
+        }
+        for i in 1..n {
+            let q = (me + n - i) % n;
+            let r = seg(q);
+            if let Some(d) = data.get_mut(r) {
+                self.recv_into_tag(Rank(q), gather, d)?;
+            }
         }
         Ok(())
     }

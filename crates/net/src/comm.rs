@@ -278,10 +278,20 @@ impl Comm {
     /// When the message has not arrived yet, the TCP backend reads it from the socket
     /// straight into `buf` (no intermediate buffer); otherwise it is copied from the queue.
     pub fn recv_into<T: Scalar>(&self, from: Rank, tag: u32, buf: &mut [T]) -> Result<()> {
+        self.recv_into_tag(from, Tag::user(tag), buf)
+    }
+
+    /// [`Comm::recv_into`] under any tag (collectives use their own tag space).
+    pub(crate) fn recv_into_tag<T: Scalar>(
+        &self,
+        from: Rank,
+        tag: Tag,
+        buf: &mut [T],
+    ) -> Result<()> {
         self.check_rank(from)?;
         let m = Match {
             src: Some(from),
-            tag: Some(Tag::user(tag)),
+            tag: Some(tag),
         };
         // Raw bytes are the wire format only on little-endian hosts.
         if cfg!(target_endian = "little") && from != self.inner.rank && !buf.is_empty() {

@@ -212,3 +212,58 @@ fn panicking_thread_rank_fails_the_others_waits() {
     assert_eq!(e.kind(), ErrorKind::PeerFailed);
     assert_eq!(e.peer(), Some(Rank(2)));
 }
+
+/// The binomial tree's association (`op(lower ranks, higher ranks)`, root 0), computed
+/// sequentially: what every allreduce algorithm must reproduce bit for bit.
+fn tree_sum(contrib: &[Vec<f64>]) -> Vec<f64> {
+    let mut acc: Vec<Vec<f64>> = contrib.to_vec();
+    let n = acc.len();
+    let mut mask = 1;
+    while mask < n {
+        let mut vr = 0;
+        while vr + mask < n {
+            let hi = acc[vr + mask].clone();
+            for (a, b) in acc[vr].iter_mut().zip(&hi) {
+                *a += b;
+            }
+            vr += 2 * mask;
+        }
+        mask <<= 1;
+    }
+    acc.swap_remove(0)
+}
+
+#[test]
+fn every_allreduce_algorithm_adds_in_the_binomial_tree_order() {
+    let seed: u64 = std::env::var("LAZARUS_TEST_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0x05ee_da11);
+    eprintln!("seed {seed}");
+    let values = |rank: u32, len: usize| -> Vec<f64> {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ u64::from(rank) << 32);
+        (0..len)
+            .map(|_| (rng.gen::<f64>() - 0.5) * 10f64.powi(rng.gen_range(-8..8)))
+            .collect()
+    };
+    // Small (tree or recursive doubling) and large (reduce-scatter: 64 KiB and up,
+    // lengths not divisible by n) vectors, power-of-two and other world sizes.
+    for n in [2u32, 3, 4, 5, 8] {
+        for len in [1usize, 7, 1000, 8192, 8192 * 3 + 5] {
+            let contrib: Vec<Vec<f64>> = (0..n).map(|r| values(r, len)).collect();
+            let want: Vec<u64> = tree_sum(&contrib).iter().map(|x| x.to_bits()).collect();
+            for per_backend in each_backend(n, |c| {
+                let mut v = values(c.rank().0, len);
+                c.allreduce(&mut v, ReduceOp::Sum).unwrap();
+                v.iter().map(|x| x.to_bits()).collect::<Vec<u64>>()
+            }) {
+                for (r, got) in per_backend.iter().enumerate() {
+                    assert!(
+                        got == &want,
+                        "n={n} len={len} rank {r} differs from tree order"
+                    );
+                }
+            }
+        }
+    }
+}

@@ -3,7 +3,9 @@
 //! `die <victim> <recv|allreduce>` — the victim SIGKILLs itself after a barrier while the
 //! others block in recv (from the victim) or allreduce; survivors print their error, exit 3;
 //! `stall <victim>` — the victim SIGSTOPs itself (heartbeats stop), the others sleep;
-//! `exit <rank> <code>` — that rank exits with code, the others sleep.
+//! `exit <rank> <code>` — that rank exits with code, the others sleep;
+//! `allreduce` — barrier, then a small and a 1 MiB allreduce checked against the closed
+//! form; prints `ok rank=<r> size=<n> sum=<s>` (used under a real `mpirun`).
 
 use lazarus_format::Rank;
 use lazarus_net::ReduceOp;
@@ -78,6 +80,24 @@ fn main() -> ExitCode {
                     std::process::exit(num(2) as i32);
                 }
                 std::thread::sleep(std::time::Duration::from_secs(60));
+            }
+            "allreduce" => {
+                comm.barrier()?;
+                let mut small = [f64::from(me) + 1.0];
+                comm.allreduce(&mut small, ReduceOp::Sum)?;
+                let want = f64::from(n) * f64::from(n + 1) / 2.0;
+                // Large enough for the reduce-scatter + allgather path.
+                let mut big = vec![u64::from(me) + 1; 1 << 17];
+                comm.allreduce(&mut big, ReduceOp::Sum)?;
+                let bad = big.iter().filter(|x| **x as f64 != want).count();
+                if small[0] != want || bad > 0 {
+                    eprintln!(
+                        "rank {me}: wrong sums: small {}, {bad} bad elements",
+                        small[0]
+                    );
+                    std::process::exit(5);
+                }
+                println!("ok rank={me} size={n} sum={}", small[0]);
             }
             m => eprintln!("unknown mode {m:?}"),
         }
