@@ -23,15 +23,36 @@
 //! locally at no cost. Any other policy (time-based, adaptive) is evaluated by rank 0 and
 //! its decision broadcast at every step (one small collective per step).
 //!
-//! Restore: rank 0 finds the newest intact checkpoint and broadcasts its id; every rank then
-//! loads (and verifies) only its own part. A checkpoint of another world size is refused.
+//! Restore, agreed by every rank: rank 0 lists the committed checkpoints that pass a cheap
+//! check (COMMIT and manifests decode, chunk files present with their sizes; no data read)
+//! and broadcasts the newest. Every rank loads its objects, which verifies every chunk
+//! digest, so the data is read once. The ranks then exchange their outcomes: if any rank
+//! found damage, all fall back together to the next older candidate (rank 0 logs what was
+//! damaged and skipped); if any rank hit another error, all fail; only when every rank
+//! loaded do they restore, and a restore (schema) failure on one rank fails all. So no
+//! job ever runs on a mix of checkpoints.
+//!
+//! Elastic restore: a checkpoint written by N ranks restores on M != N ranks when all of
+//! the state is redistributable (crate `lazarus-dist`, [`lazarus_dist::Reshard`]): bulk
+//! objects with a global range (a `DVec`) are cut into M even blocks, each new rank
+//! reading only the byte ranges it keeps; every other field must be byte-identical on all
+//! N old ranks (parameters, a config struct, a replicated counter: rank 0's copy is used,
+//! every copy is compared). A field that differs between old ranks, or that only some
+//! have, makes the restore fail on every rank with [`JobError::NotRedistributable`] naming
+//! it; that is not retried with older checkpoints. Rank 0 says so on stderr: `lazarus:
+//! restoring checkpoint 12 written by 4 ranks on 3 ranks by redistribution`. The job's
+//! step count is in COMMIT, not in the state, so it carries over as is.
 
+use crate::restore::{self, Attempt, LoadError};
 use lazarus_coord::{AlignedRuntime, RankStore, RoundError, Timeouts};
+use lazarus_dist::DistError;
 use lazarus_format::{CheckpointId, Rank};
 use lazarus_net::{Comm, NetError};
 use lazarus_policy::{EveryInterval, EverySteps, Opportunity, Policy};
 use lazarus_state::{Checkpoint, StateError};
-use lazarus_store::{CommitMeta, Damage, RepoOptions, RepoReader, Repository, StoreError};
+use lazarus_store::{
+    CheckpointSummary, CommitMeta, Damage, RepoOptions, RepoReader, Repository, StoreError,
+};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -97,15 +118,30 @@ pub enum JobError {
     /// Rank 0 failed while preparing the restore; its own error says why.
     #[error("rank 0 could not prepare the restore: {0}")]
     Rank0(String),
-    /// The newest intact checkpoint was written by another number of ranks.
-    #[error("checkpoint {checkpoint} was written by {saved} ranks but this job has {current}; restart with {saved} ranks")]
-    WorldSize {
+    /// The checkpoint was written by another number of ranks and part of the state is
+    /// per-rank (not a distributed array, and not identical on every rank), so it cannot
+    /// be redistributed. `source` names the field.
+    #[error("checkpoint {checkpoint} was written by {saved} ranks and cannot be restored on {current} by redistribution: {source}; restart with {saved} ranks")]
+    NotRedistributable {
         /// the checkpoint
         checkpoint: CheckpointId,
         /// its world size
         saved: u32,
         /// this job's world size
         current: u32,
+        /// why, naming the field and the ranks
+        source: DistError,
+    },
+    /// Another rank could not restore the checkpoint every rank agreed on, so no rank
+    /// restores it (the job never runs on a mix of checkpoints).
+    #[error("rank {rank} could not restore checkpoint {checkpoint}: {message}")]
+    Peer {
+        /// the rank that failed
+        rank: u32,
+        /// the checkpoint
+        checkpoint: CheckpointId,
+        /// its error
+        message: String,
     },
 }
 
@@ -122,11 +158,19 @@ impl JobError {
     }
 }
 
-/// Rank 0's restore decision, broadcast to every rank.
+/// Rank 0's restore decision, broadcast to every rank; `skipped` carries the damage rank
+/// 0 found so every rank reports the same.
 #[derive(Serialize, Deserialize)]
 enum Plan {
-    Fresh,
-    From { id: u64, step: u64, world: u32 },
+    Fresh {
+        skipped: Vec<Damage>,
+    },
+    From {
+        id: u64,
+        step: u64,
+        world: u32,
+        skipped: Vec<Damage>,
+    },
     Failed(String),
 }
 
@@ -139,6 +183,18 @@ pub struct RestoreReport {
     pub step: u64,
     /// Newer committed checkpoints that failed verification, newest first.
     pub skipped: Vec<Damage>,
+    /// The number of ranks that wrote the checkpoint; differs from this job's when the
+    /// state was redistributed.
+    pub written_by: u32,
+    /// The number of ranks it was restored on.
+    pub restored_on: u32,
+}
+
+impl RestoreReport {
+    /// True when the checkpoint was written by another number of ranks and redistributed.
+    pub fn redistributed(&self) -> bool {
+        self.written_by != self.restored_on
+    }
 }
 
 impl std::fmt::Display for RestoreReport {
@@ -148,6 +204,13 @@ impl std::fmt::Display for RestoreReport {
             "restored checkpoint {} at step {}",
             self.checkpoint.0, self.step
         )?;
+        if self.redistributed() {
+            write!(
+                f,
+                " (written by {} ranks, redistributed on {})",
+                self.written_by, self.restored_on
+            )?;
+        }
         for d in &self.skipped {
             write!(
                 f,
@@ -317,6 +380,30 @@ impl<A: Policy, B: Policy> Policy for Either<A, B> {
     }
 }
 
+/// The first rank (in rank order) whose attempt is fatal, as a [`JobError::Peer`] (a rank
+/// that failed itself returns its own error instead).
+fn agreed_failure(all: &[Attempt], id: CheckpointId) -> Option<JobError> {
+    all.iter().enumerate().find_map(|(r, a)| match a {
+        Attempt::Fatal(message) => Some(JobError::Peer {
+            rank: r as u32,
+            checkpoint: id,
+            message: message.clone(),
+        }),
+        _ => None,
+    })
+}
+
+fn warn_damage(d: &Damage) {
+    tracing::warn!(
+        checkpoint = d.checkpoint.0,
+        path = %d.path.display(),
+        "skipping damaged checkpoint {} ({}): {}",
+        d.checkpoint.0,
+        d.kind,
+        d.detail
+    );
+}
+
 /// A running job: owns the (locked) repository, the checkpoint policy and the step count.
 pub struct Job {
     runtime: AlignedRuntime,
@@ -369,7 +456,9 @@ impl Job {
     /// there is none. `init()` is always called: restore overwrites the saved fields in place,
     /// so skipped fields keep their initial value until the `after_restore` hooks rebuild
     /// them. Damaged newer checkpoints are skipped and logged (`tracing::warn!`) and listed
-    /// in [`Job::restore_report`].
+    /// in [`Job::restore_report`]. Every rank restores the same checkpoint or every rank
+    /// fails (module docs). A checkpoint written by another number of ranks is
+    /// redistributed when the state allows it, else [`JobError::NotRedistributable`].
     pub fn restore_or_init<T: Checkpoint>(
         &mut self,
         init: impl FnOnce() -> T,
@@ -377,18 +466,14 @@ impl Job {
         let mut state = init();
         let comm = self.runtime.comm().clone();
         let me = comm.rank();
-        let mut found = None;
-        let mut plan = if me == Rank(0) {
-            match self.find_newest() {
-                Ok(None) => Plan::Fresh,
-                Ok(Some((summary, skipped))) => {
-                    let p = Plan::From {
-                        id: summary.id.0,
-                        step: summary.step,
-                        world: summary.world_size,
-                    };
-                    found = Some(skipped);
-                    p
+        // Rank 0 only: the candidates, newest first, and the damage found so far.
+        let mut candidates = std::collections::VecDeque::new();
+        let mut skipped = Vec::new();
+        if me == Rank(0) {
+            match self.candidates() {
+                Ok((c, d)) => {
+                    candidates = c.into();
+                    skipped = d;
                 }
                 Err(e) => {
                     // Tell the others before failing, so they do not wait for us.
@@ -397,67 +482,124 @@ impl Job {
                     return Err(e);
                 }
             }
-        } else {
-            Plan::Fresh
-        };
-        comm.broadcast(Rank(0), &mut plan)?;
-        let (id, step, world) = match plan {
-            Plan::Fresh => {
-                self.step = 0;
-                self.saved_at = None;
-                self.report = None;
-                return Ok(state);
-            }
-            Plan::Failed(e) => return Err(JobError::Rank0(e)),
-            Plan::From { id, step, world } => (CheckpointId(id), step, world),
-        };
-        if world != comm.size() {
-            return Err(JobError::WorldSize {
-                checkpoint: id,
-                saved: world,
-                current: comm.size(),
-            });
         }
-        let reader = RepoReader::open(&self.path).map_err(|e| self.store_err(e))?;
-        let objects = reader.load_part(id, me).map_err(|e| self.store_err(e))?;
-        lazarus_state::restore(&mut state, objects).map_err(|source| JobError::Restore {
-            checkpoint: id,
-            step,
-            source,
-        })?;
-        let skipped = found.unwrap_or_default();
-        let summary = RestoreReport {
-            checkpoint: id,
-            step,
-            skipped: Vec::new(),
-        };
-        self.step = summary.step;
-        self.saved_at = Some(summary.step);
-        let report = RestoreReport { skipped, ..summary };
-        tracing::info!("{report}");
-        self.report = Some(report);
-        Ok(state)
-    }
-
-    /// Rank 0: the newest committed checkpoint that verifies, logging the damaged ones.
-    fn find_newest(
-        &self,
-    ) -> Result<Option<(lazarus_store::CheckpointSummary, Vec<Damage>)>, JobError> {
-        let reader = RepoReader::open(&self.path).map_err(|e| self.store_err(e))?;
-        let found = reader.newest_intact().map_err(|e| self.store_err(e))?;
-        if let Some((_, skipped)) = &found {
-            for d in skipped {
-                tracing::warn!(
-                    checkpoint = d.checkpoint.0,
-                    path = %d.path.display(),
-                    "skipping damaged checkpoint {} ({}): {}",
-                    d.checkpoint.0,
-                    d.kind,
-                    d.detail
+        loop {
+            let mut plan = match candidates.pop_front() {
+                Some(c) => Plan::From {
+                    id: c.id.0,
+                    step: c.step,
+                    world: c.world_size,
+                    skipped: skipped.clone(),
+                },
+                None => Plan::Fresh {
+                    skipped: skipped.clone(),
+                },
+            };
+            comm.broadcast(Rank(0), &mut plan)?;
+            let (id, step, world, skipped_now) = match plan {
+                Plan::Fresh { skipped } => {
+                    if me == Rank(0) && !skipped.is_empty() {
+                        tracing::warn!(
+                            "no intact committed checkpoint ({} damaged): starting fresh",
+                            skipped.len()
+                        );
+                    }
+                    self.step = 0;
+                    self.saved_at = None;
+                    self.report = None;
+                    return Ok(state);
+                }
+                Plan::Failed(e) => return Err(JobError::Rank0(e)),
+                Plan::From {
+                    id,
+                    step,
+                    world,
+                    skipped,
+                } => (CheckpointId(id), step, world, skipped),
+            };
+            let size = comm.size();
+            let loaded = restore::load(&self.path, id, world, me, size);
+            let mine = match &loaded {
+                Ok(_) => Attempt::Ok,
+                Err(e) => e.attempt(),
+            };
+            let all = comm.allgather(&mine)?;
+            if let Some(err) = agreed_failure(&all, id) {
+                return Err(match loaded {
+                    Err(LoadError::Fatal(own)) => own,
+                    _ => err,
+                });
+            }
+            let damaged: Vec<Damage> = all
+                .iter()
+                .filter_map(|a| match a {
+                    Attempt::Damaged(d) => Some(d.clone()),
+                    _ => None,
+                })
+                .collect();
+            if let Some(d) = damaged.into_iter().next() {
+                // One entry per checkpoint: the first rank's finding.
+                if me == Rank(0) {
+                    warn_damage(&d);
+                    skipped.push(d);
+                }
+                continue;
+            }
+            let Ok(objects) = loaded else {
+                // Unreachable: every rank reported Ok, this one included.
+                return Err(JobError::Rank0("restore outcome lost".into()));
+            };
+            if world != size && me == Rank(0) {
+                eprintln!(
+                    "lazarus: restoring checkpoint {} written by {world} ranks on {size} ranks \
+                     by redistribution",
+                    id.0
                 );
             }
+            let restored = lazarus_state::restore(&mut state, objects);
+            let mine = match &restored {
+                Ok(()) => Attempt::Ok,
+                Err(e) => {
+                    Attempt::Fatal(format!("restoring checkpoint {} (step {step}): {e}", id.0))
+                }
+            };
+            let all = comm.allgather(&mine)?;
+            if let Err(source) = restored {
+                return Err(JobError::Restore {
+                    checkpoint: id,
+                    step,
+                    source,
+                });
+            }
+            if let Some(err) = agreed_failure(&all, id) {
+                return Err(err);
+            }
+            self.step = step;
+            self.saved_at = Some(step);
+            let report = RestoreReport {
+                checkpoint: id,
+                step,
+                skipped: skipped_now,
+                written_by: world,
+                restored_on: size,
+            };
+            tracing::info!("{report}");
+            self.report = Some(report);
+            return Ok(state);
         }
-        Ok(found)
+    }
+
+    /// Rank 0: committed checkpoints that pass the cheap check, newest first, and the
+    /// damage that excluded the others (logged).
+    fn candidates(&self) -> Result<(Vec<CheckpointSummary>, Vec<Damage>), JobError> {
+        let reader = RepoReader::open(&self.path).map_err(|e| self.store_err(e))?;
+        let (ok, damaged) = reader
+            .newest_committed_candidates()
+            .map_err(|e| self.store_err(e))?;
+        for d in &damaged {
+            warn_damage(d);
+        }
+        Ok((ok, damaged))
     }
 
     /// The policy's answer, identical on every rank: local for step policies, rank 0's

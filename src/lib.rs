@@ -57,6 +57,7 @@
 extern crate self as lazarus;
 
 mod job;
+mod restore;
 
 pub use job::{Job, JobBuilder, JobError, RestoreReport, REPO_ENV};
 pub use lazarus_coord as coord;

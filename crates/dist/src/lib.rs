@@ -40,4 +40,4 @@ pub use elem::{DElem, SumAcc, REDUCE_BLOCK};
 pub use error::{DistError, DistErrorKind, Result};
 pub use exact::ExactSum;
 pub use partition::{Distribution, Piece, Plan, DEFAULT_PIECE_BYTES};
-pub use reshard::{ObjectClass, Reshard};
+pub use reshard::{ObjectClass, PartSource, Reshard};

@@ -10,12 +10,17 @@
 //!   counter, parameters); every new rank gets rank 0's copy.
 //! - **per-rank**: an object whose bytes differ between old ranks, or that only some ranks
 //!   have. It cannot be redistributed: the restore is refused with an error naming it.
+//!
+//! Reading: [`Reshard::assemble_from`] takes a [`PartSource`], which reads whole objects
+//! (replicated ones, to check every old copy) or byte ranges of one object (the rows a new
+//! rank gets from an overlapping old part), so a new rank reads only what it keeps.
 
 use crate::dvec::row_width_of;
 use crate::error::{DistError, Result};
 use crate::partition::Distribution;
 use lazarus_format::{GlobalRange, LoadedObject, ObjectInfo, ObjectKind, Rank};
 use std::collections::BTreeMap;
+use std::ops::Range;
 
 /// How an object of a checkpoint moves to another world size.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -29,6 +34,53 @@ pub enum ObjectClass {
     },
     /// Must be identical on every old rank (checked while assembling).
     Replicated,
+}
+
+/// Where [`Reshard::assemble_from`] reads the parts of the old ranks.
+pub trait PartSource {
+    /// The reader's error (e.g. the store's, naming the file).
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// The whole object `name` of old rank `rank`'s part.
+    fn object(&mut self, rank: Rank, name: &str) -> std::result::Result<LoadedObject, Self::Error>;
+
+    /// Bytes `range` of object `name` of old rank `rank`'s part. A reader that cannot read
+    /// ranges may read the object and slice it; a result of the wrong length is reported
+    /// as a bad checkpoint naming the field and rank.
+    fn bytes(
+        &mut self,
+        rank: Rank,
+        name: &str,
+        range: Range<u64>,
+    ) -> std::result::Result<Vec<u8>, Self::Error>;
+}
+
+/// A [`PartSource`] over a closure that reads whole objects (`fetch(old_rank, name)`).
+struct Whole<F>(F);
+
+impl<F, E> PartSource for Whole<F>
+where
+    F: FnMut(Rank, &str) -> std::result::Result<LoadedObject, E>,
+    E: std::error::Error + Send + Sync + 'static,
+{
+    type Error = E;
+
+    fn object(&mut self, rank: Rank, name: &str) -> std::result::Result<LoadedObject, E> {
+        (self.0)(rank, name)
+    }
+
+    fn bytes(
+        &mut self,
+        rank: Rank,
+        name: &str,
+        range: Range<u64>,
+    ) -> std::result::Result<Vec<u8>, E> {
+        let o = (self.0)(rank, name)?;
+        let a = usize::try_from(range.start).unwrap_or(usize::MAX);
+        let b = usize::try_from(range.end).unwrap_or(usize::MAX);
+        // Out of range: an empty result, which `cut` reports as too short.
+        Ok(o.data.get(a..b).map(<[u8]>::to_vec).unwrap_or_default())
+    }
 }
 
 /// A plan to restore a checkpoint of `old_world` ranks on `new_world` ranks.
@@ -131,6 +183,16 @@ impl Reshard {
         self.objects.iter().map(|(n, (_, c))| (n.as_str(), c))
     }
 
+    /// The world size of the checkpoint.
+    pub fn old_world(&self) -> u32 {
+        self.old_world
+    }
+
+    /// The world size restored on.
+    pub fn new_world(&self) -> u32 {
+        self.new_world
+    }
+
     /// Checks that every replicated object really is identical on all old ranks, fetching
     /// it from each (`fetch(old_rank, name)`). The error names the first field that is
     /// per-rank state. A supervisor calls this once before relaunching on a new size.
@@ -141,25 +203,23 @@ impl Reshard {
     where
         E: std::error::Error + Send + Sync + 'static,
     {
+        self.check_from(&mut Whole(fetch))
+    }
+
+    /// [`Reshard::check`] over any [`PartSource`].
+    pub fn check_from(&self, src: &mut impl PartSource) -> Result<()> {
         for (name, (_, class)) in &self.objects {
             if *class == ObjectClass::Replicated {
-                self.replicated(name, fetch)?;
+                self.replicated(name, src)?;
             }
         }
         Ok(())
     }
 
-    fn replicated<E>(
-        &self,
-        name: &str,
-        fetch: &mut impl FnMut(Rank, &str) -> Result<LoadedObject, E>,
-    ) -> Result<LoadedObject>
-    where
-        E: std::error::Error + Send + Sync + 'static,
-    {
-        let base = fetch_one(fetch, Rank(0), name)?;
+    fn replicated(&self, name: &str, src: &mut impl PartSource) -> Result<LoadedObject> {
+        let base = fetch_one(src, Rank(0), name)?;
         for r in 1..self.old_world {
-            let o = fetch_one(fetch, Rank(r), name)?;
+            let o = fetch_one(src, Rank(r), name)?;
             if o.data != base.data {
                 return Err(DistError::bad_checkpoint(format!(
                     "field `{name}` differs between rank 0 and rank {r}: it is per-rank state, \
@@ -184,6 +244,17 @@ impl Reshard {
     where
         E: std::error::Error + Send + Sync + 'static,
     {
+        self.assemble_from(rank, &mut Whole(fetch))
+    }
+
+    /// [`Reshard::assemble`] reading from `src`: of each overlapping old part of a
+    /// distributed object only the byte range this rank keeps, of a replicated object every
+    /// old rank's copy (they must be identical; rank 0's is used).
+    pub fn assemble_from(
+        &self,
+        rank: Rank,
+        src: &mut impl PartSource,
+    ) -> Result<Vec<LoadedObject>> {
         if rank.0 >= self.new_world {
             return Err(DistError::invalid(format!(
                 "{rank} out of range for the new world of {}",
@@ -193,27 +264,24 @@ impl Reshard {
         let mut out = Vec::with_capacity(self.objects.len());
         for (name, (info, class)) in &self.objects {
             match class {
-                ObjectClass::Replicated => out.push(self.replicated(name, fetch)?),
+                ObjectClass::Replicated => out.push(self.replicated(name, src)?),
                 ObjectClass::Distributed { parts, row_width } => {
-                    out.push(self.cut(name, info, parts, *row_width, rank, fetch)?)
+                    out.push(self.cut(name, info, parts, *row_width, rank, src)?)
                 }
             }
         }
         Ok(out)
     }
 
-    fn cut<E>(
+    fn cut(
         &self,
         name: &str,
         info: &ObjectInfo,
         parts: &[GlobalRange],
         w: u64,
         rank: Rank,
-        fetch: &mut impl FnMut(Rank, &str) -> Result<LoadedObject, E>,
-    ) -> Result<LoadedObject>
-    where
-        E: std::error::Error + Send + Sync + 'static,
-    {
+        src: &mut impl PartSource,
+    ) -> Result<LoadedObject> {
         let ObjectKind::Bulk { dtype, .. } = info.kind else {
             return Err(DistError::bad_checkpoint(format!(
                 "field `{name}` is not bulk"
@@ -227,19 +295,26 @@ impl Reshard {
         let n_bytes = usize::try_from((want.end - want.start) * esize)
             .map_err(|_| DistError::invalid("block too large for this host"))?;
         let mut data = Vec::with_capacity(n_bytes);
-        for (src, sub) in old.overlapping(want.clone()) {
-            let o = fetch_one(fetch, src, name)?;
-            let base = old.range(src).start;
-            let a = ((sub.start - base) * esize) as usize;
-            let b = ((sub.end - base) * esize) as usize;
-            let bytes = o.data.get(a..b).ok_or_else(|| {
-                DistError::bad_checkpoint(format!(
-                    "field `{name}` of rank {}: {} bytes, too short for its global range",
-                    src.0,
-                    o.data.len()
-                ))
+        for (from, sub) in old.overlapping(want.clone()) {
+            let base = old.range(from).start;
+            let a = (sub.start - base) * esize;
+            let b = (sub.end - base) * esize;
+            let bytes = src.bytes(from, name, a..b).map_err(|e| {
+                DistError::with_source(
+                    crate::error::DistErrorKind::BadCheckpoint,
+                    format!("reading field `{name}` of rank {}", from.0),
+                    e,
+                )
             })?;
-            data.extend_from_slice(bytes);
+            if bytes.len() as u64 != b - a {
+                return Err(DistError::bad_checkpoint(format!(
+                    "field `{name}` of rank {}: {} bytes where its global range needs {}",
+                    from.0,
+                    bytes.len(),
+                    b - a
+                )));
+            }
+            data.extend_from_slice(&bytes);
         }
         let len = want.end - want.start;
         Ok(LoadedObject {
@@ -261,15 +336,8 @@ impl Reshard {
     }
 }
 
-fn fetch_one<E>(
-    fetch: &mut impl FnMut(Rank, &str) -> Result<LoadedObject, E>,
-    r: Rank,
-    name: &str,
-) -> Result<LoadedObject>
-where
-    E: std::error::Error + Send + Sync + 'static,
-{
-    fetch(r, name).map_err(|e| {
+fn fetch_one(src: &mut impl PartSource, r: Rank, name: &str) -> Result<LoadedObject> {
+    src.object(r, name).map_err(|e| {
         DistError::with_source(
             crate::error::DistErrorKind::BadCheckpoint,
             format!("reading field `{name}` of rank {}", r.0),

@@ -41,6 +41,7 @@ mod fpcache;
 mod fsutil;
 mod layout;
 mod lock;
+mod ranged;
 mod reader;
 mod repo;
 mod writer;

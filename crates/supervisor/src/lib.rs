@@ -5,7 +5,9 @@
 //!   optional seeded [`KillPlan`] (fault injection for tests, the demo and experiments).
 //! - [`Supervisor`]: holds the repository lock for the whole job, launches the ranks,
 //!   and after a failure stops everyone and restarts all ranks from the newest committed
-//!   checkpoint, until the job completes or the budget is spent.
+//!   checkpoint, until the job completes or the budget is spent. With [`Shrink`], it
+//!   restarts on one rank fewer after each failure (down to a minimum), the job's state
+//!   being redistributed on restore.
 //! - [`Report`]: every failure with the work it lost and the recovery time, and how the
 //!   job ended.
 //!
@@ -19,9 +21,11 @@
 mod output;
 mod plan;
 mod report;
+mod shrink;
 mod supervisor;
 
 pub use output::{Marker, OutputCommit, MARKER_PREFIX};
 pub use plan::{FailpointKill, KillPlan, KillTrigger, PlannedKill};
 pub use report::{FailureReport, JobEnd, OutputLine, Report, RestorePoint};
+pub use shrink::Shrink;
 pub use supervisor::{Supervisor, SupervisorConfig, SupervisorError, OUTPUT_MARKERS_ENV, REPO_ENV};

@@ -114,6 +114,9 @@ pub struct Report {
     pub output: Vec<OutputLine>,
     /// Exit status of the last launch (the failing rank's status when giving up).
     pub last_exit_code: i32,
+    /// Number of ranks of the last launch (smaller than the configured number after a
+    /// shrink, see `SupervisorConfig::shrink`).
+    pub ranks: u32,
 }
 
 impl Report {

@@ -3,6 +3,7 @@
 use crate::output::{Marker, OutputCommit};
 use crate::plan::{KillPlan, KillTrigger, ResolvedKill};
 use crate::report::{FailureReport, JobEnd, OutputLine, Report, RestorePoint};
+use crate::shrink::{self, Shrink};
 use lazarus_format::Rank;
 use lazarus_net::launch::{LaunchConfig, LaunchObserver, Launcher};
 use lazarus_net::{JobToken, NetError};
@@ -64,6 +65,9 @@ pub struct SupervisorConfig {
     pub capture_output: bool,
     /// Print one human line per failure/restart on stderr.
     pub progress: bool,
+    /// After a rank failure, restart on one rank fewer (down to a minimum) instead of the
+    /// same number; `None` (default) restarts on the same number. See [`Shrink`].
+    pub shrink: Option<Shrink>,
 }
 
 impl SupervisorConfig {
@@ -78,6 +82,7 @@ impl SupervisorConfig {
             echo_output: true,
             capture_output: false,
             progress: true,
+            shrink: None,
         }
     }
 }
@@ -246,9 +251,17 @@ impl Supervisor {
     /// token, which rank 0 shares through `open_shared`) for the whole call. `Err` only when
     /// the repository cannot be used or ranks cannot be started.
     pub fn run(cfg: &SupervisorConfig) -> Result<Report, SupervisorError> {
-        let n = cfg.launch.ranks;
+        let mut n = cfg.launch.ranks;
         if n == 0 {
             return Err(SupervisorError::Config("-n must be at least 1".into()));
+        }
+        if let Some(sh) = cfg.shrink {
+            if sh.min_ranks == 0 || sh.min_ranks > n {
+                return Err(SupervisorError::Config(format!(
+                    "the minimum number of ranks ({}) must be in 1..={n}",
+                    sh.min_ranks
+                )));
+            }
         }
         let token = JobToken::random();
         let repo_err = |source| SupervisorError::Repo {
@@ -281,6 +294,7 @@ impl Supervisor {
         let mut failed_at: Option<Instant> = None;
         loop {
             let mut launch = cfg.launch.clone();
+            launch.ranks = n;
             launch.token = Some(token.clone());
             launch.incarnation = incarnation;
             launch.observer = Some(Arc::new(Observer(shared.clone())));
@@ -347,6 +361,7 @@ impl Supervisor {
                     incarnation,
                     t0,
                     0,
+                    n,
                 ));
             }
             // The newest COMMIT, not re-verified: verifying reads the whole checkpoint and
@@ -381,6 +396,7 @@ impl Supervisor {
                     incarnation,
                     t0,
                     code,
+                    n,
                 ));
             }
             let Some(failure) = outcome.failure else {
@@ -392,6 +408,7 @@ impl Supervisor {
                     incarnation,
                     t0,
                     0,
+                    n,
                 ));
             };
             let now = Instant::now();
@@ -427,6 +444,7 @@ impl Supervisor {
                     incarnation,
                     t0,
                     code,
+                    n,
                 );
                 if cfg.progress {
                     if let Some(m) = r.give_up_message() {
@@ -439,11 +457,34 @@ impl Supervisor {
             let _ = history.record_failure(f_unix as f64 / 1000.0);
             incarnation += 1;
             failed_at = Some(f_at);
+            let before = n;
+            if let Some(sh) = cfg.shrink.filter(|sh| n > sh.min_ranks) {
+                match shrink::can_restore_on(&reader, n - 1) {
+                    Ok(()) => n -= 1,
+                    Err(why) => {
+                        if cfg.progress {
+                            eprintln!(
+                                "lazarus: not shrinking below {n} ranks (minimum {}): {why}",
+                                sh.min_ranks
+                            );
+                        }
+                    }
+                }
+            }
             if cfg.progress {
-                eprintln!(
-                    "lazarus: restarting all {n} ranks (restart {incarnation} of at most {})",
-                    cfg.max_restarts
-                );
+                if n < before {
+                    eprintln!(
+                        "lazarus: restarting on {n} ranks instead of {before} (shrink on \
+                         failure, minimum {}) (restart {incarnation} of at most {})",
+                        cfg.shrink.map_or(n, |s| s.min_ranks),
+                        cfg.max_restarts
+                    );
+                } else {
+                    eprintln!(
+                        "lazarus: restarting all {n} ranks (restart {incarnation} of at most {})",
+                        cfg.max_restarts
+                    );
+                }
             }
         }
     }
@@ -456,8 +497,10 @@ fn report(
     incarnation: u64,
     t0: Instant,
     code: i32,
+    ranks: u32,
 ) -> Report {
     Report {
+        ranks,
         end,
         failures,
         launches: incarnation + 1,

@@ -96,10 +96,12 @@ pub fn supervise(
     launch: LaunchConfig,
     repo: &Path,
     max_restarts: u32,
+    shrink: Option<lazarus::supervisor::Shrink>,
     inject: &InjectArgs,
 ) -> CmdResult {
     let mut cfg = SupervisorConfig::new(launch, repo);
     cfg.max_restarts = max_restarts;
+    cfg.shrink = shrink;
     cfg.kill_plan = inject.plan(cfg.launch.ranks)?;
     // Rank stop grace: give the survivors a moment to notice the dead peer and exit by
     // themselves, which keeps their stderr free of SIGTERM noise.
@@ -110,9 +112,10 @@ pub fn supervise(
     let report = Supervisor::run(&cfg)?;
     if !report.failures.is_empty() && report.success() {
         eprintln!(
-            "lazarus run: completed after {} restart(s) in {:.2} s",
+            "lazarus run: completed after {} restart(s) in {:.2} s on {} ranks",
             report.failures.len(),
-            report.elapsed.as_secs_f64()
+            report.elapsed.as_secs_f64(),
+            report.ranks
         );
     }
     if let Some(s) = match report.end {

@@ -1,4 +1,5 @@
-//! `lazarus run -n N [--repo DIR --max-restarts K] -- PROG ARGS…`: a thin CLI over
+//! `lazarus run -n N [--repo DIR --max-restarts K [--shrink-on-failure [--min-ranks M]]]
+//! -- PROG ARGS…`: a thin CLI over
 //! `lazarus::net::launch`, and over `lazarus::supervisor` when `--repo` asks for recovery.
 
 use super::CmdResult;
@@ -46,6 +47,15 @@ pub struct Args {
     /// With --repo: restarts allowed before giving up.
     #[arg(long, default_value_t = 3, requires = "repo")]
     max_restarts: u32,
+    /// With --repo: after a rank failure, restart on one rank fewer (a lost node) instead
+    /// of the same number, down to --min-ranks. The checkpoint is redistributed on
+    /// restore; if it cannot be (per-rank state), the job restarts on the same number.
+    #[arg(long, requires = "repo")]
+    shrink_on_failure: bool,
+    /// With --shrink-on-failure: never restart on fewer ranks than this [default: 1].
+    #[arg(long, value_name = "K", requires = "shrink_on_failure",
+          value_parser = clap::value_parser!(u32).range(1..=4096))]
+    min_ranks: Option<u32>,
     #[command(flatten)]
     inject: super::recover::InjectArgs,
     /// The program and its arguments, after `--`.
@@ -92,7 +102,17 @@ fn config(a: &Args) -> Result<LaunchConfig, Box<dyn std::error::Error + Send + S
 pub fn main(args: Args) -> CmdResult {
     let cfg = config(&args)?;
     if let Some(repo) = &args.repo {
-        return super::recover::supervise(cfg, repo, args.max_restarts, &args.inject);
+        let shrink = args.shrink_on_failure.then(|| lazarus::supervisor::Shrink {
+            min_ranks: args.min_ranks.unwrap_or(1),
+        });
+        if let Some(s) = shrink.filter(|s| s.min_ranks > args.ranks) {
+            return Err(format!(
+                "lazarus run: --min-ranks {} is more than -n {}",
+                s.min_ranks, args.ranks
+            )
+            .into());
+        }
+        return super::recover::supervise(cfg, repo, args.max_restarts, shrink, &args.inject);
     }
     if args.inject.any() {
         return Err("lazarus run: fault injection flags need --repo".into());
