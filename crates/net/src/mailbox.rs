@@ -112,8 +112,18 @@ pub(crate) struct Mailbox {
     arrivals: AtomicU64,
     /// Threads blocked on `cv`: pushes skip the futex wake-up syscall when nobody sleeps.
     sleepers: AtomicUsize,
+    /// Upper bound of the spin ([`NetConfig::spin`](crate::NetConfig)).
     spin: Duration,
+    /// Current spin budget in nanoseconds, adapted between 0 and `spin` (see
+    /// [`Mailbox::wait_for_arrival`]).
+    spin_budget: AtomicU64,
 }
+
+/// A yield that keeps the caller off the CPU longer than this means other threads were
+/// waiting for it: the machine is oversubscribed and spinning only steals their time.
+const OVERSUBSCRIBED_YIELD: Duration = Duration::from_micros(30);
+/// Spin budget granted again after a wait that spinning would have caught.
+const MIN_REGROW_NS: u64 = 2_000;
 
 /// Which messages a receive accepts.
 #[derive(Clone, Copy, Debug)]
@@ -149,6 +159,7 @@ impl Mailbox {
             arrivals: AtomicU64::new(0),
             sleepers: AtomicUsize::new(0),
             spin,
+            spin_budget: AtomicU64::new(spin.as_nanos().min(u128::from(u64::MAX)) as u64),
         }
     }
 
@@ -284,16 +295,49 @@ impl Mailbox {
 
     /// Spins, then sleeps, until `arrivals` moves past `seen` (or 100 ms pass, or the
     /// deadline); `Timeout` only at the deadline.
+    ///
+    /// The spin is adaptive, because spinning only pays when the message comes soon and a
+    /// core is free: a wait that outlasts the spin halves the budget (a bulk receive or a
+    /// slow peer stops burning the CPU the transport needs), a wait shorter than `spin`
+    /// grows it again (to twice that wait at least, up to `spin`), and a `yield` that kept
+    /// us off the CPU
+    /// for more than [`OVERSUBSCRIBED_YIELD`] (more runnable threads than cores, e.g. 16
+    /// ranks on 2 cores) ends the spin at once.
     fn wait_for_arrival(&self, seen: u64, deadline: Option<Instant>) -> Result<()> {
-        // Spin briefly: a wake-up through the condvar costs tens of microseconds here.
+        let max = self.spin.as_nanos().min(u128::from(u64::MAX)) as u64;
+        let budget = Duration::from_nanos(self.spin_budget.load(Ordering::Relaxed).min(max));
         let t0 = Instant::now();
+        let mut last = t0;
+        let mut crowded = false;
         // Yielding while spinning lets the transport's reader thread run on this core.
-        while self.arrivals.load(Ordering::SeqCst) == seen && t0.elapsed() < self.spin {
+        while self.arrivals.load(Ordering::SeqCst) == seen && last - t0 < budget {
             std::thread::yield_now();
+            let now = Instant::now();
+            if now - last > OVERSUBSCRIBED_YIELD {
+                crowded = true;
+                break;
+            }
+            last = now;
         }
         if self.arrivals.load(Ordering::SeqCst) != seen {
             return Ok(());
         }
+        let r = self.block_for_arrival(seen, deadline);
+        let waited = t0.elapsed();
+        let b = budget.as_nanos() as u64;
+        let waited = waited.as_nanos().min(u128::from(u64::MAX)) as u64;
+        let next = if !crowded && waited <= max {
+            // Spinning as long as this wait (plus margin) would have caught it.
+            (2 * b).max(2 * waited).max(MIN_REGROW_NS).min(max)
+        } else {
+            b / 2
+        };
+        self.spin_budget.store(next, Ordering::Relaxed);
+        r
+    }
+
+    /// The blocking half of [`Mailbox::wait_for_arrival`].
+    fn block_for_arrival(&self, seen: u64, deadline: Option<Instant>) -> Result<()> {
         let s = self.lock();
         // Periodic re-check bounds the wait even if a notification were missed.
         let mut wait = Duration::from_millis(100);
@@ -416,5 +460,51 @@ impl Mailbox {
             }
             self.wait_for_arrival(seen, deadline)?;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(src: u32) -> Envelope {
+        Envelope {
+            src: Rank(src),
+            tag: Tag::user(1),
+            epoch: Epoch(0),
+            incarnation: 0,
+            payload: vec![1, 2, 3],
+        }
+    }
+
+    #[test]
+    fn long_waits_shrink_the_spin_and_still_deliver() {
+        let mb = std::sync::Arc::new(Mailbox::new(2, Duration::from_micros(100)));
+        let m = Match {
+            src: Some(Rank(1)),
+            tag: None,
+        };
+        for _ in 0..3 {
+            let before = mb.spin_budget.load(Ordering::Relaxed);
+            let mb2 = mb.clone();
+            let t = std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(20));
+                mb2.push(env(1));
+            });
+            let e = mb.recv(&m, Rank(0), None).unwrap();
+            assert_eq!(e.payload, vec![1, 2, 3]);
+            t.join().unwrap();
+            // A 20 ms wait can never be caught by a 100 us spin: the budget halves.
+            assert!(mb.spin_budget.load(Ordering::Relaxed) <= before / 2);
+        }
+        // A zero budget still delivers (pure blocking wait) and bounded waits time out.
+        let e = mb
+            .recv(
+                &m,
+                Rank(0),
+                Some(Instant::now() + Duration::from_millis(30)),
+            )
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Timeout);
     }
 }

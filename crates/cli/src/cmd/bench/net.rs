@@ -1,5 +1,6 @@
 //! `lazarus bench net`: communicator throughput and latency against raw TCP on loopback
-//! measured in the same run, and allreduce scaling (TCP backend, ranks as threads).
+//! measured in the same run, and allreduce scaling (TCP backend, ranks as threads; 8 MiB
+//! vectors take the reduce-scatter + allgather path, 8 B the tree or recursive doubling).
 
 use crate::cmd::CmdResult;
 use lazarus::format::Rank;
@@ -188,11 +189,21 @@ fn allreduce_time(
     Ok(times.get(times.len() / 2).copied().unwrap_or_default())
 }
 
+/// The 1/5/15-minute load averages, so a reader can tell a quiet run from a loaded one.
+fn load() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
 /// Runs the benchmark and prints measured ratios.
 pub fn main(a: Args) -> CmdResult {
     println!(
-        "lazarus bench net: loopback, {} MiB per throughput run, {} round trips",
-        a.mib, a.round_trips
+        "lazarus bench net: loopback, {} MiB per throughput run, {} round trips, {} cores, load {}",
+        a.mib,
+        a.round_trips,
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        load()
     );
     let (mut bw, mut lat) = (Vec::new(), Vec::new());
     let mut raw_bws = Vec::new();
@@ -255,5 +266,6 @@ pub fn main(a: Args) -> CmdResult {
             (8 << 20) as f64 / big.as_secs_f64() / 1e9
         );
     }
+    println!("load at end: {}", load());
     Ok(ExitCode::SUCCESS)
 }
