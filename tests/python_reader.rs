@@ -155,6 +155,7 @@ fn write_repo(repo: &Path, n: u32, codec: Codec, seed: u64) {
                 .map(|o| ObjectSpec {
                     info: o.info.clone(),
                     data: o.data.as_slice().into(),
+                    hint: None,
                 })
                 .collect();
             w.write(Rank(rank as u32), &specs).expect("write part")

@@ -27,6 +27,7 @@ fn serde_obj<'a>(name: &str, data: &'a [u8]) -> ObjectSpec<'a> {
             kind: ObjectKind::Serde,
         },
         data: data.into(),
+        hint: None,
     }
 }
 

@@ -901,6 +901,7 @@ fn capture<S: Checkpoint + ?Sized>(
         .map(|o| ObjectSpec {
             info: o.info,
             data: o.data.into_owned().into(),
+            hint: o.hint,
         })
         .collect())
 }

@@ -23,5 +23,8 @@ pub use envelope::{COMMIT_MAGIC, ENVELOPE_HEADER_LEN, MANIFEST_MAGIC, MAX_ENVELO
 pub use error::{FormatError, FormatErrorKind};
 pub use ids::{CheckpointId, ChunkDigest, Epoch, Rank};
 pub use manifest::{ChunkRef, CommitPart, CommitRecord, Manifest, ManifestObject, WriterInfo};
-pub use object::{DType, GlobalRange, LoadedObject, ObjectInfo, ObjectKind, ObjectSpec};
+pub use object::{
+    ChangeHint, DType, GlobalRange, LoadedObject, ObjectInfo, ObjectKind, ObjectSpec, WriteTicket,
+    WrittenSink,
+};
 pub use repo::{FormatVersion, FORMAT_MAJOR, FORMAT_MINOR, REPO_FORMAT_LEN, REPO_MAGIC};

@@ -5,6 +5,10 @@
 
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
+use std::fmt;
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 /// Element type of a bulk array. On disk every element is little-endian, fixed width.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -116,6 +120,164 @@ pub struct ObjectSpec<'a> {
     pub info: ObjectInfo,
     /// the exact bytes to store (little-endian for bulk objects)
     pub data: Cow<'a, [u8]>,
+    /// Optional promise of the producer about which byte ranges of `data` are unchanged
+    /// since an earlier write of the same object ([`ChangeHint`]); `None` makes the store
+    /// look at every byte, which is always correct.
+    pub hint: Option<ChangeHint>,
+}
+
+impl<'a> ObjectSpec<'a> {
+    /// An object without a change hint.
+    pub fn new(info: ObjectInfo, data: impl Into<Cow<'a, [u8]>>) -> Self {
+        ObjectSpec {
+            info,
+            data: data.into(),
+            hint: None,
+        }
+    }
+
+    /// The same object carrying `hint`.
+    pub fn with_hint(mut self, hint: ChangeHint) -> Self {
+        self.hint = Some(hint);
+        self
+    }
+}
+
+/// Identifies one object of one durable part write, handed out by the store to the
+/// producer of a [`ChangeHint`] once that write is durable. Unique within the process (a
+/// counter, never reused), meaningless in any other process and never persisted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct WriteTicket(u64);
+
+impl WriteTicket {
+    /// A ticket no earlier call in this process returned.
+    pub fn unique() -> WriteTicket {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        WriteTicket(NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+/// Told by the store that the object a [`ChangeHint`] was attached to is durable, and
+/// under which ticket the store remembers its chunk digests.
+pub trait WrittenSink: Send + Sync {
+    /// The part holding the object is durable (chunks and manifest fsynced); later hints
+    /// may name `ticket` as their base. Called at most once per write, never for a write
+    /// that failed.
+    fn written(&self, ticket: WriteTicket);
+}
+
+/// A producer's conservative promise about a bulk object's bytes: "every page not marked
+/// dirty here holds the same bytes as when the object was written under [`Self::base`]".
+///
+/// Pages are `page` bytes long (the last one may be shorter); bit `p % 64` of word
+/// `p / 64` of the dirty bitmap is set when page `p` may have changed, and a page whose
+/// word is missing counts as dirty. The store uses it to reuse the digest it computed for
+/// a chunk in the base write without reading the chunk again, and only when everything
+/// matches: same process, same repository and rank, same object name, same chunk size,
+/// same length, and its remembered ticket for that object equal to `base`. Anything else
+/// (no base, a ticket it does not hold, a length change) and the store reads and hashes
+/// the bytes as without a hint, so a stale or foreign hint can cost time but not
+/// correctness — unless the producer breaks the promise by changing a page it reports
+/// clean, which is why only the state layer's tracked containers create hints.
+///
+/// Cheap to clone (shared).
+#[derive(Clone)]
+pub struct ChangeHint {
+    inner: Arc<HintInner>,
+}
+
+struct HintInner {
+    base: Option<WriteTicket>,
+    len: u64,
+    page: u64,
+    dirty: Vec<u64>,
+    sink: Option<Arc<dyn WrittenSink>>,
+}
+
+impl ChangeHint {
+    /// A hint for `len` bytes in pages of `page` bytes (0 is treated as 1), relative to
+    /// the write `base` (`None`: no usable earlier write, every page counts as dirty), with
+    /// the dirty-page bitmap `dirty` (see the type's doc), and `sink` to be told the ticket
+    /// of the durable write of these bytes.
+    pub fn new(
+        len: u64,
+        page: u64,
+        base: Option<WriteTicket>,
+        dirty: Vec<u64>,
+        sink: Option<Arc<dyn WrittenSink>>,
+    ) -> ChangeHint {
+        ChangeHint {
+            inner: Arc::new(HintInner {
+                base,
+                len,
+                page: page.max(1),
+                dirty,
+                sink,
+            }),
+        }
+    }
+
+    /// The write this hint is relative to.
+    pub fn base(&self) -> Option<WriteTicket> {
+        self.inner.base
+    }
+
+    /// Number of bytes the hint describes (must equal the object's length to be used).
+    pub fn len(&self) -> u64 {
+        self.inner.len
+    }
+
+    /// True when the hint describes no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.inner.len == 0
+    }
+
+    /// True only if the hint has a base and every page overlapping `bytes` is clean;
+    /// false for an empty range or one reaching past the described length.
+    pub fn is_clean(&self, bytes: Range<u64>) -> bool {
+        let h = &self.inner;
+        if h.base.is_none() || bytes.start >= bytes.end || bytes.end > h.len {
+            return false;
+        }
+        let first = bytes.start / h.page;
+        let last = (bytes.end - 1) / h.page;
+        (first..=last).all(|p| {
+            let word = usize::try_from(p / 64)
+                .ok()
+                .and_then(|w| h.dirty.get(w))
+                .copied();
+            matches!(word, Some(w) if w & (1u64 << (p % 64)) == 0)
+        })
+    }
+
+    /// Number of dirty pages (pages past the bitmap count as dirty).
+    pub fn dirty_pages(&self) -> u64 {
+        let h = &self.inner;
+        let pages = h.len.div_ceil(h.page);
+        (0..pages)
+            .filter(|&p| !self.is_clean(p * h.page..((p + 1) * h.page).min(h.len)))
+            .count() as u64
+    }
+
+    /// Passes the ticket of the durable write of these bytes to the producer.
+    pub fn written(&self, ticket: WriteTicket) {
+        if let Some(s) = &self.inner.sink {
+            s.written(ticket);
+        }
+    }
+}
+
+impl fmt::Debug for ChangeHint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let h = &self.inner;
+        f.debug_struct("ChangeHint")
+            .field("base", &h.base)
+            .field("len", &h.len)
+            .field("page", &h.page)
+            .field("dirty_words", &h.dirty.len())
+            .field("sink", &h.sink.is_some())
+            .finish()
+    }
 }
 
 /// An object read back from a repository; its bytes were verified against their digests.
@@ -125,4 +287,50 @@ pub struct LoadedObject {
     pub info: ObjectInfo,
     /// the stored bytes (little-endian for bulk objects)
     pub data: Vec<u8>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    #[derive(Default)]
+    struct Got(Mutex<Vec<WriteTicket>>);
+    impl WrittenSink for Got {
+        fn written(&self, t: WriteTicket) {
+            self.0.lock().unwrap().push(t);
+        }
+    }
+
+    #[test]
+    fn clean_needs_a_base_and_every_overlapping_page_clean() {
+        // 10 pages of 4 bytes, page 3 dirty; 38 bytes so the last page is short.
+        let h = ChangeHint::new(38, 4, Some(WriteTicket::unique()), vec![1 << 3], None);
+        assert!(h.is_clean(0..12));
+        assert!(!h.is_clean(0..13));
+        assert!(!h.is_clean(12..16));
+        assert!(h.is_clean(16..38));
+        assert!(!h.is_clean(16..39), "past the described length");
+        assert!(!h.is_clean(5..5), "empty range");
+        assert_eq!(h.dirty_pages(), 1);
+        let no_base = ChangeHint::new(38, 4, None, vec![0], None);
+        assert!(!no_base.is_clean(0..4));
+        // Missing bitmap words count as dirty: 100 pages, one word.
+        let short = ChangeHint::new(400, 4, Some(WriteTicket::unique()), vec![0], None);
+        assert!(short.is_clean(0..256));
+        assert!(!short.is_clean(0..260));
+        assert_eq!(short.dirty_pages(), 36);
+    }
+
+    #[test]
+    fn tickets_are_unique_and_reach_the_sink() {
+        let a = WriteTicket::unique();
+        let b = WriteTicket::unique();
+        assert_ne!(a, b);
+        let got = Arc::new(Got::default());
+        let h = ChangeHint::new(1, 1, None, vec![], Some(got.clone()));
+        h.clone().written(b);
+        assert_eq!(*got.0.lock().unwrap(), vec![b]);
+        assert!(format!("{h:?}").contains("ChangeHint"));
+    }
 }

@@ -11,6 +11,10 @@
 //!   expects must be present with the same type name and kind, and no object may be left
 //!   over. Mismatches are [`StateError`]s naming the field.
 //!
+//! For large arrays that change a little between checkpoints, [`DirtyVec`] records which
+//! pages were written since the last durable checkpoint and tells the store, which then
+//! neither reads nor hashes the others (see its module doc for why that is never wrong).
+//!
 //! # Derive
 //!
 //! ```
@@ -74,6 +78,7 @@ mod element;
 mod error;
 mod impls;
 mod reader;
+mod tracked;
 mod writer;
 
 pub use element::{swap_element_bytes, to_le_bytes, Element};
@@ -81,6 +86,7 @@ pub use error::{StateError, StateErrorKind};
 pub use impls::Serde;
 pub use lazarus_derive::Checkpoint;
 pub use reader::StateReader;
+pub use tracked::{DirtyVec, VecMut, TRACK_PAGE};
 pub use writer::StateWriter;
 
 use lazarus_format::{LoadedObject, ObjectSpec};

@@ -2,7 +2,7 @@
 
 use crate::element::{to_le_bytes, Element};
 use crate::{short_type_name, Checkpoint, StateError, ROOT_NAME};
-use lazarus_format::{GlobalRange, ObjectInfo, ObjectKind, ObjectSpec};
+use lazarus_format::{ChangeHint, GlobalRange, ObjectInfo, ObjectKind, ObjectSpec};
 use serde::Serialize;
 use std::borrow::Cow;
 use std::collections::HashSet;
@@ -65,7 +65,26 @@ impl<'a> StateWriter<'a> {
             len: data.len() as u64,
             global,
         };
-        self.push(type_name, kind, to_le_bytes(data))
+        self.push(type_name, kind, to_le_bytes(data), None)
+    }
+
+    /// Like [`Self::bulk`], with the producer's promise of which pages of `data` are
+    /// unchanged since an earlier write (see `ChangeHint`); the store then skips reading
+    /// them. Only for containers that track every write (as [`crate::DirtyVec`] does): a
+    /// page reported clean that did change would be saved with its old bytes.
+    pub fn bulk_hinted<T: Element>(
+        &mut self,
+        type_name: &str,
+        data: &'a [T],
+        global: Option<GlobalRange>,
+        hint: ChangeHint,
+    ) -> Result<(), StateError> {
+        let kind = ObjectKind::Bulk {
+            dtype: T::DTYPE,
+            len: data.len() as u64,
+            global,
+        };
+        self.push(type_name, kind, to_le_bytes(data), Some(hint))
     }
 
     /// Pushes one serde object at the current path, encoded with postcard 1.x.
@@ -78,7 +97,7 @@ impl<'a> StateWriter<'a> {
             field: self.object_name(),
             source,
         })?;
-        self.push(type_name, ObjectKind::Serde, Cow::Owned(bytes))
+        self.push(type_name, ObjectKind::Serde, Cow::Owned(bytes), None)
     }
 
     /// The objects saved so far, in save order.
@@ -99,6 +118,7 @@ impl<'a> StateWriter<'a> {
         type_name: &str,
         kind: ObjectKind,
         data: Cow<'a, [u8]>,
+        hint: Option<ChangeHint>,
     ) -> Result<(), StateError> {
         let name = self.object_name();
         if !self.names.insert(name.clone()) {
@@ -109,7 +129,7 @@ impl<'a> StateWriter<'a> {
             type_name: type_name.to_string(),
             kind,
         };
-        self.objects.push(ObjectSpec { info, data });
+        self.objects.push(ObjectSpec { info, data, hint });
         Ok(())
     }
 }

@@ -23,8 +23,15 @@
 //!   corrupt or foreign chunk;
 //! - a hit is still checked against the repository (the chunk file must exist), so GC or a
 //!   deleted repository between two checkpoints only turns the hit into a write.
+//!
+//! Each object's entry also carries the [`WriteTicket`] of the write that filled it. A
+//! producer that tracks its own writes (the state layer's `DirtyVec`) receives that ticket
+//! and later hands back a `ChangeHint` naming it: then chunks the hint reports clean reuse
+//! the entry's `(fingerprint, digest)` without reading the bytes at all. A hint naming any
+//! other ticket (a write that failed and so left no entry, another repository, rank or
+//! chunk size, a later write by someone else) finds no match and the chunk is read.
 
-use lazarus_format::{ChunkDigest, Rank};
+use lazarus_format::{ChunkDigest, Rank, WriteTicket};
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 use std::path::{Path, PathBuf};
@@ -59,7 +66,15 @@ pub(crate) fn fingerprint(data: &[u8]) -> Fingerprint {
 #[derive(Debug, Default)]
 pub(crate) struct PartCache {
     chunk_size: u64,
-    objects: HashMap<String, Vec<(Fingerprint, ChunkDigest)>>,
+    objects: HashMap<String, CachedObject>,
+}
+
+/// One object of the part: the ticket of the write that recorded it, and per chunk (in
+/// order) the fingerprint and digest of its raw bytes.
+#[derive(Debug)]
+struct CachedObject {
+    ticket: WriteTicket,
+    chunks: Vec<(Fingerprint, ChunkDigest)>,
 }
 
 impl PartCache {
@@ -78,13 +93,37 @@ impl PartCache {
         index: usize,
         fp: Fingerprint,
     ) -> Option<ChunkDigest> {
-        let (old, digest) = self.objects.get(object)?.get(index)?;
+        let (old, digest) = self.objects.get(object)?.chunks.get(index)?;
         (*old == fp).then_some(*digest)
     }
 
-    /// Records the chunks of `object`, in order.
-    pub(crate) fn insert(&mut self, object: &str, chunks: Vec<(Fingerprint, ChunkDigest)>) {
-        self.objects.insert(object.to_owned(), chunks);
+    /// The fingerprint and digest of chunk `index` of `object` as recorded by the write
+    /// `ticket`, if that write recorded it and the chunk was `len` bytes long; for chunks a
+    /// change hint relative to `ticket` reports clean.
+    pub(crate) fn inherit(
+        &self,
+        object: &str,
+        ticket: WriteTicket,
+        index: usize,
+        len: u64,
+    ) -> Option<(Fingerprint, ChunkDigest)> {
+        let o = self.objects.get(object)?;
+        if o.ticket != ticket {
+            return None;
+        }
+        let (fp, digest) = o.chunks.get(index)?;
+        (fp.len == len).then_some((*fp, *digest))
+    }
+
+    /// Records the chunks of `object`, in order, as written under `ticket`.
+    pub(crate) fn insert(
+        &mut self,
+        object: &str,
+        ticket: WriteTicket,
+        chunks: Vec<(Fingerprint, ChunkDigest)>,
+    ) {
+        self.objects
+            .insert(object.to_owned(), CachedObject { ticket, chunks });
     }
 }
 
@@ -131,11 +170,25 @@ mod tests {
     fn lookup_needs_same_object_index_and_fingerprint() {
         let d = ChunkDigest::of(b"x");
         let mut c = PartCache::new(4096);
-        c.insert("a", vec![(fingerprint(b"x"), d)]);
+        let t = WriteTicket::unique();
+        c.insert("a", t, vec![(fingerprint(b"x"), d)]);
         assert_eq!(c.lookup("a", 0, fingerprint(b"x")), Some(d));
         assert_eq!(c.lookup("a", 1, fingerprint(b"x")), None);
         assert_eq!(c.lookup("b", 0, fingerprint(b"x")), None);
         assert_eq!(c.lookup("a", 0, fingerprint(b"y")), None);
+    }
+
+    #[test]
+    fn inherit_needs_same_ticket_object_index_and_length() {
+        let d = ChunkDigest::of(b"x");
+        let mut c = PartCache::new(4096);
+        let t = WriteTicket::unique();
+        c.insert("a", t, vec![(fingerprint(b"x"), d)]);
+        assert_eq!(c.inherit("a", t, 0, 1), Some((fingerprint(b"x"), d)));
+        assert_eq!(c.inherit("a", WriteTicket::unique(), 0, 1), None);
+        assert_eq!(c.inherit("b", t, 0, 1), None);
+        assert_eq!(c.inherit("a", t, 1, 1), None);
+        assert_eq!(c.inherit("a", t, 0, 2), None);
     }
 
     #[test]

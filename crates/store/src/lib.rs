@@ -26,6 +26,7 @@
 //!     info: ObjectInfo { name: "x".into(), type_name: "Vec<f64>".into(),
 //!         kind: ObjectKind::Bulk { dtype: DType::F64, len: 2, global: None } },
 //!     data: data.as_slice().into(),
+//!     hint: None,
 //! };
 //! let receipt = pending.part_writer().write(Rank(0), &[obj])?;
 //! let done = repo.commit(pending, vec![receipt], CommitMeta::default())?;

@@ -674,6 +674,7 @@ mod tests {
                 kind: ObjectKind::Serde,
             },
             data: data.into(),
+            hint: None,
         }
     }
 

@@ -6,8 +6,8 @@ use crate::fpcache::{self, Fingerprint, PartCache};
 use crate::fsutil::{self, failpoint, Budget};
 use crate::layout::Layout;
 use lazarus_format::{
-    encode_chunk, CheckpointId, ChunkCodec, ChunkDigest, ChunkHeader, ChunkRef, Manifest,
-    ManifestObject, ObjectKind, ObjectSpec, Rank,
+    encode_chunk, ChangeHint, CheckpointId, ChunkCodec, ChunkDigest, ChunkHeader, ChunkRef,
+    Manifest, ManifestObject, ObjectKind, ObjectSpec, Rank, WriteTicket,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashSet};
@@ -97,6 +97,10 @@ pub struct PartReceipt {
     /// since its previous checkpoint of the rank, not re-hashed with BLAKE3).
     #[serde(default)]
     pub cached_chunks: u64,
+    /// Number of chunks whose digest was reused because the object's change hint reported
+    /// them unchanged since the write it names: their bytes were not read at all.
+    #[serde(default)]
+    pub hinted_chunks: u64,
 }
 
 /// Writes rank parts of one pending checkpoint. Cheap to clone, `Send + Sync`; can be built
@@ -117,8 +121,12 @@ struct Job<'a> {
     name: &'a str,
     /// Chunk index within the object.
     index: usize,
+    /// Byte offset of the chunk within the object.
+    offset: u64,
     data: &'a [u8],
     shuffle: Option<u8>,
+    /// The object's change hint, when it describes exactly the object's bytes.
+    hint: Option<&'a ChangeHint>,
 }
 
 /// A chunk file's bytes: `Raw` borrows the caller's data (no copy), `Owned` is a
@@ -146,6 +154,8 @@ struct ChunkOutcome {
     stored_pending: bool,
     /// The digest came from the fingerprint cache.
     cached: bool,
+    /// The digest came from the fingerprint cache on the object's change hint (bytes unread).
+    hinted: bool,
     new_bytes: u64,
     /// (temp path, final path) of a newly written, not yet durable chunk.
     temp: Option<(PathBuf, PathBuf)>,
@@ -255,13 +265,16 @@ impl PartWriter {
                 }
                 ObjectKind::Serde => None,
             };
+            let hint = o.hint.as_ref().filter(|h| h.len() == o.data.len() as u64);
             for (index, piece) in o.data.chunks(chunk_size).enumerate() {
                 jobs.push(Job {
                     obj: i,
                     name: o.info.name.as_str(),
                     index,
+                    offset: (index * chunk_size) as u64,
                     data: piece,
                     shuffle,
+                    hint,
                 });
             }
         }
@@ -284,22 +297,25 @@ impl PartWriter {
         let mut next_cache = self
             .fingerprint_cache
             .then(|| PartCache::new(chunk_size as u64));
+        let tickets: Vec<WriteTicket> = objects.iter().map(|_| WriteTicket::unique()).collect();
         let mut cache_obj: Vec<(Fingerprint, ChunkDigest)> = Vec::new();
         let mut per_obj: Vec<Vec<ChunkRef>> = vec![Vec::new(); objects.len()];
         let mut new_bytes = 0u64;
         let mut new_chunks = 0u64;
         let mut cached_chunks = 0u64;
+        let mut hinted_chunks = 0u64;
         let mut dirs = BTreeSet::new();
         for (k, (job, r)) in jobs.iter().zip(results).enumerate() {
             if let (Some(c), Some(fp)) = (next_cache.as_mut(), r.fp) {
                 cache_obj.push((fp, r.chunk.digest));
                 let last_of_object = jobs.get(k + 1).is_none_or(|n| n.obj != job.obj);
-                if last_of_object {
-                    c.insert(job.name, std::mem::take(&mut cache_obj));
+                if let (true, Some(t)) = (last_of_object, tickets.get(job.obj)) {
+                    c.insert(job.name, *t, std::mem::take(&mut cache_obj));
                 }
             }
             new_bytes += r.new_bytes;
             cached_chunks += u64::from(r.cached);
+            hinted_chunks += u64::from(r.hinted);
             if r.new_bytes > 0 {
                 new_chunks += 1;
             }
@@ -349,9 +365,17 @@ impl PartWriter {
             secs = t.elapsed().as_secs_f64(),
             "manifest encoded and durable"
         );
-        // Only a durable part feeds the cache: a failed write leaves none behind.
+        // Only a durable part feeds the cache: a failed write leaves none behind. The
+        // producers learn their tickets after the entries exist, so a hint can only name a
+        // ticket this process recorded digests under (and a write without the cache tells
+        // nobody: their earlier ticket stays the one the cache holds).
         if let Some(c) = next_cache {
             fpcache::put(root, rank, c);
+            for (o, t) in objects.iter().zip(&tickets) {
+                if let Some(h) = &o.hint {
+                    h.written(*t);
+                }
+            }
         }
         Ok(PartReceipt {
             rank,
@@ -362,6 +386,7 @@ impl PartWriter {
             chunks: jobs.len() as u64,
             new_chunks,
             cached_chunks,
+            hinted_chunks,
         })
     }
 
@@ -501,22 +526,34 @@ impl PartWriter {
         }
     }
 
-    /// Digest of `job` (from the fingerprint cache when its bytes are unchanged, else
-    /// BLAKE3), then the chunk file unless the repository already has it.
+    /// Digest of `job` (from the fingerprint cache when its change hint reports it clean
+    /// or its bytes are unchanged, else BLAKE3), then the chunk file unless the repository
+    /// already has it.
     fn write_one(
         &self,
         job: &Job<'_>,
         cache: Option<&PartCache>,
         claimed: &Mutex<HashSet<ChunkDigest>>,
     ) -> Result<ChunkOutcome, StoreError> {
-        let fp = self
-            .fingerprint_cache
-            .then(|| (self.fingerprint_fn)(job.data));
-        let cached = match (cache, fp) {
-            (Some(c), Some(fp)) => c.lookup(job.name, job.index, fp),
+        let len = job.data.len() as u64;
+        let inherited = match (cache, job.hint) {
+            (Some(c), Some(h)) if h.is_clean(job.offset..job.offset + len) => h
+                .base()
+                .and_then(|base| c.inherit(job.name, base, job.index, len)),
             _ => None,
         };
-        let len = job.data.len() as u64;
+        let hinted = inherited.is_some();
+        let fp = match inherited {
+            Some((fp, _)) => Some(fp),
+            None => self
+                .fingerprint_cache
+                .then(|| (self.fingerprint_fn)(job.data)),
+        };
+        let cached = match (inherited, cache, fp) {
+            (Some((_, digest)), _, _) => Some(digest),
+            (None, Some(c), Some(fp)) => c.lookup(job.name, job.index, fp),
+            _ => None,
+        };
         let present = |digest: ChunkDigest, stored_pending: bool| {
             let stored = std::fs::metadata(self.layout.chunk(&digest))
                 .map(|m| m.len())
@@ -530,6 +567,7 @@ impl PartWriter {
                 fp,
                 stored_pending,
                 cached: false,
+                hinted: false,
                 new_bytes: 0,
                 temp: None,
                 dir: None,
@@ -549,7 +587,8 @@ impl PartWriter {
                         },
                         fp,
                         stored_pending: false,
-                        cached: true,
+                        cached: !hinted,
+                        hinted,
                         new_bytes: 0,
                         temp: None,
                         dir: None,
@@ -589,6 +628,7 @@ impl PartWriter {
             fp,
             stored_pending: false,
             cached: false,
+            hinted: false,
             new_bytes: file.len() as u64,
             temp: Some((tmp, path)),
             dir: Some(dir),

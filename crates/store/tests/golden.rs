@@ -97,6 +97,7 @@ fn generate_golden() {
                         },
                     },
                     data: f.into(),
+                    hint: None,
                 },
                 ObjectSpec {
                     info: ObjectInfo {
@@ -109,6 +110,7 @@ fn generate_golden() {
                         },
                     },
                     data: id.into(),
+                    hint: None,
                 },
                 ObjectSpec {
                     info: ObjectInfo {
@@ -117,6 +119,7 @@ fn generate_golden() {
                         kind: ObjectKind::Serde,
                     },
                     data: pc.into(),
+                    hint: None,
                 },
             ];
             receipts.push(w.write(Rank(rank), &objs).unwrap());

@@ -55,6 +55,7 @@ pub(crate) fn channels_object(
             kind: ObjectKind::Serde,
         },
         data: postcard::to_allocvec(cs)?.into(),
+        hint: None,
     })
 }
 

@@ -28,6 +28,7 @@ pub fn bulk_f64<'a>(name: &str, bytes: &'a [u8], global: Option<GlobalRange>) ->
             },
         },
         data: bytes.into(),
+        hint: None,
     }
 }
 
@@ -39,6 +40,7 @@ pub fn serde_obj<'a>(name: &str, bytes: &'a [u8]) -> ObjectSpec<'a> {
             kind: ObjectKind::Serde,
         },
         data: bytes.into(),
+        hint: None,
     }
 }
 

@@ -129,6 +129,7 @@ fn run() -> Result<(), Box<dyn Error>> {
                     },
                 },
                 data: bytes.as_slice().into(),
+                hint: None,
             };
             let receipt =
                 PartWriter::open(&repo, CheckpointId(id), opts.clone())?.write(rank, &[obj])?;

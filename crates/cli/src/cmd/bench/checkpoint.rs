@@ -117,6 +117,7 @@ fn spec(data: &[u8]) -> ObjectSpec<'_> {
             },
         },
         data: data.into(),
+        hint: None,
     }
 }
 

@@ -97,6 +97,7 @@ fn measure(
                             },
                         },
                         data: std::borrow::Cow::Borrowed(&data[..]),
+                        hint: None,
                     }];
                     let objects: &[ObjectSpec<'_>] = if bytes == 0 { &[] } else { &objects };
                     let meta = CommitMeta {
