@@ -193,6 +193,7 @@ mod tests {
                 },
             },
             data: Cow::Borrowed(&bytes),
+            hint: None,
         };
         let receipt = w.write(Rank(0), &[spec]).unwrap();
         let id = pending.id();
