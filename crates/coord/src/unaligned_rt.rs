@@ -24,15 +24,16 @@ use crate::aligned::{
 };
 use crate::unaligned::{ChannelState, Unaligned, UnalignedAction};
 use lazarus_format::{CheckpointId, Epoch, ObjectSpec, Rank};
-use lazarus_net::{Comm, Envelope, ErrorKind as NetKind, NetError, Tag, TagSpace};
+use lazarus_net::{Comm, Envelope, ErrorKind as NetKind, NetError, ReduceOp, Tag, TagSpace};
 use lazarus_state::Checkpoint;
 use lazarus_store::{
     CommitMeta, PartReceipt, PartWriter, PendingCheckpoint, RepoOptions, RepoReader, Repository,
     StoreErrorKind,
 };
 use serde::de::DeserializeOwned;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use wire::{TAG_DONE, TAG_MARKER, TAG_TO_PARTICIPANT, TAG_VOTE};
@@ -50,6 +51,10 @@ pub struct AsyncConfig {
     pub timeouts: Timeouts,
     /// After each commit, keep only this many newest checkpoints (`None`: keep all).
     pub keep: Option<usize>,
+    /// Write output-commit markers on stdout (docs/PROTOCOL.md, "Output markers"): a
+    /// `part` marker at each local snapshot, `commit` on rank 0 after COMMIT, `resumed`
+    /// after `open`. Set by `lazarus run --repo` through `LAZARUS_OUTPUT_MARKERS=1`.
+    pub output_markers: bool,
 }
 
 impl AsyncConfig {
@@ -60,9 +65,27 @@ impl AsyncConfig {
             store: RepoOptions::default(),
             timeouts: Timeouts::default(),
             keep: Some(2),
+            output_markers: false,
         }
     }
+
+    /// The configuration of a rank started by `lazarus run`: the repository is `repo` or
+    /// else `LAZARUS_REPO` (`None` if neither names one); the job token
+    /// (`LAZARUS_JOB_TOKEN`) lets rank 0 share the repository lock with the supervisor;
+    /// `LAZARUS_OUTPUT_MARKERS=1` turns output markers on. Other fields as in `new`.
+    pub fn from_env(repo: Option<PathBuf>) -> Option<Self> {
+        let repo = repo.or_else(|| std::env::var_os(REPO_ENV).map(PathBuf::from))?;
+        let mut c = AsyncConfig::new(repo);
+        c.store.job_token = std::env::var(TOKEN_ENV).ok().filter(|t| !t.is_empty());
+        c.output_markers = std::env::var(crate::OUTPUT_MARKERS_ENV).is_ok_and(|v| v == "1");
+        Some(c)
+    }
 }
+
+/// Variable naming the repository when none is given (the one `lazarus run` exports).
+const REPO_ENV: &str = "LAZARUS_REPO";
+/// The job token `lazarus run` gives every rank.
+const TOKEN_ENV: &str = "LAZARUS_JOB_TOKEN";
 
 /// How a session started.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -131,6 +154,17 @@ pub struct AsyncStats {
     pub replayed: u64,
     /// rounds whose outcome this rank never learned
     pub outcomes_unknown: u64,
+    /// bytes of channel state (the encoded `lazarus.channels` objects) in those parts
+    pub channel_bytes: u64,
+}
+
+/// Rank 0's restore decision, broadcast to every rank at `open`.
+#[derive(Serialize, Deserialize)]
+enum Plan {
+    Fresh,
+    From { id: u64 },
+    WorldMismatch { id: u64, saved: u32 },
+    Failed(String),
 }
 
 struct Leader {
@@ -208,8 +242,13 @@ impl AsyncSession {
         let world = comm.size();
         let store = |ctx: &str, e| SessionError::wrap(K::Store, me, ctx, e);
         let leader = if me == Rank(0) {
-            let repo = Repository::open(&cfg.repo, cfg.store.clone())
-                .map_err(|e| store("opening the repository", e))?;
+            // Under `lazarus run --repo` the supervisor holds the lock with the job token.
+            let repo = if cfg.store.job_token.is_some() {
+                Repository::open_shared(&cfg.repo, cfg.store.clone())
+            } else {
+                Repository::open(&cfg.repo, cfg.store.clone())
+            }
+            .map_err(|e| store("opening the repository", e))?;
             let coord = Coordinator::new(world, cfg.timeouts)
                 .map_err(|e| SessionError::protocol(me, "coordinator", e))?;
             Some(Leader {
@@ -242,52 +281,161 @@ impl AsyncSession {
         Ok((s, start))
     }
 
+    /// Agreed restore (docs/PROTOCOL.md, "Unaligned checkpoints at run time"): rank 0 picks
+    /// the newest committed checkpoint that passes the cheap check and broadcasts its id;
+    /// every rank loads (and so verifies) its own part; an all-reduce tells whether all
+    /// succeeded. If one failed, rank 0 moves to the next older candidate, so all ranks
+    /// always restore the same checkpoint or all fail.
     fn restore<S: Checkpoint + ?Sized>(
         &mut self,
         state: &mut S,
     ) -> Result<AsyncStart, SessionError> {
         let me = self.me;
-        let store = |ctx: &str, e| SessionError::wrap(K::Store, me, ctx, e);
-        let reader = match RepoReader::open(&self.cfg.repo) {
-            Ok(r) => r,
-            // Rank 0 creates the repository in `open`; another rank may look first.
-            Err(e) if e.kind() == StoreErrorKind::Missing => return Ok(AsyncStart::Fresh),
-            Err(e) => return Err(store("opening the repository", e)),
-        };
-        let Some((summary, _damaged)) = reader
-            .newest_intact()
-            .map_err(|e| store("finding the newest checkpoint", e))?
-        else {
-            return Ok(AsyncStart::Fresh);
-        };
-        if summary.world_size != self.world {
-            return Err(SessionError::new(
-                K::WorldMismatch,
-                me,
-                format!(
-                    "checkpoint {} has {} ranks but this job has {}; unaligned checkpoints \
-                     cannot be restored on another world size",
-                    summary.id, summary.world_size, self.world
-                ),
-            ));
+        let comm = self.comm.clone();
+        let netf = |ctx: &str, e| net(me, ctx, e);
+        // Rank 0 only: the candidates, newest first.
+        let mut candidates = Vec::new();
+        let mut rank0_error = None;
+        if me == Rank(0) {
+            match self.candidates() {
+                Ok(c) => candidates = c,
+                Err(e) => rank0_error = Some(e),
+            }
         }
-        let (channels, user) = load_split(&reader, summary.id, me)?;
+        let mut tried: Vec<CheckpointId> = Vec::new();
+        loop {
+            let mut plan = match (&rank0_error, candidates.get(tried.len())) {
+                (Some(e), _) => Plan::Failed(e.to_string()),
+                (None, _) if me != Rank(0) => Plan::Fresh,
+                (None, None) if tried.is_empty() => Plan::Fresh,
+                (None, None) => Plan::Failed(format!(
+                    "no committed checkpoint could be restored on every rank (tried {})",
+                    tried
+                        .iter()
+                        .map(|c| c.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )),
+                (None, Some(c)) if c.world_size != self.world => Plan::WorldMismatch {
+                    id: c.id.0,
+                    saved: c.world_size,
+                },
+                (None, Some(c)) => Plan::From { id: c.id.0 },
+            };
+            comm.broadcast(Rank(0), &mut plan)
+                .map_err(|e| netf("receiving the restore plan from rank 0", e))?;
+            let id = match plan {
+                Plan::Fresh => {
+                    self.marker("resumed", None);
+                    return Ok(AsyncStart::Fresh);
+                }
+                Plan::Failed(why) if me == Rank(0) => {
+                    return Err(rank0_error.unwrap_or_else(|| SessionError::new(K::Store, me, why)))
+                }
+                Plan::Failed(why) => {
+                    return Err(SessionError::new(
+                        K::Store,
+                        me,
+                        format!("rank 0 could not prepare the restore: {why}"),
+                    ))
+                }
+                Plan::WorldMismatch { id, saved } => {
+                    return Err(SessionError::new(
+                        K::WorldMismatch,
+                        me,
+                        format!(
+                            "checkpoint {} has {saved} ranks but this job has {}; unaligned \
+                             checkpoints cannot be restored on another world size",
+                            CheckpointId(id),
+                            self.world
+                        ),
+                    ))
+                }
+                Plan::From { id } => CheckpointId(id),
+            };
+            tried.push(id);
+            let loaded = self.load_own_part(id, state);
+            if let Err(e) = &loaded {
+                tracing::warn!("{me}: cannot restore checkpoint {id}: {e}");
+            }
+            let mut ok = [u8::from(loaded.is_ok())];
+            comm.allreduce(&mut ok, ReduceOp::Min)
+                .map_err(|e| netf("agreeing on the restored checkpoint", e))?;
+            if ok[0] == 1 {
+                let channels = loaded?;
+                return self.resume(id, channels);
+            }
+            if me == Rank(0) {
+                tracing::warn!(
+                    "checkpoint {id} could not be restored on every rank; trying an older one"
+                );
+            }
+        }
+    }
+
+    /// Rank 0: committed checkpoints that pass the cheap check, newest first.
+    fn candidates(&self) -> Result<Vec<lazarus_store::CheckpointSummary>, SessionError> {
+        let store = |ctx: &str, e| SessionError::wrap(K::Store, self.me, ctx, e);
+        let reader =
+            RepoReader::open(&self.cfg.repo).map_err(|e| store("opening the repository", e))?;
+        let (ok, damaged) = reader
+            .newest_committed_candidates()
+            .map_err(|e| store("listing committed checkpoints", e))?;
+        for d in damaged {
+            tracing::warn!(
+                "skipping damaged checkpoint {} ({}): {}",
+                d.checkpoint,
+                d.kind,
+                d.detail
+            );
+        }
+        Ok(ok)
+    }
+
+    /// Loads this rank's part of `id` into `state`; returns its channel state.
+    fn load_own_part<S: Checkpoint + ?Sized>(
+        &self,
+        id: CheckpointId,
+        state: &mut S,
+    ) -> Result<ChannelState<SavedMessage>, SessionError> {
+        let me = self.me;
+        let reader = RepoReader::open(&self.cfg.repo)
+            .map_err(|e| SessionError::wrap(K::Store, me, "opening the repository", e))?;
+        let (channels, user) = load_split(&reader, id, me)?;
         lazarus_state::restore(state, user).map_err(|e| {
             SessionError::wrap(
                 K::State,
                 me,
-                &format!("restoring state from checkpoint {}", summary.id),
+                &format!("restoring state from checkpoint {id}"),
                 e,
             )
         })?;
-        let channels = channels.unwrap_or(ChannelState {
-            epoch: summary
-                .app
-                .get("lazarus.epoch")
-                .and_then(|e| e.parse().ok())
-                .map_or(Epoch(0), Epoch),
-            channels: Vec::new(),
-        });
+        Ok(match channels {
+            Some(c) => c,
+            // A checkpoint without channel state (none was in flight, or an aligned one).
+            None => {
+                let app = reader
+                    .commit_record(id)
+                    .map(|c| c.app)
+                    .map_err(|e| SessionError::wrap(K::Store, me, "reading COMMIT", e))?;
+                ChannelState {
+                    epoch: app
+                        .get("lazarus.epoch")
+                        .and_then(|e| e.parse().ok())
+                        .map_or(Epoch(0), Epoch),
+                    channels: Vec::new(),
+                }
+            }
+        })
+    }
+
+    /// Sets the recorder to the restored snapshot and queues its saved messages.
+    fn resume(
+        &mut self,
+        id: CheckpointId,
+        channels: ChannelState<SavedMessage>,
+    ) -> Result<AsyncStart, SessionError> {
+        let me = self.me;
         let epoch = channels.epoch;
         let (rec, replay) = Unaligned::restore(me, self.world, channels)
             .map_err(|e| SessionError::protocol(me, "restoring channel state", e))?;
@@ -309,8 +457,9 @@ impl AsyncSession {
         let replayed = envs.len();
         self.stats.replayed = replayed as u64;
         self.comm.requeue(envs);
+        self.marker("resumed", Some(id));
         Ok(AsyncStart::Restored {
-            id: summary.id,
+            id,
             epoch,
             replayed,
         })
@@ -425,7 +574,7 @@ impl AsyncSession {
     ) -> Result<Option<AsyncReport>, SessionError> {
         let me = self.me;
         let world = self.world;
-        let epoch = Epoch(self.rec.epoch().0 + 1);
+        let current = self.rec.epoch();
         let now = self.now();
         let Some(l) = self.leader.as_mut() else {
             self.poll(state)?;
@@ -435,35 +584,72 @@ impl AsyncSession {
             return Err(SessionError::new(
                 K::Misuse,
                 me,
-                "a round is already running",
+                "a round is already running (or an earlier one ended with its COMMIT in an \
+                 unknown state: drop the session)",
             ));
         }
         let pending = l
             .repo
             .begin(world)
             .map_err(|e| SessionError::wrap(K::Store, me, "beginning a checkpoint", e))?;
+        // The epoch is the checkpoint id, so every rank knows the id at its local snapshot
+        // (for its output marker). Ids never repeat and exceed every directory, including
+        // the restored checkpoint's, so the epoch increases.
+        let id = pending.id();
+        if id.0 <= current.0 {
+            let _ = l.repo.abort(pending);
+            return Err(SessionError::new(
+                K::Store,
+                me,
+                format!(
+                    "the repository handed out checkpoint id {id}, not above the current \
+                     epoch {}: were checkpoint directories renamed by hand?",
+                    current.0
+                ),
+            ));
+        }
         let round = RoundId {
-            epoch,
-            ckpt: pending.id(),
+            epoch: Epoch(id.0),
+            ckpt: id,
         };
         l.pending = Some(pending);
         l.decided = None;
-        let actions = l
-            .coord
-            .start_round(round, now)
-            .map_err(|e| SessionError::protocol(me, "starting a round", e))?;
-        self.exec_coord(actions)?;
-        // The coordinator decides collecting rounds by `timeouts.round`; COMMIT is written
-        // synchronously here. This outer bound only guards against a bug.
+        let actions = match l.coord.start_round(round, now) {
+            Ok(a) => a,
+            Err(e) => {
+                if let Some(p) = l.pending.take() {
+                    let _ = l.repo.abort(p);
+                }
+                return Err(SessionError::protocol(me, "starting a round", e));
+            }
+        };
+        let driven = self
+            .exec_coord(actions)
+            .and_then(|()| self.drive_round(state, round));
+        if driven.is_err() {
+            self.abort_round(round);
+        }
+        driven.map(Some)
+    }
+
+    /// Rank 0: runs the protocol until `round` is decided.
+    fn drive_round<S: Checkpoint + ?Sized>(
+        &mut self,
+        state: &S,
+        round: RoundId,
+    ) -> Result<AsyncReport, SessionError> {
+        // The coordinator aborts a collecting round at `timeouts.round` (checked by `tick`
+        // on every iteration, whatever arrives); COMMIT is written synchronously in here.
+        // This outer bound only guards against a bug.
         let bound = Instant::now() + self.cfg.timeouts.decision;
         loop {
             if let Some(r) = self.leader.as_mut().and_then(|l| l.decided.take()) {
-                return Ok(Some(r));
+                return Ok(r);
             }
             if Instant::now() >= bound {
                 return Err(SessionError::new(
                     K::Timeout,
-                    me,
+                    self.me,
                     format!(
                         "round {round:?} undecided after {:?}",
                         self.cfg.timeouts.decision
@@ -472,6 +658,28 @@ impl AsyncSession {
             }
             self.tick(state)?;
             self.pump_one(state, self.cfg.timeouts.retry)?;
+        }
+    }
+
+    /// Rank 0 leaving `round` on an error: if it is still collecting votes, decide Abort
+    /// and tell every rank (so none waits for a decision) and collect its directory. A
+    /// round whose COMMIT write has an unknown result is left undecided on purpose: the
+    /// participants resolve it from the repository.
+    fn abort_round(&mut self, round: RoundId) {
+        let me = self.me;
+        let Some(l) = self.leader.as_mut() else {
+            return;
+        };
+        if l.coord.active_round() != Some(round) {
+            return;
+        }
+        // There is no "abort" input; rank 0 failing itself is what happened.
+        let actions = l.coord.rank_failed(me).unwrap_or_default();
+        if let Err(e) = self.exec_coord(actions) {
+            tracing::warn!("{me}: announcing the abort of {}: {e}", round.ckpt);
+        }
+        if let Some(l) = self.leader.as_mut() {
+            l.decided = None;
         }
     }
 
@@ -626,7 +834,6 @@ impl AsyncSession {
                     self.exec_part(state, a)
                 }
                 TAG_VOTE => {
-                    let vote: VoteMsg<PartReceipt> = decode(me, from, "vote", &env.payload)?;
                     let now = self.now();
                     let Some(l) = self.leader.as_mut() else {
                         return Err(SessionError::new(
@@ -635,11 +842,26 @@ impl AsyncSession {
                             format!("vote from {from} reached a rank that is not rank 0"),
                         ));
                     };
-                    let a = l
-                        .coord
-                        .step(vote, now)
-                        .map_err(|e| SessionError::protocol(me, "vote", e))?;
-                    self.exec_coord(a)
+                    // A bad vote is dropped, never fatal: failing here would leave the
+                    // round undecided; the deadline aborts it if no good vote follows.
+                    let vote: VoteMsg<PartReceipt> = match postcard::from_bytes(&env.payload) {
+                        Ok(v) => v,
+                        Err(e) => {
+                            tracing::warn!("{me}: ignoring undecodable vote from {from}: {e}");
+                            return Ok(());
+                        }
+                    };
+                    if vote.from != from {
+                        tracing::warn!("{me}: ignoring a vote for {} sent by {from}", vote.from);
+                        return Ok(());
+                    }
+                    match l.coord.step(vote, now) {
+                        Ok(a) => self.exec_coord(a),
+                        Err(e) => {
+                            tracing::warn!("{me}: ignoring vote from {from}: {e}");
+                            Ok(())
+                        }
+                    }
                 }
                 TAG_DONE => {
                     self.done_from.insert(from);
@@ -668,6 +890,10 @@ impl AsyncSession {
         for a in actions {
             match a {
                 UnalignedAction::TakeLocalSnapshot { epoch } => {
+                    // The cut in this rank's output: before anything the state captured
+                    // now has not done yet. The epoch is the checkpoint id (see
+                    // `checkpoint`).
+                    self.marker("part", Some(CheckpointId(epoch.0)));
                     let objects = capture(me, state)?;
                     let mut inbox: BTreeMap<Rank, Vec<SavedMessage>> = BTreeMap::new();
                     for (from, m) in &self.inbox {
@@ -720,7 +946,13 @@ impl AsyncSession {
         };
         let result = if let Some(ready) = self.ready.take_if(|r| r.epoch == round.epoch) {
             self.stats.messages_saved += ready.channels.len() as u64;
-            Some(self.write_part(round, ready))
+            Some(
+                self.write_part(round, ready)
+                    .map(|(receipt, channel_bytes)| {
+                        self.stats.channel_bytes += channel_bytes;
+                        receipt
+                    }),
+            )
         } else {
             let e = self.rec.epoch();
             let gone = e > round.epoch
@@ -739,12 +971,16 @@ impl AsyncSession {
         self.exec_part(state, a)
     }
 
-    fn write_part(&self, round: RoundId, ready: Ready) -> Result<PartReceipt, String> {
+    /// Writes the part; returns its receipt and the size of its channel-state object.
+    fn write_part(&self, round: RoundId, ready: Ready) -> Result<(PartReceipt, u64), String> {
         let mut objects = ready.objects;
-        objects.push(wire::channels_object(&ready.channels).map_err(|e| e.to_string())?);
+        let channels = wire::channels_object(&ready.channels).map_err(|e| e.to_string())?;
+        let channel_bytes = channels.data.len() as u64;
+        objects.push(channels);
         PartWriter::open(&self.cfg.repo, round.ckpt, self.cfg.store.clone())
             .and_then(|w| w.write(self.me, &objects))
-            .map_err(|e| e.to_string())
+            .map(|r| (r, channel_bytes))
+            .map_err(|e| format!("{}: {e}", self.me))
     }
 
     fn exec_part<S: Checkpoint + ?Sized>(
@@ -782,13 +1018,76 @@ impl AsyncSession {
                         }
                     }
                 }
-                // The store has no per-part delete for non-owners; GC removes every
-                // checkpoint directory without COMMIT (docs/PROTOCOL.md, 2PC rule 4).
-                ParticipantAction::DiscardPart { .. } => {}
-                ParticipantAction::OutcomeUnknown { .. } => self.stats.outcomes_unknown += 1,
+                // Our part landed after (or while) rank 0 collected the aborted round:
+                // remove it now, or it would recreate the directory until the next GC.
+                ParticipantAction::DiscardPart { round } => self.discard_part(round),
+                ParticipantAction::OutcomeUnknown { round } => {
+                    self.stats.outcomes_unknown += 1;
+                    if self.resolve_unknown(round)? == Some(Outcome::Abort) {
+                        let a = self.rec.abandon(round.epoch);
+                        self.exec_rec(state, a)?;
+                        if self.want == Some(round) {
+                            self.want = None;
+                        }
+                    }
+                }
             }
         }
         Ok(())
+    }
+
+    fn discard_part(&self, round: RoundId) {
+        let me = self.me;
+        if let Err(e) = lazarus_store::discard_part(&self.cfg.repo, round.ckpt, me) {
+            tracing::warn!(
+                "{me}: discarding its part of aborted checkpoint {}: {e} (GC will retry)",
+                round.ckpt
+            );
+        }
+    }
+
+    /// A round this rank voted in whose decision never came: the repository is the truth.
+    /// `Commit` if COMMIT is there; `Abort` only if COMMIT is definitely absent, i.e. rank
+    /// 0 already removed the directory (it does on every abort); `None` while the
+    /// directory is there without COMMIT (rank 0 may still be writing it: the part stays,
+    /// GC collects it if it never commits). Any other read error is an error.
+    fn resolve_unknown(&self, round: RoundId) -> Result<Option<Outcome>, SessionError> {
+        let me = self.me;
+        let id = round.ckpt;
+        let store = |ctx: &str, e| SessionError::wrap(K::Store, me, ctx, e);
+        let reader =
+            RepoReader::open(&self.cfg.repo).map_err(|e| store("opening the repository", e))?;
+        match reader.commit_record(id) {
+            Ok(_) => return Ok(Some(Outcome::Commit)),
+            Err(e) if e.kind() == StoreErrorKind::Missing => {}
+            Err(e) => return Err(store(&format!("reading COMMIT of checkpoint {id}"), e)),
+        }
+        let dirs = reader
+            .checkpoint_dirs()
+            .map_err(|e| store("listing checkpoint directories", e))?;
+        if dirs.iter().any(|d| d.id == id) {
+            tracing::warn!(
+                "{me}: outcome of checkpoint {id} unknown (no decision, no COMMIT yet); \
+                 leaving its part to rank 0 or GC"
+            );
+            Ok(None)
+        } else {
+            Ok(Some(Outcome::Abort))
+        }
+    }
+
+    /// Prints an output marker (when enabled) and flushes, so it is ordered with the
+    /// program's own lines on this rank's stdout.
+    fn marker(&self, what: &str, id: Option<CheckpointId>) {
+        if !self.cfg.output_markers {
+            return;
+        }
+        let step = id.map_or(0, |c| c.0);
+        let id = id.map_or("-".to_string(), |c| c.0.to_string());
+        let mut out = std::io::stdout().lock();
+        // A closed stdout must not fail the checkpoint: markers only gate output release.
+        let _ = writeln!(out, "\u{1e}lazarus:{what} {id} {step}");
+        let _ = out.flush();
     }
 
     fn exec_coord(
@@ -828,10 +1127,25 @@ impl AsyncSession {
                                 ]),
                             };
                             let receipts = receipts.into_iter().map(|(_, r)| r).collect();
-                            l.repo
-                                .commit(p, receipts, meta)
-                                .map(|_| ())
-                                .map_err(|e| e.to_string())
+                            match l.repo.commit(p, receipts, meta) {
+                                Ok(_) => Ok(()),
+                                // The coordinator may only abort if COMMIT is not visible.
+                                Err(e) if commit_absent(&self.cfg.repo, round.ckpt) => {
+                                    Err(e.to_string())
+                                }
+                                Err(e) => {
+                                    return Err(SessionError::wrap(
+                                        K::Store,
+                                        me,
+                                        &format!(
+                                            "writing COMMIT of checkpoint {} failed but it may \
+                                             be visible; outcome unknown, not announced",
+                                            round.ckpt
+                                        ),
+                                        e,
+                                    ))
+                                }
+                            }
                         }
                         other => {
                             l.pending = other;
@@ -839,9 +1153,17 @@ impl AsyncSession {
                         }
                     };
                     if result.is_ok() {
+                        self.marker("commit", Some(round.ckpt));
+                    }
+                    let Some(l) = self.leader.as_mut() else {
+                        return Ok(());
+                    };
+                    if result.is_ok() {
                         if let Some(k) = self.cfg.keep {
                             // Retention failing leaves extra checkpoints, never a wrong one.
-                            let _ = l.repo.retain(k);
+                            if let Err(e) = l.repo.retain(k) {
+                                tracing::warn!("{me}: retention after {}: {e}", round.ckpt);
+                            }
                         }
                     }
                     let more = l
@@ -866,6 +1188,14 @@ impl AsyncSession {
             }
         }
         Ok(())
+    }
+}
+
+/// True only if COMMIT of `id` is definitely not there (not found); any doubt is false.
+fn commit_absent(repo: &Path, id: CheckpointId) -> bool {
+    match RepoReader::open(repo).map(|r| r.commit_record(id)) {
+        Ok(Err(e)) => e.kind() == StoreErrorKind::Missing,
+        _ => false,
     }
 }
 

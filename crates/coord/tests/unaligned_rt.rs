@@ -354,10 +354,21 @@ fn restore_refuses_another_world_size() {
     let repo = dir.path().join("repo");
     let first = run_job(p, &repo, 0, 1);
     assert!(first.iter().any(|e| matches!(e, End::Crashed)));
-    let cs = comms(3, 1);
-    let mut app = App::default();
-    let err = AsyncSession::open(cs[1].clone(), cfg(&repo), &mut app).unwrap_err();
-    assert_eq!(err.kind(), SessionErrorKind::WorldMismatch, "{err}");
+    // Every rank must open (rank 0 decides the restore and broadcasts it); all refuse.
+    let hs: Vec<_> = comms(3, 1)
+        .into_iter()
+        .map(|c| {
+            let repo = repo.clone();
+            std::thread::spawn(move || {
+                let mut app = App::default();
+                AsyncSession::open(c, cfg(&repo), &mut app).map(|_| ())
+            })
+        })
+        .collect();
+    for h in hs {
+        let err = h.join().unwrap().unwrap_err();
+        assert_eq!(err.kind(), SessionErrorKind::WorldMismatch, "{err}");
+    }
 }
 
 #[test]
@@ -399,4 +410,63 @@ fn silent_rank_aborts_the_round_by_its_deadline_and_the_job_still_ends() {
         .committed()
         .unwrap();
     assert!(committed.is_empty(), "an aborted round was committed");
+}
+
+/// Review finding 8 / issue #4: a part that passes rank 0's cheap check but fails to load
+/// on one rank makes every rank fall back to the same older checkpoint.
+#[test]
+fn damaged_part_on_one_rank_makes_all_ranks_restore_the_same_older_checkpoint() {
+    let p = Params {
+        world: 3,
+        tokens_per_rank: 10,
+        hops: 30,
+        seed: 11,
+        ckpt_every: 15,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let first = run_job(p, &repo, 0, 2);
+    assert!(first.iter().any(|e| matches!(e, End::Crashed)));
+    let reader = lazarus_store::RepoReader::open(&repo).unwrap();
+    let committed: Vec<_> = reader.committed().unwrap().iter().map(|c| c.id).collect();
+    assert!(committed.len() >= 2, "{committed:?}");
+    let newest = *committed.last().unwrap();
+    let older = committed[committed.len() - 2];
+    // A chunk only rank 1's part of the newest checkpoint uses: flip its last byte (same
+    // size, so only loading it, which checks its digest, notices).
+    let mut elsewhere = BTreeSet::new();
+    for &id in &committed {
+        for r in 0..p.world {
+            if (id, r) != (newest, 1) {
+                for o in reader.manifest(id, Rank(r)).unwrap().objects {
+                    elsewhere.extend(o.chunks.iter().map(|c| c.digest.to_hex()));
+                }
+            }
+        }
+    }
+    let victim = reader
+        .manifest(newest, Rank(1))
+        .unwrap()
+        .objects
+        .iter()
+        .flat_map(|o| o.chunks.iter().map(|c| c.digest.to_hex()))
+        .find(|h| !elsewhere.contains(h))
+        .expect("rank 1 has a chunk of its own");
+    let path = repo.join("chunks").join(&victim[..2]).join(&victim);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x5a;
+    std::fs::write(&path, bytes).unwrap();
+    reader
+        .check_committed(newest)
+        .expect("the cheap check passes");
+
+    let second = run_job(p, &repo, 1, 0);
+    for (r, e) in second.iter().enumerate() {
+        let End::Done(_, _, AsyncStart::Restored { id, .. }) = e else {
+            panic!("rank {r} did not restore: {e:?}")
+        };
+        assert_eq!(*id, older, "rank {r} restored {id}, not the older {older}");
+    }
+    check_final(&p, &second);
 }
