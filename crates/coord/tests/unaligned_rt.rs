@@ -410,6 +410,17 @@ fn silent_rank_aborts_the_round_by_its_deadline_and_the_job_still_ends() {
         .committed()
         .unwrap();
     assert!(committed.is_empty(), "an aborted round was committed");
+    // Rank 0 collected the aborted round's directory and the late rank wrote nothing
+    // into it (or removed what it wrote): nothing is left for GC.
+    let dirs = lazarus_store::RepoReader::open(&repo)
+        .unwrap()
+        .checkpoint_dirs()
+        .unwrap();
+    assert!(
+        dirs.is_empty(),
+        "aborted round left {:?}",
+        dirs.iter().map(|d| d.id).collect::<Vec<_>>()
+    );
 }
 
 /// Review finding 8 / issue #4: a part that passes rank 0's cheap check but fails to load
@@ -469,4 +480,92 @@ fn damaged_part_on_one_rank_makes_all_ranks_restore_the_same_older_checkpoint() 
         assert_eq!(*id, older, "rank {r} restored {id}, not the older {older}");
     }
     check_final(&p, &second);
+}
+
+/// A serde field that refuses to serialize while `.0` is set: rank 0's capture fails.
+#[derive(Default, Debug, Clone, PartialEq)]
+struct Refuse(bool);
+
+impl Serialize for Refuse {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.0 {
+            return Err(serde::ser::Error::custom("refused on purpose"));
+        }
+        s.serialize_bool(false)
+    }
+}
+
+impl<'de> Deserialize<'de> for Refuse {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        bool::deserialize(d).map(Refuse)
+    }
+}
+
+#[derive(Checkpoint, Default, Debug, Clone, PartialEq)]
+struct Fragile {
+    n: u64,
+    #[checkpoint(serde)]
+    refuse: Refuse,
+}
+
+/// Review finding 4 in the unaligned loop: rank 0 failing inside its round (here its own
+/// state cannot be captured) must decide Abort, tell every rank and collect the
+/// directory, so the next round can start and commit at once.
+#[test]
+fn rank0_error_inside_a_round_aborts_it_and_the_next_round_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let mut cs = comms(2, 0);
+    let c1 = cs.pop().unwrap();
+    let c0 = cs.pop().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let r1 = {
+        let (repo, stop) = (repo.clone(), stop.clone());
+        std::thread::spawn(move || -> Result<AsyncStats, SessionError> {
+            let mut app = Fragile::default();
+            let (mut s, _) = AsyncSession::open(c1, cfg(&repo), &mut app)?;
+            while !stop.load(Ordering::SeqCst) {
+                match s.recv(&app, Duration::from_millis(20)) {
+                    Err(e) if e.is_retryable() => {}
+                    Err(e) => return Err(e),
+                    Ok(m) => panic!("unexpected message {m:?}"),
+                }
+            }
+            let stats = s.stats();
+            s.finish(&app, Duration::from_secs(10))?;
+            Ok(stats)
+        })
+    };
+    let mut app = Fragile::default();
+    let (mut s0, _) = AsyncSession::open(c0, cfg(&repo), &mut app).unwrap();
+    let t = Instant::now();
+    let bad = Fragile {
+        n: 1,
+        refuse: Refuse(true),
+    };
+    let err = s0.checkpoint(&bad).unwrap_err();
+    assert_eq!(err.kind(), SessionErrorKind::State, "{err}");
+    let good = Fragile {
+        n: 2,
+        refuse: Refuse(false),
+    };
+    let report = s0.checkpoint(&good).unwrap().unwrap();
+    assert_eq!(report.outcome, Outcome::Commit, "{report:?}");
+    // Well inside the decision timeout (20 s): nobody waited for a missing decision.
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    stop.store(true, Ordering::SeqCst);
+    s0.finish(&good, Duration::from_secs(10)).unwrap();
+    let stats1 = r1.join().unwrap().unwrap();
+    assert_eq!(stats1.outcomes_unknown, 0, "{stats1:?}");
+    assert_eq!(stats1.parts_written, 1, "{stats1:?}");
+    let reader = lazarus_store::RepoReader::open(&repo).unwrap();
+    let committed: Vec<_> = reader.committed().unwrap().iter().map(|c| c.id).collect();
+    assert_eq!(committed, vec![report.round.ckpt]);
+    let dirs: Vec<_> = reader
+        .checkpoint_dirs()
+        .unwrap()
+        .iter()
+        .map(|d| d.id)
+        .collect();
+    assert_eq!(dirs, committed, "the aborted round's directory is gone");
 }
