@@ -66,7 +66,16 @@ struct Peer {
     down_since: Mutex<Option<Instant>>,
     bye: AtomicBool,
     reconnecting: AtomicBool,
+    /// The last large message from this peer went straight into a posted buffer: the
+    /// receiver is streaming, so the next one is worth a short wait for its post.
+    streaming: AtomicBool,
 }
+
+/// How long a reader waits for the receiver to post its buffer for the next large message
+/// of a stream (the receiver is usually just returning from the previous `recv_into`).
+/// Without it, a large message that arrives a few microseconds before its receive is
+/// posted goes through a pooled vector and costs the receiver a full extra copy.
+const POST_WAIT: Duration = Duration::from_micros(50);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Critical sections leave their data consistent at every await-free step; a panic
@@ -129,6 +138,7 @@ impl TcpTransport {
                 down_since: Mutex::new(None),
                 bye: AtomicBool::new(false),
                 reconnecting: AtomicBool::new(false),
+                streaming: AtomicBool::new(false),
             })
             .collect();
         let shared = Arc::new(Shared {
@@ -351,8 +361,11 @@ fn mark_down(shared: &Arc<Shared>, peer: Rank, gen: u64) {
         if let Some(s) = out.stream.take() {
             let _ = s.shutdown(Shutdown::Both);
         }
+        // Under the `out` lock, like `install`'s reset of it: marked after the lock was
+        // released, a reconnect that completed in between would be followed by a stale
+        // "down since", and the live connection declared failed a timeout later.
+        lock(&p.down_since).get_or_insert_with(Instant::now);
     }
-    lock(&p.down_since).get_or_insert_with(Instant::now);
     if shared.me > peer && !p.reconnecting.swap(true, Ordering::AcqRel) {
         let sh = shared.clone();
         let _ = spawn("lazarus-reconnect", move || reconnect_loop(sh, peer));
@@ -569,7 +582,18 @@ fn on_data(
         h.flags & FLAG_LAST != 0 && inb.partial.is_empty() && inb.window.next_expected() == h.seq
     };
     if direct && n > 0 {
-        if let Some(mut claim) = shared.mailbox.claim(peer, h.tag, n) {
+        let mut claim = shared.mailbox.claim(peer, h.tag, n);
+        if n >= crate::pool::MIN_POOLED {
+            if claim.is_none() && p.streaming.load(Ordering::Relaxed) {
+                let t0 = Instant::now();
+                while claim.is_none() && t0.elapsed() < POST_WAIT {
+                    std::thread::yield_now();
+                    claim = shared.mailbox.claim(peer, h.tag, n);
+                }
+            }
+            p.streaming.store(claim.is_some(), Ordering::Relaxed);
+        }
+        if let Some(mut claim) = claim {
             rd.read_into(s, claim.buf(), stop)?;
             let mut inb = lock(&p.inbound);
             if inb.gen != gen {
@@ -868,21 +892,61 @@ mod tests {
 
     #[test]
     fn direct_receives_survive_resets_and_keep_order() {
+        // Sizes: empty, small, exactly one frame, several frames (max_frame 4096).
+        direct_receives_under_resets(cfg(), 400, &[0, 1, 7, 500, 531, 1200, 3000], 12);
+    }
+
+    #[test]
+    fn large_streamed_receives_keep_order_and_content() {
+        // Single-frame messages of 64 KiB and more take the direct path with the reader's
+        // short wait for the next post (`POST_WAIT`); one size is fragmented. No resets
+        // (see the ignored test below).
+        let c = NetConfig {
+            max_frame: 1 << 20,
+            ..cfg()
+        };
+        direct_receives_under_resets(c, 120, &[8192, 8192, 20_000, 8200, 200_000, 8192], 0);
+    }
+
+    /// KNOWN BUG (pre-existing, found by this test): with multi-MiB messages in flight,
+    /// a reset can leave a reconnect whose `install` never completes (its retransmit or
+    /// resume exchange times out), and both ranks declare each other failed after the
+    /// failure timeout. Fails in about 1-2 of 10 runs on the loaded 2-vCPU VM, with or
+    /// without the reader's post wait. Ignored until fixed; run with `--ignored`.
+    #[test]
+    #[ignore]
+    fn large_streamed_receives_survive_resets_and_keep_order() {
+        // Single-frame messages of 64 KiB and more take the direct path with the reader's
+        // short wait for the next post (`POST_WAIT`); one size is fragmented.
+        let c = NetConfig {
+            max_frame: 1 << 20,
+            ..cfg()
+        };
+        direct_receives_under_resets(c, 120, &[8192, 8192, 20_000, 8200, 200_000, 8192], 12);
+    }
+
+    /// Rank 1 streams `n_msgs` u64 messages of the given element counts (cycled) to rank
+    /// 0 while both sides' connections are reset `resets` times; rank 0 receives them with `recv_into`,
+    /// sometimes late (queued path), sometimes first (direct path), and checks every word.
+    fn direct_receives_under_resets(
+        config: NetConfig,
+        n_msgs: u64,
+        sizes: &[usize],
+        resets: usize,
+    ) {
         use rand::{Rng, SeedableRng};
         let seed: u64 = std::env::var("LAZARUS_TEST_SEED")
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(0x5eed_0003);
         eprintln!("seed {seed}");
-        let comms = loopback_comms(2, cfg()).unwrap();
-        let n_msgs = 400u64;
-        // Sizes: empty, small, exactly one frame, several frames (max_frame 4096).
-        let size = |i: u64| [0usize, 1, 7, 500, 531, 1200, 3000][(i % 7) as usize];
+        let comms = loopback_comms(2, config).unwrap();
+        let size = |i: u64| sizes[(i % sizes.len() as u64) as usize];
         std::thread::scope(|s| {
             let c0 = comms[0].clone();
             let c1 = comms[1].clone();
             s.spawn(move || {
-                for _ in 0..12 {
+                for _ in 0..resets {
                     std::thread::sleep(Duration::from_millis(5));
                     c0.transport_for_tests().unwrap().inject_reset();
                     c1.transport_for_tests().unwrap().inject_reset();
