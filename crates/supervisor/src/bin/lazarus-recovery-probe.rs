@@ -88,17 +88,34 @@ fn run() -> Result<(), Box<dyn Error>> {
     } else {
         None
     };
-    // Restore: every rank finds the same newest intact checkpoint.
+    // Restore, agreed and reading the data once: rank 0 lists the committed checkpoints that
+    // pass the cheap check (no data read); every rank loads its own part of the newest
+    // (which verifies every chunk); if any rank fails, all fall back to the next one.
     let reader = RepoReader::open(&repo)?;
-    let (mut step, mut acc, restored) = match reader.newest_intact()? {
-        Some((c, _)) => {
-            let objs = reader.load_part(c.id, rank)?;
+    let mut ids: Vec<u64> = if rank.0 == 0 {
+        let (cands, _) = reader.newest_committed_candidates()?;
+        cands.iter().map(|c| c.id.0).collect()
+    } else {
+        Vec::new()
+    };
+    comm.broadcast(Rank(0), &mut ids)?;
+    let mut found = None;
+    for id in ids {
+        let id = CheckpointId(id);
+        let part = reader.load_part(id, rank).ok();
+        if comm.allgather(&part.is_some())?.iter().all(|ok| *ok) {
+            found = part.map(|objs| (id, objs));
+            break;
+        }
+    }
+    let (mut step, mut acc, restored) = match found {
+        Some((id, objs)) => {
             let d = &objs.first().ok_or("empty part")?.data;
             let g = |i: usize| -> Result<u64, Box<dyn Error>> {
                 let b: [u8; 8] = d.get(i..i + 8).ok_or("short state")?.try_into()?;
                 Ok(u64::from_le_bytes(b))
             };
-            (g(0)?, g(8)?, Some(c.id))
+            (g(0)?, g(8)?, Some(id))
         }
         None => (0, 0, None),
     };

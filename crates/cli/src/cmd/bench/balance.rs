@@ -5,8 +5,16 @@
 //! throughput without and with balancing against the ideal (the sum of the ranks' own
 //! rates, measured in the same run); migration cost split into a fixed part (a
 //! redistribution that moves nothing: the collectives and wake-ups) and a per-MiB slope
-//! (from two sizes), against memcpy and first-touch copies of the same bytes; restore time
-//! on M ranks (via `Reshard`) against restore on N.
+//! (from two sizes), against memcpy and first-touch copies of the same bytes.
+//!
+//! Restart (`--restore-from N --restore-on M`, default 4 -> 3): the same DVec of
+//! `--restore-mib` MiB is checkpointed through the Job API into two scratch repositories,
+//! once by N ranks and once by M ranks; then `Job::open` + `restore_or_init` on M ranks is
+//! timed from each, alternating, `--restore-reps` times (median; the slowest rank counts).
+//! Both read warm page cache (no root to drop it), verify every chunk digest and agree
+//! across ranks the same way, so the ratio isolates what redistribution adds: reading N
+//! manifests, ranged reads of the overlapping old parts, comparing replicated fields.
+//! `--restore-only` skips the balancing and migration phases.
 //!
 //! Methodology of the balanced phase: `balance()` is called after every step until the
 //! first rebalance (one step is enough to measure rates), then every `--every` steps. The
@@ -14,9 +22,9 @@
 //! figure adds the warm-up steps and the migration.
 
 use crate::cmd::CmdResult;
-use lazarus::dist::{Decision, Distribution, Reshard, SLOWDOWN_ENV};
-use lazarus::format::{LoadedObject, Rank};
-use lazarus::{Comm, DVec};
+use lazarus::dist::{Decision, Distribution, SLOWDOWN_ENV};
+use lazarus::{Comm, DVec, Job};
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// Flags of `lazarus bench balance`.
@@ -35,14 +43,25 @@ pub struct Args {
     /// rebalance; before it, after every step).
     #[arg(long, default_value_t = 4)]
     every: u32,
-    /// World size M for the N -> M restore measurement (default: ranks + 1).
+    /// Ranks N that write the checkpoint of the restart measurement.
+    #[arg(long, default_value_t = 4)]
+    restore_from: u32,
+    /// Ranks M that restore it (compared with a checkpoint written by M ranks).
+    #[arg(long, default_value_t = 3)]
+    restore_on: u32,
+    /// Size of the restored DVec, MiB.
+    #[arg(long, default_value_t = 48)]
+    restore_mib: u64,
+    /// Timed restores of each kind (median reported).
+    #[arg(long, default_value_t = 7)]
+    restore_reps: u32,
+    /// Only the restart measurement.
     #[arg(long)]
-    restore_on: Option<u32>,
+    restore_only: bool,
+    /// Directory for the scratch repositories (default: system temp dir).
+    #[arg(long)]
+    dir: Option<std::path::PathBuf>,
 }
-
-#[derive(Debug, thiserror::Error)]
-#[error("object not found")]
-struct Missing;
 
 fn kernel(x: &mut f64) {
     // ~80 dependent flops per element: compute-bound, so rates reflect CPU speed.
@@ -77,7 +96,6 @@ struct Row {
     mig: Vec<(u64, f64, f64)>,
     t_copy: f64,
     t_first: f64,
-    objs: Vec<LoadedObject>,
 }
 
 /// Runs `steps` steps; returns (wall seconds, this rank's rate in elements per compute
@@ -119,8 +137,10 @@ pub fn main(a: Args) -> CmdResult {
         std::env::set_var(SLOWDOWN_ENV, "1:3");
     }
     let knob = std::env::var(SLOWDOWN_ENV).unwrap_or_default();
+    if a.restore_only {
+        return restart(&a);
+    }
     let n = a.ranks.max(1);
-    let m = a.restore_on.unwrap_or(n + 1).max(1);
     let len = a.len;
     let steps = a.steps.max(1);
     let every = a.every.max(1);
@@ -204,9 +224,6 @@ pub fn main(a: Args) -> CmdResult {
         let fresh = src.clone();
         let t_first = t.elapsed().as_secs_f64();
         drop(fresh);
-
-        // Checkpoint objects of this rank (in memory: the store is measured elsewhere).
-        let objs = lazarus::state::to_loaded(&lazarus::state::save(&w)?);
         Ok(Row {
             rate,
             rate_steady,
@@ -220,7 +237,6 @@ pub fn main(a: Args) -> CmdResult {
             mig,
             t_copy,
             t_first,
-            objs,
         })
     })?;
     let mut rows = Vec::new();
@@ -309,50 +325,112 @@ pub fn main(a: Args) -> CmdResult {
         );
     }
 
-    // Restore: same N (each rank its own part) vs N -> M through Reshard.
-    let parts: Vec<Vec<LoadedObject>> = rows.into_iter().map(|r| r.objs).collect();
-    let infos: Vec<Vec<_>> = parts
-        .iter()
-        .map(|p| p.iter().map(|o| o.info.clone()).collect())
-        .collect();
-    let t_same = time_restore(n, &parts, None)?;
-    let plan = Reshard::new(&infos, m)?;
-    let t_nm = time_restore(m, &parts, Some(&plan))?;
+    restart(&a)
+}
+
+/// A scratch directory removed on drop (also on error paths).
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Element `g` of the restart benchmark's vector: not trivially compressible, cheap.
+fn value(g: u64) -> f64 {
+    (g.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+}
+
+/// N -> M restart vs M -> M restart through the Job API and the store.
+fn restart(a: &Args) -> CmdResult {
+    let (n, m) = (a.restore_from.max(1), a.restore_on.max(1));
+    let len = a.restore_mib.max(1) * (1 << 20) / 8;
+    let reps = a.restore_reps.max(1);
+    let base = a.dir.clone().unwrap_or_else(std::env::temp_dir);
+    let scratch = Scratch(base.join(format!("lazarus-bench-restart-{}", std::process::id())));
+    std::fs::create_dir_all(&scratch.0)?;
+    let (from_n, from_m) = (scratch.0.join("from-n"), scratch.0.join("from-m"));
+    write_checkpoint(&from_n, n, len)?;
+    write_checkpoint(&from_m, m, len)?;
+    let want = restore_once(&from_m, m, len)?.1;
+    let (mut t_same, mut t_el) = (Vec::new(), Vec::new());
+    for _ in 0..reps {
+        let (t, sum) = restore_once(&from_m, m, len)?;
+        if sum != want {
+            return Err("restore on the same number of ranks changed the data".into());
+        }
+        t_same.push(t);
+        let (t, sum) = restore_once(&from_n, m, len)?;
+        if sum != want {
+            return Err(format!("restore {n} -> {m} changed the data").into());
+        }
+        t_el.push(t);
+    }
+    let med = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(0.0)
+    };
+    let (ms, me) = (med(&mut t_same), med(&mut t_el));
+    let mib = (len * 8) as f64 / (1 << 20) as f64;
     println!(
-        "restore {n} -> {n}: {:.2} ms; {n} -> {m}: {:.2} ms; ratio {:.2}x (target <= 1.2)",
-        t_same * 1e3,
-        t_nm * 1e3,
-        t_nm / t_same.max(1e-12)
+        "restart of a {mib:.0} MiB DVec on {m} ranks (Job::open + restore_or_init, slowest rank, \
+         median of {reps}): written by {m} ranks {:.1} ms ({:.0} MiB/s), written by {n} ranks \
+         (redistributed) {:.1} ms ({:.0} MiB/s); ratio {:.2}x (target <= 1.2); data identical",
+        ms * 1e3,
+        mib / ms.max(1e-12),
+        me * 1e3,
+        mib / me.max(1e-12),
+        me / ms.max(1e-12)
+    );
+    println!(
+        "  all runs, same size: {:?} ms",
+        t_same.iter().map(|t| (t * 1e3).round()).collect::<Vec<_>>()
+    );
+    println!(
+        "  all runs, {n} -> {m}: {:?} ms",
+        t_el.iter().map(|t| (t * 1e3).round()).collect::<Vec<_>>()
     );
     Ok(std::process::ExitCode::SUCCESS)
 }
 
-fn time_restore(
-    world: u32,
-    parts: &[Vec<LoadedObject>],
-    plan: Option<&Reshard>,
-) -> Result<f64, Err> {
-    let times = lazarus::local(world, |comm| -> Result<f64, Err> {
-        let mut v = DVec::<f64>::new(&comm, 1)?;
+/// Checkpoints the benchmark vector from `world` ranks (threads) into `repo`.
+fn write_checkpoint(repo: &Path, world: u32, len: u64) -> Result<(), Err> {
+    for r in lazarus::local(world, |comm| -> Result<(), Err> {
+        let mut job = Job::builder().repo(repo).comm(comm.clone()).open()?;
+        let fresh = DVec::<f64>::from_fn(&comm, len, value)?;
+        let v = job.restore_or_init(|| fresh)?;
+        job.checkpoint_now(&v)?;
+        Ok(())
+    })? {
+        r?;
+    }
+    Ok(())
+}
+
+/// Opens the job on `world` ranks and restores; returns the slowest rank's time and the
+/// vector's exact sum (to check the data).
+fn restore_once(repo: &Path, world: u32, len: u64) -> Result<(f64, u64), Err> {
+    let out = lazarus::local(world, |comm| -> Result<(f64, u64), Err> {
         comm.barrier()?;
         let t = Instant::now();
-        let objs = match plan {
-            None => parts.get(comm.rank().index()).cloned().ok_or("no part")?,
-            Some(p) => p.assemble(comm.rank(), &mut |r: Rank, name: &str| {
-                parts
-                    .get(r.index())
-                    .and_then(|p| p.iter().find(|o| o.info.name == name))
-                    .cloned()
-                    .ok_or(Missing)
-            })?,
-        };
-        lazarus::state::restore(&mut v, objs)?;
-        v.sync_distribution(&comm)?;
-        Ok(t.elapsed().as_secs_f64())
+        let mut job = Job::builder().repo(repo).comm(comm.clone()).open()?;
+        let fresh = DVec::<f64>::new(&comm, len)?;
+        let v = job.restore_or_init(|| fresh)?;
+        if job.restore_report().is_none() {
+            return Err("no checkpoint restored".into());
+        }
+        let el = t.elapsed().as_secs_f64();
+        let sum = v.sum(&comm)?;
+        drop(job);
+        comm.barrier()?;
+        Ok((el, sum.to_bits()))
     })?;
-    let mut worst: f64 = 0.0;
-    for t in times {
-        worst = worst.max(t?);
+    let (mut worst, mut sum) = (0.0f64, 0);
+    for r in out {
+        let (t, s) = r?;
+        worst = worst.max(t);
+        sum = s;
     }
-    Ok(worst)
+    Ok((worst, sum))
 }
