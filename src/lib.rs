@@ -68,6 +68,6 @@ pub use lazarus_net as net;
 pub use lazarus_net::{init, local, Comm};
 pub use lazarus_policy as policy;
 pub use lazarus_state as state;
-pub use lazarus_state::{Checkpoint, Serde, StateError};
+pub use lazarus_state::{Checkpoint, DirtyVec, Serde, StateError};
 pub use lazarus_store as store;
 pub use lazarus_supervisor as supervisor;

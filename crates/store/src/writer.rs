@@ -291,7 +291,7 @@ impl PartWriter {
             chunks = jobs.len(),
             cache = cache.is_some(),
             secs = t.elapsed().as_secs_f64(),
-            "chunks hashed, written and made durable"
+            "chunks hashed and written"
         );
         drop(cache);
         let mut next_cache = self
@@ -305,6 +305,7 @@ impl PartWriter {
         let mut cached_chunks = 0u64;
         let mut hinted_chunks = 0u64;
         let mut dirs = BTreeSet::new();
+        let mut temps: Vec<(PathBuf, PathBuf)> = Vec::new();
         for (k, (job, r)) in jobs.iter().zip(results).enumerate() {
             if let (Some(c), Some(fp)) = (next_cache.as_mut(), r.fp) {
                 cache_obj.push((fp, r.chunk.digest));
@@ -322,19 +323,13 @@ impl PartWriter {
             if let Some(d) = r.dir {
                 dirs.insert(d);
             }
+            if let Some(t) = r.temp {
+                temps.push(t);
+            }
             if let Some(v) = per_obj.get_mut(job.obj) {
                 v.push(r.chunk);
             }
         }
-        // Renames of new chunks must be durable before the manifest that names them.
-        let t = std::time::Instant::now();
-        let dir_paths: Vec<&Path> = dirs.iter().map(PathBuf::as_path).collect();
-        Self::fsync_all(&dir_paths)?;
-        tracing::debug!(
-            dirs = dirs.len(),
-            secs = t.elapsed().as_secs_f64(),
-            "chunk dir fsyncs"
-        );
         let manifest = Manifest {
             checkpoint: self.id,
             rank,
@@ -349,22 +344,8 @@ impl PartWriter {
                 })
                 .collect(),
         };
-        let t = std::time::Instant::now();
         let bytes = manifest.encode();
-        let dir = self.layout.checkpoint_dir(self.id);
-        fsutil::write_atomic(
-            &dir,
-            &Layout::manifest_name(rank),
-            &bytes,
-            &self.budget,
-            Some("before_manifest_rename"),
-            true,
-        )?;
-        failpoint("after_manifest_rename");
-        tracing::debug!(
-            secs = t.elapsed().as_secs_f64(),
-            "manifest encoded and durable"
-        );
+        self.make_durable(rank, &ctx, &temps, &bytes, &dirs)?;
         // Only a durable part feeds the cache: a failed write leaves none behind. The
         // producers learn their tickets after the entries exist, so a hint can only name a
         // ticket this process recorded digests under (and a write without the cache tells
@@ -390,8 +371,9 @@ impl PartWriter {
         })
     }
 
-    /// Hashes, compresses and writes chunks on up to two threads (the machine has two
-    /// cores; hashing+compression of one chunk overlaps the write of another).
+    /// Hashes, compresses and writes chunks on up to four threads (hashing+compression of
+    /// one chunk overlaps the write of another) into temp files whose writeback has
+    /// started; the caller makes them durable and renames them. On error no temp is left.
     fn write_chunks(
         &self,
         jobs: &[Job<'_>],
@@ -454,21 +436,6 @@ impl PartWriter {
         if let Some(e) = first_err.into_inner().unwrap_or_else(|e| e.into_inner()) {
             return Err(cleanup(e));
         }
-        // Durable before visible: fsync every temp (their writeback started while writing),
-        // then rename them to their final names.
-        let t = std::time::Instant::now();
-        let tmp_paths: Vec<&Path> = temps.iter().map(|(t, _)| t.as_path()).collect();
-        Self::fsync_all(&tmp_paths).map_err(cleanup)?;
-        tracing::debug!(
-            files = temps.len(),
-            secs = t.elapsed().as_secs_f64(),
-            "chunk fsyncs"
-        );
-        for (tmp, dest) in &temps {
-            std::fs::rename(tmp, dest)
-                .map_err(|e| cleanup(StoreError::io(dest, "renaming temp chunk", e)))?;
-            failpoint("after_chunk_write");
-        }
         let mut out: Vec<ChunkOutcome> = slots
             .into_iter()
             .map(|o| {
@@ -494,6 +461,65 @@ impl PartWriter {
             }
         }
         Ok(out)
+    }
+
+    /// Makes the part durable in two rounds of concurrent fsyncs instead of four: the new
+    /// chunks' temps and the manifest's temp together, then (after the renames) their
+    /// directories together. Only COMMIT makes a checkpoint visible to restore, and it is
+    /// written after this returns, so the manifest may become durable a moment before a
+    /// chunk rename it names without any committed state ever depending on that; a crash
+    /// in between leaves an uncommitted directory that GC removes (docs/FORMAT.md, "Write
+    /// protocol"). On error every temp is removed.
+    fn make_durable(
+        &self,
+        rank: Rank,
+        ctx: &str,
+        chunk_temps: &[(PathBuf, PathBuf)],
+        manifest: &[u8],
+        chunk_dirs: &BTreeSet<PathBuf>,
+    ) -> Result<(), StoreError> {
+        let t = std::time::Instant::now();
+        let dir = self.layout.checkpoint_dir(self.id);
+        let name = Layout::manifest_name(rank);
+        let remove_chunk_temps = || {
+            for (tmp, _) in chunk_temps {
+                let _ = std::fs::remove_file(tmp);
+            }
+        };
+        let mtmp =
+            fsutil::write_temp(&dir, &name, &[manifest], &self.budget).inspect_err(|_| {
+                remove_chunk_temps();
+            })?;
+        let cleanup = |e: StoreError| {
+            remove_chunk_temps();
+            let _ = std::fs::remove_file(&mtmp);
+            StoreError::new(e.kind(), e.path(), format!("{ctx}: {}", e.message()))
+        };
+        let mut files: Vec<&Path> = chunk_temps.iter().map(|(t, _)| t.as_path()).collect();
+        files.push(&mtmp);
+        Self::fsync_all(&files).map_err(cleanup)?;
+        let synced = t.elapsed().as_secs_f64();
+        for (tmp, dest) in chunk_temps {
+            std::fs::rename(tmp, dest)
+                .map_err(|e| cleanup(StoreError::io(dest, "renaming temp chunk", e)))?;
+            failpoint("after_chunk_write");
+        }
+        failpoint("before_manifest_rename");
+        let dest = dir.join(&name);
+        std::fs::rename(&mtmp, &dest)
+            .map_err(|e| cleanup(StoreError::io(&dest, "renaming temp manifest", e)))?;
+        let mut dirs: Vec<&Path> = chunk_dirs.iter().map(PathBuf::as_path).collect();
+        dirs.push(&dir);
+        Self::fsync_all(&dirs)?;
+        failpoint("after_manifest_rename");
+        tracing::debug!(
+            files = files.len(),
+            dirs = dirs.len(),
+            file_fsyncs_secs = synced,
+            secs = t.elapsed().as_secs_f64(),
+            "chunks and manifest durable"
+        );
+        Ok(())
     }
 
     /// fsyncs every path (files or directories) on up to [`FSYNC_THREADS`] threads: an
