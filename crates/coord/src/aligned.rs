@@ -122,6 +122,9 @@ pub enum AbortReason {
     },
     /// Writing COMMIT failed (and the store guarantees it is not visible).
     CommitWrite(String),
+    /// The coordinator's own rank gave up on the round (its part write or its network
+    /// failed): see [`Coordinator::abort`].
+    Local(String),
 }
 
 /// What the coordinator asks its runtime to do, in order.
@@ -320,6 +323,35 @@ impl<R: Clone> Coordinator<R> {
             Ok(()) => self.decide(Outcome::Commit, None),
             Err(e) => self.decide(Outcome::Abort, Some(AbortReason::CommitWrite(e))),
         })
+    }
+
+    /// The coordinator's runtime cannot go on with the round it is collecting votes for
+    /// (e.g. its own part failed, or its network broke without naming a peer): the round
+    /// aborts now, and every rank is told, instead of waiting for the deadline. A round
+    /// whose COMMIT is being written is not touched (only the write's result decides).
+    pub fn abort(&mut self, reason: String) -> Vec<CoordinatorAction<R>> {
+        match &self.active {
+            Some(a) if a.phase == CoordPhase::Collecting => {
+                self.decide(Outcome::Abort, Some(AbortReason::Local(reason)))
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// Reports that the `WriteCommit` of `round` ended with COMMIT visible but not known
+    /// durable. The round ends with no decision announced (neither outcome can be promised);
+    /// participants resolve it from the repository (`OutcomeUnknown`) once their decision
+    /// deadline passes or rank 0 goes away, and a later round may start.
+    pub fn commit_unknown(&mut self, round: RoundId) -> Result<(), ProtocolError> {
+        match &self.active {
+            Some(a) if a.id == round && a.phase == CoordPhase::Committing => {
+                self.active = None;
+                Ok(())
+            }
+            _ => Err(ProtocolError::Misuse(
+                "commit_unknown without a WriteCommit",
+            )),
+        }
     }
 
     /// The runtime saw `rank` die: a round still collecting votes aborts at once. (Once
@@ -745,6 +777,42 @@ mod tests {
         assert!(c.rank_failed(Rank(1)).unwrap().is_empty());
         let a = c.commit_written(rid(2), Err("ENOSPC".into())).unwrap();
         assert!(a.contains(&CoordinatorAction::CollectLeftovers { round: rid(2) }));
+    }
+
+    /// Review finding 4: an early exit of rank 0 decides the round (Abort, told to every
+    /// rank) so nobody waits for a decision and the next round can start.
+    #[test]
+    fn local_abort_decides_and_frees_the_coordinator() {
+        let mut c = C::new(3, t()).unwrap();
+        c.start_round(rid(1), ms(0)).unwrap();
+        c.step(durable(1, 1), ms(1)).unwrap();
+        let a = c.abort("rank 0's part failed".into());
+        assert_eq!(a[0], CoordinatorAction::CollectLeftovers { round: rid(1) });
+        let told: Vec<Rank> = a
+            .iter()
+            .filter_map(|x| match x {
+                CoordinatorAction::Send {
+                    to,
+                    msg: ToParticipant::Decided(d),
+                } if d.outcome == Outcome::Abort => Some(*to),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(told, vec![Rank(0), Rank(1), Rank(2)]);
+        assert_eq!(c.active_round(), None);
+        assert!(c.abort("again".into()).is_empty(), "nothing left to abort");
+        c.start_round(rid(2), ms(2)).unwrap();
+        for r in 0..3 {
+            c.step(durable(r, 2), ms(3)).unwrap();
+        }
+        // While COMMIT is being written, only its result decides.
+        assert!(c.abort("late".into()).is_empty());
+        // COMMIT visible but not durable: no decision at all, and the next round may start.
+        c.commit_unknown(rid(2)).unwrap();
+        assert_eq!(c.active_round(), None);
+        assert_eq!(c.last_decision().map(|d| d.round), Some(rid(1)));
+        assert!(c.commit_unknown(rid(2)).is_err());
+        c.start_round(rid(3), ms(4)).unwrap();
     }
 
     #[test]

@@ -21,7 +21,8 @@ use crate::error::ProtocolError;
 use lazarus_format::{CheckpointId, Epoch, ObjectSpec, Rank};
 use lazarus_net::{Comm, ErrorKind as NetKind, NetError, Tag};
 use lazarus_store::{
-    CommitMeta, PartReceipt, PartWriter, RepoOptions, RepoReader, Repository, StoreError,
+    CommitMeta, PartReceipt, PartWriter, Presence, RepoOptions, RepoReader, Repository, StoreError,
+    StoreErrorKind,
 };
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -65,6 +66,10 @@ pub enum RoundErrorKind {
     Protocol,
     /// Rank 0 did not start the round in time: ranks did not call `round` at the same step.
     NotStarted,
+    /// Nobody can say yet whether the round committed (COMMIT visible but not durable, or
+    /// no decision arrived and COMMIT is absent while the directory remains). Not
+    /// retryable: restart from whatever the repository holds.
+    OutcomeUnknown,
 }
 
 /// A round that did not commit. Every variant names the checkpoint, rank or peer involved.
@@ -98,6 +103,15 @@ pub enum RoundError {
         /// the decoder's error
         detail: String,
     },
+    /// The round's outcome cannot be known now (see [`RoundErrorKind::OutcomeUnknown`]).
+    /// The checkpoint was NOT reported aborted: it may be committed.
+    #[error("checkpoint {checkpoint}: outcome unknown: {detail}")]
+    OutcomeUnknown {
+        /// the checkpoint in doubt
+        checkpoint: CheckpointId,
+        /// what made it unknown
+        detail: String,
+    },
     /// No `Prepare` from rank 0 within `waited`.
     #[error("{rank} waited {waited:?} for rank 0 to start a checkpoint round: do all ranks checkpoint at the same step?")]
     NotStarted {
@@ -117,6 +131,7 @@ impl RoundError {
             RoundError::Store(_) => RoundErrorKind::Store,
             RoundError::Protocol(_) | RoundError::BadMessage { .. } => RoundErrorKind::Protocol,
             RoundError::NotStarted { .. } => RoundErrorKind::NotStarted,
+            RoundError::OutcomeUnknown { .. } => RoundErrorKind::OutcomeUnknown,
         }
     }
 
@@ -125,7 +140,7 @@ impl RoundError {
     pub fn is_retryable(&self) -> bool {
         match self {
             RoundError::Aborted { retryable, .. } => *retryable,
-            RoundError::Store(e) => e.is_retryable(),
+            RoundError::Store(e) => e.is_retryable() && e.kind() != StoreErrorKind::CommitUnknown,
             _ => false,
         }
     }
@@ -151,6 +166,14 @@ pub struct AlignedRuntime {
     markers: bool,
     /// Rank 0: why the last round aborted, and whether a later round may succeed.
     abort_reason: Option<(String, bool)>,
+    /// Rank 0: the last commit ended with COMMIT visible but not durable (this error).
+    commit_unknown: Option<String>,
+    /// A `Prepare` consumed while waiting for the previous round's decision: the next
+    /// `write_phase` writes this round instead of waiting for a `Prepare` that already came.
+    pending_prepare: Option<RoundId>,
+    /// This rank's part writer from the previous round, reused (via `for_checkpoint`) so a
+    /// round does not re-read the repository's FORMAT.
+    writer_template: Option<PartWriter>,
 }
 
 impl std::fmt::Debug for AlignedRuntime {
@@ -198,6 +221,9 @@ impl AlignedRuntime {
             origin: Instant::now(),
             markers: std::env::var(OUTPUT_MARKERS_ENV).is_ok_and(|v| v == "1"),
             abort_reason: None,
+            commit_unknown: None,
+            pending_prepare: None,
+            writer_template: None,
         })
     }
 
@@ -284,19 +310,22 @@ impl AlignedRuntime {
             }
         };
         let mut decided = None;
+        self.commit_unknown = None;
         self.run_coordinator_actions(actions, &mut pending, meta, &mut decided);
         let writer = pending.as_ref().map(|p| p.part_writer());
         let written = self.write_phase(objects, meta.step, writer);
         let (own_round, receipt) = match written {
             Ok(x) => x,
             Err(e) => {
-                self.collect(&mut pending);
+                // Decide the round (Abort, told to every rank) before leaving, so nobody
+                // waits for a decision and the next round can start.
+                self.abort_round(format!("rank 0: {e}"), &mut pending, meta);
                 return Err(e);
             }
         };
         debug_assert_eq!(own_round, round);
         let mut first_net_error = None;
-        while decided.is_none() {
+        while decided.is_none() && self.commit_unknown.is_none() {
             let got = self.comm.recv_envelope_timeout(
                 None,
                 Some(Tag::checkpoint(TAG_VOTE)),
@@ -306,45 +335,71 @@ impl AlignedRuntime {
             let Some(coord) = self.coordinator.as_mut() else {
                 break;
             };
-            let actions = match got {
-                Ok(env) => {
-                    let vote: VoteMsg<PartReceipt> = match decode(env.src, &env.payload) {
-                        Ok(v) => v,
-                        Err(e) => {
-                            tracing::warn!("ignoring checkpoint vote: {e}");
-                            continue;
-                        }
-                    };
-                    match coord.step(vote, now) {
-                        Ok(a) => a,
-                        Err(e) => {
-                            tracing::warn!("ignoring checkpoint vote: {e}");
-                            continue;
-                        }
+            let mut actions = match got {
+                Ok(env) => match decode::<VoteMsg<PartReceipt>>(env.src, &env.payload) {
+                    Ok(vote) if vote.from != env.src => {
+                        tracing::warn!(
+                            "ignoring checkpoint vote sent by {} in the name of {}",
+                            env.src,
+                            vote.from
+                        );
+                        Vec::new()
                     }
-                }
-                Err(e) if e.kind() == NetKind::Timeout => coord.tick(now),
+                    Ok(vote) => coord.step(vote, now).unwrap_or_else(|e| {
+                        tracing::warn!("ignoring checkpoint vote: {e}");
+                        Vec::new()
+                    }),
+                    Err(e) => {
+                        tracing::warn!("ignoring checkpoint vote: {e}");
+                        Vec::new()
+                    }
+                },
+                Err(e) if e.kind() == NetKind::Timeout => Vec::new(),
                 Err(e) => match e.peer() {
                     Some(peer) => {
+                        // Empty when already writing COMMIT or decided: keep going.
                         let a = coord.rank_failed(peer).unwrap_or_default();
                         first_net_error.get_or_insert(e);
-                        if a.is_empty() {
-                            // Already writing COMMIT or decided: keep going.
-                            coord.tick(now)
-                        } else {
-                            a
-                        }
+                        a
                     }
                     None => {
-                        self.collect(&mut pending);
+                        let reason = format!("rank 0's network failed: {e}");
+                        self.abort_round(reason, &mut pending, meta);
                         return Err(e.into());
                     }
                 },
             };
+            // The deadline and Prepare retries are checked on every pass, not only when
+            // the receive times out: re-sent votes arriving faster than `retry` must not
+            // keep the round open past its deadline.
+            actions.extend(coord.tick(now));
             self.run_coordinator_actions(actions, &mut pending, meta, &mut decided);
+        }
+        if let Some(e) = self.commit_unknown.take() {
+            return Err(RoundError::OutcomeUnknown {
+                checkpoint: round.ckpt,
+                detail: e,
+            });
         }
         // Our own Decided is in our mailbox now.
         self.await_decision(round, receipt, meta.step)
+    }
+
+    /// Rank 0 leaves a round early: aborts it in the coordinator (if still collecting),
+    /// tells every rank, and collects the pending directory.
+    fn abort_round(
+        &mut self,
+        reason: String,
+        pending: &mut Option<lazarus_store::PendingCheckpoint>,
+        meta: &CommitMeta,
+    ) {
+        let actions = match self.coordinator.as_mut() {
+            Some(c) => c.abort(reason),
+            None => Vec::new(),
+        };
+        let mut decided = None;
+        self.run_coordinator_actions(actions, pending, meta, &mut decided);
+        self.collect(pending);
     }
 
     fn collect(&mut self, pending: &mut Option<lazarus_store::PendingCheckpoint>) {
@@ -383,10 +438,28 @@ impl AlignedRuntime {
                                 receipts.into_iter().map(|(_, r)| r).collect(),
                                 meta.clone(),
                             )
-                            .map(|_| ())
-                            .map_err(|e| e.to_string()),
-                        _ => Err("no pending checkpoint to commit".to_string()),
+                            .map(|_| ()),
+                        _ => Err(StoreError::new(
+                            StoreErrorKind::InvalidArgument,
+                            None,
+                            "no pending checkpoint to commit",
+                        )),
                     };
+                    if let Err(e) = &result {
+                        if e.kind() == StoreErrorKind::CommitUnknown {
+                            // COMMIT is visible: announcing Abort would be a lie, Commit a
+                            // promise we cannot keep. Decide nothing; fail this rank.
+                            tracing::error!("{e}");
+                            if let Some(c) = self.coordinator.as_mut() {
+                                if let Err(m) = c.commit_unknown(round) {
+                                    tracing::warn!("commit_unknown: {m}");
+                                }
+                            }
+                            self.commit_unknown = Some(e.to_string());
+                            continue;
+                        }
+                    }
+                    let result = result.map_err(|e| e.to_string());
                     if result.is_ok() && self.markers {
                         marker("commit", round.ckpt, meta.step);
                     }
@@ -420,6 +493,11 @@ impl AlignedRuntime {
         let started = Instant::now();
         let limit = self.timeouts.decision;
         loop {
+            if let Some(round) = self.pending_prepare.take() {
+                // Consumed while awaiting the previous decision: the participant is
+                // already in `Writing { round }`.
+                return self.write_own_part(round, &objects, step, own_writer);
+            }
             let left = limit.saturating_sub(started.elapsed());
             let env = match self.comm.recv_envelope_timeout(
                 Some(Rank(0)),
@@ -437,45 +515,101 @@ impl AlignedRuntime {
             };
             let msg: ToParticipant = decode(env.src, &env.payload)?;
             let now = self.now();
+            let mut write = None;
             for a in self.participant.step(msg, now)? {
-                let ParticipantAction::WritePart { round } = a else {
-                    // Decisions of older rounds and their leftovers: rank 0 collected them.
-                    continue;
-                };
-                self.comm.set_epoch(round.epoch);
-                let result = objects.clone().and_then(|objects| {
-                    let writer = match (&own_writer, &self.store) {
-                        (Some(w), _) => Ok(w.clone()),
-                        (None, RankStore::Participant { path, options }) => {
-                            PartWriter::open(path, round.ckpt, options.clone())
-                        }
-                        (None, RankStore::Coordinator(r)) => {
-                            PartWriter::open(r.path(), round.ckpt, r.options().clone())
-                        }
-                    };
-                    writer
-                        .and_then(|w| w.write(me, objects))
-                        .map_err(|e| format!("{me}: {e}"))
-                });
-                let receipt = result.as_ref().ok().cloned();
-                if receipt.is_some() && self.markers {
-                    marker("part", round.ckpt, step);
+                match a {
+                    ParticipantAction::WritePart { round } => write = Some(round),
+                    other => self.exec_participant(other)?,
                 }
-                let now = self.now();
-                for a in self.participant.part_written(round, result, now) {
-                    self.exec_participant(a)?;
-                }
-                return Ok((round, receipt));
+            }
+            if let Some(round) = write {
+                return self.write_own_part(round, &objects, step, own_writer);
             }
         }
     }
 
+    /// Writes this rank's part of `round` (the participant is in `Writing { round }`) and
+    /// votes. Manifests up to `MAX_INLINE_MANIFEST` ride in the vote (format 1.1).
+    fn write_own_part(
+        &mut self,
+        round: RoundId,
+        objects: &Result<&[ObjectSpec<'_>], String>,
+        step: u64,
+        own_writer: Option<PartWriter>,
+    ) -> Result<(RoundId, Option<PartReceipt>), RoundError> {
+        let me = self.comm.rank();
+        self.comm.set_epoch(round.epoch);
+        let result = objects.clone().and_then(|objects| {
+            let writer = match (own_writer, &self.writer_template, &self.store) {
+                (Some(w), _, _) => Ok(w),
+                (None, Some(t), _) => t.for_checkpoint(round.ckpt),
+                (None, None, RankStore::Participant { path, options }) => {
+                    PartWriter::open(path, round.ckpt, options.clone())
+                }
+                (None, None, RankStore::Coordinator(r)) => {
+                    PartWriter::open(r.path(), round.ckpt, r.options().clone())
+                }
+            }
+            .map(|w| w.with_inline_manifest(lazarus_format::MAX_INLINE_MANIFEST));
+            if let Ok(w) = &writer {
+                if !matches!(self.store, RankStore::Coordinator(_)) {
+                    self.writer_template = Some(w.clone());
+                }
+            }
+            writer
+                .and_then(|w| w.write(me, objects))
+                .map_err(|e| format!("{me}: {e}"))
+        });
+        let receipt = result.as_ref().ok().cloned();
+        if receipt.is_some() && self.markers {
+            marker("part", round.ckpt, step);
+        }
+        let now = self.now();
+        for a in self.participant.part_written(round, result, now) {
+            self.exec_participant(a)?;
+        }
+        Ok((round, receipt))
+    }
+
+    /// Runs a participant action other than `WritePart`/`Learned` of the current round.
     fn exec_participant(&mut self, a: ParticipantAction<PartReceipt>) -> Result<(), RoundError> {
-        if let ParticipantAction::Send(v) = a {
-            self.comm
-                .send_bytes(Rank(0), Tag::checkpoint(TAG_VOTE), encode(&v))?;
+        match a {
+            ParticipantAction::Send(v) => {
+                self.comm
+                    .send_bytes(Rank(0), Tag::checkpoint(TAG_VOTE), encode(&v))?;
+            }
+            ParticipantAction::DiscardPart { round } => self.discard_own_part(round),
+            ParticipantAction::OutcomeUnknown { round } => {
+                // A round this rank voted in was superseded before its decision arrived;
+                // its caller has already returned. Log what the repository says.
+                let state =
+                    RepoReader::open(self.repo_path()).and_then(|r| r.commit_presence(round.ckpt));
+                tracing::warn!(
+                    "checkpoint {} superseded without a decision; repository says {:?}",
+                    round.ckpt,
+                    state.map(|p| match p {
+                        Presence::Committed(_) => "committed",
+                        Presence::Pending => "pending",
+                        Presence::Gone => "aborted",
+                    })
+                );
+            }
+            ParticipantAction::WritePart { round } => self.pending_prepare = Some(round),
+            ParticipantAction::Learned(_) => {}
         }
         Ok(())
+    }
+
+    /// Removes this rank's part of an aborted round, if it wrote a manifest file after
+    /// rank 0 collected the directory (rank 0's own part goes with the directory).
+    fn discard_own_part(&mut self, round: RoundId) {
+        if matches!(self.store, RankStore::Coordinator(_)) {
+            return;
+        }
+        let me = self.comm.rank();
+        if let Err(e) = lazarus_store::discard_part(self.repo_path(), round.ckpt, me) {
+            tracing::warn!("discarding {me}'s aborted part: {e} (GC will retry)");
+        }
     }
 
     fn await_decision(
@@ -500,20 +634,39 @@ impl AlignedRuntime {
                 Err(e) => return Err(e.into()),
             };
             let mut learned = None;
+            let mut unknown = false;
             for a in actions {
                 match a {
                     ParticipantAction::Learned(d) if d.round == round => learned = Some(d.outcome),
-                    ParticipantAction::OutcomeUnknown { round: r } if r == round => {
-                        // The repository is the truth: committed iff COMMIT exists.
-                        let reader = RepoReader::open(self.repo_path())?;
-                        learned = Some(if reader.commit_record(round.ckpt).is_ok() {
-                            Outcome::Commit
-                        } else {
-                            Outcome::Abort
-                        });
+                    ParticipantAction::OutcomeUnknown { round: r } if r == round => unknown = true,
+                    ParticipantAction::DiscardPart { round: r } if r == round => {
+                        // Handled with the Abort outcome below.
                     }
+                    // Includes a newer round's WritePart, kept for the next write_phase.
                     other => self.exec_participant(other)?,
                 }
+            }
+            if unknown && learned.is_none() {
+                // The repository is the truth, but only a definite answer counts: COMMIT
+                // present => committed; directory gone (rank 0 collects every aborted
+                // round) => aborted; a read error or a directory without COMMIT (rank 0
+                // may still be writing it) => unknown, never "aborted".
+                let reader = RepoReader::open(self.repo_path())?;
+                learned = Some(match reader.commit_presence(round.ckpt)? {
+                    Presence::Committed(_) => Outcome::Commit,
+                    Presence::Gone => Outcome::Abort,
+                    Presence::Pending => {
+                        return Err(RoundError::OutcomeUnknown {
+                            checkpoint: round.ckpt,
+                            detail: format!(
+                                "{} got no decision within {:?} and the checkpoint directory \
+                                 is still there without COMMIT",
+                                self.comm.rank(),
+                                self.timeouts.decision
+                            ),
+                        })
+                    }
+                });
             }
             if let Some(o) = learned {
                 break o;
@@ -530,11 +683,8 @@ impl AlignedRuntime {
             (Outcome::Abort, receipt) => {
                 // Our part may have landed after rank 0 collected the round (recreating its
                 // directory): remove it now rather than leave it to the next GC.
-                if receipt.is_some() && !matches!(self.store, RankStore::Coordinator(_)) {
-                    let me = self.comm.rank();
-                    if let Err(e) = lazarus_store::discard_part(self.repo_path(), round.ckpt, me) {
-                        tracing::warn!("discarding {me}'s aborted part: {e} (GC will retry)");
-                    }
+                if receipt.as_ref().is_some_and(|r| r.manifest.is_none()) {
+                    self.discard_own_part(round);
                 }
                 let (reason, retryable) = match self.abort_reason.take() {
                     Some(r) => r,
@@ -571,6 +721,7 @@ fn describe(r: &AbortReason) -> (String, bool) {
         ),
         AbortReason::RankDied { rank } => (format!("{rank} died"), false),
         AbortReason::CommitWrite(e) => (format!("writing COMMIT failed: {e}"), true),
+        AbortReason::Local(e) => (e.clone(), false),
     }
 }
 

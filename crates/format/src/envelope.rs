@@ -4,7 +4,7 @@
 //! ```text
 //! 0..4    magic: "LZMF" (rank manifest) or "LZCM" (COMMIT)
 //! 4..6    major version u16 LE (1)
-//! 6..8    minor version u16 LE (0)
+//! 6..8    minor version u16 LE (0, or 1 for a COMMIT with inline manifests)
 //! 8..16   body length u64 LE
 //! 16..48  BLAKE3 of bytes 0..16 followed by the body (so a flipped version byte is
 //!         detected too)
@@ -12,7 +12,7 @@
 //! ```
 
 use crate::error::{FormatError, FormatErrorKind};
-use crate::repo::{FORMAT_MAJOR, FORMAT_MINOR};
+use crate::repo::FORMAT_MAJOR;
 
 /// Envelope header length in bytes.
 pub const ENVELOPE_HEADER_LEN: usize = 48;
@@ -23,12 +23,14 @@ pub const COMMIT_MAGIC: [u8; 4] = *b"LZCM";
 /// Largest body a reader accepts.
 pub const MAX_ENVELOPE_BODY: u64 = 256 << 20;
 
-/// Wraps `body` in an envelope with the given magic and the current version.
-pub fn seal(magic: [u8; 4], body: &[u8]) -> Vec<u8> {
+/// Wraps `body` in an envelope with the given magic, major [`FORMAT_MAJOR`] and `minor`
+/// (the lowest minor that can express the record, so records that need nothing new keep
+/// the exact bytes older writers produced).
+pub fn seal(magic: [u8; 4], minor: u16, body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(ENVELOPE_HEADER_LEN + body.len());
     out.extend_from_slice(&magic);
     out.extend_from_slice(&FORMAT_MAJOR.to_le_bytes());
-    out.extend_from_slice(&FORMAT_MINOR.to_le_bytes());
+    out.extend_from_slice(&minor.to_le_bytes());
     out.extend_from_slice(&(body.len() as u64).to_le_bytes());
     let sum = checksum(&out[..16], body);
     out.extend_from_slice(&sum);

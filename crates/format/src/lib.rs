@@ -7,6 +7,7 @@
 //! [`Manifest`] (one per rank) and [`CommitRecord`] (the commit point).
 #![deny(missing_docs)]
 
+pub mod base64;
 mod chunk;
 mod envelope;
 mod error;
@@ -22,7 +23,9 @@ pub use chunk::{
 pub use envelope::{COMMIT_MAGIC, ENVELOPE_HEADER_LEN, MANIFEST_MAGIC, MAX_ENVELOPE_BODY};
 pub use error::{FormatError, FormatErrorKind};
 pub use ids::{CheckpointId, ChunkDigest, Epoch, Rank};
-pub use manifest::{ChunkRef, CommitPart, CommitRecord, Manifest, ManifestObject, WriterInfo};
+pub use manifest::{
+    ChunkRef, CommitPart, CommitRecord, Manifest, ManifestObject, WriterInfo, MAX_INLINE_MANIFEST,
+};
 pub use object::{
     ChangeHint, DType, GlobalRange, LoadedObject, ObjectInfo, ObjectKind, ObjectSpec, WriteTicket,
     WrittenSink,

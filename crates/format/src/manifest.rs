@@ -52,7 +52,7 @@ impl Manifest {
     pub fn encode(&self) -> Vec<u8> {
         // Serializing plain structs of integers and strings to JSON cannot fail.
         let body = serde_json::to_vec_pretty(self).unwrap_or_default();
-        envelope::seal(MANIFEST_MAGIC, &body)
+        envelope::seal(MANIFEST_MAGIC, 0, &body)
     }
 
     /// Decodes and validates a manifest file: envelope, JSON, and internal consistency
@@ -131,6 +131,32 @@ pub struct CommitPart {
     pub logical_bytes: u64,
     /// Bytes of chunk files this rank newly wrote for this checkpoint (after dedup).
     pub stored_new_bytes: u64,
+    /// Format 1.1: the rank's whole manifest file (envelope + JSON), base64, stored here
+    /// instead of as `rank-<r>.manifest`. Its BLAKE3 is `manifest_digest`, exactly as for a
+    /// file, so the digest has one definition. Absent in 1.0 COMMITs and for manifests over
+    /// [`MAX_INLINE_MANIFEST`] bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<String>,
+}
+
+/// Largest manifest file (bytes) a writer stores inline in COMMIT; larger ones are files.
+/// Readers accept any inline size that fits the COMMIT envelope.
+pub const MAX_INLINE_MANIFEST: usize = 64 << 10;
+
+impl CommitPart {
+    /// The inline manifest file bytes, when this part has one: `None` for a manifest stored
+    /// as a file, `Some(Err)` when the inline text is not canonical base64. The bytes are
+    /// not checked against `manifest_digest` here (the reader does that, naming the file).
+    pub fn inline_manifest(&self) -> Option<Result<Vec<u8>, FormatError>> {
+        self.manifest.as_deref().map(|text| {
+            crate::base64::decode(text).ok_or_else(|| {
+                invalid(format!(
+                    "COMMIT part of {}: inline manifest is not canonical base64",
+                    self.rank
+                ))
+            })
+        })
+    }
 }
 
 /// Who wrote a COMMIT (informational only; readers never depend on it).
@@ -184,10 +210,12 @@ pub struct CommitRecord {
 }
 
 impl CommitRecord {
-    /// Encodes the COMMIT file (envelope + JSON).
+    /// Encodes the COMMIT file (envelope + JSON). The envelope says minor 1 when a part
+    /// carries an inline manifest, 0 otherwise (byte-identical to a 1.0 writer's COMMIT).
     pub fn encode(&self) -> Vec<u8> {
         let body = serde_json::to_vec_pretty(self).unwrap_or_default();
-        envelope::seal(COMMIT_MAGIC, &body)
+        let minor = u16::from(self.parts.iter().any(|p| p.manifest.is_some()));
+        envelope::seal(COMMIT_MAGIC, minor, &body)
     }
 
     /// Decodes and validates a COMMIT file (envelope, JSON, one part per rank in order).

@@ -51,10 +51,38 @@ fn commit() -> CommitRecord {
                 manifest_digest: ChunkDigest::of(&[r as u8]),
                 logical_bytes: 11,
                 stored_new_bytes: 3,
+                // Rank 1's manifest rides inline (format 1.1), rank 0's is a file.
+                manifest: (r == 1).then(|| lazarus_format::base64::encode(&manifest().encode())),
             })
             .collect(),
         writer: WriterInfo::this_host(),
     }
+}
+
+#[test]
+fn commit_with_inline_manifest_is_minor_1_and_round_trips() {
+    let c = commit();
+    let bytes = c.encode();
+    assert_eq!(
+        u16::from_le_bytes([bytes[6], bytes[7]]),
+        1,
+        "inline => envelope 1.1"
+    );
+    let back = CommitRecord::decode(&bytes).unwrap();
+    assert_eq!(back, c);
+    assert!(back.parts[0].inline_manifest().is_none());
+    let m = back.parts[1].inline_manifest().unwrap().unwrap();
+    assert_eq!(Manifest::decode(&m).unwrap(), manifest());
+    // Without inline parts the COMMIT stays byte-compatible with 1.0 writers.
+    let mut plain = c.clone();
+    plain.parts[1].manifest = None;
+    let bytes = plain.encode();
+    assert_eq!(u16::from_le_bytes([bytes[6], bytes[7]]), 0);
+    assert!(!String::from_utf8_lossy(&bytes).contains("\"manifest\""));
+    // Damaged inline text is a typed error, not a panic.
+    let mut bad = c;
+    bad.parts[1].manifest = Some("not base64!".into());
+    assert!(bad.parts[1].inline_manifest().unwrap().is_err());
 }
 
 #[test]
@@ -101,7 +129,7 @@ fn future_major_is_refused_everywhere() {
     f[8] = 9;
     let e = FormatVersion::decode(&f).unwrap_err();
     assert_eq!(e.kind, FormatErrorKind::VersionUnsupported);
-    assert!(e.msg.contains("9.0"), "{e}");
+    assert!(e.msg.contains("9.1"), "{e}");
     // A newer minor of the same major is accepted.
     let mut f = FormatVersion::CURRENT.encode();
     f[10] = 7;
@@ -144,6 +172,18 @@ proptest! {
         let c = commit().encode();
         let n = cut.index(c.len());
         prop_assert!(CommitRecord::decode(&c[..n]).is_err());
+    }
+
+    /// Base64 of inline manifests: exact round trip; arbitrary text never panics and
+    /// decodes only if it is the canonical encoding of what it decodes to.
+    #[test]
+    fn base64_round_trips_and_is_canonical(bytes in prop::collection::vec(any::<u8>(), 0..300),
+                                           text in "[A-Za-z0-9+/=]{0,40}") {
+        let enc = lazarus_format::base64::encode(&bytes);
+        prop_assert_eq!(lazarus_format::base64::decode(&enc), Some(bytes));
+        if let Some(d) = lazarus_format::base64::decode(&text) {
+            prop_assert_eq!(lazarus_format::base64::encode(&d), text);
+        }
     }
 
     /// A body with a valid checksum but arbitrary JSON-ish content must not panic.

@@ -27,6 +27,11 @@ pub enum StoreErrorKind {
     /// The caller broke a rule: missing/duplicate rank receipt, bad option, GC while a
     /// checkpoint is pending, `keep == 0`...
     InvalidArgument,
+    /// `Repository::commit` renamed COMMIT into place (it is visible, readers treat the
+    /// checkpoint as committed) but could not make it durable (the directory fsync failed):
+    /// the checkpoint may or may not survive a power loss. Never report such a round as
+    /// aborted and never delete it; the repository after a restart is the truth.
+    CommitUnknown,
 }
 
 impl StoreErrorKind {
@@ -49,6 +54,7 @@ impl fmt::Display for StoreErrorKind {
             StoreErrorKind::NoSpace => "no space left",
             StoreErrorKind::Io => "I/O error",
             StoreErrorKind::InvalidArgument => "invalid argument",
+            StoreErrorKind::CommitUnknown => "commit outcome unknown",
         })
     }
 }

@@ -50,7 +50,8 @@ mod writer;
 pub use error::{StoreError, StoreErrorKind};
 pub use fsutil::FAILPOINT_ENV;
 pub use reader::{
-    CheckpointDir, CheckpointSummary, CommitStatus, Damage, Problem, RepoReader, VerifyReport,
+    CheckpointDir, CheckpointSummary, CommitStatus, Damage, Presence, Problem, RepoReader,
+    VerifyReport,
 };
 pub use repo::{CommitMeta, CommittedCheckpoint, GcReport, GcStage, PendingCheckpoint, Repository};
 pub use writer::{

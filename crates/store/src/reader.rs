@@ -209,14 +209,22 @@ impl RepoReader {
                 format!("checkpoint {id} has world size {}, no {rank}", c.world_size),
             )
         })?;
-        let bytes = fsutil::read(&p)?;
+        // Format 1.1: the manifest rides in COMMIT; the error then names COMMIT.
+        let (bytes, p, what) = match part.inline_manifest() {
+            Some(b) => {
+                let cp = self.layout.commit(id);
+                let b = b.map_err(|e| StoreError::format(&cp, &format!("checkpoint {id}"), e))?;
+                (b, cp, "inline manifest")
+            }
+            None => (fsutil::read(&p)?, p, "manifest"),
+        };
         let m = Manifest::decode(&bytes)
             .map_err(|e| StoreError::format(&p, &format!("checkpoint {id} {rank}"), e))?;
         if ChunkDigest::of(&bytes) != part.manifest_digest {
             return Err(StoreError::new(
                 StoreErrorKind::Corrupt,
                 Some(&p),
-                format!("checkpoint {id} {rank}: manifest digest differs from the one in COMMIT"),
+                format!("checkpoint {id} {rank}: {what} digest differs from the one in COMMIT"),
             ));
         }
         if m.checkpoint != id || m.rank != rank {
@@ -224,12 +232,32 @@ impl RepoReader {
                 StoreErrorKind::Corrupt,
                 Some(&p),
                 format!(
-                    "manifest names checkpoint {} {}, expected {id} {rank}",
+                    "{what} names checkpoint {} {}, expected {id} {rank}",
                     m.checkpoint, m.rank
                 ),
             ));
         }
         Ok(m)
+    }
+
+    /// Whether checkpoint `id`'s COMMIT exists, distinguishing a definite "no" from an
+    /// error: `Ok(Some(..))` it exists and decodes; `Ok(None)` neither COMMIT nor (when
+    /// `dir_gone` is asked for) the checkpoint directory exists; `Err` anything else,
+    /// including a COMMIT that exists but cannot be read (an I/O error is not an answer).
+    pub fn commit_presence(&self, id: CheckpointId) -> Result<Presence, StoreError> {
+        let p = self.layout.commit(id);
+        match std::fs::metadata(&p) {
+            Ok(_) => self.commit_record(id).map(Presence::Committed),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let dir = self.layout.checkpoint_dir(id);
+                match std::fs::metadata(&dir) {
+                    Ok(_) => Ok(Presence::Pending),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Presence::Gone),
+                    Err(e) => Err(StoreError::io(&dir, "stat of checkpoint directory", e)),
+                }
+            }
+            Err(e) => Err(StoreError::io(&p, "stat of COMMIT", e)),
+        }
     }
 
     /// Loads rank `rank`'s objects of committed checkpoint `id`, verifying the COMMIT, the
@@ -581,6 +609,18 @@ fn problem(e: &StoreError, breaks: Vec<CheckpointId>) -> Problem {
     }
 }
 
+/// What [`RepoReader::commit_presence`] found for one checkpoint id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Presence {
+    /// COMMIT exists and decodes: the checkpoint is committed.
+    Committed(CommitRecord),
+    /// The directory exists without COMMIT: pending (its committer may still write COMMIT),
+    /// or left over by a crash.
+    Pending,
+    /// Neither COMMIT nor the directory exists: never committed (or removed by GC).
+    Gone,
+}
+
 /// Whether a checkpoint directory is a restorable candidate (docs/FORMAT.md: a checkpoint
 /// exists iff its COMMIT exists and decodes).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -607,6 +647,9 @@ pub struct CheckpointDir {
     /// Ranks whose `rank-<r>.manifest` file exists (ascending), whether or not COMMIT
     /// lists them. Temporaries (`.tmp-*`) and non-canonical names are not counted.
     pub manifest_ranks: Vec<Rank>,
+    /// Ranks whose manifest is stored inline in the COMMIT (format 1.1), ascending; empty
+    /// when COMMIT is absent or damaged.
+    pub inline_ranks: Vec<Rank>,
 }
 
 impl RepoReader {
@@ -616,11 +659,20 @@ impl RepoReader {
     pub fn checkpoint_dirs(&self) -> Result<Vec<CheckpointDir>, StoreError> {
         let mut out = Vec::new();
         for id in self.layout.checkpoint_ids()? {
+            let mut inline_ranks = Vec::new();
             let (status, world_size) = if !self.layout.commit(id).exists() {
                 (CommitStatus::Uncommitted, None)
             } else {
                 match self.commit_record(id) {
-                    Ok(c) => (CommitStatus::Committed, Some(c.world_size)),
+                    Ok(c) => {
+                        inline_ranks = c
+                            .parts
+                            .iter()
+                            .filter(|p| p.manifest.is_some())
+                            .map(|p| p.rank)
+                            .collect();
+                        (CommitStatus::Committed, Some(c.world_size))
+                    }
                     Err(e) => (CommitStatus::Damaged(e.to_string()), None),
                 }
             };
@@ -644,6 +696,7 @@ impl RepoReader {
                 status,
                 world_size,
                 manifest_ranks,
+                inline_ranks,
             });
         }
         Ok(out)

@@ -109,6 +109,8 @@ pub struct Repository {
     /// a round whose id does not increase, which would wedge checkpointing for the rest of
     /// the run. Ids therefore never repeat within one writer's lifetime.
     last_begun: u64,
+    /// Fault injection: the next commit's directory fsync after the rename fails.
+    fail_commit_sync: bool,
 }
 
 impl Repository {
@@ -161,6 +163,19 @@ impl Repository {
                 true,
             )?;
         }
+        // A writer may commit 1.1 records (inline manifests): say so in FORMAT before the
+        // first one can exist. Older readers accept any minor of major 1 (docs/FORMAT.md).
+        let on_disk = crate::reader::check_format(&layout)?;
+        if on_disk.minor < FormatVersion::CURRENT.minor {
+            fsutil::write_atomic(
+                path,
+                "FORMAT",
+                &FormatVersion::CURRENT.encode(),
+                &Budget::default(),
+                None,
+                true,
+            )?;
+        }
         fsutil::create_dir_durable(&layout.chunks_dir())?;
         fsutil::create_dir_durable(&layout.checkpoints_dir())?;
         Ok(Repository {
@@ -170,6 +185,7 @@ impl Repository {
             pending: Arc::new(AtomicUsize::new(0)),
             budget: Budget::default(),
             last_begun: 0,
+            fail_commit_sync: false,
         })
     }
 
@@ -177,6 +193,13 @@ impl Repository {
     /// and the part writers it hands out (fault injection for tests).
     pub fn set_write_budget(&mut self, bytes: u64) {
         self.budget = Budget::limited(bytes);
+    }
+
+    /// Simulates a directory fsync failure (EIO) right after the next commit's COMMIT
+    /// rename, when COMMIT is already visible (fault injection for tests: that commit
+    /// fails with [`StoreErrorKind::CommitUnknown`]).
+    pub fn fail_next_commit_sync(&mut self) {
+        self.fail_commit_sync = true;
     }
 
     /// The repository root.
@@ -194,8 +217,12 @@ impl Repository {
         RepoReader::open(self.layout.root())
     }
 
-    /// Starts a checkpoint of `world_size` ranks: creates its directory (durably) under the
-    /// next id, greater than every id present, committed or not.
+    /// Starts a checkpoint of `world_size` ranks: creates its directory under the next id,
+    /// greater than every id present (committed or not) when this handle first began one,
+    /// and than every id this handle handed out. The directory entry is made durable by
+    /// `commit` (which fsyncs `checkpoints/` after COMMIT), not here: until COMMIT exists a
+    /// lost directory only loses an uncommitted checkpoint, and one fsync per round less
+    /// is a tenth of an empty round's latency (docs/PERFORMANCE.md).
     pub fn begin(&mut self, world_size: u32) -> Result<PendingCheckpoint, StoreError> {
         if world_size == 0 {
             return Err(StoreError::new(
@@ -204,19 +231,31 @@ impl Repository {
                 "world size must be at least 1",
             ));
         }
-        let next = self
-            .layout
-            .checkpoint_ids()?
-            .last()
-            .map_or(1, |id| id.0 + 1)
-            .max(self.last_begun + 1);
-        let id = CheckpointId(next);
-        let dir = self.layout.checkpoint_dir(id);
-        std::fs::create_dir(&dir)
-            .map_err(|e| StoreError::io(&dir, "creating checkpoint directory", e))?;
-        fsutil::fsync_dir(&self.layout.checkpoints_dir())?;
+        // After the first round, skip the directory listing: this handle holds the lock,
+        // so nobody else creates checkpoint directories. Should one appear anyway, the
+        // creation fails with AlreadyExists and the listing decides.
+        let mut scanned = false;
+        let mut next = self.last_begun + 1;
+        if self.last_begun == 0 {
+            next = self.scan_next_id()?;
+            scanned = true;
+        }
+        let id = loop {
+            let id = CheckpointId(next);
+            let dir = self.layout.checkpoint_dir(id);
+            match std::fs::create_dir(&dir) {
+                Ok(()) => break id,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && !scanned => {
+                    next = self.scan_next_id()?;
+                    scanned = true;
+                }
+                Err(e) => {
+                    return Err(StoreError::io(&dir, "creating checkpoint directory", e));
+                }
+            }
+        };
         self.pending.fetch_add(1, Ordering::SeqCst);
-        self.last_begun = next;
+        self.last_begun = id.0;
         Ok(PendingCheckpoint {
             id,
             world_size,
@@ -230,10 +269,25 @@ impl Repository {
         })
     }
 
+    fn scan_next_id(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .layout
+            .checkpoint_ids()?
+            .last()
+            .map_or(1, |id| id.0 + 1)
+            .max(self.last_begun + 1))
+    }
+
     /// Commits `pending`: checks that `parts` has exactly one receipt per rank, that each
-    /// manifest on disk matches its receipt and decodes, and that every chunk it names
-    /// exists; then writes COMMIT durably (temp, fsync, rename, fsync dir). On error nothing
-    /// is committed and the pending directory is left for `abort` or GC.
+    /// manifest (inline in the receipt, or the file on disk) matches its receipt's digest,
+    /// decodes and names this checkpoint and rank, and that every chunk it names exists;
+    /// then writes COMMIT durably (temp, fsync, rename, fsync of the checkpoint directory
+    /// and of `checkpoints/`). Inline manifests are stored in COMMIT (format 1.1).
+    ///
+    /// `Err` of any kind but [`StoreErrorKind::CommitUnknown`] means COMMIT is not visible
+    /// and the pending directory is left for `abort` or GC. `CommitUnknown` means COMMIT
+    /// was renamed into place (readers see the checkpoint as committed) but could not be
+    /// made durable: the caller must not report the round as aborted nor delete it.
     pub fn commit(
         &mut self,
         pending: PendingCheckpoint,
@@ -277,19 +331,37 @@ impl Repository {
             let r =
                 r.ok_or_else(|| arg(&dir, format!("checkpoint {id}: no receipt from rank {i}")))?;
             let p = self.layout.manifest(id, r.rank);
-            let bytes = fsutil::read(&p)?;
+            let (bytes, inline) = match r.manifest {
+                Some(b) => (b, true),
+                None => (fsutil::read(&p)?, false),
+            };
+            let what = if inline {
+                "inline manifest"
+            } else {
+                "manifest"
+            };
             if ChunkDigest::of(&bytes) != r.manifest_digest {
                 return Err(StoreError::new(
                     StoreErrorKind::Corrupt,
                     Some(&p),
                     format!(
-                        "checkpoint {id} {}: manifest differs from the receipt",
+                        "checkpoint {id} {}: {what} differs from the receipt's digest",
                         r.rank
                     ),
                 ));
             }
             let m = Manifest::decode(&bytes)
                 .map_err(|e| StoreError::format(&p, &format!("checkpoint {id} {}", r.rank), e))?;
+            if m.checkpoint != id || m.rank != r.rank {
+                return Err(StoreError::new(
+                    StoreErrorKind::Corrupt,
+                    Some(&p),
+                    format!(
+                        "{what} names checkpoint {} {}, expected {id} {}",
+                        m.checkpoint, m.rank, r.rank
+                    ),
+                ));
+            }
             for c in m.objects.iter().flat_map(|o| o.chunks.iter()) {
                 let cp = self.layout.chunk(&c.digest);
                 if !cp.is_file() {
@@ -305,6 +377,7 @@ impl Repository {
                 manifest_digest: r.manifest_digest,
                 logical_bytes: r.logical_bytes,
                 stored_new_bytes: r.stored_new_bytes,
+                manifest: inline.then(|| lazarus_format::base64::encode(&bytes)),
             });
         }
         tracing::debug!(secs = t.elapsed().as_secs_f64(), "commit: parts checked");
@@ -328,7 +401,30 @@ impl Repository {
             false,
         )?;
         failpoint("after_commit_rename");
-        fsutil::fsync_dir(&dir)?;
+        // COMMIT is visible from here on: no failure may be reported as "not committed".
+        let injected = std::mem::take(&mut self.fail_commit_sync);
+        let synced = if injected {
+            Err(StoreError::io(
+                &dir,
+                "fsync of directory",
+                std::io::Error::from_raw_os_error(libc::EIO),
+            ))
+        } else {
+            fsutil::fsync_dir(&dir).and_then(|()| fsutil::fsync_dir(&self.layout.checkpoints_dir()))
+        };
+        if let Err(e) = synced {
+            // The pending guard is dropped: the directory is not ours to abort any more.
+            drop(pending);
+            return Err(StoreError::new(
+                StoreErrorKind::CommitUnknown,
+                e.path(),
+                format!(
+                    "checkpoint {id}: COMMIT is visible but not known durable ({}); \
+                     its outcome is decided by what survives",
+                    e.message()
+                ),
+            ));
+        }
         failpoint("after_commit");
         tracing::debug!(secs = t.elapsed().as_secs_f64(), "commit: COMMIT durable");
         drop(pending);
@@ -410,14 +506,22 @@ impl Repository {
                 .map_err(|e| StoreError::io(&dir, "listing", e))?
                 .flatten()
             {
-                if let Ok(bytes) = std::fs::read(ent.path()) {
-                    if let Ok(m) = Manifest::decode(&bytes) {
-                        live.extend(
-                            m.objects
-                                .iter()
-                                .flat_map(|o| o.chunks.iter().map(|c| c.digest)),
-                        );
-                    }
+                let Ok(bytes) = std::fs::read(ent.path()) else {
+                    continue;
+                };
+                // Manifests carry their own checksum, so one found as a file or inline in
+                // the damaged COMMIT (1.1) is trustworthy even though COMMIT is not.
+                let manifests = if ent.file_name() == COMMIT_NAME {
+                    salvage_inline_manifests(&bytes)
+                } else {
+                    vec![bytes]
+                };
+                for m in manifests.iter().filter_map(|b| Manifest::decode(b).ok()) {
+                    live.extend(
+                        m.objects
+                            .iter()
+                            .flat_map(|o| o.chunks.iter().map(|c| c.digest)),
+                    );
                 }
             }
         }
@@ -490,6 +594,27 @@ impl Repository {
         report.damaged_left = damaged;
         Ok(report)
     }
+}
+
+/// Best effort for GC of a damaged COMMIT: the inline manifest bytes of every part whose
+/// JSON still parses (the COMMIT checksum is ignored; each manifest's own is checked later).
+fn salvage_inline_manifests(commit: &[u8]) -> Vec<Vec<u8>> {
+    let body = commit
+        .get(lazarus_format::ENVELOPE_HEADER_LEN..)
+        .unwrap_or_default();
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return Vec::new();
+    };
+    v.get("parts")
+        .and_then(|p| p.as_array())
+        .map(|parts| {
+            parts
+                .iter()
+                .filter_map(|p| p.get("manifest")?.as_str())
+                .filter_map(lazarus_format::base64::decode)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn arg(path: &Path, msg: String) -> StoreError {

@@ -101,6 +101,11 @@ pub struct PartReceipt {
     /// them unchanged since the write it names: their bytes were not read at all.
     #[serde(default)]
     pub hinted_chunks: u64,
+    /// The manifest file's bytes when the writer kept it inline (format 1.1, see
+    /// [`PartWriter::with_inline_manifest`]): no `rank-<r>.manifest` file was written, and
+    /// the committer stores these bytes in COMMIT. `None`: the manifest is a durable file.
+    #[serde(default)]
+    pub manifest: Option<Vec<u8>>,
 }
 
 /// Writes rank parts of one pending checkpoint. Cheap to clone, `Send + Sync`; can be built
@@ -114,6 +119,8 @@ pub struct PartWriter {
     fingerprint_cache: bool,
     /// `fpcache::fingerprint`, replaceable by unit tests to force collisions.
     fingerprint_fn: fn(&[u8]) -> Fingerprint,
+    /// Manifests up to this many bytes go into the receipt instead of a file (0: never).
+    inline_limit: usize,
 }
 
 struct Job<'a> {
@@ -171,7 +178,29 @@ impl PartWriter {
             budget,
             fingerprint_cache: true,
             fingerprint_fn: fpcache::fingerprint,
+            inline_limit: 0,
         }
+    }
+
+    /// Keeps manifests of at most `max_bytes` (capped at [`lazarus_format::MAX_INLINE_MANIFEST`])
+    /// out of the file system: [`PartWriter::write`] still makes every chunk durable, but
+    /// returns the manifest bytes in [`PartReceipt::manifest`] instead of writing and
+    /// fsyncing `rank-<r>.manifest`; the committer stores them inline in COMMIT (format 1.1).
+    /// Until that COMMIT is durable the part exists only in the receipt, so a receipt with
+    /// an inline manifest must reach the committer (as a two-phase-commit vote does).
+    pub fn with_inline_manifest(mut self, max_bytes: usize) -> Self {
+        self.inline_limit = max_bytes.min(lazarus_format::MAX_INLINE_MANIFEST);
+        self
+    }
+
+    /// The same writer (options, budget, cache and inline settings) for another pending
+    /// checkpoint `id` of the same repository, without re-reading `FORMAT`: per-round
+    /// reopening is what [`PartWriter::open`] would cost. Fails like `open` when `id` is
+    /// not pending.
+    pub fn for_checkpoint(&self, id: CheckpointId) -> Result<PartWriter, StoreError> {
+        let w = PartWriter { id, ..self.clone() };
+        w.check_pending()?;
+        Ok(w)
     }
 
     /// Turns off the per-process fingerprint cache for this writer: every chunk is hashed
@@ -345,7 +374,10 @@ impl PartWriter {
                 .collect(),
         };
         let bytes = manifest.encode();
-        self.make_durable(rank, &ctx, &temps, &bytes, &dirs)?;
+        // Format 1.1: a small manifest rides in the receipt (then COMMIT), not in a file.
+        let inline = bytes.len() <= self.inline_limit;
+        let manifest_file = (!inline).then_some(bytes.as_slice());
+        self.make_durable(rank, &ctx, &temps, manifest_file, &dirs)?;
         // Only a durable part feeds the cache: a failed write leaves none behind. The
         // producers learn their tickets after the entries exist, so a hint can only name a
         // ticket this process recorded digests under (and a write without the cache tells
@@ -368,6 +400,7 @@ impl PartWriter {
             new_chunks,
             cached_chunks,
             hinted_chunks,
+            manifest: inline.then_some(bytes),
         })
     }
 
@@ -475,7 +508,7 @@ impl PartWriter {
         rank: Rank,
         ctx: &str,
         chunk_temps: &[(PathBuf, PathBuf)],
-        manifest: &[u8],
+        manifest: Option<&[u8]>,
         chunk_dirs: &BTreeSet<PathBuf>,
     ) -> Result<(), StoreError> {
         let t = std::time::Instant::now();
@@ -486,32 +519,47 @@ impl PartWriter {
                 let _ = std::fs::remove_file(tmp);
             }
         };
-        let mtmp =
-            fsutil::write_temp(&dir, &name, &[manifest], &self.budget).inspect_err(|_| {
-                remove_chunk_temps();
-            })?;
+        // `None`: the manifest is inline (in the receipt), only the chunks go to disk.
+        let mtmp = match manifest {
+            Some(m) => Some(
+                fsutil::write_temp(&dir, &name, &[m], &self.budget).inspect_err(|_| {
+                    remove_chunk_temps();
+                })?,
+            ),
+            None => None,
+        };
         let cleanup = |e: StoreError| {
             remove_chunk_temps();
-            let _ = std::fs::remove_file(&mtmp);
+            if let Some(m) = &mtmp {
+                let _ = std::fs::remove_file(m);
+            }
             StoreError::new(e.kind(), e.path(), format!("{ctx}: {}", e.message()))
         };
         let mut files: Vec<&Path> = chunk_temps.iter().map(|(t, _)| t.as_path()).collect();
-        files.push(&mtmp);
-        Self::fsync_all(&files).map_err(cleanup)?;
+        files.extend(mtmp.as_deref());
+        if !files.is_empty() {
+            Self::fsync_all(&files).map_err(cleanup)?;
+        }
         let synced = t.elapsed().as_secs_f64();
         for (tmp, dest) in chunk_temps {
             std::fs::rename(tmp, dest)
                 .map_err(|e| cleanup(StoreError::io(dest, "renaming temp chunk", e)))?;
             failpoint("after_chunk_write");
         }
-        failpoint("before_manifest_rename");
-        let dest = dir.join(&name);
-        std::fs::rename(&mtmp, &dest)
-            .map_err(|e| cleanup(StoreError::io(&dest, "renaming temp manifest", e)))?;
         let mut dirs: Vec<&Path> = chunk_dirs.iter().map(PathBuf::as_path).collect();
-        dirs.push(&dir);
-        Self::fsync_all(&dirs)?;
-        failpoint("after_manifest_rename");
+        if let Some(mtmp) = &mtmp {
+            failpoint("before_manifest_rename");
+            let dest = dir.join(&name);
+            std::fs::rename(mtmp, &dest)
+                .map_err(|e| cleanup(StoreError::io(&dest, "renaming temp manifest", e)))?;
+            dirs.push(&dir);
+        }
+        if !dirs.is_empty() {
+            Self::fsync_all(&dirs)?;
+        }
+        if mtmp.is_some() {
+            failpoint("after_manifest_rename");
+        }
         tracing::debug!(
             files = files.len(),
             dirs = dirs.len(),

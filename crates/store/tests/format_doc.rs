@@ -53,6 +53,7 @@ fn example_commit() -> CommitRecord {
             manifest_digest: ChunkDigest::of(&example_manifest().encode()),
             logical_bytes: 16,
             stored_new_bytes: 32,
+            manifest: None,
         }],
         writer: WriterInfo {
             arch: "x86_64".into(),

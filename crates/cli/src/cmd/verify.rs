@@ -131,7 +131,12 @@ fn check_ranks(
         };
         let dir = reader.path().join("checkpoints").join(d.id.to_string());
         for r in 0..w {
-            if d.manifest_ranks.iter().any(|m| m.0 == r) {
+            // Format 1.1: a manifest inline in COMMIT needs no file.
+            if d.manifest_ranks
+                .iter()
+                .chain(&d.inline_ranks)
+                .any(|m| m.0 == r)
+            {
                 continue;
             }
             let p = Problem {

@@ -1,0 +1,340 @@
+//! The aligned runtime over real TCP loopback ranks and a real repository (fsync included):
+//! inline manifests (format 1.1), and the fixes of the aligned-path review (docs/PROTOCOL.md
+//! "Aligned rounds: failure handling"). Some tests play rank 0 by hand ("fake rank 0") to
+//! produce message orders a correct coordinator only produces under loss or failure.
+
+use lazarus_coord::{
+    AlignedRuntime, Decision, Outcome, RankStore, RoundError, RoundErrorKind, RoundId, Timeouts,
+    ToParticipant, Vote, VoteMsg, TAG_TO_PARTICIPANT, TAG_VOTE,
+};
+use lazarus_format::{CheckpointId, Epoch, ObjectInfo, ObjectKind, ObjectSpec, Rank};
+use lazarus_net::{loopback_comms, Comm, NetConfig, Tag};
+use lazarus_store::{CommitMeta, PartReceipt, RepoOptions, RepoReader, Repository};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn ms(x: u64) -> Duration {
+    Duration::from_millis(x)
+}
+
+fn obj(data: &[u8]) -> ObjectSpec<'_> {
+    ObjectSpec {
+        info: ObjectInfo {
+            name: "state".into(),
+            type_name: "Vec<u8>".into(),
+            kind: ObjectKind::Serde,
+        },
+        data: data.into(),
+        hint: None,
+    }
+}
+
+fn meta(step: u64) -> CommitMeta {
+    CommitMeta {
+        step,
+        app: Default::default(),
+    }
+}
+
+fn participant_store(path: &Path) -> RankStore {
+    RankStore::Participant {
+        path: path.to_path_buf(),
+        options: RepoOptions::default(),
+    }
+}
+
+/// Runs `f(rank, runtime)` on every rank of an `n`-rank loopback job, rank 0 owning
+/// `repo`; returns each rank's result in rank order.
+fn run_ranks<T: Send + 'static>(
+    n: u32,
+    repo: Repository,
+    timeouts: Timeouts,
+    f: impl Fn(u32, &mut AlignedRuntime) -> T + Send + Sync + 'static,
+) -> Vec<T> {
+    let path = repo.path().to_path_buf();
+    let f = Arc::new(f);
+    let mut repo = Some(repo);
+    let handles: Vec<_> = loopback_comms(n, NetConfig::default())
+        .unwrap()
+        .into_iter()
+        .map(|comm| {
+            let store = match repo.take() {
+                Some(r) if comm.rank() == Rank(0) => RankStore::Coordinator(r),
+                back => {
+                    repo = back;
+                    participant_store(&path)
+                }
+            };
+            let f = f.clone();
+            std::thread::spawn(move || {
+                let r = comm.rank().0;
+                let mut rt = AlignedRuntime::new(comm, store, timeouts).unwrap();
+                rt.set_output_markers(false);
+                f(r, &mut rt)
+            })
+        })
+        .collect();
+    handles.into_iter().map(|h| h.join().unwrap()).collect()
+}
+
+fn dir_names(repo: &Path, id: CheckpointId) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(repo.join("checkpoints").join(id.to_string()))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn rounds_commit_with_manifests_inline_in_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = Repository::open(dir.path(), RepoOptions::default()).unwrap();
+    let out = run_ranks(4, repo, Timeouts::default(), |r, rt| {
+        (1..=3u64)
+            .map(|step| {
+                let data = vec![r as u8; 100 * step as usize];
+                rt.round(&[obj(&data)], &meta(step)).map(|c| c.checkpoint)
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap()
+    });
+    assert!(out.iter().all(|ids| *ids == out[0]), "{out:?}");
+    let reader = RepoReader::open(dir.path()).unwrap();
+    for (k, id) in out[0].iter().enumerate() {
+        // One durable file per round: no rank manifest files.
+        assert_eq!(dir_names(dir.path(), *id), vec!["COMMIT"]);
+        for r in 0..4u32 {
+            let o = reader.load_part(*id, Rank(r)).unwrap();
+            assert_eq!(o[0].data, vec![r as u8; 100 * (k + 1)]);
+        }
+    }
+}
+
+/// Review finding 2: a directory fsync failing after COMMIT's rename must not turn into an
+/// Abort anywhere (COMMIT is visible); the next round still works.
+#[test]
+fn commit_visible_but_not_durable_is_never_reported_aborted() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut repo = Repository::open(dir.path(), RepoOptions::default()).unwrap();
+    repo.fail_next_commit_sync();
+    let t = Timeouts {
+        round: ms(5000),
+        retry: ms(50),
+        decision: ms(1500),
+    };
+    let out = run_ranks(2, repo, t, |_, rt| {
+        let first = rt.round(&[obj(b"a")], &meta(1));
+        let second = rt.round(&[obj(b"b")], &meta(2)).map(|c| c.checkpoint);
+        (first.map(|c| c.checkpoint), second)
+    });
+    let e = out[0].0.as_ref().unwrap_err();
+    assert_eq!(e.kind(), RoundErrorKind::OutcomeUnknown, "{e}");
+    assert!(!e.is_retryable());
+    // Rank 1 got no decision and read the repository: COMMIT is there, so committed.
+    let id = *out[1].0.as_ref().unwrap();
+    let reader = RepoReader::open(dir.path()).unwrap();
+    assert_eq!(reader.load_part(id, Rank(0)).unwrap()[0].data, b"a");
+    let second: Vec<_> = out.iter().map(|o| *o.1.as_ref().unwrap()).collect();
+    assert_eq!(second[0], second[1]);
+    assert!(second[0] > id);
+}
+
+/// Review findings 3 and 7: a peer flooding rank 0 with votes (here in another rank's
+/// name, faster than the retry period) can neither keep the round open past its deadline
+/// nor vote for someone else.
+#[test]
+fn vote_flood_neither_starves_the_deadline_nor_votes_for_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = Repository::open(dir.path(), RepoOptions::default()).unwrap();
+    let path = dir.path().to_path_buf();
+    let t = Timeouts {
+        round: ms(600),
+        retry: ms(100),
+        decision: ms(5000),
+    };
+    let mut comms = loopback_comms(3, NetConfig::default()).unwrap();
+    let flooder = comms.pop().unwrap();
+    let c1 = comms.pop().unwrap();
+    let c0 = comms.pop().unwrap();
+    let done = Arc::new(AtomicBool::new(false));
+    let flood = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let env = flooder
+                .recv_envelope_timeout(
+                    Some(Rank(0)),
+                    Some(Tag::checkpoint(TAG_TO_PARTICIPANT)),
+                    ms(10_000),
+                )
+                .unwrap();
+            let ToParticipant::Prepare { round, .. } = postcard::from_bytes(&env.payload).unwrap()
+            else {
+                panic!("expected Prepare");
+            };
+            let forged: VoteMsg<PartReceipt> = VoteMsg {
+                round,
+                from: Rank(1),
+                vote: Vote::Failed("forged".into()),
+            };
+            let bytes = postcard::to_allocvec(&forged).unwrap();
+            let limit = Instant::now() + Duration::from_secs(30);
+            let mut sent = 0u64;
+            while Instant::now() < limit {
+                if done.load(Ordering::SeqCst) {
+                    return (true, sent);
+                }
+                let _ = flooder.send_bytes(Rank(0), Tag::checkpoint(TAG_VOTE), bytes.clone());
+                sent += 1;
+                std::thread::sleep(ms(2));
+            }
+            (false, sent)
+        })
+    };
+    let p1 = std::thread::spawn(move || {
+        let mut rt = AlignedRuntime::new(c1, participant_store(&path), t).unwrap();
+        rt.set_output_markers(false);
+        rt.round(&[obj(b"x")], &meta(1)).map(|c| c.checkpoint)
+    });
+    let mut rt0 = AlignedRuntime::new(c0, RankStore::Coordinator(repo), t).unwrap();
+    rt0.set_output_markers(false);
+    let r0 = rt0.round(&[obj(b"y")], &meta(1));
+    done.store(true, Ordering::SeqCst);
+    let (stopped_by_us, sent) = flood.join().unwrap();
+    assert!(
+        stopped_by_us,
+        "rank 0 only decided once the flood ended ({sent} votes)"
+    );
+    match r0 {
+        Err(RoundError::Aborted { reason, .. }) => {
+            assert!(
+                reason.contains("deadline") && reason.contains("Rank(2)"),
+                "{reason}"
+            );
+            assert!(!reason.contains("forged"), "{reason}");
+        }
+        other => panic!("expected a deadline abort, got {other:?}"),
+    }
+    let e = p1.join().unwrap().unwrap_err();
+    assert_eq!(e.kind(), RoundErrorKind::Aborted, "{e}");
+}
+
+/// A hand-played rank 0 for a world of 2 with a real repository.
+struct FakeRank0 {
+    comm: Comm,
+    repo: Repository,
+}
+
+impl FakeRank0 {
+    fn prepare(
+        &mut self,
+        previous: Option<Decision>,
+    ) -> (lazarus_store::PendingCheckpoint, RoundId) {
+        let p = self.repo.begin(2).unwrap();
+        let round = RoundId {
+            epoch: Epoch(p.id().0),
+            ckpt: p.id(),
+        };
+        let msg = ToParticipant::Prepare { round, previous };
+        self.send(msg);
+        (p, round)
+    }
+
+    fn send(&self, msg: ToParticipant) {
+        self.comm
+            .send_bytes(
+                Rank(1),
+                Tag::checkpoint(TAG_TO_PARTICIPANT),
+                postcard::to_allocvec(&msg).unwrap(),
+            )
+            .unwrap();
+    }
+
+    /// Rank 1's vote on `round` (re-sent votes of earlier rounds are skipped).
+    fn vote(&self, round: RoundId) -> VoteMsg<PartReceipt> {
+        loop {
+            let env = self
+                .comm
+                .recv_envelope_timeout(Some(Rank(1)), Some(Tag::checkpoint(TAG_VOTE)), ms(10_000))
+                .expect("rank 1's vote");
+            let v: VoteMsg<PartReceipt> = postcard::from_bytes(&env.payload).unwrap();
+            if v.round == round {
+                return v;
+            }
+        }
+    }
+
+    fn commit(&mut self, p: lazarus_store::PendingCheckpoint, theirs: VoteMsg<PartReceipt>) {
+        let Vote::Durable(r1) = theirs.vote else {
+            panic!("rank 1 failed: {:?}", theirs.vote)
+        };
+        let r0 = p
+            .part_writer()
+            .with_inline_manifest(lazarus_format::MAX_INLINE_MANIFEST)
+            .write(Rank(0), &[obj(b"zero")])
+            .unwrap();
+        self.repo.commit(p, vec![r0, r1], meta(0)).unwrap();
+    }
+}
+
+/// Review findings 5 and 6: a participant that gets no decision concludes only what the
+/// repository proves (COMMIT present: commit; directory gone: abort; otherwise unknown, not
+/// abort); and a Prepare that arrives while it waits for a decision is not lost.
+#[test]
+fn participant_without_decision_trusts_only_definite_answers_and_keeps_new_prepares() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = Repository::open(dir.path(), RepoOptions::default()).unwrap();
+    let path: PathBuf = dir.path().to_path_buf();
+    let t = Timeouts {
+        round: ms(5000),
+        retry: ms(50),
+        decision: ms(700),
+    };
+    let mut comms = loopback_comms(2, NetConfig::default()).unwrap();
+    let c1 = comms.pop().unwrap();
+    let c0 = comms.pop().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let rank1 = std::thread::spawn(move || {
+        let mut rt = AlignedRuntime::new(c1, participant_store(&path), t).unwrap();
+        rt.set_output_markers(false);
+        for step in 1..=5u64 {
+            let r = rt.round(&[obj(&[step as u8])], &meta(step));
+            tx.send(r.map(|c| c.checkpoint)).unwrap();
+        }
+    });
+    let mut f = FakeRank0 { comm: c0, repo };
+    // 1. No decision, directory still there without COMMIT: unknown, never "aborted".
+    let (_p1, r1) = f.prepare(None);
+    f.vote(r1);
+    let e = rx.recv().unwrap().unwrap_err();
+    assert_eq!(e.kind(), RoundErrorKind::OutcomeUnknown, "{e}");
+    // 2. No decision, directory gone (rank 0 collected the round): aborted.
+    let (p2, r2) = f.prepare(None);
+    f.vote(r2);
+    f.repo.abort(p2).unwrap();
+    let e = rx.recv().unwrap().unwrap_err();
+    assert_eq!(e.kind(), RoundErrorKind::Aborted, "{e}");
+    // 3. No decision, COMMIT written: committed.
+    let (p3, r3) = f.prepare(None);
+    let v = f.vote(r3);
+    f.commit(p3, v);
+    assert_eq!(rx.recv().unwrap().unwrap(), r3.ckpt);
+    // 4. The decision of round 4 is lost and round 5's Prepare arrives while rank 1 still
+    //    waits: round 4 is resolved from the repository, and round 5 is written at the
+    //    next call without waiting for a Prepare that was already consumed.
+    let (p4, r4) = f.prepare(None);
+    let v = f.vote(r4);
+    f.commit(p4, v);
+    let (p5, r5) = f.prepare(None);
+    assert_eq!(rx.recv().unwrap().unwrap(), r4.ckpt);
+    let v = f.vote(r5);
+    f.commit(p5, v);
+    f.send(ToParticipant::Decided(Decision {
+        round: r5,
+        outcome: Outcome::Commit,
+    }));
+    assert_eq!(rx.recv().unwrap().unwrap(), r5.ckpt);
+    rank1.join().unwrap();
+}
