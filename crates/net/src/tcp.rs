@@ -911,8 +911,9 @@ mod tests {
     /// KNOWN BUG (pre-existing, found by this test): with multi-MiB messages in flight,
     /// a reset can leave a reconnect whose `install` never completes (its retransmit or
     /// resume exchange times out), and both ranks declare each other failed after the
-    /// failure timeout. Fails in about 1-2 of 10 runs on the loaded 2-vCPU VM, with or
-    /// without the reader's post wait. Ignored until fixed; run with `--ignored`.
+    /// failure timeout. Fails in 1 of 10 runs at load ~3 and 14 of 20 at load 11 on the
+    /// 2-vCPU VM, with or without the reader's post wait. Ignored until fixed; run with
+    /// `--ignored`. See docs/RUNTIME.md, Known limits.
     #[test]
     #[ignore]
     fn large_streamed_receives_survive_resets_and_keep_order() {
