@@ -229,10 +229,13 @@ impl std::fmt::Debug for AsyncSession {
 
 impl AsyncSession {
     /// Starts the session of `comm`'s rank: restores `state` and the saved in-flight
-    /// messages from the newest intact committed checkpoint of `cfg.repo` if there is one
-    /// (the communicator should then be a new incarnation), else leaves `state` alone.
-    /// Every rank of the job must call it before sending. Fails with `WorldMismatch` if
-    /// the checkpoint has another world size (channel state cannot be resharded).
+    /// messages from the newest committed checkpoint of `cfg.repo` that every rank can
+    /// load (rank 0 decides and broadcasts; all ranks restore the same one, falling back
+    /// together past a damaged part; the communicator should then be a new incarnation),
+    /// else leaves `state` alone. Every rank of the job must call it before sending (it is
+    /// collective). Fails with `WorldMismatch` if the checkpoint has another world size
+    /// (channel state cannot be resharded), and on every rank if committed checkpoints
+    /// exist but none can be restored on every rank.
     pub fn open<S: Checkpoint + ?Sized>(
         comm: Comm,
         cfg: AsyncConfig,
