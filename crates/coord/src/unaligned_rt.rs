@@ -676,8 +676,9 @@ impl AsyncSession {
         if l.coord.active_round() != Some(round) {
             return;
         }
-        // There is no "abort" input; rank 0 failing itself is what happened.
-        let actions = l.coord.rank_failed(me).unwrap_or_default();
+        let actions = l
+            .coord
+            .abort(format!("{me} failed inside the round (see its error)"));
         if let Err(e) = self.exec_coord(actions) {
             tracing::warn!("{me}: announcing the abort of {}: {e}", round.ckpt);
         }
@@ -980,7 +981,10 @@ impl AsyncSession {
         let channels = wire::channels_object(&ready.channels).map_err(|e| e.to_string())?;
         let channel_bytes = channels.data.len() as u64;
         objects.push(channels);
+        // Format 1.1: a small manifest rides the vote into COMMIT (one durable file less
+        // per rank and round), as in the aligned runtime.
         PartWriter::open(&self.cfg.repo, round.ckpt, self.cfg.store.clone())
+            .map(|w| w.with_inline_manifest(lazarus_format::MAX_INLINE_MANIFEST))
             .and_then(|w| w.write(self.me, &objects))
             .map(|r| (r, channel_bytes))
             .map_err(|e| format!("{}: {e}", self.me))
@@ -1132,11 +1136,22 @@ impl AsyncSession {
                             let receipts = receipts.into_iter().map(|(_, r)| r).collect();
                             match l.repo.commit(p, receipts, meta) {
                                 Ok(_) => Ok(()),
-                                // The coordinator may only abort if COMMIT is not visible.
-                                Err(e) if commit_absent(&self.cfg.repo, round.ckpt) => {
+                                // The coordinator may only abort if COMMIT is not visible:
+                                // the store says so by any kind but `CommitUnknown`, and
+                                // reading it back must say "not found" (belt and braces).
+                                Err(e)
+                                    if e.kind() != StoreErrorKind::CommitUnknown
+                                        && commit_absent(&self.cfg.repo, round.ckpt) =>
+                                {
                                     Err(e.to_string())
                                 }
                                 Err(e) => {
+                                    // Decide nothing (neither outcome can be promised): the
+                                    // round ends unannounced, participants resolve it from
+                                    // the repository, the job restarts from what is there.
+                                    if let Err(m) = l.coord.commit_unknown(round) {
+                                        tracing::warn!("{me}: commit_unknown: {m}");
+                                    }
                                     return Err(SessionError::wrap(
                                         K::Store,
                                         me,
@@ -1146,7 +1161,7 @@ impl AsyncSession {
                                             round.ckpt
                                         ),
                                         e,
-                                    ))
+                                    ));
                                 }
                             }
                         }
