@@ -232,30 +232,33 @@ fn python_reader_golden_and_unittests() {
     if !python_ready() {
         return;
     }
-    let golden = root().join("tests/data/golden-v1");
-    let out = tempfile::tempdir().expect("tempdir");
-    let raw = out.path().join("field.bin");
-    run_reader(&[
-        golden.to_str().expect("utf-8 path"),
-        "--checkpoint",
-        "2",
-        "--field",
-        "field",
-        "--dump-raw",
-        raw.to_str().expect("utf-8 temp path"),
-    ]);
-    let field = std::fs::read(&raw).expect("read dump");
-    let want: Vec<u8> = (0..2000u64)
-        .map(|i| {
-            if (100..120).contains(&i) {
-                -(i as f64)
-            } else {
-                i as f64 * 0.25 + 0.125
-            }
-        })
-        .flat_map(|x| x.to_le_bytes())
-        .collect();
-    assert!(field == want, "golden field of checkpoint 2 differs");
+    // Format 1.0 (manifest files) and 1.1 (manifests inline in COMMIT): same values.
+    for golden in ["tests/data/golden-v1", "tests/data/golden-v1.1"] {
+        let golden = root().join(golden);
+        let out = tempfile::tempdir().expect("tempdir");
+        let raw = out.path().join("field.bin");
+        run_reader(&[
+            golden.to_str().expect("utf-8 path"),
+            "--checkpoint",
+            "2",
+            "--field",
+            "field",
+            "--dump-raw",
+            raw.to_str().expect("utf-8 temp path"),
+        ]);
+        let field = std::fs::read(&raw).expect("read dump");
+        let want: Vec<u8> = (0..2000u64)
+            .map(|i| {
+                if (100..120).contains(&i) {
+                    -(i as f64)
+                } else {
+                    i as f64 * 0.25 + 0.125
+                }
+            })
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
+        assert!(field == want, "{golden:?}: field of checkpoint 2 differs");
+    }
     let out = Command::new("python3")
         .args([
             "-m",

@@ -6,7 +6,8 @@ specification is sufficient. It verifies everything the format lets a reader ver
 
 * FORMAT magic and major version;
 * the BLAKE3 checksum of every COMMIT and manifest envelope, and each manifest's BLAKE3
-  against the COMMIT's ``manifest_digest``;
+  against the COMMIT's ``manifest_digest`` (format 1.1: a manifest may be stored inline in
+  COMMIT, base64 in ``parts[r].manifest``, instead of as ``rank-<r>.manifest``);
 * the BLAKE3 of every chunk's raw bytes against its file name.
 
 BLAKE3 is not in hashlib, so this file carries its own implementation (written from the
@@ -47,6 +48,7 @@ bytes (what the Rust test compares bit for bit). Serde objects are dumped as the
 
 import argparse
 import hashlib
+import base64
 import json
 import os
 import re
@@ -291,9 +293,11 @@ def _read(path):
         raise LazarusFormatError(path, "cannot read: %s" % e.strerror)
 
 
-def _envelope(path, magic):
-    """Checks a 48-byte LZMF/LZCM envelope and returns its JSON body (decoded)."""
-    raw = _read(path)
+def _envelope(path, magic, raw=None):
+    """Checks a 48-byte LZMF/LZCM envelope and returns its JSON body (decoded). `raw` is
+    the file's bytes when they do not come from `path` (a manifest inline in COMMIT)."""
+    if raw is None:
+        raw = _read(path)
     if len(raw) < 48:
         raise LazarusFormatError(path, "%d bytes, shorter than the 48-byte header" % len(raw))
     if raw[:4] != magic:
@@ -531,6 +535,8 @@ class Repo:
                 raise LazarusFormatError(path, "parts[%d] is not rank %d" % (i, i))
             if not _HEX64.match(_field(path, p, "manifest_digest", "str")):
                 raise LazarusFormatError(path, "parts[%d].manifest_digest is not hex" % i)
+            if "manifest" in p and not isinstance(p["manifest"], str):
+                raise LazarusFormatError(path, "parts[%d].manifest is not a string" % i)
         return CheckpointInfo(
             cid,
             _field(path, body, "step", "u64"),
@@ -546,8 +552,20 @@ class Repo:
         key = (info.id, rank)
         if key in self._manifests:
             return self._manifests[key]
-        path = os.path.join(self._ckpt_dir(info.id), "rank-%d.manifest" % rank)
-        raw, body = _envelope(path, b"LZMF")
+        part = info.parts[rank]
+        if "manifest" in part:
+            # Format 1.1: the whole manifest file, base64, inline in COMMIT.
+            path = os.path.join(self._ckpt_dir(info.id), "COMMIT") + " (rank %d inline manifest)" % rank
+            try:
+                inline = base64.b64decode(part["manifest"], validate=True)
+            except (ValueError, TypeError) as e:
+                raise LazarusFormatError(path, "not base64: %s" % e)
+            if base64.b64encode(inline).decode("ascii") != part["manifest"]:
+                raise LazarusFormatError(path, "not canonical base64")
+            raw, body = _envelope(path, b"LZMF", inline)
+        else:
+            path = os.path.join(self._ckpt_dir(info.id), "rank-%d.manifest" % rank)
+            raw, body = _envelope(path, b"LZMF")
         if blake3(raw).hex() != info.parts[rank]["manifest_digest"]:
             raise LazarusFormatError(path, "BLAKE3 differs from COMMIT's manifest_digest")
         if _field(path, body, "checkpoint", "u64") != info.id:

@@ -16,6 +16,8 @@ sys.path.insert(0, HERE)
 import lazarus_reader as L  # noqa: E402
 
 GOLDEN = os.path.join(HERE, "..", "tests", "data", "golden-v1")
+# Format 1.1: the same content, every manifest inline in COMMIT (no rank-<r>.manifest).
+GOLDEN_1_1 = os.path.join(HERE, "..", "tests", "data", "golden-v1.1")
 N = 1000
 
 
@@ -148,6 +150,44 @@ class Golden(unittest.TestCase):
             self.assertEqual(p.varint(), 7 + rank)
             self.assertEqual([p.zigzag() for _ in range(p.varint())], [-1, 2, -300])
             self.assertTrue(p.at_end())
+
+
+class GoldenInline(unittest.TestCase):
+    """golden-v1.1 decodes to exactly what golden-v1 holds."""
+
+    def test_same_values_as_1_0(self):
+        r = L.open_repo(GOLDEN_1_1)
+        self.assertEqual((r.major, r.minor), (1, 1))
+        old = L.open_repo(GOLDEN)
+        self.assertEqual([c.id for c in r.checkpoints()], [1, 2])
+        for k in (1, 2):
+            self.assertEqual(
+                os.listdir(os.path.join(GOLDEN_1_1, "checkpoints", "%016d" % k)), ["COMMIT"]
+            )
+            self.assertTrue(np.array_equal(r.load(checkpoint=k, name="field"),
+                                           old.load(checkpoint=k, name="field")))
+            for rank in (0, 1):
+                self.assertEqual(r.load(checkpoint=k, name="ids")[rank].tolist(), ids(rank))
+
+    def test_damaged_inline_manifest_is_named(self):
+        tmp = tempfile.mkdtemp()
+        try:
+            repo = os.path.join(tmp, "repo")
+            shutil.copytree(GOLDEN_1_1, repo)
+            path = os.path.join(repo, "checkpoints", "%016d" % 2, "COMMIT")
+            raw = open(path, "rb").read()
+            body = L.json.loads(raw[48:].decode("utf-8"))
+            # Rank 1 gets rank 0's manifest: envelope and base64 are fine, the digest is not.
+            body["parts"][1]["manifest"] = body["parts"][0]["manifest"]
+            new = L.json.dumps(body, indent=2).encode("utf-8")
+            head = raw[:8] + struct.pack("<Q", len(new))
+            with open(path, "wb") as f:
+                f.write(head + L.blake3(head + new) + new)
+            r = L.open_repo(repo)
+            with self.assertRaisesRegex(L.LazarusFormatError, "rank 1 inline manifest.*BLAKE3"):
+                r.load(checkpoint=2, name="field")
+        finally:
+            shutil.rmtree(tmp)
 
 
 class Damage(unittest.TestCase):

@@ -1,7 +1,10 @@
-//! The golden v1 repository (tests/data/golden-v1) must decode to these exact values
-//! forever. It was generated once by `generate_golden` below (ignored; run it with
-//! `LAZARUS_REGEN_GOLDEN=1 cargo test -p lazarus-store --test golden -- --ignored` only when
-//! a NEW format version is introduced, into a new directory).
+//! The golden repositories must decode to these exact values forever: tests/data/golden-v1
+//! (format 1.0, manifests as files) and tests/data/golden-v1.1 (format 1.1, the same
+//! content with every manifest inline in COMMIT). They were generated once by
+//! `generate_golden` below (ignored; run it with `LAZARUS_REGEN_GOLDEN=1.1 cargo test -p
+//! lazarus-store --test golden -- --ignored` only when a NEW format version is introduced,
+//! into a new directory). golden-v1 was written by the 1.0 writer and is never regenerated
+//! (today's writer would record FORMAT 1.1).
 
 use lazarus_format::{CheckpointId, DType, GlobalRange, ObjectInfo, ObjectKind, ObjectSpec, Rank};
 use lazarus_store::{CommitMeta, RepoOptions, RepoReader, Repository};
@@ -19,6 +22,10 @@ struct Params {
 
 fn golden_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/data/golden-v1")
+}
+
+fn golden_dir_1_1() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/data/golden-v1.1")
 }
 
 const N: u64 = 1000; // elements per rank of the distributed field
@@ -57,10 +64,15 @@ fn params(rank: u32) -> Params {
 #[test]
 #[ignore]
 fn generate_golden() {
-    if std::env::var("LAZARUS_REGEN_GOLDEN").is_err() {
-        return;
-    }
-    let dir = golden_dir();
+    let inline = match std::env::var("LAZARUS_REGEN_GOLDEN").as_deref() {
+        Ok("1.1") => true,
+        _ => return,
+    };
+    let dir = if inline {
+        golden_dir_1_1()
+    } else {
+        golden_dir()
+    };
     let _ = std::fs::remove_dir_all(&dir);
     let mut repo = Repository::open(
         &dir,
@@ -72,7 +84,12 @@ fn generate_golden() {
     .unwrap();
     for k in 1..=2u64 {
         let p = repo.begin(2).unwrap();
-        let w = p.part_writer();
+        let w = if inline {
+            p.part_writer()
+                .with_inline_manifest(lazarus_format::MAX_INLINE_MANIFEST)
+        } else {
+            p.part_writer()
+        };
         let mut receipts = Vec::new();
         for rank in 0..2u32 {
             let start = rank as u64 * N;
@@ -132,8 +149,42 @@ fn generate_golden() {
 
 #[test]
 fn golden_v1_decodes_to_known_values() {
-    let r = RepoReader::open(&golden_dir()).expect("golden repository present");
-    assert_eq!((r.version().major, r.version().minor), (1, 0));
+    check_golden(&golden_dir(), 0);
+}
+
+#[test]
+fn golden_v1_1_with_inline_manifests_decodes_to_known_values() {
+    let dir = golden_dir_1_1();
+    check_golden(&dir, 1);
+    for k in ["0000000000000001", "0000000000000002"] {
+        let mut names: Vec<String> = std::fs::read_dir(dir.join("checkpoints").join(k))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            vec!["COMMIT"],
+            "checkpoint {k}: manifests are inline"
+        );
+    }
+    // The chunks are the very same files as in 1.0: only where manifests live changed.
+    let r10 = RepoReader::open(&golden_dir()).unwrap();
+    let r11 = RepoReader::open(&dir).unwrap();
+    for k in 1..=2 {
+        for rank in 0..2 {
+            let (a, b) = (
+                r10.manifest(CheckpointId(k), Rank(rank)).unwrap(),
+                r11.manifest(CheckpointId(k), Rank(rank)).unwrap(),
+            );
+            assert_eq!(a.objects, b.objects);
+        }
+    }
+}
+
+fn check_golden(dir: &std::path::Path, minor: u16) {
+    let r = RepoReader::open(dir).expect("golden repository present");
+    assert_eq!((r.version().major, r.version().minor), (1, minor));
     let s = r.committed().unwrap();
     assert_eq!(
         s.iter().map(|s| s.id).collect::<Vec<_>>(),
