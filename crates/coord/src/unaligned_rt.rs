@@ -235,7 +235,8 @@ impl AsyncSession {
     /// else leaves `state` alone. Every rank of the job must call it before sending (it is
     /// collective). Fails with `WorldMismatch` if the checkpoint has another world size
     /// (channel state cannot be resharded), and on every rank if committed checkpoints
-    /// exist but none can be restored on every rank.
+    /// pass rank 0's check but none can be loaded on every rank (if none passes it, the
+    /// start is fresh and the damage logged).
     pub fn open<S: Checkpoint + ?Sized>(
         comm: Comm,
         cfg: AsyncConfig,
