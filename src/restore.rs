@@ -10,7 +10,6 @@ use lazarus_dist::{PartSource, Reshard};
 use lazarus_format::{CheckpointId, LoadedObject, Manifest, ObjectInfo, Rank};
 use lazarus_store::{Damage, RepoReader, StoreError, StoreErrorKind};
 use serde::{Deserialize, Serialize};
-use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 /// One rank's outcome of loading a candidate checkpoint, exchanged with every rank.
@@ -157,10 +156,16 @@ impl PartSource for StoreSource<'_> {
         self.note(r)
     }
 
-    fn bytes(&mut self, rank: Rank, name: &str, range: Range<u64>) -> Result<Vec<u8>, StoreError> {
+    fn read_into(
+        &mut self,
+        rank: Rank,
+        name: &str,
+        offset: u64,
+        out: &mut [u8],
+    ) -> Result<bool, StoreError> {
         let r = self
             .manifest(rank)
-            .and_then(|m| self.reader.read_object_range(m, name, range));
-        self.note(r)
+            .and_then(|m| self.reader.read_object_range_into(m, name, offset, out));
+        self.note(r).map(|()| true)
     }
 }

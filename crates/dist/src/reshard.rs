@@ -20,7 +20,6 @@ use crate::error::{DistError, Result};
 use crate::partition::Distribution;
 use lazarus_format::{GlobalRange, LoadedObject, ObjectInfo, ObjectKind, Rank};
 use std::collections::BTreeMap;
-use std::ops::Range;
 
 /// How an object of a checkpoint moves to another world size.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -44,15 +43,17 @@ pub trait PartSource {
     /// The whole object `name` of old rank `rank`'s part.
     fn object(&mut self, rank: Rank, name: &str) -> std::result::Result<LoadedObject, Self::Error>;
 
-    /// Bytes `range` of object `name` of old rank `rank`'s part. A reader that cannot read
-    /// ranges may read the object and slice it; a result of the wrong length is reported
-    /// as a bad checkpoint naming the field and rank.
-    fn bytes(
+    /// Fills `out` with bytes `offset..offset + out.len()` of object `name` of old rank
+    /// `rank`'s part (straight into the restored block: no intermediate buffer). A reader
+    /// that cannot read ranges may read the object and copy the slice; returning `false`
+    /// (the object is shorter) is reported as a bad checkpoint naming the field and rank.
+    fn read_into(
         &mut self,
         rank: Rank,
         name: &str,
-        range: Range<u64>,
-    ) -> std::result::Result<Vec<u8>, Self::Error>;
+        offset: u64,
+        out: &mut [u8],
+    ) -> std::result::Result<bool, Self::Error>;
 }
 
 /// A [`PartSource`] over a closure that reads whole objects (`fetch(old_rank, name)`).
@@ -69,17 +70,22 @@ where
         (self.0)(rank, name)
     }
 
-    fn bytes(
+    fn read_into(
         &mut self,
         rank: Rank,
         name: &str,
-        range: Range<u64>,
-    ) -> std::result::Result<Vec<u8>, E> {
+        offset: u64,
+        out: &mut [u8],
+    ) -> std::result::Result<bool, E> {
         let o = (self.0)(rank, name)?;
-        let a = usize::try_from(range.start).unwrap_or(usize::MAX);
-        let b = usize::try_from(range.end).unwrap_or(usize::MAX);
-        // Out of range: an empty result, which `cut` reports as too short.
-        Ok(o.data.get(a..b).map(<[u8]>::to_vec).unwrap_or_default())
+        let a = usize::try_from(offset).unwrap_or(usize::MAX);
+        match a.checked_add(out.len()).and_then(|b| o.data.get(a..b)) {
+            Some(src) => {
+                out.copy_from_slice(src);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
     }
 }
 
@@ -294,27 +300,39 @@ impl Reshard {
         let want = rows.start * w..rows.end * w;
         let n_bytes = usize::try_from((want.end - want.start) * esize)
             .map_err(|_| DistError::invalid("block too large for this host"))?;
-        let mut data = Vec::with_capacity(n_bytes);
+        let mut data = vec![0u8; n_bytes];
+        let mut rest: &mut [u8] = &mut data;
         for (from, sub) in old.overlapping(want.clone()) {
             let base = old.range(from).start;
             let a = (sub.start - base) * esize;
-            let b = (sub.end - base) * esize;
-            let bytes = src.bytes(from, name, a..b).map_err(|e| {
+            let n = ((sub.end - sub.start) * esize) as usize;
+            let Some((piece, tail)) = std::mem::take(&mut rest).split_at_mut_checked(n) else {
+                return Err(DistError::bad_checkpoint(format!(
+                    "field `{name}`: the old blocks overlapping rank {} hold more than its \
+                     {n_bytes} bytes",
+                    rank.0
+                )));
+            };
+            rest = tail;
+            let ok = src.read_into(from, name, a, piece).map_err(|e| {
                 DistError::with_source(
                     crate::error::DistErrorKind::BadCheckpoint,
                     format!("reading field `{name}` of rank {}", from.0),
                     e,
                 )
             })?;
-            if bytes.len() as u64 != b - a {
+            if !ok {
                 return Err(DistError::bad_checkpoint(format!(
-                    "field `{name}` of rank {}: {} bytes where its global range needs {}",
-                    from.0,
-                    bytes.len(),
-                    b - a
+                    "field `{name}` of rank {}: too short for its global range",
+                    from.0
                 )));
             }
-            data.extend_from_slice(&bytes);
+        }
+        if !rest.is_empty() {
+            return Err(DistError::bad_checkpoint(format!(
+                "field `{name}`: the old blocks do not cover rank {}'s rows",
+                rank.0
+            )));
         }
         let len = want.end - want.start;
         Ok(LoadedObject {
