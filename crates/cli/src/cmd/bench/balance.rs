@@ -53,7 +53,7 @@ pub struct Args {
     #[arg(long, default_value_t = 48)]
     restore_mib: u64,
     /// Timed restores of each kind (median reported).
-    #[arg(long, default_value_t = 7)]
+    #[arg(long, default_value_t = 11)]
     restore_reps: u32,
     /// Only the restart measurement.
     #[arg(long)]
@@ -372,6 +372,7 @@ fn restart(a: &Args) -> CmdResult {
         v.get(v.len() / 2).copied().unwrap_or(0.0)
     };
     let (ms, me) = (med(&mut t_same), med(&mut t_el));
+    let (t_raw, raw_bytes) = read_files(&from_m.join("chunks"))?;
     let mib = (len * 8) as f64 / (1 << 20) as f64;
     println!(
         "restart of a {mib:.0} MiB DVec on {m} ranks (Job::open + restore_or_init, slowest rank, \
@@ -384,6 +385,14 @@ fn restart(a: &Args) -> CmdResult {
         me / ms.max(1e-12)
     );
     println!(
+        "  floor: reading the same checkpoint's chunk files ({:.1} MiB stored; page cache, one \
+         thread): {:.1} ms ({:.0} MiB/s of state); same-size restore = {:.1}x that",
+        raw_bytes as f64 / (1 << 20) as f64,
+        t_raw * 1e3,
+        mib / t_raw.max(1e-12),
+        ms / t_raw.max(1e-12)
+    );
+    println!(
         "  all runs, same size: {:?} ms",
         t_same.iter().map(|t| (t * 1e3).round()).collect::<Vec<_>>()
     );
@@ -392,6 +401,32 @@ fn restart(a: &Args) -> CmdResult {
         t_el.iter().map(|t| (t * 1e3).round()).collect::<Vec<_>>()
     );
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// Seconds to read every file under `dir` (recursively) once, and the bytes read.
+fn read_files(dir: &Path) -> Result<(f64, u64), Err> {
+    let mut files = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d)? {
+            let p = e?.path();
+            if p.is_dir() {
+                todo.push(p);
+            } else {
+                files.push(p);
+            }
+        }
+    }
+    let t = Instant::now();
+    let mut n = 0usize;
+    for f in &files {
+        n += std::fs::read(f)?.len();
+    }
+    let el = t.elapsed().as_secs_f64();
+    if n == 0 {
+        return Err(format!("no chunk data under {}", dir.display()).into());
+    }
+    Ok((el, n as u64))
 }
 
 /// Checkpoints the benchmark vector from `world` ranks (threads) into `repo`.
