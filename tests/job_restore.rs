@@ -150,16 +150,21 @@ fn corrupt_file(p: &Path) {
     std::fs::write(p, bytes).unwrap();
 }
 
-/// Digests of the chunks named in a manifest (the JSON body after the binary header).
-fn manifest_chunks(manifest: &Path) -> Vec<String> {
-    let bytes = std::fs::read(manifest).unwrap();
-    let start = bytes.iter().position(|&b| b == b'{').unwrap();
-    let text = String::from_utf8_lossy(&bytes[start..]);
-    text.split("\"digest\": \"")
-        .skip(1)
-        .filter_map(|s| s.get(..64))
-        .map(str::to_string)
+/// Digests of the chunks of rank 0's part of checkpoint `id` (its manifest is inline in
+/// COMMIT when small, format 1.1, so it is read through the reader).
+fn manifest_chunks(repo: &Path, id: CheckpointId) -> Vec<String> {
+    RepoReader::open(repo)
+        .unwrap()
+        .manifest(id, lazarus::format::Rank(0))
+        .unwrap()
+        .objects
+        .iter()
+        .flat_map(|o| o.chunks.iter().map(|c| c.digest.to_string()))
         .collect()
+}
+
+fn chunk_path(repo: &Path, digest: &str) -> PathBuf {
+    repo.join("chunks").join(&digest[..2]).join(digest)
 }
 
 #[test]
@@ -168,26 +173,18 @@ fn damaged_newest_chunk_falls_back_and_reports_it() {
     let repo = dir.path();
     let (_, job) = run(repo, 4, 13, None).unwrap(); // checkpoints at 4, 8, 12
     drop(job);
-    let (newest, ndir) = newest_dir(repo);
-    let (_, older_chunks) = {
+    let (newest, _) = newest_dir(repo);
+    let older_chunks = {
         let reader = RepoReader::open(repo).unwrap();
         let all = reader.committed().unwrap();
-        let prev = &all[all.len() - 2];
-        (
-            prev.id,
-            manifest_chunks(
-                &repo
-                    .join("checkpoints")
-                    .join(prev.id.to_string())
-                    .join("rank-0.manifest"),
-            ),
-        )
+        manifest_chunks(repo, all[all.len() - 2].id)
     };
-    let victim = manifest_chunks(&ndir.join("rank-0.manifest"))
+    let victim = manifest_chunks(repo, newest)
         .into_iter()
         .find(|d| !older_chunks.contains(d))
         .expect("newest checkpoint has a chunk of its own");
-    corrupt_file(&repo.join("chunks").join(&victim[..2]).join(&victim));
+    // Same size, bad content: passes rank 0's stat-only check, caught while loading.
+    corrupt_file(&chunk_path(repo, &victim));
 
     let mut job = Job::builder().repo(repo).every_steps(4).open().unwrap();
     let c = job.restore_or_init(Counter::new).unwrap();
@@ -203,8 +200,10 @@ fn damaged_newest_chunk_falls_back_and_reports_it() {
     );
 }
 
+/// A damaged COMMIT and, in the next older checkpoint, a missing chunk file (caught by
+/// rank 0's stat-only check, before any data is read): restore falls back past both.
 #[test]
-fn damaged_manifest_and_commit_fall_back_further() {
+fn damaged_commit_and_missing_chunk_fall_back_further() {
     let dir = tempfile::tempdir().unwrap();
     let repo = dir.path();
     let (_, job) = run(repo, 2, 7, None).unwrap(); // checkpoints at 2, 4, 6
@@ -213,7 +212,12 @@ fn damaged_manifest_and_commit_fall_back_further() {
     let ids: Vec<_> = reader.committed().unwrap().iter().map(|s| s.id).collect();
     let cdir = |id: CheckpointId| repo.join("checkpoints").join(id.to_string());
     corrupt_file(&cdir(ids[2]).join("COMMIT"));
-    corrupt_file(&cdir(ids[1]).join("rank-0.manifest"));
+    let older = manifest_chunks(repo, ids[0]);
+    let victim = manifest_chunks(repo, ids[1])
+        .into_iter()
+        .find(|d| !older.contains(d))
+        .expect("checkpoint 2 has a chunk of its own");
+    std::fs::remove_file(chunk_path(repo, &victim)).unwrap();
     let mut job = Job::builder().repo(repo).every_steps(2).open().unwrap();
     let c = job.restore_or_init(Counter::new).unwrap();
     let report = job.restore_report().unwrap();
