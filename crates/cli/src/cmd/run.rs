@@ -127,3 +127,68 @@ pub fn main(args: Args) -> CmdResult {
     let code = outcome.exit_code().clamp(0, 255) as u8;
     Ok(ExitCode::from(code))
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    #[derive(clap::Parser, Debug)]
+    struct Cli {
+        #[command(flatten)]
+        run: super::Args,
+    }
+
+    fn parse(args: &[&str]) -> Result<super::Args, clap::Error> {
+        Cli::try_parse_from(std::iter::once("run").chain(args.iter().copied())).map(|c| c.run)
+    }
+
+    #[test]
+    fn shrink_flags_need_their_prerequisites() {
+        let ok = parse(&[
+            "-n",
+            "3",
+            "--repo",
+            "r",
+            "--shrink-on-failure",
+            "--min-ranks",
+            "2",
+            "--",
+            "p",
+        ])
+        .unwrap();
+        assert!(ok.shrink_on_failure);
+        assert_eq!(ok.min_ranks, Some(2));
+        assert!(parse(&["-n", "3", "--shrink-on-failure", "--", "p"]).is_err());
+        assert!(parse(&["-n", "3", "--repo", "r", "--min-ranks", "2", "--", "p"]).is_err());
+        let a = parse(&[
+            "-n",
+            "3",
+            "--repo",
+            "r",
+            "--shrink-on-failure",
+            "--min-ranks",
+            "0",
+            "--",
+            "p",
+        ]);
+        assert!(a.is_err(), "--min-ranks 0 is rejected");
+    }
+
+    #[test]
+    fn minimum_above_the_rank_count_is_refused_before_any_launch() {
+        let a = parse(&[
+            "-n",
+            "2",
+            "--repo",
+            "/nonexistent/lazarus-repo",
+            "--shrink-on-failure",
+            "--min-ranks",
+            "3",
+            "--",
+            "true",
+        ])
+        .unwrap();
+        let e = super::main(a).unwrap_err().to_string();
+        assert!(e.contains("--min-ranks 3 is more than -n 2"), "{e}");
+    }
+}
