@@ -56,6 +56,48 @@ fn verify_passes_on_golden() {
     );
 }
 
+/// Format 1.1 (manifests inline in COMMIT, no rank manifest files): verify finds every
+/// rank's part and inspect --parts lists them; gc keeps what the inline manifests name.
+#[test]
+fn verify_inspect_and_gc_on_golden_1_1() {
+    let g = golden().with_file_name("golden-v1.1");
+    let o = lazarus(&["verify"], &g);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}{}",
+        text(&o.stdout),
+        text(&o.stderr)
+    );
+    assert!(
+        text(&o.stdout).contains("ok: 2 committed checkpoint(s)"),
+        "{}",
+        text(&o.stdout)
+    );
+    let o = lazarus(&["inspect", "--parts"], &g);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert!(!text(&o.stdout).contains("DAMAGED"), "{}", text(&o.stdout));
+    let d = tempfile::tempdir().unwrap();
+    let repo = d.path().join("repo");
+    copy_dir(&g, &repo);
+    let o = lazarus(&["gc", "--keep", "1"], &repo);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}{}",
+        text(&o.stdout),
+        text(&o.stderr)
+    );
+    let o = lazarus(&["verify"], &repo);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}{}",
+        text(&o.stdout),
+        text(&o.stderr)
+    );
+}
+
 #[test]
 fn inspect_table_and_json() {
     let o = lazarus(&["inspect"], &golden());
