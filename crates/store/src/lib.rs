@@ -10,7 +10,8 @@
 //!
 //! Crash safety: files are written temp -> fsync -> rename -> fsync(dir); chunks are durable
 //! before the manifest naming them, manifests before COMMIT, and COMMIT is the only commit
-//! point. Failpoints named after each step (`after_chunk_write`, `before_manifest_rename`,
+//! point. Since format 1.1 a small manifest may skip its file and ride inline in COMMIT
+//! ([`PartWriter::with_inline_manifest`]), so a round of small parts costs one durable file. Failpoints named after each step (`after_chunk_write`, `before_manifest_rename`,
 //! `after_manifest_rename`, `before_commit`, `before_commit_rename`, `after_commit_rename`,
 //! `after_commit`, `gc_after_uncommit`, `gc_during_sweep`) SIGKILL the process when
 //! `LAZARUS_FAILPOINT` names them.
