@@ -55,6 +55,7 @@ use lazarus_store::{
 };
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -507,6 +508,7 @@ impl Job {
                     self.step = 0;
                     self.saved_at = None;
                     self.report = None;
+                    resumed_marker(None, 0);
                     return Ok(state);
                 }
                 Plan::Failed(e) => return Err(JobError::Rank0(e)),
@@ -585,6 +587,7 @@ impl Job {
             };
             tracing::info!("{report}");
             self.report = Some(report);
+            resumed_marker(Some(id), step);
             return Ok(state);
         }
     }
@@ -703,4 +706,18 @@ impl Job {
             source,
         }
     }
+}
+
+/// Under a supervisor (`LAZARUS_OUTPUT_MARKERS=1`), tells it this rank is running again:
+/// `\x1elazarus:resumed <id|-> <step>` on stdout. The supervisor times recovery (failure →
+/// every rank resumed) from it; the line is never shown to the user.
+fn resumed_marker(id: Option<CheckpointId>, step: u64) {
+    if !std::env::var(lazarus_coord::OUTPUT_MARKERS_ENV).is_ok_and(|v| v == "1") {
+        return;
+    }
+    let line = lazarus_supervisor::Marker::Resumed { id, step }.line();
+    let mut out = std::io::stdout().lock();
+    // A closed stdout must not fail the restore: the marker only times recovery.
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
 }

@@ -16,9 +16,16 @@ fn tiny_experiment_writes_table_json_and_plot() {
     let seed = 11;
     eprintln!("seed {seed}");
     let out = lazarus()
-        .args(["bench", "experiment", "--ranks", "1", "--size", "64"])
+        .args(["bench", "experiment", "--ranks", "2", "--size", "64"])
         .args(["--work", "2s", "--mtbf", "500ms", "--calibration", "300ms"])
-        .args(["--trials", "1", "--intervals", "0.5x,2x"])
+        .args([
+            "--trials",
+            "1",
+            "--intervals",
+            "0.5x,2x",
+            "--restart-samples",
+            "2",
+        ])
         .args(["--seed", &seed.to_string()])
         .arg("--out")
         .arg(out_dir.path())
@@ -32,12 +39,22 @@ fn tiny_experiment_writes_table_json_and_plot() {
     assert!(stdout.contains("| 0.5×Daly |"), "{stdout}");
     assert!(stdout.contains("| 2×Daly |"), "{stdout}");
     assert!(stdout.contains("Target 1"), "{stdout}");
+    assert!(stdout.contains("observed MTBF") || stdout.contains("Injected failures: none"));
     let table = std::fs::read_to_string(out_dir.path().join("results.md")).unwrap();
     assert_eq!(table.trim(), stdout.trim());
     let json: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(out_dir.path().join("results.json")).unwrap(),
     )
     .unwrap();
+    // R comes from the supervisor's own kill → resumed timing of real kills.
+    let cal = &json["calibration"];
+    let restarts = cal["restart_samples_s"].as_array().unwrap();
+    assert_eq!(restarts.len(), 2, "{cal}");
+    assert!(restarts.iter().all(|r| r.as_f64().unwrap() > 0.0), "{cal}");
+    assert!(cal["spawn_latency_s"].as_f64().unwrap() <= cal["restart_s"].as_f64().unwrap());
+    assert_eq!(cal["cost_samples_s"].as_array().unwrap().len(), 3);
+    assert_eq!(json["design"]["intervals"].as_array().unwrap().len(), 2);
+    assert_eq!(json["rounds"][0]["order"].as_array().unwrap().len(), 2);
     let sweep = json["sweep"].as_array().unwrap();
     assert_eq!(sweep.len(), 2);
     for s in sweep {
@@ -46,6 +63,13 @@ fn tiny_experiment_writes_table_json_and_plot() {
         // Every trial finished with the failure-free checksum (the bench refuses otherwise).
         assert_eq!(trials[0]["checksum"], json["baseline_checksum"]);
         assert!(s["predicted_s"].as_f64().unwrap() > 0.0);
+        // At most one supervisor recovery time per injected failure (none for a failure
+        // whose recovery was itself killed).
+        let t = &trials[0];
+        assert!(
+            t["recoveries_s"].as_array().unwrap().len() as u64 <= t["failures"].as_u64().unwrap(),
+            "{t}"
+        );
     }
     let failures: u64 = sweep
         .iter()

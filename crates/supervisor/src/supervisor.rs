@@ -348,6 +348,17 @@ impl Supervisor {
                             .max()
                             .map(|t| t.saturating_duration_since(f));
                     }
+                    // Machine-readable for `lazarus bench experiment`, which needs the
+                    // restart cost R exactly as paid: kill → every rank resumed.
+                    if let (true, Some(rec)) = (cfg.progress, prev.recovery_time) {
+                        eprintln!(
+                            "lazarus: recovered from the failure of incarnation {} in {:.4} s \
+                             (ranks spawned after {:.4} s)",
+                            prev.incarnation,
+                            rec.as_secs_f64(),
+                            prev.restart_latency.unwrap_or_default().as_secs_f64()
+                        );
+                    }
                 }
             }
             if outcome.success() {

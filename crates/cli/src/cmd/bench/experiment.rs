@@ -3,19 +3,24 @@
 //! rank; the measured wall time is compared with the failure-free run and with
 //! `Model::expected_wall_time`, for a sweep of fixed intervals around Daly's.
 //!
-//! Pipeline (docs/EXPERIMENT.md has the reasoning and the measured results):
+//! Pipeline (docs/EXPERIMENT.md has the reasoning, the variance arithmetic behind the
+//! defaults, and the measured results):
 //! 1. calibrate, every run under `lazarus run` exactly as the trials run: the start-up cost
 //!    O (a 0-step run), the time per step (a run without checkpoints), the checkpoint cost
-//!    δ (the same run with ~10 checkpoints, minus the first, divided by their number) and
-//!    the restart cost R (a run that restores the newest checkpoint and exits at once:
-//!    process start, rendezvous, restore);
+//!    δ (pairs of runs with and without ~20 checkpoints, median of the differences), and
+//!    the restart cost R as the supervisor pays it: a run with planned SIGKILLs, R = median
+//!    of the supervisor's own "kill → every rank resumed" times;
 //! 2. the failure-free baseline T_s: the full run (steps chosen for `--work`) without
 //!    checkpoints and without kills; its checksum is the reference every trial must print;
-//! 3. the model: `Model::new(δ, M, R)`, Daly's higher-order interval τ_D; the sweep turns
-//!    each multiple of τ_D into a step count K (`heat --every K`), the interval actually
-//!    used is K × time-per-step;
-//! 4. trials: trial t of every interval uses seed `--seed + t` (common random numbers: the
-//!    intervals are compared under the same failure schedules);
+//! 3. the model `Model::new(δ, M, R)`, Daly's higher-order interval τ_D, and the design
+//!    (`design.rs`): each interval's expected run time, its trial-to-trial spread under
+//!    Daly's own failure process, the standard error of the mean of `--trials` trials, and
+//!    the chance that each target is met if the model is exact;
+//! 4. rounds: each re-measures the failure-free run (the machine's speed drifts), turns
+//!    each multiple of τ_D into a step count with that round's time per step (so the
+//!    intervals are the intended ones in seconds), runs the intervals in a seeded shuffled
+//!    order, all with kill seed `--seed + round` (common random numbers), and predicts each
+//!    trial from its round's T_s and time per step;
 //! 5. a markdown table, a JSON file and an SVG (measured points over the model's curve).
 //!
 //! The kills are real: `lazarus run --repo DIR --inject-kill-mtbf M --seed S` (the
@@ -31,31 +36,36 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
+mod design;
 mod plot;
+mod report;
 
-/// Flags of `lazarus bench experiment`.
+/// Flags of `lazarus bench experiment`. The defaults come from the variance arithmetic
+/// in docs/EXPERIMENT.md ("Choosing the defaults"): about 25 minutes on a quiet 2-core
+/// machine, with each interval's mean known to a few percent.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Ranks of the heat job (`lazarus run -n`).
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub ranks: u32,
     /// Failure-free solve time to aim for; the step count is derived from the calibration.
-    #[arg(long, default_value = "120s")]
+    #[arg(long, default_value = "50s")]
     pub work: String,
     /// Mean time between injected SIGKILLs of the whole job.
-    #[arg(long, default_value = "20s")]
+    #[arg(long, default_value = "8s")]
     pub mtbf: String,
-    /// Seed of the kill schedule; trial t uses seed + t for every interval.
+    /// Seed of the kill schedules and of the interval order; round t uses kill seed
+    /// seed + t for every interval.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    /// Trials per interval.
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    /// Trials per interval (one per round).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub trials: u32,
-    /// Intervals as multiples of Daly's, comma-separated (`0.25x,0.5x,1x,2x,4x`).
-    #[arg(long, default_value = "0.25x,0.5x,1x,2x,4x")]
+    /// Intervals as multiples of Daly's, comma-separated (`0.25x,0.5x,1x,2x,3x`).
+    #[arg(long, default_value = "0.25x,0.5x,1x,2x,3x")]
     pub intervals: String,
-    /// Edge of the heat grid (cells); the checkpoint holds size² f64.
-    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(3..=16384))]
+    /// Edge of the heat grid (cells); the checkpoint holds size² f64 over all ranks.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(3..=16384))]
     pub size: u64,
     /// Where the table (results.md), results.json and walltime.svg are written.
     #[arg(long, default_value = "docs/experiment")]
@@ -73,7 +83,11 @@ pub struct Args {
     /// Computing time of each calibration run (longer: a steadier δ and time per step).
     #[arg(long, default_value = "3s")]
     pub calibration: String,
-    /// Stop after the calibration, the baseline and the model (no kills).
+    /// Planned kills of the restart calibration (R is their median).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub restart_samples: u32,
+    /// Stop after the calibration, the baseline, the model and the design (no kills in
+    /// trials; the restart calibration still kills).
     #[arg(long)]
     pub calibrate_only: bool,
 }
@@ -115,14 +129,34 @@ pub enum ExperimentError {
     Calibration(String),
 }
 
-/// One finished job: wall time, injected failures, checksum.
+/// One finished job: wall time, injected failures, recoveries, checksum.
 #[derive(Clone, Debug, Serialize)]
 struct RunOutcome {
     wall_s: f64,
     failures: u32,
+    /// The supervisor's kill → every rank resumed time of each failure (the R paid).
+    recoveries_s: Vec<f64>,
+    /// The supervisor's kill → next ranks spawned time of each failure (the part of R
+    /// that no failure can hit: the kill clock restarts at the spawn).
+    spawn_latencies_s: Vec<f64>,
     checksum: String,
-    /// The model's prediction for this trial, from its round's baseline (0 outside trials).
+}
+
+/// One trial: a job with one interval in one round, and the model's prediction for it.
+#[derive(Clone, Debug, Serialize)]
+struct Trial {
+    round: u32,
+    /// kill seed (`--seed` + round)
+    seed: u64,
+    /// position of this interval in its round's shuffled order
+    order: usize,
+    every_steps: u64,
+    /// every_steps × the round's time per step
+    interval_s: f64,
+    /// T_w(interval_s, the round's T_s)
     predicted_s: f64,
+    #[serde(flatten)]
+    run: RunOutcome,
 }
 
 /// What the calibration measured, all seconds.
@@ -132,22 +166,43 @@ struct Calibration {
     step_s: f64,
     cal_steps: u64,
     cal_checkpoints: u64,
+    /// every (with − without)/checkpoints sample; δ is their median
+    cost_samples_s: Vec<f64>,
     cost_s: f64,
+    /// every kill → resumed sample of the restart calibration; R is their median
+    restart_samples_s: Vec<f64>,
     restart_s: f64,
+    /// median kill → spawn of the same kills (the failure-immune part of R)
+    spawn_latency_s: f64,
 }
 
 /// One interval of the sweep with its trials.
 #[derive(Clone, Debug, Serialize)]
 struct IntervalResult {
     multiple: f64,
-    every_steps: u64,
+    trials: Vec<Trial>,
+    /// means over the trials
+    every_steps: f64,
     interval_s: f64,
     predicted_s: f64,
-    trials: Vec<RunOutcome>,
     mean_s: f64,
     stderr_s: f64,
     mean_failures: f64,
+    /// the model's T_w / M at the mean interval and T_s
+    expected_failures: f64,
+    /// mean kill → resumed over every failure of these trials
+    mean_recovery_s: f64,
     error_pct: f64,
+}
+
+/// One round: its failure-free run and the order its intervals ran in.
+#[derive(Clone, Debug, Serialize)]
+struct Round {
+    seed: u64,
+    failure_free_s: f64,
+    step_s: f64,
+    /// multiples in the order they ran
+    order: Vec<f64>,
 }
 
 /// Everything written to results.json.
@@ -165,9 +220,11 @@ struct Results {
     young_s: f64,
     daly_s: f64,
     optimal_s: f64,
+    design: design::Plan,
     sweep: Vec<IntervalResult>,
-    /// The failure-free run repeated before each round of trials (load drift).
-    round_baselines_s: Vec<f64>,
+    rounds: Vec<Round>,
+    /// wall time of the whole bench, seconds
+    elapsed_s: f64,
 }
 
 /// How to start a job under `lazarus run`.
@@ -181,11 +238,19 @@ struct Launch {
     max_restarts: u32,
 }
 
-/// A kill schedule for one run.
-#[derive(Clone, Copy)]
-struct Kills {
-    mtbf: Duration,
-    seed: u64,
+/// The faults of one run.
+#[derive(Clone, Debug)]
+enum Kills {
+    /// None.
+    None,
+    /// The supervisor's Poisson process (`--inject-kill-mtbf`).
+    Poisson { mtbf: Duration, seed: u64 },
+    /// One kill per incarnation, this long after its spawn (`--inject-kill-after`).
+    After {
+        delay: Duration,
+        count: u32,
+        seed: u64,
+    },
 }
 
 /// A scratch repository removed on drop (also on error paths).
@@ -197,6 +262,15 @@ impl Drop for Scratch {
     }
 }
 
+fn fresh_dir(p: PathBuf) -> Result<Scratch, ExperimentError> {
+    let _ = std::fs::remove_dir_all(&p);
+    std::fs::create_dir_all(&p).map_err(|source| ExperimentError::Io {
+        what: format!("creating {}", p.display()),
+        source,
+    })?;
+    Ok(Scratch(p))
+}
+
 impl Launch {
     /// Runs heat for `steps` steps, checkpointing every `every` steps into `repo`.
     fn run(
@@ -205,7 +279,7 @@ impl Launch {
         repo: &Path,
         steps: u64,
         every: u64,
-        kills: Option<Kills>,
+        kills: &Kills,
         timeout: Duration,
     ) -> Result<RunOutcome, ExperimentError> {
         let mut cmd = Command::new(&self.lazarus);
@@ -214,10 +288,20 @@ impl Launch {
         cmd.arg("run").arg("-n").arg(self.ranks.to_string());
         cmd.arg("--repo").arg(repo);
         cmd.arg("--max-restarts").arg(self.max_restarts.to_string());
-        if let Some(k) = kills {
-            cmd.arg("--inject-kill-mtbf")
-                .arg(format!("{}ms", k.mtbf.as_millis()));
-            cmd.arg("--seed").arg(k.seed.to_string());
+        match kills {
+            Kills::None => {}
+            Kills::Poisson { mtbf, seed } => {
+                cmd.arg("--inject-kill-mtbf")
+                    .arg(format!("{:.3}ms", mtbf.as_secs_f64() * 1e3));
+                cmd.arg("--seed").arg(seed.to_string());
+            }
+            Kills::After { delay, count, seed } => {
+                for _ in 0..*count {
+                    cmd.arg("--inject-kill-after")
+                        .arg(format!("{:.3}ms", delay.as_secs_f64() * 1e3));
+                }
+                cmd.arg("--seed").arg(seed.to_string());
+            }
         }
         cmd.arg("--").arg(&self.heat).args(&self.heat_prefix);
         for (flag, v) in [
@@ -261,11 +345,13 @@ impl Launch {
             .rev()
             .find_map(|l| l.split_once("checksum=").map(|(_, c)| c.trim().to_string()))
             .ok_or_else(|| fail("no `checksum=` line on stdout".into()))?;
+        let (recoveries_s, spawn_latencies_s) = parse_recoveries(&stderr);
         Ok(RunOutcome {
             wall_s,
             failures: count_failures(&stderr),
+            recoveries_s,
+            spawn_latencies_s,
             checksum,
-            predicted_s: 0.0,
         })
     }
 }
@@ -276,6 +362,28 @@ fn count_failures(stderr: &str) -> u32 {
         .lines()
         .filter(|l| l.starts_with("lazarus: ") && l.contains("(injected)"))
         .count() as u32
+}
+
+/// The supervisor's `lazarus: recovered from the failure of incarnation I in X s (ranks
+/// spawned after Y s)` lines: (X, Y) of each. Lines that do not parse are skipped.
+fn parse_recoveries(stderr: &str) -> (Vec<f64>, Vec<f64>) {
+    let mut rec = Vec::new();
+    let mut spawn = Vec::new();
+    for l in stderr.lines() {
+        let Some(rest) = l.strip_prefix("lazarus: recovered from the failure of incarnation ")
+        else {
+            continue;
+        };
+        let num = |after: &str| -> Option<f64> {
+            let (_, tail) = rest.split_once(after)?;
+            tail.split_whitespace().next()?.parse().ok()
+        };
+        if let (Some(x), Some(y)) = (num(" in "), num("spawned after ")) {
+            rec.push(x);
+            spawn.push(y);
+        }
+    }
+    (rec, spawn)
 }
 
 fn tail_lines(s: &str, n: usize) -> String {
@@ -385,6 +493,17 @@ fn mean(xs: &[f64]) -> f64 {
     xs.iter().sum::<f64>() / xs.len() as f64
 }
 
+/// Median (mean of the two middle values for an even count); NaN when empty.
+fn median(xs: &[f64]) -> f64 {
+    let mut v: Vec<f64> = xs.iter().copied().filter(|x| !x.is_nan()).collect();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
 /// Standard error of the mean (0 for a single sample).
 fn std_err(xs: &[f64]) -> f64 {
     if xs.len() < 2 {
@@ -395,107 +514,167 @@ fn std_err(xs: &[f64]) -> f64 {
     (var / xs.len() as f64).sqrt()
 }
 
+/// splitmix64 step: a fixed, documented generator, so a seed gives the same interval
+/// order with every build (no dependence on a library's generator choice).
+fn splitmix(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// The order in which round `round` runs its `n` intervals: a Fisher–Yates shuffle seeded
+/// by (seed, round), so a monotone drift of the machine's speed does not line up with the
+/// interval.
+fn round_order(n: usize, seed: u64, round: u32) -> Vec<usize> {
+    let mut state = seed ^ (u64::from(round) + 1).wrapping_mul(0xd1b5_4a32_d192_ed03);
+    let mut order: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        let j = (splitmix(&mut state) % (i as u64 + 1)) as usize;
+        order.swap(i, j);
+    }
+    order
+}
+
 /// Calibration runs, under the same `lazarus run` path as the trials.
 fn calibrate(
     launch: &Launch,
     scratch: &Path,
     target_s: f64,
+    restart_samples: u32,
+    seed: u64,
 ) -> Result<Calibration, ExperimentError> {
     let never = u64::MAX;
     let timeout = Duration::from_secs(300);
-    let fresh = |name: &str| -> Result<Scratch, ExperimentError> {
-        let p = scratch.join(name);
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).map_err(|source| ExperimentError::Io {
-            what: format!("creating {}", p.display()),
-            source,
-        })?;
-        Ok(Scratch(p))
-    };
+    let fresh = |name: &str| fresh_dir(scratch.join(name));
     // Start-up: median of three 0-step runs (process start, rendezvous, repository open).
     let mut starts = Vec::new();
     for i in 0..3 {
         let repo = fresh(&format!("cal-start-{i}"))?;
         starts.push(
             launch
-                .run("calibration (0 steps)", &repo.0, 0, never, None, timeout)?
-                .wall_s,
-        );
-    }
-    starts.sort_by(f64::total_cmp);
-    let startup_s = starts.get(1).copied().unwrap_or(0.0);
-    // Steps: grow until the computing part reaches the target.
-    let mut steps = 16u64;
-    let step_s = loop {
-        let repo = fresh("cal-steps")?;
-        let w = launch.run("calibration (steps)", &repo.0, steps, never, None, timeout)?;
-        let compute = w.wall_s - startup_s;
-        if compute >= target_s || steps >= 1 << 24 {
-            break compute.max(1e-9) / steps as f64;
-        }
-        let factor = if compute > target_s / 30.0 {
-            (1.2 * target_s / compute).ceil()
-        } else {
-            8.0
-        };
-        steps = steps.saturating_mul((factor as u64).clamp(2, 64));
-    };
-    let plain = startup_s + step_s * steps as f64;
-    // Checkpoint cost: the same run with ~10 checkpoints (at every, 2·every, ... < steps).
-    let every = (steps / 10).max(1);
-    let n_ck = (steps - 1) / every;
-    let repo = fresh("cal-ckpt")?;
-    let w = launch.run(
-        "calibration (checkpoints)",
-        &repo.0,
-        steps,
-        every,
-        None,
-        timeout,
-    )?;
-    if n_ck == 0 {
-        return Err(ExperimentError::Calibration(
-            "the calibration run is too short to take a checkpoint".into(),
-        ));
-    }
-    let cost_s = (w.wall_s - plain) / n_ck as f64;
-    if cost_s <= 0.0 {
-        return Err(ExperimentError::Calibration(format!(
-            "{n_ck} checkpoints took no measurable time ({:.3} s with, {plain:.3} s without); \
-             use a larger --size",
-            w.wall_s
-        )));
-    }
-    // Restart: restore the newest checkpoint (step n_ck·every) and stop at once.
-    let mut restarts = Vec::new();
-    for _ in 0..3 {
-        restarts.push(
-            launch
                 .run(
-                    "calibration (restart)",
+                    "calibration (0 steps)",
                     &repo.0,
-                    n_ck * every,
+                    0,
                     never,
-                    None,
+                    &Kills::None,
                     timeout,
                 )?
                 .wall_s,
         );
     }
-    restarts.sort_by(f64::total_cmp);
-    let restart_s = restarts.get(1).copied().unwrap_or(0.0);
+    let startup_s = median(&starts);
+    // Steps: grow until the computing part reaches the target.
+    let mut steps = 16u64;
+    loop {
+        let repo = fresh("cal-steps")?;
+        let w = launch.run(
+            "calibration (steps)",
+            &repo.0,
+            steps,
+            never,
+            &Kills::None,
+            timeout,
+        )?;
+        let compute = w.wall_s - startup_s;
+        if compute >= target_s || steps >= 1 << 28 {
+            break;
+        }
+        let factor = if compute > target_s / 30.0 {
+            (1.2 * target_s / compute.max(1e-9)).ceil()
+        } else {
+            8.0
+        };
+        steps = steps.saturating_mul((factor as u64).clamp(2, 64));
+    }
+    // Checkpoint cost: three pairs of runs without and with ~20 checkpoints (at every,
+    // 2·every, ... < steps), interleaved so a drift of the machine's speed hits both
+    // sides of a pair alike; δ is the median of (with − without) / count.
+    let every = (steps / 20).max(1);
+    let n_ck = (steps - 1) / every;
+    if n_ck == 0 {
+        return Err(ExperimentError::Calibration(
+            "the calibration run is too short to take a checkpoint".into(),
+        ));
+    }
+    let mut plain = Vec::new();
+    let mut cost_samples = Vec::new();
+    for _ in 0..3 {
+        let repo = fresh("cal-plain")?;
+        let p = launch
+            .run(
+                "calibration (no checkpoints)",
+                &repo.0,
+                steps,
+                never,
+                &Kills::None,
+                timeout,
+            )?
+            .wall_s;
+        let repo = fresh("cal-ckpt")?;
+        let w = launch
+            .run(
+                "calibration (checkpoints)",
+                &repo.0,
+                steps,
+                every,
+                &Kills::None,
+                timeout,
+            )?
+            .wall_s;
+        plain.push(p);
+        cost_samples.push((w - p) / n_ck as f64);
+    }
+    let cost_s = median(&cost_samples);
+    let step_s = ((median(&plain) - startup_s) / steps as f64).max(1e-9);
+    if cost_s.is_nan() || cost_s <= 0.0 {
+        return Err(ExperimentError::Calibration(format!(
+            "{n_ck} checkpoints took no measurable time (per-checkpoint samples {cost_samples:.4?} s); \
+             use a larger --size or a longer --calibration"
+        )));
+    }
+    // Restart cost as the supervisor pays it: kill → detection → stop → respawn →
+    // rendezvous → restore, timed by the supervisor itself. Each incarnation is killed
+    // after ~2.5 intervals, so it restores a real checkpoint of the run's size.
+    let delay = startup_s + 2.5 * every as f64 * step_s + 2.0 * cost_s;
+    let repo = fresh("cal-restart")?;
+    let r = launch.run(
+        "calibration (restart)",
+        &repo.0,
+        steps,
+        every,
+        &Kills::After {
+            delay: Duration::from_secs_f64(delay),
+            count: restart_samples,
+            seed,
+        },
+        timeout,
+    )?;
+    if r.recoveries_s.is_empty() {
+        return Err(ExperimentError::Calibration(format!(
+            "the restart calibration saw {} failure(s) but no `recovered ... in` line from \
+             the supervisor (does the rank program restore through lazarus::Job?)",
+            r.failures
+        )));
+    }
     Ok(Calibration {
         startup_s,
         step_s,
         cal_steps: steps,
         cal_checkpoints: n_ck,
         cost_s,
-        restart_s,
+        restart_s: median(&r.recoveries_s),
+        spawn_latency_s: median(&r.spawn_latencies_s),
+        cost_samples_s: cost_samples,
+        restart_samples_s: r.recoveries_s,
     })
 }
 
 /// Runs `lazarus bench experiment`.
 pub fn main(args: Args) -> CmdResult {
+    let started = Instant::now();
     let work = duration_flag("work", &args.work)?;
     let mtbf = duration_flag("mtbf", &args.mtbf)?;
     let calibration = duration_flag("calibration", &args.calibration)?;
@@ -514,11 +693,8 @@ pub fn main(args: Args) -> CmdResult {
         max_restarts: args.max_restarts,
     };
     let scratch_root = args.scratch.clone().unwrap_or_else(std::env::temp_dir);
-    let scratch = Scratch(scratch_root.join(format!("lazarus-experiment-{}", std::process::id())));
-    std::fs::create_dir_all(&scratch.0).map_err(|source| ExperimentError::Io {
-        what: format!("creating {}", scratch.0.display()),
-        source,
-    })?;
+    let scratch =
+        fresh_dir(scratch_root.join(format!("lazarus-experiment-{}", std::process::id())))?;
     std::fs::create_dir_all(&args.out).map_err(|source| ExperimentError::Io {
         what: format!("creating --out {}", args.out.display()),
         source,
@@ -532,25 +708,36 @@ pub fn main(args: Args) -> CmdResult {
         args.seed,
         args.trials
     );
-    let cal = calibrate(&launch, &scratch.0, calibration)?;
+    let cal = calibrate(
+        &launch,
+        &scratch.0,
+        calibration,
+        args.restart_samples,
+        args.seed,
+    )?;
     eprintln!(
-        "experiment: start-up {:.3} s, {:.3} ms/step, checkpoint δ = {:.3} s, restart R = {:.3} s",
+        "experiment: start-up {:.3} s, {:.4} ms/step, checkpoint δ = {:.4} s (samples {:.4?}), \
+         restart R = {:.3} s (kill → resumed, samples {:.3?}; kill → spawn {:.3} s)",
         cal.startup_s,
         cal.step_s * 1e3,
         cal.cost_s,
-        cal.restart_s
+        cal.cost_samples_s,
+        cal.restart_s,
+        cal.restart_samples_s,
+        cal.spawn_latency_s
     );
     let steps = (((work - cal.startup_s) / cal.step_s).round() as u64).max(1);
-    let repo = Scratch(scratch.0.join("baseline"));
-    let baseline = launch.run(
-        "failure-free baseline",
-        &repo.0,
-        steps,
-        u64::MAX,
-        None,
-        Duration::from_secs_f64(work * 10.0 + 60.0),
-    )?;
-    drop(repo);
+    let baseline = {
+        let repo = fresh_dir(scratch.0.join("baseline"))?;
+        launch.run(
+            "failure-free baseline",
+            &repo.0,
+            steps,
+            u64::MAX,
+            &Kills::None,
+            Duration::from_secs_f64(work * 10.0 + 60.0),
+        )?
+    };
     let t_s = baseline.wall_s;
     eprintln!(
         "experiment: baseline {steps} steps without checkpoints or failures: {t_s:.2} s \
@@ -560,6 +747,15 @@ pub fn main(args: Args) -> CmdResult {
     let model = Model::new(cal.cost_s, mtbf, cal.restart_s)
         .map_err(|e| ExperimentError::Calibration(e.to_string()))?;
     let daly = model.daly_higher_order();
+    let plan = design::plan(
+        &multiples,
+        daly,
+        cal.cost_s,
+        mtbf,
+        cal.restart_s,
+        t_s,
+        args.trials,
+    );
     eprintln!(
         "experiment: Young {}, Daly {}, optimum {}; expected run time at Daly {:.2} s",
         format_seconds(model.young()),
@@ -567,73 +763,74 @@ pub fn main(args: Args) -> CmdResult {
         format_seconds(model.optimal()),
         model.expected_wall_time(daly, t_s)
     );
+    eprint!("{}", report::design_text(&plan, args.trials));
 
-    let mut sweep: Vec<IntervalResult> = Vec::new();
-    for &mult in &multiples {
-        let every = ((mult * daly / cal.step_s).round() as u64).max(1);
-        if sweep.iter().any(|r| r.every_steps == every) {
-            continue;
-        }
-        let interval_s = every as f64 * cal.step_s;
-        sweep.push(IntervalResult {
-            multiple: mult,
-            every_steps: every,
-            interval_s,
-            predicted_s: model.expected_wall_time(interval_s, t_s),
+    let mut sweep: Vec<IntervalResult> = multiples
+        .iter()
+        .map(|&multiple| IntervalResult {
+            multiple,
             trials: Vec::new(),
+            every_steps: f64::NAN,
+            interval_s: f64::NAN,
+            predicted_s: f64::NAN,
             mean_s: f64::NAN,
             stderr_s: f64::NAN,
             mean_failures: f64::NAN,
+            expected_failures: f64::NAN,
+            mean_recovery_s: f64::NAN,
             error_pct: f64::NAN,
-        });
-    }
-    let mut round_baselines = Vec::new();
+        })
+        .collect();
+    let mut rounds = Vec::new();
     if !args.calibrate_only {
         for t in 0..args.trials {
-            let seed = args.seed.wrapping_add(t as u64);
-            // The machine's speed drifts (shared cores): each round re-measures the
-            // failure-free run, and its trials are predicted from that T_s and the time per
-            // step it implies, so a slower or faster machine moves model and measurement
-            // together.
-            let repo = Scratch(scratch.0.join(format!("baseline-t{t}")));
-            let b = launch.run(
-                &format!("failure-free run of round {t}"),
-                &repo.0,
-                steps,
-                u64::MAX,
-                None,
-                Duration::from_secs_f64(t_s * 10.0 + 60.0),
-            )?;
-            drop(repo);
+            let seed = args.seed.wrapping_add(u64::from(t));
+            // The machine's speed drifts: each round re-measures the failure-free run,
+            // derives its time per step, sets the step counts so each interval is the
+            // intended multiple of τ_D in seconds, and predicts its trials from that T_s.
+            let b = {
+                let repo = fresh_dir(scratch.0.join(format!("baseline-t{t}")))?;
+                launch.run(
+                    &format!("failure-free run of round {t}"),
+                    &repo.0,
+                    steps,
+                    u64::MAX,
+                    &Kills::None,
+                    Duration::from_secs_f64(t_s * 10.0 + 60.0),
+                )?
+            };
             let round_step = ((b.wall_s - cal.startup_s) / steps as f64).max(1e-9);
+            let order = round_order(sweep.len(), args.seed, t);
             eprintln!(
-                "experiment: round {t}: failure-free {:.2} s ({:.3} ms/step)",
+                "experiment: round {t}: failure-free {:.2} s ({:.4} ms/step); order {:?}",
                 b.wall_s,
-                round_step * 1e3
+                round_step * 1e3,
+                order.iter().map(|&i| multiples[i]).collect::<Vec<_>>()
             );
-            round_baselines.push(b.wall_s);
-            for r in sweep.iter_mut() {
-                let predicted =
-                    model.expected_wall_time(r.every_steps as f64 * round_step, b.wall_s);
-                let repo = Scratch(scratch.0.join(format!("k{}-t{t}", r.every_steps)));
+            for (pos, &i) in order.iter().enumerate() {
+                let r = &mut sweep[i];
+                let every = ((r.multiple * daly / round_step).round() as u64).max(1);
+                let interval_s = every as f64 * round_step;
+                let predicted = model.expected_wall_time(interval_s, b.wall_s);
+                let repo = fresh_dir(scratch.0.join(format!("i{i}-t{t}")))?;
                 let what = format!(
-                    "interval {}x (every {} steps), seed {seed}",
-                    r.multiple, r.every_steps
+                    "round {t}: interval {}x (every {every} steps), kill seed {seed}",
+                    r.multiple
                 );
-                let timeout = if r.predicted_s.is_finite() {
-                    Duration::from_secs_f64((r.predicted_s * 5.0).min(1e6) + 120.0)
+                let timeout = if predicted.is_finite() {
+                    Duration::from_secs_f64((predicted * 5.0).min(1e6) + 120.0)
                 } else {
                     Duration::from_secs_f64(work * 20.0 + 120.0)
                 };
-                let mut o = launch.run(
+                let o = launch.run(
                     &what,
                     &repo.0,
                     steps,
-                    r.every_steps,
-                    Some(Kills {
+                    every,
+                    &Kills::Poisson {
                         mtbf: Duration::from_secs_f64(mtbf),
                         seed,
-                    }),
+                    },
                     timeout,
                 )?;
                 if o.checksum != baseline.checksum {
@@ -647,30 +844,63 @@ pub fn main(args: Args) -> CmdResult {
                     }
                     .into());
                 }
-                o.predicted_s = predicted;
                 eprintln!(
-                    "experiment: {what}: {:.2} s, {} failure(s) (model {:.2} s)",
-                    o.wall_s, o.failures, predicted
+                    "experiment: {what}: {:.2} s, {} failure(s), mean R {:.3} s (model {:.2} s, {:+.1} %)",
+                    o.wall_s,
+                    o.failures,
+                    mean(&o.recoveries_s),
+                    predicted,
+                    (o.wall_s / predicted - 1.0) * 100.0
                 );
-                r.trials.push(o);
+                r.trials.push(Trial {
+                    round: t,
+                    seed,
+                    order: pos,
+                    every_steps: every,
+                    interval_s,
+                    predicted_s: predicted,
+                    run: o,
+                });
             }
+            rounds.push(Round {
+                seed,
+                failure_free_s: b.wall_s,
+                step_s: round_step,
+                order: order.iter().map(|&i| multiples[i]).collect(),
+            });
         }
-        // The plot and table show the intervals at the rounds' mean speed.
-        let mean_step = (mean(&round_baselines) - cal.startup_s) / steps as f64;
-        for r in sweep.iter_mut() {
-            r.interval_s = r.every_steps as f64 * mean_step;
-            let walls: Vec<f64> = r.trials.iter().map(|o| o.wall_s).collect();
-            r.mean_s = mean(&walls);
-            r.stderr_s = std_err(&walls);
-            r.mean_failures = mean(
-                &r.trials
-                    .iter()
-                    .map(|o| o.failures as f64)
-                    .collect::<Vec<_>>(),
-            );
-            r.predicted_s = mean(&r.trials.iter().map(|o| o.predicted_s).collect::<Vec<_>>());
-            r.error_pct = (r.mean_s / r.predicted_s - 1.0) * 100.0;
+    }
+    let ff = if rounds.is_empty() {
+        t_s
+    } else {
+        mean(&rounds.iter().map(|r| r.failure_free_s).collect::<Vec<_>>())
+    };
+    for r in sweep.iter_mut() {
+        if r.trials.is_empty() {
+            // Calibration only: the design's intervals at the calibration's speed.
+            let every = ((r.multiple * daly / cal.step_s).round() as u64).max(1);
+            r.every_steps = every as f64;
+            r.interval_s = every as f64 * cal.step_s;
+            r.predicted_s = model.expected_wall_time(r.interval_s, t_s);
+            r.expected_failures = r.predicted_s / mtbf;
+            continue;
         }
+        let of = |f: fn(&Trial) -> f64| r.trials.iter().map(f).collect::<Vec<f64>>();
+        let walls = of(|o| o.run.wall_s);
+        r.every_steps = mean(&of(|o| o.every_steps as f64));
+        r.interval_s = mean(&of(|o| o.interval_s));
+        r.predicted_s = mean(&of(|o| o.predicted_s));
+        r.mean_s = mean(&walls);
+        r.stderr_s = std_err(&walls);
+        r.mean_failures = mean(&of(|o| f64::from(o.run.failures)));
+        r.expected_failures = model.expected_wall_time(r.interval_s, ff) / mtbf;
+        let recs: Vec<f64> = r
+            .trials
+            .iter()
+            .flat_map(|o| o.run.recoveries_s.iter().copied())
+            .collect();
+        r.mean_recovery_s = mean(&recs);
+        r.error_pct = (r.mean_s / r.predicted_s - 1.0) * 100.0;
     }
     let results = Results {
         ranks: args.ranks,
@@ -685,24 +915,22 @@ pub fn main(args: Args) -> CmdResult {
         young_s: model.interval(Formula::Young),
         daly_s: daly,
         optimal_s: model.optimal(),
+        design: plan,
         sweep,
-        round_baselines_s: round_baselines,
+        rounds,
+        elapsed_s: started.elapsed().as_secs_f64(),
     };
-    let table = render_table(&results, &model, args.calibrate_only);
+    let table = report::render(&results, args.calibrate_only);
     println!("{table}");
     write_file(&args.out.join("results.md"), table.as_bytes())?;
     let json = serde_json::to_string_pretty(&results)?;
     write_file(&args.out.join("results.json"), json.as_bytes())?;
-    let work_plot = if results.round_baselines_s.is_empty() {
-        t_s
-    } else {
-        mean(&results.round_baselines_s)
-    };
-    let svg = plot::svg(&model, &results_points(&results), work_plot);
+    let svg = plot::svg(&model, &report::points(&results), ff);
     write_file(&args.out.join("walltime.svg"), svg.as_bytes())?;
     eprintln!(
-        "experiment: wrote results.md, results.json and walltime.svg to {}",
-        args.out.display()
+        "experiment: wrote results.md, results.json and walltime.svg to {} ({:.1} min)",
+        args.out.display(),
+        results.elapsed_s / 60.0
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -712,132 +940,6 @@ fn write_file(path: &Path, bytes: &[u8]) -> Result<(), ExperimentError> {
         what: format!("writing {}", path.display()),
         source,
     })
-}
-
-fn results_points(r: &Results) -> Vec<plot::Point> {
-    r.sweep
-        .iter()
-        .map(|s| plot::Point {
-            interval_s: s.interval_s,
-            trials: s.trials.iter().map(|o| o.wall_s).collect(),
-        })
-        .collect()
-}
-
-/// The markdown report: inputs, calibration, the sweep table and the two targets.
-fn render_table(r: &Results, model: &Model, calibrate_only: bool) -> String {
-    let c = &r.calibration;
-    let mut s = String::new();
-    s.push_str(&format!(
-        "Heat {size}×{size} on {ranks} rank(s), {steps} steps; injected SIGKILL MTBF M = {m}; \
-         seeds {seed}..{last}; {trials} trial(s) per interval.\n\n",
-        size = r.size,
-        ranks = r.ranks,
-        steps = r.steps,
-        m = format_seconds(r.mtbf_s),
-        seed = r.seed,
-        last = r.seed + r.trials.saturating_sub(1) as u64,
-        trials = r.trials
-    ));
-    s.push_str(&format!(
-        "Calibration: start-up {:.3} s, {:.3} ms/step, checkpoint cost δ = {:.3} s \
-         ({} checkpoints over {} steps), restart R = {:.3} s. Failure-free baseline \
-         T_s = {:.2} s (no checkpoints). Young {}, Daly {}, optimum {}.\n\n",
-        c.startup_s,
-        c.step_s * 1e3,
-        c.cost_s,
-        c.cal_checkpoints,
-        c.cal_steps,
-        c.restart_s,
-        r.baseline_s,
-        format_seconds(r.young_s),
-        format_seconds(r.daly_s),
-        format_seconds(r.optimal_s),
-    ));
-    if !r.round_baselines_s.is_empty() {
-        let b: Vec<String> = r
-            .round_baselines_s
-            .iter()
-            .map(|v| format!("{v:.2}"))
-            .collect();
-        s.push_str(&format!(
-            "Failure-free run repeated before each round of trials: {} s; each trial is \
-             predicted from its round's (T_s and time per step), the model column is the \
-             mean of those predictions.\n\n",
-            b.join(", ")
-        ));
-    }
-    s.push_str(
-        "| interval | every (steps) | τ (s) | failures (mean) | measured (s) | model (s) | \
-         measured/model − 1 | vs failure-free |\n|---|---|---|---|---|---|---|---|\n",
-    );
-    let ff = if r.round_baselines_s.is_empty() {
-        r.baseline_s
-    } else {
-        mean(&r.round_baselines_s)
-    };
-    for i in &r.sweep {
-        let measured = if i.trials.is_empty() {
-            "—".to_string()
-        } else {
-            format!("{:.2} ± {:.2}", i.mean_s, i.stderr_s)
-        };
-        let pct = |v: f64| {
-            if v.is_finite() {
-                format!("{v:+.1} %")
-            } else {
-                "—".to_string()
-            }
-        };
-        s.push_str(&format!(
-            "| {}×Daly | {} | {:.2} | {} | {} | {:.2} | {} | {} |\n",
-            i.multiple,
-            i.every_steps,
-            i.interval_s,
-            if i.trials.is_empty() {
-                "—".to_string()
-            } else {
-                format!("{:.1}", i.mean_failures)
-            },
-            measured,
-            i.predicted_s,
-            pct(i.error_pct),
-            pct((i.mean_s / ff - 1.0) * 100.0),
-        ));
-    }
-    if calibrate_only {
-        s.push_str("\nCalibration only: no kill trials were run.\n");
-        return s;
-    }
-    let worst = r
-        .sweep
-        .iter()
-        .map(|i| i.error_pct.abs())
-        .fold(0.0f64, f64::max);
-    let best = r.sweep.iter().min_by(|a, b| a.mean_s.total_cmp(&b.mean_s));
-    let daly_row = r.sweep.iter().min_by(|a, b| {
-        (a.multiple - 1.0)
-            .abs()
-            .total_cmp(&(b.multiple - 1.0).abs())
-    });
-    s.push_str(&format!(
-        "\nTarget 1 (measured within 10 % of the model, every interval): worst {worst:.1} % — {}.\n",
-        if worst <= 10.0 { "met" } else { "NOT met" }
-    ));
-    if let (Some(b), Some(d)) = (best, daly_row) {
-        let gap = (d.mean_s / b.mean_s - 1.0) * 100.0;
-        s.push_str(&format!(
-            "Target 2 (Daly's interval within 5 % of the best fixed interval): best is {}×Daly \
-             ({:.2} s), {}×Daly measured {:.2} s, {gap:+.1} % — {}.\n",
-            b.multiple,
-            b.mean_s,
-            d.multiple,
-            d.mean_s,
-            if gap <= 5.0 { "met" } else { "NOT met" }
-        ));
-    }
-    let _ = model;
-    s
 }
 
 #[cfg(test)]
@@ -866,9 +968,44 @@ mod tests {
     }
 
     #[test]
-    fn standard_error_of_the_mean() {
+    fn recovery_times_are_parsed_from_the_supervisor_lines() {
+        let err = "lazarus: recovered from the failure of incarnation 0 in 0.2510 s (ranks \
+                   spawned after 0.0120 s)\n\
+                   [rank 0] lazarus: recovered from the failure of incarnation 9 in 7 s\n\
+                   lazarus: recovered from the failure of incarnation 1 in 0.3000 s (ranks \
+                   spawned after 0.0200 s)\n\
+                   lazarus: recovered from the failure of incarnation 2 in x s (ranks \
+                   spawned after 0.0200 s)\n";
+        let (r, s) = parse_recoveries(err);
+        assert_eq!(r, vec![0.251, 0.3]);
+        assert_eq!(s, vec![0.012, 0.02]);
+    }
+
+    #[test]
+    fn standard_error_median_and_mean() {
         assert_eq!(std_err(&[5.0]), 0.0);
         assert!((std_err(&[1.0, 3.0]) - 1.0).abs() < 1e-12);
         assert!((mean(&[1.0, 2.0, 3.0]) - 2.0).abs() < 1e-12);
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert!(median(&[]).is_nan());
+    }
+
+    #[test]
+    fn round_orders_are_seeded_permutations_that_differ_between_rounds() {
+        let seed = 1;
+        let orders: Vec<Vec<usize>> = (0..6).map(|t| round_order(5, seed, t)).collect();
+        for o in &orders {
+            let mut s = o.clone();
+            s.sort_unstable();
+            assert_eq!(s, vec![0, 1, 2, 3, 4]);
+        }
+        assert_eq!(orders[0], round_order(5, seed, 0), "same seed, same order");
+        assert!(
+            orders.iter().any(|o| o != &orders[0]),
+            "rounds must not all share one order: {orders:?}"
+        );
+        assert_eq!(round_order(1, seed, 3), vec![0]);
+        assert!(round_order(0, seed, 3).is_empty());
     }
 }

@@ -1,5 +1,7 @@
-//! The experiment's figure: the model's expected run time against the interval (curve),
-//! every trial (small grey dots), the mean of each interval with its min–max range (red),
+//! The experiment's figure: the model's expected run time against the interval (curve, at
+//! the rounds' mean failure-free time), the mean of the trials' own predictions at each
+//! interval (black dots), every trial (small grey dots), the mean of each interval with its
+//! min–max range (red),
 //! the failure-free run (dotted line) and Young/Daly/optimum (dashed). Built from the
 //! `lazarus model` plot's scene items and written by its SVG writer, so both figures look
 //! alike.
@@ -12,8 +14,10 @@ use lazarus::policy::{format_seconds, Formula, Model};
 /// The measurements of one interval.
 #[derive(Clone, Debug)]
 pub(super) struct Point {
-    /// The interval actually used (steps × time per step), seconds.
+    /// The interval actually used (steps × time per step, mean over the trials), seconds.
     pub interval_s: f64,
+    /// The model's prediction there (mean of the trials' predictions), seconds.
+    pub predicted_s: f64,
     /// Wall time of each trial, seconds.
     pub trials: Vec<f64>,
 }
@@ -83,11 +87,7 @@ pub(super) fn svg(model: &Model, points: &[Point], work: f64) -> String {
     let y_top = points
         .iter()
         .flat_map(|p| p.trials.iter().copied())
-        .chain(
-            points
-                .iter()
-                .map(|p| model.expected_wall_time(p.interval_s, work)),
-        )
+        .chain(points.iter().map(|p| p.predicted_s))
         .filter(|v| v.is_finite())
         .fold(work * 1.01, f64::max);
     let y_bottom = points
@@ -141,12 +141,14 @@ pub(super) fn svg(model: &Model, points: &[Point], work: f64) -> String {
     // The model at the intervals used, then the measurements.
     for p in points {
         let x = px(p.interval_s);
-        items.push(Item::Dot {
-            x,
-            y: py(model.expected_wall_time(p.interval_s, work)),
-            r: 3.5,
-            colour: CURVE,
-        });
+        if p.predicted_s.is_finite() {
+            items.push(Item::Dot {
+                x,
+                y: py(p.predicted_s),
+                r: 3.5,
+                colour: CURVE,
+            });
+        }
         for w in &p.trials {
             items.push(Item::Dot {
                 x,
@@ -255,10 +257,12 @@ mod tests {
         let pts = vec![
             Point {
                 interval_s: 1.0,
+                predicted_s: 131.0,
                 trials: vec![130.0, 134.0],
             },
             Point {
                 interval_s: 4.0,
+                predicted_s: 140.0,
                 trials: vec![],
             },
         ];
@@ -269,5 +273,36 @@ mod tests {
         assert_eq!(s.matches("r=\"2.5\"").count(), 2, "one dot per trial");
         assert!(s.contains("Daly"));
         assert!(!s.contains("NaN") && !s.contains("inf"));
+    }
+
+    /// Regression: the recorded run drew 1×Daly at 0.89 s next to a Daly mark at 1.26 s
+    /// (points placed by a different speed than the marks). Now the bench sets each
+    /// round's step count so the interval is the intended one in seconds, and a point at
+    /// τ_Daly must sit exactly on the Daly mark.
+    #[test]
+    fn one_x_daly_is_drawn_on_the_daly_mark() {
+        let m = Model::new(0.05, 8.0, 0.25).unwrap();
+        let daly = m.daly_higher_order();
+        let pts = vec![Point {
+            interval_s: daly,
+            predicted_s: m.expected_wall_time(daly, 50.0),
+            trials: vec![57.0, 59.0],
+        }];
+        let s = svg(&m, &pts, 50.0);
+        let mark = s
+            .lines()
+            .find(|l| l.contains("rgb(44,160,44)") && l.contains("stroke-dasharray"))
+            .and_then(|l| l.split("points=\"").nth(1))
+            .and_then(|p| p.split(',').next())
+            .unwrap()
+            .to_string();
+        let dot = s
+            .lines()
+            .find(|l| l.contains("r=\"5\""))
+            .and_then(|l| l.split("cx=\"").nth(1))
+            .and_then(|p| p.split('"').next())
+            .unwrap()
+            .to_string();
+        assert_eq!(mark, dot);
     }
 }
