@@ -225,6 +225,16 @@ struct Results {
     rounds: Vec<Round>,
     /// wall time of the whole bench, seconds
     elapsed_s: f64,
+    /// /proc/loadavg (1, 5, 15 min) at the start and at the end ("" where unavailable)
+    load_start: String,
+    load_end: String,
+}
+
+/// The machine's load averages, so a result says how quiet the machine was.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
 }
 
 /// How to start a job under `lazarus run`.
@@ -675,6 +685,7 @@ fn calibrate(
 /// Runs `lazarus bench experiment`.
 pub fn main(args: Args) -> CmdResult {
     let started = Instant::now();
+    let load_start = load_average();
     let work = duration_flag("work", &args.work)?;
     let mtbf = duration_flag("mtbf", &args.mtbf)?;
     let calibration = duration_flag("calibration", &args.calibration)?;
@@ -919,6 +930,8 @@ pub fn main(args: Args) -> CmdResult {
         sweep,
         rounds,
         elapsed_s: started.elapsed().as_secs_f64(),
+        load_start,
+        load_end: load_average(),
     };
     let table = report::render(&results, args.calibrate_only);
     println!("{table}");

@@ -21,11 +21,15 @@ const MB: f64 = 60.0;
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) struct Rgb(pub u8, pub u8, pub u8);
 
-const BLACK: Rgb = Rgb(0, 0, 0);
-const GRID: Rgb = Rgb(225, 225, 225);
-const CURVE: Rgb = Rgb(40, 40, 40);
+/// Axes and ticks.
+pub(crate) const BLACK: Rgb = Rgb(0, 0, 0);
+/// Grid lines and legend border.
+pub(crate) const GRID: Rgb = Rgb(225, 225, 225);
+/// The model's curve.
+pub(crate) const CURVE: Rgb = Rgb(40, 40, 40);
 
-fn colour(f: Formula) -> Rgb {
+/// The colour of each formula's mark (shared with the experiment's figure).
+pub(crate) fn colour(f: Formula) -> Rgb {
     match f {
         Formula::Young => Rgb(31, 119, 180),
         Formula::DalyFirstOrder => Rgb(148, 103, 189),

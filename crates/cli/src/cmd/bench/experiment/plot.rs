@@ -7,7 +7,8 @@
 //! alike.
 
 use crate::cmd::model::plot::{
-    label, linear_ticks, log_ticks, svg as render, Anchor, Item, Rgb, AREA,
+    colour, label, linear_ticks, log_ticks, svg as render, Anchor, Item, Rgb, AREA, BLACK, CURVE,
+    GRID,
 };
 use lazarus::policy::{format_seconds, Formula, Model};
 
@@ -22,18 +23,14 @@ pub(super) struct Point {
     pub trials: Vec<f64>,
 }
 
-const BLACK: Rgb = Rgb(0, 0, 0);
-const GRID: Rgb = Rgb(225, 225, 225);
-const CURVE: Rgb = Rgb(40, 40, 40);
 const TRIAL: Rgb = Rgb(150, 150, 150);
 const MEAN: Rgb = Rgb(214, 39, 40);
 
+/// `lazarus model`'s colours, except the optimum: red is the measured means' here.
 fn mark_colour(f: Formula) -> Rgb {
     match f {
-        Formula::Young => Rgb(31, 119, 180),
-        Formula::DalyFirstOrder => Rgb(148, 103, 189),
-        Formula::DalyHigherOrder => Rgb(44, 160, 44),
         Formula::Optimal => Rgb(255, 127, 14),
+        f => colour(f),
     }
 }
 

@@ -51,7 +51,8 @@ pub(super) fn render(r: &Results, calibrate_only: bool) -> String {
     let mut s = String::new();
     s.push_str(&format!(
         "Heat {size}×{size} on {ranks} rank(s), {steps} steps; injected SIGKILL MTBF M = {m}; \
-         kill seeds {seed}..{last}; {trials} trial(s) per interval; bench wall time {el:.1} min.\n\n",
+         kill seeds {seed}..{last}; {trials} trial(s) per interval; bench wall time {el:.1} min; \
+         load average (1/5/15 min) {ls} at the start, {le} at the end.\n\n",
         size = r.size,
         ranks = r.ranks,
         steps = r.steps,
@@ -60,6 +61,16 @@ pub(super) fn render(r: &Results, calibrate_only: bool) -> String {
         last = r.seed + u64::from(r.trials.saturating_sub(1)),
         trials = r.trials,
         el = r.elapsed_s / 60.0,
+        ls = if r.load_start.is_empty() {
+            "?"
+        } else {
+            &r.load_start
+        },
+        le = if r.load_end.is_empty() {
+            "?"
+        } else {
+            &r.load_end
+        },
     ));
     s.push_str(&format!(
         "Calibration: start-up {:.3} s, {:.4} ms/step; checkpoint cost δ = {:.4} s (median of \
