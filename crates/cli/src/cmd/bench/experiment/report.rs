@@ -170,26 +170,40 @@ pub(super) fn render(r: &Results, calibrate_only: bool) -> String {
 
 /// The injected failure process as it happened: failures over the time they could
 /// strike (wall time minus each kill → respawn gap, when the supervisor's kill clock is
-/// stopped), against the M the model was given.
+/// stopped), against the M the model was given. Taken from one interval only, the one
+/// with the longest expected run (most exposure, chosen by the model, not by the data):
+/// the intervals of a round share their kill draws (common random numbers), so pooling
+/// them would count the same draws several times and overstate the precision.
 fn observed_mtbf(r: &Results) -> String {
+    let Some(i) = r
+        .sweep
+        .iter()
+        .filter(|i| i.predicted_s.is_finite())
+        .max_by(|a, b| a.predicted_s.total_cmp(&b.predicted_s))
+    else {
+        return String::new();
+    };
     let (mut failures, mut exposure) = (0u64, 0.0f64);
-    for t in r.sweep.iter().flat_map(|i| &i.trials) {
+    for t in &i.trials {
         failures += u64::from(t.run.failures);
         exposure += t.run.wall_s - t.run.spawn_latencies_s.iter().sum::<f64>();
     }
     if failures == 0 {
         return format!(
-            "\nInjected failures: none in {exposure:.1} s of exposure (M = {:.2} s given).\n",
-            r.mtbf_s
+            "\nInjected failures at {}×Daly: none in {exposure:.1} s of exposure (M = {:.2} s \
+             given).\n",
+            i.multiple, r.mtbf_s
         );
     }
     let f = failures as f64;
     // Normal approximation of the Poisson count: ±1.96·√F.
     let (lo, hi) = (f + 1.96 * f.sqrt(), (f - 1.96 * f.sqrt()).max(0.5));
     format!(
-        "\nInjected failures: {failures} in {exposure:.1} s of exposure (wall time minus the \
-         kill → respawn gaps, when no kill can be drawn): observed MTBF {:.2} s (95 % range \
-         {:.2}–{:.2} s) for M = {:.2} s given.\n",
+        "\nInjected failures at {}×Daly (the longest expected run; the intervals of a round \
+         share their kill draws, so they are not pooled): {failures} in {exposure:.1} s of \
+         exposure (wall time minus the kill → respawn gaps, when no kill can be drawn): \
+         observed MTBF {:.2} s (95 % range {:.2}–{:.2} s) for M = {:.2} s given.\n",
+        i.multiple,
         exposure / f,
         exposure / lo,
         exposure / hi,
