@@ -651,8 +651,20 @@ impl AlignedRuntime {
                 // present => committed; directory gone (rank 0 collects every aborted
                 // round) => aborted; a read error or a directory without COMMIT (rank 0
                 // may still be writing it) => unknown, never "aborted".
-                let reader = RepoReader::open(self.repo_path())?;
-                learned = Some(match reader.commit_presence(round.ckpt)? {
+                // A failed read proves nothing either (the round may have committed), so it
+                // is an unknown outcome, never a retryable store error.
+                let unknown_err = |e: StoreError| RoundError::OutcomeUnknown {
+                    checkpoint: round.ckpt,
+                    detail: format!(
+                        "{} got no decision within {:?} and could not read the repository: {e}",
+                        self.comm.rank(),
+                        self.timeouts.decision
+                    ),
+                };
+                let presence = RepoReader::open(self.repo_path())
+                    .and_then(|reader| reader.commit_presence(round.ckpt))
+                    .map_err(unknown_err)?;
+                learned = Some(match presence {
                     Presence::Committed(_) => Outcome::Commit,
                     Presence::Gone => Outcome::Abort,
                     Presence::Pending => {

@@ -23,12 +23,12 @@ use crate::aligned::{
     RoundId, Timeouts, ToParticipant, VoteMsg,
 };
 use crate::unaligned::{ChannelState, Unaligned, UnalignedAction};
-use lazarus_format::{CheckpointId, Epoch, ObjectSpec, Rank};
+use lazarus_format::{CheckpointId, Epoch, LoadedObject, ObjectSpec, Rank};
 use lazarus_net::{Comm, Envelope, ErrorKind as NetKind, NetError, ReduceOp, Tag, TagSpace};
 use lazarus_state::Checkpoint;
 use lazarus_store::{
     CommitMeta, PartReceipt, PartWriter, PendingCheckpoint, RepoOptions, RepoReader, Repository,
-    StoreErrorKind,
+    StoreError, StoreErrorKind,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -358,22 +358,70 @@ impl AsyncSession {
                 Plan::From { id } => CheckpointId(id),
             };
             tried.push(id);
-            let loaded = self.load_own_part(id, state);
-            if let Err(e) = &loaded {
-                tracing::warn!("{me}: cannot restore checkpoint {id}: {e}");
-            }
-            let mut ok = [u8::from(loaded.is_ok())];
-            comm.allreduce(&mut ok, ReduceOp::Min)
+            // Load and verify first, change nothing yet: the state (and its after_restore
+            // hooks) is touched only once every rank has its part of the same checkpoint.
+            let loaded = self.load_own_part(id);
+            let verdict = match &loaded {
+                Ok(_) => LoadVerdict::Ok,
+                Err((damaged, e)) => {
+                    tracing::warn!("{me}: cannot restore checkpoint {id}: {e}");
+                    if *damaged {
+                        LoadVerdict::Damaged
+                    } else {
+                        LoadVerdict::Fatal
+                    }
+                }
+            };
+            let mut agreed = [verdict as u8];
+            comm.allreduce(&mut agreed, ReduceOp::Min)
                 .map_err(|e| netf("agreeing on the restored checkpoint", e))?;
-            if ok[0] == 1 {
-                let channels = loaded?;
-                return self.resume(id, channels);
+            match agreed[0] {
+                x if x == LoadVerdict::Ok as u8 => {}
+                x if x == LoadVerdict::Damaged as u8 => {
+                    if me == Rank(0) {
+                        tracing::warn!(
+                            "checkpoint {id} is damaged on some rank; trying an older one"
+                        );
+                    }
+                    continue;
+                }
+                // An I/O error is no evidence that the checkpoint is bad: falling back would
+                // silently lose work, so every rank fails and the supervisor retries.
+                _ => {
+                    return Err(match loaded {
+                        Err((_, e)) => e,
+                        Ok(_) => SessionError::new(
+                            K::Store,
+                            me,
+                            format!("another rank could not read checkpoint {id}; see its log"),
+                        ),
+                    })
+                }
             }
-            if me == Rank(0) {
-                tracing::warn!(
-                    "checkpoint {id} could not be restored on every rank; trying an older one"
-                );
+            let (channels, user) = match loaded {
+                Ok(parts) => parts,
+                Err((_, e)) => return Err(e),
+            };
+            let restored = lazarus_state::restore(state, user).map_err(|e| {
+                SessionError::wrap(
+                    K::State,
+                    me,
+                    &format!("restoring state from checkpoint {id}"),
+                    e,
+                )
+            });
+            let mut all_ok = [u8::from(restored.is_ok())];
+            comm.allreduce(&mut all_ok, ReduceOp::Min)
+                .map_err(|e| netf("agreeing on the restored state", e))?;
+            restored?;
+            if all_ok[0] == 0 {
+                return Err(SessionError::new(
+                    K::State,
+                    me,
+                    format!("another rank could not restore its state from checkpoint {id}"),
+                ));
             }
+            return self.resume(id, channels);
         }
     }
 
@@ -396,32 +444,36 @@ impl AsyncSession {
         Ok(ok)
     }
 
-    /// Loads this rank's part of `id` into `state`; returns its channel state.
-    fn load_own_part<S: Checkpoint + ?Sized>(
-        &self,
-        id: CheckpointId,
-        state: &mut S,
-    ) -> Result<ChannelState<SavedMessage>, SessionError> {
+    /// Loads (and verifies) this rank's part of `id`: its channel state and the user's
+    /// objects. An error says whether it is damage (`true`: a digest, decoder or version
+    /// check failed, a file is missing), which justifies falling back to an older checkpoint.
+    fn load_own_part(&self, id: CheckpointId) -> Result<LoadedPart, (bool, SessionError)> {
         let me = self.me;
-        let reader = RepoReader::open(&self.cfg.repo)
-            .map_err(|e| SessionError::wrap(K::Store, me, "opening the repository", e))?;
-        let (channels, user) = load_split(&reader, id, me)?;
-        lazarus_state::restore(state, user).map_err(|e| {
-            SessionError::wrap(
-                K::State,
-                me,
-                &format!("restoring state from checkpoint {id}"),
-                e,
-            )
-        })?;
-        Ok(match channels {
+        let store = |ctx: &str, e: StoreError| {
+            let damaged = matches!(
+                e.kind(),
+                StoreErrorKind::Corrupt
+                    | StoreErrorKind::Missing
+                    | StoreErrorKind::VersionUnsupported
+            );
+            (damaged, SessionError::wrap(K::Store, me, ctx, e))
+        };
+        let reader =
+            RepoReader::open(&self.cfg.repo).map_err(|e| store("opening the repository", e))?;
+        let objects = reader
+            .load_part(id, me)
+            .map_err(|e| store(&format!("loading part of {me} in checkpoint {id}"), e))?;
+        // An undecodable channel state is damage too (the digests matched, so it was
+        // written that way; an older checkpoint may still be good).
+        let (channels, user) = split_channels(objects, id, me).map_err(|e| (true, e))?;
+        let channels = match channels {
             Some(c) => c,
             // A checkpoint without channel state (none was in flight, or an aligned one).
             None => {
                 let app = reader
                     .commit_record(id)
                     .map(|c| c.app)
-                    .map_err(|e| SessionError::wrap(K::Store, me, "reading COMMIT", e))?;
+                    .map_err(|e| store("reading COMMIT", e))?;
                 ChannelState {
                     epoch: app
                         .get("lazarus.epoch")
@@ -430,7 +482,8 @@ impl AsyncSession {
                     channels: Vec::new(),
                 }
             }
-        })
+        };
+        Ok((channels, user))
     }
 
     /// Sets the recorder to the restored snapshot and queues its saved messages.
@@ -478,7 +531,15 @@ impl AsyncSession {
     ) -> Result<ChannelState<SavedMessage>, SessionError> {
         let reader = RepoReader::open(repo)
             .map_err(|e| SessionError::wrap(K::Store, rank, "opening the repository", e))?;
-        let (cs, _) = load_split(&reader, id, rank)?;
+        let objects = reader.load_part(id, rank).map_err(|e| {
+            SessionError::wrap(
+                K::Store,
+                rank,
+                &format!("loading part of {rank} in checkpoint {id}"),
+                e,
+            )
+        })?;
+        let (cs, _) = split_channels(objects, id, rank)?;
         Ok(cs.unwrap_or(ChannelState {
             epoch: Epoch(0),
             channels: Vec::new(),
@@ -1277,15 +1338,27 @@ type Split = (
     Vec<lazarus_format::LoadedObject>,
 );
 
-fn load_split(reader: &RepoReader, id: CheckpointId, me: Rank) -> Result<Split, SessionError> {
-    let objects = reader.load_part(id, me).map_err(|e| {
-        SessionError::wrap(
-            K::Store,
-            me,
-            &format!("loading part of {me} in checkpoint {id}"),
-            e,
-        )
-    })?;
+/// A rank's part of a checkpoint, loaded and verified: its channel state and the user's
+/// objects.
+type LoadedPart = (ChannelState<SavedMessage>, Vec<LoadedObject>);
+
+/// One rank's outcome of loading its part, all-reduced with `Min`: the worst one wins.
+#[derive(Clone, Copy)]
+#[repr(u8)]
+enum LoadVerdict {
+    /// Not evidence of damage (an I/O error): every rank fails.
+    Fatal = 0,
+    /// The part is damaged: every rank falls back to an older checkpoint.
+    Damaged = 1,
+    /// Loaded and verified.
+    Ok = 2,
+}
+
+fn split_channels(
+    objects: Vec<LoadedObject>,
+    id: CheckpointId,
+    me: Rank,
+) -> Result<Split, SessionError> {
     let mut channels = None;
     let mut user = Vec::with_capacity(objects.len());
     for o in objects {

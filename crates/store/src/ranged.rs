@@ -74,13 +74,17 @@ impl RepoReader {
                 ),
             ));
         }
-        let total: u64 = o.chunks.iter().map(|c| c.len).sum();
-        if total != o.bytes {
+        // Checked: a hand-built manifest (public fields) must not wrap the offsets below.
+        let total = o
+            .chunks
+            .iter()
+            .try_fold(0u64, |acc, c| acc.checked_add(c.len));
+        if total != Some(o.bytes) {
             return Err(StoreError::new(
                 StoreErrorKind::Corrupt,
                 None,
                 format!(
-                    "{ctx}: object {name:?} chunk lengths add up to {total}, not {}",
+                    "{ctx}: object {name:?} chunk lengths do not add up to its {} bytes",
                     o.bytes
                 ),
             ));

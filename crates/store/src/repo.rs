@@ -391,11 +391,27 @@ impl Repository {
             parts: commit_parts,
             writer: WriterInfo::this_host(),
         };
+        let encoded = record.encode();
+        // A COMMIT no reader would accept must never be written: its rename would "commit"
+        // a checkpoint that every restore then skips as damaged.
+        let body =
+            (encoded.len() as u64).saturating_sub(lazarus_format::ENVELOPE_HEADER_LEN as u64);
+        if body > lazarus_format::MAX_ENVELOPE_BODY {
+            return Err(StoreError::new(
+                StoreErrorKind::InvalidArgument,
+                Some(&dir.join(COMMIT_NAME)),
+                format!(
+                    "checkpoint {id}: the COMMIT record would be {body} bytes, over the format's \
+                     limit of {} (too many inline manifests)",
+                    lazarus_format::MAX_ENVELOPE_BODY
+                ),
+            ));
+        }
         failpoint("before_commit");
         fsutil::write_atomic(
             &dir,
             COMMIT_NAME,
-            &record.encode(),
+            &encoded,
             &self.budget,
             Some("before_commit_rename"),
             false,
