@@ -43,6 +43,7 @@ mod fpcache;
 mod fsutil;
 mod layout;
 mod lock;
+mod par;
 mod ranged;
 mod reader;
 mod repo;

@@ -6,7 +6,6 @@ use crate::error::{StoreError, StoreErrorKind};
 use crate::reader::RepoReader;
 use lazarus_format::{ChunkDigest, LoadedObject, Manifest, ManifestObject};
 use std::ops::Range;
-use std::sync::Mutex;
 
 /// One chunk to read: its digest and raw length, where the wanted bytes start inside it,
 /// and the window of the output they go to.
@@ -127,29 +126,8 @@ impl RepoReader {
     /// Reads the chunks on two threads (as `load_part` does): verification (BLAKE3) and
     /// decompression are CPU-bound, reads of a cold cache are I/O-bound.
     fn run_jobs(&self, jobs: Vec<Job<'_>>, ctx: &str) -> Result<(), StoreError> {
-        let work = Mutex::new(jobs.into_iter());
-        let first_err: Mutex<Option<StoreError>> = Mutex::new(None);
-        std::thread::scope(|s| {
-            for _ in 0..2 {
-                s.spawn(|| loop {
-                    let next = work.lock().unwrap_or_else(|e| e.into_inner()).next();
-                    let Some(job) = next else { return };
-                    if let Err(e) = self.run_job(job) {
-                        let mut fe = first_err.lock().unwrap_or_else(|e| e.into_inner());
-                        fe.get_or_insert(e);
-                        return;
-                    }
-                });
-            }
-        });
-        match first_err.into_inner().unwrap_or_else(|e| e.into_inner()) {
-            Some(e) => Err(StoreError::new(
-                e.kind(),
-                e.path(),
-                format!("{ctx}: {}", e.message()),
-            )),
-            None => Ok(()),
-        }
+        crate::par::try_for_each(jobs, 2, |job| self.run_job(job))
+            .map_err(|e| StoreError::new(e.kind(), e.path(), format!("{ctx}: {}", e.message())))
     }
 
     fn run_job(&self, job: Job<'_>) -> Result<(), StoreError> {

@@ -308,29 +308,8 @@ impl RepoReader {
         slices: Vec<(ChunkDigest, &mut [u8])>,
         ctx: &str,
     ) -> Result<(), StoreError> {
-        let work = Mutex::new(slices.into_iter());
-        let first_err: Mutex<Option<StoreError>> = Mutex::new(None);
-        std::thread::scope(|s| {
-            for _ in 0..2 {
-                s.spawn(|| loop {
-                    let next = work.lock().unwrap_or_else(|e| e.into_inner()).next();
-                    let Some((d, out)) = next else { return };
-                    if let Err(e) = self.read_chunk_into(&d, out) {
-                        let mut fe = first_err.lock().unwrap_or_else(|e| e.into_inner());
-                        fe.get_or_insert(e);
-                        return;
-                    }
-                });
-            }
-        });
-        match first_err.into_inner().unwrap_or_else(|e| e.into_inner()) {
-            Some(e) => Err(StoreError::new(
-                e.kind(),
-                e.path(),
-                format!("{ctx}: {}", e.message()),
-            )),
-            None => Ok(()),
-        }
+        crate::par::try_for_each(slices, 2, |(d, out)| self.read_chunk_into(&d, out))
+            .map_err(|e| StoreError::new(e.kind(), e.path(), format!("{ctx}: {}", e.message())))
     }
 
     /// Reads chunk `d` into `out` (whose length is the chunk's raw length per the manifest)

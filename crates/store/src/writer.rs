@@ -577,27 +577,9 @@ impl PartWriter {
         if let [only] = paths {
             return fsutil::fsync_file(only);
         }
-        let next = AtomicUsize::new(0);
-        let first_err: Mutex<Option<StoreError>> = Mutex::new(None);
-        std::thread::scope(|s| {
-            for _ in 0..FSYNC_THREADS.min(paths.len()) {
-                s.spawn(|| loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(p) = paths.get(i) else { return };
-                    if let Err(e) = fsutil::fsync_file(p) {
-                        first_err
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .get_or_insert(e);
-                        return;
-                    }
-                });
-            }
-        });
-        match first_err.into_inner().unwrap_or_else(|e| e.into_inner()) {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
+        crate::par::try_for_each(paths, FSYNC_THREADS.min(paths.len()), |p| {
+            fsutil::fsync_file(p)
+        })
     }
 
     /// Digest of `job` (from the fingerprint cache when its change hint reports it clean
