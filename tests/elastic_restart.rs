@@ -4,7 +4,9 @@
 //! changed size; per-rank state (`examples/heat.rs`) is refused naming the field; and
 //! `--shrink-on-failure` finishes on N-1 ranks after a rank is killed.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -13,52 +15,9 @@ const DEADLINE: Duration = Duration::from_secs(120);
 const SIZE: &str = "40";
 const STEPS: u64 = 36;
 
-/// `target/<profile>`, the directory of this test's binary's parent.
-fn profile_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>")
-        .to_path_buf()
-}
-
-/// Builds (once per test process; a no-op when up to date) and returns a binary.
-fn built(what: &[&str], path: PathBuf) -> PathBuf {
-    let mut c = Command::new(env!("CARGO"));
-    c.arg("build").args(what).args([
-        "--manifest-path",
-        concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"),
-    ]);
-    if profile_dir().file_name().is_some_and(|n| n == "release") {
-        c.arg("--release");
-    }
-    let status = c.status().expect("running cargo build");
-    assert!(status.success(), "cargo build {what:?} failed");
-    assert!(path.exists(), "{} missing after the build", path.display());
-    path
-}
-
-fn lazarus_bin() -> &'static Path {
-    static B: OnceLock<PathBuf> = OnceLock::new();
-    B.get_or_init(|| {
-        let p = profile_dir().join(format!("lazarus{}", std::env::consts::EXE_SUFFIX));
-        built(&["-p", "lazarus-cli", "--bin", "lazarus"], p)
-    })
-}
-
-fn heat_dvec_bin() -> &'static Path {
-    static B: OnceLock<PathBuf> = OnceLock::new();
-    B.get_or_init(|| {
-        let p = profile_dir()
-            .join("examples")
-            .join(format!("heat_dvec{}", std::env::consts::EXE_SUFFIX));
-        built(&["-p", "lazarus", "--example", "heat_dvec"], p)
-    })
-}
-
 /// Runs `lazarus run -n <n> --repo <repo> <extra> -- <prog>` with a deadline.
 fn lazarus_run(n: u32, repo: &Path, extra: &[&str], env: &[(&str, &str)], prog: &[&str]) -> Output {
-    let mut cmd = Command::new(lazarus_bin());
+    let mut cmd = Command::new(common::lazarus_bin());
     cmd.arg("run")
         .args(["-n", &n.to_string(), "--repo"])
         .arg(repo)
@@ -91,7 +50,10 @@ fn lazarus_run(n: u32, repo: &Path, extra: &[&str], env: &[(&str, &str)], prog: 
 }
 
 fn heat_dvec(steps: u64) -> Vec<String> {
-    let bin = heat_dvec_bin().to_str().expect("utf-8 path").to_string();
+    let bin = common::example_bin("heat_dvec")
+        .to_str()
+        .expect("utf-8 path")
+        .to_string();
     [
         bin,
         "--steps".into(),
@@ -185,7 +147,10 @@ fn shrink_restores_by_redistribution_with_the_same_checksum() {
 fn per_rank_state_is_refused_naming_the_field() {
     let dir = tempfile::tempdir().unwrap();
     let repo = dir.path().join("repo");
-    let lz = lazarus_bin().to_str().expect("utf-8 path").to_string();
+    let lz = common::lazarus_bin()
+        .to_str()
+        .expect("utf-8 path")
+        .to_string();
     let heat = [
         lz.as_str(),
         "__heat-rank",
@@ -214,8 +179,9 @@ fn shrink_on_failure_finishes_on_one_rank_fewer_after_a_sigkill() {
     let repo = dir.path().join("repo");
     // Long enough that the kill lands mid-run after a few commits: 400 steps took 1 s
     // (debug build, machine load 12 on 2 cores), so 3000 steps leave a margin when idle.
+    let heat_dvec = common::example_bin("heat_dvec");
     let prog = [
-        heat_dvec_bin().to_str().expect("utf-8 path"),
+        heat_dvec.to_str().expect("utf-8 path"),
         "--steps",
         "3000",
         "--size",

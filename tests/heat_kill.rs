@@ -4,44 +4,20 @@
 //!
 //! Seed: `LAZARUS_TEST_SEED` (printed on every run) or a fixed default.
 
+mod common;
+
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 const ARGS: [&str; 6] = ["--steps", "600", "--size", "128", "--every", "40"];
 const DEADLINE: Duration = Duration::from_secs(120);
 
-/// The example binary, built next to this test by `cargo test`; built on demand otherwise.
-fn heat_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>");
-    let bin = profile_dir
-        .join("examples")
-        .join(format!("heat{}", std::env::consts::EXE_SUFFIX));
-    if !bin.exists() {
-        let status = Command::new(env!("CARGO"))
-            .args([
-                "build",
-                "--example",
-                "heat",
-                "--manifest-path",
-                concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"),
-            ])
-            .status()
-            .expect("running cargo build --example heat");
-        assert!(status.success(), "cargo build --example heat failed");
-    }
-    bin
-}
-
 fn command(repo: &Path) -> Command {
-    let mut c = Command::new(heat_bin());
+    let mut c = Command::new(common::example_bin("heat"));
     c.arg("--repo")
         .arg(repo)
         .args(ARGS)
@@ -241,7 +217,7 @@ fn restart_with_other_arguments_is_refused() {
     let repo = dir.path().join("r");
     checksum_of(&finish(command(&repo)));
     let out = finish({
-        let mut c = Command::new(heat_bin());
+        let mut c = Command::new(common::example_bin("heat"));
         c.arg("--repo")
             .arg(&repo)
             .args(["--steps", "600", "--size", "64", "--every", "40"]);

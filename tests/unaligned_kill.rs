@@ -10,6 +10,8 @@
 //! Seed: `LAZARUS_TEST_SEED` (printed) or a fixed default. A larger matrix:
 //! `cargo test --test unaligned_kill -- --ignored --nocapture`.
 
+mod common;
+
 use lazarus::format::Rank;
 use lazarus::net::launch::LaunchConfig;
 use lazarus::net::NetConfig;
@@ -19,8 +21,7 @@ use lazarus::supervisor::{
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -38,38 +39,9 @@ fn deadline(secs: u64) {
     });
 }
 
-/// The example binary, built next to this test by `cargo test`; built on demand otherwise.
-fn example_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>");
-    let bin = profile_dir
-        .join("examples")
-        .join(format!("pingpong_async{}", std::env::consts::EXE_SUFFIX));
-    if !bin.exists() {
-        let status = Command::new(env!("CARGO"))
-            .args([
-                "build",
-                "--example",
-                "pingpong_async",
-                "--manifest-path",
-                concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"),
-            ])
-            .status()
-            .expect("running cargo build --example pingpong_async");
-        assert!(
-            status.success(),
-            "cargo build --example pingpong_async failed"
-        );
-    }
-    bin
-}
-
 fn config(repo: &Path, plan: KillPlan, max_restarts: u32) -> SupervisorConfig {
     let args = ARGS.iter().map(Into::into).collect();
-    let mut l = LaunchConfig::new(RANKS, example_bin(), args);
+    let mut l = LaunchConfig::new(RANKS, common::example_bin("pingpong_async"), args);
     l.net = NetConfig {
         failure_timeout: Duration::from_millis(2000),
         heartbeat_interval: Duration::from_millis(100),
