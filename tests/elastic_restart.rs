@@ -177,8 +177,7 @@ fn per_rank_state_is_refused_naming_the_field() {
 fn shrink_on_failure_finishes_on_one_rank_fewer_after_a_sigkill() {
     let dir = tempfile::tempdir().unwrap();
     let repo = dir.path().join("repo");
-    // Long enough that the kill lands mid-run after a few commits: 400 steps took 1 s
-    // (debug build, machine load 12 on 2 cores), so 3000 steps leave a margin when idle.
+    // 60 checkpoints: the kill after the 2nd commit lands mid-run.
     let heat_dvec = common::example_bin("heat_dvec");
     let prog = [
         heat_dvec.to_str().expect("utf-8 path"),
@@ -200,8 +199,10 @@ fn shrink_on_failure_finishes_on_one_rank_fewer_after_a_sigkill() {
             "--shrink-on-failure",
             "--min-ranks",
             "2",
+            // After the 2nd commit, whatever the machine's speed (a fixed delay let an idle
+            // machine finish the run before the kill).
             "--inject-kill-after",
-            "1@1s",
+            "1@2c",
         ],
         &[],
         &prog,

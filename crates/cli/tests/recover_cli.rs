@@ -143,6 +143,27 @@ fn injection_flags_are_validated() {
         err.contains("--inject-kill-after") && err.contains("\"5\""),
         "{err}"
     );
+    for (bad, why) in [
+        ("1@0c", "commit count"),
+        ("1@10ms+5ms", "only follows a commit"),
+    ] {
+        let (code, _, err) = lazarus(&[
+            "run",
+            "-n",
+            "2",
+            "--repo",
+            repo.to_str().unwrap(),
+            "--inject-kill-after",
+            bad,
+            "--",
+            "true",
+        ]);
+        assert_eq!(code, 2, "{bad}: {err}");
+        assert!(
+            err.contains("--inject-kill-after") && err.contains(why),
+            "{bad}: {err}"
+        );
+    }
     let (code, _, err) = lazarus(&["run", "-n", "2", "--inject-kill-mtbf", "1s", "--", "true"]);
     assert_eq!(code, 2);
     assert!(err.contains("need --repo"), "{err}");

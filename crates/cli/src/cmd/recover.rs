@@ -15,8 +15,10 @@ use std::time::Duration;
 #[derive(clap::Args, Debug, Default)]
 pub struct InjectArgs {
     /// SIGKILL a rank this long after (re)start: `[RANK@]DURATION` (e.g. `2@1.5s`; no rank:
-    /// a seeded random one). Repeatable: the k-th one applies to incarnation k-1.
-    #[arg(long, hide = true, value_name = "[RANK@]DURATION")]
+    /// a seeded random one), or after the K-th commit of the incarnation:
+    /// `[RANK@]Kc[+DURATION]` (e.g. `1@2c+10ms`), which does not depend on the machine's
+    /// speed. Repeatable: the k-th one applies to incarnation k-1.
+    #[arg(long, hide = true, value_name = "[RANK@]DURATION|Kc[+DURATION]")]
     inject_kill_after: Vec<String>,
     /// SIGKILL a random rank at exponentially distributed times with this mean, in every
     /// incarnation (e.g. `20s`).
@@ -58,10 +60,39 @@ impl InjectArgs {
                 Some((r, d)) => (Some(rank("inject-kill-after", r)?), d),
                 None => (None, spec.as_str()),
             };
+            let (at, delay) = match d.split_once('+') {
+                Some((at, delay)) => (at, Some(delay)),
+                None => (d, None),
+            };
+            let trigger = match at.strip_suffix('c') {
+                Some(k) => {
+                    let commits = match k.parse::<u32>() {
+                        Ok(k) if k >= 1 => k,
+                        _ => {
+                            return Err(format!(
+                                "--inject-kill-after {spec:?}: the commit count must be an \
+                                 integer >= 1"
+                            ))
+                        }
+                    };
+                    let delay = match delay {
+                        Some(x) => dur("inject-kill-after", x)?,
+                        None => std::time::Duration::ZERO,
+                    };
+                    KillTrigger::AfterCommits { commits, delay }
+                }
+                None if delay.is_some() => {
+                    return Err(format!(
+                        "--inject-kill-after {spec:?}: `+DURATION` only follows a commit \
+                         count (`Kc+DURATION`)"
+                    ))
+                }
+                None => KillTrigger::AfterStart(dur("inject-kill-after", d)?),
+            };
             plan.kills.push(PlannedKill {
                 incarnation: i as u64,
                 rank: r,
-                trigger: KillTrigger::AfterStart(dur("inject-kill-after", d)?),
+                trigger,
             });
         }
         if let Some(m) = &self.inject_kill_mtbf {
