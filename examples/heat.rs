@@ -82,8 +82,6 @@ impl Heat {
         Ok(())
     }
 
-    /// One explicit step, in a fixed order (rows, then columns), so results are bitwise
-    /// reproducible. With one rank the halos stay zero: the fixed boundary.
     /// Refreshes the halo rows from the neighbouring ranks (the outer ones stay zero: the
     /// fixed boundary). Sends first, then receives: sends are buffered, so no deadlock.
     fn exchange_halos(&mut self, comm: &Comm) -> Result<(), lazarus::net::NetError> {
@@ -105,6 +103,8 @@ impl Heat {
         Ok(())
     }
 
+    /// One explicit step, in a fixed order (rows, then columns), so results are bitwise
+    /// reproducible. With one rank the halos stay zero: the fixed boundary.
     fn step_once(&mut self) {
         let n = self.params.size as usize;
         let a = self.params.alpha;

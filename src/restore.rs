@@ -77,10 +77,7 @@ pub(crate) fn load(
     if old_world == new_world {
         return reader.load_part(id, me).map_err(|e| classify(repo, id, e));
     }
-    let manifests = (0..old_world)
-        .map(|r| reader.manifest(id, Rank(r)))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| classify(repo, id, e))?;
+    let manifests = reader.manifests(id).map_err(|e| classify(repo, id, e))?;
     let infos: Vec<Vec<ObjectInfo>> = manifests
         .iter()
         .map(|m| m.objects.iter().map(|o| o.info.clone()).collect())

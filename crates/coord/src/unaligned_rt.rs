@@ -27,8 +27,8 @@ use lazarus_format::{CheckpointId, Epoch, LoadedObject, ObjectSpec, Rank};
 use lazarus_net::{Comm, Envelope, ErrorKind as NetKind, NetError, ReduceOp, Tag, TagSpace};
 use lazarus_state::Checkpoint;
 use lazarus_store::{
-    CommitMeta, PartReceipt, PartWriter, PendingCheckpoint, RepoOptions, RepoReader, Repository,
-    StoreError, StoreErrorKind,
+    CommitMeta, PartReceipt, PartWriter, PendingCheckpoint, Presence, RepoOptions, RepoReader,
+    Repository, StoreError, StoreErrorKind,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -1126,22 +1126,17 @@ impl AsyncSession {
         let store = |ctx: &str, e| SessionError::wrap(K::Store, me, ctx, e);
         let reader =
             RepoReader::open(&self.cfg.repo).map_err(|e| store("opening the repository", e))?;
-        match reader.commit_record(id) {
-            Ok(_) => return Ok(Some(Outcome::Commit)),
-            Err(e) if e.kind() == StoreErrorKind::Missing => {}
-            Err(e) => return Err(store(&format!("reading COMMIT of checkpoint {id}"), e)),
-        }
-        let dirs = reader
-            .checkpoint_dirs()
-            .map_err(|e| store("listing checkpoint directories", e))?;
-        if dirs.iter().any(|d| d.id == id) {
-            tracing::warn!(
-                "{me}: outcome of checkpoint {id} unknown (no decision, no COMMIT yet); \
-                 leaving its part to rank 0 or GC"
-            );
-            Ok(None)
-        } else {
-            Ok(Some(Outcome::Abort))
+        match reader.commit_presence(id) {
+            Ok(Presence::Committed(_)) => Ok(Some(Outcome::Commit)),
+            Ok(Presence::Gone) => Ok(Some(Outcome::Abort)),
+            Ok(Presence::Pending) => {
+                tracing::warn!(
+                    "{me}: outcome of checkpoint {id} unknown (no decision, no COMMIT yet); \
+                     leaving its part to rank 0 or GC"
+                );
+                Ok(None)
+            }
+            Err(e) => Err(store(&format!("reading COMMIT of checkpoint {id}"), e)),
         }
     }
 

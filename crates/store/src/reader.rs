@@ -199,7 +199,21 @@ impl RepoReader {
         self.manifest_checked(&c, rank)
     }
 
-    fn manifest_checked(&self, c: &CommitRecord, rank: Rank) -> Result<Manifest, StoreError> {
+    /// Every rank's manifest of committed checkpoint `id`, in rank order, each checked
+    /// against COMMIT; COMMIT is read once (with inline manifests it holds them all).
+    pub fn manifests(&self, id: CheckpointId) -> Result<Vec<Manifest>, StoreError> {
+        let c = self.commit_record(id)?;
+        (0..c.world_size)
+            .map(|r| self.manifest_checked(&c, Rank(r)))
+            .collect()
+    }
+
+    /// Rank `rank`'s manifest of the committed checkpoint whose decoded COMMIT is `c`.
+    pub(crate) fn manifest_checked(
+        &self,
+        c: &CommitRecord,
+        rank: Rank,
+    ) -> Result<Manifest, StoreError> {
         let id = c.checkpoint;
         let p = self.layout.manifest(id, rank);
         let part = c.parts.get(rank.index()).ok_or_else(|| {
@@ -436,7 +450,12 @@ impl RepoReader {
     /// verifies those as it reads — but catches the usual damage (a crash-truncated or
     /// deleted file, a bad manifest) at the cost of one `stat` per distinct chunk.
     pub fn check_committed(&self, id: CheckpointId) -> Result<CommitRecord, StoreError> {
-        let c = self.commit_record(id)?;
+        self.check_record(self.commit_record(id)?)
+    }
+
+    /// [`RepoReader::check_committed`] of an already decoded COMMIT.
+    fn check_record(&self, c: CommitRecord) -> Result<CommitRecord, StoreError> {
+        let id = c.checkpoint;
         let mut seen = BTreeSet::new();
         for p in &c.parts {
             let m = self.manifest_checked(&c, p.rank)?;
@@ -483,7 +502,7 @@ impl RepoReader {
         let mut ok = Vec::new();
         let mut damages = Vec::new();
         for (id, r) in self.scan()?.into_iter().rev() {
-            match r.and_then(|_| self.check_committed(id)) {
+            match r.and_then(|c| self.check_record(c)) {
                 Ok(c) => ok.push(CheckpointSummary::from(c)),
                 Err(e) if e.kind() == StoreErrorKind::Io => return Err(e),
                 Err(e) => damages.push(damage(id, &e)),

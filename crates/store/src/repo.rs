@@ -505,9 +505,13 @@ impl Repository {
         let n_mark = (kept.len() + damaged.len()) as u64;
         for (i, id) in kept.iter().enumerate() {
             progress(GcStage::Mark, i as u64, n_mark);
-            let c = reader.commit_record(*id)?;
+            // Decoded once by the scan above (kept ids are all `Ok` there).
+            let c = match scanned.get(id) {
+                Some(Ok(c)) => c.clone(),
+                _ => reader.commit_record(*id)?,
+            };
             for p in &c.parts {
-                let m = reader.manifest(*id, p.rank)?;
+                let m = reader.manifest_checked(&c, p.rank)?;
                 live.extend(
                     m.objects
                         .iter()

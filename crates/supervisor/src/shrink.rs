@@ -46,10 +46,7 @@ pub(crate) fn can_restore_on(reader: &RepoReader, ranks: u32) -> Result<(), NoSh
         return Ok(());
     }
     let store = |source| NoShrink::Store { id: id.0, source };
-    let manifests = (0..newest.world_size)
-        .map(|r| reader.manifest(id, Rank(r)))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(store)?;
+    let manifests = reader.manifests(id).map_err(store)?;
     let infos: Vec<Vec<ObjectInfo>> = manifests
         .iter()
         .map(|m| m.objects.iter().map(|o| o.info.clone()).collect())
