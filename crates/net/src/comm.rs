@@ -5,6 +5,7 @@ use crate::config::NetConfig;
 use crate::error::{ErrorKind, NetError, Result};
 use crate::mailbox::{Envelope, Mailbox, Match, PeerState, Posted};
 use crate::scalar::{self, Scalar};
+use crate::sendbuf::SendBuf;
 use crate::wire::Tag;
 use lazarus_format::{Epoch, Rank};
 use serde::de::DeserializeOwned;
@@ -269,8 +270,16 @@ impl Comm {
     ///
     /// The bytes are copied once, into a recycled buffer that the retransmit window keeps
     /// until the peer acknowledges it (the caller may reuse `data` as soon as this returns).
+    /// To skip that copy, build the message in a [`SendBuf`] and use [`Comm::send_buf`].
     pub fn send_slice<T: Scalar>(&self, to: Rank, tag: u32, data: &[T]) -> Result<()> {
         self.send_bytes(to, Tag::user(tag), scalar::to_le_bytes(data))
+    }
+
+    /// Sends a [`SendBuf`] without copying it: the retransmit window keeps the storage until
+    /// the peer acknowledges it, then it is recycled for the next [`SendBuf`]. The receiver
+    /// sees the same message as from [`Comm::send_slice`] (any receive of numeric data works).
+    pub fn send_buf<T: Scalar>(&self, to: Rank, tag: u32, buf: SendBuf<T>) -> Result<()> {
+        self.send_bytes(to, Tag::user(tag), buf.into_wire_bytes())
     }
 
     /// Receives exactly `buf.len()` elements from `from`; a length mismatch is an error.

@@ -36,6 +36,7 @@ mod pool;
 mod rdv;
 mod reliable;
 mod scalar;
+mod sendbuf;
 mod tcp;
 pub mod wire;
 
@@ -51,4 +52,5 @@ pub use local::{local, local_comms, local_comms_with};
 pub use mailbox::Envelope;
 pub use rdv::RendezvousServer;
 pub use scalar::Scalar;
+pub use sendbuf::SendBuf;
 pub use wire::{Tag, TagSpace};

@@ -34,27 +34,49 @@ fn lock() -> MutexGuard<'static, Pool> {
     POOL.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// An empty vector with capacity for at least `n` bytes, recycled when possible.
-pub(crate) fn take(n: usize) -> Vec<u8> {
-    if n >= MIN_POOLED {
-        let mut p = lock();
-        // Best fit among buffers no more than twice as large, so small requests do not
-        // pin the biggest buffers.
-        let mut best: Option<(usize, usize)> = None;
-        for (i, b) in p.bufs.iter().enumerate() {
-            let c = b.capacity();
-            if c >= n && c / 2 <= n && best.is_none_or(|(_, bc)| c < bc) {
-                best = Some((i, c));
-            }
-        }
-        if let Some((i, c)) = best {
-            p.bytes -= c;
-            let mut v = p.bufs.swap_remove(i);
-            v.clear();
-            return v;
+/// Takes the parked buffer that fits `n` bytes best, if any. Best fit among buffers no more
+/// than twice as large, so small requests do not pin the biggest buffers.
+fn take_fitting(n: usize) -> Option<Vec<u8>> {
+    if n < MIN_POOLED {
+        return None;
+    }
+    let mut p = lock();
+    let mut best: Option<(usize, usize)> = None;
+    for (i, b) in p.bufs.iter().enumerate() {
+        let c = b.capacity();
+        if c >= n && c / 2 <= n && best.is_none_or(|(_, bc)| c < bc) {
+            best = Some((i, c));
         }
     }
-    Vec::with_capacity(n)
+    let (i, c) = best?;
+    p.bytes -= c;
+    Some(p.bufs.swap_remove(i))
+}
+
+/// An empty vector with capacity for at least `n` bytes, recycled when possible.
+pub(crate) fn take(n: usize) -> Vec<u8> {
+    match take_fitting(n) {
+        Some(mut v) => {
+            v.clear();
+            v
+        }
+        None => Vec::with_capacity(n),
+    }
+}
+
+/// A vector of exactly `n` initialized bytes, recycled when possible. Recycled bytes hold
+/// whatever an earlier message of this process left there (buffers come back with their
+/// length, so everything below it was written); fresh ones are zero.
+pub(crate) fn take_filled(n: usize) -> Vec<u8> {
+    match take_fitting(n) {
+        // Only the tail beyond the old length is zeroed: a buffer recycled for a message of
+        // the same size costs nothing.
+        Some(mut v) => {
+            v.resize(n, 0);
+            v
+        }
+        None => vec![0; n],
+    }
 }
 
 /// Returns a buffer for reuse (dropped if small or if the pool is full).

@@ -1,7 +1,9 @@
 //! Communicator semantics, each case run on both backends (threads and TCP on loopback).
 
 use lazarus_format::{Epoch, Rank};
-use lazarus_net::{local_comms_with, loopback_comms, Comm, ErrorKind, NetConfig, ReduceOp, Tag};
+use lazarus_net::{
+    local_comms_with, loopback_comms, Comm, ErrorKind, NetConfig, ReduceOp, SendBuf, Tag,
+};
 use rand::{Rng, SeedableRng};
 use std::time::{Duration, Instant};
 
@@ -88,6 +90,39 @@ fn bulk_slices_round_trip_and_lengths_are_checked() {
             let e = c.recv_into(Rank(0), 2, &mut short).unwrap_err();
             assert_eq!(e.kind(), ErrorKind::InvalidArgument);
             assert_eq!(c.recv_vec::<u8>(Rank(0), 3).unwrap(), Vec::<u8>::new());
+        }
+        c.barrier().unwrap();
+    });
+}
+
+#[test]
+fn owned_send_buffers_arrive_intact_although_their_storage_is_recycled() {
+    // 40 messages of 512 KiB sent before the receiver takes any: the retransmit window holds
+    // the storage of each until acknowledged, and only then may a later SendBuf reuse it. A
+    // buffer recycled too early would show another message's fill value.
+    const N: usize = 64 << 10;
+    each_backend(2, |c| {
+        if c.rank().0 == 0 {
+            for i in 0..40u64 {
+                let mut b = SendBuf::<u64>::recycled(N);
+                b.fill(i);
+                c.send_buf(Rank(1), 1, b).unwrap();
+            }
+            let mut own = SendBuf::<f32>::zeroed(3);
+            own[1] = 2.5;
+            c.send_buf(Rank(0), 2, own).unwrap();
+            assert_eq!(c.recv_vec::<f32>(Rank(0), 2).unwrap(), vec![0.0, 2.5, 0.0]);
+        } else {
+            std::thread::sleep(Duration::from_millis(100));
+            let mut buf = vec![0u64; N];
+            for i in 0..40u64 {
+                if i % 2 == 0 {
+                    c.recv_into(Rank(0), 1, &mut buf).unwrap();
+                } else {
+                    buf = c.recv_vec(Rank(0), 1).unwrap();
+                }
+                assert!(buf.iter().all(|&x| x == i), "message {i} corrupted");
+            }
         }
         c.barrier().unwrap();
     });
