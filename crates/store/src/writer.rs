@@ -418,42 +418,43 @@ impl PartWriter {
         let slots: Mutex<Vec<Option<ChunkOutcome>>> =
             Mutex::new((0..jobs.len()).map(|_| None).collect());
         let first_err: Mutex<Option<StoreError>> = Mutex::new(None);
-        let workers = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2)
-            .clamp(1, 4)
-            .min(jobs.len().max(1));
-        std::thread::scope(|s| {
-            for _ in 0..workers {
-                s.spawn(|| loop {
-                    if first_err
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .is_some()
-                    {
-                        return;
-                    }
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(job) = jobs.get(i) else { return };
-                    match self.write_one(job, cache, &claimed) {
-                        Ok(out) => {
-                            if let Some(slot) =
-                                slots.lock().unwrap_or_else(|e| e.into_inner()).get_mut(i)
-                            {
-                                *slot = Some(out);
-                            }
-                        }
-                        Err(e) => {
-                            let mut fe = first_err.lock().unwrap_or_else(|e| e.into_inner());
-                            if fe.is_none() {
-                                *fe = Some(e);
-                            }
-                            return;
-                        }
-                    }
-                });
+        let workers = cores().clamp(1, 4).min(jobs.len().max(1));
+        let work = || loop {
+            if first_err
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_some()
+            {
+                return;
             }
-        });
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let Some(job) = jobs.get(i) else { return };
+            match self.write_one(job, cache, &claimed) {
+                Ok(out) => {
+                    if let Some(slot) = slots.lock().unwrap_or_else(|e| e.into_inner()).get_mut(i) {
+                        *slot = Some(out);
+                    }
+                }
+                Err(e) => {
+                    let mut fe = first_err.lock().unwrap_or_else(|e| e.into_inner());
+                    if fe.is_none() {
+                        *fe = Some(e);
+                    }
+                    return;
+                }
+            }
+        };
+        // One worker (one core, or a single chunk) runs inline: a thread spawn per part costs
+        // more than an empty or one-chunk part (measured in `lazarus bench round`).
+        if workers <= 1 {
+            work();
+        } else {
+            std::thread::scope(|s| {
+                for _ in 0..workers {
+                    s.spawn(&work);
+                }
+            });
+        }
         let slots = slots.into_inner().unwrap_or_else(|e| e.into_inner());
         let temps: Vec<(PathBuf, PathBuf)> = slots
             .iter()
@@ -757,4 +758,11 @@ pub fn discard_part(repo: &Path, id: CheckpointId, rank: Rank) -> Result<(), Sto
     // Fails harmlessly while other ranks' leftovers (or temp files) are still there.
     let _ = std::fs::remove_dir(layout.checkpoint_dir(id));
     Ok(())
+}
+
+/// Cores this process may use, asked once: `available_parallelism` reads three cgroup files
+/// per call, which showed up as a third of the file opens of an empty checkpoint round.
+fn cores() -> usize {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
 }
