@@ -451,7 +451,7 @@ impl PartWriter {
         } else {
             std::thread::scope(|s| {
                 for _ in 0..workers {
-                    s.spawn(&work);
+                    s.spawn(work);
                 }
             });
         }
