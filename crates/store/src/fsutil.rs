@@ -167,6 +167,19 @@ pub(crate) fn fsync_dir(dir: &Path) -> Result<(), StoreError> {
         .map_err(|e| StoreError::io(dir, "fsync of directory", e))
 }
 
+/// Creates `dir` (its parent must exist) unless it is already there; true if this call
+/// created it. Not durable: the caller fsyncs the parent before relying on the entry.
+pub(crate) fn create_dir(dir: &Path) -> Result<bool, StoreError> {
+    if dir.is_dir() {
+        return Ok(false);
+    }
+    match fs::create_dir(dir) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(false),
+        Err(e) => Err(StoreError::io(dir, "creating directory", e)),
+    }
+}
+
 /// Creates a directory (and parents) and makes its entry durable in the parent.
 pub(crate) fn create_dir_durable(dir: &Path) -> Result<(), StoreError> {
     if dir.is_dir() {

@@ -166,7 +166,10 @@ struct ChunkOutcome {
     new_bytes: u64,
     /// (temp path, final path) of a newly written, not yet durable chunk.
     temp: Option<(PathBuf, PathBuf)>,
+    /// The chunk's directory, to fsync once the temp is renamed into it.
     dir: Option<PathBuf>,
+    /// This worker created `dir`: its entry in `chunks/` must be made durable too.
+    created_dir: bool,
 }
 
 impl PartWriter {
@@ -351,6 +354,9 @@ impl PartWriter {
             }
             if let Some(d) = r.dir {
                 dirs.insert(d);
+            }
+            if r.created_dir {
+                dirs.insert(self.layout.chunks_dir());
             }
             if let Some(t) = r.temp {
                 temps.push(t);
@@ -628,6 +634,7 @@ impl PartWriter {
                 new_bytes: 0,
                 temp: None,
                 dir: None,
+                created_dir: false,
             }
         };
         if let Some(digest) = cached {
@@ -649,6 +656,7 @@ impl PartWriter {
                         new_bytes: 0,
                         temp: None,
                         dir: None,
+                        created_dir: false,
                     });
                 }
             }
@@ -670,7 +678,11 @@ impl PartWriter {
         }
         let file = self.encode(job);
         let dir = self.layout.chunk_dir(&digest);
-        fsutil::create_dir_durable(&dir)?;
+        // Not `create_dir_durable`: a fresh repository creates up to 256 chunk directories
+        // in its first checkpoint, and an fsync of `chunks/` for each one inside the write
+        // loop cost more than hashing. The entry is made durable in `make_durable` instead,
+        // with the chunk directories, before the part is reported durable.
+        let created_dir = fsutil::create_dir(&dir)?;
         let name = Layout::chunk_name(&digest);
         let tmp = match &file {
             Encoded::Raw(h, d) => fsutil::write_temp(&dir, &name, &[h, d], &self.budget)?,
@@ -689,6 +701,7 @@ impl PartWriter {
             new_bytes: file.len() as u64,
             temp: Some((tmp, path)),
             dir: Some(dir),
+            created_dir,
         })
     }
 

@@ -1,0 +1,110 @@
+//! The storage, network and round benchmarks end to end on tiny sizes: they run, pair
+//! their measurements and report ratios that are numbers. Not the speed: that is what the
+//! benchmarks themselves are for (docs/PERFORMANCE.md), never a timed test.
+
+use std::process::Command;
+
+fn lazarus() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_lazarus"))
+}
+
+#[test]
+fn bench_checkpoint_pairs_raw_and_full_runs_and_restores_identical_bytes() {
+    let scratch = tempfile::tempdir().unwrap();
+    let out = lazarus()
+        .args([
+            "bench",
+            "checkpoint",
+            "--size",
+            "8MiB",
+            "--repeat",
+            "2",
+            "--json",
+        ])
+        .arg("--dir")
+        .arg(scratch.path())
+        .output()
+        .unwrap();
+    // The bench fails when the restore returns other bytes than were checkpointed.
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let reps = v["repetitions"].as_array().unwrap();
+    assert_eq!(reps.len(), 2, "one entry per paired repetition");
+    for r in reps {
+        for k in [
+            "raw_sequential_s",
+            "raw_parallel_prealloc_s",
+            "raw_chunk_files_s",
+            "raw_chunk_files_writeback_s",
+            "full_checkpoint_s",
+        ] {
+            let s = r[k].as_f64().unwrap();
+            assert!(s.is_finite() && s > 0.0, "{k} = {s}");
+        }
+    }
+    for k in ["full_vs_raw_write", "full_vs_raw_sequential"] {
+        let x = v[k].as_f64().unwrap();
+        assert!(x.is_finite() && x > 0.0, "{k} = {x}");
+    }
+    // The tracked incremental changed one chunk of eight: the hint skipped the rest and
+    // only that chunk's bytes were stored.
+    assert!(v["tracked_incremental_hinted_chunks"].as_u64().unwrap() >= 6);
+    let frac = v["tracked_incremental_bytes_fraction"].as_f64().unwrap();
+    assert!(frac > 0.0 && frac <= 0.25, "bytes fraction {frac}");
+    // Every repetition wrote into its own repository, and none is left behind.
+    assert_eq!(std::fs::read_dir(scratch.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn bench_net_reports_both_send_paths() {
+    let out = lazarus()
+        .args(["bench", "net", "--mib", "8", "--round-trips", "200"])
+        .args(["--repeat", "1", "--ranks", "2", "--reps", "1"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("throughput 1 MiB msgs"))
+        .unwrap_or_else(|| panic!("no throughput line in:\n{text}"));
+    assert!(
+        line.contains("with send_buf") && line.contains("with send_slice"),
+        "{line}"
+    );
+}
+
+#[test]
+fn bench_round_reports_every_world_size() {
+    let scratch = tempfile::tempdir().unwrap();
+    let out = lazarus()
+        .args([
+            "bench", "round", "--mib", "0", "--ranks", "2,4", "--rounds", "5",
+        ])
+        .arg("--dir")
+        .arg(scratch.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    for n in ["2", "4"] {
+        let row = text
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(n))
+            .unwrap_or_else(|| panic!("no row for {n} ranks in:\n{text}"));
+        let ms: f64 = row.split_whitespace().nth(1).unwrap().parse().unwrap();
+        assert!(ms.is_finite() && ms > 0.0, "{row}");
+    }
+}
