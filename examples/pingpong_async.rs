@@ -21,10 +21,15 @@
 //! `stats ...` line (rounds, round latency, channel state) before the checksum, and its
 //! measured durable-write floor on stderr.
 //!
+//! Rank 0 starts each round with `start_checkpoint` and keeps forwarding tokens while the
+//! round runs (its decision is picked up with `take_report`); `--round-mode blocking`
+//! uses `checkpoint` instead, which holds rank 0 until the round is decided, for
+//! comparison.
+//!
 //! Outside a launcher it is a world of one (every token goes to itself). The repository is
 //! `--repo DIR` or `LAZARUS_REPO` (set by `lazarus run --repo`).
 
-use lazarus::coord::{AsyncConfig, AsyncSession, AsyncStart, AsyncStats, Outcome};
+use lazarus::coord::{AsyncConfig, AsyncReport, AsyncSession, AsyncStart, AsyncStats, Outcome};
 use lazarus::format::Rank;
 use lazarus::Checkpoint;
 use serde::{Deserialize, Serialize};
@@ -144,6 +149,7 @@ struct Args {
     hops: u32,
     every: u64,
     report: u64,
+    blocking: bool,
 }
 
 fn parse_args(raw: &[String]) -> Result<Args, String> {
@@ -153,6 +159,7 @@ fn parse_args(raw: &[String]) -> Result<Args, String> {
         hops: 200,
         every: 100,
         report: 0,
+        blocking: false,
     };
     let mut it = raw.iter();
     while let Some(flag) = it.next() {
@@ -168,10 +175,21 @@ fn parse_args(raw: &[String]) -> Result<Args, String> {
             "--hops" => a.hops = u32::try_from(num()?).map_err(|_| "--hops is too large")?,
             "--every" => a.every = num()?,
             "--report" => a.report = num()?,
+            "--round-mode" => {
+                a.blocking = match value.as_str() {
+                    "background" => false,
+                    "blocking" => true,
+                    other => {
+                        return Err(format!(
+                            "--round-mode {other:?}: expected background or blocking"
+                        ))
+                    }
+                }
+            }
             other => {
                 return Err(format!(
                     "unknown argument {other:?} (expected --repo, --tokens, --hops, --every, \
-                     --report)"
+                     --report, --round-mode)"
                 ))
             }
         }
@@ -187,7 +205,22 @@ fn parse_args(raw: &[String]) -> Result<Args, String> {
 struct Rounds {
     started: u64,
     committed: u64,
+    /// from the call that started a round to the moment rank 0 learned its decision
     latencies: Vec<Duration>,
+}
+
+impl Rounds {
+    fn decided(&mut self, r: &AsyncReport, since: Instant) {
+        self.latencies.push(since.elapsed());
+        if r.outcome == Outcome::Commit {
+            self.committed += 1;
+        } else {
+            eprintln!(
+                "pingpong_async: checkpoint {} aborted: {:?}",
+                r.round.ckpt, r.reason
+            );
+        }
+    }
 }
 
 fn run(args: &Args) -> Result<Option<u64>, Box<dyn Error>> {
@@ -225,22 +258,24 @@ fn run(args: &Args) -> Result<Option<u64>, Box<dyn Error>> {
     let mut rounds = Rounds::default();
     let mut last = c.received;
     let mut idle_since = Instant::now();
+    let mut round_started = Instant::now();
     while c.received < want {
         if args.every > 0 && c.received >= last + args.every {
             last = c.received;
             let t = Instant::now();
-            if let Some(r) = s.checkpoint(&c)? {
-                rounds.started += 1;
-                rounds.latencies.push(t.elapsed());
-                if r.outcome == Outcome::Commit {
-                    rounds.committed += 1;
-                } else {
-                    eprintln!(
-                        "pingpong_async: checkpoint {} aborted: {:?}",
-                        r.round.ckpt, r.reason
-                    );
+            if args.blocking {
+                if let Some(r) = s.checkpoint(&c)? {
+                    rounds.started += 1;
+                    rounds.decided(&r, t);
                 }
+            } else if s.start_checkpoint(&c)? {
+                rounds.started += 1;
+                round_started = t;
             }
+        }
+        // A background round's decision arrives inside later session calls.
+        if let Some(r) = s.take_report() {
+            rounds.decided(&r, round_started);
         }
         let m = match s.recv(&c, Duration::from_millis(100)) {
             Ok(m) => m,

@@ -593,6 +593,15 @@ impl AsyncSession {
         state: &S,
         timeout: Duration,
     ) -> Result<AsyncMessage, SessionError> {
+        let r = self.recv_inner(state, timeout);
+        self.abort_round_on_error(r)
+    }
+
+    fn recv_inner<S: Checkpoint + ?Sized>(
+        &mut self,
+        state: &S,
+        timeout: Duration,
+    ) -> Result<AsyncMessage, SessionError> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some((from, m)) = self.inbox.pop_front() {
@@ -617,6 +626,26 @@ impl AsyncSession {
 
     /// Runs the checkpoint protocol on whatever has arrived, without blocking.
     pub fn poll<S: Checkpoint + ?Sized>(&mut self, state: &S) -> Result<(), SessionError> {
+        let r = self.poll_inner(state);
+        self.abort_round_on_error(r)
+    }
+
+    /// Rank 0 leaving a session call on a non-retryable error while a round it started
+    /// with `start_checkpoint` runs: decide that round Abort and tell every rank, as
+    /// `checkpoint` does, so no rank waits for a decision that will not come.
+    fn abort_round_on_error<T>(&mut self, r: Result<T, SessionError>) -> Result<T, SessionError> {
+        if let Err(e) = &r {
+            if !e.is_retryable() {
+                let active = self.leader.as_ref().and_then(|l| l.coord.active_round());
+                if let Some(round) = active {
+                    self.abort_round(round);
+                }
+            }
+        }
+        r
+    }
+
+    fn poll_inner<S: Checkpoint + ?Sized>(&mut self, state: &S) -> Result<(), SessionError> {
         self.tick(state)?;
         loop {
             match self.comm.try_recv_envelope(None, None) {
@@ -633,26 +662,87 @@ impl AsyncSession {
     /// held for later `recv`s). On other ranks: the same as [`AsyncSession::poll`], and
     /// returns `None` — any rank may call it at its own checkpoint opportunities, but only
     /// rank 0 decides when a round starts, so ranks need not be in lockstep.
+    ///
+    /// Rank 0 is blocked for the whole round here; [`AsyncSession::start_checkpoint`] is
+    /// the non-blocking form.
     pub fn checkpoint<S: Checkpoint + ?Sized>(
         &mut self,
         state: &S,
     ) -> Result<Option<AsyncReport>, SessionError> {
+        if self.leader.is_none() {
+            self.poll(state)?;
+            return Ok(None);
+        }
+        if self.round_in_progress() {
+            return Err(SessionError::new(
+                K::Misuse,
+                self.me,
+                "a round is already running (started by start_checkpoint, or an earlier one \
+                 ended with its COMMIT in an unknown state: drop the session)",
+            ));
+        }
+        let round = self.begin_round()?;
+        let driven = self.drive_round(state, round);
+        if driven.is_err() {
+            self.abort_round(round);
+        }
+        driven.map(Some)
+    }
+
+    /// On rank 0: starts an unaligned round and returns at once (`Ok(true)`). The round then
+    /// runs inside this rank's later [`recv`](AsyncSession::recv),
+    /// [`poll`](AsyncSession::poll) and `start_checkpoint` calls — its deadline too, so a
+    /// rank 0 that stops calling them for long holds the round open — and its decision is
+    /// collected with [`AsyncSession::take_report`]. While a round runs, or on other
+    /// ranks, this is a [`poll`](AsyncSession::poll) and returns `Ok(false)`.
+    ///
+    /// Unlike [`AsyncSession::checkpoint`], rank 0 keeps computing and exchanging messages
+    /// while the other ranks snapshot, write their parts and vote; it still writes its own
+    /// part (when its snapshot is complete) and COMMIT synchronously, inside those calls.
+    pub fn start_checkpoint<S: Checkpoint + ?Sized>(
+        &mut self,
+        state: &S,
+    ) -> Result<bool, SessionError> {
+        if self.leader.is_none() || self.round_in_progress() {
+            self.poll(state)?;
+            return Ok(false);
+        }
+        self.begin_round()?;
+        // Rank 0's own marker and snapshot are handled like any arrival, at once (an error
+        // there aborts the round, as in every session call).
+        self.poll(state)?;
+        Ok(true)
+    }
+
+    /// On rank 0: the decision of the round [`AsyncSession::start_checkpoint`] started,
+    /// once it is decided (each decision is returned once); `None` while it runs, before
+    /// any round and on other ranks.
+    pub fn take_report(&mut self) -> Option<AsyncReport> {
+        self.leader.as_mut().and_then(|l| l.decided.take())
+    }
+
+    /// True on rank 0 while a round it started is undecided (or its COMMIT write ended in
+    /// an unknown state, which leaves the session unable to start another one).
+    pub fn round_in_progress(&self) -> bool {
+        self.leader
+            .as_ref()
+            .is_some_and(|l| l.coord.active_round().is_some())
+    }
+
+    /// Rank 0: opens the next checkpoint in the repository and tells every rank (markers
+    /// and the round's Prepare). On failure nothing is left running.
+    fn begin_round(&mut self) -> Result<RoundId, SessionError> {
         let me = self.me;
         let world = self.world;
         let current = self.rec.epoch();
         let now = self.now();
         let Some(l) = self.leader.as_mut() else {
-            self.poll(state)?;
-            return Ok(None);
-        };
-        if l.coord.active_round().is_some() {
             return Err(SessionError::new(
                 K::Misuse,
                 me,
-                "a round is already running (or an earlier one ended with its COMMIT in an \
-                 unknown state: drop the session)",
+                "only rank 0 starts rounds",
             ));
-        }
+        };
         let pending = l
             .repo
             .begin(world)
@@ -688,13 +778,11 @@ impl AsyncSession {
                 return Err(SessionError::protocol(me, "starting a round", e));
             }
         };
-        let driven = self
-            .exec_coord(actions)
-            .and_then(|()| self.drive_round(state, round));
-        if driven.is_err() {
+        if let Err(e) = self.exec_coord(actions) {
             self.abort_round(round);
+            return Err(e);
         }
-        driven.map(Some)
+        Ok(round)
     }
 
     /// Rank 0: runs the protocol until `round` is decided.

@@ -31,6 +31,9 @@ struct Params {
     seed: u64,
     /// rank 0 checkpoints every this many processed messages
     ckpt_every: u64,
+    /// rank 0 starts rounds with `start_checkpoint` and keeps working while they run
+    /// (instead of blocking in `checkpoint`)
+    nonblocking: bool,
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize)]
@@ -138,6 +141,19 @@ struct Shared {
     commits: AtomicU32,
 }
 
+impl Shared {
+    /// Counts a commit seen by rank 0; true (and `crash` raised) if it is the one after
+    /// which the job crashes.
+    fn committed(&self) -> bool {
+        let n = self.commits.fetch_add(1, Ordering::SeqCst) + 1;
+        if n == self.crash_after {
+            self.crash.store(true, Ordering::SeqCst);
+            return true;
+        }
+        false
+    }
+}
+
 fn run_rank(comm: Comm, p: Params, repo: &Path, sh: &Shared) -> Result<End, SessionError> {
     let me = comm.rank();
     let mut app = App::default();
@@ -161,13 +177,25 @@ fn run_rank(comm: Comm, p: Params, repo: &Path, sh: &Shared) -> Result<End, Sess
         }
         if app.processed >= last_ckpt + p.ckpt_every {
             last_ckpt = app.processed;
-            if let Some(r) = s.checkpoint(&app)? {
+            let report = if p.nonblocking {
+                s.start_checkpoint(&app)?;
+                None
+            } else {
+                s.checkpoint(&app)?
+            };
+            if let Some(r) = report {
                 assert_eq!(r.outcome, Outcome::Commit, "{r:?}");
-                let n = sh.commits.fetch_add(1, Ordering::SeqCst) + 1;
-                if n == sh.crash_after {
-                    sh.crash.store(true, Ordering::SeqCst);
+                if sh.committed() {
                     return Ok(End::Crashed);
                 }
+            }
+        }
+        // Decisions of non-blocking rounds arrive inside later session calls.
+        if let Some(r) = s.take_report() {
+            assert!(p.nonblocking, "a blocking round left a report behind");
+            assert_eq!(r.outcome, Outcome::Commit, "{r:?}");
+            if sh.committed() {
+                return Ok(End::Crashed);
             }
         }
         let m = match s.recv(&app, Duration::from_millis(100)) {
@@ -194,7 +222,12 @@ fn run_rank(comm: Comm, p: Params, repo: &Path, sh: &Shared) -> Result<End, Sess
                 hop: t.hop + 1,
                 acc,
             };
-            s.send(dest(&p, t.id, next.hop), TAG_TOKEN, &next)?;
+            match s.send(dest(&p, t.id, next.hop), TAG_TOKEN, &next) {
+                Ok(()) => {}
+                // The "crash": a peer that saw the flag first has dropped its communicator.
+                Err(_) if sh.crash.load(Ordering::SeqCst) => return Ok(End::Crashed),
+                Err(e) => return Err(e),
+            }
         }
     }
     let stats = s.stats();
@@ -263,6 +296,8 @@ fn crash_and_restore(seed: u64) {
         hops: 20 + next(20) as u32,
         seed,
         ckpt_every: 20 + next(30),
+        // Both ways of starting rounds are covered by the seeds (even: non-blocking).
+        nonblocking: seed % 2 == 0,
     };
     let crash_after = 1 + next(3) as u32;
     println!("seed {seed}: {p:?}, crash after {crash_after} commits");
@@ -328,6 +363,7 @@ fn failure_free_run_with_checkpoints_matches_reference() {
         hops: 30,
         seed: 99,
         ckpt_every: 50,
+        nonblocking: true,
     };
     let dir = tempfile::tempdir().unwrap();
     let repo = dir.path().join("repo");
@@ -349,6 +385,7 @@ fn restore_refuses_another_world_size() {
         hops: 20,
         seed: 5,
         ckpt_every: 10,
+        nonblocking: false,
     };
     let dir = tempfile::tempdir().unwrap();
     let repo = dir.path().join("repo");
@@ -433,6 +470,7 @@ fn damaged_part_on_one_rank_makes_all_ranks_restore_the_same_older_checkpoint() 
         hops: 30,
         seed: 11,
         ckpt_every: 15,
+        nonblocking: false,
     };
     let dir = tempfile::tempdir().unwrap();
     let repo = dir.path().join("repo");
@@ -513,6 +551,17 @@ struct Fragile {
 /// directory, so the next round can start and commit at once.
 #[test]
 fn rank0_error_inside_a_round_aborts_it_and_the_next_round_commits() {
+    rank0_error_inside_a_round(false);
+}
+
+/// The same with rounds started by `start_checkpoint`: the failure surfaces from the
+/// session call that captures rank 0's state, and that call aborts the round.
+#[test]
+fn rank0_error_inside_a_nonblocking_round_aborts_it_and_the_next_round_commits() {
+    rank0_error_inside_a_round(true);
+}
+
+fn rank0_error_inside_a_round(nonblocking: bool) {
     let dir = tempfile::tempdir().unwrap();
     let repo = dir.path().join("repo");
     let mut cs = comms(2, 0);
@@ -543,13 +592,37 @@ fn rank0_error_inside_a_round_aborts_it_and_the_next_round_commits() {
         n: 1,
         refuse: Refuse(true),
     };
-    let err = s0.checkpoint(&bad).unwrap_err();
+    let err = if nonblocking {
+        s0.start_checkpoint(&bad).unwrap_err()
+    } else {
+        s0.checkpoint(&bad).unwrap_err()
+    };
     assert_eq!(err.kind(), SessionErrorKind::State, "{err}");
+    assert!(!s0.round_in_progress(), "the failed round must be decided");
     let good = Fragile {
         n: 2,
         refuse: Refuse(false),
     };
-    let report = s0.checkpoint(&good).unwrap().unwrap();
+    let report = if nonblocking {
+        assert!(s0.start_checkpoint(&good).unwrap(), "a round must start");
+        assert!(
+            !s0.start_checkpoint(&good).unwrap(),
+            "only one round at a time"
+        );
+        loop {
+            if let Some(r) = s0.take_report() {
+                break r;
+            }
+            assert!(t.elapsed() < Duration::from_secs(5), "round never decided");
+            match s0.recv(&good, Duration::from_millis(20)) {
+                Err(e) if e.is_retryable() => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    } else {
+        s0.checkpoint(&good).unwrap().unwrap()
+    };
+    assert!(s0.take_report().is_none(), "a decision is reported once");
     assert_eq!(report.outcome, Outcome::Commit, "{report:?}");
     // Well inside the decision timeout (20 s): nobody waited for a missing decision.
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
