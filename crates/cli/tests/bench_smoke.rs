@@ -4,15 +4,29 @@
 
 use std::process::Command;
 
-fn lazarus() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_lazarus"))
+/// Runs `lazarus` with `args` (and `--dir dir`), asserts success (showing stderr
+/// otherwise), returns stdout.
+fn run_ok(args: &[&str], dir: Option<&std::path::Path>) -> String {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_lazarus"));
+    cmd.args(args);
+    if let Some(d) = dir {
+        cmd.arg("--dir").arg(d);
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
 }
 
 #[test]
 fn bench_checkpoint_pairs_raw_and_full_runs_and_restores_identical_bytes() {
     let scratch = tempfile::tempdir().unwrap();
-    let out = lazarus()
-        .args([
+    // The bench fails when the restore returns other bytes than were checkpointed.
+    let out = run_ok(
+        &[
             "bench",
             "checkpoint",
             "--size",
@@ -20,18 +34,10 @@ fn bench_checkpoint_pairs_raw_and_full_runs_and_restores_identical_bytes() {
             "--repeat",
             "2",
             "--json",
-        ])
-        .arg("--dir")
-        .arg(scratch.path())
-        .output()
-        .unwrap();
-    // The bench fails when the restore returns other bytes than were checkpointed.
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
+        Some(scratch.path()),
     );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     let reps = v["repetitions"].as_array().unwrap();
     assert_eq!(reps.len(), 2, "one entry per paired repetition");
     for r in reps {
@@ -61,17 +67,23 @@ fn bench_checkpoint_pairs_raw_and_full_runs_and_restores_identical_bytes() {
 
 #[test]
 fn bench_net_reports_both_send_paths() {
-    let out = lazarus()
-        .args(["bench", "net", "--mib", "8", "--round-trips", "200"])
-        .args(["--repeat", "1", "--ranks", "2", "--reps", "1"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let text = run_ok(
+        &[
+            "bench",
+            "net",
+            "--mib",
+            "8",
+            "--round-trips",
+            "200",
+            "--repeat",
+            "1",
+            "--ranks",
+            "2",
+            "--reps",
+            "1",
+        ],
+        None,
     );
-    let text = String::from_utf8_lossy(&out.stdout);
     let line = text
         .lines()
         .find(|l| l.starts_with("throughput 1 MiB msgs"))
@@ -85,20 +97,12 @@ fn bench_net_reports_both_send_paths() {
 #[test]
 fn bench_round_reports_every_world_size() {
     let scratch = tempfile::tempdir().unwrap();
-    let out = lazarus()
-        .args([
+    let text = run_ok(
+        &[
             "bench", "round", "--mib", "0", "--ranks", "2,4", "--rounds", "5",
-        ])
-        .arg("--dir")
-        .arg(scratch.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
+        Some(scratch.path()),
     );
-    let text = String::from_utf8_lossy(&out.stdout);
     for n in ["2", "4"] {
         let row = text
             .lines()
