@@ -153,8 +153,31 @@ pub(crate) fn write_temp(
     }
 }
 
+/// Test hook: while on, every path fsynced by path (files and directories) is recorded.
+/// Process-wide, so a test using it must be alone in its test binary.
+static FSYNC_LOG: std::sync::Mutex<Option<Vec<PathBuf>>> = std::sync::Mutex::new(None);
+
+fn log_fsync(path: &Path) {
+    if let Some(log) = FSYNC_LOG.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+        log.push(path.to_path_buf());
+    }
+}
+
+/// Starts (`true`) or stops recording fsynced paths and returns what was recorded so far
+/// (test hook; see `tests/durability.rs`).
+#[doc(hidden)]
+pub fn record_fsyncs(on: bool) -> Vec<PathBuf> {
+    let mut log = FSYNC_LOG.lock().unwrap_or_else(|e| e.into_inner());
+    let got = log.take().unwrap_or_default();
+    if on {
+        *log = Some(Vec::new());
+    }
+    got
+}
+
 /// fsyncs a regular file by path.
 pub(crate) fn fsync_file(path: &Path) -> Result<(), StoreError> {
+    log_fsync(path);
     File::open(path)
         .and_then(|f| f.sync_all())
         .map_err(|e| StoreError::io(path, "fsync", e))
@@ -162,22 +185,10 @@ pub(crate) fn fsync_file(path: &Path) -> Result<(), StoreError> {
 
 /// fsyncs a directory so that renames and creations in it are durable.
 pub(crate) fn fsync_dir(dir: &Path) -> Result<(), StoreError> {
+    log_fsync(dir);
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| StoreError::io(dir, "fsync of directory", e))
-}
-
-/// Creates `dir` (its parent must exist) unless it is already there; true if this call
-/// created it. Not durable: the caller fsyncs the parent before relying on the entry.
-pub(crate) fn create_dir(dir: &Path) -> Result<bool, StoreError> {
-    if dir.is_dir() {
-        return Ok(false);
-    }
-    match fs::create_dir(dir) {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(false),
-        Err(e) => Err(StoreError::io(dir, "creating directory", e)),
-    }
 }
 
 /// Creates a directory (and parents) and makes its entry durable in the parent.

@@ -27,6 +27,10 @@ impl Layout {
     pub(crate) fn chunks_dir(&self) -> PathBuf {
         self.root.join("chunks")
     }
+    /// Every fan-out directory `chunks/00` .. `chunks/ff` (the first two hex digits).
+    pub(crate) fn chunk_dirs(&self) -> impl Iterator<Item = PathBuf> + '_ {
+        (0..=255u8).map(|b| self.chunks_dir().join(format!("{b:02x}")))
+    }
     pub(crate) fn chunk_dir(&self, d: &ChunkDigest) -> PathBuf {
         let hex = d.to_hex();
         self.chunks_dir().join(hex.get(..2).unwrap_or("00"))

@@ -50,6 +50,8 @@ mod repo;
 mod writer;
 
 pub use error::{StoreError, StoreErrorKind};
+#[doc(hidden)]
+pub use fsutil::record_fsyncs;
 pub use fsutil::FAILPOINT_ENV;
 pub use reader::{
     CheckpointDir, CheckpointSummary, CommitStatus, Damage, Presence, Problem, RepoReader,

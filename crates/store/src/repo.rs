@@ -177,6 +177,7 @@ impl Repository {
             )?;
         }
         fsutil::create_dir_durable(&layout.chunks_dir())?;
+        create_chunk_dirs(&layout)?;
         fsutil::create_dir_durable(&layout.checkpoints_dir())?;
         Ok(Repository {
             layout,
@@ -614,6 +615,30 @@ impl Repository {
         report.damaged_left = damaged;
         Ok(report)
     }
+}
+
+/// Creates every missing `chunks/<hh>/` fan-out directory and makes the new entries durable
+/// with one fsync of `chunks/`. Why here and not when the first chunk needs one: a writer
+/// that created a directory and failed before fsyncing `chunks/` would leave an entry that
+/// later, successful writers find and trust; and one fsync per new directory inside the
+/// write loop cost a fresh repository's first checkpoint more than its hashing. GC never
+/// removes these directories.
+fn create_chunk_dirs(layout: &Layout) -> Result<(), StoreError> {
+    let mut created = false;
+    for dir in layout.chunk_dirs() {
+        if dir.is_dir() {
+            continue;
+        }
+        match std::fs::create_dir(&dir) {
+            Ok(()) => created = true,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(StoreError::io(&dir, "creating chunk directory", e)),
+        }
+    }
+    if created {
+        fsutil::fsync_dir(&layout.chunks_dir())?;
+    }
+    Ok(())
 }
 
 /// Best effort for GC of a damaged COMMIT: the inline manifest bytes of every part whose

@@ -166,10 +166,9 @@ struct ChunkOutcome {
     new_bytes: u64,
     /// (temp path, final path) of a newly written, not yet durable chunk.
     temp: Option<(PathBuf, PathBuf)>,
-    /// The chunk's directory, to fsync once the temp is renamed into it.
+    /// The chunk's directory, to fsync before the part counts as durable: the one a new
+    /// chunk was renamed into, or the one a chunk found by dedup lies in.
     dir: Option<PathBuf>,
-    /// This worker created `dir`: its entry in `chunks/` must be made durable too.
-    created_dir: bool,
 }
 
 impl PartWriter {
@@ -354,9 +353,6 @@ impl PartWriter {
             }
             if let Some(d) = r.dir {
                 dirs.insert(d);
-            }
-            if r.created_dir {
-                dirs.insert(self.layout.chunks_dir());
             }
             if let Some(t) = r.temp {
                 temps.push(t);
@@ -634,7 +630,6 @@ impl PartWriter {
                 new_bytes: 0,
                 temp: None,
                 dir: None,
-                created_dir: false,
             }
         };
         if let Some(digest) = cached {
@@ -656,7 +651,6 @@ impl PartWriter {
                         new_bytes: 0,
                         temp: None,
                         dir: None,
-                        created_dir: false,
                     });
                 }
             }
@@ -671,18 +665,24 @@ impl PartWriter {
             // Another worker of this write owns the chunk (it may still be a temp file).
             return Ok(present(digest, true));
         }
-        // Only complete, renamed files exist under a chunk's final name, so presence
-        // means the chunk is durable and intact (verify re-hashes it anyway).
+        // Only complete, renamed files exist under a chunk's final name, so presence means
+        // the chunk is intact (verify re-hashes it anyway) — but not that its rename is
+        // durable: the writer that renamed it may have died before fsyncing the directory.
+        // This part will depend on it, so its directory joins this part's fsyncs. (Digests
+        // from the fingerprint cache need not: they come from an earlier durable part of
+        // this process, which fsynced their directories under this same rule.)
         if path.exists() {
-            return Ok(present(digest, false));
+            return Ok(ChunkOutcome {
+                dir: Some(self.layout.chunk_dir(&digest)),
+                ..present(digest, false)
+            });
         }
         let file = self.encode(job);
         let dir = self.layout.chunk_dir(&digest);
-        // Not `create_dir_durable`: a fresh repository creates up to 256 chunk directories
-        // in its first checkpoint, and an fsync of `chunks/` for each one inside the write
-        // loop cost more than hashing. The entry is made durable in `make_durable` instead,
-        // with the chunk directories, before the part is reported durable.
-        let created_dir = fsutil::create_dir(&dir)?;
+        // `Repository::open` creates every `chunks/<hh>/` durably, so this only acts when
+        // one was removed by hand since (an fsync of `chunks/` per new directory inside
+        // the write loop cost more than hashing in a fresh repository).
+        fsutil::create_dir_durable(&dir)?;
         let name = Layout::chunk_name(&digest);
         let tmp = match &file {
             Encoded::Raw(h, d) => fsutil::write_temp(&dir, &name, &[h, d], &self.budget)?,
@@ -701,7 +701,6 @@ impl PartWriter {
             new_bytes: file.len() as u64,
             temp: Some((tmp, path)),
             dir: Some(dir),
-            created_dir,
         })
     }
 
