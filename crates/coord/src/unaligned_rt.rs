@@ -171,7 +171,9 @@ struct Leader {
     repo: Repository,
     coord: Coordinator<PartReceipt>,
     pending: Option<PendingCheckpoint>,
-    decided: Option<AsyncReport>,
+    /// Decisions not yet handed out, oldest first (`take_report`, or `drive_round` for
+    /// its own round).
+    decided: VecDeque<AsyncReport>,
 }
 
 /// The local state captured at `TakeLocalSnapshot`, waiting for the recorder to complete.
@@ -259,7 +261,7 @@ impl AsyncSession {
                 repo,
                 coord,
                 pending: None,
-                decided: None,
+                decided: VecDeque::new(),
             })
         } else {
             None
@@ -638,7 +640,9 @@ impl AsyncSession {
             if !e.is_retryable() {
                 let active = self.leader.as_ref().and_then(|l| l.coord.active_round());
                 if let Some(round) = active {
-                    self.abort_round(round);
+                    // The Abort stays queued for `take_report`, like any decision of a
+                    // round started in the background.
+                    self.abort_round(round, true);
                 }
             }
         }
@@ -677,14 +681,13 @@ impl AsyncSession {
             return Err(SessionError::new(
                 K::Misuse,
                 self.me,
-                "a round is already running (started by start_checkpoint, or an earlier one \
-                 ended with its COMMIT in an unknown state: drop the session)",
+                "a round started by start_checkpoint is still running",
             ));
         }
         let round = self.begin_round()?;
         let driven = self.drive_round(state, round);
         if driven.is_err() {
-            self.abort_round(round);
+            self.abort_round(round, false);
         }
         driven.map(Some)
     }
@@ -718,11 +721,10 @@ impl AsyncSession {
     /// once it is decided (each decision is returned once); `None` while it runs, before
     /// any round and on other ranks.
     pub fn take_report(&mut self) -> Option<AsyncReport> {
-        self.leader.as_mut().and_then(|l| l.decided.take())
+        self.leader.as_mut().and_then(|l| l.decided.pop_front())
     }
 
-    /// True on rank 0 while a round it started is undecided (or its COMMIT write ended in
-    /// an unknown state, which leaves the session unable to start another one).
+    /// True on rank 0 while a round it started is undecided.
     pub fn round_in_progress(&self) -> bool {
         self.leader
             .as_ref()
@@ -768,7 +770,6 @@ impl AsyncSession {
             ckpt: id,
         };
         l.pending = Some(pending);
-        l.decided = None;
         let actions = match l.coord.start_round(round, now) {
             Ok(a) => a,
             Err(e) => {
@@ -779,7 +780,7 @@ impl AsyncSession {
             }
         };
         if let Err(e) = self.exec_coord(actions) {
-            self.abort_round(round);
+            self.abort_round(round, false);
             return Err(e);
         }
         Ok(round)
@@ -796,8 +797,12 @@ impl AsyncSession {
         // This outer bound only guards against a bug.
         let bound = Instant::now() + self.cfg.timeouts.decision;
         loop {
-            if let Some(r) = self.leader.as_mut().and_then(|l| l.decided.take()) {
-                return Ok(r);
+            if let Some(l) = self.leader.as_mut() {
+                if let Some(i) = l.decided.iter().position(|r| r.round == round) {
+                    if let Some(r) = l.decided.remove(i) {
+                        return Ok(r);
+                    }
+                }
             }
             if Instant::now() >= bound {
                 return Err(SessionError::new(
@@ -817,8 +822,10 @@ impl AsyncSession {
     /// Rank 0 leaving `round` on an error: if it is still collecting votes, decide Abort
     /// and tell every rank (so none waits for a decision) and collect its directory. A
     /// round whose COMMIT write has an unknown result is left undecided on purpose: the
-    /// participants resolve it from the repository.
-    fn abort_round(&mut self, round: RoundId) {
+    /// participants resolve it from the repository. `keep_report`: leave the Abort queued
+    /// for `take_report` (a background round) instead of dropping it (the caller returns
+    /// the error instead).
+    fn abort_round(&mut self, round: RoundId, keep_report: bool) {
         let me = self.me;
         let Some(l) = self.leader.as_mut() else {
             return;
@@ -832,8 +839,8 @@ impl AsyncSession {
         if let Err(e) = self.exec_coord(actions) {
             tracing::warn!("{me}: announcing the abort of {}: {e}", round.ckpt);
         }
-        if let Some(l) = self.leader.as_mut() {
-            l.decided = None;
+        if let (false, Some(l)) = (keep_report, self.leader.as_mut()) {
+            l.decided.retain(|r| r.round != round);
         }
     }
 
@@ -841,12 +848,32 @@ impl AsyncSession {
     /// until every rank said so (so no rank leaves while a round may still need it), and
     /// gives the communicator back. Fails if a peer leaves without saying so, after
     /// `timeout`, or if messages are left that the program never received.
+    ///
+    /// On rank 0, a round started by [`AsyncSession::start_checkpoint`] and still running
+    /// is first driven to its decision (before any rank can be told this one is done, so
+    /// every participant is still there to complete its snapshot); the decision is
+    /// logged, not returned — call [`AsyncSession::take_report`] before `finish` for the
+    /// rounds decided until then.
     pub fn finish<S: Checkpoint + ?Sized>(
         mut self,
         state: &S,
         timeout: Duration,
     ) -> Result<Comm, SessionError> {
         let me = self.me;
+        let active = self.leader.as_ref().and_then(|l| l.coord.active_round());
+        if let Some(round) = active {
+            match self.drive_round(state, round) {
+                Ok(r) => tracing::info!(
+                    "{me}: checkpoint {} decided {:?} while finishing",
+                    r.round.ckpt,
+                    r.outcome
+                ),
+                Err(e) => {
+                    self.abort_round(round, false);
+                    return Err(e);
+                }
+            }
+        }
         self.done_from.insert(me);
         for r in (0..self.world).map(Rank).filter(|&r| r != me) {
             self.send_ctl(r, TAG_DONE, Vec::new())
@@ -1342,7 +1369,7 @@ impl AsyncSession {
                     }
                 }
                 CoordinatorAction::Decided { decision, reason } => {
-                    l.decided = Some(AsyncReport {
+                    l.decided.push_back(AsyncReport {
                         round: decision.round,
                         outcome: decision.outcome,
                         reason,

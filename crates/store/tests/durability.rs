@@ -65,6 +65,9 @@ fn parts_fsync_the_directories_of_written_and_deduplicated_chunks() {
         .unwrap();
     let second: BTreeSet<PathBuf> = record_fsyncs(false).into_iter().collect();
     assert_eq!(r.new_chunks, 0, "deduplicated, not rewritten");
-    assert!(second.contains(&want), "deduplicated chunk's dir: {second:?}");
+    assert!(
+        second.contains(&want),
+        "deduplicated chunk's dir: {second:?}"
+    );
     repo.commit(p, vec![r], CommitMeta::default()).unwrap();
 }
