@@ -8,9 +8,11 @@
 //!
 //! Decisions: only buffers of at least [`MIN_POOLED`] bytes are pooled (small allocations
 //! are cheap); at most [`MAX_RETAINED`] bytes stay parked (the rest is freed), so an idle
-//! process holds at most that much extra memory. Buffers come out empty (`len == 0`) with
-//! enough capacity; callers fill them with `extend_from_slice` or `read_to_end`, so stale
-//! bytes are never observable.
+//! process holds at most that much extra memory. Buffers from [`take`] come out empty
+//! (`len == 0`) with enough capacity; callers fill them with `extend_from_slice` or
+//! `read_to_end`, so stale bytes are never observable there. [`take_filled`] (for
+//! `SendBuf`) hands out initialized bytes that may be an earlier message's, sent or
+//! received by this process — documented on `SendBuf::recycled`.
 
 use std::sync::{Mutex, MutexGuard};
 
@@ -65,8 +67,8 @@ pub(crate) fn take(n: usize) -> Vec<u8> {
 }
 
 /// A vector of exactly `n` initialized bytes, recycled when possible. Recycled bytes hold
-/// whatever an earlier message of this process left there (buffers come back with their
-/// length, so everything below it was written); fresh ones are zero.
+/// whatever an earlier message (sent or received) of this process left there (buffers
+/// come back with their length, so everything below it was written); fresh ones are zero.
 pub(crate) fn take_filled(n: usize) -> Vec<u8> {
     match take_fitting(n) {
         // Only the tail beyond the old length is zeroed: a buffer recycled for a message of

@@ -31,8 +31,9 @@ enum Storage<T> {
 }
 
 impl<T: Scalar> SendBuf<T> {
-    /// `len` elements in recycled storage. The contents are *unspecified*: zero, or values
-    /// of an earlier message this process sent. Write every element you mean to send; use
+    /// `len` elements in recycled storage. The contents are *unspecified*: zero, or bytes
+    /// of an earlier message this process sent or received (the pool also recycles receive
+    /// buffers). Never uninitialized memory, but write every element you mean to send; use
     /// [`SendBuf::zeroed`] when you need a known starting value.
     pub fn recycled(len: usize) -> Self {
         let bytes = len.saturating_mul(std::mem::size_of::<T>());

@@ -993,7 +993,8 @@ mod tests {
     }
 
     /// Rank 1 streams `n_msgs` u64 messages of the given element counts (cycled) to rank
-    /// 0 while both sides' connections are reset `resets` times; rank 0 receives them with `recv_into`,
+    /// 0, alternating `send_slice` and `send_buf`, while both sides' connections are reset
+    /// `resets` times; rank 0 receives them with `recv_into`,
     /// sometimes late (queued path), sometimes first (direct path), and checks every word.
     fn direct_receives_under_resets(
         config: NetConfig,
@@ -1026,6 +1027,16 @@ mod tests {
                         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
                         if c.rank() == Rank(1) {
                             for i in 0..n_msgs {
+                                // Every other message goes zero-copy: the window then owns
+                                // the program's (recycled) buffer across the resets.
+                                if i % 2 == 1 {
+                                    let mut b = crate::SendBuf::<u64>::recycled(size(i));
+                                    for (k, x) in b.iter_mut().enumerate() {
+                                        *x = i * 10_000 + k as u64;
+                                    }
+                                    c.send_buf(Rank(0), 1, b).unwrap();
+                                    continue;
+                                }
                                 let v: Vec<u64> =
                                     (0..size(i) as u64).map(|k| i * 10_000 + k).collect();
                                 c.send_slice(Rank(0), 1, &v).unwrap();

@@ -6,8 +6,8 @@
 //!
 //! | kind | name      | body after the kind byte                                              |
 //! |------|-----------|-----------------------------------------------------------------------|
-//! | 1    | Hello     | magic `LZRS`, version u16, job id [8], rank u32, incarnation u64, nonce [32] |
-//! | 2    | Proof     | HMAC-SHA256 [32]                                                      |
+//! | 1    | Hello     | magic `LZRS`, version u16, job id `[8]`, rank u32, incarnation u64, nonce `[32]` |
+//! | 2    | Proof     | HMAC-SHA256 `[32]`                                                      |
 //! | 3    | Resume    | next expected sequence number u64                                     |
 //! | 4    | Data      | flags u8, tag space u8, tag u32, src u32, incarnation u64, epoch u64, seq u64, ack u64, payload |
 //! | 5    | Ack       | cumulative ack u64 (next expected sequence number)                    |
