@@ -99,6 +99,10 @@ impl Drop for Scratch {
     }
 }
 
+/// The `--json` output. The top-level `raw_*` times and `full_checkpoint_s` are those of
+/// the last repetition, whose repository the incremental steps continue, so the
+/// incremental fractions are relative to that full checkpoint; `full_vs_raw_*` are medians
+/// of the per-repetition ratios in `repetitions` (not the ratio of the top-level times).
 #[derive(Serialize)]
 struct Results {
     size_bytes: u64,
@@ -172,9 +176,14 @@ impl Repetition {
     }
 }
 
+/// The median (the mean of the two middle values for an even count; NaN if empty).
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    let n = v.len();
+    match (v.get(n.wrapping_sub(1) / 2), v.get(n / 2)) {
+        (Some(a), Some(b)) => (a + b) / 2.0,
+        _ => f64::NAN,
+    }
 }
 
 fn sync() {
