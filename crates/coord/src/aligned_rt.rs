@@ -446,9 +446,19 @@ impl AlignedRuntime {
                         )),
                     };
                     if let Err(e) = &result {
-                        if e.kind() == StoreErrorKind::CommitUnknown {
-                            // COMMIT is visible: announcing Abort would be a lie, Commit a
-                            // promise we cannot keep. Decide nothing; fail this rank.
+                        // Belt and braces, as in the unaligned runtime: only an error the
+                        // store labels "not committed" AND a COMMIT that reads back as
+                        // absent may become an Abort.
+                        let absent = || match &self.store {
+                            RankStore::Coordinator(repo) => {
+                                crate::commit_absent(repo.path(), round.ckpt)
+                            }
+                            RankStore::Participant { .. } => false,
+                        };
+                        if e.kind() == StoreErrorKind::CommitUnknown || !absent() {
+                            // COMMIT is or may be visible: announcing Abort could be a
+                            // lie, Commit a promise we cannot keep. Decide nothing; fail
+                            // this rank.
                             tracing::error!("{e}");
                             if let Some(c) = self.coordinator.as_mut() {
                                 if let Err(m) = c.commit_unknown(round) {

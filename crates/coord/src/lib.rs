@@ -61,3 +61,14 @@ pub use unaligned_rt::{
     AsyncConfig, AsyncMessage, AsyncReport, AsyncSession, AsyncStart, AsyncStats, SavedMessage,
     SessionError, SessionErrorKind, CHANNELS_OBJECT, UNALIGNED_TAG_BASE,
 };
+
+/// True only if COMMIT of `id` is definitely not there (not found); any doubt is false.
+/// A coordinator may decide Abort after a failed COMMIT write only when this holds: a
+/// store error mislabelled as "not committed" must never turn a visible COMMIT into an
+/// announced abort.
+pub(crate) fn commit_absent(repo: &std::path::Path, id: lazarus_format::CheckpointId) -> bool {
+    match lazarus_store::RepoReader::open(repo).map(|r| r.commit_record(id)) {
+        Ok(Err(e)) => e.kind() == lazarus_store::StoreErrorKind::Missing,
+        _ => false,
+    }
+}

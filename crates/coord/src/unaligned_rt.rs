@@ -1313,7 +1313,7 @@ impl AsyncSession {
                                 // reading it back must say "not found" (belt and braces).
                                 Err(e)
                                     if e.kind() != StoreErrorKind::CommitUnknown
-                                        && commit_absent(&self.cfg.repo, round.ckpt) =>
+                                        && crate::commit_absent(&self.cfg.repo, round.ckpt) =>
                                 {
                                     Err(e.to_string())
                                 }
@@ -1382,13 +1382,6 @@ impl AsyncSession {
 }
 
 /// True only if COMMIT of `id` is definitely not there (not found); any doubt is false.
-fn commit_absent(repo: &Path, id: CheckpointId) -> bool {
-    match RepoReader::open(repo).map(|r| r.commit_record(id)) {
-        Ok(Err(e)) => e.kind() == StoreErrorKind::Missing,
-        _ => false,
-    }
-}
-
 fn net(me: Rank, ctx: &str, e: NetError) -> SessionError {
     SessionError::wrap(K::Net, me, ctx, e)
 }
