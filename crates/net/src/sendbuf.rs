@@ -60,7 +60,8 @@ impl<T: Scalar> SendBuf<T> {
         b
     }
 
-    /// A copy of `data` (one pass over the memory, like [`Comm::send_slice`](crate::Comm::send_slice)).
+    /// A copy of `data` (one pass over the memory, like
+    /// [`Comm::send_slice`](crate::Comm::send_slice)).
     pub fn from_slice(data: &[T]) -> Self {
         let mut b = Self::recycled(data.len());
         b.copy_from_slice(data);
