@@ -57,7 +57,10 @@ pub use reader::{
     CheckpointDir, CheckpointSummary, CommitStatus, Damage, Presence, Problem, RepoReader,
     VerifyReport,
 };
-pub use repo::{CommitMeta, CommittedCheckpoint, GcReport, GcStage, PendingCheckpoint, Repository};
+pub use repo::{
+    CommitMeta, CommittedCheckpoint, GcReport, GcStage, PendingCheckpoint, Repository,
+    INLINE_COMMIT_BUDGET,
+};
 pub use writer::{
     discard_part, Codec, PartReceipt, PartWriter, RepoOptions, DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE,
     MIN_CHUNK_SIZE,

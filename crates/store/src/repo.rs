@@ -111,7 +111,17 @@ pub struct Repository {
     last_begun: u64,
     /// Fault injection: the next commit's directory fsync after the rename fails.
     fail_commit_sync: bool,
+    /// Most manifest bytes a COMMIT carries inline (see [`INLINE_COMMIT_BUDGET`]).
+    inline_budget: usize,
 }
+
+/// Most manifest bytes (before base64) one COMMIT carries inline; the committer writes the
+/// manifests beyond it as `rank-<r>.manifest` files. Why a budget: every restore and every
+/// `inspect` reads the whole COMMIT, the envelope refuses bodies over 256 MiB, and inline
+/// manifests grow with the world size (up to 64 KiB each: 4096 ranks would already exceed
+/// the envelope). 16 MiB keeps ~24,000 empty-state ranks, or 256 ranks at the per-manifest
+/// maximum, inline.
+pub const INLINE_COMMIT_BUDGET: usize = 16 << 20;
 
 impl Repository {
     /// Opens (creating if absent) the repository at `path` and takes its lock. Refuses an
@@ -187,7 +197,15 @@ impl Repository {
             budget: Budget::default(),
             last_begun: 0,
             fail_commit_sync: false,
+            inline_budget: INLINE_COMMIT_BUDGET,
         })
+    }
+
+    /// Test hook: lowers the inline-manifest budget of this repository's COMMITs (see
+    /// [`INLINE_COMMIT_BUDGET`]) so that a test can make the committer spill manifests.
+    #[doc(hidden)]
+    pub fn set_inline_commit_budget(&mut self, bytes: usize) {
+        self.inline_budget = bytes.min(INLINE_COMMIT_BUDGET);
     }
 
     /// Simulates a disk with only `bytes` left for files written through this repository
@@ -328,6 +346,10 @@ impl Repository {
         }
         let t = std::time::Instant::now();
         let mut commit_parts = Vec::with_capacity(n as usize);
+        // Inline manifests beyond the budget, written as files before COMMIT (rank order,
+        // so which ones spill is deterministic).
+        let mut inline_left = self.inline_budget;
+        let mut spilled: Vec<(String, Vec<u8>)> = Vec::new();
         for (i, r) in by_rank.into_iter().enumerate() {
             let r =
                 r.ok_or_else(|| arg(&dir, format!("checkpoint {id}: no receipt from rank {i}")))?;
@@ -373,13 +395,34 @@ impl Repository {
                     ));
                 }
             }
+            let keep_inline = inline && bytes.len() <= inline_left;
+            if keep_inline {
+                inline_left -= bytes.len();
+            }
             commit_parts.push(CommitPart {
                 rank: r.rank,
                 manifest_digest: r.manifest_digest,
                 logical_bytes: r.logical_bytes,
                 stored_new_bytes: r.stored_new_bytes,
-                manifest: inline.then(|| lazarus_format::base64::encode(&bytes)),
+                manifest: keep_inline.then(|| lazarus_format::base64::encode(&bytes)),
             });
+            if inline && !keep_inline {
+                spilled.push((Layout::manifest_name(r.rank), bytes));
+            }
+        }
+        if !spilled.is_empty() {
+            // Same bytes, so the same digest, as if the rank had written the file itself
+            // (format 1.0 path). Durable, directory included, before COMMIT can exist.
+            let t = std::time::Instant::now();
+            crate::par::try_for_each(&spilled, 8.min(spilled.len()), |(name, bytes)| {
+                fsutil::write_atomic(&dir, name, bytes, &self.budget, None, false)
+            })?;
+            fsutil::fsync_dir(&dir)?;
+            tracing::debug!(
+                manifests = spilled.len(),
+                secs = t.elapsed().as_secs_f64(),
+                "commit: inline manifests over the budget written as files"
+            );
         }
         tracing::debug!(secs = t.elapsed().as_secs_f64(), "commit: parts checked");
         let t = std::time::Instant::now();
@@ -403,7 +446,7 @@ impl Repository {
                 Some(&dir.join(COMMIT_NAME)),
                 format!(
                     "checkpoint {id}: the COMMIT record would be {body} bytes, over the format's \
-                     limit of {} (too many inline manifests)",
+                     limit of {}",
                     lazarus_format::MAX_ENVELOPE_BODY
                 ),
             ));

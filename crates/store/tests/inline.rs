@@ -99,6 +99,57 @@ fn inline_manifests_leave_only_commit_and_read_back() {
     assert!(reader.verify(&|_, _| {}).unwrap().problems.is_empty());
 }
 
+/// Inline manifests grow with the world size and every restore reads the whole COMMIT: past
+/// the COMMIT's inline budget the committer writes the rest as manifest files (same bytes,
+/// same digests) before COMMIT, and everything reads them back as if ranks had.
+#[test]
+fn inline_manifests_over_the_commit_budget_are_written_as_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut repo = Repository::open(dir.path(), small_opts()).unwrap();
+    // Measure one manifest, then allow two and a half of them inline.
+    let one = {
+        let p = repo.begin(1).unwrap();
+        let bytes = le_f64(&field(0, 7, 700));
+        let s = 7u64.to_le_bytes();
+        let r = p
+            .part_writer()
+            .with_inline_manifest(MAX_INLINE_MANIFEST)
+            .write(
+                Rank(0),
+                &[bulk_f64("field", &bytes, None), serde_obj("step", &s)],
+            )
+            .unwrap();
+        let n = r.manifest.as_ref().unwrap().len();
+        repo.abort(p).unwrap();
+        n
+    };
+    repo.set_inline_commit_budget(one * 5 / 2);
+    let a = inline_checkpoint(&mut repo, 5, 7);
+    let reader = RepoReader::open(dir.path()).unwrap();
+    let d = &reader.checkpoint_dirs().unwrap()[0];
+    assert_eq!(
+        d.inline_ranks,
+        vec![Rank(0), Rank(1)],
+        "first ones stay inline"
+    );
+    assert_eq!(
+        d.manifest_ranks,
+        vec![Rank(2), Rank(3), Rank(4)],
+        "rest spilled"
+    );
+    // Same bytes as inline: the COMMIT's digests hold for the files, data reads back,
+    // verify and GC agree.
+    assert_holds(dir.path(), a, 5, 7, 700);
+    assert_eq!(reader.manifests(a).unwrap().len(), 5);
+    let v = reader.verify(&|_, _| {}).unwrap();
+    assert!(v.problems.is_empty(), "{:?}", v.problems);
+    let b = inline_checkpoint(&mut repo, 5, 8);
+    let report = repo.retain(1).unwrap();
+    assert_eq!(report.kept, vec![b]);
+    assert_holds(dir.path(), b, 5, 8, 700);
+    assert!(reader.verify(&|_, _| {}).unwrap().problems.is_empty());
+}
+
 #[test]
 fn damaged_inline_manifest_is_corrupt_and_falls_back() {
     let dir = tempfile::tempdir().unwrap();
