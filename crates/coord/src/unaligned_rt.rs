@@ -39,6 +39,9 @@ use std::time::{Duration, Instant};
 use wire::{TAG_DONE, TAG_MARKER, TAG_TO_PARTICIPANT, TAG_VOTE};
 use SessionErrorKind as K;
 
+/// Decisions kept for [`AsyncSession::take_report`] at most; older ones are dropped.
+const MAX_QUEUED_REPORTS: usize = 1024;
+
 /// Where and how an [`AsyncSession`] checkpoints.
 #[derive(Clone, Debug)]
 pub struct AsyncConfig {
@@ -718,8 +721,8 @@ impl AsyncSession {
     }
 
     /// On rank 0: the decision of the round [`AsyncSession::start_checkpoint`] started,
-    /// once it is decided (each decision is returned once); `None` while it runs, before
-    /// any round and on other ranks.
+    /// once it is decided (each decision is returned once, oldest first; the newest 1024
+    /// untaken ones are kept); `None` while it runs, before any round and on other ranks.
     pub fn take_report(&mut self) -> Option<AsyncReport> {
         self.leader.as_mut().and_then(|l| l.decided.pop_front())
     }
@@ -1369,6 +1372,11 @@ impl AsyncSession {
                     }
                 }
                 CoordinatorAction::Decided { decision, reason } => {
+                    // Bounded: a program that starts rounds in the background and never
+                    // asks for their decisions must not grow this queue for ever.
+                    if l.decided.len() >= MAX_QUEUED_REPORTS {
+                        l.decided.pop_front();
+                    }
                     l.decided.push_back(AsyncReport {
                         round: decision.round,
                         outcome: decision.outcome,
