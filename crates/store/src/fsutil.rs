@@ -156,8 +156,13 @@ pub(crate) fn write_temp(
 /// Test hook: while on, every path fsynced by path (files and directories) is recorded.
 /// Process-wide, so a test using it must be alone in its test binary.
 static FSYNC_LOG: std::sync::Mutex<Option<Vec<PathBuf>>> = std::sync::Mutex::new(None);
+/// Mirrors `FSYNC_LOG.is_some()`, so an fsync takes no global lock unless a test records.
+static FSYNC_LOG_ON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 fn log_fsync(path: &Path) {
+    if !FSYNC_LOG_ON.load(std::sync::atomic::Ordering::Relaxed) {
+        return;
+    }
     if let Some(log) = FSYNC_LOG.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
         log.push(path.to_path_buf());
     }
@@ -172,6 +177,7 @@ pub fn record_fsyncs(on: bool) -> Vec<PathBuf> {
     if on {
         *log = Some(Vec::new());
     }
+    FSYNC_LOG_ON.store(on, std::sync::atomic::Ordering::Relaxed);
     got
 }
 

@@ -2,11 +2,12 @@
 //! first error. Used for chunk reads (BLAKE3 and decompression are CPU-bound, cold reads
 //! I/O-bound) and for concurrent fsyncs (which the file system can commit together).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 /// Runs `job` on every item on up to `threads` scoped threads (inline when one is
-/// enough). Returns the first error any thread hit; after an error each thread stops
-/// taking new items, so some items may not have run.
+/// enough). Returns the first error any thread hit; after an error no thread takes a new
+/// item, so some items may not have run.
 pub(crate) fn try_for_each<T, E, I, F>(items: I, threads: usize, job: F) -> Result<(), E>
 where
     I: IntoIterator<Item = T>,
@@ -20,14 +21,19 @@ where
         return items.into_iter().try_for_each(job);
     }
     let work = Mutex::new(items);
+    let failed = AtomicBool::new(false);
     let first_err: Mutex<Option<E>> = Mutex::new(None);
     std::thread::scope(|s| {
         for _ in 0..threads {
             s.spawn(|| loop {
+                if failed.load(Ordering::Relaxed) {
+                    return;
+                }
                 // Poisoning cannot tear these: every critical section is a `next` or a set.
                 let next = work.lock().unwrap_or_else(|e| e.into_inner()).next();
                 let Some(item) = next else { return };
                 if let Err(e) = job(item) {
+                    failed.store(true, Ordering::Relaxed);
                     first_err
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())

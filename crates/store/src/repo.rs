@@ -145,11 +145,16 @@ impl Repository {
         fsutil::create_dir_durable(path)?;
         // Check the version before touching LOCK so a future repository is left untouched.
         let format = layout.format_file();
-        if format.exists() {
-            crate::reader::check_format(&layout)?;
-        }
+        let mut on_disk = format
+            .exists()
+            .then(|| crate::reader::check_format(&layout))
+            .transpose()?;
         let lock = RepoLock::acquire(&layout.lock_file(), opts.job_token.as_deref(), shared)?;
-        if !format.exists() {
+        // Another writer may have created the repository while we waited for the lock.
+        if on_disk.is_none() && format.exists() {
+            on_disk = Some(crate::reader::check_format(&layout)?);
+        }
+        if on_disk.is_none() {
             let foreign = std::fs::read_dir(path)
                 .map_err(|e| StoreError::io(path, "listing repository", e))?
                 .filter_map(Result::ok)
@@ -164,19 +169,11 @@ impl Repository {
                     "directory is not empty and has no FORMAT file: not a Lazarus repository",
                 ));
             }
-            fsutil::write_atomic(
-                path,
-                "FORMAT",
-                &FormatVersion::CURRENT.encode(),
-                &Budget::default(),
-                None,
-                true,
-            )?;
         }
-        // A writer may commit 1.1 records (inline manifests): say so in FORMAT before the
-        // first one can exist. Older readers accept any minor of major 1 (docs/FORMAT.md).
-        let on_disk = crate::reader::check_format(&layout)?;
-        if on_disk.minor < FormatVersion::CURRENT.minor {
+        // A new repository gets FORMAT; an older minor is raised, because a writer may commit
+        // 1.1 records (inline manifests) and must say so in FORMAT before the first one can
+        // exist. Older readers accept any minor of major 1 (docs/FORMAT.md).
+        if on_disk.is_none_or(|v| v.minor < FormatVersion::CURRENT.minor) {
             fsutil::write_atomic(
                 path,
                 "FORMAT",
@@ -414,9 +411,11 @@ impl Repository {
             // Same bytes, so the same digest, as if the rank had written the file itself
             // (format 1.0 path). Durable, directory included, before COMMIT can exist.
             let t = std::time::Instant::now();
-            crate::par::try_for_each(&spilled, 8.min(spilled.len()), |(name, bytes)| {
-                fsutil::write_atomic(&dir, name, bytes, &self.budget, None, false)
-            })?;
+            crate::par::try_for_each(
+                &spilled,
+                crate::writer::FSYNC_THREADS.min(spilled.len()),
+                |(name, bytes)| fsutil::write_atomic(&dir, name, bytes, &self.budget, None, false),
+            )?;
             fsutil::fsync_dir(&dir)?;
             tracing::debug!(
                 manifests = spilled.len(),
@@ -549,13 +548,18 @@ impl Repository {
         let n_mark = (kept.len() + damaged.len()) as u64;
         for (i, id) in kept.iter().enumerate() {
             progress(GcStage::Mark, i as u64, n_mark);
-            // Decoded once by the scan above (kept ids are all `Ok` there).
+            // Decoded once by the scan above (kept ids are all `Ok` there); borrowed, since
+            // a COMMIT with inline manifests can be megabytes.
+            let read_again;
             let c = match scanned.get(id) {
-                Some(Ok(c)) => c.clone(),
-                _ => reader.commit_record(*id)?,
+                Some(Ok(c)) => c,
+                _ => {
+                    read_again = reader.commit_record(*id)?;
+                    &read_again
+                }
             };
             for p in &c.parts {
-                let m = reader.manifest_checked(&c, p.rank)?;
+                let m = reader.manifest_checked(c, p.rank)?;
                 live.extend(
                     m.objects
                         .iter()
@@ -667,9 +671,16 @@ impl Repository {
 /// write loop cost a fresh repository's first checkpoint more than its hashing. GC never
 /// removes these directories.
 fn create_chunk_dirs(layout: &Layout) -> Result<(), StoreError> {
+    let chunks = layout.chunks_dir();
+    // One listing instead of 256 stats on every open.
+    let present: std::collections::HashSet<std::ffi::OsString> = std::fs::read_dir(&chunks)
+        .map_err(|e| StoreError::io(&chunks, "listing chunks", e))?
+        .filter_map(Result::ok)
+        .map(|e| e.file_name())
+        .collect();
     let mut created = false;
     for dir in layout.chunk_dirs() {
-        if dir.is_dir() {
+        if dir.file_name().is_some_and(|n| present.contains(n)) {
             continue;
         }
         match std::fs::create_dir(&dir) {
@@ -679,7 +690,7 @@ fn create_chunk_dirs(layout: &Layout) -> Result<(), StoreError> {
         }
     }
     if created {
-        fsutil::fsync_dir(&layout.chunks_dir())?;
+        fsutil::fsync_dir(&chunks)?;
     }
     Ok(())
 }

@@ -12,13 +12,12 @@ use lazarus_format::{
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 /// Default maximum raw chunk length: 1 MiB.
 pub const DEFAULT_CHUNK_SIZE: u32 = 1 << 20;
 /// Concurrent fsyncs of new chunk files and of their directories.
-const FSYNC_THREADS: usize = 8;
+pub(crate) const FSYNC_THREADS: usize = 8;
 /// Smallest accepted chunk size.
 pub const MIN_CHUNK_SIZE: u32 = 4096;
 /// Largest accepted chunk size.
@@ -197,12 +196,11 @@ impl PartWriter {
 
     /// The same writer (options, budget, cache and inline settings) for another pending
     /// checkpoint `id` of the same repository, without re-reading `FORMAT`: per-round
-    /// reopening is what [`PartWriter::open`] would cost. Fails like `open` when `id` is
-    /// not pending.
+    /// reopening is what [`PartWriter::open`] would cost. Whether `id` is pending is
+    /// checked by [`PartWriter::write`] (which fails like `open` when it is not), not here:
+    /// that is one check per round instead of two.
     pub fn for_checkpoint(&self, id: CheckpointId) -> Result<PartWriter, StoreError> {
-        let w = PartWriter { id, ..self.clone() };
-        w.check_pending()?;
-        Ok(w)
+        Ok(PartWriter { id, ..self.clone() })
     }
 
     /// Turns off the per-process fingerprint cache for this writer: every chunk is hashed
@@ -415,48 +413,19 @@ impl PartWriter {
         cache: Option<&PartCache>,
         ctx: &str,
     ) -> Result<Vec<ChunkOutcome>, StoreError> {
-        let next = AtomicUsize::new(0);
         let claimed: Mutex<HashSet<ChunkDigest>> = Mutex::new(HashSet::new());
         let slots: Mutex<Vec<Option<ChunkOutcome>>> =
             Mutex::new((0..jobs.len()).map(|_| None).collect());
-        let first_err: Mutex<Option<StoreError>> = Mutex::new(None);
-        let workers = cores().clamp(1, 4).min(jobs.len().max(1));
-        let work = || loop {
-            if first_err
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .is_some()
-            {
-                return;
-            }
-            let i = next.fetch_add(1, Ordering::Relaxed);
-            let Some(job) = jobs.get(i) else { return };
-            match self.write_one(job, cache, &claimed) {
-                Ok(out) => {
-                    if let Some(slot) = slots.lock().unwrap_or_else(|e| e.into_inner()).get_mut(i) {
-                        *slot = Some(out);
-                    }
-                }
-                Err(e) => {
-                    let mut fe = first_err.lock().unwrap_or_else(|e| e.into_inner());
-                    if fe.is_none() {
-                        *fe = Some(e);
-                    }
-                    return;
-                }
-            }
-        };
         // One worker (one core, or a single chunk) runs inline: a thread spawn per part costs
         // more than an empty or one-chunk part (measured in `lazarus bench round`).
-        if workers <= 1 {
-            work();
-        } else {
-            std::thread::scope(|s| {
-                for _ in 0..workers {
-                    s.spawn(work);
-                }
-            });
-        }
+        let workers = cores().clamp(1, 4).min(jobs.len().max(1));
+        let written = crate::par::try_for_each(jobs.iter().enumerate(), workers, |(i, job)| {
+            let out = self.write_one(job, cache, &claimed)?;
+            if let Some(slot) = slots.lock().unwrap_or_else(|e| e.into_inner()).get_mut(i) {
+                *slot = Some(out);
+            }
+            Ok(())
+        });
         let slots = slots.into_inner().unwrap_or_else(|e| e.into_inner());
         let temps: Vec<(PathBuf, PathBuf)> = slots
             .iter()
@@ -469,7 +438,7 @@ impl PartWriter {
             }
             StoreError::new(e.kind(), e.path(), format!("{ctx}: {}", e.message()))
         };
-        if let Some(e) = first_err.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        if let Err(e) = written {
             return Err(cleanup(e));
         }
         let mut out: Vec<ChunkOutcome> = slots
@@ -577,9 +546,6 @@ impl PartWriter {
     /// fsync mostly waits for the device, and concurrent fsyncs let the file system
     /// commit them in one journal transaction instead of one round trip each.
     fn fsync_all(paths: &[&Path]) -> Result<(), StoreError> {
-        if let [only] = paths {
-            return fsutil::fsync_file(only);
-        }
         crate::par::try_for_each(paths, FSYNC_THREADS.min(paths.len()), |p| {
             fsutil::fsync_file(p)
         })
@@ -613,24 +579,20 @@ impl PartWriter {
             (None, Some(c), Some(fp)) => c.lookup(job.name, job.index, fp),
             _ => None,
         };
-        let present = |digest: ChunkDigest, stored_pending: bool| {
-            let stored = std::fs::metadata(self.layout.chunk(&digest))
-                .map(|m| m.len())
-                .unwrap_or(0);
-            ChunkOutcome {
-                chunk: ChunkRef {
-                    digest,
-                    len,
-                    stored,
-                },
-                fp,
-                stored_pending,
-                cached: false,
-                hinted: false,
-                new_bytes: 0,
-                temp: None,
-                dir: None,
-            }
+        // `stored`: the chunk file's size when known (0 while another worker writes it).
+        let present = |digest: ChunkDigest, stored: u64, stored_pending: bool| ChunkOutcome {
+            chunk: ChunkRef {
+                digest,
+                len,
+                stored,
+            },
+            fp,
+            stored_pending,
+            cached: false,
+            hinted: false,
+            new_bytes: 0,
+            temp: None,
+            dir: None,
         };
         if let Some(digest) = cached {
             // Unchanged since this process's previous checkpoint of the rank: no BLAKE3,
@@ -663,7 +625,8 @@ impl PartWriter {
             .insert(digest);
         if !first_claim {
             // Another worker of this write owns the chunk (it may still be a temp file).
-            return Ok(present(digest, true));
+            let stored = std::fs::metadata(&path).map_or(0, |m| m.len());
+            return Ok(present(digest, stored, true));
         }
         // Only complete, renamed files exist under a chunk's final name, so presence means
         // the chunk is intact (verify re-hashes it anyway) — but not that its rename is
@@ -671,10 +634,10 @@ impl PartWriter {
         // This part will depend on it, so its directory joins this part's fsyncs. (Digests
         // from the fingerprint cache need not: they come from an earlier durable part of
         // this process, which fsynced their directories under this same rule.)
-        if path.exists() {
+        if let Ok(m) = std::fs::metadata(&path) {
             return Ok(ChunkOutcome {
                 dir: Some(self.layout.chunk_dir(&digest)),
-                ..present(digest, false)
+                ..present(digest, m.len(), false)
             });
         }
         let file = self.encode(job);
