@@ -281,9 +281,7 @@ impl Comm {
         while mask < n {
             let partner = Rank(me ^ mask);
             self.send_bytes(partner, t, scalar::to_le_bytes(data))?;
-            let bytes = self.coll_recv(partner, t)?;
-            scalar::from_le_bytes(&bytes, &mut theirs).map_err(|e| e.with_peer(partner))?;
-            crate::pool::give(bytes);
+            self.recv_into_tag(partner, t, &mut theirs)?;
             if me & mask == 0 {
                 op.apply(data, &theirs);
             } else {

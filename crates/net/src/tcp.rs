@@ -466,17 +466,24 @@ fn declare_failed(shared: &Shared, peer: Rank, why: String) {
 /// A failed ack write marks the connection down like any other failed write (it was
 /// ignored, and the next frame then followed a partly written ack; see `write_or_close`).
 fn try_send_ack(shared: &Arc<Shared>, p: &Peer) {
-    if let Ok(mut out) = p.out.try_lock() {
+    if let Ok(out) = p.out.try_lock() {
         let ack = p.recv_next.load(Ordering::Acquire);
-        let gen = out.gen;
-        let failed = match out.stream.as_mut() {
-            Some(s) => write_or_close(s, |s| wire::write_frame(s, &Frame::Ack(ack))).is_err(),
-            None => false,
-        };
-        drop(out);
-        if failed {
-            mark_down(shared, p.rank, gen);
-        }
+        send_control(shared, p, out, &Frame::Ack(ack));
+    }
+}
+
+/// Writes a control frame (ack or heartbeat) on `p`'s current connection, if any, with the
+/// `out` lock held; releases the lock, then marks the connection down if the write failed
+/// (a partly written frame desynchronises the stream).
+fn send_control(shared: &Arc<Shared>, p: &Peer, mut out: MutexGuard<'_, Out>, frame: &Frame) {
+    let gen = out.gen;
+    let failed = match out.stream.as_mut() {
+        Some(s) => write_or_close(s, |s| wire::write_frame(s, frame)).is_err(),
+        None => false,
+    };
+    drop(out);
+    if failed {
+        mark_down(shared, p.rank, gen);
     }
 }
 
@@ -739,17 +746,7 @@ fn heartbeat_loop(shared: Arc<Shared>) {
                 let acked = p.acked.load(Ordering::Acquire);
                 out.window.ack(acked);
                 let ack = p.recv_next.load(Ordering::Acquire);
-                let gen = out.gen;
-                let failed = match out.stream.as_mut() {
-                    Some(s) => {
-                        write_or_close(s, |s| wire::write_frame(s, &Frame::Heartbeat(ack))).is_err()
-                    }
-                    None => false,
-                };
-                drop(out);
-                if failed {
-                    mark_down(&shared, p.rank, gen);
-                }
+                send_control(&shared, p, out, &Frame::Heartbeat(ack));
             }
             let silent = lock(&p.last_seen).elapsed();
             let down = *lock(&p.down_since);
@@ -866,21 +863,9 @@ impl Transport for TcpTransport {
                 {
                     break;
                 }
-                let mut out = lock(&p.out);
-                let gen = out.gen;
-                let failed = match out.stream.as_mut() {
-                    Some(st) => {
-                        let ack = p.recv_next.load(Ordering::Acquire);
-                        write_or_close(st, |s| wire::write_frame(s, &Frame::Heartbeat(ack)))
-                            .is_err()
-                    }
-                    None => false,
-                };
-                drop(out);
-                if failed {
-                    // A partly written frame desynchronises the stream (see `try_send_ack`).
-                    mark_down(sh, p.rank, gen);
-                }
+                let out = lock(&p.out);
+                let ack = p.recv_next.load(Ordering::Acquire);
+                send_control(sh, p, out, &Frame::Heartbeat(ack));
                 std::thread::sleep(Duration::from_millis(2));
             }
         }
