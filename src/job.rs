@@ -60,10 +60,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// Environment variable naming the repository when the builder was given none.
-pub const REPO_ENV: &str = "LAZARUS_REPO";
-
-/// The job token variable (set by `lazarus run`), used as the repository's job token.
-const TOKEN_ENV: &str = "LAZARUS_JOB_TOKEN";
+pub use lazarus_coord::REPO_ENV;
+use lazarus_coord::TOKEN_ENV;
 
 /// Errors of the Job API. Each says which step failed and wraps the store or state error
 /// that names the file or field.
@@ -334,11 +332,8 @@ impl JobBuilder {
         }
         let comm = self.comm.unwrap_or_else(Comm::solo);
         let store = if comm.rank() == Rank(0) {
-            let opened = if options.job_token.is_some() {
-                Repository::open_shared(&path, options)
-            } else {
-                Repository::open(&path, options)
-            };
+            // Without a job token `open_shared` shares with nobody, exactly like `open`.
+            let opened = Repository::open_shared(&path, options);
             RankStore::Coordinator(opened.map_err(|source| JobError::Store {
                 path: path.clone(),
                 source,

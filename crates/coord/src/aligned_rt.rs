@@ -140,7 +140,7 @@ impl RoundError {
     pub fn is_retryable(&self) -> bool {
         match self {
             RoundError::Aborted { retryable, .. } => *retryable,
-            RoundError::Store(e) => e.is_retryable() && e.kind() != StoreErrorKind::CommitUnknown,
+            RoundError::Store(e) => e.is_retryable(),
             _ => false,
         }
     }

@@ -72,3 +72,10 @@ pub(crate) fn commit_absent(repo: &std::path::Path, id: lazarus_format::Checkpoi
         _ => false,
     }
 }
+
+/// Environment variable naming the repository when a program was given none (the one
+/// `lazarus run --repo` exports to every rank).
+pub const REPO_ENV: &str = "LAZARUS_REPO";
+/// Environment variable with the job token `lazarus run` gives every rank (shares the
+/// repository lock with the supervisor).
+pub const TOKEN_ENV: &str = "LAZARUS_JOB_TOKEN";

@@ -77,18 +77,15 @@ impl AsyncConfig {
     /// (`LAZARUS_JOB_TOKEN`) lets rank 0 share the repository lock with the supervisor;
     /// `LAZARUS_OUTPUT_MARKERS=1` turns output markers on. Other fields as in `new`.
     pub fn from_env(repo: Option<PathBuf>) -> Option<Self> {
-        let repo = repo.or_else(|| std::env::var_os(REPO_ENV).map(PathBuf::from))?;
+        let repo = repo.or_else(|| std::env::var_os(crate::REPO_ENV).map(PathBuf::from))?;
         let mut c = AsyncConfig::new(repo);
-        c.store.job_token = std::env::var(TOKEN_ENV).ok().filter(|t| !t.is_empty());
+        c.store.job_token = std::env::var(crate::TOKEN_ENV)
+            .ok()
+            .filter(|t| !t.is_empty());
         c.output_markers = std::env::var(crate::OUTPUT_MARKERS_ENV).is_ok_and(|v| v == "1");
         Some(c)
     }
 }
-
-/// Variable naming the repository when none is given (the one `lazarus run` exports).
-const REPO_ENV: &str = "LAZARUS_REPO";
-/// The job token `lazarus run` gives every rank.
-const TOKEN_ENV: &str = "LAZARUS_JOB_TOKEN";
 
 /// How a session started.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -251,13 +248,10 @@ impl AsyncSession {
         let world = comm.size();
         let store = |ctx: &str, e| SessionError::wrap(K::Store, me, ctx, e);
         let leader = if me == Rank(0) {
-            // Under `lazarus run --repo` the supervisor holds the lock with the job token.
-            let repo = if cfg.store.job_token.is_some() {
-                Repository::open_shared(&cfg.repo, cfg.store.clone())
-            } else {
-                Repository::open(&cfg.repo, cfg.store.clone())
-            }
-            .map_err(|e| store("opening the repository", e))?;
+            // Under `lazarus run --repo` the supervisor holds the lock with the job token;
+            // without a token `open_shared` shares with nobody, exactly like `open`.
+            let repo = Repository::open_shared(&cfg.repo, cfg.store.clone())
+                .map_err(|e| store("opening the repository", e))?;
             let coord = Coordinator::new(world, cfg.timeouts)
                 .map_err(|e| SessionError::protocol(me, "coordinator", e))?;
             Some(Leader {
@@ -1389,7 +1383,6 @@ impl AsyncSession {
     }
 }
 
-/// True only if COMMIT of `id` is definitely not there (not found); any doubt is false.
 fn net(me: Rank, ctx: &str, e: NetError) -> SessionError {
     SessionError::wrap(K::Net, me, ctx, e)
 }

@@ -12,7 +12,7 @@
 
 use lazarus_dist::Reshard;
 use lazarus_format::{ObjectInfo, Rank};
-use lazarus_store::{RepoReader, StoreError};
+use lazarus_store::{CheckpointSummary, RepoReader, StoreError};
 
 /// How far a job may shrink.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,12 +33,14 @@ pub(crate) enum NoShrink {
     },
 }
 
-/// Checks that the newest committed checkpoint (if any) restores on `ranks` ranks.
-pub(crate) fn can_restore_on(reader: &RepoReader, ranks: u32) -> Result<(), NoShrink> {
-    let committed = reader
-        .committed()
-        .map_err(|source| NoShrink::Store { id: 0, source })?;
-    let Some(newest) = committed.into_iter().max_by_key(|c| c.id) else {
+/// Checks that `newest`, the newest committed checkpoint (if any, as the caller already
+/// listed it), restores on `ranks` ranks.
+pub(crate) fn can_restore_on(
+    reader: &RepoReader,
+    newest: Option<&CheckpointSummary>,
+    ranks: u32,
+) -> Result<(), NoShrink> {
+    let Some(newest) = newest else {
         return Ok(());
     };
     let id = newest.id;

@@ -379,16 +379,16 @@ impl Supervisor {
             // would delay every restart (the ranks verify what they load). If it is damaged
             // the ranks fall back to an older one; see docs/RECOVERY.md for the effect.
             let reader = RepoReader::open(&cfg.repo).map_err(repo_err)?;
-            let restored = reader
+            let newest = reader
                 .committed()
                 .map_err(repo_err)?
                 .into_iter()
-                .max_by_key(|c| c.id)
-                .map(|c| RestorePoint {
-                    id: c.id,
-                    step: c.step,
-                    time_unix_ms: c.time_unix_ms,
-                });
+                .max_by_key(|c| c.id);
+            let restored = newest.as_ref().map(|c| RestorePoint {
+                id: c.id,
+                step: c.step,
+                time_unix_ms: c.time_unix_ms,
+            });
             let mut s = lock(&shared);
             let (released, dropped) = s.out.rollback(restored.map(|r| r.id));
             s.emit(released);
@@ -470,7 +470,7 @@ impl Supervisor {
             failed_at = Some(f_at);
             let before = n;
             if let Some(sh) = cfg.shrink.filter(|sh| n > sh.min_ranks) {
-                match shrink::can_restore_on(&reader, n - 1) {
+                match shrink::can_restore_on(&reader, newest.as_ref(), n - 1) {
                     Ok(()) => n -= 1,
                     Err(why) => {
                         if cfg.progress {
