@@ -21,8 +21,7 @@ use crate::error::ProtocolError;
 use lazarus_format::{CheckpointId, Epoch, ObjectSpec, Rank};
 use lazarus_net::{Comm, ErrorKind as NetKind, NetError, Tag};
 use lazarus_store::{
-    CommitMeta, PartReceipt, PartWriter, Presence, RepoOptions, RepoReader, Repository, StoreError,
-    StoreErrorKind,
+    CommitMeta, PartReceipt, PartWriter, RepoOptions, Repository, StoreError, StoreErrorKind,
 };
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -592,15 +591,14 @@ impl AlignedRuntime {
             ParticipantAction::OutcomeUnknown { round } => {
                 // A round this rank voted in was superseded before its decision arrived;
                 // its caller has already returned. Log what the repository says.
-                let state =
-                    RepoReader::open(self.repo_path()).and_then(|r| r.commit_presence(round.ckpt));
+                let state = crate::outcome_in_repo(self.repo_path(), round.ckpt);
                 tracing::warn!(
                     "checkpoint {} superseded without a decision; repository says {:?}",
                     round.ckpt,
-                    state.map(|p| match p {
-                        Presence::Committed(_) => "committed",
-                        Presence::Pending => "pending",
-                        Presence::Gone => "aborted",
+                    state.map(|o| match o {
+                        Some(Outcome::Commit) => "committed",
+                        None => "pending",
+                        Some(Outcome::Abort) => "aborted",
                     })
                 );
             }
@@ -671,13 +669,11 @@ impl AlignedRuntime {
                         self.timeouts.decision
                     ),
                 };
-                let presence = RepoReader::open(self.repo_path())
-                    .and_then(|reader| reader.commit_presence(round.ckpt))
-                    .map_err(unknown_err)?;
-                learned = Some(match presence {
-                    Presence::Committed(_) => Outcome::Commit,
-                    Presence::Gone => Outcome::Abort,
-                    Presence::Pending => {
+                let outcome =
+                    crate::outcome_in_repo(self.repo_path(), round.ckpt).map_err(unknown_err)?;
+                learned = Some(match outcome {
+                    Some(o) => o,
+                    None => {
                         return Err(RoundError::OutcomeUnknown {
                             checkpoint: round.ckpt,
                             detail: format!(

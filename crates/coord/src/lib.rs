@@ -62,6 +62,24 @@ pub use unaligned_rt::{
     SessionError, SessionErrorKind, CHANNELS_OBJECT, UNALIGNED_TAG_BASE,
 };
 
+/// What the repository says about checkpoint `id` of a round whose decision this rank did
+/// not get: `Commit` if COMMIT is there, `Abort` once the directory is gone (rank 0
+/// removes it on every abort), `None` while it exists without COMMIT (rank 0 may still be
+/// writing it). A read error is an error, never an outcome.
+pub(crate) fn outcome_in_repo(
+    repo: &std::path::Path,
+    id: lazarus_format::CheckpointId,
+) -> Result<Option<Outcome>, lazarus_store::StoreError> {
+    use lazarus_store::Presence;
+    Ok(
+        match lazarus_store::RepoReader::open(repo)?.commit_presence(id)? {
+            Presence::Committed(_) => Some(Outcome::Commit),
+            Presence::Gone => Some(Outcome::Abort),
+            Presence::Pending => None,
+        },
+    )
+}
+
 /// True only if COMMIT of `id` is definitely not there (not found); any doubt is false.
 /// A coordinator may decide Abort after a failed COMMIT write only when this holds: a
 /// store error mislabelled as "not committed" must never turn a visible COMMIT into an

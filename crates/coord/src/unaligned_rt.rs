@@ -27,8 +27,8 @@ use lazarus_format::{CheckpointId, Epoch, LoadedObject, ObjectSpec, Rank};
 use lazarus_net::{Comm, Envelope, ErrorKind as NetKind, NetError, ReduceOp, Tag, TagSpace};
 use lazarus_state::Checkpoint;
 use lazarus_store::{
-    CommitMeta, PartReceipt, PartWriter, PendingCheckpoint, Presence, RepoOptions, RepoReader,
-    Repository, StoreError, StoreErrorKind,
+    CommitMeta, PartReceipt, PartWriter, PendingCheckpoint, RepoOptions, RepoReader, Repository,
+    StoreError, StoreErrorKind,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -1235,21 +1235,21 @@ impl AsyncSession {
     fn resolve_unknown(&self, round: RoundId) -> Result<Option<Outcome>, SessionError> {
         let me = self.me;
         let id = round.ckpt;
-        let store = |ctx: &str, e| SessionError::wrap(K::Store, me, ctx, e);
-        let reader =
-            RepoReader::open(&self.cfg.repo).map_err(|e| store("opening the repository", e))?;
-        match reader.commit_presence(id) {
-            Ok(Presence::Committed(_)) => Ok(Some(Outcome::Commit)),
-            Ok(Presence::Gone) => Ok(Some(Outcome::Abort)),
-            Ok(Presence::Pending) => {
-                tracing::warn!(
-                    "{me}: outcome of checkpoint {id} unknown (no decision, no COMMIT yet); \
-                     leaving its part to rank 0 or GC"
-                );
-                Ok(None)
-            }
-            Err(e) => Err(store(&format!("reading COMMIT of checkpoint {id}"), e)),
+        let outcome = crate::outcome_in_repo(&self.cfg.repo, id).map_err(|e| {
+            SessionError::wrap(
+                K::Store,
+                me,
+                &format!("reading the outcome of checkpoint {id}"),
+                e,
+            )
+        })?;
+        if outcome.is_none() {
+            tracing::warn!(
+                "{me}: outcome of checkpoint {id} unknown (no decision, no COMMIT yet); \
+                 leaving its part to rank 0 or GC"
+            );
         }
+        Ok(outcome)
     }
 
     /// Prints an output marker (when enabled) and flushes, so it is ordered with the
