@@ -21,10 +21,11 @@
 //! steady-state figure covers the `--steps` steps after the first rebalance; the whole-run
 //! figure adds the warm-up steps and the migration.
 
+use super::Scratch;
 use crate::cmd::CmdResult;
 use lazarus::dist::{Decision, Distribution, SLOWDOWN_ENV};
 use lazarus::{Comm, DVec, Job};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 /// Flags of `lazarus bench balance`.
@@ -329,14 +330,6 @@ pub fn main(a: Args) -> CmdResult {
 }
 
 /// A scratch directory removed on drop (also on error paths).
-struct Scratch(PathBuf);
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// Element `g` of the restart benchmark's vector: not trivially compressible, cheap.
 fn value(g: u64) -> f64 {
     (g.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11) as f64 * (1.0 / (1u64 << 53) as f64)

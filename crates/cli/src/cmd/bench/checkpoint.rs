@@ -30,6 +30,7 @@
 //!
 //! `sync(2)` runs before each timed phase so earlier writeback does not bleed into it.
 
+use super::{median, Scratch};
 use crate::cmd::CmdResult;
 use lazarus::format::{DType, ObjectInfo, ObjectKind, ObjectSpec, Rank};
 use lazarus::state::DirtyVec;
@@ -85,20 +86,6 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 }
 
 /// A scratch directory removed on drop (also on error paths).
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// The `--json` output. The top-level `raw_*` times and `full_checkpoint_s` are those of
 /// the last repetition, whose repository the incremental steps continue, so the
 /// incremental fractions are relative to that full checkpoint; `full_vs_raw_*` are medians
@@ -176,16 +163,6 @@ impl Repetition {
     }
 }
 
-/// The median (the mean of the two middle values for an even count; NaN if empty).
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    match (v.get(n.wrapping_sub(1) / 2), v.get(n / 2)) {
-        (Some(a), Some(b)) => (a + b) / 2.0,
-        _ => f64::NAN,
-    }
-}
-
 fn sync() {
     // SAFETY: sync(2) has no preconditions.
     unsafe { libc::sync() };
@@ -208,12 +185,16 @@ fn raw_sequential(path: &Path, data: &[u8]) -> std::io::Result<f64> {
     Ok(t.elapsed().as_secs_f64())
 }
 
-/// Runs `work(i)` for `i in 0..n` on [`RAW_THREADS`] threads; the first error wins.
-fn parallel(n: usize, work: impl Fn(usize) -> std::io::Result<()> + Sync) -> std::io::Result<()> {
+/// Runs `work(i)` for `i in 0..n` on `threads` threads; the first error wins.
+fn parallel(
+    n: usize,
+    threads: usize,
+    work: impl Fn(usize) -> std::io::Result<()> + Sync,
+) -> std::io::Result<()> {
     let next = AtomicUsize::new(0);
     let first_err = std::sync::Mutex::new(None);
     std::thread::scope(|s| {
-        for _ in 0..RAW_THREADS {
+        for _ in 0..threads {
             s.spawn(|| loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= n {
@@ -249,7 +230,7 @@ fn raw_parallel_prealloc(path: &Path, data: &[u8]) -> std::io::Result<f64> {
         f.set_len(data.len() as u64)?;
     }
     let blocks: Vec<&[u8]> = data.chunks(RAW_BLOCK).collect();
-    parallel(blocks.len(), |i| {
+    parallel(blocks.len(), RAW_THREADS, |i| {
         let b = blocks.get(i).copied().unwrap_or_default();
         f.write_all_at(b, (i * RAW_BLOCK) as u64)
     })?;
@@ -267,7 +248,7 @@ fn raw_chunk_files(dir: &Path, data: &[u8], early_writeback: bool) -> std::io::R
     let chunks: Vec<&[u8]> = data.chunks(1 << 20).collect();
     let files: Vec<std::sync::Mutex<Option<std::fs::File>>> =
         chunks.iter().map(|_| std::sync::Mutex::new(None)).collect();
-    parallel(chunks.len(), |i| {
+    parallel(chunks.len(), RAW_THREADS, |i| {
         let mut f = std::fs::File::create(dir.join(format!("{i:08}")))?;
         f.write_all(chunks.get(i).copied().unwrap_or_default())?;
         if early_writeback {
@@ -287,18 +268,15 @@ fn raw_chunk_files(dir: &Path, data: &[u8], early_writeback: bool) -> std::io::R
         Ok(())
     })?;
     // The store fsyncs on 8 threads; so does this.
-    let next = AtomicUsize::new(0);
-    std::thread::scope(|s| {
-        for _ in 0..8 {
-            s.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(slot) = files.get(i) else { return };
-                if let Some(f) = slot.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
-                    let _ = f.sync_all();
-                }
-            });
+    parallel(files.len(), 8, |i| {
+        if let Some(f) = files
+            .get(i)
+            .and_then(|slot| slot.lock().unwrap_or_else(|e| e.into_inner()).take())
+        {
+            let _ = f.sync_all();
         }
-    });
+        Ok(())
+    })?;
     std::fs::File::open(dir)?.sync_all()?;
     Ok(t.elapsed().as_secs_f64())
 }
@@ -383,10 +361,11 @@ pub fn main(args: Args) -> CmdResult {
     let mut runs = Vec::with_capacity(reps);
     let mut repo = None;
     let mut repo_path = PathBuf::new();
+    // The last repetition's full checkpoint: the base of the incremental steps below.
+    let mut full = None;
     for k in 0..reps {
         let raw_first = k % 2 == 0;
-        let mut full_s = 0.0;
-        let full_once = |repo: &mut Option<Repository>, repo_path: &mut PathBuf| {
+        let mut full_once = |repo: &mut Option<Repository>, repo_path: &mut PathBuf| {
             if let Some(old) = repo.take() {
                 drop(old);
                 std::fs::remove_dir_all(&*repo_path)?;
@@ -397,13 +376,12 @@ pub fn main(args: Args) -> CmdResult {
                 w.write(Rank(0), &lazarus::state::save(&state).map_err(to_store)?)
             })?;
             *repo = Some(r);
-            Ok::<_, Box<dyn std::error::Error + Send + Sync>>((s, receipt))
+            full = Some(receipt);
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(s)
         };
-        let mut full = None;
+        let mut full_s = 0.0;
         if !raw_first {
-            let (s, r) = full_once(&mut repo, &mut repo_path)?;
-            full_s = s;
-            full = Some(r);
+            full_s = full_once(&mut repo, &mut repo_path)?;
         }
         let raw_seq = raw_sequential(&raw_path, &bytes)?;
         let par_path = scratch.path().join("raw-par.bin");
@@ -415,31 +393,26 @@ pub fn main(args: Args) -> CmdResult {
         let raw_files_wb = raw_chunk_files(&files_dir, &bytes, true)?;
         std::fs::remove_dir_all(&files_dir)?;
         if raw_first {
-            let (s, r) = full_once(&mut repo, &mut repo_path)?;
-            full_s = s;
-            full = Some(r);
+            full_s = full_once(&mut repo, &mut repo_path)?;
         }
-        runs.push((
-            Repetition {
-                raw_sequential_s: raw_seq,
-                raw_parallel_prealloc_s: raw_par,
-                raw_chunk_files_s: raw_files,
-                raw_chunk_files_writeback_s: raw_files_wb,
-                full_checkpoint_s: full_s,
-            },
-            full,
-        ));
+        runs.push(Repetition {
+            raw_sequential_s: raw_seq,
+            raw_parallel_prealloc_s: raw_par,
+            raw_chunk_files_s: raw_files,
+            raw_chunk_files_writeback_s: raw_files_wb,
+            full_checkpoint_s: full_s,
+        });
     }
     drop(bytes);
-    let (Some(mut repo), Some((last, Some(full)))) = (repo, runs.last().cloned()) else {
+    let (Some(mut repo), Some(full), Some(&last)) = (repo, full, runs.last()) else {
         return Err("no full checkpoint was measured".into());
     };
-    let runs: Vec<Repetition> = runs.into_iter().map(|(r, _)| r).collect();
-    let full_vs_raw = median(runs.iter().map(Repetition::ratio).collect());
+    let full_vs_raw = median(&runs.iter().map(Repetition::ratio).collect::<Vec<_>>());
     let full_vs_seq = median(
-        runs.iter()
+        &runs
+            .iter()
             .map(|r| r.raw_sequential_s / r.full_checkpoint_s)
-            .collect(),
+            .collect::<Vec<_>>(),
     );
     let (raw_write, raw_method) = last.limit();
     let full_s = last.full_checkpoint_s;

@@ -28,6 +28,7 @@
 //! distributed times after every (re)start, and the supervisor restarts all ranks from the
 //! newest committed checkpoint. Each trial's checksum must equal the failure-free run's.
 
+use super::{load_average, median, Scratch};
 use crate::cmd::CmdResult;
 use lazarus::policy::{format_seconds, parse_duration, Formula, Model};
 use serde::Serialize;
@@ -230,13 +231,6 @@ struct Results {
     load_end: String,
 }
 
-/// The machine's load averages, so a result says how quiet the machine was.
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
-}
-
 /// How to start a job under `lazarus run`.
 struct Launch {
     lazarus: PathBuf,
@@ -264,14 +258,6 @@ enum Kills {
 }
 
 /// A scratch repository removed on drop (also on error paths).
-struct Scratch(PathBuf);
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn fresh_dir(p: PathBuf) -> Result<Scratch, ExperimentError> {
     let _ = std::fs::remove_dir_all(&p);
     std::fs::create_dir_all(&p).map_err(|source| ExperimentError::Io {
@@ -503,15 +489,19 @@ fn mean(xs: &[f64]) -> f64 {
     xs.iter().sum::<f64>() / xs.len() as f64
 }
 
-/// Median (mean of the two middle values for an even count); NaN when empty.
-fn median(xs: &[f64]) -> f64 {
-    let mut v: Vec<f64> = xs.iter().copied().filter(|x| !x.is_nan()).collect();
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+/// The failure-free run time trials are compared with: the mean of the rounds' own
+/// failure-free runs, or the baseline when there were no rounds (calibration only).
+fn failure_free_s(rounds: &[Round], baseline_s: f64) -> f64 {
+    if rounds.is_empty() {
+        baseline_s
+    } else {
+        mean(&rounds.iter().map(|r| r.failure_free_s).collect::<Vec<_>>())
     }
+}
+
+/// Checkpoint every this many steps for an interval of `multiple` x Daly's, at least 1.
+fn every_steps(multiple: f64, daly_s: f64, step_s: f64) -> u64 {
+    ((multiple * daly_s / step_s).round() as u64).max(1)
 }
 
 /// Standard error of the mean (0 for a single sample).
@@ -685,7 +675,7 @@ fn calibrate(
 /// Runs `lazarus bench experiment`.
 pub fn main(args: Args) -> CmdResult {
     let started = Instant::now();
-    let load_start = load_average();
+    let load_start = load_average().unwrap_or_default();
     let work = duration_flag("work", &args.work)?;
     let mtbf = duration_flag("mtbf", &args.mtbf)?;
     let calibration = duration_flag("calibration", &args.calibration)?;
@@ -820,7 +810,7 @@ pub fn main(args: Args) -> CmdResult {
             );
             for (pos, &i) in order.iter().enumerate() {
                 let r = &mut sweep[i];
-                let every = ((r.multiple * daly / round_step).round() as u64).max(1);
+                let every = every_steps(r.multiple, daly, round_step);
                 let interval_s = every as f64 * round_step;
                 let predicted = model.expected_wall_time(interval_s, b.wall_s);
                 let repo = fresh_dir(scratch.0.join(format!("i{i}-t{t}")))?;
@@ -881,15 +871,11 @@ pub fn main(args: Args) -> CmdResult {
             });
         }
     }
-    let ff = if rounds.is_empty() {
-        t_s
-    } else {
-        mean(&rounds.iter().map(|r| r.failure_free_s).collect::<Vec<_>>())
-    };
+    let ff = failure_free_s(&rounds, t_s);
     for r in sweep.iter_mut() {
         if r.trials.is_empty() {
             // Calibration only: the design's intervals at the calibration's speed.
-            let every = ((r.multiple * daly / cal.step_s).round() as u64).max(1);
+            let every = every_steps(r.multiple, daly, cal.step_s);
             r.every_steps = every as f64;
             r.interval_s = every as f64 * cal.step_s;
             r.predicted_s = model.expected_wall_time(r.interval_s, t_s);
@@ -931,7 +917,7 @@ pub fn main(args: Args) -> CmdResult {
         rounds,
         elapsed_s: started.elapsed().as_secs_f64(),
         load_start,
-        load_end: load_average(),
+        load_end: load_average().unwrap_or_default(),
     };
     let table = report::render(&results, args.calibrate_only);
     println!("{table}");

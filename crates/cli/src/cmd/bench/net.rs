@@ -2,6 +2,7 @@
 //! measured in the same run, and allreduce scaling (TCP backend, ranks as threads; 8 MiB
 //! vectors take the reduce-scatter + allgather path, 8 B the tree or recursive doubling).
 
+use super::load_average;
 use crate::cmd::CmdResult;
 use lazarus::format::Rank;
 use lazarus::net::{loopback_comms, Comm, NetConfig, ReduceOp, SendBuf};
@@ -205,13 +206,6 @@ fn allreduce_time(
     Ok(times.get(times.len() / 2).copied().unwrap_or_default())
 }
 
-/// The 1/5/15-minute load averages, so a reader can tell a quiet run from a loaded one.
-fn load() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "unknown".into())
-}
-
 /// Runs the benchmark and prints measured ratios.
 pub fn main(a: Args) -> CmdResult {
     println!(
@@ -219,7 +213,7 @@ pub fn main(a: Args) -> CmdResult {
         a.mib,
         a.round_trips,
         std::thread::available_parallelism().map_or(0, |n| n.get()),
-        load()
+        load_average().unwrap_or_else(|| "unknown".into())
     );
     let (mut bw_owned, mut bw_copy, mut lat) = (Vec::new(), Vec::new(), Vec::new());
     let mut raw_bws = Vec::new();
@@ -288,6 +282,9 @@ pub fn main(a: Args) -> CmdResult {
             (8 << 20) as f64 / big.as_secs_f64() / 1e9
         );
     }
-    println!("load at end: {}", load());
+    println!(
+        "load at end: {}",
+        load_average().unwrap_or_else(|| "unknown".into())
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -1,7 +1,7 @@
 //! The experiment's markdown report (results.md, also printed) and the figure's points.
 
 use super::design::{Plan, TARGET1, TARGET2};
-use super::{mean, plot, std_err, IntervalResult, Results};
+use super::{plot, std_err, IntervalResult, Results};
 use lazarus::policy::format_seconds;
 
 /// The design in a few lines: per interval the expected run time and failures, the spread
@@ -119,16 +119,7 @@ pub(super) fn render(r: &Results, calibrate_only: bool) -> String {
          measured (s) | model (s) | measured/model − 1 | vs failure-free |\n\
          |---|---|---|---|---|---|---|---|---|\n",
     );
-    let ff = if r.rounds.is_empty() {
-        r.baseline_s
-    } else {
-        mean(
-            &r.rounds
-                .iter()
-                .map(|x| x.failure_free_s)
-                .collect::<Vec<_>>(),
-        )
-    };
+    let ff = super::failure_free_s(&r.rounds, r.baseline_s);
     for i in &r.sweep {
         let measured = if i.trials.is_empty() {
             "—".to_string()
