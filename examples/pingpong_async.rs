@@ -254,7 +254,9 @@ fn run(args: &Args) -> Result<Option<u64>, Box<dyn Error>> {
             s.send(route(&p, id, 0), TAG, &t)?;
         }
     }
-    let want = predicted(p).get(me.0 as usize).map_or(0, |c| c.received);
+    // Every rank simulates the whole job once: its own target now, all of them at the end.
+    let prediction = predicted(p);
+    let want = prediction.get(me.0 as usize).map_or(0, |c| c.received);
     let mut rounds = Rounds::default();
     let mut last = c.received;
     let mut idle_since = Instant::now();
@@ -301,12 +303,12 @@ fn run(args: &Args) -> Result<Option<u64>, Box<dyn Error>> {
     }
     let stats = s.stats();
     let comm = s.finish(&c, Duration::from_secs(60))?;
-    let all = comm.gather(Rank(0), &(c.clone(), StatsWire::from(stats)))?;
+    let all = comm.gather(Rank(0), &(c.clone(), stats))?;
     let Some(all) = all else {
         return Ok(None);
     };
-    let (got, stats): (Vec<Counters>, Vec<StatsWire>) = all.into_iter().unzip();
-    let want = predicted(p);
+    let (got, stats): (Vec<Counters>, Vec<AsyncStats>) = all.into_iter().unzip();
+    let want = prediction;
     for (r, (g, w)) in got.iter().zip(&want).enumerate() {
         if g != w {
             return Err(format!(
@@ -320,30 +322,10 @@ fn run(args: &Args) -> Result<Option<u64>, Box<dyn Error>> {
     Ok(Some(checksum(&got)))
 }
 
-/// The counters of `AsyncStats` that rank 0 gathers.
-#[derive(Clone, Copy, Serialize, Deserialize)]
-struct StatsWire {
-    snapshots: u64,
-    messages_saved: u64,
-    channel_bytes: u64,
-    replayed: u64,
-}
-
-impl From<AsyncStats> for StatsWire {
-    fn from(s: AsyncStats) -> Self {
-        StatsWire {
-            snapshots: s.snapshots,
-            messages_saved: s.messages_saved,
-            channel_bytes: s.channel_bytes,
-            replayed: s.replayed,
-        }
-    }
-}
-
 fn print_stats(
     start: &AsyncStart,
     rounds: &Rounds,
-    stats: &[StatsWire],
+    stats: &[AsyncStats],
     elapsed: Duration,
     cfg: &AsyncConfig,
 ) {
@@ -351,7 +333,7 @@ fn print_stats(
     lat.sort();
     let ms = |d: Option<&Duration>| d.map_or(0.0, |d| d.as_secs_f64() * 1e3);
     let median = ms(lat.get(lat.len() / 2));
-    let sum = |f: fn(&StatsWire) -> u64| stats.iter().map(f).sum::<u64>();
+    let sum = |f: fn(&AsyncStats) -> u64| stats.iter().map(f).sum::<u64>();
     let restored = match start {
         AsyncStart::Restored { id, .. } => id.to_string(),
         AsyncStart::Fresh => "-".into(),

@@ -127,23 +127,8 @@ fn ranks_find_the_repository_and_token_from_the_launcher() {
 fn injection_flags_are_validated() {
     let dir = tempfile::tempdir().unwrap();
     let repo = dir.path().join("repo");
-    let (code, _, err) = lazarus(&[
-        "run",
-        "-n",
-        "2",
-        "--repo",
-        repo.to_str().unwrap(),
-        "--inject-kill-after",
-        "5@10ms",
-        "--",
-        "true",
-    ]);
-    assert_eq!(code, 2);
-    assert!(
-        err.contains("--inject-kill-after") && err.contains("\"5\""),
-        "{err}"
-    );
     for (bad, why) in [
+        ("5@10ms", "\"5\""),
         ("1@0c", "commit count"),
         ("1@10ms+5ms", "only follows a commit"),
     ] {

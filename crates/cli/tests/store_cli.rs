@@ -29,10 +29,36 @@ fn copy_dir(from: &Path, to: &Path) {
 }
 
 fn golden_copy() -> (tempfile::TempDir, PathBuf) {
+    golden_copy_of(&golden())
+}
+
+fn golden_copy_of(src: &Path) -> (tempfile::TempDir, PathBuf) {
     let d = tempfile::tempdir().unwrap();
     let repo = d.path().join("repo");
-    copy_dir(&golden(), &repo);
+    copy_dir(src, &repo);
     (d, repo)
+}
+
+/// Exit status 0, or fail showing both streams.
+fn assert_ok(o: &std::process::Output) {
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}{}",
+        text(&o.stdout),
+        text(&o.stderr)
+    );
+}
+
+/// `lazarus verify` succeeds and reports both committed checkpoints.
+fn verify_ok(repo: &Path) {
+    let o = lazarus(&["verify"], repo);
+    assert_ok(&o);
+    assert!(
+        text(&o.stdout).contains("ok: 2 committed checkpoint(s)"),
+        "{}",
+        text(&o.stdout)
+    );
 }
 
 fn text(b: &[u8]) -> String {
@@ -41,19 +67,7 @@ fn text(b: &[u8]) -> String {
 
 #[test]
 fn verify_passes_on_golden() {
-    let o = lazarus(&["verify"], &golden());
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "{}{}",
-        text(&o.stdout),
-        text(&o.stderr)
-    );
-    assert!(
-        text(&o.stdout).contains("ok: 2 committed checkpoint(s)"),
-        "{}",
-        text(&o.stdout)
-    );
+    verify_ok(&golden());
 }
 
 /// Format 1.1 (manifests inline in COMMIT, no rank manifest files): verify finds every
@@ -61,41 +75,13 @@ fn verify_passes_on_golden() {
 #[test]
 fn verify_inspect_and_gc_on_golden_1_1() {
     let g = golden().with_file_name("golden-v1.1");
-    let o = lazarus(&["verify"], &g);
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "{}{}",
-        text(&o.stdout),
-        text(&o.stderr)
-    );
-    assert!(
-        text(&o.stdout).contains("ok: 2 committed checkpoint(s)"),
-        "{}",
-        text(&o.stdout)
-    );
+    verify_ok(&g);
     let o = lazarus(&["inspect", "--parts"], &g);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
     assert!(!text(&o.stdout).contains("DAMAGED"), "{}", text(&o.stdout));
-    let d = tempfile::tempdir().unwrap();
-    let repo = d.path().join("repo");
-    copy_dir(&g, &repo);
-    let o = lazarus(&["gc", "--keep", "1"], &repo);
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "{}{}",
-        text(&o.stdout),
-        text(&o.stderr)
-    );
-    let o = lazarus(&["verify"], &repo);
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "{}{}",
-        text(&o.stdout),
-        text(&o.stderr)
-    );
+    let (_d, repo) = golden_copy_of(&g);
+    assert_ok(&lazarus(&["gc", "--keep", "1"], &repo));
+    assert_ok(&lazarus(&["verify"], &repo));
 }
 
 #[test]

@@ -140,8 +140,8 @@ pub struct AsyncReport {
     pub reason: Option<AbortReason>,
 }
 
-/// Counters of one session, for tests and logs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// Counters of one session, for tests and logs (serde, so a program can gather them).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AsyncStats {
     /// local snapshots captured
     pub snapshots: u64,

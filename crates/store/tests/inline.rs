@@ -10,32 +10,7 @@ use lazarus_store::{CommitMeta, CommitStatus, Presence, RepoReader, Repository, 
 
 /// Writes a checkpoint of `world` ranks whose manifests all ride inline, returns its id.
 fn inline_checkpoint(repo: &mut Repository, world: u32, step: u64) -> lazarus_format::CheckpointId {
-    let p = repo.begin(world).unwrap();
-    let mut receipts = Vec::new();
-    for r in 0..world {
-        let bytes = le_f64(&field(r, step, 700));
-        let s = step.to_le_bytes();
-        let w = p.part_writer().with_inline_manifest(MAX_INLINE_MANIFEST);
-        let rc = w
-            .write(
-                Rank(r),
-                &[bulk_f64("field", &bytes, None), serde_obj("step", &s)],
-            )
-            .unwrap();
-        assert!(rc.manifest.is_some(), "small manifest kept inline");
-        receipts.push(rc);
-    }
-    let id = p.id();
-    repo.commit(
-        p,
-        receipts,
-        CommitMeta {
-            step,
-            ..CommitMeta::default()
-        },
-    )
-    .unwrap();
-    id
+    checkpoint_with(repo, world, step, 700, true)
 }
 
 #[test]

@@ -59,17 +59,38 @@ pub fn checkpoint(
     step: u64,
     n: usize,
 ) -> lazarus_format::CheckpointId {
+    checkpoint_with(repo, world, step, n, false)
+}
+
+/// [`checkpoint`], with every rank's (small) manifest kept inline when `inline` (format 1.1,
+/// checked) instead of written as a file.
+pub fn checkpoint_with(
+    repo: &mut Repository,
+    world: u32,
+    step: u64,
+    n: usize,
+    inline: bool,
+) -> lazarus_format::CheckpointId {
     let pending = repo.begin(world).expect("begin");
-    let w = pending.part_writer();
+    let w = if inline {
+        pending
+            .part_writer()
+            .with_inline_manifest(lazarus_format::MAX_INLINE_MANIFEST)
+    } else {
+        pending.part_writer()
+    };
     let receipts: Vec<PartReceipt> = (0..world)
         .map(|r| {
             let bytes = le_f64(&field(r, step, n));
             let p = step.to_le_bytes();
-            w.write(
-                Rank(r),
-                &[bulk_f64("field", &bytes, None), serde_obj("step", &p)],
-            )
-            .expect("write part")
+            let rc = w
+                .write(
+                    Rank(r),
+                    &[bulk_f64("field", &bytes, None), serde_obj("step", &p)],
+                )
+                .expect("write part");
+            assert_eq!(rc.manifest.is_some(), inline, "manifest inline iff asked");
+            rc
         })
         .collect();
     repo.commit(
