@@ -8,6 +8,7 @@ use crate::balance::{Balancer, Decision, Sample};
 use crate::dvec::{scalars, DVec};
 use crate::elem::{BlockPart, BlockParts, DElem, SumAcc};
 use crate::error::{DistError, DistErrorKind, Result};
+use crate::exact::ExactSums;
 use crate::partition::{Distribution, Plan, DEFAULT_PIECE_BYTES};
 use lazarus_format::Rank;
 use lazarus_net::{Comm, NetError};
@@ -83,15 +84,10 @@ impl<T: DElem> DVec<T> {
 
     fn allreduce_acc(&self, comm: &Comm, local: SumAcc) -> Result<SumAcc> {
         self.check_comm(comm)?;
-        let all: Vec<Vec<u8>> = comm
-            .allgather(&local.to_le_bytes())
-            .map_err(comm_err("sum"))?;
+        let all: Vec<SumAcc> = comm.allgather(&local).map_err(comm_err("sum"))?;
         let mut acc = SumAcc::new();
-        for (r, b) in all.iter().enumerate() {
-            let a = SumAcc::from_le_bytes(b).ok_or_else(|| {
-                DistError::protocol(format!("rank {r} sent a malformed sum accumulator"))
-            })?;
-            acc.merge(&a);
+        for a in &all {
+            acc.merge(a);
         }
         Ok(acc)
     }
@@ -175,15 +171,17 @@ impl<T: DElem> DVec<T> {
                 x.add_to(a);
             }
         }
-        let enc: Vec<Vec<u8>> = local.iter().map(SumAcc::to_le_bytes).collect();
-        let all: Vec<Vec<Vec<u8>>> = comm.allgather(&enc).map_err(comm_err("scan"))?;
+        let all: Vec<Vec<SumAcc>> = comm.allgather(&local).map_err(comm_err("scan"))?;
         let mut run: Vec<SumAcc> = vec![SumAcc::new(); w];
         for (r, accs) in all.iter().enumerate().take(self.rank.index()) {
-            for (c, b) in run.iter_mut().zip(accs) {
-                let a = SumAcc::from_le_bytes(b).ok_or_else(|| {
-                    DistError::protocol(format!("rank {r} sent a malformed scan accumulator"))
-                })?;
-                c.merge(&a);
+            if accs.len() != w {
+                return Err(DistError::protocol(format!(
+                    "scan: rank {r} sent {} accumulators for rows of {w}",
+                    accs.len()
+                )));
+            }
+            for (c, a) in run.iter_mut().zip(accs) {
+                c.merge(a);
             }
         }
         let mut out = self.map(|_, x| x);
@@ -455,5 +453,64 @@ impl<T: DElem> DVec<T> {
             self.redistribute(comm, to)?;
         }
         Ok(decision)
+    }
+}
+
+/// One step of [`ExactSums::allreduce`]: the merged sums of a run of ranks starting at the
+/// named one, or the first two contributions whose lengths differ.
+#[derive(serde::Serialize, serde::Deserialize)]
+enum SumsPartial {
+    Sums(u32, ExactSums),
+    Mismatch { a: (u32, u64), b: (u32, u64) },
+}
+
+impl ExactSums {
+    /// Element-wise exact sum over all ranks, rounded once per element by
+    /// [`ExactSums::values`]: the same bits on every rank, for every number of ranks and
+    /// every way the addends were split between them (merging is exact, so the reduction
+    /// tree does not matter). Every rank must pass the same length; otherwise every rank
+    /// gets an error naming two ranks that differ. Collective.
+    ///
+    /// ```
+    /// use lazarus_dist::ExactSums;
+    /// // The addends 1e16, 1, -1e16, 1 split over 1, 2 or 4 ranks: always exactly 2.
+    /// let xs = [1e16, 1.0, -1e16, 1.0];
+    /// for n in [1u32, 2, 4] {
+    ///     let got = lazarus_net::local(n, |comm| {
+    ///         let mut s = ExactSums::new(1);
+    ///         for x in xs.iter().skip(comm.rank().index()).step_by(n as usize) {
+    ///             s.add_at(0, &[*x]).unwrap();
+    ///         }
+    ///         s.allreduce(&comm).unwrap().values()
+    ///     })
+    ///     .unwrap();
+    ///     assert!(got.iter().all(|v| v == &[2.0]));
+    /// }
+    /// ```
+    pub fn allreduce(self, comm: &Comm) -> Result<ExactSums> {
+        let mine = SumsPartial::Sums(comm.rank().0, self);
+        let merged = comm
+            .allreduce_with(mine, |lo, hi| match (lo, hi) {
+                (SumsPartial::Sums(r, mut a), SumsPartial::Sums(q, b)) => {
+                    if a.merge(&b).is_ok() {
+                        SumsPartial::Sums(r, a)
+                    } else {
+                        SumsPartial::Mismatch {
+                            a: (r, a.len() as u64),
+                            b: (q, b.len() as u64),
+                        }
+                    }
+                }
+                (m @ SumsPartial::Mismatch { .. }, _) | (_, m @ SumsPartial::Mismatch { .. }) => m,
+            })
+            .map_err(comm_err("exact allreduce"))?;
+        match merged {
+            SumsPartial::Sums(_, s) => Ok(s),
+            SumsPartial::Mismatch { a, b } => Err(DistError::invalid(format!(
+                "ExactSums::allreduce: rank {} passed {} sums, rank {} passed {}; every rank \
+                 must pass the same length",
+                a.0, a.1, b.0, b.1
+            ))),
+        }
     }
 }

@@ -38,6 +38,6 @@ pub use collective::Halo;
 pub use dvec::{row_width_of, DVec, SLOWDOWN_ENV};
 pub use elem::{DElem, SumAcc, REDUCE_BLOCK};
 pub use error::{DistError, DistErrorKind, Result};
-pub use exact::ExactSum;
+pub use exact::{ExactSum, ExactSums};
 pub use partition::{Distribution, Piece, Plan, DEFAULT_PIECE_BYTES};
 pub use reshard::{ObjectClass, PartSource, Reshard};
