@@ -4,7 +4,7 @@
 //! must not use them). Point-to-point transfers follow one list shared by all ranks, so
 //! even a blocking transport could not deadlock; `Comm` sends are eager anyway.
 
-use crate::balance::{Balancer, Decision, Sample};
+use crate::balance::Decision;
 use crate::dvec::{scalars, DVec};
 use crate::elem::{BlockPart, BlockParts, DElem, SumAcc};
 use crate::error::{DistError, DistErrorKind, Result};
@@ -358,6 +358,11 @@ impl<T: DElem> DVec<T> {
         let old = self.my.clone();
         let new = to.range(me);
         let keep = old.start.max(new.start)..old.end.min(new.end).max(old.start.max(new.start));
+        if old != new {
+            // Marked before any byte moves, so even a migration that fails half-way
+            // leaves no page claiming to be unchanged.
+            self.tracker.mark_all();
+        }
         let mut front: Vec<T> = Vec::new();
         let mut compacted = false;
         let compact = |data: &mut Vec<T>, front: &mut Vec<T>| -> Result<()> {
@@ -415,6 +420,12 @@ impl<T: DElem> DVec<T> {
                 self.data.len()
             )));
         }
+        if old != new {
+            // Page positions mean other rows now: nothing of the previous checkpoint can
+            // be reused blindly (and the length may have changed).
+            self.tracker
+                .resize(std::mem::size_of_val(self.data.as_slice()));
+        }
         self.my = new;
         self.dist = OnceLock::new();
         let _ = self.dist.set(to.clone());
@@ -425,34 +436,10 @@ impl<T: DElem> DVec<T> {
     /// [`DVec::work`] and the element-wise operations), lets the policy decide
     /// ([`crate::Balancer`], docs/DIST.md) and, if it says so, migrates. Every rank gets
     /// the same decision. Results of later operations do not change (reductions are
-    /// distribution-independent). Collective.
+    /// distribution-independent). Vectors whose rows belong together (points and their
+    /// labels) are balanced with [`crate::balance_together`] instead. Collective.
     pub fn balance(&mut self, comm: &Comm) -> Result<Decision> {
-        let dist = self.sync_distribution(comm)?.clone();
-        let mine = (self.meter.elements, self.meter.seconds);
-        let all: Vec<(u64, f64)> = comm.allgather(&mine).map_err(comm_err("balance"))?;
-        self.meter.elements = 0;
-        self.meter.seconds = 0.0;
-        if self.balancer.is_none() {
-            self.balancer = Some(Balancer::new(
-                self.balance_cfg.clone(),
-                self.world as usize,
-            )?);
-        }
-        let decision = {
-            let Some(b) = self.balancer.as_mut() else {
-                return Err(DistError::invalid("balancer missing"));
-            };
-            let samples: Vec<Sample> = all
-                .iter()
-                .map(|&(elements, seconds)| Sample { elements, seconds })
-                .collect();
-            b.observe(&samples)?;
-            b.decide(&dist)?
-        };
-        if let Decision::Rebalance { to, .. } = &decision {
-            self.redistribute(comm, to)?;
-        }
-        Ok(decision)
+        crate::group::balance_together(comm, &mut [self])
     }
 }
 
