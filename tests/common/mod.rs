@@ -47,6 +47,7 @@ pub fn lazarus_bin() -> PathBuf {
 }
 
 /// The binary of `examples/<name>.rs` of this profile.
+#[allow(dead_code)] // not every test file runs an example
 pub fn example_bin(name: &str) -> PathBuf {
     let p = profile_dir()
         .join("examples")
