@@ -233,11 +233,7 @@ impl Figure {
                 } => {
                     let style = colour.stroke_width(*width);
                     for run in clip(points, x, y) {
-                        if *dashed {
-                            chart.draw_series(DashedLineSeries::new(run, 6, 4, style))?;
-                        } else {
-                            chart.draw_series(LineSeries::new(run, style))?;
-                        }
+                        polyline(&mut chart, run, style, *dashed)?;
                     }
                     (label.as_ref(), Glyph::Line(style, *dashed))
                 }
@@ -250,12 +246,7 @@ impl Figure {
                 } => {
                     let style = colour.stroke_width(*width);
                     if (x.0..=x.1).contains(at) {
-                        let run = vec![(*at, y.0), (*at, y.1)];
-                        if *dashed {
-                            chart.draw_series(DashedLineSeries::new(run, 6, 4, style))?;
-                        } else {
-                            chart.draw_series(LineSeries::new(run, style))?;
-                        }
+                        polyline(&mut chart, vec![(*at, y.0), (*at, y.1)], style, *dashed)?;
                     }
                     (label.as_ref(), Glyph::Line(style, *dashed))
                 }
@@ -305,6 +296,26 @@ impl Figure {
         }
         Ok(())
     }
+}
+
+/// Draws one polyline, solid or dashed (6 px dashes, 4 px gaps).
+fn polyline<'a, DB, X>(
+    chart: &mut ChartContext<'a, DB, Cartesian2d<X, RangedCoordf64>>,
+    run: Vec<(f64, f64)>,
+    style: ShapeStyle,
+    dashed: bool,
+) -> Result<(), BoxError>
+where
+    DB: DrawingBackend + 'a,
+    DB::ErrorType: 'static,
+    X: Ranged<ValueType = f64>,
+{
+    if dashed {
+        chart.draw_series(DashedLineSeries::new(run, 6, 4, style))?;
+    } else {
+        chart.draw_series(LineSeries::new(run, style))?;
+    }
+    Ok(())
 }
 
 /// A legend entry's sample of its series.
