@@ -261,6 +261,13 @@ impl JobBuilder {
         self
     }
 
+    /// Never checkpoint on the policy's initiative ([`lazarus_policy::Never`]), e.g. in
+    /// benchmarks: `checkpoint` only counts steps, `checkpoint_now` still saves, and a
+    /// restart still restores the newest checkpoint. Replaces `every_steps`/`every`.
+    pub fn never_checkpoint(self) -> Self {
+        self.policy(lazarus_policy::Never)
+    }
+
     /// Keep the newest `k` committed checkpoints (default 3; at least 1).
     pub fn keep(mut self, k: usize) -> Self {
         self.keep = Some(k);

@@ -6,48 +6,11 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use common::{checksum, lazarus_run, text};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
 
-const DEADLINE: Duration = Duration::from_secs(120);
 const SIZE: &str = "40";
 const STEPS: u64 = 36;
-
-/// Runs `lazarus run -n <n> --repo <repo> <extra> -- <prog>` with a deadline.
-fn lazarus_run(n: u32, repo: &Path, extra: &[&str], env: &[(&str, &str)], prog: &[&str]) -> Output {
-    let mut cmd = Command::new(common::lazarus_bin());
-    cmd.arg("run")
-        .args(["-n", &n.to_string(), "--repo"])
-        .arg(repo)
-        .args(["--failure-timeout-ms", "3000", "--heartbeat-ms", "100"])
-        .args(extra)
-        .arg("--")
-        .args(prog)
-        .env_remove("LAZARUS_FAILPOINT")
-        .env_remove("LAZARUS_SLOWDOWN")
-        .envs(env.iter().copied())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("spawn lazarus run");
-    let t0 = Instant::now();
-    loop {
-        if child.try_wait().expect("wait").is_some() {
-            return child.wait_with_output().expect("output");
-        }
-        if t0.elapsed() > DEADLINE {
-            let _ = child.kill();
-            let out = child.wait_with_output().expect("output");
-            panic!(
-                "lazarus run -n {n} {prog:?} exceeded {DEADLINE:?}\nstdout:\n{}\nstderr:\n{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 fn heat_dvec(steps: u64) -> Vec<String> {
     let bin = common::example_bin("heat_dvec")
@@ -66,28 +29,6 @@ fn heat_dvec(steps: u64) -> Vec<String> {
         "3".into(),
     ]
     .into()
-}
-
-fn text(out: &Output) -> (String, String) {
-    (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn checksum(out: &Output) -> String {
-    let (stdout, stderr) = text(out);
-    assert!(
-        out.status.success(),
-        "{:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
-        out.status
-    );
-    let sums: Vec<&str> = stdout
-        .lines()
-        .filter_map(|l| l.split("checksum=").nth(1))
-        .collect();
-    assert_eq!(sums.len(), 1, "exactly one checksum line:\n{stdout}");
-    sums[0].trim().to_string()
 }
 
 /// The checksum of a run of `STEPS` that never changed size.

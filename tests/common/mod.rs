@@ -2,8 +2,9 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output, Stdio};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 /// `target/<profile>`, the directory of this test binary's parent.
 pub fn profile_dir() -> PathBuf {
@@ -46,6 +47,7 @@ pub fn lazarus_bin() -> PathBuf {
 }
 
 /// The binary of `examples/<name>.rs` of this profile.
+#[allow(dead_code)] // not every test file runs an example
 pub fn example_bin(name: &str) -> PathBuf {
     let p = profile_dir()
         .join("examples")
@@ -55,4 +57,76 @@ pub fn example_bin(name: &str) -> PathBuf {
         &["-p", "lazarus", "--example", name],
         p,
     )
+}
+
+/// How long one `lazarus run` of a test may take.
+pub const RUN_DEADLINE: Duration = Duration::from_secs(120);
+
+/// Runs `lazarus run -n <n> --repo <repo> <extra> -- <prog>` (fast failure detection,
+/// no inherited failpoint or slowdown knob, `env` added) and kills it after
+/// [`RUN_RUN_DEADLINE`].
+#[allow(dead_code)]
+pub fn lazarus_run(
+    n: u32,
+    repo: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+    prog: &[&str],
+) -> Output {
+    let mut cmd = Command::new(lazarus_bin());
+    cmd.arg("run")
+        .args(["-n", &n.to_string(), "--repo"])
+        .arg(repo)
+        .args(["--failure-timeout-ms", "3000", "--heartbeat-ms", "100"])
+        .args(extra)
+        .arg("--")
+        .args(prog)
+        .env_remove("LAZARUS_FAILPOINT")
+        .env_remove("LAZARUS_SLOWDOWN")
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn lazarus run");
+    let t0 = Instant::now();
+    loop {
+        if child.try_wait().expect("wait").is_some() {
+            return child.wait_with_output().expect("output");
+        }
+        if t0.elapsed() > RUN_DEADLINE {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("output");
+            panic!(
+                "lazarus run -n {n} {prog:?} exceeded {RUN_DEADLINE:?}\nstdout:\n{}\nstderr:\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// stdout and stderr as text.
+#[allow(dead_code)]
+pub fn text(out: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The value of the one `checksum=` line of a successful run.
+#[allow(dead_code)]
+pub fn checksum(out: &Output) -> String {
+    let (stdout, stderr) = text(out);
+    assert!(
+        out.status.success(),
+        "{:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        out.status
+    );
+    let sums: Vec<&str> = stdout
+        .lines()
+        .filter_map(|l| l.split("checksum=").nth(1))
+        .collect();
+    assert_eq!(sums.len(), 1, "exactly one checksum line:\n{stdout}");
+    sums[0].trim().to_string()
 }

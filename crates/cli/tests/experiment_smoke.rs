@@ -80,7 +80,37 @@ fn tiny_experiment_writes_table_json_and_plot() {
         .sum();
     eprintln!("injected failures over both trials: {failures}");
     let svg = std::fs::read_to_string(out_dir.path().join("walltime.svg")).unwrap();
-    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    let doc = roxmltree::Document::parse(&svg).expect("walltime.svg is well-formed");
+    assert!(doc.root_element().has_tag_name("svg"));
+    let texts: Vec<&str> = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("text"))
+        .filter_map(|n| n.text().map(str::trim))
+        .collect();
+    for want in [
+        "checkpoint interval τ (s, log scale)",
+        "wall time (s)",
+        "measured vs model",
+        "model T_w(τ)",
+        "measured mean, min–max",
+        "failure-free",
+        "Daly (higher order): ",
+    ] {
+        assert!(
+            texts.iter().any(|t| t.contains(want)),
+            "{want} missing: {texts:?}"
+        );
+    }
+    // One red mean dot per interval (each had one trial), one grey dot per trial plus the
+    // legend's sample.
+    let discs = |fill: &str, r: &str| {
+        doc.descendants()
+            .filter(|n| n.has_tag_name("circle"))
+            .filter(|n| n.attribute("fill") == Some(fill) && n.attribute("r") == Some(r))
+            .count()
+    };
+    assert_eq!(discs("#D62728", "5"), 2, "{svg}");
+    assert_eq!(discs("#969696", "2"), 3, "{svg}");
     // The scratch repositories are removed.
     assert_eq!(std::fs::read_dir(scratch.path()).unwrap().count(), 0);
 }

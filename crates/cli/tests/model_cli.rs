@@ -81,37 +81,119 @@ fn table_lists_every_formula() {
     }
 }
 
+/// The formulas' colours in the figure (`crates/cli/src/cmd/model/plot.rs`).
+const MARKS: [(&str, [u8; 3]); 4] = [
+    ("Young", [31, 119, 180]),
+    ("Daly (first order)", [148, 103, 189]),
+    ("Daly (higher order)", [44, 160, 44]),
+    ("exact optimum", [214, 39, 40]),
+];
+const CURVE: [u8; 3] = [40, 40, 40];
+
+fn hex([r, g, b]: [u8; 3]) -> String {
+    format!("#{r:02X}{g:02X}{b:02X}")
+}
+
+fn plot(path: &std::path::Path, linear: bool) {
+    let p = path.to_str().expect("utf-8 path");
+    let mut args = vec![
+        "--cost", "5m", "--mtbf", "6h", "--work", "500h", "--plot", p,
+    ];
+    if linear {
+        args.push("--linear");
+    }
+    let out = lazarus(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
-fn plots_svg_and_png() {
+fn svg_plot_is_well_formed_with_curve_marks_legend_and_labels() {
     let dir = tempfile::tempdir().expect("tempdir");
     let svg = dir.path().join("curve.svg");
-    let png = dir.path().join("curve.PNG");
-    for (path, linear) in [(&svg, false), (&png, true)] {
-        let p = path.to_str().expect("utf-8 path");
-        let mut args = vec![
-            "--cost", "5m", "--mtbf", "6h", "--work", "500h", "--plot", p,
-        ];
-        if linear {
-            args.push("--linear");
-        }
-        let out = lazarus(&args);
+    plot(&svg, false);
+    let s = std::fs::read_to_string(&svg).expect("svg written");
+    let doc = roxmltree::Document::parse(&s).expect("well-formed XML");
+    let root = doc.root_element();
+    assert!(root.has_tag_name("svg"));
+    assert_eq!(
+        (root.attribute("width"), root.attribute("height")),
+        (Some("860"), Some("520"))
+    );
+    let texts: Vec<String> = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("text"))
+        .filter_map(|n| n.text().map(|t| t.trim().to_string()))
+        .collect();
+    let has = |want: &str| texts.iter().any(|t| t.contains(want));
+    assert!(has("checkpoint interval (min, log scale)"), "{texts:?}");
+    assert!(has("expected run time (d)"), "{texts:?}");
+    assert!(has("cost 5.00 min, MTBF 6.00 h"), "{texts:?}");
+    for (name, _) in MARKS {
         assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+            has(&format!("{name}: ")),
+            "legend entry {name} missing: {texts:?}"
         );
     }
-    let s = std::fs::read_to_string(&svg).expect("svg written");
-    assert!(s.starts_with("<svg") && s.trim_end().ends_with("</svg>"));
-    assert!(s.contains("<polyline") && s.contains("exact optimum") && s.contains("Young"));
-    assert_eq!(s.matches("<circle").count(), 4);
-    let b = std::fs::read(&png).expect("png written");
-    assert_eq!(b.get(..8), Some(&b"\x89PNG\r\n\x1a\n"[..]));
-    assert_eq!(b.get(12..16), Some(&b"IHDR"[..]));
-    let w = u32::from_be_bytes(b[16..20].try_into().unwrap());
-    let h = u32::from_be_bytes(b[20..24].try_into().unwrap());
-    assert_eq!((w, h), (860, 520));
-    assert_eq!(b.get(b.len() - 8..b.len() - 4), Some(&b"IEND"[..]));
+    let stroked = |c: [u8; 3]| {
+        doc.descendants()
+            .filter(|n| n.has_tag_name("polyline") && n.attribute("stroke") == Some(&hex(c)))
+            .count()
+    };
+    assert!(stroked(CURVE) >= 1, "the model curve is drawn");
+    for (name, c) in MARKS {
+        // The mark (dashes, or one line for the optimum) plus the legend's sample.
+        assert!(stroked(c) >= 2, "{name}'s mark is drawn");
+        let dots = doc
+            .descendants()
+            .filter(|n| n.has_tag_name("circle") && n.attribute("fill") == Some(&hex(c)))
+            .count();
+        assert_eq!(dots, 1, "{name}: one dot on the curve");
+    }
+}
+
+#[test]
+fn png_plot_decodes_with_every_series_and_text_drawn() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("curve.PNG"); // the extension is case-insensitive
+    plot(&path, true);
+    let file = std::fs::File::open(&path).expect("png written");
+    let mut reader = png::Decoder::new(std::io::BufReader::new(file))
+        .read_info()
+        .expect("a valid PNG header");
+    let mut buf = vec![0; reader.output_buffer_size()];
+    let info = reader.next_frame(&mut buf).expect("valid PNG data");
+    assert_eq!((info.width, info.height), (860, 520));
+    assert_eq!(info.color_type, png::ColorType::Rgb);
+    let px = |x: u32, y: u32| {
+        let i = ((y * info.width + x) * 3) as usize;
+        [buf[i], buf[i + 1], buf[i + 2]]
+    };
+    let count = |c: [u8; 3]| {
+        (0..info.height)
+            .flat_map(|y| (0..info.width).map(move |x| (x, y)))
+            .filter(|&(x, y)| px(x, y) == c)
+            .count()
+    };
+    assert!(count(CURVE) > 300, "the curve: {} pixels", count(CURVE));
+    // Young and Daly (first order) coincide here (both 1 h), and Daly (higher order) and
+    // the optimum nearly: at least the one drawn last of each pair is visible, and every
+    // colour is in the legend.
+    for (name, c) in MARKS {
+        assert!(count(c) > 40, "{name}: {} pixels", count(c));
+    }
+    // Text is rasterised: dark pixels in the x-axis label band and the rotated y label.
+    let dark = |xs: std::ops::Range<u32>, ys: std::ops::Range<u32>| {
+        ys.flat_map(|y| xs.clone().map(move |x| (x, y)))
+            .filter(|&(x, y)| px(x, y).iter().all(|&v| v < 100))
+            .count()
+    };
+    assert!(dark(300..600, 485..515) > 100, "x-axis label");
+    assert!(dark(0..30, 150..350) > 100, "y-axis label");
+    assert!(dark(200..660, 0..30) > 100, "title");
 }
 
 #[test]

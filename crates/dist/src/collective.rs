@@ -4,10 +4,11 @@
 //! must not use them). Point-to-point transfers follow one list shared by all ranks, so
 //! even a blocking transport could not deadlock; `Comm` sends are eager anyway.
 
-use crate::balance::{Balancer, Decision, Sample};
+use crate::balance::Decision;
 use crate::dvec::{scalars, DVec};
 use crate::elem::{BlockPart, BlockParts, DElem, SumAcc};
 use crate::error::{DistError, DistErrorKind, Result};
+use crate::exact::ExactSums;
 use crate::partition::{Distribution, Plan, DEFAULT_PIECE_BYTES};
 use lazarus_format::Rank;
 use lazarus_net::{Comm, NetError};
@@ -83,15 +84,10 @@ impl<T: DElem> DVec<T> {
 
     fn allreduce_acc(&self, comm: &Comm, local: SumAcc) -> Result<SumAcc> {
         self.check_comm(comm)?;
-        let all: Vec<Vec<u8>> = comm
-            .allgather(&local.to_le_bytes())
-            .map_err(comm_err("sum"))?;
+        let all: Vec<SumAcc> = comm.allgather(&local).map_err(comm_err("sum"))?;
         let mut acc = SumAcc::new();
-        for (r, b) in all.iter().enumerate() {
-            let a = SumAcc::from_le_bytes(b).ok_or_else(|| {
-                DistError::protocol(format!("rank {r} sent a malformed sum accumulator"))
-            })?;
-            acc.merge(&a);
+        for a in &all {
+            acc.merge(a);
         }
         Ok(acc)
     }
@@ -175,15 +171,17 @@ impl<T: DElem> DVec<T> {
                 x.add_to(a);
             }
         }
-        let enc: Vec<Vec<u8>> = local.iter().map(SumAcc::to_le_bytes).collect();
-        let all: Vec<Vec<Vec<u8>>> = comm.allgather(&enc).map_err(comm_err("scan"))?;
+        let all: Vec<Vec<SumAcc>> = comm.allgather(&local).map_err(comm_err("scan"))?;
         let mut run: Vec<SumAcc> = vec![SumAcc::new(); w];
         for (r, accs) in all.iter().enumerate().take(self.rank.index()) {
-            for (c, b) in run.iter_mut().zip(accs) {
-                let a = SumAcc::from_le_bytes(b).ok_or_else(|| {
-                    DistError::protocol(format!("rank {r} sent a malformed scan accumulator"))
-                })?;
-                c.merge(&a);
+            if accs.len() != w {
+                return Err(DistError::protocol(format!(
+                    "scan: rank {r} sent {} accumulators for rows of {w}",
+                    accs.len()
+                )));
+            }
+            for (c, a) in run.iter_mut().zip(accs) {
+                c.merge(a);
             }
         }
         let mut out = self.map(|_, x| x);
@@ -360,6 +358,11 @@ impl<T: DElem> DVec<T> {
         let old = self.my.clone();
         let new = to.range(me);
         let keep = old.start.max(new.start)..old.end.min(new.end).max(old.start.max(new.start));
+        if old != new {
+            // Marked before any byte moves, so even a migration that fails half-way
+            // leaves no page claiming to be unchanged.
+            self.tracker.mark_all();
+        }
         let mut front: Vec<T> = Vec::new();
         let mut compacted = false;
         let compact = |data: &mut Vec<T>, front: &mut Vec<T>| -> Result<()> {
@@ -417,6 +420,12 @@ impl<T: DElem> DVec<T> {
                 self.data.len()
             )));
         }
+        if old != new {
+            // Page positions mean other rows now: nothing of the previous checkpoint can
+            // be reused blindly (and the length may have changed).
+            self.tracker
+                .resize(std::mem::size_of_val(self.data.as_slice()));
+        }
         self.my = new;
         self.dist = OnceLock::new();
         let _ = self.dist.set(to.clone());
@@ -427,33 +436,68 @@ impl<T: DElem> DVec<T> {
     /// [`DVec::work`] and the element-wise operations), lets the policy decide
     /// ([`crate::Balancer`], docs/DIST.md) and, if it says so, migrates. Every rank gets
     /// the same decision. Results of later operations do not change (reductions are
-    /// distribution-independent). Collective.
+    /// distribution-independent). Vectors whose rows belong together (points and their
+    /// labels) are balanced with [`crate::balance_together`] instead. Collective.
     pub fn balance(&mut self, comm: &Comm) -> Result<Decision> {
-        let dist = self.sync_distribution(comm)?.clone();
-        let mine = (self.meter.elements, self.meter.seconds);
-        let all: Vec<(u64, f64)> = comm.allgather(&mine).map_err(comm_err("balance"))?;
-        self.meter.elements = 0;
-        self.meter.seconds = 0.0;
-        if self.balancer.is_none() {
-            self.balancer = Some(Balancer::new(
-                self.balance_cfg.clone(),
-                self.world as usize,
-            )?);
+        crate::group::balance_together(comm, &mut [self])
+    }
+}
+
+/// One step of [`ExactSums::allreduce`]: the merged sums of a run of ranks starting at the
+/// named one, or the first two contributions whose lengths differ.
+#[derive(serde::Serialize, serde::Deserialize)]
+enum SumsPartial {
+    Sums(u32, ExactSums),
+    Mismatch { a: (u32, u64), b: (u32, u64) },
+}
+
+impl ExactSums {
+    /// Element-wise exact sum over all ranks, rounded once per element by
+    /// [`ExactSums::values`]: the same bits on every rank, for every number of ranks and
+    /// every way the addends were split between them (merging is exact, so the reduction
+    /// tree does not matter). Every rank must pass the same length; otherwise every rank
+    /// gets an error naming two ranks that differ. Collective.
+    ///
+    /// ```
+    /// use lazarus_dist::ExactSums;
+    /// // The addends 1e16, 1, -1e16, 1 split over 1, 2 or 4 ranks: always exactly 2.
+    /// let xs = [1e16, 1.0, -1e16, 1.0];
+    /// for n in [1u32, 2, 4] {
+    ///     let got = lazarus_net::local(n, |comm| {
+    ///         let mut s = ExactSums::new(1);
+    ///         for x in xs.iter().skip(comm.rank().index()).step_by(n as usize) {
+    ///             s.add_at(0, &[*x]).unwrap();
+    ///         }
+    ///         s.allreduce(&comm).unwrap().values()
+    ///     })
+    ///     .unwrap();
+    ///     assert!(got.iter().all(|v| v == &[2.0]));
+    /// }
+    /// ```
+    pub fn allreduce(self, comm: &Comm) -> Result<ExactSums> {
+        let mine = SumsPartial::Sums(comm.rank().0, self);
+        let merged = comm
+            .allreduce_with(mine, |lo, hi| match (lo, hi) {
+                (SumsPartial::Sums(r, mut a), SumsPartial::Sums(q, b)) => {
+                    if a.merge(&b).is_ok() {
+                        SumsPartial::Sums(r, a)
+                    } else {
+                        SumsPartial::Mismatch {
+                            a: (r, a.len() as u64),
+                            b: (q, b.len() as u64),
+                        }
+                    }
+                }
+                (m @ SumsPartial::Mismatch { .. }, _) | (_, m @ SumsPartial::Mismatch { .. }) => m,
+            })
+            .map_err(comm_err("exact allreduce"))?;
+        match merged {
+            SumsPartial::Sums(_, s) => Ok(s),
+            SumsPartial::Mismatch { a, b } => Err(DistError::invalid(format!(
+                "ExactSums::allreduce: rank {} passed {} sums, rank {} passed {}; every rank \
+                 must pass the same length",
+                a.0, a.1, b.0, b.1
+            ))),
         }
-        let decision = {
-            let Some(b) = self.balancer.as_mut() else {
-                return Err(DistError::invalid("balancer missing"));
-            };
-            let samples: Vec<Sample> = all
-                .iter()
-                .map(|&(elements, seconds)| Sample { elements, seconds })
-                .collect();
-            b.observe(&samples)?;
-            b.decide(&dist)?
-        };
-        if let Decision::Rebalance { to, .. } = &decision {
-            self.redistribute(comm, to)?;
-        }
-        Ok(decision)
     }
 }

@@ -8,7 +8,7 @@ use crate::error::{DistError, Result};
 use crate::partition::Distribution;
 use lazarus_format::{GlobalRange, Rank};
 use lazarus_net::Comm;
-use lazarus_state::{Checkpoint, StateError, StateReader, StateWriter};
+use lazarus_state::{Checkpoint, PageTracker, StateError, StateReader, StateWriter};
 use std::ops::Range;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -40,6 +40,8 @@ pub struct DVec<T: DElem> {
     pub(crate) meter: Meter,
     pub(crate) balancer: Option<Balancer>,
     pub(crate) balance_cfg: BalanceConfig,
+    /// Pages of `data` written since the last durable checkpoint.
+    pub(crate) tracker: PageTracker,
 }
 
 /// Work measured since the last balancing decision.
@@ -81,8 +83,10 @@ impl<T: DElem> DVec<T> {
         let d = OnceLock::new();
         let total = dist.total();
         let _ = d.set(dist);
+        let data = vec![T::default(); n];
         Ok(DVec {
-            data: vec![T::default(); n],
+            tracker: PageTracker::new(std::mem::size_of_val(data.as_slice())),
+            data,
             width,
             rank,
             world: comm.size(),
@@ -145,10 +149,54 @@ impl<T: DElem> DVec<T> {
         &self.data
     }
 
-    /// Local scalars, mutable. Work done through this slice is not timed for load
-    /// balancing; use [`DVec::work`] or record it with [`DVec::record_work`].
+    /// Local scalars, mutable; marks the whole block written (the next checkpoint reads
+    /// all of it: prefer [`DVec::rows_mut`] for small updates). Work done through this
+    /// slice is not timed for load balancing; use [`DVec::work`] or record it with
+    /// [`DVec::record_work`].
     pub fn local_mut(&mut self) -> &mut [T] {
+        self.tracker.mark_all();
         &mut self.data
+    }
+
+    /// The scalars of the local rows `rows` (global indices) for writing, marking only
+    /// their pages; `None` (marking nothing) unless every row is held here. Untimed.
+    pub fn rows_mut(&mut self, rows: Range<u64>) -> Option<&mut [T]> {
+        let r = self.local_scalars(rows)?;
+        let size = std::mem::size_of::<T>();
+        self.tracker.mark(r.start * size..r.end * size);
+        self.data.get_mut(r)
+    }
+
+    /// Local row `g` for writing (marks its page), if held here. Untimed.
+    pub fn row_mut(&mut self, g: u64) -> Option<&mut [T]> {
+        self.rows_mut(g..g.checked_add(1)?)
+    }
+
+    /// Marks the local rows of `rows` written (rows not held here are ignored), e.g. after
+    /// writing them through a path the vector cannot see.
+    pub fn mark_dirty(&mut self, rows: Range<u64>) {
+        let clipped = rows.start.max(self.my.start)..rows.end.min(self.my.end);
+        if let Some(r) = self.local_scalars(clipped) {
+            let size = std::mem::size_of::<T>();
+            self.tracker.mark(r.start * size..r.end * size);
+        }
+    }
+
+    /// Bytes of the local block the next checkpoint will read: all of it until the store
+    /// confirmed a write of this vector, then the pages written since. Informational.
+    pub fn dirty_bytes(&self) -> u64 {
+        self.tracker
+            .dirty_bytes(std::mem::size_of_val(self.data.as_slice()))
+    }
+
+    /// The local scalar range of the global rows `rows`, if all are held here.
+    fn local_scalars(&self, rows: Range<u64>) -> Option<Range<usize>> {
+        if rows.start > rows.end || rows.start < self.my.start || rows.end > self.my.end {
+            return None;
+        }
+        let a = usize::try_from(rows.start - self.my.start).ok()?;
+        let b = usize::try_from(rows.end - self.my.start).ok()?;
+        Some(a.checked_mul(self.width)?..b.checked_mul(self.width)?)
     }
 
     /// Local row at global index `g`, if held here.
@@ -168,7 +216,9 @@ impl<T: DElem> DVec<T> {
 
     /// Runs `f(global_rows, local_scalars)` and times it for load balancing (applying the
     /// `LAZARUS_SLOWDOWN` knob). The primitive behind the element-wise operations.
+    /// Marks the whole block written.
     pub fn work<R>(&mut self, f: impl FnOnce(Range<u64>, &mut [T]) -> R) -> R {
+        self.tracker.mark_all();
         let t = Instant::now();
         let r = f(self.my.clone(), &mut self.data);
         let el = t.elapsed();
@@ -233,13 +283,15 @@ impl<T: DElem> DVec<T> {
     pub fn map<U: DElem>(&self, mut f: impl FnMut(u64, T) -> U) -> DVec<U> {
         let w = self.width as u64;
         let start = self.my.start;
+        let data: Vec<U> = self
+            .data
+            .iter()
+            .enumerate()
+            .map(|(i, x)| f(start + i as u64 / w, *x))
+            .collect();
         DVec {
-            data: self
-                .data
-                .iter()
-                .enumerate()
-                .map(|(i, x)| f(start + i as u64 / w, *x))
-                .collect(),
+            tracker: PageTracker::new(std::mem::size_of_val(data.as_slice())),
+            data,
             width: self.width,
             rank: self.rank,
             world: self.world,
@@ -358,7 +410,8 @@ pub(crate) fn parse_slowdown(s: &str, rank: Rank) -> Result<f64> {
 /// (rows times width), which is the marker that makes it redistributable: a checkpoint
 /// written by N ranks is cut into M blocks by [`crate::Reshard`]. Restore adopts the
 /// saved block, so the layout is the checkpoint's (balanced) one, learned by the next
-/// collective operation.
+/// collective operation. The object carries the change hint of the vector's page
+/// tracking (type doc), so an incremental checkpoint reads only the written pages.
 impl<T: DElem> Checkpoint for DVec<T> {
     fn save<'a>(&'a self, out: &mut StateWriter<'a>) -> Result<(), StateError> {
         let w = self.width as u64;
@@ -367,7 +420,10 @@ impl<T: DElem> Checkpoint for DVec<T> {
             len: (self.my.end - self.my.start) * w,
             total: self.total * w,
         };
-        out.bulk(&self.type_name(), &self.data, Some(g))
+        let hint = self
+            .tracker
+            .hint(std::mem::size_of_val(self.data.as_slice()));
+        out.bulk_hinted(&self.type_name(), &self.data, Some(g), hint)
     }
 
     fn restore(&mut self, inp: &mut StateReader) -> Result<(), StateError> {
@@ -376,7 +432,11 @@ impl<T: DElem> Checkpoint for DVec<T> {
         } else {
             inp.path().to_string()
         };
-        let g = inp.bulk_into(&self.type_name(), &mut self.data)?;
+        let g = inp.bulk_into(&self.type_name(), &mut self.data);
+        // Even a failed restore may have changed the data: nothing is known about it.
+        self.tracker
+            .reset(std::mem::size_of_val(self.data.as_slice()));
+        let g = g?;
         let w = self.width as u64;
         let bad = |why: String| StateError::custom(field.clone(), why);
         let g = g.ok_or_else(|| bad("DVec object has no global range".into()))?;

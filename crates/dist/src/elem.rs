@@ -38,7 +38,8 @@ pub trait DElem:
 
 /// Accumulator of a distribution-independent sum: exact for floats, wrapping 128-bit for
 /// integers (truncated to the element width at the end, which equals wrapping in it).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// Serialisable (the [`ExactSum`] wire form plus the integer), so ranks exchange it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SumAcc {
     exact: ExactSum,
     int: i128,
@@ -54,25 +55,6 @@ impl SumAcc {
     pub fn merge(&mut self, other: &SumAcc) {
         self.exact.merge(&other.exact);
         self.int = self.int.wrapping_add(other.int);
-    }
-
-    /// Wire form: the [`ExactSum`] bytes then the integer part as i128 LE.
-    pub fn to_le_bytes(&self) -> Vec<u8> {
-        let mut b = self.exact.to_le_bytes();
-        b.extend_from_slice(&self.int.to_le_bytes());
-        b
-    }
-
-    /// Inverse of [`SumAcc::to_le_bytes`]; `None` for malformed bytes.
-    pub fn from_le_bytes(b: &[u8]) -> Option<Self> {
-        let split = b.len().checked_sub(16)?;
-        let exact = ExactSum::from_le_bytes(b.get(..split)?)?;
-        let mut i = [0u8; 16];
-        i.copy_from_slice(b.get(split..)?);
-        Some(SumAcc {
-            exact,
-            int: i128::from_le_bytes(i),
-        })
     }
 }
 
@@ -138,7 +120,7 @@ impl DElem for f32 {
     }
 }
 
-/// Fixed block length, in elements, of ordered custom reductions (see [`BlockParts`]).
+/// Fixed block length, in elements, of ordered custom reductions ([`crate::DVec::reduce`]).
 pub const REDUCE_BLOCK: u64 = 1024;
 
 /// One rank's contribution to an ordered custom reduction: partials of the fixed global
@@ -271,7 +253,7 @@ mod tests {
             xs[..cut].iter().for_each(|x| x.add_to(&mut l));
             xs[cut..].iter().for_each(|x| x.add_to(&mut r));
             r.merge(&l);
-            let r = SumAcc::from_le_bytes(&r.to_le_bytes()).unwrap();
+            let r: SumAcc = postcard::from_bytes(&postcard::to_allocvec(&r).unwrap()).unwrap();
             prop_assert_eq!(f32::from_acc(&a).to_bits(), f32::from_acc(&r).to_bits());
         }
     }

@@ -30,6 +30,7 @@ mod dvec;
 mod elem;
 mod error;
 mod exact;
+mod group;
 mod partition;
 mod reshard;
 
@@ -38,6 +39,7 @@ pub use collective::Halo;
 pub use dvec::{row_width_of, DVec, SLOWDOWN_ENV};
 pub use elem::{DElem, SumAcc, REDUCE_BLOCK};
 pub use error::{DistError, DistErrorKind, Result};
-pub use exact::ExactSum;
+pub use exact::{ExactSum, ExactSums};
+pub use group::{balance_together, Rebalance};
 pub use partition::{Distribution, Piece, Plan, DEFAULT_PIECE_BYTES};
 pub use reshard::{ObjectClass, PartSource, Reshard};

@@ -1,4 +1,4 @@
-//! Fixed-schedule policies: every N steps, every T of wall-clock time.
+//! Fixed-schedule policies: every N steps, every T of wall-clock time, never.
 
 use crate::{Opportunity, Policy};
 use std::time::{Duration, Instant};
@@ -21,6 +21,26 @@ impl Policy for EverySteps {
         at.step > 0 && at.step % self.n == 0
     }
     fn checkpoint_taken(&mut self, _at: Opportunity, _cost: Duration) {}
+    fn is_step_only(&self) -> bool {
+        true
+    }
+}
+
+/// Never checkpoint on its own: `should_checkpoint` is always false. For benchmarks and
+/// for runs that must not pay for checkpoints (the default policy checkpoints every 60 s);
+/// explicit checkpoints (`Job::checkpoint_now`) are still taken, and a restart still
+/// restores whatever checkpoint the repository holds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Never;
+
+impl Policy for Never {
+    fn should_checkpoint(&mut self, _at: Opportunity) -> bool {
+        false
+    }
+    fn checkpoint_taken(&mut self, _at: Opportunity, _cost: Duration) {}
+    fn is_step_only(&self) -> bool {
+        true
+    }
 }
 
 /// Checkpoint when at least `interval` has passed since the last one (or since start).
@@ -62,6 +82,18 @@ mod tests {
             .filter(|&step| p.should_checkpoint(Opportunity { step, now }))
             .collect();
         assert_eq!(fired, vec![3, 6, 9]);
+    }
+
+    #[test]
+    fn never_never_fires_even_after_an_explicit_checkpoint() {
+        let mut p = Never;
+        let t0 = Instant::now();
+        for step in [0, 1, 60, u64::MAX] {
+            let now = t0 + Duration::from_secs(step.min(1 << 30));
+            assert!(!p.should_checkpoint(Opportunity { step, now }), "{step}");
+            p.checkpoint_taken(Opportunity { step, now }, Duration::from_secs(1));
+        }
+        assert!(p.is_step_only());
     }
 
     #[test]

@@ -7,8 +7,8 @@
 //! - [`Adaptive`]: a [`Policy`] that measures the checkpoint cost as the job runs and
 //!   follows a [`Formula`], with the MTBF configured or estimated from the
 //!   [`FailureHistory`] a supervisor hands over in `LAZARUS_FAILURES`/`LAZARUS_JOB_START`.
-//! - [`PolicySpec`]: `steps:100`, `every:30s`, `daly,mtbf=6h` — one string selecting any
-//!   policy.
+//! - [`PolicySpec`]: `steps:100`, `every:30s`, `daly,mtbf=6h`, `never` — one string
+//!   selecting any policy.
 //!
 //! ```
 //! use lazarus_policy::{Formula, Model};
@@ -32,7 +32,7 @@ mod spec;
 pub use adaptive::{Adaptive, MtbfSource};
 pub use duration::{format_seconds, parse_duration};
 pub use error::{ErrorKind, PolicyError};
-pub use fixed::{EveryInterval, EverySteps};
+pub use fixed::{EveryInterval, EverySteps, Never};
 pub use history::{FailureHistory, DEFAULT_PRIOR_MTBF_S};
 pub use model::{lambert_w0, Formula, Model};
 pub use spec::{ModelSpec, PolicySpec};
@@ -55,6 +55,13 @@ pub trait Policy: Send {
     fn should_checkpoint(&mut self, at: Opportunity) -> bool;
     /// Called after a checkpoint completed (committed) at `at`, having cost `cost`.
     fn checkpoint_taken(&mut self, at: Opportunity, cost: Duration);
+    /// True when the answer depends on `Opportunity::step` alone (not on time or on
+    /// measured costs), so every rank of a job can ask its own copy and get the same answer
+    /// without communicating. The default, `false`, is never wrong: the job then asks
+    /// rank 0 and broadcasts its answer.
+    fn is_step_only(&self) -> bool {
+        false
+    }
 }
 
 impl<P: Policy + ?Sized> Policy for Box<P> {
@@ -63,5 +70,8 @@ impl<P: Policy + ?Sized> Policy for Box<P> {
     }
     fn checkpoint_taken(&mut self, at: Opportunity, cost: Duration) {
         (**self).checkpoint_taken(at, cost)
+    }
+    fn is_step_only(&self) -> bool {
+        (**self).is_step_only()
     }
 }

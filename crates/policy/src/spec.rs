@@ -4,6 +4,7 @@
 //! ```text
 //! steps:N                      every N steps            (EverySteps)
 //! every:DURATION               every DURATION           (EveryInterval)
+//! never                        no checkpoint of its own (Never)
 //! FORMULA[,KEY=VALUE]...       adaptive by a model      (Adaptive)
 //!   FORMULA: young | daly (higher order) | daly1 (first order) | optimal
 //!   KEY: mtbf (fixed MTBF; otherwise estimated from the failure history),
@@ -16,7 +17,7 @@ use crate::duration::parse_duration;
 use crate::error::PolicyError;
 use crate::history::{FailureHistory, DEFAULT_PRIOR_MTBF_S};
 use crate::model::Formula;
-use crate::{EveryInterval, EverySteps, Policy};
+use crate::{EveryInterval, EverySteps, Never, Policy};
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
@@ -30,6 +31,8 @@ pub enum PolicySpec {
     EveryInterval(Duration),
     /// `young|daly|daly1|optimal[,key=value]...`.
     Model(ModelSpec),
+    /// `never`: no checkpoint unless the program asks for one explicitly.
+    Never,
 }
 
 /// The configuration of an adaptive, model-driven policy.
@@ -77,6 +80,7 @@ impl PolicySpec {
         match self {
             PolicySpec::EverySteps(n) => Box::new(EverySteps::new(*n)),
             PolicySpec::EveryInterval(d) => Box::new(EveryInterval::new(*d)),
+            PolicySpec::Never => Box::new(Never),
             PolicySpec::Model(m) => {
                 let source = match m.mtbf {
                     Some(d) => MtbfSource::Fixed(d),
@@ -126,13 +130,19 @@ impl FromStr for PolicySpec {
         }
         let mut parts = s.split(',');
         let name = parts.next().unwrap_or("").trim();
+        if name == "never" {
+            return match parts.next() {
+                None => Ok(PolicySpec::Never),
+                Some(p) => Err(err(format!("never takes no options, got {p:?}"))),
+            };
+        }
         let formula = Formula::ALL
             .into_iter()
             .find(|f| f.name() == name)
             .ok_or_else(|| {
                 err(format!(
-                    "unknown policy {name:?}; expected steps:N, every:DURATION, young, daly, \
-                     daly1 or optimal"
+                    "unknown policy {name:?}; expected steps:N, every:DURATION, never, young, \
+                     daly, daly1 or optimal"
                 ))
             })?;
         let mut spec = ModelSpec::new(formula);
@@ -189,6 +199,7 @@ impl fmt::Display for PolicySpec {
         match self {
             PolicySpec::EverySteps(n) => write!(f, "steps:{n}"),
             PolicySpec::EveryInterval(d) => write!(f, "every:{}", dur(*d)),
+            PolicySpec::Never => f.write_str("never"),
             PolicySpec::Model(m) => {
                 write!(f, "{}", m.formula.name())?;
                 if let Some(d) = m.mtbf {

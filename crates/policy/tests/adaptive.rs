@@ -112,6 +112,39 @@ fn failure_history_shortens_the_interval() {
 }
 
 #[test]
+fn never_spec_builds_a_policy_that_never_fires() {
+    let spec: PolicySpec = "never".parse().unwrap();
+    assert_eq!(spec, PolicySpec::Never);
+    assert_eq!(spec.to_string(), "never");
+    let mut p = spec.build(None);
+    assert!(p.is_step_only(), "every rank can ask its own copy");
+    let t0 = Instant::now();
+    for step in 0..10_000u64 {
+        let now = t0 + Duration::from_secs(step * 3600);
+        assert!(
+            !p.should_checkpoint(Opportunity { step, now }),
+            "fired at {step}"
+        );
+    }
+    // The steps policy is step-only, the time-based and adaptive ones are not.
+    assert!("steps:5"
+        .parse::<PolicySpec>()
+        .unwrap()
+        .build(None)
+        .is_step_only());
+    assert!(!"every:1s"
+        .parse::<PolicySpec>()
+        .unwrap()
+        .build(None)
+        .is_step_only());
+    assert!(!"daly"
+        .parse::<PolicySpec>()
+        .unwrap()
+        .build(None)
+        .is_step_only());
+}
+
+#[test]
 fn specs_parse_and_build() {
     let cases = [
         "steps:100",
@@ -120,6 +153,8 @@ fn specs_parse_and_build() {
         "young,mtbf=6h",
         "optimal,mtbf=1d,restart=10m,cost=5s,min=1s,max=2h,smoothing=0.5",
         "daly1,prior=12h",
+        "never",
+        " never ",
     ];
     for c in cases {
         let spec: PolicySpec = c.parse().unwrap();
@@ -139,6 +174,9 @@ fn specs_parse_and_build() {
         "daly,foo=1s",
         "daly,mtbf=0s",
         "daly,smoothing=2",
+        "never,mtbf=1h",
+        "nevermore",
+        "never:1",
     ] {
         let e = bad.parse::<PolicySpec>().unwrap_err();
         assert!(

@@ -86,7 +86,7 @@ pub use error::{StateError, StateErrorKind};
 pub use impls::Serde;
 pub use lazarus_derive::Checkpoint;
 pub use reader::StateReader;
-pub use tracked::{DirtyVec, VecMut, TRACK_PAGE};
+pub use tracked::{DirtyVec, PageTracker, VecMut, TRACK_PAGE};
 pub use writer::StateWriter;
 
 use lazarus_format::{LoadedObject, ObjectSpec};

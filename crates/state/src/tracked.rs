@@ -27,6 +27,9 @@
 //!
 //! Length changes, `restore`, `clone` and the escape hatches ([`DirtyVec::vec_mut`],
 //! [`DirtyVec::as_mut_slice`], [`DirtyVec::fill`]) mark everything dirty.
+//!
+//! The bookkeeping itself is [`PageTracker`], so containers of other crates (the
+//! distributed `DVec` of `lazarus-dist`) get exactly the same guarantees.
 
 use crate::element::Element;
 use crate::{Checkpoint, StateError, StateReader, StateWriter};
@@ -62,11 +65,26 @@ pub const TRACK_PAGE: usize = 4096;
 /// ```
 pub struct DirtyVec<T: Element> {
     data: Vec<T>,
+    tracker: PageTracker,
+}
+
+/// The write tracking behind [`DirtyVec`], for any container that saves one bulk object
+/// through [`StateWriter::bulk_hinted`]: it remembers the epoch of the last write to each
+/// [`TRACK_PAGE`]-byte page of the object's bytes and produces the [`ChangeHint`] of a
+/// snapshot (module doc, "How it stays correct").
+///
+/// The container's duty: call [`mark`](Self::mark) with the byte range of every write
+/// (or [`mark_all`](Self::mark_all) for writes it cannot locate), [`resize`](Self::resize)
+/// when the byte length changes, [`reset`](Self::reset) after a restore or when the bytes
+/// were replaced by others, and pass [`hint`](Self::hint) to `bulk_hinted` in `save`.
+/// Forgetting a mark is the only way to get a wrong checkpoint; every other mistake only
+/// costs re-hashing.
+pub struct PageTracker {
     /// Epoch of the last write to each page.
     pages: Vec<u64>,
     /// Every page counts as written at this epoch as well (escape hatches, restore).
     all: u64,
-    /// Writes are tagged with the current value; `save` takes it and moves it on.
+    /// Writes are tagged with the current value; `hint` takes it and moves it on.
     epoch: AtomicU64,
     /// The last durable write the store confirmed: (snapshot epoch, its ticket).
     inbox: Arc<Inbox>,
@@ -96,9 +114,110 @@ impl WrittenSink for Snapshot {
     }
 }
 
-fn pages_for<T>(len: usize) -> usize {
-    len.saturating_mul(std::mem::size_of::<T>())
-        .div_ceil(TRACK_PAGE)
+fn pages_for(bytes: usize) -> usize {
+    bytes.div_ceil(TRACK_PAGE)
+}
+
+impl PageTracker {
+    /// Tracking for an object of `bytes` bytes that was never written anywhere: everything
+    /// is dirty and there is no base.
+    pub fn new(bytes: usize) -> Self {
+        let mut t = PageTracker {
+            pages: Vec::new(),
+            all: 1,
+            epoch: AtomicU64::new(1),
+            inbox: Arc::default(),
+        };
+        t.reset(bytes);
+        t
+    }
+
+    /// Marks the pages of the byte range `bytes` written.
+    pub fn mark(&mut self, bytes: Range<usize>) {
+        if bytes.is_empty() {
+            return;
+        }
+        let first = bytes.start / TRACK_PAGE;
+        let last = (bytes.end - 1) / TRACK_PAGE;
+        let epoch = *self.epoch.get_mut();
+        if let Some(p) = self.pages.get_mut(first..=last) {
+            p.fill(epoch);
+        } else {
+            // Pages out of step with the data (a container that missed a `resize`): be
+            // conservative.
+            self.all = epoch;
+        }
+    }
+
+    /// Marks everything written.
+    pub fn mark_all(&mut self) {
+        self.all = *self.epoch.get_mut();
+    }
+
+    /// The object now has `bytes` bytes: everything counts as written (the store ignores
+    /// a hint whose length differs from the last write anyway).
+    pub fn resize(&mut self, bytes: usize) {
+        let epoch = *self.epoch.get_mut();
+        self.pages.resize(pages_for(bytes), epoch);
+        self.all = epoch;
+    }
+
+    /// Forgets every confirmed write: everything dirty, tracking sized to `bytes`, and no
+    /// base. After a restore or a clone nothing these bytes were written as is known.
+    pub fn reset(&mut self, bytes: usize) {
+        self.pages = vec![0; pages_for(bytes)];
+        self.all = *self.epoch.get_mut();
+        self.inbox = Arc::default();
+    }
+
+    /// Takes a snapshot of an object of `bytes` bytes: the hint for its bytes as they are
+    /// now. Writes marked after this call belong to the next snapshot.
+    pub fn hint(&self, bytes: usize) -> ChangeHint {
+        let epoch = self.epoch.fetch_add(1, Ordering::SeqCst);
+        let base = self.inbox.get().filter(|(b, _)| self.all <= *b);
+        let (ticket, dirty) = match base {
+            None => (None, Vec::new()),
+            Some((b, t)) if self.pages.len() == pages_for(bytes) => {
+                let mut words = vec![0u64; self.pages.len().div_ceil(64)];
+                for (p, _) in self.pages.iter().enumerate().filter(|(_, &e)| e > b) {
+                    if let Some(w) = words.get_mut(p / 64) {
+                        *w |= 1 << (p % 64);
+                    }
+                }
+                (Some(t), words)
+            }
+            Some(_) => (None, Vec::new()),
+        };
+        let sink = Arc::new(Snapshot {
+            inbox: self.inbox.clone(),
+            epoch,
+        });
+        ChangeHint::new(bytes as u64, TRACK_PAGE as u64, ticket, dirty, Some(sink))
+    }
+
+    /// Bytes in pages that the next snapshot of an object of `bytes` bytes will have the
+    /// store read: everything without a confirmed write, else the pages written since the
+    /// snapshot of the last confirmed write. Informational (benchmarks, tests).
+    pub fn dirty_bytes(&self, bytes: usize) -> u64 {
+        let total = bytes as u64;
+        match self.inbox.get() {
+            None => total,
+            Some((base, _)) if self.all > base => total,
+            Some((base, _)) => {
+                let dirty = self.pages.iter().filter(|&&e| e > base).count() as u64;
+                (dirty * TRACK_PAGE as u64).min(total)
+            }
+        }
+    }
+}
+
+impl fmt::Debug for PageTracker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PageTracker")
+            .field("pages", &self.pages.len())
+            .field("base", &self.inbox.get().map(|(e, _)| e))
+            .finish()
+    }
 }
 
 fn to_range(r: impl RangeBounds<usize>, len: usize) -> Option<Range<usize>> {
@@ -197,7 +316,7 @@ impl<T: Element> DirtyVec<T> {
 
     /// Marks everything dirty: the next checkpoint reads every byte.
     pub fn mark_all_dirty(&mut self) {
-        self.all = *self.epoch.get_mut();
+        self.tracker.mark_all();
     }
 
     /// The whole slice for writing, untracked in detail: marks everything dirty.
@@ -217,79 +336,23 @@ impl<T: Element> DirtyVec<T> {
     /// not confirmed a write of this vector yet, else the pages written since the snapshot
     /// of the last confirmed write. Informational (benchmarks, tests).
     pub fn dirty_bytes(&self) -> u64 {
-        let bytes = (self.data.len() * std::mem::size_of::<T>()) as u64;
-        match self.inbox.get() {
-            None => bytes,
-            Some((base, _)) if self.all > base => bytes,
-            Some((base, _)) => {
-                let dirty = self.pages.iter().filter(|&&e| e > base).count() as u64;
-                (dirty * TRACK_PAGE as u64).min(bytes)
-            }
-        }
+        self.tracker.dirty_bytes(self.bytes())
+    }
+
+    fn bytes(&self) -> usize {
+        std::mem::size_of_val(self.data.as_slice())
     }
 
     fn mark(&mut self, elems: Range<usize>) {
-        if elems.is_empty() {
-            return;
-        }
         let size = std::mem::size_of::<T>();
-        let first = elems.start * size / TRACK_PAGE;
-        let last = (elems.end * size - 1) / TRACK_PAGE;
-        let epoch = *self.epoch.get_mut();
-        if let Some(p) = self.pages.get_mut(first..=last) {
-            p.fill(epoch);
-        } else {
-            // Pages out of step with the data (cannot happen: every length change goes
-            // through `vec_mut` or `restore`): be conservative.
-            self.all = epoch;
-        }
-    }
-
-    /// Takes a snapshot: the hint for the bytes as they are now.
-    fn hint(&self) -> ChangeHint {
-        let epoch = self.epoch.fetch_add(1, Ordering::SeqCst);
-        let len = (self.data.len() * std::mem::size_of::<T>()) as u64;
-        let base = self.inbox.get().filter(|(b, _)| self.all <= *b);
-        let (ticket, dirty) = match base {
-            None => (None, Vec::new()),
-            Some((b, t)) if self.pages.len() == pages_for::<T>(self.data.len()) => {
-                let mut words = vec![0u64; self.pages.len().div_ceil(64)];
-                for (p, _) in self.pages.iter().enumerate().filter(|(_, &e)| e > b) {
-                    if let Some(w) = words.get_mut(p / 64) {
-                        *w |= 1 << (p % 64);
-                    }
-                }
-                (Some(t), words)
-            }
-            Some(_) => (None, Vec::new()),
-        };
-        let sink = Arc::new(Snapshot {
-            inbox: self.inbox.clone(),
-            epoch,
-        });
-        ChangeHint::new(len, TRACK_PAGE as u64, ticket, dirty, Some(sink))
-    }
-
-    /// Everything dirty, tracking sized to the data, and no base: after a restore or a
-    /// clone nothing this value was written as before is known.
-    fn reset(&mut self) {
-        self.pages = vec![0; pages_for::<T>(self.data.len())];
-        self.all = *self.epoch.get_mut();
-        self.inbox = Arc::default();
+        self.tracker.mark(elems.start * size..elems.end * size);
     }
 }
 
 impl<T: Element> From<Vec<T>> for DirtyVec<T> {
     fn from(data: Vec<T>) -> Self {
-        let mut v = DirtyVec {
-            data,
-            pages: Vec::new(),
-            all: 1,
-            epoch: AtomicU64::new(1),
-            inbox: Arc::default(),
-        };
-        v.reset();
-        v
+        let tracker = PageTracker::new(std::mem::size_of_val(data.as_slice()));
+        DirtyVec { data, tracker }
     }
 }
 
@@ -353,23 +416,22 @@ impl<T: Element> DerefMut for VecMut<'_, T> {
 
 impl<T: Element> Drop for VecMut<'_, T> {
     fn drop(&mut self) {
-        let n = pages_for::<T>(self.v.data.len());
-        let epoch = *self.v.epoch.get_mut();
-        self.v.pages.resize(n, epoch);
-        self.v.all = epoch;
+        let bytes = self.v.bytes();
+        self.v.tracker.resize(bytes);
     }
 }
 
 impl<T: Element> Checkpoint for DirtyVec<T> {
     fn save<'a>(&'a self, out: &mut StateWriter<'a>) -> Result<(), StateError> {
-        let hint = self.hint();
+        let hint = self.tracker.hint(self.bytes());
         out.bulk_hinted(&format!("Vec<{}>", T::NAME), &self.data, None, hint)
     }
 
     fn restore(&mut self, inp: &mut StateReader) -> Result<(), StateError> {
         let r = inp.bulk_into(&format!("Vec<{}>", T::NAME), &mut self.data);
         // Even a failed restore may have changed the data.
-        self.reset();
+        let bytes = self.bytes();
+        self.tracker.reset(bytes);
         r.map(|_| ())
     }
 }

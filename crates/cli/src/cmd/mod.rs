@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod demo;
+pub(crate) mod figure;
 pub mod gc;
 pub mod inspect;
 pub mod model;

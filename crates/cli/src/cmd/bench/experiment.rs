@@ -128,6 +128,9 @@ pub enum ExperimentError {
     /// The measurements cannot feed the model.
     #[error("calibration: {0}")]
     Calibration(String),
+    /// The figure could not be drawn.
+    #[error("walltime.svg: {0}")]
+    Plot(String),
 }
 
 /// One finished job: wall time, injected failures, recoveries, checksum.
@@ -924,7 +927,9 @@ pub fn main(args: Args) -> CmdResult {
     write_file(&args.out.join("results.md"), table.as_bytes())?;
     let json = serde_json::to_string_pretty(&results)?;
     write_file(&args.out.join("results.json"), json.as_bytes())?;
-    let svg = plot::svg(&model, &report::points(&results), ff);
+    let svg = plot::figure(&model, &report::points(&results), ff)
+        .svg()
+        .map_err(|e| ExperimentError::Plot(e.to_string()))?;
     write_file(&args.out.join("walltime.svg"), svg.as_bytes())?;
     eprintln!(
         "experiment: wrote results.md, results.json and walltime.svg to {} ({:.1} min)",

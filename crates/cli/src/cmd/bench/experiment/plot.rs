@@ -1,16 +1,13 @@
 //! The experiment's figure: the model's expected run time against the interval (curve, at
 //! the rounds' mean failure-free time), the mean of the trials' own predictions at each
-//! interval (black dots), every trial (small grey dots), the mean of each interval with its
-//! min–max range (red),
-//! the failure-free run (dotted line) and Young/Daly/optimum (dashed). Built from the
-//! `lazarus model` plot's scene items and written by its SVG writer, so both figures look
-//! alike.
+//! interval (dark dots), every trial (small grey dots), the mean of each interval with its
+//! min–max range (red), the failure-free run (dashed line) and Young/Daly/optimum
+//! (dashed), as a [`Figure`] drawn like `lazarus model --plot`'s.
 
-use crate::cmd::model::plot::{
-    colour, label, linear_ticks, log_ticks, svg as render, Anchor, Item, Rgb, AREA, BLACK, CURVE,
-    GRID,
-};
+use crate::cmd::figure::{Figure, Series, CURVE};
+use crate::cmd::model::plot::colour;
 use lazarus::policy::{format_seconds, Formula, Model};
+use plotters::style::RGBColor;
 
 /// The measurements of one interval.
 #[derive(Clone, Debug)]
@@ -23,40 +20,19 @@ pub(super) struct Point {
     pub trials: Vec<f64>,
 }
 
-const TRIAL: Rgb = Rgb(150, 150, 150);
-const MEAN: Rgb = Rgb(214, 39, 40);
+const TRIAL: RGBColor = RGBColor(150, 150, 150);
+const MEAN: RGBColor = RGBColor(214, 39, 40);
 
 /// `lazarus model`'s colours, except the optimum: red is the measured means' here.
-fn mark_colour(f: Formula) -> Rgb {
+fn mark_colour(f: Formula) -> RGBColor {
     match f {
-        Formula::Optimal => Rgb(255, 127, 14),
+        Formula::Optimal => RGBColor(255, 127, 14),
         f => colour(f),
     }
 }
 
-fn line(points: Vec<(f64, f64)>, colour: Rgb, width: f64, dashed: bool) -> Item {
-    Item::Line {
-        points,
-        colour,
-        width,
-        dashed,
-        clip: true,
-    }
-}
-
-fn text(x: f64, y: f64, s: String, anchor: Anchor, size: f64, vertical: bool) -> Item {
-    Item::Text {
-        x,
-        y,
-        text: s,
-        anchor,
-        size,
-        vertical,
-    }
-}
-
-/// The SVG document. `work` is the failure-free run time T_s (the curve's floor).
-pub(super) fn svg(model: &Model, points: &[Point], work: f64) -> String {
+/// The figure. `work` is the failure-free run time T_s (the curve's floor).
+pub(super) fn figure(model: &Model, points: &[Point], work: f64) -> Figure {
     // Daly last: it is drawn over the optimum it usually coincides with.
     let marks = [Formula::Young, Formula::Optimal, Formula::DalyHigherOrder]
         .map(|f| (f, model.interval(f)));
@@ -73,14 +49,7 @@ pub(super) fn svg(model: &Model, points: &[Point], work: f64) -> String {
     } else {
         (0.1, 10.0)
     };
-    // y: from the failure-free time to the highest of the measurements and the curve.
-    let curve_x: Vec<f64> = (0..=400)
-        .map(|i| x_lo * (x_hi / x_lo).powf(i as f64 / 400.0))
-        .collect();
-    let curve_y: Vec<f64> = curve_x
-        .iter()
-        .map(|x| model.expected_wall_time(*x, work))
-        .collect();
+    // y: from the failure-free time to the highest of the measurements and predictions.
     let y_top = points
         .iter()
         .flat_map(|p| p.trials.iter().copied())
@@ -93,160 +62,116 @@ pub(super) fn svg(model: &Model, points: &[Point], work: f64) -> String {
         .filter(|v| v.is_finite())
         .fold(work, f64::min);
     let pad = (y_top - y_bottom) * 0.08;
-    let (y_lo, y_hi) = ((y_bottom - pad).max(0.0), y_top + pad);
-    let (l, t, r, b) = AREA;
-    let px = |x: f64| l + (x / x_lo).ln() / (x_hi / x_lo).ln() * (r - l);
-    let py = |y: f64| b - ((y - y_lo) / (y_hi - y_lo)).clamp(-0.1, 1.1) * (b - t);
-
-    let mut items = Vec::new();
-    for v in log_ticks(x_lo, x_hi) {
-        let x = px(v);
-        items.push(line(vec![(x, t), (x, b)], GRID, 1.0, false));
-        items.push(line(vec![(x, b), (x, b + 5.0)], BLACK, 1.0, false));
-        items.push(text(x, b + 20.0, label(v), Anchor::Middle, 13.0, false));
-    }
-    for v in linear_ticks(y_lo, y_hi) {
-        let y = py(v);
-        if y < t - 0.5 || y > b + 0.5 {
-            continue;
-        }
-        items.push(line(vec![(l, y), (r, y)], GRID, 1.0, false));
-        items.push(line(vec![(l - 5.0, y), (l, y)], BLACK, 1.0, false));
-        items.push(text(l - 8.0, y + 4.5, label(v), Anchor::End, 13.0, false));
-    }
-    items.push(Item::Line {
-        points: vec![(l, t), (l, b), (r, b), (r, t), (l, t)],
-        colour: BLACK,
-        width: 1.0,
-        dashed: false,
-        clip: false,
-    });
-    // Failure-free run.
-    items.push(line(vec![(l, py(work)), (r, py(work))], CURVE, 1.0, true));
-    // Model curve.
-    let pts: Vec<(f64, f64)> = curve_x
-        .iter()
-        .zip(&curve_y)
-        .filter(|(_, y)| y.is_finite())
-        .map(|(x, y)| (px(*x), py(*y)))
+    let curve: Vec<(f64, f64)> = (0..=400)
+        .map(|i| x_lo * (x_hi / x_lo).powf(i as f64 / 400.0))
+        .map(|x| (x, model.expected_wall_time(x, work)))
         .collect();
-    items.push(line(pts, CURVE, 2.0, false));
+    let mut series = vec![
+        Series::Line {
+            points: vec![(x_lo, work), (x_hi, work)],
+            colour: CURVE,
+            width: 1,
+            dashed: true,
+            label: Some(format!("failure-free {}", format_seconds(work))),
+        },
+        Series::Line {
+            points: curve,
+            colour: CURVE,
+            width: 2,
+            dashed: false,
+            label: Some("model T_w(τ)".into()),
+        },
+    ];
     for (f, tau) in marks {
-        let x = px(tau);
-        items.push(line(vec![(x, t), (x, b)], mark_colour(f), 1.5, true));
+        series.push(Series::Vertical {
+            x: tau,
+            colour: mark_colour(f),
+            width: 2,
+            dashed: true,
+            label: Some(format!("{f}: {}", format_seconds(tau))),
+        });
     }
-    // The model at the intervals used, then the measurements.
-    for p in points {
-        let x = px(p.interval_s);
-        if p.predicted_s.is_finite() {
-            items.push(Item::Dot {
-                x,
-                y: py(p.predicted_s),
-                r: 3.5,
-                colour: CURVE,
-            });
-        }
-        for w in &p.trials {
-            items.push(Item::Dot {
-                x,
-                y: py(*w),
-                r: 2.5,
-                colour: TRIAL,
-            });
-        }
-        if p.trials.is_empty() {
-            continue;
-        }
+    series.push(Series::Dots {
+        points: points
+            .iter()
+            .filter(|p| p.predicted_s.is_finite())
+            .map(|p| (p.interval_s, p.predicted_s))
+            .collect(),
+        radius: 4,
+        colour: CURVE,
+        label: Some("model at the intervals used".into()),
+    });
+    series.push(Series::Dots {
+        points: points
+            .iter()
+            .flat_map(|p| p.trials.iter().map(|w| (p.interval_s, *w)))
+            .collect(),
+        radius: 2,
+        colour: TRIAL,
+        label: Some("trials".into()),
+    });
+    let measured: Vec<&Point> = points.iter().filter(|p| !p.trials.is_empty()).collect();
+    let range = |p: &Point| {
         let lo = p.trials.iter().copied().fold(f64::INFINITY, f64::min);
         let hi = p.trials.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        let mean = p.trials.iter().sum::<f64>() / p.trials.len() as f64;
-        items.push(line(vec![(x, py(lo)), (x, py(hi))], MEAN, 1.5, false));
-        items.push(Item::Dot {
-            x,
-            y: py(mean),
-            r: 5.0,
-            colour: MEAN,
-        });
-    }
-    // Legend.
-    let entries: Vec<(Rgb, bool, String)> = vec![
-        (CURVE, false, "model T_w(τ)".to_string()),
-        (MEAN, false, "measured mean, min–max".to_string()),
-        (
-            CURVE,
-            true,
-            format!("failure-free {}", format_seconds(work)),
-        ),
-    ]
-    .into_iter()
-    .chain(marks.iter().map(|(f, tau)| {
-        (
-            mark_colour(*f),
-            true,
-            format!("{f}: {}", format_seconds(*tau)),
-        )
-    }))
-    .collect();
-    let longest = entries
-        .iter()
-        .map(|e| e.2.chars().count())
-        .max()
-        .unwrap_or(0) as f64;
-    let lx = r - 7.5 * longest - 52.0;
-    items.push(Item::Rect {
-        x: lx - 10.0,
-        y: t + 8.0,
-        w: 7.5 * longest + 52.0,
-        h: 20.0 * entries.len() as f64 + 10.0,
-        border: GRID,
+        (p.interval_s, lo, hi)
+    };
+    series.push(Series::Bars {
+        bars: measured.iter().map(|p| range(p)).collect(),
+        colour: MEAN,
+        label: Some("measured mean, min–max".into()),
     });
-    for (i, (c, dashed, s)) in entries.into_iter().enumerate() {
-        let ly = t + 26.0 + 20.0 * i as f64;
-        items.push(Item::Line {
-            points: vec![(lx, ly - 4.5), (lx + 24.0, ly - 4.5)],
-            colour: c,
-            width: 2.0,
-            dashed,
-            clip: false,
-        });
-        items.push(text(lx + 32.0, ly, s, Anchor::Start, 13.0, false));
-    }
-    items.push(text(
-        (l + r) / 2.0,
-        b + 45.0,
-        "checkpoint interval τ (s, log scale)".into(),
-        Anchor::Middle,
-        14.0,
-        false,
-    ));
-    items.push(text(
-        22.0,
-        (t + b) / 2.0,
-        "wall time (s)".into(),
-        Anchor::Middle,
-        14.0,
-        true,
-    ));
-    items.push(text(
-        (l + r) / 2.0,
-        28.0,
-        format!(
+    series.push(Series::Dots {
+        points: measured
+            .iter()
+            .map(|p| {
+                (
+                    p.interval_s,
+                    p.trials.iter().sum::<f64>() / p.trials.len() as f64,
+                )
+            })
+            .collect(),
+        radius: 5,
+        colour: MEAN,
+        label: None,
+    });
+    Figure {
+        title: format!(
             "δ {}, MTBF {}, R {}, work {}: measured vs model",
             format_seconds(model.cost()),
             format_seconds(model.mtbf()),
             format_seconds(model.restart()),
             format_seconds(work)
         ),
-        Anchor::Middle,
-        15.0,
-        false,
-    ));
-    render(&items)
+        x_label: "checkpoint interval τ (s, log scale)".into(),
+        y_label: "wall time (s)".into(),
+        log_x: true,
+        x: (x_lo, x_hi),
+        y: ((y_bottom - pad).max(0.0), y_top + pad),
+        series,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// (fill colour, radius, cx, cy) of every disc of an SVG document.
+    fn discs(svg: &str) -> Vec<(String, String, i64, i64)> {
+        let doc = roxmltree::Document::parse(svg).expect("well-formed SVG");
+        doc.descendants()
+            .filter(|n| n.has_tag_name("circle"))
+            .map(|n| {
+                let a = |k| n.attribute(k).unwrap_or_default().to_string();
+                (
+                    a("fill"),
+                    a("r"),
+                    a("cx").parse().unwrap(),
+                    a("cy").parse().unwrap(),
+                )
+            })
+            .collect()
+    }
 
     #[test]
     fn figure_has_the_curve_the_points_and_the_marks() {
@@ -263,12 +188,26 @@ mod tests {
                 trials: vec![],
             },
         ];
-        let s = svg(&m, &pts, 120.0);
-        assert!(s.starts_with("<svg"));
-        assert!(s.trim_end().ends_with("</svg>"));
-        assert_eq!(s.matches("r=\"5\"").count(), 1, "one mean dot");
-        assert_eq!(s.matches("r=\"2.5\"").count(), 2, "one dot per trial");
-        assert!(s.contains("Daly"));
+        let s = figure(&m, &pts, 120.0).svg().unwrap();
+        let d = discs(&s);
+        let count = |fill: &str, r: &str| d.iter().filter(|c| c.0 == fill && c.1 == r).count();
+        // Legend samples are discs too: one per labelled dot series.
+        assert_eq!(count("#D62728", "5"), 1, "one mean dot: {d:?}");
+        assert_eq!(count("#969696", "2"), 2 + 1, "one dot per trial: {d:?}");
+        assert_eq!(
+            count("#282828", "4"),
+            2 + 1,
+            "the model at both intervals: {d:?}"
+        );
+        for text in [
+            "Daly (higher order)",
+            "Young",
+            "exact optimum",
+            "model T_w(τ)",
+        ] {
+            assert!(s.contains(text), "{text} missing");
+        }
+        assert!(s.contains("checkpoint interval τ (s, log scale)") && s.contains("wall time (s)"));
         assert!(!s.contains("NaN") && !s.contains("inf"));
     }
 
@@ -285,21 +224,20 @@ mod tests {
             predicted_s: m.expected_wall_time(daly, 50.0),
             trials: vec![57.0, 59.0],
         }];
-        let s = svg(&m, &pts, 50.0);
-        let mark = s
-            .lines()
-            .find(|l| l.contains("rgb(44,160,44)") && l.contains("stroke-dasharray"))
-            .and_then(|l| l.split("points=\"").nth(1))
+        let s = figure(&m, &pts, 50.0).svg().unwrap();
+        let doc = roxmltree::Document::parse(&s).unwrap();
+        // The first Daly-green line is the mark (the legend's sample comes last).
+        let mark_x: i64 = doc
+            .descendants()
+            .find(|n| n.has_tag_name("polyline") && n.attribute("stroke") == Some("#2CA02C"))
+            .and_then(|n| n.attribute("points"))
             .and_then(|p| p.split(',').next())
-            .unwrap()
-            .to_string();
-        let dot = s
-            .lines()
-            .find(|l| l.contains("r=\"5\""))
-            .and_then(|l| l.split("cx=\"").nth(1))
-            .and_then(|p| p.split('"').next())
-            .unwrap()
-            .to_string();
-        assert_eq!(mark, dot);
+            .and_then(|x| x.trim().parse().ok())
+            .unwrap();
+        let mean = discs(&s)
+            .into_iter()
+            .find(|c| c.0 == "#D62728" && c.1 == "5")
+            .unwrap();
+        assert_eq!(mark_x, mean.2);
     }
 }
