@@ -324,8 +324,10 @@ impl JobBuilder {
             ));
         }
         // Only a pure step policy gives every rank the same answer without talking.
-        let local_policy =
-            self.policy.is_none() && self.every.is_none() && self.every_steps.is_some();
+        let local_policy = match &self.policy {
+            Some(p) => p.is_step_only(),
+            None => self.every.is_none() && self.every_steps.is_some(),
+        };
         let policy: Box<dyn Policy> = match (self.policy, self.every_steps, self.every) {
             (Some(p), _, _) => p,
             (None, Some(n), None) => Box::new(EverySteps::new(n)),
