@@ -29,6 +29,8 @@ mod env;
 mod error;
 #[cfg(test)]
 mod fault;
+#[cfg(test)]
+mod hostile_tests;
 pub mod launch;
 mod local;
 mod mailbox;

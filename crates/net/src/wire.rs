@@ -165,6 +165,13 @@ pub enum Frame<'a> {
     Control(&'a [u8]),
 }
 
+impl Frame<'_> {
+    #[cfg(test)]
+    pub(crate) fn into_owned_hello(self) -> Option<Hello> {
+        match self { Frame::Hello(h) => Some(h), _ => None }
+    }
+}
+
 struct Cursor<'a> {
     b: &'a [u8],
 }
