@@ -31,7 +31,7 @@ mod error;
 mod fault;
 mod handshake;
 #[cfg(test)]
-// mod hostile_tests;
+mod hostile_tests;
 pub mod launch;
 mod local;
 mod mailbox;

@@ -436,6 +436,7 @@ pub fn encode(frame: &Frame<'_>, out: &mut Vec<u8>) {
 /// An authenticated connection's sending half: the socket and the MAC of our direction.
 /// Every frame written on `s` goes through `tx`, under the owner's lock, so frames leave
 /// in the order of their MAC counters.
+#[derive(Debug)]
 pub(crate) struct Conn {
     pub(crate) s: std::net::TcpStream,
     pub(crate) tx: Sealer,
