@@ -239,6 +239,22 @@ impl Opener {
     }
 }
 
+/// Both sides' frame MAC state of a connection under a fixed test token, for fuzzing and
+/// tests of the sealed codecs: `((dialer tx, dialer rx), (listener tx, listener rx))`.
+/// Different seeds give unrelated sessions.
+pub(crate) fn fixed_sessions(seed: u8) -> ((Sealer, Opener), (Sealer, Opener)) {
+    let t = Transcript {
+        job: [seed; 8],
+        incarnation: 0,
+        dialer: 1,
+        listener: 0,
+        dialer_nonce: [seed; 32],
+        listener_nonce: [0xa5; 32],
+    };
+    let k = JobToken(b"fixed-test-token-not-secret".to_vec()).keys();
+    (t.session(&k, true), t.session(&k, false))
+}
+
 fn keyed_at(key: &[u8; 32], counter: u64) -> blake3::Hasher {
     let mut h = blake3::Hasher::new_keyed(key);
     h.update(&counter.to_le_bytes());

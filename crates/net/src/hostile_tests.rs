@@ -574,7 +574,8 @@ fn bytes_injected_into_an_authenticated_stream_are_rejected() {
     zero_mac[n - 32..].fill(0);
     let mut forged_ack = Vec::new();
     wire::write_sealed(&mut forged_ack, &mut stranger, &Frame::Ack(1000)).unwrap();
-    let attacks: Vec<(&str, Box<dyn Fn(&mut Link) -> Vec<u8>>)> = vec![
+    type Attack<'a> = Box<dyn Fn(&mut Link) -> Vec<u8> + 'a>;
+    let attacks: Vec<(&str, Attack)> = vec![
         ("garbage", Box::new(|_| vec![0xff; 64])),
         (
             "data frame with a zero MAC",
@@ -728,7 +729,8 @@ fn malformed_handshakes_and_old_versions_are_closed_and_the_job_goes_on() {
     v1.extend_from_slice(&[9; 32]);
     let mut v1f = (v1.len() as u32).to_le_bytes().to_vec();
     v1f.extend(v1);
-    let cases: Vec<(&str, Vec<u8>, fn(&[Frame<'static>]) -> bool)> = vec![
+    type Expect = fn(&[Frame<'static>]) -> bool;
+    let cases: Vec<(&str, Vec<u8>, Expect)> = vec![
         ("garbage", vec![0xee; 40], |a| a.is_empty()),
         ("unknown kind", vec![3, 0, 0, 0, 77, 1, 2], |a| {
             a == [Frame::Refused(Refusal::Malformed)]

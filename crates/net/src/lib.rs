@@ -56,4 +56,6 @@ pub use mailbox::Envelope;
 pub use rdv::RendezvousServer;
 pub use scalar::Scalar;
 pub use sendbuf::SendBuf;
+#[doc(hidden)]
+pub use wire::fuzz_sealed_frames;
 pub use wire::{Tag, TagSpace};
