@@ -24,9 +24,50 @@ use crate::auth::{JobKeys, JobToken, Opener, Sealer, Transcript};
 use crate::error::{ErrorKind, NetError, Result};
 use crate::wire::{self, Frame, Hello, Proof, Refusal, VERSION};
 use std::io::{Read, Write};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 /// The largest handshake frame (a dial hello is 48 bytes); refused before allocating.
 const MAX_HANDSHAKE_FRAME: u32 = 128;
+
+/// Bounds the handshakes in progress on one listener: every rank of the world may be
+/// dialing it at once (startup, a network blip), plus slack; more can only be a peer
+/// holding connections open to exhaust the listener's threads. Each handshake is also
+/// bounded in time by the connect timeout (the caller's socket timeouts).
+#[derive(Debug)]
+pub(crate) struct Gate {
+    busy: Arc<AtomicUsize>,
+    max: usize,
+}
+
+/// A handshake's place in a [`Gate`], given back when dropped.
+#[derive(Debug)]
+pub(crate) struct Ticket(Arc<AtomicUsize>);
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Gate {
+    /// A gate for a listener of a world of `size` ranks.
+    pub(crate) fn new(size: u32) -> Self {
+        Gate {
+            busy: Arc::new(AtomicUsize::new(0)),
+            max: size as usize + 64,
+        }
+    }
+
+    /// A ticket, or `None` when the listener must close the new connection at once.
+    pub(crate) fn enter(&self) -> Option<Ticket> {
+        if self.busy.fetch_add(1, Ordering::AcqRel) >= self.max {
+            self.busy.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Ticket(self.busy.clone()))
+    }
+}
 
 /// Who this side is: the job's keys, its rank (or the coordinator's) and incarnation.
 #[derive(Clone, Debug)]

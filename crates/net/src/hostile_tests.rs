@@ -839,3 +839,62 @@ fn the_rendezvous_reveals_nothing_to_strangers() {
     assert_eq!(other.join().unwrap().unwrap(), table);
     assert_eq!(table.len(), 2);
 }
+
+/// Connections that never finish their handshake take at most `size + 64` places; the
+/// next one is closed at once, and the places come back when they go.
+#[test]
+fn idle_connections_cannot_exhaust_a_rank() {
+    let (job, mut links) = ScriptedJob::start(1, true, &mut |_, _| {});
+    let addr = job.addrs[0];
+    let max = job.addrs.len() + 64;
+    let idle: Vec<TcpStream> = (0..max).map(|_| connect(addr)).collect();
+    // The rank accepts asynchronously: wait until every idle connection holds its place,
+    // i.e. until one more is closed at once.
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let mut extra = connect(addr);
+        extra
+            .write_all(&framed(&Frame::Hello(Hello::Dial {
+                from: job.me,
+                to: 0,
+                nonce: [1; 32],
+            })))
+            .unwrap();
+        let mut b = [0u8; 64];
+        match extra.read(&mut b) {
+            Ok(0) => break,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            _ => {}
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the rank kept accepting handshakes"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(idle);
+    // Places come back: a new dial gets its challenge again (the idle ones' handshake
+    // threads see their connections close).
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let mut s = connect(addr);
+        s.write_all(&framed(&Frame::Hello(Hello::Dial {
+            from: job.me,
+            to: 0,
+            nonce: [1; 32],
+        })))
+        .unwrap();
+        let mut buf = Vec::new();
+        if wire::read_plain(&mut s, 128, &mut buf).is_ok() {
+            assert!(matches!(
+                wire::decode(&buf),
+                Ok(Frame::Hello(Hello::Challenge { .. }))
+            ));
+            break;
+        }
+        assert!(Instant::now() < deadline, "places never came back");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    links[0].send(0, job.incarnation, job.me, 4);
+    assert_eq!(job.comm(0).recv::<u64>(Rank(job.me), 1).unwrap(), 4);
+}

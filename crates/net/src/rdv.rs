@@ -53,6 +53,7 @@ struct Shared {
     config: NetConfig,
     slots: Mutex<Vec<Slot>>,
     shutdown: AtomicBool,
+    handshakes: handshake::Gate,
 }
 
 impl Shared {
@@ -106,6 +107,7 @@ impl RendezvousServer {
                     .collect(),
             ),
             shutdown: AtomicBool::new(false),
+            handshakes: handshake::Gate::new(size),
         });
         let s2 = shared.clone();
         std::thread::Builder::new()
@@ -155,11 +157,18 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     while !shared.shutdown.load(Ordering::Acquire) {
         match listener.accept() {
             Ok((stream, peer)) => {
+                let Some(ticket) = shared.handshakes.enter() else {
+                    tracing::warn!(
+                        "rendezvous: closing connection from {peer}: too many handshakes \
+                         in progress"
+                    );
+                    continue;
+                };
                 let s2 = shared.clone();
                 let _ = std::thread::Builder::new()
                     .name("lazarus-rdv-conn".into())
                     .spawn(move || {
-                        if let Err(e) = serve(stream, peer, &s2) {
+                        if let Err(e) = serve(stream, peer, &s2, ticket) {
                             if !s2.shutdown.load(Ordering::Acquire) {
                                 tracing::warn!("rendezvous: connection from {peer} closed: {e}");
                             }
@@ -177,7 +186,14 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
-fn serve(mut stream: TcpStream, peer: SocketAddr, shared: &Shared) -> Result<()> {
+/// One rank's connection; `ticket` is its place among the handshakes in progress, given
+/// back once the handshake is over (the control phase lasts as long as the job).
+fn serve(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    shared: &Shared,
+    ticket: handshake::Ticket,
+) -> Result<()> {
     let io = |e: std::io::Error| NetError::io(format!("rendezvous peer {peer}"), e);
     stream.set_nonblocking(false).map_err(io)?;
     stream.set_nodelay(true).map_err(io)?;
@@ -200,6 +216,7 @@ fn serve(mut stream: TcpStream, peer: SocketAddr, shared: &Shared) -> Result<()>
         tx,
         mut rx,
     } = handshake::accept(&mut stream, &shared.id, &may_dial, &peer.to_string())?;
+    drop(ticket);
     let mut buf = Vec::new();
     wire::read_sealed(&mut stream, &mut rx, 64 << 10, &mut buf).map_err(io)?;
     let reg = match wire::decode(&buf)? {

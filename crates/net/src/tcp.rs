@@ -16,7 +16,7 @@ use crate::reliable::{Accept, RecvWindow, SendWindow};
 use crate::wire::{self, Conn, DataHeader, Frame, DATA_HEADER_LEN, FLAG_LAST, MAC_LEN};
 use lazarus_format::{Epoch, Rank};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -95,8 +95,8 @@ pub(crate) struct Shared {
     peers: Vec<Peer>,
     addrs: Vec<SocketAddr>,
     shutdown: AtomicBool,
-    /// Handshakes in progress on accepted connections (bounded: see `accept_loop`).
-    handshakes: AtomicUsize,
+    /// Handshakes in progress on accepted connections.
+    handshakes: Arc<handshake::Gate>,
     control: Mutex<Option<Conn>>,
     /// Keeps a rendezvous server hosted by this rank alive as long as the communicator.
     _server: Option<crate::rdv::RendezvousServer>,
@@ -155,7 +155,7 @@ impl TcpTransport {
             peers,
             addrs: p.addrs,
             shutdown: AtomicBool::new(false),
-            handshakes: AtomicUsize::new(0),
+            handshakes: Arc::new(handshake::Gate::new(p.size)),
             control: Mutex::new(p.control),
             _server: p.server,
         });
@@ -240,38 +240,20 @@ fn dial(shared: &Arc<Shared>, peer: Rank) -> Result<()> {
     install(shared, peer, s, session, &addr)
 }
 
-/// Accepted connections whose handshake has not finished, beyond which new ones are
-/// closed at once: every rank but one may be dialing us (startup, a network blip), plus
-/// slack; more can only be a peer holding connections open to exhaust our threads.
-fn max_handshakes(size: u32) -> usize {
-    size as usize + 64
-}
-
-/// Decrements the in-flight handshake count when the handshake thread ends, however.
-struct InFlight<'a>(&'a AtomicUsize);
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
 fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     while !shared.shutdown.load(Ordering::Acquire) {
         match listener.accept() {
             Ok((s, addr)) => {
-                let busy = shared.handshakes.fetch_add(1, Ordering::AcqRel);
-                if busy >= max_handshakes(shared.size) {
-                    shared.handshakes.fetch_sub(1, Ordering::AcqRel);
+                let Some(ticket) = shared.handshakes.enter() else {
                     tracing::warn!(
-                        "{}: closing connection from {addr}: {busy} handshakes in progress",
+                        "{}: closing connection from {addr}: too many handshakes in progress",
                         shared.me
                     );
                     continue;
-                }
+                };
                 let sh = shared.clone();
                 let _ = spawn("lazarus-handshake", move || {
-                    let _slot = InFlight(&sh.handshakes);
+                    let _ticket = ticket;
                     if let Err(e) = accept_one(&sh, s, addr) {
                         tracing::warn!("{}: refused connection from {addr}: {e}", sh.me);
                     }
