@@ -813,8 +813,14 @@ fn heartbeat_loop(shared: Arc<Shared>) {
                 declare_failed(&shared, p.rank, format!("no heartbeat for {silent:?}"));
             }
         }
-        if let Some(c) = lock(&shared.control).as_mut() {
-            let _ = c.send(&Frame::Heartbeat(0));
+        let mut control = lock(&shared.control);
+        if let Some(Err(e)) = control.as_mut().map(|c| c.send(&Frame::Heartbeat(0))) {
+            // A sealed stream cannot skip a frame (the MAC counter moved on): close it, so
+            // the rendezvous host sees a lost connection rather than a bad MAC later.
+            tracing::warn!("{}: control connection lost: {e}", shared.me);
+            if let Some(c) = control.take() {
+                let _ = c.s.shutdown(Shutdown::Both);
+            }
         }
     }
 }
