@@ -8,7 +8,7 @@
 //! session key). `ScriptedJob` builds a world whose lowest or highest rank is such a
 //! scripted peer and whose other ranks are real.
 
-use crate::auth::{JobToken, Sealer, Transcript};
+use crate::auth::{JobToken, Sealer};
 use crate::handshake::{self, Identity, Session};
 use crate::wire::{self, Conn, DataHeader, Frame, Hello, Proof, Refusal, Tag, FLAG_LAST};
 use crate::{join, loopback_comms, Comm, JoinOptions, NetConfig, RendezvousServer};
@@ -87,6 +87,16 @@ fn closed_by_peer(s: &mut TcpStream) -> bool {
         }
     }
     false
+}
+
+/// A frame sealer under a key that has nothing to do with the job's token.
+fn stranger(seed: u8) -> Sealer {
+    crate::auth::fixed_sessions(seed).0 .0
+}
+
+/// The answers of a listener that challenged, then refused with `r`.
+fn challenged_then_refused(got: &[Frame<'static>], r: Refusal) -> bool {
+    matches!(got, [Frame::Hello(Hello::Challenge { .. }), Frame::Refused(x)] if *x == r)
 }
 
 fn data(seq: u64, incarnation: u64, src: u32, value: u64) -> (DataHeader, Vec<u8>) {
@@ -375,30 +385,12 @@ fn handshake_relay_is_refused() {
     let mut to0 = connect(addrs[0]);
     to0.write_all(&dial(1, 0, [8; 32])).unwrap();
     let (h, forged) = data(0, 0, 1, 666);
-    let mut junk = Transcript {
-        job: [0; 8],
-        incarnation: 0,
-        dialer: 1,
-        listener: 0,
-        dialer_nonce: [8; 32],
-        listener_nonce: n0,
-    }
-    .session(&JobToken::random().keys(), true)
-    .0;
+    let mut junk = stranger(1);
     let mut out = Vec::new();
     wire::write_data(&mut out, &mut junk, &h, &forged).unwrap();
     to0.write_all(&out).unwrap();
     let got = answers_until_closed(&mut to0);
-    assert!(
-        matches!(
-            got[..],
-            [
-                Frame::Hello(Hello::Challenge { .. }),
-                Frame::Refused(Refusal::Malformed)
-            ]
-        ),
-        "{got:?}"
-    );
+    assert!(challenged_then_refused(&got, Refusal::Malformed), "{got:?}");
     // The job is untouched: the real message arrives, nothing else does.
     let mut c = comms.into_iter();
     let (c0, c1) = (c.next().unwrap(), c.next().unwrap());
@@ -500,16 +492,7 @@ fn recorded_handshakes_and_frames_replay_nowhere() {
     let mut again = connect(job.addrs[0]);
     again.write_all(&l1.handshake).unwrap();
     let got = answers_until_closed(&mut again);
-    assert!(
-        matches!(
-            got[..],
-            [
-                Frame::Hello(Hello::Challenge { .. }),
-                Frame::Refused(Refusal::Auth)
-            ]
-        ),
-        "{got:?}"
-    );
+    assert!(challenged_then_refused(&got, Refusal::Auth), "{got:?}");
     // A frame delivered once...
     let recorded = l1.send(0, inc, me, 7);
     assert_eq!(rank0.recv::<u64>(Rank(me), 1).unwrap(), 7);
@@ -548,16 +531,7 @@ fn bytes_injected_into_an_authenticated_stream_are_rejected() {
     let (job, mut links) = ScriptedJob::start(1, true, &mut |_, _| {});
     let (me, inc) = (job.me, job.incarnation);
     let rank0 = job.comm(0);
-    let mut stranger = Transcript {
-        job: [0; 8],
-        incarnation: inc,
-        dialer: me,
-        listener: 0,
-        dialer_nonce: [1; 32],
-        listener_nonce: [2; 32],
-    }
-    .session(&JobToken::random().keys(), true)
-    .0;
+    let mut stranger_tx = stranger(2);
     // Rank 0 sends us a message we do not acknowledge.
     rank0.send(Rank(me), 1, &5u64).unwrap();
     let mut l = links.remove(0);
@@ -569,11 +543,11 @@ fn bytes_injected_into_an_authenticated_stream_are_rejected() {
         wire::write_data(&mut b, tx, &h, &p).unwrap();
         b
     };
-    let mut zero_mac = forged_data(&mut stranger);
+    let mut zero_mac = forged_data(&mut stranger_tx);
     let n = zero_mac.len();
     zero_mac[n - 32..].fill(0);
     let mut forged_ack = Vec::new();
-    wire::write_sealed(&mut forged_ack, &mut stranger, &Frame::Ack(1000)).unwrap();
+    wire::write_sealed(&mut forged_ack, &mut stranger_tx, &Frame::Ack(1000)).unwrap();
     type Attack<'a> = Box<dyn Fn(&mut Link) -> Vec<u8> + 'a>;
     let attacks: Vec<(&str, Attack)> = vec![
         ("garbage", Box::new(|_| vec![0xff; 64])),
@@ -583,20 +557,7 @@ fn bytes_injected_into_an_authenticated_stream_are_rejected() {
         ),
         (
             "data frame under another key",
-            Box::new(move |_| {
-                forged_data(
-                    &mut Transcript {
-                        job: [0; 8],
-                        incarnation: 0,
-                        dialer: 9,
-                        listener: 0,
-                        dialer_nonce: [3; 32],
-                        listener_nonce: [4; 32],
-                    }
-                    .session(&JobToken::random().keys(), true)
-                    .0,
-                )
-            }),
+            Box::new(move |_| forged_data(&mut stranger(3))),
         ),
         (
             "a flipped bit in a genuine frame",
@@ -801,16 +762,7 @@ fn the_rendezvous_reveals_nothing_to_strangers() {
     })))
     .unwrap();
     let got = answers_until_closed(&mut s);
-    assert!(
-        matches!(
-            got[..],
-            [
-                Frame::Hello(Hello::Challenge { .. }),
-                Frame::Refused(Refusal::Auth)
-            ]
-        ),
-        "{got:?}"
-    );
+    assert!(challenged_then_refused(&got, Refusal::Auth), "{got:?}");
     let register = |rank: u32, token: &JobToken, inc: u64| {
         crate::rdv::register(&coord.to_string(), rank, 2, token, inc, &cfg(), |_| {
             Ok("127.0.0.1:1".into())
