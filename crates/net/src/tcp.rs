@@ -345,7 +345,8 @@ fn install(
     // and every retry did the same. The reader needs no `out` lock (acks go through
     // `try_lock`), so it drains the peer's retransmission while we hold `out` for ours.
     // Until `out.gen` is `gen` below, its `mark_down(gen)` is a no-op; a failure of this
-    // connection during the retransmission is then reported by the failing write.
+    // connection during the retransmission is then reported by the failing write (a
+    // reader that gives up shuts the socket down first: `give_up`).
     let sh = shared.clone();
     let reader_addr = addr.to_string();
     spawn("lazarus-reader", move || {
@@ -406,6 +407,17 @@ fn write_or_close(
         let _ = c.s.shutdown(Shutdown::Both);
     }
     r
+}
+
+/// The reader found its connection unusable (a frame that does not verify or follows no
+/// protocol, a broken socket): shut the socket down at once, then mark the peer down. The
+/// shutdown matters while `install` has not finished: `mark_down` of a generation not yet
+/// installed is a no-op, and without it a stream nobody reads would be installed (found
+/// by `recorded_handshakes_and_frames_replay_nowhere`: a bad frame right after the resume
+/// exchange left the connection open and unread).
+fn give_up(shared: &Arc<Shared>, peer: Rank, gen: u64, s: &TcpStream) {
+    let _ = s.shutdown(Shutdown::Both);
+    mark_down(shared, peer, gen);
 }
 
 fn mark_down(shared: &Arc<Shared>, peer: Rank, gen: u64) {
@@ -519,7 +531,7 @@ fn read_loop(
     let mut rd = wire::FrameReader::new(rx);
     let mut acks = (0u32, 0usize);
     let stop = || shared.shutdown.load(Ordering::Acquire) || lock(&p.inbound).gen != gen;
-    let lost = |e: std::io::Error| {
+    let lost = |e: std::io::Error, s: &TcpStream| {
         if e.kind() == std::io::ErrorKind::InvalidData {
             tracing::warn!(
                 "{}: closing connection from {peer} at {addr}: {e}",
@@ -529,7 +541,7 @@ fn read_loop(
             tracing::debug!("{}: connection to {peer} at {addr} lost: {e}", shared.me);
         }
         if !shared.shutdown.load(Ordering::Acquire) && !p.bye.load(Ordering::Acquire) {
-            mark_down(&shared, peer, gen);
+            give_up(&shared, peer, gen, s);
         }
     };
     loop {
@@ -546,7 +558,7 @@ fn read_loop(
             {
                 continue
             }
-            Err(e) => return lost(e),
+            Err(e) => return lost(e, &s),
         };
         *lock(&p.last_seen) = Instant::now();
         let flow = match next {
@@ -555,7 +567,7 @@ fn read_loop(
                     Ok(Frame::Data(h, _)) => h,
                     Ok(other) => {
                         tracing::warn!("{}: {peer} sent a malformed {other:?}", shared.me);
-                        mark_down(&shared, peer, gen);
+                        give_up(&shared, peer, gen, &s);
                         return;
                     }
                     Err(e) => {
@@ -563,7 +575,7 @@ fn read_loop(
                             "{}: closing connection from {peer} at {addr}: {e}",
                             shared.me
                         );
-                        mark_down(&shared, peer, gen);
+                        give_up(&shared, peer, gen, &s);
                         return;
                     }
                 };
@@ -577,10 +589,10 @@ fn read_loop(
                         }
                         f
                     }
-                    Err(e) => return lost(e),
+                    Err(e) => return lost(e, &s),
                 }
             }
-            wire::Next::Small => on_control(&shared, p, gen, &addr, rd.body()),
+            wire::Next::Small => on_control(&shared, p, gen, &addr, rd.body(), &s),
         };
         if let Flow::Stop = flow {
             return;
@@ -589,7 +601,14 @@ fn read_loop(
 }
 
 /// Non-data frames.
-fn on_control(shared: &Arc<Shared>, p: &Peer, gen: u64, addr: &str, body: &[u8]) -> Flow {
+fn on_control(
+    shared: &Arc<Shared>,
+    p: &Peer,
+    gen: u64,
+    addr: &str,
+    body: &[u8],
+    s: &TcpStream,
+) -> Flow {
     let peer = p.rank;
     let frame = match wire::decode(body) {
         Ok(f) => f,
@@ -598,7 +617,7 @@ fn on_control(shared: &Arc<Shared>, p: &Peer, gen: u64, addr: &str, body: &[u8])
                 "{}: closing connection from {peer} at {addr}: {e}",
                 shared.me
             );
-            mark_down(shared, peer, gen);
+            give_up(shared, peer, gen, s);
             return Flow::Stop;
         }
     };
@@ -621,7 +640,7 @@ fn on_control(shared: &Arc<Shared>, p: &Peer, gen: u64, addr: &str, body: &[u8])
                 "{}: closing connection from {peer} at {addr}: unexpected {other:?}",
                 shared.me
             );
-            mark_down(shared, peer, gen);
+            give_up(shared, peer, gen, s);
             return Flow::Stop;
         }
     }
@@ -631,7 +650,14 @@ fn on_control(shared: &Arc<Shared>, p: &Peer, gen: u64, addr: &str, body: &[u8])
 /// The effects of a Data header whose frame MAC has verified: its piggybacked ack; and a
 /// check that the peer stamps our incarnation (the handshake bound it; a mismatch is a
 /// bug or a protocol violation, and closes the connection).
-fn verified(shared: &Arc<Shared>, p: &Peer, gen: u64, addr: &str, h: &DataHeader) -> Flow {
+fn verified(
+    shared: &Arc<Shared>,
+    p: &Peer,
+    gen: u64,
+    addr: &str,
+    h: &DataHeader,
+    s: &TcpStream,
+) -> Flow {
     if h.incarnation != shared.incarnation {
         tracing::warn!(
             "{}: closing connection from {} at {addr}: data of incarnation {}, ours is {}",
@@ -640,7 +666,7 @@ fn verified(shared: &Arc<Shared>, p: &Peer, gen: u64, addr: &str, h: &DataHeader
             h.incarnation,
             shared.incarnation
         );
-        mark_down(shared, p.rank, gen);
+        give_up(shared, p.rank, gen, s);
         return Flow::Stop;
     }
     p.acked.fetch_max(h.ack, Ordering::AcqRel);
@@ -672,7 +698,7 @@ fn on_data(
             shared.me,
             h.src
         );
-        mark_down(shared, peer, gen);
+        give_up(shared, peer, gen, s);
         return Ok(Flow::Stop);
     }
     let direct = {
@@ -698,7 +724,7 @@ fn on_data(
             // On an error (a MAC that does not verify included) the claim drops
             // uncompleted: the bytes in the buffer are not delivered.
             rd.read_into(s, claim.buf(), stop)?;
-            if let Flow::Stop = verified(shared, p, gen, addr, &h) {
+            if let Flow::Stop = verified(shared, p, gen, addr, &h, s) {
                 return Ok(Flow::Stop);
             }
             let mut inb = lock(&p.inbound);
@@ -717,14 +743,14 @@ fn on_data(
                 Accept::Duplicate | Accept::Gap => {
                     drop(inb);
                     drop(claim);
-                    mark_down(shared, peer, gen);
+                    give_up(shared, peer, gen, s);
                     Ok(Flow::Stop)
                 }
             };
         }
     }
     let payload = rd.read_vec(s, n, stop)?;
-    if let Flow::Stop = verified(shared, p, gen, addr, &h) {
+    if let Flow::Stop = verified(shared, p, gen, addr, &h, s) {
         crate::pool::give(payload);
         return Ok(Flow::Stop);
     }
@@ -774,7 +800,7 @@ fn on_data(
                 shared.me,
                 h.seq
             );
-            mark_down(shared, peer, gen);
+            give_up(shared, peer, gen, s);
             Ok(Flow::Stop)
         }
     }
