@@ -1,4 +1,5 @@
-//! Authentication handshake against arbitrary peer bytes: error or success, never panic.
+//! Both sides of the authentication handshake (wire version 2) against arbitrary peer
+//! bytes: error or success, never panic or over-allocate.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 

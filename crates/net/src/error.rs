@@ -87,6 +87,12 @@ impl NetError {
         self
     }
 
+    /// The same error with `ctx` (what was being done, with whom) in front of its detail.
+    pub(crate) fn context(mut self, ctx: impl fmt::Display) -> Self {
+        self.detail = format!("{ctx}: {}", self.detail);
+        self
+    }
+
     /// An I/O error with context.
     pub fn io(detail: impl Into<String>, source: std::io::Error) -> Self {
         NetError {

@@ -29,6 +29,9 @@ mod env;
 mod error;
 #[cfg(test)]
 mod fault;
+mod handshake;
+#[cfg(test)]
+mod hostile_tests;
 pub mod launch;
 mod local;
 mod mailbox;
@@ -40,17 +43,19 @@ mod sendbuf;
 mod tcp;
 pub mod wire;
 
-#[doc(hidden)]
-pub use auth::fuzz_handshake;
 pub use auth::JobToken;
 pub use collective::ReduceOp;
 pub use comm::Comm;
 pub use config::NetConfig;
 pub use env::{init, join, loopback_comms, JoinOptions};
 pub use error::{ErrorKind, NetError, Result};
+#[doc(hidden)]
+pub use handshake::fuzz_handshake;
 pub use local::{local, local_comms, local_comms_with};
 pub use mailbox::Envelope;
 pub use rdv::RendezvousServer;
 pub use scalar::Scalar;
 pub use sendbuf::SendBuf;
+#[doc(hidden)]
+pub use wire::fuzz_sealed_frames;
 pub use wire::{Tag, TagSpace};

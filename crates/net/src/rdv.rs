@@ -1,11 +1,17 @@
 //! Rendezvous: ranks register their listening address with a small server (run by the
 //! launcher, or by rank 0 under srun/mpirun), receive the full address table, then keep an
 //! authenticated control connection with heartbeats so the host notices a dead rank.
+//!
+//! The server is a listener of the same handshake as the mesh (`handshake.rs`, with the
+//! coordinator's pseudo-rank): it answers only a dial from a rank of the world, proves
+//! itself only after the rank has, and every frame after that is sealed, so nobody without
+//! the token can register, read the address table, or forge a heartbeat or a goodbye.
 
-use crate::auth::{handshake, JobToken, COORD_RANK};
+use crate::auth::{JobToken, COORD_RANK};
 use crate::config::NetConfig;
 use crate::error::{ErrorKind, NetError, Result};
-use crate::wire::{self, Frame};
+use crate::handshake::{self, Identity, Session};
+use crate::wire::{self, Conn, Frame};
 use serde::{Deserialize, Serialize};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -36,18 +42,18 @@ pub enum Liveness {
 
 struct Slot {
     addr: Option<String>,
-    stream: Option<TcpStream>,
+    stream: Option<Conn>,
     last_seen: Instant,
     state: Liveness,
 }
 
 struct Shared {
     size: u32,
-    token: JobToken,
-    incarnation: u64,
+    id: Identity,
     config: NetConfig,
     slots: Mutex<Vec<Slot>>,
     shutdown: AtomicBool,
+    handshakes: handshake::Gate,
 }
 
 impl Shared {
@@ -88,8 +94,7 @@ impl RendezvousServer {
         let now = Instant::now();
         let shared = Arc::new(Shared {
             size,
-            token,
-            incarnation,
+            id: Identity::new(&token, COORD_RANK, incarnation),
             config,
             slots: Mutex::new(
                 (0..size)
@@ -102,6 +107,7 @@ impl RendezvousServer {
                     .collect(),
             ),
             shutdown: AtomicBool::new(false),
+            handshakes: handshake::Gate::new(size),
         });
         let s2 = shared.clone();
         std::thread::Builder::new()
@@ -140,8 +146,8 @@ impl Drop for RendezvousServer {
     fn drop(&mut self) {
         self.shared.shutdown.store(true, Ordering::Release);
         for s in self.shared.slots().iter_mut() {
-            if let Some(st) = s.stream.take() {
-                let _ = st.shutdown(std::net::Shutdown::Both);
+            if let Some(c) = s.stream.take() {
+                let _ = c.s.shutdown(std::net::Shutdown::Both);
             }
         }
     }
@@ -151,11 +157,18 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     while !shared.shutdown.load(Ordering::Acquire) {
         match listener.accept() {
             Ok((stream, peer)) => {
+                let Some(ticket) = shared.handshakes.enter() else {
+                    tracing::warn!(
+                        "rendezvous: closing connection from {peer}: too many handshakes \
+                         in progress"
+                    );
+                    continue;
+                };
                 let s2 = shared.clone();
                 let _ = std::thread::Builder::new()
                     .name("lazarus-rdv-conn".into())
                     .spawn(move || {
-                        if let Err(e) = serve(stream, peer, &s2) {
+                        if let Err(e) = serve(stream, peer, &s2, ticket) {
                             if !s2.shutdown.load(Ordering::Acquire) {
                                 tracing::warn!("rendezvous: connection from {peer} closed: {e}");
                             }
@@ -173,7 +186,14 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
-fn serve(mut stream: TcpStream, peer: SocketAddr, shared: &Shared) -> Result<()> {
+/// One rank's connection; `ticket` is its place among the handshakes in progress, given
+/// back once the handshake is over (the control phase lasts as long as the job).
+fn serve(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    shared: &Shared,
+    ticket: handshake::Ticket,
+) -> Result<()> {
     let io = |e: std::io::Error| NetError::io(format!("rendezvous peer {peer}"), e);
     stream.set_nonblocking(false).map_err(io)?;
     stream.set_nodelay(true).map_err(io)?;
@@ -183,16 +203,22 @@ fn serve(mut stream: TcpStream, peer: SocketAddr, shared: &Shared) -> Result<()>
     stream
         .set_write_timeout(Some(shared.config.connect_timeout))
         .map_err(io)?;
-    let who = handshake(
-        &mut stream,
-        &shared.token,
-        COORD_RANK,
-        shared.incarnation,
-        None,
-        &peer.to_string(),
-    )?;
+    let size = shared.size;
+    let may_dial = |from: u32| {
+        if from < size {
+            Ok(())
+        } else {
+            Err(format!("the world has {size} ranks"))
+        }
+    };
+    let Session {
+        peer: who,
+        tx,
+        mut rx,
+    } = handshake::accept(&mut stream, &shared.id, &may_dial, &peer.to_string())?;
+    drop(ticket);
     let mut buf = Vec::new();
-    wire::read_frame(&mut stream, 64 << 10, &mut buf).map_err(io)?;
+    wire::read_sealed(&mut stream, &mut rx, 64 << 10, &mut buf).map_err(io)?;
     let reg = match wire::decode(&buf)? {
         Frame::Control(b) => postcard::from_bytes::<Ctl>(b).map_err(|e| {
             NetError::new(
@@ -208,18 +234,17 @@ fn serve(mut stream: TcpStream, peer: SocketAddr, shared: &Shared) -> Result<()>
         }
     };
     let (rank, addr) = match reg {
-        Ctl::Register { rank, size, addr }
-            if rank == who.rank && size == shared.size && rank < size =>
-        {
+        Ctl::Register { rank, size, addr } if rank == who && size == shared.size && rank < size => {
             (rank, addr)
         }
         other => {
             return Err(NetError::new(
                 ErrorKind::Protocol,
                 format!(
-                "register from {peer} inconsistent with hello rank {} / world size {}: {other:?}",
-                who.rank, shared.size
-            ),
+                    "register from {peer} inconsistent with its authenticated rank {who} / \
+                     world size {}: {other:?}",
+                    shared.size
+                ),
             ))
         }
     };
@@ -235,7 +260,10 @@ fn serve(mut stream: TcpStream, peer: SocketAddr, shared: &Shared) -> Result<()>
             ));
         }
         slot.addr = Some(addr);
-        slot.stream = Some(stream.try_clone().map_err(io)?);
+        slot.stream = Some(Conn {
+            s: stream.try_clone().map_err(io)?,
+            tx,
+        });
         slot.state = Liveness::Running;
         slot.last_seen = Instant::now();
         if slots.iter().all(|s| s.addr.is_some()) {
@@ -246,60 +274,72 @@ fn serve(mut stream: TcpStream, peer: SocketAddr, shared: &Shared) -> Result<()>
             let msg = postcard::to_allocvec(&Ctl::Table { addrs })
                 .map_err(|e| NetError::new(ErrorKind::Codec, e.to_string()))?;
             for (i, s) in slots.iter_mut().enumerate() {
-                if let Some(st) = s.stream.as_mut() {
-                    if let Err(e) = wire::write_frame(st, &Frame::Control(&msg)) {
+                if let Some(c) = s.stream.as_mut() {
+                    if let Err(e) = c.send(&Frame::Control(&msg)) {
                         tracing::warn!("rendezvous: sending the table to rank {i} failed: {e}");
                     }
                 }
             }
         }
     }
-    // Control phase: heartbeats until goodbye or loss.
+    // Control phase: heartbeats until goodbye or loss. The frame reader keeps the framing
+    // across read timeouts and checks every frame's MAC.
     stream
         .set_read_timeout(Some(shared.config.heartbeat_interval))
         .map_err(io)?;
+    let mut rd = wire::FrameReader::new(rx);
+    let stop = || shared.shutdown.load(Ordering::Acquire);
     loop {
-        if shared.shutdown.load(Ordering::Acquire) {
+        if stop() {
             return Ok(());
         }
-        match wire::read_frame(&mut stream, 128, &mut buf) {
-            Ok(()) => {
-                let f = wire::decode(&buf);
-                let mut slots = shared.slots();
-                let Some(slot) = slots.get_mut(rank as usize) else {
-                    return Ok(());
-                };
-                match f {
-                    Ok(Frame::Heartbeat(_)) => slot.last_seen = Instant::now(),
-                    Ok(Frame::Bye) => {
-                        slot.state = Liveness::Finished;
-                        return Ok(());
-                    }
-                    other => {
-                        slot.state = Liveness::LostConnection;
-                        return Err(NetError::new(
-                            ErrorKind::Protocol,
-                            format!("rank {rank} ({peer}) sent {other:?}"),
-                        ));
-                    }
-                }
-            }
+        let next = rd.next(&mut stream, 256, &stop);
+        let mut slots = shared.slots();
+        let Some(slot) = slots.get_mut(rank as usize) else {
+            return Ok(());
+        };
+        let frame = match next {
+            Ok(wire::Next::Small) => wire::decode(rd.body()),
+            Ok(wire::Next::Data(..)) => Err(NetError::new(
+                ErrorKind::Protocol,
+                "a data frame on the control connection",
+            )),
             Err(e)
                 if matches!(
                     e.kind(),
                     std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
+                ) =>
+            {
+                continue
+            }
             Err(e) => {
-                let mut slots = shared.slots();
-                if let Some(slot) = slots.get_mut(rank as usize) {
-                    if slot.state == Liveness::Running {
-                        slot.state = Liveness::LostConnection;
+                if slot.state == Liveness::Running {
+                    slot.state = Liveness::LostConnection;
+                    if e.kind() == std::io::ErrorKind::InvalidData {
+                        tracing::warn!(
+                            "rendezvous: closing rank {rank}'s control connection ({peer}): {e}"
+                        );
+                    } else {
                         tracing::debug!(
                             "rendezvous: rank {rank} ({peer}) control connection lost: {e}"
                         );
                     }
                 }
                 return Ok(());
+            }
+        };
+        match frame {
+            Ok(Frame::Heartbeat(_)) => slot.last_seen = Instant::now(),
+            Ok(Frame::Bye) => {
+                slot.state = Liveness::Finished;
+                return Ok(());
+            }
+            other => {
+                slot.state = Liveness::LostConnection;
+                return Err(NetError::new(
+                    ErrorKind::Protocol,
+                    format!("rank {rank} ({peer}) sent {other:?}"),
+                ));
             }
         }
     }
@@ -315,7 +355,7 @@ pub(crate) fn register(
     incarnation: u64,
     config: &NetConfig,
     listen_for: impl FnOnce(&TcpStream) -> Result<String>,
-) -> Result<(Vec<SocketAddr>, TcpStream)> {
+) -> Result<(Vec<SocketAddr>, Conn)> {
     let deadline = Instant::now() + config.connect_timeout;
     let mut stream = loop {
         match TcpStream::connect(coord) {
@@ -342,7 +382,8 @@ pub(crate) fn register(
     stream
         .set_write_timeout(Some(config.connect_timeout))
         .map_err(io)?;
-    handshake(&mut stream, token, me, incarnation, Some(COORD_RANK), coord)?;
+    let id = Identity::new(token, me, incarnation);
+    let Session { tx, mut rx, .. } = handshake::dial(&mut stream, &id, COORD_RANK, coord)?;
     let addr = listen_for(&stream)?;
     let msg = postcard::to_allocvec(&Ctl::Register {
         rank: me,
@@ -350,13 +391,15 @@ pub(crate) fn register(
         addr,
     })
     .map_err(|e| NetError::new(ErrorKind::Codec, e.to_string()))?;
-    wire::write_frame(&mut stream, &Frame::Control(&msg)).map_err(io)?;
+    let mut conn = Conn { s: stream, tx };
+    conn.send(&Frame::Control(&msg)).map_err(io)?;
+    let stream = &mut conn.s;
     let remaining = deadline
         .saturating_duration_since(Instant::now())
         .max(Duration::from_millis(1));
     stream.set_read_timeout(Some(remaining)).map_err(io)?;
     let mut buf = Vec::new();
-    wire::read_frame(&mut stream, 16 << 20, &mut buf).map_err(|e| {
+    wire::read_sealed(stream, &mut rx, 16 << 20, &mut buf).map_err(|e| {
         NetError::io(
             format!("waiting for all {size} ranks to register at {coord}"),
             e,
@@ -398,5 +441,5 @@ pub(crate) fn register(
         })
         .collect::<Result<Vec<_>>>()?;
     stream.set_read_timeout(None).map_err(io)?;
-    Ok((addrs, stream))
+    Ok((addrs, conn))
 }

@@ -1,0 +1,531 @@
+//! The connection handshake (wire version 2): mutual authentication bound to both ranks,
+//! both nonces, the job, the incarnation and the direction, as a pure state machine plus a
+//! thin blocking driver.
+//!
+//! ```text
+//! dialer D (rank d)                               listener L (rank l)
+//!   Hello::Dial{from d, to l, nonce nd}  ──────►  checks: version, to == l, d may dial l
+//!                                                 (else Refused, close: no nonce, no proof)
+//!                                        ◄──────  Hello::Challenge{nonce nl}
+//!   Proof{inc, dialer_proof(T)}          ──────►  verifies (else Refused, close)
+//!                                        ◄──────  Proof{inc, listener_proof(T)}
+//!   verifies; both: session keys from T           T = (job id, incarnation, d, l, nd, nl)
+//! ```
+//!
+//! What this buys (docs/RUNTIME.md, "Threat model"): before the dialer has proven that it
+//! knows the token the listener sends only a random nonce, and only to a dialer rank that
+//! may dial it; so an unauthenticated peer learns nothing about the job and obtains no
+//! proof it could forward (the relay of issue #11) or send back (reflection). A dialer
+//! proof covers the role, both ranks and both fresh nonces, so it is good for exactly one
+//! connection to one listener; a recorded handshake replays nowhere. Session keys are
+//! fresh per connection, so frames of one connection are worthless on any other.
+
+use crate::auth::{JobKeys, JobToken, Opener, Sealer, Transcript};
+use crate::error::{ErrorKind, NetError, Result};
+use crate::wire::{self, Frame, Hello, Proof, Refusal, VERSION};
+use std::io::{Read, Write};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+/// The largest handshake frame (a dial hello is 48 bytes); refused before allocating.
+const MAX_HANDSHAKE_FRAME: u32 = 128;
+
+/// Bounds the handshakes in progress on one listener: every rank of the world may be
+/// dialing it at once (startup, a network blip), plus slack; more can only be a peer
+/// holding connections open to exhaust the listener's threads. Each handshake is also
+/// bounded in time by the connect timeout (the caller's socket timeouts).
+#[derive(Debug)]
+pub(crate) struct Gate {
+    busy: Arc<AtomicUsize>,
+    max: usize,
+}
+
+/// A handshake's place in a [`Gate`], given back when dropped.
+#[derive(Debug)]
+pub(crate) struct Ticket(Arc<AtomicUsize>);
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Gate {
+    /// A gate for a listener of a world of `size` ranks.
+    pub(crate) fn new(size: u32) -> Self {
+        Gate {
+            busy: Arc::new(AtomicUsize::new(0)),
+            max: size as usize + 64,
+        }
+    }
+
+    /// A ticket, or `None` when the listener must close the new connection at once.
+    pub(crate) fn enter(&self) -> Option<Ticket> {
+        if self.busy.fetch_add(1, Ordering::AcqRel) >= self.max {
+            self.busy.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Ticket(self.busy.clone()))
+    }
+}
+
+/// Who this side is: the job's keys, its rank (or the coordinator's) and incarnation.
+#[derive(Clone, Debug)]
+pub(crate) struct Identity {
+    pub(crate) keys: JobKeys,
+    pub(crate) me: u32,
+    pub(crate) incarnation: u64,
+}
+
+impl Identity {
+    pub(crate) fn new(token: &JobToken, me: u32, incarnation: u64) -> Self {
+        Identity {
+            keys: token.keys(),
+            me,
+            incarnation,
+        }
+    }
+}
+
+/// An authenticated connection's state: the peer and the two directions' frame MACs.
+#[derive(Debug)]
+pub(crate) struct Session {
+    pub(crate) peer: u32,
+    pub(crate) tx: Sealer,
+    pub(crate) rx: Opener,
+}
+
+/// A handshake that failed: why, and what to tell the peer before closing.
+#[derive(Debug)]
+pub(crate) struct Failed {
+    pub(crate) error: NetError,
+    pub(crate) reply: Option<Frame<'static>>,
+}
+
+fn fail(kind: ErrorKind, msg: impl Into<String>, reply: Option<Frame<'static>>) -> Failed {
+    Failed {
+        error: NetError::new(kind, msg),
+        reply,
+    }
+}
+
+/// How a rank is named in messages (the coordinator has no rank).
+pub(crate) fn rank_name(r: u32) -> String {
+    if r == crate::auth::COORD_RANK {
+        "the coordinator".into()
+    } else {
+        format!("rank {r}")
+    }
+}
+
+fn frame_name(f: &Frame<'_>) -> &'static str {
+    match f {
+        Frame::Hello(Hello::Dial { .. }) => "a dial hello",
+        Frame::Hello(Hello::Challenge { .. }) => "a challenge",
+        Frame::Proof(_) => "a proof",
+        Frame::Refused(_) => "a refusal",
+        Frame::Resume(_) => "a resume frame",
+        Frame::Data(..) => "a data frame",
+        Frame::Ack(_) => "an ack",
+        Frame::Heartbeat(_) => "a heartbeat",
+        Frame::Bye => "a goodbye",
+        Frame::Control(_) => "a control frame",
+    }
+}
+
+/// The protocol-version mismatch error, when `body` is a Hello of another version.
+fn other_version(body: &[u8], who: &str) -> Option<NetError> {
+    match wire::hello_version(body) {
+        Some(v) if v != VERSION => Some(NetError::new(
+            ErrorKind::Protocol,
+            format!(
+                "{who} speaks wire protocol version {v}, this process speaks version \
+                 {VERSION}: every rank of a job must run the same Lazarus release"
+            ),
+        )),
+        _ => None,
+    }
+}
+
+/// The dialer before the listener's challenge.
+#[derive(Debug)]
+pub(crate) struct Dialer {
+    id: Identity,
+    peer: u32,
+    nonce: [u8; 32],
+}
+
+impl Dialer {
+    /// Starts dialing `peer` with a fresh `nonce`; returns the Dial hello to send.
+    pub(crate) fn new(id: Identity, peer: u32, nonce: [u8; 32]) -> (Self, Frame<'static>) {
+        let hello = Frame::Hello(Hello::Dial {
+            from: id.me,
+            to: peer,
+            nonce,
+        });
+        (Dialer { id, peer, nonce }, hello)
+    }
+
+    /// The listener's answer to the Dial: a challenge gets our proof.
+    pub(crate) fn on_challenge(
+        self,
+        body: &[u8],
+    ) -> std::result::Result<(DialerProved, Frame<'static>), Failed> {
+        let who = rank_name(self.peer);
+        let frame = match wire::decode(body) {
+            Ok(f) => f,
+            Err(e) => {
+                let error = other_version(body, &who).unwrap_or_else(|| {
+                    NetError::new(e.kind(), format!("malformed answer to our dial: {e}"))
+                });
+                return Err(Failed { error, reply: None });
+            }
+        };
+        let nonce = match frame {
+            Frame::Hello(Hello::Challenge { nonce }) => nonce,
+            Frame::Refused(r) => return Err(refused(&self.id, self.peer, r)),
+            other => {
+                return Err(fail(
+                    ErrorKind::Protocol,
+                    format!("expected a challenge, got {}", frame_name(&other)),
+                    None,
+                ))
+            }
+        };
+        let t = Transcript {
+            job: self.id.keys.job,
+            incarnation: self.id.incarnation,
+            dialer: self.id.me,
+            listener: self.peer,
+            dialer_nonce: self.nonce,
+            listener_nonce: nonce,
+        };
+        let proof = Frame::Proof(Proof {
+            incarnation: self.id.incarnation,
+            mac: t.dialer_proof(&self.id.keys),
+        });
+        Ok((DialerProved { id: self.id, t }, proof))
+    }
+}
+
+/// What a refusal tells the dialer.
+fn refused(id: &Identity, peer: u32, r: Refusal) -> Failed {
+    let who = rank_name(peer);
+    let me = rank_name(id.me);
+    let msg = match r {
+        Refusal::NotAllowed => format!(
+            "{who} refuses to be dialed by {me} (only a higher rank of the world dials a \
+             lower one; is another process listening at this address?)"
+        ),
+        Refusal::Auth => format!(
+            "{who} refused our proof: it holds another job token (is a process of another \
+             job listening at this address?)"
+        ),
+        Refusal::Incarnation(theirs) => format!(
+            "{who} is incarnation {theirs}, this process is incarnation {}: ranks of \
+             different incarnations never talk (one of them belongs to an older run)",
+            id.incarnation
+        ),
+        Refusal::Malformed => format!("{who} found our handshake malformed"),
+    };
+    fail(ErrorKind::Auth, msg, None)
+}
+
+/// The dialer after sending its proof.
+#[derive(Debug)]
+pub(crate) struct DialerProved {
+    id: Identity,
+    t: Transcript,
+}
+
+impl DialerProved {
+    /// The listener's proof completes the handshake.
+    pub(crate) fn on_proof(self, body: &[u8]) -> std::result::Result<Session, Failed> {
+        let peer = self.t.listener;
+        let p = match wire::decode(body) {
+            Ok(Frame::Proof(p)) => p,
+            Ok(Frame::Refused(r)) => return Err(refused(&self.id, peer, r)),
+            Ok(other) => {
+                return Err(fail(
+                    ErrorKind::Protocol,
+                    format!("expected the listener's proof, got {}", frame_name(&other)),
+                    None,
+                ))
+            }
+            Err(e) => {
+                return Err(fail(
+                    e.kind(),
+                    format!("malformed listener proof: {e}"),
+                    None,
+                ))
+            }
+        };
+        let expected = self.t.listener_proof(&self.id.keys);
+        if p.incarnation != self.id.incarnation || !crate::auth::tags_equal(&expected, &p.mac) {
+            // The listener answered a proof only a token holder can make with one that
+            // does not verify: it is not who we meant to reach.
+            return Err(fail(
+                ErrorKind::Auth,
+                format!(
+                    "the listener's proof does not verify: it does not know the job token, \
+                     so it is not {}",
+                    rank_name(peer)
+                ),
+                Some(Frame::Refused(Refusal::Auth)),
+            ));
+        }
+        let (tx, rx) = self.t.session(&self.id.keys, true);
+        Ok(Session { peer, tx, rx })
+    }
+}
+
+/// The listener's first step: a Dial from a rank that may dial us gets a challenge;
+/// anything else is refused before we send a single byte that depends on the job.
+pub(crate) fn on_dial(
+    id: Identity,
+    may_dial: &dyn Fn(u32) -> std::result::Result<(), String>,
+    body: &[u8],
+    nonce: [u8; 32],
+) -> std::result::Result<(ListenerChallenged, Frame<'static>), Failed> {
+    let challenge = Frame::Hello(Hello::Challenge { nonce });
+    let frame = match wire::decode(body) {
+        Ok(f) => f,
+        Err(e) => {
+            // A peer of another version gets our Hello (a nonce and our version, nothing
+            // else), so that it too can say which versions disagree.
+            if let Some(error) = other_version(body, "the dialer") {
+                return Err(Failed {
+                    error,
+                    reply: Some(challenge),
+                });
+            }
+            return Err(fail(
+                e.kind(),
+                format!("malformed dial: {e}"),
+                Some(Frame::Refused(Refusal::Malformed)),
+            ));
+        }
+    };
+    let (from, to, dialer_nonce) = match frame {
+        Frame::Hello(Hello::Dial { from, to, nonce }) => (from, to, nonce),
+        other => {
+            return Err(fail(
+                ErrorKind::Protocol,
+                format!("expected a dial hello, got {}", frame_name(&other)),
+                Some(Frame::Refused(Refusal::Malformed)),
+            ))
+        }
+    };
+    let not_allowed = |m: String| {
+        fail(
+            ErrorKind::Auth,
+            m,
+            Some(Frame::Refused(Refusal::NotAllowed)),
+        )
+    };
+    if to != id.me {
+        return Err(not_allowed(format!(
+            "{} wants to reach {}, this is {}",
+            rank_name(from),
+            rank_name(to),
+            rank_name(id.me)
+        )));
+    }
+    if let Err(why) = may_dial(from) {
+        return Err(not_allowed(format!(
+            "{} may not dial {}: {why}",
+            rank_name(from),
+            rank_name(id.me)
+        )));
+    }
+    let t = Transcript {
+        job: id.keys.job,
+        incarnation: id.incarnation,
+        dialer: from,
+        listener: id.me,
+        dialer_nonce,
+        listener_nonce: nonce,
+    };
+    Ok((ListenerChallenged { id, t }, challenge))
+}
+
+/// The listener after its challenge, waiting for the dialer's proof.
+#[derive(Debug)]
+pub(crate) struct ListenerChallenged {
+    id: Identity,
+    t: Transcript,
+}
+
+impl ListenerChallenged {
+    /// The dialer's proof: if it verifies, our proof and the session; otherwise a refusal.
+    pub(crate) fn on_proof(
+        self,
+        body: &[u8],
+    ) -> std::result::Result<(Session, Frame<'static>), Failed> {
+        let p = match wire::decode(body) {
+            Ok(Frame::Proof(p)) => p,
+            Ok(other) => {
+                return Err(fail(
+                    ErrorKind::Protocol,
+                    format!("expected the dialer's proof, got {}", frame_name(&other)),
+                    Some(Frame::Refused(Refusal::Malformed)),
+                ))
+            }
+            Err(e) => {
+                return Err(fail(
+                    e.kind(),
+                    format!("malformed dialer proof: {e}"),
+                    Some(Frame::Refused(Refusal::Malformed)),
+                ))
+            }
+        };
+        // The proof is checked under the incarnation the dialer claims, so that a token
+        // holder of another incarnation is told apart from a stranger; either way only a
+        // proof under our own incarnation is accepted.
+        let claimed = Transcript {
+            incarnation: p.incarnation,
+            ..self.t
+        };
+        if !crate::auth::tags_equal(&claimed.dialer_proof(&self.id.keys), &p.mac) {
+            return Err(fail(
+                ErrorKind::Auth,
+                "the dialer's proof does not verify: it does not know the job token \
+                 (another job?)",
+                Some(Frame::Refused(Refusal::Auth)),
+            ));
+        }
+        if p.incarnation != self.id.incarnation {
+            return Err(fail(
+                ErrorKind::Auth,
+                format!(
+                    "the dialer proved the job token but is incarnation {}, this process \
+                     is incarnation {}: a rank of another incarnation is refused",
+                    p.incarnation, self.id.incarnation
+                ),
+                Some(Frame::Refused(Refusal::Incarnation(self.id.incarnation))),
+            ));
+        }
+        let proof = Frame::Proof(Proof {
+            incarnation: self.id.incarnation,
+            mac: self.t.listener_proof(&self.id.keys),
+        });
+        let (tx, rx) = self.t.session(&self.id.keys, false);
+        Ok((
+            Session {
+                peer: self.t.dialer,
+                tx,
+                rx,
+            },
+            proof,
+        ))
+    }
+}
+
+/// An I/O error of a handshake step; its text is part of the message because a refused or
+/// truncated handshake is diagnosed from logs, which show the message only.
+fn io_error(ctx: &str, step: &str, e: std::io::Error) -> NetError {
+    NetError::io(format!("{ctx}: {step}: {e}"), e)
+}
+
+/// Runs the dialer's side on `s` (whose timeouts the caller has set) towards `peer`
+/// listening at `addr`. Errors name the rank and the address.
+pub(crate) fn dial<S: Read + Write>(
+    s: &mut S,
+    id: &Identity,
+    peer: u32,
+    addr: &str,
+) -> Result<Session> {
+    let ctx = format!("handshake with {} at {addr}", rank_name(peer));
+    let io = |step: &str, e: std::io::Error| io_error(&ctx, step, e);
+    let end = |s: &mut S, f: Failed| {
+        if let Some(r) = &f.reply {
+            let _ = wire::write_plain(s, r);
+        }
+        f.error.context(&ctx)
+    };
+    let (d, hello) = Dialer::new(id.clone(), peer, crate::auth::nonce());
+    wire::write_plain(s, &hello).map_err(|e| io("sending the dial", e))?;
+    let mut buf = Vec::new();
+    wire::read_plain(s, MAX_HANDSHAKE_FRAME, &mut buf).map_err(|e| {
+        io(
+            "waiting for the challenge (the listener closes on refusal)",
+            e,
+        )
+    })?;
+    let (d, proof) = d.on_challenge(&buf).map_err(|f| end(s, f))?;
+    wire::write_plain(s, &proof).map_err(|e| io("sending our proof", e))?;
+    wire::read_plain(s, MAX_HANDSHAKE_FRAME, &mut buf).map_err(|e| {
+        io(
+            "waiting for the listener's proof (it closes when it refuses ours)",
+            e,
+        )
+    })?;
+    d.on_proof(&buf).map_err(|f| end(s, f))
+}
+
+/// Runs the listener's side on an accepted `s` from `addr`; `may_dial` says whether a
+/// claimed dialer rank may dial us (and why not). Errors name the address and, once
+/// known, the claimed rank.
+pub(crate) fn accept<S: Read + Write>(
+    s: &mut S,
+    id: &Identity,
+    may_dial: &dyn Fn(u32) -> std::result::Result<(), String>,
+    addr: &str,
+) -> Result<Session> {
+    let mut ctx = format!("handshake with {addr}");
+    let end = |s: &mut S, ctx: &str, f: Failed| {
+        if let Some(r) = &f.reply {
+            let _ = wire::write_plain(s, r);
+        }
+        f.error.context(ctx)
+    };
+    let mut buf = Vec::new();
+    wire::read_plain(s, MAX_HANDSHAKE_FRAME, &mut buf)
+        .map_err(|e| io_error(&ctx, "reading the dial", e))?;
+    if let Ok(Frame::Hello(Hello::Dial { from, .. })) = wire::decode(&buf) {
+        ctx = format!("handshake with {addr} (claims {})", rank_name(from));
+    }
+    let (l, challenge) =
+        on_dial(id.clone(), may_dial, &buf, crate::auth::nonce()).map_err(|f| end(s, &ctx, f))?;
+    wire::write_plain(s, &challenge).map_err(|e| io_error(&ctx, "sending the challenge", e))?;
+    wire::read_plain(s, MAX_HANDSHAKE_FRAME, &mut buf)
+        .map_err(|e| io_error(&ctx, "reading the dialer's proof", e))?;
+    let (session, proof) = l.on_proof(&buf).map_err(|f| end(s, &ctx, f))?;
+    wire::write_plain(s, &proof).map_err(|e| io_error(&ctx, "sending our proof", e))?;
+    Ok(session)
+}
+
+/// Runs both sides of the handshake against arbitrary peer bytes (for the fuzz target
+/// `handshake`): must return an error or a session, never panic or over-allocate.
+#[doc(hidden)]
+pub fn fuzz_handshake(input: &[u8]) -> bool {
+    struct Duplex<'a> {
+        input: &'a [u8],
+    }
+    impl Read for Duplex<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            self.input.read(buf)
+        }
+    }
+    impl Write for Duplex<'_> {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let Ok(token) = JobToken::new("fuzz-token-fuzz-token") else {
+        return false;
+    };
+    let listener = Identity::new(&token, 0, 0);
+    let any = |_: u32| Ok(());
+    let a = accept(&mut Duplex { input }, &listener, &any, "fuzz").is_ok();
+    let dialer = Identity::new(&token, 1, 0);
+    let b = dial(&mut Duplex { input }, &dialer, 0, "fuzz").is_ok();
+    a || b
+}
+
+#[cfg(test)]
+#[path = "handshake_tests.rs"]
+mod tests;
