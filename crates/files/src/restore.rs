@@ -581,8 +581,12 @@ impl Files {
             journal::sync_dir(d)?;
         }
         plan.state.store(&layout.state())?;
+        // A fresh journal at once: the old one may name the same base (a restore to the
+        // base itself) and its records no longer describe the tree.
+        let j = Journal::start(&layout.journal(), plan.state.base, g.budget.clone())?;
         let _ = fs::remove_dir_all(&staging);
         rebuild(&mut g, &plan.state);
+        g.journal = Some(j);
         // Publishing is idempotent: this repairs a crash between COMMIT and publication.
         let outs: Vec<(String, u64)> = g
             .tree
