@@ -251,9 +251,19 @@ impl Files {
                 Rec::Restoring => unknown_all = true,
             }
         }
+        // A record is written before its change: the last one's namespace change may not
+        // have happened (the process died in between), so its paths may be either way.
+        let uncertain: Vec<String> = match recs.last() {
+            Some(Rec::Create { path, .. }) | Some(Rec::Remove(path)) => vec![path.clone()],
+            Some(Rec::Rename { from, to }) => vec![from.clone(), to.clone()],
+            _ => Vec::new(),
+        };
         // After a reboot, un-fsynced content records may be lost: differences inside
         // paths the journal names are the job's (docs/FILES.md, "Crash semantics").
-        let relaxed = |p: &str| boot_changed && named.iter().any(|n| crate::path::is_under(p, n));
+        let relaxed = |p: &str| {
+            uncertain.iter().any(|n| crate::path::is_under(p, n))
+                || (boot_changed && named.iter().any(|n| crate::path::is_under(p, n)))
+        };
 
         // 4. Verify: every difference must be explained by the journal.
         let c = base.chunk.max(1);

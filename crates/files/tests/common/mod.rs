@@ -71,7 +71,14 @@ impl Rig {
 
     /// Commits a checkpoint but never tells the files (a crash right after COMMIT).
     pub fn commit_only<'a>(&mut self, f: &'a Files) -> (CheckpointId, lazarus_files::Snapshot<'a>) {
-        let snap = f.snapshot().unwrap();
+        self.commit_snapshot(f.snapshot().unwrap())
+    }
+
+    /// Writes `snap`'s objects as the only part of a new checkpoint and commits it.
+    pub fn commit_snapshot<'a>(
+        &mut self,
+        snap: lazarus_files::Snapshot<'a>,
+    ) -> (CheckpointId, lazarus_files::Snapshot<'a>) {
         let pending = self.repo.begin(1).unwrap();
         let receipt = {
             let objs = snap.objects();
@@ -86,7 +93,11 @@ impl Rig {
 
     /// A round that writes the part and then aborts.
     pub fn aborted(&mut self, f: &Files) {
-        let snap = f.snapshot().unwrap();
+        self.abort_snapshot(f.snapshot().unwrap());
+    }
+
+    /// Writes `snap`'s part, then aborts the round.
+    pub fn abort_snapshot(&mut self, snap: lazarus_files::Snapshot<'_>) {
         let pending = self.repo.begin(1).unwrap();
         {
             let objs = snap.objects();
