@@ -20,8 +20,24 @@ pub struct Rig {
 pub type Tree = BTreeMap<String, Option<Vec<u8>>>;
 
 impl Rig {
+    /// A rig in a temp dir (on disk: real fsync costs).
     pub fn new() -> Rig {
-        let dir = tempfile::tempdir().unwrap();
+        Rig::in_dir(tempfile::tempdir().unwrap())
+    }
+
+    /// A rig in memory (`/dev/shm` when there is one): for the model tests, which check
+    /// the logic against simulated crashes, thousands of fsyncs cost nothing there.
+    pub fn in_memory() -> Rig {
+        let shm = Path::new("/dev/shm");
+        let dir = if shm.is_dir() {
+            tempfile::tempdir_in(shm).unwrap()
+        } else {
+            tempfile::tempdir().unwrap()
+        };
+        Rig::in_dir(dir)
+    }
+
+    fn in_dir(dir: tempfile::TempDir) -> Rig {
         let opts = RepoOptions {
             chunk_size: CHUNK,
             ..RepoOptions::default()
