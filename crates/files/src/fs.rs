@@ -482,6 +482,15 @@ impl Files {
         self.lock().crash = Some(points);
     }
 
+    /// Test hook: the journal as a power loss could leave it (un-fsynced records lost,
+    /// another boot id). Use on a `Files` about to be dropped.
+    #[doc(hidden)]
+    pub fn simulate_power_loss(&self) -> Result<(), FilesError> {
+        let mut g = self.lock();
+        g.journal = None;
+        journal::simulate_power_loss(&g.layout.journal())
+    }
+
     /// Fault injection for tests: journal writes fail with ENOSPC after `bytes` more.
     #[doc(hidden)]
     pub fn limit_journal_bytes(&self, bytes: u64) {

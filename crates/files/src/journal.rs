@@ -188,6 +188,24 @@ impl Journal {
     }
 }
 
+/// Test hook: rewrites the journal at `path` as a power loss could leave it — the records
+/// that are not fsynced (`Dirty`, `Resized`) lost, the header from another boot.
+pub(crate) fn simulate_power_loss(path: &Path) -> Result<(), FilesError> {
+    let kept: Vec<u8> = read_journal(path)?
+        .into_iter()
+        .filter(|r| !matches!(r, Rec::Dirty { .. } | Rec::Resized(_)))
+        .map(|r| match r {
+            Rec::Header { base, .. } => Rec::Header {
+                base,
+                boot: "a-previous-boot".into(),
+            },
+            r => r,
+        })
+        .flat_map(|r| frame(&r))
+        .collect();
+    write_durable(path, &kept)
+}
+
 /// Reads a journal: its records up to the first torn or damaged frame.
 pub(crate) fn read_journal(path: &Path) -> Result<Vec<Rec>, FilesError> {
     let mut bytes = Vec::new();

@@ -251,6 +251,12 @@ impl Files {
                 Rec::Restoring => unknown_all = true,
             }
         }
+        if unknown_all {
+            tracing::warn!(
+                "{}: a restore was interrupted: every managed file is checked by content, changes outside the job cannot be told apart this time",
+                layout.work.display()
+            );
+        }
         // A record is written before its change: the last one's namespace change may not
         // have happened (the process died in between), so its paths may be either way.
         let uncertain: Vec<String> = match recs.last() {

@@ -251,3 +251,44 @@ fn output_is_published_only_after_commit_and_repaired_after_a_crash() {
     rig.checkpoint(&f);
     assert!(out.join("snaps/s1").exists());
 }
+
+#[test]
+fn after_a_power_loss_changes_in_touched_files_are_the_jobs_and_others_still_refused() {
+    let mut rig = Rig::new();
+    let f = rig.restored(None, false).unwrap();
+    f.write("written", vec![1u8; 3 * CHUNK as usize]).unwrap();
+    f.write("untouched", vec![2u8; CHUNK as usize]).unwrap();
+    let c = rig.checkpoint(&f);
+    let want = disk_tree(&rig.work());
+    let h = f.options().write(true).open("written").unwrap();
+    h.write_all_at(&[9u8; 10], CHUNK as u64 + 1).unwrap();
+    h.set_len(10).unwrap();
+    drop(h);
+    // The Dirty/Resized records are lost, the data reached the disk.
+    f.simulate_power_loss().unwrap();
+    drop(f);
+    let p = rig.work().join("untouched");
+    std::fs::write(&p, b"edited by hand").unwrap();
+    let e = refused(rig.restored(Some(c), false));
+    assert!(e.to_string().contains("untouched"), "{e}");
+    std::fs::write(&p, vec![2u8; CHUNK as usize]).unwrap();
+    let _f = rig.restored(Some(c), false).unwrap();
+    assert_eq!(disk_tree(&rig.work()), want);
+}
+
+#[test]
+fn a_damaged_base_state_is_named() {
+    let mut rig = Rig::new();
+    let f = rig.restored(None, false).unwrap();
+    f.write("x", b"1").unwrap();
+    let c = rig.checkpoint(&f);
+    drop(f);
+    let state = rig.root.join(".lazarus/rank-0/state");
+    let mut b = std::fs::read(&state).unwrap();
+    let n = b.len();
+    b[n - 1] ^= 1;
+    std::fs::write(&state, b).unwrap();
+    let e = refused(rig.restored(Some(c), false));
+    assert_eq!(e.kind(), FilesErrorKind::Corrupt);
+    assert!(e.to_string().contains("state"), "{e}");
+}
