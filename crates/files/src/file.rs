@@ -87,7 +87,7 @@ impl OpenOptions {
         let id = match g.tree.get(&key).copied() {
             Some(Node::Dir) => {
                 return Err(io::Error::new(
-                    io::ErrorKind::Other,
+                    io::ErrorKind::IsADirectory,
                     format!("{}: is a directory", pa.display()),
                 ))
             }

@@ -292,7 +292,7 @@ impl Files {
         let g = self.lock();
         match g.tree.get(&key) {
             Some(Node::File(id)) => Ok(g.files.get(id).map_or(0, |s| s.len)),
-            Some(Node::Dir) => Err(io_err(io::ErrorKind::Other, pa, "is a directory")),
+            Some(Node::Dir) => Err(io_err(io::ErrorKind::IsADirectory, pa, "is a directory")),
             None => Err(not_found(pa, "no such managed file")),
         }
     }
@@ -383,7 +383,9 @@ impl Files {
         g.check_ready()?;
         let id = match g.tree.get(&key) {
             Some(Node::File(id)) => *id,
-            Some(Node::Dir) => return Err(io_err(io::ErrorKind::Other, pa, "is a directory")),
+            Some(Node::Dir) => {
+                return Err(io_err(io::ErrorKind::IsADirectory, pa, "is a directory"))
+            }
             None => return Err(not_found(pa, "no such managed file")),
         };
         g.log_sync(Rec::Remove(key.clone()))?;
@@ -429,7 +431,11 @@ impl Files {
             match self.lock().tree.get(&at) {
                 Some(Node::Dir) => continue,
                 Some(Node::File(_)) => {
-                    return Err(io_err(io::ErrorKind::Other, Path::new(&at), "is a file"))
+                    return Err(io_err(
+                        io::ErrorKind::NotADirectory,
+                        Path::new(&at),
+                        "is a file",
+                    ))
                 }
                 None => {}
             }
@@ -446,11 +452,17 @@ impl Files {
         g.check_ready()?;
         match g.tree.get(&key) {
             Some(Node::Dir) => {}
-            Some(Node::File(_)) => return Err(io_err(io::ErrorKind::Other, pa, "not a directory")),
+            Some(Node::File(_)) => {
+                return Err(io_err(io::ErrorKind::NotADirectory, pa, "not a directory"))
+            }
             None => return Err(not_found(pa, "no such managed directory")),
         }
         if g.has_children(&key) {
-            return Err(io_err(io::ErrorKind::Other, pa, "directory not empty"));
+            return Err(io_err(
+                io::ErrorKind::DirectoryNotEmpty,
+                pa,
+                "directory not empty",
+            ));
         }
         g.log_sync(Rec::Remove(key.clone()))?;
         let w = g.layout.work_path(&key);

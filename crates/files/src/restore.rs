@@ -145,13 +145,29 @@ fn scan(root: &Path) -> Result<BTreeMap<String, Disk>, FilesError> {
     Ok(out)
 }
 
-/// BLAKE3 of bytes `a..b` of the file at `p`.
-fn hash_range(p: &Path, a: u64, b: u64, buf: &mut Vec<u8>) -> Result<[u8; 32], FilesError> {
-    let f = fs::File::open(p).map_err(|e| FilesError::io(p, "opening to verify", &e))?;
-    buf.resize((b - a) as usize, 0);
-    f.read_exact_at(buf, a)
-        .map_err(|e| FilesError::io(p, "reading to verify", &e))?;
-    Ok(ChunkDigest::of(buf).0)
+/// Hashes byte ranges of working files, keeping the last file open (verification walks
+/// a file's chunks in order).
+#[derive(Default)]
+struct Hasher {
+    open: Option<(std::path::PathBuf, fs::File)>,
+    buf: Vec<u8>,
+}
+
+impl Hasher {
+    /// BLAKE3 of bytes `a..b` of the file at `p`.
+    fn range(&mut self, p: &Path, a: u64, b: u64) -> Result<[u8; 32], FilesError> {
+        if self.open.as_ref().is_none_or(|(q, _)| q != p) {
+            let f = fs::File::open(p).map_err(|e| FilesError::io(p, "opening to verify", &e))?;
+            self.open = Some((p.to_path_buf(), f));
+        }
+        let Some((_, f)) = &self.open else {
+            return Err(FilesError::new(FilesErrorKind::Io, Some(p), "not open"));
+        };
+        self.buf.resize((b - a) as usize, 0);
+        f.read_exact_at(&mut self.buf, a)
+            .map_err(|e| FilesError::io(p, "reading to verify", &e))?;
+        Ok(ChunkDigest::of(&self.buf).0)
+    }
 }
 
 fn move_subtree(cur: &mut BTreeMap<String, Known>, from: &str, to: &str) {
@@ -275,7 +291,7 @@ impl Files {
         let c = base.chunk.max(1);
         let mut foreign: Vec<(String, String)> = Vec::new();
         let mut know: HashMap<String, HashMap<(u64, u64), [u8; 32]>> = HashMap::new();
-        let mut buf = Vec::new();
+        let mut hasher = Hasher::default();
         let base_name = base
             .base
             .map_or("the fresh start".to_string(), |b| format!("checkpoint {b}"));
@@ -312,7 +328,7 @@ impl Files {
                         if k.dirty.contains(i as u64) || b > *z {
                             continue;
                         }
-                        let h = hash_range(&w, a, b, &mut buf)?;
+                        let h = hasher.range(&w, a, b)?;
                         if h == *d {
                             kn.insert((a, b), h);
                         } else if !relaxed(p) {
@@ -438,7 +454,7 @@ impl Files {
                         let known = know.get(s).and_then(|m| m.get(&(a, b))).copied();
                         let h = match known {
                             Some(h) => h,
-                            None => hash_range(&layout.work_path(s), a, b, &mut buf)?,
+                            None => hasher.range(&layout.work_path(s), a, b)?,
                         };
                         h == *d
                     }

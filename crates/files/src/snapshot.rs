@@ -86,6 +86,11 @@ impl Files {
                     .map_err(|e| FilesError::io(&w, "syncing before the checkpoint", &e))?;
             }
             let map = Map::new(fd, s.len).map_err(|e| FilesError::io(&w, "mapping", &e))?;
+            if s.handles == 0 {
+                // The mapping keeps the file; a tree of many files must not pin a
+                // descriptor each between checkpoints.
+                s.fd = None;
+            }
             s.unsynced = false;
             let n = s.len.div_ceil(c);
             s.digests.resize(n as usize, [0; 32]);
