@@ -264,6 +264,11 @@ impl LocalState {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(FilesError::io(path, "reading the managed files' state", &e)),
         };
+        LocalState::decode(&bytes, path).map(Some)
+    }
+
+    /// Decodes a state file's bytes (`path` names it in errors).
+    pub(crate) fn decode(bytes: &[u8], path: &Path) -> Result<LocalState, FilesError> {
         let corrupt = |why: &str| {
             FilesError::new(
                 FilesErrorKind::Corrupt,
@@ -279,9 +284,7 @@ impl LocalState {
         if crc32fast::hash(body) != crc {
             return Err(corrupt("checksum mismatch"));
         }
-        postcard::from_bytes(body)
-            .map(Some)
-            .map_err(|e| corrupt(&e.to_string()))
+        postcard::from_bytes(body).map_err(|e| corrupt(&e.to_string()))
     }
 }
 

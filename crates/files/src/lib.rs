@@ -45,3 +45,13 @@ pub use path::MAX_PATH_LEN;
 pub use restore::{RestoreError, RestorePlan, RestoreTarget};
 pub use snapshot::{is_files_object, Snapshot, FILE_PREFIX, INDEX_OBJECT};
 pub use store_io::load_state_objects;
+
+/// Runs every decoder of bytes this crate reads back (journal frames, the base state, the
+/// `@files` index of a part) on `bytes`; for the fuzz target and the property tests. Must
+/// never panic; returns how many journal records decoded.
+#[doc(hidden)]
+pub fn decode_untrusted(bytes: &[u8]) -> usize {
+    let _ = journal::LocalState::decode(bytes, std::path::Path::new("fuzz"));
+    let _ = postcard::from_bytes::<snapshot::PartIndex>(bytes);
+    journal::decode_frames(bytes).len()
+}
