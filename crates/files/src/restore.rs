@@ -14,7 +14,7 @@ use crate::bits::Bits;
 use crate::error::{FilesError, FilesErrorKind};
 use crate::fs::{FileState, Files, Inner, Node};
 use crate::journal::{self, boot_id, read_journal, Entry, Journal, LocalState, Rec};
-use crate::publish::{self, Pub};
+use crate::publish;
 use crate::store_io::{self, TargetTree};
 use lazarus_format::{CheckpointId, ChunkDigest, Rank};
 use lazarus_store::{RepoReader, StoreError};
@@ -620,22 +620,8 @@ impl Files {
         rebuild(&mut g, &plan.state);
         g.journal = Some(j);
         // Publishing is idempotent: this repairs a crash between COMMIT and publication.
-        let outs: Vec<(String, u64)> = g
-            .tree
-            .iter()
-            .filter_map(|(p, n)| match n {
-                Node::File(id) if g.is_output(p) => Some((p.clone(), *id)),
-                _ => None,
-            })
-            .collect();
-        for (p, id) in outs {
-            let len = g.files.get(&id).map_or(0, |s| s.len);
-            let (w, o) = (layout.work_path(&p), layout.out_path(&p));
-            let fd = g.fd(id)?;
-            let now = publish::sync_copy(fd, &w, &o, len)?;
-            if now == len {
-                g.published.insert(p, Pub { len, clean: true });
-            }
+        if let Err(e) = publish::publish_committed(&mut g) {
+            tracing::warn!("publishing the restored output: {e} (retried at the next commit)");
         }
         Ok(())
     }
