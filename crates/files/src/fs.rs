@@ -114,6 +114,8 @@ pub(crate) struct FileState {
     /// Written since the last fsync.
     pub unsynced: bool,
     pub handles: usize,
+    /// What is known of its published copy (output files).
+    pub published: Option<Pub>,
 }
 
 impl FileState {
@@ -133,6 +135,7 @@ impl FileState {
             sink: Arc::new(Sink::default()),
             unsynced: false,
             handles: 0,
+            published: None,
         }
     }
 }
@@ -159,7 +162,6 @@ pub(crate) struct Inner {
     pub journal: Option<Journal>,
     pub base: Option<u64>,
     pub budget: Budget,
-    pub published: HashMap<String, Pub>,
     /// Test hook: crash (fail every later operation) after this many more crash points.
     pub crash: Option<u64>,
 }
@@ -214,7 +216,6 @@ impl Files {
                 journal: None,
                 base: None,
                 budget: Budget::default(),
-                published: HashMap::new(),
                 crash: None,
             })),
         })
@@ -362,11 +363,8 @@ impl Files {
                     // The store remembers digests by object name: a new name is a new
                     // object to it, so every chunk is looked at once more.
                     s.ticket = None;
-                }
-                if let Some(p) = g.published.remove(&k) {
-                    if g.is_output(&nk) {
-                        g.published.insert(nk.clone(), p);
-                    }
+                    // Published (if output) under the new name from scratch.
+                    s.published = None;
                 }
             }
             g.tree.insert(nk, n);
@@ -393,7 +391,6 @@ impl Files {
         std::fs::remove_file(&w).map_err(|e| FilesError::io(&w, "removing", &e))?;
         g.sync_parents(&[&key])?;
         g.tree.remove(&key);
-        g.published.remove(&key);
         g.detach(id);
         Ok(())
     }
@@ -640,11 +637,12 @@ impl Inner {
 
     /// The open descriptor of file `id` (opened read-write on first use).
     pub(crate) fn fd(&mut self, id: u64) -> Result<&std::fs::File, FilesError> {
-        let work = self.layout.work.clone();
+        let work = &self.layout.work;
         let s = self.files.get_mut(&id).ok_or_else(|| {
-            FilesError::new(FilesErrorKind::Io, Some(&work), "stale managed file handle")
+            FilesError::new(FilesErrorKind::Io, Some(work), "stale managed file handle")
         })?;
         if s.fd.is_none() {
+            let work = work.clone();
             let p = s.path.as_deref().map(|p| work.join(p)).unwrap_or(work);
             let fd = std::fs::OpenOptions::new()
                 .read(true)
@@ -675,7 +673,6 @@ impl Inner {
             // Removed while open: not part of the tree, nothing to undo.
             return Ok(());
         };
-        let old_len = s.len;
         if let Some(bl) = s.base_len {
             let mut recs = Vec::new();
             let touch = !s.touched;
@@ -719,38 +716,45 @@ impl Inner {
                 }
             }
         }
-        // Output published up to `len` must be replaced if bytes below it change.
-        if let Some(p) = self.published.get_mut(&path) {
-            if a.min(new_len) < p.len && (a < b || new_len < p.len) {
-                p.clean = false;
-            }
-        }
         if let Some(s) = self.files.get_mut(&id) {
-            let mut mark = |from: u64, to: u64| {
-                if from < to {
-                    s.stale.set_range(from / c, to.div_ceil(c));
-                    s.unhinted.set_range(from / c, to.div_ceil(c));
-                }
-            };
-            mark(a, b);
-            if new_len != old_len {
-                mark(old_len.min(new_len), old_len.max(new_len));
-            }
-            s.unsynced = true;
+            mark_changed(s, a, b, new_len, c);
         }
         Ok(())
     }
 
     /// Writes `buf` at `off` of file `id` (journaled first).
     pub(crate) fn write_at(&mut self, id: u64, off: u64, buf: &[u8]) -> io::Result<()> {
-        let len = self.files.get(&id).map_or(0, |s| s.len);
         let end = off + buf.len() as u64;
-        let new_len = len.max(end);
-        self.before_change(id, off, end, new_len)?;
+        let c = self.chunk;
+        let (new_len, fast) = match self.files.get_mut(&id) {
+            Some(s) => {
+                let new_len = s.len.max(end);
+                // The common case (an append or a rewrite already journaled in this
+                // interval) needs no record: one lookup, no allocation.
+                let fast = !needs_record(s, off, end, new_len, c);
+                if fast {
+                    mark_changed(s, off, end, new_len, c);
+                }
+                (new_len, fast)
+            }
+            None => (end, false),
+        };
+        if !fast {
+            self.before_change(id, off, end, new_len)?;
+        }
         failpoint_between();
         self.crash_point()?;
-        let r = self.fd(id)?.write_all_at(buf, off);
-        if let Some(s) = self.files.get_mut(&id) {
+        self.fd(id)?;
+        let Some(s) = self.files.get_mut(&id) else {
+            return Err(
+                FilesError::new(FilesErrorKind::Io, None, "stale managed file handle").into(),
+            );
+        };
+        let r = match &s.fd {
+            Some(f) => f.write_all_at(buf, off),
+            None => Err(io::Error::other("managed file not open")),
+        };
+        {
             // Even a failed write may have extended the file; re-read its length then.
             s.len = if r.is_ok() {
                 new_len
@@ -778,6 +782,43 @@ impl Inner {
         }
         Ok(self.crash_point()?)
     }
+}
+
+/// True when changing bytes `a..b` of `s` (leaving it `new_len` long) needs a journal
+/// record first (see [`Inner::before_change`]).
+fn needs_record(s: &FileState, a: u64, b: u64, new_len: u64, c: u64) -> bool {
+    let Some(bl) = s.base_len else { return false };
+    if s.path.is_none() {
+        return false;
+    }
+    let covered = |from: u64, to: u64| from >= to || s.journaled.all(from / c, to.div_ceil(c));
+    !s.touched
+        || !covered(a.min(bl), b.min(bl))
+        || (new_len < bl && !covered(new_len, bl))
+        || (new_len != bl && !s.resized)
+}
+
+/// Marks the chunks a change of bytes `a..b` (leaving the file `new_len` long) touches:
+/// stale digests, not covered by the store's hint, output to replace if below what was
+/// published.
+fn mark_changed(s: &mut FileState, a: u64, b: u64, new_len: u64, c: u64) {
+    let old_len = s.len;
+    if let Some(p) = &mut s.published {
+        if a.min(new_len) < p.len && (a < b || new_len < p.len) {
+            p.clean = false;
+        }
+    }
+    let mut mark = |from: u64, to: u64| {
+        if from < to {
+            s.stale.set_range(from / c, to.div_ceil(c));
+            s.unhinted.set_range(from / c, to.div_ceil(c));
+        }
+    };
+    mark(a, b);
+    if new_len != old_len {
+        mark(old_len.min(new_len), old_len.max(new_len));
+    }
+    s.unsynced = true;
 }
 
 /// A failpoint between the journal record and the data write it protects.

@@ -39,8 +39,7 @@ pub(crate) fn publish_committed(g: &mut Inner) -> Result<(), FilesError> {
         })
         .collect();
     for (p, id) in outputs {
-        let len = g.files.get(&id).map_or(0, |s| s.len);
-        let known = g.published.get(&p).copied();
+        let (len, known) = g.files.get(&id).map_or((0, None), |s| (s.len, s.published));
         let out = g.layout.out_path(&p);
         let work = g.layout.work_path(&p);
         let fd = g.fd(id)?;
@@ -62,13 +61,12 @@ pub(crate) fn publish_committed(g: &mut Inner) -> Result<(), FilesError> {
             },
             _ => sync_copy(fd, &work, &out, len)?,
         };
-        g.published.insert(
-            p,
-            Pub {
+        if let Some(s) = g.files.get_mut(&id) {
+            s.published = Some(Pub {
                 len: now,
                 clean: now == len,
-            },
-        );
+            });
+        }
     }
     Ok(())
 }

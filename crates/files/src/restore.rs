@@ -639,7 +639,6 @@ fn base_chunks(base: &LocalState, origin: Option<&str>) -> u64 {
 fn rebuild(g: &mut Inner, state: &LocalState) {
     g.tree.clear();
     g.files.clear();
-    g.published.clear();
     g.journal = None;
     g.base = state.base;
     g.outputs = state.outputs.iter().cloned().collect();

@@ -61,31 +61,48 @@ fn open_job(root: &Path) -> Result<Job, Box<dyn std::error::Error>> {
         .open()?)
 }
 
-/// Seconds for `line`-byte appends adding up to `mib` MiB and a final sync: managed, std.
-fn appends(root: &Path, mib: u64, line: usize) -> Result<(f64, f64), Box<dyn std::error::Error>> {
+/// Seconds for `line`-byte appends adding up to `mib` MiB and a final sync: managed, std
+/// (in the order `std_first` says: repetitions alternate, so neither always runs on a
+/// warmer or a busier disk).
+fn appends(
+    root: &Path,
+    mib: u64,
+    line: usize,
+    std_first: bool,
+) -> Result<(f64, f64), Box<dyn std::error::Error>> {
     let mut job = open_job(root)?;
     job.restore_or_init(|| Nothing { x: 0 })?;
     let files = job.files()?.clone();
     let n = (mib << 20) as usize / line.max(1);
     let buf = vec![b'x'; line.max(1)];
-    let t = Instant::now();
-    let mut f = files.append("log")?;
-    for _ in 0..n {
-        f.write_all(&buf)?;
+    let managed = || -> Result<f64, Box<dyn std::error::Error>> {
+        let t = Instant::now();
+        let mut f = files.append("log")?;
+        for _ in 0..n {
+            f.write_all(&buf)?;
+        }
+        f.sync_all()?;
+        Ok(secs(t))
+    };
+    let plain = || -> Result<f64, Box<dyn std::error::Error>> {
+        let t = Instant::now();
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(root.join("std-log"))?;
+        for _ in 0..n {
+            f.write_all(&buf)?;
+        }
+        f.sync_all()?;
+        Ok(secs(t))
+    };
+    if std_first {
+        let p = plain()?;
+        Ok((managed()?, p))
+    } else {
+        let m = managed()?;
+        Ok((m, plain()?))
     }
-    f.sync_all()?;
-    let managed = secs(t);
-    let t = Instant::now();
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(root.join("std-log"))?;
-    for _ in 0..n {
-        f.write_all(&buf)?;
-    }
-    f.sync_all()?;
-    let plain = secs(t);
-    Ok((managed, plain))
 }
 
 /// Seconds for `writes` random 4 KiB overwrites of a checkpointed `mib` MiB file and a
@@ -259,7 +276,7 @@ fn run(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let (mut am, mut ap, mut rm, mut rp) = (vec![], vec![], vec![], vec![]);
     for i in 0..a.repeat.max(1) {
         let s = scratch(&a.dir, &format!("append-{i}"))?;
-        let (m, p) = appends(s.path(), a.append_mib, a.line)?;
+        let (m, p) = appends(s.path(), a.append_mib, a.line, i % 2 == 1)?;
         am.push(m);
         ap.push(p);
         let s = scratch(&a.dir, &format!("random-{i}"))?;
