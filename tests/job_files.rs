@@ -1,0 +1,145 @@
+//! The Job API with managed files (issue #17), one process: files follow the restored
+//! checkpoint, also when the newest checkpoint is damaged and the restore falls back to
+//! an older one; a crash before the first checkpoint starts the files fresh; a file
+//! changed outside the job stops the restore with an error naming it.
+
+use lazarus::format::Rank;
+use lazarus::store::RepoReader;
+use lazarus::{Checkpoint, Job, JobError};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+
+#[derive(Checkpoint)]
+struct S {
+    x: Vec<u64>,
+}
+
+type Tree = BTreeMap<String, Vec<u8>>;
+
+fn tree(root: &Path) -> Tree {
+    let mut out = Tree::new();
+    let mut stack = vec![(root.to_path_buf(), String::new())];
+    while let Some((dir, prefix)) = stack.pop() {
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let key = if prefix.is_empty() { name } else { format!("{prefix}/{name}") };
+            if e.file_type().unwrap().is_dir() {
+                stack.push((e.path(), key.clone()));
+                out.insert(format!("{key}/"), Vec::new());
+            } else {
+                out.insert(key, std::fs::read(e.path()).unwrap());
+            }
+        }
+    }
+    out
+}
+
+fn open(dir: &Path) -> Job {
+    Job::builder()
+        .repo(dir.join("repo"))
+        .files(dir.join("files"))
+        .every_steps(2)
+        .keep(3)
+        .open()
+        .unwrap()
+}
+
+/// Runs until `stop` steps, returning the working tree at each checkpoint (by step).
+fn work(job: &mut Job, s: &mut S, stop: u64, dir: &Path) -> BTreeMap<u64, Tree> {
+    let files = job.files().unwrap().clone();
+    if job.step() == 0 {
+        files.create_dir("d").unwrap();
+    }
+    let mut at = BTreeMap::new();
+    while job.step() < stop {
+        let before = job.step();
+        let i = job.checkpoint(&*s).unwrap();
+        if before > 0 && before % 2 == 0 {
+            at.insert(before, tree(&dir.join("files/rank-0")));
+        }
+        s.x.push(i);
+        writeln!(files.append("log").unwrap(), "step {i}").unwrap();
+        let f = files.options().write(true).create(true).open("d/field").unwrap();
+        f.write_all_at(&i.to_le_bytes().repeat(100), (i % 3) * 800).unwrap();
+        if i % 2 == 1 {
+            files.rename("d/field", format!("d/field-{i}")).unwrap();
+        }
+    }
+    at
+}
+
+#[test]
+fn files_follow_the_fallback_to_an_older_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut job = open(dir.path());
+    let mut s = job.restore_or_init(|| S { x: vec![] }).unwrap();
+    let at = work(&mut job, &mut s, 5, dir.path());
+    assert_eq!(at.keys().copied().collect::<Vec<_>>(), vec![2, 4]);
+    drop(job);
+    // Damage the newest checkpoint's copy of the log (a chunk only it has).
+    let reader = RepoReader::open(&dir.path().join("repo")).unwrap();
+    let newest = reader.committed().unwrap().last().unwrap().id;
+    let m = reader.manifest(newest, Rank(0)).unwrap();
+    let log = m.objects.iter().find(|o| o.info.name == "@files/log").unwrap();
+    let hex = log.chunks[0].digest.to_hex();
+    let chunk = dir.path().join("repo/chunks").join(&hex[..2]).join(&hex);
+    let mut bytes = std::fs::read(&chunk).unwrap();
+    let n = bytes.len();
+    bytes[n - 1] ^= 0xff;
+    std::fs::write(&chunk, bytes).unwrap();
+
+    let mut job = open(dir.path());
+    let s = job.restore_or_init(|| S { x: vec![] }).unwrap();
+    let report = job.restore_report().unwrap();
+    assert_eq!(report.step, 2, "{report}");
+    assert_eq!(report.skipped.len(), 1, "{report}");
+    assert_eq!(s.x, vec![0, 1]);
+    assert_eq!(tree(&dir.path().join("files/rank-0")), at[&2]);
+}
+
+#[test]
+fn a_crash_before_the_first_checkpoint_starts_the_files_fresh() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut job = open(dir.path());
+    let mut s = job.restore_or_init(|| S { x: vec![] }).unwrap();
+    work(&mut job, &mut s, 2, dir.path());
+    drop(job);
+    assert!(!tree(&dir.path().join("files/rank-0")).is_empty());
+    let mut job = open(dir.path());
+    job.restore_or_init(|| S { x: vec![] }).unwrap();
+    assert!(job.restore_report().is_none());
+    assert!(tree(&dir.path().join("files/rank-0")).is_empty());
+}
+
+#[test]
+fn a_file_changed_outside_the_job_stops_the_restore_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut job = open(dir.path());
+    let mut s = job.restore_or_init(|| S { x: vec![] }).unwrap();
+    work(&mut job, &mut s, 3, dir.path());
+    drop(job);
+    let log = dir.path().join("files/rank-0/log");
+    let mut text = std::fs::read(&log).unwrap();
+    text[0] = b'X';
+    std::fs::write(&log, &text).unwrap();
+    let mut job = open(dir.path());
+    match job.restore_or_init(|| S { x: vec![] }) {
+        Err(JobError::Files(e)) => {
+            assert!(e.to_string().contains("rank-0/log"), "{e}");
+            assert!(!JobError::Files(e).is_retryable());
+        }
+        Err(e) => panic!("other error: {e}"),
+        Ok(_) => panic!("restored over a file changed outside the job"),
+    }
+    let mut job = Job::builder()
+        .repo(dir.path().join("repo"))
+        .files(dir.path().join("files"))
+        .accept_file_changes(true)
+        .every_steps(2)
+        .open()
+        .unwrap();
+    let s = job.restore_or_init(|| S { x: vec![] }).unwrap();
+    assert_eq!(s.x, vec![0, 1]);
+    assert_eq!(std::fs::read(&log).unwrap(), b"step 0\nstep 1\n");
+}
