@@ -23,7 +23,11 @@ fn tree(root: &Path) -> Tree {
     while let Some((dir, prefix)) = stack.pop() {
         for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            let key = if prefix.is_empty() { name } else { format!("{prefix}/{name}") };
+            let key = if prefix.is_empty() {
+                name
+            } else {
+                format!("{prefix}/{name}")
+            };
             if e.file_type().unwrap().is_dir() {
                 stack.push((e.path(), key.clone()));
                 out.insert(format!("{key}/"), Vec::new());
@@ -60,8 +64,14 @@ fn work(job: &mut Job, s: &mut S, stop: u64, dir: &Path) -> BTreeMap<u64, Tree> 
         }
         s.x.push(i);
         writeln!(files.append("log").unwrap(), "step {i}").unwrap();
-        let f = files.options().write(true).create(true).open("d/field").unwrap();
-        f.write_all_at(&i.to_le_bytes().repeat(100), (i % 3) * 800).unwrap();
+        let f = files
+            .options()
+            .write(true)
+            .create(true)
+            .open("d/field")
+            .unwrap();
+        f.write_all_at(&i.to_le_bytes().repeat(100), (i % 3) * 800)
+            .unwrap();
         if i % 2 == 1 {
             files.rename("d/field", format!("d/field-{i}")).unwrap();
         }
@@ -69,26 +79,30 @@ fn work(job: &mut Job, s: &mut S, stop: u64, dir: &Path) -> BTreeMap<u64, Tree> 
     at
 }
 
-#[test]
-fn files_follow_the_fallback_to_an_older_checkpoint() {
+/// Flips the last byte of the newest checkpoint's (only) chunk of object `name`.
+fn damage_newest(dir: &Path, name: &str) {
+    let reader = RepoReader::open(&dir.join("repo")).unwrap();
+    let newest = reader.committed().unwrap().last().unwrap().id;
+    let m = reader.manifest(newest, Rank(0)).unwrap();
+    let o = m.objects.iter().find(|o| o.info.name == name).unwrap();
+    let hex = o.chunks[0].digest.to_hex();
+    let chunk = dir.join("repo/chunks").join(&hex[..2]).join(&hex);
+    let mut bytes = std::fs::read(&chunk).unwrap();
+    let n = bytes.len();
+    bytes[n - 1] ^= 0xff;
+    std::fs::write(&chunk, bytes).unwrap();
+}
+
+/// Runs to step 5 (checkpoints at 2 and 4), lets `hurt` damage the newest checkpoint,
+/// restarts: the state and the files must both be those of step 2.
+fn fallback(hurt: impl FnOnce(&Path, &Job)) {
     let dir = tempfile::tempdir().unwrap();
     let mut job = open(dir.path());
     let mut s = job.restore_or_init(|| S { x: vec![] }).unwrap();
     let at = work(&mut job, &mut s, 5, dir.path());
     assert_eq!(at.keys().copied().collect::<Vec<_>>(), vec![2, 4]);
+    hurt(dir.path(), &job);
     drop(job);
-    // Damage the newest checkpoint's copy of the log (a chunk only it has).
-    let reader = RepoReader::open(&dir.path().join("repo")).unwrap();
-    let newest = reader.committed().unwrap().last().unwrap().id;
-    let m = reader.manifest(newest, Rank(0)).unwrap();
-    let log = m.objects.iter().find(|o| o.info.name == "@files/log").unwrap();
-    let hex = log.chunks[0].digest.to_hex();
-    let chunk = dir.path().join("repo/chunks").join(&hex[..2]).join(&hex);
-    let mut bytes = std::fs::read(&chunk).unwrap();
-    let n = bytes.len();
-    bytes[n - 1] ^= 0xff;
-    std::fs::write(&chunk, bytes).unwrap();
-
     let mut job = open(dir.path());
     let s = job.restore_or_init(|| S { x: vec![] }).unwrap();
     let report = job.restore_report().unwrap();
@@ -96,6 +110,20 @@ fn files_follow_the_fallback_to_an_older_checkpoint() {
     assert_eq!(report.skipped.len(), 1, "{report}");
     assert_eq!(s.x, vec![0, 1]);
     assert_eq!(tree(&dir.path().join("files/rank-0")), at[&2]);
+}
+
+#[test]
+fn files_follow_the_state_back_past_a_damaged_newest_checkpoint() {
+    fallback(|dir, _| damage_newest(dir, "x"));
+}
+
+#[test]
+fn a_damaged_file_chunk_the_restore_needs_falls_back_on_every_rank() {
+    // The log must come from the repository (removed since), whose copy is damaged.
+    fallback(|dir, job| {
+        job.files().unwrap().remove_file("log").unwrap();
+        damage_newest(dir, "@files/log");
+    });
 }
 
 #[test]
@@ -132,6 +160,7 @@ fn a_file_changed_outside_the_job_stops_the_restore_naming_it() {
         Err(e) => panic!("other error: {e}"),
         Ok(_) => panic!("restored over a file changed outside the job"),
     }
+    drop(job);
     let mut job = Job::builder()
         .repo(dir.path().join("repo"))
         .files(dir.path().join("files"))
