@@ -182,7 +182,10 @@ impl File {
         if !self.write {
             return Err(self.not_writable());
         }
-        self.files.lock().write_at(self.id, offset, buf)
+        self.files
+            .lock()
+            .write_at(self.id, Some(offset), buf)
+            .map(|_| ())
     }
 
     /// Reads exactly `buf.len()` bytes at `offset`, like `FileExt::read_exact_at`.
@@ -236,12 +239,9 @@ impl Write for File {
         if !self.write {
             return Err(self.not_writable());
         }
-        let mut g = self.files.lock();
-        if self.append {
-            self.pos = g.files.get(&self.id).map_or(0, |s| s.len);
-        }
-        g.write_at(self.id, self.pos, buf)?;
-        self.pos += buf.len() as u64;
+        let at = (!self.append).then_some(self.pos);
+        let off = self.files.lock().write_at(self.id, at, buf)?;
+        self.pos = off + buf.len() as u64;
         Ok(buf.len())
     }
 

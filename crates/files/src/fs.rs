@@ -722,24 +722,41 @@ impl Inner {
         Ok(())
     }
 
-    /// Writes `buf` at `off` of file `id` (journaled first).
-    pub(crate) fn write_at(&mut self, id: u64, off: u64, buf: &[u8]) -> io::Result<()> {
-        let end = off + buf.len() as u64;
+    /// Writes `buf` at `off` of file `id` (`None`: at its end), journaled first; returns
+    /// the offset written at.
+    pub(crate) fn write_at(&mut self, id: u64, off: Option<u64>, buf: &[u8]) -> io::Result<u64> {
         let c = self.chunk;
-        let (new_len, fast) = match self.files.get_mut(&id) {
+        let armed = self.crash.is_some();
+        let (off, end, new_len, fast) = match self.files.get_mut(&id) {
             Some(s) => {
+                let off = off.unwrap_or(s.len);
+                let end = off + buf.len() as u64;
                 let new_len = s.len.max(end);
-                // The common case (an append or a rewrite already journaled in this
+                // The common case (an append, or a rewrite already journaled in this
                 // interval) needs no record: one lookup, no allocation.
                 let fast = !needs_record(s, off, end, new_len, c);
-                if fast {
+                if fast && !armed && s.fd.is_some() {
                     mark_changed(s, off, end, new_len, c);
+                    failpoint_between();
+                    if let Some(f) = &s.fd {
+                        let r = f.write_all_at(buf, off);
+                        s.len = written_len(r.is_ok(), f, new_len);
+                        return r.map(|()| off);
+                    }
                 }
-                (new_len, fast)
+                (off, end, new_len, fast)
             }
-            None => (end, false),
+            None => {
+                let off = off.unwrap_or(0);
+                let end = off + buf.len() as u64;
+                (off, end, end, false)
+            }
         };
-        if !fast {
+        if fast {
+            if let Some(s) = self.files.get_mut(&id) {
+                mark_changed(s, off, end, new_len, c);
+            }
+        } else {
             self.before_change(id, off, end, new_len)?;
         }
         failpoint_between();
@@ -751,21 +768,16 @@ impl Inner {
             );
         };
         let r = match &s.fd {
-            Some(f) => f.write_all_at(buf, off),
+            Some(f) => {
+                let r = f.write_all_at(buf, off);
+                s.len = written_len(r.is_ok(), f, new_len);
+                r
+            }
             None => Err(io::Error::other("managed file not open")),
         };
-        {
-            // Even a failed write may have extended the file; re-read its length then.
-            s.len = if r.is_ok() {
-                new_len
-            } else {
-                s.fd.as_ref()
-                    .and_then(|f| f.metadata().ok())
-                    .map_or(new_len, |m| m.len())
-            };
-        }
         r?;
-        Ok(self.crash_point()?)
+        self.crash_point()?;
+        Ok(off)
     }
 
     /// Truncates or extends file `id` to `len` (journaled first).
@@ -819,6 +831,16 @@ fn mark_changed(s: &mut FileState, a: u64, b: u64, new_len: u64, c: u64) {
         mark(old_len.min(new_len), old_len.max(new_len));
     }
     s.unsynced = true;
+}
+
+/// The file's length after a write that should leave it `new_len` long: a failed write
+/// may still have extended it, so then it is read back.
+fn written_len(ok: bool, f: &std::fs::File, new_len: u64) -> u64 {
+    if ok {
+        new_len
+    } else {
+        f.metadata().map_or(new_len, |m| m.len())
+    }
 }
 
 /// A failpoint between the journal record and the data write it protects.
