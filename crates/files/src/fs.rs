@@ -822,8 +822,12 @@ fn mark_changed(s: &mut FileState, a: u64, b: u64, new_len: u64, c: u64) {
     }
     let mut mark = |from: u64, to: u64| {
         if from < to {
-            s.stale.set_range(from / c, to.div_ceil(c));
-            s.unhinted.set_range(from / c, to.div_ceil(c));
+            let (k0, k1) = (from / c, to.div_ceil(c));
+            // Small appends and rewrites mostly land in a chunk marked already.
+            if !(k1 == k0 + 1 && s.stale.contains(k0) && s.unhinted.contains(k0)) {
+                s.stale.set_range(k0, k1);
+                s.unhinted.set_range(k0, k1);
+            }
         }
     };
     mark(a, b);
