@@ -37,39 +37,17 @@ fn deadline(secs: u64) {
     });
 }
 
-fn tree(root: &Path) -> Tree {
-    let mut out = Tree::new();
-    let mut stack = vec![(root.to_path_buf(), String::new())];
-    while let Some((dir, prefix)) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let key = if prefix.is_empty() {
-                name
-            } else {
-                format!("{prefix}/{name}")
-            };
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                stack.push((e.path(), key.clone()));
-                out.insert(key, None);
-            } else {
-                out.insert(key, Some(std::fs::read(e.path()).unwrap_or_default()));
-            }
-        }
-    }
-    out
-}
-
 /// Every rank's working tree and published output (the journal and state excluded).
 fn result_trees(files: &Path) -> BTreeMap<String, Tree> {
     let mut out = BTreeMap::new();
     for r in 0..RANKS {
-        out.insert(format!("rank-{r}"), tree(&files.join(format!("rank-{r}"))));
+        out.insert(
+            format!("rank-{r}"),
+            common::disk_tree(&files.join(format!("rank-{r}"))),
+        );
         out.insert(
             format!("output/rank-{r}"),
-            tree(&files.join("output").join(format!("rank-{r}"))),
+            common::disk_tree(&files.join("output").join(format!("rank-{r}"))),
         );
     }
     out

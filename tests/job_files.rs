@@ -15,28 +15,13 @@ struct S {
     x: Vec<u64>,
 }
 
-type Tree = BTreeMap<String, Vec<u8>>;
+#[allow(dead_code)] // example_bin is not needed here
+mod common;
+
+type Tree = BTreeMap<String, Option<Vec<u8>>>;
 
 fn tree(root: &Path) -> Tree {
-    let mut out = Tree::new();
-    let mut stack = vec![(root.to_path_buf(), String::new())];
-    while let Some((dir, prefix)) = stack.pop() {
-        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let key = if prefix.is_empty() {
-                name
-            } else {
-                format!("{prefix}/{name}")
-            };
-            if e.file_type().unwrap().is_dir() {
-                stack.push((e.path(), key.clone()));
-                out.insert(format!("{key}/"), Vec::new());
-            } else {
-                out.insert(key, std::fs::read(e.path()).unwrap());
-            }
-        }
-    }
-    out
+    common::disk_tree(root)
 }
 
 fn open(dir: &Path) -> Job {
