@@ -46,6 +46,7 @@
 use crate::restore::{self, Attempt, LoadError};
 use lazarus_coord::{AlignedRuntime, RankStore, RoundError, Timeouts};
 use lazarus_dist::DistError;
+use lazarus_files::{Files, FilesConfig, FilesError};
 use lazarus_format::{CheckpointId, Rank};
 use lazarus_net::{Comm, NetError};
 use lazarus_policy::{EveryInterval, EverySteps, Opportunity, Policy};
@@ -131,6 +132,10 @@ pub enum JobError {
         /// why, naming the field and the ranks
         source: DistError,
     },
+    /// The managed files (`JobBuilder::files`) could not be recorded or restored: changed
+    /// outside the job, a full disk while journaling, another world size. Names the file.
+    #[error("managed files: {0}")]
+    Files(#[from] FilesError),
     /// Another rank could not restore the checkpoint every rank agreed on, so no rank
     /// restores it (the job never runs on a mix of checkpoints).
     #[error("rank {rank} could not restore checkpoint {checkpoint}: {message}")]
@@ -152,6 +157,7 @@ impl JobError {
         match self {
             JobError::Store { source, .. } => source.is_retryable(),
             JobError::Round { source, .. } => source.is_retryable(),
+            JobError::Files(e) => e.is_retryable(),
             _ => false,
         }
     }
@@ -233,9 +239,28 @@ pub struct JobBuilder {
     options: RepoOptions,
     comm: Option<Comm>,
     timeouts: Option<Timeouts>,
+    // Managed files (issue #17): the directory and whether foreign changes are accepted.
+    files: Option<PathBuf>,
+    accept_file_changes: bool,
 }
 
 impl JobBuilder {
+    /// Manages user files under `dir` (shared by all ranks; rank r works in
+    /// `dir/rank-<r>/`): files opened through [`Job::files`] are recorded in every
+    /// checkpoint and put back on restore, byte for byte, and files marked as output are
+    /// published to `dir/output/rank-<r>/` only once committed (docs/FILES.md).
+    pub fn files(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.files = Some(dir.into());
+        self
+    }
+
+    /// On restore, put managed files that were changed outside the job back to the
+    /// checkpoint's content instead of refusing (default: refuse, naming the file).
+    pub fn accept_file_changes(mut self, yes: bool) -> Self {
+        self.accept_file_changes = yes;
+        self
+    }
+
     /// The repository directory (created if absent). Without it, `LAZARUS_REPO` is used.
     pub fn repo(mut self, path: impl Into<PathBuf>) -> Self {
         self.repo = Some(path.into());
@@ -340,6 +365,15 @@ impl JobBuilder {
             options.job_token = std::env::var(TOKEN_ENV).ok();
         }
         let comm = self.comm.unwrap_or_else(Comm::solo);
+        let files = match &self.files {
+            Some(root) => Some(Files::new(FilesConfig {
+                root: root.clone(),
+                rank: comm.rank().0,
+                chunk: u64::from(options.chunk_size),
+                accept_changes: self.accept_file_changes,
+            })?),
+            None => None,
+        };
         let store = if comm.rank() == Rank(0) {
             // Without a job token `open_shared` shares with nobody, exactly like `open`.
             let opened = Repository::open_shared(&path, options);
@@ -365,6 +399,7 @@ impl JobBuilder {
             step: 0,
             saved_at: None,
             report: None,
+            files,
         })
     }
 }
@@ -420,6 +455,7 @@ pub struct Job {
     step: u64,
     saved_at: Option<u64>,
     report: Option<RestoreReport>,
+    files: Option<Files>,
 }
 
 impl std::fmt::Debug for Job {
@@ -450,6 +486,13 @@ impl Job {
     /// This rank's communicator (a world of one without `JobBuilder::comm`).
     pub fn comm(&self) -> &Comm {
         self.runtime.comm()
+    }
+
+    /// This rank's managed files (`JobBuilder::files`), usable after `restore_or_init`.
+    pub fn files(&self) -> Result<&Files, JobError> {
+        self.files
+            .as_ref()
+            .ok_or_else(|| JobError::Config("no managed files: call JobBuilder::files(dir)".into()))
     }
 
     /// What the last `restore_or_init` restored and skipped; `None` after a fresh start.
@@ -512,6 +555,7 @@ impl Job {
                     self.step = 0;
                     self.saved_at = None;
                     self.report = None;
+                    self.files_fresh()?;
                     resumed_marker(None, 0);
                     return Ok(state);
                 }
@@ -524,7 +568,9 @@ impl Job {
                 } => (CheckpointId(id), step, world, skipped),
             };
             let size = comm.size();
-            let loaded = restore::load(&self.path, id, world, me, size);
+            let loaded = self
+                .files_prepare(id, world, size)
+                .and_then(|plan| restore::load(&self.path, id, world, me, size).map(|o| (o, plan)));
             let mine = match &loaded {
                 Ok(_) => Attempt::Ok,
                 Err(e) => e.attempt(),
@@ -551,7 +597,7 @@ impl Job {
                 }
                 continue;
             }
-            let Ok(objects) = loaded else {
+            let Ok((objects, files_plan)) = loaded else {
                 // Unreachable: every rank reported Ok, this one included.
                 return Err(JobError::Rank0("restore outcome lost".into()));
             };
@@ -563,13 +609,23 @@ impl Job {
                 );
             }
             let restored = lazarus_state::restore(&mut state, objects);
-            let mine = match &restored {
-                Ok(()) => Attempt::Ok,
-                Err(e) => {
+            // The managed files go back only with the state (issue #17).
+            let files_applied = match (&restored, files_plan, &self.files) {
+                (Ok(()), Some(plan), Some(f)) => f.apply_restore(plan),
+                _ => Ok(()),
+            };
+            let mine = match (&restored, &files_applied) {
+                (Ok(()), Ok(())) => Attempt::Ok,
+                (Err(e), _) => {
                     Attempt::Fatal(format!("restoring checkpoint {} (step {step}): {e}", id.0))
                 }
+                (_, Err(e)) => Attempt::Fatal(format!(
+                    "restoring the managed files of checkpoint {} (step {step}): {e}",
+                    id.0
+                )),
             };
             let all = comm.allgather(&mine)?;
+            files_applied?;
             if let Err(source) = restored {
                 return Err(JobError::Restore {
                     checkpoint: id,
@@ -681,15 +737,44 @@ impl Job {
             step,
             app: self.app.clone(),
         };
+        // The managed files join the part (issue #17): same round, same cut on every rank.
+        let snap = match self.files.as_ref().map(Files::snapshot).transpose() {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = self.runtime.round_failed(e.to_string(), &meta);
+                return Err(JobError::Files(e));
+            }
+        };
         let round = match lazarus_state::save(state) {
-            Ok(objects) => self.runtime.round(&objects, &meta),
+            Ok(mut objects) => {
+                if let Some(s) = &snap {
+                    objects.extend(s.objects());
+                }
+                self.runtime.round(&objects, &meta)
+            }
             Err(source) => {
                 // Still take part, voting Failed, so the other ranks are not left waiting.
                 let _ = self.runtime.round_failed(source.to_string(), &meta);
                 return Err(JobError::Save { step, source });
             }
         };
-        let done = round.map_err(|source| JobError::Round { step, source })?;
+        let done = match (round, snap) {
+            (Ok(done), Some(s)) => {
+                // The checkpoint is committed whatever happens here: a failure keeps the
+                // previous base and journal, which still describe every change.
+                if let Err(e) = s.committed(done.checkpoint) {
+                    tracing::warn!("managed files after checkpoint {}: {e}", done.checkpoint.0);
+                }
+                Ok(done)
+            }
+            (r, s) => {
+                if let (Err(_), Some(s)) = (&r, s) {
+                    s.failed();
+                }
+                r
+            }
+        };
+        let done = done.map_err(|source| JobError::Round { step, source })?;
         self.saved_at = Some(step);
         if let Some(repo) = self.runtime.repository_mut() {
             // Retention failing leaves extra checkpoints behind, never a broken one: log it.
@@ -702,6 +787,61 @@ impl Job {
         }
         tracing::debug!("checkpoint {} committed at step {step}", done.checkpoint.0);
         Ok(done.checkpoint)
+    }
+
+    /// Managed files (issue #17), restore phase 1 on this rank: check the tree and stage
+    /// the target's changed chunks. Damage in the repository makes every rank fall back
+    /// like damage in the state; a refusal (files changed outside the job) fails all.
+    fn files_prepare(
+        &self,
+        id: CheckpointId,
+        world: u32,
+        size: u32,
+    ) -> Result<Option<lazarus_files::RestorePlan>, LoadError> {
+        let Some(files) = &self.files else {
+            return Ok(None);
+        };
+        let reader =
+            RepoReader::open(&self.path).map_err(|e| restore::classify(&self.path, id, e))?;
+        let target = lazarus_files::RestoreTarget {
+            reader: &reader,
+            id,
+            world,
+            size,
+        };
+        match files.prepare_restore(Some(target)) {
+            Ok(plan) => Ok(Some(plan)),
+            Err(lazarus_files::RestoreError::Store(e)) => Err(restore::classify(&self.path, id, e)),
+            Err(lazarus_files::RestoreError::Files(e)) => Err(LoadError::Fatal(JobError::Files(e))),
+        }
+    }
+
+    /// Managed files (issue #17) on a fresh start: the tree goes back to empty (files of
+    /// an incarnation that died before the first checkpoint are removed); every rank
+    /// learns whether all could.
+    fn files_fresh(&self) -> Result<(), JobError> {
+        let Some(files) = &self.files else {
+            return Ok(());
+        };
+        let done = files
+            .prepare_restore(None)
+            .map_err(|e| match e {
+                lazarus_files::RestoreError::Files(e) => e,
+                lazarus_files::RestoreError::Store(e) => {
+                    FilesError::new(lazarus_files::FilesErrorKind::Io, None, e.to_string())
+                }
+            })
+            .and_then(|plan| files.apply_restore(plan));
+        let mine = match &done {
+            Ok(()) => Attempt::Ok,
+            Err(e) => Attempt::Fatal(format!("managed files on a fresh start: {e}")),
+        };
+        let all = self.runtime.comm().clone().allgather(&mine)?;
+        done?;
+        match agreed_failure(&all, CheckpointId(0)) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
     fn store_err(&self, source: StoreError) -> JobError {

@@ -63,6 +63,7 @@ pub use job::{Job, JobBuilder, JobError, RestoreReport, REPO_ENV};
 pub use lazarus_coord as coord;
 pub use lazarus_dist as dist;
 pub use lazarus_dist::DVec;
+pub use lazarus_files as files;
 pub use lazarus_format as format;
 pub use lazarus_net as net;
 pub use lazarus_net::{init, local, Comm};

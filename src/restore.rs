@@ -45,7 +45,7 @@ impl LoadError {
 /// Damage (a decoder or digest check failed, a file is missing, a version is unknown) or
 /// a fatal store error (I/O, which is not evidence that the checkpoint is bad: falling
 /// back would silently lose work, so the job fails and the supervisor retries).
-fn classify(repo: &Path, id: CheckpointId, e: StoreError) -> LoadError {
+pub(crate) fn classify(repo: &Path, id: CheckpointId, e: StoreError) -> LoadError {
     match e.kind() {
         StoreErrorKind::Corrupt | StoreErrorKind::Missing | StoreErrorKind::VersionUnsupported => {
             LoadError::Damaged(Damage {
@@ -75,7 +75,10 @@ pub(crate) fn load(
 ) -> Result<Vec<LoadedObject>, LoadError> {
     let reader = RepoReader::open(repo).map_err(|e| classify(repo, id, e))?;
     if old_world == new_world {
-        return reader.load_part(id, me).map_err(|e| classify(repo, id, e));
+        // Without the managed files' objects (issue #17): those are restored by the files
+        // layer, reading only the chunks that differ.
+        return lazarus_files::load_state_objects(&reader, id, me)
+            .map_err(|e| classify(repo, id, e));
     }
     let manifests = reader.manifests(id).map_err(|e| classify(repo, id, e))?;
     let infos: Vec<Vec<ObjectInfo>> = manifests

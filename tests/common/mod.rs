@@ -130,3 +130,31 @@ pub fn checksum(out: &Output) -> String {
     assert_eq!(sums.len(), 1, "exactly one checksum line:\n{stdout}");
     sums[0].trim().to_string()
 }
+
+/// Every path under `root` with its content (`None` for a directory); empty when `root`
+/// does not exist. For comparing managed-file trees byte for byte.
+#[allow(dead_code)] // not every test file compares trees
+pub fn disk_tree(root: &Path) -> BTreeMap<String, Option<Vec<u8>>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![(root.to_path_buf(), String::new())];
+    while let Some((dir, prefix)) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let key = if prefix.is_empty() {
+                name
+            } else {
+                format!("{prefix}/{name}")
+            };
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push((e.path(), key.clone()));
+                out.insert(key, None);
+            } else {
+                out.insert(key, Some(std::fs::read(e.path()).unwrap_or_default()));
+            }
+        }
+    }
+    out
+}

@@ -112,3 +112,44 @@ fn bench_round_reports_every_world_size() {
         assert!(ms.is_finite() && ms > 0.0, "{row}");
     }
 }
+
+#[test]
+fn bench_files_reports_both_ratios_and_the_tree_cost() {
+    let scratch = tempfile::tempdir().unwrap();
+    let text = run_ok(
+        &[
+            "bench",
+            "files",
+            "--append-mib",
+            "2",
+            "--random-mib",
+            "4",
+            "--writes",
+            "300",
+            "--tree-mib",
+            "8",
+            "--repeat",
+            "1",
+        ],
+        Some(scratch.path()),
+    );
+    for what in [
+        "appends of",
+        "random 4 KiB",
+        "changed in whole chunks",
+        "restore after",
+    ] {
+        let line = text
+            .lines()
+            .find(|l| l.contains(what))
+            .unwrap_or_else(|| panic!("no {what:?} line in:\n{text}"));
+        if what.starts_with("appends") || what.starts_with("random") {
+            let ratio = line
+                .rsplit(": ")
+                .next()
+                .and_then(|r| r.split('x').next())
+                .and_then(|r| r.parse::<f64>().ok());
+            assert!(ratio.is_some_and(|r| r > 0.0), "{line}");
+        }
+    }
+}

@@ -6,6 +6,7 @@ use super::CmdResult;
 mod balance;
 mod checkpoint;
 mod experiment;
+mod files;
 mod net;
 mod round;
 
@@ -18,6 +19,9 @@ pub enum Bench {
     Checkpoint(checkpoint::Args),
     /// Young/Daly in practice: heat under seeded SIGKILLs, measured vs model, interval sweep.
     Experiment(experiment::Args),
+    /// Managed files vs std::fs::File (appends, random 4 KiB writes); checkpoint cost of a
+    /// large managed tree with 1 % changed.
+    Files(files::Args),
     /// Communicator throughput/latency vs raw TCP; allreduce scaling.
     Net(net::Args),
     /// Aligned checkpoint round latency (2..16 ranks) and stall per checkpoint vs floor.
@@ -63,6 +67,7 @@ pub fn main(b: Bench) -> CmdResult {
         Bench::Balance(a) => balance::main(a),
         Bench::Checkpoint(a) => checkpoint::main(a),
         Bench::Experiment(a) => experiment::main(a),
+        Bench::Files(a) => files::main(a),
         Bench::Net(a) => net::main(a),
         Bench::Round(a) => round::main(a),
     }

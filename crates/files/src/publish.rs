@@ -1,0 +1,190 @@
+//! Output commit for files: an output file's committed content is copied to the output
+//! tree only after the checkpoint holding it committed, so a watcher of the output never
+//! sees bytes a restart could rewrite.
+//!
+//! A file that only grew since its last publication gets the new bytes appended to the
+//! published copy (fsynced); any other change replaces the published copy atomically
+//! (temp file, fsync, rename, fsync of the directory). Publishing is idempotent: it
+//! brings the published copy to the committed content from whatever state a crash left
+//! it in, so a crash between COMMIT and publication is repaired by the restore, which
+//! publishes the restored checkpoint's output again.
+
+use crate::error::FilesError;
+use crate::fs::{Inner, Node};
+use crate::journal;
+use std::fs;
+use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+/// What this process knows about a published copy: its first `len` bytes equal the
+/// working file's, and (`clean`) nothing below `len` changed since.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Pub {
+    pub len: u64,
+    pub clean: bool,
+}
+
+const BLOCK: usize = 1 << 20;
+
+/// Publishes every output file of the tree (called with the working tree equal to the
+/// checkpoint just committed or restored). Stops at the first error.
+pub(crate) fn publish_committed(g: &mut Inner) -> Result<(), FilesError> {
+    let outputs: Vec<(String, u64)> = g
+        .tree
+        .iter()
+        .filter_map(|(p, n)| match n {
+            Node::File(id) if g.is_output(p) => Some((p.clone(), *id)),
+            _ => None,
+        })
+        .collect();
+    for (p, id) in outputs {
+        let (len, known) = g.files.get(&id).map_or((0, None), |s| (s.len, s.published));
+        let out = g.layout.out_path(&p);
+        let work = g.layout.work_path(&p);
+        let fd = g.fd(id)?;
+        let now = match known {
+            Some(Pub {
+                len: l,
+                clean: true,
+            }) if l == len => continue,
+            Some(Pub {
+                len: l,
+                clean: true,
+            }) if l < len => match append_from(fd, &out, l, len) {
+                Ok(()) => len,
+                // The published copy is not what this process left: compare and repair.
+                Err(e) if e.kind() == crate::FilesErrorKind::ForeignChange => {
+                    sync_copy(fd, &work, &out, len)?
+                }
+                Err(e) => return Err(e),
+            },
+            _ => sync_copy(fd, &work, &out, len)?,
+        };
+        if let Some(s) = g.files.get_mut(&id) {
+            s.published = Some(Pub {
+                len: now,
+                clean: now == len,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Appends the working file's bytes `from..to` to the published copy and fsyncs it.
+fn append_from(src: &fs::File, out: &Path, from: u64, to: u64) -> Result<(), FilesError> {
+    let mut f = fs::OpenOptions::new()
+        .append(true)
+        .open(out)
+        .map_err(|e| FilesError::io(out, "opening the published output", &e))?;
+    let have = f
+        .metadata()
+        .map_err(|e| FilesError::io(out, "stat of the published output", &e))?
+        .len();
+    if have != from {
+        // Someone else changed the published copy: fall back to a full comparison.
+        return Err(FilesError::new(
+            crate::FilesErrorKind::ForeignChange,
+            Some(out),
+            format!("published output is {have} bytes, {from} expected"),
+        ));
+    }
+    let mut buf = vec![0u8; BLOCK];
+    let mut at = from;
+    while at < to {
+        let n = ((to - at) as usize).min(BLOCK);
+        src.read_exact_at(&mut buf[..n], at)
+            .map_err(|e| FilesError::io(out, "reading the output's working copy", &e))?;
+        f.write_all(&buf[..n])
+            .map_err(|e| FilesError::io(out, "appending to the published output", &e))?;
+        at += n as u64;
+    }
+    f.sync_data()
+        .map_err(|e| FilesError::io(out, "syncing the published output", &e))
+}
+
+/// Brings the published copy to the working file's first `len` bytes from any state:
+/// a missing copy is created, a prefix is extended, a different copy replaced; a copy
+/// longer than `len` whose first `len` bytes agree is left as it is (a restore to an
+/// older checkpoint: the re-execution writes those bytes again). Returns the published
+/// length.
+pub(crate) fn sync_copy(
+    src: &fs::File,
+    work: &Path,
+    out: &Path,
+    len: u64,
+) -> Result<u64, FilesError> {
+    let have = match fs::metadata(out) {
+        Ok(m) if m.is_file() => Some(m.len()),
+        Ok(_) => None,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(FilesError::io(out, "stat of the published output", &e)),
+    };
+    if let Some(have) = have {
+        let common = have.min(len);
+        if same_prefix(src, work, out, common)? {
+            if have <= len {
+                if have < len {
+                    append_from(src, out, have, len)?;
+                }
+                return Ok(len);
+            }
+            return Ok(have);
+        }
+        tracing::warn!(
+            "published output {} differs from the committed content: replacing it",
+            out.display()
+        );
+    }
+    replace(src, work, out, len)?;
+    Ok(len)
+}
+
+fn same_prefix(src: &fs::File, work: &Path, out: &Path, n: u64) -> Result<bool, FilesError> {
+    let mut f = fs::File::open(out).map_err(|e| FilesError::io(out, "opening", &e))?;
+    let (mut a, mut b) = (vec![0u8; BLOCK], vec![0u8; BLOCK]);
+    let mut at = 0u64;
+    while at < n {
+        let k = ((n - at) as usize).min(BLOCK);
+        src.read_exact_at(&mut a[..k], at)
+            .map_err(|e| FilesError::io(work, "reading", &e))?;
+        f.read_exact(&mut b[..k])
+            .map_err(|e| FilesError::io(out, "reading", &e))?;
+        if a[..k] != b[..k] {
+            return Ok(false);
+        }
+        at += k as u64;
+    }
+    Ok(true)
+}
+
+/// Writes the first `len` bytes of the working file to a temp file next to `out`, fsyncs
+/// it and renames it over `out` (then fsyncs the directory).
+fn replace(src: &fs::File, work: &Path, out: &Path, len: u64) -> Result<(), FilesError> {
+    let dir = out.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(dir)
+        .map_err(|e| FilesError::io(dir, "creating the output directory", &e))?;
+    let name = out.file_name().and_then(|n| n.to_str()).unwrap_or("out");
+    let tmp = dir.join(format!(".lazarus-tmp-{name}"));
+    let r = (|| -> Result<(), FilesError> {
+        let mut f = fs::File::create(&tmp).map_err(|e| FilesError::io(&tmp, "creating", &e))?;
+        let mut buf = vec![0u8; BLOCK];
+        let mut at = 0u64;
+        while at < len {
+            let k = ((len - at) as usize).min(BLOCK);
+            src.read_exact_at(&mut buf[..k], at)
+                .map_err(|e| FilesError::io(work, "reading", &e))?;
+            f.write_all(&buf[..k])
+                .map_err(|e| FilesError::io(&tmp, "writing the output", &e))?;
+            at += k as u64;
+        }
+        f.sync_all()
+            .map_err(|e| FilesError::io(&tmp, "syncing the output", &e))?;
+        fs::rename(&tmp, out).map_err(|e| FilesError::io(out, "publishing (rename)", &e))
+    })();
+    if r.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    r?;
+    journal::sync_dir(dir)
+}
