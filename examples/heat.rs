@@ -31,9 +31,10 @@ pub struct Params {
 #[derive(Checkpoint)]
 #[checkpoint(after_restore = "Heat::rebuild")]
 pub struct Heat {
+    #[checkpoint(replicated)] // every rank advances it alike
     step: u64,
-    grid: Vec<f64>, // rows * size owned cells, row-major (bulk object)
-    #[checkpoint(serde)]
+    grid: Vec<f64>, // rows * size owned cells, row-major (bulk object): per-rank state
+    #[checkpoint(serde, replicated)]
     params: Params,
     #[checkpoint(skip)] // refreshed before every step (halo exchange with neighbours)
     halo_up: Vec<f64>,

@@ -28,11 +28,12 @@ pub struct Params {
 }
 
 /// One rank's part of the simulation: its block of rows (with the global range, so the
-/// checkpoint is redistributable) and the parameters.
+/// checkpoint is redistributable) and the parameters, the same on every rank (declared
+/// `replicated`, so a restore on another number of ranks gives each rank a copy).
 #[derive(Checkpoint)]
 pub struct Heat {
     grid: DVec<f64>,
-    #[checkpoint(serde)]
+    #[checkpoint(serde, replicated)]
     params: Params,
 }
 

@@ -35,11 +35,14 @@
 //! Elastic restore: a checkpoint written by N ranks restores on M != N ranks when all of
 //! the state is redistributable (crate `lazarus-dist`, [`lazarus_dist::Reshard`]): bulk
 //! objects with a global range (a `DVec`) are cut into M even blocks, each new rank
-//! reading only the byte ranges it keeps; every other field must be byte-identical on all
-//! N old ranks (parameters, a config struct, a replicated counter: rank 0's copy is used,
-//! every copy is compared). A field that differs between old ranks, or that only some
-//! have, makes the restore fail on every rank with [`JobError::NotRedistributable`] naming
-//! it; that is not retried with older checkpoints. Rank 0 says so on stderr: `lazarus:
+//! reading only the byte ranges it keeps; every other field must be declared
+//! `#[checkpoint(replicated)]` (parameters, a config struct, a counter every rank advances
+//! alike: rank 0's copy is used, every old copy is compared), whatever the number of old
+//! ranks. Any other field (per-rank state), a declared one that differs between old ranks,
+//! or one only some ranks have, makes the restore fail on every rank with
+//! [`JobError::NotRedistributable`] naming it; that is not retried with older checkpoints.
+//! (Checkpoints before format 1.2 record no declaration: docs/DIST.md says how they are
+//! classified.) Rank 0 says so on stderr: `lazarus:
 //! restoring checkpoint 12 written by 4 ranks on 3 ranks by redistribution`. The job's
 //! step count is in COMMIT, not in the state, so it carries over as is.
 

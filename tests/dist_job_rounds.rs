@@ -114,13 +114,13 @@ fn another_world_size_with_per_rank_state_is_refused_by_name() {
     let dir = tempfile::tempdir().unwrap();
     let repo = dir.path().join("repo");
     assert!(run(repo.clone(), 2, 6).iter().all(Result::is_ok));
-    // `rank` differs between the old ranks: it is per-rank state, not redistributable.
+    // `rank` is not declared replicated: it is per-rank state, not redistributable.
     let got = run(repo, 3, 6);
     for g in got {
         let e = g.unwrap_err();
         assert!(
             e.contains("written by 2 ranks and cannot be restored on 3")
-                && e.contains("field `rank` differs between rank 0 and rank 1")
+                && e.contains("field `rank` is per-rank state")
                 && e.contains("restart with 2 ranks"),
             "{e}"
         );
@@ -218,5 +218,197 @@ fn one_damaged_part_makes_every_rank_fall_back_together() {
         let (restored_at, s) = got.unwrap();
         assert_eq!(restored_at, 5, "rank {r} restored the older checkpoint");
         assert_eq!(s.xs, vec![r as f64 + 14.0; 100 + r]);
+    }
+}
+
+/// Issue #11 item 3, "1 -> N restore copies per-rank state": with one old rank every field
+/// used to count as "identical on every rank", so a 1-rank job's per-rank `Vec` was copied
+/// to all 4 new ranks (a wrong global sum, exit 0). Whether a field is replicated must not
+/// depend on the old world size: an unmarked field is per-rank and refused by name.
+#[test]
+fn one_to_n_restore_copies_per_rank_state() {
+    #[derive(Checkpoint, Clone, Debug, PartialEq)]
+    struct Part {
+        mine: Vec<u64>,
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let write = {
+        let repo = repo.clone();
+        each(comms(1), move |_, comm| -> Result<(), String> {
+            let mut job = Job::builder()
+                .repo(&repo)
+                .comm(comm)
+                .every_steps(2)
+                .timeouts(timeouts())
+                .open()
+                .map_err(|e| e.to_string())?;
+            let s = job
+                .restore_or_init(|| Part {
+                    mine: (1..=10).collect(),
+                })
+                .map_err(|e| e.to_string())?;
+            while job.step() < 3 {
+                job.checkpoint(&s).map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        })
+    };
+    assert!(write.iter().all(Result::is_ok), "{write:?}");
+    let got = each(comms(4), move |r, comm| -> Result<Part, String> {
+        let mut job = Job::builder()
+            .repo(&repo)
+            .comm(comm)
+            .every_steps(2)
+            .timeouts(timeouts())
+            .open()
+            .map_err(|e| e.to_string())?;
+        job.restore_or_init(|| Part {
+            mine: vec![r as u64],
+        })
+        .map_err(|e| e.to_string())
+    });
+    for (r, g) in got.into_iter().enumerate() {
+        let e = g.expect_err("a per-rank field of a 1-rank checkpoint must not be copied");
+        assert!(
+            e.contains("written by 1 ranks and cannot be restored on 4") && e.contains("`mine`"),
+            "rank {r}: {e}"
+        );
+    }
+}
+
+/// The other half of item 3: the same field declared `#[checkpoint(replicated)]` restores
+/// from 1 rank on 4, every rank getting the copy.
+#[test]
+fn one_to_n_restore_of_a_declared_replicated_field() {
+    #[derive(Checkpoint, Clone, Debug, PartialEq)]
+    struct Shared {
+        #[checkpoint(replicated)]
+        table: Vec<u64>,
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let open = |repo: &Path, comm: Comm| {
+        Job::builder()
+            .repo(repo)
+            .comm(comm)
+            .every_steps(2)
+            .timeouts(timeouts())
+            .open()
+            .map_err(|e| e.to_string())
+    };
+    let write = {
+        let repo = repo.clone();
+        each(comms(1), move |_, comm| -> Result<(), String> {
+            let mut job = open(&repo, comm)?;
+            let s = job
+                .restore_or_init(|| Shared {
+                    table: (1..=10).collect(),
+                })
+                .map_err(|e| e.to_string())?;
+            while job.step() < 3 {
+                job.checkpoint(&s).map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        })
+    };
+    assert!(write.iter().all(Result::is_ok), "{write:?}");
+    let got = each(
+        comms(4),
+        move |_, comm| -> Result<(Shared, u64, u32), String> {
+            let mut job = open(&repo, comm)?;
+            let s = job
+                .restore_or_init(|| Shared { table: vec![] })
+                .map_err(|e| e.to_string())?;
+            let r = job.restore_report().ok_or("nothing restored")?;
+            Ok((s, r.step, r.written_by))
+        },
+    );
+    for (r, g) in got.into_iter().enumerate() {
+        let (s, step, by) = g.unwrap_or_else(|e| panic!("rank {r}: {e}"));
+        assert_eq!((s.table, step, by), ((1..=10).collect(), 2, 1), "rank {r}");
+    }
+}
+
+/// Writes one checkpoint at step 2 of `parts` (one saved value per old rank) the way a
+/// writer before format 1.2 did: no object records its sharing.
+fn write_legacy<T: Checkpoint>(repo: &Path, parts: &[T]) {
+    use lazarus::format::Rank;
+    use lazarus::store::{CommitMeta, RepoOptions, Repository};
+    let mut store = Repository::open(repo, RepoOptions::default()).unwrap();
+    let pending = store.begin(parts.len() as u32).unwrap();
+    let receipts = parts
+        .iter()
+        .enumerate()
+        .map(|(r, p)| {
+            let mut objects = lazarus::state::save(p).unwrap();
+            for o in &mut objects {
+                o.info.sharing = None;
+            }
+            pending
+                .part_writer()
+                .write(Rank(r as u32), &objects)
+                .unwrap()
+        })
+        .collect();
+    let meta = CommitMeta {
+        step: 2,
+        ..CommitMeta::default()
+    };
+    store.commit(pending, receipts, meta).unwrap();
+}
+
+/// Checkpoints from before format 1.2 keep restoring: on several old ranks an identical
+/// field is still taken as replicated (the old rule), while from one old rank nothing that
+/// is not distributed is copied (one copy proves nothing).
+#[test]
+fn checkpoints_without_recorded_sharing_keep_the_old_rule_except_from_one_rank() {
+    #[derive(Checkpoint, Clone, Debug, PartialEq)]
+    struct Old {
+        table: Vec<u64>,
+    }
+    let table: Vec<u64> = (1..=10).collect();
+    let restore_on = |repo: PathBuf, n: u32| {
+        each(comms(n), move |_, comm| -> Result<Old, String> {
+            let mut job = Job::builder()
+                .repo(&repo)
+                .comm(comm)
+                .every_steps(2)
+                .timeouts(timeouts())
+                .open()
+                .map_err(|e| e.to_string())?;
+            job.restore_or_init(|| Old { table: vec![] })
+                .map_err(|e| e.to_string())
+        })
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let two = dir.path().join("two");
+    write_legacy(
+        &two,
+        &[
+            Old {
+                table: table.clone(),
+            },
+            Old {
+                table: table.clone(),
+            },
+        ],
+    );
+    for g in restore_on(two, 3) {
+        assert_eq!(g.unwrap().table, table);
+    }
+    let one = dir.path().join("one");
+    write_legacy(
+        &one,
+        &[Old {
+            table: table.clone(),
+        }],
+    );
+    for g in restore_on(one, 4) {
+        let e = g.unwrap_err();
+        assert!(
+            e.contains("field `table` of this 1-rank checkpoint may be per-rank state"),
+            "{e}"
+        );
     }
 }

@@ -167,7 +167,7 @@ fn per_rank_state_is_refused_naming_the_field() {
     assert!(!out.status.success(), "{stderr}");
     assert!(
         stderr.contains("written by 2 ranks and cannot be restored on 3 by redistribution")
-            && stderr.contains("field `grid` differs between rank 0 and rank 1")
+            && stderr.contains("field `grid` is per-rank state")
             && stderr.contains("restart with 2 ranks"),
         "{stderr}"
     );

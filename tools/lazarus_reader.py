@@ -461,6 +461,15 @@ class ObjectInfo:
                 )
         elif self.kind != "serde":
             raise LazarusFormatError(where, "unknown kind %r" % self.kind)
+        # Format 1.2: how the value is shared between ranks; None when not recorded.
+        self.sharing = d.get("sharing")
+        if self.sharing is not None:
+            if self.sharing not in ("rank", "replicated", "distributed"):
+                raise LazarusFormatError(where, "unknown sharing %r" % (self.sharing,))
+            if (self.sharing == "distributed") != (self.global_range is not None):
+                raise LazarusFormatError(
+                    where, "sharing %r disagrees with the global range" % self.sharing
+                )
         total = 0
         for c in self.chunks:
             if not isinstance(c, dict):
@@ -759,7 +768,8 @@ def main(argv=None):
                 for r, o in repo.objects(args.checkpoint):
                     g = "" if o.global_range is None else " global %d+%d/%d" % o.global_range
                     shape = "" if o.kind == "serde" else " %s[%d]" % (o.dtype, o.len)
-                    print("  rank %d: %s (%s) %s%s%s, %d bytes" % (r, o.name, o.type_name, o.kind, shape, g, o.bytes))
+                    sh = "" if o.sharing is None else " [%s]" % o.sharing
+                    print("  rank %d: %s (%s) %s%s%s%s, %d bytes" % (r, o.name, o.type_name, o.kind, shape, g, sh, o.bytes))
             return 0
         v = repo.load(args.checkpoint, args.field, args.rank)
         if isinstance(v, list):

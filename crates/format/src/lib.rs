@@ -27,7 +27,7 @@ pub use manifest::{
     ChunkRef, CommitPart, CommitRecord, Manifest, ManifestObject, WriterInfo, MAX_INLINE_MANIFEST,
 };
 pub use object::{
-    ChangeHint, DType, GlobalRange, LoadedObject, ObjectInfo, ObjectKind, ObjectSpec, WriteTicket,
-    WrittenSink,
+    ChangeHint, DType, GlobalRange, LoadedObject, ObjectInfo, ObjectKind, ObjectSpec, Sharing,
+    WriteTicket, WrittenSink,
 };
 pub use repo::{FormatVersion, FORMAT_MAJOR, FORMAT_MINOR, REPO_FORMAT_LEN, REPO_MAGIC};

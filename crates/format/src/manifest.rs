@@ -5,7 +5,7 @@
 use crate::envelope::{self, COMMIT_MAGIC, MANIFEST_MAGIC};
 use crate::error::{FormatError, FormatErrorKind};
 use crate::ids::{CheckpointId, ChunkDigest, Rank};
-use crate::object::{ObjectInfo, ObjectKind};
+use crate::object::{ObjectInfo, ObjectKind, Sharing};
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -48,16 +48,23 @@ pub struct Manifest {
 }
 
 impl Manifest {
-    /// Encodes the manifest file (envelope + JSON).
+    /// Encodes the manifest file (envelope + JSON). The envelope says minor 2 when an
+    /// object records its sharing (format 1.2), 0 otherwise (byte-identical to 1.0).
     pub fn encode(&self) -> Vec<u8> {
         // Serializing plain structs of integers and strings to JSON cannot fail.
         let body = serde_json::to_vec_pretty(self).unwrap_or_default();
-        envelope::seal(MANIFEST_MAGIC, 0, &body)
+        let minor = if self.objects.iter().any(|o| o.info.sharing.is_some()) {
+            2
+        } else {
+            0
+        };
+        envelope::seal(MANIFEST_MAGIC, minor, &body)
     }
 
     /// Decodes and validates a manifest file: envelope, JSON, and internal consistency
     /// (each object's chunk lengths add up to `bytes`; a bulk object's `bytes` equals
-    /// `len * dtype width`; names unique).
+    /// `len * dtype width`; names unique; a recorded sharing is `distributed` exactly for
+    /// the bulk objects with a global range).
     pub fn decode(file: &[u8]) -> Result<Manifest, FormatError> {
         let body = envelope::open(MANIFEST_MAGIC, "manifest", file)?;
         let m: Manifest = serde_json::from_slice(body).map_err(|e| {
@@ -109,6 +116,22 @@ impl Manifest {
                             g.start, g.len, g.total
                         )));
                     }
+                }
+            }
+            if let Some(sharing) = o.info.sharing {
+                let global = matches!(
+                    o.info.kind,
+                    ObjectKind::Bulk {
+                        global: Some(_),
+                        ..
+                    }
+                );
+                if global != (sharing == Sharing::Distributed) {
+                    return Err(invalid(format!(
+                        "object {name:?}: sharing {:?} {} a global range",
+                        sharing.tag(),
+                        if global { "contradicts" } else { "needs" }
+                    )));
                 }
             }
         }

@@ -24,6 +24,7 @@ fn manifest() -> Manifest {
                         total: 20,
                     }),
                 },
+                sharing: None,
             },
             bytes: 11,
             chunks: data
@@ -129,11 +130,41 @@ fn future_major_is_refused_everywhere() {
     f[8] = 9;
     let e = FormatVersion::decode(&f).unwrap_err();
     assert_eq!(e.kind, FormatErrorKind::VersionUnsupported);
-    assert!(e.msg.contains("9.1"), "{e}");
+    assert!(
+        e.msg
+            .contains(&format!("9.{}", FormatVersion::CURRENT.minor)),
+        "{e}"
+    );
     // A newer minor of the same major is accepted.
     let mut f = FormatVersion::CURRENT.encode();
     f[10] = 7;
     assert_eq!(FormatVersion::decode(&f).unwrap().minor, 7);
+}
+
+/// Format 1.2: an object's sharing round-trips, raises the manifest envelope to minor 2
+/// (a manifest without it keeps 1.0's bytes), and must agree with the global range.
+#[test]
+fn sharing_is_recorded_and_checked_against_the_global_range() {
+    let plain = manifest().encode();
+    assert_eq!(u16::from_le_bytes([plain[6], plain[7]]), 0);
+    let mut m = manifest();
+    m.objects[0].info.sharing = Some(Sharing::Distributed);
+    let bytes = m.encode();
+    assert_eq!(u16::from_le_bytes([bytes[6], bytes[7]]), 2);
+    assert!(String::from_utf8_lossy(&bytes).contains("\"sharing\": \"distributed\""));
+    assert_eq!(Manifest::decode(&bytes).unwrap(), m);
+    for wrong in [Sharing::Rank, Sharing::Replicated] {
+        m.objects[0].info.sharing = Some(wrong);
+        let e = Manifest::decode(&m.encode()).unwrap_err();
+        assert_eq!(e.kind, FormatErrorKind::Invalid);
+        assert!(e.msg.contains("contradicts a global range"), "{e}");
+    }
+    m.objects[0].info.sharing = Some(Sharing::Distributed);
+    if let ObjectKind::Bulk { global, .. } = &mut m.objects[0].info.kind {
+        *global = None;
+    }
+    let e = Manifest::decode(&m.encode()).unwrap_err();
+    assert!(e.msg.contains("needs a global range"), "{e}");
 }
 
 proptest! {

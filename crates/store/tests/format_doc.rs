@@ -30,6 +30,7 @@ fn example_manifest() -> Manifest {
                         total: 4,
                     }),
                 },
+                sharing: None,
             },
             bytes: 16,
             chunks: vec![ChunkRef {

@@ -144,6 +144,7 @@ fn run() -> Result<(), Box<dyn Error>> {
                         len: bytes.len() as u64,
                         global: None,
                     },
+                    sharing: Some(lazarus_format::Sharing::Rank),
                 },
                 data: bytes.as_slice().into(),
                 hint: None,

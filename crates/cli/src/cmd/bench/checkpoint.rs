@@ -294,6 +294,7 @@ fn spec(data: &[u64]) -> ObjectSpec<'_> {
                 len: data.len() as u64,
                 global: None,
             },
+            sharing: None,
         },
         data: lazarus::state::to_le_bytes(data),
         hint: None,

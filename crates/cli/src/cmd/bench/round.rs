@@ -95,6 +95,7 @@ fn measure(
                                 len: bytes as u64,
                                 global: None,
                             },
+                            sharing: None,
                         },
                         data: std::borrow::Cow::Borrowed(&data[..]),
                         hint: None,
