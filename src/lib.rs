@@ -61,6 +61,7 @@ mod restore;
 
 pub use job::{Job, JobBuilder, JobError, RestoreReport, REPO_ENV};
 pub use lazarus_coord as coord;
+pub use lazarus_coord::{OnAllDamaged, ON_ALL_DAMAGED_ENV};
 pub use lazarus_dist as dist;
 pub use lazarus_dist::DVec;
 pub use lazarus_format as format;
@@ -71,3 +72,4 @@ pub use lazarus_state as state;
 pub use lazarus_state::{Checkpoint, DirtyVec, Serde, StateError};
 pub use lazarus_store as store;
 pub use lazarus_supervisor as supervisor;
+pub use restore::FreshStart;

@@ -7,9 +7,9 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const DEADLINE: Duration = Duration::from_secs(120);
 const SIZE: &str = "40";
@@ -27,26 +27,8 @@ fn lazarus_run(n: u32, repo: &Path, extra: &[&str], env: &[(&str, &str)], prog: 
         .args(prog)
         .env_remove("LAZARUS_FAILPOINT")
         .env_remove("LAZARUS_SLOWDOWN")
-        .envs(env.iter().copied())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("spawn lazarus run");
-    let t0 = Instant::now();
-    loop {
-        if child.try_wait().expect("wait").is_some() {
-            return child.wait_with_output().expect("output");
-        }
-        if t0.elapsed() > DEADLINE {
-            let _ = child.kill();
-            let out = child.wait_with_output().expect("output");
-            panic!(
-                "lazarus run -n {n} {prog:?} exceeded {DEADLINE:?}\nstdout:\n{}\nstderr:\n{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+        .envs(env.iter().copied());
+    common::output_within(&mut cmd, DEADLINE, &format!("lazarus run -n {n} {prog:?}"))
 }
 
 fn heat_dvec(steps: u64) -> Vec<String> {

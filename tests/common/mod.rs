@@ -56,3 +56,35 @@ pub fn example_bin(name: &str) -> PathBuf {
         p,
     )
 }
+
+/// Runs `cmd` (stdout and stderr piped) to completion; kills it and panics with its output
+/// when it takes longer than `deadline` (a hung child must fail the test, not hang CI).
+#[allow(dead_code)] // not every test file runs commands
+pub fn output_within(
+    cmd: &mut Command,
+    deadline: std::time::Duration,
+    what: &str,
+) -> std::process::Output {
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawning {what}: {e}"));
+    let t0 = std::time::Instant::now();
+    loop {
+        if child.try_wait().expect("wait").is_some() {
+            return child.wait_with_output().expect("output");
+        }
+        if t0.elapsed() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("output");
+            panic!(
+                "{what} exceeded {deadline:?}\nstdout:\n{}\nstderr:\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}

@@ -43,6 +43,7 @@
 
 mod aligned;
 mod aligned_rt;
+mod damage;
 mod error;
 mod unaligned;
 mod unaligned_rt;
@@ -55,6 +56,7 @@ pub use aligned_rt::{
     AlignedRuntime, Committed, RankStore, RoundError, RoundErrorKind, OUTPUT_MARKERS_ENV,
     TAG_TO_PARTICIPANT, TAG_VOTE,
 };
+pub use damage::{all_damaged_message, announce_all_damaged, OnAllDamaged, ON_ALL_DAMAGED_ENV};
 pub use error::{ErrorKind, ProtocolError};
 pub use unaligned::{ChannelState, Unaligned, UnalignedAction};
 pub use unaligned_rt::{

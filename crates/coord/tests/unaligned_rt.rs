@@ -8,8 +8,8 @@
 //! `UNALIGNED_SEED=<n> cargo test -p lazarus-coord --test unaligned_rt -- --nocapture`.
 
 use lazarus_coord::{
-    AsyncConfig, AsyncSession, AsyncStart, AsyncStats, Outcome, SessionError, SessionErrorKind,
-    Timeouts,
+    AsyncConfig, AsyncSession, AsyncStart, AsyncStats, OnAllDamaged, Outcome, SessionError,
+    SessionErrorKind, Timeouts,
 };
 use lazarus_format::Rank;
 use lazarus_net::{join, Comm, JobToken, JoinOptions, NetConfig, RendezvousServer};
@@ -375,6 +375,61 @@ fn failure_free_run_with_checkpoints_matches_reference() {
         .unwrap()
         .len();
     assert!(n >= 1, "no checkpoint committed");
+}
+
+/// Issue #11 item 4 in the unaligned runtime: every committed checkpoint damaged used to be
+/// a silent fresh start (`AsyncStart::Fresh`, all progress lost). Now every rank refuses,
+/// naming the damage, unless `on_all_damaged` allows the fresh start.
+#[test]
+fn all_damaged_async_session_silent_fresh_start() {
+    let p = Params {
+        world: 2,
+        tokens_per_rank: 4,
+        hops: 20,
+        seed: 6,
+        ckpt_every: 10,
+        nonblocking: false,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let first = run_job(p, &repo, 0, 1);
+    assert!(first.iter().any(|e| matches!(e, End::Crashed)));
+    for e in std::fs::read_dir(repo.join("checkpoints")).unwrap() {
+        let commit = e.unwrap().path().join("COMMIT");
+        if let Ok(mut b) = std::fs::read(&commit) {
+            let last = b.len() - 2;
+            b[last] ^= 0x20;
+            std::fs::write(&commit, b).unwrap();
+        }
+    }
+    let open_all = |policy: OnAllDamaged, inc: u64| {
+        let hs: Vec<_> = comms(2, inc)
+            .into_iter()
+            .map(|c| {
+                let repo = repo.clone();
+                std::thread::spawn(move || {
+                    let mut app = App::default();
+                    let mut c2 = cfg(&repo);
+                    c2.on_all_damaged = policy;
+                    AsyncSession::open(c, c2, &mut app).map(|(_, start)| start)
+                })
+            })
+            .collect();
+        hs.into_iter()
+            .map(|h| h.join().unwrap())
+            .collect::<Vec<_>>()
+    };
+    let refused = open_all(OnAllDamaged::Refuse, 1);
+    let e0 = refused[0].as_ref().unwrap_err();
+    assert_eq!(e0.kind(), SessionErrorKind::AllDamaged, "{e0}");
+    assert!(
+        e0.to_string().contains("every committed checkpoint"),
+        "{e0}"
+    );
+    assert!(refused[1].is_err(), "rank 1 follows rank 0's refusal");
+    for got in open_all(OnAllDamaged::StartFresh, 2) {
+        assert_eq!(got.unwrap(), AsyncStart::Fresh);
+    }
 }
 
 #[test]
