@@ -40,6 +40,8 @@
 //! # Ok::<(), lazarus_coord::ProtocolError>(())
 //! ```
 #![deny(missing_docs)]
+// A failed stdout/stderr must never panic a job (issue #11 item 10): no print macros.
+#![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
 
 mod aligned;
 mod aligned_rt;

@@ -6,6 +6,8 @@
 //! ([`encode_chunk`] / [`decode_chunk`]), and the two self-checksummed JSON records
 //! [`Manifest`] (one per rank) and [`CommitRecord`] (the commit point).
 #![deny(missing_docs)]
+// A failed stdout/stderr must never panic a job (issue #11 item 10): no print macros.
+#![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
 
 pub mod base64;
 mod chunk;

@@ -83,6 +83,8 @@
 //! types the Rust type name with module paths removed (`Params`, `Option<u32>`), so moving
 //! a type between modules does not invalidate checkpoints but renaming it does.
 #![deny(missing_docs)]
+// A failed stdout/stderr must never panic a job (issue #11 item 10): no print macros.
+#![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
 
 // Lets `#[derive(Checkpoint)]` name this crate as `::lazarus_state` from inside it.
 extern crate self as lazarus_state;

@@ -37,6 +37,8 @@
 //! # Ok::<(), lazarus_store::StoreError>(())
 //! ```
 #![deny(missing_docs)]
+// A failed stdout/stderr must never panic a job (issue #11 item 10): no print macros.
+#![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
 
 mod error;
 mod fpcache;

@@ -19,6 +19,8 @@
 //! `LAZARUS_INCARNATION`, `LAZARUS_JOB_START`, `LAZARUS_FAILURES`,
 //! `LAZARUS_OUTPUT_MARKERS=1`). See docs/RECOVERY.md.
 #![deny(missing_docs)]
+// A failed stdout/stderr must never panic a job (issue #11 item 10): no print macros.
+#![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
 
 mod location;
 mod output;

@@ -135,9 +135,9 @@ pub fn main(args: Args) -> CmdResult {
     install_signal_forwarding();
     let outcome = Launcher::run(&cfg)?;
     if let Some(f) = outcome.failure {
-        eprintln!("lazarus run: {f}; stopped the other ranks");
+        errln!("lazarus run: {f}; stopped the other ranks");
     } else if let Some(s) = outcome.interrupted {
-        eprintln!("lazarus run: interrupted by signal {s}; stopped all ranks");
+        errln!("lazarus run: interrupted by signal {s}; stopped all ranks");
     }
     let code = outcome.exit_code().clamp(0, 255) as u8;
     Ok(ExitCode::from(code))

@@ -186,7 +186,7 @@ fn run() -> Result<(), Box<dyn Error>> {
 
 fn main() {
     if let Err(e) = run() {
-        eprintln!("probe: error: {e}");
+        let _ = writeln!(std::io::stderr(), "probe: error: {e}");
         std::process::exit(1);
     }
 }
