@@ -14,6 +14,7 @@ mod chunk;
 mod envelope;
 mod error;
 mod ids;
+mod json;
 mod manifest;
 mod object;
 mod repo;

@@ -61,12 +61,16 @@ impl Manifest {
         envelope::seal(MANIFEST_MAGIC, minor, &body)
     }
 
-    /// Decodes and validates a manifest file: envelope, JSON, and internal consistency
+    /// Decodes and validates a manifest file: envelope, JSON (no duplicate key), and
+    /// internal consistency
     /// (each object's chunk lengths add up to `bytes`; a bulk object's `bytes` equals
     /// `len * dtype width`; names unique; a recorded sharing is `distributed` exactly for
     /// the bulk objects with a global range).
     pub fn decode(file: &[u8]) -> Result<Manifest, FormatError> {
         let body = envelope::open(MANIFEST_MAGIC, "manifest", file)?;
+        crate::json::check_no_duplicate_keys(body).map_err(|e| {
+            FormatError::new(FormatErrorKind::Invalid, format!("manifest JSON: {e}"))
+        })?;
         let m: Manifest = serde_json::from_slice(body).map_err(|e| {
             FormatError::new(FormatErrorKind::Invalid, format!("manifest JSON: {e}"))
         })?;
@@ -75,6 +79,9 @@ impl Manifest {
     }
 
     fn validate(&self) -> Result<(), FormatError> {
+        if CheckpointId::new(self.checkpoint.0).is_none() {
+            return Err(invalid(CheckpointId::out_of_range(self.checkpoint.0)));
+        }
         let mut names = std::collections::BTreeSet::new();
         for o in &self.objects {
             let name = &o.info.name;
@@ -241,11 +248,17 @@ impl CommitRecord {
         envelope::seal(COMMIT_MAGIC, minor, &body)
     }
 
-    /// Decodes and validates a COMMIT file (envelope, JSON, one part per rank in order).
+    /// Decodes and validates a COMMIT file (envelope, JSON without duplicate keys, one part
+    /// per rank in order).
     pub fn decode(file: &[u8]) -> Result<CommitRecord, FormatError> {
         let body = envelope::open(COMMIT_MAGIC, "COMMIT", file)?;
+        crate::json::check_no_duplicate_keys(body)
+            .map_err(|e| FormatError::new(FormatErrorKind::Invalid, format!("COMMIT JSON: {e}")))?;
         let c: CommitRecord = serde_json::from_slice(body)
             .map_err(|e| FormatError::new(FormatErrorKind::Invalid, format!("COMMIT JSON: {e}")))?;
+        if CheckpointId::new(c.checkpoint.0).is_none() {
+            return Err(invalid(CheckpointId::out_of_range(c.checkpoint.0)));
+        }
         if c.parts.len() as u64 != u64::from(c.world_size) {
             return Err(invalid(format!(
                 "COMMIT lists {} parts for world size {}",
