@@ -221,6 +221,50 @@ fn one_damaged_part_makes_every_rank_fall_back_together() {
     }
 }
 
+/// A 1-rank job (through the Job API) that checkpoints `state` at step 2 into `repo`.
+fn one_rank_checkpoint<T: Checkpoint + Send + 'static>(repo: &Path, state: T) {
+    let repo = repo.to_path_buf();
+    let state = std::sync::Mutex::new(Some(state));
+    let state = std::sync::Arc::new(state);
+    let done = each(comms(1), move |_, comm| -> Result<(), String> {
+        let mut job = open_job(&repo, comm)?;
+        let init = state.lock().unwrap().take().ok_or("state taken twice")?;
+        let s = job.restore_or_init(|| init).map_err(|e| e.to_string())?;
+        while job.step() < 3 {
+            job.checkpoint(&s).map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    });
+    assert!(done.iter().all(Result::is_ok), "{done:?}");
+}
+
+/// One rank's restored state and its restore report's `(step, written_by)`, or the error.
+type Restored<T> = Result<(T, Option<(u64, u32)>), String>;
+
+/// Every rank of an `n`-rank job restores from `repo` (`init(rank)` otherwise).
+fn restore_on<T: Checkpoint + Send + 'static>(
+    repo: &Path,
+    n: u32,
+    init: fn(u32) -> T,
+) -> Vec<Restored<T>> {
+    let repo = repo.to_path_buf();
+    each(comms(n), move |r, comm| {
+        let mut job = open_job(&repo, comm)?;
+        let s = job.restore_or_init(|| init(r)).map_err(|e| e.to_string())?;
+        Ok((s, job.restore_report().map(|r| (r.step, r.written_by))))
+    })
+}
+
+fn open_job(repo: &Path, comm: Comm) -> Result<Job, String> {
+    Job::builder()
+        .repo(repo)
+        .comm(comm)
+        .every_steps(2)
+        .timeouts(timeouts())
+        .open()
+        .map_err(|e| e.to_string())
+}
+
 /// Issue #11 item 3, "1 -> N restore copies per-rank state": with one old rank every field
 /// used to count as "identical on every rank", so a 1-rank job's per-rank `Vec` was copied
 /// to all 4 new ranks (a wrong global sum, exit 0). Whether a field is replicated must not
@@ -233,40 +277,14 @@ fn one_to_n_restore_copies_per_rank_state() {
     }
     let dir = tempfile::tempdir().unwrap();
     let repo = dir.path().join("repo");
-    let write = {
-        let repo = repo.clone();
-        each(comms(1), move |_, comm| -> Result<(), String> {
-            let mut job = Job::builder()
-                .repo(&repo)
-                .comm(comm)
-                .every_steps(2)
-                .timeouts(timeouts())
-                .open()
-                .map_err(|e| e.to_string())?;
-            let s = job
-                .restore_or_init(|| Part {
-                    mine: (1..=10).collect(),
-                })
-                .map_err(|e| e.to_string())?;
-            while job.step() < 3 {
-                job.checkpoint(&s).map_err(|e| e.to_string())?;
-            }
-            Ok(())
-        })
-    };
-    assert!(write.iter().all(Result::is_ok), "{write:?}");
-    let got = each(comms(4), move |r, comm| -> Result<Part, String> {
-        let mut job = Job::builder()
-            .repo(&repo)
-            .comm(comm)
-            .every_steps(2)
-            .timeouts(timeouts())
-            .open()
-            .map_err(|e| e.to_string())?;
-        job.restore_or_init(|| Part {
-            mine: vec![r as u64],
-        })
-        .map_err(|e| e.to_string())
+    one_rank_checkpoint(
+        &repo,
+        Part {
+            mine: (1..=10).collect(),
+        },
+    );
+    let got = restore_on(&repo, 4, |r| Part {
+        mine: vec![u64::from(r)],
     });
     for (r, g) in got.into_iter().enumerate() {
         let e = g.expect_err("a per-rank field of a 1-rank checkpoint must not be copied");
@@ -288,45 +306,20 @@ fn one_to_n_restore_of_a_declared_replicated_field() {
     }
     let dir = tempfile::tempdir().unwrap();
     let repo = dir.path().join("repo");
-    let open = |repo: &Path, comm: Comm| {
-        Job::builder()
-            .repo(repo)
-            .comm(comm)
-            .every_steps(2)
-            .timeouts(timeouts())
-            .open()
-            .map_err(|e| e.to_string())
-    };
-    let write = {
-        let repo = repo.clone();
-        each(comms(1), move |_, comm| -> Result<(), String> {
-            let mut job = open(&repo, comm)?;
-            let s = job
-                .restore_or_init(|| Shared {
-                    table: (1..=10).collect(),
-                })
-                .map_err(|e| e.to_string())?;
-            while job.step() < 3 {
-                job.checkpoint(&s).map_err(|e| e.to_string())?;
-            }
-            Ok(())
-        })
-    };
-    assert!(write.iter().all(Result::is_ok), "{write:?}");
-    let got = each(
-        comms(4),
-        move |_, comm| -> Result<(Shared, u64, u32), String> {
-            let mut job = open(&repo, comm)?;
-            let s = job
-                .restore_or_init(|| Shared { table: vec![] })
-                .map_err(|e| e.to_string())?;
-            let r = job.restore_report().ok_or("nothing restored")?;
-            Ok((s, r.step, r.written_by))
+    one_rank_checkpoint(
+        &repo,
+        Shared {
+            table: (1..=10).collect(),
         },
     );
+    let got = restore_on(&repo, 4, |_| Shared { table: vec![] });
     for (r, g) in got.into_iter().enumerate() {
-        let (s, step, by) = g.unwrap_or_else(|e| panic!("rank {r}: {e}"));
-        assert_eq!((s.table, step, by), ((1..=10).collect(), 2, 1), "rank {r}");
+        let (s, report) = g.unwrap_or_else(|e| panic!("rank {r}: {e}"));
+        assert_eq!(
+            (s.table, report),
+            ((1..=10).collect(), Some((2, 1))),
+            "rank {r}"
+        );
     }
 }
 
@@ -368,19 +361,6 @@ fn checkpoints_without_recorded_sharing_keep_the_old_rule_except_from_one_rank()
         table: Vec<u64>,
     }
     let table: Vec<u64> = (1..=10).collect();
-    let restore_on = |repo: PathBuf, n: u32| {
-        each(comms(n), move |_, comm| -> Result<Old, String> {
-            let mut job = Job::builder()
-                .repo(&repo)
-                .comm(comm)
-                .every_steps(2)
-                .timeouts(timeouts())
-                .open()
-                .map_err(|e| e.to_string())?;
-            job.restore_or_init(|| Old { table: vec![] })
-                .map_err(|e| e.to_string())
-        })
-    };
     let dir = tempfile::tempdir().unwrap();
     let two = dir.path().join("two");
     write_legacy(
@@ -394,8 +374,8 @@ fn checkpoints_without_recorded_sharing_keep_the_old_rule_except_from_one_rank()
             },
         ],
     );
-    for g in restore_on(two, 3) {
-        assert_eq!(g.unwrap().table, table);
+    for g in restore_on(&two, 3, |_| Old { table: vec![] }) {
+        assert_eq!(g.unwrap().0.table, table);
     }
     let one = dir.path().join("one");
     write_legacy(
@@ -404,7 +384,7 @@ fn checkpoints_without_recorded_sharing_keep_the_old_rule_except_from_one_rank()
             table: table.clone(),
         }],
     );
-    for g in restore_on(one, 4) {
+    for g in restore_on(&one, 4, |_| Old { table: vec![] }) {
         let e = g.unwrap_err();
         assert!(
             e.contains("field `table` of this 1-rank checkpoint may be per-rank state"),

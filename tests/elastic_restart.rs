@@ -1,35 +1,16 @@
 //! Elastic restart with real processes (`lazarus run`, real TCP on loopback, real fsync,
 //! real SIGKILL): a checkpoint of `examples/heat_dvec.rs` written by N ranks restores on M
 //! ranks by redistribution and the run finishes with the checksum of a run that never
-//! changed size; per-rank state (`examples/heat.rs`) is refused naming the field; and
-//! `--shrink-on-failure` finishes on N-1 ranks after a rank is killed.
+//! changed size; and `--shrink-on-failure` finishes on N-1 ranks after a rank is killed.
+//! (Per-rank state refused by name, at once: `tests/supervised_refusals.rs`.)
 
 mod common;
 
-use std::path::Path;
-use std::process::{Command, Output};
+use common::{checksum, lazarus_run, text};
 use std::sync::OnceLock;
-use std::time::Duration;
 
-const DEADLINE: Duration = Duration::from_secs(120);
 const SIZE: &str = "40";
 const STEPS: u64 = 36;
-
-/// Runs `lazarus run -n <n> --repo <repo> <extra> -- <prog>` with a deadline.
-fn lazarus_run(n: u32, repo: &Path, extra: &[&str], env: &[(&str, &str)], prog: &[&str]) -> Output {
-    let mut cmd = Command::new(common::lazarus_bin());
-    cmd.arg("run")
-        .args(["-n", &n.to_string(), "--repo"])
-        .arg(repo)
-        .args(["--failure-timeout-ms", "3000", "--heartbeat-ms", "100"])
-        .args(extra)
-        .arg("--")
-        .args(prog)
-        .env_remove("LAZARUS_FAILPOINT")
-        .env_remove("LAZARUS_SLOWDOWN")
-        .envs(env.iter().copied());
-    common::output_within(&mut cmd, DEADLINE, &format!("lazarus run -n {n} {prog:?}"))
-}
 
 fn heat_dvec(steps: u64) -> Vec<String> {
     let bin = common::example_bin("heat_dvec")
@@ -48,28 +29,6 @@ fn heat_dvec(steps: u64) -> Vec<String> {
         "3".into(),
     ]
     .into()
-}
-
-fn text(out: &Output) -> (String, String) {
-    (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn checksum(out: &Output) -> String {
-    let (stdout, stderr) = text(out);
-    assert!(
-        out.status.success(),
-        "{:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
-        out.status
-    );
-    let sums: Vec<&str> = stdout
-        .lines()
-        .filter_map(|l| l.split("checksum=").nth(1))
-        .collect();
-    assert_eq!(sums.len(), 1, "exactly one checksum line:\n{stdout}");
-    sums[0].trim().to_string()
 }
 
 /// The checksum of a run of `STEPS` that never changed size.
@@ -123,36 +82,6 @@ fn shrink_restores_by_redistribution_with_the_same_checksum() {
     for (n, m) in [(3, 2), (4, 3), (6, 4), (5, 1)] {
         n_to_m(n, m);
     }
-}
-
-#[test]
-fn per_rank_state_is_refused_naming_the_field() {
-    let dir = tempfile::tempdir().unwrap();
-    let repo = dir.path().join("repo");
-    let lz = common::lazarus_bin()
-        .to_str()
-        .expect("utf-8 path")
-        .to_string();
-    let heat = [
-        lz.as_str(),
-        "__heat-rank",
-        "--steps",
-        "25",
-        "--size",
-        "24",
-        "--every",
-        "10",
-    ];
-    checksum(&lazarus_run(2, &repo, &[], &[], &heat));
-    let out = lazarus_run(3, &repo, &["--max-restarts", "0"], &[], &heat);
-    let (_, stderr) = text(&out);
-    assert!(!out.status.success(), "{stderr}");
-    assert!(
-        stderr.contains("written by 2 ranks and cannot be restored on 3 by redistribution")
-            && stderr.contains("field `grid` is per-rank state")
-            && stderr.contains("restart with 2 ranks"),
-        "{stderr}"
-    );
 }
 
 #[test]

@@ -6,52 +6,12 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::{Command, Output};
-use std::time::Duration;
+use common::{checksum, lazarus_run, text};
 
-const DEADLINE: Duration = Duration::from_secs(120);
 /// `lazarus run`'s exit status when the ranks report a restore no restart can fix.
 const EXIT_RESTORE_REFUSED: i32 = 65;
 /// `lazarus run`'s exit status when a rank opened another repository than `--repo`.
 const EXIT_REPO_MISMATCH: i32 = 78;
-
-fn lazarus_run(n: u32, repo: &Path, extra: &[&str], prog: &[&str]) -> Output {
-    let mut cmd = Command::new(common::lazarus_bin());
-    cmd.arg("run")
-        .args(["-n", &n.to_string(), "--repo"])
-        .arg(repo)
-        .args(["--failure-timeout-ms", "3000", "--heartbeat-ms", "100"])
-        .args(extra)
-        .arg("--")
-        .args(prog)
-        .env_remove("LAZARUS_FAILPOINT")
-        .env_remove("LAZARUS_SLOWDOWN")
-        .env_remove("LAZARUS_ON_ALL_DAMAGED");
-    common::output_within(&mut cmd, DEADLINE, &format!("lazarus run -n {n} {prog:?}"))
-}
-
-fn text(out: &Output) -> (String, String) {
-    (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn checksum(out: &Output) -> String {
-    let (stdout, stderr) = text(out);
-    assert!(
-        out.status.success(),
-        "{:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
-        out.status
-    );
-    let sums: Vec<&str> = stdout
-        .lines()
-        .filter_map(|l| l.split("checksum=").nth(1))
-        .collect();
-    assert_eq!(sums.len(), 1, "exactly one checksum line:\n{stdout}");
-    sums[0].trim().to_string()
-}
 
 fn heat_dvec(extra: &[&str]) -> Vec<String> {
     let bin = common::example_bin("heat_dvec");
@@ -86,8 +46,8 @@ fn supervisor_restarts_k_times_a_job_that_cannot_be_restored_on_this_rank_count(
         "--every",
         "10",
     ];
-    checksum(&lazarus_run(2, &repo, &[], &heat));
-    let out = lazarus_run(3, &repo, &["--max-restarts", "3"], &heat);
+    checksum(&lazarus_run(2, &repo, &[], &[], &heat));
+    let out = lazarus_run(3, &repo, &["--max-restarts", "3"], &[], &heat);
     let (_, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(EXIT_RESTORE_REFUSED), "{stderr}");
     assert!(
@@ -110,7 +70,7 @@ fn all_damaged_under_lazarus_run_is_refused_once_unless_a_fresh_start_is_allowed
     let dir = tempfile::tempdir().unwrap();
     let repo = dir.path().join("repo");
     let prog = heat_dvec(&[]);
-    let want = checksum(&lazarus_run(2, &repo, &[], &strs(&prog)));
+    let want = checksum(&lazarus_run(2, &repo, &[], &[], &strs(&prog)));
     let mut damaged = Vec::new();
     for e in std::fs::read_dir(repo.join("checkpoints")).unwrap() {
         let commit = e.unwrap().path().join("COMMIT");
@@ -123,7 +83,7 @@ fn all_damaged_under_lazarus_run_is_refused_once_unless_a_fresh_start_is_allowed
         }
     }
     assert!(!damaged.is_empty());
-    let out = lazarus_run(2, &repo, &["--max-restarts", "3"], &strs(&prog));
+    let out = lazarus_run(2, &repo, &["--max-restarts", "3"], &[], &strs(&prog));
     let (_, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(EXIT_RESTORE_REFUSED), "{stderr}");
     assert!(!stderr.contains("restarting all"), "{stderr}");
@@ -136,6 +96,7 @@ fn all_damaged_under_lazarus_run_is_refused_once_unless_a_fresh_start_is_allowed
         2,
         &repo,
         &["--env", "LAZARUS_ON_ALL_DAMAGED=start-fresh"],
+        &[],
         &strs(&prog),
     );
     let (_, stderr) = text(&out);
@@ -153,7 +114,7 @@ fn run_repo_a_prog_repo_b_accepted_silently() {
     let a = dir.path().join("a");
     let b = dir.path().join("b");
     let prog = heat_dvec(&["--repo", b.to_str().expect("utf-8 path")]);
-    let out = lazarus_run(1, &a, &[], &strs(&prog));
+    let out = lazarus_run(1, &a, &[], &[], &strs(&prog));
     let (_, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(EXIT_REPO_MISMATCH), "{stderr}");
     let canon_a = std::fs::canonicalize(&a).unwrap();
@@ -167,5 +128,5 @@ fn run_repo_a_prog_repo_b_accepted_silently() {
     std::os::unix::fs::symlink(&a, &link).unwrap();
     let same = format!("{}/.", link.display());
     let prog = heat_dvec(&["--repo", &same]);
-    checksum(&lazarus_run(1, &a, &[], &strs(&prog)));
+    checksum(&lazarus_run(1, &a, &[], &[], &strs(&prog)));
 }

@@ -88,3 +88,59 @@ pub fn output_within(
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
+
+/// `lazarus run -n <n> --repo <repo> <extra> -- <prog>` with short failure detection, the
+/// test knobs of the caller's environment removed and `env` added, within 120 s.
+#[allow(dead_code)]
+pub fn lazarus_run(
+    n: u32,
+    repo: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+    prog: &[&str],
+) -> std::process::Output {
+    let mut cmd = Command::new(lazarus_bin());
+    cmd.arg("run")
+        .args(["-n", &n.to_string(), "--repo"])
+        .arg(repo)
+        .args(["--failure-timeout-ms", "3000", "--heartbeat-ms", "100"])
+        .args(extra)
+        .arg("--")
+        .args(prog);
+    for knob in [
+        "LAZARUS_FAILPOINT",
+        "LAZARUS_SLOWDOWN",
+        "LAZARUS_ON_ALL_DAMAGED",
+    ] {
+        cmd.env_remove(knob);
+    }
+    cmd.envs(env.iter().copied());
+    let deadline = std::time::Duration::from_secs(120);
+    output_within(&mut cmd, deadline, &format!("lazarus run -n {n} {prog:?}"))
+}
+
+/// A finished process's stdout and stderr as text.
+#[allow(dead_code)]
+pub fn text(out: &std::process::Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The one `checksum=` value a successful run printed (panics with the output otherwise).
+#[allow(dead_code)]
+pub fn checksum(out: &std::process::Output) -> String {
+    let (stdout, stderr) = text(out);
+    assert!(
+        out.status.success(),
+        "{:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        out.status
+    );
+    let sums: Vec<&str> = stdout
+        .lines()
+        .filter_map(|l| l.split("checksum=").nth(1))
+        .collect();
+    assert_eq!(sums.len(), 1, "exactly one checksum line:\n{stdout}");
+    sums[0].trim().to_string()
+}

@@ -86,8 +86,12 @@ impl Marker {
             Ok(t) => t.trim_end_matches(['\n', '\r']),
             Err(_) => return Some(Err("marker is not UTF-8".into())),
         };
-        // Free-text markers: everything after the first space is the payload.
+        // Free-text markers: everything after the first space is the payload (one line:
+        // `line()` never writes a line break into it).
         match text.split_once(' ') {
+            Some(("repo" | "refused", p)) if p.contains(['\n', '\r']) => {
+                return Some(Err(format!("marker {text:?} has a line break")))
+            }
             Some(("repo", loc)) if !loc.is_empty() => {
                 return Some(Ok(Marker::Repo {
                     location: loc.to_string(),
@@ -321,6 +325,25 @@ mod tests {
                 matches!(Marker::parse(line.as_bytes()), Some(Err(_))),
                 "{bad}"
             );
+        }
+    }
+
+    proptest::proptest! {
+        /// Marker lines come from rank stdout, i.e. from any program: parsing never panics,
+        /// and whatever parses formats back to a line that parses to the same marker.
+        #[test]
+        fn marker_parse_never_panics(
+            kind in proptest::sample::select(vec!["part ", "commit ", "resumed ", "repo ", "refused ", ""]),
+            text in "[ -~\r\n\u{1e}é-]{0,40}",
+            tail in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..20),
+        ) {
+            let mut line = MARKER_PREFIX.as_bytes().to_vec();
+            line.extend_from_slice(kind.as_bytes());
+            line.extend_from_slice(text.as_bytes());
+            line.extend_from_slice(&tail);
+            if let Some(Ok(m)) = Marker::parse(&line) {
+                proptest::prop_assert_eq!(Marker::parse(m.line().as_bytes()), Some(Ok(m)));
+            }
         }
     }
 
