@@ -518,7 +518,7 @@ impl Job {
     /// said loudly on stderr, as [`JobBuilder::on_all_damaged`] says.
     ///
     /// Under a supervisor each rank first reports the repository it opened (marker `repo`,
-    /// normalized by `lazarus_supervisor::repo_location`), and a restore error of its own
+    /// normalized by `lazarus_store::repo_location`), and a restore error of its own
     /// that no restart can fix is reported too (marker `refused`), so that `lazarus run`
     /// stops instead of restarting (docs/RECOVERY.md).
     pub fn restore_or_init<T: Checkpoint>(
@@ -526,7 +526,7 @@ impl Job {
         init: impl FnOnce() -> T,
     ) -> Result<T, JobError> {
         restore::write_marker(&lazarus_supervisor::Marker::Repo {
-            location: lazarus_supervisor::repo_location(&self.path),
+            location: lazarus_store::repo_location(&self.path),
         });
         let r = self.restore_agreed(init);
         if let Err(e) = &r {

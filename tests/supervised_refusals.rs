@@ -124,6 +124,23 @@ fn run_repo_a_prog_repo_b_accepted_silently() {
     );
     assert!(!stderr.contains("restarting all"), "{stderr}");
 
+    // The unaligned runtime (AsyncSession) reports its repository too.
+    let pp = common::example_bin("pingpong_async");
+    let c = dir.path().join("c");
+    let prog = [
+        pp.to_str().expect("utf-8 path"),
+        "--repo",
+        c.to_str().expect("utf-8 path"),
+        "--tokens",
+        "2",
+        "--hops",
+        "50",
+    ];
+    let out = lazarus_run(2, &a, &[], &[], &prog);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(EXIT_REPO_MISMATCH), "{stderr}");
+    assert!(stderr.contains("/c,") || stderr.contains("/c "), "{stderr}");
+
     let link = dir.path().join("link-to-a");
     std::os::unix::fs::symlink(&a, &link).unwrap();
     let same = format!("{}/.", link.display());

@@ -238,6 +238,11 @@ impl AsyncSession {
             cfg,
             comm,
         };
+        // The supervisor stops a job whose ranks opened another repository than its own.
+        s.marker_line(&format!(
+            "repo {}",
+            lazarus_store::repo_location(&s.cfg.repo)
+        ));
         let start = s.restore(state).inspect_err(|e| {
             if e.is_restore_refusal() {
                 s.marker_line(&format!(

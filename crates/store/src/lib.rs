@@ -44,6 +44,7 @@ mod error;
 mod fpcache;
 mod fsutil;
 mod layout;
+mod location;
 mod lock;
 mod par;
 mod ranged;
@@ -55,6 +56,7 @@ pub use error::{StoreError, StoreErrorKind};
 #[doc(hidden)]
 pub use fsutil::record_fsyncs;
 pub use fsutil::FAILPOINT_ENV;
+pub use location::repo_location;
 pub use reader::{
     CheckpointDir, CheckpointSummary, CommitStatus, Damage, Presence, Problem, RepoReader,
     VerifyReport,

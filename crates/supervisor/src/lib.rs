@@ -22,14 +22,14 @@
 // A failed stdout/stderr must never panic a job (issue #11 item 10): no print macros.
 #![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
 
-mod location;
 mod output;
 mod plan;
 mod report;
 mod shrink;
 mod supervisor;
 
-pub use location::repo_location;
+/// Re-exported: ranks and the supervisor compare repository locations with it.
+pub use lazarus_store::repo_location;
 pub use output::{Marker, OutputCommit, MARKER_PREFIX};
 pub use plan::{FailpointKill, KillPlan, KillTrigger, PlannedKill};
 pub use report::{

@@ -309,7 +309,7 @@ impl Supervisor {
             ..RepoOptions::default()
         };
         let _lock = Repository::open(&cfg.repo, opts).map_err(repo_err)?;
-        let repo_location = crate::location::repo_location(&cfg.repo);
+        let repo_location = lazarus_store::repo_location(&cfg.repo);
         let t0 = Instant::now();
         let mut history = FailureHistory::starting_at(unix_ms() as f64 / 1000.0)
             .map_err(|e| SupervisorError::Config(e.to_string()))?;

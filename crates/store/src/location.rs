@@ -1,6 +1,8 @@
 //! One normalized string per repository location, so that a rank and its supervisor can
 //! tell whether they opened the same repository however each one spelled it
-//! (`lazarus run --repo A -- prog --repo B`, issue #11 item 9).
+//! (`lazarus run --repo A -- prog --repo B`, issue #11 item 9). Here, next to the code
+//! that owns repository paths, so every runtime (Job API, `AsyncSession`, supervisor)
+//! uses the one normalization.
 //!
 //! Decision: a location is compared as a string, not as a file identity (device, inode),
 //! because repositories may also be object-store URLs (`s3://bucket/prefix`), which have no
