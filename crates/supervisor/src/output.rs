@@ -6,7 +6,7 @@
 //! and rank 0 writes `"\u{1e}lazarus:commit <id> <step>"` after COMMIT; optionally
 //! `"\u{1e}lazarus:resumed <id|-> <step>"` once restored (used to time recovery). Two
 //! more tell the supervisor what no restart can change: `"\u{1e}lazarus:repo <location>"`
-//! (the repository a rank opened, [`repo_location`]) and `"\u{1e}lazarus:refused
+//! (the repository a rank opened, `lazarus_store::repo_location`) and `"\u{1e}lazarus:refused
 //! <message>"` (a restore error no restart can fix: the supervisor stops instead of
 //! restarting). [`OutputCommit`] is a pure state machine: lines and markers in, releasable
 //! lines out.
@@ -40,7 +40,7 @@ pub enum Marker {
         /// step restored
         step: u64,
     },
-    /// The repository the rank opened, as [`repo_location`] normalizes it. The supervisor
+    /// The repository the rank opened, as [`repo_location`](lazarus_store::repo_location) normalizes it. The supervisor
     /// stops a job whose ranks opened another repository than its own.
     Repo {
         /// normalized location (one line)

@@ -2,8 +2,8 @@
 //!
 //! Output (issue #11 item 10): never `print!`/`println!`/`eprintln!`, which panic (exit
 //! 101) when stdout or stderr fails (a full disk, a closed pipe). Results go through
-//! [`outln!`]/[`out!`], which return the write error so the command fails with it (`?`);
-//! diagnostics through [`errln!`]/[`err!`], which drop a write error (there is nowhere left
+//! `outln!`/`out!`, which return the write error so the command fails with it (`?`);
+//! diagnostics through `errln!`/`err!`, which drop a write error (there is nowhere left
 //! to report it, and the exit status still says what happened).
 
 /// `println!` returning `std::io::Result<()>` (use with `?`).
