@@ -138,7 +138,7 @@ impl DElem for f32 {
     }
 }
 
-/// Fixed block length, in elements, of ordered custom reductions (see [`BlockParts`]).
+/// Fixed block length, in elements, of ordered custom reductions (see `BlockParts`).
 pub const REDUCE_BLOCK: u64 = 1024;
 
 /// One rank's contribution to an ordered custom reduction: partials of the fixed global
