@@ -9,10 +9,13 @@
 //! Row-block decomposition: under `lazarus run -n P` each rank holds a block of rows plus
 //! one halo row above and below, refreshed from its neighbours before every step. The
 //! checksum is chained over the ranks in order, so any P prints the 1-rank checksum.
+// Writing to a failed stdout/stderr must not panic (issue #11 item 10).
+#![deny(clippy::print_stdout, clippy::print_stderr)]
 use lazarus::format::Rank;
 use lazarus::{Checkpoint, Comm, Job, StateError};
 use serde::{Deserialize, Serialize};
 use std::error::Error;
+use std::io::Write;
 
 /// The run's parameters, saved with the state so a restart with other arguments is refused.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -31,9 +34,10 @@ pub struct Params {
 #[derive(Checkpoint)]
 #[checkpoint(after_restore = "Heat::rebuild")]
 pub struct Heat {
+    #[checkpoint(replicated)] // every rank advances it alike
     step: u64,
-    grid: Vec<f64>, // rows * size owned cells, row-major (bulk object)
-    #[checkpoint(serde)]
+    grid: Vec<f64>, // rows * size owned cells, row-major (bulk object): per-rank state
+    #[checkpoint(serde, replicated)]
     params: Params,
     #[checkpoint(skip)] // refreshed before every step (halo exchange with neighbours)
     halo_up: Vec<f64>,
@@ -240,7 +244,8 @@ pub fn run(args: &Args) -> Result<u64, Box<dyn Error>> {
     };
     let mut sim = job.restore_or_init(|| Heat::new(params.clone()))?;
     if let (Some(report), 0) = (job.restore_report(), comm.rank().0) {
-        eprintln!("heat: {report}");
+        // A failed stderr must not stop the run: the report is informational.
+        let _ = writeln!(std::io::stderr(), "heat: {report}");
     }
     if sim.params != params {
         return Err(format!(
@@ -264,16 +269,28 @@ fn rank() -> Rank {
     Rank(r.unwrap_or(0))
 }
 
+/// Writes `checksum=<16 hex digits>` on stdout; a result that cannot be written (a full
+/// disk, a closed pipe) is an error, never a panic and never a silent exit 0.
+pub fn print_checksum(sum: u64) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "checksum={sum:016x}")
+        .and_then(|()| out.flush())
+        .map_err(|e| std::io::Error::new(e.kind(), format!("writing the checksum: {e}")))
+}
+
 fn main() {
     let raw: Vec<String> = std::env::args().skip(1).collect();
-    let result = parse_args(&raw).map_err(Into::into).and_then(|a| run(&a));
-    match result {
+    let result = parse_args(&raw)
+        .map_err(Into::into)
+        .and_then(|a| run(&a))
         // Rank 0 speaks for the job.
-        Ok(sum) if Rank(0) == rank() => println!("checksum={sum:016x}"),
-        Ok(_) => {}
-        Err(e) => {
-            eprintln!("heat: error: {e}");
-            std::process::exit(1);
-        }
+        .and_then(|sum| match Rank(0) == rank() {
+            true => print_checksum(sum).map_err(Into::into),
+            false => Ok(()),
+        });
+    if let Err(e) = result {
+        // Nowhere to report a failed stderr: the exit status still says it.
+        let _ = writeln!(std::io::stderr(), "heat: error: {e}");
+        std::process::exit(1);
     }
 }

@@ -12,9 +12,12 @@
 //! Ranks: the communicator is `lazarus::init()` (world of one, or the ranks of
 //! `lazarus run -n N`). `--ranks R` instead runs R ranks as threads of this process
 //! (`lazarus::local`), each with its own communicator.
+// Writing to a failed stdout/stderr must not panic (issue #11 item 10).
+#![deny(clippy::print_stdout, clippy::print_stderr)]
 use lazarus::{Checkpoint, Comm, DVec, Job};
 use serde::{Deserialize, Serialize};
 use std::error::Error;
+use std::io::Write;
 
 type BoxError = Box<dyn Error + Send + Sync>;
 
@@ -28,11 +31,12 @@ pub struct Params {
 }
 
 /// One rank's part of the simulation: its block of rows (with the global range, so the
-/// checkpoint is redistributable) and the parameters.
+/// checkpoint is redistributable) and the parameters, the same on every rank (declared
+/// `replicated`, so a restore on another number of ranks gives each rank a copy).
 #[derive(Checkpoint)]
 pub struct Heat {
     grid: DVec<f64>,
-    #[checkpoint(serde)]
+    #[checkpoint(serde, replicated)]
     params: Params,
 }
 
@@ -179,7 +183,8 @@ pub fn run(comm: Comm, args: &Args) -> Result<Option<u64>, BoxError> {
     let mut sim = job.restore_or_init(|| fresh)?;
     if let Some(report) = job.restore_report() {
         if comm.rank().0 == 0 {
-            eprintln!("heat_dvec: {report}");
+            // A failed stderr must not stop the run: the report is informational.
+            let _ = writeln!(std::io::stderr(), "heat_dvec: {report}");
         }
     }
     if sim.params != params {
@@ -207,7 +212,7 @@ fn main() {
     let args = match parse_args(&raw) {
         Ok(a) => a,
         Err(e) => {
-            eprintln!("heat_dvec: error: {e}");
+            let _ = writeln!(std::io::stderr(), "heat_dvec: error: {e}");
             std::process::exit(2);
         }
     };
@@ -227,12 +232,15 @@ fn main() {
             .map_err(BoxError::from)
             .and_then(|comm| run(comm, &args))
     };
-    match result {
-        Ok(Some(sum)) => println!("checksum={sum:016x}"),
-        Ok(None) => {}
-        Err(e) => {
-            eprintln!("heat_dvec: error: {e}");
-            std::process::exit(1);
-        }
+    // A result that cannot be written (a full disk, a closed pipe) is an error, not a panic.
+    let result = result.and_then(|sum| match sum {
+        Some(sum) => writeln!(std::io::stdout(), "checksum={sum:016x}")
+            .map_err(|e| format!("writing the checksum: {e}").into()),
+        None => Ok(()),
+    });
+    if let Err(e) = result {
+        // Nowhere to report a failed stderr: the exit status still says it.
+        let _ = writeln!(std::io::stderr(), "heat_dvec: error: {e}");
+        std::process::exit(1);
     }
 }

@@ -15,6 +15,8 @@
 //! Killed at any moment and restarted (e.g. by `lazarus run -n 4`), every file ends
 //! byte-identical to an uninterrupted run's, and rank 0 prints the same
 //! `checksum=<16 hex digits>` last.
+// Writing to a failed stdout/stderr must not panic (issue #11 item 10).
+#![deny(clippy::print_stdout, clippy::print_stderr)]
 use lazarus::format::Rank;
 use lazarus::{Checkpoint, Comm, Job};
 use std::error::Error;
@@ -206,12 +208,19 @@ fn main() {
     let rank = std::env::var("LAZARUS_RANK")
         .ok()
         .and_then(|r| r.parse::<u32>().ok());
-    match result {
-        Ok(sum) if rank.unwrap_or(0) == 0 => println!("checksum={sum:016x}"),
-        Ok(_) => {}
-        Err(e) => {
-            eprintln!("heat_files: error: {e}");
-            std::process::exit(1);
+    // A result that cannot be written (a full disk, a closed pipe) is an error, not a panic.
+    let result = result.and_then(|sum| {
+        if rank.unwrap_or(0) != 0 {
+            return Ok(());
         }
+        use std::io::Write;
+        writeln!(std::io::stdout(), "checksum={sum:016x}")
+            .map_err(|e| format!("writing the checksum: {e}").into())
+    });
+    if let Err(e) = result {
+        // Nowhere to report a failed stderr: the exit status still says it.
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "heat_files: error: {e}");
+        std::process::exit(1);
     }
 }

@@ -14,9 +14,12 @@
 //! ```
 //! Under `lazarus run` (or any launcher setting `LAZARUS_WORLD_SIZE`) each process is one
 //! rank; otherwise `ranks` threads are started in this process.
+// Writing to a failed stdout/stderr must not panic (issue #11 item 10).
+#![deny(clippy::print_stdout, clippy::print_stderr)]
 
 use lazarus::dist::{BalanceConfig, CostModel, Decision};
 use lazarus::{Comm, DVec};
+use std::io::Write;
 use std::time::Instant;
 
 const WIDTH: usize = 640;
@@ -79,11 +82,12 @@ fn run(comm: Comm, frames: u32, balance: bool) -> Result<(u64, f64), Box<dyn std
             String::new()
         };
         if comm.rank().0 == 0 {
-            println!(
+            writeln!(
+                std::io::stdout(),
                 "frame {f:2}: {:6.1} ms (rank 0 busy {:6.1} ms) {note}",
                 frame * 1e3,
                 busy * 1e3
-            );
+            )?;
         }
     }
     Ok((checksum, t.elapsed().as_secs_f64()))
@@ -106,10 +110,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .collect::<Result<_, _>>()?
     };
     if let Some((sum, secs)) = results.first() {
-        println!(
+        // `?`: a result that cannot be written is an error (main reports it), not a panic.
+        writeln!(
+            std::io::stdout(),
             "checksum {sum:016x}, {secs:.2} s total (balancing {})",
             if balance { "on" } else { "off" }
-        );
+        )?;
     }
     Ok(())
 }

@@ -28,12 +28,15 @@
 //!
 //! Outside a launcher it is a world of one (every token goes to itself). The repository is
 //! `--repo DIR` or `LAZARUS_REPO` (set by `lazarus run --repo`).
+// Writing to a failed stdout/stderr must not panic (issue #11 item 10).
+#![deny(clippy::print_stdout, clippy::print_stderr)]
 
 use lazarus::coord::{AsyncConfig, AsyncReport, AsyncSession, AsyncStart, AsyncStats, Outcome};
 use lazarus::format::Rank;
 use lazarus::Checkpoint;
 use serde::{Deserialize, Serialize};
 use std::error::Error;
+use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -215,9 +218,11 @@ impl Rounds {
         if r.outcome == Outcome::Commit {
             self.committed += 1;
         } else {
-            eprintln!(
+            let _ = writeln!(
+                std::io::stderr(),
                 "pingpong_async: checkpoint {} aborted: {:?}",
-                r.round.ckpt, r.reason
+                r.round.ckpt,
+                r.reason
             );
         }
     }
@@ -240,7 +245,8 @@ fn run(args: &Args) -> Result<Option<u64>, Box<dyn Error>> {
         return Err(format!("the repository holds a run with {:?}, not {p:?}", c.params).into());
     }
     if let AsyncStart::Restored { id, replayed, .. } = &start {
-        eprintln!(
+        let _ = writeln!(
+            std::io::stderr(),
             "pingpong_async: {me} restored checkpoint {id}, {replayed} in-flight tokens replayed"
         );
     } else {
@@ -298,7 +304,7 @@ fn run(args: &Args) -> Result<Option<u64>, Box<dyn Error>> {
             s.send(to, TAG, &next)?;
         }
         if args.report > 0 && c.received % args.report == 0 {
-            println!("r{} got {}", me.0, c.received);
+            writeln!(std::io::stdout(), "r{} got {}", me.0, c.received)?;
         }
     }
     let stats = s.stats();
@@ -318,7 +324,7 @@ fn run(args: &Args) -> Result<Option<u64>, Box<dyn Error>> {
             .into());
         }
     }
-    print_stats(&start, &rounds, &stats, t0.elapsed(), &cfg);
+    print_stats(&start, &rounds, &stats, t0.elapsed(), &cfg)?;
     Ok(Some(checksum(&got)))
 }
 
@@ -328,7 +334,7 @@ fn print_stats(
     stats: &[AsyncStats],
     elapsed: Duration,
     cfg: &AsyncConfig,
-) {
+) -> std::io::Result<()> {
     let mut lat = rounds.latencies.clone();
     lat.sort();
     let ms = |d: Option<&Duration>| d.map_or(0.0, |d| d.as_secs_f64() * 1e3);
@@ -338,7 +344,8 @@ fn print_stats(
         AsyncStart::Restored { id, .. } => id.to_string(),
         AsyncStart::Fresh => "-".into(),
     };
-    println!(
+    writeln!(
+        std::io::stdout(),
         "stats restored={restored} replayed={} rounds={} committed={} round_ms_median={median:.1} \
          round_ms_max={:.1} saved_messages={} channel_bytes={} elapsed_ms={}",
         sum(|s| s.replayed),
@@ -348,24 +355,27 @@ fn print_stats(
         sum(|s| s.messages_saved),
         sum(|s| s.channel_bytes),
         elapsed.as_millis()
-    );
+    )?;
     if rounds.started > 0 {
-        match durable_write_floor(&cfg.repo) {
-            Ok(f) => eprintln!(
+        let mut err = std::io::stderr();
+        // Diagnostics only: a failed stderr is ignored.
+        let _ = match durable_write_floor(&cfg.repo) {
+            Ok(f) => writeln!(
+                err,
                 "pingpong_async: round median {median:.1} ms; floor (one durable small-file \
                  write, measured now on the repository's file system) {:.1} ms: {:.1}x",
                 f.as_secs_f64() * 1e3,
                 median / (f.as_secs_f64() * 1e3).max(1e-6)
             ),
-            Err(e) => eprintln!("pingpong_async: floor not measured: {e}"),
-        }
+            Err(e) => writeln!(err, "pingpong_async: floor not measured: {e}"),
+        };
     }
+    Ok(())
 }
 
 /// Median of 5 (write 4 KiB + fsync + rename + fsync of the directory) next to `repo`:
 /// the least a durable part or COMMIT can cost on that file system.
 fn durable_write_floor(repo: &std::path::Path) -> std::io::Result<Duration> {
-    use std::io::Write;
     let dir = repo.with_extension("floor-tmp");
     std::fs::create_dir_all(&dir)?;
     let mut t = Vec::new();
@@ -386,14 +396,19 @@ fn durable_write_floor(repo: &std::path::Path) -> std::io::Result<Duration> {
 
 fn main() {
     let raw: Vec<String> = std::env::args().skip(1).collect();
-    match parse_args(&raw).map_err(Into::into).and_then(|a| run(&a)) {
-        // Rank 0 speaks for the job, last.
-        Ok(Some(sum)) => println!("checksum={sum:016x}"),
-        Ok(None) => {}
-        Err(e) => {
-            let e: Box<dyn Error> = e;
-            eprintln!("pingpong_async: error: {e}");
-            std::process::exit(1);
-        }
+    let result = parse_args(&raw)
+        .map_err(Into::into)
+        .and_then(|a| run(&a))
+        // Rank 0 speaks for the job, last; a result that cannot be written is an error.
+        .and_then(|sum| match sum {
+            Some(sum) => writeln!(std::io::stdout(), "checksum={sum:016x}")
+                .map_err(|e| format!("writing the checksum: {e}").into()),
+            None => Ok(()),
+        });
+    if let Err(e) = result {
+        let e: Box<dyn Error> = e;
+        // Nowhere to report a failed stderr: the exit status still says it.
+        let _ = writeln!(std::io::stderr(), "pingpong_async: error: {e}");
+        std::process::exit(1);
     }
 }

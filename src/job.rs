@@ -35,15 +35,19 @@
 //! Elastic restore: a checkpoint written by N ranks restores on M != N ranks when all of
 //! the state is redistributable (crate `lazarus-dist`, [`lazarus_dist::Reshard`]): bulk
 //! objects with a global range (a `DVec`) are cut into M even blocks, each new rank
-//! reading only the byte ranges it keeps; every other field must be byte-identical on all
-//! N old ranks (parameters, a config struct, a replicated counter: rank 0's copy is used,
-//! every copy is compared). A field that differs between old ranks, or that only some
-//! have, makes the restore fail on every rank with [`JobError::NotRedistributable`] naming
-//! it; that is not retried with older checkpoints. Rank 0 says so on stderr: `lazarus:
+//! reading only the byte ranges it keeps; every other field must be declared
+//! `#[checkpoint(replicated)]` (parameters, a config struct, a counter every rank advances
+//! alike: rank 0's copy is used, every old copy is compared), whatever the number of old
+//! ranks. Any other field (per-rank state), a declared one that differs between old ranks,
+//! or one only some ranks have, makes the restore fail on every rank with
+//! [`JobError::NotRedistributable`] naming it; that is not retried with older checkpoints.
+//! (Checkpoints before format 1.2 record no declaration: docs/DIST.md says how they are
+//! classified.) Rank 0 says so on stderr: `lazarus:
 //! restoring checkpoint 12 written by 4 ranks on 3 ranks by redistribution`. The job's
 //! step count is in COMMIT, not in the state, so it carries over as is.
 
-use crate::restore::{self, Attempt, LoadError};
+use crate::restore::{self, Attempt, FreshStart, LoadError};
+use lazarus_coord::OnAllDamaged;
 use lazarus_coord::{AlignedRuntime, RankStore, RoundError, Timeouts};
 use lazarus_dist::DistError;
 use lazarus_files::{Files, FilesConfig, FilesError};
@@ -136,6 +140,16 @@ pub enum JobError {
     /// outside the job, a full disk while journaling, another world size. Names the file.
     #[error("managed files: {0}")]
     Files(#[from] FilesError),
+    /// The repository holds committed checkpoints and every one is damaged; under
+    /// [`OnAllDamaged::Refuse`] (the default) the job does not start from scratch, which
+    /// would silently give up all their progress. `damaged` names each one.
+    #[error("{}", lazarus_coord::all_damaged_message(path, damaged))]
+    AllDamaged {
+        /// repository root
+        path: PathBuf,
+        /// the damaged checkpoints, newest first
+        damaged: Vec<Damage>,
+    },
     /// Another rank could not restore the checkpoint every rank agreed on, so no rank
     /// restores it (the job never runs on a mix of checkpoints).
     #[error("rank {rank} could not restore checkpoint {checkpoint}: {message}")]
@@ -161,6 +175,21 @@ impl JobError {
             _ => false,
         }
     }
+
+    /// True for a restore error of this rank's own that no restart can fix: the
+    /// checkpoint cannot be restored on this number of ranks, does not fit the state type,
+    /// every checkpoint is damaged (under [`OnAllDamaged::Refuse`]), or the repository
+    /// cannot be used at all. Errors relayed from other ranks are not (they report their
+    /// own). A supervisor is told (marker `refused`) and stops instead of restarting.
+    fn is_restore_refusal(&self) -> bool {
+        match self {
+            JobError::NotRedistributable { .. }
+            | JobError::Restore { .. }
+            | JobError::AllDamaged { .. } => true,
+            JobError::Store { source, .. } => !source.is_retryable(),
+            _ => false,
+        }
+    }
 }
 
 /// Rank 0's restore decision, broadcast to every rank; `skipped` carries the damage rank
@@ -168,6 +197,10 @@ impl JobError {
 #[derive(Serialize, Deserialize)]
 enum Plan {
     Fresh {
+        skipped: Vec<Damage>,
+    },
+    /// Every committed checkpoint is damaged and rank 0's policy refuses a fresh start.
+    AllDamaged {
         skipped: Vec<Damage>,
     },
     From {
@@ -242,6 +275,7 @@ pub struct JobBuilder {
     // Managed files (issue #17): the directory and whether foreign changes are accepted.
     files: Option<PathBuf>,
     accept_file_changes: bool,
+    on_all_damaged: Option<OnAllDamaged>,
 }
 
 impl JobBuilder {
@@ -326,6 +360,14 @@ impl JobBuilder {
         self
     }
 
+    /// What `restore_or_init` does when every committed checkpoint is damaged (see
+    /// [`OnAllDamaged`]). Without it, `LAZARUS_ON_ALL_DAMAGED` (`refuse`, `start-fresh`)
+    /// decides, else [`OnAllDamaged::Refuse`]. Rank 0's choice applies to every rank.
+    pub fn on_all_damaged(mut self, policy: OnAllDamaged) -> Self {
+        self.on_all_damaged = Some(policy);
+        self
+    }
+
     /// Validates the configuration; rank 0 opens (creating if needed) and locks the
     /// repository (shared with the supervisor when both hold the job token); other ranks
     /// only remember its path. With no policy given, checkpoints every 60 s.
@@ -359,6 +401,12 @@ impl JobBuilder {
             (None, None, Some(t)) => Box::new(EveryInterval::new(t)),
             (None, Some(n), Some(t)) => Box::new(Either(EverySteps::new(n), EveryInterval::new(t))),
             (None, None, None) => Box::new(EveryInterval::new(Duration::from_secs(60))),
+        };
+        let on_all_damaged = match self.on_all_damaged {
+            Some(p) => p,
+            None => OnAllDamaged::from_env()
+                .map_err(JobError::Config)?
+                .unwrap_or_default(),
         };
         let mut options = self.options;
         if options.job_token.is_none() {
@@ -400,6 +448,8 @@ impl JobBuilder {
             saved_at: None,
             report: None,
             files,
+            on_all_damaged,
+            fresh: None,
         })
     }
 }
@@ -456,6 +506,8 @@ pub struct Job {
     saved_at: Option<u64>,
     report: Option<RestoreReport>,
     files: Option<Files>,
+    on_all_damaged: OnAllDamaged,
+    fresh: Option<FreshStart>,
 }
 
 impl std::fmt::Debug for Job {
@@ -500,17 +552,46 @@ impl Job {
         self.report.as_ref()
     }
 
+    /// `Some` when the last `restore_or_init` restored nothing and returned `init()`; its
+    /// [`FreshStart::damaged`] lists the damaged checkpoints given up under
+    /// [`OnAllDamaged::StartFresh`] (empty when the repository had none committed).
+    pub fn fresh_start(&self) -> Option<&FreshStart> {
+        self.fresh.as_ref()
+    }
+
     /// Returns the state of the newest committed checkpoint that verifies, or `init()` when
     /// there is none. `init()` is always called: restore overwrites the saved fields in place,
     /// so skipped fields keep their initial value until the `after_restore` hooks rebuild
     /// them. Damaged newer checkpoints are skipped and logged (`tracing::warn!`) and listed
     /// in [`Job::restore_report`]. Every rank restores the same checkpoint or every rank
     /// fails (module docs). A checkpoint written by another number of ranks is
-    /// redistributed when the state allows it, else [`JobError::NotRedistributable`].
+    /// redistributed when the state allows it, else [`JobError::NotRedistributable`]. When
+    /// every committed checkpoint is damaged: [`JobError::AllDamaged`], or a fresh start
+    /// said loudly on stderr, as [`JobBuilder::on_all_damaged`] says.
+    ///
+    /// Under a supervisor each rank first reports the repository it opened (marker `repo`,
+    /// normalized by `lazarus_store::repo_location`), and a restore error of its own
+    /// that no restart can fix is reported too (marker `refused`), so that `lazarus run`
+    /// stops instead of restarting (docs/RECOVERY.md).
     pub fn restore_or_init<T: Checkpoint>(
         &mut self,
         init: impl FnOnce() -> T,
     ) -> Result<T, JobError> {
+        restore::write_marker(&lazarus_supervisor::Marker::Repo {
+            location: lazarus_store::repo_location(&self.path),
+        });
+        let r = self.restore_agreed(init);
+        if let Err(e) = &r {
+            if e.is_restore_refusal() {
+                restore::write_marker(&lazarus_supervisor::Marker::Refused {
+                    message: e.to_string(),
+                });
+            }
+        }
+        r
+    }
+
+    fn restore_agreed<T: Checkpoint>(&mut self, init: impl FnOnce() -> T) -> Result<T, JobError> {
         let mut state = init();
         let comm = self.runtime.comm().clone();
         let me = comm.rank();
@@ -539,23 +620,43 @@ impl Job {
                     world: c.world_size,
                     skipped: skipped.clone(),
                 },
+                None if !skipped.is_empty() && self.on_all_damaged == OnAllDamaged::Refuse => {
+                    Plan::AllDamaged {
+                        skipped: skipped.clone(),
+                    }
+                }
                 None => Plan::Fresh {
                     skipped: skipped.clone(),
                 },
             };
             comm.broadcast(Rank(0), &mut plan)?;
             let (id, step, world, skipped_now) = match plan {
+                Plan::AllDamaged { skipped } => {
+                    if me == Rank(0) {
+                        lazarus_coord::announce_all_damaged(
+                            &self.path,
+                            &skipped,
+                            OnAllDamaged::Refuse,
+                        );
+                    }
+                    return Err(JobError::AllDamaged {
+                        path: self.path.clone(),
+                        damaged: skipped,
+                    });
+                }
                 Plan::Fresh { skipped } => {
                     if me == Rank(0) && !skipped.is_empty() {
-                        tracing::warn!(
-                            "no intact committed checkpoint ({} damaged): starting fresh",
-                            skipped.len()
+                        lazarus_coord::announce_all_damaged(
+                            &self.path,
+                            &skipped,
+                            OnAllDamaged::StartFresh,
                         );
                     }
                     self.step = 0;
                     self.saved_at = None;
                     self.report = None;
                     self.files_fresh()?;
+                    self.fresh = Some(FreshStart { damaged: skipped });
                     resumed_marker(None, 0);
                     return Ok(state);
                 }
@@ -602,7 +703,8 @@ impl Job {
                 return Err(JobError::Rank0("restore outcome lost".into()));
             };
             if world != size && me == Rank(0) {
-                eprintln!(
+                let _ = writeln!(
+                    std::io::stderr().lock(),
                     "lazarus: restoring checkpoint {} written by {world} ranks on {size} ranks \
                      by redistribution",
                     id.0
@@ -647,6 +749,7 @@ impl Job {
             };
             tracing::info!("{report}");
             self.report = Some(report);
+            self.fresh = None;
             resumed_marker(Some(id), step);
             return Ok(state);
         }
@@ -856,12 +959,5 @@ impl Job {
 /// `\x1elazarus:resumed <id|-> <step>` on stdout. The supervisor times recovery (failure →
 /// every rank resumed) from it; the line is never shown to the user.
 fn resumed_marker(id: Option<CheckpointId>, step: u64) {
-    if !std::env::var(lazarus_coord::OUTPUT_MARKERS_ENV).is_ok_and(|v| v == "1") {
-        return;
-    }
-    let line = lazarus_supervisor::Marker::Resumed { id, step }.line();
-    let mut out = std::io::stdout().lock();
-    // A closed stdout must not fail the restore: the marker only times recovery.
-    let _ = writeln!(out, "{line}");
-    let _ = out.flush();
+    restore::write_marker(&lazarus_supervisor::Marker::Resumed { id, step });
 }

@@ -52,6 +52,8 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 #![deny(missing_docs)]
+// A failed stdout/stderr must never panic a job (issue #11 item 10): no print macros.
+#![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
 
 // Lets `#[derive(Checkpoint)]`, which names `::lazarus::state`, work inside this crate too.
 extern crate self as lazarus;
@@ -61,6 +63,7 @@ mod restore;
 
 pub use job::{Job, JobBuilder, JobError, RestoreReport, REPO_ENV};
 pub use lazarus_coord as coord;
+pub use lazarus_coord::{OnAllDamaged, ON_ALL_DAMAGED_ENV};
 pub use lazarus_dist as dist;
 pub use lazarus_dist::DVec;
 pub use lazarus_files as files;
@@ -72,3 +75,4 @@ pub use lazarus_state as state;
 pub use lazarus_state::{Checkpoint, DirtyVec, Serde, StateError};
 pub use lazarus_store as store;
 pub use lazarus_supervisor as supervisor;
+pub use restore::FreshStart;

@@ -9,8 +9,38 @@ use crate::job::JobError;
 use lazarus_dist::{PartSource, Reshard};
 use lazarus_format::{CheckpointId, LoadedObject, Manifest, ObjectInfo, Rank};
 use lazarus_store::{Damage, RepoReader, StoreError, StoreErrorKind};
+use lazarus_supervisor::Marker;
 use serde::{Deserialize, Serialize};
+use std::io::Write;
 use std::path::{Path, PathBuf};
+
+/// `restore_or_init` restored nothing and returned `init()`.
+#[derive(Clone, Debug, Default)]
+pub struct FreshStart {
+    /// The committed checkpoints that were skipped as damaged, newest first: empty for a
+    /// repository without committed checkpoints, non-empty only under
+    /// [`OnAllDamaged::StartFresh`](lazarus_coord::OnAllDamaged) (all their progress was
+    /// given up).
+    pub damaged: Vec<Damage>,
+}
+
+impl FreshStart {
+    /// True when committed checkpoints existed but were all damaged.
+    pub fn after_damage(&self) -> bool {
+        !self.damaged.is_empty()
+    }
+}
+
+/// Under a supervisor (`LAZARUS_OUTPUT_MARKERS=1`), writes `m` as a control line on stdout;
+/// never shown to the user. A closed stdout must not fail the job: markers only inform.
+pub(crate) fn write_marker(m: &Marker) {
+    if !std::env::var(lazarus_coord::OUTPUT_MARKERS_ENV).is_ok_and(|v| v == "1") {
+        return;
+    }
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{}", m.line());
+    let _ = out.flush();
+}
 
 /// One rank's outcome of loading a candidate checkpoint, exchanged with every rank.
 #[derive(Clone, Debug, Serialize, Deserialize)]

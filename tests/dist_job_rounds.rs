@@ -114,13 +114,13 @@ fn another_world_size_with_per_rank_state_is_refused_by_name() {
     let dir = tempfile::tempdir().unwrap();
     let repo = dir.path().join("repo");
     assert!(run(repo.clone(), 2, 6).iter().all(Result::is_ok));
-    // `rank` differs between the old ranks: it is per-rank state, not redistributable.
+    // `rank` is not declared replicated: it is per-rank state, not redistributable.
     let got = run(repo, 3, 6);
     for g in got {
         let e = g.unwrap_err();
         assert!(
             e.contains("written by 2 ranks and cannot be restored on 3")
-                && e.contains("field `rank` differs between rank 0 and rank 1")
+                && e.contains("field `rank` is per-rank state")
                 && e.contains("restart with 2 ranks"),
             "{e}"
         );
@@ -218,5 +218,177 @@ fn one_damaged_part_makes_every_rank_fall_back_together() {
         let (restored_at, s) = got.unwrap();
         assert_eq!(restored_at, 5, "rank {r} restored the older checkpoint");
         assert_eq!(s.xs, vec![r as f64 + 14.0; 100 + r]);
+    }
+}
+
+/// A 1-rank job (through the Job API) that checkpoints `state` at step 2 into `repo`.
+fn one_rank_checkpoint<T: Checkpoint + Send + 'static>(repo: &Path, state: T) {
+    let repo = repo.to_path_buf();
+    let state = std::sync::Mutex::new(Some(state));
+    let state = std::sync::Arc::new(state);
+    let done = each(comms(1), move |_, comm| -> Result<(), String> {
+        let mut job = open_job(&repo, comm)?;
+        let init = state.lock().unwrap().take().ok_or("state taken twice")?;
+        let s = job.restore_or_init(|| init).map_err(|e| e.to_string())?;
+        while job.step() < 3 {
+            job.checkpoint(&s).map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    });
+    assert!(done.iter().all(Result::is_ok), "{done:?}");
+}
+
+/// One rank's restored state and its restore report's `(step, written_by)`, or the error.
+type Restored<T> = Result<(T, Option<(u64, u32)>), String>;
+
+/// Every rank of an `n`-rank job restores from `repo` (`init(rank)` otherwise).
+fn restore_on<T: Checkpoint + Send + 'static>(
+    repo: &Path,
+    n: u32,
+    init: fn(u32) -> T,
+) -> Vec<Restored<T>> {
+    let repo = repo.to_path_buf();
+    each(comms(n), move |r, comm| {
+        let mut job = open_job(&repo, comm)?;
+        let s = job.restore_or_init(|| init(r)).map_err(|e| e.to_string())?;
+        Ok((s, job.restore_report().map(|r| (r.step, r.written_by))))
+    })
+}
+
+fn open_job(repo: &Path, comm: Comm) -> Result<Job, String> {
+    Job::builder()
+        .repo(repo)
+        .comm(comm)
+        .every_steps(2)
+        .timeouts(timeouts())
+        .open()
+        .map_err(|e| e.to_string())
+}
+
+/// Issue #11 item 3, "1 -> N restore copies per-rank state": with one old rank every field
+/// used to count as "identical on every rank", so a 1-rank job's per-rank `Vec` was copied
+/// to all 4 new ranks (a wrong global sum, exit 0). Whether a field is replicated must not
+/// depend on the old world size: an unmarked field is per-rank and refused by name.
+#[test]
+fn one_to_n_restore_copies_per_rank_state() {
+    #[derive(Checkpoint, Clone, Debug, PartialEq)]
+    struct Part {
+        mine: Vec<u64>,
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    one_rank_checkpoint(
+        &repo,
+        Part {
+            mine: (1..=10).collect(),
+        },
+    );
+    let got = restore_on(&repo, 4, |r| Part {
+        mine: vec![u64::from(r)],
+    });
+    for (r, g) in got.into_iter().enumerate() {
+        let e = g.expect_err("a per-rank field of a 1-rank checkpoint must not be copied");
+        assert!(
+            e.contains("written by 1 ranks and cannot be restored on 4") && e.contains("`mine`"),
+            "rank {r}: {e}"
+        );
+    }
+}
+
+/// The other half of item 3: the same field declared `#[checkpoint(replicated)]` restores
+/// from 1 rank on 4, every rank getting the copy.
+#[test]
+fn one_to_n_restore_of_a_declared_replicated_field() {
+    #[derive(Checkpoint, Clone, Debug, PartialEq)]
+    struct Shared {
+        #[checkpoint(replicated)]
+        table: Vec<u64>,
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    one_rank_checkpoint(
+        &repo,
+        Shared {
+            table: (1..=10).collect(),
+        },
+    );
+    let got = restore_on(&repo, 4, |_| Shared { table: vec![] });
+    for (r, g) in got.into_iter().enumerate() {
+        let (s, report) = g.unwrap_or_else(|e| panic!("rank {r}: {e}"));
+        assert_eq!(
+            (s.table, report),
+            ((1..=10).collect(), Some((2, 1))),
+            "rank {r}"
+        );
+    }
+}
+
+/// Writes one checkpoint at step 2 of `parts` (one saved value per old rank) the way a
+/// writer before format 1.2 did: no object records its sharing.
+fn write_legacy<T: Checkpoint>(repo: &Path, parts: &[T]) {
+    use lazarus::format::Rank;
+    use lazarus::store::{CommitMeta, RepoOptions, Repository};
+    let mut store = Repository::open(repo, RepoOptions::default()).unwrap();
+    let pending = store.begin(parts.len() as u32).unwrap();
+    let receipts = parts
+        .iter()
+        .enumerate()
+        .map(|(r, p)| {
+            let mut objects = lazarus::state::save(p).unwrap();
+            for o in &mut objects {
+                o.info.sharing = None;
+            }
+            pending
+                .part_writer()
+                .write(Rank(r as u32), &objects)
+                .unwrap()
+        })
+        .collect();
+    let meta = CommitMeta {
+        step: 2,
+        ..CommitMeta::default()
+    };
+    store.commit(pending, receipts, meta).unwrap();
+}
+
+/// Checkpoints from before format 1.2 keep restoring: on several old ranks an identical
+/// field is still taken as replicated (the old rule), while from one old rank nothing that
+/// is not distributed is copied (one copy proves nothing).
+#[test]
+fn checkpoints_without_recorded_sharing_keep_the_old_rule_except_from_one_rank() {
+    #[derive(Checkpoint, Clone, Debug, PartialEq)]
+    struct Old {
+        table: Vec<u64>,
+    }
+    let table: Vec<u64> = (1..=10).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let two = dir.path().join("two");
+    write_legacy(
+        &two,
+        &[
+            Old {
+                table: table.clone(),
+            },
+            Old {
+                table: table.clone(),
+            },
+        ],
+    );
+    for g in restore_on(&two, 3, |_| Old { table: vec![] }) {
+        assert_eq!(g.unwrap().0.table, table);
+    }
+    let one = dir.path().join("one");
+    write_legacy(
+        &one,
+        &[Old {
+            table: table.clone(),
+        }],
+    );
+    for g in restore_on(&one, 4, |_| Old { table: vec![] }) {
+        let e = g.unwrap_err();
+        assert!(
+            e.contains("field `table` of this 1-rank checkpoint may be per-rank state"),
+            "{e}"
+        );
     }
 }

@@ -1,8 +1,8 @@
 //! Elastic restart with real processes (`lazarus run`, real TCP on loopback, real fsync,
 //! real SIGKILL): a checkpoint of `examples/heat_dvec.rs` written by N ranks restores on M
 //! ranks by redistribution and the run finishes with the checksum of a run that never
-//! changed size; per-rank state (`examples/heat.rs`) is refused naming the field; and
-//! `--shrink-on-failure` finishes on N-1 ranks after a rank is killed.
+//! changed size; and `--shrink-on-failure` finishes on N-1 ranks after a rank is killed.
+//! (Per-rank state refused by name, at once: `tests/supervised_refusals.rs`.)
 
 mod common;
 
@@ -82,36 +82,6 @@ fn shrink_restores_by_redistribution_with_the_same_checksum() {
     for (n, m) in [(3, 2), (4, 3), (6, 4), (5, 1)] {
         n_to_m(n, m);
     }
-}
-
-#[test]
-fn per_rank_state_is_refused_naming_the_field() {
-    let dir = tempfile::tempdir().unwrap();
-    let repo = dir.path().join("repo");
-    let lz = common::lazarus_bin()
-        .to_str()
-        .expect("utf-8 path")
-        .to_string();
-    let heat = [
-        lz.as_str(),
-        "__heat-rank",
-        "--steps",
-        "25",
-        "--size",
-        "24",
-        "--every",
-        "10",
-    ];
-    checksum(&lazarus_run(2, &repo, &[], &[], &heat));
-    let out = lazarus_run(3, &repo, &["--max-restarts", "0"], &[], &heat);
-    let (_, stderr) = text(&out);
-    assert!(!out.status.success(), "{stderr}");
-    assert!(
-        stderr.contains("written by 2 ranks and cannot be restored on 3 by redistribution")
-            && stderr.contains("field `grid` differs between rank 0 and rank 1")
-            && stderr.contains("restart with 2 ranks"),
-        "{stderr}"
-    );
 }
 
 #[test]

@@ -3,7 +3,7 @@
 
 use lazarus::format::CheckpointId;
 use lazarus::store::RepoReader;
-use lazarus::{Checkpoint, Job, JobError, StateError};
+use lazarus::{Checkpoint, Job, JobError, OnAllDamaged, StateError};
 use std::path::{Path, PathBuf};
 
 #[derive(Checkpoint, Debug, Clone, PartialEq)]
@@ -234,21 +234,74 @@ fn damaged_commit_and_missing_chunk_fall_back_further() {
     assert_eq!(c.data, reference(9).data);
 }
 
+/// Issue #11 item 4, "silent fresh start": when every checkpoint is damaged,
+/// `restore_or_init` used to start from scratch (all progress lost, exit 0, nobody told).
+/// By default it now refuses, naming the damage and how to start fresh anyway.
 #[test]
-fn all_damaged_starts_fresh() {
+fn all_damaged_silent_fresh_start() {
     let dir = tempfile::tempdir().unwrap();
     let (_, job) = run(dir.path(), 3, 4, None).unwrap();
     drop(job);
-    let (_, ndir) = newest_dir(dir.path());
+    let (id, ndir) = newest_dir(dir.path());
     corrupt_file(&ndir.join("COMMIT"));
     let mut job = Job::builder()
         .repo(dir.path())
         .every_steps(3)
         .open()
         .unwrap();
+    let e = job
+        .restore_or_init(Counter::new)
+        .expect_err("all checkpoints damaged: no silent fresh start");
+    let msg = e.to_string();
+    assert!(!e.is_retryable(), "{msg}");
+    assert!(
+        msg.contains("every committed checkpoint")
+            && msg.contains(&format!("checkpoint {}", id.0))
+            && msg.contains("COMMIT")
+            && msg.contains("OnAllDamaged::StartFresh"),
+        "{msg}"
+    );
+    drop(job);
+    // Allowed explicitly: a fresh start, reported with the damage it gave up.
+    let mut job = Job::builder()
+        .repo(dir.path())
+        .every_steps(3)
+        .on_all_damaged(OnAllDamaged::StartFresh)
+        .open()
+        .unwrap();
     let c = job.restore_or_init(Counter::new).unwrap();
     assert_eq!((job.step(), c.iters), (0, 0));
     assert!(job.restore_report().is_none());
+    let fresh = job.fresh_start().expect("a fresh start is reported");
+    assert!(fresh.after_damage());
+    assert_eq!(
+        fresh
+            .damaged
+            .iter()
+            .map(|d| d.checkpoint)
+            .collect::<Vec<_>>(),
+        vec![id]
+    );
+}
+
+/// An empty repository is an ordinary fresh start under either policy, and a bad
+/// `LAZARUS_ON_ALL_DAMAGED` is a configuration error naming the variable.
+#[test]
+fn empty_repository_is_a_plain_fresh_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut job = Job::builder()
+        .repo(dir.path())
+        .every_steps(3)
+        .open()
+        .unwrap();
+    job.restore_or_init(Counter::new).unwrap();
+    assert!(!job.fresh_start().expect("fresh").after_damage());
+    assert_eq!(
+        "start-fresh".parse::<OnAllDamaged>(),
+        Ok(OnAllDamaged::StartFresh)
+    );
+    let e = "fresh".parse::<OnAllDamaged>().unwrap_err();
+    assert!(e.contains("LAZARUS_ON_ALL_DAMAGED"), "{e}");
 }
 
 #[test]

@@ -213,6 +213,14 @@ fn python_reader_matches_rust_writer_bit_for_bit() {
             summary.contains(&format!("shape ({ROWS}, {WIDTH})")),
             "{summary}"
         );
+        // Format 1.2: the reader sees each object's sharing.
+        let listing = run_reader(&[repo.to_str().expect("utf-8")]);
+        assert!(
+            listing.contains("rank 0: field (DVec<f64>) bulk")
+                && listing.contains("[distributed]")
+                && listing.contains("rank 0: ids (Vec<i32>) bulk i32[3] [rank]"),
+            "{listing}"
+        );
         if codec == Codec::Zstd {
             // The case must really exercise zstd + shuffle: some chunk has codec 1, filter 1.
             let mut found = false;

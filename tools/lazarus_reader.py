@@ -68,6 +68,7 @@ __all__ = [
 ]
 
 SUPPORTED_MAJOR = 1
+MAX_ENVELOPE_BODY = 256 << 20  # bytes of JSON a manifest or COMMIT body may have
 
 # dtype tag -> little-endian numpy dtype. Never a native-order type.
 DTYPES = {
@@ -307,6 +308,10 @@ def _envelope(path, magic, raw=None):
         raise LazarusFormatError(
             path, "envelope version %d.%d is not supported by this reader" % (major, minor)
         )
+    if body_len > MAX_ENVELOPE_BODY:
+        raise LazarusFormatError(
+            path, "body length %d exceeds the envelope limit %d" % (body_len, MAX_ENVELOPE_BODY)
+        )
     if len(raw) != 48 + body_len:
         raise LazarusFormatError(
             path, "file is %d bytes, header says 48 + %d" % (len(raw), body_len)
@@ -314,12 +319,22 @@ def _envelope(path, magic, raw=None):
     if blake3(raw[:16] + raw[48:]) != raw[16:48]:
         raise LazarusFormatError(path, "checksum mismatch (the file is corrupt)")
     try:
-        body = json.loads(raw[48:].decode("utf-8"))
+        body = json.loads(raw[48:].decode("utf-8"), object_pairs_hook=_no_duplicate_keys)
     except (UnicodeDecodeError, ValueError) as e:
         raise LazarusFormatError(path, "body is not UTF-8 JSON: %s" % e)
     if not isinstance(body, dict):
         raise LazarusFormatError(path, "body is not a JSON object")
     return raw, body
+
+
+def _no_duplicate_keys(pairs):
+    """A JSON object with a duplicate key is invalid (FORMAT.md): parsers disagree on it."""
+    out = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError("duplicate key %r" % k)
+        out[k] = v
+    return out
 
 
 def _field(path, obj, key, kind):
@@ -338,12 +353,22 @@ def _field(path, obj, key, kind):
     return v
 
 
+ZSTD_FRAME_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
 def _zstd_decompress(payload, raw_len, path):
+    """Exactly one zstd frame, nothing before or after it (FORMAT.md, "Chunk")."""
+    if payload[:4] != ZSTD_FRAME_MAGIC:
+        raise LazarusFormatError(
+            path, "zstd payload does not start with a zstd frame (magic 28 b5 2f fd)"
+        )
     try:
         import zstandard  # type: ignore
 
         try:
-            return zstandard.ZstdDecompressor().decompress(payload, max_output_size=raw_len)
+            return zstandard.ZstdDecompressor().decompress(
+                payload, max_output_size=raw_len, allow_extra_data=False
+            )
         except zstandard.ZstdError as e:
             raise LazarusFormatError(path, "zstd payload does not decode: %s" % e)
     except ImportError:
@@ -351,10 +376,18 @@ def _zstd_decompress(payload, raw_len, path):
     try:
         from compression import zstd  # type: ignore  # Python >= 3.14
 
+        d = zstd.ZstdDecompressor()
         try:
-            return zstd.decompress(payload)
+            out = d.decompress(payload, max_length=raw_len + 1)
         except zstd.ZstdError as e:
             raise LazarusFormatError(path, "zstd payload does not decode: %s" % e)
+        if not d.eof:
+            raise LazarusFormatError(path, "zstd frame is truncated or too large")
+        if d.unused_data:
+            raise LazarusFormatError(
+                path, "%d bytes after the zstd frame: one frame only" % len(d.unused_data)
+            )
+        return out
     except ImportError:
         raise LazarusFormatError(
             path,
@@ -461,6 +494,15 @@ class ObjectInfo:
                 )
         elif self.kind != "serde":
             raise LazarusFormatError(where, "unknown kind %r" % self.kind)
+        # Format 1.2: how the value is shared between ranks; None when not recorded.
+        self.sharing = d.get("sharing")
+        if self.sharing is not None:
+            if self.sharing not in ("rank", "replicated", "distributed"):
+                raise LazarusFormatError(where, "unknown sharing %r" % (self.sharing,))
+            if (self.sharing == "distributed") != (self.global_range is not None):
+                raise LazarusFormatError(
+                    where, "sharing %r disagrees with the global range" % self.sharing
+                )
         total = 0
         for c in self.chunks:
             if not isinstance(c, dict):
@@ -759,7 +801,8 @@ def main(argv=None):
                 for r, o in repo.objects(args.checkpoint):
                     g = "" if o.global_range is None else " global %d+%d/%d" % o.global_range
                     shape = "" if o.kind == "serde" else " %s[%d]" % (o.dtype, o.len)
-                    print("  rank %d: %s (%s) %s%s%s, %d bytes" % (r, o.name, o.type_name, o.kind, shape, g, o.bytes))
+                    sh = "" if o.sharing is None else " [%s]" % o.sharing
+                    print("  rank %d: %s (%s) %s%s%s%s, %d bytes" % (r, o.name, o.type_name, o.kind, shape, g, sh, o.bytes))
             return 0
         v = repo.load(args.checkpoint, args.field, args.rank)
         if isinstance(v, list):

@@ -67,6 +67,15 @@ class Blake3(unittest.TestCase):
             L.blake3(inp(3072)).hex(),
             "b98cb0ff3623be03326b373de6b9095218513e64f1ee2edd2525c7ad1e5cffd2",
         )
+        # The tree vectors of docs/FORMAT.md ("BLAKE3 over more than one chunk").
+        self.assertEqual(
+            L.blake3(inp(2049)).hex(),
+            "5f4d72f40d7a5f82b15ca2b2e44b1de3c2ef86c426c95c1af0b6879522563030",
+        )
+        self.assertEqual(
+            L.blake3(inp(3073)).hex(),
+            "7124b49501012f81cc7f11ca069ec9226cecb8a2c850cfe644e327d22d3e1cd3",
+        )
 
     def test_format_doc_example(self):
         self.assertEqual(
@@ -100,6 +109,39 @@ class Chunks(unittest.TestCase):
         )
         raw = L.decode_chunk("example", f, self.DIGEST)
         self.assertEqual(np.frombuffer(raw, "<f8").tolist(), [1.0, -2.5])
+
+    def test_zstd_exactly_one_frame(self):
+        try:
+            import zstandard
+        except ImportError:
+            if os.environ.get("CI"):
+                raise
+            self.skipTest("zstandard not installed")
+        raw = bytes(i % 7 for i in range(4000))
+        digest = L.blake3(raw).hex()
+        head = b"LZCK" + bytes([1, 0, 0, 1]) + struct.pack("<Q", len(raw))
+        frame = lambda b: zstandard.ZstdCompressor().compress(b)  # noqa: E731
+        self.assertEqual(L.decode_chunk("c", head + frame(raw), digest), raw)
+        skippable = b"\x50\x2a\x4d\x18\x03\x00\x00\x00abc"
+        for bad in (
+            frame(raw[:1000]) + frame(raw[1000:]),
+            frame(raw) + b"\x00",
+            skippable + frame(raw),
+        ):
+            with self.assertRaises(L.LazarusFormatError):
+                L.decode_chunk("c", head + bad, digest)
+
+    def test_envelope_refuses_duplicate_keys_and_oversized_bodies(self):
+        def seal(body):
+            head = b"LZCM" + struct.pack("<HHQ", 1, 0, len(body))
+            return head + L.blake3(head + body) + body
+
+        self.assertEqual(L._envelope("c", b"LZCM", seal(b'{"a": 1}'))[1], {"a": 1})
+        with self.assertRaisesRegex(L.LazarusFormatError, "duplicate key 'a'"):
+            L._envelope("c", b"LZCM", seal(b'{"a": 1, "b": {}, "a": 2}'))
+        big = b"LZCM" + struct.pack("<HHQ", 1, 0, L.MAX_ENVELOPE_BODY + 1) + bytes(32)
+        with self.assertRaisesRegex(L.LazarusFormatError, "envelope limit"):
+            L._envelope("c", b"LZCM", big)
 
     def test_shuffle_tail_and_corruption(self):
         raw = bytes(range(23))  # 23 = 2 * 8 + 7: a 7-byte tail is copied unchanged

@@ -36,6 +36,7 @@ fuzz_target!(|data: &[u8]| {
             name: NAMES[*n as usize % NAMES.len()].to_string(),
             type_name: TYPES[*t as usize % TYPES.len()].to_string(),
             kind,
+            sharing: None,
         };
         objs.push(LoadedObject { info, data: payload.to_vec() });
         rest = next;

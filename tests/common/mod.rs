@@ -2,9 +2,8 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
 
 /// `target/<profile>`, the directory of this test binary's parent.
 pub fn profile_dir() -> PathBuf {
@@ -59,12 +58,40 @@ pub fn example_bin(name: &str) -> PathBuf {
     )
 }
 
-/// How long one `lazarus run` of a test may take.
-pub const RUN_DEADLINE: Duration = Duration::from_secs(120);
+/// Runs `cmd` (stdout and stderr piped) to completion; kills it and panics with its output
+/// when it takes longer than `deadline` (a hung child must fail the test, not hang CI).
+#[allow(dead_code)] // not every test file runs commands
+pub fn output_within(
+    cmd: &mut Command,
+    deadline: std::time::Duration,
+    what: &str,
+) -> std::process::Output {
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawning {what}: {e}"));
+    let t0 = std::time::Instant::now();
+    loop {
+        if child.try_wait().expect("wait").is_some() {
+            return child.wait_with_output().expect("output");
+        }
+        if t0.elapsed() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("output");
+            panic!(
+                "{what} exceeded {deadline:?}\nstdout:\n{}\nstderr:\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
 
-/// Runs `lazarus run -n <n> --repo <repo> <extra> -- <prog>` (fast failure detection,
-/// no inherited failpoint or slowdown knob, `env` added) and kills it after
-/// [`RUN_RUN_DEADLINE`].
+/// `lazarus run -n <n> --repo <repo> <extra> -- <prog>` with short failure detection, the
+/// test knobs of the caller's environment removed and `env` added, within 120 s.
 #[allow(dead_code)]
 pub fn lazarus_run(
     n: u32,
@@ -72,7 +99,7 @@ pub fn lazarus_run(
     extra: &[&str],
     env: &[(&str, &str)],
     prog: &[&str],
-) -> Output {
+) -> std::process::Output {
     let mut cmd = Command::new(lazarus_bin());
     cmd.arg("run")
         .args(["-n", &n.to_string(), "--repo"])
@@ -80,43 +107,31 @@ pub fn lazarus_run(
         .args(["--failure-timeout-ms", "3000", "--heartbeat-ms", "100"])
         .args(extra)
         .arg("--")
-        .args(prog)
-        .env_remove("LAZARUS_FAILPOINT")
-        .env_remove("LAZARUS_SLOWDOWN")
-        .envs(env.iter().copied())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("spawn lazarus run");
-    let t0 = Instant::now();
-    loop {
-        if child.try_wait().expect("wait").is_some() {
-            return child.wait_with_output().expect("output");
-        }
-        if t0.elapsed() > RUN_DEADLINE {
-            let _ = child.kill();
-            let out = child.wait_with_output().expect("output");
-            panic!(
-                "lazarus run -n {n} {prog:?} exceeded {RUN_DEADLINE:?}\nstdout:\n{}\nstderr:\n{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
+        .args(prog);
+    for knob in [
+        "LAZARUS_FAILPOINT",
+        "LAZARUS_SLOWDOWN",
+        "LAZARUS_ON_ALL_DAMAGED",
+    ] {
+        cmd.env_remove(knob);
     }
+    cmd.envs(env.iter().copied());
+    let deadline = std::time::Duration::from_secs(120);
+    output_within(&mut cmd, deadline, &format!("lazarus run -n {n} {prog:?}"))
 }
 
-/// stdout and stderr as text.
+/// A finished process's stdout and stderr as text.
 #[allow(dead_code)]
-pub fn text(out: &Output) -> (String, String) {
+pub fn text(out: &std::process::Output) -> (String, String) {
     (
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
 
-/// The value of the one `checksum=` line of a successful run.
+/// The one `checksum=` value a successful run printed (panics with the output otherwise).
 #[allow(dead_code)]
-pub fn checksum(out: &Output) -> String {
+pub fn checksum(out: &std::process::Output) -> String {
     let (stdout, stderr) = text(out);
     assert!(
         out.status.success(),

@@ -1,7 +1,12 @@
 //! The `lazarus` command. Thin: every subcommand parses its flags, validates them into a
 //! typed configuration, and calls the library.
 
+// A failed stdout/stderr must never panic the CLI (issue #11 item 10): results go through
+// `outln!` (errors propagate), diagnostics through `errln!` (errors dropped).
+#![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
+
 use clap::{Parser, Subcommand};
+use std::io::Write;
 use std::process::ExitCode;
 
 mod cmd;
@@ -54,16 +59,26 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(code) => code,
+        // The reader of our stdout went away (`lazarus inspect R | head`): stop quietly with
+        // the status a SIGPIPE death would give, as other tools in a pipe do.
+        Err(e) if is_broken_pipe(e.as_ref()) => ExitCode::from(141),
         Err(e) => {
-            eprintln!("lazarus: error: {e}");
+            // No `eprintln!`: a failed stderr must not turn the error into a panic.
+            let mut err = std::io::stderr().lock();
+            let _ = writeln!(err, "lazarus: error: {e}");
             let mut source = e.source();
             while let Some(s) = source {
-                eprintln!("  caused by: {s}");
+                let _ = writeln!(err, "  caused by: {s}");
                 source = s.source();
             }
             ExitCode::from(2)
         }
     }
+}
+
+fn is_broken_pipe(e: &(dyn std::error::Error + 'static)) -> bool {
+    e.downcast_ref::<std::io::Error>()
+        .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
 }
 
 fn init_logging(verbose: u8) {
@@ -79,5 +94,8 @@ fn init_logging(verbose: u8) {
         .with_writer(std::io::stderr)
         .with_target(false)
         .without_time()
+        // Its own report of a failed write is an `eprintln!`, which panics when stderr
+        // itself failed (issue #11 item 10): a lost log line must not kill the command.
+        .log_internal_errors(false)
         .try_init();
 }

@@ -25,6 +25,7 @@ fn serde_obj<'a>(name: &str, data: &'a [u8]) -> ObjectSpec<'a> {
             name: name.into(),
             type_name: "T".into(),
             kind: ObjectKind::Serde,
+            sharing: None,
         },
         data: data.into(),
         hint: None,

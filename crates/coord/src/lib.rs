@@ -40,9 +40,12 @@
 //! # Ok::<(), lazarus_coord::ProtocolError>(())
 //! ```
 #![deny(missing_docs)]
+// A failed stdout/stderr must never panic a job (issue #11 item 10): no print macros.
+#![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
 
 mod aligned;
 mod aligned_rt;
+mod damage;
 mod error;
 mod unaligned;
 mod unaligned_rt;
@@ -55,6 +58,7 @@ pub use aligned_rt::{
     AlignedRuntime, Committed, RankStore, RoundError, RoundErrorKind, OUTPUT_MARKERS_ENV,
     TAG_TO_PARTICIPANT, TAG_VOTE,
 };
+pub use damage::{all_damaged_message, announce_all_damaged, OnAllDamaged, ON_ALL_DAMAGED_ENV};
 pub use error::{ErrorKind, ProtocolError};
 pub use unaligned::{ChannelState, Unaligned, UnalignedAction};
 pub use unaligned_rt::{

@@ -12,80 +12,37 @@
 //! to capture it right there, before the triggering message is delivered. The state given
 //! must reflect every message the session has returned so far, and nothing else.
 
+mod config;
 mod error;
 mod wire;
 
+pub use config::AsyncConfig;
 pub use error::{SessionError, SessionErrorKind};
 pub use wire::{SavedMessage, CHANNELS_OBJECT, UNALIGNED_TAG_BASE};
 
 use crate::aligned::{
     AbortReason, Coordinator, CoordinatorAction, Decision, Outcome, Participant, ParticipantAction,
-    RoundId, Timeouts, ToParticipant, VoteMsg,
+    RoundId, ToParticipant, VoteMsg,
 };
 use crate::unaligned::{ChannelState, Unaligned, UnalignedAction};
 use lazarus_format::{CheckpointId, Epoch, LoadedObject, ObjectSpec, Rank};
 use lazarus_net::{Comm, Envelope, ErrorKind as NetKind, NetError, ReduceOp, Tag, TagSpace};
 use lazarus_state::Checkpoint;
 use lazarus_store::{
-    CommitMeta, PartReceipt, PartWriter, PendingCheckpoint, RepoOptions, RepoReader, Repository,
-    StoreError, StoreErrorKind,
+    CommitMeta, PartReceipt, PartWriter, PendingCheckpoint, RepoReader, Repository, StoreError,
+    StoreErrorKind,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 use wire::{TAG_DONE, TAG_MARKER, TAG_TO_PARTICIPANT, TAG_VOTE};
 use SessionErrorKind as K;
 
 /// Decisions kept for [`AsyncSession::take_report`] at most; older ones are dropped.
 const MAX_QUEUED_REPORTS: usize = 1024;
-
-/// Where and how an [`AsyncSession`] checkpoints.
-#[derive(Clone, Debug)]
-pub struct AsyncConfig {
-    /// The repository (a directory every rank can reach). Rank 0 opens it for writing
-    /// and holds its lock for the session's lifetime; the others only write parts.
-    pub repo: PathBuf,
-    /// Store options (chunk size, codec, job token) used by every rank.
-    pub store: RepoOptions,
-    /// Bounds of the commit protocol; `round` also bounds marker collection.
-    pub timeouts: Timeouts,
-    /// After each commit, keep only this many newest checkpoints (`None`: keep all).
-    pub keep: Option<usize>,
-    /// Write output-commit markers on stdout (docs/PROTOCOL.md, "Output markers"): a
-    /// `part` marker at each local snapshot, `commit` on rank 0 after COMMIT, `resumed`
-    /// after `open`. Set by `lazarus run --repo` through `LAZARUS_OUTPUT_MARKERS=1`.
-    pub output_markers: bool,
-}
-
-impl AsyncConfig {
-    /// Defaults: store defaults, `Timeouts::default()`, keep the newest 2.
-    pub fn new(repo: impl Into<PathBuf>) -> Self {
-        AsyncConfig {
-            repo: repo.into(),
-            store: RepoOptions::default(),
-            timeouts: Timeouts::default(),
-            keep: Some(2),
-            output_markers: false,
-        }
-    }
-
-    /// The configuration of a rank started by `lazarus run`: the repository is `repo` or
-    /// else `LAZARUS_REPO` (`None` if neither names one); the job token
-    /// (`LAZARUS_JOB_TOKEN`) lets rank 0 share the repository lock with the supervisor;
-    /// `LAZARUS_OUTPUT_MARKERS=1` turns output markers on. Other fields as in `new`.
-    pub fn from_env(repo: Option<PathBuf>) -> Option<Self> {
-        let repo = repo.or_else(|| std::env::var_os(crate::REPO_ENV).map(PathBuf::from))?;
-        let mut c = AsyncConfig::new(repo);
-        c.store.job_token = std::env::var(crate::TOKEN_ENV)
-            .ok()
-            .filter(|t| !t.is_empty());
-        c.output_markers = std::env::var(crate::OUTPUT_MARKERS_ENV).is_ok_and(|v| v == "1");
-        Some(c)
-    }
-}
 
 /// How a session started.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -237,8 +194,9 @@ impl AsyncSession {
     /// else leaves `state` alone. Every rank of the job must call it before sending (it is
     /// collective). Fails with `WorldMismatch` if the checkpoint has another world size
     /// (channel state cannot be resharded), and on every rank if committed checkpoints
-    /// pass rank 0's check but none can be loaded on every rank (if none passes it, the
-    /// start is fresh and the damage logged).
+    /// pass rank 0's check but none can be loaded on every rank. If committed checkpoints
+    /// exist but none passes it, `cfg.on_all_damaged` decides: an error naming the damage
+    /// (the default), or a fresh start said loudly on stderr.
     pub fn open<S: Checkpoint + ?Sized>(
         comm: Comm,
         cfg: AsyncConfig,
@@ -280,7 +238,19 @@ impl AsyncSession {
             cfg,
             comm,
         };
-        let start = s.restore(state)?;
+        // The supervisor stops a job whose ranks opened another repository than its own.
+        s.marker_line(&format!(
+            "repo {}",
+            lazarus_store::repo_location(&s.cfg.repo)
+        ));
+        let start = s.restore(state).inspect_err(|e| {
+            if e.is_restore_refusal() {
+                s.marker_line(&format!(
+                    "refused {}",
+                    e.to_string().replace(['\n', '\r'], " ")
+                ));
+            }
+        })?;
         Ok((s, start))
     }
 
@@ -432,13 +402,22 @@ impl AsyncSession {
         let (ok, damaged) = reader
             .newest_committed_candidates()
             .map_err(|e| store("listing committed checkpoints", e))?;
-        for d in damaged {
+        for d in &damaged {
             tracing::warn!(
                 "skipping damaged checkpoint {} ({}): {}",
                 d.checkpoint,
                 d.kind,
                 d.detail
             );
+        }
+        if ok.is_empty() && !damaged.is_empty() {
+            // Never a silent fresh start over damaged checkpoints (issue #11 item 4).
+            let (repo, policy) = (&self.cfg.repo, self.cfg.on_all_damaged);
+            crate::damage::announce_all_damaged(repo, &damaged, policy);
+            if policy == crate::damage::OnAllDamaged::Refuse {
+                let why = crate::damage::all_damaged_message(repo, &damaged);
+                return Err(SessionError::new(K::AllDamaged, self.me, why));
+            }
         }
         Ok(ok)
     }
@@ -1255,14 +1234,19 @@ impl AsyncSession {
     /// Prints an output marker (when enabled) and flushes, so it is ordered with the
     /// program's own lines on this rank's stdout.
     fn marker(&self, what: &str, id: Option<CheckpointId>) {
+        let step = id.map_or(0, |c| c.0);
+        let id = id.map_or("-".to_string(), |c| c.0.to_string());
+        self.marker_line(&format!("{what} {id} {step}"));
+    }
+
+    /// Writes `\x1elazarus:<body>` on stdout when markers are on (docs/RECOVERY.md).
+    fn marker_line(&self, body: &str) {
         if !self.cfg.output_markers {
             return;
         }
-        let step = id.map_or(0, |c| c.0);
-        let id = id.map_or("-".to_string(), |c| c.0.to_string());
         let mut out = std::io::stdout().lock();
         // A closed stdout must not fail the checkpoint: markers only gate output release.
-        let _ = writeln!(out, "\u{1e}lazarus:{what} {id} {step}");
+        let _ = writeln!(out, "\u{1e}lazarus:{body}");
         let _ = out.flush();
     }
 

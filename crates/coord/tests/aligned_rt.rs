@@ -25,6 +25,7 @@ fn obj(data: &[u8]) -> ObjectSpec<'_> {
             name: "state".into(),
             type_name: "Vec<u8>".into(),
             kind: ObjectKind::Serde,
+            sharing: None,
         },
         data: data.into(),
         hint: None,

@@ -8,8 +8,8 @@
 //! `UNALIGNED_SEED=<n> cargo test -p lazarus-coord --test unaligned_rt -- --nocapture`.
 
 use lazarus_coord::{
-    AsyncConfig, AsyncSession, AsyncStart, AsyncStats, Outcome, SessionError, SessionErrorKind,
-    Timeouts,
+    AsyncConfig, AsyncSession, AsyncStart, AsyncStats, OnAllDamaged, Outcome, SessionError,
+    SessionErrorKind, Timeouts,
 };
 use lazarus_format::Rank;
 use lazarus_net::{join, Comm, JobToken, JoinOptions, NetConfig, RendezvousServer};
@@ -377,35 +377,81 @@ fn failure_free_run_with_checkpoints_matches_reference() {
     assert!(n >= 1, "no checkpoint committed");
 }
 
+/// Issue #11 item 4 in the unaligned runtime: every committed checkpoint damaged used to be
+/// a silent fresh start (`AsyncStart::Fresh`, all progress lost). Now every rank refuses,
+/// naming the damage, unless `on_all_damaged` allows the fresh start.
+#[test]
+fn all_damaged_async_session_silent_fresh_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    crashed_two_rank_job(&repo, 6);
+    for e in std::fs::read_dir(repo.join("checkpoints")).unwrap() {
+        let commit = e.unwrap().path().join("COMMIT");
+        if let Ok(mut b) = std::fs::read(&commit) {
+            let last = b.len() - 2;
+            b[last] ^= 0x20;
+            std::fs::write(&commit, b).unwrap();
+        }
+    }
+    let refused = open_all(&repo, 2, 1, OnAllDamaged::Refuse);
+    let e0 = refused[0].as_ref().unwrap_err();
+    assert_eq!(e0.kind(), SessionErrorKind::AllDamaged, "{e0}");
+    assert!(
+        e0.to_string().contains("every committed checkpoint"),
+        "{e0}"
+    );
+    assert!(refused[1].is_err(), "rank 1 follows rank 0's refusal");
+    for got in open_all(&repo, 2, 2, OnAllDamaged::StartFresh) {
+        assert_eq!(got.unwrap(), AsyncStart::Fresh);
+    }
+}
+
 #[test]
 fn restore_refuses_another_world_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    crashed_two_rank_job(&repo, 5);
+    // Every rank must open (rank 0 decides the restore and broadcasts it); all refuse.
+    for got in open_all(&repo, 3, 1, OnAllDamaged::Refuse) {
+        let err = got.unwrap_err();
+        assert_eq!(err.kind(), SessionErrorKind::WorldMismatch, "{err}");
+    }
+}
+
+/// A small 2-rank job (token seed `seed`) that commits a checkpoint and then crashes.
+fn crashed_two_rank_job(repo: &Path, seed: u64) {
     let p = Params {
         world: 2,
         tokens_per_rank: 4,
         hops: 20,
-        seed: 5,
+        seed,
         ckpt_every: 10,
         nonblocking: false,
     };
-    let dir = tempfile::tempdir().unwrap();
-    let repo = dir.path().join("repo");
-    let first = run_job(p, &repo, 0, 1);
+    let first = run_job(p, repo, 0, 1);
     assert!(first.iter().any(|e| matches!(e, End::Crashed)));
-    // Every rank must open (rank 0 decides the restore and broadcasts it); all refuse.
-    let hs: Vec<_> = comms(3, 1)
+}
+
+/// Opens a session on every rank of an `n`-rank job (incarnation `inc`) over `repo`, with
+/// `policy` for a repository whose checkpoints are all damaged; how each one started.
+fn open_all(
+    repo: &Path,
+    n: u32,
+    inc: u64,
+    policy: OnAllDamaged,
+) -> Vec<Result<AsyncStart, SessionError>> {
+    let hs: Vec<_> = comms(n, inc)
         .into_iter()
         .map(|c| {
-            let repo = repo.clone();
+            let mut config = cfg(repo);
+            config.on_all_damaged = policy;
             std::thread::spawn(move || {
                 let mut app = App::default();
-                AsyncSession::open(c, cfg(&repo), &mut app).map(|_| ())
+                AsyncSession::open(c, config, &mut app).map(|(_, start)| start)
             })
         })
         .collect();
-    for h in hs {
-        let err = h.join().unwrap().unwrap_err();
-        assert_eq!(err.kind(), SessionErrorKind::WorldMismatch, "{err}");
-    }
+    hs.into_iter().map(|h| h.join().unwrap()).collect()
 }
 
 #[test]

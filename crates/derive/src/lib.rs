@@ -35,6 +35,8 @@ const BELOW_FACADE: &[&str] = &[
 struct StructAttrs {
     krate: Option<syn::Path>,
     after_restore: Option<syn::Path>,
+    /// `#[checkpoint(replicated)]` on the struct: every value of it is the same on all ranks.
+    replicated: bool,
 }
 
 #[derive(PartialEq)]
@@ -49,12 +51,15 @@ struct FieldPlan {
     name: String,
     mode: Mode,
     ty: syn::Type,
+    /// `#[checkpoint(replicated)]`: the same value on every rank by construction.
+    replicated: bool,
 }
 
 fn parse_struct_attrs(input: &DeriveInput) -> syn::Result<StructAttrs> {
     let mut out = StructAttrs {
         krate: None,
         after_restore: None,
+        replicated: false,
     };
     for attr in &input.attrs {
         if !attr.path().is_ident("checkpoint") {
@@ -69,8 +74,11 @@ fn parse_struct_attrs(input: &DeriveInput) -> syn::Result<StructAttrs> {
                 let s: LitStr = meta.value()?.parse()?;
                 out.after_restore = Some(s.parse()?);
                 Ok(())
+            } else if meta.path.is_ident("replicated") {
+                out.replicated = true;
+                Ok(())
             } else {
-                Err(meta.error("unknown struct attribute; expected `crate = \"..\"` or `after_restore = \"path::to::fn\"`"))
+                Err(meta.error("unknown struct attribute; expected `crate = \"..\"`, `after_restore = \"path::to::fn\"` or `replicated`"))
             }
         })?;
     }
@@ -89,11 +97,19 @@ fn parse_field(field: &syn::Field, index: usize) -> syn::Result<FieldPlan> {
         }
     };
     let mut mode = Mode::Default;
+    let mut replicated = false;
     for attr in &field.attrs {
         if !attr.path().is_ident("checkpoint") {
             continue;
         }
         attr.parse_nested_meta(|meta| {
+            if meta.path.is_ident("replicated") {
+                if replicated {
+                    return Err(meta.error("`replicated` may appear once"));
+                }
+                replicated = true;
+                return Ok(());
+            }
             let new_mode = if meta.path.is_ident("skip") {
                 Mode::Skip
             } else if meta.path.is_ident("serde") {
@@ -107,7 +123,7 @@ fn parse_field(field: &syn::Field, index: usize) -> syn::Result<FieldPlan> {
                 return Ok(());
             } else {
                 return Err(meta.error(
-                    "unknown field attribute; expected `skip`, `serde` or `rename = \"..\"`",
+                    "unknown field attribute; expected `skip`, `serde`, `replicated` or `rename = \"..\"`",
                 ));
             };
             if mode != Mode::Default {
@@ -117,11 +133,18 @@ fn parse_field(field: &syn::Field, index: usize) -> syn::Result<FieldPlan> {
             Ok(())
         })?;
     }
+    if replicated && mode == Mode::Skip {
+        return Err(syn::Error::new(
+            field.span(),
+            "`replicated` has no effect on a `skip` field (it is not saved)",
+        ));
+    }
     Ok(FieldPlan {
         access,
         name,
         mode,
         ty: field.ty.clone(),
+        replicated,
     })
 }
 
@@ -185,24 +208,44 @@ fn expand(input: &DeriveInput) -> syn::Result<TokenStream2> {
     let mut hooks = Vec::new();
     for f in &fields {
         let (access, name) = (&f.access, &f.name);
-        match f.mode {
+        let one = match f.mode {
             Mode::Default => {
                 // Spanned at the field's type so "does not implement Checkpoint" points there.
                 let sp = f.ty.span();
-                save.push(quote_spanned!(sp=> __out.field(#name, &self.#access)?;));
                 restore.push(quote_spanned!(sp=> __inp.field(#name, &mut self.#access)?;));
                 hooks.push(quote!(#rt::Checkpoint::after_restore(&mut self.#access)?;));
+                quote_spanned!(sp=> __out.field(#name, &self.#access))
             }
             Mode::Serde => {
-                save.push(quote!(__out.serde_field(#name, &self.#access)?;));
                 restore.push(quote!(__inp.serde_field(#name, &mut self.#access)?;));
+                quote!(__out.serde_field(#name, &self.#access))
             }
-            Mode::Skip => {}
-        }
+            Mode::Skip => continue,
+        };
+        save.push(if f.replicated {
+            quote!(__out.replicated(|__out| #one)?;)
+        } else {
+            quote!(#one?;)
+        });
     }
     if let Some(hook) = &attrs.after_restore {
         hooks.push(quote!(#hook(self)?;));
     }
+    let save_body = if attrs.replicated {
+        quote! {
+            __out.replicated(|__out| {
+                #(#save)*
+                let _ = __out;
+                ::core::result::Result::Ok(())
+            })
+        }
+    } else {
+        quote! {
+            #(#save)*
+            let _ = __out;
+            ::core::result::Result::Ok(())
+        }
+    };
     let lt = format_ident!("__lazarus_a");
     let lt = syn::Lifetime {
         apostrophe: Span::call_site(),
@@ -211,9 +254,7 @@ fn expand(input: &DeriveInput) -> syn::Result<TokenStream2> {
     Ok(quote! {
         impl #impl_g #rt::Checkpoint for #ident #ty_g #where_c {
             fn save<#lt>(&#lt self, __out: &mut #rt::StateWriter<#lt>) -> ::core::result::Result<(), #rt::StateError> {
-                #(#save)*
-                let _ = __out;
-                ::core::result::Result::Ok(())
+                #save_body
             }
             fn restore(&mut self, __inp: &mut #rt::StateReader) -> ::core::result::Result<(), #rt::StateError> {
                 #(#restore)*

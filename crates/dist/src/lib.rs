@@ -23,6 +23,8 @@
 //! assert!(sums.iter().all(|s| s.to_bits() == sums[0].to_bits()));
 //! ```
 #![deny(missing_docs)]
+// A failed stdout/stderr must never panic a job (issue #11 item 10): no print macros.
+#![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
 
 mod balance;
 mod collective;

@@ -1,15 +1,23 @@
 //! N -> M restart: cutting the parts of a checkpoint written by N ranks into what each of
 //! M ranks restores.
 //!
-//! Classification, from the manifests alone:
+//! Classification, from the manifests alone — by the sharing each object records (format
+//! 1.2, [`Sharing`]), never by the number of old ranks:
 //! - **distributed**: a bulk object that records a [`GlobalRange`] on every rank (a DVec);
 //!   the ranges must tile the array. New rank `r` of M gets rows
 //!   `Distribution::even(rows, M).range(r)` (rows of the width in the DVec type name), the
 //!   layout `DVec::new` creates, re-assembled from the old parts that overlap it.
-//! - **replicated**: any other object whose bytes are identical on every old rank (a step
-//!   counter, parameters); every new rank gets rank 0's copy.
-//! - **per-rank**: an object whose bytes differ between old ranks, or that only some ranks
-//!   have. It cannot be redistributed: the restore is refused with an error naming it.
+//! - **replicated**: an object recorded `replicated` (`#[checkpoint(replicated)]`); every
+//!   new rank gets rank 0's copy, after checking that every old rank's copy is identical
+//!   (the declaration is a promise, and a broken one is refused, naming the ranks).
+//! - **per-rank**: an object recorded `rank` (anything not declared), or that only some
+//!   ranks have. It cannot be redistributed: the restore is refused with an error naming it.
+//!
+//! Checkpoints written before 1.2 record no sharing. For those (decision, docs/DIST.md): a
+//! checkpoint of N > 1 ranks keeps the old rule — a non-distributed object identical on
+//! every old rank is replicated — while a checkpoint of one rank is refused for every
+//! non-distributed object: with a single old copy, "identical on every rank" proves nothing,
+//! and copying a per-rank value to every new rank would silently change the result.
 //!
 //! Reading: [`Reshard::assemble_from`] takes a [`PartSource`], which reads whole objects
 //! (replicated ones, to check every old copy) or byte ranges of one object (the rows a new
@@ -18,7 +26,7 @@
 use crate::dvec::row_width_of;
 use crate::error::{DistError, Result};
 use crate::partition::Distribution;
-use lazarus_format::{GlobalRange, LoadedObject, ObjectInfo, ObjectKind, Rank};
+use lazarus_format::{GlobalRange, LoadedObject, ObjectInfo, ObjectKind, Rank, Sharing};
 use std::collections::BTreeMap;
 
 /// How an object of a checkpoint moves to another world size.
@@ -128,6 +136,14 @@ impl Reshard {
                         info.name, info.type_name, info.kind, o.type_name, o.kind
                     )));
                 }
+                if o.sharing != info.sharing {
+                    return Err(DistError::bad_checkpoint(format!(
+                        "field `{}` is recorded as {} on rank 0 but {} on rank {r}",
+                        info.name,
+                        sharing_tag(info.sharing),
+                        sharing_tag(o.sharing)
+                    )));
+                }
                 if let ObjectKind::Bulk {
                     global: Some(g),
                     len,
@@ -164,7 +180,29 @@ impl Reshard {
                         row_width: w,
                     }
                 }
-                _ => ObjectClass::Replicated,
+                _ => match info.sharing {
+                    Some(Sharing::Replicated) => ObjectClass::Replicated,
+                    // Written before 1.2: N > 1 identical copies are evidence, one is not.
+                    None if old_world > 1 => ObjectClass::Replicated,
+                    None => {
+                        return Err(DistError::bad_checkpoint(format!(
+                            "field `{}` of this 1-rank checkpoint may be per-rank state: the \
+                             checkpoint predates format 1.2, which records replicated fields, \
+                             and one old copy proves nothing (restore it on 1 rank, declare the \
+                             field #[checkpoint(replicated)] or make it a DVec, and checkpoint \
+                             again)",
+                            info.name
+                        )))
+                    }
+                    Some(Sharing::Rank | Sharing::Distributed) => {
+                        return Err(DistError::bad_checkpoint(format!(
+                            "field `{}` is per-rank state (neither a DVec nor declared \
+                             #[checkpoint(replicated)]), not redistributable from {old_world} \
+                             to {new_world} ranks",
+                            info.name
+                        )))
+                    }
+                },
             };
             objects.insert(info.name.clone(), (info.clone(), class));
         }
@@ -230,7 +268,8 @@ impl Reshard {
                 return Err(DistError::bad_checkpoint(format!(
                     "field `{name}` differs between rank 0 and rank {r}: it is per-rank state, \
                      not redistributable, so a checkpoint of {} ranks cannot restore on {} \
-                     (make it a DVec, or identical on every rank)",
+                     (make it a DVec, or the same on every rank and declared \
+                     #[checkpoint(replicated)])",
                     self.old_world, self.new_world
                 )));
             }
@@ -348,10 +387,15 @@ impl Reshard {
                         total,
                     }),
                 },
+                sharing: info.sharing,
             },
             data,
         })
     }
+}
+
+fn sharing_tag(s: Option<Sharing>) -> &'static str {
+    s.map_or("unrecorded (before format 1.2)", Sharing::tag)
 }
 
 fn fetch_one(src: &mut impl PartSource, r: Rank, name: &str) -> Result<LoadedObject> {
@@ -381,5 +425,64 @@ fn same_shape(a: &ObjectKind, b: &ObjectKind) -> bool {
         ) => da == db && ga.is_some() == gb.is_some(),
         (ObjectKind::Serde, ObjectKind::Serde) => true,
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serde_obj(name: &str, sharing: Option<Sharing>) -> ObjectInfo {
+        ObjectInfo {
+            name: name.into(),
+            type_name: "u64".into(),
+            kind: ObjectKind::Serde,
+            sharing,
+        }
+    }
+
+    fn worlds(n: usize, sharing: Option<Sharing>) -> Vec<Vec<ObjectInfo>> {
+        (0..n).map(|_| vec![serde_obj("x", sharing)]).collect()
+    }
+
+    #[test]
+    fn recorded_sharing_decides_whatever_the_old_world_size() {
+        for n in [1, 2, 4] {
+            for m in [1, 3, 5] {
+                let rank = Reshard::new(&worlds(n, Some(Sharing::Rank)), m);
+                let e = rank.unwrap_err().to_string();
+                assert!(e.contains("`x` is per-rank state"), "{n}->{m}: {e}");
+                let repl = Reshard::new(&worlds(n, Some(Sharing::Replicated)), m).unwrap();
+                assert_eq!(
+                    repl.classes().next().map(|c| c.1.clone()),
+                    Some(ObjectClass::Replicated)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn unrecorded_sharing_keeps_the_comparison_for_several_ranks_and_refuses_one() {
+        let old = Reshard::new(&worlds(3, None), 2).unwrap();
+        assert_eq!(
+            old.classes().next().map(|c| c.1.clone()),
+            Some(ObjectClass::Replicated)
+        );
+        let e = Reshard::new(&worlds(1, None), 4).unwrap_err().to_string();
+        assert!(e.contains("field `x` of this 1-rank checkpoint"), "{e}");
+        assert!(e.contains("#[checkpoint(replicated)]"), "{e}");
+    }
+
+    #[test]
+    fn ranks_disagreeing_on_sharing_are_refused() {
+        let old = vec![
+            vec![serde_obj("x", Some(Sharing::Replicated))],
+            vec![serde_obj("x", Some(Sharing::Rank))],
+        ];
+        let e = Reshard::new(&old, 3).unwrap_err().to_string();
+        assert!(
+            e.contains("`x` is recorded as replicated on rank 0 but rank on rank 1"),
+            "{e}"
+        );
     }
 }

@@ -123,6 +123,7 @@ proptest! {
 
 #[derive(Checkpoint, Debug)]
 struct Sim {
+    #[checkpoint(replicated)]
     step: u64,
     field: DVec<f64>,
 }
@@ -263,6 +264,35 @@ fn per_rank_state_is_refused_by_name() {
         .iter()
         .map(|p| p.iter().map(|o| o.info.clone()).collect())
         .collect();
+    // The sharing is recorded: refused from the manifests alone, no data read.
+    let e = Reshard::new(&infos, 3).unwrap_err();
+    assert!(e.to_string().contains("`local_seed`"), "{e}");
+    assert!(e.to_string().contains("not redistributable"), "{e}");
+}
+
+#[derive(Checkpoint, Debug)]
+struct Declared {
+    field: DVec<f64>,
+    #[checkpoint(replicated)]
+    seed: u64,
+}
+
+/// A field declared replicated that is not (a broken promise) is still refused, naming the
+/// two ranks, by the byte comparison of every old rank's copy.
+#[test]
+fn a_declared_replicated_field_that_differs_is_refused() {
+    let parts: Vec<Vec<LoadedObject>> = local(2, |c| {
+        let s = Declared {
+            field: DVec::new(&c, 8).unwrap(),
+            seed: u64::from(c.rank().0),
+        };
+        lazarus_state::to_loaded(&lazarus_state::save(&s).unwrap())
+    })
+    .unwrap();
+    let infos: Vec<Vec<_>> = parts
+        .iter()
+        .map(|p| p.iter().map(|o| o.info.clone()).collect())
+        .collect();
     let plan = Reshard::new(&infos, 3).unwrap();
     let mut fetch = |r: Rank, name: &str| {
         parts[r.index()]
@@ -272,8 +302,11 @@ fn per_rank_state_is_refused_by_name() {
             .ok_or(Missing)
     };
     let e = plan.check(&mut fetch).unwrap_err();
-    assert!(e.to_string().contains("`local_seed`"), "{e}");
-    assert!(e.to_string().contains("not redistributable"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("field `seed` differs between rank 0 and rank 1"),
+        "{e}"
+    );
 }
 
 #[test]

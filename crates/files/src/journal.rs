@@ -334,7 +334,11 @@ pub(crate) fn failpoint(name: &str) {
     static ARMED: OnceLock<Option<String>> = OnceLock::new();
     let armed = ARMED.get_or_init(|| std::env::var(FAILPOINT_ENV).ok());
     if armed.as_deref() == Some(name) {
-        eprintln!("lazarus-files: failpoint {name}: SIGKILL");
+        // Marked as injected so a reader of the log never mistakes it for a real crash.
+        let _ = writeln!(
+            std::io::stderr(),
+            "lazarus-files: injected failpoint {name}: SIGKILL"
+        );
         // SAFETY: kill(2) on our own pid has no memory-safety preconditions.
         unsafe {
             libc::kill(libc::getpid(), libc::SIGKILL);

@@ -24,6 +24,7 @@
 //!
 //! Layout, model and limits: docs/FILES.md.
 #![deny(missing_docs)]
+#![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
 
 mod bits;
 mod error;

@@ -9,7 +9,8 @@ use crate::journal::{Entry, LocalState};
 use crate::mmap::Map;
 use crate::publish;
 use lazarus_format::{
-    ChangeHint, CheckpointId, ChunkDigest, DType, ObjectInfo, ObjectKind, ObjectSpec, WrittenSink,
+    ChangeHint, CheckpointId, ChunkDigest, DType, ObjectInfo, ObjectKind, ObjectSpec, Sharing,
+    WrittenSink,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -143,6 +144,8 @@ impl Snapshot<'_> {
                 name: INDEX_OBJECT.into(),
                 type_name: INDEX_TYPE.into(),
                 kind: ObjectKind::Serde,
+                // Managed files are each rank's own (docs/FILES.md): never moved N->M.
+                sharing: Some(Sharing::Rank),
             },
             self.index.as_slice(),
         ));
@@ -158,6 +161,7 @@ impl Snapshot<'_> {
                             len: bytes.len() as u64,
                             global: None,
                         },
+                        sharing: Some(Sharing::Rank),
                     },
                     bytes,
                 )

@@ -4,7 +4,7 @@
 //! Layout (see docs/FORMAT.md "Chunk"):
 //! ```text
 //! 0..4   magic "LZCK"
-//! 4      codec: 0 = none, 1 = zstd (one zstd frame)
+//! 4      codec: 0 = none, 1 = zstd (exactly one zstd frame, nothing before or after it)
 //! 5      filter: 0 = none, 1 = byte-shuffle (applied before the codec)
 //! 6      filter element width in bytes (1..=8 with byte-shuffle, 0 otherwise)
 //! 7      chunk layout version, 1
@@ -29,7 +29,8 @@ pub const MAX_CHUNK_LEN: u64 = 256 << 20;
 pub enum ChunkCodec {
     /// Payload is the (filtered) raw bytes.
     None,
-    /// Payload is one zstd frame of the (filtered) raw bytes.
+    /// Payload is exactly one zstd frame of the (filtered) raw bytes: no skippable frame,
+    /// no second frame, no trailing bytes.
     Zstd,
 }
 
@@ -228,6 +229,7 @@ pub fn decode_chunk(file: &[u8], expected: &ChunkDigest) -> Result<Vec<u8>, Form
             payload.to_vec()
         }
         ChunkCodec::Zstd => {
+            check_one_zstd_frame(payload)?;
             let v = zstd::bulk::decompress(payload, raw_len).map_err(|e| {
                 FormatError::new(
                     FormatErrorKind::Checksum,
@@ -262,6 +264,37 @@ pub fn decode_chunk(file: &[u8], expected: &ChunkDigest) -> Result<Vec<u8>, Form
         ));
     }
     Ok(raw)
+}
+
+/// Magic number opening a zstd frame (0xFD2FB528, little-endian).
+const ZSTD_FRAME_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+
+/// A zstd payload is exactly one zstd frame (docs/FORMAT.md, "Chunk"): it starts with the
+/// frame magic (no skippable or legacy frame) and the frame ends exactly at the end of the
+/// payload (no second frame, no trailing bytes). zstd itself would decode concatenated
+/// frames, so two readers could otherwise disagree on what a chunk holds.
+fn check_one_zstd_frame(payload: &[u8]) -> Result<(), FormatError> {
+    let invalid = |msg: String| FormatError::new(FormatErrorKind::Invalid, msg);
+    if payload.get(..4) != Some(&ZSTD_FRAME_MAGIC[..]) {
+        return Err(invalid(format!(
+            "zstd payload does not start with a zstd frame (magic 28 b5 2f fd), but {:02x?}",
+            &payload[..payload.len().min(4)]
+        )));
+    }
+    match zstd::zstd_safe::find_frame_compressed_size(payload) {
+        Ok(n) if n == payload.len() => Ok(()),
+        Ok(n) => Err(invalid(format!(
+            "zstd payload holds {} bytes after its frame of {n} bytes: one frame only",
+            payload.len() - n
+        ))),
+        Err(code) => Err(FormatError::new(
+            FormatErrorKind::Checksum,
+            format!(
+                "zstd frame does not parse: {}",
+                zstd::zstd_safe::get_error_name(code)
+            ),
+        )),
+    }
 }
 
 #[cfg(test)]

@@ -39,6 +39,27 @@ impl fmt::Display for Epoch {
 #[serde(transparent)]
 pub struct CheckpointId(pub u64);
 
+impl CheckpointId {
+    /// The largest id: a checkpoint directory is named by its id in exactly 16 decimal
+    /// digits (docs/FORMAT.md), so 10^16 and more cannot be stored. Writers refuse to
+    /// begin a checkpoint past it and decoders refuse records naming one.
+    pub const MAX: CheckpointId = CheckpointId(9_999_999_999_999_999);
+
+    /// `Some` when `id` fits the 16-digit directory names (`id <= MAX`).
+    pub fn new(id: u64) -> Option<CheckpointId> {
+        (id <= Self::MAX.0).then_some(CheckpointId(id))
+    }
+
+    /// The error text of an id past [`CheckpointId::MAX`], naming it.
+    pub fn out_of_range(id: u64) -> String {
+        format!(
+            "checkpoint id {id} does not fit the 16 decimal digits of a checkpoint directory \
+             name (largest {})",
+            Self::MAX.0
+        )
+    }
+}
+
 impl fmt::Display for CheckpointId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Zero-padded so lexical order of directory names equals numeric order.

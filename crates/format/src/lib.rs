@@ -6,12 +6,15 @@
 //! ([`encode_chunk`] / [`decode_chunk`]), and the two self-checksummed JSON records
 //! [`Manifest`] (one per rank) and [`CommitRecord`] (the commit point).
 #![deny(missing_docs)]
+// A failed stdout/stderr must never panic a job (issue #11 item 10): no print macros.
+#![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
 
 pub mod base64;
 mod chunk;
 mod envelope;
 mod error;
 mod ids;
+mod json;
 mod manifest;
 mod object;
 mod repo;
@@ -27,7 +30,7 @@ pub use manifest::{
     ChunkRef, CommitPart, CommitRecord, Manifest, ManifestObject, WriterInfo, MAX_INLINE_MANIFEST,
 };
 pub use object::{
-    ChangeHint, DType, GlobalRange, LoadedObject, ObjectInfo, ObjectKind, ObjectSpec, WriteTicket,
-    WrittenSink,
+    ChangeHint, DType, GlobalRange, LoadedObject, ObjectInfo, ObjectKind, ObjectSpec, Sharing,
+    WriteTicket, WrittenSink,
 };
 pub use repo::{FormatVersion, FORMAT_MAJOR, FORMAT_MINOR, REPO_FORMAT_LEN, REPO_MAGIC};

@@ -5,7 +5,7 @@
 use crate::envelope::{self, COMMIT_MAGIC, MANIFEST_MAGIC};
 use crate::error::{FormatError, FormatErrorKind};
 use crate::ids::{CheckpointId, ChunkDigest, Rank};
-use crate::object::{ObjectInfo, ObjectKind};
+use crate::object::{ObjectInfo, ObjectKind, Sharing};
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -48,18 +48,29 @@ pub struct Manifest {
 }
 
 impl Manifest {
-    /// Encodes the manifest file (envelope + JSON).
+    /// Encodes the manifest file (envelope + JSON). The envelope says minor 2 when an
+    /// object records its sharing (format 1.2), 0 otherwise (byte-identical to 1.0).
     pub fn encode(&self) -> Vec<u8> {
         // Serializing plain structs of integers and strings to JSON cannot fail.
         let body = serde_json::to_vec_pretty(self).unwrap_or_default();
-        envelope::seal(MANIFEST_MAGIC, 0, &body)
+        let minor = if self.objects.iter().any(|o| o.info.sharing.is_some()) {
+            2
+        } else {
+            0
+        };
+        envelope::seal(MANIFEST_MAGIC, minor, &body)
     }
 
-    /// Decodes and validates a manifest file: envelope, JSON, and internal consistency
+    /// Decodes and validates a manifest file: envelope, JSON (no duplicate key), and
+    /// internal consistency
     /// (each object's chunk lengths add up to `bytes`; a bulk object's `bytes` equals
-    /// `len * dtype width`; names unique).
+    /// `len * dtype width`; names unique; a recorded sharing is `distributed` exactly for
+    /// the bulk objects with a global range).
     pub fn decode(file: &[u8]) -> Result<Manifest, FormatError> {
         let body = envelope::open(MANIFEST_MAGIC, "manifest", file)?;
+        crate::json::check_no_duplicate_keys(body).map_err(|e| {
+            FormatError::new(FormatErrorKind::Invalid, format!("manifest JSON: {e}"))
+        })?;
         let m: Manifest = serde_json::from_slice(body).map_err(|e| {
             FormatError::new(FormatErrorKind::Invalid, format!("manifest JSON: {e}"))
         })?;
@@ -68,6 +79,9 @@ impl Manifest {
     }
 
     fn validate(&self) -> Result<(), FormatError> {
+        if CheckpointId::new(self.checkpoint.0).is_none() {
+            return Err(invalid(CheckpointId::out_of_range(self.checkpoint.0)));
+        }
         let mut names = std::collections::BTreeSet::new();
         for o in &self.objects {
             let name = &o.info.name;
@@ -109,6 +123,22 @@ impl Manifest {
                             g.start, g.len, g.total
                         )));
                     }
+                }
+            }
+            if let Some(sharing) = o.info.sharing {
+                let global = matches!(
+                    o.info.kind,
+                    ObjectKind::Bulk {
+                        global: Some(_),
+                        ..
+                    }
+                );
+                if global != (sharing == Sharing::Distributed) {
+                    return Err(invalid(format!(
+                        "object {name:?}: sharing {:?} {} a global range",
+                        sharing.tag(),
+                        if global { "contradicts" } else { "needs" }
+                    )));
                 }
             }
         }
@@ -218,11 +248,17 @@ impl CommitRecord {
         envelope::seal(COMMIT_MAGIC, minor, &body)
     }
 
-    /// Decodes and validates a COMMIT file (envelope, JSON, one part per rank in order).
+    /// Decodes and validates a COMMIT file (envelope, JSON without duplicate keys, one part
+    /// per rank in order).
     pub fn decode(file: &[u8]) -> Result<CommitRecord, FormatError> {
         let body = envelope::open(COMMIT_MAGIC, "COMMIT", file)?;
+        crate::json::check_no_duplicate_keys(body)
+            .map_err(|e| FormatError::new(FormatErrorKind::Invalid, format!("COMMIT JSON: {e}")))?;
         let c: CommitRecord = serde_json::from_slice(body)
             .map_err(|e| FormatError::new(FormatErrorKind::Invalid, format!("COMMIT JSON: {e}")))?;
+        if CheckpointId::new(c.checkpoint.0).is_none() {
+            return Err(invalid(CheckpointId::out_of_range(c.checkpoint.0)));
+        }
         if c.parts.len() as u64 != u64::from(c.world_size) {
             return Err(invalid(format!(
                 "COMMIT lists {} parts for world size {}",

@@ -99,8 +99,38 @@ pub enum ObjectKind {
     Serde,
 }
 
+/// How an object's value relates across the ranks of a job (format 1.2, docs/FORMAT.md).
+/// Recorded by the writer from what the program declared, so that restoring on another
+/// number of ranks never has to guess from the data (with one old rank every value looks
+/// "the same on all ranks").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Sharing {
+    /// This rank's own value: anything not declared otherwise. Cannot be moved to another
+    /// number of ranks.
+    Rank,
+    /// The same value on every rank by construction (`#[checkpoint(replicated)]`): every
+    /// new rank gets a copy (old ranks' copies are still compared).
+    Replicated,
+    /// One block of a distributed array: a bulk object with a `global` range (a `DVec`),
+    /// re-cut for the new number of ranks.
+    Distributed,
+}
+
+impl Sharing {
+    /// The tag used in manifests (`"rank"`, `"replicated"`, `"distributed"`).
+    pub fn tag(self) -> &'static str {
+        match self {
+            Sharing::Rank => "rank",
+            Sharing::Replicated => "replicated",
+            Sharing::Distributed => "distributed",
+        }
+    }
+}
+
 /// Description of one object: its name (a field path such as `params.dt`), the Rust type it
-/// was written from (part of the schema checked on restore), and its kind.
+/// was written from (part of the schema checked on restore), its kind, and how it is
+/// shared between ranks.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ObjectInfo {
     /// Field path, unique within a rank's part; `.`-separated for nested structs.
@@ -110,6 +140,26 @@ pub struct ObjectInfo {
     /// Bulk or serde, with dtype and length for bulk.
     #[serde(flatten)]
     pub kind: ObjectKind,
+    /// How the value is shared between ranks; `None` in manifests written before format
+    /// 1.2, which did not record it (restoring those on another number of ranks falls back
+    /// to comparing the old ranks' bytes, docs/DIST.md). Not part of the schema check: a
+    /// field may be declared replicated after its checkpoints were written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sharing: Option<Sharing>,
+}
+
+impl ObjectInfo {
+    /// The sharing a writer records for `kind` when the program declared the value
+    /// replicated or not: a bulk object with a global range is always `Distributed`.
+    pub fn sharing_of(kind: &ObjectKind, replicated: bool) -> Sharing {
+        match kind {
+            ObjectKind::Bulk {
+                global: Some(_), ..
+            } => Sharing::Distributed,
+            _ if replicated => Sharing::Replicated,
+            _ => Sharing::Rank,
+        }
+    }
 }
 
 /// An object ready to be written: its description and its bytes (borrowed when the host

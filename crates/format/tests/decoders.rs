@@ -24,6 +24,7 @@ fn manifest() -> Manifest {
                         total: 20,
                     }),
                 },
+                sharing: None,
             },
             bytes: 11,
             chunks: data
@@ -129,11 +130,41 @@ fn future_major_is_refused_everywhere() {
     f[8] = 9;
     let e = FormatVersion::decode(&f).unwrap_err();
     assert_eq!(e.kind, FormatErrorKind::VersionUnsupported);
-    assert!(e.msg.contains("9.1"), "{e}");
+    assert!(
+        e.msg
+            .contains(&format!("9.{}", FormatVersion::CURRENT.minor)),
+        "{e}"
+    );
     // A newer minor of the same major is accepted.
     let mut f = FormatVersion::CURRENT.encode();
     f[10] = 7;
     assert_eq!(FormatVersion::decode(&f).unwrap().minor, 7);
+}
+
+/// Format 1.2: an object's sharing round-trips, raises the manifest envelope to minor 2
+/// (a manifest without it keeps 1.0's bytes), and must agree with the global range.
+#[test]
+fn sharing_is_recorded_and_checked_against_the_global_range() {
+    let plain = manifest().encode();
+    assert_eq!(u16::from_le_bytes([plain[6], plain[7]]), 0);
+    let mut m = manifest();
+    m.objects[0].info.sharing = Some(Sharing::Distributed);
+    let bytes = m.encode();
+    assert_eq!(u16::from_le_bytes([bytes[6], bytes[7]]), 2);
+    assert!(String::from_utf8_lossy(&bytes).contains("\"sharing\": \"distributed\""));
+    assert_eq!(Manifest::decode(&bytes).unwrap(), m);
+    for wrong in [Sharing::Rank, Sharing::Replicated] {
+        m.objects[0].info.sharing = Some(wrong);
+        let e = Manifest::decode(&m.encode()).unwrap_err();
+        assert_eq!(e.kind, FormatErrorKind::Invalid);
+        assert!(e.msg.contains("contradicts a global range"), "{e}");
+    }
+    m.objects[0].info.sharing = Some(Sharing::Distributed);
+    if let ObjectKind::Bulk { global, .. } = &mut m.objects[0].info.kind {
+        *global = None;
+    }
+    let e = Manifest::decode(&m.encode()).unwrap_err();
+    assert!(e.msg.contains("needs a global range"), "{e}");
 }
 
 proptest! {
@@ -201,4 +232,87 @@ proptest! {
         file.extend_from_slice(body.as_bytes());
         let _ = Manifest::decode(&file);
     }
+}
+
+/// docs/FORMAT.md gaps (issue #11): a zstd chunk payload is exactly one zstd frame, with
+/// nothing before it (a skippable frame) or after it (a second frame, garbage). Before the
+/// fix a payload of two frames that together decompress to the raw length was accepted, so
+/// two readers could disagree on what a chunk holds.
+#[test]
+fn zstd_framing_extra_frames_or_trailing_bytes() {
+    let raw: Vec<u8> = (0..4000u32).map(|i| (i % 7) as u8).collect();
+    let digest = ChunkDigest::of(&raw);
+    let good = encode_chunk(&raw, ChunkCodec::Zstd, None, 1);
+    assert_eq!(decode_chunk(&good, &digest).unwrap(), raw);
+    let header = good[..CHUNK_HEADER_LEN].to_vec();
+    let frame = |b: &[u8]| zstd::bulk::compress(b, 1).unwrap();
+    let with = |payload: Vec<u8>| [header.clone(), payload].concat();
+    let (a, b) = raw.split_at(1000);
+    // Skippable frame: magic 0x184D2A50 LE, 4-byte length, then that many bytes.
+    let skippable = [
+        &[0x50, 0x2a, 0x4d, 0x18, 3, 0, 0, 0, 1, 2, 3][..],
+        &frame(&raw)[..],
+    ]
+    .concat();
+    for (what, file) in [
+        ("two frames", with([frame(a), frame(b)].concat())),
+        ("a skippable frame first", with(skippable)),
+        ("a trailing byte", with([frame(&raw), vec![0]].concat())),
+        ("an empty payload", with(Vec::new())),
+    ] {
+        let e = match decode_chunk(&file, &digest) {
+            Ok(v) => panic!("{what}: accepted, decoding to {} bytes", v.len()),
+            Err(e) => e,
+        };
+        assert!(
+            matches!(e.kind, FormatErrorKind::Invalid | FormatErrorKind::Checksum),
+            "{what}: {e}"
+        );
+    }
+}
+
+/// Wraps `body` in a valid envelope (checksum included), as a hostile writer could.
+fn sealed(magic: &[u8; 4], body: &str) -> Vec<u8> {
+    let mut head = Vec::new();
+    head.extend_from_slice(magic);
+    head.extend_from_slice(&1u16.to_le_bytes());
+    head.extend_from_slice(&0u16.to_le_bytes());
+    head.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    let mut h = blake3::Hasher::new();
+    h.update(&head);
+    h.update(body.as_bytes());
+    head.extend_from_slice(h.finalize().as_bytes());
+    head.extend_from_slice(body.as_bytes());
+    head
+}
+
+/// docs/FORMAT.md gaps (issue #11): a JSON record with a duplicate key is invalid. Before
+/// the fix the Rust decoder took the last value of a duplicated key inside an object's
+/// flattened fields or in `app`, while Python's `json` keeps the last and other parsers
+/// the first: two readers could read different records from the same verified bytes.
+#[test]
+fn duplicate_json_keys_are_refused() {
+    let m = String::from_utf8(manifest().encode()[ENVELOPE_HEADER_LEN..].to_vec()).unwrap();
+    let dup_len = m.replacen("\"len\": 11,", "\"len\": 11,\n      \"len\": 11,", 1);
+    assert_ne!(dup_len, m);
+    let e = Manifest::decode(&sealed(b"LZMF", &dup_len)).unwrap_err();
+    assert!(e.msg.contains("duplicate"), "{e}");
+    // Inside the flattened object fields (name, type_name, kind, dtype...).
+    let dup_dtype = m.replacen(
+        "\"dtype\": \"u8\",",
+        "\"dtype\": \"u8\",\n      \"dtype\": \"u8\",",
+        1,
+    );
+    assert_ne!(dup_dtype, m);
+    let e = Manifest::decode(&sealed(b"LZMF", &dup_dtype)).unwrap_err();
+    assert!(e.msg.contains("duplicate key \"dtype\""), "{e}");
+    let c = String::from_utf8(commit().encode()[ENVELOPE_HEADER_LEN..].to_vec()).unwrap();
+    let dup_app = c.replacen("\"k\": \"v\"", "\"k\": \"v\", \"k\": \"w\"", 1);
+    assert_ne!(dup_app, c);
+    let e = CommitRecord::decode(&sealed(b"LZCM", &dup_app)).unwrap_err();
+    assert_eq!(e.kind, FormatErrorKind::Invalid);
+    assert!(e.msg.contains("duplicate key \"k\""), "{e}");
+    // The unchanged records still decode (the helper seals correctly).
+    assert!(Manifest::decode(&sealed(b"LZMF", &m)).is_ok());
+    assert!(CommitRecord::decode(&sealed(b"LZCM", &c)).is_ok());
 }

@@ -20,6 +20,8 @@
 //! See docs/POLICY.md for the formulas, the derivation of the optimum and the hand-off
 //! format.
 #![deny(missing_docs)]
+// A failed stdout/stderr must never panic a job (issue #11 item 10): no print macros.
+#![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
 
 mod adaptive;
 mod duration;

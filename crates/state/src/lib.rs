@@ -57,12 +57,25 @@
 //! Field attributes: `#[checkpoint(skip)]` (not saved; restore leaves the field as it was,
 //! i.e. at the value the program initialised it with), `#[checkpoint(serde)]` (save the
 //! field with postcard; needed for serde types that do not implement `Checkpoint`, such as
-//! `Vec<String>` or a user struct), `#[checkpoint(rename = "old_name")]`. Struct
+//! `Vec<String>` or a user struct), `#[checkpoint(rename = "old_name")]`,
+//! `#[checkpoint(replicated)]` (alone or with `serde`: the field holds the same value on
+//! every rank by construction — parameters, a counter every rank advances alike — so a
+//! checkpoint may give each rank of another world size a copy; see "Sharing" below). Struct
 //! attributes: `#[checkpoint(after_restore = "path::to::fn")]`, a `fn(&mut Self) ->
 //! Result<(), StateError>` run after the whole value (and every field's own hook) was
-//! restored — the place to rebuild skipped fields; `#[checkpoint(crate = "path")]` when
+//! restored — the place to rebuild skipped fields; `#[checkpoint(replicated)]` (every
+//! value of the struct is replicated); `#[checkpoint(crate = "path")]` when
 //! this crate is reachable under another path. Nested derived structs save under
 //! `outer.inner` paths. Enums are not derivable: mark them `#[checkpoint(serde)]`.
+//!
+//! # Sharing between ranks
+//!
+//! Every saved object records how it relates across ranks (docs/FORMAT.md, format 1.2):
+//! `distributed` (a bulk array with a global range: one block of a `DVec`), `replicated`
+//! (declared with `#[checkpoint(replicated)]` or [`StateWriter::replicated`]) or `rank`
+//! (everything else: this rank's own value). A checkpoint restores on another number of
+//! ranks only when it holds no `rank` object; the decision never depends on how many ranks
+//! wrote it (with one old rank, every value would look "identical on all ranks").
 //!
 //! # Schema names
 //!
@@ -70,6 +83,8 @@
 //! types the Rust type name with module paths removed (`Params`, `Option<u32>`), so moving
 //! a type between modules does not invalidate checkpoints but renaming it does.
 #![deny(missing_docs)]
+// A failed stdout/stderr must never panic a job (issue #11 item 10): no print macros.
+#![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
 
 // Lets `#[derive(Checkpoint)]` name this crate as `::lazarus_state` from inside it.
 extern crate self as lazarus_state;

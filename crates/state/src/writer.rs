@@ -9,11 +9,19 @@ use std::collections::HashSet;
 
 /// Receives the objects a value saves. Bulk objects borrow the value's memory for `'a`, so
 /// taking a checkpoint of a large array copies nothing until the store hashes and writes it.
+///
+/// Every object records how it is shared between ranks ([`Sharing`](lazarus_format::Sharing)): `distributed` for a
+/// bulk object with a global range (a `DVec`), `replicated` inside
+/// [`StateWriter::replicated`] (what `#[checkpoint(replicated)]` generates), `rank`
+/// otherwise. Only that record decides whether a checkpoint restores on another number of
+/// ranks, never the number of ranks that wrote it.
 #[derive(Debug, Default)]
 pub struct StateWriter<'a> {
     path: String,
     objects: Vec<ObjectSpec<'a>>,
     names: HashSet<String>,
+    /// Depth of nested `replicated` scopes; > 0 marks non-distributed objects replicated.
+    replicated: u32,
 }
 
 impl<'a> StateWriter<'a> {
@@ -36,6 +44,18 @@ impl<'a> StateWriter<'a> {
         let saved = crate::push_path(&mut self.path, name)?;
         let r = value.save(self);
         self.path.truncate(saved);
+        r
+    }
+
+    /// Runs `save` with every object it pushes declared replicated: the same value on every
+    /// rank by construction (parameters, a step counter every rank advances alike), so a
+    /// checkpoint can give each rank of another world size a copy. Distributed objects
+    /// (global range) stay distributed. Nests; the declaration is the program's promise,
+    /// which a restore on another number of ranks still checks byte for byte.
+    pub fn replicated<R>(&mut self, save: impl FnOnce(&mut Self) -> R) -> R {
+        self.replicated += 1;
+        let r = save(self);
+        self.replicated -= 1;
         r
     }
 
@@ -124,10 +144,12 @@ impl<'a> StateWriter<'a> {
         if !self.names.insert(name.clone()) {
             return Err(StateError::Duplicate { field: name });
         }
+        let sharing = ObjectInfo::sharing_of(&kind, self.replicated > 0);
         let info = ObjectInfo {
             name,
             type_name: type_name.to_string(),
             kind,
+            sharing: Some(sharing),
         };
         self.objects.push(ObjectSpec { info, data, hint });
         Ok(())

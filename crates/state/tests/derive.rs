@@ -311,3 +311,87 @@ fn garbage_serde_bytes_are_a_decode_error() {
     assert_eq!(err.kind(), StateErrorKind::Codec);
     assert_eq!(err.field(), "params");
 }
+
+/// Format 1.2: every object records its sharing, from the declarations alone.
+#[test]
+fn replicated_declarations_are_recorded_per_object() {
+    use lazarus_format::{GlobalRange, Sharing};
+
+    #[derive(Checkpoint)]
+    #[checkpoint(replicated)]
+    struct Config {
+        n: u32,
+        names: Vec<u8>,
+    }
+
+    #[derive(Checkpoint)]
+    struct Block {
+        data: Vec<f64>,
+    }
+
+    impl Block {
+        fn global(&self) -> GlobalRange {
+            GlobalRange {
+                start: 0,
+                len: self.data.len() as u64,
+                total: 10,
+            }
+        }
+    }
+
+    /// A hand-written distributed leaf (what `DVec` does).
+    struct Dist(Block);
+    impl Checkpoint for Dist {
+        fn save<'a>(&'a self, out: &mut lazarus_state::StateWriter<'a>) -> Result<(), StateError> {
+            out.bulk("DVec<f64>", &self.0.data, Some(self.0.global()))
+        }
+        fn restore(&mut self, _: &mut lazarus_state::StateReader) -> Result<(), StateError> {
+            Ok(())
+        }
+    }
+
+    #[derive(Checkpoint)]
+    struct S {
+        mine: Vec<u64>,
+        #[checkpoint(replicated)]
+        step: u64,
+        #[checkpoint(serde, replicated)]
+        label: String,
+        config: Config,
+        #[checkpoint(replicated)]
+        inner: Block,
+        #[checkpoint(replicated)] // distributed wins: a DVec is never copied whole
+        field: Dist,
+    }
+
+    let s = S {
+        mine: vec![1],
+        step: 3,
+        label: "x".into(),
+        config: Config {
+            n: 1,
+            names: vec![2],
+        },
+        inner: Block { data: vec![1.0] },
+        field: Dist(Block { data: vec![0.5; 4] }),
+    };
+    let got: Vec<(String, Option<Sharing>)> = lazarus_state::save(&s)
+        .unwrap()
+        .into_iter()
+        .map(|o| (o.info.name, o.info.sharing))
+        .collect();
+    let want = [
+        ("mine", Sharing::Rank),
+        ("step", Sharing::Replicated),
+        ("label", Sharing::Replicated),
+        ("config.n", Sharing::Replicated),
+        ("config.names", Sharing::Replicated),
+        ("inner.data", Sharing::Replicated),
+        ("field", Sharing::Distributed),
+    ];
+    let want: Vec<(String, Option<Sharing>)> = want
+        .iter()
+        .map(|(n, s)| (n.to_string(), Some(*s)))
+        .collect();
+    assert_eq!(got, want);
+}

@@ -24,7 +24,11 @@ pub(crate) fn failpoint(name: &str) {
     static ARMED: OnceLock<Option<String>> = OnceLock::new();
     let armed = ARMED.get_or_init(|| std::env::var(FAILPOINT_ENV).ok());
     if armed.as_deref() == Some(name) {
-        eprintln!("lazarus-store: failpoint {name}: SIGKILL");
+        // A failed stderr must not turn the planned SIGKILL into a panic.
+        let _ = writeln!(
+            std::io::stderr(),
+            "lazarus-store: failpoint {name}: SIGKILL"
+        );
         // SAFETY: kill(2) on our own pid has no memory-safety preconditions.
         unsafe {
             libc::kill(libc::getpid(), libc::SIGKILL);

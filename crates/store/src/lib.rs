@@ -25,7 +25,7 @@
 //! let data: Vec<u8> = [1.5f64, 2.5].iter().flat_map(|x| x.to_le_bytes()).collect();
 //! let obj = ObjectSpec {
 //!     info: ObjectInfo { name: "x".into(), type_name: "Vec<f64>".into(),
-//!         kind: ObjectKind::Bulk { dtype: DType::F64, len: 2, global: None } },
+//!         kind: ObjectKind::Bulk { dtype: DType::F64, len: 2, global: None }, sharing: None },
 //!     data: data.as_slice().into(),
 //!     hint: None,
 //! };
@@ -37,11 +37,14 @@
 //! # Ok::<(), lazarus_store::StoreError>(())
 //! ```
 #![deny(missing_docs)]
+// A failed stdout/stderr must never panic a job (issue #11 item 10): no print macros.
+#![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
 
 mod error;
 mod fpcache;
 mod fsutil;
 mod layout;
+mod location;
 mod lock;
 mod par;
 mod ranged;
@@ -53,6 +56,7 @@ pub use error::{StoreError, StoreErrorKind};
 #[doc(hidden)]
 pub use fsutil::record_fsyncs;
 pub use fsutil::FAILPOINT_ENV;
+pub use location::repo_location;
 pub use reader::{
     CheckpointDir, CheckpointSummary, CommitStatus, Damage, Presence, Problem, RepoReader,
     VerifyReport,

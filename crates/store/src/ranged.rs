@@ -195,6 +195,7 @@ mod tests {
                     len: bytes.len() as u64,
                     global: None,
                 },
+                sharing: None,
             },
             data: Cow::Borrowed(&bytes),
             hint: None,

@@ -723,6 +723,7 @@ mod tests {
                 name: "p".into(),
                 type_name: "P".into(),
                 kind: ObjectKind::Serde,
+                sharing: None,
             },
             data: data.into(),
             hint: None,

@@ -257,7 +257,13 @@ impl Repository {
             scanned = true;
         }
         let id = loop {
-            let id = CheckpointId(next);
+            let id = CheckpointId::new(next).ok_or_else(|| {
+                StoreError::new(
+                    StoreErrorKind::InvalidArgument,
+                    None,
+                    CheckpointId::out_of_range(next),
+                )
+            })?;
             let dir = self.layout.checkpoint_dir(id);
             match std::fs::create_dir(&dir) {
                 Ok(()) => break id,

@@ -24,12 +24,14 @@ fn example_manifest() -> Manifest {
                 kind: ObjectKind::Bulk {
                     dtype: DType::F64,
                     len: 2,
+                    // One rank holds the whole array: ranges tile 0..total.
                     global: Some(GlobalRange {
                         start: 0,
                         len: 2,
-                        total: 4,
+                        total: 2,
                     }),
                 },
+                sharing: Some(Sharing::Distributed),
             },
             bytes: 16,
             chunks: vec![ChunkRef {
@@ -137,6 +139,17 @@ fn format_md_examples_decode() {
     assert_eq!(Manifest::decode(&m).unwrap(), example_manifest());
     let md = ChunkDigest::from_hex(block(&doc, "manifest-digest").trim()).expect("digest");
     assert_eq!(ChunkDigest::of(&m), md);
+    // BLAKE3 over more than one 1024-byte chunk exercises the tree (parent nodes, an odd
+    // last chunk carried up): input byte i is i % 251, as in BLAKE3's own test vectors.
+    for len in [2049usize, 3073] {
+        let input: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        let want = block(&doc, &format!("blake3-{len}"));
+        assert_eq!(
+            ChunkDigest::of(&input).to_hex(),
+            want.trim(),
+            "BLAKE3 of {len} bytes"
+        );
+    }
     let mut c = unhex(&block(&doc, "commit-header"));
     c.extend_from_slice(block(&doc, "commit-body").as_bytes());
     let c = CommitRecord::decode(&c).unwrap();

@@ -31,7 +31,7 @@ fn inline_manifests_leave_only_commit_and_read_back() {
         "COMMIT envelope is 1.1"
     );
     let reader = RepoReader::open(dir.path()).unwrap();
-    assert_eq!(reader.version(), FormatVersion { major: 1, minor: 1 });
+    assert_eq!(reader.version(), FormatVersion::CURRENT);
     assert_holds(dir.path(), a, 3, 5, 700);
     let v = reader.verify(&|_, _| {}).unwrap();
     assert!(v.problems.is_empty(), "{:?}", v.problems);
@@ -203,14 +203,17 @@ fn commit_presence_distinguishes_gone_pending_committed() {
 }
 
 #[test]
-fn a_1_0_repository_is_raised_to_1_1_when_opened_for_writing() {
+fn a_1_0_repository_is_raised_to_the_current_minor_when_opened_for_writing() {
     let dir = tempfile::tempdir().unwrap();
     drop(Repository::open(dir.path(), small_opts()).unwrap());
     let f = dir.path().join("FORMAT");
     std::fs::write(&f, FormatVersion { major: 1, minor: 0 }.encode()).unwrap();
     assert_eq!(RepoReader::open(dir.path()).unwrap().version().minor, 0);
     drop(Repository::open(dir.path(), small_opts()).unwrap());
-    assert_eq!(RepoReader::open(dir.path()).unwrap().version().minor, 1);
+    assert_eq!(
+        RepoReader::open(dir.path()).unwrap().version(),
+        FormatVersion::CURRENT
+    );
 }
 
 #[test]

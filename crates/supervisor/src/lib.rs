@@ -9,7 +9,9 @@
 //!   restarts on one rank fewer after each failure (down to a minimum), the job's state
 //!   being redistributed on restore.
 //! - [`Report`]: every failure with the work it lost and the recovery time, and how the
-//!   job ended.
+//!   job ended — including [`JobEnd::Refused`] when a rank reports what no restart can fix
+//!   (a restore refused, another repository opened): the supervisor then stops at once
+//!   with its own exit status instead of spending the restart budget.
 //!
 //! Output commit ([`OutputCommit`]): each rank's stdout is held back until a committed
 //! checkpoint follows it, so re-executed work neither loses nor repeats output. Ranks
@@ -17,6 +19,8 @@
 //! `LAZARUS_INCARNATION`, `LAZARUS_JOB_START`, `LAZARUS_FAILURES`,
 //! `LAZARUS_OUTPUT_MARKERS=1`). See docs/RECOVERY.md.
 #![deny(missing_docs)]
+// A failed stdout/stderr must never panic a job (issue #11 item 10): no print macros.
+#![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
 
 mod output;
 mod plan;
@@ -24,8 +28,13 @@ mod report;
 mod shrink;
 mod supervisor;
 
+/// Re-exported: ranks and the supervisor compare repository locations with it.
+pub use lazarus_store::repo_location;
 pub use output::{Marker, OutputCommit, MARKER_PREFIX};
 pub use plan::{FailpointKill, KillPlan, KillTrigger, PlannedKill};
-pub use report::{FailureReport, JobEnd, OutputLine, Report, RestorePoint};
+pub use report::{
+    FailureReport, JobEnd, OutputLine, Refusal, Report, RestorePoint, EXIT_REPO_MISMATCH,
+    EXIT_RESTORE_REFUSED,
+};
 pub use shrink::Shrink;
 pub use supervisor::{Supervisor, SupervisorConfig, SupervisorError, OUTPUT_MARKERS_ENV, REPO_ENV};

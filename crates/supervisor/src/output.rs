@@ -4,8 +4,12 @@
 //! Protocol (docs/RECOVERY.md): with `LAZARUS_OUTPUT_MARKERS=1`, a rank writes the control
 //! line `"\u{1e}lazarus:part <id> <step>"` once its part of checkpoint `<id>` is durable,
 //! and rank 0 writes `"\u{1e}lazarus:commit <id> <step>"` after COMMIT; optionally
-//! `"\u{1e}lazarus:resumed <id|-> <step>"` once restored (used to time recovery).
-//! [`OutputCommit`] is a pure state machine: lines and markers in, releasable lines out.
+//! `"\u{1e}lazarus:resumed <id|-> <step>"` once restored (used to time recovery). Two
+//! more tell the supervisor what no restart can change: `"\u{1e}lazarus:repo <location>"`
+//! (the repository a rank opened, `lazarus_store::repo_location`) and `"\u{1e}lazarus:refused
+//! <message>"` (a restore error no restart can fix: the supervisor stops instead of
+//! restarting). [`OutputCommit`] is a pure state machine: lines and markers in, releasable
+//! lines out.
 
 use lazarus_format::CheckpointId;
 
@@ -13,7 +17,7 @@ use lazarus_format::CheckpointId;
 pub const MARKER_PREFIX: &str = "\u{1e}lazarus:";
 
 /// A control line written by a rank on its stdout.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Marker {
     /// This rank's part of the checkpoint is durable; the lines before it belong to it.
     Part {
@@ -36,6 +40,24 @@ pub enum Marker {
         /// step restored
         step: u64,
     },
+    /// The repository the rank opened, as [`repo_location`](lazarus_store::repo_location) normalizes it. The supervisor
+    /// stops a job whose ranks opened another repository than its own.
+    Repo {
+        /// normalized location (one line)
+        location: String,
+    },
+    /// The rank's restore failed in a way no restart can fix (a checkpoint that cannot be
+    /// restored on this number of ranks, a schema mismatch, every checkpoint damaged): the
+    /// supervisor stops instead of restarting.
+    Refused {
+        /// the rank's error, naming the checkpoint and why (one line)
+        message: String,
+    },
+}
+
+/// Replaces line breaks so a free-text marker field stays one line.
+fn one_line(s: &str) -> String {
+    s.replace(['\n', '\r'], " ")
 }
 
 impl Marker {
@@ -48,6 +70,10 @@ impl Marker {
                 format!("{MARKER_PREFIX}resumed {} {step}", id.0)
             }
             Marker::Resumed { id: None, step } => format!("{MARKER_PREFIX}resumed - {step}"),
+            Marker::Repo { location } => format!("{MARKER_PREFIX}repo {}", one_line(location)),
+            Marker::Refused { message } => {
+                format!("{MARKER_PREFIX}refused {}", one_line(message))
+            }
         }
     }
 
@@ -60,6 +86,24 @@ impl Marker {
             Ok(t) => t.trim_end_matches(['\n', '\r']),
             Err(_) => return Some(Err("marker is not UTF-8".into())),
         };
+        // Free-text markers: everything after the first space is the payload (one line:
+        // `line()` never writes a line break into it).
+        match text.split_once(' ') {
+            Some(("repo" | "refused", p)) if p.contains(['\n', '\r']) => {
+                return Some(Err(format!("marker {text:?} has a line break")))
+            }
+            Some(("repo", loc)) if !loc.is_empty() => {
+                return Some(Ok(Marker::Repo {
+                    location: loc.to_string(),
+                }))
+            }
+            Some(("refused", msg)) if !msg.is_empty() => {
+                return Some(Ok(Marker::Refused {
+                    message: msg.to_string(),
+                }))
+            }
+            _ => {}
+        }
         let mut it = text.split(' ');
         let (kind, id, step) = (it.next(), it.next(), it.next());
         if it.next().is_some() {
@@ -137,7 +181,7 @@ impl OutputCommit {
                 self.release()
             }
             Marker::Commit { id, .. } => self.mark_committed(id),
-            Marker::Resumed { .. } => Vec::new(),
+            Marker::Resumed { .. } | Marker::Repo { .. } | Marker::Refused { .. } => Vec::new(),
         }
     }
 
@@ -242,13 +286,64 @@ mod tests {
             let line = format!("{}\n", m.line());
             assert_eq!(Marker::parse(line.as_bytes()), Some(Ok(m)));
         }
+        for m in [
+            Marker::Repo {
+                location: "/data/my repo".into(),
+            },
+            Marker::Repo {
+                location: "s3://bucket/prefix".into(),
+            },
+            Marker::Refused {
+                message: "checkpoint 3: field `x` is per-rank state".into(),
+            },
+        ] {
+            let line = format!("{}\n", m.line());
+            assert_eq!(Marker::parse(line.as_bytes()), Some(Ok(m)));
+        }
+        // A multi-line message stays one marker line.
+        let m = Marker::Refused {
+            message: "a\nb".into(),
+        };
+        assert_eq!(
+            Marker::parse(m.line().as_bytes()),
+            Some(Ok(Marker::Refused {
+                message: "a b".into()
+            }))
+        );
         assert_eq!(Marker::parse(b"checksum=12\n"), None);
-        for bad in ["part x 1", "part 1", "commit - 3", "nope 1 2", "part 1 2 3"] {
+        for bad in [
+            "part x 1",
+            "part 1",
+            "commit - 3",
+            "nope 1 2",
+            "part 1 2 3",
+            "repo",
+            "refused ",
+        ] {
             let line = format!("{MARKER_PREFIX}{bad}");
             assert!(
                 matches!(Marker::parse(line.as_bytes()), Some(Err(_))),
                 "{bad}"
             );
+        }
+    }
+
+    proptest::proptest! {
+        /// Marker lines come from rank stdout, i.e. from any program: parsing never panics,
+        /// and whatever parses formats back to a line that parses to the same marker.
+        #[test]
+        fn marker_parse_never_panics(
+            kind in proptest::sample::select(vec!["part ", "commit ", "resumed ", "repo ", "refused ", ""]),
+            text in "[ -~\r\n\u{1e}é-]{0,40}",
+            tail in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..20),
+        ) {
+            let mut line = MARKER_PREFIX.as_bytes().to_vec();
+            line.extend_from_slice(kind.as_bytes());
+            line.extend_from_slice(text.as_bytes());
+            line.extend_from_slice(&tail);
+            if let Some(Ok(m)) = Marker::parse(&line) {
+                proptest::prop_assert_eq!(Marker::parse(m.line().as_bytes()), Some(Ok(m)));
+            }
         }
     }
 

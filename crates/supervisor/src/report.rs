@@ -74,6 +74,69 @@ impl fmt::Display for FailureReport {
     }
 }
 
+/// Exit status of `lazarus run --repo` when the ranks report a restore that no restart can
+/// fix ([`Refusal::Restore`]; 65 is `EX_DATAERR` of sysexits.h: the data cannot be used).
+pub const EXIT_RESTORE_REFUSED: i32 = 65;
+/// Exit status of `lazarus run --repo` when a rank opened another repository than the
+/// supervisor's ([`Refusal::RepoMismatch`]; 78 is `EX_CONFIG` of sysexits.h).
+pub const EXIT_REPO_MISMATCH: i32 = 78;
+
+/// Why the supervisor stopped the job instead of restarting it: what no restart can change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// A rank reported (marker `refused`) that its restore failed in a way no restart can
+    /// fix: a checkpoint that cannot be restored on this number of ranks, a schema
+    /// mismatch, every checkpoint damaged.
+    Restore {
+        /// the first rank that said so
+        rank: Rank,
+        /// its error, naming the checkpoint and why
+        message: String,
+    },
+    /// A rank opened another repository than the supervisor's `--repo` (marker `repo`).
+    RepoMismatch {
+        /// the rank
+        rank: Rank,
+        /// the supervisor's repository, normalized
+        supervisor: String,
+        /// the rank's repository, normalized
+        rank_repo: String,
+    },
+}
+
+impl Refusal {
+    /// The process exit status for the CLI ([`EXIT_RESTORE_REFUSED`] or
+    /// [`EXIT_REPO_MISMATCH`]).
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Refusal::Restore { .. } => EXIT_RESTORE_REFUSED,
+            Refusal::RepoMismatch { .. } => EXIT_REPO_MISMATCH,
+        }
+    }
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refusal::Restore { rank, message } => write!(
+                f,
+                "not restarting: {rank} cannot restore, and a restart would fail the same \
+                 way: {message}"
+            ),
+            Refusal::RepoMismatch {
+                rank,
+                supervisor,
+                rank_repo,
+            } => write!(
+                f,
+                "stopped the job: {rank} opened the repository {rank_repo}, but this \
+                 supervisor manages {supervisor} (--repo); give the program the same \
+                 repository, or none (it then uses LAZARUS_REPO)"
+            ),
+        }
+    }
+}
+
 /// How the job ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum JobEnd {
@@ -86,6 +149,8 @@ pub enum JobEnd {
     },
     /// A signal (SIGINT/SIGTERM/SIGHUP) stopped the job.
     Interrupted(i32),
+    /// Stopped without restarting: restarting cannot help.
+    Refused(Refusal),
 }
 
 /// A stdout line released to the user (when capturing).
@@ -126,11 +191,13 @@ impl Report {
     }
 
     /// The process exit status for the CLI: 0 on completion, 128+signal when interrupted,
-    /// otherwise the last failure's status (never 0).
+    /// the refusal's own status ([`Refusal::exit_code`]) when refused, otherwise the last
+    /// failure's status (never 0).
     pub fn exit_code(&self) -> i32 {
-        match self.end {
+        match &self.end {
             JobEnd::Completed => 0,
             JobEnd::Interrupted(s) => 128 + s,
+            JobEnd::Refused(r) => r.exit_code(),
             JobEnd::GaveUp { .. } if self.last_exit_code != 0 => self.last_exit_code,
             JobEnd::GaveUp { .. } => 1,
         }

@@ -2,7 +2,7 @@
 
 use crate::output::{Marker, OutputCommit};
 use crate::plan::{KillPlan, KillTrigger, ResolvedKill};
-use crate::report::{FailureReport, JobEnd, OutputLine, Report, RestorePoint};
+use crate::report::{FailureReport, JobEnd, OutputLine, Refusal, Report, RestorePoint};
 use crate::shrink::{self, Shrink};
 use lazarus_format::Rank;
 use lazarus_net::launch::{LaunchConfig, LaunchObserver, Launcher};
@@ -155,6 +155,10 @@ struct Shared {
     echo: bool,
     capture: bool,
     bad_markers: u64,
+    /// The supervisor's repository as `repo_location` normalizes it.
+    repo: String,
+    /// Set by a rank's marker: stop instead of restarting.
+    refusal: Option<Refusal>,
 }
 
 impl Shared {
@@ -189,7 +193,29 @@ impl Shared {
         self.spawned_at = None;
         self.commits_this_run = 0;
         self.last_step = None;
+        self.refusal = None;
     }
+
+    /// A rank opened `location`: another repository than ours stops the job at once, before
+    /// it writes checkpoints where no supervisor looks.
+    fn check_repo(&mut self, rank: u32, location: &str) {
+        if location == self.repo || self.refusal.is_some() {
+            return;
+        }
+        self.refusal = Some(Refusal::RepoMismatch {
+            rank: Rank(rank),
+            supervisor: self.repo.clone(),
+            rank_repo: location.to_string(),
+        });
+        for v in self.victims.iter().flatten() {
+            v.kill();
+        }
+    }
+}
+
+/// One progress line on stderr; a closed or full stderr must not stop the supervisor.
+fn progress(line: std::fmt::Arguments<'_>) {
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
 }
 
 #[derive(Debug)]
@@ -218,11 +244,21 @@ impl LaunchObserver for Observer {
                 tracing::warn!("rank {rank}: ignoring malformed output marker: {e}");
             }
             Some(Ok(m)) => {
-                match m {
+                match &m {
                     Marker::Part { step, .. } | Marker::Commit { step, .. } => {
+                        let step = *step;
                         s.last_step = Some(s.last_step.map_or(step, |x| x.max(step)));
                     }
                     Marker::Resumed { .. } => {}
+                    Marker::Repo { location } => s.check_repo(rank, location),
+                    Marker::Refused { message } => {
+                        if s.refusal.is_none() {
+                            s.refusal = Some(Refusal::Restore {
+                                rank: Rank(rank),
+                                message: message.clone(),
+                            });
+                        }
+                    }
                 }
                 if let Marker::Commit { .. } = m {
                     s.commits += 1;
@@ -273,6 +309,7 @@ impl Supervisor {
             ..RepoOptions::default()
         };
         let _lock = Repository::open(&cfg.repo, opts).map_err(repo_err)?;
+        let repo_location = lazarus_store::repo_location(&cfg.repo);
         let t0 = Instant::now();
         let mut history = FailureHistory::starting_at(unix_ms() as f64 / 1000.0)
             .map_err(|e| SupervisorError::Config(e.to_string()))?;
@@ -288,6 +325,8 @@ impl Supervisor {
             echo: cfg.echo_output,
             capture: cfg.capture_output,
             bad_markers: 0,
+            repo: repo_location,
+            refusal: None,
         }));
         let mut failures: Vec<FailureReport> = Vec::new();
         let mut incarnation = 0u64;
@@ -351,13 +390,13 @@ impl Supervisor {
                     // Machine-readable for `lazarus bench experiment`, which needs the
                     // restart cost R exactly as paid: kill → every rank resumed.
                     if let (true, Some(rec)) = (cfg.progress, prev.recovery_time) {
-                        eprintln!(
+                        progress(format_args!(
                             "lazarus: recovered from the failure of incarnation {} in {:.4} s \
                              (ranks spawned after {:.4} s)",
                             prev.incarnation,
                             rec.as_secs_f64(),
                             prev.restart_latency.unwrap_or_default().as_secs_f64()
-                        );
+                        ));
                     }
                 }
             }
@@ -394,10 +433,10 @@ impl Supervisor {
             s.emit(released);
             if let Some(sig) = outcome.interrupted {
                 if cfg.progress && dropped > 0 {
-                    eprintln!(
+                    progress(format_args!(
                         "lazarus: withheld {dropped} output line(s) printed after the last \
                          committed checkpoint (a resumed run prints them again)"
-                    );
+                    ));
                 }
                 let code = outcome.exit_code();
                 return Ok(report(
@@ -440,8 +479,26 @@ impl Supervisor {
                 restart_latency: None,
             };
             let _ = run_start;
+            if let Some(refusal) = s.refusal.take() {
+                // What the ranks reported cannot change by restarting: stop now, with the
+                // refusal's own status, instead of spending the restart budget.
+                failures.push(fr);
+                if cfg.progress {
+                    progress(format_args!("lazarus: {refusal}"));
+                }
+                let code = refusal.exit_code();
+                return Ok(report(
+                    &mut s,
+                    JobEnd::Refused(refusal),
+                    failures,
+                    incarnation,
+                    t0,
+                    code,
+                    n,
+                ));
+            }
             if cfg.progress {
-                eprintln!("lazarus: {fr}");
+                progress(format_args!("lazarus: {fr}"));
             }
             failures.push(fr);
             if failures.len() as u64 > cfg.max_restarts as u64 {
@@ -459,7 +516,7 @@ impl Supervisor {
                 );
                 if cfg.progress {
                     if let Some(m) = r.give_up_message() {
-                        eprintln!("lazarus: {m}");
+                        progress(format_args!("lazarus: {m}"));
                     }
                 }
                 return Ok(r);
@@ -474,27 +531,27 @@ impl Supervisor {
                     Ok(()) => n -= 1,
                     Err(why) => {
                         if cfg.progress {
-                            eprintln!(
+                            progress(format_args!(
                                 "lazarus: not shrinking below {n} ranks (minimum {}): {why}",
                                 sh.min_ranks
-                            );
+                            ));
                         }
                     }
                 }
             }
             if cfg.progress {
                 if n < before {
-                    eprintln!(
+                    progress(format_args!(
                         "lazarus: restarting on {n} ranks instead of {before} (shrink on \
                          failure, minimum {}) (restart {incarnation} of at most {})",
                         cfg.shrink.map_or(n, |s| s.min_ranks),
                         cfg.max_restarts
-                    );
+                    ));
                 } else {
-                    eprintln!(
+                    progress(format_args!(
                         "lazarus: restarting all {n} ranks (restart {incarnation} of at most {})",
                         cfg.max_restarts
-                    );
+                    ));
                 }
             }
         }

@@ -57,7 +57,7 @@ pub fn heat_rank(a: HeatRankArgs) -> CmdResult {
     let sum = heat::run(&args).map_err(|e| format!("heat: {e}"))?;
     let rank = std::env::var("LAZARUS_RANK").unwrap_or_default();
     if rank.is_empty() || rank == "0" {
-        println!("checksum={sum:016x}");
+        heat::print_checksum(sum)?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -133,17 +133,19 @@ pub fn main(a: Args) -> CmdResult {
     };
     std::fs::create_dir_all(&root).map_err(|e| format!("creating {}: {e}", root.display()))?;
     let (crash_repo, ref_repo) = (root.join("with-failure"), root.join("reference"));
-    println!(
+    outln!(
         "Lazarus demo: 2-D heat diffusion on a {0}x{0} grid, {1} steps, {2} ranks on this machine,",
-        a.size, a.steps, a.ranks
-    );
-    println!(
+        a.size,
+        a.steps,
+        a.ranks
+    )?;
+    outln!(
         "checkpoint every {} steps (repositories under {}).",
         a.every,
         root.display()
-    );
-    println!();
-    println!("1. Running with a failure: one rank gets SIGKILL soon after the first checkpoint.");
+    )?;
+    outln!()?;
+    outln!("1. Running with a failure: one rank gets SIGKILL soon after the first checkpoint.")?;
     let plan = KillPlan {
         seed: a.seed,
         kills: vec![PlannedKill {
@@ -158,7 +160,7 @@ pub fn main(a: Args) -> CmdResult {
     };
     let crashed = supervised(&a, &crash_repo, plan)?;
     for f in &crashed.failures {
-        println!(
+        outln!(
             "   - {} {}.",
             f.failure,
             if f.injected {
@@ -166,51 +168,53 @@ pub fn main(a: Args) -> CmdResult {
             } else {
                 "(unplanned)"
             }
-        );
+        )?;
         match f.restored {
-            Some(p) => println!(
+            Some(p) => outln!(
                 "     All {} ranks were stopped and restarted from checkpoint {} (step {}).",
-                a.ranks, p.id.0, p.step
-            ),
-            None => println!("     No checkpoint was committed yet: restarted from the beginning."),
+                a.ranks,
+                p.id.0,
+                p.step
+            )?,
+            None => outln!("     No checkpoint was committed yet: restarted from the beginning.")?,
         }
         let steps = f
             .lost_steps()
             .map(|s| format!(" ({s} steps to redo)"))
             .unwrap_or_default();
-        println!("     Work lost: {:.2} s{steps}.", f.lost_time.as_secs_f64());
+        outln!("     Work lost: {:.2} s{steps}.", f.lost_time.as_secs_f64())?;
         match (f.recovery_time, f.restart_latency) {
-            (Some(r), _) => println!(
+            (Some(r), _) => outln!(
                 "     Recovery: all ranks resumed {:.2} s after the failure.",
                 r.as_secs_f64()
-            ),
-            (None, Some(l)) => println!(
+            )?,
+            (None, Some(l)) => outln!(
                 "     Recovery: all ranks restarted {:.2} s after the failure.",
                 l.as_secs_f64()
-            ),
+            )?,
             _ => {}
         }
     }
     if crashed.failures.is_empty() {
-        println!("   (the job finished before the planned kill fired)");
+        outln!("   (the job finished before the planned kill fired)")?;
     }
     let got = checksum(&crashed);
-    println!(
+    outln!(
         "   Finished in {:.2} s: {} checkpoints committed, checksum {}.",
         crashed.elapsed.as_secs_f64(),
         crashed.commits,
         got.as_deref().unwrap_or("missing")
-    );
-    println!();
-    println!("2. Running again without failures, for reference.");
+    )?;
+    outln!()?;
+    outln!("2. Running again without failures, for reference.")?;
     let reference = supervised(&a, &ref_repo, KillPlan::none())?;
     let want = checksum(&reference);
-    println!(
+    outln!(
         "   Finished in {:.2} s: checksum {}.",
         reference.elapsed.as_secs_f64(),
         want.as_deref().unwrap_or("missing")
-    );
-    println!();
+    )?;
+    outln!()?;
     let problem = match (&crashed.end, &reference.end, &got, &want) {
         (JobEnd::Completed, JobEnd::Completed, Some(g), Some(w)) if g == w => None,
         (JobEnd::Completed, JobEnd::Completed, Some(_), Some(_)) => {
@@ -229,13 +233,13 @@ pub fn main(a: Args) -> CmdResult {
     };
     match problem {
         None => {
-            println!(
+            outln!(
                 "Result: identical. The recovered run computed exactly the failure-free result."
-            );
+            )?;
             Ok(ExitCode::SUCCESS)
         }
         Some(p) => {
-            println!("Result: FAILED: {p}.");
+            outln!("Result: FAILED: {p}.")?;
             Ok(ExitCode::from(1))
         }
     }

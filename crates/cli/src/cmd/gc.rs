@@ -46,21 +46,21 @@ pub fn main(args: Args) -> CmdResult {
     }
     let r = r?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
+        outln!("{}", serde_json::to_string_pretty(&r)?)?;
     } else {
-        println!(
+        outln!(
             "kept {} checkpoint(s), removed {} (+{} uncommitted leftover(s)); swept {} chunk(s), freed {}",
             r.kept.len(),
             r.removed.len(),
             r.removed_uncommitted.len(),
             r.chunks_removed,
             super::inspect::human(r.bytes_freed)
-        );
+        )?;
         if !r.damaged_left.is_empty() {
-            println!(
+            outln!(
                 "left alone (damaged COMMIT): {:?}",
                 r.damaged_left.iter().map(|i| i.0).collect::<Vec<_>>()
-            );
+            )?;
         }
     }
     Ok(ExitCode::SUCCESS)

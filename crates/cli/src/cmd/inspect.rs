@@ -177,15 +177,23 @@ pub fn main(args: Args) -> CmdResult {
             "checkpoints": rows,
             "uncommitted": not_committed,
         });
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        outln!("{}", serde_json::to_string_pretty(&out)?)?;
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
+    outln!(
         "{:>6} {:>10} {:<20} {:>5} {:>10} {:>10} {:>10} {:>6} {:>6}",
-        "id", "step", "time (UTC)", "ranks", "logical", "stored", "new", "compr", "dedup"
-    );
+        "id",
+        "step",
+        "time (UTC)",
+        "ranks",
+        "logical",
+        "stored",
+        "new",
+        "compr",
+        "dedup"
+    )?;
     for r in &rows {
-        println!(
+        outln!(
             "{:>6} {:>10} {:<20} {:>5} {:>10} {:>10} {:>10} {:>6.2} {:>6.2}{}",
             r.id.0,
             r.step,
@@ -200,13 +208,13 @@ pub fn main(args: Args) -> CmdResult {
                 .as_ref()
                 .map(|d| format!("  DAMAGED: {d}"))
                 .unwrap_or_default()
-        );
+        )?;
         if args.parts {
-            print_parts(&r.parts);
+            print_parts(&r.parts)?;
         }
     }
     if rows.is_empty() {
-        println!("(no committed checkpoints)");
+        outln!("(no committed checkpoints)")?;
     }
     if !not_committed.is_empty() {
         let list: Vec<String> = not_committed
@@ -216,18 +224,22 @@ pub fn main(args: Args) -> CmdResult {
                 format!("{} [{}; rank parts: {}]", n.id.0, n.status, ranks.join(","))
             })
             .collect();
-        println!("uncommitted: {}", list.join(", "));
+        outln!("uncommitted: {}", list.join(", "))?;
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_parts(parts: &[PartRow]) {
-    println!(
+fn print_parts(parts: &[PartRow]) -> std::io::Result<()> {
+    outln!(
         "{:>12} {:>7} {:>10} {:>10} {:>10}  manifest",
-        "rank", "objects", "logical", "stored", "channels"
-    );
+        "rank",
+        "objects",
+        "logical",
+        "stored",
+        "channels"
+    )?;
     for p in parts {
-        println!(
+        outln!(
             "{:>12} {:>7} {:>10} {:>10} {:>10}  {:<12}{}",
             p.rank,
             p.objects,
@@ -239,8 +251,9 @@ fn print_parts(parts: &[PartRow]) {
                 .as_ref()
                 .map(|d| format!("  DAMAGED: {d}"))
                 .unwrap_or_default()
-        );
+        )?;
     }
+    Ok(())
 }
 
 /// A progress bar on stderr with `template`, only when stderr is a terminal (so pipes,

@@ -174,11 +174,11 @@ pub fn main(args: Args) -> CmdResult {
         plot::write(path, &inputs.model, inputs.work, !args.linear)?;
     }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&json(&inputs, &rows))?);
+        outln!("{}", serde_json::to_string_pretty(&json(&inputs, &rows))?)?;
     } else {
-        print!("{}", table(&inputs, &rows));
+        out!("{}", table(&inputs, &rows))?;
         if let Some(path) = &args.plot {
-            println!("plot written to {}", path.display());
+            outln!("plot written to {}", path.display())?;
         }
     }
     Ok(ExitCode::SUCCESS)

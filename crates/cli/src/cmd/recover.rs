@@ -142,7 +142,7 @@ pub fn supervise(
     install_signal_forwarding();
     let report = Supervisor::run(&cfg)?;
     if !report.failures.is_empty() && report.success() {
-        eprintln!(
+        errln!(
             "lazarus run: completed after {} restart(s) in {:.2} s on {} ranks",
             report.failures.len(),
             report.elapsed.as_secs_f64(),
@@ -153,7 +153,7 @@ pub fn supervise(
         lazarus::supervisor::JobEnd::Interrupted(s) => Some(s),
         _ => None,
     } {
-        eprintln!("lazarus run: interrupted by signal {s}; stopped all ranks");
+        errln!("lazarus run: interrupted by signal {s}; stopped all ranks");
     }
     Ok(ExitCode::from(report.exit_code().clamp(0, 255) as u8))
 }

@@ -12,6 +12,7 @@ use std::time::Duration;
 /// Flags of `lazarus run`. Timeouts default to the `LAZARUS_*` environment variables, then
 /// to built-in defaults; flags win. Everything is validated before any rank starts.
 #[derive(clap::Args, Debug)]
+#[command(after_help = EXIT_STATUS)]
 pub struct Args {
     /// Number of ranks to start on this machine.
     #[arg(short = 'n', long = "ranks", value_parser = clap::value_parser!(u32).range(1..=4096))]
@@ -62,6 +63,20 @@ pub struct Args {
     #[arg(last = true, required = true, value_name = "PROG")]
     command: Vec<OsString>,
 }
+
+/// The exit statuses of `lazarus run`, shown by `--help` (docs/RECOVERY.md).
+const EXIT_STATUS: &str = "Exit status:
+  0       every rank exited 0
+  N       the first failing rank's status (128+signal if killed by one; 1 for a lost
+          connection or missed heartbeats); with --repo, the last failure's after giving up
+  128+S   interrupted by signal S (forwarded to every rank)
+  2       bad flags, or the repository cannot be opened (nothing was started)
+  65      with --repo: a rank's restore failed in a way no restart can fix (the checkpoint
+          cannot be restored on this number of ranks, does not fit the program's state,
+          or every checkpoint is damaged); stopped at once, the message names the
+          checkpoint and why
+  78      with --repo: a rank opened another repository than --repo; stopped at once,
+          the message names both";
 
 fn config(a: &Args) -> Result<LaunchConfig, Box<dyn std::error::Error + Send + Sync>> {
     let mut net = NetConfig::from_env()?;
@@ -120,9 +135,9 @@ pub fn main(args: Args) -> CmdResult {
     install_signal_forwarding();
     let outcome = Launcher::run(&cfg)?;
     if let Some(f) = outcome.failure {
-        eprintln!("lazarus run: {f}; stopped the other ranks");
+        errln!("lazarus run: {f}; stopped the other ranks");
     } else if let Some(s) = outcome.interrupted {
-        eprintln!("lazarus run: interrupted by signal {s}; stopped all ranks");
+        errln!("lazarus run: interrupted by signal {s}; stopped all ranks");
     }
     let code = outcome.exit_code().clamp(0, 255) as u8;
     Ok(ExitCode::from(code))
@@ -140,6 +155,17 @@ mod tests {
 
     fn parse(args: &[&str]) -> Result<super::Args, clap::Error> {
         Cli::try_parse_from(std::iter::once("run").chain(args.iter().copied())).map(|c| c.run)
+    }
+
+    #[test]
+    fn help_lists_the_supervisor_refusal_statuses() {
+        use lazarus::supervisor::{EXIT_REPO_MISMATCH, EXIT_RESTORE_REFUSED};
+        for code in [EXIT_RESTORE_REFUSED, EXIT_REPO_MISMATCH] {
+            assert!(
+                super::EXIT_STATUS.contains(&format!("\n  {code}  ")),
+                "--help must document exit status {code}"
+            );
+        }
     }
 
     #[test]

@@ -52,23 +52,23 @@ pub fn main(args: Args) -> CmdResult {
     }
     let uncommitted = check_ranks(&reader, &mut report)?;
     if !uncommitted.is_empty() && !args.json {
-        println!(
+        outln!(
             "note: {} uncommitted checkpoint dir(s) (pending or aborted, never restored): {}",
             uncommitted.len(),
             ids_text(&uncommitted)
-        );
+        )?;
     }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?)?;
     }
     let Some(first) = report.problems.first() else {
         if !args.json {
-            println!(
+            outln!(
                 "ok: {} committed checkpoint(s), {} chunk(s), {} verified",
                 report.checkpoints.len(),
                 report.chunks_checked,
                 super::inspect::human(report.bytes_checked)
-            );
+            )?;
         }
         return Ok(ExitCode::SUCCESS);
     };
@@ -79,21 +79,21 @@ pub fn main(args: Args) -> CmdResult {
             ids_text(v)
         }
     };
-    eprintln!(
+    errln!(
         "lazarus verify: FAILED: first bad file {}: {}; it breaks checkpoint(s) {}",
         first.path.display(),
         first.detail,
         ids(&first.breaks)
     );
     for p in report.problems.iter().skip(1) {
-        eprintln!(
+        errln!(
             "  also bad: {}: {} (breaks {})",
             p.path.display(),
             p.detail,
             ids(&p.breaks)
         );
     }
-    eprintln!(
+    errln!(
         "intact checkpoints: {}",
         if report.intact.is_empty() {
             "none".to_string()

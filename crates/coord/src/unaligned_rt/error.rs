@@ -30,6 +30,9 @@ pub enum SessionErrorKind {
     PeerGone,
     /// The checkpoint to restore was written by a different number of ranks.
     WorldMismatch,
+    /// Every committed checkpoint is damaged and the session may not start fresh
+    /// (`AsyncConfig::on_all_damaged`).
+    AllDamaged,
     /// The program used the session in a way it does not support.
     Misuse,
 }
@@ -87,5 +90,17 @@ impl SessionError {
     /// True when repeating the call may succeed (only a receive that timed out).
     pub fn is_retryable(&self) -> bool {
         self.kind == SessionErrorKind::Timeout
+    }
+
+    /// True for a restore that no restart of the job can fix: the checkpoint has another
+    /// world size, the state does not fit it, or every checkpoint is damaged. `open` tells
+    /// a supervisor (marker `refused`), which then stops instead of restarting.
+    pub fn is_restore_refusal(&self) -> bool {
+        matches!(
+            self.kind,
+            SessionErrorKind::WorldMismatch
+                | SessionErrorKind::State
+                | SessionErrorKind::AllDamaged
+        )
     }
 }

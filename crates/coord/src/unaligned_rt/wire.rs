@@ -53,6 +53,7 @@ pub(crate) fn channels_object(
             name: CHANNELS_OBJECT.to_string(),
             type_name: CHANNELS_TYPE.to_string(),
             kind: ObjectKind::Serde,
+            sharing: Some(lazarus_format::Sharing::Rank),
         },
         data: postcard::to_allocvec(cs)?.into(),
         hint: None,

@@ -144,6 +144,7 @@ fn run() -> Result<(), Box<dyn Error>> {
                         len: bytes.len() as u64,
                         global: None,
                     },
+                    sharing: Some(lazarus_format::Sharing::Rank),
                 },
                 data: bytes.as_slice().into(),
                 hint: None,
@@ -185,7 +186,7 @@ fn run() -> Result<(), Box<dyn Error>> {
 
 fn main() {
     if let Err(e) = run() {
-        eprintln!("probe: error: {e}");
+        let _ = writeln!(std::io::stderr(), "probe: error: {e}");
         std::process::exit(1);
     }
 }

@@ -145,7 +145,7 @@ pub fn main(a: Args) -> CmdResult {
     let len = a.len;
     let steps = a.steps.max(1);
     let every = a.every.max(1);
-    println!("bench balance: {n} ranks, {len} f64, {steps} steps/phase, {SLOWDOWN_ENV}={knob}");
+    outln!("bench balance: {n} ranks, {len} f64, {steps} steps/phase, {SLOWDOWN_ENV}={knob}")?;
 
     let results = lazarus::local(n, |comm| -> Result<_, Err> {
         // Phase 1: static even blocks.
@@ -257,35 +257,35 @@ pub fn main(a: Args) -> CmdResult {
     let thr_s = total / t_static;
     let thr_b = total / t_steady;
     let thr_w = (total + len as f64 * f64::from(warm)) / (t_warm + t_steady);
-    println!(
+    outln!(
         "per-rank rates (elem/s): {:?}",
         rows.iter()
             .map(|r| format!("{:.3e}", r.rate))
             .collect::<Vec<_>>()
-    );
-    println!(
+    )?;
+    outln!(
         "final blocks with balancing: {:?}",
         rows.iter()
             .map(|r| r.final_range.clone())
             .collect::<Vec<_>>()
-    );
-    println!("ideal (sum of rates): static phase {ideal:.3e}, balanced phase {ideal_b:.3e} elem/s");
-    println!(
+    )?;
+    outln!("ideal (sum of rates): static phase {ideal:.3e}, balanced phase {ideal_b:.3e} elem/s")?;
+    outln!(
         "without balancing:    {thr_s:.3e} elem/s = {:.2}x ideal",
         thr_s / ideal
-    );
-    println!(
+    )?;
+    outln!(
         "with balancing, steady state ({steps} steps after the first rebalance): {thr_b:.3e} elem/s = {:.2}x ideal (target >= 0.85)",
         thr_b / ideal_b
-    );
-    println!(
+    )?;
+    outln!(
         "with balancing, whole run ({warm} warm-up steps incl. migration + {steps}): {thr_w:.3e} elem/s = {:.2}x ideal",
         thr_w / ideal_b
-    );
-    println!(
+    )?;
+    outln!(
         "results identical with and without balancing: {}",
         rows.iter().all(|r| r.same)
-    );
+    )?;
     let t_fixed = worst(|r| r.t_fixed);
     let t_copy = worst(|r| r.t_copy);
     let t_first = worst(|r| r.t_first);
@@ -301,29 +301,29 @@ pub fn main(a: Args) -> CmdResult {
             (b, t(|m| m.1), t(|m| m.2))
         })
         .collect();
-    println!(
+    outln!(
         "migration fixed cost (redistribute moving nothing): {:.2} ms",
         t_fixed * 1e3
-    );
+    )?;
     for (b, t, cold) in &sizes {
-        println!(
+        outln!(
             "migration of {:.1} MiB: best {:.2} ms = {:.2} ms/MiB all-in (first, cold: {:.2} ms/MiB)",
             mib(*b),
             t * 1e3,
             t * 1e3 / mib(*b).max(1e-9),
             cold * 1e3 / mib(*b).max(1e-9)
-        );
+        )?;
     }
     if let [(b1, t1, _), (b2, t2, _)] = sizes[..] {
         let big = mib(b2);
         let slope = (t2 - t1) / (mib(b2) - mib(b1)).max(1e-9);
-        println!(
+        outln!(
             "migration slope: {:.3} ms/MiB; memcpy {:.3} ms/MiB, copy into fresh memory {:.3} ms/MiB (slope / first-touch copy = {:.1}x)",
             slope * 1e3,
             t_copy * 1e3 / big,
             t_first * 1e3 / big,
             slope / (t_first / big).max(1e-12)
-        );
+        )?;
     }
 
     restart(&a)
@@ -367,7 +367,7 @@ fn restart(a: &Args) -> CmdResult {
     let (ms, me) = (med(&mut t_same), med(&mut t_el));
     let (t_raw, raw_bytes) = read_files(&from_m.join("chunks"))?;
     let mib = (len * 8) as f64 / (1 << 20) as f64;
-    println!(
+    outln!(
         "restart of a {mib:.0} MiB DVec on {m} ranks (Job::open + restore_or_init, slowest rank, \
          median of {reps}): written by {m} ranks {:.1} ms ({:.0} MiB/s), written by {n} ranks \
          (redistributed) {:.1} ms ({:.0} MiB/s); ratio {:.2}x (target <= 1.2); data identical",
@@ -376,23 +376,23 @@ fn restart(a: &Args) -> CmdResult {
         me * 1e3,
         mib / me.max(1e-12),
         me / ms.max(1e-12)
-    );
-    println!(
+    )?;
+    outln!(
         "  floor: reading the same checkpoint's chunk files ({:.1} MiB stored; page cache, one \
          thread): {:.1} ms ({:.0} MiB/s of state); same-size restore = {:.1}x that",
         raw_bytes as f64 / (1 << 20) as f64,
         t_raw * 1e3,
         mib / t_raw.max(1e-12),
         ms / t_raw.max(1e-12)
-    );
-    println!(
+    )?;
+    outln!(
         "  all runs, same size: {:?} ms",
         t_same.iter().map(|t| (t * 1e3).round()).collect::<Vec<_>>()
-    );
-    println!(
+    )?;
+    outln!(
         "  all runs, {n} -> {m}: {:?} ms",
         t_el.iter().map(|t| (t * 1e3).round()).collect::<Vec<_>>()
-    );
+    )?;
     Ok(std::process::ExitCode::SUCCESS)
 }
 

@@ -294,6 +294,7 @@ fn spec(data: &[u64]) -> ObjectSpec<'_> {
                 len: data.len() as u64,
                 global: None,
             },
+            sharing: None,
         },
         data: lazarus::state::to_le_bytes(data),
         hint: None,
@@ -336,7 +337,7 @@ pub fn main(args: Args) -> CmdResult {
     let scratch = Scratch(base.join(format!("lazarus-bench-{}", std::process::id())));
     std::fs::create_dir_all(scratch.path())?;
     let n = (args.size / 8) as usize;
-    eprintln!(
+    errln!(
         "generating {} of incompressible data in {}",
         super::super::inspect::human(args.size),
         scratch.path().display()
@@ -486,17 +487,17 @@ pub fn main(args: Args) -> CmdResult {
         restore_vs_raw_read: raw_read / restore_s,
     };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
+        outln!("{}", serde_json::to_string_pretty(&r)?)?;
         return Ok(ExitCode::SUCCESS);
     }
     let human = super::super::inspect::human;
     let gbps = |s: f64| args.size as f64 / s / 1e9;
-    println!(
+    outln!(
         "checkpoint store benchmark, {} incompressible, 1 rank, chunk 1 MiB, codec auto",
         human(args.size)
-    );
+    )?;
     for (k, r) in runs.iter().enumerate() {
-        println!(
+        outln!(
             "  run {k}: raw (a) 1 file {:.2} GB/s, (b) prealloc {:.2}, (c) 1 MiB files {:.2}, (d) + early writeback {:.2}; full checkpoint {:.2} GB/s = {:.2}x the fastest",
             gbps(r.raw_sequential_s),
             gbps(r.raw_parallel_prealloc_s),
@@ -504,54 +505,57 @@ pub fn main(args: Args) -> CmdResult {
             gbps(r.raw_chunk_files_writeback_s),
             gbps(r.full_checkpoint_s),
             r.ratio()
-        );
+        )?;
     }
-    println!("    (limit of the last run = fastest durable write: {raw_method})");
-    println!(
+    outln!("    (limit of the last run = fastest durable write: {raw_method})")?;
+    outln!(
         "  full checkpoint         {:8.3} s  {:6.2} GB/s  median over {} runs: {:.2}x raw (a) sequential write + fsync (target >= 0.90), {:.2}x the fastest raw write",
         full_s,
         gbps(full_s),
         runs.len(),
         r.full_vs_raw_sequential,
         r.full_vs_raw_write,
-    );
-    println!(
+    )?;
+    outln!(
         "  1% incr., tracked       {:8.3} s  {} new  = {:.3}x full time, {:.3}x full bytes (target <= 0.05)",
         tr_s,
         human(tr.stored_new_bytes),
         r.tracked_incremental_time_fraction,
         r.tracked_incremental_bytes_fraction
-    );
-    println!(
+    )?;
+    outln!(
         "    (change hint: {} of {} chunks neither read nor hashed)",
-        tr.hinted_chunks, tr.chunks
-    );
-    println!(
+        tr.hinted_chunks,
+        tr.chunks
+    )?;
+    outln!(
         "  1% incr., untracked     {:8.3} s  {} new  = {:.3}x full time, {:.3}x full bytes",
         inc_s,
         human(inc.stored_new_bytes),
         r.incremental_time_fraction,
         r.incremental_bytes_fraction
-    );
-    println!(
+    )?;
+    outln!(
         "    (fingerprint cache reused {} of {} chunk digests)",
-        inc.cached_chunks, inc.chunks
-    );
-    println!(
+        inc.cached_chunks,
+        inc.chunks
+    )?;
+    outln!(
         "  1% incr., cold cache    {:8.3} s  = {:.3}x full time (first checkpoint after a restart)",
-        cold_s, r.incremental_cold_time_fraction
-    );
-    println!(
+        cold_s,
+        r.incremental_cold_time_fraction
+    )?;
+    outln!(
         "  raw read (warm)         {:8.3} s  {:6.2} GB/s",
         raw_read,
         gbps(raw_read)
-    );
-    println!(
+    )?;
+    outln!(
         "  restore (warm)          {:8.3} s  {:6.2} GB/s  = {:.2}x raw read",
         restore_s,
         gbps(restore_s),
         r.restore_vs_raw_read
-    );
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -704,7 +704,7 @@ pub fn main(args: Args) -> CmdResult {
         source,
     })?;
 
-    eprintln!(
+    errln!(
         "experiment: {} rank(s), grid {}², MTBF {}, seed {}, {} trial(s); calibrating...",
         args.ranks,
         args.size,
@@ -719,7 +719,7 @@ pub fn main(args: Args) -> CmdResult {
         args.restart_samples,
         args.seed,
     )?;
-    eprintln!(
+    errln!(
         "experiment: start-up {:.3} s, {:.4} ms/step, checkpoint δ = {:.4} s (samples {:.4?}), \
          restart R = {:.3} s (kill → resumed, samples {:.3?}; kill → spawn {:.3} s)",
         cal.startup_s,
@@ -743,7 +743,7 @@ pub fn main(args: Args) -> CmdResult {
         )?
     };
     let t_s = baseline.wall_s;
-    eprintln!(
+    errln!(
         "experiment: baseline {steps} steps without checkpoints or failures: {t_s:.2} s \
          (checksum {})",
         baseline.checksum
@@ -760,14 +760,14 @@ pub fn main(args: Args) -> CmdResult {
         t_s,
         args.trials,
     );
-    eprintln!(
+    errln!(
         "experiment: Young {}, Daly {}, optimum {}; expected run time at Daly {:.2} s",
         format_seconds(model.young()),
         format_seconds(daly),
         format_seconds(model.optimal()),
         model.expected_wall_time(daly, t_s)
     );
-    eprint!("{}", report::design_text(&plan, args.trials));
+    err!("{}", report::design_text(&plan, args.trials));
 
     let mut sweep: Vec<IntervalResult> = multiples
         .iter()
@@ -805,7 +805,7 @@ pub fn main(args: Args) -> CmdResult {
             };
             let round_step = ((b.wall_s - cal.startup_s) / steps as f64).max(1e-9);
             let order = round_order(sweep.len(), args.seed, t);
-            eprintln!(
+            errln!(
                 "experiment: round {t}: failure-free {:.2} s ({:.4} ms/step); order {:?}",
                 b.wall_s,
                 round_step * 1e3,
@@ -848,7 +848,7 @@ pub fn main(args: Args) -> CmdResult {
                     }
                     .into());
                 }
-                eprintln!(
+                errln!(
                     "experiment: {what}: {:.2} s, {} failure(s), mean R {:.3} s (model {:.2} s, {:+.1} %)",
                     o.wall_s,
                     o.failures,
@@ -923,7 +923,7 @@ pub fn main(args: Args) -> CmdResult {
         load_end: load_average().unwrap_or_default(),
     };
     let table = report::render(&results, args.calibrate_only);
-    println!("{table}");
+    outln!("{table}")?;
     write_file(&args.out.join("results.md"), table.as_bytes())?;
     let json = serde_json::to_string_pretty(&results)?;
     write_file(&args.out.join("results.json"), json.as_bytes())?;
@@ -931,7 +931,7 @@ pub fn main(args: Args) -> CmdResult {
         .svg()
         .map_err(|e| ExperimentError::Plot(e.to_string()))?;
     write_file(&args.out.join("walltime.svg"), svg.as_bytes())?;
-    eprintln!(
+    errln!(
         "experiment: wrote results.md, results.json and walltime.svg to {} ({:.1} min)",
         args.out.display(),
         results.elapsed_s / 60.0

@@ -293,23 +293,24 @@ fn tree(
 
 /// Prints medians of paired runs: with the final sync (the target) and writes alone (the
 /// API's own cost, less sensitive to the disk's mood).
-fn report(what: &str, bytes: f64, pairs: &[Pair], target: &str) {
+fn report(what: &str, bytes: f64, pairs: &[Pair], target: &str) -> std::io::Result<()> {
     let med = |f: fn(&Pair) -> f64| median(&pairs.iter().map(f).collect::<Vec<_>>());
     let mb = |s: f64| bytes / s / 1e6;
     let (m, p) = (med(|x| x.managed), med(|x| x.plain));
     let (mw, pw) = (med(|x| x.managed_writes), med(|x| x.plain_writes));
-    println!(
+    outln!(
         "{what} + sync_all: managed {:.0} MB/s, std::fs::File {:.0} MB/s: {:.2}x (target >= {target})",
         mb(m),
         mb(p),
         p / m
-    );
-    println!(
+    )?;
+    outln!(
         "  writes alone (no sync): managed {:.0} MB/s, std::fs::File {:.0} MB/s: {:.2}x",
         mb(mw),
         mb(pw),
         pw / mw
-    );
+    )?;
+    Ok(())
 }
 
 fn scratch(base: &Option<std::path::PathBuf>, name: &str) -> Result<Scratch, std::io::Error> {
@@ -322,7 +323,7 @@ fn scratch(base: &Option<std::path::PathBuf>, name: &str) -> Result<Scratch, std
 
 fn run(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(l) = load_average() {
-        println!("load average: {l}");
+        outln!("load average: {l}")?;
     }
     let (mut app, mut rnd) = (Vec::new(), Vec::new());
     for i in 0..a.repeat.max(1) {
@@ -338,7 +339,7 @@ fn run(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
         abytes,
         &app,
         "0.9x",
-    );
+    )?;
     report(
         &format!(
             "random 4 KiB overwrites x{} of a checkpointed {} MiB file",
@@ -347,30 +348,30 @@ fn run(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
         rbytes,
         &rnd,
         "0.5x",
-    );
+    )?;
     if a.tree_mib > 0 {
         let s = scratch(&a.dir, "tree")?;
         let (c, stored) = tree(s.path(), a.tree_mib, a.changed_pct, 42)?;
-        println!(
+        outln!(
             "checkpoint of {} MiB of managed files: first {:.3} s, unchanged {:.3} s",
             a.tree_mib, c.full, c.unchanged
-        );
-        println!(
+        )?;
+        outln!(
             "  {}% changed in whole chunks: {:.3} s, {:.1} MiB newly stored (raw write+fsync of the changed bytes: {:.3} s)",
             a.changed_pct,
             c.clustered,
             stored as f64 / (1 << 20) as f64,
             c.raw_changed
-        );
-        println!(
+        )?;
+        outln!(
             "  the same bytes changed in scattered 4 KiB pages: {:.3} s (every touched 1 MiB chunk is stored again)",
             c.scattered
-        );
-        println!(
+        )?;
+        outln!(
             "restore after a crash with {:.1} MiB changed since the newest checkpoint: {:.3} s (verification reads the tree once)",
             c.fetched as f64 / (1 << 20) as f64,
             c.restore
-        );
+        )?;
     }
     Ok(())
 }

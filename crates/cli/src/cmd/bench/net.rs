@@ -208,13 +208,13 @@ fn allreduce_time(
 
 /// Runs the benchmark and prints measured ratios.
 pub fn main(a: Args) -> CmdResult {
-    println!(
+    outln!(
         "lazarus bench net: loopback, {} MiB per throughput run, {} round trips, {} cores, load {}",
         a.mib,
         a.round_trips,
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         load_average().unwrap_or_else(|| "unknown".into())
-    );
+    )?;
     let (mut bw_owned, mut bw_copy, mut lat) = (Vec::new(), Vec::new(), Vec::new());
     let mut raw_bws = Vec::new();
     let mut raw_lats = Vec::new();
@@ -237,7 +237,7 @@ pub fn main(a: Args) -> CmdResult {
             (raw_latency(a.round_trips)?, c)
         };
         let (rl, cl) = (raw_lat.as_secs_f64() * 1e6, comm_lat.as_secs_f64() * 1e6);
-        println!(
+        outln!(
             "  run {i}: 1 MiB raw {:.2} GB/s, send_buf {:.2} GB/s ({:.2}x), send_slice {:.2} GB/s ({:.2}x); 8 B raw {rl:.1} us, Comm {cl:.1} us ({:.2}x)",
             raw_bw / 1e9,
             owned_bw / 1e9,
@@ -245,46 +245,49 @@ pub fn main(a: Args) -> CmdResult {
             copy_bw / 1e9,
             copy_bw / raw_bw,
             cl / rl
-        );
+        )?;
         bw_owned.push(owned_bw / raw_bw);
         bw_copy.push(copy_bw / raw_bw);
         lat.push(cl / rl);
         raw_bws.push(raw_bw);
         raw_lats.push(rl);
     }
-    println!(
+    outln!(
         "throughput 1 MiB msgs: median ratio Comm/raw TCP {:.2}x with send_buf (zero-copy; target >= 0.80x), {:.2}x with send_slice (one copy); raw median {:.2} GB/s",
         median(bw_owned),
         median(bw_copy),
         median(raw_bws) / 1e9
-    );
-    println!(
+    )?;
+    outln!(
         "latency 8 B one-way: median ratio Comm/raw TCP {:.2}x (target <= 1.50x; raw median {:.1} us)",
         median(lat),
         median(raw_lats)
-    );
-    println!(
+    )?;
+    outln!(
         "allreduce (sum, f64, TCP backend, ranks as threads, median of {}):",
         a.reps
-    );
-    println!(
+    )?;
+    outln!(
         "{:>6} {:>14} {:>14} {:>16}",
-        "ranks", "8 B", "8 MiB", "8 MiB alg. GB/s"
-    );
+        "ranks",
+        "8 B",
+        "8 MiB",
+        "8 MiB alg. GB/s"
+    )?;
     for &n in &a.ranks {
         let small = allreduce_time(n, 1, a.reps)?;
         let big = allreduce_time(n, (8 << 20) / 8, a.reps.min(5))?;
-        println!(
+        outln!(
             "{:>6} {:>11.1} us {:>11.2} ms {:>16.2}",
             n,
             small.as_secs_f64() * 1e6,
             big.as_secs_f64() * 1e3,
             (8 << 20) as f64 / big.as_secs_f64() / 1e9
-        );
+        )?;
     }
-    println!(
+    outln!(
         "load at end: {}",
         load_average().unwrap_or_else(|| "unknown".into())
-    );
+    )?;
     Ok(ExitCode::SUCCESS)
 }

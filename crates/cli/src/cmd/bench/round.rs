@@ -95,6 +95,7 @@ fn measure(
                                 len: bytes as u64,
                                 global: None,
                             },
+                            sharing: None,
                         },
                         data: std::borrow::Cow::Borrowed(&data[..]),
                         hint: None,
@@ -168,18 +169,22 @@ pub fn main(a: Args) -> CmdResult {
 
 fn tables(a: &Args, root: &Path) -> CmdResult {
     let small = durable_write(root, 512, 30)?;
-    println!(
+    outln!(
         "# checkpoint round latency, empty state (rank 0's view, median of {} rounds)",
         a.rounds
-    );
-    println!(
+    )?;
+    outln!(
         "# floor = barrier over the same ranks + 1 durable small-file write (COMMIT; {:.3} ms)",
         ms(small)
-    );
-    println!(
+    )?;
+    outln!(
         "{:>6} {:>12} {:>12} {:>12} {:>8}",
-        "ranks", "round ms", "barrier ms", "floor ms", "ratio"
-    );
+        "ranks",
+        "round ms",
+        "barrier ms",
+        "floor ms",
+        "ratio"
+    )?;
     for &n in &a.ranks {
         if n == 0 {
             return Err("--ranks: a world has at least one rank".into());
@@ -187,13 +192,13 @@ fn tables(a: &Args, root: &Path) -> CmdResult {
         let (times, barrier) = measure(root, n, a.rounds.max(1), 0)?;
         let round = median(times);
         let floor = barrier + small;
-        println!(
+        outln!(
             "{n:>6} {:>12.3} {:>12.3} {:>12.3} {:>8.2}",
             ms(round),
             ms(barrier),
             ms(floor),
             round.as_secs_f64() / floor.as_secs_f64()
-        );
+        )?;
     }
     if a.mib > 0 {
         let bytes = a.mib << 20;
@@ -203,21 +208,23 @@ fn tables(a: &Args, root: &Path) -> CmdResult {
         let stall = median(times);
         // All ranks share this disk: the floor is writing all their bytes durably.
         let raw = durable_write(root, bytes * n as usize, 3)?;
-        println!();
-        println!(
+        outln!()?;
+        outln!(
             "# application stall per checkpoint: {n} ranks x {} MiB fresh data (median of {reps})",
             a.mib
-        );
-        println!(
+        )?;
+        outln!(
             "{:>12} {:>16} {:>8}",
-            "stall ms", "raw write+fsync", "ratio"
-        );
-        println!(
+            "stall ms",
+            "raw write+fsync",
+            "ratio"
+        )?;
+        outln!(
             "{:>12.1} {:>13.1} ms {:>8.2}",
             ms(stall),
             ms(raw),
             stall.as_secs_f64() / raw.as_secs_f64()
-        );
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }

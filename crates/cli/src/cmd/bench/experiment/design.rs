@@ -278,7 +278,7 @@ mod tests {
     #[test]
     fn segment_variance_matches_a_seeded_simulation() {
         let seed = 0x5eed_u64;
-        eprintln!("seed {seed}");
+        errln!("seed {seed}");
         let mut rng = Rng(seed);
         for (l, m, r) in [(1.0, 4.0, 0.5), (3.0, 4.0, 1.0), (0.3, 10.0, 0.2)] {
             let n = 200_000;

@@ -1,0 +1,60 @@
+//! [`AsyncConfig`]: where and how an [`AsyncSession`](crate::AsyncSession) checkpoints.
+
+use crate::aligned::Timeouts;
+use crate::damage::OnAllDamaged;
+use lazarus_store::RepoOptions;
+use std::path::PathBuf;
+
+/// Where and how an [`AsyncSession`](crate::AsyncSession) checkpoints.
+#[derive(Clone, Debug)]
+pub struct AsyncConfig {
+    /// The repository (a directory every rank can reach). Rank 0 opens it for writing
+    /// and holds its lock for the session's lifetime; the others only write parts.
+    pub repo: PathBuf,
+    /// Store options (chunk size, codec, job token) used by every rank.
+    pub store: RepoOptions,
+    /// Bounds of the commit protocol; `round` also bounds marker collection.
+    pub timeouts: Timeouts,
+    /// After each commit, keep only this many newest checkpoints (`None`: keep all).
+    pub keep: Option<usize>,
+    /// Write output-commit markers on stdout (docs/PROTOCOL.md, "Output markers"): a
+    /// `part` marker at each local snapshot, `commit` on rank 0 after COMMIT, `resumed`
+    /// after `open`. Set by `lazarus run --repo` through `LAZARUS_OUTPUT_MARKERS=1`.
+    pub output_markers: bool,
+    /// What `open` does when every committed checkpoint is damaged (default: refuse).
+    pub on_all_damaged: OnAllDamaged,
+}
+
+impl AsyncConfig {
+    /// Defaults: store defaults, `Timeouts::default()`, keep the newest 2.
+    pub fn new(repo: impl Into<PathBuf>) -> Self {
+        AsyncConfig {
+            repo: repo.into(),
+            store: RepoOptions::default(),
+            timeouts: Timeouts::default(),
+            keep: Some(2),
+            output_markers: false,
+            on_all_damaged: OnAllDamaged::Refuse,
+        }
+    }
+
+    /// The configuration of a rank started by `lazarus run`: the repository is `repo` or
+    /// else `LAZARUS_REPO` (`None` if neither names one); the job token
+    /// (`LAZARUS_JOB_TOKEN`) lets rank 0 share the repository lock with the supervisor;
+    /// `LAZARUS_OUTPUT_MARKERS=1` turns output markers on; `LAZARUS_ON_ALL_DAMAGED` sets
+    /// `on_all_damaged` (an unknown value keeps the default, refuse, with a warning). Other
+    /// fields as in `new`.
+    pub fn from_env(repo: Option<PathBuf>) -> Option<Self> {
+        let repo = repo.or_else(|| std::env::var_os(crate::REPO_ENV).map(PathBuf::from))?;
+        let mut c = AsyncConfig::new(repo);
+        c.store.job_token = std::env::var(crate::TOKEN_ENV)
+            .ok()
+            .filter(|t| !t.is_empty());
+        c.output_markers = std::env::var(crate::OUTPUT_MARKERS_ENV).is_ok_and(|v| v == "1");
+        match OnAllDamaged::from_env() {
+            Ok(p) => c.on_all_damaged = p.unwrap_or_default(),
+            Err(e) => tracing::warn!("{e}; refusing a fresh start over damaged checkpoints"),
+        }
+        Some(c)
+    }
+}
