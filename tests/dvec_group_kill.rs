@@ -24,7 +24,8 @@ struct KMeans {
     /// rows of (x, y)
     points: DVec<f64>,
     labels: DVec<u32>,
-    #[checkpoint(serde)]
+    /// the same on every rank: computed from an allreduce
+    #[checkpoint(serde, replicated)]
     centroids: Vec<f64>,
 }
 

@@ -12,6 +12,7 @@ use proptest::prelude::*;
 
 #[derive(Checkpoint, Debug)]
 struct Clusters {
+    #[checkpoint(replicated)]
     step: u64,
     /// rows of (x, y)
     points: DVec<f64>,

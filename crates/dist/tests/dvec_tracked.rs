@@ -17,6 +17,7 @@ const CHUNK: usize = 4096;
 
 #[derive(Checkpoint, Debug)]
 struct Sim {
+    #[checkpoint(replicated)]
     step: u64,
     a: DVec<f64>,
     /// rows of 3

@@ -178,8 +178,10 @@ pub fn restore_on<S: Checkpoint + Send>(
         .iter()
         .map(|m| m.objects.iter().map(|o| o.info.clone()).collect())
         .collect();
-    let plan = Reshard::new(&infos, m).expect("reshard plan");
     let same_size = manifests.len() == m as usize;
+    // As the Job API does: a same-size restore is no redistribution, so per-rank fields
+    // are allowed; only another size asks the planner.
+    let plan = (!same_size).then(|| Reshard::new(&infos, m).expect("reshard plan"));
     let ranks = Ranks::new(m, init);
     ranks.each(|c, s| {
         if same_size {
@@ -195,6 +197,7 @@ pub fn restore_on<S: Checkpoint + Send>(
                 .cloned()
                 .ok_or_else(|| Missing(name.to_string(), r.0))
         };
+        let plan = plan.as_ref().expect("planned for another size");
         let objs = plan.assemble(c.rank(), &mut fetch).expect("assemble");
         lazarus_state::restore(s, objs).expect("restore");
     });
