@@ -38,21 +38,28 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod backend;
 mod error;
 mod fpcache;
 mod fsutil;
-mod layout;
-mod lock;
+mod known;
+mod lease;
+mod location;
 mod par;
 mod ranged;
 mod reader;
 mod repo;
 mod writer;
 
-pub use error::{StoreError, StoreErrorKind};
 #[doc(hidden)]
-pub use fsutil::record_fsyncs;
+pub use backend::dir::record_fsyncs;
+pub use backend::{
+    DirBackend, DirKey, LockGuard, MemoryBackend, ObjectKey, ReadBackend, WriteBackend,
+};
+pub use error::{StoreError, StoreErrorKind};
 pub use fsutil::FAILPOINT_ENV;
+pub use lease::{LeaseConfig, LeaseRecord};
+pub use location::{open_backend, open_read_backend};
 pub use reader::{
     CheckpointDir, CheckpointSummary, CommitStatus, Damage, Presence, Problem, RepoReader,
     VerifyReport,
@@ -62,6 +69,6 @@ pub use repo::{
     INLINE_COMMIT_BUDGET,
 };
 pub use writer::{
-    discard_part, Codec, PartReceipt, PartWriter, RepoOptions, DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE,
-    MIN_CHUNK_SIZE,
+    discard_part, discard_part_in, Codec, PartReceipt, PartWriter, RepoOptions, DEFAULT_CHUNK_SIZE,
+    MAX_CHUNK_SIZE, MIN_CHUNK_SIZE,
 };
