@@ -36,9 +36,10 @@ pub enum StoreErrorKind {
     /// A conditional write lost: the object was created (or changed) by someone else first.
     /// COMMIT is written this way, so two writers can never both commit one checkpoint.
     Conflict,
-    /// A request to a remote store did not complete in time (or its connection broke after
-    /// it was sent): the write may or may not have been applied.
-    Timeout,
+    /// A remote store did not answer: connection refused or broken, no answer within the
+    /// operation's time bound, or server errors after the bounded retries. Retrying later
+    /// can help; a write that failed so may or may not have been applied.
+    Unavailable,
 }
 
 impl StoreErrorKind {
@@ -49,7 +50,7 @@ impl StoreErrorKind {
             StoreErrorKind::Locked
                 | StoreErrorKind::NoSpace
                 | StoreErrorKind::Io
-                | StoreErrorKind::Timeout
+                | StoreErrorKind::Unavailable
         )
     }
 }
@@ -66,7 +67,7 @@ impl fmt::Display for StoreErrorKind {
             StoreErrorKind::InvalidArgument => "invalid argument",
             StoreErrorKind::CommitUnknown => "commit outcome unknown",
             StoreErrorKind::Conflict => "conflict",
-            StoreErrorKind::Timeout => "timed out",
+            StoreErrorKind::Unavailable => "store unavailable",
         })
     }
 }

@@ -53,6 +53,8 @@ mod writer;
 
 #[doc(hidden)]
 pub use backend::dir::record_fsyncs;
+#[cfg(feature = "s3")]
+pub use backend::s3::{S3Backend, S3Config};
 pub use backend::{
     DirBackend, DirKey, LockGuard, MemoryBackend, ObjectKey, ReadBackend, WriteBackend,
 };

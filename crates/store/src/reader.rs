@@ -690,7 +690,7 @@ impl RepoReader {
 /// An error that says nothing about the checkpoint (the store could not be reached or
 /// read): fail instead of skipping it as damaged.
 fn is_fatal(e: &StoreError) -> bool {
-    matches!(e.kind(), StoreErrorKind::Io | StoreErrorKind::Timeout)
+    matches!(e.kind(), StoreErrorKind::Io | StoreErrorKind::Unavailable)
 }
 
 fn problem(e: &StoreError, breaks: Vec<CheckpointId>) -> Problem {

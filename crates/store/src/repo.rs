@@ -608,7 +608,7 @@ impl Repository {
     ) -> Result<(), StoreError> {
         let ambiguous = matches!(
             err.kind(),
-            StoreErrorKind::Conflict | StoreErrorKind::Timeout
+            StoreErrorKind::Conflict | StoreErrorKind::Unavailable
         );
         if !ambiguous {
             return Err(err);
