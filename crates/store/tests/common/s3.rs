@@ -33,12 +33,28 @@ impl Moto {
     /// Starts `moto_server` on `port` (a free one when `None`) and waits until it answers.
     /// `None` when moto is not installed.
     pub fn start(port: Option<u16>) -> Option<Moto> {
-        let port = port.unwrap_or_else(free_port);
-        let mut c = Command::new("moto_server");
-        c.args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdin(Stdio::null())
+        let have = Command::new("python3")
+            .args(["-c", "import moto.server, flask"])
             .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !have {
+            return None;
+        }
+        let port = port.unwrap_or_else(free_port);
+        let mut c = Command::new("python3");
+        c.args([
+            "-m",
+            "moto.server",
+            "-H",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
         // SAFETY: prctl only sets a flag of the child about to exec.
         unsafe {
             c.pre_exec(|| {
@@ -147,7 +163,7 @@ pub fn server() -> Option<Server> {
                     );
                     eprintln!(
                         "\n*** SKIPPING S3 TESTS: no S3 server ({ENDPOINT_ENV} unset and \
-                         `moto_server` not found; `pip install 'moto[server]'` to run them) ***\n"
+                         moto is not installed; `pip install 'moto[server]'` to run them) ***\n"
                     );
                     None
                 }
