@@ -582,6 +582,15 @@ impl Repository {
         chunks: BTreeSet<ChunkDigest>,
     ) -> Result<(), StoreError> {
         let b = self.backend.as_ref();
+        // Chunks this process wrote durably or verified (its own rank's part, when the
+        // committer is a rank) need no request: they were there when the part was durable,
+        // and nothing but this writer's own GC, refused while a checkpoint is pending,
+        // removes chunks.
+        let repo = b.location();
+        let chunks: Vec<ChunkDigest> = chunks
+            .into_iter()
+            .filter(|d| crate::known::status(repo, d) != crate::known::Known::Good)
+            .collect();
         let threads = b.read_concurrency().min(chunks.len()).max(1);
         crate::par::try_for_each(chunks, threads, |d| {
             let key = ObjectKey::Chunk(d);

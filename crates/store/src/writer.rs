@@ -150,6 +150,14 @@ enum Encoded<'a> {
 }
 
 impl Encoded<'_> {
+    /// The file's bytes as the pieces to write (header and borrowed data for `Raw`).
+    fn parts(&self) -> [&[u8]; 2] {
+        match self {
+            Encoded::Raw(h, d) => [h, d],
+            Encoded::Owned(v) => [v, &[]],
+        }
+    }
+
     fn len(&self) -> usize {
         match self {
             Encoded::Raw(h, d) => h.len() + d.len(),
@@ -653,6 +661,35 @@ impl PartWriter {
         // part's fsyncs. (Digests from the fingerprint cache need not: they come from an
         // earlier durable part of this process, which fsynced their directories under this
         // same rule.)
+        let new_chunk = |file: &Encoded<'_>, staged: Option<Staged>| ChunkOutcome {
+            chunk: ChunkRef {
+                digest,
+                len,
+                stored: file.len() as u64,
+            },
+            fp,
+            stored_pending: false,
+            cached: false,
+            hinted: false,
+            new_bytes: file.len() as u64,
+            staged,
+            dir: Some(key.dir()),
+        };
+        // Encoded at most once, and only when it is written (a present chunk costs no
+        // compression on a file system).
+        let mut encoded = None;
+        if self.backend.dedup_by_create() && known::status(repo, &digest) != Known::Bad {
+            // One conditional PUT instead of a HEAD and a PUT per new chunk (object
+            // stores); `Conflict` means present, handled below like a chunk found by stat.
+            let file = self.encode(job);
+            self.budget
+                .take(file.len() as u64, &self.backend.describe(&key))?;
+            match self.backend.put(&key, &file.parts(), PutMode::Create) {
+                Ok(_) => return Ok(new_chunk(&file, None)),
+                Err(e) if e.kind() == StoreErrorKind::Conflict => encoded = Some(file),
+                Err(e) => return Err(e),
+            }
+        }
         if let Some(m) = self.backend.stat(&key)? {
             let path = self.backend.describe(&key);
             if !m.regular {
@@ -673,27 +710,13 @@ impl PartWriter {
                 tracing::warn!(path = %path.display(), "chunk {digest} is damaged: rewriting it");
             }
         }
-        let file = self.encode(job);
+        let file = encoded.unwrap_or_else(|| self.encode(job));
         self.budget
             .take(file.len() as u64, &self.backend.describe(&key))?;
-        let staged = match &file {
-            Encoded::Raw(h, d) => self.backend.stage(&key, &[h, d], PutMode::Overwrite)?,
-            Encoded::Owned(v) => self.backend.stage(&key, &[v], PutMode::Overwrite)?,
-        };
-        Ok(ChunkOutcome {
-            chunk: ChunkRef {
-                digest,
-                len,
-                stored: file.len() as u64,
-            },
-            fp,
-            stored_pending: false,
-            cached: false,
-            hinted: false,
-            new_bytes: file.len() as u64,
-            staged: Some(staged),
-            dir: Some(key.dir()),
-        })
+        let staged = self
+            .backend
+            .stage(&key, &file.parts(), PutMode::Overwrite)?;
+        Ok(new_chunk(&file, Some(staged)))
     }
 
     /// Reads and verifies a chunk found present (`len` raw bytes): true when intact; false

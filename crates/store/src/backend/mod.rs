@@ -412,6 +412,13 @@ pub trait WriteBackend: ReadBackend {
     fn write_concurrency(&self) -> usize {
         4
     }
+
+    /// True when asking whether an object exists costs a request (an object store): the
+    /// writer then creates a new chunk with one conditional `put(.., Create)` and treats
+    /// `Conflict` as "present", instead of a `stat` before every write. Default: false.
+    fn dedup_by_create(&self) -> bool {
+        false
+    }
 }
 
 /// `Corrupt` error for something that is not a regular object where one should be.

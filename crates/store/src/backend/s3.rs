@@ -602,4 +602,8 @@ impl WriteBackend for S3Backend {
     fn write_concurrency(&self) -> usize {
         self.cfg.concurrency
     }
+
+    fn dedup_by_create(&self) -> bool {
+        true
+    }
 }
