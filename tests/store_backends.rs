@@ -7,7 +7,6 @@
 
 mod common;
 #[path = "../crates/store/tests/common/s3.rs"]
-#[allow(dead_code)]
 mod s3;
 
 use lazarus_format::Rank;
@@ -81,7 +80,11 @@ fn heat_killed_and_resumed_with_the_repository_in_a_bucket() {
         child.wait().unwrap();
     }
     let out = heat(&repo, &env).output().unwrap();
-    assert_eq!(checksum(&out), want, "resumed from the bucket after {kills} kills");
+    assert_eq!(
+        checksum(&out),
+        want,
+        "resumed from the bucket after {kills} kills"
+    );
     // Every command works on the bucket.
     let v = lazarus(&["verify", &repo], &env);
     assert!(v.status.success(), "verify: {v:?}");
@@ -116,7 +119,10 @@ fn heat_killed_and_resumed_with_the_repository_in_a_bucket() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("checksum="));
     let v = lazarus(&["verify", &run_repo], &env);
     assert!(v.status.success(), "verify of the supervised run: {v:?}");
-    assert!(String::from_utf8_lossy(&v.stdout).contains("ok: 3 committed"), "{v:?}");
+    assert!(
+        String::from_utf8_lossy(&v.stdout).contains("ok: 3 committed"),
+        "{v:?}"
+    );
 }
 
 /// Issue #11, item 2, end to end: restore skips a damaged checkpoint, the job goes on and
@@ -144,7 +150,10 @@ fn restore_skips_damaged_checkpoint_and_next_checkpoint_is_intact() {
     for c in &all[..all.len() - 1] {
         unique = &unique - &chunks_of(c.id);
     }
-    let d0 = *unique.iter().next().expect("a chunk only the newest checkpoint has");
+    let d0 = *unique
+        .iter()
+        .next()
+        .expect("a chunk only the newest checkpoint has");
     let hex = d0.to_hex();
     let path = repo.join("chunks").join(&hex[..2]).join(&hex);
     let mut b = std::fs::read(&path).unwrap();
@@ -197,7 +206,10 @@ fn bare_relative_repo_works_for_the_job_api_and_the_cli() {
             .args(SHORT)
             .output()
             .unwrap();
-        assert!(checksum(&out).starts_with("checksum="), "Job API with {repo}");
+        assert!(
+            checksum(&out).starts_with("checksum="),
+            "Job API with {repo}"
+        );
         assert!(work.join(repo).join("FORMAT").is_file(), "{repo}");
         let out = Command::new(common::lazarus_bin())
             .current_dir(&work)
