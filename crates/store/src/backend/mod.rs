@@ -25,7 +25,7 @@ pub(crate) mod dir;
 mod flock;
 mod memory;
 #[cfg(feature = "s3")]
-pub(crate) mod s3;
+pub mod s3;
 
 pub use dir::DirBackend;
 pub use memory::MemoryBackend;
