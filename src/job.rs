@@ -295,7 +295,8 @@ impl JobBuilder {
         self
     }
 
-    /// The repository directory (created if absent). Without it, `LAZARUS_REPO` is used.
+    /// The repository: a directory (created if absent), `s3://bucket/prefix` (feature `s3`,
+    /// docs/STORAGE.md) or `memory://name`. Without it, `LAZARUS_REPO` is used.
     pub fn repo(mut self, path: impl Into<PathBuf>) -> Self {
         self.repo = Some(path.into());
         self

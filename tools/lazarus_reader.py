@@ -10,6 +10,9 @@ specification is sufficient. It verifies everything the format lets a reader ver
   COMMIT, base64 in ``parts[r].manifest``, instead of as ``rank-<r>.manifest``);
 * the BLAKE3 of every chunk's raw bytes against its file name.
 
+A repository in an S3 bucket (``s3://bucket/prefix``) is read the same way after copying
+it to a directory (``aws s3 sync s3://bucket/prefix ./repo``; docs/STORAGE.md).
+
 BLAKE3 is not in hashlib, so this file carries its own implementation (written from the
 BLAKE3 specification; vectorised over 1 KiB chunks with numpy, ~10-50 MB/s). Pass
 ``verify=False`` (CLI ``--no-verify``) to skip chunk digests on large repositories;

@@ -325,27 +325,7 @@ pub(crate) fn boot_id() -> String {
     .clone()
 }
 
-/// Environment variable naming a failpoint at which the process kills itself (the same
-/// variable as the store's failpoints).
-pub const FAILPOINT_ENV: &str = "LAZARUS_FAILPOINT";
-
-/// If `LAZARUS_FAILPOINT` names `name`, SIGKILL this process (crash tests).
-pub(crate) fn failpoint(name: &str) {
-    static ARMED: OnceLock<Option<String>> = OnceLock::new();
-    let armed = ARMED.get_or_init(|| std::env::var(FAILPOINT_ENV).ok());
-    if armed.as_deref() == Some(name) {
-        // Marked as injected so a reader of the log never mistakes it for a real crash.
-        let _ = writeln!(
-            std::io::stderr(),
-            "lazarus-files: injected failpoint {name}: SIGKILL"
-        );
-        // SAFETY: kill(2) on our own pid has no memory-safety preconditions.
-        unsafe {
-            libc::kill(libc::getpid(), libc::SIGKILL);
-        }
-        std::process::abort();
-    }
-}
+pub(crate) use lazarus_store::failpoint;
 
 #[cfg(test)]
 mod tests {

@@ -41,7 +41,7 @@ mod store_io;
 pub use error::{FilesError, FilesErrorKind};
 pub use file::{File, OpenOptions};
 pub use fs::{Files, FilesConfig, Layout};
-pub use journal::FAILPOINT_ENV;
+pub use lazarus_store::FAILPOINT_ENV;
 pub use path::MAX_PATH_LEN;
 pub use restore::{RestoreError, RestorePlan, RestoreTarget};
 pub use snapshot::{is_files_object, Snapshot, FILE_PREFIX, INDEX_OBJECT};

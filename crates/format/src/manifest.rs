@@ -200,6 +200,10 @@ pub struct WriterInfo {
     pub os: String,
     /// Version of the Lazarus crate that wrote it.
     pub lazarus_version: String,
+    /// The generation of the writer's lease on backends that lock with a lease (object
+    /// stores, docs/STORAGE.md); absent for a directory repository (flock).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_generation: Option<u64>,
 }
 
 impl WriterInfo {
@@ -215,6 +219,7 @@ impl WriterInfo {
             .to_string(),
             os: std::env::consts::OS.to_string(),
             lazarus_version: env!("CARGO_PKG_VERSION").to_string(),
+            lease_generation: None,
         }
     }
 }

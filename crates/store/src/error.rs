@@ -28,10 +28,18 @@ pub enum StoreErrorKind {
     /// checkpoint is pending, `keep == 0`...
     InvalidArgument,
     /// `Repository::commit` renamed COMMIT into place (it is visible, readers treat the
-    /// checkpoint as committed) but could not make it durable (the directory fsync failed):
-    /// the checkpoint may or may not survive a power loss. Never report such a round as
+    /// checkpoint as committed) but could not make it durable (the directory fsync failed),
+    /// or an object store did not answer the COMMIT request in time and COMMIT is not
+    /// there (yet): the checkpoint may or may not exist later. Never report such a round as
     /// aborted and never delete it; the repository after a restart is the truth.
     CommitUnknown,
+    /// A conditional write lost: the object was created (or changed) by someone else first.
+    /// COMMIT is written this way, so two writers can never both commit one checkpoint.
+    Conflict,
+    /// A remote store did not answer: connection refused or broken, no answer within the
+    /// operation's time bound, or server errors after the bounded retries. Retrying later
+    /// can help; a write that failed so may or may not have been applied.
+    Unavailable,
 }
 
 impl StoreErrorKind {
@@ -39,7 +47,10 @@ impl StoreErrorKind {
     pub fn is_retryable(self) -> bool {
         matches!(
             self,
-            StoreErrorKind::Locked | StoreErrorKind::NoSpace | StoreErrorKind::Io
+            StoreErrorKind::Locked
+                | StoreErrorKind::NoSpace
+                | StoreErrorKind::Io
+                | StoreErrorKind::Unavailable
         )
     }
 }
@@ -55,6 +66,8 @@ impl fmt::Display for StoreErrorKind {
             StoreErrorKind::Io => "I/O error",
             StoreErrorKind::InvalidArgument => "invalid argument",
             StoreErrorKind::CommitUnknown => "commit outcome unknown",
+            StoreErrorKind::Conflict => "conflict",
+            StoreErrorKind::Unavailable => "store unavailable",
         })
     }
 }
@@ -121,6 +134,14 @@ impl StoreError {
     /// The file at fault, if one is known.
     pub fn path(&self) -> Option<&Path> {
         self.path.as_deref()
+    }
+
+    /// The same error with `context: ` in front of its message (kind and path kept).
+    pub fn context(self, context: &str) -> Self {
+        StoreError {
+            msg: format!("{context}: {}", self.msg),
+            ..self
+        }
     }
 
     /// The message without the kind and path.

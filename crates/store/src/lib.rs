@@ -40,23 +40,30 @@
 // A failed stdout/stderr must never panic a job (issue #11 item 10): no print macros.
 #![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
 
+pub mod backend;
 mod error;
 mod fpcache;
 mod fsutil;
-mod layout;
+mod known;
+mod lease;
 mod location;
-mod lock;
 mod par;
 mod ranged;
 mod reader;
 mod repo;
 mod writer;
 
-pub use error::{StoreError, StoreErrorKind};
 #[doc(hidden)]
-pub use fsutil::record_fsyncs;
-pub use fsutil::FAILPOINT_ENV;
-pub use location::repo_location;
+pub use backend::dir::record_fsyncs;
+#[cfg(feature = "s3")]
+pub use backend::s3::{S3Backend, S3Config};
+pub use backend::{
+    DirBackend, DirKey, LockGuard, MemoryBackend, ObjectKey, ReadBackend, WriteBackend,
+};
+pub use error::{StoreError, StoreErrorKind};
+pub use fsutil::{failpoint, FAILPOINT_ENV};
+pub use lease::{LeaseConfig, LeaseRecord};
+pub use location::{open_backend, open_read_backend, repo_location};
 pub use reader::{
     CheckpointDir, CheckpointSummary, CommitStatus, Damage, Presence, Problem, RepoReader,
     VerifyReport,
@@ -66,6 +73,6 @@ pub use repo::{
     INLINE_COMMIT_BUDGET,
 };
 pub use writer::{
-    discard_part, Codec, PartReceipt, PartWriter, RepoOptions, DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE,
-    MIN_CHUNK_SIZE,
+    discard_part, discard_part_in, Codec, PartReceipt, PartWriter, RepoOptions, DEFAULT_CHUNK_SIZE,
+    MAX_CHUNK_SIZE, MIN_CHUNK_SIZE,
 };

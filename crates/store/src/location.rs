@@ -1,4 +1,13 @@
-//! One normalized string per repository location, so that a rank and its supervisor can
+//! Turning what a user wrote for a repository (`--repo`, `.repo(..)`, `LAZARUS_REPO`) into
+//! a backend. Decision: repository locations travel through the whole system as paths
+//! (`&Path`, `PathBuf`, environment variables), and a path that starts with a URL scheme
+//! names a non-directory backend: `s3://bucket/prefix` (feature `s3`) or `memory://name`.
+//! Every other path is a directory. So the supervisor, the launcher, the coordinator and
+//! the Job API need no change to carry an S3 repository, and a local directory whose name
+//! looks like a URL is still reachable as `./s3:/...`. An unknown scheme is refused rather
+//! than silently created as a local directory.
+//!
+//! It also gives one normalized string per repository location, so that a rank and its supervisor can
 //! tell whether they opened the same repository however each one spelled it
 //! (`lazarus run --repo A -- prog --repo B`, issue #11 item 9). Here, next to the code
 //! that owns repository paths, so every runtime (Job API, `AsyncSession`, supervisor)
@@ -9,7 +18,74 @@
 //! inode; for local paths the string is canonical (absolute, symlinks resolved), which is
 //! what an inode comparison would give for one host.
 
+use crate::backend::{DirBackend, MemoryBackend, ReadBackend, WriteBackend};
+use crate::error::{StoreError, StoreErrorKind};
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+
+/// The backend for the repository at `location` (a directory path, `s3://bucket/prefix`
+/// or `memory://name`). No I/O for directories and memory; an S3 client is created once
+/// per location and process and shared.
+pub fn open_backend(location: &Path) -> Result<Arc<dyn WriteBackend>, StoreError> {
+    let Some((scheme, rest)) = url_parts(location) else {
+        return Ok(Arc::new(DirBackend::new(location)));
+    };
+    let s = location.to_string_lossy();
+    match scheme.to_ascii_lowercase().as_str() {
+        "memory" => {
+            let name = rest.trim_end_matches('/');
+            if name.is_empty() {
+                return Err(bad(location, "memory://NAME needs a name"));
+            }
+            Ok(Arc::new(MemoryBackend::named(name)))
+        }
+        "s3" => open_s3(location, rest),
+        other => Err(bad(
+            location,
+            &format!(
+                "unsupported repository URL scheme {other}:// (use a directory path, \
+                 s3://bucket/prefix or memory://name; write ./{s} for a local directory)"
+            ),
+        )),
+    }
+}
+
+/// [`open_backend`], read-only.
+pub fn open_read_backend(location: &Path) -> Result<Arc<dyn ReadBackend>, StoreError> {
+    Ok(open_backend(location)?.as_read())
+}
+
+#[cfg(feature = "s3")]
+fn open_s3(location: &Path, rest: &str) -> Result<Arc<dyn WriteBackend>, StoreError> {
+    let b = crate::backend::s3::S3Backend::shared(location, rest)?;
+    Ok(b)
+}
+
+#[cfg(not(feature = "s3"))]
+fn open_s3(location: &Path, _rest: &str) -> Result<Arc<dyn WriteBackend>, StoreError> {
+    Err(bad(
+        location,
+        "this program was built without S3 support: enable the `s3` feature of the \
+         `lazarus` (or `lazarus-store`) crate; the `lazarus` command has it",
+    ))
+}
+
+fn bad(location: &Path, msg: &str) -> StoreError {
+    StoreError::new(StoreErrorKind::InvalidArgument, Some(location), msg)
+}
+
+/// `(scheme, rest)` when `location` is a URL (`scheme://rest`, the scheme made of ASCII
+/// letters, digits and `+`), `None` for a directory path. The one rule that both opening
+/// a backend and normalizing a location follow, so they never disagree on what a
+/// directory is.
+fn url_parts(location: &Path) -> Option<(&str, &str)> {
+    let (scheme, rest) = location.to_str()?.split_once("://")?;
+    let ok = !scheme.is_empty()
+        && scheme
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'+');
+    ok.then_some((scheme, rest))
+}
 
 /// The normalized location of the repository at `path`:
 /// - `scheme://rest` (an object-store URL): the scheme lower-cased, trailing slashes of
@@ -22,19 +98,9 @@ use std::path::{Component, Path, PathBuf};
 /// of one existing directory give the same string; so do the rank's and the supervisor's
 /// spelling, because both call this function.
 pub fn repo_location(path: &Path) -> String {
-    let text = path.to_string_lossy();
-    if let Some((scheme, rest)) = text.split_once("://") {
-        let is_scheme = scheme
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic())
-            && scheme
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
-        if is_scheme {
-            let rest = rest.trim_end_matches('/');
-            return escape(&format!("{}://{rest}", scheme.to_ascii_lowercase()));
-        }
+    if let Some((scheme, rest)) = url_parts(path) {
+        let rest = rest.trim_end_matches('/');
+        return escape(&format!("{}://{rest}", scheme.to_ascii_lowercase()));
     }
     escape(&local(path).to_string_lossy())
 }
@@ -88,6 +154,20 @@ fn local(path: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn locations() {
+        for p in ["r1", "./r1", "../r1/", "/tmp/x", "a:b", "x-y://z"] {
+            let b = open_backend(Path::new(p)).unwrap();
+            assert_eq!(b.location(), Path::new(p), "{p} is a directory");
+        }
+        let m = open_backend(Path::new("memory://loc-test")).unwrap();
+        assert_eq!(m.location(), Path::new("memory://loc-test"));
+        let e = open_backend(Path::new("gs://bucket/x")).unwrap_err();
+        assert_eq!(e.kind(), StoreErrorKind::InvalidArgument);
+        assert!(e.to_string().contains("gs://"), "{e}");
+        assert!(open_backend(Path::new("memory://")).is_err());
+    }
 
     #[test]
     fn one_directory_spelled_many_ways_is_one_location() {

@@ -126,8 +126,8 @@ impl RepoReader {
     /// Reads the chunks on two threads (as `load_part` does): verification (BLAKE3) and
     /// decompression are CPU-bound, reads of a cold cache are I/O-bound.
     fn run_jobs(&self, jobs: Vec<Job<'_>>, ctx: &str) -> Result<(), StoreError> {
-        crate::par::try_for_each(jobs, 2, |job| self.run_job(job))
-            .map_err(|e| StoreError::new(e.kind(), e.path(), format!("{ctx}: {}", e.message())))
+        let threads = self.backend().read_concurrency();
+        crate::par::try_for_each(jobs, threads, |job| self.run_job(job)).map_err(|e| e.context(ctx))
     }
 
     fn run_job(&self, job: Job<'_>) -> Result<(), StoreError> {

@@ -3,9 +3,9 @@
 //! Takes no lock; safe while a writer is active (writers only add complete files under
 //! final names, and a checkpoint is visible only once its COMMIT is).
 
+use crate::backend::{DirKey, ObjectKey, ReadBackend};
 use crate::error::{StoreError, StoreErrorKind};
-use crate::fsutil;
-use crate::layout::Layout;
+use crate::known;
 use lazarus_format::{
     decode_chunk, CheckpointId, ChunkCodec, ChunkDigest, ChunkHeader, CommitPart, CommitRecord,
     FormatVersion, LoadedObject, Manifest, Rank, WriterInfo, CHUNK_HEADER_LEN,
@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// A checkpoint directory with a COMMIT file, and the result of decoding that COMMIT.
 pub(crate) type Scanned = (CheckpointId, Result<CommitRecord, StoreError>);
@@ -100,16 +100,18 @@ pub struct VerifyReport {
     pub bytes_checked: u64,
 }
 
-/// Read-only view of a repository.
+/// Read-only view of a repository, on any backend.
 #[derive(Clone, Debug)]
 pub struct RepoReader {
-    layout: Layout,
+    backend: Arc<dyn ReadBackend>,
     version: FormatVersion,
 }
 
-pub(crate) fn check_format(layout: &Layout) -> Result<FormatVersion, StoreError> {
-    let p = layout.format_file();
-    let bytes = fsutil::read(&p).map_err(|e| {
+pub(crate) fn check_format<B: ReadBackend + ?Sized>(
+    backend: &B,
+) -> Result<FormatVersion, StoreError> {
+    let p = backend.describe(&ObjectKey::Format);
+    let bytes = backend.read(&ObjectKey::Format).map_err(|e| {
         if e.kind() == StoreErrorKind::Missing {
             StoreError::new(
                 StoreErrorKind::Missing,
@@ -133,17 +135,38 @@ fn damage(id: CheckpointId, e: &StoreError) -> Damage {
 }
 
 impl RepoReader {
-    /// Opens a repository for reading; fails with `Missing` if there is no `FORMAT` file and
+    /// Opens the repository at `path` (a directory, `s3://bucket/prefix` or
+    /// `memory://name`) for reading; fails with `Missing` if there is no `FORMAT` file and
     /// `VersionUnsupported` for an unknown major version.
     pub fn open(path: &Path) -> Result<RepoReader, StoreError> {
-        let layout = Layout::new(path);
-        let version = check_format(&layout)?;
-        Ok(RepoReader { layout, version })
+        Self::from_backend(crate::location::open_read_backend(path)?)
     }
 
-    /// The repository root.
+    /// Opens the repository held by `backend` for reading (same checks as `open`).
+    pub fn from_backend(backend: Arc<dyn ReadBackend>) -> Result<RepoReader, StoreError> {
+        let version = check_format(backend.as_ref())?;
+        Ok(RepoReader { backend, version })
+    }
+
+    /// The repository's location (directory path or URL).
     pub fn path(&self) -> &Path {
-        self.layout.root()
+        self.backend.location()
+    }
+
+    /// The backend the repository is read through.
+    pub fn backend(&self) -> &Arc<dyn ReadBackend> {
+        &self.backend
+    }
+
+    /// Where rank `rank`'s manifest file of checkpoint `id` is (or would be), for messages.
+    pub fn manifest_location(&self, id: CheckpointId, rank: Rank) -> PathBuf {
+        self.backend.describe(&ObjectKey::Manifest(id, rank))
+    }
+
+    /// Ids of the checkpoint directories present (committed or not), ascending. Names that
+    /// are not 16 decimal digits are ignored.
+    pub(crate) fn checkpoint_ids(&self) -> Result<Vec<CheckpointId>, StoreError> {
+        checkpoint_ids(self.backend.as_ref())
     }
 
     /// The repository's format version.
@@ -153,8 +176,9 @@ impl RepoReader {
 
     /// Reads and validates the COMMIT of `id`.
     pub fn commit_record(&self, id: CheckpointId) -> Result<CommitRecord, StoreError> {
-        let p = self.layout.commit(id);
-        let bytes = fsutil::read(&p)?;
+        let key = ObjectKey::Commit(id);
+        let p = self.backend.describe(&key);
+        let bytes = self.backend.read(&key)?;
         let c = CommitRecord::decode(&bytes)
             .map_err(|e| StoreError::format(&p, &format!("checkpoint {id}"), e))?;
         if c.checkpoint != id {
@@ -171,8 +195,8 @@ impl RepoReader {
     /// of decoding it.
     pub(crate) fn scan(&self) -> Result<Vec<Scanned>, StoreError> {
         let mut out = Vec::new();
-        for id in self.layout.checkpoint_ids()? {
-            if self.layout.commit(id).exists() {
+        for id in self.checkpoint_ids()? {
+            if self.backend.stat(&ObjectKey::Commit(id))?.is_some() {
                 out.push((id, self.commit_record(id)));
             }
         }
@@ -215,7 +239,8 @@ impl RepoReader {
         rank: Rank,
     ) -> Result<Manifest, StoreError> {
         let id = c.checkpoint;
-        let p = self.layout.manifest(id, rank);
+        let mkey = ObjectKey::Manifest(id, rank);
+        let p = self.backend.describe(&mkey);
         let part = c.parts.get(rank.index()).ok_or_else(|| {
             StoreError::new(
                 StoreErrorKind::InvalidArgument,
@@ -226,11 +251,11 @@ impl RepoReader {
         // Format 1.1: the manifest rides in COMMIT; the error then names COMMIT.
         let (bytes, p, what) = match part.inline_manifest() {
             Some(b) => {
-                let cp = self.layout.commit(id);
+                let cp = self.backend.describe(&ObjectKey::Commit(id));
                 let b = b.map_err(|e| StoreError::format(&cp, &format!("checkpoint {id}"), e))?;
                 (b, cp, "inline manifest")
             }
-            None => (fsutil::read(&p)?, p, "manifest"),
+            None => (self.backend.read(&mkey)?, p, "manifest"),
         };
         let m = Manifest::decode(&bytes)
             .map_err(|e| StoreError::format(&p, &format!("checkpoint {id} {rank}"), e))?;
@@ -259,18 +284,13 @@ impl RepoReader {
     /// `dir_gone` is asked for) the checkpoint directory exists; `Err` anything else,
     /// including a COMMIT that exists but cannot be read (an I/O error is not an answer).
     pub fn commit_presence(&self, id: CheckpointId) -> Result<Presence, StoreError> {
-        let p = self.layout.commit(id);
-        match std::fs::metadata(&p) {
-            Ok(_) => self.commit_record(id).map(Presence::Committed),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let dir = self.layout.checkpoint_dir(id);
-                match std::fs::metadata(&dir) {
-                    Ok(_) => Ok(Presence::Pending),
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Presence::Gone),
-                    Err(e) => Err(StoreError::io(&dir, "stat of checkpoint directory", e)),
-                }
-            }
-            Err(e) => Err(StoreError::io(&p, "stat of COMMIT", e)),
+        if self.backend.stat(&ObjectKey::Commit(id))?.is_some() {
+            return self.commit_record(id).map(Presence::Committed);
+        }
+        if self.backend.dir_exists(&DirKey::Checkpoint(id))? {
+            Ok(Presence::Pending)
+        } else {
+            Ok(Presence::Gone)
         }
     }
 
@@ -287,7 +307,7 @@ impl RepoReader {
             if !ok {
                 return Err(StoreError::new(
                     StoreErrorKind::Corrupt,
-                    Some(&self.layout.manifest(id, rank)),
+                    Some(&self.manifest_location(id, rank)),
                     format!(
                         "{ctx}: object {:?} of {} bytes cannot be allocated",
                         o.info.name, o.bytes
@@ -301,7 +321,7 @@ impl RepoReader {
                 let Some((a, b)) = rest.split_at_mut_checked(c.len as usize) else {
                     return Err(StoreError::new(
                         StoreErrorKind::Corrupt,
-                        Some(&self.layout.manifest(id, rank)),
+                        Some(&self.manifest_location(id, rank)),
                         format!(
                             "{ctx}: object {:?} chunk lengths exceed its size",
                             o.info.name
@@ -322,24 +342,51 @@ impl RepoReader {
         slices: Vec<(ChunkDigest, &mut [u8])>,
         ctx: &str,
     ) -> Result<(), StoreError> {
-        crate::par::try_for_each(slices, 2, |(d, out)| self.read_chunk_into(&d, out))
-            .map_err(|e| StoreError::new(e.kind(), e.path(), format!("{ctx}: {}", e.message())))
+        let threads = self.backend.read_concurrency();
+        crate::par::try_for_each(slices, threads, |(d, out)| self.read_chunk_into(&d, out))
+            .map_err(|e| e.context(ctx))
     }
 
     /// Reads chunk `d` into `out` (whose length is the chunk's raw length per the manifest)
-    /// and verifies its digest. Uncompressed chunks are read straight into `out`.
+    /// and verifies its digest. Uncompressed chunks are read straight into `out`. The
+    /// outcome is remembered for the writer (`known.rs`): a chunk read intact may be
+    /// reused by later checkpoints of this process, a damaged one is rewritten.
     pub(crate) fn read_chunk_into(
         &self,
         d: &ChunkDigest,
         out: &mut [u8],
     ) -> Result<(), StoreError> {
-        let p = self.layout.chunk(d);
+        read_chunk_into(self.backend.as_ref(), d, out)
+    }
+}
+
+/// [`RepoReader::read_chunk_into`] on any backend (the writer verifies chunks it finds).
+pub(crate) fn read_chunk_into<B: ReadBackend + ?Sized>(
+    backend: &B,
+    d: &ChunkDigest,
+    out: &mut [u8],
+) -> Result<(), StoreError> {
+    let r = read_chunk_unrecorded(backend, d, out);
+    match &r {
+        Ok(()) => known::good(backend.location(), [*d]),
+        Err(e) if matches!(e.kind(), StoreErrorKind::Corrupt) => known::bad(backend.location(), *d),
+        Err(_) => {}
+    }
+    r
+}
+
+fn read_chunk_unrecorded<B: ReadBackend + ?Sized>(
+    backend: &B,
+    d: &ChunkDigest,
+    out: &mut [u8],
+) -> Result<(), StoreError> {
+    {
+        let key = ObjectKey::Chunk(*d);
+        let p = backend.describe(&key);
         let fmt_err = |e| StoreError::format(&p, &format!("chunk {d}"), e);
-        let mut f = std::fs::File::open(&p).map_err(|e| StoreError::io(&p, "opening chunk", e))?;
-        let file_len = f
-            .metadata()
-            .map_err(|e| StoreError::io(&p, "stat of chunk", e))?
-            .len();
+        let opened = backend.open(&key)?;
+        let file_len = opened.len;
+        let mut f = opened.reader;
         let mut head = [0u8; CHUNK_HEADER_LEN];
         f.read_exact(&mut head).map_err(|e| {
             if e.kind() == std::io::ErrorKind::UnexpectedEof {
@@ -401,7 +448,31 @@ impl RepoReader {
         out.copy_from_slice(&raw);
         Ok(())
     }
+}
 
+/// Ids of the checkpoint directories of `backend`'s repository, ascending.
+pub(crate) fn checkpoint_ids<B: ReadBackend + ?Sized>(
+    backend: &B,
+) -> Result<Vec<CheckpointId>, StoreError> {
+    let mut ids: Vec<CheckpointId> = backend
+        .list(&DirKey::Checkpoints)?
+        .into_iter()
+        .filter_map(|e| parse_id(&e.name))
+        .collect();
+    ids.sort();
+    ids.dedup();
+    Ok(ids)
+}
+
+fn parse_id(s: &str) -> Option<CheckpointId> {
+    if s.len() == 16 && s.bytes().all(|b| b.is_ascii_digit()) {
+        s.parse().ok().map(CheckpointId)
+    } else {
+        None
+    }
+}
+
+impl RepoReader {
     /// Fully verifies committed checkpoint `id`: COMMIT, every manifest, every chunk.
     pub fn verify_checkpoint(&self, id: CheckpointId) -> Result<(), StoreError> {
         let c = self.commit_record(id)?;
@@ -436,7 +507,7 @@ impl RepoReader {
             let res = r.and_then(|c| self.verify_checkpoint(id).map(|()| c));
             match res {
                 Ok(c) => return Ok(Some((CheckpointSummary::from(c), damages))),
-                Err(e) if e.kind() == StoreErrorKind::Io => return Err(e),
+                Err(e) if is_fatal(&e) => return Err(e),
                 Err(e) => damages.push(damage(id, &e)),
             }
         }
@@ -453,40 +524,57 @@ impl RepoReader {
         self.check_record(self.commit_record(id)?)
     }
 
-    /// [`RepoReader::check_committed`] of an already decoded COMMIT.
+    /// [`RepoReader::check_committed`] of an already decoded COMMIT. The stats run
+    /// concurrently (on an object store each is a request).
     fn check_record(&self, c: CommitRecord) -> Result<CommitRecord, StoreError> {
         let id = c.checkpoint;
         let mut seen = BTreeSet::new();
+        let mut todo = Vec::new();
         for p in &c.parts {
             let m = self.manifest_checked(&c, p.rank)?;
             for ch in m.objects.iter().flat_map(|o| o.chunks.iter()) {
-                if !seen.insert(ch.digest) {
-                    continue;
-                }
-                let path = self.layout.chunk(&ch.digest);
-                let ctx = format!("checkpoint {id} {}: chunk {}", p.rank, ch.digest);
-                let md = std::fs::metadata(&path).map_err(|e| {
-                    let e = StoreError::io(&path, "stat of chunk", e);
-                    StoreError::new(e.kind(), Some(&path), format!("{ctx}: {}", e.message()))
-                })?;
-                let size_ok = if ch.stored == 0 {
-                    md.len() >= CHUNK_HEADER_LEN as u64
-                } else {
-                    md.len() == ch.stored
-                };
-                if !md.is_file() || !size_ok {
-                    return Err(StoreError::new(
-                        StoreErrorKind::Corrupt,
-                        Some(&path),
-                        format!(
-                            "{ctx}: file is {} bytes, the manifest recorded {}",
-                            md.len(),
-                            ch.stored
-                        ),
-                    ));
+                if seen.insert(ch.digest) {
+                    todo.push((p.rank, ch.digest, ch.stored));
                 }
             }
         }
+        let threads = self.backend.read_concurrency().min(todo.len()).max(1);
+        crate::par::try_for_each(todo, threads, |(rank, digest, stored)| {
+            let key = ObjectKey::Chunk(digest);
+            let path = self.backend.describe(&key);
+            let ctx = format!("checkpoint {id} {rank}: chunk {digest}");
+            let md = self
+                .backend
+                .stat(&key)
+                .map_err(|e| e.context(&ctx))?
+                .ok_or_else(|| {
+                    StoreError::new(
+                        StoreErrorKind::Missing,
+                        Some(&path),
+                        format!("{ctx}: missing"),
+                    )
+                })?;
+            let size_ok = if stored == 0 {
+                md.size >= CHUNK_HEADER_LEN as u64
+            } else {
+                md.size == stored
+            };
+            if !md.regular || !size_ok {
+                return Err(StoreError::new(
+                    StoreErrorKind::Corrupt,
+                    Some(&path),
+                    if md.regular {
+                        format!(
+                            "{ctx}: file is {} bytes, the manifest recorded {stored}",
+                            md.size
+                        )
+                    } else {
+                        format!("{ctx}: not a regular file")
+                    },
+                ));
+            }
+            Ok(())
+        })?;
         Ok(c)
     }
 
@@ -504,7 +592,7 @@ impl RepoReader {
         for (id, r) in self.scan()?.into_iter().rev() {
             match r.and_then(|c| self.check_record(c)) {
                 Ok(c) => ok.push(CheckpointSummary::from(c)),
-                Err(e) if e.kind() == StoreErrorKind::Io => return Err(e),
+                Err(e) if is_fatal(&e) => return Err(e),
                 Err(e) => damages.push(damage(id, &e)),
             }
         }
@@ -551,8 +639,9 @@ impl RepoReader {
         let next = AtomicUsize::new(0);
         let bad: Mutex<Vec<(usize, StoreError)>> = Mutex::new(Vec::new());
         progress(0, total);
+        let workers = self.backend.read_concurrency().max(1);
         std::thread::scope(|s| {
-            for _ in 0..2 {
+            for _ in 0..workers {
                 s.spawn(|| {
                     let mut buf = Vec::new();
                     loop {
@@ -569,7 +658,7 @@ impl RepoReader {
                 });
             }
             // `progress` need not be Sync: only this thread calls it.
-            let workers_done = || next.load(Ordering::Relaxed) >= entries.len() + 2;
+            let workers_done = || next.load(Ordering::Relaxed) >= entries.len() + workers;
             while !workers_done() {
                 std::thread::sleep(std::time::Duration::from_millis(50));
                 progress(done.load(Ordering::Relaxed), total);
@@ -596,6 +685,12 @@ impl RepoReader {
             .collect();
         Ok(report)
     }
+}
+
+/// An error that says nothing about the checkpoint (the store could not be reached or
+/// read): fail instead of skipping it as damaged.
+fn is_fatal(e: &StoreError) -> bool {
+    matches!(e.kind(), StoreErrorKind::Io | StoreErrorKind::Unavailable)
 }
 
 fn problem(e: &StoreError, breaks: Vec<CheckpointId>) -> Problem {
@@ -656,9 +751,9 @@ impl RepoReader {
     /// reads no manifest or chunk. Fails only when a directory cannot be listed.
     pub fn checkpoint_dirs(&self) -> Result<Vec<CheckpointDir>, StoreError> {
         let mut out = Vec::new();
-        for id in self.layout.checkpoint_ids()? {
+        for id in self.checkpoint_ids()? {
             let mut inline_ranks = Vec::new();
-            let (status, world_size) = if !self.layout.commit(id).exists() {
+            let (status, world_size) = if self.backend.stat(&ObjectKey::Commit(id))?.is_none() {
                 (CommitStatus::Uncommitted, None)
             } else {
                 match self.commit_record(id) {
@@ -674,20 +769,13 @@ impl RepoReader {
                     Err(e) => (CommitStatus::Damaged(e.to_string()), None),
                 }
             };
-            let dir = self.layout.checkpoint_dir(id);
-            let rd = match std::fs::read_dir(&dir) {
-                Ok(rd) => rd,
-                // Removed by a concurrent GC between listing and reading: skip it.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(StoreError::io(&dir, "listing checkpoint", e)),
-            };
-            let mut manifest_ranks = Vec::new();
-            for ent in rd {
-                let ent = ent.map_err(|e| StoreError::io(&dir, "listing checkpoint", e))?;
-                if let Some(r) = ent.file_name().to_str().and_then(parse_manifest_name) {
-                    manifest_ranks.push(r);
-                }
-            }
+            // Removed by a concurrent GC between listing and reading: an empty listing.
+            let mut manifest_ranks: Vec<Rank> = self
+                .backend
+                .list(&DirKey::Checkpoint(id))?
+                .iter()
+                .filter_map(|e| parse_manifest_name(&e.name))
+                .collect();
             manifest_ranks.sort();
             out.push(CheckpointDir {
                 id,
@@ -701,14 +789,14 @@ impl RepoReader {
     }
 }
 
-/// `rank-<r>.manifest` with `r` in canonical decimal (what [`Layout::manifest_name`] writes).
+/// `rank-<r>.manifest` with `r` in canonical decimal (what the writer writes).
 fn parse_manifest_name(s: &str) -> Option<Rank> {
     let r: u32 = s
         .strip_prefix("rank-")?
         .strip_suffix(".manifest")?
         .parse()
         .ok()?;
-    (Layout::manifest_name(Rank(r)) == s).then_some(Rank(r))
+    (crate::backend::manifest_name(Rank(r)) == s).then_some(Rank(r))
 }
 
 #[cfg(test)]
@@ -749,9 +837,9 @@ mod tests {
         p.part_writer().write(Rank(2), &[obj(b"c")]).unwrap();
         let b = p.id();
         drop(p);
-        let layout = Layout::new(dir.path());
-        std::fs::write(layout.checkpoint_dir(b).join("rank-07.manifest"), b"x").unwrap();
-        std::fs::write(layout.checkpoint_dir(b).join(".tmp-rank-1.manifest"), b"x").unwrap();
+        let cdir = dir.path().join("checkpoints").join(b.to_string());
+        std::fs::write(cdir.join("rank-07.manifest"), b"x").unwrap();
+        std::fs::write(cdir.join(".tmp-rank-1.manifest"), b"x").unwrap();
 
         let dirs = RepoReader::open(dir.path())
             .unwrap()
@@ -767,7 +855,7 @@ mod tests {
         assert_eq!(dirs[1].world_size, None);
         assert_eq!(dirs[1].manifest_ranks, vec![Rank(2)]);
 
-        std::fs::write(layout.commit(b), b"garbage").unwrap();
+        std::fs::write(cdir.join("COMMIT"), b"garbage").unwrap();
         let dirs = RepoReader::open(dir.path())
             .unwrap()
             .checkpoint_dirs()

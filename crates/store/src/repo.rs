@@ -1,18 +1,17 @@
 //! The writable repository: lock, checkpoint lifecycle (begin -> parts -> commit/abort),
-//! retention and mark-and-sweep GC.
+//! retention and mark-and-sweep GC, written once over the backend seam (`backend/`).
 
+use crate::backend::{DirKey, LockGuard, LockOwner, ObjectKey, PutMode, WriteBackend};
 use crate::error::{StoreError, StoreErrorKind};
 use crate::fsutil::{self, failpoint, Budget, TMP_PREFIX};
-use crate::layout::{Layout, COMMIT_NAME};
-use crate::lock::RepoLock;
 use crate::reader::{CheckpointSummary, RepoReader};
 use crate::writer::{PartReceipt, PartWriter, RepoOptions};
 use lazarus_format::{
     CheckpointId, ChunkDigest, CommitPart, CommitRecord, FormatVersion, Manifest, WriterInfo,
 };
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -96,12 +95,13 @@ pub enum GcStage {
     Sweep,
 }
 
-/// A repository opened for writing. Holds the `LOCK` until dropped.
+/// A repository opened for writing, on any backend. Holds the lock (a flock, or a lease
+/// renewed in the background) until dropped.
 #[derive(Debug)]
 pub struct Repository {
-    layout: Layout,
+    backend: Arc<dyn WriteBackend>,
     opts: RepoOptions,
-    _lock: RepoLock,
+    lock: Box<dyn LockGuard>,
     pending: Arc<AtomicUsize>,
     budget: Budget,
     /// Highest id this handle has handed out. An aborted checkpoint's directory is deleted,
@@ -124,48 +124,80 @@ pub struct Repository {
 pub const INLINE_COMMIT_BUDGET: usize = 16 << 20;
 
 impl Repository {
-    /// Opens (creating if absent) the repository at `path` and takes its lock. Refuses an
-    /// unknown major version (`VersionUnsupported`), a non-empty directory that is not a
-    /// repository (`Missing`), and a lock held by a live process (`Locked`). A stale lock of
-    /// a dead process is taken over with a warning.
+    /// Opens (creating if absent) the repository at `path` (a directory, `s3://bucket/prefix`
+    /// or `memory://name`) and takes its lock. Refuses an unknown major version
+    /// (`VersionUnsupported`), a non-empty directory that is not a repository (`Missing`),
+    /// and a lock held by a live process (`Locked`). A stale lock of a dead process is
+    /// taken over with a warning.
     pub fn open(path: &Path, opts: RepoOptions) -> Result<Repository, StoreError> {
-        Self::open_impl(path, opts, false)
+        Self::open_backend(crate::location::open_backend(path)?, opts)
     }
 
     /// Like [`Repository::open`], but also succeeds when the lock is held by a live process
     /// of the same job (same non-None `job_token`), e.g. the supervisor while rank 0
     /// commits. The caller must make sure the two never write checkpoints concurrently.
     pub fn open_shared(path: &Path, opts: RepoOptions) -> Result<Repository, StoreError> {
-        Self::open_impl(path, opts, true)
+        Self::open_shared_backend(crate::location::open_backend(path)?, opts)
     }
 
-    fn open_impl(path: &Path, opts: RepoOptions, shared: bool) -> Result<Repository, StoreError> {
+    /// [`Repository::open`] on a backend.
+    pub fn open_backend(
+        backend: Arc<dyn WriteBackend>,
+        opts: RepoOptions,
+    ) -> Result<Repository, StoreError> {
+        Self::open_impl(backend, opts, false)
+    }
+
+    /// [`Repository::open_shared`] on a backend.
+    pub fn open_shared_backend(
+        backend: Arc<dyn WriteBackend>,
+        opts: RepoOptions,
+    ) -> Result<Repository, StoreError> {
+        Self::open_impl(backend, opts, true)
+    }
+
+    fn open_impl(
+        backend: Arc<dyn WriteBackend>,
+        opts: RepoOptions,
+        shared: bool,
+    ) -> Result<Repository, StoreError> {
         opts.validate()?;
-        let layout = Layout::new(path);
-        fsutil::create_dir_durable(path)?;
+        let b = backend.as_ref();
+        b.ensure_dirs(&[DirKey::Root])?;
         // Check the version before touching LOCK so a future repository is left untouched.
-        let format = layout.format_file();
-        let mut on_disk = format
-            .exists()
-            .then(|| crate::reader::check_format(&layout))
-            .transpose()?;
-        let lock = RepoLock::acquire(&layout.lock_file(), opts.job_token.as_deref(), shared)?;
+        let has_format = || b.stat(&ObjectKey::Format).map(|m| m.is_some());
+        let mut on_disk = if has_format()? {
+            Some(crate::reader::check_format(b)?)
+        } else {
+            None
+        };
+        let owner = LockOwner {
+            pid: std::process::id(),
+            host: crate::lease::hostname(),
+            job: opts.job_token.as_deref().map(crate::lease::job_tag),
+        };
+        let lock = match b.process_lock(&owner, shared) {
+            Some(l) => l?,
+            None => crate::lease::acquire(
+                backend.clone(),
+                opts.lease.clone().unwrap_or_else(|| b.lease_config()),
+                &owner,
+                shared,
+            )?,
+        };
         // Another writer may have created the repository while we waited for the lock.
-        if on_disk.is_none() && format.exists() {
-            on_disk = Some(crate::reader::check_format(&layout)?);
+        if on_disk.is_none() && has_format()? {
+            on_disk = Some(crate::reader::check_format(b)?);
         }
         if on_disk.is_none() {
-            let foreign = std::fs::read_dir(path)
-                .map_err(|e| StoreError::io(path, "listing repository", e))?
-                .filter_map(Result::ok)
-                .any(|e| {
-                    e.file_name() != "LOCK"
-                        && !e.file_name().to_string_lossy().starts_with(TMP_PREFIX)
-                });
+            let foreign = b
+                .list(&DirKey::Root)?
+                .iter()
+                .any(|e| e.name != "LOCK" && !e.name.starts_with(TMP_PREFIX));
             if foreign {
                 return Err(StoreError::new(
                     StoreErrorKind::Missing,
-                    Some(&format),
+                    Some(&b.describe(&ObjectKey::Format)),
                     "directory is not empty and has no FORMAT file: not a Lazarus repository",
                 ));
             }
@@ -174,22 +206,25 @@ impl Repository {
         // 1.1 records (inline manifests) and must say so in FORMAT before the first one can
         // exist. Older readers accept any minor of major 1 (docs/FORMAT.md).
         if on_disk.is_none_or(|v| v.minor < FormatVersion::CURRENT.minor) {
-            fsutil::write_atomic(
-                path,
-                "FORMAT",
-                &FormatVersion::CURRENT.encode(),
-                &Budget::default(),
-                None,
-                true,
+            b.put(
+                &ObjectKey::Format,
+                &[&FormatVersion::CURRENT.encode()],
+                PutMode::Overwrite,
             )?;
         }
-        fsutil::create_dir_durable(&layout.chunks_dir())?;
-        create_chunk_dirs(&layout)?;
-        fsutil::create_dir_durable(&layout.checkpoints_dir())?;
+        // Every chunks/<hh>/ is created here, durably, never per checkpoint: a writer that
+        // created one and failed before fsyncing chunks/ would leave an entry that later,
+        // successful writers trust; and one fsync per new directory inside the write loop
+        // cost a fresh repository's first checkpoint more than its hashing. GC never
+        // removes them.
+        let mut dirs = vec![DirKey::Chunks];
+        dirs.extend(DirKey::chunk_fans());
+        dirs.push(DirKey::Checkpoints);
+        b.ensure_dirs(&dirs)?;
         Ok(Repository {
-            layout,
+            backend,
             opts,
-            _lock: lock,
+            lock,
             pending: Arc::new(AtomicUsize::new(0)),
             budget: Budget::default(),
             last_begun: 0,
@@ -218,9 +253,19 @@ impl Repository {
         self.fail_commit_sync = true;
     }
 
-    /// The repository root.
+    /// The repository's location (directory path or URL).
     pub fn path(&self) -> &Path {
-        self.layout.root()
+        self.backend.location()
+    }
+
+    /// The backend the repository is stored in.
+    pub fn backend(&self) -> &Arc<dyn WriteBackend> {
+        &self.backend
+    }
+
+    /// The lease generation of this writer, on backends that lock with a lease.
+    pub fn lease_generation(&self) -> Option<u64> {
+        self.lock.generation()
     }
 
     /// The options the repository was opened with.
@@ -230,7 +275,7 @@ impl Repository {
 
     /// A reader on the same repository.
     pub fn reader(&self) -> Result<RepoReader, StoreError> {
-        RepoReader::open(self.layout.root())
+        RepoReader::from_backend(self.backend.clone().as_read())
     }
 
     /// Starts a checkpoint of `world_size` ranks: creates its directory under the next id,
@@ -256,6 +301,9 @@ impl Repository {
             next = self.scan_next_id()?;
             scanned = true;
         }
+        // Creating the directory claims the id exclusively (an object store writes a
+        // marker with a conditional create): two writers never share a checkpoint id.
+        let mut tries = 0;
         let id = loop {
             let id = CheckpointId::new(next).ok_or_else(|| {
                 StoreError::new(
@@ -264,17 +312,23 @@ impl Repository {
                     CheckpointId::out_of_range(next),
                 )
             })?;
-            let dir = self.layout.checkpoint_dir(id);
-            match std::fs::create_dir(&dir) {
-                Ok(()) => break id,
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && !scanned => {
-                    next = self.scan_next_id()?;
-                    scanned = true;
-                }
-                Err(e) => {
-                    return Err(StoreError::io(&dir, "creating checkpoint directory", e));
-                }
+            if self.backend.create_dir(&DirKey::Checkpoint(id))? {
+                break id;
             }
+            tries += 1;
+            if tries > 16 {
+                return Err(StoreError::new(
+                    StoreErrorKind::Conflict,
+                    Some(&self.backend.describe_dir(&DirKey::Checkpoint(id))),
+                    "checkpoint ids keep being taken by another writer",
+                ));
+            }
+            next = if scanned {
+                next + 1
+            } else {
+                scanned = true;
+                self.scan_next_id()?
+            };
         };
         self.pending.fetch_add(1, Ordering::SeqCst);
         self.last_begun = id.0;
@@ -282,7 +336,7 @@ impl Repository {
             id,
             world_size,
             writer: PartWriter::new(
-                self.layout.clone(),
+                self.backend.clone(),
                 id,
                 self.opts.clone(),
                 self.budget.clone(),
@@ -292,9 +346,7 @@ impl Repository {
     }
 
     fn scan_next_id(&self) -> Result<u64, StoreError> {
-        Ok(self
-            .layout
-            .checkpoint_ids()?
+        Ok(crate::reader::checkpoint_ids(self.backend.as_ref())?
             .last()
             .map_or(1, |id| id.0 + 1)
             .max(self.last_begun + 1))
@@ -318,7 +370,8 @@ impl Repository {
     ) -> Result<CommittedCheckpoint, StoreError> {
         let id = pending.id;
         let n = pending.world_size;
-        let dir = self.layout.checkpoint_dir(id);
+        let dkey = DirKey::Checkpoint(id);
+        let dir = self.backend.describe_dir(&dkey);
         let mut by_rank: Vec<Option<PartReceipt>> = vec![None; n as usize];
         for r in parts {
             if r.checkpoint != id {
@@ -352,14 +405,16 @@ impl Repository {
         // Inline manifests beyond the budget, written as files before COMMIT (rank order,
         // so which ones spill is deterministic).
         let mut inline_left = self.inline_budget;
-        let mut spilled: Vec<(String, Vec<u8>)> = Vec::new();
+        let mut spilled: Vec<(ObjectKey, Vec<u8>)> = Vec::new();
+        let mut chunks: BTreeSet<ChunkDigest> = BTreeSet::new();
         for (i, r) in by_rank.into_iter().enumerate() {
             let r =
                 r.ok_or_else(|| arg(&dir, format!("checkpoint {id}: no receipt from rank {i}")))?;
-            let p = self.layout.manifest(id, r.rank);
+            let mkey = ObjectKey::Manifest(id, r.rank);
+            let p = self.backend.describe(&mkey);
             let (bytes, inline) = match r.manifest {
                 Some(b) => (b, true),
-                None => (fsutil::read(&p)?, false),
+                None => (self.backend.read(&mkey)?, false),
             };
             let what = if inline {
                 "inline manifest"
@@ -388,16 +443,11 @@ impl Repository {
                     ),
                 ));
             }
-            for c in m.objects.iter().flat_map(|o| o.chunks.iter()) {
-                let cp = self.layout.chunk(&c.digest);
-                if !cp.is_file() {
-                    return Err(StoreError::new(
-                        StoreErrorKind::Missing,
-                        Some(&cp),
-                        format!("checkpoint {id} {}: chunk {} is missing", r.rank, c.digest),
-                    ));
-                }
-            }
+            chunks.extend(
+                m.objects
+                    .iter()
+                    .flat_map(|o| o.chunks.iter().map(|c| c.digest)),
+            );
             let keep_inline = inline && bytes.len() <= inline_left;
             if keep_inline {
                 inline_left -= bytes.len();
@@ -410,19 +460,40 @@ impl Repository {
                 manifest: keep_inline.then(|| lazarus_format::base64::encode(&bytes)),
             });
             if inline && !keep_inline {
-                spilled.push((Layout::manifest_name(r.rank), bytes));
+                spilled.push((mkey, bytes));
             }
         }
+        self.check_chunks_present(id, chunks)?;
         if !spilled.is_empty() {
             // Same bytes, so the same digest, as if the rank had written the file itself
             // (format 1.0 path). Durable, directory included, before COMMIT can exist.
             let t = std::time::Instant::now();
-            crate::par::try_for_each(
-                &spilled,
-                crate::writer::FSYNC_THREADS.min(spilled.len()),
-                |(name, bytes)| fsutil::write_atomic(&dir, name, bytes, &self.budget, None, false),
-            )?;
-            fsutil::fsync_dir(&dir)?;
+            let b = self.backend.as_ref();
+            let mut staged = Vec::with_capacity(spilled.len());
+            let mut failed = None;
+            for (key, bytes) in &spilled {
+                let r = self
+                    .budget
+                    .take(bytes.len() as u64, &b.describe(key))
+                    .and_then(|()| b.stage(key, &[bytes], PutMode::Overwrite));
+                match r {
+                    Ok(s) => staged.push(s),
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                }
+            }
+            if let Some(e) =
+                failed.or_else(|| b.sync_staged(&staged.iter().collect::<Vec<_>>()).err())
+            {
+                staged.into_iter().for_each(|s| b.discard(s));
+                return Err(e);
+            }
+            for s in staged {
+                b.publish(s)?;
+            }
+            b.sync_dirs(std::slice::from_ref(&dkey))?;
             tracing::debug!(
                 manifests = spilled.len(),
                 secs = t.elapsed().as_secs_f64(),
@@ -431,6 +502,8 @@ impl Repository {
         }
         tracing::debug!(secs = t.elapsed().as_secs_f64(), "commit: parts checked");
         let t = std::time::Instant::now();
+        let mut writer = WriterInfo::this_host();
+        writer.lease_generation = self.lock.generation();
         let record = CommitRecord {
             checkpoint: id,
             world_size: n,
@@ -438,9 +511,11 @@ impl Repository {
             time_unix_ms: fsutil::now_unix_ms(),
             app: meta.app,
             parts: commit_parts,
-            writer: WriterInfo::this_host(),
+            writer,
         };
         let encoded = record.encode();
+        let ckey = ObjectKey::Commit(id);
+        let cpath = self.backend.describe(&ckey);
         // A COMMIT no reader would accept must never be written: its rename would "commit"
         // a checkpoint that every restore then skips as damaged.
         let body =
@@ -448,7 +523,7 @@ impl Repository {
         if body > lazarus_format::MAX_ENVELOPE_BODY {
             return Err(StoreError::new(
                 StoreErrorKind::InvalidArgument,
-                Some(&dir.join(COMMIT_NAME)),
+                Some(&cpath),
                 format!(
                     "checkpoint {id}: the COMMIT record would be {body} bytes, over the format's \
                      limit of {}",
@@ -457,14 +532,21 @@ impl Repository {
             ));
         }
         failpoint("before_commit");
-        fsutil::write_atomic(
-            &dir,
-            COMMIT_NAME,
-            &encoded,
-            &self.budget,
-            Some("before_commit_rename"),
-            false,
-        )?;
+        // Fencing: a writer whose lock is gone (a lease expired or taken over) never commits.
+        self.lock
+            .check()
+            .map_err(|e| e.context(&format!("checkpoint {id} not committed")))?;
+        self.budget.take(encoded.len() as u64, &cpath)?;
+        let b = self.backend.as_ref();
+        let staged = b.stage(&ckey, &[&encoded], PutMode::Create)?;
+        if let Err(e) = b.sync_staged(&[&staged]) {
+            b.discard(staged);
+            return Err(e);
+        }
+        failpoint("before_commit_rename");
+        if let Err(e) = b.publish(staged) {
+            self.settle_failed_commit(id, &encoded, e)?;
+        }
         failpoint("after_commit_rename");
         // COMMIT is visible from here on: no failure may be reported as "not committed".
         let injected = std::mem::take(&mut self.fail_commit_sync);
@@ -475,7 +557,7 @@ impl Repository {
                 std::io::Error::from_raw_os_error(libc::EIO),
             ))
         } else {
-            fsutil::fsync_dir(&dir).and_then(|()| fsutil::fsync_dir(&self.layout.checkpoints_dir()))
+            b.sync_dirs(&[dkey, DirKey::Checkpoints])
         };
         if let Err(e) = synced {
             // The pending guard is dropped: the directory is not ours to abort any more.
@@ -498,11 +580,87 @@ impl Repository {
         })
     }
 
+    /// Every chunk the parts name must exist (as a regular object) before COMMIT may. The
+    /// stats run concurrently: on an object store each is a request.
+    fn check_chunks_present(
+        &self,
+        id: CheckpointId,
+        chunks: BTreeSet<ChunkDigest>,
+    ) -> Result<(), StoreError> {
+        let b = self.backend.as_ref();
+        // Chunks this process wrote durably or verified (its own rank's part, when the
+        // committer is a rank) need no request: they were there when the part was durable,
+        // and nothing but this writer's own GC, refused while a checkpoint is pending,
+        // removes chunks.
+        let repo = b.location();
+        let chunks: Vec<ChunkDigest> = chunks
+            .into_iter()
+            .filter(|d| crate::known::status(repo, d) != crate::known::Known::Good)
+            .collect();
+        let threads = b.read_concurrency().min(chunks.len()).max(1);
+        crate::par::try_for_each(chunks, threads, |d| {
+            let key = ObjectKey::Chunk(d);
+            match b.stat(&key)? {
+                Some(m) if m.regular => Ok(()),
+                _ => Err(StoreError::new(
+                    StoreErrorKind::Missing,
+                    Some(&b.describe(&key)),
+                    format!("checkpoint {id}: chunk {d} is missing"),
+                )),
+            }
+        })
+    }
+
+    /// After the conditional create of COMMIT failed with `err`: Ok when our own COMMIT is
+    /// there after all (a retried request whose first attempt landed), `Conflict` when
+    /// another writer's is, `CommitUnknown` when an object store may still apply it, else
+    /// `err` (COMMIT is certainly not there: not committed).
+    fn settle_failed_commit(
+        &self,
+        id: CheckpointId,
+        ours: &[u8],
+        err: StoreError,
+    ) -> Result<(), StoreError> {
+        let ambiguous = matches!(
+            err.kind(),
+            StoreErrorKind::Conflict | StoreErrorKind::Unavailable
+        );
+        if !ambiguous {
+            return Err(err);
+        }
+        let key = ObjectKey::Commit(id);
+        match self.backend.read(&key) {
+            Ok(there) if there == ours => {
+                tracing::debug!("checkpoint {id}: our COMMIT landed despite: {err}");
+                Ok(())
+            }
+            Ok(_) => Err(StoreError::new(
+                StoreErrorKind::Conflict,
+                Some(&self.backend.describe(&key)),
+                format!("checkpoint {id} was committed by another writer; ours is not"),
+            )),
+            Err(e)
+                if e.kind() == StoreErrorKind::Missing
+                    && err.kind() == StoreErrorKind::Conflict =>
+            {
+                Err(err)
+            }
+            Err(_) => Err(StoreError::new(
+                StoreErrorKind::CommitUnknown,
+                err.path(),
+                format!(
+                    "checkpoint {id}: the COMMIT request failed ({}) and may still be applied; \
+                     its outcome is decided by what the store holds later",
+                    err.message()
+                ),
+            )),
+        }
+    }
+
     /// Abandons `pending`: removes its directory (its new chunks are swept by the next GC).
     pub fn abort(&mut self, pending: PendingCheckpoint) -> Result<(), StoreError> {
-        let dir = self.layout.checkpoint_dir(pending.id);
-        remove_dir(&dir)?;
-        fsutil::fsync_dir(&self.layout.checkpoints_dir())
+        self.backend.delete_dir(&DirKey::Checkpoint(pending.id))?;
+        self.backend.sync_dirs(&[DirKey::Checkpoints])
     }
 
     /// Keeps the newest `keep` committed checkpoints, removes older ones and uncommitted
@@ -521,15 +679,13 @@ impl Repository {
         keep: usize,
         progress: &dyn Fn(GcStage, u64, u64),
     ) -> Result<GcReport, StoreError> {
+        let root = self.backend.location();
         if keep == 0 {
-            return Err(arg(
-                self.layout.root(),
-                "retain: keep must be at least 1".into(),
-            ));
+            return Err(arg(root, "retain: keep must be at least 1".into()));
         }
         if self.pending.load(Ordering::SeqCst) != 0 {
             return Err(arg(
-                self.layout.root(),
+                root,
                 "retain: a checkpoint is pending; commit or abort it first".into(),
             ));
         }
@@ -537,7 +693,7 @@ impl Repository {
         let mut report = GcReport::default();
         let mut committed = Vec::new();
         let mut damaged = Vec::new();
-        let ids = self.layout.checkpoint_ids()?;
+        let ids = reader.checkpoint_ids()?;
         let scanned: BTreeMap<_, _> = reader.scan()?.into_iter().collect();
         let mut uncommitted = Vec::new();
         for id in ids {
@@ -573,19 +729,18 @@ impl Repository {
                 );
             }
         }
+        let b = self.backend.as_ref();
         for (i, id) in damaged.iter().enumerate() {
             progress(GcStage::Mark, (kept.len() + i) as u64, n_mark);
-            let dir = self.layout.checkpoint_dir(*id);
-            for ent in std::fs::read_dir(&dir)
-                .map_err(|e| StoreError::io(&dir, "listing", e))?
-                .flatten()
-            {
-                let Ok(bytes) = std::fs::read(ent.path()) else {
+            let dir = DirKey::Checkpoint(*id);
+            for ent in b.list(&dir)?.into_iter().filter(|e| !e.is_dir) {
+                let is_commit = ent.name == crate::backend::COMMIT_NAME;
+                let Ok(bytes) = b.read(&ObjectKey::Entry(dir.clone(), ent.name)) else {
                     continue;
                 };
                 // Manifests carry their own checksum, so one found as a file or inline in
                 // the damaged COMMIT (1.1) is trustworthy even though COMMIT is not.
-                let manifests = if ent.file_name() == COMMIT_NAME {
+                let manifests = if is_commit {
                     salvage_inline_manifests(&bytes)
                 } else {
                     vec![bytes]
@@ -599,47 +754,46 @@ impl Repository {
                 }
             }
         }
+        // Fencing: from here on GC deletes; a writer that lost its lock must not.
+        self.lock
+            .check()
+            .map_err(|e| e.context("garbage collection not run"))?;
         // Remove old committed checkpoints: COMMIT first, so a crash midway leaves an
         // uncommitted directory (never a committed one with missing manifests).
         progress(GcStage::Mark, n_mark, n_mark);
         let n_remove = (old.len() + uncommitted.len()) as u64;
         for (i, id) in old.iter().enumerate() {
             progress(GcStage::Remove, i as u64, n_remove);
-            let commit = self.layout.commit(*id);
-            std::fs::remove_file(&commit)
-                .map_err(|e| StoreError::io(&commit, "removing COMMIT", e))?;
-            fsutil::fsync_dir(&self.layout.checkpoint_dir(*id))?;
+            let dir = DirKey::Checkpoint(*id);
+            b.delete(&ObjectKey::Commit(*id))
+                .map_err(|e| e.context("removing COMMIT"))?;
+            b.sync_dirs(std::slice::from_ref(&dir))?;
             failpoint("gc_after_uncommit");
-            remove_dir(&self.layout.checkpoint_dir(*id))?;
+            b.delete_dir(&dir)?;
         }
         for (i, id) in uncommitted.iter().enumerate() {
             progress(GcStage::Remove, (old.len() + i) as u64, n_remove);
-            remove_dir(&self.layout.checkpoint_dir(*id))?;
+            b.delete_dir(&DirKey::Checkpoint(*id))?;
         }
         progress(GcStage::Remove, n_remove, n_remove);
-        fsutil::fsync_dir(&self.layout.checkpoints_dir())?;
+        b.sync_dirs(&[DirKey::Checkpoints])?;
         // Sweep.
-        let chunks = self.layout.chunks_dir();
-        let subs: Vec<PathBuf> = std::fs::read_dir(&chunks)
-            .map_err(|e| StoreError::io(&chunks, "listing chunks", e))?
-            .flatten()
-            .map(|e| e.path())
+        let fans: Vec<DirKey> = b
+            .list(&DirKey::Chunks)?
+            .into_iter()
+            .filter(|e| e.is_dir)
+            .filter_map(|e| {
+                let v = u8::from_str_radix(&e.name, 16).ok()?;
+                (e.name.len() == 2 && e.name == format!("{v:02x}")).then_some(DirKey::ChunkFan(v))
+            })
             .collect();
-        let n_sweep = subs.len() as u64;
-        for (i, subp) in subs.into_iter().enumerate() {
+        let n_sweep = fans.len() as u64;
+        for (i, fan) in fans.into_iter().enumerate() {
             progress(GcStage::Sweep, i as u64, n_sweep);
-            if !subp.is_dir() {
-                continue;
-            }
             let mut removed_here = false;
-            for ent in std::fs::read_dir(&subp)
-                .map_err(|e| StoreError::io(&subp, "listing chunks", e))?
-                .flatten()
-            {
-                let name = ent.file_name();
-                let name = name.to_string_lossy();
-                let is_tmp = name.starts_with(TMP_PREFIX);
-                let digest = ChunkDigest::from_hex(&name);
+            for ent in b.list(&fan)? {
+                let is_tmp = ent.name.starts_with(TMP_PREFIX);
+                let digest = ChunkDigest::from_hex(&ent.name);
                 let dead = is_tmp || digest.is_some_and(|d| !live.contains(&d));
                 if !dead {
                     if digest.is_some() {
@@ -647,9 +801,15 @@ impl Repository {
                     }
                     continue;
                 }
-                let len = ent.metadata().map(|m| m.len()).unwrap_or(0);
-                let p = ent.path();
-                std::fs::remove_file(&p).map_err(|e| StoreError::io(&p, "removing chunk", e))?;
+                let key = match digest {
+                    Some(d) if ent.name == d.to_hex() => ObjectKey::Chunk(d),
+                    _ => ObjectKey::Entry(fan.clone(), ent.name.clone()),
+                };
+                let len = match ent.size {
+                    Some(n) => n,
+                    None => b.stat(&key).ok().flatten().map_or(0, |m| m.size),
+                };
+                b.delete(&key).map_err(|e| e.context("removing chunk"))?;
                 failpoint("gc_during_sweep");
                 removed_here = true;
                 report.bytes_freed += len;
@@ -658,7 +818,7 @@ impl Repository {
                 }
             }
             if removed_here {
-                fsutil::fsync_dir(&subp)?;
+                b.sync_dirs(&[fan])?;
             }
         }
         progress(GcStage::Sweep, n_sweep, n_sweep);
@@ -668,37 +828,6 @@ impl Repository {
         report.damaged_left = damaged;
         Ok(report)
     }
-}
-
-/// Creates every missing `chunks/<hh>/` fan-out directory and makes the new entries durable
-/// with one fsync of `chunks/`. Why here and not when the first chunk needs one: a writer
-/// that created a directory and failed before fsyncing `chunks/` would leave an entry that
-/// later, successful writers find and trust; and one fsync per new directory inside the
-/// write loop cost a fresh repository's first checkpoint more than its hashing. GC never
-/// removes these directories.
-fn create_chunk_dirs(layout: &Layout) -> Result<(), StoreError> {
-    let chunks = layout.chunks_dir();
-    // One listing instead of 256 stats on every open.
-    let present: std::collections::HashSet<std::ffi::OsString> = std::fs::read_dir(&chunks)
-        .map_err(|e| StoreError::io(&chunks, "listing chunks", e))?
-        .filter_map(Result::ok)
-        .map(|e| e.file_name())
-        .collect();
-    let mut created = false;
-    for dir in layout.chunk_dirs() {
-        if dir.file_name().is_some_and(|n| present.contains(n)) {
-            continue;
-        }
-        match std::fs::create_dir(&dir) {
-            Ok(()) => created = true,
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(StoreError::io(&dir, "creating chunk directory", e)),
-        }
-    }
-    if created {
-        fsutil::fsync_dir(&chunks)?;
-    }
-    Ok(())
 }
 
 /// Best effort for GC of a damaged COMMIT: the inline manifest bytes of every part whose
@@ -724,12 +853,4 @@ fn salvage_inline_manifests(commit: &[u8]) -> Vec<Vec<u8>> {
 
 fn arg(path: &Path, msg: String) -> StoreError {
     StoreError::new(StoreErrorKind::InvalidArgument, Some(path), msg)
-}
-
-fn remove_dir(dir: &PathBuf) -> Result<(), StoreError> {
-    match std::fs::remove_dir_all(dir) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(StoreError::io(dir, "removing directory", e)),
-    }
 }

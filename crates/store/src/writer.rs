@@ -1,23 +1,23 @@
 //! Writing one rank's part of a pending checkpoint: chunking, hashing, dedup, compression,
 //! durable chunk files, then the rank manifest.
 
+use crate::backend::{DirKey, ObjectKey, PutMode, Staged, WriteBackend};
 use crate::error::{StoreError, StoreErrorKind};
 use crate::fpcache::{self, Fingerprint, PartCache};
-use crate::fsutil::{self, failpoint, Budget};
-use crate::layout::Layout;
+use crate::fsutil::{failpoint, Budget};
+use crate::known::{self, Known};
+use crate::lease::LeaseConfig;
 use lazarus_format::{
     encode_chunk, ChangeHint, CheckpointId, ChunkCodec, ChunkDigest, ChunkHeader, ChunkRef,
     Manifest, ManifestObject, ObjectKind, ObjectSpec, Rank, WriteTicket,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashSet};
-use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 /// Default maximum raw chunk length: 1 MiB.
 pub const DEFAULT_CHUNK_SIZE: u32 = 1 << 20;
-/// Concurrent fsyncs of new chunk files and of their directories.
-pub(crate) const FSYNC_THREADS: usize = 8;
 /// Smallest accepted chunk size.
 pub const MIN_CHUNK_SIZE: u32 = 4096;
 /// Largest accepted chunk size.
@@ -46,6 +46,9 @@ pub struct RepoOptions {
     pub codec: Codec,
     /// Job token of the writer; its BLAKE3 prefix (not the token) is stored in `LOCK`.
     pub job_token: Option<String>,
+    /// Lease timing for backends that lock with a lease (object stores, memory); `None`:
+    /// the backend's own (docs/STORAGE.md). Ignored by the directory backend (flock).
+    pub lease: Option<LeaseConfig>,
 }
 
 impl Default for RepoOptions {
@@ -54,12 +57,16 @@ impl Default for RepoOptions {
             chunk_size: DEFAULT_CHUNK_SIZE,
             codec: Codec::Auto,
             job_token: None,
+            lease: None,
         }
     }
 }
 
 impl RepoOptions {
     pub(crate) fn validate(&self) -> Result<(), StoreError> {
+        if let Some(l) = &self.lease {
+            l.validate()?;
+        }
         if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&self.chunk_size) {
             return Err(StoreError::new(
                 StoreErrorKind::InvalidArgument,
@@ -111,7 +118,7 @@ pub struct PartReceipt {
 /// in another process with [`PartWriter::open`] without holding the repository lock.
 #[derive(Clone, Debug)]
 pub struct PartWriter {
-    layout: Layout,
+    backend: Arc<dyn WriteBackend>,
     id: CheckpointId,
     opts: RepoOptions,
     budget: Budget,
@@ -143,6 +150,14 @@ enum Encoded<'a> {
 }
 
 impl Encoded<'_> {
+    /// The file's bytes as the pieces to write (header and borrowed data for `Raw`).
+    fn parts(&self) -> [&[u8]; 2] {
+        match self {
+            Encoded::Raw(h, d) => [h, d],
+            Encoded::Owned(v) => [v, &[]],
+        }
+    }
+
     fn len(&self) -> usize {
         match self {
             Encoded::Raw(h, d) => h.len() + d.len(),
@@ -163,17 +178,22 @@ struct ChunkOutcome {
     /// The digest came from the fingerprint cache on the object's change hint (bytes unread).
     hinted: bool,
     new_bytes: u64,
-    /// (temp path, final path) of a newly written, not yet durable chunk.
-    temp: Option<(PathBuf, PathBuf)>,
+    /// A newly written, not yet published/durable chunk.
+    staged: Option<Staged>,
     /// The chunk's directory, to fsync before the part counts as durable: the one a new
     /// chunk was renamed into, or the one a chunk found by dedup lies in.
-    dir: Option<PathBuf>,
+    dir: Option<DirKey>,
 }
 
 impl PartWriter {
-    pub(crate) fn new(layout: Layout, id: CheckpointId, opts: RepoOptions, budget: Budget) -> Self {
+    pub(crate) fn new(
+        backend: Arc<dyn WriteBackend>,
+        id: CheckpointId,
+        opts: RepoOptions,
+        budget: Budget,
+    ) -> Self {
         PartWriter {
-            layout,
+            backend,
             id,
             opts,
             budget,
@@ -212,17 +232,26 @@ impl PartWriter {
         self
     }
 
-    /// A writer for the pending checkpoint `id` of the repository at `repo`; the pending
-    /// directory must exist (created by `Repository::begin`) and must not be committed.
+    /// A writer for the pending checkpoint `id` of the repository at `repo` (a directory,
+    /// `s3://bucket/prefix` or `memory://name`); the pending directory must exist (created
+    /// by `Repository::begin`) and must not be committed.
     pub fn open(
         repo: &Path,
         id: CheckpointId,
         opts: RepoOptions,
     ) -> Result<PartWriter, StoreError> {
+        Self::open_backend(crate::location::open_backend(repo)?, id, opts)
+    }
+
+    /// [`PartWriter::open`] on a backend.
+    pub fn open_backend(
+        backend: Arc<dyn WriteBackend>,
+        id: CheckpointId,
+        opts: RepoOptions,
+    ) -> Result<PartWriter, StoreError> {
         opts.validate()?;
-        let layout = Layout::new(repo);
-        crate::reader::check_format(&layout)?;
-        let w = PartWriter::new(layout, id, opts, Budget::default());
+        crate::reader::check_format(backend.as_ref())?;
+        let w = PartWriter::new(backend, id, opts, Budget::default());
         w.check_pending()?;
         Ok(w)
     }
@@ -239,19 +268,19 @@ impl PartWriter {
     }
 
     fn check_pending(&self) -> Result<(), StoreError> {
-        let dir = self.layout.checkpoint_dir(self.id);
-        if !dir.is_dir() {
+        let dir = DirKey::Checkpoint(self.id);
+        if !self.backend.dir_exists(&dir)? {
             return Err(StoreError::new(
                 StoreErrorKind::Missing,
-                Some(&dir),
+                Some(&self.backend.describe_dir(&dir)),
                 format!("checkpoint {} is not pending (no directory)", self.id),
             ));
         }
-        let commit = self.layout.commit(self.id);
-        if commit.exists() {
+        let commit = ObjectKey::Commit(self.id);
+        if self.backend.stat(&commit)?.is_some() {
             return Err(StoreError::new(
                 StoreErrorKind::InvalidArgument,
-                Some(&commit),
+                Some(&self.backend.describe(&commit)),
                 format!("checkpoint {} is already committed", self.id),
             ));
         }
@@ -308,7 +337,7 @@ impl PartWriter {
             }
         }
 
-        let root = self.layout.root();
+        let root = self.backend.location();
         let cache = if self.fingerprint_cache {
             fpcache::take(root, rank, chunk_size as u64)
         } else {
@@ -334,8 +363,10 @@ impl PartWriter {
         let mut cached_chunks = 0u64;
         let mut hinted_chunks = 0u64;
         let mut dirs = BTreeSet::new();
-        let mut temps: Vec<(PathBuf, PathBuf)> = Vec::new();
+        let mut staged: Vec<Staged> = Vec::new();
+        let mut digests: Vec<ChunkDigest> = Vec::with_capacity(jobs.len());
         for (k, (job, r)) in jobs.iter().zip(results).enumerate() {
+            digests.push(r.chunk.digest);
             if let (Some(c), Some(fp)) = (next_cache.as_mut(), r.fp) {
                 cache_obj.push((fp, r.chunk.digest));
                 let last_of_object = jobs.get(k + 1).is_none_or(|n| n.obj != job.obj);
@@ -352,8 +383,8 @@ impl PartWriter {
             if let Some(d) = r.dir {
                 dirs.insert(d);
             }
-            if let Some(t) = r.temp {
-                temps.push(t);
+            if let Some(t) = r.staged {
+                staged.push(t);
             }
             if let Some(v) = per_obj.get_mut(job.obj) {
                 v.push(r.chunk);
@@ -377,7 +408,10 @@ impl PartWriter {
         // Format 1.1: a small manifest rides in the receipt (then COMMIT), not in a file.
         let inline = bytes.len() <= self.inline_limit;
         let manifest_file = (!inline).then_some(bytes.as_slice());
-        self.make_durable(rank, &ctx, &temps, manifest_file, &dirs)?;
+        self.make_durable(rank, &ctx, staged, manifest_file, dirs)?;
+        // Every chunk this part names is durable and was written, verified or reused from
+        // a durable part by this process: known good from now on (known.rs).
+        known::good(root, digests);
         // Only a durable part feeds the cache: a failed write leaves none behind. The
         // producers learn their tickets after the entries exist, so a hint can only name a
         // ticket this process recorded digests under (and a write without the cache tells
@@ -404,9 +438,10 @@ impl PartWriter {
         })
     }
 
-    /// Hashes, compresses and writes chunks on up to four threads (hashing+compression of
-    /// one chunk overlaps the write of another) into temp files whose writeback has
-    /// started; the caller makes them durable and renames them. On error no temp is left.
+    /// Hashes, compresses and stages chunks on up to [`WriteBackend::write_concurrency`]
+    /// threads (hashing+compression of one chunk overlaps the write of another: temp files
+    /// whose writeback has started on a file system, uploads on an object store); the
+    /// caller makes them durable and publishes them. On error nothing staged is left.
     fn write_chunks(
         &self,
         jobs: &[Job<'_>],
@@ -418,45 +453,50 @@ impl PartWriter {
             Mutex::new((0..jobs.len()).map(|_| None).collect());
         // One worker (one core, or a single chunk) runs inline: a thread spawn per part costs
         // more than an empty or one-chunk part (measured in `lazarus bench round`).
-        let workers = cores().clamp(1, 4).min(jobs.len().max(1));
-        let written = crate::par::try_for_each(jobs.iter().enumerate(), workers, |(i, job)| {
-            let out = self.write_one(job, cache, &claimed)?;
-            if let Some(slot) = slots.lock().unwrap_or_else(|e| e.into_inner()).get_mut(i) {
-                *slot = Some(out);
-            }
-            Ok(())
-        });
+        let io_bound = self.backend.write_concurrency() > 4;
+        let cpu = if io_bound { 64 } else { cores() };
+        let workers = cpu
+            .clamp(1, self.backend.write_concurrency().max(1))
+            .min(jobs.len().max(1));
+        let written: Result<(), StoreError> =
+            crate::par::try_for_each(jobs.iter().enumerate(), workers, |(i, job)| {
+                let out = self.write_one(job, cache, &claimed)?;
+                if let Some(slot) = slots.lock().unwrap_or_else(|e| e.into_inner()).get_mut(i) {
+                    *slot = Some(out);
+                }
+                Ok(())
+            });
         let slots = slots.into_inner().unwrap_or_else(|e| e.into_inner());
-        let temps: Vec<(PathBuf, PathBuf)> = slots
-            .iter()
-            .flatten()
-            .filter_map(|o| o.temp.clone())
-            .collect();
-        let cleanup = |e: StoreError| {
-            for (tmp, _) in &temps {
-                let _ = std::fs::remove_file(tmp);
-            }
-            StoreError::new(e.kind(), e.path(), format!("{ctx}: {}", e.message()))
-        };
         if let Err(e) = written {
-            return Err(cleanup(e));
+            for o in slots.into_iter().flatten() {
+                if let Some(st) = o.staged {
+                    self.backend.discard(st);
+                }
+            }
+            return Err(e.context(ctx));
         }
-        let mut out: Vec<ChunkOutcome> = slots
-            .into_iter()
-            .map(|o| {
-                o.ok_or_else(|| {
-                    StoreError::new(
-                        StoreErrorKind::Io,
-                        None,
-                        format!("{ctx}: chunk writer lost a result"),
-                    )
-                })
-            })
-            .collect::<Result<_, _>>()?;
+        let mut out: Vec<ChunkOutcome> = Vec::with_capacity(slots.len());
+        let mut lost = false;
+        for o in slots {
+            match o {
+                Some(o) => out.push(o),
+                None => lost = true,
+            }
+        }
+        if lost {
+            for st in out.into_iter().filter_map(|o| o.staged) {
+                self.backend.discard(st);
+            }
+            return Err(StoreError::new(
+                StoreErrorKind::Io,
+                None,
+                format!("{ctx}: chunk writer lost a result"),
+            ));
+        }
         if out.iter().any(|o| o.stored_pending) {
             let sizes: std::collections::HashMap<ChunkDigest, u64> = out
                 .iter()
-                .filter(|o| o.temp.is_some())
+                .filter(|o| o.staged.is_some())
                 .map(|o| (o.chunk.digest, o.chunk.stored))
                 .collect();
             for o in out.iter_mut().filter(|o| o.stored_pending) {
@@ -468,72 +508,72 @@ impl PartWriter {
         Ok(out)
     }
 
-    /// Makes the part durable in two rounds of concurrent fsyncs instead of four: the new
-    /// chunks' temps and the manifest's temp together, then (after the renames) their
-    /// directories together. Only COMMIT makes a checkpoint visible to restore, and it is
-    /// written after this returns, so the manifest may become durable a moment before a
-    /// chunk rename it names without any committed state ever depending on that; a crash
-    /// in between leaves an uncommitted directory that GC removes (docs/FORMAT.md, "Write
-    /// protocol"). On error every temp is removed.
+    /// Makes the part durable in two rounds of concurrent fsyncs instead of four (on a file
+    /// system; other backends' staged writes are durable already): the new chunks' temps
+    /// and the manifest's temp together, then (after the renames) their directories
+    /// together. Only COMMIT makes a checkpoint visible to restore, and it is written after
+    /// this returns, so the manifest may become durable a moment before a chunk rename it
+    /// names without any committed state ever depending on that; a crash in between leaves
+    /// an uncommitted directory that GC removes (docs/FORMAT.md, "Write protocol"). On
+    /// error every staged write is discarded.
     fn make_durable(
         &self,
         rank: Rank,
         ctx: &str,
-        chunk_temps: &[(PathBuf, PathBuf)],
+        chunks: Vec<Staged>,
         manifest: Option<&[u8]>,
-        chunk_dirs: &BTreeSet<PathBuf>,
+        chunk_dirs: BTreeSet<DirKey>,
     ) -> Result<(), StoreError> {
         let t = std::time::Instant::now();
-        let dir = self.layout.checkpoint_dir(self.id);
-        let name = Layout::manifest_name(rank);
-        let remove_chunk_temps = || {
-            for (tmp, _) in chunk_temps {
-                let _ = std::fs::remove_file(tmp);
+        let b = self.backend.as_ref();
+        let discard_all = |v: Vec<Staged>| v.into_iter().for_each(|s| b.discard(s));
+        // `None`: the manifest is inline (in the receipt), only the chunks go to storage.
+        let mstaged = match manifest {
+            Some(m) => {
+                let key = ObjectKey::Manifest(self.id, rank);
+                let r = self
+                    .budget
+                    .take(m.len() as u64, &b.describe(&key))
+                    .and_then(|()| b.stage(&key, &[m], PutMode::Overwrite));
+                match r {
+                    Ok(s) => Some(s),
+                    Err(e) => {
+                        discard_all(chunks);
+                        return Err(e.context(ctx));
+                    }
+                }
             }
-        };
-        // `None`: the manifest is inline (in the receipt), only the chunks go to disk.
-        let mtmp = match manifest {
-            Some(m) => Some(
-                fsutil::write_temp(&dir, &name, &[m], &self.budget).inspect_err(|_| {
-                    remove_chunk_temps();
-                })?,
-            ),
             None => None,
         };
-        let cleanup = |e: StoreError| {
-            remove_chunk_temps();
-            if let Some(m) = &mtmp {
-                let _ = std::fs::remove_file(m);
-            }
-            StoreError::new(e.kind(), e.path(), format!("{ctx}: {}", e.message()))
-        };
-        let mut files: Vec<&Path> = chunk_temps.iter().map(|(t, _)| t.as_path()).collect();
-        files.extend(mtmp.as_deref());
-        if !files.is_empty() {
-            Self::fsync_all(&files).map_err(cleanup)?;
+        let files: Vec<&Staged> = chunks.iter().chain(mstaged.as_ref()).collect();
+        let n_files = files.len();
+        if let Err(e) = b.sync_staged(&files) {
+            discard_all(chunks);
+            discard_all(mstaged.into_iter().collect());
+            return Err(e.context(ctx));
         }
         let synced = t.elapsed().as_secs_f64();
-        for (tmp, dest) in chunk_temps {
-            std::fs::rename(tmp, dest)
-                .map_err(|e| cleanup(StoreError::io(dest, "renaming temp chunk", e)))?;
+        let mut rest = chunks.into_iter();
+        while let Some(st) = rest.next() {
+            if let Err(e) = b.publish(st) {
+                discard_all(rest.collect());
+                discard_all(mstaged.into_iter().collect());
+                return Err(e.context(ctx));
+            }
             failpoint("after_chunk_write");
         }
-        let mut dirs: Vec<&Path> = chunk_dirs.iter().map(PathBuf::as_path).collect();
+        let mut dirs: Vec<DirKey> = chunk_dirs.into_iter().collect();
         // The manifest failpoints fire for an inline manifest too, at the same moments
         // (chunks durable, part not yet handed over), so crash tests keep covering them.
         failpoint("before_manifest_rename");
-        if let Some(mtmp) = &mtmp {
-            let dest = dir.join(&name);
-            std::fs::rename(mtmp, &dest)
-                .map_err(|e| cleanup(StoreError::io(&dest, "renaming temp manifest", e)))?;
-            dirs.push(&dir);
+        if let Some(m) = mstaged {
+            b.publish(m).map_err(|e| e.context(ctx))?;
+            dirs.push(DirKey::Checkpoint(self.id));
         }
-        if !dirs.is_empty() {
-            Self::fsync_all(&dirs)?;
-        }
+        b.sync_dirs(&dirs).map_err(|e| e.context(ctx))?;
         failpoint("after_manifest_rename");
         tracing::debug!(
-            files = files.len(),
+            files = n_files,
             dirs = dirs.len(),
             file_fsyncs_secs = synced,
             secs = t.elapsed().as_secs_f64(),
@@ -542,18 +582,9 @@ impl PartWriter {
         Ok(())
     }
 
-    /// fsyncs every path (files or directories) on up to [`FSYNC_THREADS`] threads: an
-    /// fsync mostly waits for the device, and concurrent fsyncs let the file system
-    /// commit them in one journal transaction instead of one round trip each.
-    fn fsync_all(paths: &[&Path]) -> Result<(), StoreError> {
-        crate::par::try_for_each(paths, FSYNC_THREADS.min(paths.len()), |p| {
-            fsutil::fsync_file(p)
-        })
-    }
-
     /// Digest of `job` (from the fingerprint cache when its change hint reports it clean
-    /// or its bytes are unchanged, else BLAKE3), then the chunk file unless the repository
-    /// already has it.
+    /// or its bytes are unchanged, else BLAKE3), then the chunk unless the repository
+    /// already has it intact.
     fn write_one(
         &self,
         job: &Job<'_>,
@@ -579,6 +610,7 @@ impl PartWriter {
             (None, Some(c), Some(fp)) => c.lookup(job.name, job.index, fp),
             _ => None,
         };
+        let repo = self.backend.location();
         // `stored`: the chunk file's size when known (0 while another worker writes it).
         let present = |digest: ChunkDigest, stored: u64, stored_pending: bool| ChunkOutcome {
             chunk: ChunkRef {
@@ -591,67 +623,45 @@ impl PartWriter {
             cached: false,
             hinted: false,
             new_bytes: 0,
-            temp: None,
+            staged: None,
             dir: None,
         };
-        if let Some(digest) = cached {
+        if let Some(digest) = cached.filter(|d| known::status(repo, d) != Known::Bad) {
             // Unchanged since this process's previous checkpoint of the rank: no BLAKE3,
             // no compression trial; one stat proves the chunk is still in the repository
-            // (GC may have removed it since), otherwise fall through and write it.
-            if let Ok(m) = std::fs::metadata(self.layout.chunk(&digest)) {
-                if m.is_file() {
+            // (GC may have removed it since), otherwise fall through and write it. A chunk
+            // a read found damaged since is rewritten instead (issue #11).
+            if let Some(m) = self.backend.stat(&ObjectKey::Chunk(digest))? {
+                if m.regular {
                     return Ok(ChunkOutcome {
-                        chunk: ChunkRef {
-                            digest,
-                            len,
-                            stored: m.len(),
-                        },
-                        fp,
-                        stored_pending: false,
                         cached: !hinted,
                         hinted,
-                        new_bytes: 0,
-                        temp: None,
-                        dir: None,
+                        ..present(digest, m.size, false)
                     });
                 }
             }
         }
         let digest = cached.unwrap_or_else(|| ChunkDigest::of(job.data));
-        let path = self.layout.chunk(&digest);
+        let key = ObjectKey::Chunk(digest);
         let first_claim = claimed
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(digest);
         if !first_claim {
-            // Another worker of this write owns the chunk (it may still be a temp file).
-            let stored = std::fs::metadata(&path).map_or(0, |m| m.len());
+            // Another worker of this write owns the chunk (it may still be staged).
+            let stored = self.backend.stat(&key).ok().flatten().map_or(0, |m| m.size);
             return Ok(present(digest, stored, true));
         }
-        // Only complete, renamed files exist under a chunk's final name, so presence means
-        // the chunk is intact (verify re-hashes it anyway) — but not that its rename is
-        // durable: the writer that renamed it may have died before fsyncing the directory.
-        // This part will depend on it, so its directory joins this part's fsyncs. (Digests
-        // from the fingerprint cache need not: they come from an earlier durable part of
-        // this process, which fsynced their directories under this same rule.)
-        if let Ok(m) = std::fs::metadata(&path) {
-            return Ok(ChunkOutcome {
-                dir: Some(self.layout.chunk_dir(&digest)),
-                ..present(digest, m.len(), false)
-            });
-        }
-        let file = self.encode(job);
-        let dir = self.layout.chunk_dir(&digest);
-        // `Repository::open` creates every `chunks/<hh>/` durably, so this only acts when
-        // one was removed by hand since (an fsync of `chunks/` per new directory inside
-        // the write loop cost more than hashing in a fresh repository).
-        fsutil::create_dir_durable(&dir)?;
-        let name = Layout::chunk_name(&digest);
-        let tmp = match &file {
-            Encoded::Raw(h, d) => fsutil::write_temp(&dir, &name, &[h, d], &self.budget)?,
-            Encoded::Owned(v) => fsutil::write_temp(&dir, &name, &[v], &self.budget)?,
-        };
-        Ok(ChunkOutcome {
+        // Only complete objects exist under a chunk's final name, but that does not make
+        // them intact (bit rot, a hand-edited file, a chunk a restore found damaged): a
+        // chunk this process relies on for the first time is read and verified once, a
+        // damaged one rewritten, something that is not a file there replaced (issue #11).
+        // Nor is its rename known durable: the writer that renamed it may have died before
+        // fsyncing the directory. This part will depend on it, so its directory joins this
+        // part's fsyncs. (Digests from the fingerprint cache need not: they come from an
+        // earlier durable part of this process, which fsynced their directories under this
+        // same rule.)
+        let new_chunk = |file: &Encoded<'_>, staged: Option<Staged>| ChunkOutcome {
             chunk: ChunkRef {
                 digest,
                 len,
@@ -662,9 +672,64 @@ impl PartWriter {
             cached: false,
             hinted: false,
             new_bytes: file.len() as u64,
-            temp: Some((tmp, path)),
-            dir: Some(dir),
-        })
+            staged,
+            dir: Some(key.dir()),
+        };
+        // Encoded at most once, and only when it is written (a present chunk costs no
+        // compression on a file system).
+        let mut encoded = None;
+        if self.backend.dedup_by_create() && known::status(repo, &digest) != Known::Bad {
+            // One conditional PUT instead of a HEAD and a PUT per new chunk (object
+            // stores); `Conflict` means present, handled below like a chunk found by stat.
+            let file = self.encode(job);
+            self.budget
+                .take(file.len() as u64, &self.backend.describe(&key))?;
+            match self.backend.put(&key, &file.parts(), PutMode::Create) {
+                Ok(_) => return Ok(new_chunk(&file, None)),
+                Err(e) if e.kind() == StoreErrorKind::Conflict => encoded = Some(file),
+                Err(e) => return Err(e),
+            }
+        }
+        if let Some(m) = self.backend.stat(&key)? {
+            let path = self.backend.describe(&key);
+            if !m.regular {
+                tracing::warn!(path = %path.display(), "not a regular file where a chunk belongs: replacing it");
+                self.backend.delete(&key)?;
+            } else {
+                let reuse = match known::status(repo, &digest) {
+                    Known::Good => true,
+                    Known::Bad => false,
+                    Known::Unknown => self.verify_present(&digest, len)?,
+                };
+                if reuse {
+                    return Ok(ChunkOutcome {
+                        dir: Some(key.dir()),
+                        ..present(digest, m.size, false)
+                    });
+                }
+                tracing::warn!(path = %path.display(), "chunk {digest} is damaged: rewriting it");
+            }
+        }
+        let file = encoded.unwrap_or_else(|| self.encode(job));
+        self.budget
+            .take(file.len() as u64, &self.backend.describe(&key))?;
+        let staged = self
+            .backend
+            .stage(&key, &file.parts(), PutMode::Overwrite)?;
+        Ok(new_chunk(&file, Some(staged)))
+    }
+
+    /// Reads and verifies a chunk found present (`len` raw bytes): true when intact; false
+    /// when damaged or gone (it is then written anew); `Err` when it cannot be read.
+    fn verify_present(&self, digest: &ChunkDigest, len: u64) -> Result<bool, StoreError> {
+        let mut buf = vec![0u8; len as usize];
+        match crate::reader::read_chunk_into(self.backend.as_ref(), digest, &mut buf) {
+            Ok(()) => Ok(true),
+            Err(e) if matches!(e.kind(), StoreErrorKind::Corrupt | StoreErrorKind::Missing) => {
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     fn encode<'a>(&self, job: &Job<'a>) -> Encoded<'a> {
@@ -716,23 +781,27 @@ impl PartWriter {
 /// go away at once instead of at the next GC. Chunks stay for the GC sweep (other
 /// checkpoints may share them). Refuses a committed checkpoint: that part is in use.
 pub fn discard_part(repo: &Path, id: CheckpointId, rank: Rank) -> Result<(), StoreError> {
-    let layout = Layout::new(repo);
-    if layout.commit(id).exists() {
+    discard_part_in(crate::location::open_backend(repo)?.as_ref(), id, rank)
+}
+
+/// [`discard_part`] on a backend.
+pub fn discard_part_in(
+    backend: &dyn WriteBackend,
+    id: CheckpointId,
+    rank: Rank,
+) -> Result<(), StoreError> {
+    let commit = ObjectKey::Commit(id);
+    if backend.stat(&commit)?.is_some() {
         return Err(StoreError::new(
             StoreErrorKind::InvalidArgument,
-            Some(&layout.commit(id)),
+            Some(&backend.describe(&commit)),
             format!("checkpoint {id} is committed; {rank}'s part cannot be discarded"),
         ));
     }
-    let manifest = layout.manifest(id, rank);
-    match std::fs::remove_file(&manifest) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(StoreError::io(&manifest, "removing an aborted part", e)),
-    }
-    // Fails harmlessly while other ranks' leftovers (or temp files) are still there.
-    let _ = std::fs::remove_dir(layout.checkpoint_dir(id));
-    Ok(())
+    backend
+        .delete(&ObjectKey::Manifest(id, rank))
+        .map_err(|e| e.context("removing an aborted part"))?;
+    backend.delete_dir_if_empty(&DirKey::Checkpoint(id))
 }
 
 /// Cores this process may use, asked once: `available_parallelism` reads three cgroup files

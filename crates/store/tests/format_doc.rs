@@ -62,6 +62,7 @@ fn example_commit() -> CommitRecord {
             endian: "little".into(),
             os: "linux".into(),
             lazarus_version: "0.1.0".into(),
+            lease_generation: None,
         },
     }
 }

@@ -22,10 +22,8 @@ pub struct Args {
 
 /// Runs `lazarus gc`.
 pub fn main(args: Args) -> CmdResult {
-    if !args.repo.join("FORMAT").is_file() {
-        // Refuse to create a repository as a side effect of a typo.
-        lazarus::store::RepoReader::open(&args.repo)?;
-    }
+    // Refuse to create a repository as a side effect of a typo (on every backend).
+    lazarus::store::RepoReader::open(&args.repo)?;
     let keep = usize::try_from(args.keep)?;
     let mut repo = Repository::open(&args.repo, RepoOptions::default())?;
     let bar = super::inspect::progress_bar("{msg:8} {bar:40} {pos}/{len}", 0);

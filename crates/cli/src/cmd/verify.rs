@@ -129,7 +129,6 @@ fn check_ranks(
             // A damaged COMMIT is already a problem from the store's verify.
             _ => continue,
         };
-        let dir = reader.path().join("checkpoints").join(d.id.to_string());
         for r in 0..w {
             // Format 1.1: a manifest inline in COMMIT needs no file.
             if d.manifest_ranks
@@ -140,7 +139,7 @@ fn check_ranks(
                 continue;
             }
             let p = Problem {
-                path: dir.join(format!("rank-{r}.manifest")),
+                path: reader.manifest_location(d.id, lazarus::format::Rank(r)),
                 kind: "missing".into(),
                 detail: format!(
                     "checkpoint {} rank {r}: manifest missing (COMMIT lists world size {w})",
@@ -156,7 +155,7 @@ fn check_ranks(
         }
         for m in d.manifest_ranks.iter().filter(|m| m.0 >= w) {
             report.problems.push(Problem {
-                path: dir.join(format!("rank-{}.manifest", m.0)),
+                path: reader.manifest_location(d.id, *m),
                 kind: "inconsistent".into(),
                 detail: format!(
                     "checkpoint {} rank {}: stray manifest beyond world size {w} in COMMIT",

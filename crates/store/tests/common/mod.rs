@@ -1,6 +1,9 @@
 //! Shared helpers for the store's integration tests.
 #![allow(dead_code)]
 
+pub mod backends;
+pub mod s3;
+
 use lazarus_format::{DType, GlobalRange, ObjectInfo, ObjectKind, ObjectSpec, Rank};
 use lazarus_store::{CommitMeta, PartReceipt, RepoOptions, Repository};
 use std::path::Path;

@@ -9,6 +9,7 @@ mod experiment;
 mod files;
 mod net;
 mod round;
+mod s3;
 
 /// Benchmarks.
 #[derive(clap::Subcommand, Debug)]
@@ -26,6 +27,8 @@ pub enum Bench {
     Net(net::Args),
     /// Aligned checkpoint round latency (2..16 ranks) and stall per checkpoint vs floor.
     Round(round::Args),
+    /// Full checkpoint into an S3-compatible store vs raw PUT throughput of the same client.
+    S3(s3::Args),
 }
 
 /// A scratch directory removed (with everything in it) when dropped.
@@ -70,5 +73,6 @@ pub fn main(b: Bench) -> CmdResult {
         Bench::Files(a) => files::main(a),
         Bench::Net(a) => net::main(a),
         Bench::Round(a) => round::main(a),
+        Bench::S3(a) => s3::main(a),
     }
 }

@@ -1,4 +1,4 @@
-//! The repository `LOCK`: one writer per repository.
+//! The directory backend's `LOCK`: one writer per repository.
 //!
 //! Mechanism: an exclusive, non-blocking `flock(2)` on `LOCK`, which the kernel releases
 //! when the holder dies (so a `kill -9`'d writer never blocks the next one), plus a small
@@ -8,6 +8,7 @@
 //! truncated rather than the file removed, so two openers can never lock different inodes.
 //! Limitation: flock is not reliable on some network file systems (documented in FORMAT.md).
 
+use super::{LockGuard, LockOwner};
 use crate::error::{StoreError, StoreErrorKind};
 use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};
@@ -17,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 /// Contents of the `LOCK` file.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub(crate) struct LockOwner {
+pub(crate) struct LockRecord {
     pub pid: u32,
     pub host: String,
     /// First 16 hex digits of BLAKE3(job token), or null.
@@ -32,27 +33,12 @@ pub(crate) struct RepoLock {
     path: PathBuf,
 }
 
-pub(crate) fn job_tag(token: &str) -> String {
-    blake3::hash(token.as_bytes()).to_hex()[..16].to_string()
-}
-
-pub(crate) fn hostname() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: buf is valid for buf.len() bytes; gethostname NUL-terminates on success.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    if rc != 0 {
-        return "unknown".into();
-    }
-    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
-    String::from_utf8_lossy(&buf[..end]).into_owned()
-}
-
 impl RepoLock {
     /// Acquires the lock. With `shared`, a lock held by a live process of the same job
     /// (same non-None job token) is accepted without being taken.
     pub(crate) fn acquire(
         path: &Path,
-        job_token: Option<&str>,
+        owner: &LockOwner,
         shared: bool,
     ) -> Result<Self, StoreError> {
         let mut file = OpenOptions::new()
@@ -70,7 +56,7 @@ impl RepoLock {
             if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
                 return Err(StoreError::io(path, "flock", err));
             }
-            let mine = job_token.map(job_tag);
+            let mine = owner.job.clone();
             if shared && mine.is_some() && previous.as_ref().and_then(|o| o.job.clone()) == mine {
                 tracing::debug!(path = %path.display(), "sharing the lock of our own job");
                 return Ok(RepoLock {
@@ -98,10 +84,10 @@ impl RepoLock {
                 o.pid, o.host, o.since_unix_ms
             );
         }
-        let me = LockOwner {
-            pid: std::process::id(),
-            host: hostname(),
-            job: job_token.map(job_tag),
+        let me = LockRecord {
+            pid: owner.pid,
+            host: owner.host.clone(),
+            job: owner.job.clone(),
             since_unix_ms: crate::fsutil::now_unix_ms(),
         };
         let body = serde_json::to_vec(&me).unwrap_or_default();
@@ -119,19 +105,26 @@ impl RepoLock {
     }
 }
 
-fn read_owner(file: &mut File) -> Option<LockOwner> {
+fn read_owner(file: &mut File) -> Option<LockRecord> {
     let mut s = Vec::new();
     file.rewind().ok()?;
     file.take(4096).read_to_end(&mut s).ok()?;
     if s.is_empty() {
         return None;
     }
-    Some(serde_json::from_slice(&s).unwrap_or(LockOwner {
+    Some(serde_json::from_slice(&s).unwrap_or(LockRecord {
         pid: 0,
         host: "unknown (unreadable LOCK)".into(),
         job: None,
         since_unix_ms: 0,
     }))
+}
+
+impl LockGuard for RepoLock {
+    /// The kernel holds a flock for as long as this process lives: always held.
+    fn check(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 impl Drop for RepoLock {
