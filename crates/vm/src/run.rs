@@ -107,6 +107,8 @@ pub struct VmConfig {
     pub cache_dir: Option<PathBuf>,
     /// Size of the region that receives the saved call stack at a checkpoint.
     pub unwind_bytes: u32,
+    /// Test hook: stop (as if killed) right after this many checkpoints of this run.
+    pub stop_after_checkpoints: Option<u64>,
 }
 
 impl VmConfig {
@@ -127,6 +129,7 @@ impl VmConfig {
             keep: 2,
             cache_dir: default_cache_dir(),
             unwind_bytes: 8 << 20,
+            stop_after_checkpoints: None,
         }
     }
 }
@@ -157,6 +160,8 @@ pub struct Report {
     pub steps: u64,
     /// The repository said the program had already exited: nothing ran.
     pub already_finished: bool,
+    /// Stopped by [`VmConfig::stop_after_checkpoints`] (held output not written).
+    pub stopped: bool,
 }
 
 /// Runs (or resumes) the program of `cfg` to its end, on a thread with a stack large
@@ -257,7 +262,11 @@ fn run_here(cfg: &VmConfig) -> Result<Report> {
         runtime: cfg.runtime,
         markers: cfg.markers,
     };
-    let code = drive(inst.as_mut(), repo.as_mut(), &ctx, &mut report)?;
+    let Some(code) = drive(inst.as_mut(), repo.as_mut(), &ctx, &mut report, cfg.stop_after_checkpoints)? else {
+        report.stopped = true;
+        report.steps = inst.host().ctl.steps;
+        return Ok(report);
+    };
     let host = inst.host();
     host.wasi
         .stdout
@@ -592,8 +601,8 @@ fn drive(
         match end {
             Err(_) if unwound => return Err(overflow()),
             Err(e) => return Err(e),
-            Ok(RunEnd::Exit(c)) => return Ok(c),
-            Ok(RunEnd::Returned) if !unwound => return Ok(0),
+            Ok(RunEnd::Exit(c)) => return Ok(Some(c)),
+            Ok(RunEnd::Returned) if !unwound => return Ok(Some(0)),
             Ok(RunEnd::Returned) => {}
         }
         inst.call("asyncify_stop_unwind", None)
@@ -629,6 +638,9 @@ fn drive(
             "vm checkpoint committed"
         );
         report.checkpoints.push(stats);
+        if stop_after.is_some_and(|n| report.checkpoints.len() as u64 >= n) {
+            return Ok(None);
+        }
         let host = inst.host();
         host.ctl.checkpoint_taken(t.elapsed());
         host.ctl.phase = Phase::Rewinding;

@@ -50,6 +50,9 @@ pub struct RunArgs {
     /// MiB reserved for the saved call stack at a checkpoint (deep recursion needs more).
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1024))]
     unwind_buffer: u32,
+    /// Test hook: stop (exit status 3, as if killed) right after this many checkpoints.
+    #[arg(long, hide = true, value_name = "N")]
+    stop_after_checkpoints: Option<u64>,
     /// The WASI program (`.wasm`, a command module).
     #[arg(value_name = "PROG.wasm")]
     module: PathBuf,
@@ -98,6 +101,7 @@ fn config(a: RunArgs) -> Result<VmConfig, Box<dyn std::error::Error + Send + Syn
     c.seed = a.seed;
     c.keep = a.keep as usize;
     c.unwind_bytes = a.unwind_buffer << 20;
+    c.stop_after_checkpoints = a.stop_after_checkpoints;
     if a.no_checkpoint {
         c.every = Every::Never;
     } else {
@@ -111,12 +115,18 @@ fn config(a: RunArgs) -> Result<VmConfig, Box<dyn std::error::Error + Send + Syn
     Ok(c)
 }
 
+/// Exit status of a run stopped by `--stop-after-checkpoints`.
+const STOPPED: u8 = 3;
+
 /// Runs a `lazarus vm` subcommand; exits with the program's status.
 pub fn main(v: Vm) -> CmdResult {
     match v {
         Vm::Run(a) => {
             let cfg = config(a)?;
             let report = lazarus_vm::run(&cfg)?;
+            if report.stopped {
+                return Ok(ExitCode::from(STOPPED));
+            }
             if report.already_finished {
                 eprintln!(
                     "lazarus vm: the program already ran to completion (exit status {}) in this \
