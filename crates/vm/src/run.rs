@@ -707,3 +707,42 @@ fn write_checkpoint(
     }
     repo.write(steps, app(ctx, None), objs)
 }
+
+/// Benchmark helper: runs `module` exactly as given (instrumented or not, no repository,
+/// no checkpoint) on `kind` with `args` and returns its exit status and the time `_start`
+/// took (instantiation excluded).
+pub fn time_module(kind: RuntimeKind, module: &[u8], args: &[String]) -> Result<(i32, std::time::Duration)> {
+    let module = module.to_vec();
+    let args = args.to_vec();
+    std::thread::Builder::new()
+        .name("lazarus-vm-bench".into())
+        .stack_size(runtime::RUNNER_STACK_BYTES)
+        .spawn(move || {
+            let mut argv = vec!["bench.wasm".to_string()];
+            argv.extend(args);
+            let wasi = Wasi::new(
+                WasiConfig {
+                    args: argv,
+                    env: Vec::new(),
+                    preopens: Vec::new(),
+                    seed: 0,
+                },
+                false,
+            )?;
+            let ctl = Every::Never.control(0);
+            let mut inst = runtime::instantiate(kind, &module, HostData { wasi, ctl })?;
+            let t = Instant::now();
+            let end = inst.run_start()?;
+            let took = t.elapsed();
+            Ok((
+                match end {
+                    RunEnd::Exit(c) => c,
+                    RunEnd::Returned => 0,
+                },
+                took,
+            ))
+        })
+        .map_err(|e| VmError::new(VmErrorKind::Io, format!("starting the VM thread: {e}")))?
+        .join()
+        .map_err(|_| VmError::new(VmErrorKind::Trap, "the VM thread panicked"))?
+}

@@ -35,6 +35,8 @@ pub struct WriteStats {
     pub chunks: u64,
     /// Chunks newly written.
     pub new_chunks: u64,
+    /// Wall time of the write and commit, seconds.
+    pub secs: f64,
 }
 
 /// A committed checkpoint found for resume.
@@ -119,6 +121,7 @@ impl VmRepo {
         app: BTreeMap<String, String>,
         objects: Vec<Obj<'_>>,
     ) -> Result<WriteStats> {
+        let t = std::time::Instant::now();
         let pending = self.repo.begin(1)?;
         let specs: Vec<ObjectSpec<'_>> = objects
             .into_iter()

@@ -149,6 +149,8 @@ impl WasmiInstance {
             .map_err(|e| err("instantiating", e))?;
         let mem = instance
             .get_memory(&store, MEMORY_EXPORT)
+            // An uninstrumented module (benchmarks) exports its memory as wasi-libc does.
+            .or_else(|| instance.get_memory(&store, "memory"))
             .ok_or_else(|| err("missing export", MEMORY_EXPORT))?;
         store.data_mut().mem = Some(mem);
         Ok(WasmiInstance {

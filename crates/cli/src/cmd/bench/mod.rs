@@ -8,6 +8,7 @@ mod checkpoint;
 mod experiment;
 mod net;
 mod round;
+mod vm;
 
 /// Benchmarks.
 #[derive(clap::Subcommand, Debug)]
@@ -22,6 +23,9 @@ pub enum Bench {
     Net(net::Args),
     /// Aligned checkpoint round latency (2..16 ranks) and stall per checkpoint vs floor.
     Round(round::Args),
+    /// VM checkpointing: instrumented vs plain module, 256 MiB memory checkpoint vs
+    /// memcpy + raw write, incremental size after 1 % of pages changed.
+    Vm(vm::Args),
 }
 
 /// A scratch directory removed (with everything in it) when dropped.
@@ -65,5 +69,6 @@ pub fn main(b: Bench) -> CmdResult {
         Bench::Experiment(a) => experiment::main(a),
         Bench::Net(a) => net::main(a),
         Bench::Round(a) => round::main(a),
+        Bench::Vm(a) => vm::main(a),
     }
 }
