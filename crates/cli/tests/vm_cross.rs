@@ -12,7 +12,8 @@ use vm_common::*;
 
 fn vm(args: &[&str], work: &Path, repo: Option<&Path>, rt: &str, extra: &[&str]) -> Output {
     let mut c = lazarus();
-    c.args(["vm", "run", "--seed", "7", "--runtime", rt]).args(extra);
+    c.args(["vm", "run", "--seed", "7", "--runtime", rt])
+        .args(extra);
     c.arg("--dir").arg(format!("{}::.", work.display()));
     match repo {
         Some(r) => c.arg("--repo").arg(r),
@@ -30,17 +31,30 @@ fn legs(prog: &str, args: &[&str], every: &str, order: &[&str]) {
     let mut full: Vec<&str> = vec![wasm.to_str().unwrap(), "--"];
     full.extend(args);
     let want = vm(&full, &refw, None, "wasmi", &[]);
-    assert!(want.status.success(), "{prog}: reference failed: {}", String::from_utf8_lossy(&want.stderr));
+    assert!(
+        want.status.success(),
+        "{prog}: reference failed: {}",
+        String::from_utf8_lossy(&want.stderr)
+    );
     let w = root.path().join("w");
     std::fs::create_dir_all(&w).unwrap();
     let repo = root.path().join("repo");
     let mut stdout = Vec::new();
     for (i, rt) in order.iter().enumerate() {
         let last = i + 1 == order.len();
-        let extra: Vec<&str> = if last { vec!["--every", every] } else { vec!["--every", every, "--stop-after-checkpoints", "2"] };
+        let extra: Vec<&str> = if last {
+            vec!["--every", every]
+        } else {
+            vec!["--every", every, "--stop-after-checkpoints", "2"]
+        };
         let o = vm(&full, &w, Some(&repo), rt, &extra);
         let code = o.status.code();
-        assert_eq!(code, Some(if last { 0 } else { 3 }), "{prog}: leg {i} on {rt}: {}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(
+            code,
+            Some(if last { 0 } else { 3 }),
+            "{prog}: leg {i} on {rt}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
         // stdout is a pipe here: what a stopped leg printed after its last checkpoint is
         // printed again by the next one, so only the last leg's final line is compared
         // (it depends on the whole computation); `stdout_file_is_exact_across_runtimes`
@@ -49,13 +63,27 @@ fn legs(prog: &str, args: &[&str], every: &str, order: &[&str]) {
     }
     // The last leg printed everything after the checkpoint it resumed from; the program's
     // final lines (which depend on the whole computation) must match.
-    let tail = |b: &[u8]| String::from_utf8_lossy(b).lines().last().map(str::to_string);
-    assert_eq!(tail(&stdout), tail(&want.stdout), "{prog}: {order:?}: final line differs");
+    let tail = |b: &[u8]| {
+        String::from_utf8_lossy(b)
+            .lines()
+            .last()
+            .map(str::to_string)
+    };
+    assert_eq!(
+        tail(&stdout),
+        tail(&want.stdout),
+        "{prog}: {order:?}: final line differs"
+    );
     let files = |d: &Path| {
         let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(d)
             .unwrap()
             .flatten()
-            .map(|e| (e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).unwrap()))
+            .map(|e| {
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    std::fs::read(e.path()).unwrap(),
+                )
+            })
             .collect();
         v.sort();
         v
@@ -73,7 +101,10 @@ fn checkpoints_move_between_runtimes_with_identical_results() {
         eprintln!("*** SKIPPED: this lazarus has no wasmtime (feature `wasmtime` off) ***");
         return;
     }
-    for order in [["wasmi", "wasmtime", "wasmi"], ["wasmtime", "wasmi", "wasmtime"]] {
+    for order in [
+        ["wasmi", "wasmtime", "wasmi"],
+        ["wasmtime", "wasmi", "wasmtime"],
+    ] {
         legs("loop", &["3000000"], "500000", &order);
         legs("floats", &["8000"], "30000", &order);
         legs("recurse", &["2000", "6"], "150000", &order);
@@ -91,7 +122,12 @@ fn stdout_file_is_exact_across_runtimes() {
     let wasm = program("floats");
     let root = tempfile::tempdir().unwrap();
     let run = |rt: &str, repo: Option<&Path>, out: &Path, stop: bool| {
-        let f = std::fs::OpenOptions::new().write(true).create(true).truncate(false).open(out).unwrap();
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(out)
+            .unwrap();
         let mut c = lazarus();
         c.args(["vm", "run", "--seed", "1", "--runtime", rt]);
         match repo {
@@ -142,12 +178,23 @@ fn supervised_vm_run_survives_sigkill_with_exactly_once_stdout() {
     let o = lazarus()
         .args(["run", "-n", "1", "--repo"])
         .arg(&repo)
-        .args(["--max-restarts", "5", "--inject-kill-after", "0@1500ms", "--inject-kill-after", "0@800ms", "--"])
+        .args([
+            "--max-restarts",
+            "5",
+            "--inject-kill-after",
+            "0@1500ms",
+            "--inject-kill-after",
+            "0@800ms",
+            "--",
+        ])
         .arg(env!("CARGO_BIN_EXE_lazarus"))
         .args(["vm", "run", "--every", "100ms", "--seed", "3"])
         .arg(&wasm)
         .args(["--", "20000000"])
-        .env("LAZARUS_VM_CACHE", std::env::temp_dir().join("lazarus-vm-test-cache"))
+        .env(
+            "LAZARUS_VM_CACHE",
+            std::env::temp_dir().join("lazarus-vm-test-cache"),
+        )
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&o.stderr);
@@ -156,5 +203,9 @@ fn supervised_vm_run_survives_sigkill_with_exactly_once_stdout() {
         .lines()
         .map(|l| format!("{}\n", l.strip_prefix("[rank 0] ").unwrap_or(l)))
         .collect();
-    assert_eq!(got, String::from_utf8_lossy(&want.stdout), "stderr: {stderr}");
+    assert_eq!(
+        got,
+        String::from_utf8_lossy(&want.stdout),
+        "stderr: {stderr}"
+    );
 }

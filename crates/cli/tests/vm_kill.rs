@@ -22,10 +22,26 @@ struct Case {
 }
 
 const CASES: &[Case] = &[
-    Case { prog: "loop", args: &["8000000"], steps: 700_000 },
-    Case { prog: "files", args: &["500"], steps: 300_000 },
-    Case { prog: "recurse", args: &["3000", "12"], steps: 400_000 },
-    Case { prog: "floats", args: &["30000"], steps: 20_000 },
+    Case {
+        prog: "loop",
+        args: &["8000000"],
+        steps: 700_000,
+    },
+    Case {
+        prog: "files",
+        args: &["500"],
+        steps: 300_000,
+    },
+    Case {
+        prog: "recurse",
+        args: &["3000", "12"],
+        steps: 400_000,
+    },
+    Case {
+        prog: "floats",
+        args: &["30000"],
+        steps: 20_000,
+    },
 ];
 
 struct Outcome {
@@ -34,12 +50,30 @@ struct Outcome {
     files: Vec<(String, String)>,
 }
 
-fn spawn(wasm: &Path, case: &Case, work: &Path, repo: Option<&Path>, runtime: &str, every: &str) -> Child {
-    let out = std::fs::OpenOptions::new().write(true).create(true).truncate(false).open(work.join("stdout")).unwrap();
-    let err = std::fs::OpenOptions::new().write(true).create(true).truncate(false).open(work.join("stderr")).unwrap();
+fn spawn(
+    wasm: &Path,
+    case: &Case,
+    work: &Path,
+    repo: Option<&Path>,
+    runtime: &str,
+    every: &str,
+) -> Child {
+    let out = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(work.join("stdout"))
+        .unwrap();
+    let err = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(work.join("stderr"))
+        .unwrap();
     let mut c = lazarus();
     c.args(["vm", "run", "--seed", "42", "--runtime", runtime]);
-    c.arg("--dir").arg(format!("{}::.", work.join("data").display()));
+    c.arg("--dir")
+        .arg(format!("{}::.", work.join("data").display()));
     match repo {
         Some(r) => {
             c.arg("--repo").arg(r).args(["--every", every]);
@@ -49,7 +83,9 @@ fn spawn(wasm: &Path, case: &Case, work: &Path, repo: Option<&Path>, runtime: &s
         }
     }
     c.arg(wasm).arg("--").args(case.args);
-    c.stdout(Stdio::from(out)).stderr(Stdio::from(err)).stdin(Stdio::null());
+    c.stdout(Stdio::from(out))
+        .stderr(Stdio::from(err))
+        .stdin(Stdio::null());
     c.spawn().expect("spawning lazarus")
 }
 
@@ -57,7 +93,10 @@ fn outcome(work: &Path) -> Outcome {
     let mut files = Vec::new();
     if let Ok(rd) = std::fs::read_dir(work.join("data")) {
         for e in rd.flatten() {
-            files.push((e.file_name().to_string_lossy().into_owned(), read(&e.path())));
+            files.push((
+                e.file_name().to_string_lossy().into_owned(),
+                read(&e.path()),
+            ));
         }
     }
     files.sort();
@@ -82,7 +121,12 @@ fn reference(case: &Case, wasm: &Path, root: &Path) -> (Outcome, Duration) {
     let w = fresh_work(root, &format!("ref-{}", case.prog));
     let t = Instant::now();
     let st = spawn(wasm, case, &w, None, "wasmi", "").wait().unwrap();
-    assert!(st.success(), "{}: reference run failed: {st}\n{}", case.prog, read(&w.join("stderr")));
+    assert!(
+        st.success(),
+        "{}: reference run failed: {st}\n{}",
+        case.prog,
+        read(&w.join("stderr"))
+    );
     (outcome(&w), t.elapsed())
 }
 
@@ -111,7 +155,11 @@ fn trials(per_case: usize, test: &str) {
         for t in 0..per_case {
             let s = base.wrapping_add((ci * 1000 + t) as u64);
             let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(s);
-            let every = if rng.gen_bool(0.5) { case.steps.to_string() } else { "150ms".to_string() };
+            let every = if rng.gen_bool(0.5) {
+                case.steps.to_string()
+            } else {
+                "150ms".to_string()
+            };
             let kills = rng.gen_range(1..=3);
             let w = fresh_work(root.path(), &format!("{}-{t}", case.prog));
             let repo = w.join("repo");
@@ -123,7 +171,12 @@ fn trials(per_case: usize, test: &str) {
                 if k == kills {
                     let st = wait_until(&mut child, Instant::now() + Duration::from_secs(600))
                         .unwrap_or_else(|| panic!("{}: seed {s}: final run hung", case.prog));
-                    assert!(st.success(), "{}: seed {s}: final run failed ({st}) after {log:?}:\n{}", case.prog, read(&w.join("stderr")));
+                    assert!(
+                        st.success(),
+                        "{}: seed {s}: final run failed ({st}) after {log:?}:\n{}",
+                        case.prog,
+                        read(&w.join("stderr"))
+                    );
                     done = true;
                     log.push(format!("{rt}: ran to the end"));
                     break;
@@ -131,7 +184,12 @@ fn trials(per_case: usize, test: &str) {
                 let after = took.mul_f64(rng.gen_range(0.02..1.1));
                 match wait_until(&mut child, Instant::now() + after) {
                     Some(st) => {
-                        assert!(st.success(), "{}: seed {s}: run failed ({st}) after {log:?}:\n{}", case.prog, read(&w.join("stderr")));
+                        assert!(
+                            st.success(),
+                            "{}: seed {s}: run failed ({st}) after {log:?}:\n{}",
+                            case.prog,
+                            read(&w.join("stderr"))
+                        );
                         log.push(format!("{rt}: finished before the kill at {after:?}"));
                         done = true;
                         break;

@@ -262,7 +262,14 @@ fn run_here(cfg: &VmConfig) -> Result<Report> {
         runtime: cfg.runtime,
         markers: cfg.markers,
     };
-    let Some(code) = drive(inst.as_mut(), repo.as_mut(), &ctx, &mut report, cfg.stop_after_checkpoints)? else {
+    let Some(code) = drive(
+        inst.as_mut(),
+        repo.as_mut(),
+        &ctx,
+        &mut report,
+        cfg.stop_after_checkpoints,
+    )?
+    else {
         report.stopped = true;
         report.steps = inst.host().ctl.steps;
         return Ok(report);
@@ -576,13 +583,15 @@ fn exit_meta(ctx: &Ctx<'_>, inst: &mut dyn Instance, code: i32) -> VmMeta {
     }
 }
 
-/// Runs `_start` until the program ends, checkpointing whenever the hook unwinds.
+/// Runs `_start` until the program ends (its exit status), checkpointing whenever the
+/// hook unwinds; `None` when stopped after `stop_after` checkpoints.
 fn drive(
     inst: &mut dyn Instance,
     mut repo: Option<&mut VmRepo>,
     ctx: &Ctx<'_>,
     report: &mut Report,
-) -> Result<i32> {
+    stop_after: Option<u64>,
+) -> Result<Option<i32>> {
     loop {
         let end = inst.run_start();
         let phase = inst.host().ctl.phase;
@@ -711,7 +720,11 @@ fn write_checkpoint(
 /// Benchmark helper: runs `module` exactly as given (instrumented or not, no repository,
 /// no checkpoint) on `kind` with `args` and returns its exit status and the time `_start`
 /// took (instantiation excluded).
-pub fn time_module(kind: RuntimeKind, module: &[u8], args: &[String]) -> Result<(i32, std::time::Duration)> {
+pub fn time_module(
+    kind: RuntimeKind,
+    module: &[u8],
+    args: &[String],
+) -> Result<(i32, std::time::Duration)> {
     let module = module.to_vec();
     let args = args.to_vec();
     std::thread::Builder::new()

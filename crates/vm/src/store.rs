@@ -23,7 +23,7 @@ pub(crate) struct Obj<'a> {
 }
 
 /// What one checkpoint cost.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct WriteStats {
     /// The committed checkpoint.
     pub id: CheckpointId,
@@ -147,9 +147,14 @@ impl VmRepo {
             new_bytes: receipt.stored_new_bytes,
             chunks: receipt.chunks,
             new_chunks: receipt.new_chunks,
+            secs: 0.0,
         };
         self.repo
             .commit(pending, vec![receipt], CommitMeta { step, app })?;
+        let stats = WriteStats {
+            secs: t.elapsed().as_secs_f64(),
+            ..stats
+        };
         if let Err(e) = self.repo.retain(self.keep) {
             // Old checkpoints left behind cost space, not correctness.
             tracing::warn!("could not remove old checkpoints: {e}");

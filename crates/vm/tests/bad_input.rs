@@ -13,7 +13,10 @@ fn wat(src: &str) -> Vec<u8> {
 fn refused(src: &str, kind: VmErrorKind, needle: &str) {
     let e = instrument::check(&wat(src)).expect_err("must be refused");
     assert_eq!(e.kind(), kind, "{e}");
-    assert!(e.to_string().contains(needle), "{e:?} should mention {needle:?}");
+    assert!(
+        e.to_string().contains(needle),
+        "{e:?} should mention {needle:?}"
+    );
 }
 
 #[test]
@@ -131,7 +134,8 @@ fn have_wasm_opt() -> bool {
         .output()
         .is_ok_and(|o| o.status.success());
     if !ok {
-        let msg = "SKIPPED: needs Binaryen's wasm-opt (Debian package binaryen; .ci/run installs it)";
+        let msg =
+            "SKIPPED: needs Binaryen's wasm-opt (Debian package binaryen; .ci/run installs it)";
         if std::env::var("CI").is_ok_and(|v| v == "true") {
             panic!("{msg} — failing because CI=true");
         }

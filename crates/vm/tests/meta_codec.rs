@@ -114,22 +114,48 @@ fn inconsistent_fields_are_refused_by_name() {
     m.memory_pages = 70_000;
     corrupt_field(m, "memory_pages");
     let mut m = ok.clone();
-    m.region = Some(UnwindRegion { start: 4 * 65536, len: 65536 });
+    m.region = Some(UnwindRegion {
+        start: 4 * 65536,
+        len: 65536,
+    });
     corrupt_field(m, "region");
     let mut m = ok.clone();
-    m.region = Some(UnwindRegion { start: 100, len: 65536 });
+    m.region = Some(UnwindRegion {
+        start: 100,
+        len: 65536,
+    });
     corrupt_field(m, "region");
     let mut m = ok.clone();
     m.globals.push(("memory".into(), GlobalValue::I32(0)));
     corrupt_field(m, "globals");
     let mut m = ok.clone();
-    m.globals.push(m.globals[0]);
+    m.globals.push(m.globals[0].clone());
     corrupt_field(m, "globals");
     let mut m = ok.clone();
-    m.wasi.fds.push((9, FdState::File { pre: 3, rel: "x".into(), offset: 0, read: true, write: false, append: false }));
+    m.wasi.fds.push((
+        9,
+        FdState::File {
+            pre: 3,
+            rel: "x".into(),
+            offset: 0,
+            read: true,
+            write: false,
+            append: false,
+        },
+    ));
     corrupt_field(m, "wasi.fds");
     let mut m = ok.clone();
-    m.wasi.fds.push((9, FdState::File { pre: 0, rel: "../../etc/passwd".into(), offset: 0, read: true, write: false, append: false }));
+    m.wasi.fds.push((
+        9,
+        FdState::File {
+            pre: 0,
+            rel: "../../etc/passwd".into(),
+            offset: 0,
+            read: true,
+            write: false,
+            append: false,
+        },
+    ));
     corrupt_field(m, "wasi.fds");
     let mut m = ok.clone();
     m.files[0].path.rel = "../outside".into();

@@ -109,6 +109,8 @@ impl WasmtimeInstance {
         // would do the same work twice. The stack limit matches wasmi's depth limit in
         // spirit: the runner's thread has a stack large enough for it.
         config.max_wasm_stack(super::WASMTIME_STACK_BYTES);
+        // Checked against max_wasm_stack even without async execution.
+        config.async_stack_size(super::WASMTIME_STACK_BYTES);
         let engine = Engine::new(&config).map_err(|e| err("engine", e))?;
         let m = Module::new(&engine, module)
             .map_err(|e| err("compiling the instrumented module", e))?;

@@ -100,7 +100,12 @@ fn median(mut v: Vec<f64>) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
-fn time(kind: RuntimeKind, module: &[u8], args: &[String], repeat: usize) -> Result<(f64, i32), lazarus_vm::VmError> {
+fn time(
+    kind: RuntimeKind,
+    module: &[u8],
+    args: &[String],
+    repeat: usize,
+) -> Result<(f64, i32), lazarus_vm::VmError> {
     let mut ts = Vec::new();
     let mut code = 0;
     for _ in 0..repeat.max(1) {
@@ -113,7 +118,10 @@ fn time(kind: RuntimeKind, module: &[u8], args: &[String], repeat: usize) -> Res
 
 /// Runs the benchmark and prints the ratios.
 pub fn main(a: Args) -> CmdResult {
-    println!("load average: {}", load_average().unwrap_or_else(|| "?".into()));
+    println!(
+        "load average: {}",
+        load_average().unwrap_or_else(|| "?".into())
+    );
     let runtimes: Vec<RuntimeKind> = [RuntimeKind::Wasmi, RuntimeKind::Wasmtime]
         .into_iter()
         .filter(|r| r.available())
@@ -126,14 +134,21 @@ pub fn main(a: Args) -> CmdResult {
     if let Some(m) = &a.module {
         programs.push((m.display().to_string(), std::fs::read(m)?, a.args.clone()));
     }
-    println!("== slowdown of the instrumented module (median of {})", a.repeat);
+    println!(
+        "== slowdown of the instrumented module (median of {})",
+        a.repeat
+    );
     for (name, plain, args) in &programs {
         let inst = lazarus_vm::instrument::instrument(plain)?;
         for rt in &runtimes {
             let (t0, c0) = time(*rt, plain, args, a.repeat)?;
             let (t1, c1) = time(*rt, &inst, args, a.repeat)?;
             if c0 != c1 {
-                return Err(format!("{name} on {}: exit {c0} uninstrumented, {c1} instrumented", rt.name()).into());
+                return Err(format!(
+                    "{name} on {}: exit {c0} uninstrumented, {c1} instrumented",
+                    rt.name()
+                )
+                .into());
             }
             println!(
                 "{name} on {:8}: plain {t0:.3} s, instrumented {t1:.3} s, slowdown {:.2}x (target <= 1.2x)",
@@ -154,7 +169,9 @@ pub fn main(a: Args) -> CmdResult {
     let bytes = (pages * 65536) as usize;
     println!("== checkpoint of {} MiB of linear memory", a.memory_mib);
     // Baseline: memcpy + one raw durable write of the same amount.
-    let src: Vec<u8> = (0..bytes).map(|i| (i as u64).wrapping_mul(0x9e3779b97f4a7c15).to_le_bytes()[7]).collect();
+    let src: Vec<u8> = (0..bytes)
+        .map(|i| (i as u64).wrapping_mul(0x9e3779b97f4a7c15).to_le_bytes()[7])
+        .collect();
     let t = Instant::now();
     let copy = src.clone();
     let memcpy = t.elapsed().as_secs_f64();
@@ -166,11 +183,17 @@ pub fn main(a: Args) -> CmdResult {
     let write = t.elapsed().as_secs_f64();
     drop((copy, src));
     std::fs::remove_file(&raw)?;
-    println!("baseline: memcpy {memcpy:.3} s + raw write+fsync {write:.3} s = {:.3} s", memcpy + write);
+    println!(
+        "baseline: memcpy {memcpy:.3} s + raw write+fsync {write:.3} s = {:.3} s",
+        memcpy + write
+    );
 
     let touch = (pages / 100).max(1);
     let module_path = scratch.path().join("mem.wasm");
-    std::fs::write(&module_path, wat::parse_str(memory_program(pages, touch, 2_000_000))?)?;
+    std::fs::write(
+        &module_path,
+        wat::parse_str(memory_program(pages, touch, 2_000_000))?,
+    )?;
     for rt in &runtimes {
         let mut cfg = VmConfig::new(&module_path, Vec::new());
         cfg.repo = Some(scratch.path().join(format!("repo-{}", rt.name())));
