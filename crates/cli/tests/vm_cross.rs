@@ -108,7 +108,7 @@ fn checkpoints_move_between_runtimes_with_identical_results() {
         legs("loop", &["3000000"], "500000", &order);
         legs("floats", &["8000"], "30000", &order);
         legs("recurse", &["2000", "6"], "150000", &order);
-        legs("files", &["200"], "400000", &order);
+        legs("files", &["200"], "40000", &order);
     }
 }
 

@@ -117,11 +117,16 @@ pub fn seed(test: &str) -> u64 {
     s
 }
 
-/// Stderr without lazarus's own lines (which are not part of the program's output).
+/// Stderr without lazarus's own lines (`lazarus ...` messages and tracing's log lines,
+/// e.g. the store's "taking over stale lock" after a kill): not the program's output.
 pub fn program_lines(stderr: &[u8]) -> String {
+    let tracing = |l: &str| {
+        let t = l.trim_start();
+        l.contains('\u{1b}') || ["WARN ", "INFO ", "ERROR ", "DEBUG "].iter().any(|p| t.starts_with(p))
+    };
     String::from_utf8_lossy(stderr)
         .lines()
-        .filter(|l| !l.starts_with("lazarus"))
+        .filter(|l| !l.starts_with("lazarus") && !tracing(l))
         .map(|l| format!("{l}\n"))
         .collect()
 }
