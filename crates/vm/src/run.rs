@@ -6,6 +6,7 @@ use crate::instrument;
 use crate::meta::{objects, FileEntry, FileState, ProgramId, VmMeta, VM_META_VERSION};
 use crate::runtime::{self, Control, HostData, Instance, Phase, RunEnd, RuntimeKind};
 use crate::store::{Obj, VmRepo, WriteStats};
+use crate::wasi::journal::Journal;
 use crate::wasi::{tracked_host_path, Preopen, Wasi, WasiConfig};
 use lazarus_format::CheckpointId;
 use lazarus_policy::{FailureHistory, Formula, ModelSpec, PolicySpec};
@@ -205,6 +206,16 @@ fn run_here(cfg: &VmConfig) -> Result<Report> {
         None => None,
     };
     let mut report = Report::default();
+    let journal = match &repo {
+        Some(r) => {
+            let dir = r.path().join(JOURNAL_DIR);
+            Some(
+                Journal::open(&dir)
+                    .map_err(|e| VmError::io(&dir, "opening the undo journal", e))?,
+            )
+        }
+        None => None,
+    };
     let resumed = match &repo {
         Some(r) => find_checkpoint(r, &program, &mut report)?,
         None => None,
@@ -228,14 +239,16 @@ fn run_here(cfg: &VmConfig) -> Result<Report> {
             )?;
             report.resumed = Some((id, meta.steps));
             report.steps = meta.steps;
-            let (inst, module) = resume(cfg.runtime, id, &meta, objs, ctl, cfg.markers)?;
+            let (inst, module) = resume(cfg.runtime, id, &meta, objs, ctl, cfg.markers, journal)?;
             (inst, module)
         }
         None => {
             let module = instrument::instrument_cached(&original, cfg.cache_dir.as_deref())
                 .map_err(|e| e.context(cfg.module.display()))?;
             let seed = cfg.seed.unwrap_or_else(rand::random);
-            let wasi = Wasi::new(
+            // A run killed before its first checkpoint may have changed files: undo that.
+            let journal = undo_journal(journal, &preopens)?;
+            let mut wasi = Wasi::new(
                 WasiConfig {
                     args: argv,
                     env: cfg.env.clone(),
@@ -244,6 +257,9 @@ fn run_here(cfg: &VmConfig) -> Result<Report> {
                 },
                 cfg.markers,
             )?;
+            if let Some(j) = journal {
+                wasi.set_journal(j);
+            }
             ctl.region = None;
             let inst = runtime::instantiate(cfg.runtime, &module, HostData { wasi, ctl })?;
             (inst, module)
@@ -289,6 +305,9 @@ fn run_here(cfg: &VmConfig) -> Result<Report> {
         // Records the end, so running the same command again does not run the tail twice.
         let meta = exit_meta(&ctx, inst.as_mut(), code);
         r.write(report.steps, app(&ctx, Some(code)), vec![meta_obj(&meta)])?;
+        inst.host().wasi.checkpoint_committed().map_err(|e| {
+            VmError::new(VmErrorKind::Io, format!("clearing the undo journal: {e}"))
+        })?;
     }
     Ok(report)
 }
@@ -416,6 +435,23 @@ fn check_same_command(
     Ok(())
 }
 
+/// Where a repository keeps its undo journal (`wasi/journal.rs`).
+const JOURNAL_DIR: &str = "vm-undo";
+
+fn undo_journal(journal: Option<Journal>, preopens: &[Preopen]) -> Result<Option<Journal>> {
+    let Some(mut j) = journal else {
+        return Ok(None);
+    };
+    let n = j.undo(preopens)?;
+    if n > 0 {
+        tracing::debug!("undid {n} file change(s) made after the last checkpoint");
+    }
+    j.clear()
+        .map_err(|e| VmError::new(VmErrorKind::Io, format!("clearing the undo journal: {e}")))?;
+    Ok(Some(j))
+}
+
+#[allow(clippy::too_many_arguments)]
 fn resume(
     kind: RuntimeKind,
     id: CheckpointId,
@@ -423,6 +459,7 @@ fn resume(
     mut objs: BTreeMap<String, Vec<u8>>,
     mut ctl: Control,
     markers: bool,
+    journal: Option<Journal>,
 ) -> Result<(Box<dyn Instance>, Vec<u8>)> {
     let ctx = |what: &str| format!("checkpoint {}: {what}", id.0);
     let module = objs
@@ -448,8 +485,12 @@ fn resume(
     let region = meta
         .region
         .ok_or_else(|| corrupt(ctx("no unwind region")))?;
+    let journal = undo_journal(journal, &meta.wasi.config.preopens)?;
     restore_files(meta, &objs).map_err(|e| e.context(ctx("restoring files")))?;
-    let wasi = Wasi::resume(&meta.wasi, markers)?;
+    let mut wasi = Wasi::resume(&meta.wasi, markers)?;
+    if let Some(j) = journal {
+        wasi.set_journal(j);
+    }
     ctl.resume_at(meta.steps, Some(region));
     let mut inst = runtime::instantiate(kind, &module, HostData { wasi, ctl })?;
     inst.grow_to(meta.memory_pages)?;
@@ -647,6 +688,9 @@ fn drive(
             "vm checkpoint committed"
         );
         report.checkpoints.push(stats);
+        inst.host().wasi.checkpoint_committed().map_err(|e| {
+            VmError::new(VmErrorKind::Io, format!("clearing the undo journal: {e}"))
+        })?;
         if stop_after.is_some_and(|n| report.checkpoints.len() as u64 >= n) {
             return Ok(None);
         }

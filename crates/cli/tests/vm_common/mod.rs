@@ -73,7 +73,10 @@ pub fn toolchain(test: &str) -> bool {
 pub fn program(name: &str) -> PathBuf {
     let src = programs_dir().join(format!("{name}.c"));
     let code = std::fs::read(&src).unwrap_or_else(|e| panic!("{}: {e}", src.display()));
-    let hash = source_key(&code);
+    const FLAGS: [&str; 3] = ["--target=wasm32-wasi", "-O2", "-Wl,-z,stack-size=8388608"];
+    let mut key = code.clone();
+    key.extend_from_slice(FLAGS.join(" ").as_bytes());
+    let hash = source_key(&key);
     let dir = target_dir().join("vm-test-programs");
     std::fs::create_dir_all(&dir).unwrap();
     let out = dir.join(format!("{name}-{}.wasm", &hash[..16]));
@@ -82,7 +85,9 @@ pub fn program(name: &str) -> PathBuf {
     }
     let tmp = dir.join(format!(".{name}-{}.wasm", std::process::id()));
     let st = Command::new("clang-16")
-        .args(["--target=wasm32-wasi", "-O2", "-o"])
+        // 8 MiB of C stack: the recursion test goes thousands of frames deep.
+        .args(FLAGS)
+        .arg("-o")
         .arg(&tmp)
         .arg(&src)
         .arg("-lm")
@@ -122,7 +127,10 @@ pub fn seed(test: &str) -> u64 {
 pub fn program_lines(stderr: &[u8]) -> String {
     let tracing = |l: &str| {
         let t = l.trim_start();
-        l.contains('\u{1b}') || ["WARN ", "INFO ", "ERROR ", "DEBUG "].iter().any(|p| t.starts_with(p))
+        l.contains('\u{1b}')
+            || ["WARN ", "INFO ", "ERROR ", "DEBUG "]
+                .iter()
+                .any(|p| t.starts_with(p))
     };
     String::from_utf8_lossy(stderr)
         .lines()

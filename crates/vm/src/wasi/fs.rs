@@ -319,13 +319,6 @@ impl Wasi {
         Ok((*pre, rel, host))
     }
 
-    fn track(&mut self, pre: usize, rel: &str) {
-        self.tracked.insert(super::TrackedPath {
-            pre,
-            rel: rel.to_string(),
-        });
-    }
-
     fn new_fd(&mut self, fd: Fd) -> Result<u32, Errno> {
         let n = (3u32..).find(|n| !self.fds.contains_key(n)).ok_or(NOSPC)?;
         self.fds.insert(n, fd);
@@ -386,8 +379,11 @@ impl Wasi {
                         let (pre, rel) = (*pre, rel.clone());
                         let len = file.metadata().map_err(io_err)?.len();
                         if want > len {
-                            file.set_len(want).map_err(io_err)?;
-                            self.track(pre, &rel);
+                            let host = self.host_path(pre, &rel)?;
+                            self.before_change(pre, &rel, &host)?;
+                            if let Some(Fd::File { file, .. }) = self.fds.get(&a(0)) {
+                                file.set_len(want).map_err(io_err)?;
+                            }
                         }
                         Ok(())
                     }
@@ -432,11 +428,14 @@ impl Wasi {
                 filestat(m, a(1), &md)
             }
             "fd_filestat_set_size" => match self.fds.get(&a(0)) {
-                Some(Fd::File { file, pre, rel, .. }) => {
+                Some(Fd::File { pre, rel, .. }) => {
                     let (pre, rel) = (*pre, rel.clone());
-                    file.set_len(l(1)).map_err(io_err)?;
-                    self.track(pre, &rel);
-                    Ok(())
+                    let host = self.host_path(pre, &rel)?;
+                    self.before_change(pre, &rel, &host)?;
+                    match self.fds.get(&a(0)) {
+                        Some(Fd::File { file, .. }) => file.set_len(l(1)).map_err(io_err),
+                        _ => Err(BADF),
+                    }
                 }
                 Some(_) => Err(INVAL),
                 None => Err(BADF),
@@ -481,16 +480,14 @@ impl Wasi {
             "path_create_directory" => {
                 let path = m.str(a(1), a(2))?;
                 let (pre, rel, host) = self.resolve(a(0), &path)?;
-                std::fs::create_dir(&host).map_err(io_err)?;
-                self.track(pre, &rel);
-                Ok(())
+                self.before_change(pre, &rel, &host)?;
+                std::fs::create_dir(&host).map_err(io_err)
             }
             "path_remove_directory" => {
                 let path = m.str(a(1), a(2))?;
                 let (pre, rel, host) = self.resolve(a(0), &path)?;
-                std::fs::remove_dir(&host).map_err(io_err)?;
-                self.track(pre, &rel);
-                Ok(())
+                self.before_change(pre, &rel, &host)?;
+                std::fs::remove_dir(&host).map_err(io_err)
             }
             "path_unlink_file" => {
                 let path = m.str(a(1), a(2))?;
@@ -499,19 +496,17 @@ impl Wasi {
                 if md.is_dir() {
                     return Err(ISDIR);
                 }
-                std::fs::remove_file(&host).map_err(io_err)?;
-                self.track(pre, &rel);
-                Ok(())
+                self.before_change(pre, &rel, &host)?;
+                std::fs::remove_file(&host).map_err(io_err)
             }
             "path_rename" => {
                 let from = m.str(a(1), a(2))?;
                 let to = m.str(a(4), a(5))?;
                 let (p1, r1, h1) = self.resolve(a(0), &from)?;
                 let (p2, r2, h2) = self.resolve(a(3), &to)?;
-                std::fs::rename(&h1, &h2).map_err(io_err)?;
-                self.track(p1, &r1);
-                self.track(p2, &r2);
-                Ok(())
+                self.before_change(p1, &r1, &h1)?;
+                self.before_change(p2, &r2, &h2)?;
+                std::fs::rename(&h1, &h2).map_err(io_err)
             }
             "path_filestat_get" => {
                 let path = m.str(a(2), a(3))?;
@@ -583,10 +578,10 @@ impl Wasi {
             o.custom_flags(libc::O_NOFOLLOW);
         }
         let modifies = write || oflags & (OFLAG_CREAT | OFLAG_TRUNC) != 0;
-        let file = o.open(&host).map_err(io_err)?;
         if modifies {
-            self.track(pre, &rel);
+            self.before_change(pre, &rel, &host)?;
         }
+        let file = o.open(&host).map_err(io_err)?;
         self.new_fd(Fd::File {
             pre,
             rel,

@@ -11,6 +11,7 @@
 
 pub mod errno;
 mod fs;
+pub mod journal;
 pub mod mem;
 pub mod output;
 pub mod sig;
@@ -92,6 +93,7 @@ pub struct Wasi {
     /// The program's stderr.
     pub stderr: Output,
     pub(crate) tracked: std::collections::BTreeSet<TrackedPath>,
+    journal: Option<journal::Journal>,
 }
 
 impl std::fmt::Debug for Wasi {
@@ -118,6 +120,7 @@ impl Wasi {
             stdout: Output::new(1, lines),
             stderr: Output::new(2, false),
             tracked: Default::default(),
+            journal: None,
             config,
         };
         w.fds.insert(0, fs::Fd::Stdin);
@@ -127,6 +130,48 @@ impl Wasi {
             w.fds.insert(3 + i as u32, fs::Fd::preopen(i));
         }
         Ok(w)
+    }
+
+    /// Records the state of every path before the program first changes it (see
+    /// [`journal`]).
+    pub fn set_journal(&mut self, j: journal::Journal) {
+        self.journal = Some(j);
+    }
+
+    /// A checkpoint tracking every changed path is committed: the journal is obsolete.
+    pub fn checkpoint_committed(&mut self) -> std::io::Result<()> {
+        match self.journal.as_mut() {
+            Some(j) => j.clear(),
+            None => Ok(()),
+        }
+    }
+
+    /// Called before the program changes `rel` under preopen `pre` (at `host`): the first
+    /// time in this run, its current state goes to the journal and it becomes tracked.
+    pub(crate) fn before_change(
+        &mut self,
+        pre: usize,
+        rel: &str,
+        host: &std::path::Path,
+    ) -> Result<(), Errno> {
+        let t = TrackedPath {
+            pre,
+            rel: rel.to_string(),
+        };
+        if rel.is_empty() || self.tracked.contains(&t) {
+            return Ok(());
+        }
+        if let Some(j) = self.journal.as_mut() {
+            j.record(host, &t).map_err(|e| {
+                tracing::error!(
+                    "{}: cannot record it in the undo journal: {e}",
+                    host.display()
+                );
+                IO
+            })?;
+        }
+        self.tracked.insert(t);
+        Ok(())
     }
 
     /// The configuration the program was started with.
