@@ -155,6 +155,14 @@ fn config(dir: &Path, module: &[u8], name: &str) -> VmConfig {
     c
 }
 
+/// Exit status of `module` run without checkpoints.
+fn uninterrupted(dir: &Path, module: &[u8]) -> i32 {
+    let mut plain = config(dir, module, "plain.wasm");
+    plain.repo = None;
+    plain.every = Every::Never;
+    run(&plain).unwrap().exit_code
+}
+
 fn runtimes() -> Vec<RuntimeKind> {
     [RuntimeKind::Wasmi, RuntimeKind::Wasmtime]
         .into_iter()
@@ -169,10 +177,7 @@ fn stopped_runs_resume_to_the_uninterrupted_result_on_every_runtime() {
     }
     let module = counter(120_000);
     let d = tempfile::tempdir().unwrap();
-    let mut plain = config(d.path(), &module, "p.wasm");
-    plain.repo = None;
-    plain.every = Every::Never;
-    let want = run(&plain).unwrap().exit_code;
+    let want = uninterrupted(d.path(), &module);
     for (i, first) in runtimes().into_iter().enumerate() {
         for second in runtimes() {
             let d = tempfile::tempdir().unwrap();
@@ -249,10 +254,7 @@ fn damaged_newest_checkpoint_falls_back_and_all_damaged_is_an_error() {
     }
     let module = counter(150_000);
     let d = tempfile::tempdir().unwrap();
-    let mut plain = config(d.path(), &module, "p.wasm");
-    plain.repo = None;
-    plain.every = Every::Never;
-    let want = run(&plain).unwrap().exit_code;
+    let want = uninterrupted(d.path(), &module);
 
     let mut c = config(d.path(), &module, "p.wasm");
     c.stop_after_checkpoints = Some(3);

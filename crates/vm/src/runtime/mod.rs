@@ -1,6 +1,6 @@
 //! The runtime-agnostic side of running an instrumented module: the host state every
-//! runtime binding carries ([`HostData`]), the checkpoint hook's logic ([`tick`]), and the
-//! small interface the runner drives ([`Instance`]). `wasmi.rs` and `wasmtime.rs` are thin
+//! runtime binding carries ([`HostData`]), the checkpoint hook's logic (`tick`), and the
+//! small interface the runner drives (`Instance`). `wasmi.rs` and `wasmtime.rs` are thin
 //! glue: they register [`crate::wasi::sig::FUNCS`] and `lazarus.tick` and move values.
 
 use crate::error::{Result, VmError, VmErrorKind};

@@ -6,8 +6,8 @@
 //!   a resume with the same file truncates it back to that length, so output written
 //!   after the checkpoint by a killed run is erased and written again exactly once.
 //! - **Lines** (stdout under `lazarus run --repo`, `LAZARUS_OUTPUT_MARKERS=1`): complete
-//!   lines are written through, the unfinished last line stays in [`Output::pending`]
-//!   (captured in the checkpoint), so the supervisor's `part`/`commit` markers always
+//!   lines are written through, the unfinished last line stays in the VM (`pending`,
+//!   captured in the checkpoint), so the supervisor's `part`/`commit` markers always
 //!   start a line and it can release exactly the lines a committed checkpoint covers.
 //! - **Plain** (a pipe or terminal, unsupervised): written through; output produced after
 //!   the last checkpoint is written again by the resumed run (a pipe cannot be taken
