@@ -98,8 +98,9 @@ pub struct Control {
     pub steps: u64,
     /// The budget handed to the module at the last tick (consumed by the next one).
     last_budget: u32,
-    /// Fixed budget (`--every STEPS`), else adapted to ~10 ms between ticks.
-    fixed_quantum: Option<u32>,
+    /// `--every STEPS`: ticks land exactly on multiples of it; else the budget adapts to
+    /// ~10 ms between ticks.
+    fixed_quantum: Option<u64>,
     quantum: u32,
     last_tick: Instant,
     policy: Box<dyn Policy>,
@@ -125,13 +126,13 @@ impl std::fmt::Debug for Control {
 impl Control {
     /// A hook following `policy`; `steps_quantum`: tick exactly every this many steps.
     pub fn new(policy: Box<dyn Policy>, steps_quantum: Option<u64>, region_bytes: u32) -> Self {
-        let fixed = steps_quantum.map(|q| q.clamp(1, i32::MAX as u64) as u32);
+        let fixed = steps_quantum.map(|q| q.max(1));
         Control {
             phase: Phase::Normal,
             steps: 0,
             last_budget: 0,
             fixed_quantum: fixed,
-            quantum: fixed.unwrap_or(1 << 16),
+            quantum: 1 << 16,
             last_tick: Instant::now(),
             policy,
             region: None,
@@ -158,14 +159,19 @@ impl Control {
     }
 
     fn next_budget(&mut self) -> u32 {
-        if self.fixed_quantum.is_none() {
-            // Aim for a tick every ~10 ms whatever the speed of the code.
-            let dt = self.last_tick.elapsed();
-            if dt < Duration::from_millis(5) {
-                self.quantum = self.quantum.saturating_mul(2).min(1 << 30);
-            } else if dt > Duration::from_millis(20) {
-                self.quantum = (self.quantum / 2).max(1 << 10);
-            }
+        if let Some(n) = self.fixed_quantum {
+            // The budget is an i32: a larger interval takes several ticks, the last one
+            // landing exactly on the multiple of n.
+            let to_next = n - self.steps % n;
+            self.last_budget = to_next.min(i32::MAX as u64) as u32;
+            return self.last_budget;
+        }
+        // Aim for a tick every ~10 ms whatever the speed of the code.
+        let dt = self.last_tick.elapsed();
+        if dt < Duration::from_millis(5) {
+            self.quantum = self.quantum.saturating_mul(2).min(1 << 30);
+        } else if dt > Duration::from_millis(20) {
+            self.quantum = (self.quantum / 2).max(1 << 10);
         }
         self.last_tick = Instant::now();
         self.last_budget = self.quantum;
@@ -301,3 +307,26 @@ pub const WASMTIME_STACK_BYTES: usize = 256 << 20;
 
 /// Stack size of the thread the runner executes the program on.
 pub const RUNNER_STACK_BYTES: usize = 512 << 20;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression: with `--every` above i32::MAX the budget was clamped and the step
+    /// count never landed on a multiple of the interval, so no checkpoint was ever due.
+    #[test]
+    fn step_intervals_above_the_i32_budget_land_exactly_on_their_multiples() {
+        let n = 5_000_000_000u64;
+        let mut c = Control::new(Box::new(lazarus_policy::EverySteps::new(n)), Some(n), 0);
+        let mut due = Vec::new();
+        for _ in 0..10 {
+            c.steps += u64::from(c.last_budget);
+            if c.steps > 0 && c.steps % n == 0 {
+                due.push(c.steps);
+            }
+            c.next_budget();
+        }
+        assert_eq!(due, vec![n, 2 * n, 3 * n]);
+        assert!(u64::from(c.last_budget) <= i32::MAX as u64);
+    }
+}
