@@ -108,7 +108,16 @@ impl Output {
         if let (Sink::File { dev, ino }, Some(end), Some((d, i, _))) =
             (state.sink, state.offset, regular(fd))
         {
-            if (dev, ino) == (d, i) {
+            let size = fstat(fd).map_or(0, |st| st.st_size as u64);
+            if (dev, ino) == (d, i) && size < end {
+                // `> out.txt` again truncated it: what was written before the checkpoint
+                // is gone; extending the file would fill it with zeros instead.
+                tracing::warn!(
+                    "fd {fd}: the file is shorter ({size} bytes) than at the checkpoint \
+                     ({end}); output from before the checkpoint is not in it (use >> to \
+                     resume into the same file)"
+                );
+            } else if (dev, ino) == (d, i) {
                 // SAFETY: plain syscalls on an fd we were given; errors are checked.
                 if unsafe { libc::ftruncate(fd, end as libc::off_t) } != 0 {
                     return Err(io::Error::last_os_error());
