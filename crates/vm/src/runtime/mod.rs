@@ -321,7 +321,7 @@ mod tests {
         let mut due = Vec::new();
         for _ in 0..10 {
             c.steps += u64::from(c.last_budget);
-            if c.steps > 0 && c.steps % n == 0 {
+            if c.steps > 0 && c.steps.is_multiple_of(n) {
                 due.push(c.steps);
             }
             c.next_budget();
