@@ -42,6 +42,9 @@ enum Command {
     /// Benchmarks measured against the machine's physical limits.
     #[command(subcommand)]
     Bench(cmd::bench::Bench),
+    /// Checkpoint unmodified WebAssembly (WASI) programs: `lazarus vm run PROG.wasm`.
+    #[command(subcommand)]
+    Vm(cmd::vm::Vm),
 }
 
 fn main() -> ExitCode {
@@ -56,6 +59,7 @@ fn main() -> ExitCode {
         Command::Gc(a) => cmd::gc::main(a),
         Command::Model(a) => cmd::model::main(a),
         Command::Bench(b) => cmd::bench::main(b),
+        Command::Vm(v) => cmd::vm::main(v),
     };
     match result {
         Ok(code) => code,

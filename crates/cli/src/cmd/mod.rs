@@ -63,6 +63,7 @@ pub mod model;
 pub mod recover;
 pub mod run;
 pub mod verify;
+pub mod vm;
 
 /// What every subcommand returns: an exit code, or an error printed with its causes (exit 2).
 pub type CmdResult = Result<std::process::ExitCode, Box<dyn std::error::Error + Send + Sync>>;

@@ -10,6 +10,7 @@ mod files;
 mod net;
 mod round;
 mod s3;
+mod vm;
 
 /// Benchmarks.
 #[derive(clap::Subcommand, Debug)]
@@ -29,6 +30,9 @@ pub enum Bench {
     Round(round::Args),
     /// Full checkpoint into an S3-compatible store vs raw PUT throughput of the same client.
     S3(s3::Args),
+    /// VM checkpointing: instrumented vs plain module, 256 MiB memory checkpoint vs
+    /// memcpy + raw write, incremental size after 1 % of pages changed.
+    Vm(vm::Args),
 }
 
 /// A scratch directory removed (with everything in it) when dropped.
@@ -74,5 +78,6 @@ pub fn main(b: Bench) -> CmdResult {
         Bench::Net(a) => net::main(a),
         Bench::Round(a) => round::main(a),
         Bench::S3(a) => s3::main(a),
+        Bench::Vm(a) => vm::main(a),
     }
 }

@@ -166,7 +166,8 @@ pub fn main(args: Args) -> CmdResult {
         }
         errln!(
             "  repetition {k}: raw PUTs {:.2} s, checkpoint {:.2} s",
-            raw[k], full[k]
+            raw[k],
+            full[k]
         );
     }
     let ratio = median(

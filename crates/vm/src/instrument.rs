@@ -1,0 +1,683 @@
+//! Load-time instrumentation of an unmodified WASI command module, so that its whole
+//! execution state becomes linear memory + globals (docs/VM.md, "Instrumentation"):
+//!
+//! 1. [`check`]: refuse what cannot be captured (threads, SIMD, table mutation, non-WASI
+//!    imports, several memories, no `_start`), with a message naming the construct.
+//! 2. walrus pass: a countdown global `__lz_budget` decremented at every loop header and at
+//!    the entry of every function that can recurse; when it is zero the code calls the
+//!    import `lazarus.tick` (the only place a checkpoint can happen). Every float operation
+//!    that can produce a NaN is followed by a canonicalisation, so the bits are the same on
+//!    every runtime and host. Mutable globals and the memory are exported under
+//!    `__lz_*` names; a `start` function is moved to the top of `_start` (so instantiating
+//!    on restore runs no program code).
+//! 3. Binaryen's `wasm-opt --asyncify` over `lazarus.tick` only (WASI calls complete
+//!    synchronously and never unwind), then `-O2`.
+//!
+//! The result is cached by the digest of the original module and [`INSTRUMENTER_VERSION`];
+//! the checkpoint stores the instrumented bytes themselves, so a resume never depends on the
+//! cache or on the installed Binaryen.
+
+use crate::error::{unsupported, Result, VmError, VmErrorKind};
+use crate::wasi::sig::{self, Ty};
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use walrus::ir::{BinaryOp, Instr, InstrLocId, InstrSeqId, UnaryOp, Value};
+use walrus::{ConstExpr, FunctionId, LocalId, ValType};
+
+/// Bumped whenever the instrumentation changes what it emits (part of the cache key).
+pub const INSTRUMENTER_VERSION: u32 = 1;
+/// Import module of the checkpoint hook.
+pub const TICK_MODULE: &str = "lazarus";
+/// Import name of the checkpoint hook.
+pub const TICK_NAME: &str = "tick";
+/// Export name of the countdown global.
+pub const BUDGET_EXPORT: &str = "__lz_budget";
+/// Export name of the linear memory.
+pub const MEMORY_EXPORT: &str = "__lz_memory";
+/// Prefix of the export names of the module's mutable globals (`__lz_g0`, `__lz_g1`, ...).
+pub const GLOBAL_EXPORT_PREFIX: &str = "__lz_g";
+/// The canonical NaNs every NaN-producing float operation is mapped to (positive, quiet,
+/// zero payload: what Cranelift's NaN canonicalisation produces too).
+pub const CANONICAL_NAN32: u32 = 0x7fc0_0000;
+/// See [`CANONICAL_NAN32`].
+pub const CANONICAL_NAN64: u64 = 0x7ff8_0000_0000_0000;
+
+/// Features an accepted module may use: WebAssembly 2.0 without SIMD (lanes would need
+/// their own NaN canonicalisation; C built for wasm32-wasi does not use SIMD by default).
+fn accepted_features() -> wasmparser::WasmFeatures {
+    wasmparser::WasmFeatures::WASM2.difference(wasmparser::WasmFeatures::SIMD)
+}
+
+/// What [`check`] learned about an acceptable module.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModuleInfo {
+    /// The WASI functions the module imports.
+    pub wasi_imports: Vec<String>,
+    /// Initial pages of its memory.
+    pub initial_pages: u64,
+}
+
+/// Refuses, with a message naming the construct, a module this VM cannot run and capture.
+pub fn check(wasm: &[u8]) -> Result<ModuleInfo> {
+    use wasmparser::{Payload, TypeRef};
+    let mut v = wasmparser::Validator::new_with_features(accepted_features());
+    if let Err(e) = v.validate_all(wasm) {
+        let msg = e.message().to_string();
+        // Validate once more with everything on: a valid module that uses a refused
+        // feature gets "unsupported", real garbage "invalid".
+        let mut all = wasmparser::Validator::new_with_features(wasmparser::WasmFeatures::all());
+        return Err(if all.validate_all(wasm).is_ok() {
+            let hint = if msg.contains("shared") || msg.contains("threads") {
+                " (threads and shared memory cannot be checkpointed)"
+            } else {
+                ""
+            };
+            unsupported(format!(
+                "the module uses a WebAssembly feature this VM does not support: {msg} at \
+                 offset {}{hint}",
+                e.offset()
+            ))
+        } else {
+            VmError::new(
+                VmErrorKind::InvalidModule,
+                format!(
+                    "not a valid WebAssembly module: {msg} at offset {}",
+                    e.offset()
+                ),
+            )
+        });
+    }
+    let mut info = ModuleInfo {
+        wasi_imports: Vec::new(),
+        initial_pages: 0,
+    };
+    let mut types: Vec<wasmparser::FuncType> = Vec::new();
+    let mut memories = 0usize;
+    let mut has_start_export = false;
+    for payload in wasmparser::Parser::new(0).parse_all(wasm) {
+        let payload =
+            payload.map_err(|e| VmError::new(VmErrorKind::InvalidModule, e.to_string()))?;
+        match payload {
+            Payload::TypeSection(r) => {
+                for rg in r.into_iter_err_on_gc_types() {
+                    let ft =
+                        rg.map_err(|e| VmError::new(VmErrorKind::InvalidModule, e.to_string()))?;
+                    types.push(ft);
+                }
+            }
+            Payload::ImportSection(r) => {
+                for imp in r.into_imports() {
+                    let imp =
+                        imp.map_err(|e| VmError::new(VmErrorKind::InvalidModule, e.to_string()))?;
+                    let what = format!("import {}.{}", imp.module, imp.name);
+                    let TypeRef::Func(ti) = imp.ty else {
+                        return Err(unsupported(format!(
+                            "{what}: only functions may be imported (the memory, tables and \
+                             globals must be the module's own)"
+                        )));
+                    };
+                    if imp.module != sig::WASI_MODULE {
+                        return Err(unsupported(format!(
+                            "{what}: not a WASI preview 1 function (module {:?}); only {:?} \
+                             imports are provided{}",
+                            imp.module,
+                            sig::WASI_MODULE,
+                            if imp.module == "wasi" && imp.name == "thread-spawn" {
+                                " — threads cannot be checkpointed"
+                            } else {
+                                ""
+                            }
+                        )));
+                    }
+                    let Some((params, result)) = sig::lookup(imp.name) else {
+                        return Err(unsupported(format!(
+                            "{what}: unknown WASI preview 1 function"
+                        )));
+                    };
+                    let ft = types.get(ti as usize).ok_or_else(|| {
+                        VmError::new(
+                            VmErrorKind::InvalidModule,
+                            format!("{what}: bad type index"),
+                        )
+                    })?;
+                    if !signature_matches(ft, params, result) {
+                        return Err(unsupported(format!(
+                            "{what}: signature {ft} does not match WASI preview 1"
+                        )));
+                    }
+                    info.wasi_imports.push(imp.name.to_string());
+                }
+            }
+            Payload::MemorySection(r) => {
+                for m in r {
+                    let m =
+                        m.map_err(|e| VmError::new(VmErrorKind::InvalidModule, e.to_string()))?;
+                    memories += 1;
+                    info.initial_pages = m.initial;
+                }
+            }
+            Payload::ExportSection(r) => {
+                for e in r {
+                    let e =
+                        e.map_err(|e| VmError::new(VmErrorKind::InvalidModule, e.to_string()))?;
+                    if e.name == "_start" && e.kind == wasmparser::ExternalKind::Func {
+                        has_start_export = true;
+                    }
+                    if e.name.starts_with("__lz_") || e.name.starts_with("asyncify_") {
+                        return Err(unsupported(format!(
+                            "export {:?}: the names __lz_* and asyncify_* are reserved for the \
+                             instrumentation (is this module already instrumented?)",
+                            e.name
+                        )));
+                    }
+                }
+            }
+            Payload::CodeSectionEntry(body) => {
+                let mut ops = body
+                    .get_operators_reader()
+                    .map_err(|e| VmError::new(VmErrorKind::InvalidModule, e.to_string()))?;
+                while !ops.eof() {
+                    let op = ops
+                        .read()
+                        .map_err(|e| VmError::new(VmErrorKind::InvalidModule, e.to_string()))?;
+                    use wasmparser::Operator as O;
+                    let bad = match op {
+                        O::TableSet { .. } => Some("table.set"),
+                        O::TableGrow { .. } => Some("table.grow"),
+                        O::TableFill { .. } => Some("table.fill"),
+                        O::TableCopy { .. } => Some("table.copy"),
+                        O::TableInit { .. } => Some("table.init"),
+                        O::ElemDrop { .. } => Some("elem.drop"),
+                        _ => None,
+                    };
+                    if let Some(name) = bad {
+                        return Err(unsupported(format!(
+                            "instruction {name} at offset {}: tables must stay as the module \
+                             initialises them (a function reference cannot be captured \
+                             portably)",
+                            ops.original_position()
+                        )));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    if memories != 1 {
+        return Err(unsupported(format!(
+            "the module defines {memories} memories; exactly one is supported"
+        )));
+    }
+    if !has_start_export {
+        return Err(unsupported(
+            "no `_start` export: not a WASI command (reactor modules are not supported)",
+        ));
+    }
+    Ok(info)
+}
+
+fn signature_matches(ft: &wasmparser::FuncType, params: &[Ty], result: Option<Ty>) -> bool {
+    let conv = |t: &Ty| match t {
+        Ty::I32 => wasmparser::ValType::I32,
+        Ty::I64 => wasmparser::ValType::I64,
+    };
+    let want_p: Vec<_> = params.iter().map(conv).collect();
+    let want_r: Vec<_> = result.iter().map(conv).collect();
+    ft.params() == want_p.as_slice() && ft.results() == want_r.as_slice()
+}
+
+/// Where to find `wasm-opt`: `$LAZARUS_WASM_OPT`, else `wasm-opt` on `PATH`.
+pub fn wasm_opt_path() -> PathBuf {
+    std::env::var_os("LAZARUS_WASM_OPT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("wasm-opt"))
+}
+
+/// The instrumented module for `original`: from `cache_dir` if an earlier call left it
+/// there, else made and stored there (atomically; a damaged cache entry is remade).
+pub fn instrument_cached(original: &[u8], cache_dir: Option<&Path>) -> Result<Vec<u8>> {
+    let key = format!(
+        "{}-v{INSTRUMENTER_VERSION}.wasm",
+        blake3::hash(original).to_hex()
+    );
+    if let Some(dir) = cache_dir {
+        let p = dir.join(&key);
+        if let Ok(bytes) = std::fs::read(&p) {
+            // The cache is a convenience, not a trust anchor: anything that does not
+            // validate as an instrumented module is remade.
+            if looks_instrumented(&bytes) {
+                return Ok(bytes);
+            }
+            tracing::warn!(path = %p.display(), "damaged cache entry; instrumenting again");
+        }
+    }
+    let out = instrument(original)?;
+    if let Some(dir) = cache_dir {
+        if let Err(e) = store_cache(dir, &key, &out) {
+            tracing::warn!(
+                "could not cache the instrumented module in {}: {e}",
+                dir.display()
+            );
+        }
+    }
+    Ok(out)
+}
+
+fn store_cache(dir: &Path, key: &str, bytes: &[u8]) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(".tmp-{}-{key}", std::process::id()));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, dir.join(key))
+}
+
+/// True when `bytes` validate and export what the runner needs.
+pub(crate) fn looks_instrumented(bytes: &[u8]) -> bool {
+    let mut v = wasmparser::Validator::new_with_features(accepted_features());
+    if v.validate_all(bytes).is_err() {
+        return false;
+    }
+    let mut names = HashSet::new();
+    for p in wasmparser::Parser::new(0).parse_all(bytes) {
+        if let Ok(wasmparser::Payload::ExportSection(r)) = p {
+            for e in r.into_iter().flatten() {
+                names.insert(e.name.to_string());
+            }
+        }
+    }
+    [
+        BUDGET_EXPORT,
+        MEMORY_EXPORT,
+        "_start",
+        "asyncify_start_unwind",
+        "asyncify_stop_unwind",
+        "asyncify_start_rewind",
+        "asyncify_stop_rewind",
+    ]
+    .iter()
+    .all(|n| names.contains(*n))
+}
+
+/// Checks and instruments `original` (no cache).
+pub fn instrument(original: &[u8]) -> Result<Vec<u8>> {
+    check(original)?;
+    let pass1 = rewrite(original)?;
+    let out = asyncify(&pass1)?;
+    if !looks_instrumented(&out) {
+        return Err(VmError::new(
+            VmErrorKind::Toolchain,
+            "wasm-opt produced a module without the asyncify exports",
+        ));
+    }
+    Ok(out)
+}
+
+/// The walrus pass (step 2 of the module doc).
+fn rewrite(original: &[u8]) -> Result<Vec<u8>> {
+    let mut m = walrus::Module::from_buffer(original)
+        .map_err(|e| VmError::new(VmErrorKind::InvalidModule, format!("walrus: {e}")))?;
+    let tick_ty = m.types.add(&[], &[]);
+    let (tick, _) = m.add_import_func(TICK_MODULE, TICK_NAME, tick_ty);
+    // Initial 0: the first loop header calls the host at once, which then sets the budget.
+    let budget = m
+        .globals
+        .add_local(ValType::I32, true, false, ConstExpr::Value(Value::I32(0)));
+    m.exports.add(BUDGET_EXPORT, budget);
+    let mutable: Vec<walrus::GlobalId> = m
+        .globals
+        .iter()
+        .filter(|g| g.mutable && g.id() != budget)
+        .map(|g| g.id())
+        .collect();
+    for (i, g) in mutable.into_iter().enumerate() {
+        m.exports.add(&format!("{GLOBAL_EXPORT_PREFIX}{i}"), g);
+    }
+    let mem = m
+        .memories
+        .iter()
+        .next()
+        .map(|mm| mm.id())
+        .ok_or_else(|| unsupported("the module has no memory"))?;
+    m.exports.add(MEMORY_EXPORT, mem);
+
+    let start_fn = m
+        .exports
+        .iter()
+        .find_map(|e| match (e.name.as_str(), e.item) {
+            ("_start", walrus::ExportItem::Function(f)) => Some(f),
+            _ => None,
+        })
+        .ok_or_else(|| unsupported("no `_start` export"))?;
+    let section_start = m.start.take();
+
+    let recursive = recursive_functions(&m);
+    let local_ids: Vec<FunctionId> = m.funcs.iter_local().map(|(id, _)| id).collect();
+    for id in local_ids {
+        let walrus::FunctionKind::Local(f) = &mut m.funcs.get_mut(id).kind else {
+            continue;
+        };
+        let nan32 = f.builder_mut().func_body_id();
+        let _ = nan32;
+        instrument_function(
+            f,
+            &mut m.locals,
+            tick,
+            budget,
+            recursive.contains(&id),
+            (id == start_fn).then_some(section_start).flatten(),
+        );
+    }
+    Ok(m.emit_wasm())
+}
+
+/// Functions that can be part of a call cycle: members of a non-trivial strongly connected
+/// component of the call graph, where `call_indirect` may reach every function placed in a
+/// table. Only they need a budget check at entry: any other unbounded execution goes
+/// through a loop.
+fn recursive_functions(m: &walrus::Module) -> HashSet<FunctionId> {
+    let mut in_tables: Vec<FunctionId> = Vec::new();
+    for e in m.elements.iter() {
+        match &e.items {
+            walrus::ElementItems::Functions(fs) => in_tables.extend(fs.iter().copied()),
+            walrus::ElementItems::Expressions(_, es) => {
+                in_tables.extend(es.iter().filter_map(|c| match c {
+                    ConstExpr::RefFunc(f) => Some(*f),
+                    _ => None,
+                }))
+            }
+        }
+    }
+    let mut edges: HashMap<FunctionId, Vec<FunctionId>> = HashMap::new();
+    for (id, f) in m.funcs.iter_local() {
+        let mut out = Vec::new();
+        for seq in seq_ids(f) {
+            for (ins, _) in &f.block(seq).instrs {
+                match ins {
+                    Instr::Call(c) => out.push(c.func),
+                    Instr::CallIndirect(_) => out.extend(in_tables.iter().copied()),
+                    _ => {}
+                }
+            }
+        }
+        edges.insert(id, out);
+    }
+    // Tarjan's algorithm, iterative (deep call graphs must not overflow our own stack).
+    let nodes: Vec<FunctionId> = edges.keys().copied().collect();
+    let mut index: HashMap<FunctionId, usize> = HashMap::new();
+    let mut low: HashMap<FunctionId, usize> = HashMap::new();
+    let mut on_stack: HashSet<FunctionId> = HashSet::new();
+    let mut stack: Vec<FunctionId> = Vec::new();
+    let mut result = HashSet::new();
+    let mut next = 0usize;
+    for &root in &nodes {
+        if index.contains_key(&root) {
+            continue;
+        }
+        let mut work: Vec<(FunctionId, usize)> = vec![(root, 0)];
+        while let Some((v, i)) = work.pop() {
+            if i == 0 {
+                index.insert(v, next);
+                low.insert(v, next);
+                next += 1;
+                stack.push(v);
+                on_stack.insert(v);
+            }
+            let succ = edges.get(&v).map(Vec::as_slice).unwrap_or(&[]);
+            if let Some(&w) = succ.get(i) {
+                work.push((v, i + 1));
+                if !edges.contains_key(&w) {
+                    continue; // an import
+                }
+                if !index.contains_key(&w) {
+                    work.push((w, 0));
+                } else if on_stack.contains(&w) {
+                    let lw = index[&w];
+                    let lv = low[&v];
+                    low.insert(v, lv.min(lw));
+                }
+                continue;
+            }
+            // All successors done: propagate low to the parent, pop a component.
+            if let Some(&(parent, _)) = work.last() {
+                let lv = low[&v];
+                let lp = low[&parent];
+                low.insert(parent, lp.min(lv));
+            }
+            if low[&v] == index[&v] {
+                let mut comp = Vec::new();
+                while let Some(w) = stack.pop() {
+                    on_stack.remove(&w);
+                    comp.push(w);
+                    if w == v {
+                        break;
+                    }
+                }
+                let self_loop = edges.get(&v).is_some_and(|s| s.contains(&v));
+                if comp.len() > 1 || self_loop {
+                    result.extend(comp);
+                }
+            }
+        }
+    }
+    result
+}
+
+/// Every instruction sequence of `f`, entry first.
+fn seq_ids(f: &walrus::LocalFunction) -> Vec<InstrSeqId> {
+    let mut out = vec![f.entry_block()];
+    let mut i = 0;
+    while let Some(&s) = out.get(i) {
+        i += 1;
+        for (ins, _) in &f.block(s).instrs {
+            match ins {
+                Instr::Block(b) => out.push(b.seq),
+                Instr::Loop(l) => out.push(l.seq),
+                Instr::IfElse(ie) => {
+                    out.push(ie.consequent);
+                    out.push(ie.alternative);
+                }
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
+fn instrument_function(
+    f: &mut walrus::LocalFunction,
+    locals: &mut walrus::ModuleLocals,
+    tick: FunctionId,
+    budget: walrus::GlobalId,
+    at_entry: bool,
+    call_first: Option<FunctionId>,
+) {
+    let seqs = seq_ids(f);
+    let loops: HashSet<InstrSeqId> = seqs
+        .iter()
+        .flat_map(|s| f.block(*s).instrs.iter())
+        .filter_map(|(ins, _)| match ins {
+            Instr::Loop(l) => Some(l.seq),
+            _ => None,
+        })
+        .collect();
+    let mut t32: Option<LocalId> = None;
+    let mut t64: Option<LocalId> = None;
+    for seq in seqs {
+        let old = std::mem::take(&mut f.block_mut(seq).instrs);
+        let mut new = Vec::with_capacity(old.len() + 8);
+        let is_entry = seq == f.entry_block();
+        if is_entry {
+            if let Some(s) = call_first {
+                new.push((
+                    Instr::Call(walrus::ir::Call { func: s }),
+                    InstrLocId::default(),
+                ));
+            }
+        }
+        if loops.contains(&seq) || (is_entry && at_entry) {
+            new.extend(budget_check(f, tick, budget));
+        }
+        for (ins, loc) in old {
+            let canon = match &ins {
+                Instr::Binop(b) => nan_width_binop(b.op),
+                Instr::Unop(u) => nan_width_unop(u.op),
+                _ => None,
+            };
+            new.push((ins, loc));
+            match canon {
+                Some(32) => {
+                    let t = *t32.get_or_insert_with(|| locals.add(ValType::F32));
+                    new.extend(canonicalize(
+                        t,
+                        Value::F32(f32::from_bits(CANONICAL_NAN32)),
+                        BinaryOp::F32Eq,
+                    ));
+                }
+                Some(_) => {
+                    let t = *t64.get_or_insert_with(|| locals.add(ValType::F64));
+                    new.extend(canonicalize(
+                        t,
+                        Value::F64(f64::from_bits(CANONICAL_NAN64)),
+                        BinaryOp::F64Eq,
+                    ));
+                }
+                None => {}
+            }
+        }
+        f.block_mut(seq).instrs = new;
+    }
+}
+
+fn i(ins: Instr) -> (Instr, InstrLocId) {
+    (ins, InstrLocId::default())
+}
+
+/// `if (budget == 0) tick(); budget -= 1;` (the host sets the budget inside tick).
+fn budget_check(
+    f: &mut walrus::LocalFunction,
+    tick: FunctionId,
+    budget: walrus::GlobalId,
+) -> Vec<(Instr, InstrLocId)> {
+    use walrus::ir::*;
+    let b = f.builder_mut();
+    let mut then = b.dangling_instr_seq(None);
+    then.call(tick);
+    let consequent = then.id();
+    let alternative = b.dangling_instr_seq(None).id();
+    vec![
+        i(Instr::GlobalGet(GlobalGet { global: budget })),
+        i(Instr::Unop(Unop {
+            op: UnaryOp::I32Eqz,
+        })),
+        i(Instr::IfElse(IfElse {
+            consequent,
+            alternative,
+        })),
+        i(Instr::GlobalGet(GlobalGet { global: budget })),
+        i(Instr::Const(Const {
+            value: Value::I32(1),
+        })),
+        i(Instr::Binop(Binop {
+            op: BinaryOp::I32Sub,
+        })),
+        i(Instr::GlobalSet(GlobalSet { global: budget })),
+    ]
+}
+
+/// `x -> (x == x) ? x : canonical` with `x` on the stack.
+fn canonicalize(t: LocalId, nan: Value, eq: BinaryOp) -> Vec<(Instr, InstrLocId)> {
+    use walrus::ir::*;
+    vec![
+        i(Instr::LocalTee(LocalTee { local: t })),
+        i(Instr::Const(Const { value: nan })),
+        i(Instr::LocalGet(LocalGet { local: t })),
+        i(Instr::LocalGet(LocalGet { local: t })),
+        i(Instr::Binop(Binop { op: eq })),
+        i(Instr::Select(Select { ty: None })),
+    ]
+}
+
+/// 32 or 64 when `op` yields a float that can be a NaN whose bits the runtimes may choose
+/// differently (arithmetic; not abs/neg/copysign, which only touch the sign bit).
+fn nan_width_binop(op: BinaryOp) -> Option<u32> {
+    use BinaryOp::*;
+    match op {
+        F32Add | F32Sub | F32Mul | F32Div | F32Min | F32Max => Some(32),
+        F64Add | F64Sub | F64Mul | F64Div | F64Min | F64Max => Some(64),
+        _ => None,
+    }
+}
+
+fn nan_width_unop(op: UnaryOp) -> Option<u32> {
+    use UnaryOp::*;
+    match op {
+        F32Ceil | F32Floor | F32Trunc | F32Nearest | F32Sqrt | F32DemoteF64 => Some(32),
+        F64Ceil | F64Floor | F64Trunc | F64Nearest | F64Sqrt | F64PromoteF32 => Some(64),
+        _ => None,
+    }
+}
+
+/// Step 3: Binaryen's asyncify over the tick import, then optimisation.
+fn asyncify(wasm: &[u8]) -> Result<Vec<u8>> {
+    let tool = wasm_opt_path();
+    let dir = tempdir()?;
+    let input = dir.0.join("in.wasm");
+    let output = dir.0.join("out.wasm");
+    std::fs::write(&input, wasm).map_err(|e| VmError::io(&input, "writing", e))?;
+    let out = std::process::Command::new(&tool)
+        .arg(&input)
+        .args([
+            "--enable-mutable-globals",
+            "--enable-sign-ext",
+            "--enable-nontrapping-float-to-int",
+            "--enable-bulk-memory",
+            "--enable-multivalue",
+            "--enable-reference-types",
+            "--asyncify",
+            &format!("--pass-arg=asyncify-imports@{TICK_MODULE}.{TICK_NAME}"),
+            "-O2",
+            "-o",
+        ])
+        .arg(&output)
+        .output()
+        .map_err(|e| {
+            VmError::new(
+                VmErrorKind::Toolchain,
+                format!(
+                    "cannot run {} (Binaryen's wasm-opt, Debian package `binaryen`; or set \
+                     LAZARUS_WASM_OPT): {e}",
+                    tool.display()
+                ),
+            )
+        })?;
+    if !out.status.success() {
+        return Err(VmError::new(
+            VmErrorKind::Toolchain,
+            format!(
+                "{} --asyncify failed ({}): {}",
+                tool.display(),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        ));
+    }
+    std::fs::read(&output).map_err(|e| VmError::io(&output, "reading wasm-opt output", e))
+}
+
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn tempdir() -> Result<TempDir> {
+    use rand::Rng;
+    let p = std::env::temp_dir().join(format!(
+        "lazarus-vm-{}-{:x}",
+        std::process::id(),
+        rand::thread_rng().gen::<u64>()
+    ));
+    std::fs::create_dir(&p).map_err(|e| VmError::io(&p, "creating a temp directory", e))?;
+    Ok(TempDir(p))
+}

@@ -1,0 +1,214 @@
+//! The program's stdout and stderr, made consistent with checkpoints (docs/VM.md, "Output").
+//!
+//! Three modes, chosen per stream when the VM starts:
+//! - **File** (the stream is a regular file, e.g. `> out.txt`): written through; the
+//!   checkpoint records the file's identity and how many bytes the program had written;
+//!   a resume with the same file truncates it back to that length, so output written
+//!   after the checkpoint by a killed run is erased and written again exactly once.
+//! - **Lines** (stdout under `lazarus run --repo`, `LAZARUS_OUTPUT_MARKERS=1`): complete
+//!   lines are written through, the unfinished last line stays in the VM (`pending`,
+//!   captured in the checkpoint), so the supervisor's `part`/`commit` markers always
+//!   start a line and it can release exactly the lines a committed checkpoint covers.
+//! - **Plain** (a pipe or terminal, unsupervised): written through; output produced after
+//!   the last checkpoint is written again by the resumed run (a pipe cannot be taken
+//!   back). Redirect to a file or run under the supervisor for exactly-once output.
+
+use serde::{Deserialize, Serialize};
+use std::io;
+
+/// How a stream is made consistent with checkpoints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "mode", rename_all = "lowercase")]
+pub enum Sink {
+    /// A regular file, identified by device and inode.
+    File {
+        /// device of the file
+        dev: u64,
+        /// inode of the file
+        ino: u64,
+    },
+    /// Supervised stdout: whole lines only.
+    Lines,
+    /// Anything else: written through.
+    Plain,
+}
+
+/// What a checkpoint records about one output stream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputState {
+    /// The mode at the time of the checkpoint.
+    pub sink: Sink,
+    /// Bytes the program has written to the stream (including `pending`).
+    pub produced: u64,
+    /// File mode: the file's offset at the checkpoint (what a resume truncates it to).
+    /// Taken from the file itself, so anything else written to it counts too.
+    pub offset: Option<u64>,
+    /// Bytes written by the program but not yet to the stream (Lines mode: the
+    /// unfinished last line).
+    #[serde(with = "crate::meta::hex_bytes")]
+    pub pending: Vec<u8>,
+}
+
+/// One output stream of the VM (host fd 1 or 2).
+#[derive(Debug)]
+pub struct Output {
+    fd: i32,
+    sink: Sink,
+    produced: u64,
+    pending: Vec<u8>,
+}
+
+fn fstat(fd: i32) -> Option<libc::stat> {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::zeroed();
+    // SAFETY: fstat writes a `stat` into the buffer we own; we read it only on success.
+    let r = unsafe { libc::fstat(fd, st.as_mut_ptr()) };
+    // SAFETY: initialised by the successful fstat above (and zeroed before).
+    (r == 0).then(|| unsafe { st.assume_init() })
+}
+
+/// `(dev, ino, offset)` of `fd` when it is a regular file.
+fn regular(fd: i32) -> Option<(u64, u64, u64)> {
+    let st = fstat(fd)?;
+    ((st.st_mode & libc::S_IFMT) == libc::S_IFREG).then(|| {
+        // SAFETY: lseek on an fd we were given; failure returns -1, handled below.
+        let pos = unsafe { libc::lseek(fd, 0, libc::SEEK_CUR) };
+        let pos = if pos < 0 {
+            st.st_size as u64
+        } else {
+            pos as u64
+        };
+        (st.st_dev, st.st_ino, pos)
+    })
+}
+
+impl Output {
+    /// A fresh stream on host fd `fd`; `lines`: supervised stdout.
+    pub fn new(fd: i32, lines: bool) -> Output {
+        let sink = if lines {
+            Sink::Lines
+        } else if let Some((dev, ino, _)) = regular(fd) {
+            Sink::File { dev, ino }
+        } else {
+            Sink::Plain
+        };
+        Output {
+            fd,
+            sink,
+            produced: 0,
+            pending: Vec::new(),
+        }
+    }
+
+    /// The stream as it was at a checkpoint. A File-mode stream whose file is still the
+    /// host fd's file is truncated back to the checkpoint's length; otherwise the mode is
+    /// chosen afresh (the output before the checkpoint lives wherever it went then).
+    pub fn resume(fd: i32, state: &OutputState, lines: bool) -> io::Result<Output> {
+        let mut out = Output::new(fd, lines);
+        out.produced = state.produced;
+        if let (Sink::File { dev, ino }, Some(end), Some((d, i, _))) =
+            (state.sink, state.offset, regular(fd))
+        {
+            let size = fstat(fd).map_or(0, |st| st.st_size as u64);
+            if (dev, ino) == (d, i) && size < end {
+                // `> out.txt` again truncated it: what was written before the checkpoint
+                // is gone; extending the file would fill it with zeros instead.
+                tracing::warn!(
+                    "fd {fd}: the file is shorter ({size} bytes) than at the checkpoint \
+                     ({end}); output from before the checkpoint is not in it (use >> to \
+                     resume into the same file)"
+                );
+            } else if (dev, ino) == (d, i) {
+                // SAFETY: plain syscalls on an fd we were given; errors are checked.
+                if unsafe { libc::ftruncate(fd, end as libc::off_t) } != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                // SAFETY: as above.
+                if unsafe { libc::lseek(fd, end as libc::off_t, libc::SEEK_SET) } < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                out.sink = state.sink;
+            }
+        }
+        if lines && state.sink == Sink::Lines {
+            out.pending = state.pending.clone();
+        } else if !state.pending.is_empty() {
+            // Held back under the supervisor, now resumed without it: write it out.
+            write_all(fd, &state.pending)?;
+        }
+        Ok(out)
+    }
+
+    /// What a checkpoint records.
+    pub fn state(&self) -> OutputState {
+        let offset = match self.sink {
+            Sink::File { .. } => regular(self.fd).map(|(_, _, pos)| pos),
+            _ => None,
+        };
+        OutputState {
+            sink: self.sink,
+            produced: self.produced,
+            offset,
+            pending: self.pending.clone(),
+        }
+    }
+
+    /// Bytes the program wrote so far.
+    pub fn produced(&self) -> u64 {
+        self.produced
+    }
+
+    /// The program writes `data`.
+    pub fn write(&mut self, data: &[u8]) -> io::Result<()> {
+        self.produced += data.len() as u64;
+        if self.sink != Sink::Lines {
+            return write_all(self.fd, data);
+        }
+        match data.iter().rposition(|&b| b == b'\n') {
+            None => {
+                self.pending.extend_from_slice(data);
+                Ok(())
+            }
+            Some(last) => {
+                let (lines, rest) = data.split_at(last + 1);
+                if !self.pending.is_empty() {
+                    let held = std::mem::take(&mut self.pending);
+                    write_all(self.fd, &held)?;
+                }
+                write_all(self.fd, lines)?;
+                self.pending.extend_from_slice(rest);
+                Ok(())
+            }
+        }
+    }
+
+    /// Writes a whole control line (a supervisor marker) between program lines.
+    pub fn control_line(&mut self, line: &str) -> io::Result<()> {
+        let mut l = Vec::with_capacity(line.len() + 1);
+        l.extend_from_slice(line.as_bytes());
+        l.push(b'\n');
+        write_all(self.fd, &l)
+    }
+
+    /// At exit: writes what is still held back.
+    pub fn finish(&mut self) -> io::Result<()> {
+        let held = std::mem::take(&mut self.pending);
+        write_all(self.fd, &held)
+    }
+}
+
+/// Writes all of `data` to `fd`, retrying on `EINTR` and short writes.
+pub(crate) fn write_all(fd: i32, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() {
+        // SAFETY: writes from a live slice to an fd; the length is the slice's.
+        let n = unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        data = &data[n as usize..];
+    }
+    Ok(())
+}
