@@ -58,21 +58,33 @@
 // Lets `#[derive(Checkpoint)]`, which names `::lazarus::state`, work inside this crate too.
 extern crate self as lazarus;
 
+mod error;
 mod job;
+mod report;
 mod restore;
 
-pub use job::{Job, JobBuilder, JobError, RestoreReport, REPO_ENV};
+pub use error::JobError;
+pub use job::{Job, JobBuilder, REPO_ENV};
+#[doc(inline)]
 pub use lazarus_coord as coord;
 pub use lazarus_coord::{OnAllDamaged, ON_ALL_DAMAGED_ENV};
+#[doc(inline)]
 pub use lazarus_dist as dist;
 pub use lazarus_dist::DVec;
+#[doc(inline)]
 pub use lazarus_files as files;
+#[doc(inline)]
 pub use lazarus_format as format;
+#[doc(inline)]
 pub use lazarus_net as net;
 pub use lazarus_net::{init, local, Comm};
+#[doc(inline)]
 pub use lazarus_policy as policy;
+#[doc(inline)]
 pub use lazarus_state as state;
 pub use lazarus_state::{Checkpoint, DirtyVec, Serde, StateError};
+#[doc(inline)]
 pub use lazarus_store as store;
+#[doc(inline)]
 pub use lazarus_supervisor as supervisor;
-pub use restore::FreshStart;
+pub use report::{CheckpointReport, FreshStart, RestoreReport};

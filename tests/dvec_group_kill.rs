@@ -24,7 +24,9 @@ struct KMeans {
     /// rows of (x, y)
     points: DVec<f64>,
     labels: DVec<u32>,
-    #[checkpoint(serde)]
+    /// The same on every rank (computed from the all-reduced `ExactSums`): declared so,
+    /// which lets a checkpoint of N ranks restore on M.
+    #[checkpoint(serde, replicated)]
     centroids: Vec<f64>,
 }
 

@@ -7,6 +7,7 @@
 mod common;
 
 use common::{checksum, lazarus_run, text};
+use lazarus::format::count;
 use std::sync::OnceLock;
 
 const SIZE: &str = "40";
@@ -63,7 +64,9 @@ fn n_to_m(n: u32, m: u32) {
     assert_eq!(checksum(&out), reference(), "{n} -> {m}\n{stderr}");
     assert!(
         stderr.contains(&format!(
-            "written by {n} ranks on {m} ranks by redistribution"
+            "written by {} on {} by redistribution",
+            count(n, "rank"),
+            count(m, "rank")
         )),
         "{n} -> {m}: stderr says nothing of the redistribution:\n{stderr}"
     );

@@ -25,7 +25,7 @@ pub use chunk::{
 };
 pub use envelope::{COMMIT_MAGIC, ENVELOPE_HEADER_LEN, MANIFEST_MAGIC, MAX_ENVELOPE_BODY};
 pub use error::{FormatError, FormatErrorKind};
-pub use ids::{CheckpointId, ChunkDigest, Epoch, Rank};
+pub use ids::{count, CheckpointId, ChunkDigest, Count, Epoch, Rank};
 pub use manifest::{
     ChunkRef, CommitPart, CommitRecord, Manifest, ManifestObject, WriterInfo, MAX_INLINE_MANIFEST,
 };

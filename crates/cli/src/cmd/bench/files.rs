@@ -354,7 +354,9 @@ fn run(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
         let (c, stored) = tree(s.path(), a.tree_mib, a.changed_pct, 42)?;
         outln!(
             "checkpoint of {} MiB of managed files: first {:.3} s, unchanged {:.3} s",
-            a.tree_mib, c.full, c.unchanged
+            a.tree_mib,
+            c.full,
+            c.unchanged
         )?;
         outln!(
             "  {}% changed in whole chunks: {:.3} s, {:.1} MiB newly stored (raw write+fsync of the changed bytes: {:.3} s)",
