@@ -142,37 +142,3 @@ mod tests {
         assert!(CheckpointId(9).to_string() < CheckpointId(10).to_string());
     }
 }
-
-/// `n` followed by `noun`, plural unless `n == 1`: `count(1, "rank")` shows `1 rank`,
-/// `count(4, "rank")` shows `4 ranks`. Messages name counts of ranks, checkpoints and
-/// bytes with it so that none says "1 ranks".
-pub fn count(n: impl Into<u64>, noun: &'static str) -> Count {
-    Count { n: n.into(), noun }
-}
-
-/// A number with its noun, from [`count`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Count {
-    n: u64,
-    noun: &'static str,
-}
-
-impl fmt::Display for Count {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let s = if self.n == 1 { "" } else { "s" };
-        write!(f, "{} {}{s}", self.n, self.noun)
-    }
-}
-
-#[cfg(test)]
-mod count_tests {
-    #[test]
-    fn one_rank_two_ranks() {
-        assert_eq!(super::count(1u32, "rank").to_string(), "1 rank");
-        assert_eq!(super::count(0u32, "rank").to_string(), "0 ranks");
-        assert_eq!(
-            super::count(4u64, "checkpoint").to_string(),
-            "4 checkpoints"
-        );
-    }
-}

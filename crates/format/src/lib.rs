@@ -18,6 +18,7 @@ mod json;
 mod manifest;
 mod object;
 mod repo;
+mod text;
 
 pub use chunk::{
     decode_chunk, encode_chunk, shuffle, unshuffle, ChunkCodec, ChunkHeader, CHUNK_HEADER_LEN,
@@ -25,7 +26,7 @@ pub use chunk::{
 };
 pub use envelope::{COMMIT_MAGIC, ENVELOPE_HEADER_LEN, MANIFEST_MAGIC, MAX_ENVELOPE_BODY};
 pub use error::{FormatError, FormatErrorKind};
-pub use ids::{count, CheckpointId, ChunkDigest, Count, Epoch, Rank};
+pub use ids::{CheckpointId, ChunkDigest, Epoch, Rank};
 pub use manifest::{
     ChunkRef, CommitPart, CommitRecord, Manifest, ManifestObject, WriterInfo, MAX_INLINE_MANIFEST,
 };
@@ -34,3 +35,4 @@ pub use object::{
     WriteTicket, WrittenSink,
 };
 pub use repo::{FormatVersion, FORMAT_MAJOR, FORMAT_MINOR, REPO_FORMAT_LEN, REPO_MAGIC};
+pub use text::{count, utc_time, Count};
