@@ -196,16 +196,28 @@ fn inspect_shows_each_checkpoint_cost_and_the_finished_one() {
     let rows = v["checkpoints"].as_array().unwrap();
     assert_eq!(rows.len(), 3, "steps 2, 4 and the finished 5");
     for r in rows {
-        let (stall, write) = (r["stall_us"].as_u64().unwrap(), r["write_us"].as_u64().unwrap());
+        let (stall, write) = (
+            r["stall_us"].as_u64().unwrap(),
+            r["write_us"].as_u64().unwrap(),
+        );
         assert!(stall >= write && write > 0, "{r}");
         assert!(r["time_utc"].as_str().unwrap().ends_with('Z'), "{r}");
     }
-    let finished: Vec<bool> = rows.iter().map(|r| r["finished"].as_bool().unwrap()).collect();
+    let finished: Vec<bool> = rows
+        .iter()
+        .map(|r| r["finished"].as_bool().unwrap())
+        .collect();
     assert_eq!(finished, [false, false, true]);
     let table = text(&lazarus(&["inspect"], &repo).stdout);
     let header = table.lines().next().unwrap();
-    assert!(header.contains("stall") && header.contains("write"), "{table}");
-    assert!(table.lines().last().unwrap().ends_with("finished"), "{table}");
+    assert!(
+        header.contains("stall") && header.contains("write"),
+        "{table}"
+    );
+    assert!(
+        table.lines().last().unwrap().ends_with("finished"),
+        "{table}"
+    );
 
     // A checkpoint written without the record (the store API, or before issue #12).
     let (_d, old, _, _) = build();

@@ -427,6 +427,7 @@ impl Supervisor {
                 id: c.id,
                 step: c.step,
                 time_unix_ms: c.time_unix_ms,
+                finished: lazarus_coord::meta::is_finished(&c.app),
             });
             let mut s = lock(&shared);
             let (released, dropped) = s.out.rollback(restored.map(|r| r.id));
@@ -466,10 +467,23 @@ impl Supervisor {
             let f_unix =
                 unix_ms().saturating_sub(now.saturating_duration_since(f_at).as_millis() as u64);
             let since = restored.map_or(run_start_unix, |r| r.time_unix_ms.max(run_start_unix));
+            // A finished job loses nothing: the restart restores its final state.
+            let since = match restored {
+                Some(r) if r.finished => f_unix,
+                _ => since,
+            };
+            // A rank armed with a failpoint that died by a signal was killed by it.
+            let by_failpoint =
+                matches!(failure.kind, lazarus_net::launch::FailureKind::Signaled(_))
+                    && cfg
+                        .kill_plan
+                        .failpoints_for(incarnation)
+                        .iter()
+                        .any(|(r, _)| *r == failure.rank.0);
             let fr = FailureReport {
                 incarnation,
                 failure,
-                injected: injected_at.is_some(),
+                injected: injected_at.is_some() || by_failpoint,
                 at_unix_ms: f_unix,
                 restored,
                 last_step: s.last_step,
