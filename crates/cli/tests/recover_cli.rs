@@ -198,7 +198,9 @@ fn fault_injection_flags_are_shown_under_a_testing_heading() {
         "--inject-failpoint",
         "--seed",
     ] {
-        let at = out.find(flag).unwrap_or_else(|| panic!("{flag} missing:\n{out}"));
+        let at = out
+            .find(flag)
+            .unwrap_or_else(|| panic!("{flag} missing:\n{out}"));
         assert!(at > heading, "{flag} is not under Testing:\n{out}");
     }
     assert!(out.find("--max-restarts").unwrap() < heading, "{out}");
