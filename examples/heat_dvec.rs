@@ -236,6 +236,9 @@ fn main() {
         let ok = write!(std::io::stdout(), "{USAGE}").is_ok();
         std::process::exit(if ok { 0 } else { 1 });
     }
+    // The library's warnings (a damaged checkpoint skipped, ...) on stderr; RUST_LOG
+    // overrides the level.
+    lazarus::init_logging("warn");
     let args = match parse_args(&raw) {
         Ok(a) => a,
         Err(e) => {

@@ -231,6 +231,9 @@ fn main() {
         let ok = write!(std::io::stdout(), "{USAGE}").is_ok();
         std::process::exit(if ok { 0 } else { 1 });
     }
+    // The library's warnings (a damaged checkpoint skipped, ...) on stderr; RUST_LOG
+    // overrides the level.
+    lazarus::init_logging("warn");
     let result = parse_args(&raw).map_err(Into::into).and_then(|a| run(&a));
     let rank = std::env::var("LAZARUS_RANK")
         .ok()

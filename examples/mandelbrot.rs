@@ -117,6 +117,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let ok = write!(std::io::stdout(), "{USAGE}").is_ok();
         std::process::exit(if ok { 0 } else { 1 });
     }
+    // The library's warnings (a damaged checkpoint skipped, ...) on stderr; RUST_LOG
+    // overrides the level.
+    lazarus::init_logging("warn");
     let balance = !args.iter().any(|a| a == "--no-balance");
     let nums: Vec<u32> = args.iter().filter_map(|a| a.parse().ok()).collect();
     let ranks = nums.first().copied().unwrap_or(4);

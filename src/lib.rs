@@ -60,6 +60,8 @@ extern crate self as lazarus;
 
 mod error;
 mod job;
+#[cfg(feature = "logging")]
+mod logging;
 mod report;
 mod restore;
 
@@ -87,4 +89,6 @@ pub use lazarus_state::{Checkpoint, DirtyVec, Serde, StateError};
 pub use lazarus_store as store;
 #[doc(inline)]
 pub use lazarus_supervisor as supervisor;
+#[cfg(feature = "logging")]
+pub use logging::{colour_on_stderr, init_logging};
 pub use report::{CheckpointReport, FreshStart, RestoreReport};
