@@ -8,7 +8,7 @@ use lazarus_coord::RoundError;
 use lazarus_coord::REPO_ENV;
 use lazarus_dist::DistError;
 use lazarus_files::FilesError;
-use lazarus_format::CheckpointId;
+use lazarus_format::{count, CheckpointId};
 use lazarus_net::NetError;
 use lazarus_state::StateError;
 use lazarus_store::{Damage, StoreError};
@@ -71,7 +71,7 @@ pub enum JobError {
     /// The checkpoint was written by another number of ranks and part of the state is
     /// per-rank (not a distributed array, and not identical on every rank), so it cannot
     /// be redistributed. `source` names the field.
-    #[error("checkpoint {checkpoint} was written by {saved} ranks and cannot be restored on {current} by redistribution: {source}; restart with {saved} ranks")]
+    #[error("checkpoint {checkpoint} was written by {} and cannot be restored on {current} by redistribution: {source}; restart with {}", count(*saved, "rank"), count(*saved, "rank"))]
     NotRedistributable {
         /// the checkpoint
         checkpoint: CheckpointId,

@@ -136,7 +136,7 @@ fn shrink_on_failure_finishes_on_one_rank_fewer_after_a_sigkill() {
         "the restart must restore a 3-rank checkpoint on 2 ranks:\n{stderr}"
     );
     assert!(
-        stderr.contains("completed after 1 restart(s)") && stderr.contains("on 2 ranks"),
+        stderr.contains("completed after 1 restart in") && stderr.contains("on 2 ranks"),
         "{stderr}"
     );
 }

@@ -267,9 +267,11 @@ impl AsyncSession {
                     K::WorldMismatch,
                     me,
                     format!(
-                        "checkpoint {} has {} ranks but this job has {}; unaligned \
+                        "checkpoint {} has {} but this job has {}; unaligned \
                          checkpoints cannot be restored on another world size",
-                        c.id, c.world, self.world
+                        c.id,
+                        lazarus_format::count(c.world, "rank"),
+                        self.world
                     ),
                 )));
             }

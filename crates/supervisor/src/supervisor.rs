@@ -4,7 +4,7 @@ use crate::output::{Marker, OutputCommit};
 use crate::plan::{KillPlan, KillTrigger, ResolvedKill};
 use crate::report::{FailureReport, JobEnd, OutputLine, Refusal, Report, RestorePoint};
 use crate::shrink::{self, Shrink};
-use lazarus_format::Rank;
+use lazarus_format::{count, Rank};
 use lazarus_net::launch::{LaunchConfig, LaunchObserver, Launcher};
 use lazarus_net::{JobToken, NetError};
 use lazarus_policy::FailureHistory;
@@ -546,7 +546,8 @@ impl Supervisor {
                     Err(why) => {
                         if cfg.progress {
                             progress(format_args!(
-                                "lazarus: not shrinking below {n} ranks (minimum {}): {why}",
+                                "lazarus: not shrinking below {} (minimum {}): {why}",
+                                count(n, "rank"),
                                 sh.min_ranks
                             ));
                         }
@@ -556,14 +557,19 @@ impl Supervisor {
             if cfg.progress {
                 if n < before {
                     progress(format_args!(
-                        "lazarus: restarting on {n} ranks instead of {before} (shrink on \
+                        "lazarus: restarting on {} instead of {before} (shrink on \
                          failure, minimum {}) (restart {incarnation} of at most {})",
+                        count(n, "rank"),
                         cfg.shrink.map_or(n, |s| s.min_ranks),
                         cfg.max_restarts
                     ));
                 } else {
+                    let all = match n {
+                        1 => "the only rank".to_string(),
+                        n => format!("all {n} ranks"),
+                    };
                     progress(format_args!(
-                        "lazarus: restarting all {n} ranks (restart {incarnation} of at most {})",
+                        "lazarus: restarting {all} (restart {incarnation} of at most {})",
                         cfg.max_restarts
                     ));
                 }

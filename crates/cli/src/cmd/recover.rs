@@ -2,7 +2,7 @@
 //! into `lazarus::supervisor`. Kept apart from run.rs so the launcher CLI stays thin.
 
 use super::CmdResult;
-use lazarus::format::Rank;
+use lazarus::format::{count, Rank};
 use lazarus::net::launch::{install_signal_forwarding, LaunchConfig};
 use lazarus::supervisor::{
     FailpointKill, KillPlan, KillTrigger, PlannedKill, Supervisor, SupervisorConfig,
@@ -152,10 +152,10 @@ pub fn supervise(
     let report = Supervisor::run(&cfg)?;
     if !report.failures.is_empty() && report.success() {
         errln!(
-            "lazarus run: completed after {} restart(s) in {:.2} s on {} ranks",
-            report.failures.len(),
+            "lazarus run: completed after {} in {:.2} s on {}",
+            count(report.failures.len() as u64, "restart"),
             report.elapsed.as_secs_f64(),
-            report.ranks
+            count(report.ranks, "rank")
         );
     }
     if let Some(s) = match report.end {
