@@ -614,8 +614,23 @@ impl AlignedRuntime {
     fn exec_participant(&mut self, a: ParticipantAction<PartReceipt>) -> Result<(), RoundError> {
         match a {
             ParticipantAction::Send(v) => {
-                self.comm
-                    .send_bytes(Rank(0), Tag::checkpoint(TAG_VOTE), encode(&v))?;
+                match self
+                    .comm
+                    .send_bytes(Rank(0), Tag::checkpoint(TAG_VOTE), encode(&v))
+                {
+                    Ok(()) => {}
+                    // Rank 0 finished: it decided this round first (it may abort on
+                    // another rank's failed vote without waiting for ours) and said
+                    // goodbye only once every rank held that decision, so the decision
+                    // is in our mailbox, behind its goodbye in arrival but not in
+                    // consumption. Failing here reported "peer has finished" instead of
+                    // the round's outcome; `await_decision` reads it, or reports that rank
+                    // 0 finished without sending one.
+                    Err(e) if e.kind() == NetKind::PeerFinished => {
+                        tracing::debug!("vote not sent, rank 0 has finished: {e}");
+                    }
+                    Err(e) => return Err(e.into()),
+                }
             }
             ParticipantAction::DiscardPart { round } => self.discard_own_part(round),
             ParticipantAction::OutcomeUnknown { round } => {
