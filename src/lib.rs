@@ -112,6 +112,7 @@ pub use lazarus_dist::{DVec, Distribution, ExactSum, ExactSums};
 pub use lazarus_files as files;
 #[doc(inline)]
 pub use lazarus_format as format;
+pub use lazarus_format::{CheckpointId, Rank};
 #[doc(inline)]
 pub use lazarus_net as net;
 pub use lazarus_net::{init, local, Comm, ReduceOp};
@@ -124,7 +125,6 @@ pub use lazarus_state::{Checkpoint, DirtyVec, Serde, StateError};
 pub use lazarus_store as store;
 #[doc(inline)]
 pub use lazarus_supervisor as supervisor;
-pub use lazarus_format::{CheckpointId, Rank};
 #[cfg(feature = "logging")]
 pub use logging::{colour_on_stderr, init_logging};
 pub use report::{CheckpointReport, FreshStart, RestoreReport};
