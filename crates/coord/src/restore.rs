@@ -108,12 +108,9 @@ pub fn describe_damage(d: &Damage) -> String {
 
 /// Logs a skipped damaged checkpoint (rank 0).
 pub fn warn_damage(d: &Damage) {
-    tracing::warn!(
-        checkpoint = d.checkpoint.0,
-        path = %d.path.display(),
-        "skipping damaged {}",
-        describe_damage(d)
-    );
+    // The description names the checkpoint and the file already: no structured fields
+    // repeating them on the same line.
+    tracing::warn!("skipping damaged {}", describe_damage(d));
 }
 
 /// How the agreed restore ended on every rank.
