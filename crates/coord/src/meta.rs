@@ -20,6 +20,12 @@ pub const STALL_KEY: &str = "lazarus.stall_us";
 /// background flush, which the stall no longer contains.
 pub const WRITE_KEY: &str = "lazarus.write_us";
 
+/// `"unaligned"` for a checkpoint written by `AsyncSession` (absent: an aligned one).
+pub const MODE_KEY: &str = "lazarus.mode";
+/// The snapshot epoch of an unaligned checkpoint (`AsyncSession`), read back for a part
+/// that holds no channel state.
+pub const EPOCH_KEY: &str = "lazarus.epoch";
+
 /// What a committed checkpoint cost, as recorded in its COMMIT by rank 0.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RecordedCost {

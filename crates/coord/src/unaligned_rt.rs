@@ -373,7 +373,7 @@ impl AsyncSession {
                     .map_err(store("reading COMMIT".into()))?;
                 ChannelState {
                     epoch: app
-                        .get("lazarus.epoch")
+                        .get(crate::meta::EPOCH_KEY)
                         .and_then(|e| e.parse().ok())
                         .map_or(Epoch(0), Epoch),
                     channels: Vec::new(),
@@ -1196,8 +1196,11 @@ impl AsyncSession {
                             let meta = CommitMeta {
                                 step: round.epoch.0,
                                 app: BTreeMap::from([
-                                    ("lazarus.mode".to_string(), "unaligned".to_string()),
-                                    ("lazarus.epoch".to_string(), round.epoch.0.to_string()),
+                                    (crate::meta::MODE_KEY.to_string(), "unaligned".to_string()),
+                                    (
+                                        crate::meta::EPOCH_KEY.to_string(),
+                                        round.epoch.0.to_string(),
+                                    ),
                                 ]),
                             };
                             let receipts = receipts.into_iter().map(|(_, r)| r).collect();
