@@ -472,7 +472,7 @@ impl Job {
         &mut self,
         init: impl FnOnce() -> T,
     ) -> Result<T, JobError> {
-        self.restore_agreed(|_| Ok(init()))
+        self.restore_made(|_| Ok::<T, std::convert::Infallible>(init()))
     }
 
     /// [`Job::restore_or_init`] with an initialiser that can fail. It runs exactly once
@@ -486,8 +486,7 @@ impl Job {
         T: Checkpoint,
         E: Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
     {
-        let rank = self.comm().rank().0;
-        self.restore_agreed(|_| init().map_err(|e| init_error(rank, e)))
+        self.restore_made(|_| init())
     }
 
     /// Restores the newest committed checkpoint into `shell()`, or returns `init()` when
@@ -530,10 +529,25 @@ impl Job {
         T: Checkpoint,
         E: Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
     {
-        let rank = self.comm().rank().0;
-        self.restore_agreed(|m| match m {
+        self.restore_made(|m| match m {
             Make::Shell => Ok(shell()),
-            Make::Initial => init().map_err(|e| init_error(rank, e)),
+            Make::Initial => init(),
+        })
+    }
+
+    /// The three restore methods: `make` builds the value asked for; its error becomes
+    /// this rank's [`JobError::Init`].
+    fn restore_made<T, E>(&mut self, make: impl FnOnce(Make) -> Result<T, E>) -> Result<T, JobError>
+    where
+        T: Checkpoint,
+        E: Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    {
+        let rank = self.comm().rank().0;
+        self.restore_agreed(|m| {
+            make(m).map_err(|e| JobError::Init {
+                rank,
+                source: e.into(),
+            })
         })
     }
 
@@ -869,13 +883,3 @@ impl Job {
 /// What one rank loaded of the agreed checkpoint: its state objects and the managed
 /// files' restore plan.
 type Loaded = (Vec<LoadedObject>, Option<lazarus_files::RestorePlan>);
-
-fn init_error(
-    rank: u32,
-    e: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
-) -> JobError {
-    JobError::Init {
-        rank,
-        source: e.into(),
-    }
-}

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{lazarus_run, text};
+use common::{lazarus_run_worker, text};
 use lazarus::{Checkpoint, Job};
 use std::error::Error;
 
@@ -53,23 +53,8 @@ fn finished_worker() {
 }
 
 fn run(repo: &std::path::Path) -> std::process::Output {
-    let me = std::env::current_exe().expect("test binary path");
-    let me = me.to_str().expect("utf-8 path");
-    let prog = [
-        me,
-        "finished_worker",
-        "--exact",
-        "--ignored",
-        "--nocapture",
-        "-q",
-    ];
-    lazarus_run(
-        2,
-        repo,
-        &["--max-restarts", "2"],
-        &[(WORKER_ENV, "8")],
-        &prog,
-    )
+    let env = [(WORKER_ENV, "8")];
+    lazarus_run_worker("finished_worker", 2, repo, &["--max-restarts", "2"], &env)
 }
 
 #[test]
