@@ -24,8 +24,7 @@ struct KMeans {
     /// rows of (x, y)
     points: DVec<f64>,
     labels: DVec<u32>,
-    /// The same on every rank (computed from the all-reduced `ExactSums`): declared so,
-    /// which lets a checkpoint of N ranks restore on M.
+    /// the same on every rank: computed from an allreduce
     #[checkpoint(serde, replicated)]
     centroids: Vec<f64>,
 }
