@@ -201,14 +201,44 @@ pub fn run(comm: Comm, args: &Args) -> Result<Option<u64>, BoxError> {
             sim.grid.balance(&comm)?;
         }
     }
+    // Recorded as finished: started again, the job restores this state and does no step.
+    job.finish(&sim)?;
     Ok(sim
         .grid
         .gather(&comm, lazarus::format::Rank(0))?
         .map(|g| checksum(&g)))
 }
 
+/// `--help` text.
+const USAGE: &str = "\
+heat_dvec: the heat diffusion of `heat` on a DVec of rows, with load balancing
+
+Usage: heat_dvec [--repo DIR] [--steps N] [--size N] [--every K] [--balance-every B]
+                 [--ranks R]
+       lazarus run -n P --repo DIR -- heat_dvec [OPTIONS]
+
+Options:
+  --repo DIR           checkpoint repository (default: $LAZARUS_REPO)
+  --steps N            Jacobi steps in total (default 100)
+  --size N             grid edge length, 3..=16384 (default 64)
+  --every K            checkpoint every K steps (default 10)
+  --balance-every B    try to balance the rows every B steps (default 5)
+  --ranks R            run R ranks as threads of this process (default 1)
+  -h, --help           print this help
+
+Prints checksum=<16 hex digits> last, identical to `heat` with the same --steps/--size.
+";
+
 fn main() {
     let raw: Vec<String> = std::env::args().skip(1).collect();
+    if raw.iter().any(|a| a == "-h" || a == "--help") {
+        // A failed stdout must not panic (issue #11 item 10); the status still says it.
+        let ok = write!(std::io::stdout(), "{USAGE}").is_ok();
+        std::process::exit(if ok { 0 } else { 1 });
+    }
+    // The library's warnings (a damaged checkpoint skipped, ...) on stderr; RUST_LOG
+    // overrides the level.
+    lazarus::init_logging("warn");
     let args = match parse_args(&raw) {
         Ok(a) => a,
         Err(e) => {

@@ -93,8 +93,33 @@ fn run(comm: Comm, frames: u32, balance: bool) -> Result<(u64, f64), Box<dyn std
     Ok((checksum, t.elapsed().as_secs_f64()))
 }
 
+/// `--help` text.
+const USAGE: &str = "\
+mandelbrot: Mandelbrot frames on a DVec of rows, an irregular load to balance
+
+Usage: mandelbrot [RANKS] [FRAMES] [--no-balance]
+       lazarus run -n P -- mandelbrot [FRAMES] [--no-balance]
+
+Arguments:
+  RANKS          ranks as threads of this process, outside a launcher (default 4)
+  FRAMES         frames to compute (default 12)
+  --no-balance   never move rows between ranks
+  -h, --help     print this help
+
+Prints the image checksum (the same with and without balancing, on any number of ranks)
+and the total time.
+";
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "-h" || a == "--help") {
+        // A failed stdout must not panic (issue #11 item 10); the status still says it.
+        let ok = write!(std::io::stdout(), "{USAGE}").is_ok();
+        std::process::exit(if ok { 0 } else { 1 });
+    }
+    // The library's warnings (a damaged checkpoint skipped, ...) on stderr; RUST_LOG
+    // overrides the level.
+    lazarus::init_logging("warn");
     let balance = !args.iter().any(|a| a == "--no-balance");
     let nums: Vec<u32> = args.iter().filter_map(|a| a.parse().ok()).collect();
     let ranks = nums.first().copied().unwrap_or(4);

@@ -394,8 +394,36 @@ fn durable_write_floor(repo: &std::path::Path) -> std::io::Result<Duration> {
     Ok(t[2])
 }
 
+/// `--help` text.
+const USAGE: &str = "\
+pingpong_async: asynchronous token passing with unaligned checkpoints
+
+Usage: pingpong_async [--repo DIR] [--tokens N] [--hops N] [--every N] [--report N]
+                      [--round-mode background|blocking]
+       lazarus run -n P --repo DIR -- pingpong_async [OPTIONS]
+
+Options:
+  --repo DIR            checkpoint repository (default: $LAZARUS_REPO)
+  --tokens N            tokens each rank starts (default 16)
+  --hops N              hops of each token (default 200)
+  --every N             rank 0 checkpoints every N messages it receives (default 100)
+  --report N            print `r<rank> got <n>` every N messages (default 0: never)
+  --round-mode MODE     background (rank 0 keeps working during a round) or blocking
+  -h, --help            print this help
+
+Prints checksum=<16 hex digits> last, checked against the timing-free prediction.
+";
+
 fn main() {
     let raw: Vec<String> = std::env::args().skip(1).collect();
+    if raw.iter().any(|a| a == "-h" || a == "--help") {
+        // A failed stdout must not panic (issue #11 item 10); the status still says it.
+        let ok = write!(std::io::stdout(), "{USAGE}").is_ok();
+        std::process::exit(if ok { 0 } else { 1 });
+    }
+    // The library's warnings (a damaged checkpoint skipped, ...) on stderr; RUST_LOG
+    // overrides the level.
+    lazarus::init_logging("warn");
     let result = parse_args(&raw)
         .map_err(Into::into)
         .and_then(|a| run(&a))

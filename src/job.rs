@@ -1,64 +1,19 @@
-//! The single-process Job API: open a repository, restore or initialise the state, and
-//! checkpoint at the top of the main loop when the policy says so.
-//!
-//! Step semantics (the contract the examples and tests rely on):
-//! - `job.step()` is the number of loop iterations *completed* when the state is in its
-//!   current form. It starts at 0, or at the step of the restored checkpoint.
-//! - `job.checkpoint(&state)` is called once at the top of every iteration. It may save
-//!   `state` as "the state after `step()` iterations" (recorded as `step` in COMMIT), and
-//!   then counts the iteration: it returns the index of the iteration about to run and
-//!   increments `step()`. So `while job.step() < n { job.checkpoint(&s)?; work(&mut s); }`
-//!   runs exactly `n` iterations in total, across any number of restarts.
-//! - Right after a restore, the first `checkpoint()` does not save again the checkpoint it
-//!   was restored from.
-//!
-//! Several ranks: give every rank's builder its communicator (`.comm(lazarus::init()?)`).
-//! Without one, the job is a world of one. Every rank must call `checkpoint(&state)` at the
-//! same step with its channels quiet (aligned checkpoints); each writes its own part and a
-//! two-phase commit (crate `lazarus-coord`, docs/PROTOCOL.md) makes rank 0 write COMMIT
-//! only after every rank reported its part durable. A round that fails anywhere is aborted
-//! on every rank and never used; rank 0 deletes its directory.
-//!
-//! Agreement on *when*: a step-based policy (`every_steps` alone) is evaluated by every rank
-//! locally at no cost. Any other policy (time-based, adaptive) is evaluated by rank 0 and
-//! its decision broadcast at every step (one small collective per step).
-//!
-//! Restore, agreed by every rank: rank 0 lists the committed checkpoints that pass a cheap
-//! check (COMMIT and manifests decode, chunk files present with their sizes; no data read)
-//! and broadcasts the newest. Every rank loads its objects, which verifies every chunk
-//! digest, so the data is read once. The ranks then exchange their outcomes: if any rank
-//! found damage, all fall back together to the next older candidate (rank 0 logs what was
-//! damaged and skipped); if any rank hit another error, all fail; only when every rank
-//! loaded do they restore, and a restore (schema) failure on one rank fails all. So no
-//! job ever runs on a mix of checkpoints.
-//!
-//! Elastic restore: a checkpoint written by N ranks restores on M != N ranks when all of
-//! the state is redistributable (crate `lazarus-dist`, [`lazarus_dist::Reshard`]): bulk
-//! objects with a global range (a `DVec`) are cut into M even blocks, each new rank
-//! reading only the byte ranges it keeps; every other field must be declared
-//! `#[checkpoint(replicated)]` (parameters, a config struct, a counter every rank advances
-//! alike: rank 0's copy is used, every old copy is compared), whatever the number of old
-//! ranks. Any other field (per-rank state), a declared one that differs between old ranks,
-//! or one only some ranks have, makes the restore fail on every rank with
-//! [`JobError::NotRedistributable`] naming it; that is not retried with older checkpoints.
-//! (Checkpoints before format 1.2 record no declaration: docs/DIST.md says how they are
-//! classified.) Rank 0 says so on stderr: `lazarus:
-//! restoring checkpoint 12 written by 4 ranks on 3 ranks by redistribution`. The job's
-//! step count is in COMMIT, not in the state, so it carries over as is.
+//! The Job API: open a repository, restore or initialise the state, checkpoint at the top
+//! of the main loop when the policy says so, and record completion. The contract users
+//! rely on is documented on [`Job`] (this module is private).
 
-use crate::restore::{self, Attempt, FreshStart, LoadError};
-use lazarus_coord::OnAllDamaged;
-use lazarus_coord::{AlignedRuntime, RankStore, RoundError, Timeouts};
-use lazarus_dist::DistError;
+use crate::error::JobError;
+use crate::report::{CheckpointReport, FreshStart, RestoreReport};
+use crate::restore;
+use lazarus_coord::restore::{AgreeError, Candidate, LoadError, RestoreAgreement, Start};
+use lazarus_coord::{meta, AlignedRuntime, OnAllDamaged, RankStore, Timeouts};
 use lazarus_files::{Files, FilesConfig, FilesError};
-use lazarus_format::{CheckpointId, Rank};
-use lazarus_net::{Comm, NetError};
+use lazarus_format::{count, CheckpointId, LoadedObject, Rank};
+use lazarus_net::Comm;
 use lazarus_policy::{EveryInterval, EverySteps, Opportunity, Policy};
-use lazarus_state::{Checkpoint, StateError};
-use lazarus_store::{
-    CheckpointSummary, CommitMeta, Damage, RepoOptions, RepoReader, Repository, StoreError,
-};
-use serde::{Deserialize, Serialize};
+use lazarus_state::Checkpoint;
+use lazarus_store::{CommitMeta, RepoOptions, RepoReader, Repository, StoreError};
+use lazarus_supervisor::Marker;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -67,198 +22,6 @@ use std::time::{Duration, Instant};
 /// Environment variable naming the repository when the builder was given none.
 pub use lazarus_coord::REPO_ENV;
 use lazarus_coord::TOKEN_ENV;
-
-/// Errors of the Job API. Each says which step failed and wraps the store or state error
-/// that names the file or field.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum JobError {
-    /// Neither `JobBuilder::repo` nor `LAZARUS_REPO` named a repository.
-    #[error("no checkpoint repository: call JobBuilder::repo(..) or set {REPO_ENV}")]
-    NoRepo,
-    /// A builder value is out of range.
-    #[error("invalid job configuration: {0}")]
-    Config(String),
-    /// The repository could not be opened, read or written.
-    #[error("checkpoint repository {path}: {source}")]
-    Store {
-        /// repository root
-        path: PathBuf,
-        /// the store's error (kind, file, message)
-        source: StoreError,
-    },
-    /// The state could not be saved (e.g. a serde value failed to encode).
-    #[error("saving state at step {step}: {source}")]
-    Save {
-        /// the step being saved
-        step: u64,
-        /// the error naming the field
-        source: StateError,
-    },
-    /// The newest intact checkpoint does not fit the program's state type (schema
-    /// mismatch) or a restore hook failed. Not retried with older checkpoints: they were
-    /// written by the same program and would fail the same way.
-    #[error("restoring checkpoint {checkpoint} (step {step}): {source}")]
-    Restore {
-        /// the checkpoint that was tried
-        checkpoint: CheckpointId,
-        /// its step
-        step: u64,
-        /// the error naming the field
-        source: StateError,
-    },
-    /// The checkpoint round at `step` did not commit (a rank failed to write, died or
-    /// missed the deadline); the checkpoint is never used and its leftovers are collected.
-    #[error("checkpoint at step {step}: {source}")]
-    Round {
-        /// the step being saved
-        step: u64,
-        /// the round's error, naming the rank
-        source: RoundError,
-    },
-    /// Talking to the other ranks failed (usually: one died).
-    #[error("job communication: {0}")]
-    Net(#[from] NetError),
-    /// Rank 0 failed while preparing the restore; its own error says why.
-    #[error("rank 0 could not prepare the restore: {0}")]
-    Rank0(String),
-    /// The checkpoint was written by another number of ranks and part of the state is
-    /// per-rank (not a distributed array, and not identical on every rank), so it cannot
-    /// be redistributed. `source` names the field.
-    #[error("checkpoint {checkpoint} was written by {saved} ranks and cannot be restored on {current} by redistribution: {source}; restart with {saved} ranks")]
-    NotRedistributable {
-        /// the checkpoint
-        checkpoint: CheckpointId,
-        /// its world size
-        saved: u32,
-        /// this job's world size
-        current: u32,
-        /// why, naming the field and the ranks
-        source: DistError,
-    },
-    /// The managed files (`JobBuilder::files`) could not be recorded or restored: changed
-    /// outside the job, a full disk while journaling, another world size. Names the file.
-    #[error("managed files: {0}")]
-    Files(#[from] FilesError),
-    /// The repository holds committed checkpoints and every one is damaged; under
-    /// [`OnAllDamaged::Refuse`] (the default) the job does not start from scratch, which
-    /// would silently give up all their progress. `damaged` names each one.
-    #[error("{}", lazarus_coord::all_damaged_message(path, damaged))]
-    AllDamaged {
-        /// repository root
-        path: PathBuf,
-        /// the damaged checkpoints, newest first
-        damaged: Vec<Damage>,
-    },
-    /// Another rank could not restore the checkpoint every rank agreed on, so no rank
-    /// restores it (the job never runs on a mix of checkpoints).
-    #[error("rank {rank} could not restore checkpoint {checkpoint}: {message}")]
-    Peer {
-        /// the rank that failed
-        rank: u32,
-        /// the checkpoint
-        checkpoint: CheckpointId,
-        /// its error
-        message: String,
-    },
-}
-
-impl JobError {
-    /// True when running the same program again later can succeed without changing it or
-    /// repairing the repository (a held lock, a full disk, a transient I/O error), or, for
-    /// a failed checkpoint round, when the job may go on and try the next one.
-    pub fn is_retryable(&self) -> bool {
-        match self {
-            JobError::Store { source, .. } => source.is_retryable(),
-            JobError::Round { source, .. } => source.is_retryable(),
-            JobError::Files(e) => e.is_retryable(),
-            _ => false,
-        }
-    }
-
-    /// True for a restore error of this rank's own that no restart can fix: the
-    /// checkpoint cannot be restored on this number of ranks, does not fit the state type,
-    /// every checkpoint is damaged (under [`OnAllDamaged::Refuse`]), or the repository
-    /// cannot be used at all. Errors relayed from other ranks are not (they report their
-    /// own). A supervisor is told (marker `refused`) and stops instead of restarting.
-    fn is_restore_refusal(&self) -> bool {
-        match self {
-            JobError::NotRedistributable { .. }
-            | JobError::Restore { .. }
-            | JobError::AllDamaged { .. } => true,
-            JobError::Store { source, .. } => !source.is_retryable(),
-            _ => false,
-        }
-    }
-}
-
-/// Rank 0's restore decision, broadcast to every rank; `skipped` carries the damage rank
-/// 0 found so every rank reports the same.
-#[derive(Serialize, Deserialize)]
-enum Plan {
-    Fresh {
-        skipped: Vec<Damage>,
-    },
-    /// Every committed checkpoint is damaged and rank 0's policy refuses a fresh start.
-    AllDamaged {
-        skipped: Vec<Damage>,
-    },
-    From {
-        id: u64,
-        step: u64,
-        world: u32,
-        skipped: Vec<Damage>,
-    },
-    Failed(String),
-}
-
-/// What `restore_or_init` found: the checkpoint used and the newer ones skipped as damaged.
-#[derive(Clone, Debug)]
-pub struct RestoreReport {
-    /// The checkpoint the state was restored from.
-    pub checkpoint: CheckpointId,
-    /// Its step; `Job::step()` starts here.
-    pub step: u64,
-    /// Newer committed checkpoints that failed verification, newest first.
-    pub skipped: Vec<Damage>,
-    /// The number of ranks that wrote the checkpoint; differs from this job's when the
-    /// state was redistributed.
-    pub written_by: u32,
-    /// The number of ranks it was restored on.
-    pub restored_on: u32,
-}
-
-impl RestoreReport {
-    /// True when the checkpoint was written by another number of ranks and redistributed.
-    pub fn redistributed(&self) -> bool {
-        self.written_by != self.restored_on
-    }
-}
-
-impl std::fmt::Display for RestoreReport {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "restored checkpoint {} at step {}",
-            self.checkpoint.0, self.step
-        )?;
-        if self.redistributed() {
-            write!(
-                f,
-                " (written by {} ranks, redistributed on {})",
-                self.written_by, self.restored_on
-            )?;
-        }
-        for d in &self.skipped {
-            write!(
-                f,
-                "; skipped damaged checkpoint {} ({}: {})",
-                d.checkpoint.0, d.kind, d.detail
-            )?;
-        }
-        Ok(())
-    }
-}
 
 /// Configures and opens a [`Job`]. Nothing is touched on disk before [`JobBuilder::open`].
 #[derive(Default)]
@@ -334,7 +97,8 @@ impl JobBuilder {
         self
     }
 
-    /// Free-form metadata recorded in every COMMIT (e.g. the program's version).
+    /// Free-form metadata recorded in every COMMIT (e.g. the program's version). Keys
+    /// starting with `lazarus.` are reserved for the runtime's own (completion, cost).
     pub fn app(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.app.insert(key.into(), value.into());
         self
@@ -385,6 +149,16 @@ impl JobBuilder {
         }
         if self.every_steps == Some(0) {
             return Err(JobError::Config("every_steps must be at least 1".into()));
+        }
+        if let Some(k) = self
+            .app
+            .keys()
+            .find(|k| k.starts_with(meta::RESERVED_PREFIX))
+        {
+            return Err(JobError::Config(format!(
+                "app key {k:?}: the prefix {:?} is reserved for Lazarus's own COMMIT metadata",
+                meta::RESERVED_PREFIX
+            )));
         }
         if self.every == Some(Duration::ZERO) {
             return Err(JobError::Config(
@@ -451,6 +225,8 @@ impl JobBuilder {
             files,
             on_all_damaged,
             fresh: None,
+            finished: None,
+            last: None,
         })
     }
 }
@@ -471,31 +247,113 @@ impl<A: Policy, B: Policy> Policy for Either<A, B> {
     }
 }
 
-/// The first rank (in rank order) whose attempt is fatal, as a [`JobError::Peer`] (a rank
-/// that failed itself returns its own error instead).
-fn agreed_failure(all: &[Attempt], id: CheckpointId) -> Option<JobError> {
-    all.iter().enumerate().find_map(|(r, a)| match a {
-        Attempt::Fatal(message) => Some(JobError::Peer {
-            rank: r as u32,
-            checkpoint: id,
-            message: message.clone(),
-        }),
-        _ => None,
-    })
-}
-
-fn warn_damage(d: &Damage) {
-    tracing::warn!(
-        checkpoint = d.checkpoint.0,
-        path = %d.path.display(),
-        "skipping damaged checkpoint {} ({}): {}",
-        d.checkpoint.0,
-        d.kind,
-        d.detail
-    );
-}
-
 /// A running job: owns the (locked) repository, the checkpoint policy and the step count.
+///
+/// # The step contract
+///
+/// - [`Job::step`] is the number of loop iterations *completed* when the state is in its
+///   current form. It starts at 0, or at the step of the restored checkpoint.
+/// - [`Job::checkpoint`] is called once at the top of every iteration. It may save the
+///   state as "the state after `step()` iterations" (recorded as `step` in COMMIT), and
+///   then counts the iteration: it returns the index of the iteration about to run and
+///   increments `step()`. So `while job.step() < n { job.checkpoint(&s)?; work(&mut s); }`
+///   runs exactly `n` iterations in total, across any number of restarts.
+/// - Right after a restore, the first `checkpoint()` does not save again the checkpoint
+///   it was restored from.
+/// - [`Job::finish`] after the loop records the final state as the job's result. A rerun
+///   of a finished job restores that state at step `n`: the loop runs no iteration and
+///   `finish` does nothing ([`Job::is_finished`] says so). Without `finish`, a rerun
+///   restores the newest checkpoint (at most one interval before the end) and redoes the
+///   iterations after it.
+///
+/// ```
+/// use lazarus::{Checkpoint, Job};
+///
+/// #[derive(Checkpoint)]
+/// struct Sim { x: Vec<f64> }
+///
+/// # let dir = tempfile::tempdir()?;
+/// # let repo = dir.path().join("repo");
+/// let mut iterations = 0;
+/// for _run in 0..2 {
+///     // The second run finds the finished job: it restores step 25 and does nothing.
+///     let mut job = Job::builder().repo(&repo).every_steps(10).open()?;
+///     let mut sim = job.restore_or_init(|| Sim { x: vec![1.0; 4] })?;
+///     while job.step() < 25 {
+///         job.checkpoint(&sim)?;
+///         sim.x.iter_mut().for_each(|v| *v *= 0.5);
+///         iterations += 1;
+///     }
+///     job.finish(&sim)?;
+///     assert!(job.is_finished());
+/// }
+/// assert_eq!(iterations, 25);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// # Initialising, or restoring without initialising
+///
+/// The state is restored *in place*: the checkpoint's fields are written into a value of
+/// the program's type, whose skipped fields (`#[checkpoint(skip)]`), communicators and
+/// anything else not saved come from that value and are rebuilt by the `after_restore`
+/// hooks. So a restore needs a value to restore into, and the three entry points differ
+/// only in where it comes from:
+///
+/// | method | fresh start | restore |
+/// |---|---|---|
+/// | [`restore_or_init(init)`](Job::restore_or_init) | `init()` | into `init()` |
+/// | [`restore_or_try_init(init)`](Job::restore_or_try_init) | `init()?` | into `init()?` |
+/// | [`restore_or_init_with(shell, init)`](Job::restore_or_init_with) | `init()?` | into `shell()`; `init` never runs |
+///
+/// Each closure runs at most once, and only after every rank agreed on what to restore
+/// (and loaded and verified it): a job that fails before, or an unusable repository,
+/// never pays for an initialiser. Use `restore_or_init_with` when building the initial
+/// state is expensive or can fail (reading an input file, computing initial conditions)
+/// and an empty value of the right shape is cheap (`Default`, or the communicator and
+/// sizes). A failing initialiser fails every rank ([`JobError::Init`] on its rank,
+/// [`JobError::Peer`] on the others).
+///
+/// # Several ranks
+///
+/// Give every rank's builder its communicator (`.comm(lazarus::init()?)`). Without one,
+/// the job is a world of one. Every rank must call `checkpoint(&state)` at the same step
+/// with its channels quiet (aligned checkpoints); each writes its own part and a
+/// two-phase commit (docs/PROTOCOL.md) makes rank 0 write COMMIT only after every rank
+/// reported its part durable. A round that fails anywhere is aborted on every rank and
+/// never used; rank 0 deletes its directory. `finish` is collective like `checkpoint`.
+///
+/// Agreement on *when*: a step-based policy (`every_steps` alone, or a step-only
+/// [`policy`](JobBuilder::policy)) is evaluated by every rank locally at no cost. Any
+/// other policy (time-based, adaptive) is evaluated by rank 0 and its decision broadcast
+/// at every step (one small collective per step).
+///
+/// # Agreed restore
+///
+/// Rank 0 lists the committed checkpoints that pass a cheap check (COMMIT and manifests
+/// decode, chunk files present with their sizes; no data read) and broadcasts the newest.
+/// Every rank loads its objects, which verifies every chunk digest, so the data is read
+/// once. The ranks then exchange their outcomes: if any rank found damage, all fall back
+/// together to the next older candidate (rank 0 logs what was damaged and skipped); if
+/// any rank hit another error, all fail; only when every rank loaded do they restore, and
+/// a restore (schema) failure on one rank fails all. So no job ever runs on a mix of
+/// checkpoints. ([`crate::coord::restore`] implements this for the Job and
+/// [`AsyncSession`](crate::coord::AsyncSession) alike.)
+///
+/// # Elastic restore
+///
+/// A checkpoint written by N ranks restores on M != N ranks when all of the state is
+/// redistributable ([`crate::dist::Reshard`]): bulk objects with a global range (a
+/// [`DVec`](crate::DVec)) are cut into M even blocks, each new rank reading only the byte
+/// ranges it keeps; every other field must be declared `#[checkpoint(replicated)]`
+/// (parameters, a config struct, a counter every rank advances alike: rank 0's copy is
+/// used, every old copy is compared), whatever the number of old ranks. Any other field
+/// (per-rank state), a declared one that differs between old ranks, or one only some
+/// ranks have, makes the restore fail on every rank with
+/// [`JobError::NotRedistributable`] naming it; that is not retried with older
+/// checkpoints. (Checkpoints before format 1.2 record no declaration: docs/DIST.md says
+/// how they are classified.) Rank 0 says so on stderr: `lazarus: restoring checkpoint 12
+/// written by 4 ranks on 3 ranks by redistribution`. The job's step count is in COMMIT,
+/// not in the state, so it carries over as is.
 pub struct Job {
     runtime: AlignedRuntime,
     path: PathBuf,
@@ -509,6 +367,9 @@ pub struct Job {
     files: Option<Files>,
     on_all_damaged: OnAllDamaged,
     fresh: Option<FreshStart>,
+    /// The checkpoint that records the job as finished and its step (restored or written).
+    finished: Option<(CheckpointId, u64)>,
+    last: Option<CheckpointReport>,
 }
 
 impl std::fmt::Debug for Job {
@@ -520,13 +381,22 @@ impl std::fmt::Debug for Job {
     }
 }
 
+/// Which value `restore_agreed` asks its maker for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Make {
+    /// The initial state (fresh start).
+    Initial,
+    /// A value to restore a checkpoint into.
+    Shell,
+}
+
 impl Job {
     /// Starts configuring a job.
     pub fn builder() -> JobBuilder {
         JobBuilder::default()
     }
 
-    /// Iterations completed by the current state (see the module docs).
+    /// Iterations completed by the current state (see [the step contract](Job#the-step-contract)).
     pub fn step(&self) -> u64 {
         self.step
     }
@@ -553,38 +423,147 @@ impl Job {
         self.report.as_ref()
     }
 
-    /// `Some` when the last `restore_or_init` restored nothing and returned `init()`; its
-    /// [`FreshStart::damaged`] lists the damaged checkpoints given up under
+    /// `Some` when the last `restore_or_init` restored nothing and returned the initial
+    /// state; its [`FreshStart::damaged`] lists the damaged checkpoints given up under
     /// [`OnAllDamaged::StartFresh`] (empty when the repository had none committed).
     pub fn fresh_start(&self) -> Option<&FreshStart> {
         self.fresh.as_ref()
     }
 
-    /// Returns the state of the newest committed checkpoint that verifies, or `init()` when
-    /// there is none. `init()` is always called: restore overwrites the saved fields in place,
-    /// so skipped fields keep their initial value until the `after_restore` hooks rebuild
-    /// them. Damaged newer checkpoints are skipped and logged (`tracing::warn!`) and listed
-    /// in [`Job::restore_report`]. Every rank restores the same checkpoint or every rank
-    /// fails (module docs). A checkpoint written by another number of ranks is
-    /// redistributed when the state allows it, else [`JobError::NotRedistributable`]. When
-    /// every committed checkpoint is damaged: [`JobError::AllDamaged`], or a fresh start
-    /// said loudly on stderr, as [`JobBuilder::on_all_damaged`] says.
+    /// True when the current state is the job's recorded final state: [`Job::finish`]
+    /// was called, or the restore found a checkpoint written by `finish`, and no step was
+    /// counted since. A program may still go on (e.g. a longer run of a finished job):
+    /// the next [`Job::checkpoint`] counts a step and the job is no longer finished.
+    pub fn is_finished(&self) -> bool {
+        self.finished.is_some_and(|(_, s)| s == self.step)
+    }
+
+    /// The step at which the job was last recorded finished (by this process's
+    /// [`Job::finish`] or in the restored checkpoint), even if it went on since.
+    pub fn finished_at(&self) -> Option<u64> {
+        self.finished.map(|(_, s)| s)
+    }
+
+    /// What the last checkpoint this process committed cost on this rank (`None` before
+    /// the first one). See [`CheckpointReport`].
+    pub fn last_checkpoint(&self) -> Option<&CheckpointReport> {
+        self.last.as_ref()
+    }
+
+    /// Returns the state of the newest committed checkpoint that verifies, or `init()`
+    /// when there is none. `init` runs exactly once, in both cases: on a restore its value
+    /// is what the checkpoint is restored into (see
+    /// [the table](Job#initialising-or-restoring-without-initialising); use
+    /// [`Job::restore_or_init_with`] to restore without running an expensive `init`).
+    ///
+    /// Damaged newer checkpoints are skipped and logged (`tracing::warn!`) and listed in
+    /// [`Job::restore_report`]. Every rank restores the same checkpoint or every rank
+    /// fails ([agreed restore](Job#agreed-restore)). A checkpoint written by another
+    /// number of ranks is redistributed when the state allows it, else
+    /// [`JobError::NotRedistributable`]. When every committed checkpoint is damaged:
+    /// [`JobError::AllDamaged`], or a fresh start said loudly on stderr, as
+    /// [`JobBuilder::on_all_damaged`] says. A checkpoint written by [`Job::finish`] makes
+    /// [`Job::is_finished`] true.
     ///
     /// Under a supervisor each rank first reports the repository it opened (marker `repo`,
-    /// normalized by `lazarus_store::repo_location`), and a restore error of its own
-    /// that no restart can fix is reported too (marker `refused`), so that `lazarus run`
-    /// stops instead of restarting (docs/RECOVERY.md).
+    /// normalized by [`crate::store::repo_location`]), and a restore error of its own that
+    /// no restart can fix is reported too (marker `refused`), so that `lazarus run` stops
+    /// instead of restarting (docs/RECOVERY.md).
     pub fn restore_or_init<T: Checkpoint>(
         &mut self,
         init: impl FnOnce() -> T,
     ) -> Result<T, JobError> {
-        restore::write_marker(&lazarus_supervisor::Marker::Repo {
+        self.restore_made(|_| Ok::<T, std::convert::Infallible>(init()))
+    }
+
+    /// [`Job::restore_or_init`] with an initialiser that can fail. It runs exactly once
+    /// (on a restore its value is restored into); its error fails every rank:
+    /// [`JobError::Init`] here, [`JobError::Peer`] on the others.
+    pub fn restore_or_try_init<T, E>(
+        &mut self,
+        init: impl FnOnce() -> Result<T, E>,
+    ) -> Result<T, JobError>
+    where
+        T: Checkpoint,
+        E: Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    {
+        self.restore_made(|_| init())
+    }
+
+    /// Restores the newest committed checkpoint into `shell()`, or returns `init()` when
+    /// there is none: `init` runs only on a fresh start, `shell` only on a restore, and
+    /// never both. `shell` builds a value of the right shape to restore into, cheaply
+    /// (`Default::default`, or the communicator and sizes a `DVec` needs); its skipped
+    /// fields are what the `after_restore` hooks start from. `init` builds the initial
+    /// state and may be expensive or fail ([`JobError::Init`], every rank failing).
+    /// Otherwise as [`Job::restore_or_init`].
+    ///
+    /// ```
+    /// use lazarus::{Checkpoint, Job};
+    ///
+    /// #[derive(Checkpoint, Default)]
+    /// struct Model { weights: Vec<f32> }
+    ///
+    /// fn load_initial_weights() -> std::io::Result<Model> {
+    ///     Ok(Model { weights: vec![0.5; 1024] }) // e.g. read a large file
+    /// }
+    ///
+    /// # let dir = tempfile::tempdir()?;
+    /// let mut job = Job::builder().repo(dir.path()).open()?;
+    /// let model = job.restore_or_init_with(Model::default, load_initial_weights)?;
+    /// job.finish(&model)?;
+    /// drop(job); // releases the repository
+    ///
+    /// let mut job = Job::builder().repo(dir.path()).open()?;
+    /// let again = job.restore_or_init_with(Model::default, || -> std::io::Result<Model> {
+    ///     unreachable!("a checkpoint exists: the initial state is not built again")
+    /// })?;
+    /// assert_eq!(again.weights, model.weights);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn restore_or_init_with<T, E>(
+        &mut self,
+        shell: impl FnOnce() -> T,
+        init: impl FnOnce() -> Result<T, E>,
+    ) -> Result<T, JobError>
+    where
+        T: Checkpoint,
+        E: Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    {
+        self.restore_made(|m| match m {
+            Make::Shell => Ok(shell()),
+            Make::Initial => init(),
+        })
+    }
+
+    /// The three restore methods: `make` builds the value asked for; its error becomes
+    /// this rank's [`JobError::Init`].
+    fn restore_made<T, E>(&mut self, make: impl FnOnce(Make) -> Result<T, E>) -> Result<T, JobError>
+    where
+        T: Checkpoint,
+        E: Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    {
+        let rank = self.comm().rank().0;
+        self.restore_agreed(|m| {
+            make(m).map_err(|e| JobError::Init {
+                rank,
+                source: e.into(),
+            })
+        })
+    }
+
+    /// The markers around the agreed restore, and the refusal a supervisor must see.
+    fn restore_agreed<T: Checkpoint>(
+        &mut self,
+        make: impl FnOnce(Make) -> Result<T, JobError>,
+    ) -> Result<T, JobError> {
+        self.runtime.marker(&Marker::Repo {
             location: lazarus_store::repo_location(&self.path),
         });
-        let r = self.restore_agreed(init);
+        let r = self.agree(make);
         if let Err(e) = &r {
             if e.is_restore_refusal() {
-                restore::write_marker(&lazarus_supervisor::Marker::Refused {
+                self.runtime.marker(&Marker::Refused {
                     message: e.to_string(),
                 });
             }
@@ -592,181 +571,108 @@ impl Job {
         r
     }
 
-    fn restore_agreed<T: Checkpoint>(&mut self, init: impl FnOnce() -> T) -> Result<T, JobError> {
-        let mut state = init();
+    /// Runs [`RestoreAgreement`] with the Job's load (state objects, redistributed if
+    /// needed, and the managed files' plan) and apply (build the value, restore it, put
+    /// the files back; or start fresh).
+    fn agree<T: Checkpoint>(
+        &mut self,
+        make: impl FnOnce(Make) -> Result<T, JobError>,
+    ) -> Result<T, JobError> {
         let comm = self.runtime.comm().clone();
-        let me = comm.rank();
-        // Rank 0 only: the candidates, newest first, and the damage found so far.
-        let mut candidates = std::collections::VecDeque::new();
-        let mut skipped = Vec::new();
-        if me == Rank(0) {
-            match self.candidates() {
-                Ok((c, d)) => {
-                    candidates = c.into();
-                    skipped = d;
-                }
-                Err(e) => {
-                    // Tell the others before failing, so they do not wait for us.
-                    let mut p = Plan::Failed(e.to_string());
-                    comm.broadcast(Rank(0), &mut p)?;
-                    return Err(e);
-                }
+        let (me, size) = (comm.rank(), comm.size());
+        let agreement = RestoreAgreement {
+            comm: &comm,
+            repo: &self.path,
+            on_all_damaged: self.on_all_damaged,
+        };
+        let load = |c: &Candidate| -> Result<_, LoadError<JobError>> {
+            let files = self.files_prepare(c.id, c.world, size)?;
+            let objects = restore::load(&self.path, c.id, c.world, me, size)?;
+            Ok((objects, files))
+        };
+        let apply = |chosen: Option<(&Candidate, Loaded)>| match chosen {
+            None => {
+                self.files_fresh()?;
+                make(Make::Initial)
             }
-        }
-        loop {
-            let mut plan = match candidates.pop_front() {
-                Some(c) => Plan::From {
-                    id: c.id.0,
-                    step: c.step,
-                    world: c.world_size,
-                    skipped: skipped.clone(),
-                },
-                None if !skipped.is_empty() && self.on_all_damaged == OnAllDamaged::Refuse => {
-                    Plan::AllDamaged {
-                        skipped: skipped.clone(),
-                    }
+            Some((c, (objects, files))) => {
+                if c.world != size && me == Rank(0) {
+                    let _ = writeln!(
+                        std::io::stderr().lock(),
+                        "lazarus: restoring checkpoint {} written by {} on {} by \
+                         redistribution",
+                        c.id.0,
+                        count(c.world, "rank"),
+                        count(size, "rank")
+                    );
                 }
-                None => Plan::Fresh {
-                    skipped: skipped.clone(),
-                },
-            };
-            comm.broadcast(Rank(0), &mut plan)?;
-            let (id, step, world, skipped_now) = match plan {
-                Plan::AllDamaged { skipped } => {
-                    if me == Rank(0) {
-                        lazarus_coord::announce_all_damaged(
-                            &self.path,
-                            &skipped,
-                            OnAllDamaged::Refuse,
-                        );
+                let mut state = make(Make::Shell)?;
+                lazarus_state::restore(&mut state, objects).map_err(|source| {
+                    JobError::Restore {
+                        checkpoint: c.id,
+                        step: c.step,
+                        source,
                     }
-                    return Err(JobError::AllDamaged {
-                        path: self.path.clone(),
-                        damaged: skipped,
-                    });
+                })?;
+                // The managed files go back only with the state (issue #17).
+                if let (Some(plan), Some(f)) = (files, &self.files) {
+                    f.apply_restore(plan)?;
                 }
-                Plan::Fresh { skipped } => {
-                    if me == Rank(0) && !skipped.is_empty() {
-                        lazarus_coord::announce_all_damaged(
-                            &self.path,
-                            &skipped,
-                            OnAllDamaged::StartFresh,
-                        );
-                    }
-                    self.step = 0;
-                    self.saved_at = None;
-                    self.report = None;
-                    self.files_fresh()?;
-                    self.fresh = Some(FreshStart { damaged: skipped });
-                    resumed_marker(None, 0);
-                    return Ok(state);
-                }
-                Plan::Failed(e) => return Err(JobError::Rank0(e)),
-                Plan::From {
-                    id,
-                    step,
-                    world,
+                Ok(state)
+            }
+        };
+        let (state, start) = agreement.run(load, apply).map_err(|e| match e {
+            AgreeError::Own(e) => e,
+            AgreeError::Peer {
+                rank,
+                checkpoint,
+                message,
+                ..
+            } => JobError::Peer {
+                rank: rank.0,
+                checkpoint,
+                message,
+            },
+            AgreeError::Listing(source) => self.store_err(source),
+            AgreeError::Rank0(why) => JobError::Rank0(why),
+            AgreeError::AllDamaged(damaged) => JobError::AllDamaged {
+                path: self.path.clone(),
+                damaged,
+            },
+            AgreeError::Net(e) => JobError::Net(e),
+        })?;
+        match start {
+            Start::Fresh { damaged } => {
+                self.step = 0;
+                self.saved_at = None;
+                self.report = None;
+                self.finished = None;
+                self.fresh = Some(FreshStart { damaged });
+                self.runtime.marker(&Marker::Resumed { id: None, step: 0 });
+            }
+            Start::Restored { from, skipped } => {
+                let finished = meta::is_finished(&from.app);
+                self.step = from.step;
+                self.saved_at = Some(from.step);
+                self.finished = finished.then_some((from.id, from.step));
+                let report = RestoreReport {
+                    checkpoint: from.id,
+                    step: from.step,
                     skipped,
-                } => (CheckpointId(id), step, world, skipped),
-            };
-            let size = comm.size();
-            let loaded = self
-                .files_prepare(id, world, size)
-                .and_then(|plan| restore::load(&self.path, id, world, me, size).map(|o| (o, plan)));
-            let mine = match &loaded {
-                Ok(_) => Attempt::Ok,
-                Err(e) => e.attempt(),
-            };
-            let all = comm.allgather(&mine)?;
-            if let Some(err) = agreed_failure(&all, id) {
-                return Err(match loaded {
-                    Err(LoadError::Fatal(own)) => own,
-                    _ => err,
+                    written_by: from.world,
+                    restored_on: size,
+                    finished,
+                };
+                tracing::info!("{report}");
+                self.report = Some(report);
+                self.fresh = None;
+                self.runtime.marker(&Marker::Resumed {
+                    id: Some(from.id),
+                    step: from.step,
                 });
             }
-            let damaged: Vec<Damage> = all
-                .iter()
-                .filter_map(|a| match a {
-                    Attempt::Damaged(d) => Some(d.clone()),
-                    _ => None,
-                })
-                .collect();
-            if let Some(d) = damaged.into_iter().next() {
-                // One entry per checkpoint: the first rank's finding.
-                if me == Rank(0) {
-                    warn_damage(&d);
-                    skipped.push(d);
-                }
-                continue;
-            }
-            let Ok((objects, files_plan)) = loaded else {
-                // Unreachable: every rank reported Ok, this one included.
-                return Err(JobError::Rank0("restore outcome lost".into()));
-            };
-            if world != size && me == Rank(0) {
-                let _ = writeln!(
-                    std::io::stderr().lock(),
-                    "lazarus: restoring checkpoint {} written by {world} ranks on {size} ranks \
-                     by redistribution",
-                    id.0
-                );
-            }
-            let restored = lazarus_state::restore(&mut state, objects);
-            // The managed files go back only with the state (issue #17).
-            let files_applied = match (&restored, files_plan, &self.files) {
-                (Ok(()), Some(plan), Some(f)) => f.apply_restore(plan),
-                _ => Ok(()),
-            };
-            let mine = match (&restored, &files_applied) {
-                (Ok(()), Ok(())) => Attempt::Ok,
-                (Err(e), _) => {
-                    Attempt::Fatal(format!("restoring checkpoint {} (step {step}): {e}", id.0))
-                }
-                (_, Err(e)) => Attempt::Fatal(format!(
-                    "restoring the managed files of checkpoint {} (step {step}): {e}",
-                    id.0
-                )),
-            };
-            let all = comm.allgather(&mine)?;
-            files_applied?;
-            if let Err(source) = restored {
-                return Err(JobError::Restore {
-                    checkpoint: id,
-                    step,
-                    source,
-                });
-            }
-            if let Some(err) = agreed_failure(&all, id) {
-                return Err(err);
-            }
-            self.step = step;
-            self.saved_at = Some(step);
-            let report = RestoreReport {
-                checkpoint: id,
-                step,
-                skipped: skipped_now,
-                written_by: world,
-                restored_on: size,
-            };
-            tracing::info!("{report}");
-            self.report = Some(report);
-            self.fresh = None;
-            resumed_marker(Some(id), step);
-            return Ok(state);
         }
-    }
-
-    /// Rank 0: committed checkpoints that pass the cheap check, newest first, and the
-    /// damage that excluded the others (logged).
-    fn candidates(&self) -> Result<(Vec<CheckpointSummary>, Vec<Damage>), JobError> {
-        let reader = RepoReader::open(&self.path).map_err(|e| self.store_err(e))?;
-        let (ok, damaged) = reader
-            .newest_committed_candidates()
-            .map_err(|e| self.store_err(e))?;
-        for d in &damaged {
-            warn_damage(d);
-        }
-        Ok((ok, damaged))
+        Ok(state)
     }
 
     /// The policy's answer, identical on every rank: local for step policies, rank 0's
@@ -807,12 +713,7 @@ impl Job {
             }
         };
         let saved = if due {
-            let t0 = Instant::now();
-            let r = self.save(state);
-            if r.is_ok() {
-                self.policy.checkpoint_taken(at, t0.elapsed());
-            }
-            r.map(|_| ())
+            self.save(state, false).map(|_| ())
         } else {
             Ok(())
         };
@@ -826,21 +727,40 @@ impl Job {
         &mut self,
         state: &T,
     ) -> Result<CheckpointId, JobError> {
-        let at = Opportunity {
-            step: self.step,
-            now: Instant::now(),
-        };
-        let id = self.save(state)?;
-        self.policy.checkpoint_taken(at, at.now.elapsed());
-        Ok(id)
+        self.save(state, false)
     }
 
-    fn save<T: Checkpoint + ?Sized>(&mut self, state: &T) -> Result<CheckpointId, JobError> {
+    /// Records that the job is complete: saves `state` as its final state, after
+    /// `step()` iterations, in a checkpoint marked finished (`lazarus.finished` in
+    /// COMMIT). A rerun restores it, [`Job::is_finished`] is true and, with the loop of
+    /// [the step contract](Job#the-step-contract), no iteration runs again. Called on a
+    /// job that is already finished at this step (the rerun), it saves nothing and returns
+    /// that checkpoint. Collective: every rank calls it, like `checkpoint`. Retention
+    /// keeps it (it is the newest), so the result stays restorable until a later run
+    /// writes newer checkpoints.
+    pub fn finish<T: Checkpoint + ?Sized>(&mut self, state: &T) -> Result<CheckpointId, JobError> {
+        if let Some((id, step)) = self.finished {
+            if step == self.step {
+                return Ok(id);
+            }
+        }
+        self.save(state, true)
+    }
+
+    fn save<T: Checkpoint + ?Sized>(
+        &mut self,
+        state: &T,
+        finished: bool,
+    ) -> Result<CheckpointId, JobError> {
+        let started = Instant::now();
         let step = self.step;
-        let meta = CommitMeta {
+        let mut meta = CommitMeta {
             step,
             app: self.app.clone(),
         };
+        if finished {
+            meta.app.insert(meta::FINISHED_KEY.into(), "true".into());
+        }
         // The managed files join the part (issue #17): same round, same cut on every rank.
         let snap = match self.files.as_ref().map(Files::snapshot).transpose() {
             Ok(s) => s,
@@ -889,7 +809,21 @@ impl Job {
                 );
             }
         }
-        tracing::debug!("checkpoint {} committed at step {step}", done.checkpoint.0);
+        let report = CheckpointReport {
+            checkpoint: done.checkpoint,
+            step,
+            stall: started.elapsed(),
+            write: done.write,
+            logical_bytes: done.receipt.logical_bytes,
+            written_bytes: done.receipt.stored_new_bytes,
+        };
+        self.policy
+            .checkpoint_taken(Opportunity { step, now: started }, report.stall);
+        tracing::debug!("{report}");
+        self.last = Some(report);
+        if finished {
+            self.finished = Some((done.checkpoint, step));
+        }
         Ok(done.checkpoint)
     }
 
@@ -901,7 +835,7 @@ impl Job {
         id: CheckpointId,
         world: u32,
         size: u32,
-    ) -> Result<Option<lazarus_files::RestorePlan>, LoadError> {
+    ) -> Result<Option<lazarus_files::RestorePlan>, LoadError<JobError>> {
         let Some(files) = &self.files else {
             return Ok(None);
         };
@@ -921,13 +855,13 @@ impl Job {
     }
 
     /// Managed files (issue #17) on a fresh start: the tree goes back to empty (files of
-    /// an incarnation that died before the first checkpoint are removed); every rank
-    /// learns whether all could.
+    /// an incarnation that died before the first checkpoint are removed). Every rank
+    /// learns whether all could through the agreement.
     fn files_fresh(&self) -> Result<(), JobError> {
         let Some(files) = &self.files else {
             return Ok(());
         };
-        let done = files
+        files
             .prepare_restore(None)
             .map_err(|e| match e {
                 lazarus_files::RestoreError::Files(e) => e,
@@ -935,17 +869,8 @@ impl Job {
                     FilesError::new(lazarus_files::FilesErrorKind::Io, None, e.to_string())
                 }
             })
-            .and_then(|plan| files.apply_restore(plan));
-        let mine = match &done {
-            Ok(()) => Attempt::Ok,
-            Err(e) => Attempt::Fatal(format!("managed files on a fresh start: {e}")),
-        };
-        let all = self.runtime.comm().clone().allgather(&mine)?;
-        done?;
-        match agreed_failure(&all, CheckpointId(0)) {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
+            .and_then(|plan| files.apply_restore(plan))
+            .map_err(JobError::Files)
     }
 
     fn store_err(&self, source: StoreError) -> JobError {
@@ -956,9 +881,6 @@ impl Job {
     }
 }
 
-/// Under a supervisor (`LAZARUS_OUTPUT_MARKERS=1`), tells it this rank is running again:
-/// `\x1elazarus:resumed <id|-> <step>` on stdout. The supervisor times recovery (failure →
-/// every rank resumed) from it; the line is never shown to the user.
-fn resumed_marker(id: Option<CheckpointId>, step: u64) {
-    restore::write_marker(&lazarus_supervisor::Marker::Resumed { id, step });
-}
+/// What one rank loaded of the agreed checkpoint: its state objects and the managed
+/// files' restore plan.
+type Loaded = (Vec<LoadedObject>, Option<lazarus_files::RestorePlan>);

@@ -5,9 +5,12 @@
 //! - [`Checkpoint`] (usually `#[derive(Checkpoint)]`): what to save. Numbers and `Vec`s of
 //!   numbers are saved as raw little-endian arrays, other fields with serde
 //!   (`#[checkpoint(serde)]`), and `#[checkpoint(skip)]` fields are rebuilt after restore.
+//!   Every attribute of the derive is documented on [the trait](Checkpoint#the-derive).
 //! - [`Job`]: where and when. It opens a checkpoint repository, restores the newest intact
-//!   checkpoint (falling back past damaged ones) or initialises fresh state, and saves at the
-//!   top of the main loop when its policy (every N steps, every T seconds) says so.
+//!   checkpoint (falling back past damaged ones) or initialises fresh state, saves at the
+//!   top of the main loop when its policy (every N steps, every T seconds, never, or a
+//!   model) says so, and records completion with [`Job::finish`]. Its documentation holds
+//!   the step contract, the agreed and the elastic restore.
 //! - [`store::Repository`]: the portable, crash-safe repository of checkpoints
 //!   (content-addressed chunks, per-rank manifests, one COMMIT per checkpoint).
 //!
@@ -51,6 +54,38 @@
 //! }
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+//!
+//! # Where things are
+//!
+//! The everyday types are at the top of this crate; each concern is a module, the crate
+//! of that name re-exported whole (every page is part of this manual):
+//!
+//! | module | what it holds |
+//! |---|---|
+//! | [`state`] | [`Checkpoint`] and its derive, [`DirtyVec`] (page-tracked `Vec`), [`Serde`], the schema check |
+//! | [`dist`] | [`DVec`] (a vector partitioned over ranks), [`Distribution`], reductions ([`ExactSum`], [`ExactSums`]), load balancing, N→M redistribution |
+//! | [`net`] | [`Comm`] ([`init`], [`local`]): ranks, authenticated reliable channels, collectives ([`ReduceOp`]), the launcher |
+//! | [`policy`] | when to checkpoint: [`policy::Policy`], fixed policies, Young/Daly models, [`policy::PolicySpec`] |
+//! | [`coord`] | the checkpoint protocols: aligned rounds (used by [`Job`]), unaligned ones ([`coord::AsyncSession`]), the agreed restore, output markers, COMMIT metadata keys |
+//! | [`store`] | the repository: writing parts, committing, retention, GC, verification |
+//! | [`format`](mod@format) | ids ([`Rank`], [`CheckpointId`]) and the on-disk format (docs/FORMAT.md) |
+//! | [`files`] | user files that roll back with the job ([`JobBuilder::files`]) |
+//! | [`supervisor`] | `lazarus run --repo`: the restart loop, output commit, fault injection |
+//!
+//! # Results that depend on the number of ranks
+//!
+//! A floating-point sum depends on the order of its terms. [`DVec`]'s own reductions are
+//! bit-identical for any number of ranks and any balancing; [`Comm::allreduce`] with
+//! [`ReduceOp::Sum`] over per-rank partial sums is not (its result changes with the rank
+//! count). Where results are compared across rank counts, reduce with [`ExactSum`] (one
+//! scalar) or [`ExactSums`] (a `Vec<f64>`, per element); docs/DIST.md, "Which reductions depend
+//! on the number of ranks", has the table.
+//!
+//! # Logging
+//!
+//! The library reports through `tracing` (a damaged checkpoint skipped, an aborted round);
+//! [`init_logging`] (feature `logging`, on by default) sends it to stderr, coloured only on
+//! a terminal and never with `NO_COLOR`.
 #![deny(missing_docs)]
 // A failed stdout/stderr must never panic a job (issue #11 item 10): no print macros.
 #![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
@@ -58,21 +93,44 @@
 // Lets `#[derive(Checkpoint)]`, which names `::lazarus::state`, work inside this crate too.
 extern crate self as lazarus;
 
+mod error;
 mod job;
+#[cfg(feature = "logging")]
+mod logging;
+mod report;
 mod restore;
 
-pub use job::{Job, JobBuilder, JobError, RestoreReport, REPO_ENV};
+pub use error::JobError;
+pub use job::{Job, JobBuilder, REPO_ENV};
+#[doc(inline)]
 pub use lazarus_coord as coord;
 pub use lazarus_coord::{OnAllDamaged, ON_ALL_DAMAGED_ENV};
+#[doc(inline)]
 pub use lazarus_dist as dist;
-pub use lazarus_dist::DVec;
+pub use lazarus_dist::{DVec, Distribution, ExactSum, ExactSums};
+#[doc(inline)]
 pub use lazarus_files as files;
+#[doc(inline)]
 pub use lazarus_format as format;
+pub use lazarus_format::{CheckpointId, Rank};
+#[doc(inline)]
 pub use lazarus_net as net;
-pub use lazarus_net::{init, local, Comm};
+pub use lazarus_net::{init, local, Comm, ReduceOp};
+#[doc(inline)]
 pub use lazarus_policy as policy;
+#[doc(inline)]
 pub use lazarus_state as state;
 pub use lazarus_state::{Checkpoint, DirtyVec, Serde, StateError};
+#[doc(inline)]
 pub use lazarus_store as store;
+#[doc(inline)]
 pub use lazarus_supervisor as supervisor;
-pub use restore::FreshStart;
+#[cfg(feature = "logging")]
+pub use logging::{colour_on_stderr, init_logging};
+pub use report::{CheckpointReport, FreshStart, RestoreReport};
+
+/// README.md's code blocks, compiled (and run unless marked `no_run`) as doctests, so the
+/// README cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -3,93 +3,22 @@
 //! error (fail every rank).
 //!
 //! The agreement itself (rank 0 picks, every rank reports, all fall back or all fail) is
-//! in `Job::restore_or_init`; this module only loads and classifies.
+//! `lazarus_coord::restore`, shared with `AsyncSession`; this module only loads.
 
-use crate::job::JobError;
+use crate::error::JobError;
+use lazarus_coord::restore::LoadError;
 use lazarus_dist::{PartSource, Reshard};
 use lazarus_format::{CheckpointId, LoadedObject, Manifest, ObjectInfo, Rank};
-use lazarus_store::{Damage, RepoReader, StoreError, StoreErrorKind};
-use lazarus_supervisor::Marker;
-use serde::{Deserialize, Serialize};
-use std::io::Write;
+use lazarus_store::{RepoReader, StoreError, StoreErrorKind};
 use std::path::{Path, PathBuf};
 
-/// `restore_or_init` restored nothing and returned `init()`.
-#[derive(Clone, Debug, Default)]
-pub struct FreshStart {
-    /// The committed checkpoints that were skipped as damaged, newest first: empty for a
-    /// repository without committed checkpoints, non-empty only under
-    /// [`OnAllDamaged::StartFresh`](lazarus_coord::OnAllDamaged) (all their progress was
-    /// given up).
-    pub damaged: Vec<Damage>,
-}
-
-impl FreshStart {
-    /// True when committed checkpoints existed but were all damaged.
-    pub fn after_damage(&self) -> bool {
-        !self.damaged.is_empty()
-    }
-}
-
-/// Under a supervisor (`LAZARUS_OUTPUT_MARKERS=1`), writes `m` as a control line on stdout;
-/// never shown to the user. A closed stdout must not fail the job: markers only inform.
-pub(crate) fn write_marker(m: &Marker) {
-    if !std::env::var(lazarus_coord::OUTPUT_MARKERS_ENV).is_ok_and(|v| v == "1") {
-        return;
-    }
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{}", m.line());
-    let _ = out.flush();
-}
-
-/// One rank's outcome of loading a candidate checkpoint, exchanged with every rank.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub(crate) enum Attempt {
-    /// Loaded (every chunk verified); ready to restore.
-    Ok,
-    /// A file of the checkpoint is damaged or missing: every rank falls back.
-    Damaged(Damage),
-    /// Anything else (I/O error, state not redistributable, restore failed): every rank
-    /// fails, with this message on the ranks that did not see it themselves.
-    Fatal(String),
-}
-
-/// Why loading failed, before it is exchanged.
-pub(crate) enum LoadError {
-    /// The checkpoint is unusable; try an older one.
-    Damaged(Damage),
-    /// Stop: the error to return on this rank.
-    Fatal(JobError),
-}
-
-impl LoadError {
-    /// What the other ranks are told.
-    pub(crate) fn attempt(&self) -> Attempt {
-        match self {
-            LoadError::Damaged(d) => Attempt::Damaged(d.clone()),
-            LoadError::Fatal(e) => Attempt::Fatal(e.to_string()),
-        }
-    }
-}
-
-/// Damage (a decoder or digest check failed, a file is missing, a version is unknown) or
-/// a fatal store error (I/O, which is not evidence that the checkpoint is bad: falling
-/// back would silently lose work, so the job fails and the supervisor retries).
-pub(crate) fn classify(repo: &Path, id: CheckpointId, e: StoreError) -> LoadError {
-    match e.kind() {
-        StoreErrorKind::Corrupt | StoreErrorKind::Missing | StoreErrorKind::VersionUnsupported => {
-            LoadError::Damaged(Damage {
-                checkpoint: id,
-                path: e.path().map(Path::to_path_buf).unwrap_or_default(),
-                kind: e.kind().to_string(),
-                detail: e.to_string(),
-            })
-        }
-        _ => LoadError::Fatal(JobError::Store {
-            path: repo.to_path_buf(),
-            source: e,
-        }),
-    }
+/// A store error while loading checkpoint `id` of the repository at `repo`: damage (fall
+/// back) or a fatal [`JobError::Store`] ([`lazarus_coord::restore::classify`] decides).
+pub(crate) fn classify(repo: &Path, id: CheckpointId, e: StoreError) -> LoadError<JobError> {
+    LoadError::from_store(id, e, |source| JobError::Store {
+        path: repo.to_path_buf(),
+        source,
+    })
 }
 
 /// Loads `me`'s objects of checkpoint `id`, written by `old_world` ranks, for a world of
@@ -102,7 +31,7 @@ pub(crate) fn load(
     old_world: u32,
     me: Rank,
     new_world: u32,
-) -> Result<Vec<LoadedObject>, LoadError> {
+) -> Result<Vec<LoadedObject>, LoadError<JobError>> {
     let reader = RepoReader::open(repo).map_err(|e| classify(repo, id, e))?;
     if old_world == new_world {
         // Without the managed files' objects (issue #17): those are restored by the files

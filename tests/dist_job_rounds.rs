@@ -132,10 +132,6 @@ fn a_rank_that_cannot_write_aborts_the_round_and_leftovers_are_collected() {
     let dir = tempfile::tempdir().unwrap();
     let repo = dir.path().join("repo");
     let elsewhere = dir.path().join("not-the-repo");
-    // No rank drops its job (and so its connections) before every rank has its outcome:
-    // a peer's "finished" notice could otherwise overtake rank 0's Abort decision on a
-    // loaded machine (seen 1 in 5 runs under load).
-    let all_done = std::sync::Arc::new(std::sync::Barrier::new(3));
     let results = each(comms(3), move |r, comm| {
         // Rank 2 points at a directory that is not the repository: its write fails.
         let path = if r == 2 {
@@ -157,8 +153,10 @@ fn a_rank_that_cannot_write_aborts_the_round_and_leftovers_are_collected() {
             })
             .unwrap();
         job.checkpoint(&s).unwrap(); // step 0: nothing due
+                                     // Ranks drop their jobs as soon as they have their outcome: a slow rank must still
+                                     // read the Abort of a rank 0 that has already finished (see the regression test
+                                     // `finished_notice_overtaking_the_abort_decision`).
         let e = job.checkpoint(&s).unwrap_err();
-        all_done.wait();
         (
             matches!(e, JobError::Round { .. }),
             e.is_retryable(),
@@ -178,6 +176,83 @@ fn a_rank_that_cannot_write_aborts_the_round_and_leftovers_are_collected() {
         dirs(&dir.path().join("repo")).is_empty(),
         "the aborted round was collected"
     );
+}
+
+/// A state whose `save` (on the rank given) first waits until rank 0 has finished: it
+/// sends to rank 0 until the send says so, i.e. until this rank has processed rank 0's
+/// goodbye. Rank 0 finishes only after deciding the round and once every rank holds
+/// that decision, so the decision is already in this rank's mailbox.
+struct SlowVoter {
+    xs: Vec<f64>,
+    wait_for_rank0: Option<Comm>,
+}
+
+impl lazarus::Checkpoint for SlowVoter {
+    fn save<'a>(
+        &'a self,
+        out: &mut lazarus::state::StateWriter<'a>,
+    ) -> Result<(), lazarus::StateError> {
+        if let Some(comm) = &self.wait_for_rank0 {
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            let probe = lazarus::net::Tag::user(77);
+            while comm
+                .send_bytes(lazarus::format::Rank(0), probe, Vec::new())
+                .is_ok()
+            {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "rank 0 never finished"
+                );
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        out.field("xs", &self.xs)
+    }
+
+    fn restore(
+        &mut self,
+        inp: &mut lazarus::state::StateReader,
+    ) -> Result<(), lazarus::StateError> {
+        inp.field("xs", &mut self.xs)
+    }
+}
+
+/// Regression (issue #12, "a rank's finished notice can overtake rank 0's abort
+/// decision"): rank 2 cannot write, so rank 0 aborts the round at once, tells every rank
+/// and finishes; rank 1, still writing, then failed to *send* its vote to the finished
+/// rank 0 and reported that ("peer has finished") instead of reading the Abort already
+/// waiting in its mailbox. Every rank must report the abort.
+#[test]
+fn finished_notice_overtaking_the_abort_decision() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let elsewhere = dir.path().join("not-the-repo");
+    let results = each(comms(3), move |r, comm| {
+        let path = if r == 2 {
+            elsewhere.clone()
+        } else {
+            repo.clone()
+        };
+        let gate = (r == 1).then(|| comm.clone());
+        let mut job = Job::builder()
+            .repo(&path)
+            .comm(comm)
+            .timeouts(timeouts())
+            .never_checkpoint()
+            .open()
+            .unwrap();
+        let s = job
+            .restore_or_init(|| SlowVoter {
+                xs: vec![1.0; 10],
+                wait_for_rank0: gate,
+            })
+            .unwrap();
+        let e = job.checkpoint_now(&s).unwrap_err();
+        (matches!(e, JobError::Round { .. }), e.to_string())
+    });
+    for (r, (is_round, msg)) in results.iter().enumerate() {
+        assert!(*is_round && msg.contains("aborted"), "rank {r}: {msg}");
+    }
 }
 
 /// Review finding 8: a rank whose part of the chosen checkpoint turns out damaged while
@@ -289,7 +364,7 @@ fn one_to_n_restore_copies_per_rank_state() {
     for (r, g) in got.into_iter().enumerate() {
         let e = g.expect_err("a per-rank field of a 1-rank checkpoint must not be copied");
         assert!(
-            e.contains("written by 1 ranks and cannot be restored on 4") && e.contains("`mine`"),
+            e.contains("written by 1 rank and cannot be restored on 4") && e.contains("`mine`"),
             "rank {r}: {e}"
         );
     }

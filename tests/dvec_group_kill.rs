@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{checksum, lazarus_run, text};
+use common::{checksum, lazarus_run_worker, text};
 use lazarus::dist::{balance_together, ExactSums};
 use lazarus::format::Rank;
 use lazarus::net::ReduceOp;
@@ -146,25 +146,10 @@ fn kmeans_worker() {
 }
 
 fn run(n: u32, repo: &std::path::Path, extra: &[&str], spec: &str) -> std::process::Output {
-    let me = std::env::current_exe().expect("test binary path");
-    let me = me.to_str().expect("utf-8 path");
-    let prog = [
-        me,
-        "kmeans_worker",
-        "--exact",
-        "--ignored",
-        "--nocapture",
-        "-q",
-    ];
     // Rank 1 three times slower: the balancer moves rows off it, so the checkpoints hold
     // skewed (but shared) blocks.
-    lazarus_run(
-        n,
-        repo,
-        extra,
-        &[(WORKER_ENV, spec), ("LAZARUS_SLOWDOWN", "1:3")],
-        &prog,
-    )
+    let env = [(WORKER_ENV, spec), ("LAZARUS_SLOWDOWN", "1:3")];
+    lazarus_run_worker("kmeans_worker", n, repo, extra, &env)
 }
 
 const SPEC: &str = "400,10,5";

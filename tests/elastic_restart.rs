@@ -7,6 +7,7 @@
 mod common;
 
 use common::{checksum, lazarus_run, text};
+use lazarus::format::count;
 use std::sync::OnceLock;
 
 const SIZE: &str = "40";
@@ -42,8 +43,9 @@ fn reference() -> &'static str {
     })
 }
 
-/// Writes checkpoints with `n` ranks (steps 10, 20; rank 1 slowed 3x so the balancer
-/// skews the saved layout), then finishes on `m` ranks from step 20.
+/// Writes checkpoints with `n` ranks (steps 10, 20 and the finished 25; rank 1 slowed 3x
+/// so the balancer skews the saved layout), then goes on to `STEPS` on `m` ranks from
+/// step 25.
 fn n_to_m(n: u32, m: u32) {
     let dir = tempfile::tempdir().unwrap();
     let repo = dir.path().join("repo");
@@ -63,11 +65,18 @@ fn n_to_m(n: u32, m: u32) {
     assert_eq!(checksum(&out), reference(), "{n} -> {m}\n{stderr}");
     assert!(
         stderr.contains(&format!(
-            "written by {n} ranks on {m} ranks by redistribution"
+            "written by {} on {} by redistribution",
+            count(n, "rank"),
+            count(m, "rank")
         )),
         "{n} -> {m}: stderr says nothing of the redistribution:\n{stderr}"
     );
-    assert!(stderr.contains("at step 20"), "{n} -> {m}:\n{stderr}");
+    // The first run ended with `Job::finish` at step 25: the second one extends it from
+    // there (no step is redone).
+    assert!(
+        stderr.contains("at step 25 (the job had finished there)"),
+        "{n} -> {m}:\n{stderr}"
+    );
 }
 
 #[test]
@@ -133,7 +142,7 @@ fn shrink_on_failure_finishes_on_one_rank_fewer_after_a_sigkill() {
         "the restart must restore a 3-rank checkpoint on 2 ranks:\n{stderr}"
     );
     assert!(
-        stderr.contains("completed after 1 restart(s)") && stderr.contains("on 2 ranks"),
+        stderr.contains("completed after 1 restart in") && stderr.contains("on 2 ranks"),
         "{stderr}"
     );
 }

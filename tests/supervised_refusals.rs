@@ -51,7 +51,7 @@ fn supervisor_restarts_k_times_a_job_that_cannot_be_restored_on_this_rank_count(
     let (_, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(EXIT_RESTORE_REFUSED), "{stderr}");
     assert!(
-        !stderr.contains("restarting all"),
+        !stderr.contains("lazarus: restarting"),
         "a restore no restart can fix must not be retried:\n{stderr}"
     );
     assert!(
@@ -86,7 +86,7 @@ fn all_damaged_under_lazarus_run_is_refused_once_unless_a_fresh_start_is_allowed
     let out = lazarus_run(2, &repo, &["--max-restarts", "3"], &[], &strs(&prog));
     let (_, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(EXIT_RESTORE_REFUSED), "{stderr}");
-    assert!(!stderr.contains("restarting all"), "{stderr}");
+    assert!(!stderr.contains("lazarus: restarting"), "{stderr}");
     assert!(
         stderr.contains("every committed checkpoint")
             && stderr.contains("LAZARUS_ON_ALL_DAMAGED=start-fresh"),
@@ -122,7 +122,7 @@ fn run_repo_a_prog_repo_b_accepted_silently() {
         stderr.contains(&canon_a.display().to_string()) && stderr.contains("/b"),
         "the message names both repositories:\n{stderr}"
     );
-    assert!(!stderr.contains("restarting all"), "{stderr}");
+    assert!(!stderr.contains("lazarus: restarting"), "{stderr}");
 
     // The unaligned runtime (AsyncSession) reports its repository too.
     let pp = common::example_bin("pingpong_async");

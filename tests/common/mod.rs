@@ -120,6 +120,23 @@ pub fn lazarus_run(
     output_within(&mut cmd, deadline, &format!("lazarus run -n {n} {prog:?}"))
 }
 
+/// `lazarus run` of this test binary's own ignored test `worker` as the rank program
+/// (the worker pattern: a test fn that does nothing unless the launcher set its
+/// environment variable, given in `env`).
+#[allow(dead_code)]
+pub fn lazarus_run_worker(
+    worker: &str,
+    n: u32,
+    repo: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> std::process::Output {
+    let me = std::env::current_exe().expect("test binary path");
+    let me = me.to_str().expect("utf-8 path");
+    let prog = [me, worker, "--exact", "--ignored", "--nocapture", "-q"];
+    lazarus_run(n, repo, extra, env, &prog)
+}
+
 /// A finished process's stdout and stderr as text.
 #[allow(dead_code)]
 pub fn text(out: &std::process::Output) -> (String, String) {

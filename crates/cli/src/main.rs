@@ -86,20 +86,12 @@ fn is_broken_pipe(e: &(dyn std::error::Error + 'static)) -> bool {
 }
 
 fn init_logging(verbose: u8) {
-    use tracing_subscriber::EnvFilter;
     let default = match verbose {
         0 => "info",
         1 => "debug",
         _ => "trace",
     };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .without_time()
-        // Its own report of a failed write is an `eprintln!`, which panics when stderr
-        // itself failed (issue #11 item 10): a lost log line must not kill the command.
-        .log_internal_errors(false)
-        .try_init();
+    // The same rule as every Lazarus program: colour only on a terminal, never with
+    // NO_COLOR (lazarus::init_logging).
+    lazarus::init_logging(default);
 }

@@ -166,3 +166,65 @@ fn verify_flags_stray_rank_beyond_world_size() {
         "{err}"
     );
 }
+
+/// Issue #12: the cost of each checkpoint (rank 0's stall until COMMIT and its own part
+/// write, recorded in COMMIT) and the checkpoint that finished the job are shown; older
+/// checkpoints without the record show `-` (JSON `null`).
+#[test]
+fn inspect_shows_each_checkpoint_cost_and_the_finished_one() {
+    #[derive(lazarus::Checkpoint)]
+    struct S {
+        x: Vec<f64>,
+    }
+    let d = tempfile::tempdir().unwrap();
+    let repo = d.path().join("repo");
+    let mut job = lazarus::Job::builder()
+        .repo(&repo)
+        .every_steps(2)
+        .open()
+        .unwrap();
+    let mut s = job.restore_or_init(|| S { x: vec![1.0; 4096] }).unwrap();
+    while job.step() < 5 {
+        job.checkpoint(&s).unwrap();
+        s.x[0] += 1.0;
+    }
+    job.finish(&s).unwrap();
+    drop(job);
+    let out = lazarus(&["inspect", "--json"], &repo);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = v["checkpoints"].as_array().unwrap();
+    assert_eq!(rows.len(), 3, "steps 2, 4 and the finished 5");
+    for r in rows {
+        let (stall, write) = (
+            r["stall_us"].as_u64().unwrap(),
+            r["write_us"].as_u64().unwrap(),
+        );
+        assert!(stall >= write && write > 0, "{r}");
+        assert!(r["time_utc"].as_str().unwrap().ends_with('Z'), "{r}");
+    }
+    let finished: Vec<bool> = rows
+        .iter()
+        .map(|r| r["finished"].as_bool().unwrap())
+        .collect();
+    assert_eq!(finished, [false, false, true]);
+    let table = text(&lazarus(&["inspect"], &repo).stdout);
+    let header = table.lines().next().unwrap();
+    assert!(
+        header.contains("stall") && header.contains("write"),
+        "{table}"
+    );
+    assert!(
+        table.lines().last().unwrap().ends_with("finished"),
+        "{table}"
+    );
+
+    // A checkpoint written without the record (the store API, or before issue #12).
+    let (_d, old, _, _) = build();
+    let v: serde_json::Value =
+        serde_json::from_slice(&lazarus(&["inspect", "--json"], &old).stdout).unwrap();
+    assert!(v["checkpoints"][0]["stall_us"].is_null(), "{v}");
+    let table = text(&lazarus(&["inspect"], &old).stdout);
+    let row = table.lines().nth(1).unwrap();
+    assert!(row.trim_end().ends_with("-         -"), "{table}");
+}

@@ -184,3 +184,24 @@ fn sigint_stops_the_supervised_job_without_restarting() {
     assert!(err.contains("interrupted by signal 2"), "{err}");
     assert!(!err.contains("restarting"), "{err}");
 }
+
+/// Issue #12: the fault-injection flags are documented, under their own "Testing"
+/// heading after the flags a production run uses (they used to be hidden).
+#[test]
+fn fault_injection_flags_are_shown_under_a_testing_heading() {
+    let (code, out, _) = lazarus(&["run", "--help"]);
+    assert_eq!(code, 0);
+    let heading = out.find("\nTesting:\n").expect("a Testing heading");
+    for flag in [
+        "--inject-kill-after",
+        "--inject-kill-mtbf",
+        "--inject-failpoint",
+        "--seed",
+    ] {
+        let at = out
+            .find(flag)
+            .unwrap_or_else(|| panic!("{flag} missing:\n{out}"));
+        assert!(at > heading, "{flag} is not under Testing:\n{out}");
+    }
+    assert!(out.find("--max-restarts").unwrap() < heading, "{out}");
+}

@@ -56,3 +56,77 @@ fn missing_program_is_a_usage_error() {
     let out = lazarus().args(["run", "-n", "2"]).output().unwrap();
     assert!(!out.status.success());
 }
+
+/// Issue #12: log lines carry colour escape codes only on a terminal and never with
+/// `NO_COLOR`; redirected stderr (a file, a pipe, a CI log) gets plain text. The warning
+/// comes from the supervisor (a rank printed a malformed output marker).
+#[test]
+fn log_colour_only_on_a_terminal_and_never_with_no_color() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad_marker = "printf '\\036lazarus:nope 1 2\\n'";
+    let run = |repo: &str| {
+        vec![
+            "run".to_string(),
+            "-n".into(),
+            "1".into(),
+            "--repo".into(),
+            dir.path().join(repo).display().to_string(),
+            "--".into(),
+            "sh".into(),
+            "-c".into(),
+            bad_marker.into(),
+        ]
+    };
+    // Piped stderr: plain text.
+    let out = lazarus()
+        .args(run("a"))
+        .env_remove("NO_COLOR")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("ignoring malformed output marker"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "escape codes in a pipe: {stderr:?}"
+    );
+
+    // A terminal (a pty from `script`): coloured, unless NO_COLOR is set.
+    let have_script = Command::new("script").arg("--version").output().is_ok();
+    if !have_script {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "`script` (util-linux) is needed for the terminal half of this test in CI"
+        );
+        eprintln!("SKIPPING the terminal half: no `script` command (util-linux)");
+        return;
+    }
+    let in_pty = |repo: &str, no_color: Option<&str>| {
+        let line: Vec<String> = std::iter::once(env!("CARGO_BIN_EXE_lazarus").to_string())
+            .chain(run(repo))
+            .map(|a| format!("'{}'", a.replace('\'', "'\\''")))
+            .collect();
+        let mut c = Command::new("script");
+        c.args(["-qec", &line.join(" "), "/dev/null"]);
+        match no_color {
+            Some(v) => c.env("NO_COLOR", v),
+            None => c.env_remove("NO_COLOR"),
+        };
+        let out = c.output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let tty = in_pty("b", None);
+    assert!(tty.contains("ignoring malformed output marker"), "{tty}");
+    assert!(tty.contains('\u{1b}'), "a terminal gets colour: {tty:?}");
+    let plain = in_pty("c", Some("1"));
+    assert!(
+        plain.contains("ignoring malformed output marker"),
+        "{plain}"
+    );
+    assert!(
+        !plain.contains('\u{1b}'),
+        "NO_COLOR=1 in a terminal: {plain:?}"
+    );
+}

@@ -18,12 +18,12 @@ use crate::aligned::{
     RoundId, Timeouts, ToParticipant, VoteMsg,
 };
 use crate::error::ProtocolError;
+use crate::marker::Marker;
 use lazarus_format::{CheckpointId, Epoch, ObjectSpec, Rank};
 use lazarus_net::{Comm, ErrorKind as NetKind, NetError, Tag};
 use lazarus_store::{
     CommitMeta, PartReceipt, PartWriter, RepoOptions, Repository, StoreError, StoreErrorKind,
 };
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -152,6 +152,9 @@ pub struct Committed {
     pub checkpoint: CheckpointId,
     /// This rank's receipt (sizes written).
     pub receipt: PartReceipt,
+    /// How long this rank took to write its part (open the writer, hash, compress, write
+    /// and sync chunks and manifest); the rest of the round is waiting for the others.
+    pub write: Duration,
 }
 
 /// One rank's driver of aligned rounds. Not `Sync`: one round at a time per rank.
@@ -173,6 +176,10 @@ pub struct AlignedRuntime {
     /// This rank's part writer from the previous round, reused (via `for_checkpoint`) so a
     /// round does not re-read the repository's FORMAT.
     writer_template: Option<PartWriter>,
+    /// When the current round started on this rank, and how long its part write took:
+    /// recorded in COMMIT by rank 0 (`crate::meta`) and reported in `Committed`.
+    round_started: Instant,
+    last_write: Duration,
 }
 
 impl std::fmt::Debug for AlignedRuntime {
@@ -218,17 +225,27 @@ impl AlignedRuntime {
             coordinator,
             timeouts,
             origin: Instant::now(),
-            markers: std::env::var(OUTPUT_MARKERS_ENV).is_ok_and(|v| v == "1"),
+            markers: crate::marker::markers_enabled(),
             abort_reason: None,
             commit_unknown: None,
             pending_prepare: None,
             writer_template: None,
+            round_started: Instant::now(),
+            last_write: Duration::ZERO,
         })
     }
 
     /// Forces output markers on or off (default: from `LAZARUS_OUTPUT_MARKERS`).
     pub fn set_output_markers(&mut self, on: bool) {
         self.markers = on;
+    }
+
+    /// Writes `m` on stdout when output markers are on (see [`crate::marker`]); the Job
+    /// API writes its own markers (`repo`, `resumed`, `refused`) through this too.
+    pub fn marker(&self, m: &crate::marker::Marker) {
+        if self.markers {
+            crate::marker::write_marker(m);
+        }
     }
 
     /// The communicator.
@@ -278,6 +295,8 @@ impl AlignedRuntime {
         objects: Result<&[ObjectSpec<'_>], String>,
         meta: &CommitMeta,
     ) -> Result<Committed, RoundError> {
+        self.round_started = Instant::now();
+        self.last_write = Duration::ZERO;
         if self.coordinator.is_none() {
             let (round, receipt) = self.write_phase(objects, meta.step, None)?;
             return self.await_decision(round, receipt, meta.step);
@@ -430,13 +449,16 @@ impl AlignedRuntime {
                     }
                 }
                 CoordinatorAction::WriteCommit { round, receipts } => {
+                    // What the round cost so far, for `lazarus inspect` (crate::meta).
+                    let mut with_cost = meta.clone();
+                    crate::meta::RecordedCost {
+                        stall: Some(self.round_started.elapsed()),
+                        write: Some(self.last_write),
+                    }
+                    .insert_into(&mut with_cost.app);
                     let result = match (pending.take(), &mut self.store) {
                         (Some(p), RankStore::Coordinator(repo)) => repo
-                            .commit(
-                                p,
-                                receipts.into_iter().map(|(_, r)| r).collect(),
-                                meta.clone(),
-                            )
+                            .commit(p, receipts.into_iter().map(|(_, r)| r).collect(), with_cost)
                             .map(|_| ()),
                         _ => Err(StoreError::new(
                             StoreErrorKind::InvalidArgument,
@@ -469,8 +491,11 @@ impl AlignedRuntime {
                         }
                     }
                     let result = result.map_err(|e| e.to_string());
-                    if result.is_ok() && self.markers {
-                        marker("commit", round.ckpt, meta.step);
+                    if result.is_ok() {
+                        self.marker(&Marker::Commit {
+                            id: round.ckpt,
+                            step: meta.step,
+                        });
                     }
                     if let Some(c) = self.coordinator.as_mut() {
                         match c.commit_written(round, result) {
@@ -548,6 +573,7 @@ impl AlignedRuntime {
     ) -> Result<(RoundId, Option<PartReceipt>), RoundError> {
         let me = self.comm.rank();
         self.comm.set_epoch(round.epoch);
+        let write_started = Instant::now();
         let result = objects.clone().and_then(|objects| {
             let writer = match (own_writer, &self.writer_template, &self.store) {
                 (Some(w), _, _) => Ok(w),
@@ -569,9 +595,13 @@ impl AlignedRuntime {
                 .and_then(|w| w.write(me, objects))
                 .map_err(|e| format!("{me}: {e}"))
         });
+        self.last_write = write_started.elapsed();
         let receipt = result.as_ref().ok().cloned();
-        if receipt.is_some() && self.markers {
-            marker("part", round.ckpt, step);
+        if receipt.is_some() {
+            self.marker(&Marker::Part {
+                id: round.ckpt,
+                step,
+            });
         }
         let now = self.now();
         for a in self.participant.part_written(round, result, now) {
@@ -584,8 +614,23 @@ impl AlignedRuntime {
     fn exec_participant(&mut self, a: ParticipantAction<PartReceipt>) -> Result<(), RoundError> {
         match a {
             ParticipantAction::Send(v) => {
-                self.comm
-                    .send_bytes(Rank(0), Tag::checkpoint(TAG_VOTE), encode(&v))?;
+                match self
+                    .comm
+                    .send_bytes(Rank(0), Tag::checkpoint(TAG_VOTE), encode(&v))
+                {
+                    Ok(()) => {}
+                    // Rank 0 finished: it decided this round first (it may abort on
+                    // another rank's failed vote without waiting for ours) and said
+                    // goodbye only once every rank held that decision, so the decision
+                    // is in our mailbox, behind its goodbye in arrival but not in
+                    // consumption. Failing here reported "peer has finished" instead of
+                    // the round's outcome; `await_decision` reads it, or reports that rank
+                    // 0 finished without sending one.
+                    Err(e) if e.kind() == NetKind::PeerFinished => {
+                        tracing::debug!("vote not sent, rank 0 has finished: {e}");
+                    }
+                    Err(e) => return Err(e.into()),
+                }
             }
             ParticipantAction::DiscardPart { round } => self.discard_own_part(round),
             ParticipantAction::OutcomeUnknown { round } => {
@@ -694,6 +739,7 @@ impl AlignedRuntime {
             (Outcome::Commit, Some(receipt)) => Ok(Committed {
                 checkpoint: round.ckpt,
                 receipt,
+                write: self.last_write,
             }),
             (Outcome::Commit, None) => {
                 Err(ProtocolError::Misuse("a round committed without this rank's receipt").into())
@@ -741,13 +787,4 @@ fn describe(r: &AbortReason) -> (String, bool) {
         AbortReason::CommitWrite(e) => (format!("writing COMMIT failed: {e}"), true),
         AbortReason::Local(e) => (e.clone(), false),
     }
-}
-
-/// Prints `\u{1e}lazarus:<what> <checkpoint-id> <step>` on stdout and flushes, for the
-/// supervisor's output commit (docs/PROTOCOL.md, "Output markers").
-fn marker(what: &str, id: CheckpointId, step: u64) {
-    let mut out = std::io::stdout().lock();
-    // A closed stdout must not fail the checkpoint: the marker only gates output release.
-    let _ = writeln!(out, "\u{1e}lazarus:{what} {} {step}", id.0);
-    let _ = out.flush();
 }

@@ -56,13 +56,13 @@ impl OnAllDamaged {
     }
 }
 
-/// `checkpoint 3 (corrupt: ...); checkpoint 2 (missing: ...)`, at most 5 named.
+/// `checkpoint 3: corrupt (...): ...; checkpoint 2: missing (...): ...`, at most 5 named.
 fn describe(damaged: &[Damage]) -> String {
     const SHOWN: usize = 5;
     let mut out: Vec<String> = damaged
         .iter()
         .take(SHOWN)
-        .map(|d| format!("checkpoint {} ({}: {})", d.checkpoint.0, d.kind, d.detail))
+        .map(crate::restore::describe_damage)
         .collect();
     if damaged.len() > SHOWN {
         out.push(format!("and {} more", damaged.len() - SHOWN));
@@ -121,7 +121,7 @@ mod tests {
         };
         let m = all_damaged_message(Path::new("/r"), &[d(9), d(8)]);
         assert!(
-            m.contains("checkpoint 9 (corrupt: bad 9); checkpoint 8"),
+            m.contains("checkpoint 9: corrupt: bad 9; checkpoint 8"),
             "{m}"
         );
         let many: Vec<Damage> = (1..=7).map(d).collect();

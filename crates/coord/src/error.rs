@@ -27,7 +27,7 @@ pub enum ErrorKind {
 #[derive(Clone, Debug, PartialEq, Eq, Error)]
 pub enum ProtocolError {
     /// A message or argument named a rank that is not part of the job.
-    #[error("{rank} is outside the world of {world} ranks")]
+    #[error("{rank} is outside the world of {}", lazarus_format::count(*world, "rank"))]
     UnknownRank {
         /// the offending rank
         rank: Rank,

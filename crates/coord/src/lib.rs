@@ -47,6 +47,9 @@ mod aligned;
 mod aligned_rt;
 mod damage;
 mod error;
+pub mod marker;
+pub mod meta;
+pub mod restore;
 mod unaligned;
 mod unaligned_rt;
 

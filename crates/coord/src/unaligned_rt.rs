@@ -24,9 +24,10 @@ use crate::aligned::{
     AbortReason, Coordinator, CoordinatorAction, Decision, Outcome, Participant, ParticipantAction,
     RoundId, ToParticipant, VoteMsg,
 };
+use crate::marker::Marker;
 use crate::unaligned::{ChannelState, Unaligned, UnalignedAction};
 use lazarus_format::{CheckpointId, Epoch, LoadedObject, ObjectSpec, Rank};
-use lazarus_net::{Comm, Envelope, ErrorKind as NetKind, NetError, ReduceOp, Tag, TagSpace};
+use lazarus_net::{Comm, Envelope, ErrorKind as NetKind, NetError, Tag, TagSpace};
 use lazarus_state::Checkpoint;
 use lazarus_store::{
     CommitMeta, PartReceipt, PartWriter, PendingCheckpoint, RepoReader, Repository, StoreError,
@@ -35,7 +36,6 @@ use lazarus_store::{
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
 use wire::{TAG_DONE, TAG_MARKER, TAG_TO_PARTICIPANT, TAG_VOTE};
@@ -113,15 +113,6 @@ pub struct AsyncStats {
     pub outcomes_unknown: u64,
     /// bytes of channel state (the encoded `lazarus.channels` objects) in those parts
     pub channel_bytes: u64,
-}
-
-/// Rank 0's restore decision, broadcast to every rank at `open`.
-#[derive(Serialize, Deserialize)]
-enum Plan {
-    Fresh,
-    From { id: u64 },
-    WorldMismatch { id: u64, saved: u32 },
-    Failed(String),
 }
 
 struct Leader {
@@ -239,211 +230,139 @@ impl AsyncSession {
             comm,
         };
         // The supervisor stops a job whose ranks opened another repository than its own.
-        s.marker_line(&format!(
-            "repo {}",
-            lazarus_store::repo_location(&s.cfg.repo)
-        ));
+        s.marker(&Marker::Repo {
+            location: lazarus_store::repo_location(&s.cfg.repo),
+        });
         let start = s.restore(state).inspect_err(|e| {
             if e.is_restore_refusal() {
-                s.marker_line(&format!(
-                    "refused {}",
-                    e.to_string().replace(['\n', '\r'], " ")
-                ));
+                s.marker(&Marker::Refused {
+                    message: e.to_string(),
+                });
             }
         })?;
         Ok((s, start))
     }
 
-    /// Agreed restore (docs/PROTOCOL.md, "Unaligned checkpoints at run time"): rank 0 picks
-    /// the newest committed checkpoint that passes the cheap check and broadcasts its id;
-    /// every rank loads (and so verifies) its own part; an all-reduce tells whether all
-    /// succeeded. If one failed, rank 0 moves to the next older candidate, so all ranks
-    /// always restore the same checkpoint or all fail.
+    /// Agreed restore ([`crate::restore`], shared with the Job API): rank 0 picks the
+    /// newest committed checkpoint that passes the cheap check; every rank loads (and so
+    /// verifies) its own part; all fall back together past damage, all fail on anything
+    /// else, and the state is touched only once every rank has its part of the same
+    /// checkpoint. A checkpoint of another world size fails every rank (channel state
+    /// cannot be redistributed).
     fn restore<S: Checkpoint + ?Sized>(
         &mut self,
         state: &mut S,
     ) -> Result<AsyncStart, SessionError> {
+        use crate::restore::{AgreeError, LoadError, Phase, RestoreAgreement};
         let me = self.me;
         let comm = self.comm.clone();
-        let netf = |ctx: &str, e| net(me, ctx, e);
-        // Rank 0 only: the candidates, newest first.
-        let mut candidates = Vec::new();
-        let mut rank0_error = None;
-        if me == Rank(0) {
-            match self.candidates() {
-                Ok(c) => candidates = c,
-                Err(e) => rank0_error = Some(e),
-            }
-        }
-        let mut tried: Vec<CheckpointId> = Vec::new();
-        loop {
-            let mut plan = match (&rank0_error, candidates.get(tried.len())) {
-                (Some(e), _) => Plan::Failed(e.to_string()),
-                (None, _) if me != Rank(0) => Plan::Fresh,
-                (None, None) if tried.is_empty() => Plan::Fresh,
-                (None, None) => Plan::Failed(format!(
-                    "no committed checkpoint could be restored on every rank (tried {})",
-                    tried
-                        .iter()
-                        .map(|c| c.to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )),
-                (None, Some(c)) if c.world_size != self.world => Plan::WorldMismatch {
-                    id: c.id.0,
-                    saved: c.world_size,
-                },
-                (None, Some(c)) => Plan::From { id: c.id.0 },
-            };
-            comm.broadcast(Rank(0), &mut plan)
-                .map_err(|e| netf("receiving the restore plan from rank 0", e))?;
-            let id = match plan {
-                Plan::Fresh => {
-                    self.marker("resumed", None);
-                    return Ok(AsyncStart::Fresh);
-                }
-                Plan::Failed(why) if me == Rank(0) => {
-                    return Err(rank0_error.unwrap_or_else(|| SessionError::new(K::Store, me, why)))
-                }
-                Plan::Failed(why) => {
-                    return Err(SessionError::new(
-                        K::Store,
-                        me,
-                        format!("rank 0 could not prepare the restore: {why}"),
-                    ))
-                }
-                Plan::WorldMismatch { id, saved } => {
-                    return Err(SessionError::new(
-                        K::WorldMismatch,
-                        me,
-                        format!(
-                            "checkpoint {} has {saved} ranks but this job has {}; unaligned \
-                             checkpoints cannot be restored on another world size",
-                            CheckpointId(id),
-                            self.world
-                        ),
-                    ))
-                }
-                Plan::From { id } => CheckpointId(id),
-            };
-            tried.push(id);
-            // Load and verify first, change nothing yet: the state (and its after_restore
-            // hooks) is touched only once every rank has its part of the same checkpoint.
-            let loaded = self.load_own_part(id);
-            let verdict = match &loaded {
-                Ok(_) => LoadVerdict::Ok,
-                Err((damaged, e)) => {
-                    tracing::warn!("{me}: cannot restore checkpoint {id}: {e}");
-                    if *damaged {
-                        LoadVerdict::Damaged
-                    } else {
-                        LoadVerdict::Fatal
-                    }
-                }
-            };
-            let mut agreed = [verdict as u8];
-            comm.allreduce(&mut agreed, ReduceOp::Min)
-                .map_err(|e| netf("agreeing on the restored checkpoint", e))?;
-            match agreed[0] {
-                x if x == LoadVerdict::Ok as u8 => {}
-                x if x == LoadVerdict::Damaged as u8 => {
-                    if me == Rank(0) {
-                        tracing::warn!(
-                            "checkpoint {id} is damaged on some rank; trying an older one"
-                        );
-                    }
-                    continue;
-                }
-                // An I/O error is no evidence that the checkpoint is bad: falling back would
-                // silently lose work, so every rank fails and the supervisor retries.
-                _ => {
-                    return Err(match loaded {
-                        Err((_, e)) => e,
-                        Ok(_) => SessionError::new(
-                            K::Store,
-                            me,
-                            format!("another rank could not read checkpoint {id}; see its log"),
-                        ),
-                    })
-                }
-            }
-            let (channels, user) = match loaded {
-                Ok(parts) => parts,
-                Err((_, e)) => return Err(e),
-            };
-            let restored = lazarus_state::restore(state, user).map_err(|e| {
-                SessionError::wrap(
-                    K::State,
+        let agreement = RestoreAgreement {
+            comm: &comm,
+            repo: &self.cfg.repo,
+            on_all_damaged: self.cfg.on_all_damaged,
+        };
+        let load = |c: &crate::restore::Candidate| {
+            if c.world != self.world {
+                return Err(LoadError::Fatal(SessionError::new(
+                    K::WorldMismatch,
                     me,
-                    &format!("restoring state from checkpoint {id}"),
-                    e,
+                    format!(
+                        "checkpoint {} has {} but this job has {}; unaligned \
+                         checkpoints cannot be restored on another world size",
+                        c.id,
+                        lazarus_format::count(c.world, "rank"),
+                        self.world
+                    ),
+                )));
+            }
+            self.load_own_part(c.id)
+        };
+        let apply = |chosen: Option<(&crate::restore::Candidate, LoadedPart)>| match chosen {
+            None => Ok(None),
+            Some((c, (channels, user))) => lazarus_state::restore(state, user)
+                .map(|()| Some((c.id, channels)))
+                .map_err(|e| {
+                    SessionError::wrap(
+                        K::State,
+                        me,
+                        &format!("restoring state from checkpoint {}", c.id),
+                        e,
+                    )
+                }),
+        };
+        let outcome = agreement.run(load, apply).map_err(|e| match e {
+            AgreeError::Own(e) => e,
+            AgreeError::Peer {
+                rank,
+                checkpoint,
+                message,
+                phase,
+            } => {
+                let (kind, what) = match phase {
+                    Phase::Load => (K::Store, "read"),
+                    Phase::Apply => (K::State, "restore its state from"),
+                };
+                let ckpt =
+                    checkpoint.map_or("a fresh start".to_string(), |c| format!("checkpoint {c}"));
+                SessionError::new(
+                    kind,
+                    me,
+                    format!("{rank} could not {what} {ckpt}: {message}"),
                 )
-            });
-            let mut all_ok = [u8::from(restored.is_ok())];
-            comm.allreduce(&mut all_ok, ReduceOp::Min)
-                .map_err(|e| netf("agreeing on the restored state", e))?;
-            restored?;
-            if all_ok[0] == 0 {
-                return Err(SessionError::new(
-                    K::State,
-                    me,
-                    format!("another rank could not restore its state from checkpoint {id}"),
-                ));
             }
-            return self.resume(id, channels);
-        }
-    }
-
-    /// Rank 0: committed checkpoints that pass the cheap check, newest first.
-    fn candidates(&self) -> Result<Vec<lazarus_store::CheckpointSummary>, SessionError> {
-        let store = |ctx: &str, e| SessionError::wrap(K::Store, self.me, ctx, e);
-        let reader =
-            RepoReader::open(&self.cfg.repo).map_err(|e| store("opening the repository", e))?;
-        let (ok, damaged) = reader
-            .newest_committed_candidates()
-            .map_err(|e| store("listing committed checkpoints", e))?;
-        for d in &damaged {
-            tracing::warn!(
-                "skipping damaged checkpoint {} ({}): {}",
-                d.checkpoint,
-                d.kind,
-                d.detail
-            );
-        }
-        if ok.is_empty() && !damaged.is_empty() {
-            // Never a silent fresh start over damaged checkpoints (issue #11 item 4).
-            let (repo, policy) = (&self.cfg.repo, self.cfg.on_all_damaged);
-            crate::damage::announce_all_damaged(repo, &damaged, policy);
-            if policy == crate::damage::OnAllDamaged::Refuse {
-                let why = crate::damage::all_damaged_message(repo, &damaged);
-                return Err(SessionError::new(K::AllDamaged, self.me, why));
+            AgreeError::Listing(e) => {
+                SessionError::wrap(K::Store, me, "listing committed checkpoints", e)
+            }
+            AgreeError::Rank0(why) => SessionError::new(
+                K::Store,
+                me,
+                format!("rank 0 could not prepare the restore: {why}"),
+            ),
+            AgreeError::AllDamaged(damaged) => SessionError::new(
+                K::AllDamaged,
+                me,
+                crate::damage::all_damaged_message(&self.cfg.repo, &damaged),
+            ),
+            AgreeError::Net(e) => net(me, "agreeing on the restored checkpoint", e),
+        })?;
+        match outcome {
+            (Some((id, channels)), _) => self.resume(id, channels),
+            (None, _) => {
+                self.marker(&Marker::Resumed { id: None, step: 0 });
+                Ok(AsyncStart::Fresh)
             }
         }
-        Ok(ok)
     }
 
     /// Loads (and verifies) this rank's part of `id`: its channel state and the user's
-    /// objects. An error says whether it is damage (`true`: a digest, decoder or version
-    /// check failed, a file is missing), which justifies falling back to an older checkpoint.
-    fn load_own_part(&self, id: CheckpointId) -> Result<LoadedPart, (bool, SessionError)> {
+    /// objects. Damage (a digest, decoder or version check failed, a file is missing, the
+    /// channel state does not decode) justifies falling back to an older checkpoint.
+    fn load_own_part(
+        &self,
+        id: CheckpointId,
+    ) -> Result<LoadedPart, crate::restore::LoadError<SessionError>> {
+        use crate::restore::LoadError;
         let me = self.me;
-        let store = |ctx: &str, e: StoreError| {
-            let damaged = matches!(
-                e.kind(),
-                StoreErrorKind::Corrupt
-                    | StoreErrorKind::Missing
-                    | StoreErrorKind::VersionUnsupported
-            );
-            (damaged, SessionError::wrap(K::Store, me, ctx, e))
+        let store = |ctx: String| {
+            move |e: StoreError| {
+                LoadError::from_store(id, e, |e| SessionError::wrap(K::Store, me, &ctx, e))
+            }
         };
         let reader =
-            RepoReader::open(&self.cfg.repo).map_err(|e| store("opening the repository", e))?;
+            RepoReader::open(&self.cfg.repo).map_err(store("opening the repository".into()))?;
         let objects = reader
             .load_part(id, me)
-            .map_err(|e| store(&format!("loading part of {me} in checkpoint {id}"), e))?;
+            .map_err(store(format!("loading part of {me} in checkpoint {id}")))?;
         // An undecodable channel state is damage too (the digests matched, so it was
         // written that way; an older checkpoint may still be good).
-        let (channels, user) = split_channels(objects, id, me).map_err(|e| (true, e))?;
+        let (channels, user) = split_channels(objects, id, me).map_err(|e| {
+            LoadError::Damaged(lazarus_store::Damage {
+                checkpoint: id,
+                path: Default::default(),
+                kind: "corrupt".into(),
+                detail: e.to_string(),
+            })
+        })?;
         let channels = match channels {
             Some(c) => c,
             // A checkpoint without channel state (none was in flight, or an aligned one).
@@ -451,10 +370,10 @@ impl AsyncSession {
                 let app = reader
                     .commit_record(id)
                     .map(|c| c.app)
-                    .map_err(|e| store("reading COMMIT", e))?;
+                    .map_err(store("reading COMMIT".into()))?;
                 ChannelState {
                     epoch: app
-                        .get("lazarus.epoch")
+                        .get(crate::meta::EPOCH_KEY)
                         .and_then(|e| e.parse().ok())
                         .map_or(Epoch(0), Epoch),
                     channels: Vec::new(),
@@ -492,7 +411,11 @@ impl AsyncSession {
         let replayed = envs.len();
         self.stats.replayed = replayed as u64;
         self.comm.requeue(envs);
-        self.marker("resumed", Some(id));
+        // A session has no step count: the checkpoint id stands for it.
+        self.marker(&Marker::Resumed {
+            id: Some(id),
+            step: id.0,
+        });
         Ok(AsyncStart::Restored {
             id,
             epoch,
@@ -1050,7 +973,10 @@ impl AsyncSession {
                     // The cut in this rank's output: before anything the state captured
                     // now has not done yet. The epoch is the checkpoint id (see
                     // `checkpoint`).
-                    self.marker("part", Some(CheckpointId(epoch.0)));
+                    self.marker(&Marker::Part {
+                        id: CheckpointId(epoch.0),
+                        step: epoch.0,
+                    });
                     let objects = capture(me, state)?;
                     let mut inbox: BTreeMap<Rank, Vec<SavedMessage>> = BTreeMap::new();
                     for (from, m) in &self.inbox {
@@ -1231,23 +1157,11 @@ impl AsyncSession {
         Ok(outcome)
     }
 
-    /// Prints an output marker (when enabled) and flushes, so it is ordered with the
-    /// program's own lines on this rank's stdout.
-    fn marker(&self, what: &str, id: Option<CheckpointId>) {
-        let step = id.map_or(0, |c| c.0);
-        let id = id.map_or("-".to_string(), |c| c.0.to_string());
-        self.marker_line(&format!("{what} {id} {step}"));
-    }
-
-    /// Writes `\x1elazarus:<body>` on stdout when markers are on (docs/RECOVERY.md).
-    fn marker_line(&self, body: &str) {
-        if !self.cfg.output_markers {
-            return;
+    /// Writes an output marker when markers are on (docs/RECOVERY.md).
+    fn marker(&self, m: &Marker) {
+        if self.cfg.output_markers {
+            crate::marker::write_marker(m);
         }
-        let mut out = std::io::stdout().lock();
-        // A closed stdout must not fail the checkpoint: markers only gate output release.
-        let _ = writeln!(out, "\u{1e}lazarus:{body}");
-        let _ = out.flush();
     }
 
     fn exec_coord(
@@ -1282,8 +1196,11 @@ impl AsyncSession {
                             let meta = CommitMeta {
                                 step: round.epoch.0,
                                 app: BTreeMap::from([
-                                    ("lazarus.mode".to_string(), "unaligned".to_string()),
-                                    ("lazarus.epoch".to_string(), round.epoch.0.to_string()),
+                                    (crate::meta::MODE_KEY.to_string(), "unaligned".to_string()),
+                                    (
+                                        crate::meta::EPOCH_KEY.to_string(),
+                                        round.epoch.0.to_string(),
+                                    ),
                                 ]),
                             };
                             let receipts = receipts.into_iter().map(|(_, r)| r).collect();
@@ -1324,7 +1241,10 @@ impl AsyncSession {
                         }
                     };
                     if result.is_ok() {
-                        self.marker("commit", Some(round.ckpt));
+                        self.marker(&Marker::Commit {
+                            id: round.ckpt,
+                            step: round.ckpt.0,
+                        });
                     }
                     let Some(l) = self.leader.as_mut() else {
                         return Ok(());
@@ -1429,18 +1349,6 @@ type Split = (
 /// A rank's part of a checkpoint, loaded and verified: its channel state and the user's
 /// objects.
 type LoadedPart = (ChannelState<SavedMessage>, Vec<LoadedObject>);
-
-/// One rank's outcome of loading its part, all-reduced with `Min`: the worst one wins.
-#[derive(Clone, Copy)]
-#[repr(u8)]
-enum LoadVerdict {
-    /// Not evidence of damage (an I/O error): every rank fails.
-    Fatal = 0,
-    /// The part is damaged: every rank falls back to an older checkpoint.
-    Damaged = 1,
-    /// Loaded and verified.
-    Ok = 2,
-}
 
 fn split_channels(
     objects: Vec<LoadedObject>,

@@ -12,7 +12,16 @@ use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
 use syn::{parse_macro_input, Data, DeriveInput, Fields, LitStr};
 
-/// Generates `lazarus_state::Checkpoint` for a struct.
+/// Generates the `Checkpoint` trait (`lazarus::Checkpoint`, defined in `lazarus_state`)
+/// for a struct: `save` and `restore` field by field, and an `after_restore` that runs
+/// each field's hook and then the struct's own.
+///
+/// Field attributes: `#[checkpoint(skip)]` (not saved, rebuilt by the hook),
+/// `#[checkpoint(serde)]` (saved with serde), `#[checkpoint(rename = "name")]`,
+/// `#[checkpoint(replicated)]` (the same on every rank: restorable on another number of
+/// ranks). Struct attributes: `#[checkpoint(after_restore = "path::to::fn")]`,
+/// `#[checkpoint(replicated)]`, `#[checkpoint(crate = "path")]`. The `Checkpoint`
+/// trait's documentation, section "The derive", says what each one does, with an example.
 #[proc_macro_derive(Checkpoint, attributes(checkpoint))]
 pub fn derive_checkpoint(input: TokenStream) -> TokenStream {
     let input = parse_macro_input!(input as DeriveInput);

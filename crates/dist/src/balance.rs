@@ -154,9 +154,9 @@ impl Balancer {
     pub fn observe(&mut self, samples: &[Sample]) -> Result<()> {
         if samples.len() != self.rates.len() {
             return Err(DistError::invalid(format!(
-                "{} samples for {} ranks",
-                samples.len(),
-                self.rates.len()
+                "{} for {}",
+                lazarus_format::count(samples.len() as u64, "sample"),
+                lazarus_format::count(self.rates.len() as u64, "rank")
             )));
         }
         let a = self.cfg.ewma_alpha;
@@ -240,8 +240,8 @@ impl Balancer {
     pub fn decide(&mut self, dist: &Distribution) -> Result<Decision> {
         if dist.ranks() != self.rates.len() {
             return Err(DistError::invalid(format!(
-                "distribution over {} ranks given to a balancer of {}",
-                dist.ranks(),
+                "distribution over {} given to a balancer of {}",
+                lazarus_format::count(dist.ranks() as u64, "rank"),
                 self.rates.len()
             )));
         }

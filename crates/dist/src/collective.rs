@@ -345,11 +345,11 @@ impl<T: DElem> DVec<T> {
         let from = self.sync_distribution(comm)?.clone();
         if to.ranks() != self.world as usize || to.total() != self.total {
             return Err(DistError::invalid(format!(
-                "cannot redistribute {} rows over {} ranks into {} rows over {}",
-                self.total,
-                self.world,
-                to.total(),
-                to.ranks()
+                "cannot redistribute {} over {} into {} over {}",
+                lazarus_format::count(self.total, "row"),
+                lazarus_format::count(self.world, "rank"),
+                lazarus_format::count(to.total(), "row"),
+                lazarus_format::count(to.ranks() as u64, "rank")
             )));
         }
         let plan = Plan::new(&from, to, self.piece_rows())?;

@@ -71,8 +71,8 @@ impl<T: DElem> DVec<T> {
         }
         if dist.ranks() != comm.size() as usize {
             return Err(DistError::invalid(format!(
-                "distribution over {} ranks for a world of {}",
-                dist.ranks(),
+                "distribution over {} for a world of {}",
+                lazarus_format::count(dist.ranks() as u64, "rank"),
                 comm.size()
             )));
         }

@@ -112,8 +112,8 @@ impl Reshard {
     pub fn new(old: &[Vec<ObjectInfo>], new_world: u32) -> Result<Self> {
         if old.is_empty() || new_world == 0 {
             return Err(DistError::invalid(format!(
-                "cannot reshard {} ranks onto {new_world}",
-                old.len()
+                "cannot reshard {} onto {new_world}",
+                lazarus_format::count(old.len() as u64, "rank")
             )));
         }
         let old_world = u32::try_from(old.len())
@@ -198,8 +198,9 @@ impl Reshard {
                         return Err(DistError::bad_checkpoint(format!(
                             "field `{}` is per-rank state (neither a DVec nor declared \
                              #[checkpoint(replicated)]), not redistributable from {old_world} \
-                             to {new_world} ranks",
-                            info.name
+                             to {}",
+                            info.name,
+                            lazarus_format::count(new_world, "rank")
                         )))
                     }
                 },
@@ -267,10 +268,11 @@ impl Reshard {
             if o.data != base.data {
                 return Err(DistError::bad_checkpoint(format!(
                     "field `{name}` differs between rank 0 and rank {r}: it is per-rank state, \
-                     not redistributable, so a checkpoint of {} ranks cannot restore on {} \
+                     not redistributable, so a checkpoint of {} cannot restore on {} \
                      (make it a DVec, or the same on every rank and declared \
                      #[checkpoint(replicated)])",
-                    self.old_world, self.new_world
+                    lazarus_format::count(self.old_world, "rank"),
+                    self.new_world
                 )));
             }
         }

@@ -397,8 +397,11 @@ impl Files {
                         FilesErrorKind::Incompatible,
                         Some(&layout.work),
                         format!(
-                            "checkpoint {} was written by {} ranks and holds managed files, which are per rank: it cannot be restored on {} ranks; restart with {}",
-                            t.id.0, t.world, t.size, t.world
+                            "checkpoint {} was written by {} and holds managed files, which are per rank: it cannot be restored on {}; restart with {}",
+                            t.id.0,
+                            lazarus_format::count(t.world, "rank"),
+                            lazarus_format::count(t.size, "rank"),
+                            t.world
                         ),
                     )
                     .into());

@@ -18,6 +18,7 @@ mod json;
 mod manifest;
 mod object;
 mod repo;
+mod text;
 
 pub use chunk::{
     decode_chunk, encode_chunk, shuffle, unshuffle, ChunkCodec, ChunkHeader, CHUNK_HEADER_LEN,
@@ -34,3 +35,4 @@ pub use object::{
     WriteTicket, WrittenSink,
 };
 pub use repo::{FormatVersion, FORMAT_MAJOR, FORMAT_MINOR, REPO_FORMAT_LEN, REPO_MAGIC};
+pub use text::{count, utc_time, Count};

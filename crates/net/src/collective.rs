@@ -460,9 +460,9 @@ impl Comm {
             return Err(NetError::new(
                 ErrorKind::InvalidArgument,
                 format!(
-                    "scatter got {} values for {} ranks",
-                    values.len(),
-                    self.size()
+                    "scatter got {} for {}",
+                    lazarus_format::count(values.len() as u64, "value"),
+                    lazarus_format::count(self.size(), "rank")
                 ),
             ));
         }

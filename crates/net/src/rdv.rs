@@ -208,7 +208,10 @@ fn serve(
         if from < size {
             Ok(())
         } else {
-            Err(format!("the world has {size} ranks"))
+            Err(format!(
+                "the world has {}",
+                lazarus_format::count(size, "rank")
+            ))
         }
     };
     let Session {
@@ -425,7 +428,11 @@ pub(crate) fn register(
     if addrs.len() != size as usize {
         return Err(NetError::new(
             ErrorKind::Protocol,
-            format!("table has {} entries for {size} ranks", addrs.len()),
+            format!(
+                "table has {} for {}",
+                lazarus_format::count(addrs.len() as u64, "entry"),
+                lazarus_format::count(size, "rank")
+            ),
         ));
     }
     let addrs = addrs

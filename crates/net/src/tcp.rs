@@ -279,7 +279,8 @@ fn accept_one(shared: &Arc<Shared>, mut s: TcpStream, addr: SocketAddr) -> Resul
             Ok(())
         } else {
             Err(format!(
-                "of a pair of ranks the higher one dials, and the world has {size} ranks"
+                "of a pair of ranks the higher one dials, and the world has {}",
+                lazarus_format::count(size, "rank")
             ))
         }
     };

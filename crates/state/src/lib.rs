@@ -17,56 +17,9 @@
 //!
 //! # Derive
 //!
-//! ```
-//! use lazarus_state::{Checkpoint, StateError};
-//! use serde::{Deserialize, Serialize};
-//!
-//! #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
-//! struct Params { dt: f64, name: String }
-//!
-//! #[derive(Checkpoint, Debug)]
-//! #[checkpoint(after_restore = "Sim::rebuild")]
-//! struct Sim {
-//!     step: u64,                 // small serde object
-//!     field: Vec<f64>,           // bulk: raw LE bytes
-//!     #[checkpoint(serde)]       // any serde type
-//!     params: Params,
-//!     #[checkpoint(skip)]        // not saved; keeps its initial value, rebuilt by the hook
-//!     sum: f64,
-//! }
-//!
-//! impl Sim {
-//!     fn rebuild(&mut self) -> Result<(), StateError> {
-//!         self.sum = self.field.iter().sum();
-//!         Ok(())
-//!     }
-//! }
-//!
-//! let a = Sim { step: 7, field: vec![1.0, 2.0], params: Params { dt: 0.1, name: "x".into() }, sum: 3.0 };
-//! let objects = lazarus_state::save(&a)?;
-//! let names: Vec<_> = objects.iter().map(|o| o.info.name.as_str()).collect();
-//! assert_eq!(names, ["step", "field", "params"]);
-//!
-//! let loaded = lazarus_state::to_loaded(&objects);
-//! let mut b = Sim { step: 0, field: vec![], params: Params { dt: 0.0, name: String::new() }, sum: 0.0 };
-//! lazarus_state::restore(&mut b, loaded)?;
-//! assert_eq!((b.step, &b.field, &b.params, b.sum), (7, &a.field, &a.params, 3.0));
-//! # Ok::<(), StateError>(())
-//! ```
-//!
-//! Field attributes: `#[checkpoint(skip)]` (not saved; restore leaves the field as it was,
-//! i.e. at the value the program initialised it with), `#[checkpoint(serde)]` (save the
-//! field with postcard; needed for serde types that do not implement `Checkpoint`, such as
-//! `Vec<String>` or a user struct), `#[checkpoint(rename = "old_name")]`,
-//! `#[checkpoint(replicated)]` (alone or with `serde`: the field holds the same value on
-//! every rank by construction — parameters, a counter every rank advances alike — so a
-//! checkpoint may give each rank of another world size a copy; see "Sharing" below). Struct
-//! attributes: `#[checkpoint(after_restore = "path::to::fn")]`, a `fn(&mut Self) ->
-//! Result<(), StateError>` run after the whole value (and every field's own hook) was
-//! restored — the place to rebuild skipped fields; `#[checkpoint(replicated)]` (every
-//! value of the struct is replicated); `#[checkpoint(crate = "path")]` when
-//! this crate is reachable under another path. Nested derived structs save under
-//! `outer.inner` paths. Enums are not derivable: mark them `#[checkpoint(serde)]`.
+//! `#[derive(Checkpoint)]` writes both methods for a struct; its attributes (`skip`,
+//! `serde`, `rename`, `replicated`, `after_restore`, `crate`) are documented, with an
+//! example, on the [`Checkpoint`] trait.
 //!
 //! # Sharing between ranks
 //!
@@ -111,10 +64,80 @@ pub const ROOT_NAME: &str = "value";
 
 /// A value that can be saved into checkpoint objects and restored in place from them.
 ///
-/// The derive generates `save` and `restore`, and an `after_restore` that calls each
-/// field's hook and then the struct's own. A hand-written impl pushes objects with
-/// [`StateWriter::bulk`] / [`StateWriter::serde`] (at the current path) or saves children
-/// with [`StateWriter::field`], and mirrors that in `restore`.
+/// Implemented here for numbers, `bool`, `String`, `Option`, `Vec`s and arrays of numbers,
+/// [`DirtyVec`] and [`Serde`]; by `lazarus_dist::DVec`; and by `#[derive(Checkpoint)]` for
+/// structs. A hand-written impl pushes objects with [`StateWriter::bulk`] /
+/// [`StateWriter::serde`] (at the current path) or saves children with
+/// [`StateWriter::field`], and mirrors that in `restore`.
+///
+/// # The derive
+///
+/// `#[derive(Checkpoint)]` (structs with named or tuple fields, and unit structs)
+/// generates `save` and `restore`, field by field, and an `after_restore` that calls each
+/// field's hook and then the struct's own. Each saved field becomes one object named by
+/// its path (`params.dt` for a field of a nested derived struct): numbers and `Vec`s or
+/// arrays of numbers as raw little-endian arrays (no per-element encoding), everything
+/// else through its own `Checkpoint` impl or, when marked, serde.
+///
+/// ```
+/// use lazarus_state::{Checkpoint, StateError};
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+/// struct Params { dt: f64, name: String }
+///
+/// #[derive(Checkpoint, Debug)]
+/// #[checkpoint(after_restore = "Sim::rebuild")]
+/// struct Sim {
+///     step: u64,                 // small serde object
+///     field: Vec<f64>,           // bulk: raw LE bytes
+///     #[checkpoint(serde)]       // any serde type
+///     params: Params,
+///     #[checkpoint(skip)]        // not saved; keeps its initial value, rebuilt by the hook
+///     sum: f64,
+/// }
+///
+/// impl Sim {
+///     fn rebuild(&mut self) -> Result<(), StateError> {
+///         self.sum = self.field.iter().sum();
+///         Ok(())
+///     }
+/// }
+///
+/// let a = Sim { step: 7, field: vec![1.0, 2.0], params: Params { dt: 0.1, name: "x".into() }, sum: 3.0 };
+/// let objects = lazarus_state::save(&a)?;
+/// let names: Vec<_> = objects.iter().map(|o| o.info.name.as_str()).collect();
+/// assert_eq!(names, ["step", "field", "params"]);
+///
+/// let loaded = lazarus_state::to_loaded(&objects);
+/// let mut b = Sim { step: 0, field: vec![], params: Params { dt: 0.0, name: String::new() }, sum: 0.0 };
+/// lazarus_state::restore(&mut b, loaded)?;
+/// assert_eq!((b.step, &b.field, &b.params, b.sum), (7, &a.field, &a.params, 3.0));
+/// # Ok::<(), StateError>(())
+/// ```
+///
+/// Field attributes:
+///
+/// | attribute | effect |
+/// |---|---|
+/// | `#[checkpoint(skip)]` | not saved; restore leaves the field as it was in the value restored into (the initial value, see `Job`'s restore methods), for the struct's `after_restore` hook to rebuild |
+/// | `#[checkpoint(serde)]` | saved with serde (postcard) as one object: for serde types that do not implement `Checkpoint`, such as `Vec<String>`, an enum or a user struct |
+/// | `#[checkpoint(rename = "old_name")]` | saved under another name, e.g. to keep reading checkpoints written before a field was renamed |
+/// | `#[checkpoint(replicated)]` | alone or with `serde`: the field holds the same value on every rank by construction (parameters, a counter every rank advances alike), so a checkpoint may give each rank of another world size a copy ("Sharing between ranks" in the crate docs); not allowed with `skip` |
+///
+/// Struct attributes:
+///
+/// | attribute | effect |
+/// |---|---|
+/// | `#[checkpoint(after_restore = "path::to::fn")]` | a `fn(&mut Self) -> Result<(), StateError>` run after the whole value (and every field's own hook) was restored: the place to rebuild skipped fields |
+/// | `#[checkpoint(replicated)]` | every field of every value of the struct is replicated |
+/// | `#[checkpoint(crate = "path")]` | the path of this crate when it is reachable under another name (the default is `::lazarus::state`, or `::lazarus_state` inside the Lazarus crates) |
+///
+/// Two saved fields may not share a name (after `rename`); enums are not derivable (save
+/// them as a field with `#[checkpoint(serde)]`). Schema names: leaves record a type name
+/// (`u64`, `Vec<f64>`, `[f32; 3]`, and for serde types the Rust type name with module
+/// paths removed), so moving a type between modules keeps old checkpoints readable while
+/// renaming it does not.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` does not implement `Checkpoint`",
     note = "in a #[derive(Checkpoint)] struct, mark the field #[checkpoint(serde)] if it is a serde type, #[checkpoint(skip)] to rebuild it after restore, or derive Checkpoint for it"

@@ -14,6 +14,9 @@ pub struct RestorePoint {
     pub step: u64,
     /// Its commit time, ms since the Unix epoch.
     pub time_unix_ms: u64,
+    /// Written by `Job::finish`: the job had completed there, so a restart only restores
+    /// its final state and loses no work (`lazarus_coord::meta::FINISHED_KEY`).
+    pub finished: bool,
 }
 
 /// One failure and what it cost.
@@ -23,7 +26,8 @@ pub struct FailureReport {
     pub incarnation: u64,
     /// The first failing rank and how it failed.
     pub failure: RankFailure,
-    /// True when the plan's fault injection caused it (a planned SIGKILL fired).
+    /// True when the plan's fault injection caused it: a planned SIGKILL fired, or the
+    /// failing rank was armed with a failpoint (`--inject-failpoint`) and was killed.
     pub injected: bool,
     /// When it was detected (or injected), ms since the Unix epoch.
     pub at_unix_ms: u64,
@@ -59,6 +63,14 @@ impl fmt::Display for FailureReport {
             write!(f, " (injected)")?;
         }
         match self.restored {
+            Some(r) if r.finished => {
+                return write!(
+                    f,
+                    "; the job had finished (checkpoint {} at step {}): the restart only \
+                     restores its final state, no work is lost",
+                    r.id.0, r.step
+                )
+            }
             Some(r) => write!(
                 f,
                 "; newest committed checkpoint {} at step {}",
@@ -68,7 +80,11 @@ impl fmt::Display for FailureReport {
         }
         write!(f, "; lost {:.2} s of work", self.lost_time.as_secs_f64())?;
         if let (Some(s), Some(l)) = (self.last_step, self.lost_steps()) {
-            write!(f, " (reached at least step {s}: {l} steps to redo)")?;
+            write!(
+                f,
+                " (reached at least step {s}: {} to redo)",
+                lazarus_format::count(l, "step")
+            )?;
         }
         Ok(())
     }

@@ -3,12 +3,18 @@
 //!
 //! Policy (decision): after *every* rank failure the job restarts on one rank fewer, down
 //! to [`Shrink::min_ranks`]; the supervisor cannot tell a lost node from a crashed process,
-//! and on one machine both look the same. Before shrinking it checks that the newest
-//! committed checkpoint can be redistributed on the smaller world (its manifests, plus the
-//! replicated objects of every old rank, compared byte for byte; no bulk data is read). If
-//! it cannot, the job restarts on the same number of ranks and says why on stderr: a
-//! shrunk restart would only fail with the same refusal in every rank. No checkpoint yet
-//! means a fresh start, which any size can do.
+//! and on one machine both look the same. Before shrinking it checks that every committed
+//! checkpoint the restart may restore can be redistributed on the smaller world: the
+//! newest one, and every older one that passes the cheap check, since the ranks fall back
+//! to those when the newer ones turn out damaged while loading (each one's manifests, plus
+//! the replicated objects of every old rank, compared byte for byte; no bulk data is
+//! read). If one cannot, the job restarts on the same number of ranks and says why on
+//! stderr: a shrunk restart could end in a refusal on every rank, which stops the job. No
+//! checkpoint yet means a fresh start, which any size can do.
+//!
+//! Still open (it needs the restart loop, not this module): every failure shrinks, a
+//! crashed process as much as a lost node. A policy that shrinks only when the same rank
+//! fails again would tell them apart better.
 
 use lazarus_dist::Reshard;
 use lazarus_format::{ObjectInfo, Rank};
@@ -33,8 +39,10 @@ pub(crate) enum NoShrink {
     },
 }
 
-/// Checks that `newest`, the newest committed checkpoint (if any, as the caller already
-/// listed it), restores on `ranks` ranks.
+/// Checks that every committed checkpoint a restart on `ranks` ranks may restore can be
+/// redistributed there: `newest` (the newest committed one, as the caller listed it;
+/// `None`: a fresh start) and every older one passing the cheap check, newest first.
+/// Checkpoints that fail the cheap check are skipped by the ranks too.
 pub(crate) fn can_restore_on(
     reader: &RepoReader,
     newest: Option<&CheckpointSummary>,
@@ -43,8 +51,23 @@ pub(crate) fn can_restore_on(
     let Some(newest) = newest else {
         return Ok(());
     };
-    let id = newest.id;
-    if newest.world_size == ranks {
+    let (candidates, _damaged) =
+        reader
+            .newest_committed_candidates()
+            .map_err(|source| NoShrink::Store {
+                id: newest.id.0,
+                source,
+            })?;
+    for c in &candidates {
+        check_one(reader, c, ranks)?;
+    }
+    Ok(())
+}
+
+/// One checkpoint's redistribution check on `ranks` ranks.
+fn check_one(reader: &RepoReader, c: &CheckpointSummary, ranks: u32) -> Result<(), NoShrink> {
+    let id = c.id;
+    if c.world_size == ranks {
         return Ok(());
     }
     let store = |source| NoShrink::Store { id: id.0, source };
@@ -64,4 +87,61 @@ pub(crate) fn can_restore_on(
         )),
     };
     plan.check(&mut fetch).map_err(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lazarus_format::{CheckpointId, ObjectKind, ObjectSpec, Sharing};
+    use lazarus_store::{CommitMeta, RepoOptions, Repository};
+
+    /// A 2-rank checkpoint of one serde object per rank with `sharing`, identical bytes.
+    fn commit(repo: &mut Repository, sharing: Sharing) -> CheckpointId {
+        let p = repo.begin(2).unwrap();
+        let w = p.part_writer();
+        let receipts = (0..2)
+            .map(|r| {
+                let obj = ObjectSpec {
+                    info: ObjectInfo {
+                        name: "params".into(),
+                        type_name: "P".into(),
+                        kind: ObjectKind::Serde,
+                        sharing: Some(sharing),
+                    },
+                    data: b"same on every rank".as_slice().into(),
+                    hint: None,
+                };
+                w.write(Rank(r), &[obj]).unwrap()
+            })
+            .collect();
+        repo.commit(p, receipts, CommitMeta::default())
+            .unwrap()
+            .summary
+            .id
+    }
+
+    /// Regression (issue #12 debt "shrink checks only the newest checkpoint"): the newest
+    /// checkpoint is redistributable but the older one the ranks fall back to when the
+    /// newest is damaged is per-rank state; shrinking then could end in a refusal that
+    /// stops the job, so the supervisor must not shrink, and says which checkpoint.
+    #[test]
+    fn shrink_checks_only_the_newest_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut repo = Repository::open(dir.path(), RepoOptions::default()).unwrap();
+        let older = commit(&mut repo, Sharing::Rank);
+        let newer = commit(&mut repo, Sharing::Replicated);
+        let reader = RepoReader::open(dir.path()).unwrap();
+        let committed = reader.committed().unwrap();
+        let newest = committed.iter().max_by_key(|c| c.id);
+        assert_eq!(newest.map(|c| c.id), Some(newer));
+        let e = can_restore_on(&reader, newest, 1).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains(&format!("checkpoint {} cannot be redistributed", older.0)),
+            "{e}"
+        );
+        // The same world size restores anything; no checkpoint is a fresh start.
+        assert!(can_restore_on(&reader, newest, 2).is_ok());
+        assert!(can_restore_on(&reader, None, 1).is_ok());
+    }
 }

@@ -4,7 +4,7 @@ use crate::output::{Marker, OutputCommit};
 use crate::plan::{KillPlan, KillTrigger, ResolvedKill};
 use crate::report::{FailureReport, JobEnd, OutputLine, Refusal, Report, RestorePoint};
 use crate::shrink::{self, Shrink};
-use lazarus_format::Rank;
+use lazarus_format::{count, Rank};
 use lazarus_net::launch::{LaunchConfig, LaunchObserver, Launcher};
 use lazarus_net::{JobToken, NetError};
 use lazarus_policy::FailureHistory;
@@ -427,6 +427,7 @@ impl Supervisor {
                 id: c.id,
                 step: c.step,
                 time_unix_ms: c.time_unix_ms,
+                finished: lazarus_coord::meta::is_finished(&c.app),
             });
             let mut s = lock(&shared);
             let (released, dropped) = s.out.rollback(restored.map(|r| r.id));
@@ -466,10 +467,23 @@ impl Supervisor {
             let f_unix =
                 unix_ms().saturating_sub(now.saturating_duration_since(f_at).as_millis() as u64);
             let since = restored.map_or(run_start_unix, |r| r.time_unix_ms.max(run_start_unix));
+            // A finished job loses nothing: the restart restores its final state.
+            let since = match restored {
+                Some(r) if r.finished => f_unix,
+                _ => since,
+            };
+            // A rank armed with a failpoint that died by a signal was killed by it.
+            let by_failpoint =
+                matches!(failure.kind, lazarus_net::launch::FailureKind::Signaled(_))
+                    && cfg
+                        .kill_plan
+                        .failpoints_for(incarnation)
+                        .iter()
+                        .any(|(r, _)| *r == failure.rank.0);
             let fr = FailureReport {
                 incarnation,
                 failure,
-                injected: injected_at.is_some(),
+                injected: injected_at.is_some() || by_failpoint,
                 at_unix_ms: f_unix,
                 restored,
                 last_step: s.last_step,
@@ -532,7 +546,8 @@ impl Supervisor {
                     Err(why) => {
                         if cfg.progress {
                             progress(format_args!(
-                                "lazarus: not shrinking below {n} ranks (minimum {}): {why}",
+                                "lazarus: not shrinking below {} (minimum {}): {why}",
+                                count(n, "rank"),
                                 sh.min_ranks
                             ));
                         }
@@ -542,14 +557,19 @@ impl Supervisor {
             if cfg.progress {
                 if n < before {
                     progress(format_args!(
-                        "lazarus: restarting on {n} ranks instead of {before} (shrink on \
+                        "lazarus: restarting on {} instead of {before} (shrink on \
                          failure, minimum {}) (restart {incarnation} of at most {})",
+                        count(n, "rank"),
                         cfg.shrink.map_or(n, |s| s.min_ranks),
                         cfg.max_restarts
                     ));
                 } else {
+                    let all = match n {
+                        1 => "the only rank".to_string(),
+                        n => format!("all {n} ranks"),
+                    };
                     progress(format_args!(
-                        "lazarus: restarting all {n} ranks (restart {incarnation} of at most {})",
+                        "lazarus: restarting {all} (restart {incarnation} of at most {})",
                         cfg.max_restarts
                     ));
                 }

@@ -134,10 +134,10 @@ pub fn main(a: Args) -> CmdResult {
     std::fs::create_dir_all(&root).map_err(|e| format!("creating {}: {e}", root.display()))?;
     let (crash_repo, ref_repo) = (root.join("with-failure"), root.join("reference"));
     outln!(
-        "Lazarus demo: 2-D heat diffusion on a {0}x{0} grid, {1} steps, {2} ranks on this machine,",
+        "Lazarus demo: 2-D heat diffusion on a {0}x{0} grid, {1} steps, {2} on this machine,",
         a.size,
         a.steps,
-        a.ranks
+        lazarus::format::count(a.ranks, "rank")
     )?;
     outln!(
         "checkpoint every {} steps (repositories under {}).",

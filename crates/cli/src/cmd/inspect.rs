@@ -3,7 +3,12 @@
 //! Definitions (per checkpoint): *logical* = sum of object lengths over ranks; *unique* =
 //! raw bytes of its distinct chunks; *stored* = chunk-file bytes of its distinct chunks;
 //! *new* = chunk-file bytes of chunks the previous committed checkpoint did not use;
-//! compression = unique / stored; dedup = logical / unique.
+//! compression = unique / stored; dedup = logical / unique; *stall* = how long rank 0
+//! stood in the checkpoint round until COMMIT (its part written and every rank's vote
+//! received, so the slowest rank is in it); *write* = how long rank 0 took to write its own
+//! part (both recorded in COMMIT since issue #12, `-` for older checkpoints; JSON
+//! `stall_us`/`write_us`, `null` when not recorded). A checkpoint written by `Job::finish`
+//! (the job's final state) is marked `finished`.
 //!
 //! Per-rank parts (`--parts`, and always in `--json` as `parts`): objects, logical bytes,
 //! *stored* = chunk-file bytes of the rank's distinct chunks (shared with other ranks or
@@ -14,7 +19,8 @@
 //! the table) with the rank manifests they hold; they are never restorable or counted.
 
 use super::CmdResult;
-use lazarus::format::{CheckpointId, ChunkDigest};
+use lazarus::coord::meta::{self, RecordedCost};
+use lazarus::format::{utc_time, CheckpointId, ChunkDigest};
 use lazarus::store::{CommitStatus, RepoReader};
 use serde::Serialize;
 use std::collections::HashMap;
@@ -70,6 +76,9 @@ struct Row {
     new_bytes: u64,
     compression_ratio: f64,
     dedup_ratio: f64,
+    stall_us: Option<u64>,
+    write_us: Option<u64>,
+    finished: bool,
     damaged: Option<String>,
     status: &'static str,
     parts: Vec<PartRow>,
@@ -134,11 +143,13 @@ pub fn main(args: Args) -> CmdResult {
             .filter(|(d, _)| prev.as_ref().is_none_or(|p| !p.contains_key(*d)))
             .map(|(_, c)| c.1)
             .sum();
+        let cost = RecordedCost::from_app(&s.app);
+        let us = |d: Option<std::time::Duration>| d.map(|d| d.as_micros() as u64);
         rows.push(Row {
             id: s.id,
             step: s.step,
             time_unix_ms: s.time_unix_ms,
-            time_utc: utc(s.time_unix_ms),
+            time_utc: utc_time(s.time_unix_ms),
             ranks: s.world_size,
             logical_bytes: s.logical_bytes,
             unique_bytes: unique,
@@ -146,6 +157,9 @@ pub fn main(args: Args) -> CmdResult {
             new_bytes: new,
             compression_ratio: ratio(unique, stored),
             dedup_ratio: ratio(s.logical_bytes, unique),
+            stall_us: us(cost.stall),
+            write_us: us(cost.write),
+            finished: meta::is_finished(&s.app),
             damaged,
             status: "committed",
             parts,
@@ -181,7 +195,7 @@ pub fn main(args: Args) -> CmdResult {
         return Ok(ExitCode::SUCCESS);
     }
     outln!(
-        "{:>6} {:>10} {:<20} {:>5} {:>10} {:>10} {:>10} {:>6} {:>6}",
+        "{:>6} {:>10} {:<20} {:>5} {:>10} {:>10} {:>10} {:>6} {:>6} {:>9} {:>9}",
         "id",
         "step",
         "time (UTC)",
@@ -190,11 +204,13 @@ pub fn main(args: Args) -> CmdResult {
         "stored",
         "new",
         "compr",
-        "dedup"
+        "dedup",
+        "stall",
+        "write"
     )?;
     for r in &rows {
         outln!(
-            "{:>6} {:>10} {:<20} {:>5} {:>10} {:>10} {:>10} {:>6.2} {:>6.2}{}",
+            "{:>6} {:>10} {:<20} {:>5} {:>10} {:>10} {:>10} {:>6.2} {:>6.2} {:>9} {:>9}{}{}",
             r.id.0,
             r.step,
             r.time_utc,
@@ -204,6 +220,9 @@ pub fn main(args: Args) -> CmdResult {
             human(r.new_bytes),
             r.compression_ratio,
             r.dedup_ratio,
+            micros(r.stall_us),
+            micros(r.write_us),
+            if r.finished { "  finished" } else { "" },
             r.damaged
                 .as_ref()
                 .map(|d| format!("  DAMAGED: {d}"))
@@ -293,24 +312,12 @@ pub(crate) fn human(n: u64) -> String {
     }
 }
 
-/// `YYYY-MM-DD hh:mm:ss` in UTC (civil-from-days, no time-zone database needed).
-fn utc(ms: u64) -> String {
-    let secs = ms / 1000;
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+/// A recorded duration in microseconds, e.g. `850 us`, `12.3 ms`, `1.25 s`; `-` if none.
+fn micros(us: Option<u64>) -> String {
+    match us {
+        None => "-".into(),
+        Some(us) if us < 1_000 => format!("{us} us"),
+        Some(us) if us < 1_000_000 => format!("{:.1} ms", us as f64 / 1e3),
+        Some(us) => format!("{:.2} s", us as f64 / 1e6),
+    }
 }

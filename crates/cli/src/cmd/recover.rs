@@ -2,7 +2,7 @@
 //! into `lazarus::supervisor`. Kept apart from run.rs so the launcher CLI stays thin.
 
 use super::CmdResult;
-use lazarus::format::Rank;
+use lazarus::format::{count, Rank};
 use lazarus::net::launch::{install_signal_forwarding, LaunchConfig};
 use lazarus::supervisor::{
     FailpointKill, KillPlan, KillTrigger, PlannedKill, Supervisor, SupervisorConfig,
@@ -11,24 +11,33 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
-/// Hidden fault-injection flags of `lazarus run --repo` (tests, demos, experiments).
+/// Fault-injection flags of `lazarus run --repo` (tests, demos, experiments), shown in
+/// `--help` under their own heading, "Testing": visible, but apart from the flags a
+/// production run uses. Every failure they cause is reported as injected.
 #[derive(clap::Args, Debug, Default)]
 pub struct InjectArgs {
     /// SIGKILL a rank this long after (re)start: `[RANK@]DURATION` (e.g. `2@1.5s`; no rank:
     /// a seeded random one), or after the K-th commit of the incarnation:
     /// `[RANK@]Kc[+DURATION]` (e.g. `1@2c+10ms`), which does not depend on the machine's
     /// speed. Repeatable: the k-th one applies to incarnation k-1.
-    #[arg(long, hide = true, value_name = "[RANK@]DURATION|Kc[+DURATION]")]
+    #[arg(
+        long,
+        help_heading = "Testing",
+        value_name = "[RANK@]DURATION|Kc[+DURATION]"
+    )]
     inject_kill_after: Vec<String>,
     /// SIGKILL a random rank at exponentially distributed times with this mean, in every
     /// incarnation (e.g. `20s`).
-    #[arg(long, hide = true, value_name = "DURATION")]
+    #[arg(long, help_heading = "Testing", value_name = "DURATION")]
     inject_kill_mtbf: Option<String>,
-    /// Arm a store failpoint in one rank of the first run: `NAME[@RANK]` (default rank 0).
-    #[arg(long, hide = true, value_name = "NAME[@RANK]")]
+    /// Arm a failpoint in one rank of the first run: `NAME[@RANK]` (default rank 0). The
+    /// rank SIGKILLs itself when it reaches the named place (`before_commit`,
+    /// `after_chunk_write`, ... in the store; `files_*` in the managed files; see
+    /// docs/RECOVERY.md).
+    #[arg(long, help_heading = "Testing", value_name = "NAME[@RANK]")]
     inject_failpoint: Vec<String>,
     /// Seed of every random choice of the fault injection.
-    #[arg(long, hide = true, default_value_t = 0)]
+    #[arg(long, help_heading = "Testing", default_value_t = 0)]
     seed: u64,
 }
 
@@ -143,10 +152,10 @@ pub fn supervise(
     let report = Supervisor::run(&cfg)?;
     if !report.failures.is_empty() && report.success() {
         errln!(
-            "lazarus run: completed after {} restart(s) in {:.2} s on {} ranks",
-            report.failures.len(),
+            "lazarus run: completed after {} in {:.2} s on {}",
+            count(report.failures.len() as u64, "restart"),
             report.elapsed.as_secs_f64(),
-            report.ranks
+            count(report.ranks, "rank")
         );
     }
     if let Some(s) = match report.end {

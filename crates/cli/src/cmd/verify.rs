@@ -80,16 +80,14 @@ pub fn main(args: Args) -> CmdResult {
         }
     };
     errln!(
-        "lazarus verify: FAILED: first bad file {}: {}; it breaks checkpoint(s) {}",
-        first.path.display(),
-        first.detail,
+        "lazarus verify: FAILED: first bad file: {}; it breaks checkpoint(s) {}",
+        problem_text(first),
         ids(&first.breaks)
     );
     for p in report.problems.iter().skip(1) {
         errln!(
-            "  also bad: {}: {} (breaks {})",
-            p.path.display(),
-            p.detail,
+            "  also bad: {} (breaks {})",
+            problem_text(p),
             ids(&p.breaks)
         );
     }
@@ -166,4 +164,14 @@ fn check_ranks(
         }
     }
     Ok(uncommitted)
+}
+
+/// The problem with its file named once: the store's message usually names it already.
+fn problem_text(p: &lazarus::store::Problem) -> String {
+    let path = p.path.display().to_string();
+    if p.detail.contains(&path) {
+        p.detail.clone()
+    } else {
+        format!("{path}: {}", p.detail)
+    }
 }

@@ -1,5 +1,6 @@
 //! Test rank program for the supervisor: a tiny SPMD job with an aligned two-phase commit
-//! written directly against the store (so the supervisor is testable without the Job API).
+//! written directly against the store (so the supervisor is testable without the Job API),
+//! restoring through the agreed restore every runtime shares (`lazarus_coord::restore`).
 //!
 //! `lazarus-recovery-probe --steps N --every K --sleep-ms M --lines L --state-kib S`
 //! Each step: every rank prints L lines `r<rank> s<step> l<j>`, updates its accumulator,
@@ -7,15 +8,16 @@
 //! checkpoint, every rank writes its part and prints the part marker, rank 0 commits and
 //! prints the commit marker. At the end rank 0 prints `checksum=<hex>`, which does not
 //! depend on how often the job was killed and restarted.
-use lazarus_format::{CheckpointId, DType, ObjectInfo, ObjectKind, ObjectSpec, Rank};
+use lazarus_coord::restore::{AgreeError, Candidate, LoadError, RestoreAgreement};
+use lazarus_coord::OnAllDamaged;
+use lazarus_format::{CheckpointId, DType, LoadedObject, ObjectInfo, ObjectKind, ObjectSpec, Rank};
 use lazarus_net::ReduceOp;
 use lazarus_store::{CommitMeta, PartReceipt, PartWriter, RepoOptions, RepoReader, Repository};
+use lazarus_supervisor::Marker;
 use std::error::Error;
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
-
-const MARK: &str = "\u{1e}lazarus:";
 
 struct Args {
     steps: u64,
@@ -88,41 +90,39 @@ fn run() -> Result<(), Box<dyn Error>> {
     } else {
         None
     };
-    // Restore, agreed and reading the data once: rank 0 lists the committed checkpoints that
-    // pass the cheap check (no data read); every rank loads its own part of the newest
-    // (which verifies every chunk); if any rank fails, all fall back to the next one.
+    // The agreed restore every runtime uses (lazarus_coord::restore): rank 0 lists the
+    // committed checkpoints that pass the cheap check; every rank loads (and so verifies)
+    // its own part; all fall back together past damage.
+    let agreement = RestoreAgreement {
+        comm: &comm,
+        repo: &repo,
+        on_all_damaged: OnAllDamaged::from_env()?.unwrap_or_default(),
+    };
     let reader = RepoReader::open(&repo)?;
-    let mut ids: Vec<u64> = if rank.0 == 0 {
-        let (cands, _) = reader.newest_committed_candidates()?;
-        cands.iter().map(|c| c.id.0).collect()
-    } else {
-        Vec::new()
+    let load = |c: &Candidate| {
+        reader
+            .load_part(c.id, rank)
+            .map_err(|e| LoadError::from_store(c.id, e, |e| e.to_string()))
     };
-    comm.broadcast(Rank(0), &mut ids)?;
-    let mut found = None;
-    for id in ids {
-        let id = CheckpointId(id);
-        let part = reader.load_part(id, rank).ok();
-        if comm.allgather(&part.is_some())?.iter().all(|ok| *ok) {
-            found = part.map(|objs| (id, objs));
-            break;
-        }
-    }
-    let (mut step, mut acc, restored) = match found {
-        Some((id, objs)) => {
-            let d = &objs.first().ok_or("empty part")?.data;
-            let g = |i: usize| -> Result<u64, Box<dyn Error>> {
-                let b: [u8; 8] = d.get(i..i + 8).ok_or("short state")?.try_into()?;
-                Ok(u64::from_le_bytes(b))
-            };
-            (g(0)?, g(8)?, Some(id))
-        }
-        None => (0, 0, None),
+    let apply = |chosen: Option<(&Candidate, Vec<LoadedObject>)>| -> Result<_, String> {
+        let Some((c, objs)) = chosen else {
+            return Ok((0, 0, None));
+        };
+        let d = &objs.first().ok_or("empty part")?.data;
+        let g = |i: usize| -> Result<u64, String> {
+            let b: [u8; 8] = d
+                .get(i..i + 8)
+                .and_then(|b| b.try_into().ok())
+                .ok_or("short state")?;
+            Ok(u64::from_le_bytes(b))
+        };
+        Ok((g(0)?, g(8)?, Some(c.id)))
     };
-    match restored {
-        Some(id) => say(&format!("{MARK}resumed {} {step}", id.0)),
-        None => say(&format!("{MARK}resumed - {step}")),
-    }
+    let ((mut step, mut acc, restored), _) = agreement.run(load, apply).map_err(|e| match e {
+        AgreeError::Own(e) => e,
+        other => format!("{other:?}"),
+    })?;
+    say(&Marker::Resumed { id: restored, step }.line());
     let restored_step = restored.map(|_| step);
     while step < a.steps {
         if step > 0 && step % a.every == 0 && restored_step != Some(step) {
@@ -151,7 +151,11 @@ fn run() -> Result<(), Box<dyn Error>> {
             };
             let receipt =
                 PartWriter::open(&repo, CheckpointId(id), opts.clone())?.write(rank, &[obj])?;
-            say(&format!("{MARK}part {id} {step}"));
+            say(&Marker::Part {
+                id: CheckpointId(id),
+                step,
+            }
+            .line());
             let all: Option<Vec<PartReceipt>> = comm.gather(Rank(0), &receipt)?;
             if let (Some(w), Some(p), Some(all)) = (writer.as_mut(), pending, all) {
                 let meta = CommitMeta {
@@ -159,7 +163,11 @@ fn run() -> Result<(), Box<dyn Error>> {
                     ..CommitMeta::default()
                 };
                 w.commit(p, all, meta)?;
-                say(&format!("{MARK}commit {id} {step}"));
+                say(&Marker::Commit {
+                    id: CheckpointId(id),
+                    step,
+                }
+                .line());
                 w.retain(3)?;
             }
         }

@@ -1,0 +1,236 @@
+//! Output markers: the control lines a rank writes on its stdout for the supervisor
+//! (`lazarus run --repo`), docs/RECOVERY.md. One type, one formatter ([`Marker::line`]),
+//! one parser ([`Marker::parse`]) and one writer ([`write_marker`]) for every runtime
+//! that writes them (the Job API, [`AlignedRuntime`](crate::AlignedRuntime),
+//! [`AsyncSession`](crate::AsyncSession), the supervisor's test probe) and for the
+//! supervisor that reads them.
+//!
+//! With `LAZARUS_OUTPUT_MARKERS=1`, a rank writes `"\u{1e}lazarus:part <id> <step>"` once
+//! its part of checkpoint `<id>` is durable, and rank 0 writes
+//! `"\u{1e}lazarus:commit <id> <step>"` after COMMIT; `"\u{1e}lazarus:resumed <id|-> <step>"`
+//! once restored (used to time recovery). Two more tell the supervisor what no restart
+//! can change: `"\u{1e}lazarus:repo <location>"` (the repository a rank opened,
+//! `lazarus_store::repo_location`) and `"\u{1e}lazarus:refused <message>"` (a restore
+//! error no restart can fix: the supervisor stops instead of restarting).
+
+use lazarus_format::CheckpointId;
+use std::io::Write;
+
+/// First byte of every control line (ASCII record separator): never part of normal text.
+pub const MARKER_PREFIX: &str = "\u{1e}lazarus:";
+
+/// A control line written by a rank on its stdout.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Marker {
+    /// This rank's part of the checkpoint is durable; the lines before it belong to it.
+    Part {
+        /// checkpoint
+        id: CheckpointId,
+        /// its step
+        step: u64,
+    },
+    /// The checkpoint is committed (written by the committing rank, rank 0).
+    Commit {
+        /// checkpoint
+        id: CheckpointId,
+        /// its step
+        step: u64,
+    },
+    /// The rank restored this checkpoint (`None`: started fresh) and is running again.
+    Resumed {
+        /// checkpoint restored, if any
+        id: Option<CheckpointId>,
+        /// step restored
+        step: u64,
+    },
+    /// The repository the rank opened, as [`lazarus_store::repo_location`] normalizes it. The supervisor
+    /// stops a job whose ranks opened another repository than its own.
+    Repo {
+        /// normalized location (one line)
+        location: String,
+    },
+    /// The rank's restore failed in a way no restart can fix (a checkpoint that cannot be
+    /// restored on this number of ranks, a schema mismatch, every checkpoint damaged): the
+    /// supervisor stops instead of restarting.
+    Refused {
+        /// the rank's error, naming the checkpoint and why (one line)
+        message: String,
+    },
+}
+
+/// Replaces line breaks so a free-text marker field stays one line.
+fn one_line(s: &str) -> String {
+    s.replace(['\n', '\r'], " ")
+}
+
+impl Marker {
+    /// The line (without newline) a rank writes for this marker.
+    pub fn line(&self) -> String {
+        match self {
+            Marker::Part { id, step } => format!("{MARKER_PREFIX}part {} {step}", id.0),
+            Marker::Commit { id, step } => format!("{MARKER_PREFIX}commit {} {step}", id.0),
+            Marker::Resumed { id: Some(id), step } => {
+                format!("{MARKER_PREFIX}resumed {} {step}", id.0)
+            }
+            Marker::Resumed { id: None, step } => format!("{MARKER_PREFIX}resumed - {step}"),
+            Marker::Repo { location } => format!("{MARKER_PREFIX}repo {}", one_line(location)),
+            Marker::Refused { message } => {
+                format!("{MARKER_PREFIX}refused {}", one_line(message))
+            }
+        }
+    }
+
+    /// Parses a line (with or without its newline). `None` for ordinary text; `Some(Err)`
+    /// for a line that starts with the marker prefix but is malformed (never shown to the
+    /// user either: the prefix is reserved).
+    pub fn parse(line: &[u8]) -> Option<Result<Marker, String>> {
+        let rest = line.strip_prefix(MARKER_PREFIX.as_bytes())?;
+        let text = match std::str::from_utf8(rest) {
+            Ok(t) => t.trim_end_matches(['\n', '\r']),
+            Err(_) => return Some(Err("marker is not UTF-8".into())),
+        };
+        // Free-text markers: everything after the first space is the payload (one line:
+        // `line()` never writes a line break into it).
+        match text.split_once(' ') {
+            Some(("repo" | "refused", p)) if p.contains(['\n', '\r']) => {
+                return Some(Err(format!("marker {text:?} has a line break")))
+            }
+            Some(("repo", loc)) if !loc.is_empty() => {
+                return Some(Ok(Marker::Repo {
+                    location: loc.to_string(),
+                }))
+            }
+            Some(("refused", msg)) if !msg.is_empty() => {
+                return Some(Ok(Marker::Refused {
+                    message: msg.to_string(),
+                }))
+            }
+            _ => {}
+        }
+        let mut it = text.split(' ');
+        let (kind, id, step) = (it.next(), it.next(), it.next());
+        if it.next().is_some() {
+            return Some(Err(format!("marker {text:?} has extra fields")));
+        }
+        let step = match step.map(str::parse::<u64>) {
+            Some(Ok(s)) => s,
+            _ => return Some(Err(format!("marker {text:?}: bad or missing step"))),
+        };
+        let id = match id {
+            Some("-") => None,
+            Some(s) => match s.parse::<u64>() {
+                Ok(v) => Some(CheckpointId(v)),
+                Err(_) => return Some(Err(format!("marker {text:?}: bad checkpoint id"))),
+            },
+            None => return Some(Err(format!("marker {text:?}: missing checkpoint id"))),
+        };
+        Some(match (kind, id) {
+            (Some("part"), Some(id)) => Ok(Marker::Part { id, step }),
+            (Some("commit"), Some(id)) => Ok(Marker::Commit { id, step }),
+            (Some("resumed"), id) => Ok(Marker::Resumed { id, step }),
+            _ => Err(format!("unknown marker {text:?}")),
+        })
+    }
+}
+
+/// Writes `m` as one line on stdout and flushes, so it is ordered with the program's own
+/// lines. Callers decide whether markers are on (`LAZARUS_OUTPUT_MARKERS`, see
+/// [`markers_enabled`]). A closed or full stdout must not fail the job: markers only
+/// inform the supervisor, so write errors are ignored.
+pub fn write_marker(m: &Marker) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{}", m.line());
+    let _ = out.flush();
+}
+
+/// True when this process was asked to write markers (`LAZARUS_OUTPUT_MARKERS=1`, set by
+/// `lazarus run --repo` for every rank).
+pub fn markers_enabled() -> bool {
+    std::env::var(crate::OUTPUT_MARKERS_ENV).is_ok_and(|v| v == "1")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn marker_round_trip_and_rejects() {
+        for m in [
+            Marker::Part {
+                id: CheckpointId(7),
+                step: 30,
+            },
+            Marker::Commit {
+                id: CheckpointId(0),
+                step: 0,
+            },
+            Marker::Resumed { id: None, step: 0 },
+            Marker::Resumed {
+                id: Some(CheckpointId(3)),
+                step: 9,
+            },
+        ] {
+            let line = format!("{}\n", m.line());
+            assert_eq!(Marker::parse(line.as_bytes()), Some(Ok(m)));
+        }
+        for m in [
+            Marker::Repo {
+                location: "/data/my repo".into(),
+            },
+            Marker::Repo {
+                location: "s3://bucket/prefix".into(),
+            },
+            Marker::Refused {
+                message: "checkpoint 3: field `x` is per-rank state".into(),
+            },
+        ] {
+            let line = format!("{}\n", m.line());
+            assert_eq!(Marker::parse(line.as_bytes()), Some(Ok(m)));
+        }
+        // A multi-line message stays one marker line.
+        let m = Marker::Refused {
+            message: "a\nb".into(),
+        };
+        assert_eq!(
+            Marker::parse(m.line().as_bytes()),
+            Some(Ok(Marker::Refused {
+                message: "a b".into()
+            }))
+        );
+        assert_eq!(Marker::parse(b"checksum=12\n"), None);
+        for bad in [
+            "part x 1",
+            "part 1",
+            "commit - 3",
+            "nope 1 2",
+            "part 1 2 3",
+            "repo",
+            "refused ",
+        ] {
+            let line = format!("{MARKER_PREFIX}{bad}");
+            assert!(
+                matches!(Marker::parse(line.as_bytes()), Some(Err(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    proptest::proptest! {
+        /// Marker lines come from rank stdout, i.e. from any program: parsing never panics,
+        /// and whatever parses formats back to a line that parses to the same marker.
+        #[test]
+        fn marker_parse_never_panics(
+            kind in proptest::sample::select(vec!["part ", "commit ", "resumed ", "repo ", "refused ", ""]),
+            text in "[ -~\r\n\u{1e}é-]{0,40}",
+            tail in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..20),
+        ) {
+            let mut line = MARKER_PREFIX.as_bytes().to_vec();
+            line.extend_from_slice(kind.as_bytes());
+            line.extend_from_slice(text.as_bytes());
+            line.extend_from_slice(&tail);
+            if let Some(Ok(m)) = Marker::parse(&line) {
+                proptest::prop_assert_eq!(Marker::parse(m.line().as_bytes()), Some(Ok(m)));
+            }
+        }
+    }
+}
