@@ -1290,6 +1290,39 @@ mod tests {
         }
     }
 
+    /// However the socket splits a payload, the reader hashes it in pieces that end on
+    /// `HASH_BATCH` boundaries of the hasher's input (BLAKE3's wide SIMD path), and the
+    /// result is the hash of the whole.
+    #[test]
+    fn arrived_payload_is_hashed_in_aligned_pieces() {
+        let data: Vec<u8> = (0..700_000u32).map(|i| (i * 7) as u8).collect();
+        let mut rng = rand::thread_rng();
+        for _ in 0..50 {
+            let mut h = blake3::Hasher::new();
+            h.update(&[1; 55]);
+            let (mut arrived, mut hashed) = (0, 0);
+            while arrived < data.len() {
+                arrived = (arrived + rand::Rng::gen_range(&mut rng, 1..90_000)).min(data.len());
+                let before = hashed;
+                hash_arrived(&mut h, &data, &mut hashed, arrived, false);
+                assert!(hashed <= arrived);
+                if hashed != before {
+                    assert_eq!(h.count() % HASH_BATCH as u64, 0);
+                }
+                assert!(
+                    arrived - hashed < HASH_BATCH,
+                    "{} bytes held back",
+                    arrived - hashed
+                );
+            }
+            hash_arrived(&mut h, &data, &mut hashed, arrived, true);
+            let mut whole = blake3::Hasher::new();
+            whole.update(&[1; 55]);
+            whole.update(&data);
+            assert_eq!(h.finalize(), whole.finalize());
+        }
+    }
+
     #[test]
     fn limits_hold_and_other_versions_are_named() {
         let mut big = Vec::new();
