@@ -376,9 +376,7 @@ pub fn main(a: Args) -> CmdResult {
         median(&v)
     };
     let med = |j: usize, f: fn(&Rate) -> f64| median(&rates[j].iter().map(f).collect::<Vec<_>>());
-    println!(
-        "throughput 1 MiB msgs, median of {runs} paired runs (CPU: whole process, per byte moved):"
-    );
+    println!("1 MiB messages, median of {runs} paired runs (CPU: whole process, per byte moved):");
     println!(
         "  {:<26} {:>11} {:>11} {:>9} {:>9}",
         "", "rate", "CPU", "/raw", "/raw+MAC"
