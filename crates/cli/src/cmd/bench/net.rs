@@ -404,6 +404,26 @@ pub fn main(a: Args) -> CmdResult {
         ratio(BUF_OFF, RAW),
         ratio(SLICE_OFF, RAW),
     );
+    // The same ratios in CPU time per byte (limit / Comm): what the wall-clock ratio is on
+    // a machine where both ends are CPU-bound on the same cores, and far less sensitive to
+    // the share of the cores a loaded machine happens to give each variant.
+    let cpu_ratio = |j: usize, limit: usize| -> f64 {
+        let v: Vec<f64> = (0..runs)
+            .map(|i| rates[limit][i].cpu_ns_per_byte / rates[j][i].cpu_ns_per_byte)
+            .collect();
+        median(&v)
+    };
+    println!(
+        "throughput by CPU per byte (limit/Comm): frame MAC on: send_buf {:.2}x raw+MAC ({:.2}x raw), send_slice {:.2}x raw+MAC; frame MAC off: send_buf {:.2}x raw, send_slice {:.2}x raw; raw+MAC {:.2}x raw; MAC cost per byte (both ends): {:.3} ns in Comm, {:.3} ns over raw TCP",
+        cpu_ratio(BUF_ON, RAW_MAC),
+        cpu_ratio(BUF_ON, RAW),
+        cpu_ratio(SLICE_ON, RAW_MAC),
+        cpu_ratio(BUF_OFF, RAW),
+        cpu_ratio(SLICE_OFF, RAW),
+        cpu_ratio(RAW_MAC, RAW),
+        med(BUF_ON, |r| r.cpu_ns_per_byte) - med(BUF_OFF, |r| r.cpu_ns_per_byte),
+        med(RAW_MAC, |r| r.cpu_ns_per_byte) - med(RAW, |r| r.cpu_ns_per_byte),
+    );
     println!(
         "latency 8 B one-way: median ratio Comm/raw TCP {:.2}x with the frame MAC on, {:.2}x off (target <= 1.50x; raw median {:.1} us)",
         median(&lat_on),
