@@ -293,28 +293,10 @@ impl Sealer {
     /// The MAC of the next frame, whose bytes (length prefix included) are the
     /// concatenation of `parts`. Each call consumes one counter value.
     pub(crate) fn seal(&mut self, parts: &[&[u8]]) -> [u8; MAC_LEN] {
-        let mut h = self.start(&[]);
+        let mut h = keyed_at(&self.key, self.next);
         for p in parts {
             h.update(p);
         }
-        self.finish(&h)
-    }
-
-    /// Whether data payloads go into the MAC (see [`Sealer::seal_data`]).
-    pub(crate) fn covers_payload(&self) -> bool {
-        self.payload
-    }
-
-    /// A hasher primed for the next frame, `head` absorbed: feed it the rest of the frame
-    /// (a data payload only if [`Sealer::covers_payload`]), then [`Sealer::finish`] it.
-    pub(crate) fn start(&self, head: &[u8]) -> blake3::Hasher {
-        let mut h = keyed_at(&self.key, self.next);
-        h.update(head);
-        h
-    }
-
-    /// The MAC of the frame fed to `h` (from [`Sealer::start`]); consumes its counter value.
-    pub(crate) fn finish(&mut self, h: &blake3::Hasher) -> [u8; MAC_LEN] {
         // 2^64 frames are out of reach; wrapping keeps the arithmetic total.
         self.next = self.next.wrapping_add(1);
         *h.finalize().as_bytes()

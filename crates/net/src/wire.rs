@@ -503,10 +503,10 @@ pub(crate) fn write_sealed(
 }
 
 /// Writes a sealed Data frame without copying the payload into a frame buffer: the MAC is
-/// computed over the payload where it lies, and header, payload and MAC leave in one
-/// vectored write (no extra syscall or copy for the trailer), as a concatenation would,
-/// minus the copy. A payload longer than [`WRITE_PIECE`] leaves in pieces, see
-/// [`write_sealed_payload`].
+/// computed over the payload where it lies (in one `update`: BLAKE3 hashes 16 chunks at a
+/// time only within one), then header, payload and MAC leave in one vectored write (one
+/// syscall, one segment train, no extra syscall or copy for the trailer), as a
+/// concatenation would, minus the copy.
 pub(crate) fn write_data(
     w: &mut impl Write,
     tx: &mut Sealer,
@@ -517,53 +517,13 @@ pub(crate) fn write_data(
     let len = (DATA_HEADER_LEN + payload.len() + MAC_LEN) as u32;
     head.extend_from_slice(&len.to_le_bytes());
     h.encode(&mut head);
-    write_sealed_payload(w, tx, &head, payload)
-}
-
-/// Above this, a MACed payload is hashed and written in pieces of about this size, each
-/// hashed right before its write. Hashing all of a large payload before writing any of it
-/// leaves the receiver idle for the whole hash, then has both ends copy at once and then
-/// hash at once: on a 2-core VM that lock-step ran the "raw TCP + MAC" limit at ~0.5 of
-/// the rate that pieces of 256 KiB reach (docs/PERFORMANCE.md, "Frame MAC"). Pieces end
-/// on [`HASH_BATCH`] boundaries of the hasher's input, like the receiver's.
-const WRITE_PIECE: usize = 256 << 10;
-
-/// Writes `head` (unsealed bytes of the frame up to its payload, length prefix included),
-/// `payload` and the MAC trailer: one vectored write, or for a MACed payload longer than
-/// [`WRITE_PIECE`] one write per piece (the MAC with the last). The caller holds the
-/// stream's write lock and shuts the stream down on any error (part of the frame may be
-/// on the wire).
-fn write_sealed_payload(
-    w: &mut impl Write,
-    tx: &mut Sealer,
-    head: &[u8],
-    payload: &[u8],
-) -> std::io::Result<()> {
-    if payload.len() <= WRITE_PIECE || !tx.covers_payload() {
-        let mac = tx.seal_data(head, payload);
-        let mut bufs = [
-            IoSlice::new(head),
-            IoSlice::new(payload),
-            IoSlice::new(&mac),
-        ];
-        return write_all_vectored(w, &mut bufs);
-    }
-    let mut h = tx.start(head);
-    let (mut head, mut written, mut hashed) = (head, 0, 0);
-    loop {
-        let end = (written + WRITE_PIECE).min(payload.len());
-        let last = end == payload.len();
-        hash_arrived(&mut h, payload, &mut hashed, end, last);
-        let piece = payload.get(written..hashed).unwrap_or_default();
-        if last {
-            let mac = tx.finish(&h);
-            let mut bufs = [IoSlice::new(head), IoSlice::new(piece), IoSlice::new(&mac)];
-            return write_all_vectored(w, &mut bufs);
-        }
-        write_all_vectored(w, &mut [IoSlice::new(head), IoSlice::new(piece)])?;
-        head = &[];
-        written = hashed;
-    }
+    let mac = tx.seal_data(&head, payload);
+    let mut bufs = [
+        IoSlice::new(&head),
+        IoSlice::new(payload),
+        IoSlice::new(&mac),
+    ];
+    write_all_vectored(w, &mut bufs)
 }
 
 /// `Write::write_all_vectored` (unstable in std): loops until every slice is written.
@@ -908,10 +868,10 @@ pub fn mac_only_stream() -> (MacOnlyWriter, MacOnlyReader) {
 pub struct MacOnlyWriter(Sealer);
 
 impl MacOnlyWriter {
-    /// Writes `payload` and its MAC (computed over `payload` where it lies), as a
-    /// connection writes a data frame's payload.
+    /// Writes `payload` and its MAC (computed over `payload` where it lies).
     pub fn write(&mut self, w: &mut impl Write, payload: &[u8]) -> std::io::Result<()> {
-        write_sealed_payload(w, &mut self.0, &[], payload)
+        let mac = self.0.seal_data(&[], payload);
+        write_all_vectored(w, &mut [IoSlice::new(payload), IoSlice::new(&mac)])
     }
 }
 
