@@ -25,7 +25,7 @@
 //! Hello keeps the layout `kind 1, magic, version` of every protocol version, so peers of
 //! different versions both report "wire version X, expected Y" instead of garbage.
 
-pub use crate::auth::FrameMac;
+use crate::auth::FrameMac;
 use crate::auth::{Opener, Sealer};
 use crate::error::{ErrorKind, NetError, Result};
 use std::io::{IoSlice, Read, Write};
