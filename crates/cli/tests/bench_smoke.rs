@@ -92,6 +92,24 @@ fn bench_net_reports_both_send_paths() {
         line.contains("with send_buf") && line.contains("with send_slice"),
         "{line}"
     );
+    // Both limits (raw TCP, raw TCP + frame MAC) and both frame MAC settings, each with
+    // its CPU cost per byte.
+    assert!(
+        line.contains("raw+MAC limit") && line.contains("frame MAC off: Comm/raw TCP"),
+        "{line}"
+    );
+    for row in [
+        "raw TCP + frame MAC",
+        "Comm send_buf, MAC on",
+        "Comm send_buf, MAC off",
+    ] {
+        let l = text
+            .lines()
+            .find(|l| l.trim_start().starts_with(row))
+            .unwrap_or_else(|| panic!("no row {row:?} in:\n{text}"));
+        assert!(l.contains("GB/s") && l.contains("ns/B"), "{l}");
+    }
+    assert!(text.contains("with the frame MAC on") && text.contains("off (target <= 1.50x"));
 }
 
 #[test]

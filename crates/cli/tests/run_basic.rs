@@ -130,3 +130,42 @@ fn log_colour_only_on_a_terminal_and_never_with_no_color() {
         "NO_COLOR=1 in a terminal: {plain:?}"
     );
 }
+
+/// `--frame-mac` (else LAZARUS_FRAME_MAC, else on) reaches every rank, the flag winning;
+/// a bad value is refused before anything starts.
+#[test]
+fn the_frame_mac_setting_reaches_every_rank_and_the_flag_wins() {
+    for (env, flag, want) in [
+        (None, None, "on"),
+        (Some("off"), None, "off"),
+        (Some("off"), Some("on"), "on"),
+        (None, Some("off"), "off"),
+    ] {
+        let mut cmd = lazarus();
+        cmd.env_remove("LAZARUS_FRAME_MAC").args(["run", "-n", "2"]);
+        if let Some(e) = env {
+            cmd.env("LAZARUS_FRAME_MAC", e);
+        }
+        if let Some(f) = flag {
+            cmd.args(["--frame-mac", f]);
+        }
+        let out = cmd
+            .args(["--", "sh", "-c", "echo \"mac=$LAZARUS_FRAME_MAC\""])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        for r in 0..2 {
+            assert!(
+                stdout.contains(&format!("[rank {r}] mac={want}\n")),
+                "env {env:?} flag {flag:?}: {stdout}"
+            );
+        }
+    }
+    let out = lazarus()
+        .args(["run", "-n", "2", "--frame-mac", "maybe", "--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("expected \"on\" or \"off\""));
+}

@@ -21,6 +21,7 @@ use crate::error::{ErrorKind, NetError, Result};
 use crate::wire::MAC_LEN;
 use rand::RngCore;
 use std::fmt;
+use std::str::FromStr;
 
 /// The rank value the coordinator (rendezvous server) takes in a handshake.
 pub(crate) const COORD_RANK: u32 = u32::MAX;
@@ -92,6 +93,72 @@ impl JobToken {
     }
 }
 
+/// What the MAC of a sealed frame covers. One setting for the whole job (every rank and
+/// the launcher's rendezvous server: `LAZARUS_FRAME_MAC`, `lazarus run --frame-mac`); both
+/// sides of every handshake prove which one they use, and a connection between two
+/// settings is refused, never negotiated down (docs/RUNTIME.md, "Security").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum FrameMac {
+    /// Every byte of every frame (the default): nobody without the token can inject, alter,
+    /// drop, reorder or replay anything after the handshake.
+    #[default]
+    On,
+    /// Every frame except the payload bytes of data frames: headers (length, tag, sequence
+    /// number, acknowledgement) and all other frames stay sealed, so frames still cannot be
+    /// injected, dropped, reordered or replayed; but whoever can modify packets in flight
+    /// can change payload bytes undetected. For networks that provide integrity themselves
+    /// (WireGuard, IPsec, a trusted fabric), where the payload MAC is a redundant pass over
+    /// every byte.
+    Off,
+}
+
+impl FrameMac {
+    /// The byte that stands for the setting on the wire and in the handshake transcript.
+    pub(crate) fn code(self) -> u8 {
+        match self {
+            FrameMac::On => 1,
+            FrameMac::Off => 2,
+        }
+    }
+
+    pub(crate) fn from_code(c: u8) -> Option<Self> {
+        match c {
+            1 => Some(FrameMac::On),
+            2 => Some(FrameMac::Off),
+            _ => None,
+        }
+    }
+
+    /// The setting's name, as `LAZARUS_FRAME_MAC` and `--frame-mac` spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FrameMac::On => "on",
+            FrameMac::Off => "off",
+        }
+    }
+}
+
+impl fmt::Display for FrameMac {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The one parser of the setting (environment and command line): `on` or `off`.
+impl FromStr for FrameMac {
+    type Err = NetError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim() {
+            "on" => Ok(FrameMac::On),
+            "off" => Ok(FrameMac::Off),
+            other => Err(NetError::new(
+                ErrorKind::Config,
+                format!("frame MAC setting {other:?}: expected \"on\" or \"off\""),
+            )),
+        }
+    }
+}
+
 /// What a handshake derives from the token: the MAC key of proofs and session keys, and
 /// the job id bound into every transcript.
 #[derive(Clone)]
@@ -113,12 +180,13 @@ pub(crate) fn nonce() -> [u8; 32] {
     n
 }
 
-/// Everything one handshake binds: both identities, both nonces, the job and its
-/// incarnation. Which side is which is part of it (`dialer`, `listener`).
+/// Everything one handshake binds: both identities, both nonces, the job, its incarnation
+/// and its frame MAC setting. Which side is which is part of it (`dialer`, `listener`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Transcript {
     pub job: [u8; 8],
     pub incarnation: u64,
+    pub frame_mac: FrameMac,
     pub dialer: u32,
     pub listener: u32,
     pub dialer_nonce: [u8; 32],
@@ -156,6 +224,7 @@ impl Transcript {
         h.update(l);
         h.update(&self.job);
         h.update(&self.incarnation.to_le_bytes());
+        h.update(&[self.frame_mac.code()]);
         h.update(&self.dialer.to_le_bytes());
         h.update(&self.listener.to_le_bytes());
         h.update(&self.dialer_nonce);
@@ -178,7 +247,19 @@ impl Transcript {
         let dl = self.mac(keys, Label::DialerToListener);
         let ld = self.mac(keys, Label::ListenerToDialer);
         let (tx, rx) = if dialer_side { (dl, ld) } else { (ld, dl) };
-        (Sealer { key: tx, next: 0 }, Opener { key: rx, next: 0 })
+        let payload = self.frame_mac == FrameMac::On;
+        (
+            Sealer {
+                key: tx,
+                next: 0,
+                payload,
+            },
+            Opener {
+                key: rx,
+                next: 0,
+                payload,
+            },
+        )
     }
 }
 
@@ -192,9 +273,23 @@ pub(crate) fn tags_equal(a: &[u8; MAC_LEN], b: &[u8]) -> bool {
 pub(crate) struct Sealer {
     key: [u8; 32],
     next: u64,
+    /// Whether data payloads are covered ([`FrameMac::On`]); the session key differs
+    /// between the settings, so a frame sealed under one never verifies under the other.
+    payload: bool,
 }
 
 impl Sealer {
+    /// The MAC of the next frame, a data frame whose bytes up to the payload (length
+    /// prefix included) are `head`: covers `payload` too unless the job runs with
+    /// [`FrameMac::Off`].
+    pub(crate) fn seal_data(&mut self, head: &[u8], payload: &[u8]) -> [u8; MAC_LEN] {
+        if self.payload {
+            self.seal(&[head, payload])
+        } else {
+            self.seal(&[head])
+        }
+    }
+
     /// The MAC of the next frame, whose bytes (length prefix included) are the
     /// concatenation of `parts`. Each call consumes one counter value.
     pub(crate) fn seal(&mut self, parts: &[&[u8]]) -> [u8; MAC_LEN] {
@@ -212,9 +307,15 @@ impl Sealer {
 pub(crate) struct Opener {
     key: [u8; 32],
     next: u64,
+    payload: bool,
 }
 
 impl Opener {
+    /// Whether a data frame's payload bytes go into its MAC (see [`Sealer::seal_data`]).
+    pub(crate) fn covers_payload(&self) -> bool {
+        self.payload
+    }
+
     /// A hasher primed for the next frame: feed it the frame's bytes (length prefix
     /// included), then [`Opener::verify`] the trailer.
     pub(crate) fn start(&self) -> blake3::Hasher {
@@ -239,13 +340,18 @@ impl Opener {
     }
 }
 
-/// Both sides' frame MAC state of a connection under a fixed test token, for fuzzing and
-/// tests of the sealed codecs: `((dialer tx, dialer rx), (listener tx, listener rx))`.
-/// Different seeds give unrelated sessions.
-pub(crate) fn fixed_sessions(seed: u8) -> ((Sealer, Opener), (Sealer, Opener)) {
+/// Both sides' frame MAC state of a connection under a fixed test token, for fuzzing,
+/// tests of the sealed codecs and the bench's "authenticated raw TCP" limit:
+/// `((dialer tx, dialer rx), (listener tx, listener rx))`. Different seeds give
+/// unrelated sessions.
+pub(crate) fn fixed_sessions(
+    seed: u8,
+    frame_mac: FrameMac,
+) -> ((Sealer, Opener), (Sealer, Opener)) {
     let t = Transcript {
         job: [seed; 8],
         incarnation: 0,
+        frame_mac,
         dialer: 1,
         listener: 0,
         dialer_nonce: [seed; 32],
@@ -263,13 +369,21 @@ fn keyed_at(key: &[u8; 32], counter: u64) -> blake3::Hasher {
 
 impl fmt::Debug for Sealer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Sealer(<key>, next {})", self.next)
+        write!(
+            f,
+            "Sealer(<key>, next {}, payload {})",
+            self.next, self.payload
+        )
     }
 }
 
 impl fmt::Debug for Opener {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Opener(<key>, next {})", self.next)
+        write!(
+            f,
+            "Opener(<key>, next {}, payload {})",
+            self.next, self.payload
+        )
     }
 }
 
@@ -281,6 +395,7 @@ mod tests {
         Transcript {
             job: [1; 8],
             incarnation: 2,
+            frame_mac: FrameMac::On,
             dialer: 3,
             listener: 1,
             dialer_nonce: [4; 32],
@@ -323,6 +438,11 @@ mod tests {
             Transcript { job: [9; 8], ..t },
             Transcript {
                 incarnation: 3,
+                ..t
+            },
+            // The frame MAC setting: a proof made under one never verifies under the other.
+            Transcript {
+                frame_mac: FrameMac::Off,
                 ..t
             },
             Transcript { dialer: 1, ..t },

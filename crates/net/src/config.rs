@@ -1,6 +1,7 @@
 //! Timeouts and limits of the runtime: one value, read from the environment (or built in
 //! code), validated in one place before use.
 
+use crate::auth::FrameMac;
 use crate::error::{ErrorKind, NetError, Result};
 use std::time::Duration;
 
@@ -12,6 +13,9 @@ pub const ENV_FAILURE_TIMEOUT_MS: &str = "LAZARUS_FAILURE_TIMEOUT_MS";
 pub const ENV_CONNECT_TIMEOUT_MS: &str = "LAZARUS_CONNECT_TIMEOUT_MS";
 /// Environment variable: maximum frame size in bytes.
 pub const ENV_MAX_FRAME: &str = "LAZARUS_MAX_FRAME";
+/// Environment variable: `on` (default) or `off`, see [`FrameMac`]. Job-wide: `lazarus
+/// run` hands its own value to every rank; under srun/mpirun export it for every rank.
+pub const ENV_FRAME_MAC: &str = "LAZARUS_FRAME_MAC";
 
 /// Smallest accepted frame limit: headers plus a useful payload.
 pub const MIN_FRAME: u32 = 4096;
@@ -36,6 +40,9 @@ pub struct NetConfig {
     pub max_frame: u32,
     /// How long a receiver spins before blocking (thread wake-ups are costly).
     pub spin: Duration,
+    /// What the frame MAC covers; must be the same on every rank and the rendezvous
+    /// (a handshake between two settings is refused).
+    pub frame_mac: FrameMac,
 }
 
 impl Default for NetConfig {
@@ -46,18 +53,15 @@ impl Default for NetConfig {
             connect_timeout: Duration::from_secs(20),
             max_frame: 64 << 20,
             spin: Duration::from_micros(100),
+            frame_mac: FrameMac::On,
         }
     }
 }
 
-fn env_u64(name: &str) -> Result<Option<u64>> {
+/// The value of `name`, if set; an error naming it if it is not UTF-8.
+fn env_str(name: &str) -> Result<Option<String>> {
     match std::env::var(name) {
-        Ok(v) => v.trim().parse::<u64>().map(Some).map_err(|_| {
-            NetError::new(
-                ErrorKind::Config,
-                format!("{name}={v:?} is not a non-negative integer"),
-            )
-        }),
+        Ok(v) => Ok(Some(v)),
         Err(std::env::VarError::NotPresent) => Ok(None),
         Err(std::env::VarError::NotUnicode(_)) => Err(NetError::new(
             ErrorKind::Config,
@@ -66,9 +70,22 @@ fn env_u64(name: &str) -> Result<Option<u64>> {
     }
 }
 
+fn env_u64(name: &str) -> Result<Option<u64>> {
+    env_str(name)?
+        .map(|v| {
+            v.trim().parse::<u64>().map_err(|_| {
+                NetError::new(
+                    ErrorKind::Config,
+                    format!("{name}={v:?} is not a non-negative integer"),
+                )
+            })
+        })
+        .transpose()
+}
+
 impl NetConfig {
     /// Defaults overridden by `LAZARUS_HEARTBEAT_MS`, `LAZARUS_FAILURE_TIMEOUT_MS`,
-    /// `LAZARUS_CONNECT_TIMEOUT_MS`, `LAZARUS_MAX_FRAME`; validated.
+    /// `LAZARUS_CONNECT_TIMEOUT_MS`, `LAZARUS_MAX_FRAME`, `LAZARUS_FRAME_MAC`; validated.
     pub fn from_env() -> Result<Self> {
         let mut c = NetConfig::default();
         if let Some(v) = env_u64(ENV_HEARTBEAT_MS)? {
@@ -87,6 +104,9 @@ impl NetConfig {
                     format!("{ENV_MAX_FRAME}={v} is too large"),
                 )
             })?;
+        }
+        if let Some(v) = env_str(ENV_FRAME_MAC)? {
+            c.frame_mac = v.parse().map_err(|e: NetError| e.context(ENV_FRAME_MAC))?;
         }
         c.validated()
     }
@@ -131,6 +151,7 @@ impl NetConfig {
                 self.connect_timeout.as_millis().to_string(),
             ),
             (ENV_MAX_FRAME.into(), self.max_frame.to_string()),
+            (ENV_FRAME_MAC.into(), self.frame_mac.to_string()),
         ]
     }
 }
@@ -154,5 +175,24 @@ mod tests {
             ..NetConfig::default()
         };
         assert!(c.validated().unwrap_err().to_string().contains("max frame"));
+    }
+
+    #[test]
+    fn the_frame_mac_setting_parses_strictly_and_reaches_child_processes() {
+        assert_eq!(" off\n".parse::<FrameMac>().unwrap(), FrameMac::Off);
+        assert_eq!("on".parse::<FrameMac>().unwrap(), FrameMac::On);
+        for bad in ["", "0", "false", "OFF", "none"] {
+            let e = bad.parse::<FrameMac>().unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Config);
+            assert!(e.to_string().contains("expected \"on\" or \"off\""), "{e}");
+        }
+        let c = NetConfig {
+            frame_mac: FrameMac::Off,
+            ..NetConfig::default()
+        };
+        assert!(c
+            .to_env()
+            .contains(&(ENV_FRAME_MAC.to_string(), "off".to_string())));
+        assert_eq!(NetConfig::default().frame_mac, FrameMac::On);
     }
 }

@@ -7,9 +7,11 @@
 //!   Hello::Dial{from d, to l, nonce nd}  ──────►  checks: version, to == l, d may dial l
 //!                                                 (else Refused, close: no nonce, no proof)
 //!                                        ◄──────  Hello::Challenge{nonce nl}
-//!   Proof{inc, dialer_proof(T)}          ──────►  verifies (else Refused, close)
-//!                                        ◄──────  Proof{inc, listener_proof(T)}
-//!   verifies; both: session keys from T           T = (job id, incarnation, d, l, nd, nl)
+//!   Proof{inc, mac, dialer_proof(T)}     ──────►  verifies, then same inc and frame MAC
+//!                                                 setting (else Refused, close)
+//!                                        ◄──────  Proof{inc, mac, listener_proof(T)}
+//!   verifies; both: session keys from T           T = (job id, incarnation, frame MAC
+//!                                                      setting, d, l, nd, nl)
 //! ```
 //!
 //! What this buys (docs/RUNTIME.md, "Threat model"): before the dialer has proven that it
@@ -20,7 +22,7 @@
 //! connection to one listener; a recorded handshake replays nowhere. Session keys are
 //! fresh per connection, so frames of one connection are worthless on any other.
 
-use crate::auth::{JobKeys, JobToken, Opener, Sealer, Transcript};
+use crate::auth::{FrameMac, JobKeys, JobToken, Opener, Sealer, Transcript};
 use crate::error::{ErrorKind, NetError, Result};
 use crate::wire::{self, Frame, Hello, Proof, Refusal, VERSION};
 use std::io::{Read, Write};
@@ -69,20 +71,37 @@ impl Gate {
     }
 }
 
-/// Who this side is: the job's keys, its rank (or the coordinator's) and incarnation.
+/// Who this side is: the job's keys, its rank (or the coordinator's), incarnation and
+/// frame MAC setting.
 #[derive(Clone, Debug)]
 pub(crate) struct Identity {
     pub(crate) keys: JobKeys,
     pub(crate) me: u32,
     pub(crate) incarnation: u64,
+    pub(crate) frame_mac: FrameMac,
 }
 
 impl Identity {
-    pub(crate) fn new(token: &JobToken, me: u32, incarnation: u64) -> Self {
+    pub(crate) fn new(token: &JobToken, me: u32, incarnation: u64, frame_mac: FrameMac) -> Self {
         Identity {
             keys: token.keys(),
             me,
             incarnation,
+            frame_mac,
+        }
+    }
+
+    /// The transcript of a connection between `dialer` and `listener` under our job,
+    /// incarnation and frame MAC setting.
+    fn transcript(&self, dialer: u32, listener: u32, dn: [u8; 32], ln: [u8; 32]) -> Transcript {
+        Transcript {
+            job: self.keys.job,
+            incarnation: self.incarnation,
+            frame_mac: self.frame_mac,
+            dialer,
+            listener,
+            dialer_nonce: dn,
+            listener_nonce: ln,
         }
     }
 }
@@ -192,16 +211,10 @@ impl Dialer {
                 ))
             }
         };
-        let t = Transcript {
-            job: self.id.keys.job,
-            incarnation: self.id.incarnation,
-            dialer: self.id.me,
-            listener: self.peer,
-            dialer_nonce: self.nonce,
-            listener_nonce: nonce,
-        };
+        let t = self.id.transcript(self.id.me, self.peer, self.nonce, nonce);
         let proof = Frame::Proof(Proof {
             incarnation: self.id.incarnation,
+            frame_mac: self.id.frame_mac,
             mac: t.dialer_proof(&self.id.keys),
         });
         Ok((DialerProved { id: self.id, t }, proof))
@@ -227,6 +240,7 @@ fn refused(id: &Identity, peer: u32, r: Refusal) -> Failed {
             id.incarnation
         ),
         Refusal::Malformed => format!("{who} found our handshake malformed"),
+        Refusal::FrameMac(theirs) => mismatch_message(&who, theirs, &me, id.frame_mac),
     };
     fail(ErrorKind::Auth, msg, None)
 }
@@ -261,7 +275,10 @@ impl DialerProved {
             }
         };
         let expected = self.t.listener_proof(&self.id.keys);
-        if p.incarnation != self.id.incarnation || !crate::auth::tags_equal(&expected, &p.mac) {
+        if p.incarnation != self.id.incarnation
+            || p.frame_mac != self.id.frame_mac
+            || !crate::auth::tags_equal(&expected, &p.mac)
+        {
             // The listener answered a proof only a token holder can make with one that
             // does not verify: it is not who we meant to reach.
             return Err(fail(
@@ -338,15 +355,18 @@ pub(crate) fn on_dial(
             rank_name(id.me)
         )));
     }
-    let t = Transcript {
-        job: id.keys.job,
-        incarnation: id.incarnation,
-        dialer: from,
-        listener: id.me,
-        dialer_nonce,
-        listener_nonce: nonce,
-    };
+    let t = id.transcript(from, id.me, dialer_nonce, nonce);
     Ok((ListenerChallenged { id, t }, challenge))
+}
+
+/// Two token holders whose frame MAC settings differ: what each side reports.
+fn mismatch_message(who: &str, theirs: FrameMac, me: &str, ours: FrameMac) -> String {
+    format!(
+        "{who} runs with frame MAC {theirs}, {me} with {ours} \
+         ({}): every rank of a job and its launcher must use the same setting; a \
+         connection between the two is refused, never downgraded",
+        crate::config::ENV_FRAME_MAC
+    )
 }
 
 /// The listener after its challenge, waiting for the dialer's proof.
@@ -379,11 +399,14 @@ impl ListenerChallenged {
                 ))
             }
         };
-        // The proof is checked under the incarnation the dialer claims, so that a token
-        // holder of another incarnation is told apart from a stranger; either way only a
-        // proof under our own incarnation is accepted.
+        // The proof is checked under the incarnation and frame MAC setting the dialer
+        // claims, so that a token holder of another incarnation or setting is told apart
+        // from a stranger; either way only a proof under our own is accepted (the claim
+        // is inside the proof: changed in flight, it fails as a forgery, so nobody can
+        // downgrade a connection to an unauthenticated payload).
         let claimed = Transcript {
             incarnation: p.incarnation,
+            frame_mac: p.frame_mac,
             ..self.t
         };
         if !crate::auth::tags_equal(&claimed.dialer_proof(&self.id.keys), &p.mac) {
@@ -405,8 +428,24 @@ impl ListenerChallenged {
                 Some(Frame::Refused(Refusal::Incarnation(self.id.incarnation))),
             ));
         }
+        if p.frame_mac != self.id.frame_mac {
+            return Err(fail(
+                ErrorKind::Auth,
+                format!(
+                    "the dialer proved the job token, but {}",
+                    mismatch_message(
+                        &rank_name(self.t.dialer),
+                        p.frame_mac,
+                        &rank_name(self.id.me),
+                        self.id.frame_mac,
+                    )
+                ),
+                Some(Frame::Refused(Refusal::FrameMac(self.id.frame_mac))),
+            ));
+        }
         let proof = Frame::Proof(Proof {
             incarnation: self.id.incarnation,
+            frame_mac: self.id.frame_mac,
             mac: self.t.listener_proof(&self.id.keys),
         });
         let (tx, rx) = self.t.session(&self.id.keys, false);
@@ -518,10 +557,10 @@ pub fn fuzz_handshake(input: &[u8]) -> bool {
     let Ok(token) = JobToken::new("fuzz-token-fuzz-token") else {
         return false;
     };
-    let listener = Identity::new(&token, 0, 0);
+    let listener = Identity::new(&token, 0, 0, FrameMac::On);
     let any = |_: u32| Ok(());
     let a = accept(&mut Duplex { input }, &listener, &any, "fuzz").is_ok();
-    let dialer = Identity::new(&token, 1, 0);
+    let dialer = Identity::new(&token, 1, 0, FrameMac::On);
     let b = dial(&mut Duplex { input }, &dialer, 0, "fuzz").is_ok();
     a || b
 }

@@ -2,7 +2,7 @@
 //! and its blocking driver on real TCP (error messages).
 
 use super::*;
-use crate::auth::JobToken;
+use crate::auth::{FrameMac, JobToken};
 use crate::wire::MAGIC;
 use proptest::prelude::*;
 use std::net::{TcpListener, TcpStream};
@@ -12,7 +12,11 @@ fn token(t: &str) -> JobToken {
 }
 
 fn id(t: &JobToken, me: u32, inc: u64) -> Identity {
-    Identity::new(t, me, inc)
+    Identity::new(t, me, inc, FrameMac::On)
+}
+
+fn id_off(t: &JobToken, me: u32, inc: u64) -> Identity {
+    Identity::new(t, me, inc, FrameMac::Off)
 }
 
 fn enc(f: &Frame<'_>) -> Vec<u8> {
@@ -266,6 +270,20 @@ fn every_mismatch_is_refused_and_the_listener_never_proves_to_a_stranger() {
             "is incarnation 6",
         ),
         (
+            "frame MAC off dials on",
+            id_off(&t, 2, 0),
+            id(&t, 1, 0),
+            Refusal::FrameMac(FrameMac::On),
+            "rank 2 runs with frame MAC off, rank 1 with on",
+        ),
+        (
+            "frame MAC on dials off",
+            id(&t, 2, 0),
+            id_off(&t, 1, 0),
+            Refusal::FrameMac(FrameMac::Off),
+            "rank 2 runs with frame MAC on, rank 1 with off",
+        ),
+        (
             "lower rank dials",
             id(&t, 0, 0),
             id(&t, 1, 0),
@@ -321,6 +339,107 @@ fn every_mismatch_is_refused_and_the_listener_never_proves_to_a_stranger() {
         f.error
     );
     assert_eq!(f.reply, Some(Frame::Refused(Refusal::NotAllowed)));
+}
+
+/// Both settings authenticate between ranks that agree, with keys of their own: a frame
+/// sealed under one setting never verifies under the other, and with the setting off the
+/// payload is outside the MAC while the header is not. A mismatch is refused on both
+/// sides with an error that names both settings and the variable.
+#[test]
+fn frame_mac_settings_are_proven_and_a_mismatch_is_refused_on_both_sides() {
+    let t = token("setting-setting-setting");
+    let mut on = run(id(&t, 2, 0), id(&t, 1, 0), 3, &mut no_tamper());
+    let mut off = run(id_off(&t, 2, 0), id_off(&t, 1, 0), 3, &mut no_tamper());
+    let (mut d_on, mut l_on) = (on.dialer.take_ok(), on.listener.take_ok());
+    let (mut d_off, mut l_off) = (off.dialer.take_ok(), off.listener.take_ok());
+    assert!(keys_match(&mut d_on, &mut l_on));
+    assert!(keys_match(&mut d_off, &mut l_off));
+    assert!(!keys_match(&mut d_on, &mut l_off));
+    assert!(
+        l_on.rx.covers_payload() && d_on.tx.seal_data(b"h", b"a") != d_on.tx.seal_data(b"h", b"b")
+    );
+    assert!(!l_off.rx.covers_payload());
+    // Off: same counter, same header, another payload: the same MAC.
+    let mut d_off2 = run(id_off(&t, 2, 0), id_off(&t, 1, 0), 3, &mut no_tamper())
+        .dialer
+        .take_ok();
+    let mut d_off3 = run(id_off(&t, 2, 0), id_off(&t, 1, 0), 3, &mut no_tamper())
+        .dialer
+        .take_ok();
+    assert_eq!(
+        d_off2.tx.seal_data(b"head", b"payload a"),
+        d_off3.tx.seal_data(b"head", b"payload b")
+    );
+    for (d, l, theirs, ours) in [
+        (id_off(&t, 2, 0), id(&t, 1, 0), "off", "on"),
+        (id(&t, 2, 0), id_off(&t, 1, 0), "on", "off"),
+    ] {
+        let r = run(d, l, 3, &mut no_tamper());
+        let le = r
+            .listener
+            .as_ref()
+            .expect_err("listener accepted a mismatch");
+        let de = r.dialer.as_ref().expect_err("dialer accepted a mismatch");
+        let want_l = format!(
+            "the dialer proved the job token, but rank 2 runs with frame MAC {theirs}, \
+             rank 1 with {ours} (LAZARUS_FRAME_MAC)"
+        );
+        let want_d =
+            format!("rank 1 runs with frame MAC {ours}, rank 2 with {theirs} (LAZARUS_FRAME_MAC)");
+        assert!(le.error.to_string().contains(&want_l), "{}", le.error);
+        assert!(de.error.to_string().contains(&want_d), "{}", de.error);
+        assert_eq!(de.error.kind(), ErrorKind::Auth);
+        // The listener never proved itself to the mismatched dialer.
+        assert_eq!(proofs_sent(&r), 1);
+    }
+}
+
+/// An attacker on the path rewrites the setting in the dialer's proof (to downgrade the
+/// connection to unauthenticated payloads, or the other way round): the proof covers the
+/// setting, so the listener takes the dialer for a stranger and nobody gets a session.
+#[test]
+fn the_frame_mac_setting_cannot_be_changed_in_flight() {
+    let t = token("downgrade-downgrade-downgrade");
+    for (mk, to) in [
+        (id as fn(&JobToken, u32, u64) -> Identity, FrameMac::Off),
+        (id_off, FrameMac::On),
+    ] {
+        let r = run(mk(&t, 2, 0), mk(&t, 1, 0), 3, &mut |i, b: &mut Vec<u8>| {
+            if i == 2 {
+                // kind, incarnation u64, then the setting.
+                b[9] = to.code();
+            }
+        });
+        let le = r
+            .listener
+            .as_ref()
+            .expect_err("listener accepted a rewritten setting");
+        assert!(
+            le.error.to_string().contains("does not know the job token"),
+            "{}",
+            le.error
+        );
+        assert_eq!(refusal_sent(&r), Some(Refusal::Auth));
+        assert!(r.dialer.is_err());
+        // The rewritten listener proof: the dialer refuses it too.
+        let r = run(mk(&t, 2, 0), mk(&t, 1, 0), 3, &mut |i, b: &mut Vec<u8>| {
+            if i == 3 {
+                b[9] = to.code();
+            }
+        });
+        assert!(r.listener.is_ok());
+        let de = r
+            .dialer
+            .as_ref()
+            .expect_err("dialer accepted a rewritten setting");
+        assert!(
+            de.error
+                .to_string()
+                .contains("listener's proof does not verify"),
+            "{}",
+            de.error
+        );
+    }
 }
 
 /// The relay of issue #11 at the protocol level: an attacker with no token between two
@@ -477,7 +596,7 @@ fn driver_errors_name_the_address_and_the_claimed_rank() {
                 let d2 = d2.clone();
                 move |s: &mut TcpStream| {
                     s.write_all(&d2).unwrap();
-                    s.write_all(&[41, 0, 0, 0, 2, 0]).unwrap();
+                    s.write_all(&[42, 0, 0, 0, 2, 0]).unwrap();
                 }
             }),
             vec!["claims rank 2", "reading the dialer's proof"],
@@ -490,6 +609,7 @@ fn driver_errors_name_the_address_and_the_claimed_rank() {
                     s.write_all(&d2).unwrap();
                     let p = enc(&Frame::Proof(Proof {
                         incarnation: 0,
+                        frame_mac: FrameMac::On,
                         mac: [0; 32],
                     }));
                     s.write_all(&framed(p)).unwrap();

@@ -8,7 +8,7 @@
 //! session key). `ScriptedJob` builds a world whose lowest or highest rank is such a
 //! scripted peer and whose other ranks are real.
 
-use crate::auth::{JobToken, Sealer};
+use crate::auth::{FrameMac, JobToken, Sealer};
 use crate::handshake::{self, Identity, Session};
 use crate::wire::{self, Conn, DataHeader, Frame, Hello, Proof, Refusal, Tag, FLAG_LAST};
 use crate::{join, loopback_comms, Comm, JoinOptions, NetConfig, RendezvousServer};
@@ -17,7 +17,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
-fn cfg() -> NetConfig {
+fn cfg_with(frame_mac: FrameMac) -> NetConfig {
     NetConfig {
         heartbeat_interval: Duration::from_millis(100),
         // Generous: a scripted peer sends no heartbeats, and the machine may be loaded.
@@ -25,7 +25,12 @@ fn cfg() -> NetConfig {
         connect_timeout: Duration::from_secs(20),
         max_frame: 4096,
         spin: Duration::from_micros(20),
+        frame_mac,
     }
+}
+
+fn cfg() -> NetConfig {
+    cfg_with(FrameMac::On)
 }
 
 const PATIENCE: Duration = Duration::from_secs(20);
@@ -91,7 +96,7 @@ fn closed_by_peer(s: &mut TcpStream) -> bool {
 
 /// A frame sealer under a key that has nothing to do with the job's token.
 fn stranger(seed: u8) -> Sealer {
-    crate::auth::fixed_sessions(seed).0 .0
+    crate::auth::fixed_sessions(seed, FrameMac::On).0 .0
 }
 
 /// The answers of a listener that challenged, then refused with `r`.
@@ -199,6 +204,7 @@ struct ScriptedJob {
     comms: Vec<Comm>,
     token: JobToken,
     incarnation: u64,
+    frame_mac: FrameMac,
     me: u32,
     addrs: Vec<SocketAddr>,
     /// The scripted rank's listener (used when it is rank 0).
@@ -216,6 +222,17 @@ impl ScriptedJob {
         scripted_is_top: bool,
         on_accept: &mut dyn FnMut(&ScriptedJob, TcpStream),
     ) -> (ScriptedJob, Vec<Link>) {
+        Self::start_with(FrameMac::On, real, scripted_is_top, on_accept)
+    }
+
+    /// [`ScriptedJob::start`] with every rank (and the scripted one) on `frame_mac`.
+    fn start_with(
+        frame_mac: FrameMac,
+        real: u32,
+        scripted_is_top: bool,
+        on_accept: &mut dyn FnMut(&ScriptedJob, TcpStream),
+    ) -> (ScriptedJob, Vec<Link>) {
+        let cfg = || cfg_with(frame_mac);
         let token = JobToken::random();
         let incarnation = 3;
         let size = real + 1;
@@ -247,6 +264,7 @@ impl ScriptedJob {
             comms: Vec::new(),
             token,
             incarnation,
+            frame_mac,
             me,
             addrs,
             listener,
@@ -279,7 +297,7 @@ impl ScriptedJob {
     }
 
     fn id(&self) -> Identity {
-        Identity::new(&self.token, self.me, self.incarnation)
+        Identity::new(&self.token, self.me, self.incarnation, self.frame_mac)
     }
 
     /// A full handshake and resume exchange with real rank `to`.
@@ -339,7 +357,17 @@ impl ScriptedJob {
 /// 1 (commit 8343d3e) the same relay made rank 0 deliver the forged 666 in place of 42.
 #[test]
 fn handshake_relay_is_refused() {
-    let comms = loopback_comms(2, cfg()).unwrap();
+    relay_is_refused(FrameMac::On);
+}
+
+/// The relay with the frame MAC off: the handshake authenticates both sides all the same.
+#[test]
+fn handshake_relay_is_refused_with_frame_mac_off() {
+    relay_is_refused(FrameMac::Off);
+}
+
+fn relay_is_refused(frame_mac: FrameMac) {
+    let comms = loopback_comms(2, cfg_with(frame_mac)).unwrap();
     let addrs = comms[0].transport_for_tests().unwrap().addrs();
     let dial = |from: u32, to: u32, nonce: [u8; 32]| {
         framed(&Frame::Hello(Hello::Dial { from, to, nonce }))
@@ -373,6 +401,7 @@ fn handshake_relay_is_refused() {
     // The attacker has no proof; it sends the only 32 bytes it got.
     to0.write_all(&framed(&Frame::Proof(Proof {
         incarnation: 0,
+        frame_mac,
         mac: n0,
     })))
     .unwrap();
@@ -548,7 +577,6 @@ fn bytes_injected_into_an_authenticated_stream_are_rejected() {
     zero_mac[n - 32..].fill(0);
     let mut forged_ack = Vec::new();
     wire::write_sealed(&mut forged_ack, &mut stranger_tx, &Frame::Ack(1000)).unwrap();
-    type Attack<'a> = Box<dyn Fn(&mut Link) -> Vec<u8> + 'a>;
     let attacks: Vec<(&str, Attack)> = vec![
         ("garbage", Box::new(|_| vec![0xff; 64])),
         (
@@ -569,6 +597,10 @@ fn bytes_injected_into_an_authenticated_stream_are_rejected() {
                 b[k] ^= 4;
                 b
             }),
+        ),
+        (
+            "a flipped payload bit in a genuine frame",
+            Box::new(move |l: &mut Link| flipped_payload(l, inc, me, 666).0),
         ),
         ("forged ack", Box::new(move |_| forged_ack.clone())),
         ("unsealed ack", Box::new(|_| framed(&Frame::Ack(1000)))),
@@ -595,9 +627,21 @@ fn bytes_injected_into_an_authenticated_stream_are_rejected() {
             }),
         ),
     ];
+    each_attack_closes_the_connection(&job, attacks);
+}
+
+type Attack<'a> = Box<dyn Fn(&mut Link) -> Vec<u8> + 'a>;
+
+/// Each attack on a new connection of the scripted (top) rank to rank 0, which holds an
+/// unacknowledged message 5 from it: the connection starts with its retransmission (so no
+/// forged ack was ever applied), the attack's bytes close the connection, and nothing is
+/// delivered. Finally an honest connection acknowledges and delivers exactly 42. Returns
+/// rank 0's resume point on that last connection (the attacks delivered nothing else
+/// unless they sent genuine frames themselves).
+fn each_attack_closes_the_connection(job: &ScriptedJob, attacks: Vec<(&str, Attack)>) -> u64 {
+    let (me, inc, rank0) = (job.me, job.incarnation, job.comm(0));
     for (what, attack) in attacks {
         let mut l = job.link(0);
-        // The ack of the frame above never arrived: every new connection retransmits it.
         let (h, v) = l.next_data();
         assert_eq!((h.seq, v), (0, 5), "{what}: retransmission");
         let bytes = attack(&mut l);
@@ -608,12 +652,82 @@ fn bytes_injected_into_an_authenticated_stream_are_rejected() {
             "{what}: something was delivered"
         );
     }
-    // Finally an honest connection: acknowledges, and delivers exactly the real message.
     let mut l = job.link(0);
     let (h, _) = l.next_data();
     l.ack(h.seq + 1);
-    l.send(l.their_next, inc, me, 42);
+    let resume = l.their_next;
+    l.send(resume, inc, me, 42);
     assert_eq!(rank0.recv::<u64>(Rank(me), 1).unwrap(), 42);
+    resume
+}
+
+/// A genuine sealed Data frame carrying `value` with the last payload bit flipped on its
+/// way, and the value the flipped payload decodes to.
+fn flipped_payload(l: &mut Link, inc: u64, me: u32, value: u64) -> (Vec<u8>, u64) {
+    let (h, mut p) = data(l.their_next, inc, me, value);
+    let mut b = Vec::new();
+    wire::write_data(&mut b, &mut l.tx, &h, &p).unwrap();
+    let at = b.len() - wire::MAC_LEN - 1;
+    b[at] ^= 1;
+    let last = p.len() - 1;
+    p[last] ^= 1;
+    (b, postcard::from_bytes(&p).unwrap())
+}
+
+/// What the frame MAC still guarantees when the job turns it off (`FrameMac::Off`), and
+/// what it does not, exactly as docs/RUNTIME.md states it: the payload bytes of a
+/// genuine frame can be changed in flight and are delivered changed; everything else
+/// (garbage, frames under another key, a flipped header bit, forged or unsealed acks, a
+/// replayed frame) still closes the connection with nothing delivered or applied.
+#[test]
+fn with_the_frame_mac_off_only_payload_bytes_are_open_to_tampering() {
+    let (job, mut links) = ScriptedJob::start_with(FrameMac::Off, 1, true, &mut |_, _| {});
+    let (me, inc) = (job.me, job.incarnation);
+    let rank0 = job.comm(0);
+    // Rank 0 sends us a message we do not acknowledge: retransmitted on every connection.
+    rank0.send(Rank(me), 1, &5u64).unwrap();
+    let mut l = links.remove(0);
+    assert_eq!(l.next_data().1, 5);
+    // The documented weakness: a flipped payload bit goes through, changed.
+    let (bytes, changed) = flipped_payload(&mut l, inc, me, 666);
+    assert_ne!(changed, 666);
+    l.s.write_all(&bytes).unwrap();
+    assert_eq!(rank0.recv::<u64>(Rank(me), 1).unwrap(), changed);
+    let mut off_stranger = crate::auth::fixed_sessions(4, FrameMac::Off).0 .0;
+    let mut forged_ack = Vec::new();
+    wire::write_sealed(&mut forged_ack, &mut off_stranger, &Frame::Ack(1000)).unwrap();
+    let (h, p) = data(1, inc, me, 667);
+    let mut forged_data = Vec::new();
+    wire::write_data(&mut forged_data, &mut off_stranger, &h, &p).unwrap();
+    let attacks: Vec<(&str, Attack)> = vec![
+        ("garbage", Box::new(|_| vec![0xff; 64])),
+        (
+            "data frame under another key",
+            Box::new(move |_| forged_data.clone()),
+        ),
+        (
+            "a flipped header bit in a genuine frame",
+            Box::new(move |l: &mut Link| {
+                let (h, p) = data(l.their_next, inc, me, 666);
+                let mut b = Vec::new();
+                wire::write_data(&mut b, &mut l.tx, &h, &p).unwrap();
+                b[4 + 10] ^= 1; // the tag
+                b
+            }),
+        ),
+        ("forged ack", Box::new(move |_| forged_ack.clone())),
+        ("unsealed ack", Box::new(|_| framed(&Frame::Ack(1000)))),
+        (
+            "a genuine frame replayed",
+            Box::new(move |l: &mut Link| {
+                let b = l.send(l.their_next, inc, me, 668);
+                assert_eq!(rank0.recv::<u64>(Rank(me), 1).unwrap(), 668);
+                b
+            }),
+        ),
+    ];
+    // The changed message (seq 0) and the genuine 668 (seq 1) were delivered, nothing else.
+    assert_eq!(each_attack_closes_the_connection(&job, attacks), 2);
 }
 
 /// Peers that know something but not everything: another token (another job), the right
@@ -630,24 +744,29 @@ fn wrong_token_job_id_incarnation_and_rank_are_refused() {
     let cases = [
         (
             "another token",
-            Identity::new(&JobToken::random(), me, inc),
+            Identity::new(&JobToken::random(), me, inc, FrameMac::On),
             "refused our proof",
         ),
         ("another job id", wrong_job, "refused our proof"),
         (
             "older incarnation",
-            Identity::new(&job.token, me, inc - 1),
+            Identity::new(&job.token, me, inc - 1, FrameMac::On),
             "rank 0 is incarnation 3, this process is incarnation 2",
         ),
         (
             "newer incarnation",
-            Identity::new(&job.token, me, inc + 1),
+            Identity::new(&job.token, me, inc + 1, FrameMac::On),
             "rank 0 is incarnation 3, this process is incarnation 4",
         ),
         (
             "rank that may not dial",
-            Identity::new(&job.token, 0, inc),
+            Identity::new(&job.token, 0, inc, FrameMac::On),
             "rank 0 refuses to be dialed by rank 0",
+        ),
+        (
+            "other frame MAC setting",
+            Identity::new(&job.token, me, inc, FrameMac::Off),
+            "rank 0 runs with frame MAC on, rank 2 with off (LAZARUS_FRAME_MAC)",
         ),
     ];
     for (what, id, expect) in cases {
@@ -702,13 +821,14 @@ fn malformed_handshakes_and_old_versions_are_closed_and_the_job_goes_on() {
         ("truncated dial", dial[..30].to_vec(), |a| a.is_empty()),
         (
             "dial then truncated proof",
-            [&dial[..], &[41, 0, 0, 0, 2, 1, 2]].concat(),
+            [&dial[..], &[42, 0, 0, 0, 2, 1, 2]].concat(),
             |a| matches!(a, [Frame::Hello(Hello::Challenge { .. })]),
         ),
         (
             "proof first",
             framed(&Frame::Proof(Proof {
                 incarnation: 0,
+                frame_mac: FrameMac::On,
                 mac: [0; 32],
             })),
             |a| a == [Frame::Refused(Refusal::Malformed)],
@@ -758,6 +878,7 @@ fn the_rendezvous_reveals_nothing_to_strangers() {
     .unwrap();
     s.write_all(&framed(&Frame::Proof(Proof {
         incarnation: 1,
+        frame_mac: FrameMac::On,
         mac: [7; 32],
     })))
     .unwrap();
@@ -776,6 +897,20 @@ fn the_rendezvous_reveals_nothing_to_strangers() {
     );
     let e = register(0, &JobToken::random(), 1).unwrap_err();
     assert!(e.to_string().contains("refused our proof"), "{e}");
+    // A rank with the other frame MAC setting: refused by the coordinator, and told why.
+    let off = NetConfig {
+        frame_mac: FrameMac::Off,
+        ..cfg()
+    };
+    let e = crate::rdv::register(&coord.to_string(), 0, 2, &token, 1, &off, |_| {
+        Ok("127.0.0.1:1".into())
+    })
+    .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("the coordinator runs with frame MAC on, rank 0 with off"),
+        "{e}"
+    );
     assert!(server
         .liveness()
         .iter()

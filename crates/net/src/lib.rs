@@ -43,7 +43,7 @@ mod sendbuf;
 mod tcp;
 pub mod wire;
 
-pub use auth::JobToken;
+pub use auth::{FrameMac, JobToken};
 pub use collective::ReduceOp;
 pub use comm::Comm;
 pub use config::NetConfig;

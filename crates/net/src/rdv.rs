@@ -94,7 +94,7 @@ impl RendezvousServer {
         let now = Instant::now();
         let shared = Arc::new(Shared {
             size,
-            id: Identity::new(&token, COORD_RANK, incarnation),
+            id: Identity::new(&token, COORD_RANK, incarnation, config.frame_mac),
             config,
             slots: Mutex::new(
                 (0..size)
@@ -385,7 +385,7 @@ pub(crate) fn register(
     stream
         .set_write_timeout(Some(config.connect_timeout))
         .map_err(io)?;
-    let id = Identity::new(token, me, incarnation);
+    let id = Identity::new(token, me, incarnation, config.frame_mac);
     let Session { tx, mut rx, .. } = handshake::dial(&mut stream, &id, COORD_RANK, coord)?;
     let addr = listen_for(&stream)?;
     let msg = postcard::to_allocvec(&Ctl::Register {

@@ -149,7 +149,7 @@ impl TcpTransport {
             me: p.me,
             size: p.size,
             incarnation: p.incarnation,
-            id: Identity::new(&p.token, p.me.0, p.incarnation),
+            id: Identity::new(&p.token, p.me.0, p.incarnation, p.config.frame_mac),
             config: p.config,
             mailbox: p.mailbox,
             peers,
@@ -981,6 +981,7 @@ mod tests {
             connect_timeout: Duration::from_secs(10),
             max_frame: 4096,
             spin: Duration::from_micros(20),
+            frame_mac: crate::FrameMac::On,
         }
     }
 
@@ -1056,6 +1057,18 @@ mod tests {
         // short wait for the next post (`POST_WAIT`); one size is fragmented.
         let c = NetConfig {
             max_frame: 1 << 20,
+            ..cfg()
+        };
+        direct_receives_under_resets(c, 120, &[8192, 8192, 20_000, 8200, 200_000, 8192], 12);
+    }
+
+    /// The same with the job-wide frame MAC off: payloads outside the MAC take the same
+    /// direct, queued, fragmented and retransmitted paths.
+    #[test]
+    fn large_streamed_receives_survive_resets_with_the_frame_mac_off() {
+        let c = NetConfig {
+            max_frame: 1 << 20,
+            frame_mac: crate::FrameMac::Off,
             ..cfg()
         };
         direct_receives_under_resets(c, 120, &[8192, 8192, 20_000, 8200, 200_000, 8192], 12);
@@ -1153,7 +1166,7 @@ mod tests {
         let other = crate::JobToken::new("not-this-job").unwrap();
         let mut w = std::net::TcpStream::connect(target).unwrap();
         w.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let id = crate::handshake::Identity::new(&other, 1, 0);
+        let id = crate::handshake::Identity::new(&other, 1, 0, crate::FrameMac::On);
         let e = crate::handshake::dial(&mut w, &id, 0, "test").unwrap_err();
         assert_eq!(e.kind(), crate::ErrorKind::Auth);
         // An oversized length prefix.

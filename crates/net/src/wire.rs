@@ -7,13 +7,14 @@
 //! handshake is *sealed*: `len` also counts a [`MAC_LEN`]-byte trailer after the body, the
 //! BLAKE3 keyed hash of `counter u64 || len || body` under the direction's session key
 //! (`auth.rs`; the counter is the frame's index on this connection in this direction and
-//! is not sent).
+//! is not sent). A job running with [`FrameMac::Off`] leaves the payload of Data frames
+//! out of the hash (`len || data header` only); every other frame is hashed whole.
 //!
 //! | kind | name      | body after the kind byte                                              |
 //! |------|-----------|-----------------------------------------------------------------------|
 //! | 1    | Hello     | magic `LZRS`, version u16, role u8, then role 1 (dial): from rank u32, to rank u32, nonce `[32]`; role 2 (challenge): nonce `[32]` |
-//! | 2    | Proof     | incarnation u64, proof `[32]`                                         |
-//! | 9    | Refused   | reason u8 (1 rank may not dial, 2 authentication, 3 incarnation + the listener's incarnation u64, 4 malformed) |
+//! | 2    | Proof     | incarnation u64, frame MAC setting u8 (1 on, 2 off), proof `[32]`     |
+//! | 9    | Refused   | reason u8 (1 rank may not dial, 2 authentication, 3 incarnation + the listener's incarnation u64, 4 malformed, 5 frame MAC setting + the listener's u8) |
 //! | 3    | Resume    | next expected sequence number u64 (sealed, like all below)            |
 //! | 4    | Data      | flags u8, tag space u8, tag u32, src u32, incarnation u64, epoch u64, seq u64, ack u64, payload |
 //! | 5    | Ack       | cumulative ack u64 (next expected sequence number)                    |
@@ -24,6 +25,7 @@
 //! Hello keeps the layout `kind 1, magic, version` of every protocol version, so peers of
 //! different versions both report "wire version X, expected Y" instead of garbage.
 
+use crate::auth::FrameMac;
 use crate::auth::{Opener, Sealer};
 use crate::error::{ErrorKind, NetError, Result};
 use std::io::{IoSlice, Read, Write};
@@ -31,8 +33,9 @@ use std::io::{IoSlice, Read, Write};
 /// Magic bytes opening every Hello.
 pub const MAGIC: [u8; 4] = *b"LZRS";
 /// Wire protocol version; a peer with another version is refused. Version 2: mutual
-/// authentication bound to both ranks and the role, sealed frames (issue #11).
-pub const VERSION: u16 = 2;
+/// authentication bound to both ranks and the role, sealed frames (issue #11). Version 3:
+/// the proofs carry and bind the job's [`FrameMac`] setting.
+pub const VERSION: u16 = 3;
 /// Length of the MAC trailer of a sealed frame (and of a handshake proof).
 pub const MAC_LEN: usize = 32;
 /// Size of a Data frame's body before the payload.
@@ -170,6 +173,9 @@ pub struct Proof {
     /// The sender's incarnation. The proof covers it; a listener reveals its own only
     /// after the dialer's proof verified.
     pub incarnation: u64,
+    /// The sender's frame MAC setting, also covered by the proof (so it cannot be changed
+    /// in flight, e.g. to downgrade a connection).
+    pub frame_mac: FrameMac,
     /// `BLAKE3-keyed(auth key, label || transcript)`.
     pub mac: [u8; 32],
 }
@@ -189,6 +195,9 @@ pub enum Refusal {
     Incarnation(u64),
     /// A message that does not follow the protocol.
     Malformed,
+    /// The dialer proved the token but runs with another frame MAC setting; the
+    /// listener's is attached.
+    FrameMac(FrameMac),
 }
 
 /// One decoded frame; borrows its payload from the read buffer.
@@ -257,6 +266,15 @@ impl<'a> Cursor<'a> {
     }
 }
 
+fn frame_mac(code: u8) -> Result<FrameMac> {
+    FrameMac::from_code(code).ok_or_else(|| {
+        NetError::new(
+            ErrorKind::Protocol,
+            format!("unknown frame MAC setting {code}"),
+        )
+    })
+}
+
 /// Decodes one frame body (without the length prefix). Never panics on any input.
 pub fn decode(body: &[u8]) -> Result<Frame<'_>> {
     let mut c = Cursor { b: body };
@@ -296,6 +314,7 @@ pub fn decode(body: &[u8]) -> Result<Frame<'_>> {
         2 => {
             let p = Proof {
                 incarnation: c.u64("proof incarnation")?,
+                frame_mac: frame_mac(c.u8("proof frame MAC setting")?)?,
                 mac: c.arr("proof")?,
             };
             c.end("proof")?;
@@ -307,6 +326,7 @@ pub fn decode(body: &[u8]) -> Result<Frame<'_>> {
                 2 => Refusal::Auth,
                 3 => Refusal::Incarnation(c.u64("refusal incarnation")?),
                 4 => Refusal::Malformed,
+                5 => Refusal::FrameMac(frame_mac(c.u8("refusal frame MAC setting")?)?),
                 r => {
                     return Err(NetError::new(
                         ErrorKind::Protocol,
@@ -393,6 +413,7 @@ pub fn encode(frame: &Frame<'_>, out: &mut Vec<u8>) {
         Frame::Proof(p) => {
             out.push(2);
             out.extend_from_slice(&p.incarnation.to_le_bytes());
+            out.push(p.frame_mac.code());
             out.extend_from_slice(&p.mac);
         }
         Frame::Refused(r) => {
@@ -405,6 +426,10 @@ pub fn encode(frame: &Frame<'_>, out: &mut Vec<u8>) {
                     out.extend_from_slice(&i.to_le_bytes());
                 }
                 Refusal::Malformed => out.push(4),
+                Refusal::FrameMac(m) => {
+                    out.push(5);
+                    out.push(m.code());
+                }
             }
         }
         Frame::Resume(n) => {
@@ -478,9 +503,10 @@ pub(crate) fn write_sealed(
 }
 
 /// Writes a sealed Data frame without copying the payload into a frame buffer: the MAC is
-/// computed over the payload where it lies, then header, payload and MAC leave in one
-/// vectored write (one syscall, one segment train), as a concatenation would, minus the
-/// copy.
+/// computed over the payload where it lies (in one `update`: BLAKE3 hashes 16 chunks at a
+/// time only within one), then header, payload and MAC leave in one vectored write (one
+/// syscall, one segment train, no extra syscall or copy for the trailer), as a
+/// concatenation would, minus the copy.
 pub(crate) fn write_data(
     w: &mut impl Write,
     tx: &mut Sealer,
@@ -491,7 +517,7 @@ pub(crate) fn write_data(
     let len = (DATA_HEADER_LEN + payload.len() + MAC_LEN) as u32;
     head.extend_from_slice(&len.to_le_bytes());
     h.encode(&mut head);
-    let mac = tx.seal(&[&head, payload]);
+    let mac = tx.seal_data(&head, payload);
     let mut bufs = [
         IoSlice::new(&head),
         IoSlice::new(payload),
@@ -522,11 +548,37 @@ fn write_all_vectored(w: &mut impl Write, mut bufs: &mut [IoSlice<'_>]) -> std::
 /// Size of a [`FrameReader`]'s staging buffer: several small frames per syscall.
 const READER_BUF: usize = 64 << 10;
 
-/// A payload read straight into its destination is MACed in pieces of at least this much:
-/// BLAKE3 hashes 16 chunks of 1 KiB at once only within one `update`, and reads of a
-/// socket can return a segment at a time (1.4 KiB pieces hash ~10x slower than 64 KiB
-/// ones). 64 KiB read a moment ago are still in the cache.
+/// A payload read straight into its destination is MACed in pieces that end where the
+/// hasher's input reaches a multiple of this. BLAKE3 hashes up to 16 chunks of 1 KiB at
+/// once only within one `update`, and only over runs of chunks aligned to their own size
+/// in its input: pieces as the socket returns them (a segment, or whatever a read
+/// happened to get) hashed ~10x slower at 1.4 KiB than at 64 KiB, and 64 KiB pieces that
+/// start at an arbitrary offset ~1.5-2x slower than aligned ones (docs/PERFORMANCE.md,
+/// "Frame MAC"). 64 KiB read a moment ago are still in the cache.
 const HASH_BATCH: usize = 64 << 10;
+
+/// Feeds `h` the part of `data[*hashed..arrived]` that ends on a [`HASH_BATCH`] boundary
+/// of the hasher's input, or all of it when `last`.
+fn hash_arrived(
+    h: &mut blake3::Hasher,
+    data: &[u8],
+    hashed: &mut usize,
+    arrived: usize,
+    last: bool,
+) {
+    let end = if last {
+        arrived
+    } else {
+        // `h.count()` is the input position of `data[*hashed]`.
+        let pos = h.count() as usize;
+        let boundary = (pos + arrived - *hashed) / HASH_BATCH * HASH_BATCH;
+        *hashed + boundary.saturating_sub(pos)
+    };
+    if let Some(piece) = data.get(*hashed..end).filter(|p| !p.is_empty()) {
+        h.update(piece);
+        *hashed = end;
+    }
+}
 
 /// What [`FrameReader::next`] found.
 pub(crate) enum Next {
@@ -708,8 +760,9 @@ impl FrameReader {
     }
 
     /// Fills `dst` with the next `dst.len()` payload bytes (what is staged is copied, the
-    /// rest is read from the socket straight into `dst`), then checks the frame's MAC. On
-    /// an error `dst` holds unauthenticated bytes and must not be delivered.
+    /// rest is read from the socket straight into `dst`, hashed piece by piece as it
+    /// arrives), then checks the frame's MAC. On an error `dst` holds unauthenticated
+    /// bytes and must not be delivered.
     pub(crate) fn read_into(
         &mut self,
         r: &mut impl Read,
@@ -718,32 +771,10 @@ impl FrameReader {
     ) -> std::io::Result<()> {
         let mut h = self.take_pending()?;
         let staged = (self.end - self.start).min(dst.len());
-        let (now, rest) = dst.split_at_mut(staged);
-        now.copy_from_slice(&self.buf[self.start..self.start + staged]);
-        h.update(now);
+        dst[..staged].copy_from_slice(&self.buf[self.start..self.start + staged]);
         self.start += staged;
-        let (mut off, mut hashed) = (0, 0);
-        while off < rest.len() {
-            match r.read(&mut rest[off..]) {
-                Ok(0) => {
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::UnexpectedEof,
-                        format!("frame ended {} bytes early", rest.len() - off),
-                    ))
-                }
-                Ok(n) => {
-                    off += n;
-                    if off - hashed >= HASH_BATCH {
-                        h.update(&rest[hashed..off]);
-                        hashed = off;
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) if is_timeout(&e) && !stop() => {}
-                Err(e) => return Err(e),
-            }
-        }
-        h.update(&rest[hashed..]);
+        let mac = self.rx.covers_payload().then_some(&mut h);
+        fill_hashed(r, dst, staged, mac, stop)?;
         self.finish(r, h, stop)
     }
 
@@ -756,14 +787,19 @@ impl FrameReader {
         stop: &dyn Fn() -> bool,
     ) -> std::io::Result<Vec<u8>> {
         let mut h = self.take_pending()?;
+        let mac_payload = self.rx.covers_payload();
         let mut v = crate::pool::take(n);
         let staged = (self.end - self.start).min(n);
         v.extend_from_slice(&self.buf[self.start..self.start + staged]);
         self.start += staged;
         let mut hashed = 0;
-        while v.len() < n {
-            h.update(&v[hashed..]);
-            hashed = v.len();
+        loop {
+            if mac_payload {
+                hash_arrived(&mut h, &v, &mut hashed, v.len(), v.len() >= n);
+            }
+            if v.len() >= n {
+                break;
+            }
             let want = (n - v.len()) as u64;
             match r.by_ref().take(want).read_to_end(&mut v) {
                 Ok(_) if v.len() < n => {
@@ -778,9 +814,81 @@ impl FrameReader {
                 Err(e) => return Err(e),
             }
         }
-        h.update(&v[hashed..]);
         self.finish(r, h, stop)?;
         Ok(v)
+    }
+}
+
+/// Reads `dst[filled..]` from `r`, feeding `mac` (if any) all of `dst` in aligned pieces
+/// as they arrive (see [`HASH_BATCH`]). A read timeout is retried until `stop()`.
+fn fill_hashed(
+    r: &mut impl Read,
+    dst: &mut [u8],
+    filled: usize,
+    mut mac: Option<&mut blake3::Hasher>,
+    stop: &dyn Fn() -> bool,
+) -> std::io::Result<()> {
+    let (mut off, mut hashed) = (filled, 0);
+    loop {
+        if let Some(h) = mac.as_deref_mut() {
+            hash_arrived(h, dst, &mut hashed, off, off == dst.len());
+        }
+        let Some(rest) = dst.get_mut(off..).filter(|r| !r.is_empty()) else {
+            return Ok(());
+        };
+        match r.read(rest) {
+            Ok(0) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("frame ended {} bytes early", rest.len()),
+                ))
+            }
+            Ok(n) => off += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if is_timeout(&e) && !stop() => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The frame MAC alone over a plain byte stream, for `lazarus bench net`'s "authenticated
+/// raw TCP" limit: the keyed BLAKE3 of a data frame (same key schedule, same per-message
+/// counter, same pieces, same 32-byte trailer in the same vectored write) with none of a
+/// connection's framing, reliability or hand-off to the application. Returns the sending
+/// and the receiving end of one direction.
+#[doc(hidden)]
+pub fn mac_only_stream() -> (MacOnlyWriter, MacOnlyReader) {
+    let ((tx, _), (_, rx)) = crate::auth::fixed_sessions(3, FrameMac::On);
+    (MacOnlyWriter(tx), MacOnlyReader(rx))
+}
+
+/// See [`mac_only_stream`].
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct MacOnlyWriter(Sealer);
+
+impl MacOnlyWriter {
+    /// Writes `payload` and its MAC (computed over `payload` where it lies).
+    pub fn write(&mut self, w: &mut impl Write, payload: &[u8]) -> std::io::Result<()> {
+        let mac = self.0.seal_data(&[], payload);
+        write_all_vectored(w, &mut [IoSlice::new(payload), IoSlice::new(&mac)])
+    }
+}
+
+/// See [`mac_only_stream`].
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct MacOnlyReader(Opener);
+
+impl MacOnlyReader {
+    /// Reads `dst.len()` bytes straight into `dst`, hashing them as they arrive, then the
+    /// MAC; an error if it does not verify.
+    pub fn read(&mut self, r: &mut impl Read, dst: &mut [u8]) -> std::io::Result<()> {
+        let mut h = self.0.start();
+        fill_hashed(r, dst, 0, Some(&mut h), &|| false)?;
+        let mut tag = [0u8; MAC_LEN];
+        r.read_exact(&mut tag)?;
+        self.0.verify(&h, &tag)
     }
 }
 
@@ -851,21 +959,30 @@ pub fn fuzz_sealed_frames(input: &[u8]) -> usize {
             n += 1;
         }
     };
-    let ((_, rx), _) = crate::auth::fixed_sessions(1);
-    let raw = drain(rx, input);
-    // Sealed with the dialer's key, read with the listener's.
-    let ((mut tx, _), (_, rx)) = crate::auth::fixed_sessions(2);
-    let mut sealed = Vec::new();
-    let mut rest = input;
-    while let Some((&n, tail)) = rest.split_first() {
-        let body = tail.get(..n as usize).unwrap_or(tail);
-        rest = &tail[body.len()..];
-        let start = sealed.len();
-        sealed.extend_from_slice(&[0; 4]);
-        sealed.extend_from_slice(body);
-        seal_frame(&mut tx, &mut sealed, start);
+    let ((_, rx), _) = crate::auth::fixed_sessions(1, FrameMac::On);
+    let mut total = drain(rx, input);
+    for mode in [FrameMac::On, FrameMac::Off] {
+        // Sealed with the dialer's key, read with the listener's.
+        let ((mut tx, _), (_, rx)) = crate::auth::fixed_sessions(2, mode);
+        let mut sealed = Vec::new();
+        let mut rest = input;
+        while let Some((&n, tail)) = rest.split_first() {
+            let body = tail.get(..n as usize).unwrap_or(tail);
+            rest = &tail[body.len()..];
+            let start = sealed.len();
+            sealed.extend_from_slice(&[0; 4]);
+            sealed.extend_from_slice(body);
+            if let Ok(Frame::Data(h, p)) = decode(body) {
+                // A data body as `write_data` seals it (the payload covered or not).
+                sealed.truncate(start);
+                let _ = write_data(&mut sealed, &mut tx, &h, p);
+            } else {
+                seal_frame(&mut tx, &mut sealed, start);
+            }
+        }
+        total += drain(rx, &sealed);
     }
-    raw + drain(rx, &sealed)
+    total
 }
 
 /// The version a Hello of any protocol version announces, when `body` starts like one
@@ -947,7 +1064,7 @@ mod tests {
     fn payload() -> impl Strategy<Value = Vec<u8>> {
         prop_oneof![
             4 => proptest::collection::vec(any::<u8>(), 0..200),
-            1 => (0usize..150_000, any::<u8>()).prop_map(|(n, b)| {
+            1 => (0usize..600_000, any::<u8>()).prop_map(|(n, b)| {
                 (0..n).map(|i| (i as u8).wrapping_mul(31) ^ b).collect()
             }),
         ]
@@ -958,12 +1075,19 @@ mod tests {
             (any::<u32>(), any::<u32>(), any::<[u8; 32]>())
                 .prop_map(|(from, to, nonce)| Owned::Hello(Hello::Dial { from, to, nonce })),
             any::<[u8; 32]>().prop_map(|nonce| Owned::Hello(Hello::Challenge { nonce })),
-            (any::<u64>(), any::<[u8; 32]>())
-                .prop_map(|(incarnation, mac)| Owned::Proof(Proof { incarnation, mac })),
+            (any::<u64>(), any::<bool>(), any::<[u8; 32]>()).prop_map(|(incarnation, off, mac)| {
+                Owned::Proof(Proof {
+                    incarnation,
+                    frame_mac: if off { FrameMac::Off } else { FrameMac::On },
+                    mac,
+                })
+            }),
             prop_oneof![
                 Just(Refusal::NotAllowed),
                 Just(Refusal::Auth),
                 Just(Refusal::Malformed),
+                Just(Refusal::FrameMac(FrameMac::On)),
+                Just(Refusal::FrameMac(FrameMac::Off)),
                 any::<u64>().prop_map(Refusal::Incarnation),
             ]
             .prop_map(Owned::Refused),
@@ -977,7 +1101,7 @@ mod tests {
     }
 
     fn session(seed: u8) -> ((Sealer, Opener), (Sealer, Opener)) {
-        crate::auth::fixed_sessions(seed)
+        crate::auth::fixed_sessions(seed, FrameMac::On)
     }
 
     /// The sealed byte stream of `frames`, and where each frame starts.
@@ -1086,8 +1210,10 @@ mod tests {
         fn sealed_frames_round_trip_through_the_reader(
             frames in proptest::collection::vec(any_frame(), 1..12),
             sizes in proptest::collection::vec(1usize..70_000, 1..8),
+            off: bool,
         ) {
-            let ((mut tx, _), (_, rx)) = session(1);
+            let mode = if off { FrameMac::Off } else { FrameMac::On };
+            let ((mut tx, _), (_, rx)) = crate::auth::fixed_sessions(1, mode);
             let (bytes, _) = seal_all(&mut tx, &frames);
             let (got, end) = read_all(rx, &mut Chunked { data: &bytes, sizes, i: 0 });
             prop_assert_eq!(end.kind(), std::io::ErrorKind::UnexpectedEof);
@@ -1164,6 +1290,39 @@ mod tests {
         }
     }
 
+    /// However the socket splits a payload, the reader hashes it in pieces that end on
+    /// `HASH_BATCH` boundaries of the hasher's input (BLAKE3's wide SIMD path), and the
+    /// result is the hash of the whole.
+    #[test]
+    fn arrived_payload_is_hashed_in_aligned_pieces() {
+        let data: Vec<u8> = (0..700_000u32).map(|i| (i * 7) as u8).collect();
+        let mut rng = rand::thread_rng();
+        for _ in 0..50 {
+            let mut h = blake3::Hasher::new();
+            h.update(&[1; 55]);
+            let (mut arrived, mut hashed) = (0, 0);
+            while arrived < data.len() {
+                arrived = (arrived + rand::Rng::gen_range(&mut rng, 1..90_000)).min(data.len());
+                let before = hashed;
+                hash_arrived(&mut h, &data, &mut hashed, arrived, false);
+                assert!(hashed <= arrived);
+                if hashed != before {
+                    assert_eq!(h.count() % HASH_BATCH as u64, 0);
+                }
+                assert!(
+                    arrived - hashed < HASH_BATCH,
+                    "{} bytes held back",
+                    arrived - hashed
+                );
+            }
+            hash_arrived(&mut h, &data, &mut hashed, arrived, true);
+            let mut whole = blake3::Hasher::new();
+            whole.update(&[1; 55]);
+            whole.update(&data);
+            assert_eq!(h.finalize(), whole.finalize());
+        }
+    }
+
     #[test]
     fn limits_hold_and_other_versions_are_named() {
         let mut big = Vec::new();
@@ -1184,8 +1343,24 @@ mod tests {
         v1.extend_from_slice(&[0; 8 + 4 + 8 + 32]);
         assert_eq!(hello_version(&v1), Some(1));
         let e = decode(&v1).unwrap_err();
-        assert!(e.to_string().contains("wire version 1, expected 2"), "{e}");
-        let v2 = body(&Frame::Hello(Hello::Challenge { nonce: [0; 32] }));
-        assert_eq!(hello_version(&v2), Some(VERSION));
+        assert!(e.to_string().contains("wire version 1, expected 3"), "{e}");
+        let ours = body(&Frame::Hello(Hello::Challenge { nonce: [0; 32] }));
+        assert_eq!(hello_version(&ours), Some(VERSION));
+        // A version 2 peer (same hello, a proof without the frame MAC setting).
+        let mut v2 = ours.clone();
+        v2[5..7].copy_from_slice(&2u16.to_le_bytes());
+        let e = decode(&v2).unwrap_err();
+        assert!(e.to_string().contains("wire version 2, expected 3"), "{e}");
+        // A proof or refusal naming a setting that does not exist.
+        let mut p = body(&Frame::Proof(Proof {
+            incarnation: 1,
+            frame_mac: FrameMac::Off,
+            mac: [0; 32],
+        }));
+        p[9] = 7;
+        let e = decode(&p).unwrap_err();
+        assert!(e.to_string().contains("unknown frame MAC setting 7"), "{e}");
+        let e = decode(&[9, 5, 0]).unwrap_err();
+        assert!(e.to_string().contains("unknown frame MAC setting 0"), "{e}");
     }
 }

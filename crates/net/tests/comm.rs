@@ -1,8 +1,9 @@
-//! Communicator semantics, each case run on both backends (threads and TCP on loopback).
+//! Communicator semantics, each case run on both backends (threads, and TCP on loopback with
+//! the frame MAC on and off).
 
 use lazarus_format::{Epoch, Rank};
 use lazarus_net::{
-    local_comms_with, loopback_comms, Comm, ErrorKind, NetConfig, ReduceOp, SendBuf, Tag,
+    local_comms_with, loopback_comms, Comm, ErrorKind, FrameMac, NetConfig, ReduceOp, SendBuf, Tag,
 };
 use rand::{Rng, SeedableRng};
 use std::time::{Duration, Instant};
@@ -15,6 +16,16 @@ fn cfg() -> NetConfig {
         // Small frames so that ordinary messages exercise fragmentation.
         max_frame: 4096,
         spin: Duration::from_micros(50),
+        frame_mac: FrameMac::On,
+    }
+}
+
+/// The TCP backend again with the job-wide frame MAC off (payloads outside the MAC):
+/// every case must behave the same.
+fn cfg_mac_off() -> NetConfig {
+    NetConfig {
+        frame_mac: FrameMac::Off,
+        ..cfg()
     }
 }
 
@@ -24,6 +35,10 @@ fn each_backend<R: Send>(n: u32, f: impl Fn(Comm) -> R + Send + Sync) -> Vec<Vec
     for (name, comms) in [
         ("local", local_comms_with(n, cfg()).unwrap()),
         ("tcp", loopback_comms(n, cfg()).unwrap()),
+        (
+            "tcp, frame MAC off",
+            loopback_comms(n, cfg_mac_off()).unwrap(),
+        ),
     ] {
         let t0 = Instant::now();
         let f = &f;

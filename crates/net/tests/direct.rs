@@ -2,7 +2,7 @@
 //! against queued messages, requeue, length mismatches and dead peers, on both backends.
 
 use lazarus_format::Rank;
-use lazarus_net::{local_comms_with, loopback_comms, Comm, ErrorKind, NetConfig, Tag};
+use lazarus_net::{local_comms_with, loopback_comms, Comm, ErrorKind, FrameMac, NetConfig, Tag};
 use std::time::Duration;
 
 fn cfg() -> NetConfig {
@@ -12,6 +12,16 @@ fn cfg() -> NetConfig {
         connect_timeout: Duration::from_secs(10),
         max_frame: 1 << 20,
         spin: Duration::from_micros(50),
+        frame_mac: FrameMac::On,
+    }
+}
+
+/// The TCP backend again with the job-wide frame MAC off (payloads outside the MAC):
+/// every case must behave the same.
+fn cfg_mac_off() -> NetConfig {
+    NetConfig {
+        frame_mac: FrameMac::Off,
+        ..cfg()
     }
 }
 
@@ -19,6 +29,10 @@ fn backends(n: u32) -> Vec<(&'static str, Vec<Comm>)> {
     vec![
         ("local", local_comms_with(n, cfg()).unwrap()),
         ("tcp", loopback_comms(n, cfg()).unwrap()),
+        (
+            "tcp, frame MAC off",
+            loopback_comms(n, cfg_mac_off()).unwrap(),
+        ),
     ]
 }
 

@@ -4,7 +4,7 @@
 
 use lazarus_format::Rank;
 use lazarus_net::launch::{FailureKind, JobOutcome, LaunchConfig, Launcher, RankStatus};
-use lazarus_net::NetConfig;
+use lazarus_net::{FrameMac, NetConfig};
 use std::time::Duration;
 
 fn probe(n: u32, args: &[&str]) -> LaunchConfig {
@@ -35,6 +35,29 @@ fn ring_job_succeeds_on_four_ranks() {
     assert!(o.success());
     assert_eq!(o.exit_code(), 0);
     assert_eq!(o.statuses, vec![RankStatus::Exited(0); 4]);
+}
+
+/// The launcher's frame MAC setting reaches its rendezvous and every rank: with it off
+/// the job runs (a rank left on the default would be refused by the rendezvous).
+#[test]
+fn ring_job_succeeds_with_the_frame_mac_off() {
+    let mut c = probe(4, &["ring"]);
+    c.net.frame_mac = FrameMac::Off;
+    assert!(run(&c).success());
+}
+
+/// A rank whose setting differs from the launcher's is refused when it registers (the
+/// probe exits 4 on an init error) and the job fails: never a job with mixed settings.
+#[test]
+fn a_rank_with_another_frame_mac_setting_cannot_join() {
+    let mut c = probe(3, &["ring"]);
+    c.rank_env
+        .push((1, "LAZARUS_FRAME_MAC".into(), "off".into()));
+    let o = run(&c);
+    assert_eq!(
+        o.failure.map(|f| (f.rank, f.kind)),
+        Some((Rank(1), FailureKind::Exited(4)))
+    );
 }
 
 #[test]

@@ -29,6 +29,11 @@ pub struct Args {
     /// Largest frame on the wire, bytes [default: 67108864].
     #[arg(long)]
     max_frame: Option<u32>,
+    /// `off`: data payloads outside the per-frame MAC, for networks that provide integrity
+    /// themselves (WireGuard, IPsec); headers stay sealed, the handshake unchanged
+    /// [default: on]. Overrides LAZARUS_FRAME_MAC; every rank gets the launcher's value.
+    #[arg(long, value_name = "on|off")]
+    frame_mac: Option<lazarus::net::FrameMac>,
     /// After a failure, time the other ranks get to exit on their own before SIGTERM.
     #[arg(long, default_value_t = 0)]
     stop_grace_ms: u64,
@@ -91,6 +96,9 @@ fn config(a: &Args) -> Result<LaunchConfig, Box<dyn std::error::Error + Send + S
     }
     if let Some(v) = a.max_frame {
         net.max_frame = v;
+    }
+    if let Some(v) = a.frame_mac {
+        net.frame_mac = v;
     }
     let net = net.validated()?;
     let (prog, args) = a

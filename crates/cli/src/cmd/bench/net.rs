@@ -1,11 +1,20 @@
 //! `lazarus bench net`: communicator throughput and latency against raw TCP on loopback
 //! measured in the same run, and allreduce scaling (TCP backend, ranks as threads; 8 MiB
 //! vectors take the reduce-scatter + allgather path, 8 B the tree or recursive doubling).
+//!
+//! Throughput has two limits: raw TCP, and raw TCP whose two ends also compute the frame
+//! MAC over every byte ("raw+MAC": the same keyed BLAKE3, pieces and trailer as a `Comm`
+//! connection, `lazarus::net::wire::mac_only_stream`), which is what any authenticated
+//! transport on the same cores could reach. The communicator runs with the job-wide frame
+//! MAC on (the default) and off (`FrameMac::Off`); every variant also reports the CPU time
+//! the whole process spent per byte moved, which a loaded machine distorts far less than
+//! the wall-clock rate.
 
-use super::load_average;
+use super::{load_average, median};
 use crate::cmd::CmdResult;
 use lazarus::format::Rank;
-use lazarus::net::{loopback_comms, Comm, NetConfig, ReduceOp, SendBuf};
+use lazarus::net::wire::mac_only_stream;
+use lazarus::net::{loopback_comms, Comm, FrameMac, NetConfig, ReduceOp, SendBuf};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::ExitCode;
@@ -32,12 +41,39 @@ pub struct Args {
     repeat: usize,
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+const MSG: usize = 1 << 20;
+
+/// CPU time of the whole process (every thread, user and system) so far.
+fn process_cpu() -> Duration {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `t` is a valid out-pointer; the clock id is a constant every Linux has.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut t) };
+    if rc != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
 }
 
-const MSG: usize = 1 << 20;
+/// One throughput measurement: wall-clock rate and process CPU time per byte.
+#[derive(Clone, Copy, Debug, Default)]
+struct Rate {
+    bytes_per_s: f64,
+    cpu_ns_per_byte: f64,
+}
+
+impl Rate {
+    /// `mib` MiB moved since the wall clock read `t0` and the process CPU clock `cpu0`.
+    fn since(mib: usize, t0: Instant, cpu0: Duration) -> Rate {
+        let bytes = (mib * MSG) as f64;
+        Rate {
+            bytes_per_s: bytes / t0.elapsed().as_secs_f64(),
+            cpu_ns_per_byte: process_cpu().saturating_sub(cpu0).as_secs_f64() * 1e9 / bytes,
+        }
+    }
+}
 
 fn raw_pair() -> std::io::Result<(TcpStream, TcpStream)> {
     let l = TcpListener::bind("127.0.0.1:0")?;
@@ -48,27 +84,39 @@ fn raw_pair() -> std::io::Result<(TcpStream, TcpStream)> {
     Ok((a, b))
 }
 
-/// Bytes per second of 1 MiB writes over raw loopback TCP.
-fn raw_throughput(mib: usize) -> std::io::Result<f64> {
+/// 1 MiB writes over raw loopback TCP; with `mac`, both ends also compute the frame MAC
+/// over every message (the sender before its write, the receiver as the bytes arrive) and
+/// the receiver checks it.
+fn raw_throughput(mib: usize, mac: bool) -> std::io::Result<Rate> {
     let (mut a, mut b) = raw_pair()?;
-    let rx = std::thread::spawn(move || -> std::io::Result<()> {
+    let (mut tx, mut rx) = mac_only_stream();
+    let receiver = std::thread::spawn(move || -> std::io::Result<()> {
         let mut buf = vec![0u8; MSG];
         for _ in 0..mib {
-            b.read_exact(&mut buf)?;
+            if mac {
+                rx.read(&mut b, &mut buf)?;
+            } else {
+                b.read_exact(&mut buf)?;
+            }
         }
         b.write_all(&[1])
     });
     let buf = vec![7u8; MSG];
-    let t0 = Instant::now();
+    let (t0, cpu0) = (Instant::now(), process_cpu());
     for _ in 0..mib {
-        a.write_all(&buf)?;
+        if mac {
+            tx.write(&mut a, &buf)?;
+        } else {
+            a.write_all(&buf)?;
+        }
     }
     let mut done = [0u8];
     a.read_exact(&mut done)?;
-    let dt = t0.elapsed();
-    rx.join()
+    let r = Rate::since(mib, t0, cpu0);
+    receiver
+        .join()
         .map_err(|_| std::io::Error::other("receiver panicked"))??;
-    Ok((mib * MSG) as f64 / dt.as_secs_f64())
+    Ok(r)
 }
 
 /// One-way latency of an 8-byte ping-pong over raw TCP (blocking reads).
@@ -112,11 +160,19 @@ enum SendPath {
     Owned,
 }
 
+fn config(frame_mac: FrameMac) -> NetConfig {
+    NetConfig {
+        frame_mac,
+        ..NetConfig::default()
+    }
+}
+
 fn comm_throughput(
     mib: usize,
     path: SendPath,
-) -> Result<f64, Box<dyn std::error::Error + Send + Sync>> {
-    let (a, b) = pair(loopback_comms(2, NetConfig::default())?)?;
+    frame_mac: FrameMac,
+) -> Result<Rate, Box<dyn std::error::Error + Send + Sync>> {
+    let (a, b) = pair(loopback_comms(2, config(frame_mac))?)?;
     let window = 32;
     let rx = std::thread::spawn(move || -> lazarus::net::Result<()> {
         let mut buf = vec![0f64; MSG / 8];
@@ -129,7 +185,7 @@ fn comm_throughput(
         Ok(())
     });
     let data = vec![1.5f64; MSG / 8];
-    let t0 = Instant::now();
+    let (t0, cpu0) = (Instant::now(), process_cpu());
     for i in 0..mib {
         match path {
             SendPath::Copying => a.send_slice(Rank(1), 1, &data)?,
@@ -140,13 +196,16 @@ fn comm_throughput(
             a.recv::<()>(Rank(1), 2)?;
         }
     }
-    let dt = t0.elapsed();
+    let r = Rate::since(mib, t0, cpu0);
     rx.join().map_err(|_| "receiver panicked")??;
-    Ok((mib * MSG) as f64 / dt.as_secs_f64())
+    Ok(r)
 }
 
-fn comm_latency(n: usize) -> Result<Duration, Box<dyn std::error::Error + Send + Sync>> {
-    let (a, b) = pair(loopback_comms(2, NetConfig::default())?)?;
+fn comm_latency(
+    n: usize,
+    frame_mac: FrameMac,
+) -> Result<Duration, Box<dyn std::error::Error + Send + Sync>> {
+    let (a, b) = pair(loopback_comms(2, config(frame_mac))?)?;
     let echo = std::thread::spawn(move || -> lazarus::net::Result<()> {
         let mut x = [0u64; 1];
         for _ in 0..n {
@@ -206,6 +265,47 @@ fn allreduce_time(
     Ok(times.get(times.len() / 2).copied().unwrap_or_default())
 }
 
+#[derive(Clone, Copy)]
+enum Variant {
+    Raw { mac: bool },
+    Comm(SendPath, FrameMac),
+}
+
+/// The throughput variants, each measured once per run in a rotating order.
+const VARIANTS: [(&str, Variant); 6] = [
+    ("raw TCP", Variant::Raw { mac: false }),
+    ("raw TCP + frame MAC", Variant::Raw { mac: true }),
+    (
+        "Comm send_buf, MAC on",
+        Variant::Comm(SendPath::Owned, FrameMac::On),
+    ),
+    (
+        "Comm send_slice, MAC on",
+        Variant::Comm(SendPath::Copying, FrameMac::On),
+    ),
+    (
+        "Comm send_buf, MAC off",
+        Variant::Comm(SendPath::Owned, FrameMac::Off),
+    ),
+    (
+        "Comm send_slice, MAC off",
+        Variant::Comm(SendPath::Copying, FrameMac::Off),
+    ),
+];
+const RAW: usize = 0;
+const RAW_MAC: usize = 1;
+const BUF_ON: usize = 2;
+const SLICE_ON: usize = 3;
+const BUF_OFF: usize = 4;
+const SLICE_OFF: usize = 5;
+
+fn measure(v: Variant, mib: usize) -> Result<Rate, Box<dyn std::error::Error + Send + Sync>> {
+    Ok(match v {
+        Variant::Raw { mac } => raw_throughput(mib, mac)?,
+        Variant::Comm(path, frame_mac) => comm_throughput(mib, path, frame_mac)?,
+    })
+}
+
 /// Runs the benchmark and prints measured ratios.
 pub fn main(a: Args) -> CmdResult {
     outln!(
@@ -215,53 +315,124 @@ pub fn main(a: Args) -> CmdResult {
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         load_average().unwrap_or_else(|| "unknown".into())
     )?;
-    let (mut bw_owned, mut bw_copy, mut lat) = (Vec::new(), Vec::new(), Vec::new());
-    let mut raw_bws = Vec::new();
-    let mut raw_lats = Vec::new();
-    for i in 0..a.repeat.max(1) {
-        // Rotate which side goes first so slow drift in machine load cancels out.
-        let mut raw_bw = 0.0;
-        let (mut owned_bw, mut copy_bw) = (0.0, 0.0);
-        for k in 0..3 {
-            match (i + k) % 3 {
-                0 => raw_bw = raw_throughput(a.mib)?,
-                1 => owned_bw = comm_throughput(a.mib, SendPath::Owned)?,
-                _ => copy_bw = comm_throughput(a.mib, SendPath::Copying)?,
-            }
+    let runs = a.repeat.max(1);
+    // rates[variant][run]
+    let mut rates = vec![Vec::with_capacity(runs); VARIANTS.len()];
+    let (mut raw_lats, mut lat_on, mut lat_off) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..runs {
+        // Rotate which variant goes first so slow drift in machine load cancels out.
+        let mut run = [Rate::default(); VARIANTS.len()];
+        for k in 0..VARIANTS.len() {
+            let j = (i + k) % VARIANTS.len();
+            run[j] = measure(VARIANTS[j].1, a.mib)?;
         }
-        let (raw_lat, comm_lat) = if i % 2 == 0 {
-            let r = raw_latency(a.round_trips)?;
-            (r, comm_latency(a.round_trips)?)
-        } else {
-            let c = comm_latency(a.round_trips)?;
-            (raw_latency(a.round_trips)?, c)
-        };
-        let (rl, cl) = (raw_lat.as_secs_f64() * 1e6, comm_lat.as_secs_f64() * 1e6);
+        let mut lats = [Duration::ZERO; 3];
+        for k in 0..3 {
+            let j = (i + k) % 3;
+            lats[j] = match j {
+                0 => raw_latency(a.round_trips)?,
+                1 => comm_latency(a.round_trips, FrameMac::On)?,
+                _ => comm_latency(a.round_trips, FrameMac::Off)?,
+            };
+        }
+        let us = lats.map(|d| d.as_secs_f64() * 1e6);
+        let gb = |j: usize| run[j].bytes_per_s / 1e9;
+        let x = |j: usize, limit: usize| run[j].bytes_per_s / run[limit].bytes_per_s;
         outln!(
-            "  run {i}: 1 MiB raw {:.2} GB/s, send_buf {:.2} GB/s ({:.2}x), send_slice {:.2} GB/s ({:.2}x); 8 B raw {rl:.1} us, Comm {cl:.1} us ({:.2}x)",
-            raw_bw / 1e9,
-            owned_bw / 1e9,
-            owned_bw / raw_bw,
-            copy_bw / 1e9,
-            copy_bw / raw_bw,
-            cl / rl
+            "  run {i}: 1 MiB raw {:.2} GB/s, raw+MAC {:.2} ({:.2}x raw); MAC on: send_buf {:.2} ({:.2}x raw, {:.2}x raw+MAC), send_slice {:.2} ({:.2}x raw+MAC); MAC off: send_buf {:.2} ({:.2}x raw), send_slice {:.2} ({:.2}x raw)",
+            gb(RAW),
+            gb(RAW_MAC),
+            x(RAW_MAC, RAW),
+            gb(BUF_ON),
+            x(BUF_ON, RAW),
+            x(BUF_ON, RAW_MAC),
+            gb(SLICE_ON),
+            x(SLICE_ON, RAW_MAC),
+            gb(BUF_OFF),
+            x(BUF_OFF, RAW),
+            gb(SLICE_OFF),
+            x(SLICE_OFF, RAW),
         )?;
-        bw_owned.push(owned_bw / raw_bw);
-        bw_copy.push(copy_bw / raw_bw);
-        lat.push(cl / rl);
-        raw_bws.push(raw_bw);
-        raw_lats.push(rl);
+        outln!(
+            "         8 B one-way: raw {:.1} us, Comm MAC on {:.1} us ({:.2}x), MAC off {:.1} us ({:.2}x)",
+            us[0],
+            us[1],
+            us[1] / us[0],
+            us[2],
+            us[2] / us[0]
+        )?;
+        for (j, r) in run.iter().enumerate() {
+            rates[j].push(*r);
+        }
+        raw_lats.push(us[0]);
+        lat_on.push(us[1] / us[0]);
+        lat_off.push(us[2] / us[0]);
+    }
+    // Ratios are taken per run (the pair shares the machine's load), then the median.
+    let ratio = |j: usize, limit: usize| -> f64 {
+        let v: Vec<f64> = (0..runs)
+            .map(|i| rates[j][i].bytes_per_s / rates[limit][i].bytes_per_s)
+            .collect();
+        median(&v)
+    };
+    let med = |j: usize, f: fn(&Rate) -> f64| median(&rates[j].iter().map(f).collect::<Vec<_>>());
+    outln!("1 MiB messages, median of {runs} paired runs (CPU: whole process, per byte moved):")?;
+    outln!(
+        "  {:<26} {:>11} {:>11} {:>9} {:>9}",
+        "",
+        "rate",
+        "CPU",
+        "/raw",
+        "/raw+MAC"
+    )?;
+    for (j, (name, v)) in VARIANTS.iter().enumerate() {
+        let vs_mac = match v {
+            Variant::Comm(_, FrameMac::On) => format!("{:.2}x", ratio(j, RAW_MAC)),
+            _ => "-".into(),
+        };
+        outln!(
+            "  {name:<26} {:>6.2} GB/s {:>6.3} ns/B {:>8.2}x {:>9}",
+            med(j, |r| r.bytes_per_s) / 1e9,
+            med(j, |r| r.cpu_ns_per_byte),
+            ratio(j, RAW),
+            vs_mac,
+        )?;
     }
     outln!(
-        "throughput 1 MiB msgs: median ratio Comm/raw TCP {:.2}x with send_buf (zero-copy; target >= 0.80x), {:.2}x with send_slice (one copy); raw median {:.2} GB/s",
-        median(bw_owned),
-        median(bw_copy),
-        median(raw_bws) / 1e9
+        "throughput 1 MiB msgs: median ratio Comm/raw TCP {:.2}x with send_buf (zero-copy; target >= 0.80x), {:.2}x with send_slice (one copy); frame MAC on: raw+MAC limit {:.2}x raw, Comm/raw+MAC {:.2}x send_buf, {:.2}x send_slice; frame MAC off: Comm/raw TCP {:.2}x send_buf, {:.2}x send_slice",
+        ratio(BUF_ON, RAW),
+        ratio(SLICE_ON, RAW),
+        ratio(RAW_MAC, RAW),
+        ratio(BUF_ON, RAW_MAC),
+        ratio(SLICE_ON, RAW_MAC),
+        ratio(BUF_OFF, RAW),
+        ratio(SLICE_OFF, RAW),
+    )?;
+    // The same ratios in CPU time per byte (limit / Comm): what the wall-clock ratio is on
+    // a machine where both ends are CPU-bound on the same cores, and far less sensitive to
+    // the share of the cores a loaded machine happens to give each variant.
+    let cpu_ratio = |j: usize, limit: usize| -> f64 {
+        let v: Vec<f64> = (0..runs)
+            .map(|i| rates[limit][i].cpu_ns_per_byte / rates[j][i].cpu_ns_per_byte)
+            .collect();
+        median(&v)
+    };
+    outln!(
+        "throughput by CPU per byte (limit/Comm): frame MAC on: send_buf {:.2}x raw+MAC ({:.2}x raw), send_slice {:.2}x raw+MAC; frame MAC off: send_buf {:.2}x raw, send_slice {:.2}x raw; raw+MAC {:.2}x raw; MAC cost per byte (both ends): {:.3} ns in Comm, {:.3} ns over raw TCP",
+        cpu_ratio(BUF_ON, RAW_MAC),
+        cpu_ratio(BUF_ON, RAW),
+        cpu_ratio(SLICE_ON, RAW_MAC),
+        cpu_ratio(BUF_OFF, RAW),
+        cpu_ratio(SLICE_OFF, RAW),
+        cpu_ratio(RAW_MAC, RAW),
+        med(BUF_ON, |r| r.cpu_ns_per_byte) - med(BUF_OFF, |r| r.cpu_ns_per_byte),
+        med(RAW_MAC, |r| r.cpu_ns_per_byte) - med(RAW, |r| r.cpu_ns_per_byte),
     )?;
     outln!(
-        "latency 8 B one-way: median ratio Comm/raw TCP {:.2}x (target <= 1.50x; raw median {:.1} us)",
-        median(lat),
-        median(raw_lats)
+        "latency 8 B one-way: median ratio Comm/raw TCP {:.2}x with the frame MAC on, {:.2}x off (target <= 1.50x; raw median {:.1} us)",
+        median(&lat_on),
+        median(&lat_off),
+        median(&raw_lats)
     )?;
     outln!(
         "allreduce (sum, f64, TCP backend, ranks as threads, median of {}):",
