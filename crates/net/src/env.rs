@@ -8,6 +8,7 @@ use crate::error::{ErrorKind, NetError, Result};
 use crate::mailbox::Mailbox;
 use crate::rdv::{register, RendezvousServer};
 use crate::tcp::{MeshParams, TcpTransport};
+use crate::watch::{self, OnLoss};
 use lazarus_format::Rank;
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -53,6 +54,11 @@ pub struct JoinOptions {
     pub config: NetConfig,
     /// Rank 0 hosts the rendezvous server at `coord` (srun/mpirun mode).
     pub host_rendezvous: bool,
+    /// The rendezvous host is a Lazarus launcher that this rank must not outlive: when its
+    /// heartbeats stop (closed connection, or silence longer than the failure timeout) the
+    /// process exits with [`crate::EXIT_LAUNCHER_LOST`] (see `watch.rs`). [`init`] sets it
+    /// under `lazarus run` (`LAZARUS_LAUNCHER=1`).
+    pub exit_with_launcher: bool,
 }
 
 fn first_var(names: &[&str]) -> Result<Option<(String, u64)>> {
@@ -141,6 +147,7 @@ pub fn init() -> Result<Comm> {
         incarnation,
         config: NetConfig::from_env()?,
         host_rendezvous: std::env::var_os(ENV_LAUNCHER).is_none(),
+        exit_with_launcher: std::env::var_os(ENV_LAUNCHER).is_some(),
     })
 }
 
@@ -191,6 +198,13 @@ pub fn join(o: JoinOptions) -> Result<Comm> {
         },
     )?;
     let listener = listener.ok_or_else(|| NetError::new(ErrorKind::Protocol, "no listener"))?;
+    let on_loss = if o.exit_with_launcher {
+        OnLoss::Exit
+    } else {
+        OnLoss::Ignore
+    };
+    let watched = watch::spawn(&control, o.rank, &config, on_loss)
+        .map_err(|e| NetError::io("starting the launcher watch", e))?;
     let mailbox = Arc::new(Mailbox::new(o.size as usize, config.spin));
     let t = TcpTransport::connect(MeshParams {
         me: o.rank,
@@ -204,6 +218,7 @@ pub fn join(o: JoinOptions) -> Result<Comm> {
         control: Some(control),
         server,
     })?;
+    let t = watch::Watched::new(t, watched);
     Ok(Comm::from_parts(
         o.rank,
         o.size,
@@ -230,6 +245,7 @@ pub fn loopback_comms(n: u32, config: NetConfig) -> Result<Vec<Comm>> {
                 incarnation: 0,
                 config: config.clone(),
                 host_rendezvous: false,
+                exit_with_launcher: false,
             };
             std::thread::spawn(move || join(o))
         })

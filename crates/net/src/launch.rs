@@ -2,8 +2,11 @@
 //! prefixes their output with the rank, detects the first failure (exit status, signal,
 //! lost control connection, missed heartbeats), stops everyone and reports a [`JobOutcome`].
 //!
-//! Orphans: ranks run in their own process group (killed as a group when stopping) and with
-//! `PR_SET_PDEATHSIG = SIGKILL` (Linux), so they die even if the launcher is SIGKILLed.
+//! Orphans: each rank is the leader of its own session and process group (the group is
+//! killed when stopping, so a rank wrapped in a shell goes with everything it started) and
+//! has `PR_SET_PDEATHSIG = SIGKILL` (Linux). If the launcher is SIGKILLed, the death signal
+//! kills each rank's first process, and the rank's communicator, which watches the
+//! launcher's heartbeats, kills the rest of its group (`LAZARUS_RANK_SESSION=1`).
 //! Caveat: the death signal fires when the *thread* that spawned the ranks exits, so call
 //! [`Launcher::run`] from a thread that outlives the job (e.g. the main thread).
 
@@ -12,6 +15,7 @@ use crate::config::NetConfig;
 use crate::env::{ENV_COORD, ENV_INCARNATION, ENV_LAUNCHER, ENV_TOKEN};
 use crate::error::{ErrorKind, NetError, Result};
 use crate::rdv::{Liveness, RendezvousServer};
+use crate::watch::ENV_RANK_SESSION;
 use lazarus_format::Rank;
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -251,10 +255,16 @@ pub struct Launcher;
 struct Ranks {
     children: Vec<Child>,
     statuses: Vec<Option<RankStatus>>,
-    pgid: i32,
 }
 
 impl Ranks {
+    /// Signals every rank's process group (each rank leads its own, see the module doc).
+    /// Also the groups of ranks that already exited: what they started may still run.
+    fn signal(&self, sig: i32) {
+        for c in &self.children {
+            killpg(c.id() as i32, sig);
+        }
+    }
     fn poll(&mut self) -> Result<()> {
         for (c, st) in self.children.iter_mut().zip(self.statuses.iter_mut()) {
             if st.is_none() {
@@ -308,7 +318,6 @@ impl Launcher {
         let mut ranks = Ranks {
             children: Vec::new(),
             statuses: Vec::new(),
-            pgid: 0,
         };
         let mut pumps = Vec::new();
         // SAFETY: getpid has no preconditions.
@@ -324,6 +333,7 @@ impl Launcher {
                 .env(ENV_TOKEN, token.expose())
                 .env(ENV_INCARNATION, cfg.incarnation.to_string())
                 .env(ENV_LAUNCHER, "1")
+                .env(ENV_RANK_SESSION, "1")
                 .envs(
                     cfg.rank_env
                         .iter()
@@ -333,12 +343,14 @@ impl Launcher {
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped());
-            let pgid = ranks.pgid;
             // SAFETY: the closure runs between fork and exec and only makes
-            // async-signal-safe syscalls (setpgid, prctl, getppid, _exit).
+            // async-signal-safe syscalls (setsid, prctl, getppid, _exit).
             unsafe {
                 cmd.pre_exec(move || {
-                    libc::setpgid(0, pgid);
+                    // Own session: the rank's process group is its alone (killed as a
+                    // whole), and a terminal's Ctrl-C reaches ranks only through the
+                    // launcher's forwarding.
+                    libc::setsid();
                     #[cfg(target_os = "linux")]
                     libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
                     if libc::getppid() != parent {
@@ -350,7 +362,7 @@ impl Launcher {
             let mut child = match cmd.spawn() {
                 Ok(c) => c,
                 Err(e) => {
-                    killpg(ranks.pgid, libc::SIGKILL);
+                    ranks.signal(libc::SIGKILL);
                     let _ = ranks.wait_for(Duration::from_secs(5));
                     return Err(NetError::new(
                         ErrorKind::Launch,
@@ -358,9 +370,6 @@ impl Launcher {
                     ));
                 }
             };
-            if ranks.pgid == 0 {
-                ranks.pgid = child.id() as i32;
-            }
             if let Some(o) = &cfg.observer {
                 o.spawned(r, child.id());
             }
@@ -376,7 +385,7 @@ impl Launcher {
         }
         let outcome = supervise(cfg, &net, &server, &mut ranks, t0);
         // Whatever happened, nothing of the job survives this call.
-        killpg(ranks.pgid, libc::SIGKILL);
+        ranks.signal(libc::SIGKILL);
         let _ = ranks.wait_for(Duration::from_secs(5));
         drop(server);
         for p in pumps {
@@ -450,18 +459,18 @@ fn supervise(
         if let Some(sig) = pending_signal() {
             tracing::warn!("launcher: got signal {sig}, stopping all ranks");
             interrupted = Some(sig);
-            killpg(ranks.pgid, sig);
+            ranks.signal(sig);
             if !ranks.wait_for(cfg.kill_grace)? {
-                killpg(ranks.pgid, libc::SIGKILL);
+                ranks.signal(libc::SIGKILL);
             }
             break;
         }
         if let Some(f) = failure {
             tracing::error!("launcher: {f}; stopping the other ranks");
             if !ranks.wait_for(cfg.stop_grace)? {
-                killpg(ranks.pgid, libc::SIGTERM);
+                ranks.signal(libc::SIGTERM);
                 if !ranks.wait_for(cfg.kill_grace)? {
-                    killpg(ranks.pgid, libc::SIGKILL);
+                    ranks.signal(libc::SIGKILL);
                 }
             }
             break;

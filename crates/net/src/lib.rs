@@ -38,6 +38,7 @@ mod reliable;
 mod scalar;
 mod sendbuf;
 mod tcp;
+mod watch;
 pub mod wire;
 
 #[doc(hidden)]
@@ -50,7 +51,8 @@ pub use env::{init, join, loopback_comms, JoinOptions};
 pub use error::{ErrorKind, NetError, Result};
 pub use local::{local, local_comms, local_comms_with};
 pub use mailbox::Envelope;
-pub use rdv::RendezvousServer;
+pub use rdv::{Liveness, RankView, RendezvousServer};
 pub use scalar::Scalar;
 pub use sendbuf::SendBuf;
+pub use watch::{ENV_RANK_SESSION, EXIT_LAUNCHER_LOST};
 pub use wire::{Tag, TagSpace};

@@ -1,6 +1,7 @@
 //! Rendezvous: ranks register their listening address with a small server (run by the
 //! launcher, or by rank 0 under srun/mpirun), receive the full address table, then keep an
-//! authenticated control connection with heartbeats so the host notices a dead rank.
+//! authenticated control connection with heartbeats both ways: the host notices a dead
+//! rank, and a rank notices a dead (or unreachable) host (`watch.rs`).
 
 use crate::auth::{handshake, JobToken, COORD_RANK};
 use crate::config::NetConfig;
@@ -34,6 +35,17 @@ pub enum Liveness {
     MissedHeartbeats,
 }
 
+/// One rank as the rendezvous host sees it ([`RendezvousServer::snapshot`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RankView {
+    /// Its state.
+    pub state: Liveness,
+    /// The mesh address it registered (`ip:port`), once registered.
+    pub addr: Option<String>,
+    /// Time since its last frame (registration, heartbeat) reached the host.
+    pub silent: Duration,
+}
+
 struct Slot {
     addr: Option<String>,
     stream: Option<TcpStream>,
@@ -48,6 +60,9 @@ struct Shared {
     config: NetConfig,
     slots: Mutex<Vec<Slot>>,
     shutdown: AtomicBool,
+    /// The table went out: from now on the host heartbeats every control connection (not
+    /// before: a rank reads exactly one frame, the table, before its watcher starts).
+    table_sent: AtomicBool,
 }
 
 impl Shared {
@@ -102,6 +117,7 @@ impl RendezvousServer {
                     .collect(),
             ),
             shutdown: AtomicBool::new(false),
+            table_sent: AtomicBool::new(false),
         });
         let s2 = shared.clone();
         std::thread::Builder::new()
@@ -117,6 +133,29 @@ impl RendezvousServer {
     /// The address ranks must use as `LAZARUS_COORD`.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Each rank's view from the host, in rank order: state (missed heartbeats evaluated
+    /// now), registered mesh address, and time since its last frame.
+    pub fn snapshot(&self) -> Vec<RankView> {
+        let timeout = self.shared.config.failure_timeout;
+        self.shared
+            .slots()
+            .iter()
+            .map(|s| {
+                let silent = s.last_seen.elapsed();
+                let state = if s.state == Liveness::Running && silent > timeout {
+                    Liveness::MissedHeartbeats
+                } else {
+                    s.state.clone()
+                };
+                RankView {
+                    state,
+                    addr: s.addr.clone(),
+                    silent,
+                }
+            })
+            .collect()
     }
 
     /// Each rank's state, in rank order (missed heartbeats evaluated now).
@@ -252,15 +291,29 @@ fn serve(mut stream: TcpStream, peer: SocketAddr, shared: &Shared) -> Result<()>
                     }
                 }
             }
+            shared.table_sent.store(true, Ordering::Release);
         }
     }
-    // Control phase: heartbeats until goodbye or loss.
-    stream
-        .set_read_timeout(Some(shared.config.heartbeat_interval))
-        .map_err(io)?;
+    // Control phase: heartbeats both ways until goodbye or loss.
+    let hb = shared.config.heartbeat_interval;
+    stream.set_read_timeout(Some(hb)).map_err(io)?;
+    // A rank that stopped reading (stuck, partitioned) must not block this thread: its
+    // heartbeat write gives up after one interval.
+    stream.set_write_timeout(Some(hb)).map_err(io)?;
+    let mut beat: Option<Instant> = None;
     loop {
         if shared.shutdown.load(Ordering::Acquire) {
             return Ok(());
+        }
+        if shared.table_sent.load(Ordering::Acquire) && beat.is_none_or(|b| b.elapsed() >= hb) {
+            beat = Some(Instant::now());
+            // Under the slots lock, like the table: writes to one stream never interleave.
+            let mut slots = shared.slots();
+            if let Some(st) = slots.get_mut(rank as usize).and_then(|s| s.stream.as_mut()) {
+                if let Err(e) = wire::write_frame(st, &Frame::Heartbeat(0)) {
+                    tracing::debug!("rendezvous: heartbeat to rank {rank} ({peer}) failed: {e}");
+                }
+            }
         }
         match wire::read_frame(&mut stream, 128, &mut buf) {
             Ok(()) => {

@@ -53,6 +53,7 @@ pub use error::{StoreError, StoreErrorKind};
 #[doc(hidden)]
 pub use fsutil::record_fsyncs;
 pub use fsutil::FAILPOINT_ENV;
+pub use lock::{probe_lock, LockProbe};
 pub use reader::{
     CheckpointDir, CheckpointSummary, CommitStatus, Damage, Presence, Problem, RepoReader,
     VerifyReport,

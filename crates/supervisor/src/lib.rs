@@ -18,6 +18,7 @@
 //! `LAZARUS_OUTPUT_MARKERS=1`). See docs/RECOVERY.md.
 #![deny(missing_docs)]
 
+mod fence;
 mod output;
 mod plan;
 mod report;

@@ -272,6 +272,7 @@ impl Supervisor {
             job_token: Some(token.expose()),
             ..RepoOptions::default()
         };
+        crate::fence::wait_for_dead_jobs_ranks(&cfg.repo, &cfg.launch.net, cfg.progress);
         let _lock = Repository::open(&cfg.repo, opts).map_err(repo_err)?;
         let t0 = Instant::now();
         let mut history = FailureHistory::starting_at(unix_ms() as f64 / 1000.0)
