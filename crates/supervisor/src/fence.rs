@@ -16,12 +16,6 @@ use lazarus_store::{probe_lock, LockProbe};
 use std::path::Path;
 use std::time::Duration;
 
-/// How long ranks may outlive their supervisor at most: the failure timeout of their
-/// launcher watch, plus two heartbeat intervals for their watch thread to act.
-pub(crate) fn rank_outlives_supervisor(net: &NetConfig) -> Duration {
-    net.failure_timeout + net.heartbeat_interval * 2
-}
-
 /// Waits, if the repository at `repo` has a stale lock, until the ranks of the dead job
 /// that held it have certainly stopped. Returns how long it waited (zero when the lock
 /// was free, held, or the repository does not exist yet: opening reports a held lock).
@@ -35,7 +29,7 @@ pub(crate) fn wait_for_dead_jobs_ranks(repo: &Path, net: &NetConfig, progress: b
             return Duration::ZERO;
         }
     };
-    let wait = rank_outlives_supervisor(net);
+    let wait = net.rank_outlives_launcher();
     if progress {
         eprintln!(
             "lazarus: the repository's lock names a job that died without releasing it \
