@@ -25,7 +25,7 @@ mod srun;
 mod ssh;
 
 pub use engine::{
-    host_blocks, parse_hostfile, parse_hosts, Engine, HostSpec, LaunchObserver, OutputSink,
+    host_blocks, parse_hostfile, parse_hosts, place, Engine, HostSpec, LaunchObserver, OutputSink,
     RunningJob, StartSpec,
 };
 pub use local::LocalEngine;
@@ -234,6 +234,9 @@ pub struct JobOutcome {
     /// Hosts found unreachable when the failure was handled (their ranks silent and no
     /// answer on the network): the failure is a lost host, not only a dead process.
     pub lost_hosts: Vec<String>,
+    /// When the failure was detected (the failure itself happened up to the failure
+    /// timeout earlier for a silent rank, at most a poll interval for an exit).
+    pub failed_at: Option<Instant>,
 }
 
 impl JobOutcome {
@@ -517,6 +520,7 @@ fn supervise(
             break;
         }
         if let Some(f) = failure {
+            let detected = Instant::now();
             tracing::error!("launcher: {f}; stopping the other ranks");
             let lost = if cfg.engine.remote() {
                 lost_hosts(server, job, f, &hosts_of(job), net)
@@ -536,6 +540,7 @@ fn supervise(
                 elapsed: t0.elapsed(),
                 hosts: Vec::new(),
                 lost_hosts: lost,
+                failed_at: Some(detected),
             });
         }
         if job.all_done() {
@@ -550,6 +555,7 @@ fn supervise(
         elapsed: t0.elapsed(),
         hosts: Vec::new(),
         lost_hosts: Vec::new(),
+        failed_at: None,
     })
 }
 

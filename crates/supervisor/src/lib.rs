@@ -19,12 +19,14 @@
 #![deny(missing_docs)]
 
 mod fence;
+mod hosts;
 mod output;
 mod plan;
 mod report;
 mod shrink;
 mod supervisor;
 
+pub use hosts::{HostPool, HostState, HostsReport, Replacement};
 pub use output::{Marker, OutputCommit, MARKER_PREFIX};
 pub use plan::{FailpointKill, KillPlan, KillTrigger, PlannedKill};
 pub use report::{FailureReport, JobEnd, OutputLine, Report, RestorePoint};

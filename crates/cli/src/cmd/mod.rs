@@ -1,6 +1,7 @@
 //! One module per subcommand. Each exposes `Args` (clap) and `main(Args) -> CmdResult`.
 
 pub mod bench;
+pub mod cluster;
 pub mod demo;
 pub mod gc;
 pub mod inspect;

@@ -182,6 +182,38 @@ pub fn host_blocks(hosts: &[String]) -> Vec<(String, u32)> {
     out
 }
 
+/// Places `ranks` ranks on `hosts` in order: each host takes its slots (or, without slots,
+/// an even share: `ceil(ranks / hosts)`), consecutive ranks per host. When the slots add up
+/// to fewer than `ranks`, the rest is spread one by one over the hosts in order
+/// (oversubscribed). Returns the host of each rank.
+pub fn place(hosts: &[HostSpec], ranks: u32) -> Result<Vec<String>> {
+    if hosts.is_empty() {
+        return Err(NetError::new(
+            ErrorKind::Config,
+            format!("no host to place {ranks} ranks on"),
+        ));
+    }
+    let share = ranks.div_ceil(hosts.len() as u32);
+    let mut counts = vec![0u32; hosts.len()];
+    let mut left = ranks;
+    for (c, h) in counts.iter_mut().zip(hosts) {
+        let take = h.slots.unwrap_or(share).min(left);
+        *c = take;
+        left -= take;
+    }
+    let mut i = 0;
+    while left > 0 {
+        counts[i % hosts.len()] += 1;
+        left -= 1;
+        i += 1;
+    }
+    Ok(hosts
+        .iter()
+        .zip(counts)
+        .flat_map(|(h, c)| std::iter::repeat_n(h.name.clone(), c as usize))
+        .collect())
+}
+
 /// Checks that `hosts` has one entry per rank and each host's ranks are consecutive.
 pub(crate) fn check_placement(engine: &str, ranks: u32, hosts: &[String]) -> Result<()> {
     if hosts.len() != ranks as usize {
@@ -334,6 +366,25 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("hf:2") && e.contains("cpus=4"), "{e}");
+    }
+
+    #[test]
+    fn ranks_are_placed_by_slots_then_spread_evenly_then_oversubscribed() {
+        let h = |s: &str| parse_hosts(s).unwrap();
+        assert_eq!(
+            place(&h("a,b,c,d"), 8).unwrap(),
+            ["a", "a", "b", "b", "c", "c", "d", "d"]
+        );
+        assert_eq!(
+            place(&h("a,b,c"), 8).unwrap(),
+            ["a", "a", "a", "b", "b", "b", "c", "c"]
+        );
+        assert_eq!(
+            place(&h("a:1,b:1,c:1"), 5).unwrap(),
+            ["a", "a", "b", "b", "c"]
+        );
+        assert_eq!(place(&h("a:4,b:4"), 3).unwrap(), ["a", "a", "a"]);
+        assert!(place(&[], 2).is_err());
     }
 
     #[test]

@@ -179,7 +179,16 @@ pub fn main(args: Vec<OsString>) -> i32 {
     match run(args) {
         Ok(code) => code,
         Err(e) => {
-            let _ = writeln!(std::io::stderr(), "lazarus shim: {e}");
+            let msg = format!("lazarus shim: {e}\n");
+            let _ = std::io::stderr().write_all(msg.as_bytes());
+            // Also as the rank's status, so the launcher names the rank and the reason.
+            let mut recs = record::line_records(msg.as_bytes(), true);
+            recs.push(Record::Exited(127));
+            let out = Out {
+                newlines: true,
+                lock: Mutex::new(()),
+            };
+            out.emit(&recs);
             127
         }
     }
@@ -325,12 +334,12 @@ fn run(args: Vec<OsString>) -> Result<i32, String> {
             Ok(None) => {}
             Err(e) => return Err(format!("waiting for the program: {e}")),
         }
-        let sig = super::pending_signal()
-            .or_else(take_forwarded)
-            .or_else(|| match stop_asked.swap(0, Ordering::SeqCst) {
+        let sig = super::pending_signal().or_else(take_forwarded).or_else(|| {
+            match stop_asked.swap(0, Ordering::SeqCst) {
                 0 => None,
                 s => Some(s),
-            });
+            }
+        });
         if let Some(sig) = sig {
             super::killpg(pid as i32, sig);
             if matches!(sig, libc::SIGTERM | libc::SIGINT | libc::SIGHUP) {
@@ -399,10 +408,11 @@ fn read_env(stdin: &mut impl BufRead, extra: &mut Vec<(OsString, OsString)>) -> 
             Ok(_) => {}
             Err(e) => return Err(format!("reading control input: {e}")),
         }
-        let mut w = line.split_whitespace();
-        match (w.next(), w.next(), w.next()) {
-            (Some("go"), None, None) => return Ok(()),
-            (Some("env"), Some(k), Some(v)) => {
+        // Exactly one space between fields: an empty value is an empty third field.
+        let mut w = line.trim_end_matches(['\n', '\r']).split(' ');
+        match (w.next(), w.next(), w.next(), w.next()) {
+            (Some("go"), None, None, None) => return Ok(()),
+            (Some("env"), Some(k), Some(v), None) => {
                 let (k, v) = unhex(k)
                     .zip(unhex(v))
                     .ok_or_else(|| format!("bad control line {:?}", line.trim()))?;
@@ -466,6 +476,33 @@ fn pump(src: impl Read, stderr: bool, out: &Out, parts: &AtomicU32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_input_carries_empty_values_and_refuses_garbage() {
+        let input = format!(
+            "env {} \nenv {} {}\ngo\nsig 15\n",
+            hex(b"EMPTY"),
+            hex(b"K"),
+            hex(b"v v")
+        );
+        let mut r = std::io::BufReader::new(input.as_bytes());
+        let mut extra = Vec::new();
+        read_env(&mut r, &mut extra).unwrap();
+        assert_eq!(
+            extra,
+            vec![("EMPTY".into(), "".into()), ("K".into(), "v v".into())]
+        );
+        for bad in ["env 4b\ngo\n", "env zz 00\ngo\n", "env 4b 00\n", "hello\n"] {
+            assert!(
+                read_env(
+                    &mut std::io::BufReader::new(bad.as_bytes()),
+                    &mut Vec::new()
+                )
+                .is_err(),
+                "{bad:?}"
+            );
+        }
+    }
 
     #[test]
     fn rank_env_and_inject_plans_round_trip_and_refuse_garbage() {
