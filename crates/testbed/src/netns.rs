@@ -3,6 +3,12 @@
 //! in a private /24 the test bed picks, and its own node-local directory. A remote-shell
 //! agent script (`agent HOST COMMAND…`, like `ssh`) runs commands inside a host: Open MPI
 //! uses it as `plm_rsh_agent`, the ssh engine as its `ssh`.
+//!
+//! Two agents: [`Cluster::agent`] enters the namespace directly (`ip netns exec`), so what
+//! it starts stays a descendant of the caller, in the same process tree; with
+//! [`Cluster::start_sshd`] every host runs a real `sshd` and [`Cluster::ssh_agent`] is a
+//! real `ssh`: what a host runs is a child of *its* sshd, so cutting its link really cuts
+//! it off (nothing reaches it through the process tree), as on separate machines.
 
 use crate::Unavailable;
 use std::net::Ipv4Addr;
@@ -37,6 +43,7 @@ pub struct Cluster {
     hosts: Vec<Host>,
     dir: PathBuf,
     agent: PathBuf,
+    ssh_agent: Option<PathBuf>,
 }
 
 fn ip(args: &[&str]) -> Result<(), String> {
@@ -185,6 +192,7 @@ impl Cluster {
             head: Ipv4Addr::new(10, 213, third, 1),
             hosts: Vec::new(),
             agent: dir.join("agent"),
+            ssh_agent: None,
             dir,
             id,
         };
@@ -276,6 +284,120 @@ impl Cluster {
     /// The remote-shell agent: `agent HOST COMMAND…` runs COMMAND in HOST's namespace.
     pub fn agent(&self) -> &Path {
         &self.agent
+    }
+
+    /// Starts a real `sshd` on every host (root login with a key of this test bed only);
+    /// returns the ssh agent (`ssh-agent HOST COMMAND…`, a real `ssh`). Idempotent.
+    pub fn start_sshd(&mut self) -> Result<PathBuf, Unavailable> {
+        if let Some(a) = &self.ssh_agent {
+            return Ok(a.clone());
+        }
+        for b in ["sshd", "ssh", "ssh-keygen"] {
+            if crate::which(b).is_none() {
+                return Err(Unavailable(format!(
+                    "{b} is not installed (apt-get install openssh-server openssh-client)"
+                )));
+            }
+        }
+        let sshd = crate::which("sshd").unwrap_or_default();
+        let d = self.dir.join("ssh");
+        let fail = |what: &str, e: String| Unavailable(format!("sshd test bed: {what}: {e}"));
+        std::fs::create_dir_all(&d).map_err(|e| fail("mkdir", e.to_string()))?;
+        // sshd's privilege separation directory (machine-wide, empty, harmless).
+        std::fs::create_dir_all("/run/sshd").map_err(|e| fail("/run/sshd", e.to_string()))?;
+        for key in ["id", "host_key"] {
+            let out = Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                .arg(d.join(key))
+                .stdin(Stdio::null())
+                .output()
+                .map_err(|e| fail("ssh-keygen", e.to_string()))?;
+            if !out.status.success() {
+                return Err(fail(
+                    "ssh-keygen",
+                    String::from_utf8_lossy(&out.stderr).into(),
+                ));
+            }
+        }
+        std::fs::copy(d.join("id.pub"), d.join("authorized_keys"))
+            .map_err(|e| fail("authorized_keys", e.to_string()))?;
+        for (i, h) in self.hosts.iter().enumerate() {
+            let conf = d.join(format!("sshd{i}.conf"));
+            let text = format!(
+                "ListenAddress {addr}\nPort 22\nHostKey {d}/host_key\n\
+                 AuthorizedKeysFile {d}/authorized_keys\nPermitRootLogin yes\n\
+                 PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n\
+                 StrictModes no\nPidFile {d}/sshd{i}.pid\nLogLevel ERROR\n\
+                 MaxStartups 200:30:400\nMaxSessions 200\n\
+                 SetEnv LAZARUS_NODE_DIR={nd} TMPDIR={nd}\n",
+                addr = h.addr,
+                d = d.display(),
+                nd = h.node_dir.display()
+            );
+            std::fs::write(&conf, text).map_err(|e| fail("sshd config", e.to_string()))?;
+            let out = Command::new("ip")
+                .args(["netns", "exec", &h.netns])
+                .arg(&sshd)
+                .arg("-f")
+                .arg(&conf)
+                .stdin(Stdio::null())
+                .output()
+                .map_err(|e| fail("starting sshd", e.to_string()))?;
+            if !out.status.success() {
+                return Err(fail(
+                    "starting sshd",
+                    String::from_utf8_lossy(&out.stderr).into(),
+                ));
+            }
+        }
+        let client = d.join("config");
+        std::fs::write(
+            &client,
+            format!(
+                "Host *\n  User root\n  IdentityFile {d}/id\n  IdentitiesOnly yes\n  \
+                 StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n  BatchMode yes\n  \
+                 LogLevel ERROR\n  ConnectTimeout 10\n",
+                d = d.display()
+            ),
+        )
+        .map_err(|e| fail("ssh config", e.to_string()))?;
+        let agent = self.dir.join("ssh-agent");
+        std::fs::write(
+            &agent,
+            format!("#!/bin/sh\nexec ssh -F {} \"$@\"\n", client.display()),
+        )
+        .map_err(|e| fail("agent", e.to_string()))?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&agent, std::fs::Permissions::from_mode(0o755))
+            .map_err(|e| fail("agent", e.to_string()))?;
+        // Wait until every sshd answers a command.
+        for h in &self.hosts {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            loop {
+                let ok = Command::new(&agent)
+                    .arg(h.addr.to_string())
+                    .arg("true")
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success());
+                if ok {
+                    break;
+                }
+                if std::time::Instant::now() > deadline {
+                    return Err(fail("sshd did not answer", h.addr.to_string()));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        }
+        self.ssh_agent = Some(agent.clone());
+        Ok(agent)
+    }
+
+    /// The ssh agent, once [`Cluster::start_sshd`] ran.
+    pub fn ssh_agent(&self) -> Option<&Path> {
+        self.ssh_agent.as_deref()
     }
 
     /// Cuts host `i` off the network (its processes keep running).
