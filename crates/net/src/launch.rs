@@ -522,16 +522,28 @@ fn supervise(
         if let Some(f) = failure {
             let detected = Instant::now();
             tracing::error!("launcher: {f}; stopping the other ranks");
-            let lost = if cfg.engine.remote() {
-                lost_hosts(server, job, f, &hosts_of(job), net)
-            } else {
-                Vec::new()
-            };
+            // Hosts are probed while the job stops (a lost host costs the probe timeout).
+            let probes = cfg
+                .engine
+                .remote()
+                .then(|| lost_hosts(server, job, f, &hosts_of(job), net));
+            // A silent rank (hung, or on a lost host) cannot act on SIGTERM, and a launcher
+            // cannot stop what it cannot reach: waiting `kill_grace` for them only delays
+            // the restart. The others have had `stop_grace` to exit on their own.
+            let hung = !f.kind.has_status();
             if !wait_for(job, cfg.stop_grace)? {
-                job.signal(libc::SIGTERM);
-                if !wait_for(job, cfg.kill_grace)? {
+                if hung {
                     job.kill();
+                } else {
+                    job.signal(libc::SIGTERM);
+                    if !wait_for(job, cfg.kill_grace)? {
+                        job.kill();
+                    }
                 }
+            }
+            let lost = probes.and_then(|p| p.join().ok()).unwrap_or_default();
+            if !lost.is_empty() {
+                tracing::error!("launcher: host(s) {} unreachable", lost.join(", "));
             }
             return Ok(JobOutcome {
                 failure,
@@ -560,16 +572,17 @@ fn supervise(
 }
 
 /// Which hosts are gone, at the time of failure `f`: the hosts of ranks that have no exit
-/// status and are silent, disconnected or never joined, whose registered addresses do not
+/// status and are silent, disconnected or never joined, whose registered address does not
 /// answer on the network (a dead process on a live host answers with a refusal). A host
 /// none of whose ranks ever joined counts as gone when other hosts' ranks did join.
+/// The probes run on a thread: join it for the answer.
 fn lost_hosts(
     server: &RendezvousServer,
     job: &dyn RunningJob,
     f: RankFailure,
     hosts: &[Option<String>],
     net: &NetConfig,
-) -> Vec<String> {
+) -> std::thread::JoinHandle<Vec<String>> {
     let snap = server.snapshot();
     let half = net.failure_timeout / 2;
     let suspect = |r: usize| -> bool {
@@ -587,37 +600,33 @@ fn lost_hosts(
     }
     let someone_joined = snap.iter().any(|v| v.addr.is_some());
     let timeout = net.failure_timeout.min(Duration::from_secs(1));
-    let checks: Vec<(String, Vec<SocketAddr>, bool)> = by_host
+    // One address per host: the question is whether the host answers, not a rank.
+    let checks: Vec<(String, Option<SocketAddr>)> = by_host
         .iter()
         .filter(|(_, ranks)| ranks.iter().any(|r| suspect(*r)))
         .map(|(h, ranks)| {
-            let addrs: Vec<SocketAddr> = ranks
+            let addr = ranks
                 .iter()
-                .filter_map(|r| snap[*r].addr.as_deref()?.parse().ok())
-                .collect();
-            let never = ranks.iter().all(|r| snap[*r].addr.is_none());
-            (h.to_string(), addrs, never)
+                .find_map(|r| snap[*r].addr.as_deref()?.parse().ok());
+            (h.to_string(), addr)
         })
         .collect();
-    let handles: Vec<_> = checks
-        .into_iter()
-        .map(|(h, addrs, never)| {
-            std::thread::spawn(move || {
-                let gone = if addrs.is_empty() {
-                    never && someone_joined
-                } else {
-                    !addrs.iter().any(|a| probe_host(*a, timeout))
-                };
-                gone.then_some(h)
+    std::thread::spawn(move || {
+        let handles: Vec<_> = checks
+            .into_iter()
+            .map(|(h, addr)| {
+                std::thread::spawn(move || {
+                    let gone = match addr {
+                        None => someone_joined,
+                        Some(a) => !probe_host(a, timeout),
+                    };
+                    gone.then_some(h)
+                })
             })
-        })
-        .collect();
-    let lost: Vec<String> = handles
-        .into_iter()
-        .filter_map(|h| h.join().ok().flatten())
-        .collect();
-    if !lost.is_empty() {
-        tracing::error!("launcher: host(s) {} unreachable", lost.join(", "));
-    }
-    lost
+            .collect();
+        handles
+            .into_iter()
+            .filter_map(|h| h.join().ok().flatten())
+            .collect()
+    })
 }

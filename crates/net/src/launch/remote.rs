@@ -12,6 +12,7 @@ use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -37,6 +38,9 @@ pub(crate) type HardKill = Box<dyn Fn(&RankBook) + Send>;
 /// One launcher process.
 pub(crate) struct Proc {
     child: Child,
+    /// When its readers last got bytes (ms since `born`).
+    last_read: Arc<std::sync::atomic::AtomicU64>,
+    born: Instant,
     /// For messages: `mpirun`, `srun`, `ssh <host>`.
     pub name: String,
     readers: Vec<JoinHandle<()>>,
@@ -137,14 +141,18 @@ pub(crate) fn spawn(
         .map_err(|e| NetError::new(ErrorKind::Launch, format!("cannot start {name}: {e}")))?;
     let engine: Arc<str> = Arc::from(name.split(' ').next().unwrap_or("launcher"));
     let mut readers = Vec::new();
+    let born = Instant::now();
+    let last_read = Arc::new(std::sync::atomic::AtomicU64::new(0));
     if let Some(o) = child.stdout.take() {
         let (book, sink, engine) = (book.clone(), sink.clone(), engine.clone());
+        let o = Activity::new(o, last_read.clone(), born);
         readers.push(std::thread::spawn(move || {
             read_records(o, tagging, trust_hosts, &book, &sink, &engine)
         }));
     }
     if let Some(e) = child.stderr.take() {
         let (sink, engine) = (sink.clone(), engine.clone());
+        let e = Activity::new(e, last_read.clone(), born);
         readers.push(std::thread::spawn(move || {
             read_text(e, tagging, &sink, &engine)
         }));
@@ -152,12 +160,36 @@ pub(crate) fn spawn(
     let stdin = child.stdin.take();
     Ok(Proc {
         child,
+        last_read,
+        born,
         name,
         readers,
         stdin,
         status: None,
         exited_at: None,
     })
+}
+
+/// A pipe that records when it last delivered bytes.
+struct Activity<R> {
+    inner: R,
+    last: Arc<std::sync::atomic::AtomicU64>,
+    born: Instant,
+}
+
+impl<R> Activity<R> {
+    fn new(inner: R, last: Arc<std::sync::atomic::AtomicU64>, born: Instant) -> Self {
+        Activity { inner, last, born }
+    }
+}
+
+impl<R: Read> Read for Activity<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let ms = self.born.elapsed().as_millis() as u64;
+        self.last.store(ms, std::sync::atomic::Ordering::Relaxed);
+        Ok(n)
+    }
 }
 
 /// Per rank, the line being reassembled from pieces.
@@ -429,13 +461,25 @@ impl RunningJob for RemoteJob {
             let _ = self.poll();
             std::thread::sleep(Duration::from_millis(5));
         }
+        // Readers of a launcher whose helper on an unreachable host still holds the pipe
+        // (e.g. its ssh client) never see the end: once the launcher process is gone and
+        // its pipes stayed quiet for a moment, they are left behind (the closed sink drops
+        // what they read later: output of a dead incarnation, rolled back anyway).
+        let quiet = Duration::from_millis(300);
+        let bound = deadline.min(Instant::now() + Duration::from_secs(2));
+        loop {
+            let waiting = self.procs.iter().any(|p| {
+                let last = Duration::from_millis(p.last_read.load(Ordering::Relaxed));
+                !p.readers.iter().all(|t| t.is_finished())
+                    && p.born.elapsed().saturating_sub(last) < quiet
+            });
+            if !waiting || Instant::now() >= bound {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
         for p in &mut self.procs {
-            // Readers of a launcher whose helper on an unreachable host still holds the
-            // pipe are left behind; the closed sink drops what they read later.
-            join_until(
-                &mut p.readers,
-                deadline.min(Instant::now() + Duration::from_secs(2)),
-            );
+            join_until(&mut p.readers, Instant::now());
         }
         for f in self.temp_files.drain(..) {
             let _ = std::fs::remove_file(f);

@@ -7,6 +7,7 @@ mod balance;
 mod checkpoint;
 mod experiment;
 mod net;
+mod recovery;
 mod round;
 
 /// Benchmarks.
@@ -22,6 +23,9 @@ pub enum Bench {
     Net(net::Args),
     /// Aligned checkpoint round latency (2..16 ranks) and stall per checkpoint vs floor.
     Round(round::Args),
+    /// Recovery time (failure -> every rank resumed) for a process and a host failure,
+    /// local launcher vs mpirun on network-namespace hosts, vs the launcher's start time.
+    Recovery(recovery::Args),
 }
 
 /// A scratch directory removed (with everything in it) when dropped.
@@ -65,5 +69,6 @@ pub fn main(b: Bench) -> CmdResult {
         Bench::Experiment(a) => experiment::main(a),
         Bench::Net(a) => net::main(a),
         Bench::Round(a) => round::main(a),
+        Bench::Recovery(a) => recovery::main(a),
     }
 }
