@@ -7,8 +7,9 @@
 //!   in one process ([`local`]).
 //! - [`NetConfig`]: heartbeat, failure and connect timeouts and the frame limit, validated
 //!   in one place.
-//! - [`launch::Launcher`]: starts N ranks on this machine, prefixes their output, detects
-//!   a failure, stops everyone and reports a [`launch::JobOutcome`].
+//! - [`launch::Launcher`]: starts N ranks through an engine (this machine, or a cluster's
+//!   `mpirun`/`srun`/`ssh`), prefixes their output, detects a failure and tells a lost host
+//!   from a dead process, stops everyone and reports a [`launch::JobOutcome`].
 //!
 //! ```
 //! let sums = lazarus_net::local(4, |comm| {

@@ -204,6 +204,73 @@ mod tests {
     }
 
     #[test]
+    fn multi_host_flags_are_validated_before_any_launch() {
+        let err = |args: &[&str]| match parse(args) {
+            Err(e) => e.to_string(),
+            Ok(a) => super::main(a).unwrap_err().to_string(),
+        };
+        let e = err(&["-n", "2", "--hosts", "a,b", "--", "true"]);
+        assert!(
+            e.contains("--hosts, --hostfile and --spares need --launcher"),
+            "{e}"
+        );
+        let e = err(&["-n", "2", "--launcher", "mpirun", "--", "true"]);
+        assert!(e.contains("give the hosts"), "{e}");
+        let e = err(&[
+            "-n",
+            "2",
+            "--launcher",
+            "ssh",
+            "--hosts",
+            "a,a",
+            "--",
+            "true",
+        ]);
+        assert!(e.contains("listed twice"), "{e}");
+        let e = err(&[
+            "-n",
+            "2",
+            "--launcher",
+            "mpirun",
+            "--hosts",
+            "a:0",
+            "--",
+            "true",
+        ]);
+        assert!(e.contains("slots must be"), "{e}");
+        let e = err(&[
+            "-n",
+            "2",
+            "--launcher",
+            "mpirun",
+            "--hosts",
+            "a",
+            "--spares",
+            "1",
+            "--",
+            "true",
+        ]);
+        assert!(e.contains("--repo"), "--spares needs --repo: {e}");
+        let e = err(&[
+            "-n",
+            "2",
+            "--launcher",
+            "mpirun",
+            "--hosts",
+            "a,b",
+            "--spares",
+            "2",
+            "--repo",
+            "/nonexistent/lazarus-repo",
+            "--",
+            "true",
+        ]);
+        assert!(e.contains("leaves no host to run on"), "{e}");
+        let e = err(&["-n", "2", "--rsh-agent", "/bin/x", "--", "true"]);
+        assert!(e.contains("need --launcher"), "{e}");
+    }
+
+    #[test]
     fn minimum_above_the_rank_count_is_refused_before_any_launch() {
         let a = parse(&[
             "-n",
