@@ -387,7 +387,7 @@ impl Launcher {
         job.finish(Duration::from_secs(5));
         let mut o = outcome?;
         if remote {
-            fence_unreachable_ranks(&server, job.as_ref(), &net, &o);
+            fence_unreachable_ranks(&server, job.as_ref(), &net, &o, &hosts_of(job.as_ref()));
         }
         drop(server);
         sink.close();
@@ -401,26 +401,36 @@ impl Launcher {
 }
 
 /// Waits until every rank that may still run on an unreachable host has stopped by itself
-/// (its launcher watch gives up after the failure timeout without our heartbeats).
+/// (its launcher watch gives up after the failure timeout without our heartbeats). Ranks
+/// on live hosts are not waited for: the engine killed them, and closing the rendezvous
+/// ends any that escaped it.
 fn fence_unreachable_ranks(
     server: &RendezvousServer,
     job: &dyn RunningJob,
     net: &NetConfig,
     o: &JobOutcome,
+    hosts: &[Option<String>],
 ) {
     let bound = net.rank_outlives_launcher();
+    let on_lost_host = |r: usize| {
+        hosts
+            .get(r)
+            .and_then(|h| h.as_ref())
+            .is_some_and(|h| o.lost_hosts.contains(h))
+    };
     let wait = server
         .snapshot()
         .iter()
         .enumerate()
         .filter(|(r, v)| {
-            job.status(*r as u32).is_none()
+            on_lost_host(*r)
+                && job.status(*r as u32).is_none()
                 && matches!(v.state, Liveness::Running | Liveness::MissedHeartbeats)
         })
         .map(|(_, v)| bound.saturating_sub(v.silent))
         .max()
         .unwrap_or_default();
-    if !wait.is_zero() && !o.lost_hosts.is_empty() {
+    if !wait.is_zero() {
         tracing::info!(
             "launcher: waiting {wait:?} for the ranks on unreachable host(s) {} to stop by \
              themselves",

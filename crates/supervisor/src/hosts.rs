@@ -253,6 +253,33 @@ mod tests {
     }
 
     #[test]
+    fn every_host_lost_at_once_is_not_blamed_on_the_hosts() {
+        let mut p = HostPool::new(parse_hosts("a,b,c").unwrap(), 1).unwrap();
+        let placement = p.placement(4).unwrap();
+        let outcome = |lost: &[&str]| lazarus_net::launch::JobOutcome {
+            failure: None,
+            interrupted: None,
+            statuses: Vec::new(),
+            elapsed: std::time::Duration::ZERO,
+            hosts: Vec::new(),
+            lost_hosts: lost.iter().map(|h| h.to_string()).collect(),
+            failed_at: None,
+        };
+        assert_eq!(
+            after_failure(&mut p, &outcome(&["a", "b"]), &placement, false),
+            0
+        );
+        assert_eq!(p.state("a"), Some(HostState::Active));
+        assert_eq!(p.state("c"), Some(HostState::Spare));
+        assert_eq!(
+            after_failure(&mut p, &outcome(&["b"]), &placement, false),
+            0
+        );
+        assert_eq!(p.state("b"), Some(HostState::Suspect));
+        assert_eq!(p.placement(4).unwrap(), ["a", "a", "c", "c"]);
+    }
+
+    #[test]
     fn bad_spare_counts_are_refused() {
         assert!(HostPool::new(parse_hosts("a,b").unwrap(), 2).is_err());
         assert!(HostPool::new(Vec::new(), 0).is_err());
@@ -327,6 +354,20 @@ pub(crate) fn after_failure(
     progress: bool,
 ) -> u32 {
     let mut unplaced = 0;
+    let mut distinct: Vec<&String> = placement.iter().collect();
+    distinct.dedup();
+    if !distinct.is_empty() && distinct.iter().all(|h| outcome.lost_hosts.contains(h)) {
+        // Every host at once: the head node's own network is the likelier culprit; blaming
+        // (and excluding) every host would end the job for nothing.
+        if progress {
+            eprintln!(
+                "lazarus: no host answered ({}): not counting it against the hosts (is the \
+                 head node's network down?)",
+                outcome.lost_hosts.join(", ")
+            );
+        }
+        return 0;
+    }
     for h in &outcome.lost_hosts {
         let ranks: Vec<usize> = placement
             .iter()
