@@ -514,6 +514,62 @@ fn sigkilled_supervisor_leaves_no_rank_on_any_host() {
     }
 }
 
+/// Output commit through mpirun: every stdout line of every rank released exactly once
+/// across a restart (the recovery probe prints 3 lines per rank and step; a rank is killed
+/// after its 2nd checkpoint part), and the probe's checksum equals a local failure-free run.
+#[test]
+fn every_output_line_is_released_once_across_a_restart_under_mpirun() {
+    let _s = serial();
+    let Some((cl, agent)) = hosts("output_once_mpirun", 4) else {
+        return;
+    };
+    let probe = common::package_bin("lazarus-supervisor", "lazarus-recovery-probe");
+    let prog: Vec<String> = [probe.display().to_string()]
+        .into_iter()
+        .chain(
+            [
+                "--steps",
+                "40",
+                "--every",
+                "5",
+                "--lines",
+                "3",
+                "--sleep-ms",
+                "20",
+            ]
+            .map(String::from),
+        )
+        .collect();
+    let (steps, lines) = (40, 3);
+    let dir = tempfile::tempdir().unwrap();
+    let want = {
+        let mut job = Job::start(&["-n", "8"], &dir.path().join("ref"), &prog, &[]);
+        let (ok, out, err) = job.wait();
+        assert!(ok, "{err}");
+        checksum(&out, &err)
+    };
+    let mut args = mpirun_args(&agent, &cl.host_names(), 8);
+    args.extend(["--inject-kill-after".into(), "3@2c+10ms".into()]);
+    let mut job = Job::start(&strs(&args), &dir.path().join("repo"), &prog, &[]);
+    let (ok, out, err) = job.wait();
+    assert!(ok, "{err}");
+    assert!(err.contains("rank 3 was killed by signal 9"), "{err}");
+    assert_eq!(checksum(&out, &err), want);
+    let mut seen = std::collections::BTreeMap::<String, u32>::new();
+    for l in out.lines().filter(|l| !l.contains("checksum=")) {
+        *seen.entry(l.to_string()).or_default() += 1;
+    }
+    for r in 0..8 {
+        for s in 0..steps {
+            for j in 0..lines {
+                let k = format!("[rank {r}] r{r} s{s} l{j}");
+                assert_eq!(seen.remove(&k), Some(1), "{k}");
+            }
+        }
+    }
+    assert!(seen.is_empty(), "unexpected lines: {seen:?}");
+}
+
 /// Slurm: `lazarus run --launcher srun` inside `salloc`, a rank SIGKILLed under srun.
 #[test]
 fn srun_inside_salloc_recovers_a_killed_rank() {

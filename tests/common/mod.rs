@@ -56,3 +56,14 @@ pub fn example_bin(name: &str) -> PathBuf {
         p,
     )
 }
+
+/// The binary `bin` of workspace package `package`, this profile.
+#[allow(dead_code)] // not every test file needs one
+pub fn package_bin(package: &str, bin: &str) -> PathBuf {
+    let p = profile_dir().join(format!("{bin}{}", std::env::consts::EXE_SUFFIX));
+    built(
+        &format!("bin:{package}:{bin}"),
+        &["-p", package, "--bin", bin],
+        p,
+    )
+}

@@ -213,79 +213,6 @@ impl std::fmt::Display for HostsReport {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use lazarus_net::launch::parse_hosts;
-
-    #[test]
-    fn a_lost_host_is_replaced_by_a_spare_in_its_position() {
-        let mut p = HostPool::new(parse_hosts("a,b,c,d,e").unwrap(), 1).unwrap();
-        assert_eq!(
-            p.placement(8).unwrap(),
-            ["a", "a", "b", "b", "c", "c", "d", "d"]
-        );
-        assert_eq!(p.host_lost("b"), Some(Replacement::Spare("e".into())));
-        assert_eq!(
-            p.placement(8).unwrap(),
-            ["a", "a", "e", "e", "c", "c", "d", "d"]
-        );
-        assert_eq!(p.state("b"), Some(HostState::Suspect));
-        // No healthy spare left: the suspect host is the last resort.
-        assert_eq!(p.host_lost("c"), Some(Replacement::Spare("b".into())));
-        assert_eq!(
-            p.placement(8).unwrap(),
-            ["a", "a", "e", "e", "b", "b", "d", "d"]
-        );
-        // Failing twice excludes it; the other suspect host replaces it.
-        assert_eq!(p.host_lost("b"), Some(Replacement::Spare("c".into())));
-        assert_eq!(p.state("b"), Some(HostState::Excluded));
-        // Nothing left to replace a host: the job runs on fewer hosts.
-        assert_eq!(p.host_lost("c"), Some(Replacement::None));
-        assert_eq!(p.active(), 3);
-        assert_eq!(p.placement(6).unwrap(), ["a", "a", "e", "e", "d", "d"]);
-        let r = p.report();
-        assert_eq!(r.used, ["a", "b", "c", "d", "e"]);
-        assert_eq!(r.excluded, ["b", "c"]);
-        assert_eq!(r.failed, [("b".into(), 2), ("c".into(), 2)]);
-        assert_eq!(p.host_lost("zz"), None);
-        assert_eq!(p.host_lost("b"), None, "an excluded host is not active");
-    }
-
-    #[test]
-    fn every_host_lost_at_once_is_not_blamed_on_the_hosts() {
-        let mut p = HostPool::new(parse_hosts("a,b,c").unwrap(), 1).unwrap();
-        let placement = p.placement(4).unwrap();
-        let outcome = |lost: &[&str]| lazarus_net::launch::JobOutcome {
-            failure: None,
-            interrupted: None,
-            statuses: Vec::new(),
-            elapsed: std::time::Duration::ZERO,
-            hosts: Vec::new(),
-            lost_hosts: lost.iter().map(|h| h.to_string()).collect(),
-            failed_at: None,
-        };
-        assert_eq!(
-            after_failure(&mut p, &outcome(&["a", "b"]), &placement, false),
-            0
-        );
-        assert_eq!(p.state("a"), Some(HostState::Active));
-        assert_eq!(p.state("c"), Some(HostState::Spare));
-        assert_eq!(
-            after_failure(&mut p, &outcome(&["b"]), &placement, false),
-            0
-        );
-        assert_eq!(p.state("b"), Some(HostState::Suspect));
-        assert_eq!(p.placement(4).unwrap(), ["a", "a", "c", "c"]);
-    }
-
-    #[test]
-    fn bad_spare_counts_are_refused() {
-        assert!(HostPool::new(parse_hosts("a,b").unwrap(), 2).is_err());
-        assert!(HostPool::new(Vec::new(), 0).is_err());
-    }
-}
-
 /// The pool of a supervised job: `None` for a local engine (one machine, no hosts).
 pub(crate) fn pool_for(
     cfg: &crate::SupervisorConfig,
@@ -402,4 +329,77 @@ pub(crate) fn after_failure(
         }
     }
     unplaced
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lazarus_net::launch::parse_hosts;
+
+    #[test]
+    fn a_lost_host_is_replaced_by_a_spare_in_its_position() {
+        let mut p = HostPool::new(parse_hosts("a,b,c,d,e").unwrap(), 1).unwrap();
+        assert_eq!(
+            p.placement(8).unwrap(),
+            ["a", "a", "b", "b", "c", "c", "d", "d"]
+        );
+        assert_eq!(p.host_lost("b"), Some(Replacement::Spare("e".into())));
+        assert_eq!(
+            p.placement(8).unwrap(),
+            ["a", "a", "e", "e", "c", "c", "d", "d"]
+        );
+        assert_eq!(p.state("b"), Some(HostState::Suspect));
+        // No healthy spare left: the suspect host is the last resort.
+        assert_eq!(p.host_lost("c"), Some(Replacement::Spare("b".into())));
+        assert_eq!(
+            p.placement(8).unwrap(),
+            ["a", "a", "e", "e", "b", "b", "d", "d"]
+        );
+        // Failing twice excludes it; the other suspect host replaces it.
+        assert_eq!(p.host_lost("b"), Some(Replacement::Spare("c".into())));
+        assert_eq!(p.state("b"), Some(HostState::Excluded));
+        // Nothing left to replace a host: the job runs on fewer hosts.
+        assert_eq!(p.host_lost("c"), Some(Replacement::None));
+        assert_eq!(p.active(), 3);
+        assert_eq!(p.placement(6).unwrap(), ["a", "a", "e", "e", "d", "d"]);
+        let r = p.report();
+        assert_eq!(r.used, ["a", "b", "c", "d", "e"]);
+        assert_eq!(r.excluded, ["b", "c"]);
+        assert_eq!(r.failed, [("b".into(), 2), ("c".into(), 2)]);
+        assert_eq!(p.host_lost("zz"), None);
+        assert_eq!(p.host_lost("b"), None, "an excluded host is not active");
+    }
+
+    #[test]
+    fn every_host_lost_at_once_is_not_blamed_on_the_hosts() {
+        let mut p = HostPool::new(parse_hosts("a,b,c").unwrap(), 1).unwrap();
+        let placement = p.placement(4).unwrap();
+        let outcome = |lost: &[&str]| lazarus_net::launch::JobOutcome {
+            failure: None,
+            interrupted: None,
+            statuses: Vec::new(),
+            elapsed: std::time::Duration::ZERO,
+            hosts: Vec::new(),
+            lost_hosts: lost.iter().map(|h| h.to_string()).collect(),
+            failed_at: None,
+        };
+        assert_eq!(
+            after_failure(&mut p, &outcome(&["a", "b"]), &placement, false),
+            0
+        );
+        assert_eq!(p.state("a"), Some(HostState::Active));
+        assert_eq!(p.state("c"), Some(HostState::Spare));
+        assert_eq!(
+            after_failure(&mut p, &outcome(&["b"]), &placement, false),
+            0
+        );
+        assert_eq!(p.state("b"), Some(HostState::Suspect));
+        assert_eq!(p.placement(4).unwrap(), ["a", "a", "c", "c"]);
+    }
+
+    #[test]
+    fn bad_spare_counts_are_refused() {
+        assert!(HostPool::new(parse_hosts("a,b").unwrap(), 2).is_err());
+        assert!(HostPool::new(Vec::new(), 0).is_err());
+    }
 }
