@@ -82,12 +82,7 @@ fn checksum(out: &Output) -> String {
         "{:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
         out.status
     );
-    let sums: Vec<&str> = stdout
-        .lines()
-        .filter_map(|l| l.split("checksum=").nth(1))
-        .collect();
-    assert_eq!(sums.len(), 1, "exactly one checksum line:\n{stdout}");
-    sums[0].trim().to_string()
+    common::one_checksum(&stdout, &stderr)
 }
 
 /// The checksum of a run of `STEPS` that never changed size.

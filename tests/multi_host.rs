@@ -80,12 +80,7 @@ fn reference() -> &'static str {
 }
 
 fn checksum(out: &str, err: &str) -> String {
-    let sums: Vec<&str> = out
-        .lines()
-        .filter_map(|l| l.split("checksum=").nth(1))
-        .collect();
-    assert_eq!(sums.len(), 1, "exactly one checksum line:\n{out}\n{err}");
-    sums[0].trim().to_string()
+    common::one_checksum(out, err)
 }
 
 /// `lazarus run` in its own process group, output collected as it comes; killed (whole
@@ -519,49 +514,81 @@ fn sigkilled_supervisor_leaves_no_rank_on_any_host() {
 /// after its 2nd checkpoint part), and the probe's checksum equals a local failure-free run.
 #[test]
 fn every_output_line_is_released_once_across_a_restart_under_mpirun() {
+    output_once("mpirun");
+}
+
+#[test]
+#[ignore = "full matrix: ssh engine (CI runs mpirun and srun)"]
+fn every_output_line_is_released_once_across_a_restart_under_ssh() {
+    output_once("ssh");
+}
+
+fn output_once(launcher: &str) {
     let _s = serial();
-    let Some((cl, agent)) = hosts("output_once_mpirun", 4) else {
+    let Some((cl, agent)) = hosts(&format!("output_once {launcher}"), 4) else {
         return;
     };
-    let probe = common::package_bin("lazarus-supervisor", "lazarus-recovery-probe");
-    let prog: Vec<String> = [probe.display().to_string()]
-        .into_iter()
-        .chain(
-            [
-                "--steps",
-                "40",
-                "--every",
-                "5",
-                "--lines",
-                "3",
-                "--sleep-ms",
-                "20",
-            ]
-            .map(String::from),
-        )
-        .collect();
-    let (steps, lines) = (40, 3);
+    let prog = probe();
     let dir = tempfile::tempdir().unwrap();
-    let want = {
-        let mut job = Job::start(&["-n", "8"], &dir.path().join("ref"), &prog, &[]);
-        let (ok, out, err) = job.wait();
-        assert!(ok, "{err}");
-        checksum(&out, &err)
-    };
+    let want = probe_reference(8);
     let mut args = mpirun_args(&agent, &cl.host_names(), 8);
+    if launcher == "ssh" {
+        args[3] = "ssh".into();
+        args.truncate(8);
+    }
     args.extend(["--inject-kill-after".into(), "3@2c+10ms".into()]);
     let mut job = Job::start(&strs(&args), &dir.path().join("repo"), &prog, &[]);
     let (ok, out, err) = job.wait();
     assert!(ok, "{err}");
     assert!(err.contains("rank 3 was killed by signal 9"), "{err}");
     assert_eq!(checksum(&out, &err), want);
+    assert_probe_lines_once(&out, 8);
+}
+
+const PROBE_STEPS: u64 = 40;
+const PROBE_LINES: u64 = 3;
+
+/// The recovery probe: 3 lines per rank and step, a checkpoint every 5 steps.
+fn probe() -> Vec<String> {
+    let probe = common::package_bin("lazarus-supervisor", "lazarus-recovery-probe");
+    let (steps, lines) = (PROBE_STEPS.to_string(), PROBE_LINES.to_string());
+    [probe.display().to_string()]
+        .into_iter()
+        .chain(
+            [
+                "--steps",
+                &steps,
+                "--every",
+                "5",
+                "--lines",
+                &lines,
+                "--sleep-ms",
+                "20",
+            ]
+            .map(String::from),
+        )
+        .collect()
+}
+
+/// The probe's checksum on `n` local ranks without failures.
+fn probe_reference(n: u32) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let n = n.to_string();
+    let mut job = Job::start(&["-n", &n], &dir.path().join("ref"), &probe(), &[]);
+    let (ok, out, err) = job.wait();
+    assert!(ok, "{err}");
+    checksum(&out, &err)
+}
+
+/// Every line of every rank of the probe released exactly once, nothing else.
+fn assert_probe_lines_once(out: &str, ranks: u32) {
     let mut seen = std::collections::BTreeMap::<String, u32>::new();
     for l in out.lines().filter(|l| !l.contains("checksum=")) {
         *seen.entry(l.to_string()).or_default() += 1;
     }
-    for r in 0..8 {
-        for s in 0..steps {
-            for j in 0..lines {
+    for r in 0..ranks {
+        for s in 0..PROBE_STEPS {
+            for j in 0..PROBE_LINES {
                 let k = format!("[rank {r}] r{r} s{s} l{j}");
                 assert_eq!(seen.remove(&k), Some(1), "{k}");
             }
@@ -570,7 +597,8 @@ fn every_output_line_is_released_once_across_a_restart_under_mpirun() {
     assert!(seen.is_empty(), "unexpected lines: {seen:?}");
 }
 
-/// Slurm: `lazarus run --launcher srun` inside `salloc`, a rank SIGKILLed under srun.
+/// Slurm: `lazarus run --launcher srun` inside `salloc`, a rank SIGKILLed under srun; every
+/// line of the recovery probe released once through srun's labelled output.
 #[test]
 fn srun_inside_salloc_recovers_a_killed_rank() {
     let _s = serial();
@@ -590,27 +618,21 @@ fn srun_inside_salloc_recovers_a_killed_rank() {
         "--repo".into(),
         repo,
         "--inject-kill-after".into(),
-        "2@1c+20ms".into(),
+        "2@2c+10ms".into(),
     ];
     inner.extend(TIMEOUTS.map(String::from));
     inner.push("--".into());
-    inner.extend(program("heat_dvec", STEPS / 2));
+    inner.extend(probe());
     let c = slurm.salloc(4, &strs(&inner));
     let o = lazarus_testbed::output_within(c, DEADLINE).unwrap();
     assert!(o.success(), "{o:?}");
-    let half = {
-        let d = tempfile::tempdir().unwrap();
-        let mut job = Job::start(
-            &["-n", "2"],
-            d.path(),
-            &program("heat_dvec", STEPS / 2),
-            &[],
-        );
-        let (ok, out, err) = job.wait();
-        assert!(ok);
-        checksum(&out, &err)
-    };
-    assert_eq!(checksum(&o.stdout, &o.stderr), half, "{}", o.stderr);
+    assert_eq!(
+        checksum(&o.stdout, &o.stderr),
+        probe_reference(4),
+        "{}",
+        o.stderr
+    );
+    assert_probe_lines_once(&o.stdout, 4);
     assert!(
         o.stderr.contains("rank 2 was killed by signal 9"),
         "{}",

@@ -67,3 +67,19 @@ pub fn package_bin(package: &str, bin: &str) -> PathBuf {
         p,
     )
 }
+
+/// The value of the one `checksum=` line in `stdout` (a job prints its result once, on
+/// rank 0, whatever its restarts); panics with both streams otherwise.
+#[allow(dead_code)] // not every test file checks a checksum
+pub fn one_checksum(stdout: &str, stderr: &str) -> String {
+    let sums: Vec<&str> = stdout
+        .lines()
+        .filter_map(|l| l.split("checksum=").nth(1))
+        .collect();
+    assert_eq!(
+        sums.len(),
+        1,
+        "exactly one checksum line:\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    sums[0].trim().to_string()
+}

@@ -96,7 +96,8 @@ up() {
 }
 
 down() {
-    scancel --full --signal=KILL --user=root >/dev/null 2>&1 || true
+    # Every job of the test cluster (ours alone: its own slurmctld and state directory).
+    scancel --user=root >/dev/null 2>&1 || true
     for p in slurmd slurmctld; do
         if alive "$DIR/$p.pid"; then kill "$(cat "$DIR/$p.pid")" || true; fi
     done

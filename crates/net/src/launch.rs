@@ -382,6 +382,12 @@ impl Launcher {
                 .collect()
         };
         let outcome = supervise(cfg, &net, &server, job.as_mut(), t0, &hosts_of);
+        if outcome.as_ref().is_ok_and(JobOutcome::success) {
+            // Every rank is done: let the engine end by itself (srun releases the
+            // allocation it made, mpirun reports); a SIGKILL at this point can leave a
+            // Slurm job allocated.
+            job.finish(cfg.kill_grace);
+        }
         // Whatever happened, nothing of the job survives this call.
         job.kill();
         job.finish(Duration::from_secs(5));

@@ -251,4 +251,19 @@ fn srun_engine_runs_a_job_and_reports_a_killed_rank() {
     );
     assert!(o.lost_hosts.is_empty(), "{o:?}");
     assert_eq!(*cap.injected.lock().unwrap(), vec![1]);
+    // Both runs made their own allocation (no salloc): neither is left allocated (an srun
+    // SIGKILLed as soon as its ranks had exited used to leave it RUNNING forever).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let q = std::process::Command::new("squeue")
+            .args(["-h", "-o", "%i %j %T"])
+            .output()
+            .unwrap();
+        let q = String::from_utf8_lossy(&q.stdout).to_string();
+        if !q.contains("lazarus-") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "Slurm jobs left: {q}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }

@@ -10,6 +10,9 @@
 //!   being redistributed on restore.
 //! - [`Report`]: every failure with the work it lost and the recovery time, and how the
 //!   job ended.
+//! - [`HostPool`]: under a multi-host engine (`mpirun`, `srun`, `ssh`), which hosts run
+//!   ranks; a lost host is replaced by a spare, or the job shrinks by its ranks; a host lost
+//!   twice is excluded ([`HostsReport`] says which were used, lost, excluded).
 //!
 //! Output commit ([`OutputCommit`]): each rank's stdout is held back until a committed
 //! checkpoint follows it, so re-executed work neither loses nor repeats output. Ranks

@@ -111,13 +111,8 @@ impl OutputSink {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        let owned;
-        let line = if line.last() == Some(&b'\n') {
-            line
-        } else {
-            owned = [line, b"\n"].concat();
-            &owned
-        };
+        let line = with_newline(line);
+        let line = line.as_ref();
         if let Some(o) = &self.observer {
             if !to_stderr && o.stdout_line(rank, line) {
                 return;
@@ -131,14 +126,7 @@ impl OutputSink {
         if line.iter().all(u8::is_ascii_whitespace) || self.closed.load(Ordering::Acquire) {
             return;
         }
-        let owned;
-        let line = if line.last() == Some(&b'\n') {
-            line
-        } else {
-            owned = [line, b"\n"].concat();
-            &owned
-        };
-        self.print(&format!("[{engine}] "), true, line);
+        self.print(&format!("[{engine}] "), true, &with_newline(line));
     }
 
     fn print(&self, prefix: &str, to_stderr: bool, line: &[u8]) {
@@ -166,6 +154,15 @@ impl OutputSink {
     /// Lines dropped because they arrived after [`OutputSink::close`].
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+/// `line`, ending with a newline.
+fn with_newline(line: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    if line.last() == Some(&b'\n') {
+        line.into()
+    } else {
+        [line, b"\n"].concat().into()
     }
 }
 

@@ -162,15 +162,12 @@ fn first_of(extra: &[(OsString, OsString)], names: &[&str]) -> Result<Option<u64
     Ok(None)
 }
 
+/// The kernel's host name (informational: engines trust their own placement or, under
+/// srun, `SLURMD_NODENAME`).
 fn hostname() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: buf is valid for its length; gethostname NUL-terminates on success.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    if rc != 0 {
-        return "unknown".into();
-    }
-    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
-    String::from_utf8_lossy(&buf[..end]).into_owned()
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
 }
 
 /// Runs the shim with `args` (after the subcommand name); returns its exit status (the

@@ -105,14 +105,23 @@ impl Engine for SrunEngine {
             .env("SLURM_HOSTFILE", &hostfile)
             .arg(shim)
             .args(shim_args);
-        job.hard_kill = Some(Box::new(|b: &RankBook| {
-            for step in &b.steps {
+        // Outside an allocation srun made one for the step: a stop releases it too (an srun
+        // killed before it could would leave the job allocated).
+        let own_allocation = !in_allocation();
+        job.hard_kill = Some(Box::new(move |b: &RankBook| {
+            let scancel = |args: &[&str]| {
                 let _ = Command::new("scancel")
-                    .args(["--signal=KILL", step])
+                    .args(args)
                     .stdin(Stdio::null())
                     .stdout(Stdio::null())
                     .stderr(Stdio::null())
                     .status();
+            };
+            for step in &b.steps {
+                scancel(&["--signal=KILL", step]);
+                if let (true, Some((job, _))) = (own_allocation, step.split_once('.')) {
+                    scancel(&[job]);
+                }
             }
         }));
         match remote::spawn(

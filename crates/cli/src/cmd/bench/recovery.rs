@@ -76,16 +76,9 @@ struct Engine {
 }
 
 fn heat_args(lz: &Path, a: &Args) -> Vec<String> {
-    vec![
-        lz.display().to_string(),
-        "__heat-rank".into(),
-        "--steps".into(),
-        a.steps.to_string(),
-        "--size".into(),
-        a.size.to_string(),
-        "--every".into(),
-        a.every.to_string(),
-    ]
+    std::iter::once(lz.display().to_string())
+        .chain(crate::cmd::demo::heat_rank_args(a.steps, a.size, a.every))
+        .collect()
 }
 
 fn first_commit(repo: &Path) -> bool {
