@@ -147,6 +147,17 @@ fn newest_commit(repo: &std::path::Path) -> u64 {
 /// them before taking the lock over, then resumes.
 #[test]
 fn shell_wrapped_ranks_survived_a_sigkilled_supervisor_and_kept_committing() {
+    shell_wrapped(2);
+}
+
+/// The same with one rank: a world of one under a launcher watches it too (it used to
+/// take no connection at all, so nothing could tell it its supervisor was gone).
+#[test]
+fn a_single_shell_wrapped_rank_survived_a_sigkilled_supervisor() {
+    shell_wrapped(1);
+}
+
+fn shell_wrapped(n: usize) {
     let dir = tempfile::tempdir().unwrap();
     let repo = dir.path().join("repo");
     let lz = env!("CARGO_BIN_EXE_lazarus");
@@ -154,7 +165,7 @@ fn shell_wrapped_ranks_survived_a_sigkilled_supervisor_and_kept_committing() {
     let long = format!("{lz} __heat-rank --steps 1000000000 --size 24 --every 100; true");
     let timeouts = ["--failure-timeout-ms", "1000", "--heartbeat-ms", "100"];
     let mut sup = Command::new(lz)
-        .args(["run", "-n", "2", "--repo"])
+        .args(["run", "-n", &n.to_string(), "--repo"])
         .arg(&repo)
         .args(timeouts)
         .args(["--", "sh", "-c", &long])
@@ -165,9 +176,9 @@ fn shell_wrapped_ranks_survived_a_sigkilled_supervisor_and_kept_committing() {
         .unwrap();
     let t0 = Instant::now();
     let ranks = loop {
-        // Two shells and the two programs they started, and a committed checkpoint.
+        // The shells and the programs they started, and a committed checkpoint.
         let d = descendants(sup.id());
-        if d.len() >= 4 && newest_commit(&repo) > 0 {
+        if d.len() >= 2 * n && newest_commit(&repo) > 0 {
             break d;
         }
         if t0.elapsed() > Duration::from_secs(60) {
@@ -202,7 +213,7 @@ fn shell_wrapped_ranks_survived_a_sigkilled_supervisor_and_kept_committing() {
     // A new job finds the lock stale, waits for the dead job's ranks, then resumes.
     let resumed = format!("{lz} __heat-rank --steps 1 --size 24 --every 100; exit $?");
     let out = Command::new(lz)
-        .args(["run", "-n", "2", "--repo"])
+        .args(["run", "-n", &n.to_string(), "--repo"])
         .arg(&repo)
         .args(timeouts)
         .args(["--", "sh", "-c", &resumed])

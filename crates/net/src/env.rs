@@ -123,7 +123,9 @@ pub fn init() -> Result<Comm> {
             (Rank(r as u32), s)
         }
     };
-    if size == 1 {
+    // A world of one needs nothing, except under a Lazarus launcher: it must still watch
+    // its launcher (a rank must not outlive it, docs/RUNTIME.md).
+    if size == 1 && std::env::var_os(ENV_LAUNCHER).is_none() {
         return Ok(Comm::solo());
     }
     let coord = std::env::var(ENV_COORD).map_err(|_| {
@@ -161,7 +163,11 @@ pub fn join(o: JoinOptions) -> Result<Comm> {
         ));
     }
     if o.size == 1 {
-        return Ok(Comm::solo());
+        return if o.exit_with_launcher {
+            join_watched_solo(o.rank, &o.coord, &o.token, o.incarnation, config)
+        } else {
+            Ok(Comm::solo())
+        };
     }
     let server = if o.host_rendezvous && o.rank == Rank(0) {
         Some(RendezvousServer::bind(
@@ -225,6 +231,37 @@ pub fn join(o: JoinOptions) -> Result<Comm> {
         o.incarnation,
         mailbox,
         Some(Box::new(t)),
+        config,
+    ))
+}
+
+/// A world of one under a Lazarus launcher: registers with the launcher's rendezvous (no
+/// mesh), heartbeats it and watches it like any rank, says goodbye when dropped.
+fn join_watched_solo(
+    rank: Rank,
+    coord: &str,
+    token: &JobToken,
+    incarnation: u64,
+    config: NetConfig,
+) -> Result<Comm> {
+    let (_, control) = register(
+        coord,
+        0,
+        1,
+        token,
+        incarnation,
+        &config,
+        // Nobody dials a rank without peers.
+        |_| Ok("0.0.0.0:0".into()),
+    )?;
+    let done = watch::spawn_beating(&control, rank, &config, OnLoss::Exit)
+        .map_err(|e| NetError::io("starting the launcher watch", e))?;
+    Ok(Comm::from_parts(
+        rank,
+        1,
+        incarnation,
+        Arc::new(Mailbox::new(1, config.spin)),
+        Some(Box::new(watch::SoloControl::new(control, done))),
         config,
     ))
 }

@@ -177,7 +177,8 @@ pub enum FailureKind {
     MissedHeartbeats,
     /// The rank's control connection closed without a goodbye (and it did not exit).
     LostConnection,
-    /// The rank never joined the rendezvous within the connect timeout.
+    /// The rank showed no sign of life (no rendezvous, nothing from the engine) within the
+    /// connect timeout plus the failure timeout: it never started (e.g. its host is down).
     NeverJoined,
     /// The engine ended without reporting how the rank ended.
     NoStatus,
@@ -509,7 +510,7 @@ fn supervise(
                             .filter(|s| s.elapsed() > lost_grace)
                             .map(|_| FailureKind::LostConnection)
                     }
-                    Liveness::Pending if t0.elapsed() > join_deadline => {
+                    Liveness::Pending if t0.elapsed() > join_deadline && !job.started(i as u32) => {
                         Some(FailureKind::NeverJoined)
                     }
                     _ => None,

@@ -45,15 +45,38 @@ pub(crate) fn spawn(
     config: &NetConfig,
     on_loss: OnLoss,
 ) -> std::io::Result<Arc<AtomicBool>> {
+    start(control, me, config, on_loss, false)
+}
+
+/// Like [`spawn`], and the watch thread also sends this rank's heartbeats (a world of one
+/// has no transport doing it).
+pub(crate) fn spawn_beating(
+    control: &TcpStream,
+    me: Rank,
+    config: &NetConfig,
+    on_loss: OnLoss,
+) -> std::io::Result<Arc<AtomicBool>> {
+    start(control, me, config, on_loss, true)
+}
+
+fn start(
+    control: &TcpStream,
+    me: Rank,
+    config: &NetConfig,
+    on_loss: OnLoss,
+    beat: bool,
+) -> std::io::Result<Arc<AtomicBool>> {
     let mut s = control.try_clone()?;
     s.set_read_timeout(Some(config.heartbeat_interval))?;
+    s.set_write_timeout(Some(config.heartbeat_interval))?;
     let done = Arc::new(AtomicBool::new(false));
     let d2 = done.clone();
     let timeout = config.failure_timeout;
+    let beat = beat.then(|| s.try_clone()).transpose()?;
     std::thread::Builder::new()
         .name("lazarus-launcher-watch".into())
         .spawn(move || {
-            let why = watch(&mut s, &d2, timeout);
+            let why = watch(&mut s, beat, &d2, timeout);
             if d2.load(Ordering::Acquire) {
                 return;
             }
@@ -66,13 +89,23 @@ pub(crate) fn spawn(
 }
 
 /// Reads frames until the connection ends or stays silent for `timeout`; returns why.
-fn watch(s: &mut TcpStream, done: &AtomicBool, timeout: std::time::Duration) -> String {
+/// With `beat`, also writes a heartbeat on it between reads (once per read timeout).
+fn watch(
+    s: &mut TcpStream,
+    mut beat: Option<TcpStream>,
+    done: &AtomicBool,
+    timeout: std::time::Duration,
+) -> String {
     let mut rd = wire::FrameReader::new();
     let heard = std::cell::Cell::new(Instant::now());
     let stop = || done.load(Ordering::Acquire) || heard.get().elapsed() > timeout;
     loop {
         if done.load(Ordering::Acquire) {
             return "shut down".into();
+        }
+        if let Some(w) = beat.as_mut() {
+            // A failed write shows up as a lost connection on the next read.
+            let _ = wire::write_frame(w, &Frame::Heartbeat(0));
         }
         match rd.next(s, 128, &stop) {
             Ok(wire::Next::Small) => {
@@ -156,5 +189,44 @@ impl<T: crate::comm::Transport> crate::comm::Transport for Watched<T> {
     #[cfg(test)]
     fn addrs(&self) -> Vec<std::net::SocketAddr> {
         self.inner.addrs()
+    }
+}
+
+/// The transport of a watched world of one: no peers; the drop says goodbye to the
+/// launcher (so a finished rank is not taken for a lost one).
+pub(crate) struct SoloControl {
+    control: std::sync::Mutex<Option<TcpStream>>,
+    done: Arc<AtomicBool>,
+}
+
+impl SoloControl {
+    pub(crate) fn new(control: TcpStream, done: Arc<AtomicBool>) -> Self {
+        SoloControl {
+            control: std::sync::Mutex::new(Some(control)),
+            done,
+        }
+    }
+}
+
+impl crate::comm::Transport for SoloControl {
+    fn send(&self, to: Rank, _env: crate::mailbox::Envelope) -> crate::error::Result<()> {
+        Err(crate::error::NetError::new(
+            crate::error::ErrorKind::InvalidArgument,
+            "a world of one has no peer",
+        )
+        .with_peer(to))
+    }
+
+    fn finalize(&self) {
+        self.done.store(true, Ordering::Release);
+        let c = self
+            .control
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(mut c) = c {
+            let _ = wire::write_frame(&mut c, &Frame::Bye);
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
     }
 }

@@ -57,6 +57,14 @@ pub trait RunningJob: Send {
     fn kill(&mut self);
     /// The host rank `rank` runs on, if known.
     fn host(&self, rank: u32) -> Option<String>;
+    /// True once rank `rank` showed a sign of life through the engine (spawned here, or
+    /// its shim reported). A rank that never joins the rendezvous and shows none either is
+    /// taken for a failed start; one that did is a program that does not use the
+    /// communicator, and is left alone.
+    fn started(&self, rank: u32) -> bool {
+        let _ = rank;
+        true
+    }
     /// Waits (at most `grace`) for output to drain and the engine's processes to end.
     fn finish(&mut self, grace: Duration);
 }

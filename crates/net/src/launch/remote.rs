@@ -24,6 +24,8 @@ pub(crate) struct RankBook {
     pub hosts: Vec<Option<String>>,
     /// Slurm steps the ranks run in (`job.step`).
     pub steps: Vec<String>,
+    /// A record of the rank arrived (its shim runs).
+    pub seen: Vec<bool>,
 }
 
 pub(crate) type Book = Arc<Mutex<RankBook>>;
@@ -263,6 +265,9 @@ fn on_record(
     partial: &mut std::collections::BTreeMap<u32, Partial>,
 ) {
     let slot = r as usize;
+    if let Some(s) = lock_book(book).seen.get_mut(slot) {
+        *s = true;
+    }
     match rec {
         Record::Out { bytes, end } => {
             let p = partial.entry(r).or_default();
@@ -366,6 +371,7 @@ impl RemoteJob {
                 statuses: vec![None; ranks as usize],
                 hosts: hosts.iter().cloned().map(Some).collect(),
                 steps: Vec::new(),
+                seen: vec![false; ranks as usize],
             })),
             hard_kill: None,
             temp_files: Vec::new(),
@@ -445,6 +451,14 @@ impl RunningJob for RemoteJob {
             drop(p.stdin.take());
             killpg(p.child.id() as i32, libc::SIGKILL);
         }
+    }
+
+    fn started(&self, rank: u32) -> bool {
+        lock_book(&self.book)
+            .seen
+            .get(rank as usize)
+            .copied()
+            .unwrap_or(false)
     }
 
     fn host(&self, rank: u32) -> Option<String> {
