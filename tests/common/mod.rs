@@ -155,11 +155,33 @@ pub fn checksum(out: &std::process::Output) -> String {
         "{:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
         out.status
     );
+    one_checksum(&stdout, &stderr)
+}
+
+/// The binary `bin` of workspace package `package`, this profile.
+#[allow(dead_code)] // not every test file needs one
+pub fn package_bin(package: &str, bin: &str) -> PathBuf {
+    let p = profile_dir().join(format!("{bin}{}", std::env::consts::EXE_SUFFIX));
+    built(
+        &format!("bin:{package}:{bin}"),
+        &["-p", package, "--bin", bin],
+        p,
+    )
+}
+
+/// The value of the one `checksum=` line in `stdout` (a job prints its result once, on
+/// rank 0, whatever its restarts); panics with both streams otherwise.
+#[allow(dead_code)] // not every test file checks a checksum
+pub fn one_checksum(stdout: &str, stderr: &str) -> String {
     let sums: Vec<&str> = stdout
         .lines()
         .filter_map(|l| l.split("checksum=").nth(1))
         .collect();
-    assert_eq!(sums.len(), 1, "exactly one checksum line:\n{stdout}");
+    assert_eq!(
+        sums.len(),
+        1,
+        "exactly one checksum line:\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
     sums[0].trim().to_string()
 }
 

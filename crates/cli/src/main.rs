@@ -24,8 +24,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Start N ranks of a program on this machine (and supervise them).
-    Run(cmd::run::Args),
+    /// Start N ranks of a program, here or on a cluster's hosts (and supervise them).
+    Run(Box<cmd::run::Args>),
     /// The main demo: distributed heat on 4 ranks, one killed mid-run, automatic recovery.
     Demo(cmd::demo::Args),
     /// List a repository's checkpoints with sizes and ratios.
@@ -48,10 +48,16 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // The rank shim that remote launchers start on every host (hidden; not parsed by clap,
+    // which would take the `--` before the rank's program for itself).
+    if std::env::args_os().nth(1).is_some_and(|a| a == "__shim") {
+        let code = lazarus::net::launch::shim::main(std::env::args_os().skip(2).collect());
+        return ExitCode::from(code.clamp(0, 255) as u8);
+    }
     let cli = Cli::parse();
     init_logging(cli.verbose);
     let result = match cli.command {
-        Command::Run(a) => cmd::run::main(a),
+        Command::Run(a) => cmd::run::main(*a),
         Command::Demo(a) => cmd::demo::main(a),
         Command::HeatRank(a) => cmd::demo::heat_rank(a),
         Command::Inspect(a) => cmd::inspect::main(a),

@@ -110,6 +110,7 @@ fn comms(n: u32, inc: u64) -> Vec<Comm> {
                 incarnation: inc,
                 config: config.clone(),
                 host_rendezvous: false,
+                exit_with_launcher: false,
             };
             std::thread::spawn(move || join(o))
         })

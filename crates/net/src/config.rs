@@ -135,6 +135,13 @@ impl NetConfig {
         Ok(self)
     }
 
+    /// The longest a rank started by a Lazarus launcher may keep running after it last heard
+    /// the launcher: its watch gives up after the failure timeout, and acts within two
+    /// heartbeat intervals (docs/RUNTIME.md, "Ranks that lose their launcher").
+    pub fn rank_outlives_launcher(&self) -> Duration {
+        self.failure_timeout + self.heartbeat_interval * 2
+    }
+
     /// The environment variables that reproduce this configuration in a child process.
     pub fn to_env(&self) -> Vec<(String, String)> {
         vec![

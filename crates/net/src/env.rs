@@ -8,6 +8,7 @@ use crate::error::{ErrorKind, NetError, Result};
 use crate::mailbox::Mailbox;
 use crate::rdv::{register, RendezvousServer};
 use crate::tcp::{MeshParams, TcpTransport};
+use crate::watch::{self, OnLoss};
 use lazarus_format::Rank;
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -53,6 +54,11 @@ pub struct JoinOptions {
     pub config: NetConfig,
     /// Rank 0 hosts the rendezvous server at `coord` (srun/mpirun mode).
     pub host_rendezvous: bool,
+    /// The rendezvous host is a Lazarus launcher that this rank must not outlive: when its
+    /// heartbeats stop (closed connection, or silence longer than the failure timeout) the
+    /// process exits with [`crate::EXIT_LAUNCHER_LOST`] (see `watch.rs`). [`init`] sets it
+    /// under `lazarus run` (`LAZARUS_LAUNCHER=1`).
+    pub exit_with_launcher: bool,
 }
 
 fn first_var(names: &[&str]) -> Result<Option<(String, u64)>> {
@@ -117,7 +123,9 @@ pub fn init() -> Result<Comm> {
             (Rank(r as u32), s)
         }
     };
-    if size == 1 {
+    // A world of one needs nothing, except under a Lazarus launcher: it must still watch
+    // its launcher (a rank must not outlive it, docs/RUNTIME.md).
+    if size == 1 && std::env::var_os(ENV_LAUNCHER).is_none() {
         return Ok(Comm::solo());
     }
     let coord = std::env::var(ENV_COORD).map_err(|_| {
@@ -141,6 +149,7 @@ pub fn init() -> Result<Comm> {
         incarnation,
         config: NetConfig::from_env()?,
         host_rendezvous: std::env::var_os(ENV_LAUNCHER).is_none(),
+        exit_with_launcher: std::env::var_os(ENV_LAUNCHER).is_some(),
     })
 }
 
@@ -154,7 +163,11 @@ pub fn join(o: JoinOptions) -> Result<Comm> {
         ));
     }
     if o.size == 1 {
-        return Ok(Comm::solo());
+        return if o.exit_with_launcher {
+            join_watched_solo(o.rank, &o.coord, &o.token, o.incarnation, config)
+        } else {
+            Ok(Comm::solo())
+        };
     }
     let server = if o.host_rendezvous && o.rank == Rank(0) {
         Some(RendezvousServer::bind(
@@ -168,7 +181,7 @@ pub fn join(o: JoinOptions) -> Result<Comm> {
         None
     };
     let mut listener = None;
-    let (addrs, control) = register(
+    let (addrs, control, control_rx) = register(
         &o.coord,
         o.rank.0,
         o.size,
@@ -191,6 +204,13 @@ pub fn join(o: JoinOptions) -> Result<Comm> {
         },
     )?;
     let listener = listener.ok_or_else(|| NetError::new(ErrorKind::Protocol, "no listener"))?;
+    let on_loss = if o.exit_with_launcher {
+        OnLoss::Exit
+    } else {
+        OnLoss::Ignore
+    };
+    let watched = watch::spawn(&control, control_rx, o.rank, &config, on_loss)
+        .map_err(|e| NetError::io("starting the launcher watch", e))?;
     let mailbox = Arc::new(Mailbox::new(o.size as usize, config.spin));
     let t = TcpTransport::connect(MeshParams {
         me: o.rank,
@@ -204,12 +224,45 @@ pub fn join(o: JoinOptions) -> Result<Comm> {
         control: Some(control),
         server,
     })?;
+    let t = watch::Watched::new(t, watched);
     Ok(Comm::from_parts(
         o.rank,
         o.size,
         o.incarnation,
         mailbox,
         Some(Box::new(t)),
+        config,
+    ))
+}
+
+/// A world of one under a Lazarus launcher: registers with the launcher's rendezvous (no
+/// mesh), heartbeats it and watches it like any rank, says goodbye when dropped.
+fn join_watched_solo(
+    rank: Rank,
+    coord: &str,
+    token: &JobToken,
+    incarnation: u64,
+    config: NetConfig,
+) -> Result<Comm> {
+    let (_, control, control_rx) = register(
+        coord,
+        0,
+        1,
+        token,
+        incarnation,
+        &config,
+        // Nobody dials a rank without peers.
+        |_| Ok("0.0.0.0:0".into()),
+    )?;
+    let control = Arc::new(std::sync::Mutex::new(Some(control)));
+    let done = watch::spawn_beating(&control, control_rx, rank, &config, OnLoss::Exit)
+        .map_err(|e| NetError::io("starting the launcher watch", e))?;
+    Ok(Comm::from_parts(
+        rank,
+        1,
+        incarnation,
+        Arc::new(Mailbox::new(1, config.spin)),
+        Some(Box::new(watch::SoloControl::new(control, done))),
         config,
     ))
 }
@@ -230,6 +283,7 @@ pub fn loopback_comms(n: u32, config: NetConfig) -> Result<Vec<Comm>> {
                 incarnation: 0,
                 config: config.clone(),
                 host_rendezvous: false,
+                exit_with_launcher: false,
             };
             std::thread::spawn(move || join(o))
         })

@@ -251,13 +251,14 @@ impl ScriptedJob {
                     incarnation,
                     config: cfg(),
                     host_rendezvous: false,
+                    exit_with_launcher: false,
                 };
                 std::thread::spawn(move || join(o))
             })
             .collect();
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let mine = listener.local_addr().unwrap().to_string();
-        let (addrs, control) =
+        let (addrs, control, _) =
             crate::rdv::register(&coord, me, size, &token, incarnation, &cfg(), |_| Ok(mine))
                 .unwrap();
         let mut job = ScriptedJob {
@@ -920,9 +921,9 @@ fn the_rendezvous_reveals_nothing_to_strangers() {
         crate::rdv::register(&coord.to_string(), 1, 2, &t2, 1, &cfg(), |_| {
             Ok("127.0.0.1:2".into())
         })
-        .map(|(a, _)| a)
+        .map(|(a, _, _)| a)
     });
-    let (table, _c) = register(0, &token, 1).unwrap();
+    let (table, _c, _) = register(0, &token, 1).unwrap();
     assert_eq!(other.join().unwrap().unwrap(), table);
     assert_eq!(table.len(), 2);
 }

@@ -1,11 +1,38 @@
-//! The launcher: starts N ranks of a program on this machine, hosts their rendezvous,
-//! prefixes their output with the rank, detects the first failure (exit status, signal,
-//! lost control connection, missed heartbeats), stops everyone and reports a [`JobOutcome`].
+//! The launcher: starts N ranks through an [`Engine`] (this machine, or a cluster's own
+//! launcher: Open MPI's `mpirun`, Slurm's `srun`, `ssh`), hosts their rendezvous, prefixes
+//! their output with the rank, detects the first failure (exit status, signal, lost control
+//! connection, missed heartbeats, a rank that never joined), tells a lost host from a dead
+//! process, stops everyone through the same engine and reports a [`JobOutcome`].
 //!
-//! Orphans: ranks run in their own process group (killed as a group when stopping) and with
-//! `PR_SET_PDEATHSIG = SIGKILL` (Linux), so they die even if the launcher is SIGKILLed.
+//! Orphans: each rank is the leader of its own session and process group (the group is
+//! killed when stopping, so a rank wrapped in a shell goes with everything it started) and
+//! has `PR_SET_PDEATHSIG = SIGKILL` (Linux). If the launcher is SIGKILLed, the death signal
+//! kills each rank's first process, and the rank's communicator, which watches the
+//! launcher's heartbeats, kills the rest of its group (`LAZARUS_RANK_SESSION=1`). On other
+//! hosts the rank shim (`shim.rs`) does the same, and a rank that cannot hear the launcher
+//! (partition) stops within the failure timeout.
 //! Caveat: the death signal fires when the *thread* that spawned the ranks exits, so call
 //! [`Launcher::run`] from a thread that outlives the job (e.g. the main thread).
+
+mod engine;
+mod local;
+mod mpirun;
+mod record;
+mod remote;
+mod route;
+pub mod shim;
+mod srun;
+mod ssh;
+
+pub use engine::{
+    host_blocks, parse_hostfile, parse_hosts, place, Engine, HostSpec, LaunchObserver, OutputSink,
+    RunningJob, StartSpec,
+};
+pub use local::LocalEngine;
+pub use mpirun::MpirunEngine;
+pub use route::{advertise_address, probe_host};
+pub use srun::{in_allocation, SrunEngine};
+pub use ssh::SshEngine;
 
 use crate::auth::JobToken;
 use crate::config::NetConfig;
@@ -14,10 +41,12 @@ use crate::error::{ErrorKind, NetError, Result};
 use crate::rdv::{Liveness, RendezvousServer};
 use lazarus_format::Rank;
 use std::ffi::OsString;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::ExitStatus;
 use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// What to start and how to supervise it.
@@ -47,25 +76,50 @@ pub struct LaunchConfig {
     /// Extra environment for one rank only, `(rank, key, value)` (fault injection).
     pub rank_env: Vec<(u32, OsString, OsString)>,
     /// Sees every spawned rank and may take over its stdout lines (output commit).
-    pub observer: Option<std::sync::Arc<dyn LaunchObserver>>,
+    pub observer: Option<Arc<dyn LaunchObserver>>,
+    /// How ranks are started (default: [`LocalEngine`], this machine).
+    pub engine: Arc<dyn Engine>,
+    /// Host of each rank, one entry per rank (remote engines; empty for the local one).
+    pub hosts: Vec<String>,
+    /// Address the ranks are given for the rendezvous (`LAZARUS_COORD`); `None`: 127.0.0.1
+    /// for the local engine, else the local address of the route to the ranks' hosts.
+    pub advertise: Option<IpAddr>,
+    /// Address the rendezvous listens on; `None`: the advertised one.
+    pub bind: Option<IpAddr>,
+    /// How remote engines run the rank shim (`lazarus __shim`): program and leading
+    /// arguments; the rank's program follows `--`.
+    pub shim: Option<ShimCommand>,
+    /// Kills injected by remote engines (through the shim): `(rank, when)`. The local
+    /// engine's kills are made by the caller (it has the pids, see
+    /// [`LaunchObserver::spawned`]).
+    pub inject: Vec<(u32, InjectAt)>,
 }
 
-/// Hooks into a running job, called from the launcher's threads.
-pub trait LaunchObserver: Send + Sync + std::fmt::Debug {
-    /// Rank `rank` was spawned as process `pid` (not yet reaped: the pid is valid here).
-    fn spawned(&self, rank: u32, pid: u32) {
-        let _ = (rank, pid);
-    }
-    /// One stdout line of `rank` (with its newline). Return true if handled; false lets
-    /// the launcher print it with the `[rank r]` prefix.
-    fn stdout_line(&self, rank: u32, line: &[u8]) -> bool {
-        let _ = (rank, line);
-        false
-    }
+/// The command that runs the rank shim on a rank's host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShimCommand {
+    /// Its program (the same path on every host, e.g. the `lazarus` binary).
+    pub program: PathBuf,
+    /// Arguments before the shim's own (e.g. `["__shim"]`).
+    pub args: Vec<OsString>,
+}
+
+/// When an injected kill fires, counted from the start of the rank's program.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InjectAt {
+    /// This long after the program started.
+    AfterStart(Duration),
+    /// `delay` after the rank's `parts`-th checkpoint part marker (needs output markers).
+    AfterParts {
+        /// part markers to wait for (>= 1)
+        parts: u32,
+        /// extra delay
+        delay: Duration,
+    },
 }
 
 impl LaunchConfig {
-    /// `ranks` copies of `program args…` with default timeouts.
+    /// `ranks` copies of `program args…` on this machine, default timeouts.
     pub fn new(ranks: u32, program: impl Into<OsString>, args: Vec<OsString>) -> Self {
         LaunchConfig {
             ranks,
@@ -79,6 +133,12 @@ impl LaunchConfig {
             token: None,
             rank_env: Vec::new(),
             observer: None,
+            engine: Arc::new(LocalEngine),
+            hosts: Vec::new(),
+            advertise: None,
+            bind: None,
+            shim: None,
+            inject: Vec::new(),
         }
     }
 }
@@ -93,7 +153,7 @@ pub enum RankStatus {
 }
 
 impl RankStatus {
-    fn of(s: ExitStatus) -> Self {
+    pub(crate) fn of(s: ExitStatus) -> Self {
         match (s.code(), s.signal()) {
             (Some(c), _) => RankStatus::Exited(c),
             (None, Some(sig)) => RankStatus::Signaled(sig),
@@ -117,6 +177,18 @@ pub enum FailureKind {
     MissedHeartbeats,
     /// The rank's control connection closed without a goodbye (and it did not exit).
     LostConnection,
+    /// The rank showed no sign of life (no rendezvous, nothing from the engine) within the
+    /// connect timeout plus the failure timeout: it never started (e.g. its host is down).
+    NeverJoined,
+    /// The engine ended without reporting how the rank ended.
+    NoStatus,
+}
+
+impl FailureKind {
+    /// True when the rank's own exit status says how it ended (its host answered).
+    pub fn has_status(self) -> bool {
+        matches!(self, FailureKind::Exited(_) | FailureKind::Signaled(_))
+    }
 }
 
 /// The first failure of a job.
@@ -135,6 +207,14 @@ impl std::fmt::Display for RankFailure {
             FailureKind::Signaled(s) => write!(f, "{} was killed by signal {s}", self.rank),
             FailureKind::MissedHeartbeats => write!(f, "{} missed heartbeats", self.rank),
             FailureKind::LostConnection => write!(f, "{} lost its connection", self.rank),
+            FailureKind::NeverJoined => write!(f, "{} never joined the job", self.rank),
+            FailureKind::NoStatus => {
+                write!(
+                    f,
+                    "{} ended without an exit status reaching the launcher",
+                    self.rank
+                )
+            }
         }
     }
 }
@@ -150,6 +230,14 @@ pub struct JobOutcome {
     pub statuses: Vec<RankStatus>,
     /// Wall time from first spawn to last exit.
     pub elapsed: Duration,
+    /// The host of each rank (`None` if unknown; `localhost` for the local engine).
+    pub hosts: Vec<Option<String>>,
+    /// Hosts found unreachable when the failure was handled (their ranks silent and no
+    /// answer on the network): the failure is a lost host, not only a dead process.
+    pub lost_hosts: Vec<String>,
+    /// When the failure was detected (the failure itself happened up to the failure
+    /// timeout earlier for a silent rank, at most a poll interval for an exit).
+    pub failed_at: Option<Instant>,
 }
 
 impl JobOutcome {
@@ -173,6 +261,12 @@ impl JobOutcome {
             None => 0,
         }
     }
+
+    /// The host of the failing rank, if any.
+    pub fn failed_host(&self) -> Option<&str> {
+        let f = self.failure?;
+        self.hosts.get(f.rank.index())?.as_deref()
+    }
 }
 
 static PENDING_SIGNAL: AtomicI32 = AtomicI32::new(0);
@@ -193,14 +287,14 @@ pub fn install_signal_forwarding() {
     }
 }
 
-fn pending_signal() -> Option<i32> {
+pub(crate) fn pending_signal() -> Option<i32> {
     match PENDING_SIGNAL.swap(0, Ordering::SeqCst) {
         0 => None,
         s => Some(s),
     }
 }
 
-fn killpg(pgid: i32, sig: i32) {
+pub(crate) fn killpg(pgid: i32, sig: i32) {
     if pgid > 0 {
         // SAFETY: plain syscall on a process group we created.
         unsafe {
@@ -209,84 +303,17 @@ fn killpg(pgid: i32, sig: i32) {
     }
 }
 
-fn pump(
-    rank: u32,
-    src: impl Read,
-    to_stderr: bool,
-    observer: Option<std::sync::Arc<dyn LaunchObserver>>,
-) {
-    let mut r = BufReader::new(src);
-    let mut line = Vec::new();
-    loop {
-        line.clear();
-        match r.read_until(b'\n', &mut line) {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {
-                if line.last() != Some(&b'\n') {
-                    line.push(b'\n');
-                }
-                if let Some(o) = &observer {
-                    if !to_stderr && o.stdout_line(rank, &line) {
-                        continue;
-                    }
-                }
-                let mut out = Vec::with_capacity(line.len() + 12);
-                out.extend_from_slice(format!("[rank {rank}] ").as_bytes());
-                out.extend_from_slice(&line);
-                // One write per line under the lock keeps lines from interleaving.
-                let _ = if to_stderr {
-                    std::io::stderr().lock().write_all(&out)
-                } else {
-                    std::io::stdout().lock().write_all(&out)
-                };
-            }
-        }
-    }
-}
-
 /// Runs jobs; see the module documentation.
 #[derive(Debug)]
 pub struct Launcher;
 
-struct Ranks {
-    children: Vec<Child>,
-    statuses: Vec<Option<RankStatus>>,
-    pgid: i32,
-}
-
-impl Ranks {
-    fn poll(&mut self) -> Result<()> {
-        for (c, st) in self.children.iter_mut().zip(self.statuses.iter_mut()) {
-            if st.is_none() {
-                if let Some(s) = c.try_wait().map_err(|e| NetError::io("waitpid", e))? {
-                    *st = Some(RankStatus::of(s));
-                }
-            }
-        }
-        Ok(())
-    }
-    fn all_done(&self) -> bool {
-        self.statuses.iter().all(|s| s.is_some())
-    }
-    /// Polls until every rank exited or `d` elapsed.
-    fn wait_for(&mut self, d: Duration) -> Result<bool> {
-        let end = Instant::now() + d;
-        loop {
-            self.poll()?;
-            if self.all_done() {
-                return Ok(true);
-            }
-            if Instant::now() >= end {
-                return Ok(false);
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-}
-
 impl Launcher {
     /// Starts the job, supervises it to the end and returns its outcome. `Err` only when
     /// the job could not be started (nothing left running in that case).
+    ///
+    /// When it returns, no rank of the job runs any more, or (a rank on a host that became
+    /// unreachable) it is certain to have stopped by itself: the launcher waited until the
+    /// failure timeout plus two heartbeats had passed since that rank was last heard.
     pub fn run(cfg: &LaunchConfig) -> Result<JobOutcome> {
         if cfg.ranks == 0 {
             return Err(NetError::new(
@@ -295,101 +322,143 @@ impl Launcher {
             ));
         }
         let net = cfg.net.clone().validated()?;
+        let remote = cfg.engine.remote();
+        if !remote && !cfg.hosts.is_empty() {
+            return Err(NetError::new(
+                ErrorKind::InvalidArgument,
+                format!(
+                    "the {} engine runs every rank on this machine: a host list needs a remote \
+                     engine (mpirun, srun, ssh)",
+                    cfg.engine.name()
+                ),
+            ));
+        }
+        if remote {
+            engine::check_placement(cfg.engine.name(), cfg.ranks, &cfg.hosts)?;
+        }
         let token = cfg.token.clone().unwrap_or_else(JobToken::random);
+        let advertise = match cfg.advertise {
+            Some(a) => a,
+            None if remote => advertise_address(&cfg.hosts)?,
+            None => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        };
+        let bind = SocketAddr::new(cfg.bind.unwrap_or(advertise), 0);
         let server = RendezvousServer::bind(
-            "127.0.0.1:0",
+            &bind.to_string(),
             cfg.ranks,
             token.clone(),
             cfg.incarnation,
             net.clone(),
         )?;
-        let coord = server.local_addr().to_string();
+        let coord = SocketAddr::new(advertise, server.local_addr().port()).to_string();
+        let mut env: Vec<(OsString, OsString)> = cfg.env.clone();
+        env.extend(net.to_env().into_iter().map(|(k, v)| (k.into(), v.into())));
+        for (k, v) in [
+            ("LAZARUS_WORLD_SIZE", cfg.ranks.to_string()),
+            (ENV_COORD, coord),
+            (ENV_TOKEN, token.expose()),
+            (ENV_INCARNATION, cfg.incarnation.to_string()),
+            (ENV_LAUNCHER, "1".into()),
+        ] {
+            env.push((k.into(), v.into()));
+        }
+        let sink = Arc::new(OutputSink::new(cfg.observer.clone()));
         let t0 = Instant::now();
-        let mut ranks = Ranks {
-            children: Vec::new(),
-            statuses: Vec::new(),
-            pgid: 0,
+        let mut job = cfg.engine.start(StartSpec {
+            cfg,
+            env,
+            hosts: &cfg.hosts,
+            sink: sink.clone(),
+        })?;
+        if let Some(o) = &cfg.observer {
+            o.launched();
+        }
+        let hosts_of = |job: &dyn RunningJob| -> Vec<Option<String>> {
+            (0..cfg.ranks)
+                .map(|r| {
+                    job.host(r)
+                        .or_else(|| cfg.hosts.get(r as usize).cloned())
+                        .or_else(|| (!remote).then(|| "localhost".to_string()))
+                })
+                .collect()
         };
-        let mut pumps = Vec::new();
-        // SAFETY: getpid has no preconditions.
-        let parent = unsafe { libc::getpid() };
-        for r in 0..cfg.ranks {
-            let mut cmd = Command::new(&cfg.program);
-            cmd.args(&cfg.args)
-                .envs(cfg.env.iter().map(|(k, v)| (k, v)))
-                .envs(net.to_env())
-                .env("LAZARUS_RANK", r.to_string())
-                .env("LAZARUS_WORLD_SIZE", cfg.ranks.to_string())
-                .env(ENV_COORD, &coord)
-                .env(ENV_TOKEN, token.expose())
-                .env(ENV_INCARNATION, cfg.incarnation.to_string())
-                .env(ENV_LAUNCHER, "1")
-                .envs(
-                    cfg.rank_env
-                        .iter()
-                        .filter(|(rr, _, _)| *rr == r)
-                        .map(|(_, k, v)| (k, v)),
-                )
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped());
-            let pgid = ranks.pgid;
-            // SAFETY: the closure runs between fork and exec and only makes
-            // async-signal-safe syscalls (setpgid, prctl, getppid, _exit).
-            unsafe {
-                cmd.pre_exec(move || {
-                    libc::setpgid(0, pgid);
-                    #[cfg(target_os = "linux")]
-                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                    if libc::getppid() != parent {
-                        libc::_exit(137);
-                    }
-                    Ok(())
-                });
-            }
-            let mut child = match cmd.spawn() {
-                Ok(c) => c,
-                Err(e) => {
-                    killpg(ranks.pgid, libc::SIGKILL);
-                    let _ = ranks.wait_for(Duration::from_secs(5));
-                    return Err(NetError::new(
-                        ErrorKind::Launch,
-                        format!("cannot start {:?} as rank {r}: {e}", cfg.program),
-                    ));
-                }
-            };
-            if ranks.pgid == 0 {
-                ranks.pgid = child.id() as i32;
-            }
-            if let Some(o) = &cfg.observer {
-                o.spawned(r, child.id());
-            }
-            if let Some(o) = child.stdout.take() {
-                let obs = cfg.observer.clone();
-                pumps.push(std::thread::spawn(move || pump(r, o, false, obs)));
-            }
-            if let Some(e) = child.stderr.take() {
-                pumps.push(std::thread::spawn(move || pump(r, e, true, None)));
-            }
-            ranks.children.push(child);
-            ranks.statuses.push(None);
+        let outcome = supervise(cfg, &net, &server, job.as_mut(), t0, &hosts_of);
+        if outcome.as_ref().is_ok_and(JobOutcome::success) {
+            // Every rank is done: let the engine end by itself (srun releases the
+            // allocation it made, mpirun reports); a SIGKILL at this point can leave a
+            // Slurm job allocated.
+            job.finish(cfg.kill_grace);
         }
-        let outcome = supervise(cfg, &net, &server, &mut ranks, t0);
         // Whatever happened, nothing of the job survives this call.
-        killpg(ranks.pgid, libc::SIGKILL);
-        let _ = ranks.wait_for(Duration::from_secs(5));
-        drop(server);
-        for p in pumps {
-            let _ = p.join();
-        }
+        job.kill();
+        job.finish(Duration::from_secs(5));
         let mut o = outcome?;
-        o.statuses = ranks
-            .statuses
-            .iter()
-            .map(|s| s.unwrap_or(RankStatus::Signaled(libc::SIGKILL)))
+        if remote {
+            fence_unreachable_ranks(&server, job.as_ref(), &net, &o, &hosts_of(job.as_ref()));
+        }
+        drop(server);
+        sink.close();
+        o.statuses = (0..cfg.ranks)
+            .map(|r| job.status(r).unwrap_or(RankStatus::Signaled(libc::SIGKILL)))
             .collect();
+        o.hosts = hosts_of(job.as_ref());
         o.elapsed = t0.elapsed();
         Ok(o)
+    }
+}
+
+/// Waits until every rank that may still run on an unreachable host has stopped by itself
+/// (its launcher watch gives up after the failure timeout without our heartbeats). Ranks
+/// on live hosts are not waited for: the engine killed them, and closing the rendezvous
+/// ends any that escaped it.
+fn fence_unreachable_ranks(
+    server: &RendezvousServer,
+    job: &dyn RunningJob,
+    net: &NetConfig,
+    o: &JobOutcome,
+    hosts: &[Option<String>],
+) {
+    let bound = net.rank_outlives_launcher();
+    let on_lost_host = |r: usize| {
+        hosts
+            .get(r)
+            .and_then(|h| h.as_ref())
+            .is_some_and(|h| o.lost_hosts.contains(h))
+    };
+    let wait = server
+        .snapshot()
+        .iter()
+        .enumerate()
+        .filter(|(r, v)| {
+            on_lost_host(*r)
+                && job.status(*r as u32).is_none()
+                && matches!(v.state, Liveness::Running | Liveness::MissedHeartbeats)
+        })
+        .map(|(_, v)| bound.saturating_sub(v.silent))
+        .max()
+        .unwrap_or_default();
+    if !wait.is_zero() {
+        tracing::info!(
+            "launcher: waiting {wait:?} for the ranks on unreachable host(s) {} to stop by \
+             themselves",
+            o.lost_hosts.join(", ")
+        );
+        std::thread::sleep(wait);
+    }
+}
+
+/// Polls until every rank is done or `d` elapsed.
+fn wait_for(job: &mut dyn RunningJob, d: Duration) -> Result<bool> {
+    let end = Instant::now() + d;
+    loop {
+        job.poll()?;
+        if job.all_done() {
+            return Ok(true);
+        }
+        if Instant::now() >= end {
+            return Ok(false);
+        }
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 
@@ -397,36 +466,41 @@ fn supervise(
     cfg: &LaunchConfig,
     net: &NetConfig,
     server: &RendezvousServer,
-    ranks: &mut Ranks,
+    job: &mut dyn RunningJob,
     t0: Instant,
+    hosts_of: &dyn Fn(&dyn RunningJob) -> Vec<Option<String>>,
 ) -> Result<JobOutcome> {
     let mut failure: Option<RankFailure> = None;
     let mut interrupted = None;
     let mut lost_since: Vec<Option<Instant>> = vec![None; cfg.ranks as usize];
     // Give a rank whose connection dropped this long to show an exit status instead.
     let lost_grace = Duration::from_millis(500);
+    let join_deadline = net.connect_timeout + net.failure_timeout;
+    let fail = |rank: usize, kind| RankFailure {
+        rank: Rank(rank as u32),
+        kind,
+    };
     loop {
-        ranks.poll()?;
-        for (i, st) in ranks.statuses.iter().enumerate() {
-            if let Some(s) = st {
-                if !s.success() && failure.is_none() {
-                    let kind = match *s {
-                        RankStatus::Exited(c) => FailureKind::Exited(c),
-                        RankStatus::Signaled(g) => FailureKind::Signaled(g),
-                    };
-                    failure = Some(RankFailure {
-                        rank: Rank(i as u32),
-                        kind,
-                    });
+        job.poll()?;
+        for r in 0..cfg.ranks {
+            if let Some(s) = job.status(r).filter(|s| !s.success()) {
+                if failure.is_none() {
+                    failure = Some(fail(
+                        r as usize,
+                        match s {
+                            RankStatus::Exited(c) => FailureKind::Exited(c),
+                            RankStatus::Signaled(g) => FailureKind::Signaled(g),
+                        },
+                    ));
                 }
             }
         }
         if failure.is_none() {
-            for (i, l) in server.liveness().into_iter().enumerate() {
-                if ranks.statuses.get(i).is_some_and(|s| s.is_some()) {
+            for (i, v) in server.snapshot().into_iter().enumerate() {
+                if job.status(i as u32).is_some() {
                     continue;
                 }
-                let kind = match l {
+                let kind = match v.state {
                     Liveness::MissedHeartbeats => Some(FailureKind::MissedHeartbeats),
                     Liveness::LostConnection => {
                         let since = lost_since
@@ -436,37 +510,69 @@ fn supervise(
                             .filter(|s| s.elapsed() > lost_grace)
                             .map(|_| FailureKind::LostConnection)
                     }
+                    Liveness::Pending if t0.elapsed() > join_deadline && !job.started(i as u32) => {
+                        Some(FailureKind::NeverJoined)
+                    }
                     _ => None,
                 };
                 if let Some(kind) = kind {
-                    failure = Some(RankFailure {
-                        rank: Rank(i as u32),
-                        kind,
-                    });
+                    failure = Some(fail(i, kind));
                     break;
                 }
+            }
+        }
+        if failure.is_none() && job.all_done() {
+            // The engine is gone: a rank without a status never reported one.
+            if let Some(r) = (0..cfg.ranks).find(|r| job.status(*r).is_none()) {
+                failure = Some(fail(r as usize, FailureKind::NoStatus));
             }
         }
         if let Some(sig) = pending_signal() {
             tracing::warn!("launcher: got signal {sig}, stopping all ranks");
             interrupted = Some(sig);
-            killpg(ranks.pgid, sig);
-            if !ranks.wait_for(cfg.kill_grace)? {
-                killpg(ranks.pgid, libc::SIGKILL);
+            job.signal(sig);
+            if !wait_for(job, cfg.kill_grace)? {
+                job.kill();
             }
             break;
         }
         if let Some(f) = failure {
+            let detected = Instant::now();
             tracing::error!("launcher: {f}; stopping the other ranks");
-            if !ranks.wait_for(cfg.stop_grace)? {
-                killpg(ranks.pgid, libc::SIGTERM);
-                if !ranks.wait_for(cfg.kill_grace)? {
-                    killpg(ranks.pgid, libc::SIGKILL);
+            // Hosts are probed while the job stops (a lost host costs the probe timeout).
+            let probes = cfg
+                .engine
+                .remote()
+                .then(|| lost_hosts(server, job, f, &hosts_of(job), net));
+            // A silent rank (hung, or on a lost host) cannot act on SIGTERM, and a launcher
+            // cannot stop what it cannot reach: waiting `kill_grace` for them only delays
+            // the restart. The others have had `stop_grace` to exit on their own.
+            let hung = !f.kind.has_status();
+            if !wait_for(job, cfg.stop_grace)? {
+                if hung {
+                    job.kill();
+                } else {
+                    job.signal(libc::SIGTERM);
+                    if !wait_for(job, cfg.kill_grace)? {
+                        job.kill();
+                    }
                 }
             }
-            break;
+            let lost = probes.and_then(|p| p.join().ok()).unwrap_or_default();
+            if !lost.is_empty() {
+                tracing::error!("launcher: host(s) {} unreachable", lost.join(", "));
+            }
+            return Ok(JobOutcome {
+                failure,
+                interrupted,
+                statuses: Vec::new(),
+                elapsed: t0.elapsed(),
+                hosts: Vec::new(),
+                lost_hosts: lost,
+                failed_at: Some(detected),
+            });
         }
-        if ranks.all_done() {
+        if job.all_done() {
             break;
         }
         std::thread::sleep(Duration::from_millis(5).min(net.heartbeat_interval));
@@ -476,5 +582,68 @@ fn supervise(
         interrupted,
         statuses: Vec::new(),
         elapsed: t0.elapsed(),
+        hosts: Vec::new(),
+        lost_hosts: Vec::new(),
+        failed_at: None,
+    })
+}
+
+/// Which hosts are gone, at the time of failure `f`: the hosts of ranks that have no exit
+/// status and are silent, disconnected or never joined, whose registered address does not
+/// answer on the network (a dead process on a live host answers with a refusal). A host
+/// none of whose ranks ever joined counts as gone when other hosts' ranks did join.
+/// The probes run on a thread: join it for the answer.
+fn lost_hosts(
+    server: &RendezvousServer,
+    job: &dyn RunningJob,
+    f: RankFailure,
+    hosts: &[Option<String>],
+    net: &NetConfig,
+) -> std::thread::JoinHandle<Vec<String>> {
+    let snap = server.snapshot();
+    let half = net.failure_timeout / 2;
+    let suspect = |r: usize| -> bool {
+        let v = &snap[r];
+        job.status(r as u32).is_none()
+            && (r == f.rank.index() && !f.kind.has_status()
+                || v.silent > half
+                || !matches!(v.state, Liveness::Running | Liveness::Finished))
+    };
+    let mut by_host: std::collections::BTreeMap<&str, Vec<usize>> = Default::default();
+    for (r, h) in hosts.iter().enumerate() {
+        if let Some(h) = h {
+            by_host.entry(h.as_str()).or_default().push(r);
+        }
+    }
+    let someone_joined = snap.iter().any(|v| v.addr.is_some());
+    let timeout = net.failure_timeout.min(Duration::from_secs(1));
+    // One address per host: the question is whether the host answers, not a rank.
+    let checks: Vec<(String, Option<SocketAddr>)> = by_host
+        .iter()
+        .filter(|(_, ranks)| ranks.iter().any(|r| suspect(*r)))
+        .map(|(h, ranks)| {
+            let addr = ranks
+                .iter()
+                .find_map(|r| snap[*r].addr.as_deref()?.parse().ok());
+            (h.to_string(), addr)
+        })
+        .collect();
+    std::thread::spawn(move || {
+        let handles: Vec<_> = checks
+            .into_iter()
+            .map(|(h, addr)| {
+                std::thread::spawn(move || {
+                    let gone = match addr {
+                        None => someone_joined,
+                        Some(a) => !probe_host(a, timeout),
+                    };
+                    gone.then_some(h)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .filter_map(|h| h.join().ok().flatten())
+            .collect()
     })
 }

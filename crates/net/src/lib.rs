@@ -7,8 +7,9 @@
 //!   in one process ([`local`]).
 //! - [`NetConfig`]: heartbeat, failure and connect timeouts and the frame limit, validated
 //!   in one place.
-//! - [`launch::Launcher`]: starts N ranks on this machine, prefixes their output, detects
-//!   a failure, stops everyone and reports a [`launch::JobOutcome`].
+//! - [`launch::Launcher`]: starts N ranks through an engine (this machine, or a cluster's
+//!   `mpirun`/`srun`/`ssh`), prefixes their output, detects a failure and tells a lost host
+//!   from a dead process, stops everyone and reports a [`launch::JobOutcome`].
 //!
 //! ```
 //! let sums = lazarus_net::local(4, |comm| {
@@ -41,6 +42,7 @@ mod reliable;
 mod scalar;
 mod sendbuf;
 mod tcp;
+mod watch;
 pub mod wire;
 
 pub use auth::{FrameMac, JobToken};
@@ -53,9 +55,10 @@ pub use error::{ErrorKind, NetError, Result};
 pub use handshake::fuzz_handshake;
 pub use local::{local, local_comms, local_comms_with};
 pub use mailbox::Envelope;
-pub use rdv::RendezvousServer;
+pub use rdv::{Liveness, RankView, RendezvousServer};
 pub use scalar::Scalar;
 pub use sendbuf::SendBuf;
+pub use watch::{ENV_RANK_SESSION, EXIT_LAUNCHER_LOST};
 #[doc(hidden)]
 pub use wire::fuzz_sealed_frames;
 pub use wire::{Tag, TagSpace};

@@ -1,6 +1,7 @@
 //! Rendezvous: ranks register their listening address with a small server (run by the
 //! launcher, or by rank 0 under srun/mpirun), receive the full address table, then keep an
-//! authenticated control connection with heartbeats so the host notices a dead rank.
+//! authenticated control connection with heartbeats both ways: the host notices a dead
+//! rank, and a rank notices a dead (or unreachable) host (`watch.rs`).
 //!
 //! The server is a listener of the same handshake as the mesh (`handshake.rs`, with the
 //! coordinator's pseudo-rank): it answers only a dial from a rank of the world, proves
@@ -40,6 +41,17 @@ pub enum Liveness {
     MissedHeartbeats,
 }
 
+/// One rank as the rendezvous host sees it ([`RendezvousServer::snapshot`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RankView {
+    /// Its state.
+    pub state: Liveness,
+    /// The mesh address it registered (`ip:port`), once registered.
+    pub addr: Option<String>,
+    /// Time since its last frame (registration, heartbeat) reached the host.
+    pub silent: Duration,
+}
+
 struct Slot {
     addr: Option<String>,
     stream: Option<Conn>,
@@ -54,6 +66,9 @@ struct Shared {
     slots: Mutex<Vec<Slot>>,
     shutdown: AtomicBool,
     handshakes: handshake::Gate,
+    /// The table went out: from now on the host heartbeats every control connection (not
+    /// before: a rank reads exactly one frame, the table, before its watcher starts).
+    table_sent: AtomicBool,
 }
 
 impl Shared {
@@ -108,6 +123,7 @@ impl RendezvousServer {
             ),
             shutdown: AtomicBool::new(false),
             handshakes: handshake::Gate::new(size),
+            table_sent: AtomicBool::new(false),
         });
         let s2 = shared.clone();
         std::thread::Builder::new()
@@ -123,6 +139,29 @@ impl RendezvousServer {
     /// The address ranks must use as `LAZARUS_COORD`.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Each rank's view from the host, in rank order: state (missed heartbeats evaluated
+    /// now), registered mesh address, and time since its last frame.
+    pub fn snapshot(&self) -> Vec<RankView> {
+        let timeout = self.shared.config.failure_timeout;
+        self.shared
+            .slots()
+            .iter()
+            .map(|s| {
+                let silent = s.last_seen.elapsed();
+                let state = if s.state == Liveness::Running && silent > timeout {
+                    Liveness::MissedHeartbeats
+                } else {
+                    s.state.clone()
+                };
+                RankView {
+                    state,
+                    addr: s.addr.clone(),
+                    silent,
+                }
+            })
+            .collect()
     }
 
     /// Each rank's state, in rank order (missed heartbeats evaluated now).
@@ -283,18 +322,32 @@ fn serve(
                     }
                 }
             }
+            shared.table_sent.store(true, Ordering::Release);
         }
     }
-    // Control phase: heartbeats until goodbye or loss. The frame reader keeps the framing
-    // across read timeouts and checks every frame's MAC.
-    stream
-        .set_read_timeout(Some(shared.config.heartbeat_interval))
-        .map_err(io)?;
+    // Control phase: heartbeats both ways until goodbye or loss. The frame reader keeps the
+    // framing across read timeouts and checks every frame's MAC.
+    let hb = shared.config.heartbeat_interval;
+    stream.set_read_timeout(Some(hb)).map_err(io)?;
+    // A rank that stopped reading (stuck, partitioned) must not block this thread: its
+    // heartbeat write gives up after one interval.
+    stream.set_write_timeout(Some(hb)).map_err(io)?;
+    let mut beat: Option<Instant> = None;
     let mut rd = wire::FrameReader::new(rx);
     let stop = || shared.shutdown.load(Ordering::Acquire);
     loop {
         if stop() {
             return Ok(());
+        }
+        if shared.table_sent.load(Ordering::Acquire) && beat.is_none_or(|b| b.elapsed() >= hb) {
+            beat = Some(Instant::now());
+            // Under the slots lock, like the table: writes to one stream never interleave.
+            let mut slots = shared.slots();
+            if let Some(c) = slots.get_mut(rank as usize).and_then(|s| s.stream.as_mut()) {
+                if let Err(e) = c.send(&Frame::Heartbeat(0)) {
+                    tracing::debug!("rendezvous: heartbeat to rank {rank} ({peer}) failed: {e}");
+                }
+            }
         }
         let next = rd.next(&mut stream, 256, &stop);
         let mut slots = shared.slots();
@@ -348,8 +401,9 @@ fn serve(
     }
 }
 
-/// Client side: registers `listen` with the coordinator and returns the address table and
-/// the control connection (kept for heartbeats).
+/// Client side: registers `listen` with the coordinator and returns the address table, the
+/// control connection (kept for heartbeats) and the MAC state of the frames the host sends
+/// on it after the table (its heartbeats, read by `watch.rs`).
 pub(crate) fn register(
     coord: &str,
     me: u32,
@@ -358,7 +412,7 @@ pub(crate) fn register(
     incarnation: u64,
     config: &NetConfig,
     listen_for: impl FnOnce(&TcpStream) -> Result<String>,
-) -> Result<(Vec<SocketAddr>, Conn)> {
+) -> Result<(Vec<SocketAddr>, Conn, crate::auth::Opener)> {
     let deadline = Instant::now() + config.connect_timeout;
     let mut stream = loop {
         match TcpStream::connect(coord) {
@@ -448,5 +502,5 @@ pub(crate) fn register(
         })
         .collect::<Result<Vec<_>>>()?;
     stream.set_read_timeout(None).map_err(io)?;
-    Ok((addrs, conn))
+    Ok((addrs, conn, rx))
 }

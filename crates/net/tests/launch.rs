@@ -119,3 +119,19 @@ fn stopped_rank_is_detected_by_missed_heartbeats() {
     assert_eq!(o.exit_code(), 1);
     assert!(o.elapsed < Duration::from_secs(10), "{:?}", o.elapsed);
 }
+
+/// A program that does not use the communicator (never joins the rendezvous) is a normal
+/// rank of the local launcher: it runs past the join deadline and succeeds.
+#[test]
+fn programs_that_never_join_are_left_alone() {
+    let mut c = LaunchConfig::new(2, "sleep", vec!["3".into()]);
+    c.net = NetConfig {
+        heartbeat_interval: Duration::from_millis(100),
+        failure_timeout: Duration::from_millis(500),
+        connect_timeout: Duration::from_millis(500),
+        ..NetConfig::default()
+    };
+    let o = run(&c);
+    assert!(o.success(), "{o:?}");
+    assert!(o.elapsed >= Duration::from_secs(3), "{o:?}");
+}

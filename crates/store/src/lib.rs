@@ -58,7 +58,8 @@ pub use backend::dir::record_fsyncs;
 #[cfg(feature = "s3")]
 pub use backend::s3::{S3Backend, S3Config};
 pub use backend::{
-    DirBackend, DirKey, LockGuard, MemoryBackend, ObjectKey, ReadBackend, WriteBackend,
+    probe_lock, DirBackend, DirKey, LockGuard, LockProbe, MemoryBackend, ObjectKey, ReadBackend,
+    WriteBackend,
 };
 pub use error::{StoreError, StoreErrorKind};
 pub use fsutil::{failpoint, FAILPOINT_ENV};

@@ -12,6 +12,9 @@
 //!   job ended — including [`JobEnd::Refused`] when a rank reports what no restart can fix
 //!   (a restore refused, another repository opened): the supervisor then stops at once
 //!   with its own exit status instead of spending the restart budget.
+//! - [`HostPool`]: under a multi-host engine (`mpirun`, `srun`, `ssh`), which hosts run
+//!   ranks; a lost host is replaced by a spare, or the job shrinks by its ranks; a host lost
+//!   twice is excluded ([`HostsReport`] says which were used, lost, excluded).
 //!
 //! Output commit ([`OutputCommit`]): each rank's stdout is held back until a committed
 //! checkpoint follows it, so re-executed work neither loses nor repeats output. Ranks
@@ -22,12 +25,15 @@
 // A failed stdout/stderr must never panic a job (issue #11 item 10): no print macros.
 #![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
 
+mod fence;
+mod hosts;
 mod output;
 mod plan;
 mod report;
 mod shrink;
 mod supervisor;
 
+pub use hosts::{HostPool, HostState, HostsReport, Replacement};
 /// Re-exported: ranks and the supervisor compare repository locations with it.
 pub use lazarus_store::repo_location;
 pub use output::{Marker, OutputCommit, MARKER_PREFIX};

@@ -46,6 +46,10 @@ pub struct FailureReport {
     pub recovery_time: Option<Duration>,
     /// From the failure to the next incarnation's ranks being spawned.
     pub restart_latency: Option<Duration>,
+    /// The host of the failing rank (multi-host engines; `localhost` for the local one).
+    pub host: Option<String>,
+    /// Hosts found gone with this failure (not only a dead process).
+    pub lost_hosts: Vec<String>,
 }
 
 impl FailureReport {
@@ -59,8 +63,14 @@ impl FailureReport {
 impl fmt::Display for FailureReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "incarnation {}: {}", self.incarnation, self.failure)?;
+        if let Some(h) = self.host.as_deref().filter(|h| *h != "localhost") {
+            write!(f, " on host {h}")?;
+        }
         if self.injected {
             write!(f, " (injected)")?;
+        }
+        if !self.lost_hosts.is_empty() {
+            write!(f, "; host(s) gone: {}", self.lost_hosts.join(", "))?;
         }
         match self.restored {
             Some(r) if r.finished => {
@@ -198,6 +208,8 @@ pub struct Report {
     /// Number of ranks of the last launch (smaller than the configured number after a
     /// shrink, see `SupervisorConfig::shrink`).
     pub ranks: u32,
+    /// Hosts used, lost and excluded (multi-host engines).
+    pub hosts: Option<crate::hosts::HostsReport>,
 }
 
 impl Report {

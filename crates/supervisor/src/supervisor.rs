@@ -5,7 +5,7 @@ use crate::plan::{KillPlan, KillTrigger, ResolvedKill};
 use crate::report::{FailureReport, JobEnd, OutputLine, Refusal, Report, RestorePoint};
 use crate::shrink::{self, Shrink};
 use lazarus_format::{count, Rank};
-use lazarus_net::launch::{LaunchConfig, LaunchObserver, Launcher};
+use lazarus_net::launch::{HostSpec, LaunchConfig, LaunchObserver, Launcher};
 use lazarus_net::{JobToken, NetError};
 use lazarus_policy::FailureHistory;
 use lazarus_store::{RepoOptions, RepoReader, Repository, StoreError};
@@ -67,7 +67,13 @@ pub struct SupervisorConfig {
     pub progress: bool,
     /// After a rank failure, restart on one rank fewer (down to a minimum) instead of the
     /// same number; `None` (default) restarts on the same number. See [`Shrink`].
+    /// Under a multi-host engine it applies to lost hosts only (by their ranks).
     pub shrink: Option<Shrink>,
+    /// Hosts for a multi-host engine (`launch.engine`), in order; empty: the engine's own
+    /// (a Slurm allocation's nodes). The supervisor places the ranks on them.
+    pub hosts: Vec<HostSpec>,
+    /// The last `spares` hosts replace lost ones (SCR-style); see `hosts.rs`.
+    pub spares: u32,
 }
 
 impl SupervisorConfig {
@@ -83,6 +89,8 @@ impl SupervisorConfig {
             capture_output: false,
             progress: true,
             shrink: None,
+            hosts: Vec::new(),
+            spares: 0,
         }
     }
 }
@@ -147,6 +155,8 @@ struct Shared {
     out: OutputCommit,
     victims: Vec<Option<Victim>>,
     spawned_at: Option<Instant>,
+    /// A kill planned for a remote engine fired (its shim reported it).
+    injected_at: Option<Instant>,
     commits: u64,
     commits_this_run: u32,
     last_step: Option<u64>,
@@ -191,6 +201,7 @@ impl Shared {
         self.victims = (0..ranks).map(|_| None).collect();
         self.resumed = vec![None; ranks as usize];
         self.spawned_at = None;
+        self.injected_at = None;
         self.commits_this_run = 0;
         self.last_step = None;
         self.refusal = None;
@@ -214,7 +225,8 @@ impl Shared {
 }
 
 /// One progress line on stderr; a closed or full stderr must not stop the supervisor.
-fn progress(line: std::fmt::Arguments<'_>) {
+/// One progress line on stderr; a failed stderr changes nothing about the job.
+pub(crate) fn progress(line: std::fmt::Arguments<'_>) {
     let _ = writeln!(std::io::stderr().lock(), "{line}");
 }
 
@@ -233,6 +245,14 @@ impl LaunchObserver for Observer {
         if let Some(v) = s.victims.get_mut(rank as usize) {
             *v = Some(Victim::new(pid));
         }
+    }
+
+    fn launched(&self) {
+        lock(&self.0).spawned_at.get_or_insert_with(Instant::now);
+    }
+
+    fn injected(&self, _rank: u32) {
+        lock(&self.0).injected_at.get_or_insert_with(Instant::now);
     }
 
     fn stdout_line(&self, rank: u32, line: &[u8]) -> bool {
@@ -308,6 +328,8 @@ impl Supervisor {
             job_token: Some(token.expose()),
             ..RepoOptions::default()
         };
+        let mut pool = crate::hosts::pool_for(cfg)?;
+        crate::fence::wait_for_dead_jobs_ranks(&cfg.repo, &cfg.launch.net, cfg.progress);
         let _lock = Repository::open(&cfg.repo, opts).map_err(repo_err)?;
         let repo_location = lazarus_store::repo_location(&cfg.repo);
         let t0 = Instant::now();
@@ -317,6 +339,7 @@ impl Supervisor {
             out: OutputCommit::new(n),
             victims: Vec::new(),
             spawned_at: None,
+            injected_at: None,
             commits: 0,
             commits_this_run: 0,
             last_step: None,
@@ -354,7 +377,13 @@ impl Supervisor {
                     name.into(),
                 ));
             }
-            let kills = cfg.kill_plan.resolve(incarnation, n);
+            let mut kills = cfg.kill_plan.resolve(incarnation, n);
+            if let Some(p) = &mut pool {
+                launch.hosts = p.placement(n).map_err(SupervisorError::Config)?;
+                // Remote ranks are killed by their shim (we have no pid to signal).
+                launch.inject = crate::hosts::inject(&kills);
+                kills.clear();
+            }
             lock(&shared).new_launch(n);
             let run_start = Instant::now();
             let run_start_unix = unix_ms();
@@ -373,7 +402,8 @@ impl Supervisor {
                 incarnation,
                 source,
             })?;
-            let injected_at = *fired.lock().unwrap_or_else(|e| e.into_inner());
+            let injected_at =
+                (*fired.lock().unwrap_or_else(|e| e.into_inner())).or(lock(&shared).injected_at);
             // Recovery of the previous failure: until every rank of this launch resumed.
             {
                 let s = lock(&shared);
@@ -412,6 +442,7 @@ impl Supervisor {
                     t0,
                     0,
                     n,
+                    &pool,
                 ));
             }
             // The newest COMMIT, not re-verified: verifying reads the whole checkpoint and
@@ -448,6 +479,7 @@ impl Supervisor {
                     t0,
                     code,
                     n,
+                    &pool,
                 ));
             }
             let Some(failure) = outcome.failure else {
@@ -460,10 +492,11 @@ impl Supervisor {
                     t0,
                     0,
                     n,
+                    &pool,
                 ));
             };
             let now = Instant::now();
-            let f_at = injected_at.unwrap_or(now);
+            let f_at = injected_at.or(outcome.failed_at).unwrap_or(now);
             let f_unix =
                 unix_ms().saturating_sub(now.saturating_duration_since(f_at).as_millis() as u64);
             let since = restored.map_or(run_start_unix, |r| r.time_unix_ms.max(run_start_unix));
@@ -491,6 +524,8 @@ impl Supervisor {
                 dropped_lines: dropped,
                 recovery_time: None,
                 restart_latency: None,
+                host: outcome.failed_host().map(String::from),
+                lost_hosts: outcome.lost_hosts.clone(),
             };
             let _ = run_start;
             if let Some(refusal) = s.refusal.take() {
@@ -509,6 +544,7 @@ impl Supervisor {
                     t0,
                     code,
                     n,
+                    &pool,
                 ));
             }
             if cfg.progress {
@@ -527,6 +563,7 @@ impl Supervisor {
                     t0,
                     code,
                     n,
+                    &pool,
                 );
                 if cfg.progress {
                     if let Some(m) = r.give_up_message() {
@@ -540,9 +577,18 @@ impl Supervisor {
             incarnation += 1;
             failed_at = Some(f_at);
             let before = n;
-            if let Some(sh) = cfg.shrink.filter(|sh| n > sh.min_ranks) {
-                match shrink::can_restore_on(&reader, newest.as_ref(), n - 1) {
-                    Ok(()) => n -= 1,
+            // Local engine: every failure may be a lost node (one fewer). Multi-host: only
+            // the ranks of lost hosts no spare replaced.
+            let target = match &mut pool {
+                None => n - 1,
+                Some(p) => {
+                    n - crate::hosts::after_failure(p, &outcome, &launch.hosts, cfg.progress)
+                }
+            };
+            if let Some(sh) = cfg.shrink.filter(|sh| n > sh.min_ranks && target < n) {
+                let target = target.max(sh.min_ranks);
+                match shrink::can_restore_on(&reader, newest.as_ref(), target) {
+                    Ok(()) => n = target,
                     Err(why) => {
                         if cfg.progress {
                             progress(format_args!(
@@ -578,6 +624,7 @@ impl Supervisor {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn report(
     s: &mut Shared,
     end: JobEnd,
@@ -586,8 +633,10 @@ fn report(
     t0: Instant,
     code: i32,
     ranks: u32,
+    pool: &Option<crate::hosts::HostPool>,
 ) -> Report {
     Report {
+        hosts: pool.as_ref().map(crate::hosts::HostPool::report),
         ranks,
         end,
         failures,

@@ -79,21 +79,27 @@ fn checksum(r: &Report) -> Option<String> {
         .map(|l| l.text.trim_start_matches("checksum=").to_string())
 }
 
+/// Arguments of this binary that run one rank of the demo's heat (`__heat-rank …`).
+pub fn heat_rank_args(steps: u64, size: u64, every: u64) -> Vec<String> {
+    [
+        "__heat-rank".to_string(),
+        "--steps".into(),
+        steps.to_string(),
+        "--size".into(),
+        size.to_string(),
+        "--every".into(),
+        every.to_string(),
+    ]
+    .into()
+}
+
 fn supervised(a: &Args, repo: &Path, plan: KillPlan) -> Result<Report, String> {
     let exe =
         std::env::current_exe().map_err(|e| format!("cannot find the lazarus binary: {e}"))?;
-    let args: Vec<OsString> = [
-        "__heat-rank".to_string(),
-        "--steps".into(),
-        a.steps.to_string(),
-        "--size".into(),
-        a.size.to_string(),
-        "--every".into(),
-        a.every.to_string(),
-    ]
-    .into_iter()
-    .map(Into::into)
-    .collect();
+    let args: Vec<OsString> = heat_rank_args(a.steps, a.size, a.every)
+        .into_iter()
+        .map(Into::into)
+        .collect();
     let mut launch = LaunchConfig::new(a.ranks, exe, args);
     launch.stop_grace = Duration::from_millis(200);
     // Keep the ranks' log lines out of the demo's plain output unless asked for.

@@ -55,6 +55,7 @@ macro_rules! err {
 }
 
 pub mod bench;
+pub mod cluster;
 pub mod demo;
 pub(crate) mod figure;
 pub mod gc;

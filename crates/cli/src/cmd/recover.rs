@@ -138,10 +138,13 @@ pub fn supervise(
     max_restarts: u32,
     shrink: Option<lazarus::supervisor::Shrink>,
     inject: &InjectArgs,
+    (hosts, spares): (Vec<lazarus::net::launch::HostSpec>, u32),
 ) -> CmdResult {
     let mut cfg = SupervisorConfig::new(launch, repo);
     cfg.max_restarts = max_restarts;
     cfg.shrink = shrink;
+    cfg.hosts = hosts;
+    cfg.spares = spares;
     cfg.kill_plan = inject.plan(cfg.launch.ranks)?;
     // Rank stop grace: give the survivors a moment to notice the dead peer and exit by
     // themselves, which keeps their stderr free of SIGTERM noise.
@@ -157,6 +160,9 @@ pub fn supervise(
             report.elapsed.as_secs_f64(),
             count(report.ranks, "rank")
         );
+    }
+    if let Some(h) = &report.hosts {
+        errln!("lazarus run: {h}");
     }
     if let Some(s) = match report.end {
         lazarus::supervisor::JobEnd::Interrupted(s) => Some(s),

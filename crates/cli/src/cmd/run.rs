@@ -1,9 +1,10 @@
-//! `lazarus run -n N [--repo DIR --max-restarts K [--shrink-on-failure [--min-ranks M]]]
-//! -- PROG ARGS…`: a thin CLI over
-//! `lazarus::net::launch`, and over `lazarus::supervisor` when `--repo` asks for recovery.
+//! `lazarus run -n N [--launcher local|mpirun|srun|ssh|auto --hosts LIST [--spares K]]
+//! [--repo DIR --max-restarts K [--shrink-on-failure [--min-ranks M]]] -- PROG ARGS…`: a
+//! thin CLI over `lazarus::net::launch`, and over `lazarus::supervisor` when `--repo` asks
+//! for recovery.
 
 use super::CmdResult;
-use lazarus::net::launch::{install_signal_forwarding, LaunchConfig, Launcher};
+use lazarus::net::launch::{install_signal_forwarding, place, HostSpec, LaunchConfig, Launcher};
 use lazarus::net::NetConfig;
 use std::ffi::OsString;
 use std::process::ExitCode;
@@ -63,6 +64,8 @@ pub struct Args {
           value_parser = clap::value_parser!(u32).range(1..=4096))]
     min_ranks: Option<u32>,
     #[command(flatten)]
+    cluster: super::cluster::ClusterArgs,
+    #[command(flatten)]
     inject: super::recover::InjectArgs,
     /// The program and its arguments, after `--`.
     #[arg(last = true, required = true, value_name = "PROG")]
@@ -83,7 +86,9 @@ const EXIT_STATUS: &str = "Exit status:
   78      with --repo: a rank opened another repository than --repo; stopped at once,
           the message names both";
 
-fn config(a: &Args) -> Result<LaunchConfig, Box<dyn std::error::Error + Send + Sync>> {
+fn config(
+    a: &Args,
+) -> Result<(LaunchConfig, super::cluster::Cluster), Box<dyn std::error::Error + Send + Sync>> {
     let mut net = NetConfig::from_env()?;
     if let Some(v) = a.failure_timeout_ms {
         net.failure_timeout = Duration::from_millis(v);
@@ -117,13 +122,18 @@ fn config(a: &Args) -> Result<LaunchConfig, Box<dyn std::error::Error + Send + S
             .ok_or_else(|| format!("--env {kv:?}: expected KEY=VALUE"))?;
         c.env.push((k.into(), v.into()));
     }
-    Ok(c)
+    let cluster = a.cluster.resolve()?;
+    c.engine = cluster.engine.clone();
+    c.advertise = cluster.advertise;
+    c.bind = cluster.bind;
+    c.shim = cluster.shim.clone();
+    Ok((c, cluster))
 }
 
 /// Runs `lazarus run`: exits with the first failing rank's status (128+signal for a
 /// signal, 1 for a heartbeat/connection failure), 128+signal if interrupted, else 0.
 pub fn main(args: Args) -> CmdResult {
-    let cfg = config(&args)?;
+    let (mut cfg, cluster) = config(&args)?;
     if let Some(repo) = &args.repo {
         let shrink = args.shrink_on_failure.then(|| lazarus::supervisor::Shrink {
             min_ranks: args.min_ranks.unwrap_or(1),
@@ -135,10 +145,29 @@ pub fn main(args: Args) -> CmdResult {
             )
             .into());
         }
-        return super::recover::supervise(cfg, repo, args.max_restarts, shrink, &args.inject);
+        return super::recover::supervise(
+            cfg,
+            repo,
+            args.max_restarts,
+            shrink,
+            &args.inject,
+            (cluster.hosts, cluster.spares),
+        );
     }
     if args.inject.any() {
         return Err("lazarus run: fault injection flags need --repo".into());
+    }
+    if cfg.engine.remote() {
+        let hosts = if cluster.hosts.is_empty() {
+            let names = cfg.engine.default_hosts()?;
+            names
+                .into_iter()
+                .map(|name| HostSpec { name, slots: None })
+                .collect()
+        } else {
+            cluster.hosts
+        };
+        cfg.hosts = place(&hosts, cfg.ranks)?;
     }
     install_signal_forwarding();
     let outcome = Launcher::run(&cfg)?;
@@ -206,6 +235,73 @@ mod tests {
             "p",
         ]);
         assert!(a.is_err(), "--min-ranks 0 is rejected");
+    }
+
+    #[test]
+    fn multi_host_flags_are_validated_before_any_launch() {
+        let err = |args: &[&str]| match parse(args) {
+            Err(e) => e.to_string(),
+            Ok(a) => super::main(a).unwrap_err().to_string(),
+        };
+        let e = err(&["-n", "2", "--hosts", "a,b", "--", "true"]);
+        assert!(
+            e.contains("--hosts, --hostfile and --spares need --launcher"),
+            "{e}"
+        );
+        let e = err(&["-n", "2", "--launcher", "mpirun", "--", "true"]);
+        assert!(e.contains("give the hosts"), "{e}");
+        let e = err(&[
+            "-n",
+            "2",
+            "--launcher",
+            "ssh",
+            "--hosts",
+            "a,a",
+            "--",
+            "true",
+        ]);
+        assert!(e.contains("listed twice"), "{e}");
+        let e = err(&[
+            "-n",
+            "2",
+            "--launcher",
+            "mpirun",
+            "--hosts",
+            "a:0",
+            "--",
+            "true",
+        ]);
+        assert!(e.contains("slots must be"), "{e}");
+        let e = err(&[
+            "-n",
+            "2",
+            "--launcher",
+            "mpirun",
+            "--hosts",
+            "a",
+            "--spares",
+            "1",
+            "--",
+            "true",
+        ]);
+        assert!(e.contains("--repo"), "--spares needs --repo: {e}");
+        let e = err(&[
+            "-n",
+            "2",
+            "--launcher",
+            "mpirun",
+            "--hosts",
+            "a,b",
+            "--spares",
+            "2",
+            "--repo",
+            "/nonexistent/lazarus-repo",
+            "--",
+            "true",
+        ]);
+        assert!(e.contains("leaves no host to run on"), "{e}");
+        let e = err(&["-n", "2", "--rsh-agent", "/bin/x", "--", "true"]);
+        assert!(e.contains("need --launcher"), "{e}");
     }
 
     #[test]

@@ -5,7 +5,11 @@
 //! `stall <victim>` — the victim SIGSTOPs itself (heartbeats stop), the others sleep;
 //! `exit <rank> <code>` — that rank exits with code, the others sleep;
 //! `allreduce` — barrier, then a small and a 1 MiB allreduce checked against the closed
-//! form; prints `ok rank=<r> size=<n> sum=<s>` (used under a real `mpirun`).
+//! form; prints `ok rank=<r> size=<n> sum=<s>` (used under a real `mpirun`);
+//! `spam <lines> <long>` — every rank prints `r<rank> l<i> <filler>` lines as fast as it
+//! can, one line of `<long>` bytes, and a line on stderr, then `done r<rank>` after a
+//! barrier (output forwarding through launchers);
+//! `sleep <secs>` — barrier, then sleep (ranks to be killed from outside).
 
 use lazarus_format::Rank;
 use lazarus_net::ReduceOp;
@@ -98,6 +102,27 @@ fn main() -> ExitCode {
                     std::process::exit(5);
                 }
                 println!("ok rank={me} size={n} sum={}", small[0]);
+            }
+            "spam" => {
+                use std::io::Write;
+                let lines = num(1);
+                let long = num(2) as usize;
+                let mut out = std::io::stdout().lock();
+                for i in 0..lines {
+                    let fill = "x".repeat((i % 97) as usize);
+                    let _ = writeln!(out, "r{me} l{i} {fill}");
+                }
+                let _ = writeln!(out, "r{me} long {}", "y".repeat(long));
+                let _ = out.flush();
+                drop(out);
+                eprintln!("r{me} on stderr [1,0]<stdout>: 0: not a tag");
+                comm.barrier()?;
+                println!("done r{me}");
+            }
+            "sleep" => {
+                comm.barrier()?;
+                println!("sleeping r{me}");
+                std::thread::sleep(std::time::Duration::from_secs(u64::from(num(1))));
             }
             m => eprintln!("unknown mode {m:?}"),
         }

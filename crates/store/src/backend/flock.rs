@@ -105,6 +105,56 @@ impl RepoLock {
     }
 }
 
+/// The state of a repository's `LOCK`, as [`probe_lock`] found it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LockProbe {
+    /// Nobody holds it and it names no owner (never taken, or released cleanly).
+    Free,
+    /// A live process holds it.
+    Held,
+    /// Nobody holds it, but it still names an owner: that writer died without releasing it
+    /// (e.g. a SIGKILLed supervisor). `owner` describes it (pid, host, since).
+    Stale {
+        /// pid, host and time of the dead owner, for messages
+        owner: String,
+    },
+}
+
+/// Looks at the `LOCK` of the repository at `root` without keeping it: takes the flock for
+/// the duration of the probe (so a concurrent opener may see it held for that instant) and
+/// reads the owner it names. A missing repository or `LOCK` is [`LockProbe::Free`].
+///
+/// Used by the supervisor to wait for the ranks of a dead job to stop before taking its
+/// lock over (docs/RECOVERY.md, "A supervisor that dies").
+pub fn probe_lock(root: &Path) -> Result<LockProbe, StoreError> {
+    let path = root.join("LOCK");
+    let mut file = match OpenOptions::new().read(true).open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(LockProbe::Free),
+        Err(e) => return Err(StoreError::io(&path, "opening lock file", e)),
+    };
+    // SAFETY: flock on a valid, owned fd; released when `file` is closed below.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Ok(LockProbe::Held);
+        }
+        return Err(StoreError::io(&path, "flock", err));
+    }
+    Ok(match read_owner(&mut file) {
+        None => LockProbe::Free,
+        Some(o) => LockProbe::Stale {
+            owner: format!(
+                "pid {} on host {} since {}",
+                o.pid,
+                o.host,
+                lazarus_format::utc_time(o.since_unix_ms)
+            ),
+        },
+    })
+}
+
 fn read_owner(file: &mut File) -> Option<LockRecord> {
     let mut s = Vec::new();
     file.rewind().ok()?;

@@ -28,6 +28,7 @@ mod memory;
 pub mod s3;
 
 pub use dir::DirBackend;
+pub use flock::{probe_lock, LockProbe};
 pub use memory::MemoryBackend;
 
 use crate::error::{StoreError, StoreErrorKind};

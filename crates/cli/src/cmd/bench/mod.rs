@@ -8,6 +8,7 @@ mod checkpoint;
 mod experiment;
 mod files;
 mod net;
+mod recovery;
 mod round;
 mod s3;
 mod vm;
@@ -33,6 +34,9 @@ pub enum Bench {
     /// VM checkpointing: instrumented vs plain module, 256 MiB memory checkpoint vs
     /// memcpy + raw write, incremental size after 1 % of pages changed.
     Vm(vm::Args),
+    /// Recovery time (failure -> every rank resumed) for a process and a host failure,
+    /// local launcher vs mpirun on network-namespace hosts, vs the launcher's start time.
+    Recovery(recovery::Args),
 }
 
 /// A scratch directory removed (with everything in it) when dropped.
@@ -79,5 +83,6 @@ pub fn main(b: Bench) -> CmdResult {
         Bench::Round(a) => round::main(a),
         Bench::S3(a) => s3::main(a),
         Bench::Vm(a) => vm::main(a),
+        Bench::Recovery(a) => recovery::main(a),
     }
 }

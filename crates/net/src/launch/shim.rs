@@ -1,0 +1,534 @@
+//! The rank shim: what a cluster launcher (`mpirun`, `srun`, `ssh`) starts on a rank's
+//! host in place of the program (`lazarus __shim [--newlines] [--stdin-control] -- PROG
+//! ARGS…`, or the `lazarus-shim` binary; `--rank-from VAR` names the launcher's rank
+//! variable, by default the first of `LAZARUS_RANK`, `SLURM_PROCID`, `OMPI_COMM_WORLD_RANK`…).
+//!
+//! It runs the program as the rank (`LAZARUS_RANK`/`LAZARUS_WORLD_SIZE` from the
+//! launcher's rank variables), in its own session with a death signal, and reports to the
+//! launcher through its stdout in records (`record.rs`): host, pid, every output line,
+//! injected kills, and the exit status. It stops the program's whole process group when
+//! told to stop (a signal, or end of its control stdin), when its own parent dies (the
+//! launcher's daemon), and after the program exits (nothing the rank started survives).
+//!
+//! Environment it reads besides the rank variables: `LAZARUS_SHIM_RANK_ENV` (variables for
+//! one rank: `rank:hex(key):hex(value)`, `;`-separated), `LAZARUS_SHIM_INJECT` (planned
+//! kills: `rank@start:MS` or `rank@parts:K+MS`, `;`-separated), `LAZARUS_HOST` (the host's
+//! name as the launcher knows it; else `SLURMD_NODENAME`, else the hostname). With
+//! `--stdin-control` (ssh) it first reads `env HEXKEY HEXVAL` lines up to `go`, then `sig N`
+//! lines; end of input stops the rank.
+
+use super::record::{self, Record};
+use super::InjectAt;
+use crate::env::{RANK_VARS, SIZE_VARS};
+use crate::watch::ENV_RANK_SESSION;
+use std::ffi::OsString;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Per-rank variables for the shim (see the module doc).
+pub const ENV_SHIM_RANK_ENV: &str = "LAZARUS_SHIM_RANK_ENV";
+/// Planned kills for the shim (see the module doc).
+pub const ENV_SHIM_INJECT: &str = "LAZARUS_SHIM_INJECT";
+/// The rank's host name as the launcher knows it.
+pub const ENV_HOST: &str = "LAZARUS_HOST";
+
+/// How long the program's group gets between SIGTERM and SIGKILL when the shim stops it.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
+pub(crate) fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+pub(crate) fn unhex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// Encodes `(rank, key, value)` entries for [`ENV_SHIM_RANK_ENV`].
+pub(crate) fn encode_rank_env(entries: &[(u32, OsString, OsString)]) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    entries
+        .iter()
+        .map(|(r, k, v)| format!("{r}:{}:{}", hex(k.as_bytes()), hex(v.as_bytes())))
+        .collect::<Vec<_>>()
+        .join(";")
+}
+
+fn decode_rank_env(s: &str, me: u32) -> Result<Vec<(OsString, OsString)>, String> {
+    use std::os::unix::ffi::OsStringExt;
+    let mut out = Vec::new();
+    for e in s.split(';').filter(|e| !e.is_empty()) {
+        let mut it = e.split(':');
+        let (r, k, v) = (it.next(), it.next(), it.next());
+        let bad = || format!("{ENV_SHIM_RANK_ENV}: bad entry {e:?}");
+        let r: u32 = r.and_then(|r| r.parse().ok()).ok_or_else(bad)?;
+        let k = k.and_then(unhex).ok_or_else(bad)?;
+        let v = v.and_then(unhex).ok_or_else(bad)?;
+        if r == me {
+            out.push((OsString::from_vec(k), OsString::from_vec(v)));
+        }
+    }
+    Ok(out)
+}
+
+/// Encodes planned kills for [`ENV_SHIM_INJECT`].
+pub(crate) fn encode_inject(kills: &[(u32, InjectAt)]) -> String {
+    kills
+        .iter()
+        .map(|(r, at)| match at {
+            InjectAt::AfterStart(d) => format!("{r}@start:{}", d.as_millis()),
+            InjectAt::AfterParts { parts, delay } => {
+                format!("{r}@parts:{parts}+{}", delay.as_millis())
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(";")
+}
+
+fn decode_inject(s: &str, me: u32) -> Result<Vec<InjectAt>, String> {
+    let mut out = Vec::new();
+    for e in s.split(';').filter(|e| !e.is_empty()) {
+        let bad = || format!("{ENV_SHIM_INJECT}: bad entry {e:?}");
+        let (r, what) = e.split_once('@').ok_or_else(bad)?;
+        let r: u32 = r.parse().map_err(|_| bad())?;
+        let at = if let Some(ms) = what.strip_prefix("start:") {
+            InjectAt::AfterStart(Duration::from_millis(ms.parse().map_err(|_| bad())?))
+        } else if let Some(spec) = what.strip_prefix("parts:") {
+            let (k, ms) = spec.split_once('+').ok_or_else(bad)?;
+            InjectAt::AfterParts {
+                parts: k.parse().map_err(|_| bad())?,
+                delay: Duration::from_millis(ms.parse().map_err(|_| bad())?),
+            }
+        } else {
+            return Err(bad());
+        };
+        if r == me {
+            out.push(at);
+        }
+    }
+    Ok(out)
+}
+
+/// Serialized record output on stdout.
+struct Out {
+    newlines: bool,
+    lock: Mutex<()>,
+}
+
+impl Out {
+    fn emit(&self, recs: &[Record]) {
+        let mut buf = Vec::new();
+        for r in recs {
+            record::encode(r, &mut buf);
+        }
+        if self.newlines {
+            buf.push(b'\n');
+        }
+        let _g = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut o = std::io::stdout().lock();
+        // The launcher is our only reader; if it is gone there is nobody to tell.
+        let _ = o.write_all(&buf).and_then(|()| o.flush());
+    }
+}
+
+fn lookup(extra: &[(OsString, OsString)], name: &str) -> Option<String> {
+    extra
+        .iter()
+        .rev()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.to_string_lossy().into_owned())
+        .or_else(|| std::env::var(name).ok())
+}
+
+fn first_of(extra: &[(OsString, OsString)], names: &[&str]) -> Result<Option<u64>, String> {
+    for n in names {
+        if let Some(v) = lookup(extra, n) {
+            return v
+                .trim()
+                .parse()
+                .map(Some)
+                .map_err(|_| format!("{n}={v:?} is not a non-negative integer"));
+        }
+    }
+    Ok(None)
+}
+
+/// The kernel's host name (informational: engines trust their own placement or, under
+/// srun, `SLURMD_NODENAME`).
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// Runs the shim with `args` (after the subcommand name); returns its exit status (the
+/// program's, 128+signal for a signal).
+pub fn main(args: Vec<OsString>) -> i32 {
+    match run(args) {
+        Ok(code) => code,
+        Err(e) => {
+            let msg = format!("lazarus shim: {e}\n");
+            let _ = std::io::stderr().write_all(msg.as_bytes());
+            // Also as the rank's status, so the launcher names the rank and the reason.
+            let mut recs = record::line_records(msg.as_bytes(), true);
+            recs.push(Record::Exited(127));
+            let out = Out {
+                newlines: true,
+                lock: Mutex::new(()),
+            };
+            out.emit(&recs);
+            127
+        }
+    }
+}
+
+fn run(args: Vec<OsString>) -> Result<i32, String> {
+    let mut newlines = false;
+    let mut control = false;
+    let mut rank_from: Option<String> = None;
+    let mut it = args.into_iter();
+    let mut prog = Vec::new();
+    while let Some(a) = it.next() {
+        match a.to_str() {
+            Some("--newlines") => newlines = true,
+            Some("--stdin-control") => control = true,
+            Some("--rank-from") => {
+                rank_from = it.next().and_then(|v| v.into_string().ok());
+                if rank_from.is_none() {
+                    return Err("--rank-from needs a variable name".into());
+                }
+            }
+            Some("--") => {
+                prog.extend(it.by_ref());
+                break;
+            }
+            _ => return Err(format!("unknown argument {a:?} (expected -- PROG ARGS…)")),
+        }
+    }
+    let (program, prog_args) = prog.split_first().ok_or("missing program after `--`")?;
+    let mut stdin = BufReader::new(std::io::stdin());
+    let mut extra: Vec<(OsString, OsString)> = Vec::new();
+    if control {
+        read_env(&mut stdin, &mut extra)?;
+    }
+    let rank = match &rank_from {
+        Some(v) => first_of(&extra, &[v.as_str()])?,
+        None => first_of(&extra, &RANK_VARS)?,
+    }
+    .ok_or_else(|| {
+        format!(
+            "no rank variable ({}) set by the launcher",
+            rank_from.clone().unwrap_or_else(|| RANK_VARS.join(", "))
+        )
+    })?;
+    let size = first_of(&extra, &SIZE_VARS)?.ok_or("no world size variable set by the launcher")?;
+    let rank = u32::try_from(rank).map_err(|_| format!("rank {rank} is out of range"))?;
+    let rank_env = decode_rank_env(&lookup(&extra, ENV_SHIM_RANK_ENV).unwrap_or_default(), rank)?;
+    let inject = decode_inject(&lookup(&extra, ENV_SHIM_INJECT).unwrap_or_default(), rank)?;
+    let out = Arc::new(Out {
+        newlines,
+        lock: Mutex::new(()),
+    });
+    let host = lookup(&extra, ENV_HOST)
+        .or_else(|| std::env::var("SLURMD_NODENAME").ok())
+        .unwrap_or_else(hostname);
+    let mut first = vec![Record::Host(host)];
+    if let (Ok(j), Ok(s)) = (
+        std::env::var("SLURM_JOB_ID"),
+        std::env::var("SLURM_STEP_ID"),
+    ) {
+        first.push(Record::Step(format!("{j}.{s}")));
+    }
+    out.emit(&first);
+    // SAFETY: getppid has no preconditions; prctl with PDEATHSIG is a plain syscall.
+    let parent = unsafe {
+        let p = libc::getppid();
+        #[cfg(target_os = "linux")]
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+        p
+    };
+    // SAFETY: same as above.
+    if unsafe { libc::getppid() } != parent {
+        return Err("the launcher's daemon died while the shim started".into());
+    }
+    super::install_signal_forwarding();
+    // SAFETY: restoring default dispositions we may have inherited as ignored.
+    unsafe {
+        libc::signal(
+            libc::SIGUSR1,
+            sig_forward as *const () as libc::sighandler_t,
+        );
+        libc::signal(
+            libc::SIGUSR2,
+            sig_forward as *const () as libc::sighandler_t,
+        );
+    }
+    let mut cmd = Command::new(program);
+    cmd.args(prog_args)
+        .envs(extra.iter().map(|(k, v)| (k, v)))
+        .env_remove(ENV_SHIM_RANK_ENV)
+        .env_remove(ENV_SHIM_INJECT)
+        .env("LAZARUS_RANK", rank.to_string())
+        .env("LAZARUS_WORLD_SIZE", size.to_string())
+        .env(ENV_RANK_SESSION, "1")
+        .envs(rank_env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: the closure runs between fork and exec and only makes async-signal-safe
+    // syscalls (setsid, prctl).
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            #[cfg(target_os = "linux")]
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            let msg = format!("lazarus shim: cannot start {program:?} as rank {rank}: {e}\n");
+            let mut recs = record::line_records(msg.as_bytes(), true);
+            recs.push(Record::Exited(127));
+            out.emit(&recs);
+            return Ok(127);
+        }
+    };
+    let pid = child.id();
+    out.emit(&[Record::Pid(pid)]);
+    let parts = Arc::new(AtomicU32::new(0));
+    let mut pumps = Vec::new();
+    if let Some(o) = child.stdout.take() {
+        let (out, parts) = (out.clone(), parts.clone());
+        pumps.push(std::thread::spawn(move || pump(o, false, &out, &parts)));
+    }
+    if let Some(e) = child.stderr.take() {
+        let (out, parts) = (out.clone(), parts.clone());
+        pumps.push(std::thread::spawn(move || pump(e, true, &out, &parts)));
+    }
+    let stop_asked = Arc::new(AtomicI32::new(0));
+    if control {
+        let s = stop_asked.clone();
+        std::thread::spawn(move || control_loop(stdin, &s, pid));
+    }
+    let started = Instant::now();
+    let mut fired = vec![false; inject.len()];
+    let mut part_seen_at: Option<(u32, Instant)> = None;
+    let mut term_sent: Option<Instant> = None;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(s)) => break s,
+            Ok(None) => {}
+            Err(e) => return Err(format!("waiting for the program: {e}")),
+        }
+        let sig = super::pending_signal().or_else(take_forwarded).or_else(|| {
+            match stop_asked.swap(0, Ordering::SeqCst) {
+                0 => None,
+                s => Some(s),
+            }
+        });
+        if let Some(sig) = sig {
+            super::killpg(pid as i32, sig);
+            if matches!(sig, libc::SIGTERM | libc::SIGINT | libc::SIGHUP) {
+                term_sent.get_or_insert_with(Instant::now);
+            }
+        }
+        if term_sent.is_some_and(|t| t.elapsed() > STOP_GRACE) {
+            super::killpg(pid as i32, libc::SIGKILL);
+        }
+        let p = parts.load(Ordering::Acquire);
+        if part_seen_at.is_none_or(|(k, _)| k != p) {
+            part_seen_at = Some((p, Instant::now()));
+        }
+        for (k, at) in inject.iter().enumerate() {
+            let due = match *at {
+                InjectAt::AfterStart(d) => started.elapsed() >= d,
+                InjectAt::AfterParts { parts: want, delay } => {
+                    p >= want.max(1)
+                        && part_seen_at
+                            .is_some_and(|(seen, t)| seen >= want && t.elapsed() >= delay)
+                }
+            };
+            if due && !fired[k] {
+                fired[k] = true;
+                out.emit(&[Record::Injected]);
+                // SAFETY: our own unreaped child.
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            }
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    // Nothing the rank started outlives it.
+    super::killpg(pid as i32, libc::SIGKILL);
+    super::local::join_until(&mut pumps, Instant::now() + Duration::from_secs(2));
+    let rs = super::RankStatus::of(status);
+    let (rec, code) = match rs {
+        super::RankStatus::Exited(c) => (Record::Exited(c), c),
+        super::RankStatus::Signaled(s) => (Record::Signaled(s), 128 + s),
+    };
+    out.emit(&[rec]);
+    Ok(code)
+}
+
+static FORWARDED: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn sig_forward(sig: libc::c_int) {
+    // Async-signal-safe: a single atomic store.
+    FORWARDED.store(sig, Ordering::SeqCst);
+}
+
+fn take_forwarded() -> Option<i32> {
+    match FORWARDED.swap(0, Ordering::SeqCst) {
+        0 => None,
+        s => Some(s),
+    }
+}
+
+/// Reads `env HEXKEY HEXVAL` lines up to `go`.
+fn read_env(stdin: &mut impl BufRead, extra: &mut Vec<(OsString, OsString)>) -> Result<(), String> {
+    use std::os::unix::ffi::OsStringExt;
+    let mut line = String::new();
+    loop {
+        line.clear();
+        match stdin.read_line(&mut line) {
+            Ok(0) => return Err("control input ended before `go`".into()),
+            Ok(_) => {}
+            Err(e) => return Err(format!("reading control input: {e}")),
+        }
+        // Exactly one space between fields: an empty value is an empty third field.
+        let mut w = line.trim_end_matches(['\n', '\r']).split(' ');
+        match (w.next(), w.next(), w.next(), w.next()) {
+            (Some("go"), None, None, None) => return Ok(()),
+            (Some("env"), Some(k), Some(v), None) => {
+                let (k, v) = unhex(k)
+                    .zip(unhex(v))
+                    .ok_or_else(|| format!("bad control line {:?}", line.trim()))?;
+                extra.push((OsString::from_vec(k), OsString::from_vec(v)));
+            }
+            _ => return Err(format!("bad control line {:?}", line.trim())),
+        }
+    }
+}
+
+/// After `go`: `sig N` forwards signal N; end of input (the launcher or its ssh is gone)
+/// stops the rank.
+fn control_loop(mut stdin: impl BufRead, stop: &AtomicI32, pid: u32) {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        match stdin.read_line(&mut line) {
+            Ok(0) | Err(_) => {
+                stop.store(libc::SIGTERM, Ordering::SeqCst);
+                return;
+            }
+            Ok(_) => {
+                if let Some(n) = line
+                    .trim()
+                    .strip_prefix("sig ")
+                    .and_then(|n| n.parse().ok())
+                {
+                    if n == libc::SIGKILL {
+                        super::killpg(pid as i32, n);
+                    } else {
+                        stop.store(n, Ordering::SeqCst);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Forwards one pipe of the program as records, line by line; counts part markers.
+fn pump(src: impl Read, stderr: bool, out: &Out, parts: &AtomicU32) {
+    let mut r = BufReader::new(src);
+    let mut line = Vec::new();
+    let part = b"\x1elazarus:part ";
+    loop {
+        line.clear();
+        match r.read_until(b'\n', &mut line) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {
+                if line.last() != Some(&b'\n') {
+                    line.push(b'\n');
+                }
+                if !stderr && line.starts_with(part) {
+                    parts.fetch_add(1, Ordering::AcqRel);
+                }
+                out.emit(&record::line_records(&line, stderr));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_input_carries_empty_values_and_refuses_garbage() {
+        let input = format!(
+            "env {} \nenv {} {}\ngo\nsig 15\n",
+            hex(b"EMPTY"),
+            hex(b"K"),
+            hex(b"v v")
+        );
+        let mut r = std::io::BufReader::new(input.as_bytes());
+        let mut extra = Vec::new();
+        read_env(&mut r, &mut extra).unwrap();
+        assert_eq!(
+            extra,
+            vec![("EMPTY".into(), "".into()), ("K".into(), "v v".into())]
+        );
+        for bad in ["env 4b\ngo\n", "env zz 00\ngo\n", "env 4b 00\n", "hello\n"] {
+            assert!(
+                read_env(
+                    &mut std::io::BufReader::new(bad.as_bytes()),
+                    &mut Vec::new()
+                )
+                .is_err(),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn rank_env_and_inject_plans_round_trip_and_refuse_garbage() {
+        let e = encode_rank_env(&[
+            (1, "LAZARUS_FAILPOINT".into(), "before_commit".into()),
+            (2, "A".into(), "x;y:z".into()),
+        ]);
+        assert_eq!(
+            decode_rank_env(&e, 2).unwrap(),
+            vec![(OsString::from("A"), OsString::from("x;y:z"))]
+        );
+        assert!(decode_rank_env(&e, 0).unwrap().is_empty());
+        assert!(decode_rank_env("1:zz:00", 1).is_err());
+        let k = [
+            (3, InjectAt::AfterStart(Duration::from_millis(1500))),
+            (
+                3,
+                InjectAt::AfterParts {
+                    parts: 2,
+                    delay: Duration::from_millis(10),
+                },
+            ),
+        ];
+        assert_eq!(
+            decode_inject(&encode_inject(&k), 3).unwrap(),
+            vec![k[0].1, k[1].1]
+        );
+        assert!(decode_inject("3@soon", 3).is_err());
+        assert!(unhex("abc").is_none());
+        assert_eq!(unhex(&hex(b"\x00\xff")).unwrap(), b"\x00\xff");
+    }
+}

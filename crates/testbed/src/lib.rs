@@ -1,0 +1,65 @@
+//! Real multi-host test beds on one machine, for tests and benchmarks of recovery across
+//! machines. Nothing here is a mock: hosts are Linux network namespaces with their own
+//! network stack and address, joined by a bridge the test bed creates ([`Cluster`]); Slurm
+//! is the real `slurmctld`/`slurmd`/`munge` ([`Slurm`]).
+//!
+//! Rules every test bed follows:
+//! - It uses only the names and addresses it creates (a private subnet it picks, names
+//!   with its own prefix), and removes them on drop, also when the test panicked; a test
+//!   process that was SIGKILLed is cleaned up by the next test bed created on the machine
+//!   (each one records its owner's pid).
+//! - What it cannot create (not root, no `ip`, no Slurm) is [`Unavailable`]: tests skip
+//!   with a loud message ([`skip_or_fail`]), except under `CI=true`, where they fail.
+//! - Commands run with a deadline ([`output_within`]): a hang is a failure.
+#![deny(missing_docs)]
+
+mod netns;
+mod run;
+mod slurm;
+
+pub use netns::{Cluster, Host};
+pub use run::{output_within, TimedOutput};
+pub use slurm::Slurm;
+
+/// Why a test bed cannot be built on this machine.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unavailable(pub String);
+
+impl std::fmt::Display for Unavailable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// True when running under CI (`CI` set to anything but empty or `false`).
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false")
+}
+
+/// The test bed, or `None` after a loud skip message; under CI a missing test bed fails
+/// the test (panics) instead.
+pub fn skip_or_fail<T>(test: &str, r: Result<T, Unavailable>) -> Option<T> {
+    match r {
+        Ok(t) => Some(t),
+        Err(why) => {
+            assert!(!in_ci(), "{test}: test bed unavailable under CI: {why}");
+            eprintln!(
+                "\n********************************************************************\n\
+                 SKIPPED {test}: {why}\n\
+                 (needs root, iproute2, Open MPI and Slurm as .ci/run installs them;\n\
+                 CI=true makes this a failure)\n\
+                 ********************************************************************\n"
+            );
+            None
+        }
+    }
+}
+
+/// `name` on `PATH` (or in /usr/sbin, /sbin), if present.
+pub fn which(name: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin"].map(std::path::PathBuf::from))
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
