@@ -12,9 +12,11 @@
 //! stderr: a shrunk restart could end in a refusal on every rank, which stops the job. No
 //! checkpoint yet means a fresh start, which any size can do.
 //!
-//! Still open (it needs the restart loop, not this module): every failure shrinks, a
-//! crashed process as much as a lost node. A policy that shrinks only when the same rank
-//! fails again would tell them apart better.
+//! Which failures shrink is the restart loop's decision (`supervisor.rs`): under a
+//! multi-host engine only the ranks of a lost host that no spare replaced are dropped (a
+//! crashed process restarts on the same hosts); under the local engine every failure
+//! shrinks by one rank, because on one machine a lost node cannot be told from a crashed
+//! process and `--shrink-on-failure` there exists to rehearse node loss (docs/RECOVERY.md).
 
 use lazarus_dist::Reshard;
 use lazarus_format::{ObjectInfo, Rank};
