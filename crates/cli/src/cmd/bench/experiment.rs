@@ -252,12 +252,10 @@ enum Kills {
     None,
     /// The supervisor's Poisson process (`--inject-kill-mtbf`).
     Poisson { mtbf: Duration, seed: u64 },
-    /// One kill per incarnation, this long after its spawn (`--inject-kill-after`).
-    After {
-        delay: Duration,
-        count: u32,
-        seed: u64,
-    },
+    /// One kill per incarnation, right after that incarnation's `commits`-th committed
+    /// checkpoint (`--inject-kill-after Kc`): tied to progress, not to wall time, so a
+    /// loaded machine cannot let the job finish before every planned kill landed.
+    AfterCommits { commits: u32, count: u32, seed: u64 },
 }
 
 /// A scratch repository removed on drop (also on error paths).
@@ -294,10 +292,13 @@ impl Launch {
                     .arg(format!("{:.3}ms", mtbf.as_secs_f64() * 1e3));
                 cmd.arg("--seed").arg(seed.to_string());
             }
-            Kills::After { delay, count, seed } => {
+            Kills::AfterCommits {
+                commits,
+                count,
+                seed,
+            } => {
                 for _ in 0..*count {
-                    cmd.arg("--inject-kill-after")
-                        .arg(format!("{:.3}ms", delay.as_secs_f64() * 1e3));
+                    cmd.arg("--inject-kill-after").arg(format!("{commits}c"));
                 }
                 cmd.arg("--seed").arg(seed.to_string());
             }
@@ -640,16 +641,23 @@ fn calibrate(
     }
     // Restart cost as the supervisor pays it: kill → detection → stop → respawn →
     // rendezvous → restore, timed by the supervisor itself. Each incarnation is killed
-    // after ~2.5 intervals, so it restores a real checkpoint of the run's size.
-    let delay = startup_s + 2.5 * every as f64 * step_s + 2.0 * cost_s;
+    // right after its second commit, so it restores a real checkpoint of the run's size,
+    // and every planned kill lands whatever the machine's speed (the run has n_ck
+    // checkpoints; each kill uses two of them).
+    if n_ck < 2 * restart_samples as u64 + 1 {
+        return Err(ExperimentError::Calibration(format!(
+            "the calibration run takes {n_ck} checkpoints, too few for {restart_samples} \
+             restart samples (two each); use a longer --calibration"
+        )));
+    }
     let repo = fresh("cal-restart")?;
     let r = launch.run(
         "calibration (restart)",
         &repo.0,
         steps,
         every,
-        &Kills::After {
-            delay: Duration::from_secs_f64(delay),
+        &Kills::AfterCommits {
+            commits: 2,
             count: restart_samples,
             seed,
         },
