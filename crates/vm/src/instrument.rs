@@ -551,7 +551,6 @@ fn find_loops(f: &walrus::LocalFunction) -> Loops {
                         )
                     })
                 });
-            let leaf = leaf && std::env::var_os("LZ_OLD").is_none(); // TEMP-OLD
             all.push((l.seq, parent, leaf));
         }
     }
@@ -598,27 +597,7 @@ fn instrument_function(
         if checked.contains(&seq) || (is_entry && at_entry) {
             new.extend(budget_check(f, hook));
         }
-        let old_mode = std::env::var_os("LZ_OLD").is_some(); // TEMP-OLD
         for (ins, loc) in old {
-            if old_mode {
-                // TEMP-OLD
-                let canon = match &ins {
-                    Instr::Binop(b) => old_nan_binop(b.op),
-                    Instr::Unop(u) => old_nan_unop(u.op),
-                    _ => None,
-                };
-                new.push((ins, loc));
-                if let Some(w) = canon {
-                    if w == 32 {
-                        let t = *t32.get_or_insert_with(|| locals.add(ValType::F32));
-                        new.extend(canonicalize(t, Value::F32(f32::from_bits(CANONICAL_NAN32)), BinaryOp::F32Eq));
-                    } else {
-                        let t = *t64.get_or_insert_with(|| locals.add(ValType::F64));
-                        new.extend(canonicalize(t, Value::F64(f64::from_bits(CANONICAL_NAN64)), BinaryOp::F64Eq));
-                    }
-                }
-                continue;
-            }
             match nan_observed(&ins, float_globals) {
                 Some(32) => {
                     let t = *t32.get_or_insert_with(|| locals.add(ValType::F32));
@@ -721,9 +700,7 @@ fn strip_leaf_loop(
     let done = b.dangling_instr_seq(ty).id();
     let outer = b.dangling_instr_seq(None).id();
     let mut then = b.dangling_instr_seq(None);
-    then.call(hook.tick)
-        .global_get(hook.budget)
-        .local_set(m);
+    then.call(hook.tick).global_get(hook.budget).local_set(m);
     let then = then.id();
     let alt = b.dangling_instr_seq(None).id();
 
@@ -886,20 +863,16 @@ fn wasm_opt(wasm: &[u8], asyncify: bool) -> Result<Vec<u8>> {
             format!("--pass-arg=asyncify-imports@{TICK_MODULE}.{TICK_NAME}"),
         ]);
     }
-    let out = cmd
-        .args(["-O2", "-o"])
-        .arg(&output)
-        .output()
-        .map_err(|e| {
-            VmError::new(
-                VmErrorKind::Toolchain,
-                format!(
-                    "cannot run {} (Binaryen's wasm-opt, Debian package `binaryen`; or set \
+    let out = cmd.args(["-O2", "-o"]).arg(&output).output().map_err(|e| {
+        VmError::new(
+            VmErrorKind::Toolchain,
+            format!(
+                "cannot run {} (Binaryen's wasm-opt, Debian package `binaryen`; or set \
                      LAZARUS_WASM_OPT): {e}",
-                    tool.display()
-                ),
-            )
-        })?;
+                tool.display()
+            ),
+        )
+    })?;
     if !out.status.success() {
         return Err(VmError::new(
             VmErrorKind::Toolchain,
@@ -931,23 +904,4 @@ fn tempdir() -> Result<TempDir> {
     ));
     std::fs::create_dir(&p).map_err(|e| VmError::io(&p, "creating a temp directory", e))?;
     Ok(TempDir(p))
-}
-
-// TEMP-OLD
-fn old_nan_binop(op: BinaryOp) -> Option<u32> {
-    use BinaryOp::*;
-    match op {
-        F32Add | F32Sub | F32Mul | F32Div | F32Min | F32Max => Some(32),
-        F64Add | F64Sub | F64Mul | F64Div | F64Min | F64Max => Some(64),
-        _ => None,
-    }
-}
-// TEMP-OLD
-fn old_nan_unop(op: UnaryOp) -> Option<u32> {
-    use UnaryOp::*;
-    match op {
-        F32Ceil | F32Floor | F32Trunc | F32Nearest | F32Sqrt | F32DemoteF64 => Some(32),
-        F64Ceil | F64Floor | F64Trunc | F64Nearest | F64Sqrt | F64PromoteF32 => Some(64),
-        _ => None,
-    }
 }

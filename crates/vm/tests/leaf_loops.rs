@@ -12,7 +12,7 @@ fn program(n: u64, rounds: u64) -> Vec<u8> {
         r#"(module
   (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
   (type $k (func (param i64) (result i64)))
-  (memory 1)
+  (memory (export "memory") 1)
   (table 2 funcref)
   (elem (i32.const 0) $scan $mix)
   ;; A loop with a result, left by `return` from its middle or by falling through.
@@ -60,7 +60,8 @@ fn have_wasm_opt() -> bool {
         .output()
         .is_ok_and(|o| o.status.success());
     if !ok {
-        let msg = "SKIPPED: needs Binaryen's wasm-opt (Debian package binaryen; .ci/run installs it)";
+        let msg =
+            "SKIPPED: needs Binaryen's wasm-opt (Debian package binaryen; .ci/run installs it)";
         if std::env::var("CI").is_ok_and(|v| v == "true") {
             panic!("{msg} — failing because CI=true");
         }
@@ -112,5 +113,8 @@ fn leaf_loops_give_the_uninstrumented_result_across_checkpoints() {
     };
     assert_eq!(end.exit_code, want, "after {legs} legs");
     // ~1.8 M iterations in 6 calls: most checkpoints were taken inside the leaf loops.
-    assert!(legs >= 15, "expected checkpoints inside the loops, got {legs} legs");
+    assert!(
+        legs >= 15,
+        "expected checkpoints inside the loops, got {legs} legs"
+    );
 }

@@ -148,7 +148,13 @@ pub fn main(a: Args) -> CmdResult {
     // (name, module, arguments on wasmi, arguments on wasmtime): the interpreter gets less
     // work so that both take about a second; each ratio compares one runtime with itself.
     let kernel = |name: &str, n: u32, wasmi_reps: u32, wasmtime_reps: u32| {
-        let args = |reps: u32| vec![name.to_string(), n.to_string(), (reps * a.kernel_reps).to_string()];
+        let args = |reps: u32| {
+            vec![
+                name.to_string(),
+                n.to_string(),
+                (reps * a.kernel_reps).to_string(),
+            ]
+        };
         (
             format!("C {name} (vm_kernels.c)"),
             KERNELS_WASM.to_vec(),
@@ -170,7 +176,12 @@ pub fn main(a: Args) -> CmdResult {
     let wasmtime_loop = wat::parse_str(compute_loop(a.iterations))?;
     if let Some(m) = &a.module {
         let bytes = std::fs::read(m)?;
-        programs.push((m.display().to_string(), bytes, a.args.clone(), a.args.clone()));
+        programs.push((
+            m.display().to_string(),
+            bytes,
+            a.args.clone(),
+            a.args.clone(),
+        ));
     }
     outln!(
         "== slowdown of the instrumented module (thread CPU time, median of {}; counters: no Asyncify)",
