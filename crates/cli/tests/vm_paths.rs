@@ -8,53 +8,7 @@
 
 mod vm_common;
 
-use std::path::Path;
 use vm_common::*;
-
-/// Runs `prog args` in legs of one checkpoint every `every` steps; returns how many legs
-/// stopped at a checkpoint before the last one finished.
-fn legs_to_file(prog: &str, args: &[&str], every: &str) -> usize {
-    let wasm = program(prog);
-    let root = tempfile::tempdir().unwrap();
-    let run = |rt: &str, repo: Option<&Path>, out: &Path| {
-        let f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(out)
-            .unwrap();
-        let mut c = lazarus();
-        c.args(["vm", "run", "--seed", "5", "--runtime", rt]);
-        match repo {
-            Some(r) => {
-                c.arg("--repo")
-                    .arg(r)
-                    .args(["--every", every, "--stop-after-checkpoints", "1"])
-            }
-            None => c.arg("--no-checkpoint"),
-        };
-        c.arg(&wasm).arg("--").args(args).stdout(f);
-        c.status().unwrap()
-    };
-    let refo = root.path().join("ref.txt");
-    assert!(run("wasmi", None, &refo).success(), "{prog}: reference run");
-    let rts = runtimes();
-    let out = root.path().join("out.txt");
-    let repo = root.path().join("repo");
-    let mut k = 0;
-    loop {
-        let rt = rts[k % rts.len()];
-        let st = run(rt, Some(&repo), &out);
-        if st.success() {
-            break;
-        }
-        assert_eq!(st.code(), Some(3), "{prog}: leg {k} on {rt}");
-        k += 1;
-        assert!(k < 500, "{prog}: never finished");
-    }
-    assert_eq!(read(&out), read(&refo), "{prog}: output after {k} legs");
-    k
-}
 
 #[test]
 fn leaf_loops_behind_call_indirect_checkpoint_and_resume_identically() {

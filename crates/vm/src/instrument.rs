@@ -481,23 +481,7 @@ fn recursive_functions(m: &walrus::Module) -> HashSet<FunctionId> {
 
 /// Every instruction sequence of `f`, entry first.
 fn seq_ids(f: &walrus::LocalFunction) -> Vec<InstrSeqId> {
-    let mut out = vec![f.entry_block()];
-    let mut i = 0;
-    while let Some(&s) = out.get(i) {
-        i += 1;
-        for (ins, _) in &f.block(s).instrs {
-            match ins {
-                Instr::Block(b) => out.push(b.seq),
-                Instr::Loop(l) => out.push(l.seq),
-                Instr::IfElse(ie) => {
-                    out.push(ie.consequent);
-                    out.push(ie.alternative);
-                }
-                _ => {}
-            }
-        }
-    }
-    out
+    nested_seqs(f, f.entry_block())
 }
 
 /// The loop structure of a function: every loop, the sequence holding it, and whether it

@@ -5,6 +5,9 @@
 //! `call_indirect` — and must give the uninstrumented module's result when run
 //! instrumented, and when stopped after every checkpoint and resumed, alternating runtimes.
 
+mod common;
+
+use common::{have_wasm_opt, runtimes};
 use lazarus_vm::{instrument, run, time_module, Every, RuntimeKind, VmConfig};
 
 fn program(n: u64, rounds: u64) -> Vec<u8> {
@@ -52,29 +55,6 @@ fn program(n: u64, rounds: u64) -> Vec<u8> {
     (call $exit (i32.wrap_i64 (i64.rem_u (local.get $acc) (i64.const 125))))))"#
     ))
     .unwrap()
-}
-
-fn have_wasm_opt() -> bool {
-    let ok = std::process::Command::new(instrument::wasm_opt_path())
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        let msg =
-            "SKIPPED: needs Binaryen's wasm-opt (Debian package binaryen; .ci/run installs it)";
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("{msg} — failing because CI=true");
-        }
-        eprintln!("\n*** {msg} ***\n");
-    }
-    ok
-}
-
-fn runtimes() -> Vec<RuntimeKind> {
-    [RuntimeKind::Wasmi, RuntimeKind::Wasmtime]
-        .into_iter()
-        .filter(|r| r.available())
-        .collect()
 }
 
 #[test]

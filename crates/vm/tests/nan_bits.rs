@@ -5,7 +5,10 @@
 //! through each of them, on every runtime. The exit code is a bitmask of the observations
 //! that were not canonical (0: all were).
 
-use lazarus_vm::{instrument, time_module, RuntimeKind};
+mod common;
+
+use common::{have_wasm_opt, runtimes};
+use lazarus_vm::{instrument, time_module};
 
 const PROGRAM: &str = r#"(module
   (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
@@ -41,24 +44,11 @@ const PROGRAM: &str = r#"(module
 
 #[test]
 fn nans_are_canonical_wherever_their_bits_are_observed() {
-    let ok = std::process::Command::new(instrument::wasm_opt_path())
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        let msg =
-            "SKIPPED: needs Binaryen's wasm-opt (Debian package binaryen; .ci/run installs it)";
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("{msg} — failing because CI=true");
-        }
-        eprintln!("\n*** {msg} ***\n");
+    if !have_wasm_opt() {
         return;
     }
     let module = instrument::instrument(&wat::parse_str(PROGRAM).unwrap()).unwrap();
-    for rt in [RuntimeKind::Wasmi, RuntimeKind::Wasmtime] {
-        if !rt.available() {
-            continue;
-        }
+    for rt in runtimes() {
         let (code, _) = time_module(rt, &module, &[]).unwrap();
         assert_eq!(code, 0, "{rt:?}: non-canonical NaN observations (bitmask)");
     }
