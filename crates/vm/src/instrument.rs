@@ -3,11 +3,13 @@
 //!
 //! 1. [`check`]: refuse what cannot be captured (threads, SIMD, table mutation, non-WASI
 //!    imports, several memories, no `_start`), with a message naming the construct.
-//! 2. walrus pass: a countdown global `__lz_budget` decremented at every loop header and at
-//!    the entry of every function that can recurse; when it is zero the code calls the
-//!    import `lazarus.tick` (the only place a checkpoint can happen). Every float operation
-//!    that can produce a NaN is followed by a canonicalisation, so the bits are the same on
-//!    every runtime and host. Mutable globals and the memory are exported under
+//! 2. walrus pass: a countdown global `__lz_budget` decremented once per loop iteration and
+//!    at the entry of every function that can recurse; when it is zero the code calls the
+//!    import `lazarus.tick` (the only place a checkpoint can happen). Leaf loops (no call,
+//!    no loop inside) count in a local with the tick call outside the loop
+//!    (`strip_leaf_loop`), so Asyncify leaves their iterations alone. A float is made
+//!    canonical where its NaN bits could become observable (`nan_observed`), so output is
+//!    the same on every runtime and host. Mutable globals and the memory are exported under
 //!    `__lz_*` names; a `start` function is moved to the top of `_start` (so instantiating
 //!    on restore runs no program code).
 //! 3. Binaryen's `wasm-opt --asyncify` over `lazarus.tick` only (WASI calls complete
@@ -25,7 +27,7 @@ use walrus::ir::{BinaryOp, Instr, InstrLocId, InstrSeqId, UnaryOp, Value};
 use walrus::{ConstExpr, FunctionId, LocalId, ValType};
 
 /// Bumped whenever the instrumentation changes what it emits (part of the cache key).
-pub const INSTRUMENTER_VERSION: u32 = 1;
+pub const INSTRUMENTER_VERSION: u32 = 2;
 /// Import module of the checkpoint hook.
 pub const TICK_MODULE: &str = "lazarus";
 /// Import name of the checkpoint hook.
@@ -36,7 +38,7 @@ pub const BUDGET_EXPORT: &str = "__lz_budget";
 pub const MEMORY_EXPORT: &str = "__lz_memory";
 /// Prefix of the export names of the module's mutable globals (`__lz_g0`, `__lz_g1`, ...).
 pub const GLOBAL_EXPORT_PREFIX: &str = "__lz_g";
-/// The canonical NaNs every NaN-producing float operation is mapped to (positive, quiet,
+/// The canonical NaNs every observable NaN is mapped to (positive, quiet,
 /// zero payload: what Cranelift's NaN canonicalisation produces too).
 pub const CANONICAL_NAN32: u32 = 0x7fc0_0000;
 /// See [`CANONICAL_NAN32`].
@@ -301,7 +303,7 @@ pub(crate) fn looks_instrumented(bytes: &[u8]) -> bool {
 pub fn instrument(original: &[u8]) -> Result<Vec<u8>> {
     check(original)?;
     let pass1 = rewrite(original)?;
-    let out = asyncify(&pass1)?;
+    let out = wasm_opt(&pass1, true)?;
     if !looks_instrumented(&out) {
         return Err(VmError::new(
             VmErrorKind::Toolchain,
@@ -309,6 +311,15 @@ pub fn instrument(original: &[u8]) -> Result<Vec<u8>> {
         ));
     }
     Ok(out)
+}
+
+/// The module with the counters and the NaN canonicalisation but without Asyncify, then
+/// optimised like [`instrument`]'s output: it runs (the hook only unwinds when a checkpoint
+/// is due) but can never checkpoint. For benchmarks: `lazarus bench vm` compares it with
+/// [`instrument`] to split the slowdown between the counters and Asyncify.
+pub fn instrument_without_asyncify(original: &[u8]) -> Result<Vec<u8>> {
+    check(original)?;
+    wasm_opt(&rewrite(original)?, false)
 }
 
 /// The walrus pass (step 2 of the module doc).
@@ -350,18 +361,25 @@ fn rewrite(original: &[u8]) -> Result<Vec<u8>> {
     let section_start = m.start.take();
 
     let recursive = recursive_functions(&m);
+    let float_globals: HashMap<walrus::GlobalId, u32> = m
+        .globals
+        .iter()
+        .filter_map(|g| match g.ty {
+            ValType::F32 => Some((g.id(), 32)),
+            ValType::F64 => Some((g.id(), 64)),
+            _ => None,
+        })
+        .collect();
     let local_ids: Vec<FunctionId> = m.funcs.iter_local().map(|(id, _)| id).collect();
     for id in local_ids {
         let walrus::FunctionKind::Local(f) = &mut m.funcs.get_mut(id).kind else {
             continue;
         };
-        let nan32 = f.builder_mut().func_body_id();
-        let _ = nan32;
         instrument_function(
             f,
             &mut m.locals,
-            tick,
-            budget,
+            Hook { tick, budget },
+            &float_globals,
             recursive.contains(&id),
             (id == start_fn).then_some(section_start).flatten(),
         );
@@ -463,7 +481,19 @@ fn recursive_functions(m: &walrus::Module) -> HashSet<FunctionId> {
 
 /// Every instruction sequence of `f`, entry first.
 fn seq_ids(f: &walrus::LocalFunction) -> Vec<InstrSeqId> {
-    let mut out = vec![f.entry_block()];
+    nested_seqs(f, f.entry_block())
+}
+
+/// The loop structure of a function: every loop, the sequence holding it, and whether it
+/// is a *leaf loop* (see [`strip_leaf_loop`]).
+struct Loops {
+    /// `(loop body, sequence containing the loop instruction, leaf)`.
+    all: Vec<(InstrSeqId, InstrSeqId, bool)>,
+}
+
+/// The sequences nested in `seq` (itself included).
+fn nested_seqs(f: &walrus::LocalFunction, seq: InstrSeqId) -> Vec<InstrSeqId> {
+    let mut out = vec![seq];
     let mut i = 0;
     while let Some(&s) = out.get(i) {
         i += 1;
@@ -482,22 +512,57 @@ fn seq_ids(f: &walrus::LocalFunction) -> Vec<InstrSeqId> {
     out
 }
 
+fn find_loops(f: &walrus::LocalFunction) -> Loops {
+    let mut all = Vec::new();
+    for parent in seq_ids(f) {
+        for (ins, _) in &f.block(parent).instrs {
+            let Instr::Loop(l) = ins else { continue };
+            // A leaf loop contains no call (nothing inside it can reach the hook or read
+            // the budget) and no other loop, and takes no parameters (MVP block type).
+            let simple = matches!(f.block(l.seq).ty, walrus::ir::InstrSeqType::Simple(_));
+            let leaf = simple
+                && nested_seqs(f, l.seq).iter().all(|s| {
+                    f.block(*s).instrs.iter().all(|(ins, _)| {
+                        !matches!(
+                            ins,
+                            Instr::Call(_)
+                                | Instr::CallIndirect(_)
+                                | Instr::CallRef(_)
+                                | Instr::ReturnCall(_)
+                                | Instr::ReturnCallIndirect(_)
+                                | Instr::ReturnCallRef(_)
+                                | Instr::Loop(_)
+                        )
+                    })
+                });
+            all.push((l.seq, parent, leaf));
+        }
+    }
+    Loops { all }
+}
+
+/// The hook and the global it counts down (what every check site needs).
+#[derive(Clone, Copy)]
+struct Hook {
+    tick: FunctionId,
+    budget: walrus::GlobalId,
+}
+
 fn instrument_function(
     f: &mut walrus::LocalFunction,
     locals: &mut walrus::ModuleLocals,
-    tick: FunctionId,
-    budget: walrus::GlobalId,
+    hook: Hook,
+    float_globals: &HashMap<walrus::GlobalId, u32>,
     at_entry: bool,
     call_first: Option<FunctionId>,
 ) {
     let seqs = seq_ids(f);
-    let loops: HashSet<InstrSeqId> = seqs
+    let loops = find_loops(f);
+    let checked: HashSet<InstrSeqId> = loops
+        .all
         .iter()
-        .flat_map(|s| f.block(*s).instrs.iter())
-        .filter_map(|(ins, _)| match ins {
-            Instr::Loop(l) => Some(l.seq),
-            _ => None,
-        })
+        .filter(|(_, _, leaf)| !leaf)
+        .map(|(seq, _, _)| *seq)
         .collect();
     let mut t32: Option<LocalId> = None;
     let mut t64: Option<LocalId> = None;
@@ -513,17 +578,11 @@ fn instrument_function(
                 ));
             }
         }
-        if loops.contains(&seq) || (is_entry && at_entry) {
-            new.extend(budget_check(f, tick, budget));
+        if checked.contains(&seq) || (is_entry && at_entry) {
+            new.extend(budget_check(f, hook));
         }
         for (ins, loc) in old {
-            let canon = match &ins {
-                Instr::Binop(b) => nan_width_binop(b.op),
-                Instr::Unop(u) => nan_width_unop(u.op),
-                _ => None,
-            };
-            new.push((ins, loc));
-            match canon {
+            match nan_observed(&ins, float_globals) {
                 Some(32) => {
                     let t = *t32.get_or_insert_with(|| locals.add(ValType::F32));
                     new.extend(canonicalize(
@@ -542,8 +601,150 @@ fn instrument_function(
                 }
                 None => {}
             }
+            new.push((ins, loc));
         }
         f.block_mut(seq).instrs = new;
+    }
+    let mut count: Option<LocalId> = None;
+    for (seq, parent, leaf) in loops.all {
+        if leaf {
+            let m = *count.get_or_insert_with(|| locals.add(ValType::I32));
+            strip_leaf_loop(f, hook, m, seq, parent);
+        }
+    }
+}
+
+/// Rewrites the leaf loop `body` (held in `parent`) so that it counts its iterations in the
+/// local `m` instead of the budget global, and its only hook call sits *outside* it:
+///
+/// ```text
+/// m = budget
+/// block $done (result T)
+///   loop $outer
+///     if (m <= 0) { tick(); m = budget }       ;; the only call: Asyncify's guards live here
+///     loop $body (result T)                     ;; same sequence: branches to it stay valid
+///       br_if $outer ((m = m - 1) < 0)           ;; budget exhausted: go and tick
+///       ...original body, `budget = m` before every branch or return leaving the loop...
+///       budget = m
+///     end
+///     br $done
+///   end
+///   unreachable
+/// end
+/// ```
+///
+/// The ticks land on exactly the iterations where the global countdown would have
+/// reached zero (the header test is the old `if (budget == 0) tick(); budget -= 1`), so step
+/// counts and checkpoint positions do not change, and the time between two checks stays
+/// bounded by the budget. What changes is the cost per iteration: one decrement and one
+/// branch on a local (a register under Cranelift) instead of a load-modify-store of a
+/// global, and no Asyncify state tests, because Asyncify only instruments code around
+/// calls that can unwind, and this loop contains none (its guard is tested once per entry
+/// of `$body`, not per iteration). Nothing in the loop can read the budget (it has no
+/// calls), so the global only has to be right when the loop is left.
+fn strip_leaf_loop(
+    f: &mut walrus::LocalFunction,
+    hook: Hook,
+    m: LocalId,
+    body: InstrSeqId,
+    parent: InstrSeqId,
+) {
+    use walrus::ir::*;
+    let inside: HashSet<InstrSeqId> = nested_seqs(f, body).into_iter().collect();
+    let write_back = || {
+        [
+            i(Instr::LocalGet(LocalGet { local: m })),
+            i(Instr::GlobalSet(GlobalSet {
+                global: hook.budget,
+            })),
+        ]
+    };
+    for s in &inside {
+        let old = std::mem::take(&mut f.block_mut(*s).instrs);
+        let mut new = Vec::with_capacity(old.len() + 4);
+        for (ins, loc) in old {
+            let leaves = match &ins {
+                Instr::Br(b) => !inside.contains(&b.block),
+                Instr::BrIf(b) => !inside.contains(&b.block),
+                Instr::BrTable(t) => {
+                    !inside.contains(&t.default) || t.blocks.iter().any(|b| !inside.contains(b))
+                }
+                Instr::Return(_) => true,
+                _ => false,
+            };
+            if leaves {
+                new.extend(write_back());
+            }
+            new.push((ins, loc));
+        }
+        f.block_mut(*s).instrs = new;
+    }
+    let ty = f.block(body).ty;
+    let b = f.builder_mut();
+    let done = b.dangling_instr_seq(ty).id();
+    let outer = b.dangling_instr_seq(None).id();
+    let mut then = b.dangling_instr_seq(None);
+    then.call(hook.tick).global_get(hook.budget).local_set(m);
+    let then = then.id();
+    let alt = b.dangling_instr_seq(None).id();
+
+    let old = std::mem::take(&mut f.block_mut(body).instrs);
+    let mut new = vec![
+        i(Instr::LocalGet(LocalGet { local: m })),
+        i(Instr::Const(Const {
+            value: Value::I32(1),
+        })),
+        i(Instr::Binop(Binop {
+            op: BinaryOp::I32Sub,
+        })),
+        i(Instr::LocalTee(LocalTee { local: m })),
+        i(Instr::Const(Const {
+            value: Value::I32(0),
+        })),
+        i(Instr::Binop(Binop {
+            op: BinaryOp::I32LtS,
+        })),
+        i(Instr::BrIf(BrIf { block: outer })),
+    ];
+    new.extend(old);
+    new.extend(write_back());
+    f.block_mut(body).instrs = new;
+
+    f.block_mut(outer).instrs = vec![
+        i(Instr::LocalGet(LocalGet { local: m })),
+        i(Instr::Const(Const {
+            value: Value::I32(0),
+        })),
+        i(Instr::Binop(Binop {
+            op: BinaryOp::I32LeS,
+        })),
+        i(Instr::IfElse(IfElse {
+            consequent: then,
+            alternative: alt,
+        })),
+        i(Instr::Loop(Loop { seq: body })),
+        i(Instr::Br(Br { block: done })),
+    ];
+    f.block_mut(done).instrs = vec![
+        i(Instr::Loop(Loop { seq: outer })),
+        i(Instr::Unreachable(Unreachable {})),
+    ];
+    let pinstrs = &mut f.block_mut(parent).instrs;
+    if let Some(pos) = pinstrs
+        .iter()
+        .position(|(ins, _)| matches!(ins, Instr::Loop(l) if l.seq == body))
+    {
+        let loc = pinstrs[pos].1;
+        pinstrs.splice(
+            pos..=pos,
+            [
+                i(Instr::GlobalGet(GlobalGet {
+                    global: hook.budget,
+                })),
+                i(Instr::LocalSet(LocalSet { local: m })),
+                (Instr::Block(Block { seq: done }), loc),
+            ],
+        );
     }
 }
 
@@ -552,12 +753,9 @@ fn i(ins: Instr) -> (Instr, InstrLocId) {
 }
 
 /// `if (budget == 0) tick(); budget -= 1;` (the host sets the budget inside tick).
-fn budget_check(
-    f: &mut walrus::LocalFunction,
-    tick: FunctionId,
-    budget: walrus::GlobalId,
-) -> Vec<(Instr, InstrLocId)> {
+fn budget_check(f: &mut walrus::LocalFunction, hook: Hook) -> Vec<(Instr, InstrLocId)> {
     use walrus::ir::*;
+    let Hook { tick, budget } = hook;
     let b = f.builder_mut();
     let mut then = b.dangling_instr_seq(None);
     then.call(tick);
@@ -596,59 +794,69 @@ fn canonicalize(t: LocalId, nan: Value, eq: BinaryOp) -> Vec<(Instr, InstrLocId)
     ]
 }
 
-/// 32 or 64 when `op` yields a float that can be a NaN whose bits the runtimes may choose
-/// differently (arithmetic; not abs/neg/copysign, which only touch the sign bit).
-fn nan_width_binop(op: BinaryOp) -> Option<u32> {
-    use BinaryOp::*;
-    match op {
-        F32Add | F32Sub | F32Mul | F32Div | F32Min | F32Max => Some(32),
-        F64Add | F64Sub | F64Mul | F64Div | F64Min | F64Max => Some(64),
+/// 32 or 64 when `ins` lets the program observe the bits of the float on top of the stack
+/// (its operand), so a NaN there must first be made canonical: a store to memory, a
+/// reinterpretation as an integer, the sign source of `copysign`, a write to a global
+/// (captured in the checkpoint). Nothing else can tell two NaNs apart: arithmetic,
+/// comparisons, conversions, `select`, locals and calls only move or consume them, and
+/// WASI functions take no floats. A NaN whose bits differ between runtimes may therefore
+/// live in locals and on the operand stack (and in Asyncify's saved frames), but never
+/// reaches memory, a global, an integer or a sign.
+fn nan_observed(ins: &Instr, float_globals: &HashMap<walrus::GlobalId, u32>) -> Option<u32> {
+    use walrus::ir::StoreKind;
+    match ins {
+        Instr::Store(st) => match st.kind {
+            StoreKind::F32 => Some(32),
+            StoreKind::F64 => Some(64),
+            _ => None,
+        },
+        Instr::Unop(u) => match u.op {
+            UnaryOp::I32ReinterpretF32 => Some(32),
+            UnaryOp::I64ReinterpretF64 => Some(64),
+            _ => None,
+        },
+        Instr::Binop(b) => match b.op {
+            BinaryOp::F32Copysign => Some(32),
+            BinaryOp::F64Copysign => Some(64),
+            _ => None,
+        },
+        Instr::GlobalSet(g) => float_globals.get(&g.global).copied(),
         _ => None,
     }
 }
 
-fn nan_width_unop(op: UnaryOp) -> Option<u32> {
-    use UnaryOp::*;
-    match op {
-        F32Ceil | F32Floor | F32Trunc | F32Nearest | F32Sqrt | F32DemoteF64 => Some(32),
-        F64Ceil | F64Floor | F64Trunc | F64Nearest | F64Sqrt | F64PromoteF32 => Some(64),
-        _ => None,
-    }
-}
-
-/// Step 3: Binaryen's asyncify over the tick import, then optimisation.
-fn asyncify(wasm: &[u8]) -> Result<Vec<u8>> {
+/// Step 3: Binaryen's asyncify over the tick import (when `asyncify`), then optimisation.
+fn wasm_opt(wasm: &[u8], asyncify: bool) -> Result<Vec<u8>> {
     let tool = wasm_opt_path();
     let dir = tempdir()?;
     let input = dir.0.join("in.wasm");
     let output = dir.0.join("out.wasm");
     std::fs::write(&input, wasm).map_err(|e| VmError::io(&input, "writing", e))?;
-    let out = std::process::Command::new(&tool)
-        .arg(&input)
-        .args([
-            "--enable-mutable-globals",
-            "--enable-sign-ext",
-            "--enable-nontrapping-float-to-int",
-            "--enable-bulk-memory",
-            "--enable-multivalue",
-            "--enable-reference-types",
-            "--asyncify",
-            &format!("--pass-arg=asyncify-imports@{TICK_MODULE}.{TICK_NAME}"),
-            "-O2",
-            "-o",
-        ])
-        .arg(&output)
-        .output()
-        .map_err(|e| {
-            VmError::new(
-                VmErrorKind::Toolchain,
-                format!(
-                    "cannot run {} (Binaryen's wasm-opt, Debian package `binaryen`; or set \
+    let mut cmd = std::process::Command::new(&tool);
+    cmd.arg(&input).args([
+        "--enable-mutable-globals",
+        "--enable-sign-ext",
+        "--enable-nontrapping-float-to-int",
+        "--enable-bulk-memory",
+        "--enable-multivalue",
+        "--enable-reference-types",
+    ]);
+    if asyncify {
+        cmd.args([
+            "--asyncify".to_string(),
+            format!("--pass-arg=asyncify-imports@{TICK_MODULE}.{TICK_NAME}"),
+        ]);
+    }
+    let out = cmd.args(["-O2", "-o"]).arg(&output).output().map_err(|e| {
+        VmError::new(
+            VmErrorKind::Toolchain,
+            format!(
+                "cannot run {} (Binaryen's wasm-opt, Debian package `binaryen`; or set \
                      LAZARUS_WASM_OPT): {e}",
-                    tool.display()
-                ),
-            )
-        })?;
+                tool.display()
+            ),
+        )
+    })?;
     if !out.status.success() {
         return Err(VmError::new(
             VmErrorKind::Toolchain,

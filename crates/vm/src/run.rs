@@ -762,8 +762,10 @@ fn write_checkpoint(
 }
 
 /// Benchmark helper: runs `module` exactly as given (instrumented or not, no repository,
-/// no checkpoint) on `kind` with `args` and returns its exit status and the time `_start`
-/// took (instantiation excluded).
+/// no checkpoint) on `kind` with `args` and returns its exit status and the CPU time of the
+/// thread running `_start` (instantiation excluded). CPU time, not wall time, so that a
+/// ratio of two runs stays meaningful on a machine shared with other work; the guest and
+/// the hook run on that one thread under both runtimes.
 pub fn time_module(
     kind: RuntimeKind,
     module: &[u8],
@@ -788,9 +790,9 @@ pub fn time_module(
             )?;
             let ctl = Every::Never.control(0);
             let mut inst = runtime::instantiate(kind, &module, HostData { wasi, ctl })?;
-            let t = Instant::now();
+            let t = thread_cpu_time();
             let end = inst.run_start()?;
-            let took = t.elapsed();
+            let took = thread_cpu_time().saturating_sub(t);
             Ok((
                 match end {
                     RunEnd::Exit(c) => c,
@@ -802,4 +804,18 @@ pub fn time_module(
         .map_err(|e| VmError::new(VmErrorKind::Io, format!("starting the VM thread: {e}")))?
         .join()
         .map_err(|_| VmError::new(VmErrorKind::Trap, "the VM thread panicked"))?
+}
+
+/// CPU time consumed by the calling thread so far.
+fn thread_cpu_time() -> std::time::Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_THREAD_CPUTIME_ID needs nothing else.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return std::time::Duration::ZERO;
+    }
+    std::time::Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }

@@ -3,7 +3,10 @@
 //! `_start`), a checkpoint of another program, another command line, a damaged checkpoint.
 //! The runtime tests use a WAT program (no C toolchain) but need Binaryen's `wasm-opt`.
 
-use lazarus_vm::{instrument, run, Every, RuntimeKind, VmConfig, VmErrorKind};
+mod common;
+
+use common::{have_wasm_opt, runtimes};
+use lazarus_vm::{instrument, run, Every, VmConfig, VmErrorKind};
 use std::path::Path;
 
 fn wat(src: &str) -> Vec<u8> {
@@ -128,22 +131,6 @@ fn counter(n: u64) -> Vec<u8> {
     ))
 }
 
-fn have_wasm_opt() -> bool {
-    let ok = std::process::Command::new(instrument::wasm_opt_path())
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        let msg =
-            "SKIPPED: needs Binaryen's wasm-opt (Debian package binaryen; .ci/run installs it)";
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("{msg} — failing because CI=true");
-        }
-        eprintln!("\n*** {msg} ***\n");
-    }
-    ok
-}
-
 fn config(dir: &Path, module: &[u8], name: &str) -> VmConfig {
     let p = dir.join(name);
     std::fs::write(&p, module).unwrap();
@@ -161,13 +148,6 @@ fn uninterrupted(dir: &Path, module: &[u8]) -> i32 {
     plain.repo = None;
     plain.every = Every::Never;
     run(&plain).unwrap().exit_code
-}
-
-fn runtimes() -> Vec<RuntimeKind> {
-    [RuntimeKind::Wasmi, RuntimeKind::Wasmtime]
-        .into_iter()
-        .filter(|r| r.available())
-        .collect()
 }
 
 #[test]

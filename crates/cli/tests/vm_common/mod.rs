@@ -143,3 +143,50 @@ pub fn program_lines(stderr: &[u8]) -> String {
 pub fn read(p: &Path) -> String {
     String::from_utf8_lossy(&std::fs::read(p).unwrap_or_default()).into_owned()
 }
+
+/// Runs `prog args` in legs that each stop right after one checkpoint (every `every`
+/// steps), alternating the runtimes, stdout going to one file that each resume truncates
+/// back to its checkpoint; asserts the file equals an uninterrupted run's stdout byte for
+/// byte. Returns how many legs stopped at a checkpoint before the last one finished.
+pub fn legs_to_file(prog: &str, args: &[&str], every: &str) -> usize {
+    let wasm = program(prog);
+    let root = tempfile::tempdir().unwrap();
+    let run = |rt: &str, repo: Option<&Path>, out: &Path| {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(out)
+            .unwrap();
+        let mut c = lazarus();
+        c.args(["vm", "run", "--seed", "5", "--runtime", rt]);
+        match repo {
+            Some(r) => {
+                c.arg("--repo")
+                    .arg(r)
+                    .args(["--every", every, "--stop-after-checkpoints", "1"])
+            }
+            None => c.arg("--no-checkpoint"),
+        };
+        c.arg(&wasm).arg("--").args(args).stdout(f);
+        c.status().unwrap()
+    };
+    let refo = root.path().join("ref.txt");
+    assert!(run("wasmi", None, &refo).success(), "{prog}: reference run");
+    let rts = runtimes();
+    let out = root.path().join("out.txt");
+    let repo = root.path().join("repo");
+    let mut k = 0;
+    loop {
+        let rt = rts[k % rts.len()];
+        let st = run(rt, Some(&repo), &out);
+        if st.success() {
+            break;
+        }
+        assert_eq!(st.code(), Some(3), "{prog}: leg {k} on {rt}");
+        k += 1;
+        assert!(k < 500, "{prog}: never finished");
+    }
+    assert_eq!(read(&out), read(&refo), "{prog}: output after {k} legs");
+    k
+}

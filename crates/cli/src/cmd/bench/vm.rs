@@ -1,9 +1,12 @@
 //! `lazarus bench vm`: the cost of VM-level checkpointing (docs/VM.md), measured in the
 //! same run against its baselines:
 //!
-//! 1. slowdown: a compute loop without system calls, uninstrumented vs instrumented
-//!    (budget countdown at loop headers, NaN canonicalisation, Asyncify), on each runtime
-//!    (target <= 1.2x). `--module` adds a program of your own (e.g. a C build);
+//! 1. slowdown: uninstrumented vs instrumented (budget countdown at loop headers, NaN
+//!    canonicalisation, Asyncify) on each runtime (target <= 1.2x), for a micro compute
+//!    loop (WAT) and three C kernels compiled to WASI (`vm_kernels.c`: a sieve, a double
+//!    matrix multiply, recursion through a function pointer), with the middle column
+//!    "counters": the same instrumentation without Asyncify, which splits the cost between
+//!    the two. `--module` adds a program of your own;
 //! 2. full checkpoint of `--memory` (default 256 MiB) of incompressible linear memory
 //!    (the whole checkpoint: unwind, capture, write, COMMIT, rewind) vs `memcpy` of the
 //!    same bytes plus a raw write + fsync of them to one file in the same directory;
@@ -21,8 +24,9 @@ use std::time::Instant;
 /// Flags of `lazarus bench vm`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Iterations of the built-in compute loop.
-    #[arg(long, default_value_t = 200_000_000)]
+    /// Iterations of the built-in compute loop on wasmtime (wasmi, an interpreter, runs
+    /// 1/20 of them).
+    #[arg(long, default_value_t = 400_000_000)]
     iterations: u64,
     /// Linear memory for the checkpoint measurement, MiB (at most 3072).
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(2..=3072))]
@@ -39,7 +43,22 @@ pub struct Args {
     /// Runs of each timing (the median is reported).
     #[arg(long, default_value_t = 3)]
     repeat: usize,
+    /// Multiplies the work of the C kernels (1: about 1 s each uninstrumented on the
+    /// development VM; wasmi runs 20-100x less work than wasmtime).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    kernel_reps: u32,
+    /// Time only the programs whose name contains this (e.g. `sieve`, `WAT`).
+    #[arg(long)]
+    only: Option<String>,
+    /// Only the slowdown part (skip the checkpoint-size measurement).
+    #[arg(long)]
+    slowdown_only: bool,
 }
+
+/// `vm_kernels.c` built with
+/// `clang-16 --target=wasm32-wasi -O2 -Wl,--strip-all -o vm_kernels.wasm vm_kernels.c`
+/// (Debian clang-16 + wasi-libc): committed, so the benchmark needs no C toolchain.
+const KERNELS_WASM: &[u8] = include_bytes!("vm_kernels.wasm");
 
 /// The compute loop: an LCG with a store, `n` iterations, no system call.
 fn compute_loop(n: u64) -> String {
@@ -126,36 +145,82 @@ pub fn main(a: Args) -> CmdResult {
         .into_iter()
         .filter(|r| r.available())
         .collect();
-    let mut programs = vec![(
-        "compute loop (built-in)".to_string(),
-        wat::parse_str(compute_loop(a.iterations))?,
-        Vec::new(),
-    )];
+    // (name, module, arguments on wasmi, arguments on wasmtime): the interpreter gets less
+    // work so that both take about a second; each ratio compares one runtime with itself.
+    let kernel = |name: &str, n: u32, wasmi_reps: u32, wasmtime_reps: u32| {
+        let args = |reps: u32| {
+            vec![
+                name.to_string(),
+                n.to_string(),
+                (reps * a.kernel_reps).to_string(),
+            ]
+        };
+        (
+            format!("C {name} (vm_kernels.c)"),
+            KERNELS_WASM.to_vec(),
+            args(wasmi_reps),
+            args(wasmtime_reps),
+        )
+    };
+    let mut programs = vec![
+        (
+            "compute loop (WAT)".to_string(),
+            wat::parse_str(compute_loop(a.iterations / 20))?,
+            Vec::new(),
+            Vec::new(),
+        ),
+        kernel("sieve", 2_000_000, 1, 40),
+        kernel("matmul", 200, 2, 100),
+        kernel("fib", 30, 3, 60),
+    ];
+    let wasmtime_loop = wat::parse_str(compute_loop(a.iterations))?;
     if let Some(m) = &a.module {
-        programs.push((m.display().to_string(), std::fs::read(m)?, a.args.clone()));
+        let bytes = std::fs::read(m)?;
+        programs.push((
+            m.display().to_string(),
+            bytes,
+            a.args.clone(),
+            a.args.clone(),
+        ));
     }
     outln!(
-        "== slowdown of the instrumented module (median of {})",
+        "== slowdown of the instrumented module (thread CPU time, median of {}; counters: no Asyncify)",
         a.repeat
     )?;
-    for (name, plain, args) in &programs {
-        let inst = lazarus_vm::instrument::instrument(plain)?;
+    for (i, (name, plain, wasmi_args, wasmtime_args)) in programs.iter().enumerate() {
+        if a.only.as_ref().is_some_and(|o| !name.contains(o.as_str())) {
+            continue;
+        }
         for rt in &runtimes {
+            let (plain, args) = match rt {
+                RuntimeKind::Wasmi => (plain, wasmi_args),
+                RuntimeKind::Wasmtime if i == 0 => (&wasmtime_loop, wasmtime_args),
+                RuntimeKind::Wasmtime => (plain, wasmtime_args),
+            };
+            let counters = lazarus_vm::instrument::instrument_without_asyncify(plain)?;
+            let inst = lazarus_vm::instrument::instrument(plain)?;
             let (t0, c0) = time(*rt, plain, args, a.repeat)?;
+            let (tc, cc) = time(*rt, &counters, args, a.repeat)?;
             let (t1, c1) = time(*rt, &inst, args, a.repeat)?;
-            if c0 != c1 {
+            if c0 != c1 || c0 != cc {
                 return Err(format!(
-                    "{name} on {}: exit {c0} uninstrumented, {c1} instrumented",
+                    "{name} on {}: exit {c0} uninstrumented, {cc} counters only, {c1} \
+                     instrumented",
                     rt.name()
                 )
                 .into());
             }
             outln!(
-                "{name} on {:8}: plain {t0:.3} s, instrumented {t1:.3} s, slowdown {:.2}x (target <= 1.2x)",
+                "{name} on {:8}: plain {t0:.3} s, counters {tc:.3} s ({:.2}x), instrumented \
+                 {t1:.3} s, slowdown {:.2}x (target <= 1.2x)",
                 rt.name(),
+                tc / t0,
                 t1 / t0
             )?;
         }
+    }
+    if a.slowdown_only {
+        return Ok(ExitCode::SUCCESS);
     }
 
     let scratch = Scratch(
