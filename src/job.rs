@@ -513,13 +513,15 @@ impl Job {
 
     /// Fault injection for tests: rank 0's repository (and the part writers it hands out)
     /// behaves as a disk with only `bytes` left; `u64::MAX` lifts it. Waits for the
-    /// background flush first. A no-op on other ranks.
+    /// background flush first and returns its error, after applying the budget. A no-op
+    /// on other ranks.
     #[doc(hidden)]
     pub fn set_write_budget(&mut self, bytes: u64) -> Result<(), JobError> {
-        if let Some(repo) = self.rt()?.repository_mut() {
+        let flushed = self.settle();
+        if let Some(repo) = held(&mut self.runtime, self.lost)?.repository_mut() {
             repo.set_write_budget(bytes);
         }
-        Ok(())
+        flushed
     }
 
     /// True while an asynchronous checkpoint is being written in the background.
@@ -879,6 +881,8 @@ impl Job {
     /// writes newer checkpoints.
     pub fn finish<T: Checkpoint + ?Sized>(&mut self, state: &T) -> Result<CheckpointId, JobError> {
         if let Some((id, step)) = self.finished {
+            // A checkpoint still in flight is waited for, and its failure reported.
+            self.settle()?;
             if step == self.step {
                 return Ok(id);
             }

@@ -197,20 +197,21 @@ fn background_write_error_is_reported_by_the_next_call_and_the_job_goes_on() {
     let dir = tempfile::tempdir().unwrap();
     let repo = dir.path().join("repo");
     let len = 1 << 14;
-    let mut job = Job::builder().repo(&repo).every_steps(2).open().unwrap();
+    let mut job = Job::builder().repo(&repo).every_steps(1000).open().unwrap();
     let mut s = job.restore_or_init(|| state(0, len)).unwrap();
-    job.checkpoint(&s).unwrap(); // step 0: checkpoint 1
+    job.checkpoint_now(&s).unwrap(); // step 0: checkpoint 1
     job.flush().unwrap();
     let first = copy(&s);
     // A full disk: the next checkpoint's part cannot be written.
     job.set_write_budget(0).unwrap();
+    job.checkpoint(&s).unwrap(); // step 0: just saved
     scribble(&mut s, 1);
     job.checkpoint(&s).unwrap(); // step 1: not due
     scribble(&mut s, 2);
-    // Step 2 is due: the capture succeeds, the background write fails.
-    let captured = job.checkpoint(&s);
-    assert!(captured.is_ok(), "the capture itself succeeds: {captured:?}");
-    // The failure surfaces at the next call (here the flush; `checkpoint` polls too).
+    // At step 2: the capture succeeds, the background write fails.
+    let captured = job.checkpoint_now(&s);
+    assert_eq!(captured.unwrap(), CheckpointId(2), "the capture itself succeeds");
+    // The failure surfaces at a following `checkpoint()` call (each one polls).
     let e = loop {
         match job.checkpoint(&s) {
             Err(e) => break e,
@@ -228,7 +229,10 @@ fn background_write_error_is_reported_by_the_next_call_and_the_job_goes_on() {
         other => panic!("expected a Flush error, got {other:?}"),
     }
     assert!(e.is_retryable(), "a full disk may pass: {e}");
-    assert!(e.to_string().contains("checkpoint 2"), "{e}");
+    assert!(
+        e.to_string().contains(&CheckpointId(2).to_string()),
+        "names the checkpoint: {e}"
+    );
     assert!(job.flush().is_ok(), "reported once, not again");
     // The disk has room again: the job goes on and the next checkpoint commits.
     job.set_write_budget(u64::MAX).unwrap();
@@ -257,6 +261,7 @@ fn error_at_finish_is_returned_not_lost() {
     // finish writes synchronously and succeeds; the earlier error was reported above.
     job.finish(&s).unwrap();
     assert!(id.0 >= 1);
+    drop(job);
     // And finish reports a flush error it finds.
     let mut job = Job::builder().repo(&repo).open().unwrap();
     let mut s = job.restore_or_init(|| state(0, 1024)).unwrap();
