@@ -294,3 +294,36 @@ fn commit_records_stall_and_background_flush_separately() {
     assert!(a.stall.is_some() && a.write.is_some() && a.flush.is_some(), "{a:?}");
     assert!(b.stall.is_some() && b.write.is_some() && b.flush.is_none(), "{b:?}");
 }
+
+#[test]
+fn a_state_over_the_staging_budget_is_written_synchronously() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let mut job = Job::builder()
+        .repo(&repo)
+        .staging_budget(64 << 10)
+        .open()
+        .unwrap();
+    let mut big = job.restore_or_init(|| state(0, 1 << 14)).unwrap(); // 256 KiB
+    let id = job.checkpoint_now(&big).unwrap();
+    // Committed when the call returned: no flush in flight, no staging copy made.
+    assert!(!job.flushing());
+    let r = *job.last_checkpoint().unwrap();
+    assert_eq!((r.checkpoint, r.flush), (id, None), "{r}");
+    scribble(&mut big, 1);
+    drop(job);
+    assert_ne!(restored(&repo, None, 0, 1 << 14), big);
+    // A state under the budget is captured and flushed in the background.
+    let mut job = Job::builder()
+        .repo(&repo)
+        .staging_budget(64 << 10)
+        .open()
+        .unwrap();
+    let restored_big = job.restore_or_init(|| state(0, 1)).unwrap();
+    assert_eq!(restored_big.xs.len(), 1 << 14);
+    let small = state(0, 1 << 10); // 16 KiB
+    let id = job.checkpoint_now(&small).unwrap();
+    let r = *job.flush().unwrap().unwrap();
+    assert_eq!(r.checkpoint, id);
+    assert!(r.flush.is_some(), "{r}");
+}
