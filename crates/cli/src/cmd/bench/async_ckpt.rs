@@ -44,6 +44,14 @@ struct Tracked {
     data: DirtyVec<u64>,
 }
 
+/// SplitMix64: cheap incompressible words.
+fn splitmix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v.get(v.len() / 2).copied().unwrap_or_default()
@@ -80,11 +88,14 @@ fn run(
                     b = b.sync_writes();
                 }
                 let mut job = b.open().map_err(|e| e.to_string())?;
+                // Incompressible content (splitmix64), so compression cannot shrink a write
+                // below what raw write+fsync of the same bytes does.
+                let noise: Vec<u64> = (0..words as u64).map(|i| splitmix(i ^ (rank << 40))).collect();
                 let mut full = Full {
-                    data: vec![rank; words],
+                    data: noise.clone(),
                 };
                 let mut tracked = Tracked {
-                    data: DirtyVec::from(vec![rank; words]),
+                    data: DirtyVec::from(noise),
                 };
                 let pages = (words * 8).div_ceil(4096);
                 let changed = ((pages as f64 * change).ceil() as usize).max(1);
@@ -92,14 +103,15 @@ fn run(
                 let mut flushes = Vec::new();
                 for round in 0..=rounds as u64 {
                     if incremental {
-                        // Spread the changed pages over the array (a different set each round).
-                        for k in 0..changed {
-                            let page = (k * pages / changed + round as usize) % pages;
-                            tracked.data.set(page * 512, round);
+                        // A contiguous 1 % of the pages (another region each round), as a
+                        // solver updating one block of its domain.
+                        let first = (round as usize * changed) % pages;
+                        for page in (first..first + changed).map(|p| p % pages) {
+                            tracked.data.set(page * 512, splitmix(round ^ page as u64));
                         }
                     } else {
                         // One word per 4 KiB page: every chunk is new, nothing deduplicated.
-                        full.data.iter_mut().step_by(512).for_each(|w| *w += 1);
+                        full.data.iter_mut().step_by(512).for_each(|w| *w = splitmix(*w));
                     }
                     let t = Instant::now();
                     let r = if incremental {
@@ -143,28 +155,41 @@ fn memcpy(bytes: usize, reps: usize) -> Duration {
     median(v)
 }
 
-/// Every rank writes and fsyncs `bytes` to its own file at the same time; the slowest.
+/// Every rank writes and fsyncs `bytes` (incompressible) to its own file at the same
+/// time; the time until the slowest is done (the data is made before the clock starts).
 fn raw_write(dir: &Path, ranks: u32, bytes: usize) -> std::io::Result<Duration> {
+    let data: Vec<Vec<u8>> = (0..ranks)
+        .map(|r| {
+            (0..bytes.div_ceil(8) as u64)
+                .flat_map(|i| splitmix(i ^ (u64::from(r) << 40)).to_le_bytes())
+                .take(bytes)
+                .collect()
+        })
+        .collect();
     let t = Instant::now();
     std::thread::scope(|s| {
-        let hs: Vec<_> = (0..ranks)
-            .map(|r| {
+        let hs: Vec<_> = data
+            .iter()
+            .enumerate()
+            .map(|(r, data)| {
                 let path = dir.join(format!("raw-{r}"));
                 s.spawn(move || -> std::io::Result<()> {
-                    let data = vec![r as u8 + 1; bytes];
                     let mut f = std::fs::File::create(&path)?;
                     for piece in data.chunks(8 << 20) {
                         f.write_all(piece)?;
                     }
-                    f.sync_all()?;
-                    std::fs::remove_file(&path)
+                    f.sync_all()
                 })
             })
             .collect();
         hs.into_iter()
             .try_for_each(|h| h.join().unwrap_or_else(|_| Err(std::io::Error::other("panic"))))
     })?;
-    Ok(t.elapsed())
+    let took = t.elapsed();
+    for r in 0..ranks {
+        std::fs::remove_file(dir.join(format!("raw-{r}")))?;
+    }
+    Ok(took)
 }
 
 /// Runs `lazarus bench async`.
