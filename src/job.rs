@@ -830,6 +830,12 @@ impl Job {
     /// The iteration is counted even when saving fails, so a caller that chooses to go on
     /// after a retryable error (a full disk, see [`JobError::is_retryable`]) keeps its step
     /// count right; the failed checkpoint is simply not there.
+    ///
+    /// Asynchronous by default (docs/ASYNC.md): a save returns once `state` is copied into
+    /// staging memory; the program may change it at once. The write, the votes and COMMIT
+    /// run in the background; the next save first waits for them. A background failure is
+    /// returned as [`JobError::Flush`] by the first call that finds it (every call checks,
+    /// without waiting). With [`JobBuilder::sync_writes`], the call returns once committed.
     pub fn checkpoint<T: Checkpoint + ?Sized>(&mut self, state: &T) -> Result<u64, JobError> {
         let at = Opportunity {
             step: self.step,
@@ -863,7 +869,9 @@ impl Job {
     }
 
     /// Saves `state` now as the state after `step()` iterations, whatever the policy says
-    /// (e.g. before a planned shutdown); does not count a step.
+    /// (e.g. before a planned shutdown); does not count a step. Returns the checkpoint's id once
+    /// the state is captured (asynchronous, as in [`Job::checkpoint`]); [`Job::flush`]
+    /// waits until it is committed.
     pub fn checkpoint_now<T: Checkpoint + ?Sized>(
         &mut self,
         state: &T,
@@ -878,7 +886,9 @@ impl Job {
     /// job that is already finished at this step (the rerun), it saves nothing and returns
     /// that checkpoint. Collective: every rank calls it, like `checkpoint`. Retention
     /// keeps it (it is the newest), so the result stays restorable until a later run
-    /// writes newer checkpoints.
+    /// writes newer checkpoints. Always synchronous: it first waits for the checkpoint
+    /// being written in the background (returning its failure, [`JobError::Flush`], after
+    /// saving) and returns once the final checkpoint is committed.
     pub fn finish<T: Checkpoint + ?Sized>(&mut self, state: &T) -> Result<CheckpointId, JobError> {
         if let Some((id, step)) = self.finished {
             // A checkpoint still in flight is waited for, and its failure reported.

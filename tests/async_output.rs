@@ -21,10 +21,19 @@ const STEPS: u64 = 24;
 
 fn run(repo: &Path, plan: KillPlan) -> Report {
     let bin = common::example_bin("lines_async");
-    let args = ["--steps", "24", "--every", "3", "--kib", "2048", "--sleep-ms", "3"]
-        .iter()
-        .map(Into::into)
-        .collect();
+    let args = [
+        "--steps",
+        "24",
+        "--every",
+        "3",
+        "--kib",
+        "2048",
+        "--sleep-ms",
+        "3",
+    ]
+    .iter()
+    .map(Into::into)
+    .collect();
     let mut l = LaunchConfig::new(RANKS, bin.into_os_string(), args);
     l.net = NetConfig {
         failure_timeout: Duration::from_millis(3000),
@@ -88,6 +97,11 @@ fn output_is_released_exactly_once_when_killed_inside_background_flushes() {
     };
     let r = run(&dir.path().join("killed"), plan);
     assert_eq!(r.end, JobEnd::Completed, "{r:?}");
-    assert_eq!(r.failures.len(), 3, "every failpoint fired: {:?}", r.failures);
+    assert_eq!(
+        r.failures.len(),
+        3,
+        "every failpoint fired: {:?}",
+        r.failures
+    );
     assert_eq!(check_output(&r), want);
 }

@@ -148,7 +148,10 @@ fn snapshot_isolation_on_four_ranks() {
         .collect();
     let at: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
     let newest = committed(&repo).last().map(|c| c.1).unwrap();
-    assert!(newest >= 4, "checkpoints every 2 steps up to step 6: newest {newest}");
+    assert!(
+        newest >= 4,
+        "checkpoints every 2 steps up to step 6: newest {newest}"
+    );
     let comms = loopback_comms(4, NetConfig::default()).unwrap();
     let handles: Vec<_> = comms
         .into_iter()
@@ -181,14 +184,20 @@ fn dirty_pages_written_during_a_flush_stay_dirty_for_the_next_checkpoint() {
     let b = job.checkpoint_now(&s).unwrap();
     let report = *job.flush().unwrap().unwrap();
     assert_eq!(report.checkpoint, b);
-    assert!(report.written_bytes > 0, "B wrote the changed page: {report}");
+    assert!(
+        report.written_bytes > 0,
+        "B wrote the changed page: {report}"
+    );
     drop(job);
     let reader = RepoReader::open(&repo).unwrap();
     let mut got_a = state(0, 1);
     lazarus::state::restore(&mut got_a, reader.load_part(a, lazarus::Rank(0)).unwrap()).unwrap();
     assert_eq!(got_a.tracked[5000], 5000, "A holds the value at its call");
     let got = restored(&repo, None, 0, len);
-    assert_eq!(got.tracked[5000], 7, "B holds the page written during A's flush");
+    assert_eq!(
+        got.tracked[5000], 7,
+        "B holds the page written during A's flush"
+    );
     assert_eq!(got, s);
 }
 
@@ -210,7 +219,11 @@ fn background_write_error_is_reported_by_the_next_call_and_the_job_goes_on() {
     scribble(&mut s, 2);
     // At step 2: the capture succeeds, the background write fails.
     let captured = job.checkpoint_now(&s);
-    assert_eq!(captured.unwrap(), CheckpointId(2), "the capture itself succeeds");
+    assert_eq!(
+        captured.unwrap(),
+        CheckpointId(2),
+        "the capture itself succeeds"
+    );
     // The failure surfaces at a following `checkpoint()` call (each one polls).
     let e = loop {
         match job.checkpoint(&s) {
@@ -243,8 +256,11 @@ fn background_write_error_is_reported_by_the_next_call_and_the_job_goes_on() {
     assert_eq!(ids, vec![1, id.0], "checkpoint 2 never committed");
     let reader = RepoReader::open(&repo).unwrap();
     let mut got = state(0, 1);
-    lazarus::state::restore(&mut got, reader.load_part(CheckpointId(1), lazarus::Rank(0)).unwrap())
-        .unwrap();
+    lazarus::state::restore(
+        &mut got,
+        reader.load_part(CheckpointId(1), lazarus::Rank(0)).unwrap(),
+    )
+    .unwrap();
     assert_eq!(got, first, "the previous checkpoint is intact");
     assert_eq!(restored(&repo, None, 0, len), s);
 }
@@ -258,7 +274,7 @@ fn error_at_finish_is_returned_not_lost() {
     job.set_write_budget(0).unwrap();
     let id = job.checkpoint_now(&s).unwrap();
     job.set_write_budget(u64::MAX).unwrap_err(); // waits for the flush: its error
-    // finish writes synchronously and succeeds; the earlier error was reported above.
+                                                 // finish writes synchronously and succeeds; the earlier error was reported above.
     job.finish(&s).unwrap();
     assert!(id.0 >= 1);
     drop(job);
@@ -291,8 +307,14 @@ fn commit_records_stall_and_background_flush_separately() {
     let c = committed(&repo);
     assert_eq!(c.len(), 2);
     let (a, b) = (c[0].2, c[1].2);
-    assert!(a.stall.is_some() && a.write.is_some() && a.flush.is_some(), "{a:?}");
-    assert!(b.stall.is_some() && b.write.is_some() && b.flush.is_none(), "{b:?}");
+    assert!(
+        a.stall.is_some() && a.write.is_some() && a.flush.is_some(),
+        "{a:?}"
+    );
+    assert!(
+        b.stall.is_some() && b.write.is_some() && b.flush.is_none(),
+        "{b:?}"
+    );
 }
 
 #[test]

@@ -343,7 +343,11 @@ impl AlignedRuntime {
         self.begin_inner(meta, true)
     }
 
-    fn begin_inner(&mut self, meta: &CommitMeta, mark_now: bool) -> Result<StartedRound, RoundError> {
+    fn begin_inner(
+        &mut self,
+        meta: &CommitMeta,
+        mark_now: bool,
+    ) -> Result<StartedRound, RoundError> {
         self.round_started = Instant::now();
         self.last_write = Duration::ZERO;
         self.async_cost = None;

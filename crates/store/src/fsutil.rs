@@ -20,10 +20,12 @@ pub fn failpoint(name: &str) {
     static ARMED: OnceLock<Option<(String, u64)>> = OnceLock::new();
     static HITS: AtomicU64 = AtomicU64::new(0);
     let armed = ARMED.get_or_init(|| {
-        std::env::var(FAILPOINT_ENV).ok().map(|v| match v.split_once('#') {
-            Some((n, k)) => (n.to_string(), k.parse().unwrap_or(1)),
-            None => (v, 1),
-        })
+        std::env::var(FAILPOINT_ENV)
+            .ok()
+            .map(|v| match v.split_once('#') {
+                Some((n, k)) => (n.to_string(), k.parse().unwrap_or(1)),
+                None => (v, 1),
+            })
     });
     let Some((armed, at)) = armed else { return };
     if armed == name && HITS.fetch_add(1, Ordering::SeqCst) + 1 == *at {

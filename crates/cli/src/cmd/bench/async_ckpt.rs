@@ -90,7 +90,9 @@ fn run(
                 let mut job = b.open().map_err(|e| e.to_string())?;
                 // Incompressible content (splitmix64), so compression cannot shrink a write
                 // below what raw write+fsync of the same bytes does.
-                let noise: Vec<u64> = (0..words as u64).map(|i| splitmix(i ^ (rank << 40))).collect();
+                let noise: Vec<u64> = (0..words as u64)
+                    .map(|i| splitmix(i ^ (rank << 40)))
+                    .collect();
                 let mut full = Full {
                     data: noise.clone(),
                 };
@@ -111,7 +113,10 @@ fn run(
                         }
                     } else {
                         // One word per 4 KiB page: every chunk is new, nothing deduplicated.
-                        full.data.iter_mut().step_by(512).for_each(|w| *w = splitmix(*w));
+                        full.data
+                            .iter_mut()
+                            .step_by(512)
+                            .for_each(|w| *w = splitmix(*w));
                     }
                     let t = Instant::now();
                     let r = if incremental {
@@ -182,8 +187,10 @@ fn raw_write(dir: &Path, ranks: u32, bytes: usize) -> std::io::Result<Duration> 
                 })
             })
             .collect();
-        hs.into_iter()
-            .try_for_each(|h| h.join().unwrap_or_else(|_| Err(std::io::Error::other("panic"))))
+        hs.into_iter().try_for_each(|h| {
+            h.join()
+                .unwrap_or_else(|_| Err(std::io::Error::other("panic")))
+        })
     })?;
     let took = t.elapsed();
     for r in 0..ranks {
@@ -210,7 +217,11 @@ pub fn main(a: Args) -> CmdResult {
     let (sync_stall, _) = run(&scratch.path().join("sync"), &a, true, false)?;
     let (async_stall, async_flush) = run(&scratch.path().join("async"), &a, false, false)?;
     let (inc_stall, inc_flush) = run(&scratch.path().join("inc"), &a, false, true)?;
-    outln!("  memcpy of {} MiB (warm):            {:>9.2} ms", a.mib, ms(copy))?;
+    outln!(
+        "  memcpy of {} MiB (warm):            {:>9.2} ms",
+        a.mib,
+        ms(copy)
+    )?;
     outln!(
         "  raw write+fsync, {} ranks at once:   {:>9.2} ms",
         a.ranks,
