@@ -349,3 +349,57 @@ fn a_state_over_the_staging_budget_is_written_synchronously() {
     assert_eq!(r.checkpoint, id);
     assert!(r.flush.is_some(), "{r}");
 }
+
+#[test]
+fn a_rank_that_cannot_write_in_the_background_fails_the_round_on_every_rank() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let elsewhere = dir.path().join("not-the-repo");
+    let comms = loopback_comms(3, NetConfig::default()).unwrap();
+    let handles: Vec<_> = comms
+        .into_iter()
+        .enumerate()
+        .map(|(r, comm)| {
+            // Rank 2 points at a directory that is not the repository: its write fails.
+            let path = if r == 2 {
+                elsewhere.clone()
+            } else {
+                repo.clone()
+            };
+            std::thread::spawn(move || {
+                let mut job = Job::builder()
+                    .repo(&path)
+                    .comm(comm)
+                    .never_checkpoint()
+                    .timeouts(timeouts())
+                    .open()
+                    .unwrap();
+                let s = job.restore_or_init(|| state(r as u32, 4096)).unwrap();
+                let id = job.checkpoint_now(&s).expect("the capture succeeds");
+                let e = job.flush().unwrap_err();
+                // Reported once; the job goes on and takes part in the next round.
+                assert!(job.flush().is_ok());
+                let next = job.checkpoint_now(&s).expect("the next capture");
+                let again = job.flush().unwrap_err();
+                (id, next, e.is_retryable(), e.to_string(), again.to_string())
+            })
+        })
+        .collect();
+    let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    for (r, (id, next, retryable, msg, again)) in results.iter().enumerate() {
+        assert_eq!(*id, results[0].0, "rank {r}: one round, one id");
+        assert!(next > id, "rank {r}");
+        assert!(*retryable, "rank {r}: {msg}");
+        assert!(
+            msg.contains(&id.to_string()) && msg.contains("aborted"),
+            "rank {r}: {msg}"
+        );
+        assert!(again.contains(&next.to_string()), "rank {r}: {again}");
+    }
+    assert!(
+        results[0].3.contains("rank 2"),
+        "rank 0 names the rank: {}",
+        results[0].3
+    );
+    assert!(committed(&repo).is_empty(), "nothing committed");
+}
