@@ -88,6 +88,39 @@ pub(crate) struct Done {
     pub flush: Duration,
 }
 
+/// Runs one flush: the rest of the round, then retention on rank 0. On the worker, or on
+/// the program's thread when the worker is gone.
+pub(crate) fn run(t: Task) -> Done {
+    let started = Instant::now();
+    let Task {
+        mut runtime,
+        begun,
+        objects,
+        meta,
+        keep,
+    } = t;
+    let result = runtime.complete_round(begun, Ok(&objects), &meta);
+    if let Ok(done) = &result {
+        retain(&mut runtime, keep, done.checkpoint);
+    }
+    Done {
+        runtime,
+        result,
+        pool: objects.into_iter().map(|o| o.data.into_owned()).collect(),
+        flush: started.elapsed(),
+    }
+}
+
+/// Retention after a commit (rank 0). Failing leaves extra checkpoints behind, never a
+/// broken one: logged.
+pub(crate) fn retain(runtime: &mut AlignedRuntime, keep: usize, after: CheckpointId) {
+    if let Some(repo) = runtime.repository_mut() {
+        if let Err(e) = repo.retain(keep) {
+            tracing::warn!("retention after checkpoint {}: {e}", after.0);
+        }
+    }
+}
+
 /// The flush in flight: what the Job needs to report it.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct InFlight {
@@ -107,40 +140,16 @@ pub(crate) struct Flusher {
 impl Flusher {
     /// Starts the worker thread (named after the rank).
     pub fn start(rank: u32) -> std::io::Result<Flusher> {
-        // Capacity 0 on both sides: the worker holds at most one task, the Job at most one
-        // outcome; nothing queues (back-pressure).
+        // A rendezvous for tasks and room for one outcome: the worker holds at most one
+        // task and the Job never submits before taking the previous outcome, so nothing
+        // queues (back-pressure).
         let (tx, tasks) = mpsc::sync_channel::<Task>(0);
         let (done_tx, rx) = mpsc::sync_channel::<Done>(1);
         let handle = std::thread::Builder::new()
             .name(format!("lazarus-flush-{rank}"))
             .spawn(move || {
                 for t in tasks {
-                    let started = Instant::now();
-                    let Task {
-                        mut runtime,
-                        begun,
-                        objects,
-                        meta,
-                        keep,
-                    } = t;
-                    let result = runtime.complete_round(begun, Ok(&objects), &meta);
-                    if let (Ok(done), Some(repo)) = (&result, runtime.repository_mut()) {
-                        // Retention failing leaves extra checkpoints, never a broken one.
-                        if let Err(e) = repo.retain(keep) {
-                            tracing::warn!(
-                                "retention after checkpoint {} failed: {e}",
-                                done.checkpoint.0
-                            );
-                        }
-                    }
-                    let pool = objects.into_iter().map(|o| o.data.into_owned()).collect();
-                    let done = Done {
-                        runtime,
-                        result,
-                        pool,
-                        flush: started.elapsed(),
-                    };
-                    if done_tx.send(done).is_err() {
+                    if done_tx.send(run(t)).is_err() {
                         break;
                     }
                 }

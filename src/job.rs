@@ -564,15 +564,7 @@ impl Job {
         self.pool = done.pool;
         match done.result {
             Ok(c) => {
-                let report = CheckpointReport {
-                    checkpoint: c.checkpoint,
-                    step: info.step,
-                    stall: info.stall,
-                    write: c.write,
-                    flush: Some(done.flush),
-                    logical_bytes: c.receipt.logical_bytes,
-                    written_bytes: c.receipt.stored_new_bytes,
-                };
+                let report = CheckpointReport::of(&c, info.step, info.stall, Some(done.flush));
                 tracing::debug!("{report}");
                 self.last = Some(report);
                 Ok(())
@@ -986,25 +978,12 @@ impl Job {
         };
         let done = done.map_err(|source| JobError::Round { step, source })?;
         self.saved_at = Some(step);
-        let keep = self.keep;
-        if let Some(repo) = held(&mut self.runtime, self.lost)?.repository_mut() {
-            // Retention failing leaves extra checkpoints behind, never a broken one: log it.
-            if let Err(e) = repo.retain(keep) {
-                tracing::warn!(
-                    "retention after checkpoint {} failed: {e}",
-                    done.checkpoint.0
-                );
-            }
-        }
-        let report = CheckpointReport {
-            checkpoint: done.checkpoint,
-            step,
-            stall: started.elapsed(),
-            write: done.write,
-            flush: None,
-            logical_bytes: done.receipt.logical_bytes,
-            written_bytes: done.receipt.stored_new_bytes,
-        };
+        flush::retain(
+            held(&mut self.runtime, self.lost)?,
+            self.keep,
+            done.checkpoint,
+        );
+        let report = CheckpointReport::of(&done, step, started.elapsed(), None);
         self.policy
             .checkpoint_taken(Opportunity { step, now: started }, report.stall);
         tracing::debug!("{report}");
@@ -1063,32 +1042,9 @@ impl Job {
         };
         if let Err(task) = submitted {
             // The worker is gone: write here, synchronously; correct, only slower.
-            let Task {
-                mut runtime,
-                begun,
-                objects,
-                meta,
-                ..
-            } = *task;
-            let result = runtime.complete_round(begun, Ok(&objects), &meta);
-            self.runtime = Some(runtime);
             self.flusher = None;
-            let done = result.map_err(|source| JobError::Round { step, source })?;
-            let keep = self.keep;
-            if let Some(repo) = self.rt()?.repository_mut() {
-                if let Err(e) = repo.retain(keep) {
-                    tracing::warn!("retention after checkpoint {checkpoint}: {e}");
-                }
-            }
-            self.last = Some(CheckpointReport {
-                checkpoint,
-                step,
-                stall: started.elapsed(),
-                write: done.write,
-                flush: None,
-                logical_bytes: done.receipt.logical_bytes,
-                written_bytes: done.receipt.stored_new_bytes,
-            });
+            let done = flush::run(*task);
+            self.absorb(Ok(Some((info, done))))?;
         }
         Ok(checkpoint)
     }

@@ -107,6 +107,26 @@ pub struct CheckpointReport {
     pub written_bytes: u64,
 }
 
+impl CheckpointReport {
+    /// The report of a committed round, as this rank saw it.
+    pub(crate) fn of(
+        c: &lazarus_coord::Committed,
+        step: u64,
+        stall: Duration,
+        flush: Option<Duration>,
+    ) -> Self {
+        CheckpointReport {
+            checkpoint: c.checkpoint,
+            step,
+            stall,
+            write: c.write,
+            flush,
+            logical_bytes: c.receipt.logical_bytes,
+            written_bytes: c.receipt.stored_new_bytes,
+        }
+    }
+}
+
 impl std::fmt::Display for CheckpointReport {
     fn fmt(&self, f_: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
