@@ -32,6 +32,12 @@ use std::time::{Duration, Instant};
 pub const TAG_TO_PARTICIPANT: u32 = 0x100;
 /// Checkpoint-space tag of participant → coordinator votes.
 pub const TAG_VOTE: u32 = 0x101;
+// Both are private to the round (wildcard receives of the program never take them while a
+// round runs in the background, docs/ASYNC.md).
+const _: () = assert!(
+    lazarus_net::Tag::CHECKPOINT_PRIVATE.start <= TAG_TO_PARTICIPANT
+        && TAG_VOTE < lazarus_net::Tag::CHECKPOINT_PRIVATE.end
+);
 
 /// Environment variable: when `1`, parts and commits print output markers on stdout.
 pub const OUTPUT_MARKERS_ENV: &str = "LAZARUS_OUTPUT_MARKERS";
