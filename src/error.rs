@@ -62,6 +62,26 @@ pub enum JobError {
         /// the round's error, naming the rank
         source: RoundError,
     },
+    /// An asynchronous checkpoint, captured at `step`, did not commit: its background
+    /// flush failed (a rank could not write its part, died, or missed the deadline). The
+    /// previous committed checkpoint stays the restart point. Reported by the first Job
+    /// call after the failure is known (docs/ASYNC.md).
+    #[error("checkpoint {checkpoint} (step {step}), written in the background, did not commit: {source}")]
+    Flush {
+        /// the checkpoint that did not commit
+        checkpoint: CheckpointId,
+        /// the step it captured
+        step: u64,
+        /// the round's error, naming the rank
+        source: RoundError,
+    },
+    /// The background thread writing `checkpoint` died (a panic) and took the checkpoint
+    /// runtime with it: this Job cannot checkpoint any more; restart the program.
+    #[error("the background writer of checkpoint {checkpoint} died: this job can no longer checkpoint; restart it")]
+    FlushLost {
+        /// the checkpoint being written
+        checkpoint: CheckpointId,
+    },
     /// Talking to the other ranks failed (usually: one died).
     #[error("job communication: {0}")]
     Net(#[from] NetError),
@@ -130,7 +150,9 @@ impl JobError {
     pub fn is_retryable(&self) -> bool {
         match self {
             JobError::Store { source, .. } => source.is_retryable(),
-            JobError::Round { source, .. } => source.is_retryable(),
+            JobError::Round { source, .. } | JobError::Flush { source, .. } => {
+                source.is_retryable()
+            }
             JobError::Files(e) => e.is_retryable(),
             _ => false,
         }

@@ -3,6 +3,7 @@
 //! rely on is documented on [`Job`] (this module is private).
 
 use crate::error::JobError;
+use crate::flush::{self, Flusher, InFlight, Task};
 use crate::report::{CheckpointReport, FreshStart, RestoreReport};
 use crate::restore;
 use lazarus_coord::restore::{AgreeError, Candidate, LoadError, RestoreAgreement, Start};
@@ -39,6 +40,9 @@ pub struct JobBuilder {
     files: Option<PathBuf>,
     accept_file_changes: bool,
     on_all_damaged: Option<OnAllDamaged>,
+    // Asynchronous checkpoints (issue #16, docs/ASYNC.md).
+    sync_writes: bool,
+    staging_budget: Option<u64>,
 }
 
 impl JobBuilder {
@@ -55,6 +59,24 @@ impl JobBuilder {
     /// checkpoint's content instead of refusing (default: refuse, naming the file).
     pub fn accept_file_changes(mut self, yes: bool) -> Self {
         self.accept_file_changes = yes;
+        self
+    }
+
+    /// Writes every checkpoint inside the checkpoint call, as before asynchronous
+    /// checkpoints (docs/ASYNC.md): `checkpoint` returns only once the checkpoint is
+    /// committed. The default is asynchronous: the call returns once the state is copied
+    /// into staging memory, and the part is written, voted and committed in the background.
+    pub fn sync_writes(mut self) -> Self {
+        self.sync_writes = true;
+        self
+    }
+
+    /// Most bytes of staging memory an asynchronous checkpoint may hold (the copy of the
+    /// state written in the background). A state larger than this is checkpointed
+    /// synchronously (the call stalls for the whole write). Default: a quarter of the
+    /// machine's physical memory (1 GiB when unknown). See docs/ASYNC.md.
+    pub fn staging_budget(mut self, bytes: u64) -> Self {
+        self.staging_budget = Some(bytes);
         self
     }
 
@@ -210,10 +232,28 @@ impl JobBuilder {
                 options,
             }
         };
-        let runtime = AlignedRuntime::new(comm, store, self.timeouts.unwrap_or_default())
+        let rank = comm.rank().0;
+        let runtime = AlignedRuntime::new(comm.clone(), store, self.timeouts.unwrap_or_default())
             .map_err(|source| JobError::Round { step: 0, source })?;
+        let flusher = if self.sync_writes {
+            None
+        } else {
+            match Flusher::start(rank) {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    // Synchronous writes are always correct, only slower: go on with them.
+                    tracing::warn!("no background flush thread ({e}): checkpoints are synchronous");
+                    None
+                }
+            }
+        };
         Ok(Job {
-            runtime,
+            runtime: Some(runtime),
+            comm,
+            flusher,
+            staging_budget: self.staging_budget.unwrap_or_else(flush::default_budget),
+            pool: Vec::new(),
+            lost: None,
             path,
             policy,
             local_policy,
@@ -355,7 +395,16 @@ impl<A: Policy, B: Policy> Policy for Either<A, B> {
 /// written by 4 ranks on 3 ranks by redistribution`. The job's step count is in COMMIT,
 /// not in the state, so it carries over as is.
 pub struct Job {
-    runtime: AlignedRuntime,
+    /// `None` while a background flush owns it (see `crate::flush`).
+    runtime: Option<AlignedRuntime>,
+    comm: Comm,
+    /// The background worker; `None` with `sync_writes`.
+    flusher: Option<Flusher>,
+    staging_budget: u64,
+    /// The previous capture's staging buffers, reused by the next one.
+    pool: Vec<Vec<u8>>,
+    /// A background flush whose thread died with the runtime: the Job cannot checkpoint.
+    lost: Option<CheckpointId>,
     path: PathBuf,
     policy: Box<dyn Policy>,
     local_policy: bool,
@@ -408,7 +457,7 @@ impl Job {
 
     /// This rank's communicator (a world of one without `JobBuilder::comm`).
     pub fn comm(&self) -> &Comm {
-        self.runtime.comm()
+        &self.comm
     }
 
     /// This rank's managed files (`JobBuilder::files`), usable after `restore_or_init`.
@@ -445,9 +494,87 @@ impl Job {
     }
 
     /// What the last checkpoint this process committed cost on this rank (`None` before
-    /// the first one). See [`CheckpointReport`].
+    /// the first one). See [`CheckpointReport`]. An asynchronous checkpoint appears here
+    /// once its background flush is known to have committed (at a later call, or after
+    /// [`Job::flush`]).
     pub fn last_checkpoint(&self) -> Option<&CheckpointReport> {
         self.last.as_ref()
+    }
+
+    /// Waits until the checkpoint being written in the background (if any) is committed,
+    /// and returns the newest committed checkpoint's report. An error is that
+    /// checkpoint's ([`JobError::Flush`]): it did not commit, the previous committed
+    /// checkpoint stays the restart point; when [`JobError::is_retryable`], the job can go
+    /// on and the next checkpoint may commit. Not collective.
+    pub fn flush(&mut self) -> Result<Option<&CheckpointReport>, JobError> {
+        self.settle()?;
+        Ok(self.last.as_ref())
+    }
+
+    /// Fault injection for tests: rank 0's repository (and the part writers it hands out)
+    /// behaves as a disk with only `bytes` left; `u64::MAX` lifts it. Waits for the
+    /// background flush first and returns its error, after applying the budget. A no-op
+    /// on other ranks.
+    #[doc(hidden)]
+    pub fn set_write_budget(&mut self, bytes: u64) -> Result<(), JobError> {
+        let flushed = self.settle();
+        if let Some(repo) = held(&mut self.runtime, self.lost)?.repository_mut() {
+            repo.set_write_budget(bytes);
+        }
+        flushed
+    }
+
+    /// True while an asynchronous checkpoint is being written in the background.
+    pub fn flushing(&self) -> bool {
+        self.flusher.as_ref().is_some_and(Flusher::busy)
+    }
+
+    /// The runtime, once no flush owns it.
+    fn rt(&mut self) -> Result<&mut AlignedRuntime, JobError> {
+        self.settle()?;
+        held(&mut self.runtime, self.lost)
+    }
+
+    /// Waits for the background flush and takes back the runtime; its error, if any.
+    fn settle(&mut self) -> Result<(), JobError> {
+        let r = match self.flusher.as_mut() {
+            Some(f) => f.settle(),
+            None => Ok(None),
+        };
+        self.absorb(r)
+    }
+
+    /// The outcome of a background flush, recorded: the runtime and staging buffers
+    /// come back, a commit becomes `last_checkpoint`, a failure becomes the error.
+    fn absorb(
+        &mut self,
+        outcome: Result<Option<(InFlight, flush::Done)>, InFlight>,
+    ) -> Result<(), JobError> {
+        let (info, done) = match outcome {
+            Ok(None) => return Ok(()),
+            Err(info) => {
+                self.lost = Some(info.checkpoint);
+                return Err(JobError::FlushLost {
+                    checkpoint: info.checkpoint,
+                });
+            }
+            Ok(Some(x)) => x,
+        };
+        self.runtime = Some(done.runtime);
+        self.pool = done.pool;
+        match done.result {
+            Ok(c) => {
+                let report = CheckpointReport::of(&c, info.step, info.stall, Some(done.flush));
+                tracing::debug!("{report}");
+                self.last = Some(report);
+                Ok(())
+            }
+            Err(source) => Err(JobError::Flush {
+                checkpoint: info.checkpoint,
+                step: info.step,
+                source,
+            }),
+        }
     }
 
     /// Returns the state of the newest committed checkpoint that verifies, or `init()`
@@ -557,13 +684,14 @@ impl Job {
         &mut self,
         make: impl FnOnce(Make) -> Result<T, JobError>,
     ) -> Result<T, JobError> {
-        self.runtime.marker(&Marker::Repo {
-            location: lazarus_store::repo_location(&self.path),
-        });
+        // A restore sees every checkpoint this process wrote, committed or not.
+        self.settle()?;
+        let location = lazarus_store::repo_location(&self.path);
+        self.rt()?.marker(&Marker::Repo { location });
         let r = self.agree(make);
         if let Err(e) = &r {
             if e.is_restore_refusal() {
-                self.runtime.marker(&Marker::Refused {
+                self.rt()?.marker(&Marker::Refused {
                     message: e.to_string(),
                 });
             }
@@ -578,7 +706,7 @@ impl Job {
         &mut self,
         make: impl FnOnce(Make) -> Result<T, JobError>,
     ) -> Result<T, JobError> {
-        let comm = self.runtime.comm().clone();
+        let comm = self.comm.clone();
         let (me, size) = (comm.rank(), comm.size());
         let agreement = RestoreAgreement {
             comm: &comm,
@@ -648,7 +776,7 @@ impl Job {
                 self.report = None;
                 self.finished = None;
                 self.fresh = Some(FreshStart { damaged });
-                self.runtime.marker(&Marker::Resumed { id: None, step: 0 });
+                self.rt()?.marker(&Marker::Resumed { id: None, step: 0 });
             }
             Start::Restored { from, skipped } => {
                 let finished = meta::is_finished(&from.app);
@@ -666,7 +794,7 @@ impl Job {
                 tracing::info!("{report}");
                 self.report = Some(report);
                 self.fresh = None;
-                self.runtime.marker(&Marker::Resumed {
+                self.rt()?.marker(&Marker::Resumed {
                     id: Some(from.id),
                     step: from.step,
                 });
@@ -678,7 +806,7 @@ impl Job {
     /// The policy's answer, identical on every rank: local for step policies, rank 0's
     /// broadcast otherwise.
     fn decide(&mut self, at: Opportunity) -> Result<bool, JobError> {
-        let comm = self.runtime.comm();
+        let comm = &self.comm;
         if self.local_policy || comm.size() == 1 {
             return Ok(self.policy.should_checkpoint(at));
         }
@@ -694,6 +822,12 @@ impl Job {
     /// The iteration is counted even when saving fails, so a caller that chooses to go on
     /// after a retryable error (a full disk, see [`JobError::is_retryable`]) keeps its step
     /// count right; the failed checkpoint is simply not there.
+    ///
+    /// Asynchronous by default (docs/ASYNC.md): a save returns once `state` is copied into
+    /// staging memory; the program may change it at once. The write, the votes and COMMIT
+    /// run in the background; the next save first waits for them. A background failure is
+    /// returned as [`JobError::Flush`] by the first call that finds it (every call checks,
+    /// without waiting). With [`JobBuilder::sync_writes`], the call returns once committed.
     pub fn checkpoint<T: Checkpoint + ?Sized>(&mut self, state: &T) -> Result<u64, JobError> {
         let at = Opportunity {
             step: self.step,
@@ -715,14 +849,21 @@ impl Job {
         let saved = if due {
             self.save(state, false).map(|_| ())
         } else {
-            Ok(())
+            // A background flush that ended is reported now, not at the next save.
+            let r = match self.flusher.as_mut() {
+                Some(f) => f.poll(),
+                None => Ok(None),
+            };
+            self.absorb(r)
         };
         self.step += 1;
         saved.map(|()| current)
     }
 
     /// Saves `state` now as the state after `step()` iterations, whatever the policy says
-    /// (e.g. before a planned shutdown); does not count a step.
+    /// (e.g. before a planned shutdown); does not count a step. Returns the checkpoint's id once
+    /// the state is captured (asynchronous, as in [`Job::checkpoint`]); [`Job::flush`]
+    /// waits until it is committed.
     pub fn checkpoint_now<T: Checkpoint + ?Sized>(
         &mut self,
         state: &T,
@@ -737,9 +878,13 @@ impl Job {
     /// job that is already finished at this step (the rerun), it saves nothing and returns
     /// that checkpoint. Collective: every rank calls it, like `checkpoint`. Retention
     /// keeps it (it is the newest), so the result stays restorable until a later run
-    /// writes newer checkpoints.
+    /// writes newer checkpoints. Always synchronous: it first waits for the checkpoint
+    /// being written in the background (returning its failure, [`JobError::Flush`], after
+    /// saving) and returns once the final checkpoint is committed.
     pub fn finish<T: Checkpoint + ?Sized>(&mut self, state: &T) -> Result<CheckpointId, JobError> {
         if let Some((id, step)) = self.finished {
+            // A checkpoint still in flight is waited for, and its failure reported.
+            self.settle()?;
             if step == self.step {
                 return Ok(id);
             }
@@ -747,7 +892,28 @@ impl Job {
         self.save(state, true)
     }
 
+    /// Saves `state` (the policy said so, or `checkpoint_now`/`finish`). First waits for
+    /// the previous background flush (back-pressure: one in flight, commits in order); a
+    /// failure of that flush is returned after this checkpoint was taken, so every rank
+    /// still takes part in every round.
     fn save<T: Checkpoint + ?Sized>(
+        &mut self,
+        state: &T,
+        finished: bool,
+    ) -> Result<CheckpointId, JobError> {
+        let earlier = self.settle();
+        let now = self.save_now(state, finished);
+        match (earlier, now) {
+            (Ok(()), now) => now,
+            (Err(e), Err(later)) => {
+                tracing::warn!("after {e}: {later}");
+                Err(e)
+            }
+            (Err(e), Ok(_)) => Err(e),
+        }
+    }
+
+    fn save_now<T: Checkpoint + ?Sized>(
         &mut self,
         state: &T,
         finished: bool,
@@ -765,23 +931,35 @@ impl Job {
         let snap = match self.files.as_ref().map(Files::snapshot).transpose() {
             Ok(s) => s,
             Err(e) => {
-                let _ = self.runtime.round_failed(e.to_string(), &meta);
+                let _ = held(&mut self.runtime, self.lost)?.round_failed(e.to_string(), &meta);
                 return Err(JobError::Files(e));
             }
         };
-        let round = match lazarus_state::save(state) {
-            Ok(mut objects) => {
-                if let Some(s) = &snap {
-                    objects.extend(s.objects());
-                }
-                self.runtime.round(&objects, &meta)
-            }
+        let objects = match lazarus_state::save(state) {
+            Ok(objects) => objects,
             Err(source) => {
                 // Still take part, voting Failed, so the other ranks are not left waiting.
-                let _ = self.runtime.round_failed(source.to_string(), &meta);
+                let _ = held(&mut self.runtime, self.lost)?.round_failed(source.to_string(), &meta);
                 return Err(JobError::Save { step, source });
             }
         };
+        // In the background: neither the final checkpoint (finish returns once it is
+        // committed) nor managed files (their snapshot is mapped, not copied), nor a
+        // state over the staging budget (docs/ASYNC.md).
+        if self.flusher.is_some()
+            && !finished
+            && snap.is_none()
+            && flush::state_bytes(&objects) <= self.staging_budget
+        {
+            drop(snap);
+            return self.save_in_background(objects, meta, started);
+        }
+        let mut objects = objects;
+        if let Some(s) = &snap {
+            objects.extend(s.objects());
+        }
+        let round = held(&mut self.runtime, self.lost)?.round(&objects, &meta);
+        drop(objects);
         let done = match (round, snap) {
             (Ok(done), Some(s)) => {
                 // The checkpoint is committed whatever happens here: a failure keeps the
@@ -800,23 +978,12 @@ impl Job {
         };
         let done = done.map_err(|source| JobError::Round { step, source })?;
         self.saved_at = Some(step);
-        if let Some(repo) = self.runtime.repository_mut() {
-            // Retention failing leaves extra checkpoints behind, never a broken one: log it.
-            if let Err(e) = repo.retain(self.keep) {
-                tracing::warn!(
-                    "retention after checkpoint {} failed: {e}",
-                    done.checkpoint.0
-                );
-            }
-        }
-        let report = CheckpointReport {
-            checkpoint: done.checkpoint,
-            step,
-            stall: started.elapsed(),
-            write: done.write,
-            logical_bytes: done.receipt.logical_bytes,
-            written_bytes: done.receipt.stored_new_bytes,
-        };
+        flush::retain(
+            held(&mut self.runtime, self.lost)?,
+            self.keep,
+            done.checkpoint,
+        );
+        let report = CheckpointReport::of(&done, step, started.elapsed(), None);
         self.policy
             .checkpoint_taken(Opportunity { step, now: started }, report.stall);
         tracing::debug!("{report}");
@@ -825,6 +992,61 @@ impl Job {
             self.finished = Some((done.checkpoint, step));
         }
         Ok(done.checkpoint)
+    }
+
+    /// The asynchronous checkpoint: capture (copy the state into staging buffers), begin
+    /// the round (every rank learns the checkpoint id, the `part` output marker goes out
+    /// at this point of the program's output), then hand the round to the worker.
+    fn save_in_background(
+        &mut self,
+        objects: Vec<lazarus_format::ObjectSpec<'_>>,
+        meta: CommitMeta,
+        started: Instant,
+    ) -> Result<CheckpointId, JobError> {
+        let step = meta.step;
+        let staged = flush::stage(objects, std::mem::take(&mut self.pool));
+        let runtime = self.rt()?;
+        let begun = runtime.begin_round(&meta);
+        let mut begun = match begun {
+            Ok(b) => b,
+            Err(source) => {
+                self.pool = staged.into_iter().map(|o| o.data.into_owned()).collect();
+                return Err(JobError::Round { step, source });
+            }
+        };
+        let stall = started.elapsed();
+        begun.set_stall(stall);
+        let checkpoint = begun.checkpoint();
+        self.saved_at = Some(step);
+        // The policy's cost is what the program paid (issue #16 item 5).
+        self.policy
+            .checkpoint_taken(Opportunity { step, now: started }, stall);
+        let Some(runtime) = self.runtime.take() else {
+            return Err(JobError::FlushLost { checkpoint });
+        };
+        let task = Task {
+            runtime,
+            begun,
+            objects: staged,
+            meta,
+            keep: self.keep,
+        };
+        let info = InFlight {
+            checkpoint,
+            step,
+            stall,
+        };
+        let submitted = match self.flusher.as_mut() {
+            Some(f) => f.submit(task, info),
+            None => Err(Box::new(task)),
+        };
+        if let Err(task) = submitted {
+            // The worker is gone: write here, synchronously; correct, only slower.
+            self.flusher = None;
+            let done = flush::run(*task);
+            self.absorb(Ok(Some((info, done))))?;
+        }
+        Ok(checkpoint)
     }
 
     /// Managed files (issue #17), restore phase 1 on this rank: check the tree and stage
@@ -877,6 +1099,29 @@ impl Job {
         JobError::Store {
             path: self.path.clone(),
             source,
+        }
+    }
+}
+
+/// The runtime the Job holds (no flush in flight), or why it has none.
+fn held(
+    runtime: &mut Option<AlignedRuntime>,
+    lost: Option<CheckpointId>,
+) -> Result<&mut AlignedRuntime, JobError> {
+    runtime.as_mut().ok_or(JobError::FlushLost {
+        checkpoint: lost.unwrap_or(CheckpointId(0)),
+    })
+}
+
+impl Drop for Job {
+    /// Waits for the checkpoint being written in the background: it commits (or fails)
+    /// before the process can exit through a normal return. A failure cannot be returned
+    /// from Drop, so it is logged and said on stderr; call [`Job::finish`] or
+    /// [`Job::flush`] to get it as an error.
+    fn drop(&mut self) {
+        if let Err(e) = self.settle() {
+            tracing::error!("{e}");
+            let _ = writeln!(std::io::stderr().lock(), "lazarus: {e}");
         }
     }
 }

@@ -94,6 +94,7 @@
 extern crate self as lazarus;
 
 mod error;
+mod flush;
 mod job;
 #[cfg(feature = "logging")]
 mod logging;

@@ -79,10 +79,9 @@ impl FreshStart {
 
 /// What one committed checkpoint cost this rank ([`Job::last_checkpoint`](crate::Job::last_checkpoint)).
 ///
-/// Two durations, so that asynchronous checkpoints (issue #16) can report a background
-/// flush next to the stall: today every checkpoint is synchronous and `write` is part of
-/// `stall`. The COMMIT records rank 0's view of both (`lazarus inspect` shows them;
-/// keys in `lazarus_coord::meta`).
+/// The stall is what the program paid; an asynchronous checkpoint (docs/ASYNC.md) also
+/// reports its background `flush`, which the stall does not contain. The COMMIT records
+/// rank 0's view (`lazarus inspect` shows it; keys in `lazarus_coord::meta`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CheckpointReport {
     /// The checkpoint.
@@ -90,12 +89,17 @@ pub struct CheckpointReport {
     /// The step it holds.
     pub step: u64,
     /// How long the program stood still on this rank for it: from the checkpoint call to
-    /// its return (state handed over, part written, every rank's vote awaited, COMMIT
-    /// written on rank 0, retention). The time the policy's cost model is told.
+    /// its return. Synchronous: state handed over, part written, every rank's vote
+    /// awaited, COMMIT written on rank 0, retention. Asynchronous: the state copied into
+    /// staging memory and the round begun (plus waiting for the previous flush, if it was
+    /// still running). The time the policy's cost model is told.
     pub stall: Duration,
-    /// Of which writing this rank's part: hashing, compression, chunk and manifest
-    /// writes and their fsyncs.
+    /// Writing this rank's part: hashing, compression, chunk and manifest writes and
+    /// their fsyncs (part of `stall` when synchronous, of `flush` when asynchronous).
     pub write: Duration,
+    /// Asynchronous checkpoints: the background work from the end of the capture to the
+    /// round's decision (write, votes, COMMIT, retention); `None` when synchronous.
+    pub flush: Option<Duration>,
     /// Bytes of this rank's part (the sum of its objects' lengths).
     pub logical_bytes: u64,
     /// Bytes of chunk files this rank newly wrote (after deduplication and compression);
@@ -103,15 +107,42 @@ pub struct CheckpointReport {
     pub written_bytes: u64,
 }
 
+impl CheckpointReport {
+    /// The report of a committed round, as this rank saw it.
+    pub(crate) fn of(
+        c: &lazarus_coord::Committed,
+        step: u64,
+        stall: Duration,
+        flush: Option<Duration>,
+    ) -> Self {
+        CheckpointReport {
+            checkpoint: c.checkpoint,
+            step,
+            stall,
+            write: c.write,
+            flush,
+            logical_bytes: c.receipt.logical_bytes,
+            written_bytes: c.receipt.stored_new_bytes,
+        }
+    }
+}
+
 impl std::fmt::Display for CheckpointReport {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+    fn fmt(&self, f_: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
-            f,
-            "checkpoint {} at step {}: stall {:.3} s (write {:.3} s), {} written of {} B",
+            f_,
+            "checkpoint {} at step {}: stall {:.3} s (write {:.3} s",
             self.checkpoint.0,
             self.step,
             self.stall.as_secs_f64(),
             self.write.as_secs_f64(),
+        )?;
+        if let Some(f) = self.flush {
+            write!(f_, "; background flush {:.3} s", f.as_secs_f64())?;
+        }
+        write!(
+            f_,
+            "), {} written of {} B",
             count(self.written_bytes, "byte"),
             self.logical_bytes
         )

@@ -139,9 +139,12 @@ fn a_rank_that_cannot_write_aborts_the_round_and_leftovers_are_collected() {
         } else {
             repo.clone()
         };
+        // Synchronous: the round's error is this call's (tests/job_async.rs has the
+        // asynchronous variant, reported by the next call).
         let mut job = Job::builder()
             .repo(&path)
             .comm(comm)
+            .sync_writes()
             .every_steps(1)
             .timeouts(timeouts())
             .open()
@@ -237,6 +240,7 @@ fn finished_notice_overtaking_the_abort_decision() {
         let mut job = Job::builder()
             .repo(&path)
             .comm(comm)
+            .sync_writes()
             .timeouts(timeouts())
             .never_checkpoint()
             .open()

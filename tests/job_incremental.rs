@@ -47,6 +47,7 @@ fn updating_one_percent_writes_about_one_percent() {
     }
     big.step = 2;
     job.checkpoint(&big).unwrap(); // step 2: incremental
+    job.flush().unwrap(); // asynchronous by default: wait for the background write
     let all = RepoReader::open(dir.path()).unwrap().committed().unwrap();
     let (full, incr) = (&all[0], &all[1]);
     assert_eq!((full.step, incr.step), (1, 2));

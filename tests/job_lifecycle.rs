@@ -274,8 +274,11 @@ fn a_finished_job_can_be_extended_and_finished_again() {
 #[test]
 fn every_checkpoint_reports_its_stall_write_and_bytes_in_the_job_and_in_commit() {
     let dir = tempfile::tempdir().unwrap();
+    // Synchronous: the report is there when the call returns (tests/job_async.rs covers
+    // the asynchronous report, which appears once the flush committed).
     let mut job = Job::builder()
         .repo(dir.path())
+        .sync_writes()
         .never_checkpoint()
         .open()
         .unwrap();

@@ -365,6 +365,7 @@ fn retention_keeps_the_newest_k() {
         c.work(i);
     }
     let id = job.checkpoint_now(&c).unwrap();
+    job.flush().unwrap(); // asynchronous by default: wait for the commit and retention
     let steps: Vec<u64> = RepoReader::open(dir.path())
         .unwrap()
         .committed()

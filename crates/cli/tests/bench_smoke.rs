@@ -171,3 +171,37 @@ fn bench_files_reports_both_ratios_and_the_tree_cost() {
         }
     }
 }
+
+#[test]
+fn bench_async_reports_stall_against_memcpy_and_sync_against_raw() {
+    let scratch = tempfile::tempdir().unwrap();
+    let text = run_ok(
+        &[
+            "bench", "async", "--ranks", "2", "--mib", "1", "--rounds", "2",
+        ],
+        Some(scratch.path()),
+    );
+    // Each row's ratio in parentheses is a finite positive number.
+    for (row, unit) in [
+        ("sync checkpoint stall", "x raw write+fsync"),
+        ("async checkpoint stall", "x memcpy"),
+        ("async background flush", "flush ="),
+        ("incremental 1%", "x memcpy"),
+    ] {
+        let line = text
+            .lines()
+            .find(|l| l.contains(row))
+            .unwrap_or_else(|| panic!("no {row:?} in:\n{text}"));
+        let after = line.rsplit('(').next().unwrap_or_default();
+        assert!(after.contains(unit), "{line}");
+        let ratio: f64 = after
+            .trim_start_matches("raw write+fsync / flush = ")
+            .split(|c: char| c == 'x' || c == ')' || c == ',')
+            .next()
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap_or_else(|e| panic!("{line}: {e}"));
+        assert!(ratio.is_finite() && ratio > 0.0, "{line}");
+    }
+}

@@ -32,6 +32,12 @@ use std::time::{Duration, Instant};
 pub const TAG_TO_PARTICIPANT: u32 = 0x100;
 /// Checkpoint-space tag of participant → coordinator votes.
 pub const TAG_VOTE: u32 = 0x101;
+// Both are private to the round (wildcard receives of the program never take them while a
+// round runs in the background, docs/ASYNC.md).
+const _: () = assert!(
+    lazarus_net::Tag::CHECKPOINT_PRIVATE.start <= TAG_TO_PARTICIPANT
+        && TAG_VOTE < lazarus_net::Tag::CHECKPOINT_PRIVATE.end
+);
 
 /// Environment variable: when `1`, parts and commits print output markers on stdout.
 pub const OUTPUT_MARKERS_ENV: &str = "LAZARUS_OUTPUT_MARKERS";
@@ -180,6 +186,38 @@ pub struct AlignedRuntime {
     /// recorded in COMMIT by rank 0 (`crate::meta`) and reported in `Committed`.
     round_started: Instant,
     last_write: Duration,
+    /// An asynchronous round being completed: the program's stall (given by the caller)
+    /// and when the background flush started; COMMIT records both (`crate::meta`).
+    async_cost: Option<(Duration, Instant)>,
+}
+
+/// A round begun at an asynchronous checkpoint's capture point
+/// ([`AlignedRuntime::begin_round`]) and not yet completed. Must be passed to
+/// [`AlignedRuntime::complete_round`] of the same runtime; dropping it leaves the other
+/// ranks waiting for this rank's vote until the round deadline aborts the round.
+#[derive(Debug)]
+#[must_use = "a begun round must be completed, or every rank waits for the deadline"]
+pub struct StartedRound {
+    round: RoundId,
+    pending: Option<lazarus_store::PendingCheckpoint>,
+    decided: Option<Decision>,
+    writer: Option<PartWriter>,
+    marked: bool,
+    stall: Option<Duration>,
+}
+
+impl StartedRound {
+    /// The checkpoint this round writes.
+    pub fn checkpoint(&self) -> CheckpointId {
+        self.round.ckpt
+    }
+
+    /// Records how long the program stood still for this checkpoint (capture and
+    /// `begin_round`), written by rank 0 into COMMIT as `lazarus.stall_us`, next to the
+    /// background flush time `lazarus.flush_us` (`crate::meta`).
+    pub fn set_stall(&mut self, stall: Duration) {
+        self.stall = Some(stall);
+    }
 }
 
 impl std::fmt::Debug for AlignedRuntime {
@@ -232,6 +270,7 @@ impl AlignedRuntime {
             writer_template: None,
             round_started: Instant::now(),
             last_write: Duration::ZERO,
+            async_cost: None,
         })
     }
 
@@ -295,11 +334,32 @@ impl AlignedRuntime {
         objects: Result<&[ObjectSpec<'_>], String>,
         meta: &CommitMeta,
     ) -> Result<Committed, RoundError> {
+        let started = self.begin_inner(meta, false)?;
+        self.complete_round(started, objects, meta)
+    }
+
+    /// Starts a round at the capture point of an asynchronous checkpoint (issue #16):
+    /// rank 0 begins the pending checkpoint and sends `Prepare`; every rank waits for its
+    /// `Prepare`, so every rank knows the checkpoint id when this returns. The part is
+    /// written by [`AlignedRuntime::complete_round`], typically on a background thread
+    /// that owns this runtime. Writes this rank's `part` output marker *now*: the lines the
+    /// program printed before the capture belong to this checkpoint, those it prints after
+    /// this call to the next one, whenever the part becomes durable.
+    pub fn begin_round(&mut self, meta: &CommitMeta) -> Result<StartedRound, RoundError> {
+        self.begin_inner(meta, true)
+    }
+
+    fn begin_inner(
+        &mut self,
+        meta: &CommitMeta,
+        mark_now: bool,
+    ) -> Result<StartedRound, RoundError> {
         self.round_started = Instant::now();
         self.last_write = Duration::ZERO;
+        self.async_cost = None;
         if self.coordinator.is_none() {
-            let (round, receipt) = self.write_phase(objects, meta.step, None)?;
-            return self.await_decision(round, receipt, meta.step);
+            let round = self.wait_prepare()?;
+            return Ok(self.started(round, None, None, None, mark_now, meta.step));
         }
         let world = self.comm.size();
         let pending = match &mut self.store {
@@ -331,12 +391,75 @@ impl AlignedRuntime {
         self.commit_unknown = None;
         self.run_coordinator_actions(actions, &mut pending, meta, &mut decided);
         let writer = pending.as_ref().map(|p| p.part_writer());
-        let written = self.write_phase(objects, meta.step, writer);
-        let (own_round, receipt) = match written {
-            Ok(x) => x,
+        match self.wait_prepare() {
+            Ok(own) => {
+                debug_assert_eq!(own, round);
+                Ok(self.started(round, pending, decided, writer, mark_now, meta.step))
+            }
             Err(e) => {
                 // Decide the round (Abort, told to every rank) before leaving, so nobody
                 // waits for a decision and the next round can start.
+                self.abort_round(format!("rank 0: {e}"), &mut pending, meta);
+                Err(e)
+            }
+        }
+    }
+
+    fn started(
+        &mut self,
+        round: RoundId,
+        pending: Option<lazarus_store::PendingCheckpoint>,
+        decided: Option<Decision>,
+        writer: Option<PartWriter>,
+        mark_now: bool,
+        step: u64,
+    ) -> StartedRound {
+        // Messages sent from here on belong to the next interval.
+        self.comm.set_epoch(round.epoch);
+        if mark_now {
+            self.marker(&Marker::Part {
+                id: round.ckpt,
+                step,
+            });
+        }
+        StartedRound {
+            round,
+            pending,
+            decided,
+            writer,
+            marked: mark_now,
+            stall: None,
+        }
+    }
+
+    /// Writes this rank's part of a round started by [`AlignedRuntime::begin_round`] (or
+    /// votes `Failed(reason)` for `Err(reason)`), then runs the vote and the decision as
+    /// [`AlignedRuntime::round`] does. `Ok` means COMMIT is durable.
+    pub fn complete_round(
+        &mut self,
+        started: StartedRound,
+        objects: Result<&[ObjectSpec<'_>], String>,
+        meta: &CommitMeta,
+    ) -> Result<Committed, RoundError> {
+        let StartedRound {
+            round,
+            mut pending,
+            mut decided,
+            writer,
+            marked,
+            stall,
+        } = started;
+        if let Some(stall) = stall {
+            self.async_cost = Some((stall, Instant::now()));
+        }
+        let written = self.write_own_part(round, &objects, meta.step, writer, !marked);
+        if self.coordinator.is_none() {
+            let (round, receipt) = written?;
+            return self.await_decision(round, receipt, meta.step);
+        }
+        let (own_round, receipt) = match written {
+            Ok(x) => x,
+            Err(e) => {
                 self.abort_round(format!("rank 0: {e}"), &mut pending, meta);
                 return Err(e);
             }
@@ -451,9 +574,14 @@ impl AlignedRuntime {
                 CoordinatorAction::WriteCommit { round, receipts } => {
                     // What the round cost so far, for `lazarus inspect` (crate::meta).
                     let mut with_cost = meta.clone();
+                    let (stall, flush) = match self.async_cost {
+                        Some((stall, flush_started)) => (stall, Some(flush_started.elapsed())),
+                        None => (self.round_started.elapsed(), None),
+                    };
                     crate::meta::RecordedCost {
-                        stall: Some(self.round_started.elapsed()),
+                        stall: Some(stall),
                         write: Some(self.last_write),
+                        flush,
                     }
                     .insert_into(&mut with_cost.app);
                     let result = match (pending.take(), &mut self.store) {
@@ -516,21 +644,15 @@ impl AlignedRuntime {
         }
     }
 
-    /// Waits for `Prepare`, writes the part, votes. Returns the round and the receipt.
-    fn write_phase(
-        &mut self,
-        objects: Result<&[ObjectSpec<'_>], String>,
-        step: u64,
-        own_writer: Option<PartWriter>,
-    ) -> Result<(RoundId, Option<PartReceipt>), RoundError> {
+    /// Waits for this round's `Prepare` (or takes the one consumed while awaiting the
+    /// previous decision) and returns its round; the participant is then `Writing`.
+    fn wait_prepare(&mut self) -> Result<RoundId, RoundError> {
         let me = self.comm.rank();
         let started = Instant::now();
         let limit = self.timeouts.decision;
         loop {
             if let Some(round) = self.pending_prepare.take() {
-                // Consumed while awaiting the previous decision: the participant is
-                // already in `Writing { round }`.
-                return self.write_own_part(round, &objects, step, own_writer);
+                return Ok(round);
             }
             let left = limit.saturating_sub(started.elapsed());
             let env = match self.comm.recv_envelope_timeout(
@@ -557,7 +679,7 @@ impl AlignedRuntime {
                 }
             }
             if let Some(round) = write {
-                return self.write_own_part(round, &objects, step, own_writer);
+                return Ok(round);
             }
         }
     }
@@ -570,9 +692,9 @@ impl AlignedRuntime {
         objects: &Result<&[ObjectSpec<'_>], String>,
         step: u64,
         own_writer: Option<PartWriter>,
+        mark: bool,
     ) -> Result<(RoundId, Option<PartReceipt>), RoundError> {
         let me = self.comm.rank();
-        self.comm.set_epoch(round.epoch);
         let write_started = Instant::now();
         let result = objects.clone().and_then(|objects| {
             let writer = match (own_writer, &self.writer_template, &self.store) {
@@ -597,7 +719,7 @@ impl AlignedRuntime {
         });
         self.last_write = write_started.elapsed();
         let receipt = result.as_ref().ok().cloned();
-        if receipt.is_some() {
+        if receipt.is_some() && mark {
             self.marker(&Marker::Part {
                 id: round.ckpt,
                 step,

@@ -20,6 +20,12 @@ pub const STALL_KEY: &str = "lazarus.stall_us";
 /// background flush, which the stall no longer contains.
 pub const WRITE_KEY: &str = "lazarus.write_us";
 
+/// Microseconds from the end of an asynchronous checkpoint's capture (the program going
+/// on) to its COMMIT on rank 0: the background flush (every rank's part written and
+/// voted, issue #16). Present only for asynchronous checkpoints, whose `lazarus.stall_us`
+/// is then the capture alone.
+pub const FLUSH_KEY: &str = "lazarus.flush_us";
+
 /// `"unaligned"` for a checkpoint written by `AsyncSession` (absent: an aligned one).
 pub const MODE_KEY: &str = "lazarus.mode";
 /// The snapshot epoch of an unaligned checkpoint (`AsyncSession`), read back for a part
@@ -33,6 +39,8 @@ pub struct RecordedCost {
     pub stall: Option<Duration>,
     /// [`WRITE_KEY`], if recorded.
     pub write: Option<Duration>,
+    /// [`FLUSH_KEY`], if recorded (asynchronous checkpoints only).
+    pub flush: Option<Duration>,
 }
 
 impl RecordedCost {
@@ -46,12 +54,17 @@ impl RecordedCost {
         RecordedCost {
             stall: us(STALL_KEY),
             write: us(WRITE_KEY),
+            flush: us(FLUSH_KEY),
         }
     }
 
     /// Writes the recorded values into `app`.
     pub fn insert_into(&self, app: &mut BTreeMap<String, String>) {
-        for (k, v) in [(STALL_KEY, self.stall), (WRITE_KEY, self.write)] {
+        for (k, v) in [
+            (STALL_KEY, self.stall),
+            (WRITE_KEY, self.write),
+            (FLUSH_KEY, self.flush),
+        ] {
             if let Some(d) = v {
                 app.insert(k.to_string(), d.as_micros().to_string());
             }
@@ -75,6 +88,7 @@ mod tests {
         let c = RecordedCost {
             stall: Some(Duration::from_micros(1500)),
             write: Some(Duration::from_micros(900)),
+            flush: Some(Duration::from_micros(4000)),
         };
         c.insert_into(&mut app);
         assert_eq!(RecordedCost::from_app(&app), c);

@@ -181,7 +181,8 @@ impl Comm {
     }
 
     /// Blocking receive of the first envelope matching `src` and `tag` (`None` = any; a
-    /// wildcard tag never matches internal collective traffic).
+    /// wildcard tag never matches internal collective traffic nor the aligned checkpoint
+    /// round's messages, [`Tag::CHECKPOINT_PRIVATE`]).
     pub fn recv_envelope(&self, src: Option<Rank>, tag: Option<Tag>) -> Result<Envelope> {
         let m = self.matcher(src, tag)?;
         self.inner.mailbox.recv(&m, self.inner.rank, None)

@@ -139,8 +139,15 @@ impl Match {
     fn hits_parts(&self, src: Rank, tag: Tag) -> bool {
         let tag_ok = match self.tag {
             Some(t) => t == tag,
-            // Wildcards never steal internal collective traffic.
-            None => tag.space() != crate::wire::TagSpace::Collective,
+            // Wildcards never steal internal collective traffic, nor the messages of an
+            // aligned checkpoint round running in the background.
+            None => match tag.space() {
+                crate::wire::TagSpace::Collective => false,
+                crate::wire::TagSpace::Checkpoint => {
+                    !Tag::CHECKPOINT_PRIVATE.contains(&tag.value())
+                }
+                crate::wire::TagSpace::User => true,
+            },
         };
         self.src.is_none_or(|s| s == src) && tag_ok
     }
@@ -474,6 +481,38 @@ mod tests {
             epoch: Epoch(0),
             incarnation: 0,
             payload: vec![1, 2, 3],
+        }
+    }
+
+    #[test]
+    fn wildcard_tags_never_take_collective_or_private_checkpoint_messages() {
+        let mb = Mailbox::new(2, Duration::from_micros(10));
+        let with = |tag| Envelope { tag, ..env(1) };
+        mb.push(with(Tag::collective(3)));
+        mb.push(with(Tag::checkpoint(0x100)));
+        mb.push(with(Tag::checkpoint(0x1ff)));
+        let any = Match {
+            src: None,
+            tag: None,
+        };
+        assert!(mb.try_recv(&any, Rank(0)).unwrap().is_none());
+        mb.push(with(Tag::checkpoint(0x4C5A_5500)));
+        mb.push(with(Tag::user(9)));
+        let got: Vec<Tag> = (0..2)
+            .map(|_| mb.try_recv(&any, Rank(0)).unwrap().unwrap().tag)
+            .collect();
+        assert_eq!(got, vec![Tag::checkpoint(0x4C5A_5500), Tag::user(9)]);
+        // Named receives still get them.
+        for tag in [
+            Tag::collective(3),
+            Tag::checkpoint(0x100),
+            Tag::checkpoint(0x1ff),
+        ] {
+            let m = Match {
+                src: None,
+                tag: Some(tag),
+            };
+            assert!(mb.try_recv(&m, Rank(0)).unwrap().is_some(), "{tag:?}");
         }
     }
 

@@ -83,6 +83,13 @@ pub struct Tag {
 }
 
 impl Tag {
+    /// Checkpoint-space values that a wildcard-tag receive never matches, like collective
+    /// traffic: the aligned runtime's (`lazarus_coord`, `0x100..0x200`), whose rounds run
+    /// on a background thread while the program receives on the same communicator
+    /// (asynchronous checkpoints, docs/ASYNC.md). Other checkpoint values stay visible to
+    /// wildcards (`AsyncSession` receives its markers that way).
+    pub const CHECKPOINT_PRIVATE: std::ops::Range<u32> = 0x100..0x200;
+
     /// An application tag.
     pub fn user(value: u32) -> Self {
         Tag {
@@ -90,7 +97,8 @@ impl Tag {
             value,
         }
     }
-    /// A tag of the checkpoint protocol (reserved for crate `coord`).
+    /// A tag of the checkpoint protocol (reserved for crate `coord`). Values in
+    /// [`Tag::CHECKPOINT_PRIVATE`] are never matched by a wildcard-tag receive.
     pub fn checkpoint(value: u32) -> Self {
         Tag {
             space: TagSpace::Checkpoint,

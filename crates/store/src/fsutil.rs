@@ -14,11 +14,21 @@ pub const FAILPOINT_ENV: &str = "LAZARUS_FAILPOINT";
 
 /// If `LAZARUS_FAILPOINT` equals `name`, the process SIGKILLs itself here. Used by
 /// real-process crash tests; a no-op otherwise. The one failpoint switch of every crate
-/// that writes checkpoint data (the store, managed files).
+/// that writes checkpoint data (the store, managed files). `name#n` fires at the `n`-th
+/// time the process passes `name` (1-based), e.g. during the third checkpoint's write.
 pub fn failpoint(name: &str) {
-    static ARMED: OnceLock<Option<String>> = OnceLock::new();
-    let armed = ARMED.get_or_init(|| std::env::var(FAILPOINT_ENV).ok());
-    if armed.as_deref() == Some(name) {
+    static ARMED: OnceLock<Option<(String, u64)>> = OnceLock::new();
+    static HITS: AtomicU64 = AtomicU64::new(0);
+    let armed = ARMED.get_or_init(|| {
+        std::env::var(FAILPOINT_ENV)
+            .ok()
+            .map(|v| match v.split_once('#') {
+                Some((n, k)) => (n.to_string(), k.parse().unwrap_or(1)),
+                None => (v, 1),
+            })
+    });
+    let Some((armed, at)) = armed else { return };
+    if armed == name && HITS.fetch_add(1, Ordering::SeqCst) + 1 == *at {
         // A failed stderr must not turn the planned SIGKILL into a panic.
         // Marked as injected, so a log reader never mistakes it for a real crash.
         let _ = std::io::Write::write_fmt(

@@ -7,8 +7,10 @@
 //! stood in the checkpoint round until COMMIT (its part written and every rank's vote
 //! received, so the slowest rank is in it); *write* = how long rank 0 took to write its own
 //! part (both recorded in COMMIT since issue #12, `-` for older checkpoints; JSON
-//! `stall_us`/`write_us`, `null` when not recorded). A checkpoint written by `Job::finish`
-//! (the job's final state) is marked `finished`.
+//! `stall_us`/`write_us`, `null` when not recorded); *flush* = for an asynchronous
+//! checkpoint (issue #16), the background time from the end of the capture to COMMIT, and
+//! *stall* then is the capture alone (JSON `flush_us`; `-`/`null` for synchronous ones). A
+//! checkpoint written by `Job::finish` (the job's final state) is marked `finished`.
 //!
 //! Per-rank parts (`--parts`, and always in `--json` as `parts`): objects, logical bytes,
 //! *stored* = chunk-file bytes of the rank's distinct chunks (shared with other ranks or
@@ -78,6 +80,7 @@ struct Row {
     dedup_ratio: f64,
     stall_us: Option<u64>,
     write_us: Option<u64>,
+    flush_us: Option<u64>,
     finished: bool,
     damaged: Option<String>,
     status: &'static str,
@@ -159,6 +162,7 @@ pub fn main(args: Args) -> CmdResult {
             dedup_ratio: ratio(s.logical_bytes, unique),
             stall_us: us(cost.stall),
             write_us: us(cost.write),
+            flush_us: us(cost.flush),
             finished: meta::is_finished(&s.app),
             damaged,
             status: "committed",
@@ -195,7 +199,7 @@ pub fn main(args: Args) -> CmdResult {
         return Ok(ExitCode::SUCCESS);
     }
     outln!(
-        "{:>6} {:>10} {:<20} {:>5} {:>10} {:>10} {:>10} {:>6} {:>6} {:>9} {:>9}",
+        "{:>6} {:>10} {:<20} {:>5} {:>10} {:>10} {:>10} {:>6} {:>6} {:>9} {:>9} {:>9}",
         "id",
         "step",
         "time (UTC)",
@@ -206,11 +210,12 @@ pub fn main(args: Args) -> CmdResult {
         "compr",
         "dedup",
         "stall",
-        "write"
+        "write",
+        "flush"
     )?;
     for r in &rows {
         outln!(
-            "{:>6} {:>10} {:<20} {:>5} {:>10} {:>10} {:>10} {:>6.2} {:>6.2} {:>9} {:>9}{}{}",
+            "{:>6} {:>10} {:<20} {:>5} {:>10} {:>10} {:>10} {:>6.2} {:>6.2} {:>9} {:>9} {:>9}{}{}",
             r.id.0,
             r.step,
             r.time_utc,
@@ -222,6 +227,7 @@ pub fn main(args: Args) -> CmdResult {
             r.dedup_ratio,
             micros(r.stall_us),
             micros(r.write_us),
+            micros(r.flush_us),
             if r.finished { "  finished" } else { "" },
             r.damaged
                 .as_ref()

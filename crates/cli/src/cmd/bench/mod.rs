@@ -3,6 +3,7 @@
 
 use super::CmdResult;
 
+mod async_ckpt;
 mod balance;
 mod checkpoint;
 mod experiment;
@@ -16,6 +17,9 @@ mod vm;
 /// Benchmarks.
 #[derive(clap::Subcommand, Debug)]
 pub enum Bench {
+    /// Asynchronous checkpoints: stall (capture) vs memcpy, sync stall vs raw write+fsync,
+    /// background flush, incremental capture at 1 % changed.
+    Async(async_ckpt::Args),
     /// DVec load balancing vs the ideal, migration cost, N -> M restore vs same N.
     Balance(balance::Args),
     /// Full / incremental checkpoint and restore vs raw write+fsync and raw read.
@@ -75,6 +79,7 @@ fn median(xs: &[f64]) -> f64 {
 /// Runs the chosen benchmark.
 pub fn main(b: Bench) -> CmdResult {
     match b {
+        Bench::Async(a) => async_ckpt::main(a),
         Bench::Balance(a) => balance::main(a),
         Bench::Checkpoint(a) => checkpoint::main(a),
         Bench::Experiment(a) => experiment::main(a),

@@ -1,0 +1,224 @@
+//! Asynchronous checkpoints of the Job API (issue #16, docs/ASYNC.md): the state is
+//! *captured* (its bytes copied into staging buffers) on the program's thread, and a
+//! background worker writes the part, votes and (rank 0) commits while the program goes
+//! on.
+//!
+//! Invariants, each relied on by the Job:
+//! - At most one flush is in flight per Job: a new capture first waits for the previous
+//!   flush ([`Flusher::settle`]), so staging memory is one copy of the state, rounds commit
+//!   in the order they were captured, and nothing queues up.
+//! - The runtime (communicator, repository, round state) belongs to exactly one thread at
+//!   a time: it moves to the worker with the flush and comes back with its outcome.
+//! - A flush's outcome is never dropped: it is kept until the Job reports it (the next
+//!   checkpoint call, `finish`, [`crate::Job::flush`]) or, at the end, logged by Drop.
+
+use lazarus_coord::{AlignedRuntime, Committed, RoundError, StartedRound};
+use lazarus_format::{CheckpointId, ObjectSpec};
+use lazarus_store::CommitMeta;
+use std::borrow::Cow;
+use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Default staging budget when neither `.staging_budget` nor physical memory is known.
+pub(crate) const FALLBACK_BUDGET: u64 = 1 << 30;
+
+/// The default staging budget: a quarter of physical memory (`/proc/meminfo`), else
+/// [`FALLBACK_BUDGET`]. A state larger than the budget is checkpointed synchronously.
+pub(crate) fn default_budget() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(FALLBACK_BUDGET, |kib| kib.saturating_mul(1024) / 4)
+}
+
+/// Copies `objects` into owned buffers, reusing `pool` (the previous capture's buffers,
+/// in object order) so the copy lands in memory that is already mapped: the capture then
+/// costs a `memcpy`, not page faults. Change hints travel with the copy: a `DirtyVec`'s
+/// snapshot epoch was taken when `objects` were produced, so pages written after this
+/// call stay dirty for the next checkpoint.
+pub(crate) fn stage(objects: Vec<ObjectSpec<'_>>, pool: Vec<Vec<u8>>) -> Vec<ObjectSpec<'static>> {
+    let mut old = pool.into_iter();
+    objects
+        .into_iter()
+        .map(|o| {
+            let data = match o.data {
+                Cow::Owned(v) => v,
+                Cow::Borrowed(b) => {
+                    let mut buf = old.next().unwrap_or_default();
+                    buf.clear();
+                    buf.extend_from_slice(b);
+                    buf
+                }
+            };
+            ObjectSpec {
+                info: o.info,
+                data: Cow::Owned(data),
+                hint: o.hint,
+            }
+        })
+        .collect()
+}
+
+/// Bytes the state's objects occupy (what a capture copies).
+pub(crate) fn state_bytes(objects: &[ObjectSpec<'_>]) -> u64 {
+    objects.iter().map(|o| o.data.len() as u64).sum()
+}
+
+/// One flush handed to the worker (or, if the worker is gone, back to the Job).
+pub(crate) struct Task {
+    pub runtime: AlignedRuntime,
+    pub begun: StartedRound,
+    pub objects: Vec<ObjectSpec<'static>>,
+    pub meta: CommitMeta,
+    pub keep: usize,
+}
+
+/// What the worker hands back.
+pub(crate) struct Done {
+    pub runtime: AlignedRuntime,
+    pub result: Result<Committed, RoundError>,
+    /// The staging buffers, for the next capture.
+    pub pool: Vec<Vec<u8>>,
+    /// From the start of the background work to the round's decision (and retention).
+    pub flush: Duration,
+}
+
+/// Runs one flush: the rest of the round, then retention on rank 0. On the worker, or on
+/// the program's thread when the worker is gone.
+pub(crate) fn run(t: Task) -> Done {
+    let started = Instant::now();
+    let Task {
+        mut runtime,
+        begun,
+        objects,
+        meta,
+        keep,
+    } = t;
+    let result = runtime.complete_round(begun, Ok(&objects), &meta);
+    if let Ok(done) = &result {
+        retain(&mut runtime, keep, done.checkpoint);
+    }
+    Done {
+        runtime,
+        result,
+        pool: objects.into_iter().map(|o| o.data.into_owned()).collect(),
+        flush: started.elapsed(),
+    }
+}
+
+/// Retention after a commit (rank 0). Failing leaves extra checkpoints behind, never a
+/// broken one: logged.
+pub(crate) fn retain(runtime: &mut AlignedRuntime, keep: usize, after: CheckpointId) {
+    if let Some(repo) = runtime.repository_mut() {
+        if let Err(e) = repo.retain(keep) {
+            tracing::warn!("retention after checkpoint {}: {e}", after.0);
+        }
+    }
+}
+
+/// The flush in flight: what the Job needs to report it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct InFlight {
+    pub checkpoint: CheckpointId,
+    pub step: u64,
+    pub stall: Duration,
+}
+
+/// The background worker of one Job.
+pub(crate) struct Flusher {
+    tx: Option<SyncSender<Task>>,
+    rx: Receiver<Done>,
+    handle: Option<JoinHandle<()>>,
+    in_flight: Option<InFlight>,
+}
+
+impl Flusher {
+    /// Starts the worker thread (named after the rank).
+    pub fn start(rank: u32) -> std::io::Result<Flusher> {
+        // A rendezvous for tasks and room for one outcome: the worker holds at most one
+        // task and the Job never submits before taking the previous outcome, so nothing
+        // queues (back-pressure).
+        let (tx, tasks) = mpsc::sync_channel::<Task>(0);
+        let (done_tx, rx) = mpsc::sync_channel::<Done>(1);
+        let handle = std::thread::Builder::new()
+            .name(format!("lazarus-flush-{rank}"))
+            .spawn(move || {
+                for t in tasks {
+                    if done_tx.send(run(t)).is_err() {
+                        break;
+                    }
+                }
+            })?;
+        Ok(Flusher {
+            tx: Some(tx),
+            rx,
+            handle: Some(handle),
+            in_flight: None,
+        })
+    }
+
+    /// True while a flush runs (the Job does not hold its runtime).
+    pub fn busy(&self) -> bool {
+        self.in_flight.is_some()
+    }
+
+    /// Hands a begun round to the worker. On failure (the worker is gone) the task, and
+    /// with it the runtime, comes back.
+    pub fn submit(&mut self, task: Task, info: InFlight) -> Result<(), Box<Task>> {
+        let Some(tx) = &self.tx else {
+            return Err(Box::new(task));
+        };
+        match tx.send(task) {
+            Ok(()) => {
+                self.in_flight = Some(info);
+                Ok(())
+            }
+            Err(mpsc::SendError(task)) => Err(Box::new(task)),
+        }
+    }
+
+    /// Waits for the flush in flight, if any. `Err` when the worker died (panicked) and
+    /// took the runtime with it.
+    pub fn settle(&mut self) -> Result<Option<(InFlight, Done)>, InFlight> {
+        let Some(info) = self.in_flight.take() else {
+            return Ok(None);
+        };
+        match self.rx.recv() {
+            Ok(done) => Ok(Some((info, done))),
+            Err(_) => Err(info),
+        }
+    }
+
+    /// Like [`Flusher::settle`] but only if the flush has already finished.
+    pub fn poll(&mut self) -> Result<Option<(InFlight, Done)>, InFlight> {
+        let Some(info) = self.in_flight else {
+            return Ok(None);
+        };
+        match self.rx.try_recv() {
+            Ok(done) => {
+                self.in_flight = None;
+                Ok(Some((info, done)))
+            }
+            Err(TryRecvError::Empty) => Ok(None),
+            Err(TryRecvError::Disconnected) => {
+                self.in_flight = None;
+                Err(info)
+            }
+        }
+    }
+}
+
+impl Drop for Flusher {
+    fn drop(&mut self) {
+        // The Job settles before dropping us; closing the channel ends the worker.
+        self.tx = None;
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}

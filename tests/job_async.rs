@@ -1,0 +1,405 @@
+//! Asynchronous checkpoints of the Job API (issue #16, docs/ASYNC.md): what commits is the
+//! state at the call whatever the program writes afterwards (snapshot isolation, in the
+//! spirit of pytorch/pytorch#144657), `DirtyVec` pages written during a flush stay dirty
+//! for the next checkpoint, a background write error is reported by the next call and the
+//! job goes on, and COMMIT records the stall and the background flush separately.
+
+use lazarus::coord::meta::RecordedCost;
+use lazarus::coord::Timeouts;
+use lazarus::net::{loopback_comms, NetConfig};
+use lazarus::store::RepoReader;
+use lazarus::{Checkpoint, CheckpointId, Comm, DirtyVec, Job, JobError};
+use std::path::Path;
+use std::time::Duration;
+
+#[derive(Checkpoint, Debug, PartialEq)]
+struct S {
+    rank: u32,
+    xs: Vec<f64>,
+    tracked: DirtyVec<u64>,
+    n: u64,
+}
+
+fn state(rank: u32, len: usize) -> S {
+    S {
+        rank,
+        xs: (0..len).map(|i| i as f64 + f64::from(rank)).collect(),
+        tracked: DirtyVec::from((0..len as u64).collect::<Vec<_>>()),
+        n: 0,
+    }
+}
+
+/// Writes every element of every field: the "program goes on" right after the call.
+fn scribble(s: &mut S, round: u64) {
+    s.n = s.n.wrapping_add(1_000_000);
+    s.xs.iter_mut().for_each(|x| *x = -(round as f64) - 0.5);
+    if let Some(t) = s.tracked.slice_mut(..) {
+        t.iter_mut().for_each(|x| *x = u64::MAX - round);
+    }
+}
+
+/// A value equal to `s` (DirtyVec's equality is its contents).
+fn copy(s: &S) -> S {
+    S {
+        rank: s.rank,
+        xs: s.xs.clone(),
+        tracked: DirtyVec::from(s.tracked.to_vec()),
+        n: s.n,
+    }
+}
+
+fn committed(repo: &Path) -> Vec<(CheckpointId, u64, RecordedCost)> {
+    RepoReader::open(repo)
+        .unwrap()
+        .committed()
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.id, c.step, RecordedCost::from_app(&c.app)))
+        .collect()
+}
+
+fn timeouts() -> Timeouts {
+    Timeouts {
+        round: Duration::from_secs(20),
+        retry: Duration::from_millis(50),
+        decision: Duration::from_secs(30),
+    }
+}
+
+fn restored(repo: &Path, comm: Option<Comm>, rank: u32, len: usize) -> S {
+    let mut b = Job::builder().repo(repo).sync_writes().timeouts(timeouts());
+    if let Some(c) = comm {
+        b = b.comm(c);
+    }
+    let mut job = b.open().unwrap();
+    job.restore_or_init(|| state(rank, len)).unwrap()
+}
+
+#[test]
+fn snapshot_isolation_mutating_right_after_checkpoint_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    // 2 MiB per array: large enough that a flush is still running when the program
+    // scribbles over the arrays.
+    let len = 1 << 18;
+    let mut expected = Vec::new();
+    {
+        let mut job = Job::builder().repo(&repo).keep(10).open().unwrap();
+        let mut s = job.restore_or_init(|| state(0, len)).unwrap();
+        for round in 0..4u64 {
+            s.n = round;
+            if let Some(v) = s.xs.get_mut(round as usize) {
+                *v = 42.0;
+            }
+            let id = job.checkpoint_now(&s).unwrap();
+            expected.push((id, copy(&s)));
+            scribble(&mut s, round);
+        }
+        let last = *job.flush().unwrap().expect("a committed checkpoint");
+        assert_eq!(last.checkpoint, expected[3].0);
+        assert!(last.flush.is_some(), "asynchronous by default: {last}");
+    }
+    let ids: Vec<_> = committed(&repo).iter().map(|c| c.0).collect();
+    assert_eq!(ids, expected.iter().map(|e| e.0).collect::<Vec<_>>());
+    // Each checkpoint holds the values at its call, not the scribbles after it.
+    for (id, want) in &expected {
+        let reader = RepoReader::open(&repo).unwrap();
+        let objects = reader.load_part(*id, lazarus::Rank(0)).unwrap();
+        let mut got = state(9, 1);
+        lazarus::state::restore(&mut got, objects).unwrap();
+        assert_eq!(&got, want, "checkpoint {id}");
+    }
+    assert_eq!(restored(&repo, None, 0, len), expected[3].1);
+}
+
+#[test]
+fn snapshot_isolation_on_four_ranks() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let len = 1 << 16;
+    let comms = loopback_comms(4, NetConfig::default()).unwrap();
+    let handles: Vec<_> = comms
+        .into_iter()
+        .enumerate()
+        .map(|(r, comm)| {
+            let repo = repo.clone();
+            std::thread::spawn(move || {
+                let r = r as u32;
+                let mut job = Job::builder()
+                    .repo(&repo)
+                    .comm(comm)
+                    .every_steps(2)
+                    .timeouts(timeouts())
+                    .open()
+                    .unwrap();
+                let mut s = job.restore_or_init(|| state(r, len)).unwrap();
+                let mut at = std::collections::BTreeMap::new();
+                while job.step() < 7 {
+                    at.insert(job.step(), copy(&s));
+                    let step = job.checkpoint(&s).unwrap();
+                    // The step's work: every element changes, right after the call.
+                    scribble(&mut s, step);
+                    s.n = step;
+                }
+                job.flush().unwrap();
+                at
+            })
+        })
+        .collect();
+    let at: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let newest = committed(&repo).last().map(|c| c.1).unwrap();
+    assert!(
+        newest >= 4,
+        "checkpoints every 2 steps up to step 6: newest {newest}"
+    );
+    let comms = loopback_comms(4, NetConfig::default()).unwrap();
+    let handles: Vec<_> = comms
+        .into_iter()
+        .enumerate()
+        .map(|(r, comm)| {
+            let repo = repo.clone();
+            std::thread::spawn(move || restored(&repo, Some(comm), r as u32, len))
+        })
+        .collect();
+    for (r, h) in handles.into_iter().enumerate() {
+        let got = h.join().unwrap();
+        assert_eq!(Some(&got), at[r].get(&newest), "rank {r}, step {newest}");
+    }
+}
+
+#[test]
+fn dirty_pages_written_during_a_flush_stay_dirty_for_the_next_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let len = 1 << 17; // 1 MiB of u64
+    let mut job = Job::builder().repo(&repo).open().unwrap();
+    let mut s = job.restore_or_init(|| state(0, len)).unwrap();
+    job.checkpoint_now(&s).unwrap();
+    job.flush().unwrap();
+    // Checkpoint A, then one page written while A is in flight.
+    let a = job.checkpoint_now(&s).unwrap();
+    s.tracked.set(5000, 7);
+    job.flush().unwrap();
+    // Checkpoint B: the page must be seen dirty (written after A's capture).
+    let b = job.checkpoint_now(&s).unwrap();
+    let report = *job.flush().unwrap().unwrap();
+    assert_eq!(report.checkpoint, b);
+    assert!(
+        report.written_bytes > 0,
+        "B wrote the changed page: {report}"
+    );
+    drop(job);
+    let reader = RepoReader::open(&repo).unwrap();
+    let mut got_a = state(0, 1);
+    lazarus::state::restore(&mut got_a, reader.load_part(a, lazarus::Rank(0)).unwrap()).unwrap();
+    assert_eq!(got_a.tracked[5000], 5000, "A holds the value at its call");
+    let got = restored(&repo, None, 0, len);
+    assert_eq!(
+        got.tracked[5000], 7,
+        "B holds the page written during A's flush"
+    );
+    assert_eq!(got, s);
+}
+
+#[test]
+fn background_write_error_is_reported_by_the_next_call_and_the_job_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let len = 1 << 14;
+    let mut job = Job::builder().repo(&repo).every_steps(1000).open().unwrap();
+    let mut s = job.restore_or_init(|| state(0, len)).unwrap();
+    job.checkpoint_now(&s).unwrap(); // step 0: checkpoint 1
+    job.flush().unwrap();
+    let first = copy(&s);
+    // A full disk: the next checkpoint's part cannot be written.
+    job.set_write_budget(0).unwrap();
+    job.checkpoint(&s).unwrap(); // step 0: just saved
+    scribble(&mut s, 1);
+    job.checkpoint(&s).unwrap(); // step 1: not due
+    scribble(&mut s, 2);
+    // At step 2: the capture succeeds, the background write fails.
+    let captured = job.checkpoint_now(&s);
+    assert_eq!(
+        captured.unwrap(),
+        CheckpointId(2),
+        "the capture itself succeeds"
+    );
+    // The failure surfaces at a following `checkpoint()` call (each one polls).
+    let e = loop {
+        match job.checkpoint(&s) {
+            Err(e) => break e,
+            Ok(step) => assert!(step < 50, "the flush error was never reported"),
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    match &e {
+        JobError::Flush {
+            checkpoint, step, ..
+        } => {
+            assert_eq!(*step, 2, "{e}");
+            assert_eq!(checkpoint.0, 2, "{e}");
+        }
+        other => panic!("expected a Flush error, got {other:?}"),
+    }
+    assert!(e.is_retryable(), "a full disk may pass: {e}");
+    assert!(
+        e.to_string().contains(&CheckpointId(2).to_string()),
+        "names the checkpoint: {e}"
+    );
+    assert!(job.flush().is_ok(), "reported once, not again");
+    // The disk has room again: the job goes on and the next checkpoint commits.
+    job.set_write_budget(u64::MAX).unwrap();
+    let id = job.checkpoint_now(&s).unwrap();
+    assert_eq!(job.flush().unwrap().unwrap().checkpoint, id);
+    drop(job);
+    let ids: Vec<_> = committed(&repo).iter().map(|c| c.0 .0).collect();
+    assert_eq!(ids, vec![1, id.0], "checkpoint 2 never committed");
+    let reader = RepoReader::open(&repo).unwrap();
+    let mut got = state(0, 1);
+    lazarus::state::restore(
+        &mut got,
+        reader.load_part(CheckpointId(1), lazarus::Rank(0)).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(got, first, "the previous checkpoint is intact");
+    assert_eq!(restored(&repo, None, 0, len), s);
+}
+
+#[test]
+fn error_at_finish_is_returned_not_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let mut job = Job::builder().repo(&repo).open().unwrap();
+    let s = job.restore_or_init(|| state(0, 1024)).unwrap();
+    job.set_write_budget(0).unwrap();
+    let id = job.checkpoint_now(&s).unwrap();
+    job.set_write_budget(u64::MAX).unwrap_err(); // waits for the flush: its error
+                                                 // finish writes synchronously and succeeds; the earlier error was reported above.
+    job.finish(&s).unwrap();
+    assert!(id.0 >= 1);
+    drop(job);
+    // And finish reports a flush error it finds.
+    let mut job = Job::builder().repo(&repo).open().unwrap();
+    let mut s = job.restore_or_init(|| state(0, 1024)).unwrap();
+    s.n = 77;
+    job.set_write_budget(0).unwrap();
+    job.checkpoint_now(&s).unwrap();
+    let e = job.finish(&s).unwrap_err();
+    assert!(matches!(e, JobError::Flush { .. }), "{e:?}");
+}
+
+#[test]
+fn commit_records_stall_and_background_flush_separately() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let mut job = Job::builder().repo(&repo).open().unwrap();
+    let s = job.restore_or_init(|| state(0, 1 << 16)).unwrap();
+    job.checkpoint_now(&s).unwrap();
+    let asynchronous = *job.flush().unwrap().unwrap();
+    drop(job);
+    let mut job = Job::builder().repo(&repo).sync_writes().open().unwrap();
+    let s = job.restore_or_init(|| state(0, 1 << 16)).unwrap();
+    job.checkpoint_now(&s).unwrap();
+    let synchronous = *job.last_checkpoint().unwrap();
+    drop(job);
+    assert!(asynchronous.flush.is_some() && synchronous.flush.is_none());
+    assert!(asynchronous.to_string().contains("background flush"));
+    let c = committed(&repo);
+    assert_eq!(c.len(), 2);
+    let (a, b) = (c[0].2, c[1].2);
+    assert!(
+        a.stall.is_some() && a.write.is_some() && a.flush.is_some(),
+        "{a:?}"
+    );
+    assert!(
+        b.stall.is_some() && b.write.is_some() && b.flush.is_none(),
+        "{b:?}"
+    );
+}
+
+#[test]
+fn a_state_over_the_staging_budget_is_written_synchronously() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let mut job = Job::builder()
+        .repo(&repo)
+        .staging_budget(64 << 10)
+        .open()
+        .unwrap();
+    let mut big = job.restore_or_init(|| state(0, 1 << 14)).unwrap(); // 256 KiB
+    let id = job.checkpoint_now(&big).unwrap();
+    // Committed when the call returned: no flush in flight, no staging copy made.
+    assert!(!job.flushing());
+    let r = *job.last_checkpoint().unwrap();
+    assert_eq!((r.checkpoint, r.flush), (id, None), "{r}");
+    scribble(&mut big, 1);
+    drop(job);
+    assert_ne!(restored(&repo, None, 0, 1 << 14), big);
+    // A state under the budget is captured and flushed in the background.
+    let mut job = Job::builder()
+        .repo(&repo)
+        .staging_budget(64 << 10)
+        .open()
+        .unwrap();
+    let restored_big = job.restore_or_init(|| state(0, 1)).unwrap();
+    assert_eq!(restored_big.xs.len(), 1 << 14);
+    let small = state(0, 1 << 10); // 16 KiB
+    let id = job.checkpoint_now(&small).unwrap();
+    let r = *job.flush().unwrap().unwrap();
+    assert_eq!(r.checkpoint, id);
+    assert!(r.flush.is_some(), "{r}");
+}
+
+#[test]
+fn a_rank_that_cannot_write_in_the_background_fails_the_round_on_every_rank() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let elsewhere = dir.path().join("not-the-repo");
+    let comms = loopback_comms(3, NetConfig::default()).unwrap();
+    let handles: Vec<_> = comms
+        .into_iter()
+        .enumerate()
+        .map(|(r, comm)| {
+            // Rank 2 points at a directory that is not the repository: its write fails.
+            let path = if r == 2 {
+                elsewhere.clone()
+            } else {
+                repo.clone()
+            };
+            std::thread::spawn(move || {
+                let mut job = Job::builder()
+                    .repo(&path)
+                    .comm(comm)
+                    .never_checkpoint()
+                    .timeouts(timeouts())
+                    .open()
+                    .unwrap();
+                let s = job.restore_or_init(|| state(r as u32, 4096)).unwrap();
+                let id = job.checkpoint_now(&s).expect("the capture succeeds");
+                let e = job.flush().unwrap_err();
+                // Reported once; the job goes on and takes part in the next round.
+                assert!(job.flush().is_ok());
+                let next = job.checkpoint_now(&s).expect("the next capture");
+                let again = job.flush().unwrap_err();
+                (id, next, e.is_retryable(), e.to_string(), again.to_string())
+            })
+        })
+        .collect();
+    let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    for (r, (id, next, retryable, msg, again)) in results.iter().enumerate() {
+        assert_eq!(*id, results[0].0, "rank {r}: one round, one id");
+        assert!(next > id, "rank {r}");
+        assert!(*retryable, "rank {r}: {msg}");
+        assert!(
+            msg.contains(&id.to_string()) && msg.contains("aborted"),
+            "rank {r}: {msg}"
+        );
+        assert!(again.contains(&next.to_string()), "rank {r}: {again}");
+    }
+    assert!(
+        results[0].3.contains("rank 2"),
+        "rank 0 names the rank: {}",
+        results[0].3
+    );
+    assert!(committed(&repo).is_empty(), "nothing committed");
+}
