@@ -196,7 +196,7 @@ fn bench_async_reports_stall_against_memcpy_and_sync_against_raw() {
         assert!(after.contains(unit), "{line}");
         let ratio: f64 = after
             .trim_start_matches("raw write+fsync / flush = ")
-            .split(|c: char| c == 'x' || c == ')' || c == ',')
+            .split(['x', ')', ','])
             .next()
             .unwrap()
             .trim()
