@@ -1,0 +1,183 @@
+//! Real processes (`lazarus run -n 4`, TCP on loopback, fsync, SIGKILL) with multi-level
+//! checkpoints (issue #15, docs/LEVELS.md). The 4 ranks run on 2 simulated hosts
+//! (`LAZARUS_SIM_HOSTS=2`: ranks 0,1 on `sim0`, 2,3 on `sim1`), each host with its own
+//! node-local directory under `--l1-dir`. A rank kills itself with SIGKILL at a chosen step
+//! of the first incarnation; "losing a host" is its ranks deleting the host's directory
+//! and then SIGKILLing themselves. Every run must print the failure-free checksum, and
+//! say which level it restored from.
+//!
+//! The worker is this test binary itself, run by `lazarus run` with `WORKER_ENV` set.
+
+mod common;
+
+use common::{checksum, lazarus_run_worker, text};
+use lazarus::format::Rank;
+use lazarus::{Checkpoint, Job};
+use std::error::Error;
+use std::path::Path;
+
+/// `steps,every,kill_step,mode` for the worker; mode: `none`, `rank1` (rank 1 is
+/// killed), `host1` (host sim1 is lost), `all` (every host is lost).
+const WORKER_ENV: &str = "LAZARUS_TEST_LEVELS";
+const STEPS: u64 = 24;
+const LEN: usize = 64 * 1024;
+
+#[derive(Checkpoint)]
+struct State {
+    data: Vec<u64>,
+    #[checkpoint(serde)]
+    mixed: u64,
+}
+
+fn worker(spec: &str) -> Result<(), Box<dyn Error>> {
+    let parts: Vec<&str> = spec.split(',').collect();
+    let [steps, every, kill_step, mode] = parts[..] else {
+        return Err(format!("{WORKER_ENV}={spec:?}: expected steps,every,kill_step,mode").into());
+    };
+    let (steps, every, kill_step): (u64, u64, u64) =
+        (steps.parse()?, every.parse()?, kill_step.parse()?);
+    let mut job = Job::builder()
+        .every_steps(every)
+        .keep(2)
+        .comm(lazarus::init()?)
+        .open()?;
+    let comm = job.comm().clone();
+    let me = comm.rank().0;
+    let mut s = job.restore_or_init(|| State {
+        data: (0..LEN as u64).map(|i| i ^ u64::from(me) << 40).collect(),
+        mixed: 0,
+    })?;
+    let first_run = std::env::var("LAZARUS_INCARNATION").is_ok_and(|v| v == "0");
+    while job.step() < steps {
+        let step = job.checkpoint(&s)?;
+        if first_run && step == kill_step {
+            let host = format!("sim{}", me * 2 / comm.size());
+            let lose_dir = |h: &str| {
+                if let Some(root) = std::env::var_os("LAZARUS_L1_DIR") {
+                    let _ = std::fs::remove_dir_all(Path::new(&root).join(h));
+                }
+            };
+            let die = match mode {
+                "rank1" => me == 1,
+                "host1" => {
+                    if host == "sim1" {
+                        lose_dir("sim1");
+                    }
+                    host == "sim1"
+                }
+                "all" => {
+                    lose_dir(&host);
+                    true
+                }
+                _ => false,
+            };
+            if die {
+                // SAFETY: raising a signal in our own process.
+                unsafe { libc::raise(libc::SIGKILL) };
+            }
+        }
+        // Change a few percent of the state per step, and mix in every rank's sum.
+        let k = (step as usize * 997) % LEN;
+        for x in &mut s.data[k..(k + LEN / 32).min(LEN)] {
+            *x = x.wrapping_mul(6364136223846793005).wrapping_add(step + 1);
+        }
+        let local: u64 = s.data.iter().fold(0u64, |a, x| a.wrapping_add(*x));
+        let all = comm.allgather(&local)?;
+        s.mixed = all.iter().fold(s.mixed, |a, x| a.rotate_left(7) ^ x);
+    }
+    job.finish(&s)?;
+    let h = s.data.iter().fold(s.mixed, |a, x| a.rotate_left(5) ^ x);
+    if let Some(all) = comm.gather(Rank(0), &h)? {
+        let sum = all.iter().fold(0xcbf2_9ce4_8422_2325u64, |a, x| a.rotate_left(3) ^ x);
+        println!("levels checksum={sum:016x}");
+    }
+    Ok(())
+}
+
+/// The rank program; does nothing unless `lazarus run` started it with `WORKER_ENV`.
+#[test]
+#[ignore = "a rank of the other tests, started by `lazarus run`"]
+fn levels_worker() {
+    if let Ok(spec) = std::env::var(WORKER_ENV) {
+        if let Err(e) = worker(&spec) {
+            eprintln!("levels worker: error: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+fn run(dir: &Path, levels: &[&str], spec: &str) -> std::process::Output {
+    let l1 = dir.join("l1");
+    let l1 = l1.to_str().expect("utf-8 path");
+    let mut extra = vec!["--l1-dir", l1, "--max-restarts", "2"];
+    extra.extend_from_slice(levels);
+    let env = [(WORKER_ENV, spec), ("LAZARUS_SIM_HOSTS", "2")];
+    lazarus_run_worker("levels_worker", 4, &dir.join("repo"), &extra, &env)
+}
+
+fn reference() -> String {
+    static REF: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    REF.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        // Without levels: today's behaviour.
+        let out = run(dir.path(), &[], &format!("{STEPS},2,0,none"));
+        checksum(&out)
+    })
+    .clone()
+}
+
+/// Committed checkpoints in the durable repository.
+fn durable_checkpoints(repo: &Path) -> usize {
+    lazarus::store::RepoReader::open(repo)
+        .and_then(|r| r.committed())
+        .map(|c| c.len())
+        .unwrap_or(0)
+}
+
+const FAST_ONLY: [&str; 6] = ["--l1-every", "1", "--l2-every", "1", "--l4-every", "0"];
+
+#[test]
+fn killed_rank_restores_from_node_local_copies_without_the_repository() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(dir.path(), &FAST_ONLY, &format!("{STEPS},2,9,rank1"));
+    let (_, stderr) = text(&out);
+    assert_eq!(checksum(&out), reference(), "{stderr}");
+    assert!(stderr.contains("rank 1 was killed by signal 9"), "{stderr}");
+    assert!(
+        stderr.contains("restored checkpoint 4 at step 8 from L1 node-local"),
+        "{stderr}"
+    );
+    // L4 never written: the restore cannot have read it.
+    assert_eq!(durable_checkpoints(&dir.path().join("repo")), 0);
+}
+
+#[test]
+fn lost_host_is_rebuilt_from_partner_copies_without_the_repository() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(dir.path(), &FAST_ONLY, &format!("{STEPS},2,9,host1"));
+    let (_, stderr) = text(&out);
+    assert_eq!(checksum(&out), reference(), "{stderr}");
+    assert!(
+        stderr.contains(
+            "restored checkpoint 4 at step 8 from L2 partner copy (rebuilt rank 2, rank 3 from other hosts)"
+        ),
+        "{stderr}"
+    );
+    assert_eq!(durable_checkpoints(&dir.path().join("repo")), 0);
+    // The rebuilt ranks have their node-local copies back.
+    assert!(dir.path().join("l1/sim1/rank-2").is_dir());
+}
+
+#[test]
+fn losing_every_host_falls_back_to_the_older_durable_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let levels = ["--l1-every", "1", "--l2-every", "1", "--l4-every", "3"];
+    let out = run(dir.path(), &levels, &format!("{STEPS},2,9,all"));
+    let (_, stderr) = text(&out);
+    assert_eq!(checksum(&out), reference(), "{stderr}");
+    // Checkpoint numbers 1..4 at steps 2,4,6,8; L4 got number 3 (step 6), its id 1.
+    assert!(
+        stderr.contains("restored checkpoint 1 at step 6 from L4 durable repository"),
+        "{stderr}"
+    );
+}
