@@ -166,6 +166,35 @@ fn lost_host_is_rebuilt_from_partner_copies_without_the_repository() {
     assert_eq!(durable_checkpoints(&dir.path().join("repo")), 0);
     // The rebuilt ranks have their node-local copies back.
     assert!(dir.path().join("l1/sim1/rank-2").is_dir());
+    // Tooling: every level copy verifies, and inspect says which levels hold what.
+    let l1 = dir.path().join("l1");
+    let repo = dir.path().join("repo");
+    for level in ["l1", "l2"] {
+        let out = std::process::Command::new(common::lazarus_bin())
+            .args(["verify", "--level", level, "--l1-dir"])
+            .arg(&l1)
+            .arg(&repo)
+            .output()
+            .unwrap();
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{level}: {stdout}{stderr}");
+        assert_eq!(stdout.matches("ok: ").count(), 4, "{level}: {stdout}");
+    }
+    let out = std::process::Command::new(common::lazarus_bin())
+        .args(["inspect", "--levels", "--l1-dir"])
+        .arg(&l1)
+        .arg(&repo)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    // The finished checkpoint (step 24) on every rank's L1 and every partner copy; no L4.
+    let last = stdout
+        .lines()
+        .find(|l| l.split_whitespace().nth(1) == Some("24"))
+        .unwrap_or_else(|| panic!("no row for step 24:\n{stdout}"));
+    let cols: Vec<&str> = last.split_whitespace().collect();
+    assert_eq!(cols[2..], ["-", "4/4", "4/4"], "{stdout}");
 }
 
 #[test]

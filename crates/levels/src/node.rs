@@ -573,6 +573,23 @@ fn kind(m: &CopyMsg) -> &'static str {
     }
 }
 
+/// Every committed level copy under `root` (every host directory), for tools
+/// (`lazarus inspect --levels`); unreadable entries are logged and left out.
+pub fn scan(root: &Path) -> Result<Vec<Held>, StoreError> {
+    let rd = match std::fs::read_dir(root) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(StoreError::io(root, "listing node-local data", e)),
+    };
+    let mut out = Vec::new();
+    for ent in rd.flatten() {
+        if ent.file_type().is_ok_and(|t| t.is_dir()) {
+            out.extend(scan_host(root, &ent.file_name().to_string_lossy())?);
+        }
+    }
+    Ok(out)
+}
+
 /// Every committed copy in `<root>/<host>/`.
 fn scan_host(root: &Path, host: &str) -> Result<Vec<Held>, StoreError> {
     let dir = root.join(host);

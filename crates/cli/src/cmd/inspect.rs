@@ -39,6 +39,60 @@ pub struct Args {
     /// Also print one line per rank part under each checkpoint.
     #[arg(long)]
     pub parts: bool,
+    /// Multi-level jobs (docs/LEVELS.md): one row per job-wide checkpoint number saying
+    /// which levels hold it (L4: the repository's id; L1/L2: how many ranks' parts).
+    #[arg(long)]
+    pub levels: bool,
+    /// With --levels: the node-local root [default: the job's default,
+    /// /dev/shm/lazarus-<hash of REPO>].
+    #[arg(long, value_name = "DIR", requires = "levels")]
+    pub l1_dir: Option<PathBuf>,
+}
+
+/// `lazarus inspect --levels`: which levels hold each job-wide checkpoint.
+fn levels_table(args: &Args) -> CmdResult {
+    use std::collections::BTreeMap;
+    let root = super::verify::l1_root(&args.repo, args.l1_dir.as_deref());
+    let held = lazarus::levels::scan(&root)?;
+    // seq -> (step, world, L4 id, L1 ranks, L2 ranks)
+    let mut rows: BTreeMap<u64, (u64, u32, Option<u64>, Vec<u32>, Vec<u32>)> = BTreeMap::new();
+    if let Ok(reader) = RepoReader::open(&args.repo) {
+        for c in reader.committed()? {
+            if let Some(seq) = meta::level_seq(&c.app) {
+                let r = rows.entry(seq).or_insert((c.step, c.world_size, None, vec![], vec![]));
+                r.2 = Some(c.id.0);
+            }
+        }
+    }
+    for h in &held {
+        let r = rows.entry(h.seq).or_insert((h.step, h.world, None, vec![], vec![]));
+        let v = if h.primary { &mut r.3 } else { &mut r.4 };
+        if !v.contains(&h.subject) {
+            v.push(h.subject);
+        }
+    }
+    if args.json {
+        let list: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|(seq, (step, world, l4, l1, l2))| {
+                serde_json::json!({"seq": seq, "step": step, "world": world, "l4": l4,
+                    "l1_ranks": l1.len(), "l2_ranks": l2.len()})
+            })
+            .collect();
+        outln!("{}", serde_json::to_string_pretty(&serde_json::json!({"levels": list}))?)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    outln!("node-local root: {}", root.display())?;
+    outln!("{:>6} {:>8} {:>8} {:>10} {:>10}", "number", "step", "L4 id", "L1 parts", "L2 parts")?;
+    for (seq, (step, world, l4, l1, l2)) in rows.iter().rev() {
+        outln!(
+            "{seq:>6} {step:>8} {:>8} {:>10} {:>10}",
+            l4.map_or("-".to_string(), |i| i.to_string()),
+            format!("{}/{world}", l1.len()),
+            format!("{}/{world}", l2.len()),
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Name of the object holding a rank's saved in-flight messages (`lazarus-coord`'s
@@ -86,6 +140,9 @@ struct Row {
 
 /// Runs `lazarus inspect`.
 pub fn main(args: Args) -> CmdResult {
+    if args.levels {
+        return levels_table(&args);
+    }
     let reader = RepoReader::open(&args.repo)?;
     let mut rows = Vec::new();
     let mut prev: Option<HashMap<ChunkDigest, (u64, u64)>> = None;
