@@ -5,14 +5,12 @@
 use crate::error::JobError;
 use crate::report::{CheckpointReport, FreshStart, RestoreReport};
 use crate::restore;
-use lazarus_coord::restore::{
-    AgreeError, Candidate, LoadError, RestoreAgreement, Source, Start,
-};
+use lazarus_coord::restore::{AgreeError, Candidate, LoadError, RestoreAgreement, Source, Start};
 use lazarus_coord::{meta, AlignedRuntime, OnAllDamaged, RankStore, Timeouts};
 use lazarus_files::{Files, FilesConfig, FilesError};
+use lazarus_format::{count, CheckpointId, LoadedObject, Rank};
 pub use lazarus_levels::Levels;
 use lazarus_levels::{Due, LoadOutcome, NodeLevels};
-use lazarus_format::{count, CheckpointId, LoadedObject, Rank};
 use lazarus_net::Comm;
 use lazarus_policy::{EveryInterval, EverySteps, Opportunity, Policy};
 use lazarus_state::Checkpoint;
@@ -302,7 +300,11 @@ fn open_levels(
     // repeat one it holds.
     let durable_seq = if comm.rank() == Rank(0) {
         match RepoReader::open(path).and_then(|r| r.committed()) {
-            Ok(c) => c.iter().filter_map(|c| meta::level_seq(&c.app)).max().unwrap_or(0),
+            Ok(c) => c
+                .iter()
+                .filter_map(|c| meta::level_seq(&c.app))
+                .max()
+                .unwrap_or(0),
             Err(e) => {
                 tracing::warn!("levels: listing {}: {e}", path.display());
                 0
@@ -687,8 +689,7 @@ impl Job {
         let level_root = levels.as_ref().map(|l| l.root().to_path_buf());
         let load = |c: &Candidate| -> Result<_, LoadError<JobError>> {
             if let Source::Fast { .. } = c.source {
-                let (Some(l), Some(p)) =
-                    (levels.as_mut(), plans.iter().find(|p| p.seq == c.id.0))
+                let (Some(l), Some(p)) = (levels.as_mut(), plans.iter().find(|p| p.seq == c.id.0))
                 else {
                     return Err(LoadError::Fatal(JobError::Rank0(format!(
                         "fast-level checkpoint {} is not in this rank's plan",
@@ -697,12 +698,12 @@ impl Job {
                 };
                 return match l.load(p) {
                     Ok(objects) => Ok((objects, None)),
-                    Err(LoadOutcome::Store(e)) => Err(LoadError::from_store(c.id, e, |source| {
-                        JobError::Store {
+                    Err(LoadOutcome::Store(e)) => {
+                        Err(LoadError::from_store(c.id, e, |source| JobError::Store {
                             path: level_root.clone().unwrap_or_default(),
                             source,
-                        }
-                    })),
+                        }))
+                    }
                     Err(LoadOutcome::Level(source)) => Err(LoadError::Fatal(JobError::Level {
                         step: c.step,
                         source,

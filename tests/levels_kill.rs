@@ -12,6 +12,7 @@ mod common;
 
 use common::{checksum, lazarus_run_worker, text};
 use lazarus::format::Rank;
+use rand::{Rng, SeedableRng};
 use lazarus::{Checkpoint, Job};
 use std::error::Error;
 use std::path::Path;
@@ -58,16 +59,17 @@ fn worker(spec: &str) -> Result<(), Box<dyn Error>> {
                 }
             };
             let die = match mode {
-                "rank1" => me == 1,
-                "host1" => {
-                    if host == "sim1" {
-                        lose_dir("sim1");
-                    }
-                    host == "sim1"
-                }
                 "all" => {
                     lose_dir(&host);
                     true
+                }
+                m if m.starts_with("rank") => m[4..].parse() == Ok(me),
+                m if m.starts_with("host") => {
+                    let lost = format!("sim{}", &m[4..]);
+                    if host == lost {
+                        lose_dir(&lost);
+                    }
+                    host == lost
                 }
                 _ => false,
             };
@@ -88,7 +90,9 @@ fn worker(spec: &str) -> Result<(), Box<dyn Error>> {
     job.finish(&s)?;
     let h = s.data.iter().fold(s.mixed, |a, x| a.rotate_left(5) ^ x);
     if let Some(all) = comm.gather(Rank(0), &h)? {
-        let sum = all.iter().fold(0xcbf2_9ce4_8422_2325u64, |a, x| a.rotate_left(3) ^ x);
+        let sum = all
+            .iter()
+            .fold(0xcbf2_9ce4_8422_2325u64, |a, x| a.rotate_left(3) ^ x);
         println!("levels checksum={sum:016x}");
     }
     Ok(())
@@ -209,4 +213,54 @@ fn losing_every_host_falls_back_to_the_older_durable_checkpoint() {
         stderr.contains("restored checkpoint 1 at step 6 from L4 durable repository"),
         "{stderr}"
     );
+}
+
+/// One seeded trial: a process kill or a host loss at a random step, or a rank killed by
+/// the failpoint between its L1 commit and the L2 exchange; always the failure-free
+/// checksum, from the fast levels only (L4 off).
+fn trial(rng: &mut rand_chacha::ChaCha8Rng) {
+    let dir = tempfile::tempdir().unwrap();
+    let step = rng.gen_range(1..STEPS - 1);
+    let (mode, failpoint) = match rng.gen_range(0..3) {
+        0 => (format!("rank{}", rng.gen_range(0..4)), None),
+        1 => (format!("host{}", rng.gen_range(0..2)), None),
+        _ => ("none".to_string(), Some(format!("levels_after_l1_commit@{}", rng.gen_range(0..4)))),
+    };
+    let mut levels: Vec<&str> = FAST_ONLY.to_vec();
+    if let Some(f) = &failpoint {
+        levels.extend(["--inject-failpoint", f.as_str()]);
+    }
+    let out = run(dir.path(), &levels, &format!("{STEPS},2,{step},{mode}"));
+    let (_, stderr) = text(&out);
+    assert_eq!(
+        checksum(&out),
+        reference(),
+        "kill at step {step}, mode {mode}, failpoint {failpoint:?}\n{stderr}"
+    );
+}
+
+fn trials(n: usize) {
+    let seed: u64 = std::env::var("LAZARUS_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(15);
+    eprintln!("levels trials: LAZARUS_TEST_SEED={seed}");
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    for _ in 0..n {
+        trial(&mut rng);
+    }
+}
+
+/// A seeded sample for every test run (about 5 s per trial).
+#[test]
+fn seeded_kills_and_host_losses_give_the_failure_free_checksum() {
+    trials(4);
+}
+
+/// The full matrix of the issue (30 trials): `cargo test --test levels_kill -- --ignored
+/// seeded_matrix`.
+#[test]
+#[ignore = "30 trials, about 3 minutes"]
+fn seeded_matrix() {
+    trials(30);
 }

@@ -438,7 +438,11 @@ mod tests {
         let d = Source::Durable;
         // Durable ids 7 (seq 20), 6 (seq 10), 5 (no seq); fast seqs 25, 20, 19.
         let merged = merge_candidates(
-            vec![cand(25, None, fast), cand(20, None, fast), cand(19, None, fast)],
+            vec![
+                cand(25, None, fast),
+                cand(20, None, fast),
+                cand(19, None, fast),
+            ],
             vec![cand(7, Some(20), d), cand(6, Some(10), d), cand(5, None, d)],
         );
         let order: Vec<(u64, Source)> = merged.iter().map(|c| (c.id.0, c.source)).collect();

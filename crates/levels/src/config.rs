@@ -128,7 +128,10 @@ impl Levels {
     /// Refuses a schedule that writes nothing.
     pub fn validate(&self) -> Result<(), String> {
         if self.l1 == 0 && self.l2 == 0 && self.l4 == 0 {
-            return Err("levels: every level is off (l1, l2 and l4 are 0): no checkpoint would be written".into());
+            return Err(
+                "levels: every level is off (l1, l2 and l4 are 0): no checkpoint would be written"
+                    .into(),
+            );
         }
         if self.is_multilevel() && self.l1 != 1 && self.l2 != 1 && self.l4 != 1 {
             // Otherwise some checkpoints the policy asks for would go nowhere.
@@ -153,7 +156,11 @@ impl Levels {
                 Err(std::env::VarError::NotUnicode(_)) => Err(format!("{name} is not UTF-8")),
             }
         };
-        let (l1, l2, l4) = (read(L1_EVERY_ENV)?, read(L2_EVERY_ENV)?, read(L4_EVERY_ENV)?);
+        let (l1, l2, l4) = (
+            read(L1_EVERY_ENV)?,
+            read(L2_EVERY_ENV)?,
+            read(L4_EVERY_ENV)?,
+        );
         if l1.is_none() && l2.is_none() && l4.is_none() {
             return Ok(None);
         }
@@ -228,9 +235,23 @@ mod tests {
     fn default_schedule_is_l4_only_and_l2_implies_l1() {
         let d = Levels::new();
         assert!(!d.is_multilevel());
-        assert_eq!(d.due(7), Due { l1: false, l2: false, l4: true });
+        assert_eq!(
+            d.due(7),
+            Due {
+                l1: false,
+                l2: false,
+                l4: true
+            }
+        );
         let l = Levels::new().l2(3).l4(0);
-        assert_eq!(l.due(3), Due { l1: true, l2: true, l4: false });
+        assert_eq!(
+            l.due(3),
+            Due {
+                l1: true,
+                l2: true,
+                l4: false
+            }
+        );
         assert!(!l.due(4).fast());
         assert!(Levels::new().l4(0).validate().is_err());
     }

@@ -33,6 +33,8 @@ pub use config::{
     L4_EVERY_ENV, SIM_HOSTS_ENV,
 };
 pub use error::LevelError;
-pub use node::{scan, LevelReceipt, LoadOutcome, NodeLevels, LEVEL_RANK_KEY, LEVEL_WORLD_KEY, SEQ_KEY};
+pub use node::{
+    scan, LevelReceipt, LoadOutcome, NodeLevels, LEVEL_RANK_KEY, LEVEL_WORLD_KEY, SEQ_KEY,
+};
 pub use partner::{partner_map, CopyMsg};
 pub use plan::{FastPlan, Held, RankSource};

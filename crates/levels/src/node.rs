@@ -186,11 +186,15 @@ impl NodeLevels {
 
     fn own_repo(&mut self) -> Result<&mut Repository, LevelError> {
         if self.own.is_none() {
-            let p = self.host_dir(&self.hosts[self.me() as usize]).join(dir_of(self.me(), true));
+            let p = self
+                .host_dir(&self.hosts[self.me() as usize])
+                .join(dir_of(self.me(), true));
             self.own = Some(Repository::open(&p, self.options.clone()).map_err(LevelError::l1)?);
         }
         // Just set if it was None.
-        self.own.as_mut().ok_or_else(|| LevelError::Config("L1 repository".into()))
+        self.own
+            .as_mut()
+            .ok_or_else(|| LevelError::Config("L1 repository".into()))
     }
 
     fn mirror(&mut self, subject: u32) -> Result<&mut Repository, LevelError> {
@@ -214,7 +218,10 @@ impl NodeLevels {
             .join(dir_of(subject, false));
         std::fs::remove_dir_all(&p)
             .map_err(|e| LevelError::l2(StoreError::io(&p, "removing a diverged mirror", e)))?;
-        tracing::info!("levels: {} diverged from rank {subject}'s L1; started again", p.display());
+        tracing::info!(
+            "levels: {} diverged from rank {subject}'s L1; started again",
+            p.display()
+        );
         Ok(())
     }
 
@@ -288,7 +295,9 @@ impl NodeLevels {
         m.app.insert(SEQ_KEY.into(), seq.to_string());
         m.app.insert(LEVEL_RANK_KEY.into(), me.to_string());
         m.app.insert(LEVEL_WORLD_KEY.into(), world.to_string());
-        let done = repo.commit(pending, vec![part.clone()], m).map_err(LevelError::l1)?;
+        let done = repo
+            .commit(pending, vec![part.clone()], m)
+            .map_err(LevelError::l1)?;
         lazarus_store::failpoint("levels_after_l1_commit");
         if let Err(e) = repo.retain(keep) {
             tracing::warn!("levels: L1 retention: {e}");
@@ -316,7 +325,9 @@ impl NodeLevels {
             .filter(|r| self.partners[*r as usize] == Some(me))
             .collect();
         let own_reader = || -> Result<RepoReader, LevelError> {
-            let p = self.host_dir(&self.hosts[me as usize]).join(dir_of(me, true));
+            let p = self
+                .host_dir(&self.hosts[me as usize])
+                .join(dir_of(me, true));
             RepoReader::open(&p).map_err(LevelError::l1)
         };
         // 1. Offer.
@@ -343,16 +354,18 @@ impl NodeLevels {
         let mut first_err: Option<LevelError> = None;
         for &s in &sources {
             let answer = match partner::recv(&self.comm, s, TAG_COPY)? {
-                CopyMsg::Offer { subject, local, chunks } if subject == s => {
-                    match self.want(s, local, &chunks) {
-                        Ok(missing) => CopyMsg::Want { missing },
-                        Err(e) => {
-                            let m = e.to_string();
-                            first_err.get_or_insert(e);
-                            CopyMsg::Failed(m)
-                        }
+                CopyMsg::Offer {
+                    subject,
+                    local,
+                    chunks,
+                } if subject == s => match self.want(s, local, &chunks) {
+                    Ok(missing) => CopyMsg::Want { missing },
+                    Err(e) => {
+                        let m = e.to_string();
+                        first_err.get_or_insert(e);
+                        CopyMsg::Failed(m)
                     }
-                }
+                },
                 CopyMsg::Failed(_) => CopyMsg::Failed("no offer".into()),
                 other => {
                     return Err(LevelError::Protocol {
@@ -394,14 +407,22 @@ impl NodeLevels {
         // 4. Install the sources' data.
         for &s in &sources {
             match partner::recv(&self.comm, s, TAG_COPY) {
-                Ok(CopyMsg::Data { subject, local, chunks, files }) if subject == s => {
+                Ok(CopyMsg::Data {
+                    subject,
+                    local,
+                    chunks,
+                    files,
+                }) if subject == s => {
                     if let Err(e) = self.install_mirror(s, local, &chunks, &files) {
                         first_err.get_or_insert(e);
                     }
                 }
                 // The source sends nothing after a failed offer or a refused one.
                 Ok(CopyMsg::Failed(m)) => {
-                    first_err.get_or_insert(LevelError::Peer { rank: Rank(s), message: m });
+                    first_err.get_or_insert(LevelError::Peer {
+                        rank: Rank(s),
+                        message: m,
+                    });
                 }
                 Ok(other) => {
                     return Err(LevelError::Protocol {
@@ -420,7 +441,12 @@ impl NodeLevels {
 
     /// The chunks the mirror of `subject` lacks for its checkpoint `local`; resets a
     /// mirror whose history diverged (it holds a newer id than the source offers).
-    fn want(&mut self, subject: u32, local: u64, chunks: &[[u8; 32]]) -> Result<Vec<[u8; 32]>, LevelError> {
+    fn want(
+        &mut self,
+        subject: u32,
+        local: u64,
+        chunks: &[[u8; 32]],
+    ) -> Result<Vec<[u8; 32]>, LevelError> {
         let newest = {
             let m = self.mirror(subject)?;
             m.reader()
@@ -471,17 +497,25 @@ impl NodeLevels {
         let me = self.me();
         // Holders send first (sends do not block), then receivers receive.
         for (r, src) in plan.sources.iter().enumerate() {
-            if let RankSource::Remote { holder, host, dir, local } = src {
+            if let RankSource::Remote {
+                holder,
+                host,
+                dir,
+                local,
+            } = src
+            {
                 if *holder == me {
                     let p = self.host_dir(host).join(dir);
                     let msg = RepoReader::open(&p)
                         .and_then(|reader| {
-                            let (chunks, _) = partner::checkpoint_files(&reader, CheckpointId(*local))?;
+                            let (chunks, _) =
+                                partner::checkpoint_files(&reader, CheckpointId(*local))?;
                             let all: Vec<[u8; 32]> = chunks.into_iter().map(|d| d.0).collect();
                             partner::data_msg(&reader, r as u32, CheckpointId(*local), &all)
                         })
                         .unwrap_or_else(|e| CopyMsg::Failed(e.to_string()));
-                    partner::send(&self.comm, r as u32, TAG_REBUILD, &msg).map_err(LoadOutcome::Level)?;
+                    partner::send(&self.comm, r as u32, TAG_REBUILD, &msg)
+                        .map_err(LoadOutcome::Level)?;
                 }
             }
         }
@@ -489,9 +523,15 @@ impl NodeLevels {
         let (dir, local) = match &plan.sources[me as usize] {
             RankSource::Local { dir, local } => (dir.clone(), *local),
             RankSource::Remote { holder, local, .. } => {
-                let msg = partner::recv(&self.comm, *holder, TAG_REBUILD).map_err(LoadOutcome::Level)?;
+                let msg =
+                    partner::recv(&self.comm, *holder, TAG_REBUILD).map_err(LoadOutcome::Level)?;
                 let (chunks, files) = match msg {
-                    CopyMsg::Data { subject, local: l, chunks, files } if subject == me && l == *local => (chunks, files),
+                    CopyMsg::Data {
+                        subject,
+                        local: l,
+                        chunks,
+                        files,
+                    } if subject == me && l == *local => (chunks, files),
                     CopyMsg::Failed(m) => {
                         return Err(LoadOutcome::Store(StoreError::new(
                             lazarus_store::StoreErrorKind::Missing,
@@ -509,13 +549,16 @@ impl NodeLevels {
                 // Into our own L1: a rank that lost its host gets its node-local copy back.
                 let repo = self.own_repo().map_err(LoadOutcome::Level)?;
                 let reader = repo.reader().map_err(LoadOutcome::Store)?;
-                let installed = partner::install(repo.backend().as_ref(), &reader, *local, &chunks, &files)
-                    .map_err(LoadOutcome::Store)?;
+                let installed =
+                    partner::install(repo.backend().as_ref(), &reader, *local, &chunks, &files)
+                        .map_err(LoadOutcome::Store)?;
                 if installed == Installed::Diverged {
                     return Err(LoadOutcome::Store(StoreError::new(
                         lazarus_store::StoreErrorKind::Corrupt,
                         Some(repo.path()),
-                        format!("checkpoint {local} exists with other content; cannot rebuild into it"),
+                        format!(
+                            "checkpoint {local} exists with other content; cannot rebuild into it"
+                        ),
                     )));
                 }
                 (dir_of(me, true), *local)
@@ -619,15 +662,26 @@ fn scan_host(root: &Path, host: &str) -> Result<Vec<Held>, StoreError> {
             }
         };
         for d in damaged {
-            tracing::warn!("levels: {}: damaged checkpoint {}: {}", ent.path().display(), d.checkpoint.0, d.detail);
+            tracing::warn!(
+                "levels: {}: damaged checkpoint {}: {}",
+                ent.path().display(),
+                d.checkpoint.0,
+                d.detail
+            );
         }
         for c in ok {
             let num = |k: &str| c.app.get(k).and_then(|v| v.parse::<u64>().ok());
-            let (Some(seq), Some(rank), Some(world)) = (num(SEQ_KEY), num(LEVEL_RANK_KEY), num(LEVEL_WORLD_KEY)) else {
+            let (Some(seq), Some(rank), Some(world)) =
+                (num(SEQ_KEY), num(LEVEL_RANK_KEY), num(LEVEL_WORLD_KEY))
+            else {
                 continue;
             };
             if rank != u64::from(subject) || c.world_size != 1 {
-                tracing::warn!("levels: {}: checkpoint {} is not rank {subject}'s; not used", ent.path().display(), c.id.0);
+                tracing::warn!(
+                    "levels: {}: checkpoint {} is not rank {subject}'s; not used",
+                    ent.path().display(),
+                    c.id.0
+                );
                 continue;
             }
             out.push(Held {

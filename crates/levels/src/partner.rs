@@ -11,10 +11,12 @@
 //! `Failed` instead of its next message, so nobody waits for a message that never comes.
 
 use crate::error::LevelError;
-use lazarus_format::{ChunkDigest, CheckpointId, Rank};
+use lazarus_format::{CheckpointId, ChunkDigest, Rank};
 use lazarus_net::{Comm, Tag};
 use lazarus_store::backend::PutMode;
-use lazarus_store::{DirKey, ObjectKey, ReadBackend, RepoReader, StoreError, StoreErrorKind, WriteBackend};
+use lazarus_store::{
+    DirKey, ObjectKey, ReadBackend, RepoReader, StoreError, StoreErrorKind, WriteBackend,
+};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 
@@ -70,14 +72,18 @@ impl CopyMsg {
         let (msg, rest): (CopyMsg, _) =
             postcard::take_from_bytes(bytes).map_err(|e| bad(format!("copy message: {e}")))?;
         if !rest.is_empty() {
-            return Err(bad(format!("{} trailing bytes after a copy message", rest.len())));
+            return Err(bad(format!(
+                "{} trailing bytes after a copy message",
+                rest.len()
+            )));
         }
         if let CopyMsg::Data { local, files, .. } = &msg {
             CheckpointId::new(*local)
                 .filter(|id| id.0 > 0)
                 .ok_or_else(|| bad(format!("checkpoint id {local} out of range")))?;
             for (name, _) in files {
-                file_key(CheckpointId(*local), name).ok_or_else(|| bad(format!("file name {name:?}")))?;
+                file_key(CheckpointId(*local), name)
+                    .ok_or_else(|| bad(format!("file name {name:?}")))?;
             }
         }
         Ok(msg)
@@ -90,7 +96,8 @@ fn file_key(id: CheckpointId, name: &str) -> Option<ObjectKey> {
         return Some(ObjectKey::Commit(id));
     }
     let r = name.strip_prefix("rank-")?.strip_suffix(".manifest")?;
-    if r.is_empty() || !r.bytes().all(|b| b.is_ascii_digit()) || (r.len() > 1 && r.starts_with('0')) {
+    if r.is_empty() || !r.bytes().all(|b| b.is_ascii_digit()) || (r.len() > 1 && r.starts_with('0'))
+    {
         return None;
     }
     Some(ObjectKey::Manifest(id, Rank(r.parse().ok()?)))
@@ -111,7 +118,9 @@ pub fn partner_map(hosts: &[String]) -> Vec<Option<u32>> {
         return vec![None; hosts.len()];
     }
     let on = |h: &str| -> Vec<u32> {
-        (0..hosts.len() as u32).filter(|r| hosts[*r as usize] == h).collect()
+        (0..hosts.len() as u32)
+            .filter(|r| hosts[*r as usize] == h)
+            .collect()
     };
     (0..hosts.len())
         .map(|r| {
@@ -151,7 +160,10 @@ pub(crate) fn checkpoint_files(
 }
 
 /// Which of `chunks` `backend` lacks.
-pub(crate) fn missing(backend: &dyn ReadBackend, chunks: &[[u8; 32]]) -> Result<Vec<[u8; 32]>, StoreError> {
+pub(crate) fn missing(
+    backend: &dyn ReadBackend,
+    chunks: &[[u8; 32]],
+) -> Result<Vec<[u8; 32]>, StoreError> {
     let mut out = Vec::new();
     for d in chunks {
         if backend.stat(&ObjectKey::Chunk(ChunkDigest(*d)))?.is_none() {
@@ -171,7 +183,10 @@ pub(crate) fn data_msg(
     let (_, files) = checkpoint_files(reader, id)?;
     let mut chunks = Vec::with_capacity(want.len());
     for d in want {
-        chunks.push((*d, reader.backend().read(&ObjectKey::Chunk(ChunkDigest(*d)))?));
+        chunks.push((
+            *d,
+            reader.backend().read(&ObjectKey::Chunk(ChunkDigest(*d)))?,
+        ));
     }
     Ok(CopyMsg::Data {
         subject,
@@ -211,11 +226,19 @@ pub(crate) fn install(
     if let Some(existing) = target.stat(&ObjectKey::Commit(id))? {
         let _ = existing;
         let same = target.read(&ObjectKey::Commit(id))? == commit.1;
-        return Ok(if same { Installed::Done } else { Installed::Diverged });
+        return Ok(if same {
+            Installed::Done
+        } else {
+            Installed::Diverged
+        });
     }
     target.create_dir(&DirKey::Checkpoint(id))?;
     for (d, bytes) in chunks {
-        target.put(&ObjectKey::Chunk(ChunkDigest(*d)), &[bytes], PutMode::Overwrite)?;
+        target.put(
+            &ObjectKey::Chunk(ChunkDigest(*d)),
+            &[bytes],
+            PutMode::Overwrite,
+        )?;
     }
     for (name, bytes) in files {
         if name == "COMMIT" {
@@ -253,8 +276,14 @@ mod tests {
 
     #[test]
     fn partners_are_on_another_host() {
-        assert_eq!(partner_map(&hs(&["a", "a", "b", "b"])), vec![Some(2), Some(3), Some(0), Some(1)]);
-        assert_eq!(partner_map(&hs(&["a", "b", "c"])), vec![Some(1), Some(2), Some(0)]);
+        assert_eq!(
+            partner_map(&hs(&["a", "a", "b", "b"])),
+            vec![Some(2), Some(3), Some(0), Some(1)]
+        );
+        assert_eq!(
+            partner_map(&hs(&["a", "b", "c"])),
+            vec![Some(1), Some(2), Some(0)]
+        );
         assert_eq!(partner_map(&hs(&["a", "a"])), vec![None, None]);
     }
 
@@ -262,8 +291,18 @@ mod tests {
     fn only_format_file_names_are_accepted() {
         let id = CheckpointId(3);
         assert_eq!(file_key(id, "COMMIT"), Some(ObjectKey::Commit(id)));
-        assert_eq!(file_key(id, "rank-12.manifest"), Some(ObjectKey::Manifest(id, Rank(12))));
-        for bad in ["../COMMIT", "rank-.manifest", "rank-01.manifest", "rank-1/x.manifest", "FORMAT", "LOCK"] {
+        assert_eq!(
+            file_key(id, "rank-12.manifest"),
+            Some(ObjectKey::Manifest(id, Rank(12)))
+        );
+        for bad in [
+            "../COMMIT",
+            "rank-.manifest",
+            "rank-01.manifest",
+            "rank-1/x.manifest",
+            "FORMAT",
+            "LOCK",
+        ] {
             assert_eq!(file_key(id, bad), None, "{bad}");
         }
     }

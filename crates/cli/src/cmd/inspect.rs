@@ -59,13 +59,17 @@ fn levels_table(args: &Args) -> CmdResult {
     if let Ok(reader) = RepoReader::open(&args.repo) {
         for c in reader.committed()? {
             if let Some(seq) = meta::level_seq(&c.app) {
-                let r = rows.entry(seq).or_insert((c.step, c.world_size, None, vec![], vec![]));
+                let r = rows
+                    .entry(seq)
+                    .or_insert((c.step, c.world_size, None, vec![], vec![]));
                 r.2 = Some(c.id.0);
             }
         }
     }
     for h in &held {
-        let r = rows.entry(h.seq).or_insert((h.step, h.world, None, vec![], vec![]));
+        let r = rows
+            .entry(h.seq)
+            .or_insert((h.step, h.world, None, vec![], vec![]));
         let v = if h.primary { &mut r.3 } else { &mut r.4 };
         if !v.contains(&h.subject) {
             v.push(h.subject);
@@ -79,11 +83,21 @@ fn levels_table(args: &Args) -> CmdResult {
                     "l1_ranks": l1.len(), "l2_ranks": l2.len()})
             })
             .collect();
-        outln!("{}", serde_json::to_string_pretty(&serde_json::json!({"levels": list}))?)?;
+        outln!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({"levels": list}))?
+        )?;
         return Ok(ExitCode::SUCCESS);
     }
     outln!("node-local root: {}", root.display())?;
-    outln!("{:>6} {:>8} {:>8} {:>10} {:>10}", "number", "step", "L4 id", "L1 parts", "L2 parts")?;
+    outln!(
+        "{:>6} {:>8} {:>8} {:>10} {:>10}",
+        "number",
+        "step",
+        "L4 id",
+        "L1 parts",
+        "L2 parts"
+    )?;
     for (seq, (step, world, l4, l1, l2)) in rows.iter().rev() {
         outln!(
             "{seq:>6} {step:>8} {:>8} {:>10} {:>10}",

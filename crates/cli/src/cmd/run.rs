@@ -136,8 +136,10 @@ fn config(a: &Args) -> Result<LaunchConfig, Box<dyn std::error::Error + Send + S
         }
     }
     if let Some(d) = &a.l1_dir {
-        c.env
-            .push((lazarus::levels::L1_DIR_ENV.into(), d.clone().into_os_string()));
+        c.env.push((
+            lazarus::levels::L1_DIR_ENV.into(),
+            d.clone().into_os_string(),
+        ));
     }
     for kv in &a.env {
         let (k, v) = kv

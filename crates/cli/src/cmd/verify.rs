@@ -39,9 +39,9 @@ pub struct Args {
 
 /// The node-local root of the job whose repository is `repo`.
 pub(crate) fn l1_root(repo: &std::path::Path, given: Option<&std::path::Path>) -> PathBuf {
-    given.map(std::path::Path::to_path_buf).unwrap_or_else(|| {
-        lazarus::levels::default_root(&lazarus::store::repo_location(repo))
-    })
+    given
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_else(|| lazarus::levels::default_root(&lazarus::store::repo_location(repo)))
 }
 
 /// `lazarus verify --level l1|l2`: every level repository under the node-local root,
@@ -62,7 +62,10 @@ fn verify_level(args: &Args, primary: bool) -> CmdResult {
             .unwrap_or_default();
         repos.sort();
         for r in repos {
-            let name = r.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+            let name = r
+                .file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_default();
             if !name.starts_with(prefix) {
                 continue;
             }
@@ -93,7 +96,11 @@ fn verify_level(args: &Args, primary: bool) -> CmdResult {
     if seen == 0 {
         outln!("no {} repositories under {}", args.level, root.display())?;
     }
-    Ok(if bad == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if bad == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 /// Runs `lazarus verify`.

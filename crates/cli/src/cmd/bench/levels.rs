@@ -112,7 +112,10 @@ fn rank(
         memcpy.push(t0.elapsed());
         comm.barrier()?;
         let seq = levels.take_seq();
-        let meta = CommitMeta { step: seq, app: Default::default() };
+        let meta = CommitMeta {
+            step: seq,
+            app: Default::default(),
+        };
         let t0 = Instant::now();
         levels.checkpoint(seq, &[spec(&data)], &meta, false)?;
         l1.push(t0.elapsed());
@@ -125,7 +128,10 @@ fn rank(
         round(4 * i as u64 + 1, &mut data);
         comm.barrier()?;
         let seq = levels.take_seq();
-        let meta = CommitMeta { step: seq, app: Default::default() };
+        let meta = CommitMeta {
+            step: seq,
+            app: Default::default(),
+        };
         let t0 = Instant::now();
         levels.checkpoint(seq, &[spec(&data)], &meta, true)?;
         l12.push(t0.elapsed());
@@ -141,7 +147,9 @@ fn rank(
         std::fs::remove_file(&f)?;
         let t0 = Instant::now();
         let pending = repo.begin(1)?;
-        let receipt = pending.part_writer().write(lazarus::Rank(0), &[spec(&data)])?;
+        let receipt = pending
+            .part_writer()
+            .write(lazarus::Rank(0), &[spec(&data)])?;
         repo.commit(pending, vec![receipt], CommitMeta::default())?;
         l4.push(t0.elapsed());
         repo.retain(1)?;
@@ -149,7 +157,10 @@ fn rank(
     // Incremental: 1 % of the part changed since the last L1+L2 checkpoint.
     comm.barrier()?;
     let seq = levels.take_seq();
-    let meta = CommitMeta { step: seq, app: Default::default() };
+    let meta = CommitMeta {
+        step: seq,
+        app: Default::default(),
+    };
     let full = levels.checkpoint(seq, &[spec(&data)], &meta, true)?;
     let n = bytes / 100;
     for b in &mut data[..n] {
@@ -157,7 +168,10 @@ fn rank(
     }
     comm.barrier()?;
     let seq = levels.take_seq();
-    let meta = CommitMeta { step: seq, app: Default::default() };
+    let meta = CommitMeta {
+        step: seq,
+        app: Default::default(),
+    };
     let t0 = Instant::now();
     let incr = levels.checkpoint(seq, &[spec(&data)], &meta, true)?;
     row.l12_incr = t0.elapsed();
@@ -177,11 +191,17 @@ fn rank(
 /// Runs the benchmark and prints the table.
 pub fn main(a: Args) -> CmdResult {
     if a.ranks < 2 || a.mib == 0 || a.reps == 0 {
-        return Err("lazarus bench levels: --ranks must be at least 2, --mib and --reps at least 1".into());
+        return Err(
+            "lazarus bench levels: --ranks must be at least 2, --mib and --reps at least 1".into(),
+        );
     }
     let bytes = a.mib << 20;
     let shm = Path::new("/dev/shm");
-    let base = if shm.is_dir() { shm.to_path_buf() } else { std::env::temp_dir() };
+    let base = if shm.is_dir() {
+        shm.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    };
     let l1_root = base.join(format!("lazarus-bench-levels-{}", std::process::id()));
     let l4_root = a
         .dir
@@ -200,7 +220,11 @@ pub fn main(a: Args) -> CmdResult {
         .collect();
     let mut rows = Vec::new();
     for (r, h) in handles.into_iter().enumerate() {
-        rows.push(h.join().map_err(|_| format!("rank {r} panicked"))?.map_err(|e| format!("rank {r}: {e}"))?);
+        rows.push(
+            h.join()
+                .map_err(|_| format!("rank {r} panicked"))?
+                .map_err(|e| format!("rank {r}: {e}"))?,
+        );
     }
     let _ = std::fs::remove_dir_all(&l1_root);
     let _ = std::fs::remove_dir_all(&l4_root);
@@ -216,13 +240,23 @@ pub fn main(a: Args) -> CmdResult {
         base.display(),
         super::load_average().unwrap_or_else(|| "?".into())
     )?;
-    writeln!(out, "{:<34} {:>10} {:>12} {:>8}", "level", "ms", "floor ms", "x floor")?;
+    writeln!(
+        out,
+        "{:<34} {:>10} {:>12} {:>8}",
+        "level", "ms", "floor ms", "x floor"
+    )?;
     for (name, t, floor) in [
         ("L1 node-local", r.l1, r.memcpy),
         ("L1+L2 partner copy (all new)", r.l12, r.tcp),
         ("L4 durable (one-rank part)", r.l4, r.raw),
     ] {
-        writeln!(out, "{name:<34} {:>10.1} {:>12.1} {:>8.1}", ms(t), ms(floor), ms(t) / ms(floor).max(1e-9))?;
+        writeln!(
+            out,
+            "{name:<34} {:>10.1} {:>12.1} {:>8.1}",
+            ms(t),
+            ms(floor),
+            ms(t) / ms(floor).max(1e-9)
+        )?;
     }
     writeln!(
         out,
