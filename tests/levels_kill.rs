@@ -12,8 +12,8 @@ mod common;
 
 use common::{checksum, lazarus_run_worker, text};
 use lazarus::format::Rank;
-use rand::{Rng, SeedableRng};
 use lazarus::{Checkpoint, Job};
+use rand::{Rng, SeedableRng};
 use std::error::Error;
 use std::path::Path;
 
@@ -224,7 +224,10 @@ fn trial(rng: &mut rand_chacha::ChaCha8Rng) {
     let (mode, failpoint) = match rng.gen_range(0..3) {
         0 => (format!("rank{}", rng.gen_range(0..4)), None),
         1 => (format!("host{}", rng.gen_range(0..2)), None),
-        _ => ("none".to_string(), Some(format!("levels_after_l1_commit@{}", rng.gen_range(0..4)))),
+        _ => (
+            "none".to_string(),
+            Some(format!("levels_after_l1_commit@{}", rng.gen_range(0..4))),
+        ),
     };
     let mut levels: Vec<&str> = FAST_ONLY.to_vec();
     if let Some(f) = &failpoint {

@@ -133,11 +133,14 @@ pub fn partner_map(hosts: &[String]) -> Vec<Option<u32>> {
         .collect()
 }
 
+/// A checkpoint's files other than chunks: (name, bytes), COMMIT last.
+pub(crate) type Files = Vec<(String, Vec<u8>)>;
+
 /// The chunk digests of checkpoint `id` and its files (`COMMIT`, manifest files).
 pub(crate) fn checkpoint_files(
     reader: &RepoReader,
     id: CheckpointId,
-) -> Result<(Vec<ChunkDigest>, Vec<(String, Vec<u8>)>), StoreError> {
+) -> Result<(Vec<ChunkDigest>, Files), StoreError> {
     let mut chunks = BTreeSet::new();
     for m in reader.manifests(id)? {
         for o in &m.objects {

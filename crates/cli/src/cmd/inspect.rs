@@ -49,28 +49,41 @@ pub struct Args {
     pub l1_dir: Option<PathBuf>,
 }
 
+/// One job-wide checkpoint number in `lazarus inspect --levels`.
+#[derive(Default)]
+struct LevelRow {
+    step: u64,
+    world: u32,
+    l4: Option<u64>,
+    l1: Vec<u32>,
+    l2: Vec<u32>,
+}
+
 /// `lazarus inspect --levels`: which levels hold each job-wide checkpoint.
 fn levels_table(args: &Args) -> CmdResult {
     use std::collections::BTreeMap;
     let root = super::verify::l1_root(&args.repo, args.l1_dir.as_deref());
     let held = lazarus::levels::scan(&root)?;
-    // seq -> (step, world, L4 id, L1 ranks, L2 ranks)
-    let mut rows: BTreeMap<u64, (u64, u32, Option<u64>, Vec<u32>, Vec<u32>)> = BTreeMap::new();
+    let mut rows: BTreeMap<u64, LevelRow> = BTreeMap::new();
     if let Ok(reader) = RepoReader::open(&args.repo) {
         for c in reader.committed()? {
             if let Some(seq) = meta::level_seq(&c.app) {
-                let r = rows
-                    .entry(seq)
-                    .or_insert((c.step, c.world_size, None, vec![], vec![]));
-                r.2 = Some(c.id.0);
+                let r = rows.entry(seq).or_insert_with(|| LevelRow {
+                    step: c.step,
+                    world: c.world_size,
+                    ..LevelRow::default()
+                });
+                r.l4 = Some(c.id.0);
             }
         }
     }
     for h in &held {
-        let r = rows
-            .entry(h.seq)
-            .or_insert((h.step, h.world, None, vec![], vec![]));
-        let v = if h.primary { &mut r.3 } else { &mut r.4 };
+        let r = rows.entry(h.seq).or_insert_with(|| LevelRow {
+            step: h.step,
+            world: h.world,
+            ..LevelRow::default()
+        });
+        let v = if h.primary { &mut r.l1 } else { &mut r.l2 };
         if !v.contains(&h.subject) {
             v.push(h.subject);
         }
@@ -78,14 +91,14 @@ fn levels_table(args: &Args) -> CmdResult {
     if args.json {
         let list: Vec<serde_json::Value> = rows
             .iter()
-            .map(|(seq, (step, world, l4, l1, l2))| {
-                serde_json::json!({"seq": seq, "step": step, "world": world, "l4": l4,
-                    "l1_ranks": l1.len(), "l2_ranks": l2.len()})
+            .map(|(seq, r)| {
+                serde_json::json!({"seq": seq, "step": r.step, "world": r.world, "l4": r.l4,
+                    "l1_ranks": r.l1.len(), "l2_ranks": r.l2.len()})
             })
             .collect();
         outln!(
             "{}",
-            serde_json::to_string_pretty(&serde_json::json!({"levels": list}))?
+            serde_json::to_string_pretty(&serde_json::json!({ "levels": list }))?
         )?;
         return Ok(ExitCode::SUCCESS);
     }
@@ -98,12 +111,13 @@ fn levels_table(args: &Args) -> CmdResult {
         "L1 parts",
         "L2 parts"
     )?;
-    for (seq, (step, world, l4, l1, l2)) in rows.iter().rev() {
+    for (seq, r) in rows.iter().rev() {
         outln!(
-            "{seq:>6} {step:>8} {:>8} {:>10} {:>10}",
-            l4.map_or("-".to_string(), |i| i.to_string()),
-            format!("{}/{world}", l1.len()),
-            format!("{}/{world}", l2.len()),
+            "{seq:>6} {:>8} {:>8} {:>10} {:>10}",
+            r.step,
+            r.l4.map_or("-".to_string(), |i| i.to_string()),
+            format!("{}/{}", r.l1.len(), r.world),
+            format!("{}/{}", r.l2.len(), r.world),
         )?;
     }
     Ok(ExitCode::SUCCESS)
