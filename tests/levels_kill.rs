@@ -213,6 +213,10 @@ fn losing_every_host_falls_back_to_the_older_durable_checkpoint() {
         stderr.contains("restored checkpoint 1 at step 6 from L4 durable repository"),
         "{stderr}"
     );
+    // The finished job's result is durable: every host's node-local data was cleaned.
+    for host in ["sim0", "sim1"] {
+        assert!(!dir.path().join("l1").join(host).exists(), "{host} not cleaned");
+    }
 }
 
 /// One seeded trial: a process kill or a host loss at a random step, or a rank killed by

@@ -78,6 +78,22 @@ struct Row {
     l4: Duration,
 }
 
+/// One level checkpoint of `data` (L1, plus L2 when `l2`) and how long it took.
+fn timed_level(
+    levels: &mut NodeLevels,
+    data: &[u8],
+    l2: bool,
+) -> Result<(Duration, lazarus::levels::LevelReceipt), BoxError> {
+    let seq = levels.take_seq();
+    let meta = CommitMeta {
+        step: seq,
+        app: Default::default(),
+    };
+    let t0 = Instant::now();
+    let r = levels.checkpoint(seq, &[spec(data)], &meta, l2)?;
+    Ok((t0.elapsed(), r))
+}
+
 fn rank(
     comm: lazarus::Comm,
     l1_root: PathBuf,
@@ -111,14 +127,7 @@ fn rank(
         copy.copy_from_slice(&data);
         memcpy.push(t0.elapsed());
         comm.barrier()?;
-        let seq = levels.take_seq();
-        let meta = CommitMeta {
-            step: seq,
-            app: Default::default(),
-        };
-        let t0 = Instant::now();
-        levels.checkpoint(seq, &[spec(&data)], &meta, false)?;
-        l1.push(t0.elapsed());
+        l1.push(timed_level(&mut levels, &data, false)?.0);
         // Raw TCP of the same bytes to the rank on the other host and back from its own.
         comm.barrier()?;
         let t0 = Instant::now();
@@ -127,14 +136,7 @@ fn rank(
         tcp.push(t0.elapsed() + l1[l1.len() - 1]);
         round(4 * i as u64 + 1, &mut data);
         comm.barrier()?;
-        let seq = levels.take_seq();
-        let meta = CommitMeta {
-            step: seq,
-            app: Default::default(),
-        };
-        let t0 = Instant::now();
-        levels.checkpoint(seq, &[spec(&data)], &meta, true)?;
-        l12.push(t0.elapsed());
+        l12.push(timed_level(&mut levels, &data, true)?.0);
         // L4 and its floor.
         round(4 * i as u64 + 2, &mut data);
         comm.barrier()?;
@@ -156,27 +158,15 @@ fn rank(
     }
     // Incremental: 1 % of the part changed since the last L1+L2 checkpoint.
     comm.barrier()?;
-    let seq = levels.take_seq();
-    let meta = CommitMeta {
-        step: seq,
-        app: Default::default(),
-    };
-    let full = levels.checkpoint(seq, &[spec(&data)], &meta, true)?;
+    timed_level(&mut levels, &data, true)?;
     let n = bytes / 100;
     for b in &mut data[..n] {
         *b = b.wrapping_add(1);
     }
     comm.barrier()?;
-    let seq = levels.take_seq();
-    let meta = CommitMeta {
-        step: seq,
-        app: Default::default(),
-    };
-    let t0 = Instant::now();
-    let incr = levels.checkpoint(seq, &[spec(&data)], &meta, true)?;
-    row.l12_incr = t0.elapsed();
+    let (t, incr) = timed_level(&mut levels, &data, true)?;
+    row.l12_incr = t;
     row.incr_sent = incr.l2_bytes;
-    let _ = full;
     row.memcpy = median(memcpy);
     row.l1 = median(l1);
     row.tcp = median(tcp);
