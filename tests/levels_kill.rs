@@ -271,3 +271,89 @@ fn seeded_kills_and_host_losses_give_the_failure_free_checksum() {
 fn seeded_matrix() {
     trials(30);
 }
+
+/// A world of one (no `lazarus run`): the same levels, in-process. A rerun restores from
+/// L1 without any durable checkpoint, and a damaged L1 chunk falls back to the older L1
+/// checkpoint (the digest check on load), never to wrong data.
+#[test]
+fn solo_job_restores_from_l1_and_skips_a_damaged_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let (repo, l1) = (dir.path().join("repo"), dir.path().join("l1"));
+    let open = || {
+        Job::builder()
+            .repo(&repo)
+            .every_steps(1)
+            .keep(3)
+            .levels(lazarus::Levels::new().l1(1).l4(0).dir(&l1))
+            .open()
+            .unwrap()
+    };
+    let mut job = open();
+    let mut s = job
+        .restore_or_init(|| State {
+            data: vec![1; 1024],
+            mixed: 0,
+        })
+        .unwrap();
+    while job.step() < 5 {
+        job.checkpoint(&s).unwrap();
+        s.data.iter_mut().for_each(|x| *x += 1);
+        s.mixed += 1;
+    }
+    drop(job);
+    // Checkpoints at steps 1..4 (numbers 1..4); keep 3.
+    let mut job = open();
+    let s = job
+        .restore_or_init(|| State {
+            data: vec![0; 1024],
+            mixed: 0,
+        })
+        .unwrap();
+    let r = job.restore_report().unwrap().clone();
+    assert_eq!((r.checkpoint.0, r.step), (4, 4));
+    assert_eq!(r.level.as_deref(), Some("L1 node-local"));
+    assert_eq!((s.data[0], s.mixed), (5, 4));
+    assert_eq!(durable_checkpoints(&repo), 0);
+    drop(job);
+    // Damage the newest L1 checkpoint's data: flip a byte of every chunk it alone uses.
+    let host = std::fs::read_dir(&l1).unwrap().next().unwrap().unwrap().path();
+    let own = host.join("rank-0");
+    let reader = lazarus::store::RepoReader::open(&own).unwrap();
+    let newest = reader.committed().unwrap().last().unwrap().id;
+    let older: std::collections::BTreeSet<_> = reader
+        .committed()
+        .unwrap()
+        .iter()
+        .filter(|c| c.id != newest)
+        .flat_map(|c| reader.manifests(c.id).unwrap())
+        .flat_map(|m| m.objects.into_iter().flat_map(|o| o.chunks))
+        .map(|c| c.digest)
+        .collect();
+    let mut flipped = 0;
+    for m in reader.manifests(newest).unwrap() {
+        for c in m.objects.iter().flat_map(|o| &o.chunks) {
+            if older.contains(&c.digest) {
+                continue;
+            }
+            let hex = c.digest.to_hex();
+            let p = own.join("chunks").join(&hex[..2]).join(&hex);
+            let mut b = std::fs::read(&p).unwrap();
+            let last = b.len() - 1;
+            b[last] ^= 0xff;
+            std::fs::write(&p, b).unwrap();
+            flipped += 1;
+        }
+    }
+    assert!(flipped > 0);
+    let mut job = open();
+    let s = job
+        .restore_or_init(|| State {
+            data: vec![0; 1024],
+            mixed: 0,
+        })
+        .unwrap();
+    let r = job.restore_report().unwrap().clone();
+    assert_eq!((r.checkpoint.0, r.step), (3, 3), "{r}");
+    assert_eq!(r.skipped.len(), 1, "{r}");
+    assert_eq!((s.data[0], s.mixed), (4, 3));
+}
