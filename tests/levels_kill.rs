@@ -215,7 +215,10 @@ fn losing_every_host_falls_back_to_the_older_durable_checkpoint() {
     );
     // The finished job's result is durable: every host's node-local data was cleaned.
     for host in ["sim0", "sim1"] {
-        assert!(!dir.path().join("l1").join(host).exists(), "{host} not cleaned");
+        assert!(
+            !dir.path().join("l1").join(host).exists(),
+            "{host} not cleaned"
+        );
     }
 }
 
@@ -316,7 +319,12 @@ fn solo_job_restores_from_l1_and_skips_a_damaged_copy() {
     assert_eq!(durable_checkpoints(&repo), 0);
     drop(job);
     // Damage the newest L1 checkpoint's data: flip a byte of every chunk it alone uses.
-    let host = std::fs::read_dir(&l1).unwrap().next().unwrap().unwrap().path();
+    let host = std::fs::read_dir(&l1)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
     let own = host.join("rank-0");
     let reader = lazarus::store::RepoReader::open(&own).unwrap();
     let newest = reader.committed().unwrap().last().unwrap().id;

@@ -35,6 +35,9 @@ pub enum LevelError {
         /// what was wrong
         detail: String,
     },
+    /// The parity codec refused its input or failed (names the member or shard).
+    #[error("levels: parity: {0}")]
+    Parity(String),
     /// The configuration cannot work (names the option).
     #[error("levels: {0}")]
     Config(String),

@@ -25,6 +25,7 @@
 mod config;
 mod error;
 mod node;
+pub mod parity;
 mod partner;
 pub mod plan;
 
