@@ -82,6 +82,15 @@ pub enum JobError {
         /// the checkpoint being written
         checkpoint: CheckpointId,
     },
+    /// A fast checkpoint level (node-local, partner copy; docs/LEVELS.md) failed at
+    /// `step`; the error names the rank, host or file.
+    #[error("checkpoint at step {step}: {source}")]
+    Level {
+        /// the step being saved
+        step: u64,
+        /// the level's error
+        source: lazarus_levels::LevelError,
+    },
     /// Talking to the other ranks failed (usually: one died).
     #[error("job communication: {0}")]
     Net(#[from] NetError),
@@ -153,6 +162,7 @@ impl JobError {
             JobError::Round { source, .. } | JobError::Flush { source, .. } => {
                 source.is_retryable()
             }
+            JobError::Level { source, .. } => source.is_retryable(),
             JobError::Files(e) => e.is_retryable(),
             _ => false,
         }

@@ -6,10 +6,12 @@ use crate::error::JobError;
 use crate::flush::{self, Flusher, InFlight, Task};
 use crate::report::{CheckpointReport, FreshStart, RestoreReport};
 use crate::restore;
-use lazarus_coord::restore::{AgreeError, Candidate, LoadError, RestoreAgreement, Start};
+use lazarus_coord::restore::{AgreeError, Candidate, LoadError, RestoreAgreement, Source, Start};
 use lazarus_coord::{meta, AlignedRuntime, OnAllDamaged, RankStore, Timeouts};
 use lazarus_files::{Files, FilesConfig, FilesError};
 use lazarus_format::{count, CheckpointId, LoadedObject, Rank};
+pub use lazarus_levels::Levels;
+use lazarus_levels::{Due, LoadOutcome, NodeLevels};
 use lazarus_net::Comm;
 use lazarus_policy::{EveryInterval, EverySteps, Opportunity, Policy};
 use lazarus_state::Checkpoint;
@@ -43,6 +45,8 @@ pub struct JobBuilder {
     // Asynchronous checkpoints (issue #16, docs/ASYNC.md).
     sync_writes: bool,
     staging_budget: Option<u64>,
+    // Multi-level checkpoints (issue #15, docs/LEVELS.md).
+    levels: Option<Levels>,
 }
 
 impl JobBuilder {
@@ -84,6 +88,23 @@ impl JobBuilder {
     /// docs/STORAGE.md) or `memory://name`. Without it, `LAZARUS_REPO` is used.
     pub fn repo(mut self, path: impl Into<PathBuf>) -> Self {
         self.repo = Some(path.into());
+        self
+    }
+
+    /// Multi-level checkpoints (docs/LEVELS.md): which checkpoints also (or only) go to
+    /// the node-local level L1 and the partner copy L2, and which to the durable
+    /// repository (L4). Without it, `LAZARUS_L1_EVERY` / `LAZARUS_L2_EVERY` /
+    /// `LAZARUS_L4_EVERY` / `LAZARUS_L1_DIR` (what `lazarus run --l1-every ...` exports)
+    /// decide; without those, every checkpoint goes to the repository only.
+    ///
+    /// ```
+    /// use lazarus::Levels;
+    /// // L1 and L2 every checkpoint, the durable repository every 10th.
+    /// let levels = Levels::new().l1(1).l2(1).l4(10);
+    /// # let _ = lazarus::Job::builder().levels(levels);
+    /// ```
+    pub fn levels(mut self, levels: Levels) -> Self {
+        self.levels = Some(levels);
         self
     }
 
@@ -210,6 +231,28 @@ impl JobBuilder {
             options.job_token = std::env::var(TOKEN_ENV).ok();
         }
         let comm = self.comm.unwrap_or_else(Comm::solo);
+        let levels = match self.levels {
+            Some(l) => Some(l),
+            None => Levels::from_env().map_err(JobError::Config)?,
+        };
+        let levels = match levels {
+            Some(l) if l.is_multilevel() => {
+                l.validate().map_err(JobError::Config)?;
+                if self.files.is_some() {
+                    return Err(JobError::Config(
+                        "managed files (JobBuilder::files) are not supported with fast checkpoint levels yet (docs/LEVELS.md)".into(),
+                    ));
+                }
+                Some(l)
+            }
+            Some(l) if l.periods().2 != 1 => {
+                return Err(JobError::Config(format!(
+                    "levels: l4 every {} without a fast level (l1/l2) would only skip checkpoints; use every_steps",
+                    l.periods().2
+                )))
+            }
+            _ => None,
+        };
         let files = match &self.files {
             Some(root) => Some(Files::new(FilesConfig {
                 root: root.clone(),
@@ -219,6 +262,7 @@ impl JobBuilder {
             })?),
             None => None,
         };
+        let level_options = options.clone();
         let store = if comm.rank() == Rank(0) {
             // Without a job token `open_shared` shares with nobody, exactly like `open`.
             let opened = Repository::open_shared(&path, options);
@@ -235,7 +279,13 @@ impl JobBuilder {
         let rank = comm.rank().0;
         let runtime = AlignedRuntime::new(comm.clone(), store, self.timeouts.unwrap_or_default())
             .map_err(|source| JobError::Round { step: 0, source })?;
-        let flusher = if self.sync_writes {
+        let levels = match levels {
+            Some(l) => Some(open_levels(&runtime, &path, l, level_options, keep)?),
+            None => None,
+        };
+        // A Job with fast levels writes synchronously: the level round and the durable
+        // round of one checkpoint share its captured objects (docs/ASYNC.md, LEVELS.md).
+        let flusher = if self.sync_writes || levels.is_some() {
             None
         } else {
             match Flusher::start(rank) {
@@ -248,6 +298,7 @@ impl JobBuilder {
             }
         };
         Ok(Job {
+            levels,
             runtime: Some(runtime),
             comm,
             flusher,
@@ -269,6 +320,43 @@ impl JobBuilder {
             last: None,
         })
     }
+}
+
+/// Collective: every rank's fast levels (docs/LEVELS.md), with the host map and the
+/// inventory of node-local data exchanged.
+fn open_levels(
+    runtime: &AlignedRuntime,
+    path: &Path,
+    levels: Levels,
+    options: RepoOptions,
+    keep: usize,
+) -> Result<NodeLevels, JobError> {
+    let comm = runtime.comm().clone();
+    let root = levels
+        .root()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| lazarus_levels::default_root(&lazarus_store::repo_location(path)));
+    let host =
+        lazarus_levels::host_identity(comm.rank().0, comm.size()).map_err(JobError::Config)?;
+    // Rank 0: the newest job-wide number in the durable repository, so new numbers never
+    // repeat one it holds.
+    let durable_seq = if comm.rank() == Rank(0) {
+        match RepoReader::open(path).and_then(|r| r.committed()) {
+            Ok(c) => c
+                .iter()
+                .filter_map(|c| meta::level_seq(&c.app))
+                .max()
+                .unwrap_or(0),
+            Err(e) => {
+                tracing::warn!("levels: listing {}: {e}", path.display());
+                0
+            }
+        }
+    } else {
+        0
+    };
+    NodeLevels::open(comm, levels, root, host, options, keep, durable_seq)
+        .map_err(|source| JobError::Level { step: 0, source })
 }
 
 /// Fires when either policy fires; both are told about every checkpoint taken.
@@ -419,6 +507,8 @@ pub struct Job {
     /// The checkpoint that records the job as finished and its step (restored or written).
     finished: Option<(CheckpointId, u64)>,
     last: Option<CheckpointReport>,
+    /// The fast checkpoint levels, when configured (docs/LEVELS.md).
+    levels: Option<NodeLevels>,
 }
 
 impl std::fmt::Debug for Job {
@@ -713,7 +803,43 @@ impl Job {
             repo: &self.path,
             on_all_damaged: self.on_all_damaged,
         };
+        // Fast levels (docs/LEVELS.md): every rank computed the same plans at open.
+        let mut levels = self.levels.take();
+        let plans = levels.as_ref().map(NodeLevels::plans).unwrap_or_default();
+        let fast: Vec<Candidate> = plans
+            .iter()
+            .map(|p| Candidate {
+                id: CheckpointId(p.seq),
+                step: p.step,
+                world: size,
+                app: p.app.clone(),
+                source: Source::Fast { level: p.level },
+            })
+            .collect();
+        let level_root = levels.as_ref().map(|l| l.root().to_path_buf());
         let load = |c: &Candidate| -> Result<_, LoadError<JobError>> {
+            if let Source::Fast { .. } = c.source {
+                let (Some(l), Some(p)) = (levels.as_mut(), plans.iter().find(|p| p.seq == c.id.0))
+                else {
+                    return Err(LoadError::Fatal(JobError::Rank0(format!(
+                        "fast-level checkpoint {} is not in this rank's plan",
+                        c.id.0
+                    ))));
+                };
+                return match l.load(p) {
+                    Ok(objects) => Ok((objects, None)),
+                    Err(LoadOutcome::Store(e)) => {
+                        Err(LoadError::from_store(c.id, e, |source| JobError::Store {
+                            path: level_root.clone().unwrap_or_default(),
+                            source,
+                        }))
+                    }
+                    Err(LoadOutcome::Level(source)) => Err(LoadError::Fatal(JobError::Level {
+                        step: c.step,
+                        source,
+                    })),
+                };
+            }
             let files = self.files_prepare(c.id, c.world, size)?;
             let objects = restore::load(&self.path, c.id, c.world, me, size)?;
             Ok((objects, files))
@@ -749,7 +875,9 @@ impl Job {
                 Ok(state)
             }
         };
-        let (state, start) = agreement.run(load, apply).map_err(|e| match e {
+        let agreed = agreement.run_with(fast, load, apply);
+        self.levels = levels;
+        let (state, start) = agreed.map_err(|e| match e {
             AgreeError::Own(e) => e,
             AgreeError::Peer {
                 rank,
@@ -783,6 +911,27 @@ impl Job {
                 self.step = from.step;
                 self.saved_at = Some(from.step);
                 self.finished = finished.then_some((from.id, from.step));
+                let level = match from.source {
+                    Source::Fast { .. } => plans.iter().find(|p| p.seq == from.id.0).map(|p| {
+                        let rebuilt = p.rebuilt();
+                        if p.level == 1 {
+                            "L1 node-local".to_string()
+                        } else if rebuilt.is_empty() {
+                            "L2 partner copy".to_string()
+                        } else {
+                            let ranks: Vec<String> =
+                                rebuilt.iter().map(|r| format!("rank {r}")).collect();
+                            format!(
+                                "L2 partner copy (rebuilt {} from other hosts)",
+                                ranks.join(", ")
+                            )
+                        }
+                    }),
+                    Source::Durable if self.levels.is_some() => {
+                        Some("L4 durable repository".to_string())
+                    }
+                    Source::Durable => None,
+                };
                 let report = RestoreReport {
                     checkpoint: from.id,
                     step: from.step,
@@ -790,7 +939,11 @@ impl Job {
                     written_by: from.world,
                     restored_on: size,
                     finished,
+                    level,
                 };
+                if report.level.is_some() && me == Rank(0) {
+                    let _ = writeln!(std::io::stderr().lock(), "lazarus: {report}");
+                }
                 tracing::info!("{report}");
                 self.report = Some(report);
                 self.fresh = None;
@@ -927,11 +1080,42 @@ impl Job {
         if finished {
             meta.app.insert(meta::FINISHED_KEY.into(), "true".into());
         }
+        // Which levels this checkpoint goes to (docs/LEVELS.md); without levels: L4.
+        let (seq, due) = match &mut self.levels {
+            Some(l) => {
+                let seq = l.take_seq();
+                let mut due = l.levels().due(seq);
+                if finished {
+                    // The job's result goes where it lasts: the durable repository if any.
+                    if l.levels().periods().2 > 0 {
+                        due.l4 = true;
+                    } else {
+                        due.l1 = true;
+                    }
+                }
+                meta.app.insert(meta::LEVEL_SEQ_KEY.into(), seq.to_string());
+                (Some(seq), due)
+            }
+            None => (
+                None,
+                Due {
+                    l4: true,
+                    ..Due::default()
+                },
+            ),
+        };
         // The managed files join the part (issue #17): same round, same cut on every rank.
         let snap = match self.files.as_ref().map(Files::snapshot).transpose() {
             Ok(s) => s,
             Err(e) => {
-                let _ = held(&mut self.runtime, self.lost)?.round_failed(e.to_string(), &meta);
+                fail_rounds(
+                    &mut self.levels,
+                    &mut self.runtime,
+                    self.lost,
+                    &e.to_string(),
+                    &meta,
+                    due,
+                )?;
                 return Err(JobError::Files(e));
             }
         };
@@ -939,13 +1123,21 @@ impl Job {
             Ok(objects) => objects,
             Err(source) => {
                 // Still take part, voting Failed, so the other ranks are not left waiting.
-                let _ = held(&mut self.runtime, self.lost)?.round_failed(source.to_string(), &meta);
+                fail_rounds(
+                    &mut self.levels,
+                    &mut self.runtime,
+                    self.lost,
+                    &source.to_string(),
+                    &meta,
+                    due,
+                )?;
                 return Err(JobError::Save { step, source });
             }
         };
         // In the background: neither the final checkpoint (finish returns once it is
         // committed) nor managed files (their snapshot is mapped, not copied), nor a
-        // state over the staging budget (docs/ASYNC.md).
+        // state over the staging budget, nor a Job with fast levels (no flusher then;
+        // docs/ASYNC.md).
         if self.flusher.is_some()
             && !finished
             && snap.is_none()
@@ -958,8 +1150,50 @@ impl Job {
         if let Some(s) = &snap {
             objects.extend(s.objects());
         }
-        let round = held(&mut self.runtime, self.lost)?.round(&objects, &meta);
+        let fast = match (&mut self.levels, seq, due.fast()) {
+            (Some(l), Some(seq), true) => Some(
+                l.checkpoint(seq, &objects, &meta, due.l2)
+                    .map_err(|source| JobError::Level { step, source }),
+            ),
+            _ => None,
+        };
+        let round = if due.l4 {
+            Some(held(&mut self.runtime, self.lost)?.round(&objects, &meta))
+        } else {
+            None
+        };
         drop(objects);
+        let Some(round) = round else {
+            // Fast levels only: every rank learnt the outcome in the level round.
+            let r = match fast {
+                Some(r) => r?,
+                None => return Err(JobError::Config("no level due for this checkpoint".into())),
+            };
+            let id = CheckpointId(seq.unwrap_or(0));
+            self.saved_at = Some(step);
+            let report = CheckpointReport {
+                checkpoint: id,
+                step,
+                stall: started.elapsed(),
+                write: r.l1 + r.l2,
+                logical_bytes: r.logical_bytes,
+                written_bytes: r.written_bytes,
+                flush: None,
+            };
+            self.policy
+                .checkpoint_taken(Opportunity { step, now: started }, report.stall);
+            tracing::debug!("{report} (fast levels only)");
+            self.last = Some(report);
+            if finished {
+                self.finished = Some((id, step));
+            }
+            return Ok(id);
+        };
+        if let Some(Err(e)) = &fast {
+            // The durable copy of this checkpoint may still commit: the fast levels only
+            // lose this one copy.
+            tracing::warn!("{e}; the durable repository still gets this checkpoint");
+        }
         let done = match (round, snap) {
             (Ok(done), Some(s)) => {
                 // The checkpoint is committed whatever happens here: a failure keeps the
@@ -990,6 +1224,12 @@ impl Job {
         self.last = Some(report);
         if finished {
             self.finished = Some((done.checkpoint, step));
+            // The result is durable: node-local copies are no longer needed.
+            if let Some(l) = &mut self.levels {
+                if let Err(e) = l.clean() {
+                    tracing::warn!("levels: cleaning node-local data: {e}");
+                }
+            }
         }
         Ok(done.checkpoint)
     }
@@ -1104,6 +1344,27 @@ impl Job {
 }
 
 /// The runtime the Job holds (no flush in flight), or why it has none.
+/// Takes part in a checkpoint's rounds as a rank that failed before writing (it votes
+/// Failed), so the other ranks are not left waiting: the level round when a fast level is
+/// due, the durable round when L4 is. (Free-standing: the caller may hold a borrow of the
+/// Job's managed files.)
+fn fail_rounds(
+    levels: &mut Option<NodeLevels>,
+    runtime: &mut Option<AlignedRuntime>,
+    lost: Option<CheckpointId>,
+    why: &str,
+    meta: &CommitMeta,
+    due: Due,
+) -> Result<(), JobError> {
+    if let (Some(l), true) = (levels, due.fast()) {
+        let _ = l.fail(why, due.l2);
+    }
+    if due.l4 {
+        let _ = held(runtime, lost)?.round_failed(why.to_string(), meta);
+    }
+    Ok(())
+}
+
 fn held(
     runtime: &mut Option<AlignedRuntime>,
     lost: Option<CheckpointId>,

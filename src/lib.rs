@@ -102,7 +102,7 @@ mod report;
 mod restore;
 
 pub use error::JobError;
-pub use job::{Job, JobBuilder, REPO_ENV};
+pub use job::{Job, JobBuilder, Levels, REPO_ENV};
 #[doc(inline)]
 pub use lazarus_coord as coord;
 pub use lazarus_coord::{OnAllDamaged, ON_ALL_DAMAGED_ENV};
@@ -114,6 +114,8 @@ pub use lazarus_files as files;
 #[doc(inline)]
 pub use lazarus_format as format;
 pub use lazarus_format::{CheckpointId, Rank};
+#[doc(inline)]
+pub use lazarus_levels as levels;
 #[doc(inline)]
 pub use lazarus_net as net;
 pub use lazarus_net::{init, local, Comm, ReduceOp};

@@ -22,6 +22,10 @@ pub struct RestoreReport {
     /// state is the job's final state and [`Job::is_finished`](crate::Job::is_finished)
     /// is true.
     pub finished: bool,
+    /// Which level it came from (docs/LEVELS.md): `None` for the durable repository, else
+    /// e.g. `"L1 node-local"` or `"L2 partner copy (rebuilt rank 2, rank 3)"`. For a fast
+    /// level, `checkpoint` is the job-wide checkpoint number.
+    pub level: Option<String>,
 }
 
 impl RestoreReport {
@@ -38,6 +42,9 @@ impl std::fmt::Display for RestoreReport {
             "restored checkpoint {} at step {}",
             self.checkpoint.0, self.step
         )?;
+        if let Some(l) = &self.level {
+            write!(f, " from {l}")?;
+        }
         if self.finished {
             write!(f, " (the job had finished there)")?;
         }

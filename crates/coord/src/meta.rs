@@ -32,6 +32,16 @@ pub const MODE_KEY: &str = "lazarus.mode";
 /// that holds no channel state.
 pub const EPOCH_KEY: &str = "lazarus.epoch";
 
+/// The job-wide checkpoint number of a multi-level job (issue #15, docs/LEVELS.md): the
+/// same number in the COMMIT of every level that holds the checkpoint, so restore can tell
+/// which level's copy is the newest. Absent in jobs without levels.
+pub const LEVEL_SEQ_KEY: &str = "lazarus.level.seq";
+
+/// [`LEVEL_SEQ_KEY`] of a COMMIT's metadata (absent or unreadable: `None`).
+pub fn level_seq(app: &BTreeMap<String, String>) -> Option<u64> {
+    app.get(LEVEL_SEQ_KEY).and_then(|v| v.parse().ok())
+}
+
 /// What a committed checkpoint cost, as recorded in its COMMIT by rank 0.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RecordedCost {

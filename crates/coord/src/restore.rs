@@ -29,6 +29,20 @@ use std::collections::BTreeMap;
 use std::fmt::Display;
 use std::path::Path;
 
+/// Where a candidate's copy lives (issue #15, docs/LEVELS.md).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Source {
+    /// The durable repository (L4): the one every runtime restores from.
+    #[default]
+    Durable,
+    /// A fast level (1: node-local, 2: partner copy); the caller's `load` knows how to
+    /// read it, and `id` is then the job-wide checkpoint number, not a repository id.
+    Fast {
+        /// the slowest level any rank must read from
+        level: u8,
+    },
+}
+
 /// A committed checkpoint chosen by rank 0, as every rank learns it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Candidate {
@@ -40,6 +54,8 @@ pub struct Candidate {
     pub world: u32,
     /// The application metadata of its COMMIT (`lazarus.*` keys included).
     pub app: BTreeMap<String, String>,
+    /// Which level holds it.
+    pub source: Source,
 }
 
 impl From<&CheckpointSummary> for Candidate {
@@ -49,8 +65,28 @@ impl From<&CheckpointSummary> for Candidate {
             step: c.step,
             world: c.world_size,
             app: c.app.clone(),
+            source: Source::Durable,
         }
     }
+}
+
+/// The order in which rank 0 tries candidates when a job has fast levels: newest
+/// job-wide checkpoint number ([`crate::meta::LEVEL_SEQ_KEY`]; a durable COMMIT without
+/// it counts as 0) first, and at equal numbers the fast copy before the durable one (it
+/// is cheaper to read and holds the same state). Within each input the given order
+/// (newest first) is kept.
+pub fn merge_candidates(fast: Vec<Candidate>, durable: Vec<Candidate>) -> Vec<Candidate> {
+    if fast.is_empty() {
+        return durable;
+    }
+    let seq = |c: &Candidate| match c.source {
+        Source::Fast { .. } => c.id.0,
+        Source::Durable => crate::meta::level_seq(&c.app).unwrap_or(0),
+    };
+    let mut all: Vec<Candidate> = fast.into_iter().chain(durable).collect();
+    // Stable: fast candidates come first in `all`, so they win ties.
+    all.sort_by_key(|c| std::cmp::Reverse(seq(c)));
+    all
 }
 
 /// Why a rank could not load a candidate.
@@ -226,6 +262,18 @@ impl RestoreAgreement<'_> {
     /// how the job starts, identical on every rank, or the reason every rank fails.
     pub fn run<L, T, E: Display>(
         &self,
+        load: impl FnMut(&Candidate) -> Result<L, LoadError<E>>,
+        apply: impl FnOnce(Option<(&Candidate, L)>) -> Result<T, E>,
+    ) -> Result<(T, Start), AgreeError<E>> {
+        self.run_with(Vec::new(), load, apply)
+    }
+
+    /// [`RestoreAgreement::run`] with candidates of fast levels (issue #15), which rank 0
+    /// tries in the order of [`merge_candidates`] with the durable repository's. `fast`
+    /// matters on rank 0 only (every rank may pass the same list).
+    pub fn run_with<L, T, E: Display>(
+        &self,
+        fast: Vec<Candidate>,
         mut load: impl FnMut(&Candidate) -> Result<L, LoadError<E>>,
         apply: impl FnOnce(Option<(&Candidate, L)>) -> Result<T, E>,
     ) -> Result<(T, Start), AgreeError<E>> {
@@ -239,7 +287,8 @@ impl RestoreAgreement<'_> {
             match listed {
                 Ok((ok, damaged)) => {
                     damaged.iter().for_each(warn_damage);
-                    candidates = ok.iter().map(Candidate::from).collect();
+                    let durable = ok.iter().map(Candidate::from).collect();
+                    candidates = merge_candidates(fast, durable).into();
                     skipped = damaged;
                 }
                 Err(e) => {
@@ -367,5 +416,42 @@ mod tests {
         );
         let io = StoreError::new(StoreErrorKind::Io, None, "EIO");
         assert!(classify(CheckpointId(3), io).is_err(), "I/O is not damage");
+    }
+
+    fn cand(id: u64, seq: Option<u64>, source: Source) -> Candidate {
+        let mut app = BTreeMap::new();
+        if let Some(s) = seq {
+            app.insert(crate::meta::LEVEL_SEQ_KEY.to_string(), s.to_string());
+        }
+        Candidate {
+            id: CheckpointId(id),
+            step: 0,
+            world: 1,
+            app,
+            source,
+        }
+    }
+
+    #[test]
+    fn fast_copies_win_ties_and_newer_durable_checkpoints_win_over_older_fast_ones() {
+        let fast = Source::Fast { level: 1 };
+        let d = Source::Durable;
+        // Durable ids 7 (seq 20), 6 (seq 10), 5 (no seq); fast seqs 25, 20, 19.
+        let merged = merge_candidates(
+            vec![
+                cand(25, None, fast),
+                cand(20, None, fast),
+                cand(19, None, fast),
+            ],
+            vec![cand(7, Some(20), d), cand(6, Some(10), d), cand(5, None, d)],
+        );
+        let order: Vec<(u64, Source)> = merged.iter().map(|c| (c.id.0, c.source)).collect();
+        assert_eq!(
+            order,
+            vec![(25, fast), (20, fast), (7, d), (19, fast), (6, d), (5, d)]
+        );
+        // Without fast candidates the durable order is untouched.
+        let only = merge_candidates(Vec::new(), vec![cand(2, None, d), cand(9, Some(1), d)]);
+        assert_eq!(only[0].id, CheckpointId(2));
     }
 }

@@ -41,6 +41,88 @@ pub struct Args {
     /// Also print one line per rank part under each checkpoint.
     #[arg(long)]
     pub parts: bool,
+    /// Multi-level jobs (docs/LEVELS.md): one row per job-wide checkpoint number saying
+    /// which levels hold it (L4: the repository's id; L1/L2: how many ranks' parts).
+    #[arg(long)]
+    pub levels: bool,
+    /// With --levels: the node-local root [default: the job's default,
+    /// /dev/shm/lazarus-<hash of REPO>].
+    #[arg(long, value_name = "DIR", requires = "levels")]
+    pub l1_dir: Option<PathBuf>,
+}
+
+/// One job-wide checkpoint number in `lazarus inspect --levels`.
+#[derive(Default)]
+struct LevelRow {
+    step: u64,
+    world: u32,
+    l4: Option<u64>,
+    l1: Vec<u32>,
+    l2: Vec<u32>,
+}
+
+/// `lazarus inspect --levels`: which levels hold each job-wide checkpoint.
+fn levels_table(args: &Args) -> CmdResult {
+    use std::collections::BTreeMap;
+    let root = super::verify::l1_root(&args.repo, args.l1_dir.as_deref());
+    let held = lazarus::levels::scan(&root)?;
+    let mut rows: BTreeMap<u64, LevelRow> = BTreeMap::new();
+    if let Ok(reader) = RepoReader::open(&args.repo) {
+        for c in reader.committed()? {
+            if let Some(seq) = meta::level_seq(&c.app) {
+                let r = rows.entry(seq).or_insert_with(|| LevelRow {
+                    step: c.step,
+                    world: c.world_size,
+                    ..LevelRow::default()
+                });
+                r.l4 = Some(c.id.0);
+            }
+        }
+    }
+    for h in &held {
+        let r = rows.entry(h.seq).or_insert_with(|| LevelRow {
+            step: h.step,
+            world: h.world,
+            ..LevelRow::default()
+        });
+        let v = if h.primary { &mut r.l1 } else { &mut r.l2 };
+        if !v.contains(&h.subject) {
+            v.push(h.subject);
+        }
+    }
+    if args.json {
+        let list: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|(seq, r)| {
+                serde_json::json!({"seq": seq, "step": r.step, "world": r.world, "l4": r.l4,
+                    "l1_ranks": r.l1.len(), "l2_ranks": r.l2.len()})
+            })
+            .collect();
+        outln!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "levels": list }))?
+        )?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    outln!("node-local root: {}", root.display())?;
+    outln!(
+        "{:>6} {:>8} {:>8} {:>10} {:>10}",
+        "number",
+        "step",
+        "L4 id",
+        "L1 parts",
+        "L2 parts"
+    )?;
+    for (seq, r) in rows.iter().rev() {
+        outln!(
+            "{seq:>6} {:>8} {:>8} {:>10} {:>10}",
+            r.step,
+            r.l4.map_or("-".to_string(), |i| i.to_string()),
+            format!("{}/{}", r.l1.len(), r.world),
+            format!("{}/{}", r.l2.len(), r.world),
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Name of the object holding a rank's saved in-flight messages (`lazarus-coord`'s
@@ -89,6 +171,9 @@ struct Row {
 
 /// Runs `lazarus inspect`.
 pub fn main(args: Args) -> CmdResult {
+    if args.levels {
+        return levels_table(&args);
+    }
     let reader = RepoReader::open(&args.repo)?;
     let mut rows = Vec::new();
     let mut prev: Option<HashMap<ChunkDigest, (u64, u64)>> = None;

@@ -63,6 +63,22 @@ pub struct Args {
     #[arg(long, value_name = "K", requires = "shrink_on_failure",
           value_parser = clap::value_parser!(u32).range(1..=4096))]
     min_ranks: Option<u32>,
+    /// Multi-level checkpoints (docs/LEVELS.md): write every N-th checkpoint to the
+    /// node-local level L1 (0: never). Exported as LAZARUS_L1_EVERY.
+    #[arg(long, value_name = "N")]
+    l1_every: Option<u32>,
+    /// Copy every N-th checkpoint to a partner rank on another host, L2 (0: never).
+    /// Exported as LAZARUS_L2_EVERY.
+    #[arg(long, value_name = "N")]
+    l2_every: Option<u32>,
+    /// With --l1-every/--l2-every: write every N-th checkpoint to the repository, L4
+    /// (0: never) [default: 1]. Exported as LAZARUS_L4_EVERY.
+    #[arg(long, value_name = "N")]
+    l4_every: Option<u32>,
+    /// Root of the node-local directories (one per host) [default:
+    /// /dev/shm/lazarus-<hash of the repository>]. Exported as LAZARUS_L1_DIR.
+    #[arg(long, value_name = "DIR")]
+    l1_dir: Option<std::path::PathBuf>,
     #[command(flatten)]
     cluster: super::cluster::ClusterArgs,
     #[command(flatten)]
@@ -115,6 +131,21 @@ fn config(
     c.incarnation = a.incarnation;
     c.stop_grace = Duration::from_millis(a.stop_grace_ms);
     c.kill_grace = Duration::from_millis(a.kill_grace_ms);
+    for (name, v) in [
+        (lazarus::levels::L1_EVERY_ENV, a.l1_every),
+        (lazarus::levels::L2_EVERY_ENV, a.l2_every),
+        (lazarus::levels::L4_EVERY_ENV, a.l4_every),
+    ] {
+        if let Some(v) = v {
+            c.env.push((name.into(), v.to_string().into()));
+        }
+    }
+    if let Some(d) = &a.l1_dir {
+        c.env.push((
+            lazarus::levels::L1_DIR_ENV.into(),
+            d.clone().into_os_string(),
+        ));
+    }
     for kv in &a.env {
         let (k, v) = kv
             .split_once('=')

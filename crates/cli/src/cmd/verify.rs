@@ -26,10 +26,93 @@ pub struct Args {
     /// Print the full report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Which level of a multi-level job (docs/LEVELS.md): `l4` (the repository, the
+    /// default), `l1` (every rank's node-local repository) or `l2` (every partner copy),
+    /// found under --l1-dir.
+    #[arg(long, value_name = "l1|l2|l4", default_value = "l4")]
+    pub level: String,
+    /// With --level l1/l2: the node-local root [default: the job's default,
+    /// /dev/shm/lazarus-<hash of REPO>].
+    #[arg(long, value_name = "DIR")]
+    pub l1_dir: Option<PathBuf>,
+}
+
+/// The node-local root of the job whose repository is `repo`.
+pub(crate) fn l1_root(repo: &std::path::Path, given: Option<&std::path::Path>) -> PathBuf {
+    given
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_else(|| lazarus::levels::default_root(&lazarus::store::repo_location(repo)))
+}
+
+/// `lazarus verify --level l1|l2`: every level repository under the node-local root,
+/// each verified like a repository (every chunk re-hashed).
+fn verify_level(args: &Args, primary: bool) -> CmdResult {
+    let root = l1_root(&args.repo, args.l1_dir.as_deref());
+    let prefix = if primary { "rank-" } else { "partner-of-" };
+    let mut bad = 0usize;
+    let mut seen = 0usize;
+    let mut hosts: Vec<_> = match std::fs::read_dir(&root) {
+        Ok(rd) => rd.flatten().map(|e| e.path()).collect(),
+        Err(e) => return Err(format!("lazarus verify: {}: {e}", root.display()).into()),
+    };
+    hosts.sort();
+    for host in hosts {
+        let mut repos: Vec<_> = std::fs::read_dir(&host)
+            .map(|rd| rd.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        repos.sort();
+        for r in repos {
+            let name = r
+                .file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_default();
+            if !name.starts_with(prefix) {
+                continue;
+            }
+            seen += 1;
+            let report = RepoReader::open(&r).and_then(|rd| rd.verify(&|_, _| {}));
+            match report {
+                Ok(rep) if rep.problems.is_empty() => outln!(
+                    "ok: {}: {} checkpoint(s), {} chunk(s)",
+                    r.display(),
+                    rep.checkpoints.len(),
+                    rep.chunks_checked
+                )?,
+                Ok(rep) => {
+                    bad += 1;
+                    errln!(
+                        "lazarus verify: FAILED: {}: first bad file: {}",
+                        r.display(),
+                        rep.problems.first().map(problem_text).unwrap_or_default()
+                    );
+                }
+                Err(e) => {
+                    bad += 1;
+                    errln!("lazarus verify: FAILED: {}: {e}", r.display());
+                }
+            }
+        }
+    }
+    if seen == 0 {
+        outln!("no {} repositories under {}", args.level, root.display())?;
+    }
+    Ok(if bad == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 /// Runs `lazarus verify`.
 pub fn main(args: Args) -> CmdResult {
+    match args.level.as_str() {
+        "l4" => {}
+        "l1" => return verify_level(&args, true),
+        "l2" => return verify_level(&args, false),
+        other => {
+            return Err(format!("lazarus verify: --level {other:?}: expected l1, l2 or l4").into())
+        }
+    }
     let reader = RepoReader::open(&args.repo)?;
     let bar = std::io::stderr().is_terminal().then(|| {
         let b = indicatif::ProgressBar::new(0);

@@ -8,6 +8,7 @@ mod balance;
 mod checkpoint;
 mod experiment;
 mod files;
+mod levels;
 mod net;
 mod recovery;
 mod round;
@@ -29,6 +30,9 @@ pub enum Bench {
     /// Managed files vs std::fs::File (appends, random 4 KiB writes); checkpoint cost of a
     /// large managed tree with 1 % changed.
     Files(files::Args),
+    /// Checkpoint cost per level (L1 node-local, L1+L2 partner copy, L4) vs memcpy, raw
+    /// loopback TCP and raw write + fsync; incremental L2 after 1 % changed.
+    Levels(levels::Args),
     /// Communicator throughput/latency vs raw TCP; allreduce scaling.
     Net(net::Args),
     /// Aligned checkpoint round latency (2..16 ranks) and stall per checkpoint vs floor.
@@ -84,6 +88,7 @@ pub fn main(b: Bench) -> CmdResult {
         Bench::Checkpoint(a) => checkpoint::main(a),
         Bench::Experiment(a) => experiment::main(a),
         Bench::Files(a) => files::main(a),
+        Bench::Levels(a) => levels::main(a),
         Bench::Net(a) => net::main(a),
         Bench::Round(a) => round::main(a),
         Bench::S3(a) => s3::main(a),

@@ -1,0 +1,264 @@
+//! `lazarus bench levels`: the cost of one checkpoint on each level (issue #15), for N
+//! loopback ranks (threads, real TCP, real files) on 2 simulated hosts, each number next to
+//! its physical limit measured in the same run: memcpy of the part for L1 (node-local, a
+//! RAM file system when `/dev/shm` exists), L1 + the same bytes over the communicator for
+//! L1+L2 (partner copy), raw write + fsync of the part for L4 (a one-rank checkpoint of
+//! a repository in `--dir`). Then the incremental L1+L2 checkpoint after 1 % of the part
+//! changed, and the bytes it sent to the partner.
+
+use crate::cmd::CmdResult;
+use lazarus::format::{DType, ObjectInfo, ObjectKind, ObjectSpec};
+use lazarus::levels::{Levels, NodeLevels};
+use lazarus::net::{loopback_comms, NetConfig, Tag};
+use lazarus::store::{CommitMeta, RepoOptions, Repository};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+/// Flags of `lazarus bench levels`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Ranks (threads), half of them on each of 2 simulated hosts.
+    #[arg(long, default_value_t = 4)]
+    ranks: u32,
+    /// MiB per rank.
+    #[arg(long, default_value_t = 64)]
+    mib: usize,
+    /// Timed checkpoints per level (the median of rank 0 is reported).
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+    /// Directory of the L4 repository and the raw-write floor [default: the temp dir].
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v.get(v.len() / 2).copied().unwrap_or_default()
+}
+
+fn fill(data: &mut [u8], seed: u64, me: u64) {
+    for (k, chunk) in data.chunks_mut(8).enumerate() {
+        let v = (k as u64) ^ seed << 40 ^ me << 56;
+        for (d, s) in chunk.iter_mut().zip(v.to_le_bytes()) {
+            *d = s;
+        }
+    }
+}
+
+fn spec(data: &[u8]) -> ObjectSpec<'_> {
+    ObjectSpec {
+        info: ObjectInfo {
+            name: "data".into(),
+            type_name: "Vec<u8>".into(),
+            kind: ObjectKind::Bulk {
+                dtype: DType::U8,
+                len: data.len() as u64,
+                global: None,
+            },
+            sharing: None,
+        },
+        data: std::borrow::Cow::Borrowed(data),
+        hint: None,
+    }
+}
+
+#[derive(Default, Clone, Copy)]
+struct Row {
+    memcpy: Duration,
+    l1: Duration,
+    tcp: Duration,
+    l12: Duration,
+    l12_incr: Duration,
+    incr_sent: u64,
+    raw: Duration,
+    l4: Duration,
+}
+
+/// One level checkpoint of `data` (L1, plus L2 when `l2`) and how long it took.
+fn timed_level(
+    levels: &mut NodeLevels,
+    data: &[u8],
+    l2: bool,
+) -> Result<(Duration, lazarus::levels::LevelReceipt), BoxError> {
+    let seq = levels.take_seq();
+    let meta = CommitMeta {
+        step: seq,
+        app: Default::default(),
+    };
+    let t0 = Instant::now();
+    let r = levels.checkpoint(seq, &[spec(data)], &meta, l2)?;
+    Ok((t0.elapsed(), r))
+}
+
+fn rank(
+    comm: lazarus::Comm,
+    l1_root: PathBuf,
+    l4_root: PathBuf,
+    bytes: usize,
+    reps: usize,
+) -> Result<Row, BoxError> {
+    let me = comm.rank().0;
+    let host = format!("sim{}", me * 2 / comm.size());
+    let mut levels = NodeLevels::open(
+        comm.clone(),
+        Levels::new().l1(1).l2(1).l4(0),
+        l1_root,
+        host,
+        RepoOptions::default(),
+        2,
+        0,
+    )?;
+    let mut data = vec![0u8; bytes];
+    let mut copy = vec![0u8; bytes];
+    let mut row = Row::default();
+    let (mut memcpy, mut l1, mut tcp, mut l12, mut raw, mut l4) =
+        (vec![], vec![], vec![], vec![], vec![], vec![]);
+    let peer = (me + comm.size() / 2) % comm.size();
+    let repo_path = l4_root.join(format!("l4-rank-{me}"));
+    let mut repo = Repository::open(&repo_path, RepoOptions::default())?;
+    for i in 0..reps {
+        let round = |seed: u64, data: &mut Vec<u8>| fill(data, seed, u64::from(me));
+        round(4 * i as u64, &mut data);
+        let t0 = Instant::now();
+        copy.copy_from_slice(&data);
+        memcpy.push(t0.elapsed());
+        comm.barrier()?;
+        l1.push(timed_level(&mut levels, &data, false)?.0);
+        // Raw TCP of the same bytes to the rank on the other host and back from its own.
+        comm.barrier()?;
+        let t0 = Instant::now();
+        comm.send_bytes(lazarus::Rank(peer), Tag::user(77), data.clone())?;
+        let _ = comm.recv_envelope(None, Some(Tag::user(77)))?;
+        tcp.push(t0.elapsed() + l1[l1.len() - 1]);
+        round(4 * i as u64 + 1, &mut data);
+        comm.barrier()?;
+        l12.push(timed_level(&mut levels, &data, true)?.0);
+        // L4 and its floor.
+        round(4 * i as u64 + 2, &mut data);
+        comm.barrier()?;
+        let t0 = Instant::now();
+        let f = l4_root.join(format!("raw-{me}"));
+        let mut file = std::fs::File::create(&f)?;
+        file.write_all(&data)?;
+        file.sync_all()?;
+        raw.push(t0.elapsed());
+        std::fs::remove_file(&f)?;
+        let t0 = Instant::now();
+        let pending = repo.begin(1)?;
+        let receipt = pending
+            .part_writer()
+            .write(lazarus::Rank(0), &[spec(&data)])?;
+        repo.commit(pending, vec![receipt], CommitMeta::default())?;
+        l4.push(t0.elapsed());
+        repo.retain(1)?;
+    }
+    // Incremental: 1 % of the part changed since the last L1+L2 checkpoint.
+    comm.barrier()?;
+    timed_level(&mut levels, &data, true)?;
+    let n = bytes / 100;
+    for b in &mut data[..n] {
+        *b = b.wrapping_add(1);
+    }
+    comm.barrier()?;
+    let (t, incr) = timed_level(&mut levels, &data, true)?;
+    row.l12_incr = t;
+    row.incr_sent = incr.l2_bytes;
+    row.memcpy = median(memcpy);
+    row.l1 = median(l1);
+    row.tcp = median(tcp);
+    row.l12 = median(l12);
+    row.raw = median(raw);
+    row.l4 = median(l4);
+    drop(repo);
+    let _ = std::fs::remove_dir_all(&repo_path);
+    Ok(row)
+}
+
+/// Runs the benchmark and prints the table.
+pub fn main(a: Args) -> CmdResult {
+    if a.ranks < 2 || a.mib == 0 || a.reps == 0 {
+        return Err(
+            "lazarus bench levels: --ranks must be at least 2, --mib and --reps at least 1".into(),
+        );
+    }
+    let bytes = a.mib << 20;
+    let shm = Path::new("/dev/shm");
+    let base = if shm.is_dir() {
+        shm.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    };
+    let l1_root = base.join(format!("lazarus-bench-levels-{}", std::process::id()));
+    let l4_root = a
+        .dir
+        .clone()
+        .unwrap_or_else(std::env::temp_dir)
+        .join(format!("lazarus-bench-levels-{}", std::process::id()));
+    std::fs::create_dir_all(&l4_root)?;
+    let comms = loopback_comms(a.ranks, NetConfig::default())?;
+    let handles: Vec<_> = comms
+        .into_iter()
+        .map(|c| {
+            let (l1, l4) = (l1_root.clone(), l4_root.clone());
+            let reps = a.reps;
+            std::thread::spawn(move || rank(c, l1, l4, bytes, reps).map_err(|e| e.to_string()))
+        })
+        .collect();
+    let mut rows = Vec::new();
+    for (r, h) in handles.into_iter().enumerate() {
+        rows.push(
+            h.join()
+                .map_err(|_| format!("rank {r} panicked"))?
+                .map_err(|e| format!("rank {r}: {e}"))?,
+        );
+    }
+    let _ = std::fs::remove_dir_all(&l1_root);
+    let _ = std::fs::remove_dir_all(&l4_root);
+    let r = rows[0];
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "lazarus bench levels: {} ranks on 2 simulated hosts, {} MiB per rank, median of {} (rank 0); L1 in {}; load average {}",
+        a.ranks,
+        a.mib,
+        a.reps,
+        base.display(),
+        super::load_average().unwrap_or_else(|| "?".into())
+    )?;
+    writeln!(
+        out,
+        "{:<34} {:>10} {:>12} {:>8}",
+        "level", "ms", "floor ms", "x floor"
+    )?;
+    for (name, t, floor) in [
+        ("L1 node-local", r.l1, r.memcpy),
+        ("L1+L2 partner copy (all new)", r.l12, r.tcp),
+        ("L4 durable (one-rank part)", r.l4, r.raw),
+    ] {
+        writeln!(
+            out,
+            "{name:<34} {:>10.1} {:>12.1} {:>8.1}",
+            ms(t),
+            ms(floor),
+            ms(t) / ms(floor).max(1e-9)
+        )?;
+    }
+    writeln!(
+        out,
+        "L1+L2 after 1 % changed: {:.1} ms, {} KiB sent to the partner (of {} KiB)",
+        ms(r.l12_incr),
+        r.incr_sent / 1024,
+        bytes / 1024
+    )?;
+    writeln!(
+        out,
+        "L4 / (L1+L2): {:.1}x (floors: L1 memcpy, L1+L2 L1 + raw loopback TCP of the part, L4 raw write + fsync)",
+        ms(r.l4) / ms(r.l12).max(1e-9)
+    )?;
+    Ok(ExitCode::SUCCESS)
+}

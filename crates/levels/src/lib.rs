@@ -1,0 +1,41 @@
+//! Multi-level checkpoints (issue #15, docs/LEVELS.md): cheap frequent copies on fast
+//! levels, rare ones on the durable repository.
+//!
+//! - **L1 node-local**: each rank's part in a repository of its own under a per-host
+//!   directory (`/dev/shm/lazarus-<job>/<host>/rank-<r>/` by default). Survives a process
+//!   crash, not the loss of the host.
+//! - **L2 partner copy**: the same checkpoint mirrored, chunk for chunk, into
+//!   `<host'>/partner-of-<r>/` on the host of a partner rank; only the chunks the mirror
+//!   lacks cross the network. Survives the loss of one host (of any one host, when every
+//!   partner is on another host).
+//! - **L4 durable**: the job's repository, written by the two-phase commit as without
+//!   levels (crate `lazarus-coord`).
+//!
+//! Every level is an ordinary repository of docs/FORMAT.md written by the store's own
+//! code (`Repository`, `PartWriter`, backend `put`), so a level's copy is complete or
+//! absent (COMMIT is written last) and `lazarus verify` / `inspect` read it like any
+//! other. A level checkpoint is a one-rank checkpoint of its own repository; the
+//! job-wide checkpoint number (`lazarus.level.seq`), the global rank and the world size
+//! are in its COMMIT, so [`plan`] can tell which copies form a complete global
+//! checkpoint. Which levels a checkpoint goes to is [`Levels::due`].
+#![deny(missing_docs)]
+// A failed stdout/stderr must never panic a job (issue #11 item 10): no print macros.
+#![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
+
+mod config;
+mod error;
+mod node;
+pub mod parity;
+mod partner;
+pub mod plan;
+
+pub use config::{
+    default_root, host_identity, Due, Levels, HOST_ENV, L1_DIR_ENV, L1_EVERY_ENV, L2_EVERY_ENV,
+    L4_EVERY_ENV, SIM_HOSTS_ENV,
+};
+pub use error::LevelError;
+pub use node::{
+    scan, LevelReceipt, LoadOutcome, NodeLevels, LEVEL_RANK_KEY, LEVEL_WORLD_KEY, SEQ_KEY,
+};
+pub use partner::{partner_map, CopyMsg};
+pub use plan::{FastPlan, Held, RankSource};

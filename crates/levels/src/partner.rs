@@ -1,0 +1,338 @@
+//! L2: partner placement and the incremental copy of one level checkpoint from one
+//! repository to another, over the communicator.
+//!
+//! The copy moves files of the repository format as they are (chunk files, manifests,
+//! COMMIT), so the mirror is the same repository, checkpoint for checkpoint, as its
+//! source. Protocol between a sender S and its receiver R (tags in the checkpoint space):
+//! S → R `Offer` (the checkpoint's id and chunk digests); R → S `Want` (the digests its
+//! mirror lacks); S → R `Data` (those chunks, the manifests, COMMIT). R writes chunks and
+//! manifests (each durable on return), then COMMIT with an exclusive create, then checks
+//! the checkpoint: the mirror's copy is complete or absent. Either side that fails sends
+//! `Failed` instead of its next message, so nobody waits for a message that never comes.
+
+use crate::error::LevelError;
+use lazarus_format::{CheckpointId, ChunkDigest, Rank};
+use lazarus_net::{Comm, Tag};
+use lazarus_store::backend::PutMode;
+use lazarus_store::{
+    DirKey, ObjectKey, ReadBackend, RepoReader, StoreError, StoreErrorKind, WriteBackend,
+};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+
+/// Checkpoint-space tag of level copies (`0x300..0x400` belong to this crate).
+pub(crate) const TAG_COPY: u32 = 0x300;
+/// Checkpoint-space tag of rebuild transfers at restore.
+pub(crate) const TAG_REBUILD: u32 = 0x301;
+
+/// A message of the copy protocol (module docs). Decoded from another rank's bytes:
+/// every field is checked before use ([`CopyMsg::decode`]; fuzz target `levels_copy_msg`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CopyMsg {
+    /// The sender's checkpoint `local` of rank `subject`'s L1 repository has these chunks.
+    Offer {
+        /// whose part
+        subject: u32,
+        /// its id in the subject's L1 repository
+        local: u64,
+        /// every chunk it names
+        chunks: Vec<[u8; 32]>,
+    },
+    /// The receiver lacks these chunks.
+    Want {
+        /// the digests to send
+        missing: Vec<[u8; 32]>,
+    },
+    /// The checkpoint's files: the chunks asked for, its manifests and COMMIT.
+    Data {
+        /// whose part
+        subject: u32,
+        /// its id
+        local: u64,
+        /// chunk files (digest, stored bytes)
+        chunks: Vec<([u8; 32], Vec<u8>)>,
+        /// `COMMIT` and `rank-<r>.manifest` files (name, bytes)
+        files: Vec<(String, Vec<u8>)>,
+    },
+    /// The other side failed; its message.
+    Failed(String),
+}
+
+impl CopyMsg {
+    /// Encodes for the wire (postcard).
+    pub fn encode(&self) -> Vec<u8> {
+        // Serializing owned vectors and strings into a Vec cannot fail.
+        postcard::to_allocvec(self).unwrap_or_default()
+    }
+
+    /// Decodes a message of `from`; refuses trailing bytes and file names the copy never
+    /// writes.
+    pub fn decode(from: Rank, bytes: &[u8]) -> Result<CopyMsg, LevelError> {
+        let bad = |detail: String| LevelError::Protocol { rank: from, detail };
+        let (msg, rest): (CopyMsg, _) =
+            postcard::take_from_bytes(bytes).map_err(|e| bad(format!("copy message: {e}")))?;
+        if !rest.is_empty() {
+            return Err(bad(format!(
+                "{} trailing bytes after a copy message",
+                rest.len()
+            )));
+        }
+        if let CopyMsg::Data { local, files, .. } = &msg {
+            CheckpointId::new(*local)
+                .filter(|id| id.0 > 0)
+                .ok_or_else(|| bad(format!("checkpoint id {local} out of range")))?;
+            for (name, _) in files {
+                file_key(CheckpointId(*local), name)
+                    .ok_or_else(|| bad(format!("file name {name:?}")))?;
+            }
+        }
+        Ok(msg)
+    }
+}
+
+/// The key of a checkpoint file the copy moves: `COMMIT` or `rank-<r>.manifest`.
+fn file_key(id: CheckpointId, name: &str) -> Option<ObjectKey> {
+    if name == "COMMIT" {
+        return Some(ObjectKey::Commit(id));
+    }
+    let r = name.strip_prefix("rank-")?.strip_suffix(".manifest")?;
+    if r.is_empty() || !r.bytes().all(|b| b.is_ascii_digit()) || (r.len() > 1 && r.starts_with('0'))
+    {
+        return None;
+    }
+    Some(ObjectKey::Manifest(id, Rank(r.parse().ok()?)))
+}
+
+/// The partner of every rank: the rank with the same index on the next host (hosts in
+/// order of first appearance, ranks on a host in rank order; the index wraps when the next
+/// host has fewer ranks). `None` for every rank when all ranks share one host: a copy on
+/// the same host survives nothing L1 does not.
+pub fn partner_map(hosts: &[String]) -> Vec<Option<u32>> {
+    let mut order: Vec<&str> = Vec::new();
+    for h in hosts {
+        if !order.contains(&h.as_str()) {
+            order.push(h);
+        }
+    }
+    if order.len() < 2 {
+        return vec![None; hosts.len()];
+    }
+    let on = |h: &str| -> Vec<u32> {
+        (0..hosts.len() as u32)
+            .filter(|r| hosts[*r as usize] == h)
+            .collect()
+    };
+    (0..hosts.len())
+        .map(|r| {
+            let hi = order.iter().position(|h| *h == hosts[r])?;
+            let mine = on(order[hi]);
+            let idx = mine.iter().position(|x| *x as usize == r)?;
+            let next = on(order[(hi + 1) % order.len()]);
+            Some(next[idx % next.len()])
+        })
+        .collect()
+}
+
+/// A checkpoint's files other than chunks: (name, bytes), COMMIT last.
+pub(crate) type Files = Vec<(String, Vec<u8>)>;
+
+/// The chunk digests of checkpoint `id` and its files (`COMMIT`, manifest files).
+pub(crate) fn checkpoint_files(
+    reader: &RepoReader,
+    id: CheckpointId,
+) -> Result<(Vec<ChunkDigest>, Files), StoreError> {
+    let mut chunks = BTreeSet::new();
+    for m in reader.manifests(id)? {
+        for o in &m.objects {
+            chunks.extend(o.chunks.iter().map(|c| c.digest));
+        }
+    }
+    let backend = reader.backend();
+    let mut files = Vec::new();
+    for e in backend.list(&DirKey::Checkpoint(id))? {
+        if e.is_dir {
+            continue;
+        }
+        if let Some(key) = file_key(id, &e.name) {
+            files.push((e.name.clone(), backend.read(&key)?));
+        }
+    }
+    // COMMIT last: the receiver writes in this order.
+    files.sort_by_key(|(n, _)| n == "COMMIT");
+    Ok((chunks.into_iter().collect(), files))
+}
+
+/// Which of `chunks` `backend` lacks.
+pub(crate) fn missing(
+    backend: &dyn ReadBackend,
+    chunks: &[[u8; 32]],
+) -> Result<Vec<[u8; 32]>, StoreError> {
+    let mut out = Vec::new();
+    for d in chunks {
+        if backend.stat(&ObjectKey::Chunk(ChunkDigest(*d)))?.is_none() {
+            out.push(*d);
+        }
+    }
+    Ok(out)
+}
+
+/// The `Data` message of checkpoint `id` for a receiver lacking `want`.
+pub(crate) fn data_msg(
+    reader: &RepoReader,
+    subject: u32,
+    id: CheckpointId,
+    want: &[[u8; 32]],
+) -> Result<CopyMsg, StoreError> {
+    let (_, files) = checkpoint_files(reader, id)?;
+    let mut chunks = Vec::with_capacity(want.len());
+    for d in want {
+        chunks.push((
+            *d,
+            reader.backend().read(&ObjectKey::Chunk(ChunkDigest(*d)))?,
+        ));
+    }
+    Ok(CopyMsg::Data {
+        subject,
+        local: id.0,
+        chunks,
+        files,
+    })
+}
+
+/// What installing a copied checkpoint found.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Installed {
+    /// Written (or already there, byte for byte).
+    Done,
+    /// The target holds another checkpoint under this id: its history diverged from the
+    /// source's (e.g. the source repository was lost and started again).
+    Diverged,
+}
+
+/// Writes a copied checkpoint into `target`: chunks and manifests (durable on return),
+/// then COMMIT (exclusive create), then the cheap check of the result.
+pub(crate) fn install(
+    target: &dyn WriteBackend,
+    reader: &RepoReader,
+    local: u64,
+    chunks: &[([u8; 32], Vec<u8>)],
+    files: &[(String, Vec<u8>)],
+) -> Result<Installed, StoreError> {
+    let id = CheckpointId(local);
+    let commit = files.iter().find(|(n, _)| n == "COMMIT").ok_or_else(|| {
+        StoreError::new(
+            StoreErrorKind::Corrupt,
+            Some(&target.describe(&ObjectKey::Commit(id))),
+            "copied checkpoint without COMMIT",
+        )
+    })?;
+    if let Some(existing) = target.stat(&ObjectKey::Commit(id))? {
+        let _ = existing;
+        let same = target.read(&ObjectKey::Commit(id))? == commit.1;
+        return Ok(if same {
+            Installed::Done
+        } else {
+            Installed::Diverged
+        });
+    }
+    target.create_dir(&DirKey::Checkpoint(id))?;
+    for (d, bytes) in chunks {
+        target.put(
+            &ObjectKey::Chunk(ChunkDigest(*d)),
+            &[bytes],
+            PutMode::Overwrite,
+        )?;
+    }
+    for (name, bytes) in files {
+        if name == "COMMIT" {
+            continue;
+        }
+        if let Some(key) = file_key(id, name) {
+            target.put(&key, &[bytes], PutMode::Overwrite)?;
+        }
+    }
+    target.put(&ObjectKey::Commit(id), &[&commit.1], PutMode::Create)?;
+    reader.check_committed(id)?;
+    Ok(Installed::Done)
+}
+
+/// Sends `msg` to `to` on `tag`.
+pub(crate) fn send(comm: &Comm, to: u32, tag: u32, msg: &CopyMsg) -> Result<(), LevelError> {
+    comm.send_bytes(Rank(to), Tag::checkpoint(tag), msg.encode())?;
+    Ok(())
+}
+
+/// Receives the next message from `from` on `tag`.
+pub(crate) fn recv(comm: &Comm, from: u32, tag: u32) -> Result<CopyMsg, LevelError> {
+    let env = comm.recv_envelope(Some(Rank(from)), Some(Tag::checkpoint(tag)))?;
+    CopyMsg::decode(Rank(from), &env.payload)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn hs(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn partners_are_on_another_host() {
+        assert_eq!(
+            partner_map(&hs(&["a", "a", "b", "b"])),
+            vec![Some(2), Some(3), Some(0), Some(1)]
+        );
+        assert_eq!(
+            partner_map(&hs(&["a", "b", "c"])),
+            vec![Some(1), Some(2), Some(0)]
+        );
+        assert_eq!(partner_map(&hs(&["a", "a"])), vec![None, None]);
+    }
+
+    #[test]
+    fn only_format_file_names_are_accepted() {
+        let id = CheckpointId(3);
+        assert_eq!(file_key(id, "COMMIT"), Some(ObjectKey::Commit(id)));
+        assert_eq!(
+            file_key(id, "rank-12.manifest"),
+            Some(ObjectKey::Manifest(id, Rank(12)))
+        );
+        for bad in [
+            "../COMMIT",
+            "rank-.manifest",
+            "rank-01.manifest",
+            "rank-1/x.manifest",
+            "FORMAT",
+            "LOCK",
+        ] {
+            assert_eq!(file_key(id, bad), None, "{bad}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn partner_is_on_another_host_whenever_there_are_two(hosts in proptest::collection::vec(0u8..4, 1..12)) {
+            let names: Vec<String> = hosts.iter().map(|h| format!("h{h}")).collect();
+            let map = partner_map(&names);
+            let distinct = names.iter().collect::<BTreeSet<_>>().len();
+            for (r, p) in map.iter().enumerate() {
+                match p {
+                    Some(p) => prop_assert_ne!(&names[*p as usize], &names[r]),
+                    None => prop_assert_eq!(distinct, 1),
+                }
+            }
+        }
+
+        #[test]
+        fn copy_messages_round_trip(subject in any::<u32>(), local in 1u64..1000, chunks in proptest::collection::vec((any::<[u8; 32]>(), proptest::collection::vec(any::<u8>(), 0..64)), 0..4)) {
+            let m = CopyMsg::Data { subject, local, chunks, files: vec![("COMMIT".into(), vec![1, 2]), ("rank-0.manifest".into(), vec![3])] };
+            prop_assert_eq!(CopyMsg::decode(Rank(1), &m.encode()).unwrap(), m);
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic_the_decoder(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = CopyMsg::decode(Rank(0), &bytes);
+        }
+    }
+}
