@@ -280,6 +280,11 @@ impl JobBuilder {
     }
 }
 
+/// Every rank's host, by rank (empty without levels).
+fn levels_hosts(l: Option<&NodeLevels>) -> Vec<String> {
+    l.map(|l| l.hosts().to_vec()).unwrap_or_default()
+}
+
 /// Collective: every rank's fast levels (docs/LEVELS.md), with the host map and the
 /// inventory of node-local data exchanged.
 fn open_levels(
@@ -784,7 +789,21 @@ impl Job {
                 let level = match from.source {
                     Source::Fast { .. } => plans.iter().find(|p| p.seq == from.id.0).map(|p| {
                         let rebuilt = p.rebuilt();
-                        if p.level == 1 {
+                        let parity = p.from_parity();
+                        if !parity.is_empty() {
+                            let hosts = levels_hosts(self.levels.as_ref());
+                            let mut lost: Vec<&str> = parity
+                                .iter()
+                                .filter_map(|r| hosts.get(*r as usize).map(String::as_str))
+                                .collect();
+                            lost.sort_unstable();
+                            lost.dedup();
+                            format!(
+                                "L3 parity ({} {} lost)",
+                                if lost.len() == 1 { "host" } else { "hosts" },
+                                lost.join(", ")
+                            )
+                        } else if p.level == 1 {
                             "L1 node-local".to_string()
                         } else if rebuilt.is_empty() {
                             "L2 partner copy".to_string()
@@ -952,7 +971,7 @@ impl Job {
                 }
                 if let (Some(l), Some(seq), true) = (&mut self.levels, seq, due.fast()) {
                     fast = Some(
-                        l.checkpoint(seq, &objects, &meta, due.l2)
+                        l.checkpoint(seq, &objects, &meta, due)
                             .map_err(|source| JobError::Level { step, source }),
                     );
                 }
@@ -965,7 +984,7 @@ impl Job {
             Err(source) => {
                 // Still take part, voting Failed, so the other ranks are not left waiting.
                 if let (Some(l), true) = (&mut self.levels, due.fast()) {
-                    let _ = l.fail(&source.to_string(), due.l2);
+                    let _ = l.fail(&source.to_string(), due);
                 }
                 if due.l4 {
                     let _ = self.runtime.round_failed(source.to_string(), &meta);
@@ -985,7 +1004,7 @@ impl Job {
                 checkpoint: id,
                 step,
                 stall: started.elapsed(),
-                write: r.l1 + r.l2,
+                write: r.l1 + r.l2 + r.l3,
                 logical_bytes: r.logical_bytes,
                 written_bytes: r.written_bytes,
             };
