@@ -283,6 +283,22 @@ fn lost_host_is_rebuilt_from_parity_without_partner_copies_or_the_repository() {
     assert_eq!(cols[2..], ["-", "4/4", "0/4", "4/4"], "{stdout}");
 }
 
+/// L3 only every 3rd checkpoint (keep 2): the newest parity (number 3, step 6) is older
+/// than the job keeps, yet its members' L1 copies are still there (L1 keeps at least the
+/// L3 period), so a lost host is rebuilt from it.
+#[test]
+fn lost_host_is_rebuilt_from_an_older_parity_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let levels = ["--l1-every", "1", "--l3-every", "3", "--l4-every", "0"];
+    let out = run(dir.path(), &levels, &format!("{STEPS},2,11,host1"));
+    let (_, stderr) = text(&out);
+    assert_eq!(checksum(&out), reference(), "{stderr}");
+    assert!(
+        stderr.contains("restored checkpoint 3 at step 6 from L3 parity (host sim1 lost)"),
+        "{stderr}"
+    );
+}
+
 /// Host sim1 lost together with rank 0's node-local copies: group {0, 2} has one parity
 /// shard left of the two it needs. Restore falls back to the older durable checkpoint,
 /// never to a wrong rebuild.

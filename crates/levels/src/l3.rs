@@ -14,6 +14,10 @@
 //! are not covered (with m = 2 and both shards on member hosts, they may take both
 //! shards); restore then falls back to an older checkpoint or L4, or refuses.
 //!
+//! **Retention.** A parity shard is only useful while the members' L1 checkpoints it was
+//! computed over exist: with L3 every n checkpoints, every level repository keeps at
+//! least the newest n checkpoints (more than the job's `keep` when n is larger).
+//!
 //! **Blob.** A member's blob is its L1 checkpoint in the form of a [`CopyMsg::Data`]
 //! carrying every chunk and file (canonical order), so a rebuilt blob is installed into
 //! the restarted rank's L1 exactly like an L2 copy. Its BLAKE3 hash is recorded in the

@@ -159,6 +159,7 @@ impl NodeLevels {
             .max(dseq)
             + 1;
         let groups = l3::parity_groups(&hosts);
+        let l3_every = levels.l3_every();
         if levels.l3_every() > 0 && me == 0 {
             let covered: usize = groups.iter().map(Vec::len).sum();
             if covered < hosts.len() {
@@ -183,7 +184,9 @@ impl NodeLevels {
             hosts,
             partners,
             options: opts_for_level(&options),
-            keep: keep.max(1),
+            // The newest L3 checkpoint must stay in its members' L1 for a parity rebuild:
+            // with L3 every n checkpoints, keep at least the newest n.
+            keep: keep.max(1).max(l3_every as usize),
             own: None,
             mirrors: BTreeMap::new(),
             held,
@@ -591,14 +594,17 @@ impl NodeLevels {
                     });
                     blobs.push(None);
                 }
+                // Recorded, and every other member still received: no message of this
+                // round is left behind for the next one.
                 other => {
-                    return Err(LevelError::Protocol {
+                    first_err.get_or_insert(LevelError::Protocol {
                         rank: Rank(u),
                         detail: format!(
                             "expected the blob of member {i} for checkpoint {seq}, got {}",
                             other.kind()
                         ),
-                    })
+                    });
+                    blobs.push(None);
                 }
             }
         }
