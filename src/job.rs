@@ -70,15 +70,16 @@ impl JobBuilder {
     }
 
     /// Multi-level checkpoints (docs/LEVELS.md): which checkpoints also (or only) go to
-    /// the node-local level L1 and the partner copy L2, and which to the durable
-    /// repository (L4). Without it, `LAZARUS_L1_EVERY` / `LAZARUS_L2_EVERY` /
-    /// `LAZARUS_L4_EVERY` / `LAZARUS_L1_DIR` (what `lazarus run --l1-every ...` exports)
-    /// decide; without those, every checkpoint goes to the repository only.
+    /// the node-local level L1, the partner copy L2 and the parity group L3, and which to
+    /// the durable repository (L4). Without it, `LAZARUS_L1_EVERY` / `LAZARUS_L2_EVERY` /
+    /// `LAZARUS_L3_EVERY` / `LAZARUS_L4_EVERY` / `LAZARUS_L1_DIR` (what `lazarus run
+    /// --l1-every ...` exports) decide; without those, every checkpoint goes to the
+    /// repository only.
     ///
     /// ```
     /// use lazarus::Levels;
-    /// // L1 and L2 every checkpoint, the durable repository every 10th.
-    /// let levels = Levels::new().l1(1).l2(1).l4(10);
+    /// // L1 and L2 every checkpoint, L3 parity every 5th, the repository every 10th.
+    /// let levels = Levels::new().l1(1).l2(1).l3(5).l4(10);
     /// # let _ = lazarus::Job::builder().levels(levels);
     /// ```
     pub fn levels(mut self, levels: Levels) -> Self {
@@ -225,7 +226,7 @@ impl JobBuilder {
             }
             Some(l) if l.periods().2 != 1 => {
                 return Err(JobError::Config(format!(
-                    "levels: l4 every {} without a fast level (l1/l2) would only skip checkpoints; use every_steps",
+                    "levels: l4 every {} without a fast level (l1/l2/l3) would only skip checkpoints; use every_steps",
                     l.periods().2
                 )))
             }

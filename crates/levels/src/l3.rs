@@ -153,7 +153,7 @@ pub(crate) fn blob(
     let all: Vec<[u8; 32]> = chunks.into_iter().map(|d| d.0).collect();
     let mut msg = partner::data_msg(reader, subject, id, &all)?;
     if let CopyMsg::Data { files, chunks, .. } = &mut msg {
-        chunks.sort_by(|a, b| a.0.cmp(&b.0));
+        chunks.sort_by_key(|a| a.0);
         files.sort_by(|a, b| (a.0 == "COMMIT", &a.0).cmp(&(b.0 == "COMMIT", &b.0)));
     }
     Ok(msg.encode())
