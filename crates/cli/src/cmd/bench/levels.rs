@@ -77,6 +77,7 @@ struct Row {
     encode: Duration,
     l13: Duration,
     l13_floor: Duration,
+    l13_sent: u64,
     incr_sent: u64,
     raw: Duration,
     l4: Duration,
@@ -156,7 +157,9 @@ fn rank(
         l13_floor.push(l1[l1.len() - 1] + memcpy[memcpy.len() - 1] + encode[encode.len() - 1]);
         round(4 * i as u64 + 3, &mut data);
         comm.barrier()?;
-        l13.push(timed_level(&mut levels, &data, false, true)?.0);
+        let (t, receipt) = timed_level(&mut levels, &data, false, true)?;
+        l13.push(t);
+        row.l13_sent = receipt.l3_bytes;
         // Raw TCP of the same bytes to the rank on the other host and back from its own.
         comm.barrier()?;
         let t0 = Instant::now();
@@ -290,9 +293,10 @@ pub fn main(a: Args) -> CmdResult {
     )?;
     writeln!(
         out,
-        "RS encode of the group's parts into 2 shards: {:.1} ms ({:.0} MiB/s of input)",
+        "RS encode of the group's raw parts into 2 shards: {:.1} ms ({:.0} MiB/s of input); L1+L3 sent {} KiB of blobs (the stored, compressed L1 checkpoint) to the other parity holder",
         ms(r.encode),
-        (bytes as f64 * 2.0 / (1 << 20) as f64) / r.encode.as_secs_f64().max(1e-9)
+        (bytes as f64 * 2.0 / (1 << 20) as f64) / r.encode.as_secs_f64().max(1e-9),
+        r.l13_sent / 1024
     )?;
     writeln!(
         out,
