@@ -775,6 +775,17 @@ impl Job {
         })?;
         match start {
             Start::Fresh { damaged } => {
+                if let Some(seq) = self.levels.as_ref().and_then(NodeLevels::newest_seen) {
+                    // Copies survive, but no level can rebuild every rank's part of any
+                    // checkpoint: say so rather than restart silently from the beginning.
+                    let why = format!(
+                        "lazarus: fast-level copies up to checkpoint {seq} survive, but no level can rebuild every rank's part of any checkpoint (more hosts lost than partner copies and parity cover) and the repository holds none: starting from the initial state"
+                    );
+                    if me == Rank(0) {
+                        let _ = writeln!(std::io::stderr().lock(), "{why}");
+                    }
+                    tracing::warn!("{why}");
+                }
                 self.step = 0;
                 self.saved_at = None;
                 self.report = None;

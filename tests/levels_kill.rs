@@ -316,6 +316,22 @@ fn losing_more_than_parity_covers_falls_back_to_the_durable_checkpoint() {
     assert!(!stderr.contains("from L3 parity"), "{stderr}");
 }
 
+/// The same loss without any L4 checkpoint: nothing can rebuild every rank, and the job
+/// says so and starts from the initial state (the failure-free result, never a wrong
+/// rebuild).
+#[test]
+fn losing_more_than_parity_covers_without_the_repository_says_so_and_starts_fresh() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(dir.path(), &PARITY_ONLY, &format!("{STEPS},2,9,beyond"));
+    let (_, stderr) = text(&out);
+    assert_eq!(checksum(&out), reference(), "{stderr}");
+    assert!(
+        stderr.contains("no level can rebuild every rank's part of any checkpoint"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("restored checkpoint"), "{stderr}");
+}
+
 /// A parity holder SIGKILLed in the parity round, after encoding and before its shard's
 /// COMMIT: the shard is absent, the job restarts from the checkpoint every rank's L1
 /// holds, with the failure-free result.

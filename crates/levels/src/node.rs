@@ -230,6 +230,16 @@ impl NodeLevels {
         plan::plan_with_parity(&self.held, &self.parity, &self.hosts)
     }
 
+    /// The newest job-wide number of any level copy or parity shard found at
+    /// [`NodeLevels::open`], whether or not it can be restored.
+    pub fn newest_seen(&self) -> Option<u64> {
+        self.held
+            .iter()
+            .map(|h| h.seq)
+            .chain(self.parity.iter().map(|p| p.seq))
+            .max()
+    }
+
     /// The L3 parity groups (members by global rank, each group on distinct hosts).
     pub fn groups(&self) -> &[Vec<u32>] {
         &self.groups
