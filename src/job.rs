@@ -92,15 +92,16 @@ impl JobBuilder {
     }
 
     /// Multi-level checkpoints (docs/LEVELS.md): which checkpoints also (or only) go to
-    /// the node-local level L1 and the partner copy L2, and which to the durable
-    /// repository (L4). Without it, `LAZARUS_L1_EVERY` / `LAZARUS_L2_EVERY` /
-    /// `LAZARUS_L4_EVERY` / `LAZARUS_L1_DIR` (what `lazarus run --l1-every ...` exports)
-    /// decide; without those, every checkpoint goes to the repository only.
+    /// the node-local level L1, the partner copy L2 and the parity group L3, and which to
+    /// the durable repository (L4). Without it, `LAZARUS_L1_EVERY` / `LAZARUS_L2_EVERY` /
+    /// `LAZARUS_L3_EVERY` / `LAZARUS_L4_EVERY` / `LAZARUS_L1_DIR` (what `lazarus run
+    /// --l1-every ...` exports) decide; without those, every checkpoint goes to the
+    /// repository only.
     ///
     /// ```
     /// use lazarus::Levels;
-    /// // L1 and L2 every checkpoint, the durable repository every 10th.
-    /// let levels = Levels::new().l1(1).l2(1).l4(10);
+    /// // L1 and L2 every checkpoint, L3 parity every 5th, the repository every 10th.
+    /// let levels = Levels::new().l1(1).l2(1).l3(5).l4(10);
     /// # let _ = lazarus::Job::builder().levels(levels);
     /// ```
     pub fn levels(mut self, levels: Levels) -> Self {
@@ -247,7 +248,7 @@ impl JobBuilder {
             }
             Some(l) if l.periods().2 != 1 => {
                 return Err(JobError::Config(format!(
-                    "levels: l4 every {} without a fast level (l1/l2) would only skip checkpoints; use every_steps",
+                    "levels: l4 every {} without a fast level (l1/l2/l3) would only skip checkpoints; use every_steps",
                     l.periods().2
                 )))
             }
@@ -320,6 +321,11 @@ impl JobBuilder {
             last: None,
         })
     }
+}
+
+/// Every rank's host, by rank (empty without levels).
+fn levels_hosts(l: Option<&NodeLevels>) -> Vec<String> {
+    l.map(|l| l.hosts().to_vec()).unwrap_or_default()
 }
 
 /// Collective: every rank's fast levels (docs/LEVELS.md), with the host map and the
@@ -899,6 +905,17 @@ impl Job {
         })?;
         match start {
             Start::Fresh { damaged } => {
+                if let Some(seq) = self.levels.as_ref().and_then(NodeLevels::newest_seen) {
+                    // Copies survive, but no level can rebuild every rank's part of any
+                    // checkpoint: say so rather than restart silently from the beginning.
+                    let why = format!(
+                        "lazarus: fast-level copies up to checkpoint {seq} survive, but no level can rebuild every rank's part of any checkpoint (more hosts lost than partner copies and parity cover) and the repository holds none: starting from the initial state"
+                    );
+                    if me == Rank(0) {
+                        let _ = writeln!(std::io::stderr().lock(), "{why}");
+                    }
+                    tracing::warn!("{why}");
+                }
                 self.step = 0;
                 self.saved_at = None;
                 self.report = None;
@@ -914,7 +931,21 @@ impl Job {
                 let level = match from.source {
                     Source::Fast { .. } => plans.iter().find(|p| p.seq == from.id.0).map(|p| {
                         let rebuilt = p.rebuilt();
-                        if p.level == 1 {
+                        let parity = p.from_parity();
+                        if !parity.is_empty() {
+                            let hosts = levels_hosts(self.levels.as_ref());
+                            let mut lost: Vec<&str> = parity
+                                .iter()
+                                .filter_map(|r| hosts.get(*r as usize).map(String::as_str))
+                                .collect();
+                            lost.sort_unstable();
+                            lost.dedup();
+                            format!(
+                                "L3 parity ({} {} lost)",
+                                if lost.len() == 1 { "host" } else { "hosts" },
+                                lost.join(", ")
+                            )
+                        } else if p.level == 1 {
                             "L1 node-local".to_string()
                         } else if rebuilt.is_empty() {
                             "L2 partner copy".to_string()
@@ -1152,7 +1183,7 @@ impl Job {
         }
         let fast = match (&mut self.levels, seq, due.fast()) {
             (Some(l), Some(seq), true) => Some(
-                l.checkpoint(seq, &objects, &meta, due.l2)
+                l.checkpoint(seq, &objects, &meta, due)
                     .map_err(|source| JobError::Level { step, source }),
             ),
             _ => None,
@@ -1175,7 +1206,7 @@ impl Job {
                 checkpoint: id,
                 step,
                 stall: started.elapsed(),
-                write: r.l1 + r.l2,
+                write: r.l1 + r.l2 + r.l3,
                 logical_bytes: r.logical_bytes,
                 written_bytes: r.written_bytes,
                 flush: None,
@@ -1357,7 +1388,7 @@ fn fail_rounds(
     due: Due,
 ) -> Result<(), JobError> {
     if let (Some(l), true) = (levels, due.fast()) {
-        let _ = l.fail(why, due.l2);
+        let _ = l.fail(why, due);
     }
     if due.l4 {
         let _ = held(runtime, lost)?.round_failed(why.to_string(), meta);

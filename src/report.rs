@@ -23,7 +23,8 @@ pub struct RestoreReport {
     /// is true.
     pub finished: bool,
     /// Which level it came from (docs/LEVELS.md): `None` for the durable repository, else
-    /// e.g. `"L1 node-local"` or `"L2 partner copy (rebuilt rank 2, rank 3)"`. For a fast
+    /// e.g. `"L1 node-local"`, `"L2 partner copy (rebuilt rank 2, rank 3 from other
+    /// hosts)"` or `"L3 parity (host sim1 lost)"`. For a fast
     /// level, `checkpoint` is the job-wide checkpoint number.
     pub level: Option<String>,
 }

@@ -18,7 +18,8 @@ use std::error::Error;
 use std::path::Path;
 
 /// `steps,every,kill_step,mode` for the worker; mode: `none`, `rank1` (rank 1 is
-/// killed), `host1` (host sim1 is lost), `all` (every host is lost).
+/// killed), `host1` (host sim1 is lost), `all` (every host is lost), `beyond` (host sim1
+/// is lost and rank 0 with its node-local copies: more than L3 parity covers).
 const WORKER_ENV: &str = "LAZARUS_TEST_LEVELS";
 const STEPS: u64 = 24;
 const LEN: usize = 64 * 1024;
@@ -62,6 +63,15 @@ fn worker(spec: &str) -> Result<(), Box<dyn Error>> {
                 "all" => {
                     lose_dir(&host);
                     true
+                }
+                "beyond" => {
+                    if host == "sim1" {
+                        lose_dir(&host);
+                    }
+                    if me == 0 {
+                        lose_dir("sim0/rank-0");
+                    }
+                    host == "sim1" || me == 0
                 }
                 m if m.starts_with("rank") => m[4..].parse() == Ok(me),
                 m if m.starts_with("host") => {
@@ -139,6 +149,8 @@ fn durable_checkpoints(repo: &Path) -> usize {
 }
 
 const FAST_ONLY: [&str; 6] = ["--l1-every", "1", "--l2-every", "1", "--l4-every", "0"];
+/// L1 and L3 parity, no partner copies, no L4.
+const PARITY_ONLY: [&str; 6] = ["--l1-every", "1", "--l3-every", "1", "--l4-every", "0"];
 
 #[test]
 fn killed_rank_restores_from_node_local_copies_without_the_repository() {
@@ -198,7 +210,7 @@ fn lost_host_is_rebuilt_from_partner_copies_without_the_repository() {
         .find(|l| l.split_whitespace().nth(1) == Some("24"))
         .unwrap_or_else(|| panic!("no row for step 24:\n{stdout}"));
     let cols: Vec<&str> = last.split_whitespace().collect();
-    assert_eq!(cols[2..], ["-", "4/4", "4/4"], "{stdout}");
+    assert_eq!(cols[2..], ["-", "4/4", "4/4", "-"], "{stdout}");
 }
 
 #[test]
@@ -222,21 +234,153 @@ fn losing_every_host_falls_back_to_the_older_durable_checkpoint() {
     }
 }
 
+#[test]
+fn lost_host_is_rebuilt_from_parity_without_partner_copies_or_the_repository() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(dir.path(), &PARITY_ONLY, &format!("{STEPS},2,9,host1"));
+    let (_, stderr) = text(&out);
+    assert_eq!(checksum(&out), reference(), "{stderr}");
+    assert!(
+        stderr.contains("restored checkpoint 4 at step 8 from L3 parity (host sim1 lost)"),
+        "{stderr}"
+    );
+    assert_eq!(durable_checkpoints(&dir.path().join("repo")), 0);
+    let l1 = dir.path().join("l1");
+    // No partner copies were ever written; the rebuilt ranks have their L1 back, and
+    // each group's two parity shards are on its members' two hosts.
+    for host in ["sim0", "sim1"] {
+        for e in std::fs::read_dir(l1.join(host)).unwrap() {
+            let name = e.unwrap().file_name().to_string_lossy().to_string();
+            assert!(!name.starts_with("partner-of-"), "{host}/{name}");
+        }
+    }
+    assert!(l1.join("sim1/rank-2").is_dir());
+    assert!(l1.join("sim0/parity-0-0").is_dir() && l1.join("sim1/parity-0-1").is_dir());
+    // Tooling: every parity shard verifies; inspect counts L3 shards per checkpoint.
+    let repo = dir.path().join("repo");
+    let out = std::process::Command::new(common::lazarus_bin())
+        .args(["verify", "--level", "l3", "--l1-dir"])
+        .arg(&l1)
+        .arg(&repo)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert_eq!(stdout.matches("ok: ").count(), 4, "{stdout}");
+    let out = std::process::Command::new(common::lazarus_bin())
+        .args(["inspect", "--levels", "--l1-dir"])
+        .arg(&l1)
+        .arg(&repo)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    let last = stdout
+        .lines()
+        .find(|l| l.split_whitespace().nth(1) == Some("24"))
+        .unwrap_or_else(|| panic!("no row for step 24:\n{stdout}"));
+    let cols: Vec<&str> = last.split_whitespace().collect();
+    assert_eq!(cols[2..], ["-", "4/4", "0/4", "4/4"], "{stdout}");
+}
+
+/// L3 only every 3rd checkpoint (keep 2): the newest parity (number 3, step 6) is older
+/// than the job keeps, yet its members' L1 copies are still there (L1 keeps at least the
+/// L3 period), so a lost host is rebuilt from it.
+#[test]
+fn lost_host_is_rebuilt_from_an_older_parity_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let levels = ["--l1-every", "1", "--l3-every", "3", "--l4-every", "0"];
+    let out = run(dir.path(), &levels, &format!("{STEPS},2,11,host1"));
+    let (_, stderr) = text(&out);
+    assert_eq!(checksum(&out), reference(), "{stderr}");
+    assert!(
+        stderr.contains("restored checkpoint 3 at step 6 from L3 parity (host sim1 lost)"),
+        "{stderr}"
+    );
+}
+
+/// Host sim1 lost together with rank 0's node-local copies: group {0, 2} has one parity
+/// shard left of the two it needs. Restore falls back to the older durable checkpoint,
+/// never to a wrong rebuild.
+#[test]
+fn losing_more_than_parity_covers_falls_back_to_the_durable_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let levels = ["--l1-every", "1", "--l3-every", "1", "--l4-every", "3"];
+    let out = run(dir.path(), &levels, &format!("{STEPS},2,9,beyond"));
+    let (_, stderr) = text(&out);
+    assert_eq!(checksum(&out), reference(), "{stderr}");
+    assert!(
+        stderr.contains("restored checkpoint 1 at step 6 from L4 durable repository"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("from L3 parity"), "{stderr}");
+}
+
+/// The same loss without any L4 checkpoint: nothing can rebuild every rank, and the job
+/// says so and starts from the initial state (the failure-free result, never a wrong
+/// rebuild).
+#[test]
+fn losing_more_than_parity_covers_without_the_repository_says_so_and_starts_fresh() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(dir.path(), &PARITY_ONLY, &format!("{STEPS},2,9,beyond"));
+    let (_, stderr) = text(&out);
+    assert_eq!(checksum(&out), reference(), "{stderr}");
+    assert!(
+        stderr.contains("no level can rebuild every rank's part of any checkpoint"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("restored checkpoint"), "{stderr}");
+}
+
+/// A parity holder SIGKILLed in the parity round, after encoding and before its shard's
+/// COMMIT: the shard is absent, the job restarts from the checkpoint every rank's L1
+/// holds, with the failure-free result.
+#[test]
+fn kill_during_the_parity_round_restores_from_node_local_copies() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut levels = PARITY_ONLY.to_vec();
+    levels.extend(["--inject-failpoint", "levels_parity_before_commit@2"]);
+    let out = run(dir.path(), &levels, &format!("{STEPS},2,0,none"));
+    let (_, stderr) = text(&out);
+    assert_eq!(checksum(&out), reference(), "{stderr}");
+    assert!(
+        stderr.contains("injected failpoint levels_parity_before_commit"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("restored checkpoint 1 at step 2 from L1 node-local"),
+        "{stderr}"
+    );
+}
+
 /// One seeded trial: a process kill or a host loss at a random step, or a rank killed by
-/// the failpoint between its L1 commit and the L2 exchange; always the failure-free
-/// checksum, from the fast levels only (L4 off).
+/// the failpoint between its L1 commit and the L2 exchange, or in the L3 parity round;
+/// with L1+L2 or L1+L3 (no L2); always the failure-free checksum, from the fast levels
+/// only (L4 off).
 fn trial(rng: &mut rand_chacha::ChaCha8Rng) {
     let dir = tempfile::tempdir().unwrap();
     let step = rng.gen_range(1..STEPS - 1);
+    let parity = rng.gen_bool(0.5);
     let (mode, failpoint) = match rng.gen_range(0..3) {
         0 => (format!("rank{}", rng.gen_range(0..4)), None),
         1 => (format!("host{}", rng.gen_range(0..2)), None),
-        _ => (
-            "none".to_string(),
-            Some(format!("levels_after_l1_commit@{}", rng.gen_range(0..4))),
-        ),
+        _ => {
+            let name = if parity && rng.gen_bool(0.5) {
+                "levels_parity_before_commit"
+            } else {
+                "levels_after_l1_commit"
+            };
+            (
+                "none".to_string(),
+                Some(format!("{name}@{}", rng.gen_range(0..4))),
+            )
+        }
     };
-    let mut levels: Vec<&str> = FAST_ONLY.to_vec();
+    let mut levels: Vec<&str> = if parity {
+        PARITY_ONLY.to_vec()
+    } else {
+        FAST_ONLY.to_vec()
+    };
     if let Some(f) = &failpoint {
         levels.extend(["--inject-failpoint", f.as_str()]);
     }
@@ -245,7 +389,7 @@ fn trial(rng: &mut rand_chacha::ChaCha8Rng) {
     assert_eq!(
         checksum(&out),
         reference(),
-        "kill at step {step}, mode {mode}, failpoint {failpoint:?}\n{stderr}"
+        "kill at step {step}, mode {mode}, failpoint {failpoint:?}, parity {parity}\n{stderr}"
     );
 }
 

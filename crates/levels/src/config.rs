@@ -7,6 +7,9 @@ use std::path::{Path, PathBuf};
 pub const L1_EVERY_ENV: &str = "LAZARUS_L1_EVERY";
 /// `LAZARUS_L2_EVERY`: copy every n-th checkpoint to the partner rank's host (0: never).
 pub const L2_EVERY_ENV: &str = "LAZARUS_L2_EVERY";
+/// `LAZARUS_L3_EVERY`: add every n-th checkpoint to its parity group's Reed-Solomon parity
+/// (0: never).
+pub const L3_EVERY_ENV: &str = "LAZARUS_L3_EVERY";
 /// `LAZARUS_L4_EVERY`: write every n-th checkpoint to the durable repository (0: never;
 /// default 1).
 pub const L4_EVERY_ENV: &str = "LAZARUS_L4_EVERY";
@@ -32,6 +35,7 @@ pub const SIM_HOSTS_ENV: &str = "LAZARUS_SIM_HOSTS";
 pub struct Levels {
     l1: u32,
     l2: u32,
+    l3: u32,
     l4: u32,
     dir: Option<PathBuf>,
 }
@@ -41,6 +45,7 @@ impl Default for Levels {
         Levels {
             l1: 0,
             l2: 0,
+            l3: 0,
             l4: 1,
             dir: None,
         }
@@ -50,10 +55,13 @@ impl Default for Levels {
 /// The levels one checkpoint goes to.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Due {
-    /// Node-local (always set when `l2` is: the partner copy mirrors the L1 checkpoint).
+    /// Node-local (always set when `l2` or `l3` is: the partner copy mirrors the L1
+    /// checkpoint, and parity is computed over it).
     pub l1: bool,
     /// Partner copy.
     pub l2: bool,
+    /// Parity group.
+    pub l3: bool,
     /// Durable repository.
     pub l4: bool,
 }
@@ -61,7 +69,7 @@ pub struct Due {
 impl Due {
     /// True when a fast level is written.
     pub fn fast(&self) -> bool {
-        self.l1 || self.l2
+        self.l1 || self.l2 || self.l3
     }
 }
 
@@ -87,6 +95,13 @@ impl Levels {
         self
     }
 
+    /// Reed-Solomon parity of the rank's parity group on every `n`-th checkpoint (0:
+    /// never; docs/LEVELS.md, "L3 parity").
+    pub fn l3(mut self, n: u32) -> Self {
+        self.l3 = n;
+        self
+    }
+
     /// Durable repository on every `n`-th checkpoint (0: never).
     pub fn l4(mut self, n: u32) -> Self {
         self.l4 = n;
@@ -109,41 +124,49 @@ impl Levels {
         (self.l1, self.l2, self.l4)
     }
 
+    /// The L3 parity period (0: never).
+    pub fn l3_every(&self) -> u32 {
+        self.l3
+    }
+
     /// True when a fast level is configured (otherwise the job runs exactly as without
     /// levels).
     pub fn is_multilevel(&self) -> bool {
-        self.l1 > 0 || self.l2 > 0
+        self.l1 > 0 || self.l2 > 0 || self.l3 > 0
     }
 
     /// The levels checkpoint number `seq` goes to.
     pub fn due(&self, seq: u64) -> Due {
         let l2 = every(self.l2, seq);
+        let l3 = every(self.l3, seq);
         Due {
-            l1: l2 || every(self.l1, seq),
+            l1: l2 || l3 || every(self.l1, seq),
             l2,
+            l3,
             l4: every(self.l4, seq),
         }
     }
 
     /// Refuses a schedule that writes nothing.
     pub fn validate(&self) -> Result<(), String> {
-        if self.l1 == 0 && self.l2 == 0 && self.l4 == 0 {
+        if self.l1 == 0 && self.l2 == 0 && self.l3 == 0 && self.l4 == 0 {
             return Err(
-                "levels: every level is off (l1, l2 and l4 are 0): no checkpoint would be written"
+                "levels: every level is off (l1, l2, l3 and l4 are 0): no checkpoint would be written"
                     .into(),
             );
         }
-        if self.is_multilevel() && self.l1 != 1 && self.l2 != 1 && self.l4 != 1 {
+        if self.is_multilevel() && self.l1 != 1 && self.l2 != 1 && self.l3 != 1 && self.l4 != 1 {
             // Otherwise some checkpoints the policy asks for would go nowhere.
             return Err(format!(
-                "levels: one of l1, l2, l4 must be 1 so that every checkpoint goes to some level (got l1={}, l2={}, l4={})",
-                self.l1, self.l2, self.l4
+                "levels: one of l1, l2, l3, l4 must be 1 so that every checkpoint goes to some level (got l1={}, l2={}, l3={}, l4={})",
+                self.l1, self.l2, self.l3, self.l4
             ));
         }
         Ok(())
     }
 
-    /// The schedule from `LAZARUS_L1_EVERY`, `LAZARUS_L2_EVERY`, `LAZARUS_L4_EVERY` and
+    /// The schedule from `LAZARUS_L1_EVERY`, `LAZARUS_L2_EVERY`, `LAZARUS_L3_EVERY`,
+    /// `LAZARUS_L4_EVERY` and
     /// `LAZARUS_L1_DIR` (what `lazarus run --l1-every ...` exports to every rank); `None`
     /// when none of the `*_EVERY` variables is set.
     pub fn from_env() -> Result<Option<Levels>, String> {
@@ -156,17 +179,19 @@ impl Levels {
                 Err(std::env::VarError::NotUnicode(_)) => Err(format!("{name} is not UTF-8")),
             }
         };
-        let (l1, l2, l4) = (
+        let (l1, l2, l3, l4) = (
             read(L1_EVERY_ENV)?,
             read(L2_EVERY_ENV)?,
+            read(L3_EVERY_ENV)?,
             read(L4_EVERY_ENV)?,
         );
-        if l1.is_none() && l2.is_none() && l4.is_none() {
+        if l1.is_none() && l2.is_none() && l3.is_none() && l4.is_none() {
             return Ok(None);
         }
         let mut l = Levels::new()
             .l1(l1.unwrap_or(0))
             .l2(l2.unwrap_or(0))
+            .l3(l3.unwrap_or(0))
             .l4(l4.unwrap_or(1));
         if let Some(d) = std::env::var_os(L1_DIR_ENV) {
             l = l.dir(PathBuf::from(d));
@@ -240,6 +265,7 @@ mod tests {
             Due {
                 l1: false,
                 l2: false,
+                l3: false,
                 l4: true
             }
         );
@@ -249,10 +275,25 @@ mod tests {
             Due {
                 l1: true,
                 l2: true,
+                l3: false,
                 l4: false
             }
         );
         assert!(!l.due(4).fast());
+        let l = Levels::new().l1(1).l3(4).l4(0);
+        assert!(l.is_multilevel() && l.validate().is_ok());
+        assert_eq!(
+            l.due(8),
+            Due {
+                l1: true,
+                l2: false,
+                l3: true,
+                l4: false
+            }
+        );
+        assert!(!l.due(7).l3);
+        let l = Levels::new().l3(1).l4(0);
+        assert!(l.due(1).l1, "L3 parity is computed over the L1 checkpoint");
         assert!(Levels::new().l4(0).validate().is_err());
     }
 }

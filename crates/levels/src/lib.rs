@@ -8,6 +8,9 @@
 //!   `<host'>/partner-of-<r>/` on the host of a partner rank; only the chunks the mirror
 //!   lacks cross the network. Survives the loss of one host (of any one host, when every
 //!   partner is on another host).
+//! - **L3 parity**: groups of k ranks on distinct hosts ([`l3`]); two Reed-Solomon
+//!   parity shards over the members' L1 checkpoints ([`parity`]), each kept on a member's
+//!   host in `<host>/parity-<g>-<j>/`. Survives the loss of any one host without L2.
 //! - **L4 durable**: the job's repository, written by the two-phase commit as without
 //!   levels (crate `lazarus-coord`).
 //!
@@ -24,6 +27,7 @@
 
 mod config;
 mod error;
+pub mod l3;
 mod node;
 pub mod parity;
 mod partner;
@@ -31,11 +35,13 @@ pub mod plan;
 
 pub use config::{
     default_root, host_identity, Due, Levels, HOST_ENV, L1_DIR_ENV, L1_EVERY_ENV, L2_EVERY_ENV,
-    L4_EVERY_ENV, SIM_HOSTS_ENV,
+    L3_EVERY_ENV, L4_EVERY_ENV, SIM_HOSTS_ENV,
 };
 pub use error::LevelError;
 pub use node::{
-    scan, LevelReceipt, LoadOutcome, NodeLevels, LEVEL_RANK_KEY, LEVEL_WORLD_KEY, SEQ_KEY,
+    scan, scan_parity, LevelReceipt, LoadOutcome, NodeLevels, LEVEL_RANK_KEY, LEVEL_WORLD_KEY,
+    PARITY_HASHES_KEY, PARITY_LENS_KEY, PARITY_LOCALS_KEY, PARITY_MEMBERS_KEY, PARITY_M_KEY,
+    PARITY_SHARD_BYTES_KEY, PARITY_SHARD_KEY, SEQ_KEY,
 };
 pub use partner::{partner_map, CopyMsg};
-pub use plan::{FastPlan, Held, RankSource};
+pub use plan::{FastPlan, Held, ParityHeld, ParitySource, RankSource, ShardSource};

@@ -2,8 +2,8 @@
 //! (of any lengths) in, m parity shards out; any k of the k + m shards rebuild every
 //! missing blob, byte for byte. Built on `reed-solomon-simd` (Leopard-RS, O(n log n)).
 //!
-//! **Status**: the codec only. The L3 level itself (group placement, the parity round,
-//! parity repositories, restore from parity) is not wired yet (docs/LEVELS.md, "Limits").
+//! The L3 level built on it (groups, the parity round, restore from parity) is in
+//! [`crate::l3`] and the crate's node module (docs/LEVELS.md, "L3 parity").
 
 use crate::error::LevelError;
 
@@ -195,6 +195,22 @@ mod tests {
     }
 
     proptest! {
+        /// A damaged record (any layout) with shards of any length is refused or
+        /// rebuilds; it never panics (as fuzz target `levels_parity_msg`).
+        #[test]
+        fn any_layout_and_shards_never_panic(
+            shard_bytes in 0usize..300,
+            lens in proptest::collection::vec(0u64..400, 1..5),
+            m in 0usize..4,
+            shards in proptest::collection::vec((0usize..5, proptest::collection::vec(any::<u8>(), 0..300)), 0..4),
+            present in proptest::collection::vec((0usize..5, proptest::collection::vec(any::<u8>(), 0..300)), 0..4),
+        ) {
+            let layout = Layout { shard_bytes, lens, m };
+            let p: Vec<(usize, &[u8])> = present.iter().map(|(i, b)| (*i, b.as_slice())).collect();
+            let s: Vec<(usize, &[u8])> = shards.iter().map(|(i, b)| (*i, b.as_slice())).collect();
+            let _ = rebuild(&layout, &p, &s);
+        }
+
         /// Any k of the k + m shards rebuild every blob.
         #[test]
         fn any_k_of_k_plus_m_shards_rebuild(

@@ -29,6 +29,76 @@ pub struct Held {
     pub app: BTreeMap<String, String>,
 }
 
+/// One committed L3 parity shard of one group's checkpoint, as the host holding it
+/// reported it (from the COMMIT of its `parity-<g>-<j>` repository).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParityHeld {
+    /// The host whose node-local directory holds it.
+    pub host: String,
+    /// The repository directory under the host's (`parity-<g>-<j>`).
+    pub dir: String,
+    /// The shard's index j (0..m).
+    pub shard: u32,
+    /// The number of parity shards of the group.
+    pub m: u32,
+    /// The job-wide checkpoint number.
+    pub seq: u64,
+    /// The step recorded in COMMIT.
+    pub step: u64,
+    /// The number of ranks of the job that wrote the checkpoint.
+    pub world: u32,
+    /// The checkpoint's id in the parity repository.
+    pub local: u64,
+    /// The group's members (global ranks), by member index.
+    pub members: Vec<u32>,
+    /// Each member's checkpoint id in its L1 repository, by member index.
+    pub locals: Vec<u64>,
+    /// Each member's blob length, by member index.
+    pub lens: Vec<u64>,
+    /// Each member's blob BLAKE3 hash (hex), by member index.
+    pub hashes: Vec<String>,
+    /// Bytes per shard.
+    pub shard_bytes: u64,
+    /// The program's and runtime's COMMIT metadata.
+    pub app: BTreeMap<String, String>,
+}
+
+/// A parity shard a parity rebuild reads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShardSource {
+    /// The shard's index.
+    pub shard: u32,
+    /// The rank that sends it (the lowest rank on its host).
+    pub holder: u32,
+    /// That host.
+    pub host: String,
+    /// The parity repository directory on it.
+    pub dir: String,
+    /// The checkpoint's id there.
+    pub local: u64,
+}
+
+/// How one rank's part is rebuilt from its group's parity.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParitySource {
+    /// This rank's member index in the group.
+    pub index: u32,
+    /// Surviving members that send their blob: (member index, rank, L1 checkpoint id).
+    pub members: Vec<(u32, u32, u64)>,
+    /// Parity shards that are sent; members + shards = k.
+    pub shards: Vec<ShardSource>,
+    /// Each member's blob length, by member index (k = its length).
+    pub lens: Vec<u64>,
+    /// Each member's blob hash (hex), by member index.
+    pub hashes: Vec<String>,
+    /// Each member's L1 checkpoint id, by member index.
+    pub locals: Vec<u64>,
+    /// Bytes per shard.
+    pub shard_bytes: u64,
+    /// Parity shards of the group.
+    pub m: u32,
+}
+
 /// Where one rank reads its part of a planned checkpoint.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RankSource {
@@ -50,6 +120,8 @@ pub enum RankSource {
         /// the checkpoint's id there
         local: u64,
     },
+    /// Rebuilt from the group's surviving members and parity shards (L3).
+    Parity(ParitySource),
 }
 
 /// A job-wide checkpoint every rank can get from the fast levels.
@@ -62,17 +134,24 @@ pub struct FastPlan {
     /// Its COMMIT metadata (of the lowest rank's copy).
     pub app: BTreeMap<String, String>,
     /// 1 when every rank reads its own node-local copy, 2 when a part must come from a
-    /// partner copy.
+    /// partner copy, 3 when a part is rebuilt from parity.
     pub level: u8,
     /// Per rank, where its part comes from.
     pub sources: Vec<RankSource>,
 }
 
 impl FastPlan {
-    /// The ranks whose part comes from another host.
+    /// The ranks whose part comes from another host (a partner copy or parity).
     pub fn rebuilt(&self) -> Vec<u32> {
         (0..self.sources.len() as u32)
-            .filter(|r| matches!(self.sources[*r as usize], RankSource::Remote { .. }))
+            .filter(|r| !matches!(self.sources[*r as usize], RankSource::Local { .. }))
+            .collect()
+    }
+
+    /// The ranks whose part is rebuilt from parity.
+    pub fn from_parity(&self) -> Vec<u32> {
+        (0..self.sources.len() as u32)
+            .filter(|r| matches!(self.sources[*r as usize], RankSource::Parity(_)))
             .collect()
     }
 }
@@ -84,6 +163,15 @@ impl FastPlan {
 /// Each rank prefers its own primary copy, then any copy on its host, then a remote one
 /// (the primary before a mirror, then the lowest host name: deterministic).
 pub fn plan(held: &[Held], hosts: &[String]) -> Vec<FastPlan> {
+    plan_with_parity(held, &[], hosts)
+}
+
+/// [`plan`] with L3: a rank without a copy of its part on a live host is rebuilt from
+/// its parity group when the group's members that read their own node-local copy
+/// (checkpoint ids as the parity recorded them) plus the parity shards on live hosts are
+/// at least k. The parity shards must all agree on the group (members, ids, lengths,
+/// hashes); shards that disagree with the first are not used.
+pub fn plan_with_parity(held: &[Held], parity: &[ParityHeld], hosts: &[String]) -> Vec<FastPlan> {
     let size = hosts.len() as u32;
     let mut holder_of: BTreeMap<&str, u32> = BTreeMap::new();
     for (r, h) in hosts.iter().enumerate() {
@@ -106,7 +194,7 @@ pub fn plan(held: &[Held], hosts: &[String]) -> Vec<FastPlan> {
         if first.world != size {
             continue;
         }
-        let mut sources = Vec::with_capacity(size as usize);
+        let mut sources: Vec<Option<RankSource>> = Vec::with_capacity(size as usize);
         let mut level = 1u8;
         let mut app = None;
         for r in 0..size {
@@ -132,22 +220,42 @@ pub fn plan(held: &[Held], hosts: &[String]) -> Vec<FastPlan> {
                         .iter()
                         .filter_map(|c| holder_of.get(c.host.as_str()).map(|h| (c, *h)))
                         .min_by_key(|(c, _)| (!c.primary, c.host.clone(), c.dir.clone()));
-                    let Some((c, holder)) = remote else {
-                        break;
-                    };
-                    level = 2;
-                    app.get_or_insert_with(|| c.app.clone());
-                    RankSource::Remote {
-                        holder,
-                        host: c.host.clone(),
-                        dir: c.dir.clone(),
-                        local: c.local,
+                    match remote {
+                        Some((c, holder)) => {
+                            level = 2;
+                            app.get_or_insert_with(|| c.app.clone());
+                            RankSource::Remote {
+                                holder,
+                                host: c.host.clone(),
+                                dir: c.dir.clone(),
+                                local: c.local,
+                            }
+                        }
+                        None => {
+                            sources.push(None);
+                            continue;
+                        }
                     }
                 }
             };
-            sources.push(src);
+            sources.push(Some(src));
         }
-        if sources.len() == size as usize {
+        // L3: the ranks left without a copy, from their group's parity.
+        let shards: Vec<&ParityHeld> = parity
+            .iter()
+            .filter(|p| p.seq == seq && p.step == first.step && p.world == first.world)
+            .collect();
+        for r in 0..size {
+            if sources[r as usize].is_some() {
+                continue;
+            }
+            if let Some((src, a)) = from_parity(r, &shards, &sources, hosts, &holder_of) {
+                level = 3;
+                app.get_or_insert(a);
+                sources[r as usize] = Some(RankSource::Parity(src));
+            }
+        }
+        if let Some(sources) = sources.into_iter().collect::<Option<Vec<_>>>() {
             out.push(FastPlan {
                 seq,
                 step: first.step,
@@ -158,6 +266,83 @@ pub fn plan(held: &[Held], hosts: &[String]) -> Vec<FastPlan> {
         }
     }
     out
+}
+
+/// Rank r's part from its group's parity, if the group's surviving members (reading
+/// their own primary copy, as recorded) and shards on live hosts make k.
+fn from_parity(
+    r: u32,
+    shards: &[&ParityHeld],
+    sources: &[Option<RankSource>],
+    hosts: &[String],
+    holder_of: &BTreeMap<&str, u32>,
+) -> Option<(ParitySource, BTreeMap<String, String>)> {
+    let mine: Vec<&&ParityHeld> = shards.iter().filter(|p| p.members.contains(&r)).collect();
+    let first = mine.first()?;
+    let k = first.members.len();
+    let consistent = |p: &ParityHeld| {
+        p.members == first.members
+            && p.locals == first.locals
+            && p.lens == first.lens
+            && p.hashes == first.hashes
+            && p.shard_bytes == first.shard_bytes
+            && p.m == first.m
+            && (p.shard as usize) < p.m as usize
+    };
+    if k < 2 || first.locals.len() != k || first.lens.len() != k || first.hashes.len() != k {
+        return None;
+    }
+    let index = first.members.iter().position(|m| *m == r)? as u32;
+    let mut members = Vec::new();
+    for (i, &u) in first.members.iter().enumerate() {
+        if u == r || u as usize >= sources.len() {
+            continue;
+        }
+        if let Some(RankSource::Local { dir, local }) = &sources[u as usize] {
+            if *dir == format!("rank-{u}") && *local == first.locals[i] {
+                members.push((i as u32, u, *local));
+            }
+        }
+    }
+    let mut used = BTreeSet::new();
+    let mut out_shards = Vec::new();
+    let mut ordered: Vec<&&&ParityHeld> = mine.iter().filter(|p| consistent(p)).collect();
+    ordered.sort_by_key(|p| (p.shard, p.host.clone()));
+    for p in ordered {
+        if members.len() + out_shards.len() >= k {
+            break;
+        }
+        let Some(&holder) = holder_of.get(p.host.as_str()) else {
+            continue;
+        };
+        if hosts.get(holder as usize) != Some(&p.host) || !used.insert(p.shard) {
+            continue;
+        }
+        out_shards.push(ShardSource {
+            shard: p.shard,
+            holder,
+            host: p.host.clone(),
+            dir: p.dir.clone(),
+            local: p.local,
+        });
+    }
+    members.truncate(k.saturating_sub(out_shards.len()));
+    if members.len() + out_shards.len() < k {
+        return None;
+    }
+    Some((
+        ParitySource {
+            index,
+            members,
+            shards: out_shards,
+            lens: first.lens.clone(),
+            hashes: first.hashes.clone(),
+            locals: first.locals.clone(),
+            shard_bytes: first.shard_bytes,
+            m: first.m,
+        },
+        first.app.clone(),
+    ))
 }
 
 #[cfg(test)]
@@ -239,7 +424,116 @@ mod tests {
         assert!(p.is_empty());
     }
 
+    /// Ranks 0,1 on a; 2,3 on b; groups {0,2} and {1,3}; shard j of each group on the
+    /// host of member j (a for shard 0, b for shard 1). L1 copies only, no L2.
+    fn with_parity(seq: u64) -> (Vec<Held>, Vec<ParityHeld>) {
+        let held: Vec<Held> = (0..4u32)
+            .map(|r| held(if r < 2 { "a" } else { "b" }, r, true, seq))
+            .collect();
+        let mut parity = Vec::new();
+        for (g, members) in [[0u32, 2], [1, 3]].iter().enumerate() {
+            for j in 0..2u32 {
+                parity.push(ParityHeld {
+                    host: if j == 0 { "a" } else { "b" }.into(),
+                    dir: format!("parity-{g}-{j}"),
+                    shard: j,
+                    m: 2,
+                    seq,
+                    step: seq * 10,
+                    world: 4,
+                    local: seq,
+                    members: members.to_vec(),
+                    locals: vec![seq, seq],
+                    lens: vec![100, 120],
+                    hashes: vec!["h0".into(), "h1".into()],
+                    shard_bytes: 128,
+                    app: BTreeMap::new(),
+                });
+            }
+        }
+        (held, parity)
+    }
+
+    #[test]
+    fn lost_host_is_rebuilt_from_parity_without_partner_copies() {
+        let (held, parity) = with_parity(5);
+        let on_a = |h: &String| h == "a";
+        let held: Vec<Held> = held.into_iter().filter(|h| on_a(&h.host)).collect();
+        let parity: Vec<ParityHeld> = parity.into_iter().filter(|p| on_a(&p.host)).collect();
+        let p = plan_with_parity(&held, &parity, &hosts());
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].level, 3);
+        assert_eq!(p[0].from_parity(), vec![2, 3]);
+        let RankSource::Parity(ps) = &p[0].sources[2] else {
+            panic!("{:?}", p[0].sources[2]);
+        };
+        // Member 0 (rank 0) sends its blob, shard 0 comes from host a (rank 0).
+        assert_eq!(ps.index, 1);
+        assert_eq!(ps.members, vec![(0, 0, 5)]);
+        assert_eq!(ps.shards.len(), 1);
+        assert_eq!((ps.shards[0].shard, ps.shards[0].holder), (0, 0));
+        // Without parity, the same survivors plan nothing.
+        assert!(plan(&held, &hosts()).is_empty());
+    }
+
+    #[test]
+    fn parity_never_covers_more_than_it_can() {
+        let (held, parity) = with_parity(5);
+        // Rank 0's L1 lost as well as host b: group {0, 2} has only shard 0 left.
+        let held: Vec<Held> = held.into_iter().filter(|h| h.subject == 1).collect();
+        let parity: Vec<ParityHeld> = parity.into_iter().filter(|p| p.host == "a").collect();
+        assert!(plan_with_parity(&held, &parity, &hosts()).is_empty());
+        // A member whose L1 copy is another checkpoint than the parity recorded is not
+        // used for the rebuild.
+        let (mut held, parity) = with_parity(5);
+        held.retain(|h| h.host == "a");
+        held[0].local = 9;
+        let parity: Vec<ParityHeld> = parity.into_iter().filter(|p| p.host == "a").collect();
+        assert!(plan_with_parity(&held, &parity, &hosts())
+            .iter()
+            .all(|p| !matches!(p.sources[2], RankSource::Parity(_))));
+    }
+
+    #[test]
+    fn copies_win_over_parity() {
+        let (held, parity) = with_parity(5);
+        let p = plan_with_parity(&held, &parity, &hosts());
+        assert_eq!(p[0].level, 1);
+        let mut held = held;
+        for r in 2..4 {
+            held.push(self::held("a", r, false, 5));
+        }
+        held.retain(|h| h.host == "a");
+        let p = plan_with_parity(&held, &parity, &hosts());
+        assert_eq!((p[0].level, p[0].from_parity().len()), (2, 0));
+    }
+
     proptest! {
+        /// Whatever subset of L1 copies and parity shards survives, a plan rebuilds a
+        /// rank from parity only with k shards in all (members reading their own copy,
+        /// as recorded, plus shards on live hosts), and never the rank itself.
+        #[test]
+        fn parity_plans_always_have_k_shards(keep in proptest::collection::vec(any::<bool>(), 8)) {
+            let (held, parity) = with_parity(3);
+            let held: Vec<Held> = held.into_iter().zip(keep[..4].iter()).filter(|(_, k)| **k).map(|(h, _)| h).collect();
+            let parity: Vec<ParityHeld> = parity.into_iter().zip(keep[4..].iter()).filter(|(_, k)| **k).map(|(h, _)| h).collect();
+            for p in plan_with_parity(&held, &parity, &hosts()) {
+                for (r, s) in p.sources.iter().enumerate() {
+                    if let RankSource::Parity(ps) = s {
+                        prop_assert_eq!(ps.members.len() + ps.shards.len(), 2);
+                        for (_, u, local) in &ps.members {
+                            prop_assert_ne!(*u, r as u32);
+                            prop_assert!(held.iter().any(|h| h.subject == *u && h.local == *local && h.primary));
+                        }
+                        for sh in &ps.shards {
+                            prop_assert!(parity.iter().any(|q| q.host == sh.host && q.dir == sh.dir && q.members.contains(&(r as u32))));
+                        }
+                    }
+                }
+            }
+        }
+
+
         /// Whatever subset of copies survives, a planned checkpoint names, for every
         /// rank, a copy that exists, of that rank's part, with a holder on its host.
         #[test]
@@ -252,6 +546,7 @@ mod tests {
                     let found = match s {
                         RankSource::Local { dir, local } => some.iter().any(|h| h.seq == p.seq && h.subject == r as u32 && &h.dir == dir && h.local == *local && h.host == hs[r]),
                         RankSource::Remote { holder, host, dir, local } => hs[*holder as usize] == *host && some.iter().any(|h| h.seq == p.seq && h.subject == r as u32 && &h.dir == dir && h.local == *local && &h.host == host),
+                        RankSource::Parity(_) => false,
                     };
                     prop_assert!(found, "rank {r} of plan {p:?}");
                 }

@@ -25,7 +25,7 @@ use lazarus::coord::meta::{self, RecordedCost};
 use lazarus::format::{utc_time, CheckpointId, ChunkDigest};
 use lazarus::store::{CommitStatus, RepoReader};
 use serde::Serialize;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -42,7 +42,8 @@ pub struct Args {
     #[arg(long)]
     pub parts: bool,
     /// Multi-level jobs (docs/LEVELS.md): one row per job-wide checkpoint number saying
-    /// which levels hold it (L4: the repository's id; L1/L2: how many ranks' parts).
+    /// which levels hold it (L4: the repository's id; L1/L2: how many ranks' parts; L3:
+    /// how many of the parity groups' shards).
     #[arg(long)]
     pub levels: bool,
     /// With --levels: the node-local root [default: the job's default,
@@ -59,13 +60,28 @@ struct LevelRow {
     l4: Option<u64>,
     l1: Vec<u32>,
     l2: Vec<u32>,
+    /// Parity shards held: (group members, shard index).
+    l3: Vec<(Vec<u32>, u32)>,
+    /// Each parity group seen, with its number of shards.
+    groups: BTreeMap<Vec<u32>, u32>,
+}
+
+impl LevelRow {
+    /// `held/expected` parity shards, `-` without any.
+    fn l3_text(&self) -> String {
+        if self.groups.is_empty() {
+            return "-".into();
+        }
+        let expected: u32 = self.groups.values().sum();
+        format!("{}/{}", self.l3.len(), expected)
+    }
 }
 
 /// `lazarus inspect --levels`: which levels hold each job-wide checkpoint.
 fn levels_table(args: &Args) -> CmdResult {
-    use std::collections::BTreeMap;
     let root = super::verify::l1_root(&args.repo, args.l1_dir.as_deref());
     let held = lazarus::levels::scan(&root)?;
+    let parity = lazarus::levels::scan_parity(&root)?;
     let mut rows: BTreeMap<u64, LevelRow> = BTreeMap::new();
     if let Ok(reader) = RepoReader::open(&args.repo) {
         for c in reader.committed()? {
@@ -90,12 +106,26 @@ fn levels_table(args: &Args) -> CmdResult {
             v.push(h.subject);
         }
     }
+    for p in &parity {
+        let r = rows.entry(p.seq).or_insert_with(|| LevelRow {
+            step: p.step,
+            world: p.world,
+            ..LevelRow::default()
+        });
+        r.groups.insert(p.members.clone(), p.m);
+        let key = (p.members.clone(), p.shard);
+        if !r.l3.contains(&key) {
+            r.l3.push(key);
+        }
+    }
     if args.json {
         let list: Vec<serde_json::Value> = rows
             .iter()
             .map(|(seq, r)| {
                 serde_json::json!({"seq": seq, "step": r.step, "world": r.world, "l4": r.l4,
-                    "l1_ranks": r.l1.len(), "l2_ranks": r.l2.len()})
+                    "l1_ranks": r.l1.len(), "l2_ranks": r.l2.len(),
+                    "l3_shards": r.l3.len(),
+                    "l3_shards_expected": r.groups.values().sum::<u32>()})
             })
             .collect();
         outln!(
@@ -106,20 +136,22 @@ fn levels_table(args: &Args) -> CmdResult {
     }
     outln!("node-local root: {}", root.display())?;
     outln!(
-        "{:>6} {:>8} {:>8} {:>10} {:>10}",
+        "{:>6} {:>8} {:>8} {:>10} {:>10} {:>10}",
         "number",
         "step",
         "L4 id",
         "L1 parts",
-        "L2 parts"
+        "L2 parts",
+        "L3 shards"
     )?;
     for (seq, r) in rows.iter().rev() {
         outln!(
-            "{seq:>6} {:>8} {:>8} {:>10} {:>10}",
+            "{seq:>6} {:>8} {:>8} {:>10} {:>10} {:>10}",
             r.step,
             r.l4.map_or("-".to_string(), |i| i.to_string()),
             format!("{}/{}", r.l1.len(), r.world),
             format!("{}/{}", r.l2.len(), r.world),
+            r.l3_text(),
         )?;
     }
     Ok(ExitCode::SUCCESS)

@@ -71,7 +71,11 @@ pub struct Args {
     /// Exported as LAZARUS_L2_EVERY.
     #[arg(long, value_name = "N")]
     l2_every: Option<u32>,
-    /// With --l1-every/--l2-every: write every N-th checkpoint to the repository, L4
+    /// Add every N-th checkpoint to the Reed-Solomon parity of the rank's parity group on
+    /// other hosts, L3 (0: never). Exported as LAZARUS_L3_EVERY.
+    #[arg(long, value_name = "N")]
+    l3_every: Option<u32>,
+    /// With --l1-every/--l2-every/--l3-every: write every N-th checkpoint to the repository, L4
     /// (0: never) [default: 1]. Exported as LAZARUS_L4_EVERY.
     #[arg(long, value_name = "N")]
     l4_every: Option<u32>,
@@ -134,6 +138,7 @@ fn config(
     for (name, v) in [
         (lazarus::levels::L1_EVERY_ENV, a.l1_every),
         (lazarus::levels::L2_EVERY_ENV, a.l2_every),
+        (lazarus::levels::L3_EVERY_ENV, a.l3_every),
         (lazarus::levels::L4_EVERY_ENV, a.l4_every),
     ] {
         if let Some(v) = v {

@@ -27,11 +27,11 @@ pub struct Args {
     #[arg(long)]
     pub json: bool,
     /// Which level of a multi-level job (docs/LEVELS.md): `l4` (the repository, the
-    /// default), `l1` (every rank's node-local repository) or `l2` (every partner copy),
-    /// found under --l1-dir.
-    #[arg(long, value_name = "l1|l2|l4", default_value = "l4")]
+    /// default), `l1` (every rank's node-local repository), `l2` (every partner copy) or
+    /// `l3` (every parity shard repository), found under --l1-dir.
+    #[arg(long, value_name = "l1|l2|l3|l4", default_value = "l4")]
     pub level: String,
-    /// With --level l1/l2: the node-local root [default: the job's default,
+    /// With --level l1/l2/l3: the node-local root [default: the job's default,
     /// /dev/shm/lazarus-<hash of REPO>].
     #[arg(long, value_name = "DIR")]
     pub l1_dir: Option<PathBuf>,
@@ -44,11 +44,11 @@ pub(crate) fn l1_root(repo: &std::path::Path, given: Option<&std::path::Path>) -
         .unwrap_or_else(|| lazarus::levels::default_root(&lazarus::store::repo_location(repo)))
 }
 
-/// `lazarus verify --level l1|l2`: every level repository under the node-local root,
-/// each verified like a repository (every chunk re-hashed).
-fn verify_level(args: &Args, primary: bool) -> CmdResult {
+/// `lazarus verify --level l1|l2|l3`: every level repository under the node-local root
+/// whose name starts with `prefix`, each verified like a repository (every chunk
+/// re-hashed; for L3 the parity shards).
+fn verify_level(args: &Args, prefix: &str) -> CmdResult {
     let root = l1_root(&args.repo, args.l1_dir.as_deref());
-    let prefix = if primary { "rank-" } else { "partner-of-" };
     let mut bad = 0usize;
     let mut seen = 0usize;
     let mut hosts: Vec<_> = match std::fs::read_dir(&root) {
@@ -107,10 +107,13 @@ fn verify_level(args: &Args, primary: bool) -> CmdResult {
 pub fn main(args: Args) -> CmdResult {
     match args.level.as_str() {
         "l4" => {}
-        "l1" => return verify_level(&args, true),
-        "l2" => return verify_level(&args, false),
+        "l1" => return verify_level(&args, "rank-"),
+        "l2" => return verify_level(&args, "partner-of-"),
+        "l3" => return verify_level(&args, "parity-"),
         other => {
-            return Err(format!("lazarus verify: --level {other:?}: expected l1, l2 or l4").into())
+            return Err(
+                format!("lazarus verify: --level {other:?}: expected l1, l2, l3 or l4").into(),
+            )
         }
     }
     let reader = RepoReader::open(&args.repo)?;

@@ -2,13 +2,14 @@
 //! loopback ranks (threads, real TCP, real files) on 2 simulated hosts, each number next to
 //! its physical limit measured in the same run: memcpy of the part for L1 (node-local, a
 //! RAM file system when `/dev/shm` exists), L1 + the same bytes over the communicator for
-//! L1+L2 (partner copy), raw write + fsync of the part for L4 (a one-rank checkpoint of
-//! a repository in `--dir`). Then the incremental L1+L2 checkpoint after 1 % of the part
+//! L1+L2 (partner copy), L1 + memcpy + Reed-Solomon encode of the group's parts into 2
+//! parity shards for L1+L3 (parity group), raw write + fsync of the part for L4 (a
+//! one-rank checkpoint of a repository in `--dir`). Then the incremental L1+L2 checkpoint after 1 % of the part
 //! changed, and the bytes it sent to the partner.
 
 use crate::cmd::CmdResult;
 use lazarus::format::{DType, ObjectInfo, ObjectKind, ObjectSpec};
-use lazarus::levels::{Levels, NodeLevels};
+use lazarus::levels::{Due, Levels, NodeLevels};
 use lazarus::net::{loopback_comms, NetConfig, Tag};
 use lazarus::store::{CommitMeta, RepoOptions, Repository};
 use std::io::Write;
@@ -73,16 +74,22 @@ struct Row {
     tcp: Duration,
     l12: Duration,
     l12_incr: Duration,
+    encode: Duration,
+    l13: Duration,
+    l13_floor: Duration,
+    l13_sent: u64,
     incr_sent: u64,
     raw: Duration,
     l4: Duration,
 }
 
-/// One level checkpoint of `data` (L1, plus L2 when `l2`) and how long it took.
+/// One level checkpoint of `data` (L1, plus L2 when `l2`, plus L3 when `l3`) and how
+/// long it took.
 fn timed_level(
     levels: &mut NodeLevels,
     data: &[u8],
     l2: bool,
+    l3: bool,
 ) -> Result<(Duration, lazarus::levels::LevelReceipt), BoxError> {
     let seq = levels.take_seq();
     let meta = CommitMeta {
@@ -90,7 +97,13 @@ fn timed_level(
         app: Default::default(),
     };
     let t0 = Instant::now();
-    let r = levels.checkpoint(seq, &[spec(data)], &meta, l2)?;
+    let due = Due {
+        l1: true,
+        l2,
+        l3,
+        l4: false,
+    };
+    let r = levels.checkpoint(seq, &[spec(data)], &meta, due)?;
     Ok((t0.elapsed(), r))
 }
 
@@ -105,7 +118,7 @@ fn rank(
     let host = format!("sim{}", me * 2 / comm.size());
     let mut levels = NodeLevels::open(
         comm.clone(),
-        Levels::new().l1(1).l2(1).l4(0),
+        Levels::new().l1(1).l2(1).l3(1).l4(0),
         l1_root,
         host,
         RepoOptions::default(),
@@ -117,6 +130,13 @@ fn rank(
     let mut row = Row::default();
     let (mut memcpy, mut l1, mut tcp, mut l12, mut raw, mut l4) =
         (vec![], vec![], vec![], vec![], vec![], vec![]);
+    let (mut encode, mut l13, mut l13_floor) = (vec![], vec![], vec![]);
+    // A group has one member per host (2 here): k = 2 parts, m = 2 shards.
+    let k = levels
+        .groups()
+        .iter()
+        .find(|g| g.contains(&me))
+        .map_or(2, Vec::len);
     let peer = (me + comm.size() / 2) % comm.size();
     let repo_path = l4_root.join(format!("l4-rank-{me}"));
     let mut repo = Repository::open(&repo_path, RepoOptions::default())?;
@@ -127,7 +147,19 @@ fn rank(
         copy.copy_from_slice(&data);
         memcpy.push(t0.elapsed());
         comm.barrier()?;
-        l1.push(timed_level(&mut levels, &data, false)?.0);
+        l1.push(timed_level(&mut levels, &data, false, false)?.0);
+        // RS encode of the group's k parts into 2 shards (this rank's part k times).
+        let t0 = Instant::now();
+        let parts: Vec<&[u8]> = (0..k).map(|_| data.as_slice()).collect();
+        let p = lazarus::levels::parity::encode(&parts, lazarus::levels::l3::shards_for(k))?;
+        encode.push(t0.elapsed());
+        drop(p);
+        l13_floor.push(l1[l1.len() - 1] + memcpy[memcpy.len() - 1] + encode[encode.len() - 1]);
+        round(4 * i as u64 + 3, &mut data);
+        comm.barrier()?;
+        let (t, receipt) = timed_level(&mut levels, &data, false, true)?;
+        l13.push(t);
+        row.l13_sent = receipt.l3_bytes;
         // Raw TCP of the same bytes to the rank on the other host and back from its own.
         comm.barrier()?;
         let t0 = Instant::now();
@@ -136,7 +168,7 @@ fn rank(
         tcp.push(t0.elapsed() + l1[l1.len() - 1]);
         round(4 * i as u64 + 1, &mut data);
         comm.barrier()?;
-        l12.push(timed_level(&mut levels, &data, true)?.0);
+        l12.push(timed_level(&mut levels, &data, true, false)?.0);
         // L4 and its floor.
         round(4 * i as u64 + 2, &mut data);
         comm.barrier()?;
@@ -158,13 +190,13 @@ fn rank(
     }
     // Incremental: 1 % of the part changed since the last L1+L2 checkpoint.
     comm.barrier()?;
-    timed_level(&mut levels, &data, true)?;
+    timed_level(&mut levels, &data, true, false)?;
     let n = bytes / 100;
     for b in &mut data[..n] {
         *b = b.wrapping_add(1);
     }
     comm.barrier()?;
-    let (t, incr) = timed_level(&mut levels, &data, true)?;
+    let (t, incr) = timed_level(&mut levels, &data, true, false)?;
     row.l12_incr = t;
     row.incr_sent = incr.l2_bytes;
     row.memcpy = median(memcpy);
@@ -173,6 +205,9 @@ fn rank(
     row.l12 = median(l12);
     row.raw = median(raw);
     row.l4 = median(l4);
+    row.encode = median(encode);
+    row.l13 = median(l13);
+    row.l13_floor = median(l13_floor);
     drop(repo);
     let _ = std::fs::remove_dir_all(&repo_path);
     Ok(row)
@@ -238,6 +273,7 @@ pub fn main(a: Args) -> CmdResult {
     for (name, t, floor) in [
         ("L1 node-local", r.l1, r.memcpy),
         ("L1+L2 partner copy (all new)", r.l12, r.tcp),
+        ("L1+L3 parity (all new)", r.l13, r.l13_floor),
         ("L4 durable (one-rank part)", r.l4, r.raw),
     ] {
         writeln!(
@@ -257,8 +293,16 @@ pub fn main(a: Args) -> CmdResult {
     )?;
     writeln!(
         out,
-        "L4 / (L1+L2): {:.1}x (floors: L1 memcpy, L1+L2 L1 + raw loopback TCP of the part, L4 raw write + fsync)",
-        ms(r.l4) / ms(r.l12).max(1e-9)
+        "RS encode of the group's raw parts into 2 shards: {:.1} ms ({:.0} MiB/s of input); L1+L3 sent {} KiB of blobs (the stored, compressed L1 checkpoint) to the other parity holder",
+        ms(r.encode),
+        (bytes as f64 * 2.0 / (1 << 20) as f64) / r.encode.as_secs_f64().max(1e-9),
+        r.l13_sent / 1024
+    )?;
+    writeln!(
+        out,
+        "L4 / (L1+L2): {:.1}x, L4 / (L1+L3): {:.1}x (floors: L1 memcpy, L1+L2 L1 + raw loopback TCP of the part, L1+L3 L1 + memcpy + RS encode, L4 raw write + fsync)",
+        ms(r.l4) / ms(r.l12).max(1e-9),
+        ms(r.l4) / ms(r.l13).max(1e-9)
     )?;
     Ok(ExitCode::SUCCESS)
 }

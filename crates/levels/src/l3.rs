@@ -1,0 +1,273 @@
+//! L3: parity group placement, the parity messages, and the blob a member contributes.
+//!
+//! **Groups.** Hosts in order of first appearance, ranks on a host in rank order: group
+//! g is the g-th rank of every host that has one, in host order, so a group's k members
+//! are on k distinct hosts. A group needs k ≥ 2 (two hosts with a g-th rank); a rank in a
+//! smaller group has no L3 (a warning says so).
+//!
+//! **Parity and where it lives.** Each group keeps m = [`PARITY_SHARDS`] = 2 Reed-Solomon
+//! parity shards over its members' blobs; shard j is computed and stored by member j (on
+//! member j's host, in `<host>/parity-<g>-<j>/`). The rule: the m shards are on m
+//! distinct hosts, each also holding one member. One lost host takes at most one member
+//! and at most one shard, leaving k − 1 members and at least m − 1 = 1 shard: k shards,
+//! enough to rebuild the lost member. Two lost hosts holding members of the same group
+//! are not covered (with m = 2 and both shards on member hosts, they may take both
+//! shards); restore then falls back to an older checkpoint or L4, or refuses.
+//!
+//! **Retention.** A parity shard is only useful while the members' L1 checkpoints it was
+//! computed over exist: with L3 every n checkpoints, every level repository keeps at
+//! least the newest n checkpoints (more than the job's `keep` when n is larger).
+//!
+//! **Blob.** A member's blob is its L1 checkpoint in the form of a [`CopyMsg::Data`]
+//! carrying every chunk and file (canonical order), so a rebuilt blob is installed into
+//! the restarted rank's L1 exactly like an L2 copy. Its BLAKE3 hash is recorded in the
+//! parity COMMIT: a rebuilt blob, and every surviving blob used for the rebuild, is
+//! checked against it before use.
+
+use crate::error::LevelError;
+use crate::partner::{self, CopyMsg};
+use lazarus_format::{CheckpointId, Rank};
+use lazarus_net::{Comm, Tag};
+use lazarus_store::{RepoReader, StoreError};
+use serde::{Deserialize, Serialize};
+
+/// Parity shards per group (see the module docs for why 2).
+pub const PARITY_SHARDS: usize = 2;
+
+/// Checkpoint-space tag of the parity round (member blobs to the parity holders).
+pub(crate) const TAG_PARITY: u32 = 0x302;
+/// Checkpoint-space tag of parity rebuild transfers at restore.
+pub(crate) const TAG_PARITY_REBUILD: u32 = 0x303;
+
+/// The parity groups of a job whose rank r runs on `hosts[r]`: group g is the g-th rank
+/// of every host with one, in host order (module docs). Only groups of at least 2
+/// members are returned; their members are on distinct hosts.
+pub fn parity_groups(hosts: &[String]) -> Vec<Vec<u32>> {
+    let mut order: Vec<&str> = Vec::new();
+    for h in hosts {
+        if !order.contains(&h.as_str()) {
+            order.push(h);
+        }
+    }
+    let per_host: Vec<Vec<u32>> = order
+        .iter()
+        .map(|o| {
+            (0..hosts.len() as u32)
+                .filter(|r| hosts[*r as usize] == *o)
+                .collect()
+        })
+        .collect();
+    let widest = per_host.iter().map(Vec::len).max().unwrap_or(0);
+    (0..widest)
+        .map(|g| per_host.iter().filter_map(|h| h.get(g).copied()).collect())
+        .filter(|g: &Vec<u32>| g.len() >= 2)
+        .collect()
+}
+
+/// The number of parity shards of a group of `k` members.
+pub fn shards_for(k: usize) -> usize {
+    PARITY_SHARDS.min(k)
+}
+
+/// A message of the parity round or of a parity rebuild. Decoded from another rank's
+/// bytes: [`ParityMsg::decode`] checks the framing; the receiver checks every field
+/// against what it expects (fuzz target `levels_parity_msg`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ParityMsg {
+    /// A member's blob for checkpoint `seq` (member index `index` of its group).
+    Blob {
+        /// the job-wide checkpoint number
+        seq: u64,
+        /// the member's index in its group
+        index: u32,
+        /// the checkpoint's id in the member's L1 repository
+        local: u64,
+        /// the blob ([`CopyMsg::Data`] bytes)
+        bytes: Vec<u8>,
+    },
+    /// Parity shard `shard` of checkpoint `seq`.
+    Shard {
+        /// the job-wide checkpoint number
+        seq: u64,
+        /// the shard's index
+        shard: u32,
+        /// its bytes
+        bytes: Vec<u8>,
+    },
+    /// The sender failed; its message.
+    Failed(String),
+}
+
+impl ParityMsg {
+    /// Encodes for the wire (postcard).
+    pub fn encode(&self) -> Vec<u8> {
+        // Serializing owned vectors and strings into a Vec cannot fail.
+        postcard::to_allocvec(self).unwrap_or_default()
+    }
+
+    /// Decodes a message of `from`; refuses trailing bytes.
+    pub fn decode(from: Rank, bytes: &[u8]) -> Result<ParityMsg, LevelError> {
+        let bad = |detail: String| LevelError::Protocol { rank: from, detail };
+        let (msg, rest): (ParityMsg, _) =
+            postcard::take_from_bytes(bytes).map_err(|e| bad(format!("parity message: {e}")))?;
+        if !rest.is_empty() {
+            return Err(bad(format!(
+                "{} trailing bytes after a parity message",
+                rest.len()
+            )));
+        }
+        Ok(msg)
+    }
+
+    /// What kind of message it is, for errors.
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            ParityMsg::Blob { .. } => "a blob",
+            ParityMsg::Shard { .. } => "a parity shard",
+            ParityMsg::Failed(_) => "a failure",
+        }
+    }
+}
+
+/// Sends `msg` to `to` on `tag`.
+pub(crate) fn send(comm: &Comm, to: u32, tag: u32, msg: &ParityMsg) -> Result<(), LevelError> {
+    comm.send_bytes(Rank(to), Tag::checkpoint(tag), msg.encode())?;
+    Ok(())
+}
+
+/// Receives the next message from `from` on `tag`.
+pub(crate) fn recv(comm: &Comm, from: u32, tag: u32) -> Result<ParityMsg, LevelError> {
+    let env = comm.recv_envelope(Some(Rank(from)), Some(Tag::checkpoint(tag)))?;
+    ParityMsg::decode(Rank(from), &env.payload)
+}
+
+/// The blob of checkpoint `id` of `subject`'s repository read by `reader`: every chunk
+/// and file, in a canonical order (chunks by digest, files by name, COMMIT last), so the
+/// same checkpoint always gives the same bytes.
+pub(crate) fn blob(
+    reader: &RepoReader,
+    subject: u32,
+    id: CheckpointId,
+) -> Result<Vec<u8>, StoreError> {
+    let (chunks, _) = partner::checkpoint_files(reader, id)?;
+    let all: Vec<[u8; 32]> = chunks.into_iter().map(|d| d.0).collect();
+    let mut msg = partner::data_msg(reader, subject, id, &all)?;
+    if let CopyMsg::Data { files, chunks, .. } = &mut msg {
+        chunks.sort_by_key(|a| a.0);
+        files.sort_by(|a, b| (a.0 == "COMMIT", &a.0).cmp(&(b.0 == "COMMIT", &b.0)));
+    }
+    Ok(msg.encode())
+}
+
+/// Hex of a BLAKE3 hash.
+pub(crate) fn hash_hex(bytes: &[u8]) -> String {
+    blake3::hash(bytes).to_hex().to_string()
+}
+
+/// Directory name of parity shard `shard` of group `group`.
+pub(crate) fn parity_dir(group: u32, shard: u32) -> String {
+    format!("parity-{group}-{shard}")
+}
+
+/// Reads a parity directory name back: `(group, shard)`.
+pub(crate) fn parse_parity_dir(name: &str) -> Option<(u32, u32)> {
+    let rest = name.strip_prefix("parity-")?;
+    let (g, j) = rest.split_once('-')?;
+    let num = |s: &str| -> Option<u32> {
+        if s.is_empty()
+            || !s.bytes().all(|b| b.is_ascii_digit())
+            || (s.len() > 1 && s.starts_with('0'))
+        {
+            return None;
+        }
+        s.parse().ok()
+    };
+    Some((num(g)?, num(j)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeSet;
+
+    fn hs(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn groups_take_one_rank_per_host() {
+        assert_eq!(
+            parity_groups(&hs(&["a", "a", "b", "b"])),
+            vec![vec![0, 2], vec![1, 3]]
+        );
+        assert_eq!(
+            parity_groups(&hs(&["a", "b", "c", "a", "b", "c"])),
+            vec![vec![0, 1, 2], vec![3, 4, 5]]
+        );
+        // Uneven hosts: the third rank of a has no partner host; no group.
+        assert_eq!(parity_groups(&hs(&["a", "a", "a", "b"])), vec![vec![0, 3]]);
+        assert!(parity_groups(&hs(&["a", "a"])).is_empty());
+    }
+
+    #[test]
+    fn parity_dir_names_round_trip() {
+        assert_eq!(parse_parity_dir(&parity_dir(3, 1)), Some((3, 1)));
+        for bad in [
+            "parity-",
+            "parity-1",
+            "parity-1-",
+            "parity-01-1",
+            "parity-1-x",
+            "rank-1",
+        ] {
+            assert_eq!(parse_parity_dir(bad), None, "{bad}");
+        }
+    }
+
+    proptest! {
+        /// Members of a group are on distinct hosts, every rank is in at most one group,
+        /// and the m parity holders (members 0..m) are on m distinct hosts: one lost host
+        /// takes at most one member and one shard, so k shards survive.
+        #[test]
+        fn groups_survive_any_one_host_loss(hosts in proptest::collection::vec(0u8..5, 1..16)) {
+            let names: Vec<String> = hosts.iter().map(|h| format!("h{h}")).collect();
+            let groups = parity_groups(&names);
+            let mut seen = BTreeSet::new();
+            for g in &groups {
+                prop_assert!(g.len() >= 2);
+                let on: BTreeSet<&String> = g.iter().map(|r| &names[*r as usize]).collect();
+                prop_assert_eq!(on.len(), g.len());
+                for r in g {
+                    prop_assert!(seen.insert(*r));
+                }
+                let (k, m) = (g.len(), shards_for(g.len()));
+                for lost in &on {
+                    let members_left = g.iter().filter(|r| &&names[**r as usize] != lost).count();
+                    let shards_left = g[..m].iter().filter(|r| &&names[**r as usize] != lost).count();
+                    prop_assert!(members_left + shards_left >= k);
+                }
+            }
+            let distinct = names.iter().collect::<BTreeSet<_>>().len();
+            if distinct >= 2 {
+                // The first rank of every host is always covered.
+                let firsts: BTreeSet<u32> = names.iter().enumerate().filter(|(r, h)| names.iter().position(|x| x == *h) == Some(*r)).map(|(r, _)| r as u32).collect();
+                for f in firsts {
+                    prop_assert!(seen.contains(&f));
+                }
+            }
+        }
+
+        #[test]
+        fn parity_messages_round_trip(seq in any::<u64>(), index in any::<u32>(), bytes in proptest::collection::vec(any::<u8>(), 0..128)) {
+            for m in [ParityMsg::Blob { seq, index, local: seq ^ 1, bytes: bytes.clone() }, ParityMsg::Shard { seq, shard: index, bytes: bytes.clone() }, ParityMsg::Failed("x".into())] {
+                prop_assert_eq!(ParityMsg::decode(Rank(1), &m.encode()).unwrap(), m);
+            }
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic_the_parity_decoder(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = ParityMsg::decode(Rank(0), &bytes);
+        }
+    }
+}

@@ -1,0 +1,28 @@
+//! The L3 parity protocol's decoder (`lazarus_levels::l3::ParityMsg::decode`), and the
+//! parity rebuild fed with what it carries: another rank's bytes must decode or be
+//! refused, never panic; what decodes re-encodes to a message that decodes to itself; a
+//! shard of any length with any recorded layout is refused or rebuilds, never panics.
+#![no_main]
+
+use lazarus_format::Rank;
+use lazarus_levels::l3::ParityMsg;
+use lazarus_levels::parity::{rebuild, Layout};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(m) = ParityMsg::decode(Rank(1), data) {
+        let again = ParityMsg::decode(Rank(1), &m.encode()).expect("re-encoded message decodes");
+        assert_eq!(again, m);
+        if let ParityMsg::Shard { shard, bytes, seq } = &m {
+            // A layout as a damaged parity COMMIT could record it (small, to stay fast).
+            let k = (seq % 4) as usize + 1;
+            let layout = Layout {
+                shard_bytes: (seq >> 8) as usize % 512,
+                lens: (0..k as u64).map(|i| (seq >> (16 + i)) % 300).collect(),
+                m: (*shard as usize % 3) + 1,
+            };
+            let present: Vec<(usize, &[u8])> = Vec::new();
+            let _ = rebuild(&layout, &present, &[(*shard as usize, bytes.as_slice())]);
+        }
+    }
+});
