@@ -285,6 +285,10 @@ impl<A: Policy, B: Policy> Policy for Either<A, B> {
         self.0.checkpoint_taken(at, cost);
         self.1.checkpoint_taken(at, cost);
     }
+    fn flush_completed(&mut self, flush: Duration) {
+        self.0.flush_completed(flush);
+        self.1.flush_completed(flush);
+    }
 }
 
 /// A running job: owns the (locked) repository, the checkpoint policy and the step count.
@@ -565,6 +569,8 @@ impl Job {
         match done.result {
             Ok(c) => {
                 let report = CheckpointReport::of(&c, info.step, info.stall, Some(done.flush));
+                // The background time bounds how often checkpoints can be taken (#16.5).
+                self.policy.flush_completed(done.flush);
                 tracing::debug!("{report}");
                 self.last = Some(report);
                 Ok(())

@@ -403,3 +403,54 @@ fn a_rank_that_cannot_write_in_the_background_fails_the_round_on_every_rank() {
     );
     assert!(committed(&repo).is_empty(), "nothing committed");
 }
+
+/// Records what the Job tells its policy.
+#[derive(Clone, Default)]
+struct Spy(std::sync::Arc<std::sync::Mutex<(Vec<Duration>, Vec<Duration>)>>);
+
+impl lazarus::policy::Policy for Spy {
+    fn should_checkpoint(&mut self, _at: lazarus::policy::Opportunity) -> bool {
+        true
+    }
+    fn checkpoint_taken(&mut self, _at: lazarus::policy::Opportunity, cost: Duration) {
+        self.0.lock().unwrap().0.push(cost);
+    }
+    fn flush_completed(&mut self, flush: Duration) {
+        self.0.lock().unwrap().1.push(flush);
+    }
+}
+
+#[test]
+fn the_policy_is_told_the_stall_as_cost_and_the_background_flush_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let spy = Spy::default();
+    let mut job = Job::builder()
+        .repo(&repo)
+        .policy(spy.clone())
+        .open()
+        .unwrap();
+    let s = job.restore_or_init(|| state(0, 1 << 16)).unwrap();
+    for _ in 0..3 {
+        job.checkpoint(&s).unwrap();
+    }
+    let last = *job.flush().unwrap().unwrap();
+    let (costs, flushes) = spy.0.lock().unwrap().clone();
+    assert_eq!(costs.len(), 3, "{costs:?}");
+    // Every committed flush, with the time COMMIT records; the last one too.
+    assert_eq!(flushes.len(), 3, "{flushes:?}");
+    assert_eq!(Some(flushes[2]), last.flush);
+    assert_eq!(costs[2], last.stall);
+    // A synchronous checkpoint has no background part.
+    drop(job);
+    let mut job = Job::builder()
+        .repo(&repo)
+        .sync_writes()
+        .policy(spy.clone())
+        .open()
+        .unwrap();
+    let s = job.restore_or_init(|| state(0, 1 << 16)).unwrap();
+    job.checkpoint_now(&s).unwrap();
+    assert_eq!(spy.0.lock().unwrap().1.len(), 3);
+    assert_eq!(spy.0.lock().unwrap().0.len(), 4);
+}
