@@ -7,7 +7,7 @@ use crate::flush::{self, Flusher, InFlight, Task};
 use crate::report::{CheckpointReport, FreshStart, RestoreReport};
 use crate::restore;
 use lazarus_coord::restore::{AgreeError, Candidate, LoadError, RestoreAgreement, Source, Start};
-use lazarus_coord::{meta, AlignedRuntime, OnAllDamaged, RankStore, Timeouts};
+use lazarus_coord::{meta, AlignedRuntime, OnAllDamaged, RankStore, StartedRound, Timeouts};
 use lazarus_files::{Files, FilesConfig, FilesError};
 use lazarus_format::{count, CheckpointId, LoadedObject, Rank};
 pub use lazarus_levels::Levels;
@@ -76,9 +76,10 @@ impl JobBuilder {
     }
 
     /// Most bytes of staging memory an asynchronous checkpoint may hold (the copy of the
-    /// state written in the background). A state larger than this is checkpointed
-    /// synchronously (the call stalls for the whole write). Default: a quarter of the
-    /// machine's physical memory (1 GiB when unknown). See docs/ASYNC.md.
+    /// state written in the background). A state larger than this is captured in pieces:
+    /// what fits is copied, the rest written inside the call, so the call stalls only for
+    /// what does not fit. Default: a quarter of the machine's physical memory (1 GiB when
+    /// unknown). See docs/ASYNC.md.
     pub fn staging_budget(mut self, bytes: u64) -> Self {
         self.staging_budget = Some(bytes);
         self
@@ -379,6 +380,10 @@ impl<A: Policy, B: Policy> Policy for Either<A, B> {
         self.0.checkpoint_taken(at, cost);
         self.1.checkpoint_taken(at, cost);
     }
+    fn flush_completed(&mut self, flush: Duration) {
+        self.0.flush_completed(flush);
+        self.1.flush_completed(flush);
+    }
 }
 
 /// A running job: owns the (locked) repository, the checkpoint policy and the step count.
@@ -661,6 +666,8 @@ impl Job {
         match done.result {
             Ok(c) => {
                 let report = CheckpointReport::of(&c, info.step, info.stall, Some(done.flush));
+                // The background time bounds how often checkpoints can be taken (#16.5).
+                self.policy.flush_completed(done.flush);
                 tracing::debug!("{report}");
                 self.last = Some(report);
                 Ok(())
@@ -1166,14 +1173,10 @@ impl Job {
             }
         };
         // In the background: neither the final checkpoint (finish returns once it is
-        // committed) nor managed files (their snapshot is mapped, not copied), nor a
-        // state over the staging budget, nor a Job with fast levels (no flusher then;
-        // docs/ASYNC.md).
-        if self.flusher.is_some()
-            && !finished
-            && snap.is_none()
-            && flush::state_bytes(&objects) <= self.staging_budget
-        {
+        // committed) nor managed files (their snapshot is mapped, not copied), nor a Job
+        // with fast levels (no flusher then). A state over the staging budget is captured
+        // in pieces (docs/ASYNC.md).
+        if self.flusher.is_some() && !finished && snap.is_none() {
             drop(snap);
             return self.save_in_background(objects, meta, started);
         }
@@ -1275,15 +1278,26 @@ impl Job {
         started: Instant,
     ) -> Result<CheckpointId, JobError> {
         let step = meta.step;
-        let staged = flush::stage(objects, std::mem::take(&mut self.pool));
+        // Over the budget, the round begins first (its part writer gives the chunk size
+        // to cut at), then what fits is copied and the rest written here.
+        let capture = if flush::borrowed_bytes(&objects) > self.staging_budget {
+            Err(objects)
+        } else {
+            Ok(flush::stage(objects, std::mem::take(&mut self.pool)))
+        };
         let runtime = self.rt()?;
-        let begun = runtime.begin_round(&meta);
-        let mut begun = match begun {
+        let begun = match runtime.begin_round(&meta) {
             Ok(b) => b,
             Err(source) => {
-                self.pool = staged.into_iter().map(|o| o.data.into_owned()).collect();
+                if let Ok(staged) = capture {
+                    self.pool = staged.into_iter().map(|o| o.data.into_owned()).collect();
+                }
                 return Err(JobError::Round { step, source });
             }
+        };
+        let (mut begun, staged) = match capture {
+            Ok(staged) => (begun, staged),
+            Err(objects) => self.capture_in_pieces(objects, begun, &meta)?,
         };
         let stall = started.elapsed();
         begun.set_stall(stall);
@@ -1318,6 +1332,40 @@ impl Job {
             self.absorb(Ok(Some((info, done))))?;
         }
         Ok(checkpoint)
+    }
+
+    /// A state over the staging budget (issue #16 item 3), in the begun round `begun`:
+    /// what fits in the budget is copied into staging (the heads, returned for the
+    /// background flush), the rest written as durable chunks here, inside the call
+    /// (`AlignedRuntime::write_ahead`). So the call stalls for the copy plus the write of
+    /// what does not fit, and staging never holds more than the budget. On failure the
+    /// round is completed with this rank's failed vote before the error is returned.
+    fn capture_in_pieces(
+        &mut self,
+        objects: Vec<lazarus_format::ObjectSpec<'_>>,
+        mut begun: StartedRound,
+        meta: &CommitMeta,
+    ) -> Result<(StartedRound, Vec<lazarus_format::ObjectSpec<'static>>), JobError> {
+        let step = meta.step;
+        let budget = self.staging_budget;
+        let pool = std::mem::take(&mut self.pool);
+        let runtime = held(&mut self.runtime, self.lost)?;
+        let written = runtime.part_chunk_size(&mut begun).and_then(|chunk| {
+            let (heads, tails) = flush::split(objects, budget, chunk);
+            runtime.write_ahead(&mut begun, &tails)?;
+            drop(tails);
+            Ok(flush::stage(heads, pool))
+        });
+        match written {
+            Ok(staged) => Ok((begun, staged)),
+            Err(source) => {
+                // Vote Failed so no rank waits for this one; the round aborts everywhere.
+                if let Err(e) = runtime.complete_round(begun, Err(source.to_string()), meta) {
+                    tracing::debug!("round after a failed write ahead: {e}");
+                }
+                Err(JobError::Round { step, source })
+            }
+        }
     }
 
     /// Managed files (issue #17), restore phase 1 on this rank: check the tree and stage

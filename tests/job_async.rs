@@ -317,37 +317,108 @@ fn commit_records_stall_and_background_flush_separately() {
     );
 }
 
+/// Small chunks, so a 64 KiB budget cuts an array in the middle.
+fn small_chunks() -> lazarus::store::RepoOptions {
+    lazarus::store::RepoOptions {
+        chunk_size: lazarus::store::MIN_CHUNK_SIZE,
+        ..Default::default()
+    }
+}
+
 #[test]
-fn a_state_over_the_staging_budget_is_written_synchronously() {
+fn a_state_over_the_staging_budget_is_captured_in_pieces() {
+    // 128 KiB of xs and 128 KiB of DirtyVec, a 72 KiB budget: xs is cut after 72 KiB
+    // (staged), its tail and the whole DirtyVec are written inside the call, the rest of
+    // the part, the vote and COMMIT in the background.
     let dir = tempfile::tempdir().unwrap();
     let repo = dir.path().join("repo");
-    let mut job = Job::builder()
-        .repo(&repo)
-        .staging_budget(64 << 10)
-        .open()
-        .unwrap();
-    let mut big = job.restore_or_init(|| state(0, 1 << 14)).unwrap(); // 256 KiB
-    let id = job.checkpoint_now(&big).unwrap();
-    // Committed when the call returned: no flush in flight, no staging copy made.
-    assert!(!job.flushing());
-    let r = *job.last_checkpoint().unwrap();
-    assert_eq!((r.checkpoint, r.flush), (id, None), "{r}");
-    scribble(&mut big, 1);
-    drop(job);
-    assert_ne!(restored(&repo, None, 0, 1 << 14), big);
-    // A state under the budget is captured and flushed in the background.
-    let mut job = Job::builder()
-        .repo(&repo)
-        .staging_budget(64 << 10)
-        .open()
-        .unwrap();
-    let restored_big = job.restore_or_init(|| state(0, 1)).unwrap();
-    assert_eq!(restored_big.xs.len(), 1 << 14);
-    let small = state(0, 1 << 10); // 16 KiB
-    let id = job.checkpoint_now(&small).unwrap();
-    let r = *job.flush().unwrap().unwrap();
-    assert_eq!(r.checkpoint, id);
-    assert!(r.flush.is_some(), "{r}");
+    let len = 1 << 14;
+    let mut expected = Vec::new();
+    {
+        let mut job = Job::builder()
+            .repo(&repo)
+            .repo_options(small_chunks())
+            .staging_budget(72 << 10)
+            .keep(10)
+            .open()
+            .unwrap();
+        let mut s = job.restore_or_init(|| state(0, len)).unwrap();
+        for round in 0..3u64 {
+            s.n = round;
+            if let Some(t) = s.tracked.slice_mut(100..101) {
+                t[0] = round;
+            }
+            let id = job.checkpoint_now(&s).unwrap();
+            expected.push((id, copy(&s)));
+            scribble(&mut s, round);
+        }
+        let r = *job.flush().unwrap().unwrap();
+        assert_eq!(r.checkpoint, expected[2].0);
+        // Not a synchronous checkpoint: the staged heads were flushed in the background.
+        assert!(r.flush.is_some(), "{r}");
+    }
+    for (id, want) in &expected {
+        let reader = RepoReader::open(&repo).unwrap();
+        let objects = reader.load_part(*id, lazarus::Rank(0)).unwrap();
+        let mut got = state(9, 1);
+        lazarus::state::restore(&mut got, objects).unwrap();
+        assert_eq!(&got, want, "checkpoint {id}");
+    }
+    assert_eq!(restored(&repo, None, 0, len), expected[2].1);
+}
+
+#[test]
+fn pieces_on_three_ranks() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let len = 1 << 14;
+    let comms = loopback_comms(3, NetConfig::default()).unwrap();
+    let handles: Vec<_> = comms
+        .into_iter()
+        .enumerate()
+        .map(|(r, comm)| {
+            let repo = repo.clone();
+            std::thread::spawn(move || {
+                let r = r as u32;
+                let mut job = Job::builder()
+                    .repo(&repo)
+                    .comm(comm)
+                    .repo_options(small_chunks())
+                    .staging_budget(40 << 10)
+                    .every_steps(2)
+                    .timeouts(timeouts())
+                    .open()
+                    .unwrap();
+                let mut s = job.restore_or_init(|| state(r, len)).unwrap();
+                let mut at = std::collections::BTreeMap::new();
+                while job.step() < 7 {
+                    at.insert(job.step(), copy(&s));
+                    let step = job.checkpoint(&s).unwrap();
+                    scribble(&mut s, step);
+                    s.n = step;
+                }
+                let r = *job.flush().unwrap().unwrap();
+                assert!(r.flush.is_some(), "{r}");
+                at
+            })
+        })
+        .collect();
+    let at: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let newest = committed(&repo).last().map(|c| c.1).unwrap();
+    assert_eq!(newest, 6);
+    let comms = loopback_comms(3, NetConfig::default()).unwrap();
+    let handles: Vec<_> = comms
+        .into_iter()
+        .enumerate()
+        .map(|(r, comm)| {
+            let repo = repo.clone();
+            std::thread::spawn(move || restored(&repo, Some(comm), r as u32, len))
+        })
+        .collect();
+    for (r, h) in handles.into_iter().enumerate() {
+        let got = h.join().unwrap();
+        assert_eq!(Some(&got), at[r].get(&newest), "rank {r}, step {newest}");
+    }
 }
 
 #[test]
@@ -402,4 +473,55 @@ fn a_rank_that_cannot_write_in_the_background_fails_the_round_on_every_rank() {
         results[0].3
     );
     assert!(committed(&repo).is_empty(), "nothing committed");
+}
+
+/// Records what the Job tells its policy.
+#[derive(Clone, Default)]
+struct Spy(std::sync::Arc<std::sync::Mutex<(Vec<Duration>, Vec<Duration>)>>);
+
+impl lazarus::policy::Policy for Spy {
+    fn should_checkpoint(&mut self, _at: lazarus::policy::Opportunity) -> bool {
+        true
+    }
+    fn checkpoint_taken(&mut self, _at: lazarus::policy::Opportunity, cost: Duration) {
+        self.0.lock().unwrap().0.push(cost);
+    }
+    fn flush_completed(&mut self, flush: Duration) {
+        self.0.lock().unwrap().1.push(flush);
+    }
+}
+
+#[test]
+fn the_policy_is_told_the_stall_as_cost_and_the_background_flush_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let spy = Spy::default();
+    let mut job = Job::builder()
+        .repo(&repo)
+        .policy(spy.clone())
+        .open()
+        .unwrap();
+    let s = job.restore_or_init(|| state(0, 1 << 16)).unwrap();
+    for _ in 0..3 {
+        job.checkpoint(&s).unwrap();
+    }
+    let last = *job.flush().unwrap().unwrap();
+    let (costs, flushes) = spy.0.lock().unwrap().clone();
+    assert_eq!(costs.len(), 3, "{costs:?}");
+    // Every committed flush, with the time COMMIT records; the last one too.
+    assert_eq!(flushes.len(), 3, "{flushes:?}");
+    assert_eq!(Some(flushes[2]), last.flush);
+    assert_eq!(costs[2], last.stall);
+    // A synchronous checkpoint has no background part.
+    drop(job);
+    let mut job = Job::builder()
+        .repo(&repo)
+        .sync_writes()
+        .policy(spy.clone())
+        .open()
+        .unwrap();
+    let s = job.restore_or_init(|| state(0, 1 << 16)).unwrap();
+    job.checkpoint_now(&s).unwrap();
+    assert_eq!(spy.0.lock().unwrap().1.len(), 3);
+    assert_eq!(spy.0.lock().unwrap().0.len(), 4);
 }

@@ -177,7 +177,8 @@ fn bench_async_reports_stall_against_memcpy_and_sync_against_raw() {
     let scratch = tempfile::tempdir().unwrap();
     let text = run_ok(
         &[
-            "bench", "async", "--ranks", "2", "--mib", "1", "--rounds", "2",
+            "bench", "async", "--ranks", "2", "--mib", "1", "--rounds", "2", "--steps", "6",
+            "--every", "2",
         ],
         Some(scratch.path()),
     );
@@ -203,5 +204,30 @@ fn bench_async_reports_stall_against_memcpy_and_sync_against_raw() {
             .parse()
             .unwrap_or_else(|e| panic!("{line}: {e}"));
         assert!(ratio.is_finite() && ratio > 0.0, "{line}");
+    }
+    // The step-rate row: steps per second with async and sync checkpoints against none.
+    let line = text
+        .lines()
+        .find(|l| l.contains("step rate"))
+        .unwrap_or_else(|| panic!("no step rate row in:\n{text}"));
+    for key in ["none ", "async ", "sync "] {
+        let rate: f64 = line
+            .split(key)
+            .nth(1)
+            .and_then(|r| r.split("/s").next())
+            .and_then(|r| r.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{key:?} rate in {line}"));
+        assert!(rate.is_finite() && rate > 0.0, "{line}");
+    }
+    // The fork() comparison (unix): the parent's stall and the child's write.
+    if cfg!(unix) {
+        let line = text
+            .lines()
+            .find(|l| l.contains("fork() capture"))
+            .unwrap_or_else(|| panic!("no fork row in:\n{text}"));
+        assert!(
+            line.contains("copy-on-write") && line.contains("child write+fsync"),
+            "{line}"
+        );
     }
 }

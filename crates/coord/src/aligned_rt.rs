@@ -23,6 +23,7 @@ use lazarus_format::{CheckpointId, Epoch, ObjectSpec, Rank};
 use lazarus_net::{Comm, ErrorKind as NetKind, NetError, Tag};
 use lazarus_store::{
     CommitMeta, PartReceipt, PartWriter, RepoOptions, Repository, StoreError, StoreErrorKind,
+    WrittenAhead,
 };
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -204,6 +205,8 @@ pub struct StartedRound {
     writer: Option<PartWriter>,
     marked: bool,
     stall: Option<Duration>,
+    /// Tails of objects already written by [`AlignedRuntime::write_ahead`].
+    ahead: WrittenAhead,
 }
 
 impl StartedRound {
@@ -429,7 +432,70 @@ impl AlignedRuntime {
             writer,
             marked: mark_now,
             stall: None,
+            ahead: WrittenAhead::default(),
         }
+    }
+
+    /// The raw chunk length of this rank's part writer for `started` (opened now if
+    /// needed): objects split between [`AlignedRuntime::write_ahead`] and
+    /// [`AlignedRuntime::complete_round`] must be split at a multiple of it.
+    pub fn part_chunk_size(&mut self, started: &mut StartedRound) -> Result<u64, RoundError> {
+        let w = self.writer_for(started.round, started.writer.take())?;
+        let size = w.chunk_size();
+        started.writer = Some(w);
+        Ok(size)
+    }
+
+    /// Writes, on the calling thread, the tails of objects of the round `started` (each
+    /// `(tail, start)`: the object's bytes from `start` on, see
+    /// [`PartWriter::write_ahead`]); durable when this returns. The part is completed by
+    /// [`AlignedRuntime::complete_round`] with the heads. This is how an asynchronous
+    /// checkpoint larger than its staging budget stalls only for what does not fit
+    /// (docs/ASYNC.md). On error the round is still begun: complete it with `Err(reason)`.
+    pub fn write_ahead(
+        &mut self,
+        started: &mut StartedRound,
+        objects: &[(ObjectSpec<'_>, u64)],
+    ) -> Result<(), RoundError> {
+        if objects.is_empty() {
+            return Ok(());
+        }
+        let w = self.writer_for(started.round, started.writer.take())?;
+        let written = w.write_ahead(self.comm.rank(), objects);
+        started.writer = Some(w);
+        let more = written?;
+        if started.ahead.is_empty() {
+            started.ahead = more;
+            Ok(())
+        } else {
+            Err(ProtocolError::Misuse("write_ahead called twice for one round").into())
+        }
+    }
+
+    /// This rank's part writer for `round`: `own` (rank 0's, from its pending
+    /// checkpoint), else the previous round's, else opened.
+    fn writer_for(
+        &mut self,
+        round: RoundId,
+        own: Option<PartWriter>,
+    ) -> Result<PartWriter, StoreError> {
+        let writer = match (own, &self.writer_template, &self.store) {
+            (Some(w), _, _) => Ok(w),
+            (None, Some(t), _) => t.for_checkpoint(round.ckpt),
+            (None, None, RankStore::Participant { path, options }) => {
+                PartWriter::open(path, round.ckpt, options.clone())
+            }
+            (None, None, RankStore::Coordinator(r)) => {
+                PartWriter::open(r.path(), round.ckpt, r.options().clone())
+            }
+        }
+        .map(|w| w.with_inline_manifest(lazarus_format::MAX_INLINE_MANIFEST));
+        if let Ok(w) = &writer {
+            if !matches!(self.store, RankStore::Coordinator(_)) {
+                self.writer_template = Some(w.clone());
+            }
+        }
+        writer
     }
 
     /// Writes this rank's part of a round started by [`AlignedRuntime::begin_round`] (or
@@ -448,11 +514,12 @@ impl AlignedRuntime {
             writer,
             marked,
             stall,
+            ahead,
         } = started;
         if let Some(stall) = stall {
             self.async_cost = Some((stall, Instant::now()));
         }
-        let written = self.write_own_part(round, &objects, meta.step, writer, !marked);
+        let written = self.write_own_part(round, &objects, meta.step, writer, !marked, &ahead);
         if self.coordinator.is_none() {
             let (round, receipt) = written?;
             return self.await_decision(round, receipt, meta.step);
@@ -693,28 +760,13 @@ impl AlignedRuntime {
         step: u64,
         own_writer: Option<PartWriter>,
         mark: bool,
+        ahead: &WrittenAhead,
     ) -> Result<(RoundId, Option<PartReceipt>), RoundError> {
         let me = self.comm.rank();
         let write_started = Instant::now();
         let result = objects.clone().and_then(|objects| {
-            let writer = match (own_writer, &self.writer_template, &self.store) {
-                (Some(w), _, _) => Ok(w),
-                (None, Some(t), _) => t.for_checkpoint(round.ckpt),
-                (None, None, RankStore::Participant { path, options }) => {
-                    PartWriter::open(path, round.ckpt, options.clone())
-                }
-                (None, None, RankStore::Coordinator(r)) => {
-                    PartWriter::open(r.path(), round.ckpt, r.options().clone())
-                }
-            }
-            .map(|w| w.with_inline_manifest(lazarus_format::MAX_INLINE_MANIFEST));
-            if let Ok(w) = &writer {
-                if !matches!(self.store, RankStore::Coordinator(_)) {
-                    self.writer_template = Some(w.clone());
-                }
-            }
-            writer
-                .and_then(|w| w.write(me, objects))
+            self.writer_for(round, own_writer)
+                .and_then(|w| w.write_with(me, objects, ahead))
                 .map_err(|e| format!("{me}: {e}"))
         });
         self.last_write = write_started.elapsed();

@@ -62,6 +62,11 @@ const MIN_MTBF_S: f64 = 1e-3;
 ///   `min_interval` has passed, at the earliest at the second opportunity.
 /// - Interval: `formula`'s interval for the current `δ`, `M`, `R`, clamped to
 ///   `[min_interval, max_interval]`, recomputed after every checkpoint (cheap at each step).
+/// - Flush time: with asynchronous checkpoints the cost is the stall the program paid,
+///   and the background flush time (reported to [`Policy::flush_completed`], smoothed like
+///   the cost) is a lower bound on the interval: a checkpoint taken sooner would only wait
+///   for the previous flush. The bound applies before `max_interval`, which stays an
+///   upper bound the user chose.
 /// - Clock: the interval counts from the end of the last checkpoint (the model's `τ` is
 ///   work between checkpoints), or from the first opportunity seen.
 #[derive(Clone, Debug)]
@@ -74,6 +79,7 @@ pub struct Adaptive {
     max_interval: Option<Duration>,
     cost: Option<f64>,
     measured: bool,
+    flush: Option<f64>,
     started: Option<Instant>,
     last: Option<Instant>,
     interval: Option<Duration>,
@@ -92,6 +98,7 @@ impl Adaptive {
             max_interval: None,
             cost: None,
             measured: false,
+            flush: None,
             started: None,
             last: None,
             interval: None,
@@ -151,6 +158,11 @@ impl Adaptive {
         self.cost.and_then(|c| Duration::try_from_secs_f64(c).ok())
     }
 
+    /// The smoothed background flush time, once a flush was reported.
+    pub fn flush_estimate(&self) -> Option<Duration> {
+        self.flush.map(secs)
+    }
+
     /// The MTBF the model would use at `now` (exposure grows with time since the first
     /// opportunity).
     pub fn mtbf_estimate(&self, now: Instant) -> Duration {
@@ -171,7 +183,8 @@ impl Adaptive {
             let mtbf = self.mtbf_estimate(now).as_secs_f64();
             let tau = Model::new(cost.max(MIN_COST_S), mtbf, self.restart.as_secs_f64())
                 .map_or(mtbf, |m| m.interval(self.formula));
-            let tau = secs(tau).max(self.min_interval);
+            // No sooner than a background flush completes (issue #16 item 5).
+            let tau = secs(tau.max(self.flush.unwrap_or(0.0))).max(self.min_interval);
             self.max_interval.map_or(tau, |max| tau.min(max))
         });
     }
@@ -212,5 +225,15 @@ impl Policy for Adaptive {
         self.measured = true;
         self.last = Some(at.now);
         self.recompute(at.now);
+    }
+
+    fn flush_completed(&mut self, flush: Duration) {
+        let sample = flush.as_secs_f64();
+        self.flush = Some(match self.flush {
+            Some(old) => old + self.smoothing * (sample - old),
+            None => sample,
+        });
+        // Recomputed at the next opportunity (the MTBF estimate needs a `now`).
+        self.interval = None;
     }
 }

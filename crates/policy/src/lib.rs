@@ -57,6 +57,15 @@ pub trait Policy: Send {
     fn should_checkpoint(&mut self, at: Opportunity) -> bool;
     /// Called after a checkpoint completed (committed) at `at`, having cost `cost`.
     fn checkpoint_taken(&mut self, at: Opportunity, cost: Duration);
+    /// Called when a checkpoint written in the background (docs/ASYNC.md) has committed,
+    /// `flush` after its capture returned: the background part of its cost. The stall the
+    /// program paid was already reported to [`Policy::checkpoint_taken`]. Checkpoints
+    /// cannot usefully be taken more often than a flush completes (the next one waits for
+    /// it), so a policy may use it as a lower bound on its interval; the default ignores
+    /// it.
+    fn flush_completed(&mut self, flush: Duration) {
+        let _ = flush;
+    }
     /// True when the answer depends on `Opportunity::step` alone (not on time or on
     /// measured costs), so every rank of a job can ask its own copy and get the same answer
     /// without communicating. The default, `false`, is never wrong: the job then asks
@@ -72,6 +81,9 @@ impl<P: Policy + ?Sized> Policy for Box<P> {
     }
     fn checkpoint_taken(&mut self, at: Opportunity, cost: Duration) {
         (**self).checkpoint_taken(at, cost)
+    }
+    fn flush_completed(&mut self, flush: Duration) {
+        (**self).flush_completed(flush)
     }
     fn is_step_only(&self) -> bool {
         (**self).is_step_only()

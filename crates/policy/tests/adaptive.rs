@@ -256,3 +256,40 @@ proptest! {
         let _ = s.parse::<PolicySpec>();
     }
 }
+
+#[test]
+fn background_flush_time_is_a_lower_bound_on_the_interval() {
+    // Asynchronous checkpoints (issue #16 item 5): the cost is the 10 ms stall, so Young's
+    // interval is √(2·0.01·1800) = 6 s; but a flush takes 20 s, and a checkpoint taken
+    // before it completes would only wait for it.
+    let mut c = Clock::new();
+    let mut p = Adaptive::new(Formula::Young, MtbfSource::Fixed(s(1800.0))).smoothing(0.5);
+    assert!(!p.should_checkpoint(c.at(0.0)));
+    assert!(p.should_checkpoint(c.at(1.0)));
+    p.checkpoint_taken(c.at(1.01), s(0.01));
+    let tau = p.current_interval().unwrap().as_secs_f64();
+    assert!((tau - 6.0).abs() < 1e-6, "{tau}");
+    p.flush_completed(s(20.0));
+    assert_eq!(p.flush_estimate(), Some(s(20.0)));
+    assert!(!p.should_checkpoint(c.at(1.01 + 6.5)));
+    assert_eq!(p.current_interval(), Some(s(20.0)));
+    assert!(!p.should_checkpoint(c.at(1.01 + 19.9)));
+    assert!(p.should_checkpoint(c.at(1.01 + 20.0)));
+    p.checkpoint_taken(c.at(21.02), s(0.01));
+    // Smoothed like the cost: 20 + 0.5·(4 − 20) = 12 s, still above 6 s.
+    p.flush_completed(s(4.0));
+    assert_eq!(p.flush_estimate(), Some(s(12.0)));
+    assert!(!p.should_checkpoint(c.at(21.02 + 11.9)));
+    assert!(p.should_checkpoint(c.at(21.02 + 12.0)));
+    // A flush shorter than the model's interval changes nothing; min/max still apply.
+    let mut q = Adaptive::new(Formula::Young, MtbfSource::Fixed(s(1800.0)))
+        .initial_cost(s(0.01))
+        .max_interval(s(15.0));
+    q.flush_completed(s(1.0));
+    assert!(!q.should_checkpoint(c.at(100.0)));
+    assert_eq!(q.current_interval(), Some(s(6.0)));
+    q.flush_completed(s(30.0));
+    q.flush_completed(s(30.0));
+    assert!(!q.should_checkpoint(c.at(101.0)));
+    assert_eq!(q.current_interval(), Some(s(15.0)));
+}

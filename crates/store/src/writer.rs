@@ -114,6 +114,35 @@ pub struct PartReceipt {
     pub manifest: Option<Vec<u8>>,
 }
 
+/// The tails of objects whose chunks were written (durably) ahead of their part by
+/// [`PartWriter::write_ahead`]: an asynchronous checkpoint whose state does not fit its
+/// staging budget writes what does not fit inside the call, and the rest of the part
+/// (the staged heads, the manifest) later, with [`PartWriter::write_with`] (docs/ASYNC.md).
+#[derive(Clone, Debug, Default)]
+pub struct WrittenAhead {
+    checkpoint: Option<CheckpointId>,
+    /// Object name → (byte offset where its tail starts, the tail's chunks in order).
+    tails: std::collections::BTreeMap<String, (u64, Vec<ChunkRef>)>,
+    new_bytes: u64,
+    new_chunks: u64,
+}
+
+impl WrittenAhead {
+    /// Bytes of object data written ahead.
+    pub fn bytes(&self) -> u64 {
+        self.tails
+            .values()
+            .flat_map(|(_, c)| c.iter())
+            .map(|c| c.len)
+            .sum()
+    }
+
+    /// True when nothing was written ahead.
+    pub fn is_empty(&self) -> bool {
+        self.tails.is_empty()
+    }
+}
+
 /// Writes rank parts of one pending checkpoint. Cheap to clone, `Send + Sync`; can be built
 /// in another process with [`PartWriter::open`] without holding the repository lock.
 #[derive(Clone, Debug)]
@@ -267,6 +296,107 @@ impl PartWriter {
         self.id
     }
 
+    /// The raw chunk length this writer cuts objects into: a split of an object between
+    /// [`PartWriter::write_ahead`] and [`PartWriter::write_with`] must fall on a multiple.
+    pub fn chunk_size(&self) -> u64 {
+        u64::from(self.opts.chunk_size)
+    }
+
+    /// Writes the *tails* of objects ahead of their part: for each `(object, start)`,
+    /// `object.data` holds the object's bytes from offset `start` (a multiple of
+    /// [`PartWriter::chunk_size`]) to its end, and `object.info` is the whole object's.
+    /// Every chunk is durable when this returns; the part itself (manifest, the heads) is
+    /// written by [`PartWriter::write_with`] given the result, typically later and on
+    /// another thread. Without that write the chunks belong to no part, and GC removes
+    /// them like those of any uncommitted checkpoint. No fingerprint cache and no change
+    /// hints are used or fed: the tails are hashed in full (correct, never stale).
+    pub fn write_ahead(
+        &self,
+        rank: Rank,
+        objects: &[(ObjectSpec<'_>, u64)],
+    ) -> Result<WrittenAhead, StoreError> {
+        self.check_pending()?;
+        let ctx = format!("checkpoint {} {rank} (written ahead)", self.id);
+        let chunk_size = self.opts.chunk_size as usize;
+        let mut jobs = Vec::new();
+        let mut names = HashSet::new();
+        for (i, (o, start)) in objects.iter().enumerate() {
+            if !names.insert(o.info.name.as_str()) || start % chunk_size as u64 != 0 {
+                return Err(StoreError::new(
+                    StoreErrorKind::InvalidArgument,
+                    None,
+                    format!(
+                        "{ctx}: object {:?} given twice or split at {start}, not a multiple of the chunk size {chunk_size}",
+                        o.info.name
+                    ),
+                ));
+            }
+            let shuffle = match &o.info.kind {
+                ObjectKind::Bulk { dtype, .. } => dtype.is_float().then_some(dtype.size() as u8),
+                ObjectKind::Serde => None,
+            };
+            let first = (start / chunk_size as u64) as usize;
+            for (k, piece) in o.data.chunks(chunk_size).enumerate() {
+                jobs.push(Job {
+                    obj: i,
+                    name: o.info.name.as_str(),
+                    index: first + k,
+                    offset: start + (k * chunk_size) as u64,
+                    data: piece,
+                    shuffle,
+                    hint: None,
+                });
+            }
+        }
+        let results = self.write_chunks(&jobs, None, &ctx)?;
+        let mut ahead = WrittenAhead {
+            checkpoint: Some(self.id),
+            ..WrittenAhead::default()
+        };
+        let mut per_obj: Vec<Vec<ChunkRef>> = vec![Vec::new(); objects.len()];
+        let mut dirs = BTreeSet::new();
+        let mut staged = Vec::new();
+        let mut digests = Vec::with_capacity(jobs.len());
+        for (job, r) in jobs.iter().zip(results) {
+            digests.push(r.chunk.digest);
+            ahead.new_bytes += r.new_bytes;
+            if r.new_bytes > 0 {
+                ahead.new_chunks += 1;
+            }
+            if let Some(d) = r.dir {
+                dirs.insert(d);
+            }
+            if let Some(t) = r.staged {
+                staged.push(t);
+            }
+            if let Some(v) = per_obj.get_mut(job.obj) {
+                v.push(r.chunk);
+            }
+        }
+        // Chunks only: durable (file fsyncs, renames, directory fsyncs), no manifest.
+        let b = self.backend.as_ref();
+        let files: Vec<&Staged> = staged.iter().collect();
+        if let Err(e) = b.sync_staged(&files) {
+            staged.into_iter().for_each(|s| b.discard(s));
+            return Err(e.context(&ctx));
+        }
+        let mut rest = staged.into_iter();
+        while let Some(st) = rest.next() {
+            if let Err(e) = b.publish(st) {
+                rest.for_each(|s| b.discard(s));
+                return Err(e.context(&ctx));
+            }
+            failpoint("after_chunk_write");
+        }
+        let dirs: Vec<DirKey> = dirs.into_iter().collect();
+        b.sync_dirs(&dirs).map_err(|e| e.context(&ctx))?;
+        known::good(self.backend.location(), digests);
+        for ((o, start), chunks) in objects.iter().zip(per_obj) {
+            ahead.tails.insert(o.info.name.clone(), (*start, chunks));
+        }
+        Ok(ahead)
+    }
+
     fn check_pending(&self) -> Result<(), StoreError> {
         let dir = DirKey::Checkpoint(self.id);
         if !self.backend.dir_exists(&dir)? {
@@ -291,8 +421,43 @@ impl PartWriter {
     /// renamed, directories fsynced) before this returns. Chunks already present in the
     /// repository are not rewritten. Object names must be unique.
     pub fn write(&self, rank: Rank, objects: &[ObjectSpec<'_>]) -> Result<PartReceipt, StoreError> {
+        self.write_with(rank, objects, &WrittenAhead::default())
+    }
+
+    /// [`PartWriter::write`] of a part some of whose objects' tails were written by
+    /// [`PartWriter::write_ahead`] (for this checkpoint): an object named in `ahead` gives
+    /// here only its head (its bytes before the tail's start, exactly), and its manifest
+    /// entry names the head's chunks followed by the tail's. Every object in `ahead` must be
+    /// among `objects` (with an empty head when it was written ahead whole).
+    pub fn write_with(
+        &self,
+        rank: Rank,
+        objects: &[ObjectSpec<'_>],
+        ahead: &WrittenAhead,
+    ) -> Result<PartReceipt, StoreError> {
         self.check_pending()?;
         let ctx = format!("checkpoint {} {rank}", self.id);
+        if ahead.checkpoint.is_some_and(|c| c != self.id) {
+            return Err(StoreError::new(
+                StoreErrorKind::InvalidArgument,
+                None,
+                format!("{ctx}: chunks written ahead for another checkpoint"),
+            ));
+        }
+        let tail = |name: &str| ahead.tails.get(name);
+        let tail_bytes =
+            |name: &str| tail(name).map_or(0, |(_, c)| c.iter().map(|c| c.len).sum::<u64>());
+        if let Some(name) = ahead
+            .tails
+            .keys()
+            .find(|n| !objects.iter().any(|o| &o.info.name == *n))
+        {
+            return Err(StoreError::new(
+                StoreErrorKind::InvalidArgument,
+                None,
+                format!("{ctx}: object {name:?} was written ahead but is not in the part"),
+            ));
+        }
         let mut names = HashSet::new();
         let chunk_size = self.opts.chunk_size as usize;
         let mut jobs = Vec::new();
@@ -304,10 +469,24 @@ impl PartWriter {
                     format!("{ctx}: object {:?} given twice", o.info.name),
                 ));
             }
+            let head = o.data.len() as u64;
+            if let Some((start, _)) = tail(&o.info.name) {
+                if *start != head {
+                    return Err(StoreError::new(
+                        StoreErrorKind::InvalidArgument,
+                        None,
+                        format!(
+                            "{ctx}: object {:?} has a {head}-byte head but its tail starts at {start}",
+                            o.info.name
+                        ),
+                    ));
+                }
+            }
+            let total = head + tail_bytes(&o.info.name);
             let shuffle = match &o.info.kind {
                 ObjectKind::Bulk { dtype, len, .. } => {
                     let want = len.checked_mul(dtype.size() as u64);
-                    if want != Some(o.data.len() as u64) {
+                    if want != Some(total) {
                         return Err(StoreError::new(
                             StoreErrorKind::InvalidArgument,
                             None,
@@ -315,7 +494,7 @@ impl PartWriter {
                                 "{ctx}: object {:?} declares {len} {} elements but has {} bytes",
                                 o.info.name,
                                 dtype.tag(),
-                                o.data.len()
+                                total
                             ),
                         ));
                     }
@@ -323,7 +502,11 @@ impl PartWriter {
                 }
                 ObjectKind::Serde => None,
             };
-            let hint = o.hint.as_ref().filter(|h| h.len() == o.data.len() as u64);
+            // A split object's hint describes the whole object, not the head: unused.
+            let hint = o
+                .hint
+                .as_ref()
+                .filter(|h| h.len() == total && total == head);
             for (index, piece) in o.data.chunks(chunk_size).enumerate() {
                 jobs.push(Job {
                     obj: i,
@@ -370,8 +553,12 @@ impl PartWriter {
             if let (Some(c), Some(fp)) = (next_cache.as_mut(), r.fp) {
                 cache_obj.push((fp, r.chunk.digest));
                 let last_of_object = jobs.get(k + 1).is_none_or(|n| n.obj != job.obj);
-                if let (true, Some(t)) = (last_of_object, tickets.get(job.obj)) {
-                    c.insert(job.name, *t, std::mem::take(&mut cache_obj));
+                if last_of_object {
+                    let entries = std::mem::take(&mut cache_obj);
+                    // A split object's cache entries would cover its head only: none.
+                    if let (None, Some(t)) = (tail(job.name), tickets.get(job.obj)) {
+                        c.insert(job.name, *t, entries);
+                    }
                 }
             }
             new_bytes += r.new_bytes;
@@ -397,10 +584,15 @@ impl PartWriter {
             objects: objects
                 .iter()
                 .zip(per_obj)
-                .map(|(o, chunks)| ManifestObject {
-                    info: o.info.clone(),
-                    bytes: o.data.len() as u64,
-                    chunks,
+                .map(|(o, mut chunks)| {
+                    if let Some((_, t)) = tail(&o.info.name) {
+                        chunks.extend_from_slice(t);
+                    }
+                    ManifestObject {
+                        info: o.info.clone(),
+                        bytes: o.data.len() as u64 + tail_bytes(&o.info.name),
+                        chunks,
+                    }
                 })
                 .collect(),
         };
@@ -419,7 +611,7 @@ impl PartWriter {
         if let Some(c) = next_cache {
             fpcache::put(root, rank, c);
             for (o, t) in objects.iter().zip(&tickets) {
-                if let Some(h) = &o.hint {
+                if let (Some(h), None) = (&o.hint, tail(&o.info.name)) {
                     h.written(*t);
                 }
             }
@@ -428,10 +620,15 @@ impl PartWriter {
             rank,
             checkpoint: self.id,
             manifest_digest: ChunkDigest::of(&bytes),
-            logical_bytes: objects.iter().map(|o| o.data.len() as u64).sum(),
-            stored_new_bytes: new_bytes,
-            chunks: jobs.len() as u64,
-            new_chunks,
+            logical_bytes: objects.iter().map(|o| o.data.len() as u64).sum::<u64>() + ahead.bytes(),
+            stored_new_bytes: new_bytes + ahead.new_bytes,
+            chunks: jobs.len() as u64
+                + ahead
+                    .tails
+                    .values()
+                    .map(|(_, c)| c.len() as u64)
+                    .sum::<u64>(),
+            new_chunks: new_chunks + ahead.new_chunks,
             cached_chunks,
             hinted_chunks,
             manifest: inline.then_some(bytes),

@@ -3,8 +3,11 @@
 //! same run: a `memcpy` of the same bytes into warm memory (what a capture cannot beat)
 //! and raw write+fsync of the same bytes by every rank at once (what a synchronous
 //! checkpoint cannot beat). Also the capture of an incremental checkpoint of a `DirtyVec`
-//! with 1 % of its pages changed. Ranks are threads over real loopback TCP (the Job API,
-//! one repository), writes are real and fsynced.
+//! with 1 % of its pages changed, the application's step rate with a checkpoint every few
+//! steps against none, and libckpt's forked checkpoint (the child writes the state while
+//! the parent goes on: its stall is `fork()` itself, then copy-on-write faults). Ranks are
+//! threads over real loopback TCP (the Job API, one repository), writes are real and
+//! fsynced.
 
 use crate::cmd::CmdResult;
 use lazarus::net::{loopback_comms, NetConfig};
@@ -15,7 +18,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 /// Flags of `lazarus bench async`.
-#[derive(clap::Args, Debug)]
+#[derive(clap::Args, Clone, Debug)]
 pub struct Args {
     /// Ranks (threads over loopback TCP).
     #[arg(long, default_value_t = 2)]
@@ -32,6 +35,17 @@ pub struct Args {
     /// Directory for the scratch repositories [default: the system temp dir].
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// Application steps per run of the step-rate comparison.
+    #[arg(long, default_value_t = 24)]
+    steps: u64,
+    /// A checkpoint every this many steps in the step-rate comparison.
+    #[arg(long, default_value_t = 4)]
+    every: u64,
+    /// The issue's sizes (#16): run 1 rank x 1024 MiB, then 4 ranks x 256 MiB, in one run
+    /// (`--ranks`/`--mib` are ignored). Needs about 4 x 1 GiB of memory and a few GiB of
+    /// disk bandwidth per mode.
+    #[arg(long)]
+    issue_sizes: bool,
 }
 
 #[derive(Checkpoint)]
@@ -146,6 +160,140 @@ fn run(
     Ok(out[0])
 }
 
+/// How the step-rate comparison checkpoints.
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    Never,
+    Async,
+    Sync,
+}
+
+/// One application step: every word of the state rewritten (a memory-bound sweep, as a
+/// stencil or an optimizer step).
+fn step(data: &mut [u64], step: u64) {
+    data.iter_mut()
+        .for_each(|w| *w = w.wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(step));
+}
+
+/// Rank 0's time for `a.steps` steps with a checkpoint every `a.every` steps (or none),
+/// the final flush not included (it is reported by the flush rows).
+fn step_rate(
+    repo: &Path,
+    a: &Args,
+    mode: Mode,
+) -> Result<Duration, Box<dyn std::error::Error + Send + Sync>> {
+    let words = a.mib << 17;
+    let comms = loopback_comms(a.ranks, NetConfig::default())?;
+    let (steps, every) = (a.steps, a.every.max(1));
+    let handles: Vec<_> = comms
+        .into_iter()
+        .map(|comm| {
+            let repo = repo.to_path_buf();
+            std::thread::spawn(move || -> Result<Duration, String> {
+                let rank = u64::from(comm.rank().0);
+                let mut b = Job::builder().repo(&repo).comm(comm).keep(2);
+                b = match mode {
+                    Mode::Never => b.never_checkpoint(),
+                    Mode::Async => b.every_steps(every),
+                    Mode::Sync => b.every_steps(every).sync_writes(),
+                };
+                let mut job = b.open().map_err(|e| e.to_string())?;
+                let mut s = Full {
+                    data: (0..words as u64)
+                        .map(|i| splitmix(i ^ (rank << 40)))
+                        .collect(),
+                };
+                job.restore_or_init(|| Full { data: Vec::new() })
+                    .map_err(|e| e.to_string())?;
+                // The same loop as a program's: checkpoint at the top, then the step.
+                let t = Instant::now();
+                while job.step() < steps {
+                    let i = job.checkpoint(&s).map_err(|e| e.to_string())?;
+                    step(&mut s.data, i);
+                }
+                let took = t.elapsed();
+                job.flush().map_err(|e| e.to_string())?;
+                std::hint::black_box(&s.data);
+                Ok(took)
+            })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.join().map_err(|_| "rank thread panicked")??);
+    }
+    Ok(out[0])
+}
+
+/// libckpt's forked checkpoint, measured on one process holding `bytes` of state (one
+/// rank's): the parent's stall is `fork()` (copying the page tables, and marking every
+/// page copy-on-write); the child writes the state to a file and fsyncs it while the
+/// parent goes on; the parent's next step then takes a copy-on-write fault on every page
+/// it writes. Returns (fork, the step without a child, the same step right after the
+/// fork, the child's write+fsync).
+///
+/// Safe to measure only where no other thread can hold a lock at the fork: it is called
+/// before this command starts any thread, and the child only calls `write`, `fsync` and
+/// `_exit` on a descriptor and memory prepared before the fork (no allocation).
+#[cfg(unix)]
+fn forked(dir: &Path, bytes: usize) -> std::io::Result<(Duration, Duration, Duration, Duration)> {
+    use std::os::fd::AsRawFd;
+    let mut data: Vec<u64> = (0..bytes as u64 / 8).map(splitmix).collect();
+    // One word per 4 KiB page, the least a step that touches every page writes.
+    let touch = |d: &mut [u64], k: u64| d.iter_mut().step_by(512).for_each(|w| *w ^= k);
+    touch(&mut data, 1);
+    let t = Instant::now();
+    touch(&mut data, 2);
+    let plain = t.elapsed();
+    let path = dir.join("forked");
+    let file = std::fs::File::create(&path)?;
+    let fd = file.as_raw_fd();
+    let (ptr, len) = (data.as_ptr().cast::<u8>(), data.len() * 8);
+    let t = Instant::now();
+    // SAFETY: no other thread exists (see above); the child touches only `fd` and the
+    // memory `ptr..ptr+len`, which it inherited, and leaves with `_exit`.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        let mut off = 0usize;
+        let mut status = 0;
+        while off < len {
+            // SAFETY: `ptr + off .. ptr + len` is inside the child's copy of `data`.
+            let n = unsafe { libc::write(fd, ptr.add(off).cast(), len - off) };
+            if n <= 0 {
+                status = 1;
+                break;
+            }
+            off += n as usize;
+        }
+        // SAFETY: plain system calls on an open descriptor; `_exit` skips atexit handlers
+        // and destructors that belong to the parent.
+        unsafe {
+            if status == 0 && libc::fsync(fd) != 0 {
+                status = 1;
+            }
+            libc::_exit(status)
+        }
+    }
+    if pid < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let fork = t.elapsed();
+    let t = Instant::now();
+    touch(&mut data, 3);
+    let after = t.elapsed();
+    let mut status = 0;
+    // SAFETY: waits for our own child.
+    let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+    let child = t.elapsed() + fork;
+    if r != pid || !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
+        return Err(std::io::Error::other("the forked writer failed"));
+    }
+    drop(file);
+    std::fs::remove_file(&path)?;
+    std::hint::black_box(&data);
+    Ok((fork, plain, after, child))
+}
+
 /// Median of copying `bytes` into an already written buffer (warm pages).
 fn memcpy(bytes: usize, reps: usize) -> Duration {
     let src = vec![7u8; bytes];
@@ -204,6 +352,49 @@ pub fn main(a: Args) -> CmdResult {
     let base = a.dir.clone().unwrap_or_else(std::env::temp_dir);
     let scratch = super::Scratch(base.join(format!("lazarus-bench-async-{}", std::process::id())));
     std::fs::create_dir_all(scratch.path())?;
+    let sizes: Vec<(u32, usize)> = if a.issue_sizes {
+        vec![(1, 1024), (4, 256)]
+    } else {
+        vec![(a.ranks, a.mib)]
+    };
+    // The forked captures first, while this process has no other thread (see `forked`).
+    #[cfg(unix)]
+    let forks: Vec<_> = sizes
+        .iter()
+        .map(|&(_, mib)| forked(scratch.path(), mib << 20))
+        .collect::<Result<_, _>>()?;
+    for (i, &(ranks, mib)) in sizes.iter().enumerate() {
+        let a = Args {
+            ranks,
+            mib,
+            ..a.clone()
+        };
+        let dir = scratch.path().join(format!("{ranks}x{mib}"));
+        std::fs::create_dir_all(&dir)?;
+        report(&dir, &a)?;
+        #[cfg(unix)]
+        if let Some(&(fork, plain, after, child)) = forks.get(i) {
+            let copy = memcpy(mib << 20, a.rounds);
+            outln!(
+                "  fork() capture of one {mib} MiB process: stall {:.2} ms ({:.2}x memcpy); \
+                 next step {:.2} ms vs {:.2} ms without a child (copy-on-write: +{:.2} ms); \
+                 child write+fsync {:.2} ms",
+                ms(fork),
+                fork.as_secs_f64() / copy.as_secs_f64(),
+                ms(after),
+                ms(plain),
+                ms(after.saturating_sub(plain)),
+                ms(child)
+            )?;
+        }
+        #[cfg(not(unix))]
+        let _ = i;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One size: every row but the fork one.
+fn report(scratch: &Path, a: &Args) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let bytes = a.mib << 20;
     outln!(
         "bench async: {} x {} MiB, {} timed checkpoints per mode (load average {})",
@@ -213,10 +404,13 @@ pub fn main(a: Args) -> CmdResult {
         super::load_average().unwrap_or_else(|| "?".into())
     )?;
     let copy = memcpy(bytes, a.rounds);
-    let raw = raw_write(scratch.path(), a.ranks, bytes)?;
-    let (sync_stall, _) = run(&scratch.path().join("sync"), &a, true, false)?;
-    let (async_stall, async_flush) = run(&scratch.path().join("async"), &a, false, false)?;
-    let (inc_stall, inc_flush) = run(&scratch.path().join("inc"), &a, false, true)?;
+    let raw = raw_write(scratch, a.ranks, bytes)?;
+    let (sync_stall, _) = run(&scratch.join("sync"), a, true, false)?;
+    let (async_stall, async_flush) = run(&scratch.join("async"), a, false, false)?;
+    let (inc_stall, inc_flush) = run(&scratch.join("inc"), a, false, true)?;
+    let none = step_rate(&scratch.join("steps-none"), a, Mode::Never)?;
+    let with_async = step_rate(&scratch.join("steps-async"), a, Mode::Async)?;
+    let with_sync = step_rate(&scratch.join("steps-sync"), a, Mode::Sync)?;
     outln!(
         "  memcpy of {} MiB (warm):            {:>9.2} ms",
         a.mib,
@@ -250,5 +444,16 @@ pub fn main(a: Args) -> CmdResult {
         inc_stall.as_secs_f64() / copy.as_secs_f64(),
         ms(inc_flush)
     )?;
-    Ok(ExitCode::SUCCESS)
+    let rate = |d: Duration| a.steps as f64 / d.as_secs_f64().max(1e-9);
+    outln!(
+        "  step rate, {} steps, checkpoint every {}: none {:.2}/s; async {:.2}/s ({:.2}x); sync {:.2}/s ({:.2}x)",
+        a.steps,
+        a.every,
+        rate(none),
+        rate(with_async),
+        rate(with_async) / rate(none),
+        rate(with_sync),
+        rate(with_sync) / rate(none)
+    )?;
+    Ok(())
 }
