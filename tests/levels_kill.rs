@@ -186,31 +186,38 @@ fn lost_host_is_rebuilt_from_partner_copies_without_the_repository() {
     let l1 = dir.path().join("l1");
     let repo = dir.path().join("repo");
     for level in ["l1", "l2"] {
-        let out = std::process::Command::new(common::lazarus_bin())
-            .args(["verify", "--level", level, "--l1-dir"])
-            .arg(&l1)
-            .arg(&repo)
-            .output()
-            .unwrap();
-        let (stdout, stderr) = text(&out);
-        assert!(out.status.success(), "{level}: {stdout}{stderr}");
+        let stdout = level_tool(&["verify", "--level", level], &l1, &repo);
         assert_eq!(stdout.matches("ok: ").count(), 4, "{level}: {stdout}");
     }
+    // The finished checkpoint (step 24) on every rank's L1 and every partner copy; no L4.
+    assert_eq!(
+        levels_row(&level_tool(&["inspect", "--levels"], &l1, &repo), "24"),
+        ["-", "4/4", "4/4", "-"]
+    );
+}
+
+/// Runs `lazarus ARGS --l1-dir L1 REPO`, asserts that it succeeded, returns its stdout.
+fn level_tool(args: &[&str], l1: &Path, repo: &Path) -> String {
     let out = std::process::Command::new(common::lazarus_bin())
-        .args(["inspect", "--levels", "--l1-dir"])
-        .arg(&l1)
-        .arg(&repo)
+        .args(args)
+        .arg("--l1-dir")
+        .arg(l1)
+        .arg(repo)
         .output()
         .unwrap();
     let (stdout, stderr) = text(&out);
-    assert!(out.status.success(), "{stdout}{stderr}");
-    // The finished checkpoint (step 24) on every rank's L1 and every partner copy; no L4.
-    let last = stdout
+    assert!(out.status.success(), "{args:?}: {stdout}{stderr}");
+    stdout
+}
+
+/// The level columns of `inspect --levels` in the row of checkpoint step `step` (the
+/// columns after the step).
+fn levels_row(stdout: &str, step: &str) -> Vec<String> {
+    let row = stdout
         .lines()
-        .find(|l| l.split_whitespace().nth(1) == Some("24"))
-        .unwrap_or_else(|| panic!("no row for step 24:\n{stdout}"));
-    let cols: Vec<&str> = last.split_whitespace().collect();
-    assert_eq!(cols[2..], ["-", "4/4", "4/4", "-"], "{stdout}");
+        .find(|l| l.split_whitespace().nth(1) == Some(step))
+        .unwrap_or_else(|| panic!("no row for step {step}:\n{stdout}"));
+    row.split_whitespace().skip(2).map(str::to_string).collect()
 }
 
 #[test]
@@ -258,29 +265,12 @@ fn lost_host_is_rebuilt_from_parity_without_partner_copies_or_the_repository() {
     assert!(l1.join("sim0/parity-0-0").is_dir() && l1.join("sim1/parity-0-1").is_dir());
     // Tooling: every parity shard verifies; inspect counts L3 shards per checkpoint.
     let repo = dir.path().join("repo");
-    let out = std::process::Command::new(common::lazarus_bin())
-        .args(["verify", "--level", "l3", "--l1-dir"])
-        .arg(&l1)
-        .arg(&repo)
-        .output()
-        .unwrap();
-    let (stdout, stderr) = text(&out);
-    assert!(out.status.success(), "{stdout}{stderr}");
+    let stdout = level_tool(&["verify", "--level", "l3"], &l1, &repo);
     assert_eq!(stdout.matches("ok: ").count(), 4, "{stdout}");
-    let out = std::process::Command::new(common::lazarus_bin())
-        .args(["inspect", "--levels", "--l1-dir"])
-        .arg(&l1)
-        .arg(&repo)
-        .output()
-        .unwrap();
-    let (stdout, stderr) = text(&out);
-    assert!(out.status.success(), "{stdout}{stderr}");
-    let last = stdout
-        .lines()
-        .find(|l| l.split_whitespace().nth(1) == Some("24"))
-        .unwrap_or_else(|| panic!("no row for step 24:\n{stdout}"));
-    let cols: Vec<&str> = last.split_whitespace().collect();
-    assert_eq!(cols[2..], ["-", "4/4", "0/4", "4/4"], "{stdout}");
+    assert_eq!(
+        levels_row(&level_tool(&["inspect", "--levels"], &l1, &repo), "24"),
+        ["-", "4/4", "0/4", "4/4"]
+    );
 }
 
 /// L3 only every 3rd checkpoint (keep 2): the newest parity (number 3, step 6) is older
