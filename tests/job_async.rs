@@ -102,13 +102,7 @@ fn snapshot_isolation_mutating_right_after_checkpoint_returns() {
     let ids: Vec<_> = committed(&repo).iter().map(|c| c.0).collect();
     assert_eq!(ids, expected.iter().map(|e| e.0).collect::<Vec<_>>());
     // Each checkpoint holds the values at its call, not the scribbles after it.
-    for (id, want) in &expected {
-        let reader = RepoReader::open(&repo).unwrap();
-        let objects = reader.load_part(*id, lazarus::Rank(0)).unwrap();
-        let mut got = state(9, 1);
-        lazarus::state::restore(&mut got, objects).unwrap();
-        assert_eq!(&got, want, "checkpoint {id}");
-    }
+    assert_checkpoints_hold(&repo, &expected);
     assert_eq!(restored(&repo, None, 0, len), expected[3].1);
 }
 
@@ -357,13 +351,7 @@ fn a_state_over_the_staging_budget_is_captured_in_pieces() {
         // Not a synchronous checkpoint: the staged heads were flushed in the background.
         assert!(r.flush.is_some(), "{r}");
     }
-    for (id, want) in &expected {
-        let reader = RepoReader::open(&repo).unwrap();
-        let objects = reader.load_part(*id, lazarus::Rank(0)).unwrap();
-        let mut got = state(9, 1);
-        lazarus::state::restore(&mut got, objects).unwrap();
-        assert_eq!(&got, want, "checkpoint {id}");
-    }
+    assert_checkpoints_hold(&repo, &expected);
     assert_eq!(restored(&repo, None, 0, len), expected[2].1);
 }
 
@@ -524,4 +512,15 @@ fn the_policy_is_told_the_stall_as_cost_and_the_background_flush_time() {
     job.checkpoint_now(&s).unwrap();
     assert_eq!(spy.0.lock().unwrap().1.len(), 3);
     assert_eq!(spy.0.lock().unwrap().0.len(), 4);
+}
+
+/// Each checkpoint `id` of `repo` holds rank 0's state `want` (the values at its call).
+fn assert_checkpoints_hold(repo: &Path, expected: &[(CheckpointId, S)]) {
+    let reader = RepoReader::open(repo).unwrap();
+    for (id, want) in expected {
+        let objects = reader.load_part(*id, lazarus::Rank(0)).unwrap();
+        let mut got = state(9, 1);
+        lazarus::state::restore(&mut got, objects).unwrap();
+        assert_eq!(&got, want, "checkpoint {id}");
+    }
 }

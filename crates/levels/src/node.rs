@@ -1066,36 +1066,33 @@ fn kind(m: &CopyMsg) -> &'static str {
 /// Every committed level copy under `root` (every host directory), for tools
 /// (`lazarus inspect --levels`); unreadable entries are logged and left out.
 pub fn scan(root: &Path) -> Result<Vec<Held>, StoreError> {
-    let rd = match std::fs::read_dir(root) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(StoreError::io(root, "listing node-local data", e)),
-    };
-    let mut out = Vec::new();
-    for ent in rd.flatten() {
-        if ent.file_type().is_ok_and(|t| t.is_dir()) {
-            out.extend(scan_host(root, &ent.file_name().to_string_lossy())?.0);
-        }
-    }
-    Ok(out)
+    Ok(scan_hosts(root)?.0)
 }
 
 /// Every committed L3 parity shard under `root` (every host directory), for tools
 /// (`lazarus inspect --levels`, `verify --level l3`); unreadable entries are logged and
 /// left out.
 pub fn scan_parity(root: &Path) -> Result<Vec<ParityHeld>, StoreError> {
+    Ok(scan_hosts(root)?.1)
+}
+
+/// The copies and parity shards of every host directory under `root` (none when `root`
+/// does not exist).
+fn scan_hosts(root: &Path) -> Result<(Vec<Held>, Vec<ParityHeld>), StoreError> {
     let rd = match std::fs::read_dir(root) {
         Ok(rd) => rd,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Default::default()),
         Err(e) => return Err(StoreError::io(root, "listing node-local data", e)),
     };
-    let mut out = Vec::new();
+    let (mut copies, mut shards) = (Vec::new(), Vec::new());
     for ent in rd.flatten() {
         if ent.file_type().is_ok_and(|t| t.is_dir()) {
-            out.extend(scan_host(root, &ent.file_name().to_string_lossy())?.1);
+            let (c, p) = scan_host(root, &ent.file_name().to_string_lossy())?;
+            copies.extend(c);
+            shards.extend(p);
         }
     }
-    Ok(out)
+    Ok((copies, shards))
 }
 
 /// A parity checkpoint's description from its COMMIT metadata; `None` (with the reason)
