@@ -212,6 +212,47 @@ fn trials(per_case: usize, test: &str) {
     }
 }
 
+/// Running the command again after the program finished runs nothing and says so on
+/// stderr; with the output files opened at offset 0 (as a restarted process inherits
+/// them here), that note overwrote the program's last stderr line (found by the seeded
+/// trials: a kill that landed after the final checkpoint).
+#[test]
+fn rerun_of_a_finished_program_keeps_its_output() {
+    if !toolchain("rerun_of_a_finished_program_keeps_its_output") {
+        return;
+    }
+    let case = &CASES[1];
+    assert_eq!(case.prog, "files");
+    let wasm = program(case.prog);
+    let root = tempfile::tempdir().unwrap();
+    let w = fresh_work(root.path(), "rerun");
+    let repo = w.join("repo");
+    let st = spawn(&wasm, case, &w, Some(&repo), "wasmi", "150ms")
+        .wait()
+        .unwrap();
+    assert!(st.success(), "{}", read(&w.join("stderr")));
+    let first = outcome(&w);
+    assert!(
+        first.stderr.contains("files: stderr line"),
+        "{}",
+        first.stderr
+    );
+    let st = spawn(&wasm, case, &w, Some(&repo), "wasmtime", "150ms")
+        .wait()
+        .unwrap();
+    assert!(st.success(), "{}", read(&w.join("stderr")));
+    let again = outcome(&w);
+    assert_eq!(again.stdout, first.stdout);
+    assert_eq!(again.stderr, first.stderr);
+    assert_eq!(again.files, first.files);
+    // The note is there too, after the program's output.
+    let raw = read(&w.join("stderr"));
+    assert!(
+        raw.ends_with("(use a new --repo to run it again)\n"),
+        "{raw}"
+    );
+}
+
 #[test]
 fn kill9_at_random_moments_resumes_byte_identical() {
     trials(6, "kill9_at_random_moments_resumes_byte_identical");

@@ -224,6 +224,18 @@ fn run_here(cfg: &VmConfig) -> Result<Report> {
     let (mut inst, module) = match resumed {
         Some((id, meta, objs)) => {
             if let Some(code) = meta.exit {
+                // Nothing runs, but the streams are put where the finished run left them
+                // (a file is positioned at the end of the program's output recorded at
+                // exit): whatever is written now, such as the caller's note, follows the
+                // program's output instead of overwriting it from the descriptor's
+                // current offset (test `rerun_of_a_finished_program_keeps_its_output`).
+                let io = |stream: &str, e: std::io::Error| {
+                    VmError::new(VmErrorKind::Io, format!("{stream}: {e}"))
+                };
+                crate::wasi::Output::resume(1, &meta.wasi.stdout, cfg.markers)
+                    .map_err(|e| io("stdout", e))?;
+                crate::wasi::Output::resume(2, &meta.wasi.stderr, false)
+                    .map_err(|e| io("stderr", e))?;
                 report.exit_code = code;
                 report.already_finished = true;
                 report.resumed = Some((id, meta.steps));
