@@ -3,6 +3,10 @@
 //! written inside the call), a state under it costs one copy; the peak resident memory (VmHWM) over the state stays within the budget
 //! plus a documented constant. Its own test binary: VmHWM is per process.
 
+mod common;
+
+use common::peak_rss;
+
 use lazarus::{Checkpoint, Job};
 
 /// What the writer and the runtime may hold besides the staging copy (compression buffers
@@ -12,16 +16,6 @@ const SLACK: u64 = 48 << 20;
 #[derive(Checkpoint)]
 struct Big {
     data: Vec<u64>,
-}
-
-fn peak_rss() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM in /proc/self/status");
-    kib * 1024
 }
 
 fn state(bytes: usize, seed: u64) -> Big {

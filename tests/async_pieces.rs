@@ -5,6 +5,10 @@
 //! the restore gives the exact values at the call. Its own test binary: VmHWM is per
 //! process.
 
+mod common;
+
+use common::peak_rss;
+
 use lazarus::{Checkpoint, Job};
 
 /// What the writer and the runtime may hold besides the staging copy (compression
@@ -16,16 +20,6 @@ const SLACK: u64 = 48 << 20;
 struct Big {
     a: Vec<u64>,
     b: Vec<f64>,
-}
-
-fn peak_rss() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM in /proc/self/status");
-    kib * 1024
 }
 
 fn word(i: u64, seed: u64) -> u64 {
