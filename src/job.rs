@@ -11,7 +11,7 @@ use lazarus_coord::{meta, AlignedRuntime, OnAllDamaged, RankStore, StartedRound,
 use lazarus_files::{Files, FilesConfig, FilesError};
 use lazarus_format::{count, CheckpointId, LoadedObject, Rank};
 pub use lazarus_levels::Levels;
-use lazarus_levels::{Due, LoadOutcome, NodeLevels};
+use lazarus_levels::{Due, LevelClock, LoadOutcome, NodeLevels};
 use lazarus_net::Comm;
 use lazarus_policy::{EveryInterval, EverySteps, Opportunity, Policy};
 use lazarus_state::Checkpoint;
@@ -247,10 +247,10 @@ impl JobBuilder {
                 }
                 Some(l)
             }
-            Some(l) if l.periods().2 != 1 => {
+            Some(l) if l.periods()[3] != lazarus_levels::Period::Checkpoints(1) => {
                 return Err(JobError::Config(format!(
                     "levels: l4 every {} without a fast level (l1/l2/l3) would only skip checkpoints; use every_steps",
-                    l.periods().2
+                    l.periods()[3]
                 )))
             }
             _ => None,
@@ -301,6 +301,7 @@ impl JobBuilder {
         };
         Ok(Job {
             levels,
+            level_clock: LevelClock::new(Instant::now()),
             runtime: Some(runtime),
             comm,
             flusher,
@@ -520,6 +521,8 @@ pub struct Job {
     last: Option<CheckpointReport>,
     /// The fast checkpoint levels, when configured (docs/LEVELS.md).
     levels: Option<NodeLevels>,
+    /// When each level was last written (levels scheduled by time).
+    level_clock: LevelClock,
 }
 
 impl std::fmt::Debug for Job {
@@ -1122,10 +1125,17 @@ impl Job {
         let (seq, due) = match &mut self.levels {
             Some(l) => {
                 let seq = l.take_seq();
-                let mut due = l.levels().due(seq);
+                let now = Instant::now();
+                let mut due = l.levels().due_at(seq, &self.level_clock, now);
+                if l.levels().has_intervals() && self.comm.size() > 1 {
+                    // Time is rank 0's: every rank must write the same levels.
+                    let mut bits = due.to_bits();
+                    self.comm.clone().broadcast(Rank(0), &mut bits)?;
+                    due = Due::from_bits(bits);
+                }
                 if finished {
                     // The job's result goes where it lasts: the durable repository if any.
-                    if l.levels().periods().2 > 0 {
+                    if l.levels().has_l4() {
                         due.l4 = true;
                     } else {
                         due.l1 = true;
@@ -1203,6 +1213,7 @@ impl Job {
                 Some(r) => r?,
                 None => return Err(JobError::Config("no level due for this checkpoint".into())),
             };
+            self.level_clock.written(due, Instant::now());
             let id = CheckpointId(seq.unwrap_or(0));
             self.saved_at = Some(step);
             let report = CheckpointReport {
@@ -1245,6 +1256,14 @@ impl Job {
             }
         };
         let done = done.map_err(|source| JobError::Round { step, source })?;
+        let written = match fast {
+            Some(Ok(_)) => due,
+            _ => Due {
+                l4: true,
+                ..Due::default()
+            },
+        };
+        self.level_clock.written(written, Instant::now());
         self.saved_at = Some(step);
         flush::retain(
             held(&mut self.runtime, self.lost)?,

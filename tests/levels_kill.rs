@@ -196,6 +196,42 @@ fn lost_host_is_rebuilt_from_partner_copies_without_the_repository() {
     );
 }
 
+#[test]
+fn levels_scheduled_by_time_agree_across_ranks_and_restore() {
+    // L2 and L4 by time, far longer than the run: never due until `finish` writes L4.
+    // Rank 0's clock decides and every rank follows (a rank deciding alone would deadlock
+    // or mismatch the partner exchange); a killed rank still restores from L1.
+    let dir = tempfile::tempdir().unwrap();
+    let levels = ["--l1-every", "1", "--l2-every", "1h", "--l4-every", "1h"];
+    let out = run(dir.path(), &levels, &format!("{STEPS},2,9,rank1"));
+    let (_, stderr) = text(&out);
+    assert_eq!(checksum(&out), reference(), "{stderr}");
+    assert!(
+        stderr.contains("restored checkpoint 4 at step 8 from L1 node-local"),
+        "{stderr}"
+    );
+    assert_eq!(
+        durable_checkpoints(&dir.path().join("repo")),
+        1,
+        "only the final checkpoint goes to L4"
+    );
+    assert!(
+        !dir.path().join("l1/sim1/partner-of-0").exists(),
+        "no partner copy is due within an hour"
+    );
+}
+
+#[test]
+fn l3_parity_by_time_is_refused_before_any_rank_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let levels = ["--l1-every", "1", "--l3-every", "5s"];
+    let out = run(dir.path(), &levels, &format!("{STEPS},2,0,none"));
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("l3 every 5s"), "{stderr}");
+    assert!(!dir.path().join("repo").exists(), "nothing was started");
+}
+
 /// Runs `lazarus ARGS --l1-dir L1 REPO`, asserts that it succeeded, returns its stdout.
 fn level_tool(args: &[&str], l1: &Path, repo: &Path) -> String {
     let out = std::process::Command::new(common::lazarus_bin())

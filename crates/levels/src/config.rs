@@ -1,9 +1,14 @@
 //! Which levels a checkpoint goes to, where node-local data lives, and which host a rank
 //! runs on.
 
+use std::fmt;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::{Duration, Instant};
 
-/// `LAZARUS_L1_EVERY`: write every n-th checkpoint to L1 (0: never).
+/// `LAZARUS_L1_EVERY`: write every n-th checkpoint to L1 (0: never), or the first
+/// checkpoint at least a duration after the previous L1 write (`30s`, `5m`, `1h`, `500ms`;
+/// see [`Period`]). The same syntax holds for the other `*_EVERY` variables.
 pub const L1_EVERY_ENV: &str = "LAZARUS_L1_EVERY";
 /// `LAZARUS_L2_EVERY`: copy every n-th checkpoint to the partner rank's host (0: never).
 pub const L2_EVERY_ENV: &str = "LAZARUS_L2_EVERY";
@@ -21,9 +26,104 @@ pub const HOST_ENV: &str = "LAZARUS_HOST";
 /// `sim<r*k/n>` (ignored when `LAZARUS_HOST` is set).
 pub const SIM_HOSTS_ENV: &str = "LAZARUS_SIM_HOSTS";
 
+/// How often one level is written.
+///
+/// A count is deterministic: every rank computes the same answer from the job-wide
+/// checkpoint number. An interval is decided by rank 0's clock and broadcast with the
+/// checkpoint, so every rank writes the same levels (docs/LEVELS.md, "Schedule").
+///
+/// ```
+/// use lazarus_levels::Period;
+/// use std::time::Duration;
+/// assert_eq!("5".parse::<Period>(), Ok(Period::Checkpoints(5)));
+/// assert_eq!("0".parse::<Period>(), Ok(Period::Never));
+/// assert_eq!("10m".parse::<Period>(), Ok(Period::Interval(Duration::from_secs(600))));
+/// assert!("10 parsecs".parse::<Period>().is_err());
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Period {
+    /// The level is off.
+    #[default]
+    Never,
+    /// Every n-th checkpoint (n ≥ 1) of the job-wide numbering.
+    Checkpoints(u32),
+    /// The first checkpoint at least this long after the level was last written (or after
+    /// the job's start in this incarnation).
+    Interval(Duration),
+}
+
+impl Period {
+    /// A count of checkpoints; 0 means [`Period::Never`].
+    pub fn checkpoints(n: u32) -> Self {
+        if n == 0 {
+            Period::Never
+        } else {
+            Period::Checkpoints(n)
+        }
+    }
+
+    /// True unless [`Period::Never`].
+    pub fn is_on(&self) -> bool {
+        *self != Period::Never
+    }
+
+    /// Whether checkpoint `seq` is due, `since` after the level was last written.
+    fn due(&self, seq: u64, since: Duration) -> bool {
+        match *self {
+            Period::Never => false,
+            Period::Checkpoints(n) => n > 0 && seq % u64::from(n) == 0,
+            Period::Interval(d) => since >= d,
+        }
+    }
+}
+
+impl fmt::Display for Period {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Period::Never => f.write_str("0"),
+            Period::Checkpoints(n) => write!(f, "{n}"),
+            Period::Interval(d) if d.subsec_millis() != 0 || d.as_secs() == 0 => {
+                write!(f, "{}ms", d.as_millis())
+            }
+            Period::Interval(d) => write!(f, "{}s", d.as_secs()),
+        }
+    }
+}
+
+impl FromStr for Period {
+    type Err = String;
+
+    /// `N` (checkpoints, 0 = never) or a duration `N` + `ms`, `s`, `m` or `h`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let bad = || {
+            format!(
+                "{s:?}: expected a number of checkpoints (0 = never) or a duration such as 500ms, 30s, 10m, 2h"
+            )
+        };
+        let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (num, unit) = s.split_at(digits);
+        let n: u64 = num.parse().map_err(|_| bad())?;
+        let millis = match unit {
+            "" => return u32::try_from(n).map(Period::checkpoints).map_err(|_| bad()),
+            "ms" => Some(n),
+            "s" => n.checked_mul(1_000),
+            "m" => n.checked_mul(60_000),
+            "h" => n.checked_mul(3_600_000),
+            _ => None,
+        };
+        match millis {
+            Some(0) => Ok(Period::Never),
+            Some(ms) => Ok(Period::Interval(Duration::from_millis(ms))),
+            None => Err(bad()),
+        }
+    }
+}
+
 /// The schedule: each level is written on every n-th checkpoint of the job (the job-wide
-/// checkpoint number, counted from 1 across restarts), 0 meaning never. The default is
-/// today's behaviour: L4 on every checkpoint, no fast level.
+/// checkpoint number, counted from 1 across restarts), or on the first checkpoint at least
+/// an interval after its previous write ([`Period`]). The default is today's behaviour:
+/// L4 on every checkpoint, no fast level.
 ///
 /// ```
 /// use lazarus_levels::Levels;
@@ -33,20 +133,20 @@ pub const SIM_HOSTS_ENV: &str = "LAZARUS_SIM_HOSTS";
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Levels {
-    l1: u32,
-    l2: u32,
-    l3: u32,
-    l4: u32,
+    /// L1, L2, L3, L4.
+    every: [Period; 4],
     dir: Option<PathBuf>,
 }
 
 impl Default for Levels {
     fn default() -> Self {
         Levels {
-            l1: 0,
-            l2: 0,
-            l3: 0,
-            l4: 1,
+            every: [
+                Period::Never,
+                Period::Never,
+                Period::Never,
+                Period::Checkpoints(1),
+            ],
             dir: None,
         }
     }
@@ -71,10 +171,48 @@ impl Due {
     pub fn fast(&self) -> bool {
         self.l1 || self.l2 || self.l3
     }
+
+    /// One byte (bit i: level i + 1), for broadcasting rank 0's decision.
+    pub fn to_bits(self) -> u8 {
+        u8::from(self.l1) | u8::from(self.l2) << 1 | u8::from(self.l3) << 2 | u8::from(self.l4) << 3
+    }
+
+    /// The inverse of [`Due::to_bits`] (higher bits ignored).
+    pub fn from_bits(b: u8) -> Self {
+        Due {
+            l1: b & 1 != 0,
+            l2: b & 2 != 0,
+            l3: b & 4 != 0,
+            l4: b & 8 != 0,
+        }
+    }
 }
 
-fn every(n: u32, seq: u64) -> bool {
-    n > 0 && seq % u64::from(n) == 0
+/// When each level was last written, for [`Period::Interval`] schedules (one per job
+/// incarnation: intervals count from the job's start, not across restarts).
+#[derive(Clone, Debug)]
+pub struct LevelClock {
+    last: [Instant; 4],
+}
+
+impl LevelClock {
+    /// Every level "written" at `now` (the job's start).
+    pub fn new(now: Instant) -> Self {
+        LevelClock { last: [now; 4] }
+    }
+
+    /// Records that the levels in `due` were written at `now`.
+    pub fn written(&mut self, due: Due, now: Instant) {
+        for (i, on) in [due.l1, due.l2, due.l3, due.l4].into_iter().enumerate() {
+            if on {
+                self.last[i] = now;
+            }
+        }
+    }
+
+    fn since(&self, now: Instant) -> [Duration; 4] {
+        self.last.map(|t| now.saturating_duration_since(t))
+    }
 }
 
 impl Levels {
@@ -84,27 +222,44 @@ impl Levels {
     }
 
     /// Node-local copy on every `n`-th checkpoint (0: never).
-    pub fn l1(mut self, n: u32) -> Self {
-        self.l1 = n;
-        self
+    pub fn l1(self, n: u32) -> Self {
+        self.every(0, Period::checkpoints(n))
     }
 
     /// Partner copy on every `n`-th checkpoint (0: never).
-    pub fn l2(mut self, n: u32) -> Self {
-        self.l2 = n;
-        self
+    pub fn l2(self, n: u32) -> Self {
+        self.every(1, Period::checkpoints(n))
     }
 
     /// Reed-Solomon parity of the rank's parity group on every `n`-th checkpoint (0:
     /// never; docs/LEVELS.md, "L3 parity").
-    pub fn l3(mut self, n: u32) -> Self {
-        self.l3 = n;
-        self
+    pub fn l3(self, n: u32) -> Self {
+        self.every(2, Period::checkpoints(n))
     }
 
     /// Durable repository on every `n`-th checkpoint (0: never).
-    pub fn l4(mut self, n: u32) -> Self {
-        self.l4 = n;
+    pub fn l4(self, n: u32) -> Self {
+        self.every(3, Period::checkpoints(n))
+    }
+
+    /// Sets the period of level `level` (1 to 4; others are ignored), by count or by
+    /// interval:
+    ///
+    /// ```
+    /// use lazarus_levels::{Levels, Period};
+    /// use std::time::Duration;
+    /// let l = Levels::new().l1(1).period(4, Period::Interval(Duration::from_secs(3600)));
+    /// assert!(l.validate().is_ok() && !l.due(1).l4);
+    /// ```
+    pub fn period(self, level: u8, p: Period) -> Self {
+        match level {
+            1..=4 => self.every(usize::from(level - 1), p),
+            _ => self,
+        }
+    }
+
+    fn every(mut self, i: usize, p: Period) -> Self {
+        self.every[i] = p;
         self
     }
 
@@ -119,80 +274,113 @@ impl Levels {
         self.dir.as_deref()
     }
 
-    /// The periods `(l1, l2, l4)`.
-    pub fn periods(&self) -> (u32, u32, u32) {
-        (self.l1, self.l2, self.l4)
+    /// The periods of L1, L2, L3 and L4.
+    pub fn periods(&self) -> [Period; 4] {
+        self.every
     }
 
-    /// The L3 parity period (0: never).
-    pub fn l3_every(&self) -> u32 {
-        self.l3
+    /// True when L2 partner copies are on.
+    pub fn has_l2(&self) -> bool {
+        self.every[1].is_on()
+    }
+
+    /// True when L3 parity is on.
+    pub fn has_l3(&self) -> bool {
+        self.every[2].is_on()
+    }
+
+    /// True when the durable repository is written at all.
+    pub fn has_l4(&self) -> bool {
+        self.every[3].is_on()
+    }
+
+    /// True when some level is scheduled by time, so rank 0 decides and broadcasts.
+    pub fn has_intervals(&self) -> bool {
+        self.every.iter().any(|p| matches!(p, Period::Interval(_)))
     }
 
     /// True when a fast level is configured (otherwise the job runs exactly as without
     /// levels).
     pub fn is_multilevel(&self) -> bool {
-        self.l1 > 0 || self.l2 > 0 || self.l3 > 0
+        self.every[..3].iter().any(Period::is_on)
     }
 
-    /// The levels checkpoint number `seq` goes to.
+    /// The levels checkpoint number `seq` goes to, counting periods only (an interval
+    /// level is never due here; see [`Levels::due_at`]).
     pub fn due(&self, seq: u64) -> Due {
-        let l2 = every(self.l2, seq);
-        let l3 = every(self.l3, seq);
+        self.due_since(seq, [Duration::ZERO; 4])
+    }
+
+    /// The levels checkpoint number `seq` goes to at `now`, with `clock` saying when each
+    /// level was last written.
+    pub fn due_at(&self, seq: u64, clock: &LevelClock, now: Instant) -> Due {
+        self.due_since(seq, clock.since(now))
+    }
+
+    fn due_since(&self, seq: u64, since: [Duration; 4]) -> Due {
+        let [l1, l2, l3, l4] = [0, 1, 2, 3].map(|i| self.every[i].due(seq, since[i]));
         Due {
-            l1: l2 || l3 || every(self.l1, seq),
+            l1: l2 || l3 || l1,
             l2,
             l3,
-            l4: every(self.l4, seq),
+            l4,
         }
     }
 
     /// Refuses a schedule that writes nothing.
     pub fn validate(&self) -> Result<(), String> {
-        if self.l1 == 0 && self.l2 == 0 && self.l3 == 0 && self.l4 == 0 {
+        if !self.every.iter().any(Period::is_on) {
             return Err(
                 "levels: every level is off (l1, l2, l3 and l4 are 0): no checkpoint would be written"
                     .into(),
             );
         }
-        if self.is_multilevel() && self.l1 != 1 && self.l2 != 1 && self.l3 != 1 && self.l4 != 1 {
-            // Otherwise some checkpoints the policy asks for would go nowhere.
+        if let Period::Interval(d) = self.every[2] {
+            // Node-local retention keeps the newest n checkpoints so that the newest parity
+            // round's members are still there; with a time period there is no such n.
             return Err(format!(
-                "levels: one of l1, l2, l3, l4 must be 1 so that every checkpoint goes to some level (got l1={}, l2={}, l3={}, l4={})",
-                self.l1, self.l2, self.l3, self.l4
+                "levels: l3 every {}: L3 parity takes a number of checkpoints, not a duration (its members' L1 copies are kept for that many checkpoints)",
+                Period::Interval(d)
+            ));
+        }
+        if self.is_multilevel() && !self.every.contains(&Period::Checkpoints(1)) {
+            // Otherwise some checkpoints the policy asks for would go nowhere.
+            let [l1, l2, l3, l4] = self.every;
+            return Err(format!(
+                "levels: one of l1, l2, l3, l4 must be 1 so that every checkpoint goes to some level (got l1={l1}, l2={l2}, l3={l3}, l4={l4})"
             ));
         }
         Ok(())
     }
 
     /// The schedule from `LAZARUS_L1_EVERY`, `LAZARUS_L2_EVERY`, `LAZARUS_L3_EVERY`,
-    /// `LAZARUS_L4_EVERY` and
+    /// `LAZARUS_L4_EVERY` (each a [`Period`]: `N` checkpoints or a duration) and
     /// `LAZARUS_L1_DIR` (what `lazarus run --l1-every ...` exports to every rank); `None`
-    /// when none of the `*_EVERY` variables is set.
+    /// when none of the `*_EVERY` variables is set. An error names the variable.
     pub fn from_env() -> Result<Option<Levels>, String> {
-        let read = |name: &str| -> Result<Option<u32>, String> {
+        let read = |name: &str| -> Result<Option<Period>, String> {
             match std::env::var(name) {
-                Ok(v) => v.trim().parse::<u32>().map(Some).map_err(|_| {
-                    format!("{name}={v:?}: expected a number of checkpoints (0 = never)")
-                }),
+                Ok(v) => v
+                    .parse::<Period>()
+                    .map(Some)
+                    .map_err(|e| format!("{name}={e}")),
                 Err(std::env::VarError::NotPresent) => Ok(None),
                 Err(std::env::VarError::NotUnicode(_)) => Err(format!("{name} is not UTF-8")),
             }
         };
-        let (l1, l2, l3, l4) = (
-            read(L1_EVERY_ENV)?,
-            read(L2_EVERY_ENV)?,
-            read(L3_EVERY_ENV)?,
-            read(L4_EVERY_ENV)?,
-        );
-        if l1.is_none() && l2.is_none() && l3.is_none() && l4.is_none() {
+        let every = [L1_EVERY_ENV, L2_EVERY_ENV, L3_EVERY_ENV, L4_EVERY_ENV].map(read);
+        let mut l = Levels::new().l4(1);
+        let mut any = false;
+        for (i, p) in every.into_iter().enumerate() {
+            let p = p?;
+            any |= p.is_some();
+            if let Some(p) = p {
+                l = l.every(i, p);
+            }
+        }
+        if !any {
             return Ok(None);
         }
-        let mut l = Levels::new()
-            .l1(l1.unwrap_or(0))
-            .l2(l2.unwrap_or(0))
-            .l3(l3.unwrap_or(0))
-            .l4(l4.unwrap_or(1));
         if let Some(d) = std::env::var_os(L1_DIR_ENV) {
             l = l.dir(PathBuf::from(d));
         }
@@ -295,5 +483,70 @@ mod tests {
         let l = Levels::new().l3(1).l4(0);
         assert!(l.due(1).l1, "L3 parity is computed over the L1 checkpoint");
         assert!(Levels::new().l4(0).validate().is_err());
+    }
+
+    #[test]
+    fn periods_parse_and_print_back() {
+        for (text, p) in [
+            ("0", Period::Never),
+            ("0s", Period::Never),
+            ("7", Period::Checkpoints(7)),
+            (" 12 ", Period::Checkpoints(12)),
+            ("500ms", Period::Interval(Duration::from_millis(500))),
+            ("30s", Period::Interval(Duration::from_secs(30))),
+            ("2h", Period::Interval(Duration::from_secs(7200))),
+        ] {
+            assert_eq!(text.parse::<Period>(), Ok(p), "{text:?}");
+            assert_eq!(p.to_string().parse::<Period>(), Ok(p), "{p} prints back");
+        }
+        for bad in [
+            "",
+            "s",
+            "-1",
+            "1.5s",
+            "5 s",
+            "3d",
+            "99999999999",
+            "18446744073709551615h",
+        ] {
+            let e = bad.parse::<Period>().expect_err(bad);
+            assert!(e.contains("duration"), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn interval_levels_are_due_once_their_time_has_passed() {
+        let t0 = Instant::now();
+        let l = Levels::new()
+            .l1(1)
+            .period(2, Period::Interval(Duration::from_secs(10)))
+            .period(4, Period::Interval(Duration::from_secs(60)));
+        assert!(l.validate().is_ok() && l.has_intervals() && l.has_l2() && l.has_l4());
+        let mut clock = LevelClock::new(t0);
+        let at = |s| t0 + Duration::from_secs(s);
+        assert_eq!(l.due_at(1, &clock, at(5)).to_bits(), 0b0001);
+        assert_eq!(l.due_at(2, &clock, at(10)).to_bits(), 0b0011);
+        clock.written(l.due_at(2, &clock, at(10)), at(10));
+        assert_eq!(
+            l.due_at(3, &clock, at(19)).to_bits(),
+            0b0001,
+            "L2 counts from its last write"
+        );
+        assert_eq!(l.due_at(4, &clock, at(61)).to_bits(), 0b1011);
+        // Without a clock an interval level is never due (the count-only view).
+        assert!(!l.due(1000).l2 && !l.due(1000).l4);
+        // Every level by time: some checkpoints would go nowhere.
+        let only_time = Levels::new()
+            .period(1, Period::Interval(Duration::from_secs(1)))
+            .l4(0);
+        assert!(only_time.validate().is_err());
+        let l3_by_time = Levels::new()
+            .l1(1)
+            .period(3, Period::Interval(Duration::from_secs(1)));
+        let e = l3_by_time.validate().expect_err("L3 by time");
+        assert!(e.contains("l3 every 1s"), "{e}");
+        for b in 0..16u8 {
+            assert_eq!(Due::from_bits(b).to_bits(), b);
+        }
     }
 }

@@ -34,8 +34,8 @@ mod partner;
 pub mod plan;
 
 pub use config::{
-    default_root, host_identity, Due, Levels, HOST_ENV, L1_DIR_ENV, L1_EVERY_ENV, L2_EVERY_ENV,
-    L3_EVERY_ENV, L4_EVERY_ENV, SIM_HOSTS_ENV,
+    default_root, host_identity, Due, LevelClock, Levels, Period, HOST_ENV, L1_DIR_ENV,
+    L1_EVERY_ENV, L2_EVERY_ENV, L3_EVERY_ENV, L4_EVERY_ENV, SIM_HOSTS_ENV,
 };
 pub use error::LevelError;
 pub use node::{

@@ -159,8 +159,12 @@ impl NodeLevels {
             .max(dseq)
             + 1;
         let groups = l3::parity_groups(&hosts);
-        let l3_every = levels.l3_every();
-        if levels.l3_every() > 0 && me == 0 {
+        // L3 is a count (validated): its period, 0 when off.
+        let l3_every = match levels.periods()[2] {
+            crate::Period::Checkpoints(n) => n,
+            _ => 0,
+        };
+        if levels.has_l3() && me == 0 {
             let covered: usize = groups.iter().map(Vec::len).sum();
             if covered < hosts.len() {
                 tracing::warn!(
@@ -171,7 +175,7 @@ impl NodeLevels {
             }
         }
         let partners = partner::partner_map(&hosts);
-        if levels.periods().1 > 0 && partners.iter().all(Option::is_none) && me == 0 {
+        if levels.has_l2() && partners.iter().all(Option::is_none) && me == 0 {
             tracing::warn!(
                 "levels: L2 partner copies need ranks on at least two hosts; all {} ranks run on {host}: L2 is skipped",
                 hosts.len()

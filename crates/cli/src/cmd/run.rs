@@ -64,21 +64,24 @@ pub struct Args {
           value_parser = clap::value_parser!(u32).range(1..=4096))]
     min_ranks: Option<u32>,
     /// Multi-level checkpoints (docs/LEVELS.md): write every N-th checkpoint to the
-    /// node-local level L1 (0: never). Exported as LAZARUS_L1_EVERY.
-    #[arg(long, value_name = "N")]
-    l1_every: Option<u32>,
-    /// Copy every N-th checkpoint to a partner rank on another host, L2 (0: never).
-    /// Exported as LAZARUS_L2_EVERY.
-    #[arg(long, value_name = "N")]
-    l2_every: Option<u32>,
+    /// node-local level L1 (0: never), or, with a unit (500ms, 30s, 10m, 2h), the first
+    /// checkpoint at least that long after the previous L1 write. Exported as
+    /// LAZARUS_L1_EVERY.
+    #[arg(long, value_name = "N|TIME")]
+    l1_every: Option<lazarus::levels::Period>,
+    /// Copy every N-th checkpoint (or one every TIME, as for --l1-every) to a partner rank
+    /// on another host, L2 (0: never). Exported as LAZARUS_L2_EVERY.
+    #[arg(long, value_name = "N|TIME")]
+    l2_every: Option<lazarus::levels::Period>,
     /// Add every N-th checkpoint to the Reed-Solomon parity of the rank's parity group on
-    /// other hosts, L3 (0: never). Exported as LAZARUS_L3_EVERY.
+    /// other hosts, L3 (0: never; a count only). Exported as LAZARUS_L3_EVERY.
     #[arg(long, value_name = "N")]
-    l3_every: Option<u32>,
-    /// With --l1-every/--l2-every/--l3-every: write every N-th checkpoint to the repository, L4
-    /// (0: never) [default: 1]. Exported as LAZARUS_L4_EVERY.
-    #[arg(long, value_name = "N")]
-    l4_every: Option<u32>,
+    l3_every: Option<lazarus::levels::Period>,
+    /// With --l1-every/--l2-every/--l3-every: write every N-th checkpoint (or one every
+    /// TIME, as for --l1-every) to the repository, L4 (0: never) [default: 1]. Exported as
+    /// LAZARUS_L4_EVERY.
+    #[arg(long, value_name = "N|TIME")]
+    l4_every: Option<lazarus::levels::Period>,
     /// Root of the node-local directories (one per host) [default:
     /// /dev/shm/lazarus-<hash of the repository>]. Exported as LAZARUS_L1_DIR.
     #[arg(long, value_name = "DIR")]
@@ -135,6 +138,19 @@ fn config(
     c.incarnation = a.incarnation;
     c.stop_grace = Duration::from_millis(a.stop_grace_ms);
     c.kill_grace = Duration::from_millis(a.kill_grace_ms);
+    let periods = [a.l1_every, a.l2_every, a.l3_every, a.l4_every];
+    if periods.iter().any(Option::is_some) {
+        // Refuse a schedule the ranks would refuse, before starting them.
+        let mut l = lazarus::Levels::new();
+        for (level, p) in (1u8..).zip(periods) {
+            if let Some(p) = p {
+                l = l.period(level, p);
+            }
+        }
+        if l.is_multilevel() {
+            l.validate()?;
+        }
+    }
     for (name, v) in [
         (lazarus::levels::L1_EVERY_ENV, a.l1_every),
         (lazarus::levels::L2_EVERY_ENV, a.l2_every),
