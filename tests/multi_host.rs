@@ -249,13 +249,21 @@ fn job_procs(cl: &Cluster, i: usize) -> Vec<(u32, String)> {
         .collect()
 }
 
+/// Committed checkpoints in a repository directory (0 when it does not exist).
+fn committed_in(repo: &Path) -> usize {
+    std::fs::read_dir(repo.join("checkpoints"))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.path().join("COMMIT").exists())
+                .count()
+        })
+        .unwrap_or(0)
+}
+
 /// Waits until the repository has a committed checkpoint.
 fn wait_first_commit(job: &mut Job, repo: &Path) {
     loop {
-        let committed = std::fs::read_dir(repo.join("checkpoints"))
-            .map(|d| d.flatten().any(|e| e.path().join("COMMIT").exists()))
-            .unwrap_or(false);
-        if committed {
+        if committed_in(repo) > 0 {
             return;
         }
         job.check_deadline("waiting for the first commit");
@@ -380,6 +388,97 @@ fn host_loss(prog: &str, spare: bool) {
         );
     }
     cl.link_up(lost).unwrap();
+}
+
+/// True when some host under `l1` holds a committed level copy whose directory name
+/// starts with `prefix` (`partner-of-`: L2, `parity-`: L3).
+fn has_level_copy(l1: &Path, prefix: &str) -> bool {
+    let dirs = |p: &Path| -> Vec<PathBuf> {
+        std::fs::read_dir(p)
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default()
+    };
+    dirs(l1).iter().flat_map(|host| dirs(host)).any(|copy| {
+        let partner = copy
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with(prefix));
+        partner && committed_in(&copy) > 0
+    })
+}
+
+/// Multi-level checkpoints on separate hosts (issue #15): L1 node-local plus L2 partner
+/// copies or L3 parity, nothing in the repository. A host is lost (its processes killed,
+/// its link down, its node-local directory deleted); its ranks restart on a spare host
+/// with an empty node-local directory, and their parts come back over the network from
+/// the partner copies, or are decoded from the parity, on the surviving hosts. Each rank
+/// learns its host from the supervisor's placement (`LAZARUS_HOST`): the namespaces share
+/// one kernel host name.
+fn fast_level_host_loss(level: &str) {
+    let _s = serial();
+    let Some((cl, agent)) = hosts(&format!("levels host_loss {level}"), 5) else {
+        return;
+    };
+    let lost = ChaCha8Rng::seed_from_u64(seed() ^ 2).gen_range(0..4usize);
+    let h = cl.host_names();
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let l1 = dir.path().join("l1");
+    let mut args = mpirun_args(&agent, &h, 8);
+    args.extend(["--spares".into(), "1".into()]);
+    let every = format!("--{level}-every");
+    for a in ["--l1-every", "1", &every, "1", "--l4-every", "0"] {
+        args.push(a.into());
+    }
+    args.extend(["--l1-dir".into(), l1.display().to_string()]);
+    let mut job = Job::start(&strs(&args), &repo, &program("heat_dvec", STEPS), &[]);
+    let copy = if level == "l2" {
+        "partner-of-"
+    } else {
+        "parity-"
+    };
+    while !has_level_copy(&l1, copy) {
+        job.check_deadline("waiting for the first level copy");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Each host's node-local directory is named after the host the rank was placed on.
+    for host in &h[..4] {
+        assert!(l1.join(host).is_dir(), "no node-local directory for {host}");
+    }
+    cl.link_down(lost).unwrap();
+    let killed = cl.kill_host(lost);
+    assert!(killed >= 4, "only {killed} processes on host {lost}");
+    std::fs::remove_dir_all(l1.join(&h[lost])).unwrap();
+    let err = finish_with_reference(&mut job);
+    assert!(err.contains(&format!("host {} is gone", h[lost])), "{err}");
+    let (a, b) = (2 * lost, 2 * lost + 1);
+    let report = if level == "l2" {
+        format!("from L2 partner copy (rebuilt rank {a}, rank {b} from other hosts)")
+    } else {
+        format!("from L3 parity (host {} lost)", h[lost])
+    };
+    assert!(err.contains(&report), "{err}");
+    assert!(
+        err.contains("no durable checkpoint yet") && !err.contains("from scratch"),
+        "the supervisor must not claim a fresh start: {err}"
+    );
+    assert_eq!(
+        committed_in(&repo),
+        0,
+        "the repository was written: L4 is off"
+    );
+    // The rebuilt ranks' parts are back in the spare host's node-local directory.
+    assert!(l1.join(&h[4]).join(format!("rank-{a}")).is_dir(), "{err}");
+    cl.link_up(lost).unwrap();
+}
+
+#[test]
+fn lost_host_is_rebuilt_from_partner_copies_on_other_hosts() {
+    fast_level_host_loss("l2");
+}
+
+#[test]
+fn lost_host_is_rebuilt_from_parity_on_other_hosts() {
+    fast_level_host_loss("l3");
 }
 
 #[test]

@@ -50,6 +50,9 @@ pub struct FailureReport {
     pub host: Option<String>,
     /// Hosts found gone with this failure (not only a dead process).
     pub lost_hosts: Vec<String>,
+    /// The ranks keep fast checkpoint levels the supervisor does not see:
+    /// `restored` and `lost_time` are then bounds, not the restart point.
+    pub fast_levels: bool,
 }
 
 impl FailureReport {
@@ -81,14 +84,28 @@ impl fmt::Display for FailureReport {
                     r.id.0, r.step
                 )
             }
+            Some(r) if self.fast_levels => write!(
+                f,
+                "; newest durable checkpoint {} at step {} (a fast level may hold a newer one)",
+                r.id.0, r.step
+            )?,
             Some(r) => write!(
                 f,
                 "; newest committed checkpoint {} at step {}",
                 r.id.0, r.step
             )?,
+            None if self.fast_levels => write!(
+                f,
+                "; no durable checkpoint yet (the ranks restore from the fastest level that holds one)"
+            )?,
             None => write!(f, "; no committed checkpoint yet, restarting from scratch")?,
         }
-        write!(f, "; lost {:.2} s of work", self.lost_time.as_secs_f64())?;
+        let at_most = if self.fast_levels { "at most " } else { "" };
+        write!(
+            f,
+            "; lost {at_most}{:.2} s of work",
+            self.lost_time.as_secs_f64()
+        )?;
         if let (Some(s), Some(l)) = (self.last_step, self.lost_steps()) {
             write!(
                 f,
@@ -241,5 +258,58 @@ impl Report {
             "giving up after {max_restarts} restart(s): the last failure was {} in incarnation {}",
             last.failure, last.incarnation
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lazarus_net::launch::FailureKind;
+
+    fn report(restored: Option<RestorePoint>, fast_levels: bool) -> String {
+        FailureReport {
+            incarnation: 0,
+            failure: RankFailure {
+                rank: Rank(1),
+                kind: FailureKind::Signaled(9),
+            },
+            injected: false,
+            at_unix_ms: 0,
+            restored,
+            last_step: None,
+            lost_time: Duration::from_secs(2),
+            dropped_lines: 0,
+            recovery_time: None,
+            restart_latency: None,
+            host: None,
+            lost_hosts: Vec::new(),
+            fast_levels,
+        }
+        .to_string()
+    }
+
+    #[test]
+    fn with_fast_levels_the_durable_checkpoint_is_a_bound_not_the_restart_point() {
+        let point = RestorePoint {
+            id: CheckpointId(3),
+            step: 30,
+            time_unix_ms: 0,
+            finished: false,
+        };
+        let plain = report(None, false);
+        assert!(plain.contains("no committed checkpoint yet, restarting from scratch"));
+        let fast = report(None, true);
+        assert!(!fast.contains("from scratch"), "{fast}");
+        assert!(fast.contains("no durable checkpoint yet"), "{fast}");
+        assert!(fast.contains("lost at most 2.00 s"), "{fast}");
+        let fast = report(Some(point), true);
+        assert!(
+            fast.contains(
+                "newest durable checkpoint 3 at step 30 (a fast level may hold a newer one)"
+            ),
+            "{fast}"
+        );
+        assert!(report(Some(point), false)
+            .contains("newest committed checkpoint 3 at step 30; lost 2.00 s"));
     }
 }

@@ -5,6 +5,7 @@ use crate::plan::{KillPlan, KillTrigger, ResolvedKill};
 use crate::report::{FailureReport, JobEnd, OutputLine, Refusal, Report, RestorePoint};
 use crate::shrink::{self, Shrink};
 use lazarus_format::{count, Rank};
+use lazarus_net::launch::shim::ENV_HOST as HOST_ENV;
 use lazarus_net::launch::{HostSpec, LaunchConfig, LaunchObserver, Launcher};
 use lazarus_net::{JobToken, NetError};
 use lazarus_policy::FailureHistory;
@@ -74,6 +75,10 @@ pub struct SupervisorConfig {
     pub hosts: Vec<HostSpec>,
     /// The last `spares` hosts replace lost ones (SCR-style); see `hosts.rs`.
     pub spares: u32,
+    /// The ranks keep fast checkpoint levels (node-local, partner, parity;
+    /// docs/LEVELS.md) that the supervisor does not read: a restart may resume from a
+    /// newer checkpoint than the repository's newest, and the reports say so.
+    pub fast_levels: bool,
 }
 
 impl SupervisorConfig {
@@ -91,6 +96,7 @@ impl SupervisorConfig {
             shrink: None,
             hosts: Vec::new(),
             spares: 0,
+            fast_levels: false,
         }
     }
 }
@@ -380,6 +386,14 @@ impl Supervisor {
             let mut kills = cfg.kill_plan.resolve(incarnation, n);
             if let Some(p) = &mut pool {
                 launch.hosts = p.placement(n).map_err(SupervisorError::Config)?;
+                // Each rank learns the host the launcher placed it on (multi-level
+                // checkpoints keep node-local copies per host and partners on other
+                // hosts: docs/LEVELS.md); the machine's own name may not tell hosts apart.
+                for (r, host) in (0u32..).zip(&launch.hosts) {
+                    launch
+                        .rank_env
+                        .push((r, HOST_ENV.into(), host.clone().into()));
+                }
                 // Remote ranks are killed by their shim (we have no pid to signal).
                 launch.inject = crate::hosts::inject(&kills);
                 kills.clear();
@@ -526,6 +540,7 @@ impl Supervisor {
                 restart_latency: None,
                 host: outcome.failed_host().map(String::from),
                 lost_hosts: outcome.lost_hosts.clone(),
+                fast_levels: cfg.fast_levels,
             };
             let _ = run_start;
             if let Some(refusal) = s.refusal.take() {

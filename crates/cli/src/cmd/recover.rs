@@ -132,6 +132,26 @@ impl InjectArgs {
 /// Runs the job under the supervisor. Exit status: 0 when the job completed, the last
 /// failure's status after giving up (with a message naming rank and cause), 128+signal when
 /// interrupted.
+/// True when the ranks will keep fast checkpoint levels: a `LAZARUS_L{1,2,3}_EVERY` of
+/// the launch (from `lazarus run --l1-every ...`) or, failing that, of this environment
+/// (which the ranks inherit) is on.
+fn fast_levels_on(launch: &LaunchConfig) -> bool {
+    use lazarus::levels::{Period, L1_EVERY_ENV, L2_EVERY_ENV, L3_EVERY_ENV};
+    [L1_EVERY_ENV, L2_EVERY_ENV, L3_EVERY_ENV]
+        .iter()
+        .any(|name| {
+            let v = launch
+                .env
+                .iter()
+                .rev()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+                .or_else(|| std::env::var_os(name));
+            v.and_then(|v| v.to_str().and_then(|s| s.parse::<Period>().ok()))
+                .is_some_and(|p| p.is_on())
+        })
+}
+
 pub fn supervise(
     launch: LaunchConfig,
     repo: &Path,
@@ -146,6 +166,7 @@ pub fn supervise(
     cfg.hosts = hosts;
     cfg.spares = spares;
     cfg.kill_plan = inject.plan(cfg.launch.ranks)?;
+    cfg.fast_levels = fast_levels_on(&cfg.launch);
     // Rank stop grace: give the survivors a moment to notice the dead peer and exit by
     // themselves, which keeps their stderr free of SIGTERM noise.
     if cfg.launch.stop_grace.is_zero() {
