@@ -1152,6 +1152,11 @@ impl Job {
                 },
             ),
         };
+        if let Some(seq) = seq {
+            // Where this checkpoint call sits in the output, for the supervisor's output
+            // commit after a restore from a level it cannot see (docs/LEVELS.md).
+            self.rt()?.marker(&Marker::Cut { seq, step });
+        }
         // The managed files join the part (issue #17): same round, same cut on every rank.
         let snap = match self.files.as_ref().map(Files::snapshot).transpose() {
             Ok(s) => s,

@@ -96,6 +96,9 @@ fn worker(spec: &str) -> Result<(), Box<dyn Error>> {
         let local: u64 = s.data.iter().fold(0u64, |a, x| a.wrapping_add(*x));
         let all = comm.allgather(&local)?;
         s.mixed = all.iter().fold(s.mixed, |a, x| a.rotate_left(7) ^ x);
+        // One output line per rank and step: the supervisor must release each exactly
+        // once, whichever level the restart restores (`assert_lines_once`).
+        println!("levels line {me} {step}");
     }
     job.finish(&s)?;
     let h = s.data.iter().fold(s.mixed, |a, x| a.rotate_left(5) ^ x);
@@ -140,6 +143,26 @@ fn reference() -> String {
     .clone()
 }
 
+/// Every rank's per-step line was released exactly once, in step order per rank.
+fn assert_lines_once(out: &std::process::Output) {
+    let (stdout, stderr) = text(out);
+    for rank in 0..4 {
+        let steps: Vec<u64> = stdout
+            .lines()
+            .filter_map(|l| {
+                let rest = l.split_once("levels line ")?.1;
+                let (r, s) = rest.split_once(' ')?;
+                (r.parse() == Ok(rank)).then(|| s.trim().parse().ok())?
+            })
+            .collect();
+        let want: Vec<u64> = (0..STEPS).collect();
+        assert_eq!(
+            steps, want,
+            "rank {rank}'s lines\nstdout:\n{stdout}\nstderr:\n{stderr}"
+        );
+    }
+}
+
 /// Committed checkpoints in the durable repository.
 fn durable_checkpoints(repo: &Path) -> usize {
     lazarus::store::RepoReader::open(repo)
@@ -158,6 +181,7 @@ fn killed_rank_restores_from_node_local_copies_without_the_repository() {
     let out = run(dir.path(), &FAST_ONLY, &format!("{STEPS},2,9,rank1"));
     let (_, stderr) = text(&out);
     assert_eq!(checksum(&out), reference(), "{stderr}");
+    assert_lines_once(&out);
     assert!(stderr.contains("rank 1 was killed by signal 9"), "{stderr}");
     assert!(
         stderr.contains("restored checkpoint 4 at step 8 from L1 node-local"),
@@ -173,6 +197,7 @@ fn lost_host_is_rebuilt_from_partner_copies_without_the_repository() {
     let out = run(dir.path(), &FAST_ONLY, &format!("{STEPS},2,9,host1"));
     let (_, stderr) = text(&out);
     assert_eq!(checksum(&out), reference(), "{stderr}");
+    assert_lines_once(&out);
     assert!(
         stderr.contains(
             "restored checkpoint 4 at step 8 from L2 partner copy (rebuilt rank 2, rank 3 from other hosts)"
@@ -417,6 +442,7 @@ fn trial(rng: &mut rand_chacha::ChaCha8Rng) {
         reference(),
         "kill at step {step}, mode {mode}, failpoint {failpoint:?}, parity {parity}\n{stderr}"
     );
+    assert_lines_once(&out);
 }
 
 fn trials(n: usize) {

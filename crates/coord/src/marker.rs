@@ -8,7 +8,8 @@
 //! With `LAZARUS_OUTPUT_MARKERS=1`, a rank writes `"\u{1e}lazarus:part <id> <step>"` once
 //! its part of checkpoint `<id>` is durable, and rank 0 writes
 //! `"\u{1e}lazarus:commit <id> <step>"` after COMMIT; `"\u{1e}lazarus:resumed <id|-> <step>"`
-//! once restored (used to time recovery). Two more tell the supervisor what no restart
+//! once restored (used to time recovery); with fast checkpoint levels,
+//! `"\u{1e}lazarus:cut <seq> <step>"` where each checkpoint call begins. Two more tell the supervisor what no restart
 //! can change: `"\u{1e}lazarus:repo <location>"` (the repository a rank opened,
 //! `lazarus_store::repo_location`) and `"\u{1e}lazarus:refused <message>"` (a restore
 //! error no restart can fix: the supervisor stops instead of restarting).
@@ -33,6 +34,17 @@ pub enum Marker {
     Commit {
         /// checkpoint
         id: CheckpointId,
+        /// its step
+        step: u64,
+    },
+    /// A job with fast checkpoint levels (docs/LEVELS.md) calls checkpoint number `seq`
+    /// (job-wide) at `step` here, before writing it: a position in the rank's output, not
+    /// a claim that anything is durable. After a restart the supervisor keeps the lines
+    /// before the last cut at or below the restored step and drops the rest (the
+    /// re-execution prints those again), whatever level the ranks restored from.
+    Cut {
+        /// job-wide checkpoint number
+        seq: u64,
         /// its step
         step: u64,
     },
@@ -69,6 +81,7 @@ impl Marker {
         match self {
             Marker::Part { id, step } => format!("{MARKER_PREFIX}part {} {step}", id.0),
             Marker::Commit { id, step } => format!("{MARKER_PREFIX}commit {} {step}", id.0),
+            Marker::Cut { seq, step } => format!("{MARKER_PREFIX}cut {seq} {step}"),
             Marker::Resumed { id: Some(id), step } => {
                 format!("{MARKER_PREFIX}resumed {} {step}", id.0)
             }
@@ -127,6 +140,7 @@ impl Marker {
         Some(match (kind, id) {
             (Some("part"), Some(id)) => Ok(Marker::Part { id, step }),
             (Some("commit"), Some(id)) => Ok(Marker::Commit { id, step }),
+            (Some("cut"), Some(id)) => Ok(Marker::Cut { seq: id.0, step }),
             (Some("resumed"), id) => Ok(Marker::Resumed { id, step }),
             _ => Err(format!("unknown marker {text:?}")),
         })
@@ -165,6 +179,7 @@ mod tests {
                 step: 0,
             },
             Marker::Resumed { id: None, step: 0 },
+            Marker::Cut { seq: 12, step: 48 },
             Marker::Resumed {
                 id: Some(CheckpointId(3)),
                 step: 9,

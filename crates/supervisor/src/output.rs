@@ -13,6 +13,11 @@ use lazarus_format::CheckpointId;
 enum Item {
     Line(Vec<u8>),
     Part(CheckpointId),
+    /// A checkpoint call at this step began here (fast levels: [`Marker::Cut`]).
+    Cut(u64),
+    /// A restart whose restore point is not known yet ([`OutputCommit::rollback_deferred`]):
+    /// what precedes it waits for the ranks' `resumed` marker.
+    Restart,
 }
 
 /// Per-rank buffers of held-back stdout lines, released by checkpoint commits.
@@ -60,8 +65,64 @@ impl OutputCommit {
                 self.release()
             }
             Marker::Commit { id, .. } => self.mark_committed(id),
-            Marker::Resumed { .. } | Marker::Repo { .. } | Marker::Refused { .. } => Vec::new(),
+            Marker::Cut { step, .. } => {
+                if let Some(b) = self.ranks.get_mut(rank as usize) {
+                    b.push(Item::Cut(step));
+                }
+                Vec::new()
+            }
+            Marker::Resumed { id, step } => self.resumed(id.map(|_| step)),
+            Marker::Repo { .. } | Marker::Refused { .. } => Vec::new(),
         }
+    }
+
+    /// The ranks restored the state at step `restored` (`None`: they started fresh):
+    /// settles every rank's lines held before a deferred restart. A line before the last
+    /// checkpoint call (cut or part marker) at a step `<= restored` is not printed again by
+    /// the re-execution: released. Every other held line before the restart is printed
+    /// again: dropped. Every rank restores the same checkpoint (the restore is agreed), so
+    /// the first `resumed` marker settles all ranks, also those a shrunk job no longer has.
+    fn resumed(&mut self, restored: Option<u64>) -> Vec<(u32, Vec<u8>)> {
+        let mut out = Vec::new();
+        for (r, buf) in self.ranks.iter_mut().enumerate() {
+            let Some(boundary) = buf.iter().rposition(|i| matches!(i, Item::Restart)) else {
+                continue;
+            };
+            let before: Vec<Item> = buf.drain(..=boundary).collect();
+            // Segment by segment (one per restart that never resumed): each segment's
+            // markers are positions in that incarnation's run.
+            for segment in before.split(|i| matches!(i, Item::Restart)) {
+                let cut = restored.and_then(|s| {
+                    segment.iter().rposition(|i| match i {
+                        Item::Cut(step) => *step <= s,
+                        _ => false,
+                    })
+                });
+                let Some(cut) = cut else { continue };
+                for item in &segment[..cut] {
+                    if let Item::Line(l) = item {
+                        out.push((r as u32, l.clone()));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// After a failure of a job with fast checkpoint levels, before the restart: first
+    /// releases what the durable checkpoint `restored` commits, then keeps every other
+    /// held line until the ranks say which step they restored (their `resumed` marker):
+    /// the supervisor does not see the fast levels, so only the ranks know. Returns the
+    /// lines released now.
+    pub fn rollback_deferred(&mut self, restored: Option<CheckpointId>) -> Vec<(u32, Vec<u8>)> {
+        let released = match restored {
+            Some(id) => self.mark_committed(id),
+            None => Vec::new(),
+        };
+        for b in &mut self.ranks {
+            b.push(Item::Restart);
+        }
+        released
     }
 
     /// Records that checkpoint `id` is committed (e.g. found in the repository after rank 0
@@ -82,12 +143,17 @@ impl OutputCommit {
         };
         let mut out = Vec::new();
         for (r, buf) in self.ranks.iter_mut().enumerate() {
-            let cut = buf
+            // Lines before a deferred restart wait for the ranks' restore point.
+            let start = buf
+                .iter()
+                .rposition(|i| matches!(i, Item::Restart))
+                .map_or(0, |p| p + 1);
+            let cut = buf[start..]
                 .iter()
                 .rposition(|i| matches!(i, Item::Part(id) if *id <= c))
-                .map(|p| p + 1);
+                .map(|p| start + p + 1);
             if let Some(cut) = cut {
-                for item in buf.drain(..cut) {
+                for item in buf.drain(start..cut) {
                     if let Item::Line(l) = item {
                         out.push((r as u32, l));
                     }
@@ -114,10 +180,15 @@ impl OutputCommit {
         (released, dropped)
     }
 
-    /// At the successful end of the job: everything still held, rank by rank.
+    /// At the successful end of the job: everything still held, rank by rank. Lines
+    /// before a deferred restart that no `resumed` marker settled are dropped (without a
+    /// restore point they count as printed again, as after a fresh start).
     pub fn finish(&mut self) -> Vec<(u32, Vec<u8>)> {
         let mut out = Vec::new();
         for (r, b) in self.ranks.iter_mut().enumerate() {
+            if let Some(boundary) = b.iter().rposition(|i| matches!(i, Item::Restart)) {
+                b.drain(..=boundary);
+            }
             for item in b.drain(..) {
                 if let Item::Line(l) = item {
                     out.push((r as u32, l));
@@ -187,5 +258,136 @@ mod tests {
         let (rel, dropped) = o.rollback(Some(CheckpointId(4)));
         assert_eq!(rel, vec![(0, l("x"))]);
         assert_eq!(dropped, 1);
+    }
+}
+
+#[cfg(test)]
+mod fast_level_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn l(s: &str) -> Vec<u8> {
+        s.as_bytes().to_vec()
+    }
+
+    fn cut(step: u64) -> Marker {
+        Marker::Cut { seq: step, step }
+    }
+
+    fn resumed(step: Option<u64>) -> Marker {
+        Marker::Resumed {
+            id: step.map(CheckpointId),
+            step: step.unwrap_or(0),
+        }
+    }
+
+    #[test]
+    fn a_restore_from_a_fast_level_keeps_the_lines_before_its_cut() {
+        // Rank 0 prints a line per step and cuts every 2 steps; no durable checkpoint.
+        let mut o = OutputCommit::new(1);
+        for step in 0..7u64 {
+            if step % 2 == 0 {
+                assert!(o.marker(0, cut(step)).is_empty());
+            }
+            o.line(0, l(&format!("line {step}")));
+        }
+        assert!(o.rollback_deferred(None).is_empty(), "nothing durable");
+        assert_eq!(o.held(), 7, "held until the ranks resume");
+        // The ranks restored step 4 from L1: lines 0..3 are not printed again.
+        let rel = o.marker(0, resumed(Some(4)));
+        let want: Vec<_> = (0..4).map(|s| (0, l(&format!("line {s}")))).collect();
+        assert_eq!(rel, want);
+        assert_eq!(o.held(), 0, "lines 4..6 are printed again: dropped");
+        // The new run goes on as usual.
+        o.line(0, l("line 4"));
+        assert_eq!(o.finish(), vec![(0, l("line 4"))]);
+    }
+
+    #[test]
+    fn a_fresh_start_or_a_restart_that_never_resumed_drops_the_held_lines() {
+        let mut o = OutputCommit::new(2);
+        o.marker(0, cut(2));
+        o.line(0, l("a"));
+        o.line(1, l("b"));
+        o.rollback_deferred(None);
+        // The next incarnation prints a banner and dies before resuming.
+        o.line(0, l("banner"));
+        o.rollback_deferred(None);
+        assert!(o.marker(1, resumed(None)).is_empty());
+        assert_eq!(o.held(), 0);
+        // A deferred restart no rank settled: dropped at the end, never printed twice.
+        let mut o = OutputCommit::new(1);
+        o.line(0, l("x"));
+        o.rollback_deferred(None);
+        o.line(0, l("y"));
+        assert_eq!(o.finish(), vec![(0, l("y"))]);
+    }
+
+    #[test]
+    fn a_later_commit_does_not_release_lines_of_an_unsettled_restart() {
+        let mut o = OutputCommit::new(1);
+        o.line(0, l("old"));
+        o.marker(
+            0,
+            Marker::Part {
+                id: CheckpointId(5),
+                step: 9,
+            },
+        );
+        o.rollback_deferred(None);
+        // Checkpoint 5 (of the new run) commits before the resumed marker is read.
+        o.marker(
+            0,
+            Marker::Part {
+                id: CheckpointId(5),
+                step: 3,
+            },
+        );
+        assert!(o
+            .marker(
+                0,
+                Marker::Commit {
+                    id: CheckpointId(5),
+                    step: 3
+                }
+            )
+            .is_empty());
+        assert_eq!(o.held(), 1);
+    }
+
+    proptest! {
+        /// A model of one rank: it prints `line s` at every step s and cuts at some steps;
+        /// after a failure at step `fail` it restores step `restored` (a cut step before
+        /// the failure, or nothing) and runs to `end`. What is released must be exactly
+        /// `line 0 .. line end-1`, each once, in order.
+        #[test]
+        fn every_line_is_released_exactly_once(
+            cuts in proptest::collection::btree_set(0u64..40, 0..10),
+            fail in 1u64..40,
+            pick in any::<proptest::sample::Index>(),
+            end in 40u64..50,
+        ) {
+            let mut o = OutputCommit::new(1);
+            let mut out = Vec::new();
+            for step in 0..fail {
+                if cuts.contains(&step) {
+                    out.extend(o.marker(0, cut(step)));
+                }
+                o.line(0, l(&format!("line {step}")));
+            }
+            out.extend(o.rollback_deferred(None));
+            let before: Vec<u64> = cuts.iter().copied().filter(|c| *c < fail).collect();
+            let restored = (!before.is_empty()).then(|| before[pick.index(before.len())]);
+            out.extend(o.marker(0, resumed(restored)));
+            for step in restored.unwrap_or(0)..end {
+                if cuts.contains(&step) && Some(step) != restored {
+                    out.extend(o.marker(0, cut(step)));
+                }
+                o.line(0, l(&format!("line {step}")));
+            }
+            out.extend(o.finish());
+            let want: Vec<_> = (0..end).map(|s| (0u32, l(&format!("line {s}")))).collect();
+            prop_assert_eq!(out, want);
+        }
     }
 }

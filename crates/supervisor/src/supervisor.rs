@@ -271,7 +271,9 @@ impl LaunchObserver for Observer {
             }
             Some(Ok(m)) => {
                 match &m {
-                    Marker::Part { step, .. } | Marker::Commit { step, .. } => {
+                    Marker::Part { step, .. }
+                    | Marker::Commit { step, .. }
+                    | Marker::Cut { step, .. } => {
                         let step = *step;
                         s.last_step = Some(s.last_step.map_or(step, |x| x.max(step)));
                     }
@@ -475,7 +477,13 @@ impl Supervisor {
                 finished: lazarus_coord::meta::is_finished(&c.app),
             });
             let mut s = lock(&shared);
-            let (released, dropped) = s.out.rollback(restored.map(|r| r.id));
+            let (released, dropped) = if cfg.fast_levels {
+                // The ranks may restore a newer checkpoint from a fast level: their
+                // `resumed` marker settles the held lines (output.rs).
+                (s.out.rollback_deferred(restored.map(|r| r.id)), 0)
+            } else {
+                s.out.rollback(restored.map(|r| r.id))
+            };
             s.emit(released);
             if let Some(sig) = outcome.interrupted {
                 if cfg.progress && dropped > 0 {
