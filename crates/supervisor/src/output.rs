@@ -31,6 +31,8 @@ pub struct OutputCommit {
     ranks: Vec<Vec<Item>>,
     /// Newest committed checkpoint known (commit marker or repository).
     committed: Option<CheckpointId>,
+    /// A rank wrote a cut marker: the job keeps fast checkpoint levels.
+    saw_cuts: bool,
 }
 
 impl OutputCommit {
@@ -39,6 +41,7 @@ impl OutputCommit {
         OutputCommit {
             ranks: (0..ranks).map(|_| Vec::new()).collect(),
             committed: None,
+            saw_cuts: false,
         }
     }
 
@@ -66,6 +69,7 @@ impl OutputCommit {
             }
             Marker::Commit { id, .. } => self.mark_committed(id),
             Marker::Cut { step, .. } => {
+                self.saw_cuts = true;
                 if let Some(b) = self.ranks.get_mut(rank as usize) {
                     b.push(Item::Cut(step));
                 }
@@ -198,6 +202,13 @@ impl OutputCommit {
         out
     }
 
+    /// True once a rank wrote a cut marker: its job keeps fast checkpoint levels (also
+    /// when only its builder, not the launch's environment, says so), so a failure must
+    /// use [`OutputCommit::rollback_deferred`].
+    pub fn saw_cuts(&self) -> bool {
+        self.saw_cuts
+    }
+
     /// Number of ordinary lines currently held back.
     pub fn held(&self) -> usize {
         self.ranks
@@ -285,12 +296,14 @@ mod fast_level_tests {
     fn a_restore_from_a_fast_level_keeps_the_lines_before_its_cut() {
         // Rank 0 prints a line per step and cuts every 2 steps; no durable checkpoint.
         let mut o = OutputCommit::new(1);
+        assert!(!o.saw_cuts());
         for step in 0..7u64 {
             if step % 2 == 0 {
                 assert!(o.marker(0, cut(step)).is_empty());
             }
             o.line(0, l(&format!("line {step}")));
         }
+        assert!(o.saw_cuts(), "the supervisor defers after a job that cuts");
         assert!(o.rollback_deferred(None).is_empty(), "nothing durable");
         assert_eq!(o.held(), 7, "held until the ranks resume");
         // The ranks restored step 4 from L1: lines 0..3 are not printed again.

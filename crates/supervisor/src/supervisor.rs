@@ -477,7 +477,8 @@ impl Supervisor {
                 finished: lazarus_coord::meta::is_finished(&c.app),
             });
             let mut s = lock(&shared);
-            let (released, dropped) = if cfg.fast_levels {
+            let fast_levels = cfg.fast_levels || s.out.saw_cuts();
+            let (released, dropped) = if fast_levels {
                 // The ranks may restore a newer checkpoint from a fast level: their
                 // `resumed` marker settles the held lines (output.rs).
                 (s.out.rollback_deferred(restored.map(|r| r.id)), 0)
@@ -548,7 +549,7 @@ impl Supervisor {
                 restart_latency: None,
                 host: outcome.failed_host().map(String::from),
                 lost_hosts: outcome.lost_hosts.clone(),
-                fast_levels: cfg.fast_levels,
+                fast_levels,
             };
             let _ = run_start;
             if let Some(refusal) = s.refusal.take() {
