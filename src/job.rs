@@ -325,11 +325,6 @@ impl JobBuilder {
     }
 }
 
-/// Every rank's host, by rank (empty without levels).
-fn levels_hosts(l: Option<&NodeLevels>) -> Vec<String> {
-    l.map(|l| l.hosts().to_vec()).unwrap_or_default()
-}
-
 /// Collective: every rank's fast levels (docs/LEVELS.md), with the host map and the
 /// inventory of node-local data exchanged.
 fn open_levels(
@@ -943,13 +938,11 @@ impl Job {
                         let rebuilt = p.rebuilt();
                         let parity = p.from_parity();
                         if !parity.is_empty() {
-                            let hosts = levels_hosts(self.levels.as_ref());
-                            let mut lost: Vec<&str> = parity
-                                .iter()
-                                .filter_map(|r| hosts.get(*r as usize).map(String::as_str))
-                                .collect();
-                            lost.sort_unstable();
-                            lost.dedup();
+                            let lost = self
+                                .levels
+                                .as_ref()
+                                .map(|l| l.parity_member_hosts(p.seq, &parity))
+                                .unwrap_or_default();
                             format!(
                                 "L3 parity ({} {} lost)",
                                 if lost.len() == 1 { "host" } else { "hosts" },

@@ -83,6 +83,10 @@ fn worker(spec: &str) -> Result<(), Box<dyn Error>> {
                 }
                 _ => false,
             };
+            // Every deletion is done before any rank dies: otherwise the supervisor may
+            // stop a rank before it deleted its host's directory, and the loss would be
+            // smaller than the test says (seen under load).
+            comm.barrier()?;
             if die {
                 // SAFETY: raising a signal in our own process.
                 unsafe { libc::raise(libc::SIGKILL) };

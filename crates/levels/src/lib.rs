@@ -40,8 +40,8 @@ pub use config::{
 pub use error::LevelError;
 pub use node::{
     scan, scan_parity, LevelReceipt, LoadOutcome, NodeLevels, LEVEL_RANK_KEY, LEVEL_WORLD_KEY,
-    PARITY_HASHES_KEY, PARITY_LENS_KEY, PARITY_LOCALS_KEY, PARITY_MEMBERS_KEY, PARITY_M_KEY,
-    PARITY_SHARD_BYTES_KEY, PARITY_SHARD_KEY, SEQ_KEY,
+    PARITY_HASHES_KEY, PARITY_HOSTS_KEY, PARITY_LENS_KEY, PARITY_LOCALS_KEY, PARITY_MEMBERS_KEY,
+    PARITY_M_KEY, PARITY_SHARD_BYTES_KEY, PARITY_SHARD_KEY, SEQ_KEY,
 };
 pub use partner::{partner_map, CopyMsg};
 pub use plan::{FastPlan, Held, ParityHeld, ParitySource, RankSource, ShardSource};

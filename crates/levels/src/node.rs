@@ -33,6 +33,10 @@ pub const PARITY_LOCALS_KEY: &str = "lazarus.parity.locals";
 pub const PARITY_LENS_KEY: &str = "lazarus.parity.lens";
 /// COMMIT key of an L3 parity checkpoint: each member's blob BLAKE3 hash (hex).
 pub const PARITY_HASHES_KEY: &str = "lazarus.parity.hashes";
+/// COMMIT key of an L3 parity checkpoint: each member's host when the parity was
+/// computed (comma-separated; for reports: after a restart on a spare host the rebuilt
+/// rank's host is not the one that was lost).
+pub const PARITY_HOSTS_KEY: &str = "lazarus.parity.hosts";
 /// COMMIT key of an L3 parity checkpoint: bytes per shard.
 pub const PARITY_SHARD_BYTES_KEY: &str = "lazarus.parity.shard_bytes";
 /// Name of the one object of a parity checkpoint (the shard's bytes).
@@ -232,6 +236,28 @@ impl NodeLevels {
     /// inventory taken at [`NodeLevels::open`]).
     pub fn plans(&self) -> Vec<FastPlan> {
         plan::plan_with_parity(&self.held, &self.parity, &self.hosts)
+    }
+
+    /// The hosts the ranks `ranks` ran on when checkpoint `seq`'s parity was computed (as
+    /// its parity COMMITs record them), else their hosts now; sorted, without repeats.
+    /// Names the lost hosts in the restore report.
+    pub fn parity_member_hosts(&self, seq: u64, ranks: &[u32]) -> Vec<String> {
+        let mut out: Vec<String> = ranks
+            .iter()
+            .filter_map(|r| {
+                let recorded = self.parity.iter().filter(|p| p.seq == seq).find_map(|p| {
+                    let i = p.members.iter().position(|m| m == r)?;
+                    let hosts = p.app.get(PARITY_HOSTS_KEY)?;
+                    hosts.split(',').nth(i).filter(|h| !h.is_empty())
+                });
+                recorded
+                    .map(str::to_string)
+                    .or_else(|| self.hosts.get(*r as usize).cloned())
+            })
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
     }
 
     /// The newest job-wide number of any level copy or parity shard found at
@@ -642,6 +668,15 @@ impl NodeLevels {
         app.insert(
             PARITY_LOCALS_KEY.into(),
             join(blobs.iter().map(|(l, _)| l.to_string()).collect()),
+        );
+        app.insert(
+            PARITY_HOSTS_KEY.into(),
+            join(
+                group
+                    .iter()
+                    .map(|r| self.hosts.get(*r as usize).cloned().unwrap_or_default())
+                    .collect(),
+            ),
         );
         app.insert(
             PARITY_LENS_KEY.into(),
