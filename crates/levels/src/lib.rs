@@ -32,6 +32,7 @@ mod node;
 pub mod parity;
 mod partner;
 pub mod plan;
+pub mod slots;
 
 pub use config::{
     default_root, host_identity, Due, Levels, HOST_ENV, L1_DIR_ENV, L1_EVERY_ENV, L2_EVERY_ENV,
