@@ -85,7 +85,8 @@ pub enum ParityMsg {
         /// the blob ([`CopyMsg::Data`] bytes)
         bytes: Vec<u8>,
     },
-    /// Parity shard `shard` of checkpoint `seq`.
+    /// Parity shard `shard` of checkpoint `seq`, with the group's member headers stored
+    /// next to it ([`crate::slots::Header`] bytes, by member index).
     Shard {
         /// the job-wide checkpoint number
         seq: u64,
@@ -93,6 +94,25 @@ pub enum ParityMsg {
         shard: u32,
         /// its bytes
         bytes: Vec<u8>,
+        /// every member's encoded header
+        headers: Vec<Vec<u8>>,
+    },
+    /// A member's contribution to the parity round of checkpoint `seq`: its header and
+    /// either its whole region (`full`: one segment at offset 0) or the segments (offset,
+    /// old XOR new) that turn its previous region into the new one.
+    Update {
+        /// the job-wide checkpoint number
+        seq: u64,
+        /// the member's index in its group
+        index: u32,
+        /// the checkpoint's id in the member's L1 repository
+        local: u64,
+        /// a full round (the whole region) or an incremental one (the changes)
+        full: bool,
+        /// the member's encoded [`crate::slots::Header`]
+        header: Vec<u8>,
+        /// (offset, bytes) in the region
+        segments: Vec<(u64, Vec<u8>)>,
     },
     /// The sender failed; its message.
     Failed(String),
@@ -124,6 +144,7 @@ impl ParityMsg {
         match self {
             ParityMsg::Blob { .. } => "a blob",
             ParityMsg::Shard { .. } => "a parity shard",
+            ParityMsg::Update { .. } => "a parity update",
             ParityMsg::Failed(_) => "a failure",
         }
     }
@@ -157,11 +178,6 @@ pub(crate) fn blob(
         files.sort_by(|a, b| (a.0 == "COMMIT", &a.0).cmp(&(b.0 == "COMMIT", &b.0)));
     }
     Ok(msg.encode())
-}
-
-/// Hex of a BLAKE3 hash.
-pub(crate) fn hash_hex(bytes: &[u8]) -> String {
-    blake3::hash(bytes).to_hex().to_string()
 }
 
 /// Directory name of parity shard `shard` of group `group`.
@@ -260,7 +276,7 @@ mod tests {
 
         #[test]
         fn parity_messages_round_trip(seq in any::<u64>(), index in any::<u32>(), bytes in proptest::collection::vec(any::<u8>(), 0..128)) {
-            for m in [ParityMsg::Blob { seq, index, local: seq ^ 1, bytes: bytes.clone() }, ParityMsg::Shard { seq, shard: index, bytes: bytes.clone() }, ParityMsg::Failed("x".into())] {
+            for m in [ParityMsg::Blob { seq, index, local: seq ^ 1, bytes: bytes.clone() }, ParityMsg::Shard { seq, shard: index, bytes: bytes.clone(), headers: vec![bytes.clone()] }, ParityMsg::Update { seq, index, local: 3, full: seq % 2 == 0, header: bytes.clone(), segments: vec![(seq, bytes.clone())] }, ParityMsg::Failed("x".into())] {
                 prop_assert_eq!(ParityMsg::decode(Rank(1), &m.encode()).unwrap(), m);
             }
         }
