@@ -1699,4 +1699,179 @@ mod tests {
         assert_eq!(parse_dir("rank-1x"), None);
         assert_eq!(parse_dir("other"), None);
     }
+
+    const BYTES: usize = 64 * 1024;
+
+    fn opts() -> RepoOptions {
+        RepoOptions {
+            chunk_size: 4096,
+            ..RepoOptions::default()
+        }
+    }
+
+    fn open(comm: Comm, root: &Path) -> NodeLevels {
+        let host = format!("sim{}", comm.rank().0 * 2 / comm.size());
+        let levels = Levels::new().l1(1).l3(1).l4(0);
+        NodeLevels::open(comm, levels, root.to_path_buf(), host, opts(), 2, 0).unwrap()
+    }
+
+    fn spec(data: &[u8]) -> ObjectSpec<'_> {
+        ObjectSpec::new(
+            ObjectInfo {
+                name: "data".into(),
+                type_name: "Vec<u8>".into(),
+                kind: ObjectKind::Serde,
+                sharing: None,
+            },
+            data,
+        )
+    }
+
+    /// Incompressible bytes.
+    fn noise(seed: u64, out: &mut [u8]) {
+        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        for b in out {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *b = x as u8;
+        }
+    }
+
+    /// 4 ranks on 2 simulated hosts (groups {0, 2} and {1, 3}), L1 + L3 on every
+    /// checkpoint, `rounds` checkpoints each changing about 1 % of every rank's state;
+    /// `tamper(levels, round)` runs on every rank before the round's checkpoint (between
+    /// barriers). Returns each rank's receipts and final state.
+    fn run(
+        root: &Path,
+        rounds: usize,
+        tamper: impl Fn(&mut NodeLevels, usize) + Sync,
+    ) -> Vec<(Vec<LevelReceipt>, Vec<u8>)> {
+        lazarus_net::local(4, |comm| {
+            let me = u64::from(comm.rank().0);
+            let mut levels = open(comm.clone(), root);
+            let mut data = vec![0u8; BYTES];
+            noise(me + 1, &mut data);
+            let mut receipts = Vec::new();
+            for r in 0..rounds {
+                if r > 0 {
+                    let n = BYTES / 100;
+                    let at = (r * 7919 * (me as usize + 1)) % (BYTES - n);
+                    noise(me * 1000 + r as u64, &mut data[at..at + n]);
+                }
+                comm.barrier().unwrap();
+                tamper(&mut levels, r);
+                comm.barrier().unwrap();
+                let seq = levels.take_seq();
+                let meta = CommitMeta {
+                    step: seq,
+                    app: Default::default(),
+                };
+                let due = Due {
+                    l1: true,
+                    l2: false,
+                    l3: true,
+                    l4: false,
+                };
+                receipts.push(levels.checkpoint(seq, &[spec(&data)], &meta, due).unwrap());
+            }
+            (receipts, data)
+        })
+        .unwrap()
+    }
+
+    /// Loses host sim1 (its directory) and restores on 4 fresh ranks: every rank gets the
+    /// newest checkpoint, sim1's ranks rebuilt from parity, byte for byte.
+    fn lose_sim1_and_restore(root: &Path, finals: &[Vec<u8>], seq: u64) {
+        std::fs::remove_dir_all(root.join("sim1")).unwrap();
+        let got = lazarus_net::local(4, |comm| {
+            let mut levels = open(comm, root);
+            let plan = levels.plans().into_iter().next().expect("a plan");
+            assert_eq!((plan.seq, plan.from_parity()), (seq, vec![2, 3]));
+            let objects = levels.load(&plan).map_err(|e| format!("{e:?}")).unwrap();
+            objects.into_iter().next().unwrap().data
+        })
+        .unwrap();
+        assert_eq!(got, finals);
+    }
+
+    #[test]
+    fn rounds_after_the_first_are_incremental_and_rebuild_a_lost_host() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = run(dir.path(), 6, |_, _| {});
+        for (r, (receipts, _)) in out.iter().enumerate() {
+            assert!(!receipts[0].l3_incremental, "rank {r}: the first round is full");
+            for (i, rc) in receipts.iter().enumerate().skip(1) {
+                assert!(rc.l3_incremental, "rank {r} round {i}");
+            }
+        }
+        // Holders 0 and 2 send to each other; 1 and 3 too: an incremental update is a
+        // small part of the full one.
+        for r in 0..4 {
+            let (full, inc) = (out[r].0[0].l3_bytes, out[r].0[5].l3_bytes);
+            assert!(full >= BYTES as u64, "rank {r}: full round sent {full}");
+            assert!(inc * 4 < full, "rank {r}: incremental sent {inc} of {full}");
+        }
+        let finals: Vec<Vec<u8>> = out.into_iter().map(|(_, d)| d).collect();
+        lose_sim1_and_restore(dir.path(), &finals, 6);
+    }
+
+    /// Every precondition of an incremental round, broken on one group: its round is
+    /// full (the other group stays incremental), the next one incremental again, and the
+    /// lost host is still rebuilt correctly.
+    #[test]
+    fn a_mismatched_previous_shard_or_input_forces_a_full_round() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        let tamper = |l: &mut NodeLevels, round: usize| {
+            let me = l.me();
+            match (round, me) {
+                // Holder 0 of group 0 lost its newest parity checkpoint.
+                (2, 0) => {
+                    let repo = root.join("sim0").join(l3::parity_dir(0, 0));
+                    let newest = RepoReader::open(&repo)
+                        .unwrap()
+                        .committed()
+                        .unwrap()
+                        .last()
+                        .unwrap()
+                        .id;
+                    let cdir = repo.join("checkpoints").join(newest.to_string());
+                    std::fs::remove_file(cdir.join("COMMIT")).unwrap();
+                }
+                // Holder 2 of group 0 holds another shard than it committed.
+                (4, 2) => {
+                    if let Some(h) = l.holder_state.as_mut() {
+                        h.shard_hash[0] ^= 1;
+                    }
+                }
+                // Member 2's previous header is not the one the holders recorded.
+                (6, 2) => {
+                    if let Some(m) = l.member_state.as_mut() {
+                        m.hash = "0".repeat(64);
+                    }
+                }
+                // Member 0's previous chunks are not what its slots say.
+                (8, 0) => {
+                    if let Some(m) = l.member_state.as_mut() {
+                        for s in &mut m.header.slots {
+                            s.hash[0] ^= 1;
+                        }
+                    }
+                }
+                _ => {}
+            }
+        };
+        let out = run(&root, 10, tamper);
+        for (r, (receipts, _)) in out.iter().enumerate() {
+            let inc: Vec<bool> = receipts.iter().map(|x| x.l3_incremental).collect();
+            let group0 = r % 2 == 0;
+            let want: Vec<bool> = (0..10)
+                .map(|i| i != 0 && !(group0 && [2, 4, 6, 8].contains(&i)))
+                .collect();
+            assert_eq!(inc, want, "rank {r}");
+        }
+        let finals: Vec<Vec<u8>> = out.into_iter().map(|(_, d)| d).collect();
+        lose_sim1_and_restore(&root, &finals, 10);
+    }
 }
