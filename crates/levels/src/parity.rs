@@ -298,6 +298,40 @@ mod tests {
         assert!(encode(&refs, 0).is_err());
     }
 
+    /// A stale shard (the previous round's) with the new record decodes to a region
+    /// whose chunks do not match the new header's slots: refused, never wrong data.
+    #[test]
+    fn a_stale_shard_never_rebuilds_wrong_data() {
+        use crate::slots::{relayout, Header};
+        use std::collections::{BTreeMap, BTreeSet};
+        let chunk = |s: u8| -> ([u8; 32], Vec<u8>) {
+            let b: Vec<u8> = (0..100u32).map(|i| (i as u8).wrapping_mul(s) ^ s).collect();
+            (*blake3::hash(&b).as_bytes(), b)
+        };
+        let a: BTreeMap<[u8; 32], Vec<u8>> = (1..9).map(chunk).collect();
+        let b: BTreeMap<[u8; 32], Vec<u8>> = (11..19).map(chunk).collect();
+        let (ha, hb) = (Header::compact(0, 1, &a, vec![]), Header::compact(1, 1, &b, vec![]));
+        let ra = ha.region(|d| a.get(d).cloned()).unwrap();
+        let rb = hb.region(|d| b.get(d).cloned()).unwrap();
+        let old = encode_padded(&[&ra, &rb], 2, 832).unwrap();
+        // Member 0 replaces one chunk; the new shards are updated from the old ones.
+        let mut a2 = a.clone();
+        a2.pop_first();
+        a2.extend([chunk(50)]);
+        let now: BTreeSet<[u8; 32]> = a2.keys().copied().collect();
+        let (ha2, segs) = relayout(&ha, 2, &now, vec![], |d| a.get(d).cloned().ok_or_else(|| "o".into()), |d| a2.get(d).cloned().ok_or_else(|| "n".into())).unwrap().unwrap();
+        let mut new = old.parity.clone();
+        for (j, s) in new.iter_mut().enumerate() {
+            update(s, j, 2, 2, &[(0, &segs)]).unwrap();
+        }
+        let layout = Layout { shard_bytes: 832, lens: vec![ha2.region_len, hb.region_len], m: 2 };
+        // The updated shard rebuilds member 0; the stale one gives a region the header refuses.
+        let good = rebuild(&layout, &[(1, &rb)], &[(0, &new[0])]).unwrap();
+        assert_eq!(ha2.chunks_of(&good[0].1).unwrap().len(), 8);
+        let stale = rebuild(&layout, &[(1, &rb)], &[(0, &old.parity[0])]).unwrap();
+        assert!(ha2.chunks_of(&stale[0].1).is_err());
+    }
+
     proptest! {
         /// A damaged record (any layout) with shards of any length is refused or
         /// rebuilds; it never panics (as fuzz target `levels_parity_msg`).
