@@ -90,6 +90,16 @@ fn worker(spec: &str) -> Result<(), Box<dyn Error>> {
                     }
                     if me == 0 {
                         lose_dir("sim0/rank-0");
+                        // Die only once sim1 is gone: dying first would let the launcher
+                        // stop sim1's ranks before they delete it (then the surviving
+                        // sim1 copies rebuild rank 0 correctly, which is not this case).
+                        if let Some(root) = std::env::var_os("LAZARUS_L1_DIR") {
+                            let sim1 = Path::new(&root).join("sim1");
+                            let t0 = std::time::Instant::now();
+                            while sim1.exists() && t0.elapsed().as_secs() < 20 {
+                                std::thread::sleep(std::time::Duration::from_millis(10));
+                            }
+                        }
                     }
                     host == "sim1" || me == 0
                 }
