@@ -316,6 +316,14 @@ impl NodeLevels {
             .max()
     }
 
+    /// Forgets what this rank kept of its previous parity round, so its group's next
+    /// round is full (as after a restart). For benchmarks and tests; collective use is
+    /// not needed (one rank forgetting makes its group's round full).
+    pub fn forget_parity_bases(&mut self) {
+        self.member_state = None;
+        self.holder_state = None;
+    }
+
     /// The L3 parity groups (members by global rank, each group on distinct hosts).
     pub fn groups(&self) -> &[Vec<u32>] {
         &self.groups
@@ -646,7 +654,7 @@ impl NodeLevels {
                         Ok(None) => tracing::debug!(
                             "levels: rank {me}'s parity input is laid out again (full round)"
                         ),
-                        Err(e) => tracing::info!(
+                        Err(e) => tracing::debug!(
                             "levels: rank {me}'s previous parity input cannot be used ({e}); full round"
                         ),
                     }
@@ -657,7 +665,7 @@ impl NodeLevels {
                     if hs.group == *g && hs.shard == j as u32 {
                         match self.previous_shard(&hs) {
                             Ok(bytes) => prev_shard = Some((bytes, hs)),
-                            Err(e) => tracing::info!(
+                            Err(e) => tracing::debug!(
                                 "levels: rank {me}'s previous parity shard cannot be used ({e}); full round"
                             ),
                         }
