@@ -18,11 +18,17 @@
 //! computed over exist: with L3 every n checkpoints, every level repository keeps at
 //! least the newest n checkpoints (more than the job's `keep` when n is larger).
 //!
-//! **Blob.** A member's blob is its L1 checkpoint in the form of a [`CopyMsg::Data`]
-//! carrying every chunk and file (canonical order), so a rebuilt blob is installed into
-//! the restarted rank's L1 exactly like an L2 copy. Its BLAKE3 hash is recorded in the
-//! parity COMMIT: a rebuilt blob, and every surviving blob used for the rebuild, is
-//! checked against it before use.
+//! **Parity input.** What is encoded is each member's *region*: its L1 checkpoint's
+//! chunk files at stable slots; the slot table, manifests and COMMIT form its *header*,
+//! stored next to every shard of the group and recorded by hash in the parity COMMIT
+//! ([`crate::slots`]). A round after a previous one the whole group agrees on sends only
+//! the changed ranges and updates the shards in place (incremental); otherwise it sends
+//! whole regions (full). A rebuilt region is accepted only when every chunk at its slot
+//! has the recorded hash, so a stale or mismatched shard is damage, never wrong data.
+//!
+//! **Blob.** At restore, a surviving member sends its L1 checkpoint in the form of a
+//! [`CopyMsg::Data`] carrying every chunk and file (canonical order); the rebuilding rank
+//! lays its chunks out by the member's header.
 
 use crate::error::LevelError;
 use crate::partner::{self, CopyMsg};
@@ -34,7 +40,7 @@ use serde::{Deserialize, Serialize};
 /// Parity shards per group (see the module docs for why 2).
 pub const PARITY_SHARDS: usize = 2;
 
-/// Checkpoint-space tag of the parity round (member blobs to the parity holders).
+/// Checkpoint-space tag of the parity round (member updates to the parity holders).
 pub(crate) const TAG_PARITY: u32 = 0x302;
 /// Checkpoint-space tag of parity rebuild transfers at restore.
 pub(crate) const TAG_PARITY_REBUILD: u32 = 0x303;
@@ -74,7 +80,8 @@ pub fn shards_for(k: usize) -> usize {
 /// against what it expects (fuzz target `levels_parity_msg`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ParityMsg {
-    /// A member's blob for checkpoint `seq` (member index `index` of its group).
+    /// A member's blob for checkpoint `seq` (member index `index` of its group), sent to
+    /// a rank rebuilding from parity.
     Blob {
         /// the job-wide checkpoint number
         seq: u64,

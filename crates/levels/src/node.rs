@@ -30,9 +30,11 @@ pub const PARITY_M_KEY: &str = "lazarus.parity.m";
 pub const PARITY_MEMBERS_KEY: &str = "lazarus.parity.members";
 /// COMMIT key of an L3 parity checkpoint: each member's L1 checkpoint id.
 pub const PARITY_LOCALS_KEY: &str = "lazarus.parity.locals";
-/// COMMIT key of an L3 parity checkpoint: each member's blob length.
+/// COMMIT key of an L3 parity checkpoint: each member's region length (the bytes encoded
+/// for it, [`crate::slots`]).
 pub const PARITY_LENS_KEY: &str = "lazarus.parity.lens";
-/// COMMIT key of an L3 parity checkpoint: each member's blob BLAKE3 hash (hex).
+/// COMMIT key of an L3 parity checkpoint: the BLAKE3 hash (hex) of each member's header
+/// (slot table with every chunk's hash, manifests, COMMIT; [`crate::slots::Header`]).
 pub const PARITY_HASHES_KEY: &str = "lazarus.parity.hashes";
 /// COMMIT key of an L3 parity checkpoint: bytes per shard.
 pub const PARITY_SHARD_BYTES_KEY: &str = "lazarus.parity.shard_bytes";

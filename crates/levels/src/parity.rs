@@ -1,6 +1,6 @@
-//! The Reed-Solomon codec for L3 parity groups (issue #15): k members' checkpoint blobs
+//! The Reed-Solomon codec for L3 parity groups (issue #15): k members' regions
 //! (of any lengths) in, m parity shards out; any k of the k + m shards rebuild every
-//! missing blob, byte for byte. Built on `reed-solomon-simd` (Leopard-RS, O(n log n)).
+//! missing region, byte for byte; [`update`] applies a parity update for changed ranges only. Built on `reed-solomon-simd` (Leopard-RS, O(n log n)).
 //!
 //! The L3 level built on it (groups, the parity round, restore from parity) is in
 //! [`crate::l3`] and the crate's node module (docs/LEVELS.md, "L3 parity").
