@@ -68,7 +68,11 @@ fn worker(spec: &str) -> Result<(), Box<dyn Error>> {
                     .max_by_key(|p| p.seq);
                 if let Some(p) = newest {
                     let mode = p.app.get("lazarus.parity.update").cloned();
-                    eprintln!("parity-round seq={} update={}", p.seq, mode.unwrap_or_default());
+                    eprintln!(
+                        "parity-round seq={} update={}",
+                        p.seq,
+                        mode.unwrap_or_default()
+                    );
                 }
             }
         }
@@ -341,12 +345,20 @@ fn lost_host_is_rebuilt_after_incremental_parity_rounds() {
         .collect();
     rounds.dedup();
     let mut want: Vec<String> = (1..=6)
-        .map(|s| format!("seq={s} update={}", if s == 1 { "full" } else { "incremental" }))
+        .map(|s| {
+            format!(
+                "seq={s} update={}",
+                if s == 1 { "full" } else { "incremental" }
+            )
+        })
         .collect();
     // After the restore: checkpoints 7..11 (steps 14..22; `finish` takes the last), the
     // first one full.
     want.extend((7..=11).map(|s| {
-        format!("seq={s} update={}", if s == 7 { "full" } else { "incremental" })
+        format!(
+            "seq={s} update={}",
+            if s == 7 { "full" } else { "incremental" }
+        )
     }));
     assert_eq!(rounds, want, "{stderr}");
     assert_eq!(durable_checkpoints(&dir.path().join("repo")), 0);

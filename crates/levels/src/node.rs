@@ -424,7 +424,10 @@ impl NodeLevels {
         // that left since the previous parity round from that round's L1 checkpoint.
         if written.is_ok() {
             let keep = self.keep;
-            if let Err(e) = self.own_repo().and_then(|r| r.retain(keep).map_err(LevelError::l1)) {
+            if let Err(e) = self
+                .own_repo()
+                .and_then(|r| r.retain(keep).map_err(LevelError::l1))
+            {
                 tracing::warn!("levels: L1 retention: {e}");
             }
         }
@@ -698,35 +701,33 @@ impl NodeLevels {
         // 3. This member's update.
         let own: Result<(ParityMsg, MemberState), String> = match local {
             None => Err(format!("rank {me}: L1 write failed")),
-            Some(id) => {
-                if incremental {
-                    match inc {
-                        Some(((header, segments), _)) => Ok((header, segments)),
-                        None => Err("incremental round without a prepared update".into()),
-                    }
-                } else {
-                    self.full_update(id)
+            Some(id) => if incremental {
+                match inc {
+                    Some(((header, segments), _)) => Ok((header, segments)),
+                    None => Err("incremental round without a prepared update".into()),
                 }
-                .map(|(header, segments)| {
-                    let bytes = header.encode();
-                    let st = MemberState {
-                        seq,
-                        group: g,
-                        index,
-                        hash: slots::Header::hash_hex(&bytes),
-                        header,
-                    };
-                    let msg = ParityMsg::Update {
-                        seq,
-                        index,
-                        local: id.0,
-                        full: !incremental,
-                        header: bytes,
-                        segments,
-                    };
-                    (msg, st)
-                })
+            } else {
+                self.full_update(id)
             }
+            .map(|(header, segments)| {
+                let bytes = header.encode();
+                let st = MemberState {
+                    seq,
+                    group: g,
+                    index,
+                    hash: slots::Header::hash_hex(&bytes),
+                    header,
+                };
+                let msg = ParityMsg::Update {
+                    seq,
+                    index,
+                    local: id.0,
+                    full: !incremental,
+                    header: bytes,
+                    segments,
+                };
+                (msg, st)
+            }),
         };
         let mut sent = 0u64;
         for &h in &group[..m] {
@@ -836,7 +837,10 @@ impl NodeLevels {
             };
             shard.resize(shard.len().max(need), 0);
             for (i, u) in updates.iter().enumerate() {
-                if let Some((o, b)) = u.3.iter().find(|(o, b)| o + b.len() as u64 > u.1.region_len) {
+                if let Some((o, b)) =
+                    u.3.iter()
+                        .find(|(o, b)| o + b.len() as u64 > u.1.region_len)
+                {
                     return Err(LevelError::Protocol {
                         rank: Rank(group[i]),
                         detail: format!(
@@ -934,7 +938,9 @@ impl NodeLevels {
         let read = |d: &[u8; 32]| {
             reader
                 .backend()
-                .read(&lazarus_store::ObjectKey::Chunk(lazarus_format::ChunkDigest(*d)))
+                .read(&lazarus_store::ObjectKey::Chunk(
+                    lazarus_format::ChunkDigest(*d),
+                ))
                 .map_err(|e| e.to_string())
         };
         slots::relayout(&st.header, id.0, &now, files, read, read).map_err(LevelError::Parity)
@@ -1447,10 +1453,7 @@ impl NodeLevels {
 
 /// The members' headers stored next to a parity shard, each decoded and checked against
 /// the hash and region length the parity COMMIT records.
-fn checked_headers(
-    raw: &[Vec<u8>],
-    ps: &ParitySource,
-) -> Result<Vec<slots::Header>, String> {
+fn checked_headers(raw: &[Vec<u8>], ps: &ParitySource) -> Result<Vec<slots::Header>, String> {
     if raw.len() != ps.hashes.len() || raw.len() != ps.lens.len() {
         return Err(format!(
             "{} headers for {} members",
@@ -1467,7 +1470,9 @@ fn checked_headers(
             let h = slots::Header::decode(&format!("member {i}'s header"), b)
                 .map_err(|e| e.to_string())?;
             if h.region_len != ps.lens[i] {
-                return Err(format!("member {i}'s region length differs from the recorded one"));
+                return Err(format!(
+                    "member {i}'s region length differs from the recorded one"
+                ));
             }
             Ok(h)
         })
@@ -1810,7 +1815,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let out = run(dir.path(), 6, |_, _| {});
         for (r, (receipts, _)) in out.iter().enumerate() {
-            assert!(!receipts[0].l3_incremental, "rank {r}: the first round is full");
+            assert!(
+                !receipts[0].l3_incremental,
+                "rank {r}: the first round is full"
+            );
             for (i, rc) in receipts.iter().enumerate().skip(1) {
                 assert!(rc.l3_incremental, "rank {r} round {i}");
             }

@@ -113,7 +113,9 @@ pub fn update(
             return Err(bad(format!("member {i} of {k}")));
         }
         for (o, v) in segs.iter() {
-            let end = o.checked_add(v.len() as u64).filter(|e| *e <= shard.len() as u64);
+            let end = o
+                .checked_add(v.len() as u64)
+                .filter(|e| *e <= shard.len() as u64);
             let Some(end) = end else {
                 return Err(bad(format!(
                     "member {i}: a change at {o} of {} bytes beyond the shard's {} bytes",
@@ -310,7 +312,10 @@ mod tests {
         };
         let a: BTreeMap<[u8; 32], Vec<u8>> = (1..9).map(chunk).collect();
         let b: BTreeMap<[u8; 32], Vec<u8>> = (11..19).map(chunk).collect();
-        let (ha, hb) = (Header::compact(0, 1, &a, vec![]), Header::compact(1, 1, &b, vec![]));
+        let (ha, hb) = (
+            Header::compact(0, 1, &a, vec![]),
+            Header::compact(1, 1, &b, vec![]),
+        );
         let ra = ha.region(|d| a.get(d).cloned()).unwrap();
         let rb = hb.region(|d| b.get(d).cloned()).unwrap();
         let old = encode_padded(&[&ra, &rb], 2, 832).unwrap();
@@ -319,12 +324,25 @@ mod tests {
         a2.pop_first();
         a2.extend([chunk(50)]);
         let now: BTreeSet<[u8; 32]> = a2.keys().copied().collect();
-        let (ha2, segs) = relayout(&ha, 2, &now, vec![], |d| a.get(d).cloned().ok_or_else(|| "o".into()), |d| a2.get(d).cloned().ok_or_else(|| "n".into())).unwrap().unwrap();
+        let (ha2, segs) = relayout(
+            &ha,
+            2,
+            &now,
+            vec![],
+            |d| a.get(d).cloned().ok_or_else(|| "o".into()),
+            |d| a2.get(d).cloned().ok_or_else(|| "n".into()),
+        )
+        .unwrap()
+        .unwrap();
         let mut new = old.parity.clone();
         for (j, s) in new.iter_mut().enumerate() {
             update(s, j, 2, 2, &[(0, &segs)]).unwrap();
         }
-        let layout = Layout { shard_bytes: 832, lens: vec![ha2.region_len, hb.region_len], m: 2 };
+        let layout = Layout {
+            shard_bytes: 832,
+            lens: vec![ha2.region_len, hb.region_len],
+            m: 2,
+        };
         // The updated shard rebuilds member 0; the stale one gives a region the header refuses.
         let good = rebuild(&layout, &[(1, &rb)], &[(0, &new[0])]).unwrap();
         assert_eq!(ha2.chunks_of(&good[0].1).unwrap().len(), 8);

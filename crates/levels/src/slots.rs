@@ -368,7 +368,8 @@ mod tests {
 
     #[test]
     fn relayout_keeps_slots_and_segments_turn_old_into_new() {
-        let mut all: BTreeMap<[u8; 32], Vec<u8>> = (0..20).map(|s| chunk(s, 100 + s as usize)).collect();
+        let mut all: BTreeMap<[u8; 32], Vec<u8>> =
+            (0..20).map(|s| chunk(s, 100 + s as usize)).collect();
         let h0 = Header::compact(1, 1, &all, vec![]);
         let r0 = h0.region(|d| all.get(d).cloned()).unwrap();
         // Replace 2 chunks.
@@ -403,9 +404,14 @@ mod tests {
         assert_eq!(r, h1.region(|d| now.get(d).cloned()).unwrap());
         all.clear();
         // A damaged old chunk is refused.
-        let bad = relayout(&h0, 2, &set, vec![], |_| Ok(vec![1, 2, 3]), |d| {
-            now.get(d).cloned().ok_or_else(|| "new".into())
-        });
+        let bad = relayout(
+            &h0,
+            2,
+            &set,
+            vec![],
+            |_| Ok(vec![1, 2, 3]),
+            |d| now.get(d).cloned().ok_or_else(|| "new".into()),
+        );
         assert!(bad.is_err());
     }
 
