@@ -75,6 +75,10 @@ struct HolderState {
     hashes: Vec<String>,
 }
 
+/// A member's update as a holder received it: (L1 checkpoint id, header, header bytes,
+/// segments).
+type Received = (u64, slots::Header, Vec<u8>, Vec<slots::Segment>);
+
 /// What a rank can build an incremental parity round on, as it tells every rank.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct Base {
@@ -759,8 +763,7 @@ impl NodeLevels {
         let Some(j) = group[..m].iter().position(|h| *h == me) else {
             return own.map(|_| (sent, incremental)).map_err(LevelError::Config);
         };
-        let mut updates: Vec<Option<(u64, slots::Header, Vec<u8>, Vec<slots::Segment>)>> =
-            Vec::with_capacity(group.len());
+        let mut updates: Vec<Option<Received>> = Vec::with_capacity(group.len());
         let mut first_err: Option<LevelError> = None;
         for (i, &u) in group.iter().enumerate() {
             let msg = if u == me {
@@ -1122,7 +1125,9 @@ impl NodeLevels {
         };
         let k = ps.lens.len();
         let mut problem: Option<String> = None;
-        let mut present: Vec<(usize, u32, BTreeMap<[u8; 32], Vec<u8>>)> = Vec::new();
+        // (member index, rank, its chunks by digest)
+        type Present = (usize, u32, BTreeMap<[u8; 32], Vec<u8>>);
+        let mut present: Vec<Present> = Vec::new();
         for (idx, u, local) in &ps.members {
             match l3::recv(&self.comm, *u, TAG_PARITY_REBUILD).map_err(net)? {
                 ParityMsg::Blob {
@@ -1825,8 +1830,8 @@ mod tests {
         }
         // Holders 0 and 2 send to each other; 1 and 3 too: an incremental update is a
         // small part of the full one.
-        for r in 0..4 {
-            let (full, inc) = (out[r].0[0].l3_bytes, out[r].0[5].l3_bytes);
+        for (r, (receipts, _)) in out.iter().enumerate() {
+            let (full, inc) = (receipts[0].l3_bytes, receipts[5].l3_bytes);
             assert!(full >= BYTES as u64, "rank {r}: full round sent {full}");
             assert!(inc * 4 < full, "rank {r}: incremental sent {inc} of {full}");
         }

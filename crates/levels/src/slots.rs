@@ -67,6 +67,9 @@ pub struct Header {
 /// A changed byte range of a region: `bytes` is old XOR new from `offset` on.
 pub type Segment = (u64, Vec<u8>);
 
+/// A chunk file: its digest and stored bytes.
+pub type Chunk = ([u8; 32], Vec<u8>);
+
 impl Header {
     /// Encodes (postcard).
     pub fn encode(&self) -> Vec<u8> {
@@ -180,7 +183,7 @@ impl Header {
     }
 
     /// The chunks of a region laid out by this header, each checked against its slot.
-    pub fn chunks_of(&self, region: &[u8]) -> Result<Vec<([u8; 32], Vec<u8>)>, String> {
+    pub fn chunks_of(&self, region: &[u8]) -> Result<Vec<Chunk>, String> {
         if region.len() as u64 != self.region_len {
             return Err(format!(
                 "region of {} bytes, the header says {}",
