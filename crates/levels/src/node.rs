@@ -669,8 +669,10 @@ impl NodeLevels {
                     }
                 }
             }
+            // What a holder kept is used once, by this round or never; without a base of
+            // its own member the round is full and the shard is not read.
             if let Some(j) = j {
-                if let Some(hs) = self.holder_state.take() {
+                if let (Some(hs), true) = (self.holder_state.take(), inc.is_some()) {
                     if hs.group == *g && hs.shard == j as u32 {
                         match self.previous_shard(&hs) {
                             Ok(bytes) => prev_shard = Some((bytes, hs)),
