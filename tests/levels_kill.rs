@@ -21,6 +21,8 @@ use std::path::Path;
 /// killed), `host1` (host sim1 is lost), `all` (every host is lost), `beyond` (host sim1
 /// is lost and rank 0 with its node-local copies: more than L3 parity covers).
 const WORKER_ENV: &str = "LAZARUS_TEST_LEVELS";
+/// Set for the incremental-parity test (16 KiB chunks, parity rounds reported).
+const INCR_ENV: &str = "LAZARUS_TEST_LEVELS_INCR";
 const STEPS: u64 = 24;
 const LEN: usize = 64 * 1024;
 
@@ -38,11 +40,17 @@ fn worker(spec: &str) -> Result<(), Box<dyn Error>> {
     };
     let (steps, every, kill_step): (u64, u64, u64) =
         (steps.parse()?, every.parse()?, kill_step.parse()?);
-    let mut job = Job::builder()
-        .every_steps(every)
-        .keep(2)
-        .comm(lazarus::init()?)
-        .open()?;
+    // The incremental-parity test: small chunks (so a step changes a few of them), and
+    // rank 0 reports the update mode of each parity round of group 0 on its host.
+    let incr = std::env::var_os(INCR_ENV).is_some();
+    let mut builder = Job::builder().every_steps(every).keep(2);
+    if incr {
+        builder = builder.repo_options(lazarus::store::RepoOptions {
+            chunk_size: 16 * 1024,
+            ..Default::default()
+        });
+    }
+    let mut job = builder.comm(lazarus::init()?).open()?;
     let comm = job.comm().clone();
     let me = comm.rank().0;
     let mut s = job.restore_or_init(|| State {
@@ -52,6 +60,22 @@ fn worker(spec: &str) -> Result<(), Box<dyn Error>> {
     let first_run = std::env::var("LAZARUS_INCARNATION").is_ok_and(|v| v == "0");
     while job.step() < steps {
         let step = job.checkpoint(&s)?;
+        if incr && me == 0 {
+            if let Some(root) = std::env::var_os("LAZARUS_L1_DIR") {
+                let newest = lazarus::levels::scan_parity(Path::new(&root))?
+                    .into_iter()
+                    .filter(|p| p.host == "sim0" && p.dir == "parity-0-0")
+                    .max_by_key(|p| p.seq);
+                if let Some(p) = newest {
+                    let mode = p.app.get("lazarus.parity.update").cloned();
+                    eprintln!(
+                        "parity-round seq={} update={}",
+                        p.seq,
+                        mode.unwrap_or_default()
+                    );
+                }
+            }
+        }
         if first_run && step == kill_step {
             let host = format!("sim{}", me * 2 / comm.size());
             let lose_dir = |h: &str| {
@@ -128,11 +152,21 @@ fn levels_worker() {
 }
 
 fn run(dir: &Path, levels: &[&str], spec: &str) -> std::process::Output {
+    run_with(dir, levels, spec, &[])
+}
+
+fn run_with(
+    dir: &Path,
+    levels: &[&str],
+    spec: &str,
+    more_env: &[(&str, &str)],
+) -> std::process::Output {
     let l1 = dir.join("l1");
     let l1 = l1.to_str().expect("utf-8 path");
     let mut extra = vec!["--l1-dir", l1, "--max-restarts", "2"];
     extra.extend_from_slice(levels);
-    let env = [(WORKER_ENV, spec), ("LAZARUS_SIM_HOSTS", "2")];
+    let mut env = vec![(WORKER_ENV, spec), ("LAZARUS_SIM_HOSTS", "2")];
+    env.extend_from_slice(more_env);
     lazarus_run_worker("levels_worker", 4, &dir.join("repo"), &extra, &env)
 }
 
@@ -336,6 +370,53 @@ fn lost_host_is_rebuilt_from_parity_without_partner_copies_or_the_repository() {
         levels_row(&level_tool(&["inspect", "--levels"], &l1, &repo), "24"),
         ["-", "4/4", "0/4", "4/4"]
     );
+}
+
+/// Incremental parity (issue #15 part 4): L1 + L3 on every checkpoint, no L2, no L4,
+/// 16 KiB chunks. The first parity round is full, every later one incremental (only the
+/// changed chunks' ranges are sent and encoded); host sim1 is lost after 6 rounds (5 of
+/// them incremental) and its ranks are rebuilt from that parity with the failure-free
+/// checksum. After the restart the first round is full again (no previous round in
+/// memory), then incremental.
+#[test]
+fn lost_host_is_rebuilt_after_incremental_parity_rounds() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_with(
+        dir.path(),
+        &PARITY_ONLY,
+        &format!("{STEPS},2,13,host1"),
+        &[(INCR_ENV, "1")],
+    );
+    let (_, stderr) = text(&out);
+    assert_eq!(checksum(&out), reference(), "{stderr}");
+    assert!(
+        stderr.contains("restored checkpoint 6 at step 12 from L3 parity (host sim1 lost)"),
+        "{stderr}"
+    );
+    // Rank 0 reports after every step; checkpoints are taken every 2nd.
+    let mut rounds: Vec<&str> = stderr
+        .lines()
+        .filter_map(|l| l.split("parity-round ").nth(1))
+        .collect();
+    rounds.dedup();
+    let mut want: Vec<String> = (1..=6)
+        .map(|s| {
+            format!(
+                "seq={s} update={}",
+                if s == 1 { "full" } else { "incremental" }
+            )
+        })
+        .collect();
+    // After the restore: checkpoints 7..11 (steps 14..22; `finish` takes the last), the
+    // first one full.
+    want.extend((7..=11).map(|s| {
+        format!(
+            "seq={s} update={}",
+            if s == 7 { "full" } else { "incremental" }
+        )
+    }));
+    assert_eq!(rounds, want, "{stderr}");
+    assert_eq!(durable_checkpoints(&dir.path().join("repo")), 0);
 }
 
 /// L3 only every 3rd checkpoint (keep 2): the newest parity (number 3, step 6) is older

@@ -18,11 +18,17 @@
 //! computed over exist: with L3 every n checkpoints, every level repository keeps at
 //! least the newest n checkpoints (more than the job's `keep` when n is larger).
 //!
-//! **Blob.** A member's blob is its L1 checkpoint in the form of a [`CopyMsg::Data`]
-//! carrying every chunk and file (canonical order), so a rebuilt blob is installed into
-//! the restarted rank's L1 exactly like an L2 copy. Its BLAKE3 hash is recorded in the
-//! parity COMMIT: a rebuilt blob, and every surviving blob used for the rebuild, is
-//! checked against it before use.
+//! **Parity input.** What is encoded is each member's *region*: its L1 checkpoint's
+//! chunk files at stable slots; the slot table, manifests and COMMIT form its *header*,
+//! stored next to every shard of the group and recorded by hash in the parity COMMIT
+//! ([`crate::slots`]). A round after a previous one the whole group agrees on sends only
+//! the changed ranges and updates the shards in place (incremental); otherwise it sends
+//! whole regions (full). A rebuilt region is accepted only when every chunk at its slot
+//! has the recorded hash, so a stale or mismatched shard is damage, never wrong data.
+//!
+//! **Blob.** At restore, a surviving member sends its L1 checkpoint in the form of a
+//! [`CopyMsg::Data`] carrying every chunk and file (canonical order); the rebuilding rank
+//! lays its chunks out by the member's header.
 
 use crate::error::LevelError;
 use crate::partner::{self, CopyMsg};
@@ -34,7 +40,7 @@ use serde::{Deserialize, Serialize};
 /// Parity shards per group (see the module docs for why 2).
 pub const PARITY_SHARDS: usize = 2;
 
-/// Checkpoint-space tag of the parity round (member blobs to the parity holders).
+/// Checkpoint-space tag of the parity round (member updates to the parity holders).
 pub(crate) const TAG_PARITY: u32 = 0x302;
 /// Checkpoint-space tag of parity rebuild transfers at restore.
 pub(crate) const TAG_PARITY_REBUILD: u32 = 0x303;
@@ -74,7 +80,8 @@ pub fn shards_for(k: usize) -> usize {
 /// against what it expects (fuzz target `levels_parity_msg`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ParityMsg {
-    /// A member's blob for checkpoint `seq` (member index `index` of its group).
+    /// A member's blob for checkpoint `seq` (member index `index` of its group), sent to
+    /// a rank rebuilding from parity.
     Blob {
         /// the job-wide checkpoint number
         seq: u64,
@@ -85,7 +92,8 @@ pub enum ParityMsg {
         /// the blob ([`CopyMsg::Data`] bytes)
         bytes: Vec<u8>,
     },
-    /// Parity shard `shard` of checkpoint `seq`.
+    /// Parity shard `shard` of checkpoint `seq`, with the group's member headers stored
+    /// next to it ([`crate::slots::Header`] bytes, by member index).
     Shard {
         /// the job-wide checkpoint number
         seq: u64,
@@ -93,6 +101,25 @@ pub enum ParityMsg {
         shard: u32,
         /// its bytes
         bytes: Vec<u8>,
+        /// every member's encoded header
+        headers: Vec<Vec<u8>>,
+    },
+    /// A member's contribution to the parity round of checkpoint `seq`: its header and
+    /// either its whole region (`full`: one segment at offset 0) or the segments (offset,
+    /// old XOR new) that turn its previous region into the new one.
+    Update {
+        /// the job-wide checkpoint number
+        seq: u64,
+        /// the member's index in its group
+        index: u32,
+        /// the checkpoint's id in the member's L1 repository
+        local: u64,
+        /// a full round (the whole region) or an incremental one (the changes)
+        full: bool,
+        /// the member's encoded [`crate::slots::Header`]
+        header: Vec<u8>,
+        /// (offset, bytes) in the region
+        segments: Vec<(u64, Vec<u8>)>,
     },
     /// The sender failed; its message.
     Failed(String),
@@ -124,6 +151,7 @@ impl ParityMsg {
         match self {
             ParityMsg::Blob { .. } => "a blob",
             ParityMsg::Shard { .. } => "a parity shard",
+            ParityMsg::Update { .. } => "a parity update",
             ParityMsg::Failed(_) => "a failure",
         }
     }
@@ -157,11 +185,6 @@ pub(crate) fn blob(
         files.sort_by(|a, b| (a.0 == "COMMIT", &a.0).cmp(&(b.0 == "COMMIT", &b.0)));
     }
     Ok(msg.encode())
-}
-
-/// Hex of a BLAKE3 hash.
-pub(crate) fn hash_hex(bytes: &[u8]) -> String {
-    blake3::hash(bytes).to_hex().to_string()
 }
 
 /// Directory name of parity shard `shard` of group `group`.
@@ -260,7 +283,7 @@ mod tests {
 
         #[test]
         fn parity_messages_round_trip(seq in any::<u64>(), index in any::<u32>(), bytes in proptest::collection::vec(any::<u8>(), 0..128)) {
-            for m in [ParityMsg::Blob { seq, index, local: seq ^ 1, bytes: bytes.clone() }, ParityMsg::Shard { seq, shard: index, bytes: bytes.clone() }, ParityMsg::Failed("x".into())] {
+            for m in [ParityMsg::Blob { seq, index, local: seq ^ 1, bytes: bytes.clone() }, ParityMsg::Shard { seq, shard: index, bytes: bytes.clone(), headers: vec![bytes.clone()] }, ParityMsg::Update { seq, index, local: 3, full: seq % 2 == 0, header: bytes.clone(), segments: vec![(seq, bytes.clone())] }, ParityMsg::Failed("x".into())] {
                 prop_assert_eq!(ParityMsg::decode(Rank(1), &m.encode()).unwrap(), m);
             }
         }

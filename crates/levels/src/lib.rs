@@ -32,6 +32,7 @@ mod node;
 pub mod parity;
 mod partner;
 pub mod plan;
+pub mod slots;
 
 pub use config::{
     default_root, host_identity, Due, LevelClock, Levels, Period, HOST_ENV, L1_DIR_ENV,

@@ -7,6 +7,7 @@ use crate::l3::{self, ParityMsg, TAG_PARITY, TAG_PARITY_REBUILD};
 use crate::parity;
 use crate::partner::{self, CopyMsg, Installed, TAG_COPY, TAG_REBUILD};
 use crate::plan::{self, FastPlan, Held, ParityHeld, ParitySource, RankSource, ShardSource};
+use crate::slots;
 use lazarus_format::{CheckpointId, LoadedObject, ObjectInfo, ObjectKind, ObjectSpec, Rank};
 use lazarus_net::Comm;
 use lazarus_store::{CommitMeta, RepoOptions, RepoReader, Repository, StoreError};
@@ -29,9 +30,11 @@ pub const PARITY_M_KEY: &str = "lazarus.parity.m";
 pub const PARITY_MEMBERS_KEY: &str = "lazarus.parity.members";
 /// COMMIT key of an L3 parity checkpoint: each member's L1 checkpoint id.
 pub const PARITY_LOCALS_KEY: &str = "lazarus.parity.locals";
-/// COMMIT key of an L3 parity checkpoint: each member's blob length.
+/// COMMIT key of an L3 parity checkpoint: each member's region length (the bytes encoded
+/// for it, [`crate::slots`]).
 pub const PARITY_LENS_KEY: &str = "lazarus.parity.lens";
-/// COMMIT key of an L3 parity checkpoint: each member's blob BLAKE3 hash (hex).
+/// COMMIT key of an L3 parity checkpoint: the BLAKE3 hash (hex) of each member's header
+/// (slot table with every chunk's hash, manifests, COMMIT; [`crate::slots::Header`]).
 pub const PARITY_HASHES_KEY: &str = "lazarus.parity.hashes";
 /// COMMIT key of an L3 parity checkpoint: each member's host when the parity was
 /// computed (comma-separated; for reports: after a restart on a spare host the rebuilt
@@ -39,8 +42,80 @@ pub const PARITY_HASHES_KEY: &str = "lazarus.parity.hashes";
 pub const PARITY_HOSTS_KEY: &str = "lazarus.parity.hosts";
 /// COMMIT key of an L3 parity checkpoint: bytes per shard.
 pub const PARITY_SHARD_BYTES_KEY: &str = "lazarus.parity.shard_bytes";
-/// Name of the one object of a parity checkpoint (the shard's bytes).
+/// COMMIT key of an L3 parity checkpoint: the layout of the members' parity input
+/// ([`PARITY_LAYOUT`]); a parity checkpoint without it is not used.
+pub const PARITY_LAYOUT_KEY: &str = "lazarus.parity.layout";
+/// The value of [`PARITY_LAYOUT_KEY`]: regions of chunks at stable slots with their
+/// headers stored next to the shard ([`crate::slots`]).
+pub const PARITY_LAYOUT: &str = "slots-1";
+/// COMMIT key of an L3 parity checkpoint: `full` (encoded from every member's region) or
+/// `incremental` (the previous shard updated with the members' changes).
+pub const PARITY_UPDATE_KEY: &str = "lazarus.parity.update";
+/// Name of the shard object of a parity checkpoint.
 const PARITY_OBJECT: &str = "parity";
+/// Name of the object of a parity checkpoint holding every member's header.
+const HEADERS_OBJECT: &str = "headers";
+
+/// What a member keeps of the last parity round it sent an update in: the base of an
+/// incremental update in the next round.
+#[derive(Debug)]
+struct MemberState {
+    seq: u64,
+    group: u32,
+    index: u32,
+    header: slots::Header,
+    hash: String,
+}
+
+/// What a parity holder keeps of the last shard it committed.
+#[derive(Debug)]
+struct HolderState {
+    seq: u64,
+    group: u32,
+    shard: u32,
+    local: u64,
+    shard_hash: [u8; 32],
+    shard_bytes: usize,
+    hashes: Vec<String>,
+}
+
+/// A member's update as a holder received it: (L1 checkpoint id, header, header bytes,
+/// segments).
+type Received = (u64, slots::Header, Vec<u8>, Vec<slots::Segment>);
+
+/// What a rank can build an incremental parity round on, as it tells every rank.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct Base {
+    /// The job-wide number of the member's previous round.
+    seq: u64,
+    /// The hash of the member's previous header.
+    hash: String,
+    /// A holder: the round of its previous shard and the member headers' hashes it
+    /// recorded.
+    recorded: Option<(u64, Vec<String>)>,
+}
+
+/// Whether `group`'s round is incremental: every member has a base, all on the same
+/// previous round, and every holder (members 0..m) recorded exactly the members'
+/// previous headers in that round. Computed by every member from the same allgather.
+fn incremental_agreed(group: &[u32], bases: &[Option<Base>]) -> bool {
+    let m = l3::shards_for(group.len());
+    let mine: Option<Vec<&Base>> = group
+        .iter()
+        .map(|u| bases.get(*u as usize).and_then(Option::as_ref))
+        .collect();
+    let Some(mine) = mine else {
+        return false;
+    };
+    let seq = mine[0].seq;
+    let hashes: Vec<&String> = mine.iter().map(|b| &b.hash).collect();
+    mine.iter().all(|b| b.seq == seq)
+        && mine[..m].iter().all(|b| {
+            b.recorded.as_ref().is_some_and(|(s, r)| {
+                *s == seq && r.len() == hashes.len() && r.iter().zip(&hashes).all(|(a, b)| a == *b)
+            })
+        })
+}
 
 /// What the fast levels of one checkpoint cost on this rank.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -57,8 +132,11 @@ pub struct LevelReceipt {
     pub written_bytes: u64,
     /// The parity round (zero when L3 was not due).
     pub l3: Duration,
-    /// Blob bytes this rank sent to its group's parity holders.
+    /// Bytes this rank sent to its group's other parity holder(s): its header and its
+    /// changed ranges (an incremental round) or its whole region (a full one).
     pub l3_bytes: u64,
+    /// Whether the parity round was incremental (docs/LEVELS.md, "Incremental parity").
+    pub l3_incremental: bool,
 }
 
 /// This rank's fast levels (module docs of the crate). Created collectively by every rank
@@ -79,6 +157,8 @@ pub struct NodeLevels {
     parity: Vec<ParityHeld>,
     groups: Vec<Vec<u32>>,
     next_seq: u64,
+    member_state: Option<MemberState>,
+    holder_state: Option<HolderState>,
 }
 
 /// What one host's node-local directory holds.
@@ -201,6 +281,8 @@ impl NodeLevels {
             parity,
             groups,
             next_seq,
+            member_state: None,
+            holder_state: None,
         })
     }
 
@@ -268,6 +350,14 @@ impl NodeLevels {
             .map(|h| h.seq)
             .chain(self.parity.iter().map(|p| p.seq))
             .max()
+    }
+
+    /// Forgets what this rank kept of its previous parity round, so its group's next
+    /// round is full (as after a restart). For benchmarks and tests; collective use is
+    /// not needed (one rank forgetting makes its group's round full).
+    pub fn forget_parity_bases(&mut self) {
+        self.member_state = None;
+        self.holder_state = None;
     }
 
     /// The L3 parity groups (members by global rank, each group on distinct hosts).
@@ -356,12 +446,25 @@ impl NodeLevels {
         receipt.l2 = t1.elapsed();
         let t2 = Instant::now();
         let paritied = if due.l3 {
-            self.parity_round(seq, local, meta)
-                .map(|b| receipt.l3_bytes = b)
+            self.parity_round(seq, local, meta).map(|(b, inc)| {
+                receipt.l3_bytes = b;
+                receipt.l3_incremental = inc;
+            })
         } else {
             Ok(())
         };
         receipt.l3 = t2.elapsed();
+        // L1 retention after the rounds: an incremental parity update reads the chunks
+        // that left since the previous parity round from that round's L1 checkpoint.
+        if written.is_ok() {
+            let keep = self.keep;
+            if let Err(e) = self
+                .own_repo()
+                .and_then(|r| r.retain(keep).map_err(LevelError::l1))
+            {
+                tracing::warn!("levels: L1 retention: {e}");
+            }
+        }
         let mine: Result<(), String> = match (&written, &copied, &paritied) {
             (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => Err(e.to_string()),
             _ => Ok(()),
@@ -389,7 +492,7 @@ impl NodeLevels {
         objects: &[ObjectSpec<'_>],
         meta: &CommitMeta,
     ) -> Result<(CheckpointId, lazarus_store::PartReceipt), LevelError> {
-        let (me, world, keep) = (self.me(), self.comm.size(), self.keep);
+        let (me, world) = (self.me(), self.comm.size());
         let repo = self.own_repo()?;
         let pending = repo.begin(1).map_err(LevelError::l1)?;
         let part = pending.part_writer().write(Rank(0), objects);
@@ -408,9 +511,6 @@ impl NodeLevels {
             .commit(pending, vec![part.clone()], m)
             .map_err(LevelError::l1)?;
         lazarus_store::failpoint("levels_after_l1_commit");
-        if let Err(e) = repo.retain(keep) {
-            tracing::warn!("levels: L1 retention: {e}");
-        }
         Ok((done.summary.id, part))
     }
 
@@ -552,108 +652,272 @@ impl NodeLevels {
     }
 
     /// The L3 round of checkpoint `seq`; `local` is this rank's new L1 checkpoint
-    /// (`None`: writing it failed, the holders are told so). Every member sends its blob
-    /// to each parity holder (members 0..m of its group); holder j receives every
-    /// member's blob, encodes, and commits shard j as a one-rank checkpoint of
-    /// `<host>/parity-<g>-<j>/` (COMMIT last: complete or absent). Returns the blob bytes
-    /// sent.
+    /// (`None`: writing it failed, the holders are told so). Returns the bytes sent to the
+    /// group's parity holders and whether the round was incremental.
+    ///
+    /// 1. Each member prepares its update from the previous round it took part in (kept
+    ///    in memory): the new slot layout and the changed ranges, reading only chunks
+    ///    that left or arrived; each holder loads its previous shard and checks it against
+    ///    the one it committed. 2. Every rank contributes what it can build on to one
+    ///    allgather ([`Base`]); a group's round is incremental only when every member and
+    ///    holder builds on the same previous round with the same member headers
+    ///    ([`incremental_agreed`]), else it is full (the first round, after a restart, a
+    ///    failed or mismatched previous round, a member laid out again). 3. Every member
+    ///    sends its header and its changes (or its whole region) to each holder (members
+    ///    0..m of its group); holder j updates (or encodes) shard j and commits it with
+    ///    every header as a one-rank checkpoint of `<host>/parity-<g>-<j>/` (COMMIT last:
+    ///    complete or absent).
     fn parity_round(
         &mut self,
         seq: u64,
         local: Option<CheckpointId>,
         meta: &CommitMeta,
-    ) -> Result<u64, LevelError> {
+    ) -> Result<(u64, bool), LevelError> {
         let me = self.me();
-        let Some((g, group)) = self
+        let mine = self
             .groups
             .iter()
             .enumerate()
             .find(|(_, g)| g.contains(&me))
-            .map(|(g, m)| (g as u32, m.clone()))
-        else {
-            return Ok(0);
+            .map(|(g, m)| (g as u32, m.clone()));
+        // 1. Prepare.
+        let (mut inc, mut prev_shard, mut base) = (None, None, None);
+        if let Some((g, group)) = &mine {
+            let index = group.iter().position(|m| *m == me).unwrap_or(0) as u32;
+            let m = l3::shards_for(group.len());
+            let j = group[..m].iter().position(|h| *h == me);
+            if let (Some(id), Some(st)) = (local, self.member_state.take()) {
+                if st.group == *g && st.index == index {
+                    match self.prepare_incremental(&st, id) {
+                        Ok(Some(x)) => inc = Some((x, st)),
+                        Ok(None) => tracing::debug!(
+                            "levels: rank {me}'s parity input is laid out again (full round)"
+                        ),
+                        Err(e) => tracing::debug!(
+                            "levels: rank {me}'s previous parity input cannot be used ({e}); full round"
+                        ),
+                    }
+                }
+            }
+            // What a holder kept is used once, by this round or never; without a base of
+            // its own member the round is full and the shard is not read.
+            if let Some(j) = j {
+                if let (Some(hs), true) = (self.holder_state.take(), inc.is_some()) {
+                    if hs.group == *g && hs.shard == j as u32 {
+                        match self.previous_shard(&hs) {
+                            Ok(bytes) => prev_shard = Some((bytes, hs)),
+                            Err(e) => tracing::debug!(
+                                "levels: rank {me}'s previous parity shard cannot be used ({e}); full round"
+                            ),
+                        }
+                    }
+                }
+            }
+            if let Some((_, st)) = &inc {
+                let recorded = match (j, &prev_shard) {
+                    (None, _) => Some(None),
+                    (Some(_), Some((_, hs))) => Some(Some((hs.seq, hs.hashes.clone()))),
+                    (Some(_), None) => None,
+                };
+                base = recorded.map(|recorded| Base {
+                    seq: st.seq,
+                    hash: st.hash.clone(),
+                    recorded,
+                });
+            }
+        }
+        // 2. Agree (every rank, in a group or not, on every path).
+        let bases: Vec<Option<Base>> = self.comm.allgather(&base)?;
+        let Some((g, group)) = mine else {
+            return Ok((0, false));
         };
+        let incremental = incremental_agreed(&group, &bases);
         let index = group.iter().position(|m| *m == me).unwrap_or(0) as u32;
         let m = l3::shards_for(group.len());
-        let own: Result<(u64, Vec<u8>), String> = match local {
-            Some(id) => self
-                .own_reader()
-                .and_then(|r| l3::blob(&r, me, id).map_err(LevelError::l1))
-                .map(|b| (id.0, b))
-                .map_err(|e| e.to_string()),
+        // 3. This member's update.
+        let own: Result<(ParityMsg, MemberState), String> = match local {
             None => Err(format!("rank {me}: L1 write failed")),
+            Some(id) => if incremental {
+                match inc {
+                    Some(((header, segments), _)) => Ok((header, segments)),
+                    None => Err("incremental round without a prepared update".into()),
+                }
+            } else {
+                self.full_update(id)
+            }
+            .map(|(header, segments)| {
+                let bytes = header.encode();
+                let st = MemberState {
+                    seq,
+                    group: g,
+                    index,
+                    hash: slots::Header::hash_hex(&bytes),
+                    header,
+                };
+                let msg = ParityMsg::Update {
+                    seq,
+                    index,
+                    local: id.0,
+                    full: !incremental,
+                    header: bytes,
+                    segments,
+                };
+                (msg, st)
+            }),
         };
-        // 1. Every member sends its blob to every other holder (sends do not block).
         let mut sent = 0u64;
         for &h in &group[..m] {
             if h == me {
                 continue;
             }
             let msg = match &own {
-                Ok((l, b)) => {
-                    sent += b.len() as u64;
-                    ParityMsg::Blob {
-                        seq,
-                        index,
-                        local: *l,
-                        bytes: b.clone(),
+                Ok((msg, _)) => {
+                    if let ParityMsg::Update {
+                        header, segments, ..
+                    } = msg
+                    {
+                        sent += header.len() as u64
+                            + segments.iter().map(|(_, b)| b.len() as u64).sum::<u64>();
                     }
+                    msg
                 }
-                Err(e) => ParityMsg::Failed(e.clone()),
+                Err(e) => &ParityMsg::Failed(e.clone()),
             };
-            l3::send(&self.comm, h, TAG_PARITY, &msg)?;
+            l3::send(&self.comm, h, TAG_PARITY, msg)?;
         }
-        // 2. A holder receives every member's blob, encodes and commits its shard.
+        let own = own.map(|(msg, st)| {
+            // The base of the next round; a round that fails elsewhere makes the bases
+            // disagree then, and that round is full.
+            self.member_state = Some(st);
+            msg
+        });
+        // 4. A holder receives every member's update and commits its shard.
         let Some(j) = group[..m].iter().position(|h| *h == me) else {
-            return own.map(|_| sent).map_err(LevelError::Config);
+            return own.map(|_| (sent, incremental)).map_err(LevelError::Config);
         };
-        let mut blobs: Vec<Option<(u64, Vec<u8>)>> = Vec::with_capacity(group.len());
+        let mut updates: Vec<Option<Received>> = Vec::with_capacity(group.len());
         let mut first_err: Option<LevelError> = None;
         for (i, &u) in group.iter().enumerate() {
-            if u == me {
+            let msg = if u == me {
                 match &own {
-                    Ok(b) => blobs.push(Some(b.clone())),
-                    Err(e) => {
-                        first_err.get_or_insert(LevelError::Config(e.clone()));
-                        blobs.push(None);
-                    }
+                    Ok(msg) => msg.clone(),
+                    Err(e) => ParityMsg::Failed(e.clone()),
                 }
-                continue;
-            }
-            match l3::recv(&self.comm, u, TAG_PARITY)? {
-                ParityMsg::Blob {
+            } else {
+                l3::recv(&self.comm, u, TAG_PARITY)?
+            };
+            // Every member's message is received whatever fails, so no message of this
+            // round is left behind for the next one.
+            match msg {
+                ParityMsg::Update {
                     seq: s,
                     index: ix,
                     local: l,
-                    bytes,
-                } if s == seq && ix as usize == i => blobs.push(Some((l, bytes))),
+                    full,
+                    header,
+                    segments,
+                } if s == seq && ix as usize == i && full != incremental => {
+                    let what = format!("rank {u}'s parity header");
+                    match slots::Header::decode(&what, &header) {
+                        Ok(h) if h.subject == u && h.local == l => {
+                            updates.push(Some((l, h, header, segments)))
+                        }
+                        Ok(_) => {
+                            first_err.get_or_insert(LevelError::Protocol {
+                                rank: Rank(u),
+                                detail: format!("{what} names another checkpoint"),
+                            });
+                            updates.push(None);
+                        }
+                        Err(e) => {
+                            first_err.get_or_insert(e);
+                            updates.push(None);
+                        }
+                    }
+                }
                 ParityMsg::Failed(msg) => {
                     first_err.get_or_insert(LevelError::Peer {
                         rank: Rank(u),
                         message: msg,
                     });
-                    blobs.push(None);
+                    updates.push(None);
                 }
-                // Recorded, and every other member still received: no message of this
-                // round is left behind for the next one.
                 other => {
                     first_err.get_or_insert(LevelError::Protocol {
                         rank: Rank(u),
                         detail: format!(
-                            "expected the blob of member {i} for checkpoint {seq}, got {}",
+                            "expected the {} parity update of member {i} for checkpoint {seq}, got {}",
+                            if incremental { "incremental" } else { "full" },
                             other.kind()
                         ),
                     });
-                    blobs.push(None);
+                    updates.push(None);
                 }
             }
         }
+        drop(own);
         if let Some(e) = first_err {
             return Err(e);
         }
-        let blobs: Vec<(u64, Vec<u8>)> = blobs.into_iter().flatten().collect();
-        let refs: Vec<&[u8]> = blobs.iter().map(|(_, b)| b.as_slice()).collect();
-        let encoded = parity::encode(&refs, m)?;
+        let updates: Vec<_> = updates.into_iter().flatten().collect();
+        let k = updates.len();
+        let longest = updates.iter().map(|u| u.1.region_len).max().unwrap_or(0);
+        let need = usize::try_from(longest.div_ceil(64).max(1) * 64)
+            .map_err(|e| LevelError::Parity(e.to_string()))?;
+        let shard = if incremental {
+            let Some((mut shard, _)) = prev_shard else {
+                return Err(LevelError::Parity(
+                    "incremental round without the previous shard".into(),
+                ));
+            };
+            shard.resize(shard.len().max(need), 0);
+            for (i, u) in updates.iter().enumerate() {
+                if let Some((o, b)) =
+                    u.3.iter()
+                        .find(|(o, b)| o + b.len() as u64 > u.1.region_len)
+                {
+                    return Err(LevelError::Protocol {
+                        rank: Rank(group[i]),
+                        detail: format!(
+                            "a change at {o} of {} bytes beyond its region of {} bytes",
+                            b.len(),
+                            u.1.region_len
+                        ),
+                    });
+                }
+            }
+            let deltas: Vec<(usize, &[slots::Segment])> = updates
+                .iter()
+                .enumerate()
+                .map(|(i, u)| (i, u.3.as_slice()))
+                .collect();
+            parity::update(&mut shard, j, k, m, &deltas)?;
+            shard
+        } else {
+            drop(prev_shard);
+            let mut regions: Vec<&[u8]> = Vec::with_capacity(k);
+            for (i, u) in updates.iter().enumerate() {
+                match u.3.as_slice() {
+                    [(0, r)] if r.len() as u64 == u.1.region_len => regions.push(r),
+                    [] if u.1.region_len == 0 => regions.push(&[]),
+                    _ => {
+                        return Err(LevelError::Protocol {
+                            rank: Rank(group[i]),
+                            detail: "a full parity update that is not its whole region".into(),
+                        })
+                    }
+                }
+            }
+            parity::encode_padded(&regions, m, need)?
+                .parity
+                .into_iter()
+                .nth(j)
+                .ok_or_else(|| LevelError::Parity(format!("shard {j} of {m} not encoded")))?
+        };
+        let hashes: Vec<String> = updates
+            .iter()
+            .map(|u| slots::Header::hash_hex(&u.2))
+            .collect();
         let join = |v: Vec<String>| v.join(",");
         let mut pm = meta.clone();
         let app = &mut pm.app;
@@ -667,7 +931,7 @@ impl NodeLevels {
         );
         app.insert(
             PARITY_LOCALS_KEY.into(),
-            join(blobs.iter().map(|(l, _)| l.to_string()).collect()),
+            join(updates.iter().map(|u| u.0.to_string()).collect()),
         );
         app.insert(
             PARITY_HOSTS_KEY.into(),
@@ -680,34 +944,127 @@ impl NodeLevels {
         );
         app.insert(
             PARITY_LENS_KEY.into(),
-            join(blobs.iter().map(|(_, b)| b.len().to_string()).collect()),
+            join(updates.iter().map(|u| u.1.region_len.to_string()).collect()),
         );
+        app.insert(PARITY_HASHES_KEY.into(), join(hashes.clone()));
+        app.insert(PARITY_SHARD_BYTES_KEY.into(), shard.len().to_string());
+        app.insert(PARITY_LAYOUT_KEY.into(), PARITY_LAYOUT.into());
         app.insert(
-            PARITY_HASHES_KEY.into(),
-            join(blobs.iter().map(|(_, b)| l3::hash_hex(b)).collect()),
+            PARITY_UPDATE_KEY.into(),
+            if incremental { "incremental" } else { "full" }.into(),
         );
-        app.insert(
-            PARITY_SHARD_BYTES_KEY.into(),
-            encoded.layout.shard_bytes.to_string(),
-        );
-        let shard = encoded
-            .parity
-            .into_iter()
-            .nth(j)
-            .ok_or_else(|| LevelError::Parity(format!("shard {j} of {m} not encoded")))?;
-        drop(blobs);
-        self.write_parity(g, j as u32, &shard, pm)?;
-        own.map(|_| sent).map_err(LevelError::Config)
+        let headers: Vec<Vec<u8>> = updates.into_iter().map(|u| u.2).collect();
+        let id = self.write_parity(g, j as u32, &shard, &headers, pm)?;
+        self.holder_state = Some(HolderState {
+            seq,
+            group: g,
+            shard: j as u32,
+            local: id,
+            shard_hash: *blake3::hash(&shard).as_bytes(),
+            shard_bytes: shard.len(),
+            hashes,
+        });
+        Ok((sent, incremental))
     }
 
-    /// Commits `shard` as the next checkpoint of `<host>/parity-<g>-<j>/`.
+    /// This member's incremental update from `st` for its new L1 checkpoint `id`: the new
+    /// header and the segments; `None` when the region must be laid out again. Reads only
+    /// the chunks that left (from the previous checkpoint, each checked against its slot)
+    /// and those that arrived.
+    fn prepare_incremental(
+        &self,
+        st: &MemberState,
+        id: CheckpointId,
+    ) -> Result<Option<(slots::Header, Vec<slots::Segment>)>, LevelError> {
+        let reader = self.own_reader()?;
+        let (chunks, files) = partner::checkpoint_files(&reader, id).map_err(LevelError::l1)?;
+        let now: std::collections::BTreeSet<[u8; 32]> = chunks.into_iter().map(|d| d.0).collect();
+        let read = |d: &[u8; 32]| {
+            reader
+                .backend()
+                .read(&lazarus_store::ObjectKey::Chunk(
+                    lazarus_format::ChunkDigest(*d),
+                ))
+                .map_err(|e| e.to_string())
+        };
+        slots::relayout(&st.header, id.0, &now, files, read, read).map_err(LevelError::Parity)
+    }
+
+    /// This member's full update for its L1 checkpoint `id`: a compact layout and the
+    /// whole region as one segment.
+    fn full_update(
+        &self,
+        id: CheckpointId,
+    ) -> Result<(slots::Header, Vec<slots::Segment>), String> {
+        let me = self.me();
+        let reader = self.own_reader().map_err(|e| e.to_string())?;
+        let (chunks, files) = partner::checkpoint_files(&reader, id).map_err(|e| e.to_string())?;
+        let mut all = BTreeMap::new();
+        for d in chunks {
+            let b = reader
+                .backend()
+                .read(&lazarus_store::ObjectKey::Chunk(d))
+                .map_err(|e| e.to_string())?;
+            all.insert(d.0, b);
+        }
+        let header = slots::Header::compact(me, id.0, &all, files);
+        let region = header.region(|d| all.remove(d))?;
+        let segments = if region.is_empty() {
+            Vec::new()
+        } else {
+            vec![(0, region)]
+        };
+        Ok((header, segments))
+    }
+
+    /// The shard this holder committed in its previous round, read back and checked
+    /// against what it committed (the newest checkpoint of its parity repository, the
+    /// same bytes).
+    fn previous_shard(&self, hs: &HolderState) -> Result<Vec<u8>, String> {
+        let p = self
+            .host_dir(&self.hosts[self.me() as usize])
+            .join(l3::parity_dir(hs.group, hs.shard));
+        let reader = RepoReader::open(&p).map_err(|e| e.to_string())?;
+        let newest = reader
+            .committed()
+            .map_err(|e| e.to_string())?
+            .last()
+            .map(|c| c.id.0);
+        if newest != Some(hs.local) {
+            return Err(format!(
+                "{}: newest checkpoint {newest:?}, this rank committed {}",
+                p.display(),
+                hs.local
+            ));
+        }
+        let bytes = reader
+            .load_part(CheckpointId(hs.local), Rank(0))
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .find(|o| o.info.name == PARITY_OBJECT)
+            .map(|o| o.data)
+            .ok_or_else(|| format!("{}: no parity object", p.display()))?;
+        if bytes.len() != hs.shard_bytes || *blake3::hash(&bytes).as_bytes() != hs.shard_hash {
+            return Err(format!(
+                "{}: checkpoint {} is not the shard this rank committed",
+                p.display(),
+                hs.local
+            ));
+        }
+        Ok(bytes)
+    }
+
+    /// Commits `shard` and the members' `headers` as the next checkpoint of
+    /// `<host>/parity-<g>-<j>/`; returns its id. The part writer writes only the shard's
+    /// chunks that changed since the previous checkpoint.
     fn write_parity(
         &mut self,
         g: u32,
         j: u32,
         shard: &[u8],
+        headers: &[Vec<u8>],
         meta: CommitMeta,
-    ) -> Result<(), LevelError> {
+    ) -> Result<u64, LevelError> {
         let p = self
             .host_dir(&self.hosts[self.me() as usize])
             .join(l3::parity_dir(g, j));
@@ -726,7 +1083,17 @@ impl NodeLevels {
             },
             shard,
         );
-        let part = match pending.part_writer().write(Rank(0), &[spec]) {
+        let headers = postcard::to_allocvec(headers).unwrap_or_default();
+        let hspec = ObjectSpec::new(
+            ObjectInfo {
+                name: HEADERS_OBJECT.into(),
+                type_name: "lazarus.parity.headers".into(),
+                kind: ObjectKind::Serde,
+                sharing: None,
+            },
+            &headers,
+        );
+        let part = match pending.part_writer().write(Rank(0), &[spec, hspec]) {
             Ok(p) => p,
             Err(e) => {
                 let _ = repo.abort(pending);
@@ -734,11 +1101,11 @@ impl NodeLevels {
             }
         };
         lazarus_store::failpoint("levels_parity_before_commit");
-        repo.commit(pending, vec![part], meta).map_err(l3err)?;
+        let done = repo.commit(pending, vec![part], meta).map_err(l3err)?;
         if let Err(e) = repo.retain(self.keep) {
             tracing::warn!("levels: L3 retention of {}: {e}", p.display());
         }
-        Ok(())
+        Ok(done.summary.id.0)
     }
 
     fn own_reader(&self) -> Result<RepoReader, LevelError> {
@@ -749,32 +1116,44 @@ impl NodeLevels {
         RepoReader::open(&p).map_err(LevelError::l1)
     }
 
-    /// The message carrying parity shard `sh` of checkpoint `seq`, read from this host.
+    /// The message carrying parity shard `sh` of checkpoint `seq` and the members'
+    /// headers, read from this host (every digest verified on load).
     fn shard_msg(&self, sh: &ShardSource, seq: u64) -> ParityMsg {
         let p = self.host_dir(&sh.host).join(&sh.dir);
         let read = RepoReader::open(&p)
             .and_then(|r| r.load_part(CheckpointId(sh.local), Rank(0)))
             .map_err(|e| e.to_string())
             .and_then(|objects| {
-                objects
-                    .into_iter()
-                    .find(|o| o.info.name == PARITY_OBJECT)
-                    .map(|o| o.data)
-                    .ok_or_else(|| format!("{}: no parity object", p.display()))
+                let mut by: BTreeMap<String, Vec<u8>> =
+                    objects.into_iter().map(|o| (o.info.name, o.data)).collect();
+                let mut get = |name: &str| {
+                    by.remove(name)
+                        .ok_or_else(|| format!("{}: no {name} object", p.display()))
+                };
+                let bytes = get(PARITY_OBJECT)?;
+                let headers = get(HEADERS_OBJECT)?;
+                let headers: Vec<Vec<u8>> = postcard::from_bytes(&headers)
+                    .map_err(|e| format!("{}: member headers: {e}", p.display()))?;
+                Ok((bytes, headers))
             });
         match read {
-            Ok(bytes) => ParityMsg::Shard {
+            Ok((bytes, headers)) => ParityMsg::Shard {
                 seq,
                 shard: sh.shard,
                 bytes,
+                headers,
             },
             Err(e) => ParityMsg::Failed(e),
         }
     }
 
-    /// Rebuilds this rank's blob from the members' blobs and parity shards the plan
-    /// names (every one received, whatever fails, so no message is left behind), checks
-    /// every blob against the recorded hash, and installs it into this rank's L1.
+    /// Rebuilds this rank's part from the members' checkpoints and the parity shards the
+    /// plan names (every message received, whatever fails, so no message is left
+    /// behind): the members' headers (stored with the shards) are checked against the
+    /// recorded hashes, each surviving member's region is laid out from its chunks (each
+    /// checked against its slot), the missing region is decoded, and every chunk cut from
+    /// it is checked against its slot before the checkpoint is installed into this rank's
+    /// L1. Any mismatch is damage: every rank falls back.
     fn rebuild_from_parity(&mut self, seq: u64, ps: &ParitySource) -> Result<u64, LoadOutcome> {
         let me = self.me();
         let net = LoadOutcome::Level;
@@ -785,8 +1164,11 @@ impl NodeLevels {
                 format!("rebuilding rank {me}'s part of checkpoint {seq} from L3 parity: {msg}"),
             ))
         };
+        let k = ps.lens.len();
         let mut problem: Option<String> = None;
-        let mut present: Vec<(usize, Vec<u8>)> = Vec::new();
+        // (member index, rank, its chunks by digest)
+        type Present = (usize, u32, BTreeMap<[u8; 32], Vec<u8>>);
+        let mut present: Vec<Present> = Vec::new();
         for (idx, u, local) in &ps.members {
             match l3::recv(&self.comm, *u, TAG_PARITY_REBUILD).map_err(net)? {
                 ParityMsg::Blob {
@@ -795,13 +1177,17 @@ impl NodeLevels {
                     local: l,
                     bytes,
                 } if s == seq && index == *idx && l == *local => {
-                    let want = ps.hashes.get(*idx as usize).cloned().unwrap_or_default();
-                    if l3::hash_hex(&bytes) == want {
-                        present.push((*idx as usize, bytes));
-                    } else {
-                        problem.get_or_insert(format!(
-                            "rank {u}'s checkpoint {local} differs from the one the parity was computed over"
-                        ));
+                    match CopyMsg::decode(Rank(*u), &bytes) {
+                        Ok(CopyMsg::Data {
+                            subject, chunks, ..
+                        }) if subject == *u => {
+                            present.push((*idx as usize, *u, chunks.into_iter().collect()))
+                        }
+                        _ => {
+                            problem.get_or_insert(format!(
+                                "rank {u} sent something else than its checkpoint {local}"
+                            ));
+                        }
                     }
                 }
                 ParityMsg::Failed(m) => {
@@ -816,6 +1202,7 @@ impl NodeLevels {
             }
         }
         let mut shards: Vec<(usize, Vec<u8>)> = Vec::new();
+        let mut headers: Option<Vec<slots::Header>> = None;
         for sh in &ps.shards {
             let msg = if sh.holder == me {
                 self.shard_msg(sh, seq)
@@ -827,7 +1214,21 @@ impl NodeLevels {
                     seq: s,
                     shard,
                     bytes,
-                } if s == seq && shard == sh.shard => shards.push((shard as usize, bytes)),
+                    headers: h,
+                } if s == seq && shard == sh.shard => {
+                    shards.push((shard as usize, bytes));
+                    if headers.is_none() {
+                        match checked_headers(&h, ps) {
+                            Ok(h) => headers = Some(h),
+                            Err(e) => {
+                                problem.get_or_insert(format!(
+                                    "the member headers next to parity shard {} on {}: {e}",
+                                    sh.shard, sh.host
+                                ));
+                            }
+                        }
+                    }
+                }
                 ParityMsg::Failed(m) => {
                     problem.get_or_insert(format!(
                         "parity shard {} on {} could not be read: {m}",
@@ -845,44 +1246,56 @@ impl NodeLevels {
         if let Some(p) = problem {
             return Err(damaged(p));
         }
+        let headers = headers.ok_or_else(|| damaged("no member headers".into()))?;
+        let shard_bytes = usize::try_from(ps.shard_bytes).map_err(|e| damaged(e.to_string()))?;
+        if shards.iter().any(|(_, b)| b.len() != shard_bytes) {
+            return Err(damaged(format!(
+                "a parity shard is not {shard_bytes} bytes long"
+            )));
+        }
+        let mut regions: Vec<(usize, Vec<u8>)> = Vec::with_capacity(present.len());
+        for (i, u, mut chunks) in present {
+            let h = &headers[i];
+            if h.region_len > ps.shard_bytes {
+                return Err(damaged(format!("member {i}'s region exceeds the shards")));
+            }
+            let r = h
+                .region(|d| chunks.remove(d))
+                .map_err(|e| damaged(format!("rank {u}'s checkpoint: {e}")))?;
+            regions.push((i, r));
+        }
         let layout = parity::Layout {
-            shard_bytes: usize::try_from(ps.shard_bytes).map_err(|e| damaged(e.to_string()))?,
+            shard_bytes,
             lens: ps.lens.clone(),
             m: ps.m as usize,
         };
         let present_refs: Vec<(usize, &[u8])> =
-            present.iter().map(|(i, b)| (*i, b.as_slice())).collect();
+            regions.iter().map(|(i, b)| (*i, b.as_slice())).collect();
         let shard_refs: Vec<(usize, &[u8])> =
             shards.iter().map(|(i, b)| (*i, b.as_slice())).collect();
         let rebuilt = parity::rebuild(&layout, &present_refs, &shard_refs)
             .map_err(|e| damaged(e.to_string()))?;
         let index = ps.index as usize;
-        let blob = rebuilt
+        let region = rebuilt
             .into_iter()
             .find(|(i, _)| *i == index)
             .map(|(_, b)| b)
             .ok_or_else(|| damaged(format!("member {index} was not rebuilt")))?;
-        if Some(&l3::hash_hex(&blob)) != ps.hashes.get(index) {
+        let h = headers
+            .get(index)
+            .filter(|_| index < k)
+            .ok_or_else(|| damaged(format!("no header of member {index}")))?;
+        let local = ps.locals.get(index).copied().unwrap_or(0);
+        if h.subject != me || h.local != local {
             return Err(damaged(
-                "the rebuilt blob does not match its recorded hash".into(),
+                "the rebuilt header is not this rank's checkpoint".into(),
             ));
         }
-        let local = ps.locals.get(index).copied().unwrap_or(0);
-        match CopyMsg::decode(Rank(me), &blob) {
-            Ok(CopyMsg::Data {
-                subject,
-                local: l,
-                chunks,
-                files,
-            }) if subject == me && l == local => {
-                self.install_own(local, &chunks, &files)?;
-                Ok(local)
-            }
-            Ok(_) => Err(damaged(
-                "the rebuilt blob is not this rank's checkpoint".into(),
-            )),
-            Err(e) => Err(damaged(e.to_string())),
-        }
+        let chunks = h
+            .chunks_of(&region)
+            .map_err(|e| damaged(format!("the rebuilt region: {e}")))?;
+        self.install_own(local, &chunks, &h.files)?;
+        Ok(local)
     }
 
     /// Installs a checkpoint sent by another rank into this rank's own L1 repository.
@@ -1084,6 +1497,34 @@ impl NodeLevels {
     }
 }
 
+/// The members' headers stored next to a parity shard, each decoded and checked against
+/// the hash and region length the parity COMMIT records.
+fn checked_headers(raw: &[Vec<u8>], ps: &ParitySource) -> Result<Vec<slots::Header>, String> {
+    if raw.len() != ps.hashes.len() || raw.len() != ps.lens.len() {
+        return Err(format!(
+            "{} headers for {} members",
+            raw.len(),
+            ps.hashes.len()
+        ));
+    }
+    raw.iter()
+        .enumerate()
+        .map(|(i, b)| {
+            if slots::Header::hash_hex(b) != ps.hashes[i] {
+                return Err(format!("member {i}'s header differs from the recorded one"));
+            }
+            let h = slots::Header::decode(&format!("member {i}'s header"), b)
+                .map_err(|e| e.to_string())?;
+            if h.region_len != ps.lens[i] {
+                return Err(format!(
+                    "member {i}'s region length differs from the recorded one"
+                ));
+            }
+            Ok(h)
+        })
+        .collect()
+}
+
 /// Why loading from a fast level failed.
 #[derive(Debug)]
 pub enum LoadOutcome {
@@ -1167,6 +1608,9 @@ fn parity_held(
         .split(',')
         .map(str::to_string)
         .collect();
+    if c.app.get(PARITY_LAYOUT_KEY).map(String::as_str) != Some(PARITY_LAYOUT) {
+        return Err(format!("not a {PARITY_LAYOUT} parity layout"));
+    }
     let recorded = num(PARITY_SHARD_KEY)?;
     if recorded != u64::from(shard) {
         return Err(format!(
@@ -1315,5 +1759,183 @@ mod tests {
         assert_eq!(parse_dir("rank-"), None);
         assert_eq!(parse_dir("rank-1x"), None);
         assert_eq!(parse_dir("other"), None);
+    }
+
+    const BYTES: usize = 64 * 1024;
+
+    fn opts() -> RepoOptions {
+        RepoOptions {
+            chunk_size: 4096,
+            ..RepoOptions::default()
+        }
+    }
+
+    fn open(comm: Comm, root: &Path) -> NodeLevels {
+        let host = format!("sim{}", comm.rank().0 * 2 / comm.size());
+        let levels = Levels::new().l1(1).l3(1).l4(0);
+        NodeLevels::open(comm, levels, root.to_path_buf(), host, opts(), 2, 0).unwrap()
+    }
+
+    fn spec(data: &[u8]) -> ObjectSpec<'_> {
+        ObjectSpec::new(
+            ObjectInfo {
+                name: "data".into(),
+                type_name: "Vec<u8>".into(),
+                kind: ObjectKind::Serde,
+                sharing: None,
+            },
+            data,
+        )
+    }
+
+    /// Incompressible bytes.
+    fn noise(seed: u64, out: &mut [u8]) {
+        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        for b in out {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *b = x as u8;
+        }
+    }
+
+    /// 4 ranks on 2 simulated hosts (groups {0, 2} and {1, 3}), L1 + L3 on every
+    /// checkpoint, `rounds` checkpoints each changing about 1 % of every rank's state;
+    /// `tamper(levels, round)` runs on every rank before the round's checkpoint (between
+    /// barriers). Returns each rank's receipts and final state.
+    fn run(
+        root: &Path,
+        rounds: usize,
+        tamper: impl Fn(&mut NodeLevels, usize) + Sync,
+    ) -> Vec<(Vec<LevelReceipt>, Vec<u8>)> {
+        lazarus_net::local(4, |comm| {
+            let me = u64::from(comm.rank().0);
+            let mut levels = open(comm.clone(), root);
+            let mut data = vec![0u8; BYTES];
+            noise(me + 1, &mut data);
+            let mut receipts = Vec::new();
+            for r in 0..rounds {
+                if r > 0 {
+                    let n = BYTES / 100;
+                    let at = (r * 7919 * (me as usize + 1)) % (BYTES - n);
+                    noise(me * 1000 + r as u64, &mut data[at..at + n]);
+                }
+                comm.barrier().unwrap();
+                tamper(&mut levels, r);
+                comm.barrier().unwrap();
+                let seq = levels.take_seq();
+                let meta = CommitMeta {
+                    step: seq,
+                    app: Default::default(),
+                };
+                let due = Due {
+                    l1: true,
+                    l2: false,
+                    l3: true,
+                    l4: false,
+                };
+                receipts.push(levels.checkpoint(seq, &[spec(&data)], &meta, due).unwrap());
+            }
+            (receipts, data)
+        })
+        .unwrap()
+    }
+
+    /// Loses host sim1 (its directory) and restores on 4 fresh ranks: every rank gets the
+    /// newest checkpoint, sim1's ranks rebuilt from parity, byte for byte.
+    fn lose_sim1_and_restore(root: &Path, finals: &[Vec<u8>], seq: u64) {
+        std::fs::remove_dir_all(root.join("sim1")).unwrap();
+        let got = lazarus_net::local(4, |comm| {
+            let mut levels = open(comm, root);
+            let plan = levels.plans().into_iter().next().expect("a plan");
+            assert_eq!((plan.seq, plan.from_parity()), (seq, vec![2, 3]));
+            let objects = levels.load(&plan).map_err(|e| format!("{e:?}")).unwrap();
+            objects.into_iter().next().unwrap().data
+        })
+        .unwrap();
+        assert_eq!(got, finals);
+    }
+
+    #[test]
+    fn rounds_after_the_first_are_incremental_and_rebuild_a_lost_host() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = run(dir.path(), 6, |_, _| {});
+        for (r, (receipts, _)) in out.iter().enumerate() {
+            assert!(
+                !receipts[0].l3_incremental,
+                "rank {r}: the first round is full"
+            );
+            for (i, rc) in receipts.iter().enumerate().skip(1) {
+                assert!(rc.l3_incremental, "rank {r} round {i}");
+            }
+        }
+        // Holders 0 and 2 send to each other; 1 and 3 too: an incremental update is a
+        // small part of the full one.
+        for (r, (receipts, _)) in out.iter().enumerate() {
+            let (full, inc) = (receipts[0].l3_bytes, receipts[5].l3_bytes);
+            assert!(full >= BYTES as u64, "rank {r}: full round sent {full}");
+            assert!(inc * 4 < full, "rank {r}: incremental sent {inc} of {full}");
+        }
+        let finals: Vec<Vec<u8>> = out.into_iter().map(|(_, d)| d).collect();
+        lose_sim1_and_restore(dir.path(), &finals, 6);
+    }
+
+    /// Every precondition of an incremental round, broken on one group: its round is
+    /// full (the other group stays incremental), the next one incremental again, and the
+    /// lost host is still rebuilt correctly.
+    #[test]
+    fn a_mismatched_previous_shard_or_input_forces_a_full_round() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        let tamper = |l: &mut NodeLevels, round: usize| {
+            let me = l.me();
+            match (round, me) {
+                // Holder 0 of group 0 lost its newest parity checkpoint.
+                (2, 0) => {
+                    let repo = root.join("sim0").join(l3::parity_dir(0, 0));
+                    let newest = RepoReader::open(&repo)
+                        .unwrap()
+                        .committed()
+                        .unwrap()
+                        .last()
+                        .unwrap()
+                        .id;
+                    let cdir = repo.join("checkpoints").join(newest.to_string());
+                    std::fs::remove_file(cdir.join("COMMIT")).unwrap();
+                }
+                // Holder 2 of group 0 holds another shard than it committed.
+                (4, 2) => {
+                    if let Some(h) = l.holder_state.as_mut() {
+                        h.shard_hash[0] ^= 1;
+                    }
+                }
+                // Member 2's previous header is not the one the holders recorded.
+                (6, 2) => {
+                    if let Some(m) = l.member_state.as_mut() {
+                        m.hash = "0".repeat(64);
+                    }
+                }
+                // Member 0's previous chunks are not what its slots say.
+                (8, 0) => {
+                    if let Some(m) = l.member_state.as_mut() {
+                        for s in &mut m.header.slots {
+                            s.hash[0] ^= 1;
+                        }
+                    }
+                }
+                _ => {}
+            }
+        };
+        let out = run(&root, 10, tamper);
+        for (r, (receipts, _)) in out.iter().enumerate() {
+            let inc: Vec<bool> = receipts.iter().map(|x| x.l3_incremental).collect();
+            let group0 = r % 2 == 0;
+            let want: Vec<bool> = (0..10)
+                .map(|i| i != 0 && !(group0 && [2, 4, 6, 8].contains(&i)))
+                .collect();
+            assert_eq!(inc, want, "rank {r}");
+        }
+        let finals: Vec<Vec<u8>> = out.into_iter().map(|(_, d)| d).collect();
+        lose_sim1_and_restore(&root, &finals, 10);
     }
 }

@@ -53,9 +53,9 @@ pub struct ParityHeld {
     pub members: Vec<u32>,
     /// Each member's checkpoint id in its L1 repository, by member index.
     pub locals: Vec<u64>,
-    /// Each member's blob length, by member index.
+    /// Each member's region length (the bytes encoded for it), by member index.
     pub lens: Vec<u64>,
-    /// Each member's blob BLAKE3 hash (hex), by member index.
+    /// Each member's header BLAKE3 hash (hex), by member index.
     pub hashes: Vec<String>,
     /// Bytes per shard.
     pub shard_bytes: u64,
@@ -87,9 +87,9 @@ pub struct ParitySource {
     pub members: Vec<(u32, u32, u64)>,
     /// Parity shards that are sent; members + shards = k.
     pub shards: Vec<ShardSource>,
-    /// Each member's blob length, by member index (k = its length).
+    /// Each member's region length, by member index (k = its length).
     pub lens: Vec<u64>,
-    /// Each member's blob hash (hex), by member index.
+    /// Each member's header hash (hex), by member index.
     pub hashes: Vec<String>,
     /// Each member's L1 checkpoint id, by member index.
     pub locals: Vec<u64>,

@@ -4,8 +4,9 @@
 //! RAM file system when `/dev/shm` exists), L1 + the same bytes over the communicator for
 //! L1+L2 (partner copy), L1 + memcpy + Reed-Solomon encode of the group's parts into 2
 //! parity shards for L1+L3 (parity group), raw write + fsync of the part for L4 (a
-//! one-rank checkpoint of a repository in `--dir`). Then the incremental L1+L2 checkpoint after 1 % of the part
-//! changed, and the bytes it sent to the partner.
+//! one-rank checkpoint of a repository in `--dir`). Then the incremental L1+L2 and L1+L3
+//! checkpoints after 1 % of the part changed, and the bytes they sent to the partner and to
+//! the other parity holder.
 
 use crate::cmd::CmdResult;
 use lazarus::format::{DType, ObjectInfo, ObjectKind, ObjectSpec};
@@ -78,6 +79,9 @@ struct Row {
     l13: Duration,
     l13_floor: Duration,
     l13_sent: u64,
+    l13_incr: Duration,
+    l13_incr_sent: u64,
+    l13_was_incr: bool,
     incr_sent: u64,
     raw: Duration,
     l4: Duration,
@@ -156,6 +160,8 @@ fn rank(
         drop(p);
         l13_floor.push(l1[l1.len() - 1] + memcpy[memcpy.len() - 1] + encode[encode.len() - 1]);
         round(4 * i as u64 + 3, &mut data);
+        // All new: a full parity round, as the first one.
+        levels.forget_parity_bases();
         comm.barrier()?;
         let (t, receipt) = timed_level(&mut levels, &data, false, true)?;
         l13.push(t);
@@ -199,6 +205,17 @@ fn rank(
     let (t, incr) = timed_level(&mut levels, &data, true, false)?;
     row.l12_incr = t;
     row.incr_sent = incr.l2_bytes;
+    // Incremental parity: an L1+L3 checkpoint of this state (the base), then 1 % changed.
+    comm.barrier()?;
+    timed_level(&mut levels, &data, false, true)?;
+    for b in &mut data[n..2 * n] {
+        *b = b.wrapping_add(1);
+    }
+    comm.barrier()?;
+    let (t, incr) = timed_level(&mut levels, &data, false, true)?;
+    row.l13_incr = t;
+    row.l13_incr_sent = incr.l3_bytes;
+    row.l13_was_incr = incr.l3_incremental;
     row.memcpy = median(memcpy);
     row.l1 = median(l1);
     row.tcp = median(tcp);
@@ -293,7 +310,15 @@ pub fn main(a: Args) -> CmdResult {
     )?;
     writeln!(
         out,
-        "RS encode of the group's raw parts into 2 shards: {:.1} ms ({:.0} MiB/s of input); L1+L3 sent {} KiB of blobs (the stored, compressed L1 checkpoint) to the other parity holder",
+        "L1+L3 after 1 % changed: {:.1} ms, {} KiB sent to the other parity holder ({}; the full round sent {} KiB)",
+        ms(r.l13_incr),
+        r.l13_incr_sent / 1024,
+        if r.l13_was_incr { "incremental" } else { "full" },
+        r.l13_sent / 1024
+    )?;
+    writeln!(
+        out,
+        "RS encode of the group's raw parts into 2 shards: {:.1} ms ({:.0} MiB/s of input); L1+L3 (all new, a full round) sent {} KiB (the stored, compressed L1 checkpoint and its header) to the other parity holder",
         ms(r.encode),
         (bytes as f64 * 2.0 / (1 << 20) as f64) / r.encode.as_secs_f64().max(1e-9),
         r.l13_sent / 1024
