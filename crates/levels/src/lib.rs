@@ -28,6 +28,7 @@
 mod config;
 mod error;
 pub mod l3;
+mod nm;
 mod node;
 pub mod parity;
 mod partner;
@@ -43,5 +44,6 @@ pub use node::{
     PARITY_HASHES_KEY, PARITY_LENS_KEY, PARITY_LOCALS_KEY, PARITY_MEMBERS_KEY, PARITY_M_KEY,
     PARITY_SHARD_BYTES_KEY, PARITY_SHARD_KEY, SEQ_KEY,
 };
+pub use nm::{Piece, PiecesMsg};
 pub use partner::{partner_map, CopyMsg};
 pub use plan::{FastPlan, Held, ParityHeld, ParitySource, RankSource, ShardSource};

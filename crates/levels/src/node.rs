@@ -249,7 +249,11 @@ impl NodeLevels {
         self.comm.rank().0
     }
 
-    fn host_dir(&self, host: &str) -> PathBuf {
+    pub(crate) fn comm(&self) -> &Comm {
+        &self.comm
+    }
+
+    pub(crate) fn host_dir(&self, host: &str) -> PathBuf {
         self.root.join(host)
     }
 
@@ -921,7 +925,14 @@ impl NodeLevels {
     /// installed into the receiving rank's own L1 repository (the rebuild), so the data is
     /// read from a local repository, every digest verified. Store errors are returned for
     /// the caller to classify (damage: fall back; anything else: fail).
+    ///
+    /// A checkpoint written by another number of ranks ([`FastPlan::world`]) is restored
+    /// by redistribution: the holders of the old parts send each rank the pieces it
+    /// needs (docs/LEVELS.md, "N→M").
     pub fn load(&mut self, plan: &FastPlan) -> Result<Vec<LoadedObject>, LoadOutcome> {
+        if plan.resharded(self.comm.size()) {
+            return self.load_resharded(plan);
+        }
         let me = self.me();
         // Holders send first (sends do not block), then receivers receive.
         for (r, src) in plan.sources.iter().enumerate() {
@@ -1052,6 +1063,9 @@ pub enum LoadOutcome {
     Store(StoreError),
     /// Talking to another rank failed, or it broke the protocol.
     Level(LevelError),
+    /// A checkpoint of another world size holds state that cannot be redistributed (the
+    /// same refusal as an N→M restore from the repository).
+    NotRedistributable(lazarus_dist::DistError),
 }
 
 fn kind(m: &CopyMsg) -> &'static str {

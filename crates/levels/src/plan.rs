@@ -162,6 +162,18 @@ impl FastPlan {
             .collect()
     }
 
+    /// The (old) ranks whose part is read from a partner copy (an L2 mirror).
+    pub fn from_partner_copies(&self) -> Vec<u32> {
+        (0..self.sources.len() as u32)
+            .filter(|r| match &self.sources[*r as usize] {
+                RankSource::Local { dir, .. } | RankSource::Remote { dir, .. } => {
+                    dir.starts_with("partner-of-")
+                }
+                RankSource::Parity(_) => false,
+            })
+            .collect()
+    }
+
     /// The ranks whose part is rebuilt from parity.
     pub fn from_parity(&self) -> Vec<u32> {
         (0..self.sources.len() as u32)
