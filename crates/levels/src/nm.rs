@@ -182,7 +182,9 @@ impl NodeLevels {
         let net = LoadOutcome::Level;
         // 1. The manifests of the copies this rank holds.
         let mut mine: Vec<(u32, RepoReader, Manifest)> = Vec::new();
-        let mut listed: Result<Vec<(u32, Vec<ObjectInfo>)>, String> = Ok(Vec::new());
+        // Object lists as JSON (the manifest's own encoding: `ObjectInfo` flattens its
+        // kind, which a non-self-describing wire format cannot carry).
+        let mut listed: Result<Vec<(u32, String)>, String> = Ok(Vec::new());
         for (s, src) in plan.sources.iter().enumerate() {
             let RankSource::Remote {
                 holder,
@@ -211,8 +213,11 @@ impl NodeLevels {
             });
             match read {
                 Ok((reader, man)) => {
-                    if let Ok(l) = &mut listed {
-                        l.push((s as u32, man.objects.iter().map(|o| o.info.clone()).collect()));
+                    let infos: Vec<&ObjectInfo> = man.objects.iter().map(|o| &o.info).collect();
+                    match (&mut listed, serde_json::to_string(&infos)) {
+                        (Ok(l), Ok(json)) => l.push((s as u32, json)),
+                        (Ok(_), Err(e)) => listed = Err(format!("old rank {s}'s objects: {e}")),
+                        (Err(_), _) => {}
                     }
                     mine.push((s as u32, reader, man));
                 }
@@ -230,7 +235,13 @@ impl NodeLevels {
         for (r, l) in all.into_iter().enumerate() {
             match l {
                 Ok(parts) => {
-                    for (s, objs) in parts {
+                    for (s, json) in parts {
+                        let objs: Vec<ObjectInfo> = serde_json::from_str(&json).map_err(|e| {
+                            net(LevelError::Protocol {
+                                rank: Rank(r as u32),
+                                detail: format!("old rank {s}'s object list: {e}"),
+                            })
+                        })?;
                         match infos.get_mut(s as usize) {
                             Some(slot @ None) => *slot = Some(objs),
                             _ => {
