@@ -168,7 +168,7 @@ fn killed_on_four(dir: &Path, levels: &[&str], kill: u64, mode: &str) {
 
 /// Killed on 4 ranks at step 9 (checkpoint 4 at step 8 is the newest), continued on
 /// `m`: every old part from its own L1 copy, redistributed, the failure-free result.
-fn four_to(m: u32) {
+fn four_to(m: u32) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     killed_on_four(dir.path(), &FAST_ONLY, 9, "kill");
     let out = run(dir.path(), m, &FAST_ONLY, &[], &format!("{STEPS},0,none"));
@@ -181,11 +181,30 @@ fn four_to(m: u32) {
         "{stderr}"
     );
     assert_eq!(durable_checkpoints(&dir.path().join("repo")), 0);
+    dir
 }
 
 #[test]
 fn killed_on_four_ranks_restores_on_three_from_node_local_copies() {
-    four_to(3);
+    let dir = four_to(3);
+    // The 3-rank world's first checkpoint on L1 and L2 removed what no rank of it writes
+    // (old rank 3's L1 copy and its mirror); the rest is its own, and verifies.
+    let l1 = dir.path().join("l1");
+    assert!(!l1.join("sim1/rank-3").exists() && !l1.join("sim0/partner-of-3").exists());
+    for d in ["sim0/rank-0", "sim0/rank-1", "sim1/rank-2", "sim0/partner-of-2", "sim1/partner-of-0", "sim1/partner-of-1"] {
+        assert!(l1.join(d).is_dir(), "{d}");
+    }
+    for level in ["l1", "l2"] {
+        let out = std::process::Command::new(common::lazarus_bin())
+            .args(["verify", "--level", level, "--l1-dir"])
+            .arg(&l1)
+            .arg(dir.path().join("repo"))
+            .output()
+            .unwrap();
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{stdout}{stderr}");
+        assert_eq!(stdout.matches("ok: ").count(), 3, "{level}: {stdout}");
+    }
 }
 
 #[test]

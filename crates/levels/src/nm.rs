@@ -379,6 +379,60 @@ impl NodeLevels {
     }
 }
 
+impl NodeLevels {
+    /// After a level round every rank completed: when the round wrote every configured
+    /// fast level (L1, and L2 / L3 when they are on), the first time in this world, the
+    /// lowest rank of each host deletes the copies in the host's directory that no rank
+    /// of this world writes: `rank-<r>` of a rank that is not on this host (or no longer
+    /// exists, after N→M) and `partner-of-<r>` that this host does not mirror any more.
+    /// From then on the newest checkpoint has the protection the job asked for, so those
+    /// copies of an older world (or of ranks placed elsewhere) would only fill the RAM
+    /// file system. Parity repositories are left to L3's own retention. Failures are
+    /// logged: the copies are then only wasted space.
+    pub(crate) fn tidy_after(&mut self, due: crate::Due) {
+        let (_, l2, _) = self.levels().periods();
+        let l3 = self.levels().l3_every();
+        if !due.l1 || (l2 > 0 && !due.l2) || (l3 > 0 && !due.l3) || !self.first_tidy() {
+            return;
+        }
+        let hosts = self.hosts().to_vec();
+        let me = self.comm().rank().0 as usize;
+        let host = &hosts[me];
+        if hosts.iter().position(|h| h == host) != Some(me) {
+            return;
+        }
+        let dir = self.host_dir(host);
+        let used = |r: u32, primary: bool| {
+            let here = |x: u32| hosts.get(x as usize) == Some(host);
+            if primary {
+                here(r)
+            } else {
+                l2 > 0
+                    && matches!(self.partners().get(r as usize), Some(Some(p)) if here(*p))
+            }
+        };
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            return;
+        };
+        for ent in rd.flatten() {
+            let name = ent.file_name().to_string_lossy().to_string();
+            let Some((r, primary)) = crate::node::parse_dir(&name) else {
+                continue;
+            };
+            if used(r, primary) {
+                continue;
+            }
+            match std::fs::remove_dir_all(ent.path()) {
+                Ok(()) => tracing::info!(
+                    "levels: removed {}: no rank of this world writes it",
+                    ent.path().display()
+                ),
+                Err(e) => tracing::warn!("levels: removing {}: {e}", ent.path().display()),
+            }
+        }
+    }
+}
+
 /// Reads `wanted` from the copies this rank holds, through their verified manifests.
 fn read_pieces(
     mine: &[(u32, RepoReader, Manifest)],

@@ -75,6 +75,9 @@ pub struct NodeLevels {
     parity: Vec<ParityHeld>,
     groups: Vec<Vec<u32>>,
     next_seq: u64,
+    /// True once this world's first checkpoint on every configured fast level removed
+    /// the copies no rank of this world writes any more (crate `nm`, docs/LEVELS.md).
+    tidied: bool,
 }
 
 /// What one host's node-local directory holds.
@@ -89,7 +92,7 @@ fn dir_of(rank: u32, primary: bool) -> String {
 }
 
 /// Reads a directory name back: `(subject, primary)`.
-fn parse_dir(name: &str) -> Option<(u32, bool)> {
+pub(crate) fn parse_dir(name: &str) -> Option<(u32, bool)> {
     let (rest, primary) = match name.strip_prefix("rank-") {
         Some(r) => (r, true),
         None => (name.strip_prefix("partner-of-")?, false),
@@ -193,6 +196,7 @@ impl NodeLevels {
             parity,
             groups,
             next_seq,
+            tidied: false,
         })
     }
 
@@ -251,6 +255,15 @@ impl NodeLevels {
 
     pub(crate) fn comm(&self) -> &Comm {
         &self.comm
+    }
+
+    pub(crate) fn partners(&self) -> &[Option<u32>] {
+        &self.partners
+    }
+
+    /// Marks the tidy step done; true the first time.
+    pub(crate) fn first_tidy(&mut self) -> bool {
+        !std::mem::replace(&mut self.tidied, true)
     }
 
     pub(crate) fn host_dir(&self, host: &str) -> PathBuf {
@@ -354,6 +367,7 @@ impl NodeLevels {
                 message: m,
             });
         }
+        self.tidy_after(due);
         Ok(receipt)
     }
 
