@@ -191,7 +191,14 @@ fn killed_on_four_ranks_restores_on_three_from_node_local_copies() {
     // (old rank 3's L1 copy and its mirror); the rest is its own, and verifies.
     let l1 = dir.path().join("l1");
     assert!(!l1.join("sim1/rank-3").exists() && !l1.join("sim0/partner-of-3").exists());
-    for d in ["sim0/rank-0", "sim0/rank-1", "sim1/rank-2", "sim0/partner-of-2", "sim1/partner-of-0", "sim1/partner-of-1"] {
+    for d in [
+        "sim0/rank-0",
+        "sim0/rank-1",
+        "sim1/rank-2",
+        "sim0/partner-of-2",
+        "sim1/partner-of-0",
+        "sim1/partner-of-1",
+    ] {
         assert!(l1.join(d).is_dir(), "{d}");
     }
     for level in ["l1", "l2"] {
@@ -249,7 +256,10 @@ fn an_old_part_missing_everywhere_falls_back_to_the_durable_checkpoint() {
         ),
         "{stderr}"
     );
-    assert!(!stderr.contains("from L1") && !stderr.contains("from L2"), "{stderr}");
+    assert!(
+        !stderr.contains("from L1") && !stderr.contains("from L2"),
+        "{stderr}"
+    );
 }
 
 /// The same without L4: nothing can rebuild every old part; the job says so and starts

@@ -341,7 +341,8 @@ impl Reshard {
                     }
                 }
                 ObjectClass::Distributed { parts, row_width } => {
-                    let (pieces, _, _) = block_pieces(name, info, parts, *row_width, self.new_world, rank)?;
+                    let (pieces, _, _) =
+                        block_pieces(name, info, parts, *row_width, self.new_world, rank)?;
                     for (from, offset, len) in pieces {
                         out.push(PartRead::Range {
                             old: from,
@@ -403,7 +404,8 @@ impl Reshard {
         let mut data = vec![0u8; n_bytes];
         let mut rest: &mut [u8] = &mut data;
         for (from, a, n) in pieces {
-            let n = usize::try_from(n).map_err(|_| DistError::invalid("block too large for this host"))?;
+            let n = usize::try_from(n)
+                .map_err(|_| DistError::invalid("block too large for this host"))?;
             let Some((piece, tail)) = std::mem::take(&mut rest).split_at_mut_checked(n) else {
                 return Err(DistError::bad_checkpoint(format!(
                     "field `{name}`: the old blocks overlapping rank {} hold more than its \
@@ -479,7 +481,11 @@ fn block_pieces(
     let mut pieces = Vec::new();
     for (from, sub) in old.overlapping(want.clone()) {
         let base = old.range(from).start;
-        pieces.push((from, (sub.start - base) * esize, (sub.end - sub.start) * esize));
+        pieces.push((
+            from,
+            (sub.start - base) * esize,
+            (sub.end - sub.start) * esize,
+        ));
     }
     Ok((pieces, want, total))
 }

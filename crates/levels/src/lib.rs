@@ -39,11 +39,11 @@ pub use config::{
     L3_EVERY_ENV, L4_EVERY_ENV, SIM_HOSTS_ENV,
 };
 pub use error::LevelError;
+pub use nm::{Piece, PiecesMsg};
 pub use node::{
     scan, scan_parity, LevelReceipt, LoadOutcome, NodeLevels, LEVEL_RANK_KEY, LEVEL_WORLD_KEY,
     PARITY_HASHES_KEY, PARITY_LENS_KEY, PARITY_LOCALS_KEY, PARITY_MEMBERS_KEY, PARITY_M_KEY,
     PARITY_SHARD_BYTES_KEY, PARITY_SHARD_KEY, SEQ_KEY,
 };
-pub use nm::{Piece, PiecesMsg};
 pub use partner::{partner_map, CopyMsg};
 pub use plan::{FastPlan, Held, ParityHeld, ParitySource, RankSource, ShardSource};

@@ -134,7 +134,10 @@ impl PartSource for Received<'_> {
             .get(rank.index())
             .and_then(|objs| objs.iter().find(|o| o.name == name))
             .cloned();
-        match (info, self.pieces.remove(&(rank.0, name.to_string(), 0, true))) {
+        match (
+            info,
+            self.pieces.remove(&(rank.0, name.to_string(), 0, true)),
+        ) {
             (Some(info), Some(data)) => Ok(LoadedObject { info, data }),
             _ => Err(self.missing(format!("object `{name}` of old {rank} was not sent"))),
         }
@@ -147,7 +150,10 @@ impl PartSource for Received<'_> {
         offset: u64,
         out: &mut [u8],
     ) -> Result<bool, NotSent> {
-        match self.pieces.remove(&(rank.0, name.to_string(), offset, false)) {
+        match self
+            .pieces
+            .remove(&(rank.0, name.to_string(), offset, false))
+        {
             Some(b) if b.len() == out.len() => {
                 out.copy_from_slice(&b);
                 Ok(true)
@@ -407,8 +413,7 @@ impl NodeLevels {
             if primary {
                 here(r)
             } else {
-                l2 > 0
-                    && matches!(self.partners().get(r as usize), Some(Some(p)) if here(*p))
+                l2 > 0 && matches!(self.partners().get(r as usize), Some(Some(p)) if here(*p))
             }
         };
         let Ok(rd) = std::fs::read_dir(&dir) else {

@@ -303,11 +303,7 @@ pub fn plan_with_parity(held: &[Held], parity: &[ParityHeld], hosts: &[String]) 
 /// Checkpoint `seq` of another world size (its copies all agree on step and world): for
 /// every old rank, its copy on a live host (the primary before a mirror, then the lowest
 /// host name), held by that host's lowest current rank.
-fn plan_resharded(
-    seq: u64,
-    copies: &[&Held],
-    holder_of: &BTreeMap<&str, u32>,
-) -> Option<FastPlan> {
+fn plan_resharded(seq: u64, copies: &[&Held], holder_of: &BTreeMap<&str, u32>) -> Option<FastPlan> {
     let first = copies.first()?;
     let mut level = 1u8;
     let mut sources = Vec::with_capacity(first.world as usize);
