@@ -18,7 +18,7 @@ use std::error::Error;
 use std::path::Path;
 
 /// `steps,kill_step,mode` for the worker. Modes: `none`; `kill` (every rank SIGKILLs
-/// itself after step `kill_step`); `host1` (also, sim1's directory is deleted first);
+/// itself after step `kill_step`); `rank1` (only rank 1 does, in the first incarnation); `host1` (also, sim1's directory is deleted first);
 /// `part2` (sim1 lost and sim0's partner copy of rank 2 deleted: old rank 2's part
 /// exists nowhere); `perrank` (no kill; the state is per-rank, not a DVec).
 const WORKER_ENV: &str = "LAZARUS_TEST_LEVELS_NM";
@@ -68,22 +68,30 @@ fn worker(spec: &str) -> Result<(), Box<dyn Error>> {
     })?;
     while job.step() < steps {
         let step = job.checkpoint(&s)?;
-        if step == kill_step && mode != "none" {
+        let first_run = std::env::var("LAZARUS_INCARNATION").is_ok_and(|v| v == "0");
+        if step == kill_step && mode != "none" && (mode != "rank1" || first_run) {
             let host = format!("sim{}", me * 2 / size);
             let root = std::env::var_os("LAZARUS_L1_DIR").ok_or("no LAZARUS_L1_DIR")?;
             let lose = |rel: &str| {
                 let _ = std::fs::remove_dir_all(Path::new(&root).join(rel));
             };
+            if mode == "rank1" && me == 1 {
+                // Only rank 1 dies (no barrier: the others notice its loss).
+                // SAFETY: raising a signal in our own process.
+                unsafe { libc::raise(libc::SIGKILL) };
+            }
             if (mode == "host1" || mode == "part2") && host == "sim1" {
                 lose("sim1");
             }
             if mode == "part2" && me == 0 {
                 lose("sim0/partner-of-2");
             }
-            // Every rank deletes what it deletes before any rank dies.
-            comm.barrier()?;
-            // SAFETY: raising a signal in our own process.
-            unsafe { libc::raise(libc::SIGKILL) };
+            if mode != "rank1" {
+                // Every rank deletes what it deletes before any rank dies.
+                comm.barrier()?;
+                // SAFETY: raising a signal in our own process.
+                unsafe { libc::raise(libc::SIGKILL) };
+            }
         }
         // Change a window of the global array (the same elements on any number of
         // ranks), and mix in the global sum.
@@ -218,6 +226,34 @@ fn killed_on_four_ranks_restores_on_three_from_node_local_copies() {
 fn killed_on_four_ranks_restores_on_two_and_on_six_from_node_local_copies() {
     four_to(2);
     four_to(6);
+}
+
+/// `--shrink-on-failure`: rank 1 of 4 is SIGKILLed, the supervisor restarts the job on 3
+/// ranks (L4 holds nothing, so it has nothing to check), and the 3 ranks restore the
+/// 4-rank checkpoint from the fast levels by redistribution.
+#[test]
+fn shrink_on_failure_restores_from_the_fast_levels_on_one_rank_fewer() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(
+        dir.path(),
+        4,
+        &FAST_ONLY,
+        &["--max-restarts", "2", "--shrink-on-failure"],
+        &format!("{STEPS},9,rank1"),
+    );
+    let (_, stderr) = text(&out);
+    assert_eq!(checksum(&out), reference(), "{stderr}");
+    assert!(
+        stderr.contains("restarting on 3 ranks instead of 4"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(
+            "restored checkpoint 4 at step 8 from L1 node-local (written by 4 ranks, redistributed on 3)"
+        ),
+        "{stderr}"
+    );
+    assert_eq!(durable_checkpoints(&dir.path().join("repo")), 0);
 }
 
 /// Host sim1 lost (its directory deleted) before the N→M restart: old ranks 2 and 3 come
