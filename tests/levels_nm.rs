@@ -332,3 +332,50 @@ fn per_rank_state_in_fast_levels_is_refused_on_another_number_of_ranks() {
     );
     assert_eq!(durable_checkpoints(&dir.path().join("repo")), 0);
 }
+
+/// Old rank 0's newest L1 copy damaged (every chunk only it uses flipped) before the
+/// restart on 3 ranks: its holder finds the damage reading it, every rank falls back
+/// together to the older fast checkpoint (number 3), redistributed, and the report names
+/// the skipped one. Never wrong data.
+#[test]
+fn a_damaged_old_copy_falls_back_to_the_older_fast_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    killed_on_four(dir.path(), &FAST_ONLY, 9, "kill");
+    let own = dir.path().join("l1/sim0/rank-0");
+    let reader = lazarus::store::RepoReader::open(&own).unwrap();
+    let committed = reader.committed().unwrap();
+    let newest = committed.last().unwrap().id;
+    let older: std::collections::BTreeSet<_> = committed
+        .iter()
+        .filter(|c| c.id != newest)
+        .flat_map(|c| reader.manifests(c.id).unwrap())
+        .flat_map(|m| m.objects.into_iter().flat_map(|o| o.chunks))
+        .map(|c| c.digest)
+        .collect();
+    let mut flipped = 0;
+    for m in reader.manifests(newest).unwrap() {
+        for c in m.objects.iter().flat_map(|o| &o.chunks) {
+            if older.contains(&c.digest) {
+                continue;
+            }
+            let hex = c.digest.to_hex();
+            let p = own.join("chunks").join(&hex[..2]).join(&hex);
+            let mut b = std::fs::read(&p).unwrap();
+            let last = b.len() - 1;
+            b[last] ^= 0xff;
+            std::fs::write(&p, b).unwrap();
+            flipped += 1;
+        }
+    }
+    assert!(flipped > 0);
+    let out = run(dir.path(), 3, &FAST_ONLY, &[], &format!("{STEPS},0,none"));
+    let (_, stderr) = text(&out);
+    assert_eq!(checksum(&out), reference(), "{stderr}");
+    assert!(
+        stderr.contains(
+            "restored checkpoint 3 at step 6 from L1 node-local (written by 4 ranks, redistributed on 3); skipped damaged checkpoint 4"
+        ),
+        "{stderr}"
+    );
+    assert_eq!(durable_checkpoints(&dir.path().join("repo")), 0);
+}
