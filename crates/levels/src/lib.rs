@@ -13,6 +13,9 @@
 //!   host in `<host>/parity-<g>-<j>/`. Survives the loss of any one host without L2.
 //! - **L4 durable**: the job's repository, written by the two-phase commit as without
 //!   levels (crate `lazarus-coord`).
+//! - **N→M** ([`PiecesMsg`], crate-private `nm`): a checkpoint held only on L1/L2 is
+//!   restored on another number of ranks; the holders of the old parts send each new
+//!   rank the pieces `lazarus_dist::Reshard` reads for it, over the communicator.
 //!
 //! Every level is an ordinary repository of docs/FORMAT.md written by the store's own
 //! code (`Repository`, `PartWriter`, backend `put`), so a level's copy is complete or
