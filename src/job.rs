@@ -822,7 +822,7 @@ impl Job {
             .map(|p| Candidate {
                 id: CheckpointId(p.seq),
                 step: p.step,
-                world: size,
+                world: p.world,
                 app: p.app.clone(),
                 source: Source::Fast { level: p.level },
             })
@@ -849,6 +849,15 @@ impl Job {
                         step: c.step,
                         source,
                     })),
+                    // The same refusal as an N→M restore from the repository.
+                    Err(LoadOutcome::NotRedistributable(source)) => {
+                        Err(LoadError::Fatal(JobError::NotRedistributable {
+                            checkpoint: c.id,
+                            saved: c.world,
+                            current: size,
+                            source,
+                        }))
+                    }
                 };
             }
             let files = self.files_prepare(c.id, c.world, size)?;
@@ -935,6 +944,19 @@ impl Job {
                 self.finished = finished.then_some((from.id, from.step));
                 let level = match from.source {
                     Source::Fast { .. } => plans.iter().find(|p| p.seq == from.id.0).map(|p| {
+                        if p.resharded(size) {
+                            // The report adds "(written by N ranks, redistributed on M)".
+                            let mirrored = p.from_partner_copies();
+                            if mirrored.is_empty() {
+                                return "L1 node-local".to_string();
+                            }
+                            let ranks: Vec<String> =
+                                mirrored.iter().map(|r| format!("rank {r}")).collect();
+                            return format!(
+                                "L2 partner copy (old {} from partner copies)",
+                                ranks.join(", ")
+                            );
+                        }
                         let rebuilt = p.rebuilt();
                         let parity = p.from_parity();
                         if !parity.is_empty() {

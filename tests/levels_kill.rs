@@ -107,9 +107,9 @@ fn worker(spec: &str) -> Result<(), Box<dyn Error>> {
                 }
                 _ => false,
             };
-            // Every deletion is done before any rank dies: otherwise the supervisor may
-            // stop a rank before it deleted its host's directory, and the loss would be
-            // smaller than the test says (seen under load).
+            // Every rank has deleted what it deletes before any rank dies (otherwise the
+            // supervisor may stop a rank before its deletion, and the loss is smaller
+            // than the test means: seen as a flaky parity rebuild in `beyond`).
             comm.barrier()?;
             if die {
                 // SAFETY: raising a signal in our own process.

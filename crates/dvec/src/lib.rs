@@ -44,4 +44,4 @@ pub use error::{DistError, DistErrorKind, Result};
 pub use exact::{ExactSum, ExactSums};
 pub use group::{balance_together, Rebalance};
 pub use partition::{Distribution, Piece, Plan, DEFAULT_PIECE_BYTES};
-pub use reshard::{ObjectClass, PartSource, Reshard};
+pub use reshard::{ObjectClass, PartRead, PartSource, Reshard};

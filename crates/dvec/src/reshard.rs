@@ -97,6 +97,30 @@ where
     }
 }
 
+/// One read [`Reshard::assemble_from`] makes for a new rank ([`Reshard::reads`]), so a
+/// holder of old parts can send a new rank exactly what it will read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PartRead {
+    /// The whole object `name` of old rank `old` (a replicated object).
+    Object {
+        /// the old rank
+        old: Rank,
+        /// the object's name
+        name: String,
+    },
+    /// Bytes `offset..offset + len` of object `name` of old rank `old` (a distributed one).
+    Range {
+        /// the old rank
+        old: Rank,
+        /// the object's name
+        name: String,
+        /// the first byte
+        offset: u64,
+        /// how many bytes
+        len: u64,
+    },
+}
+
 /// A plan to restore a checkpoint of `old_world` ranks on `new_world` ranks.
 #[derive(Clone, Debug)]
 pub struct Reshard {
@@ -294,6 +318,45 @@ impl Reshard {
         self.assemble_from(rank, &mut Whole(fetch))
     }
 
+    /// Every read [`Reshard::assemble_from`] makes for new rank `rank`, in its order:
+    /// every old rank's copy of each replicated object, and of each distributed object the
+    /// byte range of every old part that overlaps the rank's block. A reader that serves
+    /// exactly these (e.g. bytes another rank sent) serves the whole assembly.
+    pub fn reads(&self, rank: Rank) -> Result<Vec<PartRead>> {
+        if rank.0 >= self.new_world {
+            return Err(DistError::invalid(format!(
+                "{rank} out of range for the new world of {}",
+                self.new_world
+            )));
+        }
+        let mut out = Vec::new();
+        for (name, (info, class)) in &self.objects {
+            match class {
+                ObjectClass::Replicated => {
+                    for r in 0..self.old_world {
+                        out.push(PartRead::Object {
+                            old: Rank(r),
+                            name: name.clone(),
+                        });
+                    }
+                }
+                ObjectClass::Distributed { parts, row_width } => {
+                    let (pieces, _, _) =
+                        block_pieces(name, info, parts, *row_width, self.new_world, rank)?;
+                    for (from, offset, len) in pieces {
+                        out.push(PartRead::Range {
+                            old: from,
+                            name: name.clone(),
+                            offset,
+                            len,
+                        });
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// [`Reshard::assemble`] reading from `src`: of each overlapping old part of a
     /// distributed object only the byte range this rank keeps, of a replicated object every
     /// old rank's copy (they must be identical; rank 0's is used).
@@ -334,19 +397,15 @@ impl Reshard {
                 "field `{name}` is not bulk"
             )));
         };
+        let (pieces, want, total) = block_pieces(name, info, parts, w, self.new_world, rank)?;
         let esize = dtype.size() as u64;
-        let old = Distribution::from_ranges(parts)?;
-        let total = old.total();
-        let rows = Distribution::even(total / w, self.new_world as usize)?.range(rank);
-        let want = rows.start * w..rows.end * w;
         let n_bytes = usize::try_from((want.end - want.start) * esize)
             .map_err(|_| DistError::invalid("block too large for this host"))?;
         let mut data = vec![0u8; n_bytes];
         let mut rest: &mut [u8] = &mut data;
-        for (from, sub) in old.overlapping(want.clone()) {
-            let base = old.range(from).start;
-            let a = (sub.start - base) * esize;
-            let n = ((sub.end - sub.start) * esize) as usize;
+        for (from, a, n) in pieces {
+            let n = usize::try_from(n)
+                .map_err(|_| DistError::invalid("block too large for this host"))?;
             let Some((piece, tail)) = std::mem::take(&mut rest).split_at_mut_checked(n) else {
                 return Err(DistError::bad_checkpoint(format!(
                     "field `{name}`: the old blocks overlapping rank {} hold more than its \
@@ -394,6 +453,41 @@ impl Reshard {
             data,
         })
     }
+}
+
+/// The block of new rank `rank` of `new_world` for a distributed object (its scalars
+/// `want`, of `total`), and the byte ranges of the old parts that fill it, in order:
+/// `(old rank, byte offset in that part, bytes)`.
+type Pieces = (Vec<(Rank, u64, u64)>, std::ops::Range<u64>, u64);
+
+fn block_pieces(
+    name: &str,
+    info: &ObjectInfo,
+    parts: &[GlobalRange],
+    w: u64,
+    new_world: u32,
+    rank: Rank,
+) -> Result<Pieces> {
+    let ObjectKind::Bulk { dtype, .. } = info.kind else {
+        return Err(DistError::bad_checkpoint(format!(
+            "field `{name}` is not bulk"
+        )));
+    };
+    let esize = dtype.size() as u64;
+    let old = Distribution::from_ranges(parts)?;
+    let total = old.total();
+    let rows = Distribution::even(total / w, new_world as usize)?.range(rank);
+    let want = rows.start * w..rows.end * w;
+    let mut pieces = Vec::new();
+    for (from, sub) in old.overlapping(want.clone()) {
+        let base = old.range(from).start;
+        pieces.push((
+            from,
+            (sub.start - base) * esize,
+            (sub.end - sub.start) * esize,
+        ));
+    }
+    Ok((pieces, want, total))
 }
 
 fn sharing_tag(s: Option<Sharing>) -> &'static str {
@@ -486,5 +580,98 @@ mod tests {
             e.contains("`x` is recorded as replicated on rank 0 but rank on rank 1"),
             "{e}"
         );
+    }
+
+    /// Records every read of an assembly and serves deterministic bytes.
+    struct Recorder(Vec<PartRead>);
+
+    #[derive(Debug)]
+    struct Never;
+    impl std::fmt::Display for Never {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("never")
+        }
+    }
+    impl std::error::Error for Never {}
+
+    impl PartSource for Recorder {
+        type Error = Never;
+        fn object(&mut self, rank: Rank, name: &str) -> std::result::Result<LoadedObject, Never> {
+            self.0.push(PartRead::Object {
+                old: rank,
+                name: name.into(),
+            });
+            Ok(LoadedObject {
+                info: serde_obj(name, Some(Sharing::Replicated)),
+                data: vec![7],
+            })
+        }
+        fn read_into(
+            &mut self,
+            rank: Rank,
+            name: &str,
+            offset: u64,
+            out: &mut [u8],
+        ) -> std::result::Result<bool, Never> {
+            self.0.push(PartRead::Range {
+                old: rank,
+                name: name.into(),
+                offset,
+                len: out.len() as u64,
+            });
+            Ok(true)
+        }
+    }
+
+    /// Old parts of a `DVec<[u32; w]>` of `rows` rows cut at `cuts`, plus a replicated
+    /// serde object.
+    fn dvec_parts(rows: u64, w: u64, cuts: &[u64]) -> Vec<Vec<ObjectInfo>> {
+        let mut bounds: Vec<u64> = cuts.iter().map(|c| c % (rows + 1)).collect();
+        bounds.push(0);
+        bounds.push(rows);
+        bounds.sort_unstable();
+        bounds
+            .windows(2)
+            .map(|b| {
+                let (start, len) = (b[0] * w, (b[1] - b[0]) * w);
+                vec![
+                    ObjectInfo {
+                        name: "grid".into(),
+                        type_name: format!("DVec<[u32; {w}]>"),
+                        kind: ObjectKind::Bulk {
+                            dtype: lazarus_format::DType::U32,
+                            len,
+                            global: Some(GlobalRange {
+                                start,
+                                len,
+                                total: rows * w,
+                            }),
+                        },
+                        sharing: Some(Sharing::Distributed),
+                    },
+                    serde_obj("params", Some(Sharing::Replicated)),
+                ]
+            })
+            .collect()
+    }
+
+    proptest::proptest! {
+        /// `reads` lists exactly what the assembly reads, for any old layout, N and M.
+        #[test]
+        fn reads_are_exactly_what_assembly_reads(
+            rows in 0u64..40,
+            w in 1u64..4,
+            cuts in proptest::collection::vec(0u64..64, 0..6),
+            m in 1u32..8,
+        ) {
+            let old = dvec_parts(rows, w, &cuts);
+            let plan = Reshard::new(&old, m).unwrap();
+            for r in 0..m {
+                let mut rec = Recorder(Vec::new());
+                plan.assemble_from(Rank(r), &mut rec).unwrap();
+                proptest::prop_assert_eq!(&rec.0, &plan.reads(Rank(r)).unwrap());
+            }
+            proptest::prop_assert!(plan.reads(Rank(m)).is_err());
+        }
     }
 }

@@ -13,6 +13,9 @@
 //!   host in `<host>/parity-<g>-<j>/`. Survives the loss of any one host without L2.
 //! - **L4 durable**: the job's repository, written by the two-phase commit as without
 //!   levels (crate `lazarus-coord`).
+//! - **N→M** ([`PiecesMsg`], crate-private `nm`): a checkpoint held only on L1/L2 is
+//!   restored on another number of ranks; the holders of the old parts send each new
+//!   rank the pieces `lazarus_dist::Reshard` reads for it, over the communicator.
 //!
 //! Every level is an ordinary repository of docs/FORMAT.md written by the store's own
 //! code (`Repository`, `PartWriter`, backend `put`), so a level's copy is complete or
@@ -28,6 +31,7 @@
 mod config;
 mod error;
 pub mod l3;
+mod nm;
 mod node;
 pub mod parity;
 mod partner;
@@ -39,6 +43,7 @@ pub use config::{
     L1_EVERY_ENV, L2_EVERY_ENV, L3_EVERY_ENV, L4_EVERY_ENV, SIM_HOSTS_ENV,
 };
 pub use error::LevelError;
+pub use nm::{Piece, PiecesMsg};
 pub use node::{
     scan, scan_parity, LevelReceipt, LoadOutcome, NodeLevels, LEVEL_RANK_KEY, LEVEL_WORLD_KEY,
     PARITY_HASHES_KEY, PARITY_HOSTS_KEY, PARITY_LENS_KEY, PARITY_LOCALS_KEY, PARITY_MEMBERS_KEY,

@@ -159,6 +159,9 @@ pub struct NodeLevels {
     next_seq: u64,
     member_state: Option<MemberState>,
     holder_state: Option<HolderState>,
+    /// True once this world's first checkpoint on every configured fast level removed
+    /// the copies no rank of this world writes any more (crate `nm`, docs/LEVELS.md).
+    tidied: bool,
 }
 
 /// What one host's node-local directory holds.
@@ -173,7 +176,7 @@ fn dir_of(rank: u32, primary: bool) -> String {
 }
 
 /// Reads a directory name back: `(subject, primary)`.
-fn parse_dir(name: &str) -> Option<(u32, bool)> {
+pub(crate) fn parse_dir(name: &str) -> Option<(u32, bool)> {
     let (rest, primary) = match name.strip_prefix("rank-") {
         Some(r) => (r, true),
         None => (name.strip_prefix("partner-of-")?, false),
@@ -283,6 +286,7 @@ impl NodeLevels {
             next_seq,
             member_state: None,
             holder_state: None,
+            tidied: false,
         })
     }
 
@@ -369,7 +373,20 @@ impl NodeLevels {
         self.comm.rank().0
     }
 
-    fn host_dir(&self, host: &str) -> PathBuf {
+    pub(crate) fn comm(&self) -> &Comm {
+        &self.comm
+    }
+
+    pub(crate) fn partners(&self) -> &[Option<u32>] {
+        &self.partners
+    }
+
+    /// Marks the tidy step done; true the first time.
+    pub(crate) fn first_tidy(&mut self) -> bool {
+        !std::mem::replace(&mut self.tidied, true)
+    }
+
+    pub(crate) fn host_dir(&self, host: &str) -> PathBuf {
         self.root.join(host)
     }
 
@@ -483,6 +500,7 @@ impl NodeLevels {
                 message: m,
             });
         }
+        self.tidy_after(due);
         Ok(receipt)
     }
 
@@ -1373,7 +1391,14 @@ impl NodeLevels {
     /// installed into the receiving rank's own L1 repository (the rebuild), so the data is
     /// read from a local repository, every digest verified. Store errors are returned for
     /// the caller to classify (damage: fall back; anything else: fail).
+    ///
+    /// A checkpoint written by another number of ranks ([`FastPlan::world`]) is restored
+    /// by redistribution: the holders of the old parts send each rank the pieces it
+    /// needs (docs/LEVELS.md, "N→M").
     pub fn load(&mut self, plan: &FastPlan) -> Result<Vec<LoadedObject>, LoadOutcome> {
+        if plan.resharded(self.comm.size()) {
+            return self.load_resharded(plan);
+        }
         let me = self.me();
         // Holders send first (sends do not block), then receivers receive.
         for (r, src) in plan.sources.iter().enumerate() {
@@ -1532,6 +1557,9 @@ pub enum LoadOutcome {
     Store(StoreError),
     /// Talking to another rank failed, or it broke the protocol.
     Level(LevelError),
+    /// A checkpoint of another world size holds state that cannot be redistributed (the
+    /// same refusal as an N→M restore from the repository).
+    NotRedistributable(lazarus_dist::DistError),
 }
 
 fn kind(m: &CopyMsg) -> &'static str {

@@ -134,17 +134,43 @@ pub struct FastPlan {
     /// Its COMMIT metadata (of the lowest rank's copy).
     pub app: BTreeMap<String, String>,
     /// 1 when every rank reads its own node-local copy, 2 when a part must come from a
-    /// partner copy, 3 when a part is rebuilt from parity.
+    /// partner copy, 3 when a part is rebuilt from parity. For a checkpoint of another
+    /// world size: 1 when every old part is read from its rank's own L1 copy, 2 when one
+    /// comes from a partner copy.
     pub level: u8,
-    /// Per rank, where its part comes from.
+    /// The number of ranks that wrote it. When it differs from the current world, the
+    /// checkpoint is restored by redistribution (N→M): `sources` is indexed by old rank
+    /// and every source is a [`RankSource::Remote`] whose holder sends the new ranks
+    /// the pieces of that part they need.
+    pub world: u32,
+    /// Per rank (per old rank when `world` differs from the current one), where its part
+    /// comes from.
     pub sources: Vec<RankSource>,
 }
 
 impl FastPlan {
+    /// True when the checkpoint was written by another number of ranks than `size` and
+    /// is restored by redistribution.
+    pub fn resharded(&self, size: u32) -> bool {
+        self.world != size
+    }
+
     /// The ranks whose part comes from another host (a partner copy or parity).
     pub fn rebuilt(&self) -> Vec<u32> {
         (0..self.sources.len() as u32)
             .filter(|r| !matches!(self.sources[*r as usize], RankSource::Local { .. }))
+            .collect()
+    }
+
+    /// The (old) ranks whose part is read from a partner copy (an L2 mirror).
+    pub fn from_partner_copies(&self) -> Vec<u32> {
+        (0..self.sources.len() as u32)
+            .filter(|r| match &self.sources[*r as usize] {
+                RankSource::Local { dir, .. } | RankSource::Remote { dir, .. } => {
+                    dir.starts_with("partner-of-")
+                }
+                RankSource::Parity(_) => false,
+            })
             .collect()
     }
 
@@ -158,8 +184,10 @@ impl FastPlan {
 
 /// The checkpoints rebuildable on `hosts.len()` ranks (rank r on `hosts[r]`), newest
 /// first. A checkpoint is planned only when every rank's part has a copy, all copies
-/// agree on its step and world (the world must be the current one: redistribution from
-/// fast levels is not supported), and a copy on another host has a live holder there.
+/// agree on its step and world, and a copy on another host has a live holder there.
+/// A checkpoint of another world size (N→M) is planned when every old rank's part has a
+/// copy on a host where a rank of the current world runs (that host's lowest rank holds
+/// it; [`FastPlan::world`]); parity does not rebuild parts for N→M.
 /// Each rank prefers its own primary copy, then any copy on its host, then a remote one
 /// (the primary before a mirror, then the lowest host name: deterministic).
 pub fn plan(held: &[Held], hosts: &[String]) -> Vec<FastPlan> {
@@ -192,6 +220,9 @@ pub fn plan_with_parity(held: &[Held], parity: &[ParityHeld], hosts: &[String]) 
             continue;
         }
         if first.world != size {
+            if let Some(p) = plan_resharded(seq, &copies, &holder_of) {
+                out.push(p);
+            }
             continue;
         }
         let mut sources: Vec<Option<RankSource>> = Vec::with_capacity(size as usize);
@@ -261,11 +292,47 @@ pub fn plan_with_parity(held: &[Held], parity: &[ParityHeld], hosts: &[String]) 
                 step: first.step,
                 app: app.unwrap_or_default(),
                 level,
+                world: size,
                 sources,
             });
         }
     }
     out
+}
+
+/// Checkpoint `seq` of another world size (its copies all agree on step and world): for
+/// every old rank, its copy on a live host (the primary before a mirror, then the lowest
+/// host name), held by that host's lowest current rank.
+fn plan_resharded(seq: u64, copies: &[&Held], holder_of: &BTreeMap<&str, u32>) -> Option<FastPlan> {
+    let first = copies.first()?;
+    let mut level = 1u8;
+    let mut sources = Vec::with_capacity(first.world as usize);
+    let mut app = None;
+    for s in 0..first.world {
+        let (c, holder) = copies
+            .iter()
+            .filter(|c| c.subject == s)
+            .filter_map(|c| holder_of.get(c.host.as_str()).map(|h| (c, *h)))
+            .min_by_key(|(c, _)| (!c.primary, c.host.clone(), c.dir.clone()))?;
+        if !c.primary {
+            level = 2;
+        }
+        app.get_or_insert_with(|| c.app.clone());
+        sources.push(RankSource::Remote {
+            holder,
+            host: c.host.clone(),
+            dir: c.dir.clone(),
+            local: c.local,
+        });
+    }
+    Some(FastPlan {
+        seq,
+        step: first.step,
+        app: app.unwrap_or_default(),
+        level,
+        world: first.world,
+        sources,
+    })
 }
 
 /// Rank r's part from its group's parity, if the group's surviving members (reading
@@ -419,9 +486,36 @@ mod tests {
     }
 
     #[test]
-    fn another_world_size_is_not_planned() {
-        let p = plan(&full(5), &hosts()[..3]);
-        assert!(p.is_empty());
+    fn another_world_size_is_planned_for_redistribution() {
+        // 4 old ranks, 3 new ranks on a, a, b: every old part from its own L1 copy.
+        let hs: Vec<String> = ["a", "a", "b"].iter().map(|s| s.to_string()).collect();
+        let p = plan(&full(5), &hs);
+        assert_eq!(p.len(), 1);
+        assert_eq!((p[0].seq, p[0].world, p[0].level), (5, 4, 1));
+        assert!(p[0].resharded(3));
+        assert_eq!(
+            p[0].sources[3],
+            RankSource::Remote {
+                holder: 2,
+                host: "b".into(),
+                dir: "rank-3".into(),
+                local: 5
+            }
+        );
+        // Host b lost: its old parts from the partner copies on a, held by rank 0.
+        let on_a: Vec<Held> = full(5).into_iter().filter(|h| h.host == "a").collect();
+        let p = plan(&on_a, &hs);
+        assert_eq!((p[0].world, p[0].level), (4, 2));
+        assert!(p[0]
+            .sources
+            .iter()
+            .all(|s| matches!(s, RankSource::Remote { holder: 0, .. })));
+        // The new world runs on host a only: b's copies have no live holder.
+        let only_a: Vec<String> = ["a", "a"].iter().map(|s| s.to_string()).collect();
+        let mut partial = full(5);
+        partial.retain(|h| !(h.host == "a" && h.subject == 2));
+        assert!(plan(&partial, &only_a).is_empty());
+        assert_eq!(plan(&full(5), &only_a)[0].level, 2);
     }
 
     /// Ranks 0,1 on a; 2,3 on b; groups {0,2} and {1,3}; shard j of each group on the
@@ -533,6 +627,51 @@ mod tests {
             }
         }
 
+
+        /// For any N old ranks on 2 hosts, M new ranks on 1..3 hosts and any subset of
+        /// copies, an N→M plan names, for every old rank, a copy of its part that exists
+        /// on a host where its holder (a current rank) runs, and is made whenever every
+        /// old part has such a copy.
+        #[test]
+        fn resharded_plans_only_name_copies_with_a_live_holder(
+            n in 1u32..7,
+            m in 1u32..8,
+            new_hosts in 1usize..4,
+            keep in proptest::collection::vec(any::<bool>(), 14),
+        ) {
+            let old_host = |r: u32| if r * 2 < n { "a" } else { "b" };
+            let other = |h: &str| if h == "a" { "b" } else { "a" };
+            let mut all = Vec::new();
+            for r in 0..n {
+                let mut own = held(old_host(r), r, true, 3);
+                let mut mirror = held(other(old_host(r)), r, false, 3);
+                own.world = n;
+                mirror.world = n;
+                all.push(own);
+                all.push(mirror);
+            }
+            let some: Vec<Held> = all.into_iter().zip(keep).filter(|(_, k)| *k).map(|(h, _)| h).collect();
+            let names = ["a", "b", "c"];
+            let hs: Vec<String> = (0..m).map(|r| names[(r as usize * new_hosts) / m as usize].to_string()).collect();
+            let plans = plan(&some, &hs);
+            let coverable = (0..n).all(|s| some.iter().any(|h| h.subject == s && hs.contains(&h.host)));
+            if n != m {
+                prop_assert_eq!(plans.len(), usize::from(coverable));
+            }
+            for p in plans {
+                prop_assert_eq!(p.world, n);
+                prop_assert_eq!(p.sources.len(), n as usize);
+                for (s, src) in p.sources.iter().enumerate() {
+                    let RankSource::Remote { holder, host, dir, local } = src else {
+                        prop_assert!(n == m, "N→M source {src:?}");
+                        continue;
+                    };
+                    prop_assert_eq!(&hs[*holder as usize], host);
+                    prop_assert!(hs.iter().position(|h| h == host) == Some(*holder as usize));
+                    prop_assert!(some.iter().any(|h| h.subject == s as u32 && &h.host == host && &h.dir == dir && h.local == *local));
+                }
+            }
+        }
 
         /// Whatever subset of copies survives, a planned checkpoint names, for every
         /// rank, a copy that exists, of that rank's part, with a holder on its host.
