@@ -14,7 +14,7 @@
 
 use lazarus_coord::{AlignedRuntime, Committed, RoundError, StartedRound};
 use lazarus_format::{CheckpointId, ObjectSpec};
-use lazarus_store::CommitMeta;
+use lazarus_store::{CommitMeta, StoreError, Unchanged};
 use std::borrow::Cow;
 use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError};
 use std::thread::JoinHandle;
@@ -42,26 +42,56 @@ pub(crate) fn default_budget() -> u64 {
 /// snapshot epoch was taken when `objects` were produced, so pages written after this
 /// call stay dirty for the next checkpoint.
 pub(crate) fn stage(objects: Vec<ObjectSpec<'_>>, pool: Vec<Vec<u8>>) -> Vec<ObjectSpec<'static>> {
+    // Without unchanged chunks the copy cannot fail.
+    stage_sparse(objects, pool, &[]).unwrap_or_default()
+}
+
+/// [`stage`] of an incremental capture: an object with unchanged chunks
+/// (`unchanged[i]`, from the store, decided now) is copied sparsely, only its other
+/// chunks ([`Unchanged::copy_changed`]); the part names the unchanged ones by digest.
+pub(crate) fn stage_sparse(
+    objects: Vec<ObjectSpec<'_>>,
+    pool: Vec<Vec<u8>>,
+    unchanged: &[Option<Unchanged>],
+) -> Result<Vec<ObjectSpec<'static>>, StoreError> {
     let mut old = pool.into_iter();
     objects
         .into_iter()
-        .map(|o| {
+        .enumerate()
+        .map(|(i, o)| {
             let data = match o.data {
                 Cow::Owned(v) => v,
                 Cow::Borrowed(b) => {
                     let mut buf = old.next().unwrap_or_default();
                     buf.clear();
-                    buf.extend_from_slice(b);
+                    match unchanged.get(i) {
+                        Some(Some(u)) => u.copy_changed(b, &mut buf)?,
+                        _ => buf.extend_from_slice(b),
+                    }
                     buf
                 }
             };
-            ObjectSpec {
+            Ok(ObjectSpec {
                 info: o.info,
                 data: Cow::Owned(data),
                 hint: o.hint,
-            }
+            })
         })
         .collect()
+}
+
+/// Bytes an incremental capture copies: the borrowed objects, of which only the changed
+/// chunks for those with unchanged ones.
+pub(crate) fn sparse_bytes(objects: &[ObjectSpec<'_>], unchanged: &[Option<Unchanged>]) -> u64 {
+    objects
+        .iter()
+        .enumerate()
+        .filter(|(_, o)| matches!(o.data, Cow::Borrowed(_)))
+        .map(|(i, o)| match unchanged.get(i) {
+            Some(Some(u)) => u.changed_bytes(),
+            _ => o.data.len() as u64,
+        })
+        .sum()
 }
 
 /// Bytes a capture would copy: the objects borrowed from the program's memory (owned
@@ -189,6 +219,8 @@ pub(crate) struct InFlight {
     pub checkpoint: CheckpointId,
     pub step: u64,
     pub stall: Duration,
+    /// Bytes of state the capture copied into staging (reported).
+    pub captured: u64,
 }
 
 /// The background worker of one Job.
