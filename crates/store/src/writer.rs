@@ -613,19 +613,20 @@ impl PartWriter {
         let tail = |name: &str| ahead.tails.get(name);
         let tail_bytes =
             |name: &str| tail(name).map_or(0, |(_, c)| c.iter().map(|c| c.len).sum::<u64>());
-        if let Some(name) = ahead
-            .tails
-            .keys()
-            .chain(ahead.reused.keys())
-            .find(|n| !objects.iter().any(|o| &o.info.name == *n))
-        {
-            return Err(StoreError::new(
-                StoreErrorKind::InvalidArgument,
-                None,
-                format!(
-                    "{ctx}: object {name:?} was written ahead or captured sparsely but is not in the part"
-                ),
-            ));
+        for (names, what) in [
+            (ahead.tails.keys().collect::<Vec<_>>(), "written ahead"),
+            (ahead.reused.keys().collect(), "captured sparsely"),
+        ] {
+            if let Some(name) = names
+                .into_iter()
+                .find(|n| !objects.iter().any(|o| &o.info.name == *n))
+            {
+                return Err(StoreError::new(
+                    StoreErrorKind::InvalidArgument,
+                    None,
+                    format!("{ctx}: object {name:?} was {what} but is not in the part"),
+                ));
+            }
         }
         let mut names = HashSet::new();
         let chunk_size = self.opts.chunk_size as usize;
