@@ -291,7 +291,7 @@ impl JobBuilder {
         let flusher = if self.sync_writes || levels.is_some() {
             None
         } else {
-            match Flusher::start(rank) {
+            match flush::start(rank) {
                 Ok(f) => Some(f),
                 Err(e) => {
                     // Synchronous writes are always correct, only slower: go on with them.
