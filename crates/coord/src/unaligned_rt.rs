@@ -578,6 +578,9 @@ impl AsyncSession {
     ) -> Result<AsyncMessage, SessionError> {
         let deadline = Instant::now() + timeout;
         loop {
+            // A part written in the background votes as soon as a call sees it written,
+            // even when messages are waiting (then this call never reaches `tick`).
+            self.poll_flush(state)?;
             if let Some((from, m)) = self.inbox.pop_front() {
                 return Ok(AsyncMessage {
                     from,
