@@ -1288,14 +1288,18 @@ impl Job {
         // the store holds), and the capture follows.
         let base = self.last.map(|r| r.checkpoint).filter(|_| {
             objects.iter().any(|o| {
-                matches!(o.data, Cow::Borrowed(_)) && o.hint.as_ref().is_some_and(|h| h.base().is_some())
+                matches!(o.data, Cow::Borrowed(_))
+                    && o.hint.as_ref().is_some_and(|h| h.base().is_some())
             })
         });
         let capture = if base.is_some() || flush::borrowed_bytes(&objects) > self.staging_budget {
             Err(objects)
         } else {
             let captured = flush::borrowed_bytes(&objects);
-            Ok((flush::stage(objects, std::mem::take(&mut self.pool)), captured))
+            Ok((
+                flush::stage(objects, std::mem::take(&mut self.pool)),
+                captured,
+            ))
         };
         let runtime = self.rt()?;
         let begun = match runtime.begin_round(&meta) {

@@ -81,7 +81,10 @@ fn assert_checkpoints_hold(repo: &Path, expected: &[(CheckpointId, S)]) {
             n: 0,
         };
         lazarus::state::restore(&mut got, objects).unwrap();
-        assert!(got == *want, "checkpoint {id} does not hold the values at its call");
+        assert!(
+            got == *want,
+            "checkpoint {id} does not hold the values at its call"
+        );
     }
 }
 
@@ -102,7 +105,12 @@ fn an_incremental_capture_copies_only_the_changed_chunks() {
     for round in 1..=8u64 {
         // The step: a few pages in a couple of chunks.
         touch(&mut s, (round as usize * 37) % 1024, round, &mut touched);
-        touch(&mut s, (round as usize * 37 + 1) % 1024, round, &mut touched);
+        touch(
+            &mut s,
+            (round as usize * 37 + 1) % 1024,
+            round,
+            &mut touched,
+        );
         touch(&mut s, (round as usize * 211) % 1024, round, &mut touched);
         s.n = round;
         let id = job.checkpoint_now(&s).unwrap();
@@ -110,8 +118,18 @@ fn an_incremental_capture_copies_only_the_changed_chunks() {
         let dirty = std::mem::take(&mut touched);
         // The program goes on at once: these pages belong to the next checkpoint, not
         // to this one, whether or not its flush has read its staging copy yet.
-        touch(&mut s, (round as usize * 101) % 1024, u64::MAX - round, &mut touched);
-        touch(&mut s, (round as usize * 37) % 1024, u64::MAX - round, &mut touched);
+        touch(
+            &mut s,
+            (round as usize * 101) % 1024,
+            u64::MAX - round,
+            &mut touched,
+        );
+        touch(
+            &mut s,
+            (round as usize * 37) % 1024,
+            u64::MAX - round,
+            &mut touched,
+        );
         s.n = 1_000_000 + round;
         let r = *job.flush().unwrap().unwrap();
         assert_eq!(r.checkpoint, id);
@@ -122,7 +140,10 @@ fn an_incremental_capture_copies_only_the_changed_chunks() {
             dirty.len()
         );
         assert!(r.captured_bytes * 10 <= full, "{r}");
-        assert!(r.logical_bytes > full, "the part is still the whole state: {r}");
+        assert!(
+            r.logical_bytes > full,
+            "the part is still the whole state: {r}"
+        );
     }
     drop(job);
     assert_checkpoints_hold(&repo, &expected);
@@ -130,11 +151,17 @@ fn an_incremental_capture_copies_only_the_changed_chunks() {
     // the previous part in this Job), the next incremental again.
     let mut job = open(&repo);
     let mut got = job.restore_or_init(init).unwrap();
-    assert!(got == expected.last().unwrap().1, "restore gives the last call's values");
+    assert!(
+        got == expected.last().unwrap().1,
+        "restore gives the last call's values"
+    );
     got.data.set(5, 5);
     job.checkpoint_now(&got).unwrap();
     let r = *job.flush().unwrap().unwrap();
-    assert_eq!(r.captured_bytes, full, "after a restart the capture is full: {r}");
+    assert_eq!(
+        r.captured_bytes, full,
+        "after a restart the capture is full: {r}"
+    );
     got.data.set(7, 7);
     let id = job.checkpoint_now(&got).unwrap();
     let r = *job.flush().unwrap().unwrap();

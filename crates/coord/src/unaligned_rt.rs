@@ -276,7 +276,9 @@ impl AsyncSession {
             match Flusher::start(format!("lazarus-flush-{}", me.0), write_part_task) {
                 Ok(f) => Some(f),
                 Err(e) => {
-                    tracing::warn!("{me}: no background writer ({e}): parts are written in the session calls");
+                    tracing::warn!(
+                        "{me}: no background writer ({e}): parts are written in the session calls"
+                    );
                     None
                 }
             }

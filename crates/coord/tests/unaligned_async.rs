@@ -4,9 +4,7 @@
 //! round, is reported once by the next session call naming the checkpoint, and the
 //! session goes on to commit the next round.
 
-use lazarus_coord::{
-    AsyncConfig, AsyncSession, Outcome, SessionError, SessionErrorKind, Timeouts,
-};
+use lazarus_coord::{AsyncConfig, AsyncSession, Outcome, SessionError, SessionErrorKind, Timeouts};
 use lazarus_format::{CheckpointId, Rank};
 use lazarus_net::{join, Comm, JobToken, JoinOptions, NetConfig, RendezvousServer};
 use lazarus_state::Checkpoint;
@@ -47,7 +45,8 @@ fn comms(n: u32) -> Vec<Comm> {
         ..NetConfig::default()
     };
     let token = JobToken::random();
-    let server = RendezvousServer::bind("127.0.0.1:0", n, token.clone(), 0, config.clone()).unwrap();
+    let server =
+        RendezvousServer::bind("127.0.0.1:0", n, token.clone(), 0, config.clone()).unwrap();
     let coord = server.local_addr().to_string();
     let hs: Vec<_> = (0..n)
         .map(|r| {
@@ -169,10 +168,18 @@ fn unaligned_snapshot_isolation_with_background_writes() {
     for (id, want) in &expected {
         // Rank 0: exactly the state at its `start_checkpoint` call, not the scribbles.
         let got = load(&repo, *id, 0);
-        assert!(got == *want, "checkpoint {id}: rank 0 holds n={} not {}", got.n, want.n);
+        assert!(
+            got == *want,
+            "checkpoint {id}: rank 0 holds n={} not {}",
+            got.n,
+            want.n
+        );
         // Rank 1 (captured inside one of its `recv` calls): one consistent state.
         let got = load(&repo, *id, 1);
-        assert!(got == big(got.n), "checkpoint {id}: rank 1's state was read after its call");
+        assert!(
+            got == big(got.n),
+            "checkpoint {id}: rank 1's state was read after its call"
+        );
     }
 }
 
@@ -197,7 +204,10 @@ fn unaligned_background_write_error_is_reported_by_the_next_call() {
     let failed = r.round.ckpt;
     let t = Instant::now();
     while !recovered.load(Ordering::SeqCst) {
-        assert!(t.elapsed() < Duration::from_secs(10), "rank 1 never got the error");
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "rank 1 never got the error"
+        );
         s0.poll(&b).unwrap();
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -215,7 +225,11 @@ fn unaligned_background_write_error_is_reported_by_the_next_call() {
     );
     let reader = lazarus_store::RepoReader::open(&repo).unwrap();
     let committed: Vec<_> = reader.committed().unwrap().iter().map(|c| c.id).collect();
-    assert_eq!(committed, vec![r.round.ckpt], "the failed round never committed");
+    assert_eq!(
+        committed,
+        vec![r.round.ckpt],
+        "the failed round never committed"
+    );
     assert!(load(&repo, r.round.ckpt, 0) == at_call);
 }
 
@@ -249,5 +263,9 @@ fn rank0_background_write_error_is_reported_once_by_finish_at_the_latest() {
     }
     assert_eq!(errors.len(), 1, "reported once: {errors:?}");
     assert_eq!(errors[0].kind(), SessionErrorKind::Flush, "{}", errors[0]);
-    assert!(errors[0].to_string().contains(&r.round.ckpt.to_string()), "{}", errors[0]);
+    assert!(
+        errors[0].to_string().contains(&r.round.ckpt.to_string()),
+        "{}",
+        errors[0]
+    );
 }

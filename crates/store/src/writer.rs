@@ -169,7 +169,10 @@ impl WrittenAhead {
 
     /// Raw bytes of the reused chunks (not copied, not read).
     pub fn reused_bytes(&self) -> u64 {
-        self.reused.values().map(|u| u.len - u.changed_bytes()).sum()
+        self.reused
+            .values()
+            .map(|u| u.len - u.changed_bytes())
+            .sum()
     }
 
     fn reused_chunks(&self) -> u64 {
@@ -655,7 +658,10 @@ impl PartWriter {
                 };
                 let key = ObjectKey::Chunk(*digest);
                 let present = match self.backend.stat(&key)? {
-                    Some(m) if m.regular && known::status(self.backend.location(), digest) != Known::Bad => {
+                    Some(m)
+                        if m.regular
+                            && known::status(self.backend.location(), digest) != Known::Bad =>
+                    {
                         Some(m.size)
                     }
                     _ => None,

@@ -134,7 +134,11 @@ fn a_sparse_capture_names_unchanged_chunks_and_never_hashes_what_it_was_not_give
     let p = repo.begin(1).unwrap();
     let first = bulk_f64("a", &bytes, None).with_hint(hint(None, u64::MAX));
     let r = p.part_writer().write(Rank(0), &[first]).unwrap();
-    let c1 = repo.commit(p, vec![r], Default::default()).unwrap().summary.id;
+    let c1 = repo
+        .commit(p, vec![r], Default::default())
+        .unwrap()
+        .summary
+        .id;
     let t1 = sink.0.lock().unwrap().expect("told the ticket");
     // Chunk 2 changes: pages 0, 1 and 3 are clean relative to checkpoint 1's write.
     bytes[2 * 4096] ^= 0xff;
@@ -142,10 +146,13 @@ fn a_sparse_capture_names_unchanged_chunks_and_never_hashes_what_it_was_not_give
     let w = p.part_writer();
     let obj = bulk_f64("a", &bytes, None).with_hint(hint(Some(t1), 1 << 2));
     assert!(
-        w.unchanged_since(Rank(0), &obj, CheckpointId(c1.0 + 100)).is_none(),
+        w.unchanged_since(Rank(0), &obj, CheckpointId(c1.0 + 100))
+            .is_none(),
         "another base than the cached part's: nothing is reused"
     );
-    let u = w.unchanged_since(Rank(0), &obj, c1).expect("chunks 0, 1, 3 unchanged");
+    let u = w
+        .unchanged_since(Rank(0), &obj, c1)
+        .expect("chunks 0, 1, 3 unchanged");
     assert_eq!((u.reused(), u.changed_bytes(), u.base()), (3, 4096, c1));
     let mut sparse = Vec::new();
     u.copy_changed(&bytes, &mut sparse).unwrap();
@@ -159,7 +166,11 @@ fn a_sparse_capture_names_unchanged_chunks_and_never_hashes_what_it_was_not_give
     };
     let r = w.write_with(Rank(0), &[staged], &ahead).unwrap();
     assert_eq!((r.logical_bytes, r.hinted_chunks, r.chunks), (len, 3, 4));
-    let c2 = repo.commit(p, vec![r], Default::default()).unwrap().summary.id;
+    let c2 = repo
+        .commit(p, vec![r], Default::default())
+        .unwrap()
+        .summary
+        .id;
     let reader = RepoReader::open(dir.path()).unwrap();
     let got = reader.load_part(c2, Rank(0)).unwrap();
     assert_eq!(got[0].data, bytes, "the part restores the whole object");
@@ -170,7 +181,9 @@ fn a_sparse_capture_names_unchanged_chunks_and_never_hashes_what_it_was_not_give
     let p = repo.begin(1).unwrap();
     let w = p.part_writer();
     let obj = bulk_f64("a", &bytes, None).with_hint(hint(Some(t2), 1 << 3));
-    let u = w.unchanged_since(Rank(0), &obj, c2).expect("chunks 0, 1, 2 unchanged");
+    let u = w
+        .unchanged_since(Rank(0), &obj, c2)
+        .expect("chunks 0, 1, 2 unchanged");
     let mut sparse = Vec::new();
     u.copy_changed(&bytes, &mut sparse).unwrap();
     let mut ahead = WrittenAhead::default();
@@ -193,5 +206,8 @@ fn a_sparse_capture_names_unchanged_chunks_and_never_hashes_what_it_was_not_give
     let e = w.write_with(Rank(0), &[staged], &ahead).unwrap_err();
     assert_eq!(e.kind(), StoreErrorKind::Missing, "{e}");
     assert!(e.to_string().contains("chunk 0 of object \"a\""), "{e}");
-    assert!(e.to_string().contains(&c2.to_string()), "names the base: {e}");
+    assert!(
+        e.to_string().contains(&c2.to_string()),
+        "names the base: {e}"
+    );
 }
