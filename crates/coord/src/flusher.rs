@@ -36,9 +36,11 @@ impl<T, D, I> std::fmt::Debug for Flusher<T, D, I> {
 impl<T: Send + 'static, D: Send + 'static, I: Clone> Flusher<T, D, I> {
     /// Starts the worker thread `name`, which runs `work` on each task.
     pub fn start(name: String, work: fn(T) -> D) -> std::io::Result<Self> {
-        // A rendezvous for tasks and room for one outcome: the worker holds at most one
-        // task and the owner never submits before taking the previous outcome.
-        let (tx, tasks) = mpsc::sync_channel::<T>(0);
+        // Room for one task and one outcome: the owner never submits before taking the
+        // previous outcome, so at most one task exists. Not a rendezvous: handing a task
+        // over must not wait for the worker thread to be scheduled (on a loaded machine
+        // that wait, several ms, was most of an incremental capture's stall).
+        let (tx, tasks) = mpsc::sync_channel::<T>(1);
         let (done_tx, rx) = mpsc::sync_channel::<D>(1);
         let handle = std::thread::Builder::new().name(name).spawn(move || {
             for t in tasks {
