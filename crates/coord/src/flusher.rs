@@ -67,10 +67,11 @@ impl<T: Send + 'static, D: Send + 'static, I: Clone> Flusher<T, D, I> {
         self.in_flight.as_ref()
     }
 
-    /// Hands `task` to the worker. The owner must have taken the previous outcome (else
-    /// this waits for the worker to finish it first, which is still correct). On failure
-    /// (the worker is gone) the task comes back.
+    /// Hands `task` to the worker, without waiting for it. The owner must have taken the
+    /// previous outcome ([`Flusher::busy`] false): both users settle first, which is the
+    /// back-pressure. On failure (the worker is gone) the task comes back.
     pub fn submit(&mut self, task: T, info: I) -> Result<(), Box<T>> {
+        debug_assert!(self.in_flight.is_none(), "one task in flight at most");
         let Some(tx) = &self.tx else {
             return Err(Box::new(task));
         };
