@@ -3,21 +3,18 @@
 //! background worker writes the part, votes and (rank 0) commits while the program goes
 //! on.
 //!
-//! Invariants, each relied on by the Job:
-//! - At most one flush is in flight per Job: a new capture first waits for the previous
-//!   flush ([`Flusher::settle`]), so staging memory is one copy of the state, rounds commit
-//!   in the order they were captured, and nothing queues up.
-//! - The runtime (communicator, repository, round state) belongs to exactly one thread at
-//!   a time: it moves to the worker with the flush and comes back with its outcome.
-//! - A flush's outcome is never dropped: it is kept until the Job reports it (the next
-//!   checkpoint call, `finish`, [`crate::Job::flush`]) or, at the end, logged by Drop.
+//! The worker is `lazarus_coord::Flusher` (shared with the unaligned `AsyncSession`): at
+//! most one flush in flight per Job (a new capture first waits for the previous flush, so
+//! staging memory is one copy of the state, rounds commit in the order they were captured,
+//! and nothing queues up); the runtime (communicator, repository, round state) moves to
+//! the worker with the flush and comes back with its outcome; a flush's outcome is kept
+//! until the Job reports it (the next checkpoint call, `finish`, [`crate::Job::flush`])
+//! or, at the end, logged by Drop.
 
 use lazarus_coord::{AlignedRuntime, Committed, RoundError, StartedRound};
 use lazarus_format::{CheckpointId, ObjectSpec};
-use lazarus_store::CommitMeta;
+use lazarus_store::{CommitMeta, StoreError, Unchanged};
 use std::borrow::Cow;
-use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// Default staging budget when neither `.staging_budget` nor physical memory is known.
@@ -42,26 +39,56 @@ pub(crate) fn default_budget() -> u64 {
 /// snapshot epoch was taken when `objects` were produced, so pages written after this
 /// call stay dirty for the next checkpoint.
 pub(crate) fn stage(objects: Vec<ObjectSpec<'_>>, pool: Vec<Vec<u8>>) -> Vec<ObjectSpec<'static>> {
+    // Without unchanged chunks the copy cannot fail.
+    stage_sparse(objects, pool, &[]).unwrap_or_default()
+}
+
+/// [`stage`] of an incremental capture: an object with unchanged chunks
+/// (`unchanged[i]`, from the store, decided now) is copied sparsely, only its other
+/// chunks ([`Unchanged::copy_changed`]); the part names the unchanged ones by digest.
+pub(crate) fn stage_sparse(
+    objects: Vec<ObjectSpec<'_>>,
+    pool: Vec<Vec<u8>>,
+    unchanged: &[Option<Unchanged>],
+) -> Result<Vec<ObjectSpec<'static>>, StoreError> {
     let mut old = pool.into_iter();
     objects
         .into_iter()
-        .map(|o| {
+        .enumerate()
+        .map(|(i, o)| {
             let data = match o.data {
                 Cow::Owned(v) => v,
                 Cow::Borrowed(b) => {
                     let mut buf = old.next().unwrap_or_default();
                     buf.clear();
-                    buf.extend_from_slice(b);
+                    match unchanged.get(i) {
+                        Some(Some(u)) => u.copy_changed(b, &mut buf)?,
+                        _ => buf.extend_from_slice(b),
+                    }
                     buf
                 }
             };
-            ObjectSpec {
+            Ok(ObjectSpec {
                 info: o.info,
                 data: Cow::Owned(data),
                 hint: o.hint,
-            }
+            })
         })
         .collect()
+}
+
+/// Bytes an incremental capture copies: the borrowed objects, of which only the changed
+/// chunks for those with unchanged ones.
+pub(crate) fn sparse_bytes(objects: &[ObjectSpec<'_>], unchanged: &[Option<Unchanged>]) -> u64 {
+    objects
+        .iter()
+        .enumerate()
+        .filter(|(_, o)| matches!(o.data, Cow::Borrowed(_)))
+        .map(|(i, o)| match unchanged.get(i) {
+            Some(Some(u)) => u.changed_bytes(),
+            _ => o.data.len() as u64,
+        })
+        .sum()
 }
 
 /// Bytes a capture would copy: the objects borrowed from the program's memory (owned
@@ -189,98 +216,15 @@ pub(crate) struct InFlight {
     pub checkpoint: CheckpointId,
     pub step: u64,
     pub stall: Duration,
+    /// Bytes of state the capture copied into staging (reported).
+    pub captured: u64,
 }
 
-/// The background worker of one Job.
-pub(crate) struct Flusher {
-    tx: Option<SyncSender<Task>>,
-    rx: Receiver<Done>,
-    handle: Option<JoinHandle<()>>,
-    in_flight: Option<InFlight>,
-}
+/// The background worker of one Job: the flusher shared with the unaligned
+/// `AsyncSession` (`lazarus_coord::Flusher`), running [`run`].
+pub(crate) type Flusher = lazarus_coord::Flusher<Task, Done, InFlight>;
 
-impl Flusher {
-    /// Starts the worker thread (named after the rank).
-    pub fn start(rank: u32) -> std::io::Result<Flusher> {
-        // A rendezvous for tasks and room for one outcome: the worker holds at most one
-        // task and the Job never submits before taking the previous outcome, so nothing
-        // queues (back-pressure).
-        let (tx, tasks) = mpsc::sync_channel::<Task>(0);
-        let (done_tx, rx) = mpsc::sync_channel::<Done>(1);
-        let handle = std::thread::Builder::new()
-            .name(format!("lazarus-flush-{rank}"))
-            .spawn(move || {
-                for t in tasks {
-                    if done_tx.send(run(t)).is_err() {
-                        break;
-                    }
-                }
-            })?;
-        Ok(Flusher {
-            tx: Some(tx),
-            rx,
-            handle: Some(handle),
-            in_flight: None,
-        })
-    }
-
-    /// True while a flush runs (the Job does not hold its runtime).
-    pub fn busy(&self) -> bool {
-        self.in_flight.is_some()
-    }
-
-    /// Hands a begun round to the worker. On failure (the worker is gone) the task, and
-    /// with it the runtime, comes back.
-    pub fn submit(&mut self, task: Task, info: InFlight) -> Result<(), Box<Task>> {
-        let Some(tx) = &self.tx else {
-            return Err(Box::new(task));
-        };
-        match tx.send(task) {
-            Ok(()) => {
-                self.in_flight = Some(info);
-                Ok(())
-            }
-            Err(mpsc::SendError(task)) => Err(Box::new(task)),
-        }
-    }
-
-    /// Waits for the flush in flight, if any. `Err` when the worker died (panicked) and
-    /// took the runtime with it.
-    pub fn settle(&mut self) -> Result<Option<(InFlight, Done)>, InFlight> {
-        let Some(info) = self.in_flight.take() else {
-            return Ok(None);
-        };
-        match self.rx.recv() {
-            Ok(done) => Ok(Some((info, done))),
-            Err(_) => Err(info),
-        }
-    }
-
-    /// Like [`Flusher::settle`] but only if the flush has already finished.
-    pub fn poll(&mut self) -> Result<Option<(InFlight, Done)>, InFlight> {
-        let Some(info) = self.in_flight else {
-            return Ok(None);
-        };
-        match self.rx.try_recv() {
-            Ok(done) => {
-                self.in_flight = None;
-                Ok(Some((info, done)))
-            }
-            Err(TryRecvError::Empty) => Ok(None),
-            Err(TryRecvError::Disconnected) => {
-                self.in_flight = None;
-                Err(info)
-            }
-        }
-    }
-}
-
-impl Drop for Flusher {
-    fn drop(&mut self) {
-        // The Job settles before dropping us; closing the channel ends the worker.
-        self.tx = None;
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
-        }
-    }
+/// Starts the Job's worker thread (named after the rank).
+pub(crate) fn start(rank: u32) -> std::io::Result<Flusher> {
+    Flusher::start(format!("lazarus-flush-{rank}"), run)
 }

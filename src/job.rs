@@ -17,6 +17,7 @@ use lazarus_policy::{EveryInterval, EverySteps, Opportunity, Policy};
 use lazarus_state::Checkpoint;
 use lazarus_store::{CommitMeta, RepoOptions, RepoReader, Repository, StoreError};
 use lazarus_supervisor::Marker;
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -290,7 +291,7 @@ impl JobBuilder {
         let flusher = if self.sync_writes || levels.is_some() {
             None
         } else {
-            match Flusher::start(rank) {
+            match flush::start(rank) {
                 Ok(f) => Some(f),
                 Err(e) => {
                     // Synchronous writes are always correct, only slower: go on with them.
@@ -663,7 +664,8 @@ impl Job {
         self.pool = done.pool;
         match done.result {
             Ok(c) => {
-                let report = CheckpointReport::of(&c, info.step, info.stall, Some(done.flush));
+                let mut report = CheckpointReport::of(&c, info.step, info.stall, Some(done.flush));
+                report.captured_bytes = info.captured;
                 // The background time bounds how often checkpoints can be taken (#16.5).
                 self.policy.flush_completed(done.flush);
                 tracing::debug!("{report}");
@@ -1244,6 +1246,7 @@ impl Job {
                 logical_bytes: r.logical_bytes,
                 written_bytes: r.written_bytes,
                 flush: None,
+                captured_bytes: 0,
             };
             self.policy
                 .checkpoint_taken(Opportunity { step, now: started }, report.stall);
@@ -1317,26 +1320,39 @@ impl Job {
         started: Instant,
     ) -> Result<CheckpointId, JobError> {
         let step = meta.step;
-        // Over the budget, the round begins first (its part writer gives the chunk size
-        // to cut at), then what fits is copied and the rest written here.
-        let capture = if flush::borrowed_bytes(&objects) > self.staging_budget {
+        // An incremental capture copies only changed chunks (docs/ASYNC.md): possible when
+        // a tracked object has a change hint and this Job's previous checkpoint committed
+        // (its chunks are retained and the store holds their digests). Then, and over the
+        // budget, the round begins first (its part writer knows the chunk size and what
+        // the store holds), and the capture follows.
+        let base = self.last.map(|r| r.checkpoint).filter(|_| {
+            objects.iter().any(|o| {
+                matches!(o.data, Cow::Borrowed(_))
+                    && o.hint.as_ref().is_some_and(|h| h.base().is_some())
+            })
+        });
+        let capture = if base.is_some() || flush::borrowed_bytes(&objects) > self.staging_budget {
             Err(objects)
         } else {
-            Ok(flush::stage(objects, std::mem::take(&mut self.pool)))
+            let captured = flush::borrowed_bytes(&objects);
+            Ok((
+                flush::stage(objects, std::mem::take(&mut self.pool)),
+                captured,
+            ))
         };
         let runtime = self.rt()?;
         let begun = match runtime.begin_round(&meta) {
             Ok(b) => b,
             Err(source) => {
-                if let Ok(staged) = capture {
+                if let Ok((staged, _)) = capture {
                     self.pool = staged.into_iter().map(|o| o.data.into_owned()).collect();
                 }
                 return Err(JobError::Round { step, source });
             }
         };
-        let (mut begun, staged) = match capture {
-            Ok(staged) => (begun, staged),
-            Err(objects) => self.capture_in_pieces(objects, begun, &meta)?,
+        let (mut begun, staged, captured) = match capture {
+            Ok((staged, captured)) => (begun, staged, captured),
+            Err(objects) => self.capture_late(objects, begun, &meta, base)?,
         };
         let stall = started.elapsed();
         begun.set_stall(stall);
@@ -1359,6 +1375,7 @@ impl Job {
             checkpoint,
             step,
             stall,
+            captured,
         };
         let submitted = match self.flusher.as_mut() {
             Some(f) => f.submit(task, info),
@@ -1373,34 +1390,58 @@ impl Job {
         Ok(checkpoint)
     }
 
-    /// A state over the staging budget (issue #16 item 3), in the begun round `begun`:
-    /// what fits in the budget is copied into staging (the heads, returned for the
-    /// background flush), the rest written as durable chunks here, inside the call
-    /// (`AlignedRuntime::write_ahead`). So the call stalls for the copy plus the write of
-    /// what does not fit, and staging never holds more than the budget. On failure the
-    /// round is completed with this rank's failed vote before the error is returned.
-    fn capture_in_pieces(
+    /// The capture after the round began (`begun`), for an incremental capture or a
+    /// state over the staging budget; returns the staged objects and the bytes copied.
+    ///
+    /// Incremental (`base`: this Job's previous committed checkpoint): the store says
+    /// which chunks of each tracked object are unchanged since `base`'s part
+    /// (`AlignedRuntime::unchanged_since`, decided now: no cache of that part, as after a
+    /// restart or a failed flush, means none), only the other chunks are copied, and the
+    /// part names the unchanged ones by digest. If even that copy is over the budget, the
+    /// capture is a full one in pieces.
+    ///
+    /// Over the budget (issue #16 item 3): what fits in the budget is copied into staging
+    /// (the heads, returned for the background flush), the rest written as durable
+    /// chunks here, inside the call (`AlignedRuntime::write_ahead`). So the call stalls
+    /// for the copy plus the write of what does not fit, and staging never holds more
+    /// than the budget. On failure the round is completed with this rank's failed vote
+    /// before the error is returned.
+    fn capture_late(
         &mut self,
         objects: Vec<lazarus_format::ObjectSpec<'_>>,
         mut begun: StartedRound,
         meta: &CommitMeta,
-    ) -> Result<(StartedRound, Vec<lazarus_format::ObjectSpec<'static>>), JobError> {
+        base: Option<CheckpointId>,
+    ) -> Result<(StartedRound, Vec<lazarus_format::ObjectSpec<'static>>, u64), JobError> {
         let step = meta.step;
         let budget = self.staging_budget;
         let pool = std::mem::take(&mut self.pool);
         let runtime = held(&mut self.runtime, self.lost)?;
-        let written = runtime.part_chunk_size(&mut begun).and_then(|chunk| {
+        let written = (|| {
+            let unchanged = match base {
+                Some(base) => runtime.unchanged_since(&mut begun, &objects, base)?,
+                None => Vec::new(),
+            };
+            let sparse = flush::sparse_bytes(&objects, &unchanged);
+            if sparse <= budget {
+                let staged = flush::stage_sparse(objects, pool, &unchanged)?;
+                runtime.reuse_unchanged(&mut begun, unchanged.into_iter().flatten().collect())?;
+                return Ok((staged, sparse));
+            }
+            let chunk = runtime.part_chunk_size(&mut begun)?;
             let (heads, tails) = flush::split(objects, budget, chunk);
             runtime.write_ahead(&mut begun, &tails)?;
             drop(tails);
-            Ok(flush::stage(heads, pool))
-        });
+            let captured = flush::borrowed_bytes(&heads);
+            Ok((flush::stage(heads, pool), captured))
+        })();
         match written {
-            Ok(staged) => Ok((begun, staged)),
+            Ok((staged, captured)) => Ok((begun, staged, captured)),
             Err(source) => {
+                let source: lazarus_coord::RoundError = source;
                 // Vote Failed so no rank waits for this one; the round aborts everywhere.
                 if let Err(e) = runtime.complete_round(begun, Err(source.to_string()), meta) {
-                    tracing::debug!("round after a failed write ahead: {e}");
+                    tracing::debug!("round after a failed capture: {e}");
                 }
                 Err(JobError::Round { step, source })
             }

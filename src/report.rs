@@ -113,6 +113,11 @@ pub struct CheckpointReport {
     /// Bytes of chunk files this rank newly wrote (after deduplication and compression);
     /// what the checkpoint added to the repository.
     pub written_bytes: u64,
+    /// Asynchronous checkpoints: bytes of state this rank copied into staging memory at
+    /// the capture. An incremental capture copies only the chunks changed since the
+    /// previous committed checkpoint (docs/ASYNC.md), a state over the staging budget at
+    /// most the budget; 0 when synchronous.
+    pub captured_bytes: u64,
 }
 
 impl CheckpointReport {
@@ -131,6 +136,7 @@ impl CheckpointReport {
             flush,
             logical_bytes: c.receipt.logical_bytes,
             written_bytes: c.receipt.stored_new_bytes,
+            captured_bytes: 0,
         }
     }
 }

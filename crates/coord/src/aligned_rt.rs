@@ -472,6 +472,41 @@ impl AlignedRuntime {
         }
     }
 
+    /// The chunks of each of `objects` unchanged since this rank's part of the committed
+    /// checkpoint `base` ([`PartWriter::unchanged_since`]), in the round `started` (its
+    /// part writer gives the chunk size and repository): what an incremental capture
+    /// need not copy. `None` for an object with no such chunk. Hand the ones used to
+    /// [`AlignedRuntime::reuse_unchanged`].
+    pub fn unchanged_since(
+        &mut self,
+        started: &mut StartedRound,
+        objects: &[ObjectSpec<'_>],
+        base: CheckpointId,
+    ) -> Result<Vec<Option<lazarus_store::Unchanged>>, RoundError> {
+        let w = self.writer_for(started.round, started.writer.take())?;
+        let me = self.comm.rank();
+        let out = objects
+            .iter()
+            .map(|o| w.unchanged_since(me, o, base))
+            .collect();
+        started.writer = Some(w);
+        Ok(out)
+    }
+
+    /// Makes the part of `started` name the chunks in `unchanged` by digest: the objects
+    /// given to [`AlignedRuntime::complete_round`] then hold only their other chunks
+    /// ([`lazarus_store::Unchanged::copy_changed`]).
+    pub fn reuse_unchanged(
+        &mut self,
+        started: &mut StartedRound,
+        unchanged: Vec<lazarus_store::Unchanged>,
+    ) -> Result<(), RoundError> {
+        for u in unchanged {
+            started.ahead.reuse(u)?;
+        }
+        Ok(())
+    }
+
     /// This rank's part writer for `round`: `own` (rank 0's, from its pending
     /// checkpoint), else the previous round's, else opened.
     fn writer_for(

@@ -47,6 +47,7 @@ mod aligned;
 mod aligned_rt;
 mod damage;
 mod error;
+mod flusher;
 pub mod marker;
 pub mod meta;
 pub mod restore;
@@ -63,6 +64,7 @@ pub use aligned_rt::{
 };
 pub use damage::{all_damaged_message, announce_all_damaged, OnAllDamaged, ON_ALL_DAMAGED_ENV};
 pub use error::{ErrorKind, ProtocolError};
+pub use flusher::Flusher;
 pub use unaligned::{ChannelState, Unaligned, UnalignedAction};
 pub use unaligned_rt::{
     AsyncConfig, AsyncMessage, AsyncReport, AsyncSession, AsyncStart, AsyncStats, SavedMessage,

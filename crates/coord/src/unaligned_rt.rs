@@ -24,6 +24,7 @@ use crate::aligned::{
     AbortReason, Coordinator, CoordinatorAction, Decision, Outcome, Participant, ParticipantAction,
     RoundId, ToParticipant, VoteMsg,
 };
+use crate::flusher::Flusher;
 use crate::marker::Marker;
 use crate::unaligned::{ChannelState, Unaligned, UnalignedAction};
 use lazarus_format::{CheckpointId, Epoch, LoadedObject, ObjectSpec, Rank};
@@ -149,6 +150,18 @@ struct Ready {
 /// Every blocking call has a time bound. Rank 0 initiates rounds (see
 /// [`AsyncSession::checkpoint`]) and writes COMMIT; it must be able to open the
 /// repository for writing.
+///
+/// Parts are written in the background (issue #16, docs/ASYNC.md; unless
+/// [`AsyncConfig::sync_writes`]): the call that completes a rank's snapshot copies its
+/// state (so the program may change it as soon as the call returns: what commits is the
+/// state at the snapshot) and hands the part to a writer thread, the same
+/// [`crate::Flusher`] as the Job API's; the rank votes from the first session call after
+/// the write ended, so a checkpoint commits only once every rank's part is durable. One
+/// part is in flight per rank: a snapshot completed while the previous part is still
+/// being written waits for it. A background write that failed makes the rank vote Failed
+/// (the round aborts, the previous checkpoint stays the restart point) and is returned,
+/// once, by the next session call ([`SessionErrorKind::Flush`], naming the checkpoint;
+/// retryable), by [`AsyncSession::finish`] at the latest.
 pub struct AsyncSession {
     comm: Comm,
     me: Rank,
@@ -164,6 +177,50 @@ pub struct AsyncSession {
     want: Option<RoundId>,
     done_from: BTreeSet<Rank>,
     stats: AsyncStats,
+    /// The background part writer (issue #16, docs/ASYNC.md), shared with the Job API;
+    /// `None` with `AsyncConfig::sync_writes` or when its thread could not start.
+    flusher: Option<Flusher<PartTask, PartDone, InFlight>>,
+    /// A background write that failed: returned by the next session call, once.
+    flush_error: Option<SessionError>,
+    /// Fault injection ([`AsyncSession::set_write_budget`]): bytes each part may write.
+    write_budget: Option<u64>,
+}
+
+/// One part handed to the background writer: the captured snapshot and its channel state.
+struct PartTask {
+    repo: std::path::PathBuf,
+    store: lazarus_store::RepoOptions,
+    me: Rank,
+    round: RoundId,
+    objects: Vec<ObjectSpec<'static>>,
+    budget: Option<u64>,
+}
+
+/// What the background writer hands back.
+struct PartDone {
+    result: Result<PartReceipt, String>,
+}
+
+/// The part in flight: its round and the size of its channel state.
+#[derive(Clone, Copy, Debug)]
+struct InFlight {
+    round: RoundId,
+    channel_bytes: u64,
+}
+
+/// Writes one part (on the background writer, or in the call without it). Format 1.1: a
+/// small manifest rides the vote into COMMIT (one durable file less per rank and round),
+/// as in the aligned runtime.
+fn write_part_task(t: PartTask) -> PartDone {
+    let result = PartWriter::open(&t.repo, t.round.ckpt, t.store)
+        .map(|w| w.with_inline_manifest(lazarus_format::MAX_INLINE_MANIFEST))
+        .map(|w| match t.budget {
+            Some(b) => w.with_write_budget(b),
+            None => w,
+        })
+        .and_then(|w| w.write(t.me, &t.objects))
+        .map_err(|e| format!("{}: {e}", t.me));
+    PartDone { result }
 }
 
 impl std::fmt::Debug for AsyncSession {
@@ -212,7 +269,24 @@ impl AsyncSession {
         } else {
             None
         };
+        // Parts written in the background (issue #16); without the thread, in the calls.
+        let flusher = if cfg.sync_writes {
+            None
+        } else {
+            match Flusher::start(format!("lazarus-flush-{}", me.0), write_part_task) {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    tracing::warn!(
+                        "{me}: no background writer ({e}): parts are written in the session calls"
+                    );
+                    None
+                }
+            }
+        };
         let mut s = AsyncSession {
+            flusher,
+            flush_error: None,
+            write_budget: None,
             me,
             world,
             t0: Instant::now(),
@@ -494,6 +568,7 @@ impl AsyncSession {
         state: &S,
         timeout: Duration,
     ) -> Result<AsyncMessage, SessionError> {
+        self.reported()?;
         let r = self.recv_inner(state, timeout);
         self.abort_round_on_error(r)
     }
@@ -505,6 +580,9 @@ impl AsyncSession {
     ) -> Result<AsyncMessage, SessionError> {
         let deadline = Instant::now() + timeout;
         loop {
+            // A part written in the background votes as soon as a call sees it written,
+            // even when messages are waiting (then this call never reaches `tick`).
+            self.poll_flush(state)?;
             if let Some((from, m)) = self.inbox.pop_front() {
                 return Ok(AsyncMessage {
                     from,
@@ -521,12 +599,13 @@ impl AsyncSession {
                     format!("no message within {timeout:?}"),
                 ));
             }
-            self.pump_one(state, left.min(self.cfg.timeouts.retry))?;
+            self.pump_one(state, left.min(self.wait_slice()))?;
         }
     }
 
     /// Runs the checkpoint protocol on whatever has arrived, without blocking.
     pub fn poll<S: Checkpoint + ?Sized>(&mut self, state: &S) -> Result<(), SessionError> {
+        self.reported()?;
         let r = self.poll_inner(state);
         self.abort_round_on_error(r)
     }
@@ -576,6 +655,7 @@ impl AsyncSession {
             self.poll(state)?;
             return Ok(None);
         }
+        self.reported()?;
         if self.round_in_progress() {
             return Err(SessionError::new(
                 K::Misuse,
@@ -599,8 +679,9 @@ impl AsyncSession {
     /// ranks, this is a [`poll`](AsyncSession::poll) and returns `Ok(false)`.
     ///
     /// Unlike [`AsyncSession::checkpoint`], rank 0 keeps computing and exchanging messages
-    /// while the other ranks snapshot, write their parts and vote; it still writes its own
-    /// part (when its snapshot is complete) and COMMIT synchronously, inside those calls.
+    /// while the other ranks snapshot, write their parts and vote; its own part is written
+    /// in the background like every rank's (see [`AsyncSession`]), and COMMIT (one small
+    /// file) inside the call that collects the last vote.
     pub fn start_checkpoint<S: Checkpoint + ?Sized>(
         &mut self,
         state: &S,
@@ -609,6 +690,7 @@ impl AsyncSession {
             self.poll(state)?;
             return Ok(false);
         }
+        self.reported()?;
         self.begin_round()?;
         // Rank 0's own marker and snapshot are handled like any arrival, at once (an error
         // there aborts the round, as in every session call).
@@ -628,6 +710,13 @@ impl AsyncSession {
         self.leader
             .as_ref()
             .is_some_and(|l| l.coord.active_round().is_some())
+    }
+
+    /// Fault injection for tests (like the Job's): every part captured from now on may
+    /// write at most `bytes` (a full disk); `None` lifts the limit.
+    #[doc(hidden)]
+    pub fn set_write_budget(&mut self, bytes: Option<u64>) {
+        self.write_budget = bytes;
     }
 
     /// Rank 0: opens the next checkpoint in the repository and tells every rank (markers
@@ -714,7 +803,7 @@ impl AsyncSession {
                 ));
             }
             self.tick(state)?;
-            self.pump_one(state, self.cfg.timeouts.retry)?;
+            self.pump_one(state, self.wait_slice())?;
         }
     }
 
@@ -743,10 +832,12 @@ impl AsyncSession {
         }
     }
 
-    /// Ends the session: tells every rank this one is done, keeps running the protocol
+    /// Ends the session: waits for the part being written in the background (and votes),
+    /// tells every rank this one is done, keeps running the protocol
     /// until every rank said so (so no rank leaves while a round may still need it), and
     /// gives the communicator back. Fails if a peer leaves without saying so, after
-    /// `timeout`, or if messages are left that the program never received.
+    /// `timeout`, if messages are left that the program never received, or (once every
+    /// rank is done) with a background write error not reported yet.
     ///
     /// On rank 0, a round started by [`AsyncSession::start_checkpoint`] and still running
     /// is first driven to its decision (before any rank can be told this one is done, so
@@ -773,6 +864,8 @@ impl AsyncSession {
                 }
             }
         }
+        // A part still being written: its vote goes out before this rank says it is done.
+        self.settle_flush(state)?;
         self.done_from.insert(me);
         for r in (0..self.world).map(Rank).filter(|&r| r != me) {
             self.send_ctl(r, TAG_DONE, Vec::new())
@@ -783,7 +876,7 @@ impl AsyncSession {
             self.tick(state)?;
             match self
                 .comm
-                .recv_envelope_timeout(None, None, self.cfg.timeouts.retry)
+                .recv_envelope_timeout(None, None, self.wait_slice())
             {
                 Ok(env) => self.handle(state, env)?,
                 Err(e) if e.kind() == NetKind::Timeout => {}
@@ -833,6 +926,8 @@ impl AsyncSession {
                 ),
             ));
         }
+        // Every rank is done: a background write that failed is this call's error now.
+        self.reported()?;
         Ok(self.comm)
     }
 
@@ -847,6 +942,7 @@ impl AsyncSession {
     }
 
     fn tick<S: Checkpoint + ?Sized>(&mut self, state: &S) -> Result<(), SessionError> {
+        self.poll_flush(state)?;
         let now = self.now();
         let a = self.part.tick(now);
         self.exec_part(state, a)?;
@@ -1022,20 +1118,48 @@ impl AsyncSession {
     }
 
     /// Writes the part if the round asked for it and the recorder has completed it; votes
-    /// `Failed` if the recorder can no longer produce it.
+    /// `Failed` if the recorder can no longer produce it. With the background writer the
+    /// part is handed to it (after the previous part, if one is still being written: one
+    /// in flight) and the vote goes out from the session call that finds it written.
     fn try_write<S: Checkpoint + ?Sized>(&mut self, state: &S) -> Result<(), SessionError> {
         let Some(round) = self.want else {
             return Ok(());
         };
         let result = if let Some(ready) = self.ready.take_if(|r| r.epoch == round.epoch) {
             self.stats.messages_saved += ready.channels.len() as u64;
-            Some(
-                self.write_part(round, ready)
-                    .map(|(receipt, channel_bytes)| {
-                        self.stats.channel_bytes += channel_bytes;
-                        receipt
-                    }),
-            )
+            match self.part_task(round, ready) {
+                Err(e) => Some(Err(e)),
+                Ok((task, channel_bytes)) => {
+                    let info = InFlight {
+                        round,
+                        channel_bytes,
+                    };
+                    if self.flusher.is_some() {
+                        self.settle_flush(state)?;
+                    }
+                    let submitted = match self.flusher.as_mut() {
+                        Some(f) => f.submit(task, info),
+                        None => Err(Box::new(task)),
+                    };
+                    match submitted {
+                        Ok(()) => {
+                            self.want = None;
+                            return Ok(());
+                        }
+                        Err(task) => {
+                            if self.flusher.take().is_some() {
+                                tracing::warn!(
+                                    "{}: background writer gone: parts are written in the session calls",
+                                    self.me
+                                );
+                            }
+                            let done = write_part_task(*task);
+                            self.want = None;
+                            return self.part_done(state, info, done.result, false);
+                        }
+                    }
+                }
+            }
         } else {
             let e = self.rec.epoch();
             let gone = e > round.epoch
@@ -1046,27 +1170,116 @@ impl AsyncSession {
             return Ok(());
         };
         self.want = None;
-        if result.is_ok() {
-            self.stats.parts_written += 1;
-        }
         let now = self.now();
         let a = self.part.part_written(round, result, now);
         self.exec_part(state, a)
     }
 
-    /// Writes the part; returns its receipt and the size of its channel-state object.
-    fn write_part(&self, round: RoundId, ready: Ready) -> Result<(PartReceipt, u64), String> {
+    /// The part of `round` to write: the captured objects plus the channel state; and the
+    /// size of the latter.
+    fn part_task(&self, round: RoundId, ready: Ready) -> Result<(PartTask, u64), String> {
         let mut objects = ready.objects;
         let channels = wire::channels_object(&ready.channels).map_err(|e| e.to_string())?;
         let channel_bytes = channels.data.len() as u64;
         objects.push(channels);
-        // Format 1.1: a small manifest rides the vote into COMMIT (one durable file less
-        // per rank and round), as in the aligned runtime.
-        PartWriter::open(&self.cfg.repo, round.ckpt, self.cfg.store.clone())
-            .map(|w| w.with_inline_manifest(lazarus_format::MAX_INLINE_MANIFEST))
-            .and_then(|w| w.write(self.me, &objects))
-            .map(|r| (r, channel_bytes))
-            .map_err(|e| format!("{}: {e}", self.me))
+        Ok((
+            PartTask {
+                repo: self.cfg.repo.clone(),
+                store: self.cfg.store.clone(),
+                me: self.me,
+                round,
+                objects,
+                budget: self.write_budget,
+            },
+            channel_bytes,
+        ))
+    }
+
+    /// A part write ended (`background`: on the writer thread): counted, voted; a failed
+    /// background write is kept for the next session call to report.
+    fn part_done<S: Checkpoint + ?Sized>(
+        &mut self,
+        state: &S,
+        info: InFlight,
+        result: Result<PartReceipt, String>,
+        background: bool,
+    ) -> Result<(), SessionError> {
+        match &result {
+            Ok(_) => {
+                self.stats.parts_written += 1;
+                self.stats.channel_bytes += info.channel_bytes;
+            }
+            Err(e) if background => {
+                let err = SessionError::new(
+                    K::Flush,
+                    self.me,
+                    format!(
+                        "checkpoint {}: writing this rank's part in the background failed, so it did not commit: {e}",
+                        info.round.ckpt
+                    ),
+                );
+                if let Some(earlier) = self.flush_error.replace(err) {
+                    tracing::warn!("{earlier}");
+                }
+            }
+            Err(_) => {}
+        }
+        let now = self.now();
+        let a = self.part.part_written(info.round, result, now);
+        self.exec_part(state, a)
+    }
+
+    /// Takes the background write's outcome if it has ended (without waiting).
+    fn poll_flush<S: Checkpoint + ?Sized>(&mut self, state: &S) -> Result<(), SessionError> {
+        let polled = match self.flusher.as_mut() {
+            Some(f) => f.poll(),
+            None => return Ok(()),
+        };
+        self.flushed(state, polled)
+    }
+
+    /// Waits for the background write in flight, if any, and takes its outcome.
+    fn settle_flush<S: Checkpoint + ?Sized>(&mut self, state: &S) -> Result<(), SessionError> {
+        let settled = match self.flusher.as_mut() {
+            Some(f) => f.settle(),
+            None => return Ok(()),
+        };
+        self.flushed(state, settled)
+    }
+
+    fn flushed<S: Checkpoint + ?Sized>(
+        &mut self,
+        state: &S,
+        outcome: Result<Option<(InFlight, PartDone)>, InFlight>,
+    ) -> Result<(), SessionError> {
+        match outcome {
+            Ok(None) => Ok(()),
+            Ok(Some((info, done))) => self.part_done(state, info, done.result, true),
+            Err(info) => {
+                // The writer thread died with the part: vote Failed, write in the calls.
+                self.flusher = None;
+                let e = "the background part writer died".to_string();
+                self.part_done(state, info, Err(e), true)
+            }
+        }
+    }
+
+    /// The background write error not yet reported, as this call's error.
+    fn reported(&mut self) -> Result<(), SessionError> {
+        match self.flush_error.take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// How long a session call may block in one receive: short while a part is being
+    /// written in the background, so its vote goes out soon after the write ends.
+    fn wait_slice(&self) -> Duration {
+        if self.flusher.as_ref().is_some_and(Flusher::busy) {
+            self.cfg.timeouts.retry.min(Duration::from_millis(2))
+        } else {
+            self.cfg.timeouts.retry
+        }
     }
 
     fn exec_part<S: Checkpoint + ?Sized>(

@@ -158,7 +158,13 @@ impl Shared {
 fn run_rank(comm: Comm, p: Params, repo: &Path, sh: &Shared) -> Result<End, SessionError> {
     let me = comm.rank();
     let mut app = App::default();
-    let (mut s, start) = AsyncSession::open(comm, cfg(repo), &mut app)?;
+    let mut config = cfg(repo);
+    // Seeds with non-blocking rounds write parts inside the calls: with background writes
+    // their jobs end (in a few ms) before the first round commits, so there would be no
+    // crash to recover from. Blocking seeds use background writes (the default), as do
+    // `unaligned_async.rs` and the real-process `tests/unaligned_kill.rs`.
+    config.sync_writes = p.nonblocking;
+    let (mut s, start) = AsyncSession::open(comm, config, &mut app)?;
     if start == AsyncStart::Fresh {
         for i in 0..p.tokens_per_rank {
             let id = u64::from(me.0) * p.tokens_per_rank + i;

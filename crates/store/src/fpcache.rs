@@ -31,7 +31,7 @@
 //! other ticket (a write that failed and so left no entry, another repository, rank or
 //! chunk size, a later write by someone else) finds no match and the chunk is read.
 
-use lazarus_format::{ChunkDigest, Rank, WriteTicket};
+use lazarus_format::{CheckpointId, ChunkDigest, Rank, WriteTicket};
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 use std::path::{Path, PathBuf};
@@ -66,6 +66,8 @@ pub(crate) fn fingerprint(data: &[u8]) -> Fingerprint {
 #[derive(Debug, Default)]
 pub(crate) struct PartCache {
     chunk_size: u64,
+    /// The checkpoint whose durable part filled the cache (set when it is stored).
+    checkpoint: Option<CheckpointId>,
     objects: HashMap<String, CachedObject>,
 }
 
@@ -82,8 +84,14 @@ impl PartCache {
     pub(crate) fn new(chunk_size: u64) -> Self {
         PartCache {
             chunk_size,
+            checkpoint: None,
             objects: HashMap::new(),
         }
+    }
+
+    /// Records that these entries are those of `id`'s part (durable).
+    pub(crate) fn set_checkpoint(&mut self, id: CheckpointId) {
+        self.checkpoint = Some(id);
     }
 
     /// The digest recorded for chunk `index` of `object` if its fingerprint equals `fp`.
@@ -143,6 +151,20 @@ pub(crate) fn take(repo: &Path, rank: Rank, chunk_size: u64) -> Option<PartCache
         .unwrap_or_else(|e| e.into_inner())
         .remove(&(repo.to_path_buf(), rank))?;
     (c.chunk_size == chunk_size).then_some(c)
+}
+
+/// Runs `f` on the cache of `rank` in the repository at `repo` without taking it, if it
+/// was written with `chunk_size` for the part of checkpoint `checkpoint`.
+pub(crate) fn peek<R>(
+    repo: &Path,
+    rank: Rank,
+    chunk_size: u64,
+    checkpoint: CheckpointId,
+    f: impl FnOnce(&PartCache) -> R,
+) -> Option<R> {
+    let g = global().lock().unwrap_or_else(|e| e.into_inner());
+    let c = g.get(&(repo.to_path_buf(), rank))?;
+    (c.chunk_size == chunk_size && c.checkpoint == Some(checkpoint)).then(|| f(c))
 }
 
 /// Stores the cache of `rank`'s part just made durable, replacing any older one (objects

@@ -74,6 +74,6 @@ pub use repo::{
     INLINE_COMMIT_BUDGET,
 };
 pub use writer::{
-    discard_part, discard_part_in, Codec, PartReceipt, PartWriter, RepoOptions, WrittenAhead,
-    DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE,
+    discard_part, discard_part_in, Codec, PartReceipt, PartWriter, RepoOptions, Unchanged,
+    WrittenAhead, DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE,
 };

@@ -118,6 +118,10 @@ pub struct PartReceipt {
 /// [`PartWriter::write_ahead`]: an asynchronous checkpoint whose state does not fit its
 /// staging budget writes what does not fit inside the call, and the rest of the part
 /// (the staged heads, the manifest) later, with [`PartWriter::write_with`] (docs/ASYNC.md).
+///
+/// It also carries the chunks of objects captured *sparsely* ([`Unchanged`], added with
+/// [`WrittenAhead::reuse`]): chunks an incremental capture did not copy because they are
+/// unchanged since the previous committed checkpoint, which the part names by digest.
 #[derive(Clone, Debug, Default)]
 pub struct WrittenAhead {
     checkpoint: Option<CheckpointId>,
@@ -125,6 +129,8 @@ pub struct WrittenAhead {
     tails: std::collections::BTreeMap<String, (u64, Vec<ChunkRef>)>,
     new_bytes: u64,
     new_chunks: u64,
+    /// Object name → its chunks unchanged since the previous committed checkpoint.
+    reused: std::collections::BTreeMap<String, Unchanged>,
 }
 
 impl WrittenAhead {
@@ -137,9 +143,119 @@ impl WrittenAhead {
             .sum()
     }
 
-    /// True when nothing was written ahead.
+    /// True when nothing was written ahead and no chunk is reused.
     pub fn is_empty(&self) -> bool {
-        self.tails.is_empty()
+        self.tails.is_empty() && self.reused.is_empty()
+    }
+
+    /// Adds the unchanged chunks of one object captured sparsely: the part then names
+    /// them by digest, and the object given to [`PartWriter::write_with`] holds only its
+    /// other chunks' bytes, in order ([`Unchanged::copy_changed`]). Fails when that object
+    /// already has reused chunks or a tail written ahead.
+    pub fn reuse(&mut self, u: Unchanged) -> Result<(), StoreError> {
+        if self.reused.contains_key(&u.name) || self.tails.contains_key(&u.name) {
+            return Err(StoreError::new(
+                StoreErrorKind::InvalidArgument,
+                None,
+                format!(
+                    "object {:?}: reused chunks given twice, or with a tail written ahead",
+                    u.name
+                ),
+            ));
+        }
+        self.reused.insert(u.name.clone(), u);
+        Ok(())
+    }
+
+    /// Raw bytes of the reused chunks (not copied, not read).
+    pub fn reused_bytes(&self) -> u64 {
+        self.reused
+            .values()
+            .map(|u| u.len - u.changed_bytes())
+            .sum()
+    }
+
+    fn reused_chunks(&self) -> u64 {
+        self.reused.values().map(|u| u.reused() as u64).sum()
+    }
+}
+
+/// The chunks of one object that are unchanged since the previous committed checkpoint
+/// of this rank ([`PartWriter::unchanged_since`]), with their digests: an incremental
+/// asynchronous capture copies only the *other* chunks (issue #16), and the part names
+/// these by digest. Decided at capture time, from the object's change hint and this
+/// process's fingerprint cache of exactly that checkpoint's part; never by hashing a
+/// sparse copy (there is nothing to hash for the chunks not copied).
+#[derive(Clone, Debug)]
+pub struct Unchanged {
+    name: String,
+    len: u64,
+    chunk_size: u64,
+    base: CheckpointId,
+    /// Per chunk index: the fingerprint and digest recorded by `base`'s part when the
+    /// chunk is reused; `None` when it is copied (changed, or not known).
+    chunks: Vec<Option<(Fingerprint, ChunkDigest)>>,
+}
+
+impl Unchanged {
+    /// The object's name.
+    pub fn object(&self) -> &str {
+        &self.name
+    }
+
+    /// The committed checkpoint whose chunks are reused.
+    pub fn base(&self) -> CheckpointId {
+        self.base
+    }
+
+    /// Number of chunks reused.
+    pub fn reused(&self) -> usize {
+        self.chunks.iter().filter(|c| c.is_some()).count()
+    }
+
+    /// The byte range of chunk `index` of the object.
+    fn range(&self, index: usize) -> std::ops::Range<u64> {
+        let start = index as u64 * self.chunk_size;
+        start..(start + self.chunk_size).min(self.len)
+    }
+
+    /// Bytes of the chunks not reused: what a sparse capture copies.
+    pub fn changed_bytes(&self) -> u64 {
+        (0..self.chunks.len())
+            .filter(|&i| self.chunks.get(i).is_some_and(Option::is_none))
+            .map(|i| {
+                let r = self.range(i);
+                r.end - r.start
+            })
+            .sum()
+    }
+
+    /// Appends to `out` the bytes of the chunks not reused, in order, taken from `data`
+    /// (the whole object, as described when this was computed): the sparse capture.
+    /// Fails when `data` is not that object's length.
+    pub fn copy_changed(&self, data: &[u8], out: &mut Vec<u8>) -> Result<(), StoreError> {
+        if data.len() as u64 != self.len {
+            return Err(StoreError::new(
+                StoreErrorKind::InvalidArgument,
+                None,
+                format!(
+                    "object {:?} has {} bytes, not the {} its unchanged chunks were computed for",
+                    self.name,
+                    data.len(),
+                    self.len
+                ),
+            ));
+        }
+        out.reserve(self.changed_bytes() as usize);
+        for (i, c) in self.chunks.iter().enumerate() {
+            if c.is_none() {
+                let r = self.range(i);
+                if let Some(b) = data.get(r.start as usize..r.end as usize) {
+                    out.extend_from_slice(b);
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -302,6 +418,59 @@ impl PartWriter {
         u64::from(self.opts.chunk_size)
     }
 
+    /// The chunks of `object` that may be named by digest instead of copied: those its
+    /// change hint reports clean relative to the write this process's fingerprint cache
+    /// recorded for it, provided that write was `rank`'s part of checkpoint `base` (the
+    /// caller's previous *committed* checkpoint, so the chunks are retained), with this
+    /// writer's chunk size and the object's length, and not known damaged. `None` when no
+    /// chunk qualifies: no hint, no cache (a restart, or the previous write failed), a
+    /// cache of another checkpoint (the previous round aborted), the cache turned off. So
+    /// whether a capture is sparse is decided here, at capture time, and a write given
+    /// the result never has to hash bytes it was not given.
+    pub fn unchanged_since(
+        &self,
+        rank: Rank,
+        object: &ObjectSpec<'_>,
+        base: CheckpointId,
+    ) -> Option<Unchanged> {
+        if !self.fingerprint_cache {
+            return None;
+        }
+        let hint = object.hint.as_ref()?;
+        let ticket = hint.base()?;
+        let len = object.data.len() as u64;
+        if hint.len() != len || len == 0 {
+            return None;
+        }
+        let chunk = self.chunk_size();
+        let repo = self.backend.location();
+        let name = object.info.name.as_str();
+        let n = len.div_ceil(chunk) as usize;
+        let chunks = fpcache::peek(repo, rank, chunk, base, |c| {
+            (0..n)
+                .map(|i| {
+                    let start = i as u64 * chunk;
+                    let end = (start + chunk).min(len);
+                    if !hint.is_clean(start..end) {
+                        return None;
+                    }
+                    c.inherit(name, ticket, i, end - start)
+                        .filter(|(_, d)| known::status(repo, d) != Known::Bad)
+                })
+                .collect::<Vec<_>>()
+        })?;
+        if chunks.iter().all(Option::is_none) {
+            return None;
+        }
+        Some(Unchanged {
+            name: name.to_owned(),
+            len,
+            chunk_size: chunk,
+            base,
+            chunks,
+        })
+    }
+
     /// Writes the *tails* of objects ahead of their part: for each `(object, start)`,
     /// `object.data` holds the object's bytes from offset `start` (a multiple of
     /// [`PartWriter::chunk_size`]) to its end, and `object.info` is the whole object's.
@@ -447,19 +616,78 @@ impl PartWriter {
         let tail = |name: &str| ahead.tails.get(name);
         let tail_bytes =
             |name: &str| tail(name).map_or(0, |(_, c)| c.iter().map(|c| c.len).sum::<u64>());
-        if let Some(name) = ahead
-            .tails
-            .keys()
-            .find(|n| !objects.iter().any(|o| &o.info.name == *n))
-        {
-            return Err(StoreError::new(
-                StoreErrorKind::InvalidArgument,
-                None,
-                format!("{ctx}: object {name:?} was written ahead but is not in the part"),
-            ));
+        for (names, what) in [
+            (ahead.tails.keys().collect::<Vec<_>>(), "written ahead"),
+            (ahead.reused.keys().collect(), "captured sparsely"),
+        ] {
+            if let Some(name) = names
+                .into_iter()
+                .find(|n| !objects.iter().any(|o| &o.info.name == *n))
+            {
+                return Err(StoreError::new(
+                    StoreErrorKind::InvalidArgument,
+                    None,
+                    format!("{ctx}: object {name:?} was {what} but is not in the part"),
+                ));
+            }
         }
         let mut names = HashSet::new();
         let chunk_size = self.opts.chunk_size as usize;
+        // Sparse objects: every reused chunk must still be in the repository (it is a
+        // chunk of the previous committed checkpoint, so retained; a chunk removed or found
+        // damaged since cannot be rewritten, its bytes were not captured: the part fails
+        // and the caller's next capture is a full one, as no cache survives a failed write).
+        let mut reused_refs: std::collections::HashMap<&str, Vec<Option<(ChunkRef, Fingerprint)>>> =
+            std::collections::HashMap::new();
+        for u in ahead.reused.values() {
+            if u.chunk_size != chunk_size as u64 {
+                return Err(StoreError::new(
+                    StoreErrorKind::InvalidArgument,
+                    None,
+                    format!(
+                        "{ctx}: object {:?} was captured sparsely for chunks of {} bytes, not {chunk_size}",
+                        u.name, u.chunk_size
+                    ),
+                ));
+            }
+            let mut refs = Vec::with_capacity(u.chunks.len());
+            for (i, c) in u.chunks.iter().enumerate() {
+                let Some((fp, digest)) = c else {
+                    refs.push(None);
+                    continue;
+                };
+                let key = ObjectKey::Chunk(*digest);
+                let present = match self.backend.stat(&key)? {
+                    Some(m)
+                        if m.regular
+                            && known::status(self.backend.location(), digest) != Known::Bad =>
+                    {
+                        Some(m.size)
+                    }
+                    _ => None,
+                };
+                let Some(stored) = present else {
+                    return Err(StoreError::new(
+                        StoreErrorKind::Missing,
+                        Some(&self.backend.describe(&key)),
+                        format!(
+                            "{ctx}: chunk {i} of object {:?}, unchanged since checkpoint {} and so not captured, is missing or damaged in the repository; this part cannot be written (the next capture copies the whole state)",
+                            u.name, u.base
+                        ),
+                    ));
+                };
+                let r = u.range(i);
+                refs.push(Some((
+                    ChunkRef {
+                        digest: *digest,
+                        len: r.end - r.start,
+                        stored,
+                    },
+                    *fp,
+                )));
+            }
+            reused_refs.insert(u.name.as_str(), refs);
+        }
         let mut jobs = Vec::new();
         for (i, o) in objects.iter().enumerate() {
             if !names.insert(o.info.name.as_str()) {
@@ -470,6 +698,60 @@ impl PartWriter {
                 ));
             }
             let head = o.data.len() as u64;
+            if let Some(u) = ahead.reused.get(&o.info.name) {
+                if u.changed_bytes() != head {
+                    return Err(StoreError::new(
+                        StoreErrorKind::InvalidArgument,
+                        None,
+                        format!(
+                            "{ctx}: object {:?} was captured sparsely: {} changed bytes expected, {head} given",
+                            o.info.name,
+                            u.changed_bytes()
+                        ),
+                    ));
+                }
+                if let ObjectKind::Bulk { dtype, len, .. } = &o.info.kind {
+                    if len.checked_mul(dtype.size() as u64) != Some(u.len) {
+                        return Err(StoreError::new(
+                            StoreErrorKind::InvalidArgument,
+                            None,
+                            format!(
+                                "{ctx}: object {:?} declares {len} {} elements but has {} bytes",
+                                o.info.name,
+                                dtype.tag(),
+                                u.len
+                            ),
+                        ));
+                    }
+                }
+                let shuffle = match &o.info.kind {
+                    ObjectKind::Bulk { dtype, .. } => {
+                        dtype.is_float().then_some(dtype.size() as u8)
+                    }
+                    ObjectKind::Serde => None,
+                };
+                // Only the changed chunks are here, back to back: each is hashed.
+                let mut at = 0usize;
+                for (index, c) in u.chunks.iter().enumerate() {
+                    if c.is_some() {
+                        continue;
+                    }
+                    let r = u.range(index);
+                    let n = (r.end - r.start) as usize;
+                    let piece = o.data.get(at..at + n).unwrap_or_default();
+                    at += n;
+                    jobs.push(Job {
+                        obj: i,
+                        name: o.info.name.as_str(),
+                        index,
+                        offset: r.start,
+                        data: piece,
+                        shuffle,
+                        hint: None,
+                    });
+                }
+                continue;
+            }
             if let Some((start, _)) = tail(&o.info.name) {
                 if *start != head {
                     return Err(StoreError::new(
@@ -539,8 +821,8 @@ impl PartWriter {
             .fingerprint_cache
             .then(|| PartCache::new(chunk_size as u64));
         let tickets: Vec<WriteTicket> = objects.iter().map(|_| WriteTicket::unique()).collect();
-        let mut cache_obj: Vec<(Fingerprint, ChunkDigest)> = Vec::new();
-        let mut per_obj: Vec<Vec<ChunkRef>> = vec![Vec::new(); objects.len()];
+        let mut per_obj: Vec<Vec<(ChunkRef, Option<Fingerprint>)>> =
+            vec![Vec::new(); objects.len()];
         let mut new_bytes = 0u64;
         let mut new_chunks = 0u64;
         let mut cached_chunks = 0u64;
@@ -548,19 +830,8 @@ impl PartWriter {
         let mut dirs = BTreeSet::new();
         let mut staged: Vec<Staged> = Vec::new();
         let mut digests: Vec<ChunkDigest> = Vec::with_capacity(jobs.len());
-        for (k, (job, r)) in jobs.iter().zip(results).enumerate() {
+        for (job, r) in jobs.iter().zip(results) {
             digests.push(r.chunk.digest);
-            if let (Some(c), Some(fp)) = (next_cache.as_mut(), r.fp) {
-                cache_obj.push((fp, r.chunk.digest));
-                let last_of_object = jobs.get(k + 1).is_none_or(|n| n.obj != job.obj);
-                if last_of_object {
-                    let entries = std::mem::take(&mut cache_obj);
-                    // A split object's cache entries would cover its head only: none.
-                    if let (None, Some(t)) = (tail(job.name), tickets.get(job.obj)) {
-                        c.insert(job.name, *t, entries);
-                    }
-                }
-            }
             new_bytes += r.new_bytes;
             cached_chunks += u64::from(r.cached);
             hinted_chunks += u64::from(r.hinted);
@@ -574,9 +845,43 @@ impl PartWriter {
                 staged.push(t);
             }
             if let Some(v) = per_obj.get_mut(job.obj) {
-                v.push(r.chunk);
+                v.push((r.chunk, r.fp));
             }
         }
+        // A sparse object's chunks in order: the reused ones where they belong.
+        for (o, chunks) in objects.iter().zip(per_obj.iter_mut()) {
+            if let Some(refs) = reused_refs.get(o.info.name.as_str()) {
+                let mut written = std::mem::take(chunks).into_iter();
+                for r in refs {
+                    match r {
+                        Some((c, fp)) => {
+                            digests.push(c.digest);
+                            chunks.push((c.clone(), Some(*fp)));
+                        }
+                        None => chunks.extend(written.next()),
+                    }
+                }
+            }
+        }
+        if let Some(c) = next_cache.as_mut() {
+            for ((o, chunks), t) in objects.iter().zip(&per_obj).zip(&tickets) {
+                // A split object's cache entries would cover its head only: none.
+                if tail(&o.info.name).is_some() {
+                    continue;
+                }
+                let entries: Option<Vec<(Fingerprint, ChunkDigest)>> = chunks
+                    .iter()
+                    .map(|(c, fp)| fp.map(|fp| (fp, c.digest)))
+                    .collect();
+                if let Some(entries) = entries {
+                    c.insert(&o.info.name, *t, entries);
+                }
+            }
+        }
+        let per_obj: Vec<Vec<ChunkRef>> = per_obj
+            .into_iter()
+            .map(|v| v.into_iter().map(|(c, _)| c).collect())
+            .collect();
         let manifest = Manifest {
             checkpoint: self.id,
             rank,
@@ -588,9 +893,13 @@ impl PartWriter {
                     if let Some((_, t)) = tail(&o.info.name) {
                         chunks.extend_from_slice(t);
                     }
+                    let bytes = match ahead.reused.get(&o.info.name) {
+                        Some(u) => u.len,
+                        None => o.data.len() as u64 + tail_bytes(&o.info.name),
+                    };
                     ManifestObject {
                         info: o.info.clone(),
-                        bytes: o.data.len() as u64 + tail_bytes(&o.info.name),
+                        bytes,
                         chunks,
                     }
                 })
@@ -608,7 +917,8 @@ impl PartWriter {
         // producers learn their tickets after the entries exist, so a hint can only name a
         // ticket this process recorded digests under (and a write without the cache tells
         // nobody: their earlier ticket stays the one the cache holds).
-        if let Some(c) = next_cache {
+        if let Some(mut c) = next_cache {
+            c.set_checkpoint(self.id);
             fpcache::put(root, rank, c);
             for (o, t) in objects.iter().zip(&tickets) {
                 if let (Some(h), None) = (&o.hint, tail(&o.info.name)) {
@@ -620,9 +930,12 @@ impl PartWriter {
             rank,
             checkpoint: self.id,
             manifest_digest: ChunkDigest::of(&bytes),
-            logical_bytes: objects.iter().map(|o| o.data.len() as u64).sum::<u64>() + ahead.bytes(),
+            logical_bytes: objects.iter().map(|o| o.data.len() as u64).sum::<u64>()
+                + ahead.bytes()
+                + ahead.reused_bytes(),
             stored_new_bytes: new_bytes + ahead.new_bytes,
             chunks: jobs.len() as u64
+                + ahead.reused_chunks()
                 + ahead
                     .tails
                     .values()
@@ -630,7 +943,8 @@ impl PartWriter {
                     .sum::<u64>(),
             new_chunks: new_chunks + ahead.new_chunks,
             cached_chunks,
-            hinted_chunks,
+            // Chunks of a sparse capture are reused on their hints too, unread.
+            hinted_chunks: hinted_chunks + ahead.reused_chunks(),
             manifest: inline.then_some(bytes),
         })
     }

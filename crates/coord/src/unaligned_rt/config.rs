@@ -23,10 +23,15 @@ pub struct AsyncConfig {
     pub output_markers: bool,
     /// What `open` does when every committed checkpoint is damaged (default: refuse).
     pub on_all_damaged: OnAllDamaged,
+    /// Write each part inside the session call that completes its snapshot, as before
+    /// asynchronous checkpoints (default `false`: the snapshot is captured in the call and
+    /// the part written by a background thread, docs/ASYNC.md).
+    pub sync_writes: bool,
 }
 
 impl AsyncConfig {
-    /// Defaults: store defaults, `Timeouts::default()`, keep the newest 2.
+    /// Defaults: store defaults, `Timeouts::default()`, keep the newest 2, parts written in
+    /// the background.
     pub fn new(repo: impl Into<PathBuf>) -> Self {
         AsyncConfig {
             repo: repo.into(),
@@ -35,6 +40,7 @@ impl AsyncConfig {
             keep: Some(2),
             output_markers: false,
             on_all_damaged: OnAllDamaged::Refuse,
+            sync_writes: false,
         }
     }
 

@@ -4,7 +4,8 @@
 //! branch on, and keeps the lower layer's error (net, store, state, protocol) as its
 //! source. After an error the session's recorder may be half-way through a snapshot; the
 //! caller should treat the session as failed (drop it; restart restores the newest
-//! committed checkpoint), except for `Timeout` from a receive, which changes nothing.
+//! committed checkpoint), except for `Timeout` from a receive, which changes nothing, and
+//! `Flush`, a background write that failed (its checkpoint aborted; the session goes on).
 
 use crate::error::ProtocolError;
 use lazarus_format::Rank;
@@ -35,6 +36,11 @@ pub enum SessionErrorKind {
     AllDamaged,
     /// The program used the session in a way it does not support.
     Misuse,
+    /// This rank's part of a checkpoint, written in the background, could not be written
+    /// (a full disk, say): that checkpoint did not commit (this rank voted Failed, so the
+    /// round aborted everywhere) and the previous one stays the restart point. Reported
+    /// once, by the session call after the write ended; the session goes on (retryable).
+    Flush,
 }
 
 /// An error of [`AsyncSession`](crate::AsyncSession): a kind, the rank it happened on, a
@@ -87,9 +93,14 @@ impl SessionError {
         self.rank
     }
 
-    /// True when repeating the call may succeed (only a receive that timed out).
+    /// True when the session can go on: a receive that timed out (repeating it may
+    /// succeed), or a background part write that failed (`Flush`: the next checkpoint
+    /// may commit).
     pub fn is_retryable(&self) -> bool {
-        self.kind == SessionErrorKind::Timeout
+        matches!(
+            self.kind,
+            SessionErrorKind::Timeout | SessionErrorKind::Flush
+        )
     }
 
     /// True for a restore that no restart of the job can fix: the checkpoint has another

@@ -1,0 +1,271 @@
+//! Unaligned rounds with parts written in the background (issue #16, docs/ASYNC.md): the
+//! program may change its state as soon as the call that captured it returns (what
+//! commits is the state at the snapshot), and a background write that fails aborts its
+//! round, is reported once by the next session call naming the checkpoint, and the
+//! session goes on to commit the next round.
+
+use lazarus_coord::{AsyncConfig, AsyncSession, Outcome, SessionError, SessionErrorKind, Timeouts};
+use lazarus_format::{CheckpointId, Rank};
+use lazarus_net::{join, Comm, JobToken, JoinOptions, NetConfig, RendezvousServer};
+use lazarus_state::Checkpoint;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Checkpoint, Default, Debug, Clone, PartialEq)]
+struct Big {
+    n: u64,
+    xs: Vec<u64>,
+}
+
+/// 4 MiB of words, all equal to a function of `n`: a state whose arrays disagree with
+/// its counter was read after the call that captured it.
+const WORDS: usize = 1 << 19;
+
+fn big(n: u64) -> Big {
+    Big {
+        n,
+        xs: vec![n.wrapping_mul(0x9e37_79b9_7f4a_7c15); WORDS],
+    }
+}
+
+/// The program's step right after a call: every word changes, the counter too.
+fn scribble(b: &mut Big) {
+    b.n += 1;
+    let v = b.n.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    b.xs.iter_mut().for_each(|x| *x = v);
+}
+
+fn comms(n: u32) -> Vec<Comm> {
+    let config = NetConfig {
+        heartbeat_interval: Duration::from_millis(100),
+        failure_timeout: Duration::from_millis(1500),
+        connect_timeout: Duration::from_secs(10),
+        ..NetConfig::default()
+    };
+    let token = JobToken::random();
+    let server =
+        RendezvousServer::bind("127.0.0.1:0", n, token.clone(), 0, config.clone()).unwrap();
+    let coord = server.local_addr().to_string();
+    let hs: Vec<_> = (0..n)
+        .map(|r| {
+            let o = JoinOptions {
+                rank: Rank(r),
+                size: n,
+                coord: coord.clone(),
+                token: token.clone(),
+                incarnation: 0,
+                config: config.clone(),
+                host_rendezvous: false,
+                exit_with_launcher: false,
+            };
+            std::thread::spawn(move || join(o))
+        })
+        .collect();
+    hs.into_iter().map(|h| h.join().unwrap().unwrap()).collect()
+}
+
+fn cfg(repo: &Path) -> AsyncConfig {
+    let mut c = AsyncConfig::new(repo);
+    c.timeouts = Timeouts {
+        round: Duration::from_secs(10),
+        retry: Duration::from_millis(20),
+        decision: Duration::from_secs(20),
+    };
+    c.keep = Some(10);
+    c
+}
+
+fn load(repo: &Path, id: CheckpointId, rank: u32) -> Big {
+    let reader = lazarus_store::RepoReader::open(repo).unwrap();
+    let objects = reader
+        .load_part(id, Rank(rank))
+        .unwrap()
+        .into_iter()
+        .filter(|o| o.info.name != lazarus_coord::CHANNELS_OBJECT)
+        .collect();
+    let mut b = Big::default();
+    lazarus_state::restore(&mut b, objects).unwrap();
+    b
+}
+
+/// Rank 1: receives (nothing comes) and scribbles over its state right after every call,
+/// until `stop`; the `Flush` errors it got.
+fn follower(
+    comm: Comm,
+    repo: &Path,
+    stop: &AtomicBool,
+    fail_first: bool,
+    recovered: &AtomicBool,
+) -> Result<Vec<SessionError>, SessionError> {
+    let mut b = big(0);
+    let (mut s, _) = AsyncSession::open(comm, cfg(repo), &mut b)?;
+    if fail_first {
+        s.set_write_budget(Some(0));
+    }
+    let mut errors = Vec::new();
+    while !stop.load(Ordering::SeqCst) {
+        match s.recv(&b, Duration::from_millis(5)) {
+            Err(e) if e.kind() == SessionErrorKind::Flush => {
+                assert!(e.is_retryable(), "{e}");
+                errors.push(e);
+                s.set_write_budget(None);
+                recovered.store(true, Ordering::SeqCst);
+            }
+            Err(e) if e.is_retryable() => {}
+            Err(e) => return Err(e),
+            Ok(m) => panic!("unexpected message {m:?}"),
+        }
+        scribble(&mut b);
+    }
+    s.finish(&b, Duration::from_secs(10))?;
+    Ok(errors)
+}
+
+/// Rank 0: one round started with `start_checkpoint`, the state scribbled right after the
+/// call, then polled until decided.
+fn round(s: &mut AsyncSession, b: &mut Big) -> (lazarus_coord::AsyncReport, Big) {
+    let t = Instant::now();
+    assert!(s.start_checkpoint(b).unwrap(), "a round starts");
+    let at_call = b.clone();
+    scribble(b);
+    loop {
+        if let Some(r) = s.take_report() {
+            return (r, at_call);
+        }
+        assert!(t.elapsed() < Duration::from_secs(15), "round never decided");
+        s.poll(b).unwrap();
+        scribble(b);
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+#[test]
+fn unaligned_snapshot_isolation_with_background_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let mut cs = comms(2);
+    let c1 = cs.pop().unwrap();
+    let c0 = cs.pop().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let r1 = {
+        let (repo, stop) = (repo.clone(), stop.clone());
+        std::thread::spawn(move || follower(c1, &repo, &stop, false, &AtomicBool::new(false)))
+    };
+    let mut b = big(1000);
+    let (mut s0, _) = AsyncSession::open(c0, cfg(&repo), &mut b).unwrap();
+    let mut expected = Vec::new();
+    for _ in 0..3 {
+        let (r, at_call) = round(&mut s0, &mut b);
+        assert_eq!(r.outcome, Outcome::Commit, "{r:?}");
+        expected.push((r.round.ckpt, at_call));
+    }
+    stop.store(true, Ordering::SeqCst);
+    s0.finish(&b, Duration::from_secs(10)).unwrap();
+    let errors = r1.join().unwrap().unwrap();
+    assert!(errors.is_empty(), "{errors:?}");
+    for (id, want) in &expected {
+        // Rank 0: exactly the state at its `start_checkpoint` call, not the scribbles.
+        let got = load(&repo, *id, 0);
+        assert!(
+            got == *want,
+            "checkpoint {id}: rank 0 holds n={} not {}",
+            got.n,
+            want.n
+        );
+        // Rank 1 (captured inside one of its `recv` calls): one consistent state.
+        let got = load(&repo, *id, 1);
+        assert!(
+            got == big(got.n),
+            "checkpoint {id}: rank 1's state was read after its call"
+        );
+    }
+}
+
+#[test]
+fn unaligned_background_write_error_is_reported_by_the_next_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let mut cs = comms(2);
+    let c1 = cs.pop().unwrap();
+    let c0 = cs.pop().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let recovered = Arc::new(AtomicBool::new(false));
+    let r1 = {
+        let (repo, stop, recovered) = (repo.clone(), stop.clone(), recovered.clone());
+        std::thread::spawn(move || follower(c1, &repo, &stop, true, &recovered))
+    };
+    let mut b = big(1);
+    let (mut s0, _) = AsyncSession::open(c0, cfg(&repo), &mut b).unwrap();
+    // Rank 1's disk is full: its part fails in the background, the round aborts.
+    let (r, _) = round(&mut s0, &mut b);
+    assert_eq!(r.outcome, Outcome::Abort, "{r:?}");
+    let failed = r.round.ckpt;
+    let t = Instant::now();
+    while !recovered.load(Ordering::SeqCst) {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "rank 1 never got the error"
+        );
+        s0.poll(&b).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // The session goes on: the next round commits.
+    let (r, at_call) = round(&mut s0, &mut b);
+    assert_eq!(r.outcome, Outcome::Commit, "{r:?}");
+    stop.store(true, Ordering::SeqCst);
+    s0.finish(&b, Duration::from_secs(10)).unwrap();
+    let errors = r1.join().unwrap().unwrap();
+    assert_eq!(errors.len(), 1, "reported once: {errors:?}");
+    let e = &errors[0];
+    assert!(
+        e.to_string().contains(&failed.to_string()),
+        "names the checkpoint {failed}: {e}"
+    );
+    let reader = lazarus_store::RepoReader::open(&repo).unwrap();
+    let committed: Vec<_> = reader.committed().unwrap().iter().map(|c| c.id).collect();
+    assert_eq!(
+        committed,
+        vec![r.round.ckpt],
+        "the failed round never committed"
+    );
+    assert!(load(&repo, r.round.ckpt, 0) == at_call);
+}
+
+/// Rank 0's own part fails in the background: its round aborts, and the error is
+/// returned once, by a later call of rank 0 (`finish` at the latest).
+#[test]
+fn rank0_background_write_error_is_reported_once_by_finish_at_the_latest() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let mut cs = comms(1);
+    let c0 = cs.pop().unwrap();
+    let mut b = big(7);
+    let (mut s0, _) = AsyncSession::open(c0, cfg(&repo), &mut b).unwrap();
+    s0.set_write_budget(Some(0));
+    let t = Instant::now();
+    assert!(s0.start_checkpoint(&b).unwrap());
+    let mut errors = Vec::new();
+    let r = loop {
+        if let Some(r) = s0.take_report() {
+            break r;
+        }
+        assert!(t.elapsed() < Duration::from_secs(15), "round never decided");
+        if let Err(e) = s0.poll(&b) {
+            errors.push(e);
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    assert_eq!(r.outcome, Outcome::Abort, "{r:?}");
+    if let Err(e) = s0.finish(&b, Duration::from_secs(10)) {
+        errors.push(e);
+    }
+    assert_eq!(errors.len(), 1, "reported once: {errors:?}");
+    assert_eq!(errors[0].kind(), SessionErrorKind::Flush, "{}", errors[0]);
+    assert!(
+        errors[0].to_string().contains(&r.round.ckpt.to_string()),
+        "{}",
+        errors[0]
+    );
+}
