@@ -1097,3 +1097,6 @@ fn tempdir() -> Result<TempDir> {
     std::fs::create_dir(&p).map_err(|e| VmError::io(&p, "creating a temp directory", e))?;
     Ok(TempDir(p))
 }
+
+#[cfg(test)]
+mod unroll_tests;
