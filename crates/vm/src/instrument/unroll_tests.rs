@@ -303,3 +303,52 @@ fn the_generator_covers_every_construct() {
         assert!(all.contains(what), "no {what:?} in 200 programs");
     }
 }
+
+/// The same comparison after Binaryen (`--asyncify -O2`, what [`super::instrument`] runs):
+/// its optimiser must not undo what the ticks rely on. Skipped without `wasm-opt`.
+#[test]
+fn unrolled_leaf_loops_survive_asyncify_and_the_optimiser() {
+    if std::process::Command::new(super::wasm_opt_path())
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        return;
+    }
+    for shape in 0..24u64 {
+        let plain = wat::parse_str(program(shape)).expect("generated WAT parses");
+        let one = super::wasm_opt(
+            &rewrite_with(
+                &plain,
+                Unroll {
+                    max_copies: 1,
+                    max_unrolled: 0,
+                },
+            )
+            .expect("rewrite"),
+            true,
+        )
+        .expect("wasm-opt");
+        let four = super::wasm_opt(
+            &rewrite_with(
+                &plain,
+                Unroll {
+                    max_copies: 4,
+                    max_unrolled: usize::MAX,
+                },
+            )
+            .expect("rewrite"),
+            true,
+        )
+        .expect("wasm-opt");
+        for (n, budget) in [(0, 3), (1, 1), (37, 5), (150, 2), (150, 40)] {
+            let seed = shape as i64 * 0x5851_f42d + n as i64;
+            let (want, _, _) = exec(&plain, n, seed, budget);
+            let (got1, ticks1, left1) = exec(&one, n, seed, budget);
+            let (got4, ticks4, left4) = exec(&four, n, seed, budget);
+            assert_eq!((got1, got4), (want, want), "shape {shape}, n {n}");
+            assert_eq!(ticks4, ticks1, "shape {shape}, n {n}");
+            assert_eq!(left4, left1, "shape {shape}, n {n}");
+        }
+    }
+}
