@@ -734,11 +734,8 @@ fn strip_leaf_loop(
             let copy = clone_instrs(f, &original, &mut map);
             let offset = (k - 1) as i32 - j as i32;
             let copy_inside: HashSet<InstrSeqId> = map.values().copied().collect();
-            let nested: Vec<InstrSeqId> = copy_inside
-                .iter()
-                .copied()
-                .filter(|s| *s != cont)
-                .collect();
+            let nested: Vec<InstrSeqId> =
+                copy_inside.iter().copied().filter(|s| *s != cont).collect();
             for s in nested {
                 let old = std::mem::take(&mut f.block_mut(s).instrs);
                 f.block_mut(s).instrs = with_write_backs(old, &copy_inside, hook, m, offset);

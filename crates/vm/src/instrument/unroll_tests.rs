@@ -266,7 +266,10 @@ fn check_shape(shape: u64, k: usize, n: i32, seed: i64, max_budget: u64) {
     assert_eq!(got1, want, "one-by-one count changed the result:\n{wat}");
     assert_eq!(gotk, want, "unrolled by {k} changed the result:\n{wat}");
     assert_eq!(ticksk, ticks1, "unrolled by {k} ticks elsewhere:\n{wat}");
-    assert_eq!(leftk, left1, "unrolled by {k} leaves another budget:\n{wat}");
+    assert_eq!(
+        leftk, left1,
+        "unrolled by {k} leaves another budget:\n{wat}"
+    );
 }
 
 proptest! {
