@@ -7,7 +7,8 @@
 //!    at the entry of every function that can recurse; when it is zero the code calls the
 //!    import `lazarus.tick` (the only place a checkpoint can happen). Leaf loops (no call,
 //!    no loop inside) count in a local with the tick call outside the loop
-//!    (`strip_leaf_loop`), so Asyncify leaves their iterations alone. A float is made
+//!    (`strip_leaf_loop`), so Asyncify leaves their iterations alone; small ones are
+//!    strip-mined (`Unroll`: k copies of the body per count). A float is made
 //!    canonical where its NaN bits could become observable (`nan_observed`), so output is
 //!    the same on every runtime and host. Mutable globals and the memory are exported under
 //!    `__lz_*` names; a `start` function is moved to the top of `_start` (so instantiating
