@@ -7,7 +7,8 @@
 //!    at the entry of every function that can recurse; when it is zero the code calls the
 //!    import `lazarus.tick` (the only place a checkpoint can happen). Leaf loops (no call,
 //!    no loop inside) count in a local with the tick call outside the loop
-//!    (`strip_leaf_loop`), so Asyncify leaves their iterations alone. A float is made
+//!    (`strip_leaf_loop`), so Asyncify leaves their iterations alone; small ones are
+//!    strip-mined (`Unroll`: k copies of the body per count). A float is made
 //!    canonical where its NaN bits could become observable (`nan_observed`), so output is
 //!    the same on every runtime and host. Mutable globals and the memory are exported under
 //!    `__lz_*` names; a `start` function is moved to the top of `_start` (so instantiating
@@ -27,7 +28,7 @@ use walrus::ir::{BinaryOp, Instr, InstrLocId, InstrSeqId, UnaryOp, Value};
 use walrus::{ConstExpr, FunctionId, LocalId, ValType};
 
 /// Bumped whenever the instrumentation changes what it emits (part of the cache key).
-pub const INSTRUMENTER_VERSION: u32 = 2;
+pub const INSTRUMENTER_VERSION: u32 = 3;
 /// Import module of the checkpoint hook.
 pub const TICK_MODULE: &str = "lazarus";
 /// Import name of the checkpoint hook.
@@ -324,6 +325,11 @@ pub fn instrument_without_asyncify(original: &[u8]) -> Result<Vec<u8>> {
 
 /// The walrus pass (step 2 of the module doc).
 fn rewrite(original: &[u8]) -> Result<Vec<u8>> {
+    rewrite_with(original, UNROLL)
+}
+
+/// [`rewrite`] with leaf loops unrolled as `unroll` says.
+pub(crate) fn rewrite_with(original: &[u8], unroll: Unroll) -> Result<Vec<u8>> {
     let mut m = walrus::Module::from_buffer(original)
         .map_err(|e| VmError::new(VmErrorKind::InvalidModule, format!("walrus: {e}")))?;
     let tick_ty = m.types.add(&[], &[]);
@@ -382,6 +388,7 @@ fn rewrite(original: &[u8]) -> Result<Vec<u8>> {
             &float_globals,
             recursive.contains(&id),
             (id == start_fn).then_some(section_start).flatten(),
+            unroll,
         );
     }
     Ok(m.emit_wasm())
@@ -555,6 +562,7 @@ fn instrument_function(
     float_globals: &HashMap<walrus::GlobalId, u32>,
     at_entry: bool,
     call_first: Option<FunctionId>,
+    unroll: Unroll,
 ) {
     let seqs = seq_ids(f);
     let loops = find_loops(f);
@@ -609,22 +617,62 @@ fn instrument_function(
     for (seq, parent, leaf) in loops.all {
         if leaf {
             let m = *count.get_or_insert_with(|| locals.add(ValType::I32));
-            strip_leaf_loop(f, hook, m, seq, parent);
+            strip_leaf_loop(f, hook, m, seq, parent, unroll);
         }
     }
 }
 
+/// How leaf loops are strip-mined (docs/VM.md, "Instrumentation"): a leaf loop whose body
+/// has `n` instructions (nested blocks included) gets `k = min(max_copies, max_unrolled / n)`
+/// copies of its body, run back to back while the countdown allows k iterations without a
+/// tick, so the count is paid once per k iterations; k < 2: not unrolled. The copies of one
+/// loop thus hold at most `max_unrolled` instructions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Unroll {
+    /// Largest unroll factor k.
+    pub max_copies: usize,
+    /// Most instructions in the copies of one loop (k x body size).
+    pub max_unrolled: usize,
+}
+
+impl Unroll {
+    /// The unroll factor for a body of `n` instructions (< 2: not unrolled).
+    fn copies(self, n: usize) -> usize {
+        self.max_copies.min(self.max_unrolled / n.max(1))
+    }
+}
+
+/// What [`instrument`] does: up to 16 copies, at most 256 instructions of copies per leaf
+/// loop (so bodies of more than 128 instructions are not unrolled). Measured
+/// (docs/PERFORMANCE.md, "instrumenter v3").
+pub(crate) const UNROLL: Unroll = Unroll {
+    max_copies: 16,
+    max_unrolled: 256,
+};
+
 /// Rewrites the leaf loop `body` (held in `parent`) so that it counts its iterations in the
-/// local `m` instead of the budget global, and its only hook call sits *outside* it:
+/// local `m` instead of the budget global, and its only hook call sits *outside* it; when
+/// the body is small (`unroll`), a fast path runs `k` copies of it per count:
 ///
 /// ```text
 /// m = budget
 /// block $done (result T)
 ///   loop $outer
 ///     if (m <= 0) { tick(); m = budget }       ;; the only call: Asyncify's guards live here
+///     block $slow                               ;; (fast path: only when unrolled)
+///       loop $fast
+///         br_if $slow (m < k)                   ;; fewer than k steps left: count one by one
+///         m = m - k
+///         block $n1 ... block $n(k-1)           ;; nested: copy j continues into copy j+1
+///           copy 0 of the body: `br $body` -> `br $n1`; before leaving, budget = m + k-1
+///           budget = m + k-1; br $done          ;; its fall-through leaves the loop
+///         end ...
+///         copy k-1: `br $body` -> `br $fast`; budget = m before leaving; br $done
+///       end
+///     end
 ///     loop $body (result T)                     ;; same sequence: branches to it stay valid
 ///       br_if $outer ((m = m - 1) < 0)           ;; budget exhausted: go and tick
-///       ...original body, `budget = m` before every branch or return leaving the loop...
+///       ...original body, `budget = m` before every branch or return that leaves it...
 ///       budget = m
 ///     end
 ///     br $done
@@ -634,51 +682,33 @@ fn instrument_function(
 /// ```
 ///
 /// The ticks land on exactly the iterations where the global countdown would have
-/// reached zero (the header test is the old `if (budget == 0) tick(); budget -= 1`), so step
+/// reached zero (the header test is the old `if (budget == 0) tick(); budget -= 1`; the
+/// fast path only runs k iterations that would all have found the countdown positive, and
+/// an exit from copy j leaves the budget the per-iteration count would have left), so step
 /// counts and checkpoint positions do not change, and the time between two checks stays
 /// bounded by the budget. What changes is the cost per iteration: one decrement and one
-/// branch on a local (a register under Cranelift) instead of a load-modify-store of a
-/// global, and no Asyncify state tests, because Asyncify only instruments code around
-/// calls that can unwind, and this loop contains none (its guard is tested once per entry
-/// of `$body`, not per iteration). Nothing in the loop can read the budget (it has no
-/// calls), so the global only has to be right when the loop is left.
+/// branch on a local (a register under Cranelift), or 1/k of that when unrolled, instead
+/// of a load-modify-store of a global, and no Asyncify state tests, because Asyncify only
+/// instruments code around calls that can unwind, and this loop contains none (its guard
+/// is tested once per entry of `$outer`'s body, not per iteration). Nothing in the loop
+/// can read the budget (it has no calls), so the global only has to be right when the
+/// loop is left.
 fn strip_leaf_loop(
     f: &mut walrus::LocalFunction,
     hook: Hook,
     m: LocalId,
     body: InstrSeqId,
     parent: InstrSeqId,
+    unroll: Unroll,
 ) {
     use walrus::ir::*;
     let inside: HashSet<InstrSeqId> = nested_seqs(f, body).into_iter().collect();
-    let write_back = || {
-        [
-            i(Instr::LocalGet(LocalGet { local: m })),
-            i(Instr::GlobalSet(GlobalSet {
-                global: hook.budget,
-            })),
-        ]
-    };
-    for s in &inside {
-        let old = std::mem::take(&mut f.block_mut(*s).instrs);
-        let mut new = Vec::with_capacity(old.len() + 4);
-        for (ins, loc) in old {
-            let leaves = match &ins {
-                Instr::Br(b) => !inside.contains(&b.block),
-                Instr::BrIf(b) => !inside.contains(&b.block),
-                Instr::BrTable(t) => {
-                    !inside.contains(&t.default) || t.blocks.iter().any(|b| !inside.contains(b))
-                }
-                Instr::Return(_) => true,
-                _ => false,
-            };
-            if leaves {
-                new.extend(write_back());
-            }
-            new.push((ins, loc));
-        }
-        f.block_mut(*s).instrs = new;
-    }
+    let size: usize = inside.iter().map(|s| f.block(*s).instrs.len()).sum();
+    let k = unroll.copies(size).min(1 << 16) as u32;
+    let unrolled = k > 1
+        && inside
+            .iter()
+            .all(|s| f.block(*s).instrs.iter().all(|(ins, _)| copyable(ins)));
     let ty = f.block(body).ty;
     let b = f.builder_mut();
     let done = b.dangling_instr_seq(ty).id();
@@ -688,6 +718,70 @@ fn strip_leaf_loop(
     let then = then.id();
     let alt = b.dangling_instr_seq(None).id();
 
+    // The fast path, built from copies of the body before the body itself is changed.
+    let fast = if unrolled {
+        let slow = f.builder_mut().dangling_instr_seq(None).id();
+        let fast = f.builder_mut().dangling_instr_seq(None).id();
+        // conts[j]: where copy j continues (copy j+1's start; the last: the next chunk).
+        let mut conts: Vec<InstrSeqId> = (1..k)
+            .map(|_| f.builder_mut().dangling_instr_seq(None).id())
+            .collect();
+        conts.push(fast);
+        let original = f.block(body).instrs.clone();
+        // Built from the innermost block out: block $n1 holds copy 0, ...
+        let mut acc: Vec<(Instr, InstrLocId)> = Vec::new();
+        for (j, &cont) in conts.iter().enumerate() {
+            let mut map = HashMap::from([(body, cont)]);
+            let copy = clone_instrs(f, &original, &mut map);
+            let offset = (k - 1) as i32 - j as i32;
+            let copy_inside: HashSet<InstrSeqId> = map.values().copied().collect();
+            let nested: Vec<InstrSeqId> =
+                copy_inside.iter().copied().filter(|s| *s != cont).collect();
+            for s in nested {
+                let old = std::mem::take(&mut f.block_mut(s).instrs);
+                f.block_mut(s).instrs = with_write_backs(old, &copy_inside, hook, m, offset);
+            }
+            let mut seq = acc;
+            seq.extend(with_write_backs(copy, &copy_inside, hook, m, offset));
+            seq.extend(write_back(hook, m, offset));
+            seq.push(i(Instr::Br(Br { block: done })));
+            if cont == fast {
+                acc = seq;
+            } else {
+                f.block_mut(cont).instrs = seq;
+                acc = vec![i(Instr::Block(Block { seq: cont }))];
+            }
+        }
+        let mut head = vec![
+            i(Instr::LocalGet(LocalGet { local: m })),
+            i(Instr::Const(Const {
+                value: Value::I32(k as i32),
+            })),
+            i(Instr::Binop(Binop {
+                op: BinaryOp::I32LtS,
+            })),
+            i(Instr::BrIf(BrIf { block: slow })),
+            i(Instr::LocalGet(LocalGet { local: m })),
+            i(Instr::Const(Const {
+                value: Value::I32(k as i32),
+            })),
+            i(Instr::Binop(Binop {
+                op: BinaryOp::I32Sub,
+            })),
+            i(Instr::LocalSet(LocalSet { local: m })),
+        ];
+        head.extend(acc);
+        f.block_mut(fast).instrs = head;
+        f.block_mut(slow).instrs = vec![i(Instr::Loop(Loop { seq: fast }))];
+        Some(slow)
+    } else {
+        None
+    };
+
+    for s in &inside {
+        let old = std::mem::take(&mut f.block_mut(*s).instrs);
+        f.block_mut(*s).instrs = with_write_backs(old, &inside, hook, m, 0);
+    }
     let old = std::mem::take(&mut f.block_mut(body).instrs);
     let mut new = vec![
         i(Instr::LocalGet(LocalGet { local: m })),
@@ -707,10 +801,10 @@ fn strip_leaf_loop(
         i(Instr::BrIf(BrIf { block: outer })),
     ];
     new.extend(old);
-    new.extend(write_back());
+    new.extend(write_back(hook, m, 0));
     f.block_mut(body).instrs = new;
 
-    f.block_mut(outer).instrs = vec![
+    let mut outer_instrs = vec![
         i(Instr::LocalGet(LocalGet { local: m })),
         i(Instr::Const(Const {
             value: Value::I32(0),
@@ -722,9 +816,15 @@ fn strip_leaf_loop(
             consequent: then,
             alternative: alt,
         })),
+    ];
+    if let Some(slow) = fast {
+        outer_instrs.push(i(Instr::Block(Block { seq: slow })));
+    }
+    outer_instrs.extend([
         i(Instr::Loop(Loop { seq: body })),
         i(Instr::Br(Br { block: done })),
-    ];
+    ]);
+    f.block_mut(outer).instrs = outer_instrs;
     f.block_mut(done).instrs = vec![
         i(Instr::Loop(Loop { seq: outer })),
         i(Instr::Unreachable(Unreachable {})),
@@ -746,6 +846,112 @@ fn strip_leaf_loop(
             ],
         );
     }
+}
+
+/// `budget = m + offset`: what the per-iteration count would hold at this point.
+fn write_back(hook: Hook, m: LocalId, offset: i32) -> Vec<(Instr, InstrLocId)> {
+    use walrus::ir::*;
+    let mut v = vec![i(Instr::LocalGet(LocalGet { local: m }))];
+    if offset != 0 {
+        v.push(i(Instr::Const(Const {
+            value: Value::I32(offset),
+        })));
+        v.push(i(Instr::Binop(Binop {
+            op: BinaryOp::I32Add,
+        })));
+    }
+    v.push(i(Instr::GlobalSet(GlobalSet {
+        global: hook.budget,
+    })));
+    v
+}
+
+/// `instrs` with [`write_back`] before every branch that leaves `inside` and every return.
+fn with_write_backs(
+    instrs: Vec<(Instr, InstrLocId)>,
+    inside: &HashSet<InstrSeqId>,
+    hook: Hook,
+    m: LocalId,
+    offset: i32,
+) -> Vec<(Instr, InstrLocId)> {
+    let mut new = Vec::with_capacity(instrs.len() + 4);
+    for (ins, loc) in instrs {
+        let leaves = match &ins {
+            Instr::Br(b) => !inside.contains(&b.block),
+            Instr::BrIf(b) => !inside.contains(&b.block),
+            Instr::BrTable(t) => {
+                !inside.contains(&t.default) || t.blocks.iter().any(|b| !inside.contains(b))
+            }
+            Instr::Return(_) => true,
+            _ => false,
+        };
+        if leaves {
+            new.extend(write_back(hook, m, offset));
+        }
+        new.push((ins, loc));
+    }
+    new
+}
+
+/// False for the instructions [`clone_instrs`] cannot copy (they hold sequences or branch
+/// targets it does not remap; none passes [`check`], which refuses exceptions and GC).
+fn copyable(ins: &Instr) -> bool {
+    !matches!(
+        ins,
+        Instr::Loop(_)
+            | Instr::Try(_)
+            | Instr::TryTable(_)
+            | Instr::BrOnNull(_)
+            | Instr::BrOnNonNull(_)
+            | Instr::BrOnCast(_)
+            | Instr::BrOnCastFail(_)
+    )
+}
+
+/// A deep copy of `instrs`: every nested block gets a new sequence, and every branch to a
+/// sequence in `map` goes to its image (`map` starts with the loop -> where a copy
+/// continues; branches to sequences outside stay as they are).
+fn clone_instrs(
+    f: &mut walrus::LocalFunction,
+    instrs: &[(Instr, InstrLocId)],
+    map: &mut HashMap<InstrSeqId, InstrSeqId>,
+) -> Vec<(Instr, InstrLocId)> {
+    let mut out = Vec::with_capacity(instrs.len());
+    for (ins, loc) in instrs {
+        let mut ins = ins.clone();
+        match &mut ins {
+            Instr::Block(b) => b.seq = clone_seq(f, b.seq, map),
+            Instr::IfElse(ie) => {
+                ie.consequent = clone_seq(f, ie.consequent, map);
+                ie.alternative = clone_seq(f, ie.alternative, map);
+            }
+            Instr::Br(b) => b.block = *map.get(&b.block).unwrap_or(&b.block),
+            Instr::BrIf(b) => b.block = *map.get(&b.block).unwrap_or(&b.block),
+            Instr::BrTable(t) => {
+                t.default = *map.get(&t.default).unwrap_or(&t.default);
+                for b in t.blocks.iter_mut() {
+                    *b = *map.get(b).unwrap_or(b);
+                }
+            }
+            _ => {}
+        }
+        out.push((ins, *loc));
+    }
+    out
+}
+
+fn clone_seq(
+    f: &mut walrus::LocalFunction,
+    old: InstrSeqId,
+    map: &mut HashMap<InstrSeqId, InstrSeqId>,
+) -> InstrSeqId {
+    let ty = f.block(old).ty;
+    let new = f.builder_mut().dangling_instr_seq(ty).id();
+    map.insert(old, new);
+    let instrs = f.block(old).instrs.clone();
+    let copy = clone_instrs(f, &instrs, map);
+    f.block_mut(new).instrs = copy;
+    new
 }
 
 fn i(ins: Instr) -> (Instr, InstrLocId) {
@@ -889,3 +1095,6 @@ fn tempdir() -> Result<TempDir> {
     std::fs::create_dir(&p).map_err(|e| VmError::io(&p, "creating a temp directory", e))?;
     Ok(TempDir(p))
 }
+
+#[cfg(test)]
+mod unroll_tests;

@@ -4,6 +4,9 @@
 //! `br_table` and by a value-carrying `br_if` to an outer block, reached only through
 //! `call_indirect` — and must give the uninstrumented module's result when run
 //! instrumented, and when stopped after every checkpoint and resumed, alternating runtimes.
+//! Its loops are small enough to be strip-mined (instrumenter v3: several copies of the
+//! body per count), so these runs also cover the fast path, its exits and the one-by-one
+//! count that runs up to each tick.
 
 mod common;
 
