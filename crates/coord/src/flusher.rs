@@ -16,6 +16,26 @@
 use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError};
 use std::thread::JoinHandle;
 
+/// `LAZARUS_FLUSH_THREADS=n`: the hashing/compression workers of a background flush.
+pub const FLUSH_THREADS_ENV: &str = "LAZARUS_FLUSH_THREADS";
+
+/// The workers of a background flush: [`FLUSH_THREADS_ENV`], else one core fewer than
+/// the process may use (at least one), so that the program the flush runs beside keeps a
+/// core (docs/ASYNC.md, "Flush threads"; `lazarus bench async`: the step rate of one rank
+/// on two cores went from 0.83x to 0.91x of the rate without checkpoints). Only the
+/// flusher's thread is capped: synchronous writes keep every core.
+pub fn flush_threads() -> usize {
+    std::env::var(FLUSH_THREADS_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map_or(2, |n| n.get())
+                .saturating_sub(1)
+        })
+        .max(1)
+}
+
 /// One background worker running `work` on the tasks handed to it, one at a time. `T`:
 /// a task, `D`: its outcome, `I`: what the owner remembers of the task in flight.
 pub struct Flusher<T, D, I> {
@@ -42,7 +62,9 @@ impl<T: Send + 'static, D: Send + 'static, I: Clone> Flusher<T, D, I> {
         // that wait, several ms, was most of an incremental capture's stall).
         let (tx, tasks) = mpsc::sync_channel::<T>(1);
         let (done_tx, rx) = mpsc::sync_channel::<D>(1);
+        let threads = flush_threads();
         let handle = std::thread::Builder::new().name(name).spawn(move || {
+            lazarus_store::cap_write_threads_on_this_thread(threads);
             for t in tasks {
                 if done_tx.send(work(t)).is_err() {
                     break;

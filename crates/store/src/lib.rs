@@ -74,6 +74,7 @@ pub use repo::{
     INLINE_COMMIT_BUDGET,
 };
 pub use writer::{
-    discard_part, discard_part_in, Codec, PartReceipt, PartWriter, RepoOptions, Unchanged,
-    WrittenAhead, DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE,
+    cap_write_threads_on_this_thread, discard_part, discard_part_in, Codec, PartReceipt,
+    PartWriter, RepoOptions, Unchanged, WrittenAhead, DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE,
+    MIN_CHUNK_SIZE,
 };

@@ -966,6 +966,9 @@ impl PartWriter {
         // more than an empty or one-chunk part (measured in `lazarus bench round`).
         let io_bound = self.backend.write_concurrency() > 4;
         let cpu = if io_bound { 64 } else { cores() };
+        let cpu = WRITE_THREADS
+            .with(std::cell::Cell::get)
+            .map_or(cpu, |n| cpu.min(n));
         let workers = cpu
             .clamp(1, self.backend.write_concurrency().max(1))
             .min(jobs.len().max(1));
@@ -1313,6 +1316,20 @@ pub fn discard_part_in(
         .delete(&ObjectKey::Manifest(id, rank))
         .map_err(|e| e.context("removing an aborted part"))?;
     backend.delete_dir_if_empty(&DirKey::Checkpoint(id))
+}
+
+thread_local! {
+    /// [`cap_write_threads_on_this_thread`]'s cap (`None`: one worker per core).
+    static WRITE_THREADS: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+/// Caps the workers that hash, compress and stage chunks for the part writes made on the
+/// calling thread at `n` (at least 1). A background flush sets it so that the program it
+/// runs beside keeps a core (docs/ASYNC.md): with one worker per core, the flush competes
+/// with the computation it is meant to overlap. Backends that are I/O-bound (object
+/// stores) are capped the same way.
+pub fn cap_write_threads_on_this_thread(n: usize) {
+    WRITE_THREADS.with(|c| c.set(Some(n.max(1))));
 }
 
 /// Cores this process may use, asked once: `available_parallelism` reads three cgroup files
