@@ -607,33 +607,7 @@ fn solo_job_restores_from_l1_and_skips_a_damaged_copy() {
         .unwrap()
         .path();
     let own = host.join("rank-0");
-    let reader = lazarus::store::RepoReader::open(&own).unwrap();
-    let newest = reader.committed().unwrap().last().unwrap().id;
-    let older: std::collections::BTreeSet<_> = reader
-        .committed()
-        .unwrap()
-        .iter()
-        .filter(|c| c.id != newest)
-        .flat_map(|c| reader.manifests(c.id).unwrap())
-        .flat_map(|m| m.objects.into_iter().flat_map(|o| o.chunks))
-        .map(|c| c.digest)
-        .collect();
-    let mut flipped = 0;
-    for m in reader.manifests(newest).unwrap() {
-        for c in m.objects.iter().flat_map(|o| &o.chunks) {
-            if older.contains(&c.digest) {
-                continue;
-            }
-            let hex = c.digest.to_hex();
-            let p = own.join("chunks").join(&hex[..2]).join(&hex);
-            let mut b = std::fs::read(&p).unwrap();
-            let last = b.len() - 1;
-            b[last] ^= 0xff;
-            std::fs::write(&p, b).unwrap();
-            flipped += 1;
-        }
-    }
-    assert!(flipped > 0);
+    assert!(common::damage_newest_only_chunks(&own) > 0);
     let mut job = open();
     let s = job
         .restore_or_init(|| State {

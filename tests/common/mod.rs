@@ -224,3 +224,36 @@ pub fn peak_rss() -> u64 {
         .expect("VmHWM in /proc/self/status");
     kib * 1024
 }
+
+/// Damages the newest committed checkpoint of the repository directory `repo` only:
+/// flips the last byte of every chunk file that no older checkpoint uses. Returns how
+/// many chunks it damaged.
+#[allow(dead_code)]
+pub fn damage_newest_only_chunks(repo: &Path) -> usize {
+    let reader = lazarus::store::RepoReader::open(repo).unwrap();
+    let committed = reader.committed().unwrap();
+    let newest = committed.last().expect("a committed checkpoint").id;
+    let older: std::collections::BTreeSet<_> = committed
+        .iter()
+        .filter(|c| c.id != newest)
+        .flat_map(|c| reader.manifests(c.id).unwrap())
+        .flat_map(|m| m.objects.into_iter().flat_map(|o| o.chunks))
+        .map(|c| c.digest)
+        .collect();
+    let mut flipped = 0;
+    for m in reader.manifests(newest).unwrap() {
+        for c in m.objects.iter().flat_map(|o| &o.chunks) {
+            if older.contains(&c.digest) {
+                continue;
+            }
+            let hex = c.digest.to_hex();
+            let p = repo.join("chunks").join(&hex[..2]).join(&hex);
+            let mut b = std::fs::read(&p).unwrap();
+            let last = b.len() - 1;
+            b[last] ^= 0xff;
+            std::fs::write(&p, b).unwrap();
+            flipped += 1;
+        }
+    }
+    flipped
+}

@@ -710,26 +710,7 @@ impl PartWriter {
                         ),
                     ));
                 }
-                if let ObjectKind::Bulk { dtype, len, .. } = &o.info.kind {
-                    if len.checked_mul(dtype.size() as u64) != Some(u.len) {
-                        return Err(StoreError::new(
-                            StoreErrorKind::InvalidArgument,
-                            None,
-                            format!(
-                                "{ctx}: object {:?} declares {len} {} elements but has {} bytes",
-                                o.info.name,
-                                dtype.tag(),
-                                u.len
-                            ),
-                        ));
-                    }
-                }
-                let shuffle = match &o.info.kind {
-                    ObjectKind::Bulk { dtype, .. } => {
-                        dtype.is_float().then_some(dtype.size() as u8)
-                    }
-                    ObjectKind::Serde => None,
-                };
+                let shuffle = checked_shuffle(&ctx, &o.info, u.len)?;
                 // Only the changed chunks are here, back to back: each is hashed.
                 let mut at = 0usize;
                 for (index, c) in u.chunks.iter().enumerate() {
@@ -765,25 +746,7 @@ impl PartWriter {
                 }
             }
             let total = head + tail_bytes(&o.info.name);
-            let shuffle = match &o.info.kind {
-                ObjectKind::Bulk { dtype, len, .. } => {
-                    let want = len.checked_mul(dtype.size() as u64);
-                    if want != Some(total) {
-                        return Err(StoreError::new(
-                            StoreErrorKind::InvalidArgument,
-                            None,
-                            format!(
-                                "{ctx}: object {:?} declares {len} {} elements but has {} bytes",
-                                o.info.name,
-                                dtype.tag(),
-                                total
-                            ),
-                        ));
-                    }
-                    dtype.is_float().then_some(dtype.size() as u8)
-                }
-                ObjectKind::Serde => None,
-            };
+            let shuffle = checked_shuffle(&ctx, &o.info, total)?;
             // A split object's hint describes the whole object, not the head: unused.
             let hint = o
                 .hint
@@ -1316,6 +1279,33 @@ pub fn discard_part_in(
         .delete(&ObjectKey::Manifest(id, rank))
         .map_err(|e| e.context("removing an aborted part"))?;
     backend.delete_dir_if_empty(&DirKey::Checkpoint(id))
+}
+
+/// The byte-shuffle width of an object's chunks (floats: their size; otherwise none),
+/// after checking that a bulk object of `bytes` bytes holds exactly the elements it
+/// declares (an error naming the object otherwise).
+fn checked_shuffle(
+    ctx: &str,
+    info: &lazarus_format::ObjectInfo,
+    bytes: u64,
+) -> Result<Option<u8>, StoreError> {
+    match &info.kind {
+        ObjectKind::Bulk { dtype, len, .. } => {
+            if len.checked_mul(dtype.size() as u64) != Some(bytes) {
+                return Err(StoreError::new(
+                    StoreErrorKind::InvalidArgument,
+                    None,
+                    format!(
+                        "{ctx}: object {:?} declares {len} {} elements but has {bytes} bytes",
+                        info.name,
+                        dtype.tag(),
+                    ),
+                ));
+            }
+            Ok(dtype.is_float().then_some(dtype.size() as u8))
+        }
+        ObjectKind::Serde => Ok(None),
+    }
 }
 
 thread_local! {
