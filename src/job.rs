@@ -21,7 +21,7 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Environment variable naming the repository when the builder was given none.
 pub use lazarus_coord::REPO_ENV;
@@ -282,8 +282,17 @@ impl JobBuilder {
         let rank = comm.rank().0;
         let runtime = AlignedRuntime::new(comm.clone(), store, self.timeouts.unwrap_or_default())
             .map_err(|source| JobError::Round { step: 0, source })?;
+        let mut level_clock = LevelClock::new(Instant::now());
         let levels = match levels {
-            Some(l) => Some(open_levels(&runtime, &path, l, level_options, keep)?),
+            Some(l) => {
+                let (l, durable_age) = open_levels(&runtime, &path, l, level_options, keep)?;
+                if let Some(age) = durable_age {
+                    // A time period on L4 counts from its last write, across restarts:
+                    // failures more frequent than the period must not postpone it forever.
+                    level_clock.written_ago(4, age, Instant::now());
+                }
+                Some(l)
+            }
             None => None,
         };
         // A Job with fast levels writes synchronously: the level round and the durable
@@ -302,7 +311,7 @@ impl JobBuilder {
         };
         Ok(Job {
             levels,
-            level_clock: LevelClock::new(Instant::now()),
+            level_clock,
             runtime: Some(runtime),
             comm,
             flusher,
@@ -327,14 +336,15 @@ impl JobBuilder {
 }
 
 /// Collective: every rank's fast levels (docs/LEVELS.md), with the host map and the
-/// inventory of node-local data exchanged.
+/// inventory of node-local data exchanged; on rank 0 (whose clock schedules levels by
+/// time) also how long ago the newest durable checkpoint was committed.
 fn open_levels(
     runtime: &AlignedRuntime,
     path: &Path,
     levels: Levels,
     options: RepoOptions,
     keep: usize,
-) -> Result<NodeLevels, JobError> {
+) -> Result<(NodeLevels, Option<Duration>), JobError> {
     let comm = runtime.comm().clone();
     let root = levels
         .root()
@@ -344,23 +354,32 @@ fn open_levels(
         lazarus_levels::host_identity(comm.rank().0, comm.size()).map_err(JobError::Config)?;
     // Rank 0: the newest job-wide number in the durable repository, so new numbers never
     // repeat one it holds.
-    let durable_seq = if comm.rank() == Rank(0) {
+    let (durable_seq, durable_age) = if comm.rank() == Rank(0) {
         match RepoReader::open(path).and_then(|r| r.committed()) {
-            Ok(c) => c
-                .iter()
-                .filter_map(|c| meta::level_seq(&c.app))
-                .max()
-                .unwrap_or(0),
+            Ok(c) => {
+                let seq = c
+                    .iter()
+                    .filter_map(|c| meta::level_seq(&c.app))
+                    .max()
+                    .unwrap_or(0);
+                let newest = c.iter().map(|c| c.time_unix_ms).max();
+                let now = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64);
+                let age = newest.map(|t| Duration::from_millis(now.saturating_sub(t)));
+                (seq, age)
+            }
             Err(e) => {
                 tracing::warn!("levels: listing {}: {e}", path.display());
-                0
+                (0, None)
             }
         }
     } else {
-        0
+        (0, None)
     };
-    NodeLevels::open(comm, levels, root, host, options, keep, durable_seq)
-        .map_err(|source| JobError::Level { step: 0, source })
+    let levels = NodeLevels::open(comm, levels, root, host, options, keep, durable_seq)
+        .map_err(|source| JobError::Level { step: 0, source })?;
+    Ok((levels, durable_age))
 }
 
 /// Fires when either policy fires; both are told about every checkpoint taken.
@@ -1172,7 +1191,10 @@ impl Job {
         if let Some(seq) = seq {
             // Where this checkpoint call sits in the output, for the supervisor's output
             // commit after a restore from a level it cannot see (docs/LEVELS.md).
-            self.rt()?.marker(&Marker::Cut { seq, step });
+            // Not `?`: every rank must reach the level round below (it is collective).
+            if let Ok(rt) = self.rt() {
+                rt.marker(&Marker::Cut { seq, step });
+            }
         }
         // The managed files join the part (issue #17): same round, same cut on every rank.
         let snap = match self.files.as_ref().map(Files::snapshot).transpose() {

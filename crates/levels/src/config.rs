@@ -201,6 +201,14 @@ impl LevelClock {
         LevelClock { last: [now; 4] }
     }
 
+    /// Records that level `level` (1 to 4; others are ignored) was last written `ago`
+    /// before `now` (e.g. the newest durable checkpoint, found at a restart).
+    pub fn written_ago(&mut self, level: u8, ago: Duration, now: Instant) {
+        if let Some(t) = self.last.get_mut(usize::from(level.wrapping_sub(1))) {
+            *t = now.checked_sub(ago).unwrap_or(now);
+        }
+    }
+
     /// Records that the levels in `due` were written at `now`.
     pub fn written(&mut self, due: Due, now: Instant) {
         for (i, on) in [due.l1, due.l2, due.l3, due.l4].into_iter().enumerate() {
@@ -524,6 +532,15 @@ mod tests {
         assert!(l.validate().is_ok() && l.has_intervals() && l.has_l2() && l.has_l4());
         let mut clock = LevelClock::new(t0);
         let at = |s| t0 + Duration::from_secs(s);
+        // After a restart, L4 counts from its last write found in the repository.
+        let mut restarted = LevelClock::new(at(100));
+        restarted.written_ago(4, Duration::from_secs(50), at(100));
+        assert!(
+            l.due_at(1, &restarted, at(110)).l4,
+            "60 s since the last L4 write"
+        );
+        assert!(!l.due_at(1, &restarted, at(109)).l4);
+        restarted.written_ago(9, Duration::ZERO, at(100)); // ignored
         assert_eq!(l.due_at(1, &clock, at(5)).to_bits(), 0b0001);
         assert_eq!(l.due_at(2, &clock, at(10)).to_bits(), 0b0011);
         clock.written(l.due_at(2, &clock, at(10)), at(10));

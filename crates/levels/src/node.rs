@@ -880,20 +880,42 @@ impl NodeLevels {
         let updates: Vec<_> = updates.into_iter().flatten().collect();
         let k = updates.len();
         let longest = updates.iter().map(|u| u.1.region_len).max().unwrap_or(0);
-        let need = usize::try_from(longest.div_ceil(64).max(1) * 64)
-            .map_err(|e| LevelError::Parity(e.to_string()))?;
+        let need = longest
+            .max(1)
+            .checked_next_multiple_of(64)
+            .and_then(|n| usize::try_from(n).ok())
+            .ok_or_else(|| LevelError::Parity(format!("a region of {longest} bytes")))?;
         let shard = if incremental {
             let Some((mut shard, _)) = prev_shard else {
                 return Err(LevelError::Parity(
                     "incremental round without the previous shard".into(),
                 ));
             };
+            // A region grows only by the changes sent for it: a peer's header claiming more
+            // must not make this holder allocate it.
+            for (i, u) in updates.iter().enumerate() {
+                let mut reach = shard.len() as u64;
+                for (o, b) in &u.3 {
+                    let end = o.checked_add(b.len() as u64).unwrap_or(u64::MAX);
+                    reach = reach.max(end);
+                }
+                if u.1.region_len > reach {
+                    return Err(LevelError::Protocol {
+                        rank: Rank(group[i]),
+                        detail: format!(
+                            "a region of {} bytes, larger than the previous shard ({} bytes) and every change sent for it",
+                            u.1.region_len,
+                            shard.len()
+                        ),
+                    });
+                }
+            }
             shard.resize(shard.len().max(need), 0);
             for (i, u) in updates.iter().enumerate() {
-                if let Some((o, b)) =
-                    u.3.iter()
-                        .find(|(o, b)| o + b.len() as u64 > u.1.region_len)
-                {
+                if let Some((o, b)) = u.3.iter().find(|(o, b)| {
+                    o.checked_add(b.len() as u64)
+                        .is_none_or(|end| end > u.1.region_len)
+                }) {
                     return Err(LevelError::Protocol {
                         rank: Rank(group[i]),
                         detail: format!(

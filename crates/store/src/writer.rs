@@ -929,9 +929,11 @@ impl PartWriter {
         // more than an empty or one-chunk part (measured in `lazarus bench round`).
         let io_bound = self.backend.write_concurrency() > 4;
         let cpu = if io_bound { 64 } else { cores() };
-        let cpu = WRITE_THREADS
-            .with(std::cell::Cell::get)
-            .map_or(cpu, |n| cpu.min(n));
+        // The background flush's cap is about cores: waiting on uploads takes none.
+        let cpu = match WRITE_THREADS.with(std::cell::Cell::get) {
+            Some(n) if !io_bound => cpu.min(n),
+            _ => cpu,
+        };
         let workers = cpu
             .clamp(1, self.backend.write_concurrency().max(1))
             .min(jobs.len().max(1));
@@ -1316,8 +1318,8 @@ thread_local! {
 /// Caps the workers that hash, compress and stage chunks for the part writes made on the
 /// calling thread at `n` (at least 1). A background flush sets it so that the program it
 /// runs beside keeps a core (docs/ASYNC.md): with one worker per core, the flush competes
-/// with the computation it is meant to overlap. Backends that are I/O-bound (object
-/// stores) are capped the same way.
+/// with the computation it is meant to overlap. Backends whose writes wait on the
+/// network (object stores) are not capped: their workers mostly wait.
 pub fn cap_write_threads_on_this_thread(n: usize) {
     WRITE_THREADS.with(|c| c.set(Some(n.max(1))));
 }

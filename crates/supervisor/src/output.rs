@@ -81,36 +81,45 @@ impl OutputCommit {
     }
 
     /// The ranks restored the state at step `restored` (`None`: they started fresh):
-    /// settles every rank's lines held before a deferred restart. A line before the last
-    /// checkpoint call (cut or part marker) at a step `<= restored` is not printed again by
-    /// the re-execution: released. Every other held line before the restart is printed
-    /// again: dropped. Every rank restores the same checkpoint (the restore is agreed), so
-    /// the first `resumed` marker settles all ranks, also those a shrunk job no longer has.
+    /// settles every rank's lines held before a deferred restart. What the old run wrote
+    /// up to its last checkpoint call (cut marker) at a step `<= restored` is not written
+    /// again by the re-execution: it stays, in front of the new run's output, as if no
+    /// failure had happened. Everything after that call is written again: dropped. What
+    /// stays is *not* released here: the restored copy lives on a fast level that a later
+    /// failure may lose, and a restart from an older checkpoint would then drop it in
+    /// turn; a durable commit after it (or the end of the job) releases it. Every rank
+    /// restores the same checkpoint (the restore is agreed), so the first `resumed`
+    /// marker settles all ranks, also those a shrunk job no longer has.
     fn resumed(&mut self, restored: Option<u64>) -> Vec<(u32, Vec<u8>)> {
-        let mut out = Vec::new();
-        for (r, buf) in self.ranks.iter_mut().enumerate() {
+        for buf in &mut self.ranks {
             let Some(boundary) = buf.iter().rposition(|i| matches!(i, Item::Restart)) else {
                 continue;
             };
             let before: Vec<Item> = buf.drain(..=boundary).collect();
             // Segment by segment (one per restart that never resumed): each segment's
             // markers are positions in that incarnation's run.
-            for segment in before.split(|i| matches!(i, Item::Restart)) {
-                let cut = restored.and_then(|s| {
-                    segment.iter().rposition(|i| match i {
-                        Item::Cut(step) => *step <= s,
-                        _ => false,
-                    })
-                });
-                let Some(cut) = cut else { continue };
-                for item in &segment[..cut] {
-                    if let Item::Line(l) = item {
-                        out.push((r as u32, l.clone()));
-                    }
+            let mut kept = Vec::new();
+            let mut segment = Vec::new();
+            for item in before {
+                if !matches!(item, Item::Restart) {
+                    segment.push(item);
+                    continue;
                 }
+                let cut = restored.and_then(|s| {
+                    segment
+                        .iter()
+                        .rposition(|i| matches!(i, Item::Cut(step) if *step <= s))
+                });
+                if let Some(cut) = cut {
+                    segment.truncate(cut + 1);
+                    kept.append(&mut segment);
+                }
+                segment.clear();
             }
+            buf.splice(0..0, kept);
         }
-        out
+        // A durable checkpoint already known committed may cover some of what stayed.
+        self.release()
     }
 
     /// After a failure of a job with fast checkpoint levels, before the restart: first
@@ -306,14 +315,14 @@ mod fast_level_tests {
         assert!(o.saw_cuts(), "the supervisor defers after a job that cuts");
         assert!(o.rollback_deferred(None).is_empty(), "nothing durable");
         assert_eq!(o.held(), 7, "held until the ranks resume");
-        // The ranks restored step 4 from L1: lines 0..3 are not printed again.
-        let rel = o.marker(0, resumed(Some(4)));
-        let want: Vec<_> = (0..4).map(|s| (0, l(&format!("line {s}")))).collect();
-        assert_eq!(rel, want);
-        assert_eq!(o.held(), 0, "lines 4..6 are printed again: dropped");
-        // The new run goes on as usual.
+        // The ranks restored step 4 from L1: lines 0..3 are not printed again; they stay
+        // held (the L1 copy may still be lost) until a durable commit or the end.
+        assert!(o.marker(0, resumed(Some(4))).is_empty());
+        assert_eq!(o.held(), 4, "lines 4..6 are printed again: dropped");
+        // The new run goes on as usual, after what stayed.
         o.line(0, l("line 4"));
-        assert_eq!(o.finish(), vec![(0, l("line 4"))]);
+        let want: Vec<_> = (0..5).map(|s| (0, l(&format!("line {s}")))).collect();
+        assert_eq!(o.finish(), want);
     }
 
     #[test]
@@ -334,6 +343,41 @@ mod fast_level_tests {
         o.rollback_deferred(None);
         o.line(0, l("y"));
         assert_eq!(o.finish(), vec![(0, l("y"))]);
+    }
+
+    /// Found in review: lines kept on the strength of a fast-level restore must still be
+    /// rolled back when a later failure restores an older checkpoint (the host holding
+    /// the newer copy lost), or they are printed twice.
+    #[test]
+    fn a_later_restore_from_an_older_checkpoint_drops_what_a_fast_restore_kept() {
+        let mut o = OutputCommit::new(1);
+        let mut out = Vec::new();
+        for step in 0..50u64 {
+            if step % 10 == 0 {
+                out.extend(o.marker(0, cut(step)));
+            }
+            o.line(0, l(&format!("line {step}")));
+        }
+        out.extend(o.rollback_deferred(None));
+        out.extend(o.marker(0, resumed(Some(40))));
+        for step in 40..45u64 {
+            if step % 10 == 0 && step != 40 {
+                out.extend(o.marker(0, cut(step)));
+            }
+            o.line(0, l(&format!("line {step}")));
+        }
+        // The L1 copy of step 40 is lost with its host: the next run restores step 20.
+        out.extend(o.rollback_deferred(None));
+        out.extend(o.marker(0, resumed(Some(20))));
+        for step in 20..60u64 {
+            if step % 10 == 0 && step != 20 {
+                out.extend(o.marker(0, cut(step)));
+            }
+            o.line(0, l(&format!("line {step}")));
+        }
+        out.extend(o.finish());
+        let want: Vec<_> = (0..60).map(|s| (0, l(&format!("line {s}")))).collect();
+        assert_eq!(out, want);
     }
 
     #[test]

@@ -129,9 +129,6 @@ impl InjectArgs {
     }
 }
 
-/// Runs the job under the supervisor. Exit status: 0 when the job completed, the last
-/// failure's status after giving up (with a message naming rank and cause), 128+signal when
-/// interrupted.
 /// True when the ranks will keep fast checkpoint levels: a `LAZARUS_L{1,2,3}_EVERY` of
 /// the launch (from `lazarus run --l1-every ...`) or, failing that, of this environment
 /// (which the ranks inherit) is on.
@@ -152,6 +149,9 @@ fn fast_levels_on(launch: &LaunchConfig) -> bool {
         })
 }
 
+/// Runs the job under the supervisor. Exit status: 0 when the job completed, the last
+/// failure's status after giving up (with a message naming rank and cause), 128+signal when
+/// interrupted.
 pub fn supervise(
     launch: LaunchConfig,
     repo: &Path,
