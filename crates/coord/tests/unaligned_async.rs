@@ -6,7 +6,7 @@
 
 use lazarus_coord::{AsyncConfig, AsyncSession, Outcome, SessionError, SessionErrorKind, Timeouts};
 use lazarus_format::{CheckpointId, Rank};
-use lazarus_net::{join, Comm, JobToken, JoinOptions, NetConfig, RendezvousServer};
+use lazarus_net::{loopback_comms, Comm, NetConfig};
 use lazarus_state::Checkpoint;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -44,26 +44,7 @@ fn comms(n: u32) -> Vec<Comm> {
         connect_timeout: Duration::from_secs(10),
         ..NetConfig::default()
     };
-    let token = JobToken::random();
-    let server =
-        RendezvousServer::bind("127.0.0.1:0", n, token.clone(), 0, config.clone()).unwrap();
-    let coord = server.local_addr().to_string();
-    let hs: Vec<_> = (0..n)
-        .map(|r| {
-            let o = JoinOptions {
-                rank: Rank(r),
-                size: n,
-                coord: coord.clone(),
-                token: token.clone(),
-                incarnation: 0,
-                config: config.clone(),
-                host_rendezvous: false,
-                exit_with_launcher: false,
-            };
-            std::thread::spawn(move || join(o))
-        })
-        .collect();
-    hs.into_iter().map(|h| h.join().unwrap().unwrap()).collect()
+    loopback_comms(n, config).unwrap()
 }
 
 fn cfg(repo: &Path) -> AsyncConfig {

@@ -377,7 +377,7 @@ impl Levels {
             }
         };
         let every = [L1_EVERY_ENV, L2_EVERY_ENV, L3_EVERY_ENV, L4_EVERY_ENV].map(read);
-        let mut l = Levels::new().l4(1);
+        let mut l = Levels::new();
         let mut any = false;
         for (i, p) in every.into_iter().enumerate() {
             let p = p?;
