@@ -78,7 +78,11 @@ impl RepoLock {
             ));
         }
         if let Some(o) = previous {
-            tracing::warn!(
+            // Routine recovery after a crash (the kernel already released the dead
+            // writer's flock), not a warning: at warn level it went into every restarted
+            // program's stderr, where a resumed VM program repositions and overwrites it
+            // (seen as a torn line in vm_kill's seeded trials).
+            tracing::info!(
                 path = %path.display(),
                 "taking over stale lock of dead writer pid {} on host {} (since {} ms)",
                 o.pid, o.host, o.since_unix_ms
