@@ -46,6 +46,9 @@ pub struct Args {
     /// disk bandwidth per mode.
     #[arg(long)]
     issue_sizes: bool,
+    /// Only the step-rate comparison (no memcpy, raw write, stall or flush rows).
+    #[arg(long)]
+    step_rate_only: bool,
 }
 
 #[derive(Checkpoint)]
@@ -176,12 +179,16 @@ fn step(data: &mut [u64], step: u64) {
 }
 
 /// Rank 0's time for `a.steps` steps with a checkpoint every `a.every` steps (or none),
-/// the final flush not included (it is reported by the flush rows).
+/// the final flush not included (it is reported by the flush rows), and the CPU time the
+/// whole process spent (every rank and flush thread, user and system; the final flush
+/// included): what checkpointing costs in CPU, which the step rate alone hides when the
+/// cores are not all busy.
 fn step_rate(
     repo: &Path,
     a: &Args,
     mode: Mode,
-) -> Result<Duration, Box<dyn std::error::Error + Send + Sync>> {
+) -> Result<StepRun, Box<dyn std::error::Error + Send + Sync>> {
+    let cpu0 = super::process_cpu();
     let words = a.mib << 17;
     let comms = loopback_comms(a.ranks, NetConfig::default())?;
     let (steps, every) = (a.steps, a.every.max(1));
@@ -189,7 +196,7 @@ fn step_rate(
         .into_iter()
         .map(|comm| {
             let repo = repo.to_path_buf();
-            std::thread::spawn(move || -> Result<Duration, String> {
+            std::thread::spawn(move || -> Result<(Duration, u64), String> {
                 let rank = u64::from(comm.rank().0);
                 let mut b = Job::builder().repo(&repo).comm(comm).keep(2);
                 b = match mode {
@@ -212,9 +219,14 @@ fn step_rate(
                     step(&mut s.data, i);
                 }
                 let took = t.elapsed();
-                job.flush().map_err(|e| e.to_string())?;
+                // Ids count up from 1 in a fresh repository: the last one is how many
+                // checkpoints the run took.
+                let taken = job
+                    .flush()
+                    .map_err(|e| e.to_string())?
+                    .map_or(0, |r| r.checkpoint.0);
                 std::hint::black_box(&s.data);
-                Ok(took)
+                Ok((took, taken))
             })
         })
         .collect();
@@ -222,7 +234,20 @@ fn step_rate(
     for h in handles {
         out.push(h.join().map_err(|_| "rank thread panicked")??);
     }
-    Ok(out[0])
+    let (wall, checkpoints) = out[0];
+    Ok(StepRun {
+        wall,
+        cpu: super::process_cpu().saturating_sub(cpu0),
+        checkpoints,
+    })
+}
+
+/// One step-rate run: rank 0's wall time for the steps, the process CPU time, and how
+/// many checkpoints were taken.
+struct StepRun {
+    wall: Duration,
+    cpu: Duration,
+    checkpoints: u64,
 }
 
 /// libckpt's forked checkpoint, measured on one process holding `bytes` of state (one
@@ -359,10 +384,14 @@ pub fn main(a: Args) -> CmdResult {
     };
     // The forked captures first, while this process has no other thread (see `forked`).
     #[cfg(unix)]
-    let forks: Vec<_> = sizes
-        .iter()
-        .map(|&(_, mib)| forked(scratch.path(), mib << 20))
-        .collect::<Result<_, _>>()?;
+    let forks: Vec<_> = if a.step_rate_only {
+        Vec::new()
+    } else {
+        sizes
+            .iter()
+            .map(|&(_, mib)| forked(scratch.path(), mib << 20))
+            .collect::<Result<_, _>>()?
+    };
     for (i, &(ranks, mib)) in sizes.iter().enumerate() {
         let a = Args {
             ranks,
@@ -403,47 +432,50 @@ fn report(scratch: &Path, a: &Args) -> Result<(), Box<dyn std::error::Error + Se
         a.rounds,
         super::load_average().unwrap_or_else(|| "?".into())
     )?;
-    let copy = memcpy(bytes, a.rounds);
-    let raw = raw_write(scratch, a.ranks, bytes)?;
-    let (sync_stall, _) = run(&scratch.join("sync"), a, true, false)?;
-    let (async_stall, async_flush) = run(&scratch.join("async"), a, false, false)?;
-    let (inc_stall, inc_flush) = run(&scratch.join("inc"), a, false, true)?;
-    let none = step_rate(&scratch.join("steps-none"), a, Mode::Never)?;
-    let with_async = step_rate(&scratch.join("steps-async"), a, Mode::Async)?;
-    let with_sync = step_rate(&scratch.join("steps-sync"), a, Mode::Sync)?;
-    outln!(
-        "  memcpy of {} MiB (warm):            {:>9.2} ms",
-        a.mib,
-        ms(copy)
-    )?;
-    outln!(
-        "  raw write+fsync, {} ranks at once:   {:>9.2} ms",
-        a.ranks,
-        ms(raw)
-    )?;
-    outln!(
-        "  sync checkpoint stall:             {:>9.2} ms  ({:.2}x raw write+fsync)",
-        ms(sync_stall),
-        sync_stall.as_secs_f64() / raw.as_secs_f64()
-    )?;
-    outln!(
-        "  async checkpoint stall (capture):  {:>9.2} ms  ({:.2}x memcpy, {:.3}x sync stall)",
-        ms(async_stall),
-        async_stall.as_secs_f64() / copy.as_secs_f64(),
-        async_stall.as_secs_f64() / sync_stall.as_secs_f64()
-    )?;
-    outln!(
-        "  async background flush:            {:>9.2} ms  (raw write+fsync / flush = {:.2})",
-        ms(async_flush),
-        raw.as_secs_f64() / async_flush.as_secs_f64()
-    )?;
-    outln!(
-        "  incremental {}% (DirtyVec) stall:   {:>9.2} ms  ({:.2}x memcpy), flush {:.2} ms",
-        a.change_percent,
-        ms(inc_stall),
-        inc_stall.as_secs_f64() / copy.as_secs_f64(),
-        ms(inc_flush)
-    )?;
+    if !a.step_rate_only {
+        let copy = memcpy(bytes, a.rounds);
+        let raw = raw_write(scratch, a.ranks, bytes)?;
+        let (sync_stall, _) = run(&scratch.join("sync"), a, true, false)?;
+        let (async_stall, async_flush) = run(&scratch.join("async"), a, false, false)?;
+        let (inc_stall, inc_flush) = run(&scratch.join("inc"), a, false, true)?;
+        outln!(
+            "  memcpy of {} MiB (warm):            {:>9.2} ms",
+            a.mib,
+            ms(copy)
+        )?;
+        outln!(
+            "  raw write+fsync, {} ranks at once:   {:>9.2} ms",
+            a.ranks,
+            ms(raw)
+        )?;
+        outln!(
+            "  sync checkpoint stall:             {:>9.2} ms  ({:.2}x raw write+fsync)",
+            ms(sync_stall),
+            sync_stall.as_secs_f64() / raw.as_secs_f64()
+        )?;
+        outln!(
+            "  async checkpoint stall (capture):  {:>9.2} ms  ({:.2}x memcpy, {:.3}x sync stall)",
+            ms(async_stall),
+            async_stall.as_secs_f64() / copy.as_secs_f64(),
+            async_stall.as_secs_f64() / sync_stall.as_secs_f64()
+        )?;
+        outln!(
+            "  async background flush:            {:>9.2} ms  (raw write+fsync / flush = {:.2})",
+            ms(async_flush),
+            raw.as_secs_f64() / async_flush.as_secs_f64()
+        )?;
+        outln!(
+            "  incremental {}% (DirtyVec) stall:   {:>9.2} ms  ({:.2}x memcpy), flush {:.2} ms",
+            a.change_percent,
+            ms(inc_stall),
+            inc_stall.as_secs_f64() / copy.as_secs_f64(),
+            ms(inc_flush)
+        )?;
+    }
+    let none_run = step_rate(&scratch.join("steps-none"), a, Mode::Never)?;
+    let async_run = step_rate(&scratch.join("steps-async"), a, Mode::Async)?;
+    let sync_run = step_rate(&scratch.join("steps-sync"), a, Mode::Sync)?;
+    let (none, with_async, with_sync) = (none_run.wall, async_run.wall, sync_run.wall);
     let rate = |d: Duration| a.steps as f64 / d.as_secs_f64().max(1e-9);
     outln!(
         "  step rate, {} steps, checkpoint every {}: none {:.2}/s; async {:.2}/s ({:.2}x); sync {:.2}/s ({:.2}x)",
@@ -454,6 +486,20 @@ fn report(scratch: &Path, a: &Args) -> Result<(), Box<dyn std::error::Error + Se
         rate(with_async) / rate(none),
         rate(with_sync),
         rate(with_sync) / rate(none)
+    )?;
+    let extra = |r: &StepRun| {
+        (r.cpu.as_secs_f64() - none_run.cpu.as_secs_f64()) / r.checkpoints.max(1) as f64
+    };
+    outln!(
+        "  process CPU of those runs (every thread, final flush included): none {:.2} s; \
+         async {:.2} s ({:+.3} s per checkpoint, {} checkpoints); sync {:.2} s ({:+.3} s \
+         per checkpoint)",
+        none_run.cpu.as_secs_f64(),
+        async_run.cpu.as_secs_f64(),
+        extra(&async_run),
+        async_run.checkpoints,
+        sync_run.cpu.as_secs_f64(),
+        extra(&sync_run)
     )?;
     Ok(())
 }

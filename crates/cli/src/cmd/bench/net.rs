@@ -10,7 +10,7 @@
 //! the whole process spent per byte moved, which a loaded machine distorts far less than
 //! the wall-clock rate.
 
-use super::{load_average, median};
+use super::{load_average, median, process_cpu};
 use crate::cmd::CmdResult;
 use lazarus::format::Rank;
 use lazarus::net::wire::mac_only_stream;
@@ -42,20 +42,6 @@ pub struct Args {
 }
 
 const MSG: usize = 1 << 20;
-
-/// CPU time of the whole process (every thread, user and system) so far.
-fn process_cpu() -> Duration {
-    let mut t = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `t` is a valid out-pointer; the clock id is a constant every Linux has.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut t) };
-    if rc != 0 {
-        return Duration::ZERO;
-    }
-    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
-}
 
 /// One throughput measurement: wall-clock rate and process CPU time per byte.
 #[derive(Clone, Copy, Debug, Default)]
