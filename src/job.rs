@@ -956,7 +956,11 @@ impl Job {
                 self.report = None;
                 self.finished = None;
                 self.fresh = Some(FreshStart { damaged });
-                self.rt()?.marker(&Marker::Resumed { id: None, step: 0 });
+                self.rt()?.marker(&Marker::Resumed {
+                    id: None,
+                    step: 0,
+                    seq: None,
+                });
             }
             Start::Restored { from, skipped } => {
                 let finished = meta::is_finished(&from.app);
@@ -1024,9 +1028,16 @@ impl Job {
                 tracing::info!("{report}");
                 self.report = Some(report);
                 self.fresh = None;
+                // The restored checkpoint's job-wide number tells apart two cuts at
+                // one step (`checkpoint_now`, then `finish`); a fast copy's id is it.
+                let seq = match from.source {
+                    Source::Fast { .. } => Some(from.id.0),
+                    Source::Durable => meta::level_seq(&from.app),
+                };
                 self.rt()?.marker(&Marker::Resumed {
                     id: Some(from.id),
                     step: from.step,
+                    seq,
                 });
             }
         }

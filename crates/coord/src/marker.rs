@@ -40,8 +40,9 @@ pub enum Marker {
     /// A job with fast checkpoint levels (docs/LEVELS.md) calls checkpoint number `seq`
     /// (job-wide) at `step` here, before writing it: a position in the rank's output, not
     /// a claim that anything is durable. After a restart the supervisor keeps the lines
-    /// before the last cut at or below the restored step and drops the rest (the
-    /// re-execution prints those again), whatever level the ranks restored from.
+    /// before the restored checkpoint's cut (the last cut at or below the restored `seq`,
+    /// or step when the restore names no `seq`) and drops the rest (the re-execution
+    /// prints those again), whatever level the ranks restored from.
     Cut {
         /// job-wide checkpoint number
         seq: u64,
@@ -54,6 +55,10 @@ pub enum Marker {
         id: Option<CheckpointId>,
         /// step restored
         step: u64,
+        /// the restored checkpoint's job-wide number ([`Marker::Cut`]'s `seq`), in a job
+        /// with fast levels: two checkpoint calls at one step (`checkpoint_now`, then
+        /// `finish`) have equal steps, and only this tells their cuts apart
+        seq: Option<u64>,
     },
     /// The repository the rank opened, as [`lazarus_store::repo_location`] normalizes it. The supervisor
     /// stops a job whose ranks opened another repository than its own.
@@ -82,10 +87,13 @@ impl Marker {
             Marker::Part { id, step } => format!("{MARKER_PREFIX}part {} {step}", id.0),
             Marker::Commit { id, step } => format!("{MARKER_PREFIX}commit {} {step}", id.0),
             Marker::Cut { seq, step } => format!("{MARKER_PREFIX}cut {seq} {step}"),
-            Marker::Resumed { id: Some(id), step } => {
-                format!("{MARKER_PREFIX}resumed {} {step}", id.0)
+            Marker::Resumed { id, step, seq } => {
+                let id = id.map_or_else(|| "-".to_string(), |id| id.0.to_string());
+                match seq {
+                    Some(seq) => format!("{MARKER_PREFIX}resumed {id} {step} {seq}"),
+                    None => format!("{MARKER_PREFIX}resumed {id} {step}"),
+                }
             }
-            Marker::Resumed { id: None, step } => format!("{MARKER_PREFIX}resumed - {step}"),
             Marker::Repo { location } => format!("{MARKER_PREFIX}repo {}", one_line(location)),
             Marker::Refused { message } => {
                 format!("{MARKER_PREFIX}refused {}", one_line(message))
@@ -122,6 +130,15 @@ impl Marker {
         }
         let mut it = text.split(' ');
         let (kind, id, step) = (it.next(), it.next(), it.next());
+        // Only `resumed` has a fourth field (the restored checkpoint's seq).
+        let seq = match (kind, it.next()) {
+            (_, None) => None,
+            (Some("resumed"), Some(s)) => match s.parse::<u64>() {
+                Ok(v) => Some(v),
+                Err(_) => return Some(Err(format!("marker {text:?}: bad seq"))),
+            },
+            _ => return Some(Err(format!("marker {text:?} has extra fields"))),
+        };
         if it.next().is_some() {
             return Some(Err(format!("marker {text:?} has extra fields")));
         }
@@ -141,7 +158,7 @@ impl Marker {
             (Some("part"), Some(id)) => Ok(Marker::Part { id, step }),
             (Some("commit"), Some(id)) => Ok(Marker::Commit { id, step }),
             (Some("cut"), Some(id)) => Ok(Marker::Cut { seq: id.0, step }),
-            (Some("resumed"), id) => Ok(Marker::Resumed { id, step }),
+            (Some("resumed"), id) => Ok(Marker::Resumed { id, step, seq }),
             _ => Err(format!("unknown marker {text:?}")),
         })
     }
@@ -178,11 +195,21 @@ mod tests {
                 id: CheckpointId(0),
                 step: 0,
             },
-            Marker::Resumed { id: None, step: 0 },
+            Marker::Resumed {
+                id: None,
+                step: 0,
+                seq: None,
+            },
             Marker::Cut { seq: 12, step: 48 },
             Marker::Resumed {
                 id: Some(CheckpointId(3)),
                 step: 9,
+                seq: None,
+            },
+            Marker::Resumed {
+                id: Some(CheckpointId(3)),
+                step: 9,
+                seq: Some(14),
             },
         ] {
             let line = format!("{}\n", m.line());
@@ -219,6 +246,9 @@ mod tests {
             "commit - 3",
             "nope 1 2",
             "part 1 2 3",
+            "cut 1 2 3",
+            "resumed 1 2 x",
+            "resumed 1 2 3 4",
             "repo",
             "refused ",
         ] {

@@ -402,7 +402,11 @@ impl AsyncSession {
         match outcome {
             (Some((id, channels)), _) => self.resume(id, channels),
             (None, _) => {
-                self.marker(&Marker::Resumed { id: None, step: 0 });
+                self.marker(&Marker::Resumed {
+                    id: None,
+                    step: 0,
+                    seq: None,
+                });
                 Ok(AsyncStart::Fresh)
             }
         }
@@ -489,6 +493,7 @@ impl AsyncSession {
         self.marker(&Marker::Resumed {
             id: Some(id),
             step: id.0,
+            seq: None,
         });
         Ok(AsyncStart::Restored {
             id,

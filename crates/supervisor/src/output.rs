@@ -13,11 +13,21 @@ use lazarus_format::CheckpointId;
 enum Item {
     Line(Vec<u8>),
     Part(CheckpointId),
-    /// A checkpoint call at this step began here (fast levels: [`Marker::Cut`]).
-    Cut(u64),
+    /// Checkpoint call number `seq` at `step` began here (fast levels: [`Marker::Cut`]).
+    Cut {
+        seq: u64,
+        step: u64,
+    },
     /// A restart whose restore point is not known yet ([`OutputCommit::rollback_deferred`]):
     /// what precedes it waits for the ranks' `resumed` marker.
     Restart,
+}
+
+/// The checkpoint the ranks restored, as their `resumed` marker names it.
+#[derive(Clone, Copy, Debug)]
+struct Restored {
+    step: u64,
+    seq: Option<u64>,
 }
 
 /// Per-rank buffers of held-back stdout lines, released by checkpoint commits.
@@ -68,21 +78,23 @@ impl OutputCommit {
                 self.release()
             }
             Marker::Commit { id, .. } => self.mark_committed(id),
-            Marker::Cut { step, .. } => {
+            Marker::Cut { seq, step } => {
                 self.saw_cuts = true;
                 if let Some(b) = self.ranks.get_mut(rank as usize) {
-                    b.push(Item::Cut(step));
+                    b.push(Item::Cut { seq, step });
                 }
                 Vec::new()
             }
-            Marker::Resumed { id, step } => self.resumed(id.map(|_| step)),
+            Marker::Resumed { id, step, seq } => self.resumed(id.map(|_| Restored { step, seq })),
             Marker::Repo { .. } | Marker::Refused { .. } => Vec::new(),
         }
     }
 
-    /// The ranks restored the state at step `restored` (`None`: they started fresh):
-    /// settles every rank's lines held before a deferred restart. What the old run wrote
-    /// up to its last checkpoint call (cut marker) at a step `<= restored` is not written
+    /// The ranks restored checkpoint `restored` (`None`: they started fresh): settles
+    /// every rank's lines held before a deferred restart. What the old run wrote up to
+    /// that checkpoint's call (its cut marker: the last cut whose seq is `<=` the restored
+    /// seq; by step when the restore names no seq, which cannot tell apart two calls at
+    /// one step) is not written
     /// again by the re-execution: it stays, in front of the new run's output, as if no
     /// failure had happened. Everything after that call is written again: dropped. What
     /// stays is *not* released here: the restored copy lives on a fast level that a later
@@ -90,7 +102,7 @@ impl OutputCommit {
     /// turn; a durable commit after it (or the end of the job) releases it. Every rank
     /// restores the same checkpoint (the restore is agreed), so the first `resumed`
     /// marker settles all ranks, also those a shrunk job no longer has.
-    fn resumed(&mut self, restored: Option<u64>) -> Vec<(u32, Vec<u8>)> {
+    fn resumed(&mut self, restored: Option<Restored>) -> Vec<(u32, Vec<u8>)> {
         for buf in &mut self.ranks {
             let Some(boundary) = buf.iter().rposition(|i| matches!(i, Item::Restart)) else {
                 continue;
@@ -105,10 +117,12 @@ impl OutputCommit {
                     segment.push(item);
                     continue;
                 }
-                let cut = restored.and_then(|s| {
-                    segment
-                        .iter()
-                        .rposition(|i| matches!(i, Item::Cut(step) if *step <= s))
+                let cut = restored.and_then(|r| {
+                    segment.iter().rposition(|i| match (i, r.seq) {
+                        (Item::Cut { seq, .. }, Some(restored)) => *seq <= restored,
+                        (Item::Cut { step, .. }, None) => *step <= r.step,
+                        _ => false,
+                    })
                 });
                 if let Some(cut) = cut {
                     segment.truncate(cut + 1);
@@ -298,7 +312,41 @@ mod fast_level_tests {
         Marker::Resumed {
             id: step.map(CheckpointId),
             step: step.unwrap_or(0),
+            seq: step,
         }
+    }
+
+    /// Two checkpoint calls at one step (`checkpoint_now`, then `finish`) with a line
+    /// between them; the first one is restored. Matched by step, both cuts were "at or
+    /// below" the restored step, the line stayed, and the re-execution, which resumes
+    /// after the first call, printed it again.
+    #[test]
+    fn two_checkpoint_calls_at_one_step_release_the_line_between_them_once() {
+        let mut o = OutputCommit::new(1);
+        let mut out = Vec::new();
+        o.line(0, l("before"));
+        out.extend(o.marker(0, Marker::Cut { seq: 1, step: 10 }));
+        o.line(0, l("between"));
+        out.extend(o.marker(0, Marker::Cut { seq: 2, step: 10 }));
+        o.line(0, l("after"));
+        out.extend(o.rollback_deferred(None));
+        out.extend(o.marker(
+            0,
+            Marker::Resumed {
+                id: Some(CheckpointId(1)),
+                step: 10,
+                seq: Some(1),
+            },
+        ));
+        assert_eq!(o.held(), 1, "only the line before the restored call stays");
+        o.line(0, l("between"));
+        out.extend(o.marker(0, Marker::Cut { seq: 2, step: 10 }));
+        o.line(0, l("after"));
+        out.extend(o.finish());
+        assert_eq!(
+            out,
+            vec![(0, l("before")), (0, l("between")), (0, l("after"))]
+        );
     }
 
     #[test]
@@ -413,37 +461,69 @@ mod fast_level_tests {
     }
 
     proptest! {
-        /// A model of one rank: it prints `line s` at every step s and cuts at some steps;
-        /// after a failure at step `fail` it restores step `restored` (a cut step before
-        /// the failure, or nothing) and runs to `end`. What is released must be exactly
-        /// `line 0 .. line end-1`, each once, in order.
+        /// A model of one rank: at every step s it may call a checkpoint (a cut), prints
+        /// `line s`, and at some steps calls a second checkpoint at the same step (as
+        /// `checkpoint_now` then `finish` do) and prints `extra s`. It fails after
+        /// `fail` events, restores one of the cuts before the failure (or nothing), and
+        /// re-executes from just after that cut to `end`. What is released must be every
+        /// line of a failure-free run, each once, in order.
         #[test]
         fn every_line_is_released_exactly_once(
             cuts in proptest::collection::btree_set(0u64..40, 0..10),
-            fail in 1u64..40,
+            doubles in proptest::collection::btree_set(0u64..40, 0..6),
+            fail in 1usize..80,
             pick in any::<proptest::sample::Index>(),
             end in 40u64..50,
         ) {
+            enum Ev { Cut { seq: u64, step: u64 }, Line(String) }
+            let mut events = Vec::new();
+            let mut seq = 0;
+            for step in 0..end {
+                if cuts.contains(&step) {
+                    seq += 1;
+                    events.push(Ev::Cut { seq, step });
+                }
+                events.push(Ev::Line(format!("line {step}")));
+                if doubles.contains(&step) {
+                    seq += 1;
+                    events.push(Ev::Cut { seq, step });
+                    events.push(Ev::Line(format!("extra {step}")));
+                }
+            }
+            let fail = fail.min(events.len());
             let mut o = OutputCommit::new(1);
             let mut out = Vec::new();
-            for step in 0..fail {
-                if cuts.contains(&step) {
-                    out.extend(o.marker(0, cut(step)));
-                }
-                o.line(0, l(&format!("line {step}")));
+            let feed = |o: &mut OutputCommit, e: &Ev, out: &mut Vec<(u32, Vec<u8>)>| match e {
+                Ev::Cut { seq, step } => out.extend(o.marker(0, Marker::Cut { seq: *seq, step: *step })),
+                Ev::Line(t) => o.line(0, l(t)),
+            };
+            for e in &events[..fail] {
+                feed(&mut o, e, &mut out);
             }
             out.extend(o.rollback_deferred(None));
-            let before: Vec<u64> = cuts.iter().copied().filter(|c| *c < fail).collect();
+            let before: Vec<usize> = (0..fail)
+                .filter(|&i| matches!(events[i], Ev::Cut { .. }))
+                .collect();
             let restored = (!before.is_empty()).then(|| before[pick.index(before.len())]);
-            out.extend(o.marker(0, resumed(restored)));
-            for step in restored.unwrap_or(0)..end {
-                if cuts.contains(&step) && Some(step) != restored {
-                    out.extend(o.marker(0, cut(step)));
-                }
-                o.line(0, l(&format!("line {step}")));
+            let (resume_at, marker) = match restored.map(|i| &events[i]) {
+                Some(Ev::Cut { seq, step }) => (
+                    restored.map_or(0, |i| i + 1),
+                    Marker::Resumed { id: Some(CheckpointId(*seq)), step: *step, seq: Some(*seq) },
+                ),
+                _ => (0, Marker::Resumed { id: None, step: 0, seq: None }),
+            };
+            out.extend(o.marker(0, marker));
+            for e in &events[resume_at..] {
+                feed(&mut o, e, &mut out);
             }
             out.extend(o.finish());
-            let want: Vec<_> = (0..end).map(|s| (0u32, l(&format!("line {s}")))).collect();
+            let want: Vec<_> = events
+                .iter()
+                .filter_map(|e| match e {
+                    Ev::Line(t) => Some((0u32, l(t))),
+                    Ev::Cut { .. } => None,
+                })
+                .collect();
             prop_assert_eq!(out, want);
         }
     }

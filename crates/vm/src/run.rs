@@ -281,6 +281,7 @@ fn run_here(cfg: &VmConfig) -> Result<Report> {
         let m = lazarus_supervisor::Marker::Resumed {
             id: report.resumed.map(|r| r.0),
             step: report.steps,
+            seq: None,
         };
         control_line(inst.as_mut(), &m.line())?;
     }

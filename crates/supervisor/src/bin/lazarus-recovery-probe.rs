@@ -122,7 +122,12 @@ fn run() -> Result<(), Box<dyn Error>> {
         AgreeError::Own(e) => e,
         other => format!("{other:?}"),
     })?;
-    say(&Marker::Resumed { id: restored, step }.line());
+    say(&Marker::Resumed {
+        id: restored,
+        step,
+        seq: None,
+    }
+    .line());
     let restored_step = restored.map(|_| step);
     while step < a.steps {
         if step > 0 && step % a.every == 0 && restored_step != Some(step) {
