@@ -129,7 +129,7 @@ pub use lazarus_store as store;
 #[doc(inline)]
 pub use lazarus_supervisor as supervisor;
 #[cfg(feature = "logging")]
-pub use logging::{colour_on_stderr, init_logging};
+pub use logging::{colour_on_stderr, hold_log_lines, init_logging, release_log_lines};
 pub use report::{CheckpointReport, FreshStart, RestoreReport};
 
 /// README.md's code blocks, compiled (and run unless marked `no_run`) as doctests, so the

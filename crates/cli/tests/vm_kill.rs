@@ -9,7 +9,7 @@ mod vm_common;
 use rand::{Rng, SeedableRng};
 use std::fs::File;
 use std::path::Path;
-use std::process::{Child, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use vm_common::*;
 
@@ -58,6 +58,21 @@ fn spawn(
     runtime: &str,
     every: &str,
 ) -> Child {
+    command(wasm, case, work, repo, runtime, every)
+        .spawn()
+        .expect("spawning lazarus")
+}
+
+/// The `lazarus vm run` of `case` in `work`, its stdout and stderr files opened at offset
+/// 0 without truncation (as a restarted process inherits them here).
+fn command(
+    wasm: &Path,
+    case: &Case,
+    work: &Path,
+    repo: Option<&Path>,
+    runtime: &str,
+    every: &str,
+) -> Command {
     let out = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -86,7 +101,7 @@ fn spawn(
     c.stdout(Stdio::from(out))
         .stderr(Stdio::from(err))
         .stdin(Stdio::null());
-    c.spawn().expect("spawning lazarus")
+    c
 }
 
 fn outcome(work: &Path) -> Outcome {
@@ -250,6 +265,81 @@ fn rerun_of_a_finished_program_keeps_its_output() {
     assert!(
         raw.ends_with("(use a new --repo to run it again)\n"),
         "{raw}"
+    );
+}
+
+/// The newest committed checkpoint id of a VM repository (0: none yet).
+fn newest_commit(repo: &Path) -> u64 {
+    std::fs::read_dir(repo.join("checkpoints"))
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.path().join("COMMIT").exists())
+                .filter_map(|e| e.file_name().to_str()?.parse::<u64>().ok())
+                .max()
+                .unwrap_or(0)
+        })
+        .unwrap_or(0)
+}
+
+/// Found by the seeded trials (seed 1796528977562513760): a restarted `vm run` logged the
+/// takeover of the killed run's lock before it put the program's stderr back at the
+/// checkpoint's offset, so the line landed at offset 0 of the inherited file, over the
+/// program's first stderr bytes. Lazarus's own log lines are now held until the
+/// program's streams are positioned, then written there, whole.
+#[test]
+fn a_log_line_before_the_resume_does_not_overwrite_the_programs_stderr() {
+    if !toolchain("a_log_line_before_the_resume_does_not_overwrite_the_programs_stderr") {
+        return;
+    }
+    let case = &Case {
+        prog: "files",
+        args: &["20000"],
+        steps: 0,
+    };
+    let wasm = program(case.prog);
+    let root = tempfile::tempdir().unwrap();
+    let (want, _) = reference(case, &wasm, root.path());
+    let w = fresh_work(root.path(), "log-before-resume");
+    let repo = w.join("repo");
+    let mut child = spawn(&wasm, case, &w, Some(&repo), "wasmi", "100ms");
+    // Kill once a checkpoint has committed after the program wrote stderr lines, so the
+    // resumed program's stderr offset is past bytes a stray line could overwrite.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut after = None;
+    loop {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before it could be killed: {}",
+            read(&w.join("stderr"))
+        );
+        assert!(
+            Instant::now() < deadline,
+            "no checkpoint after stderr lines"
+        );
+        let newest = newest_commit(&repo);
+        match after {
+            None if read(&w.join("stderr")).lines().count() >= 3 => after = Some(newest),
+            Some(a) if newest > a => break,
+            _ => {}
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let st = command(&wasm, case, &w, Some(&repo), "wasmi", "100ms")
+        .env("RUST_LOG", "info")
+        .status()
+        .unwrap();
+    assert!(st.success(), "{}", read(&w.join("stderr")));
+    let got = outcome(&w);
+    assert_eq!(got.stdout, want.stdout, "stdout differs");
+    assert_eq!(got.stderr, want.stderr, "the program's stderr differs");
+    assert_eq!(got.files, want.files, "files differ");
+    let raw = read(&w.join("stderr"));
+    assert!(
+        raw.lines()
+            .any(|l| l.trim_start().starts_with("INFO ") && l.contains("taking over stale lock")),
+        "the takeover line is in the stderr file, whole: {raw}"
     );
 }
 

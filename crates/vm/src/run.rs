@@ -110,6 +110,12 @@ pub struct VmConfig {
     pub unwind_bytes: u32,
     /// Test hook: stop (as if killed) right after this many checkpoints of this run.
     pub stop_after_checkpoints: Option<u64>,
+    /// Called once the program's stdout and stderr are where it goes on writing (put
+    /// back to the checkpoint's offsets on a resume), before the program runs; also when
+    /// a run ends before that. The `lazarus` command releases the log lines it held back
+    /// until then (`lazarus::hold_log_lines`), so that none lands over the program's
+    /// output in a file the restarted process inherited at offset 0.
+    pub streams_positioned: Option<fn()>,
 }
 
 impl VmConfig {
@@ -131,6 +137,7 @@ impl VmConfig {
             cache_dir: default_cache_dir(),
             unwind_bytes: 8 << 20,
             stop_after_checkpoints: None,
+            streams_positioned: None,
         }
     }
 }
@@ -236,6 +243,9 @@ fn run_here(cfg: &VmConfig) -> Result<Report> {
                     .map_err(|e| io("stdout", e))?;
                 crate::wasi::Output::resume(2, &meta.wasi.stderr, false)
                     .map_err(|e| io("stderr", e))?;
+                if let Some(f) = cfg.streams_positioned {
+                    f();
+                }
                 report.exit_code = code;
                 report.already_finished = true;
                 report.resumed = Some((id, meta.steps));
@@ -277,6 +287,9 @@ fn run_here(cfg: &VmConfig) -> Result<Report> {
             (inst, module)
         }
     };
+    if let Some(f) = cfg.streams_positioned {
+        f();
+    }
     if cfg.markers {
         let m = lazarus_supervisor::Marker::Resumed {
             id: report.resumed.map(|r| r.0),

@@ -122,8 +122,14 @@ const STOPPED: u8 = 3;
 pub fn main(v: Vm) -> CmdResult {
     match v {
         Vm::Run(a) => {
-            let cfg = config(a)?;
-            let report = lazarus_vm::run(&cfg)?;
+            let mut cfg = config(a)?;
+            // Nothing of ours may reach stderr before the program's stderr is back at its
+            // offset (a restarted process may inherit the file at offset 0).
+            lazarus::hold_log_lines();
+            cfg.streams_positioned = Some(lazarus::release_log_lines);
+            let report = lazarus_vm::run(&cfg);
+            lazarus::release_log_lines();
+            let report = report?;
             if report.stopped {
                 return Ok(ExitCode::from(STOPPED));
             }

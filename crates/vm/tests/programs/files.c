@@ -26,6 +26,7 @@ int main(int argc, char **argv) {
             fflush(log);
             printf("progress %d\n", i);
             fflush(stdout);
+            fprintf(stderr, "files: at %d\n", i);
         }
     }
     fseek(f, 0, SEEK_SET);
