@@ -186,12 +186,20 @@ impl NodeLevels {
         let (me, size) = (comm.rank().0, comm.size());
         let seq = plan.seq;
         let net = LoadOutcome::Level;
+        // 0. Old parts that only parity holds: rebuilt first (the same-size rebuild), each
+        //    by its rebuilder into `rank-<old>` of its host, which then holds it like a
+        //    copy. A rebuild that finds damage is reported in step 1's allgather, so every
+        //    rank falls back together.
+        let (sources, rebuild_failed) = self.rebuild_parity_parts(plan)?;
         // 1. The manifests of the copies this rank holds.
         let mut mine: Vec<(u32, RepoReader, Manifest)> = Vec::new();
         // Object lists as JSON (the manifest's own encoding: `ObjectInfo` flattens its
         // kind, which a non-self-describing wire format cannot carry).
-        let mut listed: Result<Vec<(u32, String)>, String> = Ok(Vec::new());
-        for (s, src) in plan.sources.iter().enumerate() {
+        let mut listed: Result<Vec<(u32, String)>, String> = match rebuild_failed {
+            Some(m) => Err(m),
+            None => Ok(Vec::new()),
+        };
+        for (s, src) in sources.iter().enumerate() {
             let RankSource::Remote {
                 holder,
                 host,
@@ -299,7 +307,7 @@ impl NodeLevels {
             .map_err(LoadOutcome::NotRedistributable)?;
         let holders: BTreeSet<u32> = reads
             .iter()
-            .filter_map(|r| match plan.sources.get(old_of(r) as usize) {
+            .filter_map(|r| match sources.get(old_of(r) as usize) {
                 Some(RankSource::Remote { holder, .. }) => Some(*holder),
                 _ => None,
             })
@@ -338,7 +346,7 @@ impl NodeLevels {
                             None => false,
                         };
                         let from_holder = matches!(
-                            plan.sources.get(p.old as usize),
+                            sources.get(p.old as usize),
                             Some(RankSource::Remote { holder, .. }) if *holder == h
                         );
                         if !fits || !from_holder {
@@ -386,6 +394,54 @@ impl NodeLevels {
 }
 
 impl NodeLevels {
+    /// Step 0 of [`NodeLevels::load_resharded`] (collective): every old part the plan
+    /// rebuilds from parity is rebuilt by its [`crate::plan::ParitySource::rebuilder`]
+    /// with the same code as a same-size rebuild (the members' copies and the shards
+    /// sent to it, every chunk checked against its recorded hash, installed into
+    /// `rank-<old>` of its host). Returns the plan's sources with each rebuilt part as a
+    /// copy its rebuilder holds, and the damage this rank found rebuilding (every rank
+    /// learns of it in the next allgather).
+    fn rebuild_parity_parts(
+        &mut self,
+        plan: &FastPlan,
+    ) -> Result<(Vec<RankSource>, Option<String>), LoadOutcome> {
+        let me = self.comm().rank().0;
+        for src in &plan.sources {
+            if let RankSource::Parity(ps) = src {
+                self.send_parity_inputs(plan.seq, ps)?;
+            }
+        }
+        let mut sources = plan.sources.clone();
+        let mut failed = None;
+        for (s, src) in plan.sources.iter().enumerate() {
+            let RankSource::Parity(ps) = src else {
+                continue;
+            };
+            let host = self.hosts().get(ps.rebuilder as usize).cloned();
+            let local = ps.locals.get(ps.index as usize).copied();
+            let (Some(host), Some(local)) = (host, local) else {
+                failed.get_or_insert(format!("old rank {s}: the parity plan names no rebuilder"));
+                continue;
+            };
+            if ps.rebuilder == me {
+                match self.rebuild_from_parity(plan.seq, s as u32, ps) {
+                    Ok(_) => {}
+                    Err(LoadOutcome::Store(e)) => {
+                        failed.get_or_insert(e.to_string());
+                    }
+                    Err(other) => return Err(other),
+                }
+            }
+            sources[s] = RankSource::Remote {
+                holder: ps.rebuilder,
+                host,
+                dir: format!("rank-{s}"),
+                local,
+            };
+        }
+        Ok((sources, failed))
+    }
+
     /// After a level round every rank completed: when the round wrote every configured
     /// fast level (L1, and L2 / L3 when they are on), the first time in this world, the
     /// lowest rank of each host deletes the copies in the host's directory that no rank
