@@ -1,11 +1,18 @@
 //! N→M restore from fast levels: a checkpoint written by N ranks, held only on the
-//! node-local levels (L1 copies, L2 partner copies), restored on M ≠ N ranks by
+//! node-local levels (L1 copies, L2 partner copies, L3 parity), restored on M ≠ N ranks by
 //! redistribution (`lazarus_dist::Reshard`, the same classification and the same refusal
 //! as an N→M restore from the durable repository).
 //!
 //! The plan ([`crate::plan`]) names, for every old rank, one copy of its part on a host
-//! where a current rank runs; that host's lowest rank is the copy's *holder*. Collective,
-//! every rank with the same plan:
+//! where a current rank runs; that host's lowest rank is the copy's *holder*. An old part
+//! without a copy is named *rebuilt from parity*: new rank `old mod M` (its *rebuilder*)
+//! rebuilds it. Collective, every rank with the same plan:
+//! 0. the parity rebuilds, by the same-size code (`NodeLevels::rebuild_from_parity`):
+//!    the holders of the surviving members' L1 copies and of the shards send them to
+//!    the rebuilder, which checks every header against its recorded hash and every
+//!    rebuilt chunk against its slot, and installs the part into `rank-<old>` of its
+//!    host; from then on it is the holder of that part, exactly like a copy. Damage it
+//!    finds is reported in step 1's allgather;
 //! 1. every holder reads the manifests of the copies it holds (digests checked by the
 //!    store) and all ranks exchange the old parts' object lists (an allgather);
 //! 2. every rank classifies them with `Reshard::new` (identical input, identical outcome:

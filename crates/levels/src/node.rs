@@ -326,7 +326,8 @@ impl NodeLevels {
         plan::plan_with_parity(&self.held, &self.parity, &self.hosts)
     }
 
-    /// The hosts the ranks `ranks` ran on when checkpoint `seq`'s parity was computed (as
+    /// The hosts the ranks `ranks` (of the world that wrote checkpoint `seq`) ran on
+    /// when its parity was computed (as
     /// its parity COMMITs record them), else their hosts now; sorted, without repeats.
     /// Names the lost hosts in the restore report.
     pub fn parity_member_hosts(&self, seq: u64, ranks: &[u32]) -> Vec<String> {
@@ -1207,7 +1208,11 @@ impl NodeLevels {
     /// Sends the rebuilder of `ps` what this rank reads for it: the blobs of the members
     /// it sends and the parity shards it holds (nothing to itself: the rebuilder reads
     /// its own directly). Sends do not block.
-    pub(crate) fn send_parity_inputs(&self, seq: u64, ps: &ParitySource) -> Result<(), LoadOutcome> {
+    pub(crate) fn send_parity_inputs(
+        &self,
+        seq: u64,
+        ps: &ParitySource,
+    ) -> Result<(), LoadOutcome> {
         let me = self.me();
         if ps.rebuilder == me {
             return Ok(());

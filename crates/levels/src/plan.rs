@@ -695,7 +695,9 @@ mod tests {
         assert_eq!((p[0].world, p[0].level), (4, 3));
         assert_eq!(p[0].from_parity(), vec![2, 3]);
         assert!(p[0].from_partner_copies().is_empty());
-        assert!(matches!(&p[0].sources[0], RankSource::Remote { holder: 0, dir, .. } if dir == "rank-0"));
+        assert!(
+            matches!(&p[0].sources[0], RankSource::Remote { holder: 0, dir, .. } if dir == "rank-0")
+        );
         let RankSource::Parity(ps) = &p[0].sources[2] else {
             panic!("{:?}", p[0].sources[2]);
         };
@@ -713,7 +715,10 @@ mod tests {
                 dir: "rank-0".into(),
             }]
         );
-        assert_eq!((ps.shards.len(), ps.shards[0].shard, ps.shards[0].holder), (1, 0, 0));
+        assert_eq!(
+            (ps.shards.len(), ps.shards[0].shard, ps.shards[0].holder),
+            (1, 0, 0)
+        );
         let RankSource::Parity(ps) = &p[0].sources[3] else {
             panic!("{:?}", p[0].sources[3]);
         };
@@ -746,7 +751,10 @@ mod tests {
             own.world = n;
             held.push(own);
             if mirrors && hosts.len() > 1 {
-                let i = hosts.iter().position(|h| *h == &old[r as usize]).unwrap_or(0);
+                let i = hosts
+                    .iter()
+                    .position(|h| *h == &old[r as usize])
+                    .unwrap_or(0);
                 let mut m = self::held(hosts[(i + 1) % hosts.len()], r, false, 3);
                 m.world = n;
                 held.push(m);
