@@ -418,6 +418,8 @@ fn from_parity(
         if u == r || u as usize >= sources.len() {
             continue;
         }
+        // `sources` is indexed by the world that wrote the checkpoint: its length is the
+        // current world's exactly when the size is unchanged.
         let (sender, host, dir, local) = match &sources[u as usize] {
             // Same world size: the member reads its own copy on its own host.
             Some(RankSource::Local { dir, local }) if sources.len() == hosts.len() => {
