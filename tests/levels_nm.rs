@@ -396,7 +396,24 @@ fn lost_host_parity_only_to(m: u32) -> tempfile::TempDir {
 
 #[test]
 fn lost_host_with_parity_only_restores_on_three_ranks() {
-    lost_host_parity_only_to(3);
+    let dir = lost_host_parity_only_to(3);
+    // New rank 2 rebuilt old rank 2 into its own L1 repository on sim1 and kept writing
+    // it; old rank 3's part, rebuilt by new rank 0 into sim0/rank-3, was removed by the
+    // 3-rank world's first checkpoint on L1 and L3. Every L1 repository left verifies.
+    let l1 = dir.path().join("l1");
+    assert!(!l1.join("sim0/rank-3").exists());
+    for d in ["sim0/rank-0", "sim0/rank-1", "sim1/rank-2"] {
+        assert!(l1.join(d).is_dir(), "{d}");
+    }
+    let out = std::process::Command::new(common::lazarus_bin())
+        .args(["verify", "--level", "l1", "--l1-dir"])
+        .arg(&l1)
+        .arg(dir.path().join("repo"))
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert_eq!(stdout.matches("ok: ").count(), 3, "{stdout}");
 }
 
 #[test]
