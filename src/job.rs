@@ -969,8 +969,24 @@ impl Job {
                 self.finished = finished.then_some((from.id, from.step));
                 let level = match from.source {
                     Source::Fast { .. } => plans.iter().find(|p| p.seq == from.id.0).map(|p| {
+                        let parity = p.from_parity();
+                        let lost = || {
+                            let lost = self
+                                .levels
+                                .as_ref()
+                                .map(|l| l.parity_member_hosts(p.seq, &parity))
+                                .unwrap_or_default();
+                            format!(
+                                "L3 parity ({} {} lost)",
+                                if lost.len() == 1 { "host" } else { "hosts" },
+                                lost.join(", ")
+                            )
+                        };
                         if p.resharded(size) {
                             // The report adds "(written by N ranks, redistributed on M)".
+                            if !parity.is_empty() {
+                                return lost();
+                            }
                             let mirrored = p.from_partner_copies();
                             if mirrored.is_empty() {
                                 return "L1 node-local".to_string();
@@ -983,18 +999,8 @@ impl Job {
                             );
                         }
                         let rebuilt = p.rebuilt();
-                        let parity = p.from_parity();
                         if !parity.is_empty() {
-                            let lost = self
-                                .levels
-                                .as_ref()
-                                .map(|l| l.parity_member_hosts(p.seq, &parity))
-                                .unwrap_or_default();
-                            format!(
-                                "L3 parity ({} {} lost)",
-                                if lost.len() == 1 { "host" } else { "hosts" },
-                                lost.join(", ")
-                            )
+                            lost()
                         } else if p.level == 1 {
                             "L1 node-local".to_string()
                         } else if rebuilt.is_empty() {

@@ -20,7 +20,9 @@ use std::path::Path;
 /// `steps,kill_step,mode` for the worker. Modes: `none`; `kill` (every rank SIGKILLs
 /// itself after step `kill_step`); `rank1` (only rank 1 does, in the first incarnation); `host1` (also, sim1's directory is deleted first);
 /// `part2` (sim1 lost and sim0's partner copy of rank 2 deleted: old rank 2's part
-/// exists nowhere); `perrank` (no kill; the state is per-rank, not a DVec).
+/// exists nowhere); `own0` (sim1 lost and sim0's L1 copy of rank 0 deleted: with parity
+/// only, group {0, 2} keeps one input of the two it needs); `perrank` (no kill; the
+/// state is per-rank, not a DVec).
 const WORKER_ENV: &str = "LAZARUS_TEST_LEVELS_NM";
 const STEPS: u64 = 24;
 const LEN: u64 = 48 * 1024 + 5;
@@ -80,8 +82,11 @@ fn worker(spec: &str) -> Result<(), Box<dyn Error>> {
                 // SAFETY: raising a signal in our own process.
                 unsafe { libc::raise(libc::SIGKILL) };
             }
-            if (mode == "host1" || mode == "part2") && host == "sim1" {
+            if (mode == "host1" || mode == "part2" || mode == "own0") && host == "sim1" {
                 lose("sim1");
+            }
+            if mode == "own0" && me == 0 {
+                lose("sim0/rank-0");
             }
             if mode == "part2" && me == 0 {
                 lose("sim0/partner-of-2");
@@ -349,6 +354,110 @@ fn a_damaged_old_copy_falls_back_to_the_older_fast_checkpoint() {
     assert!(
         stderr.contains(
             "restored checkpoint 3 at step 6 from L1 node-local (written by 4 ranks, redistributed on 3); skipped damaged checkpoint 4"
+        ),
+        "{stderr}"
+    );
+    assert_eq!(durable_checkpoints(&dir.path().join("repo")), 0);
+}
+
+/// L1 and L3 parity on every checkpoint, no L2, no L4 ever written.
+const PARITY_ONLY: [&str; 6] = ["--l1-every", "1", "--l3-every", "1", "--l4-every", "0"];
+
+/// L1 + L3 only (groups {0, 2} and {1, 3}, shard 0 of each on sim0, shard 1 on sim1):
+/// host sim1 lost (ranks 2 and 3 SIGKILLed, its directory deleted) after step 9, then
+/// the job started on `m` ranks. Old ranks 2 and 3 have no copy anywhere; each is rebuilt
+/// from old rank 0's or 1's L1 copy and its group's shard on sim0, sent by new rank 0
+/// to the new rank `old mod m` that rebuilds it, which then serves its pieces. The
+/// failure-free checksum, the report names L3 parity and the lost host, nothing in L4.
+fn lost_host_parity_only_to(m: u32) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    killed_on_four(dir.path(), &PARITY_ONLY, 9, "host1");
+    let l1 = dir.path().join("l1");
+    assert!(!l1.join("sim1").exists());
+    let out = run(dir.path(), m, &PARITY_ONLY, &[], &format!("{STEPS},0,none"));
+    let (_, stderr) = text(&out);
+    assert_eq!(checksum(&out), reference(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "restored checkpoint 4 at step 8 from L3 parity (host sim1 lost) (written by 4 ranks, redistributed on {m})"
+        )),
+        "{stderr}"
+    );
+    assert_eq!(durable_checkpoints(&dir.path().join("repo")), 0);
+    // No partner copy was ever written.
+    for host in std::fs::read_dir(&l1).unwrap() {
+        for e in std::fs::read_dir(host.unwrap().path()).unwrap() {
+            let name = e.unwrap().file_name().to_string_lossy().to_string();
+            assert!(!name.starts_with("partner-of-"), "{name}");
+        }
+    }
+    dir
+}
+
+#[test]
+fn lost_host_with_parity_only_restores_on_three_ranks() {
+    let dir = lost_host_parity_only_to(3);
+    // New rank 2 rebuilt old rank 2 into its own L1 repository on sim1 and kept writing
+    // it; old rank 3's part, rebuilt by new rank 0 into sim0/rank-3, was removed by the
+    // 3-rank world's first checkpoint on L1 and L3. Every L1 repository left verifies.
+    let l1 = dir.path().join("l1");
+    assert!(!l1.join("sim0/rank-3").exists());
+    for d in ["sim0/rank-0", "sim0/rank-1", "sim1/rank-2"] {
+        assert!(l1.join(d).is_dir(), "{d}");
+    }
+    let out = std::process::Command::new(common::lazarus_bin())
+        .args(["verify", "--level", "l1", "--l1-dir"])
+        .arg(&l1)
+        .arg(dir.path().join("repo"))
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert_eq!(stdout.matches("ok: ").count(), 3, "{stdout}");
+}
+
+#[test]
+fn lost_host_with_parity_only_restores_on_two_and_on_six_ranks() {
+    lost_host_parity_only_to(2);
+    lost_host_parity_only_to(6);
+}
+
+/// L1 + L3 only, sim1 lost and old rank 0's L1 copy deleted as well: group {0, 2} keeps
+/// one input (shard 0) of the two it needs, so parity cannot rebuild old ranks 0 and 2.
+/// With an older durable checkpoint the restore on 3 ranks falls back to it,
+/// redistributed; never a partial or wrong state.
+#[test]
+fn losing_more_than_parity_covers_falls_back_to_the_durable_checkpoint_on_three_ranks() {
+    let dir = tempfile::tempdir().unwrap();
+    let levels = ["--l1-every", "1", "--l3-every", "1", "--l4-every", "3"];
+    killed_on_four(dir.path(), &levels, 9, "own0");
+    let out = run(dir.path(), 3, &levels, &[], &format!("{STEPS},0,none"));
+    let (_, stderr) = text(&out);
+    assert_eq!(checksum(&out), reference(), "{stderr}");
+    assert!(
+        stderr.contains(
+            "restored checkpoint 1 at step 6 from L4 durable repository (written by 4 ranks, redistributed on 3)"
+        ),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("from L3"), "{stderr}");
+}
+
+/// L1 + L3 only, sim1 lost, and the newest parity shard of group {0, 2} on sim0 damaged:
+/// the rebuild of old rank 2 finds it (on the rank that rebuilds it), every rank falls
+/// back together to checkpoint 3, which parity still rebuilds, and the report names the
+/// skipped checkpoint.
+#[test]
+fn a_damaged_parity_shard_falls_back_to_the_older_checkpoint_rebuilt_from_parity() {
+    let dir = tempfile::tempdir().unwrap();
+    killed_on_four(dir.path(), &PARITY_ONLY, 9, "host1");
+    assert!(common::damage_newest_only_chunks(&dir.path().join("l1/sim0/parity-0-0")) > 0);
+    let out = run(dir.path(), 3, &PARITY_ONLY, &[], &format!("{STEPS},0,none"));
+    let (_, stderr) = text(&out);
+    assert_eq!(checksum(&out), reference(), "{stderr}");
+    assert!(
+        stderr.contains(
+            "restored checkpoint 3 at step 6 from L3 parity (host sim1 lost) (written by 4 ranks, redistributed on 3); skipped damaged checkpoint 4"
         ),
         "{stderr}"
     );

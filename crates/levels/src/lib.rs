@@ -50,4 +50,4 @@ pub use node::{
     PARITY_M_KEY, PARITY_SHARD_BYTES_KEY, PARITY_SHARD_KEY, SEQ_KEY,
 };
 pub use partner::{partner_map, CopyMsg};
-pub use plan::{FastPlan, Held, ParityHeld, ParitySource, RankSource, ShardSource};
+pub use plan::{FastPlan, Held, MemberSource, ParityHeld, ParitySource, RankSource, ShardSource};

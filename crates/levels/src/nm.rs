@@ -1,11 +1,18 @@
 //! N→M restore from fast levels: a checkpoint written by N ranks, held only on the
-//! node-local levels (L1 copies, L2 partner copies), restored on M ≠ N ranks by
+//! node-local levels (L1 copies, L2 partner copies, L3 parity), restored on M ≠ N ranks by
 //! redistribution (`lazarus_dist::Reshard`, the same classification and the same refusal
 //! as an N→M restore from the durable repository).
 //!
 //! The plan ([`crate::plan`]) names, for every old rank, one copy of its part on a host
-//! where a current rank runs; that host's lowest rank is the copy's *holder*. Collective,
-//! every rank with the same plan:
+//! where a current rank runs; that host's lowest rank is the copy's *holder*. An old part
+//! without a copy is named *rebuilt from parity*: new rank `old mod M` (its *rebuilder*)
+//! rebuilds it. Collective, every rank with the same plan:
+//! 0. the parity rebuilds, by the same-size code (`NodeLevels::rebuild_from_parity`):
+//!    the holders of the surviving members' L1 copies and of the shards send them to
+//!    the rebuilder, which checks every header against its recorded hash and every
+//!    rebuilt chunk against its slot, and installs the part into `rank-<old>` of its
+//!    host; from then on it is the holder of that part, exactly like a copy. Damage it
+//!    finds is reported in step 1's allgather;
 //! 1. every holder reads the manifests of the copies it holds (digests checked by the
 //!    store) and all ranks exchange the old parts' object lists (an allgather);
 //! 2. every rank classifies them with `Reshard::new` (identical input, identical outcome:
@@ -186,12 +193,20 @@ impl NodeLevels {
         let (me, size) = (comm.rank().0, comm.size());
         let seq = plan.seq;
         let net = LoadOutcome::Level;
+        // 0. Old parts that only parity holds: rebuilt first (the same-size rebuild), each
+        //    by its rebuilder into `rank-<old>` of its host, which then holds it like a
+        //    copy. A rebuild that finds damage is reported in step 1's allgather, so every
+        //    rank falls back together.
+        let (sources, rebuild_failed) = self.rebuild_parity_parts(plan)?;
         // 1. The manifests of the copies this rank holds.
         let mut mine: Vec<(u32, RepoReader, Manifest)> = Vec::new();
         // Object lists as JSON (the manifest's own encoding: `ObjectInfo` flattens its
         // kind, which a non-self-describing wire format cannot carry).
-        let mut listed: Result<Vec<(u32, String)>, String> = Ok(Vec::new());
-        for (s, src) in plan.sources.iter().enumerate() {
+        let mut listed: Result<Vec<(u32, String)>, String> = match rebuild_failed {
+            Some(m) => Err(m),
+            None => Ok(Vec::new()),
+        };
+        for (s, src) in sources.iter().enumerate() {
             let RankSource::Remote {
                 holder,
                 host,
@@ -299,7 +314,7 @@ impl NodeLevels {
             .map_err(LoadOutcome::NotRedistributable)?;
         let holders: BTreeSet<u32> = reads
             .iter()
-            .filter_map(|r| match plan.sources.get(old_of(r) as usize) {
+            .filter_map(|r| match sources.get(old_of(r) as usize) {
                 Some(RankSource::Remote { holder, .. }) => Some(*holder),
                 _ => None,
             })
@@ -338,7 +353,7 @@ impl NodeLevels {
                             None => false,
                         };
                         let from_holder = matches!(
-                            plan.sources.get(p.old as usize),
+                            sources.get(p.old as usize),
                             Some(RankSource::Remote { holder, .. }) if *holder == h
                         );
                         if !fits || !from_holder {
@@ -386,6 +401,54 @@ impl NodeLevels {
 }
 
 impl NodeLevels {
+    /// Step 0 of [`NodeLevels::load_resharded`] (collective): every old part the plan
+    /// rebuilds from parity is rebuilt by its [`crate::plan::ParitySource::rebuilder`]
+    /// with the same code as a same-size rebuild (the members' copies and the shards
+    /// sent to it, every chunk checked against its recorded hash, installed into
+    /// `rank-<old>` of its host). Returns the plan's sources with each rebuilt part as a
+    /// copy its rebuilder holds, and the damage this rank found rebuilding (every rank
+    /// learns of it in the next allgather).
+    fn rebuild_parity_parts(
+        &mut self,
+        plan: &FastPlan,
+    ) -> Result<(Vec<RankSource>, Option<String>), LoadOutcome> {
+        let me = self.comm().rank().0;
+        for src in &plan.sources {
+            if let RankSource::Parity(ps) = src {
+                self.send_parity_inputs(plan.seq, ps)?;
+            }
+        }
+        let mut sources = plan.sources.clone();
+        let mut failed = None;
+        for (s, src) in plan.sources.iter().enumerate() {
+            let RankSource::Parity(ps) = src else {
+                continue;
+            };
+            let host = self.hosts().get(ps.rebuilder as usize).cloned();
+            let local = ps.locals.get(ps.index as usize).copied();
+            let (Some(host), Some(local)) = (host, local) else {
+                failed.get_or_insert(format!("old rank {s}: the parity plan names no rebuilder"));
+                continue;
+            };
+            if ps.rebuilder == me {
+                match self.rebuild_from_parity(plan.seq, s as u32, ps) {
+                    Ok(_) => {}
+                    Err(LoadOutcome::Store(e)) => {
+                        failed.get_or_insert(e.to_string());
+                    }
+                    Err(other) => return Err(other),
+                }
+            }
+            sources[s] = RankSource::Remote {
+                holder: ps.rebuilder,
+                host,
+                dir: format!("rank-{s}"),
+                local,
+            };
+        }
+        Ok((sources, failed))
+    }
+
     /// After a level round every rank completed: when the round wrote every configured
     /// fast level (L1, and L2 / L3 when they are on), the first time in this world, the
     /// lowest rank of each host deletes the copies in the host's directory that no rank

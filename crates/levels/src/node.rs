@@ -6,7 +6,9 @@ use crate::error::LevelError;
 use crate::l3::{self, ParityMsg, TAG_PARITY, TAG_PARITY_REBUILD};
 use crate::parity;
 use crate::partner::{self, CopyMsg, Installed, TAG_COPY, TAG_REBUILD};
-use crate::plan::{self, FastPlan, Held, ParityHeld, ParitySource, RankSource, ShardSource};
+use crate::plan::{
+    self, FastPlan, Held, MemberSource, ParityHeld, ParitySource, RankSource, ShardSource,
+};
 use crate::slots;
 use lazarus_format::{CheckpointId, LoadedObject, ObjectInfo, ObjectKind, ObjectSpec, Rank};
 use lazarus_net::Comm;
@@ -324,7 +326,8 @@ impl NodeLevels {
         plan::plan_with_parity(&self.held, &self.parity, &self.hosts)
     }
 
-    /// The hosts the ranks `ranks` ran on when checkpoint `seq`'s parity was computed (as
+    /// The hosts the ranks `ranks` (of the world that wrote checkpoint `seq`) ran on
+    /// when its parity was computed (as
     /// its parity COMMITs record them), else their hosts now; sorted, without repeats.
     /// Names the lost hosts in the restore report.
     pub fn parity_member_hosts(&self, seq: u64, ranks: &[u32]) -> Vec<String> {
@@ -1187,21 +1190,78 @@ impl NodeLevels {
         }
     }
 
-    /// Rebuilds this rank's part from the members' checkpoints and the parity shards the
+    /// The message carrying member `m`'s L1 checkpoint (its blob) for a parity rebuild
+    /// of checkpoint `seq`, read from this host.
+    fn member_msg(&self, m: &MemberSource, seq: u64) -> ParityMsg {
+        let p = self.host_dir(&m.host).join(&m.dir);
+        RepoReader::open(&p)
+            .and_then(|reader| l3::blob(&reader, m.rank, CheckpointId(m.local)))
+            .map(|bytes| ParityMsg::Blob {
+                seq,
+                index: m.index,
+                local: m.local,
+                bytes,
+            })
+            .unwrap_or_else(|e| ParityMsg::Failed(format!("{}: {e}", p.display())))
+    }
+
+    /// Sends the rebuilder of `ps` what this rank reads for it: the blobs of the members
+    /// it sends and the parity shards it holds (nothing to itself: the rebuilder reads
+    /// its own directly). Sends do not block.
+    pub(crate) fn send_parity_inputs(
+        &self,
+        seq: u64,
+        ps: &ParitySource,
+    ) -> Result<(), LoadOutcome> {
+        let me = self.me();
+        if ps.rebuilder == me {
+            return Ok(());
+        }
+        for m in ps.members.iter().filter(|m| m.sender == me) {
+            l3::send(
+                &self.comm,
+                ps.rebuilder,
+                TAG_PARITY_REBUILD,
+                &self.member_msg(m, seq),
+            )
+            .map_err(LoadOutcome::Level)?;
+        }
+        for sh in ps.shards.iter().filter(|sh| sh.holder == me) {
+            l3::send(
+                &self.comm,
+                ps.rebuilder,
+                TAG_PARITY_REBUILD,
+                &self.shard_msg(sh, seq),
+            )
+            .map_err(LoadOutcome::Level)?;
+        }
+        Ok(())
+    }
+
+    /// Rebuilds `subject`'s part (a rank of the world that wrote checkpoint `seq`) on
+    /// this rank, its rebuilder, from the members' checkpoints and the parity shards the
     /// plan names (every message received, whatever fails, so no message is left
     /// behind): the members' headers (stored with the shards) are checked against the
     /// recorded hashes, each surviving member's region is laid out from its chunks (each
     /// checked against its slot), the missing region is decoded, and every chunk cut from
-    /// it is checked against its slot before the checkpoint is installed into this rank's
-    /// L1. Any mismatch is damage: every rank falls back.
-    fn rebuild_from_parity(&mut self, seq: u64, ps: &ParitySource) -> Result<u64, LoadOutcome> {
+    /// it is checked against its slot before the checkpoint is installed into
+    /// `rank-<subject>` of this rank's host (its own L1 when `subject` is this rank).
+    /// Any mismatch is damage: every rank falls back. Returns the checkpoint's id there.
+    pub(crate) fn rebuild_from_parity(
+        &mut self,
+        seq: u64,
+        subject: u32,
+        ps: &ParitySource,
+    ) -> Result<u64, LoadOutcome> {
         let me = self.me();
         let net = LoadOutcome::Level;
         let damaged = |msg: String| {
             LoadOutcome::Store(StoreError::new(
                 lazarus_store::StoreErrorKind::Corrupt,
                 None,
-                format!("rebuilding rank {me}'s part of checkpoint {seq} from L3 parity: {msg}"),
+                format!(
+                    "rebuilding rank {subject}'s part of checkpoint {seq} from L3 parity (on rank {me}): {msg}"
+                ),
             ))
         };
         let k = ps.lens.len();
@@ -1209,19 +1269,27 @@ impl NodeLevels {
         // (member index, rank, its chunks by digest)
         type Present = (usize, u32, BTreeMap<[u8; 32], Vec<u8>>);
         let mut present: Vec<Present> = Vec::new();
-        for (idx, u, local) in &ps.members {
-            match l3::recv(&self.comm, *u, TAG_PARITY_REBUILD).map_err(net)? {
+        for m in &ps.members {
+            let (idx, u, local) = (m.index, m.rank, m.local);
+            let msg = if m.sender == me {
+                self.member_msg(m, seq)
+            } else {
+                l3::recv(&self.comm, m.sender, TAG_PARITY_REBUILD).map_err(net)?
+            };
+            match msg {
                 ParityMsg::Blob {
                     seq: s,
                     index,
                     local: l,
                     bytes,
-                } if s == seq && index == *idx && l == *local => {
-                    match CopyMsg::decode(Rank(*u), &bytes) {
+                } if s == seq && index == idx && l == local => {
+                    match CopyMsg::decode(Rank(m.sender), &bytes) {
                         Ok(CopyMsg::Data {
-                            subject, chunks, ..
-                        }) if subject == *u => {
-                            present.push((*idx as usize, *u, chunks.into_iter().collect()))
+                            subject: from,
+                            chunks,
+                            ..
+                        }) if from == u => {
+                            present.push((idx as usize, u, chunks.into_iter().collect()))
                         }
                         _ => {
                             problem.get_or_insert(format!(
@@ -1230,12 +1298,15 @@ impl NodeLevels {
                         }
                     }
                 }
-                ParityMsg::Failed(m) => {
-                    problem.get_or_insert(format!("rank {u} could not send its blob: {m}"));
+                ParityMsg::Failed(e) => {
+                    problem.get_or_insert(format!(
+                        "rank {} could not send rank {u}'s checkpoint: {e}",
+                        m.sender
+                    ));
                 }
                 other => {
                     return Err(LoadOutcome::Level(LevelError::Protocol {
-                        rank: Rank(*u),
+                        rank: Rank(m.sender),
                         detail: format!("expected the blob of member {idx}, got {}", other.kind()),
                     }))
                 }
@@ -1326,7 +1397,7 @@ impl NodeLevels {
             .filter(|_| index < k)
             .ok_or_else(|| damaged(format!("no header of member {index}")))?;
         let local = ps.locals.get(index).copied().unwrap_or(0);
-        if h.subject != me || h.local != local {
+        if h.subject != subject || h.local != local {
             return Err(damaged(
                 "the rebuilt header is not this rank's checkpoint".into(),
             ));
@@ -1334,7 +1405,16 @@ impl NodeLevels {
         let chunks = h
             .chunks_of(&region)
             .map_err(|e| damaged(format!("the rebuilt region: {e}")))?;
-        self.install_own(local, &chunks, &h.files)?;
+        if subject == me {
+            self.install_own(local, &chunks, &h.files)?;
+        } else {
+            // N→M: the old rank's part, kept on this host as its L1 copy would be.
+            let p = self
+                .host_dir(&self.hosts[me as usize])
+                .join(dir_of(subject, true));
+            let repo = Repository::open(&p, self.options.clone()).map_err(LoadOutcome::Store)?;
+            install_into(&repo, local, &chunks, &h.files)?;
+        }
         Ok(local)
     }
 
@@ -1346,17 +1426,7 @@ impl NodeLevels {
         files: &[(String, Vec<u8>)],
     ) -> Result<(), LoadOutcome> {
         let repo = self.own_repo().map_err(LoadOutcome::Level)?;
-        let reader = repo.reader().map_err(LoadOutcome::Store)?;
-        let installed = partner::install(repo.backend().as_ref(), &reader, local, chunks, files)
-            .map_err(LoadOutcome::Store)?;
-        if installed == Installed::Diverged {
-            return Err(LoadOutcome::Store(StoreError::new(
-                lazarus_store::StoreErrorKind::Corrupt,
-                Some(repo.path()),
-                format!("checkpoint {local} exists with other content; cannot rebuild into it"),
-            )));
-        }
-        Ok(())
+        install_into(repo, local, chunks, files)
     }
 
     /// The chunks the mirror of `subject` lacks for its checkpoint `local`; resets a
@@ -1446,31 +1516,7 @@ impl NodeLevels {
                 }
             }
             if let RankSource::Parity(ps) = src {
-                for (idx, u, local) in &ps.members {
-                    if *u == me {
-                        let msg = self
-                            .own_reader()
-                            .and_then(|reader| {
-                                l3::blob(&reader, me, CheckpointId(*local)).map_err(LevelError::l1)
-                            })
-                            .map(|bytes| ParityMsg::Blob {
-                                seq: plan.seq,
-                                index: *idx,
-                                local: *local,
-                                bytes,
-                            })
-                            .unwrap_or_else(|e| ParityMsg::Failed(e.to_string()));
-                        l3::send(&self.comm, r as u32, TAG_PARITY_REBUILD, &msg)
-                            .map_err(LoadOutcome::Level)?;
-                    }
-                }
-                for sh in &ps.shards {
-                    if sh.holder == me && r as u32 != me {
-                        let msg = self.shard_msg(sh, plan.seq);
-                        l3::send(&self.comm, r as u32, TAG_PARITY_REBUILD, &msg)
-                            .map_err(LoadOutcome::Level)?;
-                    }
-                }
+                self.send_parity_inputs(plan.seq, ps)?;
             }
         }
         let host = self.hosts[me as usize].clone();
@@ -1506,7 +1552,7 @@ impl NodeLevels {
             }
             RankSource::Parity(ps) => {
                 let ps = ps.clone();
-                let local = self.rebuild_from_parity(plan.seq, &ps)?;
+                let local = self.rebuild_from_parity(plan.seq, me, &ps)?;
                 (dir_of(me, true), local)
             }
         };
@@ -1542,6 +1588,28 @@ impl NodeLevels {
         }
         Ok(())
     }
+}
+
+/// Installs a checkpoint sent by (or rebuilt from) other ranks into the level repository
+/// `repo` (chunks, manifests, then COMMIT); an existing checkpoint of that id with other
+/// content is damage.
+fn install_into(
+    repo: &Repository,
+    local: u64,
+    chunks: &[([u8; 32], Vec<u8>)],
+    files: &[(String, Vec<u8>)],
+) -> Result<(), LoadOutcome> {
+    let reader = repo.reader().map_err(LoadOutcome::Store)?;
+    let installed = partner::install(repo.backend().as_ref(), &reader, local, chunks, files)
+        .map_err(LoadOutcome::Store)?;
+    if installed == Installed::Diverged {
+        return Err(LoadOutcome::Store(StoreError::new(
+            lazarus_store::StoreErrorKind::Corrupt,
+            Some(repo.path()),
+            format!("checkpoint {local} exists with other content; cannot rebuild into it"),
+        )));
+    }
+    Ok(())
 }
 
 /// The members' headers stored next to a parity shard, each decoded and checked against

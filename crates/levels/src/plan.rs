@@ -78,13 +78,36 @@ pub struct ShardSource {
     pub local: u64,
 }
 
+/// A surviving group member's L1 copy a parity rebuild reads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberSource {
+    /// The member's index in the group.
+    pub index: u32,
+    /// The member (the rank, of the world that wrote the checkpoint, whose part it is).
+    pub rank: u32,
+    /// Its checkpoint id in the member's L1 repository, as the parity recorded it.
+    pub local: u64,
+    /// The current rank that reads the copy and sends it: the member itself when the
+    /// world size is unchanged, else the holder of its copy (the lowest rank on its host).
+    pub sender: u32,
+    /// The host whose node-local directory holds the copy.
+    pub host: String,
+    /// The repository directory there (`rank-<rank>`).
+    pub dir: String,
+}
+
 /// How one rank's part is rebuilt from its group's parity.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ParitySource {
-    /// This rank's member index in the group.
+    /// The rebuilt rank's member index in the group.
     pub index: u32,
-    /// Surviving members that send their blob: (member index, rank, L1 checkpoint id).
-    pub members: Vec<(u32, u32, u64)>,
+    /// The current rank that rebuilds the part and keeps it in its host's directory:
+    /// the rank itself when the world size is unchanged; for a checkpoint of another
+    /// world size (N→M), new rank `old rank mod M`, which then serves the rebuilt part's
+    /// pieces like the holder of a copy.
+    pub rebuilder: u32,
+    /// Surviving members whose L1 copy is sent to the rebuilder.
+    pub members: Vec<MemberSource>,
     /// Parity shards that are sent; members + shards = k.
     pub shards: Vec<ShardSource>,
     /// Each member's region length, by member index (k = its length).
@@ -136,12 +159,13 @@ pub struct FastPlan {
     /// 1 when every rank reads its own node-local copy, 2 when a part must come from a
     /// partner copy, 3 when a part is rebuilt from parity. For a checkpoint of another
     /// world size: 1 when every old part is read from its rank's own L1 copy, 2 when one
-    /// comes from a partner copy.
+    /// comes from a partner copy, 3 when one is rebuilt from parity.
     pub level: u8,
     /// The number of ranks that wrote it. When it differs from the current world, the
-    /// checkpoint is restored by redistribution (N→M): `sources` is indexed by old rank
-    /// and every source is a [`RankSource::Remote`] whose holder sends the new ranks
-    /// the pieces of that part they need.
+    /// checkpoint is restored by redistribution (N→M): `sources` is indexed by old rank;
+    /// a [`RankSource::Remote`] names a copy whose holder sends the new ranks the pieces
+    /// of that part they need, a [`RankSource::Parity`] an old part that its
+    /// [`ParitySource::rebuilder`] first rebuilds from parity and then serves alike.
     pub world: u32,
     /// Per rank (per old rank when `world` differs from the current one), where its part
     /// comes from.
@@ -187,7 +211,8 @@ impl FastPlan {
 /// agree on its step and world, and a copy on another host has a live holder there.
 /// A checkpoint of another world size (N→M) is planned when every old rank's part has a
 /// copy on a host where a rank of the current world runs (that host's lowest rank holds
-/// it; [`FastPlan::world`]); parity does not rebuild parts for N→M.
+/// it; [`FastPlan::world`]) or, with [`plan_with_parity`], can be rebuilt from its
+/// group's parity.
 /// Each rank prefers its own primary copy, then any copy on its host, then a remote one
 /// (the primary before a mirror, then the lowest host name: deterministic).
 pub fn plan(held: &[Held], hosts: &[String]) -> Vec<FastPlan> {
@@ -219,8 +244,13 @@ pub fn plan_with_parity(held: &[Held], parity: &[ParityHeld], hosts: &[String]) 
             );
             continue;
         }
+        // The parity shards of this checkpoint.
+        let shards: Vec<&ParityHeld> = parity
+            .iter()
+            .filter(|p| p.seq == seq && p.step == first.step && p.world == first.world)
+            .collect();
         if first.world != size {
-            if let Some(p) = plan_resharded(seq, &copies, &holder_of) {
+            if let Some(p) = plan_resharded(seq, &copies, &shards, hosts, &holder_of) {
                 out.push(p);
             }
             continue;
@@ -272,15 +302,11 @@ pub fn plan_with_parity(held: &[Held], parity: &[ParityHeld], hosts: &[String]) 
             sources.push(Some(src));
         }
         // L3: the ranks left without a copy, from their group's parity.
-        let shards: Vec<&ParityHeld> = parity
-            .iter()
-            .filter(|p| p.seq == seq && p.step == first.step && p.world == first.world)
-            .collect();
         for r in 0..size {
             if sources[r as usize].is_some() {
                 continue;
             }
-            if let Some((src, a)) = from_parity(r, &shards, &sources, hosts, &holder_of) {
+            if let Some((src, a)) = from_parity(r, r, &shards, &sources, hosts, &holder_of) {
                 level = 3;
                 app.get_or_insert(a);
                 sources[r as usize] = Some(RankSource::Parity(src));
@@ -302,28 +328,49 @@ pub fn plan_with_parity(held: &[Held], parity: &[ParityHeld], hosts: &[String]) 
 
 /// Checkpoint `seq` of another world size (its copies all agree on step and world): for
 /// every old rank, its copy on a live host (the primary before a mirror, then the lowest
-/// host name), held by that host's lowest current rank.
-fn plan_resharded(seq: u64, copies: &[&Held], holder_of: &BTreeMap<&str, u32>) -> Option<FastPlan> {
+/// host name), held by that host's lowest current rank; an old rank without one is
+/// rebuilt from its group's parity (`shards`) by new rank `old rank mod M` when the
+/// group's members with a primary copy on a live host plus the shards there make k.
+fn plan_resharded(
+    seq: u64,
+    copies: &[&Held],
+    shards: &[&ParityHeld],
+    hosts: &[String],
+    holder_of: &BTreeMap<&str, u32>,
+) -> Option<FastPlan> {
     let first = copies.first()?;
+    let size = hosts.len() as u32;
     let mut level = 1u8;
-    let mut sources = Vec::with_capacity(first.world as usize);
+    let mut sources: Vec<Option<RankSource>> = Vec::with_capacity(first.world as usize);
     let mut app = None;
     for s in 0..first.world {
-        let (c, holder) = copies
+        let copy = copies
             .iter()
             .filter(|c| c.subject == s)
             .filter_map(|c| holder_of.get(c.host.as_str()).map(|h| (c, *h)))
-            .min_by_key(|(c, _)| (!c.primary, c.host.clone(), c.dir.clone()))?;
-        if !c.primary {
-            level = 2;
+            .min_by_key(|(c, _)| (!c.primary, c.host.clone(), c.dir.clone()));
+        sources.push(copy.map(|(c, holder)| {
+            if !c.primary {
+                level = 2;
+            }
+            app.get_or_insert_with(|| c.app.clone());
+            RankSource::Remote {
+                holder,
+                host: c.host.clone(),
+                dir: c.dir.clone(),
+                local: c.local,
+            }
+        }));
+    }
+    // L3: the old parts left without a copy, from their group's parity.
+    for s in 0..first.world {
+        if sources[s as usize].is_some() || size == 0 {
+            continue;
         }
-        app.get_or_insert_with(|| c.app.clone());
-        sources.push(RankSource::Remote {
-            holder,
-            host: c.host.clone(),
-            dir: c.dir.clone(),
-            local: c.local,
-        });
+        let (src, a) = from_parity(s, s % size, shards, &sources, hosts, holder_of)?;
+        level = 3;
+        app.get_or_insert(a);
+        sources[s as usize] = Some(RankSource::Parity(src));
     }
     Some(FastPlan {
         seq,
@@ -331,14 +378,20 @@ fn plan_resharded(seq: u64, copies: &[&Held], holder_of: &BTreeMap<&str, u32>) -
         app: app.unwrap_or_default(),
         level,
         world: first.world,
-        sources,
+        sources: sources.into_iter().collect::<Option<Vec<_>>>()?,
     })
 }
 
-/// Rank r's part from its group's parity, if the group's surviving members (reading
-/// their own primary copy, as recorded) and shards on live hosts make k.
+/// Rank r's part (of the world that wrote the checkpoint) from its group's parity,
+/// rebuilt by current rank `rebuilder`, if the group's surviving members and the shards
+/// on live hosts make k. A member counts when its own primary copy (`rank-<u>`, the
+/// checkpoint id the parity recorded) is planned: read by the member itself
+/// ([`RankSource::Local`], same world size) or by the holder of that copy
+/// ([`RankSource::Remote`], N→M). One helper for both, so the two can never disagree on
+/// what parity can rebuild.
 fn from_parity(
     r: u32,
+    rebuilder: u32,
     shards: &[&ParityHeld],
     sources: &[Option<RankSource>],
     hosts: &[String],
@@ -365,10 +418,31 @@ fn from_parity(
         if u == r || u as usize >= sources.len() {
             continue;
         }
-        if let Some(RankSource::Local { dir, local }) = &sources[u as usize] {
-            if *dir == format!("rank-{u}") && *local == first.locals[i] {
-                members.push((i as u32, u, *local));
+        // `sources` is indexed by the world that wrote the checkpoint: its length is the
+        // current world's exactly when the size is unchanged.
+        let (sender, host, dir, local) = match &sources[u as usize] {
+            // Same world size: the member reads its own copy on its own host.
+            Some(RankSource::Local { dir, local }) if sources.len() == hosts.len() => {
+                (u, hosts[u as usize].clone(), dir, *local)
             }
+            // N→M: the holder of the member's copy reads it.
+            Some(RankSource::Remote {
+                holder,
+                host,
+                dir,
+                local,
+            }) if sources.len() != hosts.len() => (*holder, host.clone(), dir, *local),
+            _ => continue,
+        };
+        if *dir == format!("rank-{u}") && local == first.locals[i] {
+            members.push(MemberSource {
+                index: i as u32,
+                rank: u,
+                local,
+                sender,
+                host,
+                dir: dir.clone(),
+            });
         }
     }
     let mut used = BTreeSet::new();
@@ -400,6 +474,7 @@ fn from_parity(
     Some((
         ParitySource {
             index,
+            rebuilder,
             members,
             shards: out_shards,
             lens: first.lens.clone(),
@@ -563,7 +638,14 @@ mod tests {
         };
         // Member 0 (rank 0) sends its blob, shard 0 comes from host a (rank 0).
         assert_eq!(ps.index, 1);
-        assert_eq!(ps.members, vec![(0, 0, 5)]);
+        assert_eq!(
+            ps.members
+                .iter()
+                .map(|m| (m.index, m.rank, m.local, m.sender))
+                .collect::<Vec<_>>(),
+            vec![(0, 0, 5, 0)]
+        );
+        assert_eq!(ps.rebuilder, 2);
         assert_eq!(ps.shards.len(), 1);
         assert_eq!((ps.shards[0].shard, ps.shards[0].holder), (0, 0));
         // Without parity, the same survivors plan nothing.
@@ -602,7 +684,192 @@ mod tests {
         assert_eq!((p[0].level, p[0].from_parity().len()), (2, 0));
     }
 
+    #[test]
+    fn an_old_part_held_only_through_parity_is_planned_for_redistribution() {
+        // 4 old ranks on a, a, b, b (groups {0, 2}, {1, 3}), L1 + L3 only; host b lost;
+        // the job restarts on 3 ranks on a, a, b (b a fresh host).
+        let (held, parity) = with_parity(5);
+        let held: Vec<Held> = held.into_iter().filter(|h| h.host == "a").collect();
+        let parity: Vec<ParityHeld> = parity.into_iter().filter(|p| p.host == "a").collect();
+        let hs: Vec<String> = ["a", "a", "b"].iter().map(|s| s.to_string()).collect();
+        let p = plan_with_parity(&held, &parity, &hs);
+        assert_eq!(p.len(), 1);
+        assert_eq!((p[0].world, p[0].level), (4, 3));
+        assert_eq!(p[0].from_parity(), vec![2, 3]);
+        assert!(p[0].from_partner_copies().is_empty());
+        assert!(
+            matches!(&p[0].sources[0], RankSource::Remote { holder: 0, dir, .. } if dir == "rank-0")
+        );
+        let RankSource::Parity(ps) = &p[0].sources[2] else {
+            panic!("{:?}", p[0].sources[2]);
+        };
+        // Old rank 2 is rebuilt by new rank 2 (2 mod 3) from old rank 0's copy, which
+        // new rank 0 (the holder on a) sends, and shard 0 on a.
+        assert_eq!((ps.index, ps.rebuilder), (1, 2));
+        assert_eq!(
+            ps.members,
+            vec![MemberSource {
+                index: 0,
+                rank: 0,
+                local: 5,
+                sender: 0,
+                host: "a".into(),
+                dir: "rank-0".into(),
+            }]
+        );
+        assert_eq!(
+            (ps.shards.len(), ps.shards[0].shard, ps.shards[0].holder),
+            (1, 0, 0)
+        );
+        let RankSource::Parity(ps) = &p[0].sources[3] else {
+            panic!("{:?}", p[0].sources[3]);
+        };
+        assert_eq!((ps.rebuilder, ps.members[0].rank), (0, 1));
+        // Without parity nothing is planned; with old rank 0's copy lost too, group
+        // {0, 2} has one shard of the two it needs: nothing is planned either.
+        assert!(plan(&held, &hs).is_empty());
+        let fewer: Vec<Held> = held.iter().filter(|h| h.subject != 0).cloned().collect();
+        assert!(plan_with_parity(&fewer, &parity, &hs).is_empty());
+        // A member copy that is not the checkpoint the parity recorded is not used.
+        let mut other = held.clone();
+        other[0].local = 9;
+        assert!(plan_with_parity(&other, &parity, &hs).is_empty());
+    }
+
+    /// Every old rank's part of a checkpoint written by `n` ranks on `old_hosts`
+    /// (rank r on `old_hosts[r]`): its L1 copy, a partner copy on the next host when
+    /// `mirrors`, and the parity shards of its group (shard j on member j's host).
+    fn old_world(old: &[String], mirrors: bool) -> (Vec<Held>, Vec<ParityHeld>) {
+        let n = old.len() as u32;
+        let mut hosts: Vec<&String> = Vec::new();
+        for h in old {
+            if !hosts.contains(&h) {
+                hosts.push(h);
+            }
+        }
+        let mut held = Vec::new();
+        for r in 0..n {
+            let mut own = self::held(&old[r as usize], r, true, 3);
+            own.world = n;
+            held.push(own);
+            if mirrors && hosts.len() > 1 {
+                let i = hosts
+                    .iter()
+                    .position(|h| *h == &old[r as usize])
+                    .unwrap_or(0);
+                let mut m = self::held(hosts[(i + 1) % hosts.len()], r, false, 3);
+                m.world = n;
+                held.push(m);
+            }
+        }
+        let mut parity = Vec::new();
+        for (g, members) in crate::l3::parity_groups(old).into_iter().enumerate() {
+            let k = members.len();
+            for j in 0..2u32 {
+                parity.push(ParityHeld {
+                    host: old[members[j as usize] as usize].clone(),
+                    dir: format!("parity-{g}-{j}"),
+                    shard: j,
+                    m: 2,
+                    seq: 3,
+                    step: 30,
+                    world: n,
+                    local: 3,
+                    members: members.clone(),
+                    locals: vec![3; k],
+                    lens: vec![64; k],
+                    hashes: vec!["h".into(); k],
+                    shard_bytes: 64,
+                    app: BTreeMap::new(),
+                });
+            }
+        }
+        (held, parity)
+    }
+
     proptest! {
+        /// N→M with parity: for any N old ranks on 2 or 3 hosts, M new ranks on any of
+        /// hosts a, b, c, d and any surviving subset of copies and shards, a resharded
+        /// plan names for every old part either a copy that exists on a live host
+        /// (held by that host's lowest new rank) or a parity rebuild with exactly k
+        /// inputs: members other than the part, each read from its own L1 copy (the
+        /// checkpoint the parity recorded) by that copy's holder, and distinct shards of
+        /// its group that exist on live hosts, sent by their holders to a new rank. It
+        /// is made exactly when every old part is copied or rebuildable that way (and
+        /// some copy of the checkpoint is left).
+        #[test]
+        fn resharded_parity_plans_always_have_k_shards(
+            n in 2u32..8,
+            old_spread in 2usize..4,
+            m in 1u32..8,
+            new_spread in 1usize..5,
+            mirrors in any::<bool>(),
+            keep in proptest::collection::vec(any::<bool>(), 32),
+        ) {
+            let names = ["a", "b", "c", "d"];
+            let old: Vec<String> = (0..n).map(|r| names[(r as usize * old_spread) / n as usize].to_string()).collect();
+            let hs: Vec<String> = (0..m).map(|r| names[(r as usize * new_spread) / m as usize].to_string()).collect();
+            let (held, parity) = old_world(&old, mirrors);
+            let mut bits = keep.into_iter().cycle();
+            let held: Vec<Held> = held.into_iter().filter(|_| bits.next().unwrap_or(true)).collect();
+            let parity: Vec<ParityHeld> = parity.into_iter().filter(|_| bits.next().unwrap_or(true)).collect();
+            let live = |h: &str| hs.iter().any(|x| x == h);
+            let holder = |h: &str| hs.iter().position(|x| x == h).map(|i| i as u32);
+            let copied = |s: u32| held.iter().any(|h| h.subject == s && live(&h.host));
+            let own_copy = |u: u32| held.iter().any(|h| h.subject == u && h.primary && live(&h.host));
+            let groups = crate::l3::parity_groups(&old);
+            let rebuildable = |s: u32| {
+                let Some(g) = groups.iter().find(|g| g.contains(&s)) else { return false };
+                let members = g.iter().filter(|u| **u != s && own_copy(**u)).count();
+                let shards: BTreeSet<u32> = parity.iter().filter(|p| p.members.contains(&s) && live(&p.host)).map(|p| p.shard).collect();
+                members + shards.len() >= g.len()
+            };
+            // (A checkpoint of which no copy is left anywhere is not seen at all.)
+            let coverable = !held.is_empty() && (0..n).all(|s| copied(s) || rebuildable(s));
+            let plans: Vec<FastPlan> = plan_with_parity(&held, &parity, &hs).into_iter().filter(|p| p.resharded(m)).collect();
+            if n != m {
+                prop_assert_eq!(plans.len(), usize::from(coverable));
+            }
+            for p in plans {
+                prop_assert_eq!(p.sources.len(), n as usize);
+                prop_assert_eq!(p.level == 3, !p.from_parity().is_empty());
+                for (s, src) in p.sources.iter().enumerate() {
+                    let s = s as u32;
+                    match src {
+                        RankSource::Remote { holder: hd, host, dir, local } => {
+                            prop_assert_eq!(holder(host), Some(*hd));
+                            prop_assert!(held.iter().any(|h| h.subject == s && &h.host == host && &h.dir == dir && h.local == *local));
+                        }
+                        RankSource::Parity(ps) => {
+                            let g = groups.iter().find(|g| g.contains(&s)).cloned().unwrap_or_default();
+                            prop_assert!(!copied(s), "old rank {} has a copy", s);
+                            prop_assert_eq!(ps.members.len() + ps.shards.len(), g.len());
+                            prop_assert!(!ps.shards.is_empty());
+                            prop_assert!(ps.rebuilder < m);
+                            prop_assert_eq!(g.get(ps.index as usize), Some(&s));
+                            let mut seen = BTreeSet::new();
+                            for mb in &ps.members {
+                                prop_assert!(mb.rank != s && g.get(mb.index as usize) == Some(&mb.rank));
+                                prop_assert!(seen.insert(mb.rank));
+                                prop_assert_eq!(&mb.dir, &format!("rank-{}", mb.rank));
+                                prop_assert_eq!(holder(&mb.host), Some(mb.sender));
+                                prop_assert!(held.iter().any(|h| h.subject == mb.rank && h.primary && h.host == mb.host && h.local == mb.local));
+                                let sent_by_holder = matches!(&p.sources[mb.rank as usize], RankSource::Remote { holder, dir, .. } if *holder == mb.sender && dir == &mb.dir);
+                                prop_assert!(sent_by_holder, "member {} is not read from its planned copy", mb.rank);
+                            }
+                            let mut idx = BTreeSet::new();
+                            for sh in &ps.shards {
+                                prop_assert!(idx.insert(sh.shard));
+                                prop_assert_eq!(holder(&sh.host), Some(sh.holder));
+                                prop_assert!(parity.iter().any(|q| q.host == sh.host && q.dir == sh.dir && q.shard == sh.shard && q.members.contains(&s)));
+                            }
+                        }
+                        RankSource::Local { .. } => prop_assert!(false, "N→M plan with a local source"),
+                    }
+                }
+            }
+        }
+
         /// Whatever subset of L1 copies and parity shards survives, a plan rebuilds a
         /// rank from parity only with k shards in all (members reading their own copy,
         /// as recorded, plus shards on live hosts), and never the rank itself.
@@ -615,9 +882,11 @@ mod tests {
                 for (r, s) in p.sources.iter().enumerate() {
                     if let RankSource::Parity(ps) = s {
                         prop_assert_eq!(ps.members.len() + ps.shards.len(), 2);
-                        for (_, u, local) in &ps.members {
-                            prop_assert_ne!(*u, r as u32);
-                            prop_assert!(held.iter().any(|h| h.subject == *u && h.local == *local && h.primary));
+                        prop_assert_eq!(ps.rebuilder, r as u32);
+                        for m in &ps.members {
+                            prop_assert_ne!(m.rank, r as u32);
+                            prop_assert_eq!(m.sender, m.rank);
+                            prop_assert!(held.iter().any(|h| h.subject == m.rank && h.local == m.local && h.primary && h.host == m.host && h.dir == m.dir));
                         }
                         for sh in &ps.shards {
                             prop_assert!(parity.iter().any(|q| q.host == sh.host && q.dir == sh.dir && q.members.contains(&(r as u32))));
