@@ -1,0 +1,481 @@
+//! Multi-level checkpointing (docs/POLICY.md, "Multi-level schedules"): how often to write
+//! each level when cheap levels recover from frequent, small failures and expensive levels
+//! from rare, large ones — in the style of Moody et al. (SCR, SC'10) and Di et al.
+//! (IPDPS'14).
+//!
+//! # Model
+//!
+//! Levels `j = 1..k`, cheapest first. Level `j` has
+//! - `c_j`: the time writing level `j` **adds** to a checkpoint (a checkpoint whose
+//!   highest level is `j` costs `c_1 + … + c_j`: in Lazarus a checkpoint due at L2, L3 or
+//!   L4 is also written to every lower level that is due, and with nested periods they all
+//!   are);
+//! - `R_j`: the time to restart from level `j`;
+//! - `λ_j = 1/M_j`: the rate of the failures for which level `j` is the cheapest level that
+//!   recovers (process crashes → L1, host losses → L2/L3, the rest → L4). A failure of
+//!   class `j` rolls back to the newest checkpoint of level `j` or higher.
+//!
+//! The schedule is nested: a checkpoint every `τ` seconds of work, all of them at level 1;
+//! level `j` on every `n_j`-th level-`(j−1)` checkpoint, so level `j` is written every
+//! `m_j = n_2·…·n_j` checkpoints (`m_1 = 1`) and a level-`j` checkpoint is also one of every
+//! lower level.
+//!
+//! **Expected time (nested Daly).** With Daly's segment time
+//! `D(λ, R, L) = e^{λR}·(e^{λL} − 1)/λ` (`= L` for `λ = 0`) — the expected time to get
+//! through `L` seconds that failures at rate `λ` send back to their start, each costing a
+//! restart `R` that such failures also interrupt —
+//!
+//! ```text
+//! E_1 = D(λ_1, R_1, τ + c_1)
+//! E_j = D(λ_j, R_j, n_j·E_{j−1} + c_j)            j = 2..k
+//! T_w = T_s · E_k / (m_k·τ)                       overhead = T_w/T_s − 1
+//! ```
+//!
+//! For one level this **is** Daly's `T_w(τ) = M·e^{R/M}·(e^{(τ+δ)/M} − 1)·T_s/τ`
+//! ([`crate::Model::expected_wall_time`]). For several it is an approximation: a level-`j`
+//! period is exposed to class-`j` failures for the *expected* duration of its inner
+//! periods (the exact Markov model of Moody et al. uses the whole distribution; by Jensen
+//! the approximation is slightly optimistic, second order in the rates), and a
+//! lower-class failure during a higher-level restart is ignored. To first order in the
+//! rates it is exact.
+//!
+//! **First order (closed form).** Expanding to first order,
+//! `overhead ≈ Σ_j [c_j/P_j + λ_j·(R_j + P_j/2)]` with `P_j = m_j·τ` the period of level
+//! `j` in seconds: separable, so each level's optimal period is **Young's interval for that
+//! level alone**, `P_j = √(2·c_j·M_j)` ([`MultiLevel::young_periods`]); when those are not
+//! increasing, adjacent levels share a period `√(2·Σc/Σλ)` (pool-adjacent-violators).
+//!
+//! **Plan (numeric).** [`MultiLevel::plan`] minimises the nested-Daly `T_w` exactly over `τ`
+//! for given multiples (the objective `E_k(τ)/τ` is unimodal: `E_k` is convex and increasing
+//! in `τ` with `E_k(0) > 0`; bracketing then golden-section search on `ln τ`), and over the
+//! integer multiples `n_j` by a discrete descent that moves to the best neighbour (one
+//! `n_j` ± 1) until none is better, started from the rounded first-order periods, from
+//! "every level on every checkpoint" and from [`DEFAULT_FACTORS`]; the best end point
+//! wins. The result has no better neighbour and is no worse than those schedules. With
+//! one level there are no multiples and `τ` is Daly's exact optimum
+//! ([`crate::Model::optimal`], closed form via Lambert W).
+
+use crate::error::PolicyError;
+use crate::model::Model;
+
+/// The largest multiple [`MultiLevel::plan`] considers for one level (`n_j`), and the
+/// largest number of checkpoints between two writes of any level (`m_j`, a `u32` for
+/// `lazarus run --lN-every`).
+pub const MAX_FACTOR: u32 = 1 << 20;
+
+/// The fixed schedule the plan is compared against besides "every level on every
+/// checkpoint": docs/LEVELS.md's example (L1 and L2 every checkpoint, L3 every 5th, L4
+/// every 20th) as multiples `n_2, n_3, …` (each level 5 or 4 times rarer than the one
+/// below; entries past the number of levels are unused, missing ones are 4).
+pub const DEFAULT_FACTORS: [u32; 3] = [5, 4, 4];
+
+/// One level's parameters, seconds (validated: every method is total).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Level {
+    cost: f64,
+    restart: f64,
+    rate: f64,
+}
+
+fn check(name: &'static str, value: f64, allow_zero: bool) -> Result<f64, PolicyError> {
+    if value.is_finite() && (value > 0.0 || (allow_zero && value == 0.0)) {
+        Ok(value)
+    } else {
+        Err(PolicyError::Parameter {
+            name,
+            expected: if allow_zero {
+                "finite and >= 0 seconds"
+            } else {
+                "finite and > 0 seconds"
+            },
+            value,
+        })
+    }
+}
+
+impl Level {
+    /// A level whose writing adds `cost_s` to a checkpoint, restarts in `restart_s`, and is
+    /// the cheapest level that recovers failures arriving every `mtbf_s` on average.
+    /// `cost` and `mtbf` must be finite and > 0, `restart` finite and >= 0; the error
+    /// names the parameter.
+    pub fn new(cost_s: f64, restart_s: f64, mtbf_s: f64) -> Result<Level, PolicyError> {
+        Ok(Level {
+            cost: check("cost", cost_s, false)?,
+            restart: check("restart", restart_s, true)?,
+            rate: 1.0 / check("mtbf", mtbf_s, false)?,
+        })
+    }
+    /// `c_j`, seconds.
+    pub fn cost(&self) -> f64 {
+        self.cost
+    }
+    /// `R_j`, seconds.
+    pub fn restart(&self) -> f64 {
+        self.restart
+    }
+    /// `M_j = 1/λ_j`, seconds.
+    pub fn mtbf(&self) -> f64 {
+        1.0 / self.rate
+    }
+}
+
+/// A chosen schedule: the base interval and each level's multiple.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    /// `τ`: seconds of work between two checkpoints (every checkpoint is level 1).
+    pub interval_s: f64,
+    /// `n_2, …, n_k`: level `j` on every `n_j`-th level-`(j−1)` checkpoint.
+    pub factors: Vec<u32>,
+    /// Expected overhead `T_w/T_s − 1` of this plan (`+inf`: not expected to finish).
+    pub overhead: f64,
+}
+
+impl Plan {
+    /// `m_1, …, m_k`: level `j` is written on every `m_j`-th checkpoint (`m_1 = 1`).
+    pub fn every(&self) -> Vec<u32> {
+        cumulative(&self.factors).unwrap_or_default()
+    }
+    /// Each level's period in seconds of work, `m_j·τ`.
+    pub fn periods_s(&self) -> Vec<f64> {
+        self.every()
+            .into_iter()
+            .map(|m| f64::from(m) * self.interval_s)
+            .collect()
+    }
+}
+
+/// `m_j` from `n_j`; `None` past [`MAX_FACTOR`] or on a zero.
+fn cumulative(factors: &[u32]) -> Option<Vec<u32>> {
+    let mut m = 1u32;
+    let mut out = vec![1];
+    for &n in factors {
+        if n == 0 {
+            return None;
+        }
+        m = m.checked_mul(n).filter(|&m| m <= MAX_FACTOR)?;
+        out.push(m);
+    }
+    Some(out)
+}
+
+/// The multi-level model: 1 to 8 levels, cheapest first.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MultiLevel {
+    levels: Vec<Level>,
+}
+
+/// Daly's segment time `e^{λR}·(e^{λL} − 1)/λ`, `L` when `λ = 0`.
+fn segment(rate: f64, restart: f64, len: f64) -> f64 {
+    if rate == 0.0 {
+        return len;
+    }
+    (rate * restart).exp() * (rate * len).exp_m1() / rate
+}
+
+impl MultiLevel {
+    /// A model of `levels`, cheapest first; 1 to 8 of them.
+    pub fn new(levels: Vec<Level>) -> Result<MultiLevel, PolicyError> {
+        if levels.is_empty() || levels.len() > 8 {
+            return Err(PolicyError::Parameter {
+                name: "levels",
+                expected: "between 1 and 8 levels",
+                value: levels.len() as f64,
+            });
+        }
+        Ok(MultiLevel { levels })
+    }
+
+    /// The levels, cheapest first.
+    pub fn levels(&self) -> &[Level] {
+        &self.levels
+    }
+
+    /// The single-level [`Model`] of level `j` (0-based) alone: its cost, restart and MTBF.
+    pub fn level_model(&self, j: usize) -> Option<Model> {
+        let l = self.levels.get(j)?;
+        Model::new(l.cost, l.mtbf(), l.restart).ok()
+    }
+
+    /// The nested-Daly overhead `T_w/T_s − 1` of base interval `interval_s` and multiples
+    /// `factors` (`n_2, …, n_k`; one fewer than the levels). `+inf` when `τ <= 0`, NaN, a
+    /// multiple is 0, the count of multiples is wrong, or the value overflows.
+    pub fn overhead(&self, interval_s: f64, factors: &[u32]) -> f64 {
+        self.expected_wall_time(interval_s, factors, 1.0) - 1.0
+    }
+
+    /// The nested-Daly expected wall time `T_w` to do `work_s` seconds of failure-free work
+    /// (module documentation); `+inf` on the inputs [`MultiLevel::overhead`] names.
+    pub fn expected_wall_time(&self, interval_s: f64, factors: &[u32], work_s: f64) -> f64 {
+        if interval_s.is_nan()
+            || interval_s <= 0.0
+            || work_s.is_nan()
+            || factors.len() + 1 != self.levels.len()
+            || factors.contains(&0)
+        {
+            return f64::INFINITY;
+        }
+        let first = &self.levels[0];
+        let mut e = segment(first.rate, first.restart, interval_s + first.cost);
+        let mut m = 1.0;
+        for (l, &n) in self.levels[1..].iter().zip(factors) {
+            e = segment(l.rate, l.restart, f64::from(n) * e + l.cost);
+            m *= f64::from(n);
+        }
+        let v = e * (work_s / (m * interval_s));
+        if v.is_nan() {
+            f64::INFINITY
+        } else {
+            v
+        }
+    }
+
+    /// The base interval minimising the overhead for `factors`: Daly's exact optimum
+    /// ([`Model::optimal`]) for one level, otherwise a numeric minimisation (bracketing,
+    /// then golden-section search on `ln τ` to a relative width of 1e-12). `None` when the
+    /// factors are invalid or no finite overhead was found.
+    pub fn best_interval(&self, factors: &[u32]) -> Option<f64> {
+        if factors.len() + 1 != self.levels.len() || cumulative(factors).is_none() {
+            return None;
+        }
+        if self.levels.len() == 1 {
+            return self.level_model(0).map(|m| m.optimal());
+        }
+        let h = |ln_t: f64| self.overhead(ln_t.exp(), factors);
+        // Start at level 1's Young interval, scaled down until finite.
+        let l1 = &self.levels[0];
+        let mut x = (2.0 * l1.cost / l1.rate).sqrt().ln();
+        let mut tries = 0;
+        while !h(x).is_finite() {
+            x -= std::f64::consts::LN_2;
+            tries += 1;
+            if tries > 2000 {
+                return None;
+            }
+        }
+        // Bracket: walk downhill by doubling steps until the value rises.
+        let step = std::f64::consts::LN_2;
+        let (mut a, mut b) = (x - step, x + step);
+        if h(b) < h(x) {
+            let mut mid = b;
+            let mut s = step;
+            loop {
+                s *= 2.0;
+                let next = mid + s;
+                if !(h(next) < h(mid)) || s > 1e4 {
+                    a = mid - s / 2.0;
+                    b = next;
+                    break;
+                }
+                mid = next;
+            }
+        } else if h(a) < h(x) {
+            let mut mid = a;
+            let mut s = step;
+            loop {
+                s *= 2.0;
+                let next = mid - s;
+                if !(h(next) < h(mid)) || s > 1e4 {
+                    a = next;
+                    b = mid + s / 2.0;
+                    break;
+                }
+                mid = next;
+            }
+        }
+        // Golden-section search on [a, b].
+        let g = (5f64.sqrt() - 1.0) / 2.0;
+        let mut c = b - g * (b - a);
+        let mut d = a + g * (b - a);
+        let (mut hc, mut hd) = (h(c), h(d));
+        for _ in 0..400 {
+            if (b - a).abs() <= 1e-12 {
+                break;
+            }
+            if hc <= hd {
+                b = d;
+                d = c;
+                hd = hc;
+                c = b - g * (b - a);
+                hc = h(c);
+            } else {
+                a = c;
+                c = d;
+                hc = hd;
+                d = a + g * (b - a);
+                hd = h(d);
+            }
+        }
+        let t = if hc <= hd { c } else { d }.exp();
+        self.overhead(t, factors).is_finite().then_some(t)
+    }
+
+    /// The best plan for fixed `factors`: [`MultiLevel::best_interval`] and its overhead.
+    pub fn plan_for(&self, factors: &[u32]) -> Option<Plan> {
+        let t = self.best_interval(factors)?;
+        Some(Plan {
+            interval_s: t,
+            factors: factors.to_vec(),
+            overhead: self.overhead(t, factors),
+        })
+    }
+
+    /// First order: each level's period is Young's interval for that level alone,
+    /// `√(2·c_j·M_j)`; where that would make a level more frequent than the one below,
+    /// the adjacent levels are pooled to `√(2·Σc/Σλ)` (the first-order optimum under the
+    /// constraint that periods do not decrease). Seconds, cheapest level first.
+    pub fn young_periods(&self) -> Vec<f64> {
+        // Pool adjacent violators: blocks of (Σc, Σλ, count).
+        let mut blocks: Vec<(f64, f64, usize)> = Vec::new();
+        for l in &self.levels {
+            blocks.push((l.cost, l.rate, 1));
+            while blocks.len() >= 2 {
+                let (c2, r2, n2) = blocks[blocks.len() - 1];
+                let (c1, r1, n1) = blocks[blocks.len() - 2];
+                if (2.0 * c2 / r2).sqrt() >= (2.0 * c1 / r1).sqrt() {
+                    break;
+                }
+                blocks.pop();
+                blocks.pop();
+                blocks.push((c1 + c2, r1 + r2, n1 + n2));
+            }
+        }
+        blocks
+            .into_iter()
+            .flat_map(|(c, r, n)| std::iter::repeat((2.0 * c / r).sqrt()).take(n))
+            .collect()
+    }
+
+    /// The first-order periods rounded to nested integer multiples.
+    fn first_order_factors(&self) -> Vec<u32> {
+        let p = self.young_periods();
+        let mut out = Vec::new();
+        let mut prev = 1.0f64;
+        for w in p.windows(2) {
+            let m = (w[1] / p[0]).max(prev);
+            let n = (m / prev).round().clamp(1.0, f64::from(MAX_FACTOR));
+            out.push(n as u32);
+            prev *= n;
+        }
+        // Keep the cumulative multiples within MAX_FACTOR.
+        while cumulative(&out).is_none() {
+            if let Some(big) = out.iter_mut().max() {
+                *big = (*big / 2).max(1);
+            }
+        }
+        out
+    }
+
+    /// The plan minimising the nested-Daly expected time (module documentation): base
+    /// interval and integer multiples. No plan with one multiple one higher or lower is
+    /// better, nor every level on every checkpoint, nor [`DEFAULT_FACTORS`].
+    pub fn plan(&self) -> Plan {
+        let k = self.levels.len();
+        let ones = vec![1u32; k - 1];
+        let default: Vec<u32> = (0..k - 1)
+            .map(|i| DEFAULT_FACTORS.get(i).copied().unwrap_or(4))
+            .collect();
+        let mut best: Option<Plan> = None;
+        for start in [self.first_order_factors(), ones, default] {
+            if let Some(p) = self.descend(start) {
+                if best.as_ref().is_none_or(|b| p.overhead < b.overhead) {
+                    best = Some(p);
+                }
+            }
+        }
+        best.unwrap_or(Plan {
+            interval_s: f64::INFINITY,
+            factors: vec![1; k - 1],
+            overhead: f64::INFINITY,
+        })
+    }
+
+    /// Discrete descent from `start`: move to the best neighbour (one multiple ± 1) while it
+    /// is strictly better.
+    fn descend(&self, start: Vec<u32>) -> Option<Plan> {
+        let mut cur = self.plan_for(&start)?;
+        // Each step strictly decreases the overhead over a finite set; the bound is a guard.
+        for _ in 0..100_000 {
+            let mut next: Option<Plan> = None;
+            for i in 0..cur.factors.len() {
+                for up in [false, true] {
+                    let mut f = cur.factors.clone();
+                    f[i] = if up { f[i].saturating_add(1) } else { f[i] - 1 };
+                    if f[i] == 0 {
+                        continue;
+                    }
+                    if let Some(p) = self.plan_for(&f) {
+                        let better_than = next.as_ref().map_or(cur.overhead, |n| n.overhead);
+                        if p.overhead < better_than {
+                            next = Some(p);
+                        }
+                    }
+                }
+            }
+            match next {
+                Some(n) => cur = n,
+                None => break,
+            }
+        }
+        Some(cur)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_level_is_daly() {
+        let ml = MultiLevel::new(vec![Level::new(300.0, 600.0, 86_400.0).unwrap()]).unwrap();
+        let m = Model::new(300.0, 86_400.0, 600.0).unwrap();
+        let p = ml.plan();
+        assert!(p.factors.is_empty());
+        assert_eq!(p.interval_s, m.optimal());
+        assert!((p.overhead - m.overhead(m.optimal())).abs() < 1e-12);
+    }
+
+    #[test]
+    fn brief_example_is_nested_and_sensible() {
+        // 0.2 s to L1 (process crash every 4 h), +0.5 s to L2 (host loss every day),
+        // +2 s to L4 (everything else every 7 days).
+        let ml = MultiLevel::new(vec![
+            Level::new(0.2, 1.0, 4.0 * 3600.0).unwrap(),
+            Level::new(0.5, 5.0, 86_400.0).unwrap(),
+            Level::new(2.0, 30.0, 7.0 * 86_400.0).unwrap(),
+        ])
+        .unwrap();
+        let p = ml.plan();
+        let y = ml.young_periods();
+        let periods = p.periods_s();
+        for (got, young) in periods.iter().zip(&y) {
+            // First order and exact agree to within a rounding of the multiples.
+            assert!(got / young > 0.5 && got / young < 2.0, "{periods:?} {y:?}");
+        }
+        assert!(p.overhead > 0.0 && p.overhead < 0.05, "{p:?}");
+    }
+
+    #[test]
+    fn wrong_factors_are_infinite() {
+        let ml = MultiLevel::new(vec![
+            Level::new(1.0, 0.0, 100.0).unwrap(),
+            Level::new(1.0, 0.0, 1000.0).unwrap(),
+        ])
+        .unwrap();
+        assert_eq!(ml.overhead(10.0, &[]), f64::INFINITY);
+        assert_eq!(ml.overhead(10.0, &[0]), f64::INFINITY);
+        assert_eq!(ml.overhead(0.0, &[1]), f64::INFINITY);
+        assert!(ml.best_interval(&[0]).is_none());
+        assert!(MultiLevel::new(vec![]).is_err());
+    }
+
+    #[test]
+    fn bad_parameters_are_named() {
+        for (e, name) in [
+            (Level::new(-1.0, 0.0, 1.0).unwrap_err(), "cost"),
+            (Level::new(1.0, -1.0, 1.0).unwrap_err(), "restart"),
+            (Level::new(1.0, 0.0, 0.0).unwrap_err(), "mtbf"),
+        ] {
+            assert!(e.to_string().starts_with(name), "{e}");
+        }
+    }
+}
