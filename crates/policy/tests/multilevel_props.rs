@@ -104,9 +104,11 @@ proptest! {
         let more = MultiLevel::new(more).unwrap();
         let (a, b) = (ml.plan(), more.plan());
         prop_assume!(b.overhead < 10.0);
+        // "Rarer" is in time: the top level's period in seconds of work.
         let (pa, pb) = (a.periods_s()[top], b.periods_s()[top]);
         prop_assert!(pb <= pa * (1.0 + 1e-9), "top period {pa} -> {pb}: {a:?} -> {b:?}");
-        prop_assert!(b.every()[top] <= a.every()[top], "{a:?} -> {b:?}");
+        // Not the count: with a shorter base interval the top level may take more
+        // checkpoints for a shorter period ([4, 2, 8] at 77.8 s -> [5, 2, 7] at 69.0 s).
     }
 
     #[test]
