@@ -19,7 +19,12 @@ pub struct Args {
     #[command(subcommand)]
     sub: Option<Sub>,
     /// Time to take one checkpoint (δ).
-    #[arg(long, value_name = "DURATION", allow_hyphen_values = true, required = true)]
+    #[arg(
+        long,
+        value_name = "DURATION",
+        allow_hyphen_values = true,
+        required = true
+    )]
     cost: Option<String>,
     /// Time to restart from a checkpoint after a failure (R).
     #[arg(
@@ -30,10 +35,20 @@ pub struct Args {
     )]
     restart: String,
     /// Mean time between failures of the whole job (M).
-    #[arg(long, value_name = "DURATION", allow_hyphen_values = true, required = true)]
+    #[arg(
+        long,
+        value_name = "DURATION",
+        allow_hyphen_values = true,
+        required = true
+    )]
     mtbf: Option<String>,
     /// Failure-free work the job has to do (T_s).
-    #[arg(long, value_name = "DURATION", allow_hyphen_values = true, required = true)]
+    #[arg(
+        long,
+        value_name = "DURATION",
+        allow_hyphen_values = true,
+        required = true
+    )]
     work: Option<String>,
     /// Print JSON: young_s, daly_s (higher order), optimal_s, expected_runtime_s (at the
     /// optimum), and more, all in seconds.

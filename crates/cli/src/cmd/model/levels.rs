@@ -124,7 +124,15 @@ fn validate(a: &Args) -> Result<Inputs, Error> {
             .iter()
             .position(|&l| l >= lowest)
             .ok_or_else(|| {
-                format!("{flag}: {what} are recovered only from L{lowest} or higher, and --levels {:?} has none", a.levels)
+                let from = if lowest == 4 {
+                    "L4".to_string()
+                } else {
+                    format!("L{lowest} or higher")
+                };
+                format!(
+                    "{flag}: {what} are recovered only from {from}, and --levels {:?} has none",
+                    a.levels
+                )
             })?;
         rates[i] += 1.0 / mtbf;
         recovers[i].push(what);
@@ -295,10 +303,7 @@ pub fn main(args: Args) -> CmdResult {
         );
     }
     let ones = vec![1u32; plan.factors.len()];
-    let all_every = inputs
-        .model
-        .plan_for(&ones)
-        .unwrap_or_else(|| plan.clone());
+    let all_every = inputs.model.plan_for(&ones).unwrap_or_else(|| plan.clone());
     if args.json {
         outln!(
             "{}",
