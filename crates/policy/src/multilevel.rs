@@ -252,36 +252,30 @@ impl MultiLevel {
                 return None;
             }
         }
-        // Bracket: walk downhill by doubling steps until the value rises.
+        // Bracket: walk downhill by doubling steps until the value stops decreasing; the
+        // point before the last one and the last one enclose the minimum.
         let step = std::f64::consts::LN_2;
-        let (mut a, mut b) = (x - step, x + step);
-        if h(b) < h(x) {
-            let mut mid = b;
+        let lower = |a: f64, b: f64| h(a).partial_cmp(&h(b)) == Some(std::cmp::Ordering::Less);
+        let walk = |dir: f64| {
+            let mut mid = x + dir * step;
             let mut s = step;
             loop {
                 s *= 2.0;
-                let next = mid + s;
-                if !(h(next) < h(mid)) || s > 1e4 {
-                    a = mid - s / 2.0;
-                    b = next;
-                    break;
+                let next = mid + dir * s;
+                if !lower(next, mid) || s > 1e4 {
+                    let back = mid - dir * s / 2.0;
+                    return (back.min(next), back.max(next));
                 }
                 mid = next;
             }
-        } else if h(a) < h(x) {
-            let mut mid = a;
-            let mut s = step;
-            loop {
-                s *= 2.0;
-                let next = mid - s;
-                if !(h(next) < h(mid)) || s > 1e4 {
-                    a = next;
-                    b = mid + s / 2.0;
-                    break;
-                }
-                mid = next;
-            }
-        }
+        };
+        let (mut a, mut b) = if lower(x + step, x) {
+            walk(1.0)
+        } else if lower(x - step, x) {
+            walk(-1.0)
+        } else {
+            (x - step, x + step)
+        };
         // Golden-section search on [a, b].
         let g = (5f64.sqrt() - 1.0) / 2.0;
         let mut c = b - g * (b - a);
@@ -341,7 +335,7 @@ impl MultiLevel {
         }
         blocks
             .into_iter()
-            .flat_map(|(c, r, n)| std::iter::repeat((2.0 * c / r).sqrt()).take(n))
+            .flat_map(|(c, r, n)| std::iter::repeat_n((2.0 * c / r).sqrt(), n))
             .collect()
     }
 
