@@ -48,8 +48,8 @@
 //! **Plan (numeric).** [`MultiLevel::plan`] minimises the nested-Daly `T_w` exactly over `τ`
 //! for given multiples (the objective `E_k(τ)/τ` is unimodal: `E_k` is convex and increasing
 //! in `τ` with `E_k(0) > 0`; bracketing then golden-section search on `ln τ`), and over the
-//! integer multiples `n_j` by a discrete descent that moves to the best neighbour (one
-//! `n_j` ± 1) until none is better, started from the rounded first-order periods, from
+//! integer multiples `n_j` by a discrete descent that moves to the best neighbour (each
+//! `n_j` changed by −1, 0 or +1) until none is better, started from the rounded first-order periods, from
 //! "every level on every checkpoint" and from [`DEFAULT_FACTORS`]; the best end point
 //! wins. The result has no better neighbour and is no worse than those schedules. With
 //! one level there are no multiples and `τ` is Daly's exact optimum
@@ -360,7 +360,7 @@ impl MultiLevel {
     }
 
     /// The plan minimising the nested-Daly expected time (module documentation): base
-    /// interval and integer multiples. No plan with one multiple one higher or lower is
+    /// interval and integer multiples. No plan with multiples each within one of these is
     /// better, nor every level on every checkpoint, nor [`DEFAULT_FACTORS`].
     pub fn plan(&self) -> Plan {
         let k = self.levels.len();
@@ -383,25 +383,37 @@ impl MultiLevel {
         })
     }
 
-    /// Discrete descent from `start`: move to the best neighbour (one multiple ± 1) while it
-    /// is strictly better.
+    /// Discrete descent from `start`: move to the best neighbour (every multiple changed by
+    /// −1, 0 or +1, not all 0: up to 26 neighbours for four levels) while it is strictly
+    /// better. Diagonal moves matter: trading one multiple for the next (`[3, 13, 2]` →
+    /// `[4, 12, 2]`) keeps the upper periods and escapes minima along the axes.
     fn descend(&self, start: Vec<u32>) -> Option<Plan> {
         let mut cur = self.plan_for(&start)?;
+        let k = cur.factors.len();
+        let moves = 3usize.pow(k as u32);
         // Each step strictly decreases the overhead over a finite set; the bound is a guard.
         for _ in 0..100_000 {
             let mut next: Option<Plan> = None;
-            for i in 0..cur.factors.len() {
-                for up in [false, true] {
-                    let mut f = cur.factors.clone();
-                    f[i] = if up { f[i].saturating_add(1) } else { f[i] - 1 };
-                    if f[i] == 0 {
-                        continue;
+            for code in 0..moves {
+                let mut f = cur.factors.clone();
+                let mut c = code;
+                let mut valid = code != (moves - 1) / 2; // all zero: the point itself
+                for n in f.iter_mut() {
+                    match c % 3 {
+                        0 => *n = n.saturating_sub(1),
+                        2 => *n = n.saturating_add(1),
+                        _ => {}
                     }
-                    if let Some(p) = self.plan_for(&f) {
-                        let better_than = next.as_ref().map_or(cur.overhead, |n| n.overhead);
-                        if p.overhead < better_than {
-                            next = Some(p);
-                        }
+                    valid &= *n > 0;
+                    c /= 3;
+                }
+                if !valid {
+                    continue;
+                }
+                if let Some(p) = self.plan_for(&f) {
+                    let better_than = next.as_ref().map_or(cur.overhead, |n| n.overhead);
+                    if p.overhead < better_than {
+                        next = Some(p);
                     }
                 }
             }

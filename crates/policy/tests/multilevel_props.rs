@@ -70,22 +70,29 @@ proptest! {
                 prop_assert!(plan.overhead <= slack(ml.overhead(t, &plan.factors)));
             }
         }
-        // Every neighbouring integer multiple, at its own best τ and at the plan's τ.
-        for i in 0..plan.factors.len() {
-            for d in [-1i64, 1] {
-                let mut f = plan.factors.clone();
-                let n = i64::from(f[i]) + d;
-                if n < 1 { continue; }
-                f[i] = n as u32;
-                if let Some(p) = ml.plan_for(&f) {
-                    prop_assert!(plan.overhead <= slack(p.overhead), "{plan:?} vs {p:?}");
-                }
-                prop_assert!(plan.overhead <= slack(ml.overhead(plan.interval_s, &f)));
+        // Every neighbouring vector of integer multiples (each changed by −1, 0 or +1), at
+        // its own best τ and at the plan's τ.
+        let k = plan.factors.len();
+        for code in 0..3usize.pow(k as u32) {
+            let mut f = plan.factors.clone();
+            let mut c = code;
+            let mut valid = true;
+            for n in f.iter_mut() {
+                let v = i64::from(*n) + (c % 3) as i64 - 1;
+                valid &= v >= 1;
+                *n = v.max(1) as u32;
+                c /= 3;
             }
+            if !valid || f == plan.factors {
+                continue;
+            }
+            if let Some(p) = ml.plan_for(&f) {
+                prop_assert!(plan.overhead <= slack(p.overhead), "{plan:?} vs {p:?}");
+            }
+            prop_assert!(plan.overhead <= slack(ml.overhead(plan.interval_s, &f)));
         }
         // The fixed schedules: every level on every checkpoint, and docs/LEVELS.md's
         // example multiples, each at its own best τ and at the Job's default 60 s.
-        let k = ml.levels().len() - 1;
         let ones = vec![1u32; k];
         let default: Vec<u32> = DEFAULT_FACTORS.iter().copied().chain(std::iter::repeat(4)).take(k).collect();
         for f in [ones, default] {
@@ -125,5 +132,51 @@ proptest! {
                 prop_assert!(rel(*a, *b) <= 1e-12);
             }
         }
+    }
+}
+
+/// Three levels whose plan has small multiples, for an exhaustive comparison.
+fn three_levels() -> impl Strategy<Value = MultiLevel> {
+    (
+        level(),
+        (0.0f64..1.2, 0.0f64..600.0, 0.0f64..1.5),
+        (0.0f64..1.2, 0.0f64..600.0, 0.0f64..1.5),
+    )
+        .prop_map(|((c, r, m), (dc2, r2, dm2), (dc3, r3, dm3))| {
+            let (c2, m2) = (c * 10f64.powf(dc2), m * 10f64.powf(dm2));
+            let (c3, m3) = (c2 * 10f64.powf(dc3), m2 * 10f64.powf(dm3));
+            MultiLevel::new(vec![
+                Level::new(c, r, m).unwrap(),
+                Level::new(c2, r2, m2).unwrap(),
+                Level::new(c3, r3, m3).unwrap(),
+            ])
+            .unwrap()
+        })
+        .prop_filter("cost comparable to the MTBF", |ml| {
+            let c: f64 = ml.levels().iter().map(Level::cost).sum();
+            let rate: f64 = ml.levels().iter().map(|l| 1.0 / l.mtbf()).sum();
+            c * rate <= 0.2
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// The descent is a local search; on three levels it finds the best multiples of a box
+    /// reaching three times past each of them (every (n_2, n_3) tried at its best τ).
+    #[test]
+    fn descent_finds_the_best_multiples_in_a_box(ml in three_levels()) {
+        let plan = ml.plan();
+        prop_assume!(plan.factors.iter().all(|&n| n <= 12));
+        let bound = |n: u32| 3 * n + 3;
+        let mut best = f64::INFINITY;
+        for n2 in 1..=bound(plan.factors[0]) {
+            for n3 in 1..=bound(plan.factors[1]) {
+                if let Some(p) = ml.plan_for(&[n2, n3]) {
+                    best = best.min(p.overhead);
+                }
+            }
+        }
+        prop_assert!(plan.overhead <= best + 1e-12 * (1.0 + best), "{plan:?} vs {best}");
     }
 }
