@@ -40,7 +40,7 @@ pub use error::{ErrorKind, PolicyError};
 pub use fixed::{EveryInterval, EverySteps, Never};
 pub use history::{FailureHistory, DEFAULT_PRIOR_MTBF_S};
 pub use model::{lambert_w0, Formula, Model};
-pub use multilevel::{Level, MultiLevel, Plan, DEFAULT_FACTORS, MAX_FACTOR};
+pub use multilevel::{Level, MultiLevel, Plan, DEFAULT_FACTORS, MAX_FACTOR, SEARCH_BUDGET};
 pub use spec::{ModelSpec, PolicySpec};
 
 use std::time::{Duration, Instant};

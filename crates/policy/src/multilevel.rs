@@ -63,6 +63,10 @@ use crate::model::Model;
 /// `lazarus run --lN-every`).
 pub const MAX_FACTOR: u32 = 1 << 20;
 
+/// The most schedules (vectors of multiples) [`MultiLevel::plan`]'s branch-and-bound
+/// search evaluates before it settles for the best found ([`Plan::proven`] false).
+pub const SEARCH_BUDGET: u64 = 20_000;
+
 /// The fixed schedule the plan is compared against besides "every level on every
 /// checkpoint": docs/LEVELS.md's example (L1 and L2 every checkpoint, L3 every 5th, L4
 /// every 20th) as multiples `n_2, n_3, …` (each level 5 or 4 times rarer than the one
@@ -128,6 +132,11 @@ pub struct Plan {
     pub factors: Vec<u32>,
     /// Expected overhead `T_w/T_s − 1` of this plan (`+inf`: not expected to finish).
     pub overhead: f64,
+    /// True when [`MultiLevel::plan`]'s branch-and-bound search covered every vector of
+    /// multiples that could beat this plan (so it is the optimum, to the resolution of the
+    /// `τ` search); false when it stopped at [`SEARCH_BUDGET`], and for
+    /// [`MultiLevel::plan_for`].
+    pub proven: bool,
 }
 
 impl Plan {
@@ -310,6 +319,7 @@ impl MultiLevel {
             interval_s: t,
             factors: factors.to_vec(),
             overhead: self.overhead(t, factors),
+            proven: false,
         })
     }
 
@@ -376,11 +386,55 @@ impl MultiLevel {
                 }
             }
         }
-        best.unwrap_or(Plan {
-            interval_s: f64::INFINITY,
-            factors: vec![1; k - 1],
-            overhead: f64::INFINITY,
-        })
+        let Some(mut best) = best.filter(|b| b.overhead.is_finite()) else {
+            return Plan {
+                interval_s: f64::INFINITY,
+                factors: vec![1; k - 1],
+                overhead: f64::INFINITY,
+                proven: false,
+            };
+        };
+        if k == 1 {
+            best.proven = true;
+            return best;
+        }
+        // Branch and bound from the descent's plan. Lower bound (module documentation):
+        // overhead >= Σ_j [c_j/P_j + λ_j·P_j/2 + λ_j·R_j]; so a better plan has every
+        // level's c_j/P_j + λ_j·P_j/2 below o = best − Σ λ_j·R_j.
+        // Restarts add at least Σ λ_j·R_j whatever the periods.
+        let restarts: f64 = self.levels.iter().map(|l| l.rate * l.restart).sum();
+        let o = best.overhead * (1.0 + 1e-9) - restarts;
+        let mut bounds = Vec::with_capacity(k);
+        for l in &self.levels {
+            let disc = o * o - 2.0 * l.rate * l.cost;
+            if o <= 0.0 || disc < 0.0 {
+                // No period of this level can beat `o`: the plan is optimal.
+                best.proven = true;
+                return best;
+            }
+            let root = disc.sqrt();
+            bounds.push((2.0 * l.cost / (o + root), (o + root) / l.rate));
+        }
+        let (tau_lo, tau_hi) = bounds[0];
+        let mut rest = vec![0.0; k + 1];
+        for j in (0..k).rev() {
+            let l = &self.levels[j];
+            rest[j] = rest[j + 1] + (2.0 * l.cost * l.rate).sqrt();
+        }
+        let l1 = &self.levels[0];
+        let mut search = Search {
+            model: self,
+            bounds,
+            restarts,
+            rest,
+            budget: SEARCH_BUDGET,
+            best,
+        };
+        let mut factors = Vec::with_capacity(k - 1);
+        let complete = search.branch(&mut factors, 1, tau_lo, tau_hi, l1.cost, l1.rate / 2.0);
+        let mut best = search.best;
+        best.proven = complete;
+        best
     }
 
     /// Discrete descent from `start`: move to the best neighbour (every multiple changed by
@@ -423,6 +477,90 @@ impl MultiLevel {
             }
         }
         Some(cur)
+    }
+}
+
+/// State of [`MultiLevel::plan`]'s branch-and-bound search.
+struct Search<'a> {
+    model: &'a MultiLevel,
+    /// Per level, the periods (seconds) a plan better than the incumbent can have.
+    bounds: Vec<(f64, f64)>,
+    /// `Σ_{i≥j} √(2·c_i·λ_i)` for each level `j` (and 0 past the top): the least the levels
+    /// from `j` up can add to the first-order lower bound, whatever their periods.
+    rest: Vec<f64>,
+    /// `Σ λ_j·R_j`: what restarts add to the overhead at least.
+    restarts: f64,
+    /// Schedules still allowed to be evaluated.
+    budget: u64,
+    /// The best plan so far.
+    best: Plan,
+}
+
+impl Search<'_> {
+    /// Tries every multiple of the level after `factors` (cumulative count `m`) whose
+    /// period can fall in its bounds for some `τ` in `[tau_lo, tau_hi]`, narrowing the `τ`
+    /// range level by level; at the top, evaluates the schedule. `a = Σ c_i/m_i` and
+    /// `b = Σ λ_i·m_i/2` over the levels chosen so far: their first-order terms are at
+    /// least `2·√(a·b)` for any `τ`, and a branch whose bound with [`Search::rest`] is not
+    /// below the best overhead is cut. False when the budget ran out.
+    fn branch(
+        &mut self,
+        factors: &mut Vec<u32>,
+        m: u64,
+        tau_lo: f64,
+        tau_hi: f64,
+        a: f64,
+        b: f64,
+    ) -> bool {
+        let level = factors.len() + 1;
+        if 2.0 * (a * b).sqrt() + self.rest[level] + self.restarts >= self.best.overhead {
+            return true;
+        }
+        if level == self.model.levels.len() {
+            if self.budget == 0 {
+                return false;
+            }
+            self.budget -= 1;
+            if let Some(p) = self.model.plan_for(factors) {
+                if p.overhead < self.best.overhead {
+                    self.best = p;
+                }
+            }
+            return true;
+        }
+        let (lo, hi) = self.bounds[level];
+        let slack = 1e-9;
+        let m_f = m as f64;
+        let n_min = ((lo / (m_f * tau_hi)) * (1.0 - slack)).ceil().max(1.0);
+        let n_max = ((hi / (m_f * tau_lo)) * (1.0 + slack))
+            .floor()
+            .min((u64::from(MAX_FACTOR) / m) as f64);
+        if n_min.is_nan() || n_max.is_nan() || n_min > n_max {
+            return true;
+        }
+        for n in n_min as u64..=n_max as u64 {
+            let p = m_f * n as f64;
+            let t_lo = tau_lo.max(lo / p * (1.0 - slack));
+            let t_hi = tau_hi.min(hi / p * (1.0 + slack));
+            if t_lo > t_hi {
+                continue;
+            }
+            let l = &self.model.levels[level];
+            factors.push(n as u32);
+            let complete = self.branch(
+                factors,
+                m * n,
+                t_lo,
+                t_hi,
+                a + l.cost / p,
+                b + l.rate * p / 2.0,
+            );
+            factors.pop();
+            if !complete {
+                return false;
+            }
+        }
+        true
     }
 }
 

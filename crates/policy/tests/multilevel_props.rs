@@ -62,6 +62,12 @@ proptest! {
     fn plan_is_no_worse_than_its_neighbours_and_the_fixed_schedules(ml in levels()) {
         let plan = ml.plan();
         prop_assert!(plan.overhead.is_finite() && plan.overhead > 0.0, "{plan:?}");
+        // The first-order bound is tight enough to finish the search whenever the overhead
+        // is moderate; above, the search may stop at its budget (the plan is then the best
+        // found, still a local minimum).
+        if plan.overhead < 0.1 {
+            prop_assert!(plan.proven, "branch and bound ran out of budget: {plan:?}");
+        }
         prop_assert_eq!(plan.factors.len() + 1, ml.levels().len());
         let slack = |x: f64| x + 1e-12 * (1.0 + x.abs());
         // Its own τ is the best for its multiples (within the search's resolution).
@@ -162,12 +168,12 @@ fn three_levels() -> impl Strategy<Value = MultiLevel> {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
 
-    /// The descent is a local search; on three levels it finds the best multiples of a box
-    /// reaching three times past each of them (every (n_2, n_3) tried at its best τ).
+    /// Independent of the branch and bound's bounds: on three levels no (n_2, n_3) in a box
+    /// reaching three times past the plan's multiples is better (each at its best τ).
     #[test]
     fn descent_finds_the_best_multiples_in_a_box(ml in three_levels()) {
         let plan = ml.plan();
-        prop_assume!(plan.factors.iter().all(|&n| n <= 12));
+        prop_assume!(plan.proven && plan.factors.iter().all(|&n| n <= 12));
         let bound = |n: u32| 3 * n + 3;
         let mut best = f64::INFINITY;
         for n2 in 1..=bound(plan.factors[0]) {
