@@ -60,6 +60,8 @@ fn printed_periods_are_the_library_plan() {
     ])
     .unwrap();
     let plan = ml.plan();
+    assert!(plan.proven);
+    assert_eq!(v["proven"].as_bool(), Some(true));
     assert!(close(&v["interval_s"], plan.interval_s), "{v}");
     assert!(close(&v["overhead"], plan.overhead), "{v}");
     let levels = v["levels"].as_array().unwrap();

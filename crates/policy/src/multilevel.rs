@@ -45,14 +45,24 @@
 //! level alone**, `P_j = √(2·c_j·M_j)` ([`MultiLevel::young_periods`]); when those are not
 //! increasing, adjacent levels share a period `√(2·Σc/Σλ)` (pool-adjacent-violators).
 //!
-//! **Plan (numeric).** [`MultiLevel::plan`] minimises the nested-Daly `T_w` exactly over `τ`
-//! for given multiples (the objective `E_k(τ)/τ` is unimodal: `E_k` is convex and increasing
-//! in `τ` with `E_k(0) > 0`; bracketing then golden-section search on `ln τ`), and over the
-//! integer multiples `n_j` by a discrete descent that moves to the best neighbour (each
-//! `n_j` changed by −1, 0 or +1) until none is better, started from the rounded first-order periods, from
-//! "every level on every checkpoint" and from [`DEFAULT_FACTORS`]; the best end point
-//! wins. The result has no better neighbour and is no worse than those schedules. With
-//! one level there are no multiples and `τ` is Daly's exact optimum
+//! **Plan (numeric).** [`MultiLevel::plan`] minimises the nested-Daly `T_w` over `τ` for
+//! given multiples (the objective `E_k(τ)/τ` is unimodal: `E_k` is convex and increasing in
+//! `τ` with `E_k(0) > 0`; bracketing then golden-section search on `ln τ`), and over the
+//! integer multiples `n_j` in two stages:
+//!
+//! 1. a discrete descent that moves to the best neighbour (each `n_j` changed by −1, 0 or
+//!    +1) until none is better, started from the rounded first-order periods, from "every
+//!    level on every checkpoint" and from [`DEFAULT_FACTORS`]; the best end point is the
+//!    incumbent;
+//! 2. an exact branch and bound over all multiples, using the rigorous lower bound
+//!    `overhead ≥ Σ_j [c_j/P_j + λ_j·P_j/2 + λ_j·R_j]` (from `e^x − 1 ≥ x + x²/2`,
+//!    `e^{λR} ≥ 1 + λR` and `E_j ≥ m_j·τ`, by induction over the levels): each level's
+//!    period is confined to the interval where its term can still beat the incumbent, and a
+//!    partial schedule is cut when `2·√(Σc_i/m_i · Σλ_i·m_i/2) + Σ_{later} √(2·c_i·λ_i) +
+//!    Σ λ_i·R_i` (its best case over `τ`) is not below the incumbent. It evaluates at most
+//!    [`SEARCH_BUDGET`] schedules; [`Plan::proven`] says whether it finished.
+//!
+//! With one level there are no multiples and `τ` is Daly's exact optimum
 //! ([`crate::Model::optimal`], closed form via Lambert W).
 
 use crate::error::PolicyError;
@@ -371,7 +381,8 @@ impl MultiLevel {
 
     /// The plan minimising the nested-Daly expected time (module documentation): base
     /// interval and integer multiples. No plan with multiples each within one of these is
-    /// better, nor every level on every checkpoint, nor [`DEFAULT_FACTORS`].
+    /// better, nor every level on every checkpoint, nor [`DEFAULT_FACTORS`]; when
+    /// [`Plan::proven`], no plan at all is.
     pub fn plan(&self) -> Plan {
         let k = self.levels.len();
         let ones = vec![1u32; k - 1];

@@ -4,7 +4,7 @@
 //! the `lazarus run` flags that apply it.
 
 use crate::cmd::CmdResult;
-use lazarus::policy::{format_seconds, parse_duration, Level, MultiLevel, Plan};
+use lazarus::policy::{format_seconds, parse_duration, Level, MultiLevel, Plan, SEARCH_BUDGET};
 use std::process::ExitCode;
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -226,6 +226,7 @@ fn json(i: &Inputs, plan: &Plan, all_every: &Plan) -> serde_json::Value {
         "interval_s": finite(plan.interval_s),
         "factors": plan.factors,
         "overhead": finite(plan.overhead),
+        "proven": plan.proven,
         "expected_runtime_s": i.work.map(|w| finite(w * (1.0 + plan.overhead))),
         "every_level_every_checkpoint": {
             "interval_s": finite(all_every.interval_s),
@@ -267,6 +268,12 @@ fn table(i: &Inputs, plan: &Plan, all_every: &Plan) -> String {
         out.push_str(&format!(
             ", expected run time {}",
             format_seconds(w * (1.0 + plan.overhead))
+        ));
+    }
+    if !plan.proven {
+        out.push_str(&format!(
+            "\nnote: the search stopped after {SEARCH_BUDGET} schedules; this is the best found, \
+             not proven optimal (overheads this large make the model's bound loose)"
         ));
     }
     if i.model.levels().len() > 1 {
