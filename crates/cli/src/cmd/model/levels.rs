@@ -18,7 +18,7 @@ pub struct Args {
     /// first, host losses from the first of 2, 3, 4, everything else from 4.
     #[arg(long, value_name = "LIST", default_value = "1,2,4")]
     levels: String,
-    /// Time writing each level adds to a checkpoint (`lazarus bench levels` measures it),
+    /// Time writing each level adds to a checkpoint (`lazarus bench levels` times each level),
     /// e.g. 0.2s,0.5s,2s.
     #[arg(long, value_name = "DURATIONS", allow_hyphen_values = true)]
     cost: String,
