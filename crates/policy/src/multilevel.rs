@@ -410,27 +410,34 @@ impl MultiLevel {
             return best;
         }
         // Branch and bound from the descent's plan. Lower bound (module documentation):
-        // overhead >= Σ_j [c_j/P_j + λ_j·P_j/2 + λ_j·R_j]; so a better plan has every
-        // level's c_j/P_j + λ_j·P_j/2 below o = best − Σ λ_j·R_j.
-        // Restarts add at least Σ λ_j·R_j whatever the periods.
+        // overhead >= Σ_j [c_j/P_j + λ_j·P_j/2 + λ_j·R_j]; so a better plan has
+        // Σ_j (c_j/P_j + λ_j·P_j/2) below o = best − Σ λ_j·R_j.
         let restarts: f64 = self.levels.iter().map(|l| l.rate * l.restart).sum();
         let o = best.overhead * (1.0 + 1e-9) - restarts;
+        // Each level's own term is at least √(2·c·λ); a better plan leaves level j at most
+        // o − Σ_{i≠j} √(2·c_i·λ_i).
+        let young_min: Vec<f64> = self
+            .levels
+            .iter()
+            .map(|l| (2.0 * l.cost * l.rate).sqrt())
+            .collect();
+        let all_min: f64 = young_min.iter().sum();
         let mut bounds = Vec::with_capacity(k);
-        for l in &self.levels {
-            let disc = o * o - 2.0 * l.rate * l.cost;
-            if o <= 0.0 || disc < 0.0 {
-                // No period of this level can beat `o`: the plan is optimal.
+        for (l, own_min) in self.levels.iter().zip(&young_min) {
+            let o_j = (o - (all_min - own_min)) * (1.0 + 1e-9);
+            let disc = o_j * o_j - 2.0 * l.rate * l.cost;
+            if o_j <= 0.0 || disc < 0.0 {
+                // No period of this level can beat the plan: it is optimal.
                 best.proven = true;
                 return best;
             }
             let root = disc.sqrt();
-            bounds.push((2.0 * l.cost / (o + root), (o + root) / l.rate));
+            bounds.push((2.0 * l.cost / (o_j + root), (o_j + root) / l.rate));
         }
         let (tau_lo, tau_hi) = bounds[0];
         let mut rest = vec![0.0; k + 1];
         for j in (0..k).rev() {
-            let l = &self.levels[j];
-            rest[j] = rest[j + 1] + (2.0 * l.cost * l.rate).sqrt();
+            rest[j] = rest[j + 1] + young_min[j];
         }
         let l1 = &self.levels[0];
         let mut search = Search {
