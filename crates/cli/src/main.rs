@@ -34,7 +34,8 @@ enum Command {
     Verify(cmd::verify::Args),
     /// Keep the newest K committed checkpoints and sweep unused chunks.
     Gc(cmd::gc::Args),
-    /// Optimal checkpoint interval by Young, Daly, and the exact minimiser.
+    /// Optimal checkpoint interval by Young, Daly, and the exact minimiser; `model levels`:
+    /// the periods of a multi-level schedule.
     Model(cmd::model::Args),
     /// The demo's rank program (runs examples/heat.rs; used by `lazarus demo`).
     #[command(name = "__heat-rank", hide = true)]

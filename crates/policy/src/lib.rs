@@ -7,6 +7,8 @@
 //! - [`Adaptive`]: a [`Policy`] that measures the checkpoint cost as the job runs and
 //!   follows a [`Formula`], with the MTBF configured or estimated from the
 //!   [`FailureHistory`] a supervisor hands over in `LAZARUS_FAILURES`/`LAZARUS_JOB_START`.
+//! - [`MultiLevel`]: per-level periods of a multi-level checkpoint schedule (nested
+//!   Daly model; Young per level to first order), as a [`Plan`].
 //! - [`PolicySpec`]: `steps:100`, `every:30s`, `daly,mtbf=6h`, `never` — one string
 //!   selecting any policy.
 //!
@@ -29,6 +31,7 @@ mod error;
 mod fixed;
 mod history;
 mod model;
+mod multilevel;
 mod spec;
 
 pub use adaptive::{Adaptive, MtbfSource};
@@ -37,6 +40,7 @@ pub use error::{ErrorKind, PolicyError};
 pub use fixed::{EveryInterval, EverySteps, Never};
 pub use history::{FailureHistory, DEFAULT_PRIOR_MTBF_S};
 pub use model::{lambert_w0, Formula, Model};
+pub use multilevel::{Level, MultiLevel, Plan, DEFAULT_FACTORS, MAX_FACTOR, SEARCH_BUDGET};
 pub use spec::{ModelSpec, PolicySpec};
 
 use std::time::{Duration, Instant};

@@ -7,15 +7,25 @@ use lazarus::policy::{format_seconds, parse_duration, Formula, Model};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+pub(crate) mod levels;
 pub(crate) mod plot;
 
 /// Flags of `lazarus model`. Durations take units: `250ms`, `90s`, `5m`, `1.5h`, `2d`;
 /// they are kept as strings here and validated in `validate`, so errors name the flag.
+/// `lazarus model levels ...` is the multi-level variant (its own flags).
 #[derive(clap::Args, Debug)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct Args {
+    #[command(subcommand)]
+    sub: Option<Sub>,
     /// Time to take one checkpoint (δ).
-    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
-    cost: String,
+    #[arg(
+        long,
+        value_name = "DURATION",
+        allow_hyphen_values = true,
+        required = true
+    )]
+    cost: Option<String>,
     /// Time to restart from a checkpoint after a failure (R).
     #[arg(
         long,
@@ -25,11 +35,21 @@ pub struct Args {
     )]
     restart: String,
     /// Mean time between failures of the whole job (M).
-    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
-    mtbf: String,
+    #[arg(
+        long,
+        value_name = "DURATION",
+        allow_hyphen_values = true,
+        required = true
+    )]
+    mtbf: Option<String>,
     /// Failure-free work the job has to do (T_s).
-    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
-    work: String,
+    #[arg(
+        long,
+        value_name = "DURATION",
+        allow_hyphen_values = true,
+        required = true
+    )]
+    work: Option<String>,
     /// Print JSON: young_s, daly_s (higher order), optimal_s, expected_runtime_s (at the
     /// optimum), and more, all in seconds.
     #[arg(long)]
@@ -42,6 +62,19 @@ pub struct Args {
     linear: bool,
 }
 
+/// Subcommands of `lazarus model`.
+#[derive(clap::Subcommand, Debug)]
+pub enum Sub {
+    /// Per-level periods of a multi-level schedule (L1 … L4) and the base interval that
+    /// minimise the expected run time (docs/POLICY.md, "Multi-level schedules").
+    Levels(levels::Args),
+}
+
+/// A flag clap already made mandatory (without a subcommand).
+fn required<'a>(flag: &str, v: &'a Option<String>) -> Result<&'a str, String> {
+    v.as_deref().ok_or_else(|| format!("{flag} is required"))
+}
+
 /// Validated inputs, seconds.
 struct Inputs {
     model: Model,
@@ -49,10 +82,10 @@ struct Inputs {
 }
 
 fn validate(a: &Args) -> Result<Inputs, Box<dyn std::error::Error + Send + Sync>> {
-    let cost = parse_duration("--cost", &a.cost)?;
+    let cost = parse_duration("--cost", required("--cost", &a.cost)?)?;
     let restart = parse_duration("--restart", &a.restart)?;
-    let mtbf = parse_duration("--mtbf", &a.mtbf)?;
-    let work = parse_duration("--work", &a.work)?;
+    let mtbf = parse_duration("--mtbf", required("--mtbf", &a.mtbf)?)?;
+    let work = parse_duration("--work", required("--work", &a.work)?)?;
     if cost.is_zero() {
         return Err("--cost must be > 0 (a free checkpoint makes every interval optimal)".into());
     }
@@ -168,6 +201,9 @@ fn table(i: &Inputs, rows: &[Row]) -> String {
 
 /// Runs `lazarus model`.
 pub fn main(args: Args) -> CmdResult {
+    if let Some(Sub::Levels(a)) = args.sub {
+        return levels::main(a);
+    }
     let inputs = validate(&args)?;
     let rows = rows(&inputs);
     if let Some(path) = &args.plot {
