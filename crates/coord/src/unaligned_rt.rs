@@ -32,7 +32,7 @@ use lazarus_net::{Comm, Envelope, ErrorKind as NetKind, NetError, Tag, TagSpace}
 use lazarus_state::Checkpoint;
 use lazarus_store::{
     CommitMeta, PartReceipt, PartWriter, PendingCheckpoint, RepoReader, Repository, StoreError,
-    StoreErrorKind,
+    StoreErrorKind, Unchanged, WrittenAhead,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -114,6 +114,10 @@ pub struct AsyncStats {
     pub outcomes_unknown: u64,
     /// bytes of channel state (the encoded `lazarus.channels` objects) in those parts
     pub channel_bytes: u64,
+    /// bytes of state copied at those snapshots: only the changed chunks of an
+    /// incremental capture (docs/ASYNC.md), the whole borrowed state otherwise
+    #[serde(default)]
+    pub captured_bytes: u64,
 }
 
 struct Leader {
@@ -131,6 +135,8 @@ struct Snap {
     objects: Vec<ObjectSpec<'static>>,
     /// received by the session but not yet by the program: in flight for the cut
     inbox: BTreeMap<Rank, Vec<SavedMessage>>,
+    /// chunks of objects captured sparsely, named by digest in the part
+    reused: Vec<Unchanged>,
 }
 
 /// A complete part: captured state plus channel state.
@@ -138,6 +144,7 @@ struct Ready {
     epoch: Epoch,
     objects: Vec<ObjectSpec<'static>>,
     channels: ChannelState<SavedMessage>,
+    reused: Vec<Unchanged>,
 }
 
 /// One rank's runtime for unaligned (Chandy-Lamport / Lai-Yang) checkpoints.
@@ -184,6 +191,9 @@ pub struct AsyncSession {
     flush_error: Option<SessionError>,
     /// Fault injection ([`AsyncSession::set_write_budget`]): bytes each part may write.
     write_budget: Option<u64>,
+    /// The newest checkpoint this rank learned committed in this session: the base of an
+    /// incremental capture (docs/ASYNC.md).
+    last_committed: Option<CheckpointId>,
 }
 
 /// One part handed to the background writer: the captured snapshot and its channel state.
@@ -193,6 +203,8 @@ struct PartTask {
     me: Rank,
     round: RoundId,
     objects: Vec<ObjectSpec<'static>>,
+    /// chunks the part names by digest (an incremental capture: `objects` hold the others)
+    reused: Vec<Unchanged>,
     budget: Option<u64>,
 }
 
@@ -218,7 +230,16 @@ fn write_part_task(t: PartTask) -> PartDone {
             Some(b) => w.with_write_budget(b),
             None => w,
         })
-        .and_then(|w| w.write(t.me, &t.objects))
+        .and_then(|w| {
+            if t.reused.is_empty() {
+                return w.write(t.me, &t.objects);
+            }
+            let mut ahead = WrittenAhead::default();
+            for u in t.reused {
+                ahead.reuse(u)?;
+            }
+            w.write_with(t.me, &t.objects, &ahead)
+        })
         .map_err(|e| format!("{}: {e}", t.me));
     PartDone { result }
 }
@@ -287,6 +308,7 @@ impl AsyncSession {
             flusher,
             flush_error: None,
             write_budget: None,
+            last_committed: None,
             me,
             world,
             t0: Instant::now(),
@@ -1073,7 +1095,9 @@ impl AsyncSession {
                         id: CheckpointId(epoch.0),
                         step: epoch.0,
                     });
-                    let objects = capture(me, state)?;
+                    let (objects, reused, captured) =
+                        self.capture(state, CheckpointId(epoch.0))?;
+                    self.stats.captured_bytes += captured;
                     let mut inbox: BTreeMap<Rank, Vec<SavedMessage>> = BTreeMap::new();
                     for (from, m) in &self.inbox {
                         inbox.entry(*from).or_default().push(m.clone());
@@ -1082,6 +1106,7 @@ impl AsyncSession {
                         epoch,
                         objects,
                         inbox,
+                        reused,
                     });
                     self.stats.snapshots += 1;
                     // Stamp before any marker or later send leaves this rank.
@@ -1115,6 +1140,46 @@ impl AsyncSession {
             }
         }
         Ok(())
+    }
+
+    /// Captures the local snapshot of checkpoint `id`: the state's objects copied into
+    /// buffers of the session (so the program may change its memory as soon as the call
+    /// returns), the chunks reused by digest, and the bytes copied. Incremental (the same
+    /// rule as the Job's, [`crate::capture`]) when a tracked object's previous committed
+    /// checkpoint is known: only its changed chunks are copied. Any doubt (no committed
+    /// predecessor in this session, a cache of another part, no part writer) makes it a
+    /// full copy.
+    fn capture<S: Checkpoint + ?Sized>(
+        &self,
+        state: &S,
+        id: CheckpointId,
+    ) -> Result<(Vec<ObjectSpec<'static>>, Vec<Unchanged>, u64), SessionError> {
+        let me = self.me;
+        let objects = lazarus_state::save(state)
+            .map_err(|e| SessionError::wrap(K::State, me, "capturing the local snapshot", e))?;
+        if let Some(o) = objects.iter().find(|o| o.info.name == CHANNELS_OBJECT) {
+            return Err(SessionError::new(
+                K::Misuse,
+                me,
+                format!("state object {:?} uses the reserved name", o.info.name),
+            ));
+        }
+        let unchanged = crate::capture::incremental_base(self.last_committed, &objects)
+            .and_then(|base| {
+                // Only the writer's chunk size and fingerprint cache are used here.
+                match PartWriter::open(&self.cfg.repo, id, self.cfg.store.clone()) {
+                    Ok(w) => Some(crate::capture::unchanged_since(&w, me, &objects, base)),
+                    Err(e) => {
+                        tracing::debug!("{me}: full capture of checkpoint {id}: {e}");
+                        None
+                    }
+                }
+            })
+            .unwrap_or_default();
+        let captured = crate::capture::sparse_bytes(&objects, &unchanged);
+        let staged = crate::capture::stage_sparse(objects, Vec::new(), &unchanged)
+            .map_err(|e| SessionError::wrap(K::State, me, "capturing the local snapshot", e))?;
+        Ok((staged, unchanged.into_iter().flatten().collect(), captured))
     }
 
     /// Writes the part if the round asked for it and the recorder has completed it; votes
@@ -1189,6 +1254,7 @@ impl AsyncSession {
                 me: self.me,
                 round,
                 objects,
+                reused: ready.reused,
                 budget: self.write_budget,
             },
             channel_bytes,
@@ -1309,6 +1375,9 @@ impl AsyncSession {
                     }
                 }
                 ParticipantAction::Learned(Decision { round, outcome }) => {
+                    if outcome == Outcome::Commit {
+                        self.committed(round.ckpt);
+                    }
                     if outcome == Outcome::Abort {
                         let a = self.rec.abandon(round.epoch);
                         self.exec_rec(state, a)?;
@@ -1322,7 +1391,11 @@ impl AsyncSession {
                 ParticipantAction::DiscardPart { round } => self.discard_part(round),
                 ParticipantAction::OutcomeUnknown { round } => {
                     self.stats.outcomes_unknown += 1;
-                    if self.resolve_unknown(round)? == Some(Outcome::Abort) {
+                    let resolved = self.resolve_unknown(round)?;
+                    if resolved == Some(Outcome::Commit) {
+                        self.committed(round.ckpt);
+                    }
+                    if resolved == Some(Outcome::Abort) {
                         let a = self.rec.abandon(round.epoch);
                         self.exec_rec(state, a)?;
                         if self.want == Some(round) {
@@ -1333,6 +1406,14 @@ impl AsyncSession {
             }
         }
         Ok(())
+    }
+
+    /// `id` committed (so every rank's part of it is durable and retained for now): the
+    /// base of this rank's next incremental capture, if newer than the one known.
+    fn committed(&mut self, id: CheckpointId) {
+        if self.last_committed.is_none_or(|c| c < id) {
+            self.last_committed = Some(id);
+        }
     }
 
     fn discard_part(&self, round: RoundId) {
@@ -1514,29 +1595,6 @@ fn decode<T: DeserializeOwned>(
         .map_err(|e| SessionError::wrap(K::Codec, me, &format!("{what} from {from}"), e))
 }
 
-fn capture<S: Checkpoint + ?Sized>(
-    me: Rank,
-    state: &S,
-) -> Result<Vec<ObjectSpec<'static>>, SessionError> {
-    let objects = lazarus_state::save(state)
-        .map_err(|e| SessionError::wrap(K::State, me, "capturing the local snapshot", e))?;
-    if let Some(o) = objects.iter().find(|o| o.info.name == CHANNELS_OBJECT) {
-        return Err(SessionError::new(
-            K::Misuse,
-            me,
-            format!("state object {:?} uses the reserved name", o.info.name),
-        ));
-    }
-    Ok(objects
-        .into_iter()
-        .map(|o| ObjectSpec {
-            info: o.info,
-            data: o.data.into_owned().into(),
-            hint: o.hint,
-        })
-        .collect())
-}
-
 /// Per sender: messages the session held for the program at the cut come before the
 /// ones recorded after it (arrival order on the FIFO channel).
 fn merge(snap: Snap, cs: ChannelState<SavedMessage>) -> Ready {
@@ -1547,6 +1605,7 @@ fn merge(snap: Snap, cs: ChannelState<SavedMessage>) -> Ready {
     Ready {
         epoch: snap.epoch,
         objects: snap.objects,
+        reused: snap.reused,
         channels: ChannelState {
             epoch: cs.epoch,
             channels: by_rank.into_iter().filter(|(_, m)| !m.is_empty()).collect(),
