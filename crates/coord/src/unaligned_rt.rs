@@ -38,6 +38,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wire::{TAG_DONE, TAG_MARKER, TAG_TO_PARTICIPANT, TAG_VOTE};
 use SessionErrorKind as K;
@@ -121,7 +123,9 @@ pub struct AsyncStats {
 }
 
 struct Leader {
-    repo: Repository,
+    /// `None` while COMMIT is written in the background (the writer holds it), or after
+    /// the writer died with it (reopened by the next use).
+    repo: Option<Repository>,
     coord: Coordinator<PartReceipt>,
     pending: Option<PendingCheckpoint>,
     /// Decisions not yet handed out, oldest first (`take_report`, or `drive_round` for
@@ -186,11 +190,13 @@ pub struct AsyncSession {
     stats: AsyncStats,
     /// The background part writer (issue #16, docs/ASYNC.md), shared with the Job API;
     /// `None` with `AsyncConfig::sync_writes` or when its thread could not start.
-    flusher: Option<Flusher<PartTask, PartDone, InFlight>>,
+    flusher: Option<Flusher<Work, Worked, InFlight>>,
     /// A background write that failed: returned by the next session call, once.
     flush_error: Option<SessionError>,
     /// Fault injection ([`AsyncSession::set_write_budget`]): bytes each part may write.
     write_budget: Option<u64>,
+    /// Test hook ([`AsyncSession::hold_commits`]): COMMIT writes wait while it is set.
+    commit_hold: Option<Arc<AtomicBool>>,
     /// The newest checkpoint this rank learned committed in this session: the base of an
     /// incremental capture (docs/ASYNC.md).
     last_committed: Option<CheckpointId>,
@@ -213,11 +219,133 @@ struct PartDone {
     result: Result<PartReceipt, String>,
 }
 
-/// The part in flight: its round and the size of its channel state.
+/// A part in flight: its round and the size of its channel state.
 #[derive(Clone, Copy, Debug)]
-struct InFlight {
+struct PartInFlight {
     round: RoundId,
     channel_bytes: u64,
+}
+
+/// The work of the background writer: this rank's part of a round, or (rank 0) a round's
+/// COMMIT. One at a time: a round's COMMIT needs every vote, rank 0's too, so its part
+/// was written and taken before; the next round begins only once this one is decided.
+enum Work {
+    Part(PartTask),
+    Commit(CommitTask),
+}
+
+/// What the background writer hands back.
+enum Worked {
+    Part(PartDone),
+    Commit(CommitDone),
+}
+
+/// What the session remembers of the work in flight.
+#[derive(Clone, Copy, Debug)]
+enum InFlight {
+    Part(PartInFlight),
+    Commit(RoundId),
+}
+
+fn work(w: Work) -> Worked {
+    match w {
+        Work::Part(t) => Worked::Part(write_part_task(t)),
+        Work::Commit(t) => Worked::Commit(write_commit(t)),
+    }
+}
+
+/// Rank 0's COMMIT of a round whose every part is durable, handed to the background
+/// writer (or written in the call without it).
+struct CommitTask {
+    me: Rank,
+    /// The repository: it moves to the writer with the task and comes back with the
+    /// outcome (no round can begin meanwhile: this one is undecided).
+    repo: Repository,
+    path: std::path::PathBuf,
+    pending: PendingCheckpoint,
+    receipts: Vec<PartReceipt>,
+    round: RoundId,
+    keep: Option<usize>,
+    markers: bool,
+    hold: Option<Arc<AtomicBool>>,
+}
+
+/// How a COMMIT write ended.
+enum CommitOutcome {
+    /// COMMIT is durable (and the `commit` output marker written, retention run).
+    Written,
+    /// COMMIT is not visible: the round may abort.
+    NotVisible(String),
+    /// COMMIT may be visible but is not known durable: neither outcome may be announced.
+    Unknown(StoreError),
+}
+
+struct CommitDone {
+    repo: Repository,
+    round: RoundId,
+    outcome: CommitOutcome,
+}
+
+/// Writes COMMIT of `t.round` (format 1.1: the parts' inline manifests ride in it), then
+/// the output `commit` marker and retention; on the background writer or in the call.
+fn write_commit(t: CommitTask) -> CommitDone {
+    let CommitTask {
+        me,
+        mut repo,
+        path,
+        pending,
+        receipts,
+        round,
+        keep,
+        markers,
+        hold,
+    } = t;
+    if let Some(h) = hold {
+        // Test hook: hold the write (bounded, so a forgotten release cannot hang a job).
+        let t = Instant::now();
+        while h.load(Ordering::SeqCst) && t.elapsed() < Duration::from_secs(60) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    let meta = CommitMeta {
+        step: round.epoch.0,
+        app: BTreeMap::from([
+            (crate::meta::MODE_KEY.to_string(), "unaligned".to_string()),
+            (crate::meta::EPOCH_KEY.to_string(), round.epoch.0.to_string()),
+        ]),
+    };
+    let outcome = match repo.commit(pending, receipts, meta) {
+        Ok(_) => {
+            if markers {
+                crate::marker::write_marker(&Marker::Commit {
+                    id: round.ckpt,
+                    step: round.ckpt.0,
+                });
+            }
+            if let Some(k) = keep {
+                // Retention failing leaves extra checkpoints, never a wrong one.
+                if let Err(e) = repo.retain(k) {
+                    tracing::warn!("{me}: retention after {}: {e}", round.ckpt);
+                }
+            }
+            CommitOutcome::Written
+        }
+        // The coordinator may only abort if COMMIT is not visible: the store says so by
+        // any kind but `CommitUnknown`, and reading it back must say "not found" (belt
+        // and braces).
+        Err(e)
+            if e.kind() != StoreErrorKind::CommitUnknown
+                && crate::commit_absent(&path, round.ckpt) =>
+        {
+            CommitOutcome::NotVisible(e.to_string())
+        }
+        Err(e) => CommitOutcome::Unknown(e),
+    };
+    CommitDone {
+        repo,
+        round,
+        outcome,
+    }
 }
 
 /// Writes one part (on the background writer, or in the call without it). Format 1.1: a
@@ -282,7 +410,7 @@ impl AsyncSession {
             let coord = Coordinator::new(world, cfg.timeouts)
                 .map_err(|e| SessionError::protocol(me, "coordinator", e))?;
             Some(Leader {
-                repo,
+                repo: Some(repo),
                 coord,
                 pending: None,
                 decided: VecDeque::new(),
@@ -294,7 +422,7 @@ impl AsyncSession {
         let flusher = if cfg.sync_writes {
             None
         } else {
-            match Flusher::start(format!("lazarus-flush-{}", me.0), write_part_task) {
+            match Flusher::start(format!("lazarus-flush-{}", me.0), work) {
                 Ok(f) => Some(f),
                 Err(e) => {
                     tracing::warn!(
@@ -308,6 +436,7 @@ impl AsyncSession {
             flusher,
             flush_error: None,
             write_budget: None,
+            commit_hold: None,
             last_committed: None,
             me,
             world,
@@ -741,6 +870,23 @@ impl AsyncSession {
         self.write_budget = bytes;
     }
 
+    /// Test hook (rank 0): every COMMIT write handed out from now on waits, before it
+    /// writes anything, while `hold` is set (60 s at most); `None` removes the hook.
+    #[doc(hidden)]
+    pub fn hold_commits(&mut self, hold: Option<Arc<AtomicBool>>) {
+        self.commit_hold = hold;
+    }
+
+    /// Test hook (rank 0): true while a round's COMMIT is being written in the
+    /// background.
+    #[doc(hidden)]
+    pub fn commit_in_flight(&self) -> bool {
+        matches!(
+            self.flusher.as_ref().and_then(Flusher::in_flight),
+            Some(InFlight::Commit(_))
+        )
+    }
+
     /// Rank 0: opens the next checkpoint in the repository and tells every rank (markers
     /// and the round's Prepare). On failure nothing is left running.
     fn begin_round(&mut self) -> Result<RoundId, SessionError> {
@@ -755,8 +901,21 @@ impl AsyncSession {
                 "only rank 0 starts rounds",
             ));
         };
-        let pending = l
-            .repo
+        if l.coord.active_round().is_some() {
+            return Err(SessionError::new(
+                K::Misuse,
+                me,
+                "a round is still running (its COMMIT may be being written)",
+            ));
+        }
+        let repo = match l.repo.take() {
+            Some(r) => r,
+            // Lost with a background writer that died: reopen.
+            None => Repository::open_shared(&self.cfg.repo, self.cfg.store.clone())
+                .map_err(|e| SessionError::wrap(K::Store, me, "reopening the repository", e))?,
+        };
+        let repo = l.repo.insert(repo);
+        let pending = repo
             .begin(world)
             .map_err(|e| SessionError::wrap(K::Store, me, "beginning a checkpoint", e))?;
         // The epoch is the checkpoint id, so every rank knows the id at its local snapshot
@@ -764,7 +923,7 @@ impl AsyncSession {
         // the restored checkpoint's, so the epoch increases.
         let id = pending.id();
         if id.0 <= current.0 {
-            let _ = l.repo.abort(pending);
+            let _ = repo.abort(pending);
             return Err(SessionError::new(
                 K::Store,
                 me,
@@ -783,8 +942,8 @@ impl AsyncSession {
         let actions = match l.coord.start_round(round, now) {
             Ok(a) => a,
             Err(e) => {
-                if let Some(p) = l.pending.take() {
-                    let _ = l.repo.abort(p);
+                if let (Some(p), Some(repo)) = (l.pending.take(), l.repo.as_mut()) {
+                    let _ = repo.abort(p);
                 }
                 return Err(SessionError::protocol(me, "starting a round", e));
             }
@@ -1195,7 +1354,7 @@ impl AsyncSession {
             match self.part_task(round, ready) {
                 Err(e) => Some(Err(e)),
                 Ok((task, channel_bytes)) => {
-                    let info = InFlight {
+                    let info = PartInFlight {
                         round,
                         channel_bytes,
                     };
@@ -1203,8 +1362,13 @@ impl AsyncSession {
                         self.settle_flush(state)?;
                     }
                     let submitted = match self.flusher.as_mut() {
-                        Some(f) => f.submit(task, info),
-                        None => Err(Box::new(task)),
+                        Some(f) => f
+                            .submit(Work::Part(task), InFlight::Part(info))
+                            .map_err(|w| match *w {
+                                Work::Part(t) => Some(t),
+                                Work::Commit(_) => None,
+                            }),
+                        None => Err(Some(task)),
                     };
                     match submitted {
                         Ok(()) => {
@@ -1218,7 +1382,14 @@ impl AsyncSession {
                                     self.me
                                 );
                             }
-                            let done = write_part_task(*task);
+                            let Some(task) = task else {
+                                return Err(SessionError::new(
+                                    K::Protocol,
+                                    self.me,
+                                    "the background writer gave back a COMMIT for a part",
+                                ));
+                            };
+                            let done = write_part_task(task);
                             self.want = None;
                             return self.part_done(state, info, done.result, false);
                         }
@@ -1266,7 +1437,7 @@ impl AsyncSession {
     fn part_done<S: Checkpoint + ?Sized>(
         &mut self,
         state: &S,
-        info: InFlight,
+        info: PartInFlight,
         result: Result<PartReceipt, String>,
         background: bool,
     ) -> Result<(), SessionError> {
@@ -1316,18 +1487,89 @@ impl AsyncSession {
     fn flushed<S: Checkpoint + ?Sized>(
         &mut self,
         state: &S,
-        outcome: Result<Option<(InFlight, PartDone)>, InFlight>,
+        outcome: Result<Option<(InFlight, Worked)>, InFlight>,
     ) -> Result<(), SessionError> {
         match outcome {
             Ok(None) => Ok(()),
-            Ok(Some((info, done))) => self.part_done(state, info, done.result, true),
-            Err(info) => {
+            Ok(Some((InFlight::Part(info), Worked::Part(done)))) => {
+                self.part_done(state, info, done.result, true)
+            }
+            Ok(Some((_, Worked::Commit(done)))) => {
+                let more = self.commit_done(done)?;
+                self.exec_coord(more)
+            }
+            Ok(Some((InFlight::Commit(round), Worked::Part(_)))) => Err(SessionError::new(
+                K::Protocol,
+                self.me,
+                format!("a part came back for the COMMIT of {}", round.ckpt),
+            )),
+            Err(InFlight::Part(info)) => {
                 // The writer thread died with the part: vote Failed, write in the calls.
                 self.flusher = None;
                 let e = "the background part writer died".to_string();
                 self.part_done(state, info, Err(e), true)
             }
+            Err(InFlight::Commit(round)) => {
+                // It died with the repository: COMMIT may or may not be there. Decide
+                // nothing (participants resolve it from the repository); the next round
+                // reopens the repository and writes in the calls.
+                self.flusher = None;
+                if let Some(l) = self.leader.as_mut() {
+                    if let Err(m) = l.coord.commit_unknown(round) {
+                        tracing::warn!("{}: commit_unknown: {m}", self.me);
+                    }
+                }
+                Err(SessionError::new(
+                    K::Store,
+                    self.me,
+                    format!(
+                        "the background writer died writing COMMIT of checkpoint {}; outcome \
+                         unknown, not announced",
+                        round.ckpt
+                    ),
+                ))
+            }
         }
+    }
+
+    /// A COMMIT write ended: the repository goes back to rank 0's leader, and the
+    /// coordinator learns the result (its decision follows). An outcome that cannot be
+    /// promised either way ends the round unannounced and is this call's error.
+    fn commit_done(
+        &mut self,
+        done: CommitDone,
+    ) -> Result<Vec<CoordinatorAction<PartReceipt>>, SessionError> {
+        let me = self.me;
+        let Some(l) = self.leader.as_mut() else {
+            return Ok(Vec::new());
+        };
+        l.repo = Some(done.repo);
+        let round = done.round;
+        let result = match done.outcome {
+            CommitOutcome::Written => Ok(()),
+            CommitOutcome::NotVisible(e) => Err(e),
+            CommitOutcome::Unknown(e) => {
+                // Decide nothing (neither outcome can be promised): the round ends
+                // unannounced, participants resolve it from the repository, the job
+                // restarts from what is there.
+                if let Err(m) = l.coord.commit_unknown(round) {
+                    tracing::warn!("{me}: commit_unknown: {m}");
+                }
+                return Err(SessionError::wrap(
+                    K::Store,
+                    me,
+                    &format!(
+                        "writing COMMIT of checkpoint {} failed but it may be visible; \
+                         outcome unknown, not announced",
+                        round.ckpt
+                    ),
+                    e,
+                ));
+            }
+        };
+        l.coord
+            .commit_written(round, result)
+            .map_err(|e| SessionError::protocol(me, "commit written", e))
     }
 
     /// The background write error not yet reported, as this call's error.
@@ -1485,82 +1727,77 @@ impl AsyncSession {
                     }
                 }
                 CoordinatorAction::WriteCommit { round, receipts } => {
-                    let result = match l.pending.take() {
-                        Some(p) if p.id() == round.ckpt => {
-                            let meta = CommitMeta {
-                                step: round.epoch.0,
-                                app: BTreeMap::from([
-                                    (crate::meta::MODE_KEY.to_string(), "unaligned".to_string()),
-                                    (
-                                        crate::meta::EPOCH_KEY.to_string(),
-                                        round.epoch.0.to_string(),
-                                    ),
-                                ]),
+                    let pending = l.pending.take_if(|p| p.id() == round.ckpt);
+                    let repo = match l.repo.take() {
+                        Some(r) => Ok(r),
+                        // Lost with a background writer that died: reopen.
+                        None => Repository::open_shared(&self.cfg.repo, self.cfg.store.clone())
+                            .map_err(|e| format!("reopening the repository: {e}")),
+                    };
+                    let (pending, repo) = match (pending, repo) {
+                        (Some(p), Ok(r)) => (p, r),
+                        (p, r) => {
+                            // COMMIT cannot have been written: the round aborts.
+                            let why = match &r {
+                                Err(e) => e.clone(),
+                                Ok(_) => format!("no pending checkpoint {}", round.ckpt),
                             };
-                            let receipts = receipts.into_iter().map(|(_, r)| r).collect();
-                            match l.repo.commit(p, receipts, meta) {
-                                Ok(_) => Ok(()),
-                                // The coordinator may only abort if COMMIT is not visible:
-                                // the store says so by any kind but `CommitUnknown`, and
-                                // reading it back must say "not found" (belt and braces).
-                                Err(e)
-                                    if e.kind() != StoreErrorKind::CommitUnknown
-                                        && crate::commit_absent(&self.cfg.repo, round.ckpt) =>
-                                {
-                                    Err(e.to_string())
-                                }
-                                Err(e) => {
-                                    // Decide nothing (neither outcome can be promised): the
-                                    // round ends unannounced, participants resolve it from
-                                    // the repository, the job restarts from what is there.
-                                    if let Err(m) = l.coord.commit_unknown(round) {
-                                        tracing::warn!("{me}: commit_unknown: {m}");
+                            l.pending = l.pending.take().or(p);
+                            l.repo = r.ok();
+                            let more = l
+                                .coord
+                                .commit_written(round, Err(why))
+                                .map_err(|e| SessionError::protocol(me, "commit written", e))?;
+                            queue.extend(more);
+                            continue;
+                        }
+                    };
+                    let task = CommitTask {
+                        me,
+                        repo,
+                        path: self.cfg.repo.clone(),
+                        pending,
+                        receipts: receipts.into_iter().map(|(_, r)| r).collect(),
+                        round,
+                        keep: self.cfg.keep,
+                        markers: self.cfg.output_markers,
+                        hold: self.commit_hold.clone(),
+                    };
+                    // In the background (issue #16): no session call waits for the COMMIT
+                    // fsync; the decision follows from the call that finds it written.
+                    let task = match self.flusher.as_mut().filter(|f| !f.busy()) {
+                        Some(f) => match f.submit(Work::Commit(task), InFlight::Commit(round)) {
+                            Ok(()) => continue,
+                            Err(w) => {
+                                tracing::warn!(
+                                    "{me}: background writer gone: COMMIT and parts are written in the session calls"
+                                );
+                                self.flusher = None;
+                                match *w {
+                                    Work::Commit(t) => t,
+                                    Work::Part(_) => {
+                                        return Err(SessionError::new(
+                                            K::Protocol,
+                                            me,
+                                            "the background writer gave back a part for a COMMIT",
+                                        ))
                                     }
-                                    return Err(SessionError::wrap(
-                                        K::Store,
-                                        me,
-                                        &format!(
-                                            "writing COMMIT of checkpoint {} failed but it may \
-                                             be visible; outcome unknown, not announced",
-                                            round.ckpt
-                                        ),
-                                        e,
-                                    ));
                                 }
                             }
-                        }
-                        other => {
-                            l.pending = other;
-                            Err(format!("no pending checkpoint {}", round.ckpt))
-                        }
+                        },
+                        // Without the writer (`sync_writes`), or (never expected: the part
+                        // of rank 0 was taken before its vote) while it is busy: here.
+                        None => task,
                     };
-                    if result.is_ok() {
-                        self.marker(&Marker::Commit {
-                            id: round.ckpt,
-                            step: round.ckpt.0,
-                        });
-                    }
-                    let Some(l) = self.leader.as_mut() else {
-                        return Ok(());
-                    };
-                    if result.is_ok() {
-                        if let Some(k) = self.cfg.keep {
-                            // Retention failing leaves extra checkpoints, never a wrong one.
-                            if let Err(e) = l.repo.retain(k) {
-                                tracing::warn!("{me}: retention after {}: {e}", round.ckpt);
-                            }
-                        }
-                    }
-                    let more = l
-                        .coord
-                        .commit_written(round, result)
-                        .map_err(|e| SessionError::protocol(me, "commit written", e))?;
+                    let more = self.commit_done(write_commit(task))?;
                     queue.extend(more);
                 }
                 CoordinatorAction::CollectLeftovers { round } => {
                     if let Some(p) = l.pending.take_if(|p| p.id() == round.ckpt) {
                         // Left behind on failure; GC removes directories without COMMIT.
-                        let _ = l.repo.abort(p);
+                        if let Some(repo) = l.repo.as_mut() {
+                            let _ = repo.abort(p);
+                        }
                     }
                 }
                 CoordinatorAction::Decided { decision, reason } => {
