@@ -173,6 +173,18 @@ struct Ready {
 /// (the round aborts, the previous checkpoint stays the restart point) and is returned,
 /// once, by the next session call ([`SessionErrorKind::Flush`], naming the checkpoint;
 /// retryable), by [`AsyncSession::finish`] at the latest.
+///
+/// Rank 0 writes COMMIT on the same writer: once every vote says durable, the COMMIT
+/// write (then the `commit` output marker and retention) is handed over and the call
+/// returns; the first later call that finds it written decides the round and announces
+/// it, so no session call waits for the COMMIT fsync (only [`AsyncSession::checkpoint`],
+/// which returns the decision, waits for the round). A COMMIT whose result is unknown is
+/// returned by that call, as when written inside it.
+///
+/// A snapshot of a tracked object (a `DirtyVec`: one with a change hint) copies only the
+/// chunks changed since this rank's newest checkpoint learned committed in this session,
+/// by the same rule as the Job's ([`crate::capture`]); the part names the other chunks by
+/// digest. [`AsyncStats::captured_bytes`] counts what the snapshots copied.
 pub struct AsyncSession {
     comm: Comm,
     me: Rank,
@@ -831,8 +843,9 @@ impl AsyncSession {
     ///
     /// Unlike [`AsyncSession::checkpoint`], rank 0 keeps computing and exchanging messages
     /// while the other ranks snapshot, write their parts and vote; its own part is written
-    /// in the background like every rank's (see [`AsyncSession`]), and COMMIT (one small
-    /// file) inside the call that collects the last vote.
+    /// in the background like every rank's (see [`AsyncSession`]), and so is COMMIT: the
+    /// call that collects the last vote hands it to the background writer, and a later
+    /// call that finds it durable decides the round.
     pub fn start_checkpoint<S: Checkpoint + ?Sized>(
         &mut self,
         state: &S,
