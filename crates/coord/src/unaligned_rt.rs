@@ -323,7 +323,10 @@ fn write_commit(t: CommitTask) -> CommitDone {
         step: round.epoch.0,
         app: BTreeMap::from([
             (crate::meta::MODE_KEY.to_string(), "unaligned".to_string()),
-            (crate::meta::EPOCH_KEY.to_string(), round.epoch.0.to_string()),
+            (
+                crate::meta::EPOCH_KEY.to_string(),
+                round.epoch.0.to_string(),
+            ),
         ]),
     };
     let outcome = match repo.commit(pending, receipts, meta) {
@@ -1267,8 +1270,7 @@ impl AsyncSession {
                         id: CheckpointId(epoch.0),
                         step: epoch.0,
                     });
-                    let (objects, reused, captured) =
-                        self.capture(state, CheckpointId(epoch.0))?;
+                    let (objects, reused, captured) = self.capture(state, CheckpointId(epoch.0))?;
                     self.stats.captured_bytes += captured;
                     let mut inbox: BTreeMap<Rank, Vec<SavedMessage>> = BTreeMap::new();
                     for (from, m) in &self.inbox {
@@ -1779,25 +1781,25 @@ impl AsyncSession {
                     // In the background (issue #16): no session call waits for the COMMIT
                     // fsync; the decision follows from the call that finds it written.
                     let task = match self.flusher.as_mut().filter(|f| !f.busy()) {
-                        Some(f) => match f.submit(Work::Commit(task), InFlight::Commit(round)) {
-                            Ok(()) => continue,
-                            Err(w) => {
-                                tracing::warn!(
+                        Some(f) => {
+                            match f.submit(Work::Commit(task), InFlight::Commit(round)) {
+                                Ok(()) => continue,
+                                Err(w) => {
+                                    tracing::warn!(
                                     "{me}: background writer gone: COMMIT and parts are written in the session calls"
                                 );
-                                self.flusher = None;
-                                match *w {
-                                    Work::Commit(t) => t,
-                                    Work::Part(_) => {
-                                        return Err(SessionError::new(
+                                    self.flusher = None;
+                                    match *w {
+                                        Work::Commit(t) => t,
+                                        Work::Part(_) => return Err(SessionError::new(
                                             K::Protocol,
                                             me,
                                             "the background writer gave back a part for a COMMIT",
-                                        ))
+                                        )),
                                     }
                                 }
                             }
-                        },
+                        }
                         // Without the writer (`sync_writes`), or (never expected: the part
                         // of rank 0 was taken before its vote) while it is busy: here.
                         None => task,

@@ -298,9 +298,15 @@ fn rank0_writes_commit_in_the_background() {
             s0.poll(&b).unwrap();
             std::thread::sleep(Duration::from_millis(2));
         }
-        assert!(s0.take_report().is_none(), "decided before COMMIT was written");
+        assert!(
+            s0.take_report().is_none(),
+            "decided before COMMIT was written"
+        );
         assert!(s0.round_in_progress());
-        assert!(!committed().contains(&id), "COMMIT of {id} written while held");
+        assert!(
+            !committed().contains(&id),
+            "COMMIT of {id} written while held"
+        );
         // Released: a later call finds COMMIT written and decides.
         hold.store(false, Ordering::SeqCst);
         let t = Instant::now();

@@ -37,7 +37,10 @@ const ROUNDS: u64 = 5;
 enum Msg {
     /// Change the pages of round `k`, then answer `Changed(k)`; after the snapshot that
     /// follows, overwrite every element when `scribble`.
-    Change { k: u64, scribble: bool },
+    Change {
+        k: u64,
+        scribble: bool,
+    },
     Changed(u64),
     Stop,
 }
@@ -136,7 +139,10 @@ fn follower(comm: Comm, repo: &Path) -> Result<Vec<Snapshot>, SessionError> {
     let mut seen = session.stats();
     let t = Instant::now();
     loop {
-        assert!(t.elapsed() < Duration::from_secs(120), "rank 1 never told to stop");
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "rank 1 never told to stop"
+        );
         let got = session.recv(&s, Duration::from_millis(5));
         let stats = session.stats();
         if stats.snapshots > seen.snapshots {
@@ -191,18 +197,14 @@ fn unaligned_rounds_capture_only_the_changed_chunks_and_keep_snapshot_isolation(
         let last = k == ROUNDS;
         let changed = change(&mut s, 0, k);
         session
-            .send(
-                Rank(1),
-                0,
-                &Msg::Change {
-                    k,
-                    scribble: last,
-                },
-            )
+            .send(Rank(1), 0, &Msg::Change { k, scribble: last })
             .unwrap();
         let t = Instant::now();
         loop {
-            assert!(t.elapsed() < Duration::from_secs(20), "rank 1 never answered");
+            assert!(
+                t.elapsed() < Duration::from_secs(20),
+                "rank 1 never answered"
+            );
             match session.recv(&s, Duration::from_millis(50)) {
                 Ok(m) => match m.decode::<Msg>().unwrap() {
                     Msg::Changed(j) if j == k => break,
@@ -215,7 +217,11 @@ fn unaligned_rounds_capture_only_the_changed_chunks_and_keep_snapshot_isolation(
         let before = session.stats();
         assert!(session.start_checkpoint(&s).unwrap(), "a round starts");
         let after = session.stats();
-        assert_eq!(after.snapshots, before.snapshots + 1, "rank 0 snapshots in the call");
+        assert_eq!(
+            after.snapshots,
+            before.snapshots + 1,
+            "rank 0 snapshots in the call"
+        );
         let id = CheckpointId(session.epoch().0);
         let captured = after.captured_bytes - before.captured_bytes;
         snaps.push((id, copy(&s), captured, (k > 0).then_some(changed)));
@@ -237,7 +243,11 @@ fn unaligned_rounds_capture_only_the_changed_chunks_and_keep_snapshot_isolation(
     session.send(Rank(1), 0, &Msg::Stop).unwrap();
     session.finish(&s, Duration::from_secs(20)).unwrap();
     let snaps1 = r1.join().unwrap().unwrap();
-    assert_eq!(snaps1.len(), snaps.len(), "rank 1 took one snapshot per round");
+    assert_eq!(
+        snaps1.len(),
+        snaps.len(),
+        "rank 1 took one snapshot per round"
+    );
     for (rank, snaps) in [(0u32, &snaps), (1, &snaps1)] {
         for (i, (id, want, captured, changed)) in snaps.iter().enumerate() {
             match changed {
