@@ -243,7 +243,7 @@ struct PartInFlight {
 /// was written and taken before; the next round begins only once this one is decided.
 enum Work {
     Part(PartTask),
-    Commit(CommitTask),
+    Commit(Box<CommitTask>),
 }
 
 /// What the background writer hands back.
@@ -262,7 +262,7 @@ enum InFlight {
 fn work(w: Work) -> Worked {
     match w {
         Work::Part(t) => Worked::Part(write_part_task(t)),
-        Work::Commit(t) => Worked::Commit(write_commit(t)),
+        Work::Commit(t) => Worked::Commit(write_commit(*t)),
     }
 }
 
@@ -1782,7 +1782,7 @@ impl AsyncSession {
                     // fsync; the decision follows from the call that finds it written.
                     let task = match self.flusher.as_mut().filter(|f| !f.busy()) {
                         Some(f) => {
-                            match f.submit(Work::Commit(task), InFlight::Commit(round)) {
+                            match f.submit(Work::Commit(Box::new(task)), InFlight::Commit(round)) {
                                 Ok(()) => continue,
                                 Err(w) => {
                                     tracing::warn!(
@@ -1790,7 +1790,7 @@ impl AsyncSession {
                                 );
                                     self.flusher = None;
                                     match *w {
-                                        Work::Commit(t) => t,
+                                        Work::Commit(t) => *t,
                                         Work::Part(_) => return Err(SessionError::new(
                                             K::Protocol,
                                             me,
