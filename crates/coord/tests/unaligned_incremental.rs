@@ -277,3 +277,91 @@ fn unaligned_rounds_capture_only_the_changed_chunks_and_keep_snapshot_isolation(
         }
     }
 }
+
+/// Rank 0 alone: one round started and polled until decided; the state at the call, the
+/// bytes copied, and the errors the polls returned.
+fn one_round(
+    session: &mut AsyncSession,
+    s: &S,
+) -> (lazarus_coord::AsyncReport, u64, Vec<SessionError>) {
+    let before = session.stats();
+    assert!(session.start_checkpoint(s).unwrap(), "a round starts");
+    let captured = session.stats().captured_bytes - before.captured_bytes;
+    let mut errors = Vec::new();
+    let t = Instant::now();
+    let r = loop {
+        if let Some(r) = session.take_report() {
+            break r;
+        }
+        assert!(t.elapsed() < Duration::from_secs(30), "round never decided");
+        if let Err(e) = session.poll(s) {
+            errors.push(e);
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    // A background error comes with the call that finds the part written.
+    if let Err(e) = session.poll(s) {
+        errors.push(e);
+    }
+    (r, captured, errors)
+}
+
+/// The chunks an incremental snapshot reuses are gone when its part is written (an
+/// outside hand removed them): the part fails naming a chunk and the base checkpoint,
+/// the round aborts, the error is reported once, and the next snapshot is a full copy
+/// that commits. Never a part that names bytes that are not there.
+#[test]
+fn a_reused_chunk_that_is_gone_fails_the_part_and_the_next_capture_is_full() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let c0 = comms(1).pop().unwrap();
+    let full = (WORDS * 8) as u64;
+    let mut s = init(0);
+    let (mut session, _) = AsyncSession::open(c0, cfg(&repo), &mut s).unwrap();
+    let (r, captured, errors) = one_round(&mut session, &s);
+    assert_eq!(r.outcome, Outcome::Commit, "{r:?}");
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(captured, full);
+    let base = r.round.ckpt;
+    // Every chunk of the repository disappears.
+    fn remove_files(d: &Path) {
+        for e in std::fs::read_dir(d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                remove_files(&p);
+            } else {
+                std::fs::remove_file(&p).unwrap();
+            }
+        }
+    }
+    remove_files(&repo.join("chunks"));
+    change(&mut s, 0, 1);
+    let (r, captured, errors) = one_round(&mut session, &s);
+    assert!(
+        captured < full,
+        "the snapshot was incremental ({captured} bytes)"
+    );
+    assert_eq!(r.outcome, Outcome::Abort, "{r:?}");
+    assert_eq!(errors.len(), 1, "reported once: {errors:?}");
+    let e = errors[0].to_string();
+    assert_eq!(
+        errors[0].kind(),
+        lazarus_coord::SessionErrorKind::Flush,
+        "{e}"
+    );
+    assert!(e.contains("of object"), "names the chunk: {e}");
+    assert!(e.contains(&base.to_string()), "names the base {base}: {e}");
+    change(&mut s, 0, 2);
+    let (r, captured, errors) = one_round(&mut session, &s);
+    assert_eq!(r.outcome, Outcome::Commit, "{r:?}");
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(
+        captured, full,
+        "after a failed part the snapshot is a full copy"
+    );
+    assert!(
+        load(&repo, r.round.ckpt, 0) == s,
+        "the part holds the state at the call"
+    );
+    session.finish(&s, Duration::from_secs(20)).unwrap();
+}
