@@ -27,7 +27,8 @@ use std::time::Duration;
 
 const RANKS: u32 = 3;
 /// 900 hops per token: since rank 0 writes COMMIT in the background (issue #16) a run
-/// of 300 hops ended (about 100 ms) before most seeded kills could land.
+/// of 300 hops (rank 0 no longer stalls for COMMIT fsyncs) ended before most seeded
+/// kills could land.
 const ARGS: [&str; 8] = [
     "--tokens", "6", "--hops", "900", "--every", "120", "--report", "200",
 ];
