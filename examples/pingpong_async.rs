@@ -269,17 +269,22 @@ fn run(args: &Args) -> Result<Option<u64>, Box<dyn Error>> {
     let mut round_started = Instant::now();
     while c.received < want {
         if args.every > 0 && c.received >= last + args.every {
-            last = c.received;
             let t = Instant::now();
             if args.blocking {
+                last = c.received;
                 if let Some(r) = s.checkpoint(&c)? {
                     rounds.started += 1;
                     rounds.decided(&r, t);
                 }
             } else if s.start_checkpoint(&c)? {
+                last = c.received;
                 rounds.started += 1;
                 round_started = t;
+            } else if s.rank() != Rank(0) {
+                last = c.received;
             }
+            // On rank 0, an opportunity met while the previous round is still deciding
+            // (its COMMIT is written in the background) is taken as soon as it is decided.
         }
         // A background round's decision arrives inside later session calls.
         if let Some(r) = s.take_report() {

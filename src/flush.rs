@@ -13,7 +13,7 @@
 
 use lazarus_coord::{AlignedRuntime, Committed, RoundError, StartedRound};
 use lazarus_format::{CheckpointId, ObjectSpec};
-use lazarus_store::{CommitMeta, StoreError, Unchanged};
+use lazarus_store::CommitMeta;
 use std::borrow::Cow;
 use std::time::{Duration, Instant};
 
@@ -33,73 +33,7 @@ pub(crate) fn default_budget() -> u64 {
         .map_or(FALLBACK_BUDGET, |kib| kib.saturating_mul(1024) / 4)
 }
 
-/// Copies `objects` into owned buffers, reusing `pool` (the previous capture's buffers,
-/// in object order) so the copy lands in memory that is already mapped: the capture then
-/// costs a `memcpy`, not page faults. Change hints travel with the copy: a `DirtyVec`'s
-/// snapshot epoch was taken when `objects` were produced, so pages written after this
-/// call stay dirty for the next checkpoint.
-pub(crate) fn stage(objects: Vec<ObjectSpec<'_>>, pool: Vec<Vec<u8>>) -> Vec<ObjectSpec<'static>> {
-    // Without unchanged chunks the copy cannot fail.
-    stage_sparse(objects, pool, &[]).unwrap_or_default()
-}
-
-/// [`stage`] of an incremental capture: an object with unchanged chunks
-/// (`unchanged[i]`, from the store, decided now) is copied sparsely, only its other
-/// chunks ([`Unchanged::copy_changed`]); the part names the unchanged ones by digest.
-pub(crate) fn stage_sparse(
-    objects: Vec<ObjectSpec<'_>>,
-    pool: Vec<Vec<u8>>,
-    unchanged: &[Option<Unchanged>],
-) -> Result<Vec<ObjectSpec<'static>>, StoreError> {
-    let mut old = pool.into_iter();
-    objects
-        .into_iter()
-        .enumerate()
-        .map(|(i, o)| {
-            let data = match o.data {
-                Cow::Owned(v) => v,
-                Cow::Borrowed(b) => {
-                    let mut buf = old.next().unwrap_or_default();
-                    buf.clear();
-                    match unchanged.get(i) {
-                        Some(Some(u)) => u.copy_changed(b, &mut buf)?,
-                        _ => buf.extend_from_slice(b),
-                    }
-                    buf
-                }
-            };
-            Ok(ObjectSpec {
-                info: o.info,
-                data: Cow::Owned(data),
-                hint: o.hint,
-            })
-        })
-        .collect()
-}
-
-/// Bytes an incremental capture copies: the borrowed objects, of which only the changed
-/// chunks for those with unchanged ones.
-pub(crate) fn sparse_bytes(objects: &[ObjectSpec<'_>], unchanged: &[Option<Unchanged>]) -> u64 {
-    objects
-        .iter()
-        .enumerate()
-        .filter(|(_, o)| matches!(o.data, Cow::Borrowed(_)))
-        .map(|(i, o)| match unchanged.get(i) {
-            Some(Some(u)) => u.changed_bytes(),
-            _ => o.data.len() as u64,
-        })
-        .sum()
-}
-
-/// Bytes a capture would copy: the objects borrowed from the program's memory (owned
-/// objects, already encoded by `lazarus_state::save`, move to the worker without a copy).
-pub(crate) fn borrowed_bytes(objects: &[ObjectSpec<'_>]) -> u64 {
-    objects
-        .iter()
-        .filter(|o| matches!(o.data, Cow::Borrowed(_)))
-        .map(|o| o.data.len() as u64)
-        .sum()
-}
+pub(crate) use lazarus_coord::capture::{borrowed_bytes, sparse_bytes, stage, stage_sparse};
 
 /// An object's tail to write inside the call, and the offset it starts at.
 pub(crate) type Tail<'a> = (ObjectSpec<'a>, u64);

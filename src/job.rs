@@ -17,7 +17,6 @@ use lazarus_policy::{EveryInterval, EverySteps, Opportunity, Policy};
 use lazarus_state::Checkpoint;
 use lazarus_store::{CommitMeta, RepoOptions, RepoReader, Repository, StoreError};
 use lazarus_supervisor::Marker;
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -1364,12 +1363,8 @@ impl Job {
         // (its chunks are retained and the store holds their digests). Then, and over the
         // budget, the round begins first (its part writer knows the chunk size and what
         // the store holds), and the capture follows.
-        let base = self.last.map(|r| r.checkpoint).filter(|_| {
-            objects.iter().any(|o| {
-                matches!(o.data, Cow::Borrowed(_))
-                    && o.hint.as_ref().is_some_and(|h| h.base().is_some())
-            })
-        });
+        let base =
+            lazarus_coord::capture::incremental_base(self.last.map(|r| r.checkpoint), &objects);
         let capture = if base.is_some() || flush::borrowed_bytes(&objects) > self.staging_budget {
             Err(objects)
         } else {

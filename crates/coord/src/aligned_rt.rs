@@ -484,11 +484,7 @@ impl AlignedRuntime {
         base: CheckpointId,
     ) -> Result<Vec<Option<lazarus_store::Unchanged>>, RoundError> {
         let w = self.writer_for(started.round, started.writer.take())?;
-        let me = self.comm.rank();
-        let out = objects
-            .iter()
-            .map(|o| w.unchanged_since(me, o, base))
-            .collect();
+        let out = crate::capture::unchanged_since(&w, self.comm.rank(), objects, base);
         started.writer = Some(w);
         Ok(out)
     }

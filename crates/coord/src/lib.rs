@@ -45,6 +45,7 @@
 
 mod aligned;
 mod aligned_rt;
+pub mod capture;
 mod damage;
 mod error;
 mod flusher;

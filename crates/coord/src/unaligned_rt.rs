@@ -32,12 +32,14 @@ use lazarus_net::{Comm, Envelope, ErrorKind as NetKind, NetError, Tag, TagSpace}
 use lazarus_state::Checkpoint;
 use lazarus_store::{
     CommitMeta, PartReceipt, PartWriter, PendingCheckpoint, RepoReader, Repository, StoreError,
-    StoreErrorKind,
+    StoreErrorKind, Unchanged, WrittenAhead,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wire::{TAG_DONE, TAG_MARKER, TAG_TO_PARTICIPANT, TAG_VOTE};
 use SessionErrorKind as K;
@@ -114,10 +116,16 @@ pub struct AsyncStats {
     pub outcomes_unknown: u64,
     /// bytes of channel state (the encoded `lazarus.channels` objects) in those parts
     pub channel_bytes: u64,
+    /// bytes of state copied at those snapshots: only the changed chunks of an
+    /// incremental capture (docs/ASYNC.md), the whole borrowed state otherwise
+    #[serde(default)]
+    pub captured_bytes: u64,
 }
 
 struct Leader {
-    repo: Repository,
+    /// `None` while COMMIT is written in the background (the writer holds it), or after
+    /// the writer died with it (reopened by the next use).
+    repo: Option<Repository>,
     coord: Coordinator<PartReceipt>,
     pending: Option<PendingCheckpoint>,
     /// Decisions not yet handed out, oldest first (`take_report`, or `drive_round` for
@@ -131,6 +139,8 @@ struct Snap {
     objects: Vec<ObjectSpec<'static>>,
     /// received by the session but not yet by the program: in flight for the cut
     inbox: BTreeMap<Rank, Vec<SavedMessage>>,
+    /// chunks of objects captured sparsely, named by digest in the part
+    reused: Vec<Unchanged>,
 }
 
 /// A complete part: captured state plus channel state.
@@ -138,6 +148,7 @@ struct Ready {
     epoch: Epoch,
     objects: Vec<ObjectSpec<'static>>,
     channels: ChannelState<SavedMessage>,
+    reused: Vec<Unchanged>,
 }
 
 /// One rank's runtime for unaligned (Chandy-Lamport / Lai-Yang) checkpoints.
@@ -162,6 +173,18 @@ struct Ready {
 /// (the round aborts, the previous checkpoint stays the restart point) and is returned,
 /// once, by the next session call ([`SessionErrorKind::Flush`], naming the checkpoint;
 /// retryable), by [`AsyncSession::finish`] at the latest.
+///
+/// Rank 0 writes COMMIT on the same writer: once every vote says durable, the COMMIT
+/// write (then the `commit` output marker and retention) is handed over and the call
+/// returns; the first later call that finds it written decides the round and announces
+/// it, so no session call waits for the COMMIT fsync (only [`AsyncSession::checkpoint`],
+/// which returns the decision, waits for the round). A COMMIT whose result is unknown is
+/// returned by that call, as when written inside it.
+///
+/// A snapshot of a tracked object (a `DirtyVec`: one with a change hint) copies only the
+/// chunks changed since this rank's newest checkpoint learned committed in this session,
+/// by the same rule as the Job's ([`crate::capture`]); the part names the other chunks by
+/// digest. [`AsyncStats::captured_bytes`] counts what the snapshots copied.
 pub struct AsyncSession {
     comm: Comm,
     me: Rank,
@@ -179,11 +202,16 @@ pub struct AsyncSession {
     stats: AsyncStats,
     /// The background part writer (issue #16, docs/ASYNC.md), shared with the Job API;
     /// `None` with `AsyncConfig::sync_writes` or when its thread could not start.
-    flusher: Option<Flusher<PartTask, PartDone, InFlight>>,
+    flusher: Option<Flusher<Work, Worked, InFlight>>,
     /// A background write that failed: returned by the next session call, once.
     flush_error: Option<SessionError>,
     /// Fault injection ([`AsyncSession::set_write_budget`]): bytes each part may write.
     write_budget: Option<u64>,
+    /// Test hook ([`AsyncSession::hold_commits`]): COMMIT writes wait while it is set.
+    commit_hold: Option<Arc<AtomicBool>>,
+    /// The newest checkpoint this rank learned committed in this session: the base of an
+    /// incremental capture (docs/ASYNC.md).
+    last_committed: Option<CheckpointId>,
 }
 
 /// One part handed to the background writer: the captured snapshot and its channel state.
@@ -193,6 +221,8 @@ struct PartTask {
     me: Rank,
     round: RoundId,
     objects: Vec<ObjectSpec<'static>>,
+    /// chunks the part names by digest (an incremental capture: `objects` hold the others)
+    reused: Vec<Unchanged>,
     budget: Option<u64>,
 }
 
@@ -201,11 +231,136 @@ struct PartDone {
     result: Result<PartReceipt, String>,
 }
 
-/// The part in flight: its round and the size of its channel state.
+/// A part in flight: its round and the size of its channel state.
 #[derive(Clone, Copy, Debug)]
-struct InFlight {
+struct PartInFlight {
     round: RoundId,
     channel_bytes: u64,
+}
+
+/// The work of the background writer: this rank's part of a round, or (rank 0) a round's
+/// COMMIT. One at a time: a round's COMMIT needs every vote, rank 0's too, so its part
+/// was written and taken before; the next round begins only once this one is decided.
+enum Work {
+    Part(PartTask),
+    Commit(Box<CommitTask>),
+}
+
+/// What the background writer hands back.
+enum Worked {
+    Part(PartDone),
+    Commit(CommitDone),
+}
+
+/// What the session remembers of the work in flight.
+#[derive(Clone, Copy, Debug)]
+enum InFlight {
+    Part(PartInFlight),
+    Commit(RoundId),
+}
+
+fn work(w: Work) -> Worked {
+    match w {
+        Work::Part(t) => Worked::Part(write_part_task(t)),
+        Work::Commit(t) => Worked::Commit(write_commit(*t)),
+    }
+}
+
+/// Rank 0's COMMIT of a round whose every part is durable, handed to the background
+/// writer (or written in the call without it).
+struct CommitTask {
+    me: Rank,
+    /// The repository: it moves to the writer with the task and comes back with the
+    /// outcome (no round can begin meanwhile: this one is undecided).
+    repo: Repository,
+    path: std::path::PathBuf,
+    pending: PendingCheckpoint,
+    receipts: Vec<PartReceipt>,
+    round: RoundId,
+    keep: Option<usize>,
+    markers: bool,
+    hold: Option<Arc<AtomicBool>>,
+}
+
+/// How a COMMIT write ended.
+enum CommitOutcome {
+    /// COMMIT is durable (and the `commit` output marker written, retention run).
+    Written,
+    /// COMMIT is not visible: the round may abort.
+    NotVisible(String),
+    /// COMMIT may be visible but is not known durable: neither outcome may be announced.
+    Unknown(StoreError),
+}
+
+struct CommitDone {
+    repo: Repository,
+    round: RoundId,
+    outcome: CommitOutcome,
+}
+
+/// Writes COMMIT of `t.round` (format 1.1: the parts' inline manifests ride in it), then
+/// the output `commit` marker and retention; on the background writer or in the call.
+fn write_commit(t: CommitTask) -> CommitDone {
+    let CommitTask {
+        me,
+        mut repo,
+        path,
+        pending,
+        receipts,
+        round,
+        keep,
+        markers,
+        hold,
+    } = t;
+    if let Some(h) = hold {
+        // Test hook: hold the write (bounded, so a forgotten release cannot hang a job).
+        let t = Instant::now();
+        while h.load(Ordering::SeqCst) && t.elapsed() < Duration::from_secs(60) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    let meta = CommitMeta {
+        step: round.epoch.0,
+        app: BTreeMap::from([
+            (crate::meta::MODE_KEY.to_string(), "unaligned".to_string()),
+            (
+                crate::meta::EPOCH_KEY.to_string(),
+                round.epoch.0.to_string(),
+            ),
+        ]),
+    };
+    let outcome = match repo.commit(pending, receipts, meta) {
+        Ok(_) => {
+            if markers {
+                crate::marker::write_marker(&Marker::Commit {
+                    id: round.ckpt,
+                    step: round.ckpt.0,
+                });
+            }
+            if let Some(k) = keep {
+                // Retention failing leaves extra checkpoints, never a wrong one.
+                if let Err(e) = repo.retain(k) {
+                    tracing::warn!("{me}: retention after {}: {e}", round.ckpt);
+                }
+            }
+            CommitOutcome::Written
+        }
+        // The coordinator may only abort if COMMIT is not visible: the store says so by
+        // any kind but `CommitUnknown`, and reading it back must say "not found" (belt
+        // and braces).
+        Err(e)
+            if e.kind() != StoreErrorKind::CommitUnknown
+                && crate::commit_absent(&path, round.ckpt) =>
+        {
+            CommitOutcome::NotVisible(e.to_string())
+        }
+        Err(e) => CommitOutcome::Unknown(e),
+    };
+    CommitDone {
+        repo,
+        round,
+        outcome,
+    }
 }
 
 /// Writes one part (on the background writer, or in the call without it). Format 1.1: a
@@ -218,7 +373,16 @@ fn write_part_task(t: PartTask) -> PartDone {
             Some(b) => w.with_write_budget(b),
             None => w,
         })
-        .and_then(|w| w.write(t.me, &t.objects))
+        .and_then(|w| {
+            if t.reused.is_empty() {
+                return w.write(t.me, &t.objects);
+            }
+            let mut ahead = WrittenAhead::default();
+            for u in t.reused {
+                ahead.reuse(u)?;
+            }
+            w.write_with(t.me, &t.objects, &ahead)
+        })
         .map_err(|e| format!("{}: {e}", t.me));
     PartDone { result }
 }
@@ -261,7 +425,7 @@ impl AsyncSession {
             let coord = Coordinator::new(world, cfg.timeouts)
                 .map_err(|e| SessionError::protocol(me, "coordinator", e))?;
             Some(Leader {
-                repo,
+                repo: Some(repo),
                 coord,
                 pending: None,
                 decided: VecDeque::new(),
@@ -273,7 +437,7 @@ impl AsyncSession {
         let flusher = if cfg.sync_writes {
             None
         } else {
-            match Flusher::start(format!("lazarus-flush-{}", me.0), write_part_task) {
+            match Flusher::start(format!("lazarus-flush-{}", me.0), work) {
                 Ok(f) => Some(f),
                 Err(e) => {
                     tracing::warn!(
@@ -287,6 +451,8 @@ impl AsyncSession {
             flusher,
             flush_error: None,
             write_budget: None,
+            commit_hold: None,
+            last_committed: None,
             me,
             world,
             t0: Instant::now(),
@@ -685,8 +851,9 @@ impl AsyncSession {
     ///
     /// Unlike [`AsyncSession::checkpoint`], rank 0 keeps computing and exchanging messages
     /// while the other ranks snapshot, write their parts and vote; its own part is written
-    /// in the background like every rank's (see [`AsyncSession`]), and COMMIT (one small
-    /// file) inside the call that collects the last vote.
+    /// in the background like every rank's (see [`AsyncSession`]), and so is COMMIT: the
+    /// call that collects the last vote hands it to the background writer, and a later
+    /// call that finds it durable decides the round.
     pub fn start_checkpoint<S: Checkpoint + ?Sized>(
         &mut self,
         state: &S,
@@ -724,6 +891,23 @@ impl AsyncSession {
         self.write_budget = bytes;
     }
 
+    /// Test hook (rank 0): every COMMIT write handed out from now on waits, before it
+    /// writes anything, while `hold` is set (60 s at most); `None` removes the hook.
+    #[doc(hidden)]
+    pub fn hold_commits(&mut self, hold: Option<Arc<AtomicBool>>) {
+        self.commit_hold = hold;
+    }
+
+    /// Test hook (rank 0): true while a round's COMMIT is being written in the
+    /// background.
+    #[doc(hidden)]
+    pub fn commit_in_flight(&self) -> bool {
+        matches!(
+            self.flusher.as_ref().and_then(Flusher::in_flight),
+            Some(InFlight::Commit(_))
+        )
+    }
+
     /// Rank 0: opens the next checkpoint in the repository and tells every rank (markers
     /// and the round's Prepare). On failure nothing is left running.
     fn begin_round(&mut self) -> Result<RoundId, SessionError> {
@@ -738,8 +922,21 @@ impl AsyncSession {
                 "only rank 0 starts rounds",
             ));
         };
-        let pending = l
-            .repo
+        if l.coord.active_round().is_some() {
+            return Err(SessionError::new(
+                K::Misuse,
+                me,
+                "a round is still running (its COMMIT may be being written)",
+            ));
+        }
+        let repo = match l.repo.take() {
+            Some(r) => r,
+            // Lost with a background writer that died: reopen.
+            None => Repository::open_shared(&self.cfg.repo, self.cfg.store.clone())
+                .map_err(|e| SessionError::wrap(K::Store, me, "reopening the repository", e))?,
+        };
+        let repo = l.repo.insert(repo);
+        let pending = repo
             .begin(world)
             .map_err(|e| SessionError::wrap(K::Store, me, "beginning a checkpoint", e))?;
         // The epoch is the checkpoint id, so every rank knows the id at its local snapshot
@@ -747,7 +944,7 @@ impl AsyncSession {
         // the restored checkpoint's, so the epoch increases.
         let id = pending.id();
         if id.0 <= current.0 {
-            let _ = l.repo.abort(pending);
+            let _ = repo.abort(pending);
             return Err(SessionError::new(
                 K::Store,
                 me,
@@ -766,8 +963,8 @@ impl AsyncSession {
         let actions = match l.coord.start_round(round, now) {
             Ok(a) => a,
             Err(e) => {
-                if let Some(p) = l.pending.take() {
-                    let _ = l.repo.abort(p);
+                if let (Some(p), Some(repo)) = (l.pending.take(), l.repo.as_mut()) {
+                    let _ = repo.abort(p);
                 }
                 return Err(SessionError::protocol(me, "starting a round", e));
             }
@@ -1078,7 +1275,8 @@ impl AsyncSession {
                         id: CheckpointId(epoch.0),
                         step: epoch.0,
                     });
-                    let objects = capture(me, state)?;
+                    let (objects, reused, captured) = self.capture(state, CheckpointId(epoch.0))?;
+                    self.stats.captured_bytes += captured;
                     let mut inbox: BTreeMap<Rank, Vec<SavedMessage>> = BTreeMap::new();
                     for (from, m) in &self.inbox {
                         inbox.entry(*from).or_default().push(m.clone());
@@ -1087,6 +1285,7 @@ impl AsyncSession {
                         epoch,
                         objects,
                         inbox,
+                        reused,
                     });
                     self.stats.snapshots += 1;
                     // Stamp before any marker or later send leaves this rank.
@@ -1122,6 +1321,46 @@ impl AsyncSession {
         Ok(())
     }
 
+    /// Captures the local snapshot of checkpoint `id`: the state's objects copied into
+    /// buffers of the session (so the program may change its memory as soon as the call
+    /// returns), the chunks reused by digest, and the bytes copied. Incremental (the same
+    /// rule as the Job's, [`crate::capture`]) when a tracked object's previous committed
+    /// checkpoint is known: only its changed chunks are copied. Any doubt (no committed
+    /// predecessor in this session, a cache of another part, no part writer) makes it a
+    /// full copy.
+    fn capture<S: Checkpoint + ?Sized>(
+        &self,
+        state: &S,
+        id: CheckpointId,
+    ) -> Result<(Vec<ObjectSpec<'static>>, Vec<Unchanged>, u64), SessionError> {
+        let me = self.me;
+        let objects = lazarus_state::save(state)
+            .map_err(|e| SessionError::wrap(K::State, me, "capturing the local snapshot", e))?;
+        if let Some(o) = objects.iter().find(|o| o.info.name == CHANNELS_OBJECT) {
+            return Err(SessionError::new(
+                K::Misuse,
+                me,
+                format!("state object {:?} uses the reserved name", o.info.name),
+            ));
+        }
+        let unchanged = crate::capture::incremental_base(self.last_committed, &objects)
+            .and_then(|base| {
+                // Only the writer's chunk size and fingerprint cache are used here.
+                match PartWriter::open(&self.cfg.repo, id, self.cfg.store.clone()) {
+                    Ok(w) => Some(crate::capture::unchanged_since(&w, me, &objects, base)),
+                    Err(e) => {
+                        tracing::debug!("{me}: full capture of checkpoint {id}: {e}");
+                        None
+                    }
+                }
+            })
+            .unwrap_or_default();
+        let captured = crate::capture::sparse_bytes(&objects, &unchanged);
+        let staged = crate::capture::stage_sparse(objects, Vec::new(), &unchanged)
+            .map_err(|e| SessionError::wrap(K::State, me, "capturing the local snapshot", e))?;
+        Ok((staged, unchanged.into_iter().flatten().collect(), captured))
+    }
+
     /// Writes the part if the round asked for it and the recorder has completed it; votes
     /// `Failed` if the recorder can no longer produce it. With the background writer the
     /// part is handed to it (after the previous part, if one is still being written: one
@@ -1135,7 +1374,7 @@ impl AsyncSession {
             match self.part_task(round, ready) {
                 Err(e) => Some(Err(e)),
                 Ok((task, channel_bytes)) => {
-                    let info = InFlight {
+                    let info = PartInFlight {
                         round,
                         channel_bytes,
                     };
@@ -1143,8 +1382,13 @@ impl AsyncSession {
                         self.settle_flush(state)?;
                     }
                     let submitted = match self.flusher.as_mut() {
-                        Some(f) => f.submit(task, info),
-                        None => Err(Box::new(task)),
+                        Some(f) => f
+                            .submit(Work::Part(task), InFlight::Part(info))
+                            .map_err(|w| match *w {
+                                Work::Part(t) => Some(t),
+                                Work::Commit(_) => None,
+                            }),
+                        None => Err(Some(task)),
                     };
                     match submitted {
                         Ok(()) => {
@@ -1158,7 +1402,14 @@ impl AsyncSession {
                                     self.me
                                 );
                             }
-                            let done = write_part_task(*task);
+                            let Some(task) = task else {
+                                return Err(SessionError::new(
+                                    K::Protocol,
+                                    self.me,
+                                    "the background writer gave back a COMMIT for a part",
+                                ));
+                            };
+                            let done = write_part_task(task);
                             self.want = None;
                             return self.part_done(state, info, done.result, false);
                         }
@@ -1194,6 +1445,7 @@ impl AsyncSession {
                 me: self.me,
                 round,
                 objects,
+                reused: ready.reused,
                 budget: self.write_budget,
             },
             channel_bytes,
@@ -1205,7 +1457,7 @@ impl AsyncSession {
     fn part_done<S: Checkpoint + ?Sized>(
         &mut self,
         state: &S,
-        info: InFlight,
+        info: PartInFlight,
         result: Result<PartReceipt, String>,
         background: bool,
     ) -> Result<(), SessionError> {
@@ -1255,18 +1507,89 @@ impl AsyncSession {
     fn flushed<S: Checkpoint + ?Sized>(
         &mut self,
         state: &S,
-        outcome: Result<Option<(InFlight, PartDone)>, InFlight>,
+        outcome: Result<Option<(InFlight, Worked)>, InFlight>,
     ) -> Result<(), SessionError> {
         match outcome {
             Ok(None) => Ok(()),
-            Ok(Some((info, done))) => self.part_done(state, info, done.result, true),
-            Err(info) => {
+            Ok(Some((InFlight::Part(info), Worked::Part(done)))) => {
+                self.part_done(state, info, done.result, true)
+            }
+            Ok(Some((_, Worked::Commit(done)))) => {
+                let more = self.commit_done(done)?;
+                self.exec_coord(more)
+            }
+            Ok(Some((InFlight::Commit(round), Worked::Part(_)))) => Err(SessionError::new(
+                K::Protocol,
+                self.me,
+                format!("a part came back for the COMMIT of {}", round.ckpt),
+            )),
+            Err(InFlight::Part(info)) => {
                 // The writer thread died with the part: vote Failed, write in the calls.
                 self.flusher = None;
                 let e = "the background part writer died".to_string();
                 self.part_done(state, info, Err(e), true)
             }
+            Err(InFlight::Commit(round)) => {
+                // It died with the repository: COMMIT may or may not be there. Decide
+                // nothing (participants resolve it from the repository); the next round
+                // reopens the repository and writes in the calls.
+                self.flusher = None;
+                if let Some(l) = self.leader.as_mut() {
+                    if let Err(m) = l.coord.commit_unknown(round) {
+                        tracing::warn!("{}: commit_unknown: {m}", self.me);
+                    }
+                }
+                Err(SessionError::new(
+                    K::Store,
+                    self.me,
+                    format!(
+                        "the background writer died writing COMMIT of checkpoint {}; outcome \
+                         unknown, not announced",
+                        round.ckpt
+                    ),
+                ))
+            }
         }
+    }
+
+    /// A COMMIT write ended: the repository goes back to rank 0's leader, and the
+    /// coordinator learns the result (its decision follows). An outcome that cannot be
+    /// promised either way ends the round unannounced and is this call's error.
+    fn commit_done(
+        &mut self,
+        done: CommitDone,
+    ) -> Result<Vec<CoordinatorAction<PartReceipt>>, SessionError> {
+        let me = self.me;
+        let Some(l) = self.leader.as_mut() else {
+            return Ok(Vec::new());
+        };
+        l.repo = Some(done.repo);
+        let round = done.round;
+        let result = match done.outcome {
+            CommitOutcome::Written => Ok(()),
+            CommitOutcome::NotVisible(e) => Err(e),
+            CommitOutcome::Unknown(e) => {
+                // Decide nothing (neither outcome can be promised): the round ends
+                // unannounced, participants resolve it from the repository, the job
+                // restarts from what is there.
+                if let Err(m) = l.coord.commit_unknown(round) {
+                    tracing::warn!("{me}: commit_unknown: {m}");
+                }
+                return Err(SessionError::wrap(
+                    K::Store,
+                    me,
+                    &format!(
+                        "writing COMMIT of checkpoint {} failed but it may be visible; \
+                         outcome unknown, not announced",
+                        round.ckpt
+                    ),
+                    e,
+                ));
+            }
+        };
+        l.coord
+            .commit_written(round, result)
+            .map_err(|e| SessionError::protocol(me, "commit written", e))
     }
 
     /// The background write error not yet reported, as this call's error.
@@ -1314,6 +1637,9 @@ impl AsyncSession {
                     }
                 }
                 ParticipantAction::Learned(Decision { round, outcome }) => {
+                    if outcome == Outcome::Commit {
+                        self.committed(round.ckpt);
+                    }
                     if outcome == Outcome::Abort {
                         let a = self.rec.abandon(round.epoch);
                         self.exec_rec(state, a)?;
@@ -1327,7 +1653,11 @@ impl AsyncSession {
                 ParticipantAction::DiscardPart { round } => self.discard_part(round),
                 ParticipantAction::OutcomeUnknown { round } => {
                     self.stats.outcomes_unknown += 1;
-                    if self.resolve_unknown(round)? == Some(Outcome::Abort) {
+                    let resolved = self.resolve_unknown(round)?;
+                    if resolved == Some(Outcome::Commit) {
+                        self.committed(round.ckpt);
+                    }
+                    if resolved == Some(Outcome::Abort) {
                         let a = self.rec.abandon(round.epoch);
                         self.exec_rec(state, a)?;
                         if self.want == Some(round) {
@@ -1338,6 +1668,14 @@ impl AsyncSession {
             }
         }
         Ok(())
+    }
+
+    /// `id` committed (so every rank's part of it is durable and retained for now): the
+    /// base of this rank's next incremental capture, if newer than the one known.
+    fn committed(&mut self, id: CheckpointId) {
+        if self.last_committed.is_none_or(|c| c < id) {
+            self.last_committed = Some(id);
+        }
     }
 
     fn discard_part(&self, round: RoundId) {
@@ -1409,82 +1747,77 @@ impl AsyncSession {
                     }
                 }
                 CoordinatorAction::WriteCommit { round, receipts } => {
-                    let result = match l.pending.take() {
-                        Some(p) if p.id() == round.ckpt => {
-                            let meta = CommitMeta {
-                                step: round.epoch.0,
-                                app: BTreeMap::from([
-                                    (crate::meta::MODE_KEY.to_string(), "unaligned".to_string()),
-                                    (
-                                        crate::meta::EPOCH_KEY.to_string(),
-                                        round.epoch.0.to_string(),
-                                    ),
-                                ]),
+                    let pending = l.pending.take_if(|p| p.id() == round.ckpt);
+                    let repo = match l.repo.take() {
+                        Some(r) => Ok(r),
+                        // Lost with a background writer that died: reopen.
+                        None => Repository::open_shared(&self.cfg.repo, self.cfg.store.clone())
+                            .map_err(|e| format!("reopening the repository: {e}")),
+                    };
+                    let (pending, repo) = match (pending, repo) {
+                        (Some(p), Ok(r)) => (p, r),
+                        (p, r) => {
+                            // COMMIT cannot have been written: the round aborts.
+                            let why = match &r {
+                                Err(e) => e.clone(),
+                                Ok(_) => format!("no pending checkpoint {}", round.ckpt),
                             };
-                            let receipts = receipts.into_iter().map(|(_, r)| r).collect();
-                            match l.repo.commit(p, receipts, meta) {
-                                Ok(_) => Ok(()),
-                                // The coordinator may only abort if COMMIT is not visible:
-                                // the store says so by any kind but `CommitUnknown`, and
-                                // reading it back must say "not found" (belt and braces).
-                                Err(e)
-                                    if e.kind() != StoreErrorKind::CommitUnknown
-                                        && crate::commit_absent(&self.cfg.repo, round.ckpt) =>
-                                {
-                                    Err(e.to_string())
-                                }
-                                Err(e) => {
-                                    // Decide nothing (neither outcome can be promised): the
-                                    // round ends unannounced, participants resolve it from
-                                    // the repository, the job restarts from what is there.
-                                    if let Err(m) = l.coord.commit_unknown(round) {
-                                        tracing::warn!("{me}: commit_unknown: {m}");
+                            l.pending = l.pending.take().or(p);
+                            l.repo = r.ok();
+                            let more = l
+                                .coord
+                                .commit_written(round, Err(why))
+                                .map_err(|e| SessionError::protocol(me, "commit written", e))?;
+                            queue.extend(more);
+                            continue;
+                        }
+                    };
+                    let task = CommitTask {
+                        me,
+                        repo,
+                        path: self.cfg.repo.clone(),
+                        pending,
+                        receipts: receipts.into_iter().map(|(_, r)| r).collect(),
+                        round,
+                        keep: self.cfg.keep,
+                        markers: self.cfg.output_markers,
+                        hold: self.commit_hold.clone(),
+                    };
+                    // In the background (issue #16): no session call waits for the COMMIT
+                    // fsync; the decision follows from the call that finds it written.
+                    let task = match self.flusher.as_mut().filter(|f| !f.busy()) {
+                        Some(f) => {
+                            match f.submit(Work::Commit(Box::new(task)), InFlight::Commit(round)) {
+                                Ok(()) => continue,
+                                Err(w) => {
+                                    tracing::warn!(
+                                    "{me}: background writer gone: COMMIT and parts are written in the session calls"
+                                );
+                                    self.flusher = None;
+                                    match *w {
+                                        Work::Commit(t) => *t,
+                                        Work::Part(_) => return Err(SessionError::new(
+                                            K::Protocol,
+                                            me,
+                                            "the background writer gave back a part for a COMMIT",
+                                        )),
                                     }
-                                    return Err(SessionError::wrap(
-                                        K::Store,
-                                        me,
-                                        &format!(
-                                            "writing COMMIT of checkpoint {} failed but it may \
-                                             be visible; outcome unknown, not announced",
-                                            round.ckpt
-                                        ),
-                                        e,
-                                    ));
                                 }
                             }
                         }
-                        other => {
-                            l.pending = other;
-                            Err(format!("no pending checkpoint {}", round.ckpt))
-                        }
+                        // Without the writer (`sync_writes`), or (never expected: the part
+                        // of rank 0 was taken before its vote) while it is busy: here.
+                        None => task,
                     };
-                    if result.is_ok() {
-                        self.marker(&Marker::Commit {
-                            id: round.ckpt,
-                            step: round.ckpt.0,
-                        });
-                    }
-                    let Some(l) = self.leader.as_mut() else {
-                        return Ok(());
-                    };
-                    if result.is_ok() {
-                        if let Some(k) = self.cfg.keep {
-                            // Retention failing leaves extra checkpoints, never a wrong one.
-                            if let Err(e) = l.repo.retain(k) {
-                                tracing::warn!("{me}: retention after {}: {e}", round.ckpt);
-                            }
-                        }
-                    }
-                    let more = l
-                        .coord
-                        .commit_written(round, result)
-                        .map_err(|e| SessionError::protocol(me, "commit written", e))?;
+                    let more = self.commit_done(write_commit(task))?;
                     queue.extend(more);
                 }
                 CoordinatorAction::CollectLeftovers { round } => {
                     if let Some(p) = l.pending.take_if(|p| p.id() == round.ckpt) {
                         // Left behind on failure; GC removes directories without COMMIT.
-                        let _ = l.repo.abort(p);
+                        if let Some(repo) = l.repo.as_mut() {
+                            let _ = repo.abort(p);
+                        }
                     }
                 }
                 CoordinatorAction::Decided { decision, reason } => {
@@ -1519,29 +1852,6 @@ fn decode<T: DeserializeOwned>(
         .map_err(|e| SessionError::wrap(K::Codec, me, &format!("{what} from {from}"), e))
 }
 
-fn capture<S: Checkpoint + ?Sized>(
-    me: Rank,
-    state: &S,
-) -> Result<Vec<ObjectSpec<'static>>, SessionError> {
-    let objects = lazarus_state::save(state)
-        .map_err(|e| SessionError::wrap(K::State, me, "capturing the local snapshot", e))?;
-    if let Some(o) = objects.iter().find(|o| o.info.name == CHANNELS_OBJECT) {
-        return Err(SessionError::new(
-            K::Misuse,
-            me,
-            format!("state object {:?} uses the reserved name", o.info.name),
-        ));
-    }
-    Ok(objects
-        .into_iter()
-        .map(|o| ObjectSpec {
-            info: o.info,
-            data: o.data.into_owned().into(),
-            hint: o.hint,
-        })
-        .collect())
-}
-
 /// Per sender: messages the session held for the program at the cut come before the
 /// ones recorded after it (arrival order on the FIFO channel).
 fn merge(snap: Snap, cs: ChannelState<SavedMessage>) -> Ready {
@@ -1552,6 +1862,7 @@ fn merge(snap: Snap, cs: ChannelState<SavedMessage>) -> Ready {
     Ready {
         epoch: snap.epoch,
         objects: snap.objects,
+        reused: snap.reused,
         channels: ChannelState {
             epoch: cs.epoch,
             channels: by_rank.into_iter().filter(|(_, m)| !m.is_empty()).collect(),

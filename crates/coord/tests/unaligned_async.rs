@@ -250,3 +250,88 @@ fn rank0_background_write_error_is_reported_once_by_finish_at_the_latest() {
         errors[0]
     );
 }
+
+/// Rank 0 writes COMMIT in the background: while the write is held, the session calls of
+/// rank 0 return (every part durable, the round not decided, no COMMIT in the
+/// repository); once released, a later call finds it written and decides Commit, and the
+/// checkpoint holds the state at the call. Fails when COMMIT is written inside the call
+/// that collects the last vote (that call would wait for the hold, and no call would
+/// ever return with the COMMIT in flight).
+#[test]
+fn rank0_writes_commit_in_the_background() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let mut cs = comms(2);
+    let c1 = cs.pop().unwrap();
+    let c0 = cs.pop().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let r1 = {
+        let (repo, stop) = (repo.clone(), stop.clone());
+        std::thread::spawn(move || follower(c1, &repo, &stop, false, &AtomicBool::new(false)))
+    };
+    let mut b = big(3);
+    let (mut s0, _) = AsyncSession::open(c0, cfg(&repo), &mut b).unwrap();
+    let committed = || -> Vec<CheckpointId> {
+        let reader = lazarus_store::RepoReader::open(&repo).unwrap();
+        reader.committed().unwrap().iter().map(|c| c.id).collect()
+    };
+    let mut expected = Vec::new();
+    for _ in 0..2 {
+        let hold = Arc::new(AtomicBool::new(true));
+        s0.hold_commits(Some(hold.clone()));
+        assert!(s0.start_checkpoint(&b).unwrap(), "a round starts");
+        let id = CheckpointId(s0.epoch().0);
+        let at_call = b.clone();
+        scribble(&mut b);
+        // Every vote comes in while the COMMIT write is held: the calls go on returning.
+        let t = Instant::now();
+        while !s0.commit_in_flight() {
+            assert!(
+                t.elapsed() < Duration::from_secs(15),
+                "no session call returned with the COMMIT of {id} in flight"
+            );
+            s0.poll(&b).unwrap();
+            scribble(&mut b);
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        for _ in 0..5 {
+            s0.poll(&b).unwrap();
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        assert!(
+            s0.take_report().is_none(),
+            "decided before COMMIT was written"
+        );
+        assert!(s0.round_in_progress());
+        assert!(
+            !committed().contains(&id),
+            "COMMIT of {id} written while held"
+        );
+        // Released: a later call finds COMMIT written and decides.
+        hold.store(false, Ordering::SeqCst);
+        let t = Instant::now();
+        let r = loop {
+            if let Some(r) = s0.take_report() {
+                break r;
+            }
+            assert!(t.elapsed() < Duration::from_secs(15), "round never decided");
+            s0.poll(&b).unwrap();
+            std::thread::sleep(Duration::from_millis(2));
+        };
+        assert_eq!(r.outcome, Outcome::Commit, "{r:?}");
+        assert_eq!(r.round.ckpt, id);
+        assert!(committed().contains(&id), "decided Commit without COMMIT");
+        assert!(!s0.commit_in_flight());
+        expected.push((id, at_call));
+    }
+    // Rounds commit in order, each with the state at its call.
+    stop.store(true, Ordering::SeqCst);
+    s0.finish(&b, Duration::from_secs(10)).unwrap();
+    let errors = r1.join().unwrap().unwrap();
+    assert!(errors.is_empty(), "{errors:?}");
+    let ids: Vec<CheckpointId> = expected.iter().map(|(id, _)| *id).collect();
+    assert_eq!(committed(), ids);
+    for (id, want) in &expected {
+        assert!(load(&repo, *id, 0) == *want, "checkpoint {id}");
+    }
+}

@@ -604,6 +604,18 @@ impl PartWriter {
         objects: &[ObjectSpec<'_>],
         ahead: &WrittenAhead,
     ) -> Result<PartReceipt, StoreError> {
+        // Taken first: a write that fails, however early (a reused chunk found missing
+        // included), leaves no cache behind, so the next capture of this rank is a full
+        // one instead of reusing the same missing chunk again (docs/ASYNC.md).
+        let cache = if self.fingerprint_cache {
+            fpcache::take(
+                self.backend.location(),
+                rank,
+                u64::from(self.opts.chunk_size),
+            )
+        } else {
+            None
+        };
         self.check_pending()?;
         let ctx = format!("checkpoint {} {rank}", self.id);
         if ahead.checkpoint.is_some_and(|c| c != self.id) {
@@ -766,11 +778,6 @@ impl PartWriter {
         }
 
         let root = self.backend.location();
-        let cache = if self.fingerprint_cache {
-            fpcache::take(root, rank, chunk_size as u64)
-        } else {
-            None
-        };
         let t = std::time::Instant::now();
         let results = self.write_chunks(&jobs, cache.as_ref(), &ctx)?;
         tracing::debug!(

@@ -1,0 +1,123 @@
+//! The capture of an asynchronous checkpoint (issue #16, docs/ASYNC.md), shared by the
+//! Job API's aligned rounds and [`crate::AsyncSession`]'s unaligned ones: the state's
+//! objects are copied into buffers owned by the checkpoint, so the program may change its
+//! memory as soon as the call returns (snapshot isolation), and an *incremental* capture
+//! copies only the chunks changed since this rank's previous committed checkpoint.
+//!
+//! One place for the rule that decides whether a capture may be incremental
+//! ([`incremental_base`], [`unchanged_since`]): a tracked object (one with a change hint
+//! that knows the write it is relative to), a committed predecessor of this process, and
+//! the store's word, per chunk, that the chunk is clean relative to exactly that
+//! predecessor's part ([`PartWriter::unchanged_since`]). Any doubt makes the capture a
+//! full one; a reused chunk that is gone when the part is written fails the part naming
+//! it ([`PartWriter::write_with`]), never wrong data.
+
+use lazarus_format::{CheckpointId, ObjectSpec, Rank};
+use lazarus_store::{PartWriter, StoreError, Unchanged};
+use std::borrow::Cow;
+
+/// The checkpoint an incremental capture of `objects` would be relative to: `last`, this
+/// rank's newest checkpoint known *committed* in this process (so its chunks are
+/// retained), if some object borrowed from the program's memory carries a change hint
+/// relative to a write of this process. `None`: the capture is a full one.
+pub fn incremental_base(
+    last: Option<CheckpointId>,
+    objects: &[ObjectSpec<'_>],
+) -> Option<CheckpointId> {
+    last.filter(|_| {
+        objects.iter().any(|o| {
+            matches!(o.data, Cow::Borrowed(_))
+                && o.hint.as_ref().is_some_and(|h| h.base().is_some())
+        })
+    })
+}
+
+/// Per object of `objects` (same order), the chunks unchanged since `rank`'s part of
+/// checkpoint `base`, as `writer` (any part writer of the repository: it gives the chunk
+/// size and the fingerprint cache) sees them now; `None` for an object with none. Hand
+/// them to [`stage_sparse`], and the used ones to the part's
+/// [`lazarus_store::WrittenAhead::reuse`].
+pub fn unchanged_since(
+    writer: &PartWriter,
+    rank: Rank,
+    objects: &[ObjectSpec<'_>],
+    base: CheckpointId,
+) -> Vec<Option<Unchanged>> {
+    objects
+        .iter()
+        .map(|o| {
+            matches!(o.data, Cow::Borrowed(_))
+                .then(|| writer.unchanged_since(rank, o, base))
+                .flatten()
+        })
+        .collect()
+}
+
+/// Copies `objects` into owned buffers, reusing `pool` (the previous capture's buffers,
+/// in object order) so the copy lands in memory that is already mapped: the capture then
+/// costs a `memcpy`, not page faults. Change hints travel with the copy: a `DirtyVec`'s
+/// snapshot epoch was taken when `objects` were produced, so pages written after this
+/// call stay dirty for the next checkpoint.
+pub fn stage(objects: Vec<ObjectSpec<'_>>, pool: Vec<Vec<u8>>) -> Vec<ObjectSpec<'static>> {
+    // Without unchanged chunks the copy cannot fail.
+    stage_sparse(objects, pool, &[]).unwrap_or_default()
+}
+
+/// [`stage`] of an incremental capture: an object with unchanged chunks
+/// (`unchanged[i]`, from [`unchanged_since`], decided now) is copied sparsely, only its
+/// other chunks ([`Unchanged::copy_changed`]); the part names the unchanged ones by
+/// digest.
+pub fn stage_sparse(
+    objects: Vec<ObjectSpec<'_>>,
+    pool: Vec<Vec<u8>>,
+    unchanged: &[Option<Unchanged>],
+) -> Result<Vec<ObjectSpec<'static>>, StoreError> {
+    let mut old = pool.into_iter();
+    objects
+        .into_iter()
+        .enumerate()
+        .map(|(i, o)| {
+            let data = match o.data {
+                Cow::Owned(v) => v,
+                Cow::Borrowed(b) => {
+                    let mut buf = old.next().unwrap_or_default();
+                    buf.clear();
+                    match unchanged.get(i) {
+                        Some(Some(u)) => u.copy_changed(b, &mut buf)?,
+                        _ => buf.extend_from_slice(b),
+                    }
+                    buf
+                }
+            };
+            Ok(ObjectSpec {
+                info: o.info,
+                data: Cow::Owned(data),
+                hint: o.hint,
+            })
+        })
+        .collect()
+}
+
+/// Bytes an incremental capture copies: the borrowed objects, of which only the changed
+/// chunks for those with unchanged ones.
+pub fn sparse_bytes(objects: &[ObjectSpec<'_>], unchanged: &[Option<Unchanged>]) -> u64 {
+    objects
+        .iter()
+        .enumerate()
+        .filter(|(_, o)| matches!(o.data, Cow::Borrowed(_)))
+        .map(|(i, o)| match unchanged.get(i) {
+            Some(Some(u)) => u.changed_bytes(),
+            _ => o.data.len() as u64,
+        })
+        .sum()
+}
+
+/// Bytes a full capture copies: the objects borrowed from the program's memory (owned
+/// objects, already encoded by `lazarus_state::save`, move without a copy).
+pub fn borrowed_bytes(objects: &[ObjectSpec<'_>]) -> u64 {
+    objects
+        .iter()
+        .filter(|o| matches!(o.data, Cow::Borrowed(_)))
+        .map(|o| o.data.len() as u64)
+        .sum()
+}
