@@ -1,6 +1,7 @@
 //! `lines_async --steps N --every K --kib S --sleep-ms M`: a Job API program whose
 //! output must survive restarts exactly once. Every step, every rank prints one line
-//! `r<rank> s<step>`, changes its state (S KiB, so each background flush writes new chunks)
+//! `r<rank> s<step>` in two halves around its step (a background `commit` marker often
+//! lands between them), changes its state (S KiB, so each background flush writes new chunks)
 //! and sleeps M ms; a checkpoint is taken every K steps, asynchronously (the Job API's
 //! default, docs/ASYNC.md). At the end rank 0 prints `checksum=<hex>`. Run it under
 //! `lazarus run --repo`: the supervisor's output commit must release every line exactly
@@ -63,7 +64,13 @@ fn run([steps, every, kib, sleep_ms]: [u64; 4]) -> Result<(), Box<dyn Error>> {
     let mut out = std::io::stdout();
     while job.step() < steps {
         let step = job.checkpoint(&s)?;
-        writeln!(out, "r{rank} s{step}")?;
+        // Each line is written in two halves with the step's work between them, so a
+        // `commit` marker the background flush writes often lands in the middle of the
+        // line: the supervisor takes it out and releases the line whole, exactly once
+        // (docs/RECOVERY.md). Both halves come after the checkpoint call: text printed
+        // before it in the same iteration would be printed again by a restart from that
+        // checkpoint, which re-enters the loop at its top.
+        write!(out, "r{rank} ")?;
         out.flush()?;
         // One word per 4 KiB page: every chunk of the next checkpoint is new.
         s.data
@@ -72,6 +79,8 @@ fn run([steps, every, kib, sleep_ms]: [u64; 4]) -> Result<(), Box<dyn Error>> {
             .for_each(|w| *w = w.wrapping_mul(31).wrapping_add(step));
         s.acc = s.acc.wrapping_mul(1_000_003).wrapping_add(s.data[0] ^ step);
         std::thread::sleep(Duration::from_millis(sleep_ms));
+        writeln!(out, "s{step}")?;
+        out.flush()?;
     }
     job.finish(&s)?;
     if rank == 0 {

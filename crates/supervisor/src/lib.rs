@@ -36,7 +36,7 @@ mod supervisor;
 pub use hosts::{HostPool, HostState, HostsReport, Replacement};
 /// Re-exported: ranks and the supervisor compare repository locations with it.
 pub use lazarus_store::repo_location;
-pub use output::{Marker, OutputCommit, MARKER_PREFIX};
+pub use output::{split_at_marker, Marker, OutputCommit, MARKER_PREFIX};
 pub use plan::{FailpointKill, KillPlan, KillTrigger, PlannedKill};
 pub use report::{
     FailureReport, JobEnd, OutputLine, Refusal, Report, RestorePoint, EXIT_REPO_MISMATCH,

@@ -12,6 +12,12 @@ use lazarus_format::CheckpointId;
 #[derive(Debug)]
 enum Item {
     Line(Vec<u8>),
+    /// The start of an unfinished line, written before a marker that landed in the
+    /// middle of it ([`OutputCommit::fragment`]); the rest of the line follows the marker.
+    Fragment(Vec<u8>),
+    /// Fragments whose position a release already passed: they wait for the rest of
+    /// their line and are never dropped by a rollback (they precede every restore point).
+    Carried(Vec<u8>),
     Part(CheckpointId),
     /// Checkpoint call number `seq` at `step` began here (fast levels: [`Marker::Cut`]).
     Cut {
@@ -65,6 +71,20 @@ impl OutputCommit {
     pub fn line(&mut self, rank: u32, line: Vec<u8>) {
         if let Some(b) = self.ranks.get_mut(rank as usize) {
             b.push(Item::Line(line));
+        }
+    }
+
+    /// Appends the start of an unfinished line of `rank`: the text before a marker that
+    /// was written into the middle of the line (the program had printed part of a line
+    /// when a checkpoint call or a background flush wrote its marker; see
+    /// [`split_at_marker`]). The text keeps its place before the marker, and it leaves
+    /// joined to the rest of its line (the next line), never alone.
+    pub fn fragment(&mut self, rank: u32, text: Vec<u8>) {
+        if text.is_empty() {
+            return;
+        }
+        if let Some(b) = self.ranks.get_mut(rank as usize) {
+            b.push(Item::Fragment(text));
         }
     }
 
@@ -127,6 +147,9 @@ impl OutputCommit {
                 if let Some(cut) = cut {
                     segment.truncate(cut + 1);
                     kept.append(&mut segment);
+                } else {
+                    // Text whose position a release passed precedes every restore point.
+                    kept.extend(segment.drain(..).filter(|i| matches!(i, Item::Carried(_))));
                 }
                 segment.clear();
             }
@@ -180,10 +203,13 @@ impl OutputCommit {
                 .rposition(|i| matches!(i, Item::Part(id) if *id <= c))
                 .map(|p| start + p + 1);
             if let Some(cut) = cut {
+                let mut pending = Vec::new();
                 for item in buf.drain(start..cut) {
-                    if let Item::Line(l) = item {
-                        out.push((r as u32, l));
-                    }
+                    join(item, &mut pending, |l| out.push((r as u32, l)));
+                }
+                // The start of a line whose rest comes after the cut waits for it.
+                if !pending.is_empty() {
+                    buf.insert(start, Item::Carried(pending));
                 }
             }
         }
@@ -202,7 +228,7 @@ impl OutputCommit {
         let mut dropped = 0;
         for b in &mut self.ranks {
             dropped += b.iter().filter(|i| matches!(i, Item::Line(_))).count();
-            b.clear();
+            b.retain(|i| matches!(i, Item::Carried(_)));
         }
         (released, dropped)
     }
@@ -216,10 +242,13 @@ impl OutputCommit {
             if let Some(boundary) = b.iter().rposition(|i| matches!(i, Item::Restart)) {
                 b.drain(..=boundary);
             }
+            let mut pending = Vec::new();
             for item in b.drain(..) {
-                if let Item::Line(l) = item {
-                    out.push((r as u32, l));
-                }
+                join(item, &mut pending, |l| out.push((r as u32, l)));
+            }
+            // The program ended without finishing its last line: it leaves as it is.
+            if !pending.is_empty() {
+                out.push((r as u32, pending));
             }
         }
         out
@@ -240,6 +269,35 @@ impl OutputCommit {
             .filter(|i| matches!(i, Item::Line(_)))
             .count()
     }
+}
+
+/// Feeds one released item: fragments collect in `pending`, a line leaves joined to the
+/// fragments before it, markers leave nothing.
+fn join(item: Item, pending: &mut Vec<u8>, mut emit: impl FnMut(Vec<u8>)) {
+    match item {
+        Item::Fragment(t) | Item::Carried(t) => pending.extend_from_slice(&t),
+        Item::Line(l) if pending.is_empty() => emit(l),
+        Item::Line(l) => {
+            pending.extend_from_slice(&l);
+            emit(std::mem::take(pending));
+        }
+        Item::Part(_) | Item::Cut { .. } | Item::Restart => {}
+    }
+}
+
+/// Splits a rank's stdout line at a marker that does not start it: `(text before, the
+/// marker line)`. A marker is written as one whole line, but when the program had
+/// printed part of a line (`print!` without a newline) the marker lands after that text:
+/// the text goes to [`OutputCommit::fragment`], the marker is parsed as usual, and the
+/// rest of the program's line arrives as the next line. `None` when `line` has no marker
+/// or starts with one.
+pub fn split_at_marker(line: &[u8]) -> Option<(&[u8], &[u8])> {
+    let prefix = MARKER_PREFIX.as_bytes();
+    let at = line
+        .windows(prefix.len())
+        .position(|w| w == prefix)
+        .filter(|&i| i > 0)?;
+    Some(line.split_at(at))
 }
 
 #[cfg(test)]
@@ -373,6 +431,69 @@ mod fast_level_tests {
         assert_eq!(o.finish(), want);
     }
 
+    /// Found in review: a marker written while the program's line was unfinished
+    /// (`print!("a")`, then a checkpoint call or a background flush's commit marker)
+    /// landed mid-line, where it was not recognised: the user saw the marker text and the
+    /// supervisor missed it. Now the text before it keeps its place and leaves joined to
+    /// the rest of its line, exactly once, also across a rollback to that marker.
+    #[test]
+    fn a_marker_in_the_middle_of_an_unfinished_line_is_taken_out_and_the_line_leaves_whole() {
+        let raw = format!(
+            "a{}\n",
+            Marker::Part {
+                id: CheckpointId(1),
+                step: 5
+            }
+            .line()
+        );
+        let (text, marker) = split_at_marker(raw.as_bytes()).expect("a marker mid-line");
+        assert_eq!(text, b"a");
+        let Some(Ok(part)) = Marker::parse(marker) else {
+            panic!("the marker parses once taken out: {marker:?}");
+        };
+        assert!(
+            split_at_marker(marker).is_none(),
+            "a line that starts with a marker"
+        );
+        assert!(split_at_marker(b"plain\n").is_none());
+        let commit = |id| Marker::Commit {
+            id: CheckpointId(id),
+            step: 5,
+        };
+        let part2 = |id| Marker::Part {
+            id: CheckpointId(id),
+            step: 6,
+        };
+        let mut o = OutputCommit::new(1);
+        let mut out = Vec::new();
+        o.fragment(0, text.to_vec());
+        out.extend(o.marker(0, part));
+        o.line(0, l("b\n"));
+        out.extend(o.marker(0, commit(1)));
+        assert!(out.is_empty(), "half a line never leaves alone");
+        out.extend(o.marker(0, part2(2)));
+        out.extend(o.marker(0, commit(2)));
+        assert_eq!(out, vec![(0, l("ab\n"))]);
+        // A rollback to the marker inside a line: the re-execution prints only the rest.
+        let mut out = Vec::new();
+        o.fragment(0, l("x"));
+        out.extend(o.marker(0, part2(3)));
+        out.extend(o.marker(0, commit(3)));
+        o.line(0, l("y\n"));
+        o.line(0, l("z\n"));
+        let (rel, dropped) = o.rollback(Some(CheckpointId(3)));
+        out.extend(rel);
+        assert_eq!(dropped, 2, "y and z are printed again");
+        o.line(0, l("y\n"));
+        o.line(0, l("z\n"));
+        out.extend(o.finish());
+        assert_eq!(out, vec![(0, l("xy\n")), (0, l("z\n"))]);
+        // A program that ends in the middle of a line.
+        let mut o = OutputCommit::new(1);
+        o.fragment(0, l("tail"));
+        assert_eq!(o.finish(), vec![(0, l("tail"))]);
+    }
+
     #[test]
     fn a_fresh_start_or_a_restart_that_never_resumed_drops_the_held_lines() {
         let mut o = OutputCommit::new(2);
@@ -471,11 +592,12 @@ mod fast_level_tests {
         fn every_line_is_released_exactly_once(
             cuts in proptest::collection::btree_set(0u64..40, 0..10),
             doubles in proptest::collection::btree_set(0u64..40, 0..6),
+            splits in proptest::collection::btree_set(0u64..40, 0..6),
             fail in 1usize..80,
             pick in any::<proptest::sample::Index>(),
             end in 40u64..50,
         ) {
-            enum Ev { Cut { seq: u64, step: u64 }, Line(String) }
+            enum Ev { Cut { seq: u64, step: u64 }, Frag(String), Line(String) }
             let mut events = Vec::new();
             let mut seq = 0;
             for step in 0..end {
@@ -485,9 +607,17 @@ mod fast_level_tests {
                 }
                 events.push(Ev::Line(format!("line {step}")));
                 if doubles.contains(&step) {
-                    seq += 1;
-                    events.push(Ev::Cut { seq, step });
-                    events.push(Ev::Line(format!("extra {step}")));
+                    if splits.contains(&step) {
+                        // `print!("ex")`, the second call's marker, then the rest.
+                        events.push(Ev::Frag("ex".into()));
+                        seq += 1;
+                        events.push(Ev::Cut { seq, step });
+                        events.push(Ev::Line(format!("tra {step}")));
+                    } else {
+                        seq += 1;
+                        events.push(Ev::Cut { seq, step });
+                        events.push(Ev::Line(format!("extra {step}")));
+                    }
                 }
             }
             let fail = fail.min(events.len());
@@ -495,6 +625,7 @@ mod fast_level_tests {
             let mut out = Vec::new();
             let feed = |o: &mut OutputCommit, e: &Ev, out: &mut Vec<(u32, Vec<u8>)>| match e {
                 Ev::Cut { seq, step } => out.extend(o.marker(0, Marker::Cut { seq: *seq, step: *step })),
+                Ev::Frag(t) => o.fragment(0, l(t)),
                 Ev::Line(t) => o.line(0, l(t)),
             };
             for e in &events[..fail] {
@@ -517,13 +648,15 @@ mod fast_level_tests {
                 feed(&mut o, e, &mut out);
             }
             out.extend(o.finish());
-            let want: Vec<_> = events
-                .iter()
-                .filter_map(|e| match e {
-                    Ev::Line(t) => Some((0u32, l(t))),
-                    Ev::Cut { .. } => None,
-                })
-                .collect();
+            let mut want = Vec::new();
+            let mut pending = String::new();
+            for e in &events {
+                match e {
+                    Ev::Frag(t) => pending.push_str(t),
+                    Ev::Line(t) => want.push((0u32, l(&(std::mem::take(&mut pending) + t)))),
+                    Ev::Cut { .. } => {}
+                }
+            }
             prop_assert_eq!(out, want);
         }
     }

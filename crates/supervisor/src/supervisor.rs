@@ -1,6 +1,6 @@
 //! The restart loop around [`Launcher::run`].
 
-use crate::output::{Marker, OutputCommit};
+use crate::output::{split_at_marker, Marker, OutputCommit};
 use crate::plan::{KillPlan, KillTrigger, ResolvedKill};
 use crate::report::{FailureReport, JobEnd, OutputLine, Refusal, Report, RestorePoint};
 use crate::shrink::{self, Shrink};
@@ -263,6 +263,15 @@ impl LaunchObserver for Observer {
 
     fn stdout_line(&self, rank: u32, line: &[u8]) -> bool {
         let mut s = lock(&self.0);
+        // A marker written into the middle of an unfinished line: the text before it
+        // keeps its place, joined to the rest of its line later.
+        let line = match split_at_marker(line) {
+            Some((text, marker)) => {
+                s.out.fragment(rank, text.to_vec());
+                marker
+            }
+            None => line,
+        };
         match Marker::parse(line) {
             None => s.out.line(rank, line.to_vec()),
             Some(Err(e)) => {
