@@ -352,7 +352,8 @@ fn open_levels(
     let host =
         lazarus_levels::host_identity(comm.rank().0, comm.size()).map_err(JobError::Config)?;
     // Rank 0: the newest job-wide number in the durable repository, so new numbers never
-    // repeat one it holds.
+    // repeat one it holds. An error here ends rank 0's open before the collective level
+    // exchange below; the other ranks' exchange then fails on the lost peer.
     let (durable_seq, durable_age) = if comm.rank() == Rank(0) {
         match RepoReader::open(path).and_then(|r| r.committed()) {
             Ok(c) => {
@@ -368,9 +369,14 @@ fn open_levels(
                 let age = newest.map(|t| Duration::from_millis(now.saturating_sub(t)));
                 (seq, age)
             }
-            Err(e) => {
-                tracing::warn!("levels: listing {}: {e}", path.display());
-                (0, None)
+            // Without the newest durable number, new numbers could repeat one the
+            // repository holds and a later restore prefer that older checkpoint: fail the
+            // open (a restart retries it) rather than number from the node-local copies.
+            Err(source) => {
+                return Err(JobError::Store {
+                    path: path.to_path_buf(),
+                    source,
+                })
             }
         }
     } else {
