@@ -4,9 +4,12 @@
 //! round, is reported once by the next session call naming the checkpoint, and the
 //! session goes on to commit the next round.
 
+mod common;
+
+use common::comms;
 use lazarus_coord::{AsyncConfig, AsyncSession, Outcome, SessionError, SessionErrorKind, Timeouts};
 use lazarus_format::{CheckpointId, Rank};
-use lazarus_net::{loopback_comms, Comm, NetConfig};
+use lazarus_net::Comm;
 use lazarus_state::Checkpoint;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -35,16 +38,6 @@ fn scribble(b: &mut Big) {
     b.n += 1;
     let v = b.n.wrapping_mul(0x9e37_79b9_7f4a_7c15);
     b.xs.iter_mut().for_each(|x| *x = v);
-}
-
-fn comms(n: u32) -> Vec<Comm> {
-    let config = NetConfig {
-        heartbeat_interval: Duration::from_millis(100),
-        failure_timeout: Duration::from_millis(1500),
-        connect_timeout: Duration::from_secs(10),
-        ..NetConfig::default()
-    };
-    loopback_comms(n, config).unwrap()
 }
 
 fn cfg(repo: &Path) -> AsyncConfig {

@@ -5,9 +5,12 @@
 //! checkpoint restores exactly the values at its snapshot although each rank overwrites
 //! every element right after the call that captured it. Two ranks, real loopback TCP.
 
+mod common;
+
+use common::comms;
 use lazarus_coord::{AsyncConfig, AsyncSession, Outcome, SessionError, Timeouts};
 use lazarus_format::{CheckpointId, Rank};
-use lazarus_net::{loopback_comms, Comm, NetConfig};
+use lazarus_net::Comm;
 use lazarus_state::{Checkpoint, DirtyVec};
 use lazarus_store::RepoOptions;
 use serde::{Deserialize, Serialize};
@@ -81,16 +84,6 @@ fn change(s: &mut S, rank: u32, k: u64) -> BTreeSet<usize> {
 fn scribble(s: &mut S) {
     s.n = u64::MAX;
     s.data.fill(0xdead_beef);
-}
-
-fn comms(n: u32) -> Vec<Comm> {
-    let config = NetConfig {
-        heartbeat_interval: Duration::from_millis(100),
-        failure_timeout: Duration::from_millis(1500),
-        connect_timeout: Duration::from_secs(10),
-        ..NetConfig::default()
-    };
-    loopback_comms(n, config).unwrap()
 }
 
 fn cfg(repo: &Path) -> AsyncConfig {

@@ -60,7 +60,8 @@ pub struct Model {
     restart: f64,
 }
 
-fn check(name: &'static str, value: f64, allow_zero: bool) -> Result<f64, PolicyError> {
+/// `value` when finite and > 0 (or == 0 with `allow_zero`); else the error naming `name`.
+pub(crate) fn check(name: &'static str, value: f64, allow_zero: bool) -> Result<f64, PolicyError> {
     let ok = value.is_finite() && (value > 0.0 || (allow_zero && value == 0.0));
     if ok {
         Ok(value)

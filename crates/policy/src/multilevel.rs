@@ -66,7 +66,7 @@
 //! ([`crate::Model::optimal`], closed form via Lambert W).
 
 use crate::error::PolicyError;
-use crate::model::Model;
+use crate::model::{check, Model};
 
 /// The largest multiple [`MultiLevel::plan`] considers for one level (`n_j`), and the
 /// largest number of checkpoints between two writes of any level (`m_j`, a `u32` for
@@ -89,22 +89,6 @@ pub struct Level {
     cost: f64,
     restart: f64,
     rate: f64,
-}
-
-fn check(name: &'static str, value: f64, allow_zero: bool) -> Result<f64, PolicyError> {
-    if value.is_finite() && (value > 0.0 || (allow_zero && value == 0.0)) {
-        Ok(value)
-    } else {
-        Err(PolicyError::Parameter {
-            name,
-            expected: if allow_zero {
-                "finite and >= 0 seconds"
-            } else {
-                "finite and > 0 seconds"
-            },
-            value,
-        })
-    }
 }
 
 impl Level {
