@@ -1466,6 +1466,23 @@ impl AsyncSession {
                 self.stats.parts_written += 1;
                 self.stats.channel_bytes += info.channel_bytes;
             }
+            // Rank 0 collects an aborted round's directory at once, also while its own
+            // part of it is still being written in the background: that write then fails
+            // ("not pending"). The abort is the news, already in the round's report; the
+            // failure it caused is not an error of this rank to report again.
+            Err(e)
+                if background
+                    && self
+                        .leader
+                        .as_ref()
+                        .is_some_and(|l| l.coord.active_round() != Some(info.round)) =>
+            {
+                tracing::info!(
+                    "{}: its part of checkpoint {}, aborted meanwhile, was not written: {e}",
+                    self.me,
+                    info.round.ckpt
+                );
+            }
             Err(e) if background => {
                 let err = SessionError::new(
                     K::Flush,
