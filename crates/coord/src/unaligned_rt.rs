@@ -229,6 +229,9 @@ struct PartTask {
 /// What the background writer hands back.
 struct PartDone {
     result: Result<PartReceipt, String>,
+    /// The write failed because the checkpoint's directory was gone (collected by rank 0
+    /// after the round aborted): [`lazarus_store::StoreError::is_not_pending`].
+    not_pending: bool,
 }
 
 /// A part in flight: its round and the size of its channel state.
@@ -382,9 +385,12 @@ fn write_part_task(t: PartTask) -> PartDone {
                 ahead.reuse(u)?;
             }
             w.write_with(t.me, &t.objects, &ahead)
-        })
-        .map_err(|e| format!("{}: {e}", t.me));
-    PartDone { result }
+        });
+    let not_pending = result.as_ref().is_err_and(StoreError::is_not_pending);
+    PartDone {
+        result: result.map_err(|e| format!("{}: {e}", t.me)),
+        not_pending,
+    }
 }
 
 impl std::fmt::Debug for AsyncSession {
@@ -1411,7 +1417,13 @@ impl AsyncSession {
                             };
                             let done = write_part_task(task);
                             self.want = None;
-                            return self.part_done(state, info, done.result, false);
+                            return self.part_done(
+                                state,
+                                info,
+                                done.result,
+                                false,
+                                done.not_pending,
+                            );
                         }
                     }
                 }
@@ -1460,6 +1472,7 @@ impl AsyncSession {
         info: PartInFlight,
         result: Result<PartReceipt, String>,
         background: bool,
+        not_pending: bool,
     ) -> Result<(), SessionError> {
         match &result {
             Ok(_) => {
@@ -1467,11 +1480,14 @@ impl AsyncSession {
                 self.stats.channel_bytes += info.channel_bytes;
             }
             // Rank 0 collects an aborted round's directory at once, also while its own
-            // part of it is still being written in the background: that write then fails
-            // ("not pending"). The abort is the news, already in the round's report; the
-            // failure it caused is not an error of this rank to report again.
+            // part of it is still to be written in the background: that write then fails
+            // because the directory is gone ("not pending"). The abort is the news,
+            // already in the round's report; the failure it caused is not an error of
+            // this rank to report again. Any other failure is reported, also for a round
+            // that aborted meanwhile (e.g. by a timeout waiting for this very part).
             Err(e)
                 if background
+                    && not_pending
                     && self
                         .leader
                         .as_ref()
@@ -1529,7 +1545,7 @@ impl AsyncSession {
         match outcome {
             Ok(None) => Ok(()),
             Ok(Some((InFlight::Part(info), Worked::Part(done)))) => {
-                self.part_done(state, info, done.result, true)
+                self.part_done(state, info, done.result, true, done.not_pending)
             }
             Ok(Some((_, Worked::Commit(done)))) => {
                 let more = self.commit_done(done)?;
@@ -1544,7 +1560,7 @@ impl AsyncSession {
                 // The writer thread died with the part: vote Failed, write in the calls.
                 self.flusher = None;
                 let e = "the background part writer died".to_string();
-                self.part_done(state, info, Err(e), true)
+                self.part_done(state, info, Err(e), true, false)
             }
             Err(InFlight::Commit(round)) => {
                 // It died with the repository: COMMIT may or may not be there. Decide

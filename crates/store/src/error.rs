@@ -72,6 +72,10 @@ impl fmt::Display for StoreErrorKind {
     }
 }
 
+/// The end of the message of a part writer whose checkpoint directory is gone
+/// ([`StoreError::is_not_pending`]).
+pub(crate) const NOT_PENDING: &str = "is not pending (no directory)";
+
 /// An error of the checkpoint store: kind, file path when known, and a message.
 #[derive(Debug)]
 pub struct StoreError {
@@ -129,6 +133,13 @@ impl StoreError {
     /// The class of failure.
     pub fn kind(&self) -> StoreErrorKind {
         self.kind
+    }
+
+    /// True when a part writer found its checkpoint no longer pending: the directory is
+    /// gone, i.e. the coordinator already collected the (aborted) round. Nothing of this
+    /// writer's was lost that the round's own outcome does not already say.
+    pub fn is_not_pending(&self) -> bool {
+        self.kind == StoreErrorKind::Missing && self.msg.ends_with(NOT_PENDING)
     }
 
     /// The file at fault, if one is known.

@@ -572,7 +572,7 @@ impl PartWriter {
             return Err(StoreError::new(
                 StoreErrorKind::Missing,
                 Some(&self.backend.describe_dir(&dir)),
-                format!("checkpoint {} is not pending (no directory)", self.id),
+                format!("checkpoint {} {}", self.id, crate::error::NOT_PENDING),
             ));
         }
         let commit = ObjectKey::Commit(self.id);

@@ -15,10 +15,15 @@ enum Item {
     /// The start of an unfinished line, written before a marker that landed in the
     /// middle of it ([`OutputCommit::fragment`]); the rest of the line follows the marker.
     Fragment(Vec<u8>),
-    /// Fragments whose position a release already passed: they wait for the rest of
-    /// their line and are never dropped by a rollback (they precede every restore point).
-    Carried(Vec<u8>),
-    Part(CheckpointId),
+    /// Fragments whose position a release already passed (the part marker of `id` at
+    /// `step` followed them): they wait for the rest of their line, which a restore from
+    /// that checkpoint or a later one does not print again.
+    Carried {
+        text: Vec<u8>,
+        id: CheckpointId,
+        step: u64,
+    },
+    Part(CheckpointId, u64),
     /// Checkpoint call number `seq` at `step` began here (fast levels: [`Marker::Cut`]).
     Cut {
         seq: u64,
@@ -91,9 +96,9 @@ impl OutputCommit {
     /// Feeds a marker of `rank`; returns the lines that became releasable, `(rank, line)`.
     pub fn marker(&mut self, rank: u32, m: Marker) -> Vec<(u32, Vec<u8>)> {
         match m {
-            Marker::Part { id, .. } => {
+            Marker::Part { id, step } => {
                 if let Some(b) = self.ranks.get_mut(rank as usize) {
-                    b.push(Item::Part(id));
+                    b.push(Item::Part(id, step));
                 }
                 self.release()
             }
@@ -148,8 +153,11 @@ impl OutputCommit {
                     segment.truncate(cut + 1);
                     kept.append(&mut segment);
                 } else {
-                    // Text whose position a release passed precedes every restore point.
-                    kept.extend(segment.drain(..).filter(|i| matches!(i, Item::Carried(_))));
+                    // Text a release passed stays if the restore is not older than it.
+                    kept.extend(segment.drain(..).filter(|i| {
+                        matches!(i, Item::Carried { step, .. }
+                            if restored.is_some_and(|r| r.step >= *step))
+                    }));
                 }
                 segment.clear();
             }
@@ -200,16 +208,27 @@ impl OutputCommit {
                 .map_or(0, |p| p + 1);
             let cut = buf[start..]
                 .iter()
-                .rposition(|i| matches!(i, Item::Part(id) if *id <= c))
+                .rposition(|i| matches!(i, Item::Part(id, _) if *id <= c))
                 .map(|p| start + p + 1);
             if let Some(cut) = cut {
+                let (id, step) = match buf.get(cut - 1) {
+                    Some(Item::Part(id, step)) => (*id, *step),
+                    _ => (c, 0),
+                };
                 let mut pending = Vec::new();
                 for item in buf.drain(start..cut) {
                     join(item, &mut pending, |l| out.push((r as u32, l)));
                 }
                 // The start of a line whose rest comes after the cut waits for it.
                 if !pending.is_empty() {
-                    buf.insert(start, Item::Carried(pending));
+                    buf.insert(
+                        start,
+                        Item::Carried {
+                            text: pending,
+                            id,
+                            step,
+                        },
+                    );
                 }
             }
         }
@@ -228,7 +247,12 @@ impl OutputCommit {
         let mut dropped = 0;
         for b in &mut self.ranks {
             dropped += b.iter().filter(|i| matches!(i, Item::Line(_))).count();
-            b.retain(|i| matches!(i, Item::Carried(_)));
+            // Text a release passed stays for the rest of its line, unless the restore
+            // is older than it (a damaged newer checkpoint) or a fresh start: then the
+            // re-execution prints it again.
+            b.retain(
+                |i| matches!(i, Item::Carried { id, .. } if restored.is_some_and(|r| r >= *id)),
+            );
         }
         (released, dropped)
     }
@@ -254,6 +278,25 @@ impl OutputCommit {
         out
     }
 
+    /// When the job ends without [`OutputCommit::finish`] (interrupted, refused, given
+    /// up): the starts of lines that a committed checkpoint covers but whose rest never
+    /// came, each ended with a newline. Everything else held is withheld (printed again
+    /// by a resumed run); these are not, so they leave now.
+    pub fn take_carried(&mut self) -> Vec<(u32, Vec<u8>)> {
+        let mut out = Vec::new();
+        for (r, b) in self.ranks.iter_mut().enumerate() {
+            for item in b.iter_mut() {
+                if let Item::Carried { text, .. } = item {
+                    let mut t = std::mem::take(text);
+                    t.push(b'\n');
+                    out.push((r as u32, t));
+                }
+            }
+            b.retain(|i| !matches!(i, Item::Carried { .. }));
+        }
+        out
+    }
+
     /// True once a rank wrote a cut marker: its job keeps fast checkpoint levels (also
     /// when only its builder, not the launch's environment, says so), so a failure must
     /// use [`OutputCommit::rollback_deferred`].
@@ -275,13 +318,13 @@ impl OutputCommit {
 /// fragments before it, markers leave nothing.
 fn join(item: Item, pending: &mut Vec<u8>, mut emit: impl FnMut(Vec<u8>)) {
     match item {
-        Item::Fragment(t) | Item::Carried(t) => pending.extend_from_slice(&t),
+        Item::Fragment(t) | Item::Carried { text: t, .. } => pending.extend_from_slice(&t),
         Item::Line(l) if pending.is_empty() => emit(l),
         Item::Line(l) => {
             pending.extend_from_slice(&l);
             emit(std::mem::take(pending));
         }
-        Item::Part(_) | Item::Cut { .. } | Item::Restart => {}
+        Item::Part(..) | Item::Cut { .. } | Item::Restart => {}
     }
 }
 
@@ -289,15 +332,18 @@ fn join(item: Item, pending: &mut Vec<u8>, mut emit: impl FnMut(Vec<u8>)) {
 /// marker line)`. A marker is written as one whole line, but when the program had
 /// printed part of a line (`print!` without a newline) the marker lands after that text:
 /// the text goes to [`OutputCommit::fragment`], the marker is parsed as usual, and the
-/// rest of the program's line arrives as the next line. `None` when `line` has no marker
-/// or starts with one.
+/// rest of the program's line arrives as the next line. `None` when `line` has no
+/// well-formed marker after its start (or starts with one).
 pub fn split_at_marker(line: &[u8]) -> Option<(&[u8], &[u8])> {
     let prefix = MARKER_PREFIX.as_bytes();
     let at = line
         .windows(prefix.len())
         .position(|w| w == prefix)
         .filter(|&i| i > 0)?;
-    Some(line.split_at(at))
+    let (text, marker) = line.split_at(at);
+    // Only a well-formed marker is taken out: other text that happens to hold the
+    // prefix stays one ordinary line.
+    matches!(Marker::parse(marker), Some(Ok(_))).then_some((text, marker))
 }
 
 #[cfg(test)]
@@ -492,6 +538,62 @@ mod fast_level_tests {
         let mut o = OutputCommit::new(1);
         o.fragment(0, l("tail"));
         assert_eq!(o.finish(), vec![(0, l("tail"))]);
+        // Text that only looks like a marker stays one ordinary line.
+        assert!(split_at_marker(format!("x{MARKER_PREFIX}nonsense\n").as_bytes()).is_none());
+    }
+
+    /// Found in review of the fragment change: a fragment a release passed must not
+    /// outlive a restore older than it or a fresh start (the re-execution prints it again,
+    /// and it would be glued to another line), and must leave when the job ends without
+    /// `finish` (nothing prints it again).
+    #[test]
+    fn a_carried_fragment_is_dropped_by_an_older_restore_and_leaves_at_an_interruption() {
+        let part = |id, step| Marker::Part {
+            id: CheckpointId(id),
+            step,
+        };
+        let commit = |id, step| Marker::Commit {
+            id: CheckpointId(id),
+            step,
+        };
+        let run = |o: &mut OutputCommit, out: &mut Vec<(u32, Vec<u8>)>| {
+            o.line(0, l("s0\n"));
+            out.extend(o.marker(0, part(1, 1)));
+            out.extend(o.marker(0, commit(1, 1)));
+            o.fragment(0, l("r0 "));
+            out.extend(o.marker(0, part(2, 2)));
+            out.extend(o.marker(0, commit(2, 2)));
+            o.line(0, l("s2\n"));
+        };
+        for restored in [None, Some(CheckpointId(1))] {
+            let mut o = OutputCommit::new(1);
+            let mut out = Vec::new();
+            run(&mut o, &mut out);
+            // Checkpoint 2 turns out damaged: the job restarts from 1 (or from scratch).
+            let (rel, _) = o.rollback(restored);
+            out.extend(rel);
+            if restored.is_none() {
+                o.line(0, l("s0\n"));
+            }
+            o.line(0, l("r0 s2\n"));
+            out.extend(o.finish());
+            // (A fresh start prints `s0` again: it was released at checkpoint 1, which
+            // is gone too. What matters here: `r0 ` is not glued to a re-printed line.)
+            let mut want = vec![(0, l("s0\n"))];
+            if restored.is_none() {
+                want.push((0, l("s0\n")));
+            }
+            want.push((0, l("r0 s2\n")));
+            assert_eq!(out, want, "restored {restored:?}");
+        }
+        let mut o = OutputCommit::new(1);
+        let mut out = Vec::new();
+        run(&mut o, &mut out);
+        let (rel, _) = o.rollback(Some(CheckpointId(2)));
+        out.extend(rel);
+        out.extend(o.take_carried());
+        assert_eq!(out, vec![(0, l("s0\n")), (0, l("r0 \n"))]);
+        assert!(o.take_carried().is_empty(), "once");
     }
 
     #[test]

@@ -668,6 +668,10 @@ fn report(
     ranks: u32,
     pool: &Option<crate::hosts::HostPool>,
 ) -> Report {
+    // Ended without `finish` (interrupted, refused, given up): starts of lines that a
+    // committed checkpoint covers leave now (a resumed run prints only their rest).
+    let carried = s.out.take_carried();
+    s.emit(carried);
     Report {
         hosts: pool.as_ref().map(crate::hosts::HostPool::report),
         ranks,
