@@ -354,8 +354,35 @@ fn open_levels(
     // Rank 0: the newest job-wide number in the durable repository, so new numbers never
     // repeat one it holds. An error here ends rank 0's open before the collective level
     // exchange below; the other ranks' exchange then fails on the lost peer.
-    let (durable_seq, durable_age) = if comm.rank() == Rank(0) {
-        match RepoReader::open(path).and_then(|r| r.committed()) {
+    let (durable_seq, durable_age, history) = if comm.rank() == Rank(0) {
+        let store_err = |source| JobError::Store {
+            path: path.to_path_buf(),
+            source,
+        };
+        let reader = RepoReader::open(path).map_err(store_err)?;
+        // The record of which runs the job continues (docs/LEVELS.md, "One history"):
+        // unreadable or malformed, the open fails naming it rather than risk restoring a
+        // copy of an abandoned run.
+        let history = match reader.level_history().map_err(store_err)? {
+            None => None,
+            Some(bytes) => {
+                let location = reader.level_history_location();
+                let h = lazarus_levels::History::decode(&bytes, &location.display().to_string())
+                    .map_err(|why| {
+                        store_err(lazarus_store::StoreError::new(
+                            lazarus_store::StoreErrorKind::Corrupt,
+                            None,
+                            format!(
+                                "{why} (the record of which runs a multi-level job continues; \
+                                 removing it lets restore pick the newest complete copy, also \
+                                 of an abandoned run)"
+                            ),
+                        ))
+                    })?;
+                Some(h)
+            }
+        };
+        match reader.committed() {
             Ok(c) => {
                 let seq = c
                     .iter()
@@ -367,7 +394,7 @@ fn open_levels(
                     .duration_since(UNIX_EPOCH)
                     .map_or(0, |d| d.as_millis() as u64);
                 let age = newest.map(|t| Duration::from_millis(now.saturating_sub(t)));
-                (seq, age)
+                (seq, age, history)
             }
             // Without the newest durable number, new numbers could repeat one the
             // repository holds and a later restore prefer that older checkpoint: fail the
@@ -380,10 +407,19 @@ fn open_levels(
             }
         }
     } else {
-        (0, None)
+        (0, None, None)
     };
-    let levels = NodeLevels::open(comm, levels, root, host, options, keep, durable_seq)
-        .map_err(|source| JobError::Level { step: 0, source })?;
+    let levels = NodeLevels::open(
+        comm,
+        levels,
+        root,
+        host,
+        options,
+        keep,
+        durable_seq,
+        history,
+    )
+    .map_err(|source| JobError::Level { step: 0, source })?;
     Ok((levels, durable_age))
 }
 
@@ -943,6 +979,21 @@ impl Job {
             },
             AgreeError::Net(e) => JobError::Net(e),
         })?;
+        // Before any rank says `resumed` (the supervisor then drops the output the
+        // re-execution prints again): the run this incarnation continues, durably.
+        let restored = match &start {
+            Start::Fresh { .. } => None,
+            Start::Restored { from, .. } => Some(match from.source {
+                Source::Fast { .. } => (from.id.0, from.app.get(lazarus_levels::LINEAGE_KEY)),
+                // A durable checkpoint without a job-wide number (written without
+                // levels) has no fast copy in its run: 0 admits none.
+                Source::Durable => (
+                    meta::level_seq(&from.app).unwrap_or(0),
+                    from.app.get(lazarus_levels::LINEAGE_KEY),
+                ),
+            }),
+        };
+        self.record_history(restored.map(|(s, l)| (s, l.map(String::as_str))))?;
         match start {
             Start::Fresh { damaged } => {
                 if let Some(seq) = self.levels.as_ref().and_then(NodeLevels::newest_seen) {
@@ -1053,6 +1104,39 @@ impl Job {
             }
         }
         Ok(state)
+    }
+
+    /// Multi-level jobs (docs/LEVELS.md, "One history"): rank 0 writes the durable
+    /// record of the run this incarnation continues (the path to the restored checkpoint,
+    /// `None` for a fresh start, then this incarnation's lineage), and every rank learns
+    /// whether it is durable. Until it is, no rank may report `resumed` nor write a
+    /// checkpoint: a later restore must not pick a copy of the run this one abandons.
+    /// A failure fails the open on every rank (a restart retries it).
+    fn record_history(&mut self, restored: Option<(u64, Option<&str>)>) -> Result<(), JobError> {
+        let Some(levels) = &self.levels else {
+            return Ok(());
+        };
+        let record = levels.history_after(restored);
+        let mut mine: Result<(), JobError> = Ok(());
+        if self.comm.rank() == Rank(0) {
+            let path = self.path.clone();
+            mine = held(&mut self.runtime, self.lost).and_then(|rt| match rt.repository_mut() {
+                Some(repo) => repo
+                    .write_level_history(&record.encode())
+                    .map_err(|source| JobError::Store { path, source }),
+                None => Err(JobError::Rank0(
+                    "rank 0 holds no repository to record the level history in".into(),
+                )),
+            });
+        }
+        let mut outcome: Result<(), String> = mine.as_ref().map(|_| ()).map_err(|e| e.to_string());
+        self.comm.clone().broadcast(Rank(0), &mut outcome)?;
+        mine?;
+        outcome.map_err(|why| {
+            JobError::Rank0(format!(
+                "recording the level history in the repository: {why}"
+            ))
+        })
     }
 
     /// The policy's answer, identical on every rank: local for step policies, rank 0's
@@ -1200,6 +1284,8 @@ impl Job {
                     }
                 }
                 meta.app.insert(meta::LEVEL_SEQ_KEY.into(), seq.to_string());
+                meta.app
+                    .insert(lazarus_levels::LINEAGE_KEY.into(), l.lineage().to_string());
                 (Some(seq), due)
             }
             None => (

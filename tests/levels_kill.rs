@@ -19,7 +19,10 @@ use std::path::Path;
 
 /// `steps,every,kill_step,mode` for the worker; mode: `none`, `rank1` (rank 1 is
 /// killed), `host1` (host sim1 is lost), `all` (every host is lost), `beyond` (host sim1
-/// is lost and rank 0 with its node-local copies: more than L3 parity covers).
+/// is lost and rank 0 with its node-local copies: more than L3 parity covers), `away1`
+/// (every rank is killed; the second incarnation runs without host sim1, all ranks on
+/// sim0, and is killed one step after its restore, before it checkpoints; the third runs
+/// on both hosts again).
 const WORKER_ENV: &str = "LAZARUS_TEST_LEVELS";
 /// Set for the incremental-parity test (16 KiB chunks, parity rounds reported).
 const INCR_ENV: &str = "LAZARUS_TEST_LEVELS_INCR";
@@ -43,6 +46,11 @@ fn worker(spec: &str) -> Result<(), Box<dyn Error>> {
     // The incremental-parity test: small chunks (so a step changes a few of them), and
     // rank 0 reports the update mode of each parity round of group 0 on its host.
     let incr = std::env::var_os(INCR_ENV).is_some();
+    let incarnation = std::env::var("LAZARUS_INCARNATION").unwrap_or_default();
+    if mode == "away1" && incarnation == "1" {
+        // Host sim1 is not in this placement; its node-local directory stays.
+        std::env::set_var(lazarus::levels::HOST_ENV, "sim0");
+    }
     let mut builder = Job::builder().every_steps(every).keep(2);
     if incr {
         builder = builder.repo_options(lazarus::store::RepoOptions {
@@ -57,9 +65,17 @@ fn worker(spec: &str) -> Result<(), Box<dyn Error>> {
         data: (0..LEN as u64).map(|i| i ^ u64::from(me) << 40).collect(),
         mixed: 0,
     })?;
-    let first_run = std::env::var("LAZARUS_INCARNATION").is_ok_and(|v| v == "0");
+    let first_run = incarnation == "0";
+    let restored_at = job.step();
     while job.step() < steps {
         let step = job.checkpoint(&s)?;
+        if mode == "away1" && incarnation == "1" && step == restored_at + 1 {
+            // Killed after re-executing a step, before this incarnation's first
+            // checkpoint (every step is even).
+            comm.barrier()?;
+            // SAFETY: raising a signal in our own process.
+            unsafe { libc::raise(libc::SIGKILL) };
+        }
         if incr && me == 0 {
             if let Some(root) = std::env::var_os("LAZARUS_L1_DIR") {
                 let newest = lazarus::levels::scan_parity(Path::new(&root))?
@@ -97,6 +113,7 @@ fn worker(spec: &str) -> Result<(), Box<dyn Error>> {
                     }
                     host == "sim1" || me == 0
                 }
+                "away1" => true,
                 m if m.starts_with("rank") => m[4..].parse() == Ok(me),
                 m if m.starts_with("host") => {
                     let lost = format!("sim{}", &m[4..]);
@@ -257,6 +274,36 @@ fn lost_host_is_rebuilt_from_partner_copies_without_the_repository() {
         levels_row(&level_tool(&["inspect", "--levels"], &l1, &repo), "24"),
         ["-", "4/4", "4/4", "-"]
     );
+}
+
+/// docs/LEVELS.md, "One history" (regression: found in review, fixed with the durable
+/// history record). The first incarnation is killed after checkpoint 7 (step 14; L1 every
+/// checkpoint, L4 every 4th: checkpoint 4, step 8, is durable checkpoint 1). The second
+/// runs without host sim1, so checkpoints 5 to 7 lack ranks 2 and 3 (their only copies
+/// are in sim1's directory): it restores durable checkpoint 1, re-executes a step and
+/// dies before checkpointing. The third has sim1 again and finds checkpoint 7 complete:
+/// restoring it would lose the lines of steps 8 to 13, which the supervisor dropped when
+/// the second incarnation resumed from step 8. It must restore step 8 again, and every
+/// line appear exactly once (on the old code it restored checkpoint 7 from L1).
+#[test]
+fn a_copy_of_an_abandoned_run_is_not_restored_when_its_host_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let levels = ["--l1-every", "1", "--l4-every", "4"];
+    let out = run(dir.path(), &levels, &format!("{STEPS},2,15,away1"));
+    let (_, stderr) = text(&out);
+    assert_eq!(checksum(&out), reference(), "{stderr}");
+    let restores: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("restored checkpoint"))
+        .collect();
+    assert_eq!(restores.len(), 2, "{stderr}");
+    for r in &restores {
+        assert!(
+            r.contains("restored checkpoint 1 at step 8 from L4 durable repository"),
+            "{stderr}"
+        );
+    }
+    assert_lines_once(&out);
 }
 
 #[test]

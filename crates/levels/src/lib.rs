@@ -30,6 +30,7 @@
 
 mod config;
 mod error;
+pub mod history;
 pub mod l3;
 mod nm;
 mod node;
@@ -43,6 +44,7 @@ pub use config::{
     L1_EVERY_ENV, L2_EVERY_ENV, L3_EVERY_ENV, L4_EVERY_ENV, SIM_HOSTS_ENV,
 };
 pub use error::LevelError;
+pub use history::{History, LINEAGE_KEY};
 pub use nm::{Piece, PiecesMsg};
 pub use node::{
     scan, scan_parity, LevelReceipt, LoadOutcome, NodeLevels, LEVEL_RANK_KEY, LEVEL_WORLD_KEY,

@@ -3,6 +3,7 @@
 
 use crate::config::{Due, Levels};
 use crate::error::LevelError;
+use crate::history::{new_lineage, History, LINEAGE_KEY};
 use crate::l3::{self, ParityMsg, TAG_PARITY, TAG_PARITY_REBUILD};
 use crate::parity;
 use crate::partner::{self, CopyMsg, Installed, TAG_COPY, TAG_REBUILD};
@@ -159,6 +160,10 @@ pub struct NodeLevels {
     parity: Vec<ParityHeld>,
     groups: Vec<Vec<u32>>,
     next_seq: u64,
+    /// The durable history record found at open (rank 0's), `None` when there was none.
+    history: Option<History>,
+    /// This incarnation's lineage ([`LINEAGE_KEY`]).
+    lineage: String,
     member_state: Option<MemberState>,
     holder_state: Option<HolderState>,
     /// True once this world's first checkpoint on every configured fast level removed
@@ -200,7 +205,11 @@ fn opts_for_level(options: &RepoOptions) -> RepoOptions {
 impl NodeLevels {
     /// Collective: every rank calls it with the same `levels`. `root` is the node-local
     /// root (host directories under it), `host` this rank's host, `durable_seq` the newest
-    /// job-wide number in the durable repository (rank 0's value is used).
+    /// job-wide number in the durable repository, `history` the durable repository's
+    /// history record if any (rank 0's values are used for both): copies of runs the
+    /// record abandoned are never planned (docs/LEVELS.md, "One history"). This
+    /// incarnation's lineage is rank 0's fresh one.
+    #[allow(clippy::too_many_arguments)]
     pub fn open(
         comm: Comm,
         levels: Levels,
@@ -209,6 +218,7 @@ impl NodeLevels {
         options: RepoOptions,
         keep: usize,
         durable_seq: u64,
+        history: Option<History>,
     ) -> Result<NodeLevels, LevelError> {
         let hosts: Vec<String> = comm.allgather(&host)?;
         let me = comm.rank().0;
@@ -247,6 +257,29 @@ impl NodeLevels {
             .unwrap_or(0)
             .max(dseq)
             + 1;
+        let mut history = history;
+        comm.broadcast(Rank(0), &mut history)?;
+        let mut lineage = if me == 0 {
+            new_lineage()
+        } else {
+            String::new()
+        };
+        comm.broadcast(Rank(0), &mut lineage)?;
+        // Only copies on the job's current path may be restored; the numbers above
+        // still count every copy, so a new checkpoint never shares one with any.
+        if let Some(h) = &history {
+            let lineage_of = |app: &BTreeMap<String, String>| app.get(LINEAGE_KEY).cloned();
+            let before = (held.len(), parity.len());
+            held.retain(|c| h.admits(c.seq, lineage_of(&c.app).as_deref()));
+            parity.retain(|p| h.admits(p.seq, lineage_of(&p.app).as_deref()));
+            if me == 0 && (held.len(), parity.len()) != before {
+                tracing::info!(
+                    "levels: {} copies and {} parity shards of abandoned runs are not used (docs/LEVELS.md, \"One history\")",
+                    before.0 - held.len(),
+                    before.1 - parity.len()
+                );
+            }
+        }
         let groups = l3::parity_groups(&hosts);
         // L3 is a count (validated): its period, 0 when off.
         let l3_every = match levels.periods()[2] {
@@ -286,6 +319,8 @@ impl NodeLevels {
             parity,
             groups,
             next_seq,
+            history,
+            lineage,
             member_state: None,
             holder_state: None,
             tidied: false,
@@ -318,6 +353,19 @@ impl NodeLevels {
         let s = self.next_seq;
         self.next_seq += 1;
         s
+    }
+
+    /// This incarnation's lineage: every checkpoint it writes records it under
+    /// [`LINEAGE_KEY`] (on every level).
+    pub fn lineage(&self) -> &str {
+        &self.lineage
+    }
+
+    /// The history record to write once this incarnation restored checkpoint `seq` of
+    /// lineage `lineage` (`restored`) or started fresh (`None`): the path to the restored
+    /// checkpoint, then this incarnation's lineage.
+    pub fn history_after(&self, restored: Option<(u64, Option<&str>)>) -> History {
+        History::after(self.history.as_ref(), restored, &self.lineage)
     }
 
     /// The fast-level checkpoints every rank can restore, newest first (from the
@@ -1891,7 +1939,7 @@ mod tests {
     fn open(comm: Comm, root: &Path) -> NodeLevels {
         let host = format!("sim{}", comm.rank().0 * 2 / comm.size());
         let levels = Levels::new().l1(1).l3(1).l4(0);
-        NodeLevels::open(comm, levels, root.to_path_buf(), host, opts(), 2, 0).unwrap()
+        NodeLevels::open(comm, levels, root.to_path_buf(), host, opts(), 2, 0, None).unwrap()
     }
 
     fn spec(data: &[u8]) -> ObjectSpec<'_> {

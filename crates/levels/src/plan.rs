@@ -2,6 +2,7 @@
 //! checkpoints can be rebuilt on every rank, and from where. Pure: every rank computes
 //! the same plan from the same exchanged inventory, so the plan needs no broadcast.
 
+use crate::history::LINEAGE_KEY;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -208,7 +209,7 @@ impl FastPlan {
 
 /// The checkpoints rebuildable on `hosts.len()` ranks (rank r on `hosts[r]`), newest
 /// first. A checkpoint is planned only when every rank's part has a copy, all copies
-/// agree on its step and world, and a copy on another host has a live holder there.
+/// agree on its step, world and lineage ([`LINEAGE_KEY`]), and a copy on another host has a live holder there.
 /// A checkpoint of another world size (N→M) is planned when every old rank's part has a
 /// copy on a host where a rank of the current world runs (that host's lowest rank holds
 /// it; [`FastPlan::world`]) or, with [`plan_with_parity`], can be rebuilt from its
@@ -235,19 +236,26 @@ pub fn plan_with_parity(held: &[Held], parity: &[ParityHeld], hosts: &[String]) 
     for &seq in seqs.iter().rev() {
         let copies: Vec<&Held> = held.iter().filter(|h| h.seq == seq).collect();
         let first = copies[0];
-        if copies
-            .iter()
-            .any(|c| c.step != first.step || c.world != first.world)
-        {
+        let lineage = first.app.get(LINEAGE_KEY);
+        if copies.iter().any(|c| {
+            c.step != first.step || c.world != first.world || c.app.get(LINEAGE_KEY) != lineage
+        }) {
+            // Two runs that share a job-wide number (docs/LEVELS.md, "One history"): never
+            // mix their parts.
             tracing::warn!(
-                "levels: the copies of checkpoint {seq} disagree on its step or world; not used"
+                "levels: the copies of checkpoint {seq} disagree on its step, world or lineage; not used"
             );
             continue;
         }
         // The parity shards of this checkpoint.
         let shards: Vec<&ParityHeld> = parity
             .iter()
-            .filter(|p| p.seq == seq && p.step == first.step && p.world == first.world)
+            .filter(|p| {
+                p.seq == seq
+                    && p.step == first.step
+                    && p.world == first.world
+                    && p.app.get(LINEAGE_KEY) == lineage
+            })
             .collect();
         if first.world != size {
             if let Some(p) = plan_resharded(seq, &copies, &shards, hosts, &holder_of) {

@@ -158,6 +158,22 @@ impl RepoReader {
         &self.backend
     }
 
+    /// The multi-level job's history record ([`ObjectKey::LevelHistory`], written by
+    /// [`crate::Repository::write_level_history`]); `None` when the repository has none.
+    /// The bytes are not interpreted here.
+    pub fn level_history(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        match self.backend.read(&ObjectKey::LevelHistory) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == StoreErrorKind::Missing => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Where the multi-level job's history record is (or would be), for messages.
+    pub fn level_history_location(&self) -> PathBuf {
+        self.backend.describe(&ObjectKey::LevelHistory)
+    }
+
     /// Where rank `rank`'s manifest file of checkpoint `id` is (or would be), for messages.
     pub fn manifest_location(&self, id: CheckpointId, rank: Rank) -> PathBuf {
         self.backend.describe(&ObjectKey::Manifest(id, rank))

@@ -258,6 +258,20 @@ impl Repository {
         self.backend.location()
     }
 
+    /// Replaces the multi-level job's history record ([`ObjectKey::LevelHistory`]) with
+    /// `bytes`, atomically and durably (readers see the old or the new record, whole;
+    /// durable when this returns). Fenced by the writer's lock like COMMIT.
+    pub fn write_level_history(&self, bytes: &[u8]) -> Result<(), StoreError> {
+        // Fencing, as for COMMIT: a writer whose lock is gone never changes the record.
+        self.lock
+            .check()
+            .map_err(|e| e.context("level history not written"))?;
+        failpoint("before_level_history");
+        self.backend
+            .put(&ObjectKey::LevelHistory, &[bytes], PutMode::Overwrite)
+            .map(|_| ())
+    }
+
     /// The backend the repository is stored in.
     pub fn backend(&self) -> &Arc<dyn WriteBackend> {
         &self.backend

@@ -211,25 +211,37 @@ impl OutputCommit {
                 .rposition(|i| matches!(i, Item::Part(id, _) if *id <= c))
                 .map(|p| start + p + 1);
             if let Some(cut) = cut {
-                let (id, step) = match buf.get(cut - 1) {
-                    Some(Item::Part(id, step)) => (*id, *step),
-                    _ => (c, 0),
-                };
+                let drained: Vec<Item> = buf.drain(start..cut).collect();
+                // The start of a line whose rest comes after the cut waits for it: the
+                // text after the last whole line, each piece carried with the position
+                // of the first part marker after it (a restore from that checkpoint or
+                // a later one does not print it again; an older one does).
+                let tail = drained
+                    .iter()
+                    .rposition(|i| matches!(i, Item::Line(_)))
+                    .map_or(0, |p| p + 1);
+                let mut drained = drained;
+                let carried = drained.split_off(tail);
                 let mut pending = Vec::new();
-                for item in buf.drain(start..cut) {
+                for item in drained {
                     join(item, &mut pending, |l| out.push((r as u32, l)));
                 }
-                // The start of a line whose rest comes after the cut waits for it.
-                if !pending.is_empty() {
-                    buf.insert(
-                        start,
-                        Item::Carried {
-                            text: pending,
-                            id,
-                            step,
-                        },
-                    );
+                let mut after = (c, 0);
+                let mut kept = Vec::new();
+                for item in carried.into_iter().rev() {
+                    match item {
+                        Item::Part(id, step) => after = (id, step),
+                        Item::Fragment(text) => kept.push(Item::Carried {
+                            text,
+                            id: after.0,
+                            step: after.1,
+                        }),
+                        carried @ Item::Carried { .. } => kept.push(carried),
+                        Item::Line(_) | Item::Cut { .. } | Item::Restart => {}
+                    }
                 }
+                kept.reverse();
+                buf.splice(start..start, kept);
             }
         }
         out
@@ -594,6 +606,37 @@ mod fast_level_tests {
         out.extend(o.take_carried());
         assert_eq!(out, vec![(0, l("s0\n")), (0, l("r0 \n"))]);
         assert!(o.take_carried().is_empty(), "once");
+    }
+
+    /// Regression (found in review): a carried line start that a second release passed
+    /// without its rest was re-labelled with the second checkpoint, so a restore from the
+    /// first (the second damaged) dropped it although the re-execution does not print it.
+    #[test]
+    fn a_carried_fragment_keeps_its_position_through_a_later_release() {
+        let part = |id, step| Marker::Part {
+            id: CheckpointId(id),
+            step,
+        };
+        let commit = |id, step| Marker::Commit {
+            id: CheckpointId(id),
+            step,
+        };
+        let mut o = OutputCommit::new(1);
+        let mut out = Vec::new();
+        o.fragment(0, l("r0 "));
+        out.extend(o.marker(0, part(2, 2)));
+        out.extend(o.marker(0, commit(2, 2)));
+        o.fragment(0, l("r1 "));
+        out.extend(o.marker(0, part(3, 3)));
+        out.extend(o.marker(0, commit(3, 3)));
+        o.line(0, l("s3\n"));
+        // Checkpoint 3 turns out damaged: the job restarts from 2, which re-prints what
+        // followed part 2 (`r1 s3`), not what preceded it (`r0 `).
+        let (rel, _) = o.rollback(Some(CheckpointId(2)));
+        out.extend(rel);
+        o.line(0, l("r1 s3\n"));
+        out.extend(o.finish());
+        assert_eq!(out, vec![(0, l("r0 r1 s3\n"))]);
     }
 
     #[test]

@@ -84,6 +84,10 @@ pub enum ObjectKey {
     Format,
     /// `LOCK`: the writer lock (a flock'd file) or lease (an object with an expiry).
     Lock,
+    /// `LEVELS-HISTORY`: which fast-level checkpoints belong to the job's current history
+    /// (a multi-level job's record, docs/LEVELS.md "One history"; its bytes are the levels
+    /// crate's to read).
+    LevelHistory,
     /// `chunks/<hh>/<digest>`.
     Chunk(ChunkDigest),
     /// `checkpoints/<id>/rank-<r>.manifest`.
@@ -99,7 +103,7 @@ impl ObjectKey {
     /// The directory holding the object.
     pub fn dir(&self) -> DirKey {
         match self {
-            ObjectKey::Format | ObjectKey::Lock => DirKey::Root,
+            ObjectKey::Format | ObjectKey::Lock | ObjectKey::LevelHistory => DirKey::Root,
             ObjectKey::Chunk(d) => DirKey::ChunkFan(d.0[0]),
             ObjectKey::Manifest(id, _) | ObjectKey::Commit(id) => DirKey::Checkpoint(*id),
             ObjectKey::Entry(dir, _) => dir.clone(),
@@ -111,6 +115,7 @@ impl ObjectKey {
         match self {
             ObjectKey::Format => "FORMAT".into(),
             ObjectKey::Lock => "LOCK".into(),
+            ObjectKey::LevelHistory => "LEVELS-HISTORY".into(),
             ObjectKey::Chunk(d) => d.to_hex(),
             ObjectKey::Manifest(_, r) => manifest_name(*r),
             ObjectKey::Commit(_) => COMMIT_NAME.into(),

@@ -128,6 +128,7 @@ fn rank(
         RepoOptions::default(),
         2,
         0,
+        None,
     )?;
     let mut data = vec![0u8; bytes];
     let mut copy = vec![0u8; bytes];
