@@ -7,7 +7,9 @@ use crate::flush::{self, Flusher, InFlight, Task};
 use crate::report::{CheckpointReport, FreshStart, RestoreReport};
 use crate::restore;
 use lazarus_coord::restore::{AgreeError, Candidate, LoadError, RestoreAgreement, Source, Start};
-use lazarus_coord::{meta, AlignedRuntime, OnAllDamaged, RankStore, StartedRound, Timeouts};
+use lazarus_coord::{
+    capture, meta, AlignedRuntime, OnAllDamaged, RankStore, StartedRound, Timeouts,
+};
 use lazarus_files::{Files, FilesConfig, FilesError};
 use lazarus_format::{count, CheckpointId, LoadedObject, Rank};
 pub use lazarus_levels::Levels;
@@ -314,7 +316,7 @@ impl JobBuilder {
             runtime: Some(runtime),
             comm,
             flusher,
-            staging_budget: self.staging_budget.unwrap_or_else(flush::default_budget),
+            staging_budget: self.staging_budget.unwrap_or_else(capture::default_budget),
             pool: Vec::new(),
             lost: None,
             path,
@@ -1455,14 +1457,13 @@ impl Job {
         // (its chunks are retained and the store holds their digests). Then, and over the
         // budget, the round begins first (its part writer knows the chunk size and what
         // the store holds), and the capture follows.
-        let base =
-            lazarus_coord::capture::incremental_base(self.last.map(|r| r.checkpoint), &objects);
-        let capture = if base.is_some() || flush::borrowed_bytes(&objects) > self.staging_budget {
+        let base = capture::incremental_base(self.last.map(|r| r.checkpoint), &objects);
+        let capture = if base.is_some() || capture::borrowed_bytes(&objects) > self.staging_budget {
             Err(objects)
         } else {
-            let captured = flush::borrowed_bytes(&objects);
+            let captured = capture::borrowed_bytes(&objects);
             Ok((
-                flush::stage(objects, std::mem::take(&mut self.pool)),
+                capture::stage(objects, std::mem::take(&mut self.pool)),
                 captured,
             ))
         };
@@ -1548,18 +1549,18 @@ impl Job {
                 Some(base) => runtime.unchanged_since(&mut begun, &objects, base)?,
                 None => Vec::new(),
             };
-            let sparse = flush::sparse_bytes(&objects, &unchanged);
+            let sparse = capture::sparse_bytes(&objects, &unchanged);
             if sparse <= budget {
-                let staged = flush::stage_sparse(objects, pool, &unchanged)?;
+                let staged = capture::stage_sparse(objects, pool, &unchanged)?;
                 runtime.reuse_unchanged(&mut begun, unchanged.into_iter().flatten().collect())?;
                 return Ok((staged, sparse));
             }
             let chunk = runtime.part_chunk_size(&mut begun)?;
-            let (heads, tails) = flush::split(objects, budget, chunk);
+            let (heads, tails) = capture::split(objects, budget, chunk);
             runtime.write_ahead(&mut begun, &tails)?;
             drop(tails);
-            let captured = flush::borrowed_bytes(&heads);
-            Ok((flush::stage(heads, pool), captured))
+            let captured = capture::borrowed_bytes(&heads);
+            Ok((capture::stage(heads, pool), captured))
         })();
         match written {
             Ok((staged, captured)) => Ok((begun, staged, captured)),

@@ -11,10 +11,92 @@
 //! predecessor's part ([`PartWriter::unchanged_since`]). Any doubt makes the capture a
 //! full one; a reused chunk that is gone when the part is written fails the part naming
 //! it ([`PartWriter::write_with`]), never wrong data.
+//!
+//! One place, too, for the staging budget (issue #16 item 3, [`default_budget`]): a
+//! capture that would copy more than the budget is taken in pieces ([`split`]): the heads
+//! copied into staging, the tails written as durable chunks inside the call
+//! ([`PartWriter::write_ahead`]), the rest of the part later
+//! ([`PartWriter::write_with`]).
 
 use lazarus_format::{CheckpointId, ObjectSpec, Rank};
 use lazarus_store::{PartWriter, StoreError, Unchanged};
 use std::borrow::Cow;
+
+/// Default staging budget when physical memory is not known.
+pub const FALLBACK_BUDGET: u64 = 1 << 30;
+
+/// The default staging budget (the Job's `.staging_budget`, `AsyncConfig::staging_budget`):
+/// a quarter of physical memory (`/proc/meminfo`), else [`FALLBACK_BUDGET`]. A capture
+/// larger than the budget is taken in pieces ([`split`]).
+pub fn default_budget() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(FALLBACK_BUDGET, |kib| kib.saturating_mul(1024) / 4)
+}
+
+/// An object's tail to write inside the call ([`PartWriter::write_ahead`]), and the
+/// offset it starts at.
+pub type Tail<'a> = (ObjectSpec<'a>, u64);
+
+/// Splits a state larger than the staging `budget` (issue #16 item 3): borrowed objects,
+/// in order, go whole into the heads while they fit; the first one that does not fit is
+/// cut at the largest multiple of `chunk` (the part writer's [`PartWriter::chunk_size`])
+/// that does (its head staged, its tail written inside the call); every later borrowed
+/// object goes whole into the tails (with an empty head, so the part still lists it).
+/// Owned objects are always heads: they are moved, not copied. The heads' borrowed bytes
+/// are at most `budget`.
+pub fn split(
+    objects: Vec<ObjectSpec<'_>>,
+    budget: u64,
+    chunk: u64,
+) -> (Vec<ObjectSpec<'_>>, Vec<Tail<'_>>) {
+    let chunk = chunk.max(1);
+    let mut room = budget;
+    let mut heads = Vec::with_capacity(objects.len());
+    let mut tails = Vec::new();
+    for o in objects {
+        let b = match o.data {
+            Cow::Borrowed(b) if b.len() as u64 > room => b,
+            Cow::Borrowed(b) => {
+                room -= b.len() as u64;
+                heads.push(ObjectSpec {
+                    data: Cow::Borrowed(b),
+                    ..o
+                });
+                continue;
+            }
+            Cow::Owned(_) => {
+                heads.push(o);
+                continue;
+            }
+        };
+        // `cut` < b.len() because room < b.len(); a multiple of the chunk size.
+        let cut = room / chunk * chunk;
+        room -= cut;
+        let at = usize::try_from(cut).unwrap_or(0).min(b.len());
+        let (head, tail) = b.split_at(at);
+        // The hint describes the whole object: a split one is hashed in full.
+        heads.push(ObjectSpec {
+            info: o.info.clone(),
+            data: Cow::Borrowed(head),
+            hint: None,
+        });
+        tails.push((
+            ObjectSpec {
+                info: o.info,
+                data: Cow::Borrowed(tail),
+                hint: None,
+            },
+            at as u64,
+        ));
+    }
+    (heads, tails)
+}
 
 /// The checkpoint an incremental capture of `objects` would be relative to: `last`, this
 /// rank's newest checkpoint known *committed* in this process (so its chunks are

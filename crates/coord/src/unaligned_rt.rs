@@ -120,6 +120,11 @@ pub struct AsyncStats {
     /// incremental capture (docs/ASYNC.md), the whole borrowed state otherwise
     #[serde(default)]
     pub captured_bytes: u64,
+    /// bytes of state written inside the calls that took the snapshots, because those
+    /// were larger than [`AsyncConfig::staging_budget`] (the tails of a capture in pieces,
+    /// docs/ASYNC.md)
+    #[serde(default)]
+    pub ahead_bytes: u64,
 }
 
 struct Leader {
@@ -141,6 +146,10 @@ struct Snap {
     inbox: BTreeMap<Rank, Vec<SavedMessage>>,
     /// chunks of objects captured sparsely, named by digest in the part
     reused: Vec<Unchanged>,
+    /// the tails written inside the call (a snapshot over the staging budget)
+    pieces: Option<Pieces>,
+    /// the capture failed (writing the tails): this rank's vote is Failed
+    failed: Option<String>,
 }
 
 /// A complete part: captured state plus channel state.
@@ -149,6 +158,63 @@ struct Ready {
     objects: Vec<ObjectSpec<'static>>,
     channels: ChannelState<SavedMessage>,
     reused: Vec<Unchanged>,
+    pieces: Option<Pieces>,
+    failed: Option<String>,
+}
+
+/// A snapshot larger than [`AsyncConfig::staging_budget`], captured in pieces (issue #16
+/// item 3, docs/ASYNC.md): the tails written durably inside the call that took it, by
+/// `writer`, which then writes the part (the staged heads and the manifest) with them.
+struct Pieces {
+    writer: PartWriter,
+    ahead: WrittenAhead,
+}
+
+/// What a local snapshot captured.
+struct Captured {
+    /// the staged objects (the heads when in pieces)
+    objects: Vec<ObjectSpec<'static>>,
+    reused: Vec<Unchanged>,
+    /// bytes copied into staging
+    copied: u64,
+    pieces: Option<Pieces>,
+    /// writing the tails failed: the part cannot be written
+    failed: Option<String>,
+}
+
+impl Captured {
+    fn staged(objects: Vec<ObjectSpec<'static>>, copied: u64) -> Self {
+        Captured {
+            objects,
+            reused: Vec::new(),
+            copied,
+            pieces: None,
+            failed: None,
+        }
+    }
+
+    fn failed(e: String) -> Self {
+        Captured {
+            failed: Some(e),
+            ..Captured::staged(Vec::new(), 0)
+        }
+    }
+}
+
+/// This rank's part writer of checkpoint `id` (format 1.1: a small manifest rides the
+/// vote into COMMIT), limited to `budget` bytes (fault injection) if given.
+fn open_writer(
+    repo: &Path,
+    id: CheckpointId,
+    store: lazarus_store::RepoOptions,
+    budget: Option<u64>,
+) -> Result<PartWriter, StoreError> {
+    PartWriter::open(repo, id, store)
+        .map(|w| w.with_inline_manifest(lazarus_format::MAX_INLINE_MANIFEST))
+        .map(|w| match budget {
+            Some(b) => w.with_write_budget(b),
+            None => w,
+        })
 }
 
 /// One rank's runtime for unaligned (Chandy-Lamport / Lai-Yang) checkpoints.
@@ -223,6 +289,8 @@ struct PartTask {
     objects: Vec<ObjectSpec<'static>>,
     /// chunks the part names by digest (an incremental capture: `objects` hold the others)
     reused: Vec<Unchanged>,
+    /// a capture in pieces: its writer and the tails it wrote (`objects` hold the heads)
+    pieces: Option<Pieces>,
     budget: Option<u64>,
 }
 
@@ -245,7 +313,7 @@ struct PartInFlight {
 /// COMMIT. One at a time: a round's COMMIT needs every vote, rank 0's too, so its part
 /// was written and taken before; the next round begins only once this one is decided.
 enum Work {
-    Part(PartTask),
+    Part(Box<PartTask>),
     Commit(Box<CommitTask>),
 }
 
@@ -264,7 +332,7 @@ enum InFlight {
 
 fn work(w: Work) -> Worked {
     match w {
-        Work::Part(t) => Worked::Part(write_part_task(t)),
+        Work::Part(t) => Worked::Part(write_part_task(*t)),
         Work::Commit(t) => Worked::Commit(write_commit(*t)),
     }
 }
@@ -370,22 +438,23 @@ fn write_commit(t: CommitTask) -> CommitDone {
 /// small manifest rides the vote into COMMIT (one durable file less per rank and round),
 /// as in the aligned runtime.
 fn write_part_task(t: PartTask) -> PartDone {
-    let result = PartWriter::open(&t.repo, t.round.ckpt, t.store)
-        .map(|w| w.with_inline_manifest(lazarus_format::MAX_INLINE_MANIFEST))
-        .map(|w| match t.budget {
-            Some(b) => w.with_write_budget(b),
-            None => w,
-        })
-        .and_then(|w| {
-            if t.reused.is_empty() {
-                return w.write(t.me, &t.objects);
-            }
-            let mut ahead = WrittenAhead::default();
-            for u in t.reused {
-                ahead.reuse(u)?;
-            }
-            w.write_with(t.me, &t.objects, &ahead)
-        });
+    let (writer, mut ahead) = match t.pieces {
+        // The writer that wrote the tails: its write budget is shared with them.
+        Some(p) => (Ok(p.writer), p.ahead),
+        None => (
+            open_writer(&t.repo, t.round.ckpt, t.store, t.budget),
+            WrittenAhead::default(),
+        ),
+    };
+    let result = writer.and_then(|w| {
+        if t.reused.is_empty() && ahead.is_empty() {
+            return w.write(t.me, &t.objects);
+        }
+        for u in t.reused {
+            ahead.reuse(u)?;
+        }
+        w.write_with(t.me, &t.objects, &ahead)
+    });
     let not_pending = result.as_ref().is_err_and(StoreError::is_not_pending);
     PartDone {
         result: result.map_err(|e| format!("{}: {e}", t.me)),
@@ -1281,17 +1350,39 @@ impl AsyncSession {
                         id: CheckpointId(epoch.0),
                         step: epoch.0,
                     });
-                    let (objects, reused, captured) = self.capture(state, CheckpointId(epoch.0))?;
-                    self.stats.captured_bytes += captured;
+                    let id = CheckpointId(epoch.0);
+                    let c = self.capture(state, id)?;
+                    self.stats.captured_bytes += c.copied;
+                    if let Some(p) = &c.pieces {
+                        self.stats.ahead_bytes += p.ahead.bytes();
+                    }
+                    if let Some(e) = &c.failed {
+                        // Reported like a failed background write: by the next call.
+                        let err = SessionError::new(
+                            K::Flush,
+                            me,
+                            format!(
+                                "checkpoint {id}: writing the part of this rank's snapshot, over \
+                                 the staging budget of {} bytes, in pieces failed, so it did \
+                                 not commit: {e}",
+                                self.cfg.staging_budget
+                            ),
+                        );
+                        if let Some(earlier) = self.flush_error.replace(err) {
+                            tracing::warn!("{earlier}");
+                        }
+                    }
                     let mut inbox: BTreeMap<Rank, Vec<SavedMessage>> = BTreeMap::new();
                     for (from, m) in &self.inbox {
                         inbox.entry(*from).or_default().push(m.clone());
                     }
                     self.snap = Some(Snap {
                         epoch,
-                        objects,
+                        objects: c.objects,
                         inbox,
-                        reused,
+                        reused: c.reused,
+                        pieces: c.pieces,
+                        failed: c.failed,
                     });
                     self.stats.snapshots += 1;
                     // Stamp before any marker or later send leaves this rank.
@@ -1334,11 +1425,19 @@ impl AsyncSession {
     /// checkpoint is known: only its changed chunks are copied. Any doubt (no committed
     /// predecessor in this session, a cache of another part, no part writer) makes it a
     /// full copy.
+    ///
+    /// A copy over [`AsyncConfig::staging_budget`] is taken in pieces, like the Job's
+    /// (issue #16 item 3, docs/ASYNC.md): the heads (what fits) copied, the tails written
+    /// as durable chunks here, inside the call ([`PartWriter::write_ahead`]); the part
+    /// (heads, manifest) is written later with them. An incremental copy over the budget
+    /// becomes a full one in pieces. If writing the tails fails the snapshot is still
+    /// taken (the recorder goes on) but marked failed: this rank votes Failed.
     fn capture<S: Checkpoint + ?Sized>(
         &self,
         state: &S,
         id: CheckpointId,
-    ) -> Result<(Vec<ObjectSpec<'static>>, Vec<Unchanged>, u64), SessionError> {
+    ) -> Result<Captured, SessionError> {
+        use crate::capture as cap;
         let me = self.me;
         let objects = lazarus_state::save(state)
             .map_err(|e| SessionError::wrap(K::State, me, "capturing the local snapshot", e))?;
@@ -1349,22 +1448,53 @@ impl AsyncSession {
                 format!("state object {:?} uses the reserved name", o.info.name),
             ));
         }
-        let unchanged = crate::capture::incremental_base(self.last_committed, &objects)
-            .and_then(|base| {
-                // Only the writer's chunk size and fingerprint cache are used here.
-                match PartWriter::open(&self.cfg.repo, id, self.cfg.store.clone()) {
-                    Ok(w) => Some(crate::capture::unchanged_since(&w, me, &objects, base)),
-                    Err(e) => {
-                        tracing::debug!("{me}: full capture of checkpoint {id}: {e}");
-                        None
-                    }
-                }
-            })
-            .unwrap_or_default();
-        let captured = crate::capture::sparse_bytes(&objects, &unchanged);
-        let staged = crate::capture::stage_sparse(objects, Vec::new(), &unchanged)
-            .map_err(|e| SessionError::wrap(K::State, me, "capturing the local snapshot", e))?;
-        Ok((staged, unchanged.into_iter().flatten().collect(), captured))
+        let budget = self.cfg.staging_budget;
+        let full = cap::borrowed_bytes(&objects);
+        let base = cap::incremental_base(self.last_committed, &objects);
+        if base.is_none() && full <= budget {
+            return Ok(Captured::staged(cap::stage(objects, Vec::new()), full));
+        }
+        // The part writer gives the chunk size and the fingerprint cache, and writes the
+        // tails of a capture in pieces.
+        let writer = match open_writer(
+            &self.cfg.repo,
+            id,
+            self.cfg.store.clone(),
+            self.write_budget,
+        ) {
+            Ok(w) => w,
+            Err(e) if full <= budget => {
+                tracing::debug!("{me}: full capture of checkpoint {id}: {e}");
+                return Ok(Captured::staged(cap::stage(objects, Vec::new()), full));
+            }
+            Err(e) => return Ok(Captured::failed(format!("{me}: {e}"))),
+        };
+        if let Some(base) = base {
+            let unchanged = cap::unchanged_since(&writer, me, &objects, base);
+            let sparse = cap::sparse_bytes(&objects, &unchanged);
+            if sparse <= budget {
+                let staged = cap::stage_sparse(objects, Vec::new(), &unchanged).map_err(|e| {
+                    SessionError::wrap(K::State, me, "capturing the local snapshot", e)
+                })?;
+                return Ok(Captured {
+                    reused: unchanged.into_iter().flatten().collect(),
+                    ..Captured::staged(staged, sparse)
+                });
+            }
+            // Over the budget even sparse (so `full`, never less, is too): in pieces.
+        }
+        let (heads, tails) = cap::split(objects, budget, writer.chunk_size());
+        match writer.write_ahead(me, &tails) {
+            Ok(ahead) => {
+                drop(tails);
+                let copied = cap::borrowed_bytes(&heads);
+                Ok(Captured {
+                    pieces: Some(Pieces { writer, ahead }),
+                    ..Captured::staged(cap::stage(heads, Vec::new()), copied)
+                })
+            }
+            Err(e) => Ok(Captured::failed(format!("{me}: {e}"))),
+        }
     }
 
     /// Writes the part if the round asked for it and the recorder has completed it; votes
@@ -1389,9 +1519,9 @@ impl AsyncSession {
                     }
                     let submitted = match self.flusher.as_mut() {
                         Some(f) => f
-                            .submit(Work::Part(task), InFlight::Part(info))
+                            .submit(Work::Part(Box::new(task)), InFlight::Part(info))
                             .map_err(|w| match *w {
-                                Work::Part(t) => Some(t),
+                                Work::Part(t) => Some(*t),
                                 Work::Commit(_) => None,
                             }),
                         None => Err(Some(task)),
@@ -1446,6 +1576,9 @@ impl AsyncSession {
     /// The part of `round` to write: the captured objects plus the channel state; and the
     /// size of the latter.
     fn part_task(&self, round: RoundId, ready: Ready) -> Result<(PartTask, u64), String> {
+        if let Some(e) = ready.failed {
+            return Err(e);
+        }
         let mut objects = ready.objects;
         let channels = wire::channels_object(&ready.channels).map_err(|e| e.to_string())?;
         let channel_bytes = channels.data.len() as u64;
@@ -1458,6 +1591,7 @@ impl AsyncSession {
                 round,
                 objects,
                 reused: ready.reused,
+                pieces: ready.pieces,
                 budget: self.write_budget,
             },
             channel_bytes,
@@ -1896,6 +2030,8 @@ fn merge(snap: Snap, cs: ChannelState<SavedMessage>) -> Ready {
         epoch: snap.epoch,
         objects: snap.objects,
         reused: snap.reused,
+        pieces: snap.pieces,
+        failed: snap.failed,
         channels: ChannelState {
             epoch: cs.epoch,
             channels: by_rank.into_iter().filter(|(_, m)| !m.is_empty()).collect(),

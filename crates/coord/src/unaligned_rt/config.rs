@@ -27,11 +27,18 @@ pub struct AsyncConfig {
     /// asynchronous checkpoints (default `false`: the snapshot is captured in the call and
     /// the part written by a background thread, docs/ASYNC.md).
     pub sync_writes: bool,
+    /// Most bytes a local snapshot copies into staging (the same meaning and default as
+    /// the Job's `.staging_budget`: a quarter of physical memory,
+    /// [`crate::capture::default_budget`]). A snapshot larger than this is captured in
+    /// pieces: what fits is copied, the rest written as durable chunks inside the call
+    /// that takes the snapshot (docs/ASYNC.md, "Unaligned rounds"). The channel state
+    /// does not count against it.
+    pub staging_budget: u64,
 }
 
 impl AsyncConfig {
     /// Defaults: store defaults, `Timeouts::default()`, keep the newest 2, parts written in
-    /// the background.
+    /// the background, the default staging budget.
     pub fn new(repo: impl Into<PathBuf>) -> Self {
         AsyncConfig {
             repo: repo.into(),
@@ -41,6 +48,7 @@ impl AsyncConfig {
             output_markers: false,
             on_all_damaged: OnAllDamaged::Refuse,
             sync_writes: false,
+            staging_budget: crate::capture::default_budget(),
         }
     }
 

@@ -13,3 +13,15 @@ pub fn comms(n: u32) -> Vec<Comm> {
     };
     loopback_comms(n, config).unwrap()
 }
+
+/// Peak resident memory of this process so far (`VmHWM` of /proc/self/status), in bytes.
+#[allow(dead_code)]
+pub fn peak_rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/self/status");
+    kib * 1024
+}
