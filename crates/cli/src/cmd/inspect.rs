@@ -43,7 +43,8 @@ pub struct Args {
     pub parts: bool,
     /// Multi-level jobs (docs/LEVELS.md): one row per job-wide checkpoint number saying
     /// which levels hold it (L4: the repository's id; L1/L2: how many ranks' parts; L3:
-    /// how many of the parity groups' shards).
+    /// how many of the parity groups' shards; copies of abandoned runs, which restore never
+    /// uses, apart).
     #[arg(long)]
     pub levels: bool,
     /// With --levels: the node-local root [default: the job's default,
@@ -64,6 +65,8 @@ struct LevelRow {
     l3: Vec<(Vec<u32>, u32)>,
     /// Each parity group seen, with its number of shards.
     groups: BTreeMap<Vec<u32>, u32>,
+    /// Copies and parity shards of abandoned runs under this number (never restored).
+    abandoned: usize,
 }
 
 impl LevelRow {
@@ -82,42 +85,23 @@ fn levels_table(args: &Args) -> CmdResult {
     let root = super::verify::l1_root(&args.repo, args.l1_dir.as_deref());
     let held = lazarus::levels::scan(&root)?;
     let parity = lazarus::levels::scan_parity(&root)?;
-    let mut rows: BTreeMap<u64, LevelRow> = BTreeMap::new();
+    let mut durable = Vec::new();
+    let mut history = None;
     if let Ok(reader) = RepoReader::open(&args.repo) {
         for c in reader.committed()? {
             if let Some(seq) = meta::level_seq(&c.app) {
-                let r = rows.entry(seq).or_insert_with(|| LevelRow {
-                    step: c.step,
-                    world: c.world_size,
-                    ..LevelRow::default()
-                });
-                r.l4 = Some(c.id.0);
+                durable.push((seq, c.step, c.world_size, c.id.0));
             }
         }
-    }
-    for h in &held {
-        let r = rows.entry(h.seq).or_insert_with(|| LevelRow {
-            step: h.step,
-            world: h.world,
-            ..LevelRow::default()
-        });
-        let v = if h.primary { &mut r.l1 } else { &mut r.l2 };
-        if !v.contains(&h.subject) {
-            v.push(h.subject);
+        if let Some(bytes) = reader.level_history()? {
+            let location = reader.level_history_location();
+            history = Some(lazarus::levels::History::decode(
+                &bytes,
+                &location.display().to_string(),
+            )?);
         }
     }
-    for p in &parity {
-        let r = rows.entry(p.seq).or_insert_with(|| LevelRow {
-            step: p.step,
-            world: p.world,
-            ..LevelRow::default()
-        });
-        r.groups.insert(p.members.clone(), p.m);
-        let key = (p.members.clone(), p.shard);
-        if !r.l3.contains(&key) {
-            r.l3.push(key);
-        }
-    }
+    let rows = level_rows(&held, &parity, &durable, history.as_ref());
     if args.json {
         let list: Vec<serde_json::Value> = rows
             .iter()
@@ -125,7 +109,8 @@ fn levels_table(args: &Args) -> CmdResult {
                 serde_json::json!({"seq": seq, "step": r.step, "world": r.world, "l4": r.l4,
                     "l1_ranks": r.l1.len(), "l2_ranks": r.l2.len(),
                     "l3_shards": r.l3.len(),
-                    "l3_shards_expected": r.groups.values().sum::<u32>()})
+                    "l3_shards_expected": r.groups.values().sum::<u32>(),
+                    "abandoned_copies": r.abandoned})
             })
             .collect();
         outln!(
@@ -136,25 +121,92 @@ fn levels_table(args: &Args) -> CmdResult {
     }
     outln!("node-local root: {}", root.display())?;
     outln!(
-        "{:>6} {:>8} {:>8} {:>10} {:>10} {:>10}",
+        "{:>6} {:>8} {:>8} {:>10} {:>10} {:>10} {:>10}",
         "number",
         "step",
         "L4 id",
         "L1 parts",
         "L2 parts",
-        "L3 shards"
+        "L3 shards",
+        "abandoned"
     )?;
     for (seq, r) in rows.iter().rev() {
         outln!(
-            "{seq:>6} {:>8} {:>8} {:>10} {:>10} {:>10}",
+            "{seq:>6} {:>8} {:>8} {:>10} {:>10} {:>10} {:>10}",
             r.step,
             r.l4.map_or("-".to_string(), |i| i.to_string()),
             format!("{}/{}", r.l1.len(), r.world),
             format!("{}/{}", r.l2.len(), r.world),
             r.l3_text(),
+            if r.abandoned == 0 {
+                "-".to_string()
+            } else {
+                r.abandoned.to_string()
+            },
         )?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The rows of `lazarus inspect --levels` from what the node-local root and the durable
+/// repository hold (`durable`: job-wide number, step, world, repository id). With the
+/// job's history record, copies of abandoned runs (docs/LEVELS.md, "One history") are
+/// counted apart (`abandoned`), not as holding the number.
+fn level_rows(
+    held: &[lazarus::levels::Held],
+    parity: &[lazarus::levels::ParityHeld],
+    durable: &[(u64, u64, u32, u64)],
+    history: Option<&lazarus::levels::History>,
+) -> BTreeMap<u64, LevelRow> {
+    let admitted = |seq: u64, app: &BTreeMap<String, String>| {
+        history.is_none_or(|h| {
+            h.admits(
+                seq,
+                app.get(lazarus::levels::LINEAGE_KEY).map(String::as_str),
+            )
+        })
+    };
+    let mut rows: BTreeMap<u64, LevelRow> = BTreeMap::new();
+    for &(seq, step, world, id) in durable {
+        let r = rows.entry(seq).or_insert_with(|| LevelRow {
+            step,
+            world,
+            ..LevelRow::default()
+        });
+        r.l4 = Some(id);
+    }
+    for h in held {
+        let r = rows.entry(h.seq).or_insert_with(|| LevelRow {
+            step: h.step,
+            world: h.world,
+            ..LevelRow::default()
+        });
+        if !admitted(h.seq, &h.app) {
+            r.abandoned += 1;
+            continue;
+        }
+        let v = if h.primary { &mut r.l1 } else { &mut r.l2 };
+        if !v.contains(&h.subject) {
+            v.push(h.subject);
+        }
+    }
+    for p in parity {
+        let r = rows.entry(p.seq).or_insert_with(|| LevelRow {
+            step: p.step,
+            world: p.world,
+            ..LevelRow::default()
+        });
+        if !admitted(p.seq, &p.app) {
+            r.abandoned += 1;
+            continue;
+        }
+        r.groups.insert(p.members.clone(), p.m);
+        let key = (p.members.clone(), p.shard);
+        if !r.l3.contains(&key) {
+            r.l3.push(key);
+        }
+    }
+    rows
 }
 
 /// Name of the object holding a rank's saved in-flight messages (`lazarus-coord`'s
@@ -442,5 +494,45 @@ fn micros(us: Option<u64>) -> String {
         Some(us) if us < 1_000 => format!("{us} us"),
         Some(us) if us < 1_000_000 => format!("{:.1} ms", us as f64 / 1e3),
         Some(us) => format!("{:.2} s", us as f64 / 1e6),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lazarus::levels::{Held, History, LINEAGE_KEY};
+
+    fn copy(seq: u64, subject: u32, primary: bool, lineage: &str) -> Held {
+        Held {
+            host: "sim0".into(),
+            dir: format!("rank-{subject}"),
+            subject,
+            primary,
+            seq,
+            step: seq * 2,
+            world: 2,
+            local: seq,
+            app: [(LINEAGE_KEY.to_string(), lineage.to_string())].into(),
+        }
+    }
+
+    #[test]
+    fn copies_of_abandoned_runs_are_counted_apart() {
+        let held = vec![
+            copy(6, 0, true, "a"),
+            copy(6, 1, true, "a"),
+            copy(7, 0, true, "a"),
+            copy(7, 1, true, "a"),
+            copy(7, 1, false, "b"),
+        ];
+        // The job restored 6 of run a; run b continues from it.
+        let h = History::after(None, Some((6, Some("a"))), "b");
+        let rows = level_rows(&held, &[], &[(4, 8, 2, 1)], Some(&h));
+        assert_eq!((rows[&6].l1.len(), rows[&6].abandoned), (2, 0));
+        assert_eq!((rows[&7].l1.len(), rows[&7].abandoned), (0, 2));
+        assert_eq!((rows[&7].l2.len(), rows[&4].l4), (1, Some(1)));
+        // Without a record every copy counts.
+        let rows = level_rows(&held, &[], &[], None);
+        assert_eq!((rows[&7].l1.len(), rows[&7].abandoned), (2, 0));
     }
 }
