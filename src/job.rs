@@ -1008,6 +1008,14 @@ impl Job {
                         let _ = writeln!(std::io::stderr().lock(), "{why}");
                     }
                     tracing::warn!("{why}");
+                } else if self.levels.as_ref().is_some_and(NodeLevels::ran_before) {
+                    // Nothing survives, but the history record says the job ran: never a
+                    // silent fresh start.
+                    let why = "lazarus: this job ran before (the repository's level history records it), but no level holds a checkpoint of it that every rank can restore and the repository holds none: starting from the initial state";
+                    if me == Rank(0) {
+                        let _ = writeln!(std::io::stderr().lock(), "{why}");
+                    }
+                    tracing::warn!("{why}");
                 }
                 self.step = 0;
                 self.saved_at = None;

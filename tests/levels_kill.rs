@@ -515,6 +515,23 @@ fn losing_more_than_parity_covers_without_the_repository_says_so_and_starts_fres
     assert!(!stderr.contains("restored checkpoint"), "{stderr}");
 }
 
+/// Every host lost (its ranks and node-local directory), no L4: nothing can be restored,
+/// and the job says so before it starts from the initial state (the durable history
+/// record tells it an earlier incarnation ran), never silently.
+#[test]
+fn losing_every_host_without_the_repository_says_so_and_starts_fresh() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(dir.path(), &FAST_ONLY, &format!("{STEPS},2,9,all"));
+    let (_, stderr) = text(&out);
+    assert_eq!(checksum(&out), reference(), "{stderr}");
+    assert_lines_once(&out);
+    assert!(
+        stderr.contains("this job ran before (the repository's level history records it)"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("restored checkpoint"), "{stderr}");
+}
+
 /// A parity holder SIGKILLed in the parity round, after encoding and before its shard's
 /// COMMIT: the shard is absent, the job restarts from the checkpoint every rank's L1
 /// holds, with the failure-free result.

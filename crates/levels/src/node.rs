@@ -361,6 +361,12 @@ impl NodeLevels {
         &self.lineage
     }
 
+    /// True when the durable repository held a history record at open: an earlier
+    /// incarnation of this job ran (whether or not any of its checkpoints survives).
+    pub fn ran_before(&self) -> bool {
+        self.history.is_some()
+    }
+
     /// The history record to write once this incarnation restored checkpoint `seq` of
     /// lineage `lineage` (`restored`) or started fresh (`None`): the path to the restored
     /// checkpoint, then this incarnation's lineage.
