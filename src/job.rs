@@ -296,6 +296,17 @@ impl JobBuilder {
             }
             None => None,
         };
+        // A job without levels on a repository a multi-level run used still keeps the
+        // record up to date (`Job::record_history`): rank 0 reads it here.
+        let prior_history = if levels.is_none() && comm.rank() == Rank(0) {
+            let reader = RepoReader::open(&path).map_err(|source| JobError::Store {
+                path: path.clone(),
+                source,
+            })?;
+            read_history(&reader)?
+        } else {
+            None
+        };
         // A Job with fast levels writes synchronously: the level round and the durable
         // round of one checkpoint share its captured objects (docs/ASYNC.md, LEVELS.md).
         let flusher = if self.sync_writes || levels.is_some() {
@@ -312,6 +323,7 @@ impl JobBuilder {
         };
         Ok(Job {
             levels,
+            prior_history,
             level_clock,
             runtime: Some(runtime),
             comm,
@@ -357,33 +369,11 @@ fn open_levels(
     // repeat one it holds. An error here ends rank 0's open before the collective level
     // exchange below; the other ranks' exchange then fails on the lost peer.
     let (durable_seq, durable_age, history) = if comm.rank() == Rank(0) {
-        let store_err = |source| JobError::Store {
+        let reader = RepoReader::open(path).map_err(|source| JobError::Store {
             path: path.to_path_buf(),
             source,
-        };
-        let reader = RepoReader::open(path).map_err(store_err)?;
-        // The record of which runs the job continues (docs/LEVELS.md, "One history"):
-        // unreadable or malformed, the open fails naming it rather than risk restoring a
-        // copy of an abandoned run.
-        let history = match reader.level_history().map_err(store_err)? {
-            None => None,
-            Some(bytes) => {
-                let location = reader.level_history_location();
-                let h = lazarus_levels::History::decode(&bytes, &location.display().to_string())
-                    .map_err(|why| {
-                        store_err(lazarus_store::StoreError::new(
-                            lazarus_store::StoreErrorKind::Corrupt,
-                            None,
-                            format!(
-                                "{why} (the record of which runs a multi-level job continues; \
-                                 removing it lets restore pick the newest complete copy, also \
-                                 of an abandoned run)"
-                            ),
-                        ))
-                    })?;
-                Some(h)
-            }
-        };
+        })?;
+        let history = read_history(&reader)?;
         match reader.committed() {
             Ok(c) => {
                 let seq = c
@@ -423,6 +413,32 @@ fn open_levels(
     )
     .map_err(|source| JobError::Level { step: 0, source })?;
     Ok((levels, durable_age))
+}
+
+/// Rank 0: the repository's level history record (docs/LEVELS.md, "One history"), `None`
+/// when it has none. Unreadable or malformed, the open fails naming it rather than risk
+/// restoring a copy of an abandoned run.
+fn read_history(reader: &RepoReader) -> Result<Option<lazarus_levels::History>, JobError> {
+    let store_err = |source| JobError::Store {
+        path: reader.path().to_path_buf(),
+        source,
+    };
+    let Some(bytes) = reader.level_history().map_err(store_err)? else {
+        return Ok(None);
+    };
+    let location = reader.level_history_location();
+    lazarus_levels::History::decode(&bytes, &location.display().to_string())
+        .map(Some)
+        .map_err(|why| {
+            store_err(lazarus_store::StoreError::new(
+                lazarus_store::StoreErrorKind::Corrupt,
+                None,
+                format!(
+                    "{why} (the record of which runs a multi-level job continues; removing it \
+                     lets restore pick the newest complete copy, also of an abandoned run)"
+                ),
+            ))
+        })
 }
 
 /// Fires when either policy fires; both are told about every checkpoint taken.
@@ -579,6 +595,9 @@ pub struct Job {
     last: Option<CheckpointReport>,
     /// The fast checkpoint levels, when configured (docs/LEVELS.md).
     levels: Option<NodeLevels>,
+    /// Without levels, on rank 0: the level history record a multi-level run left in the
+    /// repository, which this job keeps up to date (docs/LEVELS.md, "One history").
+    prior_history: Option<lazarus_levels::History>,
     /// When each level was last written (levels scheduled by time).
     level_clock: LevelClock,
 }
@@ -1116,27 +1135,40 @@ impl Job {
         Ok(state)
     }
 
-    /// Multi-level jobs (docs/LEVELS.md, "One history"): rank 0 writes the durable
+    /// The level history (docs/LEVELS.md, "One history"): rank 0 writes the durable
     /// record of the run this incarnation continues (the path to the restored checkpoint,
     /// `None` for a fresh start, then this incarnation's lineage), and every rank learns
     /// whether it is durable. Until it is, no rank may report `resumed` nor write a
     /// checkpoint: a later restore must not pick a copy of the run this one abandons.
-    /// A failure fails the open on every rank (a restart retries it).
+    /// A multi-level job always writes it; a job without levels only updates a record a
+    /// multi-level run left (else a later multi-level run would take the copies this job
+    /// abandoned for its current path). A failure fails the open on every rank (a
+    /// restart retries it).
     fn record_history(&mut self, restored: Option<(u64, Option<&str>)>) -> Result<(), JobError> {
-        let Some(levels) = &self.levels else {
-            return Ok(());
+        let record = match (&self.levels, &self.prior_history) {
+            (Some(levels), _) => Some(levels.history_after(restored)),
+            (None, Some(prior)) => Some(lazarus_levels::History::after(
+                Some(prior),
+                restored,
+                &lazarus_levels::history::new_lineage(),
+            )),
+            // Rank 0 of a job without levels and without a record (the others never know
+            // of one): nothing to write.
+            (None, None) => None,
         };
-        let record = levels.history_after(restored);
         let mut mine: Result<(), JobError> = Ok(());
-        if self.comm.rank() == Rank(0) {
+        if let (Some(record), true) = (record, self.comm.rank() == Rank(0)) {
             let path = self.path.clone();
-            mine = held(&mut self.runtime, self.lost).and_then(|rt| match rt.repository_mut() {
-                Some(repo) => repo
-                    .write_level_history(&record.encode())
-                    .map_err(|source| JobError::Store { path, source }),
-                None => Err(JobError::Rank0(
-                    "rank 0 holds no repository to record the level history in".into(),
-                )),
+            mine = held(&mut self.runtime, self.lost).and_then(|rt| {
+                let bytes = record.encode().map_err(JobError::Rank0)?;
+                match rt.repository_mut() {
+                    Some(repo) => repo
+                        .write_level_history(&bytes)
+                        .map_err(|source| JobError::Store { path, source }),
+                    None => Err(JobError::Rank0(
+                        "rank 0 holds no repository to record the level history in".into(),
+                    )),
+                }
             });
         }
         let mut outcome: Result<(), String> = mine.as_ref().map(|_| ()).map_err(|e| e.to_string());

@@ -8,7 +8,8 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(h) = History::decode(data, "LEVELS-HISTORY") {
-        let again = History::decode(&h.encode(), "LEVELS-HISTORY").expect("re-encoded record decodes");
+        let bytes = h.encode().expect("a decoded record encodes");
+        let again = History::decode(&bytes, "LEVELS-HISTORY").expect("re-encoded record decodes");
         assert_eq!(again, h);
     }
 });

@@ -89,9 +89,8 @@ impl History {
     }
 
     /// The record's bytes.
-    pub fn encode(&self) -> Vec<u8> {
-        // Serializing plain strings and numbers cannot fail.
-        serde_json::to_vec_pretty(self).unwrap_or_default()
+    pub fn encode(&self) -> Result<Vec<u8>, String> {
+        serde_json::to_vec_pretty(self).map_err(|e| format!("encoding the level history: {e}"))
     }
 
     /// True when checkpoint `seq` of `lineage` is on the current path: a copy the job
@@ -221,7 +220,10 @@ mod tests {
     #[test]
     fn hostile_records_are_refused_with_the_location() {
         let good = History::after(None, Some((3, None)), "b");
-        assert_eq!(History::decode(&good.encode(), "x").as_ref(), Ok(&good));
+        assert_eq!(
+            History::decode(&good.encode().unwrap(), "x").as_ref(),
+            Ok(&good)
+        );
         for (bytes, what) in [
             (b"".to_vec(), "not a level history record"),
             (b"{\"version\":2,\"path\":[{\"lineage\":\"a\",\"upto\":null}]}".to_vec(), "version 2"),
@@ -236,7 +238,7 @@ mod tests {
                     .to_vec(),
                 "twice",
             ),
-            (good.encode()[..10].to_vec(), "not a level history record"),
+            (good.encode().unwrap()[..10].to_vec(), "not a level history record"),
         ] {
             let e = History::decode(&bytes, "/repo/LEVELS-HISTORY").unwrap_err();
             assert!(e.contains("/repo/LEVELS-HISTORY") && e.contains(what), "{e}");
@@ -251,13 +253,13 @@ mod tests {
             h = History::after(Some(&h), Some((i as u64, tip.as_deref())), &format!("l{i}"));
         }
         assert_eq!(h.path.len(), MAX_SEGMENTS);
-        assert!(h.encode().len() < MAX_RECORD_BYTES);
+        assert!(h.encode().unwrap().len() < MAX_RECORD_BYTES);
         assert!(!h.admits(1, Some("l0")), "the oldest ancestor is dropped");
         assert!(h.admits(
             MAX_SEGMENTS as u64 + 5,
             Some(&format!("l{}", MAX_SEGMENTS + 4))
         ));
-        assert_eq!(History::decode(&h.encode(), "x"), Ok(h));
+        assert_eq!(History::decode(&h.encode().unwrap(), "x"), Ok(h));
     }
 
     #[test]
@@ -270,7 +272,7 @@ mod tests {
         #[test]
         fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
             if let Ok(h) = History::decode(&bytes, "x") {
-                prop_assert_eq!(History::decode(&h.encode(), "x"), Ok(h));
+                prop_assert_eq!(History::decode(&h.encode().unwrap(), "x"), Ok(h));
             }
         }
 
@@ -292,7 +294,7 @@ mod tests {
                     prop_assert!(!next.admits(seq, tip.as_deref()));
                 }
                 prop_assert!(next.admits(u64::MAX, Some(&new)));
-                prop_assert_eq!(History::decode(&next.encode(), "x"), Ok(next.clone()));
+                prop_assert_eq!(History::decode(&next.encode().unwrap(), "x"), Ok(next.clone()));
                 h = next;
             }
         }

@@ -297,12 +297,25 @@ impl OutputCommit {
     pub fn take_carried(&mut self) -> Vec<(u32, Vec<u8>)> {
         let mut out = Vec::new();
         for (r, b) in self.ranks.iter_mut().enumerate() {
+            // Adjacent pieces are one line (a release keeps each piece's position apart):
+            // joined, with one newline.
+            let mut line: Option<Vec<u8>> = None;
             for item in b.iter_mut() {
-                if let Item::Carried { text, .. } = item {
-                    let mut t = std::mem::take(text);
-                    t.push(b'\n');
-                    out.push((r as u32, t));
+                match item {
+                    Item::Carried { text, .. } => {
+                        line.get_or_insert_with(Vec::new).extend_from_slice(text);
+                    }
+                    _ => {
+                        if let Some(mut t) = line.take() {
+                            t.push(b'\n');
+                            out.push((r as u32, t));
+                        }
+                    }
                 }
+            }
+            if let Some(mut t) = line.take() {
+                t.push(b'\n');
+                out.push((r as u32, t));
             }
             b.retain(|i| !matches!(i, Item::Carried { .. }));
         }
@@ -637,6 +650,15 @@ mod fast_level_tests {
         o.line(0, l("r1 s3\n"));
         out.extend(o.finish());
         assert_eq!(out, vec![(0, l("r0 r1 s3\n"))]);
+        // Interrupted instead, after commit 3: the two pieces leave as one line.
+        let mut o = OutputCommit::new(1);
+        o.fragment(0, l("r0 "));
+        o.marker(0, part(2, 2));
+        o.marker(0, commit(2, 2));
+        o.fragment(0, l("r1 "));
+        o.marker(0, part(3, 3));
+        o.marker(0, commit(3, 3));
+        assert_eq!(o.take_carried(), vec![(0, l("r0 r1 \n"))]);
     }
 
     #[test]

@@ -95,10 +95,14 @@ fn levels_table(args: &Args) -> CmdResult {
         }
         if let Some(bytes) = reader.level_history()? {
             let location = reader.level_history_location();
-            history = Some(lazarus::levels::History::decode(
-                &bytes,
-                &location.display().to_string(),
-            )?);
+            // A diagnostic tool shows what is there: a bad record is reported, and every
+            // copy then counts.
+            match lazarus::levels::History::decode(&bytes, &location.display().to_string()) {
+                Ok(h) => history = Some(h),
+                Err(why) => {
+                    errln!("lazarus inspect: {why}; copies of abandoned runs are not told apart")
+                }
+            }
         }
     }
     let rows = level_rows(&held, &parity, &durable, history.as_ref());
