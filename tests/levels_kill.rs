@@ -216,6 +216,14 @@ fn reference() -> String {
     .clone()
 }
 
+/// The restore reports (`restored checkpoint ...`) on stderr, in order.
+fn restore_lines(stderr: &str) -> Vec<&str> {
+    stderr
+        .lines()
+        .filter(|l| l.contains("restored checkpoint"))
+        .collect()
+}
+
 /// Every rank's per-step line was released exactly once, in step order per rank.
 fn assert_lines_once(out: &std::process::Output) {
     let (stdout, stderr) = text(out);
@@ -310,10 +318,7 @@ fn a_copy_of_an_abandoned_run_is_not_restored_when_its_host_returns() {
     let out = run(dir.path(), &levels, &format!("{STEPS},2,15,away1"));
     let (_, stderr) = text(&out);
     assert_eq!(checksum(&out), reference(), "{stderr}");
-    let restores: Vec<&str> = stderr
-        .lines()
-        .filter(|l| l.contains("restored checkpoint"))
-        .collect();
+    let restores = restore_lines(&stderr);
     assert_eq!(restores.len(), 2, "{stderr}");
     for r in &restores {
         assert!(
@@ -339,10 +344,7 @@ fn a_durable_checkpoint_the_last_restore_could_not_read_is_restored_when_readabl
     let out = run(dir.path(), &levels, &format!("{STEPS},2,17,hide2"));
     let (_, stderr) = text(&out);
     assert_eq!(checksum(&out), reference(), "{stderr}");
-    let restores: Vec<&str> = stderr
-        .lines()
-        .filter(|l| l.contains("restored checkpoint"))
-        .collect();
+    let restores = restore_lines(&stderr);
     assert_eq!(restores.len(), 2, "{stderr}");
     assert!(
         restores[0].contains("restored checkpoint 1 at step 8 from L4 durable repository"),

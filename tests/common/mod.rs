@@ -213,16 +213,10 @@ pub fn disk_tree(root: &Path) -> BTreeMap<String, Option<Vec<u8>>> {
     out
 }
 
-/// Peak resident memory of this process so far (`VmHWM` of /proc/self/status), in bytes.
+/// Peak resident memory of this process so far, in bytes (`lazarus_testbed::peak_rss`).
 #[allow(dead_code)]
 pub fn peak_rss() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM in /proc/self/status");
-    kib * 1024
+    lazarus_testbed::peak_rss().expect("VmHWM in /proc/self/status")
 }
 
 /// Damages the newest committed checkpoint of the repository directory `repo` only:

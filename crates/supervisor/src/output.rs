@@ -445,6 +445,20 @@ mod fast_level_tests {
         }
     }
 
+    fn part(id: u64, step: u64) -> Marker {
+        Marker::Part {
+            id: CheckpointId(id),
+            step,
+        }
+    }
+
+    fn commit(id: u64, step: u64) -> Marker {
+        Marker::Commit {
+            id: CheckpointId(id),
+            step,
+        }
+    }
+
     /// Two checkpoint calls at one step (`checkpoint_now`, then `finish`) with a line
     /// between them; the first one is restored. Matched by step, both cuts were "at or
     /// below" the restored step, the line stayed, and the re-execution, which resumes
@@ -573,14 +587,6 @@ mod fast_level_tests {
     /// `finish` (nothing prints it again).
     #[test]
     fn a_carried_fragment_is_dropped_by_an_older_restore_and_leaves_at_an_interruption() {
-        let part = |id, step| Marker::Part {
-            id: CheckpointId(id),
-            step,
-        };
-        let commit = |id, step| Marker::Commit {
-            id: CheckpointId(id),
-            step,
-        };
         let run = |o: &mut OutputCommit, out: &mut Vec<(u32, Vec<u8>)>| {
             o.line(0, l("s0\n"));
             out.extend(o.marker(0, part(1, 1)));
@@ -626,14 +632,6 @@ mod fast_level_tests {
     /// first (the second damaged) dropped it although the re-execution does not print it.
     #[test]
     fn a_carried_fragment_keeps_its_position_through_a_later_release() {
-        let part = |id, step| Marker::Part {
-            id: CheckpointId(id),
-            step,
-        };
-        let commit = |id, step| Marker::Commit {
-            id: CheckpointId(id),
-            step,
-        };
         let mut o = OutputCommit::new(1);
         let mut out = Vec::new();
         o.fragment(0, l("r0 "));

@@ -11,6 +11,8 @@
 //! - What it cannot create (not root, no `ip`, no Slurm) is [`Unavailable`]: tests skip
 //!   with a loud message ([`skip_or_fail`]), except under `CI=true`, where they fail.
 //! - Commands run with a deadline ([`output_within`]): a hang is a failure.
+//!
+//! Also the measurements tests share ([`peak_rss`]).
 #![deny(missing_docs)]
 
 mod netns;
@@ -20,6 +22,17 @@ mod slurm;
 pub use netns::{Cluster, Host};
 pub use run::{output_within, TimedOutput};
 pub use slurm::Slurm;
+
+/// Peak resident memory of this process so far (`VmHWM` of /proc/self/status), in bytes;
+/// `None` where the kernel does not say (no /proc, no such line).
+pub fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())?;
+    Some(kib * 1024)
+}
 
 /// Why a test bed cannot be built on this machine.
 #[derive(Clone, Debug, PartialEq, Eq)]
