@@ -3,6 +3,7 @@
 
 use crate::config::{Due, Levels};
 use crate::error::LevelError;
+use crate::exchange;
 use crate::history::{new_lineage, History, LINEAGE_KEY};
 use crate::l3::{self, ParityMsg, TAG_PARITY, TAG_PARITY_REBUILD};
 use crate::parity;
@@ -454,6 +455,14 @@ impl NodeLevels {
             .ok_or_else(|| LevelError::Config("L1 repository".into()))
     }
 
+    /// Fault injection for tests: this rank's L1 repository behaves as a disk with only
+    /// `bytes` left (`u64::MAX` lifts it), like `Repository::set_write_budget`.
+    #[doc(hidden)]
+    pub fn set_l1_write_budget(&mut self, bytes: u64) -> Result<(), LevelError> {
+        self.own_repo()?.set_write_budget(bytes);
+        Ok(())
+    }
+
     fn mirror(&mut self, subject: u32) -> Result<&mut Repository, LevelError> {
         if !self.mirrors.contains_key(&subject) {
             let p = self
@@ -537,7 +546,8 @@ impl NodeLevels {
             (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => Err(e.to_string()),
             _ => Ok(()),
         };
-        let all: Vec<Result<(), String>> = self.comm.allgather(&mine)?;
+        let all: Vec<Result<(), String>> =
+            exchange::all_of(&self.comm, exchange::TAG_OUTCOME, seq, &mine)?;
         written?;
         copied?;
         paritied?;
@@ -585,15 +595,16 @@ impl NodeLevels {
 
     /// This rank's side of a level round whose state could not be saved: takes part in
     /// the exchange (telling its partner) and in the outcome, so no rank waits for it.
-    pub fn fail(&mut self, message: &str, due: Due) -> Result<(), LevelError> {
+    pub fn fail(&mut self, seq: u64, message: &str, due: Due) -> Result<(), LevelError> {
         if due.l2 {
             let _ = self.exchange(None);
         }
         if due.l3 {
-            let _ = self.parity_round(0, None, &CommitMeta::default());
+            let _ = self.parity_round(seq, None, &CommitMeta::default());
         }
         let mine: Result<(), String> = Err(message.to_string());
-        let _: Vec<Result<(), String>> = self.comm.allgather(&mine)?;
+        let _: Vec<Result<(), String>> =
+            exchange::all_of(&self.comm, exchange::TAG_OUTCOME, seq, &mine)?;
         Ok(())
     }
 
@@ -796,7 +807,8 @@ impl NodeLevels {
             }
         }
         // 2. Agree (every rank, in a group or not, on every path).
-        let bases: Vec<Option<Base>> = self.comm.allgather(&base)?;
+        let bases: Vec<Option<Base>> =
+            exchange::all_of(&self.comm, exchange::TAG_BASES, seq, &base)?;
         let Some((g, group)) = mine else {
             return Ok((0, false));
         };
