@@ -644,8 +644,14 @@ impl NodeLevels {
         }
         // 2. Answer every source's offer.
         let mut first_err: Option<LevelError> = None;
+        // The sources that offered: one whose offer failed sends nothing more.
+        let mut offering: Vec<u32> = Vec::with_capacity(sources.len());
         for &s in &sources {
-            let answer = match partner::recv(&self.comm, s, TAG_COPY)? {
+            let offer = partner::recv(&self.comm, s, TAG_COPY)?;
+            if !matches!(offer, CopyMsg::Failed(_)) {
+                offering.push(s);
+            }
+            let answer = match offer {
                 CopyMsg::Offer {
                     subject,
                     local,
@@ -658,7 +664,13 @@ impl NodeLevels {
                         CopyMsg::Failed(m)
                     }
                 },
-                CopyMsg::Failed(_) => CopyMsg::Failed("no offer".into()),
+                CopyMsg::Failed(m) => {
+                    first_err.get_or_insert(LevelError::Peer {
+                        rank: Rank(s),
+                        message: m,
+                    });
+                    CopyMsg::Failed("no offer".into())
+                }
                 other => {
                     return Err(LevelError::Protocol {
                         rank: Rank(s),
@@ -696,8 +708,9 @@ impl NodeLevels {
                 partner::send(&self.comm, p, TAG_COPY, &data)?;
             }
         }
-        // 4. Install the sources' data.
-        for &s in &sources {
+        // 4. Install the data of the sources that offered (a source whose offer failed
+        // sends nothing more; waiting for it would hang the round).
+        for &s in &offering {
             match partner::recv(&self.comm, s, TAG_COPY) {
                 Ok(CopyMsg::Data {
                     subject,
@@ -709,7 +722,7 @@ impl NodeLevels {
                         first_err.get_or_insert(e);
                     }
                 }
-                // The source sends nothing after a failed offer or a refused one.
+                // The source's data failed, or this rank refused its offer.
                 Ok(CopyMsg::Failed(m)) => {
                     first_err.get_or_insert(LevelError::Peer {
                         rank: Rank(s),
