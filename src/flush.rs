@@ -58,6 +58,13 @@ pub(crate) struct Done {
     pub flush: Duration,
 }
 
+/// The outcomes of one checkpoint's rounds: the level round's (`None`: no fast level
+/// due) and the durable round's (`None`: L4 not due).
+pub(crate) type Outcomes = (
+    Option<Result<LevelReceipt, LevelError>>,
+    Option<Result<Committed, RoundError>>,
+);
+
 /// The rounds of one checkpoint after its capture, in the one order every rank follows,
 /// synchronous or not: the level round (L1, L2, L3, outcome; its own messages only,
 /// never a `Comm` collective), then the rest of the durable round `begun` at the call
@@ -68,10 +75,7 @@ pub(crate) fn rounds(
     begun: Option<Result<StartedRound, RoundError>>,
     objects: &[ObjectSpec<'_>],
     meta: &CommitMeta,
-) -> (
-    Option<Result<LevelReceipt, LevelError>>,
-    Option<Result<Committed, RoundError>>,
-) {
+) -> Outcomes {
     let level = levels.map(|(l, seq, due)| l.checkpoint(seq, objects, meta, due));
     let result = begun.map(|b| b.and_then(|b| runtime.complete_round(b, Ok(objects), meta)));
     (level, result)
