@@ -75,6 +75,20 @@ pub enum JobError {
         /// the round's error, naming the rank
         source: RoundError,
     },
+    /// An asynchronous checkpoint of a Job with fast levels, captured at `step` and
+    /// written to the fast levels only (no durable copy was due), did not complete: its
+    /// background level round failed (the error names the rank, host or file). Restores
+    /// use an earlier checkpoint; reported by the first Job call after the failure is
+    /// known (docs/LEVELS.md).
+    #[error("checkpoint {checkpoint} (step {step}), written to the fast levels in the background, did not complete: {source}")]
+    LevelFlush {
+        /// the job-wide number of the checkpoint
+        checkpoint: CheckpointId,
+        /// the step it captured
+        step: u64,
+        /// the level's error
+        source: lazarus_levels::LevelError,
+    },
     /// The background thread writing `checkpoint` died (a panic) and took the checkpoint
     /// runtime with it: this Job cannot checkpoint any more; restart the program.
     #[error("the background writer of checkpoint {checkpoint} died: this job can no longer checkpoint; restart it")]
@@ -162,7 +176,9 @@ impl JobError {
             JobError::Round { source, .. } | JobError::Flush { source, .. } => {
                 source.is_retryable()
             }
-            JobError::Level { source, .. } => source.is_retryable(),
+            JobError::Level { source, .. } | JobError::LevelFlush { source, .. } => {
+                source.is_retryable()
+            }
             JobError::Files(e) => e.is_retryable(),
             _ => false,
         }

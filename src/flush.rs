@@ -11,18 +11,33 @@
 //! until the Job reports it (the next checkpoint call, `finish`, [`crate::Job::flush`])
 //! or, at the end, logged by Drop.
 //!
+//! With fast levels (docs/LEVELS.md) the flush also owns the rank's `NodeLevels` and runs
+//! the level round before the rest of the durable round ([`rounds`]).
+//!
 //! The capture itself (staging budget, split into pieces, sparse copies) is shared with
 //! the unaligned runtime: `lazarus_coord::capture`.
 
 use lazarus_coord::{AlignedRuntime, Committed, RoundError, StartedRound};
 use lazarus_format::{CheckpointId, ObjectSpec};
+use lazarus_levels::{Due, LevelError, LevelReceipt, NodeLevels};
 use lazarus_store::CommitMeta;
 use std::time::{Duration, Instant};
+
+/// The fast levels' share of a flush (docs/LEVELS.md): the rank's levels, moved out of
+/// the Job for the flush, the checkpoint's job-wide number and the levels due.
+pub(crate) struct LevelTask {
+    pub levels: NodeLevels,
+    pub seq: u64,
+    pub due: Due,
+}
 
 /// One flush handed to the worker (or, if the worker is gone, back to the Job).
 pub(crate) struct Task {
     pub runtime: AlignedRuntime,
-    pub begun: StartedRound,
+    /// The durable round, begun at the capture; `None` when L4 is not due.
+    pub begun: Option<StartedRound>,
+    /// The level round, when a fast level is due.
+    pub levels: Option<LevelTask>,
     pub objects: Vec<ObjectSpec<'static>>,
     pub meta: CommitMeta,
     pub keep: usize,
@@ -31,31 +46,71 @@ pub(crate) struct Task {
 /// What the worker hands back.
 pub(crate) struct Done {
     pub runtime: AlignedRuntime,
-    pub result: Result<Committed, RoundError>,
+    /// The durable round's outcome; `None` when L4 was not due.
+    pub result: Option<Result<Committed, RoundError>>,
+    /// The levels, back from the flush.
+    pub levels: Option<NodeLevels>,
+    /// The level round's outcome; `None` when no fast level was due.
+    pub level: Option<Result<LevelReceipt, LevelError>>,
     /// The staging buffers, for the next capture.
     pub pool: Vec<Vec<u8>>,
     /// From the start of the background work to the round's decision (and retention).
     pub flush: Duration,
 }
 
-/// Runs one flush: the rest of the round, then retention on rank 0. On the worker, or on
-/// the program's thread when the worker is gone.
+/// The outcomes of one checkpoint's rounds: the level round's (`None`: no fast level
+/// due) and the durable round's (`None`: L4 not due).
+pub(crate) type Outcomes = (
+    Option<Result<LevelReceipt, LevelError>>,
+    Option<Result<Committed, RoundError>>,
+);
+
+/// The rounds of one checkpoint after its capture, in the one order every rank follows,
+/// synchronous or not: the level round (L1, L2, L3, outcome; its own messages only,
+/// never a `Comm` collective), then the rest of the durable round `begun` at the call
+/// (a durable round that failed to begin is reported as such, after the level round).
+pub(crate) fn rounds(
+    runtime: &mut AlignedRuntime,
+    levels: Option<(&mut NodeLevels, u64, Due)>,
+    begun: Option<Result<StartedRound, RoundError>>,
+    objects: &[ObjectSpec<'_>],
+    meta: &CommitMeta,
+) -> Outcomes {
+    let level = levels.map(|(l, seq, due)| l.checkpoint(seq, objects, meta, due));
+    let result = begun.map(|b| b.and_then(|b| runtime.complete_round(b, Ok(objects), meta)));
+    (level, result)
+}
+
+/// Runs one flush: the level round if due, the rest of the durable round if due, then
+/// retention on rank 0. On the worker, or on the program's thread when the worker is
+/// gone.
 pub(crate) fn run(t: Task) -> Done {
     let started = Instant::now();
     let Task {
         mut runtime,
         begun,
+        levels,
         objects,
         meta,
         keep,
     } = t;
-    let result = runtime.complete_round(begun, Ok(&objects), &meta);
-    if let Ok(done) = &result {
+    let (mut levels, seq_due) = match levels {
+        Some(l) => (Some(l.levels), Some((l.seq, l.due))),
+        None => (None, None),
+    };
+    let level_args = match (levels.as_mut(), seq_due) {
+        (Some(l), Some((seq, due))) => Some((l, seq, due)),
+        _ => None,
+    };
+    let (level, result) = rounds(&mut runtime, level_args, begun.map(Ok), &objects, &meta);
+    if let Some(Ok(done)) = &result {
         retain(&mut runtime, keep, done.checkpoint);
     }
     Done {
         runtime,
         result,
+        levels,
+        level,
         pool: objects.into_iter().map(|o| o.data.into_owned()).collect(),
         flush: started.elapsed(),
     }
@@ -79,6 +134,8 @@ pub(crate) struct InFlight {
     pub stall: Duration,
     /// Bytes of state the capture copied into staging (reported).
     pub captured: u64,
+    /// With fast levels: the levels this checkpoint goes to (`None` without levels).
+    pub due: Option<Due>,
 }
 
 /// The background worker of one Job: the flusher shared with the unaligned

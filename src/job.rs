@@ -3,7 +3,7 @@
 //! rely on is documented on [`Job`] (this module is private).
 
 use crate::error::JobError;
-use crate::flush::{self, Flusher, InFlight, Task};
+use crate::flush::{self, Flusher, InFlight, LevelTask, Task};
 use crate::report::{CheckpointReport, FreshStart, RestoreReport};
 use crate::restore;
 use lazarus_coord::restore::{AgreeError, Candidate, LoadError, RestoreAgreement, Source, Start};
@@ -307,9 +307,9 @@ impl JobBuilder {
         } else {
             None
         };
-        // A Job with fast levels writes synchronously: the level round and the durable
-        // round of one checkpoint share its captured objects (docs/ASYNC.md, LEVELS.md).
-        let flusher = if self.sync_writes || levels.is_some() {
+        // With fast levels too: the flush owns the levels and runs the level round before
+        // the rest of the durable round, on the same captured objects (docs/LEVELS.md).
+        let flusher = if self.sync_writes {
             None
         } else {
             match flush::start(rank) {
@@ -705,6 +705,22 @@ impl Job {
         flushed
     }
 
+    /// Fault injection for tests: this rank's L1 node-local repository behaves as a disk
+    /// with only `bytes` left; `u64::MAX` lifts it. Waits for the background flush first
+    /// and returns its error, after applying the budget. A no-op without fast levels.
+    #[doc(hidden)]
+    pub fn set_level_write_budget(&mut self, bytes: u64) -> Result<(), JobError> {
+        let flushed = self.settle();
+        if let Some(l) = &mut self.levels {
+            l.set_l1_write_budget(bytes)
+                .map_err(|source| JobError::Level {
+                    step: self.step,
+                    source,
+                })?;
+        }
+        flushed
+    }
+
     /// True while an asynchronous checkpoint is being written in the background.
     pub fn flushing(&self) -> bool {
         self.flusher.as_ref().is_some_and(Flusher::busy)
@@ -743,8 +759,31 @@ impl Job {
         };
         self.runtime = Some(done.runtime);
         self.pool = done.pool;
-        match done.result {
-            Ok(c) => {
+        if let Some(l) = done.levels {
+            self.levels = Some(l);
+        }
+        let now = Instant::now();
+        match (done.level, done.result) {
+            (None, None) => Ok(()),
+            (level, Some(Ok(c))) => {
+                if let Some(Err(e)) = &level {
+                    // As synchronously: the fast levels only lose this one copy.
+                    tracing::warn!(
+                        "checkpoint {} (step {}): {e}; the durable repository still got it",
+                        c.checkpoint.0,
+                        info.step
+                    );
+                }
+                if let Some(due) = info.due {
+                    let written = match level {
+                        Some(Ok(_)) | None => due,
+                        Some(Err(_)) => Due {
+                            l4: true,
+                            ..Due::default()
+                        },
+                    };
+                    self.level_clock.written(written, now);
+                }
                 let mut report = CheckpointReport::of(&c, info.step, info.stall, Some(done.flush));
                 report.captured_bytes = info.captured;
                 // The background time bounds how often checkpoints can be taken (#16.5).
@@ -753,7 +792,31 @@ impl Job {
                 self.last = Some(report);
                 Ok(())
             }
-            Err(source) => Err(JobError::Flush {
+            (_, Some(Err(source))) => Err(JobError::Flush {
+                checkpoint: info.checkpoint,
+                step: info.step,
+                source,
+            }),
+            (Some(Ok(r)), None) => {
+                if let Some(due) = info.due {
+                    self.level_clock.written(due, now);
+                }
+                let report = CheckpointReport {
+                    checkpoint: info.checkpoint,
+                    step: info.step,
+                    stall: info.stall,
+                    write: r.l1 + r.l2 + r.l3,
+                    logical_bytes: r.logical_bytes,
+                    written_bytes: r.written_bytes,
+                    flush: Some(done.flush),
+                    captured_bytes: info.captured,
+                };
+                self.policy.flush_completed(done.flush);
+                tracing::debug!("{report} (fast levels only)");
+                self.last = Some(report);
+                Ok(())
+            }
+            (Some(Err(source)), None) => Err(JobError::LevelFlush {
                 checkpoint: info.checkpoint,
                 step: info.step,
                 source,
@@ -1377,28 +1440,57 @@ impl Job {
             }
         };
         // In the background: neither the final checkpoint (finish returns once it is
-        // committed) nor managed files (their snapshot is mapped, not copied), nor a Job
-        // with fast levels (no flusher then). A state over the staging budget is captured
-        // in pieces (docs/ASYNC.md).
-        if self.flusher.is_some() && !finished && snap.is_none() {
+        // committed) nor managed files (their snapshot is mapped, not copied). A state
+        // over the staging budget is captured in pieces (docs/ASYNC.md); with fast levels
+        // it is written synchronously instead (docs/LEVELS.md).
+        let background = self.flusher.is_some() && !finished && snap.is_none();
+        if background && self.levels.is_none() {
             drop(snap);
             return self.save_in_background(objects, meta, started);
+        }
+        // With fast levels, one order on every rank, in the background or not: the
+        // durable round begins at the call, the level round runs, the durable round
+        // completes (`flush::rounds`).
+        let begun = if self.levels.is_some() && due.l4 {
+            Some(held(&mut self.runtime, self.lost)?.begin_round(&meta))
+        } else {
+            None
+        };
+        if let (Some(seq), true) = (seq, background) {
+            let fits = capture::borrowed_bytes(&objects) <= self.staging_budget;
+            if fits && !matches!(begun, Some(Err(_))) {
+                drop(snap);
+                return self.levels_in_background(
+                    objects,
+                    meta,
+                    started,
+                    (seq, due),
+                    begun.and_then(Result::ok),
+                );
+            }
         }
         let mut objects = objects;
         if let Some(s) = &snap {
             objects.extend(s.objects());
         }
-        let fast = match (&mut self.levels, seq, due.fast()) {
-            (Some(l), Some(seq), true) => Some(
-                l.checkpoint(seq, &objects, &meta, due)
-                    .map_err(|source| JobError::Level { step, source }),
-            ),
-            _ => None,
-        };
-        let round = if due.l4 {
-            Some(held(&mut self.runtime, self.lost)?.round(&objects, &meta))
-        } else {
-            None
+        let (fast, round) = match (seq, self.levels.as_mut()) {
+            (Some(seq), Some(l)) => {
+                let rt = held(&mut self.runtime, self.lost)?;
+                let levels = due.fast().then_some((l, seq, due));
+                let (fast, round) = flush::rounds(rt, levels, begun, &objects, &meta);
+                (
+                    fast.map(|r| r.map_err(|source| JobError::Level { step, source })),
+                    round,
+                )
+            }
+            _ => {
+                let round = if due.l4 {
+                    Some(held(&mut self.runtime, self.lost)?.round(&objects, &meta))
+                } else {
+                    None
+                };
+                (None, round)
+            }
         };
         drop(objects);
         let Some(round) = round else {
@@ -1533,7 +1625,8 @@ impl Job {
         };
         let task = Task {
             runtime,
-            begun,
+            begun: Some(begun),
+            levels: None,
             objects: staged,
             meta,
             keep: self.keep,
@@ -1543,17 +1636,80 @@ impl Job {
             step,
             stall,
             captured,
+            due: None,
         };
+        self.submit(task, info)?;
+        Ok(checkpoint)
+    }
+
+    /// Hands a flush to the worker; if the worker is gone, runs it here, synchronously
+    /// (correct, only slower).
+    fn submit(&mut self, task: Task, info: InFlight) -> Result<(), JobError> {
         let submitted = match self.flusher.as_mut() {
             Some(f) => f.submit(task, info),
             None => Err(Box::new(task)),
         };
         if let Err(task) = submitted {
-            // The worker is gone: write here, synchronously; correct, only slower.
             self.flusher = None;
             let done = flush::run(*task);
             self.absorb(Ok(Some((info, done))))?;
         }
+        Ok(())
+    }
+
+    /// The asynchronous checkpoint of a Job with fast levels (docs/LEVELS.md): the state
+    /// is copied into staging (it fits the staging budget), the durable round was begun
+    /// by the caller when L4 is due (`begun`: the `part` output marker is at the call),
+    /// and the flush takes the levels and the runtime: level round, then the rest of the
+    /// durable round, in the background.
+    fn levels_in_background(
+        &mut self,
+        objects: Vec<lazarus_format::ObjectSpec<'_>>,
+        meta: CommitMeta,
+        started: Instant,
+        (seq, due): (u64, Due),
+        mut begun: Option<StartedRound>,
+    ) -> Result<CheckpointId, JobError> {
+        let step = meta.step;
+        let captured = capture::borrowed_bytes(&objects);
+        let staged = capture::stage(objects, std::mem::take(&mut self.pool));
+        let stall = started.elapsed();
+        if let Some(b) = &mut begun {
+            b.set_stall(stall);
+        }
+        let checkpoint = begun
+            .as_ref()
+            .map_or(CheckpointId(seq), StartedRound::checkpoint);
+        self.saved_at = Some(step);
+        // The policy's cost is what the program paid (issue #16 item 5).
+        self.policy
+            .checkpoint_taken(Opportunity { step, now: started }, stall);
+        let Some(runtime) = self.runtime.take() else {
+            return Err(JobError::FlushLost { checkpoint });
+        };
+        let levels = if due.fast() {
+            self.levels
+                .take()
+                .map(|levels| LevelTask { levels, seq, due })
+        } else {
+            None
+        };
+        let task = Task {
+            runtime,
+            begun,
+            levels,
+            objects: staged,
+            meta,
+            keep: self.keep,
+        };
+        let info = InFlight {
+            checkpoint,
+            step,
+            stall,
+            captured,
+            due: Some(due),
+        };
+        self.submit(task, info)?;
         Ok(checkpoint)
     }
 
@@ -1682,11 +1838,26 @@ fn fail_rounds(
     meta: &CommitMeta,
     due: Due,
 ) -> Result<(), JobError> {
-    if let (Some(l), true) = (levels, due.fast()) {
-        let _ = l.fail(why, due);
-    }
-    if due.l4 {
-        let _ = held(runtime, lost)?.round_failed(why.to_string(), meta);
+    match levels.as_mut() {
+        Some(l) if due.fast() => {
+            // The order of every rank's rounds (`Job::save_now`): the durable round
+            // begins, the level round runs, the durable round completes.
+            let seq = meta::level_seq(&meta.app).unwrap_or(0);
+            let begun = if due.l4 {
+                Some(held(runtime, lost)?.begin_round(meta))
+            } else {
+                None
+            };
+            let _ = l.fail(seq, why, due);
+            if let Some(Ok(b)) = begun {
+                let _ = held(runtime, lost)?.complete_round(b, Err(why.to_string()), meta);
+            }
+        }
+        _ => {
+            if due.l4 {
+                let _ = held(runtime, lost)?.round_failed(why.to_string(), meta);
+            }
+        }
     }
     Ok(())
 }

@@ -24,7 +24,11 @@ use std::path::Path;
 /// sim0, and is killed one step after its restore, before it checkpoints; the third runs
 /// on both hosts again), `hide2` (as `away1`, and the second incarnation does not see
 /// durable checkpoint 2 either: rank 0 moves its directory aside, and the third puts it
-/// back), `every` (every rank is killed, nothing deleted).
+/// back), `every` (every rank is killed, nothing deleted). A mode ending in `-nf` (no
+/// flush) kills without waiting for the checkpoint being written in the background (its
+/// level round is then typically cut short); otherwise the dying ranks first wait for it,
+/// so the tests can assert the exact restore point. Host losses always wait: a lost host
+/// loses its files at once, not while its own flush goes on writing.
 const WORKER_ENV: &str = "LAZARUS_TEST_LEVELS";
 /// Set for the incremental-parity test (16 KiB chunks, parity rounds reported).
 const INCR_ENV: &str = "LAZARUS_TEST_LEVELS_INCR";
@@ -48,6 +52,10 @@ fn worker(spec: &str) -> Result<(), Box<dyn Error>> {
     // The incremental-parity test: small chunks (so a step changes a few of them), and
     // rank 0 reports the update mode of each parity round of group 0 on its host.
     let incr = std::env::var_os(INCR_ENV).is_some();
+    let (mode, flush_before_kill) = match mode.strip_suffix("-nf") {
+        Some(m) => (m, false),
+        None => (mode, true),
+    };
     let incarnation = std::env::var("LAZARUS_INCARNATION").unwrap_or_default();
     if (mode == "away1" || mode == "hide2") && incarnation == "1" {
         // Host sim1 is not in this placement; its node-local directory stays.
@@ -95,6 +103,8 @@ fn worker(spec: &str) -> Result<(), Box<dyn Error>> {
             unsafe { libc::raise(libc::SIGKILL) };
         }
         if incr && me == 0 {
+            // The parity round of the checkpoint just taken runs in the background.
+            job.flush()?;
             if let Some(root) = std::env::var_os("LAZARUS_L1_DIR") {
                 let newest = lazarus::levels::scan_parity(Path::new(&root))?
                     .into_iter()
@@ -111,6 +121,12 @@ fn worker(spec: &str) -> Result<(), Box<dyn Error>> {
             }
         }
         if first_run && step == kill_step {
+            if flush_before_kill || mode.starts_with("host") || mode == "all" || mode == "beyond" {
+                job.flush()?;
+            }
+            if job.flushing() {
+                eprintln!("levels: rank {me} dies with a checkpoint in flight");
+            }
             let host = format!("sim{}", me * 2 / comm.size());
             let lose_dir = |h: &str| {
                 if let Some(root) = std::env::var_os("LAZARUS_L1_DIR") {
@@ -270,6 +286,35 @@ fn killed_rank_restores_from_node_local_copies_without_the_repository() {
     );
     // L4 never written: the restore cannot have read it.
     assert_eq!(durable_checkpoints(&dir.path().join("repo")), 0);
+}
+
+/// Asynchronous level rounds (docs/LEVELS.md): rank 1 is killed right after the
+/// checkpoint call at step 10 returns, without waiting for its background level round
+/// (L1 + L2 + L3 parity): the round is cut short on every rank, the restart restores an
+/// earlier complete checkpoint, and the result is the failure-free one with every line
+/// once.
+#[test]
+fn a_kill_during_a_background_level_round_gives_the_failure_free_checksum() {
+    let dir = tempfile::tempdir().unwrap();
+    let levels = [
+        "--l1-every",
+        "1",
+        "--l2-every",
+        "1",
+        "--l3-every",
+        "1",
+        "--l4-every",
+        "0",
+    ];
+    let out = run(dir.path(), &levels, &format!("{STEPS},2,10,rank1-nf"));
+    let (_, stderr) = text(&out);
+    assert_eq!(checksum(&out), reference(), "{stderr}");
+    assert_lines_once(&out);
+    assert!(
+        stderr.contains("levels: rank 1 dies with a checkpoint in flight"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("restored checkpoint"), "{stderr}");
 }
 
 #[test]
@@ -650,7 +695,9 @@ fn trial(rng: &mut rand_chacha::ChaCha8Rng) {
     let step = rng.gen_range(1..STEPS - 1);
     let parity = rng.gen_bool(0.5);
     let (mode, failpoint) = match rng.gen_range(0..3) {
-        0 => (format!("rank{}", rng.gen_range(0..4)), None),
+        // Without waiting for the checkpoint in flight: the kill typically lands in
+        // its background level round.
+        0 => (format!("rank{}-nf", rng.gen_range(0..4)), None),
         1 => (format!("host{}", rng.gen_range(0..2)), None),
         _ => {
             let name = if parity && rng.gen_bool(0.5) {

@@ -77,6 +77,9 @@ fn worker(spec: &str) -> Result<(), Box<dyn Error>> {
             let lose = |rel: &str| {
                 let _ = std::fs::remove_dir_all(Path::new(&root).join(rel));
             };
+            // These tests assert the exact restore point: the checkpoint just taken (in
+            // the background) is complete before the rank dies.
+            job.flush()?;
             if mode == "rank1" && me == 1 {
                 // Only rank 1 dies (no barrier: the others notice its loss).
                 // SAFETY: raising a signal in our own process.

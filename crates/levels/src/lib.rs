@@ -30,6 +30,7 @@
 
 mod config;
 mod error;
+mod exchange;
 pub mod history;
 pub mod l3;
 mod nm;
@@ -53,3 +54,23 @@ pub use node::{
 };
 pub use partner::{partner_map, CopyMsg};
 pub use plan::{FastPlan, Held, MemberSource, ParityHeld, ParitySource, RankSource, ShardSource};
+
+// Every level tag is private (docs/LEVELS.md): a level round runs on the Job's background
+// thread while the program receives with wildcards on the same communicator.
+const _: () = {
+    let private = lazarus_net::Tag::CHECKPOINT_PRIVATE;
+    let tags = [
+        partner::TAG_COPY,
+        partner::TAG_REBUILD,
+        l3::TAG_PARITY,
+        l3::TAG_PARITY_REBUILD,
+        exchange::TAG_OUTCOME,
+        exchange::TAG_BASES,
+        nm::TAG_PIECES,
+    ];
+    let mut i = 0;
+    while i < tags.len() {
+        assert!(private.start <= tags[i] && tags[i] < private.end);
+        i += 1;
+    }
+};

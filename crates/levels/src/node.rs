@@ -3,6 +3,7 @@
 
 use crate::config::{Due, Levels};
 use crate::error::LevelError;
+use crate::exchange;
 use crate::history::{new_lineage, History, LINEAGE_KEY};
 use crate::l3::{self, ParityMsg, TAG_PARITY, TAG_PARITY_REBUILD};
 use crate::parity;
@@ -460,6 +461,14 @@ impl NodeLevels {
             .ok_or_else(|| LevelError::Config("L1 repository".into()))
     }
 
+    /// Fault injection for tests: this rank's L1 repository behaves as a disk with only
+    /// `bytes` left (`u64::MAX` lifts it), like `Repository::set_write_budget`.
+    #[doc(hidden)]
+    pub fn set_l1_write_budget(&mut self, bytes: u64) -> Result<(), LevelError> {
+        self.own_repo()?.set_write_budget(bytes);
+        Ok(())
+    }
+
     fn mirror(&mut self, subject: u32) -> Result<&mut Repository, LevelError> {
         if !self.mirrors.contains_key(&subject) {
             let p = self
@@ -543,7 +552,8 @@ impl NodeLevels {
             (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => Err(e.to_string()),
             _ => Ok(()),
         };
-        let all: Vec<Result<(), String>> = self.comm.allgather(&mine)?;
+        let all: Vec<Result<(), String>> =
+            exchange::all_of(&self.comm, exchange::TAG_OUTCOME, seq, &mine)?;
         written?;
         copied?;
         paritied?;
@@ -591,15 +601,16 @@ impl NodeLevels {
 
     /// This rank's side of a level round whose state could not be saved: takes part in
     /// the exchange (telling its partner) and in the outcome, so no rank waits for it.
-    pub fn fail(&mut self, message: &str, due: Due) -> Result<(), LevelError> {
+    pub fn fail(&mut self, seq: u64, message: &str, due: Due) -> Result<(), LevelError> {
         if due.l2 {
             let _ = self.exchange(None);
         }
         if due.l3 {
-            let _ = self.parity_round(0, None, &CommitMeta::default());
+            let _ = self.parity_round(seq, None, &CommitMeta::default());
         }
         let mine: Result<(), String> = Err(message.to_string());
-        let _: Vec<Result<(), String>> = self.comm.allgather(&mine)?;
+        let _: Vec<Result<(), String>> =
+            exchange::all_of(&self.comm, exchange::TAG_OUTCOME, seq, &mine)?;
         Ok(())
     }
 
@@ -639,8 +650,14 @@ impl NodeLevels {
         }
         // 2. Answer every source's offer.
         let mut first_err: Option<LevelError> = None;
+        // The sources that offered: one whose offer failed sends nothing more.
+        let mut offering: Vec<u32> = Vec::with_capacity(sources.len());
         for &s in &sources {
-            let answer = match partner::recv(&self.comm, s, TAG_COPY)? {
+            let offer = partner::recv(&self.comm, s, TAG_COPY)?;
+            if !matches!(offer, CopyMsg::Failed(_)) {
+                offering.push(s);
+            }
+            let answer = match offer {
                 CopyMsg::Offer {
                     subject,
                     local,
@@ -653,7 +670,13 @@ impl NodeLevels {
                         CopyMsg::Failed(m)
                     }
                 },
-                CopyMsg::Failed(_) => CopyMsg::Failed("no offer".into()),
+                CopyMsg::Failed(m) => {
+                    first_err.get_or_insert(LevelError::Peer {
+                        rank: Rank(s),
+                        message: m,
+                    });
+                    CopyMsg::Failed("no offer".into())
+                }
                 other => {
                     return Err(LevelError::Protocol {
                         rank: Rank(s),
@@ -691,8 +714,9 @@ impl NodeLevels {
                 partner::send(&self.comm, p, TAG_COPY, &data)?;
             }
         }
-        // 4. Install the sources' data.
-        for &s in &sources {
+        // 4. Install the data of the sources that offered (a source whose offer failed
+        // sends nothing more; waiting for it would hang the round).
+        for &s in &offering {
             match partner::recv(&self.comm, s, TAG_COPY) {
                 Ok(CopyMsg::Data {
                     subject,
@@ -704,7 +728,7 @@ impl NodeLevels {
                         first_err.get_or_insert(e);
                     }
                 }
-                // The source sends nothing after a failed offer or a refused one.
+                // The source's data failed, or this rank refused its offer.
                 Ok(CopyMsg::Failed(m)) => {
                     first_err.get_or_insert(LevelError::Peer {
                         rank: Rank(s),
@@ -802,7 +826,8 @@ impl NodeLevels {
             }
         }
         // 2. Agree (every rank, in a group or not, on every path).
-        let bases: Vec<Option<Base>> = self.comm.allgather(&base)?;
+        let bases: Vec<Option<Base>> =
+            exchange::all_of(&self.comm, exchange::TAG_BASES, seq, &base)?;
         let Some((g, group)) = mine else {
             return Ok((0, false));
         };

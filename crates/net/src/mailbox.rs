@@ -491,6 +491,8 @@ mod tests {
         mb.push(with(Tag::collective(3)));
         mb.push(with(Tag::checkpoint(0x100)));
         mb.push(with(Tag::checkpoint(0x1ff)));
+        mb.push(with(Tag::checkpoint(0x300)));
+        mb.push(with(Tag::checkpoint(0x3ff)));
         let any = Match {
             src: None,
             tag: None,
@@ -507,6 +509,8 @@ mod tests {
             Tag::collective(3),
             Tag::checkpoint(0x100),
             Tag::checkpoint(0x1ff),
+            Tag::checkpoint(0x300),
+            Tag::checkpoint(0x3ff),
         ] {
             let m = Match {
                 src: None,

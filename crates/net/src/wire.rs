@@ -84,11 +84,13 @@ pub struct Tag {
 
 impl Tag {
     /// Checkpoint-space values that a wildcard-tag receive never matches, like collective
-    /// traffic: the aligned runtime's (`lazarus_coord`, `0x100..0x200`), whose rounds run
-    /// on a background thread while the program receives on the same communicator
-    /// (asynchronous checkpoints, docs/ASYNC.md). Other checkpoint values stay visible to
-    /// wildcards (`AsyncSession` receives its markers that way).
-    pub const CHECKPOINT_PRIVATE: std::ops::Range<u32> = 0x100..0x200;
+    /// traffic: the aligned runtime's (`lazarus_coord`, `0x100..0x200`) and the fast
+    /// levels' (`lazarus_levels`, `0x300..0x400`), whose rounds run on a background thread
+    /// while the program receives on the same communicator (asynchronous checkpoints,
+    /// docs/ASYNC.md, docs/LEVELS.md). Other checkpoint values stay visible to wildcards
+    /// (`AsyncSession` receives its markers that way). Only the receiving side consults
+    /// the range (tag values on the wire are unchanged), and all ranks run one build.
+    pub const CHECKPOINT_PRIVATE: std::ops::Range<u32> = 0x100..0x400;
 
     /// An application tag.
     pub fn user(value: u32) -> Self {

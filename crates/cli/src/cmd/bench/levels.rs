@@ -6,7 +6,9 @@
 //! parity shards for L1+L3 (parity group), raw write + fsync of the part for L4 (a
 //! one-rank checkpoint of a repository in `--dir`). Then the incremental L1+L2 and L1+L3
 //! checkpoints after 1 % of the part changed, and the bytes they sent to the partner and to
-//! the other parity holder.
+//! the other parity holder. Last, the stall of an asynchronous L1+L2 checkpoint of a
+//! `Job` (the capture into staging) next to the memcpy of the part, and its background
+//! level round.
 
 use crate::cmd::CmdResult;
 use lazarus::format::{DType, ObjectInfo, ObjectKind, ObjectSpec};
@@ -231,6 +233,43 @@ fn rank(
     Ok(row)
 }
 
+/// The stall of an asynchronous L1+L2 checkpoint of a Job (the capture into staging),
+/// the memcpy of the part, and the background flush (the level round); medians.
+fn job_rank(
+    comm: lazarus::Comm,
+    l1_root: PathBuf,
+    repo: PathBuf,
+    bytes: usize,
+    reps: usize,
+) -> Result<(Duration, Duration, Duration), BoxError> {
+    let me = u64::from(comm.rank().0);
+    let mut job = lazarus::Job::builder()
+        .repo(&repo)
+        .never_checkpoint()
+        .keep(2)
+        .levels(Levels::new().l1(1).l2(1).l4(0).dir(&l1_root))
+        .comm(comm.clone())
+        .open()?;
+    let mut data: Vec<u8> = job.restore_or_init(|| vec![0u8; bytes])?;
+    let mut copy = vec![0u8; bytes];
+    let (mut stall, mut memcpy, mut flush) = (vec![], vec![], vec![]);
+    for i in 0..reps {
+        fill(&mut data, 100 + i as u64, me);
+        let t0 = Instant::now();
+        copy.copy_from_slice(&data);
+        memcpy.push(t0.elapsed());
+        comm.barrier()?;
+        let t0 = Instant::now();
+        job.checkpoint_now(&data)?;
+        stall.push(t0.elapsed());
+        if let Some(r) = job.flush()? {
+            flush.push(r.flush.unwrap_or_default());
+        }
+    }
+    drop(job);
+    Ok((median(stall), median(memcpy), median(flush)))
+}
+
 /// Runs the benchmark and prints the table.
 pub fn main(a: Args) -> CmdResult {
     if a.ranks < 2 || a.mib == 0 || a.reps == 0 {
@@ -269,9 +308,34 @@ pub fn main(a: Args) -> CmdResult {
                 .map_err(|e| format!("rank {r}: {e}"))?,
         );
     }
+    // A Job with L1+L2, asynchronous (docs/LEVELS.md, "Asynchronous level rounds"): the
+    // threads are ranks on 2 simulated hosts.
+    std::env::set_var(lazarus::levels::SIM_HOSTS_ENV, "2");
+    let job_l1 = l1_root.join("job");
+    let job_repo = l4_root.join("job-repo");
+    let comms = loopback_comms(a.ranks, NetConfig::default())?;
+    let handles: Vec<_> = comms
+        .into_iter()
+        .map(|c| {
+            let (l1, repo) = (job_l1.clone(), job_repo.clone());
+            let reps = a.reps;
+            std::thread::spawn(move || {
+                job_rank(c, l1, repo, bytes, reps).map_err(|e| e.to_string())
+            })
+        })
+        .collect();
+    let mut jobs = Vec::new();
+    for (r, h) in handles.into_iter().enumerate() {
+        jobs.push(
+            h.join()
+                .map_err(|_| format!("rank {r} panicked"))?
+                .map_err(|e| format!("rank {r}: {e}"))?,
+        );
+    }
     let _ = std::fs::remove_dir_all(&l1_root);
     let _ = std::fs::remove_dir_all(&l4_root);
     let r = rows[0];
+    let (job_stall, job_memcpy, job_flush) = jobs[0];
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     let mut out = std::io::stdout().lock();
     writeln!(
@@ -329,6 +393,14 @@ pub fn main(a: Args) -> CmdResult {
         "L4 / (L1+L2): {:.1}x, L4 / (L1+L3): {:.1}x (floors: L1 memcpy, L1+L2 L1 + raw loopback TCP of the part, L1+L3 L1 + memcpy + RS encode, L4 raw write + fsync)",
         ms(r.l4) / ms(r.l12).max(1e-9),
         ms(r.l4) / ms(r.l13).max(1e-9)
+    )?;
+    writeln!(
+        out,
+        "Job L1+L2 asynchronous checkpoint: stall {:.1} ms (floor: memcpy of the part {:.1} ms, {:.1}x), background level round {:.1} ms",
+        ms(job_stall),
+        ms(job_memcpy),
+        ms(job_stall) / ms(job_memcpy).max(1e-9),
+        ms(job_flush)
     )?;
     Ok(ExitCode::SUCCESS)
 }
