@@ -684,7 +684,8 @@ impl Job {
 
     /// Waits until the checkpoint being written in the background (if any) is committed,
     /// and returns the newest committed checkpoint's report. An error is that
-    /// checkpoint's ([`JobError::Flush`]): it did not commit, the previous committed
+    /// checkpoint's ([`JobError::Flush`], or [`JobError::LevelFlush`] for a checkpoint
+    /// that went to fast levels only): it did not commit, the previous committed
     /// checkpoint stays the restart point; when [`JobError::is_retryable`], the job can go
     /// on and the next checkpoint may commit. Not collective.
     pub fn flush(&mut self) -> Result<Option<&CheckpointReport>, JobError> {
@@ -750,6 +751,18 @@ impl Job {
         let (info, done) = match outcome {
             Ok(None) => return Ok(()),
             Err(info) => {
+                if info.due.is_some() {
+                    // The flush thread died (a panic) owning this rank's side of a level
+                    // round, which has no deadline: the other ranks would wait for it as
+                    // long as this process lives. End the process, as the same panic on
+                    // the program's thread would have, so the job is restarted.
+                    let _ = writeln!(
+                        std::io::stderr().lock(),
+                        "lazarus: the background flush of checkpoint {} died during its level round; ending this rank so the job restarts",
+                        info.checkpoint.0
+                    );
+                    std::process::abort();
+                }
                 self.lost = Some(info.checkpoint);
                 return Err(JobError::FlushLost {
                     checkpoint: info.checkpoint,
@@ -792,11 +805,20 @@ impl Job {
                 self.last = Some(report);
                 Ok(())
             }
-            (_, Some(Err(source))) => Err(JobError::Flush {
-                checkpoint: info.checkpoint,
-                step: info.step,
-                source,
-            }),
+            (level, Some(Err(source))) => {
+                if let Some(Err(e)) = &level {
+                    tracing::warn!(
+                        "checkpoint {} (step {}): the level round failed too: {e}",
+                        info.checkpoint.0,
+                        info.step
+                    );
+                }
+                Err(JobError::Flush {
+                    checkpoint: info.checkpoint,
+                    step: info.step,
+                    source,
+                })
+            }
             (Some(Ok(r)), None) => {
                 if let Some(due) = info.due {
                     self.level_clock.written(due, now);
@@ -1267,8 +1289,8 @@ impl Job {
     /// Asynchronous by default (docs/ASYNC.md): a save returns once `state` is copied into
     /// staging memory; the program may change it at once. The write, the votes and COMMIT
     /// run in the background; the next save first waits for them. A background failure is
-    /// returned as [`JobError::Flush`] by the first call that finds it (every call checks,
-    /// without waiting). With [`JobBuilder::sync_writes`], the call returns once committed.
+    /// returned as [`JobError::Flush`] ([`JobError::LevelFlush`] for a checkpoint of fast
+    /// levels only) by the first call that finds it (every call checks, without waiting). With [`JobBuilder::sync_writes`], the call returns once committed.
     pub fn checkpoint<T: Checkpoint + ?Sized>(&mut self, state: &T) -> Result<u64, JobError> {
         let at = Opportunity {
             step: self.step,
@@ -1320,7 +1342,8 @@ impl Job {
     /// that checkpoint. Collective: every rank calls it, like `checkpoint`. Retention
     /// keeps it (it is the newest), so the result stays restorable until a later run
     /// writes newer checkpoints. Always synchronous: it first waits for the checkpoint
-    /// being written in the background (returning its failure, [`JobError::Flush`], after
+    /// being written in the background (returning its failure, [`JobError::Flush`] or
+    /// [`JobError::LevelFlush`], after
     /// saving) and returns once the final checkpoint is committed.
     pub fn finish<T: Checkpoint + ?Sized>(&mut self, state: &T) -> Result<CheckpointId, JobError> {
         if let Some((id, step)) = self.finished {
@@ -1389,6 +1412,11 @@ impl Job {
                     }
                 }
                 meta.app.insert(meta::LEVEL_SEQ_KEY.into(), seq.to_string());
+                // Taken at the call on every rank, whether this rank then writes in the
+                // background or (over its staging budget) synchronously, and whatever the
+                // outcome: a second call at this step must skip on every rank alike, or
+                // the ranks would run different level rounds.
+                self.saved_at = Some(step);
                 meta.app
                     .insert(lazarus_levels::LINEAGE_KEY.into(), l.lineage().to_string());
                 (Some(seq), due)
