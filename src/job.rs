@@ -1618,13 +1618,13 @@ impl Job {
         // budget, the round begins first (its part writer knows the chunk size and what
         // the store holds), and the capture follows.
         let base = capture::incremental_base(self.last.map(|r| r.checkpoint), &objects);
-        let capture = if base.is_some() || capture::borrowed_bytes(&objects) > self.staging_budget {
+        let full = capture::borrowed_bytes(&objects);
+        let capture = if base.is_some() || full > self.staging_budget {
             Err(objects)
         } else {
-            let captured = capture::borrowed_bytes(&objects);
             Ok((
                 capture::stage(objects, std::mem::take(&mut self.pool)),
-                captured,
+                full,
             ))
         };
         let runtime = self.rt()?;
@@ -1637,24 +1637,57 @@ impl Job {
                 return Err(JobError::Round { step, source });
             }
         };
-        let (mut begun, staged, captured) = match capture {
+        let (begun, staged, captured) = match capture {
             Ok((staged, captured)) => (begun, staged, captured),
             Err(objects) => self.capture_late(objects, begun, &meta, base)?,
         };
+        self.hand_off(staged, captured, Some(begun), None, meta, started)
+    }
+
+    /// The end of every asynchronous capture: the stall is known (recorded in the durable
+    /// round `begun`, if any, and given to the policy as the checkpoint's cost, issue #16
+    /// item 5), the step counts as saved, and the flush (the levels `fast` goes to, if
+    /// any, then the rest of `begun`) is handed to the worker with the runtime. Returns
+    /// the checkpoint's id: the durable one when L4 is due, else the job-wide number.
+    fn hand_off(
+        &mut self,
+        staged: Vec<lazarus_format::ObjectSpec<'static>>,
+        captured: u64,
+        mut begun: Option<StartedRound>,
+        fast: Option<(u64, Due)>,
+        meta: CommitMeta,
+        started: Instant,
+    ) -> Result<CheckpointId, JobError> {
+        let step = meta.step;
         let stall = started.elapsed();
-        begun.set_stall(stall);
-        let checkpoint = begun.checkpoint();
+        if let Some(b) = &mut begun {
+            b.set_stall(stall);
+        }
+        let checkpoint = match (&begun, fast) {
+            (Some(b), _) => b.checkpoint(),
+            (None, Some((seq, _))) => CheckpointId(seq),
+            (None, None) => {
+                return Err(JobError::Config("no level due for this checkpoint".into()))
+            }
+        };
         self.saved_at = Some(step);
-        // The policy's cost is what the program paid (issue #16 item 5).
         self.policy
             .checkpoint_taken(Opportunity { step, now: started }, stall);
         let Some(runtime) = self.runtime.take() else {
             return Err(JobError::FlushLost { checkpoint });
         };
+        let levels = match fast {
+            Some((seq, due)) if due.fast() => {
+                self.levels
+                    .take()
+                    .map(|levels| LevelTask { levels, seq, due })
+            }
+            _ => None,
+        };
         let task = Task {
             runtime,
-            begun: Some(begun),
-            levels: None,
+            begun,
+            levels,
             objects: staged,
             meta,
             keep: self.keep,
@@ -1664,7 +1697,7 @@ impl Job {
             step,
             stall,
             captured,
-            due: None,
+            due: fast.map(|(_, due)| due),
         };
         self.submit(task, info)?;
         Ok(checkpoint)
@@ -1696,49 +1729,11 @@ impl Job {
         meta: CommitMeta,
         started: Instant,
         (seq, due): (u64, Due),
-        mut begun: Option<StartedRound>,
+        begun: Option<StartedRound>,
     ) -> Result<CheckpointId, JobError> {
-        let step = meta.step;
         let captured = capture::borrowed_bytes(&objects);
         let staged = capture::stage(objects, std::mem::take(&mut self.pool));
-        let stall = started.elapsed();
-        if let Some(b) = &mut begun {
-            b.set_stall(stall);
-        }
-        let checkpoint = begun
-            .as_ref()
-            .map_or(CheckpointId(seq), StartedRound::checkpoint);
-        self.saved_at = Some(step);
-        // The policy's cost is what the program paid (issue #16 item 5).
-        self.policy
-            .checkpoint_taken(Opportunity { step, now: started }, stall);
-        let Some(runtime) = self.runtime.take() else {
-            return Err(JobError::FlushLost { checkpoint });
-        };
-        let levels = if due.fast() {
-            self.levels
-                .take()
-                .map(|levels| LevelTask { levels, seq, due })
-        } else {
-            None
-        };
-        let task = Task {
-            runtime,
-            begun,
-            levels,
-            objects: staged,
-            meta,
-            keep: self.keep,
-        };
-        let info = InFlight {
-            checkpoint,
-            step,
-            stall,
-            captured,
-            due: Some(due),
-        };
-        self.submit(task, info)?;
-        Ok(checkpoint)
+        self.hand_off(staged, captured, begun, Some((seq, due)), meta, started)
     }
 
     /// The capture after the round began (`begun`), for an incremental capture or a
