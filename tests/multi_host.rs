@@ -390,8 +390,13 @@ fn host_loss(prog: &str, spare: bool) {
     cl.link_up(lost).unwrap();
 }
 
-/// True when some host under `l1` holds a committed level copy whose directory name
-/// starts with `prefix` (`partner-of-`: L2, `parity-`: L3).
+/// True when some host under `l1` holds a level copy (directory name starting with
+/// `prefix`: `partner-of-` for L2, `parity-` for L3) that committed a checkpoint numbered
+/// 2 or more. Level rounds run in the background, one after the other, and a rank starts
+/// its second only after every rank reported the first complete: so then every copy of
+/// checkpoint 1 is committed, and losing a host must rebuild from them. (Waiting for any
+/// one copy of checkpoint 1 raced the round: the host could go before the other copies
+/// were written, and nothing could be rebuilt.)
 fn has_level_copy(l1: &Path, prefix: &str) -> bool {
     let dirs = |p: &Path| -> Vec<PathBuf> {
         std::fs::read_dir(p)
@@ -399,10 +404,14 @@ fn has_level_copy(l1: &Path, prefix: &str) -> bool {
             .unwrap_or_default()
     };
     dirs(l1).iter().flat_map(|host| dirs(host)).any(|copy| {
-        let partner = copy
+        let level = copy
             .file_name()
             .is_some_and(|n| n.to_string_lossy().starts_with(prefix));
-        partner && committed_in(&copy) > 0
+        level
+            && dirs(&copy.join("checkpoints")).iter().any(|c| {
+                let id = c.file_name().and_then(|n| n.to_str()?.parse::<u64>().ok());
+                id.is_some_and(|id| id >= 2) && c.join("COMMIT").exists()
+            })
     })
 }
 
@@ -437,7 +446,7 @@ fn fast_level_host_loss(level: &str) {
         "parity-"
     };
     while !has_level_copy(&l1, copy) {
-        job.check_deadline("waiting for the first level copy");
+        job.check_deadline("waiting for the second level round");
         std::thread::sleep(Duration::from_millis(20));
     }
     // Each host's node-local directory is named after the host the rank was placed on.

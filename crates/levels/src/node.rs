@@ -1509,7 +1509,13 @@ impl NodeLevels {
     }
 
     /// The chunks the mirror of `subject` lacks for its checkpoint `local`; resets a
-    /// mirror whose history diverged (it holds a newer id than the source offers).
+    /// mirror whose history diverged (it already holds the offered id or a newer one).
+    ///
+    /// A source offers each new L1 checkpoint once, under a number above every one it
+    /// offered before, so a mirror holding `local` already holds a checkpoint of another
+    /// history: the source's L1 started again (its host was lost and the job started
+    /// fresh or from an older copy). Resetting here, before the transfer, makes the round
+    /// succeed with a full copy; finding it only at install failed the round.
     fn want(
         &mut self,
         subject: u32,
@@ -1524,7 +1530,7 @@ impl NodeLevels {
                 .last()
                 .map(|c| c.id.0)
         };
-        if newest.is_some_and(|n| n > local) {
+        if newest.is_some_and(|n| n >= local) {
             self.reset_mirror(subject)?;
         }
         let m = self.mirror(subject)?;
@@ -2036,6 +2042,67 @@ mod tests {
             (receipts, data)
         })
         .unwrap()
+    }
+
+    /// Regression (multi_host `lost_host_is_rebuilt_from_partner_copies_on_other_hosts`):
+    /// host sim1 is lost before any checkpoint could be rebuilt, the job starts fresh, and
+    /// the new L1 of sim1's ranks numbers its first checkpoint 1 again while their partner
+    /// mirrors on sim0 still hold the abandoned run's checkpoint 1. The round used to
+    /// fail ("held another checkpoint 1"), ending the program; it must succeed and leave
+    /// mirrors that rebuild the new checkpoint.
+    #[test]
+    fn a_mirror_holding_the_offered_number_from_an_abandoned_run_is_replaced_in_the_same_round() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let due = Due {
+            l1: true,
+            l2: true,
+            l3: false,
+            l4: false,
+        };
+        let round = |seed: u64| {
+            lazarus_net::local(4, |comm| {
+                let me = u64::from(comm.rank().0);
+                let mut levels = open(comm, root);
+                let mut data = vec![0u8; BYTES];
+                noise(seed * 100 + me, &mut data);
+                let seq = levels.take_seq();
+                let meta = CommitMeta {
+                    step: seq,
+                    app: Default::default(),
+                };
+                levels
+                    .checkpoint(seq, &[spec(&data)], &meta, due)
+                    .map(|_| (seq, data))
+                    .map_err(|e| e.to_string())
+            })
+            .unwrap()
+        };
+        for r in round(1) {
+            r.unwrap();
+        }
+        // sim1 loses its ranks' own L1 copies (the fresh start after the host loss); the
+        // mirrors of ranks 2 and 3 on sim0 keep the old checkpoint 1.
+        for d in ["rank-2", "rank-3"] {
+            std::fs::remove_dir_all(root.join("sim1").join(d)).unwrap();
+        }
+        let second: Vec<(u64, Vec<u8>)> = round(2)
+            .into_iter()
+            .map(|r| r.expect("the round after the abandoned run"))
+            .collect();
+        // Lose sim1 entirely: ranks 2 and 3 come back from their (replaced) mirrors.
+        std::fs::remove_dir_all(root.join("sim1")).unwrap();
+        let got = lazarus_net::local(4, |comm| {
+            let mut levels = open(comm, root);
+            let plan = levels.plans().into_iter().next().expect("a plan");
+            assert_eq!(plan.seq, second[0].0);
+            assert_eq!(plan.rebuilt(), vec![2, 3]);
+            let objects = levels.load(&plan).map_err(|e| format!("{e:?}")).unwrap();
+            objects.into_iter().next().unwrap().data
+        })
+        .unwrap();
+        let want: Vec<Vec<u8>> = second.into_iter().map(|(_, d)| d).collect();
+        assert!(got == want, "restored bytes differ from the second round's");
     }
 
     /// Loses host sim1 (its directory) and restores on 4 fresh ranks: every rank gets the
