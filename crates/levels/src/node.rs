@@ -1491,8 +1491,9 @@ impl NodeLevels {
             let p = self
                 .host_dir(&self.hosts[me as usize])
                 .join(dir_of(subject, true));
-            let repo = Repository::open(&p, self.options.clone()).map_err(LoadOutcome::Store)?;
-            install_into(&repo, local, &chunks, &h.files)?;
+            let mut repo =
+                Repository::open(&p, self.options.clone()).map_err(LoadOutcome::Store)?;
+            install_into(&mut repo, local, &chunks, &h.files, self.history.as_ref())?;
         }
         Ok(local)
     }
@@ -1504,8 +1505,9 @@ impl NodeLevels {
         chunks: &[([u8; 32], Vec<u8>)],
         files: &[(String, Vec<u8>)],
     ) -> Result<(), LoadOutcome> {
+        let history = self.history.clone();
         let repo = self.own_repo().map_err(LoadOutcome::Level)?;
-        install_into(repo, local, chunks, files)
+        install_into(repo, local, chunks, files, history.as_ref())
     }
 
     /// The chunks the mirror of `subject` lacks for its checkpoint `local`; resets a
@@ -1676,25 +1678,51 @@ impl NodeLevels {
 }
 
 /// Installs a checkpoint sent by (or rebuilt from) other ranks into the level repository
-/// `repo` (chunks, manifests, then COMMIT); an existing checkpoint of that id with other
-/// content is damage.
+/// `repo` (chunks, manifests, then COMMIT). An existing checkpoint of that id with other
+/// content is a copy of an abandoned run when `history` (the job's path) does not admit
+/// it: it is removed and the rebuild goes on (it could never be restored, and it would
+/// otherwise force the restore onto an older or slower checkpoint). One the path admits,
+/// or any when there is no record, is damage: the caller falls back.
 fn install_into(
-    repo: &Repository,
+    repo: &mut Repository,
     local: u64,
     chunks: &[([u8; 32], Vec<u8>)],
     files: &[(String, Vec<u8>)],
+    history: Option<&History>,
 ) -> Result<(), LoadOutcome> {
-    let reader = repo.reader().map_err(LoadOutcome::Store)?;
-    let installed = partner::install(repo.backend().as_ref(), &reader, local, chunks, files)
-        .map_err(LoadOutcome::Store)?;
-    if installed == Installed::Diverged {
-        return Err(LoadOutcome::Store(StoreError::new(
-            lazarus_store::StoreErrorKind::Corrupt,
-            Some(repo.path()),
-            format!("checkpoint {local} exists with other content; cannot rebuild into it"),
-        )));
+    let diverged = |repo: &Repository| -> Result<bool, LoadOutcome> {
+        let reader = repo.reader().map_err(LoadOutcome::Store)?;
+        let installed = partner::install(repo.backend().as_ref(), &reader, local, chunks, files)
+            .map_err(LoadOutcome::Store)?;
+        Ok(installed == Installed::Diverged)
+    };
+    if !diverged(repo)? {
+        return Ok(());
     }
-    Ok(())
+    let id = CheckpointId(local);
+    let abandoned = history.is_some_and(|h| {
+        let existing = repo.reader().and_then(|r| r.commit_record(id));
+        // An unreadable COMMIT is damage, not evidence of another run: keep it.
+        existing.is_ok_and(|c| {
+            let seq = c.app.get(SEQ_KEY).and_then(|v| v.parse::<u64>().ok());
+            seq.is_some_and(|seq| !h.admits(seq, c.app.get(LINEAGE_KEY).map(String::as_str)))
+        })
+    });
+    if abandoned {
+        tracing::info!(
+            "levels: {}: checkpoint {local} is a copy of an abandoned run; replaced by the rebuilt one",
+            repo.path().display()
+        );
+        repo.remove_checkpoint(id).map_err(LoadOutcome::Store)?;
+        if !diverged(repo)? {
+            return Ok(());
+        }
+    }
+    Err(LoadOutcome::Store(StoreError::new(
+        lazarus_store::StoreErrorKind::Corrupt,
+        Some(repo.path()),
+        format!("checkpoint {local} exists with other content; cannot rebuild into it"),
+    )))
 }
 
 /// The members' headers stored next to a parity shard, each decoded and checked against
@@ -2103,6 +2131,123 @@ mod tests {
         .unwrap();
         let want: Vec<Vec<u8>> = second.into_iter().map(|(_, d)| d).collect();
         assert!(got == want, "restored bytes differ from the second round's");
+    }
+
+    /// One L1 + L2 round of 4 ranks on `hosts` (rank -> host name) under the record
+    /// `history`, after restoring the newest plan if any. Returns each rank's checkpoint
+    /// number, written data, this incarnation's record (restored plan, own lineage) and
+    /// lineage.
+    fn incarnation(
+        root: &Path,
+        hosts: [&str; 4],
+        history: Option<History>,
+        seed: u64,
+    ) -> Vec<(u64, Vec<u8>, History, String)> {
+        lazarus_net::local(4, |comm| {
+            let me = comm.rank().0;
+            let levels = Levels::new().l1(1).l2(1).l4(0);
+            let mut levels = NodeLevels::open(
+                comm,
+                levels,
+                root.to_path_buf(),
+                hosts[me as usize].to_string(),
+                opts(),
+                8,
+                0,
+                history.clone(),
+            )
+            .unwrap();
+            let restored = levels.plans().into_iter().next().map(|plan| {
+                levels.load(&plan).map_err(|e| format!("{e:?}")).unwrap();
+                (plan.seq, plan.app.get(LINEAGE_KEY).cloned())
+            });
+            let record = levels.history_after(restored.as_ref().map(|(s, l)| (*s, l.as_deref())));
+            let mut data = vec![0u8; BYTES];
+            noise(seed * 100 + u64::from(me), &mut data);
+            let seq = levels.take_seq();
+            // As the Job does: every copy names the incarnation's lineage.
+            let meta = CommitMeta {
+                step: seq,
+                app: [(LINEAGE_KEY.to_string(), levels.lineage.clone())].into(),
+            };
+            let due = Due {
+                l1: true,
+                l2: true,
+                l3: false,
+                l4: false,
+            };
+            levels.checkpoint(seq, &[spec(&data)], &meta, due).unwrap();
+            (seq, data, record, levels.lineage.clone())
+        })
+        .unwrap()
+    }
+
+    /// Regression (docs/LEVELS.md "One history", a limit until now): host sim1 held rank
+    /// 2's L1 copies of a run the job abandoned. The ranks went on from an older
+    /// checkpoint on a spare host (sim2), whose new L1 numbered its checkpoints as sim1's
+    /// abandoned ones. When sim2 is lost and sim1 returns, rank 2's newest checkpoint is
+    /// rebuilt from its partner copy into sim1's L1, where the abandoned copy holds the
+    /// same number: the rebuild used to fail there ("exists with other content") and the
+    /// restore fell back to an older checkpoint (to a fresh start without L4). The
+    /// abandoned copy must be replaced and the newest checkpoint restored.
+    #[test]
+    fn a_rebuild_over_an_abandoned_copy_of_the_same_number_restores_the_newest_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let first = ["sim0", "sim0", "sim1", "sim1"];
+        // Incarnation A: four rounds, checkpoints 1..4, every L1 numbering 1..4.
+        let mut a = Vec::new();
+        for round in 0..4 {
+            let history = a
+                .first()
+                .map(|(_, _, h, _): &(u64, Vec<u8>, History, String)| h.clone());
+            a = incarnation(root, first, history, round);
+        }
+        let lineage_a = a[0].3.clone();
+        // An incarnation restored checkpoint 3 of A and died before writing: checkpoint 4
+        // is off the path.
+        let record = History::after(Some(&a[0].2), Some((3, Some(&lineage_a))), "dead");
+        assert!(!record.admits(4, Some(&lineage_a)));
+        // Incarnation B: sim1 unreachable; ranks 2 and 3 on the spare sim2 restore 3 and
+        // write checkpoint 5, numbered 4 in their new L1 (as A's checkpoint 4 on sim1).
+        let away = root.join("sim1.away");
+        std::fs::rename(root.join("sim1"), &away).unwrap();
+        let b = incarnation(root, ["sim0", "sim0", "sim2", "sim2"], Some(record), 10);
+        assert_eq!(b[2].0, 5);
+        // sim2 is lost, sim1 is back: rank 2's checkpoint 5 comes from its partner copy
+        // on sim0 into sim1/rank-2, which holds A's checkpoint 4 under the same number.
+        std::fs::remove_dir_all(root.join("sim2")).unwrap();
+        std::fs::rename(&away, root.join("sim1")).unwrap();
+        let record = b[0].2.clone();
+        let got = lazarus_net::local(4, |comm| {
+            let me = comm.rank().0 as usize;
+            let levels = Levels::new().l1(1).l2(1).l4(0);
+            let mut levels = NodeLevels::open(
+                comm,
+                levels,
+                root.to_path_buf(),
+                first[me].to_string(),
+                opts(),
+                8,
+                0,
+                Some(record.clone()),
+            )
+            .unwrap();
+            let plan = levels.plans().into_iter().next().expect("a plan");
+            assert_eq!((plan.seq, plan.rebuilt()), (5, vec![2, 3]));
+            let objects = levels
+                .load(&plan)
+                .map_err(|e| format!("rank {me}: {e:?}"))?;
+            Ok::<_, String>(objects.into_iter().next().unwrap().data)
+        })
+        .unwrap();
+        for (r, got) in got.into_iter().enumerate() {
+            let got = got.unwrap_or_else(|e| panic!("{e}"));
+            assert!(
+                got == b[r].1,
+                "rank {r} restored other bytes than checkpoint 5's"
+            );
+        }
     }
 
     /// Loses host sim1 (its directory) and restores on 4 fresh ranks: every rank gets the

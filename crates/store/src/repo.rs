@@ -676,6 +676,25 @@ impl Repository {
         self.backend.delete_dir(&DirKey::Checkpoint(pending.id))?;
         self.backend.sync_dirs(&[DirKey::Checkpoints])
     }
+    /// Removes committed checkpoint `id` (COMMIT first, so a crash midway leaves an
+    /// uncommitted directory, which the next [`Repository::retain`] removes, never a
+    /// committed one with missing files). Its chunks stay until the next `retain`
+    /// sweeps what no kept checkpoint references. For a checkpoint that must never be
+    /// restored (the multi-level layer drops a copy of an abandoned run with it); a
+    /// writer that lost its lock is refused.
+    pub fn remove_checkpoint(&mut self, id: CheckpointId) -> Result<(), StoreError> {
+        if self.pending.load(Ordering::SeqCst) != 0 {
+            return Err(arg(
+                self.backend.location(),
+                "remove: a checkpoint is pending; commit or abort it first".into(),
+            ));
+        }
+        self.lock
+            .check()
+            .map_err(|e| e.context(&format!("checkpoint {id} not removed")))?;
+        remove_committed(self.backend.as_ref(), id)?;
+        self.backend.sync_dirs(&[DirKey::Checkpoints])
+    }
 
     /// Keeps the newest `keep` committed checkpoints, removes older ones and uncommitted
     /// leftovers, then deletes every chunk no kept checkpoint references. Refused while a
@@ -778,12 +797,7 @@ impl Repository {
         let n_remove = (old.len() + uncommitted.len()) as u64;
         for (i, id) in old.iter().enumerate() {
             progress(GcStage::Remove, i as u64, n_remove);
-            let dir = DirKey::Checkpoint(*id);
-            b.delete(&ObjectKey::Commit(*id))
-                .map_err(|e| e.context("removing COMMIT"))?;
-            b.sync_dirs(std::slice::from_ref(&dir))?;
-            failpoint("gc_after_uncommit");
-            b.delete_dir(&dir)?;
+            remove_committed(b, *id)?;
         }
         for (i, id) in uncommitted.iter().enumerate() {
             progress(GcStage::Remove, (old.len() + i) as u64, n_remove);
@@ -867,4 +881,15 @@ fn salvage_inline_manifests(commit: &[u8]) -> Vec<Vec<u8>> {
 
 fn arg(path: &Path, msg: String) -> StoreError {
     StoreError::new(StoreErrorKind::InvalidArgument, Some(path), msg)
+}
+
+/// Uncommits checkpoint `id` durably, then deletes its directory (the one order
+/// retention and [`Repository::remove_checkpoint`] use).
+fn remove_committed(b: &dyn WriteBackend, id: CheckpointId) -> Result<(), StoreError> {
+    let dir = DirKey::Checkpoint(id);
+    b.delete(&ObjectKey::Commit(id))
+        .map_err(|e| e.context("removing COMMIT"))?;
+    b.sync_dirs(std::slice::from_ref(&dir))?;
+    failpoint("gc_after_uncommit");
+    b.delete_dir(&dir)
 }
