@@ -653,8 +653,8 @@ impl NodeLevels {
         // The sources that offered: one whose offer failed sends nothing more.
         let mut offering: Vec<u32> = Vec::with_capacity(sources.len());
         for &s in &sources {
-            let offer = partner::recv(&self.comm, s, TAG_COPY)?;
-            if !matches!(offer, CopyMsg::Failed(_)) {
+            let offer = recv_in_round(&self.comm, s, &mut first_err)?;
+            if matches!(offer, CopyMsg::Offer { .. }) {
                 offering.push(s);
             }
             let answer = match offer {
@@ -678,10 +678,14 @@ impl NodeLevels {
                     CopyMsg::Failed("no offer".into())
                 }
                 other => {
-                    return Err(LevelError::Protocol {
+                    // Answered, so the source is not left waiting; it sends nothing more.
+                    offering.retain(|o| *o != s);
+                    let detail = format!("expected an offer, got {}", kind(&other));
+                    first_err.get_or_insert(LevelError::Protocol {
                         rank: Rank(s),
-                        detail: format!("expected an offer, got {}", kind(&other)),
-                    })
+                        detail: detail.clone(),
+                    });
+                    CopyMsg::Failed(detail)
                 }
             };
             partner::send(&self.comm, s, TAG_COPY, &answer)?;
@@ -689,17 +693,20 @@ impl NodeLevels {
         // 3. Send what the partner lacks.
         let mut sent = 0u64;
         if let Some(p) = partner {
-            let want = partner::recv(&self.comm, p, TAG_COPY)?;
+            let want = recv_in_round(&self.comm, p, &mut first_err)?;
             if let Some((id, reader)) = &offered {
                 let data = match want {
                     CopyMsg::Want { missing } => partner::data_msg(reader, me, *id, &missing)
                         .unwrap_or_else(|e| CopyMsg::Failed(e.to_string())),
                     CopyMsg::Failed(m) => CopyMsg::Failed(format!("partner refused: {m}")),
+                    // The partner waits for data after a valid offer: tell it.
                     other => {
-                        return Err(LevelError::Protocol {
+                        let detail = format!("expected a want list, got {}", kind(&other));
+                        first_err.get_or_insert(LevelError::Protocol {
                             rank: Rank(p),
-                            detail: format!("expected a want list, got {}", kind(&other)),
-                        })
+                            detail: detail.clone(),
+                        });
+                        CopyMsg::Failed(detail)
                     }
                 };
                 if let CopyMsg::Data { chunks, .. } = &data {
@@ -717,31 +724,30 @@ impl NodeLevels {
         // 4. Install the data of the sources that offered (a source whose offer failed
         // sends nothing more; waiting for it would hang the round).
         for &s in &offering {
-            match partner::recv(&self.comm, s, TAG_COPY) {
-                Ok(CopyMsg::Data {
+            match recv_in_round(&self.comm, s, &mut first_err)? {
+                CopyMsg::Data {
                     subject,
                     local,
                     chunks,
                     files,
-                }) if subject == s => {
+                } if subject == s => {
                     if let Err(e) = self.install_mirror(s, local, &chunks, &files) {
                         first_err.get_or_insert(e);
                     }
                 }
                 // The source's data failed, or this rank refused its offer.
-                Ok(CopyMsg::Failed(m)) => {
+                CopyMsg::Failed(m) => {
                     first_err.get_or_insert(LevelError::Peer {
                         rank: Rank(s),
                         message: m,
                     });
                 }
-                Ok(other) => {
-                    return Err(LevelError::Protocol {
+                other => {
+                    first_err.get_or_insert(LevelError::Protocol {
                         rank: Rank(s),
                         detail: format!("expected data, got {}", kind(&other)),
-                    })
+                    });
                 }
-                Err(e) => return Err(e),
             }
         }
         match first_err {
@@ -1677,6 +1683,26 @@ impl NodeLevels {
     }
 }
 
+/// Receives the next L2 exchange message from `from`. A message that does not decode is
+/// noted in `first_err` and read as a failure, so the round goes on to its end: every
+/// rank still sends and receives each message of the exchange (`CopyMsg` carries no
+/// round number; returning early would leave the partner waiting for an answer, and
+/// its message unread into the next round). Only a communication failure returns.
+fn recv_in_round(
+    comm: &Comm,
+    from: u32,
+    first_err: &mut Option<LevelError>,
+) -> Result<CopyMsg, LevelError> {
+    match partner::recv(comm, from, TAG_COPY) {
+        Err(e @ LevelError::Protocol { .. }) => {
+            let m = e.to_string();
+            first_err.get_or_insert(e);
+            Ok(CopyMsg::Failed(m))
+        }
+        other => other,
+    }
+}
+
 /// Installs a checkpoint sent by (or rebuilt from) other ranks into the level repository
 /// `repo` (chunks, manifests, then COMMIT). An existing checkpoint of that id with other
 /// content is a copy of an abandoned run when `history` (the job's path) does not admit
@@ -2131,6 +2157,86 @@ mod tests {
         .unwrap();
         let want: Vec<Vec<u8>> = second.into_iter().map(|(_, d)| d).collect();
         assert!(got == want, "restored bytes differ from the second round's");
+    }
+
+    /// An L2 exchange message that does not decode (rank 2 plays a broken peer: garbage
+    /// for its offer, then the rest of the exchange as the protocol says) fails the
+    /// round on every rank, and the round ends: the old exchange returned on rank 0 at
+    /// once, leaving rank 2 waiting for its answer and every rank waiting in the outcome
+    /// exchange. The next round, every rank honest, succeeds: no message of the bad round
+    /// is left to be misread (CopyMsg carries no round number).
+    #[test]
+    fn a_malformed_partner_message_fails_the_round_without_a_hang_and_the_next_round_succeeds() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        let due = Due {
+            l1: true,
+            l2: true,
+            l3: false,
+            l4: false,
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let got = lazarus_net::local(4, |comm| {
+                let me = comm.rank().0;
+                let mut levels = open(comm.clone(), &root);
+                let mut data = vec![0u8; BYTES];
+                noise(u64::from(me) + 1, &mut data);
+                let mut outcomes = Vec::new();
+                for round in 0..2 {
+                    let seq = levels.take_seq();
+                    let meta = CommitMeta {
+                        step: seq,
+                        app: Default::default(),
+                    };
+                    let r = if me == 2 && round == 0 {
+                        let tag = lazarus_net::Tag::checkpoint(TAG_COPY);
+                        comm.send_bytes(Rank(0), tag, b"not a copy message".to_vec())
+                            .unwrap();
+                        let offer = partner::recv(&comm, 0, TAG_COPY).unwrap();
+                        assert!(matches!(offer, CopyMsg::Offer { .. }), "{offer:?}");
+                        let want = CopyMsg::Want { missing: vec![] };
+                        partner::send(&comm, 0, TAG_COPY, &want).unwrap();
+                        let answer = partner::recv(&comm, 0, TAG_COPY).unwrap();
+                        assert!(matches!(answer, CopyMsg::Failed(_)), "{answer:?}");
+                        let data = partner::recv(&comm, 0, TAG_COPY).unwrap();
+                        assert!(matches!(data, CopyMsg::Data { .. }), "{data:?}");
+                        let mine: Result<(), String> = Err("broken peer".into());
+                        let _: Vec<Result<(), String>> =
+                            exchange::all_of(&comm, exchange::TAG_OUTCOME, seq, &mine).unwrap();
+                        Err("broken peer".to_string())
+                    } else {
+                        levels
+                            .checkpoint(seq, &[spec(&data)], &meta, due)
+                            .map(|_| ())
+                            .map_err(|e| e.to_string())
+                    };
+                    outcomes.push(r);
+                }
+                outcomes
+            });
+            let _ = tx.send(got);
+        });
+        let got = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the round with a malformed message hung")
+            .unwrap();
+        for (r, outcomes) in got.iter().enumerate() {
+            let bad = outcomes[0]
+                .as_ref()
+                .expect_err("the bad round fails everywhere");
+            if r == 0 {
+                assert!(
+                    bad.contains("rank 2") && bad.contains("copy message"),
+                    "{bad}"
+                );
+            }
+            assert!(
+                outcomes[1].is_ok(),
+                "rank {r}, next round: {:?}",
+                outcomes[1]
+            );
+        }
     }
 
     /// One L1 + L2 round of 4 ranks on `hosts` (rank -> host name) under the record
