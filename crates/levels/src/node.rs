@@ -910,7 +910,12 @@ impl NodeLevels {
                     Err(e) => ParityMsg::Failed(e.clone()),
                 }
             } else {
-                l3::recv(&self.comm, u, TAG_PARITY)?
+                // One that does not decode is this member's failure, not the end of the
+                // loop: the others' messages must still be received.
+                match l3::recv(&self.comm, u, TAG_PARITY) {
+                    Err(e @ LevelError::Protocol { .. }) => ParityMsg::Failed(e.to_string()),
+                    other => other?,
+                }
             };
             // Every member's message is received whatever fails, so no message of this
             // round is left behind for the next one.
@@ -2230,6 +2235,79 @@ mod tests {
                     bad.contains("rank 2") && bad.contains("copy message"),
                     "{bad}"
                 );
+            }
+            assert!(
+                outcomes[1].is_ok(),
+                "rank {r}, next round: {:?}",
+                outcomes[1]
+            );
+        }
+    }
+
+    /// A parity update that does not decode (rank 0, a member and holder of group
+    /// {0, 1, 2} on three hosts, sends garbage to holder 1 instead of its update) fails
+    /// the round, and holder 1 still receives member 2's update: the old loop returned at
+    /// the garbage and left that update to be misread by the next round, which failed
+    /// too. The next round, every rank honest, must succeed.
+    #[test]
+    fn a_malformed_parity_update_fails_only_its_round() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        let due = Due {
+            l1: true,
+            l2: false,
+            l3: true,
+            l4: false,
+        };
+        let got = lazarus_net::local(6, |comm| {
+            let me = comm.rank().0;
+            let host = format!("sim{}", me % 3);
+            let levels = Levels::new().l1(1).l3(1).l4(0);
+            let mut levels =
+                NodeLevels::open(comm.clone(), levels, root.clone(), host, opts(), 2, 0, None)
+                    .unwrap();
+            assert_eq!(levels.groups, vec![vec![0, 1, 2], vec![3, 4, 5]]);
+            let mut data = vec![0u8; BYTES];
+            noise(u64::from(me) + 1, &mut data);
+            let mut outcomes = Vec::new();
+            for round in 0..2 {
+                let seq = levels.take_seq();
+                let meta = CommitMeta {
+                    step: seq,
+                    app: Default::default(),
+                };
+                let r = if me == 0 && round == 0 {
+                    let none: Option<Base> = None;
+                    let _: Vec<Option<Base>> =
+                        exchange::all_of(&comm, exchange::TAG_BASES, seq, &none).unwrap();
+                    let tag = lazarus_net::Tag::checkpoint(TAG_PARITY);
+                    comm.send_bytes(Rank(1), tag, b"not a parity update".to_vec())
+                        .unwrap();
+                    for u in [1, 2] {
+                        let m = l3::recv(&comm, u, TAG_PARITY).unwrap();
+                        assert!(matches!(m, ParityMsg::Update { .. }), "{m:?}");
+                    }
+                    let mine: Result<(), String> = Err("broken peer".into());
+                    let _: Vec<Result<(), String>> =
+                        exchange::all_of(&comm, exchange::TAG_OUTCOME, seq, &mine).unwrap();
+                    Err("broken peer".to_string())
+                } else {
+                    levels
+                        .checkpoint(seq, &[spec(&data)], &meta, due)
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                };
+                outcomes.push(r);
+            }
+            outcomes
+        })
+        .unwrap();
+        for (r, outcomes) in got.iter().enumerate() {
+            let bad = outcomes[0]
+                .as_ref()
+                .expect_err("the bad round fails everywhere");
+            if r == 1 {
+                assert!(bad.contains("rank 0"), "{bad}");
             }
             assert!(
                 outcomes[1].is_ok(),
