@@ -19,7 +19,7 @@
 
 use lazarus_coord::{AlignedRuntime, Committed, RoundError, StartedRound};
 use lazarus_format::{CheckpointId, ObjectSpec};
-use lazarus_levels::{Due, LevelError, LevelReceipt, NodeLevels};
+use lazarus_levels::{Due, L1Capture, LevelError, LevelReceipt, NodeLevels};
 use lazarus_store::CommitMeta;
 use std::time::{Duration, Instant};
 
@@ -29,6 +29,9 @@ pub(crate) struct LevelTask {
     pub levels: NodeLevels,
     pub seq: u64,
     pub due: Due,
+    /// The L1 checkpoint begun at the capture (an incremental capture or one over the
+    /// staging budget), `None` for a whole staged copy.
+    pub captured: Option<L1Capture>,
 }
 
 /// One flush handed to the worker (or, if the worker is gone, back to the Job).
@@ -71,13 +74,36 @@ pub(crate) type Outcomes = (
 /// (a durable round that failed to begin is reported as such, after the level round).
 pub(crate) fn rounds(
     runtime: &mut AlignedRuntime,
-    levels: Option<(&mut NodeLevels, u64, Due)>,
+    levels: Option<(&mut NodeLevels, u64, Due, Option<L1Capture>)>,
     begun: Option<Result<StartedRound, RoundError>>,
     objects: &[ObjectSpec<'_>],
     meta: &CommitMeta,
 ) -> Outcomes {
-    let level = levels.map(|(l, seq, due)| l.checkpoint(seq, objects, meta, due));
-    let result = begun.map(|b| b.and_then(|b| runtime.complete_round(b, Ok(objects), meta)));
+    let fast = levels.is_some();
+    let level = levels
+        .map(|(l, seq, due, captured)| l.checkpoint_captured(seq, captured, objects, meta, due));
+    let result = begun.map(|b| {
+        b.and_then(|b| {
+            if fast {
+                // A change hint follows the write that confirms it last; with a level
+                // round in the same checkpoint that must be the L1 write, which every
+                // checkpoint with levels makes, so the next capture is incremental
+                // against L1 (L4 is rare: its part is hashed in full, as it would be
+                // against a base many checkpoints old).
+                let plain: Vec<ObjectSpec<'_>> = objects
+                    .iter()
+                    .map(|o| ObjectSpec {
+                        info: o.info.clone(),
+                        data: std::borrow::Cow::Borrowed(&o.data),
+                        hint: None,
+                    })
+                    .collect();
+                runtime.complete_round(b, Ok(&plain), meta)
+            } else {
+                runtime.complete_round(b, Ok(objects), meta)
+            }
+        })
+    });
     (level, result)
 }
 
@@ -95,11 +121,11 @@ pub(crate) fn run(t: Task) -> Done {
         keep,
     } = t;
     let (mut levels, seq_due) = match levels {
-        Some(l) => (Some(l.levels), Some((l.seq, l.due))),
+        Some(l) => (Some(l.levels), Some((l.seq, l.due, l.captured))),
         None => (None, None),
     };
     let level_args = match (levels.as_mut(), seq_due) {
-        (Some(l), Some((seq, due))) => Some((l, seq, due)),
+        (Some(l), Some((seq, due, captured))) => Some((l, seq, due, captured)),
         _ => None,
     };
     let (level, result) = rounds(&mut runtime, level_args, begun.map(Ok), &objects, &meta);

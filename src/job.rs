@@ -13,7 +13,7 @@ use lazarus_coord::{
 use lazarus_files::{Files, FilesConfig, FilesError};
 use lazarus_format::{count, CheckpointId, LoadedObject, Rank};
 pub use lazarus_levels::Levels;
-use lazarus_levels::{Due, LevelClock, LoadOutcome, NodeLevels};
+use lazarus_levels::{Due, L1Capture, LevelClock, LevelError, LoadOutcome, NodeLevels};
 use lazarus_net::Comm;
 use lazarus_policy::{EveryInterval, EverySteps, Opportunity, Policy};
 use lazarus_state::Checkpoint;
@@ -1484,27 +1484,44 @@ impl Job {
         } else {
             None
         };
+        let mut objects = objects;
         if let (Some(seq), true) = (seq, background) {
-            let fits = capture::borrowed_bytes(&objects) <= self.staging_budget;
-            if fits && !matches!(begun, Some(Err(_))) {
-                drop(snap);
-                return self.levels_in_background(
-                    objects,
-                    meta,
-                    started,
-                    (seq, due),
-                    begun.and_then(Result::ok),
-                );
+            if !matches!(begun, Some(Err(_))) {
+                let pool = &mut self.pool;
+                match level_capture(&mut self.levels, pool, self.staging_budget, objects, due) {
+                    LevelCapture::Staged {
+                        staged,
+                        captured,
+                        l1,
+                    } => {
+                        drop(snap);
+                        let fast = Some((seq, due, l1.map(|c| *c)));
+                        let begun = begun.and_then(Result::ok);
+                        return self.hand_off(staged, captured, begun, fast, meta, started);
+                    }
+                    LevelCapture::Synchronous(o) => objects = o,
+                    LevelCapture::Failed(source) => {
+                        // This rank's level round still runs (it is collective), failed.
+                        fail_rounds(
+                            &mut self.levels,
+                            &mut self.runtime,
+                            self.lost,
+                            &source.to_string(),
+                            &meta,
+                            due,
+                        )?;
+                        return Err(JobError::Level { step, source });
+                    }
+                }
             }
         }
-        let mut objects = objects;
         if let Some(s) = &snap {
             objects.extend(s.objects());
         }
         let (fast, round) = match (seq, self.levels.as_mut()) {
             (Some(seq), Some(l)) => {
                 let rt = held(&mut self.runtime, self.lost)?;
-                let levels = due.fast().then_some((l, seq, due));
+                let levels = due.fast().then_some((l, seq, due, None));
                 let (fast, round) = flush::rounds(rt, levels, begun, &objects, &meta);
                 (
                     fast.map(|r| r.map_err(|source| JobError::Level { step, source })),
@@ -1654,7 +1671,7 @@ impl Job {
         staged: Vec<lazarus_format::ObjectSpec<'static>>,
         captured: u64,
         mut begun: Option<StartedRound>,
-        fast: Option<(u64, Due)>,
+        fast: Option<(u64, Due, Option<L1Capture>)>,
         meta: CommitMeta,
         started: Instant,
     ) -> Result<CheckpointId, JobError> {
@@ -1663,9 +1680,9 @@ impl Job {
         if let Some(b) = &mut begun {
             b.set_stall(stall);
         }
-        let checkpoint = match (&begun, fast) {
+        let checkpoint = match (&begun, &fast) {
             (Some(b), _) => b.checkpoint(),
-            (None, Some((seq, _))) => CheckpointId(seq),
+            (None, Some((seq, _, _))) => CheckpointId(*seq),
             (None, None) => {
                 return Err(JobError::Config("no level due for this checkpoint".into()))
             }
@@ -1676,11 +1693,15 @@ impl Job {
         let Some(runtime) = self.runtime.take() else {
             return Err(JobError::FlushLost { checkpoint });
         };
+        let due = fast.as_ref().map(|(_, due, _)| *due);
         let levels = match fast {
-            Some((seq, due)) if due.fast() => {
-                self.levels
-                    .take()
-                    .map(|levels| LevelTask { levels, seq, due })
+            Some((seq, due, captured)) if due.fast() => {
+                self.levels.take().map(|levels| LevelTask {
+                    levels,
+                    seq,
+                    due,
+                    captured,
+                })
             }
             _ => None,
         };
@@ -1697,7 +1718,7 @@ impl Job {
             step,
             stall,
             captured,
-            due: fast.map(|(_, due)| due),
+            due,
         };
         self.submit(task, info)?;
         Ok(checkpoint)
@@ -1716,24 +1737,6 @@ impl Job {
             self.absorb(Ok(Some((info, done))))?;
         }
         Ok(())
-    }
-
-    /// The asynchronous checkpoint of a Job with fast levels (docs/LEVELS.md): the state
-    /// is copied into staging (it fits the staging budget), the durable round was begun
-    /// by the caller when L4 is due (`begun`: the `part` output marker is at the call),
-    /// and the flush takes the levels and the runtime: level round, then the rest of the
-    /// durable round, in the background.
-    fn levels_in_background(
-        &mut self,
-        objects: Vec<lazarus_format::ObjectSpec<'_>>,
-        meta: CommitMeta,
-        started: Instant,
-        (seq, due): (u64, Due),
-        begun: Option<StartedRound>,
-    ) -> Result<CheckpointId, JobError> {
-        let captured = capture::borrowed_bytes(&objects);
-        let staged = capture::stage(objects, std::mem::take(&mut self.pool));
-        self.hand_off(staged, captured, begun, Some((seq, due)), meta, started)
     }
 
     /// The capture after the round began (`begun`), for an incremental capture or a
@@ -1846,6 +1849,116 @@ impl Job {
             source,
         }
     }
+}
+
+/// The capture of an asynchronous checkpoint of a [`Job`] with fast levels
+/// (docs/LEVELS.md, "Asynchronous level rounds"); the flush then takes the levels and
+/// the runtime (level round, then the rest of the durable round begun by the caller
+/// when L4 is due).
+///
+/// A whole copy into staging when the state fits the staging budget and no
+/// incremental capture is possible. Otherwise, when L4 is not due (the usual case
+/// with L4 rare), this rank's next L1 checkpoint is begun now ([`L1Capture`]), and
+/// either only the chunks changed since the previous L1 checkpoint are copied (the
+/// part names the others by digest, as the durable path does), or, over the budget,
+/// what fits is copied and the tails are written into L1 inside the call. Over the
+/// budget with L4 due, the checkpoint is written synchronously
+/// ([`LevelCapture::Synchronous`]): the durable part and the L1 part cannot share
+/// tails written ahead into one repository. A capture that fails after it began
+/// (the L1 write ahead: a full node-local disk) is [`LevelCapture::Failed`].
+fn level_capture<'a>(
+    levels: &mut Option<NodeLevels>,
+    pool_of_job: &mut Vec<Vec<u8>>,
+    budget: u64,
+    objects: Vec<lazarus_format::ObjectSpec<'a>>,
+    due: Due,
+) -> LevelCapture<'a> {
+    let full = capture::borrowed_bytes(&objects);
+    let Some(levels) = levels.as_mut() else {
+        return LevelCapture::Synchronous(objects);
+    };
+    let pool = std::mem::take(pool_of_job);
+    let base = if due.l4 {
+        None
+    } else {
+        capture::incremental_base(levels.l1_base(), &objects)
+    };
+    if base.is_none() && full <= budget {
+        return LevelCapture::Staged {
+            staged: capture::stage(objects, pool),
+            captured: full,
+            l1: None,
+        };
+    }
+    if due.l4 {
+        *pool_of_job = pool;
+        return LevelCapture::Synchronous(objects);
+    }
+    let mut l1 = match levels.begin_capture() {
+        Ok(c) => c,
+        // The synchronous round meets the same error and reports it.
+        Err(e) => {
+            tracing::debug!("levels: beginning the L1 capture: {e}");
+            *pool_of_job = pool;
+            return LevelCapture::Synchronous(objects);
+        }
+    };
+    let l1_error = |source| LevelError::Store {
+        level: "L1 node-local",
+        source,
+    };
+    if let Some(base) = base {
+        let unchanged = capture::unchanged_since(l1.writer(), Rank(0), &objects, base);
+        let sparse = capture::sparse_bytes(&objects, &unchanged);
+        if sparse <= budget {
+            let staged = match capture::stage_sparse(objects, pool, &unchanged) {
+                Ok(s) => s,
+                Err(e) => {
+                    levels.abort_capture(l1);
+                    return LevelCapture::Failed(l1_error(e));
+                }
+            };
+            for u in unchanged.into_iter().flatten() {
+                if let Err(e) = l1.reuse(u) {
+                    levels.abort_capture(l1);
+                    return LevelCapture::Failed(e);
+                }
+            }
+            return LevelCapture::Staged {
+                staged,
+                captured: sparse,
+                l1: Some(Box::new(l1)),
+            };
+        }
+    }
+    let chunk = l1.writer().chunk_size();
+    let (heads, tails) = capture::split(objects, budget, chunk);
+    if let Err(e) = l1.write_ahead(&tails) {
+        levels.abort_capture(l1);
+        return LevelCapture::Failed(e);
+    }
+    drop(tails);
+    let captured = capture::borrowed_bytes(&heads);
+    LevelCapture::Staged {
+        staged: capture::stage(heads, pool),
+        captured,
+        l1: Some(Box::new(l1)),
+    }
+}
+
+/// What [`level_capture`] did with the state.
+enum LevelCapture<'a> {
+    /// Captured: the staged objects (whole, sparse or heads only), the bytes copied, and
+    /// the L1 checkpoint begun for them (`None` for a whole copy).
+    Staged {
+        staged: Vec<lazarus_format::ObjectSpec<'static>>,
+        captured: u64,
+        l1: Option<Box<L1Capture>>,
+    },
+    /// Not captured: written inside the call, as a synchronous checkpoint.
+    Synchronous(Vec<lazarus_format::ObjectSpec<'a>>),
+    /// The capture failed on this rank after it began (nothing staged).
+    Failed(LevelError),
 }
 
 /// The runtime the Job holds (no flush in flight), or why it has none.

@@ -170,6 +170,57 @@ pub struct NodeLevels {
     /// True once this world's first checkpoint on every configured fast level removed
     /// the copies no rank of this world writes any more (crate `nm`, docs/LEVELS.md).
     tidied: bool,
+    /// This rank's newest L1 checkpoint written by this process and committed: what an
+    /// incremental capture is relative to ([`NodeLevels::begin_capture`]).
+    l1_base: Option<CheckpointId>,
+    /// The highest L1 number any copy of this rank's part holds (its own L1, a partner
+    /// mirror, a parity record; abandoned runs included): this rank's L1 numbers above
+    /// it, so a partner mirror is never offered a number it already holds (a new host's
+    /// L1 starts empty; restarting its numbers at 1 would collide with the mirror).
+    l1_floor: u64,
+}
+
+/// This rank's next L1 checkpoint, begun at the capture of an asynchronous checkpoint
+/// (issue #16 with fast levels, docs/LEVELS.md "Asynchronous level rounds"), so the capture
+/// can copy only what the part writer needs: chunks unchanged since the previous L1
+/// checkpoint are named by digest ([`L1Capture::reuse`]), and a state over the staging
+/// budget has its tails written ahead into L1 inside the call
+/// ([`L1Capture::write_ahead`]). Give it to [`NodeLevels::checkpoint_captured`], or
+/// [`NodeLevels::abort_capture`].
+pub struct L1Capture {
+    pending: lazarus_store::PendingCheckpoint,
+    writer: lazarus_store::PartWriter,
+    ahead: lazarus_store::WrittenAhead,
+}
+
+impl L1Capture {
+    /// The writer of the L1 part (its chunk size and fingerprint cache decide what an
+    /// incremental capture may skip: `lazarus_coord::capture::unchanged_since` with
+    /// [`Rank`] 0, the one rank of a level repository).
+    pub fn writer(&self) -> &lazarus_store::PartWriter {
+        &self.writer
+    }
+
+    /// Names an object's unchanged chunks by digest (the object given to the round then
+    /// holds only its other chunks).
+    pub fn reuse(&mut self, u: lazarus_store::Unchanged) -> Result<(), LevelError> {
+        self.ahead.reuse(u).map_err(LevelError::l1)
+    }
+
+    /// Writes the tails of a state over the staging budget into L1 now (durable on
+    /// return); the round later writes the heads and the part. Once per capture.
+    pub fn write_ahead(&mut self, tails: &[(ObjectSpec<'_>, u64)]) -> Result<(), LevelError> {
+        if !self.ahead.is_empty() {
+            return Err(LevelError::Config(
+                "L1 capture: tails written ahead twice or after reused chunks".into(),
+            ));
+        }
+        self.ahead = self
+            .writer
+            .write_ahead(Rank(0), tails)
+            .map_err(LevelError::l1)?;
+        Ok(())
+    }
 }
 
 /// What one host's node-local directory holds.
@@ -258,6 +309,19 @@ impl NodeLevels {
             .unwrap_or(0)
             .max(dseq)
             + 1;
+        let l1_floor = held
+            .iter()
+            .filter(|c| c.subject == me)
+            .map(|c| c.local)
+            .chain(parity.iter().flat_map(|p| {
+                p.members
+                    .iter()
+                    .zip(&p.locals)
+                    .filter(|(m, _)| **m == me)
+                    .map(|(_, l)| *l)
+            }))
+            .max()
+            .unwrap_or(0);
         let mut history = history;
         comm.broadcast(Rank(0), &mut history)?;
         let mut lineage = if me == 0 {
@@ -325,6 +389,8 @@ impl NodeLevels {
             member_state: None,
             holder_state: None,
             tidied: false,
+            l1_base: None,
+            l1_floor,
         })
     }
 
@@ -453,7 +519,9 @@ impl NodeLevels {
             let p = self
                 .host_dir(&self.hosts[self.me() as usize])
                 .join(dir_of(self.me(), true));
-            self.own = Some(Repository::open(&p, self.options.clone()).map_err(LevelError::l1)?);
+            let mut repo = Repository::open(&p, self.options.clone()).map_err(LevelError::l1)?;
+            repo.number_above(self.l1_floor).map_err(LevelError::l1)?;
+            self.own = Some(repo);
         }
         // Just set if it was None.
         self.own
@@ -511,13 +579,64 @@ impl NodeLevels {
         meta: &CommitMeta,
         due: Due,
     ) -> Result<LevelReceipt, LevelError> {
+        self.checkpoint_captured(seq, None, objects, meta, due)
+    }
+
+    /// Begins this rank's next L1 checkpoint for a capture ([`L1Capture`]). Not
+    /// collective. Refused while another capture is begun and not yet given to a round
+    /// or aborted.
+    pub fn begin_capture(&mut self) -> Result<L1Capture, LevelError> {
+        let repo = self.own_repo()?;
+        let pending = repo.begin(1).map_err(LevelError::l1)?;
+        let writer = pending.part_writer();
+        Ok(L1Capture {
+            pending,
+            writer,
+            ahead: Default::default(),
+        })
+    }
+
+    /// This rank's newest L1 checkpoint written by this process and committed, if the
+    /// last L1 write succeeded: the base an incremental capture may be relative to
+    /// (`lazarus_coord::capture::incremental_base`; the part writer's fingerprint cache
+    /// then decides chunk by chunk).
+    pub fn l1_base(&self) -> Option<CheckpointId> {
+        self.l1_base
+    }
+
+    /// Abandons a capture that will not be written (its tails written ahead are swept
+    /// by the next L1 retention).
+    pub fn abort_capture(&mut self, capture: L1Capture) {
+        let id = capture.pending.id();
+        if let Err(e) = self
+            .own_repo()
+            .and_then(|r| r.abort(capture.pending).map_err(LevelError::l1))
+        {
+            tracing::warn!("levels: abandoning L1 checkpoint {id}: {e}");
+        }
+    }
+
+    /// [`NodeLevels::checkpoint`] of a state captured with `captured` (from
+    /// [`NodeLevels::begin_capture`]): `objects` are the staged objects, sparse or heads
+    /// only as the capture left them; the L1 part is written into the checkpoint begun
+    /// then. `None`: an ordinary round.
+    pub fn checkpoint_captured(
+        &mut self,
+        seq: u64,
+        captured: Option<L1Capture>,
+        objects: &[ObjectSpec<'_>],
+        meta: &CommitMeta,
+        due: Due,
+    ) -> Result<LevelReceipt, LevelError> {
         let mut receipt = LevelReceipt::default();
         let t0 = Instant::now();
-        let written = self.write_l1(seq, objects, meta).map(|(id, part)| {
-            receipt.logical_bytes = part.logical_bytes;
-            receipt.written_bytes = part.stored_new_bytes;
-            id
-        });
+        let written = self
+            .write_l1(seq, captured, objects, meta)
+            .map(|(id, part)| {
+                receipt.logical_bytes = part.logical_bytes;
+                receipt.written_bytes = part.stored_new_bytes;
+                id
+            });
         receipt.l1 = t0.elapsed();
         let t1 = Instant::now();
         let local = written.as_ref().ok().copied();
@@ -574,13 +693,25 @@ impl NodeLevels {
     fn write_l1(
         &mut self,
         seq: u64,
+        captured: Option<L1Capture>,
         objects: &[ObjectSpec<'_>],
         meta: &CommitMeta,
     ) -> Result<(CheckpointId, lazarus_store::PartReceipt), LevelError> {
         let (me, world) = (self.me(), self.comm.size());
+        // Any failure below: the next capture is a full one.
+        self.l1_base = None;
+        let captured = match captured {
+            Some(c) => c,
+            None => self.begin_capture()?,
+        };
         let repo = self.own_repo()?;
-        let pending = repo.begin(1).map_err(LevelError::l1)?;
-        let part = pending.part_writer().write(Rank(0), objects);
+        let L1Capture {
+            pending,
+            writer,
+            ahead,
+            ..
+        } = captured;
+        let part = writer.write_with(Rank(0), objects, &ahead);
         let part = match part {
             Ok(p) => p,
             Err(e) => {
@@ -595,6 +726,7 @@ impl NodeLevels {
         let done = repo
             .commit(pending, vec![part.clone()], m)
             .map_err(LevelError::l1)?;
+        self.l1_base = Some(done.summary.id);
         lazarus_store::failpoint("levels_after_l1_commit");
         Ok((done.summary.id, part))
     }
@@ -650,7 +782,7 @@ impl NodeLevels {
         }
         // 2. Answer every source's offer.
         let mut first_err: Option<LevelError> = None;
-        // The sources that offered: one whose offer failed sends nothing more.
+        // The sources whose offer this rank accepted (their data is installed).
         let mut offering: Vec<u32> = Vec::with_capacity(sources.len());
         for &s in &sources {
             let offer = recv_in_round(&self.comm, s, &mut first_err)?;
@@ -678,7 +810,8 @@ impl NodeLevels {
                     CopyMsg::Failed("no offer".into())
                 }
                 other => {
-                    // Answered, so the source is not left waiting; it sends nothing more.
+                    // Answered, so the source is not left waiting; what it sends next is
+                    // read and dropped.
                     offering.retain(|o| *o != s);
                     let detail = format!("expected an offer, got {}", kind(&other));
                     first_err.get_or_insert(LevelError::Protocol {
@@ -690,41 +823,47 @@ impl NodeLevels {
             };
             partner::send(&self.comm, s, TAG_COPY, &answer)?;
         }
-        // 3. Send what the partner lacks.
+        // 3. Send what the partner lacks. Every source sends this third message, offer
+        // or not (`Failed` then), so the partner reads exactly one from each source
+        // whatever it made of the offer: the pattern never depends on a message's content.
         let mut sent = 0u64;
         if let Some(p) = partner {
             let want = recv_in_round(&self.comm, p, &mut first_err)?;
-            if let Some((id, reader)) = &offered {
-                let data = match want {
-                    CopyMsg::Want { missing } => partner::data_msg(reader, me, *id, &missing)
-                        .unwrap_or_else(|e| CopyMsg::Failed(e.to_string())),
-                    CopyMsg::Failed(m) => CopyMsg::Failed(format!("partner refused: {m}")),
-                    // The partner waits for data after a valid offer: tell it.
-                    other => {
-                        let detail = format!("expected a want list, got {}", kind(&other));
-                        first_err.get_or_insert(LevelError::Protocol {
-                            rank: Rank(p),
-                            detail: detail.clone(),
-                        });
-                        CopyMsg::Failed(detail)
-                    }
-                };
-                if let CopyMsg::Data { chunks, .. } = &data {
-                    sent = chunks.iter().map(|(_, b)| b.len() as u64).sum();
+            let data = match (&offered, want) {
+                (None, _) => CopyMsg::Failed(format!("rank {me} offered no checkpoint")),
+                (Some((id, reader)), CopyMsg::Want { missing }) => {
+                    partner::data_msg(reader, me, *id, &missing)
+                        .unwrap_or_else(|e| CopyMsg::Failed(e.to_string()))
                 }
-                if let CopyMsg::Failed(m) = &data {
-                    first_err.get_or_insert(LevelError::Peer {
+                (Some(_), CopyMsg::Failed(m)) => CopyMsg::Failed(format!("partner refused: {m}")),
+                (Some(_), other) => {
+                    let detail = format!("expected a want list, got {}", kind(&other));
+                    first_err.get_or_insert(LevelError::Protocol {
                         rank: Rank(p),
-                        message: m.clone(),
+                        detail: detail.clone(),
                     });
+                    CopyMsg::Failed(detail)
                 }
-                partner::send(&self.comm, p, TAG_COPY, &data)?;
+            };
+            if let CopyMsg::Data { chunks, .. } = &data {
+                sent = chunks.iter().map(|(_, b)| b.len() as u64).sum();
             }
+            if let (CopyMsg::Failed(m), Some(_)) = (&data, &offered) {
+                first_err.get_or_insert(LevelError::Peer {
+                    rank: Rank(p),
+                    message: m.clone(),
+                });
+            }
+            partner::send(&self.comm, p, TAG_COPY, &data)?;
         }
-        // 4. Install the data of the sources that offered (a source whose offer failed
-        // sends nothing more; waiting for it would hang the round).
-        for &s in &offering {
-            match recv_in_round(&self.comm, s, &mut first_err)? {
+        // 4. One message from every source; the data of those whose offer was accepted
+        // is installed (the others' failure is already the round's error).
+        for &s in &sources {
+            let msg = recv_in_round(&self.comm, s, &mut first_err)?;
+            if !offering.contains(&s) {
+                continue;
+            }
+            match msg {
                 CopyMsg::Data {
                     subject,
                     local,
@@ -1521,32 +1660,38 @@ impl NodeLevels {
         install_into(repo, local, chunks, files, history.as_ref())
     }
 
-    /// The chunks the mirror of `subject` lacks for its checkpoint `local`; resets a
-    /// mirror whose history diverged (it already holds the offered id or a newer one).
+    /// The chunks the mirror of `subject` lacks for its checkpoint `local`; first removes
+    /// from the mirror the checkpoints numbered `local` or above: another history's.
     ///
     /// A source offers each new L1 checkpoint once, under a number above every one it
-    /// offered before, so a mirror holding `local` already holds a checkpoint of another
-    /// history: the source's L1 started again (its host was lost and the job started
-    /// fresh or from an older copy). Resetting here, before the transfer, makes the round
-    /// succeed with a full copy; finding it only at install failed the round.
+    /// offered before and above every copy of its part found at open (`l1_floor`), so a
+    /// mirror holding `local` or above holds checkpoints of another history: one this
+    /// rank's L1 never saw (a host that was away when the job opened). Only those go,
+    /// before the transfer, so the round succeeds; the mirror's older checkpoints, which
+    /// may be what the last restore used, stay until retention. The chunks still present
+    /// are named by content, so they are right for the new checkpoint whoever wrote them.
     fn want(
         &mut self,
         subject: u32,
         local: u64,
         chunks: &[[u8; 32]],
     ) -> Result<Vec<[u8; 32]>, LevelError> {
-        let newest = {
-            let m = self.mirror(subject)?;
-            m.reader()
-                .and_then(|r| r.committed())
-                .map_err(LevelError::l2)?
-                .last()
-                .map(|c| c.id.0)
-        };
-        if newest.is_some_and(|n| n >= local) {
-            self.reset_mirror(subject)?;
-        }
         let m = self.mirror(subject)?;
+        let stale: Vec<CheckpointId> = m
+            .reader()
+            .and_then(|r| r.committed())
+            .map_err(LevelError::l2)?
+            .into_iter()
+            .map(|c| c.id)
+            .filter(|id| id.0 >= local)
+            .collect();
+        for id in stale {
+            tracing::info!(
+                "levels: {}: checkpoint {id} is another history's than rank {subject}'s L1; removed",
+                m.path().display()
+            );
+            m.remove_checkpoint(id).map_err(LevelError::l2)?;
+        }
         partner::missing(m.backend().as_ref(), chunks).map_err(LevelError::l2)
     }
 
@@ -1727,8 +1872,10 @@ fn install_into(
             .map_err(LoadOutcome::Store)?;
         Ok(installed == Installed::Diverged)
     };
+    // The L1 goes on numbering above the installed checkpoint, whatever it held before.
+    let numbered = |repo: &mut Repository| repo.number_above(local).map_err(LoadOutcome::Store);
     if !diverged(repo)? {
-        return Ok(());
+        return numbered(repo);
     }
     let id = CheckpointId(local);
     let abandoned = history.is_some_and(|h| {
@@ -1746,7 +1893,7 @@ fn install_into(
         );
         repo.remove_checkpoint(id).map_err(LoadOutcome::Store)?;
         if !diverged(repo)? {
-            return Ok(());
+            return numbered(repo);
         }
     }
     Err(LoadOutcome::Store(StoreError::new(
@@ -2103,14 +2250,13 @@ mod tests {
         .unwrap()
     }
 
-    /// Regression (multi_host `lost_host_is_rebuilt_from_partner_copies_on_other_hosts`):
-    /// host sim1 is lost before any checkpoint could be rebuilt, the job starts fresh, and
-    /// the new L1 of sim1's ranks numbers its first checkpoint 1 again while their partner
-    /// mirrors on sim0 still hold the abandoned run's checkpoint 1. The round used to
-    /// fail ("held another checkpoint 1"), ending the program; it must succeed and leave
-    /// mirrors that rebuild the new checkpoint.
-    #[test]
-    fn a_mirror_holding_the_offered_number_from_an_abandoned_run_is_replaced_in_the_same_round() {
+    /// Sim1's ranks lose their own L1 copies after one L1 + L2 round (the fresh start
+    /// after a host loss); their partner mirrors on sim0 keep checkpoint 1. With `away`,
+    /// those mirrors are out of sight while the levels open (their host was away) and
+    /// back for the round. The next round must succeed, and losing sim1 then must
+    /// rebuild ranks 2 and 3 from their mirrors with the new round's bytes. Returns the
+    /// L1 number rank 2 gave the new round and the numbers rank 2's mirror holds after it.
+    fn restart_l1_beside_its_mirror(away: bool) -> (u64, Vec<u64>) {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
         let due = Due {
@@ -2119,12 +2265,26 @@ mod tests {
             l3: false,
             l4: false,
         };
-        let round = |seed: u64| {
+        let mirrors = ["partner-of-2", "partner-of-3"];
+        let round = |seed: u64, hide: bool| {
             lazarus_net::local(4, |comm| {
-                let me = u64::from(comm.rank().0);
-                let mut levels = open(comm, root);
+                let me = comm.rank().0;
+                if hide && me == 0 {
+                    for m in mirrors {
+                        std::fs::rename(root.join("sim0").join(m), root.join(m)).unwrap();
+                    }
+                }
+                comm.barrier().unwrap();
+                let mut levels = open(comm.clone(), root);
+                comm.barrier().unwrap();
+                if hide && me == 0 {
+                    for m in mirrors {
+                        std::fs::rename(root.join(m), root.join("sim0").join(m)).unwrap();
+                    }
+                }
+                comm.barrier().unwrap();
                 let mut data = vec![0u8; BYTES];
-                noise(seed * 100 + me, &mut data);
+                noise(seed * 100 + u64::from(me), &mut data);
                 let seq = levels.take_seq();
                 let meta = CommitMeta {
                     step: seq,
@@ -2132,24 +2292,28 @@ mod tests {
                 };
                 levels
                     .checkpoint(seq, &[spec(&data)], &meta, due)
-                    .map(|_| (seq, data))
+                    .map(|_| (seq, data, levels.l1_base().map_or(0, |id| id.0)))
                     .map_err(|e| e.to_string())
             })
             .unwrap()
         };
-        for r in round(1) {
+        for r in round(1, false) {
             r.unwrap();
         }
-        // sim1 loses its ranks' own L1 copies (the fresh start after the host loss); the
-        // mirrors of ranks 2 and 3 on sim0 keep the old checkpoint 1.
         for d in ["rank-2", "rank-3"] {
             std::fs::remove_dir_all(root.join("sim1").join(d)).unwrap();
         }
-        let second: Vec<(u64, Vec<u8>)> = round(2)
+        let second: Vec<(u64, Vec<u8>, u64)> = round(2, away)
             .into_iter()
             .map(|r| r.expect("the round after the abandoned run"))
             .collect();
-        // Lose sim1 entirely: ranks 2 and 3 come back from their (replaced) mirrors.
+        let held: Vec<u64> = RepoReader::open(&root.join("sim0").join(mirrors[0]))
+            .unwrap()
+            .committed()
+            .unwrap()
+            .iter()
+            .map(|c| c.id.0)
+            .collect();
         std::fs::remove_dir_all(root.join("sim1")).unwrap();
         let got = lazarus_net::local(4, |comm| {
             let mut levels = open(comm, root);
@@ -2160,16 +2324,44 @@ mod tests {
             objects.into_iter().next().unwrap().data
         })
         .unwrap();
-        let want: Vec<Vec<u8>> = second.into_iter().map(|(_, d)| d).collect();
-        assert!(got == want, "restored bytes differ from the second round's");
+        let want: Vec<&Vec<u8>> = second.iter().map(|(_, d, _)| d).collect();
+        assert!(
+            got.iter().collect::<Vec<_>>() == want,
+            "restored bytes differ from the second round's"
+        );
+        (second[2].2, held)
     }
 
-    /// An L2 exchange message that does not decode (rank 2 plays a broken peer: garbage
-    /// for its offer, then the rest of the exchange as the protocol says) fails the
-    /// round on every rank, and the round ends: the old exchange returned on rank 0 at
-    /// once, leaving rank 2 waiting for its answer and every rank waiting in the outcome
-    /// exchange. The next round, every rank honest, succeeds: no message of the bad round
-    /// is left to be misread (CopyMsg carries no round number).
+    /// Regression (multi_host `lost_host_is_rebuilt_from_partner_copies_on_other_hosts`):
+    /// a new L1 beside a mirror that holds its part's checkpoint 1 used to number its
+    /// first checkpoint 1 again, and the round failed ("held another checkpoint 1"),
+    /// ending the program. Now the L1 numbers above every copy of its part found at open,
+    /// and the mirror keeps its older checkpoint (it may be what the restore used).
+    #[test]
+    fn a_new_l1_numbers_above_the_copies_of_its_part_and_the_round_succeeds() {
+        let (number, held) = restart_l1_beside_its_mirror(false);
+        assert_eq!(number, 2);
+        assert_eq!(held, vec![1, 2]);
+    }
+
+    /// The same with the mirror's host away while the levels opened: the new L1 offers
+    /// checkpoint 1, which the mirror holds from another history; the mirror drops its
+    /// checkpoints from that number on and takes the new one in the same round.
+    #[test]
+    fn a_mirror_holding_the_offered_number_from_another_history_is_replaced_in_the_same_round() {
+        let (number, held) = restart_l1_beside_its_mirror(true);
+        assert_eq!(number, 1);
+        assert_eq!(held, vec![1]);
+    }
+
+    /// A broken peer in the L2 exchange: rank 2 sends its partner (rank 0) garbage for
+    /// its offer in round 0, an offer for another rank's part in round 1, and otherwise
+    /// sends and receives what the protocol says. Each bad round fails on every rank and
+    /// ends (the old exchange returned on rank 0 at the garbage, leaving rank 2 waiting
+    /// for its answer and every rank waiting in the outcome exchange); the round after,
+    /// every rank honest, succeeds: no message of a bad round is left for the next to
+    /// misread (CopyMsg carries no round number; the wrong-subject offer's follow-up used
+    /// to be left unread).
     #[test]
     fn a_malformed_partner_message_fails_the_round_without_a_hang_and_the_next_round_succeeds() {
         let dir = tempfile::tempdir().unwrap();
@@ -2188,22 +2380,33 @@ mod tests {
                 let mut data = vec![0u8; BYTES];
                 noise(u64::from(me) + 1, &mut data);
                 let mut outcomes = Vec::new();
-                for round in 0..2 {
+                for round in 0..3 {
                     let seq = levels.take_seq();
                     let meta = CommitMeta {
                         step: seq,
                         app: Default::default(),
                     };
-                    let r = if me == 2 && round == 0 {
+                    let r = if me == 2 && round < 2 {
                         let tag = lazarus_net::Tag::checkpoint(TAG_COPY);
-                        comm.send_bytes(Rank(0), tag, b"not a copy message".to_vec())
-                            .unwrap();
+                        let bad = if round == 0 {
+                            b"not a copy message".to_vec()
+                        } else {
+                            let offer = CopyMsg::Offer {
+                                subject: 3,
+                                local: 1,
+                                chunks: vec![],
+                            };
+                            offer.encode()
+                        };
+                        comm.send_bytes(Rank(0), tag, bad).unwrap();
                         let offer = partner::recv(&comm, 0, TAG_COPY).unwrap();
                         assert!(matches!(offer, CopyMsg::Offer { .. }), "{offer:?}");
                         let want = CopyMsg::Want { missing: vec![] };
                         partner::send(&comm, 0, TAG_COPY, &want).unwrap();
                         let answer = partner::recv(&comm, 0, TAG_COPY).unwrap();
                         assert!(matches!(answer, CopyMsg::Failed(_)), "{answer:?}");
+                        let refused = CopyMsg::Failed("partner refused".into());
+                        partner::send(&comm, 0, TAG_COPY, &refused).unwrap();
                         let data = partner::recv(&comm, 0, TAG_COPY).unwrap();
                         assert!(matches!(data, CopyMsg::Data { .. }), "{data:?}");
                         let mine: Result<(), String> = Err("broken peer".into());
@@ -2224,22 +2427,21 @@ mod tests {
         });
         let got = rx
             .recv_timeout(Duration::from_secs(60))
-            .expect("the round with a malformed message hung")
+            .expect("a round with a malformed message hung")
             .unwrap();
         for (r, outcomes) in got.iter().enumerate() {
-            let bad = outcomes[0]
-                .as_ref()
-                .expect_err("the bad round fails everywhere");
-            if r == 0 {
-                assert!(
-                    bad.contains("rank 2") && bad.contains("copy message"),
-                    "{bad}"
-                );
+            for (round, what) in [(0, "copy message"), (1, "expected an offer")] {
+                let bad = outcomes[round]
+                    .as_ref()
+                    .expect_err("a bad round fails everywhere");
+                if r == 0 {
+                    assert!(bad.contains("rank 2") && bad.contains(what), "{bad}");
+                }
             }
             assert!(
-                outcomes[1].is_ok(),
+                outcomes[2].is_ok(),
                 "rank {r}, next round: {:?}",
-                outcomes[1]
+                outcomes[2]
             );
         }
     }

@@ -676,6 +676,17 @@ impl Repository {
         self.backend.delete_dir(&DirKey::Checkpoint(pending.id))?;
         self.backend.sync_dirs(&[DirKey::Checkpoints])
     }
+
+    /// Makes every checkpoint this handle begins from now on number above `id` (and
+    /// above every id present, as always). For a repository whose numbers must not
+    /// repeat ones held elsewhere: the multi-level layer's node-local copies, whose
+    /// numbers their partner copies reuse, started again on a new host.
+    pub fn number_above(&mut self, id: u64) -> Result<(), StoreError> {
+        let next = self.scan_next_id()?.max(id.saturating_add(1));
+        self.last_begun = self.last_begun.max(next - 1);
+        Ok(())
+    }
+
     /// Removes committed checkpoint `id` (COMMIT first, so a crash midway leaves an
     /// uncommitted directory, which the next [`Repository::retain`] removes, never a
     /// committed one with missing files). Its chunks stay until the next `retain`
