@@ -2354,6 +2354,31 @@ mod tests {
         assert_eq!(held, vec![1]);
     }
 
+    /// The broken peer's end of a round: it reports its failure in the outcome exchange.
+    fn broken_outcome(comm: &Comm, seq: u64) -> Result<(), String> {
+        let mine: Result<(), String> = Err("broken peer".into());
+        let _: Vec<Result<(), String>> =
+            exchange::all_of(comm, exchange::TAG_OUTCOME, seq, &mine).unwrap();
+        Err("broken peer".to_string())
+    }
+
+    /// An honest rank's round of checkpoint `seq` with `data`.
+    fn honest_round(
+        levels: &mut NodeLevels,
+        seq: u64,
+        data: &[u8],
+        due: Due,
+    ) -> Result<(), String> {
+        let meta = CommitMeta {
+            step: seq,
+            app: Default::default(),
+        };
+        levels
+            .checkpoint(seq, &[spec(data)], &meta, due)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
     /// A broken peer in the L2 exchange: rank 2 sends its partner (rank 0) garbage for
     /// its offer in round 0, an offer for another rank's part in round 1, and otherwise
     /// sends and receives what the protocol says. Each bad round fails on every rank and
@@ -2382,10 +2407,6 @@ mod tests {
                 let mut outcomes = Vec::new();
                 for round in 0..3 {
                     let seq = levels.take_seq();
-                    let meta = CommitMeta {
-                        step: seq,
-                        app: Default::default(),
-                    };
                     let r = if me == 2 && round < 2 {
                         let tag = lazarus_net::Tag::checkpoint(TAG_COPY);
                         let bad = if round == 0 {
@@ -2409,15 +2430,9 @@ mod tests {
                         partner::send(&comm, 0, TAG_COPY, &refused).unwrap();
                         let data = partner::recv(&comm, 0, TAG_COPY).unwrap();
                         assert!(matches!(data, CopyMsg::Data { .. }), "{data:?}");
-                        let mine: Result<(), String> = Err("broken peer".into());
-                        let _: Vec<Result<(), String>> =
-                            exchange::all_of(&comm, exchange::TAG_OUTCOME, seq, &mine).unwrap();
-                        Err("broken peer".to_string())
+                        broken_outcome(&comm, seq)
                     } else {
-                        levels
-                            .checkpoint(seq, &[spec(&data)], &meta, due)
-                            .map(|_| ())
-                            .map_err(|e| e.to_string())
+                        honest_round(&mut levels, seq, &data, due)
                     };
                     outcomes.push(r);
                 }
@@ -2474,10 +2489,6 @@ mod tests {
             let mut outcomes = Vec::new();
             for round in 0..2 {
                 let seq = levels.take_seq();
-                let meta = CommitMeta {
-                    step: seq,
-                    app: Default::default(),
-                };
                 let r = if me == 0 && round == 0 {
                     let none: Option<Base> = None;
                     let _: Vec<Option<Base>> =
@@ -2489,15 +2500,9 @@ mod tests {
                         let m = l3::recv(&comm, u, TAG_PARITY).unwrap();
                         assert!(matches!(m, ParityMsg::Update { .. }), "{m:?}");
                     }
-                    let mine: Result<(), String> = Err("broken peer".into());
-                    let _: Vec<Result<(), String>> =
-                        exchange::all_of(&comm, exchange::TAG_OUTCOME, seq, &mine).unwrap();
-                    Err("broken peer".to_string())
+                    broken_outcome(&comm, seq)
                 } else {
-                    levels
-                        .checkpoint(seq, &[spec(&data)], &meta, due)
-                        .map(|_| ())
-                        .map_err(|e| e.to_string())
+                    honest_round(&mut levels, seq, &data, due)
                 };
                 outcomes.push(r);
             }
