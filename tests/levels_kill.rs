@@ -127,7 +127,7 @@ fn worker(spec: &str) -> Result<(), Box<dyn Error>> {
             if job.flushing() {
                 eprintln!("levels: rank {me} dies with a checkpoint in flight");
             }
-            let host = format!("sim{}", me * 2 / comm.size());
+            let host = lazarus::levels::host_identity(me, comm.size())?;
             let lose_dir = |h: &str| {
                 if let Some(root) = std::env::var_os("LAZARUS_L1_DIR") {
                     let _ = std::fs::remove_dir_all(Path::new(&root).join(h));
@@ -550,6 +550,42 @@ fn lost_host_is_rebuilt_from_parity_without_partner_copies_or_the_repository() {
         levels_row(&level_tool(&["inspect", "--levels"], &l1, &repo), "24"),
         ["-", "4/4", "0/4", "4/4", "-"]
     );
+}
+
+/// `lazarus run --l3-group 2` (the group size K): 4 ranks on 4 simulated hosts form two
+/// parity groups of 2, {0, 1} and {2, 3}, instead of one of 4 (the second group's
+/// shards are on sim2 and sim3); losing sim1 rebuilds rank 1 from its group's parity
+/// with the failure-free checksum, nothing read from the repository.
+#[test]
+fn parity_groups_of_two_are_placed_on_their_hosts_and_rebuild_a_lost_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut levels = PARITY_ONLY.to_vec();
+    levels.extend(["--l3-group", "2"]);
+    let out = run_with(
+        dir.path(),
+        &levels,
+        &format!("{STEPS},2,9,host1"),
+        &[("LAZARUS_SIM_HOSTS", "4")],
+    );
+    let (_, stderr) = text(&out);
+    assert_eq!(checksum(&out), reference(), "{stderr}");
+    assert!(
+        stderr.contains("restored checkpoint 4 at step 8 from L3 parity (host sim1 lost)"),
+        "{stderr}"
+    );
+    assert_eq!(durable_checkpoints(&dir.path().join("repo")), 0);
+    let l1 = dir.path().join("l1");
+    for (host, dir) in [
+        ("sim0", "parity-0-0"),
+        ("sim1", "parity-0-1"),
+        ("sim2", "parity-1-0"),
+        ("sim3", "parity-1-1"),
+    ] {
+        assert!(
+            l1.join(host).join(dir).is_dir(),
+            "no {host}/{dir}: {stderr}"
+        );
+    }
 }
 
 /// Incremental parity (issue #15 part 4): L1 + L3 on every checkpoint, no L2, no L4,

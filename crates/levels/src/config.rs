@@ -18,6 +18,8 @@ pub const L3_EVERY_ENV: &str = "LAZARUS_L3_EVERY";
 /// `LAZARUS_L4_EVERY`: write every n-th checkpoint to the durable repository (0: never;
 /// default 1).
 pub const L4_EVERY_ENV: &str = "LAZARUS_L4_EVERY";
+/// Environment variable: the most members of an L3 parity group ([`Levels::l3_group`]).
+pub const L3_GROUP_ENV: &str = "LAZARUS_L3_GROUP";
 /// `LAZARUS_L1_DIR`: root of the node-local directories (one subdirectory per host).
 pub const L1_DIR_ENV: &str = "LAZARUS_L1_DIR";
 /// `LAZARUS_HOST`: this rank's host name, set by the cluster launchers.
@@ -136,6 +138,8 @@ pub struct Levels {
     /// L1, L2, L3, L4.
     every: [Period; 4],
     dir: Option<PathBuf>,
+    /// The most members of an L3 parity group (0: one group per row of hosts).
+    l3_group: u32,
 }
 
 impl Default for Levels {
@@ -148,6 +152,7 @@ impl Default for Levels {
                 Period::Checkpoints(1),
             ],
             dir: None,
+            l3_group: 0,
         }
     }
 }
@@ -245,6 +250,20 @@ impl Levels {
         self.every(2, Period::checkpoints(n))
     }
 
+    /// L3 parity groups of at most `k` members, each on its own host (0, the default:
+    /// one group per row of hosts, i.e. as many members as hosts; docs/LEVELS.md, "L3
+    /// parity groups"). Smaller groups make a parity round and a rebuild cheaper and
+    /// survive one lost host per group; `k` must not be 1.
+    pub fn l3_group(mut self, k: u32) -> Self {
+        self.l3_group = k;
+        self
+    }
+
+    /// The L3 group size ([`Levels::l3_group`]; 0: no limit).
+    pub fn l3_group_size(&self) -> u32 {
+        self.l3_group
+    }
+
     /// Durable repository on every `n`-th checkpoint (0: never).
     pub fn l4(self, n: u32) -> Self {
         self.every(3, Period::checkpoints(n))
@@ -337,6 +356,12 @@ impl Levels {
 
     /// Refuses a schedule that writes nothing.
     pub fn validate(&self) -> Result<(), String> {
+        if self.l3_group == 1 {
+            return Err(
+                "levels: l3 group of 1: a parity group needs at least 2 members (0: one group per row of hosts)"
+                    .into(),
+            );
+        }
         if !self.every.iter().any(Period::is_on) {
             return Err(
                 "levels: every level is off (l1, l2, l3 and l4 are 0): no checkpoint would be written"
@@ -362,8 +387,8 @@ impl Levels {
     }
 
     /// The schedule from `LAZARUS_L1_EVERY`, `LAZARUS_L2_EVERY`, `LAZARUS_L3_EVERY`,
-    /// `LAZARUS_L4_EVERY` (each a [`Period`]: `N` checkpoints or a duration) and
-    /// `LAZARUS_L1_DIR` (what `lazarus run --l1-every ...` exports to every rank); `None`
+    /// `LAZARUS_L4_EVERY` (each a [`Period`]: `N` checkpoints or a duration),
+    /// `LAZARUS_L3_GROUP` (a number) and `LAZARUS_L1_DIR` (what `lazarus run --l1-every ...` exports to every rank); `None`
     /// when none of the `*_EVERY` variables is set. An error names the variable.
     pub fn from_env() -> Result<Option<Levels>, String> {
         let read = |name: &str| -> Result<Option<Period>, String> {
@@ -391,6 +416,13 @@ impl Levels {
         }
         if let Some(d) = std::env::var_os(L1_DIR_ENV) {
             l = l.dir(PathBuf::from(d));
+        }
+        if let Ok(v) = std::env::var(L3_GROUP_ENV) {
+            let k = v
+                .trim()
+                .parse::<u32>()
+                .map_err(|_| format!("{L3_GROUP_ENV}={v:?}: expected a number of ranks"))?;
+            l = l.l3_group(k);
         }
         Ok(Some(l))
     }

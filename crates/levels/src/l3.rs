@@ -1,9 +1,14 @@
 //! L3: parity group placement, the parity messages, and the blob a member contributes.
 //!
-//! **Groups.** Hosts in order of first appearance, ranks on a host in rank order: group
-//! g is the g-th rank of every host that has one, in host order, so a group's k members
-//! are on k distinct hosts. A group needs k ≥ 2 (two hosts with a g-th rank); a rank in a
-//! smaller group has no L3 (a warning says so).
+//! **Groups.** Hosts in order of first appearance, ranks on a host in rank order: the
+//! g-th ranks of every host that has one, in host order, form a *row*, whose members are
+//! on distinct hosts. Without a group size a row is one group; with a group size K
+//! (`Levels::l3_group`) a row of n members is cut, in order, into ⌈n / K⌉ groups of
+//! near-equal size, at most K members each (K + 1 when only that avoids a group of one:
+//! K = 2 and n odd). Smaller groups cost less per round and per rebuild (a holder keeps k
+//! regions in memory; a rebuild reads k − 1 members) and survive one lost host *per
+//! group*; larger ones store less parity. A group needs k ≥ 2; a rank in a smaller group
+//! has no L3 (a warning says so).
 //!
 //! **Parity and where it lives.** Each group keeps m = [`PARITY_SHARDS`] = 2 Reed-Solomon
 //! parity shards over its members' blobs; shard j is computed and stored by member j (on
@@ -45,10 +50,11 @@ pub(crate) const TAG_PARITY: u32 = 0x302;
 /// Checkpoint-space tag of parity rebuild transfers at restore.
 pub(crate) const TAG_PARITY_REBUILD: u32 = 0x303;
 
-/// The parity groups of a job whose rank r runs on `hosts[r]`: group g is the g-th rank
-/// of every host with one, in host order (module docs). Only groups of at least 2
-/// members are returned; their members are on distinct hosts.
-pub fn parity_groups(hosts: &[String]) -> Vec<Vec<u32>> {
+/// The parity groups of a job whose rank r runs on `hosts[r]`, at most `size` members
+/// each (0: no limit; module docs): the g-th rank of every host that has one, in host
+/// order, cut into groups of near-equal size. Only groups of at least 2 members are
+/// returned; their members are on distinct hosts.
+pub fn parity_groups(hosts: &[String], size: u32) -> Vec<Vec<u32>> {
     let mut order: Vec<&str> = Vec::new();
     for h in hosts {
         if !order.contains(&h.as_str()) {
@@ -64,10 +70,27 @@ pub fn parity_groups(hosts: &[String]) -> Vec<Vec<u32>> {
         })
         .collect();
     let widest = per_host.iter().map(Vec::len).max().unwrap_or(0);
-    (0..widest)
-        .map(|g| per_host.iter().filter_map(|h| h.get(g).copied()).collect())
-        .filter(|g: &Vec<u32>| g.len() >= 2)
-        .collect()
+    let mut groups = Vec::new();
+    for g in 0..widest {
+        let row: Vec<u32> = per_host.iter().filter_map(|h| h.get(g).copied()).collect();
+        let n = row.len();
+        if n < 2 {
+            continue;
+        }
+        // ⌈n / size⌉ pieces, but never one of fewer than 2 members.
+        let pieces = match size as usize {
+            0 => 1,
+            k => n.div_ceil(k.max(2)).min(n / 2).max(1),
+        };
+        let (small, extra) = (n / pieces, n % pieces);
+        let mut at = 0;
+        for i in 0..pieces {
+            let len = small + usize::from(i < extra);
+            groups.push(row[at..at + len].to_vec());
+            at += len;
+        }
+    }
+    groups
 }
 
 /// The number of parity shards of a group of `k` members.
@@ -221,16 +244,40 @@ mod tests {
     #[test]
     fn groups_take_one_rank_per_host() {
         assert_eq!(
-            parity_groups(&hs(&["a", "a", "b", "b"])),
+            parity_groups(&hs(&["a", "a", "b", "b"]), 0),
             vec![vec![0, 2], vec![1, 3]]
         );
         assert_eq!(
-            parity_groups(&hs(&["a", "b", "c", "a", "b", "c"])),
+            parity_groups(&hs(&["a", "b", "c", "a", "b", "c"]), 0),
             vec![vec![0, 1, 2], vec![3, 4, 5]]
         );
         // Uneven hosts: the third rank of a has no partner host; no group.
-        assert_eq!(parity_groups(&hs(&["a", "a", "a", "b"])), vec![vec![0, 3]]);
-        assert!(parity_groups(&hs(&["a", "a"])).is_empty());
+        assert_eq!(
+            parity_groups(&hs(&["a", "a", "a", "b"]), 0),
+            vec![vec![0, 3]]
+        );
+        assert!(parity_groups(&hs(&["a", "a"]), 0).is_empty());
+    }
+
+    #[test]
+    fn a_group_size_cuts_each_row_into_near_equal_groups() {
+        let six = hs(&["a", "b", "c", "d", "e", "f"]);
+        assert_eq!(parity_groups(&six, 3), vec![vec![0, 1, 2], vec![3, 4, 5]]);
+        assert_eq!(parity_groups(&six, 4), vec![vec![0, 1, 2], vec![3, 4, 5]]);
+        assert_eq!(
+            parity_groups(&six, 2),
+            vec![vec![0, 1], vec![2, 3], vec![4, 5]]
+        );
+        assert_eq!(parity_groups(&six, 6), vec![vec![0, 1, 2, 3, 4, 5]]);
+        // Five hosts in groups of 2: never a group of one.
+        let five = hs(&["a", "b", "c", "d", "e"]);
+        assert_eq!(parity_groups(&five, 2), vec![vec![0, 1, 2], vec![3, 4]]);
+        // Two ranks per host: each row is cut alike.
+        let two = hs(&["a", "a", "b", "b", "c", "c", "d", "d"]);
+        assert_eq!(
+            parity_groups(&two, 2),
+            vec![vec![0, 2], vec![4, 6], vec![1, 3], vec![5, 7]]
+        );
     }
 
     #[test]
@@ -253,9 +300,15 @@ mod tests {
         /// and the m parity holders (members 0..m) are on m distinct hosts: one lost host
         /// takes at most one member and one shard, so k shards survive.
         #[test]
-        fn groups_survive_any_one_host_loss(hosts in proptest::collection::vec(0u8..5, 1..16)) {
+        fn groups_survive_any_one_host_loss(hosts in proptest::collection::vec(0u8..7, 1..20), size in 0u32..6) {
             let names: Vec<String> = hosts.iter().map(|h| format!("h{h}")).collect();
-            let groups = parity_groups(&names);
+            let groups = parity_groups(&names, size);
+            // A group holds at most `size` members (one more only when `size` is 2 and
+            // a row is odd) and groups of one row differ by at most one member.
+            for g in &groups {
+                let limit = match size { 0 => usize::MAX, 1 | 2 => 3, k => k as usize };
+                prop_assert!(g.len() <= limit, "{g:?} over {size}");
+            }
             let mut seen = BTreeSet::new();
             for g in &groups {
                 prop_assert!(g.len() >= 2);

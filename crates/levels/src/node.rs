@@ -345,7 +345,7 @@ impl NodeLevels {
                 );
             }
         }
-        let groups = l3::parity_groups(&hosts);
+        let groups = l3::parity_groups(&hosts, levels.l3_group_size());
         // L3 is a count (validated): its period, 0 when off.
         let l3_every = match levels.periods()[2] {
             crate::Period::Checkpoints(n) => n,
@@ -2639,6 +2639,72 @@ mod tests {
                 "rank {r} restored other bytes than checkpoint 5's"
             );
         }
+    }
+
+    /// L3 groups of at most 3 on six hosts (one rank each): two groups, {0, 1, 2} and
+    /// {3, 4, 5}; after a full and an incremental parity round, sim1 and sim4 (one host
+    /// of each group) are lost together, which one group of six with m = 2 shards on
+    /// member hosts would not survive (two members and a shard gone: 4 + 1 < 6):
+    /// groups of three rebuild ranks 1 and 4 from their groups' parity, byte for byte.
+    #[test]
+    fn smaller_parity_groups_survive_one_lost_host_each() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        let levels = || Levels::new().l1(1).l3(1).l4(0).l3_group(3);
+        let open6 = |comm: Comm| {
+            let host = format!("sim{}", comm.rank().0);
+            NodeLevels::open(comm, levels(), root.clone(), host, opts(), 2, 0, None).unwrap()
+        };
+        let due = Due {
+            l1: true,
+            l2: false,
+            l3: true,
+            l4: false,
+        };
+        let finals = lazarus_net::local(6, |comm| {
+            let me = u64::from(comm.rank().0);
+            let mut levels = open6(comm);
+            assert_eq!(levels.groups, vec![vec![0, 1, 2], vec![3, 4, 5]]);
+            let mut data = vec![0u8; BYTES];
+            noise(me + 1, &mut data);
+            let mut incremental = Vec::new();
+            for round in 0..2u64 {
+                if round > 0 {
+                    let n = BYTES / 100;
+                    noise(me * 1000 + round, &mut data[n..2 * n]);
+                }
+                let seq = levels.take_seq();
+                let meta = CommitMeta {
+                    step: seq,
+                    app: Default::default(),
+                };
+                let r = levels.checkpoint(seq, &[spec(&data)], &meta, due).unwrap();
+                incremental.push(r.l3_incremental);
+            }
+            assert_eq!(incremental, vec![false, true]);
+            data
+        })
+        .unwrap();
+        // Ranks 1 and 4 come back on the spare hosts sim6 and sim7.
+        for lost in ["sim1", "sim4"] {
+            std::fs::remove_dir_all(root.join(lost)).unwrap();
+        }
+        let got = lazarus_net::local(6, |comm| {
+            let me = comm.rank().0;
+            let host = match me {
+                1 => "sim6".to_string(),
+                4 => "sim7".to_string(),
+                r => format!("sim{r}"),
+            };
+            let mut levels =
+                NodeLevels::open(comm, levels(), root.clone(), host, opts(), 2, 0, None).unwrap();
+            let plan = levels.plans().into_iter().next().expect("a plan");
+            assert_eq!((plan.seq, plan.from_parity()), (2, vec![1, 4]));
+            let objects = levels.load(&plan).map_err(|e| format!("{e:?}")).unwrap();
+            objects.into_iter().next().unwrap().data
+        })
+        .unwrap();
+        assert!(got == finals, "rebuilt parts differ from the written ones");
     }
 
     /// Loses host sim1 (its directory) and restores on 4 fresh ranks: every rank gets the

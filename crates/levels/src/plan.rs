@@ -771,7 +771,7 @@ mod tests {
             }
         }
         let mut parity = Vec::new();
-        for (g, members) in crate::l3::parity_groups(old).into_iter().enumerate() {
+        for (g, members) in crate::l3::parity_groups(old, 0).into_iter().enumerate() {
             let k = members.len();
             for j in 0..2u32 {
                 parity.push(ParityHeld {
@@ -825,7 +825,7 @@ mod tests {
             let holder = |h: &str| hs.iter().position(|x| x == h).map(|i| i as u32);
             let copied = |s: u32| held.iter().any(|h| h.subject == s && live(&h.host));
             let own_copy = |u: u32| held.iter().any(|h| h.subject == u && h.primary && live(&h.host));
-            let groups = crate::l3::parity_groups(&old);
+            let groups = crate::l3::parity_groups(&old, 0);
             let rebuildable = |s: u32| {
                 let Some(g) = groups.iter().find(|g| g.contains(&s)) else { return false };
                 let members = g.iter().filter(|u| **u != s && own_copy(**u)).count();

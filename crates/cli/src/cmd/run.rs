@@ -77,6 +77,13 @@ pub struct Args {
     /// other hosts, L3 (0: never; a count only). Exported as LAZARUS_L3_EVERY.
     #[arg(long, value_name = "N")]
     l3_every: Option<lazarus::levels::Period>,
+    /// With --l3-every: parity groups of at most K ranks, each on its own host (default:
+    /// one group per row of hosts, as many ranks as hosts). Smaller groups make a parity
+    /// round and a rebuild cheaper and survive one lost host per group. Exported as
+    /// LAZARUS_L3_GROUP.
+    #[arg(long, value_name = "K", requires = "l3_every",
+          value_parser = clap::value_parser!(u32).range(2..=65536))]
+    l3_group: Option<u32>,
     /// With --l1-every/--l2-every/--l3-every: write every N-th checkpoint (or one every
     /// TIME, as for --l1-every) to the repository, L4 (0: never) [default: 1]. Exported as
     /// LAZARUS_L4_EVERY.
@@ -160,6 +167,10 @@ fn config(
         if let Some(v) = v {
             c.env.push((name.into(), v.to_string().into()));
         }
+    }
+    if let Some(k) = a.l3_group {
+        c.env
+            .push((lazarus::levels::L3_GROUP_ENV.into(), k.to_string().into()));
     }
     if let Some(d) = &a.l1_dir {
         c.env.push((
