@@ -20,6 +20,8 @@ pub const L3_EVERY_ENV: &str = "LAZARUS_L3_EVERY";
 pub const L4_EVERY_ENV: &str = "LAZARUS_L4_EVERY";
 /// Environment variable: the most members of an L3 parity group ([`Levels::l3_group`]).
 pub const L3_GROUP_ENV: &str = "LAZARUS_L3_GROUP";
+/// Environment variable: the parity shards of an L3 group ([`Levels::l3_shards`]).
+pub const L3_SHARDS_ENV: &str = "LAZARUS_L3_SHARDS";
 /// `LAZARUS_L1_DIR`: root of the node-local directories (one subdirectory per host).
 pub const L1_DIR_ENV: &str = "LAZARUS_L1_DIR";
 /// `LAZARUS_HOST`: this rank's host name, set by the cluster launchers.
@@ -140,6 +142,8 @@ pub struct Levels {
     dir: Option<PathBuf>,
     /// The most members of an L3 parity group (0: one group per row of hosts).
     l3_group: u32,
+    /// Parity shards per L3 group (0: the default, 2).
+    l3_shards: u32,
 }
 
 impl Default for Levels {
@@ -153,6 +157,7 @@ impl Default for Levels {
             ],
             dir: None,
             l3_group: 0,
+            l3_shards: 0,
         }
     }
 }
@@ -264,6 +269,20 @@ impl Levels {
         self.l3_group
     }
 
+    /// `m` Reed-Solomon parity shards per L3 group (default 2, at least 2; a group of k
+    /// members keeps at most k), each on a member's host: any ⌊m / 2⌋ lost hosts of one
+    /// group are rebuilt (docs/LEVELS.md, "L3 parity groups"). More shards cost parity
+    /// storage and encoding time per round.
+    pub fn l3_shards(mut self, m: u32) -> Self {
+        self.l3_shards = m;
+        self
+    }
+
+    /// The configured parity shards per group ([`Levels::l3_shards`]; 0: the default).
+    pub fn l3_shards_count(&self) -> u32 {
+        self.l3_shards
+    }
+
     /// Durable repository on every `n`-th checkpoint (0: never).
     pub fn l4(self, n: u32) -> Self {
         self.every(3, Period::checkpoints(n))
@@ -356,6 +375,12 @@ impl Levels {
 
     /// Refuses a schedule that writes nothing.
     pub fn validate(&self) -> Result<(), String> {
+        if self.l3_shards == 1 || self.l3_shards > 64 {
+            return Err(format!(
+                "levels: l3 shards {}: between 2 and 64 (a group of k members keeps at most k; with 1 the shard's own host takes it and its member together)",
+                self.l3_shards
+            ));
+        }
         if self.l3_group == 1 {
             return Err(
                 "levels: l3 group of 1: a parity group needs at least 2 members (0: one group per row of hosts)"
@@ -388,7 +413,7 @@ impl Levels {
 
     /// The schedule from `LAZARUS_L1_EVERY`, `LAZARUS_L2_EVERY`, `LAZARUS_L3_EVERY`,
     /// `LAZARUS_L4_EVERY` (each a [`Period`]: `N` checkpoints or a duration),
-    /// `LAZARUS_L3_GROUP` (a number) and `LAZARUS_L1_DIR` (what `lazarus run --l1-every ...` exports to every rank); `None`
+    /// `LAZARUS_L3_GROUP`, `LAZARUS_L3_SHARDS` (numbers) and `LAZARUS_L1_DIR` (what `lazarus run --l1-every ...` exports to every rank); `None`
     /// when none of the `*_EVERY` variables is set. An error names the variable.
     pub fn from_env() -> Result<Option<Levels>, String> {
         let read = |name: &str| -> Result<Option<Period>, String> {
@@ -417,12 +442,17 @@ impl Levels {
         if let Some(d) = std::env::var_os(L1_DIR_ENV) {
             l = l.dir(PathBuf::from(d));
         }
-        if let Ok(v) = std::env::var(L3_GROUP_ENV) {
-            let k = v
-                .trim()
-                .parse::<u32>()
-                .map_err(|_| format!("{L3_GROUP_ENV}={v:?}: expected a number of ranks"))?;
-            l = l.l3_group(k);
+        for (name, set) in [
+            (L3_GROUP_ENV, Levels::l3_group as fn(Levels, u32) -> Levels),
+            (L3_SHARDS_ENV, Levels::l3_shards),
+        ] {
+            if let Ok(v) = std::env::var(name) {
+                let n = v
+                    .trim()
+                    .parse::<u32>()
+                    .map_err(|_| format!("{name}={v:?}: expected a number"))?;
+                l = set(l, n);
+            }
         }
         Ok(Some(l))
     }

@@ -10,14 +10,15 @@
 //! group*; larger ones store less parity. A group needs k ≥ 2; a rank in a smaller group
 //! has no L3 (a warning says so).
 //!
-//! **Parity and where it lives.** Each group keeps m = [`PARITY_SHARDS`] = 2 Reed-Solomon
-//! parity shards over its members' blobs; shard j is computed and stored by member j (on
-//! member j's host, in `<host>/parity-<g>-<j>/`). The rule: the m shards are on m
-//! distinct hosts, each also holding one member. One lost host takes at most one member
-//! and at most one shard, leaving k − 1 members and at least m − 1 = 1 shard: k shards,
-//! enough to rebuild the lost member. Two lost hosts holding members of the same group
-//! are not covered (with m = 2 and both shards on member hosts, they may take both
-//! shards); restore then falls back to an older checkpoint or L4, or refuses.
+//! **Parity and where it lives.** Each group keeps m Reed-Solomon parity shards over its
+//! members' blobs (m = [`PARITY_SHARDS`] = 2 unless `Levels::l3_shards` says more, and at
+//! most k); shard j is computed and stored by member j (on member j's host, in
+//! `<host>/parity-<g>-<j>/`). The rule: the m shards are on m distinct hosts, each also
+//! holding one member. h lost hosts take at most h members and at most h shards, leaving
+//! k − h members and m − h shards: k or more when m ≥ 2h, enough to rebuild the lost
+//! members. So m = 2 covers one lost host per group, m = 4 two. More lost hosts in one
+//! group than that are not covered; restore then falls back to an older checkpoint or
+//! L4, or refuses.
 //!
 //! **Retention.** A parity shard is only useful while the members' L1 checkpoints it was
 //! computed over exist: with L3 every n checkpoints, every level repository keeps at
@@ -42,7 +43,8 @@ use lazarus_net::{Comm, Tag};
 use lazarus_store::{RepoReader, StoreError};
 use serde::{Deserialize, Serialize};
 
-/// Parity shards per group (see the module docs for why 2).
+/// Parity shards per group by default, and the fewest allowed (see the module docs for
+/// why 2).
 pub const PARITY_SHARDS: usize = 2;
 
 /// Checkpoint-space tag of the parity round (member updates to the parity holders).
@@ -93,9 +95,12 @@ pub fn parity_groups(hosts: &[String], size: u32) -> Vec<Vec<u32>> {
     groups
 }
 
-/// The number of parity shards of a group of `k` members.
-pub fn shards_for(k: usize) -> usize {
-    PARITY_SHARDS.min(k)
+/// The number of parity shards of a group of `k` members when `m` are configured
+/// (`Levels::l3_shards`; 0: [`PARITY_SHARDS`]): at most one per member, since member j
+/// holds shard j.
+pub fn shards_for(k: usize, m: usize) -> usize {
+    let m = if m == 0 { PARITY_SHARDS } else { m };
+    m.min(k)
 }
 
 /// A message of the parity round or of a parity rebuild. Decoded from another rank's
@@ -241,6 +246,38 @@ mod tests {
         v.iter().map(|s| s.to_string()).collect()
     }
 
+    /// Every subset of `n` items of an iterator (in order).
+    trait Combinations<T> {
+        fn combinations_of(self, n: usize) -> Vec<Vec<T>>;
+    }
+
+    impl<T: Clone, I: Iterator<Item = T>> Combinations<T> for I {
+        fn combinations_of(self, n: usize) -> Vec<Vec<T>> {
+            let items: Vec<T> = self.collect();
+            let mut out = Vec::new();
+            let mut pick = Vec::new();
+            fn go<T: Clone>(
+                items: &[T],
+                n: usize,
+                at: usize,
+                pick: &mut Vec<T>,
+                out: &mut Vec<Vec<T>>,
+            ) {
+                if pick.len() == n {
+                    out.push(pick.clone());
+                    return;
+                }
+                for i in at..items.len() {
+                    pick.push(items[i].clone());
+                    go(items, n, i + 1, pick, out);
+                    pick.pop();
+                }
+            }
+            go(&items, n, 0, &mut pick, &mut out);
+            out
+        }
+    }
+
     #[test]
     fn groups_take_one_rank_per_host() {
         assert_eq!(
@@ -317,11 +354,17 @@ mod tests {
                 for r in g {
                     prop_assert!(seen.insert(*r));
                 }
-                let (k, m) = (g.len(), shards_for(g.len()));
-                for lost in &on {
-                    let members_left = g.iter().filter(|r| &&names[**r as usize] != lost).count();
-                    let shards_left = g[..m].iter().filter(|r| &&names[**r as usize] != lost).count();
-                    prop_assert!(members_left + shards_left >= k);
+                let k = g.len();
+                for m in [0, 2, 3, 4, 5] {
+                    let m = shards_for(k, m);
+                    // Any m / 2 lost hosts of the group leave k members and shards.
+                    let hosts: Vec<&String> = on.iter().copied().collect();
+                    for lost in hosts.iter().copied().combinations_of(m / 2) {
+                        let gone = |r: &u32| lost.contains(&&names[*r as usize]);
+                        let members_left = g.iter().filter(|r| !gone(r)).count();
+                        let shards_left = g[..m].iter().filter(|r| !gone(r)).count();
+                        prop_assert!(members_left + shards_left >= k, "{g:?} m={m} lost {lost:?}");
+                    }
                 }
             }
             let distinct = names.iter().collect::<BTreeSet<_>>().len();

@@ -100,10 +100,9 @@ struct Base {
 }
 
 /// Whether `group`'s round is incremental: every member has a base, all on the same
-/// previous round, and every holder (members 0..m) recorded exactly the members'
+/// previous round, and every holder (members 0..m, `m` from [`l3::shards_for`]) recorded exactly the members'
 /// previous headers in that round. Computed by every member from the same allgather.
-fn incremental_agreed(group: &[u32], bases: &[Option<Base>]) -> bool {
-    let m = l3::shards_for(group.len());
+fn incremental_agreed(group: &[u32], m: usize, bases: &[Option<Base>]) -> bool {
     let mine: Option<Vec<&Base>> = group
         .iter()
         .map(|u| bases.get(*u as usize).and_then(Option::as_ref))
@@ -928,7 +927,7 @@ impl NodeLevels {
         let (mut inc, mut prev_shard, mut base) = (None, None, None);
         if let Some((g, group)) = &mine {
             let index = group.iter().position(|m| *m == me).unwrap_or(0) as u32;
-            let m = l3::shards_for(group.len());
+            let m = l3::shards_for(group.len(), self.levels.l3_shards_count() as usize);
             let j = group[..m].iter().position(|h| *h == me);
             if let (Some(id), Some(st)) = (local, self.member_state.take()) {
                 if st.group == *g && st.index == index {
@@ -976,9 +975,9 @@ impl NodeLevels {
         let Some((g, group)) = mine else {
             return Ok((0, false));
         };
-        let incremental = incremental_agreed(&group, &bases);
+        let m = l3::shards_for(group.len(), self.levels.l3_shards_count() as usize);
+        let incremental = incremental_agreed(&group, m, &bases);
         let index = group.iter().position(|m| *m == me).unwrap_or(0) as u32;
-        let m = l3::shards_for(group.len());
         // 3. This member's update.
         let own: Result<(ParityMsg, MemberState), String> = match local {
             None => Err(format!("rank {me}: L1 write failed")),
@@ -2705,6 +2704,82 @@ mod tests {
         })
         .unwrap();
         assert!(got == finals, "rebuilt parts differ from the written ones");
+    }
+
+    /// Four parity shards (`l3_shards(4)`) in one group of four ranks on four hosts:
+    /// after a full and an incremental round, two hosts of the group, sim1 and sim3, are
+    /// lost together (two members and two shards gone: 2 + 2 = k), and ranks 1 and 3 are
+    /// rebuilt from parity, byte for byte; with the default two shards the plan finds
+    /// nothing to rebuild them from.
+    #[test]
+    fn four_parity_shards_survive_two_lost_hosts_of_one_group() {
+        for m in [4, 2] {
+            let dir = tempfile::tempdir().unwrap();
+            let root = dir.path().to_path_buf();
+            let levels = || Levels::new().l1(1).l3(1).l4(0).l3_shards(m);
+            let due = Due {
+                l1: true,
+                l2: false,
+                l3: true,
+                l4: false,
+            };
+            let finals = lazarus_net::local(4, |comm| {
+                let me = u64::from(comm.rank().0);
+                let host = format!("sim{me}");
+                let mut levels =
+                    NodeLevels::open(comm, levels(), root.clone(), host, opts(), 2, 0, None)
+                        .unwrap();
+                let mut data = vec![0u8; BYTES];
+                noise(me + 1, &mut data);
+                let mut incremental = Vec::new();
+                for round in 0..2u64 {
+                    if round > 0 {
+                        let n = BYTES / 100;
+                        noise(me * 1000 + round, &mut data[..n]);
+                    }
+                    let seq = levels.take_seq();
+                    let meta = CommitMeta {
+                        step: seq,
+                        app: Default::default(),
+                    };
+                    let r = levels.checkpoint(seq, &[spec(&data)], &meta, due).unwrap();
+                    incremental.push(r.l3_incremental);
+                }
+                assert_eq!(incremental, vec![false, true]);
+                data
+            })
+            .unwrap();
+            let shards = (0..4)
+                .filter(|j| root.join(format!("sim{j}/parity-0-{j}")).is_dir())
+                .count();
+            assert_eq!(shards, m as usize);
+            for lost in ["sim1", "sim3"] {
+                std::fs::remove_dir_all(root.join(lost)).unwrap();
+            }
+            let got = lazarus_net::local(4, |comm| {
+                let me = comm.rank().0;
+                let host = format!("sim{}", if me % 2 == 1 { me + 4 } else { me });
+                let mut levels =
+                    NodeLevels::open(comm, levels(), root.clone(), host, opts(), 2, 0, None)
+                        .unwrap();
+                let plan = levels.plans().into_iter().next();
+                plan.map(|plan| {
+                    assert_eq!((plan.seq, plan.from_parity()), (2, vec![1, 3]));
+                    let objects = levels.load(&plan).map_err(|e| format!("{e:?}")).unwrap();
+                    objects.into_iter().next().unwrap().data
+                })
+            })
+            .unwrap();
+            if m == 4 {
+                let got: Vec<Vec<u8>> = got.into_iter().map(|g| g.expect("a plan")).collect();
+                assert!(got == finals, "rebuilt parts differ from the written ones");
+            } else {
+                assert!(
+                    got.iter().all(Option::is_none),
+                    "two shards cannot rebuild two members"
+                );
+            }
+        }
     }
 
     /// Loses host sim1 (its directory) and restores on 4 fresh ranks: every rank gets the

@@ -84,6 +84,12 @@ pub struct Args {
     #[arg(long, value_name = "K", requires = "l3_every",
           value_parser = clap::value_parser!(u32).range(2..=65536))]
     l3_group: Option<u32>,
+    /// With --l3-every: Reed-Solomon parity shards per group, each on a member's host
+    /// [default: 2]: any M/2 lost hosts of one group are rebuilt. Exported as
+    /// LAZARUS_L3_SHARDS.
+    #[arg(long, value_name = "M", requires = "l3_every",
+          value_parser = clap::value_parser!(u32).range(2..=64))]
+    l3_shards: Option<u32>,
     /// With --l1-every/--l2-every/--l3-every: write every N-th checkpoint (or one every
     /// TIME, as for --l1-every) to the repository, L4 (0: never) [default: 1]. Exported as
     /// LAZARUS_L4_EVERY.
@@ -168,9 +174,13 @@ fn config(
             c.env.push((name.into(), v.to_string().into()));
         }
     }
-    if let Some(k) = a.l3_group {
-        c.env
-            .push((lazarus::levels::L3_GROUP_ENV.into(), k.to_string().into()));
+    for (name, v) in [
+        (lazarus::levels::L3_GROUP_ENV, a.l3_group),
+        (lazarus::levels::L3_SHARDS_ENV, a.l3_shards),
+    ] {
+        if let Some(v) = v {
+            c.env.push((name.into(), v.to_string().into()));
+        }
     }
     if let Some(d) = &a.l1_dir {
         c.env.push((

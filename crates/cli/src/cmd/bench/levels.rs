@@ -158,7 +158,7 @@ fn rank(
         // RS encode of the group's k parts into 2 shards (this rank's part k times).
         let t0 = Instant::now();
         let parts: Vec<&[u8]> = (0..k).map(|_| data.as_slice()).collect();
-        let p = lazarus::levels::parity::encode(&parts, lazarus::levels::l3::shards_for(k))?;
+        let p = lazarus::levels::parity::encode(&parts, lazarus::levels::l3::shards_for(k, 0))?;
         encode.push(t0.elapsed());
         drop(p);
         l13_floor.push(l1[l1.len() - 1] + memcpy[memcpy.len() - 1] + encode[encode.len() - 1]);
