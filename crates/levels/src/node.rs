@@ -2640,30 +2640,28 @@ mod tests {
         }
     }
 
-    /// L3 groups of at most 3 on six hosts (one rank each): two groups, {0, 1, 2} and
-    /// {3, 4, 5}; after a full and an incremental parity round, sim1 and sim4 (one host
-    /// of each group) are lost together, which one group of six with m = 2 shards on
-    /// member hosts would not survive (two members and a shard gone: 4 + 1 < 6):
-    /// groups of three rebuild ranks 1 and 4 from their groups' parity, byte for byte.
-    #[test]
-    fn smaller_parity_groups_survive_one_lost_host_each() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().to_path_buf();
-        let levels = || Levels::new().l1(1).l3(1).l4(0).l3_group(3);
-        let open6 = |comm: Comm| {
-            let host = format!("sim{}", comm.rank().0);
-            NodeLevels::open(comm, levels(), root.clone(), host, opts(), 2, 0, None).unwrap()
-        };
+    /// `n` ranks, rank r on `host(r)`, write two L1 + L3 checkpoints of their own data
+    /// under `levels` (the second changing 1 %): the first parity round is full, the
+    /// second incremental. Returns each rank's final data.
+    fn two_parity_rounds(
+        root: &Path,
+        n: u32,
+        levels: impl Fn() -> Levels + Sync,
+        host: impl Fn(u32) -> String + Sync,
+    ) -> Vec<Vec<u8>> {
         let due = Due {
             l1: true,
             l2: false,
             l3: true,
             l4: false,
         };
-        let finals = lazarus_net::local(6, |comm| {
-            let me = u64::from(comm.rank().0);
-            let mut levels = open6(comm);
-            assert_eq!(levels.groups, vec![vec![0, 1, 2], vec![3, 4, 5]]);
+        lazarus_net::local(n, |comm| {
+            let me = comm.rank().0;
+            let h = host(me);
+            let mut levels =
+                NodeLevels::open(comm, levels(), root.to_path_buf(), h, opts(), 2, 0, None)
+                    .unwrap();
+            let me = u64::from(me);
             let mut data = vec![0u8; BYTES];
             noise(me + 1, &mut data);
             let mut incremental = Vec::new();
@@ -2683,27 +2681,63 @@ mod tests {
             assert_eq!(incremental, vec![false, true]);
             data
         })
-        .unwrap();
-        // Ranks 1 and 4 come back on the spare hosts sim6 and sim7.
+        .unwrap()
+    }
+
+    /// A rank's restore: the plan's number, the ranks it rebuilds from parity, and the
+    /// loaded data; `None` without a plan.
+    type Restored = Option<(u64, Vec<u32>, Vec<u8>)>;
+
+    /// `n` fresh ranks, rank r on `host(r)`, restore the newest plan if any.
+    fn restore_newest(
+        root: &Path,
+        n: u32,
+        levels: impl Fn() -> Levels + Sync,
+        host: impl Fn(u32) -> String + Sync,
+    ) -> Vec<Restored> {
+        lazarus_net::local(n, |comm| {
+            let h = host(comm.rank().0);
+            let mut levels =
+                NodeLevels::open(comm, levels(), root.to_path_buf(), h, opts(), 2, 0, None)
+                    .unwrap();
+            let plan = levels.plans().into_iter().next()?;
+            let objects = levels.load(&plan).map_err(|e| format!("{e:?}")).unwrap();
+            let data = objects.into_iter().next().unwrap().data;
+            Some((plan.seq, plan.from_parity(), data))
+        })
+        .unwrap()
+    }
+
+    /// L3 groups of at most 3 on six hosts (one rank each): two groups, {0, 1, 2} and
+    /// {3, 4, 5}; after a full and an incremental parity round, sim1 and sim4 (one host
+    /// of each group) are lost together, which one group of six with m = 2 shards on
+    /// member hosts would not survive (two members and a shard gone: 4 + 1 < 6):
+    /// groups of three rebuild ranks 1 and 4 from their groups' parity, byte for byte.
+    #[test]
+    fn smaller_parity_groups_survive_one_lost_host_each() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let levels = || Levels::new().l1(1).l3(1).l4(0).l3_group(3);
+        let groups = l3::parity_groups(&(0..6).map(|r| format!("sim{r}")).collect::<Vec<_>>(), 3);
+        assert_eq!(groups, vec![vec![0, 1, 2], vec![3, 4, 5]]);
+        let finals = two_parity_rounds(root, 6, levels, |r| format!("sim{r}"));
         for lost in ["sim1", "sim4"] {
             std::fs::remove_dir_all(root.join(lost)).unwrap();
         }
-        let got = lazarus_net::local(6, |comm| {
-            let me = comm.rank().0;
-            let host = match me {
-                1 => "sim6".to_string(),
-                4 => "sim7".to_string(),
-                r => format!("sim{r}"),
-            };
-            let mut levels =
-                NodeLevels::open(comm, levels(), root.clone(), host, opts(), 2, 0, None).unwrap();
-            let plan = levels.plans().into_iter().next().expect("a plan");
-            assert_eq!((plan.seq, plan.from_parity()), (2, vec![1, 4]));
-            let objects = levels.load(&plan).map_err(|e| format!("{e:?}")).unwrap();
-            objects.into_iter().next().unwrap().data
-        })
-        .unwrap();
-        assert!(got == finals, "rebuilt parts differ from the written ones");
+        // Ranks 1 and 4 come back on the spare hosts sim6 and sim7.
+        let spare = |r: u32| match r {
+            1 => "sim6".to_string(),
+            4 => "sim7".to_string(),
+            r => format!("sim{r}"),
+        };
+        for (r, got) in restore_newest(root, 6, levels, spare)
+            .into_iter()
+            .enumerate()
+        {
+            let (seq, parity, data) = got.expect("a plan");
+            assert_eq!((seq, parity), (2, vec![1, 4]));
+            assert!(data == finals[r], "rank {r}: rebuilt part differs");
+        }
     }
 
     /// Four parity shards (`l3_shards(4)`) in one group of four ranks on four hosts:
@@ -2715,40 +2749,9 @@ mod tests {
     fn four_parity_shards_survive_two_lost_hosts_of_one_group() {
         for m in [4, 2] {
             let dir = tempfile::tempdir().unwrap();
-            let root = dir.path().to_path_buf();
+            let root = dir.path();
             let levels = || Levels::new().l1(1).l3(1).l4(0).l3_shards(m);
-            let due = Due {
-                l1: true,
-                l2: false,
-                l3: true,
-                l4: false,
-            };
-            let finals = lazarus_net::local(4, |comm| {
-                let me = u64::from(comm.rank().0);
-                let host = format!("sim{me}");
-                let mut levels =
-                    NodeLevels::open(comm, levels(), root.clone(), host, opts(), 2, 0, None)
-                        .unwrap();
-                let mut data = vec![0u8; BYTES];
-                noise(me + 1, &mut data);
-                let mut incremental = Vec::new();
-                for round in 0..2u64 {
-                    if round > 0 {
-                        let n = BYTES / 100;
-                        noise(me * 1000 + round, &mut data[..n]);
-                    }
-                    let seq = levels.take_seq();
-                    let meta = CommitMeta {
-                        step: seq,
-                        app: Default::default(),
-                    };
-                    let r = levels.checkpoint(seq, &[spec(&data)], &meta, due).unwrap();
-                    incremental.push(r.l3_incremental);
-                }
-                assert_eq!(incremental, vec![false, true]);
-                data
-            })
-            .unwrap();
+            let finals = two_parity_rounds(root, 4, levels, |r| format!("sim{r}"));
             let shards = (0..4)
                 .filter(|j| root.join(format!("sim{j}/parity-0-{j}")).is_dir())
                 .count();
@@ -2756,28 +2759,16 @@ mod tests {
             for lost in ["sim1", "sim3"] {
                 std::fs::remove_dir_all(root.join(lost)).unwrap();
             }
-            let got = lazarus_net::local(4, |comm| {
-                let me = comm.rank().0;
-                let host = format!("sim{}", if me % 2 == 1 { me + 4 } else { me });
-                let mut levels =
-                    NodeLevels::open(comm, levels(), root.clone(), host, opts(), 2, 0, None)
-                        .unwrap();
-                let plan = levels.plans().into_iter().next();
-                plan.map(|plan| {
-                    assert_eq!((plan.seq, plan.from_parity()), (2, vec![1, 3]));
-                    let objects = levels.load(&plan).map_err(|e| format!("{e:?}")).unwrap();
-                    objects.into_iter().next().unwrap().data
-                })
-            })
-            .unwrap();
-            if m == 4 {
-                let got: Vec<Vec<u8>> = got.into_iter().map(|g| g.expect("a plan")).collect();
-                assert!(got == finals, "rebuilt parts differ from the written ones");
-            } else {
-                assert!(
-                    got.iter().all(Option::is_none),
-                    "two shards cannot rebuild two members"
-                );
+            let spare = |r: u32| format!("sim{}", if r % 2 == 1 { r + 4 } else { r });
+            let got = restore_newest(root, 4, levels, spare);
+            for (r, got) in got.into_iter().enumerate() {
+                if m == 2 {
+                    assert!(got.is_none(), "two shards cannot rebuild two members");
+                    continue;
+                }
+                let (seq, parity, data) = got.expect("a plan");
+                assert_eq!((seq, parity), (2, vec![1, 3]));
+                assert!(data == finals[r], "rank {r}: rebuilt part differs");
             }
         }
     }
