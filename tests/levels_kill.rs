@@ -12,7 +12,7 @@ mod common;
 
 use common::{checksum, lazarus_run_worker, text};
 use lazarus::format::Rank;
-use lazarus::{Checkpoint, Job};
+use lazarus::{Checkpoint, DirtyVec, Job};
 use rand::{Rng, SeedableRng};
 use std::error::Error;
 use std::path::Path;
@@ -32,12 +32,16 @@ use std::path::Path;
 const WORKER_ENV: &str = "LAZARUS_TEST_LEVELS";
 /// Set for the incremental-parity test (16 KiB chunks, parity rounds reported).
 const INCR_ENV: &str = "LAZARUS_TEST_LEVELS_INCR";
+/// Set for half of the seeded trials: 16 KiB chunks and a staging budget of a quarter of
+/// the state, so the background captures of the `DirtyVec` are sparse (only changed
+/// chunks copied) or, after a restart, in pieces (tails written into L1 inside the call).
+const CAPTURE_ENV: &str = "LAZARUS_TEST_LEVELS_CAPTURE";
 const STEPS: u64 = 24;
 const LEN: usize = 64 * 1024;
 
 #[derive(Checkpoint)]
 struct State {
-    data: Vec<u64>,
+    data: DirtyVec<u64>,
     #[checkpoint(serde)]
     mixed: u64,
 }
@@ -77,18 +81,26 @@ fn worker(spec: &str) -> Result<(), Box<dyn Error>> {
             std::fs::rename(from, to)?;
         }
     }
+    let capture = std::env::var_os(CAPTURE_ENV).is_some();
     let mut builder = Job::builder().every_steps(every).keep(2);
-    if incr {
+    if incr || capture {
         builder = builder.repo_options(lazarus::store::RepoOptions {
             chunk_size: 16 * 1024,
             ..Default::default()
         });
     }
+    if capture {
+        builder = builder.staging_budget((LEN * 8 / 4) as u64);
+    }
     let mut job = builder.comm(lazarus::init()?).open()?;
     let comm = job.comm().clone();
     let me = comm.rank().0;
     let mut s = job.restore_or_init(|| State {
-        data: (0..LEN as u64).map(|i| i ^ u64::from(me) << 40).collect(),
+        data: DirtyVec::from(
+            (0..LEN as u64)
+                .map(|i| i ^ u64::from(me) << 40)
+                .collect::<Vec<_>>(),
+        ),
         mixed: 0,
     })?;
     let first_run = incarnation == "0";
@@ -169,7 +181,11 @@ fn worker(spec: &str) -> Result<(), Box<dyn Error>> {
         }
         // Change a few percent of the state per step, and mix in every rank's sum.
         let k = (step as usize * 997) % LEN;
-        for x in &mut s.data[k..(k + LEN / 32).min(LEN)] {
+        for x in s
+            .data
+            .slice_mut(k..(k + LEN / 32).min(LEN))
+            .unwrap_or_default()
+        {
             *x = x.wrapping_mul(6364136223846793005).wrapping_add(step + 1);
         }
         let local: u64 = s.data.iter().fold(0u64, |a, x| a.wrapping_add(*x));
@@ -755,12 +771,19 @@ fn trial(rng: &mut rand_chacha::ChaCha8Rng) {
     if let Some(f) = &failpoint {
         levels.extend(["--inject-failpoint", f.as_str()]);
     }
-    let out = run(dir.path(), &levels, &format!("{STEPS},2,{step},{mode}"));
+    let capture = rng.gen_bool(0.5);
+    let env: &[(&str, &str)] = if capture { &[(CAPTURE_ENV, "1")] } else { &[] };
+    let out = run_with(
+        dir.path(),
+        &levels,
+        &format!("{STEPS},2,{step},{mode}"),
+        env,
+    );
     let (_, stderr) = text(&out);
     assert_eq!(
         checksum(&out),
         reference(),
-        "kill at step {step}, mode {mode}, failpoint {failpoint:?}, parity {parity}\n{stderr}"
+        "kill at step {step}, mode {mode}, failpoint {failpoint:?}, parity {parity}, sparse or split capture {capture}\n{stderr}"
     );
     assert_lines_once(&out);
 }
@@ -810,13 +833,17 @@ fn solo_job_restores_from_l1_and_skips_a_damaged_copy() {
     let mut job = open();
     let mut s = job
         .restore_or_init(|| State {
-            data: vec![1; 1024],
+            data: DirtyVec::from(vec![1; 1024]),
             mixed: 0,
         })
         .unwrap();
     while job.step() < 5 {
         job.checkpoint(&s).unwrap();
-        s.data.iter_mut().for_each(|x| *x += 1);
+        s.data
+            .iter_mut(..)
+            .into_iter()
+            .flatten()
+            .for_each(|x| *x += 1);
         s.mixed += 1;
     }
     drop(job);
@@ -824,7 +851,7 @@ fn solo_job_restores_from_l1_and_skips_a_damaged_copy() {
     let mut job = open();
     let s = job
         .restore_or_init(|| State {
-            data: vec![0; 1024],
+            data: DirtyVec::from(vec![0; 1024]),
             mixed: 0,
         })
         .unwrap();
@@ -846,7 +873,7 @@ fn solo_job_restores_from_l1_and_skips_a_damaged_copy() {
     let mut job = open();
     let s = job
         .restore_or_init(|| State {
-            data: vec![0; 1024],
+            data: DirtyVec::from(vec![0; 1024]),
             mixed: 0,
         })
         .unwrap();
