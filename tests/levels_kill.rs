@@ -562,6 +562,9 @@ fn lost_host_is_rebuilt_from_parity_without_partner_copies_or_the_repository() {
     let repo = dir.path().join("repo");
     let stdout = level_tool(&["verify", "--level", "l3"], &l1, &repo);
     assert_eq!(stdout.matches("ok: ").count(), 4, "{stdout}");
+    // And each kept shard is the parity of its members' L1 copies (those kept too).
+    assert!(stdout.contains("agrees: sim0/parity-0-0"), "{stdout}");
+    assert!(!stdout.contains("FAILED"), "{stdout}");
     assert_eq!(
         levels_row(&level_tool(&["inspect", "--levels"], &l1, &repo), "24"),
         ["-", "4/4", "0/4", "4/4", "-"]

@@ -28,6 +28,7 @@
 // A failed stdout/stderr must never panic a job (issue #11 item 10): no print macros.
 #![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
 
+mod audit;
 mod config;
 mod error;
 mod exchange;
@@ -40,6 +41,7 @@ mod partner;
 pub mod plan;
 pub mod slots;
 
+pub use audit::{audit_parity, ParityAudit};
 pub use config::{
     default_root, host_identity, Due, LevelClock, Levels, Period, HOST_ENV, L1_DIR_ENV,
     L1_EVERY_ENV, L2_EVERY_ENV, L3_EVERY_ENV, L3_GROUP_ENV, L3_SHARDS_ENV, L4_EVERY_ENV,

@@ -225,7 +225,7 @@ impl L1Capture {
 /// What one host's node-local directory holds.
 type Inventory = (Vec<Held>, Vec<ParityHeld>);
 
-fn dir_of(rank: u32, primary: bool) -> String {
+pub(crate) fn dir_of(rank: u32, primary: bool) -> String {
     if primary {
         format!("rank-{rank}")
     } else {
@@ -1391,23 +1391,7 @@ impl NodeLevels {
     /// headers, read from this host (every digest verified on load).
     fn shard_msg(&self, sh: &ShardSource, seq: u64) -> ParityMsg {
         let p = self.host_dir(&sh.host).join(&sh.dir);
-        let read = RepoReader::open(&p)
-            .and_then(|r| r.load_part(CheckpointId(sh.local), Rank(0)))
-            .map_err(|e| e.to_string())
-            .and_then(|objects| {
-                let mut by: BTreeMap<String, Vec<u8>> =
-                    objects.into_iter().map(|o| (o.info.name, o.data)).collect();
-                let mut get = |name: &str| {
-                    by.remove(name)
-                        .ok_or_else(|| format!("{}: no {name} object", p.display()))
-                };
-                let bytes = get(PARITY_OBJECT)?;
-                let headers = get(HEADERS_OBJECT)?;
-                let headers: Vec<Vec<u8>> = postcard::from_bytes(&headers)
-                    .map_err(|e| format!("{}: member headers: {e}", p.display()))?;
-                Ok((bytes, headers))
-            });
-        match read {
+        match read_shard(&p, sh.local) {
             Ok((bytes, headers)) => ParityMsg::Shard {
                 seq,
                 shard: sh.shard,
@@ -1902,25 +1886,53 @@ fn install_into(
     )))
 }
 
+/// The parity shard and the members' raw headers stored as checkpoint `local` of the
+/// parity repository `p` (every chunk verified on read).
+pub(crate) fn read_shard(p: &Path, local: u64) -> Result<(Vec<u8>, Vec<Vec<u8>>), String> {
+    let objects = RepoReader::open(p)
+        .and_then(|r| r.load_part(CheckpointId(local), Rank(0)))
+        .map_err(|e| e.to_string())?;
+    let mut by: BTreeMap<String, Vec<u8>> =
+        objects.into_iter().map(|o| (o.info.name, o.data)).collect();
+    let mut get = |name: &str| {
+        by.remove(name)
+            .ok_or_else(|| format!("{}: no {name} object", p.display()))
+    };
+    let bytes = get(PARITY_OBJECT)?;
+    let headers = get(HEADERS_OBJECT)?;
+    let headers: Vec<Vec<u8>> = postcard::from_bytes(&headers)
+        .map_err(|e| format!("{}: member headers: {e}", p.display()))?;
+    Ok((bytes, headers))
+}
+
 /// The members' headers stored next to a parity shard, each decoded and checked against
 /// the hash and region length the parity COMMIT records.
 fn checked_headers(raw: &[Vec<u8>], ps: &ParitySource) -> Result<Vec<slots::Header>, String> {
-    if raw.len() != ps.hashes.len() || raw.len() != ps.lens.len() {
+    recorded_headers(raw, &ps.hashes, &ps.lens)
+}
+
+/// [`checked_headers`] against the recorded header `hashes` and region `lens`.
+pub(crate) fn recorded_headers(
+    raw: &[Vec<u8>],
+    hashes: &[String],
+    lens: &[u64],
+) -> Result<Vec<slots::Header>, String> {
+    if raw.len() != hashes.len() || raw.len() != lens.len() {
         return Err(format!(
             "{} headers for {} members",
             raw.len(),
-            ps.hashes.len()
+            hashes.len()
         ));
     }
     raw.iter()
         .enumerate()
         .map(|(i, b)| {
-            if slots::Header::hash_hex(b) != ps.hashes[i] {
+            if slots::Header::hash_hex(b) != hashes[i] {
                 return Err(format!("member {i}'s header differs from the recorded one"));
             }
             let h = slots::Header::decode(&format!("member {i}'s header"), b)
                 .map_err(|e| e.to_string())?;
-            if h.region_len != ps.lens[i] {
+            if h.region_len != lens[i] {
                 return Err(format!(
                     "member {i}'s region length differs from the recorded one"
                 ));
@@ -2771,6 +2783,92 @@ mod tests {
                 assert!(data == finals[r], "rank {r}: rebuilt part differs");
             }
         }
+    }
+
+    /// `lazarus verify --level l3`'s audit: after a full and an incremental parity round
+    /// every shard agrees with its members' L1 copies; a shard replaced by a
+    /// self-consistent but wrong one (one byte flipped, committed as a new checkpoint
+    /// with the same records: the repository verifies) differs; with a member's L1 copy
+    /// gone the shard is unchecked, not wrong.
+    #[test]
+    fn the_parity_audit_finds_a_shard_that_is_not_its_members_parity() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let levels = || Levels::new().l1(1).l3(1).l4(0);
+        two_parity_rounds(root, 4, levels, |r| format!("sim{}", r / 2));
+        // Two checkpoints (kept) in each of the four shard repositories.
+        let shards = scan_parity(root).unwrap();
+        assert_eq!(shards.len(), 8, "{shards:?}");
+        for p in &shards {
+            assert_eq!(
+                crate::audit_parity(root, p),
+                crate::ParityAudit::Agrees,
+                "{p:?}"
+            );
+        }
+        // A wrong shard under the right records: the newest of one repository.
+        let p = shards
+            .iter()
+            .filter(|q| q.dir == shards[0].dir && q.host == shards[0].host)
+            .max_by_key(|q| q.local)
+            .unwrap();
+        let repo_dir = root.join(&p.host).join(&p.dir);
+        let mut repo = Repository::open(&repo_dir, opts()).unwrap();
+        let reader = repo.reader().unwrap();
+        let mut objects = reader.load_part(CheckpointId(p.local), Rank(0)).unwrap();
+        let app = reader.commit_record(CheckpointId(p.local)).unwrap().app;
+        let shard = objects
+            .iter_mut()
+            .find(|o| o.info.name == PARITY_OBJECT)
+            .unwrap();
+        shard.data[7] ^= 1;
+        let specs: Vec<ObjectSpec<'_>> = objects
+            .iter()
+            .map(|o| ObjectSpec::new(o.info.clone(), &o.data))
+            .collect();
+        let pending = repo.begin(1).unwrap();
+        let part = pending.part_writer().write(Rank(0), &specs).unwrap();
+        let meta = CommitMeta { step: p.step, app };
+        repo.commit(pending, vec![part], meta).unwrap();
+        repo.remove_checkpoint(CheckpointId(p.local)).unwrap();
+        let report = RepoReader::open(&repo_dir)
+            .unwrap()
+            .verify(&|_, _| {})
+            .unwrap();
+        assert!(report.problems.is_empty(), "the repository itself verifies");
+        let tampered = scan_parity(root)
+            .unwrap()
+            .into_iter()
+            .filter(|q| q.host == p.host && q.dir == p.dir)
+            .max_by_key(|q| q.local)
+            .unwrap();
+        assert!(tampered.local > p.local);
+        match crate::audit_parity(root, &tampered) {
+            crate::ParityAudit::Differs(why) => {
+                assert!(why.contains("is not the parity"), "{why}")
+            }
+            other => panic!("a wrong shard was {other:?}"),
+        }
+        // A member's L1 copy gone: nothing to compare with.
+        let q = shards
+            .iter()
+            .find(|q| q.dir != p.dir || q.host != p.host)
+            .unwrap();
+        let member = q.members[1];
+        let host = q.app[PARITY_HOSTS_KEY]
+            .split(',')
+            .nth(1)
+            .unwrap()
+            .to_string();
+        std::fs::remove_dir_all(root.join(host).join(dir_of(member, true))).unwrap();
+        assert!(
+            matches!(
+                crate::audit_parity(root, q),
+                crate::ParityAudit::Unchecked(_)
+            ),
+            "{:?}",
+            crate::audit_parity(root, q)
+        );
     }
 
     /// Loses host sim1 (its directory) and restores on 4 fresh ranks: every rank gets the

@@ -28,7 +28,9 @@ pub struct Args {
     pub json: bool,
     /// Which level of a multi-level job (docs/LEVELS.md): `l4` (the repository, the
     /// default), `l1` (every rank's node-local repository), `l2` (every partner copy) or
-    /// `l3` (every parity shard repository), found under --l1-dir.
+    /// `l3` (every parity shard repository, then every shard re-encoded from its
+    /// members' L1 copies: `agrees`, `unchecked` when a copy is gone, or FAILED), found
+    /// under --l1-dir.
     #[arg(long, value_name = "l1|l2|l3|l4", default_value = "l4")]
     pub level: String,
     /// With --level l1/l2/l3: the node-local root [default: the job's default,
@@ -44,9 +46,38 @@ pub(crate) fn l1_root(repo: &std::path::Path, given: Option<&std::path::Path>) -
         .unwrap_or_else(|| lazarus::levels::default_root(&lazarus::store::repo_location(repo)))
 }
 
+/// Re-encodes every parity shard under `root` from its members' L1 copies
+/// (`lazarus_levels::audit_parity`): `agrees:` or `unchecked:` (a member's copy is gone)
+/// on stdout, `FAILED` on stderr. Returns the number that differ.
+fn audit_parity(root: &std::path::Path) -> Result<usize, Box<dyn std::error::Error + Send + Sync>> {
+    use lazarus::levels::ParityAudit;
+    let mut shards = lazarus::levels::scan_parity(root)?;
+    shards.sort_by(|a, b| (&a.host, &a.dir, a.local).cmp(&(&b.host, &b.dir, b.local)));
+    let mut bad = 0;
+    for p in &shards {
+        let what = format!(
+            "{}/{} checkpoint {} (shard {} of checkpoint {})",
+            p.host, p.dir, p.local, p.shard, p.seq
+        );
+        match lazarus::levels::audit_parity(root, p) {
+            ParityAudit::Agrees => outln!(
+                "agrees: {what}: the parity of its {} members' L1 copies",
+                p.members.len()
+            )?,
+            ParityAudit::Unchecked(why) => outln!("unchecked: {what}: {why}")?,
+            ParityAudit::Differs(why) => {
+                bad += 1;
+                errln!("lazarus verify: FAILED: {what}: {why}");
+            }
+        }
+    }
+    Ok(bad)
+}
+
 /// `lazarus verify --level l1|l2|l3`: every level repository under the node-local root
 /// whose name starts with `prefix`, each verified like a repository (every chunk
-/// re-hashed; for L3 the parity shards).
+/// re-hashed; for L3 the parity shards, then each shard re-encoded from its members'
+/// L1 copies).
 fn verify_level(args: &Args, prefix: &str) -> CmdResult {
     let root = l1_root(&args.repo, args.l1_dir.as_deref());
     let mut bad = 0usize;
@@ -95,6 +126,9 @@ fn verify_level(args: &Args, prefix: &str) -> CmdResult {
     }
     if seen == 0 {
         outln!("no {} repositories under {}", args.level, root.display())?;
+    }
+    if prefix == "parity-" {
+        bad += audit_parity(&root)?;
     }
     Ok(if bad == 0 {
         ExitCode::SUCCESS
