@@ -254,7 +254,8 @@ fn opts_for_level(options: &RepoOptions) -> RepoOptions {
 }
 
 impl NodeLevels {
-    /// Collective: every rank calls it with the same `levels`. `root` is the node-local
+    /// Collective: every rank calls it with the same `levels` (the parity group size and
+    /// shard count are rank 0's, whatever the others say). `root` is the node-local
     /// root (host directories under it), `host` this rank's host, `durable_seq` the newest
     /// job-wide number in the durable repository, `history` the durable repository's
     /// history record if any (rank 0's values are used for both): copies of runs the
@@ -344,6 +345,11 @@ impl NodeLevels {
                 );
             }
         }
+        // The parity layout is rank 0's, like the numbers above: ranks that computed
+        // different groups or shard counts would wait for each other's messages forever.
+        let mut shape = (levels.l3_group_size(), levels.l3_shards_count());
+        comm.broadcast(Rank(0), &mut shape)?;
+        let levels = levels.l3_group(shape.0).l3_shards(shape.1);
         let groups = l3::parity_groups(&hosts, levels.l3_group_size());
         // L3 is a count (validated): its period, 0 when off.
         let l3_every = match levels.periods()[2] {
@@ -2782,6 +2788,67 @@ mod tests {
                 assert_eq!((seq, parity), (2, vec![1, 3]));
                 assert!(data == finals[r], "rank {r}: rebuilt part differs");
             }
+        }
+    }
+
+    /// Ranks configured with different parity shapes (rank 0 asks for groups of 2 and 4
+    /// shards, of which a group of 2 keeps 2; the others for one group of 4 with 2) all
+    /// take rank 0's: the round completes on every rank (before, the ranks computed
+    /// different groups and the round failed) and the shards are where rank 0's shape
+    /// puts them.
+    #[test]
+    fn every_rank_takes_rank_0s_parity_shape() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let levels = |r: u32| {
+            let l = Levels::new().l1(1).l3(1).l4(0);
+            if r == 0 {
+                l.l3_group(2).l3_shards(4)
+            } else {
+                l
+            }
+        };
+        let due = Due {
+            l1: true,
+            l2: false,
+            l3: true,
+            l4: false,
+        };
+        let shapes = lazarus_net::local(4, |comm| {
+            let me = comm.rank().0;
+            let host = format!("sim{me}");
+            let mut levels = NodeLevels::open(
+                comm,
+                levels(me),
+                root.to_path_buf(),
+                host,
+                opts(),
+                2,
+                0,
+                None,
+            )
+            .unwrap();
+            let seq = levels.take_seq();
+            let meta = CommitMeta {
+                step: seq,
+                app: Default::default(),
+            };
+            levels
+                .checkpoint(seq, &[spec(&[me as u8; 4096])], &meta, due)
+                .unwrap();
+            (levels.groups.clone(), levels.levels().l3_shards_count())
+        })
+        .unwrap();
+        for (groups, m) in shapes {
+            assert_eq!((groups, m), (vec![vec![0, 1], vec![2, 3]], 4));
+        }
+        for (host, dir) in [
+            ("sim0", "parity-0-0"),
+            ("sim1", "parity-0-1"),
+            ("sim2", "parity-1-0"),
+            ("sim3", "parity-1-1"),
+        ] {
+            assert!(root.join(host).join(dir).is_dir(), "{host}/{dir}");
         }
     }
 
