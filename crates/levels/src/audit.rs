@@ -27,17 +27,41 @@ pub enum ParityAudit {
 
 /// Re-encodes shard `p` (from [`crate::scan_parity`] of `root`) from its members' L1
 /// copies under `root` (on the hosts its COMMIT records) and compares it with the stored
-/// shard.
+/// shard. Holds the group's k regions and the m shards in memory. A member's chunks are
+/// found by digest, so they may come from a newer L1 checkpoint sharing them: the
+/// verdict is about the bytes the stored headers name.
 pub fn audit_parity(root: &Path, p: &ParityHeld) -> ParityAudit {
     let shard_dir = root.join(&p.host).join(&p.dir);
     let (shard, raw) = match read_shard(&shard_dir, p.local) {
         Ok(x) => x,
         Err(e) => return ParityAudit::Differs(e),
     };
+    // Sizes from the records are checked against the shard read before anything is
+    // allocated by them (as the rebuild does).
+    if shard.len() as u64 != p.shard_bytes {
+        return ParityAudit::Differs(format!(
+            "{}: a shard of {} bytes, its COMMIT says {}",
+            shard_dir.display(),
+            shard.len(),
+            p.shard_bytes
+        ));
+    }
     let headers = match recorded_headers(&raw, &p.hashes, &p.lens) {
         Ok(h) => h,
         Err(e) => return ParityAudit::Differs(format!("{}: {e}", shard_dir.display())),
     };
+    if let Some((i, h)) = headers
+        .iter()
+        .enumerate()
+        .find(|(_, h)| h.region_len > p.shard_bytes)
+    {
+        return ParityAudit::Differs(format!(
+            "{}: member {i}'s region of {} bytes exceeds the shard",
+            shard_dir.display(),
+            h.region_len
+        ));
+    }
+    // Parity written before the members' hosts were recorded cannot be placed.
     let hosts: Vec<&str> = p
         .app
         .get(PARITY_HOSTS_KEY)
@@ -46,11 +70,18 @@ pub fn audit_parity(root: &Path, p: &ParityHeld) -> ParityAudit {
     let mut regions = Vec::with_capacity(headers.len());
     for (i, h) in headers.iter().enumerate() {
         let (Some(member), Some(host)) = (p.members.get(i), hosts.get(i)) else {
-            return ParityAudit::Differs(format!(
-                "{}: no member or host recorded for member {i}",
+            return ParityAudit::Unchecked(format!(
+                "{}: no host recorded for member {i}",
                 shard_dir.display()
             ));
         };
+        // A host name is one directory under the root, nothing else.
+        if host.is_empty() || *host == "." || *host == ".." || host.contains('/') {
+            return ParityAudit::Differs(format!(
+                "{}: member {i}'s recorded host {host:?} is not a host directory name",
+                shard_dir.display()
+            ));
+        }
         let l1 = root.join(host).join(dir_of(*member, true));
         let region = RepoReader::open(&l1)
             .map_err(|e| e.to_string())

@@ -375,7 +375,7 @@ impl Levels {
 
     /// Refuses a schedule that writes nothing.
     pub fn validate(&self) -> Result<(), String> {
-        if self.l3_shards == 1 || self.l3_shards > 64 {
+        if self.l3_shards == 1 || self.l3_shards as usize > crate::l3::MAX_PARITY_SHARDS {
             return Err(format!(
                 "levels: l3 shards {}: between 2 and 64 (a group of k members keeps at most k; with 1 the shard's own host takes it and its member together)",
                 self.l3_shards

@@ -46,6 +46,9 @@ use serde::{Deserialize, Serialize};
 /// Parity shards per group by default, and the fewest allowed (see the module docs for
 /// why 2).
 pub const PARITY_SHARDS: usize = 2;
+/// The most parity shards per group (`Levels::l3_shards`; a parity record claiming more
+/// is refused, so a hostile COMMIT cannot make a rebuild allocate m shards at will).
+pub const MAX_PARITY_SHARDS: usize = 64;
 
 /// Checkpoint-space tag of the parity round (member updates to the parity holders).
 pub(crate) const TAG_PARITY: u32 = 0x302;

@@ -2065,6 +2065,7 @@ fn parity_held(
         || p.lens.len() != k
         || p.hashes.len() != k
         || p.m == 0
+        || p.m as usize > k.min(l3::MAX_PARITY_SHARDS)
         || p.shard >= p.m
     {
         return Err(format!(
@@ -2880,35 +2881,40 @@ mod tests {
             .max_by_key(|q| q.local)
             .unwrap();
         let repo_dir = root.join(&p.host).join(&p.dir);
-        let mut repo = Repository::open(&repo_dir, opts()).unwrap();
-        let reader = repo.reader().unwrap();
-        let mut objects = reader.load_part(CheckpointId(p.local), Rank(0)).unwrap();
-        let app = reader.commit_record(CheckpointId(p.local)).unwrap().app;
-        let shard = objects
-            .iter_mut()
-            .find(|o| o.info.name == PARITY_OBJECT)
-            .unwrap();
-        shard.data[7] ^= 1;
-        let specs: Vec<ObjectSpec<'_>> = objects
-            .iter()
-            .map(|o| ObjectSpec::new(o.info.clone(), &o.data))
-            .collect();
-        let pending = repo.begin(1).unwrap();
-        let part = pending.part_writer().write(Rank(0), &specs).unwrap();
-        let meta = CommitMeta { step: p.step, app };
-        repo.commit(pending, vec![part], meta).unwrap();
-        repo.remove_checkpoint(CheckpointId(p.local)).unwrap();
-        let report = RepoReader::open(&repo_dir)
-            .unwrap()
-            .verify(&|_, _| {})
-            .unwrap();
-        assert!(report.problems.is_empty(), "the repository itself verifies");
-        let tampered = scan_parity(root)
-            .unwrap()
-            .into_iter()
-            .filter(|q| q.host == p.host && q.dir == p.dir)
-            .max_by_key(|q| q.local)
-            .unwrap();
+        // Replaces checkpoint `local` of the shard repository by a self-consistent one
+        // with `edit` applied to its shard bytes and COMMIT records; returns it as scanned.
+        let recommit = |local: u64, edit: &dyn Fn(&mut Vec<u8>, &mut BTreeMap<String, String>)| {
+            let mut repo = Repository::open(&repo_dir, opts()).unwrap();
+            let reader = repo.reader().unwrap();
+            let mut objects = reader.load_part(CheckpointId(local), Rank(0)).unwrap();
+            let mut app = reader.commit_record(CheckpointId(local)).unwrap().app;
+            let shard = objects
+                .iter_mut()
+                .find(|o| o.info.name == PARITY_OBJECT)
+                .unwrap();
+            edit(&mut shard.data, &mut app);
+            let specs: Vec<ObjectSpec<'_>> = objects
+                .iter()
+                .map(|o| ObjectSpec::new(o.info.clone(), &o.data))
+                .collect();
+            let pending = repo.begin(1).unwrap();
+            let part = pending.part_writer().write(Rank(0), &specs).unwrap();
+            let meta = CommitMeta { step: p.step, app };
+            repo.commit(pending, vec![part], meta).unwrap();
+            repo.remove_checkpoint(CheckpointId(local)).unwrap();
+            let report = RepoReader::open(&repo_dir)
+                .unwrap()
+                .verify(&|_, _| {})
+                .unwrap();
+            assert!(report.problems.is_empty(), "the repository itself verifies");
+            scan_parity(root)
+                .unwrap()
+                .into_iter()
+                .filter(|q| q.host == p.host && q.dir == p.dir)
+                .max_by_key(|q| q.local)
+                .unwrap()
+        };
+        let tampered = recommit(p.local, &|shard, _| shard[7] ^= 1);
         assert!(tampered.local > p.local);
         match crate::audit_parity(root, &tampered) {
             crate::ParityAudit::Differs(why) => {
@@ -2916,6 +2922,25 @@ mod tests {
             }
             other => panic!("a wrong shard was {other:?}"),
         }
+        // A record claiming a 1 TiB shard is refused before anything of that size is
+        // allocated.
+        let huge = recommit(tampered.local, &|_, app| {
+            app.insert(PARITY_SHARD_BYTES_KEY.into(), (1u64 << 40).to_string());
+        });
+        match crate::audit_parity(root, &huge) {
+            crate::ParityAudit::Differs(why) => assert!(why.contains("its COMMIT says"), "{why}"),
+            other => panic!("a 1 TiB shard record was {other:?}"),
+        }
+        // A record claiming more shards than the group has members (or than the most
+        // allowed) is not a parity shard at all: no rebuild would size m shards by it.
+        let many = recommit(huge.local, &|_, app| {
+            app.insert(PARITY_M_KEY.into(), "65".into());
+        });
+        assert!(
+            many.local < huge.local,
+            "the record of 65 shards was scanned: {many:?}"
+        );
+        assert!(scan_parity(root).unwrap().iter().all(|q| q.m <= 2));
         // A member's L1 copy gone: nothing to compare with.
         let q = shards
             .iter()
