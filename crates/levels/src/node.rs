@@ -2853,6 +2853,9 @@ mod tests {
         }
     }
 
+    /// An edit of a shard's bytes and its COMMIT records.
+    type Edit<'a> = &'a dyn Fn(&mut Vec<u8>, &mut BTreeMap<String, String>);
+
     /// `lazarus verify --level l3`'s audit: after a full and an incremental parity round
     /// every shard agrees with its members' L1 copies; a shard replaced by a
     /// self-consistent but wrong one (one byte flipped, committed as a new checkpoint
@@ -2883,7 +2886,7 @@ mod tests {
         let repo_dir = root.join(&p.host).join(&p.dir);
         // Replaces checkpoint `local` of the shard repository by a self-consistent one
         // with `edit` applied to its shard bytes and COMMIT records; returns it as scanned.
-        let recommit = |local: u64, edit: &dyn Fn(&mut Vec<u8>, &mut BTreeMap<String, String>)| {
+        let recommit = |local: u64, edit: Edit<'_>| {
             let mut repo = Repository::open(&repo_dir, opts()).unwrap();
             let reader = repo.reader().unwrap();
             let mut objects = reader.load_part(CheckpointId(local), Rank(0)).unwrap();
