@@ -76,7 +76,7 @@ pub fn audit_parity(root: &Path, p: &ParityHeld) -> ParityAudit {
             ));
         };
         // A host name is one directory under the root, nothing else.
-        if host.is_empty() || *host == "." || *host == ".." || host.contains('/') {
+        if !crate::config::is_host_dir_name(host) {
             return ParityAudit::Differs(format!(
                 "{}: member {i}'s recorded host {host:?} is not a host directory name",
                 shard_dir.display()

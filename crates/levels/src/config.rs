@@ -495,19 +495,25 @@ pub fn host_identity(rank: u32, size: u32) -> Result<String, String> {
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| "localhost".to_string())
     };
-    let ok = !host.is_empty()
-        && host != "."
-        && host != ".."
-        && host
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-    if ok {
+    if is_host_dir_name(&host) {
         Ok(host)
     } else {
         Err(format!(
             "host name {host:?} (from {HOST_ENV} or the machine) cannot name a node-local directory: only letters, digits, '.', '_' and '-'"
         ))
     }
+}
+
+/// True when `host` can name a host's node-local directory: one path component of
+/// `[A-Za-z0-9._-]`, not `.` or `..` (hosts named by the environment, and hosts read
+/// back from parity records).
+pub(crate) fn is_host_dir_name(host: &str) -> bool {
+    !host.is_empty()
+        && host != "."
+        && host != ".."
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
 #[cfg(test)]
