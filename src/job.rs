@@ -8,7 +8,7 @@ use crate::report::{CheckpointReport, FreshStart, RestoreReport};
 use crate::restore;
 use lazarus_coord::restore::{AgreeError, Candidate, LoadError, RestoreAgreement, Source, Start};
 use lazarus_coord::{
-    capture, meta, AlignedRuntime, OnAllDamaged, RankStore, StartedRound, Timeouts,
+    capture, meta, AlignedRuntime, OnAllDamaged, RankStore, RoundTarget, StartedRound, Timeouts,
 };
 use lazarus_files::{Files, FilesConfig, FilesError};
 use lazarus_format::{count, CheckpointId, LoadedObject, Rank};
@@ -1448,6 +1448,7 @@ impl Job {
                     &e.to_string(),
                     &meta,
                     due,
+                    None,
                 )?;
                 return Err(JobError::Files(e));
             }
@@ -1463,6 +1464,7 @@ impl Job {
                     &source.to_string(),
                     &meta,
                     due,
+                    None,
                 )?;
                 return Err(JobError::Save { step, source });
             }
@@ -1485,10 +1487,22 @@ impl Job {
             None
         };
         let mut objects = objects;
+        let mut begun = begun;
         if let (Some(seq), true) = (seq, background) {
             if !matches!(begun, Some(Err(_))) {
-                let pool = &mut self.pool;
-                match level_capture(&mut self.levels, pool, self.staging_budget, objects, due) {
+                let durable = match (&mut begun, self.runtime.as_mut()) {
+                    (Some(Ok(b)), Some(rt)) => Some(rt.capture_target(b)),
+                    _ => None,
+                };
+                let budget = self.staging_budget;
+                match level_capture(
+                    &mut self.levels,
+                    &mut self.pool,
+                    budget,
+                    objects,
+                    due,
+                    durable,
+                ) {
                     LevelCapture::Staged {
                         staged,
                         captured,
@@ -1500,17 +1514,18 @@ impl Job {
                         return self.hand_off(staged, captured, begun, fast, meta, started);
                     }
                     LevelCapture::Synchronous(o) => objects = o,
-                    LevelCapture::Failed(source) => {
-                        // This rank's level round still runs (it is collective), failed.
+                    LevelCapture::Failed(e) => {
+                        // This rank's rounds still run (they are collective), failed.
                         fail_rounds(
                             &mut self.levels,
                             &mut self.runtime,
                             self.lost,
-                            &source.to_string(),
+                            &e.to_string(),
                             &meta,
                             due,
+                            begun.and_then(Result::ok),
                         )?;
-                        return Err(JobError::Level { step, source });
+                        return Err(e.into_job_error(step));
                     }
                 }
             }
@@ -1740,21 +1755,21 @@ impl Job {
     }
 
     /// The capture after the round began (`begun`), for an incremental capture or a
-    /// state over the staging budget; returns the staged objects and the bytes copied.
+    /// state over the staging budget ([`capture::capture_into`] into the round's part,
+    /// [`AlignedRuntime::capture_target`]); returns the staged objects and the bytes
+    /// copied.
     ///
-    /// Incremental (`base`: this Job's previous committed checkpoint): the store says
-    /// which chunks of each tracked object are unchanged since `base`'s part
-    /// (`AlignedRuntime::unchanged_since`, decided now: no cache of that part, as after a
-    /// restart or a failed flush, means none), only the other chunks are copied, and the
-    /// part names the unchanged ones by digest. If even that copy is over the budget, the
-    /// capture is a full one in pieces.
+    /// Incremental (`base`: this Job's previous committed checkpoint): the store says,
+    /// now, which chunks of each tracked object are unchanged since `base`'s part (no
+    /// cache of that part, as after a restart or a failed flush, means none); only the
+    /// other chunks are copied and the part names the unchanged ones by digest. If even
+    /// that copy is over the budget, the capture is a full one in pieces.
     ///
     /// Over the budget (issue #16 item 3): what fits in the budget is copied into staging
     /// (the heads, returned for the background flush), the rest written as durable
-    /// chunks here, inside the call (`AlignedRuntime::write_ahead`). So the call stalls
-    /// for the copy plus the write of what does not fit, and staging never holds more
-    /// than the budget. On failure the round is completed with this rank's failed vote
-    /// before the error is returned.
+    /// chunks here, inside the call. So the call stalls for the copy plus the write of
+    /// what does not fit, and staging never holds more than the budget. On failure the
+    /// round is completed with this rank's failed vote before the error is returned.
     fn capture_late(
         &mut self,
         objects: Vec<lazarus_format::ObjectSpec<'_>>,
@@ -1766,28 +1781,16 @@ impl Job {
         let budget = self.staging_budget;
         let pool = std::mem::take(&mut self.pool);
         let runtime = held(&mut self.runtime, self.lost)?;
-        let written = (|| {
-            let unchanged = match base {
-                Some(base) => runtime.unchanged_since(&mut begun, &objects, base)?,
-                None => Vec::new(),
-            };
-            let sparse = capture::sparse_bytes(&objects, &unchanged);
-            if sparse <= budget {
-                let staged = capture::stage_sparse(objects, pool, &unchanged)?;
-                runtime.reuse_unchanged(&mut begun, unchanged.into_iter().flatten().collect())?;
-                return Ok((staged, sparse));
-            }
-            let chunk = runtime.part_chunk_size(&mut begun)?;
-            let (heads, tails) = capture::split(objects, budget, chunk);
-            runtime.write_ahead(&mut begun, &tails)?;
-            drop(tails);
-            let captured = capture::borrowed_bytes(&heads);
-            Ok((capture::stage(heads, pool), captured))
-        })();
+        let written = capture::capture_into(
+            &mut runtime.capture_target(&mut begun),
+            objects,
+            pool,
+            budget,
+            base,
+        );
         match written {
             Ok((staged, captured)) => Ok((begun, staged, captured)),
             Err(source) => {
-                let source: lazarus_coord::RoundError = source;
                 // Vote Failed so no rank waits for this one; the round aborts everywhere.
                 if let Err(e) = runtime.complete_round(begun, Err(source.to_string()), meta) {
                     tracing::debug!("round after a failed capture: {e}");
@@ -1853,31 +1856,35 @@ impl Job {
 
 /// The capture of an asynchronous checkpoint of a [`Job`] with fast levels
 /// (docs/LEVELS.md, "Asynchronous level rounds"); the flush then takes the levels and
-/// the runtime (level round, then the rest of the durable round begun by the caller
-/// when L4 is due).
+/// the runtime (level round, then the rest of the durable round `durable` begun by the
+/// caller when L4 is due).
 ///
 /// A whole copy into staging when the state fits the staging budget and no
-/// incremental capture is possible. Otherwise, when L4 is not due (the usual case
-/// with L4 rare), this rank's next L1 checkpoint is begun now ([`L1Capture`]), and
-/// either only the chunks changed since the previous L1 checkpoint are copied (the
-/// part names the others by digest, as the durable path does), or, over the budget,
-/// what fits is copied and the tails are written into L1 inside the call. Over the
-/// budget with L4 due, the checkpoint is written synchronously
-/// ([`LevelCapture::Synchronous`]): the durable part and the L1 part cannot share
-/// tails written ahead into one repository. A capture that fails after it began
-/// (the L1 write ahead: a full node-local disk) is [`LevelCapture::Failed`].
+/// incremental capture is possible. Otherwise the parts are begun first
+/// ([`capture::capture_into`]): this rank's next L1 checkpoint when a fast level is due
+/// ([`L1Capture`]), and the durable round's part when L4 is. When L4 is not due (the
+/// usual case, L4 being rare), only the chunks changed since the previous L1
+/// checkpoint are copied if that fits the budget (the part names the others by digest,
+/// as the durable path does). Over the budget, what fits is copied and the tails are
+/// written inside the call into every part begun: L1 and, with L4 due, the durable
+/// repository too. A capture that fails after it began (a full node-local disk, a
+/// durable write error) is [`LevelCapture::Failed`]; one that cannot begin its L1
+/// checkpoint is written synchronously ([`LevelCapture::Synchronous`]), whose round
+/// meets and reports the same error.
 fn level_capture<'a>(
     levels: &mut Option<NodeLevels>,
     pool_of_job: &mut Vec<Vec<u8>>,
     budget: u64,
     objects: Vec<lazarus_format::ObjectSpec<'a>>,
     due: Due,
+    durable: Option<RoundTarget<'_>>,
 ) -> LevelCapture<'a> {
     let full = capture::borrowed_bytes(&objects);
     let Some(levels) = levels.as_mut() else {
         return LevelCapture::Synchronous(objects);
     };
-    let pool = std::mem::take(pool_of_job);
+    // A durable part in the checkpoint is hashed in full (`flush::rounds`), so the
+    // capture is incremental only against L1, and only when L4 is not due.
     let base = if due.l4 {
         None
     } else {
@@ -1885,71 +1892,152 @@ fn level_capture<'a>(
     };
     if base.is_none() && full <= budget {
         return LevelCapture::Staged {
-            staged: capture::stage(objects, pool),
+            staged: capture::stage(objects, std::mem::take(pool_of_job)),
             captured: full,
             l1: None,
         };
     }
-    if due.l4 {
-        *pool_of_job = pool;
+    if due.l4 && durable.is_none() {
         return LevelCapture::Synchronous(objects);
     }
-    let mut l1 = match levels.begin_capture() {
-        Ok(c) => c,
-        // The synchronous round meets the same error and reports it.
-        Err(e) => {
-            tracing::debug!("levels: beginning the L1 capture: {e}");
-            *pool_of_job = pool;
-            return LevelCapture::Synchronous(objects);
-        }
-    };
-    let l1_error = |source| LevelError::Store {
-        level: "L1 node-local",
-        source,
-    };
-    if let Some(base) = base {
-        let unchanged = capture::unchanged_since(l1.writer(), Rank(0), &objects, base);
-        let sparse = capture::sparse_bytes(&objects, &unchanged);
-        if sparse <= budget {
-            let staged = match capture::stage_sparse(objects, pool, &unchanged) {
-                Ok(s) => s,
-                Err(e) => {
-                    levels.abort_capture(l1);
-                    return LevelCapture::Failed(l1_error(e));
-                }
-            };
-            for u in unchanged.into_iter().flatten() {
-                if let Err(e) = l1.reuse(u) {
-                    levels.abort_capture(l1);
-                    return LevelCapture::Failed(e);
-                }
+    let mut l1 = None;
+    if due.fast() {
+        match levels.begin_capture() {
+            Ok(c) => l1 = Some(c),
+            Err(e) => {
+                tracing::debug!("levels: beginning the L1 capture: {e}");
+                return LevelCapture::Synchronous(objects);
             }
-            return LevelCapture::Staged {
-                staged,
-                captured: sparse,
-                l1: Some(Box::new(l1)),
-            };
         }
     }
-    let chunk = l1.writer().chunk_size();
-    let (heads, tails) = capture::split(objects, budget, chunk);
-    if let Err(e) = l1.write_ahead(&tails) {
-        levels.abort_capture(l1);
-        return LevelCapture::Failed(e);
+    let pool = std::mem::take(pool_of_job);
+    let captured = capture::capture_into(
+        &mut LevelTarget {
+            l1: l1.as_mut(),
+            durable,
+        },
+        objects,
+        pool,
+        budget,
+        base,
+    );
+    match captured {
+        Ok((staged, captured)) => LevelCapture::Staged {
+            staged,
+            captured,
+            l1: l1.map(Box::new),
+        },
+        Err(e) => {
+            if let Some(c) = l1 {
+                levels.abort_capture(c);
+            }
+            LevelCapture::Failed(e)
+        }
     }
-    drop(tails);
-    let captured = capture::borrowed_bytes(&heads);
-    LevelCapture::Staged {
-        staged: capture::stage(heads, pool),
-        captured,
-        l1: Some(Box::new(l1)),
+}
+
+/// The parts a capture with fast levels begins first ([`level_capture`]): this rank's
+/// next L1 checkpoint, the durable round's part, or both (the tails written ahead go to
+/// each, cut at a multiple of both chunk sizes).
+struct LevelTarget<'r> {
+    l1: Option<&'r mut L1Capture>,
+    durable: Option<RoundTarget<'r>>,
+}
+
+/// Why a capture with fast levels failed, by the part it was writing.
+enum LevelCaptureError {
+    L1(LevelError),
+    Durable(lazarus_coord::RoundError),
+}
+
+impl LevelCaptureError {
+    /// The error the checkpoint call returns.
+    fn into_job_error(self, step: u64) -> JobError {
+        match self {
+            LevelCaptureError::L1(source) => JobError::Level { step, source },
+            LevelCaptureError::Durable(source) => JobError::Round { step, source },
+        }
     }
+}
+
+impl std::fmt::Display for LevelCaptureError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LevelCaptureError::L1(e) => e.fmt(f),
+            LevelCaptureError::Durable(e) => e.fmt(f),
+        }
+    }
+}
+
+impl capture::CaptureTarget for LevelTarget<'_> {
+    type Error = LevelCaptureError;
+
+    fn unchanged_since(
+        &mut self,
+        objects: &[lazarus_format::ObjectSpec<'_>],
+        base: CheckpointId,
+    ) -> Result<Vec<Option<lazarus_store::Unchanged>>, LevelCaptureError> {
+        // Only an L1 part of its own may name chunks by digest (see `level_capture`).
+        Ok(match (&self.l1, &self.durable) {
+            (Some(l1), None) => capture::unchanged_since(l1.writer(), Rank(0), objects, base),
+            _ => Vec::new(),
+        })
+    }
+
+    fn reuse(&mut self, unchanged: Vec<lazarus_store::Unchanged>) -> Result<(), LevelCaptureError> {
+        let Some(l1) = self.l1.as_mut() else {
+            return Ok(());
+        };
+        for u in unchanged {
+            l1.reuse(u).map_err(LevelCaptureError::L1)?;
+        }
+        Ok(())
+    }
+
+    fn chunk_size(&mut self) -> Result<u64, LevelCaptureError> {
+        let l1 = self.l1.as_ref().map(|c| c.writer().chunk_size());
+        let durable = match self.durable.as_mut() {
+            Some(d) => Some(d.chunk_size().map_err(LevelCaptureError::Durable)?),
+            None => None,
+        };
+        Ok(match (l1, durable) {
+            (Some(a), Some(b)) => lcm(a, b),
+            (a, b) => a.or(b).unwrap_or(1),
+        })
+    }
+
+    fn write_ahead(&mut self, tails: &[capture::Tail<'_>]) -> Result<(), LevelCaptureError> {
+        if let Some(d) = self.durable.as_mut() {
+            d.write_ahead(tails).map_err(LevelCaptureError::Durable)?;
+        }
+        if let Some(l1) = self.l1.as_mut() {
+            l1.write_ahead(tails).map_err(LevelCaptureError::L1)?;
+        }
+        Ok(())
+    }
+
+    fn staging_failed(source: lazarus_store::StoreError) -> LevelCaptureError {
+        LevelCaptureError::L1(LevelError::Store {
+            level: "L1 node-local",
+            source,
+        })
+    }
+}
+
+/// The least common multiple of two chunk sizes (both are powers of two in practice;
+/// saturating, so a pair that overflows cuts nothing off and stages less).
+fn lcm(a: u64, b: u64) -> u64 {
+    let (mut x, mut y) = (a.max(1), b.max(1));
+    while y != 0 {
+        (x, y) = (y, x % y);
+    }
+    (a.max(1) / x).saturating_mul(b.max(1))
 }
 
 /// What [`level_capture`] did with the state.
 enum LevelCapture<'a> {
     /// Captured: the staged objects (whole, sparse or heads only), the bytes copied, and
-    /// the L1 checkpoint begun for them (`None` for a whole copy).
+    /// the L1 checkpoint begun for them (`None` for a whole copy or with L4 alone due).
     Staged {
         staged: Vec<lazarus_format::ObjectSpec<'static>>,
         captured: u64,
@@ -1958,7 +2046,7 @@ enum LevelCapture<'a> {
     /// Not captured: written inside the call, as a synchronous checkpoint.
     Synchronous(Vec<lazarus_format::ObjectSpec<'a>>),
     /// The capture failed on this rank after it began (nothing staged).
-    Failed(LevelError),
+    Failed(LevelCaptureError),
 }
 
 /// The runtime the Job holds (no flush in flight), or why it has none.
@@ -1973,27 +2061,33 @@ fn fail_rounds(
     why: &str,
     meta: &CommitMeta,
     due: Due,
+    begun: Option<StartedRound>,
 ) -> Result<(), JobError> {
     match levels.as_mut() {
         Some(l) if due.fast() => {
             // The order of every rank's rounds (`Job::save_now`): the durable round
-            // begins, the level round runs, the durable round completes.
+            // begins (unless the caller began it), the level round runs, the durable
+            // round completes.
             let seq = meta::level_seq(&meta.app).unwrap_or(0);
-            let begun = if due.l4 {
-                Some(held(runtime, lost)?.begin_round(meta))
-            } else {
-                None
+            let begun = match begun {
+                Some(b) => Some(Ok(b)),
+                None if due.l4 => Some(held(runtime, lost)?.begin_round(meta)),
+                None => None,
             };
             let _ = l.fail(seq, why, due);
             if let Some(Ok(b)) = begun {
                 let _ = held(runtime, lost)?.complete_round(b, Err(why.to_string()), meta);
             }
         }
-        _ => {
-            if due.l4 {
+        _ => match begun {
+            Some(b) => {
+                let _ = held(runtime, lost)?.complete_round(b, Err(why.to_string()), meta);
+            }
+            None if due.l4 => {
                 let _ = held(runtime, lost)?.round_failed(why.to_string(), meta);
             }
-        }
+            None => {}
+        },
     }
     Ok(())
 }

@@ -4,7 +4,9 @@
 //! chunks are copied, the L1 part names the others by digest), and a state over the
 //! staging budget has its tails written into L1 inside the call. Every L1 checkpoint
 //! still holds exactly the values at its call, although the program writes right after
-//! each call. When L4 is due, or after a failed L1 write, the capture is a whole one.
+//! each call. When L4 is due, or after a failed L1 write, the capture is a whole one; a
+//! state over the budget with L4 due has its tails written into L1 and into the durable
+//! repository inside the call.
 
 use lazarus::coord::Timeouts;
 use lazarus::levels::SEQ_KEY;
@@ -234,4 +236,133 @@ fn with_l4_due_or_after_a_failed_l1_write_the_capture_is_whole() {
     expected.push((seq, at_call));
     drop(job);
     assert_l1_holds(dir.path(), &expected);
+}
+
+/// The durable checkpoints by id, with the job-wide number each carries.
+fn durable_seqs(dir: &Path) -> BTreeMap<u64, u64> {
+    RepoReader::open(&dir.join("repo"))
+        .unwrap()
+        .committed()
+        .unwrap()
+        .into_iter()
+        .filter_map(|c| Some((c.id.0, c.app.get(SEQ_KEY)?.parse::<u64>().ok()?)))
+        .collect()
+}
+
+#[test]
+fn with_l4_due_a_state_over_the_budget_writes_its_tails_into_l1_and_l4_inside_the_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let budget = FULL / 4;
+    // L4 on every second checkpoint.
+    let mut job = open(dir.path(), 2, Some(budget));
+    let mut s = job.restore_or_init(init).unwrap();
+    let mut in_l1 = Vec::new();
+    let mut in_l4 = Vec::new();
+    for round in 1..=5u64 {
+        for i in 0..WORDS {
+            s.data.set(i, round * 1_000_000 + i as u64);
+        }
+        s.n = round;
+        let id = job.checkpoint_now(&s).unwrap();
+        let at_call = copy(&s);
+        for i in 0..WORDS {
+            s.data.set(i, u64::MAX - i as u64);
+        }
+        let r = *job
+            .flush()
+            .unwrap()
+            .unwrap_or_else(|| panic!("round {round}: written inside the call, not captured"));
+        assert!(
+            r.captured_bytes <= budget && r.captured_bytes > 0,
+            "round {round}: staged {} bytes, budget {budget}: {r}",
+            r.captured_bytes
+        );
+        assert!(r.logical_bytes >= FULL, "the part is the whole state: {r}");
+        let durable = durable_seqs(dir.path());
+        match durable.get(&id.0) {
+            Some(seq) if round % 2 == 0 => {
+                in_l4.push((id.0, copy(&at_call)));
+                in_l1.push((*seq, at_call));
+            }
+            _ => {
+                assert!(
+                    round % 2 == 1,
+                    "round {round}: L4 due, not in the repository"
+                );
+                in_l1.push((id.0, at_call));
+            }
+        }
+    }
+    drop(job);
+    assert_eq!(in_l4.len(), 2);
+    assert_l1_holds(dir.path(), &in_l1);
+    let reader = RepoReader::open(&dir.path().join("repo")).unwrap();
+    for (id, want) in in_l4 {
+        let objects = reader
+            .load_part(lazarus::CheckpointId(id), lazarus::Rank(0))
+            .unwrap();
+        let mut got = S {
+            data: DirtyVec::from(vec![]),
+            n: 0,
+        };
+        lazarus::state::restore(&mut got, objects).unwrap();
+        assert!(
+            got == want,
+            "durable checkpoint {id} does not hold the values at its call"
+        );
+    }
+}
+
+#[test]
+fn with_l4_due_a_failed_write_ahead_fails_the_call_and_the_next_checkpoints_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let budget = FULL / 4;
+    let mut job = open(dir.path(), 2, Some(budget));
+    let mut s = job.restore_or_init(init).unwrap();
+    let mut in_l1 = Vec::new();
+    let mut ids = Vec::new();
+    for round in 1..=8u64 {
+        for i in 0..WORDS {
+            s.data.set(i, round * 1_000_000 + i as u64);
+        }
+        s.n = round;
+        // Number 2: the durable disk is full; number 6: the node-local one. Both are
+        // L4-due numbers, so the tails go to both repositories inside the call.
+        match round {
+            2 => job.set_write_budget(0).unwrap(),
+            6 => job.set_level_write_budget(0).unwrap(),
+            _ => {}
+        }
+        let at_call = copy(&s);
+        let called = job.checkpoint_now(&s);
+        for i in 0..WORDS {
+            s.data.set(i, u64::MAX - i as u64);
+        }
+        match round {
+            2 | 6 => {
+                let e = called.expect_err("the tails cannot be written: the call fails");
+                let durable = matches!(e, lazarus::JobError::Round { .. });
+                assert_eq!(durable, round == 2, "round {round}: {e}");
+                job.set_write_budget(u64::MAX).unwrap();
+                job.set_level_write_budget(u64::MAX).unwrap();
+                continue;
+            }
+            _ => {}
+        }
+        let id = called.unwrap();
+        let r = *job.flush().unwrap().unwrap();
+        assert!(r.captured_bytes <= budget, "round {round}: {r}");
+        ids.push((round, id.0));
+        let durable = durable_seqs(dir.path());
+        in_l1.push((*durable.get(&id.0).unwrap_or(&id.0), at_call));
+    }
+    let durable = durable_seqs(dir.path());
+    let seqs: BTreeSet<u64> = durable.values().copied().collect();
+    assert_eq!(
+        seqs,
+        BTreeSet::from([4, 8]),
+        "only the L4-due checkpoints whose tails were written commit durably: {ids:?}"
+    );
+    drop(job);
+    assert_l1_holds(dir.path(), &in_l1);
 }

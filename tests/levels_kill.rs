@@ -743,8 +743,8 @@ fn kill_during_the_parity_round_restores_from_node_local_copies() {
 
 /// One seeded trial: a process kill or a host loss at a random step, or a rank killed by
 /// the failpoint between its L1 commit and the L2 exchange, or in the L3 parity round;
-/// with L1+L2 or L1+L3 (no L2); always the failure-free checksum, from the fast levels
-/// only (L4 off).
+/// with L1+L2 or L1+L3 (no L2), L4 off or (in a quarter of the trials, all with a
+/// sparse or split capture) every third checkpoint; always the failure-free checksum.
 fn trial(rng: &mut rand_chacha::ChaCha8Rng) {
     let dir = tempfile::tempdir().unwrap();
     let step = rng.gen_range(1..STEPS - 1);
@@ -775,6 +775,12 @@ fn trial(rng: &mut rand_chacha::ChaCha8Rng) {
         levels.extend(["--inject-failpoint", f.as_str()]);
     }
     let capture = rng.gen_bool(0.5);
+    // Half of those write L4 every third checkpoint too: over the staging budget, the
+    // tails then go into L1 and into the durable repository inside the call.
+    let l4 = capture && rng.gen_bool(0.5);
+    if l4 {
+        levels[5] = "3";
+    }
     let env: &[(&str, &str)] = if capture { &[(CAPTURE_ENV, "1")] } else { &[] };
     let out = run_with(
         dir.path(),
@@ -786,7 +792,7 @@ fn trial(rng: &mut rand_chacha::ChaCha8Rng) {
     assert_eq!(
         checksum(&out),
         reference(),
-        "kill at step {step}, mode {mode}, failpoint {failpoint:?}, parity {parity}, sparse or split capture {capture}\n{stderr}"
+        "kill at step {step}, mode {mode}, failpoint {failpoint:?}, parity {parity}, sparse or split capture {capture}, L4 {l4}\n{stderr}"
     );
     assert_lines_once(&out);
 }

@@ -205,7 +205,8 @@ pub struct StartedRound {
     writer: Option<PartWriter>,
     marked: bool,
     stall: Option<Duration>,
-    /// Tails of objects already written by [`AlignedRuntime::write_ahead`].
+    /// Tails of objects already written ahead, and chunks reused by digest
+    /// ([`AlignedRuntime::capture_target`]).
     ahead: WrittenAhead,
 }
 
@@ -220,6 +221,63 @@ impl StartedRound {
     /// background flush time `lazarus.flush_us` (`crate::meta`).
     pub fn set_stall(&mut self, stall: Duration) {
         self.stall = Some(stall);
+    }
+}
+
+/// A begun round's part as a capture's target ([`AlignedRuntime::capture_target`]).
+pub struct RoundTarget<'a> {
+    runtime: &'a mut AlignedRuntime,
+    started: &'a mut StartedRound,
+}
+
+impl RoundTarget<'_> {
+    /// Runs `f` with this rank's part writer for the round (opened now if needed).
+    fn with_writer<T>(&mut self, f: impl FnOnce(&PartWriter, Rank) -> T) -> Result<T, RoundError> {
+        let started = &mut *self.started;
+        let w = self
+            .runtime
+            .writer_for(started.round, started.writer.take())?;
+        let out = f(&w, self.runtime.comm.rank());
+        started.writer = Some(w);
+        Ok(out)
+    }
+}
+
+impl crate::capture::CaptureTarget for RoundTarget<'_> {
+    type Error = RoundError;
+
+    fn unchanged_since(
+        &mut self,
+        objects: &[ObjectSpec<'_>],
+        base: CheckpointId,
+    ) -> Result<Vec<Option<lazarus_store::Unchanged>>, RoundError> {
+        self.with_writer(|w, rank| crate::capture::unchanged_since(w, rank, objects, base))
+    }
+
+    fn reuse(&mut self, unchanged: Vec<lazarus_store::Unchanged>) -> Result<(), RoundError> {
+        for u in unchanged {
+            self.started.ahead.reuse(u)?;
+        }
+        Ok(())
+    }
+
+    fn chunk_size(&mut self) -> Result<u64, RoundError> {
+        self.with_writer(|w, _| w.chunk_size())
+    }
+
+    fn write_ahead(&mut self, tails: &[(ObjectSpec<'_>, u64)]) -> Result<(), RoundError> {
+        if tails.is_empty() {
+            return Ok(());
+        }
+        if !self.started.ahead.is_empty() {
+            return Err(ProtocolError::Misuse("write_ahead called twice for one round").into());
+        }
+        self.started.ahead = self.with_writer(|w, rank| w.write_ahead(rank, tails))??;
+        Ok(())
+    }
+
+    fn staging_failed(e: StoreError) -> RoundError {
+        e.into()
     }
 }
 
@@ -436,71 +494,18 @@ impl AlignedRuntime {
         }
     }
 
-    /// The raw chunk length of this rank's part writer for `started` (opened now if
-    /// needed): objects split between [`AlignedRuntime::write_ahead`] and
-    /// [`AlignedRuntime::complete_round`] must be split at a multiple of it.
-    pub fn part_chunk_size(&mut self, started: &mut StartedRound) -> Result<u64, RoundError> {
-        let w = self.writer_for(started.round, started.writer.take())?;
-        let size = w.chunk_size();
-        started.writer = Some(w);
-        Ok(size)
-    }
-
-    /// Writes, on the calling thread, the tails of objects of the round `started` (each
-    /// `(tail, start)`: the object's bytes from `start` on, see
-    /// [`PartWriter::write_ahead`]); durable when this returns. The part is completed by
-    /// [`AlignedRuntime::complete_round`] with the heads. This is how an asynchronous
-    /// checkpoint larger than its staging budget stalls only for what does not fit
-    /// (docs/ASYNC.md). On error the round is still begun: complete it with `Err(reason)`.
-    pub fn write_ahead(
-        &mut self,
-        started: &mut StartedRound,
-        objects: &[(ObjectSpec<'_>, u64)],
-    ) -> Result<(), RoundError> {
-        if objects.is_empty() {
-            return Ok(());
+    /// The round `started` as the target of a capture that begins the part first
+    /// ([`crate::capture::capture_into`]): an incremental capture names unchanged chunks
+    /// by digest in its part, and a state over the staging budget has its tails written
+    /// on the calling thread, durable on return, the heads following in
+    /// [`AlignedRuntime::complete_round`]. This is how an asynchronous checkpoint stalls
+    /// only for what it must copy or cannot stage (docs/ASYNC.md). On error the round is
+    /// still begun: complete it with `Err(reason)`.
+    pub fn capture_target<'a>(&'a mut self, started: &'a mut StartedRound) -> RoundTarget<'a> {
+        RoundTarget {
+            runtime: self,
+            started,
         }
-        let w = self.writer_for(started.round, started.writer.take())?;
-        let written = w.write_ahead(self.comm.rank(), objects);
-        started.writer = Some(w);
-        let more = written?;
-        if started.ahead.is_empty() {
-            started.ahead = more;
-            Ok(())
-        } else {
-            Err(ProtocolError::Misuse("write_ahead called twice for one round").into())
-        }
-    }
-
-    /// The chunks of each of `objects` unchanged since this rank's part of the committed
-    /// checkpoint `base` ([`PartWriter::unchanged_since`]), in the round `started` (its
-    /// part writer gives the chunk size and repository): what an incremental capture
-    /// need not copy. `None` for an object with no such chunk. Hand the ones used to
-    /// [`AlignedRuntime::reuse_unchanged`].
-    pub fn unchanged_since(
-        &mut self,
-        started: &mut StartedRound,
-        objects: &[ObjectSpec<'_>],
-        base: CheckpointId,
-    ) -> Result<Vec<Option<lazarus_store::Unchanged>>, RoundError> {
-        let w = self.writer_for(started.round, started.writer.take())?;
-        let out = crate::capture::unchanged_since(&w, self.comm.rank(), objects, base);
-        started.writer = Some(w);
-        Ok(out)
-    }
-
-    /// Makes the part of `started` name the chunks in `unchanged` by digest: the objects
-    /// given to [`AlignedRuntime::complete_round`] then hold only their other chunks
-    /// ([`lazarus_store::Unchanged::copy_changed`]).
-    pub fn reuse_unchanged(
-        &mut self,
-        started: &mut StartedRound,
-        unchanged: Vec<lazarus_store::Unchanged>,
-    ) -> Result<(), RoundError> {
-        for u in unchanged {
-            started.ahead.reuse(u)?;
-        }
-        Ok(())
     }
 
     /// This rank's part writer for `round`: `own` (rank 0's, from its pending

@@ -98,6 +98,69 @@ pub fn split(
     (heads, tails)
 }
 
+/// What a capture that begins its part first ([`capture_into`]) needs of that part: the
+/// durable round's part ([`crate::RoundTarget`]), an L1 part, an unaligned session's
+/// part, or several at once. One trait so the steps of such a capture (sparse, else in
+/// pieces) are written once.
+pub trait CaptureTarget {
+    /// Why the target refused a step.
+    type Error;
+
+    /// Per object of `objects` (same order), the chunks unchanged since `base`
+    /// ([`unchanged_since`]); none at all is always correct (a full capture).
+    fn unchanged_since(
+        &mut self,
+        objects: &[ObjectSpec<'_>],
+        base: CheckpointId,
+    ) -> Result<Vec<Option<Unchanged>>, Self::Error>;
+
+    /// Makes the part name the chunks of `unchanged` by digest.
+    fn reuse(&mut self, unchanged: Vec<Unchanged>) -> Result<(), Self::Error>;
+
+    /// The chunk size tails are cut at a multiple of ([`split`]).
+    fn chunk_size(&mut self) -> Result<u64, Self::Error>;
+
+    /// Writes `tails` now, durable on return ([`PartWriter::write_ahead`]); once per
+    /// capture.
+    fn write_ahead(&mut self, tails: &[Tail<'_>]) -> Result<(), Self::Error>;
+
+    /// The error of a sparse copy that found a chunk shorter than the part said
+    /// ([`stage_sparse`]).
+    fn staging_failed(e: StoreError) -> Self::Error;
+}
+
+/// The capture of a checkpoint whose part `target` has begun (incremental, or a state
+/// over the staging `budget`; otherwise [`stage`] alone is enough): with `base`, only
+/// the chunks changed since it are copied and the part names the others by digest, if
+/// that copy fits the budget; else the heads that fit are copied and the tails written
+/// into the target inside the call ([`split`]). Returns the staged objects and the bytes
+/// copied, never more than `budget` of borrowed bytes. `pool` holds the previous
+/// capture's buffers ([`stage`]).
+pub fn capture_into<T: CaptureTarget + ?Sized>(
+    target: &mut T,
+    objects: Vec<ObjectSpec<'_>>,
+    pool: Vec<Vec<u8>>,
+    budget: u64,
+    base: Option<CheckpointId>,
+) -> Result<(Vec<ObjectSpec<'static>>, u64), T::Error> {
+    if let Some(base) = base {
+        let unchanged = target.unchanged_since(&objects, base)?;
+        let sparse = sparse_bytes(&objects, &unchanged);
+        if sparse <= budget {
+            let staged = stage_sparse(objects, pool, &unchanged).map_err(T::staging_failed)?;
+            target.reuse(unchanged.into_iter().flatten().collect())?;
+            return Ok((staged, sparse));
+        }
+        // Over the budget even sparse (so a full copy is too): in pieces.
+    }
+    let chunk = target.chunk_size()?;
+    let (heads, tails) = split(objects, budget, chunk);
+    target.write_ahead(&tails)?;
+    drop(tails);
+    let captured = borrowed_bytes(&heads);
+    Ok((stage(heads, pool), captured))
+}
+
 /// The checkpoint an incremental capture of `objects` would be relative to: `last`, this
 /// rank's newest checkpoint known *committed* in this process (so its chunks are
 /// retained), if some object borrowed from the program's memory carries a change hint

@@ -60,7 +60,7 @@ pub use aligned::{
     RoundId, Timeouts, ToParticipant, Vote, VoteMsg,
 };
 pub use aligned_rt::{
-    AlignedRuntime, Committed, RankStore, RoundError, RoundErrorKind, StartedRound,
+    AlignedRuntime, Committed, RankStore, RoundError, RoundErrorKind, RoundTarget, StartedRound,
     OUTPUT_MARKERS_ENV, TAG_TO_PARTICIPANT, TAG_VOTE,
 };
 pub use damage::{all_damaged_message, announce_all_damaged, OnAllDamaged, ON_ALL_DAMAGED_ENV};

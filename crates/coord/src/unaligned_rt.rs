@@ -170,6 +170,62 @@ struct Pieces {
     ahead: WrittenAhead,
 }
 
+/// A session's part as a capture's target ([`crate::capture::capture_into`]): the
+/// chunks reused by digest are kept for the part's write, tails are written ahead with
+/// the part writer.
+struct SessionTarget<'a> {
+    writer: &'a PartWriter,
+    me: Rank,
+    reused: Vec<Unchanged>,
+    ahead: Option<WrittenAhead>,
+}
+
+/// Why a session's capture failed: staging (the snapshot is not taken) or writing the
+/// tails (the snapshot is taken, the part cannot be written).
+enum SessionCaptureError {
+    Staging(StoreError),
+    Tails(StoreError),
+}
+
+impl crate::capture::CaptureTarget for SessionTarget<'_> {
+    type Error = SessionCaptureError;
+
+    fn unchanged_since(
+        &mut self,
+        objects: &[ObjectSpec<'_>],
+        base: CheckpointId,
+    ) -> Result<Vec<Option<Unchanged>>, SessionCaptureError> {
+        Ok(crate::capture::unchanged_since(
+            self.writer,
+            self.me,
+            objects,
+            base,
+        ))
+    }
+
+    fn reuse(&mut self, unchanged: Vec<Unchanged>) -> Result<(), SessionCaptureError> {
+        self.reused.extend(unchanged);
+        Ok(())
+    }
+
+    fn chunk_size(&mut self) -> Result<u64, SessionCaptureError> {
+        Ok(self.writer.chunk_size())
+    }
+
+    fn write_ahead(&mut self, tails: &[(ObjectSpec<'_>, u64)]) -> Result<(), SessionCaptureError> {
+        let ahead = self
+            .writer
+            .write_ahead(self.me, tails)
+            .map_err(SessionCaptureError::Tails)?;
+        self.ahead = Some(ahead);
+        Ok(())
+    }
+
+    fn staging_failed(e: StoreError) -> SessionCaptureError {
+        SessionCaptureError::Staging(e)
+    }
+}
+
 /// What a local snapshot captured.
 struct Captured {
     /// the staged objects (the heads when in pieces)
@@ -1469,31 +1525,28 @@ impl AsyncSession {
             }
             Err(e) => return Ok(Captured::failed(format!("{me}: {e}"))),
         };
-        if let Some(base) = base {
-            let unchanged = cap::unchanged_since(&writer, me, &objects, base);
-            let sparse = cap::sparse_bytes(&objects, &unchanged);
-            if sparse <= budget {
-                let staged = cap::stage_sparse(objects, Vec::new(), &unchanged).map_err(|e| {
-                    SessionError::wrap(K::State, me, "capturing the local snapshot", e)
-                })?;
-                return Ok(Captured {
-                    reused: unchanged.into_iter().flatten().collect(),
-                    ..Captured::staged(staged, sparse)
-                });
-            }
-            // Over the budget even sparse (so `full`, never less, is too): in pieces.
-        }
-        let (heads, tails) = cap::split(objects, budget, writer.chunk_size());
-        match writer.write_ahead(me, &tails) {
-            Ok(ahead) => {
-                drop(tails);
-                let copied = cap::borrowed_bytes(&heads);
+        let mut target = SessionTarget {
+            writer: &writer,
+            me,
+            reused: Vec::new(),
+            ahead: None,
+        };
+        match cap::capture_into(&mut target, objects, Vec::new(), budget, base) {
+            Ok((staged, copied)) => {
+                let SessionTarget { reused, ahead, .. } = target;
                 Ok(Captured {
-                    pieces: Some(Pieces { writer, ahead }),
-                    ..Captured::staged(cap::stage(heads, Vec::new()), copied)
+                    reused,
+                    pieces: ahead.map(|ahead| Pieces { writer, ahead }),
+                    ..Captured::staged(staged, copied)
                 })
             }
-            Err(e) => Ok(Captured::failed(format!("{me}: {e}"))),
+            Err(SessionCaptureError::Staging(e)) => Err(SessionError::wrap(
+                K::State,
+                me,
+                "capturing the local snapshot",
+                e,
+            )),
+            Err(SessionCaptureError::Tails(e)) => Ok(Captured::failed(format!("{me}: {e}"))),
         }
     }
 
