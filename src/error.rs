@@ -129,7 +129,9 @@ pub enum JobError {
     /// outside the job, a full disk while journaling, another world size. Names the file.
     #[error("managed files: {0}")]
     Files(#[from] FilesError),
-    /// The repository holds committed checkpoints and every one is damaged; under
+    /// The repository holds committed checkpoints and every one is damaged (or, with
+    /// fast levels, a checkpoint known complete on every rank is lost: no surviving
+    /// copy can rebuild it, docs/LEVELS.md "Lost progress"); under
     /// [`OnAllDamaged::Refuse`](crate::OnAllDamaged::Refuse) (the default) the job does not start from scratch, which
     /// would silently give up all their progress. `damaged` names each one.
     #[error("{}", lazarus_coord::all_damaged_message(path, damaged))]

@@ -995,6 +995,13 @@ impl Job {
                 source: Source::Fast { level: p.level },
             })
             .collect();
+        // A checkpoint known complete that no level can rebuild counts as damage: never
+        // a fresh start that silently throws it away (docs/LEVELS.md, "Lost progress").
+        let lost: Vec<_> = levels
+            .as_ref()
+            .and_then(NodeLevels::lost)
+            .into_iter()
+            .collect();
         let level_root = levels.as_ref().map(|l| l.root().to_path_buf());
         let load = |c: &Candidate| -> Result<_, LoadError<JobError>> {
             if let Source::Fast { .. } = c.source {
@@ -1063,7 +1070,7 @@ impl Job {
                 Ok(state)
             }
         };
-        let agreed = agreement.run_with(fast, load, apply);
+        let agreed = agreement.run_with(fast, lost, load, apply);
         self.levels = levels;
         let (state, start) = agreed.map_err(|e| match e {
             AgreeError::Own(e) => e,
@@ -1102,7 +1109,10 @@ impl Job {
         self.record_history(restored.map(|(s, l)| (s, l.map(String::as_str))))?;
         match start {
             Start::Fresh { damaged } => {
-                if let Some(seq) = self.levels.as_ref().and_then(NodeLevels::newest_seen) {
+                let newest_seen = self.levels.as_ref().and_then(NodeLevels::newest_seen);
+                if !damaged.is_empty() {
+                    // Rank 0 said so already (the agreement's warning names each one).
+                } else if let Some(seq) = newest_seen {
                     // Copies survive, but no level can rebuild every rank's part of any
                     // checkpoint: say so rather than restart silently from the beginning.
                     let why = format!(

@@ -687,17 +687,43 @@ fn losing_more_than_parity_covers_falls_back_to_the_durable_checkpoint() {
     assert!(!stderr.contains("from L3 parity"), "{stderr}");
 }
 
-/// The same loss without any L4 checkpoint: nothing can rebuild every rank, and the job
-/// says so and starts from the initial state (the failure-free result, never a wrong
-/// rebuild).
+/// The same loss without any L4 checkpoint: nothing can rebuild every rank, and a
+/// surviving copy says a newer checkpoint completed on every rank, so its progress is
+/// lost, not unwritten: the restart is refused (the supervisor stops with the refusal's
+/// status, naming the checkpoint), never a fresh start that throws it away, never a
+/// wrong rebuild. With `LAZARUS_ON_ALL_DAMAGED=start-fresh` the job says so and starts
+/// from the initial state (the failure-free result).
 #[test]
-fn losing_more_than_parity_covers_without_the_repository_says_so_and_starts_fresh() {
+fn losing_more_than_parity_covers_without_the_repository_is_refused_unless_a_fresh_start_is_allowed(
+) {
     let dir = tempfile::tempdir().unwrap();
     let out = run(dir.path(), &PARITY_ONLY, &format!("{STEPS},2,9,beyond"));
     let (_, stderr) = text(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(lazarus::supervisor::EXIT_RESTORE_REFUSED),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("refusing to start from scratch")
+            && stderr.contains("lost: fast-level checkpoint")
+            && stderr.contains("completed on every rank"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("restored checkpoint"), "{stderr}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_with(
+        dir.path(),
+        &PARITY_ONLY,
+        &format!("{STEPS},2,9,beyond"),
+        &[("LAZARUS_ON_ALL_DAMAGED", "start-fresh")],
+    );
+    let (_, stderr) = text(&out);
     assert_eq!(checksum(&out), reference(), "{stderr}");
     assert!(
-        stderr.contains("no level can rebuild every rank's part of any checkpoint"),
+        stderr.contains("WARNING: every committed checkpoint")
+            && stderr.contains("lost: fast-level checkpoint"),
         "{stderr}"
     );
     assert!(!stderr.contains("restored checkpoint"), "{stderr}");

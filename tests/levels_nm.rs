@@ -137,12 +137,25 @@ fn levels_nm_worker() {
 }
 
 fn run(dir: &Path, n: u32, levels: &[&str], extra: &[&str], spec: &str) -> std::process::Output {
+    run_env(dir, n, levels, extra, spec, &[])
+}
+
+/// [`run`] with more environment for the job.
+fn run_env(
+    dir: &Path,
+    n: u32,
+    levels: &[&str],
+    extra: &[&str],
+    spec: &str,
+    more_env: &[(&str, &str)],
+) -> std::process::Output {
     let l1 = dir.join("l1");
     let l1 = l1.to_str().expect("utf-8 path");
     let mut args = vec!["--l1-dir", l1];
     args.extend_from_slice(levels);
     args.extend_from_slice(extra);
-    let env = [(WORKER_ENV, spec), ("LAZARUS_SIM_HOSTS", "2")];
+    let mut env = vec![(WORKER_ENV, spec), ("LAZARUS_SIM_HOSTS", "2")];
+    env.extend_from_slice(more_env);
     lazarus_run_worker("levels_nm_worker", n, &dir.join("repo"), &args, &env)
 }
 
@@ -306,17 +319,41 @@ fn an_old_part_missing_everywhere_falls_back_to_the_durable_checkpoint() {
     );
 }
 
-/// The same without L4: nothing can rebuild every old part; the job says so and starts
-/// from the initial state (the failure-free result), never from a partial checkpoint.
+/// The same without L4: nothing can rebuild every old part of a checkpoint known to have
+/// completed on every rank, so the restart is refused naming it (never a partial
+/// checkpoint, never a fresh start that throws it away); allowed a fresh start
+/// (`LAZARUS_ON_ALL_DAMAGED=start-fresh`), the job says so and starts from the initial
+/// state (the failure-free result).
 #[test]
-fn an_old_part_missing_everywhere_without_the_repository_says_so_and_starts_fresh() {
+fn an_old_part_missing_everywhere_without_the_repository_is_refused_unless_a_fresh_start_is_allowed(
+) {
     let dir = tempfile::tempdir().unwrap();
     killed_on_four(dir.path(), &FAST_ONLY, 9, "part2");
     let out = run(dir.path(), 3, &FAST_ONLY, &[], &format!("{STEPS},0,none"));
     let (_, stderr) = text(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(lazarus::supervisor::EXIT_RESTORE_REFUSED),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("refusing to start from scratch")
+            && stderr.contains("lost: fast-level checkpoint"),
+        "{stderr}"
+    );
+    let out = run_env(
+        dir.path(),
+        3,
+        &FAST_ONLY,
+        &[],
+        &format!("{STEPS},0,none"),
+        &[("LAZARUS_ON_ALL_DAMAGED", "start-fresh")],
+    );
+    let (_, stderr) = text(&out);
     assert_eq!(checksum(&out), reference(), "{stderr}");
     assert!(
-        stderr.contains("no level can rebuild every rank's part of any checkpoint"),
+        stderr.contains("WARNING: every committed checkpoint")
+            && stderr.contains("lost: fast-level checkpoint"),
         "{stderr}"
     );
     assert!(!stderr.contains("restored checkpoint"), "{stderr}");

@@ -73,9 +73,9 @@ fn describe(damaged: &[Damage]) -> String {
 /// The refusal: the repository, every damaged checkpoint, and how to start fresh anyway.
 pub fn all_damaged_message(repo: &Path, damaged: &[Damage]) -> String {
     format!(
-        "every committed checkpoint in {} is damaged: {}; refusing to start from scratch, \
-         which would lose all their progress: repair or move the repository away, or allow \
-         a fresh start with OnAllDamaged::StartFresh (JobBuilder::on_all_damaged, \
+        "every committed checkpoint in {} is damaged or lost: {}; refusing to start from \
+         scratch, which would lose all their progress: repair or move the repository away, \
+         or allow a fresh start with OnAllDamaged::StartFresh (JobBuilder::on_all_damaged, \
          AsyncConfig::on_all_damaged) or {ON_ALL_DAMAGED_ENV}=start-fresh",
         repo.display(),
         describe(damaged)
@@ -88,7 +88,7 @@ pub fn announce_all_damaged(repo: &Path, damaged: &[Damage], policy: OnAllDamage
     let line = match policy {
         OnAllDamaged::Refuse => format!("lazarus: {}", all_damaged_message(repo, damaged)),
         OnAllDamaged::StartFresh => format!(
-            "lazarus: WARNING: every committed checkpoint in {} is damaged: {}; starting \
+            "lazarus: WARNING: every committed checkpoint in {} is damaged or lost: {}; starting \
              from scratch as configured (on_all_damaged = StartFresh): the progress they \
              held is lost",
             repo.display(),

@@ -265,15 +265,20 @@ impl RestoreAgreement<'_> {
         load: impl FnMut(&Candidate) -> Result<L, LoadError<E>>,
         apply: impl FnOnce(Option<(&Candidate, L)>) -> Result<T, E>,
     ) -> Result<(T, Start), AgreeError<E>> {
-        self.run_with(Vec::new(), load, apply)
+        self.run_with(Vec::new(), Vec::new(), load, apply)
     }
 
     /// [`RestoreAgreement::run`] with candidates of fast levels (issue #15), which rank 0
-    /// tries in the order of [`merge_candidates`] with the durable repository's. `fast`
-    /// matters on rank 0 only (every rank may pass the same list).
+    /// tries in the order of [`merge_candidates`] with the durable repository's, and the
+    /// fast-level checkpoints known complete that no level can rebuild (`lost`): they
+    /// count as damage found before the first candidate, so a restore that then runs
+    /// out of candidates is refused under [`OnAllDamaged::Refuse`] instead of starting
+    /// fresh, and one that restores an older checkpoint reports them skipped. `fast` and
+    /// `lost` matter on rank 0 only (every rank may pass the same lists).
     pub fn run_with<L, T, E: Display>(
         &self,
         fast: Vec<Candidate>,
+        lost: Vec<Damage>,
         mut load: impl FnMut(&Candidate) -> Result<L, LoadError<E>>,
         apply: impl FnOnce(Option<(&Candidate, L)>) -> Result<T, E>,
     ) -> Result<(T, Start), AgreeError<E>> {
@@ -286,10 +291,10 @@ impl RestoreAgreement<'_> {
             let listed = RepoReader::open(self.repo).and_then(|r| r.newest_committed_candidates());
             match listed {
                 Ok((ok, damaged)) => {
-                    damaged.iter().for_each(warn_damage);
+                    lost.iter().chain(&damaged).for_each(warn_damage);
                     let durable = ok.iter().map(Candidate::from).collect();
                     candidates = merge_candidates(fast, durable).into();
-                    skipped = damaged;
+                    skipped = lost.into_iter().chain(damaged).collect();
                 }
                 Err(e) => {
                     // Tell the others before failing, so they do not wait for us.

@@ -22,6 +22,12 @@ use std::time::{Duration, Instant};
 /// COMMIT key of a level checkpoint: the job-wide checkpoint number (the same key the
 /// durable repository's COMMIT carries in a multi-level job).
 pub const SEQ_KEY: &str = "lazarus.level.seq";
+/// COMMIT key of a level checkpoint (L1 and parity): the newest job-wide number whose
+/// level round the writing rank saw succeed on every rank (the outcome exchange) before
+/// this one. A restart that finds such a number on a surviving copy but cannot restore
+/// it (nor a newer one) from any level knows progress was lost, not merely unwritten:
+/// the restore counts it as damage ([`NodeLevels::lost`]), refused by default.
+pub const COMPLETE_KEY: &str = "lazarus.level.complete";
 /// COMMIT key of a level checkpoint: the global rank whose part it is.
 pub const LEVEL_RANK_KEY: &str = "lazarus.level.rank";
 /// COMMIT key of a level checkpoint: the number of ranks of the job that wrote it.
@@ -177,6 +183,11 @@ pub struct NodeLevels {
     /// it, so a partner mirror is never offered a number it already holds (a new host's
     /// L1 starts empty; restarting its numbers at 1 would collide with the mirror).
     l1_floor: u64,
+    /// The newest job-wide number whose level round this process saw succeed on every
+    /// rank ([`COMPLETE_KEY`]).
+    complete: Option<u64>,
+    /// The newest job-wide number in the durable repository at open (rank 0's).
+    durable_seq: u64,
 }
 
 /// This rank's next L1 checkpoint, begun at the capture of an asynchronous checkpoint
@@ -396,6 +407,8 @@ impl NodeLevels {
             tidied: false,
             l1_base: None,
             l1_floor,
+            complete: None,
+            durable_seq: dseq,
         })
     }
 
@@ -483,6 +496,53 @@ impl NodeLevels {
             .map(|h| h.seq)
             .chain(self.parity.iter().map(|p| p.seq))
             .max()
+    }
+
+    /// The newest fast-level checkpoint known complete on every rank ([`COMPLETE_KEY`]
+    /// on a copy of the job's current path) when no level can restore it or a newer
+    /// one, nor the durable repository holds it or a newer one: as damage for the
+    /// restore agreement (`lazarus_coord::restore`), so running
+    /// out of candidates is refused by default rather than a fresh start that throws
+    /// the progress away (bring the lost hosts' node-local directories back, or allow a
+    /// fresh start). `None` on a first run (no history record: copies found then are
+    /// not this job's) and when a plan reaches that number.
+    pub fn lost(&self) -> Option<lazarus_store::Damage> {
+        self.history.as_ref()?;
+        let complete = |app: &BTreeMap<String, String>| {
+            app.get(COMPLETE_KEY).and_then(|v| v.parse::<u64>().ok())
+        };
+        let known = self
+            .held
+            .iter()
+            .filter_map(|h| complete(&h.app))
+            .chain(self.parity.iter().filter_map(|p| complete(&p.app)))
+            .max()?;
+        let plans = self.plans();
+        if self.durable_seq >= known || plans.iter().any(|p| p.seq >= known) {
+            return None;
+        }
+        let mut hosts: Vec<&str> = self
+            .held
+            .iter()
+            .map(|h| h.host.as_str())
+            .chain(self.parity.iter().map(|p| p.host.as_str()))
+            .collect();
+        hosts.sort_unstable();
+        hosts.dedup();
+        let older = match plans.iter().map(|p| p.seq).max() {
+            Some(s) => format!("the newest they can rebuild is checkpoint {s}"),
+            None => "they cannot rebuild any".to_string(),
+        };
+        Some(lazarus_store::Damage {
+            checkpoint: CheckpointId(known),
+            path: self.root.clone(),
+            kind: "lost".into(),
+            detail: format!(
+                "lost: fast-level checkpoint {known} completed on every rank, but the node-local copies that survive (on {}) cannot rebuild every rank's part of it (more hosts lost than partner copies and parity cover; {older}); bring the lost hosts' node-local directories back under {}",
+                hosts.join(", "),
+                self.root.display()
+            ),
+        })
     }
 
     /// Forgets what this rank kept of its previous parity round, so its group's next
@@ -634,6 +694,16 @@ impl NodeLevels {
         due: Due,
     ) -> Result<LevelReceipt, LevelError> {
         let mut receipt = LevelReceipt::default();
+        let marked;
+        let meta = match self.complete {
+            Some(n) => {
+                let mut m = meta.clone();
+                m.app.insert(COMPLETE_KEY.into(), n.to_string());
+                marked = m;
+                &marked
+            }
+            None => meta,
+        };
         let t0 = Instant::now();
         let written = self
             .write_l1(seq, captured, objects, meta)
@@ -691,6 +761,7 @@ impl NodeLevels {
                 message: m,
             });
         }
+        self.complete = Some(seq);
         self.tidy_after(due);
         Ok(receipt)
     }
