@@ -54,6 +54,11 @@ pub struct OutputCommit {
     committed: Option<CheckpointId>,
     /// A rank wrote a cut marker: the job keeps fast checkpoint levels.
     saw_cuts: bool,
+    /// Per rank, the newest part marker its stream delivered in this incarnation.
+    delivered: Vec<Option<CheckpointId>>,
+    /// The checkpoint this incarnation was restarted from, as the last rollback named
+    /// it (`None`: the first incarnation, or a fresh start).
+    base: Option<CheckpointId>,
 }
 
 impl OutputCommit {
@@ -63,6 +68,8 @@ impl OutputCommit {
             ranks: (0..ranks).map(|_| Vec::new()).collect(),
             committed: None,
             saw_cuts: false,
+            delivered: vec![None; ranks as usize],
+            base: None,
         }
     }
 
@@ -99,6 +106,9 @@ impl OutputCommit {
             Marker::Part { id, step } => {
                 if let Some(b) = self.ranks.get_mut(rank as usize) {
                     b.push(Item::Part(id, step));
+                }
+                if let Some(d) = self.delivered.get_mut(rank as usize) {
+                    *d = (*d).max(Some(id));
                 }
                 self.release()
             }
@@ -172,15 +182,49 @@ impl OutputCommit {
     /// held line until the ranks say which step they restored (their `resumed` marker):
     /// the supervisor does not see the fast levels, so only the ranks know. Returns the
     /// lines released now.
-    pub fn rollback_deferred(&mut self, restored: Option<CheckpointId>) -> Vec<(u32, Vec<u8>)> {
+    pub fn rollback_deferred(
+        &mut self,
+        restored: Option<(CheckpointId, u64)>,
+    ) -> Vec<(u32, Vec<u8>)> {
         let released = match restored {
-            Some(id) => self.mark_committed(id),
-            None => Vec::new(),
+            Some((id, step)) => {
+                self.cover_undelivered(id, step);
+                self.mark_committed(id)
+            }
+            None => {
+                self.base = None;
+                Vec::new()
+            }
         };
+        self.delivered.fill(None);
         for b in &mut self.ranks {
             b.push(Item::Restart);
         }
         released
+    }
+
+    /// At a rollback to the committed checkpoint `id` (at `step`). If the failed
+    /// incarnation committed it (it is newer than the checkpoint that incarnation was
+    /// restarted from), every rank wrote its part marker before it (a rank prints the
+    /// marker before its vote, and COMMIT follows every vote). A rank whose stream has
+    /// not delivered that marker lost the end of its stream in transit (a launcher such
+    /// as `mpirun` forwards output through daemons that die with the job): all it did
+    /// deliver precedes the marker, so the marker is put at its end and the commit
+    /// covers it. Without this, a rollback to `id` dropped those lines as if the
+    /// re-execution printed them again, which it does not (found by
+    /// `every_output_line_is_released_once_across_a_restart_under_mpirun`). When the
+    /// failed incarnation was restarted from `id` itself, its ranks never print that
+    /// marker: all they delivered follows it and is printed again. Then the next
+    /// incarnation starts from `id`.
+    fn cover_undelivered(&mut self, id: CheckpointId, step: u64) {
+        if self.base.is_none_or(|b| id > b) {
+            for (buf, d) in self.ranks.iter_mut().zip(&self.delivered) {
+                if d.is_none_or(|d| d < id) {
+                    buf.push(Item::Part(id, step));
+                }
+            }
+        }
+        self.base = Some(id);
     }
 
     /// Records that checkpoint `id` is committed (e.g. found in the repository after rank 0
@@ -251,11 +295,22 @@ impl OutputCommit {
     /// releases what `restored` commits, then drops every line still held (they were
     /// printed after the restored point and will be printed again). Returns
     /// `(released, dropped_count)`.
-    pub fn rollback(&mut self, restored: Option<CheckpointId>) -> (Vec<(u32, Vec<u8>)>, usize) {
+    pub fn rollback(
+        &mut self,
+        restored: Option<(CheckpointId, u64)>,
+    ) -> (Vec<(u32, Vec<u8>)>, usize) {
         let released = match restored {
-            Some(id) => self.mark_committed(id),
-            None => Vec::new(),
+            Some((id, step)) => {
+                self.cover_undelivered(id, step);
+                self.mark_committed(id)
+            }
+            None => {
+                self.base = None;
+                Vec::new()
+            }
         };
+        self.delivered.fill(None);
+        let restored = restored.map(|(id, _)| id);
         let mut dropped = 0;
         for b in &mut self.ranks {
             dropped += b.iter().filter(|i| matches!(i, Item::Line(_))).count();
@@ -400,10 +455,76 @@ mod tests {
         // Rank 1's part marker arrives after the commit (different pipes).
         assert_eq!(o.marker(1, p(1)), vec![(1, l("a1"))]);
         o.line(1, l("b1"));
-        let (rel, dropped) = o.rollback(Some(CheckpointId(1)));
+        let (rel, dropped) = o.rollback(Some((CheckpointId(1), 0)));
         assert!(rel.is_empty());
         assert_eq!(dropped, 1);
         assert_eq!(o.held(), 0);
+    }
+
+    /// Regression (CI, `every_output_line_is_released_once_across_a_restart_under_mpirun`):
+    /// rank 1's part marker of checkpoint 2, and its commit marker, were lost with the
+    /// killed launcher's forwarding; the repository says 2 is committed. What rank 1 did
+    /// deliver precedes its part marker of 2 (it printed the marker before 2 could
+    /// commit), and the restore from 2 does not print it again: it must be released,
+    /// not dropped (the old code dropped `b1`, a line lost for good).
+    #[test]
+    fn a_commit_whose_part_marker_was_lost_in_transit_releases_what_the_rank_delivered() {
+        let p = |id| Marker::Part {
+            id: CheckpointId(id),
+            step: id * 5,
+        };
+        for deferred in [false, true] {
+            let mut o = OutputCommit::new(2);
+            let mut out = Vec::new();
+            for r in 0..2 {
+                o.line(r, l(&format!("a{r}")));
+                out.extend(o.marker(r, p(1)));
+            }
+            out.extend(o.marker(
+                0,
+                Marker::Commit {
+                    id: CheckpointId(1),
+                    step: 5,
+                },
+            ));
+            o.line(0, l("b0"));
+            out.extend(o.marker(0, p(2)));
+            o.line(0, l("c0"));
+            o.line(1, l("b1"));
+            let restored = Some((CheckpointId(2), 10));
+            if deferred {
+                out.extend(o.rollback_deferred(restored));
+                // The ranks restored checkpoint 2; c0 is printed again.
+                out.extend(o.marker(
+                    0,
+                    Marker::Resumed {
+                        id: Some(CheckpointId(2)),
+                        step: 10,
+                        seq: None,
+                    },
+                ));
+            } else {
+                let (rel, dropped) = o.rollback(restored);
+                out.extend(rel);
+                assert_eq!(dropped, 1, "only c0 is printed again");
+            }
+            out.sort();
+            assert_eq!(
+                out,
+                vec![(0, l("a0")), (0, l("b0")), (1, l("a1")), (1, l("b1"))],
+                "deferred {deferred}"
+            );
+            // The next incarnation restored 2 and fails before any commit: what it
+            // printed follows part 2 on every rank, and is printed again.
+            o.line(0, l("c0"));
+            o.line(1, l("c1"));
+            let rel = if deferred {
+                o.rollback_deferred(restored)
+            } else {
+                o.rollback(restored).0
+            };
+            assert!(rel.is_empty(), "deferred {deferred}: {rel:?}");
+        }
     }
 
     #[test]
@@ -418,7 +539,7 @@ mod tests {
             },
         );
         o.line(0, l("y"));
-        let (rel, dropped) = o.rollback(Some(CheckpointId(4)));
+        let (rel, dropped) = o.rollback(Some((CheckpointId(4), 0)));
         assert_eq!(rel, vec![(0, l("x"))]);
         assert_eq!(dropped, 1);
     }
@@ -566,7 +687,7 @@ mod fast_level_tests {
         out.extend(o.marker(0, commit(3)));
         o.line(0, l("y\n"));
         o.line(0, l("z\n"));
-        let (rel, dropped) = o.rollback(Some(CheckpointId(3)));
+        let (rel, dropped) = o.rollback(Some((CheckpointId(3), 0)));
         out.extend(rel);
         assert_eq!(dropped, 2, "y and z are printed again");
         o.line(0, l("y\n"));
@@ -596,7 +717,7 @@ mod fast_level_tests {
             out.extend(o.marker(0, commit(2, 2)));
             o.line(0, l("s2\n"));
         };
-        for restored in [None, Some(CheckpointId(1))] {
+        for restored in [None, Some((CheckpointId(1), 1))] {
             let mut o = OutputCommit::new(1);
             let mut out = Vec::new();
             run(&mut o, &mut out);
@@ -620,7 +741,7 @@ mod fast_level_tests {
         let mut o = OutputCommit::new(1);
         let mut out = Vec::new();
         run(&mut o, &mut out);
-        let (rel, _) = o.rollback(Some(CheckpointId(2)));
+        let (rel, _) = o.rollback(Some((CheckpointId(2), 0)));
         out.extend(rel);
         out.extend(o.take_carried());
         assert_eq!(out, vec![(0, l("s0\n")), (0, l("r0 \n"))]);
@@ -643,7 +764,7 @@ mod fast_level_tests {
         o.line(0, l("s3\n"));
         // Checkpoint 3 turns out damaged: the job restarts from 2, which re-prints what
         // followed part 2 (`r1 s3`), not what preceded it (`r0 `).
-        let (rel, _) = o.rollback(Some(CheckpointId(2)));
+        let (rel, _) = o.rollback(Some((CheckpointId(2), 0)));
         out.extend(rel);
         o.line(0, l("r1 s3\n"));
         out.extend(o.finish());

@@ -490,9 +490,9 @@ impl Supervisor {
             let (released, dropped) = if fast_levels {
                 // The ranks may restore a newer checkpoint from a fast level: their
                 // `resumed` marker settles the held lines (output.rs).
-                (s.out.rollback_deferred(restored.map(|r| r.id)), 0)
+                (s.out.rollback_deferred(restored.map(|r| (r.id, r.step))), 0)
             } else {
-                s.out.rollback(restored.map(|r| r.id))
+                s.out.rollback(restored.map(|r| (r.id, r.step)))
             };
             s.emit(released);
             if let Some(sig) = outcome.interrupted {
