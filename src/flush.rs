@@ -29,9 +29,21 @@ pub(crate) struct LevelTask {
     pub levels: NodeLevels,
     pub seq: u64,
     pub due: Due,
-    /// The L1 checkpoint begun at the capture (an incremental capture or one over the
-    /// staging budget), `None` for a whole staged copy.
-    pub captured: Option<L1Capture>,
+    /// This rank's L1 part.
+    pub l1: L1Part,
+}
+
+/// This rank's L1 part of a level round.
+pub(crate) enum L1Part {
+    /// Written by the round from the staged objects (a whole staged copy, or a
+    /// synchronous round).
+    Whole,
+    /// Begun at the capture (an incremental capture or one over the staging budget).
+    Captured(Box<L1Capture>),
+    /// Its tails could not be written at the capture: the round fails on this rank
+    /// (taking part in every message of it, so no rank waits), and the durable round
+    /// of the same checkpoint goes on.
+    Failed(LevelError),
 }
 
 /// One flush handed to the worker (or, if the worker is gone, back to the Job).
@@ -74,14 +86,22 @@ pub(crate) type Outcomes = (
 /// (a durable round that failed to begin is reported as such, after the level round).
 pub(crate) fn rounds(
     runtime: &mut AlignedRuntime,
-    levels: Option<(&mut NodeLevels, u64, Due, Option<L1Capture>)>,
+    levels: Option<(&mut NodeLevels, u64, Due, L1Part)>,
     begun: Option<Result<StartedRound, RoundError>>,
     objects: &[ObjectSpec<'_>],
     meta: &CommitMeta,
 ) -> Outcomes {
     let fast = levels.is_some();
-    let level = levels
-        .map(|(l, seq, due, captured)| l.checkpoint_captured(seq, captured, objects, meta, due));
+    let level = levels.map(|(l, seq, due, part)| match part {
+        L1Part::Whole => l.checkpoint_captured(seq, None, objects, meta, due),
+        L1Part::Captured(c) => l.checkpoint_captured(seq, Some(*c), objects, meta, due),
+        L1Part::Failed(e) => {
+            if let Err(round) = l.fail(seq, &e.to_string(), due) {
+                tracing::debug!("level round after a failed capture: {round}");
+            }
+            Err(e)
+        }
+    });
     let result = begun.map(|b| {
         b.and_then(|b| {
             if fast {
@@ -121,11 +141,11 @@ pub(crate) fn run(t: Task) -> Done {
         keep,
     } = t;
     let (mut levels, seq_due) = match levels {
-        Some(l) => (Some(l.levels), Some((l.seq, l.due, l.captured))),
+        Some(l) => (Some(l.levels), Some((l.seq, l.due, l.l1))),
         None => (None, None),
     };
     let level_args = match (levels.as_mut(), seq_due) {
-        (Some(l), Some((seq, due, captured))) => Some((l, seq, due, captured)),
+        (Some(l), Some((seq, due, part))) => Some((l, seq, due, part)),
         _ => None,
     };
     let (level, result) = rounds(&mut runtime, level_args, begun.map(Ok), &objects, &meta);

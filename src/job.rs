@@ -3,7 +3,7 @@
 //! rely on is documented on [`Job`] (this module is private).
 
 use crate::error::JobError;
-use crate::flush::{self, Flusher, InFlight, LevelTask, Task};
+use crate::flush::{self, Flusher, InFlight, L1Part, LevelTask, Task};
 use crate::report::{CheckpointReport, FreshStart, RestoreReport};
 use crate::restore;
 use lazarus_coord::restore::{AgreeError, Candidate, LoadError, RestoreAgreement, Source, Start};
@@ -1519,7 +1519,7 @@ impl Job {
                         l1,
                     } => {
                         drop(snap);
-                        let fast = Some((seq, due, l1.map(|c| *c)));
+                        let fast = Some((seq, due, l1));
                         let begun = begun.and_then(Result::ok);
                         return self.hand_off(staged, captured, begun, fast, meta, started);
                     }
@@ -1546,7 +1546,7 @@ impl Job {
         let (fast, round) = match (seq, self.levels.as_mut()) {
             (Some(seq), Some(l)) => {
                 let rt = held(&mut self.runtime, self.lost)?;
-                let levels = due.fast().then_some((l, seq, due, None));
+                let levels = due.fast().then_some((l, seq, due, L1Part::Whole));
                 let (fast, round) = flush::rounds(rt, levels, begun, &objects, &meta);
                 (
                     fast.map(|r| r.map_err(|source| JobError::Level { step, source })),
@@ -1696,7 +1696,7 @@ impl Job {
         staged: Vec<lazarus_format::ObjectSpec<'static>>,
         captured: u64,
         mut begun: Option<StartedRound>,
-        fast: Option<(u64, Due, Option<L1Capture>)>,
+        fast: Option<(u64, Due, L1Part)>,
         meta: CommitMeta,
         started: Instant,
     ) -> Result<CheckpointId, JobError> {
@@ -1720,14 +1720,12 @@ impl Job {
         };
         let due = fast.as_ref().map(|(_, due, _)| *due);
         let levels = match fast {
-            Some((seq, due, captured)) if due.fast() => {
-                self.levels.take().map(|levels| LevelTask {
-                    levels,
-                    seq,
-                    due,
-                    captured,
-                })
-            }
+            Some((seq, due, l1)) if due.fast() => self.levels.take().map(|levels| LevelTask {
+                levels,
+                seq,
+                due,
+                l1,
+            }),
             _ => None,
         };
         let task = Task {
@@ -1904,7 +1902,7 @@ fn level_capture<'a>(
         return LevelCapture::Staged {
             staged: capture::stage(objects, std::mem::take(pool_of_job)),
             captured: full,
-            l1: None,
+            l1: L1Part::Whole,
         };
     }
     if due.l4 && durable.is_none() {
@@ -1921,21 +1919,26 @@ fn level_capture<'a>(
         }
     }
     let pool = std::mem::take(pool_of_job);
-    let captured = capture::capture_into(
-        &mut LevelTarget {
-            l1: l1.as_mut(),
-            durable,
-        },
-        objects,
-        pool,
-        budget,
-        base,
-    );
+    let mut target = LevelTarget {
+        l1: l1.as_mut(),
+        durable,
+        durable_failed: false,
+        l1_failed: None,
+    };
+    let captured = capture::capture_into(&mut target, objects, pool, budget, base);
+    let l1_failed = target.l1_failed.take();
     match captured {
         Ok((staged, captured)) => LevelCapture::Staged {
             staged,
             captured,
-            l1: l1.map(Box::new),
+            l1: match (l1, l1_failed) {
+                (Some(c), None) => L1Part::Captured(Box::new(c)),
+                (Some(c), Some(e)) => {
+                    levels.abort_capture(c);
+                    L1Part::Failed(e)
+                }
+                (None, _) => L1Part::Whole,
+            },
         },
         Err(e) => {
             if let Some(c) = l1 {
@@ -1948,10 +1951,33 @@ fn level_capture<'a>(
 
 /// The parts a capture with fast levels begins first ([`level_capture`]): this rank's
 /// next L1 checkpoint, the durable round's part, or both (the tails written ahead go to
-/// each, cut at a multiple of both chunk sizes).
+/// each, cut at a multiple of both chunk sizes). With both, a failure of one leaves the
+/// other going, as in every other path (the level round and the durable round of one
+/// checkpoint succeed or fail apart): a failed durable part votes Failed when its round
+/// completes ([`StartedRound::capture_failed`]), a failed L1 part fails the level round
+/// on this rank ([`L1Part::Failed`]); the capture fails only when every part it began
+/// did.
 struct LevelTarget<'r> {
     l1: Option<&'r mut L1Capture>,
     durable: Option<RoundTarget<'r>>,
+    /// The durable part failed, the L1 part goes on.
+    durable_failed: bool,
+    /// The L1 part failed, the durable part goes on.
+    l1_failed: Option<LevelError>,
+}
+
+impl LevelTarget<'_> {
+    /// A durable step failed: an error only when no L1 part goes on without it.
+    fn durable_error(&mut self, e: lazarus_coord::RoundError) -> Result<(), LevelCaptureError> {
+        if self.l1.is_none() || self.l1_failed.is_some() {
+            return Err(LevelCaptureError::Durable(e));
+        }
+        tracing::warn!(
+            "the durable part of this checkpoint fails, the fast levels still get it: {e}"
+        );
+        self.durable_failed = true;
+        Ok(())
+    }
 }
 
 /// Why a capture with fast levels failed, by the part it was writing.
@@ -2006,8 +2032,12 @@ impl capture::CaptureTarget for LevelTarget<'_> {
 
     fn chunk_size(&mut self) -> Result<u64, LevelCaptureError> {
         let l1 = self.l1.as_ref().map(|c| c.writer().chunk_size());
-        let durable = match self.durable.as_mut() {
-            Some(d) => Some(d.chunk_size().map_err(LevelCaptureError::Durable)?),
+        let durable = match self.durable.as_mut().map(|d| d.chunk_size()) {
+            Some(Ok(c)) => Some(c),
+            Some(Err(e)) => {
+                self.durable_error(e)?;
+                None
+            }
             None => None,
         };
         Ok(match (l1, durable) {
@@ -2017,11 +2047,19 @@ impl capture::CaptureTarget for LevelTarget<'_> {
     }
 
     fn write_ahead(&mut self, tails: &[capture::Tail<'_>]) -> Result<(), LevelCaptureError> {
-        if let Some(d) = self.durable.as_mut() {
-            d.write_ahead(tails).map_err(LevelCaptureError::Durable)?;
+        if !self.durable_failed {
+            if let Some(Err(e)) = self.durable.as_mut().map(|d| d.write_ahead(tails)) {
+                self.durable_error(e)?;
+            }
         }
-        if let Some(l1) = self.l1.as_mut() {
-            l1.write_ahead(tails).map_err(LevelCaptureError::L1)?;
+        if let Some(Err(e)) = self.l1.as_mut().map(|l1| l1.write_ahead(tails)) {
+            if self.durable.is_none() || self.durable_failed {
+                return Err(LevelCaptureError::L1(e));
+            }
+            tracing::warn!(
+                "the L1 part of this checkpoint fails, the durable repository still gets it: {e}"
+            );
+            self.l1_failed = Some(e);
         }
         Ok(())
     }
@@ -2047,15 +2085,17 @@ fn lcm(a: u64, b: u64) -> u64 {
 /// What [`level_capture`] did with the state.
 enum LevelCapture<'a> {
     /// Captured: the staged objects (whole, sparse or heads only), the bytes copied, and
-    /// the L1 checkpoint begun for them (`None` for a whole copy or with L4 alone due).
+    /// this rank's L1 part (begun for them, failed, or whole for a whole copy or with L4
+    /// alone due).
     Staged {
         staged: Vec<lazarus_format::ObjectSpec<'static>>,
         captured: u64,
-        l1: Option<Box<L1Capture>>,
+        l1: L1Part,
     },
     /// Not captured: written inside the call, as a synchronous checkpoint.
     Synchronous(Vec<lazarus_format::ObjectSpec<'a>>),
-    /// The capture failed on this rank after it began (nothing staged).
+    /// The capture failed on this rank after it began, in every part it began (nothing
+    /// staged).
     Failed(LevelCaptureError),
 }
 

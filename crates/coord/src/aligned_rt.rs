@@ -208,12 +208,20 @@ pub struct StartedRound {
     /// Tails of objects already written ahead, and chunks reused by digest
     /// ([`AlignedRuntime::capture_target`]).
     ahead: WrittenAhead,
+    /// A step of the capture failed: the completion votes Failed with this reason.
+    capture_failed: Option<String>,
 }
 
 impl StartedRound {
     /// The checkpoint this round writes.
     pub fn checkpoint(&self) -> CheckpointId {
         self.round.ckpt
+    }
+
+    /// True when a step of the capture failed ([`AlignedRuntime::capture_target`]):
+    /// [`AlignedRuntime::complete_round`] then votes Failed whatever it is given.
+    pub fn capture_failed(&self) -> bool {
+        self.capture_failed.is_some()
     }
 
     /// Records how long the program stood still for this checkpoint (capture and
@@ -241,6 +249,16 @@ impl RoundTarget<'_> {
         started.writer = Some(w);
         Ok(out)
     }
+
+    /// Records a failed step: the round's part cannot be completed, and its completion
+    /// votes Failed with `e` as the reason ([`StartedRound::capture_failed`]).
+    fn failed(&mut self, e: RoundError) -> RoundError {
+        let rank = self.runtime.comm.rank();
+        self.started
+            .capture_failed
+            .get_or_insert_with(|| format!("{rank}: {e}"));
+        e
+    }
 }
 
 impl crate::capture::CaptureTarget for RoundTarget<'_> {
@@ -252,17 +270,21 @@ impl crate::capture::CaptureTarget for RoundTarget<'_> {
         base: CheckpointId,
     ) -> Result<Vec<Option<lazarus_store::Unchanged>>, RoundError> {
         self.with_writer(|w, rank| crate::capture::unchanged_since(w, rank, objects, base))
+            .map_err(|e| self.failed(e))
     }
 
     fn reuse(&mut self, unchanged: Vec<lazarus_store::Unchanged>) -> Result<(), RoundError> {
         for u in unchanged {
-            self.started.ahead.reuse(u)?;
+            if let Err(e) = self.started.ahead.reuse(u) {
+                return Err(self.failed(e.into()));
+            }
         }
         Ok(())
     }
 
     fn chunk_size(&mut self) -> Result<u64, RoundError> {
         self.with_writer(|w, _| w.chunk_size())
+            .map_err(|e| self.failed(e))
     }
 
     fn write_ahead(&mut self, tails: &[(ObjectSpec<'_>, u64)]) -> Result<(), RoundError> {
@@ -270,10 +292,17 @@ impl crate::capture::CaptureTarget for RoundTarget<'_> {
             return Ok(());
         }
         if !self.started.ahead.is_empty() {
-            return Err(ProtocolError::Misuse("write_ahead called twice for one round").into());
+            let e = ProtocolError::Misuse("write_ahead called twice for one round").into();
+            return Err(self.failed(e));
         }
-        self.started.ahead = self.with_writer(|w, rank| w.write_ahead(rank, tails))??;
-        Ok(())
+        match self.with_writer(|w, rank| w.write_ahead(rank, tails)) {
+            Ok(Ok(ahead)) => {
+                self.started.ahead = ahead;
+                Ok(())
+            }
+            Ok(Err(e)) => Err(self.failed(e.into())),
+            Err(e) => Err(self.failed(e)),
+        }
     }
 
     fn staging_failed(e: StoreError) -> RoundError {
@@ -491,6 +520,7 @@ impl AlignedRuntime {
             marked: mark_now,
             stall: None,
             ahead: WrittenAhead::default(),
+            capture_failed: None,
         }
     }
 
@@ -500,7 +530,7 @@ impl AlignedRuntime {
     /// on the calling thread, durable on return, the heads following in
     /// [`AlignedRuntime::complete_round`]. This is how an asynchronous checkpoint stalls
     /// only for what it must copy or cannot stage (docs/ASYNC.md). On error the round is
-    /// still begun: complete it with `Err(reason)`.
+    /// still begun, and its completion votes Failed ([`StartedRound::capture_failed`]).
     pub fn capture_target<'a>(&'a mut self, started: &'a mut StartedRound) -> RoundTarget<'a> {
         RoundTarget {
             runtime: self,
@@ -551,7 +581,13 @@ impl AlignedRuntime {
             marked,
             stall,
             ahead,
+            capture_failed,
         } = started;
+        // A part whose capture failed cannot be completed.
+        let objects = match capture_failed {
+            Some(why) => Err(why),
+            None => objects,
+        };
         if let Some(stall) = stall {
             self.async_cost = Some((stall, Instant::now()));
         }

@@ -188,6 +188,9 @@ pub struct NodeLevels {
     complete: Option<u64>,
     /// The newest job-wide number in the durable repository at open (rank 0's).
     durable_seq: u64,
+    /// The parity repositories this rank wrote in the current round, for retention
+    /// after its outcome.
+    parity_written: Vec<PathBuf>,
 }
 
 /// This rank's next L1 checkpoint, begun at the capture of an asynchronous checkpoint
@@ -409,6 +412,7 @@ impl NodeLevels {
             l1_floor,
             complete: None,
             durable_seq: dseq,
+            parity_written: Vec::new(),
         })
     }
 
@@ -694,6 +698,7 @@ impl NodeLevels {
         due: Due,
     ) -> Result<LevelReceipt, LevelError> {
         let mut receipt = LevelReceipt::default();
+        self.parity_written.clear();
         let marked;
         let meta = match self.complete {
             Some(n) => {
@@ -731,17 +736,6 @@ impl NodeLevels {
             Ok(())
         };
         receipt.l3 = t2.elapsed();
-        // L1 retention after the rounds: an incremental parity update reads the chunks
-        // that left since the previous parity round from that round's L1 checkpoint.
-        if written.is_ok() {
-            let keep = self.keep;
-            if let Err(e) = self
-                .own_repo()
-                .and_then(|r| r.retain(keep).map_err(LevelError::l1))
-            {
-                tracing::warn!("levels: L1 retention: {e}");
-            }
-        }
         let mine: Result<(), String> = match (&written, &copied, &paritied) {
             (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => Err(e.to_string()),
             _ => Ok(()),
@@ -761,6 +755,7 @@ impl NodeLevels {
                 message: m,
             });
         }
+        self.retain_levels();
         self.complete = Some(seq);
         self.tidy_after(due);
         Ok(receipt)
@@ -1450,9 +1445,8 @@ impl NodeLevels {
         };
         lazarus_store::failpoint("levels_parity_before_commit");
         let done = repo.commit(pending, vec![part], meta).map_err(l3err)?;
-        if let Err(e) = repo.retain(self.keep) {
-            tracing::warn!("levels: L3 retention of {}: {e}", p.display());
-        }
+        // Retained once the round succeeded everywhere (`retain_levels`).
+        self.parity_written.push(p);
         Ok(done.summary.id.0)
     }
 
@@ -1762,7 +1756,6 @@ impl NodeLevels {
         chunks: &[([u8; 32], Vec<u8>)],
         files: &[(String, Vec<u8>)],
     ) -> Result<(), LevelError> {
-        let keep = self.keep;
         let m = self.mirror(subject)?;
         let reader = m.reader().map_err(LevelError::l2)?;
         let r = partner::install(m.backend().as_ref(), &reader, local, chunks, files)
@@ -1775,10 +1768,39 @@ impl NodeLevels {
                 "L2 mirror of rank {subject} held another checkpoint {local}; reset"
             )));
         }
-        if let Err(e) = m.retain(keep) {
-            tracing::warn!("levels: L2 retention of rank {subject}'s mirror: {e}");
-        }
+        // Retained once the round succeeded everywhere (`retain_levels`).
         Ok(())
+    }
+
+    /// Retention on every level this rank wrote in a round that succeeded on every rank,
+    /// and never earlier: a checkpoint is removed only once a newer one is complete
+    /// everywhere, so a crash in the middle of a round (or a run of failed rounds) always
+    /// leaves the newest complete checkpoint, the one a later copy's [`COMPLETE_KEY`]
+    /// names, to restore (found in review: retention at each write, before the outcome,
+    /// could delete it on a rank that had written the next one). Also after the rounds
+    /// because an incremental parity update reads the chunks that left since the previous
+    /// parity round from that round's L1 checkpoint. Failures are logged: they leave
+    /// extra checkpoints, never a broken one.
+    fn retain_levels(&mut self) {
+        let keep = self.keep;
+        if let Err(e) = self
+            .own_repo()
+            .and_then(|r| r.retain(keep).map_err(LevelError::l1))
+        {
+            tracing::warn!("levels: L1 retention: {e}");
+        }
+        for (subject, m) in &mut self.mirrors {
+            if let Err(e) = m.retain(keep) {
+                tracing::warn!("levels: L2 retention of rank {subject}'s mirror: {e}");
+            }
+        }
+        for p in std::mem::take(&mut self.parity_written) {
+            if let Err(e) =
+                Repository::open(&p, self.options.clone()).and_then(|mut r| r.retain(keep))
+            {
+                tracing::warn!("levels: L3 retention of {}: {e}", p.display());
+            }
+        }
     }
 
     /// Loads this rank's part of the planned checkpoint (collective: every rank calls it
@@ -2337,6 +2359,78 @@ mod tests {
             (receipts, data)
         })
         .unwrap()
+    }
+
+    /// Regression (review of the lost-progress refusal): retention ran at each write,
+    /// before the round's outcome, so with `keep` 1 a rank that wrote checkpoint 2 while
+    /// another failed it deleted checkpoint 1, the newest complete one, and a crash then
+    /// had nothing to restore (and a later copy's complete mark refused the restart).
+    /// Retention now waits for a round that succeeded everywhere.
+    #[test]
+    fn a_failed_round_keeps_the_newest_complete_checkpoint_with_keep_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let due = Due {
+            l1: true,
+            l2: true,
+            l3: false,
+            l4: false,
+        };
+        lazarus_net::local(2, |comm| {
+            let me = comm.rank().0;
+            let levels = Levels::new().l1(1).l2(1).l4(0);
+            let host = format!("sim{me}");
+            let mut l = NodeLevels::open(
+                comm.clone(),
+                levels,
+                root.to_path_buf(),
+                host,
+                opts(),
+                1,
+                0,
+                None,
+            )
+            .unwrap();
+            let mut data = vec![0u8; BYTES];
+            for round in 1..=3u64 {
+                noise(round * 10 + u64::from(me), &mut data);
+                let seq = l.take_seq();
+                let meta = CommitMeta {
+                    step: seq,
+                    app: Default::default(),
+                };
+                if round == 2 && me == 1 {
+                    l.fail(seq, "rank 1 could not save its state", due).unwrap();
+                    comm.barrier().unwrap();
+                    continue;
+                }
+                let r = l.checkpoint(seq, &[spec(&data)], &meta, due);
+                assert_eq!(r.is_ok(), round != 2, "rank {me} round {round}: {r:?}");
+                if round == 2 {
+                    // Rank 0 wrote 2, which failed: 1 is still the newest complete
+                    // checkpoint, in rank 0's L1 and in rank 1's mirror of it.
+                    let held: Vec<u64> = RepoReader::open(&root.join("sim0").join("rank-0"))
+                        .unwrap()
+                        .committed()
+                        .unwrap()
+                        .iter()
+                        .map(|c| c.id.0)
+                        .collect();
+                    assert!(held.contains(&1), "rank 0's L1 holds {held:?}");
+                }
+                comm.barrier().unwrap();
+            }
+        })
+        .unwrap();
+        // After the successful round 3, keep 1 applies.
+        let held: Vec<u64> = RepoReader::open(&root.join("sim0").join("rank-0"))
+            .unwrap()
+            .committed()
+            .unwrap()
+            .iter()
+            .map(|c| c.id.0)
+            .collect();
+        assert_eq!(held.len(), 1, "{held:?}");
     }
 
     /// Sim1's ranks lose their own L1 copies after one L1 + L2 round (the fresh start
