@@ -2370,6 +2370,10 @@ mod tests {
     fn a_failed_round_keeps_the_newest_complete_checkpoint_with_keep_one() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
+        let rank0_l1 = || -> Vec<u64> {
+            let r = RepoReader::open(&root.join("sim0").join("rank-0")).unwrap();
+            r.committed().unwrap().iter().map(|c| c.id.0).collect()
+        };
         let due = Due {
             l1: true,
             l2: true,
@@ -2409,13 +2413,7 @@ mod tests {
                 if round == 2 {
                     // Rank 0 wrote 2, which failed: 1 is still the newest complete
                     // checkpoint, in rank 0's L1 and in rank 1's mirror of it.
-                    let held: Vec<u64> = RepoReader::open(&root.join("sim0").join("rank-0"))
-                        .unwrap()
-                        .committed()
-                        .unwrap()
-                        .iter()
-                        .map(|c| c.id.0)
-                        .collect();
+                    let held = rank0_l1();
                     assert!(held.contains(&1), "rank 0's L1 holds {held:?}");
                 }
                 comm.barrier().unwrap();
@@ -2423,13 +2421,7 @@ mod tests {
         })
         .unwrap();
         // After the successful round 3, keep 1 applies.
-        let held: Vec<u64> = RepoReader::open(&root.join("sim0").join("rank-0"))
-            .unwrap()
-            .committed()
-            .unwrap()
-            .iter()
-            .map(|c| c.id.0)
-            .collect();
+        let held = rank0_l1();
         assert_eq!(held.len(), 1, "{held:?}");
     }
 

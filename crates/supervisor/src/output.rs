@@ -186,6 +186,17 @@ impl OutputCommit {
         &mut self,
         restored: Option<(CheckpointId, u64)>,
     ) -> Vec<(u32, Vec<u8>)> {
+        let released = self.restart_from(restored);
+        for b in &mut self.ranks {
+            b.push(Item::Restart);
+        }
+        released
+    }
+
+    /// The start of every rollback: the next incarnation restarts from `restored`
+    /// (`None`: from scratch). Releases what `restored` commits, covering part markers
+    /// lost in transit ([`OutputCommit::cover_undelivered`]); returns the released lines.
+    fn restart_from(&mut self, restored: Option<(CheckpointId, u64)>) -> Vec<(u32, Vec<u8>)> {
         let released = match restored {
             Some((id, step)) => {
                 self.cover_undelivered(id, step);
@@ -197,9 +208,6 @@ impl OutputCommit {
             }
         };
         self.delivered.fill(None);
-        for b in &mut self.ranks {
-            b.push(Item::Restart);
-        }
         released
     }
 
@@ -299,17 +307,7 @@ impl OutputCommit {
         &mut self,
         restored: Option<(CheckpointId, u64)>,
     ) -> (Vec<(u32, Vec<u8>)>, usize) {
-        let released = match restored {
-            Some((id, step)) => {
-                self.cover_undelivered(id, step);
-                self.mark_committed(id)
-            }
-            None => {
-                self.base = None;
-                Vec::new()
-            }
-        };
-        self.delivered.fill(None);
+        let released = self.restart_from(restored);
         let restored = restored.map(|(id, _)| id);
         let mut dropped = 0;
         for b in &mut self.ranks {
