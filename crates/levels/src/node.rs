@@ -676,6 +676,8 @@ impl NodeLevels {
     /// Abandons a capture that will not be written (its tails written ahead are swept
     /// by the next L1 retention).
     pub fn abort_capture(&mut self, capture: L1Capture) {
+        // As after any failed L1 write: the next capture is a full one.
+        self.l1_base = None;
         let id = capture.pending.id();
         if let Err(e) = self
             .own_repo()
@@ -742,21 +744,23 @@ impl NodeLevels {
         };
         let all: Vec<Result<(), String>> =
             exchange::all_of(&self.comm, exchange::TAG_OUTCOME, seq, &mine)?;
+        let peer = all
+            .into_iter()
+            .enumerate()
+            .find_map(|(r, a)| a.err().map(|m| (r, m)));
+        if written.is_ok() && copied.is_ok() && paritied.is_ok() && peer.is_none() {
+            self.complete = Some(seq);
+        }
+        self.retain_levels();
         written?;
         copied?;
         paritied?;
-        if let Some((r, m)) = all
-            .into_iter()
-            .enumerate()
-            .find_map(|(r, a)| a.err().map(|m| (r, m)))
-        {
+        if let Some((r, m)) = peer {
             return Err(LevelError::Peer {
                 rank: Rank(r as u32),
                 message: m,
             });
         }
-        self.retain_levels();
-        self.complete = Some(seq);
         self.tidy_after(due);
         Ok(receipt)
     }
@@ -814,6 +818,7 @@ impl NodeLevels {
         let mine: Result<(), String> = Err(message.to_string());
         let _: Vec<Result<(), String>> =
             exchange::all_of(&self.comm, exchange::TAG_OUTCOME, seq, &mine)?;
+        self.retain_levels();
         Ok(())
     }
 
@@ -1772,31 +1777,36 @@ impl NodeLevels {
         Ok(())
     }
 
-    /// Retention on every level this rank wrote in a round that succeeded on every rank,
-    /// and never earlier: a checkpoint is removed only once a newer one is complete
-    /// everywhere, so a crash in the middle of a round (or a run of failed rounds) always
-    /// leaves the newest complete checkpoint, the one a later copy's [`COMPLETE_KEY`]
-    /// names, to restore (found in review: retention at each write, before the outcome,
-    /// could delete it on a rank that had written the next one). Also after the rounds
-    /// because an incremental parity update reads the chunks that left since the previous
-    /// parity round from that round's L1 checkpoint. Failures are logged: they leave
-    /// extra checkpoints, never a broken one.
+    /// Retention on every level this rank wrote, after each round's outcome, keeping
+    /// the newest `keep` checkpoints and, whatever its age, the newest checkpoint known
+    /// complete on every rank (the one a later copy's [`COMPLETE_KEY`] names): so a
+    /// crash in the middle of a round, or a run of failed rounds, always leaves it to
+    /// restore, and failed rounds still cannot fill a node-local disk (found in review:
+    /// retention at each write, before the outcome, could delete it on a rank that had
+    /// written the next one; then retention only after successful rounds let failed ones
+    /// pile up). After the rounds, too, because an incremental parity update reads the
+    /// chunks that left since the previous parity round from that round's L1
+    /// checkpoint. Failures are logged: they leave extra checkpoints, never a broken one.
     fn retain_levels(&mut self) {
         let keep = self.keep;
+        let complete = self.complete;
+        let protect = move |c: &lazarus_format::CommitRecord| {
+            complete.is_some() && c.app.get(SEQ_KEY).and_then(|v| v.parse::<u64>().ok()) == complete
+        };
         if let Err(e) = self
             .own_repo()
-            .and_then(|r| r.retain(keep).map_err(LevelError::l1))
+            .and_then(|r| r.retain_protecting(keep, &protect).map_err(LevelError::l1))
         {
             tracing::warn!("levels: L1 retention: {e}");
         }
         for (subject, m) in &mut self.mirrors {
-            if let Err(e) = m.retain(keep) {
+            if let Err(e) = m.retain_protecting(keep, &protect) {
                 tracing::warn!("levels: L2 retention of rank {subject}'s mirror: {e}");
             }
         }
         for p in std::mem::take(&mut self.parity_written) {
-            if let Err(e) =
-                Repository::open(&p, self.options.clone()).and_then(|mut r| r.retain(keep))
+            if let Err(e) = Repository::open(&p, self.options.clone())
+                .and_then(|mut r| r.retain_protecting(keep, &protect))
             {
                 tracing::warn!("levels: L3 retention of {}: {e}", p.display());
             }
@@ -2365,9 +2375,10 @@ mod tests {
     /// before the round's outcome, so with `keep` 1 a rank that wrote checkpoint 2 while
     /// another failed it deleted checkpoint 1, the newest complete one, and a crash then
     /// had nothing to restore (and a later copy's complete mark refused the restart).
-    /// Retention now waits for a round that succeeded everywhere.
+    /// Retention now keeps the newest complete checkpoint through a run of failed rounds,
+    /// and still bounds what failed rounds leave (the newest `keep` besides it).
     #[test]
-    fn a_failed_round_keeps_the_newest_complete_checkpoint_with_keep_one() {
+    fn failed_rounds_keep_the_newest_complete_checkpoint_and_stay_bounded() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
         let rank0_l1 = || -> Vec<u64> {
@@ -2396,31 +2407,33 @@ mod tests {
             )
             .unwrap();
             let mut data = vec![0u8; BYTES];
-            for round in 1..=3u64 {
+            for round in 1..=5u64 {
                 noise(round * 10 + u64::from(me), &mut data);
                 let seq = l.take_seq();
                 let meta = CommitMeta {
                     step: seq,
                     app: Default::default(),
                 };
-                if round == 2 && me == 1 {
+                let failed = (2..=4).contains(&round);
+                if failed && me == 1 {
                     l.fail(seq, "rank 1 could not save its state", due).unwrap();
                     comm.barrier().unwrap();
                     continue;
                 }
                 let r = l.checkpoint(seq, &[spec(&data)], &meta, due);
-                assert_eq!(r.is_ok(), round != 2, "rank {me} round {round}: {r:?}");
-                if round == 2 {
-                    // Rank 0 wrote 2, which failed: 1 is still the newest complete
-                    // checkpoint, in rank 0's L1 and in rank 1's mirror of it.
+                assert_eq!(r.is_ok(), !failed, "rank {me} round {round}: {r:?}");
+                if failed && me == 0 {
+                    // Rank 0 wrote this round, which failed: 1 is still the newest
+                    // complete checkpoint, and the failed ones do not pile up.
                     let held = rank0_l1();
                     assert!(held.contains(&1), "rank 0's L1 holds {held:?}");
+                    assert_eq!(held.len(), 2, "rank 0's L1 holds {held:?}");
                 }
                 comm.barrier().unwrap();
             }
         })
         .unwrap();
-        // After the successful round 3, keep 1 applies.
+        // After the successful round 5, keep 1 applies.
         let held = rank0_l1();
         assert_eq!(held.len(), 1, "{held:?}");
     }

@@ -716,11 +716,33 @@ impl Repository {
         self.retain_with_progress(keep, &|_, _, _| {})
     }
 
+    /// [`Repository::retain`] that also keeps every older committed checkpoint whose
+    /// COMMIT `protect` accepts (the multi-level runtime keeps the newest checkpoint
+    /// known complete on every rank, however many failed rounds came after it).
+    pub fn retain_protecting(
+        &mut self,
+        keep: usize,
+        protect: &dyn Fn(&lazarus_format::CommitRecord) -> bool,
+    ) -> Result<GcReport, StoreError> {
+        self.collect(keep, protect, &|_, _, _| {})
+    }
+
     /// [`Repository::retain`], calling `progress(stage, done, total)` as it goes (for
     /// progress bars; the callback must be cheap and cannot stop the collection).
     pub fn retain_with_progress(
         &mut self,
         keep: usize,
+        progress: &dyn Fn(GcStage, u64, u64),
+    ) -> Result<GcReport, StoreError> {
+        self.collect(keep, &|_| false, progress)
+    }
+
+    /// Retention: the newest `keep` committed checkpoints and the older ones `protect`
+    /// accepts stay; see [`Repository::retain`].
+    fn collect(
+        &mut self,
+        keep: usize,
+        protect: &dyn Fn(&lazarus_format::CommitRecord) -> bool,
         progress: &dyn Fn(GcStage, u64, u64),
     ) -> Result<GcReport, StoreError> {
         let root = self.backend.location();
@@ -748,7 +770,14 @@ impl Repository {
             }
         }
         let split = committed.len().saturating_sub(keep);
-        let (old, kept) = committed.split_at(split);
+        let (old, newest) = committed.split_at(split);
+        let (protected, old): (Vec<CheckpointId>, Vec<CheckpointId>) = old
+            .iter()
+            .partition(|id| matches!(scanned.get(id), Some(Ok(c)) if protect(c)));
+        let kept: Vec<CheckpointId> = protected
+            .into_iter()
+            .chain(newest.iter().copied())
+            .collect();
         // Mark.
         let mut live: HashSet<ChunkDigest> = HashSet::new();
         let n_mark = (kept.len() + damaged.len()) as u64;

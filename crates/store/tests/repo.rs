@@ -382,3 +382,20 @@ fn aborted_checkpoint_ids_are_never_handed_out_again() {
         .collect();
     assert_eq!(ids, vec![first, committed.summary.id]);
 }
+
+#[test]
+fn retain_protecting_keeps_an_older_checkpoint_it_accepts_and_its_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut repo = Repository::open(dir.path(), small_opts()).unwrap();
+    let ids: Vec<CheckpointId> = (1..=5).map(|s| checkpoint(&mut repo, 2, s, 1500)).collect();
+    let rep = repo.retain_protecting(1, &|c| c.step == 2).unwrap();
+    assert_eq!(rep.kept, vec![ids[1], ids[4]]);
+    assert_eq!(rep.removed, vec![ids[0], ids[2], ids[3]]);
+    let reader = RepoReader::open(dir.path()).unwrap();
+    let v = reader.verify(&|_, _| {}).unwrap();
+    assert!(v.problems.is_empty(), "{:?}", v.problems);
+    assert_holds(dir.path(), ids[1], 2, 2, 1500);
+    // Without protection it goes like any other.
+    let rep = repo.retain(1).unwrap();
+    assert_eq!(rep.removed, vec![ids[1]]);
+}

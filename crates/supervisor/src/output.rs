@@ -56,8 +56,8 @@ pub struct OutputCommit {
     saw_cuts: bool,
     /// Per rank, the newest part marker its stream delivered in this incarnation.
     delivered: Vec<Option<CheckpointId>>,
-    /// The checkpoint this incarnation was restarted from, as the last rollback named
-    /// it (`None`: the first incarnation, or a fresh start).
+    /// The newest committed checkpoint when this incarnation was launched
+    /// ([`OutputCommit::launching`]; `None`: none).
     base: Option<CheckpointId>,
 }
 
@@ -193,46 +193,66 @@ impl OutputCommit {
         released
     }
 
+    /// An incarnation is launched; `newest` is the newest checkpoint committed in the
+    /// repository now (`None`: none). A rollback after it to a newer one knows this
+    /// incarnation committed that one, so every rank printed its part marker
+    /// ([`OutputCommit::cover_undelivered`]). Call it before every launch, the first
+    /// one included (a supervisor started on a repository that holds checkpoints).
+    pub fn launching(&mut self, newest: Option<CheckpointId>) {
+        self.base = newest;
+        self.delivered.fill(None);
+    }
+
     /// The start of every rollback: the next incarnation restarts from `restored`
     /// (`None`: from scratch). Releases what `restored` commits, covering part markers
     /// lost in transit ([`OutputCommit::cover_undelivered`]); returns the released lines.
     fn restart_from(&mut self, restored: Option<(CheckpointId, u64)>) -> Vec<(u32, Vec<u8>)> {
-        let released = match restored {
+        match restored {
             Some((id, step)) => {
                 self.cover_undelivered(id, step);
                 self.mark_committed(id)
             }
-            None => {
-                self.base = None;
-                Vec::new()
-            }
-        };
-        self.delivered.fill(None);
-        released
+            None => Vec::new(),
+        }
     }
 
     /// At a rollback to the committed checkpoint `id` (at `step`). If the failed
-    /// incarnation committed it (it is newer than the checkpoint that incarnation was
-    /// restarted from), every rank wrote its part marker before it (a rank prints the
-    /// marker before its vote, and COMMIT follows every vote). A rank whose stream has
-    /// not delivered that marker lost the end of its stream in transit (a launcher such
-    /// as `mpirun` forwards output through daemons that die with the job): all it did
-    /// deliver precedes the marker, so the marker is put at its end and the commit
+    /// incarnation committed it (it is newer than the newest committed checkpoint at that
+    /// incarnation's launch), every rank wrote its part marker before it (a rank prints
+    /// the marker before its vote, and COMMIT follows every vote). A rank whose stream
+    /// has not delivered that marker lost the end of its stream in transit (a launcher
+    /// such as `mpirun` forwards output through daemons that die with the job): all it
+    /// did deliver precedes the marker, so the marker is put at its end and the commit
     /// covers it. Without this, a rollback to `id` dropped those lines as if the
     /// re-execution printed them again, which it does not (found by
-    /// `every_output_line_is_released_once_across_a_restart_under_mpirun`). When the
-    /// failed incarnation was restarted from `id` itself, its ranks never print that
-    /// marker: all they delivered follows it and is printed again. Then the next
-    /// incarnation starts from `id`.
+    /// `every_output_line_is_released_once_across_a_restart_under_mpirun`). A stream cut
+    /// inside the marker itself delivered its start as text ending the last line: that
+    /// text is dropped, and what the line held before it waits, as a fragment, for the
+    /// rest of its line. When the failed incarnation committed nothing newer, its ranks
+    /// never print that marker: all they delivered follows it and is printed again.
     fn cover_undelivered(&mut self, id: CheckpointId, step: u64) {
-        if self.base.is_none_or(|b| id > b) {
-            for (buf, d) in self.ranks.iter_mut().zip(&self.delivered) {
-                if d.is_none_or(|d| d < id) {
-                    buf.push(Item::Part(id, step));
+        if self.base.is_some_and(|b| id <= b) {
+            return;
+        }
+        let start = MARKER_PREFIX.as_bytes().first().copied();
+        for (buf, d) in self.ranks.iter_mut().zip(&self.delivered) {
+            if d.is_some_and(|d| d >= id) {
+                continue;
+            }
+            let cut = match (buf.last(), start) {
+                (Some(Item::Line(l)), Some(b)) => {
+                    l.iter().rposition(|x| *x == b).map(|at| l[..at].to_vec())
+                }
+                _ => None,
+            };
+            if let Some(text) = cut {
+                buf.pop();
+                if !text.is_empty() {
+                    buf.push(Item::Fragment(text));
                 }
             }
+            buf.push(Item::Part(id, step));
         }
-        self.base = Some(id);
     }
 
     /// Records that checkpoint `id` is committed (e.g. found in the repository after rank 0
@@ -514,6 +534,7 @@ mod tests {
             );
             // The next incarnation restored 2 and fails before any commit: what it
             // printed follows part 2 on every rank, and is printed again.
+            o.launching(Some(CheckpointId(2)));
             o.line(0, l("c0"));
             o.line(1, l("c1"));
             let rel = if deferred {
@@ -523,6 +544,41 @@ mod tests {
             };
             assert!(rel.is_empty(), "deferred {deferred}: {rel:?}");
         }
+    }
+
+    /// Found in review of the fix above: a supervisor started on a repository that
+    /// holds checkpoint 5 (a resumed `lazarus run --repo`) launches ranks that restore 5;
+    /// they fail before committing anything. Nothing they printed precedes a part marker
+    /// of 5 (they never print one), so everything is printed again: dropped, not
+    /// released (which would duplicate it).
+    #[test]
+    fn a_run_restored_from_an_existing_checkpoint_is_not_taken_for_its_committer() {
+        let mut o = OutputCommit::new(2);
+        o.launching(Some(CheckpointId(5)));
+        o.line(0, l("x0"));
+        o.line(1, l("x1"));
+        let (rel, dropped) = o.rollback(Some((CheckpointId(5), 50)));
+        assert!(rel.is_empty(), "{rel:?}");
+        assert_eq!(dropped, 2);
+    }
+
+    /// The stream of rank 0 was cut inside its part marker of the committed checkpoint
+    /// 2 (the repository says 2 is committed): the start of the marker arrived as text
+    /// ending a line that began with `half ` (printed without a newline before the
+    /// checkpoint call). The marker's bytes are never shown; `half ` waits for the rest
+    /// of its line, which the restore from 2 prints.
+    #[test]
+    fn a_marker_cut_in_transit_is_not_released_as_text() {
+        let mut o = OutputCommit::new(1);
+        o.launching(None);
+        o.line(0, l("a0\n"));
+        o.line(0, format!("half {MARKER_PREFIX}pa\n").into_bytes());
+        let (mut rel, dropped) = o.rollback(Some((CheckpointId(2), 10)));
+        assert_eq!((rel.clone(), dropped), (vec![(0, l("a0\n"))], 0));
+        o.launching(Some(CheckpointId(2)));
+        o.line(0, l("rest\n"));
+        rel.extend(o.finish());
+        assert_eq!(rel, vec![(0, l("a0\n")), (0, l("half rest\n"))]);
     }
 
     #[test]

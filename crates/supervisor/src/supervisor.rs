@@ -409,7 +409,19 @@ impl Supervisor {
                 launch.inject = crate::hosts::inject(&kills);
                 kills.clear();
             }
-            lock(&shared).new_launch(n);
+            // Output commit: the newest checkpoint committed before this launch, so a
+            // rollback after it can tell the checkpoints this incarnation committed.
+            let newest = RepoReader::open(&cfg.repo)
+                .and_then(|r| r.committed())
+                .map_err(repo_err)?
+                .into_iter()
+                .map(|c| c.id)
+                .max();
+            {
+                let mut s = lock(&shared);
+                s.new_launch(n);
+                s.out.launching(newest);
+            }
             let run_start = Instant::now();
             let run_start_unix = unix_ms();
             let done = Arc::new(AtomicBool::new(false));
