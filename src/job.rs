@@ -1107,6 +1107,10 @@ impl Job {
             }),
         };
         self.record_history(restored.map(|(s, l)| (s, l.map(String::as_str))))?;
+        if let Some(l) = &mut self.levels {
+            // Retention keeps the restored checkpoint until a newer one completes.
+            l.restored(restored.map(|(s, _)| s).filter(|s| *s > 0));
+        }
         match start {
             Start::Fresh { damaged } => {
                 let newest_seen = self.levels.as_ref().and_then(NodeLevels::newest_seen);

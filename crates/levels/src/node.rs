@@ -184,8 +184,11 @@ pub struct NodeLevels {
     /// L1 starts empty; restarting its numbers at 1 would collide with the mirror).
     l1_floor: u64,
     /// The newest job-wide number whose level round this process saw succeed on every
-    /// rank ([`COMPLETE_KEY`]).
+    /// rank ([`COMPLETE_KEY`]), or the checkpoint it restored.
     complete: Option<u64>,
+    /// The same for a round with L3 parity: its members' L1 copies and its shards are
+    /// what a parity rebuild reads.
+    complete_l3: Option<u64>,
     /// The newest job-wide number in the durable repository at open (rank 0's).
     durable_seq: u64,
     /// The parity repositories this rank wrote in the current round, for retention
@@ -411,6 +414,7 @@ impl NodeLevels {
             l1_base: None,
             l1_floor,
             complete: None,
+            complete_l3: None,
             durable_seq: dseq,
             parity_written: Vec::new(),
         })
@@ -750,6 +754,9 @@ impl NodeLevels {
             .find_map(|(r, a)| a.err().map(|m| (r, m)));
         if written.is_ok() && copied.is_ok() && paritied.is_ok() && peer.is_none() {
             self.complete = Some(seq);
+            if due.l3 {
+                self.complete_l3 = Some(seq);
+            }
         }
         self.retain_levels();
         written?;
@@ -1789,9 +1796,10 @@ impl NodeLevels {
     /// checkpoint. Failures are logged: they leave extra checkpoints, never a broken one.
     fn retain_levels(&mut self) {
         let keep = self.keep;
-        let complete = self.complete;
+        let (complete, complete_l3) = (self.complete, self.complete_l3);
         let protect = move |c: &lazarus_format::CommitRecord| {
-            complete.is_some() && c.app.get(SEQ_KEY).and_then(|v| v.parse::<u64>().ok()) == complete
+            let seq = c.app.get(SEQ_KEY).and_then(|v| v.parse::<u64>().ok());
+            seq.is_some() && (seq == complete || seq == complete_l3)
         };
         if let Err(e) = self
             .own_repo()
@@ -1898,11 +1906,16 @@ impl NodeLevels {
             .map_err(LoadOutcome::Store)
     }
 
-    /// After a restore from `seq` (or a fresh start, `seq` 0): numbers go on after the
-    /// newest anywhere, so an old copy never shares a number with a new checkpoint.
-    pub fn restored(&mut self, _seq: u64) {
-        // next_seq is already past every number in the inventory and the durable
-        // repository (open); nothing newer can have appeared since.
+    /// After the agreed restore of the checkpoint numbered `seq` (`None`: a fresh
+    /// start). Every rank's part of it was found, so retention keeps it (and the newest
+    /// parity round not after it, which a rebuild of it reads) until a newer round
+    /// completes: a run of failed rounds after a restart cannot push it out (found in
+    /// review). Numbers need nothing: `next_seq` is already past every number in the
+    /// inventory and the durable repository (open).
+    pub fn restored(&mut self, seq: Option<u64>) {
+        self.complete = seq;
+        self.complete_l3 =
+            seq.and_then(|s| self.parity.iter().map(|p| p.seq).filter(|p| *p <= s).max());
     }
 
     /// Deletes this host's node-local data (the lowest rank of each host does it) after
@@ -2436,6 +2449,70 @@ mod tests {
         // After the successful round 5, keep 1 applies.
         let held = rank0_l1();
         assert_eq!(held.len(), 1, "{held:?}");
+    }
+
+    /// Regression (review): after a restart nothing was known complete until a round
+    /// succeeded, so with `keep` 1 a failed first round deleted the checkpoint just
+    /// restored. `restored` now protects it.
+    #[test]
+    fn a_failed_round_after_a_restore_keeps_the_restored_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let due = Due {
+            l1: true,
+            l2: true,
+            l3: false,
+            l4: false,
+        };
+        let rank0_seqs = || -> Vec<u64> {
+            let r = RepoReader::open(&root.join("sim0").join("rank-0")).unwrap();
+            let c = r.committed().unwrap();
+            c.iter()
+                .filter_map(|c| c.app.get(SEQ_KEY)?.parse().ok())
+                .collect()
+        };
+        let incarnation = |fail_rank_1: bool| {
+            lazarus_net::local(2, |comm| {
+                let me = comm.rank().0;
+                let levels = Levels::new().l1(1).l2(1).l4(0);
+                let host = format!("sim{me}");
+                let mut l = NodeLevels::open(
+                    comm.clone(),
+                    levels,
+                    root.to_path_buf(),
+                    host,
+                    opts(),
+                    1,
+                    0,
+                    None,
+                )
+                .unwrap();
+                if let Some(p) = l.plans().first() {
+                    l.restored(Some(p.seq));
+                }
+                let mut data = vec![0u8; BYTES];
+                noise(u64::from(me) + 7, &mut data);
+                let seq = l.take_seq();
+                let meta = CommitMeta {
+                    step: seq,
+                    app: Default::default(),
+                };
+                if fail_rank_1 && me == 1 {
+                    l.fail(seq, "rank 1 could not save its state", due).unwrap();
+                } else {
+                    let r = l.checkpoint(seq, &[spec(&data)], &meta, due);
+                    assert_eq!(r.is_ok(), !fail_rank_1, "rank {me}: {r:?}");
+                }
+                comm.barrier().unwrap();
+            })
+            .unwrap();
+        };
+        incarnation(false);
+        assert_eq!(rank0_seqs(), vec![1]);
+        // A restart restores 1; its first round fails on rank 1.
+        incarnation(true);
+        let seqs = rank0_seqs();
+        assert!(seqs.contains(&1), "rank 0's L1 holds {seqs:?}");
     }
 
     /// Sim1's ranks lose their own L1 copies after one L1 + L2 round (the fresh start

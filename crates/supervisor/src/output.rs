@@ -196,7 +196,7 @@ impl OutputCommit {
     /// An incarnation is launched; `newest` is the newest checkpoint committed in the
     /// repository now (`None`: none). A rollback after it to a newer one knows this
     /// incarnation committed that one, so every rank printed its part marker
-    /// ([`OutputCommit::cover_undelivered`]). Call it before every launch, the first
+    /// (`OutputCommit::cover_undelivered`). Call it before every launch, the first
     /// one included (a supervisor started on a repository that holds checkpoints).
     pub fn launching(&mut self, newest: Option<CheckpointId>) {
         self.base = newest;
@@ -234,15 +234,12 @@ impl OutputCommit {
         if self.base.is_some_and(|b| id <= b) {
             return;
         }
-        let start = MARKER_PREFIX.as_bytes().first().copied();
         for (buf, d) in self.ranks.iter_mut().zip(&self.delivered) {
             if d.is_some_and(|d| d >= id) {
                 continue;
             }
-            let cut = match (buf.last(), start) {
-                (Some(Item::Line(l)), Some(b)) => {
-                    l.iter().rposition(|x| *x == b).map(|at| l[..at].to_vec())
-                }
+            let cut = match buf.last() {
+                Some(Item::Line(l)) => cut_marker(l).map(|at| l[..at].to_vec()),
                 _ => None,
             };
             if let Some(text) = cut {
@@ -412,6 +409,17 @@ impl OutputCommit {
     }
 }
 
+/// Where a line ends with the start of a marker cut off in transit: the last record
+/// separator whose rest (without the newline the engine added) is a prefix of
+/// [`MARKER_PREFIX`] or begins with it. Other text holding the separator (a JSON text
+/// sequence, say) is not a marker.
+fn cut_marker(line: &[u8]) -> Option<usize> {
+    let prefix = MARKER_PREFIX.as_bytes();
+    let at = line.iter().rposition(|b| Some(b) == prefix.first())?;
+    let rest = line[at..].strip_suffix(b"\n").unwrap_or(&line[at..]);
+    (prefix.starts_with(rest) || rest.starts_with(prefix)).then_some(at)
+}
+
 /// Feeds one released item: fragments collect in `pending`, a line leaves joined to the
 /// fragments before it, markers leave nothing.
 fn join(item: Item, pending: &mut Vec<u8>, mut emit: impl FnMut(Vec<u8>)) {
@@ -579,6 +587,20 @@ mod tests {
         o.line(0, l("rest\n"));
         rel.extend(o.finish());
         assert_eq!(rel, vec![(0, l("a0\n")), (0, l("half rest\n"))]);
+        // Found in review: a record separator that starts no marker (an RFC 7464 JSON
+        // text sequence) is output, released with the lines before the lost marker.
+        let mut o = OutputCommit::new(1);
+        o.launching(None);
+        let json = b"\x1e{\"a\": 1}\n".to_vec();
+        o.line(0, json.clone());
+        let (rel, _) = o.rollback(Some((CheckpointId(2), 10)));
+        assert_eq!(rel, vec![(0, json)]);
+        assert_eq!(
+            cut_marker(format!("x{MARKER_PREFIX}part 2").as_bytes()),
+            Some(1)
+        );
+        assert_eq!(cut_marker(b"x\x1ela\n"), Some(1));
+        assert_eq!(cut_marker(b"x\x1elb\n"), None);
     }
 
     #[test]

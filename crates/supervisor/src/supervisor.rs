@@ -371,6 +371,11 @@ impl Supervisor {
         let mut failures: Vec<FailureReport> = Vec::new();
         let mut incarnation = 0u64;
         let mut failed_at: Option<Instant> = None;
+        // The newest committed checkpoint when the next incarnation is launched (output
+        // commit, `OutputCommit::launching`): read before the first launch, then the one
+        // each rollback read (the launcher fenced every rank of the failed launch first,
+        // so nothing commits in between).
+        let mut newest_at_launch = None;
         loop {
             let mut launch = cfg.launch.clone();
             launch.ranks = n;
@@ -409,14 +414,15 @@ impl Supervisor {
                 launch.inject = crate::hosts::inject(&kills);
                 kills.clear();
             }
-            // Output commit: the newest checkpoint committed before this launch, so a
-            // rollback after it can tell the checkpoints this incarnation committed.
-            let newest = RepoReader::open(&cfg.repo)
-                .and_then(|r| r.committed())
-                .map_err(repo_err)?
-                .into_iter()
-                .map(|c| c.id)
-                .max();
+            let newest = match newest_at_launch.take() {
+                Some(n) => n,
+                None => RepoReader::open(&cfg.repo)
+                    .and_then(|r| r.committed())
+                    .map_err(repo_err)?
+                    .into_iter()
+                    .map(|c| c.id)
+                    .max(),
+            };
             {
                 let mut s = lock(&shared);
                 s.new_launch(n);
@@ -491,6 +497,7 @@ impl Supervisor {
                 .map_err(repo_err)?
                 .into_iter()
                 .max_by_key(|c| c.id);
+            newest_at_launch = Some(newest.as_ref().map(|c| c.id));
             let restored = newest.as_ref().map(|c| RestorePoint {
                 id: c.id,
                 step: c.step,
