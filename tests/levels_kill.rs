@@ -10,7 +10,7 @@
 
 mod common;
 
-use common::{checksum, lazarus_run_worker, text};
+use common::{assert_refused_as_lost, checksum, lazarus_run_worker, text};
 use lazarus::format::Rank;
 use lazarus::{Checkpoint, DirtyVec, Job};
 use rand::{Rng, SeedableRng};
@@ -698,19 +698,7 @@ fn losing_more_than_parity_covers_without_the_repository_is_refused_unless_a_fre
 ) {
     let dir = tempfile::tempdir().unwrap();
     let out = run(dir.path(), &PARITY_ONLY, &format!("{STEPS},2,9,beyond"));
-    let (_, stderr) = text(&out);
-    assert_eq!(
-        out.status.code(),
-        Some(lazarus::supervisor::EXIT_RESTORE_REFUSED),
-        "{stderr}"
-    );
-    assert!(
-        stderr.contains("refusing to start from scratch")
-            && stderr.contains("lost: fast-level checkpoint")
-            && stderr.contains("completed on every rank"),
-        "{stderr}"
-    );
-    assert!(!stderr.contains("restored checkpoint"), "{stderr}");
+    assert_refused_as_lost(&out);
 
     let dir = tempfile::tempdir().unwrap();
     let out = run_with(

@@ -11,7 +11,7 @@
 
 mod common;
 
-use common::{checksum, lazarus_run_worker, text};
+use common::{assert_refused_as_lost, checksum, lazarus_run_worker, text};
 use lazarus::format::Rank;
 use lazarus::{Checkpoint, DVec, Job};
 use std::error::Error;
@@ -330,17 +330,7 @@ fn an_old_part_missing_everywhere_without_the_repository_is_refused_unless_a_fre
     let dir = tempfile::tempdir().unwrap();
     killed_on_four(dir.path(), &FAST_ONLY, 9, "part2");
     let out = run(dir.path(), 3, &FAST_ONLY, &[], &format!("{STEPS},0,none"));
-    let (_, stderr) = text(&out);
-    assert_eq!(
-        out.status.code(),
-        Some(lazarus::supervisor::EXIT_RESTORE_REFUSED),
-        "{stderr}"
-    );
-    assert!(
-        stderr.contains("refusing to start from scratch")
-            && stderr.contains("lost: fast-level checkpoint"),
-        "{stderr}"
-    );
+    assert_refused_as_lost(&out);
     let out = run_env(
         dir.path(),
         3,

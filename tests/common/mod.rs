@@ -146,6 +146,25 @@ pub fn text(out: &std::process::Output) -> (String, String) {
     )
 }
 
+/// `lazarus run` stopped with the restore refusal (exit 65) because a fast-level
+/// checkpoint known complete on every rank is lost (docs/LEVELS.md, "Lost progress").
+#[allow(dead_code)]
+pub fn assert_refused_as_lost(out: &std::process::Output) {
+    let (_, stderr) = text(out);
+    assert_eq!(
+        out.status.code(),
+        Some(lazarus::supervisor::EXIT_RESTORE_REFUSED),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("refusing to start from scratch")
+            && stderr.contains("lost: fast-level checkpoint")
+            && stderr.contains("completed on every rank"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("restored checkpoint"), "{stderr}");
+}
+
 /// The one `checksum=` value a successful run printed (panics with the output otherwise).
 #[allow(dead_code)]
 pub fn checksum(out: &std::process::Output) -> String {

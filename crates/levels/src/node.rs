@@ -2384,6 +2384,24 @@ mod tests {
         .unwrap()
     }
 
+    /// One rank per host (`sim<rank>`), L1 + L2, `keep` 1: the setting where retention
+    /// decides what survives.
+    fn open_keep_one(comm: &Comm, root: &Path) -> NodeLevels {
+        let host = format!("sim{}", comm.rank().0);
+        let levels = Levels::new().l1(1).l2(1).l4(0);
+        NodeLevels::open(
+            comm.clone(),
+            levels,
+            root.to_path_buf(),
+            host,
+            opts(),
+            1,
+            0,
+            None,
+        )
+        .unwrap()
+    }
+
     /// Regression (review of the lost-progress refusal): retention ran at each write,
     /// before the round's outcome, so with `keep` 1 a rank that wrote checkpoint 2 while
     /// another failed it deleted checkpoint 1, the newest complete one, and a crash then
@@ -2406,19 +2424,7 @@ mod tests {
         };
         lazarus_net::local(2, |comm| {
             let me = comm.rank().0;
-            let levels = Levels::new().l1(1).l2(1).l4(0);
-            let host = format!("sim{me}");
-            let mut l = NodeLevels::open(
-                comm.clone(),
-                levels,
-                root.to_path_buf(),
-                host,
-                opts(),
-                1,
-                0,
-                None,
-            )
-            .unwrap();
+            let mut l = open_keep_one(&comm, root);
             let mut data = vec![0u8; BYTES];
             for round in 1..=5u64 {
                 noise(round * 10 + u64::from(me), &mut data);
@@ -2474,19 +2480,7 @@ mod tests {
         let incarnation = |fail_rank_1: bool| {
             lazarus_net::local(2, |comm| {
                 let me = comm.rank().0;
-                let levels = Levels::new().l1(1).l2(1).l4(0);
-                let host = format!("sim{me}");
-                let mut l = NodeLevels::open(
-                    comm.clone(),
-                    levels,
-                    root.to_path_buf(),
-                    host,
-                    opts(),
-                    1,
-                    0,
-                    None,
-                )
-                .unwrap();
+                let mut l = open_keep_one(&comm, root);
                 if let Some(p) = l.plans().first() {
                     l.restored(Some(p.seq));
                 }
