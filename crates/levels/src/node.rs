@@ -1457,7 +1457,7 @@ impl NodeLevels {
         };
         lazarus_store::failpoint("levels_parity_before_commit");
         let done = repo.commit(pending, vec![part], meta).map_err(l3err)?;
-        // Retained once the round succeeded everywhere (`retain_levels`).
+        // Retained after the round's outcome (`retain_levels`).
         self.parity_written.push(p);
         Ok(done.summary.id.0)
     }
@@ -1780,7 +1780,7 @@ impl NodeLevels {
                 "L2 mirror of rank {subject} held another checkpoint {local}; reset"
             )));
         }
-        // Retained once the round succeeded everywhere (`retain_levels`).
+        // Retained after the round's outcome (`retain_levels`).
         Ok(())
     }
 
