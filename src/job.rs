@@ -1113,23 +1113,24 @@ impl Job {
         }
         match start {
             Start::Fresh { damaged } => {
-                let newest_seen = self.levels.as_ref().and_then(NodeLevels::newest_seen);
-                if !damaged.is_empty() {
-                    // Rank 0 said so already (the agreement's warning names each one).
-                } else if let Some(seq) = newest_seen {
+                // Never a silent fresh start. With damage, rank 0 already said so (the
+                // agreement's warning names each checkpoint).
+                let why = match self.levels.as_ref().filter(|_| damaged.is_empty()) {
                     // Copies survive, but no level can rebuild every rank's part of any
-                    // checkpoint: say so rather than restart silently from the beginning.
-                    let why = format!(
-                        "lazarus: fast-level copies up to checkpoint {seq} survive, but no level can rebuild every rank's part of any checkpoint (more hosts lost than partner copies and parity cover) and the repository holds none: starting from the initial state"
-                    );
-                    if me == Rank(0) {
-                        let _ = writeln!(std::io::stderr().lock(), "{why}");
-                    }
-                    tracing::warn!("{why}");
-                } else if self.levels.as_ref().is_some_and(NodeLevels::ran_before) {
-                    // Nothing survives, but the history record says the job ran: never a
-                    // silent fresh start.
-                    let why = "lazarus: this job ran before (the repository's level history records it), but no level holds a checkpoint of it that every rank can restore and the repository holds none: starting from the initial state";
+                    // checkpoint.
+                    Some(l) => match l.newest_seen() {
+                        Some(seq) => Some(format!(
+                            "lazarus: fast-level copies up to checkpoint {seq} survive, but no level can rebuild every rank's part of any checkpoint (more hosts lost than partner copies and parity cover) and the repository holds none: starting from the initial state"
+                        )),
+                        // Nothing survives, but the history record says the job ran.
+                        None if l.ran_before() => Some(
+                            "lazarus: this job ran before (the repository's level history records it), but no level holds a checkpoint of it that every rank can restore and the repository holds none: starting from the initial state".to_string(),
+                        ),
+                        None => None,
+                    },
+                    None => None,
+                };
+                if let Some(why) = why {
                     if me == Rank(0) {
                         let _ = writeln!(std::io::stderr().lock(), "{why}");
                     }
@@ -1958,7 +1959,7 @@ fn level_capture<'a>(
 /// each, cut at a multiple of both chunk sizes). With both, a failure of one leaves the
 /// other going, as in every other path (the level round and the durable round of one
 /// checkpoint succeed or fail apart): a failed durable part votes Failed when its round
-/// completes ([`StartedRound::capture_failed`]), a failed L1 part fails the level round
+/// completes ([`AlignedRuntime::capture_target`]), a failed L1 part fails the level round
 /// on this rank ([`L1Part::Failed`]); the capture fails only when every part it began
 /// did.
 struct LevelTarget<'r> {
@@ -2069,10 +2070,7 @@ impl capture::CaptureTarget for LevelTarget<'_> {
     }
 
     fn staging_failed(source: lazarus_store::StoreError) -> LevelCaptureError {
-        LevelCaptureError::L1(LevelError::Store {
-            level: "L1 node-local",
-            source,
-        })
+        LevelCaptureError::L1(LevelError::l1(source))
     }
 }
 

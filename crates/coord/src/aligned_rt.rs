@@ -218,12 +218,6 @@ impl StartedRound {
         self.round.ckpt
     }
 
-    /// True when a step of the capture failed ([`AlignedRuntime::capture_target`]):
-    /// [`AlignedRuntime::complete_round`] then votes Failed whatever it is given.
-    pub fn capture_failed(&self) -> bool {
-        self.capture_failed.is_some()
-    }
-
     /// Records how long the program stood still for this checkpoint (capture and
     /// `begin_round`), written by rank 0 into COMMIT as `lazarus.stall_us`, next to the
     /// background flush time `lazarus.flush_us` (`crate::meta`).
@@ -251,7 +245,7 @@ impl RoundTarget<'_> {
     }
 
     /// Records a failed step: the round's part cannot be completed, and its completion
-    /// votes Failed with `e` as the reason ([`StartedRound::capture_failed`]).
+    /// ([`AlignedRuntime::complete_round`]) votes Failed with `e` as the reason.
     fn failed(&mut self, e: RoundError) -> RoundError {
         let rank = self.runtime.comm.rank();
         self.started
@@ -530,7 +524,8 @@ impl AlignedRuntime {
     /// on the calling thread, durable on return, the heads following in
     /// [`AlignedRuntime::complete_round`]. This is how an asynchronous checkpoint stalls
     /// only for what it must copy or cannot stage (docs/ASYNC.md). On error the round is
-    /// still begun, and its completion votes Failed ([`StartedRound::capture_failed`]).
+    /// still begun, and [`AlignedRuntime::complete_round`] votes Failed for it, whatever
+    /// it is given.
     pub fn capture_target<'a>(&'a mut self, started: &'a mut StartedRound) -> RoundTarget<'a> {
         RoundTarget {
             runtime: self,

@@ -54,7 +54,8 @@ impl LevelError {
         }
     }
 
-    pub(crate) fn l1(source: StoreError) -> Self {
+    /// A store error of this rank's L1 node-local repository.
+    pub fn l1(source: StoreError) -> Self {
         LevelError::Store {
             level: "L1 node-local",
             source,

@@ -191,8 +191,9 @@ pub struct NodeLevels {
     complete_l3: Option<u64>,
     /// The newest job-wide number in the durable repository at open (rank 0's).
     durable_seq: u64,
-    /// The parity repositories this rank wrote in the current round, for retention
-    /// after its outcome.
+    /// The partner mirrors and parity repositories this rank wrote in the current
+    /// round, for retention after its outcome.
+    mirrors_written: std::collections::BTreeSet<u32>,
     parity_written: Vec<PathBuf>,
 }
 
@@ -416,6 +417,7 @@ impl NodeLevels {
             complete: None,
             complete_l3: None,
             durable_seq: dseq,
+            mirrors_written: Default::default(),
             parity_written: Vec::new(),
         })
     }
@@ -704,6 +706,7 @@ impl NodeLevels {
         due: Due,
     ) -> Result<LevelReceipt, LevelError> {
         let mut receipt = LevelReceipt::default();
+        self.mirrors_written.clear();
         self.parity_written.clear();
         let marked;
         let meta = match self.complete {
@@ -758,7 +761,7 @@ impl NodeLevels {
                 self.complete_l3 = Some(seq);
             }
         }
-        self.retain_levels();
+        self.retain_levels(true);
         written?;
         copied?;
         paritied?;
@@ -825,7 +828,7 @@ impl NodeLevels {
         let mine: Result<(), String> = Err(message.to_string());
         let _: Vec<Result<(), String>> =
             exchange::all_of(&self.comm, exchange::TAG_OUTCOME, seq, &mine)?;
-        self.retain_levels();
+        self.retain_levels(false);
         Ok(())
     }
 
@@ -1781,6 +1784,7 @@ impl NodeLevels {
             )));
         }
         // Retained after the round's outcome (`retain_levels`).
+        self.mirrors_written.insert(subject);
         Ok(())
     }
 
@@ -1793,21 +1797,26 @@ impl NodeLevels {
     /// written the next one; then retention only after successful rounds let failed ones
     /// pile up). After the rounds, too, because an incremental parity update reads the
     /// chunks that left since the previous parity round from that round's L1
-    /// checkpoint. Failures are logged: they leave extra checkpoints, never a broken one.
-    fn retain_levels(&mut self) {
+    /// checkpoint. Only the repositories the round wrote (`l1`: this rank's own, which a
+    /// failed round begun by `fail` did not). Failures are logged: they leave extra
+    /// checkpoints, never a broken one.
+    fn retain_levels(&mut self, l1: bool) {
         let keep = self.keep;
         let (complete, complete_l3) = (self.complete, self.complete_l3);
         let protect = move |c: &lazarus_format::CommitRecord| {
             let seq = c.app.get(SEQ_KEY).and_then(|v| v.parse::<u64>().ok());
             seq.is_some() && (seq == complete || seq == complete_l3)
         };
-        if let Err(e) = self
-            .own_repo()
-            .and_then(|r| r.retain_protecting(keep, &protect).map_err(LevelError::l1))
-        {
-            tracing::warn!("levels: L1 retention: {e}");
+        if l1 {
+            if let Err(e) = self
+                .own_repo()
+                .and_then(|r| r.retain_protecting(keep, &protect).map_err(LevelError::l1))
+            {
+                tracing::warn!("levels: L1 retention: {e}");
+            }
         }
-        for (subject, m) in &mut self.mirrors {
+        let written = std::mem::take(&mut self.mirrors_written);
+        for (subject, m) in self.mirrors.iter_mut().filter(|(s, _)| written.contains(s)) {
             if let Err(e) = m.retain_protecting(keep, &protect) {
                 tracing::warn!("levels: L2 retention of rank {subject}'s mirror: {e}");
             }
@@ -2384,6 +2393,24 @@ mod tests {
         .unwrap()
     }
 
+    /// L1 and L2 due, nothing else.
+    const L1_L2: Due = Due {
+        l1: true,
+        l2: true,
+        l3: false,
+        l4: false,
+    };
+
+    /// The job-wide numbers rank 0's L1 holds (host `sim0`).
+    fn rank0_l1_seqs(root: &Path) -> Vec<u64> {
+        let r = RepoReader::open(&root.join("sim0").join("rank-0")).unwrap();
+        let committed = r.committed().unwrap();
+        committed
+            .iter()
+            .filter_map(|c| c.app.get(SEQ_KEY)?.parse().ok())
+            .collect()
+    }
+
     /// One rank per host (`sim<rank>`), L1 + L2, `keep` 1: the setting where retention
     /// decides what survives.
     fn open_keep_one(comm: &Comm, root: &Path) -> NodeLevels {
@@ -2412,16 +2439,8 @@ mod tests {
     fn failed_rounds_keep_the_newest_complete_checkpoint_and_stay_bounded() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
-        let rank0_l1 = || -> Vec<u64> {
-            let r = RepoReader::open(&root.join("sim0").join("rank-0")).unwrap();
-            r.committed().unwrap().iter().map(|c| c.id.0).collect()
-        };
-        let due = Due {
-            l1: true,
-            l2: true,
-            l3: false,
-            l4: false,
-        };
+        let rank0_l1 = || rank0_l1_seqs(root);
+        let due = L1_L2;
         lazarus_net::local(2, |comm| {
             let me = comm.rank().0;
             let mut l = open_keep_one(&comm, root);
@@ -2464,19 +2483,8 @@ mod tests {
     fn a_failed_round_after_a_restore_keeps_the_restored_checkpoint() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
-        let due = Due {
-            l1: true,
-            l2: true,
-            l3: false,
-            l4: false,
-        };
-        let rank0_seqs = || -> Vec<u64> {
-            let r = RepoReader::open(&root.join("sim0").join("rank-0")).unwrap();
-            let c = r.committed().unwrap();
-            c.iter()
-                .filter_map(|c| c.app.get(SEQ_KEY)?.parse().ok())
-                .collect()
-        };
+        let due = L1_L2;
+        let rank0_seqs = || rank0_l1_seqs(root);
         let incarnation = |fail_rank_1: bool| {
             lazarus_net::local(2, |comm| {
                 let me = comm.rank().0;

@@ -56,8 +56,9 @@ pub struct OutputCommit {
     saw_cuts: bool,
     /// Per rank, the newest part marker its stream delivered in this incarnation.
     delivered: Vec<Option<CheckpointId>>,
-    /// The newest committed checkpoint when this incarnation was launched
-    /// ([`OutputCommit::launching`]; `None`: none).
+    /// The newest committed checkpoint when this incarnation was launched: given by
+    /// [`OutputCommit::launching`] before the first one, then the restore point each
+    /// rollback names (`None`: none).
     base: Option<CheckpointId>,
 }
 
@@ -193,11 +194,13 @@ impl OutputCommit {
         released
     }
 
-    /// An incarnation is launched; `newest` is the newest checkpoint committed in the
-    /// repository now (`None`: none). A rollback after it to a newer one knows this
-    /// incarnation committed that one, so every rank printed its part marker
-    /// (`OutputCommit::cover_undelivered`). Call it before every launch, the first
-    /// one included (a supervisor started on a repository that holds checkpoints).
+    /// The first incarnation is launched; `newest` is the newest checkpoint committed
+    /// in the repository now (`None`: none; a supervisor may start on a repository that
+    /// holds checkpoints). A rollback after it to a newer one knows this incarnation
+    /// committed that one, so every rank printed its part marker
+    /// (`OutputCommit::cover_undelivered`). Each rollback then sets it for the next
+    /// incarnation (its restore point: nothing commits in between, the launcher fenced
+    /// every rank of the failed launch).
     pub fn launching(&mut self, newest: Option<CheckpointId>) {
         self.base = newest;
         self.delivered.fill(None);
@@ -207,13 +210,15 @@ impl OutputCommit {
     /// (`None`: from scratch). Releases what `restored` commits, covering part markers
     /// lost in transit ([`OutputCommit::cover_undelivered`]); returns the released lines.
     fn restart_from(&mut self, restored: Option<(CheckpointId, u64)>) -> Vec<(u32, Vec<u8>)> {
-        match restored {
+        let released = match restored {
             Some((id, step)) => {
                 self.cover_undelivered(id, step);
                 self.mark_committed(id)
             }
             None => Vec::new(),
-        }
+        };
+        self.launching(restored.map(|(id, _)| id));
+        released
     }
 
     /// At a rollback to the committed checkpoint `id` (at `step`). If the failed
@@ -542,7 +547,6 @@ mod tests {
             );
             // The next incarnation restored 2 and fails before any commit: what it
             // printed follows part 2 on every rank, and is printed again.
-            o.launching(Some(CheckpointId(2)));
             o.line(0, l("c0"));
             o.line(1, l("c1"));
             let rel = if deferred {
@@ -583,7 +587,6 @@ mod tests {
         o.line(0, format!("half {MARKER_PREFIX}pa\n").into_bytes());
         let (mut rel, dropped) = o.rollback(Some((CheckpointId(2), 10)));
         assert_eq!((rel.clone(), dropped), (vec![(0, l("a0\n"))], 0));
-        o.launching(Some(CheckpointId(2)));
         o.line(0, l("rest\n"));
         rel.extend(o.finish());
         assert_eq!(rel, vec![(0, l("a0\n")), (0, l("half rest\n"))]);

@@ -371,11 +371,15 @@ impl Supervisor {
         let mut failures: Vec<FailureReport> = Vec::new();
         let mut incarnation = 0u64;
         let mut failed_at: Option<Instant> = None;
-        // The newest committed checkpoint when the next incarnation is launched (output
-        // commit, `OutputCommit::launching`): read before the first launch, then the one
-        // each rollback read (the launcher fenced every rank of the failed launch first,
-        // so nothing commits in between).
-        let mut newest_at_launch = None;
+        // Output commit: the newest checkpoint committed before the first launch (each
+        // rollback sets it for the next one).
+        let newest = RepoReader::open(&cfg.repo)
+            .and_then(|r| r.committed())
+            .map_err(repo_err)?
+            .into_iter()
+            .map(|c| c.id)
+            .max();
+        lock(&shared).out.launching(newest);
         loop {
             let mut launch = cfg.launch.clone();
             launch.ranks = n;
@@ -414,20 +418,7 @@ impl Supervisor {
                 launch.inject = crate::hosts::inject(&kills);
                 kills.clear();
             }
-            let newest = match newest_at_launch.take() {
-                Some(n) => n,
-                None => RepoReader::open(&cfg.repo)
-                    .and_then(|r| r.committed())
-                    .map_err(repo_err)?
-                    .into_iter()
-                    .map(|c| c.id)
-                    .max(),
-            };
-            {
-                let mut s = lock(&shared);
-                s.new_launch(n);
-                s.out.launching(newest);
-            }
+            lock(&shared).new_launch(n);
             let run_start = Instant::now();
             let run_start_unix = unix_ms();
             let done = Arc::new(AtomicBool::new(false));
@@ -497,7 +488,6 @@ impl Supervisor {
                 .map_err(repo_err)?
                 .into_iter()
                 .max_by_key(|c| c.id);
-            newest_at_launch = Some(newest.as_ref().map(|c| c.id));
             let restored = newest.as_ref().map(|c| RestorePoint {
                 id: c.id,
                 step: c.step,

@@ -152,7 +152,6 @@ proptest! {
             }
             let (rel, _) = o.rollback(committed.map(|s| (CheckpointId(s), s)));
             collect(rel, &mut out);
-            o.launching(committed.map(CheckpointId));
             from = committed.unwrap_or(0);
         }
         for (r, got) in out.iter().enumerate() {
