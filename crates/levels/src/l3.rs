@@ -121,6 +121,7 @@ pub enum ParityMsg {
         /// the checkpoint's id in the member's L1 repository
         local: u64,
         /// the blob ([`CopyMsg::Data`] bytes)
+        #[serde(with = "serde_bytes")]
         bytes: Vec<u8>,
     },
     /// Parity shard `shard` of checkpoint `seq`, with the group's member headers stored
@@ -131,8 +132,10 @@ pub enum ParityMsg {
         /// the shard's index
         shard: u32,
         /// its bytes
+        #[serde(with = "serde_bytes")]
         bytes: Vec<u8>,
         /// every member's encoded header
+        #[serde(with = "crate::bulk::list")]
         headers: Vec<Vec<u8>>,
     },
     /// A member's contribution to the parity round of checkpoint `seq`: its header and
@@ -148,8 +151,10 @@ pub enum ParityMsg {
         /// a full round (the whole region) or an incremental one (the changes)
         full: bool,
         /// the member's encoded [`crate::slots::Header`]
+        #[serde(with = "serde_bytes")]
         header: Vec<u8>,
         /// (offset, bytes) in the region
+        #[serde(with = "crate::bulk::keyed")]
         segments: Vec<(u64, Vec<u8>)>,
     },
     /// The sender failed; its message.

@@ -29,6 +29,7 @@
 #![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
 
 mod audit;
+mod bulk;
 mod config;
 mod error;
 mod exchange;

@@ -54,6 +54,7 @@ pub struct Piece {
     /// true for a whole object (a replicated one), false for a byte range
     pub whole: bool,
     /// the bytes
+    #[serde(with = "serde_bytes")]
     pub bytes: Vec<u8>,
 }
 

@@ -50,8 +50,10 @@ pub enum CopyMsg {
         /// its id
         local: u64,
         /// chunk files (digest, stored bytes)
+        #[serde(with = "crate::bulk::keyed")]
         chunks: Vec<([u8; 32], Vec<u8>)>,
         /// `COMMIT` and `rank-<r>.manifest` files (name, bytes)
+        #[serde(with = "crate::bulk::keyed")]
         files: Vec<(String, Vec<u8>)>,
     },
     /// The other side failed; its message.

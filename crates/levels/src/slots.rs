@@ -61,6 +61,7 @@ pub struct Header {
     /// The slots, by digest.
     pub slots: Vec<Slot>,
     /// The checkpoint's manifests and COMMIT (name, bytes), COMMIT last.
+    #[serde(with = "crate::bulk::keyed")]
     pub files: Vec<(String, Vec<u8>)>,
 }
 

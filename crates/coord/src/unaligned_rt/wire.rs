@@ -32,7 +32,9 @@ pub struct SavedMessage {
     pub tag: u32,
     /// the sender's epoch stamped on it (always older than the snapshot's epoch)
     pub epoch: Epoch,
-    /// the message bytes
+    /// the message bytes (one block on the wire: postcard writes them as the per-byte
+    /// sequence would, so saved channel states keep their encoding)
+    #[serde(with = "serde_bytes")]
     pub payload: Vec<u8>,
 }
 
