@@ -101,6 +101,25 @@ impl OutputCommit {
         }
     }
 
+    /// Appends the unfinished last line of `rank`'s stream: the stream ended inside it
+    /// (the rank died mid-line, or a launcher's forwarding lost the rest in transit). No
+    /// marker is read from it: a marker cut short may still parse, with a shorter number.
+    /// A marker start in it ([`MARKER_PREFIX`] or a prefix of it after a record separator)
+    /// is dropped, and the text before it waits, as the start of a line, for the rest of
+    /// that line; any other text is a line of its own (it gets its newline).
+    pub fn unterminated(&mut self, rank: u32, mut line: Vec<u8>) {
+        match cut_marker(&line) {
+            Some(at) => {
+                line.truncate(at);
+                self.fragment(rank, line);
+            }
+            None => {
+                line.push(b'\n');
+                self.line(rank, line);
+            }
+        }
+    }
+
     /// Feeds a marker of `rank`; returns the lines that became releasable, `(rank, line)`.
     pub fn marker(&mut self, rank: u32, m: Marker) -> Vec<(u32, Vec<u8>)> {
         match m {
@@ -604,6 +623,28 @@ mod tests {
         );
         assert_eq!(cut_marker(b"x\x1ela\n"), Some(1));
         assert_eq!(cut_marker(b"x\x1elb\n"), None);
+    }
+
+    #[test]
+    fn a_line_cut_by_the_end_of_its_stream_keeps_its_text_and_drops_a_marker_start() {
+        let mut o = OutputCommit::new(1);
+        o.launching(None);
+        o.line(0, l("a0\n"));
+        // The text before a cut marker is the start of a line: it leaves joined to the
+        // rest of that line, never as a line of its own.
+        o.unterminated(
+            0,
+            format!("half {MARKER_PREFIX}resumed 5 50 1").into_bytes(),
+        );
+        let (mut rel, _) = o.rollback(Some((CheckpointId(2), 10)));
+        o.line(0, l("rest\n"));
+        // A cut line without a marker is a line: it gets its newline.
+        o.unterminated(0, l("last"));
+        rel.extend(o.finish());
+        assert_eq!(
+            rel,
+            vec![(0, l("a0\n")), (0, l("half rest\n")), (0, l("last\n"))]
+        );
     }
 
     #[test]

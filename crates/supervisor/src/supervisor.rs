@@ -178,6 +178,25 @@ struct Shared {
 }
 
 impl Shared {
+    fn new(ranks: u32, echo: bool, capture: bool, repo: String) -> Self {
+        Shared {
+            out: OutputCommit::new(ranks),
+            victims: Vec::new(),
+            spawned_at: None,
+            injected_at: None,
+            commits: 0,
+            commits_this_run: 0,
+            last_step: None,
+            resumed: Vec::new(),
+            captured: Vec::new(),
+            echo,
+            capture,
+            bad_markers: 0,
+            repo,
+            refusal: None,
+        }
+    }
+
     fn emit(&mut self, lines: Vec<(u32, Vec<u8>)>) {
         if lines.is_empty() {
             return;
@@ -230,8 +249,7 @@ impl Shared {
     }
 }
 
-/// One progress line on stderr; a closed or full stderr must not stop the supervisor.
-/// One progress line on stderr; a failed stderr changes nothing about the job.
+/// One progress line on stderr; a closed or full stderr changes nothing about the job.
 pub(crate) fn progress(line: std::fmt::Arguments<'_>) {
     let _ = writeln!(std::io::stderr().lock(), "{line}");
 }
@@ -263,6 +281,13 @@ impl LaunchObserver for Observer {
 
     fn stdout_line(&self, rank: u32, line: &[u8]) -> bool {
         let mut s = lock(&self.0);
+        if line.last() != Some(&b'\n') {
+            // The stream ended inside this line. A marker cut short can still parse,
+            // with a shorter number (`resumed 5 50 12` as `resumed 5 50 1`), and would
+            // settle the output wrongly: nothing in a cut line is read as a marker.
+            s.out.unterminated(rank, line.to_vec());
+            return true;
+        }
         // A marker written into the middle of an unfinished line: the text before it
         // keeps its place, joined to the rest of its line later.
         let line = match split_at_marker(line) {
@@ -352,22 +377,12 @@ impl Supervisor {
         let t0 = Instant::now();
         let mut history = FailureHistory::starting_at(unix_ms() as f64 / 1000.0)
             .map_err(|e| SupervisorError::Config(e.to_string()))?;
-        let shared = Arc::new(Mutex::new(Shared {
-            out: OutputCommit::new(n),
-            victims: Vec::new(),
-            spawned_at: None,
-            injected_at: None,
-            commits: 0,
-            commits_this_run: 0,
-            last_step: None,
-            resumed: Vec::new(),
-            captured: Vec::new(),
-            echo: cfg.echo_output,
-            capture: cfg.capture_output,
-            bad_markers: 0,
-            repo: repo_location,
-            refusal: None,
-        }));
+        let shared = Arc::new(Mutex::new(Shared::new(
+            n,
+            cfg.echo_output,
+            cfg.capture_output,
+            repo_location,
+        )));
         let mut failures: Vec<FailureReport> = Vec::new();
         let mut incarnation = 0u64;
         let mut failed_at: Option<Instant> = None;
@@ -728,5 +743,31 @@ fn kill_loop(
             });
         }
         std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::output::MARKER_PREFIX;
+
+    /// Regression: a marker cut short at the end of a rank's stream still parsed (with a
+    /// shorter number) and was acted on: a cut `resumed` settled the held output at the
+    /// wrong checkpoint, a cut `part` moved the step. A line without its newline is
+    /// never read as a marker.
+    #[test]
+    fn a_marker_cut_short_at_the_end_of_a_stream_is_not_read() {
+        let shared = Arc::new(Mutex::new(Shared::new(1, false, true, String::new())));
+        lock(&shared).new_launch(1);
+        let obs = Observer(shared.clone());
+        assert!(obs.stdout_line(0, format!("{MARKER_PREFIX}part 3 30\n").as_bytes()));
+        assert!(obs.stdout_line(0, b"printed\n"));
+        assert!(obs.stdout_line(0, format!("{MARKER_PREFIX}part 4 4").as_bytes()));
+        assert!(obs.stdout_line(0, format!("{MARKER_PREFIX}resumed 5 50 1").as_bytes()));
+        let s = lock(&shared);
+        assert_eq!(s.last_step, Some(30));
+        assert_eq!(s.resumed, [None]);
+        assert_eq!(s.bad_markers, 0);
+        assert_eq!(s.out.held(), 1, "only the whole line is held");
     }
 }

@@ -82,8 +82,10 @@ pub trait LaunchObserver: Send + Sync + std::fmt::Debug {
     fn injected(&self, rank: u32) {
         let _ = rank;
     }
-    /// One stdout line of `rank` (with its newline). Return true if handled; false lets
-    /// the launcher print it with the `[rank r]` prefix.
+    /// One stdout line of `rank`. It ends with its newline unless the rank's stream ended
+    /// inside it (the rank died mid-line, or a launcher's forwarding lost the rest): the
+    /// observer can tell a whole line from a cut one. Return true if handled; false lets
+    /// the launcher print it (with a newline) after the `[rank r]` prefix.
     fn stdout_line(&self, rank: u32, line: &[u8]) -> bool {
         let _ = (rank, line);
         false
@@ -113,20 +115,19 @@ impl OutputSink {
         }
     }
 
-    /// One line of rank `rank`; `line` ends with its newline (added if missing).
+    /// One line of rank `rank`: `line` ends with its newline, or is the unfinished end of
+    /// the rank's stream. The observer gets it as it is; printed, it gets a newline.
     pub fn line(&self, rank: u32, to_stderr: bool, line: &[u8]) {
         if self.closed.load(Ordering::Acquire) {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        let line = with_newline(line);
-        let line = line.as_ref();
         if let Some(o) = &self.observer {
             if !to_stderr && o.stdout_line(rank, line) {
                 return;
             }
         }
-        self.print(&format!("[rank {rank}] "), to_stderr, line);
+        self.print(&format!("[rank {rank}] "), to_stderr, &with_newline(line));
     }
 
     /// A line the engine itself printed (e.g. `mpirun`'s own messages), on stderr.
@@ -402,5 +403,33 @@ mod tests {
         assert!(check_placement("mpirun", 3, &s(&["a", "a", "b"])).is_ok());
         assert!(check_placement("mpirun", 3, &s(&["a", "b", "a"])).is_err());
         assert!(check_placement("mpirun", 2, &s(&["a"])).is_err());
+    }
+
+    #[derive(Debug, Default)]
+    struct Lines(std::sync::Mutex<Vec<Vec<u8>>>);
+
+    impl LaunchObserver for Lines {
+        fn stdout_line(&self, _rank: u32, line: &[u8]) -> bool {
+            self.0
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(line.to_vec());
+            true
+        }
+    }
+
+    /// Regression: the sink ended every line with a newline before the observer saw it,
+    /// so a marker cut short at the end of a rank's stream (`resumed 5 50 12` as
+    /// `resumed 5 50 1`) looked whole to the output commit.
+    #[test]
+    fn the_observer_sees_a_line_cut_by_the_end_of_the_stream_without_a_newline() {
+        let seen = Arc::new(Lines::default());
+        let sink = Arc::new(OutputSink::new(Some(seen.clone())));
+        let stream = b"whole\n\x1elazarus:resumed 5 50 1".to_vec();
+        super::super::local::pump(3, std::io::Cursor::new(stream), false, sink);
+        assert_eq!(
+            *seen.0.lock().unwrap_or_else(|e| e.into_inner()),
+            [b"whole\n".to_vec(), b"\x1elazarus:resumed 5 50 1".to_vec()]
+        );
     }
 }
