@@ -518,14 +518,20 @@ impl NodeLevels {
     /// not this job's) and when a plan reaches that number.
     pub fn lost(&self) -> Option<lazarus_store::Damage> {
         self.history.as_ref()?;
-        let complete = |app: &BTreeMap<String, String>| {
-            app.get(COMPLETE_KEY).and_then(|v| v.parse::<u64>().ok())
+        // A copy's mark names a round finished before its own (the mark is taken at the
+        // start of the round): an unparsable mark, or one not below the copy's own
+        // number, is not one this code wrote, and is ignored rather than trusted to
+        // refuse a restart (the copies' data is checked on load either way).
+        let complete = |app: &BTreeMap<String, String>, seq: u64| {
+            app.get(COMPLETE_KEY)
+                .and_then(|v| v.parse::<u64>().ok())
+                .filter(|&c| c < seq)
         };
         let known = self
             .held
             .iter()
-            .filter_map(|h| complete(&h.app))
-            .chain(self.parity.iter().filter_map(|p| complete(&p.app)))
+            .filter_map(|h| complete(&h.app, h.seq))
+            .chain(self.parity.iter().filter_map(|p| complete(&p.app, p.seq)))
             .max()?;
         let plans = self.plans();
         if self.durable_seq >= known || plans.iter().any(|p| p.seq >= known) {
@@ -2905,6 +2911,94 @@ mod tests {
                 got == b[r].1,
                 "rank {r} restored other bytes than checkpoint 5's"
             );
+        }
+    }
+
+    /// The lost-progress mark of a node-local COMMIT is read defensively: an unparsable
+    /// mark or one not below its own copy's number (not one the rounds write) is
+    /// ignored, so it neither refuses a restart that every rank can make nor hides a
+    /// valid mark on another copy.
+    #[test]
+    fn a_hostile_complete_mark_is_ignored_and_a_valid_one_still_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let hosts = ["sim0", "sim0", "sim1", "sim1"];
+        let mut last = Vec::new();
+        for round in 0..3 {
+            let history = last
+                .first()
+                .map(|(_, _, h, _): &(u64, Vec<u8>, History, String)| h.clone());
+            last = incarnation(root, hosts, history, round);
+        }
+        let record = last[0].2.clone();
+        // Rewrites the mark of every L1 copy of rank 0 (a self-consistent COMMIT: the
+        // repository verifies), then asks a fresh incarnation for lost progress and its
+        // newest plan.
+        let with_mark = |mark: &str| {
+            let repo_dir = root.join("sim0").join("rank-0");
+            let mut repo = Repository::open(&repo_dir, opts()).unwrap();
+            let ids: Vec<CheckpointId> = repo
+                .reader()
+                .unwrap()
+                .committed()
+                .unwrap()
+                .into_iter()
+                .map(|c| c.id)
+                .collect();
+            for id in ids {
+                let reader = repo.reader().unwrap();
+                let objects = reader.load_part(id, Rank(0)).unwrap();
+                let record = reader.commit_record(id).unwrap();
+                let mut app = record.app;
+                app.insert(COMPLETE_KEY.into(), mark.into());
+                let specs: Vec<ObjectSpec<'_>> = objects
+                    .iter()
+                    .map(|o| ObjectSpec::new(o.info.clone(), &o.data))
+                    .collect();
+                let pending = repo.begin(1).unwrap();
+                let part = pending.part_writer().write(Rank(0), &specs).unwrap();
+                let meta = CommitMeta {
+                    step: record.step,
+                    app,
+                };
+                repo.commit(pending, vec![part], meta).unwrap();
+                repo.remove_checkpoint(id).unwrap();
+            }
+            lazarus_net::local(4, |comm| {
+                let me = comm.rank().0 as usize;
+                let levels = NodeLevels::open(
+                    comm,
+                    Levels::new().l1(1).l2(1).l4(0),
+                    root.to_path_buf(),
+                    hosts[me].to_string(),
+                    opts(),
+                    8,
+                    0,
+                    Some(record.clone()),
+                )
+                .unwrap();
+                let newest = levels.plans().into_iter().map(|p| p.seq).max();
+                (levels.lost().map(|d| d.detail), newest)
+            })
+            .unwrap()
+        };
+        for mark in ["garbage", "-1", "", &u64::MAX.to_string(), "3", "99"] {
+            for (r, (lost, newest)) in with_mark(mark).into_iter().enumerate() {
+                assert_eq!(lost, None, "mark {mark:?}, rank {r}");
+                assert_eq!(newest, Some(3), "mark {mark:?}, rank {r}");
+            }
+        }
+        // A valid mark still counts: rank 0's copies claim checkpoint 2 complete, and
+        // with host sim1 lost and the partner copies of its ranks gone too, nothing
+        // rebuilds it: lost, not a fresh start.
+        std::fs::remove_dir_all(root.join("sim1")).unwrap();
+        for r in [2, 3] {
+            std::fs::remove_dir_all(root.join("sim0").join(format!("partner-of-{r}"))).unwrap();
+        }
+        for (r, (lost, newest)) in with_mark("2").into_iter().enumerate() {
+            let lost = lost.unwrap_or_else(|| panic!("rank {r}: checkpoint 2 not reported lost"));
+            assert!(lost.contains("fast-level checkpoint 2 completed"), "{lost}");
+            assert_eq!(newest, None, "rank {r}");
         }
     }
 
