@@ -231,3 +231,51 @@ fn bench_async_reports_stall_against_memcpy_and_sync_against_raw() {
         );
     }
 }
+
+#[test]
+fn bench_levels_reports_every_level_and_the_job_rows() {
+    let scratch = tempfile::tempdir().unwrap();
+    let text = run_ok(
+        &[
+            "bench", "levels", "--ranks", "2", "--mib", "1", "--reps", "1",
+        ],
+        Some(scratch.path()),
+    );
+    // Each level row: a time, its floor and their ratio, all finite.
+    for row in [
+        "L1 node-local",
+        "L1+L2 partner copy",
+        "L1+L3 parity",
+        "L4 durable",
+    ] {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(row))
+            .unwrap_or_else(|| panic!("no {row:?} in:\n{text}"));
+        let numbers: Vec<f64> = line
+            .split_whitespace()
+            .rev()
+            .take(3)
+            .map(|x| x.parse().unwrap_or_else(|e| panic!("{line}: {e}")))
+            .collect();
+        assert!(numbers.iter().all(|x| x.is_finite() && *x > 0.0), "{line}");
+    }
+    // The Job rows: each names its ratio against its floor.
+    for (row, ratio_before) in [
+        ("Job L1+L2 asynchronous checkpoint", "x),"),
+        ("Job L1+L2 asynchronous, 1 %", "x the memcpy"),
+        ("Job L1+L2+L4 over a staging budget of 256 KiB", "x)"),
+    ] {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(row))
+            .unwrap_or_else(|| panic!("no {row:?} in:\n{text}"));
+        let ratio: f64 = line
+            .split(ratio_before)
+            .next()
+            .and_then(|l| l.rsplit(['(', ' ']).next())
+            .and_then(|x| x.parse().ok())
+            .unwrap_or_else(|| panic!("no ratio in {line}"));
+        assert!(ratio.is_finite() && ratio > 0.0, "{line}");
+    }
+}

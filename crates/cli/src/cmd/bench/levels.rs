@@ -519,8 +519,8 @@ pub fn main(a: Args) -> CmdResult {
     )?;
     writeln!(
         out,
-        "Job L1+L2+L4 over a staging budget of {} MiB: stall {:.1} ms asynchronous (the rest written into L1 and L4 inside the call) vs {:.1} ms synchronous ({:.2}x)",
-        over_budget(bytes) >> 20,
+        "Job L1+L2+L4 over a staging budget of {} KiB: stall {:.1} ms asynchronous (the rest written into L1 and L4 inside the call) vs {:.1} ms synchronous ({:.2}x)",
+        over_budget(bytes) >> 10,
         ms(j.over_budget),
         ms(j.over_budget_sync),
         ms(j.over_budget) / ms(j.over_budget_sync).max(1e-9)
