@@ -65,6 +65,40 @@ mod tests {
         one: Vec<u8>,
     }
 
+    /// The level messages' bytes, written out by hand from postcard's rules (variant
+    /// index and integers as varints, a byte vector as its length then its bytes): the
+    /// encoding this module must keep.
+    #[test]
+    fn level_messages_keep_their_postcard_bytes() {
+        use crate::l3::ParityMsg;
+        use crate::partner::CopyMsg;
+        use lazarus_format::Rank;
+        let data = CopyMsg::Data {
+            subject: 1,
+            local: 2,
+            chunks: vec![([7; 32], vec![1, 2, 3])],
+            files: vec![("COMMIT".into(), vec![9])],
+        };
+        let mut golden = vec![2, 1, 2, 1];
+        golden.extend([7; 32]);
+        golden.extend([3, 1, 2, 3, 1, 6]);
+        golden.extend(b"COMMIT");
+        golden.extend([1, 9]);
+        assert_eq!(data.encode(), golden);
+        assert_eq!(CopyMsg::decode(Rank(0), &golden).ok(), Some(data));
+        let update = ParityMsg::Update {
+            seq: 300,
+            index: 1,
+            local: 2,
+            full: false,
+            header: vec![5, 6],
+            segments: vec![(128, vec![0xff])],
+        };
+        let golden = vec![2, 0xac, 0x02, 1, 2, 0, 2, 5, 6, 1, 0x80, 0x01, 1, 0xff];
+        assert_eq!(update.encode(), golden);
+        assert_eq!(ParityMsg::decode(Rank(0), &golden).ok(), Some(update));
+    }
+
     proptest! {
         /// Stored parity headers and every level message keep their bytes: the bulk
         /// encoding is the per-byte one, and each decodes the other.
