@@ -760,12 +760,12 @@ mod tests {
         let shared = Arc::new(Mutex::new(Shared::new(1, false, true, String::new())));
         lock(&shared).new_launch(1);
         let obs = Observer(shared.clone());
-        assert!(obs.stdout_line(0, format!("{MARKER_PREFIX}part 3 30\n").as_bytes()));
+        assert!(obs.stdout_line(0, format!("{MARKER_PREFIX}part 3 3\n").as_bytes()));
         assert!(obs.stdout_line(0, b"printed\n"));
-        assert!(obs.stdout_line(0, format!("{MARKER_PREFIX}part 4 4").as_bytes()));
+        assert!(obs.stdout_line(0, format!("{MARKER_PREFIX}part 4 40").as_bytes()));
         assert!(obs.stdout_line(0, format!("{MARKER_PREFIX}resumed 5 50 1").as_bytes()));
         let s = lock(&shared);
-        assert_eq!(s.last_step, Some(30));
+        assert_eq!(s.last_step, Some(3));
         assert_eq!(s.resumed, [None]);
         assert_eq!(s.bad_markers, 0);
         assert_eq!(s.out.held(), 1, "only the whole line is held");

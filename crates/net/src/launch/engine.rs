@@ -335,6 +335,30 @@ fn nonempty(v: Vec<HostSpec>) -> Result<Vec<HostSpec>> {
     Ok(v)
 }
 
+/// An observer that keeps every stdout line it is handed, for tests.
+#[cfg(test)]
+#[derive(Debug, Default)]
+pub(crate) struct SeenLines(std::sync::Mutex<Vec<(u32, Vec<u8>)>>);
+
+#[cfg(test)]
+impl SeenLines {
+    /// `(rank, line)` in arrival order.
+    pub(crate) fn lines(&self) -> Vec<(u32, Vec<u8>)> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+#[cfg(test)]
+impl LaunchObserver for SeenLines {
+    fn stdout_line(&self, rank: u32, line: &[u8]) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((rank, line.to_vec()));
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -405,31 +429,21 @@ mod tests {
         assert!(check_placement("mpirun", 2, &s(&["a"])).is_err());
     }
 
-    #[derive(Debug, Default)]
-    struct Lines(std::sync::Mutex<Vec<Vec<u8>>>);
-
-    impl LaunchObserver for Lines {
-        fn stdout_line(&self, _rank: u32, line: &[u8]) -> bool {
-            self.0
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(line.to_vec());
-            true
-        }
-    }
-
     /// Regression: the sink ended every line with a newline before the observer saw it,
     /// so a marker cut short at the end of a rank's stream (`resumed 5 50 12` as
     /// `resumed 5 50 1`) looked whole to the output commit.
     #[test]
     fn the_observer_sees_a_line_cut_by_the_end_of_the_stream_without_a_newline() {
-        let seen = Arc::new(Lines::default());
+        let seen = Arc::new(SeenLines::default());
         let sink = Arc::new(OutputSink::new(Some(seen.clone())));
         let stream = b"whole\n\x1elazarus:resumed 5 50 1".to_vec();
         super::super::local::pump(3, std::io::Cursor::new(stream), false, sink);
         assert_eq!(
-            *seen.0.lock().unwrap_or_else(|e| e.into_inner()),
-            [b"whole\n".to_vec(), b"\x1elazarus:resumed 5 50 1".to_vec()]
+            seen.lines(),
+            [
+                (3, b"whole\n".to_vec()),
+                (3, b"\x1elazarus:resumed 5 50 1".to_vec())
+            ]
         );
     }
 }

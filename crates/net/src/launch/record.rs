@@ -14,8 +14,8 @@
 //! in order. Program lines longer than [`MAX_PIECE`] travel as several records.
 //!
 //! Kinds: `H` host (base64), `P` pid, `T` Slurm step (`job.step`), `O`/`E` the end of a
-//! stdout/stderr line (base64, with its newline), `C`/`D` a piece of a longer stdout/stderr
-//! line, `K` an injected kill fired, `X` exit status, `S` terminating signal.
+//! stdout/stderr line (base64, with its newline unless the program's stream ended inside
+//! the line), `C`/`D` a piece of a longer stdout/stderr line, `K` an injected kill fired, `X` exit status, `S` terminating signal.
 
 use lazarus_format::base64;
 use std::collections::BTreeMap;
@@ -36,7 +36,8 @@ pub(crate) enum Record {
     Pid(u32),
     /// Slurm job step (`<job>.<step>`), for `scancel`.
     Step(String),
-    /// Bytes of a stdout line; `end`: the line is complete (the bytes end with its newline).
+    /// Bytes of a stdout line; `end`: the line's last piece (the bytes end with its
+    /// newline, unless the program's stream ended inside the line).
     Out { bytes: Vec<u8>, end: bool },
     /// Bytes of a stderr line, like `Out`.
     Err { bytes: Vec<u8>, end: bool },

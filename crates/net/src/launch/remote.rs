@@ -500,3 +500,51 @@ impl RunningJob for RemoteJob {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::engine::SeenLines;
+    use super::super::record;
+    use super::*;
+    use std::sync::atomic::AtomicU32;
+
+    /// Regression: the shim ended a program's unfinished last line with a newline, so a
+    /// marker cut short by the program's death (`resumed 5 50 12` as `resumed 5 50 1`)
+    /// reached the output commit as a whole marker under ssh, mpirun and srun. Through
+    /// the shim's records the observer now sees the line cut, as with the local engine.
+    #[test]
+    fn a_line_cut_by_the_programs_death_reaches_the_observer_cut_through_the_shim() {
+        let program = b"whole\n\x1elazarus:resumed 5 50 1".to_vec();
+        let sent = Mutex::new(Vec::new());
+        super::super::shim::pump(
+            std::io::Cursor::new(program),
+            false,
+            &AtomicU32::new(0),
+            |recs| {
+                let mut s = sent.lock().unwrap_or_else(|e| e.into_inner());
+                for r in recs {
+                    record::encode(r, &mut s);
+                }
+            },
+        );
+        let sent = sent.into_inner().unwrap_or_else(|e| e.into_inner());
+        let seen = Arc::new(SeenLines::default());
+        let sink = OutputSink::new(Some(seen.clone()));
+        let job = RemoteJob::new(1, &["h".to_string()]);
+        read_records(
+            sent.as_slice(),
+            Tagging::Fixed(0),
+            false,
+            &job.book,
+            &sink,
+            "ssh",
+        );
+        assert_eq!(
+            seen.lines(),
+            [
+                (0, b"whole\n".to_vec()),
+                (0, b"\x1elazarus:resumed 5 50 1".to_vec())
+            ]
+        );
+    }
+}

@@ -310,11 +310,15 @@ fn run(args: Vec<OsString>) -> Result<i32, String> {
     let mut pumps = Vec::new();
     if let Some(o) = child.stdout.take() {
         let (out, parts) = (out.clone(), parts.clone());
-        pumps.push(std::thread::spawn(move || pump(o, false, &out, &parts)));
+        pumps.push(std::thread::spawn(move || {
+            pump(o, false, &parts, |r| out.emit(r))
+        }));
     }
     if let Some(e) = child.stderr.take() {
         let (out, parts) = (out.clone(), parts.clone());
-        pumps.push(std::thread::spawn(move || pump(e, true, &out, &parts)));
+        pumps.push(std::thread::spawn(move || {
+            pump(e, true, &parts, |r| out.emit(r))
+        }));
     }
     let stop_asked = Arc::new(AtomicI32::new(0));
     if control {
@@ -448,8 +452,11 @@ fn control_loop(mut stdin: impl BufRead, stop: &AtomicI32, pid: u32) {
     }
 }
 
-/// Forwards one pipe of the program as records, line by line; counts part markers.
-fn pump(src: impl Read, stderr: bool, out: &Out, parts: &AtomicU32) {
+/// Forwards one pipe of the program as records, line by line, to `emit`; counts part
+/// markers. A last line the program did not end (it died writing it) goes as it is,
+/// without a newline, so the launcher's observer can tell it was cut (a marker cut
+/// short must not be read as one).
+pub(crate) fn pump(src: impl Read, stderr: bool, parts: &AtomicU32, emit: impl Fn(&[Record])) {
     let mut r = BufReader::new(src);
     let mut line = Vec::new();
     let part = b"\x1elazarus:part ";
@@ -458,13 +465,10 @@ fn pump(src: impl Read, stderr: bool, out: &Out, parts: &AtomicU32) {
         match r.read_until(b'\n', &mut line) {
             Ok(0) | Err(_) => return,
             Ok(_) => {
-                if line.last() != Some(&b'\n') {
-                    line.push(b'\n');
-                }
                 if !stderr && line.starts_with(part) {
                     parts.fetch_add(1, Ordering::AcqRel);
                 }
-                out.emit(&record::line_records(&line, stderr));
+                emit(&record::line_records(&line, stderr));
             }
         }
     }
