@@ -30,6 +30,8 @@ pub use engine::{
 };
 pub use local::LocalEngine;
 pub use mpirun::MpirunEngine;
+#[doc(hidden)]
+pub use record::fuzz_launcher_output;
 pub use route::{advertise_address, probe_host};
 pub use srun::{in_allocation, SrunEngine};
 pub use ssh::SshEngine;

@@ -287,6 +287,32 @@ impl Demux {
     }
 }
 
+/// Fuzzing entry (fuzz target `launch_records`): the decoders of a cluster launcher's
+/// output (the stdout record stream and the stderr demultiplexer, under every tagging) on
+/// arbitrary bytes, fed in two pieces split where the first byte says. Returns the number
+/// of records and pieces decoded; must never panic or over-allocate.
+#[doc(hidden)]
+pub fn fuzz_launcher_output(input: &[u8]) -> usize {
+    let at = input
+        .first()
+        .map_or(0, |&b| usize::from(b))
+        .min(input.len());
+    let (a, b) = input.split_at(at);
+    let mut n = 0;
+    for t in [Tagging::OpenMpi, Tagging::SlurmLabel, Tagging::Fixed(0)] {
+        let mut rs = RecordStream::new(t);
+        n += rs.feed(a).0.len() + rs.feed(b).0.len() + rs.finish().0.len();
+        n += rs.problems().len();
+        let mut d = Demux::new(t);
+        let mut pieces = Vec::new();
+        d.feed(a, &mut pieces);
+        d.feed(b, &mut pieces);
+        d.finish(&mut pieces);
+        n += pieces.len();
+    }
+    n
+}
+
 fn push(out: &mut Vec<Piece>, rank: Option<u32>, bytes: &[u8]) {
     if bytes.is_empty() {
         return;
@@ -566,6 +592,11 @@ mod tests {
             let streams: Vec<Vec<u8>> = lines.iter().enumerate().map(|(r, l)| records_of(r as u32, l).1).collect();
             let wire = slurm_stream(&streams, &cuts, &order);
             check(Tagging::SlurmLabel, lines, &feed_cuts, wire);
+        }
+
+        #[test]
+        fn the_fuzz_entry_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..2000)) {
+            let _ = fuzz_launcher_output(&bytes);
         }
 
         #[test]
