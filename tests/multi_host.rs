@@ -417,14 +417,18 @@ fn has_level_copy(l1: &Path, prefix: &str) -> bool {
 
 /// Multi-level checkpoints on separate hosts (issue #15): L1 node-local plus L2 partner
 /// copies or L3 parity, nothing in the repository. A host is lost (its processes killed,
-/// its link down, its node-local directory deleted); its ranks restart on a spare host
+/// its link down, its node-local directory deleted). With a spare, its ranks restart there
 /// with an empty node-local directory, and their parts come back over the network from
-/// the partner copies, or are decoded from the parity, on the surviving hosts. Each rank
-/// learns its host from the supervisor's placement (`LAZARUS_HOST`): the namespaces share
-/// one kernel host name.
-fn fast_level_host_loss(level: &str) {
+/// the partner copies, or are decoded from the parity, on the surviving hosts. Without
+/// one (`--shrink-on-failure`), the job restarts on 6 ranks and the 8-rank checkpoint is
+/// redistributed from the fast levels (N→M): the lost ranks' parts come from their partner
+/// copies, or are decoded from the parity, on the other hosts. Each rank learns its host
+/// from the supervisor's placement (`LAZARUS_HOST`): the namespaces share one kernel host
+/// name.
+fn fast_level_host_loss(level: &str, spare: bool) {
     let _s = serial();
-    let Some((cl, agent)) = hosts(&format!("levels host_loss {level}"), 5) else {
+    let k = if spare { 5 } else { 4 };
+    let Some((cl, agent)) = hosts(&format!("levels host_loss {level} spare={spare}"), k) else {
         return;
     };
     let lost = ChaCha8Rng::seed_from_u64(seed() ^ 2).gen_range(0..4usize);
@@ -433,7 +437,11 @@ fn fast_level_host_loss(level: &str) {
     let repo = dir.path().join("repo");
     let l1 = dir.path().join("l1");
     let mut args = mpirun_args(&agent, &h, 8);
-    args.extend(["--spares".into(), "1".into()]);
+    if spare {
+        args.extend(["--spares".into(), "1".into()]);
+    } else {
+        args.push("--shrink-on-failure".into());
+    }
     let every = format!("--{level}-every");
     for a in ["--l1-every", "1", &every, "1", "--l4-every", "0"] {
         args.push(a.into());
@@ -460,12 +468,21 @@ fn fast_level_host_loss(level: &str) {
     let err = finish_with_reference(&mut job);
     assert!(err.contains(&format!("host {} is gone", h[lost])), "{err}");
     let (a, b) = (2 * lost, 2 * lost + 1);
-    let report = if level == "l2" {
-        format!("from L2 partner copy (rebuilt rank {a}, rank {b} from other hosts)")
-    } else {
-        format!("from L3 parity (host {} lost)", h[lost])
+    let report = match (level, spare) {
+        ("l2", true) => format!("from L2 partner copy (rebuilt rank {a}, rank {b} from other hosts)"),
+        ("l2", false) => format!(
+            "from L2 partner copy (old rank {a}, rank {b} from partner copies) (written by 8 ranks, redistributed on 6)"
+        ),
+        (_, true) => format!("from L3 parity (host {} lost)", h[lost]),
+        (_, false) => format!(
+            "from L3 parity (host {} lost) (written by 8 ranks, redistributed on 6)",
+            h[lost]
+        ),
     };
     assert!(err.contains(&report), "{err}");
+    if !spare {
+        assert!(err.contains("restarting on 6 ranks instead of 8"), "{err}");
+    }
     assert!(
         err.contains("no durable checkpoint yet") && !err.contains("from scratch"),
         "the supervisor must not claim a fresh start: {err}"
@@ -475,19 +492,31 @@ fn fast_level_host_loss(level: &str) {
         0,
         "the repository was written: L4 is off"
     );
-    // The rebuilt ranks' parts are back in the spare host's node-local directory.
-    assert!(l1.join(&h[4]).join(format!("rank-{a}")).is_dir(), "{err}");
+    if spare {
+        // The rebuilt ranks' parts are back in the spare host's node-local directory.
+        assert!(l1.join(&h[4]).join(format!("rank-{a}")).is_dir(), "{err}");
+    }
     cl.link_up(lost).unwrap();
 }
 
 #[test]
 fn lost_host_is_rebuilt_from_partner_copies_on_other_hosts() {
-    fast_level_host_loss("l2");
+    fast_level_host_loss("l2", true);
 }
 
 #[test]
 fn lost_host_is_rebuilt_from_parity_on_other_hosts() {
-    fast_level_host_loss("l3");
+    fast_level_host_loss("l3", true);
+}
+
+#[test]
+fn lost_host_without_a_spare_shrinks_to_six_ranks_from_partner_copies() {
+    fast_level_host_loss("l2", false);
+}
+
+#[test]
+fn lost_host_without_a_spare_shrinks_to_six_ranks_from_parity() {
+    fast_level_host_loss("l3", false);
 }
 
 #[test]
