@@ -2846,6 +2846,21 @@ mod tests {
         .unwrap()
     }
 
+    /// `rounds` incarnations one after the other (seeds 0, 1, ...), each under the
+    /// record the previous one wrote; returns the last one's results.
+    fn incarnations(
+        root: &Path,
+        hosts: [&str; 4],
+        rounds: u64,
+    ) -> Vec<(u64, Vec<u8>, History, String)> {
+        let mut last: Vec<(u64, Vec<u8>, History, String)> = Vec::new();
+        for round in 0..rounds {
+            let history = last.first().map(|(_, _, h, _)| h.clone());
+            last = incarnation(root, hosts, history, round);
+        }
+        last
+    }
+
     /// Regression (docs/LEVELS.md "One history", a limit until now): host sim1 held rank
     /// 2's L1 copies of a run the job abandoned. The ranks went on from an older
     /// checkpoint on a spare host (sim2), whose new L1 numbered its checkpoints as sim1's
@@ -2860,13 +2875,7 @@ mod tests {
         let root = dir.path();
         let first = ["sim0", "sim0", "sim1", "sim1"];
         // Incarnation A: four rounds, checkpoints 1..4, every L1 numbering 1..4.
-        let mut a = Vec::new();
-        for round in 0..4 {
-            let history = a
-                .first()
-                .map(|(_, _, h, _): &(u64, Vec<u8>, History, String)| h.clone());
-            a = incarnation(root, first, history, round);
-        }
+        let a = incarnations(root, first, 4);
         let lineage_a = a[0].3.clone();
         // An incarnation restored checkpoint 3 of A and died before writing: checkpoint 4
         // is off the path.
@@ -2923,22 +2932,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
         let hosts = ["sim0", "sim0", "sim1", "sim1"];
-        let mut last = Vec::new();
-        for round in 0..3 {
-            let history = last
-                .first()
-                .map(|(_, _, h, _): &(u64, Vec<u8>, History, String)| h.clone());
-            last = incarnation(root, hosts, history, round);
-        }
-        let record = last[0].2.clone();
+        let record = incarnations(root, hosts, 3)[0].2.clone();
         // Rewrites the mark of every L1 copy of rank 0 (a self-consistent COMMIT: the
         // repository verifies), then asks a fresh incarnation for lost progress and its
         // newest plan.
         let with_mark = |mark: &str| {
             let repo_dir = root.join("sim0").join("rank-0");
-            let mut repo = Repository::open(&repo_dir, opts()).unwrap();
-            let ids: Vec<CheckpointId> = repo
-                .reader()
+            let ids: Vec<CheckpointId> = RepoReader::open(&repo_dir)
                 .unwrap()
                 .committed()
                 .unwrap()
@@ -2946,23 +2946,9 @@ mod tests {
                 .map(|c| c.id)
                 .collect();
             for id in ids {
-                let reader = repo.reader().unwrap();
-                let objects = reader.load_part(id, Rank(0)).unwrap();
-                let record = reader.commit_record(id).unwrap();
-                let mut app = record.app;
-                app.insert(COMPLETE_KEY.into(), mark.into());
-                let specs: Vec<ObjectSpec<'_>> = objects
-                    .iter()
-                    .map(|o| ObjectSpec::new(o.info.clone(), &o.data))
-                    .collect();
-                let pending = repo.begin(1).unwrap();
-                let part = pending.part_writer().write(Rank(0), &specs).unwrap();
-                let meta = CommitMeta {
-                    step: record.step,
-                    app,
-                };
-                repo.commit(pending, vec![part], meta).unwrap();
-                repo.remove_checkpoint(id).unwrap();
+                recommit(&repo_dir, id, |_, app| {
+                    app.insert(COMPLETE_KEY.into(), mark.into());
+                });
             }
             lazarus_net::local(4, |comm| {
                 let me = comm.rank().0 as usize;
@@ -3196,6 +3182,36 @@ mod tests {
         }
     }
 
+    /// Replaces checkpoint `id` of the one-rank repository `dir` by a self-consistent
+    /// one (the repository still verifies) with `edit` applied to its objects and COMMIT
+    /// records: what a writer that knows the format, but not the rounds, could leave.
+    fn recommit(
+        dir: &Path,
+        id: CheckpointId,
+        edit: impl FnOnce(&mut [LoadedObject], &mut BTreeMap<String, String>),
+    ) {
+        let mut repo = Repository::open(dir, opts()).unwrap();
+        let reader = repo.reader().unwrap();
+        let mut objects = reader.load_part(id, Rank(0)).unwrap();
+        let record = reader.commit_record(id).unwrap();
+        let mut app = record.app;
+        edit(&mut objects, &mut app);
+        let specs: Vec<ObjectSpec<'_>> = objects
+            .iter()
+            .map(|o| ObjectSpec::new(o.info.clone(), &o.data))
+            .collect();
+        let pending = repo.begin(1).unwrap();
+        let part = pending.part_writer().write(Rank(0), &specs).unwrap();
+        let meta = CommitMeta {
+            step: record.step,
+            app,
+        };
+        repo.commit(pending, vec![part], meta).unwrap();
+        repo.remove_checkpoint(id).unwrap();
+        let report = RepoReader::open(dir).unwrap().verify(&|_, _| {}).unwrap();
+        assert!(report.problems.is_empty(), "the repository itself verifies");
+    }
+
     /// An edit of a shard's bytes and its COMMIT records.
     type Edit<'a> = &'a dyn Fn(&mut Vec<u8>, &mut BTreeMap<String, String>);
 
@@ -3230,29 +3246,13 @@ mod tests {
         // Replaces checkpoint `local` of the shard repository by a self-consistent one
         // with `edit` applied to its shard bytes and COMMIT records; returns it as scanned.
         let recommit = |local: u64, edit: Edit<'_>| {
-            let mut repo = Repository::open(&repo_dir, opts()).unwrap();
-            let reader = repo.reader().unwrap();
-            let mut objects = reader.load_part(CheckpointId(local), Rank(0)).unwrap();
-            let mut app = reader.commit_record(CheckpointId(local)).unwrap().app;
-            let shard = objects
-                .iter_mut()
-                .find(|o| o.info.name == PARITY_OBJECT)
-                .unwrap();
-            edit(&mut shard.data, &mut app);
-            let specs: Vec<ObjectSpec<'_>> = objects
-                .iter()
-                .map(|o| ObjectSpec::new(o.info.clone(), &o.data))
-                .collect();
-            let pending = repo.begin(1).unwrap();
-            let part = pending.part_writer().write(Rank(0), &specs).unwrap();
-            let meta = CommitMeta { step: p.step, app };
-            repo.commit(pending, vec![part], meta).unwrap();
-            repo.remove_checkpoint(CheckpointId(local)).unwrap();
-            let report = RepoReader::open(&repo_dir)
-                .unwrap()
-                .verify(&|_, _| {})
-                .unwrap();
-            assert!(report.problems.is_empty(), "the repository itself verifies");
+            recommit(&repo_dir, CheckpointId(local), |objects, app| {
+                let shard = objects
+                    .iter_mut()
+                    .find(|o| o.info.name == PARITY_OBJECT)
+                    .unwrap();
+                edit(&mut shard.data, app);
+            });
             scan_parity(root)
                 .unwrap()
                 .into_iter()
