@@ -249,6 +249,15 @@ fn job_procs(cl: &Cluster, i: usize) -> Vec<(u32, String)> {
         .collect()
 }
 
+/// After the job ended: none of its processes is left on the `k` hosts but `lost` (whose
+/// processes were killed with its link down).
+fn assert_nothing_left(cl: &Cluster, k: usize, lost: usize) {
+    for i in (0..k).filter(|i| *i != lost) {
+        let left = job_procs(cl, i);
+        assert!(left.is_empty(), "left on host {i}: {left:?}");
+    }
+}
+
 /// Committed checkpoints in a repository directory (0 when it does not exist).
 fn committed_in(repo: &Path) -> usize {
     std::fs::read_dir(repo.join("checkpoints"))
@@ -380,13 +389,7 @@ fn host_loss(prog: &str, spare: bool) {
         assert!(err.contains("on 6 ranks"), "{err}");
         assert!(err.contains("by redistribution"), "{err}");
     }
-    for i in (0..k).filter(|i| *i != lost) {
-        assert!(
-            job_procs(&cl, i).is_empty(),
-            "left on host {i}: {:?}",
-            job_procs(&cl, i)
-        );
-    }
+    assert_nothing_left(&cl, k, lost);
     cl.link_up(lost).unwrap();
 }
 
@@ -496,6 +499,7 @@ fn fast_level_host_loss(level: &str, spare: bool) {
         // The rebuilt ranks' parts are back in the spare host's node-local directory.
         assert!(l1.join(&h[4]).join(format!("rank-{a}")).is_dir(), "{err}");
     }
+    assert_nothing_left(&cl, k, lost);
     cl.link_up(lost).unwrap();
 }
 

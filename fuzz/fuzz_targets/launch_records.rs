@@ -5,5 +5,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = lazarus_net::launch::fuzz_launcher_output(data);
+    let _ = lazarus_net::fuzz_launcher_output(data);
 });

@@ -241,7 +241,8 @@ fn bench_levels_reports_every_level_and_the_job_rows() {
         ],
         Some(scratch.path()),
     );
-    // Each level row: a time, its floor and their ratio, all finite.
+    // Each level row: a time, its floor and their ratio, all finite; the time is not
+    // zero (the floor, printed to 0.1 ms, may be on a fast machine).
     for row in [
         "L1 node-local",
         "L1+L2 partner copy",
@@ -258,9 +259,11 @@ fn bench_levels_reports_every_level_and_the_job_rows() {
             .take(3)
             .map(|x| x.parse().unwrap_or_else(|e| panic!("{line}: {e}")))
             .collect();
-        assert!(numbers.iter().all(|x| x.is_finite() && *x > 0.0), "{line}");
+        assert!(numbers.iter().all(|x| x.is_finite() && *x >= 0.0), "{line}");
+        assert!(numbers[2] > 0.0, "{line}");
     }
-    // The Job rows: each names its ratio against its floor.
+    // The Job rows: each names its ratio against its floor (finite; a stall far below
+    // its floor may print as 0.00).
     for (row, ratio_before) in [
         ("Job L1+L2 asynchronous checkpoint", "x),"),
         ("Job L1+L2 asynchronous, 1 %", "x the memcpy"),
@@ -276,6 +279,6 @@ fn bench_levels_reports_every_level_and_the_job_rows() {
             .and_then(|l| l.rsplit(['(', ' ']).next())
             .and_then(|x| x.parse().ok())
             .unwrap_or_else(|| panic!("no ratio in {line}"));
-        assert!(ratio.is_finite() && ratio > 0.0, "{line}");
+        assert!(ratio.is_finite() && ratio >= 0.0, "{line}");
     }
 }

@@ -3245,7 +3245,7 @@ mod tests {
         let repo_dir = root.join(&p.host).join(&p.dir);
         // Replaces checkpoint `local` of the shard repository by a self-consistent one
         // with `edit` applied to its shard bytes and COMMIT records; returns it as scanned.
-        let recommit = |local: u64, edit: Edit<'_>| {
+        let recommit_shard = |local: u64, edit: Edit<'_>| {
             recommit(&repo_dir, CheckpointId(local), |objects, app| {
                 let shard = objects
                     .iter_mut()
@@ -3260,7 +3260,7 @@ mod tests {
                 .max_by_key(|q| q.local)
                 .unwrap()
         };
-        let tampered = recommit(p.local, &|shard, _| shard[7] ^= 1);
+        let tampered = recommit_shard(p.local, &|shard, _| shard[7] ^= 1);
         assert!(tampered.local > p.local);
         match crate::audit_parity(root, &tampered) {
             crate::ParityAudit::Differs(why) => {
@@ -3270,7 +3270,7 @@ mod tests {
         }
         // A record claiming a 1 TiB shard is refused before anything of that size is
         // allocated.
-        let huge = recommit(tampered.local, &|_, app| {
+        let huge = recommit_shard(tampered.local, &|_, app| {
             app.insert(PARITY_SHARD_BYTES_KEY.into(), (1u64 << 40).to_string());
         });
         match crate::audit_parity(root, &huge) {
@@ -3279,7 +3279,7 @@ mod tests {
         }
         // A record claiming more shards than the group has members (or than the most
         // allowed) is not a parity shard at all: no rebuild would size m shards by it.
-        let many = recommit(huge.local, &|_, app| {
+        let many = recommit_shard(huge.local, &|_, app| {
             app.insert(PARITY_M_KEY.into(), "65".into());
         });
         assert!(

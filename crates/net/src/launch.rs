@@ -305,6 +305,34 @@ pub(crate) fn killpg(pgid: i32, sig: i32) {
     }
 }
 
+/// Sends `sig` to every process of session `sid` but the caller's. A launcher started as
+/// a session leader (`setsid`) may put its own children in other process groups: Open
+/// MPI runs each ssh client to a remote daemon in a group of its own, so `killpg` misses
+/// them, and the client to a lost host (its link down) then outlives the job, hung on a
+/// connection nobody answers. Safe after the leader was reaped: a process id is not
+/// reused while it names the session of a living process. Linux (`/proc`); elsewhere a
+/// no-op.
+pub(crate) fn kill_session(sid: i32, sig: i32) {
+    if sid <= 0 {
+        return;
+    }
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    let me = std::process::id() as i32;
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        // SAFETY: getsid and kill are plain syscalls on a process id.
+        unsafe {
+            if pid != me && libc::getsid(pid) == sid {
+                libc::kill(pid, sig);
+            }
+        }
+    }
+}
+
 /// Runs jobs; see the module documentation.
 #[derive(Debug)]
 pub struct Launcher;

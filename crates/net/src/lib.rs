@@ -53,6 +53,8 @@ pub use env::{init, join, loopback_comms, JoinOptions};
 pub use error::{ErrorKind, NetError, Result};
 #[doc(hidden)]
 pub use handshake::fuzz_handshake;
+#[doc(hidden)]
+pub use launch::fuzz_launcher_output;
 pub use local::{local, local_comms, local_comms_with};
 pub use mailbox::Envelope;
 pub use rdv::{Liveness, RankView, RendezvousServer};

@@ -15,7 +15,8 @@
 //!
 //! Kinds: `H` host (base64), `P` pid, `T` Slurm step (`job.step`), `O`/`E` the end of a
 //! stdout/stderr line (base64, with its newline unless the program's stream ended inside
-//! the line), `C`/`D` a piece of a longer stdout/stderr line, `K` an injected kill fired, `X` exit status, `S` terminating signal.
+//! the line), `C`/`D` a piece of a longer stdout/stderr line, `K` an injected kill fired,
+//! `X` exit status, `S` terminating signal.
 
 use lazarus_format::base64;
 use std::collections::BTreeMap;

@@ -6,7 +6,7 @@ use super::engine::{OutputSink, RunningJob};
 use super::local::join_until;
 use super::record::{Record, RecordStream, Tagging};
 use super::shim::{encode_inject, encode_rank_env, ENV_SHIM_INJECT, ENV_SHIM_RANK_ENV};
-use super::{killpg, LaunchConfig, RankStatus, ShimCommand};
+use super::{kill_session, killpg, LaunchConfig, RankStatus, ShimCommand};
 use crate::error::{ErrorKind, NetError, Result};
 use std::ffi::OsString;
 use std::io::{Read, Write};
@@ -450,6 +450,8 @@ impl RunningJob for RemoteJob {
             // reaches the local ssh client.
             drop(p.stdin.take());
             killpg(p.child.id() as i32, libc::SIGKILL);
+            // What the launcher started in groups of their own (mpirun's ssh clients).
+            kill_session(p.child.id() as i32, libc::SIGKILL);
         }
     }
 
@@ -507,6 +509,69 @@ mod tests {
     use super::super::record;
     use super::*;
     use std::sync::atomic::AtomicU32;
+
+    /// Whether `pid` is a live process (not gone, not a zombie waiting for its reaper).
+    fn alive(pid: i32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| Some(s.get(s.rfind(')')? + 2..)?.starts_with('Z')))
+            .is_some_and(|zombie| !zombie)
+    }
+
+    /// Regression (an ssh client of mpirun to a lost host outlived every test that lost
+    /// a host): a launcher's child in a process group of its own survived the hard stop
+    /// of the job, which killed only the launcher's group.
+    #[test]
+    fn a_launchers_child_in_its_own_group_dies_with_the_job() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("child");
+        let mut cmd = Command::new("bash");
+        // Job control puts the background job in a group of its own, as Open MPI does
+        // with its ssh clients.
+        cmd.arg("-c").arg(format!(
+            "set -m; sleep 300 & echo $! > {}; exec sleep 300",
+            pid_file.display()
+        ));
+        let mut job = RemoteJob::new(1, &["h".to_string()]);
+        let sink = Arc::new(OutputSink::new(None));
+        let launcher = spawn(
+            cmd,
+            "bash".into(),
+            Tagging::Fixed(0),
+            false,
+            &job.book,
+            &sink,
+            false,
+        )
+        .unwrap();
+        let sid = launcher.child.id() as i32;
+        job.procs.push(launcher);
+        let t = Instant::now();
+        let child: i32 = loop {
+            match std::fs::read_to_string(&pid_file).map(|s| s.trim().parse()) {
+                Ok(Ok(pid)) => break pid,
+                _ if t.elapsed() < Duration::from_secs(10) => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                other => panic!("no child pid: {other:?}"),
+            }
+        };
+        // SAFETY: getsid and getpgid on a process id.
+        unsafe {
+            assert_eq!(libc::getsid(child), sid);
+            assert_ne!(
+                libc::getpgid(child),
+                sid,
+                "the child has a group of its own"
+            );
+        }
+        job.kill();
+        job.finish(Duration::from_secs(5));
+        while alive(child) && t.elapsed() < Duration::from_secs(20) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(!alive(child), "the child outlived the job");
+    }
 
     /// Regression: the shim ended a program's unfinished last line with a newline, so a
     /// marker cut short by the program's death (`resumed 5 50 12` as `resumed 5 50 1`)

@@ -465,7 +465,9 @@ pub(crate) fn pump(src: impl Read, stderr: bool, parts: &AtomicU32, emit: impl F
         match r.read_until(b'\n', &mut line) {
             Ok(0) | Err(_) => return,
             Ok(_) => {
-                if !stderr && line.starts_with(part) {
+                // Only a whole marker line counts: one cut by the program's death is
+                // not read as a marker by the supervisor either.
+                if !stderr && line.ends_with(b"\n") && line.starts_with(part) {
                     parts.fetch_add(1, Ordering::AcqRel);
                 }
                 emit(&record::line_records(&line, stderr));
