@@ -252,6 +252,11 @@ pub(crate) fn dir_of(rank: u32, primary: bool) -> String {
 }
 
 /// Reads a directory name back: `(subject, primary)`.
+/// The number a COMMIT record `key` holds (`None`: absent or not a number).
+fn app_u64(app: &BTreeMap<String, String>, key: &str) -> Option<u64> {
+    app.get(key)?.parse().ok()
+}
+
 pub(crate) fn parse_dir(name: &str) -> Option<(u32, bool)> {
     let (rest, primary) = match name.strip_prefix("rank-") {
         Some(r) => (r, true),
@@ -523,9 +528,7 @@ impl NodeLevels {
         // number, is not one this code wrote, and is ignored rather than trusted to
         // refuse a restart (the copies' data is checked on load either way).
         let complete = |app: &BTreeMap<String, String>, seq: u64| {
-            app.get(COMPLETE_KEY)
-                .and_then(|v| v.parse::<u64>().ok())
-                .filter(|&c| c < seq)
+            app_u64(app, COMPLETE_KEY).filter(|&c| c < seq)
         };
         let known = self
             .held
@@ -1810,7 +1813,7 @@ impl NodeLevels {
         let keep = self.keep;
         let (complete, complete_l3) = (self.complete, self.complete_l3);
         let protect = move |c: &lazarus_format::CommitRecord| {
-            let seq = c.app.get(SEQ_KEY).and_then(|v| v.parse::<u64>().ok());
+            let seq = app_u64(&c.app, SEQ_KEY);
             seq.is_some() && (seq == complete || seq == complete_l3)
         };
         if l1 {
@@ -2002,8 +2005,8 @@ fn install_into(
         let existing = repo.reader().and_then(|r| r.commit_record(id));
         // An unreadable COMMIT is damage, not evidence of another run: keep it.
         existing.is_ok_and(|c| {
-            let seq = c.app.get(SEQ_KEY).and_then(|v| v.parse::<u64>().ok());
-            seq.is_some_and(|seq| !h.admits(seq, c.app.get(LINEAGE_KEY).map(String::as_str)))
+            app_u64(&c.app, SEQ_KEY)
+                .is_some_and(|seq| !h.admits(seq, c.app.get(LINEAGE_KEY).map(String::as_str)))
         })
     });
     if abandoned {
@@ -2276,7 +2279,7 @@ fn scan_host(root: &Path, host: &str) -> Result<Inventory, StoreError> {
             );
         }
         for c in ok {
-            let num = |k: &str| c.app.get(k).and_then(|v| v.parse::<u64>().ok());
+            let num = |k: &str| app_u64(&c.app, k);
             let (Some(seq), Some(rank), Some(world)) =
                 (num(SEQ_KEY), num(LEVEL_RANK_KEY), num(LEVEL_WORLD_KEY))
             else {

@@ -9,7 +9,7 @@ use lazarus_net::launch::shim::ENV_HOST as HOST_ENV;
 use lazarus_net::launch::{HostSpec, LaunchConfig, LaunchObserver, Launcher};
 use lazarus_net::{JobToken, NetError};
 use lazarus_policy::FailureHistory;
-use lazarus_store::{RepoOptions, RepoReader, Repository, StoreError};
+use lazarus_store::{CheckpointSummary, RepoOptions, RepoReader, Repository, StoreError};
 use std::ffi::OsString;
 use std::io::Write;
 use std::path::PathBuf;
@@ -249,6 +249,12 @@ impl Shared {
     }
 }
 
+/// The newest committed checkpoint of `reader`'s repository (`None`: none), its COMMIT
+/// read but not verified.
+fn newest_commit(reader: &RepoReader) -> Result<Option<CheckpointSummary>, StoreError> {
+    Ok(reader.committed()?.into_iter().max_by_key(|c| c.id))
+}
+
 /// One progress line on stderr; a closed or full stderr changes nothing about the job.
 pub(crate) fn progress(line: std::fmt::Arguments<'_>) {
     let _ = writeln!(std::io::stderr().lock(), "{line}");
@@ -389,12 +395,9 @@ impl Supervisor {
         // Output commit: the newest checkpoint committed before the first launch (each
         // rollback sets it for the next one).
         let newest = RepoReader::open(&cfg.repo)
-            .and_then(|r| r.committed())
-            .map_err(repo_err)?
-            .into_iter()
-            .map(|c| c.id)
-            .max();
-        lock(&shared).out.launching(newest);
+            .and_then(|r| newest_commit(&r))
+            .map_err(repo_err)?;
+        lock(&shared).out.launching(newest.map(|c| c.id));
         loop {
             let mut launch = cfg.launch.clone();
             launch.ranks = n;
@@ -498,11 +501,7 @@ impl Supervisor {
             // would delay every restart (the ranks verify what they load). If it is damaged
             // the ranks fall back to an older one; see docs/RECOVERY.md for the effect.
             let reader = RepoReader::open(&cfg.repo).map_err(repo_err)?;
-            let newest = reader
-                .committed()
-                .map_err(repo_err)?
-                .into_iter()
-                .max_by_key(|c| c.id);
+            let newest = newest_commit(&reader).map_err(repo_err)?;
             let restored = newest.as_ref().map(|c| RestorePoint {
                 id: c.id,
                 step: c.step,
