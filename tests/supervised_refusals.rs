@@ -8,10 +8,14 @@ mod common;
 
 use common::{checksum, lazarus_run, text};
 
-/// `lazarus run`'s exit status when the ranks report a restore no restart can fix.
-const EXIT_RESTORE_REFUSED: i32 = 65;
-/// `lazarus run`'s exit status when a rank opened another repository than `--repo`.
-const EXIT_REPO_MISMATCH: i32 = 78;
+use lazarus::supervisor::{EXIT_REPO_MISMATCH, EXIT_RESTORE_REFUSED};
+
+/// The two statuses are part of the command line's contract (docs/RECOVERY.md, sysexits.h's
+/// `EX_DATAERR` and `EX_CONFIG`): batch scripts test for these numbers.
+#[test]
+fn refusal_exit_statuses_are_the_documented_numbers() {
+    assert_eq!((EXIT_RESTORE_REFUSED, EXIT_REPO_MISMATCH), (65, 78));
+}
 
 fn heat_dvec(extra: &[&str]) -> Vec<String> {
     let bin = common::example_bin("heat_dvec");
