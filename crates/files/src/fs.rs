@@ -336,12 +336,13 @@ impl Files {
                 ))
             }
         }
-        g.log_sync(Rec::Rename {
+        let mark = g.log_sync(Rec::Rename {
             from: f.clone(),
             to: t.clone(),
         })?;
         let (src, dst) = (g.layout.work_path(&f), g.layout.work_path(&t));
-        std::fs::rename(&src, &dst).map_err(|e| FilesError::io(&dst, "renaming", &e))?;
+        let r = std::fs::rename(&src, &dst);
+        g.made(mark, r, &dst, "renaming")?;
         g.sync_parents(&[&f, &t])?;
         if let Some(Node::File(old)) = g.tree.remove(&t) {
             g.detach(old);
@@ -386,9 +387,10 @@ impl Files {
             }
             None => return Err(not_found(pa, "no such managed file")),
         };
-        g.log_sync(Rec::Remove(key.clone()))?;
+        let mark = g.log_sync(Rec::Remove(key.clone()))?;
         let w = g.layout.work_path(&key);
-        std::fs::remove_file(&w).map_err(|e| FilesError::io(&w, "removing", &e))?;
+        let r = std::fs::remove_file(&w);
+        g.made(mark, r, &w, "removing")?;
         g.sync_parents(&[&key])?;
         g.tree.remove(&key);
         g.detach(id);
@@ -405,12 +407,13 @@ impl Files {
             return Err(io_err(io::ErrorKind::AlreadyExists, pa, "exists"));
         }
         g.check_parent(&key, pa)?;
-        g.log_sync(Rec::Create {
+        let mark = g.log_sync(Rec::Create {
             path: key.clone(),
             dir: true,
         })?;
         let w = g.layout.work_path(&key);
-        std::fs::create_dir(&w).map_err(|e| FilesError::io(&w, "creating the directory", &e))?;
+        let r = std::fs::create_dir(&w);
+        g.made(mark, r, &w, "creating the directory")?;
         g.sync_parents(&[&key])?;
         g.tree.insert(key, Node::Dir);
         Ok(())
@@ -461,9 +464,10 @@ impl Files {
                 "directory not empty",
             ));
         }
-        g.log_sync(Rec::Remove(key.clone()))?;
+        let mark = g.log_sync(Rec::Remove(key.clone()))?;
         let w = g.layout.work_path(&key);
-        std::fs::remove_dir(&w).map_err(|e| FilesError::io(&w, "removing the directory", &e))?;
+        let r = std::fs::remove_dir(&w);
+        g.made(mark, r, &w, "removing the directory")?;
         g.sync_parents(&[&key])?;
         g.tree.remove(&key);
         Ok(())
@@ -579,10 +583,34 @@ impl Inner {
             .ok_or_else(|| FilesError::new(FilesErrorKind::Io, None, "undo journal unavailable"))
     }
 
-    pub(crate) fn log_sync(&mut self, rec: Rec) -> Result<(), FilesError> {
+    /// Journals `rec` (fsynced) before the change it announces; returns the journal's
+    /// length before it, for [`Inner::made`].
+    pub(crate) fn log_sync(&mut self, rec: Rec) -> Result<u64, FilesError> {
         self.crash_point()?;
-        self.journal()?.append(&rec, true)?;
-        self.crash_point()
+        let j = self.journal()?;
+        let mark = j.len();
+        j.append(&rec, true)?;
+        self.crash_point()?;
+        Ok(mark)
+    }
+
+    /// The outcome `r` of the change journaled at `mark` (`what` on `p`): when it failed,
+    /// its record is cut off again, so that a restart after a later crash does not take
+    /// a change that never happened for the job's (and the file as it is for someone
+    /// else's change). Regression: `a_failed_create_or_rename_does_not_refuse_the_next_restart`.
+    fn made<T>(
+        &mut self,
+        mark: u64,
+        r: io::Result<T>,
+        p: &Path,
+        what: &str,
+    ) -> Result<T, FilesError> {
+        r.map_err(|e| {
+            if let Err(cut) = self.journal().and_then(|j| j.cut_back(mark)) {
+                tracing::warn!("{cut} (after {what} {} failed)", p.display());
+            }
+            FilesError::io(p, what, &e)
+        })
     }
 
     /// fsync of the parent directories of `keys` in the working tree.
@@ -613,18 +641,18 @@ impl Inner {
     /// Creates the new empty file `key` (journaled first) and returns its id.
     pub(crate) fn create_file(&mut self, key: &str, shown: &Path) -> io::Result<u64> {
         self.check_parent(key, shown)?;
-        self.log_sync(Rec::Create {
+        let mark = self.log_sync(Rec::Create {
             path: key.to_string(),
             dir: false,
         })?;
         let w = self.layout.work_path(key);
-        let fd = std::fs::OpenOptions::new()
+        let r = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(true)
-            .open(&w)
-            .map_err(|e| FilesError::io(&w, "creating", &e))?;
+            .open(&w);
+        let fd = self.made(mark, r, &w, "creating")?;
         self.sync_parents(&[key])?;
         let id = self.next_id;
         self.next_id += 1;
@@ -730,7 +758,7 @@ impl Inner {
         let (off, end, new_len, fast) = match self.files.get_mut(&id) {
             Some(s) => {
                 let off = off.unwrap_or(s.len);
-                let end = off + buf.len() as u64;
+                let end = end_of(off, buf)?;
                 let new_len = s.len.max(end);
                 // The common case (an append, or a rewrite already journaled in this
                 // interval) needs no record: one lookup, no allocation.
@@ -748,7 +776,7 @@ impl Inner {
             }
             None => {
                 let off = off.unwrap_or(0);
-                let end = off + buf.len() as u64;
+                let end = end_of(off, buf)?;
                 (off, end, end, false)
             }
         };
@@ -808,6 +836,22 @@ fn needs_record(s: &FileState, a: u64, b: u64, new_len: u64, c: u64) -> bool {
         || !covered(a.min(bl), b.min(bl))
         || (new_len < bl && !covered(new_len, bl))
         || (new_len != bl && !s.resized)
+}
+
+/// The end of a write of `buf` at `off`: an error, as for `pwrite`, when it is past
+/// the largest file offset (it overflowed, and panicked in checked builds).
+fn end_of(off: u64, buf: &[u8]) -> io::Result<u64> {
+    off.checked_add(buf.len() as u64)
+        .filter(|e| *e <= i64::MAX as u64)
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "a write of {} bytes at offset {off} ends past the largest file offset",
+                    buf.len()
+                ),
+            )
+        })
 }
 
 /// Marks the chunks a change of bytes `a..b` (leaving the file `new_len` long) touches:

@@ -170,7 +170,7 @@ impl Journal {
             }
             Err(e) => {
                 // Best effort: without this a later record could follow a torn frame.
-                let _ = self.file.set_len(self.len);
+                let _ = self.truncate_to(self.len);
                 Err(FilesError::io(
                     &self.path,
                     "writing the undo journal (the change was not made)",
@@ -178,6 +178,32 @@ impl Journal {
                 ))
             }
         }
+    }
+
+    /// The journal's length: a point to [`Journal::cut_back`] to.
+    pub(crate) fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Cuts every record after `len` off again, durably: the change they announced was
+    /// not made (its system call failed), and a restart must not replay it.
+    pub(crate) fn cut_back(&mut self, len: u64) -> Result<(), FilesError> {
+        if len >= self.len {
+            return Ok(());
+        }
+        self.truncate_to(len)
+            .and_then(|()| self.file.sync_data())
+            .map_err(|e| FilesError::io(&self.path, "cutting back the undo journal", &e))?;
+        self.len = len;
+        Ok(())
+    }
+
+    /// Truncates to `len` and puts the write position there (a journal started with
+    /// `Journal::start` is not in append mode: a partial write moved its position).
+    fn truncate_to(&mut self, len: u64) -> std::io::Result<()> {
+        use std::io::Seek;
+        self.file.set_len(len)?;
+        self.file.seek(std::io::SeekFrom::Start(len)).map(|_| ())
     }
 
     /// fsyncs what was appended.
@@ -273,7 +299,7 @@ impl LocalState {
             FilesError::new(
                 FilesErrorKind::Corrupt,
                 Some(path),
-                format!("the managed files' state is damaged ({why}); remove the managed directory's .lazarus/ to start over"),
+                format!("the managed files' state is damaged ({why}); remove it and restart with JobBuilder::accept_file_changes(true), which puts every managed file back to the checkpoint's content"),
             )
         };
         if bytes.len() < 12 || &bytes[..8] != STATE_MAGIC {
@@ -294,7 +320,7 @@ pub(crate) fn write_durable(path: &Path, bytes: &[u8]) -> Result<(), FilesError>
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let tmp = dir.join(format!(".tmp-{name}"));
     let r = (|| {
-        let mut f = File::create(&tmp)?;
+        let mut f = create_fresh(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
         fs::rename(&tmp, path)
@@ -306,6 +332,18 @@ pub(crate) fn write_durable(path: &Path, bytes: &[u8]) -> Result<(), FilesError>
     sync_dir(dir)
 }
 
+/// Creates `path` as a new empty file for writing, first removing whatever a crash (or
+/// anyone else) left there, without ever following a symbolic link: `File::create` on
+/// a link planted at a temp file's name would truncate and write the link's target.
+pub(crate) fn create_fresh(path: &Path) -> std::io::Result<File> {
+    match fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    OpenOptions::new().write(true).create_new(true).open(path)
+}
+
 /// fsync of a directory.
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), FilesError> {
     File::open(dir)
@@ -314,7 +352,7 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), FilesError> {
 }
 
 /// This boot's id (Linux), so that a restart after a power loss or reboot is told apart
-/// from a process crash; empty where unknown (then treated as a reboot).
+/// from a process crash; empty where unknown (see [`rebooted_since`]).
 pub(crate) fn boot_id() -> String {
     static ID: OnceLock<String> = OnceLock::new();
     ID.get_or_init(|| {
@@ -323,6 +361,15 @@ pub(crate) fn boot_id() -> String {
             .unwrap_or_default()
     })
     .clone()
+}
+
+/// Whether the machine may have rebooted since a journal header recorded `boot`: the
+/// ids differ, or either is unknown (empty), which must count as a reboot: equal empty
+/// ids prove nothing, and taking them for "no reboot" refused the job's own writes
+/// whose records a power loss took.
+pub(crate) fn rebooted_since(boot: &str) -> bool {
+    let now = boot_id();
+    boot.is_empty() || now.is_empty() || boot != now
 }
 
 pub(crate) use lazarus_store::failpoint;
@@ -382,6 +429,29 @@ mod tests {
         let e = LocalState::load(&p).unwrap_err();
         assert_eq!(e.kind(), FilesErrorKind::Corrupt);
         assert!(e.to_string().contains("state"), "{e}");
+    }
+
+    #[test]
+    fn an_unknown_boot_id_counts_as_a_reboot() {
+        assert!(rebooted_since(""));
+        assert!(rebooted_since("a-previous-boot"));
+        let now = boot_id();
+        assert_eq!(rebooted_since(&now), now.is_empty());
+    }
+
+    #[test]
+    fn cut_back_drops_the_records_after_the_mark_and_appends_go_on_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("journal");
+        let mut j = Journal::start(&p, Some(1), Budget::default()).unwrap();
+        j.append(&Rec::Touch("a".into()), true).unwrap();
+        let mark = j.len();
+        j.append(&Rec::Remove("b".into()), true).unwrap();
+        j.cut_back(mark).unwrap();
+        j.append(&Rec::Touch("c".into()), true).unwrap();
+        let recs = read_journal(&p).unwrap();
+        assert_eq!(recs[1..], [Rec::Touch("a".into()), Rec::Touch("c".into())]);
+        assert_eq!(fs::metadata(&p).unwrap().len(), j.len());
     }
 
     #[test]

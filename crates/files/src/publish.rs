@@ -14,7 +14,7 @@ use crate::fs::{Inner, Node};
 use crate::journal;
 use std::fs;
 use std::io::{Read, Write};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 
 /// What this process knows about a published copy: its first `len` bytes equal the
@@ -73,10 +73,22 @@ pub(crate) fn publish_committed(g: &mut Inner) -> Result<(), FilesError> {
 
 /// Appends the working file's bytes `from..to` to the published copy and fsyncs it.
 fn append_from(src: &fs::File, out: &Path, from: u64, to: u64) -> Result<(), FilesError> {
-    let mut f = fs::OpenOptions::new()
+    // Never through a symbolic link: the output tree may be writable by others.
+    let mut f = match fs::OpenOptions::new()
         .append(true)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(out)
-        .map_err(|e| FilesError::io(out, "opening the published output", &e))?;
+    {
+        Ok(f) => f,
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(FilesError::new(
+                crate::FilesErrorKind::ForeignChange,
+                Some(out),
+                "published output was replaced by a symbolic link",
+            ))
+        }
+        Err(e) => return Err(FilesError::io(out, "opening the published output", &e)),
+    };
     let have = f
         .metadata()
         .map_err(|e| FilesError::io(out, "stat of the published output", &e))?
@@ -114,7 +126,8 @@ pub(crate) fn sync_copy(
     out: &Path,
     len: u64,
 ) -> Result<u64, FilesError> {
-    let have = match fs::metadata(out) {
+    // A symbolic link (or anything but a file) is replaced, never followed.
+    let have = match fs::symlink_metadata(out) {
         Ok(m) if m.is_file() => Some(m.len()),
         Ok(_) => None,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
@@ -141,7 +154,11 @@ pub(crate) fn sync_copy(
 }
 
 fn same_prefix(src: &fs::File, work: &Path, out: &Path, n: u64) -> Result<bool, FilesError> {
-    let mut f = fs::File::open(out).map_err(|e| FilesError::io(out, "opening", &e))?;
+    let mut f = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(out)
+        .map_err(|e| FilesError::io(out, "opening", &e))?;
     let (mut a, mut b) = (vec![0u8; BLOCK], vec![0u8; BLOCK]);
     let mut at = 0u64;
     while at < n {
@@ -167,7 +184,8 @@ fn replace(src: &fs::File, work: &Path, out: &Path, len: u64) -> Result<(), File
     let name = out.file_name().and_then(|n| n.to_str()).unwrap_or("out");
     let tmp = dir.join(format!(".lazarus-tmp-{name}"));
     let r = (|| -> Result<(), FilesError> {
-        let mut f = fs::File::create(&tmp).map_err(|e| FilesError::io(&tmp, "creating", &e))?;
+        let mut f =
+            journal::create_fresh(&tmp).map_err(|e| FilesError::io(&tmp, "creating", &e))?;
         let mut buf = vec![0u8; BLOCK];
         let mut at = 0u64;
         while at < len {

@@ -13,7 +13,7 @@
 use crate::bits::Bits;
 use crate::error::{FilesError, FilesErrorKind};
 use crate::fs::{FileState, Files, Inner, Node};
-use crate::journal::{self, boot_id, read_journal, Entry, Journal, LocalState, Rec};
+use crate::journal::{self, read_journal, Entry, Journal, LocalState, Rec};
 use crate::publish;
 use crate::store_io::{self, TargetTree};
 use lazarus_format::{CheckpointId, ChunkDigest, Rank};
@@ -21,7 +21,7 @@ use lazarus_store::{RepoReader, StoreError};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 
 /// Why a restore of the managed files could not be prepared.
@@ -107,8 +107,19 @@ struct Known {
     resized: bool,
 }
 
-/// Every path under `root`, with its kind.
+/// Every path under `root`, with its kind. Refuses (before anything is changed) a rank
+/// area that is a symbolic link, whose contents are not the job's to remove or rewrite
+/// (regression: `a_symlinked_rank_area_is_refused_even_when_accepting_changes`), and a
+/// name that is not UTF-8, which no managed path can have and which a lossy name could
+/// not remove (regression: `a_name_that_is_not_utf8_is_refused_before_anything_changes`).
 fn scan(root: &Path) -> Result<BTreeMap<String, Disk>, FilesError> {
+    if fs::symlink_metadata(root).is_ok_and(|m| m.file_type().is_symlink()) {
+        return Err(FilesError::new(
+            FilesErrorKind::InvalidPath,
+            Some(root),
+            "the rank's managed area is a symbolic link; refusing to restore through it (make it a directory)",
+        ));
+    }
     let mut out = BTreeMap::new();
     let mut stack = vec![(root.to_path_buf(), String::new())];
     while let Some((dir, prefix)) = stack.pop() {
@@ -119,7 +130,13 @@ fn scan(root: &Path) -> Result<BTreeMap<String, Disk>, FilesError> {
         };
         for ent in rd {
             let ent = ent.map_err(|e| FilesError::io(&dir, "listing the managed directory", &e))?;
-            let name = ent.file_name().to_string_lossy().into_owned();
+            let Some(name) = ent.file_name().to_str().map(str::to_string) else {
+                return Err(FilesError::new(
+                    FilesErrorKind::InvalidPath,
+                    Some(&ent.path()),
+                    "a name that is not UTF-8 is never a managed file's, so someone else made it; refusing to restore over it (remove or rename it)",
+                ));
+            };
             let key = if prefix.is_empty() {
                 name
             } else {
@@ -210,7 +227,9 @@ impl Files {
         let base = LocalState::load(&layout.state())?.unwrap_or_default();
         let recs = read_journal(&layout.journal())?;
         let (journal_valid, boot_changed) = match recs.first() {
-            Some(Rec::Header { base: b, boot }) if *b == base.base => (true, *boot != boot_id()),
+            Some(Rec::Header { base: b, boot }) if *b == base.base => {
+                (true, journal::rebooted_since(boot))
+            }
             _ => (false, false),
         };
         let recs: &[Rec] = if journal_valid { &recs[1..] } else { &[] };
@@ -597,6 +616,7 @@ impl Files {
                 .write(true)
                 .create(true)
                 .truncate(false)
+                .custom_flags(libc::O_NOFOLLOW)
                 .open(&w)
                 .map_err(io(&w, "opening to restore"))?;
             f.set_len(*len).map_err(io(&w, "setting the length"))?;
@@ -615,12 +635,13 @@ impl Files {
         for d in &dirs {
             journal::sync_dir(d)?;
         }
-        plan.state.store(&layout.state())?;
+        let state = in_chunks_of(plan.state, g.chunk, &layout.work)?;
+        state.store(&layout.state())?;
         // A fresh journal at once: the old one may name the same base (a restore to the
         // base itself) and its records no longer describe the tree.
-        let j = Journal::start(&layout.journal(), plan.state.base, g.budget.clone())?;
+        let j = Journal::start(&layout.journal(), state.base, g.budget.clone())?;
         let _ = fs::remove_dir_all(&staging);
-        rebuild(&mut g, &plan.state);
+        rebuild(&mut g, &state);
         g.journal = Some(j);
         // Publishing is idempotent: this repairs a crash between COMMIT and publication.
         if let Err(e) = publish::publish_committed(&mut g) {
@@ -628,6 +649,30 @@ impl Files {
         }
         Ok(())
     }
+}
+
+/// `state` (a checkpoint's tree, just restored under `work`) with its digests in chunks
+/// of `chunk` bytes, re-hashing the restored files when the checkpoint was written with
+/// another chunk size. The base's chunk size is the unit of the journal's `Dirty`
+/// records, which the job writes in its own (configured) chunk size: kept in the
+/// checkpoint's, a later restart read them in the wrong unit and refused the job's own
+/// writes as someone else's (regression: `a_changed_chunk_size_then_a_crash_restarts`).
+fn in_chunks_of(mut state: LocalState, chunk: u64, work: &Path) -> Result<LocalState, FilesError> {
+    if state.chunk == chunk {
+        return Ok(state);
+    }
+    let mut hasher = Hasher::default();
+    for (p, e) in state.entries.iter_mut() {
+        let Entry::File { len, digests } = e else {
+            continue;
+        };
+        let w = work.join(p);
+        *digests = (0..len.div_ceil(chunk))
+            .map(|k| hasher.range(&w, k * chunk, ((k + 1) * chunk).min(*len)))
+            .collect::<Result<_, _>>()?;
+    }
+    state.chunk = chunk;
+    Ok(state)
 }
 
 /// Number of chunks of `origin` in the base (journal ranges are capped to it).
@@ -654,11 +699,8 @@ fn rebuild(g: &mut Inner, state: &LocalState) {
                 let id = g.next_id;
                 g.next_id += 1;
                 let mut s = FileState::new(p.clone(), *len, Some(*len));
-                if state.chunk == g.chunk {
-                    s.digests = digests.clone();
-                } else {
-                    s.stale.set_range(0, len.div_ceil(g.chunk));
-                }
+                // In the job's chunk size: `in_chunks_of` saw to it.
+                s.digests = digests.clone();
                 g.files.insert(id, s);
                 g.tree.insert(p.clone(), Node::File(id));
             }
