@@ -234,14 +234,7 @@ fn serve(
     ticket: handshake::Ticket,
 ) -> Result<()> {
     let io = |e: std::io::Error| NetError::io(format!("rendezvous peer {peer}"), e);
-    stream.set_nonblocking(false).map_err(io)?;
-    stream.set_nodelay(true).map_err(io)?;
-    stream
-        .set_read_timeout(Some(shared.config.connect_timeout))
-        .map_err(io)?;
-    stream
-        .set_write_timeout(Some(shared.config.connect_timeout))
-        .map_err(io)?;
+    crate::tcp::prepare(&stream, &shared.config).map_err(io)?;
     let size = shared.size;
     let may_dial = |from: u32| {
         if from < size {
@@ -257,8 +250,15 @@ fn serve(
         peer: who,
         tx,
         mut rx,
-    } = handshake::accept(&mut stream, &shared.id, &may_dial, &peer.to_string())?;
+    } = handshake::accept(
+        &mut handshake::Deadline::new(&stream, shared.config.connect_timeout),
+        &shared.id,
+        &may_dial,
+        &peer.to_string(),
+    )?;
     drop(ticket);
+    // The deadline shortened the socket's timeouts: back to the connect timeout.
+    crate::tcp::prepare(&stream, &shared.config).map_err(io)?;
     let mut buf = Vec::new();
     wire::read_sealed(&mut stream, &mut rx, 64 << 10, &mut buf).map_err(io)?;
     let reg = match wire::decode(&buf)? {

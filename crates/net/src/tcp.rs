@@ -219,7 +219,8 @@ fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<()> {
         .map_err(|e| NetError::io(format!("spawn {name}"), e))
 }
 
-fn prepare(stream: &TcpStream, config: &NetConfig) -> std::io::Result<()> {
+/// A handshake's socket: blocking, no Nagle, the connect timeout on every read and write.
+pub(crate) fn prepare(stream: &TcpStream, config: &NetConfig) -> std::io::Result<()> {
     stream.set_nonblocking(false)?;
     stream.set_nodelay(true)?;
     stream.set_read_timeout(Some(config.connect_timeout))?;
@@ -270,7 +271,7 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
-fn accept_one(shared: &Arc<Shared>, mut s: TcpStream, addr: SocketAddr) -> Result<()> {
+fn accept_one(shared: &Arc<Shared>, s: TcpStream, addr: SocketAddr) -> Result<()> {
     prepare(&s, &shared.config).map_err(|e| NetError::io("socket options", e))?;
     let (me, size) = (shared.me.0, shared.size);
     // Checked on the claimed rank before the listener sends anything but a refusal.
@@ -285,7 +286,15 @@ fn accept_one(shared: &Arc<Shared>, mut s: TcpStream, addr: SocketAddr) -> Resul
         }
     };
     let addr = addr.to_string();
-    let session = handshake::accept(&mut s, &shared.id, &may_dial, &addr)?;
+    let timeout = shared.config.connect_timeout;
+    let session = handshake::accept(
+        &mut handshake::Deadline::new(&s, timeout),
+        &shared.id,
+        &may_dial,
+        &addr,
+    )?;
+    // The deadline shortened the socket's timeouts: back to what `prepare` set.
+    prepare(&s, &shared.config).map_err(|e| NetError::io("socket options", e))?;
     install(shared, Rank(session.peer), s, session, &addr)
 }
 

@@ -58,3 +58,65 @@ fn a_rank_of_an_older_incarnation_cannot_join_the_next_one() {
     assert_eq!((x0, x1), (3.0, 3.0));
     assert_eq!(c0.incarnation(), 1);
 }
+
+/// A stranger (no token) that declares a handshake frame and then trickles one byte
+/// just inside each read timeout used to keep its handshake, and its place among the
+/// `size + 64` handshakes in progress, as long as it liked: 66 of them kept the real
+/// ranks out of the rendezvous. Now each handshake must be over within the connect
+/// timeout as a whole.
+#[test]
+fn a_trickled_handshake_is_dropped_at_the_connect_timeout() {
+    use std::io::{Read, Write};
+    let token = JobToken::random();
+    let mut cfg = opts(0, 0, "", &token).config;
+    cfg.connect_timeout = Duration::from_millis(500);
+    let server = RendezvousServer::bind("127.0.0.1:0", 2, token.clone(), 0, cfg.clone()).unwrap();
+    let coord = server.local_addr().to_string();
+    let strangers: Vec<std::net::TcpStream> = (0..2 + 64)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(&coord).unwrap();
+            s.write_all(&128u32.to_le_bytes()).unwrap();
+            s
+        })
+        .collect();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        // One byte every 200 ms, inside the 500 ms read timeout, until the end.
+        scope.spawn(|| {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(200));
+                for mut s in &strangers {
+                    let _ = s.write_all(&[1]);
+                }
+            }
+        });
+        std::thread::sleep(Duration::from_millis(1500));
+        // Three connect timeouts later, still trickling: every handshake was dropped.
+        for (i, mut s) in strangers.iter().enumerate() {
+            s.set_nonblocking(true).unwrap();
+            match s.read(&mut [0u8; 64]) {
+                Ok(0) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+                other => {
+                    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                    panic!("stranger {i}'s handshake is still open after 1.5 s: {other:?}");
+                }
+            }
+        }
+        // New strangers would be dropped the same way; the real ranks, authenticating
+        // at once, form the job while the old ones still trickle.
+        let o = |r| {
+            let mut o = opts(r, 0, &coord, &token);
+            o.config = cfg.clone();
+            o.config.connect_timeout = Duration::from_secs(5);
+            o
+        };
+        let (a, b) = (o(0), o(1));
+        let a = scope.spawn(|| join(a));
+        let b = scope.spawn(|| join(b));
+        let r = (a.join().unwrap(), b.join().unwrap());
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        r.0.expect("rank 0 joins");
+        r.1.expect("rank 1 joins");
+    });
+}
