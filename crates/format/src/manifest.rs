@@ -264,6 +264,12 @@ impl CommitRecord {
         if CheckpointId::new(c.checkpoint.0).is_none() {
             return Err(invalid(CheckpointId::out_of_range(c.checkpoint.0)));
         }
+        // A checkpoint of no rank restores nothing: accepted, it passed `verify` and then
+        // stopped every restart ("cannot reshard 0 ranks") instead of a fallback to an
+        // older checkpoint (regression: `a_commit_of_world_size_zero_is_refused`).
+        if c.world_size == 0 {
+            return Err(invalid("COMMIT has world size 0".to_string()));
+        }
         if c.parts.len() as u64 != u64::from(c.world_size) {
             return Err(invalid(format!(
                 "COMMIT lists {} parts for world size {}",

@@ -61,6 +61,15 @@ fn commit() -> CommitRecord {
 }
 
 #[test]
+fn a_commit_of_world_size_zero_is_refused() {
+    let mut c = commit();
+    c.world_size = 0;
+    c.parts.clear();
+    let e = CommitRecord::decode(&c.encode()).unwrap_err();
+    assert!(e.to_string().contains("world size 0"), "{e}");
+}
+
+#[test]
 fn commit_with_inline_manifest_is_minor_1_and_round_trips() {
     let c = commit();
     let bytes = c.encode();

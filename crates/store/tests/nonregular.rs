@@ -130,3 +130,59 @@ fn a_fifo_as_commit_or_manifest_or_format_does_not_block_readers() {
         }
     }
 }
+
+/// The writer's lock file opened through a symbolic link: whoever could write the
+/// repository could make the next writer (or an administrator's `lazarus gc`) empty any
+/// file, inside the repository or out of it.
+#[test]
+fn a_symlinked_lock_is_refused_not_followed() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("repo");
+    let mut repo = Repository::open(&root, small_opts()).unwrap();
+    checkpoint(&mut repo, 1, 1, N);
+    drop(repo);
+    let victim = d.path().join("victim.txt");
+    std::fs::write(&victim, b"precious").unwrap();
+    let lock = root.join("LOCK");
+    std::fs::remove_file(&lock).unwrap();
+    std::os::unix::fs::symlink(&victim, &lock).unwrap();
+    let e = Repository::open(&root, small_opts()).unwrap_err();
+    assert!(e.to_string().contains("symbolic link"), "{e}");
+    assert!(e.to_string().contains("LOCK"), "{e}");
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+    // A dangling link must not create its target either.
+    let elsewhere = d.path().join("created-elsewhere");
+    std::fs::remove_file(&lock).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &lock).unwrap();
+    assert!(Repository::open(&root, small_opts()).is_err());
+    assert!(!elsewhere.exists());
+}
+
+/// A writer that finds a chunk damaged writes it again with its own codec, so an older
+/// manifest may record another stored size for the same intact content; the cheap
+/// check took that recorded size as authoritative and skipped the intact checkpoint.
+#[test]
+fn a_chunk_rewritten_with_another_codec_keeps_older_checkpoints_intact() {
+    let d = tempfile::tempdir().unwrap();
+    let (root, id, chunk) = repo_with_unique_chunk(d.path());
+    let reader = RepoReader::open(&root).unwrap();
+    let m = reader.manifest(id, Rank(0)).unwrap();
+    let c = m.objects[0].chunks[0].clone();
+    let raw = {
+        let file = std::fs::read(&chunk).unwrap();
+        lazarus_format::decode_chunk(&file, &c.digest).unwrap()
+    };
+    // The same content stored raw (codec 0) instead of compressed: another size.
+    let recoded = lazarus_format::encode_chunk(&raw, lazarus_format::ChunkCodec::None, None, 1);
+    assert_ne!(
+        recoded.len() as u64,
+        c.stored,
+        "the test needs another size"
+    );
+    std::fs::write(&chunk, &recoded).unwrap();
+    let reader = RepoReader::open(&root).unwrap();
+    reader
+        .check_committed(id)
+        .unwrap_or_else(|e| panic!("an intact checkpoint was called damaged: {e}"));
+    assert_holds(&root, id, 1, 2, N);
+}

@@ -399,3 +399,43 @@ fn retain_protecting_keeps_an_older_checkpoint_it_accepts_and_its_chunks() {
     let rep = repo.retain(1).unwrap();
     assert_eq!(rep.removed, vec![ids[1]]);
 }
+
+/// Two checkpoints name one chunk; a crafted (resealed) manifest of the newer one gives
+/// it another length. The load refuses that checkpoint, so verify must too: it read each
+/// chunk at the first length it saw and called both intact.
+#[test]
+fn verify_reads_a_shared_chunk_at_every_length_a_manifest_gives() {
+    use lazarus_format::{ChunkDigest, CommitRecord, Manifest};
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("repo");
+    let mut repo = Repository::open(&root, small_opts()).unwrap();
+    let old = checkpoint(&mut repo, 1, 1, 300);
+    let new = checkpoint(&mut repo, 1, 1, 300); // the same content: every chunk shared
+    drop(repo);
+    let dir = root.join("checkpoints").join(format!("{:016x}", new.0));
+    let mpath = dir.join("rank-0.manifest");
+    let mut m = Manifest::decode(&std::fs::read(&mpath).unwrap()).unwrap();
+    let o = m
+        .objects
+        .iter_mut()
+        .find(|o| o.info.name == "step")
+        .unwrap();
+    o.bytes += 1;
+    o.chunks[0].len += 1;
+    let mbytes = m.encode();
+    std::fs::write(&mpath, &mbytes).unwrap();
+    let cpath = dir.join("COMMIT");
+    let mut c = CommitRecord::decode(&std::fs::read(&cpath).unwrap()).unwrap();
+    c.parts[0].manifest_digest = ChunkDigest::of(&mbytes);
+    std::fs::write(&cpath, c.encode()).unwrap();
+
+    let reader = RepoReader::open(&root).unwrap();
+    assert!(
+        reader.load_part(new, Rank(0)).is_err(),
+        "the load refuses it"
+    );
+    let report = reader.verify(&|_, _| {}).unwrap();
+    assert_eq!(report.intact, vec![old], "{:?}", report.problems);
+    assert!(reader.verify_checkpoint(new).is_err());
+    reader.verify_checkpoint(old).unwrap();
+}

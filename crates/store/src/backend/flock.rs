@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// Contents of the `LOCK` file.
@@ -41,13 +42,34 @@ impl RepoLock {
         owner: &LockOwner,
         shared: bool,
     ) -> Result<Self, StoreError> {
+        // Never through a symbolic link, never a FIFO or device: whoever can write the
+        // repository could otherwise make the next writer (or an administrator's `gc`)
+        // empty any file it can write (regression: `a_symlinked_lock_is_refused_not_followed`).
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
             .open(path)
-            .map_err(|e| StoreError::io(path, "opening lock file", e))?;
+            .map_err(|e| {
+                if e.raw_os_error() == Some(libc::ELOOP) {
+                    StoreError::new(
+                        StoreErrorKind::Corrupt,
+                        Some(path),
+                        "lock file is a symbolic link; refusing to follow it out of the repository (remove it)",
+                    )
+                } else {
+                    StoreError::io(path, "opening lock file", e)
+                }
+            })?;
+        if !file.metadata().is_ok_and(|m| m.is_file()) {
+            return Err(StoreError::new(
+                StoreErrorKind::Corrupt,
+                Some(path),
+                "lock file is not a regular file (remove it)",
+            ));
+        }
         // SAFETY: flock on a valid, owned fd.
         let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
         let previous = read_owner(&mut file);
