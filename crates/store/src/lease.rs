@@ -15,12 +15,19 @@
 //!   COMMIT (`writer.lease_generation`). The holder renews every `renew_every` with
 //!   `IfMatch` of its own last version, so a renewal after a takeover fails with
 //!   `Conflict` and the lease is lost for good. [`LockGuard::check`], called right before
-//!   every COMMIT and GC deletion, passes only while the last successful renewal *started*
-//!   less than `ttl - commit_margin` ago; with `commit_margin` at least the backend's
-//!   bound on one operation (every S3 request is time-bounded), a COMMIT that passed the
-//!   check lands before any taker can consider the lease expired. And COMMIT is a
-//!   conditional create, so even a writer that lost its lease can never overwrite a
-//!   checkpoint someone else committed.
+//!   every COMMIT, passes only while the last successful renewal *started* less than
+//!   `ttl - commit_margin` ago; with `commit_margin` at least the backend's bound on one
+//!   operation (every S3 request is time-bounded), a COMMIT that passed the check lands
+//!   before any taker can consider the lease expired. GC deletions are fenced one by one
+//!   with [`LockGuard::check_until`]: each is issued while the check would pass, so the
+//!   same argument covers every one of them, however long the collection runs. And
+//!   COMMIT is a conditional create, so even a writer that lost its lease can never
+//!   overwrite a checkpoint someone else committed.
+//! - **Sharing** (`open_shared`, same job token): the sharer re-reads `LOCK` at every
+//!   check and passes only while it holds an unreleased record of its job, of the
+//!   generation it shared, with more than `commit_margin` left. Processes sharing the
+//!   same generation (successive incarnations of rank 0 under one supervisor) are not
+//!   fenced from each other: the supervisor stops an incarnation before starting the next.
 //! - Residual risk, documented: a server that applies a request long after the client
 //!   gave up on it (beyond the operation bound) defeats any client-side lease; that is
 //!   why COMMIT's conditional create, not the lease, is the commit point.
@@ -321,6 +328,7 @@ impl std::fmt::Debug for Lease {
 /// re-reading `LOCK` before each commit, never renewed or released by us.
 struct SharedLease {
     backend: Arc<dyn WriteBackend>,
+    cfg: LeaseConfig,
     me: LockOwner,
     generation: u64,
 }
@@ -399,6 +407,7 @@ pub(crate) fn acquire(
                 tracing::debug!(path = %path.display(), "sharing the lease of our own job");
                 return Ok(Box::new(SharedLease {
                     backend,
+                    cfg,
                     me: me.clone(),
                     generation,
                 }));
@@ -555,6 +564,14 @@ fn renew(backend: &dyn WriteBackend, cfg: &LeaseConfig, state: &Mutex<State>) ->
 
 impl LockGuard for Lease {
     fn check(&self) -> Result<(), StoreError> {
+        self.check_until().map(|_| ())
+    }
+
+    /// Passes while the last successful renewal *started* less than `ttl - commit_margin`
+    /// ago, and says until when that holds: a request issued before then ends (lands or
+    /// is abandoned, within the backend's operation bound <= `commit_margin`) before the
+    /// lease can expire for anyone else.
+    fn check_until(&self) -> Result<Option<Instant>, StoreError> {
         let g = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(l) = &g.lost {
             return Err(locked(self.backend.as_ref(), l.clone()));
@@ -575,7 +592,7 @@ impl LockGuard for Lease {
                 ),
             ));
         }
-        Ok(())
+        Ok(Some(g.renewed_at + limit))
     }
 
     fn generation(&self) -> Option<u64> {
@@ -614,17 +631,49 @@ impl Drop for Lease {
 
 impl LockGuard for SharedLease {
     fn check(&self) -> Result<(), StoreError> {
+        self.check_until().map(|_| ())
+    }
+
+    /// Re-reads `LOCK`: passes while it holds an unreleased record of our job *and of the
+    /// generation we shared* (a lease of our job taken over since, e.g. by a later
+    /// incarnation after the holder's lease expired, fences us) that has more than
+    /// `commit_margin` left by our wall clock; the answer holds until then. What it cannot
+    /// tell apart: two processes sharing the same generation of our job's lease (two
+    /// incarnations of rank 0 under one supervisor) both pass; the supervisor makes sure an
+    /// incarnation is gone before it starts the next (docs/STORAGE.md, "Lease").
+    fn check_until(&self) -> Result<Option<Instant>, StoreError> {
         let current = self.backend.read_versioned(&ObjectKey::Lock)?;
         let rec = current.and_then(|(b, _)| LeaseRecord::decode(&b).ok());
-        match rec {
-            Some(r)
-                if r.job == self.me.job && !r.released && now_unix_ms() <= r.expires_unix_ms =>
-            {
-                Ok(())
-            }
-            _ => Err(locked(
+        let margin = self.cfg.commit_margin.as_millis() as u64;
+        let now = now_unix_ms();
+        let left = match &rec {
+            Some(r) if r.job == self.me.job && r.generation == self.generation && !r.released => r
+                .expires_unix_ms
+                .saturating_sub(margin)
+                .checked_sub(now)
+                .filter(|ms| *ms > 0),
+            _ => None,
+        };
+        match left {
+            Some(ms) => Ok(Some(Instant::now() + Duration::from_millis(ms))),
+            None => Err(locked(
                 self.backend.as_ref(),
-                "the shared lease of this job is no longer held; refusing to commit".into(),
+                format!(
+                    "the shared lease of this job (generation {}) is no longer held{}; \
+                     refusing to commit or delete",
+                    self.generation,
+                    match rec {
+                        Some(r) if r.job != self.me.job || r.generation != self.generation => {
+                            format!(
+                                " (LOCK now holds generation {} of pid {} on host {})",
+                                r.generation, r.pid, r.host
+                            )
+                        }
+                        Some(r) if r.released => " (released by its holder)".into(),
+                        Some(_) => format!(" (less than the commit margin of {margin} ms left)"),
+                        None => " (LOCK is gone or unreadable)".into(),
+                    }
+                ),
             )),
         }
     }
