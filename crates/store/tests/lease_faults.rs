@@ -242,3 +242,109 @@ fn sharer_of_a_lease_taken_over_by_its_own_job_is_fenced() {
     try_commit(&mut taker).expect("the new holder commits");
     drop(holder);
 }
+
+/// Bug: one server error on a renewal made the writer think it lost its own lease for
+/// good: the renewal's `PUT If-Match` was applied, the server answered 500, the client
+/// retried, the retry got 412 -> `Conflict` -> lost; every later commit failed with "LOCK
+/// was changed by another writer" although LOCK held our own record. Now LOCK is re-read
+/// and our own bytes are recognised.
+#[test]
+fn renewal_whose_retried_request_had_landed_keeps_the_lease() {
+    let store = Arc::new(MemoryBackend::new());
+    let fb = Flaky::new("proc-r", store.clone());
+    let mut w = Repository::open_backend(fb.clone(), opts()).unwrap();
+    checkpoint(&mut w, 1, 1, 100);
+    fb.retry_landed_if_match.store(true, Ordering::SeqCst);
+    std::thread::sleep(Duration::from_millis(400));
+    assert!(
+        !fb.retry_landed_if_match.load(Ordering::SeqCst),
+        "no renewal ran"
+    );
+    if let Err(e) = try_commit(&mut w) {
+        panic!("our own lease, renewed by us, is considered lost: {e}");
+    }
+    // And the renewals go on from the adopted version.
+    let before = lock_record(&store);
+    std::thread::sleep(Duration::from_millis(300));
+    let after = lock_record(&store);
+    assert_eq!((after.generation, after.pid), (1, std::process::id()));
+    assert!(after.renewed_unix_ms > before.renewed_unix_ms, "{after:?}");
+    drop(w);
+    assert!(lock_record(&store).released);
+}
+
+/// The same after a renewal that landed but whose answer was an error (retries exhausted):
+/// the next renewal's `If-Match` of the old version gets 412 against our own earlier record;
+/// the lease is kept, and the release on drop (whose version is stale too) still releases.
+#[test]
+fn renewal_that_landed_but_failed_keeps_the_lease_and_the_release_releases() {
+    let store = Arc::new(MemoryBackend::new());
+    let fb = Flaky::new("proc-u", store.clone());
+    let mut w = Repository::open_backend(fb.clone(), opts()).unwrap();
+    fb.landed_but_unavailable.store(true, Ordering::SeqCst);
+    std::thread::sleep(Duration::from_millis(400));
+    assert!(
+        !fb.landed_but_unavailable.load(Ordering::SeqCst),
+        "no renewal ran"
+    );
+    if let Err(e) = try_commit(&mut w) {
+        panic!("our own lease is considered lost after a renewal that landed: {e}");
+    }
+    // The release's If-Match must carry the adopted version; check the stale-version
+    // path too: the last renewal before the drop lands but fails.
+    fb.landed_but_unavailable.store(true, Ordering::SeqCst);
+    while fb.landed_but_unavailable.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // Within a millisecond of that renewal, before the next one could settle it.
+    drop(w);
+    let r = lock_record(&store);
+    assert!(r.released, "LOCK not released: {r:?}");
+    // Released: another writer takes it at once.
+    let other = Flaky::new("proc-v", store.clone());
+    let t = std::time::Instant::now();
+    let o = Repository::open_backend(other, opts()).expect("takes the released lease");
+    assert!(
+        t.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_eq!(o.lease_generation(), Some(2));
+}
+
+/// Acquire: a `Create` of LOCK that landed, then a retry told "exists", is ours: the
+/// writer holds the lease instead of finding itself the holder and failing `Locked`.
+#[test]
+fn acquire_whose_retried_create_had_landed_takes_the_lease() {
+    let store = Arc::new(MemoryBackend::new());
+    let fb = Flaky::new("proc-c", store.clone());
+    fb.retry_landed_create.store(true, Ordering::SeqCst);
+    let mut w = match Repository::open_backend(fb.clone(), opts()) {
+        Ok(w) => w,
+        Err(e) => panic!("our own landed lease record made open fail: {e}"),
+    };
+    assert!(!fb.retry_landed_create.load(Ordering::SeqCst));
+    assert_eq!(w.lease_generation(), Some(1));
+    try_commit(&mut w).expect("commit under the lease");
+    std::thread::sleep(Duration::from_millis(250));
+    try_commit(&mut w).expect("commit after renewals");
+}
+
+/// Takeover: an `If-Match` put of LOCK over a released record that landed, then a retry
+/// told 412, is ours too.
+#[test]
+fn takeover_whose_retried_request_had_landed_takes_the_lease() {
+    let store = Arc::new(MemoryBackend::new());
+    drop(Repository::open_backend(Flaky::new("first", store.clone()), opts()).unwrap());
+    assert!(lock_record(&store).released);
+    let fb = Flaky::new("proc-t", store.clone());
+    fb.retry_landed_if_match.store(true, Ordering::SeqCst);
+    let mut w = match Repository::open_backend(fb.clone(), opts()) {
+        Ok(w) => w,
+        Err(e) => panic!("our own landed takeover made open fail: {e}"),
+    };
+    assert!(!fb.retry_landed_if_match.load(Ordering::SeqCst));
+    assert_eq!(w.lease_generation(), Some(2));
+    std::thread::sleep(Duration::from_millis(250));
+    try_commit(&mut w).expect("commit after renewals");
+}
