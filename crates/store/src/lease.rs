@@ -18,20 +18,23 @@
 //!   request of ours whose first attempt was applied, or follow a renewal that failed but
 //!   was applied: so `LOCK` is re-read first, and a record in it that is byte for byte one
 //!   we sent (the latest, or one of the unconfirmed renewals since the last confirmed
-//!   one) is ours: its version is adopted (likewise for acquire and release). [`LockGuard::check`], called right before
-//!   every COMMIT, passes only while the last successful renewal *started* less than
-//!   `ttl - commit_margin` ago; with `commit_margin` at least the backend's bound on one
-//!   operation (every S3 request is time-bounded), a COMMIT that passed the check lands
-//!   before any taker can consider the lease expired. GC deletions are fenced one by one
-//!   with [`LockGuard::check_until`]: each is issued while the check would pass, so the
-//!   same argument covers every one of them, however long the collection runs. And
-//!   COMMIT is a conditional create, so even a writer that lost its lease can never
-//!   overwrite a checkpoint someone else committed.
+//!   one) is ours: its version is adopted (likewise for acquire and release).
+//!   [`LockGuard::check`], called right before every COMMIT, passes only while the last
+//!   successful renewal *started* less than `ttl - commit_margin` ago; with
+//!   `commit_margin` at least the backend's bound on one operation (every S3 request is
+//!   time-bounded), a COMMIT that passed the check lands before any taker can consider
+//!   the lease expired. GC deletions are fenced one by one with
+//!   [`LockGuard::check_until`]: each is issued while the check would pass, so the same
+//!   argument covers every one of them, however long the collection runs. And COMMIT is
+//!   a conditional create, so even a writer that lost its lease can never overwrite a
+//!   checkpoint someone else committed.
 //! - **Sharing** (`open_shared`, same job token): the sharer re-reads `LOCK` at every
 //!   check and passes only while it holds an unreleased record of its job, of the
 //!   generation it shared, with more than `commit_margin` left. Processes sharing the
 //!   same generation (successive incarnations of rank 0 under one supervisor) are not
-//!   fenced from each other: the supervisor stops an incarnation before starting the next.
+//!   fenced from each other: the supervisor ends an incarnation before starting the next,
+//!   and a rank on a host cut off from it stops by itself within the failure timeout
+//!   (docs/STORAGE.md, "Lease", lists the window this leaves).
 //! - Residual risk, documented: a server that applies a request long after the client
 //!   gave up on it (beyond the operation bound) defeats any client-side lease; that is
 //!   why COMMIT's conditional create, not the lease, is the commit point.
@@ -771,8 +774,9 @@ impl LockGuard for SharedLease {
     /// incarnation after the holder's lease expired, fences us) that has more than
     /// `commit_margin` left by our wall clock; the answer holds until then. What it cannot
     /// tell apart: two processes sharing the same generation of our job's lease (two
-    /// incarnations of rank 0 under one supervisor) both pass; the supervisor makes sure an
-    /// incarnation is gone before it starts the next (docs/STORAGE.md, "Lease").
+    /// incarnations of rank 0 under one supervisor) both pass; the supervisor ends an
+    /// incarnation before it starts the next, up to the window docs/STORAGE.md ("Lease")
+    /// lists.
     fn check_until(&self) -> Result<Option<Instant>, StoreError> {
         let current = self.backend.read_versioned(&ObjectKey::Lock)?;
         let rec = current.and_then(|(b, _)| LeaseRecord::decode(&b).ok());

@@ -718,6 +718,13 @@ impl Repository {
     /// checkpoint begun by this repository is pending. Checkpoints with a damaged COMMIT
     /// are neither counted nor removed; chunks named by their readable manifests are kept.
     /// Fails without deleting anything if a kept checkpoint's manifest is unreadable.
+    ///
+    /// Fenced by the writer's lock request by request (docs/STORAGE.md, "Fencing of GC"):
+    /// every delete is issued while a lock check would pass, so a writer whose lease runs
+    /// out or is taken over stops, with [`StoreErrorKind::Locked`] naming the repository,
+    /// before another writer can hold the lease, and never deletes what that writer puts.
+    /// A collection stopped midway leaves a consistent repository (COMMIT is deleted
+    /// before the rest of a checkpoint; leftovers are removed by the next collection).
     pub fn retain(&mut self, keep: usize) -> Result<GcReport, StoreError> {
         self.retain_with_progress(keep, &|_, _, _| {})
     }
