@@ -14,13 +14,27 @@
 //! - **Fencing.** Every takeover increments `generation`, which the holder records in each
 //!   COMMIT (`writer.lease_generation`). The holder renews every `renew_every` with
 //!   `IfMatch` of its own last version, so a renewal after a takeover fails with
-//!   `Conflict` and the lease is lost for good. [`LockGuard::check`], called right before
-//!   every COMMIT and GC deletion, passes only while the last successful renewal *started*
-//!   less than `ttl - commit_margin` ago; with `commit_margin` at least the backend's
-//!   bound on one operation (every S3 request is time-bounded), a COMMIT that passed the
-//!   check lands before any taker can consider the lease expired. And COMMIT is a
-//!   conditional create, so even a writer that lost its lease can never overwrite a
+//!   `Conflict` and the lease is lost for good. A `Conflict` can also answer a retried
+//!   request of ours whose first attempt was applied, or follow a renewal that failed but
+//!   was applied: so `LOCK` is re-read first, and a record in it that is byte for byte one
+//!   we sent (the latest, or one of the unconfirmed renewals since the last confirmed
+//!   one) is ours: its version is adopted (likewise for acquire and release).
+//!   [`LockGuard::check`], called right before every COMMIT, passes only while the last
+//!   successful renewal *started* less than `ttl - commit_margin` ago; with
+//!   `commit_margin` at least the backend's bound on one operation (every S3 request is
+//!   time-bounded), a COMMIT that passed the check lands before any taker can consider
+//!   the lease expired. GC deletions are fenced one by one with
+//!   [`LockGuard::check_until`]: each is issued while the check would pass, so the same
+//!   argument covers every one of them, however long the collection runs. And COMMIT is
+//!   a conditional create, so even a writer that lost its lease can never overwrite a
 //!   checkpoint someone else committed.
+//! - **Sharing** (`open_shared`, same job token): the sharer re-reads `LOCK` at every
+//!   check and passes only while it holds an unreleased record of its job, of the
+//!   generation it shared, with more than `commit_margin` left. Processes sharing the
+//!   same generation (successive incarnations of rank 0 under one supervisor) are not
+//!   fenced from each other: the supervisor ends an incarnation before starting the next,
+//!   and a rank on a host cut off from it stops by itself within the failure timeout
+//!   (docs/STORAGE.md, "Lease", lists the window this leaves).
 //! - Residual risk, documented: a server that applies a request long after the client
 //!   gave up on it (beyond the operation bound) defeats any client-side lease; that is
 //!   why COMMIT's conditional create, not the lease, is the commit point.
@@ -298,6 +312,35 @@ struct State {
     lost: Option<String>,
     /// The last renewal error, for the message when the lease runs out.
     last_error: Option<String>,
+    /// Renewals sent since the last confirmed one whose outcome is unknown (they failed
+    /// with an error that does not say they were not applied), oldest first, at most
+    /// [`MAX_UNCONFIRMED`]: the encoded record, the record, when it was sent.
+    unconfirmed: Vec<(Vec<u8>, LeaseRecord, Instant)>,
+}
+
+/// Most unconfirmed renewals remembered (older ones are older than the lease's `ttl`
+/// with the default timings, so recognising them would not save the lease anyway).
+const MAX_UNCONFIRMED: usize = 16;
+
+/// After a conditional put of `LOCK` failed (`Conflict`, or an error that leaves its
+/// outcome unknown): re-reads `LOCK` and returns which of `candidates`, records this
+/// process sent, it holds byte for byte, with its current version. A request whose first
+/// attempt was applied while the client saw an error (a 5xx, a timeout) and retried ends
+/// in `Conflict` against our own write; the record is then ours after all. Byte identity
+/// is the test: every record carries our pid, host, boot id, generation and the wall-clock
+/// times of its sending, so no other writer produces the same bytes.
+fn landed(
+    backend: &dyn WriteBackend,
+    candidates: &[&[u8]],
+) -> Result<Option<(usize, Version)>, StoreError> {
+    Ok(backend
+        .read_versioned(&ObjectKey::Lock)?
+        .and_then(|(b, v)| {
+            candidates
+                .iter()
+                .position(|c| *c == b.as_slice())
+                .map(|i| (i, v))
+        }))
 }
 
 /// A held lease: renewed by a background thread until dropped, then released.
@@ -321,6 +364,7 @@ impl std::fmt::Debug for Lease {
 /// re-reading `LOCK` before each commit, never renewed or released by us.
 struct SharedLease {
     backend: Arc<dyn WriteBackend>,
+    cfg: LeaseConfig,
     me: LockOwner,
     generation: u64,
 }
@@ -399,6 +443,7 @@ pub(crate) fn acquire(
                 tracing::debug!(path = %path.display(), "sharing the lease of our own job");
                 return Ok(Box::new(SharedLease {
                     backend,
+                    cfg,
                     me: me.clone(),
                     generation,
                 }));
@@ -432,8 +477,33 @@ pub(crate) fn acquire(
                     None => PutMode::Create,
                     Some(v) => PutMode::IfMatch(v.clone()),
                 };
+                let encoded = rec.encode();
                 let sent = Instant::now();
-                match backend.put(&key, &[&rec.encode()], mode) {
+                let put = backend.put(&key, &[&encoded], mode);
+                // A request that failed may have been applied (its first attempt landed,
+                // the retry found LOCK changed, or the answer was lost): then LOCK holds
+                // our very bytes and the lease is ours.
+                let put = match put {
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            StoreErrorKind::Conflict | StoreErrorKind::Unavailable
+                        ) =>
+                    {
+                        match landed(backend.as_ref(), &[&encoded]) {
+                            Ok(Some((_, v))) => {
+                                tracing::debug!(
+                                    path = %path.display(),
+                                    "our lease record landed despite: {e}"
+                                );
+                                Ok(Some(v))
+                            }
+                            _ => Err(e),
+                        }
+                    }
+                    other => other,
+                };
+                match put {
                     Ok(v) => {
                         if let Some(why) = over {
                             tracing::warn!(path = %path.display(), "took over the {why}");
@@ -477,6 +547,7 @@ impl Lease {
             renewed_at,
             lost: None,
             last_error: None,
+            unconfirmed: Vec::new(),
         }));
         let (stop, stopped) = mpsc::channel::<()>();
         let (b, s, c) = (backend.clone(), state.clone(), cfg.clone());
@@ -517,37 +588,89 @@ fn renew(backend: &dyn WriteBackend, cfg: &LeaseConfig, state: &Mutex<State>) ->
     let now = now_unix_ms();
     rec.renewed_unix_ms = now;
     rec.expires_unix_ms = now + cfg.ttl.as_millis() as u64;
+    let encoded = rec.encode();
     let sent = Instant::now();
-    let r = backend.put(
-        &ObjectKey::Lock,
-        &[&rec.encode()],
-        PutMode::IfMatch(version),
-    );
+    let r = backend.put(&ObjectKey::Lock, &[&encoded], PutMode::IfMatch(version));
+    let path = backend.describe(&ObjectKey::Lock);
+    // A 412 may answer the retry of our own renewal whose first attempt landed (a 5xx,
+    // then object_store retried), or follow an earlier renewal that failed but landed:
+    // LOCK then holds bytes we sent, and the lease is still ours. Decided outside the
+    // state's mutex (a request), so that `check` never waits on the network.
+    let conflict = match &r {
+        Err(e) if e.kind() == StoreErrorKind::Conflict => {
+            let unconfirmed = state
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .unconfirmed
+                .clone();
+            let mut candidates: Vec<&[u8]> = vec![&encoded];
+            candidates.extend(unconfirmed.iter().rev().map(|(b, _, _)| b.as_slice()));
+            let found = landed(backend, &candidates).map(|o| {
+                o.map(|(i, v)| match i {
+                    0 => (rec.clone(), sent, v),
+                    i => {
+                        let (_, r, at) = &unconfirmed[unconfirmed.len() - i];
+                        (r.clone(), *at, v)
+                    }
+                })
+            });
+            Some(found)
+        }
+        _ => None,
+    };
     let mut g = state.lock().unwrap_or_else(|e| e.into_inner());
-    match r {
-        Ok(Some(v)) => {
+    let unconfirmed = |g: &mut State, e: &StoreError| {
+        if g.unconfirmed.len() >= MAX_UNCONFIRMED {
+            g.unconfirmed.remove(0);
+        }
+        g.unconfirmed.push((encoded.clone(), rec.clone(), sent));
+        g.last_error = Some(e.to_string());
+    };
+    match (r, conflict) {
+        (Ok(Some(v)), _) => {
             g.version = v;
             g.record = rec;
             g.renewed_at = sent;
             g.last_error = None;
+            g.unconfirmed.clear();
             true
         }
-        Ok(None) => {
+        (Ok(None), _) => {
             g.last_error = Some("the backend returned no version".into());
             true
         }
-        Err(e) if e.kind() == StoreErrorKind::Conflict => {
+        (Err(e), Some(Ok(Some((record, at, v))))) => {
+            tracing::debug!(path = %path.display(), "our lease renewal landed despite: {e}");
+            g.version = v;
+            g.record = record;
+            g.renewed_at = at;
+            g.last_error = None;
+            g.unconfirmed.clear();
+            true
+        }
+        (Err(e), Some(Ok(None))) => {
             let msg = format!(
                 "lease generation {} lost: LOCK was changed by another writer ({e})",
                 g.record.generation
             );
-            tracing::error!(path = %backend.describe(&ObjectKey::Lock).display(), "{msg}");
+            tracing::error!(path = %path.display(), "{msg}");
             g.lost = Some(msg);
             false
         }
-        Err(e) => {
-            tracing::warn!("lease renewal failed (will retry): {e}");
-            g.last_error = Some(e.to_string());
+        (Err(e), Some(Err(read))) => {
+            // Cannot tell whose LOCK it is: not lost yet, the lease ages until a later
+            // renewal settles it (or `check` refuses once it is too old).
+            tracing::warn!(
+                path = %path.display(),
+                "lease renewal got a conflict ({e}) and LOCK could not be re-read ({read}); \
+                 will retry"
+            );
+            unconfirmed(&mut g, &e);
+            true
+        }
+        (Err(e), None) => {
+            tracing::warn!(path = %path.display(), "lease renewal failed (will retry): {e}");
+            unconfirmed(&mut g, &e);
             true
         }
     }
@@ -555,6 +678,14 @@ fn renew(backend: &dyn WriteBackend, cfg: &LeaseConfig, state: &Mutex<State>) ->
 
 impl LockGuard for Lease {
     fn check(&self) -> Result<(), StoreError> {
+        self.check_until().map(|_| ())
+    }
+
+    /// Passes while the last successful renewal *started* less than `ttl - commit_margin`
+    /// ago, and says until when that holds: a request issued before then ends (lands or
+    /// is abandoned, within the backend's operation bound <= `commit_margin`) before the
+    /// lease can expire for anyone else.
+    fn check_until(&self) -> Result<Option<Instant>, StoreError> {
         let g = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(l) = &g.lost {
             return Err(locked(self.backend.as_ref(), l.clone()));
@@ -575,7 +706,7 @@ impl LockGuard for Lease {
                 ),
             ));
         }
-        Ok(())
+        Ok(Some(g.renewed_at + limit))
     }
 
     fn generation(&self) -> Option<u64> {
@@ -601,30 +732,84 @@ impl Drop for Lease {
         }
         let mut rec = g.record.clone();
         rec.released = true;
-        let r = self.backend.put(
-            &ObjectKey::Lock,
-            &[&rec.encode()],
-            PutMode::IfMatch(g.version.clone()),
-        );
+        let encoded = rec.encode();
+        let b = self.backend.as_ref();
+        let path = b.describe(&ObjectKey::Lock);
+        let release = |v: Version| b.put(&ObjectKey::Lock, &[&encoded], PutMode::IfMatch(v));
+        let e = match release(g.version.clone()) {
+            Ok(_) => return,
+            Err(e) => e,
+        };
+        // As for a renewal: our release's first attempt may have landed (the retry then
+        // gets a 412), or an earlier renewal of ours that failed had landed (so our
+        // version is stale): LOCK holds bytes we sent, and the lease is still ours.
+        let mut candidates: Vec<&[u8]> = vec![&encoded];
+        candidates.extend(g.unconfirmed.iter().rev().map(|(b, _, _)| b.as_slice()));
+        let r = match e.kind() {
+            StoreErrorKind::Conflict | StoreErrorKind::Unavailable => {
+                match landed(b, &candidates) {
+                    Ok(Some((0, _))) => Ok(()),
+                    Ok(Some((_, v))) => release(v).map(|_| ()),
+                    _ => Err(e),
+                }
+            }
+            _ => Err(e),
+        };
         if let Err(e) = r {
-            tracing::warn!("could not release the lease (it will expire): {e}");
+            tracing::warn!(
+                path = %path.display(),
+                "could not release the lease (it will expire): {e}"
+            );
         }
     }
 }
 
 impl LockGuard for SharedLease {
     fn check(&self) -> Result<(), StoreError> {
+        self.check_until().map(|_| ())
+    }
+
+    /// Re-reads `LOCK`: passes while it holds an unreleased record of our job *and of the
+    /// generation we shared* (a lease of our job taken over since, e.g. by a later
+    /// incarnation after the holder's lease expired, fences us) that has more than
+    /// `commit_margin` left by our wall clock; the answer holds until then. What it cannot
+    /// tell apart: two processes sharing the same generation of our job's lease (two
+    /// incarnations of rank 0 under one supervisor) both pass; the supervisor ends an
+    /// incarnation before it starts the next, up to the window docs/STORAGE.md ("Lease")
+    /// lists.
+    fn check_until(&self) -> Result<Option<Instant>, StoreError> {
         let current = self.backend.read_versioned(&ObjectKey::Lock)?;
         let rec = current.and_then(|(b, _)| LeaseRecord::decode(&b).ok());
-        match rec {
-            Some(r)
-                if r.job == self.me.job && !r.released && now_unix_ms() <= r.expires_unix_ms =>
-            {
-                Ok(())
-            }
-            _ => Err(locked(
+        let margin = self.cfg.commit_margin.as_millis() as u64;
+        let now = now_unix_ms();
+        let left = match &rec {
+            Some(r) if r.job == self.me.job && r.generation == self.generation && !r.released => r
+                .expires_unix_ms
+                .saturating_sub(margin)
+                .checked_sub(now)
+                .filter(|ms| *ms > 0),
+            _ => None,
+        };
+        match left {
+            Some(ms) => Ok(Some(Instant::now() + Duration::from_millis(ms))),
+            None => Err(locked(
                 self.backend.as_ref(),
-                "the shared lease of this job is no longer held; refusing to commit".into(),
+                format!(
+                    "the shared lease of this job (generation {}) is no longer held{}; \
+                     refusing to commit or delete",
+                    self.generation,
+                    match rec {
+                        Some(r) if r.job != self.me.job || r.generation != self.generation => {
+                            format!(
+                                " (LOCK now holds generation {} of pid {} on host {})",
+                                r.generation, r.pid, r.host
+                            )
+                        }
+                        Some(r) if r.released => " (released by its holder)".into(),
+                        Some(_) => format!(" (less than the commit margin of {margin} ms left)"),
+                        None => " (LOCK is gone or unreadable)".into(),
+                    }
+                ),
             )),
         }
     }

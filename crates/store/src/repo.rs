@@ -603,9 +603,16 @@ impl Repository {
     ) -> Result<(), StoreError> {
         let b = self.backend.as_ref();
         // Chunks this process wrote durably or verified (its own rank's part, when the
-        // committer is a rank) need no request: they were there when the part was durable,
-        // and nothing but this writer's own GC, refused while a checkpoint is pending,
-        // removes chunks.
+        // committer is a rank) need no request: every chunk a part names was proven present
+        // when the part was written, after `begin` (a conditional create or a stat), and
+        // while this writer holds the lock nothing removes chunks but its own GC, refused
+        // while a checkpoint is pending. A former holder's GC cannot: each of its deletes
+        // is fenced like a COMMIT (`Fence`), so it stops before anyone can take the lease
+        // over. Outside that guarantee (docs/STORAGE.md, "What it does not guarantee": a
+        // server applying a delete beyond the operation bound, clocks further apart than
+        // `max_clock_skew`, two processes sharing one generation of a job's lease) a chunk
+        // may be gone and the COMMIT names it: that checkpoint is then damaged, found by
+        // `verify` and skipped by restore, never restored wrong.
         let repo = b.location();
         let chunks: Vec<ChunkDigest> = chunks
             .into_iter()
@@ -700,10 +707,9 @@ impl Repository {
                 "remove: a checkpoint is pending; commit or abort it first".into(),
             ));
         }
-        self.lock
-            .check()
-            .map_err(|e| e.context(&format!("checkpoint {id} not removed")))?;
-        remove_committed(self.backend.as_ref(), id)?;
+        let what = format!("removal of checkpoint {id}");
+        let mut fence = Fence::new(self.lock.as_ref(), self.backend.location(), &what);
+        remove_committed(self.backend.as_ref(), id, &mut fence)?;
         self.backend.sync_dirs(&[DirKey::Checkpoints])
     }
 
@@ -712,6 +718,13 @@ impl Repository {
     /// checkpoint begun by this repository is pending. Checkpoints with a damaged COMMIT
     /// are neither counted nor removed; chunks named by their readable manifests are kept.
     /// Fails without deleting anything if a kept checkpoint's manifest is unreadable.
+    ///
+    /// Fenced by the writer's lock request by request (docs/STORAGE.md, "Fencing of GC"):
+    /// every delete is issued while a lock check would pass, so a writer whose lease runs
+    /// out or is taken over stops, with [`StoreErrorKind::Locked`] naming the repository,
+    /// before another writer can hold the lease, and never deletes what that writer puts.
+    /// A collection stopped midway leaves a consistent repository (COMMIT is deleted
+    /// before the rest of a checkpoint; leftovers are removed by the next collection).
     pub fn retain(&mut self, keep: usize) -> Result<GcReport, StoreError> {
         self.retain_with_progress(keep, &|_, _, _| {})
     }
@@ -827,21 +840,25 @@ impl Repository {
                 }
             }
         }
-        // Fencing: from here on GC deletes; a writer that lost its lock must not.
-        self.lock
-            .check()
-            .map_err(|e| e.context("garbage collection not run"))?;
+        // Fencing: from here on GC deletes; a writer that lost its lock must not. Every
+        // delete below is issued while a lock check would pass (`Fence`), so a writer
+        // whose lease runs out or is taken over mid-collection stops before anyone else
+        // can hold the lease, however long the collection takes.
+        let mut fence = Fence::new(self.lock.as_ref(), root, "garbage collection");
+        fence.pass()?;
         // Remove old committed checkpoints: COMMIT first, so a crash midway leaves an
         // uncommitted directory (never a committed one with missing manifests).
         progress(GcStage::Mark, n_mark, n_mark);
         let n_remove = (old.len() + uncommitted.len()) as u64;
         for (i, id) in old.iter().enumerate() {
             progress(GcStage::Remove, i as u64, n_remove);
-            remove_committed(b, *id)?;
+            remove_committed(b, *id, &mut fence)?;
         }
         for (i, id) in uncommitted.iter().enumerate() {
             progress(GcStage::Remove, (old.len() + i) as u64, n_remove);
+            fence.pass()?;
             b.delete_dir(&DirKey::Checkpoint(*id))?;
+            fence.deleted += 1;
         }
         progress(GcStage::Remove, n_remove, n_remove);
         b.sync_dirs(&[DirKey::Checkpoints])?;
@@ -859,6 +876,10 @@ impl Repository {
         for (i, fan) in fans.into_iter().enumerate() {
             progress(GcStage::Sweep, i as u64, n_sweep);
             let mut removed_here = false;
+            // Listed right before its deletions, each of which is fenced: a chunk another
+            // writer put here can only exist after it took the lease over, and by then
+            // this writer's fence fails (docs/STORAGE.md, "Fencing").
+            fence.pass()?;
             for ent in b.list(&fan)? {
                 let is_tmp = ent.name.starts_with(TMP_PREFIX);
                 let digest = ChunkDigest::from_hex(&ent.name);
@@ -877,7 +898,9 @@ impl Repository {
                     Some(n) => n,
                     None => b.stat(&key).ok().flatten().map_or(0, |m| m.size),
                 };
+                fence.pass()?;
                 b.delete(&key).map_err(|e| e.context("removing chunk"))?;
+                fence.deleted += 1;
                 failpoint("gc_during_sweep");
                 removed_here = true;
                 report.bytes_freed += len;
@@ -924,12 +947,72 @@ fn arg(path: &Path, msg: String) -> StoreError {
 }
 
 /// Uncommits checkpoint `id` durably, then deletes its directory (the one order
-/// retention and [`Repository::remove_checkpoint`] use).
-fn remove_committed(b: &dyn WriteBackend, id: CheckpointId) -> Result<(), StoreError> {
+/// retention and [`Repository::remove_checkpoint`] use), each deletion fenced.
+fn remove_committed(
+    b: &dyn WriteBackend,
+    id: CheckpointId,
+    fence: &mut Fence<'_>,
+) -> Result<(), StoreError> {
     let dir = DirKey::Checkpoint(id);
+    fence.pass()?;
     b.delete(&ObjectKey::Commit(id))
         .map_err(|e| e.context("removing COMMIT"))?;
+    fence.deleted += 1;
     b.sync_dirs(std::slice::from_ref(&dir))?;
     failpoint("gc_after_uncommit");
-    b.delete_dir(&dir)
+    fence.pass()?;
+    b.delete_dir(&dir)?;
+    fence.deleted += 1;
+    Ok(())
+}
+
+/// Fencing of deletions (docs/STORAGE.md, "Fencing"), the argument that covers one
+/// COMMIT applied to each delete: [`Fence::pass`] right before every delete request
+/// guarantees that the request is *issued* while a lock check would pass, so it lands
+/// (or is abandoned, within the backend's operation bound) before another writer can
+/// take the lock over. It re-checks the lock only when the window of the previous check
+/// ([`LockGuard::check_until`]) has closed: free for a flock, one clock read per delete
+/// for a lease this process renews, one read of `LOCK` per window for a shared lease.
+struct Fence<'a> {
+    lock: &'a dyn LockGuard,
+    root: &'a Path,
+    what: &'a str,
+    /// `None`: not checked yet; `Some(None)`: held for good; `Some(Some(t))`: until `t`.
+    until: Option<Option<std::time::Instant>>,
+    /// Deletions done so far (for the message when the fence fails).
+    deleted: u64,
+}
+
+impl<'a> Fence<'a> {
+    fn new(lock: &'a dyn LockGuard, root: &'a Path, what: &'a str) -> Fence<'a> {
+        Fence {
+            lock,
+            root,
+            what,
+            until: None,
+            deleted: 0,
+        }
+    }
+
+    /// Ok when a delete may be issued now; the lock error (kind `Locked`, naming `LOCK`
+    /// and the repository) otherwise.
+    fn pass(&mut self) -> Result<(), StoreError> {
+        match self.until {
+            Some(None) => return Ok(()),
+            Some(Some(t)) if std::time::Instant::now() < t => return Ok(()),
+            _ => {}
+        }
+        match self.lock.check_until() {
+            Ok(t) => {
+                self.until = Some(t);
+                Ok(())
+            }
+            Err(e) => Err(e.context(&format!(
+                "{} of {} stopped after {} deletions: the writer lock is no longer held",
+                self.what,
+                self.root.display(),
+                self.deleted
+            ))),
+        }
+    }
 }

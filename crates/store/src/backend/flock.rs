@@ -201,6 +201,10 @@ impl LockGuard for RepoLock {
     fn check(&self) -> Result<(), StoreError> {
         Ok(())
     }
+
+    fn check_until(&self) -> Result<Option<std::time::Instant>, StoreError> {
+        Ok(None)
+    }
 }
 
 impl Drop for RepoLock {

@@ -237,6 +237,16 @@ pub trait LockGuard: Send + Sync + fmt::Debug {
     /// or a GC deletion may be done now. A lease that expired, was lost or cannot be
     /// renewed fails here, so a writer that lost its lock never commits.
     fn check(&self) -> Result<(), StoreError>;
+    /// [`LockGuard::check`], also saying how long its answer holds: `Ok(None)` when the
+    /// lock is held until this process exits (a flock), `Ok(Some(t))` when a request
+    /// *issued* before `t` (this process's monotonic clock) is as safe as one issued
+    /// right after a successful `check`, i.e. it lands, or is abandoned, before any other
+    /// writer can take the lock over (a lease: `t` is when `check` would start to fail).
+    /// Lets a long run of deletions (GC) be fenced request by request at the cost of one
+    /// check per window. The default, `Some(now)`, asks for a `check` before every request.
+    fn check_until(&self) -> Result<Option<std::time::Instant>, StoreError> {
+        self.check().map(|()| Some(std::time::Instant::now()))
+    }
     /// The lease generation (incremented by every takeover), for backends with leases.
     fn generation(&self) -> Option<u64> {
         None
