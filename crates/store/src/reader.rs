@@ -470,10 +470,23 @@ fn read_chunk_unrecorded<B: ReadBackend + ?Sized>(
 pub(crate) fn checkpoint_ids<B: ReadBackend + ?Sized>(
     backend: &B,
 ) -> Result<Vec<CheckpointId>, StoreError> {
+    // Directories only: a symbolic link named like a checkpoint (into another
+    // repository, say) is not one of ours, and `gc` deleted that repository's COMMIT
+    // through it (regression: `a_symlinked_checkpoint_directory_is_not_followed`).
     let mut ids: Vec<CheckpointId> = backend
         .list(&DirKey::Checkpoints)?
         .into_iter()
-        .filter_map(|e| parse_id(&e.name))
+        .filter_map(|e| {
+            let id = parse_id(&e.name)?;
+            if !e.is_dir {
+                tracing::warn!(
+                    "{}: not a directory; ignored",
+                    backend.describe_dir(&DirKey::Checkpoint(id)).display()
+                );
+                return None;
+            }
+            Some(id)
+        })
         .collect();
     ids.sort();
     ids.dedup();
@@ -720,7 +733,10 @@ impl RepoReader {
 
 /// An error that says nothing about the checkpoint (the store could not be reached or
 /// read): fail instead of skipping it as damaged.
-fn is_fatal(e: &StoreError) -> bool {
+/// Whether `e` says the repository could not be read (I/O, server unavailable) rather
+/// than that what was read is damaged or missing: the former must stop a restore or a
+/// collection, never count as damage.
+pub(crate) fn is_fatal(e: &StoreError) -> bool {
     matches!(e.kind(), StoreErrorKind::Io | StoreErrorKind::Unavailable)
 }
 

@@ -778,19 +778,56 @@ impl Repository {
         for id in ids {
             match scanned.get(&id) {
                 Some(Ok(_)) => committed.push(id),
+                // A COMMIT that could not be *read* (no permission, a server error) is
+                // not a damaged one: collecting as if it were swept the chunks of an
+                // intact checkpoint (regression: `gc_stops_at_a_commit_it_cannot_read`).
+                Some(Err(e)) if crate::reader::is_fatal(e) => {
+                    return Err(StoreError::new(
+                        e.kind(),
+                        e.path(),
+                        format!(
+                            "garbage collection stopped before deleting anything: {}",
+                            e.message()
+                        ),
+                    ))
+                }
                 Some(Err(_)) => damaged.push(id),
                 None => uncommitted.push(id),
             }
         }
         let split = committed.len().saturating_sub(keep);
         let (old, newest) = committed.split_at(split);
-        let (protected, old): (Vec<CheckpointId>, Vec<CheckpointId>) = old
+        let (protected, mut old): (Vec<CheckpointId>, Vec<CheckpointId>) = old
             .iter()
             .partition(|id| matches!(scanned.get(id), Some(Ok(c)) if protect(c)));
-        let kept: Vec<CheckpointId> = protected
+        let mut kept: Vec<CheckpointId> = protected
             .into_iter()
             .chain(newest.iter().copied())
             .collect();
+        // Never the last checkpoint a restart could use: when the newest committed ones
+        // are broken (a chunk lost), the newest one that passes the cheap check stays
+        // even if it is older than `keep` (regression:
+        // `gc_keeps_the_newest_intact_checkpoint_when_the_newest_are_broken`).
+        for id in committed.iter().rev() {
+            match reader.check_committed(*id) {
+                Ok(_) => {
+                    if let Some(i) = old.iter().position(|o| o == id) {
+                        old.remove(i);
+                        tracing::warn!(
+                            "{}: the newest {} committed checkpoint(s) are damaged; keeping checkpoint {id}, the newest intact one",
+                            root.display(),
+                            keep
+                        );
+                        kept.insert(0, *id);
+                    }
+                    break;
+                }
+                Err(e) if crate::reader::is_fatal(&e) => {
+                    return Err(e.context("garbage collection stopped before deleting anything"))
+                }
+                Err(_) => {}
+            }
+        }
         // Mark.
         let mut live: HashSet<ChunkDigest> = HashSet::new();
         let n_mark = (kept.len() + damaged.len()) as u64;
@@ -821,8 +858,13 @@ impl Repository {
             let dir = DirKey::Checkpoint(*id);
             for ent in b.list(&dir)?.into_iter().filter(|e| !e.is_dir) {
                 let is_commit = ent.name == crate::backend::COMMIT_NAME;
-                let Ok(bytes) = b.read(&ObjectKey::Entry(dir.clone(), ent.name)) else {
-                    continue;
+                let bytes = match b.read(&ObjectKey::Entry(dir.clone(), ent.name)) {
+                    Ok(bytes) => bytes,
+                    // Unreadable is not damaged: its chunks may be live.
+                    Err(e) if crate::reader::is_fatal(&e) => {
+                        return Err(e.context("garbage collection stopped before deleting anything"))
+                    }
+                    Err(_) => continue,
                 };
                 // Manifests carry their own checksum, so one found as a file or inline in
                 // the damaged COMMIT (1.1) is trustworthy even though COMMIT is not.

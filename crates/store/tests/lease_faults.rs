@@ -35,6 +35,8 @@ struct Flaky {
     retry_landed_create: AtomicBool,
     /// The next `IfMatch` put of LOCK is applied, then answered `Unavailable`.
     landed_but_unavailable: AtomicBool,
+    /// Reads of this object fail with an I/O error (no permission, say).
+    unreadable: std::sync::Mutex<Option<ObjectKey>>,
 }
 
 impl Flaky {
@@ -47,6 +49,7 @@ impl Flaky {
             retry_landed_if_match: AtomicBool::new(false),
             retry_landed_create: AtomicBool::new(false),
             landed_but_unavailable: AtomicBool::new(false),
+            unreadable: std::sync::Mutex::new(None),
         })
     }
 }
@@ -56,6 +59,13 @@ impl ReadBackend for Flaky {
         &self.loc
     }
     fn open(&self, key: &ObjectKey) -> Result<ObjectReader, StoreError> {
+        if self.unreadable.lock().unwrap().as_ref() == Some(key) {
+            return Err(StoreError::new(
+                StoreErrorKind::Io,
+                Some(&self.describe(key)),
+                "injected: Permission denied (os error 13)",
+            ));
+        }
         self.inner.open(key)
     }
     fn stat(&self, key: &ObjectKey) -> Result<Option<ObjectMeta>, StoreError> {
@@ -347,4 +357,24 @@ fn takeover_whose_retried_request_had_landed_takes_the_lease() {
     assert_eq!(w.lease_generation(), Some(2));
     std::thread::sleep(Duration::from_millis(250));
     try_commit(&mut w).expect("commit after renewals");
+}
+
+/// Bug: gc took a COMMIT it could not *read* (no permission, a server error) for a
+/// damaged one, and swept the chunks of that intact checkpoint. Now it stops before
+/// deleting anything, naming the file.
+#[test]
+fn gc_stops_at_a_commit_it_cannot_read() {
+    let store = Arc::new(MemoryBackend::new());
+    let fb = Flaky::new("proc-r", store.clone());
+    let mut w = Repository::open_backend(fb.clone(), opts()).unwrap();
+    checkpoint(&mut w, 1, 1, 3000);
+    let newest = checkpoint(&mut w, 1, 2, 3000);
+    *fb.unreadable.lock().unwrap() = Some(ObjectKey::Commit(newest));
+    let e = w.retain(1).unwrap_err();
+    assert_eq!(e.kind(), StoreErrorKind::Io, "{e}");
+    assert!(e.to_string().contains("garbage collection stopped"), "{e}");
+    assert!(e.to_string().contains("COMMIT"), "{e}");
+    *fb.unreadable.lock().unwrap() = None;
+    let reader = RepoReader::from_backend(fb.clone().as_read()).unwrap();
+    reader.verify_checkpoint(newest).unwrap();
 }

@@ -412,7 +412,7 @@ fn verify_reads_a_shared_chunk_at_every_length_a_manifest_gives() {
     let old = checkpoint(&mut repo, 1, 1, 300);
     let new = checkpoint(&mut repo, 1, 1, 300); // the same content: every chunk shared
     drop(repo);
-    let dir = root.join("checkpoints").join(format!("{:016x}", new.0));
+    let dir = root.join("checkpoints").join(new.to_string());
     let mpath = dir.join("rank-0.manifest");
     let mut m = Manifest::decode(&std::fs::read(&mpath).unwrap()).unwrap();
     let o = m
@@ -438,4 +438,64 @@ fn verify_reads_a_shared_chunk_at_every_length_a_manifest_gives() {
     assert_eq!(report.intact, vec![old], "{:?}", report.problems);
     assert!(reader.verify_checkpoint(new).is_err());
     reader.verify_checkpoint(old).unwrap();
+}
+
+/// Bug: `gc --keep 1` kept the newest committed checkpoint although a lost chunk made it
+/// unrestorable, and removed the only intact one. The newest intact checkpoint stays.
+#[test]
+fn gc_keeps_the_newest_intact_checkpoint_when_the_newest_are_broken() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("repo");
+    let mut repo = Repository::open(&root, small_opts()).unwrap();
+    let good = checkpoint(&mut repo, 1, 1, 3000);
+    let broken = checkpoint(&mut repo, 1, 2, 3000);
+    let m = RepoReader::open(&root)
+        .unwrap()
+        .manifest(broken, Rank(0))
+        .unwrap();
+    let hex = m.objects[0].chunks[0].digest.to_hex();
+    std::fs::remove_file(root.join("chunks").join(&hex[..2]).join(&hex)).unwrap();
+    let report = repo.retain(1).unwrap();
+    assert!(report.kept.contains(&good), "{:?}", report.kept);
+    assert!(report.kept.contains(&broken), "{:?}", report.kept);
+    assert!(report.removed.is_empty(), "{:?}", report.removed);
+    drop(repo);
+    assert_holds(&root, good, 1, 1, 3000);
+}
+
+/// Bug: a symbolic link named like a checkpoint directory, into another repository, was
+/// taken for one of ours: `gc` removed that repository's COMMIT through it.
+#[test]
+fn a_symlinked_checkpoint_directory_is_not_followed() {
+    let d = tempfile::tempdir().unwrap();
+    let (root, other) = (d.path().join("repo"), d.path().join("other"));
+    for r in [&root, &other] {
+        let mut repo = Repository::open(r, small_opts()).unwrap();
+        checkpoint(&mut repo, 1, 1, 300);
+        checkpoint(&mut repo, 1, 2, 300);
+    }
+    let name = format!("{:016}", 1);
+    std::fs::remove_dir_all(root.join("checkpoints").join(&name)).unwrap();
+    std::os::unix::fs::symlink(
+        other.join("checkpoints").join(&name),
+        root.join("checkpoints").join(&name),
+    )
+    .unwrap();
+    let mut repo = Repository::open(&root, small_opts()).unwrap();
+    let report = repo.retain(1).unwrap();
+    assert_eq!(report.kept, vec![CheckpointId(2)]);
+    assert!(other
+        .join("checkpoints")
+        .join(&name)
+        .join("COMMIT")
+        .exists());
+    let ids: Vec<_> = RepoReader::open(&root)
+        .unwrap()
+        .checkpoint_dirs()
+        .unwrap()
+        .iter()
+        .map(|c| c.id)
+        .collect();
+    assert_eq!(ids, vec![CheckpointId(2)]);
+    assert_holds(&other, CheckpointId(1), 1, 1, 300);
 }
