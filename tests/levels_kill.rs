@@ -569,6 +569,42 @@ fn lost_host_is_rebuilt_from_parity_without_partner_copies_or_the_repository() {
         levels_row(&level_tool(&["inspect", "--levels"], &l1, &repo), "24"),
         ["-", "4/4", "0/4", "4/4", "-"]
     );
+    // Regression (review): a shard whose bytes verify but whose record no rebuild can use
+    // (a resealed COMMIT claiming 9 shards), and a host directory that cannot be listed,
+    // were reported ok / skipped in silence, exit 0.
+    let shard = l1.join("sim0/parity-0-0");
+    let newest = lazarus::store::RepoReader::open(&shard)
+        .unwrap()
+        .committed()
+        .unwrap()
+        .last()
+        .unwrap()
+        .id;
+    let commit = shard
+        .join("checkpoints")
+        .join(newest.to_string())
+        .join("COMMIT");
+    let mut c = lazarus::format::CommitRecord::decode(&std::fs::read(&commit).unwrap()).unwrap();
+    c.app
+        .insert(lazarus::levels::PARITY_M_KEY.into(), "9".into());
+    std::fs::write(&commit, c.encode()).unwrap();
+    std::os::unix::fs::symlink(l1.join("loop"), l1.join("loop")).unwrap();
+    let out = std::process::Command::new(common::lazarus_bin())
+        .args(["verify", "--level", "l3", "--l1-dir"])
+        .arg(&l1)
+        .arg(&repo)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("parity-0-0: parity record unusable for a rebuild"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("FAILED") && stderr.contains("loop"),
+        "{stderr}"
+    );
 }
 
 /// `lazarus run --l3-group 2` (the group size K): 4 ranks on 4 simulated hosts form two

@@ -52,10 +52,10 @@ pub use error::LevelError;
 pub use history::{History, LINEAGE_KEY};
 pub use nm::{Piece, PiecesMsg};
 pub use node::{
-    scan, scan_parity, L1Capture, LevelReceipt, LoadOutcome, NodeLevels, COMPLETE_KEY,
-    LEVEL_RANK_KEY, LEVEL_WORLD_KEY, PARITY_HASHES_KEY, PARITY_HOSTS_KEY, PARITY_LENS_KEY,
-    PARITY_LOCALS_KEY, PARITY_MEMBERS_KEY, PARITY_M_KEY, PARITY_SHARD_BYTES_KEY, PARITY_SHARD_KEY,
-    SEQ_KEY,
+    parity_record_problem, scan, scan_parity, L1Capture, LevelReceipt, LoadOutcome, NodeLevels,
+    COMPLETE_KEY, LEVEL_RANK_KEY, LEVEL_WORLD_KEY, PARITY_HASHES_KEY, PARITY_HOSTS_KEY,
+    PARITY_LENS_KEY, PARITY_LOCALS_KEY, PARITY_MEMBERS_KEY, PARITY_M_KEY, PARITY_SHARD_BYTES_KEY,
+    PARITY_SHARD_KEY, SEQ_KEY,
 };
 pub use partner::{partner_map, CopyMsg};
 pub use plan::{FastPlan, Held, MemberSource, ParityHeld, ParitySource, RankSource, ShardSource};

@@ -2214,6 +2214,23 @@ fn parity_held(
     Ok(p)
 }
 
+/// Why parity checkpoint `c` of the shard repository `dir` (`<root>/<host>/parity-<g>-<j>`)
+/// cannot serve a rebuild, or `None` when its record is usable. Restore skips such a
+/// checkpoint with a warning; `lazarus verify --level l3` reports it as a failure (it
+/// said "ok" for a shard no rebuild could use).
+pub fn parity_record_problem(dir: &Path, c: &lazarus_store::CheckpointSummary) -> Option<String> {
+    let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    let host = dir
+        .parent()
+        .and_then(Path::file_name)
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    match l3::parse_parity_dir(name) {
+        Some((_, shard)) => parity_held(host, name, shard, c).err(),
+        None => Some(format!("{name} is not a parity shard directory")),
+    }
+}
+
 /// Every committed copy and parity shard in `<root>/<host>/`.
 fn scan_host(root: &Path, host: &str) -> Result<Inventory, StoreError> {
     let dir = root.join(host);

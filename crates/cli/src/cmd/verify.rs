@@ -74,6 +74,19 @@ fn audit_parity(root: &std::path::Path) -> Result<usize, Box<dyn std::error::Err
     Ok(bad)
 }
 
+/// Why each committed checkpoint of the parity repository `r` cannot serve a rebuild
+/// (`lazarus_levels::parity_record_problem`); empty when all can.
+fn unusable_parity(r: &std::path::Path) -> Result<Vec<String>, lazarus::store::StoreError> {
+    Ok(RepoReader::open(r)?
+        .committed()?
+        .iter()
+        .filter_map(|c| {
+            lazarus::levels::parity_record_problem(r, c)
+                .map(|why| format!("checkpoint {}: {why}", c.id))
+        })
+        .collect())
+}
+
 /// `lazarus verify --level l1|l2|l3`: every level repository under the node-local root
 /// whose name starts with `prefix`, each verified like a repository (every chunk
 /// re-hashed; for L3 the parity shards, then each shard re-encoded from its members'
@@ -88,9 +101,21 @@ fn verify_level(args: &Args, prefix: &str) -> CmdResult {
     };
     hosts.sort();
     for host in hosts {
-        let mut repos: Vec<_> = std::fs::read_dir(&host)
-            .map(|rd| rd.flatten().map(|e| e.path()).collect())
-            .unwrap_or_default();
+        // A host directory that cannot be listed is a failure, never skipped in silence
+        // (its ranks' copies went unmentioned and verify said ok).
+        let listed = std::fs::read_dir(&host).and_then(|rd| {
+            rd.map(|e| e.map(|e| e.path()))
+                .collect::<std::io::Result<Vec<_>>>()
+        });
+        let mut repos = match listed {
+            Ok(repos) => repos,
+            Err(e) if !host.is_dir() && e.kind() == std::io::ErrorKind::NotADirectory => continue,
+            Err(e) => {
+                bad += 1;
+                errln!("lazarus verify: FAILED: {}: {e}", host.display());
+                continue;
+            }
+        };
         repos.sort();
         for r in repos {
             let name = r
@@ -102,6 +127,23 @@ fn verify_level(args: &Args, prefix: &str) -> CmdResult {
             }
             seen += 1;
             let report = RepoReader::open(&r).and_then(|rd| rd.verify(&|_, _| {}));
+            // A parity shard whose bytes verify but whose COMMIT record no rebuild can
+            // use (restore skips it) fails too.
+            if prefix == "parity-" && report.is_ok() {
+                let why = match unusable_parity(&r) {
+                    Ok(problems) if problems.is_empty() => None,
+                    Ok(problems) => Some(format!(
+                        "parity record unusable for a rebuild: {}",
+                        problems.join("; ")
+                    )),
+                    Err(e) => Some(e.to_string()),
+                };
+                if let Some(why) = why {
+                    bad += 1;
+                    errln!("lazarus verify: FAILED: {}: {why}", r.display());
+                    continue;
+                }
+            }
             match report {
                 Ok(rep) if rep.problems.is_empty() => outln!(
                     "ok: {}: {} checkpoint(s), {} chunk(s)",
