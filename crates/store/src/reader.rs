@@ -657,6 +657,9 @@ impl RepoReader {
             report.checkpoints.push(id);
             let c = match r {
                 Ok(c) => c,
+                // Unreadable (no permission, a server error) is not damage: the
+                // repository cannot be verified (`lazarus verify` exit 2, as documented).
+                Err(e) if is_fatal(&e) => return Err(e),
                 Err(e) => {
                     report.problems.push(problem(&e, vec![id]));
                     broken.insert(id);
@@ -665,6 +668,7 @@ impl RepoReader {
             };
             for p in &c.parts {
                 match self.manifest_checked(&c, p.rank) {
+                    Err(e) if is_fatal(&e) => return Err(e),
                     Ok(m) => {
                         for ch in m.objects.iter().flat_map(|o| o.chunks.iter()) {
                             uses.entry((ch.digest, ch.len)).or_default().insert(id);

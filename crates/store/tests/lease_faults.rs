@@ -374,6 +374,11 @@ fn gc_stops_at_a_commit_it_cannot_read() {
     assert_eq!(e.kind(), StoreErrorKind::Io, "{e}");
     assert!(e.to_string().contains("garbage collection stopped"), "{e}");
     assert!(e.to_string().contains("COMMIT"), "{e}");
+    // Verify, too, says it cannot read the repository (`lazarus verify` exit 2), not
+    // that the checkpoint is damaged (exit 1).
+    let reader = RepoReader::from_backend(fb.clone().as_read()).unwrap();
+    let e = reader.verify(&|_, _| {}).unwrap_err();
+    assert_eq!(e.kind(), StoreErrorKind::Io, "{e}");
     *fb.unreadable.lock().unwrap() = None;
     let reader = RepoReader::from_backend(fb.clone().as_read()).unwrap();
     reader.verify_checkpoint(newest).unwrap();
