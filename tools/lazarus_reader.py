@@ -47,6 +47,14 @@ dtype and statistics. ``--digest`` prints the SHA-256 of the array's little-endi
 ``--dump-all DIR`` writes every object of the checkpoint (see --help),
 ``--dump-npy`` saves it with ``numpy.save``, ``--dump-raw`` writes its little-endian
 bytes (what the Rust test compares bit for bit). Serde objects are dumped as their bytes.
+``--dump-all`` refuses an object name that is not one safe file name (it never escapes
+one) and never follows a link planted in DIR. Exit statuses: 0 ok, 1 output not written,
+2 repository damaged or unreadable, 3 usage error or not found (see ``--help`` and
+docs/FORMAT.md, "Independent readers").
+
+Every repository file is opened without following symbolic links or blocking on FIFOs,
+must be a regular file and at most the format's maximum size for its kind; any refusal
+names the file and counts as damage of that file.
 """
 
 import argparse
