@@ -764,7 +764,8 @@ class Repo:
             for o in self.manifest(info, r):
                 if o.name not in names:
                     names.append(o.name)
-        return ", ".join("`%s`" % n for n in names) or "none"
+        shown = ", ".join("`%s`" % n for n in names[:20]) or "none"
+        return shown + (" and %d more" % (len(names) - 20) if len(names) > 20 else "")
 
     def _resolve(self, checkpoint):
         """The CheckpointInfo to read: the given id, or candidates newest first."""
