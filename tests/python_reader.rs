@@ -286,3 +286,342 @@ fn python_reader_golden_and_unittests() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+// ------------------------------------------------------------------ hostile repositories
+// Regression tests of a review of the reader: each fails on the reader before the fix.
+
+/// How the reader ended: exit status (None when killed after the timeout: it hung), stdout,
+/// stderr.
+struct Outcome {
+    status: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs the reader CLI and returns how it ended, whatever that was. Killed after 60 s (a
+/// reader that blocks, on a FIFO say, must fail the test, not hang it).
+fn run_reader_outcome(args: &[&str]) -> Outcome {
+    let mut child = Command::new("python3")
+        .arg(reader())
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run python3");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut hung = false;
+    while child.try_wait().expect("wait for python3").is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().expect("kill the hung reader");
+            hung = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().expect("reader output");
+    let o = Outcome {
+        status: if hung { None } else { out.status.code() },
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    assert!(
+        !o.stderr.contains("Traceback"),
+        "lazarus_reader.py {args:?} crashed:\n{}",
+        o.stderr
+    );
+    o
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 temp path")
+}
+
+/// Renames object `old` to `new` in every rank's manifest of checkpoint `cid` and reseals
+/// the manifests, their digests in COMMIT and COMMIT itself (inline or separate manifests):
+/// the result is an intact checkpoint whose manifests hold a name the test chose.
+const RENAME_OBJECT_PY: &str = r#"
+import base64, json, os, struct, sys
+sys.path.insert(0, sys.argv[1])
+import lazarus_reader as lr
+repo, cid, old, new = sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
+def body(raw):
+    n = struct.unpack_from("<Q", raw, 8)[0]
+    return json.loads(raw[48:48 + n])
+def seal(raw, b):
+    data = json.dumps(b).encode()
+    head = raw[:8] + struct.pack("<Q", len(data))
+    return head + lr.blake3(head + data) + data
+d = os.path.join(repo, "checkpoints", "%016d" % cid)
+craw = open(os.path.join(d, "COMMIT"), "rb").read()
+c = body(craw)
+hits = 0
+for r, part in enumerate(c["parts"]):
+    mfile = os.path.join(d, "rank-%d.manifest" % r)
+    mraw = base64.b64decode(part["manifest"]) if "manifest" in part else open(mfile, "rb").read()
+    m = body(mraw)
+    for o in m["objects"]:
+        if o["name"] == old:
+            o["name"] = new
+            hits += 1
+    mraw = seal(mraw, m)
+    if "manifest" in part:
+        part["manifest"] = base64.b64encode(mraw).decode()
+    else:
+        open(mfile, "wb").write(mraw)
+    part["manifest_digest"] = lr.blake3(mraw).hex()
+assert hits, "no object %r" % old
+open(os.path.join(d, "COMMIT"), "wb").write(seal(craw, c))
+"#;
+
+fn rename_object(repo: &Path, cid: u64, old: &str, new: &str) {
+    let out = Command::new("python3")
+        .args(["-c", RENAME_OBJECT_PY, s(&root().join("tools")), s(repo)])
+        .args([&cid.to_string(), old, new])
+        .output()
+        .expect("run python3");
+    assert!(
+        out.status.success(),
+        "renaming {old} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn commit_path(repo: &Path, cid: u64) -> PathBuf {
+    repo.join(format!("checkpoints/{cid:016}/COMMIT"))
+}
+
+/// The chunk files of a repository, sorted.
+fn chunk_files(repo: &Path) -> Vec<PathBuf> {
+    let mut v = Vec::new();
+    for dir in std::fs::read_dir(repo.join("chunks")).expect("chunks") {
+        for f in std::fs::read_dir(dir.expect("entry").path()).expect("chunk dir") {
+            v.push(f.expect("entry").path());
+        }
+    }
+    v.sort();
+    v
+}
+
+/// Finding 1: an object name from the repository must never place a `--dump-all` file
+/// outside the output directory (`../../PWNED`, an absolute name), and a symbolic link
+/// planted in the output directory must be replaced, not followed.
+#[test]
+fn python_reader_dump_all_stays_inside_its_directory() {
+    if !python_ready() {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let abs = tmp.path().join("ABS");
+    for (i, name) in ["../../PWNED", s(&abs), "a\\b", ".."]
+        .into_iter()
+        .enumerate()
+    {
+        let repo = tmp.path().join(format!("repo-{i}"));
+        write_repo(&repo, 2, Codec::None, 0x7a7a);
+        rename_object(&repo, 1, "ids", name);
+        let out = tmp.path().join(format!("o{i}/d"));
+        let o = run_reader_outcome(&[s(&repo), "--checkpoint", "1", "--dump-all", s(&out)]);
+        assert_eq!(o.status, Some(2), "name {name:?}: {}{}", o.stdout, o.stderr);
+        assert!(
+            o.stderr.contains("checkpoint 1, rank 0")
+                && o.stderr.contains(&format!("{name:?}").replace('"', "'"))
+                && o.stderr.contains("refuses"),
+            "name {name:?}: {}",
+            o.stderr
+        );
+        // Nothing written anywhere: not outside, not even the safe objects inside.
+        assert!(!tmp.path().join("PWNED.rank0.bin").exists());
+        assert!(!tmp.path().join("ABS.rank0.bin").exists());
+        let inside = std::fs::read_dir(&out).map(|d| d.count()).unwrap_or(0);
+        assert_eq!(inside, 0, "name {name:?}: files were written");
+    }
+
+    // A link planted in the output directory (to a file, and dangling) is not followed.
+    let repo = tmp.path().join("repo-plain");
+    write_repo(&repo, 2, Codec::None, 0x7a7b);
+    let out = tmp.path().join("planted");
+    std::fs::create_dir(&out).expect("mkdir");
+    let victim = tmp.path().join("victim.txt");
+    std::fs::write(&victim, b"victim").expect("victim");
+    let created = tmp.path().join("created-through-link");
+    std::os::unix::fs::symlink(&victim, out.join("field.bin")).expect("symlink");
+    std::os::unix::fs::symlink(&created, out.join("ids.rank0.bin")).expect("symlink");
+    let o = run_reader_outcome(&[s(&repo), "--checkpoint", "1", "--dump-all", s(&out)]);
+    assert_eq!(o.status, Some(0), "{}", o.stderr);
+    assert_eq!(std::fs::read(&victim).expect("victim"), b"victim");
+    assert!(!created.exists(), "the dangling link was followed");
+    for f in ["field.bin", "ids.rank0.bin"] {
+        let m = std::fs::symlink_metadata(out.join(f)).expect("dumped");
+        assert!(m.file_type().is_file(), "{f} is still a link");
+    }
+    assert_eq!(
+        std::fs::metadata(out.join("field.bin"))
+            .expect("field")
+            .len(),
+        FIELD * 8
+    );
+}
+
+/// Finding 2: a chunk that is a symbolic link (to an intact copy of itself), a FIFO, or a
+/// file larger than the format allows is damage of that file, named, and refused without
+/// following, blocking or reading it.
+#[test]
+fn python_reader_refuses_links_fifos_and_oversized_files() {
+    if !python_ready() {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    for kind in ["symbolic link", "FIFO", "larger than the format's maximum"] {
+        let repo = tmp.path().join(kind.replace(' ', "-"));
+        write_repo(&repo, 1, Codec::None, 0x11);
+        let chunk = chunk_files(&repo).remove(0);
+        match kind {
+            "symbolic link" => {
+                let copy = tmp.path().join("chunk-copy");
+                std::fs::rename(&chunk, &copy).expect("move chunk");
+                std::os::unix::fs::symlink(&copy, &chunk).expect("symlink");
+            }
+            "FIFO" => {
+                std::fs::remove_file(&chunk).expect("rm chunk");
+                let c = std::ffi::CString::new(s(&chunk)).expect("no NUL");
+                // SAFETY: a valid NUL-terminated path.
+                assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0, "mkfifo");
+            }
+            _ => {
+                // Sparse: no disk space, and the reader must not read it anyway.
+                let f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&chunk)
+                    .expect("open chunk");
+                f.set_len(300 << 20).expect("grow chunk");
+            }
+        }
+        let o = run_reader_outcome(&[
+            s(&repo),
+            "--checkpoint",
+            "1",
+            "--dump-all",
+            s(&tmp.path().join("out")),
+        ]);
+        assert_eq!(o.status, Some(2), "{kind}: {}{}", o.stdout, o.stderr);
+        assert!(
+            o.stderr.contains(s(&chunk)) && o.stderr.contains(kind),
+            "{kind}: {}",
+            o.stderr
+        );
+    }
+}
+
+/// Finding 3: a COMMIT that exists but does not decode is reported on stderr (naming the
+/// file and the reason) and counted in the summary, never skipped silently.
+#[test]
+fn python_reader_reports_damaged_commits() {
+    if !python_ready() {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let repo = tmp.path().join("repo");
+    write_repo(&repo, 2, Codec::None, 0x21);
+    write_repo(&repo, 2, Codec::None, 0x22);
+    let damage = |cid| {
+        let p = commit_path(&repo, cid);
+        let mut b = std::fs::read(&p).expect("COMMIT");
+        b[60] ^= 0x01;
+        std::fs::write(&p, b).expect("damage COMMIT");
+    };
+    damage(2);
+    let commit2 = commit_path(&repo, 2);
+    let o = run_reader_outcome(&[s(&repo)]);
+    assert_eq!(o.status, Some(0), "{}", o.stderr);
+    assert!(
+        o.stdout.contains("2 committed checkpoint(s), 1 damaged")
+            && o.stdout.contains("checkpoint 2: damaged"),
+        "{}",
+        o.stdout
+    );
+    assert!(
+        o.stderr.contains(s(&commit2)) && o.stderr.contains("checksum mismatch"),
+        "{}",
+        o.stderr
+    );
+    // Reading the newest falls back to checkpoint 1 and says why.
+    let o = run_reader_outcome(&[s(&repo), "--field", "field"]);
+    assert_eq!(o.status, Some(0), "{}", o.stderr);
+    assert!(o.stderr.contains(s(&commit2)), "{}", o.stderr);
+    // Every committed checkpoint damaged: an error saying so, not an empty repository.
+    damage(1);
+    let o = run_reader_outcome(&[s(&repo), "--field", "field"]);
+    assert_eq!(o.status, Some(2), "{}", o.stderr);
+    assert!(
+        o.stderr.contains("every one damaged") && o.stderr.contains(s(&commit_path(&repo, 1))),
+        "{}",
+        o.stderr
+    );
+}
+
+/// Finding 4: an object (or rank) the newest intact checkpoint does not have is "not
+/// found" (exit 3) naming the checkpoint, rank and object; never a fallback to an older
+/// checkpoint's stale value, nor a claim that the intact checkpoint is damaged.
+#[test]
+fn python_reader_missing_object_is_not_found_not_a_fallback() {
+    if !python_ready() {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let repo = tmp.path().join("repo");
+    write_repo(&repo, 2, Codec::None, 0x31);
+    write_repo(&repo, 2, Codec::None, 0x32);
+    rename_object(&repo, 2, "ids", "ids_v2");
+    for (args, want) in [
+        (
+            vec!["--field", "ids"],
+            "checkpoint 2 has no object `ids` on any rank",
+        ),
+        (
+            vec!["--field", "ids", "--rank", "1"],
+            "checkpoint 2 has no object `ids` on rank 1",
+        ),
+        (
+            vec!["--field", "field", "--rank", "7"],
+            "checkpoint 2 has no rank 7",
+        ),
+    ] {
+        let mut a = vec![s(&repo)];
+        a.extend(args.iter().copied());
+        let o = run_reader_outcome(&a);
+        assert_eq!(o.status, Some(3), "{args:?}: {}{}", o.stdout, o.stderr);
+        assert!(
+            o.stderr.contains(want) && !o.stderr.contains("damaged"),
+            "{args:?}: {}",
+            o.stderr
+        );
+    }
+    let o = run_reader_outcome(&[s(&repo), "--field", "ids_v2", "--rank", "1"]);
+    assert_eq!(o.status, Some(0), "{}", o.stderr);
+}
+
+/// Finding 5: `checkpoints/` that is not a directory is an error naming it (exit 2), not
+/// an uncaught NotADirectoryError.
+#[test]
+fn python_reader_checkpoints_not_a_directory_is_an_error() {
+    if !python_ready() {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let repo = tmp.path().join("repo");
+    write_repo(&repo, 1, Codec::None, 0x41);
+    let ck = repo.join("checkpoints");
+    std::fs::remove_dir_all(&ck).expect("rm checkpoints");
+    std::fs::write(&ck, b"not a directory").expect("file");
+    for args in [vec![], vec!["--field", "field"]] {
+        let mut a = vec![s(&repo)];
+        a.extend(args.iter().copied());
+        let o = run_reader_outcome(&a);
+        assert_eq!(o.status, Some(2), "{args:?}: {}{}", o.stdout, o.stderr);
+        assert!(
+            o.stderr.contains(s(&ck)) && o.stderr.contains("not a directory"),
+            "{args:?}: {}",
+            o.stderr
+        );
+    }
+}

@@ -47,14 +47,24 @@ dtype and statistics. ``--digest`` prints the SHA-256 of the array's little-endi
 ``--dump-all DIR`` writes every object of the checkpoint (see --help),
 ``--dump-npy`` saves it with ``numpy.save``, ``--dump-raw`` writes its little-endian
 bytes (what the Rust test compares bit for bit). Serde objects are dumped as their bytes.
+``--dump-all`` refuses an object name that is not one safe file name (it never escapes
+one) and never follows a link planted in DIR. Exit statuses: 0 ok, 1 output not written,
+2 repository damaged or unreadable, 3 usage error or not found (see ``--help`` and
+docs/FORMAT.md, "Independent readers").
+
+Every repository file is opened without following symbolic links or blocking on FIFOs,
+must be a regular file and at most the format's maximum size for its kind; any refusal
+names the file and counts as damage of that file.
 """
 
 import argparse
 import hashlib
 import base64
+import errno
 import json
 import os
 import re
+import stat
 import struct
 import sys
 
@@ -62,6 +72,7 @@ import numpy as np
 
 __all__ = [
     "LazarusFormatError",
+    "LazarusNotFound",
     "Repo",
     "CheckpointInfo",
     "ObjectInfo",
@@ -88,6 +99,14 @@ DTYPES = {
 }
 
 MAX_RAW_CHUNK = 256 << 20
+# Largest file of each kind a reader reads (the format's maxima; a larger file is damage,
+# refused before its bytes are read): FORMAT is 12 bytes; an envelope (manifest, COMMIT) is
+# its 48-byte header and at most MAX_ENVELOPE_BODY bytes of JSON; a chunk is its 16-byte
+# header and at most zstd's compress bound of MAX_RAW_CHUNK raw bytes (a zstd frame may be
+# slightly larger than its input: ZSTD_COMPRESSBOUND(n) = n + n/256 + a constant).
+MAX_FORMAT_FILE = 4096  # FORMAT is exactly 12 bytes; any other length is refused below
+MAX_ENVELOPE_FILE = 48 + MAX_ENVELOPE_BODY
+MAX_CHUNK_FILE = 16 + MAX_RAW_CHUNK + (MAX_RAW_CHUNK >> 8) + (128 << 10)
 _ID_RE = re.compile(r"^[0-9]{16}$")
 _RANK_RE = re.compile(r"^rank-(0|[1-9][0-9]*)\.manifest$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -96,9 +115,16 @@ _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 class LazarusFormatError(Exception):
     """A repository file is missing, malformed or corrupt. The message names the file."""
 
-    def __init__(self, path, msg):
+    def __init__(self, path, msg, missing=False):
         super().__init__("%s: %s" % (path, msg))
         self.path = path
+        self.missing = missing  # the file does not exist (ENOENT)
+
+
+class LazarusNotFound(LazarusFormatError):
+    """What was asked for is not in the repository (a checkpoint id that is not committed,
+    a rank outside the world size, an object name no rank has). Not damage: ``load`` never
+    falls back to an older checkpoint on it. The CLI exits with status 3 on it."""
 
 
 # ----------------------------------------------------------------------------- BLAKE3
@@ -289,19 +315,68 @@ class Postcard:
 # ----------------------------------------------------------------------------- decoding
 
 
-def _read(path):
+def _read(path, limit):
+    """The bytes of the regular file `path`, at most `limit` of them (the format's maximum
+    for that kind of file). Like the Rust readers' ``open_regular``: a symbolic link is
+    refused, not followed (``O_NOFOLLOW``); a FIFO does not block the open (``O_NONBLOCK``)
+    and, like a directory, socket or device, is refused after ``fstat``; a file larger than
+    `limit` is refused before it is read. Every refusal is a LazarusFormatError naming
+    `path`, so it counts as damage of that file."""
+    flags = (
+        os.O_RDONLY
+        | getattr(os, "O_NOFOLLOW", 0)
+        | getattr(os, "O_NONBLOCK", 0)
+        | getattr(os, "O_CLOEXEC", 0)
+        | getattr(os, "O_BINARY", 0)
+    )
     try:
-        with open(path, "rb") as f:
-            return f.read()
+        fd = os.open(path, flags)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise LazarusFormatError(path, "is a symbolic link (refused, never followed)")
+        if e.errno == errno.ENOENT:
+            raise LazarusFormatError(path, "cannot read: %s" % e.strerror, missing=True)
+        raise LazarusFormatError(path, "cannot read: %s" % e.strerror)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            m = st.st_mode
+            what = (
+                "a directory" if stat.S_ISDIR(m)
+                else "a FIFO" if stat.S_ISFIFO(m)
+                else "a socket" if stat.S_ISSOCK(m)
+                else "a device" if stat.S_ISCHR(m) or stat.S_ISBLK(m)
+                else "not a regular file"
+            )
+            raise LazarusFormatError(path, "is %s, not a regular file (refused)" % what)
+        if st.st_size > limit:
+            raise LazarusFormatError(
+                path,
+                "file is %d bytes, larger than the format's maximum %d for it" % (st.st_size, limit),
+            )
+        chunks, n = [], 0
+        while n <= limit:  # the file may grow while it is read: never more than limit + 1
+            b = os.read(fd, min(limit + 1 - n, 1 << 24))
+            if not b:
+                break
+            chunks.append(b)
+            n += len(b)
+        if n > limit:
+            raise LazarusFormatError(
+                path, "file is larger than the format's maximum %d for it" % limit
+            )
+        return b"".join(chunks)
     except OSError as e:
         raise LazarusFormatError(path, "cannot read: %s" % e.strerror)
+    finally:
+        os.close(fd)
 
 
 def _envelope(path, magic, raw=None):
     """Checks a 48-byte LZMF/LZCM envelope and returns its JSON body (decoded). `raw` is
     the file's bytes when they do not come from `path` (a manifest inline in COMMIT)."""
     if raw is None:
-        raw = _read(path)
+        raw = _read(path, MAX_ENVELOPE_FILE)
     if len(raw) < 48:
         raise LazarusFormatError(path, "%d bytes, shorter than the 48-byte header" % len(raw))
     if raw[:4] != magic:
@@ -532,7 +607,7 @@ class Repo:
         self.path = path
         self.verify = verify
         fmt_path = os.path.join(path, "FORMAT")
-        raw = _read(fmt_path)
+        raw = _read(fmt_path, MAX_FORMAT_FILE)
         if len(raw) != 12 or raw[:8] != b"LZRSREPO":
             raise LazarusFormatError(fmt_path, "not a Lazarus repository FORMAT file")
         self.major, self.minor = struct.unpack_from("<HH", raw, 8)
@@ -543,32 +618,63 @@ class Repo:
                 % (self.major, self.minor, SUPPORTED_MAJOR),
             )
         self._manifests = {}
+        # Committed checkpoints whose COMMIT does not decode: id -> message naming the file.
+        self.damaged = {}
 
     def _ckpt_dir(self, cid):
         return os.path.join(self.path, "checkpoints", "%016d" % cid)
 
     def checkpoints(self):
-        """Committed checkpoints, oldest first. A checkpoint whose COMMIT does not decode is
-        not committed and is left out (FORMAT.md: "Which checkpoints exist")."""
+        """Usable committed checkpoints, oldest first (FORMAT.md: "Which checkpoints
+        exist"). A directory without COMMIT is unfinished: left out silently. A COMMIT that
+        exists but does not decode makes its checkpoint damaged: left out, reported on
+        stderr naming the file and the reason (once per Repo), and recorded in
+        ``self.damaged`` (id -> message)."""
         root = os.path.join(self.path, "checkpoints")
         try:
-            names = sorted(os.listdir(root))
+            st = os.stat(root)  # followed, like the Rust readers' listing
         except FileNotFoundError:
             return []
+        except OSError as e:
+            raise LazarusFormatError(root, "cannot read: %s" % e.strerror)
+        if not stat.S_ISDIR(st.st_mode):
+            what = "a regular file" if stat.S_ISREG(st.st_mode) else "a special file"
+            raise LazarusFormatError(
+                root, "is %s, not a directory: the repository cannot be read" % what
+            )
+        try:
+            names = sorted(os.listdir(root))
+        except OSError as e:
+            raise LazarusFormatError(root, "cannot list: %s" % e.strerror)
         out = []
         for name in names:
             if not _ID_RE.match(name):
                 continue
+            cid = int(name)
             try:
-                out.append(self.commit(int(name)))
-            except LazarusFormatError:
-                continue
+                out.append(self.commit(cid))
+            except LazarusNotFound:
+                continue  # no COMMIT: unfinished, not damage, not reported
+            except LazarusFormatError as e:
+                if cid not in self.damaged:
+                    self.damaged[cid] = str(e)
+                    print(
+                        "lazarus_reader: checkpoint %d is damaged (its COMMIT does not decode; "
+                        "never restored): %s" % (cid, e),
+                        file=sys.stderr,
+                    )
         return out
 
     def commit(self, cid):
-        """Decodes and checks one COMMIT record."""
+        """Decodes and checks one COMMIT record. LazarusNotFound when the checkpoint has no
+        COMMIT (not committed); LazarusFormatError when it exists but does not decode."""
         path = os.path.join(self._ckpt_dir(cid), "COMMIT")
-        _, body = _envelope(path, b"LZCM")
+        try:
+            _, body = _envelope(path, b"LZCM")
+        except LazarusFormatError as e:
+            if e.missing:
+                raise LazarusNotFound(path, "checkpoint %d is not committed (no COMMIT)" % cid)
+            raise
         if _field(path, body, "checkpoint", "u64") != cid:
             raise LazarusFormatError(path, "records checkpoint %r" % body["checkpoint"])
         ws = _field(path, body, "world_size", "u64")
@@ -630,7 +736,7 @@ class Repo:
         for c in obj.chunks:
             dg = c["digest"]
             path = os.path.join(self.path, "chunks", dg[:2], dg)
-            raw = decode_chunk(path, _read(path), dg, self.verify)
+            raw = decode_chunk(path, _read(path, MAX_CHUNK_FILE), dg, self.verify)
             if len(raw) != c["len"]:
                 raise LazarusFormatError(
                     path, "%d raw bytes, manifest of rank %d says %d" % (len(raw), obj.rank, c["len"])
@@ -652,13 +758,29 @@ class Repo:
                 return o
         return None
 
+    def _names(self, info, ranks):
+        names = []
+        for r in ranks:
+            for o in self.manifest(info, r):
+                if o.name not in names:
+                    names.append(o.name)
+        shown = ", ".join("`%s`" % n for n in names[:20]) or "none"
+        return shown + (" and %d more" % (len(names) - 20) if len(names) > 20 else "")
+
     def _resolve(self, checkpoint):
         """The CheckpointInfo to read: the given id, or candidates newest first."""
         if checkpoint is not None:
             return [self.commit(int(checkpoint))]
         c = self.checkpoints()
+        if not c and self.damaged:
+            # FORMAT.md: never behave as if the repository were empty.
+            raise LazarusFormatError(
+                self.path,
+                "%d committed checkpoint(s), every one damaged (COMMIT does not decode): %s"
+                % (len(self.damaged), ", ".join(str(i) for i in sorted(self.damaged))),
+            )
         if not c:
-            raise LazarusFormatError(self.path, "no committed checkpoint")
+            raise LazarusNotFound(self.path, "no committed checkpoint")
         return list(reversed(c))
 
     def load(self, checkpoint=None, name="field", rank=None):
@@ -672,11 +794,16 @@ class Repo:
 
         `checkpoint=None` reads the newest committed checkpoint and falls back to older
         ones when it is damaged (FORMAT.md, "Restoring"); an explicit id never falls back.
+        A checkpoint that decodes but has no object `name` (or no rank `rank`) is not
+        damaged: that raises LazarusNotFound naming the checkpoint, the rank and the object,
+        and never falls back to an older checkpoint (which would return stale data).
         """
         errors = []
         for info in self._resolve(checkpoint):
             try:
                 return self._load_from(info, name, rank)
+            except LazarusNotFound:
+                raise
             except LazarusFormatError as e:
                 if checkpoint is not None:
                     raise
@@ -687,17 +814,26 @@ class Repo:
     def _load_from(self, info, name, rank):
         if rank is not None:
             if not 0 <= rank < info.world_size:
-                raise LazarusFormatError(self.path, "rank %d outside world size %d" % (rank, info.world_size))
+                raise LazarusNotFound(
+                    self._ckpt_dir(info.id),
+                    "checkpoint %d has no rank %d (world size %d)" % (info.id, rank, info.world_size),
+                )
             o = self._find(info, rank, name)
             if o is None:
-                raise LazarusFormatError(
-                    self._ckpt_dir(info.id), "rank %d has no object `%s`" % (rank, name)
+                raise LazarusNotFound(
+                    self._ckpt_dir(info.id),
+                    "checkpoint %d has no object `%s` on rank %d; its objects: %s"
+                    % (info.id, name, rank, self._names(info, [rank])),
                 )
             return self._value(o)
         objs = [self._find(info, r, name) for r in range(info.world_size)]
         missing = [r for r, o in enumerate(objs) if o is None]
         if len(missing) == info.world_size:
-            raise LazarusFormatError(self._ckpt_dir(info.id), "no object `%s`" % name)
+            raise LazarusNotFound(
+                self._ckpt_dir(info.id),
+                "checkpoint %d has no object `%s` on any rank (ranks 0..%d); its "
+                "objects: %s" % (info.id, name, info.world_size - 1, self._names(info, range(info.world_size))),
+            )
         distributed = not missing and all(
             o.kind == "bulk" and o.global_range is not None for o in objs
         )
@@ -754,27 +890,130 @@ def _le_bytes(a):
     return a.astype(a.dtype.newbyteorder("<")).tobytes()
 
 
+def _unsafe_file_name(name):
+    """Why object `name` cannot be the stem of a file name inside the output directory of
+    --dump-all, or None when it can. Refused (never escaped): the empty name, `.` and `..`,
+    and any name containing `/`, `\\` or NUL (and `:` on Windows). What remains is one path
+    component that cannot be absolute or climb out of the directory."""
+    if name == "":
+        return "is empty"
+    if name in (".", ".."):
+        return "is `%s`" % name
+    for ch, what in (("/", "`/`"), ("\\", "`\\`"), ("\0", "NUL")):
+        if ch in name:
+            return "contains %s" % what
+    if os.name == "nt" and ":" in name:
+        return "contains `:`"
+    return None
+
+
+_TMP_COUNTER = [0]
+
+
+def _write_new_file(out_dir, fname, data):
+    """Writes `data` to out_dir/fname without following anything planted there: the bytes
+    go to a fresh temporary (O_CREAT|O_EXCL|O_NOFOLLOW: never an existing file or symbolic
+    link) that is then renamed over out_dir/fname (a rename replaces a symbolic link
+    itself, never its target)."""
+    final = os.path.join(out_dir, fname)
+    if os.path.isabs(fname) or os.path.basename(fname) != fname:
+        raise AssertionError("output name %r is not one file name" % fname)  # never reached
+    _TMP_COUNTER[0] += 1
+    tmp = os.path.join(out_dir, ".tmp-%d-%d.dump" % (os.getpid(), _TMP_COUNTER[0]))
+    flags = (
+        os.O_WRONLY
+        | os.O_CREAT
+        | os.O_EXCL
+        | getattr(os, "O_NOFOLLOW", 0)
+        | getattr(os, "O_CLOEXEC", 0)
+        | getattr(os, "O_BINARY", 0)
+    )
+    fd = os.open(tmp, flags, 0o644)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, final)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
 def _dump_all(repo, checkpoint, out_dir):
-    os.makedirs(out_dir, exist_ok=True)
-    cid = repo._resolve(checkpoint)[0].id  # one checkpoint for every object
+    info = repo._resolve(checkpoint)[0]  # one checkpoint for every object
+    cid = info.id
     names = []
-    for _, o in repo.objects(cid):
+    for r, o in repo.objects(cid):
+        why = _unsafe_file_name(o.name)
+        if why is not None:
+            # Checked for every object before anything is written.
+            raise LazarusFormatError(
+                repo._ckpt_dir(cid),
+                "checkpoint %d, rank %d: object name %r %s, so it cannot name a file inside "
+                "%s; --dump-all refuses it (nothing written)" % (cid, r, o.name, why, out_dir),
+            )
         if o.name not in names:
             names.append(o.name)
+    os.makedirs(out_dir, exist_ok=True)
+    written = set()
     for name in names:
         v = repo.load(cid, name)
         items = [(name + ".rank%d" % r, p) for r, p in enumerate(v)] if isinstance(v, list) else [(name, v)]
         for fname, p in items:
             if p is None:
                 continue
-            with open(os.path.join(out_dir, fname + ".bin"), "wb") as f:
-                f.write(p if isinstance(p, bytes) else _le_bytes(p))
+            if fname in written:
+                raise LazarusFormatError(
+                    repo._ckpt_dir(cid),
+                    "checkpoint %d: two objects would both be dumped to %s.bin (object %r); "
+                    "--dump-all refuses to overwrite one with the other" % (cid, fname, name),
+                )
+            written.add(fname)
+            _write_new_file(out_dir, fname + ".bin", p if isinstance(p, bytes) else _le_bytes(p))
             print("%s: %s" % (fname, "bytes" if isinstance(p, bytes) else "%s %s" % (p.dtype.str, p.shape)))
     return 0
 
 
+EXIT_OK, EXIT_OUTPUT, EXIT_DAMAGED, EXIT_NOT_FOUND = 0, 1, 2, 3
+
+EPILOG = """\
+exit status:
+  0  success
+  1  an output (--dump-*) could not be written (an OS error outside the repository)
+  2  the repository cannot be read as asked: not a repository, unsupported version,
+     damaged or unreadable file (named in the message; a symbolic link, FIFO, device or
+     oversized file counts as damage of that file), every committed checkpoint damaged,
+     or --dump-all refused an object name
+  3  usage error, or not found: a checkpoint id that is not committed, a rank outside the
+     world size, an object name the checkpoint does not have (never a fallback to an
+     older checkpoint), no committed checkpoint at all
+
+A committed checkpoint whose COMMIT does not decode is damaged: it is reported on stderr
+(naming the file and the reason), counted in the summary, and never read.
+
+--dump-all DIR writes each object to DIR/NAME.bin (distributed, assembled) or
+DIR/NAME.rank<R>.bin (per rank). Object names come from the repository, so a name that
+could not be a single file name inside DIR (empty, `.`, `..`, containing `/`, `\\` or NUL)
+is refused with an error naming the checkpoint, rank and object, before anything is
+written; names are never escaped or rewritten. Each file is written to a fresh temporary
+in DIR and renamed into place, so a symbolic link planted in DIR is replaced, not followed.
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_NOT_FOUND, "%s: error: %s\n" % (self.prog, message))
+
+
 def main(argv=None):
-    ap = argparse.ArgumentParser(description="Read a Lazarus checkpoint repository (numpy only).")
+    ap = _Parser(
+        description="Read a Lazarus checkpoint repository (numpy only).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("repo")
     ap.add_argument("--checkpoint", type=int, default=None, help="checkpoint id (default newest)")
     ap.add_argument("--field", default=None, help="object name to load")
@@ -787,7 +1026,8 @@ def main(argv=None):
         default=None,
         metavar="DIR",
         help="write every object's LE bytes: DIR/NAME.bin (distributed, assembled) or "
-        "DIR/NAME.rank<R>.bin (per rank)",
+        "DIR/NAME.rank<R>.bin (per rank); a NAME that is not a safe file name is refused "
+        "(see below)",
     )
     ap.add_argument("--no-verify", action="store_true", help="skip chunk BLAKE3 checks")
     args = ap.parse_args(argv)
@@ -797,9 +1037,14 @@ def main(argv=None):
             return _dump_all(repo, args.checkpoint, args.dump_all)
         if args.field is None:
             cps = repo.checkpoints()
-            print("repository %s: format %d.%d, %d committed checkpoint(s)" % (args.repo, repo.major, repo.minor, len(cps)))
-            for c in cps:
-                print("checkpoint %d: step %d, world size %d, app %s" % (c.id, c.step, c.world_size, json.dumps(c.app, sort_keys=True)))
+            print(
+                "repository %s: format %d.%d, %d committed checkpoint(s), %d damaged"
+                % (args.repo, repo.major, repo.minor, len(cps) + len(repo.damaged), len(repo.damaged))
+            )
+            rows = [(c.id, "step %d, world size %d, app %s" % (c.step, c.world_size, json.dumps(c.app, sort_keys=True))) for c in cps]
+            rows += [(i, "damaged (COMMIT does not decode; never read)") for i in repo.damaged]
+            for i, desc in sorted(rows):
+                print("checkpoint %d: %s" % (i, desc))
             if cps:
                 for r, o in repo.objects(args.checkpoint):
                     g = "" if o.global_range is None else " global %d+%d/%d" % o.global_range
@@ -844,9 +1089,15 @@ def main(argv=None):
             with open(args.dump_raw, "wb") as f:
                 f.write(_le_bytes(v))
         return 0
+    except LazarusNotFound as e:
+        print("lazarus_reader: error: %s" % e, file=sys.stderr)
+        return EXIT_NOT_FOUND
     except LazarusFormatError as e:
         print("lazarus_reader: error: %s" % e, file=sys.stderr)
-        return 2
+        return EXIT_DAMAGED
+    except OSError as e:
+        print("lazarus_reader: error: %s" % e, file=sys.stderr)
+        return EXIT_OUTPUT
 
 
 if __name__ == "__main__":
