@@ -7,7 +7,7 @@ use crate::meta::{objects, FileEntry, FileState, ProgramId, VmMeta, VM_META_VERS
 use crate::runtime::{self, Control, HostData, Instance, Phase, RunEnd, RuntimeKind};
 use crate::store::{Obj, VmRepo, WriteStats};
 use crate::wasi::journal::Journal;
-use crate::wasi::{tracked_host_path, Preopen, Wasi, WasiConfig};
+use crate::wasi::{restore, tracked_host_path, Preopen, Want, Wasi, WasiConfig};
 use lazarus_format::CheckpointId;
 use lazarus_policy::{FailureHistory, Formula, ModelSpec, PolicySpec};
 use std::borrow::Cow;
@@ -555,18 +555,9 @@ fn restore_files(meta: &VmMeta, objs: &BTreeMap<String, Vec<u8>>) -> Result<()> 
         FileState::Absent => (2, -(f.path.rel.matches('/').count() as i64)),
     });
     for f in entries {
-        let p = tracked_host_path(pre, &f.path)
-            .ok_or_else(|| corrupt(format!("bad tracked path {:?}", f.path)))?;
-        let md = std::fs::symlink_metadata(&p).ok();
-        match &f.state {
-            FileState::Dir => {
-                if !md.as_ref().is_some_and(|m| m.is_dir()) {
-                    if md.is_some() {
-                        std::fs::remove_file(&p).map_err(|e| VmError::io(&p, "removing", e))?;
-                    }
-                    std::fs::create_dir_all(&p).map_err(|e| VmError::io(&p, "creating", e))?;
-                }
-            }
+        let want = match &f.state {
+            FileState::Dir => Want::Dir,
+            FileState::Absent => Want::Absent,
             FileState::File { object, len } => {
                 let data = objs
                     .get(object)
@@ -577,30 +568,10 @@ fn restore_files(meta: &VmMeta, objs: &BTreeMap<String, Vec<u8>>) -> Result<()> 
                         data.len()
                     )));
                 }
-                let same = md.as_ref().is_some_and(|m| m.is_file() && m.len() == *len)
-                    && std::fs::read(&p).is_ok_and(|d| d == *data);
-                if !same {
-                    if md.as_ref().is_some_and(|m| m.is_dir()) {
-                        std::fs::remove_dir(&p)
-                            .map_err(|e| VmError::io(&p, "removing a directory in the way", e))?;
-                    }
-                    std::fs::write(&p, data).map_err(|e| VmError::io(&p, "restoring", e))?;
-                }
+                Want::File(data)
             }
-            FileState::Absent => match md {
-                Some(m) if m.is_dir() => {
-                    // Only an empty directory is removed: anything in it is not ours to drop.
-                    if let Err(e) = std::fs::remove_dir(&p) {
-                        tracing::warn!(
-                            "{}: did not exist at the checkpoint; left in place: {e}",
-                            p.display()
-                        );
-                    }
-                }
-                Some(_) => std::fs::remove_file(&p).map_err(|e| VmError::io(&p, "removing", e))?,
-                None => {}
-            },
-        }
+        };
+        restore(pre, &f.path, want)?;
     }
     Ok(())
 }
@@ -740,12 +711,31 @@ fn write_checkpoint(
     meta.globals = inst.globals()?;
     let mut contents: Vec<(String, Vec<u8>)> = Vec::new();
     for (i, t) in meta.wasi.tracked.iter().enumerate() {
-        let Some(p) = tracked_host_path(&meta.wasi.config.preopens, t) else {
-            continue;
+        let what = "capturing a file the program wrote";
+        let p = match tracked_host_path(&meta.wasi.config.preopens, t) {
+            Ok(p) => p,
+            Err(e) if e.not_found() => {
+                meta.files.push(FileEntry {
+                    path: t.clone(),
+                    state: FileState::Absent,
+                });
+                continue;
+            }
+            Err(e) => return Err(e.error(Path::new(&t.rel), what)),
         };
-        let state = match std::fs::metadata(&p) {
+        let state = match std::fs::symlink_metadata(&p) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => FileState::Absent,
-            Err(e) => return Err(VmError::io(&p, "capturing a file the program wrote", e)),
+            Err(e) => return Err(VmError::io(&p, what, e)),
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(VmError::new(
+                    VmErrorKind::Unsupported,
+                    format!(
+                        "{}: {what}: it is now a symbolic link, which a checkpoint cannot \
+                         capture (the program cannot create one: something else replaced it)",
+                        p.display()
+                    ),
+                ))
+            }
             Ok(m) if m.is_dir() => FileState::Dir,
             Ok(_) => {
                 let data = std::fs::read(&p)

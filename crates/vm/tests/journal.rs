@@ -3,39 +3,11 @@
 //! the file yet. The undo journal records a path's state before the first change; here
 //! the WASI host is driven directly, "killed" (dropped) and the journal undone.
 
+mod common;
+
+use common::wasi::{host, open, write, CREAT, TRUNC, WRITE};
 use lazarus_vm::wasi::journal::Journal;
-use lazarus_vm::wasi::{sig, Preopen, Wasi, WasiConfig};
-
-fn func(name: &str) -> usize {
-    sig::FUNCS.iter().position(|f| f.0 == name).unwrap()
-}
-
-fn open(w: &mut Wasi, mem: &mut [u8], path: &str, oflags: u64, fdflags: u64) -> u32 {
-    mem[100..100 + path.len()].copy_from_slice(path.as_bytes());
-    let args = [
-        3,
-        1,
-        100,
-        path.len() as u64,
-        oflags,
-        1 << 6,
-        0,
-        fdflags,
-        200,
-    ];
-    assert_eq!(w.call(mem, func("path_open"), &args), Ok(0), "open {path}");
-    u32::from_le_bytes(mem[200..204].try_into().unwrap())
-}
-
-fn write(w: &mut Wasi, mem: &mut [u8], fd: u32, data: &[u8]) {
-    mem[400..400 + data.len()].copy_from_slice(data);
-    mem[300..304].copy_from_slice(&400u32.to_le_bytes());
-    mem[304..308].copy_from_slice(&(data.len() as u32).to_le_bytes());
-    assert_eq!(
-        w.call(mem, func("fd_write"), &[u64::from(fd), 300, 1, 500]),
-        Ok(0)
-    );
-}
+use lazarus_vm::wasi::Preopen;
 
 #[test]
 fn pre_existing_file_appended_before_the_first_checkpoint_is_rolled_back() {
@@ -43,27 +15,14 @@ fn pre_existing_file_appended_before_the_first_checkpoint_is_rolled_back() {
     let data = d.path().join("data");
     std::fs::create_dir(&data).unwrap();
     std::fs::write(data.join("log.txt"), "existing\n").unwrap();
-    let preopens = vec![Preopen {
-        host: std::fs::canonicalize(&data).unwrap(),
-        guest: ".".into(),
-    }];
+    let (preopens, mut w) = host(&data);
     let jdir = d.path().join("journal");
-    let mut w = Wasi::new(
-        WasiConfig {
-            args: vec!["p".into()],
-            env: vec![],
-            preopens: preopens.clone(),
-            seed: 0,
-        },
-        false,
-    )
-    .unwrap();
     w.set_journal(Journal::open(&jdir).unwrap());
     let mut mem = vec![0u8; 65536];
-    let log = open(&mut w, &mut mem, "log.txt", 0, 1);
+    let log = open(&mut w, &mut mem, "log.txt", 0, WRITE, 1);
     write(&mut w, &mut mem, log, b"added\n");
     write(&mut w, &mut mem, log, b"again\n");
-    let new = open(&mut w, &mut mem, "new.txt", 1 | 8, 0);
+    let new = open(&mut w, &mut mem, "new.txt", CREAT | TRUNC, WRITE, 0);
     write(&mut w, &mut mem, new, b"fresh\n");
     assert_eq!(
         std::fs::read_to_string(data.join("log.txt")).unwrap(),

@@ -3,12 +3,14 @@
 //! by (preopen, relative path, offset, mode) and can be reopened on resume.
 //!
 //! Paths are resolved lexically under a preopen (`..` may not climb out; absolute paths are
-//! refused) and the opened file's directory must lie inside the preopen's canonical root,
-//! so a symlink cannot lead the program out of what it was given.
+//! refused), then every directory on the way — and the last component too when the call
+//! follows symlinks — must resolve inside the preopen's canonical root, and files are
+//! opened with `O_NOFOLLOW` at the checked path ([`confine`]), so a symlink cannot lead
+//! the program out of what it was given (up to a third party racing symlinks in between).
 
 use super::errno::*;
 use super::mem::Mem;
-use super::{Preopen, Wasi};
+use super::{confine, Preopen, Wasi};
 use crate::error::{Result, VmError, VmErrorKind};
 use serde::{Deserialize, Serialize};
 use std::fs::File;
@@ -134,23 +136,21 @@ impl Fd {
         }
     }
 
-    /// Reopens a captured descriptor (never creating or truncating anything).
+    /// Reopens a captured descriptor (never creating or truncating anything). The path is
+    /// checked to lie inside its preopen (symlinks resolved, see [`confine`]) and opened
+    /// with `O_NOFOLLOW` at its canonical form; one leading out is refused naming the path.
     pub(crate) fn reopen(s: &FdState, preopens: &[Preopen]) -> Result<Fd> {
-        let root = |pre: usize| {
-            preopens.get(pre).map(|p| p.host.clone()).ok_or_else(|| {
-                VmError::new(
-                    VmErrorKind::Corrupt,
-                    format!("preopen {pre} does not exist"),
-                )
-            })
+        let place = |pre: usize, rel: &str, what: &str| -> Result<PathBuf> {
+            let root = confine::host_root(preopens, pre)?;
+            confine::confine(&root, rel, true).map_err(|e| e.error(&root.join(rel), what))
         };
         Ok(match s {
             FdState::Stdin => Fd::Stdin,
             FdState::Stdout => Fd::Stdout,
             FdState::Stderr => Fd::Stderr,
             FdState::Dir { pre, rel, preopen } => {
-                let p = root(*pre)?.join(rel);
-                if !p.is_dir() {
+                let p = place(*pre, rel, "directory open at the checkpoint")?;
+                if !std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir()) {
                     return Err(VmError::new(
                         VmErrorKind::Mismatch,
                         format!("directory {} open at the checkpoint is gone", p.display()),
@@ -170,10 +170,11 @@ impl Fd {
                 write,
                 append,
             } => {
-                let p = root(*pre)?.join(rel);
+                let p = place(*pre, rel, "file open at the checkpoint")?;
                 let file = std::fs::OpenOptions::new()
                     .read(*read || !*write)
                     .write(*write)
+                    .custom_flags(libc::O_NOFOLLOW)
                     .open(&p)
                     .map_err(|e| {
                         VmError::new(
@@ -285,17 +286,27 @@ fn io_err(e: std::io::Error) -> Errno {
 }
 
 impl Wasi {
+    /// The host path of a descriptor's `rel` (already confined when it was opened).
     fn host_path(&self, pre: usize, rel: &str) -> Result<PathBuf, Errno> {
-        let root = self.config.preopens.get(pre).ok_or(BADF)?;
+        let root = self.roots.get(pre).ok_or(BADF)?;
         Ok(if rel.is_empty() {
-            root.host.clone()
+            root.clone()
         } else {
-            root.host.join(rel)
+            root.join(rel)
         })
     }
 
-    /// Resolves `path` relative to directory descriptor `dirfd`.
-    fn resolve(&self, dirfd: u32, path: &str) -> Result<(usize, String, PathBuf), Errno> {
+    /// Resolves `path` relative to directory descriptor `dirfd` to a place inside its
+    /// preopen ([`confine`]): `follow` resolves a symlink in the last component too (and
+    /// the target must be inside); otherwise the last component is the entry itself. The
+    /// returned `rel` is the canonical path under the preopen, so a descriptor or tracked
+    /// path names the real file. Leading out is `ENOTCAPABLE`.
+    fn resolve(
+        &self,
+        dirfd: u32,
+        path: &str,
+        follow: bool,
+    ) -> Result<(usize, String, PathBuf), Errno> {
         let Some(Fd::Dir { pre, rel, .. }) = self.fds.get(&dirfd) else {
             return Err(if self.fds.contains_key(&dirfd) {
                 NOTDIR
@@ -304,18 +315,12 @@ impl Wasi {
             });
         };
         let rel = join_rel(rel, path).ok_or(NOTCAPABLE)?;
-        let host = self.host_path(*pre, &rel)?;
-        // The directory that will hold the entry must be inside the root: symlinks in
-        // the middle of the path could lead elsewhere.
-        if let (Some(parent), Some(root)) = (host.parent(), self.roots.get(*pre)) {
-            if !rel.is_empty() {
-                match std::fs::canonicalize(parent) {
-                    Ok(c) if c.starts_with(root) => {}
-                    Ok(_) => return Err(NOTCAPABLE),
-                    Err(e) => return Err(io_err(e)),
-                }
-            }
-        }
+        let root = self.roots.get(*pre).ok_or(BADF)?;
+        let host = confine::confine(root, &rel, follow).map_err(|e| match e {
+            confine::Confine::Outside => NOTCAPABLE,
+            confine::Confine::Io(e) => io_err(e),
+        })?;
+        let rel = confine::rel_of(root, &host).ok_or(ILSEQ)?;
         Ok((*pre, rel, host))
     }
 
@@ -479,19 +484,19 @@ impl Wasi {
             }
             "path_create_directory" => {
                 let path = m.str(a(1), a(2))?;
-                let (pre, rel, host) = self.resolve(a(0), &path)?;
+                let (pre, rel, host) = self.resolve(a(0), &path, false)?;
                 self.before_change(pre, &rel, &host)?;
                 std::fs::create_dir(&host).map_err(io_err)
             }
             "path_remove_directory" => {
                 let path = m.str(a(1), a(2))?;
-                let (pre, rel, host) = self.resolve(a(0), &path)?;
+                let (pre, rel, host) = self.resolve(a(0), &path, false)?;
                 self.before_change(pre, &rel, &host)?;
                 std::fs::remove_dir(&host).map_err(io_err)
             }
             "path_unlink_file" => {
                 let path = m.str(a(1), a(2))?;
-                let (pre, rel, host) = self.resolve(a(0), &path)?;
+                let (pre, rel, host) = self.resolve(a(0), &path, false)?;
                 let md = std::fs::symlink_metadata(&host).map_err(io_err)?;
                 if md.is_dir() {
                     return Err(ISDIR);
@@ -502,26 +507,21 @@ impl Wasi {
             "path_rename" => {
                 let from = m.str(a(1), a(2))?;
                 let to = m.str(a(4), a(5))?;
-                let (p1, r1, h1) = self.resolve(a(0), &from)?;
-                let (p2, r2, h2) = self.resolve(a(3), &to)?;
+                let (p1, r1, h1) = self.resolve(a(0), &from, false)?;
+                let (p2, r2, h2) = self.resolve(a(3), &to, false)?;
                 self.before_change(p1, &r1, &h1)?;
                 self.before_change(p2, &r2, &h2)?;
                 std::fs::rename(&h1, &h2).map_err(io_err)
             }
             "path_filestat_get" => {
                 let path = m.str(a(2), a(3))?;
-                let (_, _, host) = self.resolve(a(0), &path)?;
-                let md = if a(1) & 1 != 0 {
-                    std::fs::metadata(&host)
-                } else {
-                    std::fs::symlink_metadata(&host)
-                }
-                .map_err(io_err)?;
+                let (_, _, host) = self.resolve(a(0), &path, a(1) & 1 != 0)?;
+                let md = std::fs::symlink_metadata(&host).map_err(io_err)?;
                 filestat(m, a(4), &md)
             }
             "path_readlink" => {
                 let path = m.str(a(1), a(2))?;
-                let (_, _, host) = self.resolve(a(0), &path)?;
+                let (_, _, host) = self.resolve(a(0), &path, false)?;
                 let t = std::fs::read_link(&host).map_err(io_err)?;
                 let b = t.to_string_lossy().into_owned().into_bytes();
                 let n = (a(4) as usize).min(b.len());
@@ -541,13 +541,13 @@ impl Wasi {
         rights: u64,
         fdflags: u32,
     ) -> Result<u32, Errno> {
-        let (pre, rel, host) = self.resolve(dirfd, path)?;
-        let follow = dirflags & 1 != 0;
-        let md = if follow {
-            std::fs::metadata(&host)
-        } else {
-            std::fs::symlink_metadata(&host)
-        };
+        // With SYMLINK_FOLLOW (wasi-libc's default) `host` is the link's target, checked
+        // to be inside the preopen; the file is opened with O_NOFOLLOW either way.
+        let (pre, rel, host) = self.resolve(dirfd, path, dirflags & 1 != 0)?;
+        let md = std::fs::symlink_metadata(&host);
+        if md.as_ref().is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(LOOP);
+        }
         let is_dir = md.as_ref().is_ok_and(|m| m.is_dir());
         if oflags & OFLAG_DIRECTORY != 0 || (is_dir && oflags & (OFLAG_CREAT | OFLAG_TRUNC) == 0) {
             match md {
@@ -574,9 +574,7 @@ impl Wasi {
             }
         }
         o.truncate(oflags & OFLAG_TRUNC != 0);
-        if !follow {
-            o.custom_flags(libc::O_NOFOLLOW);
-        }
+        o.custom_flags(libc::O_NOFOLLOW);
         let modifies = write || oflags & (OFLAG_CREAT | OFLAG_TRUNC) != 0;
         if modifies {
             self.before_change(pre, &rel, &host)?;
@@ -746,15 +744,19 @@ impl Wasi {
     }
 }
 
-/// The host path of a tracked path.
-pub(crate) fn tracked_host_path(preopens: &[Preopen], t: &TrackedPath) -> Option<PathBuf> {
-    let root = &preopens.get(t.pre)?.host;
+/// The host path of a tracked path (its last name unresolved: a symlink there is the
+/// entry itself), confined to its preopen as it is now ([`confine`]).
+pub(crate) fn tracked_host_path(
+    preopens: &[Preopen],
+    t: &TrackedPath,
+) -> std::result::Result<PathBuf, confine::Confine> {
     // Tracked paths come from a checkpoint: check them as strictly as guest paths.
-    let rel = join_rel("", &t.rel)?;
-    if rel.is_empty() {
-        return None;
-    }
-    Some(root.join(rel))
+    let rel = join_rel("", &t.rel)
+        .filter(|r| !r.is_empty())
+        .ok_or(confine::Confine::Outside)?;
+    let p = preopens.get(t.pre).ok_or(confine::Confine::Outside)?;
+    let root = std::fs::canonicalize(&p.host)?;
+    confine::confine(&root, &rel, false)
 }
 
 /// A checkpoint's relative path, normalised; `None` if it would leave its preopen.

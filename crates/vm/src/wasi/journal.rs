@@ -8,6 +8,7 @@
 //! files: entries from before the checkpoint (a kill between COMMIT and the clear) are
 //! overwritten by the checkpoint's content, entries after it are rolled back.
 
+use super::confine::Want;
 use super::fs::TrackedPath;
 use super::Preopen;
 use serde::{Deserialize, Serialize};
@@ -79,6 +80,13 @@ impl Journal {
         let pre = match std::fs::symlink_metadata(host) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Pre::Absent,
             Err(e) => return Err(e),
+            // Never copied through: the program may not change a symlink (fs.rs).
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(io::Error::other(format!(
+                    "{} is a symbolic link",
+                    host.display()
+                )))
+            }
             Ok(m) if m.is_dir() => Pre::Dir,
             Ok(_) => {
                 let data = format!("{n}.data");
@@ -120,47 +128,33 @@ impl Journal {
             let bytes = std::fs::read(p).map_err(|e| io(p, "reading", e))?;
             let entry: Entry = serde_json::from_slice(&bytes)
                 .map_err(|e| crate::error::corrupt(format!("{}: {e}", p.display())))?;
-            let host = super::fs::tracked_host_path(preopens, &entry.path).ok_or_else(|| {
-                crate::error::corrupt(format!(
+            if super::join_rel_checked(&entry.path.rel).is_none_or(|r| r.is_empty())
+                || entry.path.pre >= preopens.len()
+            {
+                return Err(crate::error::corrupt(format!(
                     "{}: path {:?} is not under a preopen",
                     p.display(),
                     entry.path
-                ))
-            })?;
-            let md = std::fs::symlink_metadata(&host).ok();
-            match entry.pre {
-                Pre::Absent => match md {
-                    Some(m) if m.is_dir() => {
-                        if let Err(e) = std::fs::remove_dir(&host) {
-                            tracing::warn!(
-                                "{}: created after the checkpoint; left in place: {e}",
-                                host.display()
-                            );
-                        }
-                    }
-                    Some(_) => std::fs::remove_file(&host).map_err(|e| io(&host, "removing", e))?,
-                    None => {}
-                },
-                Pre::Dir => {
-                    if !md.is_some_and(|m| m.is_dir()) {
-                        std::fs::create_dir_all(&host).map_err(|e| io(&host, "recreating", e))?;
-                    }
-                }
-                Pre::File { data } => {
-                    if data.contains('/') {
+                )));
+            }
+            let data;
+            let want = match entry.pre {
+                Pre::Absent => Want::Absent,
+                Pre::Dir => Want::Dir,
+                Pre::File { data: name } => {
+                    if name.contains('/') {
                         return Err(crate::error::corrupt(format!(
                             "{}: bad data name",
                             p.display()
                         )));
                     }
-                    let src = self.dir.join(&data);
-                    if md.is_some_and(|m| m.is_dir()) {
-                        let _ = std::fs::remove_dir(&host);
-                    }
-                    std::fs::copy(&src, &host)
-                        .map_err(|e| io(&host, "restoring from the undo journal", e))?;
+                    let src = self.dir.join(&name);
+                    data = std::fs::read(&src).map_err(|e| io(&src, "reading", e))?;
+                    Want::File(&data)
                 }
-            }
+            };
+            super::confine::restore(preopens, &entry.path, want)
+                .map_err(|e| e.context(format!("undoing {}", p.display())))?;
         }
         Ok(list.len())
     }

@@ -9,6 +9,7 @@
 //! the monotonic clock continues from its captured value (never jumps back); directory
 //! listings are sorted by name.
 
+mod confine;
 pub mod errno;
 mod fs;
 pub mod journal;
@@ -16,6 +17,7 @@ pub mod mem;
 pub mod output;
 pub mod sig;
 
+pub(crate) use confine::{restore, Want};
 use errno::*;
 pub(crate) use fs::tracked_host_path;
 pub use fs::{join_rel_checked, FdState, TrackedPath};
@@ -147,13 +149,18 @@ impl Wasi {
     }
 
     /// Called before the program changes `rel` under preopen `pre` (at `host`): the first
-    /// time in this run, its current state goes to the journal and it becomes tracked.
+    /// time in this run, its current state goes to the journal and it becomes tracked. A
+    /// symlink itself (unlinked, renamed, replaced) cannot be captured and restored, so
+    /// changing one is refused with `ENOTSUP` (the program cannot create symlinks either).
     pub(crate) fn before_change(
         &mut self,
         pre: usize,
         rel: &str,
         host: &std::path::Path,
     ) -> Result<(), Errno> {
+        if std::fs::symlink_metadata(host).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(NOTSUP);
+        }
         let t = TrackedPath {
             pre,
             rel: rel.to_string(),
