@@ -7,7 +7,7 @@ mod common;
 
 use common::wasi::{host, open, write, CREAT, TRUNC, WRITE};
 use lazarus_vm::wasi::journal::Journal;
-use lazarus_vm::wasi::Preopen;
+use lazarus_vm::wasi::{Preopen, TrackedPath};
 
 #[test]
 fn pre_existing_file_appended_before_the_first_checkpoint_is_rolled_back() {
@@ -64,4 +64,47 @@ fn damaged_journal_entry_outside_the_preopens_is_refused() {
     }];
     let e = Journal::open(&jdir).unwrap().undo(&preopens).unwrap_err();
     assert_eq!(e.kind(), lazarus_vm::VmErrorKind::Corrupt, "{e}");
+}
+
+/// Regression (review): `Journal::clear` removed files in `read_dir` order, so a kill in
+/// the middle could leave `N.json` without `N.data`, and every later undo failed. Now
+/// the entries go first (fsynced), then the data: the states a kill can leave undo fine.
+#[test]
+fn kill_in_the_middle_of_journal_clear_does_not_block_resume() {
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("log.txt"), "x\n").unwrap();
+    let (preopens, _) = host(&data);
+    let jdir = d.path().join("journal");
+    let t = TrackedPath {
+        pre: 0,
+        rel: "log.txt".into(),
+    };
+    let mut j = Journal::open(&jdir).unwrap();
+    j.record(&data.join("log.txt"), &t).unwrap();
+    // Killed after the entries were removed, before the data files.
+    std::fs::remove_file(jdir.join("0.json")).unwrap();
+    assert!(jdir.join("0.data").exists());
+    std::fs::write(data.join("log.txt"), "changed later\n").unwrap();
+    let mut j = Journal::open(&jdir).unwrap();
+    assert_eq!(
+        j.undo(&preopens).unwrap(),
+        0,
+        "an orphaned data file is ignored"
+    );
+    assert_eq!(
+        std::fs::read_to_string(data.join("log.txt")).unwrap(),
+        "changed later\n"
+    );
+    // A new entry reuses the number; its own data replaces the orphan's.
+    j.record(&data.join("log.txt"), &t).unwrap();
+    std::fs::write(data.join("log.txt"), "after\n").unwrap();
+    assert_eq!(Journal::open(&jdir).unwrap().undo(&preopens).unwrap(), 1);
+    assert_eq!(
+        std::fs::read_to_string(data.join("log.txt")).unwrap(),
+        "changed later\n"
+    );
+    j.clear().unwrap();
+    assert_eq!(std::fs::read_dir(&jdir).unwrap().count(), 0);
 }

@@ -109,8 +109,16 @@ impl Journal {
         fsync_dir(&self.dir)
     }
 
-    /// Forgets every entry (after a checkpoint that tracks their paths is committed).
+    /// Forgets every entry (after a checkpoint that tracks their paths is committed). Every
+    /// `N.json` is removed, the directory fsynced, and only then the data files: a kill in
+    /// the middle leaves entries with their data, or data files without an entry (ignored
+    /// by [`Journal::undo`] and overwritten by later entries), never an entry whose data
+    /// is gone.
     pub fn clear(&mut self) -> io::Result<()> {
+        for (_, p) in entries(&self.dir)? {
+            std::fs::remove_file(p)?;
+        }
+        fsync_dir(&self.dir)?;
         for e in std::fs::read_dir(&self.dir)?.flatten() {
             std::fs::remove_file(e.path())?;
         }
@@ -119,7 +127,8 @@ impl Journal {
     }
 
     /// Puts every journaled path back as it was before the change, newest entry first;
-    /// returns how many entries were undone. Entries naming a path outside the preopens
+    /// returns how many entries were undone. Only `N.json` entries count: a data file
+    /// without its entry (left by a kill during [`Journal::clear`]) is ignored. Entries naming a path outside the preopens
     /// (a damaged journal) are refused.
     pub fn undo(&mut self, preopens: &[Preopen]) -> crate::Result<usize> {
         let io = |p: &Path, what: &str, e: io::Error| crate::VmError::io(p, what, e);
