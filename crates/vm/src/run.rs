@@ -230,18 +230,31 @@ fn run_here(cfg: &VmConfig) -> Result<Report> {
     let mut ctl = cfg.every.control(cfg.unwind_bytes);
     let (mut inst, module) = match resumed {
         Some((id, meta, objs)) => {
+            // Also for a finished program: another command line is another job, refused
+            // rather than answered with this one's exit status (test
+            // `finished_record_refuses_another_command_line`).
+            check_same_command(
+                &meta,
+                &argv,
+                &cfg.env,
+                &preopens,
+                cfg.seed,
+                repo.as_ref().map(VmRepo::path),
+            )?;
             if let Some(code) = meta.exit {
-                // Nothing runs, but the streams are put where the finished run left them
-                // (a file is positioned at the end of the program's output recorded at
-                // exit): whatever is written now, such as the caller's note, follows the
-                // program's output instead of overwriting it from the descriptor's
-                // current offset (test `rerun_of_a_finished_program_keeps_its_output`).
+                // Nothing runs and nothing is written again, so nothing is truncated
+                // (bytes appended after the program ended stay: test
+                // `rerun_of_a_finished_program_keeps_what_others_appended`); a stream
+                // that is still the program's output file only moves to its end, so
+                // whatever is written now, such as the caller's note, follows the output
+                // instead of overwriting it from the descriptor's current offset (test
+                // `rerun_of_a_finished_program_keeps_its_output`).
                 let io = |stream: &str, e: std::io::Error| {
                     VmError::new(VmErrorKind::Io, format!("{stream}: {e}"))
                 };
-                crate::wasi::Output::resume(1, &meta.wasi.stdout, cfg.markers)
+                crate::wasi::output::position_at_end(1, &meta.wasi.stdout)
                     .map_err(|e| io("stdout", e))?;
-                crate::wasi::Output::resume(2, &meta.wasi.stderr, false)
+                crate::wasi::output::position_at_end(2, &meta.wasi.stderr)
                     .map_err(|e| io("stderr", e))?;
                 if let Some(f) = cfg.streams_positioned {
                     f();
@@ -251,14 +264,6 @@ fn run_here(cfg: &VmConfig) -> Result<Report> {
                 report.resumed = Some((id, meta.steps));
                 return Ok(report);
             }
-            check_same_command(
-                &meta,
-                &argv,
-                &cfg.env,
-                &preopens,
-                cfg.seed,
-                repo.as_ref().map(VmRepo::path),
-            )?;
             report.resumed = Some((id, meta.steps));
             report.steps = meta.steps;
             let (inst, module) = resume(cfg.runtime, id, &meta, objs, ctl, cfg.markers, journal)?;

@@ -196,6 +196,19 @@ impl Output {
     }
 }
 
+/// After the program has exited (its exit record's `state`): nothing will be written
+/// again, so nothing is truncated; when `fd` is still the File-mode stream's file, it is
+/// only positioned at its end (after the program's output and anything appended since).
+pub fn position_at_end(fd: i32, state: &OutputState) -> io::Result<()> {
+    if let (Sink::File { dev, ino }, Some((d, i, _))) = (state.sink, regular(fd)) {
+        // SAFETY: lseek on an fd we were given; the error is checked.
+        if (dev, ino) == (d, i) && unsafe { libc::lseek(fd, 0, libc::SEEK_END) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 /// Writes all of `data` to `fd`, retrying on `EINTR` and short writes.
 pub(crate) fn write_all(fd: i32, mut data: &[u8]) -> io::Result<()> {
     while !data.is_empty() {
