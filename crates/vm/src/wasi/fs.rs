@@ -220,14 +220,21 @@ pub(crate) fn canonical_roots(preopens: &[Preopen]) -> Result<Vec<PathBuf>> {
         .collect()
 }
 
-/// Re-reads (and drops) what the program had consumed of stdin when stdin is a regular
-/// file; a pipe cannot be rewound, and is continued where it stands.
+/// Skips what the program had consumed of stdin when stdin is seekable (a regular file):
+/// moves it `consumed` bytes forward from where the resumed run's stdin stands, which is
+/// right when the resume is given stdin at the same starting point as the first run (the
+/// same `< input` again, or a descriptor at the same offset), also a non-zero one. A pipe
+/// cannot be rewound, and is continued where it stands.
 pub(crate) fn skip_stdin(consumed: u64) {
     if consumed == 0 {
         return;
     }
+    let Ok(delta) = libc::off_t::try_from(consumed) else {
+        tracing::warn!("stdin: cannot skip {consumed} bytes");
+        return;
+    };
     // SAFETY: lseek on fd 0; an error (a pipe) just leaves it.
-    let r = unsafe { libc::lseek(0, consumed as libc::off_t, libc::SEEK_SET) };
+    let r = unsafe { libc::lseek(0, delta, libc::SEEK_CUR) };
     if r < 0 {
         tracing::warn!(
             "stdin is not seekable: the {consumed} bytes the program had read before the \
