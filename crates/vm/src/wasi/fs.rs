@@ -35,6 +35,7 @@ const FT_SYMLINK: u8 = 7;
 
 /// A path the program changed, relative to preopen `pre` (restored on resume).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TrackedPath {
     /// Index of the preopen.
     pub pre: usize,
@@ -44,7 +45,7 @@ pub struct TrackedPath {
 
 /// A captured descriptor.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
 pub enum FdState {
     /// fd 0
     Stdin,

@@ -32,6 +32,7 @@ use std::time::Instant;
 
 /// A host directory made visible to the program under a guest path.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Preopen {
     /// Directory on the host.
     pub host: PathBuf,
@@ -41,6 +42,7 @@ pub struct Preopen {
 
 /// What the program is started with.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct WasiConfig {
     /// `argv`, program name first.
     pub args: Vec<String>,
@@ -55,6 +57,7 @@ pub struct WasiConfig {
 /// The WASI state a checkpoint captures (besides the contents of tracked files, which
 /// are stored as their own objects).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct WasiState {
     /// What the program was started with.
     pub config: WasiConfig,

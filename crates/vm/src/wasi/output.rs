@@ -18,7 +18,7 @@ use std::io;
 
 /// How a stream is made consistent with checkpoints.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "mode", rename_all = "lowercase")]
+#[serde(tag = "mode", rename_all = "lowercase", deny_unknown_fields)]
 pub enum Sink {
     /// A regular file, identified by device and inode.
     File {
@@ -35,6 +35,7 @@ pub enum Sink {
 
 /// What a checkpoint records about one output stream.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct OutputState {
     /// The mode at the time of the checkpoint.
     pub sink: Sink,
