@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::wasi::{host, open, write, CREAT, TRUNC, WRITE};
+use common::wasi::{host, open, rename, write, CREAT, TRUNC, WRITE};
 use lazarus_vm::wasi::journal::Journal;
 use lazarus_vm::wasi::{Preopen, TrackedPath};
 
@@ -107,4 +107,41 @@ fn kill_in_the_middle_of_journal_clear_does_not_block_resume() {
     );
     j.clear().unwrap();
     assert_eq!(std::fs::read_dir(&jdir).unwrap().count(), 0);
+}
+
+/// Regression (review): the journal recorded a renamed directory only as "was a
+/// directory", and a checkpoint tracks only the paths inside it the program changed, so
+/// renaming a directory and being killed before the next checkpoint brought it back
+/// empty, its contents left under the new name. The rename itself is journaled now (for
+/// a tracked directory too) and undone by renaming it back.
+#[test]
+fn directory_renamed_after_the_checkpoint_comes_back_with_its_contents() {
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    std::fs::create_dir_all(data.join("d")).unwrap();
+    std::fs::write(data.join("d/keep.txt"), "precious\n").unwrap();
+    std::fs::create_dir_all(data.join("busy")).unwrap();
+    std::fs::write(data.join("busy/x"), "x").unwrap();
+    let (preopens, mut w) = host(&data);
+    let jdir = d.path().join("journal");
+    w.set_journal(Journal::open(&jdir).unwrap());
+    let mut mem = vec![0u8; 65536];
+    // Make `d` tracked: moved away and back, then a checkpoint.
+    assert_eq!(rename(&mut w, &mut mem, "d", "x"), 0);
+    assert_eq!(rename(&mut w, &mut mem, "x", "d"), 0);
+    w.checkpoint_committed().unwrap();
+    assert_eq!(rename(&mut w, &mut mem, "d", "e"), 0);
+    // A rename that fails leaves no move behind (undoing it would move `busy`).
+    assert_ne!(rename(&mut w, &mut mem, "e", "busy"), 0);
+    let f = open(&mut w, &mut mem, "e/new.txt", CREAT, WRITE, 0);
+    write(&mut w, &mut mem, f, b"new\n");
+    drop(w); // killed before the next checkpoint
+    Journal::open(&jdir).unwrap().undo(&preopens).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(data.join("d/keep.txt")).unwrap(),
+        "precious\n"
+    );
+    assert!(!data.join("d/new.txt").exists());
+    assert!(!data.join("e").exists());
+    assert_eq!(std::fs::read_to_string(data.join("busy/x")).unwrap(), "x");
 }

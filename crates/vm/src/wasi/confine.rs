@@ -247,3 +247,41 @@ pub(crate) fn restore(
     }
     Ok(())
 }
+
+/// Undoes the rename of directory `from` to `to`: renames `to` back when it is a directory
+/// and nothing is at `from` (a path the program re-created there is left, with a warning).
+pub(crate) fn move_back(
+    preopens: &[Preopen],
+    from: &super::TrackedPath,
+    to: &super::TrackedPath,
+) -> crate::Result<()> {
+    let place = |t: &super::TrackedPath| -> crate::Result<Option<PathBuf>> {
+        let root = host_root(preopens, t.pre)?;
+        let rel = super::join_rel_checked(&t.rel)
+            .filter(|r| !r.is_empty())
+            .ok_or_else(|| crate::error::corrupt(format!("bad tracked path {t:?}")))?;
+        ensure_dir(&root, parent_rel(&rel))
+            .map_err(|e| e.error(&root.join(&rel), "restoring its directory"))?;
+        match confine(&root, &rel, false) {
+            Ok(p) => Ok(Some(p)),
+            Err(e) if e.not_found() => Ok(None),
+            Err(e) => Err(e.error(&root.join(&rel), "moving a directory back")),
+        }
+    };
+    let (Some(src), Some(dest)) = (place(to)?, place(from)?) else {
+        return Ok(());
+    };
+    if !std::fs::symlink_metadata(&src).is_ok_and(|m| m.is_dir()) {
+        return Ok(());
+    }
+    if std::fs::symlink_metadata(&dest).is_ok() {
+        tracing::warn!(
+            "{}: renamed to {} after the checkpoint, but something is there again; left \
+             in place",
+            dest.display(),
+            src.display()
+        );
+        return Ok(());
+    }
+    std::fs::rename(&src, &dest).map_err(|e| VmError::io(&dest, "moving a directory back", e))
+}

@@ -517,9 +517,15 @@ impl Wasi {
                 let to = m.str(a(4), a(5))?;
                 let (p1, r1, h1) = self.resolve(a(0), &from, false)?;
                 let (p2, r2, h2) = self.resolve(a(3), &to, false)?;
+                let dir = std::fs::symlink_metadata(&h1).is_ok_and(|m| m.is_dir());
                 self.before_change(p1, &r1, &h1)?;
                 self.before_change(p2, &r2, &h2)?;
-                std::fs::rename(&h1, &h2).map_err(io_err)
+                let moved = dir && self.journal_move(p1, &r1, p2, &r2)?;
+                let r = std::fs::rename(&h1, &h2).map_err(io_err);
+                if r.is_err() && moved {
+                    self.journal_unmove();
+                }
+                r
             }
             "path_filestat_get" => {
                 let path = m.str(a(2), a(3))?;

@@ -20,7 +20,14 @@ use std::path::{Path, PathBuf};
 enum Pre {
     Absent,
     Dir,
-    File { data: String },
+    File {
+        data: String,
+    },
+    /// The directory at `path` was renamed to `to` (undone by renaming it back, contents
+    /// and all; recorded at every directory rename, tracked or not).
+    Moved {
+        to: TrackedPath,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -28,6 +35,15 @@ struct Entry {
     path: TrackedPath,
     #[serde(flatten)]
     pre: Pre,
+}
+
+impl Entry {
+    fn moved_to(&self) -> Option<&TrackedPath> {
+        match &self.pre {
+            Pre::Moved { to } => Some(to),
+            _ => None,
+        }
+    }
 }
 
 /// The journal directory of one repository.
@@ -96,11 +112,42 @@ impl Journal {
                 Pre::File { data }
             }
         };
-        let bytes = serde_json::to_vec(&Entry {
-            path: path.clone(),
-            pre,
-        })
-        .map_err(io::Error::other)?;
+        self.write_entry(
+            n,
+            &Entry {
+                path: path.clone(),
+                pre,
+            },
+        )
+    }
+
+    /// Records that the directory `from` is about to be renamed to `to` (after `record`
+    /// of both paths): undone by renaming it back, so its contents return with it.
+    pub fn record_move(&mut self, from: &TrackedPath, to: &TrackedPath) -> io::Result<()> {
+        let n = self.next;
+        self.next += 1;
+        self.write_entry(
+            n,
+            &Entry {
+                path: from.clone(),
+                pre: Pre::Moved { to: to.clone() },
+            },
+        )
+    }
+
+    /// Withdraws the newest entry (a [`Journal::record_move`] whose rename then failed:
+    /// undoing a move that did not happen would move another directory).
+    pub fn withdraw_last(&mut self) -> io::Result<()> {
+        let Some(n) = self.next.checked_sub(1) else {
+            return Ok(());
+        };
+        std::fs::remove_file(self.dir.join(format!("{n}.json")))?;
+        self.next = n;
+        fsync_dir(&self.dir)
+    }
+
+    fn write_entry(&self, n: u64, entry: &Entry) -> io::Result<()> {
+        let bytes = serde_json::to_vec(entry).map_err(io::Error::other)?;
         let tmp = self.dir.join(format!(".{n}.tmp"));
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(&bytes)?;
@@ -137,17 +184,27 @@ impl Journal {
             let bytes = std::fs::read(p).map_err(|e| io(p, "reading", e))?;
             let entry: Entry = serde_json::from_slice(&bytes)
                 .map_err(|e| crate::error::corrupt(format!("{}: {e}", p.display())))?;
-            if super::join_rel_checked(&entry.path.rel).is_none_or(|r| r.is_empty())
-                || entry.path.pre >= preopens.len()
+            let outside = |t: &TrackedPath| {
+                super::join_rel_checked(&t.rel).is_none_or(|r| r.is_empty())
+                    || t.pre >= preopens.len()
+            };
+            if let Some(t) = [Some(&entry.path), entry.moved_to()]
+                .into_iter()
+                .flatten()
+                .find(|t| outside(t))
             {
                 return Err(crate::error::corrupt(format!(
-                    "{}: path {:?} is not under a preopen",
+                    "{}: path {t:?} is not under a preopen",
                     p.display(),
-                    entry.path
                 )));
             }
             let data;
             let want = match entry.pre {
+                Pre::Moved { to } => {
+                    super::confine::move_back(preopens, &entry.path, &to)
+                        .map_err(|e| e.context(format!("undoing {}", p.display())))?;
+                    continue;
+                }
                 Pre::Absent => Want::Absent,
                 Pre::Dir => Want::Dir,
                 Pre::File { data: name } => {

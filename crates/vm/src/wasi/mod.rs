@@ -184,6 +184,50 @@ impl Wasi {
         Ok(())
     }
 
+    /// Called before the program renames directory `r1` (under preopen `p1`) to `r2`,
+    /// tracked or not: the journal records the move, so that an undo moves the directory
+    /// back with its contents (a checkpoint knows only the tracked paths inside it).
+    /// True when an entry was written.
+    pub(crate) fn journal_move(
+        &mut self,
+        p1: usize,
+        r1: &str,
+        p2: usize,
+        r2: &str,
+    ) -> Result<bool, Errno> {
+        let (from, to) = (
+            TrackedPath {
+                pre: p1,
+                rel: r1.to_string(),
+            },
+            TrackedPath {
+                pre: p2,
+                rel: r2.to_string(),
+            },
+        );
+        let Some(j) = self
+            .journal
+            .as_mut()
+            .filter(|_| !r1.is_empty() && !r2.is_empty())
+        else {
+            return Ok(false);
+        };
+        j.record_move(&from, &to).map_err(|e| {
+            tracing::error!("{r1}: cannot record its rename in the undo journal: {e}");
+            IO
+        })?;
+        Ok(true)
+    }
+
+    /// The rename journaled by [`Wasi::journal_move`] failed: its entry is withdrawn.
+    pub(crate) fn journal_unmove(&mut self) {
+        if let Some(j) = self.journal.as_mut() {
+            if let Err(e) = j.withdraw_last() {
+                tracing::warn!("withdrawing a directory rename from the undo journal: {e}");
+            }
+        }
+    }
+
     /// The configuration the program was started with.
     pub fn config(&self) -> &WasiConfig {
         &self.config
