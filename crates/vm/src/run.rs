@@ -368,7 +368,11 @@ fn find_checkpoint(
     report: &mut Report,
 ) -> Result<Option<(CheckpointId, VmMeta, BTreeMap<String, Vec<u8>>)>> {
     let (cands, damaged) = repo.candidates()?;
-    report.skipped.extend(damaged);
+    // Damaged checkpoints newer than the one resumed from (the fallback's skips).
+    let mut newer: Vec<CheckpointId> = damaged.iter().map(|(id, _)| *id).collect();
+    report
+        .skipped
+        .extend(damaged.into_iter().map(|(_, why)| why));
     for c in &cands {
         let loaded = repo.load(c.id).and_then(|objs| {
             let bytes = objs.get(objects::META).ok_or_else(|| {
@@ -398,9 +402,14 @@ fn find_checkpoint(
                         ),
                     ));
                 }
+                newer.retain(|n| n.0 > c.id.0);
+                if !newer.is_empty() && !meta.wasi.config.preopens.is_empty() {
+                    return Err(fallback_refused(repo.path(), &newer, c, &meta));
+                }
                 return Ok(Some((c.id, meta, objs)));
             }
             Err(e) if e.kind() == VmErrorKind::Corrupt => {
+                newer.push(c.id);
                 tracing::warn!(
                     "skipping damaged checkpoint {} (step {}): {e}",
                     c.id.0,
@@ -420,6 +429,41 @@ fn find_checkpoint(
         )));
     }
     Ok(None)
+}
+
+/// Falling back past damaged checkpoints `newer` to `c` when the program has directories:
+/// the undo journal reaches back only to the newest commit, so files the program changed
+/// after `c` that `c` does not track cannot be put back; refused rather than resumed
+/// over them (test `fallback_with_directories_is_refused_naming_the_checkpoints`).
+fn fallback_refused(
+    repo: &Path,
+    newer: &[CheckpointId],
+    c: &crate::store::Candidate,
+    meta: &VmMeta,
+) -> VmError {
+    let ids: Vec<String> = newer.iter().map(|n| n.0.to_string()).collect();
+    let dirs: Vec<String> = meta
+        .wasi
+        .config
+        .preopens
+        .iter()
+        .map(|p| p.host.display().to_string())
+        .collect();
+    corrupt(format!(
+        "repository {}: checkpoint(s) {} are damaged and checkpoint {} (step {}) is the newest \
+         intact one, but the program may have changed files in {} after it that it cannot \
+         roll back (the undo journal reaches back only to the newest checkpoint); refusing \
+         to resume over them. To resume from checkpoint {}: put those directories back as \
+         they were at that checkpoint, then remove the damaged checkpoint(s) and {} from the \
+         repository; or start afresh with a new --repo",
+        repo.display(),
+        ids.join(", "),
+        c.id.0,
+        c.step,
+        dirs.join(", "),
+        c.id.0,
+        JOURNAL_DIR,
+    ))
 }
 
 fn check_same_command(
@@ -516,14 +560,21 @@ fn resume(
     let region = meta
         .region
         .ok_or_else(|| corrupt(ctx("no unwind region")))?;
-    let journal = undo_journal(journal, &meta.wasi.config.preopens)?;
-    restore_files(meta, &objs).map_err(|e| e.context(ctx("restoring files")))?;
-    let mut wasi = Wasi::resume(&meta.wasi, markers)?;
-    if let Some(j) = journal {
-        wasi.set_journal(j);
-    }
+    // Everything that can find the checkpoint inconsistent runs before any file is
+    // touched: the instance is built and checked with a placeholder WASI host (instantiating
+    // runs no program code), and only then are the journal undone, the files restored and
+    // the real host (descriptors reopened, output rolled back) put in place (test
+    // `inconsistent_checkpoint_is_refused_before_any_file_is_touched`).
+    let placeholder = Wasi::new(meta.wasi.config.clone(), markers)?;
     ctl.resume_at(meta.steps, Some(region));
-    let mut inst = runtime::instantiate(kind, &module, HostData { wasi, ctl })?;
+    let mut inst = runtime::instantiate(
+        kind,
+        &module,
+        HostData {
+            wasi: placeholder,
+            ctl,
+        },
+    )?;
     inst.grow_to(meta.memory_pages)?;
     let mem = inst.memory();
     if mem.len() != memory.len() {
@@ -546,6 +597,13 @@ fn resume(
     inst.host().ctl.phase = Phase::Rewinding;
     inst.call("asyncify_start_rewind", Some(region.start as i32))
         .map_err(|e| corrupt(ctx(&format!("the saved call stack is inconsistent: {e}"))))?;
+    let journal = undo_journal(journal, &meta.wasi.config.preopens)?;
+    restore_files(meta, &objs).map_err(|e| e.context(ctx("restoring files")))?;
+    let mut wasi = Wasi::resume(&meta.wasi, markers)?;
+    if let Some(j) = journal {
+        wasi.set_journal(j);
+    }
+    inst.host().wasi = wasi;
     Ok((inst, module))
 }
 
