@@ -772,6 +772,19 @@ fn write_checkpoint(
 ) -> Result<WriteStats> {
     let mut meta = base_meta(ctx, inst);
     meta.globals = inst.globals()?;
+    for (n, f) in &meta.wasi.fds {
+        if let crate::wasi::FdState::File {
+            rel,
+            detached: true,
+            ..
+        } = f
+        {
+            tracing::warn!(
+                "fd {n}: {rel} was renamed, replaced or deleted while open; this checkpoint \
+                 cannot be resumed until the program closes it"
+            );
+        }
+    }
     let mut contents: Vec<(String, Vec<u8>)> = Vec::new();
     for (i, t) in meta.wasi.tracked.iter().enumerate() {
         let what = "capturing a file the program wrote";

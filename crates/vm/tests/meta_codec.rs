@@ -63,6 +63,8 @@ fn sample(pages: u64, globals: u32, pending: Vec<u8>) -> VmMeta {
                         read: false,
                         write: true,
                         append: false,
+                        file_id: Some([2049, 77]),
+                        detached: false,
                     },
                 ),
             ],
@@ -141,6 +143,8 @@ fn inconsistent_fields_are_refused_by_name() {
             read: true,
             write: false,
             append: false,
+            file_id: None,
+            detached: false,
         },
     ));
     corrupt_field(m, "wasi.fds");
@@ -154,6 +158,8 @@ fn inconsistent_fields_are_refused_by_name() {
             read: true,
             write: false,
             append: false,
+            file_id: None,
+            detached: false,
         },
     ));
     corrupt_field(m, "wasi.fds");

@@ -76,6 +76,13 @@ pub enum FdState {
         write: bool,
         /// `O_APPEND`
         append: bool,
+        /// `[device, inode]` of the open file at the checkpoint (absent in older records).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        file_id: Option<[u64; 2]>,
+        /// At the checkpoint the path no longer named the open file (renamed, replaced or
+        /// unlinked while open): the descriptor cannot be reopened by its path.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        detached: bool,
     },
 }
 
@@ -108,7 +115,9 @@ impl Fd {
         }
     }
 
-    pub(crate) fn state(&self) -> FdState {
+    /// What a checkpoint records; `roots`: the preopens' canonical roots (to tell whether
+    /// a file's path still names the open file).
+    pub(crate) fn state(&self, roots: &[PathBuf]) -> FdState {
         match self {
             Fd::Stdin => FdState::Stdin,
             Fd::Stdout => FdState::Stdout,
@@ -121,26 +130,40 @@ impl Fd {
             Fd::File {
                 pre,
                 rel,
+                file,
                 offset,
                 read,
                 write,
                 append,
-                ..
-            } => FdState::File {
-                pre: *pre,
-                rel: rel.clone(),
-                offset: *offset,
-                read: *read,
-                write: *write,
-                append: *append,
-            },
+            } => {
+                let id = |m: std::fs::Metadata| [m.dev(), m.ino()];
+                let file_id = file.metadata().ok().map(id);
+                let at_path = roots
+                    .get(*pre)
+                    .and_then(|r| std::fs::symlink_metadata(r.join(rel)).ok())
+                    .map(id);
+                FdState::File {
+                    pre: *pre,
+                    rel: rel.clone(),
+                    offset: *offset,
+                    read: *read,
+                    write: *write,
+                    append: *append,
+                    file_id,
+                    detached: file_id.is_some() && file_id != at_path,
+                }
+            }
         }
     }
 
     /// Reopens a captured descriptor (never creating or truncating anything). The path is
     /// checked to lie inside its preopen (symlinks resolved, see [`confine`]) and opened
     /// with `O_NOFOLLOW` at its canonical form; one leading out is refused naming the path.
-    pub(crate) fn reopen(s: &FdState, preopens: &[Preopen]) -> Result<Fd> {
+    /// A file must be the one open at the checkpoint: refused when its path no longer
+    /// named it then (`detached`), and, unless the path is `tracked` (restored to the
+    /// checkpoint's content just before, possibly as a new file), when the reopened file
+    /// is another one (device and inode differ).
+    pub(crate) fn reopen(s: &FdState, preopens: &[Preopen], tracked: bool) -> Result<Fd> {
         let place = |pre: usize, rel: &str, what: &str| -> Result<PathBuf> {
             let root = confine::host_root(preopens, pre)?;
             confine::confine(&root, rel, true).map_err(|e| e.error(&root.join(rel), what))
@@ -170,8 +193,21 @@ impl Fd {
                 read,
                 write,
                 append,
+                file_id,
+                detached,
             } => {
                 let p = place(*pre, rel, "file open at the checkpoint")?;
+                if *detached {
+                    return Err(VmError::new(
+                        VmErrorKind::Mismatch,
+                        format!(
+                            "file {} open at the checkpoint had been renamed, replaced or \
+                             deleted while open: the descriptor cannot be reopened by its \
+                             path, so this checkpoint cannot be resumed",
+                            p.display()
+                        ),
+                    ));
+                }
                 let file = std::fs::OpenOptions::new()
                     .read(*read || !*write)
                     .write(*write)
@@ -186,6 +222,19 @@ impl Fd {
                             ),
                         )
                     })?;
+                let now = file.metadata().ok().map(|m| [m.dev(), m.ino()]);
+                if let (Some(was), false) = (file_id, tracked) {
+                    if now.as_ref() != Some(was) {
+                        return Err(VmError::new(
+                            VmErrorKind::Mismatch,
+                            format!(
+                                "file {} is not the file open at the checkpoint (device and \
+                                 inode {was:?}, now {now:?}): it was replaced since",
+                                p.display()
+                            ),
+                        ));
+                    }
+                }
                 Fd::File {
                     pre: *pre,
                     rel: rel.clone(),

@@ -239,7 +239,11 @@ impl Wasi {
             config: self.config.clone(),
             rng_word_pos: self.rng.get_word_pos(),
             monotonic_ns: self.monotonic_ns(),
-            fds: self.fds.iter().map(|(n, f)| (*n, f.state())).collect(),
+            fds: self
+                .fds
+                .iter()
+                .map(|(n, f)| (*n, f.state(&self.roots)))
+                .collect(),
             stdin_consumed: self.stdin_consumed,
             stdout: self.stdout.state(),
             stderr: self.stderr.state(),
@@ -255,8 +259,15 @@ impl Wasi {
         w.mono_base_ns = state.monotonic_ns;
         w.fds.clear();
         for (n, f) in &state.fds {
-            let fd =
-                fs::Fd::reopen(f, &w.config.preopens).map_err(|e| e.context(format!("fd {n}")))?;
+            let tracked = match f {
+                FdState::File { pre, rel, .. } => state.tracked.contains(&TrackedPath {
+                    pre: *pre,
+                    rel: rel.clone(),
+                }),
+                _ => false,
+            };
+            let fd = fs::Fd::reopen(f, &w.config.preopens, tracked)
+                .map_err(|e| e.context(format!("fd {n}")))?;
             w.fds.insert(*n, fd);
         }
         w.stdin_consumed = state.stdin_consumed;
