@@ -7,7 +7,7 @@
 mod common;
 
 use common::wasi::{func, host, open, read, try_open, write, CREAT, READ, TRUNC, WRITE};
-use lazarus_vm::wasi::errno::{NOTCAPABLE, NOTSUP};
+use lazarus_vm::wasi::errno::{EXIST, NOTCAPABLE, NOTSUP};
 use lazarus_vm::wasi::journal::Journal;
 use lazarus_vm::wasi::{TrackedPath, Wasi};
 use std::path::{Path, PathBuf};

@@ -542,6 +542,9 @@ impl Wasi {
             "path_create_directory" => {
                 let path = m.str(a(1), a(2))?;
                 let (pre, rel, host) = self.resolve(a(0), &path, false)?;
+                if std::fs::symlink_metadata(&host).is_ok() {
+                    return Err(EXIST); // a symlink too: nothing changes, nothing to refuse
+                }
                 self.before_change(pre, &rel, &host)?;
                 std::fs::create_dir(&host).map_err(io_err)
             }
