@@ -58,6 +58,12 @@ fn symlink_in_preopen_leading_out_is_refused_for_read_and_write() {
         &[3, 100, p.len() as u64],
     );
     assert_eq!(r, Ok(i32::from(NOTSUP)));
+    // mkdir over a symlink is EEXIST, as on the host (nothing to refuse).
+    let p = "dir";
+    mem[100..100 + p.len()].copy_from_slice(p.as_bytes());
+    let args = [3, 100, p.len() as u64];
+    let r = w.call(&mut mem, func("path_create_directory"), &args);
+    assert_eq!(r, Ok(i32::from(EXIST)));
 }
 
 #[test]
