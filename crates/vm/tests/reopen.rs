@@ -54,6 +54,10 @@ fn descriptor_renamed_while_open_is_refused_naming_it() {
         msg.contains(&format!("fd {t}")) && msg.contains("out.tmp"),
         "{msg}"
     );
+    assert!(
+        msg.contains("renamed, replaced or deleted while open"),
+        "{msg}"
+    );
 }
 
 #[test]
