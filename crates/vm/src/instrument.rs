@@ -151,6 +151,22 @@ pub fn check(wasm: &[u8]) -> Result<ModuleInfo> {
                     info.wasi_imports.push(imp.name.to_string());
                 }
             }
+            Payload::GlobalSection(r) => {
+                // Imported globals are refused above, so the index is the position here.
+                for (i, g) in r.into_iter().enumerate() {
+                    let g =
+                        g.map_err(|e| VmError::new(VmErrorKind::InvalidModule, e.to_string()))?;
+                    let t = g.ty;
+                    if t.mutable && matches!(t.content_type, wasmparser::ValType::Ref(_)) {
+                        return Err(unsupported(format!(
+                            "global {i}: a mutable {} global cannot be checkpointed (a reference \
+                             has no portable value to capture); only numeric mutable globals \
+                             are supported",
+                            t.content_type
+                        )));
+                    }
+                }
+            }
             Payload::MemorySection(r) => {
                 for m in r {
                     let m =

@@ -44,7 +44,7 @@ pub struct ProgramId {
 
 /// What a tracked path looked like at the checkpoint.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "state", rename_all = "lowercase")]
+#[serde(tag = "state", rename_all = "lowercase", deny_unknown_fields)]
 pub enum FileState {
     /// Did not exist.
     Absent,

@@ -7,7 +7,7 @@ use crate::meta::{objects, FileEntry, FileState, ProgramId, VmMeta, VM_META_VERS
 use crate::runtime::{self, Control, HostData, Instance, Phase, RunEnd, RuntimeKind};
 use crate::store::{Obj, VmRepo, WriteStats};
 use crate::wasi::journal::Journal;
-use crate::wasi::{tracked_host_path, Preopen, Wasi, WasiConfig};
+use crate::wasi::{restore, tracked_host_path, Preopen, Want, Wasi, WasiConfig};
 use lazarus_format::CheckpointId;
 use lazarus_policy::{FailureHistory, Formula, ModelSpec, PolicySpec};
 use std::borrow::Cow;
@@ -230,18 +230,31 @@ fn run_here(cfg: &VmConfig) -> Result<Report> {
     let mut ctl = cfg.every.control(cfg.unwind_bytes);
     let (mut inst, module) = match resumed {
         Some((id, meta, objs)) => {
+            // Also for a finished program: another command line is another job, refused
+            // rather than answered with this one's exit status (test
+            // `finished_record_refuses_another_command_line`).
+            check_same_command(
+                &meta,
+                &argv,
+                &cfg.env,
+                &preopens,
+                cfg.seed,
+                repo.as_ref().map(VmRepo::path),
+            )?;
             if let Some(code) = meta.exit {
-                // Nothing runs, but the streams are put where the finished run left them
-                // (a file is positioned at the end of the program's output recorded at
-                // exit): whatever is written now, such as the caller's note, follows the
-                // program's output instead of overwriting it from the descriptor's
-                // current offset (test `rerun_of_a_finished_program_keeps_its_output`).
+                // Nothing runs and nothing is written again, so nothing is truncated
+                // (bytes appended after the program ended stay: test
+                // `rerun_of_a_finished_program_keeps_what_others_appended`); a stream
+                // that is still the program's output file only moves to its end, so
+                // whatever is written now, such as the caller's note, follows the output
+                // instead of overwriting it from the descriptor's current offset (test
+                // `rerun_of_a_finished_program_keeps_its_output`).
                 let io = |stream: &str, e: std::io::Error| {
                     VmError::new(VmErrorKind::Io, format!("{stream}: {e}"))
                 };
-                crate::wasi::Output::resume(1, &meta.wasi.stdout, cfg.markers)
+                crate::wasi::output::position_at_end(1, &meta.wasi.stdout)
                     .map_err(|e| io("stdout", e))?;
-                crate::wasi::Output::resume(2, &meta.wasi.stderr, false)
+                crate::wasi::output::position_at_end(2, &meta.wasi.stderr)
                     .map_err(|e| io("stderr", e))?;
                 if let Some(f) = cfg.streams_positioned {
                     f();
@@ -251,14 +264,6 @@ fn run_here(cfg: &VmConfig) -> Result<Report> {
                 report.resumed = Some((id, meta.steps));
                 return Ok(report);
             }
-            check_same_command(
-                &meta,
-                &argv,
-                &cfg.env,
-                &preopens,
-                cfg.seed,
-                repo.as_ref().map(VmRepo::path),
-            )?;
             report.resumed = Some((id, meta.steps));
             report.steps = meta.steps;
             let (inst, module) = resume(cfg.runtime, id, &meta, objs, ctl, cfg.markers, journal)?;
@@ -363,7 +368,11 @@ fn find_checkpoint(
     report: &mut Report,
 ) -> Result<Option<(CheckpointId, VmMeta, BTreeMap<String, Vec<u8>>)>> {
     let (cands, damaged) = repo.candidates()?;
-    report.skipped.extend(damaged);
+    // Damaged checkpoints newer than the one resumed from (the fallback's skips).
+    let mut newer: Vec<CheckpointId> = damaged.iter().map(|(id, _)| *id).collect();
+    report
+        .skipped
+        .extend(damaged.into_iter().map(|(_, why)| why));
     for c in &cands {
         let loaded = repo.load(c.id).and_then(|objs| {
             let bytes = objs.get(objects::META).ok_or_else(|| {
@@ -393,9 +402,14 @@ fn find_checkpoint(
                         ),
                     ));
                 }
+                newer.retain(|n| n.0 > c.id.0);
+                if !newer.is_empty() && !meta.wasi.config.preopens.is_empty() {
+                    return Err(fallback_refused(repo.path(), &newer, c, &meta));
+                }
                 return Ok(Some((c.id, meta, objs)));
             }
             Err(e) if e.kind() == VmErrorKind::Corrupt => {
+                newer.push(c.id);
                 tracing::warn!(
                     "skipping damaged checkpoint {} (step {}): {e}",
                     c.id.0,
@@ -415,6 +429,41 @@ fn find_checkpoint(
         )));
     }
     Ok(None)
+}
+
+/// Falling back past damaged checkpoints `newer` to `c` when the program has directories:
+/// the undo journal reaches back only to the newest commit, so files the program changed
+/// after `c` that `c` does not track cannot be put back; refused rather than resumed
+/// over them (test `fallback_with_directories_is_refused_naming_the_checkpoints`).
+fn fallback_refused(
+    repo: &Path,
+    newer: &[CheckpointId],
+    c: &crate::store::Candidate,
+    meta: &VmMeta,
+) -> VmError {
+    let ids: Vec<String> = newer.iter().map(|n| n.0.to_string()).collect();
+    let dirs: Vec<String> = meta
+        .wasi
+        .config
+        .preopens
+        .iter()
+        .map(|p| p.host.display().to_string())
+        .collect();
+    corrupt(format!(
+        "repository {}: checkpoint(s) {} are damaged and checkpoint {} (step {}) is the newest \
+         intact one, but the program may have changed files in {} after it that it cannot \
+         roll back (the undo journal reaches back only to the newest checkpoint); refusing \
+         to resume over them. To resume from checkpoint {}: put those directories back as \
+         they were at that checkpoint, then remove the damaged checkpoint(s) and {} from the \
+         repository; or start afresh with a new --repo",
+        repo.display(),
+        ids.join(", "),
+        c.id.0,
+        c.step,
+        dirs.join(", "),
+        c.id.0,
+        JOURNAL_DIR,
+    ))
 }
 
 fn check_same_command(
@@ -511,14 +560,21 @@ fn resume(
     let region = meta
         .region
         .ok_or_else(|| corrupt(ctx("no unwind region")))?;
-    let journal = undo_journal(journal, &meta.wasi.config.preopens)?;
-    restore_files(meta, &objs).map_err(|e| e.context(ctx("restoring files")))?;
-    let mut wasi = Wasi::resume(&meta.wasi, markers)?;
-    if let Some(j) = journal {
-        wasi.set_journal(j);
-    }
+    // Everything that can find the checkpoint inconsistent runs before any file is
+    // touched: the instance is built and checked with a placeholder WASI host (instantiating
+    // runs no program code), and only then are the journal undone, the files restored and
+    // the real host (descriptors reopened, output rolled back) put in place (test
+    // `inconsistent_checkpoint_is_refused_before_any_file_is_touched`).
+    let placeholder = Wasi::new(meta.wasi.config.clone(), markers)?;
     ctl.resume_at(meta.steps, Some(region));
-    let mut inst = runtime::instantiate(kind, &module, HostData { wasi, ctl })?;
+    let mut inst = runtime::instantiate(
+        kind,
+        &module,
+        HostData {
+            wasi: placeholder,
+            ctl,
+        },
+    )?;
     inst.grow_to(meta.memory_pages)?;
     let mem = inst.memory();
     if mem.len() != memory.len() {
@@ -541,6 +597,13 @@ fn resume(
     inst.host().ctl.phase = Phase::Rewinding;
     inst.call("asyncify_start_rewind", Some(region.start as i32))
         .map_err(|e| corrupt(ctx(&format!("the saved call stack is inconsistent: {e}"))))?;
+    let journal = undo_journal(journal, &meta.wasi.config.preopens)?;
+    restore_files(meta, &objs).map_err(|e| e.context(ctx("restoring files")))?;
+    let mut wasi = Wasi::resume(&meta.wasi, markers)?;
+    if let Some(j) = journal {
+        wasi.set_journal(j);
+    }
+    inst.host().wasi = wasi;
     Ok((inst, module))
 }
 
@@ -555,18 +618,9 @@ fn restore_files(meta: &VmMeta, objs: &BTreeMap<String, Vec<u8>>) -> Result<()> 
         FileState::Absent => (2, -(f.path.rel.matches('/').count() as i64)),
     });
     for f in entries {
-        let p = tracked_host_path(pre, &f.path)
-            .ok_or_else(|| corrupt(format!("bad tracked path {:?}", f.path)))?;
-        let md = std::fs::symlink_metadata(&p).ok();
-        match &f.state {
-            FileState::Dir => {
-                if !md.as_ref().is_some_and(|m| m.is_dir()) {
-                    if md.is_some() {
-                        std::fs::remove_file(&p).map_err(|e| VmError::io(&p, "removing", e))?;
-                    }
-                    std::fs::create_dir_all(&p).map_err(|e| VmError::io(&p, "creating", e))?;
-                }
-            }
+        let want = match &f.state {
+            FileState::Dir => Want::Dir,
+            FileState::Absent => Want::Absent,
             FileState::File { object, len } => {
                 let data = objs
                     .get(object)
@@ -577,30 +631,10 @@ fn restore_files(meta: &VmMeta, objs: &BTreeMap<String, Vec<u8>>) -> Result<()> 
                         data.len()
                     )));
                 }
-                let same = md.as_ref().is_some_and(|m| m.is_file() && m.len() == *len)
-                    && std::fs::read(&p).is_ok_and(|d| d == *data);
-                if !same {
-                    if md.as_ref().is_some_and(|m| m.is_dir()) {
-                        std::fs::remove_dir(&p)
-                            .map_err(|e| VmError::io(&p, "removing a directory in the way", e))?;
-                    }
-                    std::fs::write(&p, data).map_err(|e| VmError::io(&p, "restoring", e))?;
-                }
+                Want::File(data)
             }
-            FileState::Absent => match md {
-                Some(m) if m.is_dir() => {
-                    // Only an empty directory is removed: anything in it is not ours to drop.
-                    if let Err(e) = std::fs::remove_dir(&p) {
-                        tracing::warn!(
-                            "{}: did not exist at the checkpoint; left in place: {e}",
-                            p.display()
-                        );
-                    }
-                }
-                Some(_) => std::fs::remove_file(&p).map_err(|e| VmError::io(&p, "removing", e))?,
-                None => {}
-            },
-        }
+        };
+        restore(pre, &f.path, want)?;
     }
     Ok(())
 }
@@ -738,14 +772,46 @@ fn write_checkpoint(
 ) -> Result<WriteStats> {
     let mut meta = base_meta(ctx, inst);
     meta.globals = inst.globals()?;
+    for (n, f) in &meta.wasi.fds {
+        if let crate::wasi::FdState::File {
+            rel,
+            detached: true,
+            ..
+        } = f
+        {
+            tracing::warn!(
+                "fd {n}: {rel} was renamed, replaced or deleted while open; this checkpoint \
+                 cannot be resumed until the program closes it"
+            );
+        }
+    }
     let mut contents: Vec<(String, Vec<u8>)> = Vec::new();
     for (i, t) in meta.wasi.tracked.iter().enumerate() {
-        let Some(p) = tracked_host_path(&meta.wasi.config.preopens, t) else {
-            continue;
+        let what = "capturing a file the program wrote";
+        let p = match tracked_host_path(&meta.wasi.config.preopens, t) {
+            Ok(p) => p,
+            Err(e) if e.not_found() => {
+                meta.files.push(FileEntry {
+                    path: t.clone(),
+                    state: FileState::Absent,
+                });
+                continue;
+            }
+            Err(e) => return Err(e.error(Path::new(&t.rel), what)),
         };
-        let state = match std::fs::metadata(&p) {
+        let state = match std::fs::symlink_metadata(&p) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => FileState::Absent,
-            Err(e) => return Err(VmError::io(&p, "capturing a file the program wrote", e)),
+            Err(e) => return Err(VmError::io(&p, what, e)),
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(VmError::new(
+                    VmErrorKind::Unsupported,
+                    format!(
+                        "{}: {what}: it is now a symbolic link, which a checkpoint cannot \
+                         capture (the program cannot create one: something else replaced it)",
+                        p.display()
+                    ),
+                ))
+            }
             Ok(m) if m.is_dir() => FileState::Dir,
             Ok(_) => {
                 let data = std::fs::read(&p)

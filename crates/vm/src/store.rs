@@ -46,6 +46,9 @@ pub(crate) struct Candidate {
     pub step: u64,
 }
 
+/// A committed checkpoint that fails the cheap check: its id and why.
+pub(crate) type Damaged = (CheckpointId, String);
+
 /// A VM repository opened for writing.
 pub(crate) struct VmRepo {
     repo: Repository,
@@ -88,9 +91,9 @@ impl VmRepo {
         })
     }
 
-    /// Committed checkpoints that pass the cheap check, newest first, and why newer ones
-    /// were skipped.
-    pub fn candidates(&self) -> Result<(Vec<Candidate>, Vec<String>)> {
+    /// Committed checkpoints that pass the cheap check, newest first, and the ones that
+    /// fail it (id, why).
+    pub fn candidates(&self) -> Result<(Vec<Candidate>, Vec<Damaged>)> {
         let reader = RepoReader::open(&self.path)?;
         let (ok, damaged) = reader.newest_committed_candidates()?;
         Ok((
@@ -100,7 +103,10 @@ impl VmRepo {
                     step: s.step,
                 })
                 .collect(),
-            damaged.into_iter().map(|d| d.detail).collect(),
+            damaged
+                .into_iter()
+                .map(|d| (d.checkpoint, d.detail))
+                .collect(),
         ))
     }
 

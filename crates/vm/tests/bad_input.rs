@@ -83,6 +83,27 @@ fn simd_and_table_mutation_and_memories_are_refused() {
     );
 }
 
+/// Regression (review): a mutable `funcref`/`externref` global passed the load check and
+/// failed only at the first checkpoint ("Unsupported" from the runtime), after all the
+/// work up to it. Refused at load now, naming the global.
+#[test]
+fn mutable_reference_global_is_refused_at_load() {
+    refused(
+        r#"(module (memory 1) (global (mut i32) (i32.const 0)) (global (mut funcref) (ref.null func)) (func (export "_start")))"#,
+        VmErrorKind::Unsupported,
+        "global 1: a mutable funcref global",
+    );
+    refused(
+        r#"(module (memory 1) (global (mut externref) (ref.null extern)) (func (export "_start")))"#,
+        VmErrorKind::Unsupported,
+        "global 0: a mutable externref global",
+    );
+    // An immutable one is captured by the module digest: accepted.
+    let ok =
+        wat(r#"(module (memory 1) (global funcref (ref.null func)) (func (export "_start")))"#);
+    instrument::check(&ok).unwrap();
+}
+
 #[test]
 fn reactor_and_garbage_are_refused() {
     refused(

@@ -3,39 +3,11 @@
 //! the file yet. The undo journal records a path's state before the first change; here
 //! the WASI host is driven directly, "killed" (dropped) and the journal undone.
 
+mod common;
+
+use common::wasi::{host, open, rename, write, CREAT, TRUNC, WRITE};
 use lazarus_vm::wasi::journal::Journal;
-use lazarus_vm::wasi::{sig, Preopen, Wasi, WasiConfig};
-
-fn func(name: &str) -> usize {
-    sig::FUNCS.iter().position(|f| f.0 == name).unwrap()
-}
-
-fn open(w: &mut Wasi, mem: &mut [u8], path: &str, oflags: u64, fdflags: u64) -> u32 {
-    mem[100..100 + path.len()].copy_from_slice(path.as_bytes());
-    let args = [
-        3,
-        1,
-        100,
-        path.len() as u64,
-        oflags,
-        1 << 6,
-        0,
-        fdflags,
-        200,
-    ];
-    assert_eq!(w.call(mem, func("path_open"), &args), Ok(0), "open {path}");
-    u32::from_le_bytes(mem[200..204].try_into().unwrap())
-}
-
-fn write(w: &mut Wasi, mem: &mut [u8], fd: u32, data: &[u8]) {
-    mem[400..400 + data.len()].copy_from_slice(data);
-    mem[300..304].copy_from_slice(&400u32.to_le_bytes());
-    mem[304..308].copy_from_slice(&(data.len() as u32).to_le_bytes());
-    assert_eq!(
-        w.call(mem, func("fd_write"), &[u64::from(fd), 300, 1, 500]),
-        Ok(0)
-    );
-}
+use lazarus_vm::wasi::{Preopen, TrackedPath};
 
 #[test]
 fn pre_existing_file_appended_before_the_first_checkpoint_is_rolled_back() {
@@ -43,27 +15,14 @@ fn pre_existing_file_appended_before_the_first_checkpoint_is_rolled_back() {
     let data = d.path().join("data");
     std::fs::create_dir(&data).unwrap();
     std::fs::write(data.join("log.txt"), "existing\n").unwrap();
-    let preopens = vec![Preopen {
-        host: std::fs::canonicalize(&data).unwrap(),
-        guest: ".".into(),
-    }];
+    let (preopens, mut w) = host(&data);
     let jdir = d.path().join("journal");
-    let mut w = Wasi::new(
-        WasiConfig {
-            args: vec!["p".into()],
-            env: vec![],
-            preopens: preopens.clone(),
-            seed: 0,
-        },
-        false,
-    )
-    .unwrap();
     w.set_journal(Journal::open(&jdir).unwrap());
     let mut mem = vec![0u8; 65536];
-    let log = open(&mut w, &mut mem, "log.txt", 0, 1);
+    let log = open(&mut w, &mut mem, "log.txt", 0, WRITE, 1);
     write(&mut w, &mut mem, log, b"added\n");
     write(&mut w, &mut mem, log, b"again\n");
-    let new = open(&mut w, &mut mem, "new.txt", 1 | 8, 0);
+    let new = open(&mut w, &mut mem, "new.txt", CREAT | TRUNC, WRITE, 0);
     write(&mut w, &mut mem, new, b"fresh\n");
     assert_eq!(
         std::fs::read_to_string(data.join("log.txt")).unwrap(),
@@ -105,4 +64,84 @@ fn damaged_journal_entry_outside_the_preopens_is_refused() {
     }];
     let e = Journal::open(&jdir).unwrap().undo(&preopens).unwrap_err();
     assert_eq!(e.kind(), lazarus_vm::VmErrorKind::Corrupt, "{e}");
+}
+
+/// Regression (review): `Journal::clear` removed files in `read_dir` order, so a kill in
+/// the middle could leave `N.json` without `N.data`, and every later undo failed. Now
+/// the entries go first (fsynced), then the data: the states a kill can leave undo fine.
+#[test]
+fn kill_in_the_middle_of_journal_clear_does_not_block_resume() {
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("log.txt"), "x\n").unwrap();
+    let (preopens, _) = host(&data);
+    let jdir = d.path().join("journal");
+    let t = TrackedPath {
+        pre: 0,
+        rel: "log.txt".into(),
+    };
+    let mut j = Journal::open(&jdir).unwrap();
+    j.record(&data.join("log.txt"), &t).unwrap();
+    // Killed after the entries were removed, before the data files.
+    std::fs::remove_file(jdir.join("0.json")).unwrap();
+    assert!(jdir.join("0.data").exists());
+    std::fs::write(data.join("log.txt"), "changed later\n").unwrap();
+    let mut j = Journal::open(&jdir).unwrap();
+    assert_eq!(
+        j.undo(&preopens).unwrap(),
+        0,
+        "an orphaned data file is ignored"
+    );
+    assert_eq!(
+        std::fs::read_to_string(data.join("log.txt")).unwrap(),
+        "changed later\n"
+    );
+    // A new entry reuses the number; its own data replaces the orphan's.
+    j.record(&data.join("log.txt"), &t).unwrap();
+    std::fs::write(data.join("log.txt"), "after\n").unwrap();
+    assert_eq!(Journal::open(&jdir).unwrap().undo(&preopens).unwrap(), 1);
+    assert_eq!(
+        std::fs::read_to_string(data.join("log.txt")).unwrap(),
+        "changed later\n"
+    );
+    j.clear().unwrap();
+    assert_eq!(std::fs::read_dir(&jdir).unwrap().count(), 0);
+}
+
+/// Regression (review): the journal recorded a renamed directory only as "was a
+/// directory", and a checkpoint tracks only the paths inside it the program changed, so
+/// renaming a directory and being killed before the next checkpoint brought it back
+/// empty, its contents left under the new name. The rename itself is journaled now (for
+/// a tracked directory too) and undone by renaming it back.
+#[test]
+fn directory_renamed_after_the_checkpoint_comes_back_with_its_contents() {
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    std::fs::create_dir_all(data.join("d")).unwrap();
+    std::fs::write(data.join("d/keep.txt"), "precious\n").unwrap();
+    std::fs::create_dir_all(data.join("busy")).unwrap();
+    std::fs::write(data.join("busy/x"), "x").unwrap();
+    let (preopens, mut w) = host(&data);
+    let jdir = d.path().join("journal");
+    w.set_journal(Journal::open(&jdir).unwrap());
+    let mut mem = vec![0u8; 65536];
+    // Make `d` tracked: moved away and back, then a checkpoint.
+    assert_eq!(rename(&mut w, &mut mem, "d", "x"), 0);
+    assert_eq!(rename(&mut w, &mut mem, "x", "d"), 0);
+    w.checkpoint_committed().unwrap();
+    assert_eq!(rename(&mut w, &mut mem, "d", "e"), 0);
+    // A rename that fails leaves no move behind (undoing it would move `busy`).
+    assert_ne!(rename(&mut w, &mut mem, "e", "busy"), 0);
+    let f = open(&mut w, &mut mem, "e/new.txt", CREAT, WRITE, 0);
+    write(&mut w, &mut mem, f, b"new\n");
+    drop(w); // killed before the next checkpoint
+    Journal::open(&jdir).unwrap().undo(&preopens).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(data.join("d/keep.txt")).unwrap(),
+        "precious\n"
+    );
+    assert!(!data.join("d/new.txt").exists());
+    assert!(!data.join("e").exists());
+    assert_eq!(std::fs::read_to_string(data.join("busy/x")).unwrap(), "x");
 }

@@ -63,6 +63,8 @@ fn sample(pages: u64, globals: u32, pending: Vec<u8>) -> VmMeta {
                         read: false,
                         write: true,
                         append: false,
+                        file_id: Some([2049, 77]),
+                        detached: false,
                     },
                 ),
             ],
@@ -141,6 +143,8 @@ fn inconsistent_fields_are_refused_by_name() {
             read: true,
             write: false,
             append: false,
+            file_id: None,
+            detached: false,
         },
     ));
     corrupt_field(m, "wasi.fds");
@@ -154,6 +158,8 @@ fn inconsistent_fields_are_refused_by_name() {
             read: true,
             write: false,
             append: false,
+            file_id: None,
+            detached: false,
         },
     ));
     corrupt_field(m, "wasi.fds");
@@ -191,5 +197,43 @@ proptest! {
             // Whatever decodes must still be internally consistent: re-encoding decodes.
             prop_assert!(VmMeta::decode(&m.encode()).is_ok());
         }
+    }
+}
+
+/// Regression (review): docs/VM.md says unknown fields are refused, but only the outer
+/// structs denied them; an unknown field in the WASI state, a descriptor, an output
+/// stream, a file state, a preopen or the unwind region was silently dropped. Now every
+/// object of `vm.meta`, at any depth, refuses one.
+#[test]
+fn unknown_field_in_any_object_is_refused() {
+    fn objects(v: &serde_json::Value, at: String, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                out.push(at.clone());
+                for (k, v) in m {
+                    objects(v, format!("{at}/{k}"), out);
+                }
+            }
+            serde_json::Value::Array(a) => {
+                for (i, v) in a.iter().enumerate() {
+                    objects(v, format!("{at}/{i}"), out);
+                }
+            }
+            _ => {}
+        }
+    }
+    let bytes = sample(4, 2, b"held".to_vec()).encode();
+    let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    let mut all = Vec::new();
+    objects(&v, String::new(), &mut all);
+    assert!(all.len() > 15, "{all:?}");
+    for at in all {
+        let mut w = v.clone();
+        w.pointer_mut(&at)
+            .and_then(|o| o.as_object_mut())
+            .unwrap()
+            .insert("from_the_future".into(), serde_json::Value::from(1));
+        let e = VmMeta::decode(&serde_json::to_vec(&w).unwrap()).unwrap_err();
+        assert_eq!(e.kind(), VmErrorKind::Corrupt, "{at}: {e}");
     }
 }

@@ -57,7 +57,12 @@ impl std::str::FromStr for RuntimeKind {
 
 /// The value of a global, as its bits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", content = "bits", rename_all = "lowercase")]
+#[serde(
+    tag = "type",
+    content = "bits",
+    rename_all = "lowercase",
+    deny_unknown_fields
+)]
 pub enum GlobalValue {
     /// i32
     I32(u32),
@@ -83,6 +88,7 @@ pub enum Phase {
 /// The region of linear memory that holds the saved call stack (Asyncify's data: an
 /// 8-byte header `{current, end}` then the frames).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct UnwindRegion {
     /// First byte (64 KiB aligned).
     pub start: u32,

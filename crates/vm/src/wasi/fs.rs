@@ -3,12 +3,14 @@
 //! by (preopen, relative path, offset, mode) and can be reopened on resume.
 //!
 //! Paths are resolved lexically under a preopen (`..` may not climb out; absolute paths are
-//! refused) and the opened file's directory must lie inside the preopen's canonical root,
-//! so a symlink cannot lead the program out of what it was given.
+//! refused), then every directory on the way — and the last component too when the call
+//! follows symlinks — must resolve inside the preopen's canonical root, and files are
+//! opened with `O_NOFOLLOW` at the checked path ([`confine`]), so a symlink cannot lead
+//! the program out of what it was given (up to a third party racing symlinks in between).
 
 use super::errno::*;
 use super::mem::Mem;
-use super::{Preopen, Wasi};
+use super::{confine, Preopen, Wasi};
 use crate::error::{Result, VmError, VmErrorKind};
 use serde::{Deserialize, Serialize};
 use std::fs::File;
@@ -33,6 +35,7 @@ const FT_SYMLINK: u8 = 7;
 
 /// A path the program changed, relative to preopen `pre` (restored on resume).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TrackedPath {
     /// Index of the preopen.
     pub pre: usize,
@@ -42,7 +45,7 @@ pub struct TrackedPath {
 
 /// A captured descriptor.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
 pub enum FdState {
     /// fd 0
     Stdin,
@@ -73,6 +76,13 @@ pub enum FdState {
         write: bool,
         /// `O_APPEND`
         append: bool,
+        /// `[device, inode]` of the open file at the checkpoint (absent in older records).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        file_id: Option<[u64; 2]>,
+        /// At the checkpoint the path no longer named the open file (renamed, replaced or
+        /// unlinked while open): the descriptor cannot be reopened by its path.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        detached: bool,
     },
 }
 
@@ -105,7 +115,9 @@ impl Fd {
         }
     }
 
-    pub(crate) fn state(&self) -> FdState {
+    /// What a checkpoint records; `roots`: the preopens' canonical roots (to tell whether
+    /// a file's path still names the open file).
+    pub(crate) fn state(&self, roots: &[PathBuf]) -> FdState {
         match self {
             Fd::Stdin => FdState::Stdin,
             Fd::Stdout => FdState::Stdout,
@@ -118,39 +130,51 @@ impl Fd {
             Fd::File {
                 pre,
                 rel,
+                file,
                 offset,
                 read,
                 write,
                 append,
-                ..
-            } => FdState::File {
-                pre: *pre,
-                rel: rel.clone(),
-                offset: *offset,
-                read: *read,
-                write: *write,
-                append: *append,
-            },
+            } => {
+                let id = |m: std::fs::Metadata| [m.dev(), m.ino()];
+                let file_id = file.metadata().ok().map(id);
+                let at_path = roots
+                    .get(*pre)
+                    .and_then(|r| std::fs::symlink_metadata(r.join(rel)).ok())
+                    .map(id);
+                FdState::File {
+                    pre: *pre,
+                    rel: rel.clone(),
+                    offset: *offset,
+                    read: *read,
+                    write: *write,
+                    append: *append,
+                    file_id,
+                    detached: file_id.is_some() && file_id != at_path,
+                }
+            }
         }
     }
 
-    /// Reopens a captured descriptor (never creating or truncating anything).
-    pub(crate) fn reopen(s: &FdState, preopens: &[Preopen]) -> Result<Fd> {
-        let root = |pre: usize| {
-            preopens.get(pre).map(|p| p.host.clone()).ok_or_else(|| {
-                VmError::new(
-                    VmErrorKind::Corrupt,
-                    format!("preopen {pre} does not exist"),
-                )
-            })
+    /// Reopens a captured descriptor (never creating or truncating anything). The path is
+    /// checked to lie inside its preopen (symlinks resolved, see [`confine`]) and opened
+    /// with `O_NOFOLLOW` at its canonical form; one leading out is refused naming the path.
+    /// A file must be the one open at the checkpoint: refused when its path no longer
+    /// named it then (`detached`), and, unless the path is `tracked` (restored to the
+    /// checkpoint's content just before, possibly as a new file), when the reopened file
+    /// is another one (device and inode differ).
+    pub(crate) fn reopen(s: &FdState, preopens: &[Preopen], tracked: bool) -> Result<Fd> {
+        let place = |pre: usize, rel: &str, what: &str| -> Result<PathBuf> {
+            let root = confine::host_root(preopens, pre)?;
+            confine::confine(&root, rel, true).map_err(|e| e.error(&root.join(rel), what))
         };
         Ok(match s {
             FdState::Stdin => Fd::Stdin,
             FdState::Stdout => Fd::Stdout,
             FdState::Stderr => Fd::Stderr,
             FdState::Dir { pre, rel, preopen } => {
-                let p = root(*pre)?.join(rel);
-                if !p.is_dir() {
+                let p = place(*pre, rel, "directory open at the checkpoint")?;
+                if !std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir()) {
                     return Err(VmError::new(
                         VmErrorKind::Mismatch,
                         format!("directory {} open at the checkpoint is gone", p.display()),
@@ -169,11 +193,25 @@ impl Fd {
                 read,
                 write,
                 append,
+                file_id,
+                detached,
             } => {
-                let p = root(*pre)?.join(rel);
+                let p = place(*pre, rel, "file open at the checkpoint")?;
+                if *detached {
+                    return Err(VmError::new(
+                        VmErrorKind::Mismatch,
+                        format!(
+                            "file {} open at the checkpoint had been renamed, replaced or \
+                             deleted while open: the descriptor cannot be reopened by its \
+                             path, so this checkpoint cannot be resumed",
+                            p.display()
+                        ),
+                    ));
+                }
                 let file = std::fs::OpenOptions::new()
                     .read(*read || !*write)
                     .write(*write)
+                    .custom_flags(libc::O_NOFOLLOW)
                     .open(&p)
                     .map_err(|e| {
                         VmError::new(
@@ -184,6 +222,19 @@ impl Fd {
                             ),
                         )
                     })?;
+                let now = file.metadata().ok().map(|m| [m.dev(), m.ino()]);
+                if let (Some(was), false) = (file_id, tracked) {
+                    if now.as_ref() != Some(was) {
+                        return Err(VmError::new(
+                            VmErrorKind::Mismatch,
+                            format!(
+                                "file {} is not the file open at the checkpoint (device and \
+                                 inode {was:?}, now {now:?}): it was replaced since",
+                                p.display()
+                            ),
+                        ));
+                    }
+                }
                 Fd::File {
                     pre: *pre,
                     rel: rel.clone(),
@@ -219,14 +270,21 @@ pub(crate) fn canonical_roots(preopens: &[Preopen]) -> Result<Vec<PathBuf>> {
         .collect()
 }
 
-/// Re-reads (and drops) what the program had consumed of stdin when stdin is a regular
-/// file; a pipe cannot be rewound, and is continued where it stands.
+/// Skips what the program had consumed of stdin when stdin is seekable (a regular file):
+/// moves it `consumed` bytes forward from where the resumed run's stdin stands, which is
+/// right when the resume is given stdin at the same starting point as the first run (the
+/// same `< input` again, or a descriptor at the same offset), also a non-zero one. A pipe
+/// cannot be rewound, and is continued where it stands.
 pub(crate) fn skip_stdin(consumed: u64) {
     if consumed == 0 {
         return;
     }
+    let Ok(delta) = libc::off_t::try_from(consumed) else {
+        tracing::warn!("stdin: cannot skip {consumed} bytes");
+        return;
+    };
     // SAFETY: lseek on fd 0; an error (a pipe) just leaves it.
-    let r = unsafe { libc::lseek(0, consumed as libc::off_t, libc::SEEK_SET) };
+    let r = unsafe { libc::lseek(0, delta, libc::SEEK_CUR) };
     if r < 0 {
         tracing::warn!(
             "stdin is not seekable: the {consumed} bytes the program had read before the \
@@ -285,17 +343,27 @@ fn io_err(e: std::io::Error) -> Errno {
 }
 
 impl Wasi {
+    /// The host path of a descriptor's `rel` (already confined when it was opened).
     fn host_path(&self, pre: usize, rel: &str) -> Result<PathBuf, Errno> {
-        let root = self.config.preopens.get(pre).ok_or(BADF)?;
+        let root = self.roots.get(pre).ok_or(BADF)?;
         Ok(if rel.is_empty() {
-            root.host.clone()
+            root.clone()
         } else {
-            root.host.join(rel)
+            root.join(rel)
         })
     }
 
-    /// Resolves `path` relative to directory descriptor `dirfd`.
-    fn resolve(&self, dirfd: u32, path: &str) -> Result<(usize, String, PathBuf), Errno> {
+    /// Resolves `path` relative to directory descriptor `dirfd` to a place inside its
+    /// preopen ([`confine`]): `follow` resolves a symlink in the last component too (and
+    /// the target must be inside); otherwise the last component is the entry itself. The
+    /// returned `rel` is the canonical path under the preopen, so a descriptor or tracked
+    /// path names the real file. Leading out is `ENOTCAPABLE`.
+    fn resolve(
+        &self,
+        dirfd: u32,
+        path: &str,
+        follow: bool,
+    ) -> Result<(usize, String, PathBuf), Errno> {
         let Some(Fd::Dir { pre, rel, .. }) = self.fds.get(&dirfd) else {
             return Err(if self.fds.contains_key(&dirfd) {
                 NOTDIR
@@ -304,18 +372,12 @@ impl Wasi {
             });
         };
         let rel = join_rel(rel, path).ok_or(NOTCAPABLE)?;
-        let host = self.host_path(*pre, &rel)?;
-        // The directory that will hold the entry must be inside the root: symlinks in
-        // the middle of the path could lead elsewhere.
-        if let (Some(parent), Some(root)) = (host.parent(), self.roots.get(*pre)) {
-            if !rel.is_empty() {
-                match std::fs::canonicalize(parent) {
-                    Ok(c) if c.starts_with(root) => {}
-                    Ok(_) => return Err(NOTCAPABLE),
-                    Err(e) => return Err(io_err(e)),
-                }
-            }
-        }
+        let root = self.roots.get(*pre).ok_or(BADF)?;
+        let host = confine::confine(root, &rel, follow).map_err(|e| match e {
+            confine::Confine::Outside => NOTCAPABLE,
+            confine::Confine::Io(e) => io_err(e),
+        })?;
+        let rel = confine::rel_of(root, &host).ok_or(ILSEQ)?;
         Ok((*pre, rel, host))
     }
 
@@ -479,19 +541,22 @@ impl Wasi {
             }
             "path_create_directory" => {
                 let path = m.str(a(1), a(2))?;
-                let (pre, rel, host) = self.resolve(a(0), &path)?;
+                let (pre, rel, host) = self.resolve(a(0), &path, false)?;
+                if std::fs::symlink_metadata(&host).is_ok() {
+                    return Err(EXIST); // a symlink too: nothing changes, nothing to refuse
+                }
                 self.before_change(pre, &rel, &host)?;
                 std::fs::create_dir(&host).map_err(io_err)
             }
             "path_remove_directory" => {
                 let path = m.str(a(1), a(2))?;
-                let (pre, rel, host) = self.resolve(a(0), &path)?;
+                let (pre, rel, host) = self.resolve(a(0), &path, false)?;
                 self.before_change(pre, &rel, &host)?;
                 std::fs::remove_dir(&host).map_err(io_err)
             }
             "path_unlink_file" => {
                 let path = m.str(a(1), a(2))?;
-                let (pre, rel, host) = self.resolve(a(0), &path)?;
+                let (pre, rel, host) = self.resolve(a(0), &path, false)?;
                 let md = std::fs::symlink_metadata(&host).map_err(io_err)?;
                 if md.is_dir() {
                     return Err(ISDIR);
@@ -502,26 +567,27 @@ impl Wasi {
             "path_rename" => {
                 let from = m.str(a(1), a(2))?;
                 let to = m.str(a(4), a(5))?;
-                let (p1, r1, h1) = self.resolve(a(0), &from)?;
-                let (p2, r2, h2) = self.resolve(a(3), &to)?;
+                let (p1, r1, h1) = self.resolve(a(0), &from, false)?;
+                let (p2, r2, h2) = self.resolve(a(3), &to, false)?;
+                let dir = std::fs::symlink_metadata(&h1).is_ok_and(|m| m.is_dir());
                 self.before_change(p1, &r1, &h1)?;
                 self.before_change(p2, &r2, &h2)?;
-                std::fs::rename(&h1, &h2).map_err(io_err)
+                let moved = dir && self.journal_move(p1, &r1, p2, &r2)?;
+                let r = std::fs::rename(&h1, &h2).map_err(io_err);
+                if r.is_err() && moved {
+                    self.journal_unmove();
+                }
+                r
             }
             "path_filestat_get" => {
                 let path = m.str(a(2), a(3))?;
-                let (_, _, host) = self.resolve(a(0), &path)?;
-                let md = if a(1) & 1 != 0 {
-                    std::fs::metadata(&host)
-                } else {
-                    std::fs::symlink_metadata(&host)
-                }
-                .map_err(io_err)?;
+                let (_, _, host) = self.resolve(a(0), &path, a(1) & 1 != 0)?;
+                let md = std::fs::symlink_metadata(&host).map_err(io_err)?;
                 filestat(m, a(4), &md)
             }
             "path_readlink" => {
                 let path = m.str(a(1), a(2))?;
-                let (_, _, host) = self.resolve(a(0), &path)?;
+                let (_, _, host) = self.resolve(a(0), &path, false)?;
                 let t = std::fs::read_link(&host).map_err(io_err)?;
                 let b = t.to_string_lossy().into_owned().into_bytes();
                 let n = (a(4) as usize).min(b.len());
@@ -541,13 +607,13 @@ impl Wasi {
         rights: u64,
         fdflags: u32,
     ) -> Result<u32, Errno> {
-        let (pre, rel, host) = self.resolve(dirfd, path)?;
-        let follow = dirflags & 1 != 0;
-        let md = if follow {
-            std::fs::metadata(&host)
-        } else {
-            std::fs::symlink_metadata(&host)
-        };
+        // With SYMLINK_FOLLOW (wasi-libc's default) `host` is the link's target, checked
+        // to be inside the preopen; the file is opened with O_NOFOLLOW either way.
+        let (pre, rel, host) = self.resolve(dirfd, path, dirflags & 1 != 0)?;
+        let md = std::fs::symlink_metadata(&host);
+        if md.as_ref().is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(LOOP);
+        }
         let is_dir = md.as_ref().is_ok_and(|m| m.is_dir());
         if oflags & OFLAG_DIRECTORY != 0 || (is_dir && oflags & (OFLAG_CREAT | OFLAG_TRUNC) == 0) {
             match md {
@@ -574,9 +640,7 @@ impl Wasi {
             }
         }
         o.truncate(oflags & OFLAG_TRUNC != 0);
-        if !follow {
-            o.custom_flags(libc::O_NOFOLLOW);
-        }
+        o.custom_flags(libc::O_NOFOLLOW);
         let modifies = write || oflags & (OFLAG_CREAT | OFLAG_TRUNC) != 0;
         if modifies {
             self.before_change(pre, &rel, &host)?;
@@ -746,15 +810,19 @@ impl Wasi {
     }
 }
 
-/// The host path of a tracked path.
-pub(crate) fn tracked_host_path(preopens: &[Preopen], t: &TrackedPath) -> Option<PathBuf> {
-    let root = &preopens.get(t.pre)?.host;
+/// The host path of a tracked path (its last name unresolved: a symlink there is the
+/// entry itself), confined to its preopen as it is now ([`confine`]).
+pub(crate) fn tracked_host_path(
+    preopens: &[Preopen],
+    t: &TrackedPath,
+) -> std::result::Result<PathBuf, confine::Confine> {
     // Tracked paths come from a checkpoint: check them as strictly as guest paths.
-    let rel = join_rel("", &t.rel)?;
-    if rel.is_empty() {
-        return None;
-    }
-    Some(root.join(rel))
+    let rel = join_rel("", &t.rel)
+        .filter(|r| !r.is_empty())
+        .ok_or(confine::Confine::Outside)?;
+    let p = preopens.get(t.pre).ok_or(confine::Confine::Outside)?;
+    let root = std::fs::canonicalize(&p.host)?;
+    confine::confine(&root, &rel, false)
 }
 
 /// A checkpoint's relative path, normalised; `None` if it would leave its preopen.

@@ -8,6 +8,7 @@
 //! files: entries from before the checkpoint (a kill between COMMIT and the clear) are
 //! overwritten by the checkpoint's content, entries after it are rolled back.
 
+use super::confine::Want;
 use super::fs::TrackedPath;
 use super::Preopen;
 use serde::{Deserialize, Serialize};
@@ -19,7 +20,14 @@ use std::path::{Path, PathBuf};
 enum Pre {
     Absent,
     Dir,
-    File { data: String },
+    File {
+        data: String,
+    },
+    /// The directory at `path` was renamed to `to` (undone by renaming it back, contents
+    /// and all; recorded at every directory rename, tracked or not).
+    Moved {
+        to: TrackedPath,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -27,6 +35,15 @@ struct Entry {
     path: TrackedPath,
     #[serde(flatten)]
     pre: Pre,
+}
+
+impl Entry {
+    fn moved_to(&self) -> Option<&TrackedPath> {
+        match &self.pre {
+            Pre::Moved { to } => Some(to),
+            _ => None,
+        }
+    }
 }
 
 /// The journal directory of one repository.
@@ -79,6 +96,13 @@ impl Journal {
         let pre = match std::fs::symlink_metadata(host) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Pre::Absent,
             Err(e) => return Err(e),
+            // Never copied through: the program may not change a symlink (fs.rs).
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(io::Error::other(format!(
+                    "{} is a symbolic link",
+                    host.display()
+                )))
+            }
             Ok(m) if m.is_dir() => Pre::Dir,
             Ok(_) => {
                 let data = format!("{n}.data");
@@ -88,11 +112,42 @@ impl Journal {
                 Pre::File { data }
             }
         };
-        let bytes = serde_json::to_vec(&Entry {
-            path: path.clone(),
-            pre,
-        })
-        .map_err(io::Error::other)?;
+        self.write_entry(
+            n,
+            &Entry {
+                path: path.clone(),
+                pre,
+            },
+        )
+    }
+
+    /// Records that the directory `from` is about to be renamed to `to` (after `record`
+    /// of both paths): undone by renaming it back, so its contents return with it.
+    pub fn record_move(&mut self, from: &TrackedPath, to: &TrackedPath) -> io::Result<()> {
+        let n = self.next;
+        self.next += 1;
+        self.write_entry(
+            n,
+            &Entry {
+                path: from.clone(),
+                pre: Pre::Moved { to: to.clone() },
+            },
+        )
+    }
+
+    /// Withdraws the newest entry (a [`Journal::record_move`] whose rename then failed:
+    /// undoing a move that did not happen would move another directory).
+    pub fn withdraw_last(&mut self) -> io::Result<()> {
+        let Some(n) = self.next.checked_sub(1) else {
+            return Ok(());
+        };
+        std::fs::remove_file(self.dir.join(format!("{n}.json")))?;
+        self.next = n;
+        fsync_dir(&self.dir)
+    }
+
+    fn write_entry(&self, n: u64, entry: &Entry) -> io::Result<()> {
+        let bytes = serde_json::to_vec(entry).map_err(io::Error::other)?;
         let tmp = self.dir.join(format!(".{n}.tmp"));
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(&bytes)?;
@@ -101,8 +156,16 @@ impl Journal {
         fsync_dir(&self.dir)
     }
 
-    /// Forgets every entry (after a checkpoint that tracks their paths is committed).
+    /// Forgets every entry (after a checkpoint that tracks their paths is committed). Every
+    /// `N.json` is removed, the directory fsynced, and only then the data files: a kill in
+    /// the middle leaves entries with their data, or data files without an entry (ignored
+    /// by [`Journal::undo`] and overwritten by later entries), never an entry whose data
+    /// is gone.
     pub fn clear(&mut self) -> io::Result<()> {
+        for (_, p) in entries(&self.dir)? {
+            std::fs::remove_file(p)?;
+        }
+        fsync_dir(&self.dir)?;
         for e in std::fs::read_dir(&self.dir)?.flatten() {
             std::fs::remove_file(e.path())?;
         }
@@ -111,7 +174,8 @@ impl Journal {
     }
 
     /// Puts every journaled path back as it was before the change, newest entry first;
-    /// returns how many entries were undone. Entries naming a path outside the preopens
+    /// returns how many entries were undone. Only `N.json` entries count: a data file
+    /// without its entry (left by a kill during [`Journal::clear`]) is ignored. Entries naming a path outside the preopens
     /// (a damaged journal) are refused.
     pub fn undo(&mut self, preopens: &[Preopen]) -> crate::Result<usize> {
         let io = |p: &Path, what: &str, e: io::Error| crate::VmError::io(p, what, e);
@@ -120,47 +184,43 @@ impl Journal {
             let bytes = std::fs::read(p).map_err(|e| io(p, "reading", e))?;
             let entry: Entry = serde_json::from_slice(&bytes)
                 .map_err(|e| crate::error::corrupt(format!("{}: {e}", p.display())))?;
-            let host = super::fs::tracked_host_path(preopens, &entry.path).ok_or_else(|| {
-                crate::error::corrupt(format!(
-                    "{}: path {:?} is not under a preopen",
+            let outside = |t: &TrackedPath| {
+                super::join_rel_checked(&t.rel).is_none_or(|r| r.is_empty())
+                    || t.pre >= preopens.len()
+            };
+            if let Some(t) = [Some(&entry.path), entry.moved_to()]
+                .into_iter()
+                .flatten()
+                .find(|t| outside(t))
+            {
+                return Err(crate::error::corrupt(format!(
+                    "{}: path {t:?} is not under a preopen",
                     p.display(),
-                    entry.path
-                ))
-            })?;
-            let md = std::fs::symlink_metadata(&host).ok();
-            match entry.pre {
-                Pre::Absent => match md {
-                    Some(m) if m.is_dir() => {
-                        if let Err(e) = std::fs::remove_dir(&host) {
-                            tracing::warn!(
-                                "{}: created after the checkpoint; left in place: {e}",
-                                host.display()
-                            );
-                        }
-                    }
-                    Some(_) => std::fs::remove_file(&host).map_err(|e| io(&host, "removing", e))?,
-                    None => {}
-                },
-                Pre::Dir => {
-                    if !md.is_some_and(|m| m.is_dir()) {
-                        std::fs::create_dir_all(&host).map_err(|e| io(&host, "recreating", e))?;
-                    }
+                )));
+            }
+            let data;
+            let want = match entry.pre {
+                Pre::Moved { to } => {
+                    super::confine::move_back(preopens, &entry.path, &to)
+                        .map_err(|e| e.context(format!("undoing {}", p.display())))?;
+                    continue;
                 }
-                Pre::File { data } => {
-                    if data.contains('/') {
+                Pre::Absent => Want::Absent,
+                Pre::Dir => Want::Dir,
+                Pre::File { data: name } => {
+                    if name.contains('/') {
                         return Err(crate::error::corrupt(format!(
                             "{}: bad data name",
                             p.display()
                         )));
                     }
-                    let src = self.dir.join(&data);
-                    if md.is_some_and(|m| m.is_dir()) {
-                        let _ = std::fs::remove_dir(&host);
-                    }
-                    std::fs::copy(&src, &host)
-                        .map_err(|e| io(&host, "restoring from the undo journal", e))?;
+                    let src = self.dir.join(&name);
+                    data = std::fs::read(&src).map_err(|e| io(&src, "reading", e))?;
+                    Want::File(&data)
                 }
-            }
+            };
+            super::confine::restore(preopens, &entry.path, want)
+                .map_err(|e| e.context(format!("undoing {}", p.display())))?;
         }
         Ok(list.len())
     }

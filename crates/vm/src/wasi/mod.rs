@@ -9,6 +9,7 @@
 //! the monotonic clock continues from its captured value (never jumps back); directory
 //! listings are sorted by name.
 
+mod confine;
 pub mod errno;
 mod fs;
 pub mod journal;
@@ -16,6 +17,7 @@ pub mod mem;
 pub mod output;
 pub mod sig;
 
+pub(crate) use confine::{restore, Want};
 use errno::*;
 pub(crate) use fs::tracked_host_path;
 pub use fs::{join_rel_checked, FdState, TrackedPath};
@@ -30,6 +32,7 @@ use std::time::Instant;
 
 /// A host directory made visible to the program under a guest path.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Preopen {
     /// Directory on the host.
     pub host: PathBuf,
@@ -39,6 +42,7 @@ pub struct Preopen {
 
 /// What the program is started with.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct WasiConfig {
     /// `argv`, program name first.
     pub args: Vec<String>,
@@ -53,6 +57,7 @@ pub struct WasiConfig {
 /// The WASI state a checkpoint captures (besides the contents of tracked files, which
 /// are stored as their own objects).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct WasiState {
     /// What the program was started with.
     pub config: WasiConfig,
@@ -147,13 +152,18 @@ impl Wasi {
     }
 
     /// Called before the program changes `rel` under preopen `pre` (at `host`): the first
-    /// time in this run, its current state goes to the journal and it becomes tracked.
+    /// time in this run, its current state goes to the journal and it becomes tracked. A
+    /// symlink itself (unlinked, renamed, replaced) cannot be captured and restored, so
+    /// changing one is refused with `ENOTSUP` (the program cannot create symlinks either).
     pub(crate) fn before_change(
         &mut self,
         pre: usize,
         rel: &str,
         host: &std::path::Path,
     ) -> Result<(), Errno> {
+        if std::fs::symlink_metadata(host).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(NOTSUP);
+        }
         let t = TrackedPath {
             pre,
             rel: rel.to_string(),
@@ -174,6 +184,50 @@ impl Wasi {
         Ok(())
     }
 
+    /// Called before the program renames directory `r1` (under preopen `p1`) to `r2`,
+    /// tracked or not: the journal records the move, so that an undo moves the directory
+    /// back with its contents (a checkpoint knows only the tracked paths inside it).
+    /// True when an entry was written.
+    pub(crate) fn journal_move(
+        &mut self,
+        p1: usize,
+        r1: &str,
+        p2: usize,
+        r2: &str,
+    ) -> Result<bool, Errno> {
+        let (from, to) = (
+            TrackedPath {
+                pre: p1,
+                rel: r1.to_string(),
+            },
+            TrackedPath {
+                pre: p2,
+                rel: r2.to_string(),
+            },
+        );
+        let Some(j) = self
+            .journal
+            .as_mut()
+            .filter(|_| !r1.is_empty() && !r2.is_empty())
+        else {
+            return Ok(false);
+        };
+        j.record_move(&from, &to).map_err(|e| {
+            tracing::error!("{r1}: cannot record its rename in the undo journal: {e}");
+            IO
+        })?;
+        Ok(true)
+    }
+
+    /// The rename journaled by [`Wasi::journal_move`] failed: its entry is withdrawn.
+    pub(crate) fn journal_unmove(&mut self) {
+        if let Some(j) = self.journal.as_mut() {
+            if let Err(e) = j.withdraw_last() {
+                tracing::warn!("withdrawing a directory rename from the undo journal: {e}");
+            }
+        }
+    }
+
     /// The configuration the program was started with.
     pub fn config(&self) -> &WasiConfig {
         &self.config
@@ -185,7 +239,11 @@ impl Wasi {
             config: self.config.clone(),
             rng_word_pos: self.rng.get_word_pos(),
             monotonic_ns: self.monotonic_ns(),
-            fds: self.fds.iter().map(|(n, f)| (*n, f.state())).collect(),
+            fds: self
+                .fds
+                .iter()
+                .map(|(n, f)| (*n, f.state(&self.roots)))
+                .collect(),
             stdin_consumed: self.stdin_consumed,
             stdout: self.stdout.state(),
             stderr: self.stderr.state(),
@@ -201,8 +259,15 @@ impl Wasi {
         w.mono_base_ns = state.monotonic_ns;
         w.fds.clear();
         for (n, f) in &state.fds {
-            let fd =
-                fs::Fd::reopen(f, &w.config.preopens).map_err(|e| e.context(format!("fd {n}")))?;
+            let tracked = match f {
+                FdState::File { pre, rel, .. } => state.tracked.contains(&TrackedPath {
+                    pre: *pre,
+                    rel: rel.clone(),
+                }),
+                _ => false,
+            };
+            let fd = fs::Fd::reopen(f, &w.config.preopens, tracked)
+                .map_err(|e| e.context(format!("fd {n}")))?;
             w.fds.insert(*n, fd);
         }
         w.stdin_consumed = state.stdin_consumed;

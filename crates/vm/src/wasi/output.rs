@@ -18,7 +18,7 @@ use std::io;
 
 /// How a stream is made consistent with checkpoints.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "mode", rename_all = "lowercase")]
+#[serde(tag = "mode", rename_all = "lowercase", deny_unknown_fields)]
 pub enum Sink {
     /// A regular file, identified by device and inode.
     File {
@@ -35,6 +35,7 @@ pub enum Sink {
 
 /// What a checkpoint records about one output stream.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct OutputState {
     /// The mode at the time of the checkpoint.
     pub sink: Sink,
@@ -194,6 +195,19 @@ impl Output {
         let held = std::mem::take(&mut self.pending);
         write_all(self.fd, &held)
     }
+}
+
+/// After the program has exited (its exit record's `state`): nothing will be written
+/// again, so nothing is truncated; when `fd` is still the File-mode stream's file, it is
+/// only positioned at its end (after the program's output and anything appended since).
+pub fn position_at_end(fd: i32, state: &OutputState) -> io::Result<()> {
+    if let (Sink::File { dev, ino }, Some((d, i, _))) = (state.sink, regular(fd)) {
+        // SAFETY: lseek on an fd we were given; the error is checked.
+        if (dev, ino) == (d, i) && unsafe { libc::lseek(fd, 0, libc::SEEK_END) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// Writes all of `data` to `fd`, retrying on `EINTR` and short writes.
