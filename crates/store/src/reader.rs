@@ -566,7 +566,9 @@ impl RepoReader {
         for p in &c.parts {
             let m = self.manifest_checked(&c, p.rank)?;
             for ch in m.objects.iter().flat_map(|o| o.chunks.iter()) {
-                if seen.insert(ch.digest) {
+                // By digest and length, as verify: each length a manifest gives is what
+                // its load checks.
+                if seen.insert((ch.digest, ch.len)) {
                     todo.push((p.rank, ch.digest, ch.stored, ch.len));
                 }
             }

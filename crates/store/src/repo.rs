@@ -109,6 +109,10 @@ pub struct Repository {
     /// a round whose id does not increase, which would wedge checkpointing for the rest of
     /// the run. Ids therefore never repeat within one writer's lifetime.
     last_begun: u64,
+    /// The newest checkpoint this handle committed: its chunks were proven present at
+    /// its commit, so retention need not check it again (on an object store that check
+    /// is a request per chunk, and jobs collect after every commit).
+    last_committed: Option<CheckpointId>,
     /// Fault injection: the next commit's directory fsync after the rename fails.
     fail_commit_sync: bool,
     /// Most manifest bytes a COMMIT carries inline (see [`INLINE_COMMIT_BUDGET`]).
@@ -228,6 +232,7 @@ impl Repository {
             pending: Arc::new(AtomicUsize::new(0)),
             budget: Budget::default(),
             last_begun: 0,
+            last_committed: None,
             fail_commit_sync: false,
             inline_budget: INLINE_COMMIT_BUDGET,
         })
@@ -589,6 +594,7 @@ impl Repository {
         failpoint("after_commit");
         tracing::debug!(secs = t.elapsed().as_secs_f64(), "commit: COMMIT durable");
         drop(pending);
+        self.last_committed = Some(id);
         Ok(CommittedCheckpoint {
             summary: CheckpointSummary::from(record),
         })
@@ -809,6 +815,9 @@ impl Repository {
         // even if it is older than `keep` (regression:
         // `gc_keeps_the_newest_intact_checkpoint_when_the_newest_are_broken`).
         for id in committed.iter().rev() {
+            if Some(*id) == self.last_committed {
+                break; // committed by this handle: every chunk proven present then
+            }
             match reader.check_committed(*id) {
                 Ok(_) => {
                     if let Some(i) = old.iter().position(|o| o == id) {
