@@ -5,18 +5,10 @@
 
 mod common;
 
-use common::{Rig, CHUNK};
-use lazarus_files::{Files, FilesConfig, FilesErrorKind, RestoreError};
+use common::{refused, Rig, CHUNK};
+use lazarus_files::{Files, FilesConfig, FilesErrorKind};
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
-
-fn files_error(r: Result<Files, RestoreError>) -> lazarus_files::FilesError {
-    match r {
-        Err(RestoreError::Files(e)) => e,
-        Err(RestoreError::Store(e)) => panic!("a store error: {e}"),
-        Ok(_) => panic!("the restore succeeded"),
-    }
-}
 
 /// A create or rename whose system call fails after its journal record (a name too long
 /// here; a full disk or no permission in the field) used to leave the record: after a
@@ -101,7 +93,7 @@ fn a_symlinked_rank_area_is_refused_even_when_accepting_changes() {
     std::fs::remove_dir_all(rig.work()).unwrap();
     std::os::unix::fs::symlink(&elsewhere, rig.work()).unwrap();
     for accept in [false, true] {
-        let e = files_error(rig.restored(Some(c), accept));
+        let e = refused(rig.restored(Some(c), accept));
         assert_eq!(e.kind(), FilesErrorKind::InvalidPath, "{e}");
         assert!(e.to_string().contains("symbolic link"), "{e}");
         assert!(e.to_string().contains("rank-0"), "{e}");
@@ -126,7 +118,7 @@ fn a_name_that_is_not_utf8_is_refused_before_anything_changes() {
     let bad = rig.work().join(std::ffi::OsStr::from_bytes(b"bad\xff"));
     std::fs::write(&bad, b"?").unwrap();
     for accept in [false, true, true] {
-        let e = files_error(rig.restored(Some(c), accept));
+        let e = refused(rig.restored(Some(c), accept));
         assert_eq!(e.kind(), FilesErrorKind::InvalidPath, "{e}");
         assert!(e.to_string().contains("not UTF-8"), "{e}");
     }

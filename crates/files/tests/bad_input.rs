@@ -4,19 +4,11 @@
 
 mod common;
 
-use common::{disk_tree, Rig, CHUNK};
+use common::{disk_tree, refused, Rig, CHUNK};
 use lazarus_files::{FilesErrorKind, RestoreError, RestoreTarget};
 use lazarus_store::RepoReader;
 use std::io::{ErrorKind, Write};
 use std::path::Path;
-
-fn refused(r: Result<lazarus_files::Files, RestoreError>) -> lazarus_files::FilesError {
-    match r {
-        Err(RestoreError::Files(e)) => e,
-        Err(RestoreError::Store(e)) => panic!("store error instead of a refusal: {e}"),
-        Ok(_) => panic!("the restore was not refused"),
-    }
-}
 
 #[test]
 fn a_file_changed_outside_the_job_is_refused_by_name_unless_accepted() {

@@ -164,3 +164,16 @@ pub fn seed(default: u64) -> u64 {
     eprintln!("seed {s} (set LAZARUS_TEST_SEED to replay)");
     s
 }
+
+/// The refusal of a restore `r` that must be refused by the managed files.
+pub fn refused(
+    r: Result<lazarus_files::Files, lazarus_files::RestoreError>,
+) -> lazarus_files::FilesError {
+    match r {
+        Err(RestoreError::Files(e)) => e,
+        Err(RestoreError::Store(e)) => {
+            panic!("store error instead of a refusal: {e}")
+        }
+        Ok(_) => panic!("the restore was not refused"),
+    }
+}
