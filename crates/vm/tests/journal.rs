@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::wasi::{host, open, rename, write, CREAT, TRUNC, WRITE};
+use common::wasi::{host, open, read, rename, write, CREAT, READ, TRUNC, WRITE};
 use lazarus_vm::wasi::journal::Journal;
 use lazarus_vm::wasi::{Preopen, TrackedPath};
 
@@ -144,4 +144,30 @@ fn directory_renamed_after_the_checkpoint_comes_back_with_its_contents() {
     assert!(!data.join("d/new.txt").exists());
     assert!(!data.join("e").exists());
     assert_eq!(std::fs::read_to_string(data.join("busy/x")).unwrap(), "x");
+}
+
+/// Regression (review): the undo restored a journaled file by writing a new file and
+/// renaming it over the path (a new inode), so a descriptor the program held open on it
+/// since before the checkpoint (recorded with its inode, the file untracked then) was
+/// refused on resume as "replaced since". An existing regular file is now rewritten in
+/// place: the descriptor reopens and reads the old content.
+#[test]
+fn undo_keeps_the_inode_of_a_file_open_since_the_checkpoint() {
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("data.csv"), "a,b\n1,2\n").unwrap();
+    let (preopens, mut w) = host(&data);
+    let jdir = d.path().join("journal");
+    w.set_journal(Journal::open(&jdir).unwrap());
+    let mut mem = vec![0u8; 65536];
+    let r = open(&mut w, &mut mem, "data.csv", 0, READ, 0);
+    let state = w.state(); // checkpoint N: fd r open read-only, data.csv untracked
+    w.checkpoint_committed().unwrap();
+    let o = open(&mut w, &mut mem, "data.csv", TRUNC, WRITE, 0);
+    write(&mut w, &mut mem, o, b"changed\n");
+    drop(w); // killed before the next checkpoint
+    Journal::open(&jdir).unwrap().undo(&preopens).unwrap();
+    let mut w = lazarus_vm::wasi::Wasi::resume(&state, false).unwrap();
+    assert_eq!(read(&mut w, &mut mem, r), b"a,b\n1,2\n");
 }
