@@ -170,6 +170,9 @@ pub struct Report {
     pub already_finished: bool,
     /// Stopped by [`VmConfig::stop_after_checkpoints`] (held output not written).
     pub stopped: bool,
+    /// Checkpoints that were due but not taken because a descriptor was detached (its
+    /// file renamed, replaced or deleted while open: see [`crate::wasi::Wasi::detached_fds`]).
+    pub postponed: u64,
 }
 
 /// Runs (or resumes) the program of `cfg` to its end, on a thread with a stack large
@@ -693,6 +696,7 @@ fn drive(
     report: &mut Report,
     stop_after: Option<u64>,
 ) -> Result<Option<i32>> {
+    let mut warned_detached = std::collections::BTreeSet::new();
     loop {
         let end = inst.run_start();
         let phase = inst.host().ctl.phase;
@@ -724,6 +728,31 @@ fn drive(
                 "a checkpoint was due without a repository",
             ));
         };
+        let detached = inst.host().wasi.detached_fds();
+        if !detached.is_empty() {
+            // A checkpoint now could never be resumed (the descriptor cannot be reopened by
+            // its path), and committing it would clear the journal and let GC drop the
+            // checkpoint that can: postponed, the previous one stays the restart point.
+            for (n, rel) in detached {
+                if warned_detached.insert((n, rel.clone())) {
+                    tracing::warn!(
+                        "fd {n}: {rel} was renamed, replaced or deleted while open; no \
+                         checkpoint is taken until the program closes it (the previous \
+                         checkpoint stays the restart point)"
+                    );
+                }
+            }
+            report.postponed += 1;
+            let host = inst.host();
+            host.ctl.checkpoint_taken(t.elapsed());
+            host.ctl.phase = Phase::Rewinding;
+            let region = host
+                .ctl
+                .region
+                .ok_or_else(|| corrupt("unwound without a region"))?;
+            inst.call("asyncify_start_rewind", Some(region.start as i32))?;
+            continue;
+        }
         let stats = write_checkpoint(inst, repo, ctx)?;
         let steps = inst.host().ctl.steps;
         if ctx.markers {
@@ -772,19 +801,6 @@ fn write_checkpoint(
 ) -> Result<WriteStats> {
     let mut meta = base_meta(ctx, inst);
     meta.globals = inst.globals()?;
-    for (n, f) in &meta.wasi.fds {
-        if let crate::wasi::FdState::File {
-            rel,
-            detached: true,
-            ..
-        } = f
-        {
-            tracing::warn!(
-                "fd {n}: {rel} was renamed, replaced or deleted while open; this checkpoint \
-                 cannot be resumed until the program closes it"
-            );
-        }
-    }
     let mut contents: Vec<(String, Vec<u8>)> = Vec::new();
     for (i, t) in meta.wasi.tracked.iter().enumerate() {
         let what = "capturing a file the program wrote";

@@ -251,6 +251,23 @@ impl Wasi {
         }
     }
 
+    /// The descriptors (number, path under its preopen) whose path no longer names the
+    /// open file (renamed, replaced or deleted while open): a checkpoint taken now could
+    /// not be resumed, so none is taken while this is non-empty.
+    pub fn detached_fds(&self) -> Vec<(u32, String)> {
+        self.fds
+            .iter()
+            .filter_map(|(n, f)| match f.state(&self.roots) {
+                FdState::File {
+                    rel,
+                    detached: true,
+                    ..
+                } => Some((*n, rel)),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// The host as captured in `state`: the files of `state.tracked` must already be
     /// restored; descriptors are reopened at their offsets, stdio made consistent.
     pub fn resume(state: &WasiState, lines: bool) -> crate::Result<Wasi> {
