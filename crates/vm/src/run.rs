@@ -563,8 +563,8 @@ fn resume(
     let region = meta
         .region
         .ok_or_else(|| corrupt(ctx("no unwind region")))?;
-    // Everything that can find the checkpoint inconsistent runs before any file is
-    // touched: the instance is built and checked with a placeholder WASI host (instantiating
+    // Everything that can find the checkpoint itself inconsistent runs before any file is
+    // touched (the descriptors' files are checked after the restore, below): the instance is built and checked with a placeholder WASI host (instantiating
     // runs no program code), and only then are the journal undone, the files restored and
     // the real host (descriptors reopened, output rolled back) put in place (test
     // `inconsistent_checkpoint_is_refused_before_any_file_is_touched`).
@@ -600,6 +600,29 @@ fn resume(
     inst.host().ctl.phase = Phase::Rewinding;
     inst.call("asyncify_start_rewind", Some(region.start as i32))
         .map_err(|e| corrupt(ctx(&format!("the saved call stack is inconsistent: {e}"))))?;
+    // Refusals that need only vm.meta, before anything is touched: a descriptor recorded
+    // as detached can never be reopened (no such checkpoint is taken any more, but an
+    // older version committed them).
+    for (n, f) in &meta.wasi.fds {
+        if let crate::wasi::FdState::File {
+            rel,
+            detached: true,
+            ..
+        } = f
+        {
+            return Err(VmError::new(
+                VmErrorKind::Mismatch,
+                format!(
+                    "fd {n}: file {rel} open at the checkpoint had been renamed, replaced or \
+                     deleted while open: the descriptor cannot be reopened by its path, so \
+                     this checkpoint cannot be resumed (nothing was touched)"
+                ),
+            ));
+        }
+    }
+    // Checked only after the journal is undone and the files restored, as they depend on
+    // them (docs/VM.md, "Damage"): each descriptor's file exists, opens and is the file
+    // open at the checkpoint (inode), and stdout/stderr are rolled back (Output::resume).
     let journal = undo_journal(journal, &meta.wasi.config.preopens)?;
     restore_files(meta, &objs).map_err(|e| e.context(ctx("restoring files")))?;
     let mut wasi = Wasi::resume(&meta.wasi, markers)?;
