@@ -277,7 +277,7 @@ fn run_here(cfg: &VmConfig) -> Result<Report> {
                 .map_err(|e| e.context(cfg.module.display()))?;
             let seed = cfg.seed.unwrap_or_else(rand::random);
             // A run killed before its first checkpoint may have changed files: undo that.
-            let journal = undo_journal(journal, &preopens)?;
+            let journal = undo_journal(journal, &preopens, None)?;
             let mut wasi = Wasi::new(
                 WasiConfig {
                     args: argv,
@@ -338,10 +338,13 @@ fn run_here(cfg: &VmConfig) -> Result<Report> {
     if let Some(r) = repo.as_mut() {
         // Records the end, so running the same command again does not run the tail twice.
         let meta = exit_meta(&ctx, inst.as_mut(), code);
-        r.write(report.steps, app(&ctx, Some(code)), vec![meta_obj(&meta)])?;
-        inst.host().wasi.checkpoint_committed().map_err(|e| {
-            VmError::new(VmErrorKind::Io, format!("clearing the undo journal: {e}"))
-        })?;
+        let end = r.write(report.steps, app(&ctx, Some(code)), vec![meta_obj(&meta)])?;
+        inst.host()
+            .wasi
+            .checkpoint_committed(end.id.0)
+            .map_err(|e| {
+                VmError::new(VmErrorKind::Io, format!("clearing the undo journal: {e}"))
+            })?;
     }
     Ok(report)
 }
@@ -516,11 +519,22 @@ fn check_same_command(
 /// Where a repository keeps its undo journal (`wasi/journal.rs`).
 const JOURNAL_DIR: &str = "vm-undo";
 
-fn undo_journal(journal: Option<Journal>, preopens: &[Preopen]) -> Result<Option<Journal>> {
+/// Undoes the journal for a fresh start (`from` = `None`) or a resume from checkpoint
+/// `from` (entries written before it was committed are skipped), then clears it; later
+/// entries follow `from`.
+fn undo_journal(
+    journal: Option<Journal>,
+    preopens: &[Preopen],
+    from: Option<CheckpointId>,
+) -> Result<Option<Journal>> {
     let Some(mut j) = journal else {
         return Ok(None);
     };
-    let n = j.undo(preopens)?;
+    let from = from.map(|c| c.0);
+    let n = j.undo_from(preopens, from)?;
+    if let Some(c) = from {
+        j.follows(c);
+    }
     if n > 0 {
         tracing::debug!("undid {n} file change(s) made after the last checkpoint");
     }
@@ -623,7 +637,7 @@ fn resume(
     // Checked only after the journal is undone and the files restored, as they depend on
     // them (docs/VM.md, "Damage"): each descriptor's file exists, opens and is the file
     // open at the checkpoint (inode), and stdout/stderr are rolled back (Output::resume).
-    let journal = undo_journal(journal, &meta.wasi.config.preopens)?;
+    let journal = undo_journal(journal, &meta.wasi.config.preopens, Some(id))?;
     restore_files(meta, &objs).map_err(|e| e.context(ctx("restoring files")))?;
     let mut wasi = Wasi::resume(&meta.wasi, markers)?;
     if let Some(j) = journal {
@@ -799,8 +813,9 @@ fn drive(
             secs = t.elapsed().as_secs_f64(),
             "vm checkpoint committed"
         );
+        let id = stats.id.0;
         report.checkpoints.push(stats);
-        inst.host().wasi.checkpoint_committed().map_err(|e| {
+        inst.host().wasi.checkpoint_committed(id).map_err(|e| {
             VmError::new(VmErrorKind::Io, format!("clearing the undo journal: {e}"))
         })?;
         if stop_after.is_some_and(|n| report.checkpoints.len() as u64 >= n) {

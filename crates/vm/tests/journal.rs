@@ -129,7 +129,7 @@ fn directory_renamed_after_the_checkpoint_comes_back_with_its_contents() {
     // Make `d` tracked: moved away and back, then a checkpoint.
     assert_eq!(rename(&mut w, &mut mem, "d", "x"), 0);
     assert_eq!(rename(&mut w, &mut mem, "x", "d"), 0);
-    w.checkpoint_committed().unwrap();
+    w.checkpoint_committed(1).unwrap();
     assert_eq!(rename(&mut w, &mut mem, "d", "e"), 0);
     // A rename that fails leaves no move behind (undoing it would move `busy`).
     assert_ne!(rename(&mut w, &mut mem, "e", "busy"), 0);
@@ -163,11 +163,54 @@ fn undo_keeps_the_inode_of_a_file_open_since_the_checkpoint() {
     let mut mem = vec![0u8; 65536];
     let r = open(&mut w, &mut mem, "data.csv", 0, READ, 0);
     let state = w.state(); // checkpoint N: fd r open read-only, data.csv untracked
-    w.checkpoint_committed().unwrap();
+    w.checkpoint_committed(1).unwrap();
     let o = open(&mut w, &mut mem, "data.csv", TRUNC, WRITE, 0);
     write(&mut w, &mut mem, o, b"changed\n");
     drop(w); // killed before the next checkpoint
     Journal::open(&jdir).unwrap().undo(&preopens).unwrap();
     let mut w = lazarus_vm::wasi::Wasi::resume(&state, false).unwrap();
     assert_eq!(read(&mut w, &mut mem, r), b"a,b\n1,2\n");
+}
+
+/// Regression (review): entries left from before checkpoint N by a kill between N's
+/// COMMIT and the journal clear were undone on resume from N. N's restore overwrites a
+/// file's, but not a directory rename's: `a` renamed to `b`, N committed (tracking `b`'s
+/// changed paths only), killed before the clear: the resume moved `b` back to `a` and
+/// left an empty `b`. Entries are stamped with the checkpoint they follow; a resume from
+/// N skips those written before N was committed.
+#[test]
+fn journal_left_from_before_the_checkpoint_resumed_from_is_not_undone() {
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    std::fs::create_dir_all(data.join("a")).unwrap();
+    std::fs::write(data.join("a/keep.txt"), "precious\n").unwrap();
+    let (preopens, mut w) = host(&data);
+    let jdir = d.path().join("journal");
+    let mut j = Journal::open(&jdir).unwrap();
+    j.follows(3); // resumed from (or committed) checkpoint 3
+    w.set_journal(j);
+    let mut mem = vec![0u8; 65536];
+    assert_eq!(rename(&mut w, &mut mem, "a", "b"), 0);
+    // Checkpoint 4 is committed here (it has `b` with its contents, no `a`); killed
+    // before the journal is cleared.
+    drop(w);
+    let mut j = Journal::open(&jdir).unwrap();
+    assert_eq!(j.undo_from(&preopens, Some(4)).unwrap(), 0);
+    assert_eq!(
+        std::fs::read_to_string(data.join("b/keep.txt")).unwrap(),
+        "precious\n"
+    );
+    assert!(!data.join("a").exists());
+    // Resumed from the checkpoint it follows, the same entries are undone.
+    assert!(
+        Journal::open(&jdir)
+            .unwrap()
+            .undo_from(&preopens, Some(3))
+            .unwrap()
+            > 0
+    );
+    assert_eq!(
+        std::fs::read_to_string(data.join("a/keep.txt")).unwrap(),
+        "precious\n"
+    );
 }

@@ -143,10 +143,11 @@ impl Wasi {
         self.journal = Some(j);
     }
 
-    /// A checkpoint tracking every changed path is committed: the journal is obsolete.
-    pub fn checkpoint_committed(&mut self) -> std::io::Result<()> {
+    /// Checkpoint `id`, tracking every changed path, is committed: the journal is
+    /// obsolete, and its later entries follow `id` ([`journal::Journal::committed`]).
+    pub fn checkpoint_committed(&mut self, id: u64) -> std::io::Result<()> {
         match self.journal.as_mut() {
-            Some(j) => j.clear(),
+            Some(j) => j.committed(id),
             None => Ok(()),
         }
     }
