@@ -170,6 +170,9 @@ pub struct Report {
     pub already_finished: bool,
     /// Stopped by [`VmConfig::stop_after_checkpoints`] (held output not written).
     pub stopped: bool,
+    /// Checkpoints that were due but not taken because a descriptor was detached (its
+    /// file renamed, replaced or deleted while open: see [`crate::wasi::Wasi::detached_fds`]).
+    pub postponed: u64,
 }
 
 /// Runs (or resumes) the program of `cfg` to its end, on a thread with a stack large
@@ -274,7 +277,7 @@ fn run_here(cfg: &VmConfig) -> Result<Report> {
                 .map_err(|e| e.context(cfg.module.display()))?;
             let seed = cfg.seed.unwrap_or_else(rand::random);
             // A run killed before its first checkpoint may have changed files: undo that.
-            let journal = undo_journal(journal, &preopens)?;
+            let journal = undo_journal(journal, &preopens, None)?;
             let mut wasi = Wasi::new(
                 WasiConfig {
                     args: argv,
@@ -335,10 +338,13 @@ fn run_here(cfg: &VmConfig) -> Result<Report> {
     if let Some(r) = repo.as_mut() {
         // Records the end, so running the same command again does not run the tail twice.
         let meta = exit_meta(&ctx, inst.as_mut(), code);
-        r.write(report.steps, app(&ctx, Some(code)), vec![meta_obj(&meta)])?;
-        inst.host().wasi.checkpoint_committed().map_err(|e| {
-            VmError::new(VmErrorKind::Io, format!("clearing the undo journal: {e}"))
-        })?;
+        let end = r.write(report.steps, app(&ctx, Some(code)), vec![meta_obj(&meta)])?;
+        inst.host()
+            .wasi
+            .checkpoint_committed(end.id.0)
+            .map_err(|e| {
+                VmError::new(VmErrorKind::Io, format!("clearing the undo journal: {e}"))
+            })?;
     }
     Ok(report)
 }
@@ -513,11 +519,22 @@ fn check_same_command(
 /// Where a repository keeps its undo journal (`wasi/journal.rs`).
 const JOURNAL_DIR: &str = "vm-undo";
 
-fn undo_journal(journal: Option<Journal>, preopens: &[Preopen]) -> Result<Option<Journal>> {
+/// Undoes the journal for a fresh start (`from` = `None`) or a resume from checkpoint
+/// `from` (entries written before it was committed are skipped), then clears it; later
+/// entries follow `from`.
+fn undo_journal(
+    journal: Option<Journal>,
+    preopens: &[Preopen],
+    from: Option<CheckpointId>,
+) -> Result<Option<Journal>> {
     let Some(mut j) = journal else {
         return Ok(None);
     };
-    let n = j.undo(preopens)?;
+    let from = from.map(|c| c.0);
+    let n = j.undo_from(preopens, from)?;
+    if let Some(c) = from {
+        j.follows(c);
+    }
     if n > 0 {
         tracing::debug!("undid {n} file change(s) made after the last checkpoint");
     }
@@ -560,8 +577,8 @@ fn resume(
     let region = meta
         .region
         .ok_or_else(|| corrupt(ctx("no unwind region")))?;
-    // Everything that can find the checkpoint inconsistent runs before any file is
-    // touched: the instance is built and checked with a placeholder WASI host (instantiating
+    // Everything that can find the checkpoint itself inconsistent runs before any file is
+    // touched (the descriptors' files are checked after the restore, below): the instance is built and checked with a placeholder WASI host (instantiating
     // runs no program code), and only then are the journal undone, the files restored and
     // the real host (descriptors reopened, output rolled back) put in place (test
     // `inconsistent_checkpoint_is_refused_before_any_file_is_touched`).
@@ -597,7 +614,30 @@ fn resume(
     inst.host().ctl.phase = Phase::Rewinding;
     inst.call("asyncify_start_rewind", Some(region.start as i32))
         .map_err(|e| corrupt(ctx(&format!("the saved call stack is inconsistent: {e}"))))?;
-    let journal = undo_journal(journal, &meta.wasi.config.preopens)?;
+    // Refusals that need only vm.meta, before anything is touched: a descriptor recorded
+    // as detached can never be reopened (no such checkpoint is taken any more, but an
+    // older version committed them).
+    for (n, f) in &meta.wasi.fds {
+        if let crate::wasi::FdState::File {
+            rel,
+            detached: true,
+            ..
+        } = f
+        {
+            return Err(VmError::new(
+                VmErrorKind::Mismatch,
+                format!(
+                    "fd {n}: file {rel} open at the checkpoint had been renamed, replaced or \
+                     deleted while open: the descriptor cannot be reopened by its path, so \
+                     this checkpoint cannot be resumed (nothing was touched)"
+                ),
+            ));
+        }
+    }
+    // Checked only after the journal is undone and the files restored, as they depend on
+    // them (docs/VM.md, "Damage"): each descriptor's file exists, opens and is the file
+    // open at the checkpoint (inode), and stdout/stderr are rolled back (Output::resume).
+    let journal = undo_journal(journal, &meta.wasi.config.preopens, Some(id))?;
     restore_files(meta, &objs).map_err(|e| e.context(ctx("restoring files")))?;
     let mut wasi = Wasi::resume(&meta.wasi, markers)?;
     if let Some(j) = journal {
@@ -693,6 +733,7 @@ fn drive(
     report: &mut Report,
     stop_after: Option<u64>,
 ) -> Result<Option<i32>> {
+    let mut warned_detached = std::collections::BTreeSet::new();
     loop {
         let end = inst.run_start();
         let phase = inst.host().ctl.phase;
@@ -724,6 +765,31 @@ fn drive(
                 "a checkpoint was due without a repository",
             ));
         };
+        let detached = inst.host().wasi.detached_fds();
+        if !detached.is_empty() {
+            // A checkpoint now could never be resumed (the descriptor cannot be reopened by
+            // its path), and committing it would clear the journal and let GC drop the
+            // checkpoint that can: postponed, the previous one stays the restart point.
+            for (n, rel) in detached {
+                if warned_detached.insert((n, rel.clone())) {
+                    tracing::warn!(
+                        "fd {n}: {rel} was renamed, replaced or deleted while open; no \
+                         checkpoint is taken until the program closes it (the previous \
+                         checkpoint stays the restart point)"
+                    );
+                }
+            }
+            report.postponed += 1;
+            let host = inst.host();
+            host.ctl.checkpoint_taken(t.elapsed());
+            host.ctl.phase = Phase::Rewinding;
+            let region = host
+                .ctl
+                .region
+                .ok_or_else(|| corrupt("unwound without a region"))?;
+            inst.call("asyncify_start_rewind", Some(region.start as i32))?;
+            continue;
+        }
         let stats = write_checkpoint(inst, repo, ctx)?;
         let steps = inst.host().ctl.steps;
         if ctx.markers {
@@ -747,8 +813,9 @@ fn drive(
             secs = t.elapsed().as_secs_f64(),
             "vm checkpoint committed"
         );
+        let id = stats.id.0;
         report.checkpoints.push(stats);
-        inst.host().wasi.checkpoint_committed().map_err(|e| {
+        inst.host().wasi.checkpoint_committed(id).map_err(|e| {
             VmError::new(VmErrorKind::Io, format!("clearing the undo journal: {e}"))
         })?;
         if stop_after.is_some_and(|n| report.checkpoints.len() as u64 >= n) {
@@ -772,19 +839,6 @@ fn write_checkpoint(
 ) -> Result<WriteStats> {
     let mut meta = base_meta(ctx, inst);
     meta.globals = inst.globals()?;
-    for (n, f) in &meta.wasi.fds {
-        if let crate::wasi::FdState::File {
-            rel,
-            detached: true,
-            ..
-        } = f
-        {
-            tracing::warn!(
-                "fd {n}: {rel} was renamed, replaced or deleted while open; this checkpoint \
-                 cannot be resumed until the program closes it"
-            );
-        }
-    }
     let mut contents: Vec<(String, Vec<u8>)> = Vec::new();
     for (i, t) in meta.wasi.tracked.iter().enumerate() {
         let what = "capturing a file the program wrote";

@@ -104,3 +104,40 @@ fn fallback_with_directories_is_refused_naming_the_checkpoints() {
     assert!(msg.contains("checkpoint 1 (step 40000)"), "{msg}");
     assert_eq!(std::fs::read_to_string(&log).unwrap(), "existing\nA\n");
 }
+
+/// Regression (review): a checkpoint recording a detached descriptor (committed by an
+/// older version) was refused only by the descriptor reopen, after the undo journal and
+/// the file restore had rewritten the user's files. It needs only `vm.meta`: now refused
+/// before any file is touched.
+#[test]
+fn checkpoint_with_a_detached_descriptor_is_refused_before_any_file_is_touched() {
+    if !common::have_wasm_opt() {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let log = d.path().join("data/log.txt");
+    let mut c = common::appender::config(d.path());
+    std::fs::write(&log, "existing\n").unwrap();
+    c.stop_after_checkpoints = Some(2); // the second one tracks log.txt, open as fd 4
+    assert!(run(&c).unwrap().stopped);
+    recommit_newest(&d.path().join("repo"), |m| {
+        for (_, f) in m.wasi.fds.iter_mut() {
+            if let lazarus_vm::wasi::FdState::File { detached, .. } = f {
+                *detached = true;
+            }
+        }
+    });
+    std::fs::write(&log, "the user's own later edit\n").unwrap();
+    c.stop_after_checkpoints = None;
+    let e = run(&c).unwrap_err();
+    assert_eq!(e.kind(), VmErrorKind::Mismatch, "{e}");
+    assert!(
+        e.to_string().contains("fd 4") && e.to_string().contains("log.txt"),
+        "{e}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&log).unwrap(),
+        "the user's own later edit\n",
+        "refused before restoring any file"
+    );
+}

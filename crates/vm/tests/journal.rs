@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::wasi::{host, open, rename, write, CREAT, TRUNC, WRITE};
+use common::wasi::{host, open, read, rename, write, CREAT, READ, TRUNC, WRITE};
 use lazarus_vm::wasi::journal::Journal;
 use lazarus_vm::wasi::{Preopen, TrackedPath};
 
@@ -129,7 +129,7 @@ fn directory_renamed_after_the_checkpoint_comes_back_with_its_contents() {
     // Make `d` tracked: moved away and back, then a checkpoint.
     assert_eq!(rename(&mut w, &mut mem, "d", "x"), 0);
     assert_eq!(rename(&mut w, &mut mem, "x", "d"), 0);
-    w.checkpoint_committed().unwrap();
+    w.checkpoint_committed(1).unwrap();
     assert_eq!(rename(&mut w, &mut mem, "d", "e"), 0);
     // A rename that fails leaves no move behind (undoing it would move `busy`).
     assert_ne!(rename(&mut w, &mut mem, "e", "busy"), 0);
@@ -144,4 +144,73 @@ fn directory_renamed_after_the_checkpoint_comes_back_with_its_contents() {
     assert!(!data.join("d/new.txt").exists());
     assert!(!data.join("e").exists());
     assert_eq!(std::fs::read_to_string(data.join("busy/x")).unwrap(), "x");
+}
+
+/// Regression (review): the undo restored a journaled file by writing a new file and
+/// renaming it over the path (a new inode), so a descriptor the program held open on it
+/// since before the checkpoint (recorded with its inode, the file untracked then) was
+/// refused on resume as "replaced since". An existing regular file is now rewritten in
+/// place: the descriptor reopens and reads the old content.
+#[test]
+fn undo_keeps_the_inode_of_a_file_open_since_the_checkpoint() {
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("data.csv"), "a,b\n1,2\n").unwrap();
+    let (preopens, mut w) = host(&data);
+    let jdir = d.path().join("journal");
+    w.set_journal(Journal::open(&jdir).unwrap());
+    let mut mem = vec![0u8; 65536];
+    let r = open(&mut w, &mut mem, "data.csv", 0, READ, 0);
+    let state = w.state(); // checkpoint N: fd r open read-only, data.csv untracked
+    w.checkpoint_committed(1).unwrap();
+    let o = open(&mut w, &mut mem, "data.csv", TRUNC, WRITE, 0);
+    write(&mut w, &mut mem, o, b"changed\n");
+    drop(w); // killed before the next checkpoint
+    Journal::open(&jdir).unwrap().undo(&preopens).unwrap();
+    let mut w = lazarus_vm::wasi::Wasi::resume(&state, false).unwrap();
+    assert_eq!(read(&mut w, &mut mem, r), b"a,b\n1,2\n");
+}
+
+/// Regression (review): entries left from before checkpoint N by a kill between N's
+/// COMMIT and the journal clear were undone on resume from N. N's restore overwrites a
+/// file's, but not a directory rename's: `a` renamed to `b`, N committed (tracking `b`'s
+/// changed paths only), killed before the clear: the resume moved `b` back to `a` and
+/// left an empty `b`. Entries are stamped with the checkpoint they follow; a resume from
+/// N skips those written before N was committed.
+#[test]
+fn journal_left_from_before_the_checkpoint_resumed_from_is_not_undone() {
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    std::fs::create_dir_all(data.join("a")).unwrap();
+    std::fs::write(data.join("a/keep.txt"), "precious\n").unwrap();
+    let (preopens, mut w) = host(&data);
+    let jdir = d.path().join("journal");
+    let mut j = Journal::open(&jdir).unwrap();
+    j.follows(3); // resumed from (or committed) checkpoint 3
+    w.set_journal(j);
+    let mut mem = vec![0u8; 65536];
+    assert_eq!(rename(&mut w, &mut mem, "a", "b"), 0);
+    // Checkpoint 4 is committed here (it has `b` with its contents, no `a`); killed
+    // before the journal is cleared.
+    drop(w);
+    let mut j = Journal::open(&jdir).unwrap();
+    assert_eq!(j.undo_from(&preopens, Some(4)).unwrap(), 0);
+    assert_eq!(
+        std::fs::read_to_string(data.join("b/keep.txt")).unwrap(),
+        "precious\n"
+    );
+    assert!(!data.join("a").exists());
+    // Resumed from the checkpoint it follows, the same entries are undone.
+    assert!(
+        Journal::open(&jdir)
+            .unwrap()
+            .undo_from(&preopens, Some(3))
+            .unwrap()
+            > 0
+    );
+    assert_eq!(
+        std::fs::read_to_string(data.join("a/keep.txt")).unwrap(),
+        "precious\n"
+    );
 }

@@ -6,9 +6,10 @@
 //! the time of the check*, with every directory on the way resolved; its last name is
 //! resolved too when the caller follows symlinks and it exists, and otherwise left as a
 //! name that the caller opens with `O_NOFOLLOW` (a symlink there is refused with `ELOOP`,
-//! never followed). Restores never write through a symlink: [`replace_file`] writes a new
-//! file next to the path and renames it over the path (a rename replaces a symlink, not
-//! its target). Not guaranteed: a third party that swaps a checked directory for a symlink
+//! never followed). Restores never write through a symlink: a regular file is rewritten in
+//! place opened with `O_NOFOLLOW` ([`rewrite_in_place`], keeping its inode); anything else
+//! is replaced by [`replace_file`], which writes a new file next to the path and renames it
+//! over the path (a rename replaces a symlink, not its target). Not guaranteed: a third party that swaps a checked directory for a symlink
 //! between the check and the use (a TOCTOU race; docs/VM.md, "Limits").
 
 use super::Preopen;
@@ -173,6 +174,25 @@ pub(crate) fn replace_file(dest: &Path, data: &[u8]) -> io::Result<()> {
     written
 }
 
+/// Rewrites the regular file `dest` in place with `data` (opened with `O_NOFOLLOW`, never
+/// created: a symlink or a missing file there is an error), truncated, written and
+/// fsynced: its inode and hard links are kept.
+pub(crate) fn rewrite_in_place(dest: &Path, data: &[u8]) -> io::Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(dest)?;
+    if !f.metadata()?.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{}: not a regular file", dest.display()),
+        ));
+    }
+    f.set_len(0)?;
+    f.write_all(data)?;
+    f.sync_all()
+}
+
 /// What a restore puts at a tracked path.
 pub(crate) enum Want<'a> {
     /// Nothing (an empty directory is removed; a non-empty one is left with a warning).
@@ -185,8 +205,10 @@ pub(crate) enum Want<'a> {
 
 /// Puts tracked path `t` back to `want` (a checkpoint's or the undo journal's state), inside
 /// its preopen and never through a symlink: missing directories are created one level at
-/// a time ([`ensure_dir`]), a file is replaced by a rename ([`replace_file`]), a symlink in
-/// the way is removed itself. Errors name the path.
+/// a time ([`ensure_dir`]), an existing regular file is rewritten in place (keeping its
+/// inode: [`rewrite_in_place`]), anything else in the way of a file (absent, a symlink) is
+/// replaced by a rename ([`replace_file`]); a symlink is never followed. Errors name the
+/// path.
 pub(crate) fn restore(
     preopens: &[Preopen],
     t: &super::TrackedPath,
@@ -237,11 +259,24 @@ pub(crate) fn restore(
                 .is_some_and(|m| m.is_file() && m.len() == data.len() as u64)
                 && std::fs::read(&p).is_ok_and(|d| d == data);
             if !same {
-                if md.as_ref().is_some_and(|m| m.is_dir()) {
-                    std::fs::remove_dir(&p)
-                        .map_err(|e| VmError::io(&p, "removing a directory in the way", e))?;
+                if md.as_ref().is_some_and(|m| m.is_file()) {
+                    // In place: the inode (a descriptor open at the checkpoint is checked
+                    // against it on reopen) and its hard links stay.
+                    match rewrite_in_place(&p, data) {
+                        // A read-only file: replaced (a new inode) rather than not restored.
+                        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                            replace_file(&p, data)
+                        }
+                        r => r,
+                    }
+                    .map_err(|e| VmError::io(&p, "restoring", e))?;
+                } else {
+                    if md.as_ref().is_some_and(|m| m.is_dir()) {
+                        std::fs::remove_dir(&p)
+                            .map_err(|e| VmError::io(&p, "removing a directory in the way", e))?;
+                    }
+                    replace_file(&p, data).map_err(|e| VmError::io(&p, "restoring", e))?;
                 }
-                replace_file(&p, data).map_err(|e| VmError::io(&p, "restoring", e))?;
             }
         }
     }

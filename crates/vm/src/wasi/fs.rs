@@ -162,7 +162,8 @@ impl Fd {
     /// A file must be the one open at the checkpoint: refused when its path no longer
     /// named it then (`detached`), and, unless the path is `tracked` (restored to the
     /// checkpoint's content just before, possibly as a new file), when the reopened file
-    /// is another one (device and inode differ).
+    /// is another one (its inode differs; the device is not compared: it differs between
+    /// the client nodes of a network file system).
     pub(crate) fn reopen(s: &FdState, preopens: &[Preopen], tracked: bool) -> Result<Fd> {
         let place = |pre: usize, rel: &str, what: &str| -> Result<PathBuf> {
             let root = confine::host_root(preopens, pre)?;
@@ -222,15 +223,19 @@ impl Fd {
                             ),
                         )
                     })?;
-                let now = file.metadata().ok().map(|m| [m.dev(), m.ino()]);
-                if let (Some(was), false) = (file_id, tracked) {
-                    if now.as_ref() != Some(was) {
+                // The inode only: the device number of a network file system (NFS, Lustre)
+                // differs between client nodes and across remounts, and a restart on
+                // another node must not refuse every untracked input.
+                let now = file.metadata().ok().map(|m| m.ino());
+                if let (Some([_, was]), false) = (file_id, tracked) {
+                    if now != Some(*was) {
                         return Err(VmError::new(
                             VmErrorKind::Mismatch,
                             format!(
-                                "file {} is not the file open at the checkpoint (device and \
-                                 inode {was:?}, now {now:?}): it was replaced since",
-                                p.display()
+                                "file {} is not the file open at the checkpoint (inode {was}, \
+                                 now {}): it was replaced since",
+                                p.display(),
+                                now.map_or_else(|| "unknown".to_string(), |n| n.to_string())
                             ),
                         ));
                     }

@@ -5,8 +5,11 @@
 //! cleared after each committed checkpoint (which then tracks the path itself).
 //!
 //! Resume = undo the journal newest entry first, then restore the checkpoint's tracked
-//! files: entries from before the checkpoint (a kill between COMMIT and the clear) are
-//! overwritten by the checkpoint's content, entries after it are rolled back.
+//! files. Each entry is stamped with the checkpoint committed before it was written
+//! (`base`): entries from before the checkpoint resumed from (a kill between its COMMIT
+//! and the clear) are skipped, not undone (undoing a directory rename the checkpoint
+//! already has would move the directory back and leave an empty one in its place);
+//! entries after it are rolled back.
 
 use super::confine::Want;
 use super::fs::TrackedPath;
@@ -35,6 +38,10 @@ struct Entry {
     path: TrackedPath,
     #[serde(flatten)]
     pre: Pre,
+    /// 1 + the id of the checkpoint committed before the entry was written, 0 before the
+    /// first; absent in entries of older versions (always undone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    base: Option<u64>,
 }
 
 impl Entry {
@@ -51,6 +58,8 @@ impl Entry {
 pub struct Journal {
     dir: PathBuf,
     next: u64,
+    /// The stamp of new entries (see `Entry::base`).
+    base: u64,
 }
 
 fn entries(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
@@ -86,7 +95,20 @@ impl Journal {
         Ok(Journal {
             dir: dir.to_path_buf(),
             next,
+            base: 0,
         })
+    }
+
+    /// Entries written from now on follow checkpoint `id` (committed, or resumed from).
+    pub fn follows(&mut self, id: u64) {
+        self.base = id.saturating_add(1);
+    }
+
+    /// Checkpoint `id` is committed: later entries follow it, and every entry is
+    /// forgotten ([`Journal::clear`]).
+    pub fn committed(&mut self, id: u64) -> io::Result<()> {
+        self.follows(id);
+        self.clear()
     }
 
     /// Records the current state of `host` (the path `path` names) before a change.
@@ -117,6 +139,7 @@ impl Journal {
             &Entry {
                 path: path.clone(),
                 pre,
+                base: Some(self.base),
             },
         )
     }
@@ -131,6 +154,7 @@ impl Journal {
             &Entry {
                 path: from.clone(),
                 pre: Pre::Moved { to: to.clone() },
+                base: Some(self.base),
             },
         )
     }
@@ -174,16 +198,35 @@ impl Journal {
     }
 
     /// Puts every journaled path back as it was before the change, newest entry first;
-    /// returns how many entries were undone. Only `N.json` entries count: a data file
+    /// returns how many entries were undone. Same as [`Journal::undo_from`] with `None`.
+    pub fn undo(&mut self, preopens: &[Preopen]) -> crate::Result<usize> {
+        self.undo_from(preopens, None)
+    }
+
+    /// [`Journal::undo`] for a resume from checkpoint `from`: entries stamped as written
+    /// before `from` was committed (left by a kill between its COMMIT and the clear) are
+    /// skipped, not undone (the caller clears them afterwards); `None`: no checkpoint,
+    /// every entry is undone. Returns how many entries were undone. Only `N.json` entries count: a data file
     /// without its entry (left by a kill during [`Journal::clear`]) is ignored. Entries naming a path outside the preopens
     /// (a damaged journal) are refused.
-    pub fn undo(&mut self, preopens: &[Preopen]) -> crate::Result<usize> {
+    pub fn undo_from(&mut self, preopens: &[Preopen], from: Option<u64>) -> crate::Result<usize> {
         let io = |p: &Path, what: &str, e: io::Error| crate::VmError::io(p, what, e);
         let list = entries(&self.dir).map_err(|e| io(&self.dir, "listing the undo journal", e))?;
+        let mut undone = 0;
         for (_, p) in list.iter().rev() {
             let bytes = std::fs::read(p).map_err(|e| io(p, "reading", e))?;
             let entry: Entry = serde_json::from_slice(&bytes)
                 .map_err(|e| crate::error::corrupt(format!("{}: {e}", p.display())))?;
+            if let (Some(base), Some(c)) = (entry.base, from) {
+                if base <= c {
+                    tracing::debug!(
+                        "{}: written before checkpoint {c} was committed; not undone",
+                        p.display()
+                    );
+                    continue;
+                }
+            }
+            undone += 1;
             let outside = |t: &TrackedPath| {
                 super::join_rel_checked(&t.rel).is_none_or(|r| r.is_empty())
                     || t.pre >= preopens.len()
@@ -222,6 +265,6 @@ impl Journal {
             super::confine::restore(preopens, &entry.path, want)
                 .map_err(|e| e.context(format!("undoing {}", p.display())))?;
         }
-        Ok(list.len())
+        Ok(undone)
     }
 }

@@ -143,10 +143,11 @@ impl Wasi {
         self.journal = Some(j);
     }
 
-    /// A checkpoint tracking every changed path is committed: the journal is obsolete.
-    pub fn checkpoint_committed(&mut self) -> std::io::Result<()> {
+    /// Checkpoint `id`, tracking every changed path, is committed: the journal is
+    /// obsolete, and its later entries follow `id` ([`journal::Journal::committed`]).
+    pub fn checkpoint_committed(&mut self, id: u64) -> std::io::Result<()> {
         match self.journal.as_mut() {
-            Some(j) => j.clear(),
+            Some(j) => j.committed(id),
             None => Ok(()),
         }
     }
@@ -249,6 +250,23 @@ impl Wasi {
             stderr: self.stderr.state(),
             tracked: self.tracked.iter().cloned().collect(),
         }
+    }
+
+    /// The descriptors (number, path under its preopen) whose path no longer names the
+    /// open file (renamed, replaced or deleted while open): a checkpoint taken now could
+    /// not be resumed, so none is taken while this is non-empty.
+    pub fn detached_fds(&self) -> Vec<(u32, String)> {
+        self.fds
+            .iter()
+            .filter_map(|(n, f)| match f.state(&self.roots) {
+                FdState::File {
+                    rel,
+                    detached: true,
+                    ..
+                } => Some((*n, rel)),
+                _ => None,
+            })
+            .collect()
     }
 
     /// The host as captured in `state`: the files of `state.tracked` must already be

@@ -20,7 +20,8 @@ use std::io;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "mode", rename_all = "lowercase", deny_unknown_fields)]
 pub enum Sink {
-    /// A regular file, identified by device and inode.
+    /// A regular file, identified by its inode (the device is recorded but not compared: it
+    /// differs between the client nodes of a network file system).
     File {
         /// device of the file
         dev: u64,
@@ -106,11 +107,13 @@ impl Output {
     pub fn resume(fd: i32, state: &OutputState, lines: bool) -> io::Result<Output> {
         let mut out = Output::new(fd, lines);
         out.produced = state.produced;
-        if let (Sink::File { dev, ino }, Some(end), Some((d, i, _))) =
+        if let (Sink::File { ino, .. }, Some(end), Some((_, i, _))) =
             (state.sink, state.offset, regular(fd))
         {
+            // The inode only: a network file system's device number differs between nodes.
+            let same = ino == i;
             let size = fstat(fd).map_or(0, |st| st.st_size as u64);
-            if (dev, ino) == (d, i) && size < end {
+            if same && size < end {
                 // `> out.txt` again truncated it: what was written before the checkpoint
                 // is gone; extending the file would fill it with zeros instead.
                 tracing::warn!(
@@ -118,7 +121,7 @@ impl Output {
                      ({end}); output from before the checkpoint is not in it (use >> to \
                      resume into the same file)"
                 );
-            } else if (dev, ino) == (d, i) {
+            } else if same {
                 // SAFETY: plain syscalls on an fd we were given; errors are checked.
                 if unsafe { libc::ftruncate(fd, end as libc::off_t) } != 0 {
                     return Err(io::Error::last_os_error());
@@ -201,9 +204,9 @@ impl Output {
 /// again, so nothing is truncated; when `fd` is still the File-mode stream's file, it is
 /// only positioned at its end (after the program's output and anything appended since).
 pub fn position_at_end(fd: i32, state: &OutputState) -> io::Result<()> {
-    if let (Sink::File { dev, ino }, Some((d, i, _))) = (state.sink, regular(fd)) {
+    if let (Sink::File { ino, .. }, Some((_, i, _))) = (state.sink, regular(fd)) {
         // SAFETY: lseek on an fd we were given; the error is checked.
-        if (dev, ino) == (d, i) && unsafe { libc::lseek(fd, 0, libc::SEEK_END) } < 0 {
+        if ino == i && unsafe { libc::lseek(fd, 0, libc::SEEK_END) } < 0 {
             return Err(io::Error::last_os_error());
         }
     }
