@@ -1,10 +1,13 @@
 //! Restored layouts: a same-N restore adopts each rank's recorded range, and no collective
 //! may compute on those ranges before checking that they tile the vector; N -> M restores
-//! of uneven layouts onto more ranks than rows.
+//! of uneven layouts onto more ranks than rows; replicated copies that differ only in
+//! their encoding order.
 
 use lazarus_dist::{DVec, Distribution, Reshard};
 use lazarus_format::{DType, GlobalRange, LoadedObject, ObjectInfo, ObjectKind, Rank, Sharing};
 use lazarus_net::local;
+use lazarus_state::Checkpoint;
+use std::collections::HashMap;
 
 #[derive(Debug)]
 struct Missing;
@@ -205,4 +208,48 @@ fn n_to_m_with_more_ranks_than_rows_and_uneven_parts() {
             }
         }
     }
+}
+
+#[derive(Checkpoint)]
+struct Table {
+    #[checkpoint(serde, replicated)]
+    m: HashMap<u64, u64>,
+}
+
+/// A replicated HashMap equal on every rank may still encode differently (postcard writes
+/// it in the map's random iteration order): the byte comparison refuses it, and the
+/// message must say why and what to use instead.
+#[test]
+fn replicated_hashmap_encoded_in_another_order_is_refused_with_the_btreemap_hint() {
+    let mk = || Table {
+        m: (0..16u64).map(|k| (k, k * k)).collect(),
+    };
+    let a = lazarus_state::to_loaded(&lazarus_state::save(&mk()).unwrap());
+    // Each HashMap has its own random hash keys: find one encoded in another order.
+    let b = (0..1000)
+        .map(|_| lazarus_state::to_loaded(&lazarus_state::save(&mk()).unwrap()))
+        .find(|b| b[0].data != a[0].data)
+        .expect("16 entries hashed with 1000 random keys all iterate in one order");
+    let parts = [a, b];
+    let infos: Vec<Vec<_>> = parts
+        .iter()
+        .map(|p| p.iter().map(|o| o.info.clone()).collect())
+        .collect();
+    let plan = Reshard::new(&infos, 3).unwrap();
+    let mut fetch = |r: Rank, name: &str| {
+        parts[r.index()]
+            .iter()
+            .find(|o| o.info.name == name)
+            .cloned()
+            .ok_or(Missing)
+    };
+    let e = plan.check(&mut fetch).unwrap_err().to_string();
+    assert!(
+        e.contains("field `m` differs between rank 0 and rank 1"),
+        "{e}"
+    );
+    assert!(
+        e.contains("a HashMap or HashSet encodes in a random order, use BTreeMap/BTreeSet"),
+        "{e}"
+    );
 }
