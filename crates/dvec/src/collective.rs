@@ -53,7 +53,17 @@ impl<T: DElem> DVec<T> {
         Ok(())
     }
 
-    /// The block distribution, learned with one allgather after a restore. Collective.
+    /// The block distribution, verified. Collective.
+    ///
+    /// A vector built by this crate knows its (valid) distribution; a restored one holds
+    /// only its own part's recorded range, which nothing has compared with the other
+    /// ranks' yet. Then this runs one allgather of every rank's range and checks that the
+    /// ranges tile the same global length in rank order (every rank gets the same answer:
+    /// the layout, or the same `BadCheckpoint` error naming the first rank that overlaps,
+    /// leaves a gap or records another length). The verified layout is kept, so later
+    /// calls cost nothing; a failed check is repeated (and fails again) by every later
+    /// collective. Every collective operation of `DVec` calls this first, so none
+    /// computes on an unverified layout.
     pub fn sync_distribution(&self, comm: &Comm) -> Result<&Distribution> {
         self.check_comm(comm)?;
         if let Some(d) = self.dist.get() {
@@ -83,7 +93,7 @@ impl<T: DElem> DVec<T> {
     // ---- reductions ---------------------------------------------------------------------
 
     fn allreduce_acc(&self, comm: &Comm, local: SumAcc) -> Result<SumAcc> {
-        self.check_comm(comm)?;
+        self.sync_distribution(comm)?;
         let all: Vec<SumAcc> = comm.allgather(&local).map_err(comm_err("sum"))?;
         let mut acc = SumAcc::new();
         for a in &all {
@@ -104,8 +114,22 @@ impl<T: DElem> DVec<T> {
 
     /// Dot product with an aligned vector; bit-identical for every distribution.
     /// Collective.
+    ///
+    /// Errors on every rank (not just where the blocks differ) unless both vectors have
+    /// the same distribution and row width.
     pub fn dot(&self, comm: &Comm, other: &DVec<T>) -> Result<T> {
-        self.check_aligned(other)?;
+        let mine = self.sync_distribution(comm)?;
+        let theirs = other.sync_distribution(comm)?;
+        if mine != theirs || self.width != other.width {
+            return Err(DistError::invalid(format!(
+                "dot: DVecs not aligned (blocks {:?} x{} vs {:?} x{}); redistribute one to \
+                 the other's distribution first",
+                mine.bounds(),
+                self.width,
+                theirs.bounds(),
+                other.width
+            )));
+        }
         let mut acc = SumAcc::new();
         for (x, y) in self.data.iter().zip(&other.data) {
             x.add_product_to(*y, &mut acc);
@@ -114,7 +138,7 @@ impl<T: DElem> DVec<T> {
     }
 
     fn extreme(&self, comm: &Comm, want: std::cmp::Ordering) -> Result<Option<T>> {
-        self.check_comm(comm)?;
+        self.sync_distribution(comm)?;
         let pick = |a: T, b: T| if b.total_cmp(&a) == want { b } else { a };
         let local = self.data.iter().copied().reduce(pick);
         let all: Vec<Option<T>> = comm.allgather(&local).map_err(comm_err("min/max"))?;
@@ -146,7 +170,7 @@ impl<T: DElem> DVec<T> {
     where
         A: Clone + Serialize + DeserializeOwned,
     {
-        self.check_comm(comm)?;
+        self.sync_distribution(comm)?;
         let rows: Vec<&[T]> = self.data.chunks_exact(self.width).collect();
         let m = |g: u64, r: &&[T]| map(g, r);
         let parts = BlockParts::local(self.my.start, &rows, &identity, &m, &combine);
@@ -163,7 +187,8 @@ impl<T: DElem> DVec<T> {
     /// `x[0] + ... + x[g]`). Floats: every output is the exact prefix sum rounded once, so
     /// it is bit-identical whatever the distribution. Collective.
     pub fn scan_sum(&self, comm: &Comm) -> Result<DVec<T>> {
-        self.check_comm(comm)?;
+        // Verified layout: rank order is global order, which the prefix below assumes.
+        self.sync_distribution(comm)?;
         let w = self.width;
         let mut local: Vec<SumAcc> = vec![SumAcc::new(); w];
         for row in self.data.chunks_exact(w) {

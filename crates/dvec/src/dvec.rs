@@ -35,7 +35,8 @@ pub struct DVec<T: DElem> {
     pub(crate) my: Range<u64>,
     /// global rows
     pub(crate) total: u64,
-    /// all blocks; unknown right after a restore until the next collective needs it
+    /// all blocks, verified; unset right after a restore until the next collective
+    /// verifies the restored parts with one allgather (`sync_distribution`)
     pub(crate) dist: OnceLock<Distribution>,
     pub(crate) meter: Meter,
     pub(crate) balancer: Option<Balancer>,
@@ -114,6 +115,13 @@ impl<T: DElem> DVec<T> {
     }
 
     /// Number of elements (rows) of the whole vector.
+    ///
+    /// Local, so right after a restore it is the global length recorded in this rank's
+    /// part, which no other rank has confirmed yet: ranks restored from parts that
+    /// disagree may see different values until a collective operation (or
+    /// [`DVec::sync_distribution`]) verifies the layout, and that operation fails
+    /// instead of computing. Once [`DVec::distribution`] is `Some`, every rank sees the
+    /// same length.
     pub fn len(&self) -> u64 {
         self.total
     }
@@ -138,8 +146,9 @@ impl<T: DElem> DVec<T> {
         self.my.clone()
     }
 
-    /// The current block distribution, if known (it is re-learned by the next collective
-    /// operation after a restore).
+    /// The current block distribution, if known and verified: `None` right after a
+    /// restore until the next collective operation (or [`DVec::sync_distribution`])
+    /// learns and checks it with one allgather.
     pub fn distribution(&self) -> Option<&Distribution> {
         self.dist.get()
     }
@@ -409,8 +418,11 @@ pub(crate) fn parse_slowdown(s: &str, rank: Rank) -> Result<f64> {
 /// A DVec saves one bulk object: its local scalars with their [`GlobalRange`] in scalars
 /// (rows times width), which is the marker that makes it redistributable: a checkpoint
 /// written by N ranks is cut into M blocks by [`crate::Reshard`]. Restore adopts the
-/// saved block, so the layout is the checkpoint's (balanced) one, learned by the next
-/// collective operation. The object carries the change hint of the vector's page
+/// saved block, so the layout is the checkpoint's (balanced) one. The restore checks this
+/// rank's part only: the layout is marked unverified, and the next collective operation
+/// first compares every rank's range with one allgather, failing on every rank (naming
+/// the rank that overlaps, leaves a gap or records another length) when the parts do not
+/// tile the vector in rank order. The object carries the change hint of the vector's page
 /// tracking (type doc), so an incremental checkpoint reads only the written pages.
 impl<T: DElem> Checkpoint for DVec<T> {
     fn save<'a>(&'a self, out: &mut StateWriter<'a>) -> Result<(), StateError> {

@@ -265,6 +265,11 @@ impl Reshard {
     /// Checks that every replicated object really is identical on all old ranks, fetching
     /// it from each (`fetch(old_rank, name)`). The error names the first field that is
     /// per-rank state. A supervisor calls this once before relaunching on a new size.
+    ///
+    /// Copies are compared byte for byte (the Rust type is unknown here), so a value that
+    /// is equal on every rank but encodes in a per-process order (a `HashMap` or
+    /// `HashSet`) is refused too; for serde copies of equal length the error says so and
+    /// names `BTreeMap`/`BTreeSet` (docs/DIST.md).
     pub fn check<E>(
         &self,
         fetch: &mut impl FnMut(Rank, &str) -> Result<LoadedObject, E>,
@@ -290,11 +295,23 @@ impl Reshard {
         for r in 1..self.old_world {
             let o = fetch_one(src, Rank(r), name)?;
             if o.data != base.data {
+                // Copies are compared as bytes: a serde value equal on every rank but
+                // encoded in a per-process order (a HashMap or HashSet iterates in a
+                // random order) differs here. Same-length serde copies are the sign.
+                let hint = if matches!(base.info.kind, ObjectKind::Serde)
+                    && o.data.len() == base.data.len()
+                {
+                    "; if the value is in fact the same on every rank, it does not encode \
+                     deterministically: a HashMap or HashSet encodes in a random order, use \
+                     BTreeMap/BTreeSet (docs/DIST.md)"
+                } else {
+                    ""
+                };
                 return Err(DistError::bad_checkpoint(format!(
                     "field `{name}` differs between rank 0 and rank {r}: it is per-rank state, \
                      not redistributable, so a checkpoint of {} cannot restore on {} \
                      (make it a DVec, or the same on every rank and declared \
-                     #[checkpoint(replicated)])",
+                     #[checkpoint(replicated)]{hint})",
                     lazarus_format::count(self.old_world, "rank"),
                     self.new_world
                 )));

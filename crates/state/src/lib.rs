@@ -35,6 +35,18 @@
 //! Leaves record a type name: `u64`, `String`, `Vec<f64>`, `[f32; 3]`, and for serde
 //! types the Rust type name with module paths removed (`Params`, `Option<u32>`), so moving
 //! a type between modules does not invalidate checkpoints but renaming it does.
+//!
+//! For a serde value (`#[checkpoint(serde)]`, [`Serde<T>`](Serde), `Option<T>` and any
+//! other leaf encoded with postcard) that name is the *only* schema check: postcard
+//! records no field names, types or variant names, so a type whose inside changed while
+//! its name stayed — a field `i64` turned `u64`, two fields of one type swapped or
+//! reordered, enum variants reordered — restores old checkpoints without any error into
+//! wrong values (`-3_i64` reads back as `5_u64`, `dt` and `dx` exchange their values,
+//! `Explicit` becomes `Implicit`). Only a change postcard cannot decode at all (bytes
+//! missing or left over) is an error. When a serde type's contents change, give it a new
+//! type name (`ParamsV2`) or save it under a new field name (`#[checkpoint(rename =
+//! "params_v2")]`): old checkpoints are then refused by name instead of misread. A
+//! version field inside the type only helps if the program checks it after restore.
 #![deny(missing_docs)]
 // A failed stdout/stderr must never panic a job (issue #11 item 10): no print macros.
 #![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
@@ -123,7 +135,7 @@ pub const ROOT_NAME: &str = "value";
 /// | `#[checkpoint(skip)]` | not saved; restore leaves the field as it was in the value restored into (the initial value, see `Job`'s restore methods), for the struct's `after_restore` hook to rebuild |
 /// | `#[checkpoint(serde)]` | saved with serde (postcard) as one object: for serde types that do not implement `Checkpoint`, such as `Vec<String>`, an enum or a user struct |
 /// | `#[checkpoint(rename = "old_name")]` | saved under another name, e.g. to keep reading checkpoints written before a field was renamed |
-/// | `#[checkpoint(replicated)]` | alone or with `serde`: the field holds the same value on every rank by construction (parameters, a counter every rank advances alike), so a checkpoint may give each rank of another world size a copy ("Sharing between ranks" in the crate docs); not allowed with `skip` |
+/// | `#[checkpoint(replicated)]` | alone or with `serde`: the field holds the same value on every rank by construction (parameters, a counter every rank advances alike), so a checkpoint may give each rank of another world size a copy ("Sharing between ranks" in the crate docs), after comparing the old ranks' copies byte for byte: the value must encode deterministically (`BTreeMap`/`BTreeSet`, not `HashMap`/`HashSet`, whose order is random per process); not allowed with `skip` |
 ///
 /// Struct attributes:
 ///
@@ -137,7 +149,8 @@ pub const ROOT_NAME: &str = "value";
 /// them as a field with `#[checkpoint(serde)]`). Schema names: leaves record a type name
 /// (`u64`, `Vec<f64>`, `[f32; 3]`, and for serde types the Rust type name with module
 /// paths removed), so moving a type between modules keeps old checkpoints readable while
-/// renaming it does not.
+/// renaming it does not. For serde types the name is all that is checked: a change inside
+/// a type that keeps its name is misread silently (crate docs, "Schema names").
 #[diagnostic::on_unimplemented(
     message = "`{Self}` does not implement `Checkpoint`",
     note = "in a #[derive(Checkpoint)] struct, mark the field #[checkpoint(serde)] if it is a serde type, #[checkpoint(skip)] to rebuild it after restore, or derive Checkpoint for it"

@@ -51,7 +51,9 @@ impl<'a> StateWriter<'a> {
     /// rank by construction (parameters, a step counter every rank advances alike), so a
     /// checkpoint can give each rank of another world size a copy. Distributed objects
     /// (global range) stay distributed. Nests; the declaration is the program's promise,
-    /// which a restore on another number of ranks still checks byte for byte.
+    /// which a restore on another number of ranks still checks byte for byte: equal values
+    /// must encode to equal bytes (a `HashMap`/`HashSet` does not: its order is random per
+    /// process; use `BTreeMap`/`BTreeSet`).
     pub fn replicated<R>(&mut self, save: impl FnOnce(&mut Self) -> R) -> R {
         self.replicated += 1;
         let r = save(self);

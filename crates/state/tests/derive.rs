@@ -191,6 +191,70 @@ fn serde_type_change_is_a_type_mismatch() {
     );
 }
 
+/// The documented limit of the schema check (crate docs, "Schema names"; docs/FORMAT.md,
+/// "Serde objects"): for a serde type only the name is checked, and postcard records no
+/// schema, so a type changed inside under the same name is misread without an error. If
+/// this test ever fails, the check became stronger: update those docs.
+#[test]
+fn serde_type_changed_inside_under_the_same_name_is_misread_silently() {
+    mod v1 {
+        #[derive(serde::Serialize, serde::Deserialize, Debug, Default)]
+        pub struct Knobs {
+            pub offset: i64,
+            pub dt: f64,
+            pub dx: f64,
+        }
+        #[derive(serde::Serialize, serde::Deserialize, Debug, Default)]
+        pub enum Mode {
+            #[default]
+            Explicit,
+            Implicit,
+        }
+    }
+    mod v2 {
+        #[derive(serde::Serialize, serde::Deserialize, Debug, Default)]
+        pub struct Knobs {
+            pub offset: u64, // was i64
+            pub dx: f64,     // dt and dx swapped
+            pub dt: f64,
+        }
+        #[derive(serde::Serialize, serde::Deserialize, Debug, Default)]
+        pub enum Mode {
+            #[default]
+            Implicit, // variants reordered
+            Explicit,
+        }
+    }
+    #[derive(Checkpoint, Default)]
+    struct Old {
+        #[checkpoint(serde)]
+        p: v1::Knobs,
+        m: Serde<v1::Mode>,
+    }
+    #[derive(Checkpoint, Default)]
+    struct New {
+        #[checkpoint(serde)]
+        p: v2::Knobs,
+        m: Serde<v2::Mode>,
+    }
+    let old = Old {
+        p: v1::Knobs {
+            offset: -3,
+            dt: 0.1,
+            dx: 2.0,
+        },
+        m: Serde(v1::Mode::Implicit),
+    };
+    let mut new = New::default();
+    restore(&mut new, to_loaded(&save(&old).unwrap())).unwrap();
+    assert_eq!(new.p.offset, 5, "zigzag(-3) read as a u64");
+    assert_eq!((new.p.dx, new.p.dt), (0.1, 2.0), "swapped fields exchanged");
+    assert!(
+        matches!(new.m.0, v2::Mode::Explicit),
+        "variant index 1 read"
+    );
+}
+
 #[test]
 fn array_length_change_is_a_length_error() {
     #[derive(Checkpoint, Default)]
