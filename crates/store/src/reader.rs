@@ -470,24 +470,28 @@ fn read_chunk_unrecorded<B: ReadBackend + ?Sized>(
 pub(crate) fn checkpoint_ids<B: ReadBackend + ?Sized>(
     backend: &B,
 ) -> Result<Vec<CheckpointId>, StoreError> {
-    // Directories only: a symbolic link named like a checkpoint (into another
+    // Never through a symbolic link: one named like a checkpoint (into another
     // repository, say) is not one of ours, and `gc` deleted that repository's COMMIT
-    // through it (regression: `a_symlinked_checkpoint_directory_is_not_followed`).
-    let mut ids: Vec<CheckpointId> = backend
-        .list(&DirKey::Checkpoints)?
-        .into_iter()
-        .filter_map(|e| {
-            let id = parse_id(&e.name)?;
-            if !e.is_dir {
+    // through it (regression: `a_symlinked_checkpoint_directory_is_not_followed`). It is
+    // ignored with a warning. A regular file named like a checkpoint stays listed: reading
+    // its COMMIT then fails, naming it, as for any unreadable checkpoint.
+    let mut ids = Vec::new();
+    for e in backend.list(&DirKey::Checkpoints)? {
+        let Some(id) = parse_id(&e.name) else {
+            continue;
+        };
+        if !e.is_dir {
+            let key = ObjectKey::Entry(DirKey::Checkpoints, e.name.clone());
+            if !backend.stat(&key)?.is_some_and(|m| m.regular) {
                 tracing::warn!(
-                    "{}: not a directory; ignored",
-                    backend.describe_dir(&DirKey::Checkpoint(id)).display()
+                    "{}: neither a directory nor a file (a symbolic link?); ignored",
+                    backend.describe(&key).display()
                 );
-                return None;
+                continue;
             }
-            Some(id)
-        })
-        .collect();
+        }
+        ids.push(id);
+    }
     ids.sort();
     ids.dedup();
     Ok(ids)
