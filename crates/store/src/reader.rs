@@ -741,8 +741,6 @@ impl RepoReader {
     }
 }
 
-/// An error that says nothing about the checkpoint (the store could not be reached or
-/// read): fail instead of skipping it as damaged.
 /// Whether `e` says the repository could not be read (I/O, server unavailable) rather
 /// than that what was read is damaged or missing: the former must stop a restore or a
 /// collection, never count as damage.
