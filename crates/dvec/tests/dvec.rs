@@ -1,6 +1,8 @@
 //! DVec over real communicators (in-process ranks): results must not depend on the
 //! distribution, N -> M restore must finish like the run that never changed size.
 
+mod parts;
+
 use lazarus_dist::{DVec, Decision, Distribution, Reshard};
 use lazarus_format::{LoadedObject, Rank};
 use lazarus_net::{local, Comm};
@@ -174,10 +176,6 @@ fn finish(comm: &Comm, s: &mut Sim, steps: u64) -> (u64, Vec<u64>) {
     )
 }
 
-#[derive(Debug, thiserror::Error)]
-#[error("no such object")]
-struct Missing;
-
 #[test]
 fn checkpoint_on_n_restores_on_m_with_the_same_result() {
     const LEN: u64 = 97;
@@ -202,20 +200,11 @@ fn checkpoint_on_n_restores_on_m_with_the_same_result() {
             lazarus_state::to_loaded(&lazarus_state::save(&s).unwrap())
         })
         .unwrap();
-        let infos: Vec<Vec<_>> = parts
-            .iter()
-            .map(|p| p.iter().map(|o| o.info.clone()).collect())
-            .collect();
+        let infos = parts::infos(&parts);
         for m in 1..=6u32 {
             let plan = Reshard::new(&infos, m).unwrap();
             let got = local(m, |c| {
-                let mut fetch = |r: Rank, name: &str| {
-                    parts[r.index()]
-                        .iter()
-                        .find(|o| o.info.name == name)
-                        .cloned()
-                        .ok_or(Missing)
-                };
+                let mut fetch = parts::fetch_from(&parts);
                 let objs = plan.assemble(c.rank(), &mut fetch).unwrap();
                 let mut s = new_sim(&c, 1);
                 lazarus_state::restore(&mut s, objs).unwrap();
@@ -260,10 +249,7 @@ fn per_rank_state_is_refused_by_name() {
         lazarus_state::to_loaded(&lazarus_state::save(&s).unwrap())
     })
     .unwrap();
-    let infos: Vec<Vec<_>> = parts
-        .iter()
-        .map(|p| p.iter().map(|o| o.info.clone()).collect())
-        .collect();
+    let infos = parts::infos(&parts);
     // The sharing is recorded: refused from the manifests alone, no data read.
     let e = Reshard::new(&infos, 3).unwrap_err();
     assert!(e.to_string().contains("`local_seed`"), "{e}");
@@ -289,18 +275,9 @@ fn a_declared_replicated_field_that_differs_is_refused() {
         lazarus_state::to_loaded(&lazarus_state::save(&s).unwrap())
     })
     .unwrap();
-    let infos: Vec<Vec<_>> = parts
-        .iter()
-        .map(|p| p.iter().map(|o| o.info.clone()).collect())
-        .collect();
+    let infos = parts::infos(&parts);
     let plan = Reshard::new(&infos, 3).unwrap();
-    let mut fetch = |r: Rank, name: &str| {
-        parts[r.index()]
-            .iter()
-            .find(|o| o.info.name == name)
-            .cloned()
-            .ok_or(Missing)
-    };
+    let mut fetch = parts::fetch_from(&parts);
     let e = plan.check(&mut fetch).unwrap_err();
     assert!(
         e.to_string()

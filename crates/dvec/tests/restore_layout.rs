@@ -3,20 +3,13 @@
 //! of uneven layouts onto more ranks than rows; replicated copies that differ only in
 //! their encoding order.
 
+mod parts;
+
 use lazarus_dist::{DVec, Distribution, Reshard};
 use lazarus_format::{DType, GlobalRange, LoadedObject, ObjectInfo, ObjectKind, Rank, Sharing};
 use lazarus_net::local;
 use lazarus_state::Checkpoint;
 use std::collections::HashMap;
-
-#[derive(Debug)]
-struct Missing;
-impl std::fmt::Display for Missing {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("missing")
-    }
-}
-impl std::error::Error for Missing {}
 
 /// One rank's saved `DVec<f64>` (the root object) holding `vals` at rows `start..` of
 /// `total`. Each part alone is valid (`start + len <= total`), as the manifest check
@@ -172,23 +165,14 @@ fn n_to_m_with_more_ranks_than_rows_and_uneven_parts() {
                     lazarus_state::to_loaded(&lazarus_state::save(&v).unwrap())
                 })
                 .unwrap();
-                let infos: Vec<Vec<_>> = parts
-                    .iter()
-                    .map(|p| p.iter().map(|o| o.info.clone()).collect())
-                    .collect();
+                let infos = parts::infos(&parts);
                 let want: Vec<i32> = (0..rows)
                     .flat_map(|g| (0..3).map(move |k| (g * 10 + k) as i32))
                     .collect();
                 for m in 1..=6u32 {
                     let plan = Reshard::new(&infos, m).unwrap();
                     let got = local(m, |c| {
-                        let mut fetch = |r: Rank, name: &str| {
-                            parts[r.index()]
-                                .iter()
-                                .find(|o| o.info.name == name)
-                                .cloned()
-                                .ok_or(Missing)
-                        };
+                        let mut fetch = parts::fetch_from(&parts);
                         let objs = plan.assemble(c.rank(), &mut fetch).unwrap();
                         let mut v = DVec::<i32>::with_width(&c, 1, 3).unwrap();
                         lazarus_state::restore(&mut v, objs).unwrap();
@@ -231,18 +215,9 @@ fn replicated_hashmap_encoded_in_another_order_is_refused_with_the_btreemap_hint
         .find(|b| b[0].data != a[0].data)
         .expect("16 entries hashed with 1000 random keys all iterate in one order");
     let parts = [a, b];
-    let infos: Vec<Vec<_>> = parts
-        .iter()
-        .map(|p| p.iter().map(|o| o.info.clone()).collect())
-        .collect();
+    let infos = parts::infos(&parts);
     let plan = Reshard::new(&infos, 3).unwrap();
-    let mut fetch = |r: Rank, name: &str| {
-        parts[r.index()]
-            .iter()
-            .find(|o| o.info.name == name)
-            .cloned()
-            .ok_or(Missing)
-    };
+    let mut fetch = parts::fetch_from(&parts);
     let e = plan.check(&mut fetch).unwrap_err().to_string();
     assert!(
         e.contains("field `m` differs between rank 0 and rank 1"),

@@ -318,6 +318,18 @@ struct State {
     unconfirmed: Vec<(Vec<u8>, LeaseRecord, Instant)>,
 }
 
+impl State {
+    /// `record`, sent at `at`, is in `LOCK` as version `version`: the lease is renewed
+    /// from then on, and no earlier renewal is left unconfirmed.
+    fn renewed(&mut self, version: Version, record: LeaseRecord, at: Instant) {
+        self.version = version;
+        self.record = record;
+        self.renewed_at = at;
+        self.last_error = None;
+        self.unconfirmed.clear();
+    }
+}
+
 /// Most unconfirmed renewals remembered (older ones are older than the lease's `ttl`
 /// with the default timings, so recognising them would not save the lease anyway).
 const MAX_UNCONFIRMED: usize = 16;
@@ -628,11 +640,7 @@ fn renew(backend: &dyn WriteBackend, cfg: &LeaseConfig, state: &Mutex<State>) ->
     };
     match (r, conflict) {
         (Ok(Some(v)), _) => {
-            g.version = v;
-            g.record = rec;
-            g.renewed_at = sent;
-            g.last_error = None;
-            g.unconfirmed.clear();
+            g.renewed(v, rec, sent);
             true
         }
         (Ok(None), _) => {
@@ -641,11 +649,7 @@ fn renew(backend: &dyn WriteBackend, cfg: &LeaseConfig, state: &Mutex<State>) ->
         }
         (Err(e), Some(Ok(Some((record, at, v))))) => {
             tracing::debug!(path = %path.display(), "our lease renewal landed despite: {e}");
-            g.version = v;
-            g.record = record;
-            g.renewed_at = at;
-            g.last_error = None;
-            g.unconfirmed.clear();
+            g.renewed(v, record, at);
             true
         }
         (Err(e), Some(Ok(None))) => {

@@ -780,14 +780,7 @@ fn drive(
                 }
             }
             report.postponed += 1;
-            let host = inst.host();
-            host.ctl.checkpoint_taken(t.elapsed());
-            host.ctl.phase = Phase::Rewinding;
-            let region = host
-                .ctl
-                .region
-                .ok_or_else(|| corrupt("unwound without a region"))?;
-            inst.call("asyncify_start_rewind", Some(region.start as i32))?;
+            rewind_after_checkpoint(inst, t.elapsed())?;
             continue;
         }
         let stats = write_checkpoint(inst, repo, ctx)?;
@@ -821,15 +814,22 @@ fn drive(
         if stop_after.is_some_and(|n| report.checkpoints.len() as u64 >= n) {
             return Ok(None);
         }
-        let host = inst.host();
-        host.ctl.checkpoint_taken(t.elapsed());
-        host.ctl.phase = Phase::Rewinding;
-        let region = host
-            .ctl
-            .region
-            .ok_or_else(|| corrupt("unwound without a region"))?;
-        inst.call("asyncify_start_rewind", Some(region.start as i32))?;
+        rewind_after_checkpoint(inst, t.elapsed())?;
     }
+}
+
+/// Tells the policy a checkpoint point was passed (taken or postponed) after `spent`,
+/// and rewinds the unwound program to go on where it stopped.
+fn rewind_after_checkpoint(inst: &mut dyn Instance, spent: std::time::Duration) -> Result<()> {
+    let host = inst.host();
+    host.ctl.checkpoint_taken(spent);
+    host.ctl.phase = Phase::Rewinding;
+    let region = host
+        .ctl
+        .region
+        .ok_or_else(|| corrupt("unwound without a region"))?;
+    inst.call("asyncify_start_rewind", Some(region.start as i32))?;
+    Ok(())
 }
 
 fn write_checkpoint(
