@@ -625,3 +625,81 @@ fn python_reader_checkpoints_not_a_directory_is_an_error() {
         );
     }
 }
+
+/// Sets checkpoint `cid`'s COMMIT to world size 0 with no parts, resealed (its checksum is
+/// right): the decoder itself must refuse it.
+const WORLD_ZERO_PY: &str = r#"
+import json, os, struct, sys
+sys.path.insert(0, sys.argv[1])
+import lazarus_reader as lr
+p = os.path.join(sys.argv[2], "checkpoints", "%016d" % int(sys.argv[3]), "COMMIT")
+raw = open(p, "rb").read()
+c = json.loads(raw[48:48 + struct.unpack_from("<Q", raw, 8)[0]])
+c["world_size"], c["parts"] = 0, []
+data = json.dumps(c).encode()
+head = raw[:8] + struct.pack("<Q", len(data))
+open(p, "wb").write(head + lr.blake3(head + data) + data)
+"#;
+
+/// A symbolic link named like a checkpoint (into another repository) is not one: the
+/// reader ignores it with a warning, as the Rust listing does, instead of listing the other
+/// repository's checkpoint as this one's. A resealed COMMIT of world size 0 is damaged, as
+/// the Rust decoder says, not a checkpoint of no ranks.
+#[test]
+fn python_reader_ignores_symlinked_checkpoints_and_refuses_world_size_zero() {
+    if !python_ready() {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let repo = tmp.path().join("repo");
+    let other = tmp.path().join("other");
+    write_repo(&repo, 2, Codec::None, 0x51);
+    write_repo(&other, 2, Codec::None, 0x52);
+    write_repo(&other, 2, Codec::None, 0x53);
+    let link = repo.join("checkpoints/0000000000000002");
+    std::os::unix::fs::symlink(other.join("checkpoints/0000000000000002"), &link)
+        .expect("plant link");
+    let o = run_reader_outcome(&[s(&repo)]);
+    assert_eq!(o.status, Some(0), "{}", o.stderr);
+    assert!(
+        o.stdout.contains("1 committed checkpoint(s), 0 damaged"),
+        "{}",
+        o.stdout
+    );
+    assert!(
+        o.stderr.contains(s(&link)) && o.stderr.contains("ignored"),
+        "{}",
+        o.stderr
+    );
+    // The Rust listing agrees: the link is not a checkpoint.
+    let r = Repository::open(&repo, RepoOptions::default()).expect("open");
+    let ids: Vec<u64> = r
+        .reader()
+        .expect("reader")
+        .committed()
+        .expect("list")
+        .iter()
+        .map(|c| c.id.0)
+        .collect();
+    assert_eq!(ids, vec![1]);
+    drop(r);
+
+    std::fs::remove_file(&link).expect("rm link");
+    let out = Command::new("python3")
+        .args(["-c", WORLD_ZERO_PY, s(&root().join("tools")), s(&repo), "1"])
+        .output()
+        .expect("run python3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let o = run_reader_outcome(&[s(&repo)]);
+    assert!(
+        o.stdout.contains("1 committed checkpoint(s), 1 damaged"),
+        "{}{}",
+        o.stdout,
+        o.stderr
+    );
+    assert!(o.stderr.contains("world_size is 0"), "{}", o.stderr);
+}

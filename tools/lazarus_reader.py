@@ -620,6 +620,8 @@ class Repo:
         self._manifests = {}
         # Committed checkpoints whose COMMIT does not decode: id -> message naming the file.
         self.damaged = {}
+        # Entries named like checkpoints that are not (symbolic links), warned about once.
+        self._ignored = set()
 
     def _ckpt_dir(self, cid):
         return os.path.join(self.path, "checkpoints", "%016d" % cid)
@@ -650,6 +652,23 @@ class Repo:
         for name in names:
             if not _ID_RE.match(name):
                 continue
+            entry = os.path.join(root, name)
+            try:
+                mode = os.lstat(entry).st_mode
+            except OSError:
+                continue  # removed since the listing (a writer's GC)
+            if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
+                # Like the Rust listing: a symbolic link named like a checkpoint (into
+                # another repository, say) is not one; ignored, never followed. A regular
+                # file stays listed and fails as damaged below, naming it.
+                if entry not in self._ignored:
+                    self._ignored.add(entry)
+                    print(
+                        "lazarus_reader: %s: neither a directory nor a file (a symbolic "
+                        "link?); ignored" % entry,
+                        file=sys.stderr,
+                    )
+                continue
             cid = int(name)
             try:
                 out.append(self.commit(cid))
@@ -678,6 +697,9 @@ class Repo:
         if _field(path, body, "checkpoint", "u64") != cid:
             raise LazarusFormatError(path, "records checkpoint %r" % body["checkpoint"])
         ws = _field(path, body, "world_size", "u64")
+        if ws == 0:
+            # As the Rust decoder: a world of no ranks restores nothing (FORMAT.md).
+            raise LazarusFormatError(path, "world_size is 0")
         parts = _field(path, body, "parts", "list")
         if len(parts) != ws:
             raise LazarusFormatError(path, "%d parts for world size %d" % (len(parts), ws))
