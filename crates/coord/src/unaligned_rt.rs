@@ -646,7 +646,12 @@ impl AsyncSession {
                     ),
                 )));
             }
-            self.load_own_part(c.id)
+            let epoch = c
+                .app
+                .get(crate::meta::EPOCH_KEY)
+                .and_then(|e| e.parse().ok())
+                .map(Epoch);
+            self.load_own_part(c.id, epoch)
         };
         let apply = |chosen: Option<(&crate::restore::Candidate, LoadedPart)>| match chosen {
             None => Ok(None),
@@ -711,10 +716,12 @@ impl AsyncSession {
 
     /// Loads (and verifies) this rank's part of `id`: its channel state and the user's
     /// objects. Damage (a digest, decoder or version check failed, a file is missing, the
-    /// channel state does not decode) justifies falling back to an older checkpoint.
+    /// channel state does not decode or cannot be replayed as the snapshot of `epoch`, the
+    /// one COMMIT records) justifies falling back to an older checkpoint.
     fn load_own_part(
         &self,
         id: CheckpointId,
+        epoch: Option<Epoch>,
     ) -> Result<LoadedPart, crate::restore::LoadError<SessionError>> {
         use crate::restore::LoadError;
         let me = self.me;
@@ -730,14 +737,22 @@ impl AsyncSession {
             .map_err(store(format!("loading part of {me} in checkpoint {id}")))?;
         // An undecodable channel state is damage too (the digests matched, so it was
         // written that way; an older checkpoint may still be good).
-        let (channels, user) = split_channels(objects, id, me).map_err(|e| {
+        let damaged = |detail: String| {
             LoadError::Damaged(lazarus_store::Damage {
                 checkpoint: id,
                 path: Default::default(),
                 kind: "corrupt".into(),
-                detail: e.to_string(),
+                detail,
             })
-        })?;
+        };
+        let (channels, user) =
+            split_channels(objects, id, me).map_err(|e| damaged(e.to_string()))?;
+        if let Some(cs) = &channels {
+            // Refused here, not by `resume` after the agreement (one rank failing while
+            // the others go on from the checkpoint).
+            wire::check_channels(cs, self.world, epoch)
+                .map_err(|e| damaged(format!("part of {me}: {e}")))?;
+        }
         let channels = match channels {
             Some(c) => c,
             // A checkpoint without channel state (none was in flight, or an aligned one).
@@ -1396,6 +1411,12 @@ impl AsyncSession {
         actions: Vec<UnalignedAction<SavedMessage>>,
     ) -> Result<(), SessionError> {
         let me = self.me;
+        // A capture that fails is this call's error, but only once every action of the
+        // recorder has run: the markers must still go out (or the other ranks' snapshots
+        // never complete) and the message that triggered the snapshot (Lai-Yang) must
+        // still reach the inbox, or the program never gets it. The snapshot itself is
+        // kept, failed, so this rank votes Failed for its round.
+        let mut capture_error = None;
         for a in actions {
             match a {
                 UnalignedAction::TakeLocalSnapshot { epoch } => {
@@ -1407,12 +1428,21 @@ impl AsyncSession {
                         step: epoch.0,
                     });
                     let id = CheckpointId(epoch.0);
-                    let c = self.capture(state, id)?;
+                    let (c, staged) = match self.capture(state, id) {
+                        Ok(c) => (c, true),
+                        Err(e) => {
+                            let c = Captured::failed(e.to_string());
+                            if let Some(earlier) = capture_error.replace(e) {
+                                tracing::warn!("{earlier}");
+                            }
+                            (c, false)
+                        }
+                    };
                     self.stats.captured_bytes += c.copied;
                     if let Some(p) = &c.pieces {
                         self.stats.ahead_bytes += p.ahead.bytes();
                     }
-                    if let Some(e) = &c.failed {
+                    if let (Some(e), true) = (&c.failed, staged) {
                         // Reported like a failed background write: by the next call.
                         let err = SessionError::new(
                             K::Flush,
@@ -1440,7 +1470,9 @@ impl AsyncSession {
                         pieces: c.pieces,
                         failed: c.failed,
                     });
-                    self.stats.snapshots += 1;
+                    if staged {
+                        self.stats.snapshots += 1;
+                    }
                     // Stamp before any marker or later send leaves this rank.
                     self.comm.set_epoch(epoch);
                 }
@@ -1471,7 +1503,10 @@ impl AsyncSession {
                 }
             }
         }
-        Ok(())
+        match capture_error {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
     /// Captures the local snapshot of checkpoint `id`: the state's objects copied into
@@ -1615,7 +1650,17 @@ impl AsyncSession {
             let e = self.rec.epoch();
             let gone = e > round.epoch
                 || (e == round.epoch && self.snap.as_ref().is_none_or(|s| s.epoch != e));
-            gone.then(|| Err(format!("superseded: recorder is at {e}")))
+            // A snapshot whose capture failed can only vote Failed: at once, not when its
+            // recording completes.
+            let failed = self
+                .snap
+                .as_ref()
+                .filter(|s| s.epoch == round.epoch)
+                .and_then(|s| s.failed.clone());
+            match failed {
+                Some(why) => Some(Err(why)),
+                None => gone.then(|| Err(format!("superseded: recorder is at {e}"))),
+            }
         };
         let Some(result) = result else {
             return Ok(());
@@ -1666,8 +1711,9 @@ impl AsyncSession {
                 self.stats.parts_written += 1;
                 self.stats.channel_bytes += info.channel_bytes;
             }
-            // Rank 0 collects an aborted round's directory at once, also while its own
-            // part of it is still to be written in the background: that write then fails
+            // Rank 0 collects an aborted round's directory at once, also while a part of
+            // it (its own, or another rank's that was sent the round's markers before the
+            // abort) is still to be written in the background: that write then fails
             // because the directory is gone ("not pending"). The abort is the news,
             // already in the round's report; the failure it caused is not an error of
             // this rank to report again. Any other failure is reported, also for a round
@@ -1678,7 +1724,7 @@ impl AsyncSession {
                     && self
                         .leader
                         .as_ref()
-                        .is_some_and(|l| l.coord.active_round() != Some(info.round)) =>
+                        .is_none_or(|l| l.coord.active_round() != Some(info.round)) =>
             {
                 tracing::info!(
                     "{}: its part of checkpoint {}, aborted meanwhile, was not written: {e}",
@@ -1840,11 +1886,14 @@ impl AsyncSession {
             match a {
                 ParticipantAction::WritePart { round } => {
                     self.want = Some(round);
+                    let mut snapshot = Ok(());
                     if self.rec.epoch() < round.epoch {
                         let a = self.rec.start_snapshot(round.epoch);
-                        self.exec_rec(state, a)?;
+                        snapshot = self.exec_rec(state, a);
                     }
+                    // A failed capture votes Failed now, then is this call's error.
                     self.try_write(state)?;
+                    snapshot?;
                 }
                 ParticipantAction::Send(vote) => {
                     let bytes = postcard::to_allocvec(&vote)

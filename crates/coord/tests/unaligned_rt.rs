@@ -716,3 +716,174 @@ fn rank0_error_inside_a_round(nonblocking: bool) {
         .collect();
     assert_eq!(dirs, committed, "the aborted round's directory is gone");
 }
+
+/// Review (2026-12-07): a participant whose snapshot is triggered by an application
+/// message from a newer epoch (Lai-Yang) and whose state then fails to capture lost that
+/// message (the recorder's `Deliver` after `TakeLocalSnapshot` never ran) and never sent
+/// its markers. The call must fail (kind `State`), and the session must still hand the
+/// message out at the next call and send its markers.
+#[test]
+fn a_failed_capture_loses_neither_the_triggering_message_nor_the_markers() {
+    use lazarus_coord::UNALIGNED_TAG_BASE;
+    use lazarus_net::Tag;
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let mut cs = comms(2, 0);
+    let c1 = cs.pop().unwrap();
+    let c0 = cs.pop().unwrap();
+    // Rank 0: an idle session, and its communicator played by hand through a clone.
+    let raw0 = c0.clone();
+    let r0 = {
+        let repo = repo.clone();
+        std::thread::spawn(move || {
+            let mut app = App::default();
+            AsyncSession::open(c0, cfg(&repo), &mut app).map(|(s, _)| s)
+        })
+    };
+    let mut app1 = Fragile::default();
+    let (mut s1, _) = AsyncSession::open(c1, cfg(&repo), &mut app1).unwrap();
+    let s0 = r0.join().unwrap().unwrap();
+    // A message sent after rank 0's (pretended) snapshot of epoch 5.
+    raw0.set_epoch(lazarus_format::Epoch(5));
+    raw0.send_bytes(Rank(1), Tag::user(TAG_TOKEN), b"hello".to_vec())
+        .unwrap();
+    let bad = Fragile {
+        n: 1,
+        refuse: Refuse(true),
+    };
+    let err = s1.recv(&bad, Duration::from_secs(5)).unwrap_err();
+    assert_eq!(err.kind(), SessionErrorKind::State, "{err}");
+    let good = Fragile {
+        n: 1,
+        refuse: Refuse(false),
+    };
+    let m = s1
+        .recv(&good, Duration::from_secs(2))
+        .expect("the message that triggered the failed snapshot is still delivered");
+    assert_eq!(
+        (m.from, m.tag, m.payload.as_slice()),
+        (Rank(0), TAG_TOKEN, &b"hello"[..])
+    );
+    let marker = raw0
+        .recv_envelope_timeout(
+            Some(Rank(1)),
+            Some(Tag::checkpoint(UNALIGNED_TAG_BASE)),
+            Duration::from_secs(2),
+        )
+        .expect("rank 1 sent its marker of epoch 5");
+    assert_eq!(marker.payload, 5u64.to_le_bytes().to_vec());
+    drop((s0, s1));
+}
+
+/// Writes, by hand, a committed unaligned checkpoint of a 2-rank job whose parts hold the
+/// default `App` and whose rank-1 part holds `channels(id)` as its channel state (digests
+/// right: only its content is wrong). Returns its id.
+fn write_crafted_checkpoint(
+    repo: &Path,
+    channels: impl Fn(u64) -> lazarus_coord::ChannelState<lazarus_coord::SavedMessage>,
+) -> lazarus_format::CheckpointId {
+    use lazarus_format::{ObjectInfo, ObjectKind, ObjectSpec, Sharing};
+    let mut r = lazarus_store::Repository::open(repo, Default::default()).unwrap();
+    let pending = r.begin(2).unwrap();
+    let id = pending.id();
+    let app = App::default();
+    let mut receipts = Vec::new();
+    for rank in 0..2u32 {
+        let mut objects = lazarus_state::save(&app).unwrap();
+        let cs = if rank == 1 {
+            channels(id.0)
+        } else {
+            lazarus_coord::ChannelState {
+                epoch: lazarus_format::Epoch(id.0),
+                channels: Vec::new(),
+            }
+        };
+        objects.push(ObjectSpec {
+            info: ObjectInfo {
+                name: lazarus_coord::CHANNELS_OBJECT.to_string(),
+                type_name: "ChannelState<SavedMessage>".to_string(),
+                kind: ObjectKind::Serde,
+                sharing: Some(Sharing::Rank),
+            },
+            data: postcard::to_allocvec(&cs).unwrap().into(),
+            hint: None,
+        });
+        let w = lazarus_store::PartWriter::open(repo, id, Default::default()).unwrap();
+        receipts.push(w.write(Rank(rank), &objects).unwrap());
+    }
+    let meta = lazarus_store::CommitMeta {
+        step: id.0,
+        app: [
+            ("lazarus.mode".to_string(), "unaligned".to_string()),
+            ("lazarus.epoch".to_string(), id.0.to_string()),
+        ]
+        .into(),
+    };
+    r.commit(pending, receipts, meta).unwrap();
+    id
+}
+
+/// Review (2026-12-07): a channel state that decodes but cannot be replayed (a sender
+/// outside the world, a saved message not older than the snapshot, another epoch than
+/// the checkpoint's) was refused only after the agreement, by the rank that had it, once
+/// every rank had restored its state: rank 0 went on from the checkpoint while rank 1
+/// failed. It is damage, found while loading: every rank falls back to the same older
+/// checkpoint.
+#[test]
+fn a_channel_state_that_cannot_be_replayed_is_damage_and_all_ranks_fall_back_together() {
+    use lazarus_coord::{ChannelState, SavedMessage};
+    use lazarus_format::Epoch;
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    crashed_two_rank_job(&repo, 7);
+    let older = lazarus_store::RepoReader::open(&repo)
+        .unwrap()
+        .committed()
+        .unwrap()
+        .last()
+        .unwrap()
+        .id;
+    fn msg(epoch: u64) -> SavedMessage {
+        SavedMessage {
+            tag: TAG_TOKEN,
+            epoch: Epoch(epoch),
+            payload: vec![1, 2, 3],
+        }
+    }
+    type Craft = fn(u64) -> ChannelState<SavedMessage>;
+    let bad: Vec<(&str, Craft)> = vec![
+        ("a sender outside the world", |id| ChannelState {
+            epoch: Epoch(id),
+            channels: vec![(Rank(7), vec![msg(1)])],
+        }),
+        ("a message not older than the snapshot", |id| ChannelState {
+            epoch: Epoch(id),
+            channels: vec![(Rank(0), vec![msg(id)])],
+        }),
+        ("another epoch than the checkpoint's", |id| ChannelState {
+            epoch: Epoch(id + 1000),
+            channels: vec![(Rank(0), vec![msg(1)])],
+        }),
+    ];
+    for (inc, (what, craft)) in bad.into_iter().enumerate() {
+        let crafted = write_crafted_checkpoint(&repo, craft);
+        let got = open_all(&repo, 2, 10 + inc as u64, OnAllDamaged::Refuse);
+        for (r, g) in got.iter().enumerate() {
+            match g {
+                Ok(AsyncStart::Restored { id, .. }) => assert_eq!(
+                    *id, older,
+                    "{what}: rank {r} restored {id}, not the older {older} (crafted {crafted})"
+                ),
+                other => panic!("{what}: rank {r} did not fall back to {older}: {other:?}"),
+            }
+        }
+        // Out of the way for the next case.
+        for e in std::fs::read_dir(repo.join("checkpoints")).unwrap() {
+            let e = e.unwrap();
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.trim_start_matches('0').parse::<u64>().ok() == Some(crafted.0) {
+                std::fs::remove_dir_all(e.path()).unwrap();
+            }
+        }
+    }
+}

@@ -75,6 +75,40 @@ pub(crate) fn decode_channels(
     postcard::from_bytes(data).map_err(|e| format!("object {CHANNELS_OBJECT:?}: postcard: {e}"))
 }
 
+/// Checks that a decoded channel state can be replayed in a world of `world` ranks, as
+/// the snapshot of `epoch` (the checkpoint's, from its COMMIT, when recorded): every
+/// sender is a rank of the world, every saved message is older than the snapshot, and
+/// the snapshot is the checkpoint's. A state that fails this was not written by a
+/// session (its digests matched, so it is damage): it must be found while loading, when
+/// every rank can still fall back together, not once some rank restored its state.
+pub(crate) fn check_channels(
+    cs: &ChannelState<SavedMessage>,
+    world: u32,
+    epoch: Option<Epoch>,
+) -> Result<(), String> {
+    if let Some(e) = epoch.filter(|e| *e != cs.epoch) {
+        return Err(format!(
+            "object {CHANNELS_OBJECT:?}: channel state of epoch {} in a checkpoint of epoch {}",
+            cs.epoch.0, e.0
+        ));
+    }
+    for (from, msgs) in &cs.channels {
+        if from.0 >= world {
+            return Err(format!(
+                "object {CHANNELS_OBJECT:?}: saved messages from {from}, outside a world of {world}"
+            ));
+        }
+        if let Some(m) = msgs.iter().find(|m| m.epoch >= cs.epoch) {
+            return Err(format!(
+                "object {CHANNELS_OBJECT:?}: a saved message from {from} of epoch {}, not \
+                 older than the snapshot's epoch {}",
+                m.epoch.0, cs.epoch.0
+            ));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
