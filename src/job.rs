@@ -1384,10 +1384,7 @@ impl Job {
         let now = self.save_now(state, finished);
         match (earlier, now) {
             (Ok(()), now) => now,
-            (Err(e), Err(later)) => {
-                tracing::warn!("after {e}: {later}");
-                Err(e)
-            }
+            (Err(e), Err(later)) => Err(reported_of_two(e, later)),
             (Err(e), Ok(_)) => Err(e),
         }
     }
@@ -2169,3 +2166,46 @@ impl Drop for Job {
 /// What one rank loaded of the agreed checkpoint: its state objects and the managed
 /// files' restore plan.
 type Loaded = (Vec<LoadedObject>, Option<lazarus_files::RestorePlan>);
+
+/// The previous flush and this checkpoint both failed: the error returned is the one that
+/// forbids going on, so a retryable error (a full disk) never hides a fatal one (a dead
+/// rank); otherwise the earlier. The other is logged, never dropped.
+fn reported_of_two(earlier: JobError, later: JobError) -> JobError {
+    if earlier.is_retryable() && !later.is_retryable() {
+        tracing::warn!("{earlier}; then: {later}");
+        later
+    } else {
+        tracing::warn!("after {earlier}: {later}");
+        earlier
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lazarus_store::{StoreError, StoreErrorKind};
+    use std::path::PathBuf;
+
+    fn store(kind: StoreErrorKind) -> JobError {
+        JobError::Store {
+            path: PathBuf::from("repo"),
+            source: StoreError::new(kind, None, "test"),
+        }
+    }
+
+    /// Regression: with both failing, the earlier (retryable, full disk) error was returned
+    /// and the later fatal one only logged, so the program went on as if it could retry.
+    #[test]
+    fn a_retryable_flush_error_does_not_hide_a_fatal_checkpoint_error() {
+        let full = || store(StoreErrorKind::NoSpace);
+        let fatal = || store(StoreErrorKind::Corrupt);
+        assert!(full().is_retryable() && !fatal().is_retryable());
+        assert!(!reported_of_two(full(), fatal()).is_retryable());
+        assert!(!reported_of_two(fatal(), full()).is_retryable());
+        // Both retryable (or both fatal): the earlier, which names the older checkpoint.
+        let e = reported_of_two(full(), store(StoreErrorKind::Locked));
+        assert!(
+            matches!(e, JobError::Store { source, .. } if source.kind() == StoreErrorKind::NoSpace)
+        );
+    }
+}

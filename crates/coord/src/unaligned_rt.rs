@@ -1197,6 +1197,28 @@ impl AsyncSession {
         state: &S,
         timeout: Duration,
     ) -> Result<Comm, SessionError> {
+        match self.finish_protocol(state, timeout) {
+            Ok(()) => {
+                // Every rank is done: a background write that failed is this call's error.
+                self.reported()?;
+                Ok(self.comm)
+            }
+            Err(e) => {
+                // Only one error can be returned; a background write error not reported
+                // yet is logged rather than dropped with the session.
+                if let Some(f) = self.flush_error.take() {
+                    tracing::error!("{}: before finishing failed: {f}", self.me);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn finish_protocol<S: Checkpoint + ?Sized>(
+        &mut self,
+        state: &S,
+        timeout: Duration,
+    ) -> Result<(), SessionError> {
         let me = self.me;
         let active = self.leader.as_ref().and_then(|l| l.coord.active_round());
         if let Some(round) = active {
@@ -1274,9 +1296,7 @@ impl AsyncSession {
                 ),
             ));
         }
-        // Every rank is done: a background write that failed is this call's error now.
-        self.reported()?;
-        Ok(self.comm)
+        Ok(())
     }
 
     // ---- protocol plumbing ---------------------------------------------------------
