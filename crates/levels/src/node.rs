@@ -195,6 +195,10 @@ pub struct NodeLevels {
     /// round, for retention after its outcome.
     mirrors_written: std::collections::BTreeSet<u32>,
     parity_written: Vec<PathBuf>,
+    /// Tests: rewrites this rank's parity update before it is sent to another holder
+    /// (a hostile or broken peer).
+    #[cfg(test)]
+    tamper_parity: Option<fn(&mut ParityMsg)>,
 }
 
 /// This rank's next L1 checkpoint, begun at the capture of an asynchronous checkpoint
@@ -424,6 +428,8 @@ impl NodeLevels {
             durable_seq: dseq,
             mirrors_written: Default::default(),
             parity_written: Vec::new(),
+            #[cfg(test)]
+            tamper_parity: None,
         })
     }
 
@@ -1123,6 +1129,13 @@ impl NodeLevels {
                 }
                 Err(e) => &ParityMsg::Failed(e.clone()),
             };
+            #[cfg(test)]
+            if let Some(tamper) = self.tamper_parity {
+                let mut hostile = msg.clone();
+                tamper(&mut hostile);
+                l3::send(&self.comm, h, TAG_PARITY, &hostile)?;
+                continue;
+            }
             l3::send(&self.comm, h, TAG_PARITY, msg)?;
         }
         let own = own.map(|(msg, st)| {
@@ -1219,20 +1232,25 @@ impl NodeLevels {
                 ));
             };
             // A region grows only by the changes sent for it: a peer's header claiming more
-            // must not make this holder allocate it.
+            // must not make this holder allocate it. An incremental region grows by chunks
+            // appended after its end, each sent whole, so beyond the previous shard it
+            // reaches neither past the last change nor further than the bytes sent (a
+            // change of one byte at a huge offset used to pass, and the holder then
+            // allocated a shard of that size).
             for (i, u) in updates.iter().enumerate() {
-                let mut reach = shard.len() as u64;
+                let old = shard.len() as u64;
+                let (mut end, mut sent) = (old, 0u64);
                 for (o, b) in &u.3 {
-                    let end = o.checked_add(b.len() as u64).unwrap_or(u64::MAX);
-                    reach = reach.max(end);
+                    end = end.max(o.checked_add(b.len() as u64).unwrap_or(u64::MAX));
+                    sent = sent.saturating_add(b.len() as u64);
                 }
+                let reach = end.min(old.saturating_add(sent));
                 if u.1.region_len > reach {
                     return Err(LevelError::Protocol {
                         rank: Rank(group[i]),
                         detail: format!(
-                            "a region of {} bytes, larger than the previous shard ({} bytes) and every change sent for it",
+                            "a region of {} bytes, larger than the previous shard ({old} bytes) grown by the {sent} bytes of changes sent for it",
                             u.1.region_len,
-                            shard.len()
                         ),
                     });
                 }
@@ -1782,7 +1800,7 @@ impl NodeLevels {
     ) -> Result<(), LevelError> {
         let m = self.mirror(subject)?;
         let reader = m.reader().map_err(LevelError::l2)?;
-        let r = partner::install(m.backend().as_ref(), &reader, local, chunks, files)
+        let r = partner::install(m.backend().as_ref(), &reader, local, chunks, files, false)
             .map_err(LevelError::l2)?;
         if r == Installed::Diverged {
             // Chunks we skipped as present may belong to the stale history only: start
@@ -1991,8 +2009,9 @@ fn install_into(
 ) -> Result<(), LoadOutcome> {
     let diverged = |repo: &Repository| -> Result<bool, LoadOutcome> {
         let reader = repo.reader().map_err(LoadOutcome::Store)?;
-        let installed = partner::install(repo.backend().as_ref(), &reader, local, chunks, files)
-            .map_err(LoadOutcome::Store)?;
+        let installed =
+            partner::install(repo.backend().as_ref(), &reader, local, chunks, files, true)
+                .map_err(LoadOutcome::Store)?;
         Ok(installed == Installed::Diverged)
     };
     // The L1 goes on numbering above the installed checkpoint, whatever it held before.
@@ -2310,6 +2329,14 @@ fn scan_host(root: &Path, host: &str) -> Result<Inventory, StoreError> {
                 );
                 continue;
             }
+            let Some(world) = u32::try_from(world).ok().filter(|w| subject < *w) else {
+                tracing::warn!(
+                    "levels: {}: checkpoint {} records rank {subject} of a world of {world}; not used",
+                    ent.path().display(),
+                    c.id.0
+                );
+                continue;
+            };
             out.push(Held {
                 host: host.to_string(),
                 dir: name.clone(),
@@ -2317,7 +2344,7 @@ fn scan_host(root: &Path, host: &str) -> Result<Inventory, StoreError> {
                 primary,
                 seq,
                 step: c.step,
-                world: u32::try_from(world).unwrap_or(0),
+                world,
                 local: c.id.0,
                 app: c.app.clone(),
             });
@@ -2814,6 +2841,66 @@ mod tests {
                 "rank {r}, next round: {:?}",
                 outcomes[1]
             );
+        }
+    }
+
+    /// Rewrites a parity update into a hostile one: a header claiming a region of 1 PiB
+    /// and one changed byte at its end.
+    fn huge_region(msg: &mut ParityMsg) {
+        if let ParityMsg::Update {
+            header, segments, ..
+        } = msg
+        {
+            let mut h = slots::Header::decode("test", header).unwrap();
+            h.region_len = 1 << 50;
+            *header = h.encode();
+            segments.push(((1 << 50) - 1, vec![1]));
+        }
+    }
+
+    /// Regression (review of the level codecs): a holder bounded an incremental region's
+    /// growth by the end of the changes sent for it, so one byte at a huge offset, with a
+    /// header claiming a region that long, made the holder allocate a shard of that size
+    /// (1 PiB here: the test process aborted). A region may grow only by the bytes sent
+    /// for it: the round fails on every rank, the holder's error names the member, and
+    /// the next round succeeds.
+    #[test]
+    fn a_parity_update_claiming_a_huge_region_fails_its_round_without_allocating_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        let due = Due {
+            l1: true,
+            l2: false,
+            l3: true,
+            l4: false,
+        };
+        let got = lazarus_net::local(4, |comm| {
+            let me = comm.rank().0;
+            let mut levels = open(comm.clone(), &root);
+            let mut data = vec![0u8; BYTES];
+            noise(u64::from(me) + 1, &mut data);
+            let mut outcomes = Vec::new();
+            for round in 0..3u64 {
+                if round > 0 {
+                    noise(u64::from(me) * 100 + round, &mut data[..BYTES / 100]);
+                }
+                levels.tamper_parity =
+                    (me == 0 && round == 1).then_some(huge_region as fn(&mut ParityMsg));
+                let seq = levels.take_seq();
+                outcomes.push(honest_round(&mut levels, seq, &data, due));
+            }
+            outcomes
+        })
+        .unwrap();
+        for (r, o) in got.iter().enumerate() {
+            assert!(o[0].is_ok(), "rank {r}, round 0: {:?}", o[0]);
+            let bad = o[1]
+                .as_ref()
+                .expect_err("the hostile round fails everywhere");
+            if r == 2 {
+                assert!(bad.contains("rank 0") && bad.contains("region"), "{bad}");
+            }
+            assert!(o[2].is_ok(), "rank {r}, round 2: {:?}", o[2]);
         }
     }
 

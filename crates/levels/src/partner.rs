@@ -213,12 +213,20 @@ pub(crate) enum Installed {
 
 /// Writes a copied checkpoint into `target`: chunks and manifests (durable on return),
 /// then COMMIT (exclusive create), then the cheap check of the result.
+///
+/// With `verify`, every chunk is checked against its digest before anything is written
+/// (a mismatch is `Corrupt`, naming the chunk): a rebuild at restore writes every chunk
+/// of the checkpoint over the rank's own L1, whose other checkpoints may share them, and
+/// an unchecked damaged copy would overwrite the intact chunk they rely on (found in
+/// review). An L2 round writes only the chunks the mirror lacks, so it overwrites
+/// nothing and passes `false`.
 pub(crate) fn install(
     target: &dyn WriteBackend,
     reader: &RepoReader,
     local: u64,
     chunks: &[([u8; 32], Vec<u8>)],
     files: &[(String, Vec<u8>)],
+    verify: bool,
 ) -> Result<Installed, StoreError> {
     let id = CheckpointId(local);
     let commit = files.iter().find(|(n, _)| n == "COMMIT").ok_or_else(|| {
@@ -236,6 +244,18 @@ pub(crate) fn install(
         } else {
             Installed::Diverged
         });
+    }
+    if verify {
+        for (d, bytes) in chunks {
+            let digest = ChunkDigest(*d);
+            if let Err(e) = lazarus_format::decode_chunk(bytes, &digest) {
+                return Err(StoreError::new(
+                    StoreErrorKind::Corrupt,
+                    Some(&target.describe(&ObjectKey::Chunk(digest))),
+                    format!("checkpoint {id}: the copy's chunk {digest} is damaged ({e}); nothing written"),
+                ));
+            }
+        }
     }
     target.create_dir(&DirKey::Checkpoint(id))?;
     for (d, bytes) in chunks {
@@ -310,6 +330,65 @@ mod tests {
         ] {
             assert_eq!(file_key(id, bad), None, "{bad}");
         }
+    }
+
+    /// A one-rank repository at `p` whose checkpoints 1, 2, ... hold `datas`.
+    fn repo_with(p: &std::path::Path, datas: &[&[u8]]) -> lazarus_store::Repository {
+        use lazarus_format::{ObjectInfo, ObjectKind, ObjectSpec};
+        let mut repo =
+            lazarus_store::Repository::open(p, lazarus_store::RepoOptions::default()).unwrap();
+        for (i, data) in datas.iter().enumerate() {
+            let pending = repo.begin(1).unwrap();
+            let spec = ObjectSpec::new(
+                ObjectInfo {
+                    name: "data".into(),
+                    type_name: "Vec<u8>".into(),
+                    kind: ObjectKind::Serde,
+                    sharing: None,
+                },
+                *data,
+            );
+            let rc = pending.part_writer().write(Rank(0), &[spec]).unwrap();
+            let meta = lazarus_store::CommitMeta {
+                step: i as u64 + 1,
+                app: Default::default(),
+            };
+            repo.commit(pending, vec![rc], meta).unwrap();
+        }
+        repo
+    }
+
+    /// Regression (review of the level codecs): a rebuild at restore wrote every chunk
+    /// it was sent over the rank's own L1 unchecked, so a damaged chunk in the copy it
+    /// came from replaced the intact chunk an older checkpoint of that L1 shares, and the
+    /// fallback to that checkpoint then failed as well. The damaged copy is refused as
+    /// damage (restore falls back) and the L1 keeps its intact chunk.
+    #[test]
+    fn a_rebuild_from_a_damaged_copy_never_overwrites_an_intact_chunk() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..20_000u32).map(|i| (i * 7919 % 251) as u8).collect();
+        // The copy holds the shared data as its checkpoint 2; this rank's L1 only 1.
+        let source = repo_with(&dir.path().join("copy"), &[b"older", &data]);
+        let own = repo_with(&dir.path().join("own"), &[&data]);
+        let src = source.reader().unwrap();
+        let (digests, files) = checkpoint_files(&src, CheckpointId(2)).unwrap();
+        let mut chunks: Vec<([u8; 32], Vec<u8>)> = digests
+            .iter()
+            .map(|d| (d.0, src.backend().read(&ObjectKey::Chunk(*d)).unwrap()))
+            .collect();
+        let last = chunks[0].1.len() - 1;
+        chunks[0].1[last] ^= 0x5a;
+        let reader = own.reader().unwrap();
+        let r = install(own.backend().as_ref(), &reader, 2, &chunks, &files, true);
+        let back = own.reader().unwrap().load_part(CheckpointId(1), Rank(0));
+        assert_eq!(
+            back.map(|o| o[0].data == data).map_err(|e| e.to_string()),
+            Ok(true),
+            "checkpoint 1 of the L1 keeps its intact chunk"
+        );
+        let e = r.expect_err("a damaged copy is refused");
+        assert_eq!(e.kind(), StoreErrorKind::Corrupt, "{e}");
+        assert!(e.to_string().contains(&digests[0].to_string()), "{e}");
     }
 
     proptest! {

@@ -348,6 +348,18 @@ fn plan_resharded(
 ) -> Option<FastPlan> {
     let first = copies.first()?;
     let size = hosts.len() as u32;
+    // Every old rank needs a copy or a parity group: a world larger than the ranks the
+    // copies and shards name (or of 0: a record no round writes) plans nothing, before
+    // anything is sized by it (the inventory comes from other ranks; a world of 4·10⁹
+    // used to allocate and loop per old rank).
+    let named: BTreeSet<u32> = copies
+        .iter()
+        .map(|c| c.subject)
+        .chain(shards.iter().flat_map(|p| p.members.iter().copied()))
+        .collect();
+    if first.world == 0 || first.world as usize > named.len() {
+        return None;
+    }
     let mut level = 1u8;
     let mut sources: Vec<Option<RankSource>> = Vec::with_capacity(first.world as usize);
     let mut app = None;
@@ -566,6 +578,26 @@ mod tests {
         h.push(held("b", 0, false, 5));
         let p = plan(&h, &hosts());
         assert_eq!(p.iter().map(|p| p.seq).collect::<Vec<_>>(), vec![4]);
+    }
+
+    /// Regression (review of the level codecs): a copy whose COMMIT records a world of 0
+    /// was planned as an N→M restore of no old rank at all, and one recording 4·10⁹
+    /// ranks made every rank allocate and loop per old rank (the inventory comes from
+    /// other ranks). Neither is planned; the valid checkpoint beside them still is.
+    #[test]
+    fn a_copy_recording_a_world_of_zero_or_of_billions_plans_nothing() {
+        for world in [0, u32::MAX] {
+            let mut bad = held("a", 0, true, 6);
+            bad.world = world;
+            let mut inventory = full(5);
+            inventory.push(bad);
+            let p = plan(&inventory, &hosts());
+            assert_eq!(
+                p.iter().map(|p| (p.seq, p.world)).collect::<Vec<_>>(),
+                vec![(5, 4)],
+                "world {world}"
+            );
+        }
     }
 
     #[test]

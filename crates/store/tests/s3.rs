@@ -332,3 +332,27 @@ fn a_stopped_writer_whose_lease_was_taken_over_never_commits_again() {
         }
     }
 }
+
+/// Regression (review of the S3 backend): a prefix with a character the client
+/// percent-encodes (`~`, `%`, `#`, `*`, `?`, ...) put the repository under another key
+/// than the one named (`runs/a~b` became `runs/a%7Eb/...`), where `aws s3 sync
+/// s3://bucket/runs/a~b` (docs/STORAGE.md) and every other tool find nothing; an empty
+/// or `.` segment of a configured prefix was silently dropped or rewritten. Such a
+/// prefix is now refused at open, naming it. No request is sent, so no server is needed.
+#[test]
+fn a_prefix_the_client_would_percent_encode_is_refused_at_open() {
+    let server = Server {
+        endpoint: "http://127.0.0.1:9".into(),
+        bucket: "lazarus-test".into(),
+    };
+    for bad in ["runs/a~b", "50%", "x#1", "a//b", "a/./b", "sp*ce?", "/lead"] {
+        let e = S3Backend::open(config(&server, bad)).expect_err(bad);
+        assert_eq!(e.kind(), StoreErrorKind::InvalidArgument, "{bad}: {e}");
+        assert!(e.to_string().contains(&format!("{bad:?}")), "{bad}: {e}");
+    }
+    for good in ["", "runs/2026-12-07/job_1", "a b/c.d+e=f@g"] {
+        if let Err(e) = S3Backend::open(config(&server, good)) {
+            panic!("{good:?}: {e}");
+        }
+    }
+}

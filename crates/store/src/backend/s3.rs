@@ -183,6 +183,35 @@ impl S3Config {
     }
 }
 
+/// Why `prefix` cannot hold the repository under exactly the keys it names, if it cannot.
+/// The client (`object_store`'s `PathPart`) stores a key segment percent-encoded when it
+/// holds a character such as `~`, `%`, `#`, `*`, `?`, a bracket or brace, or a control
+/// character (`runs/a~b` becomes the key `runs/a%7Eb/...`), so another tool
+/// (`aws s3 sync s3://bucket/runs/a~b`, docs/STORAGE.md) would find nothing there; an
+/// empty, `.` or `..` segment is dropped or rewritten the same way.
+fn prefix_problem(prefix: &str) -> Option<String> {
+    if prefix.is_empty() {
+        return None;
+    }
+    for seg in prefix.split('/') {
+        if seg.is_empty() || seg == "." || seg == ".." {
+            return Some(format!(
+                "prefix {prefix:?} has an empty, '.' or '..' segment"
+            ));
+        }
+        let stored = object_store::path::PathPart::from(seg);
+        if stored.as_ref() != seg {
+            return Some(format!(
+                "prefix {prefix:?}: its segment {seg:?} would be stored as {:?} (the S3 client \
+                 percent-encodes \\ {{ }} ^ % ` [ ] \" < > ~ # | * ? and control characters), so the \
+                 repository would not be under the key named; use a prefix without them",
+                stored.as_ref()
+            ));
+        }
+    }
+    None
+}
+
 /// A repository in an S3-compatible bucket. See the module docs for how requests are run.
 pub struct S3Backend {
     cfg: S3Config,
@@ -223,6 +252,9 @@ impl S3Backend {
                     "endpoint {ep} is plain HTTP: set AWS_ALLOW_HTTP=true to allow it"
                 )));
             }
+        }
+        if let Some(problem) = prefix_problem(&cfg.prefix) {
+            return Err(bad(problem));
         }
         let mut b = AmazonS3Builder::new()
             .with_bucket_name(&cfg.bucket)
