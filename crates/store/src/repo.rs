@@ -640,8 +640,9 @@ impl Repository {
 
     /// After the conditional create of COMMIT failed with `err`: Ok when our own COMMIT is
     /// there after all (a retried request whose first attempt landed), `Conflict` when
-    /// another writer's is, `CommitUnknown` when an object store may still apply it, else
-    /// `err` (COMMIT is certainly not there: not committed).
+    /// another writer's is, `CommitUnknown` when an object store may still apply it (also a
+    /// conflict with no COMMIT there), else `err` (COMMIT is certainly not there: not
+    /// committed).
     fn settle_failed_commit(
         &self,
         id: CheckpointId,
@@ -666,12 +667,10 @@ impl Repository {
                 Some(&self.backend.describe(&key)),
                 format!("checkpoint {id} was committed by another writer; ours is not"),
             )),
-            Err(e)
-                if e.kind() == StoreErrorKind::Missing
-                    && err.kind() == StoreErrorKind::Conflict =>
-            {
-                Err(err)
-            }
+            // A conflict with no COMMIT there is not proof that none will be: S3 answers
+            // 409 ConditionalRequestConflict while an earlier attempt of this very write
+            // (the client's retry) is still in flight. So it is unknown, like a read error
+            // (test a_commit_conflict_with_no_commit_there_is_an_unknown_outcome_not_an_abort).
             Err(_) => Err(StoreError::new(
                 StoreErrorKind::CommitUnknown,
                 err.path(),

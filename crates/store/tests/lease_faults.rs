@@ -37,6 +37,10 @@ struct Flaky {
     landed_but_unavailable: AtomicBool,
     /// Reads of this object fail with an I/O error (no permission, say).
     unreadable: std::sync::Mutex<Option<ObjectKey>>,
+    /// The next `Create` put of a COMMIT is answered `Conflict` unapplied, as S3 answers
+    /// 409 ConditionalRequestConflict while an earlier attempt of the same conditional
+    /// write is still in flight (it may land later).
+    commit_conflict_in_flight: AtomicBool,
 }
 
 impl Flaky {
@@ -50,6 +54,7 @@ impl Flaky {
             retry_landed_create: AtomicBool::new(false),
             landed_but_unavailable: AtomicBool::new(false),
             unreadable: std::sync::Mutex::new(None),
+            commit_conflict_in_flight: AtomicBool::new(false),
         })
     }
 }
@@ -117,6 +122,16 @@ impl WriteBackend for Flaky {
                     "injected: 500 after the request was applied, retries exhausted",
                 ));
             }
+        }
+        if matches!(key, ObjectKey::Commit(_))
+            && matches!(mode, PutMode::Create)
+            && self.commit_conflict_in_flight.swap(false, Ordering::SeqCst)
+        {
+            return Err(StoreError::new(
+                StoreErrorKind::Conflict,
+                None,
+                "injected: 409 ConditionalRequestConflict",
+            ));
         }
         self.inner.put(key, parts, mode)
     }
@@ -382,4 +397,21 @@ fn gc_stops_at_a_commit_it_cannot_read() {
     *fb.unreadable.lock().unwrap() = None;
     let reader = RepoReader::from_backend(fb.clone().as_read()).unwrap();
     reader.verify_checkpoint(newest).unwrap();
+}
+
+/// Bug: a COMMIT create answered "conflict" while no COMMIT was there was reported as
+/// "certainly not committed". On S3 a 409 ConditionalRequestConflict means an earlier
+/// attempt of the same conditional write (the client's own retry) is still in flight and
+/// may land: the outcome is unknown, decided by what the store holds later.
+#[test]
+fn a_commit_conflict_with_no_commit_there_is_an_unknown_outcome_not_an_abort() {
+    let store = Arc::new(MemoryBackend::new());
+    let b = Flaky::new("proc-a", store.clone());
+    let mut w = Repository::open_backend(b.clone(), opts()).unwrap();
+    try_commit(&mut w).expect("first checkpoint");
+    b.commit_conflict_in_flight.store(true, Ordering::SeqCst);
+    let e = try_commit(&mut w).expect_err("the COMMIT put was refused");
+    assert_eq!(e.kind(), StoreErrorKind::CommitUnknown, "{e}");
+    assert!(!e.is_retryable(), "{e}");
+    assert!(e.to_string().contains("may still be applied"), "{e}");
 }
