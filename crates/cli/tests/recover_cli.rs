@@ -205,3 +205,168 @@ fn fault_injection_flags_are_shown_under_a_testing_heading() {
     }
     assert!(out.find("--max-restarts").unwrap() < heading, "{out}");
 }
+
+/// A stand-in for `ssh HOST COMMAND` that runs COMMAND here, so the ssh engine (a remote
+/// engine: ranks behind the rank shim, no pid the supervisor could signal) runs without
+/// hosts. Returns the script's path.
+fn fake_ssh(dir: &std::path::Path) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let p = dir.join("fake-ssh");
+    std::fs::write(&p, "#!/bin/sh\nshift\nexec /bin/sh -c \"$1\"\n").unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    p.to_str().unwrap().to_string()
+}
+
+/// Regression (review): a rank that opened another repository than `--repo` was stopped
+/// only under the local engine, whose rank pids the supervisor kills. Under `--launcher
+/// mpirun|srun|ssh` it has no pid: the ranks ran on, writing checkpoints where no
+/// supervisor looks, and a job that then ended well was reported completed (exit 0).
+/// The supervisor now asks the launcher to kill every rank through the engine.
+#[test]
+fn a_repo_mismatch_under_a_remote_engine_kept_the_ranks_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let ssh = fake_ssh(dir.path());
+    let t0 = Instant::now();
+    let (code, out, err) = lazarus(&[
+        "run",
+        "-n",
+        "2",
+        "--launcher",
+        "ssh",
+        "--rsh-agent",
+        &ssh,
+        "--hosts",
+        "localhost",
+        "--advertise",
+        "127.0.0.1",
+        "--repo",
+        repo.to_str().unwrap(),
+        "--",
+        "sh",
+        "-c",
+        "printf '\\036lazarus:repo /elsewhere/repo\\n'; sleep 20.4375; echo finished",
+    ]);
+    assert_eq!(code, 78, "stdout: {out}\nstderr: {err}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(15),
+        "the ranks were not stopped: {:?}",
+        t0.elapsed()
+    );
+    assert!(err.contains("/elsewhere/repo"), "{err}");
+    assert!(!out.contains("finished"), "{out}");
+    std::thread::sleep(Duration::from_millis(500));
+    let left: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains("sleep 20.4375"))
+        .collect();
+    assert!(left.is_empty(), "orphans: {left:?}");
+}
+
+/// Regression (review): released lines were written to stdout from the launcher's output
+/// thread that released them, under the lock every rank's output thread takes. With a slow
+/// reader of `lazarus run`'s stdout (`| less`, a paused terminal) that thread blocked,
+/// the other ranks' threads waited behind it, and at the end of a *successful* job the
+/// launcher gave up on them and closed its sink: rank 1's last line was lost for good.
+#[test]
+fn a_slow_stdout_lost_the_last_lines_of_a_successful_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let script = "if [ \"$LAZARUS_RANK\" = 0 ]; then \
+           seq -f 'r0 line %g ................................................................' 3000; \
+           printf '\\036lazarus:part 1 1\\n\\036lazarus:commit 1 1\\n'; \
+         else sleep 0.5; echo 'r1 a'; sleep 0.5; echo 'r1 b'; fi";
+    let stderr = std::fs::File::create(dir.path().join("stderr")).unwrap();
+    let mut child = Command::new(LAZARUS)
+        .args(["run", "-n", "2", "--repo", repo.to_str().unwrap(), "--"])
+        .args(["sh", "-c", script])
+        .stdout(std::process::Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .unwrap();
+    // Nobody reads our stdout for a while (longer than the launcher waits for its output
+    // threads at the end of a job), then everything is read.
+    std::thread::sleep(Duration::from_secs(10));
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut stdout, &mut s).unwrap();
+        s
+    });
+    let t0 = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if t0.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!("lazarus run exceeded its deadline");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = reader.join().unwrap();
+    let err = std::fs::read_to_string(dir.path().join("stderr")).unwrap();
+    assert!(child.wait().unwrap().success(), "{err}");
+    assert_eq!(out.matches("[rank 0] r0 line ").count(), 3000, "{err}");
+    assert!(out.contains("[rank 1] r1 a\n"), "{err}");
+    assert!(
+        out.contains("[rank 1] r1 b\n"),
+        "rank 1's last line was lost: {err}"
+    );
+}
+
+/// Regression (review): a supervisor that found a stale lock slept through the dead job's
+/// failure timeout (minutes for some jobs) with Ctrl-C/SIGTERM caught and ignored, then
+/// started every rank only to stop them. It now stops at once, starts nothing, and leaves
+/// the stale lock as it was (the next supervisor must still wait for the dead job's ranks).
+#[test]
+fn sigterm_during_the_wait_for_a_dead_jobs_ranks_was_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let (code, _, err) = lazarus(&[
+        "run",
+        "-n",
+        "1",
+        "--repo",
+        repo.to_str().unwrap(),
+        "--",
+        "true",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    // The lock of a job that died without releasing it.
+    let stale = r#"{"pid":999999,"host":"gone","job":null,"since_unix_ms":0}"#;
+    std::fs::write(repo.join("LOCK"), stale).unwrap();
+    let started = dir.path().join("started");
+    let mut child = Command::new(LAZARUS)
+        .args(["run", "-n", "2", "--failure-timeout-ms", "30000"])
+        .args(["--repo", repo.to_str().unwrap(), "--"])
+        .args(["sh", "-c", &format!("touch {}; sleep 5", started.display())])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    // SAFETY: plain kill(2) on our own child.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let t0 = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if t0.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!("no exit after SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let waited = t0.elapsed();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(143), "{err}");
+    assert!(err.contains("waiting"), "the stale lock was found: {err}");
+    assert!(
+        waited < Duration::from_secs(5),
+        "SIGTERM waited {waited:?} for the failure timeout: {err}"
+    );
+    assert!(!started.exists(), "ranks were started after SIGTERM");
+    assert_eq!(std::fs::read_to_string(repo.join("LOCK")).unwrap(), stale);
+}

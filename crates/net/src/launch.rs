@@ -252,11 +252,13 @@ impl JobOutcome {
     /// 1 for heartbeat/connection failures), 128+signal when interrupted, else 0.
     pub fn exit_code(&self) -> i32 {
         if let Some(f) = self.failure {
-            return match f.kind {
-                FailureKind::Exited(c) if c != 0 => c,
+            let code = match f.kind {
+                FailureKind::Exited(c) => c,
                 FailureKind::Signaled(s) => 128 + s,
                 _ => 1,
             };
+            // A failure never reads as success, nor as a status no process can have.
+            return if (1..=255).contains(&code) { code } else { 1 };
         }
         match self.interrupted {
             Some(s) => 128 + s,
@@ -287,6 +289,14 @@ pub fn install_signal_forwarding() {
             libc::signal(sig, on_signal as *const () as libc::sighandler_t);
         }
     }
+}
+
+/// Takes the signal [`install_signal_forwarding`] caught that no launch has acted on yet
+/// (else the next [`Launcher::run`] stops on it at once). A caller that waits between
+/// launches (a supervisor) checks it to stop there, instead of starting ranks only to stop
+/// them, or of sleeping through a Ctrl-C.
+pub fn take_interrupt() -> Option<i32> {
+    pending_signal()
 }
 
 pub(crate) fn pending_signal() -> Option<i32> {
@@ -506,6 +516,7 @@ fn supervise(
     // Give a rank whose connection dropped this long to show an exit status instead.
     let lost_grace = Duration::from_millis(500);
     let join_deadline = net.connect_timeout + net.failure_timeout;
+    let mut hard_stopped = false;
     let fail = |rank: usize, kind| RankFailure {
         rank: Rank(rank as u32),
         kind,
@@ -556,6 +567,16 @@ fn supervise(
             if let Some(r) = (0..cfg.ranks).find(|r| job.status(*r).is_none()) {
                 failure = Some(fail(r as usize, FailureKind::NoStatus));
             }
+        }
+        if failure.is_none()
+            && !hard_stopped
+            && cfg.observer.as_ref().is_some_and(|o| o.stop_requested())
+        {
+            // The deaths are the failure the next polls report (a status, or none for a
+            // launcher that died with its ranks), stopped and reported as any other.
+            tracing::warn!("launcher: the job must stop at once; killing every rank");
+            hard_stopped = true;
+            job.signal(libc::SIGKILL);
         }
         if let Some(sig) = pending_signal() {
             tracing::warn!("launcher: got signal {sig}, stopping all ranks");

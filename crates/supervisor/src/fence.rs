@@ -18,15 +18,22 @@ use std::time::Duration;
 
 /// Waits, if the repository at `repo` has a stale lock, until the ranks of the dead job
 /// that held it have certainly stopped. Returns how long it waited (zero when the lock
-/// was free, held, or the repository does not exist yet: opening reports a held lock).
-pub(crate) fn wait_for_dead_jobs_ranks(repo: &Path, net: &NetConfig, progress: bool) -> Duration {
+/// was free, held, or the repository does not exist yet: opening reports a held lock),
+/// or `Err(signal)` when a forwarded signal (Ctrl-C, SIGTERM) ended the wait: the caller
+/// then stops without taking the lock (taking it would erase the dead job's record, and
+/// the next supervisor would not wait for its ranks).
+pub(crate) fn wait_for_dead_jobs_ranks(
+    repo: &Path,
+    net: &NetConfig,
+    progress: bool,
+) -> Result<Duration, i32> {
     let owner = match probe_lock(repo) {
         Ok(LockProbe::Stale { owner }) => owner,
-        Ok(LockProbe::Free | LockProbe::Held) => return Duration::ZERO,
+        Ok(LockProbe::Free | LockProbe::Held) => return Ok(Duration::ZERO),
         Err(e) => {
             // Opening the repository will report it properly.
             tracing::debug!("probing the lock of {}: {e}", repo.display());
-            return Duration::ZERO;
+            return Ok(Duration::ZERO);
         }
     };
     let wait = net.rank_outlives_launcher();
@@ -37,6 +44,17 @@ pub(crate) fn wait_for_dead_jobs_ranks(repo: &Path, net: &NetConfig, progress: b
             wait.as_secs_f64()
         ));
     }
-    std::thread::sleep(wait);
-    wait
+    // In slices: a Ctrl-C must not wait for the end of a failure timeout (minutes, for
+    // some jobs).
+    let end = std::time::Instant::now() + wait;
+    loop {
+        if let Some(sig) = lazarus_net::launch::take_interrupt() {
+            return Err(sig);
+        }
+        let left = end.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Ok(wait);
+        }
+        std::thread::sleep(left.min(Duration::from_millis(20)));
+    }
 }

@@ -243,7 +243,10 @@ impl Report {
             JobEnd::Completed => 0,
             JobEnd::Interrupted(s) => 128 + s,
             JobEnd::Refused(r) => r.exit_code(),
-            JobEnd::GaveUp { .. } if self.last_exit_code != 0 => self.last_exit_code,
+            // Never 0 (nor anything a shell would read as 0 once clamped to 0..=255).
+            JobEnd::GaveUp { .. } if (1..=255).contains(&self.last_exit_code) => {
+                self.last_exit_code
+            }
             JobEnd::GaveUp { .. } => 1,
         }
     }
@@ -311,5 +314,39 @@ mod tests {
         );
         assert!(report(Some(point), false)
             .contains("newest committed checkpoint 3 at step 30; lost 2.00 s"));
+    }
+
+    /// Regression (review): a give-up whose last exit code was outside 1..=255 (from a
+    /// garbled launcher record) reported it as it was; `lazarus run` clamps to 0..=255, so
+    /// a negative one made the job that gave up exit 0. The launcher's own code is checked
+    /// the same way.
+    #[test]
+    fn a_give_up_with_an_impossible_exit_code_exited_zero() {
+        let failure = RankFailure {
+            rank: Rank(1),
+            kind: FailureKind::Exited(-5),
+        };
+        let outcome = lazarus_net::launch::JobOutcome {
+            failure: Some(failure),
+            interrupted: None,
+            statuses: Vec::new(),
+            elapsed: Duration::ZERO,
+            hosts: Vec::new(),
+            lost_hosts: Vec::new(),
+            failed_at: None,
+        };
+        assert_eq!(outcome.exit_code(), 1);
+        let r = Report {
+            end: JobEnd::GaveUp { max_restarts: 1 },
+            failures: Vec::new(),
+            launches: 2,
+            commits: 0,
+            elapsed: Duration::ZERO,
+            output: Vec::new(),
+            last_exit_code: -5,
+            ranks: 2,
+            hosts: None,
+        };
+        assert_eq!(r.exit_code(), 1);
     }
 }

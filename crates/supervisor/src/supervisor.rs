@@ -155,6 +155,71 @@ impl Victim {
     }
 }
 
+/// What the stdout writer thread is asked to do.
+#[derive(Debug)]
+enum ToStdout {
+    Bytes(Vec<u8>),
+    Flush(std::sync::mpsc::SyncSender<()>),
+}
+
+/// Released lines go to this process's stdout through one thread, in release order, never
+/// written from under the [`Shared`] lock: a slow reader of our stdout (`| less`, a
+/// paused terminal) then blocks only that thread, not the launcher's output threads.
+/// (Found in review: a pump releasing lines blocked on a full stdout pipe while holding
+/// the lock, the other ranks' pumps waited for it, the launcher gave up on them at the
+/// end of a successful job and closed its sink: their last lines were lost.)
+#[derive(Clone, Debug)]
+struct StdoutWriter(std::sync::mpsc::Sender<ToStdout>);
+
+impl StdoutWriter {
+    /// The writer thread; `None` if it cannot be started (lines are then written directly).
+    fn spawn() -> Option<Self> {
+        let (tx, rx) = std::sync::mpsc::channel::<ToStdout>();
+        std::thread::Builder::new()
+            .name("lazarus-stdout".into())
+            .spawn(move || {
+                for m in rx {
+                    let mut o = std::io::stdout().lock();
+                    match m {
+                        // A closed or full stdout changes nothing about the job.
+                        ToStdout::Bytes(b) => {
+                            let _ = o.write_all(&b);
+                        }
+                        ToStdout::Flush(ack) => {
+                            let _ = o.flush();
+                            let _ = ack.send(());
+                        }
+                    }
+                }
+            })
+            .ok()
+            .map(|_| StdoutWriter(tx))
+    }
+
+    fn write(&self, bytes: Vec<u8>) {
+        if let Err(e) = self.0.send(ToStdout::Bytes(bytes)) {
+            let ToStdout::Bytes(b) = e.0 else { return };
+            let _ = std::io::stdout().lock().write_all(&b);
+        }
+    }
+
+    /// Returns once everything sent before is written (or stdout failed).
+    fn flush(&self) {
+        let (ack, done) = std::sync::mpsc::sync_channel(1);
+        if self.0.send(ToStdout::Flush(ack)).is_ok() {
+            let _ = done.recv();
+        }
+    }
+}
+
+/// Where released lines are printed, when echoing.
+#[derive(Clone, Debug)]
+enum Echo {
+    Off,
+    Thread(StdoutWriter),
+    Direct,
+}
+
 /// Shared between the launcher's output threads, the kill thread and the restart loop.
 #[derive(Debug)]
 struct Shared {
@@ -168,7 +233,7 @@ struct Shared {
     last_step: Option<u64>,
     resumed: Vec<Option<Instant>>,
     captured: Vec<OutputLine>,
-    echo: bool,
+    echo: Echo,
     capture: bool,
     bad_markers: u64,
     /// The supervisor's repository as `repo_location` normalizes it.
@@ -178,7 +243,7 @@ struct Shared {
 }
 
 impl Shared {
-    fn new(ranks: u32, echo: bool, capture: bool, repo: String) -> Self {
+    fn new(ranks: u32, echo: Echo, capture: bool, repo: String) -> Self {
         Shared {
             out: OutputCommit::new(ranks),
             victims: Vec::new(),
@@ -201,13 +266,19 @@ impl Shared {
         if lines.is_empty() {
             return;
         }
-        if self.echo {
+        if !matches!(self.echo, Echo::Off) {
             let mut buf = Vec::new();
             for (r, l) in &lines {
                 buf.extend_from_slice(format!("[rank {r}] ").as_bytes());
                 buf.extend_from_slice(l);
             }
-            let _ = std::io::stdout().lock().write_all(&buf);
+            match &self.echo {
+                Echo::Thread(w) => w.write(buf),
+                Echo::Direct => {
+                    let _ = std::io::stdout().lock().write_all(&buf);
+                }
+                Echo::Off => {}
+            }
         }
         if self.capture {
             for (r, l) in lines {
@@ -285,6 +356,12 @@ impl LaunchObserver for Observer {
         lock(&self.0).injected_at.get_or_insert_with(Instant::now);
     }
 
+    /// A rank opened another repository: every rank stops now, also on other hosts,
+    /// where `check_repo` has no pid to kill (remote engines).
+    fn stop_requested(&self) -> bool {
+        matches!(lock(&self.0).refusal, Some(Refusal::RepoMismatch { .. }))
+    }
+
     fn stdout_line(&self, rank: u32, line: &[u8]) -> bool {
         let mut s = lock(&self.0);
         if line.last() != Some(&b'\n') {
@@ -355,6 +432,19 @@ impl Supervisor {
     /// token, which rank 0 shares through `open_shared`) for the whole call. `Err` only when
     /// the repository cannot be used or ranks cannot be started.
     pub fn run(cfg: &SupervisorConfig) -> Result<Report, SupervisorError> {
+        let echo = match cfg.echo_output {
+            false => Echo::Off,
+            true => StdoutWriter::spawn().map_or(Echo::Direct, Echo::Thread),
+        };
+        let result = Self::run_echoing(cfg, echo.clone());
+        // Every released line is out before the caller reports the end of the job.
+        if let Echo::Thread(w) = &echo {
+            w.flush();
+        }
+        result
+    }
+
+    fn run_echoing(cfg: &SupervisorConfig, echo: Echo) -> Result<Report, SupervisorError> {
         let mut n = cfg.launch.ranks;
         if n == 0 {
             return Err(SupervisorError::Config("-n must be at least 1".into()));
@@ -377,7 +467,23 @@ impl Supervisor {
             ..RepoOptions::default()
         };
         let mut pool = crate::hosts::pool_for(cfg)?;
-        crate::fence::wait_for_dead_jobs_ranks(&cfg.repo, &cfg.launch.net, cfg.progress);
+        let waiting = Instant::now();
+        if let Err(sig) =
+            crate::fence::wait_for_dead_jobs_ranks(&cfg.repo, &cfg.launch.net, cfg.progress)
+        {
+            // Interrupted before anything started: nothing launched, the lock untouched.
+            return Ok(Report {
+                hosts: pool.as_ref().map(crate::hosts::HostPool::report),
+                ranks: n,
+                end: JobEnd::Interrupted(sig),
+                failures: Vec::new(),
+                launches: 0,
+                commits: 0,
+                elapsed: waiting.elapsed(),
+                output: Vec::new(),
+                last_exit_code: 128 + sig,
+            });
+        }
         let _lock = Repository::open(&cfg.repo, opts).map_err(repo_err)?;
         let repo_location = lazarus_store::repo_location(&cfg.repo);
         let t0 = Instant::now();
@@ -385,7 +491,7 @@ impl Supervisor {
             .map_err(|e| SupervisorError::Config(e.to_string()))?;
         let shared = Arc::new(Mutex::new(Shared::new(
             n,
-            cfg.echo_output,
+            echo,
             cfg.capture_output,
             repo_location,
         )));
@@ -399,6 +505,22 @@ impl Supervisor {
             .map_err(repo_err)?;
         lock(&shared).out.launching(newest.map(|c| c.id));
         loop {
+            if let Some(sig) = lazarus_net::launch::take_interrupt() {
+                // Ctrl-C/SIGTERM while no rank ran (between a failure and the restart):
+                // stop here rather than start ranks only to stop them.
+                let mut r = report(
+                    &mut lock(&shared),
+                    JobEnd::Interrupted(sig),
+                    failures,
+                    incarnation,
+                    t0,
+                    128 + sig,
+                    n,
+                    &pool,
+                );
+                r.launches = incarnation;
+                return Ok(r);
+            }
             let mut launch = cfg.launch.clone();
             launch.ranks = n;
             launch.token = Some(token.clone());
@@ -756,7 +878,7 @@ mod tests {
     /// never read as a marker.
     #[test]
     fn a_marker_cut_short_at_the_end_of_a_stream_is_not_read() {
-        let shared = Arc::new(Mutex::new(Shared::new(1, false, true, String::new())));
+        let shared = Arc::new(Mutex::new(Shared::new(1, Echo::Off, true, String::new())));
         lock(&shared).new_launch(1);
         let obs = Observer(shared.clone());
         assert!(obs.stdout_line(0, format!("{MARKER_PREFIX}part 3 3\n").as_bytes()));

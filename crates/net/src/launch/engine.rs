@@ -90,6 +90,14 @@ pub trait LaunchObserver: Send + Sync + std::fmt::Debug {
         let _ = (rank, line);
         false
     }
+    /// True once the observer wants every rank stopped at once (e.g. a supervisor saw a
+    /// rank open another repository than its own). The launcher polls it and SIGKILLs
+    /// every rank through the engine (remote ones through their shims): the observer
+    /// itself has no pid to signal on another host. The deaths then end the job as a
+    /// failure, handled as usual.
+    fn stop_requested(&self) -> bool {
+        false
+    }
 }
 
 /// Where the ranks' output goes: stdout lines to the observer (output commit) or, like
@@ -231,6 +239,10 @@ pub(crate) fn check_placement(engine: &str, ranks: u32, hosts: &[String]) -> Res
             ),
         ));
     }
+    for h in hosts {
+        check_host_name(h)
+            .map_err(|e| NetError::new(ErrorKind::InvalidArgument, format!("{engine}: {e}")))?;
+    }
     let blocks = host_blocks(hosts);
     for (i, (h, _)) in blocks.iter().enumerate() {
         if blocks[..i].iter().any(|(x, _)| x == h) {
@@ -283,9 +295,16 @@ pub fn parse_hostfile(text: &str, path: &str) -> Result<Vec<HostSpec>> {
         }
         let mut words = line.split_whitespace();
         let first = words.next().unwrap_or_default();
-        let mut spec = parse_hosts(first)
-            .map_err(|e| NetError::new(ErrorKind::Config, format!("{path}:{}: {e}", i + 1)))?
-            .remove(0);
+        let mut specs = parse_hosts(first)
+            .map_err(|e| NetError::new(ErrorKind::Config, format!("{path}:{}: {e}", i + 1)))?;
+        if specs.len() != 1 {
+            // `a,b` on one line: the old code kept `a` and dropped `b` without a word.
+            return Err(NetError::new(
+                ErrorKind::Config,
+                format!("{path}:{}: one host per line, not {first:?}", i + 1),
+            ));
+        }
+        let mut spec = specs.remove(0);
         for w in words {
             let n = w
                 .strip_prefix("slots=")
@@ -317,14 +336,43 @@ fn parse_slots(entry: &str, n: &str) -> Result<u32> {
     }
 }
 
+/// Checks that `name` can only be read as a host name by the programs it is handed to:
+/// `ssh HOST COMMAND` (and Open MPI's remote shell agent), `mpirun --host h:n,…` and
+/// Slurm's host file. A name starting with `-` would be read as an option
+/// (`-oProxyCommand=…` runs a command on this machine), and whitespace, a comma or a
+/// newline would split it into other entries; so only letters, digits and `. - _ : % @`
+/// (IPv6 addresses and scopes, `user@host` for ssh) are accepted.
+pub(crate) fn check_host_name(name: &str) -> Result<()> {
+    if name.is_empty() {
+        return Err(NetError::new(ErrorKind::Config, "empty host name"));
+    }
+    if name.starts_with('-') {
+        return Err(NetError::new(
+            ErrorKind::Config,
+            format!("host name {name:?} starts with '-' (it would be read as an option)"),
+        ));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || ".-_:%@".contains(*c)))
+    {
+        return Err(NetError::new(
+            ErrorKind::Config,
+            format!(
+                "host name {name:?} holds {c:?}: only letters, digits and . - _ : % @ are \
+                 accepted"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn nonempty(v: Vec<HostSpec>) -> Result<Vec<HostSpec>> {
     if v.is_empty() {
         return Err(NetError::new(ErrorKind::Config, "the host list is empty"));
     }
     for (i, h) in v.iter().enumerate() {
-        if h.name.is_empty() {
-            return Err(NetError::new(ErrorKind::Config, "empty host name"));
-        }
+        check_host_name(&h.name)?;
         if v[..i].iter().any(|x| x.name == h.name) {
             return Err(NetError::new(
                 ErrorKind::Config,
@@ -396,6 +444,50 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("hf:2") && e.contains("cpus=4"), "{e}");
+    }
+
+    /// Regression (review): a host name was handed to `ssh` (and Open MPI's agent) as
+    /// it was, before the remote command: `--hosts=-oProxyCommand=touch\ /tmp/x` made
+    /// ssh run that command on this machine; a newline split a Slurm host file entry and
+    /// a hostfile line `a,b` silently lost `b`. Host names are now checked, naming the
+    /// entry.
+    #[test]
+    fn a_host_name_that_ssh_would_read_as_an_option_was_accepted() {
+        for bad in [
+            "-oProxyCommand=touch /tmp/x",
+            "-J",
+            "node 1",
+            "a\nb",
+            "a'b",
+            "$(id)",
+            "a/b",
+        ] {
+            let e = parse_hosts(bad).unwrap_err().to_string();
+            assert!(e.contains("host name"), "{bad:?}: {e}");
+        }
+        let e = parse_hostfile("n1\n-oProxyCommand=x\n", "hf")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("starts with '-'"), "{e}");
+        let e = parse_hostfile("n1,n2 slots=2\n", "hf")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("hf:1") && e.contains("one host per line"), "{e}");
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        let e = check_placement("ssh", 2, &s(&["-oX=y", "-oX=y"]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("ssh") && e.contains("-oX=y"), "{e}");
+        // What real host lists hold still parses.
+        for good in [
+            "node-01.cluster",
+            "10.0.0.1",
+            "[fe80::1%eth0]:2",
+            "alice@n1",
+            "n_2",
+        ] {
+            assert!(parse_hosts(good).is_ok(), "{good}");
+        }
     }
 
     #[test]

@@ -109,8 +109,21 @@ fn decode_one(tok: &[u8]) -> Result<Record, String> {
             end: kind == b'E',
         },
         b'K' if text.is_empty() => Record::Injected,
-        b'X' => Record::Exited(i32::try_from(num()?).map_err(|_| "status out of range")?),
-        b'S' => Record::Signaled(i32::try_from(num()?).map_err(|_| "signal out of range")?),
+        // What a process can really end with: an exit status is 0..=255, a signal 1..=127.
+        // Anything else is garbage; taken as it was, `X-1` made a failed job's exit code
+        // negative, which `lazarus run` clamps to 0: reported as success.
+        b'X' => Record::Exited(
+            i32::try_from(num()?)
+                .ok()
+                .filter(|c| (0..=255).contains(c))
+                .ok_or("exit status out of range")?,
+        ),
+        b'S' => Record::Signaled(
+            i32::try_from(num()?)
+                .ok()
+                .filter(|s| (1..=127).contains(s))
+                .ok_or("signal out of range")?,
+        ),
         k => return Err(format!("unknown record kind {:?}", k as char)),
     })
 }
@@ -626,5 +639,21 @@ mod tests {
             recs,
             vec![(1, Record::Exited(0)), (10, Record::Signaled(9))]
         );
+    }
+
+    /// Regression (review): an exit status or signal outside what a process can end with
+    /// was taken as it was; `X-1` became a failure whose exit code, clamped to 0..=255 by
+    /// `lazarus run`, was 0 (success).
+    #[test]
+    fn an_impossible_exit_status_in_a_record_was_taken_as_it_was() {
+        let mut rs = RecordStream::new(Tagging::Fixed(0));
+        let (recs, _) = rs.feed(b"X-1$X256$S0$S-200$S128$X255$S9$");
+        assert_eq!(
+            recs,
+            vec![(0, Record::Exited(255)), (0, Record::Signaled(9))]
+        );
+        let p = rs.problems();
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].1, 5, "{p:?}");
     }
 }

@@ -34,16 +34,28 @@ impl Default for SshEngine {
     }
 }
 
-/// `word` quoted for a POSIX shell.
-pub(crate) fn shell_quote(word: &OsStr) -> String {
-    let s = String::from_utf8_lossy(word.as_bytes());
-    if !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b))
+/// `word` quoted for a POSIX shell, byte for byte: a path or argument that is not UTF-8
+/// reaches the remote program unchanged (a lossy conversion would hand it another name).
+pub(crate) fn shell_quote(word: &OsStr) -> OsString {
+    use std::os::unix::ffi::OsStringExt;
+    let b = word.as_bytes();
+    if !b.is_empty()
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(c))
     {
-        return s.into_owned();
+        return word.to_os_string();
     }
-    format!("'{}'", s.replace('\'', r"'\''"))
+    let mut out = Vec::with_capacity(b.len() + 2);
+    out.push(b'\'');
+    for &c in b {
+        if c == b'\'' {
+            out.extend_from_slice(br"'\''");
+        } else {
+            out.push(c);
+        }
+    }
+    out.push(b'\'');
+    OsString::from_vec(out)
 }
 
 impl Engine for SshEngine {
@@ -58,12 +70,11 @@ impl Engine for SshEngine {
     fn start(&self, spec: StartSpec<'_>) -> Result<Box<dyn RunningJob>> {
         let cfg = spec.cfg;
         let (shim, shim_args) = remote::shim_argv(cfg, &["--stdin-control"])?;
-        let remote_cmd = std::iter::once(OsString::from("exec"))
-            .chain(std::iter::once(shim))
-            .chain(shim_args)
-            .map(|w| shell_quote(&w))
-            .collect::<Vec<_>>()
-            .join(" ");
+        let mut remote_cmd = OsString::from("exec");
+        for w in std::iter::once(shim).chain(shim_args) {
+            remote_cmd.push(" ");
+            remote_cmd.push(shell_quote(&w));
+        }
         let env = remote::shim_env(cfg, &spec.env);
         let mut job = RemoteJob::new(cfg.ranks, spec.hosts);
         for r in 0..cfg.ranks {
@@ -132,9 +143,33 @@ mod tests {
     #[test]
     fn remote_words_are_quoted_for_the_shell() {
         assert_eq!(shell_quote(OsStr::new("/usr/bin/x")), "/usr/bin/x");
+        assert_eq!(shell_quote(OsStr::new("-")), "-");
         assert_eq!(shell_quote(OsStr::new("a b")), "'a b'");
         assert_eq!(shell_quote(OsStr::new("it's")), r"'it'\''s'");
         assert_eq!(shell_quote(OsStr::new("")), "''");
         assert_eq!(shell_quote(OsStr::new("$(rm -rf /)")), "'$(rm -rf /)'");
+    }
+
+    /// Regression (review): the remote command was built from a lossy UTF-8 conversion,
+    /// so a program path or argument that is not UTF-8 reached the remote shell as
+    /// another name (`\xff` became U+FFFD): the rank ran with arguments it was not given.
+    #[test]
+    fn a_non_utf8_argument_was_changed_on_its_way_to_the_remote_shell() {
+        use std::os::unix::ffi::OsStrExt;
+        let q = shell_quote(OsStr::from_bytes(b"in\xffput"));
+        assert_eq!(q.as_bytes(), b"'in\xffput'");
+        let q = shell_quote(OsStr::from_bytes(b"it's\xfe"));
+        assert_eq!(q.as_bytes(), b"'it'\\''s\xfe'");
+        // The shell gives the word back byte for byte.
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg({
+                let mut c = OsString::from("printf %s ");
+                c.push(&q);
+                c
+            })
+            .output()
+            .unwrap();
+        assert_eq!(out.stdout, b"it's\xfe");
     }
 }
