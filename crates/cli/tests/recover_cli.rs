@@ -370,3 +370,28 @@ fn sigterm_during_the_wait_for_a_dead_jobs_ranks_was_ignored() {
     assert!(!started.exists(), "ranks were started after SIGTERM");
     assert_eq!(std::fs::read_to_string(repo.join("LOCK")).unwrap(), stale);
 }
+
+/// Regression (review): a rank that opened another repository and exited 0 before the
+/// supervisor's kill landed made the job "completed" (exit 0), although its checkpoints
+/// went where no supervisor looks. Here the marker comes from a child the rank left
+/// behind, after the rank itself exited 0: the kill always comes too late.
+#[test]
+fn a_repo_mismatch_followed_by_a_clean_exit_is_still_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    for i in 0..2 {
+        let repo = dir.path().join(format!("repo{i}"));
+        let (code, out, err) = lazarus(&[
+            "run",
+            "-n",
+            "2",
+            "--repo",
+            repo.to_str().unwrap(),
+            "--",
+            "sh",
+            "-c",
+            "(sleep 0.3; printf '\\036lazarus:repo /elsewhere/repo\\n') & exit 0",
+        ]);
+        assert_eq!(code, 78, "run {i}: stdout: {out}\nstderr: {err}");
+        assert!(err.contains("/elsewhere/repo"), "run {i}: {err}");
+    }
+}

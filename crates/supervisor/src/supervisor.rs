@@ -608,6 +608,25 @@ impl Supervisor {
                 let mut s = lock(&shared);
                 let rest = s.out.finish();
                 s.emit(rest);
+                // A refusal whose kill came too late (the ranks had already exited 0) is
+                // still a refusal: a rank that opened another repository checkpointed
+                // where no supervisor looks, and the job must not be reported completed.
+                if let Some(refusal) = s.refusal.take() {
+                    if cfg.progress {
+                        progress(format_args!("lazarus: {refusal}"));
+                    }
+                    let code = refusal.exit_code();
+                    return Ok(report(
+                        &mut s,
+                        JobEnd::Refused(refusal),
+                        failures,
+                        incarnation,
+                        t0,
+                        code,
+                        n,
+                        &pool,
+                    ));
+                }
                 return Ok(report(
                     &mut s,
                     JobEnd::Completed,
