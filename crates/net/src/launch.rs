@@ -523,18 +523,9 @@ fn supervise(
     };
     loop {
         job.poll()?;
-        for r in 0..cfg.ranks {
-            if let Some(s) = job.status(r).filter(|s| !s.success()) {
-                if failure.is_none() {
-                    failure = Some(fail(
-                        r as usize,
-                        match s {
-                            RankStatus::Exited(c) => FailureKind::Exited(c),
-                            RankStatus::Signaled(g) => FailureKind::Signaled(g),
-                        },
-                    ));
-                }
-            }
+        if failure.is_none() {
+            let statuses: Vec<Option<RankStatus>> = (0..cfg.ranks).map(|r| job.status(r)).collect();
+            failure = first_failure(&statuses).map(|(r, kind)| fail(r, kind));
         }
         if failure.is_none() {
             for (i, v) in server.snapshot().into_iter().enumerate() {
@@ -639,6 +630,35 @@ fn supervise(
     })
 }
 
+/// The failure to report among the ranks' statuses seen in one poll: a rank killed by a
+/// signal before one that exited non-zero (a rank that exits 1 because its peer was
+/// killed, within the same poll, is a consequence, not the cause), else the lowest rank.
+fn first_failure(statuses: &[Option<RankStatus>]) -> Option<(usize, FailureKind)> {
+    let failed = statuses
+        .iter()
+        .enumerate()
+        .filter_map(|(r, s)| s.filter(|s| !s.success()).map(|s| (r, s)));
+    let mut pick: Option<(usize, RankStatus)> = None;
+    for (r, s) in failed {
+        let better = match pick {
+            None => true,
+            Some((_, prev)) => {
+                matches!(s, RankStatus::Signaled(_)) && !matches!(prev, RankStatus::Signaled(_))
+            }
+        };
+        if better {
+            pick = Some((r, s));
+        }
+    }
+    pick.map(|(r, s)| {
+        let kind = match s {
+            RankStatus::Exited(c) => FailureKind::Exited(c),
+            RankStatus::Signaled(g) => FailureKind::Signaled(g),
+        };
+        (r, kind)
+    })
+}
+
 /// Which hosts are gone, at the time of failure `f`: the hosts of ranks that have no exit
 /// status and are silent, disconnected or never joined, whose registered address does not
 /// answer on the network (a dead process on a live host answers with a refusal). A host
@@ -697,4 +717,33 @@ fn lost_hosts(
             .filter_map(|h| h.join().ok().flatten())
             .collect()
     })
+}
+
+#[cfg(test)]
+mod first_failure_tests {
+    use super::*;
+
+    /// Regression (review): rank 1 killed by a signal and rank 0 exiting 1 because of it,
+    /// seen in the same poll, blamed rank 0 and reported exit code 1 instead of 128+9.
+    #[test]
+    fn a_rank_killed_by_a_signal_is_blamed_before_one_that_exited_in_the_same_poll() {
+        let s = [
+            Some(RankStatus::Exited(1)),
+            Some(RankStatus::Signaled(9)),
+            None,
+        ];
+        assert_eq!(first_failure(&s), Some((1, FailureKind::Signaled(9))));
+        let s = [
+            None,
+            Some(RankStatus::Exited(0)),
+            Some(RankStatus::Exited(3)),
+        ];
+        assert_eq!(first_failure(&s), Some((2, FailureKind::Exited(3))));
+        let s = [
+            Some(RankStatus::Signaled(15)),
+            Some(RankStatus::Signaled(9)),
+        ];
+        assert_eq!(first_failure(&s), Some((0, FailureKind::Signaled(15))));
+        assert_eq!(first_failure(&[Some(RankStatus::Exited(0)), None]), None);
+    }
 }
