@@ -87,7 +87,15 @@ impl Engine for SrunEngine {
             cfg.incarnation,
             rand::random::<u32>()
         ));
-        std::fs::write(&hostfile, spec.hosts.join("\n") + "\n")
+        // Created, never opened through what is already there: in a shared /tmp another
+        // user could plant a symbolic link under a guessed name.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&hostfile)
+            .and_then(|mut f| {
+                std::io::Write::write_all(&mut f, (spec.hosts.join("\n") + "\n").as_bytes())
+            })
             .map_err(|e| NetError::io(format!("writing {}", hostfile.display()), e))?;
         job.temp_files.push(hostfile.clone());
         let mut cmd = Command::new(&self.program);
