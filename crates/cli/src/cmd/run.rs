@@ -114,7 +114,8 @@ const EXIT_STATUS: &str = "Exit status:
   N       the first failing rank's status (128+signal if killed by one; 1 for a lost
           connection or missed heartbeats); with --repo, the last failure's after giving up
   128+S   interrupted by signal S (forwarded to every rank)
-  2       bad flags, or the repository cannot be opened (nothing was started)
+  2       bad flags, or the repository cannot be opened (nothing was started); with
+          --repo, also a restart that could not be launched (the message says so)
   65      with --repo: a rank's restore failed in a way no restart can fix (the checkpoint
           cannot be restored on this number of ranks, does not fit the program's state,
           or every checkpoint is damaged); stopped at once, the message names the
