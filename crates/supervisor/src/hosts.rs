@@ -129,8 +129,30 @@ impl HostPool {
         self.find(host).map(|i| self.hosts[i].state)
     }
 
+    /// The pool's entry for `host` as a rank reported it: the exact name, else the one
+    /// entry with the same short name. Slurm's ranks report `SLURMD_NODENAME` (`node3`)
+    /// while `--hosts` may spell the node fully qualified (`node3.cluster.example`):
+    /// without this the lost host was not found and no spare replaced it, silently.
     fn find(&self, host: &str) -> Option<usize> {
-        self.hosts.iter().position(|h| h.spec.name == host)
+        if let Some(i) = self.hosts.iter().position(|h| h.spec.name == host) {
+            return Some(i);
+        }
+        let short = |n: &str| -> Option<String> {
+            if n.parse::<std::net::IpAddr>().is_ok() {
+                return None;
+            }
+            n.split('.').next().map(str::to_ascii_lowercase)
+        };
+        let want = short(host)?;
+        let mut same = self
+            .hosts
+            .iter()
+            .enumerate()
+            .filter(|(_, h)| short(&h.spec.name).as_deref() == Some(want.as_str()));
+        match (same.next(), same.next()) {
+            (Some((i, _)), None) => Some(i),
+            _ => None,
+        }
     }
 
     /// `host` is gone: it leaves the active hosts (suspect after one failure, excluded
@@ -368,6 +390,27 @@ mod tests {
         assert_eq!(r.failed, [("b".into(), 2), ("c".into(), 2)]);
         assert_eq!(p.host_lost("zz"), None);
         assert_eq!(p.host_lost("b"), None, "an excluded host is not active");
+    }
+
+    /// Regression (review): Slurm's ranks name their node by `SLURMD_NODENAME` (`n2`); a
+    /// `--hosts` list of fully qualified names did not find the lost host, and no spare
+    /// replaced it. A unique short name now matches; an ambiguous one or an IP does not.
+    #[test]
+    fn a_lost_host_reported_by_its_short_name_is_found() {
+        let mut p = HostPool::new(
+            parse_hosts("n1.c.example,n2.c.example,n3.c.example").unwrap(),
+            1,
+        )
+        .unwrap();
+        assert_eq!(
+            p.host_lost("n2"),
+            Some(Replacement::Spare("n3.c.example".into()))
+        );
+        assert_eq!(p.state("n2.c.example"), Some(HostState::Suspect));
+        let mut p = HostPool::new(parse_hosts("n1.a,n1.b,n2").unwrap(), 0).unwrap();
+        assert_eq!(p.host_lost("n1"), None, "ambiguous short name");
+        let mut p = HostPool::new(parse_hosts("10.0.0.1,10.0.0.2").unwrap(), 1).unwrap();
+        assert_eq!(p.host_lost("10.0.0.3"), None);
     }
 
     #[test]
