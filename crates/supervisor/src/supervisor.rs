@@ -320,6 +320,15 @@ impl Shared {
     }
 }
 
+/// How a job that a refusal stopped ends, and its exit status; says why on stderr.
+fn refused(refusal: Refusal, say: bool) -> (JobEnd, i32) {
+    if say {
+        progress(format_args!("lazarus: {refusal}"));
+    }
+    let code = refusal.exit_code();
+    (JobEnd::Refused(refusal), code)
+}
+
 /// The newest committed checkpoint of `reader`'s repository (`None`: none), its COMMIT
 /// read but not verified.
 fn newest_commit(reader: &RepoReader) -> Result<Option<CheckpointSummary>, StoreError> {
@@ -612,13 +621,10 @@ impl Supervisor {
                 // still a refusal: a rank that opened another repository checkpointed
                 // where no supervisor looks, and the job must not be reported completed.
                 if let Some(refusal) = s.refusal.take() {
-                    if cfg.progress {
-                        progress(format_args!("lazarus: {refusal}"));
-                    }
-                    let code = refusal.exit_code();
+                    let (end, code) = refused(refusal, cfg.progress);
                     return Ok(report(
                         &mut s,
-                        JobEnd::Refused(refusal),
+                        end,
                         failures,
                         incarnation,
                         t0,
@@ -729,13 +735,10 @@ impl Supervisor {
                 // What the ranks reported cannot change by restarting: stop now, with the
                 // refusal's own status, instead of spending the restart budget.
                 failures.push(fr);
-                if cfg.progress {
-                    progress(format_args!("lazarus: {refusal}"));
-                }
-                let code = refusal.exit_code();
+                let (end, code) = refused(refusal, cfg.progress);
                 return Ok(report(
                     &mut s,
-                    JobEnd::Refused(refusal),
+                    end,
                     failures,
                     incarnation,
                     t0,
