@@ -168,13 +168,20 @@ enum ToStdout {
 /// (Found in review: a pump releasing lines blocked on a full stdout pipe while holding
 /// the lock, the other ranks' pumps waited for it, the launcher gave up on them at the
 /// end of a successful job and closed its sink: their last lines were lost.)
+///
+/// The queue is bounded ([`STDOUT_BACKLOG`] batches): a reader that stays away for good
+/// (a `less` left paused) eventually blocks the ranks' output again, as a pipe would,
+/// instead of growing this process's memory without bound.
 #[derive(Clone, Debug)]
-struct StdoutWriter(std::sync::mpsc::Sender<ToStdout>);
+struct StdoutWriter(std::sync::mpsc::SyncSender<ToStdout>);
+
+/// Released batches of lines that may wait for a slow stdout.
+const STDOUT_BACKLOG: usize = 4096;
 
 impl StdoutWriter {
     /// The writer thread; `None` if it cannot be started (lines are then written directly).
     fn spawn() -> Option<Self> {
-        let (tx, rx) = std::sync::mpsc::channel::<ToStdout>();
+        let (tx, rx) = std::sync::mpsc::sync_channel::<ToStdout>(STDOUT_BACKLOG);
         std::thread::Builder::new()
             .name("lazarus-stdout".into())
             .spawn(move || {
