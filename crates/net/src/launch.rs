@@ -567,6 +567,8 @@ fn supervise(
             // launcher that died with its ranks), stopped and reported as any other.
             tracing::warn!("launcher: the job must stop at once; killing every rank");
             hard_stopped = true;
+            // Through the engine: the shims forward it (ssh), mpirun's death takes its
+            // ranks along, srun's engine adds scancel (remote.rs).
             job.signal(libc::SIGKILL);
         }
         if let Some(sig) = pending_signal() {
@@ -633,7 +635,13 @@ fn supervise(
 /// The failure to report among the ranks' statuses seen in one poll: a rank killed by a
 /// signal before one that exited non-zero (a rank that exits 1 because its peer was
 /// killed, within the same poll, is a consequence, not the cause), else the lowest rank.
+/// SIGPIPE comes last: it is what a rank gets when its peer is already gone.
 fn first_failure(statuses: &[Option<RankStatus>]) -> Option<(usize, FailureKind)> {
+    let rank_of = |s: RankStatus| match s {
+        RankStatus::Signaled(g) if g == libc::SIGPIPE => 0,
+        RankStatus::Exited(_) => 1,
+        RankStatus::Signaled(_) => 2,
+    };
     let failed = statuses
         .iter()
         .enumerate()
@@ -642,9 +650,7 @@ fn first_failure(statuses: &[Option<RankStatus>]) -> Option<(usize, FailureKind)
     for (r, s) in failed {
         let better = match pick {
             None => true,
-            Some((_, prev)) => {
-                matches!(s, RankStatus::Signaled(_)) && !matches!(prev, RankStatus::Signaled(_))
-            }
+            Some((_, prev)) => rank_of(s) > rank_of(prev),
         };
         if better {
             pick = Some((r, s));
@@ -745,5 +751,16 @@ mod first_failure_tests {
         ];
         assert_eq!(first_failure(&s), Some((0, FailureKind::Signaled(15))));
         assert_eq!(first_failure(&[Some(RankStatus::Exited(0)), None]), None);
+        // A broken pipe is the consequence of a peer's exit, not the cause.
+        let s = [
+            Some(RankStatus::Signaled(libc::SIGPIPE)),
+            Some(RankStatus::Exited(2)),
+        ];
+        assert_eq!(first_failure(&s), Some((1, FailureKind::Exited(2))));
+        let s = [
+            Some(RankStatus::Signaled(libc::SIGPIPE)),
+            Some(RankStatus::Signaled(9)),
+        ];
+        assert_eq!(first_failure(&s), Some((1, FailureKind::Signaled(9))));
     }
 }

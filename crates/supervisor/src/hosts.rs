@@ -129,6 +129,11 @@ impl HostPool {
         self.find(host).map(|i| self.hosts[i].state)
     }
 
+    /// The pool's name for `host` as a rank reported it (see `find`).
+    pub(crate) fn canonical(&self, host: &str) -> Option<&str> {
+        self.find(host).map(|i| self.hosts[i].spec.name.as_str())
+    }
+
     /// The pool's entry for `host` as a rank reported it: the exact name, else the one
     /// entry with the same short name. Slurm's ranks report `SLURMD_NODENAME` (`node3`)
     /// while `--hosts` may spell the node fully qualified (`node3.cluster.example`):
@@ -305,7 +310,14 @@ pub(crate) fn after_failure(
     let mut unplaced = 0;
     let mut distinct: Vec<&String> = placement.iter().collect();
     distinct.dedup();
-    if !distinct.is_empty() && distinct.iter().all(|h| outcome.lost_hosts.contains(h)) {
+    // The ranks name their hosts as their node calls itself (Slurm's `SLURMD_NODENAME`),
+    // the placement as `--hosts` spells them: compare in the pool's names.
+    let lost: Vec<String> = outcome
+        .lost_hosts
+        .iter()
+        .map(|h| pool.canonical(h).unwrap_or(h).to_string())
+        .collect();
+    if !distinct.is_empty() && distinct.iter().all(|h| lost.contains(h)) {
         // Every host at once: the head node's own network is the likelier culprit; blaming
         // (and excluding) every host would end the job for nothing.
         if progress {
@@ -317,7 +329,7 @@ pub(crate) fn after_failure(
         }
         return 0;
     }
-    for h in &outcome.lost_hosts {
+    for h in &lost {
         let ranks: Vec<usize> = placement
             .iter()
             .enumerate()
@@ -407,6 +419,31 @@ mod tests {
             Some(Replacement::Spare("n3.c.example".into()))
         );
         assert_eq!(p.state("n2.c.example"), Some(HostState::Suspect));
+        // The same through a failed launch: the placement spells the hosts as --hosts,
+        // the outcome as the ranks' nodes call themselves.
+        let outcome = |lost: &[&str]| lazarus_net::launch::JobOutcome {
+            failure: None,
+            interrupted: None,
+            statuses: Vec::new(),
+            elapsed: std::time::Duration::ZERO,
+            hosts: Vec::new(),
+            lost_hosts: lost.iter().map(|h| h.to_string()).collect(),
+            failed_at: None,
+        };
+        let mut p = HostPool::new(parse_hosts("n1.c,n2.c").unwrap(), 0).unwrap();
+        let placement = p.placement(4).unwrap();
+        // Every host at once: the head node's network, not counted against the hosts.
+        assert_eq!(
+            after_failure(&mut p, &outcome(&["n1", "n2"]), &placement, false),
+            0
+        );
+        assert_eq!(p.active(), 2);
+        // One host, no spare: its two ranks are the ones a shrink removes.
+        assert_eq!(
+            after_failure(&mut p, &outcome(&["n2"]), &placement, false),
+            2
+        );
+        assert_eq!(p.state("n2.c"), Some(HostState::Suspect));
         let mut p = HostPool::new(parse_hosts("n1.a,n1.b,n2").unwrap(), 0).unwrap();
         assert_eq!(p.host_lost("n1"), None, "ambiguous short name");
         let mut p = HostPool::new(parse_hosts("10.0.0.1,10.0.0.2").unwrap(), 1).unwrap();

@@ -624,10 +624,12 @@ impl Supervisor {
                 let mut s = lock(&shared);
                 let rest = s.out.finish();
                 s.emit(rest);
-                // A refusal whose kill came too late (the ranks had already exited 0) is
-                // still a refusal: a rank that opened another repository checkpointed
-                // where no supervisor looks, and the job must not be reported completed.
-                if let Some(refusal) = s.refusal.take() {
+                // A repository mismatch whose kill came too late (the ranks had already
+                // exited 0) still stops the job: a rank checkpointed where no supervisor
+                // looks, and the job must not be reported completed. A restore refusal
+                // followed by a clean exit is not one: the program handled the error
+                // (docs/RECOVERY.md).
+                if let Some(refusal @ Refusal::RepoMismatch { .. }) = s.refusal.take() {
                     let (end, code) = refused(refusal, cfg.progress);
                     return Ok(report(
                         &mut s,

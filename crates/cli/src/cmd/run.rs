@@ -115,7 +115,8 @@ const EXIT_STATUS: &str = "Exit status:
           connection or missed heartbeats); with --repo, the last failure's after giving up
   128+S   interrupted by signal S (forwarded to every rank)
   2       bad flags, or the repository cannot be opened (nothing was started); with
-          --repo, also a restart that could not be launched (the message says so)
+          --repo, also a supervisor that cannot go on between launches (repository
+          unreadable, no host left, a restart that could not be launched; it says which)
   65      with --repo: a rank's restore failed in a way no restart can fix (the checkpoint
           cannot be restored on this number of ranks, does not fit the program's state,
           or every checkpoint is damaged); stopped at once, the message names the

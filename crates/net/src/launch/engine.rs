@@ -92,8 +92,10 @@ pub trait LaunchObserver: Send + Sync + std::fmt::Debug {
     }
     /// True once the observer wants every rank stopped at once (e.g. a supervisor saw a
     /// rank open another repository than its own). The launcher polls it and SIGKILLs
-    /// every rank through the engine (remote ones through their shims): the observer
-    /// itself has no pid to signal on another host. The deaths then end the job as a
+    /// every rank through the engine (under ssh the shims forward it; mpirun's death
+    /// stops its ranks through the shims' parent-death signal; srun cannot forward it,
+    /// so its engine also runs scancel): the observer itself has no pid to signal on
+    /// another host. The deaths then end the job as a
     /// failure, handled as usual.
     fn stop_requested(&self) -> bool {
         false

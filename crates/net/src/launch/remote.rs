@@ -426,6 +426,16 @@ impl RunningJob for RemoteJob {
     }
 
     fn signal(&mut self, sig: i32) {
+        if sig == libc::SIGKILL {
+            // srun cannot forward a SIGKILL sent to it (it dies first) and the step would
+            // run on: its engine's hard kill (scancel) reaches the ranks. mpirun has none:
+            // its death stops the ranks through the shims' parent-death signal, which
+            // lets each shim take its rank's group with it (killing the shims' group
+            // instead would orphan the ranks). Found in review.
+            if let Some(k) = &self.hard_kill {
+                k(&lock_book(&self.book));
+            }
+        }
         for p in self.procs.iter_mut().filter(|p| p.status.is_none()) {
             match p.stdin.as_mut() {
                 // The shim forwards it to the rank's group.
