@@ -482,3 +482,22 @@ fn a_restore_refusal_followed_by_a_clean_exit_is_a_completed_job() {
     ]);
     assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
 }
+
+/// Review: `--incarnation` with `--repo` was silently replaced by the supervisor's own
+/// count; it is refused, naming the flag, before anything starts.
+#[test]
+fn incarnation_with_repo_is_refused() {
+    let (code, _, err) = lazarus(&[
+        "run",
+        "-n",
+        "1",
+        "--repo",
+        "/nonexistent/r",
+        "--incarnation",
+        "3",
+        "--",
+        "true",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--incarnation"), "{err}");
+}

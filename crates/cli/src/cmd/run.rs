@@ -41,7 +41,8 @@ pub struct Args {
     /// Time between SIGTERM (or a forwarded Ctrl-C) and SIGKILL.
     #[arg(long, default_value_t = 2000)]
     kill_grace_ms: u64,
-    /// Incarnation (restart count) exported as LAZARUS_INCARNATION.
+    /// Incarnation (restart count) exported as LAZARUS_INCARNATION, for a restart you
+    /// launch yourself; not with --repo, whose supervisor numbers them.
     #[arg(long, default_value_t = 0)]
     incarnation: u64,
     /// Extra environment for every rank, `KEY=VALUE` (repeatable).
@@ -210,6 +211,15 @@ fn config(
 pub fn main(args: Args) -> CmdResult {
     let (mut cfg, cluster) = config(&args)?;
     if let Some(repo) = &args.repo {
+        if args.incarnation != 0 {
+            // The supervisor counts incarnations itself (0, then one per restart): a
+            // value given here would be silently replaced.
+            return Err(
+                "lazarus run: --incarnation cannot be combined with --repo (the supervisor \
+                 numbers incarnations itself)"
+                    .into(),
+            );
+        }
         let shrink = args.shrink_on_failure.then(|| lazarus::supervisor::Shrink {
             min_ranks: args.min_ranks.unwrap_or(1),
         });
