@@ -370,6 +370,19 @@ mod tests {
     use super::*;
     use lazarus_net::launch::parse_hosts;
 
+    /// A failed launch that lost `lost` (as the ranks named their hosts).
+    fn outcome(lost: &[&str]) -> lazarus_net::launch::JobOutcome {
+        lazarus_net::launch::JobOutcome {
+            failure: None,
+            interrupted: None,
+            statuses: Vec::new(),
+            elapsed: std::time::Duration::ZERO,
+            hosts: Vec::new(),
+            lost_hosts: lost.iter().map(|h| h.to_string()).collect(),
+            failed_at: None,
+        }
+    }
+
     #[test]
     fn a_lost_host_is_replaced_by_a_spare_in_its_position() {
         let mut p = HostPool::new(parse_hosts("a,b,c,d,e").unwrap(), 1).unwrap();
@@ -421,15 +434,6 @@ mod tests {
         assert_eq!(p.state("n2.c.example"), Some(HostState::Suspect));
         // The same through a failed launch: the placement spells the hosts as --hosts,
         // the outcome as the ranks' nodes call themselves.
-        let outcome = |lost: &[&str]| lazarus_net::launch::JobOutcome {
-            failure: None,
-            interrupted: None,
-            statuses: Vec::new(),
-            elapsed: std::time::Duration::ZERO,
-            hosts: Vec::new(),
-            lost_hosts: lost.iter().map(|h| h.to_string()).collect(),
-            failed_at: None,
-        };
         let mut p = HostPool::new(parse_hosts("n1.c,n2.c").unwrap(), 0).unwrap();
         let placement = p.placement(4).unwrap();
         // Every host at once: the head node's network, not counted against the hosts.
@@ -454,15 +458,6 @@ mod tests {
     fn every_host_lost_at_once_is_not_blamed_on_the_hosts() {
         let mut p = HostPool::new(parse_hosts("a,b,c").unwrap(), 1).unwrap();
         let placement = p.placement(4).unwrap();
-        let outcome = |lost: &[&str]| lazarus_net::launch::JobOutcome {
-            failure: None,
-            interrupted: None,
-            statuses: Vec::new(),
-            elapsed: std::time::Duration::ZERO,
-            hosts: Vec::new(),
-            lost_hosts: lost.iter().map(|h| h.to_string()).collect(),
-            failed_at: None,
-        };
         assert_eq!(
             after_failure(&mut p, &outcome(&["a", "b"]), &placement, false),
             0
