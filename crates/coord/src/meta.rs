@@ -32,6 +32,11 @@ pub const MODE_KEY: &str = "lazarus.mode";
 /// that holds no channel state.
 pub const EPOCH_KEY: &str = "lazarus.epoch";
 
+/// [`EPOCH_KEY`] of a COMMIT's metadata (absent or unreadable: `None`).
+pub fn snapshot_epoch(app: &BTreeMap<String, String>) -> Option<u64> {
+    app.get(EPOCH_KEY).and_then(|v| v.parse().ok())
+}
+
 /// The job-wide checkpoint number of a multi-level job (issue #15, docs/LEVELS.md): the
 /// same number in the COMMIT of every level that holds the checkpoint, so restore can tell
 /// which level's copy is the newest. Absent in jobs without levels.

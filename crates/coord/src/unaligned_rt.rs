@@ -646,11 +646,7 @@ impl AsyncSession {
                     ),
                 )));
             }
-            let epoch = c
-                .app
-                .get(crate::meta::EPOCH_KEY)
-                .and_then(|e| e.parse().ok())
-                .map(Epoch);
+            let epoch = crate::meta::snapshot_epoch(&c.app).map(Epoch);
             self.load_own_part(c.id, epoch)
         };
         let apply = |chosen: Option<(&crate::restore::Candidate, LoadedPart)>| match chosen {
@@ -756,19 +752,11 @@ impl AsyncSession {
         let channels = match channels {
             Some(c) => c,
             // A checkpoint without channel state (none was in flight, or an aligned one).
-            None => {
-                let app = reader
-                    .commit_record(id)
-                    .map(|c| c.app)
-                    .map_err(store("reading COMMIT".into()))?;
-                ChannelState {
-                    epoch: app
-                        .get(crate::meta::EPOCH_KEY)
-                        .and_then(|e| e.parse().ok())
-                        .map_or(Epoch(0), Epoch),
-                    channels: Vec::new(),
-                }
-            }
+            // Its epoch is the one COMMIT records, already read with the candidate.
+            None => ChannelState {
+                epoch: epoch.unwrap_or(Epoch(0)),
+                channels: Vec::new(),
+            },
         };
         Ok((channels, user))
     }
