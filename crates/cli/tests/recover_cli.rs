@@ -260,15 +260,26 @@ fn a_repo_mismatch_under_a_remote_engine_kept_the_ranks_running() {
 
 /// Fails if a process whose command line contains `needle` is still running half a
 /// second from now.
+/// No process whose command line contains `needle` is left, within 10 s: the stop reaches
+/// a rank's children through signals delivered asynchronously (a shim's death signal,
+/// then its forwarding), which a loaded machine can delay well past a fixed short sleep
+/// (the first CI run on a fresh machine failed a 500 ms one). The needle's process sleeps
+/// about 20 s, so one still there after 10 s was orphaned.
 fn assert_no_process_left(needle: &str) {
-    std::thread::sleep(Duration::from_millis(500));
-    let left: Vec<String> = std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
-        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
-        .filter(|c| c.contains(needle))
-        .collect();
+    let left = || -> Vec<String> {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+            .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+            .filter(|c| c.contains(needle))
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !left().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let left = left();
     assert!(left.is_empty(), "orphans: {left:?}");
 }
 

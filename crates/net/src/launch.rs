@@ -323,24 +323,53 @@ pub(crate) fn killpg(pgid: i32, sig: i32) {
 /// reused while it names the session of a living process. Linux (`/proc`); elsewhere a
 /// no-op.
 pub(crate) fn kill_session(sid: i32, sig: i32) {
-    if sid <= 0 {
-        return;
-    }
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return;
-    };
-    let me = std::process::id() as i32;
-    for e in dir.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-            continue;
-        };
-        // SAFETY: getsid and kill are plain syscalls on a process id.
+    for pid in session_members(sid) {
+        // SAFETY: kill is a plain syscall on a process id.
         unsafe {
-            if pid != me && libc::getsid(pid) == sid {
-                libc::kill(pid, sig);
-            }
+            libc::kill(pid, sig);
         }
     }
+}
+
+/// The live processes of session `sid` but the caller (zombies, which no signal stops
+/// any more, are left out). Empty when `sid` is not positive or `/proc` is missing.
+pub(crate) fn session_members(sid: i32) -> Vec<i32> {
+    if sid <= 0 {
+        return Vec::new();
+    }
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let me = std::process::id() as i32;
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()))
+        // SAFETY: getsid is a plain syscall on a process id.
+        .filter(|&pid| pid != me && unsafe { libc::getsid(pid) } == sid)
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| Some(s.get(s.rfind(')')? + 2..)?.starts_with('Z')))
+                .is_some_and(|zombie| !zombie)
+        })
+        .collect()
+}
+
+/// Stops every process of a launcher's session for good: SIGTERM first, then, once they
+/// are gone or after `settle`, SIGKILL. The SIGTERM matters for a launcher's children
+/// that stand between it and a rank (the shim under mpirun): a shim SIGKILLed before it
+/// acted takes only its rank along (the rank's parent-death signal), and the processes
+/// the rank started live on as orphans. Given the SIGTERM, the shim stops the rank's
+/// whole group (found when a rank's `sleep` outlived a hard-stopped job under mpirun on
+/// a loaded machine: mpirun's death had already sent the shims their SIGTERM, and the
+/// immediate SIGKILL of the session raced it).
+pub(crate) fn stop_session(sid: i32, settle: Duration) {
+    kill_session(sid, libc::SIGTERM);
+    let deadline = Instant::now() + settle;
+    while !session_members(sid).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    killpg(sid, libc::SIGKILL);
+    kill_session(sid, libc::SIGKILL);
 }
 
 /// Runs jobs; see the module documentation.

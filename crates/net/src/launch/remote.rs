@@ -6,7 +6,7 @@ use super::engine::{OutputSink, RunningJob};
 use super::local::join_until;
 use super::record::{Record, RecordStream, Tagging};
 use super::shim::{encode_inject, encode_rank_env, ENV_SHIM_INJECT, ENV_SHIM_RANK_ENV};
-use super::{kill_session, killpg, LaunchConfig, RankStatus, ShimCommand};
+use super::{kill_session, stop_session, LaunchConfig, RankStatus, ShimCommand};
 use crate::error::{ErrorKind, NetError, Result};
 use std::ffi::OsString;
 use std::io::{Read, Write};
@@ -33,6 +33,11 @@ pub(crate) type Book = Arc<Mutex<RankBook>>;
 fn lock_book(b: &Book) -> MutexGuard<'_, RankBook> {
     b.lock().unwrap_or_else(|e| e.into_inner())
 }
+
+/// How long a hard stop lets a launcher's session end on SIGTERM before it SIGKILLs what
+/// is left: enough for a shim to stop its rank's group (it SIGKILLs a rank that ignores
+/// SIGTERM after its own 2 s grace, so one that does not react costs this much more).
+const SESSION_SETTLE: Duration = Duration::from_secs(2);
 
 /// An engine's last resort to stop what its launcher process could not.
 pub(crate) type HardKill = Box<dyn Fn(&RankBook) + Send>;
@@ -459,9 +464,16 @@ impl RunningJob for RemoteJob {
             // Closing a shim's control input stops its rank even if the kill below only
             // reaches the local ssh client.
             drop(p.stdin.take());
-            killpg(p.child.id() as i32, libc::SIGKILL);
-            // What the launcher started in groups of their own (mpirun's ssh clients).
-            kill_session(p.child.id() as i32, libc::SIGKILL);
+        }
+        // The whole session: what the launcher started in groups of their own (mpirun's
+        // ssh clients) too. Every session gets its SIGTERM before any its SIGKILL, so the
+        // shims of every launcher act in parallel.
+        let sids: Vec<i32> = self.procs.iter().map(|p| p.child.id() as i32).collect();
+        for &sid in &sids {
+            kill_session(sid, libc::SIGTERM);
+        }
+        for sid in sids {
+            stop_session(sid, SESSION_SETTLE);
         }
     }
 
@@ -581,6 +593,68 @@ mod tests {
             std::thread::sleep(Duration::from_millis(10));
         }
         assert!(!alive(child), "the child outlived the job");
+    }
+
+    /// Regression (a rank's `sleep` outlived a hard-stopped job under mpirun on a loaded
+    /// machine): the hard stop SIGKILLed the launcher's whole session at once, so a shim
+    /// that had not yet acted on its SIGTERM died without stopping its rank's group, and
+    /// what the rank had started (in the rank's own session) lived on. The stand-in shim
+    /// here stops its "rank" only when it gets a SIGTERM, as the real one does.
+    #[test]
+    fn a_shim_killed_before_it_acted_orphaned_what_its_rank_started() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("rank");
+        let shim = dir.path().join("shim.sh");
+        std::fs::write(
+            &shim,
+            format!(
+                "setsid sh -c 'echo $$ > {0}.tmp; mv {0}.tmp {0}; exec sleep 300.25' &\n\
+                 trap 'kill $(cat {0}); exit 0' TERM\n\
+                 while :; do sleep 0.05; done\n",
+                pid_file.display()
+            ),
+        )
+        .unwrap();
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(format!("sh {} & exec sleep 300", shim.display()));
+        let mut job = RemoteJob::new(1, &["h".to_string()]);
+        let sink = Arc::new(OutputSink::new(None));
+        let launcher = spawn(
+            cmd,
+            "sh".into(),
+            Tagging::Fixed(0),
+            false,
+            &job.book,
+            &sink,
+            false,
+        )
+        .unwrap();
+        job.procs.push(launcher);
+        let t = Instant::now();
+        let rank: i32 = loop {
+            match std::fs::read_to_string(&pid_file).map(|s| s.trim().parse()) {
+                Ok(Ok(pid)) => break pid,
+                _ if t.elapsed() < Duration::from_secs(10) => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                other => panic!("no rank pid: {other:?}"),
+            }
+        };
+        // Let the stand-in shim reach its loop with the trap set.
+        std::thread::sleep(Duration::from_millis(200));
+        job.kill();
+        job.finish(Duration::from_secs(5));
+        let t = Instant::now();
+        while alive(rank) && t.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let orphan = alive(rank);
+        if orphan {
+            // SAFETY: kill on the pid we were told; do not leave it behind.
+            unsafe { libc::kill(rank, libc::SIGKILL) };
+        }
+        assert!(!orphan, "the rank's process outlived the job");
     }
 
     /// Regression: the shim ended a program's unfinished last line with a newline, so a
