@@ -577,7 +577,12 @@ class ObjectInfo:
         # only checks the field's shape and shows it.
         self.layout = d.get("layout")
         if self.layout is not None:
-            if not isinstance(self.layout, str) or not 1 <= len(self.layout.encode()) <= 4096:
+            try:
+                # A JSON `\ud800` escape decodes to a lone surrogate, which has no UTF-8.
+                size = len(self.layout.encode()) if isinstance(self.layout, str) else 0
+            except UnicodeEncodeError:
+                size = 0
+            if not 1 <= size <= 4096:
                 raise LazarusFormatError(where, "field `layout` is not a string of 1..4096 bytes")
             if self.kind != "serde":
                 raise LazarusFormatError(where, "a layout is recorded for serde objects only")

@@ -290,7 +290,9 @@ class Layout(unittest.TestCase):
         self.assertIsNone(self.obj().layout)
 
     def test_hostile_layouts_are_refused_naming_the_object(self):
-        for bad in (7, "", "x" * 4097, ["Knobs"]):
+        # "\ud800": a lone surrogate, as json.loads gives for a `\ud800` escape; it was
+        # a UnicodeEncodeError instead of a LazarusFormatError.
+        for bad in (7, "", "x" * 4097, ["Knobs"], "\ud800", "Knobs{dt:\udfff}"):
             with self.assertRaisesRegex(L.LazarusFormatError, "object `p`.*layout"):
                 self.obj(layout=bad)
         with self.assertRaisesRegex(L.LazarusFormatError, "serde objects only"):

@@ -29,13 +29,15 @@
 //!
 //! A nested part longer than [`NESTED_FOLD`] bytes, and a whole layout longer than
 //! [`TOP_FOLD`], is replaced by `#` and 16 hex digits of its BLAKE3, which keeps the text
-//! of deep or recursive values bounded while still comparing them.
+//! of deep or recursive values bounded while still comparing them. A value nested more
+//! than [`MAX_DEPTH`] parts deep is not traced at all and has no layout (the tracer would
+//! need more stack than postcard does for it).
 //!
 //! The serializer says it is not human-readable, as postcard does, so types that encode
 //! differently for humans (addresses, timestamps) are traced in their postcard form.
 
 use serde::ser::{self, Serialize};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 /// A nested part longer than this is folded into its digest.
@@ -43,15 +45,33 @@ pub const NESTED_FOLD: usize = 256;
 /// A whole layout longer than this is folded into its digest.
 pub const TOP_FOLD: usize = 2048;
 
-/// The layout text of `value` (module doc). Fails only when the value's own `Serialize`
-/// impl fails, with its message.
-pub fn layout_of<T: Serialize + ?Sized>(value: &T) -> Result<String, String> {
+/// Nested parts deeper than this are not traced: the value has no layout.
+///
+/// The tracer needs several times the stack that postcard needs per nested level, so a
+/// deep value (a long chain of boxes or one-child trees) that postcard encodes and decodes
+/// would otherwise overflow the thread's stack and abort the process. This bound keeps
+/// the tracer within about 1 MiB of stack.
+pub const MAX_DEPTH: u32 = 2048;
+
+/// The layout text of `value` (module doc), or `None` when it nests deeper than
+/// [`MAX_DEPTH`] levels. Fails only when the value's own `Serialize` impl fails, with
+/// its message.
+pub fn layout_of<T: Serialize + ?Sized>(value: &T) -> Result<Option<String>, String> {
     let mut out = String::new();
-    value
-        .serialize(Tracer { out: &mut out })
-        .map_err(|e| e.0)?;
+    match value.serialize(Tracer { out: &mut out }) {
+        Ok(()) => {}
+        Err(e) if e.0 == TOO_DEEP => return Ok(None),
+        Err(e) => return Err(e.0),
+    }
     fold(&mut out, TOP_FOLD);
-    Ok(out)
+    Ok(Some(out))
+}
+
+const TOO_DEEP: &str = "nested deeper than lazarus_state's layout tracer follows";
+
+thread_local! {
+    /// How many [`nested`] calls are open on this thread.
+    static DEPTH: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
 }
 
 fn fold(text: &mut String, limit: usize) {
@@ -65,6 +85,19 @@ fn fold(text: &mut String, limit: usize) {
 
 /// Traces one nested value into a fresh, folded string.
 fn nested<T: Serialize + ?Sized>(value: &T, into: &mut String) -> Result<(), TraceError> {
+    /// Closes the level even when a `Serialize` impl panics.
+    struct Level(u32);
+    impl Drop for Level {
+        fn drop(&mut self) {
+            DEPTH.with(|d| d.set(self.0));
+        }
+    }
+    let depth = DEPTH.with(|d| d.get());
+    if depth >= MAX_DEPTH {
+        return Err(TraceError(TOO_DEEP.into()));
+    }
+    DEPTH.with(|d| d.set(depth + 1));
+    let _level = Level(depth);
     into.clear();
     value.serialize(Tracer { out: into })?;
     fold(into, NESTED_FOLD);
@@ -373,6 +406,10 @@ impl ser::SerializeStructVariant for ListOf<'_> {
 /// an element whose sketch this sequence has not seen is traced into text. Equal sketches
 /// mean equal event streams and so equal texts (up to a 2^-128 collision); two sketches
 /// may differ for one text (inner sequences in another order), which only traces it twice.
+///
+/// A sketch stops at [`SKETCH_DEPTH`] nested levels and the element is then traced
+/// without one: sketching every element of every level of a deep value in full would
+/// cost the depth squared (each level re-hashes everything below it).
 const FEW: usize = 16;
 
 struct SetOf<'o> {
@@ -385,10 +422,12 @@ struct SetOf<'o> {
     seen: BTreeSet<u128>,
     last: Option<u128>,
     scratch: String,
-    /// Map only: the traced text of each key sketch seen so far, and the sketch of the key
-    /// whose value comes next.
-    keys: Vec<(u128, String)>,
-    key: u128,
+    /// Map only: the traced text of each key sketch seen so far (a map, not a list: a
+    /// map's keys can have as many distinct sketches as entries), and the sketch of the
+    /// key whose value comes next, or its text when it has no sketch (too deep).
+    keys: BTreeMap<u128, String>,
+    key: Option<u128>,
+    key_text: String,
 }
 
 impl<'o> SetOf<'o> {
@@ -402,8 +441,9 @@ impl<'o> SetOf<'o> {
             seen: BTreeSet::new(),
             last: None,
             scratch: String::new(),
-            keys: Vec::new(),
-            key: 0,
+            keys: BTreeMap::new(),
+            key: None,
+            key_text: String::new(),
         }
     }
 
@@ -441,7 +481,7 @@ impl ser::SerializeSeq for SetOf<'_> {
     type Ok = ();
     type Error = TraceError;
     fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), TraceError> {
-        if self.is_new(sketch(value)?) {
+        if sketch(value).map_or(true, |h| self.is_new(h)) {
             nested(value, &mut self.scratch)?;
             self.set.insert(std::mem::take(&mut self.scratch));
         }
@@ -458,26 +498,34 @@ impl ser::SerializeMap for SetOf<'_> {
     fn serialize_key<T: Serialize + ?Sized>(&mut self, key: &T) -> Result<(), TraceError> {
         // The key's text is needed only if its entry turns out new, but the key is gone
         // by then: trace each distinct key sketch once, when first seen.
-        self.key = sketch(key)?;
-        if !self.keys.iter().any(|(h, _)| *h == self.key) {
-            let mut text = String::new();
-            nested(key, &mut text)?;
-            self.keys.push((self.key, text));
+        self.key = sketch(key).ok();
+        match self.key {
+            Some(h) if !self.keys.contains_key(&h) => {
+                let mut text = String::new();
+                nested(key, &mut text)?;
+                self.keys.insert(h, text);
+            }
+            Some(_) => {}
+            None => nested(key, &mut self.key_text)?,
         }
         Ok(())
     }
     fn serialize_value<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), TraceError> {
-        let mut entry = Sketch(self.key);
-        entry.token(TOKEN_ENTRY);
-        entry.0 ^= sketch(value)?;
-        entry.token(TOKEN_ENTRY);
-        if self.is_new(entry.0) {
-            let key = self
-                .keys
-                .iter()
-                .find(|(h, _)| *h == self.key)
-                .map(|(_, text)| text.as_str())
-                .unwrap_or_default();
+        let entry = match (self.key, sketch(value)) {
+            (Some(key), Ok(value)) => {
+                let mut entry = Sketch::new(key);
+                entry.token(TOKEN_ENTRY);
+                entry.state ^= value;
+                entry.token(TOKEN_ENTRY);
+                Some(entry.state)
+            }
+            _ => None,
+        };
+        if entry.is_none_or(|h| self.is_new(h)) {
+            let key = match self.key {
+                Some(h) => self.keys.get(&h).map(String::as_str).unwrap_or_default(),
+                None => self.key_text.as_str(),
+            };
             nested(value, &mut self.scratch)?;
             self.set.insert(format!("{key}:{}", self.scratch));
         }
@@ -490,15 +538,23 @@ impl ser::SerializeMap for SetOf<'_> {
 
 /// The sketch of `value`: a 128-bit hash of its serialize events (names hashed by their
 /// `&'static str` address and length, which is unique per distinct name within the
-/// process). Never persisted: it only decides which elements to trace.
+/// process). Never persisted: it only decides which elements to trace. Fails when the
+/// value nests deeper than [`SKETCH_DEPTH`] or its `Serialize` impl fails; the caller
+/// then traces it, which reports the impl's own error.
 fn sketch<T: Serialize + ?Sized>(value: &T) -> Result<u128, TraceError> {
-    let mut s = Sketch(0x6c61_7a61_7275_735f_6c61_796f_7574_0001);
+    let mut s = Sketch::new(0x6c61_7a61_7275_735f_6c61_796f_7574_0001);
     value.serialize(&mut s)?;
     s.token(TOKEN_END);
-    Ok(s.0)
+    Ok(s.state)
 }
 
-struct Sketch(u128);
+/// Nested levels a sketch follows before giving up (the element is then traced).
+const SKETCH_DEPTH: u32 = 64;
+
+struct Sketch {
+    state: u128,
+    depth: u32,
+}
 
 const SKETCH_MUL: u128 = 0x2360_ed05_1fc6_5da4_4385_df64_9fcc_f645;
 const TOKEN_END: u32 = 1;
@@ -507,13 +563,32 @@ const TOKEN_SEP: u32 = 3;
 const TOKEN_CLOSE: u32 = 4;
 
 impl Sketch {
+    fn new(state: u128) -> Self {
+        Sketch { state, depth: 0 }
+    }
+
+    /// Enters one nested level; fails past [`SKETCH_DEPTH`].
+    fn enter(&mut self) -> Result<(), TraceError> {
+        self.depth += 1;
+        if self.depth > SKETCH_DEPTH {
+            return Err(TraceError("too deep to sketch".into()));
+        }
+        Ok(())
+    }
+
+    /// Closes the level [`Sketch::enter`] opened.
+    fn leave(&mut self) {
+        self.depth -= 1;
+        self.token(TOKEN_CLOSE);
+    }
+
     fn token(&mut self, x: u32) {
         self.mix(u128::from(x));
     }
 
     fn mix(&mut self, x: u128) {
-        self.0 = (self.0 ^ x).wrapping_mul(SKETCH_MUL);
-        self.0 ^= self.0 >> 64;
+        self.state = (self.state ^ x).wrapping_mul(SKETCH_MUL);
+        self.state ^= self.state >> 64;
     }
 
     /// One token for a kind (or a variant index: it always follows its enum's token, so
@@ -571,8 +646,9 @@ impl ser::Serializer for &mut Sketch {
     }
     fn serialize_some<T: Serialize + ?Sized>(self, value: &T) -> Result<(), TraceError> {
         self.token(27);
+        self.enter()?;
         value.serialize(&mut *self)?;
-        self.token(TOKEN_CLOSE);
+        self.leave();
         Ok(())
     }
     fn serialize_unit(self) -> Result<(), TraceError> {
@@ -599,8 +675,9 @@ impl ser::Serializer for &mut Sketch {
         value: &T,
     ) -> Result<(), TraceError> {
         self.name(31, name);
+        self.enter()?;
         value.serialize(&mut *self)?;
-        self.token(TOKEN_CLOSE);
+        self.leave();
         Ok(())
     }
     fn serialize_newtype_variant<T: Serialize + ?Sized>(
@@ -612,20 +689,24 @@ impl ser::Serializer for &mut Sketch {
     ) -> Result<(), TraceError> {
         self.name(32, name);
         self.name(index, variant);
+        self.enter()?;
         value.serialize(&mut *self)?;
-        self.token(TOKEN_CLOSE);
+        self.leave();
         Ok(())
     }
     fn serialize_seq(self, _len: Option<usize>) -> Result<Self, TraceError> {
         self.token(33);
+        self.enter()?;
         Ok(self)
     }
     fn serialize_tuple(self, _len: usize) -> Result<Self, TraceError> {
         self.token(34);
+        self.enter()?;
         Ok(self)
     }
     fn serialize_tuple_struct(self, name: &'static str, _len: usize) -> Result<Self, TraceError> {
         self.name(35, name);
+        self.enter()?;
         Ok(self)
     }
     fn serialize_tuple_variant(
@@ -637,14 +718,17 @@ impl ser::Serializer for &mut Sketch {
     ) -> Result<Self, TraceError> {
         self.name(36, name);
         self.name(index, variant);
+        self.enter()?;
         Ok(self)
     }
     fn serialize_map(self, _len: Option<usize>) -> Result<Self, TraceError> {
         self.token(37);
+        self.enter()?;
         Ok(self)
     }
     fn serialize_struct(self, name: &'static str, _len: usize) -> Result<Self, TraceError> {
         self.name(38, name);
+        self.enter()?;
         Ok(self)
     }
     fn serialize_struct_variant(
@@ -656,6 +740,7 @@ impl ser::Serializer for &mut Sketch {
     ) -> Result<Self, TraceError> {
         self.name(39, name);
         self.name(index, variant);
+        self.enter()?;
         Ok(self)
     }
     fn is_human_readable(&self) -> bool {
@@ -675,7 +760,7 @@ macro_rules! sketch_compound {
                 value.serialize(&mut **self)
             }
             fn end(self) -> Result<(), TraceError> {
-                self.token(TOKEN_CLOSE);
+                self.leave();
                 Ok(())
             }
         }
@@ -703,7 +788,7 @@ macro_rules! sketch_fields {
                 value.serialize(&mut **self)
             }
             fn end(self) -> Result<(), TraceError> {
-                self.token(TOKEN_CLOSE);
+                self.leave();
                 Ok(())
             }
         }
@@ -724,7 +809,7 @@ impl ser::SerializeMap for &mut Sketch {
         value.serialize(&mut **self)
     }
     fn end(self) -> Result<(), TraceError> {
-        self.token(TOKEN_CLOSE);
+        self.leave();
         Ok(())
     }
 }
@@ -734,6 +819,11 @@ mod tests {
     use super::*;
     use serde::{Deserialize, Serialize};
     use std::collections::{BTreeMap, HashMap};
+
+    /// The layout, which every value here is shallow enough to have.
+    fn layout_of<T: Serialize + ?Sized>(value: &T) -> Result<String, String> {
+        super::layout_of(value).map(|layout| layout.expect("shallower than MAX_DEPTH"))
+    }
 
     #[derive(Serialize, Deserialize)]
     struct Params {
@@ -770,7 +860,10 @@ mod tests {
             "Params{dt:f64,dx:f64,mode:Mode::Implicit#1{theta:f32},tags:[String]}"
         );
         assert_eq!(layout_of(&Mode::Explicit).unwrap(), "Mode::Explicit#0");
-        assert_eq!(layout_of(&Mode::Pair(1, 2)).unwrap(), "Mode::Pair#2(u8,i16)");
+        assert_eq!(
+            layout_of(&Mode::Pair(1, 2)).unwrap(),
+            "Mode::Pair#2(u8,i16)"
+        );
         assert_eq!(
             layout_of(&Mode::Wrapped(Some(3))).unwrap(),
             "Mode::Wrapped#3(Some(u32))"
@@ -785,8 +878,16 @@ mod tests {
 
     #[test]
     fn sequences_and_maps_list_each_distinct_element_layout_once_in_sorted_order() {
-        let v = vec![Mode::Explicit, Mode::Pair(1, 2), Mode::Explicit, Mode::Pair(3, 4)];
-        assert_eq!(layout_of(&v).unwrap(), "[Mode::Explicit#0|Mode::Pair#2(u8,i16)]");
+        let v = vec![
+            Mode::Explicit,
+            Mode::Pair(1, 2),
+            Mode::Explicit,
+            Mode::Pair(3, 4),
+        ];
+        assert_eq!(
+            layout_of(&v).unwrap(),
+            "[Mode::Explicit#0|Mode::Pair#2(u8,i16)]"
+        );
         assert_eq!(layout_of(&vec![0.5f64; 100_000]).unwrap(), "[f64]");
         let mut m = BTreeMap::new();
         m.insert(1u32, Some(2u8));
@@ -803,13 +904,20 @@ mod tests {
         for i in 0..200u32 {
             let v = if i % 3 == 0 { None } else { Some(i) };
             a.insert(i, v);
-            b.insert(199 - i, if (199 - i) % 3 == 0 { None } else { Some(199 - i) });
+            b.insert(
+                199 - i,
+                if (199 - i) % 3 == 0 {
+                    None
+                } else {
+                    Some(199 - i)
+                },
+            );
         }
         assert_eq!(layout_of(&a).unwrap(), layout_of(&b).unwrap());
         assert_eq!(layout_of(&a).unwrap(), "{u32:None|u32:Some(u32)}");
     }
 
-    #[derive(Serialize)]
+    #[derive(Serialize, PartialEq, Eq, PartialOrd, Ord)]
     struct Node {
         label: u8,
         children: Vec<Node>,
@@ -874,6 +982,114 @@ mod tests {
                 .collect();
             proptest::prop_assert_eq!(layout_of(&items).unwrap(), traced_one_by_one(&items));
         }
+    }
+
+    /// Best of three wall times of `layout_of(value)`, in seconds.
+    fn layout_time<T: Serialize>(value: &T) -> f64 {
+        (0..3)
+            .map(|_| {
+                let t = std::time::Instant::now();
+                std::hint::black_box(layout_of(value).unwrap());
+                t.elapsed().as_secs_f64()
+            })
+            .fold(f64::INFINITY, f64::min)
+    }
+
+    /// Keys whose sketches all differ (each a different pattern of `None`s), few texts.
+    fn keyed_by_patterns(n: usize) -> BTreeMap<Vec<Option<u8>>, u8> {
+        (0..n)
+            .map(|i| ((0..16).map(|b| (i >> b & 1 == 1).then_some(1)).collect(), 0))
+            .collect()
+    }
+
+    /// Was: every key was looked up in a list of the key sketches seen so far, so a map
+    /// whose keys have n distinct sketches (sequences of `Option`s or enums, sequences of
+    /// different lengths) cost n^2: 20k entries took 200 times their postcard encoding.
+    #[test]
+    fn regression_map_keys_with_many_distinct_sketches_cost_linear_time() {
+        let small = keyed_by_patterns(4_000);
+        let large = keyed_by_patterns(16_000);
+        assert_eq!(layout_of(&large).unwrap(), "{[None]:u8|[None|Some(u8)]:u8}");
+        let ratio = layout_time(&large) / layout_time(&small);
+        // Linear is about 4; the quadratic lookup gave about 16.
+        assert!(ratio < 10.0, "4x the entries cost {ratio:.1}x the time");
+    }
+
+    /// Was: each sequence level sketched its elements in full, everything below it, and
+    /// then traced them, whose sequences sketched everything below again: a value nested
+    /// d levels deep through sequences or maps (a tree, a chain) cost d^2 (depth 2000:
+    /// 100 ms against 30 us of postcard encoding).
+    #[test]
+    fn regression_deep_values_cost_linear_time_not_depth_squared() {
+        std::thread::Builder::new()
+            .stack_size(256 << 20)
+            .spawn(|| {
+                // Both within MAX_DEPTH (two nested levels a node).
+                let shallow = chain(120);
+                let deep = chain(960);
+                let ratio = layout_time(&deep) / layout_time(&shallow);
+                // Linear is about 8; depth squared gave about 64.
+                assert!(ratio < 24.0, "8x the depth cost {ratio:.1}x the time");
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+
+    fn text<T: Serialize>(value: &T) -> String {
+        let mut t = String::new();
+        nested(value, &mut t).unwrap();
+        t
+    }
+
+    /// Was: the tracer needs several times postcard's stack a nested level, so a value
+    /// postcard encodes and decodes (a long chain) overflowed the stack and aborted the
+    /// process at save (20k levels on an 8 MiB stack, 4k on a 2 MiB thread).
+    #[test]
+    fn regression_values_too_deep_to_trace_have_no_layout_instead_of_overflowing_the_stack() {
+        std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(|| {
+                let deep = chain(20_000);
+                assert_eq!(super::layout_of(&deep), Ok(None));
+                // Just within the bound still has one; the depth count was restored.
+                let within = chain(MAX_DEPTH as usize / 2 - 1);
+                assert!(super::layout_of(&within).unwrap().is_some());
+                assert_eq!(
+                    layout_of(&vec![Mode::Explicit]).unwrap(),
+                    "[Mode::Explicit#0]"
+                );
+                // Dropping it would recurse as deep as it nests.
+                std::mem::forget(deep);
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+
+    #[test]
+    fn elements_too_deep_to_sketch_are_traced_each_and_lose_no_layout() {
+        let depth = SKETCH_DEPTH as usize;
+        let items: Vec<Node> = [depth - 2, depth + 5, depth + 5, 3, depth + 40, depth + 5]
+            .into_iter()
+            .map(chain)
+            .collect();
+        assert_eq!(layout_of(&items).unwrap(), traced_one_by_one(&items));
+        let map: BTreeMap<u32, Node> = [(1, depth + 9), (2, depth + 9), (3, 2)]
+            .into_iter()
+            .map(|(k, d)| (k, chain(d)))
+            .collect();
+        let mut want = [text(&chain(depth + 9)), text(&chain(2))].map(|t| format!("u32:{t}"));
+        want.sort();
+        assert_eq!(layout_of(&map).unwrap(), format!("{{{}}}", want.join("|")));
+        // Deep keys, too.
+        let map: BTreeMap<Vec<Node>, u8> = [(vec![chain(depth + 9)], 1), (vec![chain(1)], 2)]
+            .into_iter()
+            .collect();
+        let mut want =
+            [text(&vec![chain(depth + 9)]), text(&vec![chain(1)])].map(|t| format!("{t}:u8"));
+        want.sort();
+        assert_eq!(layout_of(&map).unwrap(), format!("{{{}}}", want.join("|")));
     }
 
     #[test]

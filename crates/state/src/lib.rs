@@ -52,7 +52,8 @@
 //! not reach (a variant it does not hold, the payload type of a `None`, the element type of
 //! an empty `Vec`) cannot misread it and restores. Sequences and maps record the set of
 //! their distinct element layouts, so a `HashMap` (random order per process) compares
-//! equal; deep parts are folded into a digest. Renaming a Rust field while keeping its
+//! equal; deep parts are folded into a digest, and a value nested more than 2048 parts
+//! deep records no layout (it is checked by name). Renaming a Rust field while keeping its
 //! saved name with `#[serde(rename = "old")]` keeps checkpoints readable; making a field a
 //! newtype (`u32` to `Meters(u32)`) is refused although postcard would read it, unless
 //! the newtype is `#[serde(transparent)]`. When a serde type's contents change on purpose,

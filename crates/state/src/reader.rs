@@ -124,6 +124,12 @@ impl StateReader {
                     format!("cannot trace the restored value's layout: {message}"),
                 )
             })?;
+            let restored = restored.unwrap_or_else(|| {
+                format!(
+                    "(nested deeper than {} levels, not traced)",
+                    crate::layout::MAX_DEPTH
+                )
+            });
             if restored != saved {
                 return Err(StateError::LayoutMismatch {
                     field,

@@ -128,9 +128,16 @@ impl<'a> StateWriter<'a> {
             )
         })?;
         // A layout equal to the type name (`u64`, `String`) says nothing more; leaving it
-        // out keeps manifests of plain counters as they were.
-        let layout = (layout != type_name).then_some(layout);
-        self.push(type_name, ObjectKind::Serde, Cow::Owned(bytes), None, layout)
+        // out keeps manifests of plain counters as they were. A value nested too deep to
+        // trace (`layout::MAX_DEPTH`) records none either, and is checked by name only.
+        let layout = layout.filter(|layout| layout != type_name);
+        self.push(
+            type_name,
+            ObjectKind::Serde,
+            Cow::Owned(bytes),
+            None,
+            layout,
+        )
     }
 
     /// The objects saved so far, in save order.

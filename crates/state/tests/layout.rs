@@ -46,7 +46,11 @@ fn model() -> impl Strategy<Value = Model> {
     (
         "[a-z]{0,8}",
         prop::collection::vec(shape(), 0..12),
-        prop::collection::hash_map(any::<u32>(), prop::collection::vec(prop::option::of(shape()), 0..3), 0..6),
+        prop::collection::hash_map(
+            any::<u32>(),
+            prop::collection::vec(prop::option::of(shape()), 0..3),
+            0..6,
+        ),
         prop::collection::vec(prop::collection::vec((any::<u8>(), shape()), 0..3), 0..3),
     )
         .prop_map(|(name, shapes, index, nested)| Model {
@@ -70,7 +74,9 @@ mod saved {
 macro_rules! reordered {
     ($name:ident: $a:ident, $b:ident, $c:ident) => {
         mod $name {
-            #[derive(serde::Serialize, serde::Deserialize, Clone, Copy, Debug, PartialEq, Default)]
+            #[derive(
+                serde::Serialize, serde::Deserialize, Clone, Copy, Debug, PartialEq, Default,
+            )]
             pub enum Color {
                 #[default]
                 $a,
@@ -147,4 +153,40 @@ proptest! {
         check_reorder::<brg::Color>(&saved, brg::ORDER)?;
         check_reorder::<bgr::Color>(&saved, bgr::ORDER)?;
     }
+}
+
+/// A tree of one child a level, as deep as it is long.
+#[derive(Serialize, Deserialize, Debug, Default)]
+struct Tree {
+    children: Vec<Tree>,
+}
+
+/// Was: the layout tracer needs several times postcard's stack a nested level, so saving a
+/// value that postcard encodes and decodes fine (a 30k-deep tree on a 16 MiB stack)
+/// overflowed the stack and aborted the process. Now a value nested deeper than the tracer
+/// follows records no layout and is checked by name, as before format 1.3.
+#[test]
+fn regression_a_value_too_deep_to_trace_saves_and_restores_instead_of_overflowing_the_stack() {
+    std::thread::Builder::new()
+        .stack_size(16 << 20)
+        .spawn(|| {
+            let mut tree = Tree::default();
+            for _ in 0..30_000 {
+                tree = Tree {
+                    children: vec![tree],
+                };
+            }
+            let saved = Serde(tree);
+            let objs = to_loaded(&save(&saved).unwrap());
+            assert_eq!(objs[0].info.layout, None);
+            let mut back = Serde(Tree::default());
+            restore(&mut back, objs).unwrap();
+            assert_eq!(back.0.children.len(), 1);
+            // Dropping them recurses as deep as they nest.
+            std::mem::forget(back);
+            std::mem::forget(saved);
+        })
+        .unwrap()
+        .join()
+        .unwrap();
 }
