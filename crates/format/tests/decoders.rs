@@ -198,7 +198,11 @@ fn a_layout_is_recorded_for_serde_objects_only_and_bounded() {
     let mut bulk = manifest();
     bulk.objects[0].info.layout = Some("u8".into());
     let e = Manifest::decode(&bulk.encode()).unwrap_err();
-    assert!(e.msg.contains("object \"x\": a layout is recorded for serde objects only"), "{e}");
+    assert!(
+        e.msg
+            .contains("object \"x\": a layout is recorded for serde objects only"),
+        "{e}"
+    );
 }
 
 proptest! {

@@ -309,7 +309,10 @@ fn serde_type_changed_inside_under_the_same_name_was_misread_silently() {
     );
     assert_eq!(err.kind(), StateErrorKind::Schema);
     let text = err.to_string();
-    assert!(text.contains("field `p`") && text.contains("offset:i64"), "{text}");
+    assert!(
+        text.contains("field `p`") && text.contains("offset:i64"),
+        "{text}"
+    );
 
     let err = restore(&mut Swapped::default(), objs.clone()).unwrap_err();
     assert!(
@@ -337,19 +340,21 @@ fn reordered_variants_inside_a_sequence_are_refused_even_when_the_set_of_names_i
     use evolved::{reordered, v1};
     // [Explicit#0, Implicit#1] decodes under the reordered type as [Implicit#0, Explicit#1]:
     // the same two names, other indexes.
-    let err =
-        layout_refusal::<Vec<reordered::Mode>>(vec![v1::Mode::Explicit, v1::Mode::Implicit]);
+    let err = layout_refusal::<Vec<reordered::Mode>>(vec![v1::Mode::Explicit, v1::Mode::Implicit]);
     assert!(matches!(err, StateError::LayoutMismatch { .. }), "{err}");
 }
 
 #[test]
 fn changes_the_saved_value_never_reaches_restore_it() {
-    use evolved::{reordered, retyped, renamed_in_rust, v1};
+    use evolved::{renamed_in_rust, reordered, retyped, v1};
     // A Rust rename that keeps the serde name reads the same bytes the same way.
     let objs = to_loaded(&save(&Serde(knobs_v1())).unwrap());
     let mut renamed = Serde(renamed_in_rust::Knobs::default());
     restore(&mut renamed, objs).unwrap();
-    assert_eq!((renamed.0.offset, renamed.0.time_step, renamed.0.dx), (-3, 0.1, 2.0));
+    assert_eq!(
+        (renamed.0.offset, renamed.0.time_step, renamed.0.dx),
+        (-3, 0.1, 2.0)
+    );
     // `None` means the same whatever the payload type became.
     let objs = to_loaded(&save(&Serde(None::<v1::Knobs>)).unwrap());
     let mut none = Serde(Some(retyped::Knobs::default()));

@@ -68,16 +68,31 @@ where
 fn layout_cost_against_postcard() {
     let n = 1_000_000usize;
     measure("Vec<u8> x 1M", vec![7u8; n]);
-    measure("Vec<f64> x 1M", (0..n).map(|i| i as f64).collect::<Vec<_>>());
+    measure(
+        "Vec<f64> x 1M",
+        (0..n).map(|i| i as f64).collect::<Vec<_>>(),
+    );
     measure(
         "Vec<Particle> x 1M",
         (0..n)
             .map(|i| Particle {
                 id: i as u32,
                 pos: [i as f64; 3],
-                kind: if i % 3 == 0 { Kind::Bound(i as u16) } else { Kind::Free },
+                kind: if i % 3 == 0 {
+                    Kind::Bound(i as u16)
+                } else {
+                    Kind::Free
+                },
             })
             .collect::<Vec<_>>(),
+    );
+    // The worst case: elements whose layouts mostly differ (every inner length and
+    // None/Some pattern is another element layout), so most elements are traced in full.
+    measure(
+        "Vec<Vec<Option<u8>>> x 200k, mixed shapes",
+        (0..n / 5)
+            .map(|i| (0..i % 7).map(|j| ((i >> j) & 1 == 1).then_some(j as u8)).collect())
+            .collect::<Vec<Vec<Option<u8>>>>(),
     );
     measure(
         "BTreeMap<String, Vec<u32>> x 100k",
