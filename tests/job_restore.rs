@@ -331,6 +331,72 @@ fn schema_mismatch_names_the_field() {
     assert!(!err.is_retryable());
 }
 
+/// Regression (through a real repository, so the layout also survives the manifest's JSON):
+/// a serde field whose type changed inside under the same name (two `f64` fields swapped)
+/// restored the old checkpoint with the values exchanged. Now it is a restore error naming
+/// the field and both layouts, not retried with older checkpoints.
+#[test]
+fn a_serde_field_changed_under_the_same_name_restored_swapped_values() {
+    mod v1 {
+        #[derive(serde::Serialize, serde::Deserialize, Default)]
+        pub struct Knobs {
+            pub dt: f64,
+            pub dx: f64,
+        }
+    }
+    mod v2 {
+        #[derive(serde::Serialize, serde::Deserialize, Default)]
+        pub struct Knobs {
+            pub dx: f64,
+            pub dt: f64,
+        }
+    }
+    #[derive(Checkpoint, Default)]
+    struct Old {
+        iters: u64,
+        #[checkpoint(serde)]
+        knobs: v1::Knobs,
+    }
+    #[derive(Checkpoint, Default)]
+    struct New {
+        iters: u64,
+        #[checkpoint(serde)]
+        knobs: v2::Knobs,
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut job = Job::builder()
+        .repo(dir.path())
+        .every_steps(1)
+        .open()
+        .unwrap();
+    let mut old = job.restore_or_init(Old::default).unwrap();
+    old.knobs = v1::Knobs { dt: 0.1, dx: 2.0 };
+    while job.step() < 3 {
+        old.iters = job.checkpoint(&old).unwrap();
+    }
+    drop(job);
+
+    let mut job = Job::builder().repo(dir.path()).open().unwrap();
+    let err = job.restore_or_init(New::default).unwrap_err();
+    match &err {
+        JobError::Restore { source, .. } => {
+            assert_eq!(source.field(), "knobs");
+            assert!(
+                matches!(source, StateError::LayoutMismatch { saved, restored, .. }
+                    if saved == "Knobs{dt:f64,dx:f64}" && restored == "Knobs{dx:f64,dt:f64}"),
+                "{source}"
+            );
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(!err.is_retryable());
+    // The old type still restores its values.
+    drop(job);
+    let mut job = Job::builder().repo(dir.path()).open().unwrap();
+    let back = job.restore_or_init(Old::default).unwrap();
+    assert_eq!((back.knobs.dt, back.knobs.dx), (0.1, 2.0));
+}
+
 #[test]
 fn configuration_errors_are_typed() {
     std::env::remove_var(lazarus::REPO_ENV);

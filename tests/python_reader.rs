@@ -106,6 +106,9 @@ struct State {
     field: DVec<f64>,
     rows: DVec<u16>,
     ids: Vec<i32>,
+    /// A serde object: format 1.3 records its layout, which the reader lists.
+    #[checkpoint(serde)]
+    knobs: (f64, Option<u8>),
 }
 
 const FIELD: u64 = 10_007; // elements: several 4 KiB chunks per rank, odd tail
@@ -131,6 +134,7 @@ fn write_repo(repo: &Path, n: u32, codec: Codec, seed: u64) {
             field,
             rows,
             ids: vec![rank, -rank, i32::MIN + rank],
+            knobs: (0.5, Some(3)),
         };
         lazarus::state::to_loaded(&lazarus::state::save(&s).expect("save"))
     })
@@ -218,7 +222,9 @@ fn python_reader_matches_rust_writer_bit_for_bit() {
         assert!(
             listing.contains("rank 0: field (DVec<f64>) bulk")
                 && listing.contains("[distributed]")
-                && listing.contains("rank 0: ids (Vec<i32>) bulk i32[3] [rank]"),
+                && listing.contains("rank 0: ids (Vec<i32>) bulk i32[3] [rank]")
+                // Format 1.3: and each serde object's layout.
+                && listing.contains("rank 0: knobs ((f64, Option<u8>)) serde (f64,Some(u8)) [rank]"),
             "{listing}"
         );
         if codec == Codec::Zstd {

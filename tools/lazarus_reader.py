@@ -572,6 +572,20 @@ class ObjectInfo:
                 )
         elif self.kind != "serde":
             raise LazarusFormatError(where, "unknown kind %r" % self.kind)
+        # Format 1.3: what a serde object's postcard bytes mean (docs/FORMAT.md, "Serde
+        # objects"); None when not recorded. This reader does not decode postcard, so it
+        # only checks the field's shape and shows it.
+        self.layout = d.get("layout")
+        if self.layout is not None:
+            try:
+                # A JSON `\ud800` escape decodes to a lone surrogate, which has no UTF-8.
+                size = len(self.layout.encode()) if isinstance(self.layout, str) else 0
+            except UnicodeEncodeError:
+                size = 0
+            if not 1 <= size <= 4096:
+                raise LazarusFormatError(where, "field `layout` is not a string of 1..4096 bytes")
+            if self.kind != "serde":
+                raise LazarusFormatError(where, "a layout is recorded for serde objects only")
         # Format 1.2: how the value is shared between ranks; None when not recorded.
         self.sharing = d.get("sharing")
         if self.sharing is not None:
@@ -1070,7 +1084,9 @@ def main(argv=None):
             if cps:
                 for r, o in repo.objects(args.checkpoint):
                     g = "" if o.global_range is None else " global %d+%d/%d" % o.global_range
-                    shape = "" if o.kind == "serde" else " %s[%d]" % (o.dtype, o.len)
+                    shape = " %s[%d]" % (o.dtype, o.len) if o.kind == "bulk" else (
+                        "" if o.layout is None else " %s" % o.layout
+                    )
                     sh = "" if o.sharing is None else " [%s]" % o.sharing
                     print("  rank %d: %s (%s) %s%s%s%s, %d bytes" % (r, o.name, o.type_name, o.kind, shape, g, sh, o.bytes))
             return 0

@@ -277,5 +277,27 @@ class Damage(unittest.TestCase):
             L.open_repo(self.repo)
 
 
+class Layout(unittest.TestCase):
+    """Format 1.3: a serde object's `layout` is read and its shape checked."""
+
+    def obj(self, **extra):
+        d = {"name": "p", "type_name": "Knobs", "kind": "serde", "bytes": 0, "chunks": []}
+        d.update(extra)
+        return L.ObjectInfo(0, d, "rank-0.manifest")
+
+    def test_layout_is_read(self):
+        self.assertEqual(self.obj(layout="Knobs{dt:f64}").layout, "Knobs{dt:f64}")
+        self.assertIsNone(self.obj().layout)
+
+    def test_hostile_layouts_are_refused_naming_the_object(self):
+        # "\ud800": a lone surrogate, as json.loads gives for a `\ud800` escape; it was
+        # a UnicodeEncodeError instead of a LazarusFormatError.
+        for bad in (7, "", "x" * 4097, ["Knobs"], "\ud800", "Knobs{dt:\udfff}"):
+            with self.assertRaisesRegex(L.LazarusFormatError, "object `p`.*layout"):
+                self.obj(layout=bad)
+        with self.assertRaisesRegex(L.LazarusFormatError, "serde objects only"):
+            self.obj(kind="bulk", dtype="u8", len=0, layout="u8")
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -18,6 +18,8 @@ struct Target {
 
 const NAMES: [&str; 7] = ["a", "v", "arr", "s", "o", "w", "value"];
 const TYPES: [&str; 6] = ["u64", "Vec<f64>", "[u16; 3]", "String", "Option<Vec<u32>>", "Vec<String>"];
+// Recorded layouts (format 1.3): right ones, wrong ones and garbage.
+const LAYOUTS: [&str; 5] = ["[String]", "Some([u32])", "None", "[u64]", "#0123456789abcdef"];
 
 fuzz_target!(|data: &[u8]| {
     // Each record: name selector, type selector, kind selector, len byte, payload length, payload.
@@ -37,6 +39,7 @@ fuzz_target!(|data: &[u8]| {
             type_name: TYPES[*t as usize % TYPES.len()].to_string(),
             kind,
             sharing: None,
+            layout: (len % 2 == 1).then(|| LAYOUTS[*len as usize / 2 % LAYOUTS.len()].to_string()),
         };
         objs.push(LoadedObject { info, data: payload.to_vec() });
         rest = next;

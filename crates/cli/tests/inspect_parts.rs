@@ -26,6 +26,7 @@ fn serde_obj<'a>(name: &str, data: &'a [u8]) -> ObjectSpec<'a> {
             type_name: "T".into(),
             kind: ObjectKind::Serde,
             sharing: None,
+            layout: None,
         },
         data: data.into(),
         hint: None,

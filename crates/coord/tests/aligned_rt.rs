@@ -26,6 +26,7 @@ fn obj(data: &[u8]) -> ObjectSpec<'_> {
             type_name: "Vec<u8>".into(),
             kind: ObjectKind::Serde,
             sharing: None,
+            layout: None,
         },
         data: data.into(),
         hint: None,

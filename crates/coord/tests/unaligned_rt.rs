@@ -804,6 +804,7 @@ fn write_crafted_checkpoint(
                 type_name: "ChannelState<SavedMessage>".to_string(),
                 kind: ObjectKind::Serde,
                 sharing: Some(Sharing::Rank),
+                layout: None,
             },
             data: postcard::to_allocvec(&cs).unwrap().into(),
             hint: None,

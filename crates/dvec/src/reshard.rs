@@ -466,6 +466,7 @@ impl Reshard {
                     }),
                 },
                 sharing: info.sharing,
+                layout: None,
             },
             data,
         })
@@ -551,6 +552,7 @@ mod tests {
             type_name: "u64".into(),
             kind: ObjectKind::Serde,
             sharing,
+            layout: None,
         }
     }
 
@@ -665,6 +667,7 @@ mod tests {
                             }),
                         },
                         sharing: Some(Sharing::Distributed),
+                        layout: None,
                     },
                     serde_obj("params", Some(Sharing::Replicated)),
                 ]

@@ -26,6 +26,7 @@ fn part(start: u64, vals: &[f64], total: u64) -> Vec<LoadedObject> {
                 global: Some(GlobalRange { start, len, total }),
             },
             sharing: Some(Sharing::Distributed),
+            layout: None,
         },
         data: vals.iter().flat_map(|x| x.to_le_bytes()).collect(),
     }]

@@ -146,6 +146,7 @@ impl Snapshot<'_> {
                 kind: ObjectKind::Serde,
                 // Managed files are each rank's own (docs/FILES.md): never moved N->M.
                 sharing: Some(Sharing::Rank),
+                layout: None,
             },
             self.index.as_slice(),
         ));
@@ -162,6 +163,7 @@ impl Snapshot<'_> {
                             global: None,
                         },
                         sharing: Some(Sharing::Rank),
+                        layout: None,
                     },
                     bytes,
                 )

@@ -32,7 +32,7 @@ pub use manifest::{
 };
 pub use object::{
     ChangeHint, DType, GlobalRange, LoadedObject, ObjectInfo, ObjectKind, ObjectSpec, Sharing,
-    WriteTicket, WrittenSink,
+    WriteTicket, WrittenSink, MAX_LAYOUT_LEN,
 };
 pub use repo::{FormatVersion, FORMAT_MAJOR, FORMAT_MINOR, REPO_FORMAT_LEN, REPO_MAGIC};
 pub use text::{count, utc_time, Count};

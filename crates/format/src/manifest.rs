@@ -5,7 +5,7 @@
 use crate::envelope::{self, COMMIT_MAGIC, MANIFEST_MAGIC};
 use crate::error::{FormatError, FormatErrorKind};
 use crate::ids::{CheckpointId, ChunkDigest, Rank};
-use crate::object::{ObjectInfo, ObjectKind, Sharing};
+use crate::object::{ObjectInfo, ObjectKind, Sharing, MAX_LAYOUT_LEN};
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -48,12 +48,15 @@ pub struct Manifest {
 }
 
 impl Manifest {
-    /// Encodes the manifest file (envelope + JSON). The envelope says minor 2 when an
-    /// object records its sharing (format 1.2), 0 otherwise (byte-identical to 1.0).
+    /// Encodes the manifest file (envelope + JSON). The envelope says minor 3 when an
+    /// object records its layout (format 1.3), 2 when one records its sharing (1.2), 0
+    /// otherwise (byte-identical to 1.0).
     pub fn encode(&self) -> Vec<u8> {
         // Serializing plain structs of integers and strings to JSON cannot fail.
         let body = serde_json::to_vec_pretty(self).unwrap_or_default();
-        let minor = if self.objects.iter().any(|o| o.info.sharing.is_some()) {
+        let minor = if self.objects.iter().any(|o| o.info.layout.is_some()) {
+            3
+        } else if self.objects.iter().any(|o| o.info.sharing.is_some()) {
             2
         } else {
             0
@@ -123,6 +126,19 @@ impl Manifest {
                             g.start, g.len, g.total
                         )));
                     }
+                }
+            }
+            if let Some(layout) = &o.info.layout {
+                if o.info.kind != ObjectKind::Serde {
+                    return Err(invalid(format!(
+                        "object {name:?}: a layout is recorded for serde objects only"
+                    )));
+                }
+                if layout.is_empty() || layout.len() > MAX_LAYOUT_LEN {
+                    return Err(invalid(format!(
+                        "object {name:?}: layout of {} bytes (1..={MAX_LAYOUT_LEN})",
+                        layout.len()
+                    )));
                 }
             }
             if let Some(sharing) = o.info.sharing {

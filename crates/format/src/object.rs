@@ -146,7 +146,17 @@ pub struct ObjectInfo {
     /// field may be declared replicated after its checkpoints were written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sharing: Option<Sharing>,
+    /// Format 1.3, serde objects only: what the postcard bytes mean (field, type and
+    /// variant names with variant indexes, `lazarus_state`'s layout text), compared with
+    /// the restored value's so that a serde type changed inside under the same name is
+    /// refused instead of misread. `None` when it says nothing the type name does not
+    /// (`u64`) and in manifests written before 1.3, which are checked by name only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layout: Option<String>,
 }
+
+/// Longest layout text a manifest may record (a writer folds longer ones into a digest).
+pub const MAX_LAYOUT_LEN: usize = 4096;
 
 impl ObjectInfo {
     /// The sharing a writer records for `kind` when the program declared the value

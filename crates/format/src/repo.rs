@@ -10,11 +10,12 @@ pub const REPO_MAGIC: [u8; 8] = *b"LZRSREPO";
 /// The major format version this crate writes and reads. Readers refuse other majors.
 pub const FORMAT_MAJOR: u16 = 1;
 /// The highest minor format version this crate writes (1.1: manifests inline in COMMIT;
-/// 1.2: each object's sharing between ranks recorded in its manifest).
+/// 1.2: each object's sharing between ranks recorded in its manifest; 1.3: each serde
+/// object's layout recorded in its manifest).
 /// Higher minors of the same major only add optional JSON fields, which older readers
 /// ignore; an addition that an older reader would misread must make that reader fail safe
 /// (docs/FORMAT.md, "Versioning").
-pub const FORMAT_MINOR: u16 = 2;
+pub const FORMAT_MINOR: u16 = 3;
 /// Exact length of the `FORMAT` file.
 pub const REPO_FORMAT_LEN: usize = 12;
 

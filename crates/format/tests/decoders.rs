@@ -25,6 +25,7 @@ fn manifest() -> Manifest {
                     }),
                 },
                 sharing: None,
+                layout: None,
             },
             bytes: 11,
             chunks: data
@@ -174,6 +175,34 @@ fn sharing_is_recorded_and_checked_against_the_global_range() {
     }
     let e = Manifest::decode(&m.encode()).unwrap_err();
     assert!(e.msg.contains("needs a global range"), "{e}");
+}
+
+/// Format 1.3: a serde object's layout round-trips and raises the manifest envelope to
+/// minor 3; a layout on a bulk object, an empty one or one over `MAX_LAYOUT_LEN` bytes is
+/// refused naming the object.
+#[test]
+fn a_layout_is_recorded_for_serde_objects_only_and_bounded() {
+    let mut m = manifest();
+    m.objects[0].info.kind = ObjectKind::Serde;
+    m.objects[0].info.layout = Some("Knobs{dt:f64,mode:Mode::Implicit#1}".into());
+    let bytes = m.encode();
+    assert_eq!(u16::from_le_bytes([bytes[6], bytes[7]]), 3);
+    assert!(String::from_utf8_lossy(&bytes).contains("\"layout\": \"Knobs{dt:f64"));
+    assert_eq!(Manifest::decode(&bytes).unwrap(), m);
+    for bad in [String::new(), "x".repeat(MAX_LAYOUT_LEN + 1)] {
+        m.objects[0].info.layout = Some(bad);
+        let e = Manifest::decode(&m.encode()).unwrap_err();
+        assert_eq!(e.kind, FormatErrorKind::Invalid);
+        assert!(e.msg.contains("object \"x\": layout of"), "{e}");
+    }
+    let mut bulk = manifest();
+    bulk.objects[0].info.layout = Some("u8".into());
+    let e = Manifest::decode(&bulk.encode()).unwrap_err();
+    assert!(
+        e.msg
+            .contains("object \"x\": a layout is recorded for serde objects only"),
+        "{e}"
+    );
 }
 
 proptest! {

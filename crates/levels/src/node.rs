@@ -1465,6 +1465,7 @@ impl NodeLevels {
                 type_name: "lazarus.parity.shard".into(),
                 kind: ObjectKind::Serde,
                 sharing: None,
+                layout: None,
             },
             shard,
         );
@@ -1475,6 +1476,7 @@ impl NodeLevels {
                 type_name: "lazarus.parity.headers".into(),
                 kind: ObjectKind::Serde,
                 sharing: None,
+                layout: None,
             },
             &headers,
         );
@@ -2388,6 +2390,7 @@ mod tests {
                 type_name: "Vec<u8>".into(),
                 kind: ObjectKind::Serde,
                 sharing: None,
+                layout: None,
             },
             data,
         )

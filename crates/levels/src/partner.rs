@@ -345,6 +345,7 @@ mod tests {
                     type_name: "Vec<u8>".into(),
                     kind: ObjectKind::Serde,
                     sharing: None,
+                    layout: None,
                 },
                 *data,
             );

@@ -43,6 +43,25 @@ pub enum StateError {
         /// type name recorded in the checkpoint
         found: String,
     },
+    /// A serde object's bytes decode into the program's type but mean something else: the
+    /// layout recorded at save (field, type and variant names) differs from the restored
+    /// value's. The type changed inside while its name stayed.
+    #[error(
+        "field `{field}`: the saved `{type_name}` does not fit the program's `{type_name}`: \
+         saved as `{saved}`, reads back as `{restored}` (the type changed inside under the \
+         same name; give the new version a new type name or field name, see lazarus_state's \
+         \"Schema names\")"
+    )]
+    LayoutMismatch {
+        /// field path
+        field: String,
+        /// the type name, equal on both sides
+        type_name: String,
+        /// the layout recorded when the value was saved
+        saved: String,
+        /// the layout of the value the stored bytes decode into
+        restored: String,
+    },
     /// Bulk vs serde, or another dtype.
     #[error(
         "field `{field}`: kind mismatch: checkpoint has {found}, the program expects {expected}"
@@ -120,6 +139,7 @@ impl StateError {
             | StateError::Unexpected { field, .. }
             | StateError::Duplicate { field }
             | StateError::TypeMismatch { field, .. }
+            | StateError::LayoutMismatch { field, .. }
             | StateError::KindMismatch { field, .. }
             | StateError::Length { field, .. }
             | StateError::Encode { field, .. }

@@ -37,16 +37,33 @@
 //! a type between modules does not invalidate checkpoints but renaming it does.
 //!
 //! For a serde value (`#[checkpoint(serde)]`, [`Serde<T>`](Serde), `Option<T>` and any
-//! other leaf encoded with postcard) that name is the *only* schema check: postcard
-//! records no field names, types or variant names, so a type whose inside changed while
-//! its name stayed — a field `i64` turned `u64`, two fields of one type swapped or
-//! reordered, enum variants reordered — restores old checkpoints without any error into
-//! wrong values (`-3_i64` reads back as `5_u64`, `dt` and `dx` exchange their values,
-//! `Explicit` becomes `Implicit`). Only a change postcard cannot decode at all (bytes
-//! missing or left over) is an error. When a serde type's contents change, give it a new
-//! type name (`ParamsV2`) or save it under a new field name (`#[checkpoint(rename =
-//! "params_v2")]`): old checkpoints are then refused by name instead of misread. A
-//! version field inside the type only helps if the program checks it after restore.
+//! other leaf encoded with postcard) the name is not enough: postcard records no field
+//! names, types or variant names, so a type whose inside changed while its name stayed —
+//! a field `i64` turned `u64`, two fields of one type swapped, enum variants reordered —
+//! would decode old bytes without error into wrong values (`-3_i64` as `5_u64`, `dt` and
+//! `dx` exchanged, `Explicit` as `Implicit`). So the writer also records the saved value's
+//! *layout* (format 1.3): a short text of its field, type and variant names, with the
+//! variant index postcard wrote, such as `Params{dt:f64,dx:f64,mode:Mode::Implicit#1}`.
+//! The reader decodes the bytes into the program's type, traces the decoded value the
+//! same way, and refuses a different text with [`StateError::LayoutMismatch`], naming the
+//! field and both layouts.
+//!
+//! What the check compares is the value, not the whole type: a change the saved value does
+//! not reach (a variant it does not hold, the payload type of a `None`, the element type of
+//! an empty `Vec`) cannot misread it and restores. Sequences and maps record the set of
+//! their distinct element layouts, so a `HashMap` (random order per process) compares
+//! equal; deep parts are folded into a digest, and a value nested more than 2048 parts
+//! deep records no layout (it is checked by name). Renaming a Rust field while keeping its
+//! saved name with `#[serde(rename = "old")]` keeps checkpoints readable; making a field a
+//! newtype (`u32` to `Meters(u32)`) is refused although postcard would read it, unless
+//! the newtype is `#[serde(transparent)]`. When a serde type's contents change on purpose,
+//! give it a new type name (`ParamsV2`) or save it under a new field name
+//! (`#[checkpoint(rename = "params_v2")]`): old checkpoints are then refused by name.
+//!
+//! Objects written before format 1.3 carry no layout and are still checked by name only;
+//! so are objects that hand-written impls read raw with [`StateReader::take`]. The
+//! tracing costs about as much as the postcard encoding of the value, at save and at
+//! restore.
 #![deny(missing_docs)]
 // A failed stdout/stderr must never panic a job (issue #11 item 10): no print macros.
 #![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
@@ -57,6 +74,7 @@ extern crate self as lazarus_state;
 mod element;
 mod error;
 mod impls;
+mod layout;
 mod reader;
 mod tracked;
 mod writer;
@@ -149,8 +167,9 @@ pub const ROOT_NAME: &str = "value";
 /// them as a field with `#[checkpoint(serde)]`). Schema names: leaves record a type name
 /// (`u64`, `Vec<f64>`, `[f32; 3]`, and for serde types the Rust type name with module
 /// paths removed), so moving a type between modules keeps old checkpoints readable while
-/// renaming it does not. For serde types the name is all that is checked: a change inside
-/// a type that keeps its name is misread silently (crate docs, "Schema names").
+/// renaming it does not. Serde values also record their layout (field, type and variant
+/// names), so a serde type changed inside under the same name is refused rather than
+/// misread (crate docs, "Schema names").
 #[diagnostic::on_unimplemented(
     message = "`{Self}` does not implement `Checkpoint`",
     note = "in a #[derive(Checkpoint)] struct, mark the field #[checkpoint(serde)] if it is a serde type, #[checkpoint(skip)] to rebuild it after restore, or derive Checkpoint for it"

@@ -5,6 +5,7 @@ use crate::error::describe_kind;
 use crate::{short_type_name, Checkpoint, StateError, ROOT_NAME};
 use lazarus_format::{GlobalRange, LoadedObject, ObjectKind};
 use serde::de::DeserializeOwned;
+use serde::Serialize;
 use std::collections::BTreeMap;
 
 /// Gives a value its objects back, by field path. Every object is taken at most once;
@@ -53,7 +54,7 @@ impl StateReader {
     }
 
     /// Restores a postcard-encoded value from the child path `name` into `value`.
-    pub fn serde_field<T: DeserializeOwned>(
+    pub fn serde_field<T: Serialize + DeserializeOwned>(
         &mut self,
         name: &str,
         value: &mut T,
@@ -85,8 +86,15 @@ impl StateReader {
         Ok(obj)
     }
 
-    /// Decodes the serde object at the current path.
-    pub fn serde<T: DeserializeOwned>(&mut self, type_name: &str) -> Result<T, StateError> {
+    /// Decodes the serde object at the current path and, when the checkpoint recorded the
+    /// saved value's layout (format 1.3), checks that the decoded value has the same one:
+    /// a type that changed inside under the same name (a field retyped, renamed or moved,
+    /// enum variants reordered) is refused with [`StateError::LayoutMismatch`] instead of
+    /// restored wrong. Objects written before 1.3 are checked by type name only.
+    pub fn serde<T: Serialize + DeserializeOwned>(
+        &mut self,
+        type_name: &str,
+    ) -> Result<T, StateError> {
         let obj = self.take(type_name)?;
         let field = obj.info.name;
         if obj.info.kind != ObjectKind::Serde {
@@ -108,6 +116,28 @@ impl StateReader {
                 expected: found - rest.len() as u64,
                 found,
             });
+        }
+        if let Some(saved) = obj.info.layout {
+            let restored = crate::layout::layout_of(&value).map_err(|message| {
+                StateError::custom(
+                    field.clone(),
+                    format!("cannot trace the restored value's layout: {message}"),
+                )
+            })?;
+            let restored = restored.unwrap_or_else(|| {
+                format!(
+                    "(nested deeper than {} levels, not traced)",
+                    crate::layout::MAX_DEPTH
+                )
+            });
+            if restored != saved {
+                return Err(StateError::LayoutMismatch {
+                    field,
+                    type_name: type_name.to_string(),
+                    saved,
+                    restored,
+                });
+            }
         }
         Ok(value)
     }

@@ -87,7 +87,7 @@ impl<'a> StateWriter<'a> {
             len: data.len() as u64,
             global,
         };
-        self.push(type_name, kind, to_le_bytes(data), None)
+        self.push(type_name, kind, to_le_bytes(data), None, None)
     }
 
     /// Like [`Self::bulk`], with the producer's promise of which pages of `data` are
@@ -106,10 +106,12 @@ impl<'a> StateWriter<'a> {
             len: data.len() as u64,
             global,
         };
-        self.push(type_name, kind, to_le_bytes(data), Some(hint))
+        self.push(type_name, kind, to_le_bytes(data), Some(hint), None)
     }
 
-    /// Pushes one serde object at the current path, encoded with postcard 1.x.
+    /// Pushes one serde object at the current path, encoded with postcard 1.x, with the
+    /// value's layout (field, type and variant names; crate docs, "Schema names") that
+    /// [`StateReader::serde`](crate::StateReader::serde) compares at restore.
     pub fn serde<T: Serialize + ?Sized>(
         &mut self,
         type_name: &str,
@@ -119,7 +121,23 @@ impl<'a> StateWriter<'a> {
             field: self.object_name(),
             source,
         })?;
-        self.push(type_name, ObjectKind::Serde, Cow::Owned(bytes), None)
+        let layout = crate::layout::layout_of(value).map_err(|message| {
+            StateError::custom(
+                self.object_name(),
+                format!("cannot trace the value's layout: {message}"),
+            )
+        })?;
+        // A layout equal to the type name (`u64`, `String`) says nothing more; leaving it
+        // out keeps manifests of plain counters as they were. A value nested too deep to
+        // trace (`layout::MAX_DEPTH`) records none either, and is checked by name only.
+        let layout = layout.filter(|layout| layout != type_name);
+        self.push(
+            type_name,
+            ObjectKind::Serde,
+            Cow::Owned(bytes),
+            None,
+            layout,
+        )
     }
 
     /// The objects saved so far, in save order.
@@ -141,6 +159,7 @@ impl<'a> StateWriter<'a> {
         kind: ObjectKind,
         data: Cow<'a, [u8]>,
         hint: Option<ChangeHint>,
+        layout: Option<String>,
     ) -> Result<(), StateError> {
         let name = self.object_name();
         if !self.names.insert(name.clone()) {
@@ -152,6 +171,7 @@ impl<'a> StateWriter<'a> {
             type_name: type_name.to_string(),
             kind,
             sharing: Some(sharing),
+            layout,
         };
         self.objects.push(ObjectSpec { info, data, hint });
         Ok(())

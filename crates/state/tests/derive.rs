@@ -191,68 +191,223 @@ fn serde_type_change_is_a_type_mismatch() {
     );
 }
 
-/// The documented limit of the schema check (crate docs, "Schema names"; docs/FORMAT.md,
-/// "Serde objects"): for a serde type only the name is checked, and postcard records no
-/// schema, so a type changed inside under the same name is misread without an error. If
-/// this test ever fails, the check became stronger: update those docs.
-#[test]
-fn serde_type_changed_inside_under_the_same_name_is_misread_silently() {
-    mod v1 {
-        #[derive(serde::Serialize, serde::Deserialize, Debug, Default)]
+/// Two versions of serde types that keep their names while their insides change so that
+/// postcard decodes the old bytes without error into wrong values.
+mod evolved {
+    pub mod v1 {
+        #[derive(serde::Serialize, serde::Deserialize, Debug, Default, Clone)]
         pub struct Knobs {
             pub offset: i64,
             pub dt: f64,
             pub dx: f64,
         }
-        #[derive(serde::Serialize, serde::Deserialize, Debug, Default)]
+        #[derive(serde::Serialize, serde::Deserialize, Debug, Default, Clone, PartialEq)]
         pub enum Mode {
             #[default]
             Explicit,
             Implicit,
         }
     }
-    mod v2 {
+    pub mod retyped {
         #[derive(serde::Serialize, serde::Deserialize, Debug, Default)]
         pub struct Knobs {
             pub offset: u64, // was i64
-            pub dx: f64,     // dt and dx swapped
+            pub dt: f64,
+            pub dx: f64,
+        }
+    }
+    pub mod swapped {
+        #[derive(serde::Serialize, serde::Deserialize, Debug, Default)]
+        pub struct Knobs {
+            pub offset: i64,
+            pub dx: f64, // dt and dx swapped
             pub dt: f64,
         }
-        #[derive(serde::Serialize, serde::Deserialize, Debug, Default)]
+    }
+    pub mod reordered {
+        #[derive(serde::Serialize, serde::Deserialize, Debug, Default, PartialEq)]
         pub enum Mode {
             #[default]
             Implicit, // variants reordered
             Explicit,
         }
     }
+    pub mod renamed_in_rust {
+        /// The Rust field was renamed, the saved name kept with `#[serde(rename)]`.
+        #[derive(serde::Serialize, serde::Deserialize, Debug, Default)]
+        pub struct Knobs {
+            pub offset: i64,
+            #[serde(rename = "dt")]
+            pub time_step: f64,
+            pub dx: f64,
+        }
+    }
+}
+
+fn knobs_v1() -> evolved::v1::Knobs {
+    evolved::v1::Knobs {
+        offset: -3,
+        dt: 0.1,
+        dx: 2.0,
+    }
+}
+
+fn layout_refusal<New: Serialize + serde::de::DeserializeOwned + Default>(
+    saved: impl Serialize + serde::de::DeserializeOwned,
+) -> StateError {
+    let objs = to_loaded(&save(&Serde(saved)).unwrap());
+    match restore(&mut Serde(New::default()), objs) {
+        Err(e) => e,
+        Ok(()) => panic!("restored without an error"),
+    }
+}
+
+/// Regression: for a serde type only the name was checked and postcard records no schema,
+/// so a type changed inside under the same name restored old checkpoints into wrong values
+/// without any error (`-3_i64` read as `5_u64`, `dt` and `dx` exchanged, `Implicit` read
+/// as `Explicit`). The recorded layout now refuses each of them, naming the field and both
+/// layouts.
+#[test]
+fn serde_type_changed_inside_under_the_same_name_was_misread_silently() {
     #[derive(Checkpoint, Default)]
     struct Old {
         #[checkpoint(serde)]
-        p: v1::Knobs,
-        m: Serde<v1::Mode>,
+        p: evolved::v1::Knobs,
+        m: Serde<evolved::v1::Mode>,
     }
     #[derive(Checkpoint, Default)]
-    struct New {
+    struct Retyped {
         #[checkpoint(serde)]
-        p: v2::Knobs,
-        m: Serde<v2::Mode>,
+        p: evolved::retyped::Knobs,
+        m: Serde<evolved::v1::Mode>,
+    }
+    #[derive(Checkpoint, Default)]
+    struct Swapped {
+        #[checkpoint(serde)]
+        p: evolved::swapped::Knobs,
+        m: Serde<evolved::v1::Mode>,
+    }
+    #[derive(Checkpoint, Default)]
+    struct Reordered {
+        #[checkpoint(serde)]
+        p: evolved::v1::Knobs,
+        m: Serde<evolved::reordered::Mode>,
     }
     let old = Old {
-        p: v1::Knobs {
-            offset: -3,
-            dt: 0.1,
-            dx: 2.0,
-        },
-        m: Serde(v1::Mode::Implicit),
+        p: knobs_v1(),
+        m: Serde(evolved::v1::Mode::Implicit),
     };
-    let mut new = New::default();
-    restore(&mut new, to_loaded(&save(&old).unwrap())).unwrap();
-    assert_eq!(new.p.offset, 5, "zigzag(-3) read as a u64");
-    assert_eq!((new.p.dx, new.p.dt), (0.1, 2.0), "swapped fields exchanged");
+    let objs = to_loaded(&save(&old).unwrap());
+
+    let err = restore(&mut Retyped::default(), objs.clone()).unwrap_err();
     assert!(
-        matches!(new.m.0, v2::Mode::Explicit),
-        "variant index 1 read"
+        matches!(&err, StateError::LayoutMismatch { field, type_name, saved, restored }
+            if field == "p" && type_name == "Knobs"
+                && saved == "Knobs{offset:i64,dt:f64,dx:f64}"
+                && restored == "Knobs{offset:u64,dt:f64,dx:f64}"),
+        "{err}"
     );
+    assert_eq!(err.kind(), StateErrorKind::Schema);
+    let text = err.to_string();
+    assert!(
+        text.contains("field `p`") && text.contains("offset:i64"),
+        "{text}"
+    );
+
+    let err = restore(&mut Swapped::default(), objs.clone()).unwrap_err();
+    assert!(
+        matches!(&err, StateError::LayoutMismatch { field, restored, .. }
+            if field == "p" && restored == "Knobs{offset:i64,dx:f64,dt:f64}"),
+        "{err}"
+    );
+
+    let err = restore(&mut Reordered::default(), objs.clone()).unwrap_err();
+    assert!(
+        matches!(&err, StateError::LayoutMismatch { field, saved, restored, .. }
+            if field == "m" && saved == "Mode::Implicit#1" && restored == "Mode::Explicit#1"),
+        "{err}"
+    );
+
+    // The unchanged types still restore the saved values.
+    let mut same = Old::default();
+    restore(&mut same, objs).unwrap();
+    assert_eq!((same.p.offset, same.p.dt, same.p.dx), (-3, 0.1, 2.0));
+    assert_eq!(same.m.0, evolved::v1::Mode::Implicit);
+}
+
+#[test]
+fn reordered_variants_inside_a_sequence_are_refused_even_when_the_set_of_names_is_equal() {
+    use evolved::{reordered, v1};
+    // [Explicit#0, Implicit#1] decodes under the reordered type as [Implicit#0, Explicit#1]:
+    // the same two names, other indexes.
+    let err = layout_refusal::<Vec<reordered::Mode>>(vec![v1::Mode::Explicit, v1::Mode::Implicit]);
+    assert!(matches!(err, StateError::LayoutMismatch { .. }), "{err}");
+}
+
+#[test]
+fn changes_the_saved_value_never_reaches_restore_it() {
+    use evolved::{renamed_in_rust, reordered, retyped, v1};
+    // A Rust rename that keeps the serde name reads the same bytes the same way.
+    let objs = to_loaded(&save(&Serde(knobs_v1())).unwrap());
+    let mut renamed = Serde(renamed_in_rust::Knobs::default());
+    restore(&mut renamed, objs).unwrap();
+    assert_eq!(
+        (renamed.0.offset, renamed.0.time_step, renamed.0.dx),
+        (-3, 0.1, 2.0)
+    );
+    // `None` means the same whatever the payload type became.
+    let objs = to_loaded(&save(&Serde(None::<v1::Knobs>)).unwrap());
+    let mut none = Serde(Some(retyped::Knobs::default()));
+    restore(&mut none, objs).unwrap();
+    assert!(none.0.is_none());
+    // An empty sequence of reordered variants holds no variant to misread.
+    let objs = to_loaded(&save(&Serde(Vec::<v1::Mode>::new())).unwrap());
+    let mut empty = Serde(vec![reordered::Mode::Explicit]);
+    restore(&mut empty, objs).unwrap();
+    assert!(empty.0.is_empty());
+}
+
+#[test]
+fn a_hash_map_restores_although_each_process_iterates_it_in_another_order() {
+    use std::collections::HashMap;
+    let mut m: HashMap<String, Option<Vec<u32>>> = HashMap::new();
+    for i in 0..100u32 {
+        m.insert(format!("k{i}"), (i % 2 == 0).then(|| vec![i; 3]));
+    }
+    let objs = to_loaded(&save(&Serde(m.clone())).unwrap());
+    // A map built in another order (as another process would) restores without a refusal.
+    let mut back = Serde(HashMap::new());
+    restore(&mut back, objs).unwrap();
+    assert_eq!(back.0, m);
+}
+
+#[test]
+fn objects_written_before_layouts_were_recorded_are_checked_by_name_only() {
+    // A format 1.2 writer recorded no layout: the old behaviour, no refusal.
+    let mut objs = to_loaded(&save(&Serde(knobs_v1())).unwrap());
+    assert!(objs[0].info.layout.is_some());
+    objs[0].info.layout = None;
+    let mut swapped = Serde(evolved::swapped::Knobs::default());
+    restore(&mut swapped, objs).unwrap();
+    assert_eq!((swapped.0.dx, swapped.0.dt), (0.1, 2.0));
+}
+
+#[test]
+fn plain_leaves_record_no_layout_beyond_their_type_name() {
+    #[derive(Checkpoint, Default)]
+    struct Counters {
+        step: u64,
+        name: String,
+        flag: bool,
+        maybe: Option<u32>,
+    }
+    let c = Counters {
+        maybe: Some(1),
+        ..Default::default()
+    };
+    let objs = save(&c).unwrap();
+    let layouts: Vec<_> = objs.iter().map(|o| o.info.layout.as_deref()).collect();
+    assert_eq!(layouts, [None, None, None, Some("Some(u32)")]);
 }
 
 #[test]

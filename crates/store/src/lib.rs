@@ -25,7 +25,7 @@
 //! let data: Vec<u8> = [1.5f64, 2.5].iter().flat_map(|x| x.to_le_bytes()).collect();
 //! let obj = ObjectSpec {
 //!     info: ObjectInfo { name: "x".into(), type_name: "Vec<f64>".into(),
-//!         kind: ObjectKind::Bulk { dtype: DType::F64, len: 2, global: None }, sharing: None },
+//!         kind: ObjectKind::Bulk { dtype: DType::F64, len: 2, global: None }, sharing: None, layout: None },
 //!     data: data.as_slice().into(),
 //!     hint: None,
 //! };

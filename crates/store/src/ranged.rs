@@ -196,6 +196,7 @@ mod tests {
                     global: None,
                 },
                 sharing: None,
+                layout: None,
             },
             data: Cow::Borrowed(&bytes),
             hint: None,

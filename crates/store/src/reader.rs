@@ -867,6 +867,7 @@ mod tests {
                 type_name: "P".into(),
                 kind: ObjectKind::Serde,
                 sharing: None,
+                layout: None,
             },
             data: data.into(),
             hint: None,

@@ -32,6 +32,7 @@ fn example_manifest() -> Manifest {
                     }),
                 },
                 sharing: Some(Sharing::Distributed),
+                layout: None,
             },
             bytes: 16,
             chunks: vec![ChunkRef {

@@ -109,6 +109,7 @@ mod tests {
                         type_name: "P".into(),
                         kind: ObjectKind::Serde,
                         sharing: Some(sharing),
+                        layout: None,
                     },
                     data: b"same on every rank".as_slice().into(),
                     hint: None,

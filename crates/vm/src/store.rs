@@ -139,6 +139,7 @@ impl VmRepo {
                             global: None,
                         },
                         sharing: Some(lazarus_format::Sharing::Rank),
+                        layout: None,
                     },
                     o.data,
                 )

@@ -56,6 +56,7 @@ pub(crate) fn channels_object(
             type_name: CHANNELS_TYPE.to_string(),
             kind: ObjectKind::Serde,
             sharing: Some(lazarus_format::Sharing::Rank),
+            layout: None,
         },
         data: postcard::to_allocvec(cs)?.into(),
         hint: None,

@@ -150,6 +150,7 @@ fn run() -> Result<(), Box<dyn Error>> {
                         global: None,
                     },
                     sharing: Some(lazarus_format::Sharing::Rank),
+                    layout: None,
                 },
                 data: bytes.as_slice().into(),
                 hint: None,

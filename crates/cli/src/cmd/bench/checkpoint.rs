@@ -295,6 +295,7 @@ fn spec(data: &[u64]) -> ObjectSpec<'_> {
                 global: None,
             },
             sharing: None,
+            layout: None,
         },
         data: lazarus::state::to_le_bytes(data),
         hint: None,

@@ -64,6 +64,7 @@ fn spec(data: &[u8]) -> ObjectSpec<'_> {
                 global: None,
             },
             sharing: None,
+            layout: None,
         },
         data: std::borrow::Cow::Borrowed(data),
         hint: None,

@@ -96,6 +96,7 @@ fn measure(
                                 global: None,
                             },
                             sharing: None,
+                            layout: None,
                         },
                         data: std::borrow::Cow::Borrowed(&data[..]),
                         hint: None,

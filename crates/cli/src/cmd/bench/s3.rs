@@ -141,6 +141,7 @@ pub fn main(args: Args) -> CmdResult {
                 global: None,
             },
             sharing: Some(lazarus::format::Sharing::Rank),
+            layout: None,
         },
         data: bytes.as_slice().into(),
         hint: None,
