@@ -338,26 +338,26 @@ fn schema_mismatch_names_the_field() {
 #[test]
 fn a_serde_field_changed_under_the_same_name_restored_swapped_values() {
     mod v1 {
-        #[derive(serde::Serialize, serde::Deserialize, Default)]
+        #[derive(serde::Serialize, serde::Deserialize, Default, Debug)]
         pub struct Knobs {
             pub dt: f64,
             pub dx: f64,
         }
     }
     mod v2 {
-        #[derive(serde::Serialize, serde::Deserialize, Default)]
+        #[derive(serde::Serialize, serde::Deserialize, Default, Debug)]
         pub struct Knobs {
             pub dx: f64,
             pub dt: f64,
         }
     }
-    #[derive(Checkpoint, Default)]
+    #[derive(Checkpoint, Default, Debug)]
     struct Old {
         iters: u64,
         #[checkpoint(serde)]
         knobs: v1::Knobs,
     }
-    #[derive(Checkpoint, Default)]
+    #[derive(Checkpoint, Default, Debug)]
     struct New {
         iters: u64,
         #[checkpoint(serde)]

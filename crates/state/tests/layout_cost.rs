@@ -91,7 +91,11 @@ fn layout_cost_against_postcard() {
     measure(
         "Vec<Vec<Option<u8>>> x 200k, mixed shapes",
         (0..n / 5)
-            .map(|i| (0..i % 7).map(|j| ((i >> j) & 1 == 1).then_some(j as u8)).collect())
+            .map(|i| {
+                (0..i % 7)
+                    .map(|j| ((i >> j) & 1 == 1).then_some(j as u8))
+                    .collect()
+            })
             .collect::<Vec<Vec<Option<u8>>>>(),
     );
     measure(
