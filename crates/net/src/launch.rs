@@ -354,22 +354,24 @@ pub(crate) fn session_members(sid: i32) -> Vec<i32> {
         .collect()
 }
 
-/// Stops every process of a launcher's session for good: SIGTERM first, then, once they
-/// are gone or after `settle`, SIGKILL. The SIGTERM matters for a launcher's children
-/// that stand between it and a rank (the shim under mpirun): a shim SIGKILLed before it
-/// acted takes only its rank along (the rank's parent-death signal), and the processes
-/// the rank started live on as orphans. Given the SIGTERM, the shim stops the rank's
-/// whole group (found when a rank's `sleep` outlived a hard-stopped job under mpirun on
-/// a loaded machine: mpirun's death had already sent the shims their SIGTERM, and the
-/// immediate SIGKILL of the session raced it).
-pub(crate) fn stop_session(sid: i32, settle: Duration) {
-    kill_session(sid, libc::SIGTERM);
+/// Stops every process of the launchers' sessions `sids` for good: `first` to every
+/// member, then, once all are gone or after `settle` (one deadline for all sessions),
+/// SIGKILL to what is left. `first` is the shims' hard-stop signal: a shim SIGKILLed
+/// before it acted takes only its rank along (the rank's parent-death signal), and what
+/// the rank started lives on as orphans (found when a rank's `sleep` outlived a
+/// hard-stopped job under mpirun on a loaded machine).
+pub(crate) fn stop_sessions(sids: &[i32], first: i32, settle: Duration) {
+    for &sid in sids {
+        kill_session(sid, first);
+    }
     let deadline = Instant::now() + settle;
-    while !session_members(sid).is_empty() && Instant::now() < deadline {
+    while sids.iter().any(|&sid| !session_members(sid).is_empty()) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
-    killpg(sid, libc::SIGKILL);
-    kill_session(sid, libc::SIGKILL);
+    for &sid in sids {
+        killpg(sid, libc::SIGKILL);
+        kill_session(sid, libc::SIGKILL);
+    }
 }
 
 /// Runs jobs; see the module documentation.

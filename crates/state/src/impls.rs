@@ -7,17 +7,22 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 macro_rules! serde_leaf {
-    ($($t:ty),* $(,)?) => {$(
-        impl Checkpoint for $t {
-            fn save<'a>(&'a self, out: &mut StateWriter<'a>) -> Result<(), StateError> {
-                out.serde(stringify!($t), self)
+    ($($t:ty),* $(,)?) => {
+        $(
+            impl Checkpoint for $t {
+                fn save<'a>(&'a self, out: &mut StateWriter<'a>) -> Result<(), StateError> {
+                    out.serde(stringify!($t), self)
+                }
+                fn restore(&mut self, inp: &mut StateReader) -> Result<(), StateError> {
+                    *self = inp.serde(stringify!($t))?;
+                    Ok(())
+                }
             }
-            fn restore(&mut self, inp: &mut StateReader) -> Result<(), StateError> {
-                *self = inp.serde(stringify!($t))?;
-                Ok(())
-            }
-        }
-    )*};
+        )*
+        /// The type names of these leaves: for them the name alone determines the serde
+        /// layout, so none is recorded (`StateWriter::serde`).
+        pub(crate) const PLAIN_LEAVES: &[&str] = &[$(stringify!($t)),*];
+    };
 }
 // postcard encodes usize/isize as varints of their value, so they are portable between
 // 32- and 64-bit hosts as long as the value fits.

@@ -127,10 +127,11 @@ impl<'a> StateWriter<'a> {
                 format!("cannot trace the value's layout: {message}"),
             )
         })?;
-        // A layout equal to the type name (`u64`, `String`) says nothing more; leaving it
-        // out keeps manifests of plain counters as they were. A value nested too deep to
-        // trace (`layout::MAX_DEPTH`) records none either, and is checked by name only.
-        let layout = layout.filter(|layout| layout != type_name);
+        // The layout of a plain leaf (`u64`, `String`: the `Checkpoint` impls of this
+        // crate) follows from its type name, which is checked anyway: leaving it out keeps
+        // manifests of plain counters as they were. A value nested too deep to trace
+        // (`layout::MAX_DEPTH`) records none either, and is checked by name only.
+        let layout = layout.filter(|_| !crate::impls::PLAIN_LEAVES.contains(&type_name));
         self.push(
             type_name,
             ObjectKind::Serde,

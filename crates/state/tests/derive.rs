@@ -303,21 +303,21 @@ fn serde_type_changed_inside_under_the_same_name_was_misread_silently() {
     assert!(
         matches!(&err, StateError::LayoutMismatch { field, type_name, saved, restored }
             if field == "p" && type_name == "Knobs"
-                && saved == "Knobs{offset:i64,dt:f64,dx:f64}"
-                && restored == "Knobs{offset:u64,dt:f64,dx:f64}"),
+                && saved == "Knobs{offset:int,dt:f64,dx:f64}"
+                && restored == "Knobs{offset:uint,dt:f64,dx:f64}"),
         "{err}"
     );
     assert_eq!(err.kind(), StateErrorKind::Schema);
     let text = err.to_string();
     assert!(
-        text.contains("field `p`") && text.contains("offset:i64"),
+        text.contains("field `p`") && text.contains("offset:int"),
         "{text}"
     );
 
     let err = restore(&mut Swapped::default(), objs.clone()).unwrap_err();
     assert!(
         matches!(&err, StateError::LayoutMismatch { field, restored, .. }
-            if field == "p" && restored == "Knobs{offset:i64,dx:f64,dt:f64}"),
+            if field == "p" && restored == "Knobs{offset:int,dx:f64,dt:f64}"),
         "{err}"
     );
 
@@ -399,6 +399,7 @@ fn plain_leaves_record_no_layout_beyond_their_type_name() {
         step: u64,
         name: String,
         flag: bool,
+        count: usize,
         maybe: Option<u32>,
     }
     let c = Counters {
@@ -407,7 +408,37 @@ fn plain_leaves_record_no_layout_beyond_their_type_name() {
     };
     let objs = save(&c).unwrap();
     let layouts: Vec<_> = objs.iter().map(|o| o.info.layout.as_deref()).collect();
-    assert_eq!(layouts, [None, None, None, Some("Some(u32)")]);
+    assert_eq!(layouts, [None, None, None, None, Some("Some(uint)")]);
+}
+
+/// Review finding: postcard writes 16- to 128-bit integers as the same varints, so a field
+/// widened from `u32` to `u64` (or `i16` to `i64`) reads the same values; tracing each
+/// width by name refused it. Narrowing still fails where a value does not fit.
+#[test]
+fn a_widened_integer_field_restores_and_a_narrowed_one_fails_on_a_value_that_does_not_fit() {
+    mod narrow {
+        #[derive(serde::Serialize, serde::Deserialize, Default, Debug, PartialEq)]
+        pub struct Counts {
+            pub n: u32,
+            pub d: i16,
+        }
+    }
+    mod wide {
+        #[derive(serde::Serialize, serde::Deserialize, Default, Debug, PartialEq)]
+        pub struct Counts {
+            pub n: u64,
+            pub d: i64,
+        }
+    }
+    let objs = to_loaded(&save(&Serde(narrow::Counts { n: 70_000, d: -300 })).unwrap());
+    let mut w = Serde(wide::Counts::default());
+    restore(&mut w, objs).unwrap();
+    assert_eq!(w.0, wide::Counts { n: 70_000, d: -300 });
+
+    let objs = to_loaded(&save(&Serde(wide::Counts { n: 1 << 40, d: 5 })).unwrap());
+    let mut n = Serde(narrow::Counts::default());
+    let err = restore(&mut n, objs).unwrap_err();
+    assert!(matches!(err, StateError::Decode { .. }), "{err}");
 }
 
 #[test]

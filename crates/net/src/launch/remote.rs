@@ -5,8 +5,10 @@
 use super::engine::{OutputSink, RunningJob};
 use super::local::join_until;
 use super::record::{Record, RecordStream, Tagging};
-use super::shim::{encode_inject, encode_rank_env, ENV_SHIM_INJECT, ENV_SHIM_RANK_ENV};
-use super::{kill_session, stop_session, LaunchConfig, RankStatus, ShimCommand};
+use super::shim::{
+    encode_inject, encode_rank_env, hard_stop_signal, ENV_SHIM_INJECT, ENV_SHIM_RANK_ENV,
+};
+use super::{stop_sessions, LaunchConfig, RankStatus, ShimCommand};
 use crate::error::{ErrorKind, NetError, Result};
 use std::ffi::OsString;
 use std::io::{Read, Write};
@@ -34,10 +36,10 @@ fn lock_book(b: &Book) -> MutexGuard<'_, RankBook> {
     b.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// How long a hard stop lets a launcher's session end on SIGTERM before it SIGKILLs what
-/// is left: enough for a shim to stop its rank's group (it SIGKILLs a rank that ignores
-/// SIGTERM after its own 2 s grace, so one that does not react costs this much more).
-const SESSION_SETTLE: Duration = Duration::from_secs(2);
+/// How long a hard stop lets the shims in a launcher's session act on their hard-stop
+/// signal (SIGKILL their rank's group, exit) before it SIGKILLs what is left. They act as
+/// soon as they are scheduled; this only bounds a very loaded machine.
+const SESSION_SETTLE: Duration = Duration::from_secs(1);
 
 /// An engine's last resort to stop what its launcher process could not.
 pub(crate) type HardKill = Box<dyn Fn(&RankBook) + Send>;
@@ -465,16 +467,15 @@ impl RunningJob for RemoteJob {
             // reaches the local ssh client.
             drop(p.stdin.take());
         }
-        // The whole session: what the launcher started in groups of their own (mpirun's
-        // ssh clients) too. Every session gets its SIGTERM before any its SIGKILL, so the
-        // shims of every launcher act in parallel.
+        // The launchers themselves die at once (mpirun's death is its shims' hard-stop
+        // signal too), then the rest of their sessions, including what a launcher started
+        // in groups of their own (mpirun's ssh clients), get the shims' hard-stop signal.
+        for p in self.procs.iter().filter(|p| p.status.is_none()) {
+            // SAFETY: a child we spawned and have not reaped.
+            unsafe { libc::kill(p.child.id() as i32, libc::SIGKILL) };
+        }
         let sids: Vec<i32> = self.procs.iter().map(|p| p.child.id() as i32).collect();
-        for &sid in &sids {
-            kill_session(sid, libc::SIGTERM);
-        }
-        for sid in sids {
-            stop_session(sid, SESSION_SETTLE);
-        }
+        stop_sessions(&sids, hard_stop_signal(), SESSION_SETTLE);
     }
 
     fn started(&self, rank: u32) -> bool {
@@ -599,7 +600,7 @@ mod tests {
     /// machine): the hard stop SIGKILLed the launcher's whole session at once, so a shim
     /// that had not yet acted on its SIGTERM died without stopping its rank's group, and
     /// what the rank had started (in the rank's own session) lived on. The stand-in shim
-    /// here stops its "rank" only when it gets a SIGTERM, as the real one does.
+    /// here stops its "rank" only on the shims' hard-stop signal, as the real one does.
     #[test]
     fn a_shim_killed_before_it_acted_orphaned_what_its_rank_started() {
         let dir = tempfile::tempdir().unwrap();
@@ -609,9 +610,10 @@ mod tests {
             &shim,
             format!(
                 "setsid sh -c 'echo $$ > {0}.tmp; mv {0}.tmp {0}; exec sleep 300.25' &\n\
-                 trap 'kill $(cat {0}); exit 0' TERM\n\
+                 trap 'kill $(cat {0}); exit 0' {1}\n\
                  while :; do sleep 0.05; done\n",
-                pid_file.display()
+                pid_file.display(),
+                hard_stop_signal()
             ),
         )
         .unwrap();

@@ -25,7 +25,7 @@ use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -249,11 +249,13 @@ fn run(args: Vec<OsString>) -> Result<i32, String> {
         first.push(Record::Step(format!("{j}.{s}")));
     }
     out.emit(&first);
+    // The launcher's death (mpirun SIGKILLed by a hard stop, a dropped ssh session) is a
+    // hard stop of this rank: the same signal as the launcher's own hard stop.
     // SAFETY: getppid has no preconditions; prctl with PDEATHSIG is a plain syscall.
     let parent = unsafe {
         let p = libc::getppid();
         #[cfg(target_os = "linux")]
-        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+        libc::prctl(libc::PR_SET_PDEATHSIG, hard_stop_signal());
         p
     };
     // SAFETY: same as above.
@@ -270,6 +272,10 @@ fn run(args: Vec<OsString>) -> Result<i32, String> {
         libc::signal(
             libc::SIGUSR2,
             sig_forward as *const () as libc::sighandler_t,
+        );
+        libc::signal(
+            hard_stop_signal(),
+            on_hard_stop as *const () as libc::sighandler_t,
         );
     }
     let mut cmd = Command::new(program);
@@ -347,7 +353,7 @@ fn run(args: Vec<OsString>) -> Result<i32, String> {
                 term_sent.get_or_insert_with(Instant::now);
             }
         }
-        if term_sent.is_some_and(|t| t.elapsed() > STOP_GRACE) {
+        if term_sent.is_some_and(|t| t.elapsed() > STOP_GRACE) || HARD_STOP.load(Ordering::SeqCst) {
             super::killpg(pid as i32, libc::SIGKILL);
         }
         let p = parts.load(Ordering::Acquire);
@@ -385,6 +391,32 @@ fn run(args: Vec<OsString>) -> Result<i32, String> {
 }
 
 static FORWARDED: AtomicI32 = AtomicI32::new(0);
+
+/// Set by [`hard_stop_signal`]: stop the rank's whole group now, without a grace.
+static HARD_STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_hard_stop(_sig: libc::c_int) {
+    // Async-signal-safe: a single atomic store.
+    HARD_STOP.store(true, Ordering::SeqCst);
+}
+
+/// The signal that makes a shim SIGKILL its rank's whole process group at once and exit:
+/// what a launcher's hard stop sends to every process of its session, and the shim's own
+/// parent-death signal. A shim that is SIGKILLed instead takes only its rank along (the
+/// rank's parent-death signal), and what the rank started lives on as orphans; a SIGTERM
+/// would give the rank a grace the hard stop does not want. A real-time signal: nothing
+/// else sends it, and its default action (terminate) stops the session's other members
+/// (mpirun's daemons, ssh clients) as well. SIGTERM where there are none.
+pub(crate) fn hard_stop_signal() -> i32 {
+    #[cfg(target_os = "linux")]
+    {
+        libc::SIGRTMIN() + 1
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        libc::SIGTERM
+    }
+}
 
 extern "C" fn sig_forward(sig: libc::c_int) {
     // Async-signal-safe: a single atomic store.
