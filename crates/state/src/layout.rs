@@ -352,68 +352,48 @@ impl<'o> ListOf<'o> {
     }
 }
 
-impl ser::SerializeTuple for ListOf<'_> {
-    type Ok = ();
-    type Error = TraceError;
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), TraceError> {
-        self.part(None, value)
-    }
-    fn end(self) -> Result<(), TraceError> {
-        self.close()
-    }
+/// The serde traits of [`ListOf`]: positional parts, then named ones.
+macro_rules! list_parts {
+    ($($trait:ident: $method:ident),* $(,)?) => {$(
+        impl ser::$trait for ListOf<'_> {
+            type Ok = ();
+            type Error = TraceError;
+            fn $method<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), TraceError> {
+                self.part(None, value)
+            }
+            fn end(self) -> Result<(), TraceError> {
+                self.close()
+            }
+        }
+    )*};
 }
 
-impl ser::SerializeTupleStruct for ListOf<'_> {
-    type Ok = ();
-    type Error = TraceError;
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), TraceError> {
-        self.part(None, value)
-    }
-    fn end(self) -> Result<(), TraceError> {
-        self.close()
-    }
+list_parts!(
+    SerializeTuple: serialize_element,
+    SerializeTupleStruct: serialize_field,
+    SerializeTupleVariant: serialize_field,
+);
+
+macro_rules! list_fields {
+    ($($trait:ident),* $(,)?) => {$(
+        impl ser::$trait for ListOf<'_> {
+            type Ok = ();
+            type Error = TraceError;
+            fn serialize_field<T: Serialize + ?Sized>(
+                &mut self,
+                key: &'static str,
+                value: &T,
+            ) -> Result<(), TraceError> {
+                self.part(Some(key), value)
+            }
+            fn end(self) -> Result<(), TraceError> {
+                self.close()
+            }
+        }
+    )*};
 }
 
-impl ser::SerializeTupleVariant for ListOf<'_> {
-    type Ok = ();
-    type Error = TraceError;
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), TraceError> {
-        self.part(None, value)
-    }
-    fn end(self) -> Result<(), TraceError> {
-        self.close()
-    }
-}
-
-impl ser::SerializeStruct for ListOf<'_> {
-    type Ok = ();
-    type Error = TraceError;
-    fn serialize_field<T: Serialize + ?Sized>(
-        &mut self,
-        key: &'static str,
-        value: &T,
-    ) -> Result<(), TraceError> {
-        self.part(Some(key), value)
-    }
-    fn end(self) -> Result<(), TraceError> {
-        self.close()
-    }
-}
-
-impl ser::SerializeStructVariant for ListOf<'_> {
-    type Ok = ();
-    type Error = TraceError;
-    fn serialize_field<T: Serialize + ?Sized>(
-        &mut self,
-        key: &'static str,
-        value: &T,
-    ) -> Result<(), TraceError> {
-        self.part(Some(key), value)
-    }
-    fn end(self) -> Result<(), TraceError> {
-        self.close()
-    }
-}
+list_fields!(SerializeStruct, SerializeStructVariant);
 
 /// Sequences and maps: the sorted set of distinct element (or `key:value` entry) layouts,
 /// `|`-separated.

@@ -541,6 +541,39 @@ mod tests {
             .is_some_and(|zombie| !zombie)
     }
 
+    /// A job of one launcher process running `cmd`, and the launcher's session id.
+    fn job_of(cmd: Command, name: &str) -> (RemoteJob, i32) {
+        let mut job = RemoteJob::new(1, &["h".to_string()]);
+        let sink = Arc::new(OutputSink::new(None));
+        let launcher = spawn(
+            cmd,
+            name.into(),
+            Tagging::Fixed(0),
+            false,
+            &job.book,
+            &sink,
+            false,
+        )
+        .unwrap();
+        let sid = launcher.child.id() as i32;
+        job.procs.push(launcher);
+        (job, sid)
+    }
+
+    /// The process id a test's process wrote into `file`, waiting up to 10 s for it.
+    fn pid_in(file: &std::path::Path) -> i32 {
+        let t = Instant::now();
+        loop {
+            match std::fs::read_to_string(file).map(|s| s.trim().parse()) {
+                Ok(Ok(pid)) => return pid,
+                _ if t.elapsed() < Duration::from_secs(10) => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                other => panic!("no pid in {}: {other:?}", file.display()),
+            }
+        }
+    }
+
     /// Regression (an ssh client of mpirun to a lost host outlived every test that lost
     /// a host): a launcher's child in a process group of its own survived the hard stop
     /// of the job, which killed only the launcher's group.
@@ -555,30 +588,9 @@ mod tests {
             "set -m; sleep 300 & echo $! > {}; exec sleep 300",
             pid_file.display()
         ));
-        let mut job = RemoteJob::new(1, &["h".to_string()]);
-        let sink = Arc::new(OutputSink::new(None));
-        let launcher = spawn(
-            cmd,
-            "bash".into(),
-            Tagging::Fixed(0),
-            false,
-            &job.book,
-            &sink,
-            false,
-        )
-        .unwrap();
-        let sid = launcher.child.id() as i32;
-        job.procs.push(launcher);
+        let (mut job, sid) = job_of(cmd, "bash");
         let t = Instant::now();
-        let child: i32 = loop {
-            match std::fs::read_to_string(&pid_file).map(|s| s.trim().parse()) {
-                Ok(Ok(pid)) => break pid,
-                _ if t.elapsed() < Duration::from_secs(10) => {
-                    std::thread::sleep(Duration::from_millis(10))
-                }
-                other => panic!("no child pid: {other:?}"),
-            }
-        };
+        let child = pid_in(&pid_file);
         // SAFETY: getsid and getpgid on a process id.
         unsafe {
             assert_eq!(libc::getsid(child), sid);
@@ -620,29 +632,8 @@ mod tests {
         let mut cmd = Command::new("sh");
         cmd.arg("-c")
             .arg(format!("sh {} & exec sleep 300", shim.display()));
-        let mut job = RemoteJob::new(1, &["h".to_string()]);
-        let sink = Arc::new(OutputSink::new(None));
-        let launcher = spawn(
-            cmd,
-            "sh".into(),
-            Tagging::Fixed(0),
-            false,
-            &job.book,
-            &sink,
-            false,
-        )
-        .unwrap();
-        job.procs.push(launcher);
-        let t = Instant::now();
-        let rank: i32 = loop {
-            match std::fs::read_to_string(&pid_file).map(|s| s.trim().parse()) {
-                Ok(Ok(pid)) => break pid,
-                _ if t.elapsed() < Duration::from_secs(10) => {
-                    std::thread::sleep(Duration::from_millis(10))
-                }
-                other => panic!("no rank pid: {other:?}"),
-            }
-        };
+        let (mut job, _) = job_of(cmd, "sh");
+        let rank = pid_in(&pid_file);
         // Let the stand-in shim reach its loop with the trap set.
         std::thread::sleep(Duration::from_millis(200));
         job.kill();
