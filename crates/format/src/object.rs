@@ -150,7 +150,8 @@ pub struct ObjectInfo {
     /// variant names with variant indexes, `lazarus_state`'s layout text), compared with
     /// the restored value's so that a serde type changed inside under the same name is
     /// refused instead of misread. `None` when it says nothing the type name does not
-    /// (`u64`) and in manifests written before 1.3, which are checked by name only.
+    /// (`u64`), for a value nested too deep to trace, and in manifests written before 1.3:
+    /// those are checked by name only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub layout: Option<String>,
 }
