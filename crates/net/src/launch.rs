@@ -315,15 +315,15 @@ pub(crate) fn killpg(pgid: i32, sig: i32) {
     }
 }
 
-/// Sends `sig` to every process of session `sid` but the caller's. A launcher started as
+/// Sends `sig` to every process of the sessions `sids` but the caller's. A launcher started as
 /// a session leader (`setsid`) may put its own children in other process groups: Open
 /// MPI runs each ssh client to a remote daemon in a group of its own, so `killpg` misses
 /// them, and the client to a lost host (its link down) then outlives the job, hung on a
 /// connection nobody answers. Safe after the leader was reaped: a process id is not
 /// reused while it names the session of a living process. Linux (`/proc`); elsewhere a
 /// no-op.
-pub(crate) fn kill_session(sid: i32, sig: i32) {
-    for pid in session_members(sid) {
+pub(crate) fn kill_sessions(sids: &[i32], sig: i32) {
+    for pid in session_members(sids) {
         // SAFETY: kill is a plain syscall on a process id.
         unsafe {
             libc::kill(pid, sig);
@@ -331,20 +331,23 @@ pub(crate) fn kill_session(sid: i32, sig: i32) {
     }
 }
 
-/// The live processes of session `sid` but the caller (zombies, which no signal stops
-/// any more, are left out). Empty when `sid` is not positive or `/proc` is missing.
-pub(crate) fn session_members(sid: i32) -> Vec<i32> {
-    if sid <= 0 {
-        return Vec::new();
-    }
+/// The live processes of the sessions `sids` but the caller (zombies, which no signal
+/// stops any more, are left out), in one pass over `/proc`. Ids that are not positive
+/// name no session; empty when `/proc` is missing.
+pub(crate) fn session_members(sids: &[i32]) -> Vec<i32> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
     let me = std::process::id() as i32;
     dir.flatten()
         .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()))
-        // SAFETY: getsid is a plain syscall on a process id.
-        .filter(|&pid| pid != me && unsafe { libc::getsid(pid) } == sid)
+        .filter(|&pid| {
+            pid != me && {
+                // SAFETY: getsid is a plain syscall on a process id.
+                let sid = unsafe { libc::getsid(pid) };
+                sid > 0 && sids.contains(&sid)
+            }
+        })
         .filter(|pid| {
             std::fs::read_to_string(format!("/proc/{pid}/stat"))
                 .ok()
@@ -361,17 +364,15 @@ pub(crate) fn session_members(sid: i32) -> Vec<i32> {
 /// the rank started lives on as orphans (found when a rank's `sleep` outlived a
 /// hard-stopped job under mpirun on a loaded machine).
 pub(crate) fn stop_sessions(sids: &[i32], first: i32, settle: Duration) {
-    for &sid in sids {
-        kill_session(sid, first);
-    }
+    kill_sessions(sids, first);
     let deadline = Instant::now() + settle;
-    while sids.iter().any(|&sid| !session_members(sid).is_empty()) && Instant::now() < deadline {
+    while !session_members(sids).is_empty() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
     for &sid in sids {
         killpg(sid, libc::SIGKILL);
-        kill_session(sid, libc::SIGKILL);
     }
+    kill_sessions(sids, libc::SIGKILL);
 }
 
 /// Runs jobs; see the module documentation.

@@ -121,17 +121,21 @@ impl<'a> StateWriter<'a> {
             field: self.object_name(),
             source,
         })?;
-        let layout = crate::layout::layout_of(value).map_err(|message| {
-            StateError::custom(
-                self.object_name(),
-                format!("cannot trace the value's layout: {message}"),
-            )
-        })?;
         // The layout of a plain leaf (`u64`, `String`: the `Checkpoint` impls of this
-        // crate) follows from its type name, which is checked anyway: leaving it out keeps
-        // manifests of plain counters as they were. A value nested too deep to trace
-        // (`layout::MAX_DEPTH`) records none either, and is checked by name only.
-        let layout = layout.filter(|_| !crate::impls::PLAIN_LEAVES.contains(&type_name));
+        // crate) follows from its type name, which is checked anyway: it is neither traced
+        // nor recorded, so manifests of plain counters stay as they were and saving them
+        // costs nothing more. A value nested too deep to trace (`layout::MAX_DEPTH`)
+        // records none either, and is checked by name only.
+        let layout = if crate::impls::PLAIN_LEAVES.contains(&type_name) {
+            None
+        } else {
+            crate::layout::layout_of(value).map_err(|message| {
+                StateError::custom(
+                    self.object_name(),
+                    format!("cannot trace the value's layout: {message}"),
+                )
+            })?
+        };
         self.push(
             type_name,
             ObjectKind::Serde,
