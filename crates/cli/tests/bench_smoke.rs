@@ -262,6 +262,24 @@ fn bench_levels_reports_every_level_and_the_job_rows() {
         assert!(numbers.iter().all(|x| x.is_finite() && *x >= 0.0), "{line}");
         assert!(numbers[2] > 0.0, "{line}");
     }
+    // The physical limit of L2 (raw loopback TCP) and the most an implementation could
+    // reach here: positive, finite ratios.
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("the part over raw loopback TCP: "))
+        .unwrap_or_else(|| panic!("no raw TCP line in:\n{text}"));
+    assert!(line.contains("over the communicator"), "{line}");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("at most possible here: L4 floor / L1+L2 floor = "))
+        .unwrap_or_else(|| panic!("no ceiling line in:\n{text}"));
+    let ceiling: f64 = line
+        .trim_start_matches("at most possible here: L4 floor / L1+L2 floor = ")
+        .split('x')
+        .next()
+        .and_then(|x| x.parse().ok())
+        .unwrap_or_else(|| panic!("no ratio in {line}"));
+    assert!(ceiling.is_finite() && ceiling > 0.0, "{line}");
     // The Job rows: each names its ratio against its floor (finite; a stall far below
     // its floor may print as 0.00).
     for (row, ratio_before) in [
