@@ -127,6 +127,37 @@ pub enum AbortReason {
     Local(String),
 }
 
+impl AbortReason {
+    /// Whether the ranks may go on after a round aborted for `reason` and try the next one
+    /// (`None`: the reason is unknown here). The one rule, for rank 0 (which knows the
+    /// reason) and every other rank (which never does: the decision it learns, from the
+    /// `Decided` message, a later `Prepare` or the repository, carries none).
+    ///
+    /// The ranks of one job must make the same decision, or one goes on while another
+    /// stops and the survivors wait out a round that never starts. Since only rank 0 knows
+    /// the reason, the answer cannot depend on it: every abort is retryable, the same as
+    /// an unknown reason. A cause that does forbid going on is not the abort's to report:
+    /// a dead rank or a broken network is the non-retryable net error of the rank that
+    /// meets it (rank 0 reports the peer it saw die, every rank the next communication
+    /// with a dead one), so a full disk (`Failed`), a slow rank (`Timeout`) or a failed
+    /// COMMIT write may pass at the next round on every rank alike.
+    ///
+    /// The match is exhaustive on purpose: a new reason must be given an answer here, and
+    /// that answer must be the one of `None`.
+    pub fn retryable(reason: Option<&AbortReason>) -> bool {
+        match reason {
+            None => true,
+            Some(
+                AbortReason::Failed { .. }
+                | AbortReason::Timeout { .. }
+                | AbortReason::RankDied { .. }
+                | AbortReason::CommitWrite(_)
+                | AbortReason::Local(_),
+            ) => true,
+        }
+    }
+}
+
 /// What the coordinator asks its runtime to do, in order.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum CoordinatorAction<R> {

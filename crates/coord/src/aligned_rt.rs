@@ -173,8 +173,8 @@ pub struct AlignedRuntime {
     timeouts: Timeouts,
     origin: Instant,
     markers: bool,
-    /// Rank 0: why the last round aborted, and whether a later round may succeed.
-    abort_reason: Option<(String, bool)>,
+    /// Rank 0: why the last round aborted.
+    abort_reason: Option<AbortReason>,
     /// Rank 0: the last commit ended with COMMIT visible but not durable (this error).
     commit_unknown: Option<String>,
     /// A `Prepare` consumed while waiting for the previous round's decision: the next
@@ -657,7 +657,17 @@ impl AlignedRuntime {
             });
         }
         // Our own Decided is in our mailbox now.
-        self.await_decision(round, receipt, meta.step)
+        let decided = self.await_decision(round, receipt, meta.step);
+        match (decided, first_net_error) {
+            // An abort is retryable on every rank alike (`AbortReason::retryable`); what
+            // forbids going on here is the peer rank 0 saw die: its own, non-retryable
+            // error, as it is for every rank that next talks to that peer.
+            (Err(RoundError::Aborted { reason, .. }), Some(e)) => {
+                tracing::warn!("checkpoint {} aborted: {reason}", round.ckpt);
+                Err(e.into())
+            }
+            (decided, _) => decided,
+        }
     }
 
     /// Rank 0 leaves a round early: aborts it in the coordinator (if still collecting),
@@ -770,7 +780,7 @@ impl AlignedRuntime {
                 CoordinatorAction::Decided { decision, reason } => {
                     if let Some(r) = reason {
                         tracing::warn!("checkpoint {} aborted: {r:?}", decision.round.ckpt);
-                        self.abort_reason = Some(describe(&r));
+                        self.abort_reason = Some(r);
                     }
                     *decided = Some(decision);
                 }
@@ -991,41 +1001,87 @@ impl AlignedRuntime {
                 if receipt.as_ref().is_some_and(|r| r.manifest.is_none()) {
                     self.discard_own_part(round);
                 }
-                let (reason, retryable) = match self.abort_reason.take() {
-                    Some(r) => r,
-                    // Our own failed write (e.g. a full disk) may pass; a dead peer shows
-                    // up as a net error on the next communication anyway.
-                    None if receipt.is_none() => (
-                        format!("{} could not write its part", self.comm.rank()),
-                        true,
-                    ),
-                    None => (
-                        "another rank failed, died or missed the deadline (see rank 0's log)"
-                            .into(),
-                        true,
-                    ),
-                };
-                Err(RoundError::Aborted {
-                    checkpoint: round.ckpt,
-                    reason,
-                    retryable,
-                })
+                let known = self.abort_reason.take();
+                Err(aborted(
+                    self.comm.rank(),
+                    round.ckpt,
+                    known.as_ref(),
+                    receipt.is_some(),
+                ))
             }
         }
     }
 }
 
-fn describe(r: &AbortReason) -> (String, bool) {
+/// The error of a round decided `Abort`, on any rank: `known` is why (rank 0 knows it,
+/// the other ranks never do), `wrote` whether this rank's part was written. Whether it is
+/// retryable is [`AbortReason::retryable`]'s one rule, so no rank goes on while another
+/// stops for the same abort.
+fn aborted(me: Rank, ckpt: CheckpointId, known: Option<&AbortReason>, wrote: bool) -> RoundError {
+    let reason = match known {
+        Some(r) => describe(r),
+        None if !wrote => format!("{me} could not write its part"),
+        None => "another rank failed, died or missed the deadline (see rank 0's log)".into(),
+    };
+    RoundError::Aborted {
+        checkpoint: ckpt,
+        reason,
+        retryable: AbortReason::retryable(known),
+    }
+}
+
+fn describe(r: &AbortReason) -> String {
     match r {
         AbortReason::Failed { rank, reason } => {
-            (format!("{rank} could not write its part: {reason}"), true)
+            format!("{rank} could not write its part: {reason}")
         }
-        AbortReason::Timeout { missing } => (
-            format!("no vote within the round deadline from {missing:?}"),
-            false,
-        ),
-        AbortReason::RankDied { rank } => (format!("{rank} died"), false),
-        AbortReason::CommitWrite(e) => (format!("writing COMMIT failed: {e}"), true),
-        AbortReason::Local(e) => (e.clone(), false),
+        AbortReason::Timeout { missing } => {
+            format!("no vote within the round deadline from {missing:?}")
+        }
+        AbortReason::RankDied { rank } => format!("{rank} died"),
+        AbortReason::CommitWrite(e) => format!("writing COMMIT failed: {e}"),
+        AbortReason::Local(e) => e.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Review (2026-12-07): rank 0, which knows why a round aborted, called a deadline
+    /// miss, a dead rank or its own failure fatal, while every other rank, which never
+    /// learns the reason, called the same abort retryable: rank 0 stopped and the others
+    /// went on to wait for a round that never came. Both sides must answer alike for
+    /// every reason, including none.
+    #[test]
+    fn abort_is_retryable_alike_with_and_without_its_reason() {
+        let reasons = [
+            AbortReason::Failed {
+                rank: Rank(2),
+                reason: "disk full".into(),
+            },
+            AbortReason::Timeout {
+                missing: vec![Rank(1)],
+            },
+            AbortReason::RankDied { rank: Rank(1) },
+            AbortReason::CommitWrite("disk full".into()),
+            AbortReason::Local("rank 0: its part failed".into()),
+        ];
+        let id = CheckpointId(7);
+        for wrote in [true, false] {
+            // A rank other than 0: the reason is never known there.
+            let participant = aborted(Rank(1), id, None, wrote);
+            assert_eq!(participant.kind(), RoundErrorKind::Aborted);
+            for r in &reasons {
+                let leader = aborted(Rank(0), id, Some(r), wrote);
+                assert_eq!(leader.kind(), RoundErrorKind::Aborted);
+                assert_eq!(
+                    leader.is_retryable(),
+                    participant.is_retryable(),
+                    "{r:?} (part written: {wrote}): rank 0 says {leader}, rank 1 says {participant}"
+                );
+                assert!(leader.to_string().contains(&id.to_string()), "{leader}");
+            }
+        }
     }
 }

@@ -19,6 +19,8 @@ pub enum ErrorKind {
     ConflictingRound,
     /// A message arrived in an order that a FIFO channel cannot produce.
     FifoViolation,
+    /// A marker or message named an epoch too far beyond this rank's to be a real round.
+    EpochLeap,
     /// The local runtime called the state machine in a state where the call is invalid.
     Misuse,
 }
@@ -56,6 +58,21 @@ pub enum ProtocolError {
         /// the snapshot epoch whose marker had already arrived
         epoch: Epoch,
     },
+    /// A marker or message from `from` named an epoch more than
+    /// [`MAX_EPOCH_LEAP`](crate::MAX_EPOCH_LEAP) beyond this rank's: no round
+    /// can be that far ahead, and accepting it would move this rank (and, through its
+    /// stamps, every rank) past every later real round.
+    #[error("{from} sent a {what} of {got}, more than {max} epochs beyond this rank's {current}: no round can be that far ahead (a buggy or replayed peer)", max = crate::MAX_EPOCH_LEAP)]
+    EpochLeap {
+        /// the sending rank
+        from: Rank,
+        /// "marker" or "message"
+        what: &'static str,
+        /// the epoch it named
+        got: Epoch,
+        /// this rank's epoch when it arrived
+        current: Epoch,
+    },
     /// The runtime called the machine out of order (a bug in the caller, not in a peer).
     #[error("protocol misuse: {0}")]
     Misuse(&'static str),
@@ -68,6 +85,7 @@ impl ProtocolError {
             ProtocolError::UnknownRank { .. } => ErrorKind::UnknownRank,
             ProtocolError::ConflictingRound { .. } => ErrorKind::ConflictingRound,
             ProtocolError::FifoViolation { .. } => ErrorKind::FifoViolation,
+            ProtocolError::EpochLeap { .. } => ErrorKind::EpochLeap,
             ProtocolError::Misuse(_) => ErrorKind::Misuse,
         }
     }

@@ -66,7 +66,7 @@ pub use aligned_rt::{
 pub use damage::{all_damaged_message, announce_all_damaged, OnAllDamaged, ON_ALL_DAMAGED_ENV};
 pub use error::{ErrorKind, ProtocolError};
 pub use flusher::Flusher;
-pub use unaligned::{ChannelState, Unaligned, UnalignedAction};
+pub use unaligned::{ChannelState, Unaligned, UnalignedAction, MAX_EPOCH_LEAP};
 pub use unaligned_rt::{
     AsyncConfig, AsyncMessage, AsyncReport, AsyncSession, AsyncStart, AsyncStats, SavedMessage,
     SessionError, SessionErrorKind, CHANNELS_OBJECT, UNALIGNED_TAG_BASE,

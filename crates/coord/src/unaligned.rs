@@ -36,6 +36,22 @@ impl<M> ChannelState<M> {
     }
 }
 
+/// How far beyond its own epoch a rank accepts the epoch of a marker or of a message's
+/// stamp (Lai-Yang), which makes it take that snapshot at once.
+///
+/// Why not "only the next epoch": epochs are checkpoint ids in the runtime, and ids skip
+/// legitimately (every aborted round uses one; a restarted job restores an older
+/// checkpoint while the repository hands out ids above every directory; a rank that is
+/// slow to read hears of a newer round from a faster peer), so no exact "next" is known
+/// here. Why a bound at all: a snapshot is never undone, so a marker of `u64::MAX` or
+/// `current + 10^9` from a buggy or replayed peer would put this rank past every later
+/// real round: their markers would be stale, its own stamps would drag every other rank
+/// there too, and rank 0 could not start a round above it. Such an epoch is a protocol
+/// error naming the peer and both epochs, returned before anything changes. 2^24 ids
+/// between two snapshots of one rank is more than any job uses (at one round a second,
+/// half a year of rounds that all aborted without this rank).
+pub const MAX_EPOCH_LEAP: u64 = 1 << 24;
+
 /// What the recorder asks its runtime to do, in order. Order matters: a
 /// `TakeLocalSnapshot` must capture the application state before any later `Deliver`
 /// is applied, and markers must be sent before any later application send.
@@ -172,6 +188,7 @@ impl<M: Clone> Unaligned<M> {
         payload: M,
     ) -> Result<Vec<UnalignedAction<M>>, ProtocolError> {
         check_rank(from, self.world)?;
+        self.check_leap(from, "message", msg_epoch)?;
         let mut out = Vec::new();
         if msg_epoch > self.epoch {
             // Lai-Yang: the sender is past a cut we have not taken; take it before
@@ -200,13 +217,15 @@ impl<M: Clone> Unaligned<M> {
     }
 
     /// Handles a marker of `epoch` from `from`. Stale markers (of abandoned or older
-    /// snapshots) and duplicates are ignored.
+    /// snapshots) and duplicates are ignored; a marker more than [`MAX_EPOCH_LEAP`] beyond
+    /// this rank's epoch is an error and changes nothing.
     pub fn on_marker(
         &mut self,
         from: Rank,
         epoch: Epoch,
     ) -> Result<Vec<UnalignedAction<M>>, ProtocolError> {
         check_rank(from, self.world)?;
+        self.check_leap(from, "marker", epoch)?;
         let mut out = Vec::new();
         if epoch > self.epoch {
             self.take_snapshot(epoch, &mut out);
@@ -233,6 +252,19 @@ impl<M: Clone> Unaligned<M> {
             }
             _ => Vec::new(),
         }
+    }
+
+    /// Refuses an epoch from a peer more than [`MAX_EPOCH_LEAP`] beyond this rank's.
+    fn check_leap(&self, from: Rank, what: &'static str, got: Epoch) -> Result<(), ProtocolError> {
+        if got.0 > self.epoch.0.saturating_add(MAX_EPOCH_LEAP) {
+            return Err(ProtocolError::EpochLeap {
+                from,
+                what,
+                got,
+                current: self.epoch,
+            });
+        }
+        Ok(())
     }
 
     fn take_snapshot(&mut self, epoch: Epoch, out: &mut Vec<UnalignedAction<M>>) {
@@ -385,6 +417,40 @@ mod tests {
         assert!(!u.is_recording());
         // Pre-cut stragglers of an abandoned snapshot are just delivered.
         assert_eq!(u.on_message(Rank(1), Epoch(0), 4).unwrap().len(), 1);
+    }
+
+    /// Review (2026-12-07): a marker of an epoch far beyond this rank's (a buggy or
+    /// replayed peer) was taken as a snapshot, and every later real round was then stale
+    /// here (its markers ignored, `start_snapshot` a no-op). It is refused, naming the
+    /// peer and both epochs, and changes nothing; so is such a message stamp.
+    #[test]
+    fn huge_epoch_marker_is_refused_and_later_rounds_complete() {
+        let mut u = Unaligned::<u32>::new(Rank(0), 2).unwrap();
+        u.start_snapshot(Epoch(3));
+        let before = u.clone();
+        for far in [u64::MAX, 3 + 1_000_000_000, 3 + MAX_EPOCH_LEAP + 1] {
+            let e = u.on_marker(Rank(1), Epoch(far)).unwrap_err();
+            assert_eq!(e.kind(), crate::ErrorKind::EpochLeap);
+            let text = e.to_string();
+            assert!(
+                text.contains("rank 1") && text.contains(&format!("epoch {far}")),
+                "{text}"
+            );
+            assert!(text.contains("epoch 3"), "{text}");
+            let e = u.on_message(Rank(1), Epoch(far), 9).unwrap_err();
+            assert_eq!(e.kind(), crate::ErrorKind::EpochLeap, "{e}");
+            assert_eq!(u, before, "a refused epoch changes nothing");
+        }
+        // The edge of the window is still a real round (ids skip).
+        let edge = Epoch(3 + MAX_EPOCH_LEAP);
+        let a = u.on_marker(Rank(1), edge).unwrap();
+        assert_eq!(a[0], Abandoned { epoch: Epoch(3) });
+        assert_eq!(a[1], TakeLocalSnapshot { epoch: edge });
+        let a = u.on_marker(Rank(0), edge).unwrap();
+        assert!(
+            matches!(&a[..], [Complete(cs)] if cs.epoch == edge),
+            "{a:?}"
+        );
     }
 
     #[test]

@@ -1419,12 +1419,21 @@ impl AsyncSession {
         actions: Vec<UnalignedAction<SavedMessage>>,
     ) -> Result<(), SessionError> {
         let me = self.me;
-        // A capture that fails is this call's error, but only once every action of the
-        // recorder has run: the markers must still go out (or the other ranks' snapshots
-        // never complete) and the message that triggered the snapshot (Lai-Yang) must
-        // still reach the inbox, or the program never gets it. The snapshot itself is
-        // kept, failed, so this rank votes Failed for its round.
-        let mut capture_error = None;
+        // An action that fails (a capture, a marker that cannot be sent, a part that
+        // cannot be handed to the writer) is this call's error, but only once every action
+        // of the recorder has run: the other markers must still go out (or the other
+        // ranks' snapshots never complete) and the message that triggered the snapshot
+        // (Lai-Yang) must still reach the inbox, or the program never gets it. The first
+        // error is returned, later ones are logged. A failed capture keeps its snapshot,
+        // failed, so this rank votes Failed for its round.
+        let mut first_error: Option<SessionError> = None;
+        let mut keep = |e: SessionError| {
+            if let Some(earlier) = &first_error {
+                tracing::warn!("{me}: {e} (after an earlier error of the same call: {earlier})");
+            } else {
+                first_error = Some(e);
+            }
+        };
         for a in actions {
             match a {
                 UnalignedAction::TakeLocalSnapshot { epoch } => {
@@ -1440,9 +1449,7 @@ impl AsyncSession {
                         Ok(c) => (c, true),
                         Err(e) => {
                             let c = Captured::failed(e.to_string());
-                            if let Some(earlier) = capture_error.replace(e) {
-                                tracing::warn!("{earlier}");
-                            }
+                            keep(e);
                             (c, false)
                         }
                     };
@@ -1490,7 +1497,7 @@ impl AsyncSession {
                         // A rank that left cannot take part; the round aborts on its own
                         // deadline or vote, and a snapshot without round is garbage.
                         Err(e) if e.kind() == NetKind::PeerFinished => {}
-                        Err(e) => return Err(net(me, &format!("marker to {to}"), e)),
+                        Err(e) => keep(net(me, &format!("marker of epoch {} to {to}", epoch.0), e)),
                     }
                 }
                 UnalignedAction::Deliver { from, payload } => self.inbox.push_back((from, payload)),
@@ -1498,7 +1505,9 @@ impl AsyncSession {
                     if let Some(snap) = self.snap.take_if(|s| s.epoch == cs.epoch) {
                         self.ready = Some(merge(snap, cs));
                     }
-                    self.try_write(state)?;
+                    if let Err(e) = self.try_write(state) {
+                        keep(e);
+                    }
                 }
                 UnalignedAction::Abandoned { epoch } => {
                     if self.snap.as_ref().is_some_and(|s| s.epoch == epoch) {
@@ -1507,11 +1516,13 @@ impl AsyncSession {
                     if self.ready.as_ref().is_some_and(|r| r.epoch == epoch) {
                         self.ready = None;
                     }
-                    self.try_write(state)?;
+                    if let Err(e) = self.try_write(state) {
+                        keep(e);
+                    }
                 }
             }
         }
-        match capture_error {
+        match first_error {
             Some(e) => Err(e),
             None => Ok(()),
         }

@@ -340,3 +340,91 @@ fn participant_without_decision_trusts_only_definite_answers_and_keeps_new_prepa
     assert_eq!(rx.recv().unwrap().unwrap(), r5.ckpt);
     rank1.join().unwrap();
 }
+
+/// Review (2026-12-07): a round aborted by its deadline was fatal on rank 0 (which knew
+/// the reason: a missing vote) and retryable on rank 1 (which never learns it): rank 0
+/// stopped while rank 1 went on to wait for a round that never started. Every rank must
+/// make the same decision about going on.
+#[test]
+fn ranks_agree_whether_a_deadline_abort_is_retryable() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = Repository::open(dir.path(), RepoOptions::default()).unwrap();
+    let t = Timeouts {
+        round: ms(500),
+        retry: ms(50),
+        decision: ms(5000),
+    };
+    let out = run_ranks(3, repo, t, |r, rt| {
+        if r == 2 {
+            // Alive but silent: never votes, so rank 0 aborts by the deadline.
+            std::thread::sleep(ms(2500));
+            return None;
+        }
+        Some(rt.round(&[obj(b"x")], &meta(1)).map(|c| c.checkpoint))
+    });
+    let errs: Vec<RoundError> = out
+        .into_iter()
+        .take(2)
+        .map(|r| r.unwrap().unwrap_err())
+        .collect();
+    for (r, e) in errs.iter().enumerate() {
+        assert_eq!(e.kind(), RoundErrorKind::Aborted, "rank {r}: {e}");
+    }
+    assert!(
+        errs[0].to_string().contains("deadline"),
+        "rank 0 knows why: {}",
+        errs[0]
+    );
+    assert_eq!(
+        errs[0].is_retryable(),
+        errs[1].is_retryable(),
+        "rank 0 says {}, rank 1 says {}",
+        errs[0],
+        errs[1]
+    );
+    assert!(
+        errs[0].is_retryable(),
+        "a slow rank may vote in time next round"
+    );
+}
+
+/// With every abort retryable (`AbortReason::retryable`), a rank that rank 0 saw die in
+/// the round is reported by rank 0 as that peer's net error, not as a retryable abort:
+/// rank 0 must not go on as if a slow rank had missed the deadline. In-process ranks
+/// (`local_comms`): a rank dropped while its thread unwinds is failed, not finished.
+#[test]
+fn rank0_reports_a_rank_that_died_in_the_round_as_a_net_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = Repository::open(dir.path(), RepoOptions::default()).unwrap();
+    let path = dir.path().to_path_buf();
+    let t = Timeouts {
+        round: ms(5000),
+        retry: ms(50),
+        decision: ms(5000),
+    };
+    let mut comms = lazarus_net::local_comms(3).unwrap();
+    let c2 = comms.pop().unwrap();
+    let c1 = comms.pop().unwrap();
+    let c0 = comms.pop().unwrap();
+    let dead = std::thread::spawn(move || {
+        let _held = c2;
+        std::panic::resume_unwind(Box::new("rank 2 dies on purpose"));
+    });
+    assert!(dead.join().is_err());
+    let p1 = std::thread::spawn(move || {
+        let mut rt = AlignedRuntime::new(c1, participant_store(&path), t).unwrap();
+        rt.set_output_markers(false);
+        rt.round(&[obj(b"x")], &meta(1)).map(|c| c.checkpoint)
+    });
+    let mut rt0 = AlignedRuntime::new(c0, RankStore::Coordinator(repo), t).unwrap();
+    rt0.set_output_markers(false);
+    let e0 = rt0.round(&[obj(b"y")], &meta(1)).unwrap_err();
+    assert_eq!(e0.kind(), RoundErrorKind::Net, "{e0}");
+    assert!(!e0.is_retryable(), "{e0}");
+    assert!(
+        e0.to_string().contains("rank 2"),
+        "names the dead rank: {e0}"
+    );
+    let e1 = p1.join().unwrap().unwrap_err();
+    assert_eq!(e1.kind(), RoundErrorKind::Aborted, "{e1}");
+}

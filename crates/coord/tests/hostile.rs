@@ -6,6 +6,7 @@
 use lazarus_coord::{
     ChannelState, Coordinator, CoordinatorAction, Decision, Outcome, Participant,
     ParticipantAction, RoundId, Timeouts, ToParticipant, Unaligned, UnalignedAction, Vote, VoteMsg,
+    MAX_EPOCH_LEAP,
 };
 use lazarus_format::{CheckpointId, Epoch, Rank};
 use proptest::prelude::*;
@@ -192,6 +193,60 @@ proptest! {
                 }
             }
         }
+    }
+
+    /// Review (2026-12-07): a marker (or a message stamp) of an epoch far beyond this
+    /// rank's was accepted, and every later real round was then stale here. Mixed into
+    /// any input, such an epoch is refused (`EpochLeap`) without changing the recorder,
+    /// and the next real round still completes.
+    #[test]
+    fn recorder_refuses_far_epochs_and_later_rounds_still_complete(
+        world in 1u32..4,
+        inputs in proptest::collection::vec(
+            (0u32..4, 0u64..4, 0u8..4, any::<u16>(), prop_oneof![
+                Just(u64::MAX),
+                Just(1_000_000_000u64),
+                0u64..1000,
+            ]),
+            0..60,
+        )
+    ) {
+        let mut u = Unaligned::<(u64, u16)>::new(Rank(0), world).unwrap();
+        for (from, epoch, what, payload, beyond) in inputs {
+            let from = Rank(from % world);
+            match what {
+                0 => { let _ = u.on_marker(from, Epoch(epoch)); }
+                1 => { let _ = u.on_message(from, Epoch(epoch), (epoch, payload)); }
+                _ => {
+                    let far = Epoch(
+                        u.epoch().0.saturating_add(MAX_EPOCH_LEAP).saturating_add(beyond.max(1)),
+                    );
+                    let before = u.clone();
+                    let got = if what == 2 {
+                        u.on_marker(from, far).map(|_| ())
+                    } else {
+                        u.on_message(from, far, (far.0, payload)).map(|_| ())
+                    };
+                    let e = got.expect_err("a far epoch is refused");
+                    prop_assert_eq!(e.kind(), lazarus_coord::ErrorKind::EpochLeap);
+                    let text = e.to_string();
+                    prop_assert!(text.contains(&from.to_string()), "{}", text);
+                    prop_assert!(text.contains(&far.to_string()), "{}", text);
+                    prop_assert!(text.contains(&before.epoch().to_string()), "{}", text);
+                    prop_assert_eq!(&u, &before, "a refused epoch changes nothing");
+                }
+            }
+        }
+        // The next real round: started here, every rank's marker arrives, it completes.
+        let next = Epoch(u.epoch().0 + 1);
+        let mut acts = u.start_snapshot(next);
+        for r in 0..world {
+            acts.extend(u.on_marker(Rank(r), next).unwrap());
+        }
+        prop_assert!(
+            acts.iter().any(|a| matches!(a, UnalignedAction::Complete(cs) if cs.epoch == next)),
+            "round {:?} completed: {:?}", next, acts
+        );
     }
 
     #[test]

@@ -775,6 +775,79 @@ fn a_failed_capture_loses_neither_the_triggering_message_nor_the_markers() {
     drop((s0, s1));
 }
 
+/// Review (2026-12-07): a marker that could not be sent for any other reason than the
+/// peer having finished (here: rank 0 died, so the send fails with `PeerFailed`) made the
+/// recorder's runtime return at once, skipping the remaining actions: the `Deliver` of the
+/// application message that triggered the snapshot (Lai-Yang), so the program never got
+/// it, and the markers to the other ranks, so their snapshots never completed. The call
+/// must fail (kind `Net`, naming the marker and rank 0), and the session must still hand
+/// the message out at the next call and have sent its marker to rank 2.
+///
+/// In-process ranks (`local_comms`): a rank whose communicator is dropped while its
+/// thread unwinds is seen by the others as failed at once, not finished, which loopback
+/// TCP cannot show without killing a process (its communicator always says goodbye).
+#[test]
+fn a_marker_send_error_loses_neither_the_triggering_message_nor_the_other_markers() {
+    use lazarus_net::{local_comms, Tag};
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let cs = local_comms(3).unwrap();
+    // Rank 0: a session, and its communicator played by hand through a clone.
+    let raw0 = cs[0].clone();
+    let opened: Vec<_> = cs
+        .into_iter()
+        .map(|c| {
+            let repo = repo.clone();
+            std::thread::spawn(move || {
+                let mut app = App::default();
+                AsyncSession::open(c, cfg(&repo), &mut app).map(|(s, _)| s)
+            })
+        })
+        .collect();
+    let mut sessions: Vec<AsyncSession> = opened
+        .into_iter()
+        .map(|h| h.join().unwrap().unwrap())
+        .collect();
+    let mut s2 = sessions.pop().unwrap();
+    let mut s1 = sessions.pop().unwrap();
+    let s0 = sessions.pop().unwrap();
+    // Rank 0 sends a message after its (pretended) snapshot of epoch 5, then dies before
+    // anything else: its last handle is dropped while its thread unwinds.
+    let dying = std::thread::spawn(move || {
+        raw0.set_epoch(lazarus_format::Epoch(5));
+        raw0.send_bytes(Rank(1), Tag::user(TAG_TOKEN), b"hello".to_vec())
+            .unwrap();
+        let _owned = (s0, raw0);
+        std::panic::resume_unwind(Box::new("rank 0 dies on purpose"));
+    });
+    assert!(dying.join().is_err(), "rank 0 died");
+    let app = App::default();
+    let err = s1.recv(&app, Duration::from_secs(5)).unwrap_err();
+    assert_eq!(err.kind(), SessionErrorKind::Net, "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("marker") && text.contains("to rank 0"),
+        "names the marker and the peer: {text}"
+    );
+    let m = s1
+        .recv(&app, Duration::from_secs(2))
+        .expect("the message that triggered the snapshot is still delivered");
+    assert_eq!(
+        (m.from, m.tag, m.payload.as_slice()),
+        (Rank(0), TAG_TOKEN, &b"hello"[..])
+    );
+    // Rank 2 gets rank 1's marker and joins snapshot 5 (its own marker to the dead rank 0
+    // fails the same way, after the fact).
+    assert_eq!(s2.epoch(), lazarus_format::Epoch(0));
+    let _ = s2.poll(&app);
+    assert_eq!(
+        s2.epoch(),
+        lazarus_format::Epoch(5),
+        "rank 1 sent its marker of epoch 5 to rank 2"
+    );
+    drop((s1, s2));
+}
+
 /// Writes, by hand, a committed unaligned checkpoint of a 2-rank job whose parts hold the
 /// default `App` and whose rank-1 part holds `channels(id)` as its channel state (digests
 /// right: only its content is wrong). Returns its id.
