@@ -40,6 +40,12 @@ const _: () = assert!(
         && TAG_VOTE < lazarus_net::Tag::CHECKPOINT_PRIVATE.end
 );
 
+/// The first message a runtime sends on each of its channels (rank 0 → participant on
+/// [`TAG_TO_PARTICIPANT`], participant → rank 0 on [`TAG_VOTE`]), see
+/// [`AlignedRuntime::new`]. Never a valid encoding of a `ToParticipant` or a `VoteMsg`
+/// (its first bytes are no enum variant or round of either).
+pub const FENCE: &[u8] = b"\xfflazarus aligned runtime fence 1";
+
 /// Environment variable: when `1`, parts and commits print output markers on stdout.
 pub const OUTPUT_MARKERS_ENV: &str = "LAZARUS_OUTPUT_MARKERS";
 
@@ -126,6 +132,17 @@ pub enum RoundError {
         /// how long it waited
         waited: Duration,
     },
+    /// `peer` did not open its runtime on the communicator within `waited` (see
+    /// [`AlignedRuntime::new`]).
+    #[error("{rank} waited {waited:?} for {peer} to open its checkpoint runtime on this communicator: do all ranks open the job together?")]
+    NotOpened {
+        /// the waiting rank
+        rank: Rank,
+        /// the rank it waited for
+        peer: Rank,
+        /// how long it waited
+        waited: Duration,
+    },
 }
 
 impl RoundError {
@@ -136,7 +153,9 @@ impl RoundError {
             RoundError::Net(_) => RoundErrorKind::Net,
             RoundError::Store(_) => RoundErrorKind::Store,
             RoundError::Protocol(_) | RoundError::BadMessage { .. } => RoundErrorKind::Protocol,
-            RoundError::NotStarted { .. } => RoundErrorKind::NotStarted,
+            RoundError::NotStarted { .. } | RoundError::NotOpened { .. } => {
+                RoundErrorKind::NotStarted
+            }
             RoundError::OutcomeUnknown { .. } => RoundErrorKind::OutcomeUnknown,
         }
     }
@@ -328,6 +347,16 @@ fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
 impl AlignedRuntime {
     /// A driver for `comm`'s rank. Rank 0 must pass [`RankStore::Coordinator`], other ranks
     /// [`RankStore::Participant`]. Output markers follow `LAZARUS_OUTPUT_MARKERS`.
+    ///
+    /// Collective: every rank of `comm` constructs its runtime (it returns once rank 0 and
+    /// this rank have exchanged a [`FENCE`], or fails with [`RoundError::NotOpened`] after
+    /// `timeouts.decision`). The fence separates this runtime's rounds from those of an
+    /// earlier runtime on the same communicator (a Job opened after another one): rounds
+    /// are named by their checkpoint id, which two repositories repeat, and a vote or a
+    /// `Prepare` re-sent late in the earlier runtime's last round stays in the mailbox
+    /// after it is gone. Everything a peer sent on the round's tags before its fence is
+    /// dropped: rank 0 no longer takes another repository's receipt as a vote of its first
+    /// round, and a participant no longer writes its part for a `Prepare` of the past.
     pub fn new(comm: Comm, store: RankStore, timeouts: Timeouts) -> Result<Self, RoundError> {
         let rank0 = comm.rank() == Rank(0);
         let coordinator = match (&store, rank0) {
@@ -340,7 +369,7 @@ impl AlignedRuntime {
                 .into())
             }
         };
-        Ok(AlignedRuntime {
+        let mut rt = AlignedRuntime {
             participant: Participant::new(comm.rank(), timeouts),
             comm,
             store,
@@ -355,7 +384,67 @@ impl AlignedRuntime {
             round_started: Instant::now(),
             last_write: Duration::ZERO,
             async_cost: None,
-        })
+        };
+        rt.fence()?;
+        Ok(rt)
+    }
+
+    /// Sends this rank's [`FENCE`] on each of its channels of the round, then drops what
+    /// the peers sent on them before theirs (see [`AlignedRuntime::new`]). Exact, with no
+    /// wait beyond the fences: a peer's messages arrive in the order it sent them, and a
+    /// runtime sends its fence before any message of a round.
+    fn fence(&mut self) -> Result<(), RoundError> {
+        let n = self.comm.size();
+        let deadline = Instant::now() + self.timeouts.decision;
+        let fence = |to: Rank, tag: u32| {
+            self.comm
+                .send_bytes(to, Tag::checkpoint(tag), FENCE.to_vec())
+                .map_err(RoundError::from)
+        };
+        if self.coordinator.is_some() {
+            for r in 1..n {
+                fence(Rank(r), TAG_TO_PARTICIPANT)?;
+            }
+            for r in 1..n {
+                self.skip_to_fence(Rank(r), TAG_VOTE, deadline)?;
+            }
+        } else {
+            fence(Rank(0), TAG_VOTE)?;
+            self.skip_to_fence(Rank(0), TAG_TO_PARTICIPANT, deadline)?;
+        }
+        Ok(())
+    }
+
+    /// Receives from `peer` on `tag` until its [`FENCE`], dropping what came before it.
+    fn skip_to_fence(&self, peer: Rank, tag: u32, deadline: Instant) -> Result<(), RoundError> {
+        let me = self.comm.rank();
+        let mut dropped = 0usize;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let env = match self
+                .comm
+                .recv_envelope_timeout(Some(peer), Some(Tag::checkpoint(tag)), left)
+            {
+                Ok(env) => env,
+                Err(e) if e.kind() == NetKind::Timeout => {
+                    return Err(RoundError::NotOpened {
+                        rank: me,
+                        peer,
+                        waited: self.timeouts.decision,
+                    })
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if env.payload == FENCE {
+                if dropped > 0 {
+                    tracing::debug!(
+                        "{me}: dropped {dropped} checkpoint message(s) from {peer} sent by an earlier runtime on this communicator"
+                    );
+                }
+                return Ok(());
+            }
+            dropped += 1;
+        }
     }
 
     /// Forces output markers on or off (default: from `LAZARUS_OUTPUT_MARKERS`).

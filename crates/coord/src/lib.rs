@@ -61,7 +61,7 @@ pub use aligned::{
 };
 pub use aligned_rt::{
     AlignedRuntime, Committed, RankStore, RoundError, RoundErrorKind, RoundTarget, StartedRound,
-    OUTPUT_MARKERS_ENV, TAG_TO_PARTICIPANT, TAG_VOTE,
+    FENCE, OUTPUT_MARKERS_ENV, TAG_TO_PARTICIPANT, TAG_VOTE,
 };
 pub use damage::{all_damaged_message, announce_all_damaged, OnAllDamaged, ON_ALL_DAMAGED_ENV};
 pub use error::{ErrorKind, ProtocolError};

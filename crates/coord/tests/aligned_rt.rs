@@ -5,7 +5,7 @@
 
 use lazarus_coord::{
     AlignedRuntime, Decision, Outcome, RankStore, RoundError, RoundErrorKind, RoundId, Timeouts,
-    ToParticipant, Vote, VoteMsg, TAG_TO_PARTICIPANT, TAG_VOTE,
+    ToParticipant, Vote, VoteMsg, FENCE, TAG_TO_PARTICIPANT, TAG_VOTE,
 };
 use lazarus_format::{CheckpointId, Epoch, ObjectInfo, ObjectKind, ObjectSpec, Rank};
 use lazarus_net::{loopback_comms, Comm, NetConfig, Tag};
@@ -165,13 +165,21 @@ fn vote_flood_neither_starves_the_deadline_nor_votes_for_others() {
     let flood = {
         let done = done.clone();
         std::thread::spawn(move || {
-            let env = flooder
-                .recv_envelope_timeout(
-                    Some(Rank(0)),
-                    Some(Tag::checkpoint(TAG_TO_PARTICIPANT)),
-                    ms(10_000),
-                )
+            // Opened like a runtime: its fence, then rank 0's.
+            flooder
+                .send_bytes(Rank(0), Tag::checkpoint(TAG_VOTE), FENCE.to_vec())
                 .unwrap();
+            let recv = || {
+                flooder
+                    .recv_envelope_timeout(
+                        Some(Rank(0)),
+                        Some(Tag::checkpoint(TAG_TO_PARTICIPANT)),
+                        ms(10_000),
+                    )
+                    .unwrap()
+            };
+            assert_eq!(recv().payload, FENCE);
+            let env = recv();
             let ToParticipant::Prepare { round, .. } = postcard::from_bytes(&env.payload).unwrap()
             else {
                 panic!("expected Prepare");
@@ -230,6 +238,18 @@ struct FakeRank0 {
 }
 
 impl FakeRank0 {
+    /// Opens like a runtime: rank 0's fence to rank 1, then rank 1's (see
+    /// `AlignedRuntime::new`).
+    fn open(comm: Comm, repo: Repository) -> FakeRank0 {
+        comm.send_bytes(Rank(1), Tag::checkpoint(TAG_TO_PARTICIPANT), FENCE.to_vec())
+            .unwrap();
+        let env = comm
+            .recv_envelope_timeout(Some(Rank(1)), Some(Tag::checkpoint(TAG_VOTE)), ms(10_000))
+            .expect("rank 1's fence");
+        assert_eq!(env.payload, FENCE);
+        FakeRank0 { comm, repo }
+    }
+
     fn prepare(
         &mut self,
         previous: Option<Decision>,
@@ -306,7 +326,7 @@ fn participant_without_decision_trusts_only_definite_answers_and_keeps_new_prepa
             tx.send(r.map(|c| c.checkpoint)).unwrap();
         }
     });
-    let mut f = FakeRank0 { comm: c0, repo };
+    let mut f = FakeRank0::open(c0, repo);
     // 1. No decision, directory still there without COMMIT: unknown, never "aborted".
     let (_p1, r1) = f.prepare(None);
     f.vote(r1);
@@ -406,11 +426,12 @@ fn rank0_reports_a_rank_that_died_in_the_round_as_a_net_error() {
     let c2 = comms.pop().unwrap();
     let c1 = comms.pop().unwrap();
     let c0 = comms.pop().unwrap();
+    // Rank 2 opens its runtime with the others (collective), then dies before the round.
+    let path2 = path.clone();
     let dead = std::thread::spawn(move || {
-        let _held = c2;
+        let _held = AlignedRuntime::new(c2, participant_store(&path2), t).unwrap();
         std::panic::resume_unwind(Box::new("rank 2 dies on purpose"));
     });
-    assert!(dead.join().is_err());
     let p1 = std::thread::spawn(move || {
         let mut rt = AlignedRuntime::new(c1, participant_store(&path), t).unwrap();
         rt.set_output_markers(false);
@@ -418,6 +439,7 @@ fn rank0_reports_a_rank_that_died_in_the_round_as_a_net_error() {
     });
     let mut rt0 = AlignedRuntime::new(c0, RankStore::Coordinator(repo), t).unwrap();
     rt0.set_output_markers(false);
+    assert!(dead.join().is_err());
     let e0 = rt0.round(&[obj(b"y")], &meta(1)).unwrap_err();
     assert_eq!(e0.kind(), RoundErrorKind::Net, "{e0}");
     assert!(!e0.is_retryable(), "{e0}");
@@ -427,4 +449,94 @@ fn rank0_reports_a_rank_that_died_in_the_round_as_a_net_error() {
     );
     let e1 = p1.join().unwrap().unwrap_err();
     assert_eq!(e1.kind(), RoundErrorKind::Aborted, "{e1}");
+}
+
+/// Regression (found by `lazarus bench levels`, 2026-12-07): a runtime opened on a
+/// communicator after another one (a Job after a Job, each with a fresh repository) took
+/// what the first runtime's last round left in the mailboxes as its own: round ids are
+/// checkpoint ids, which two repositories repeat, and a vote or `Prepare` re-sent late
+/// (rank 0 re-sends `Prepare` every `retry` while votes are missing; a participant
+/// answers each with its vote again) outlives the round. Rank 0 then counted rank 1's
+/// receipt of the *other repository* as its vote for checkpoint 1 and failed the commit
+/// ("chunk ... is missing"), or, had the chunks been there, committed another run's part;
+/// rank 1 wrote its part for a `Prepare` of the past. The fence of `AlignedRuntime::new`
+/// drops what a peer sent before its runtime opened.
+#[test]
+fn a_vote_left_by_an_earlier_runtime_on_the_communicator_is_not_taken_for_a_new_ones() {
+    let first = tempfile::tempdir().unwrap();
+    let second = tempfile::tempdir().unwrap();
+    let t = Timeouts {
+        round: ms(5000),
+        retry: ms(50),
+        decision: ms(5000),
+    };
+    let comms = loopback_comms(2, NetConfig::default()).unwrap();
+    let paths = [first.path().to_path_buf(), second.path().to_path_buf()];
+    let handles: Vec<_> = comms
+        .into_iter()
+        .map(|comm| {
+            let paths = paths.clone();
+            std::thread::spawn(move || {
+                let me = comm.rank();
+                let store = |p: &Path| {
+                    if me == Rank(0) {
+                        RankStore::Coordinator(Repository::open(p, RepoOptions::default()).unwrap())
+                    } else {
+                        participant_store(p)
+                    }
+                };
+                // The first runtime: one committed round, then what a late re-send
+                // leaves behind: rank 1's vote for round 1 again, rank 0's Prepare again.
+                let mut a = AlignedRuntime::new(comm.clone(), store(&paths[0]), t).unwrap();
+                a.set_output_markers(false);
+                let c = a.round(&[obj(b"first run")], &meta(1)).unwrap();
+                let round = RoundId {
+                    epoch: Epoch(c.checkpoint.0),
+                    ckpt: c.checkpoint,
+                };
+                comm.barrier().unwrap();
+                if me == Rank(1) {
+                    let stale = VoteMsg {
+                        round,
+                        from: me,
+                        vote: Vote::Durable(c.receipt.clone()),
+                    };
+                    let bytes = postcard::to_allocvec(&stale).unwrap();
+                    comm.send_bytes(Rank(0), Tag::checkpoint(TAG_VOTE), bytes)
+                        .unwrap();
+                } else {
+                    let stale = ToParticipant::Prepare {
+                        round,
+                        previous: None,
+                    };
+                    let bytes = postcard::to_allocvec(&stale).unwrap();
+                    comm.send_bytes(Rank(1), Tag::checkpoint(TAG_TO_PARTICIPANT), bytes)
+                        .unwrap();
+                }
+                drop(a);
+                // The second runtime, on another (fresh) repository: its round 1 too.
+                let mut b = AlignedRuntime::new(comm.clone(), store(&paths[1]), t).unwrap();
+                b.set_output_markers(false);
+                if me == Rank(1) {
+                    // Rank 1's part lands late: on the old code rank 0 had its stale vote
+                    // long before.
+                    std::thread::sleep(ms(300));
+                }
+                let data = format!("second run, {me}");
+                b.round(&[obj(data.as_bytes())], &meta(1))
+                    .map(|c| c.checkpoint)
+            })
+        })
+        .collect();
+    let ids: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let id = match &ids[0] {
+        Ok(id) => *id,
+        Err(e) => panic!("rank 0's first round on the second repository: {e}"),
+    };
+    assert_eq!(ids[1].as_ref().ok(), Some(&id), "{ids:?}");
+    let reader = RepoReader::open(second.path()).unwrap();
+    for r in 0..2u32 {
+        let o = reader.load_part(id, Rank(r)).unwrap();
+        assert_eq!(o[0].data, format!("second run, rank {r}").into_bytes());
+    }
 }
