@@ -421,20 +421,21 @@ impl AlignedRuntime {
         let mut dropped = 0usize;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let env = match self
-                .comm
-                .recv_envelope_timeout(Some(peer), Some(Tag::checkpoint(tag)), left)
-            {
-                Ok(env) => env,
-                Err(e) if e.kind() == NetKind::Timeout => {
-                    return Err(RoundError::NotOpened {
-                        rank: me,
-                        peer,
-                        waited: self.timeouts.decision,
-                    })
-                }
-                Err(e) => return Err(e.into()),
-            };
+            let env =
+                match self
+                    .comm
+                    .recv_envelope_timeout(Some(peer), Some(Tag::checkpoint(tag)), left)
+                {
+                    Ok(env) => env,
+                    Err(e) if e.kind() == NetKind::Timeout => {
+                        return Err(RoundError::NotOpened {
+                            rank: me,
+                            peer,
+                            waited: self.timeouts.decision,
+                        })
+                    }
+                    Err(e) => return Err(e.into()),
+                };
             if env.payload == FENCE {
                 if dropped > 0 {
                     tracing::debug!(

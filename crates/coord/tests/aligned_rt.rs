@@ -540,3 +540,112 @@ fn a_vote_left_by_an_earlier_runtime_on_the_communicator_is_not_taken_for_a_new_
         assert_eq!(o[0].data, format!("second run, rank {r}").into_bytes());
     }
 }
+
+/// The same on one repository, where it was silent: a program that drops its Job after a
+/// retryable abort and opens a new one on the same communicator. Rank 1's vote for the
+/// aborted round arrived after rank 0 had decided (rank 0's own part failed), so it stayed
+/// in rank 0's mailbox; the new runtime's first round reuses the aborted round's id (its
+/// directory was collected), and on the old code rank 0 took that vote, a receipt whose
+/// chunks were still in the repository, and committed rank 1's part of the *aborted*
+/// round: every rank reported success and a restore gave rank 1 the wrong state.
+#[test]
+fn a_vote_of_an_aborted_round_is_not_committed_by_the_next_runtime_on_the_same_repository() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = Timeouts {
+        round: ms(5000),
+        retry: ms(50),
+        decision: ms(5000),
+    };
+    let path = dir.path().to_path_buf();
+    let handles: Vec<_> = loopback_comms(2, NetConfig::default())
+        .unwrap()
+        .into_iter()
+        .map(|comm| {
+            let path = path.clone();
+            std::thread::spawn(move || {
+                let me = comm.rank();
+                let store = || {
+                    if me == Rank(0) {
+                        RankStore::Coordinator(
+                            Repository::open(&path, RepoOptions::default()).unwrap(),
+                        )
+                    } else {
+                        participant_store(&path)
+                    }
+                };
+                let mut a = AlignedRuntime::new(comm.clone(), store(), t).unwrap();
+                a.set_output_markers(false);
+                let data = format!("step 1, {me}");
+                let first = a.round(&[obj(data.as_bytes())], &meta(1)).unwrap();
+                // Round 2 aborts. Rank 1's part of it is durable (its chunks stay in the
+                // repository after the abort) and a `Durable` vote for it is left in rank
+                // 0's mailbox, as a vote re-sent for a re-sent `Prepare` is (here rank 1
+                // writes the part and sends that vote by hand, then votes `Failed` to
+                // abort the round: the same leftovers, deterministically).
+                if me == Rank(0) {
+                    let e = a
+                        .round(&[obj(b"step 2 of the aborted round, rank 0")], &meta(2))
+                        .unwrap_err();
+                    assert_eq!(e.kind(), RoundErrorKind::Aborted, "{e}");
+                } else {
+                    let started = a.begin_round(&meta(2)).unwrap();
+                    let ckpt = started.checkpoint();
+                    // Round ids are the checkpoint id twice (`AlignedRuntime::begin_round`).
+                    let round = RoundId {
+                        epoch: Epoch(ckpt.0),
+                        ckpt,
+                    };
+                    let receipt =
+                        lazarus_store::PartWriter::open(&path, round.ckpt, RepoOptions::default())
+                            .unwrap()
+                            .with_inline_manifest(lazarus_format::MAX_INLINE_MANIFEST)
+                            .write(me, &[obj(b"step 2 of the aborted round, rank 1")])
+                            .unwrap();
+                    let stale = VoteMsg {
+                        round,
+                        from: me,
+                        vote: Vote::Durable(receipt),
+                    };
+                    let e = a
+                        .complete_round(started, Err("fails on purpose".into()), &meta(2))
+                        .unwrap_err();
+                    assert_eq!(e.kind(), RoundErrorKind::Aborted, "{e}");
+                    let bytes = postcard::to_allocvec(&stale).unwrap();
+                    comm.send_bytes(Rank(0), Tag::checkpoint(TAG_VOTE), bytes)
+                        .unwrap();
+                }
+                comm.barrier().unwrap();
+                drop(a);
+                // The program goes on with a new runtime on the same repository.
+                let mut b = AlignedRuntime::new(comm.clone(), store(), t).unwrap();
+                b.set_output_markers(false);
+                if me == Rank(1) {
+                    std::thread::sleep(ms(300));
+                }
+                let data = format!("step 2, {me}");
+                assert_eq!(first.checkpoint, CheckpointId(1));
+                b.round(&[obj(data.as_bytes())], &meta(2))
+                    .map(|c| c.checkpoint)
+            })
+        })
+        .collect();
+    let ids: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    // Whatever the ranks said (on the old code rank 1 failed with "a round committed
+    // without this rank's receipt", too late): a committed checkpoint 2 holds the new
+    // runtime's parts, never the aborted round's.
+    let reader = RepoReader::open(dir.path()).unwrap();
+    if reader.commit_record(CheckpointId(2)).is_ok() {
+        for r in 0..2u32 {
+            let o = reader.load_part(CheckpointId(2), Rank(r)).unwrap();
+            assert_eq!(
+                String::from_utf8_lossy(&o[0].data),
+                format!("step 2, rank {r}"),
+                "committed checkpoint 2 of rank {r}"
+            );
+        }
+    }
+    assert!(
+        ids.iter().all(|id| matches!(id, Ok(CheckpointId(2)))),
+        "{ids:?}"
+    );
+}
