@@ -14,7 +14,7 @@
 
 mod config;
 mod error;
-mod wire;
+pub(crate) mod wire;
 
 pub use config::AsyncConfig;
 pub use error::{SessionError, SessionErrorKind};
