@@ -49,6 +49,7 @@ pub mod capture;
 mod damage;
 mod error;
 mod flusher;
+mod fuzz;
 pub mod marker;
 pub mod meta;
 pub mod restore;
@@ -66,6 +67,8 @@ pub use aligned_rt::{
 pub use damage::{all_damaged_message, announce_all_damaged, OnAllDamaged, ON_ALL_DAMAGED_ENV};
 pub use error::{ErrorKind, ProtocolError};
 pub use flusher::Flusher;
+#[doc(hidden)]
+pub use fuzz::{channels_object_info, fuzz_channel_state, fuzz_two_phase};
 pub use unaligned::{ChannelState, Unaligned, UnalignedAction, MAX_EPOCH_LEAP};
 pub use unaligned_rt::{
     AsyncConfig, AsyncMessage, AsyncReport, AsyncSession, AsyncStart, AsyncStats, SavedMessage,

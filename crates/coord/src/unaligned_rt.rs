@@ -14,7 +14,7 @@
 
 mod config;
 mod error;
-mod wire;
+pub(crate) mod wire;
 
 pub use config::AsyncConfig;
 pub use error::{SessionError, SessionErrorKind};
@@ -1357,6 +1357,18 @@ impl AsyncSession {
                     self.exec_rec(state, a)
                 }
                 TAG_TO_PARTICIPANT => {
+                    // Only rank 0 coordinates: another rank's message would start a round
+                    // nobody opened or announce a decision nobody made.
+                    if from != Rank(0) {
+                        return Err(SessionError::new(
+                            K::Protocol,
+                            me,
+                            format!(
+                                "2PC message from {from}, but only rank 0 coordinates rounds; \
+                                 do not mix an AsyncSession with other checkpoint traffic"
+                            ),
+                        ));
+                    }
                     let msg: ToParticipant = decode(me, from, "2PC message", &env.payload)?;
                     let now = self.now();
                     let a = self

@@ -961,3 +961,66 @@ fn a_channel_state_that_cannot_be_replayed_is_damage_and_all_ranks_fall_back_tog
         }
     }
 }
+
+/// Fuzzing review (2026-12-07): the unaligned runtime took a two-phase-commit message
+/// (`ToParticipant`) from any rank, although only rank 0 coordinates. A buggy or hostile
+/// rank could start a "round" on another rank (its recorder jumped to the forged epoch
+/// and it tried to write a part of a checkpoint nobody opened) or announce a decision
+/// (a forged `Commit` made an aborted checkpoint the base of the next incremental
+/// capture). Such a message is now refused, naming its sender, and changes nothing.
+#[test]
+fn a_2pc_message_from_a_rank_other_than_0_is_refused() {
+    use lazarus_coord::{RoundId, ToParticipant, UNALIGNED_TAG_BASE};
+    use lazarus_format::{CheckpointId, Epoch};
+    use lazarus_net::Tag;
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let mut cs = comms(2, 0);
+    let c1 = cs.pop().unwrap();
+    let c0 = cs.pop().unwrap();
+    // Rank 1: an idle session, its communicator also played by hand through a clone.
+    let raw1 = c1.clone();
+    let r1 = {
+        let repo = repo.clone();
+        std::thread::spawn(move || {
+            let mut app = App::default();
+            AsyncSession::open(c1, cfg(&repo), &mut app).map(|(s, _)| (s, app))
+        })
+    };
+    let app = App::default();
+    let (mut s0, _) = AsyncSession::open(c0, cfg(&repo), &mut App::default()).unwrap();
+    let (s1, app1) = r1.join().unwrap().unwrap();
+    let forged = ToParticipant::Prepare {
+        round: RoundId {
+            epoch: Epoch(7),
+            ckpt: CheckpointId(7),
+        },
+        previous: None,
+    };
+    raw1.send_bytes(
+        Rank(0),
+        Tag::checkpoint(UNALIGNED_TAG_BASE + 1),
+        postcard::to_allocvec(&forged).unwrap(),
+    )
+    .unwrap();
+    let t = Instant::now();
+    let err = loop {
+        match s0.recv(&app, Duration::from_millis(100)) {
+            Err(e) if e.kind() == SessionErrorKind::Timeout && t.elapsed().as_secs() < 5 => {}
+            other => break other.unwrap_err(),
+        }
+    };
+    assert_eq!(s0.epoch(), Epoch(0), "the forged round started a snapshot");
+    assert_eq!(err.kind(), SessionErrorKind::Protocol, "{err}");
+    assert!(err.to_string().contains("2PC message from rank 1"), "{err}");
+    let dirs = lazarus_store::RepoReader::open(&repo)
+        .unwrap()
+        .checkpoint_dirs()
+        .unwrap();
+    assert!(
+        dirs.is_empty(),
+        "{:?}",
+        dirs.iter().map(|d| d.id).collect::<Vec<_>>()
+    );
+    drop((s0, s1, app1));
+}

@@ -217,6 +217,24 @@ proptest! {
         let _ = decode_chunk(&data, &ChunkDigest::of(&data));
     }
 
+    /// The FORMAT file: a valid one with any byte changed, inserted or removed decodes
+    /// only to the version whose encoding it exactly is (major changes are refused).
+    #[test]
+    fn mutated_format_file_decodes_only_to_itself(pos in any::<prop::sample::Index>(), byte in any::<u8>(), how in 0u8..4) {
+        let mut f = FormatVersion::CURRENT.encode().to_vec();
+        let i = pos.index(f.len());
+        match how {
+            0 => f[i] ^= byte | 1,
+            1 => f.insert(i, byte),
+            2 => { f.remove(i); }
+            _ => f.truncate(i),
+        }
+        if let Ok(v) = FormatVersion::decode(&f) {
+            prop_assert_eq!(&v.encode()[..], &f[..]);
+            prop_assert_eq!(v.major, FormatVersion::CURRENT.major);
+        }
+    }
+
     #[test]
     fn flipped_manifest_byte_is_detected(pos in any::<prop::sample::Index>(), bit in 0u8..8) {
         let mut b = manifest().encode();
