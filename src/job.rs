@@ -1584,8 +1584,13 @@ impl Job {
                 flush: None,
                 captured_bytes: 0,
             };
-            self.policy
-                .checkpoint_taken(Opportunity { step, now: started }, report.stall);
+            self.policy.checkpoint_taken(
+                Opportunity {
+                    step,
+                    now: Instant::now(),
+                },
+                report.stall,
+            );
             tracing::debug!("{report} (fast levels only)");
             self.last = Some(report);
             if finished {
@@ -1630,8 +1635,13 @@ impl Job {
             done.checkpoint,
         );
         let report = CheckpointReport::of(&done, step, started.elapsed(), None);
-        self.policy
-            .checkpoint_taken(Opportunity { step, now: started }, report.stall);
+        self.policy.checkpoint_taken(
+            Opportunity {
+                step,
+                now: Instant::now(),
+            },
+            report.stall,
+        );
         tracing::debug!("{report}");
         self.last = Some(report);
         if finished {
@@ -1715,8 +1725,13 @@ impl Job {
             }
         };
         self.saved_at = Some(step);
-        self.policy
-            .checkpoint_taken(Opportunity { step, now: started }, stall);
+        self.policy.checkpoint_taken(
+            Opportunity {
+                step,
+                now: Instant::now(),
+            },
+            stall,
+        );
         let Some(runtime) = self.runtime.take() else {
             return Err(JobError::FlushLost { checkpoint });
         };

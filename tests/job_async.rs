@@ -514,6 +514,54 @@ fn the_policy_is_told_the_stall_as_cost_and_the_background_flush_time() {
     assert_eq!(spy.0.lock().unwrap().0.len(), 4);
 }
 
+/// Records the clock reading and the cost the Job reports with each checkpoint.
+#[derive(Clone, Default)]
+struct ClockSpy(std::sync::Arc<std::sync::Mutex<Vec<(std::time::Instant, Duration)>>>);
+
+impl lazarus::policy::Policy for ClockSpy {
+    fn should_checkpoint(&mut self, _at: lazarus::policy::Opportunity) -> bool {
+        true
+    }
+    fn checkpoint_taken(&mut self, at: lazarus::policy::Opportunity, cost: Duration) {
+        self.0.lock().unwrap().push((at.now, cost));
+    }
+}
+
+/// The policies count their interval from the `now` given to `checkpoint_taken`, which
+/// docs/POLICY.md defines as the end of the checkpoint. The Job passed the instant the
+/// checkpoint *started*, so the checkpoint's own cost counted as work done: a checkpoint
+/// slower than an `every:` interval (or the adaptive τ) made the job checkpoint again at
+/// the very next step, forever.
+#[test]
+fn the_policy_is_told_the_end_of_the_checkpoint_not_its_start() {
+    for sync in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let spy = ClockSpy::default();
+        let mut b = Job::builder()
+            .repo(dir.path().join("repo"))
+            .policy(spy.clone());
+        if sync {
+            b = b.sync_writes();
+        }
+        let mut job = b.open().unwrap();
+        let s = job.restore_or_init(|| state(0, 1 << 20)).unwrap();
+        for i in 0..3 {
+            let before = std::time::Instant::now();
+            job.checkpoint(&s).unwrap();
+            let after = std::time::Instant::now();
+            let seen = spy.0.lock().unwrap().clone();
+            assert_eq!(seen.len(), i + 1, "sync {sync}: {seen:?}");
+            let (now, cost) = seen[i];
+            assert!(
+                now >= before + cost && now <= after,
+                "sync {sync}, checkpoint {i}: told now = before + {:?} for a cost of {cost:?}",
+                now - before
+            );
+        }
+        job.flush().unwrap();
+    }
+}
+
 /// Each checkpoint `id` of `repo` holds rank 0's state `want` (the values at its call).
 fn assert_checkpoints_hold(repo: &Path, expected: &[(CheckpointId, S)]) {
     let reader = RepoReader::open(repo).unwrap();
