@@ -55,8 +55,8 @@ impl FailureHistory {
     pub const FAILURES_VAR: &'static str = "LAZARUS_FAILURES";
 
     /// A history observed at `observed_at` (unix seconds). Errors if any time is not
-    /// finite, negative, a failure precedes `job_start`, or lies more than 5 minutes after
-    /// `observed_at`. Failures are kept sorted.
+    /// finite, negative, a failure precedes `job_start`, or the start or a failure lies
+    /// more than 5 minutes after `observed_at`. Failures are kept sorted.
     pub fn new(
         job_start: f64,
         mut failures: Vec<f64>,
@@ -64,6 +64,14 @@ impl FailureHistory {
     ) -> Result<FailureHistory, PolicyError> {
         let js = job_start.to_string();
         parse_time(Self::JOB_START_VAR, &js)?;
+        if job_start > observed_at + FUTURE_SLACK_S {
+            // E.g. milliseconds given for seconds: the exposure would silently be 0.
+            return Err(PolicyError::Env {
+                var: Self::JOB_START_VAR,
+                input: js,
+                reason: format!("job start in the future (now is {observed_at:.3})"),
+            });
+        }
         for &f in &failures {
             let item = f.to_string();
             parse_time(Self::FAILURES_VAR, &item)?;
@@ -260,6 +268,25 @@ mod tests {
             assert_eq!(e.kind(), ErrorKind::InvalidEnvironment);
             assert!(e.to_string().starts_with("LAZARUS_"), "{e}");
         }
+    }
+
+    #[test]
+    fn a_job_start_in_the_future_is_refused() {
+        // Milliseconds instead of seconds: silently an exposure of 0 (the MTBF estimate
+        // never grew past the prior), now an error naming the variable and the value.
+        let e = FailureHistory::parse(Some("1795000000250"), None, 1_795_000_000.0).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidEnvironment);
+        let msg = e.to_string();
+        assert!(
+            msg.starts_with("LAZARUS_JOB_START") && msg.contains("1795000000250"),
+            "{msg}"
+        );
+        assert!(msg.contains("future"), "{msg}");
+        // Within the clock-skew slack it is accepted (exposure 0).
+        let h = FailureHistory::parse(Some("1100"), None, 1000.0)
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.exposure(Duration::ZERO), 0.0);
     }
 
     #[test]

@@ -9,7 +9,8 @@
 //!   FORMULA: young | daly (higher order) | daly1 (first order) | optimal
 //!   KEY: mtbf (fixed MTBF; otherwise estimated from the failure history),
 //!        prior (prior MTBF, default 24h), restart, cost (initial cost), min, max:
-//!        durations; smoothing: a number in (0, 1]
+//!        durations (mtbf, prior, max and every: > 0; min <= max); smoothing: a number
+//!        in (0, 1]
 //! ```
 
 use crate::adaptive::{Adaptive, MtbfSource};
@@ -126,7 +127,14 @@ impl FromStr for PolicySpec {
             return Ok(PolicySpec::EverySteps(n));
         }
         if let Some(d) = s.strip_prefix("every:") {
-            return Ok(PolicySpec::EveryInterval(parse_duration("every", d)?));
+            let d = parse_duration("every", d)?;
+            if d.is_zero() {
+                return Err(err(
+                    "every:DURATION needs a duration > 0, got 0 (steps:1 checkpoints at every step)"
+                        .to_string(),
+                ));
+            }
+            return Ok(PolicySpec::EveryInterval(d));
         }
         let mut parts = s.split(',');
         let name = parts.next().unwrap_or("").trim();
@@ -157,7 +165,7 @@ impl FromStr for PolicySpec {
                 "restart" => spec.restart = parse_duration(key, value)?,
                 "cost" => spec.cost = Some(parse_duration(key, value)?),
                 "min" => spec.min = parse_duration(key, value)?,
-                "max" => spec.max = Some(parse_duration(key, value)?),
+                "max" => spec.max = Some(positive(key, value)?),
                 "smoothing" => {
                     spec.smoothing = value
                         .parse::<f64>()
@@ -167,6 +175,12 @@ impl FromStr for PolicySpec {
                 }
                 _ => return Err(err(format!("unknown key {key:?}"))),
             }
+        }
+        if let Some(max) = spec.max.filter(|&max| max < spec.min) {
+            return Err(err(format!(
+                "min={:?} is above max={max:?}: no interval satisfies both",
+                spec.min
+            )));
         }
         Ok(PolicySpec::Model(spec))
     }

@@ -189,6 +189,36 @@ fn specs_parse_and_build() {
     }
 }
 
+/// `every:0s` and `max=0s` were accepted and checkpointed at every opportunity (while
+/// `steps:0` was refused), and `min` above `max` was accepted with `max` silently winning.
+#[test]
+fn zero_intervals_and_min_above_max_are_refused() {
+    for (bad, names) in [
+        ("every:0s", ["every", "0s"]),
+        ("every: 0ms", ["every", "0ms"]),
+        ("daly,max=0s", ["max", "0s"]),
+        ("optimal,min=1h,max=1m", ["min", "max"]),
+    ] {
+        let e = bad.parse::<PolicySpec>().unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            matches!(
+                e.kind(),
+                ErrorKind::InvalidSpec | ErrorKind::InvalidDuration
+            ),
+            "{bad}: {msg}"
+        );
+        for name in names {
+            assert!(msg.contains(name), "{bad}: {msg}");
+        }
+    }
+    // Equal bounds pin the interval; a zero min is the default.
+    for ok in ["daly,min=1m,max=1m", "daly,min=0s,max=1s", "every:1ms"] {
+        let spec: PolicySpec = ok.parse().unwrap();
+        assert_eq!(spec.to_string().parse::<PolicySpec>().unwrap(), spec);
+    }
+}
+
 proptest! {
     /// Whatever the costs, the policy fires exactly when the time since the last
     /// checkpoint reaches the model's interval for the EWMA cost.
