@@ -204,10 +204,15 @@ impl fmt::Display for PolicySpec {
     /// written in milliseconds or exact seconds).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fn dur(d: Duration) -> String {
-            if d.subsec_nanos() == 0 {
+            // Exact decimal seconds. Below 2^23 s (97 days) doubles are spaced under 1 ns,
+            // so the parser's nearest double rounds back to `d`; above, a fraction can be
+            // off by a nanosecond (property test: spec-parsed durations still round-trip).
+            let nanos = format!("{:09}", d.subsec_nanos());
+            let nanos = nanos.trim_end_matches('0');
+            if nanos.is_empty() {
                 format!("{}s", d.as_secs())
             } else {
-                format!("{}ms", d.as_secs_f64() * 1e3)
+                format!("{}.{nanos}s", d.as_secs())
             }
         }
         match self {

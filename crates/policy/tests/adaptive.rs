@@ -189,6 +189,43 @@ fn specs_parse_and_build() {
     }
 }
 
+/// `Display` wrote fractional durations as f64 milliseconds, which did not parse back to
+/// the same nanoseconds (`every:79190.010m` printed `every:4751400600ms`, which parsed as
+/// 4751400.600000001 s): the "canonical spec that parses back to the same value" did not.
+#[test]
+fn display_round_trips_fractional_durations() {
+    for c in [
+        "every:79190.010m",
+        "every:97794.126m",
+        "daly,mtbf=75140.06m,cost=1.1s,min=0.3s,max=99819.101m",
+    ] {
+        let spec: PolicySpec = c.parse().unwrap();
+        let again: PolicySpec = spec.to_string().parse().unwrap();
+        assert_eq!(spec, again, "{c} -> {spec}");
+    }
+}
+
+proptest! {
+    #[test]
+    fn display_round_trips_every_parsed_and_every_sub_97_day_duration(
+        whole in 0u64..10_000_000,
+        frac in 0u32..1000,
+        unit in 0usize..5,
+        secs in 0u64..1 << 23,
+        nanos in 0u32..1_000_000_000,
+    ) {
+        let unit = ["ms", "s", "m", "h", "d"][unit];
+        let text = format!("daly,max={}.{frac:03}{unit}", whole + 1);
+        if let Ok(spec) = text.parse::<PolicySpec>() {
+            let again: PolicySpec = spec.to_string().parse().unwrap();
+            prop_assert_eq!(&spec, &again, "{} -> {}", text, spec);
+        }
+        let spec = PolicySpec::EveryInterval(Duration::new(secs, nanos.max(1)));
+        let again: PolicySpec = spec.to_string().parse().unwrap();
+        prop_assert_eq!(&spec, &again);
+    }
+}
+
 /// `every:0s` and `max=0s` were accepted and checkpointed at every opportunity (while
 /// `steps:0` was refused), and `min` above `max` was accepted with `max` silently winning.
 #[test]
