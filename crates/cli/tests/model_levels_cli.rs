@@ -107,8 +107,10 @@ fn printed_periods_are_the_library_plan() {
     }
     let spec: PolicySpec = v["policy"].as_str().unwrap().parse().unwrap();
     assert_eq!(
-        spec.to_string(),
-        format!("every:{}ms", (plan.interval_s * 1e3).round())
+        spec,
+        PolicySpec::EveryInterval(std::time::Duration::from_millis(
+            (plan.interval_s * 1e3).round() as u64
+        ))
     );
 }
 
