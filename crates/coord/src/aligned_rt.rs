@@ -40,11 +40,13 @@ const _: () = assert!(
         && TAG_VOTE < lazarus_net::Tag::CHECKPOINT_PRIVATE.end
 );
 
-/// The first message a runtime sends on each of its channels (rank 0 → participant on
-/// [`TAG_TO_PARTICIPANT`], participant → rank 0 on [`TAG_VOTE`]), see
-/// [`AlignedRuntime::new`]. Never a valid encoding of a `ToParticipant` or a `VoteMsg`
-/// (its first bytes are no enum variant or round of either).
-pub const FENCE: &[u8] = b"\xfflazarus aligned runtime fence 1";
+/// The abort of this many rounds in a row is not retryable, on any rank. One abort rule
+/// for every rank ([`AbortReason::retryable`]) calls every abort retryable, as only rank
+/// 0 knows its reason; but a cause that does not pass (a rank alive and stuck, a lease
+/// lost for good) would then abort every later round, each after the round deadline, for
+/// as long as the program goes on. Every rank learns every round's decision, so every
+/// rank counts the same aborts and stops at the same one; a commit resets the count.
+pub const MAX_ABORTS_IN_A_ROW: u32 = 3;
 
 /// Environment variable: when `1`, parts and commits print output markers on stdout.
 pub const OUTPUT_MARKERS_ENV: &str = "LAZARUS_OUTPUT_MARKERS";
@@ -132,17 +134,6 @@ pub enum RoundError {
         /// how long it waited
         waited: Duration,
     },
-    /// `peer` did not open its runtime on the communicator within `waited` (see
-    /// [`AlignedRuntime::new`]).
-    #[error("{rank} waited {waited:?} for {peer} to open its checkpoint runtime on this communicator: do all ranks open the job together?")]
-    NotOpened {
-        /// the waiting rank
-        rank: Rank,
-        /// the rank it waited for
-        peer: Rank,
-        /// how long it waited
-        waited: Duration,
-    },
 }
 
 impl RoundError {
@@ -153,9 +144,7 @@ impl RoundError {
             RoundError::Net(_) => RoundErrorKind::Net,
             RoundError::Store(_) => RoundErrorKind::Store,
             RoundError::Protocol(_) | RoundError::BadMessage { .. } => RoundErrorKind::Protocol,
-            RoundError::NotStarted { .. } | RoundError::NotOpened { .. } => {
-                RoundErrorKind::NotStarted
-            }
+            RoundError::NotStarted { .. } => RoundErrorKind::NotStarted,
             RoundError::OutcomeUnknown { .. } => RoundErrorKind::OutcomeUnknown,
         }
     }
@@ -209,6 +198,8 @@ pub struct AlignedRuntime {
     /// An asynchronous round being completed: the program's stall (given by the caller)
     /// and when the background flush started; COMMIT records both (`crate::meta`).
     async_cost: Option<(Duration, Instant)>,
+    /// Rounds decided `Abort` in a row (see [`MAX_ABORTS_IN_A_ROW`]).
+    aborts_in_a_row: u32,
 }
 
 /// A round begun at an asynchronous checkpoint's capture point
@@ -348,15 +339,15 @@ impl AlignedRuntime {
     /// A driver for `comm`'s rank. Rank 0 must pass [`RankStore::Coordinator`], other ranks
     /// [`RankStore::Participant`]. Output markers follow `LAZARUS_OUTPUT_MARKERS`.
     ///
-    /// Collective: every rank of `comm` constructs its runtime (it returns once rank 0 and
-    /// this rank have exchanged a [`FENCE`], or fails with [`RoundError::NotOpened`] after
-    /// `timeouts.decision`). The fence separates this runtime's rounds from those of an
-    /// earlier runtime on the same communicator (a Job opened after another one): rounds
-    /// are named by their checkpoint id, which two repositories repeat, and a vote or a
-    /// `Prepare` re-sent late in the earlier runtime's last round stays in the mailbox
-    /// after it is gone. Everything a peer sent on the round's tags before its fence is
-    /// dropped: rank 0 no longer takes another repository's receipt as a vote of its first
-    /// round, and a participant no longer writes its part for a `Prepare` of the past.
+    /// Collective: every rank of `comm` constructs its runtime. Each channel of the round
+    /// (rank 0 to every rank and to itself) is opened with a handshake that drops what an
+    /// earlier runtime on the same communicator left in it (a Job opened after another
+    /// one): rounds are named by their checkpoint id, which two repositories, or one after
+    /// an aborted round, repeat, and a vote or `Prepare` re-sent late in the earlier
+    /// runtime's last round stays in the mailbox after it is gone; rank 0 took such a vote
+    /// (another run's receipt) for its own and committed it. Returns once this rank's
+    /// channels are open; waits for its peers like a collective does (a dead peer is a
+    /// net error) (crate-private module `fence`, docs/PROTOCOL.md).
     pub fn new(comm: Comm, store: RankStore, timeouts: Timeouts) -> Result<Self, RoundError> {
         let rank0 = comm.rank() == Rank(0);
         let coordinator = match (&store, rank0) {
@@ -369,7 +360,7 @@ impl AlignedRuntime {
                 .into())
             }
         };
-        let mut rt = AlignedRuntime {
+        let rt = AlignedRuntime {
             participant: Participant::new(comm.rank(), timeouts),
             comm,
             store,
@@ -384,68 +375,10 @@ impl AlignedRuntime {
             round_started: Instant::now(),
             last_write: Duration::ZERO,
             async_cost: None,
+            aborts_in_a_row: 0,
         };
-        rt.fence()?;
+        crate::fence::open_channels(&rt.comm)?;
         Ok(rt)
-    }
-
-    /// Sends this rank's [`FENCE`] on each of its channels of the round, then drops what
-    /// the peers sent on them before theirs (see [`AlignedRuntime::new`]). Exact, with no
-    /// wait beyond the fences: a peer's messages arrive in the order it sent them, and a
-    /// runtime sends its fence before any message of a round.
-    fn fence(&mut self) -> Result<(), RoundError> {
-        let n = self.comm.size();
-        let deadline = Instant::now() + self.timeouts.decision;
-        let fence = |to: Rank, tag: u32| {
-            self.comm
-                .send_bytes(to, Tag::checkpoint(tag), FENCE.to_vec())
-                .map_err(RoundError::from)
-        };
-        if self.coordinator.is_some() {
-            for r in 1..n {
-                fence(Rank(r), TAG_TO_PARTICIPANT)?;
-            }
-            for r in 1..n {
-                self.skip_to_fence(Rank(r), TAG_VOTE, deadline)?;
-            }
-        } else {
-            fence(Rank(0), TAG_VOTE)?;
-            self.skip_to_fence(Rank(0), TAG_TO_PARTICIPANT, deadline)?;
-        }
-        Ok(())
-    }
-
-    /// Receives from `peer` on `tag` until its [`FENCE`], dropping what came before it.
-    fn skip_to_fence(&self, peer: Rank, tag: u32, deadline: Instant) -> Result<(), RoundError> {
-        let me = self.comm.rank();
-        let mut dropped = 0usize;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let env =
-                match self
-                    .comm
-                    .recv_envelope_timeout(Some(peer), Some(Tag::checkpoint(tag)), left)
-                {
-                    Ok(env) => env,
-                    Err(e) if e.kind() == NetKind::Timeout => {
-                        return Err(RoundError::NotOpened {
-                            rank: me,
-                            peer,
-                            waited: self.timeouts.decision,
-                        })
-                    }
-                    Err(e) => return Err(e.into()),
-                };
-            if env.payload == FENCE {
-                if dropped > 0 {
-                    tracing::debug!(
-                        "{me}: dropped {dropped} checkpoint message(s) from {peer} sent by an earlier runtime on this communicator"
-                    );
-                }
-                return Ok(());
-            }
-            dropped += 1;
-        }
     }
 
     /// Forces output markers on or off (default: from `LAZARUS_OUTPUT_MARKERS`).
@@ -1077,11 +1010,14 @@ impl AlignedRuntime {
             }
         };
         match (outcome, receipt) {
-            (Outcome::Commit, Some(receipt)) => Ok(Committed {
-                checkpoint: round.ckpt,
-                receipt,
-                write: self.last_write,
-            }),
+            (Outcome::Commit, Some(receipt)) => {
+                self.aborts_in_a_row = 0;
+                Ok(Committed {
+                    checkpoint: round.ckpt,
+                    receipt,
+                    write: self.last_write,
+                })
+            }
             (Outcome::Commit, None) => {
                 Err(ProtocolError::Misuse("a round committed without this rank's receipt").into())
             }
@@ -1092,11 +1028,13 @@ impl AlignedRuntime {
                     self.discard_own_part(round);
                 }
                 let known = self.abort_reason.take();
+                self.aborts_in_a_row = self.aborts_in_a_row.saturating_add(1);
                 Err(aborted(
                     self.comm.rank(),
                     round.ckpt,
                     known.as_ref(),
                     receipt.is_some(),
+                    self.aborts_in_a_row,
                 ))
             }
         }
@@ -1104,19 +1042,32 @@ impl AlignedRuntime {
 }
 
 /// The error of a round decided `Abort`, on any rank: `known` is why (rank 0 knows it,
-/// the other ranks never do), `wrote` whether this rank's part was written. Whether it is
-/// retryable is [`AbortReason::retryable`]'s one rule, so no rank goes on while another
-/// stops for the same abort.
-fn aborted(me: Rank, ckpt: CheckpointId, known: Option<&AbortReason>, wrote: bool) -> RoundError {
-    let reason = match known {
+/// the other ranks never do), `wrote` whether this rank's part was written, `in_a_row`
+/// how many rounds in a row aborted, this one included. Whether it is retryable is
+/// [`AbortReason::retryable`]'s one rule and [`MAX_ABORTS_IN_A_ROW`], so no rank goes on
+/// while another stops for the same abort.
+fn aborted(
+    me: Rank,
+    ckpt: CheckpointId,
+    known: Option<&AbortReason>,
+    wrote: bool,
+    in_a_row: u32,
+) -> RoundError {
+    let mut reason = match known {
         Some(r) => describe(r),
         None if !wrote => format!("{me} could not write its part"),
         None => "another rank failed, died or missed the deadline (see rank 0's log)".into(),
     };
+    let retryable = AbortReason::retryable(known) && in_a_row < MAX_ABORTS_IN_A_ROW;
+    if in_a_row >= MAX_ABORTS_IN_A_ROW {
+        reason.push_str(&format!(
+            "; {in_a_row} rounds in a row aborted, so the job stops here (restart it)"
+        ));
+    }
     RoundError::Aborted {
         checkpoint: ckpt,
         reason,
-        retryable: AbortReason::retryable(known),
+        retryable,
     }
 }
 
@@ -1160,10 +1111,10 @@ mod tests {
         let id = CheckpointId(7);
         for wrote in [true, false] {
             // A rank other than 0: the reason is never known there.
-            let participant = aborted(Rank(1), id, None, wrote);
+            let participant = aborted(Rank(1), id, None, wrote, 1);
             assert_eq!(participant.kind(), RoundErrorKind::Aborted);
             for r in &reasons {
-                let leader = aborted(Rank(0), id, Some(r), wrote);
+                let leader = aborted(Rank(0), id, Some(r), wrote, 1);
                 assert_eq!(leader.kind(), RoundErrorKind::Aborted);
                 assert_eq!(
                     leader.is_retryable(),

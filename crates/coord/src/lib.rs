@@ -48,6 +48,7 @@ mod aligned_rt;
 pub mod capture;
 mod damage;
 mod error;
+mod fence;
 mod flusher;
 mod fuzz;
 pub mod marker;
@@ -62,10 +63,12 @@ pub use aligned::{
 };
 pub use aligned_rt::{
     AlignedRuntime, Committed, RankStore, RoundError, RoundErrorKind, RoundTarget, StartedRound,
-    FENCE, OUTPUT_MARKERS_ENV, TAG_TO_PARTICIPANT, TAG_VOTE,
+    MAX_ABORTS_IN_A_ROW, OUTPUT_MARKERS_ENV, TAG_TO_PARTICIPANT, TAG_VOTE,
 };
 pub use damage::{all_damaged_message, announce_all_damaged, OnAllDamaged, ON_ALL_DAMAGED_ENV};
 pub use error::{ErrorKind, ProtocolError};
+#[doc(hidden)]
+pub use fence::open_channels as open_aligned_channels;
 pub use flusher::Flusher;
 #[doc(hidden)]
 pub use fuzz::{channels_object_info, fuzz_channel_state, fuzz_two_phase};

@@ -5,7 +5,7 @@
 
 use lazarus_coord::{
     AlignedRuntime, Decision, Outcome, RankStore, RoundError, RoundErrorKind, RoundId, Timeouts,
-    ToParticipant, Vote, VoteMsg, FENCE, TAG_TO_PARTICIPANT, TAG_VOTE,
+    ToParticipant, Vote, VoteMsg, TAG_TO_PARTICIPANT, TAG_VOTE,
 };
 use lazarus_format::{CheckpointId, Epoch, ObjectInfo, ObjectKind, ObjectSpec, Rank};
 use lazarus_net::{loopback_comms, Comm, NetConfig, Tag};
@@ -165,21 +165,15 @@ fn vote_flood_neither_starves_the_deadline_nor_votes_for_others() {
     let flood = {
         let done = done.clone();
         std::thread::spawn(move || {
-            // Opened like a runtime: its fence, then rank 0's.
-            flooder
-                .send_bytes(Rank(0), Tag::checkpoint(TAG_VOTE), FENCE.to_vec())
+            // Opened like a runtime (`AlignedRuntime::new`'s handshake).
+            lazarus_coord::open_aligned_channels(&flooder).unwrap();
+            let env = flooder
+                .recv_envelope_timeout(
+                    Some(Rank(0)),
+                    Some(Tag::checkpoint(TAG_TO_PARTICIPANT)),
+                    ms(10_000),
+                )
                 .unwrap();
-            let recv = || {
-                flooder
-                    .recv_envelope_timeout(
-                        Some(Rank(0)),
-                        Some(Tag::checkpoint(TAG_TO_PARTICIPANT)),
-                        ms(10_000),
-                    )
-                    .unwrap()
-            };
-            assert_eq!(recv().payload, FENCE);
-            let env = recv();
             let ToParticipant::Prepare { round, .. } = postcard::from_bytes(&env.payload).unwrap()
             else {
                 panic!("expected Prepare");
@@ -238,15 +232,9 @@ struct FakeRank0 {
 }
 
 impl FakeRank0 {
-    /// Opens like a runtime: rank 0's fence to rank 1, then rank 1's (see
-    /// `AlignedRuntime::new`).
+    /// Opens like a runtime (`AlignedRuntime::new`'s handshake).
     fn open(comm: Comm, repo: Repository) -> FakeRank0 {
-        comm.send_bytes(Rank(1), Tag::checkpoint(TAG_TO_PARTICIPANT), FENCE.to_vec())
-            .unwrap();
-        let env = comm
-            .recv_envelope_timeout(Some(Rank(1)), Some(Tag::checkpoint(TAG_VOTE)), ms(10_000))
-            .expect("rank 1's fence");
-        assert_eq!(env.payload, FENCE);
+        lazarus_coord::open_aligned_channels(&comm).unwrap();
         FakeRank0 { comm, repo }
     }
 
@@ -542,12 +530,14 @@ fn a_vote_left_by_an_earlier_runtime_on_the_communicator_is_not_taken_for_a_new_
 }
 
 /// The same on one repository, where it was silent: a program that drops its Job after a
-/// retryable abort and opens a new one on the same communicator. Rank 1's vote for the
-/// aborted round arrived after rank 0 had decided (rank 0's own part failed), so it stayed
-/// in rank 0's mailbox; the new runtime's first round reuses the aborted round's id (its
-/// directory was collected), and on the old code rank 0 took that vote, a receipt whose
-/// chunks were still in the repository, and committed rank 1's part of the *aborted*
-/// round: every rank reported success and a restore gave rank 1 the wrong state.
+/// retryable abort and opens a new one on the same communicator. A `Durable` vote for the
+/// aborted round arrived after rank 0 had decided (a re-sent vote, or rank 0's own vote to
+/// itself when another rank's `Failed` came first), so it stayed in rank 0's mailbox; the
+/// new runtime's first round reuses the aborted round's id (its directory was collected),
+/// and on the old code rank 0 took that vote, a receipt whose chunks were still in the
+/// repository, and committed that rank's part of the *aborted* round: a restore gave it
+/// the wrong state. Rank 0's channel to itself is opened like the others (a first version
+/// of the fence covered only the other ranks' channels: found in review).
 #[test]
 fn a_vote_of_an_aborted_round_is_not_committed_by_the_next_runtime_on_the_same_repository() {
     let dir = tempfile::tempdir().unwrap();
@@ -577,43 +567,37 @@ fn a_vote_of_an_aborted_round_is_not_committed_by_the_next_runtime_on_the_same_r
                 a.set_output_markers(false);
                 let data = format!("step 1, {me}");
                 let first = a.round(&[obj(data.as_bytes())], &meta(1)).unwrap();
-                // Round 2 aborts. Rank 1's part of it is durable (its chunks stay in the
+                // Round 2 aborts. Each rank's part of it is durable (its chunks stay in the
                 // repository after the abort) and a `Durable` vote for it is left in rank
-                // 0's mailbox, as a vote re-sent for a re-sent `Prepare` is (here rank 1
-                // writes the part and sends that vote by hand, then votes `Failed` to
-                // abort the round: the same leftovers, deterministically).
-                if me == Rank(0) {
-                    let e = a
-                        .round(&[obj(b"step 2 of the aborted round, rank 0")], &meta(2))
-                        .unwrap_err();
-                    assert_eq!(e.kind(), RoundErrorKind::Aborted, "{e}");
-                } else {
-                    let started = a.begin_round(&meta(2)).unwrap();
-                    let ckpt = started.checkpoint();
-                    // Round ids are the checkpoint id twice (`AlignedRuntime::begin_round`).
-                    let round = RoundId {
-                        epoch: Epoch(ckpt.0),
-                        ckpt,
-                    };
-                    let receipt =
-                        lazarus_store::PartWriter::open(&path, round.ckpt, RepoOptions::default())
-                            .unwrap()
-                            .with_inline_manifest(lazarus_format::MAX_INLINE_MANIFEST)
-                            .write(me, &[obj(b"step 2 of the aborted round, rank 1")])
-                            .unwrap();
-                    let stale = VoteMsg {
-                        round,
-                        from: me,
-                        vote: Vote::Durable(receipt),
-                    };
-                    let e = a
-                        .complete_round(started, Err("fails on purpose".into()), &meta(2))
-                        .unwrap_err();
-                    assert_eq!(e.kind(), RoundErrorKind::Aborted, "{e}");
-                    let bytes = postcard::to_allocvec(&stale).unwrap();
-                    comm.send_bytes(Rank(0), Tag::checkpoint(TAG_VOTE), bytes)
-                        .unwrap();
-                }
+                // 0's mailbox, as a vote re-sent for a re-sent `Prepare` is, or rank 0's
+                // own vote when another rank's `Failed` decided the round first (here
+                // each rank writes its part and sends that vote by hand, rank 0 to
+                // itself, then votes `Failed`: the same leftovers, deterministically).
+                let started = a.begin_round(&meta(2)).unwrap();
+                let ckpt = started.checkpoint();
+                // Round ids are the checkpoint id twice (`AlignedRuntime::begin_round`).
+                let round = RoundId {
+                    epoch: Epoch(ckpt.0),
+                    ckpt,
+                };
+                let stale_data = format!("step 2 of the aborted round, {me}");
+                let receipt = lazarus_store::PartWriter::open(&path, ckpt, RepoOptions::default())
+                    .unwrap()
+                    .with_inline_manifest(lazarus_format::MAX_INLINE_MANIFEST)
+                    .write(me, &[obj(stale_data.as_bytes())])
+                    .unwrap();
+                let stale = VoteMsg {
+                    round,
+                    from: me,
+                    vote: Vote::Durable(receipt),
+                };
+                let e = a
+                    .complete_round(started, Err("fails on purpose".into()), &meta(2))
+                    .unwrap_err();
+                assert_eq!(e.kind(), RoundErrorKind::Aborted, "{e}");
+                let bytes = postcard::to_allocvec(&stale).unwrap();
+                comm.send_bytes(Rank(0), Tag::checkpoint(TAG_VOTE), bytes)
+                    .unwrap();
                 comm.barrier().unwrap();
                 drop(a);
                 // The program goes on with a new runtime on the same repository.
@@ -648,4 +632,46 @@ fn a_vote_of_an_aborted_round_is_not_committed_by_the_next_runtime_on_the_same_r
         ids.iter().all(|id| matches!(id, Ok(CheckpointId(2)))),
         "{ids:?}"
     );
+}
+
+/// Review (2026-12-07): with every abort retryable on every rank, a rank alive but stuck
+/// made every later round abort by its deadline, for as long as the program went on
+/// (before, rank 0 stopped at the first deadline abort and the others once no round
+/// started). The third abort in a row is not retryable, on every rank alike; a commit
+/// resets the count.
+#[test]
+fn the_third_abort_in_a_row_is_not_retryable_on_any_rank() {
+    use lazarus_coord::MAX_ABORTS_IN_A_ROW;
+    let dir = tempfile::tempdir().unwrap();
+    let repo = Repository::open(dir.path(), RepoOptions::default()).unwrap();
+    let t = Timeouts {
+        round: ms(300),
+        retry: ms(50),
+        decision: ms(5000),
+    };
+    let rounds = MAX_ABORTS_IN_A_ROW as usize + 1;
+    let out = run_ranks(3, repo, t, move |r, rt| {
+        let mut seen = Vec::new();
+        // One commit, then rank 2 stays silent: the aborts count from the commit on.
+        if r == 2 {
+            rt.round(&[obj(b"x")], &meta(1)).unwrap();
+            std::thread::sleep(ms(300 * rounds as u64 + 1500));
+            return seen;
+        }
+        rt.round(&[obj(b"x")], &meta(1)).unwrap();
+        for step in 2..2 + rounds as u64 {
+            match rt.round(&[obj(b"x")], &meta(step)) {
+                Err(e) => {
+                    assert_eq!(e.kind(), RoundErrorKind::Aborted, "rank {r}: {e}");
+                    seen.push(e.is_retryable());
+                }
+                Ok(c) => panic!("rank {r}: round {step} committed {}", c.checkpoint),
+            }
+        }
+        seen
+    });
+    let mut expected = vec![true; MAX_ABORTS_IN_A_ROW as usize - 1];
+    expected.extend([false, false]);
+    assert_eq!(out[0], expected, "rank 0");
+    assert_eq!(out[1], expected, "rank 1");
 }

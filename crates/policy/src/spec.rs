@@ -200,8 +200,9 @@ fn positive(key: &str, value: &str) -> Result<Duration, PolicyError> {
 }
 
 impl fmt::Display for PolicySpec {
-    /// The canonical spec string; parsing it gives back an equal spec (durations are
-    /// written in milliseconds or exact seconds).
+    /// The canonical spec string; parsing it gives back an equal spec for every spec that
+    /// was parsed (durations are written as exact decimal seconds; a spec built in code
+    /// that the parser refuses, such as `every:0s`, prints but does not parse back).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fn dur(d: Duration) -> String {
             // Exact decimal seconds. Below 2^23 s (97 days) doubles are spaced under 1 ns,
