@@ -78,7 +78,8 @@ pub struct VoteMsg<R> {
     pub vote: Vote<R>,
 }
 
-/// Time bounds. Every phase that waits on a peer has one, so no round can hang.
+/// Time bounds. Every phase of a round that waits on a peer has one, so no round can hang
+/// (opening a runtime waits like a collective, see `AlignedRuntime::new`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Timeouts {
     /// Coordinator: a round still missing votes this long after it started is aborted.

@@ -9,9 +9,11 @@
 //! with a durable receipt from every rank; any failed write, dead rank or deadline aborts
 //! the round and rank 0 deletes the pending directory at once (chunks go with the next GC).
 //!
-//! Every wait is bounded: by `Timeouts::decision` for `Prepare` and for the decision, by
-//! `Timeouts::round` for votes, and by the net layer's failure timeout when the peer
-//! waited for has died (the receive then fails naming it).
+//! Every wait of a round is bounded: by `Timeouts::decision` for `Prepare` and for the
+//! decision, by `Timeouts::round` for votes, and by the net layer's failure timeout when
+//! the peer waited for has died (the receive then fails naming it). Opening a runtime
+//! (`AlignedRuntime::new`) waits for every peer like a collective: a dead peer fails it,
+//! a live one that never opens its runtime is waited for.
 
 use crate::aligned::{
     AbortReason, Coordinator, CoordinatorAction, Decision, Outcome, Participant, ParticipantAction,
@@ -126,6 +128,10 @@ pub enum RoundError {
         /// what made it unknown
         detail: String,
     },
+    /// Rank 0 could not begin the round (create the checkpoint's directory): no other
+    /// rank learnt of it, so the job cannot go on. Never retryable.
+    #[error("checkpoint round: rank 0 could not begin the round, so the job stops (the other ranks wait for it): {0}")]
+    NotBegun(StoreError),
     /// No `Prepare` from rank 0 within `waited`.
     #[error("{rank} waited {waited:?} for rank 0 to start a checkpoint round: do all ranks checkpoint at the same step?")]
     NotStarted {
@@ -142,7 +148,7 @@ impl RoundError {
         match self {
             RoundError::Aborted { .. } => RoundErrorKind::Aborted,
             RoundError::Net(_) => RoundErrorKind::Net,
-            RoundError::Store(_) => RoundErrorKind::Store,
+            RoundError::Store(_) | RoundError::NotBegun(_) => RoundErrorKind::Store,
             RoundError::Protocol(_) | RoundError::BadMessage { .. } => RoundErrorKind::Protocol,
             RoundError::NotStarted { .. } => RoundErrorKind::NotStarted,
             RoundError::OutcomeUnknown { .. } => RoundErrorKind::OutcomeUnknown,
@@ -470,7 +476,11 @@ impl AlignedRuntime {
         }
         let world = self.comm.size();
         let pending = match &mut self.store {
-            RankStore::Coordinator(repo) => repo.begin(world)?,
+            // Not retryable, whatever the cause: no Prepare went out, so the other ranks
+            // still wait in this round's `checkpoint` call, and a retry by rank 0 at a
+            // later step would begin a round they join with their state of this step (a
+            // COMMIT mixing two steps). Found in review.
+            RankStore::Coordinator(repo) => repo.begin(world).map_err(RoundError::NotBegun)?,
             RankStore::Participant { .. } => {
                 return Err(ProtocolError::Misuse("rank 0 without a repository").into())
             }

@@ -675,3 +675,37 @@ fn the_third_abort_in_a_row_is_not_retryable_on_any_rank() {
     assert_eq!(out[0], expected, "rank 0");
     assert_eq!(out[1], expected, "rank 1");
 }
+
+/// Review (2026-12-07): rank 0 failing to begin a round (creating the checkpoint's
+/// directory: a full disk, an I/O error) returned the store's error, retryable, although
+/// no `Prepare` went out: the other ranks still waited in that step's call, and a retry by
+/// rank 0 at a later step began a round they joined with their state of the earlier step,
+/// a COMMIT mixing two steps. The error is now never retryable.
+#[test]
+fn a_round_rank_0_could_not_begin_is_not_retryable() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = Repository::open(dir.path(), RepoOptions::default()).unwrap();
+    let t = Timeouts {
+        round: ms(2000),
+        retry: ms(50),
+        decision: ms(1500),
+    };
+    let checkpoints = dir.path().join("checkpoints");
+    let out = run_ranks(2, repo, t, move |r, rt| {
+        let first = rt.round(&[obj(b"x")], &meta(1)).map(|c| c.checkpoint);
+        assert!(first.is_ok(), "rank {r}: {first:?}");
+        rt.comm().barrier().unwrap();
+        if r == 0 {
+            // The next checkpoint's directory cannot be created.
+            std::fs::rename(&checkpoints, checkpoints.with_extension("moved")).unwrap();
+            std::fs::write(&checkpoints, b"not a directory").unwrap();
+        }
+        rt.round(&[obj(b"y")], &meta(2)).map(|c| c.checkpoint)
+    });
+    let e0 = out[0].as_ref().unwrap_err();
+    assert!(!e0.is_retryable(), "rank 0 must not go on: {e0}");
+    assert!(e0.to_string().contains("could not begin"), "{e0}");
+    // Rank 1 never got a Prepare: it ends when rank 0 leaves (or by its deadline).
+    let e1 = out[1].as_ref().unwrap_err();
+    assert!(!e1.is_retryable(), "{e1}");
+}
