@@ -1584,13 +1584,7 @@ impl Job {
                 flush: None,
                 captured_bytes: 0,
             };
-            self.policy.checkpoint_taken(
-                Opportunity {
-                    step,
-                    now: Instant::now(),
-                },
-                report.stall,
-            );
+            cost_taken(&mut *self.policy, step, report.stall);
             tracing::debug!("{report} (fast levels only)");
             self.last = Some(report);
             if finished {
@@ -1635,13 +1629,7 @@ impl Job {
             done.checkpoint,
         );
         let report = CheckpointReport::of(&done, step, started.elapsed(), None);
-        self.policy.checkpoint_taken(
-            Opportunity {
-                step,
-                now: Instant::now(),
-            },
-            report.stall,
-        );
+        cost_taken(&mut *self.policy, step, report.stall);
         tracing::debug!("{report}");
         self.last = Some(report);
         if finished {
@@ -1725,13 +1713,7 @@ impl Job {
             }
         };
         self.saved_at = Some(step);
-        self.policy.checkpoint_taken(
-            Opportunity {
-                step,
-                now: Instant::now(),
-            },
-            stall,
-        );
+        cost_taken(&mut *self.policy, step, stall);
         let Some(runtime) = self.runtime.take() else {
             return Err(JobError::FlushLost { checkpoint });
         };
@@ -2154,6 +2136,19 @@ fn fail_rounds(
         },
     }
     Ok(())
+}
+
+/// Tells `policy` that the checkpoint of `step` cost the program `stall`, now that it is
+/// over: the interval counts from the end of a checkpoint (docs/POLICY.md), so one longer
+/// than the interval does not make the next step checkpoint again.
+fn cost_taken(policy: &mut dyn Policy, step: u64, stall: Duration) {
+    policy.checkpoint_taken(
+        Opportunity {
+            step,
+            now: Instant::now(),
+        },
+        stall,
+    );
 }
 
 fn held(

@@ -19,6 +19,15 @@ fn ms(x: u64) -> Duration {
     Duration::from_millis(x)
 }
 
+/// Timeouts of a test, in milliseconds.
+fn timeouts(round: u64, retry: u64, decision: u64) -> Timeouts {
+    Timeouts {
+        round: ms(round),
+        retry: ms(retry),
+        decision: ms(decision),
+    }
+}
+
 fn obj(data: &[u8]) -> ObjectSpec<'_> {
     ObjectSpec {
         info: ObjectInfo {
@@ -122,11 +131,7 @@ fn commit_visible_but_not_durable_is_never_reported_aborted() {
     let dir = tempfile::tempdir().unwrap();
     let mut repo = Repository::open(dir.path(), RepoOptions::default()).unwrap();
     repo.fail_next_commit_sync();
-    let t = Timeouts {
-        round: ms(5000),
-        retry: ms(50),
-        decision: ms(1500),
-    };
+    let t = timeouts(5000, 50, 1500);
     let out = run_ranks(2, repo, t, |_, rt| {
         let first = rt.round(&[obj(b"a")], &meta(1));
         let second = rt.round(&[obj(b"b")], &meta(2)).map(|c| c.checkpoint);
@@ -152,11 +157,7 @@ fn vote_flood_neither_starves_the_deadline_nor_votes_for_others() {
     let dir = tempfile::tempdir().unwrap();
     let repo = Repository::open(dir.path(), RepoOptions::default()).unwrap();
     let path = dir.path().to_path_buf();
-    let t = Timeouts {
-        round: ms(600),
-        retry: ms(100),
-        decision: ms(5000),
-    };
+    let t = timeouts(600, 100, 5000);
     let mut comms = loopback_comms(3, NetConfig::default()).unwrap();
     let flooder = comms.pop().unwrap();
     let c1 = comms.pop().unwrap();
@@ -297,11 +298,7 @@ fn participant_without_decision_trusts_only_definite_answers_and_keeps_new_prepa
     let dir = tempfile::tempdir().unwrap();
     let repo = Repository::open(dir.path(), RepoOptions::default()).unwrap();
     let path: PathBuf = dir.path().to_path_buf();
-    let t = Timeouts {
-        round: ms(5000),
-        retry: ms(50),
-        decision: ms(700),
-    };
+    let t = timeouts(5000, 50, 700);
     let mut comms = loopback_comms(2, NetConfig::default()).unwrap();
     let c1 = comms.pop().unwrap();
     let c0 = comms.pop().unwrap();
@@ -357,11 +354,7 @@ fn participant_without_decision_trusts_only_definite_answers_and_keeps_new_prepa
 fn ranks_agree_whether_a_deadline_abort_is_retryable() {
     let dir = tempfile::tempdir().unwrap();
     let repo = Repository::open(dir.path(), RepoOptions::default()).unwrap();
-    let t = Timeouts {
-        round: ms(500),
-        retry: ms(50),
-        decision: ms(5000),
-    };
+    let t = timeouts(500, 50, 5000);
     let out = run_ranks(3, repo, t, |r, rt| {
         if r == 2 {
             // Alive but silent: never votes, so rank 0 aborts by the deadline.
@@ -405,11 +398,7 @@ fn rank0_reports_a_rank_that_died_in_the_round_as_a_net_error() {
     let dir = tempfile::tempdir().unwrap();
     let repo = Repository::open(dir.path(), RepoOptions::default()).unwrap();
     let path = dir.path().to_path_buf();
-    let t = Timeouts {
-        round: ms(5000),
-        retry: ms(50),
-        decision: ms(5000),
-    };
+    let t = timeouts(5000, 50, 5000);
     let mut comms = lazarus_net::local_comms(3).unwrap();
     let c2 = comms.pop().unwrap();
     let c1 = comms.pop().unwrap();
@@ -453,11 +442,7 @@ fn rank0_reports_a_rank_that_died_in_the_round_as_a_net_error() {
 fn a_vote_left_by_an_earlier_runtime_on_the_communicator_is_not_taken_for_a_new_ones() {
     let first = tempfile::tempdir().unwrap();
     let second = tempfile::tempdir().unwrap();
-    let t = Timeouts {
-        round: ms(5000),
-        retry: ms(50),
-        decision: ms(5000),
-    };
+    let t = timeouts(5000, 50, 5000);
     let comms = loopback_comms(2, NetConfig::default()).unwrap();
     let paths = [first.path().to_path_buf(), second.path().to_path_buf()];
     let handles: Vec<_> = comms
@@ -541,11 +526,7 @@ fn a_vote_left_by_an_earlier_runtime_on_the_communicator_is_not_taken_for_a_new_
 #[test]
 fn a_vote_of_an_aborted_round_is_not_committed_by_the_next_runtime_on_the_same_repository() {
     let dir = tempfile::tempdir().unwrap();
-    let t = Timeouts {
-        round: ms(5000),
-        retry: ms(50),
-        decision: ms(5000),
-    };
+    let t = timeouts(5000, 50, 5000);
     let path = dir.path().to_path_buf();
     let handles: Vec<_> = loopback_comms(2, NetConfig::default())
         .unwrap()
@@ -644,11 +625,7 @@ fn the_third_abort_in_a_row_is_not_retryable_on_any_rank() {
     use lazarus_coord::MAX_ABORTS_IN_A_ROW;
     let dir = tempfile::tempdir().unwrap();
     let repo = Repository::open(dir.path(), RepoOptions::default()).unwrap();
-    let t = Timeouts {
-        round: ms(300),
-        retry: ms(50),
-        decision: ms(5000),
-    };
+    let t = timeouts(300, 50, 5000);
     let rounds = MAX_ABORTS_IN_A_ROW as usize + 1;
     let out = run_ranks(3, repo, t, move |r, rt| {
         let mut seen = Vec::new();
@@ -685,11 +662,7 @@ fn the_third_abort_in_a_row_is_not_retryable_on_any_rank() {
 fn a_round_rank_0_could_not_begin_is_not_retryable() {
     let dir = tempfile::tempdir().unwrap();
     let repo = Repository::open(dir.path(), RepoOptions::default()).unwrap();
-    let t = Timeouts {
-        round: ms(2000),
-        retry: ms(50),
-        decision: ms(1500),
-    };
+    let t = timeouts(2000, 50, 1500);
     let checkpoints = dir.path().join("checkpoints");
     let out = run_ranks(2, repo, t, move |r, rt| {
         let first = rt.round(&[obj(b"x")], &meta(1)).map(|c| c.checkpoint);

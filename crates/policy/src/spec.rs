@@ -127,14 +127,7 @@ impl FromStr for PolicySpec {
             return Ok(PolicySpec::EverySteps(n));
         }
         if let Some(d) = s.strip_prefix("every:") {
-            let d = parse_duration("every", d)?;
-            if d.is_zero() {
-                return Err(err(
-                    "every:DURATION needs a duration > 0, got 0 (steps:1 checkpoints at every step)"
-                        .to_string(),
-                ));
-            }
-            return Ok(PolicySpec::EveryInterval(d));
+            return Ok(PolicySpec::EveryInterval(positive("every", d)?));
         }
         let mut parts = s.split(',');
         let name = parts.next().unwrap_or("").trim();

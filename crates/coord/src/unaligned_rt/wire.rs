@@ -47,17 +47,22 @@ pub(crate) fn decode_marker(b: &[u8]) -> Option<Epoch> {
     Some(Epoch(u64::from_le_bytes(a)))
 }
 
+/// The manifest entry of the channel state (what `decode_channels` checks).
+pub(crate) fn channels_info() -> ObjectInfo {
+    ObjectInfo {
+        name: CHANNELS_OBJECT.to_string(),
+        type_name: CHANNELS_TYPE.to_string(),
+        kind: ObjectKind::Serde,
+        sharing: Some(lazarus_format::Sharing::Rank),
+        layout: None,
+    }
+}
+
 pub(crate) fn channels_object(
     cs: &ChannelState<SavedMessage>,
 ) -> Result<ObjectSpec<'static>, postcard::Error> {
     Ok(ObjectSpec {
-        info: ObjectInfo {
-            name: CHANNELS_OBJECT.to_string(),
-            type_name: CHANNELS_TYPE.to_string(),
-            kind: ObjectKind::Serde,
-            sharing: Some(lazarus_format::Sharing::Rank),
-            layout: None,
-        },
+        info: channels_info(),
         data: postcard::to_allocvec(cs)?.into(),
         hint: None,
     })
