@@ -1,6 +1,7 @@
 //! Which levels a checkpoint goes to, where node-local data lives, and which host a rank
 //! runs on.
 
+use lazarus_store::Codec;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -22,6 +23,9 @@ pub const L4_EVERY_ENV: &str = "LAZARUS_L4_EVERY";
 pub const L3_GROUP_ENV: &str = "LAZARUS_L3_GROUP";
 /// Environment variable: the parity shards of an L3 group ([`Levels::l3_shards`]).
 pub const L3_SHARDS_ENV: &str = "LAZARUS_L3_SHARDS";
+/// Environment variable: the fast levels' codec ([`Levels::fast_codec`]: `none`, `auto`
+/// or `zstd`).
+pub const FAST_CODEC_ENV: &str = "LAZARUS_FAST_CODEC";
 /// `LAZARUS_L1_DIR`: root of the node-local directories (one subdirectory per host).
 pub const L1_DIR_ENV: &str = "LAZARUS_L1_DIR";
 /// `LAZARUS_HOST`: this rank's host name, set by the cluster launchers.
@@ -144,6 +148,8 @@ pub struct Levels {
     l3_group: u32,
     /// Parity shards per L3 group (0: the default, 2).
     l3_shards: u32,
+    /// How the fast levels (L1, the L2 copies, the L3 regions) store chunks.
+    fast_codec: Codec,
 }
 
 impl Default for Levels {
@@ -158,6 +164,7 @@ impl Default for Levels {
             dir: None,
             l3_group: 0,
             l3_shards: 0,
+            fast_codec: Codec::None,
         }
     }
 }
@@ -281,6 +288,22 @@ impl Levels {
     /// The configured parity shards per group ([`Levels::l3_shards`]; 0: the default).
     pub fn l3_shards_count(&self) -> u32 {
         self.l3_shards
+    }
+
+    /// How L1 stores chunks, and so what L2 copies and L3 encodes (their files are L1's
+    /// as they are). The default, [`Codec::None`], stores them raw: in RAM and over a
+    /// network that moves GB/s, zstd (350 MB/s per core on compressible data here)
+    /// costs more time than the bytes it saves (docs/LEVELS.md, "Compression on the fast
+    /// levels"). [`Codec::Auto`] trades that time for node-local memory and partner
+    /// traffic. The durable repository keeps the job's own codec.
+    pub fn fast_codec(mut self, codec: Codec) -> Self {
+        self.fast_codec = codec;
+        self
+    }
+
+    /// The fast levels' codec ([`Levels::fast_codec`]).
+    pub fn fast_codec_policy(&self) -> Codec {
+        self.fast_codec
     }
 
     /// Durable repository on every `n`-th checkpoint (0: never).
@@ -413,7 +436,7 @@ impl Levels {
 
     /// The schedule from `LAZARUS_L1_EVERY`, `LAZARUS_L2_EVERY`, `LAZARUS_L3_EVERY`,
     /// `LAZARUS_L4_EVERY` (each a [`Period`]: `N` checkpoints or a duration),
-    /// `LAZARUS_L3_GROUP`, `LAZARUS_L3_SHARDS` (numbers) and `LAZARUS_L1_DIR` (what `lazarus run --l1-every ...` exports to every rank); `None`
+    /// `LAZARUS_L3_GROUP`, `LAZARUS_L3_SHARDS` (numbers), `LAZARUS_FAST_CODEC` and `LAZARUS_L1_DIR` (what `lazarus run --l1-every ...` exports to every rank); `None`
     /// when none of the `*_EVERY` variables is set. An error names the variable.
     pub fn from_env() -> Result<Option<Levels>, String> {
         let read = |name: &str| -> Result<Option<Period>, String> {
@@ -441,6 +464,9 @@ impl Levels {
         }
         if let Some(d) = std::env::var_os(L1_DIR_ENV) {
             l = l.dir(PathBuf::from(d));
+        }
+        if let Ok(v) = std::env::var(FAST_CODEC_ENV) {
+            l = l.fast_codec(v.parse().map_err(|e| format!("{FAST_CODEC_ENV}={e}"))?);
         }
         for (name, set) in [
             (L3_GROUP_ENV, Levels::l3_group as fn(Levels, u32) -> Levels),
@@ -632,6 +658,26 @@ mod tests {
         assert!(e.contains("l3 every 1s"), "{e}");
         for b in 0..16u8 {
             assert_eq!(Due::from_bits(b).to_bits(), b);
+        }
+    }
+
+    /// The only test of this crate that sets `LAZARUS_*` variables (no other test reads
+    /// these two).
+    #[test]
+    fn the_fast_codec_comes_from_the_environment_and_a_bad_one_is_named() {
+        assert_eq!(Levels::new().fast_codec_policy(), Codec::None);
+        std::env::set_var(L1_EVERY_ENV, "1");
+        std::env::set_var(FAST_CODEC_ENV, "Zstd");
+        let l = Levels::from_env();
+        std::env::set_var(FAST_CODEC_ENV, "lz4");
+        let bad = Levels::from_env();
+        std::env::remove_var(FAST_CODEC_ENV);
+        std::env::remove_var(L1_EVERY_ENV);
+        assert_eq!(l.unwrap().unwrap().fast_codec_policy(), Codec::Zstd);
+        let e = bad.unwrap_err();
+        assert!(e.contains("LAZARUS_FAST_CODEC") && e.contains("lz4"), "{e}");
+        for c in [Codec::None, Codec::Auto, Codec::Zstd] {
+            assert_eq!(c.to_string().parse::<Codec>(), Ok(c));
         }
     }
 }

@@ -272,10 +272,11 @@ pub(crate) fn parse_dir(name: &str) -> Option<(u32, bool)> {
     Some((rest.parse().ok()?, primary))
 }
 
-fn opts_for_level(options: &RepoOptions) -> RepoOptions {
+fn opts_for_level(options: &RepoOptions, levels: &Levels) -> RepoOptions {
     RepoOptions {
         // Node-local repositories are this rank's alone: no lock sharing.
         job_token: None,
+        codec: levels.fast_codec_policy(),
         ..options.clone()
     }
 }
@@ -400,13 +401,14 @@ impl NodeLevels {
                 hosts.len()
             );
         }
+        let options = opts_for_level(&options, &levels);
         Ok(NodeLevels {
             comm,
             levels,
             root,
             hosts,
             partners,
-            options: opts_for_level(&options),
+            options,
             // The newest L3 checkpoint must stay in its members' L1 for a parity rebuild:
             // with L3 every n checkpoints, keep at least the newest n.
             keep: keep.max(1).max(l3_every as usize),
@@ -2456,6 +2458,46 @@ mod tests {
         l3: false,
         l4: false,
     };
+
+    /// One L1+L2 checkpoint of compressible state (zeros) on 2 ranks on 2 hosts with
+    /// `levels`: each rank's (stored new L1 bytes, chunk bytes sent to its partner).
+    fn stored_and_sent(levels: Levels) -> Vec<(u64, u64)> {
+        let d = tempfile::tempdir().unwrap();
+        lazarus_net::local(2, |comm| {
+            let host = format!("sim{}", comm.rank().0);
+            let mut l = NodeLevels::open(
+                comm,
+                levels.clone(),
+                d.path().to_path_buf(),
+                host,
+                opts(),
+                2,
+                0,
+                None,
+            )
+            .unwrap();
+            let data = vec![0u8; BYTES];
+            let seq = l.take_seq();
+            let r = l
+                .checkpoint(seq, &[spec(&data)], &CommitMeta::default(), L1_L2)
+                .unwrap();
+            (r.written_bytes, r.l2_bytes)
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn fast_levels_store_chunks_raw_unless_asked_to_compress() {
+        let base = Levels::new().l1(1).l2(1).l4(0);
+        // Raw by default, whatever the durable repository's codec (`opts()`: auto): one
+        // distinct all-zero chunk, stored and sent at its full size plus its header.
+        for (written, sent) in stored_and_sent(base.clone()) {
+            assert!(written >= 4096 && sent >= 4096, "{written} {sent}");
+        }
+        for (written, sent) in stored_and_sent(base.fast_codec(lazarus_store::Codec::Auto)) {
+            assert!(written < 1024 && sent < 1024, "{written} {sent}");
+        }
+    }
 
     /// The job-wide numbers rank 0's L1 holds (host `sim0`).
     fn rank0_l1_seqs(root: &Path) -> Vec<u64> {

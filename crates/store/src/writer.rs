@@ -37,6 +37,31 @@ pub enum Codec {
     Zstd,
 }
 
+impl std::str::FromStr for Codec {
+    type Err = String;
+
+    /// `auto`, `none` or `zstd` (any case); an error names the value.
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" => Ok(Codec::Auto),
+            "none" => Ok(Codec::None),
+            "zstd" => Ok(Codec::Zstd),
+            _ => Err(format!("{s:?}: expected a codec: auto, none or zstd")),
+        }
+    }
+}
+
+impl std::fmt::Display for Codec {
+    /// The name [`Codec`]'s `FromStr` reads back.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Codec::Auto => "auto",
+            Codec::None => "none",
+            Codec::Zstd => "zstd",
+        })
+    }
+}
+
 /// Options for opening a repository or a part writer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RepoOptions {

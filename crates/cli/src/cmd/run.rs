@@ -96,6 +96,12 @@ pub struct Args {
     /// LAZARUS_L4_EVERY.
     #[arg(long, value_name = "N|TIME")]
     l4_every: Option<lazarus::levels::Period>,
+    /// With --l1-every/--l2-every/--l3-every: how the fast levels store chunks: none
+    /// (raw, the default: fastest), auto or zstd (smaller node-local copies and partner
+    /// traffic for compressible state, at zstd's CPU cost). Exported as
+    /// LAZARUS_FAST_CODEC.
+    #[arg(long, value_name = "CODEC")]
+    fast_codec: Option<lazarus::store::Codec>,
     /// Root of the node-local directories (one per host) [default:
     /// /dev/shm/lazarus-<hash of the repository>]. Exported as LAZARUS_L1_DIR.
     #[arg(long, value_name = "DIR")]
@@ -184,6 +190,12 @@ fn config(
         if let Some(v) = v {
             c.env.push((name.into(), v.to_string().into()));
         }
+    }
+    if let Some(codec) = a.fast_codec {
+        c.env.push((
+            lazarus::levels::FAST_CODEC_ENV.into(),
+            codec.to_string().into(),
+        ));
     }
     if let Some(d) = &a.l1_dir {
         c.env.push((
