@@ -12,10 +12,12 @@ use crate::plan::{
     self, FastPlan, Held, MemberSource, ParityHeld, ParitySource, RankSource, ShardSource,
 };
 use crate::slots;
-use lazarus_format::{CheckpointId, LoadedObject, ObjectInfo, ObjectKind, ObjectSpec, Rank};
+use lazarus_format::{
+    CheckpointId, ChunkDigest, LoadedObject, ObjectInfo, ObjectKind, ObjectSpec, Rank,
+};
 use lazarus_net::Comm;
 use lazarus_store::{CommitMeta, RepoOptions, RepoReader, Repository, StoreError};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -887,6 +889,9 @@ impl NodeLevels {
         let mut first_err: Option<LevelError> = None;
         // The sources whose offer this rank accepted (their data is installed).
         let mut offering: Vec<u32> = Vec::with_capacity(sources.len());
+        // Of each accepted source: the checkpoint it offered, the chunks asked for.
+        let mut offered_of: BTreeMap<u32, u64> = BTreeMap::new();
+        let mut wanted_of: BTreeMap<u32, BTreeSet<[u8; 32]>> = BTreeMap::new();
         for &s in &sources {
             let offer = recv_in_round(&self.comm, s, &mut first_err)?;
             if matches!(offer, CopyMsg::Offer { .. }) {
@@ -898,7 +903,11 @@ impl NodeLevels {
                     local,
                     chunks,
                 } if subject == s => match self.want(s, local, &chunks) {
-                    Ok(missing) => CopyMsg::Want { missing },
+                    Ok(missing) => {
+                        offered_of.insert(s, local);
+                        wanted_of.insert(s, missing.iter().copied().collect());
+                        CopyMsg::Want { missing }
+                    }
                     Err(e) => {
                         let m = e.to_string();
                         first_err.get_or_insert(e);
@@ -926,69 +935,127 @@ impl NodeLevels {
             };
             partner::send(&self.comm, s, TAG_COPY, &answer)?;
         }
-        // 3. Send what the partner lacks. Every source sends this third message, offer
-        // or not (`Failed` then), so the partner reads exactly one from each source
-        // whatever it made of the offer: the pattern never depends on a message's content.
+        // 3. Send what the partner lacks, as a stream (`partner::send_stream`). Every
+        // source ends its stream with `Data` or `Failed`, offer or not, so the partner
+        // reads each source's stream to its end whatever it made of the offer.
         let mut sent = 0u64;
         if let Some(p) = partner {
             let want = recv_in_round(&self.comm, p, &mut first_err)?;
-            let data = match (&offered, want) {
-                (None, _) => CopyMsg::Failed(format!("rank {me} offered no checkpoint")),
+            let refused = match (&offered, want) {
+                (None, _) => Some(format!("rank {me} offered no checkpoint")),
                 (Some((id, reader)), CopyMsg::Want { missing }) => {
-                    partner::data_msg(reader, me, *id, &missing)
-                        .unwrap_or_else(|e| CopyMsg::Failed(e.to_string()))
+                    match partner::send_stream(&self.comm, p, TAG_COPY, reader, me, *id, &missing) {
+                        Ok(n) => sent = n,
+                        Err(e @ LevelError::Net(_)) => return Err(e),
+                        Err(e) => {
+                            first_err.get_or_insert(e);
+                        }
+                    }
+                    None
                 }
-                (Some(_), CopyMsg::Failed(m)) => CopyMsg::Failed(format!("partner refused: {m}")),
+                (Some(_), CopyMsg::Failed(m)) => {
+                    let m = format!("partner refused: {m}");
+                    first_err.get_or_insert(LevelError::Peer {
+                        rank: Rank(p),
+                        message: m.clone(),
+                    });
+                    Some(m)
+                }
                 (Some(_), other) => {
                     let detail = format!("expected a want list, got {}", kind(&other));
                     first_err.get_or_insert(LevelError::Protocol {
                         rank: Rank(p),
                         detail: detail.clone(),
                     });
-                    CopyMsg::Failed(detail)
+                    Some(detail)
                 }
             };
-            if let CopyMsg::Data { chunks, .. } = &data {
-                sent = chunks.iter().map(|(_, b)| b.len() as u64).sum();
+            if let Some(m) = refused {
+                partner::send(&self.comm, p, TAG_COPY, &CopyMsg::Failed(m))?;
             }
-            if let (CopyMsg::Failed(m), Some(_)) = (&data, &offered) {
-                first_err.get_or_insert(LevelError::Peer {
-                    rank: Rank(p),
-                    message: m.clone(),
-                });
-            }
-            partner::send(&self.comm, p, TAG_COPY, &data)?;
         }
-        // 4. One message from every source; the data of those whose offer was accepted
-        // is installed (the others' failure is already the round's error).
+        // 4. Every source's stream, to its end; the chunks of those whose offer was
+        // accepted are written as they come, and their checkpoint installed at `Data`
+        // (the others' failure is already the round's error).
         for &s in &sources {
-            let msg = recv_in_round(&self.comm, s, &mut first_err)?;
-            if !offering.contains(&s) {
-                continue;
-            }
-            match msg {
-                CopyMsg::Data {
-                    subject,
-                    local,
-                    chunks,
-                    files,
-                } if subject == s => {
-                    if let Err(e) = self.install_mirror(s, local, &chunks, &files) {
-                        first_err.get_or_insert(e);
+            let accepted = offering.contains(&s);
+            let mut wanted = wanted_of.remove(&s).unwrap_or_default();
+            let mut failed = !accepted;
+            loop {
+                let msg = recv_in_round(&self.comm, s, &mut first_err)?;
+                // A streamed message's chunks must be of the checkpoint offered, and
+                // each one asked for and sent once.
+                let mut check = |subject: u32, local: u64, chunks: &[([u8; 32], Vec<u8>)]| {
+                    if (subject, Some(local)) != (s, offered_of.get(&s).copied()) {
+                        return Err(LevelError::Protocol {
+                            rank: Rank(s),
+                            detail: format!(
+                                "rank {subject}'s checkpoint {local} in the copy of rank {s}'s offer"
+                            ),
+                        });
                     }
-                }
-                // The source's data failed, or this rank refused its offer.
-                CopyMsg::Failed(m) => {
-                    first_err.get_or_insert(LevelError::Peer {
-                        rank: Rank(s),
-                        message: m,
-                    });
-                }
-                other => {
-                    first_err.get_or_insert(LevelError::Protocol {
-                        rank: Rank(s),
-                        detail: format!("expected data, got {}", kind(&other)),
-                    });
+                    match chunks.iter().find(|(d, _)| !wanted.remove(d)) {
+                        Some((d, _)) => Err(LevelError::Protocol {
+                            rank: Rank(s),
+                            detail: format!(
+                                "chunk {} was not asked for, or was sent twice",
+                                ChunkDigest(*d)
+                            ),
+                        }),
+                        None => Ok(()),
+                    }
+                };
+                match msg {
+                    CopyMsg::Chunks {
+                        subject,
+                        local,
+                        chunks,
+                    } => {
+                        if failed {
+                            continue;
+                        }
+                        let r = check(subject, local, &chunks).and_then(|()| {
+                            let m = self.mirror(s)?;
+                            partner::put_chunks(m.backend().as_ref(), &chunks)
+                                .map_err(LevelError::l2)
+                        });
+                        if let Err(e) = r {
+                            failed = true;
+                            first_err.get_or_insert(e);
+                        }
+                    }
+                    CopyMsg::Data {
+                        subject,
+                        local,
+                        chunks,
+                        files,
+                    } => {
+                        if !failed {
+                            if let Err(e) = check(subject, local, &chunks)
+                                .and_then(|()| self.install_mirror(s, local, &chunks, &files))
+                            {
+                                first_err.get_or_insert(e);
+                            }
+                        }
+                        break;
+                    }
+                    // The source's data failed, or this rank refused its offer.
+                    CopyMsg::Failed(m) => {
+                        if accepted {
+                            first_err.get_or_insert(LevelError::Peer {
+                                rank: Rank(s),
+                                message: m,
+                            });
+                        }
+                        break;
+                    }
+                    other => {
+                        first_err.get_or_insert(LevelError::Protocol {
+                            rank: Rank(s),
+                            detail: format!("expected data, got {}", kind(&other)),
+                        });
+                        break;
+                    }
                 }
             }
         }
@@ -2123,6 +2190,7 @@ fn kind(m: &CopyMsg) -> &'static str {
         CopyMsg::Want { .. } => "a want list",
         CopyMsg::Data { .. } => "data",
         CopyMsg::Failed(_) => "a failure",
+        CopyMsg::Chunks { .. } => "chunks",
     }
 }
 
@@ -2822,6 +2890,112 @@ mod tests {
                 outcomes[2].is_ok(),
                 "rank {r}, next round: {:?}",
                 outcomes[2]
+            );
+        }
+    }
+
+    /// A hostile source in a streamed L2 copy: rank 2 offers its partner (rank 0) a
+    /// checkpoint of two chunks, is asked for both, and streams in round 0 one of them
+    /// twice, in round 1 chunks of another checkpoint, in round 2 a chunk nobody asked
+    /// for. Each bad round fails on every rank naming rank 2 on rank 0, writes none of
+    /// those chunks into rank 0's mirror, and ends (rank 0 reads the stream to its end);
+    /// the honest round after succeeds.
+    #[test]
+    fn a_streamed_copy_refuses_chunks_not_asked_for_sent_twice_or_of_another_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let got = lazarus_net::local(4, |comm| {
+                let me = comm.rank().0;
+                let mut levels = open(comm.clone(), &root);
+                let mut data = vec![0u8; BYTES];
+                noise(u64::from(me) + 1, &mut data);
+                let mut outcomes = Vec::new();
+                let (a, b, c) = ([0xa1; 32], [0xb2; 32], [0xc3; 32]);
+                for round in 0..4 {
+                    let seq = levels.take_seq();
+                    let r = if me == 2 && round < 3 {
+                        let local = 1000;
+                        let offer = CopyMsg::Offer {
+                            subject: 2,
+                            local,
+                            chunks: vec![a, b],
+                        };
+                        partner::send(&comm, 0, TAG_COPY, &offer).unwrap();
+                        // Rank 0's offer to this rank: nothing wanted.
+                        let offer = partner::recv(&comm, 0, TAG_COPY).unwrap();
+                        assert!(matches!(offer, CopyMsg::Offer { .. }), "{offer:?}");
+                        let want = CopyMsg::Want { missing: vec![] };
+                        partner::send(&comm, 0, TAG_COPY, &want).unwrap();
+                        let answer = partner::recv(&comm, 0, TAG_COPY).unwrap();
+                        assert_eq!(
+                            answer,
+                            CopyMsg::Want {
+                                missing: vec![a, b]
+                            }
+                        );
+                        let chunk = |d: [u8; 32]| (d, vec![7u8; 100]);
+                        let (chunks_local, chunks) = match round {
+                            0 => (local, vec![chunk(a), chunk(a)]),
+                            1 => (local + 1, vec![chunk(a)]),
+                            _ => (local, vec![chunk(c)]),
+                        };
+                        let bad = CopyMsg::Chunks {
+                            subject: 2,
+                            local: chunks_local,
+                            chunks,
+                        };
+                        partner::send(&comm, 0, TAG_COPY, &bad).unwrap();
+                        let end = CopyMsg::Data {
+                            subject: 2,
+                            local,
+                            chunks: vec![chunk(b)],
+                            files: vec![("COMMIT".into(), vec![1])],
+                        };
+                        partner::send(&comm, 0, TAG_COPY, &end).unwrap();
+                        let data = partner::recv(&comm, 0, TAG_COPY).unwrap();
+                        assert!(matches!(data, CopyMsg::Data { .. }), "{data:?}");
+                        broken_outcome(&comm, seq)
+                    } else {
+                        honest_round(&mut levels, seq, &data, L1_L2)
+                    };
+                    outcomes.push(r);
+                }
+                outcomes
+            });
+            let _ = tx.send(got);
+        });
+        let got = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("a round with a hostile stream hung")
+            .unwrap();
+        for (r, outcomes) in got.iter().enumerate() {
+            for (round, what) in [
+                (0, "was not asked for, or was sent twice"),
+                (1, "checkpoint 1001 in the copy of rank 2's offer"),
+                (2, "was not asked for, or was sent twice"),
+            ] {
+                let bad = outcomes[round]
+                    .as_ref()
+                    .expect_err("a bad round fails everywhere");
+                if r == 0 {
+                    assert!(bad.contains("rank 2") && bad.contains(what), "{bad}");
+                }
+            }
+            assert!(
+                outcomes[3].is_ok(),
+                "rank {r}, next round: {:?}",
+                outcomes[3]
+            );
+        }
+        let mirror = dir.path().join("sim0").join(dir_of(2, false));
+        let reader = RepoReader::open(&mirror).unwrap();
+        for d in [[0xa1; 32], [0xb2; 32], [0xc3; 32]] {
+            let key = lazarus_store::ObjectKey::Chunk(ChunkDigest(d));
+            assert!(
+                reader.backend().stat(&key).unwrap().is_none(),
+                "{d:?} written"
             );
         }
     }

@@ -58,6 +58,18 @@ pub enum CopyMsg {
     },
     /// The other side failed; its message.
     Failed(String),
+    /// Some of the chunks asked for, ahead of the `Data` that ends a streamed copy
+    /// ([`send_stream`]). Last variant: the others keep their wire index (an L3 blob is
+    /// a `Data` message's bytes, on disk).
+    Chunks {
+        /// whose part
+        subject: u32,
+        /// its id
+        local: u64,
+        /// chunk files (digest, stored bytes)
+        #[serde(with = "crate::bulk::keyed")]
+        chunks: Vec<([u8; 32], Vec<u8>)>,
+    },
 }
 
 impl CopyMsg {
@@ -79,17 +91,27 @@ impl CopyMsg {
                 rest.len()
             )));
         }
-        if let CopyMsg::Data { local, files, .. } = &msg {
-            CheckpointId::new(*local)
-                .filter(|id| id.0 > 0)
-                .ok_or_else(|| bad(format!("checkpoint id {local} out of range")))?;
-            for (name, _) in files {
-                file_key(CheckpointId(*local), name)
-                    .ok_or_else(|| bad(format!("file name {name:?}")))?;
+        match &msg {
+            CopyMsg::Data { local, files, .. } => {
+                checked_id(*local)
+                    .ok_or_else(|| bad(format!("checkpoint id {local} out of range")))?;
+                for (name, _) in files {
+                    file_key(CheckpointId(*local), name)
+                        .ok_or_else(|| bad(format!("file name {name:?}")))?;
+                }
             }
+            CopyMsg::Chunks { local, .. } => {
+                checked_id(*local)
+                    .ok_or_else(|| bad(format!("checkpoint id {local} out of range")))?;
+            }
+            _ => {}
         }
         Ok(msg)
     }
+}
+
+fn checked_id(local: u64) -> Option<CheckpointId> {
+    CheckpointId::new(local).filter(|id| id.0 > 0)
 }
 
 /// The key of a checkpoint file the copy moves: `COMMIT` or `rank-<r>.manifest`.
@@ -201,6 +223,92 @@ pub(crate) fn data_msg(
     })
 }
 
+/// The most stored chunk bytes of one `Chunks` message of a streamed copy (a chunk larger
+/// than this goes alone). Why a stream: one message of a whole part held the part three
+/// times over on the receiver (reassembled, decoded, written) and once more on the
+/// sender, each copy into memory never touched before, which is the slow kind of memory
+/// copy (docs/PERFORMANCE.md, "The physical limit of the 5× target"); the receiver also
+/// writes the first chunks while the rest are on their way. (Unit tests: 16 KiB, so
+/// their small states stream in several messages.)
+pub(crate) const STREAM_BATCH_BYTES: usize = if cfg!(test) { 16 << 10 } else { 8 << 20 };
+
+/// Sends checkpoint `id` (of rank `subject`, read through `reader`) to `to` on `tag` for
+/// a receiver lacking `want`, as a stream: `Chunks` messages of at most
+/// [`STREAM_BATCH_BYTES`], then `Data` with the last chunks and the checkpoint's files.
+/// Every stream ends with `Data` or `Failed`, whatever fails: a read error after the
+/// first message sends `Failed` and is returned. Returns the chunk bytes sent.
+pub(crate) fn send_stream(
+    comm: &Comm,
+    to: u32,
+    tag: u32,
+    reader: &RepoReader,
+    subject: u32,
+    id: CheckpointId,
+    want: &[[u8; 32]],
+) -> Result<u64, LevelError> {
+    let mut sent = 0u64;
+    let mut batch: Vec<([u8; 32], Vec<u8>)> = Vec::new();
+    let mut batch_bytes = 0usize;
+    let read = |d: &[u8; 32]| reader.backend().read(&ObjectKey::Chunk(ChunkDigest(*d)));
+    let streamed = (|| -> Result<CopyMsg, LevelError> {
+        let (_, files) = checkpoint_files(reader, id).map_err(LevelError::l1)?;
+        for d in want {
+            let bytes = read(d).map_err(LevelError::l1)?;
+            if !batch.is_empty() && batch_bytes + bytes.len() > STREAM_BATCH_BYTES {
+                sent += batch_bytes as u64;
+                let chunks = std::mem::take(&mut batch);
+                batch_bytes = 0;
+                send(
+                    comm,
+                    to,
+                    tag,
+                    &CopyMsg::Chunks {
+                        subject,
+                        local: id.0,
+                        chunks,
+                    },
+                )?;
+            }
+            batch_bytes += bytes.len();
+            batch.push((*d, bytes));
+        }
+        sent += batch_bytes as u64;
+        Ok(CopyMsg::Data {
+            subject,
+            local: id.0,
+            chunks: std::mem::take(&mut batch),
+            files,
+        })
+    })();
+    match streamed {
+        Ok(last) => send(comm, to, tag, &last).map(|()| sent),
+        Err(e) => {
+            // A send error: the receiver sees the connection fail; anything else ends
+            // the stream here.
+            if !matches!(e, LevelError::Net(_)) {
+                let _ = send(comm, to, tag, &CopyMsg::Failed(e.to_string()));
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Writes copied chunks into `target` (each durable on return); a chunk already there is
+/// overwritten with the same content.
+pub(crate) fn put_chunks(
+    target: &dyn WriteBackend,
+    chunks: &[([u8; 32], Vec<u8>)],
+) -> Result<(), StoreError> {
+    for (d, bytes) in chunks {
+        target.put(
+            &ObjectKey::Chunk(ChunkDigest(*d)),
+            &[bytes],
+            PutMode::Overwrite,
+        )?;
+    }
+    Ok(())
+}
+
 /// What installing a copied checkpoint found.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Installed {
@@ -258,13 +366,7 @@ pub(crate) fn install(
         }
     }
     target.create_dir(&DirKey::Checkpoint(id))?;
-    for (d, bytes) in chunks {
-        target.put(
-            &ObjectKey::Chunk(ChunkDigest(*d)),
-            &[bytes],
-            PutMode::Overwrite,
-        )?;
-    }
+    put_chunks(target, chunks)?;
     for (name, bytes) in files {
         if name == "COMMIT" {
             continue;

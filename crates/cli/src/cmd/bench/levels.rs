@@ -440,12 +440,16 @@ pub fn main(a: Args) -> CmdResult {
     } else {
         std::env::temp_dir()
     };
-    let l1_root = base.join(format!("lazarus-bench-levels-{}", std::process::id()));
-    let l4_root = a
-        .dir
-        .clone()
-        .unwrap_or_else(std::env::temp_dir)
-        .join(format!("lazarus-bench-levels-{}", std::process::id()));
+    // Removed on every return, errors included: L1 data in /dev/shm is RAM.
+    let l1_scratch =
+        super::Scratch(base.join(format!("lazarus-bench-levels-{}", std::process::id())));
+    let l4_scratch = super::Scratch(
+        a.dir
+            .clone()
+            .unwrap_or_else(std::env::temp_dir)
+            .join(format!("lazarus-bench-levels-{}", std::process::id())),
+    );
+    let (l1_root, l4_root) = (l1_scratch.path().to_path_buf(), l4_scratch.path().to_path_buf());
     std::fs::create_dir_all(&l4_root)?;
     let comms = loopback_comms(a.ranks, NetConfig::default())?;
     let handles: Vec<_> = comms
@@ -488,8 +492,7 @@ pub fn main(a: Args) -> CmdResult {
                 .map_err(|e| format!("rank {r}: {e}"))?,
         );
     }
-    let _ = std::fs::remove_dir_all(&l1_root);
-    let _ = std::fs::remove_dir_all(&l4_root);
+    drop((l1_scratch, l4_scratch));
     let r = rows[0];
     let j = &jobs[0];
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
