@@ -80,6 +80,9 @@ fn spec(data: &[u8]) -> ObjectSpec<'_> {
 #[derive(Default, Clone, Copy)]
 struct Row {
     memcpy: Duration,
+    /// A raw write of `data` into a new file of the L1 root, every rank at once: what
+    /// the node-local medium itself costs (on a RAM file system, fresh pages).
+    medium: Duration,
     l1: Duration,
     /// `data` over raw loopback TCP, every rank at once (the physical limit of L2).
     raw_tcp: Duration,
@@ -135,7 +138,7 @@ fn rank(
     let mut levels = NodeLevels::open(
         comm.clone(),
         Levels::new().l1(1).l2(1).l3(1).l4(0),
-        l1_root,
+        l1_root.clone(),
         host,
         RepoOptions::default(),
         2,
@@ -147,6 +150,7 @@ fn rank(
     let mut row = Row::default();
     let (mut memcpy, mut l1, mut raw_tcp, mut comm_tcp, mut l12, mut raw, mut l4) =
         (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+    let mut medium = vec![];
     let (mut encode, mut l13, mut l13_floor) = (vec![], vec![], vec![]);
     // A group has one member per host (2 here): k = 2 parts, m = 2 shards.
     let k = levels
@@ -163,6 +167,13 @@ fn rank(
         let t0 = Instant::now();
         copy.copy_from_slice(&data);
         memcpy.push(t0.elapsed());
+        comm.barrier()?;
+        std::fs::create_dir_all(&l1_root)?;
+        let f = l1_root.join(format!("medium-{me}"));
+        let t0 = Instant::now();
+        std::fs::write(&f, &data)?;
+        medium.push(t0.elapsed());
+        std::fs::remove_file(&f)?;
         comm.barrier()?;
         l1.push(timed_level(&mut levels, &data, false, false)?.0);
         // RS encode of the group's k parts into 2 shards (this rank's part k times).
@@ -233,6 +244,7 @@ fn rank(
     row.l13_incr_sent = incr.l3_bytes;
     row.l13_was_incr = incr.l3_incremental;
     row.memcpy = median(memcpy);
+    row.medium = median(medium);
     row.l1 = median(l1);
     row.raw_tcp = median(raw_tcp);
     row.comm = median(comm_tcp);
@@ -449,7 +461,10 @@ pub fn main(a: Args) -> CmdResult {
             .unwrap_or_else(std::env::temp_dir)
             .join(format!("lazarus-bench-levels-{}", std::process::id())),
     );
-    let (l1_root, l4_root) = (l1_scratch.path().to_path_buf(), l4_scratch.path().to_path_buf());
+    let (l1_root, l4_root) = (
+        l1_scratch.path().to_path_buf(),
+        l4_scratch.path().to_path_buf(),
+    );
     std::fs::create_dir_all(&l4_root)?;
     let comms = loopback_comms(a.ranks, NetConfig::default())?;
     let handles: Vec<_> = comms
@@ -544,7 +559,7 @@ pub fn main(a: Args) -> CmdResult {
     )?;
     writeln!(
         out,
-        "RS encode of the group's raw parts into 2 shards: {:.1} ms ({:.0} MiB/s of input); L1+L3 (all new, a full round) sent {} KiB (the stored, compressed L1 checkpoint and its header) to the other parity holder",
+        "RS encode of the group's raw parts into 2 shards: {:.1} ms ({:.0} MiB/s of input); L1+L3 (all new, a full round) sent {} KiB (the stored L1 checkpoint, raw unless --fast-codec says otherwise, and its header) to the other parity holder",
         ms(r.encode),
         (bytes as f64 * 2.0 / (1 << 20) as f64) / r.encode.as_secs_f64().max(1e-9),
         r.l13_sent / 1024
@@ -567,6 +582,15 @@ pub fn main(a: Args) -> CmdResult {
         "at most possible here: L4 floor / L1+L2 floor = {:.1}x, L4 floor / L1+L3 floor = {:.1}x (what a checkpoint at its physical limit on every level would give; issue #15 asks for L4 / (L1+L2) >= 5x)",
         ms(r.raw) / ms(l12_floor).max(1e-9),
         ms(r.raw) / ms(r.l13_floor).max(1e-9)
+    )?;
+    let medium_floor = r.medium * 2 + r.raw_tcp;
+    writeln!(
+        out,
+        "the part written into {} (a plain write to a new file, every rank at once): {:.1} ms = {:.1}x the memcpy; with that as L1's floor and the partner's: L4 floor / L1+L2 floor = {:.1}x",
+        base.display(),
+        ms(r.medium),
+        ms(r.medium) / ms(r.memcpy).max(1e-9),
+        ms(r.raw) / ms(medium_floor).max(1e-9)
     )?;
     writeln!(
         out,
