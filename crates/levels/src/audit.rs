@@ -100,9 +100,12 @@ pub fn audit_parity(root: &Path, p: &ParityHeld) -> ParityAudit {
     let refs: Vec<&[u8]> = regions.iter().map(Vec::as_slice).collect();
     let encoded = usize::try_from(p.shard_bytes)
         .map_err(|e| e.to_string())
-        .and_then(|n| parity::encode_padded(&refs, p.m as usize, n).map_err(|e| e.to_string()));
+        .and_then(|n| {
+            parity::encode_shard(&refs, p.m as usize, n, p.shard as usize)
+                .map_err(|e| e.to_string())
+        });
     match encoded {
-        Ok(e) if e.parity.get(p.shard as usize) == Some(&shard) => ParityAudit::Agrees,
+        Ok(e) if e == shard => ParityAudit::Agrees,
         Ok(_) => ParityAudit::Differs(format!(
             "{}: shard {} of checkpoint {} is not the parity of its {} members' L1 copies",
             shard_dir.display(),

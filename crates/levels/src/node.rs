@@ -1362,11 +1362,8 @@ impl NodeLevels {
                     }
                 }
             }
-            parity::encode_padded(&regions, m, need)?
-                .parity
-                .into_iter()
-                .nth(j)
-                .ok_or_else(|| LevelError::Parity(format!("shard {j} of {m} not encoded")))?
+            // Only this holder's shard: the other m − 1 are their holders' to compute.
+            parity::encode_shard(&regions, m, need, j)?
         };
         let hashes: Vec<String> = updates
             .iter()
