@@ -796,26 +796,73 @@ impl FrameReader {
         n: usize,
         stop: &dyn Fn() -> bool,
     ) -> std::io::Result<Vec<u8>> {
+        let mut v = crate::pool::take(n);
+        self.read_append(r, &mut v, n, stop)?;
+        Ok(v)
+    }
+
+    /// Appends the next `n` payload bytes to `v` (without zero-filling the new space
+    /// first), then checks the frame's MAC. On an error `v` is truncated back to its
+    /// length on entry: nothing unauthenticated stays in it.
+    ///
+    /// Why: a fragment of a large message goes straight into the message being
+    /// reassembled. Read into a buffer of its own and then appended, every byte was
+    /// copied once more, into fresh memory (slow first-touch faults), and the reader did
+    /// not read its socket while it copied a 64 MiB fragment (the sender's write could
+    /// stall past its timeout and force a reconnect). `n` is bounded by the frame length
+    /// [`FrameReader::next`] checked against `max_frame`, so at most that much is
+    /// reserved before the MAC has verified; the capacity `v` grows to is amortized
+    /// (at most twice its verified length plus `n`).
+    pub(crate) fn read_append(
+        &mut self,
+        r: &mut impl Read,
+        v: &mut Vec<u8>,
+        n: usize,
+        stop: &dyn Fn() -> bool,
+    ) -> std::io::Result<()> {
+        let base = v.len();
+        let r = self.append(r, v, n, stop);
+        if r.is_err() {
+            v.truncate(base);
+        }
+        r
+    }
+
+    fn append(
+        &mut self,
+        r: &mut impl Read,
+        v: &mut Vec<u8>,
+        n: usize,
+        stop: &dyn Fn() -> bool,
+    ) -> std::io::Result<()> {
         let mut h = self.take_pending()?;
         let mac_payload = self.rx.covers_payload();
-        let mut v = crate::pool::take(n);
+        let (base, end) = (v.len(), v.len().saturating_add(n));
+        v.try_reserve(n).map_err(|e| {
+            std::io::Error::new(
+                std::io::ErrorKind::OutOfMemory,
+                format!("{n}-byte payload: {e}"),
+            )
+        })?;
         let staged = (self.end - self.start).min(n);
         v.extend_from_slice(&self.buf[self.start..self.start + staged]);
         self.start += staged;
         let mut hashed = 0;
         loop {
             if mac_payload {
-                hash_arrived(&mut h, &v, &mut hashed, v.len(), v.len() >= n);
+                let got = v.len() - base;
+                let new = v.get(base..).unwrap_or_default();
+                hash_arrived(&mut h, new, &mut hashed, got, v.len() >= end);
             }
-            if v.len() >= n {
+            if v.len() >= end {
                 break;
             }
-            let want = (n - v.len()) as u64;
-            match r.by_ref().take(want).read_to_end(&mut v) {
-                Ok(_) if v.len() < n => {
+            let want = (end - v.len()) as u64;
+            match r.by_ref().take(want).read_to_end(v) {
+                Ok(_) if v.len() < end => {
                     return Err(std::io::Error::new(
                         std::io::ErrorKind::UnexpectedEof,
-                        format!("frame ended after {} of {n} payload bytes", v.len()),
+                        format!("frame ended after {} of {n} payload bytes", v.len() - base),
                     ))
                 }
                 Ok(_) => {}
@@ -824,8 +871,7 @@ impl FrameReader {
                 Err(e) => return Err(e),
             }
         }
-        self.finish(r, h, stop)?;
-        Ok(v)
+        self.finish(r, h, stop)
     }
 }
 
@@ -1173,6 +1219,70 @@ mod tests {
                     }
                 }
                 Err(e) => return (got, e),
+            }
+        }
+    }
+
+    /// `read_append` puts a verified payload after what the vector held and leaves the
+    /// vector exactly as it was when the frame fails (a flipped payload bit, a flipped
+    /// MAC bit, a stream cut in the payload or in the MAC), however the socket splits it.
+    #[test]
+    fn read_append_appends_verified_payloads_and_cuts_back_failed_ones() {
+        let h = DataHeader {
+            flags: 0,
+            tag: Tag::user(3),
+            src: 1,
+            incarnation: 0,
+            epoch: 0,
+            seq: 0,
+            ack: 0,
+        };
+        let payload: Vec<u8> = (0..300_007u32).map(|i| (i * 7 + 1) as u8).collect();
+        let never = || false;
+        let prefix: Vec<u8> = (0..70_001u32).map(|i| (i % 251) as u8).collect();
+        // Damage at: none, payload start/middle/end, MAC; cut in the payload, in the MAC.
+        let frame_len = 4 + DATA_HEADER_LEN + payload.len() + MAC_LEN;
+        let damages = [
+            None,
+            Some((4 + DATA_HEADER_LEN, false)),
+            Some((4 + DATA_HEADER_LEN + 150_000, false)),
+            Some((frame_len - MAC_LEN - 1, false)),
+            Some((frame_len - 5, false)),
+            Some((4 + DATA_HEADER_LEN + 200_000, true)),
+            Some((frame_len - 3, true)),
+        ];
+        for (k, damage) in damages.into_iter().enumerate() {
+            for sizes in [vec![1 << 20], vec![1460, 9000, 65_536], vec![7]] {
+                let ((mut tx, _), (_, rx)) = session(2);
+                let mut bytes = Vec::new();
+                write_data(&mut bytes, &mut tx, &h, &payload).unwrap();
+                match damage {
+                    Some((at, true)) => bytes.truncate(at),
+                    Some((at, false)) => bytes[at] ^= 0x10,
+                    None => {}
+                }
+                let mut r = Chunked {
+                    data: &bytes,
+                    sizes: sizes.clone(),
+                    i: 0,
+                };
+                let mut rd = FrameReader::new(rx);
+                let Ok(Next::Data(_, n)) = rd.next(&mut r, 1 << 20, &never) else {
+                    panic!("case {k}: no data frame");
+                };
+                assert_eq!(n, payload.len());
+                let mut v = prefix.clone();
+                let res = rd.read_append(&mut r, &mut v, n, &never);
+                if damage.is_none() {
+                    res.unwrap();
+                    assert_eq!(&v[..prefix.len()], &prefix[..]);
+                    assert_eq!(&v[prefix.len()..], &payload[..]);
+                    // Amortized growth: at most twice what it holds.
+                    assert!(v.capacity() <= 2 * v.len(), "case {k}: {}", v.capacity());
+                } else {
+                    assert!(res.is_err(), "case {k} {sizes:?}: a damaged frame verified");
+                    assert_eq!(v, prefix, "case {k} {sizes:?}: unverified bytes kept");
+                }
             }
         }
     }
