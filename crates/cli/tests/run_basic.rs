@@ -51,6 +51,39 @@ fn invalid_timeouts_are_refused_before_starting() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("failure timeout"));
 }
 
+/// `--fast-codec` is read by the ranks only with a fast level: without one it would be
+/// ignored without a word. A bad value names itself.
+#[test]
+fn fast_codec_without_a_fast_level_or_unknown_is_refused() {
+    let out = lazarus()
+        .args(["run", "-n", "2", "--fast-codec", "zstd", "--", "true"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--fast-codec needs --l1-every"), "{stderr}");
+    let out = lazarus()
+        .args([
+            "run",
+            "-n",
+            "2",
+            "--l1-every",
+            "1",
+            "--fast-codec",
+            "lz4",
+            "--",
+            "true",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("lz4") && stderr.contains("auto, none or zstd"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn missing_program_is_a_usage_error() {
     let out = lazarus().args(["run", "-n", "2"]).output().unwrap();

@@ -982,7 +982,10 @@ impl NodeLevels {
             let mut wanted = wanted_of.remove(&s).unwrap_or_default();
             let mut failed = !accepted;
             loop {
-                let msg = recv_in_round(&self.comm, s, &mut first_err)?;
+                let Some(msg) = recv_in_stream(&self.comm, s, &mut first_err)? else {
+                    failed = true;
+                    continue;
+                };
                 // A streamed message's chunks must be of the checkpoint offered, and
                 // each one asked for and sent once.
                 let mut check = |subject: u32, local: u64, chunks: &[([u8; 32], Vec<u8>)]| {
@@ -1031,9 +1034,20 @@ impl NodeLevels {
                         files,
                     } => {
                         if !failed {
-                            if let Err(e) = check(subject, local, &chunks)
-                                .and_then(|()| self.install_mirror(s, local, &chunks, &files))
-                            {
+                            let r = check(subject, local, &chunks).and_then(|()| {
+                                // COMMIT only over every chunk asked for (complete or
+                                // absent; found in review).
+                                match wanted.len() {
+                                    0 => self.install_mirror(s, local, &chunks, &files),
+                                    n => Err(LevelError::Protocol {
+                                        rank: Rank(s),
+                                        detail: format!(
+                                            "the copy of checkpoint {local} ended without {n} of the chunks asked for"
+                                        ),
+                                    }),
+                                }
+                            });
+                            if let Err(e) = r {
                                 first_err.get_or_insert(e);
                             }
                         }
@@ -1049,12 +1063,13 @@ impl NodeLevels {
                         }
                         break;
                     }
+                    // Not an end: the stream's `Data` or `Failed` is still to come.
                     other => {
+                        failed = true;
                         first_err.get_or_insert(LevelError::Protocol {
                             rank: Rank(s),
                             detail: format!("expected data, got {}", kind(&other)),
                         });
-                        break;
                     }
                 }
             }
@@ -2052,13 +2067,35 @@ fn recv_in_round(
     from: u32,
     first_err: &mut Option<LevelError>,
 ) -> Result<CopyMsg, LevelError> {
-    match partner::recv(comm, from, TAG_COPY) {
-        Err(e @ LevelError::Protocol { .. }) => {
+    Ok(recv_in_stream(comm, from, first_err)?.unwrap_or_else(|| {
+        CopyMsg::Failed("a chunks message that does not decode, out of a stream".into())
+    }))
+}
+
+/// [`recv_in_round`] for a message of a source's stream: `None` for a message that does
+/// not decode but says it is `Chunks` (its first byte, postcard's variant index), after
+/// which the stream goes on; reading it as the end would leave the rest of the stream
+/// to be misread by the next rounds (found in review).
+fn recv_in_stream(
+    comm: &Comm,
+    from: u32,
+    first_err: &mut Option<LevelError>,
+) -> Result<Option<CopyMsg>, LevelError> {
+    let env = comm.recv_envelope(
+        Some(Rank(from)),
+        Some(lazarus_net::Tag::checkpoint(TAG_COPY)),
+    )?;
+    match CopyMsg::decode(Rank(from), &env.payload) {
+        Ok(m) => Ok(Some(m)),
+        Err(e) => {
             let m = e.to_string();
             first_err.get_or_insert(e);
-            Ok(CopyMsg::Failed(m))
+            if env.payload.first() == Some(&partner::CHUNKS_VARIANT) {
+                Ok(None)
+            } else {
+                Ok(Some(CopyMsg::Failed(m)))
+            }
         }
-        other => other,
     }
 }
 
@@ -2892,13 +2929,25 @@ mod tests {
     }
 
     /// A hostile source in a streamed L2 copy: rank 2 offers its partner (rank 0) a
-    /// checkpoint of two chunks, is asked for both, and streams in round 0 one of them
-    /// twice, in round 1 chunks of another checkpoint, in round 2 a chunk nobody asked
-    /// for. Each bad round fails on every rank naming rank 2 on rank 0, writes none of
-    /// those chunks into rank 0's mirror, and ends (rank 0 reads the stream to its end);
-    /// the honest round after succeeds.
+    /// checkpoint of two chunks, is asked for both, and streams: in round 0 one of them
+    /// twice; in round 1 chunks of another checkpoint; in round 2 a chunk nobody asked
+    /// for; in round 3 a `Chunks` message that does not decode; in round 4 an offer in
+    /// the middle of the stream; in round 5 a stream that ends without chunk b. Each bad
+    /// round fails on every rank naming rank 2 on rank 0, writes none of those chunks
+    /// and no COMMIT into rank 0's mirror, and ends with rank 0 having read the stream
+    /// to its end; the honest round after succeeds (after rounds 3 and 4 the old loop
+    /// took the damaged message or the offer for the stream's end, and every later
+    /// round misread the rest: found in review).
     #[test]
     fn a_streamed_copy_refuses_chunks_not_asked_for_sent_twice_or_of_another_checkpoint() {
+        const BAD: [&str; 6] = [
+            "was not asked for, or was sent twice",
+            "checkpoint 1001 in the copy of rank 2's offer",
+            "was not asked for, or was sent twice",
+            "copy message",
+            "expected data, got an offer",
+            "ended without 1 of the chunks asked for",
+        ];
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_path_buf();
         let (tx, rx) = std::sync::mpsc::channel();
@@ -2910,9 +2959,9 @@ mod tests {
                 noise(u64::from(me) + 1, &mut data);
                 let mut outcomes = Vec::new();
                 let (a, b, c) = ([0xa1; 32], [0xb2; 32], [0xc3; 32]);
-                for round in 0..4 {
+                for round in 0..=BAD.len() {
                     let seq = levels.take_seq();
-                    let r = if me == 2 && round < 3 {
+                    let r = if me == 2 && round < BAD.len() {
                         let local = 1000;
                         let offer = CopyMsg::Offer {
                             subject: 2,
@@ -2921,8 +2970,8 @@ mod tests {
                         };
                         partner::send(&comm, 0, TAG_COPY, &offer).unwrap();
                         // Rank 0's offer to this rank: nothing wanted.
-                        let offer = partner::recv(&comm, 0, TAG_COPY).unwrap();
-                        assert!(matches!(offer, CopyMsg::Offer { .. }), "{offer:?}");
+                        let offer0 = partner::recv(&comm, 0, TAG_COPY).unwrap();
+                        assert!(matches!(offer0, CopyMsg::Offer { .. }), "{offer0:?}");
                         let want = CopyMsg::Want { missing: vec![] };
                         partner::send(&comm, 0, TAG_COPY, &want).unwrap();
                         let answer = partner::recv(&comm, 0, TAG_COPY).unwrap();
@@ -2933,21 +2982,35 @@ mod tests {
                             }
                         );
                         let chunk = |d: [u8; 32]| (d, vec![7u8; 100]);
-                        let (chunks_local, chunks) = match round {
-                            0 => (local, vec![chunk(a), chunk(a)]),
-                            1 => (local + 1, vec![chunk(a)]),
-                            _ => (local, vec![chunk(c)]),
+                        let chunks_msg = |local: u64, chunks| {
+                            CopyMsg::Chunks {
+                                subject: 2,
+                                local,
+                                chunks,
+                            }
+                            .encode()
                         };
-                        let bad = CopyMsg::Chunks {
-                            subject: 2,
-                            local: chunks_local,
-                            chunks,
+                        let ahead = match round {
+                            0 => Some(chunks_msg(local, vec![chunk(a), chunk(a)])),
+                            1 => Some(chunks_msg(local + 1, vec![chunk(a)])),
+                            2 => Some(chunks_msg(local, vec![chunk(c)])),
+                            3 => Some(vec![partner::CHUNKS_VARIANT, 0xff, 0xff, 0xff]),
+                            4 => Some(offer.encode()),
+                            _ => None,
                         };
-                        partner::send(&comm, 0, TAG_COPY, &bad).unwrap();
+                        let tag = lazarus_net::Tag::checkpoint(TAG_COPY);
+                        if let Some(bytes) = ahead {
+                            comm.send_bytes(Rank(0), tag, bytes).unwrap();
+                        }
+                        let last = if round == 5 {
+                            vec![chunk(a)]
+                        } else {
+                            vec![chunk(b)]
+                        };
                         let end = CopyMsg::Data {
                             subject: 2,
                             local,
-                            chunks: vec![chunk(b)],
+                            chunks: last,
                             files: vec![("COMMIT".into(), vec![1])],
                         };
                         partner::send(&comm, 0, TAG_COPY, &end).unwrap();
@@ -2964,27 +3027,23 @@ mod tests {
             let _ = tx.send(got);
         });
         let got = rx
-            .recv_timeout(Duration::from_secs(60))
+            .recv_timeout(Duration::from_secs(90))
             .expect("a round with a hostile stream hung")
             .unwrap();
         for (r, outcomes) in got.iter().enumerate() {
-            for (round, what) in [
-                (0, "was not asked for, or was sent twice"),
-                (1, "checkpoint 1001 in the copy of rank 2's offer"),
-                (2, "was not asked for, or was sent twice"),
-            ] {
+            for (round, what) in BAD.iter().enumerate() {
                 let bad = outcomes[round]
                     .as_ref()
                     .expect_err("a bad round fails everywhere");
                 if r == 0 {
-                    assert!(bad.contains("rank 2") && bad.contains(what), "{bad}");
+                    assert!(
+                        bad.contains("rank 2") && bad.contains(what),
+                        "round {round}: {bad}"
+                    );
                 }
             }
-            assert!(
-                outcomes[3].is_ok(),
-                "rank {r}, next round: {:?}",
-                outcomes[3]
-            );
+            let next = &outcomes[BAD.len()];
+            assert!(next.is_ok(), "rank {r}, next round: {next:?}");
         }
         let mirror = dir.path().join("sim0").join(dir_of(2, false));
         let reader = RepoReader::open(&mirror).unwrap();
@@ -2995,6 +3054,8 @@ mod tests {
                 "{d:?} written"
             );
         }
+        let commit = lazarus_store::ObjectKey::Commit(CheckpointId(1000));
+        assert!(reader.backend().stat(&commit).unwrap().is_none());
     }
 
     /// A parity update that does not decode (rank 0, a member and holder of group

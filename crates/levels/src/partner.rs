@@ -5,10 +5,12 @@
 //! COMMIT), so the mirror is the same repository, checkpoint for checkpoint, as its
 //! source. Protocol between a sender S and its receiver R (tags in the checkpoint space):
 //! S → R `Offer` (the checkpoint's id and chunk digests); R → S `Want` (the digests its
-//! mirror lacks); S → R `Data` (those chunks, the manifests, COMMIT). R writes chunks and
-//! manifests (each durable on return), then COMMIT with an exclusive create, then checks
-//! the checkpoint: the mirror's copy is complete or absent. Either side that fails sends
-//! `Failed` instead of its next message, so nobody waits for a message that never comes.
+//! mirror lacks); S → R a stream of those chunks: `Chunks` messages, then `Data` (the
+//! last chunks, the manifests, COMMIT). R writes chunks as they come and manifests (each
+//! durable on return), then, once every chunk it asked for has arrived, COMMIT with an
+//! exclusive create, then checks the checkpoint: the mirror's copy is complete or absent.
+//! Either side that fails sends `Failed` instead of its next message (a stream ends with
+//! `Data` or `Failed`), so nobody waits for a message that never comes.
 
 use crate::error::LevelError;
 use lazarus_format::{CheckpointId, ChunkDigest, Rank};
@@ -223,12 +225,17 @@ pub(crate) fn data_msg(
     })
 }
 
+/// The first byte of an encoded `Chunks` message (postcard's variant index): a receiver
+/// tells a damaged one from a stream's end by it.
+pub(crate) const CHUNKS_VARIANT: u8 = 4;
+
 /// The most stored chunk bytes of one `Chunks` message of a streamed copy (a chunk larger
-/// than this goes alone). Why a stream: one message of a whole part held the part three
-/// times over on the receiver (reassembled, decoded, written) and once more on the
-/// sender, each copy into memory never touched before, which is the slow kind of memory
-/// copy (docs/PERFORMANCE.md, "The physical limit of the 5× target"); the receiver also
-/// writes the first chunks while the rest are on their way. (Unit tests: 16 KiB, so
+/// than this goes alone). Why a stream: one message of a whole part was built, sent,
+/// reassembled and decoded whole, each copy of the part into memory never touched
+/// before, which is the slow kind of memory copy (docs/PERFORMANCE.md, "The physical
+/// limit of the 5× target"); batches of this size are built and freed one after the
+/// other. (The receiver still holds what its sources sent while it was sending its own
+/// stream: every rank sends before it receives.) (Unit tests: 16 KiB, so
 /// their small states stream in several messages.)
 pub(crate) const STREAM_BATCH_BYTES: usize = if cfg!(test) { 16 << 10 } else { 8 << 20 };
 
@@ -251,8 +258,10 @@ pub(crate) fn send_stream(
     let mut batch_bytes = 0usize;
     let read = |d: &[u8; 32]| reader.backend().read(&ObjectKey::Chunk(ChunkDigest(*d)));
     let streamed = (|| -> Result<CopyMsg, LevelError> {
-        let (_, files) = checkpoint_files(reader, id).map_err(LevelError::l1)?;
-        for d in want {
+        let (chunks, files) = checkpoint_files(reader, id).map_err(LevelError::l1)?;
+        // Only chunks of this checkpoint, each once, whatever the receiver asked for.
+        let mut offered: BTreeSet<[u8; 32]> = chunks.into_iter().map(|d| d.0).collect();
+        for d in want.iter().filter(|d| offered.remove(*d)) {
             let bytes = read(d).map_err(LevelError::l1)?;
             if !batch.is_empty() && batch_bytes + bytes.len() > STREAM_BATCH_BYTES {
                 sent += batch_bytes as u64;
@@ -506,6 +515,12 @@ mod tests {
                     None => prop_assert_eq!(distinct, 1),
                 }
             }
+        }
+
+        #[test]
+        fn chunks_messages_start_with_their_variant_index(subject in any::<u32>(), local in 1u64..1000) {
+            let m = CopyMsg::Chunks { subject, local, chunks: vec![([1; 32], vec![2])] };
+            prop_assert_eq!(m.encode().first().copied(), Some(CHUNKS_VARIANT));
         }
 
         #[test]

@@ -161,6 +161,10 @@ fn config(
     c.stop_grace = Duration::from_millis(a.stop_grace_ms);
     c.kill_grace = Duration::from_millis(a.kill_grace_ms);
     let periods = [a.l1_every, a.l2_every, a.l3_every, a.l4_every];
+    if a.fast_codec.is_some() && periods[..3].iter().all(Option::is_none) {
+        // The ranks read it only with a schedule: it would be silently ignored.
+        return Err("lazarus run: --fast-codec needs --l1-every, --l2-every or --l3-every".into());
+    }
     if periods.iter().any(Option::is_some) {
         // Refuse a schedule the ranks would refuse, before starting them.
         let mut l = lazarus::Levels::new();
