@@ -2856,61 +2856,34 @@ mod tests {
     /// to be left unread).
     #[test]
     fn a_malformed_partner_message_fails_the_round_without_a_hang_and_the_next_round_succeeds() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().to_path_buf();
-        let due = Due {
-            l1: true,
-            l2: true,
-            l3: false,
-            l4: false,
-        };
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let got = lazarus_net::local(4, |comm| {
-                let me = comm.rank().0;
-                let mut levels = open(comm.clone(), &root);
-                let mut data = vec![0u8; BYTES];
-                noise(u64::from(me) + 1, &mut data);
-                let mut outcomes = Vec::new();
-                for round in 0..3 {
-                    let seq = levels.take_seq();
-                    let r = if me == 2 && round < 2 {
-                        let tag = lazarus_net::Tag::checkpoint(TAG_COPY);
-                        let bad = if round == 0 {
-                            b"not a copy message".to_vec()
-                        } else {
-                            let offer = CopyMsg::Offer {
-                                subject: 3,
-                                local: 1,
-                                chunks: vec![],
-                            };
-                            offer.encode()
-                        };
-                        comm.send_bytes(Rank(0), tag, bad).unwrap();
-                        let offer = partner::recv(&comm, 0, TAG_COPY).unwrap();
-                        assert!(matches!(offer, CopyMsg::Offer { .. }), "{offer:?}");
-                        let want = CopyMsg::Want { missing: vec![] };
-                        partner::send(&comm, 0, TAG_COPY, &want).unwrap();
-                        let answer = partner::recv(&comm, 0, TAG_COPY).unwrap();
-                        assert!(matches!(answer, CopyMsg::Failed(_)), "{answer:?}");
-                        let refused = CopyMsg::Failed("partner refused".into());
-                        partner::send(&comm, 0, TAG_COPY, &refused).unwrap();
-                        let data = partner::recv(&comm, 0, TAG_COPY).unwrap();
-                        assert!(matches!(data, CopyMsg::Data { .. }), "{data:?}");
-                        broken_outcome(&comm, seq)
-                    } else {
-                        honest_round(&mut levels, seq, &data, due)
-                    };
-                    outcomes.push(r);
-                }
-                outcomes
-            });
-            let _ = tx.send(got);
+        let (_dir, got) = rounds_with_a_hostile_rank_2(3, |comm, round| {
+            if round >= 2 {
+                return false;
+            }
+            let tag = lazarus_net::Tag::checkpoint(TAG_COPY);
+            let bad = if round == 0 {
+                b"not a copy message".to_vec()
+            } else {
+                let offer = CopyMsg::Offer {
+                    subject: 3,
+                    local: 1,
+                    chunks: vec![],
+                };
+                offer.encode()
+            };
+            comm.send_bytes(Rank(0), tag, bad).unwrap();
+            let offer = partner::recv(comm, 0, TAG_COPY).unwrap();
+            assert!(matches!(offer, CopyMsg::Offer { .. }), "{offer:?}");
+            let want = CopyMsg::Want { missing: vec![] };
+            partner::send(comm, 0, TAG_COPY, &want).unwrap();
+            let answer = partner::recv(comm, 0, TAG_COPY).unwrap();
+            assert!(matches!(answer, CopyMsg::Failed(_)), "{answer:?}");
+            let refused = CopyMsg::Failed("partner refused".into());
+            partner::send(comm, 0, TAG_COPY, &refused).unwrap();
+            let data = partner::recv(comm, 0, TAG_COPY).unwrap();
+            assert!(matches!(data, CopyMsg::Data { .. }), "{data:?}");
+            true
         });
-        let got = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("a round with a malformed message hung")
-            .unwrap();
         for (r, outcomes) in got.iter().enumerate() {
             for (round, what) in [(0, "copy message"), (1, "expected an offer")] {
                 let bad = outcomes[round]
@@ -2926,6 +2899,43 @@ mod tests {
                 outcomes[2]
             );
         }
+    }
+
+    /// `rounds` L1+L2 rounds of 4 ranks on 2 hosts in which rank 2 plays `hostile(comm,
+    /// round)` (true: it played the round, and fails the outcome) instead of an honest
+    /// round; every rank's outcomes, and the node-local root. Panics if the rounds hang.
+    fn rounds_with_a_hostile_rank_2(
+        rounds: usize,
+        hostile: impl Fn(&Comm, usize) -> bool + Send + Sync + 'static,
+    ) -> (tempfile::TempDir, Vec<Vec<Result<(), String>>>) {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let got = lazarus_net::local(4, |comm| {
+                let me = comm.rank().0;
+                let mut levels = open(comm.clone(), &root);
+                let mut data = vec![0u8; BYTES];
+                noise(u64::from(me) + 1, &mut data);
+                let mut outcomes = Vec::new();
+                for round in 0..rounds {
+                    let seq = levels.take_seq();
+                    let r = if me == 2 && hostile(&comm, round) {
+                        broken_outcome(&comm, seq)
+                    } else {
+                        honest_round(&mut levels, seq, &data, L1_L2)
+                    };
+                    outcomes.push(r);
+                }
+                outcomes
+            });
+            let _ = tx.send(got);
+        });
+        let got = rx
+            .recv_timeout(Duration::from_secs(90))
+            .expect("a round with a hostile rank 2 hung")
+            .unwrap();
+        (dir, got)
     }
 
     /// A hostile source in a streamed L2 copy: rank 2 offers its partner (rank 0) a
@@ -2948,88 +2958,67 @@ mod tests {
             "expected data, got an offer",
             "ended without 1 of the chunks asked for",
         ];
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().to_path_buf();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let got = lazarus_net::local(4, |comm| {
-                let me = comm.rank().0;
-                let mut levels = open(comm.clone(), &root);
-                let mut data = vec![0u8; BYTES];
-                noise(u64::from(me) + 1, &mut data);
-                let mut outcomes = Vec::new();
-                let (a, b, c) = ([0xa1; 32], [0xb2; 32], [0xc3; 32]);
-                for round in 0..=BAD.len() {
-                    let seq = levels.take_seq();
-                    let r = if me == 2 && round < BAD.len() {
-                        let local = 1000;
-                        let offer = CopyMsg::Offer {
-                            subject: 2,
-                            local,
-                            chunks: vec![a, b],
-                        };
-                        partner::send(&comm, 0, TAG_COPY, &offer).unwrap();
-                        // Rank 0's offer to this rank: nothing wanted.
-                        let offer0 = partner::recv(&comm, 0, TAG_COPY).unwrap();
-                        assert!(matches!(offer0, CopyMsg::Offer { .. }), "{offer0:?}");
-                        let want = CopyMsg::Want { missing: vec![] };
-                        partner::send(&comm, 0, TAG_COPY, &want).unwrap();
-                        let answer = partner::recv(&comm, 0, TAG_COPY).unwrap();
-                        assert_eq!(
-                            answer,
-                            CopyMsg::Want {
-                                missing: vec![a, b]
-                            }
-                        );
-                        let chunk = |d: [u8; 32]| (d, vec![7u8; 100]);
-                        let chunks_msg = |local: u64, chunks| {
-                            CopyMsg::Chunks {
-                                subject: 2,
-                                local,
-                                chunks,
-                            }
-                            .encode()
-                        };
-                        let ahead = match round {
-                            0 => Some(chunks_msg(local, vec![chunk(a), chunk(a)])),
-                            1 => Some(chunks_msg(local + 1, vec![chunk(a)])),
-                            2 => Some(chunks_msg(local, vec![chunk(c)])),
-                            3 => Some(vec![partner::CHUNKS_VARIANT, 0xff, 0xff, 0xff]),
-                            4 => Some(offer.encode()),
-                            _ => None,
-                        };
-                        let tag = lazarus_net::Tag::checkpoint(TAG_COPY);
-                        if let Some(bytes) = ahead {
-                            comm.send_bytes(Rank(0), tag, bytes).unwrap();
-                        }
-                        let last = if round == 5 {
-                            vec![chunk(a)]
-                        } else {
-                            vec![chunk(b)]
-                        };
-                        let end = CopyMsg::Data {
-                            subject: 2,
-                            local,
-                            chunks: last,
-                            files: vec![("COMMIT".into(), vec![1])],
-                        };
-                        partner::send(&comm, 0, TAG_COPY, &end).unwrap();
-                        let data = partner::recv(&comm, 0, TAG_COPY).unwrap();
-                        assert!(matches!(data, CopyMsg::Data { .. }), "{data:?}");
-                        broken_outcome(&comm, seq)
-                    } else {
-                        honest_round(&mut levels, seq, &data, L1_L2)
-                    };
-                    outcomes.push(r);
+        let (a, b, c) = ([0xa1; 32], [0xb2; 32], [0xc3; 32]);
+        let (dir, got) = rounds_with_a_hostile_rank_2(BAD.len() + 1, move |comm, round| {
+            if round >= BAD.len() {
+                return false;
+            }
+            let local = 1000;
+            let offer = CopyMsg::Offer {
+                subject: 2,
+                local,
+                chunks: vec![a, b],
+            };
+            partner::send(comm, 0, TAG_COPY, &offer).unwrap();
+            // Rank 0's offer to this rank: nothing wanted.
+            let offer0 = partner::recv(comm, 0, TAG_COPY).unwrap();
+            assert!(matches!(offer0, CopyMsg::Offer { .. }), "{offer0:?}");
+            let want = CopyMsg::Want { missing: vec![] };
+            partner::send(comm, 0, TAG_COPY, &want).unwrap();
+            let answer = partner::recv(comm, 0, TAG_COPY).unwrap();
+            assert_eq!(
+                answer,
+                CopyMsg::Want {
+                    missing: vec![a, b]
                 }
-                outcomes
-            });
-            let _ = tx.send(got);
+            );
+            let chunk = |d: [u8; 32]| (d, vec![7u8; 100]);
+            let chunks_msg = |local: u64, chunks| {
+                CopyMsg::Chunks {
+                    subject: 2,
+                    local,
+                    chunks,
+                }
+                .encode()
+            };
+            let ahead = match round {
+                0 => Some(chunks_msg(local, vec![chunk(a), chunk(a)])),
+                1 => Some(chunks_msg(local + 1, vec![chunk(a)])),
+                2 => Some(chunks_msg(local, vec![chunk(c)])),
+                3 => Some(vec![partner::CHUNKS_VARIANT, 0xff, 0xff, 0xff]),
+                4 => Some(offer.encode()),
+                _ => None,
+            };
+            let tag = lazarus_net::Tag::checkpoint(TAG_COPY);
+            if let Some(bytes) = ahead {
+                comm.send_bytes(Rank(0), tag, bytes).unwrap();
+            }
+            let last = if round == 5 {
+                vec![chunk(a)]
+            } else {
+                vec![chunk(b)]
+            };
+            let end = CopyMsg::Data {
+                subject: 2,
+                local,
+                chunks: last,
+                files: vec![("COMMIT".into(), vec![1])],
+            };
+            partner::send(comm, 0, TAG_COPY, &end).unwrap();
+            let data = partner::recv(comm, 0, TAG_COPY).unwrap();
+            assert!(matches!(data, CopyMsg::Data { .. }), "{data:?}");
+            true
         });
-        let got = rx
-            .recv_timeout(Duration::from_secs(90))
-            .expect("a round with a hostile stream hung")
-            .unwrap();
         for (r, outcomes) in got.iter().enumerate() {
             for (round, what) in BAD.iter().enumerate() {
                 let bad = outcomes[round]
@@ -3047,7 +3036,7 @@ mod tests {
         }
         let mirror = dir.path().join("sim0").join(dir_of(2, false));
         let reader = RepoReader::open(&mirror).unwrap();
-        for d in [[0xa1; 32], [0xb2; 32], [0xc3; 32]] {
+        for d in [a, b, c] {
             let key = lazarus_store::ObjectKey::Chunk(ChunkDigest(d));
             assert!(
                 reader.backend().stat(&key).unwrap().is_none(),

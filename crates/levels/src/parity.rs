@@ -397,6 +397,26 @@ fn rebuild_striped(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One erasure pattern of a group of `k` members and `m` parity shards, bit `i` of
+    /// `mask` set when member `i` (then parity shard `i - k`) is lost: the members and
+    /// parity shards still there, each with its index.
+    fn survivors<'a>(
+        mask: u32,
+        members: &[&'a [u8]],
+        parity: &'a [Vec<u8>],
+    ) -> (Vec<(usize, &'a [u8])>, Vec<(usize, &'a [u8])>) {
+        let k = members.len();
+        let present = (0..k)
+            .filter(|i| mask & (1 << i) == 0)
+            .map(|i| (i, members[i]))
+            .collect();
+        let shards = (0..parity.len())
+            .filter(|j| mask & (1 << (k + j)) == 0)
+            .map(|j| (j, parity[j].as_slice()))
+            .collect();
+        (present, shards)
+    }
     use proptest::prelude::*;
 
     fn blobs(k: usize, seed: u8) -> Vec<Vec<u8>> {
@@ -463,14 +483,7 @@ mod tests {
             if mask.count_ones() as usize > m {
                 continue;
             }
-            let present: Vec<(usize, &[u8])> = (0..k)
-                .filter(|i| mask & (1 << i) == 0)
-                .map(|i| (i, refs[i]))
-                .collect();
-            let parity: Vec<(usize, &[u8])> = (0..m)
-                .filter(|j| mask & (1 << (k + j)) == 0)
-                .map(|j| (j, pw.parity[j].as_slice()))
-                .collect();
+            let (present, parity) = survivors(mask, &refs, &pw.parity);
             let r = rebuild(&pw.layout, &present, &parity).unwrap();
             let lost: Vec<usize> = (0..k).filter(|i| mask & (1 << i) != 0).collect();
             assert_eq!(r.iter().map(|(i, _)| *i).collect::<Vec<_>>(), lost);
@@ -507,14 +520,7 @@ mod tests {
                     if mask.count_ones() as usize > m {
                         continue;
                     }
-                    let present: Vec<(usize, &[u8])> = (0..k)
-                        .filter(|i| mask & (1 << i) == 0)
-                        .map(|i| (i, refs[i]))
-                        .collect();
-                    let parity: Vec<(usize, &[u8])> = (0..m)
-                        .filter(|j| mask & (1 << (k + j)) == 0)
-                        .map(|j| (j, old[j].as_slice()))
-                        .collect();
+                    let (present, parity) = survivors(mask, &refs, &old);
                     for stripe in [64, 128, 320, 1024] {
                         let r = rebuild_striped(&layout, &present, &parity, stripe)
                             .unwrap_or_else(|e| panic!("k={k} m={m} mask={mask:b}: {e}"));
@@ -631,14 +637,7 @@ mod tests {
                 let p = encode(&refs, m).unwrap();
                 for mask in 0u32..(1 << (k + m)) {
                     let lost = mask.count_ones() as usize;
-                    let present: Vec<(usize, &[u8])> = (0..k)
-                        .filter(|i| mask & (1 << i) == 0)
-                        .map(|i| (i, refs[i]))
-                        .collect();
-                    let parity: Vec<(usize, &[u8])> = (0..m)
-                        .filter(|j| mask & (1 << (k + j)) == 0)
-                        .map(|j| (j, p.parity[j].as_slice()))
-                        .collect();
+                    let (present, parity) = survivors(mask, &refs, &p.parity);
                     let r = rebuild(&p.layout, &present, &parity);
                     if lost > m {
                         assert!(
