@@ -2901,13 +2901,16 @@ mod tests {
         }
     }
 
+    /// One rank's outcome of each round.
+    type Outcomes = Vec<Result<(), String>>;
+
     /// `rounds` L1+L2 rounds of 4 ranks on 2 hosts in which rank 2 plays `hostile(comm,
     /// round)` (true: it played the round, and fails the outcome) instead of an honest
     /// round; every rank's outcomes, and the node-local root. Panics if the rounds hang.
     fn rounds_with_a_hostile_rank_2(
         rounds: usize,
         hostile: impl Fn(&Comm, usize) -> bool + Send + Sync + 'static,
-    ) -> (tempfile::TempDir, Vec<Vec<Result<(), String>>>) {
+    ) -> (tempfile::TempDir, Vec<Outcomes>) {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_path_buf();
         let (tx, rx) = std::sync::mpsc::channel();

@@ -398,6 +398,9 @@ fn rebuild_striped(
 mod tests {
     use super::*;
 
+    /// Shards with their indices, as `rebuild` takes them.
+    type Indexed<'a> = Vec<(usize, &'a [u8])>;
+
     /// One erasure pattern of a group of `k` members and `m` parity shards, bit `i` of
     /// `mask` set when member `i` (then parity shard `i - k`) is lost: the members and
     /// parity shards still there, each with its index.
@@ -405,7 +408,7 @@ mod tests {
         mask: u32,
         members: &[&'a [u8]],
         parity: &'a [Vec<u8>],
-    ) -> (Vec<(usize, &'a [u8])>, Vec<(usize, &'a [u8])>) {
+    ) -> (Indexed<'a>, Indexed<'a>) {
         let k = members.len();
         let present = (0..k)
             .filter(|i| mask & (1 << i) == 0)

@@ -61,7 +61,7 @@ pub enum CopyMsg {
     /// The other side failed; its message.
     Failed(String),
     /// Some of the chunks asked for, ahead of the `Data` that ends a streamed copy
-    /// ([`send_stream`]). Last variant: the others keep their wire index (an L3 blob is
+    /// (`send_stream`). Last variant: the others keep their wire index (an L3 blob is
     /// a `Data` message's bytes, on disk).
     Chunks {
         /// whose part
