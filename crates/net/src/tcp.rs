@@ -439,8 +439,18 @@ fn mark_down(shared: &Arc<Shared>, peer: Rank, gen: u64) {
     let Some(p) = shared.peers.get(peer.index()) else {
         return;
     };
+    let mut out = lock(&p.out);
+    mark_down_held(shared, p, &mut out, gen);
+}
+
+/// [`mark_down`] by a thread that holds `out` and keeps it: a sender whose write failed
+/// in the middle of a message goes on pushing the message's other fragments into the
+/// window under the same lock. Releasing it there let another thread's message into the
+/// window between two fragments, and the receiver reassembled the two as one message
+/// under the second's tag, every MAC valid (found in review).
+fn mark_down_held(shared: &Arc<Shared>, p: &Peer, out: &mut Out, gen: u64) {
+    let peer = p.rank;
     {
-        let mut out = lock(&p.out);
         if out.gen != gen {
             return; // a newer connection already replaced this one
         }
@@ -452,6 +462,7 @@ fn mark_down(shared: &Arc<Shared>, peer: Rank, gen: u64) {
         // "down since", and the live connection declared failed a timeout later.
         lock(&p.down_since).get_or_insert_with(Instant::now);
     }
+    // The reconnect thread waits for `out` until the caller releases it.
     if shared.me > peer && !p.reconnecting.swap(true, Ordering::AcqRel) {
         let sh = shared.clone();
         let _ = spawn("lazarus-reconnect", move || reconnect_loop(sh, peer));
@@ -821,6 +832,16 @@ fn gap(shared: &Arc<Shared>, p: &Peer, gen: u64, addr: &str, h: &DataHeader, s: 
     give_up(shared, p.rank, gen, s);
 }
 
+/// Drops a fragment that was not delivered from the reassembly; with no fragment of the
+/// message left, its memory too (up to a frame per peer would stay reserved otherwise).
+fn cut_back(partial: &mut Vec<u8>, base: usize) {
+    if base == 0 {
+        *partial = Vec::new();
+    } else {
+        partial.truncate(base);
+    }
+}
+
 /// A Data frame that is part of a message of several fragments (`partial` holds the
 /// delivered ones, if any): its payload is read straight onto the end of `partial` and
 /// stays there only if its MAC verifies and the window delivers it; otherwise `partial`
@@ -844,15 +865,18 @@ fn on_fragment(
     partial: &mut Vec<u8>,
 ) -> std::io::Result<Flow> {
     let base = partial.len();
-    // On an error `read_append` has cut `partial` back already.
-    rd.read_append(s, partial, n, stop)?;
+    if let Err(e) = rd.read_append(s, partial, n, stop) {
+        // `read_append` has cut `partial` back to `base` already; this frees it.
+        cut_back(partial, base);
+        return Err(e);
+    }
     if let Flow::Stop = verified(shared, p, gen, addr, &h, s) {
-        partial.truncate(base);
+        cut_back(partial, base);
         return Ok(Flow::Stop);
     }
     let mut inb = lock(&p.inbound);
     if inb.gen != gen {
-        partial.truncate(base);
+        cut_back(partial, base);
         return Ok(Flow::Stop);
     }
     match inb.window.accept(h.seq) {
@@ -876,11 +900,11 @@ fn on_fragment(
             Ok(Flow::Continue)
         }
         Accept::Duplicate => {
-            partial.truncate(base);
+            cut_back(partial, base);
             Ok(Flow::Continue)
         }
         Accept::Gap => {
-            partial.truncate(base);
+            cut_back(partial, base);
             drop(inb);
             gap(shared, p, gen, addr, &h, s);
             Ok(Flow::Stop)
@@ -968,6 +992,10 @@ impl Transport for TcpTransport {
             });
             let gen = out.gen;
             if let Some(c) = out.stream.as_mut() {
+                #[cfg(test)]
+                if tests::a_write_failure_is_injected() {
+                    let _ = c.s.shutdown(Shutdown::Both);
+                }
                 let h = DataHeader {
                     seq,
                     ack: p.recv_next.load(Ordering::Acquire),
@@ -977,11 +1005,12 @@ impl Transport for TcpTransport {
                 if let Err(e) =
                     write_or_close(c, |c| wire::write_data(&mut c.s, &mut c.tx, &h, body))
                 {
-                    // Kept in the window: retransmitted after the reconnect.
+                    // Kept in the window: retransmitted after the reconnect. The lock
+                    // stays held to the message's last fragment (`mark_down_held`).
                     tracing::debug!("{}: write to {to} failed: {e}", sh.me);
-                    drop(out);
-                    mark_down(sh, to, gen);
-                    out = lock(&p.out);
+                    mark_down_held(sh, p, &mut out, gen);
+                    #[cfg(test)]
+                    tests::after_a_failed_write();
                 }
             }
             start = end;
@@ -1168,6 +1197,149 @@ mod tests {
             for h in hs {
                 h.join().unwrap();
             }
+        });
+    }
+
+    type Hook = Box<dyn FnOnce() + Send>;
+    /// A thread's injected failure: its next write in `send` fails (its connection is
+    /// shut down first), then `hook` runs, right where the old code released `out`.
+    struct Injected {
+        thread: std::thread::ThreadId,
+        armed: bool,
+        hook: Option<Hook>,
+    }
+    static INJECTED: std::sync::Mutex<Option<Injected>> = std::sync::Mutex::new(None);
+
+    fn mine(i: &Option<Injected>) -> bool {
+        i.as_ref()
+            .is_some_and(|i| i.thread == std::thread::current().id())
+    }
+
+    pub(super) fn a_write_failure_is_injected() -> bool {
+        let mut i = super::lock(&INJECTED);
+        mine(&i) && i.as_mut().is_some_and(|i| std::mem::take(&mut i.armed))
+    }
+
+    pub(super) fn after_a_failed_write() {
+        let hook = {
+            let mut i = super::lock(&INJECTED);
+            match mine(&i) {
+                true => i.as_mut().and_then(|i| i.hook.take()),
+                false => None,
+            }
+        };
+        if let Some(hook) = hook {
+            hook();
+        }
+    }
+
+    /// Deterministic form of the test below: the sender's first write of a message of 8
+    /// fragments fails (its connection was reset) and, right then, another thread sends a
+    /// one-frame message to the same peer. Both arrive whole, each under its own tag (the
+    /// old code delivered the first fragment and the other message merged under the
+    /// other's tag, and the rest of the message as a message of its own).
+    #[test]
+    fn a_message_sent_while_another_thread_s_write_fails_is_not_merged_into_it() {
+        let comms = loopback_comms(2, cfg()).unwrap();
+        let big: Vec<u8> = (0..30_001u32).map(|k| (k * 7) as u8).collect();
+        let small = vec![0xabu8; 33];
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (c1, small2) = (comms[1].clone(), small.clone());
+        let hook: Hook = Box::new(move || {
+            std::thread::spawn(move || {
+                c1.send_bytes(Rank(0), crate::Tag::user(7), small2).unwrap();
+                let _ = tx.send(());
+            });
+            // With the lock held (the fix) the other send waits for this one: go on.
+            let _ = rx.recv_timeout(Duration::from_millis(200));
+        });
+        *super::lock(&INJECTED) = Some(Injected {
+            thread: std::thread::current().id(),
+            armed: true,
+            hook: Some(hook),
+        });
+        comms[1]
+            .send_bytes(Rank(0), crate::Tag::user(6), big.clone())
+            .unwrap();
+        let injected = super::lock(&INJECTED).take();
+        assert!(
+            injected.is_some_and(|i| i.hook.is_none()),
+            "no write failed"
+        );
+        let mut got = [None, None];
+        for _ in 0..2 {
+            let e = comms[0].recv_envelope(Some(Rank(1)), None).unwrap();
+            let k = usize::from(e.tag == crate::Tag::user(7));
+            got[k] = Some(e.payload);
+        }
+        assert!(
+            got[0].as_ref() == Some(&big),
+            "the 8-fragment message: {:?}",
+            got[0].as_ref().map(Vec::len)
+        );
+        assert_eq!(got[1].as_ref(), Some(&small));
+    }
+
+    /// Two threads send to the same peer while both sides' connections are reset: one
+    /// sends messages of many fragments (max_frame 4096), the other one-frame messages
+    /// under another tag. Every message arrives whole, under its own tag. A sender whose
+    /// write failed mid-message released its lock for the reconnect, the other thread's
+    /// message got between two fragments in the window, and the receiver delivered the
+    /// two merged under the second one's tag, MACs all valid (found in review).
+    #[test]
+    fn messages_of_two_sender_threads_never_merge_through_resets() {
+        let comms = loopback_comms(2, cfg()).unwrap();
+        let n_msgs = 2000usize;
+        // Tag 6: messages of 8 fragments; tags 7 to 9: one frame, a sender thread each.
+        let tags = [6u32, 7, 8, 9];
+        let done = std::sync::atomic::AtomicBool::new(false);
+        let msg = |tag: u32, i: usize| -> Vec<u8> {
+            let n = if tag == 6 { 30_001 } else { 33 };
+            (0..n)
+                .map(|k| (k as u64 * 31 + i as u64 * 7 + u64::from(tag)) as u8)
+                .collect()
+        };
+        std::thread::scope(|s| {
+            let (c0, c1, done) = (comms[0].clone(), comms[1].clone(), &done);
+            // Resets for as long as messages flow (at most ~3 s).
+            s.spawn(move || {
+                for _ in 0..1500 {
+                    if done.load(std::sync::atomic::Ordering::Acquire) {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(2));
+                    c0.transport_for_tests().unwrap().inject_reset();
+                    c1.transport_for_tests().unwrap().inject_reset();
+                }
+            });
+            for tag in tags {
+                let c = comms[1].clone();
+                s.spawn(move || {
+                    for i in 0..n_msgs {
+                        c.send_bytes(Rank(0), crate::Tag::user(tag), msg(tag, i))
+                            .unwrap();
+                    }
+                });
+            }
+            let c = comms[0].clone();
+            s.spawn(move || {
+                let mut next = [0usize; 4];
+                for _ in 0..tags.len() * n_msgs {
+                    let e = c.recv_envelope(Some(Rank(1)), None).unwrap();
+                    let k = tags
+                        .iter()
+                        .position(|t| crate::Tag::user(*t) == e.tag)
+                        .expect("a tag of the test");
+                    let (tag, i) = (tags[k], &mut next[k]);
+                    let whole = e.payload == msg(tag, *i);
+                    if !whole {
+                        done.store(true, std::sync::atomic::Ordering::Release);
+                    }
+                    assert!(whole, "tag {tag} message {i}: {} bytes", e.payload.len());
+                    *i += 1;
+                }
+                done.store(true, std::sync::atomic::Ordering::Release);
+            });
         });
     }
 
