@@ -10,6 +10,10 @@ use lazarus_net::{loopback_comms, NetConfig, Tag};
 use std::time::{Duration, Instant};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    if std::env::args().any(|a| a == "-h" || a == "--help") {
+        println!("usage: big_message [ranks (>= 2, default 4)] [MiB per message (default 256)] [rounds (default 3)]");
+        return Ok(());
+    }
     let arg = |i: usize, d: usize| {
         std::env::args()
             .nth(i)
@@ -17,6 +21,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .unwrap_or(d)
     };
     let (ranks, mib, reps) = (arg(1, 4) as u32, arg(2, 256), arg(3, 3));
+    if ranks < 2 || reps == 0 {
+        return Err("big_message: at least 2 ranks and 1 round (--help)".into());
+    }
+    let bytes_of =
+        |rank: u32| -> Vec<u8> { (0..mib << 20).map(|i| (i as u32 ^ rank) as u8).collect() };
     let comms = loopback_comms(ranks, NetConfig::default())?;
     let times: Vec<Vec<Duration>> = std::thread::scope(|s| {
         let hs: Vec<_> = comms
@@ -25,7 +34,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 s.spawn(move || {
                     let me = comm.rank().0;
                     let peer = (me + comm.size() / 2) % comm.size();
-                    let data: Vec<u8> = (0..mib << 20).map(|i| (i as u32 ^ me) as u8).collect();
+                    let data = bytes_of(me);
                     let mut t = Vec::new();
                     for _ in 0..reps {
                         comm.barrier().expect("barrier");
@@ -34,7 +43,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                             .expect("send");
                         let e = comm.recv_envelope(None, Some(Tag::user(77))).expect("recv");
                         t.push(t0.elapsed());
-                        assert_eq!(e.payload.len(), data.len());
+                        assert!(e.payload == bytes_of(e.src.0), "a message differs");
                     }
                     comm.barrier().expect("barrier");
                     t
