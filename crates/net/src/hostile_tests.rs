@@ -631,6 +631,49 @@ fn bytes_injected_into_an_authenticated_stream_are_rejected() {
     each_attack_closes_the_connection(&job, attacks);
 }
 
+/// Genuine frames (the job's keys, the next sequence numbers) that splice two messages: a
+/// first fragment of a message under tag 1, then a last fragment under tag 2. Rank 0
+/// closes the connection at the second fragment and delivers neither (the reassembly
+/// joined them into one message under tag 2: how a sender bug of 2026-12-07 went unseen);
+/// the message's own fragments, resent on an honest connection, then arrive whole.
+#[test]
+fn fragments_of_two_messages_are_never_reassembled_into_one() {
+    let (job, mut links) = ScriptedJob::start(1, true, &mut |_, _| {});
+    let (me, inc) = (job.me, job.incarnation);
+    let rank0 = job.comm(0);
+    let fragment = |l: &mut Link, seq: u64, tag: u32, last: bool, body: &[u8]| {
+        let h = DataHeader {
+            flags: if last { FLAG_LAST } else { 0 },
+            tag: Tag::user(tag),
+            src: me,
+            incarnation: inc,
+            epoch: 0,
+            seq,
+            ack: 0,
+        };
+        let mut b = Vec::new();
+        wire::write_data(&mut b, &mut l.tx, &h, body).unwrap();
+        l.s.write_all(&b).unwrap();
+    };
+    let mut l = links.remove(0);
+    let next = l.their_next;
+    fragment(&mut l, next, 1, false, b"first half of message one, ");
+    fragment(&mut l, next + 1, 2, true, b"message two");
+    assert!(closed_by_peer(&mut l.s), "connection kept open");
+    assert!(
+        rank0.try_recv_envelope(None, None).unwrap().is_none(),
+        "something was delivered"
+    );
+    // An honest connection resumes after the first fragment (delivered to the
+    // reassembly) and sends the rest of message one.
+    let mut l = job.link(0);
+    assert_eq!(l.their_next, next + 1);
+    fragment(&mut l, next + 1, 1, true, b"second half");
+    let e = rank0.recv_envelope(Some(Rank(me)), None).unwrap();
+    assert_eq!(e.tag, Tag::user(1));
+    assert_eq!(e.payload, b"first half of message one, second half");
+}
+
 type Attack<'a> = Box<dyn Fn(&mut Link) -> Vec<u8> + 'a>;
 
 /// Each attack on a new connection of the scripted (top) rank to rank 0, which holds an

@@ -55,6 +55,16 @@ struct In {
     gen: u64,
 }
 
+/// A message being reassembled from its fragments.
+#[derive(Default)]
+struct Reassembly {
+    /// The delivered fragments' bytes (empty between messages: a fragment that is not
+    /// the last is never empty).
+    bytes: Vec<u8>,
+    /// The first fragment's tag, epoch and incarnation, which every later one must carry.
+    of: Option<(crate::Tag, u64, u64)>,
+}
+
 struct Peer {
     rank: Rank,
     out: Mutex<Out>,
@@ -64,7 +74,7 @@ struct Peer {
     /// reader holds this lock for a whole Data frame, while it reads the next fragment
     /// straight into the end of the message (see `on_data`); lock order `reassembly` ->
     /// `inbound` -> mailbox.
-    reassembly: Mutex<Vec<u8>>,
+    reassembly: Mutex<Reassembly>,
     /// Peer's cumulative ack of our frames.
     acked: AtomicU64,
     /// Mirror of `inbound.window.next_expected()`, for acks sent without that lock.
@@ -140,7 +150,7 @@ impl TcpTransport {
                     window: RecvWindow::default(),
                     gen: 0,
                 }),
-                reassembly: Mutex::new(Vec::new()),
+                reassembly: Mutex::new(Reassembly::default()),
                 acked: AtomicU64::new(0),
                 recv_next: AtomicU64::new(0),
                 last_seen: Mutex::new(now),
@@ -736,7 +746,7 @@ fn on_data(
         if inb.gen != gen {
             return Ok(Flow::Stop);
         }
-        h.flags & FLAG_LAST != 0 && partial.is_empty() && inb.window.next_expected() == h.seq
+        h.flags & FLAG_LAST != 0 && partial.bytes.is_empty() && inb.window.next_expected() == h.seq
     };
     if direct && n > 0 {
         let mut claim = shared.mailbox.claim(peer, h.tag, n);
@@ -779,7 +789,7 @@ fn on_data(
             };
         }
     }
-    if h.flags & FLAG_LAST == 0 || !partial.is_empty() {
+    if h.flags & FLAG_LAST == 0 || !partial.bytes.is_empty() {
         return on_fragment(shared, p, gen, addr, h, n, rd, s, stop, &mut partial);
     }
     // A whole message in one frame: its own (pooled) buffer is handed over, no copy.
@@ -834,11 +844,11 @@ fn gap(shared: &Arc<Shared>, p: &Peer, gen: u64, addr: &str, h: &DataHeader, s: 
 
 /// Drops a fragment that was not delivered from the reassembly; with no fragment of the
 /// message left, its memory too (up to a frame per peer would stay reserved otherwise).
-fn cut_back(partial: &mut Vec<u8>, base: usize) {
+fn cut_back(partial: &mut Reassembly, base: usize) {
     if base == 0 {
-        *partial = Vec::new();
+        *partial = Reassembly::default();
     } else {
-        partial.truncate(base);
+        partial.bytes.truncate(base);
     }
 }
 
@@ -862,10 +872,10 @@ fn on_fragment(
     rd: &mut wire::FrameReader,
     s: &mut TcpStream,
     stop: &dyn Fn() -> bool,
-    partial: &mut Vec<u8>,
+    partial: &mut Reassembly,
 ) -> std::io::Result<Flow> {
-    let base = partial.len();
-    if let Err(e) = rd.read_append(s, partial, n, stop) {
+    let base = partial.bytes.len();
+    if let Err(e) = rd.read_append(s, &mut partial.bytes, n, stop) {
         // `read_append` has cut `partial` back to `base` already; this frees it.
         cut_back(partial, base);
         return Err(e);
@@ -879,12 +889,32 @@ fn on_fragment(
         cut_back(partial, base);
         return Ok(Flow::Stop);
     }
+    let of = (h.tag, h.epoch, h.incarnation);
+    if inb.window.next_expected() == h.seq && partial.of.is_some_and(|o| o != of) {
+        // Fragments of two messages: a bug of the sender's (it once let another
+        // thread's message in between), never reassembled into one. Refused before the
+        // window moves: every retry fails the same way, until the peer is declared
+        // failed.
+        cut_back(partial, base);
+        drop(inb);
+        tracing::warn!(
+            "{}: closing connection from {} at {addr}: a fragment of another message (tag {:?}) inside a message of tag {:?}",
+            shared.me,
+            p.rank,
+            h.tag,
+            partial.of.map(|o| o.0)
+        );
+        give_up(shared, p.rank, gen, s);
+        return Ok(Flow::Stop);
+    }
     match inb.window.accept(h.seq) {
         Accept::Deliver => {
             p.recv_next
                 .store(inb.window.next_expected(), Ordering::Release);
+            partial.of = Some(of);
             if h.flags & FLAG_LAST != 0 {
-                let mut body = std::mem::take(partial);
+                let mut body = std::mem::take(&mut partial.bytes);
+                partial.of = None;
                 // The amortized growth may have left up to the message's length again
                 // as spare capacity; a large buffer shrinks in place (no copy).
                 body.shrink_to_fit();
