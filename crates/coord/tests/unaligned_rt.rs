@@ -698,13 +698,13 @@ fn rank0_error_inside_a_round(nonblocking: bool) {
     s0.finish(&good, Duration::from_secs(10)).unwrap();
     let stats1 = r1.join().unwrap().unwrap();
     assert_eq!(stats1.outcomes_unknown, 0, "{stats1:?}");
-    let parts = if nonblocking { 2 } else { 1 };
-    if nonblocking {
-        // `stats` was taken before rank 1's finish: a part written inside it is not in it.
-        assert!(stats1.parts_written <= parts, "{stats1:?}");
-    } else {
-        assert_eq!(stats1.parts_written, parts, "{stats1:?}");
-    }
+    // The committed round's part, and perhaps the aborted round's: rank 0 sends the
+    // round's markers before it captures its own state, so rank 1 may have written its
+    // part before the abort reached it (the part is then collected with the directory).
+    // Blocking: exactly 1 in a quiet run, 2 once in CI under load (2026-12-07). `stats`
+    // is taken before rank 1's finish: a part written inside it is not in it.
+    let (least, most) = if nonblocking { (0, 2) } else { (1, 2) };
+    assert!((least..=most).contains(&stats1.parts_written), "{stats1:?}");
     let reader = lazarus_store::RepoReader::open(&repo).unwrap();
     let committed: Vec<_> = reader.committed().unwrap().iter().map(|c| c.id).collect();
     assert_eq!(committed, want, "the round running at finish committed");
