@@ -57,6 +57,8 @@ pub use node::{
     PARITY_LENS_KEY, PARITY_LOCALS_KEY, PARITY_MEMBERS_KEY, PARITY_M_KEY, PARITY_SHARD_BYTES_KEY,
     PARITY_SHARD_KEY, SEQ_KEY,
 };
+#[doc(hidden)]
+pub use partner::fuzz_copy_msg;
 pub use partner::{partner_map, CopyMsg};
 pub use plan::{FastPlan, Held, MemberSource, ParityHeld, ParitySource, RankSource, ShardSource};
 

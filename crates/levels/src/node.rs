@@ -935,98 +935,122 @@ impl NodeLevels {
             };
             partner::send(&self.comm, s, TAG_COPY, &answer)?;
         }
-        // 3. Send what the partner lacks, as a stream (`partner::send_stream`). Every
-        // source ends its stream with `Data` or `Failed`, offer or not, so the partner
-        // reads each source's stream to its end whatever it made of the offer.
-        let mut sent = 0u64;
-        if let Some(p) = partner {
-            let want = recv_in_round(&self.comm, p, &mut first_err)?;
-            let refused = match (&offered, want) {
-                (None, _) => Some(format!("rank {me} offered no checkpoint")),
-                (Some((id, reader)), CopyMsg::Want { missing }) => {
-                    match partner::send_stream(&self.comm, p, TAG_COPY, reader, me, *id, &missing) {
-                        Ok(n) => sent = n,
-                        Err(e @ LevelError::Net(_)) => return Err(e),
-                        Err(e) => {
-                            first_err.get_or_insert(e);
-                        }
-                    }
-                    None
-                }
-                (Some(_), CopyMsg::Failed(m)) => {
-                    let m = format!("partner refused: {m}");
-                    first_err.get_or_insert(LevelError::Peer {
-                        rank: Rank(p),
-                        message: m.clone(),
-                    });
-                    Some(m)
-                }
-                (Some(_), other) => {
-                    let detail = format!("expected a want list, got {}", kind(&other));
-                    first_err.get_or_insert(LevelError::Protocol {
-                        rank: Rank(p),
-                        detail: detail.clone(),
-                    });
-                    Some(detail)
-                }
-            };
-            if let Some(m) = refused {
-                partner::send(&self.comm, p, TAG_COPY, &CopyMsg::Failed(m))?;
+        // 3. Send what the partner lacks, as a stream (`partner::send_stream`), on a
+        // thread of its own while this rank reads its sources' streams (4): each rank's
+        // receive buffers go back to the pool as it writes them, instead of every rank's
+        // whole part piling up in its mailbox while it sends its own. Every source ends
+        // its stream with `Data` or `Failed`, offer or not, so the partner reads each
+        // source's stream to its end whatever it made of the offer.
+        let want = match partner {
+            Some(p) => Some((p, recv_in_round(&self.comm, p, &mut first_err)?)),
+            None => None,
+        };
+        let errors_before = first_err.is_some();
+        let comm = self.comm.clone();
+        let (streamed, received) = std::thread::scope(|scope| {
+            let sender = want.map(|(p, want)| {
+                scope.spawn(move || stream_to_partner(&comm, me, p, offered, want))
+            });
+            let received = self.receive_streams(
+                &sources,
+                &offering,
+                &offered_of,
+                &mut wanted_of,
+                &mut first_err,
+            );
+            let streamed =
+                sender.map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
+            (streamed, received)
+        });
+        let mut sent = 0;
+        if let Some(streamed) = streamed {
+            let (n, refused) = streamed?;
+            sent = n;
+            // The stream's failure is the round's error unless steps 1-2 had one.
+            if let Some(e) = refused.filter(|_| !errors_before) {
+                first_err = Some(e);
             }
         }
-        // 4. Every source's stream, to its end; the chunks of those whose offer was
-        // accepted are written as they come, and their checkpoint installed at `Data`
-        // (the others' failure is already the round's error).
-        for &s in &sources {
+        received?;
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(sent),
+        }
+    }
+
+    /// Step 4 of the L2 exchange: every source's stream, to its end; the chunks of those
+    /// whose offer was accepted are written as they come (straight from the received
+    /// payload, which then goes back to the pool), and their checkpoint installed at
+    /// `Data` (the others' failure is already the round's error). Only a communication
+    /// failure returns an error; the rest goes to `first_err`.
+    fn receive_streams(
+        &mut self,
+        sources: &[u32],
+        offering: &[u32],
+        offered_of: &BTreeMap<u32, u64>,
+        wanted_of: &mut BTreeMap<u32, BTreeSet<[u8; 32]>>,
+        first_err: &mut Option<LevelError>,
+    ) -> Result<(), LevelError> {
+        for &s in sources {
             let accepted = offering.contains(&s);
             let mut wanted = wanted_of.remove(&s).unwrap_or_default();
             let mut failed = !accepted;
+            // A streamed message's chunks must be of the checkpoint offered, and each one
+            // asked for and sent once.
+            let check = |subject: u32,
+                         local: u64,
+                         wanted: &mut BTreeSet<[u8; 32]>,
+                         mut digests: &mut dyn Iterator<Item = &[u8; 32]>|
+             -> Result<(), LevelError> {
+                if (subject, Some(local)) != (s, offered_of.get(&s).copied()) {
+                    return Err(LevelError::Protocol {
+                        rank: Rank(s),
+                        detail: format!(
+                            "rank {subject}'s checkpoint {local} in the copy of rank {s}'s offer"
+                        ),
+                    });
+                }
+                match (&mut digests).find(|d| !wanted.remove(*d)) {
+                    Some(d) => Err(LevelError::Protocol {
+                        rank: Rank(s),
+                        detail: format!(
+                            "chunk {} was not asked for, or was sent twice",
+                            ChunkDigest(*d)
+                        ),
+                    }),
+                    None => Ok(()),
+                }
+            };
             loop {
-                let Some(msg) = recv_in_stream(&self.comm, s, &mut first_err)? else {
-                    failed = true;
-                    continue;
-                };
-                // A streamed message's chunks must be of the checkpoint offered, and
-                // each one asked for and sent once.
-                let mut check = |subject: u32, local: u64, chunks: &[([u8; 32], Vec<u8>)]| {
-                    if (subject, Some(local)) != (s, offered_of.get(&s).copied()) {
-                        return Err(LevelError::Protocol {
-                            rank: Rank(s),
-                            detail: format!(
-                                "rank {subject}'s checkpoint {local} in the copy of rank {s}'s offer"
-                            ),
-                        });
+                let msg = match recv_in_stream(&self.comm, s, first_err)? {
+                    Streamed::Damaged => {
+                        failed = true;
+                        continue;
                     }
-                    match chunks.iter().find(|(d, _)| !wanted.remove(d)) {
-                        Some((d, _)) => Err(LevelError::Protocol {
-                            rank: Rank(s),
-                            detail: format!(
-                                "chunk {} was not asked for, or was sent twice",
-                                ChunkDigest(*d)
-                            ),
-                        }),
-                        None => Ok(()),
+                    Streamed::Chunks(c) => {
+                        if !failed {
+                            let r = check(
+                                c.subject,
+                                c.local,
+                                &mut wanted,
+                                &mut c.chunks().map(|(d, _)| d),
+                            )
+                            .and_then(|()| {
+                                let m = self.mirror(s)?;
+                                partner::put_chunks(m.backend().as_ref(), c.chunks())
+                                    .map_err(LevelError::l2)
+                            });
+                            if let Err(e) = r {
+                                failed = true;
+                                first_err.get_or_insert(e);
+                            }
+                        }
+                        c.recycle();
+                        continue;
                     }
+                    Streamed::Msg(m) => m,
                 };
                 match msg {
-                    CopyMsg::Chunks {
-                        subject,
-                        local,
-                        chunks,
-                    } => {
-                        if failed {
-                            continue;
-                        }
-                        let r = check(subject, local, &chunks).and_then(|()| {
-                            let m = self.mirror(s)?;
-                            partner::put_chunks(m.backend().as_ref(), &chunks)
-                                .map_err(LevelError::l2)
-                        });
-                        if let Err(e) = r {
-                            failed = true;
-                            first_err.get_or_insert(e);
-                        }
-                    }
                     CopyMsg::Data {
                         subject,
                         local,
@@ -1034,19 +1058,20 @@ impl NodeLevels {
                         files,
                     } => {
                         if !failed {
-                            let r = check(subject, local, &chunks).and_then(|()| {
-                                // COMMIT only over every chunk asked for (complete or
-                                // absent; found in review).
-                                match wanted.len() {
-                                    0 => self.install_mirror(s, local, &chunks, &files),
-                                    n => Err(LevelError::Protocol {
-                                        rank: Rank(s),
-                                        detail: format!(
-                                            "the copy of checkpoint {local} ended without {n} of the chunks asked for"
-                                        ),
-                                    }),
-                                }
-                            });
+                            let r = check(subject, local, &mut wanted, &mut chunks.iter().map(|(d, _)| d))
+                                .and_then(|()| {
+                                    // COMMIT only over every chunk asked for (complete or
+                                    // absent; found in review).
+                                    match wanted.len() {
+                                        0 => self.install_mirror(s, local, &chunks, &files),
+                                        n => Err(LevelError::Protocol {
+                                            rank: Rank(s),
+                                            detail: format!(
+                                                "the copy of checkpoint {local} ended without {n} of the chunks asked for"
+                                            ),
+                                        }),
+                                    }
+                                });
                             if let Err(e) = r {
                                 first_err.get_or_insert(e);
                             }
@@ -1074,10 +1099,7 @@ impl NodeLevels {
                 }
             }
         }
-        match first_err {
-            Some(e) => Err(e),
-            None => Ok(sent),
-        }
+        Ok(())
     }
 
     /// The L3 round of checkpoint `seq`; `local` is this rank's new L1 checkpoint
@@ -2067,36 +2089,111 @@ fn recv_in_round(
     from: u32,
     first_err: &mut Option<LevelError>,
 ) -> Result<CopyMsg, LevelError> {
-    Ok(recv_in_stream(comm, from, first_err)?.unwrap_or_else(|| {
-        CopyMsg::Failed("a chunks message that does not decode, out of a stream".into())
-    }))
+    Ok(match recv_in_stream(comm, from, first_err)? {
+        Streamed::Msg(m) => m,
+        // Only its kind matters out of a stream (the caller's "expected ..., got chunks").
+        Streamed::Chunks(c) => {
+            let m = CopyMsg::Chunks {
+                subject: c.subject,
+                local: c.local,
+                chunks: Vec::new(),
+            };
+            c.recycle();
+            m
+        }
+        Streamed::Damaged => {
+            CopyMsg::Failed("a chunks message that does not decode, out of a stream".into())
+        }
+    })
 }
 
-/// [`recv_in_round`] for a message of a source's stream: `None` for a message that does
-/// not decode but says it is `Chunks` (its first byte, postcard's variant index), after
-/// which the stream goes on; reading it as the end would leave the rest of the stream
-/// to be misread by the next rounds (found in review).
+/// A message of a source's L2 stream.
+enum Streamed {
+    /// Any message but `Chunks`, decoded (one that does not decode is a `Failed`).
+    Msg(CopyMsg),
+    /// `Chunks`, decoded in place.
+    Chunks(partner::ChunksMsg),
+    /// A message that does not decode but says it is `Chunks` (its first byte,
+    /// postcard's variant index), after which the stream goes on; reading it as the end
+    /// would leave the rest of the stream to be misread by the next rounds (found in
+    /// review).
+    Damaged,
+}
+
+/// [`recv_in_round`] for a message of a source's stream.
 fn recv_in_stream(
     comm: &Comm,
     from: u32,
     first_err: &mut Option<LevelError>,
-) -> Result<Option<CopyMsg>, LevelError> {
+) -> Result<Streamed, LevelError> {
     let env = comm.recv_envelope(
         Some(Rank(from)),
         Some(lazarus_net::Tag::checkpoint(TAG_COPY)),
     )?;
-    match CopyMsg::decode(Rank(from), &env.payload) {
-        Ok(m) => Ok(Some(m)),
-        Err(e) => {
+    if env.payload.first() == Some(&partner::CHUNKS_VARIANT) {
+        return Ok(match partner::ChunksMsg::decode(Rank(from), env.payload) {
+            Ok(c) => Streamed::Chunks(c),
+            Err((e, payload)) => {
+                first_err.get_or_insert(e);
+                lazarus_net::recycle_payload(payload);
+                Streamed::Damaged
+            }
+        });
+    }
+    Ok(Streamed::Msg(
+        CopyMsg::decode(Rank(from), &env.payload).unwrap_or_else(|e| {
             let m = e.to_string();
             first_err.get_or_insert(e);
-            if env.payload.first() == Some(&partner::CHUNKS_VARIANT) {
-                Ok(None)
-            } else {
-                Ok(Some(CopyMsg::Failed(m)))
-            }
+            CopyMsg::Failed(m)
+        }),
+    ))
+}
+
+/// Step 3 of the L2 exchange, on its own thread: answers the partner's `want` with the
+/// stream of `offered` (or `Failed` when there is nothing to send or the partner refused).
+/// Returns the chunk bytes sent and the error that ended the stream, if any; only a
+/// communication failure is an `Err`.
+fn stream_to_partner(
+    comm: &Comm,
+    me: u32,
+    p: u32,
+    offered: Option<(CheckpointId, RepoReader)>,
+    want: CopyMsg,
+) -> Result<(u64, Option<LevelError>), LevelError> {
+    let refused = match (&offered, want) {
+        (None, _) => format!("rank {me} offered no checkpoint"),
+        (Some((id, reader)), CopyMsg::Want { missing }) => {
+            return match partner::send_stream(comm, p, TAG_COPY, reader, me, *id, &missing) {
+                Ok(n) => Ok((n, None)),
+                Err(e @ LevelError::Net(_)) => Err(e),
+                Err(e) => Ok((0, Some(e))),
+            };
         }
-    }
+        (Some(_), CopyMsg::Failed(m)) => {
+            let m = format!("partner refused: {m}");
+            partner::send(comm, p, TAG_COPY, &CopyMsg::Failed(m.clone()))?;
+            return Ok((
+                0,
+                Some(LevelError::Peer {
+                    rank: Rank(p),
+                    message: m,
+                }),
+            ));
+        }
+        (Some(_), other) => {
+            let detail = format!("expected a want list, got {}", kind(&other));
+            partner::send(comm, p, TAG_COPY, &CopyMsg::Failed(detail.clone()))?;
+            return Ok((
+                0,
+                Some(LevelError::Protocol {
+                    rank: Rank(p),
+                    detail,
+                }),
+            ));
+        }
+    };
+    partner::send(comm, p, TAG_COPY, &CopyMsg::Failed(refused))?;
+    Ok((0, None))
 }
 
 /// Installs a checkpoint sent by (or rebuilt from) other ranks into the level repository

@@ -15,12 +15,15 @@
 use crate::error::LevelError;
 use lazarus_format::{CheckpointId, ChunkDigest, Rank};
 use lazarus_net::{Comm, Tag};
+use lazarus_store::backend::ObjectReader;
 use lazarus_store::backend::PutMode;
 use lazarus_store::{
     DirKey, ObjectKey, ReadBackend, RepoReader, StoreError, StoreErrorKind, WriteBackend,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
+use std::io::Read;
+use std::ops::Range;
 
 /// Checkpoint-space tag of level copies (`0x300..0x400` belong to this crate).
 pub(crate) const TAG_COPY: u32 = 0x300;
@@ -233,17 +236,24 @@ pub(crate) const CHUNKS_VARIANT: u8 = 4;
 /// than this goes alone). Why a stream: one message of a whole part was built, sent,
 /// reassembled and decoded whole, each copy of the part into memory never touched
 /// before, which is the slow kind of memory copy (docs/PERFORMANCE.md, "The physical
-/// limit of the 5× target"); batches of this size are built and freed one after the
-/// other. (The receiver still holds what its sources sent while it was sending its own
-/// stream: every rank sends before it receives.) (Unit tests: 16 KiB, so
-/// their small states stream in several messages.)
+/// limit of the 5× target"); batches of this size are built in pooled buffers and go back
+/// to the pool once acknowledged (sender) or written (receiver), so a stream reuses a
+/// few buffers' pages. (Unit tests: 16 KiB, so their small states stream in several
+/// messages.)
 pub(crate) const STREAM_BATCH_BYTES: usize = if cfg!(test) { 16 << 10 } else { 8 << 20 };
+
+/// Chunks opened for one `Chunks` message: (digest, its file).
+type Batch = Vec<([u8; 32], ObjectReader)>;
+
+/// The most chunks of one `Chunks` message: a batch holds its chunk files open until it
+/// is sent, so small chunks must not open thousands at once.
+const STREAM_BATCH_CHUNKS: usize = 256;
 
 /// Sends checkpoint `id` (of rank `subject`, read through `reader`) to `to` on `tag` for
 /// a receiver lacking `want`, as a stream: `Chunks` messages of at most
-/// [`STREAM_BATCH_BYTES`], then `Data` with the last chunks and the checkpoint's files.
-/// Every stream ends with `Data` or `Failed`, whatever fails: a read error after the
-/// first message sends `Failed` and is returned. Returns the chunk bytes sent.
+/// [`STREAM_BATCH_BYTES`], then `Data` with the checkpoint's files. Every stream ends
+/// with `Data` or `Failed`, whatever fails: a read error after the first message sends
+/// `Failed` and is returned. Returns the chunk bytes sent.
 pub(crate) fn send_stream(
     comm: &Comm,
     to: u32,
@@ -254,38 +264,42 @@ pub(crate) fn send_stream(
     want: &[[u8; 32]],
 ) -> Result<u64, LevelError> {
     let mut sent = 0u64;
-    let mut batch: Vec<([u8; 32], Vec<u8>)> = Vec::new();
-    let mut batch_bytes = 0usize;
-    let read = |d: &[u8; 32]| reader.backend().read(&ObjectKey::Chunk(ChunkDigest(*d)));
     let streamed = (|| -> Result<CopyMsg, LevelError> {
         let (chunks, files) = checkpoint_files(reader, id).map_err(LevelError::l1)?;
         // Only chunks of this checkpoint, each once, whatever the receiver asked for.
         let mut offered: BTreeSet<[u8; 32]> = chunks.into_iter().map(|d| d.0).collect();
+        let mut batch: Batch = Vec::new();
+        let mut batch_bytes = 0u64;
+        let flush = |batch: &mut Batch| -> Result<(), LevelError> {
+            let msg = chunks_message(reader, subject, id, std::mem::take(batch))
+                .map_err(LevelError::l1)?;
+            comm.send_bytes(Rank(to), Tag::checkpoint(tag), msg)?;
+            Ok(())
+        };
         for d in want.iter().filter(|d| offered.remove(*d)) {
-            let bytes = read(d).map_err(LevelError::l1)?;
-            if !batch.is_empty() && batch_bytes + bytes.len() > STREAM_BATCH_BYTES {
-                sent += batch_bytes as u64;
-                let chunks = std::mem::take(&mut batch);
+            let r = reader
+                .backend()
+                .open(&ObjectKey::Chunk(ChunkDigest(*d)))
+                .map_err(LevelError::l1)?;
+            if !batch.is_empty()
+                && (batch_bytes + r.len > STREAM_BATCH_BYTES as u64
+                    || batch.len() >= STREAM_BATCH_CHUNKS)
+            {
+                flush(&mut batch)?;
+                sent += batch_bytes;
                 batch_bytes = 0;
-                send(
-                    comm,
-                    to,
-                    tag,
-                    &CopyMsg::Chunks {
-                        subject,
-                        local: id.0,
-                        chunks,
-                    },
-                )?;
             }
-            batch_bytes += bytes.len();
-            batch.push((*d, bytes));
+            batch_bytes += r.len;
+            batch.push((*d, r));
         }
-        sent += batch_bytes as u64;
+        if !batch.is_empty() {
+            flush(&mut batch)?;
+            sent += batch_bytes;
+        }
         Ok(CopyMsg::Data {
             subject,
             local: id.0,
-            chunks: std::mem::take(&mut batch),
+            chunks: Vec::new(),
             files,
         })
     })();
@@ -302,11 +316,189 @@ pub(crate) fn send_stream(
     }
 }
 
+/// Encodes `CopyMsg::Chunks { subject, local: id, chunks }` for the chunks of `batch`
+/// (byte for byte what [`CopyMsg::encode`] writes; postcard writes the framing) into a
+/// pooled buffer, each chunk read from its file straight into the message: one copy of
+/// the bytes, and no fresh pages once the pool holds a buffer of this size.
+fn chunks_message(
+    reader: &RepoReader,
+    subject: u32,
+    id: CheckpointId,
+    batch: Batch,
+) -> Result<Vec<u8>, StoreError> {
+    let bytes: u64 = batch.iter().map(|(_, r)| r.len).sum();
+    // Room for the framing too: each varint is at most 10 bytes.
+    let capacity = usize::try_from(bytes)
+        .ok()
+        .and_then(|b| b.checked_add(32 + batch.len() * (32 + 10)))
+        .ok_or_else(|| {
+            StoreError::new(
+                StoreErrorKind::Corrupt,
+                None,
+                format!("checkpoint {id}: {bytes} chunk bytes do not fit in memory"),
+            )
+        })?;
+    // Encoding into a Vec cannot fail (postcard fails only when a fixed buffer is full).
+    let framing = |e: postcard::Error| {
+        StoreError::new(StoreErrorKind::Corrupt, None, format!("copy message: {e}"))
+    };
+    let mut buf = lazarus_net::payload_buffer(capacity);
+    buf = postcard::to_extend(
+        &(u32::from(CHUNKS_VARIANT), subject, id.0, batch.len()),
+        buf,
+    )
+    .map_err(framing)?;
+    for (d, r) in batch {
+        buf = postcard::to_extend(&(d, r.len), buf).map_err(framing)?;
+        let key = ObjectKey::Chunk(ChunkDigest(d));
+        let start = buf.len();
+        r.reader
+            .take(r.len)
+            .read_to_end(&mut buf)
+            .map_err(|e| StoreError::io(&reader.backend().describe(&key), "read chunk", e))?;
+        let got = (buf.len() - start) as u64;
+        if got != r.len {
+            return Err(StoreError::new(
+                StoreErrorKind::Corrupt,
+                Some(&reader.backend().describe(&key)),
+                format!(
+                    "chunk {} ended after {got} of its {} bytes while it was read",
+                    ChunkDigest(d),
+                    r.len
+                ),
+            ));
+        }
+    }
+    Ok(buf)
+}
+
+/// A `Chunks` message decoded in place: its chunks are ranges of the received payload,
+/// which goes back to the communicator's pool once they are written
+/// ([`ChunksMsg::recycle`]). Accepts exactly the bytes [`CopyMsg::decode`] accepts as
+/// `Chunks` (property test and the `levels_copy_msg` fuzz target check they agree).
+pub(crate) struct ChunksMsg {
+    /// whose part
+    pub(crate) subject: u32,
+    /// its id
+    pub(crate) local: u64,
+    payload: Vec<u8>,
+    chunks: Vec<([u8; 32], Range<usize>)>,
+}
+
+impl ChunksMsg {
+    /// Decodes `payload` (from `from`), which must be an encoded `Chunks` message
+    /// ([`CHUNKS_VARIANT`] first); on error the payload is handed back with it.
+    pub(crate) fn decode(from: Rank, payload: Vec<u8>) -> Result<Self, (LevelError, Vec<u8>)> {
+        let bad = |detail: String| LevelError::Protocol { rank: from, detail };
+        let base = payload.as_ptr() as usize;
+        type Borrowed<'a> = (u32, u32, u64, Vec<([u8; 32], &'a [u8])>);
+        let decoded = match postcard::take_from_bytes::<Borrowed<'_>>(&payload) {
+            Err(e) => Err(bad(format!("copy message: {e}"))),
+            Ok((_, rest)) if !rest.is_empty() => Err(bad(format!(
+                "{} trailing bytes after a copy message",
+                rest.len()
+            ))),
+            Ok(((variant, ..), _)) if variant != u32::from(CHUNKS_VARIANT) => Err(bad(format!(
+                "copy message: variant {variant} is not chunks"
+            ))),
+            Ok(((_, _, local, _), _)) if checked_id(local).is_none() => {
+                Err(bad(format!("checkpoint id {local} out of range")))
+            }
+            Ok(((_, subject, local, chunks), _)) => Ok((
+                subject,
+                local,
+                chunks
+                    .into_iter()
+                    .map(|(d, b)| {
+                        let start = b.as_ptr() as usize - base;
+                        (d, start..start + b.len())
+                    })
+                    .collect::<Vec<_>>(),
+            )),
+        };
+        match decoded {
+            Ok((subject, local, chunks)) => Ok(ChunksMsg {
+                subject,
+                local,
+                payload,
+                chunks,
+            }),
+            Err(e) => Err((e, payload)),
+        }
+    }
+
+    /// The chunks: (digest, stored bytes).
+    pub(crate) fn chunks(&self) -> impl Iterator<Item = (&[u8; 32], &[u8])> {
+        self.chunks
+            .iter()
+            .map(|(d, r)| (d, self.payload.get(r.clone()).unwrap_or_default()))
+    }
+
+    /// Hands the payload back to the communicator's buffer pool.
+    pub(crate) fn recycle(self) {
+        lazarus_net::recycle_payload(self.payload);
+    }
+}
+
+/// Fuzz entry of the copy protocol's decoders (`fuzz/fuzz_targets/levels_copy_msg.rs`,
+/// and the property tests): `data` decodes or is refused, never panics; what
+/// [`CopyMsg::decode`] accepts re-encodes to itself; and a `Chunks` message is accepted
+/// by the in-place decoder the exchange uses exactly when `CopyMsg::decode` accepts it,
+/// with the same fields and bytes.
+#[doc(hidden)]
+pub fn fuzz_copy_msg(data: &[u8]) {
+    let owned = CopyMsg::decode(Rank(1), data);
+    if let Ok(m) = &owned {
+        let again = CopyMsg::decode(Rank(1), &m.encode());
+        assert_eq!(
+            again.as_ref().ok(),
+            Some(m),
+            "a decoded message re-encodes to itself"
+        );
+    }
+    if data.first() != Some(&CHUNKS_VARIANT) {
+        return;
+    }
+    match (owned, ChunksMsg::decode(Rank(1), data.to_vec())) {
+        (
+            Ok(CopyMsg::Chunks {
+                subject,
+                local,
+                chunks,
+            }),
+            Ok(c),
+        ) => {
+            assert_eq!((c.subject, c.local), (subject, local));
+            let in_place: Vec<([u8; 32], Vec<u8>)> =
+                c.chunks().map(|(d, b)| (*d, b.to_vec())).collect();
+            assert_eq!(in_place, chunks, "the two decoders read the same chunks");
+        }
+        (Err(_), Err(_)) => {}
+        (owned, in_place) => panic!(
+            "the decoders disagree: CopyMsg::decode {:?}, ChunksMsg::decode {:?}",
+            owned.map(|m| kind_of(&m)),
+            in_place
+                .map(|c| c.chunks.len())
+                .map_err(|(e, _)| e.to_string())
+        ),
+    }
+}
+
+fn kind_of(m: &CopyMsg) -> &'static str {
+    match m {
+        CopyMsg::Offer { .. } => "offer",
+        CopyMsg::Want { .. } => "want",
+        CopyMsg::Data { .. } => "data",
+        CopyMsg::Failed(_) => "failed",
+        CopyMsg::Chunks { .. } => "chunks",
+    }
+}
+
 /// Writes copied chunks into `target` (each durable on return); a chunk already there is
 /// overwritten with the same content.
-pub(crate) fn put_chunks(
+pub(crate) fn put_chunks<'a>(
     target: &dyn WriteBackend,
-    chunks: &[([u8; 32], Vec<u8>)],
+    chunks: impl IntoIterator<Item = (&'a [u8; 32], &'a [u8])>,
 ) -> Result<(), StoreError> {
     for (d, bytes) in chunks {
         target.put(
@@ -375,7 +567,7 @@ pub(crate) fn install(
         }
     }
     target.create_dir(&DirKey::Checkpoint(id))?;
-    put_chunks(target, chunks)?;
+    put_chunks(target, chunks.iter().map(|(d, b)| (d, b.as_slice())))?;
     for (name, bytes) in files {
         if name == "COMMIT" {
             continue;
@@ -503,7 +695,92 @@ mod tests {
         assert!(e.to_string().contains(&digests[0].to_string()), "{e}");
     }
 
+    /// (digest, stored bytes) of chunks.
+    type ChunkBytes = Vec<([u8; 32], Vec<u8>)>;
+
+    /// `chunks` of `src`'s checkpoint `id` opened as a batch, and the same read whole.
+    fn batch_of(src: &RepoReader, id: CheckpointId) -> (Batch, ChunkBytes) {
+        let (digests, _) = checkpoint_files(src, id).unwrap();
+        let open = digests
+            .iter()
+            .map(|d| (d.0, src.backend().open(&ObjectKey::Chunk(*d)).unwrap()))
+            .collect();
+        let read = digests
+            .iter()
+            .map(|d| (d.0, src.backend().read(&ObjectKey::Chunk(*d)).unwrap()))
+            .collect();
+        (open, read)
+    }
+
+    /// A chunk file that shrinks between the batch's open and its read is an error naming
+    /// the chunk, never a message with a short chunk in it.
+    #[test]
+    fn a_chunk_file_cut_short_while_it_is_streamed_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..50_000u32).map(|i| (i * 7919 % 251) as u8).collect();
+        let repo = repo_with(&dir.path().join("r"), &[&data]);
+        let src = repo.reader().unwrap();
+        let (batch, _) = batch_of(&src, CheckpointId(1));
+        let (d, len) = (batch[0].0, batch[0].1.len);
+        let path = src.backend().describe(&ObjectKey::Chunk(ChunkDigest(d)));
+        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.set_len(len / 2).unwrap();
+        let e = chunks_message(&src, 0, CheckpointId(1), batch).expect_err("short chunk");
+        assert_eq!(e.kind(), StoreErrorKind::Corrupt, "{e}");
+        assert!(e.to_string().contains(&ChunkDigest(d).to_string()), "{e}");
+    }
+
     proptest! {
+        // Each case writes a repository (fsync): a few dozen cases, not 256.
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        /// The stream's messages, built straight from the chunk files into a pooled buffer,
+        /// are byte for byte the `Chunks` messages `CopyMsg::encode` writes, and the
+        /// in-place decoder reads them back.
+        #[test]
+        fn chunks_messages_built_from_files_are_the_encoded_messages(
+            subject in any::<u32>(),
+            datas in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..3000), 1..4),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let refs: Vec<&[u8]> = datas.iter().map(|d| d.as_slice()).collect();
+            let repo = repo_with(&dir.path().join("r"), &refs);
+            let src = repo.reader().unwrap();
+            let id = CheckpointId(datas.len() as u64);
+            let (batch, chunks) = batch_of(&src, id);
+            let built = chunks_message(&src, subject, id, batch).unwrap();
+            let m = CopyMsg::Chunks { subject, local: id.0, chunks };
+            prop_assert_eq!(&built, &m.encode());
+            fuzz_copy_msg(&built);
+        }
+    }
+
+    proptest! {
+        /// Hostile bytes, and hostile edits of a genuine `Chunks` message: both decoders
+        /// agree, neither panics.
+        #[test]
+        fn the_in_place_decoder_agrees_with_the_owned_one(
+            bytes in proptest::collection::vec(any::<u8>(), 0..256),
+            chunks in proptest::collection::vec((any::<[u8; 32]>(), proptest::collection::vec(any::<u8>(), 0..64)), 0..4),
+            local in 0u64..4,
+            cut in any::<proptest::sample::Index>(),
+            flip in any::<proptest::sample::Index>(),
+        ) {
+            let mut hostile = bytes.clone();
+            hostile.insert(0, CHUNKS_VARIANT);
+            fuzz_copy_msg(&bytes);
+            fuzz_copy_msg(&hostile);
+            let genuine = CopyMsg::Chunks { subject: 3, local, chunks }.encode();
+            fuzz_copy_msg(&genuine);
+            fuzz_copy_msg(&genuine[..cut.index(genuine.len())]);
+            let mut flipped = genuine.clone();
+            let i = flip.index(flipped.len());
+            flipped[i] ^= 0x80;
+            fuzz_copy_msg(&flipped);
+            let mut longer = genuine;
+            longer.push(0);
+            fuzz_copy_msg(&longer);
+        }
+
         #[test]
         fn partner_is_on_another_host_whenever_there_are_two(hosts in proptest::collection::vec(0u8..4, 1..12)) {
             let names: Vec<String> = hosts.iter().map(|h| format!("h{h}")).collect();

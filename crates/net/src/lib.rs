@@ -57,6 +57,7 @@ pub use handshake::fuzz_handshake;
 pub use launch::fuzz_launcher_output;
 pub use local::{local, local_comms, local_comms_with};
 pub use mailbox::Envelope;
+pub use pool::{payload_buffer, recycle_payload};
 pub use rdv::{Liveness, RankView, RendezvousServer};
 pub use scalar::Scalar;
 pub use sendbuf::SendBuf;

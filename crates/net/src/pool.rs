@@ -66,6 +66,25 @@ pub(crate) fn take(n: usize) -> Vec<u8> {
     }
 }
 
+/// An empty byte vector with room for at least `capacity` bytes, recycled from the runtime's
+/// buffer pool when one is parked there (buffers of sent and acknowledged messages, and of
+/// received ones handed back with [`recycle_payload`]). A large payload built in
+/// it for [`crate::Comm::send_bytes`] costs no fresh pages, and comes back to the pool once
+/// the peer has acknowledged it. The vector is empty: no earlier message's bytes are
+/// observable through it.
+pub fn payload_buffer(capacity: usize) -> Vec<u8> {
+    take(capacity)
+}
+
+/// Hands a received message's payload (or any byte vector) to the runtime's buffer pool
+/// once its bytes have been used: the next large message received, or built in a
+/// [`payload_buffer`], reuses its pages instead of faulting in fresh ones. Small vectors,
+/// and any beyond what the pool keeps, are simply freed; dropping the vector instead is
+/// always correct.
+pub fn recycle_payload(payload: Vec<u8>) {
+    give(payload)
+}
+
 /// A vector of exactly `n` initialized bytes, recycled when possible. Recycled bytes hold
 /// whatever an earlier message (sent or received) of this process left there (buffers
 /// come back with their length, so everything below it was written); fresh ones are zero.
