@@ -1986,17 +1986,7 @@ impl NodeLevels {
             } = src
             {
                 if *holder == me {
-                    let p = self.host_dir(host).join(dir);
-                    let msg = RepoReader::open(&p)
-                        .and_then(|reader| {
-                            let (chunks, _) =
-                                partner::checkpoint_files(&reader, CheckpointId(*local))?;
-                            let all: Vec<[u8; 32]> = chunks.into_iter().map(|d| d.0).collect();
-                            partner::data_msg(&reader, r as u32, CheckpointId(*local), &all)
-                        })
-                        .unwrap_or_else(|e| CopyMsg::Failed(e.to_string()));
-                    partner::send(&self.comm, r as u32, TAG_REBUILD, &msg)
-                        .map_err(LoadOutcome::Level)?;
+                    self.send_rebuild(r as u32, &self.host_dir(host).join(dir), *local)?;
                 }
             }
             if let RankSource::Parity(ps) = src {
@@ -2007,31 +1997,8 @@ impl NodeLevels {
         let (dir, local) = match &plan.sources[me as usize] {
             RankSource::Local { dir, local } => (dir.clone(), *local),
             RankSource::Remote { holder, local, .. } => {
-                let msg =
-                    partner::recv(&self.comm, *holder, TAG_REBUILD).map_err(LoadOutcome::Level)?;
-                let (chunks, files) = match msg {
-                    CopyMsg::Data {
-                        subject,
-                        local: l,
-                        chunks,
-                        files,
-                    } if subject == me && l == *local => (chunks, files),
-                    CopyMsg::Failed(m) => {
-                        return Err(LoadOutcome::Store(StoreError::new(
-                            lazarus_store::StoreErrorKind::Missing,
-                            None,
-                            format!("rank {holder} could not send rank {me}'s partner copy: {m}"),
-                        )))
-                    }
-                    other => {
-                        return Err(LoadOutcome::Level(LevelError::Protocol {
-                            rank: Rank(*holder),
-                            detail: format!("expected rebuild data, got {}", kind(&other)),
-                        }))
-                    }
-                };
                 // Into our own L1: a rank that lost its host gets its node-local copy back.
-                self.install_own(*local, &chunks, &files)?;
+                self.receive_rebuild(*holder, *local)?;
                 (dir_of(me, true), *local)
             }
             RankSource::Parity(ps) => {
@@ -2045,6 +2012,118 @@ impl NodeLevels {
         reader
             .load_part(CheckpointId(local), Rank(0))
             .map_err(LoadOutcome::Store)
+    }
+
+    /// Sends rank `to` its part, checkpoint `local` of the partner copy at `dir`, as a
+    /// stream (`partner::send_stream`: `Chunks` messages, then `Data` with the manifests
+    /// and COMMIT; `Failed` when it cannot be read).
+    fn send_rebuild(&self, to: u32, dir: &Path, local: u64) -> Result<(), LoadOutcome> {
+        let id = CheckpointId(local);
+        let streamed = RepoReader::open(dir)
+            .and_then(|reader| Ok((partner::checkpoint_files(&reader, id)?, reader)))
+            .map_err(|e| e.to_string())
+            .map(|((chunks, _), reader)| {
+                let all: Vec<[u8; 32]> = chunks.into_iter().map(|d| d.0).collect();
+                partner::send_stream(&self.comm, to, TAG_REBUILD, &reader, to, id, &all)
+            });
+        match streamed {
+            Ok(Err(e @ LevelError::Net(_))) => Err(LoadOutcome::Level(e)),
+            // Any other failure ended the stream with `Failed`: the receiver reports it.
+            Ok(_) => Ok(()),
+            Err(m) => partner::send(&self.comm, to, TAG_REBUILD, &CopyMsg::Failed(m))
+                .map_err(LoadOutcome::Level),
+        }
+    }
+
+    /// Receives this rank's part, checkpoint `local`, streamed by `holder`
+    /// ([`NodeLevels::send_rebuild`]) into its own L1: every chunk checked against its
+    /// digest before it is written (the rebuild overwrites chunks this L1's other
+    /// checkpoints may share: a damaged copy must never replace an intact one), then the
+    /// manifests and COMMIT (`install_own`). The stream is read to its end whatever
+    /// fails, so none of it is left for a later receive; the first failure is returned.
+    fn receive_rebuild(&mut self, holder: u32, local: u64) -> Result<(), LoadOutcome> {
+        let me = self.me();
+        let id = CheckpointId(local);
+        let mut failure: Option<LoadOutcome> = None;
+        loop {
+            let env = self
+                .comm
+                .recv_envelope(
+                    Some(Rank(holder)),
+                    Some(lazarus_net::Tag::checkpoint(TAG_REBUILD)),
+                )
+                .map_err(|e| LoadOutcome::Level(e.into()))?;
+            if env.payload.first() == Some(&partner::CHUNKS_VARIANT) {
+                match partner::ChunksMsg::decode(Rank(holder), env.payload) {
+                    Ok(c) => {
+                        if failure.is_none() {
+                            failure = self.put_rebuilt(holder, id, &c).err();
+                        }
+                        c.recycle();
+                    }
+                    Err((e, payload)) => {
+                        failure.get_or_insert(LoadOutcome::Level(e));
+                        lazarus_net::recycle_payload(payload);
+                    }
+                }
+                continue;
+            }
+            let end = match CopyMsg::decode(Rank(holder), &env.payload) {
+                Ok(CopyMsg::Data {
+                    subject,
+                    local: l,
+                    chunks,
+                    files,
+                }) if subject == me && l == local => {
+                    if let Some(f) = failure {
+                        return Err(f);
+                    }
+                    self.install_own(local, &chunks, &files)
+                }
+                Ok(CopyMsg::Failed(m)) => Err(LoadOutcome::Store(StoreError::new(
+                    lazarus_store::StoreErrorKind::Missing,
+                    None,
+                    format!("rank {holder} could not send rank {me}'s partner copy: {m}"),
+                ))),
+                Ok(other) => Err(LoadOutcome::Level(LevelError::Protocol {
+                    rank: Rank(holder),
+                    detail: format!("expected rebuild data, got {}", kind(&other)),
+                })),
+                Err(e) => Err(LoadOutcome::Level(e)),
+            };
+            // An earlier failure in the stream is the cause; what ends it is its symptom.
+            return match (failure, end) {
+                (_, Ok(())) => Ok(()),
+                (Some(f), Err(_)) => Err(f),
+                (None, Err(e)) => Err(e),
+            };
+        }
+    }
+
+    /// Writes the chunks of one rebuild message into this rank's own L1, each verified
+    /// first (`receive_rebuild`).
+    fn put_rebuilt(
+        &mut self,
+        holder: u32,
+        id: CheckpointId,
+        c: &partner::ChunksMsg,
+    ) -> Result<(), LoadOutcome> {
+        let me = self.me();
+        if (c.subject, c.local) != (me, id.0) {
+            return Err(LoadOutcome::Level(LevelError::Protocol {
+                rank: Rank(holder),
+                detail: format!(
+                    "rank {}'s checkpoint {} in the rebuild of rank {me}'s checkpoint {id}",
+                    c.subject, c.local
+                ),
+            }));
+        }
+        let repo = self.own_repo().map_err(LoadOutcome::Level)?;
+        let target = repo.backend();
+        for (d, bytes) in c.chunks() {
+            partner::verify_chunk(target.as_ref(), id, d, bytes).map_err(LoadOutcome::Store)?;
+        }
+        partner::put_chunks(target.as_ref(), c.chunks()).map_err(LoadOutcome::Store)
     }
 
     /// After the agreed restore of the checkpoint numbered `seq` (`None`: a fresh
@@ -3819,6 +3898,93 @@ mod tests {
         }
         let finals: Vec<Vec<u8>> = out.into_iter().map(|(_, d)| d).collect();
         lose_sim1_and_restore(dir.path(), &finals, 6);
+    }
+
+    /// Regression guard for the streamed rebuild at restore: every chunk is checked
+    /// before it is written, so a damaged chunk in a partner copy fails the rebuild as
+    /// damage naming the chunk (the Job falls back), and the rest of the stream is read
+    /// to its end: the next message from the holder is the next one it sends (a marker
+    /// here), not a leftover of the failed stream, and a second rebuild after the copy
+    /// is repaired restores the part.
+    #[test]
+    fn a_damaged_chunk_in_a_streamed_rebuild_is_refused_and_the_stream_drained() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let open_l2 = |comm: Comm| {
+            let host = format!("sim{}", comm.rank().0 * 2 / comm.size());
+            let levels = Levels::new().l1(1).l2(1).l4(0);
+            NodeLevels::open(comm, levels, root.to_path_buf(), host, opts(), 2, 0, None).unwrap()
+        };
+        let finals = lazarus_net::local(4, |comm| {
+            let mut l = open_l2(comm.clone());
+            let mut data = vec![0u8; BYTES];
+            noise(u64::from(comm.rank().0) + 1, &mut data);
+            let seq = l.take_seq();
+            l.checkpoint(seq, &[spec(&data)], &CommitMeta::default(), L1_L2)
+                .unwrap();
+            data
+        })
+        .unwrap();
+        std::fs::remove_dir_all(root.join("sim1")).unwrap();
+        // One chunk of rank 2's partner copy (held by rank 0 on sim0), damaged.
+        let mut files = Vec::new();
+        let mut dirs = vec![root.join("sim0").join(dir_of(2, false)).join("chunks")];
+        while let Some(d) = dirs.pop() {
+            for e in std::fs::read_dir(d).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    dirs.push(p);
+                } else {
+                    files.push(p);
+                }
+            }
+        }
+        files.sort();
+        assert!(files.len() > 1, "several chunks: {files:?}");
+        let victim = files[0].clone();
+        let digest = victim.file_name().unwrap().to_string_lossy().to_string();
+        let original = std::fs::read(&victim).unwrap();
+        let mut damaged = original.clone();
+        let last = damaged.len() - 1;
+        damaged[last] ^= 0x5a;
+        std::fs::write(&victim, &damaged).unwrap();
+        let marker = lazarus_net::Tag::checkpoint(TAG_REBUILD);
+        let got = lazarus_net::local(4, |comm| {
+            let me = comm.rank().0;
+            let mut l = open_l2(comm.clone());
+            let plan = l.plans().into_iter().next().expect("a plan");
+            let first = l.load(&plan).map(|_| ()).map_err(|e| match e {
+                LoadOutcome::Store(e) => (e.kind(), e.to_string()),
+                other => panic!("rank {me}: {other:?}"),
+            });
+            comm.barrier().unwrap();
+            if me == 0 {
+                comm.send_bytes(Rank(2), marker, b"marker".to_vec())
+                    .unwrap();
+                std::fs::write(&victim, &original).unwrap();
+            }
+            if me == 2 {
+                let next = comm.recv_envelope(Some(Rank(0)), Some(marker)).unwrap();
+                assert_eq!(next.payload, b"marker", "a leftover of the failed stream");
+            }
+            comm.barrier().unwrap();
+            let second = l.load(&plan).map_err(|e| format!("{e:?}")).unwrap();
+            (first, second.into_iter().next().unwrap().data)
+        })
+        .unwrap();
+        for (r, (first, data)) in got.into_iter().enumerate() {
+            if r == 2 {
+                let (kind, m) = first.expect_err("rank 2's copy is damaged");
+                assert_eq!(kind, lazarus_store::StoreErrorKind::Corrupt, "{m}");
+                assert!(m.contains(&digest), "{m}");
+            } else {
+                assert_eq!(first, Ok(()), "rank {r}");
+            }
+            assert!(
+                data == finals[r],
+                "rank {r}: the second rebuild restores the part"
+            );
+        }
     }
 
     /// Every precondition of an incremental round, broken on one group: its round is

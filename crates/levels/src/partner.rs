@@ -494,6 +494,25 @@ fn kind_of(m: &CopyMsg) -> &'static str {
     }
 }
 
+/// Checks a copied chunk of checkpoint `id` against its digest `d` (decoded, then
+/// hashed); the error is `Corrupt` and names the chunk where `target` would store it.
+pub(crate) fn verify_chunk(
+    target: &dyn WriteBackend,
+    id: CheckpointId,
+    d: &[u8; 32],
+    bytes: &[u8],
+) -> Result<(), StoreError> {
+    let digest = ChunkDigest(*d);
+    lazarus_format::decode_chunk(bytes, &digest).map_err(|e| {
+        StoreError::new(
+            StoreErrorKind::Corrupt,
+            Some(&target.describe(&ObjectKey::Chunk(digest))),
+            format!("checkpoint {id}: the copy's chunk {digest} is damaged ({e})"),
+        )
+    })?;
+    Ok(())
+}
+
 /// Writes copied chunks into `target` (each durable on return); a chunk already there is
 /// overwritten with the same content.
 pub(crate) fn put_chunks<'a>(
@@ -556,14 +575,13 @@ pub(crate) fn install(
     }
     if verify {
         for (d, bytes) in chunks {
-            let digest = ChunkDigest(*d);
-            if let Err(e) = lazarus_format::decode_chunk(bytes, &digest) {
-                return Err(StoreError::new(
-                    StoreErrorKind::Corrupt,
-                    Some(&target.describe(&ObjectKey::Chunk(digest))),
-                    format!("checkpoint {id}: the copy's chunk {digest} is damaged ({e}); nothing written"),
-                ));
-            }
+            verify_chunk(target, id, d, bytes).map_err(|e| {
+                StoreError::new(
+                    e.kind(),
+                    e.path(),
+                    format!("{}; nothing written", e.message()),
+                )
+            })?;
         }
     }
     target.create_dir(&DirKey::Checkpoint(id))?;
@@ -587,7 +605,9 @@ pub(crate) fn send(comm: &Comm, to: u32, tag: u32, msg: &CopyMsg) -> Result<(), 
     Ok(())
 }
 
-/// Receives the next message from `from` on `tag`.
+/// Receives the next message from `from` on `tag` (tests; the exchange and the rebuild
+/// read streams with the in-place decoder).
+#[cfg(test)]
 pub(crate) fn recv(comm: &Comm, from: u32, tag: u32) -> Result<CopyMsg, LevelError> {
     let env = comm.recv_envelope(Some(Rank(from)), Some(Tag::checkpoint(tag)))?;
     CopyMsg::decode(Rank(from), &env.payload)
