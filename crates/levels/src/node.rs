@@ -257,12 +257,12 @@ pub(crate) fn dir_of(rank: u32, primary: bool) -> String {
     }
 }
 
-/// Reads a directory name back: `(subject, primary)`.
 /// The number a COMMIT record `key` holds (`None`: absent or not a number).
 fn app_u64(app: &BTreeMap<String, String>, key: &str) -> Option<u64> {
     app.get(key)?.parse().ok()
 }
 
+/// Reads a directory name back: `(subject, primary)`.
 pub(crate) fn parse_dir(name: &str) -> Option<(u32, bool)> {
     let (rest, primary) = match name.strip_prefix("rank-") {
         Some(r) => (r, true),
@@ -949,7 +949,28 @@ impl NodeLevels {
         let comm = self.comm.clone();
         let (streamed, received) = std::thread::scope(|scope| {
             let sender = want.map(|(p, want)| {
-                scope.spawn(move || stream_to_partner(&comm, me, p, offered, want))
+                let spawned = std::thread::Builder::new()
+                    .name("lazarus-l2-send".into())
+                    .spawn_scoped(scope, move || {
+                        stream_to_partner(&comm, me, p, offered, want)
+                    });
+                match spawned {
+                    Ok(h) => Ok(h),
+                    // The partner reads a stream to its end: end it at once, before this
+                    // rank waits for its sources (one of them may be the partner).
+                    Err(e) => {
+                        let m = format!("rank {me} could not start its partner copy's thread: {e}");
+                        let ended =
+                            partner::send(&self.comm, p, TAG_COPY, &CopyMsg::Failed(m.clone()));
+                        Err(ended.map(|()| {
+                            let e = LevelError::Peer {
+                                rank: Rank(me),
+                                message: m,
+                            };
+                            (0, Some(e))
+                        }))
+                    }
+                }
             });
             let received = self.receive_streams(
                 &sources,
@@ -958,8 +979,10 @@ impl NodeLevels {
                 &mut wanted_of,
                 &mut first_err,
             );
-            let streamed =
-                sender.map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
+            let streamed = sender.map(|spawned| match spawned {
+                Ok(h) => h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
+                Err(not_started) => not_started,
+            });
             (streamed, received)
         });
         let mut sent = 0;
@@ -1986,7 +2009,7 @@ impl NodeLevels {
             } = src
             {
                 if *holder == me {
-                    self.send_rebuild(r as u32, &self.host_dir(host).join(dir), *local)?;
+                    self.send_rebuild(r as u32, host, dir, *local)?;
                 }
             }
             if let RankSource::Parity(ps) = src {
@@ -2014,24 +2037,35 @@ impl NodeLevels {
             .map_err(LoadOutcome::Store)
     }
 
-    /// Sends rank `to` its part, checkpoint `local` of the partner copy at `dir`, as a
-    /// stream (`partner::send_stream`: `Chunks` messages, then `Data` with the manifests
-    /// and COMMIT; `Failed` when it cannot be read).
-    fn send_rebuild(&self, to: u32, dir: &Path, local: u64) -> Result<(), LoadOutcome> {
-        let id = CheckpointId(local);
-        let streamed = RepoReader::open(dir)
-            .and_then(|reader| Ok((partner::checkpoint_files(&reader, id)?, reader)))
-            .map_err(|e| e.to_string())
-            .map(|((chunks, _), reader)| {
-                let all: Vec<[u8; 32]> = chunks.into_iter().map(|d| d.0).collect();
-                partner::send_stream(&self.comm, to, TAG_REBUILD, &reader, to, id, &all)
-            });
+    /// Sends rank `to` its part, checkpoint `local` of the copy in `dir` of `host`'s
+    /// node-local directory, as a stream (`partner::send_stream`: `Chunks` messages, then
+    /// `Data` with the manifests and COMMIT; `Failed` when it cannot be read). Only a
+    /// communication failure is an error here: any other ends the stream with `Failed`,
+    /// which the receiver reports.
+    fn send_rebuild(&self, to: u32, host: &str, dir: &str, local: u64) -> Result<(), LoadOutcome> {
+        let level = match parse_dir(dir) {
+            Some((_, false)) => LevelError::l2,
+            _ => LevelError::l1,
+        };
+        let streamed = match RepoReader::open(&self.host_dir(host).join(dir)) {
+            Ok(reader) => partner::send_stream(
+                &self.comm,
+                to,
+                TAG_REBUILD,
+                &reader,
+                level,
+                to,
+                CheckpointId(local),
+                None,
+            ),
+            Err(e) => {
+                let failed = CopyMsg::Failed(level(e).to_string());
+                partner::send(&self.comm, to, TAG_REBUILD, &failed).map(|()| 0)
+            }
+        };
         match streamed {
-            Ok(Err(e @ LevelError::Net(_))) => Err(LoadOutcome::Level(e)),
-            // Any other failure ended the stream with `Failed`: the receiver reports it.
-            Ok(_) => Ok(()),
-            Err(m) => partner::send(&self.comm, to, TAG_REBUILD, &CopyMsg::Failed(m))
-                .map_err(LoadOutcome::Level),
+            Err(e @ LevelError::Net(_)) => Err(LoadOutcome::Level(e)),
+            _ => Ok(()),
         }
     }
 
@@ -2242,7 +2276,17 @@ fn stream_to_partner(
     let refused = match (&offered, want) {
         (None, _) => format!("rank {me} offered no checkpoint"),
         (Some((id, reader)), CopyMsg::Want { missing }) => {
-            return match partner::send_stream(comm, p, TAG_COPY, reader, me, *id, &missing) {
+            let stream = partner::send_stream(
+                comm,
+                p,
+                TAG_COPY,
+                reader,
+                LevelError::l1,
+                me,
+                *id,
+                Some(&missing),
+            );
+            return match stream {
                 Ok(n) => Ok((n, None)),
                 Err(e @ LevelError::Net(_)) => Err(e),
                 Err(e) => Ok((0, Some(e))),

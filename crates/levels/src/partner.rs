@@ -6,9 +6,10 @@
 //! source. Protocol between a sender S and its receiver R (tags in the checkpoint space):
 //! S → R `Offer` (the checkpoint's id and chunk digests); R → S `Want` (the digests its
 //! mirror lacks); S → R a stream of those chunks: `Chunks` messages, then `Data` (the
-//! last chunks, the manifests, COMMIT). R writes chunks as they come and manifests (each
-//! durable on return), then, once every chunk it asked for has arrived, COMMIT with an
-//! exclusive create, then checks the checkpoint: the mirror's copy is complete or absent.
+//! manifests and COMMIT). R writes chunks as they come and manifests (each durable on
+//! return), then, once every chunk it asked for has arrived and every chunk the manifests
+//! name is there, COMMIT with an exclusive create: the mirror's copy is complete or
+//! absent. A rebuild at restore streams the same way on [`TAG_REBUILD`].
 //! Either side that fails sends `Failed` instead of its next message (a stream ends with
 //! `Data` or `Failed`), so nobody waits for a message that never comes.
 
@@ -48,7 +49,9 @@ pub enum CopyMsg {
         /// the digests to send
         missing: Vec<[u8; 32]>,
     },
-    /// The checkpoint's files: the chunks asked for, its manifests and COMMIT.
+    /// The checkpoint's files: its manifests and COMMIT, and chunks (a streamed copy
+    /// sends its chunks in `Chunks` messages and leaves these empty; an L3 blob holds
+    /// them here).
     Data {
         /// whose part
         subject: u32,
@@ -246,33 +249,44 @@ pub(crate) const STREAM_BATCH_BYTES: usize = if cfg!(test) { 16 << 10 } else { 8
 type Batch = Vec<([u8; 32], ObjectReader)>;
 
 /// The most chunks of one `Chunks` message: a batch holds its chunk files open until it
-/// is sent, so small chunks must not open thousands at once.
-const STREAM_BATCH_CHUNKS: usize = 256;
+/// is sent, so small chunks must not open thousands at once. (Unit tests: 3, so both
+/// limits cut their streams.)
+const STREAM_BATCH_CHUNKS: usize = if cfg!(test) { 3 } else { 256 };
 
 /// Sends checkpoint `id` (of rank `subject`, read through `reader`) to `to` on `tag` for
 /// a receiver lacking `want`, as a stream: `Chunks` messages of at most
 /// [`STREAM_BATCH_BYTES`], then `Data` with the checkpoint's files. Every stream ends
 /// with `Data` or `Failed`, whatever fails: a read error after the first message sends
-/// `Failed` and is returned. Returns the chunk bytes sent.
+/// `Failed` and is returned. `want` `None` sends every chunk of the checkpoint; `level`
+/// names the level `reader` is (in read errors). Returns the chunk bytes sent.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn send_stream(
     comm: &Comm,
     to: u32,
     tag: u32,
     reader: &RepoReader,
+    level: fn(StoreError) -> LevelError,
     subject: u32,
     id: CheckpointId,
-    want: &[[u8; 32]],
+    want: Option<&[[u8; 32]]>,
 ) -> Result<u64, LevelError> {
     let mut sent = 0u64;
     let streamed = (|| -> Result<CopyMsg, LevelError> {
-        let (chunks, files) = checkpoint_files(reader, id).map_err(LevelError::l1)?;
+        let (chunks, files) = checkpoint_files(reader, id).map_err(level)?;
+        let all: Vec<[u8; 32]>;
+        let want = match want {
+            Some(w) => w,
+            None => {
+                all = chunks.iter().map(|d| d.0).collect();
+                &all
+            }
+        };
         // Only chunks of this checkpoint, each once, whatever the receiver asked for.
         let mut offered: BTreeSet<[u8; 32]> = chunks.into_iter().map(|d| d.0).collect();
         let mut batch: Batch = Vec::new();
         let mut batch_bytes = 0u64;
         let flush = |batch: &mut Batch| -> Result<(), LevelError> {
-            let msg = chunks_message(reader, subject, id, std::mem::take(batch))
-                .map_err(LevelError::l1)?;
+            let msg = chunks_message(reader, subject, id, std::mem::take(batch)).map_err(level)?;
             comm.send_bytes(Rank(to), Tag::checkpoint(tag), msg)?;
             Ok(())
         };
@@ -280,7 +294,7 @@ pub(crate) fn send_stream(
             let r = reader
                 .backend()
                 .open(&ObjectKey::Chunk(ChunkDigest(*d)))
-                .map_err(LevelError::l1)?;
+                .map_err(level)?;
             if !batch.is_empty()
                 && (batch_bytes + r.len > STREAM_BATCH_BYTES as u64
                     || batch.len() >= STREAM_BATCH_CHUNKS)
@@ -327,10 +341,13 @@ fn chunks_message(
     batch: Batch,
 ) -> Result<Vec<u8>, StoreError> {
     let bytes: u64 = batch.iter().map(|(_, r)| r.len).sum();
-    // Room for the framing too: each varint is at most 10 bytes.
+    // Room for the framing too: each varint is at most 10 bytes. At least a full batch's
+    // worth, so that every buffer parked in the pool fits the next batch (reserved pages
+    // are not touched, so a small batch does not pay for the rest).
     let capacity = usize::try_from(bytes)
         .ok()
         .and_then(|b| b.checked_add(32 + batch.len() * (32 + 10)))
+        .map(|c| c.max(STREAM_BATCH_BYTES + 32 + STREAM_BATCH_CHUNKS * (32 + 10)))
         .ok_or_else(|| {
             StoreError::new(
                 StoreErrorKind::Corrupt,
@@ -404,17 +421,18 @@ impl ChunksMsg {
             Ok(((_, _, local, _), _)) if checked_id(local).is_none() => {
                 Err(bad(format!("checkpoint id {local} out of range")))
             }
-            Ok(((_, subject, local, chunks), _)) => Ok((
-                subject,
-                local,
-                chunks
-                    .into_iter()
-                    .map(|(d, b)| {
-                        let start = b.as_ptr() as usize - base;
-                        (d, start..start + b.len())
-                    })
-                    .collect::<Vec<_>>(),
-            )),
+            Ok(((_, subject, local, chunks), _)) => chunks
+                .into_iter()
+                .map(|(d, b)| {
+                    // Postcard lends slices of its input; checked all the same, so
+                    // `chunks` can index without a fallback.
+                    let start = (b.as_ptr() as usize).checked_sub(base)?;
+                    let end = start.checked_add(b.len())?;
+                    (end <= payload.len()).then_some((d, start..end))
+                })
+                .collect::<Option<Vec<_>>>()
+                .map(|chunks| (subject, local, chunks))
+                .ok_or_else(|| bad("copy message: a chunk outside the message".into())),
         };
         match decoded {
             Ok((subject, local, chunks)) => Ok(ChunksMsg {
@@ -429,9 +447,10 @@ impl ChunksMsg {
 
     /// The chunks: (digest, stored bytes).
     pub(crate) fn chunks(&self) -> impl Iterator<Item = (&[u8; 32], &[u8])> {
+        // In range: checked by `decode`.
         self.chunks
             .iter()
-            .map(|(d, r)| (d, self.payload.get(r.clone()).unwrap_or_default()))
+            .map(|(d, r)| (d, &self.payload[r.clone()]))
     }
 
     /// Hands the payload back to the communicator's buffer pool.
@@ -594,8 +613,10 @@ pub(crate) fn install(
             target.put(&key, &[bytes], PutMode::Overwrite)?;
         }
     }
+    // Complete or absent: every chunk the manifests name must be there before COMMIT (a
+    // sender may have left some out).
+    reader.check_commit_to_write(id, &commit.1)?;
     target.put(&ObjectKey::Commit(id), &[&commit.1], PutMode::Create)?;
-    reader.check_committed(id)?;
     Ok(Installed::Done)
 }
 
@@ -713,6 +734,36 @@ mod tests {
         let e = r.expect_err("a damaged copy is refused");
         assert_eq!(e.kind(), StoreErrorKind::Corrupt, "{e}");
         assert!(e.to_string().contains(&digests[0].to_string()), "{e}");
+    }
+
+    /// Regression (review of the streamed rebuild): a copy whose sender left a chunk out
+    /// was committed before the check found it missing, leaving a committed, incomplete
+    /// checkpoint behind. The check now runs before COMMIT: the copy is refused naming
+    /// the chunk, and nothing is committed.
+    #[test]
+    fn a_copy_missing_a_chunk_is_refused_before_it_is_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..3_000_000u64).map(|i| (i * 7919 % 251) as u8).collect();
+        let source = repo_with(&dir.path().join("copy"), &[&data]);
+        let own = repo_with(&dir.path().join("own"), &[]);
+        let src = source.reader().unwrap();
+        let (_, files) = checkpoint_files(&src, CheckpointId(1)).unwrap();
+        let (_, mut chunks) = batch_of(&src, CheckpointId(1));
+        assert!(chunks.len() > 1, "several chunks");
+        let (left_out, _) = chunks.remove(1);
+        let reader = own.reader().unwrap();
+        let r = install(own.backend().as_ref(), &reader, 1, &chunks, &files, true);
+        let e = r.expect_err("an incomplete copy is refused");
+        assert_eq!(e.kind(), StoreErrorKind::Missing, "{e}");
+        assert!(
+            e.to_string().contains(&ChunkDigest(left_out).to_string()),
+            "{e}"
+        );
+        let commit = own
+            .backend()
+            .stat(&ObjectKey::Commit(CheckpointId(1)))
+            .unwrap();
+        assert!(commit.is_none(), "an incomplete copy was committed");
     }
 
     /// (digest, stored bytes) of chunks.

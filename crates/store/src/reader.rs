@@ -192,10 +192,25 @@ impl RepoReader {
 
     /// Reads and validates the COMMIT of `id`.
     pub fn commit_record(&self, id: CheckpointId) -> Result<CommitRecord, StoreError> {
-        let key = ObjectKey::Commit(id);
-        let p = self.backend.describe(&key);
-        let bytes = self.backend.read(&key)?;
-        let c = CommitRecord::decode(&bytes)
+        let bytes = self.backend.read(&ObjectKey::Commit(id))?;
+        self.decode_commit(id, &bytes)
+    }
+
+    /// [`RepoReader::check_committed`] of a COMMIT not written yet: `bytes` would be
+    /// checkpoint `id`'s COMMIT, whose manifests and chunks are already in the repository.
+    /// A copier checks its copy is complete before it commits it.
+    pub fn check_commit_to_write(
+        &self,
+        id: CheckpointId,
+        bytes: &[u8],
+    ) -> Result<CommitRecord, StoreError> {
+        self.check_record(self.decode_commit(id, bytes)?)
+    }
+
+    /// Decodes `bytes` as checkpoint `id`'s COMMIT (errors name where it is stored).
+    fn decode_commit(&self, id: CheckpointId, bytes: &[u8]) -> Result<CommitRecord, StoreError> {
+        let p = self.backend.describe(&ObjectKey::Commit(id));
+        let c = CommitRecord::decode(bytes)
             .map_err(|e| StoreError::format(&p, &format!("checkpoint {id}"), e))?;
         if c.checkpoint != id {
             return Err(StoreError::new(

@@ -443,20 +443,27 @@ fn rebuild_rank(
         Ok((took, level))
     };
     let (rebuilt, level) = restore(&l1_root.join("sim1"))?;
+    // Otherwise the row would compare L4 with itself.
+    let level = match level {
+        Some(l) if l.starts_with("L2") => l,
+        other => {
+            return Err(format!(
+                "rank {me}: after the loss of sim1, restored from {other:?}, not L2"
+            )
+            .into())
+        }
+    };
     let (from_l4, l4_level) = restore(&l1_root)?;
     if let Some(l) = l4_level.filter(|l| !l.starts_with("L4")) {
         return Err(format!("rank {me}: with no node-local copy left, restored from {l}").into());
     }
     comm.barrier()?;
-    Ok((
-        rebuilt,
-        from_l4,
-        level.unwrap_or_else(|| "L4 durable".into()),
-    ))
+    Ok((rebuilt, from_l4, level))
 }
 
 /// Drops the clean cached pages of every file under `dir` (`posix_fadvise` DONTNEED), so
 /// that reading them again goes to the disk, as on a host that did not write them.
+#[cfg(target_os = "linux")]
 fn evict_from_page_cache(dir: &Path) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
     for e in std::fs::read_dir(dir)? {
@@ -473,6 +480,13 @@ fn evict_from_page_cache(dir: &Path) -> std::io::Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+/// Elsewhere the page cache is left as it is: the L4 restore may then read warm pages
+/// (the row says so).
+#[cfg(not(target_os = "linux"))]
+fn evict_from_page_cache(_dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
@@ -740,9 +754,10 @@ pub fn main(a: Args) -> CmdResult {
     let (rebuilt, from_l4) = (slowest(|r| r.0), slowest(|r| r.1));
     writeln!(
         out,
-        "restore after host sim1 is lost: {:.1} ms ({}); from L4 alone, read cold: {:.1} ms; L4 / rebuild = {:.1}x (slowest rank of each)",
+        "restore after host sim1 is lost: {:.1} ms ({}); from L4 alone, read {}: {:.1} ms; L4 / rebuild = {:.1}x (slowest rank of each)",
         ms(rebuilt),
         rebuilds.last().map(|r| r.2.as_str()).unwrap_or("?"),
+        if cfg!(target_os = "linux") { "cold" } else { "with the page cache as it was" },
         ms(from_l4),
         ms(from_l4) / ms(rebuilt).max(1e-9)
     )?;
