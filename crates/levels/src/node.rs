@@ -925,7 +925,7 @@ impl NodeLevels {
                     // Answered, so the source is not left waiting; what it sends next is
                     // read and dropped.
                     offering.retain(|o| *o != s);
-                    let detail = format!("expected an offer, got {}", kind(&other));
+                    let detail = format!("expected an offer, got {}", other.kind());
                     first_err.get_or_insert(LevelError::Protocol {
                         rank: Rank(s),
                         detail: detail.clone(),
@@ -1116,7 +1116,7 @@ impl NodeLevels {
                         failed = true;
                         first_err.get_or_insert(LevelError::Protocol {
                             rank: Rank(s),
-                            detail: format!("expected data, got {}", kind(&other)),
+                            detail: format!("expected data, got {}", other.kind()),
                         });
                     }
                 }
@@ -2121,7 +2121,7 @@ impl NodeLevels {
                 ))),
                 Ok(other) => Err(LoadOutcome::Level(LevelError::Protocol {
                     rank: Rank(holder),
-                    detail: format!("expected rebuild data, got {}", kind(&other)),
+                    detail: format!("expected rebuild data, got {}", other.kind()),
                 })),
                 Err(e) => Err(LoadOutcome::Level(e)),
             };
@@ -2304,7 +2304,7 @@ fn stream_to_partner(
             ));
         }
         (Some(_), other) => {
-            let detail = format!("expected a want list, got {}", kind(&other));
+            let detail = format!("expected a want list, got {}", other.kind());
             partner::send(comm, p, TAG_COPY, &CopyMsg::Failed(detail.clone()))?;
             return Ok((
                 0,
@@ -2436,16 +2436,6 @@ pub enum LoadOutcome {
     /// A checkpoint of another world size holds state that cannot be redistributed (the
     /// same refusal as an N→M restore from the repository).
     NotRedistributable(lazarus_dist::DistError),
-}
-
-fn kind(m: &CopyMsg) -> &'static str {
-    match m {
-        CopyMsg::Offer { .. } => "an offer",
-        CopyMsg::Want { .. } => "a want list",
-        CopyMsg::Data { .. } => "data",
-        CopyMsg::Failed(_) => "a failure",
-        CopyMsg::Chunks { .. } => "chunks",
-    }
 }
 
 /// Every committed level copy under `root` (every host directory), for tools

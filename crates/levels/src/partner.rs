@@ -87,6 +87,17 @@ impl CopyMsg {
         postcard::to_allocvec(self).unwrap_or_default()
     }
 
+    /// What the message is, for errors ("expected data, got an offer").
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            CopyMsg::Offer { .. } => "an offer",
+            CopyMsg::Want { .. } => "a want list",
+            CopyMsg::Data { .. } => "data",
+            CopyMsg::Failed(_) => "a failure",
+            CopyMsg::Chunks { .. } => "chunks",
+        }
+    }
+
     /// Decodes a message of `from`; refuses trailing bytes and file names the copy never
     /// writes.
     pub fn decode(from: Rank, bytes: &[u8]) -> Result<CopyMsg, LevelError> {
@@ -495,21 +506,11 @@ pub fn fuzz_copy_msg(data: &[u8]) {
         (Err(_), Err(_)) => {}
         (owned, in_place) => panic!(
             "the decoders disagree: CopyMsg::decode {:?}, ChunksMsg::decode {:?}",
-            owned.map(|m| kind_of(&m)),
+            owned.map(|m| m.kind()),
             in_place
                 .map(|c| c.chunks.len())
                 .map_err(|(e, _)| e.to_string())
         ),
-    }
-}
-
-fn kind_of(m: &CopyMsg) -> &'static str {
-    match m {
-        CopyMsg::Offer { .. } => "offer",
-        CopyMsg::Want { .. } => "want",
-        CopyMsg::Data { .. } => "data",
-        CopyMsg::Failed(_) => "failed",
-        CopyMsg::Chunks { .. } => "chunks",
     }
 }
 

@@ -550,6 +550,30 @@ struct JobTimes {
     over_budget_sync: Duration,
 }
 
+/// Runs `f` on `ranks` loopback ranks, one thread each; their results in rank order, or
+/// the first rank's error (named).
+fn on_ranks<T: Send>(
+    ranks: u32,
+    f: impl Fn(lazarus::Comm) -> Result<T, BoxError> + Sync,
+) -> Result<Vec<T>, BoxError> {
+    let comms = loopback_comms(ranks, NetConfig::default())?;
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = comms
+            .into_iter()
+            .map(|c| scope.spawn(|| f(c).map_err(|e| e.to_string())))
+            .collect();
+        let mut out = Vec::with_capacity(handles.len());
+        for (r, h) in handles.into_iter().enumerate() {
+            out.push(
+                h.join()
+                    .map_err(|_| format!("rank {r} panicked"))?
+                    .map_err(|e| format!("rank {r}: {e}"))?,
+            );
+        }
+        Ok(out)
+    })
+}
+
 /// Runs the benchmark and prints the table.
 pub fn main(a: Args) -> CmdResult {
     if a.ranks < 2 || a.mib == 0 || a.reps == 0 {
@@ -578,66 +602,22 @@ pub fn main(a: Args) -> CmdResult {
         l4_scratch.path().to_path_buf(),
     );
     std::fs::create_dir_all(&l4_root)?;
-    let comms = loopback_comms(a.ranks, NetConfig::default())?;
-    let handles: Vec<_> = comms
-        .into_iter()
-        .map(|c| {
-            let (l1, l4) = (l1_root.clone(), l4_root.clone());
-            let reps = a.reps;
-            std::thread::spawn(move || rank(c, l1, l4, bytes, reps).map_err(|e| e.to_string()))
-        })
-        .collect();
-    let mut rows = Vec::new();
-    for (r, h) in handles.into_iter().enumerate() {
-        rows.push(
-            h.join()
-                .map_err(|_| format!("rank {r} panicked"))?
-                .map_err(|e| format!("rank {r}: {e}"))?,
-        );
-    }
+    let reps = a.reps;
+    let rows = on_ranks(a.ranks, |c| {
+        rank(c, l1_root.clone(), l4_root.clone(), bytes, reps)
+    })?;
     // A Job with L1+L2, asynchronous (docs/LEVELS.md, "Asynchronous level rounds"): the
     // threads are ranks on 2 simulated hosts.
     std::env::set_var(lazarus::levels::SIM_HOSTS_ENV, "2");
-    let job_l1 = l1_root.join("job");
-    let job_repo = l4_root.join("job-repo");
-    let comms = loopback_comms(a.ranks, NetConfig::default())?;
-    let handles: Vec<_> = comms
-        .into_iter()
-        .map(|c| {
-            let (l1, repo) = (job_l1.clone(), job_repo.clone());
-            let reps = a.reps;
-            std::thread::spawn(move || {
-                job_rank(c, l1, repo, bytes, reps).map_err(|e| e.to_string())
-            })
-        })
-        .collect();
-    let mut jobs = Vec::new();
-    for (r, h) in handles.into_iter().enumerate() {
-        jobs.push(
-            h.join()
-                .map_err(|_| format!("rank {r} panicked"))?
-                .map_err(|e| format!("rank {r}: {e}"))?,
-        );
-    }
+    let (job_l1, job_repo) = (l1_root.join("job"), l4_root.join("job-repo"));
+    let jobs = on_ranks(a.ranks, |c| {
+        job_rank(c, job_l1.clone(), job_repo.clone(), bytes, reps)
+    })?;
     // Restore after a host loss against restore from L4, with the Job's restore path.
-    let rebuild_l1 = l1_root.join("rebuild");
-    let rebuild_repo = l4_root.join("rebuild-repo");
-    let comms = loopback_comms(a.ranks, NetConfig::default())?;
-    let handles: Vec<_> = comms
-        .into_iter()
-        .map(|c| {
-            let (l1, repo) = (rebuild_l1.clone(), rebuild_repo.clone());
-            std::thread::spawn(move || rebuild_rank(c, l1, repo, bytes).map_err(|e| e.to_string()))
-        })
-        .collect();
-    let mut rebuilds = Vec::new();
-    for (r, h) in handles.into_iter().enumerate() {
-        rebuilds.push(
-            h.join()
-                .map_err(|_| format!("rank {r} panicked"))?
-                .map_err(|e| format!("rank {r}: {e}"))?,
-        );
-    }
+    let (rebuild_l1, rebuild_repo) = (l1_root.join("rebuild"), l4_root.join("rebuild-repo"));
+    let rebuilds = on_ranks(a.ranks, |c| {
+        rebuild_rank(c, rebuild_l1.clone(), rebuild_repo.clone(), bytes)
+    })?;
     drop((l1_scratch, l4_scratch));
     let r = rows[0];
     let j = &jobs[0];
