@@ -81,6 +81,35 @@ fn table_lists_every_formula() {
     }
 }
 
+/// Regression: for a job shorter than the optimal interval the model printed Daly's
+/// T_w at that interval (a checkpoint the job never takes: 6 % overhead for a 30-minute
+/// job, 1-minute checkpoints and a 10-hour MTBF) and no word that checkpointing does not
+/// pay. It now prices such an interval as no checkpoint, says so, and its JSON tells
+/// whether checkpoints pay.
+#[test]
+fn a_job_shorter_than_the_optimal_interval_is_told_checkpointing_does_not_pay() {
+    let short = ["--cost", "60s", "--mtbf", "10h", "--work", "30min"];
+    let v = json(&short);
+    let none = num(&v, "no_checkpoint_runtime_s");
+    let expected = 36_000.0 * ((1800.0f64 / 36_000.0).exp() - 1.0);
+    assert!((none - expected).abs() < 1e-6, "{none} vs {expected}");
+    assert_eq!(v["checkpoints_pay"], serde_json::json!(false), "{v}");
+    assert!(num(&v, "optimal_s") >= 1800.0, "{v}");
+    assert!((num(&v, "expected_runtime_s") - none).abs() < 1e-9, "{v}");
+    let out = lazarus(&short);
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(s.contains("checkpointing does not pay for this job"), "{s}");
+    assert!(
+        !s.contains("6.00"),
+        "Daly's overhead at an interval past the work: {s}"
+    );
+    // A long job: checkpoints pay and nothing is said.
+    let long = ["--cost", "60s", "--mtbf", "10h", "--work", "30h"];
+    assert_eq!(json(&long)["checkpoints_pay"], serde_json::json!(true));
+    let out = lazarus(&long);
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("does not pay"));
+}
+
 /// The formulas' colours in the figure (`crates/cli/src/cmd/model/plot.rs`).
 const MARKS: [(&str, [u8; 3]); 4] = [
     ("Young", [31, 119, 180]),

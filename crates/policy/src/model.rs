@@ -176,6 +176,21 @@ impl Model {
         }
     }
 
+    /// The expected wall time to complete `work_s` seconds of work taking no checkpoint:
+    /// every failure restarts the job from its beginning, `M·e^{R/M}·(e^{T_s/M} − 1)`
+    /// (Daly's segment formula for one segment of the whole work, without a checkpoint
+    /// at its end). What a job whose interval is at least its work costs: its first
+    /// checkpoint would come after its end. `+inf` on overflow or NaN.
+    pub fn expected_wall_time_without_checkpoints(&self, work_s: f64) -> f64 {
+        let m = self.mtbf;
+        let v = m * (self.restart / m).exp() * (work_s / m).exp_m1();
+        if v.is_nan() {
+            f64::INFINITY
+        } else {
+            v
+        }
+    }
+
     /// Fractional overhead `T_w(τ)/T_s − 1` at interval `τ` (independent of `T_s`).
     pub fn overhead(&self, interval_s: f64) -> f64 {
         self.expected_wall_time(interval_s, 1.0) - 1.0
@@ -379,6 +394,13 @@ mod tests {
     fn expected_wall_time_edges() {
         let m = daly_case(HOUR);
         assert_eq!(m.expected_wall_time(0.0, 10.0), f64::INFINITY);
+        // Without checkpoints: no failure (M huge) costs nothing extra; the formula is
+        // Daly's for one segment without the checkpoint's cost.
+        let calm = Model::new(60.0, 1e12, 0.0).unwrap();
+        assert!((calm.expected_wall_time_without_checkpoints(1800.0) - 1800.0).abs() < 1e-3);
+        let m2 = Model::new(60.0, 36_000.0, 30.0).unwrap();
+        let direct = 36_000.0 * (30.0f64 / 36_000.0).exp() * ((1800.0f64 / 36_000.0).exp() - 1.0);
+        assert!((m2.expected_wall_time_without_checkpoints(1800.0) - direct).abs() < 1e-6);
         assert_eq!(m.expected_wall_time(f64::NAN, 10.0), f64::INFINITY);
         let extreme = Model::new(1.0, 1.0, 1e6).unwrap();
         assert_eq!(extreme.expected_wall_time(1.0, 1.0), f64::INFINITY);

@@ -110,12 +110,32 @@ struct Row {
     overhead: f64,
 }
 
+/// The expected run time with checkpoints every `interval` of work: Daly's `T_w`, or,
+/// for an interval at least as long as the work, the run time without checkpoints (the
+/// first would come after the job's end; Daly's formula would charge one anyway).
+pub(crate) fn runtime_at(model: &Model, work: f64, interval: f64) -> f64 {
+    if interval >= work {
+        model.expected_wall_time_without_checkpoints(work)
+    } else {
+        model.expected_wall_time(interval, work)
+    }
+}
+
+/// True when checkpointing shortens the expected run time: the optimal interval is
+/// shorter than the work and beats running without checkpoints.
+fn checkpoints_pay(i: &Inputs) -> bool {
+    let best = i.model.optimal();
+    best < i.work
+        && runtime_at(&i.model, i.work, best)
+            < i.model.expected_wall_time_without_checkpoints(i.work)
+}
+
 fn rows(i: &Inputs) -> Vec<Row> {
     Formula::ALL
         .into_iter()
         .map(|formula| {
             let interval = i.model.interval(formula);
-            let runtime = i.model.expected_wall_time(interval, i.work);
+            let runtime = runtime_at(&i.model, i.work, interval);
             Row {
                 formula,
                 interval,
@@ -153,6 +173,8 @@ fn json(i: &Inputs, rows: &[Row]) -> serde_json::Value {
         "daly_s": interval(Formula::DalyHigherOrder),
         "optimal_s": interval(Formula::Optimal),
         "expected_runtime_s": finite(runtime(Formula::Optimal)),
+        "no_checkpoint_runtime_s": finite(i.model.expected_wall_time_without_checkpoints(i.work)),
+        "checkpoints_pay": checkpoints_pay(i),
         "formulas": per,
     })
 }
@@ -191,8 +213,21 @@ fn table(i: &Inputs, rows: &[Row]) -> String {
     }
     out.push_str(
         "\nexpected run time: Daly's T_w(τ) = M·e^(R/M)·(e^((τ+δ)/M) − 1)·T_s/τ; \
-         overhead = T_w/T_s − 1\n",
+         overhead = T_w/T_s − 1; an interval of at least the work takes no checkpoint: \
+         M·e^(R/M)·(e^(T_s/M) − 1)\n",
     );
+    if !checkpoints_pay(i) {
+        let none = m.expected_wall_time_without_checkpoints(i.work);
+        out.push_str(&format!(
+            "checkpointing does not pay for this job: the optimal interval ({}) is {} the work ({}); \
+             expected run time without checkpoints {} (overhead {:.3}%)\n",
+            format_seconds(m.optimal()),
+            if m.optimal() >= i.work { "at least" } else { "close to" },
+            format_seconds(i.work),
+            format_seconds(none),
+            (none / i.work - 1.0) * 100.0,
+        ));
+    }
     if m.cost() >= 2.0 * m.mtbf() {
         out.push_str("note: cost >= 2·MTBF: Daly's higher-order estimate is defined as M here\n");
     }

@@ -30,13 +30,14 @@ fn unit_for(seconds: f64) -> (&'static str, f64) {
     }
 }
 
-/// The figure for `model` and `work` seconds of work: T_w(τ) over a range around the
+/// The figure for `model` and `work` seconds of work: T_w(τ) (flat from τ = T_s on: no
+/// checkpoint is taken, [`super::runtime_at`]) over a range around the
 /// formulas' intervals (log or linear τ axis), T_w from T_s to T_s + 3·(T_w* − T_s) so
 /// the minimum is visible, each formula's interval as a vertical line (dashed, the
 /// optimum solid) with a dot on the curve, and a legend.
 pub(crate) fn figure(model: &Model, work: f64, log_x: bool) -> Result<Figure, String> {
     let best = model.optimal();
-    let best_t = model.expected_wall_time(best, work);
+    let best_t = super::runtime_at(model, work, best);
     if !best_t.is_finite() {
         return Err("the expected run time overflows at every interval; nothing to plot".into());
     }
@@ -64,7 +65,7 @@ pub(crate) fn figure(model: &Model, work: f64, log_x: bool) -> Result<Figure, St
             } else {
                 x_lo + f * (x_hi - x_lo)
             };
-            (x / xs, model.expected_wall_time(x, work) / ys)
+            (x / xs, super::runtime_at(model, work, x) / ys)
         })
         .collect();
     let mut series = vec![Series::Line {
@@ -88,7 +89,7 @@ pub(crate) fn figure(model: &Model, work: f64, log_x: bool) -> Result<Figure, St
     }
     for (f, tau) in &order {
         series.push(Series::Dots {
-            points: vec![(tau / xs, model.expected_wall_time(*tau, work) / ys)],
+            points: vec![(tau / xs, super::runtime_at(model, work, *tau) / ys)],
             radius: 4,
             colour: colour(*f),
             label: None,
