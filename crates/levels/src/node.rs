@@ -1279,11 +1279,15 @@ impl NodeLevels {
         };
         let mut updates: Vec<Option<Received>> = Vec::with_capacity(group.len());
         let mut first_err: Option<LevelError> = None;
+        // This holder's own update is used once, below: taken, not cloned (a full round's
+        // is the whole region).
+        let mut own = Some(own);
         for (i, &u) in group.iter().enumerate() {
             let msg = if u == me {
-                match &own {
-                    Ok(msg) => msg.clone(),
-                    Err(e) => ParityMsg::Failed(e.clone()),
+                match own.take() {
+                    Some(Ok(msg)) => msg,
+                    Some(Err(e)) => ParityMsg::Failed(e),
+                    None => ParityMsg::Failed(format!("rank {me} is twice in its group")),
                 }
             } else {
                 // One that does not decode is this member's failure, not the end of the
