@@ -562,11 +562,13 @@ fn on_ranks<T: Send>(
             .into_iter()
             .map(|c| scope.spawn(|| f(c).map_err(|e| e.to_string())))
             .collect();
-        let mut out = Vec::with_capacity(handles.len());
-        for (r, h) in handles.into_iter().enumerate() {
+        // Every rank joined before the first error is returned: a rank that panics
+        // after another failed is reported, not left to panic the scope.
+        let joined: Vec<_> = handles.into_iter().map(|h| h.join()).collect();
+        let mut out = Vec::with_capacity(joined.len());
+        for (r, j) in joined.into_iter().enumerate() {
             out.push(
-                h.join()
-                    .map_err(|_| format!("rank {r} panicked"))?
+                j.map_err(|_| format!("rank {r} panicked"))?
                     .map_err(|e| format!("rank {r}: {e}"))?,
             );
         }
