@@ -212,3 +212,46 @@ fn bad_input_is_refused_naming_the_flag() {
         );
     }
 }
+
+/// Regression: with `--work` shorter than a level's period, the table printed the
+/// schedule's steady-state run time as if that level were written, with no word that the
+/// job never writes it. The table now says so per level and the JSON has
+/// `written_in_job`.
+#[test]
+fn a_level_whose_period_exceeds_the_work_is_named() {
+    let mut args = BRIEF.to_vec();
+    args.extend(["--work", "10min"]);
+    let v = json(&args);
+    let written: Vec<serde_json::Value> = v["levels"]
+        .as_array()
+        .expect("levels")
+        .iter()
+        .map(|l| l["written_in_job"].clone())
+        .collect();
+    let periods: Vec<f64> = v["levels"]
+        .as_array()
+        .expect("levels")
+        .iter()
+        .map(|l| l["period_s"].as_f64().unwrap_or(f64::NAN))
+        .collect();
+    for (w, p) in written.iter().zip(&periods) {
+        assert_eq!(*w, serde_json::json!(*p < 600.0), "{v}");
+    }
+    assert_eq!(
+        written.last(),
+        Some(&serde_json::json!(false)),
+        "L4 every ~25 min: {v}"
+    );
+    let out = lazarus(&args);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("note: L4's period") && text.contains("never written in this job"),
+        "{text}"
+    );
+    assert!(!text.contains("note: L1's period"), "{text}");
+    // Without --work nothing is claimed.
+    assert_eq!(
+        json(&BRIEF)["levels"][0]["written_in_job"],
+        serde_json::Value::Null
+    );
+}

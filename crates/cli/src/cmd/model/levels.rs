@@ -218,6 +218,7 @@ fn json(i: &Inputs, plan: &Plan, all_every: &Plan) -> serde_json::Value {
                 "every": every.get(j),
                 "period_s": finite(periods.get(j).copied().unwrap_or(f64::NAN)),
                 "young_period_s": young[j],
+                "written_in_job": i.work.map(|w| periods.get(j).is_some_and(|p| *p < w)),
             })
         })
         .collect();
@@ -269,6 +270,18 @@ fn table(i: &Inputs, plan: &Plan, all_every: &Plan) -> String {
             ", expected run time {}",
             format_seconds(w * (1.0 + plan.overhead))
         ));
+    }
+    if let Some(w) = i.work {
+        for (j, p) in periods.iter().enumerate().filter(|(_, p)| **p >= w) {
+            out.push_str(&format!(
+                "\nnote: L{}'s period ({}) is at least the work ({}): it is never written in this job, \
+                 and a failure only it recovers restarts the job from its beginning; the overhead \
+                 and run time above are the schedule's steady state, which counts its cost",
+                i.lazarus_levels[j],
+                format_seconds(*p),
+                format_seconds(w),
+            ));
+        }
     }
     if !plan.proven {
         out.push_str(&format!(
