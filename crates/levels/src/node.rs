@@ -869,13 +869,15 @@ impl NodeLevels {
         let mut offered = None;
         if let Some(p) = partner {
             let offer = match local.map(|id| (id, own_reader())) {
-                Some((id, Ok(reader))) => match partner::checkpoint_files(&reader, id) {
-                    Ok((chunks, _)) => {
-                        offered = Some((id, reader));
+                Some((id, Ok(reader))) => match partner::Outgoing::open(reader, id, LevelError::l1)
+                {
+                    Ok(out) => {
+                        let chunks = out.digests();
+                        offered = Some(out);
                         CopyMsg::Offer {
                             subject: me,
                             local: id.0,
-                            chunks: chunks.into_iter().map(|d| d.0).collect(),
+                            chunks,
                         }
                     }
                     Err(e) => CopyMsg::Failed(e.to_string()),
@@ -2051,19 +2053,13 @@ impl NodeLevels {
             Some((_, false)) => LevelError::l2,
             _ => LevelError::l1,
         };
-        let streamed = match RepoReader::open(&self.host_dir(host).join(dir)) {
-            Ok(reader) => partner::send_stream(
-                &self.comm,
-                to,
-                TAG_REBUILD,
-                &reader,
-                level,
-                to,
-                CheckpointId(local),
-                None,
-            ),
+        let listed = RepoReader::open(&self.host_dir(host).join(dir))
+            .map_err(level)
+            .and_then(|reader| partner::Outgoing::open(reader, CheckpointId(local), level));
+        let streamed = match listed {
+            Ok(out) => partner::send_stream(&self.comm, to, TAG_REBUILD, out, to, None),
             Err(e) => {
-                let failed = CopyMsg::Failed(level(e).to_string());
+                let failed = CopyMsg::Failed(e.to_string());
                 partner::send(&self.comm, to, TAG_REBUILD, &failed).map(|()| 0)
             }
         };
@@ -2274,22 +2270,13 @@ fn stream_to_partner(
     comm: &Comm,
     me: u32,
     p: u32,
-    offered: Option<(CheckpointId, RepoReader)>,
+    offered: Option<partner::Outgoing>,
     want: CopyMsg,
 ) -> Result<(u64, Option<LevelError>), LevelError> {
-    let refused = match (&offered, want) {
+    let refused = match (offered, want) {
         (None, _) => format!("rank {me} offered no checkpoint"),
-        (Some((id, reader)), CopyMsg::Want { missing }) => {
-            let stream = partner::send_stream(
-                comm,
-                p,
-                TAG_COPY,
-                reader,
-                LevelError::l1,
-                me,
-                *id,
-                Some(&missing),
-            );
+        (Some(out), CopyMsg::Want { missing }) => {
+            let stream = partner::send_stream(comm, p, TAG_COPY, out, me, Some(&missing));
             return match stream {
                 Ok(n) => Ok((n, None)),
                 Err(e @ LevelError::Net(_)) => Err(e),

@@ -571,28 +571,25 @@ mod tests {
             .unwrap_or(256usize);
         let data: Vec<Vec<u8>> = (0..2).map(|i| noise(i, mib << 20)).collect();
         let refs: Vec<&[u8]> = data.iter().map(Vec::as_slice).collect();
-        let rate = |t: std::time::Duration| (2 * mib) as f64 / t.as_secs_f64();
+        let show = |what: String, t: std::time::Duration| {
+            let rate = (2 * mib) as f64 / t.as_secs_f64();
+            println!(
+                "{what}: {:.0} ms ({rate:.0} MiB/s of input)",
+                t.as_secs_f64() * 1e3
+            );
+        };
         let sb = mib << 20;
         for _ in 0..2 {
             let t0 = Instant::now();
             let old = whole_shard_encode(&refs, 2, sb);
             let t = t0.elapsed();
-            println!(
-                "whole-shard encode: {:.0} ms ({:.0} MiB/s of input)",
-                t.as_secs_f64() * 1e3,
-                rate(t)
-            );
+            show("whole-shard encode".into(), t);
             drop(old);
             for stripe in [128 << 10, 256 << 10, 512 << 10, 1 << 20] {
                 let t0 = Instant::now();
                 let p = encode_striped(&refs, 2, sb, &[0, 1], stripe).unwrap();
                 let t = t0.elapsed();
-                println!(
-                    "striped encode, {} KiB: {:.0} ms ({:.0} MiB/s)",
-                    stripe >> 10,
-                    t.as_secs_f64() * 1e3,
-                    rate(t)
-                );
+                show(format!("striped encode, {} KiB", stripe >> 10), t);
                 drop(p);
             }
         }
@@ -608,23 +605,14 @@ mod tests {
             let old = reed_solomon_simd::decode(2, 2, shards, [(0usize, p.parity[0].as_slice())])
                 .unwrap();
             let t = t0.elapsed();
-            println!(
-                "whole-shard rebuild (with its padded copy): {:.0} ms ({:.0} MiB/s of input)",
-                t.as_secs_f64() * 1e3,
-                rate(t)
-            );
+            show("whole-shard rebuild (with its padded copy)".into(), t);
             drop(old);
             for stripe in [256 << 10, 1 << 20, 4 << 20] {
                 let t0 = Instant::now();
                 let r = rebuild_striped(&p.layout, &[(1, refs[1])], &[(0, &p.parity[0])], stripe)
                     .unwrap();
                 let t = t0.elapsed();
-                println!(
-                    "striped rebuild, {} KiB: {:.0} ms ({:.0} MiB/s)",
-                    stripe >> 10,
-                    t.as_secs_f64() * 1e3,
-                    rate(t)
-                );
+                show(format!("striped rebuild, {} KiB", stripe >> 10), t);
                 assert!(r[0].1 == data[0]);
             }
         }

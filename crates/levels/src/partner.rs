@@ -264,26 +264,62 @@ type Batch = Vec<([u8; 32], ObjectReader)>;
 /// limits cut their streams.)
 const STREAM_BATCH_CHUNKS: usize = if cfg!(test) { 3 } else { 256 };
 
-/// Sends checkpoint `id` (of rank `subject`, read through `reader`) to `to` on `tag` for
-/// a receiver lacking `want`, as a stream: `Chunks` messages of at most
-/// [`STREAM_BATCH_BYTES`], then `Data` with the checkpoint's files. Every stream ends
-/// with `Data` or `Failed`, whatever fails: a read error after the first message sends
-/// `Failed` and is returned. `want` `None` sends every chunk of the checkpoint; `level`
-/// names the level `reader` is (in read errors). Returns the chunk bytes sent.
-#[allow(clippy::too_many_arguments)]
+/// A checkpoint about to be streamed: where it is read, and its listing
+/// ([`checkpoint_files`]), read once for the offer and the stream.
+pub(crate) struct Outgoing {
+    reader: RepoReader,
+    id: CheckpointId,
+    chunks: Vec<ChunkDigest>,
+    files: Files,
+    /// Names the level `reader` is, in read errors.
+    level: fn(StoreError) -> LevelError,
+}
+
+impl Outgoing {
+    /// Lists checkpoint `id` of `reader`, a repository of the level `level` names.
+    pub(crate) fn open(
+        reader: RepoReader,
+        id: CheckpointId,
+        level: fn(StoreError) -> LevelError,
+    ) -> Result<Self, LevelError> {
+        let (chunks, files) = checkpoint_files(&reader, id).map_err(level)?;
+        Ok(Outgoing {
+            reader,
+            id,
+            chunks,
+            files,
+            level,
+        })
+    }
+
+    /// Every chunk it names, each once.
+    pub(crate) fn digests(&self) -> Vec<[u8; 32]> {
+        self.chunks.iter().map(|d| d.0).collect()
+    }
+}
+
+/// Sends checkpoint `out` (rank `subject`'s part) to `to` on `tag` for a receiver lacking
+/// `want`, as a stream: `Chunks` messages of at most [`STREAM_BATCH_BYTES`], then `Data`
+/// with the checkpoint's files. Every stream ends with `Data` or `Failed`, whatever
+/// fails: a read error after the first message sends `Failed` and is returned. `want`
+/// `None` sends every chunk of the checkpoint. Returns the chunk bytes sent.
 pub(crate) fn send_stream(
     comm: &Comm,
     to: u32,
     tag: u32,
-    reader: &RepoReader,
-    level: fn(StoreError) -> LevelError,
+    out: Outgoing,
     subject: u32,
-    id: CheckpointId,
     want: Option<&[[u8; 32]]>,
 ) -> Result<u64, LevelError> {
     let mut sent = 0u64;
+    let Outgoing {
+        reader,
+        id,
+        chunks,
+        files,
+        level,
+    } = out;
     let streamed = (|| -> Result<CopyMsg, LevelError> {
-        let (chunks, files) = checkpoint_files(reader, id).map_err(level)?;
         let all: Vec<[u8; 32]>;
         let want = match want {
             Some(w) => w,
@@ -297,7 +333,7 @@ pub(crate) fn send_stream(
         let mut batch: Batch = Vec::new();
         let mut batch_bytes = 0u64;
         let flush = |batch: &mut Batch| -> Result<(), LevelError> {
-            let msg = chunks_message(reader, subject, id, std::mem::take(batch)).map_err(level)?;
+            let msg = chunks_message(&reader, subject, id, std::mem::take(batch)).map_err(level)?;
             comm.send_bytes(Rank(to), Tag::checkpoint(tag), msg)?;
             Ok(())
         };

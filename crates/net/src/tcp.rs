@@ -1125,6 +1125,25 @@ mod tests {
         }
     }
 
+    /// Resets both ranks' connections `times` times, one every `every`, stopping early
+    /// once `stop` is set (the resetter thread of the reset tests).
+    fn reset_repeatedly(
+        c0: Comm,
+        c1: Comm,
+        times: usize,
+        every: Duration,
+        stop: Option<&std::sync::atomic::AtomicBool>,
+    ) {
+        for _ in 0..times {
+            if stop.is_some_and(|d| d.load(std::sync::atomic::Ordering::Acquire)) {
+                break;
+            }
+            std::thread::sleep(every);
+            c0.transport_for_tests().unwrap().inject_reset();
+            c1.transport_for_tests().unwrap().inject_reset();
+        }
+    }
+
     #[test]
     fn connection_resets_lose_and_duplicate_nothing() {
         let comms = loopback_comms(3, cfg()).unwrap();
@@ -1134,13 +1153,7 @@ mod tests {
             let c1 = comms[1].clone();
             // Moves its clones in and drops them when done, so a failed rank cannot keep
             // the others waiting forever.
-            s.spawn(move || {
-                for _ in 0..15 {
-                    std::thread::sleep(Duration::from_millis(7));
-                    c0.transport_for_tests().unwrap().inject_reset();
-                    c1.transport_for_tests().unwrap().inject_reset();
-                }
-            });
+            s.spawn(move || reset_repeatedly(c0, c1, 15, Duration::from_millis(7), None));
             let hs: Vec<_> = comms
                 .into_iter()
                 .map(|c: Comm| {
@@ -1190,13 +1203,7 @@ mod tests {
         std::thread::scope(|s| {
             let c0 = comms[0].clone();
             let c1 = comms[1].clone();
-            s.spawn(move || {
-                for _ in 0..12 {
-                    std::thread::sleep(Duration::from_millis(6));
-                    c0.transport_for_tests().unwrap().inject_reset();
-                    c1.transport_for_tests().unwrap().inject_reset();
-                }
-            });
+            s.spawn(move || reset_repeatedly(c0, c1, 12, Duration::from_millis(6), None));
             let hs: Vec<_> = comms
                 .into_iter()
                 .map(|c: Comm| {
@@ -1332,16 +1339,7 @@ mod tests {
         std::thread::scope(|s| {
             let (c0, c1, done) = (comms[0].clone(), comms[1].clone(), &done);
             // Resets for as long as messages flow (at most ~3 s).
-            s.spawn(move || {
-                for _ in 0..1500 {
-                    if done.load(std::sync::atomic::Ordering::Acquire) {
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_millis(2));
-                    c0.transport_for_tests().unwrap().inject_reset();
-                    c1.transport_for_tests().unwrap().inject_reset();
-                }
-            });
+            s.spawn(move || reset_repeatedly(c0, c1, 1500, Duration::from_millis(2), Some(done)));
             for tag in tags {
                 let c = comms[1].clone();
                 s.spawn(move || {
@@ -1438,13 +1436,7 @@ mod tests {
         std::thread::scope(|s| {
             let c0 = comms[0].clone();
             let c1 = comms[1].clone();
-            s.spawn(move || {
-                for _ in 0..resets {
-                    std::thread::sleep(Duration::from_millis(5));
-                    c0.transport_for_tests().unwrap().inject_reset();
-                    c1.transport_for_tests().unwrap().inject_reset();
-                }
-            });
+            s.spawn(move || reset_repeatedly(c0, c1, resets, Duration::from_millis(5), None));
             let hs: Vec<_> = comms
                 .into_iter()
                 .map(|c: Comm| {
