@@ -47,6 +47,8 @@ pub struct JobBuilder {
     // Asynchronous checkpoints (issue #16, docs/ASYNC.md).
     sync_writes: bool,
     staging_budget: Option<u64>,
+    // Retention frees dead chunk files instead of recycling them.
+    free_dead_chunks: bool,
     // Multi-level checkpoints (issue #15, docs/LEVELS.md).
     levels: Option<Levels>,
 }
@@ -136,6 +138,17 @@ impl JobBuilder {
     /// restart still restores the newest checkpoint. Replaces `every_steps`/`every`.
     pub fn never_checkpoint(self) -> Self {
         self.policy(lazarus_policy::Never)
+    }
+
+    /// Whether retention keeps the files of the chunks it finds dead in the durable
+    /// repository as spares that the next checkpoint writes its new chunks into (`true`,
+    /// the default: a file system that neither frees nor allocates files per checkpoint
+    /// writes them faster and with less CPU), or deletes them (`false`: the space comes
+    /// back at once; the spares would hold up to one collection's dead chunks until the
+    /// next checkpoint). See [`lazarus_store::Repository::recycle_dead_chunks`].
+    pub fn recycle_chunk_files(mut self, on: bool) -> Self {
+        self.free_dead_chunks = !on;
+        self
     }
 
     /// Keep the newest `k` committed checkpoints (default 3; at least 1).
@@ -269,7 +282,12 @@ impl JobBuilder {
         let level_options = options.clone();
         let store = if comm.rank() == Rank(0) {
             // Without a job token `open_shared` shares with nobody, exactly like `open`.
-            let opened = Repository::open_shared(&path, options);
+            let opened = Repository::open_shared(&path, options).map(|mut r| {
+                // The Job collects after every commit (docs/PERFORMANCE.md, "Recycled
+                // chunk files").
+                r.recycle_dead_chunks(!self.free_dead_chunks);
+                r
+            });
             RankStore::Coordinator(opened.map_err(|source| JobError::Store {
                 path: path.clone(),
                 source,
@@ -1634,6 +1652,12 @@ impl Job {
         self.last = Some(report);
         if finished {
             self.finished = Some((done.checkpoint, step));
+            // Spare chunk files kept for the next checkpoint: there is none.
+            if let Some(repo) = held(&mut self.runtime, self.lost)?.repository_mut() {
+                if let Err(e) = repo.clear_spares() {
+                    tracing::warn!("removing spare chunk files: {e}");
+                }
+            }
             // The result is durable: node-local copies are no longer needed.
             if let Some(l) = &mut self.levels {
                 if let Err(e) = l.clean() {

@@ -205,6 +205,19 @@ fn bench_async_reports_stall_against_memcpy_and_sync_against_raw() {
             .unwrap_or_else(|e| panic!("{line}: {e}"));
         assert!(ratio.is_finite() && ratio > 0.0, "{line}");
     }
+    // The steady-state row: new chunk files against recycled ones, time and CPU, each
+    // ratio a finite positive number.
+    let line = text
+        .lines()
+        .find(|l| l.contains("steady state (keep 1)"))
+        .unwrap_or_else(|| panic!("no steady-state row in:\n{text}"));
+    let ratios: Vec<f64> = line
+        .split('(')
+        .skip(2)
+        .map(|r| r.split('x').next().unwrap().trim().parse().unwrap())
+        .collect();
+    assert_eq!(ratios.len(), 2, "{line}");
+    assert!(ratios.iter().all(|r| r.is_finite() && *r > 0.0), "{line}");
     // The step-rate row: steps per second with async and sync checkpoints against none.
     let line = text
         .lines()

@@ -274,6 +274,16 @@ pub(crate) fn parse_dir(name: &str) -> Option<(u32, bool)> {
     Some((rest.parse().ok()?, primary))
 }
 
+/// A level repository that this rank writes and collects after every round: its
+/// collections keep dead chunk files as spares for the next round's chunks
+/// ([`Repository::recycle_dead_chunks`]; on a RAM file system this saves zeroing fresh
+/// pages per round).
+fn open_recycling(p: &Path, options: &RepoOptions) -> Result<Repository, StoreError> {
+    let mut r = Repository::open(p, options.clone())?;
+    r.recycle_dead_chunks(true);
+    Ok(r)
+}
+
 fn opts_for_level(options: &RepoOptions, levels: &Levels) -> RepoOptions {
     RepoOptions {
         // Node-local repositories are this rank's alone: no lock sharing.
@@ -613,7 +623,7 @@ impl NodeLevels {
             let p = self
                 .host_dir(&self.hosts[self.me() as usize])
                 .join(dir_of(self.me(), true));
-            let mut repo = Repository::open(&p, self.options.clone()).map_err(LevelError::l1)?;
+            let mut repo = open_recycling(&p, &self.options).map_err(LevelError::l1)?;
             repo.number_above(self.l1_floor).map_err(LevelError::l1)?;
             self.own = Some(repo);
         }
@@ -636,7 +646,7 @@ impl NodeLevels {
             let p = self
                 .host_dir(&self.hosts[self.me() as usize])
                 .join(dir_of(subject, false));
-            let r = Repository::open(&p, self.options.clone()).map_err(LevelError::l2)?;
+            let r = open_recycling(&p, &self.options).map_err(LevelError::l2)?;
             self.mirrors.insert(subject, r);
         }
         self.mirrors
@@ -1983,7 +1993,7 @@ impl NodeLevels {
             }
         }
         for p in std::mem::take(&mut self.parity_written) {
-            if let Err(e) = Repository::open(&p, self.options.clone())
+            if let Err(e) = open_recycling(&p, &self.options)
                 .and_then(|mut r| r.retain_protecting(keep, &protect))
             {
                 tracing::warn!("levels: L3 retention of {}: {e}", p.display());
@@ -3958,7 +3968,10 @@ mod tests {
             for e in std::fs::read_dir(d).unwrap() {
                 let p = e.unwrap().path();
                 if p.is_dir() {
-                    dirs.push(p);
+                    // Not the spare files kept for reuse: they are no chunks.
+                    if !p.ends_with(".tmp-spare") {
+                        dirs.push(p);
+                    }
                 } else {
                     files.push(p);
                 }

@@ -26,6 +26,12 @@ pub struct FailureHistory {
 /// small clock differences between the supervisor and a rank's host.
 const FUTURE_SLACK_S: f64 = 300.0;
 
+/// 2000-01-01T00:00:00Z in unix seconds. Observed by a clock past it (a real one), a job
+/// start before it is no job's start but an unset default (`0`) or a time in another
+/// unit, and would silently mean decades of exposure: an MTBF estimate so large that the
+/// policy all but stops checkpointing. Injected clocks before it (tests) are not judged.
+const EARLIEST_JOB_START_S: f64 = 946_684_800.0;
+
 fn now_unix() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -64,6 +70,15 @@ impl FailureHistory {
     ) -> Result<FailureHistory, PolicyError> {
         let js = job_start.to_string();
         parse_time(Self::JOB_START_VAR, &js)?;
+        if observed_at >= EARLIEST_JOB_START_S && job_start < EARLIEST_JOB_START_S {
+            return Err(PolicyError::Env {
+                var: Self::JOB_START_VAR,
+                input: js,
+                reason: "before 2000-01-01: an unset default or not unix seconds (the job's \
+                         first launch, e.g. 1795000000.250)"
+                    .to_string(),
+            });
+        }
         if job_start > observed_at + FUTURE_SLACK_S {
             // E.g. milliseconds given for seconds: the exposure would silently be 0.
             return Err(PolicyError::Env {
@@ -268,6 +283,29 @@ mod tests {
             assert_eq!(e.kind(), ErrorKind::InvalidEnvironment);
             assert!(e.to_string().starts_with("LAZARUS_"), "{e}");
         }
+    }
+
+    /// `LAZARUS_JOB_START=0` (an unset default) was accepted and meant 56 years of
+    /// exposure: an MTBF estimate so large that a failing job all but stopped
+    /// checkpointing. Now refused, naming the variable and the value.
+    #[test]
+    fn a_job_start_of_0_is_refused() {
+        let now = 1_795_000_000.0;
+        for start in ["0", "1795000", "946684799.9"] {
+            let e = FailureHistory::parse(Some(start), Some(""), now).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidEnvironment);
+            let msg = e.to_string();
+            assert!(
+                msg.starts_with("LAZARUS_JOB_START") && msg.contains(start),
+                "{msg}"
+            );
+            assert!(msg.contains("2000-01-01"), "{msg}");
+        }
+        assert!(FailureHistory::parse(Some("946684800"), None, now).is_ok());
+        assert!(
+            FailureHistory::starting_at(0.0).is_ok(),
+            "an injected clock"
+        );
     }
 
     #[test]

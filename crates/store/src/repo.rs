@@ -78,7 +78,9 @@ pub struct GcReport {
     pub damaged_left: Vec<CheckpointId>,
     /// Chunk files deleted by the sweep.
     pub chunks_removed: u64,
-    /// Bytes freed by the sweep (chunk files and temp leftovers).
+    /// Bytes the sweep took out of the repository (chunk files and temp leftovers); with
+    /// [`Repository::recycle_dead_chunks`] the retired chunks' files stay on disk as
+    /// spares until the next checkpoint reuses them or the next collection deletes them.
     pub bytes_freed: u64,
     /// Chunk files still referenced.
     pub chunks_kept: u64,
@@ -117,6 +119,9 @@ pub struct Repository {
     fail_commit_sync: bool,
     /// Most manifest bytes a COMMIT carries inline (see [`INLINE_COMMIT_BUDGET`]).
     inline_budget: usize,
+    /// Garbage collection retires dead chunks for reuse instead of deleting them
+    /// ([`Repository::recycle_dead_chunks`]).
+    recycle: bool,
 }
 
 /// Most manifest bytes (before base64) one COMMIT carries inline; the committer writes the
@@ -235,7 +240,28 @@ impl Repository {
             last_committed: None,
             fail_commit_sync: false,
             inline_budget: INLINE_COMMIT_BUDGET,
+            recycle: false,
         })
+    }
+
+    /// With `on`, garbage collection does not free the files of dead chunks but keeps
+    /// them as spares that the next checkpoint's new chunks are written into (on the
+    /// directory backend; other backends delete as before). For a writer that checkpoints
+    /// periodically and collects after each commit (the Job does): the file system then
+    /// neither frees nor allocates storage per checkpoint, which on ext4 and tmpfs costs
+    /// more than writing the bytes (docs/PERFORMANCE.md, "Recycled chunk files"). The
+    /// price: until the next checkpoint reuses them the spares hold what the collection
+    /// would have freed (at most one collection's dead chunks: each collection first
+    /// deletes the spares left from the one before; [`Repository::clear_spares`] deletes
+    /// them at once). Off by default, so `lazarus gc` frees space.
+    pub fn recycle_dead_chunks(&mut self, on: bool) {
+        self.recycle = on;
+    }
+
+    /// Deletes the spare chunk files retired by collections with
+    /// [`Repository::recycle_dead_chunks`] and not reused (a job that ends calls this).
+    pub fn clear_spares(&self) -> Result<(), StoreError> {
+        self.backend.clear_retired()
     }
 
     /// Test hook: lowers the inline-manifest budget of this repository's COMMITs (see
@@ -912,7 +938,13 @@ impl Repository {
         }
         progress(GcStage::Remove, n_remove, n_remove);
         b.sync_dirs(&[DirKey::Checkpoints])?;
-        // Sweep.
+        // Sweep. Spares the last collection retired and no write reused go first, so
+        // spares never hold more than one collection's dead chunks.
+        fence.pass()?;
+        if let Err(e) = b.clear_retired() {
+            // Not fatal: what the sweep frees matters more than old spares.
+            tracing::warn!("garbage collection: {e}");
+        }
         let fans: Vec<DirKey> = b
             .list(&DirKey::Chunks)?
             .into_iter()
@@ -949,7 +981,12 @@ impl Repository {
                     None => b.stat(&key).ok().flatten().map_or(0, |m| m.size),
                 };
                 fence.pass()?;
-                b.delete(&key).map_err(|e| e.context("removing chunk"))?;
+                if self.recycle && !is_tmp {
+                    b.retire_chunk(&key)
+                } else {
+                    b.delete(&key)
+                }
+                .map_err(|e| e.context("removing chunk"))?;
                 fence.deleted += 1;
                 failpoint("gc_during_sweep");
                 removed_here = true;

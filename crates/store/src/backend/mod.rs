@@ -351,6 +351,21 @@ pub trait WriteBackend: ReadBackend {
         Ok(())
     }
 
+    /// Removes a chunk that garbage collection found dead, where the backend may keep its
+    /// storage for a later chunk write because reusing it is cheaper than freeing and
+    /// allocating again (the directory backend moves the file into a spare directory:
+    /// docs/FORMAT.md, "Recycled chunk files"). Either way the chunk is gone from the
+    /// repository when this returns `Ok`; absent is fine. The default deletes.
+    fn retire_chunk(&self, key: &ObjectKey) -> Result<(), StoreError> {
+        self.delete(key)
+    }
+
+    /// Deletes every retired chunk not reused yet (garbage collection does this before it
+    /// retires more, a finished job when it ends). The default has none.
+    fn clear_retired(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// Removes `dir` and everything under it; absent is fine.
     fn delete_dir(&self, dir: &DirKey) -> Result<(), StoreError>;
 

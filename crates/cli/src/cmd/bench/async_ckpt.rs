@@ -78,18 +78,50 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-/// Per-rank medians: (stall, background flush or zero).
-type Times = (Duration, Duration);
+/// Rank 0's medians of the timed checkpoints (stall, background flush or zero), and the
+/// process CPU time (every rank and flush thread) per timed checkpoint.
+#[derive(Clone, Copy)]
+struct Times {
+    stall: Duration,
+    flush: Duration,
+    cpu: Duration,
+}
 
-/// Runs `rounds + 1` checkpoints on every rank; rank 0's medians. `incremental`: a
-/// `DirtyVec` with `change` of its pages written between checkpoints; else a `Vec` fully
-/// rewritten (nothing deduplicated).
+/// How a [`run`] checkpoints.
+#[derive(Clone, Copy)]
+struct RunCfg {
+    sync: bool,
+    /// A `DirtyVec` with `--change-percent` of its pages written between checkpoints;
+    /// else a `Vec` fully rewritten (nothing deduplicated).
+    incremental: bool,
+    keep: usize,
+    /// `JobBuilder::recycle_chunk_files`.
+    recycle: bool,
+    /// Untimed checkpoints before the `--rounds` timed ones.
+    untimed: u64,
+}
+
+impl RunCfg {
+    fn full(sync: bool) -> RunCfg {
+        RunCfg {
+            sync,
+            incremental: false,
+            keep: 2,
+            recycle: true,
+            untimed: 1,
+        }
+    }
+}
+
+/// Runs `untimed + rounds` checkpoints on every rank; rank 0's medians of the timed ones.
 fn run(
     repo: &Path,
     a: &Args,
-    sync: bool,
-    incremental: bool,
+    cfg: RunCfg,
 ) -> Result<Times, Box<dyn std::error::Error + Send + Sync>> {
+    let RunCfg {
+        sync, incremental, ..
+    } = cfg;
     let words = a.mib << 17;
     let comms = loopback_comms(a.ranks, NetConfig::default())?;
     let rounds = a.rounds;
@@ -100,7 +132,11 @@ fn run(
             let repo = repo.to_path_buf();
             std::thread::spawn(move || -> Result<Times, String> {
                 let rank = u64::from(comm.rank().0);
-                let mut b = Job::builder().repo(&repo).comm(comm).keep(2);
+                let mut b = Job::builder()
+                    .repo(&repo)
+                    .comm(comm)
+                    .keep(cfg.keep)
+                    .recycle_chunk_files(cfg.recycle);
                 if sync {
                     b = b.sync_writes();
                 }
@@ -120,7 +156,11 @@ fn run(
                 let changed = ((pages as f64 * change).ceil() as usize).max(1);
                 let mut stalls = Vec::new();
                 let mut flushes = Vec::new();
-                for round in 0..=rounds as u64 {
+                let mut cpu0 = Duration::ZERO;
+                for round in 0..cfg.untimed + rounds as u64 {
+                    if round == cfg.untimed {
+                        cpu0 = super::process_cpu();
+                    }
                     if incremental {
                         // A contiguous 1 % of the pages (another region each round), as a
                         // solver updating one block of its domain.
@@ -147,12 +187,17 @@ fn run(
                         .flush()
                         .map_err(|e| e.to_string())?
                         .ok_or("no checkpoint committed")?;
-                    if round > 0 {
+                    if round >= cfg.untimed {
                         stalls.push(stall);
                         flushes.push(report.flush.unwrap_or_default());
                     }
                 }
-                Ok((median(stalls), median(flushes)))
+                let cpu = super::process_cpu().saturating_sub(cpu0) / rounds.max(1) as u32;
+                Ok(Times {
+                    stall: median(stalls),
+                    flush: median(flushes),
+                    cpu,
+                })
             })
         })
         .collect();
@@ -435,9 +480,36 @@ fn report(scratch: &Path, a: &Args) -> Result<(), Box<dyn std::error::Error + Se
     if !a.step_rate_only {
         let copy = memcpy(bytes, a.rounds);
         let raw = raw_write(scratch, a.ranks, bytes)?;
-        let (sync_stall, _) = run(&scratch.join("sync"), a, true, false)?;
-        let (async_stall, async_flush) = run(&scratch.join("async"), a, false, false)?;
-        let (inc_stall, inc_flush) = run(&scratch.join("inc"), a, false, true)?;
+        let sync_stall = run(&scratch.join("sync"), a, RunCfg::full(true))?.stall;
+        let Times {
+            stall: async_stall,
+            flush: async_flush,
+            ..
+        } = run(&scratch.join("async"), a, RunCfg::full(false))?;
+        let inc = RunCfg {
+            incremental: true,
+            ..RunCfg::full(false)
+        };
+        let Times {
+            stall: inc_stall,
+            flush: inc_flush,
+            ..
+        } = run(&scratch.join("inc"), a, inc)?;
+        // Steady state of a job that collects after every commit: with `keep` 1 every
+        // checkpoint from the third on follows a collection that retired the chunks of
+        // the one before the last, so it writes into their files (recycled) or into new
+        // ones (freed).
+        let steady = |recycle: bool, name: &str| {
+            let cfg = RunCfg {
+                keep: 1,
+                recycle,
+                untimed: 2,
+                ..RunCfg::full(true)
+            };
+            run(&scratch.join(name), a, cfg)
+        };
+        let freed = steady(false, "steady-freed")?;
+        let recycled = steady(true, "steady-recycled")?;
         outln!(
             "  memcpy of {} MiB (warm):            {:>9.2} ms",
             a.mib,
@@ -452,6 +524,16 @@ fn report(scratch: &Path, a: &Args) -> Result<(), Box<dyn std::error::Error + Se
             "  sync checkpoint stall:             {:>9.2} ms  ({:.2}x raw write+fsync)",
             ms(sync_stall),
             sync_stall.as_secs_f64() / raw.as_secs_f64()
+        )?;
+        outln!(
+            "  sync checkpoint, steady state (keep 1): new chunk files {:.2} ms, {:.3} CPU-s; \
+             recycled files {:.2} ms ({:.2}x), {:.3} CPU-s ({:.2}x)",
+            ms(freed.stall),
+            freed.cpu.as_secs_f64(),
+            ms(recycled.stall),
+            recycled.stall.as_secs_f64() / freed.stall.as_secs_f64().max(1e-9),
+            recycled.cpu.as_secs_f64(),
+            recycled.cpu.as_secs_f64() / freed.cpu.as_secs_f64().max(1e-9)
         )?;
         outln!(
             "  async checkpoint stall (capture):  {:>9.2} ms  ({:.2}x memcpy, {:.3}x sync stall)",

@@ -161,6 +161,8 @@ fn rank(
     let peer = (me + comm.size() / 2) % comm.size();
     let repo_path = l4_root.join(format!("l4-rank-{me}"));
     let mut repo = Repository::open(&repo_path, RepoOptions::default())?;
+    // As a Job's durable repository does (it collects after every commit).
+    repo.recycle_dead_chunks(true);
     for i in 0..reps {
         let round = |seed: u64, data: &mut Vec<u8>| fill(data, seed, u64::from(me));
         round(4 * i as u64, &mut data);
