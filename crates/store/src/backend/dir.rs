@@ -350,9 +350,10 @@ impl WriteBackend for DirBackend {
     /// it instead of creating a file. Why: a file system frees and allocates a file's
     /// storage at a cost (ext4 creating and deleting ~1000 chunk files per GiB took
     /// 3x the wall time and 2-5x the CPU of rewriting retired ones in place; tmpfs
-    /// zeroing fresh pages ~1.7x the time; docs/PERFORMANCE.md). No fsync: a spare is
-    /// not part of the repository, and a move a crash undoes leaves an unreferenced
-    /// chunk for the next collection, as a lost unlink would.
+    /// zeroing fresh pages ~1.7x the time; docs/PERFORMANCE.md). No fsync of its own:
+    /// the collection fsyncs the fan-out directory after its sweep, and a move a crash
+    /// undoes leaves an unreferenced chunk for the next collection, as a lost unlink
+    /// would (docs/FORMAT.md, "Recycled chunk files", for file systems that reorder).
     fn retire_chunk(&self, key: &ObjectKey) -> Result<(), StoreError> {
         use std::os::unix::fs::MetadataExt;
         let p = self.path(key);
