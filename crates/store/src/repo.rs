@@ -76,7 +76,7 @@ pub struct GcReport {
     pub removed_uncommitted: Vec<CheckpointId>,
     /// Checkpoint directories left alone because their COMMIT is damaged.
     pub damaged_left: Vec<CheckpointId>,
-    /// Chunk files deleted by the sweep.
+    /// Chunk files deleted by the sweep (or retired as spares, see `bytes_freed`).
     pub chunks_removed: u64,
     /// Bytes the sweep took out of the repository (chunk files and temp leftovers); with
     /// [`Repository::recycle_dead_chunks`] the retired chunks' files stay on disk as
