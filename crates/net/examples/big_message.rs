@@ -3,7 +3,8 @@
 //! away with `send_bytes` (of a clone, as the bench does) and receive one, all at once;
 //! prints the median of `reps` rounds. Usage: `big_message [ranks] [mib] [reps]`
 //! (defaults 4 256 3). `perf record -g` on it attributes the communicator's cost without
-//! the checkpoint levels around it.
+//! the checkpoint levels around it. The network settings come from the environment
+//! (`LAZARUS_FRAME_MAC=off` measures without the frame MAC).
 
 use lazarus_format::Rank;
 use lazarus_net::{loopback_comms, NetConfig, Tag};
@@ -26,7 +27,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let bytes_of =
         |rank: u32| -> Vec<u8> { (0..mib << 20).map(|i| (i as u32 ^ rank) as u8).collect() };
-    let comms = loopback_comms(ranks, NetConfig::default())?;
+    let comms = loopback_comms(ranks, NetConfig::from_env()?)?;
     let times: Vec<Vec<Duration>> = std::thread::scope(|s| {
         let hs: Vec<_> = comms
             .into_iter()

@@ -86,7 +86,8 @@ struct Row {
     l1: Duration,
     /// `data` over raw loopback TCP, every rank at once (the physical limit of L2).
     raw_tcp: Duration,
-    /// The same bytes over the communicator (frame MAC on), every rank at once.
+    /// The same bytes over the communicator (`LAZARUS_FRAME_MAC`, default on), every rank
+    /// at once.
     comm: Duration,
     l12: Duration,
     l12_incr: Duration,
@@ -558,7 +559,7 @@ fn on_ranks<T: Send>(
     ranks: u32,
     f: impl Fn(lazarus::Comm) -> Result<T, BoxError> + Sync,
 ) -> Result<Vec<T>, BoxError> {
-    let comms = loopback_comms(ranks, NetConfig::default())?;
+    let comms = loopback_comms(ranks, NetConfig::from_env()?)?;
     std::thread::scope(|scope| {
         let handles: Vec<_> = comms
             .into_iter()
@@ -681,9 +682,10 @@ pub fn main(a: Args) -> CmdResult {
     )?;
     writeln!(
         out,
-        "the part over raw loopback TCP: {:.1} ms ({:.0} MiB/s per rank, every rank at once); over the communicator (frame MAC on): {:.1} ms",
+        "the part over raw loopback TCP: {:.1} ms ({:.0} MiB/s per rank, every rank at once); over the communicator (frame MAC {}): {:.1} ms",
         ms(r.raw_tcp),
         (bytes as f64 / (1 << 20) as f64) / r.raw_tcp.as_secs_f64().max(1e-9),
+        NetConfig::from_env()?.frame_mac,
         ms(r.comm)
     )?;
     writeln!(
