@@ -312,24 +312,18 @@ pub(crate) fn send_stream(
     want: Option<&[[u8; 32]]>,
 ) -> Result<u64, LevelError> {
     let mut sent = 0u64;
+    let all = out.digests();
     let Outgoing {
         reader,
         id,
-        chunks,
         files,
         level,
+        ..
     } = out;
     let streamed = (|| -> Result<CopyMsg, LevelError> {
-        let all: Vec<[u8; 32]>;
-        let want = match want {
-            Some(w) => w,
-            None => {
-                all = chunks.iter().map(|d| d.0).collect();
-                &all
-            }
-        };
+        let want = want.unwrap_or(&all);
         // Only chunks of this checkpoint, each once, whatever the receiver asked for.
-        let mut offered: BTreeSet<[u8; 32]> = chunks.into_iter().map(|d| d.0).collect();
+        let mut offered: BTreeSet<[u8; 32]> = all.iter().copied().collect();
         let mut batch: Batch = Vec::new();
         let mut batch_bytes = 0u64;
         let flush = |batch: &mut Batch| -> Result<(), LevelError> {

@@ -557,9 +557,10 @@ struct JobTimes {
 /// the first rank's error (named).
 fn on_ranks<T: Send>(
     ranks: u32,
+    net: &NetConfig,
     f: impl Fn(lazarus::Comm) -> Result<T, BoxError> + Sync,
 ) -> Result<Vec<T>, BoxError> {
-    let comms = loopback_comms(ranks, NetConfig::from_env()?)?;
+    let comms = loopback_comms(ranks, net.clone())?;
     std::thread::scope(|scope| {
         let handles: Vec<_> = comms
             .into_iter()
@@ -608,19 +609,21 @@ pub fn main(a: Args) -> CmdResult {
     );
     std::fs::create_dir_all(&l4_root)?;
     let reps = a.reps;
-    let rows = on_ranks(a.ranks, |c| {
+    // Read once: `LAZARUS_FRAME_MAC=off` measures without the frame MAC.
+    let net = NetConfig::from_env()?;
+    let rows = on_ranks(a.ranks, &net, |c| {
         rank(c, l1_root.clone(), l4_root.clone(), bytes, reps)
     })?;
     // A Job with L1+L2, asynchronous (docs/LEVELS.md, "Asynchronous level rounds"): the
     // threads are ranks on 2 simulated hosts.
     std::env::set_var(lazarus::levels::SIM_HOSTS_ENV, "2");
     let (job_l1, job_repo) = (l1_root.join("job"), l4_root.join("job-repo"));
-    let jobs = on_ranks(a.ranks, |c| {
+    let jobs = on_ranks(a.ranks, &net, |c| {
         job_rank(c, job_l1.clone(), job_repo.clone(), bytes, reps)
     })?;
     // Restore after a host loss against restore from L4, with the Job's restore path.
     let (rebuild_l1, rebuild_repo) = (l1_root.join("rebuild"), l4_root.join("rebuild-repo"));
-    let rebuilds = on_ranks(a.ranks, |c| {
+    let rebuilds = on_ranks(a.ranks, &net, |c| {
         rebuild_rank(c, rebuild_l1.clone(), rebuild_repo.clone(), bytes)
     })?;
     drop((l1_scratch, l4_scratch));
@@ -685,7 +688,7 @@ pub fn main(a: Args) -> CmdResult {
         "the part over raw loopback TCP: {:.1} ms ({:.0} MiB/s per rank, every rank at once); over the communicator (frame MAC {}): {:.1} ms",
         ms(r.raw_tcp),
         (bytes as f64 / (1 << 20) as f64) / r.raw_tcp.as_secs_f64().max(1e-9),
-        NetConfig::from_env()?.frame_mac,
+        net.frame_mac,
         ms(r.comm)
     )?;
     writeln!(
