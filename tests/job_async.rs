@@ -573,26 +573,6 @@ fn assert_checkpoints_hold(repo: &Path, expected: &[(CheckpointId, S)]) {
     }
 }
 
-/// Inode numbers of the files under `dir` (recursively).
-fn inodes_under(dir: &Path) -> std::collections::BTreeSet<u64> {
-    use std::os::unix::fs::MetadataExt;
-    let mut out = std::collections::BTreeSet::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let m = e.metadata().unwrap();
-            if m.is_dir() {
-                if !e.file_name().to_string_lossy().starts_with(".tmp-") {
-                    stack.push(e.path());
-                }
-            } else {
-                out.insert(m.ino());
-            }
-        }
-    }
-    out
-}
-
 /// The Job's collections keep dead chunks' files as spares and its next checkpoint writes
 /// its new chunks into them (docs/PERFORMANCE.md, "Recycled chunk files"); a finished job
 /// leaves no spare behind, and what it restores is exact.
@@ -609,10 +589,10 @@ fn a_job_writes_new_chunks_into_dead_ones_files_and_leaves_no_spares_at_finish()
     for round in 0..4u64 {
         job.checkpoint_now(&s).unwrap();
         job.flush().unwrap();
-        reused += inodes_under(&repo.join("chunks"))
+        reused += lazarus_testbed::inodes_under(&repo.join("chunks"))
             .intersection(&spares)
             .count();
-        spares = inodes_under(&spare_dir);
+        spares = lazarus_testbed::inodes_under(&spare_dir);
         spares_seen += spares.len();
         scribble(&mut s, round);
     }

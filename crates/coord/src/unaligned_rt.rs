@@ -425,6 +425,15 @@ struct CommitDone {
     outcome: CommitOutcome,
 }
 
+/// Rank 0's handle of the repository, recycling dead chunk files as `cfg` says. Under
+/// `lazarus run --repo` the supervisor holds the lock with the job token; without a token
+/// `open_shared` shares with nobody, exactly like `open`.
+fn open_leader_repo(cfg: &AsyncConfig) -> Result<Repository, StoreError> {
+    let mut repo = Repository::open_shared(&cfg.repo, cfg.store.clone())?;
+    repo.recycle_dead_chunks(cfg.recycle_chunk_files);
+    Ok(repo)
+}
+
 /// Writes COMMIT of `t.round` (format 1.1: the parts' inline manifests ride in it), then
 /// the output `commit` marker and retention; on the background writer or in the call.
 fn write_commit(t: CommitTask) -> CommitDone {
@@ -549,10 +558,7 @@ impl AsyncSession {
         let world = comm.size();
         let store = |ctx: &str, e| SessionError::wrap(K::Store, me, ctx, e);
         let leader = if me == Rank(0) {
-            // Under `lazarus run --repo` the supervisor holds the lock with the job token;
-            // without a token `open_shared` shares with nobody, exactly like `open`.
-            let repo = Repository::open_shared(&cfg.repo, cfg.store.clone())
-                .map_err(|e| store("opening the repository", e))?;
+            let repo = open_leader_repo(&cfg).map_err(|e| store("opening the repository", e))?;
             let coord = Coordinator::new(world, cfg.timeouts)
                 .map_err(|e| SessionError::protocol(me, "coordinator", e))?;
             Some(Leader {
@@ -1066,7 +1072,7 @@ impl AsyncSession {
         let repo = match l.repo.take() {
             Some(r) => r,
             // Lost with a background writer that died: reopen.
-            None => Repository::open_shared(&self.cfg.repo, self.cfg.store.clone())
+            None => open_leader_repo(&self.cfg)
                 .map_err(|e| SessionError::wrap(K::Store, me, "reopening the repository", e))?,
         };
         let repo = l.repo.insert(repo);
@@ -1284,7 +1290,27 @@ impl AsyncSession {
                 ),
             ));
         }
+        // Every rank is done, so no part is being written: the spare chunk files kept
+        // for a next round have none to go to.
+        self.settle_flush(state)?;
+        self.clear_spares();
         Ok(())
+    }
+
+    /// Rank 0: deletes the spare chunk files its retention kept (a failure leaves them
+    /// for the next collection or `lazarus gc`, and is logged).
+    fn clear_spares(&mut self) {
+        let Some(l) = self.leader.as_mut() else {
+            return;
+        };
+        let cleared = match l.repo.as_ref() {
+            Some(r) => r.clear_spares(),
+            // Lost with a background writer that died: reopen.
+            None => open_leader_repo(&self.cfg).and_then(|r| r.clear_spares()),
+        };
+        if let Err(e) = cleared {
+            tracing::warn!("{}: removing spare chunk files: {e}", self.me);
+        }
     }
 
     // ---- protocol plumbing ---------------------------------------------------------
@@ -2051,7 +2077,7 @@ impl AsyncSession {
                     let repo = match l.repo.take() {
                         Some(r) => Ok(r),
                         // Lost with a background writer that died: reopen.
-                        None => Repository::open_shared(&self.cfg.repo, self.cfg.store.clone())
+                        None => open_leader_repo(&self.cfg)
                             .map_err(|e| format!("reopening the repository: {e}")),
                     };
                     let (pending, repo) = match (pending, repo) {

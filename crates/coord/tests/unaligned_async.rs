@@ -73,8 +73,19 @@ fn follower(
     fail_first: bool,
     recovered: &AtomicBool,
 ) -> Result<Vec<SessionError>, SessionError> {
+    follow_with(comm, cfg(repo), stop, fail_first, recovered)
+}
+
+/// [`follower`] with its own configuration.
+fn follow_with(
+    comm: Comm,
+    cfg: AsyncConfig,
+    stop: &AtomicBool,
+    fail_first: bool,
+    recovered: &AtomicBool,
+) -> Result<Vec<SessionError>, SessionError> {
     let mut b = big(0);
-    let (mut s, _) = AsyncSession::open(comm, cfg(repo), &mut b)?;
+    let (mut s, _) = AsyncSession::open(comm, cfg, &mut b)?;
     if fail_first {
         s.set_write_budget(Some(0));
     }
@@ -154,6 +165,71 @@ fn unaligned_snapshot_isolation_with_background_writes() {
             got == big(got.n),
             "checkpoint {id}: rank 1's state was read after its call"
         );
+    }
+}
+
+/// With `keep = 1`, rank 0's collections keep dead chunks' files as spares, and the next
+/// round's parts (both ranks', written in the background) put their new chunks into them;
+/// a finished session leaves no spare behind, and what committed is exact. With recycling
+/// off, no collection keeps a spare.
+#[test]
+fn unaligned_rounds_write_new_chunks_into_dead_ones_files_and_leave_no_spares_at_finish() {
+    for recycle in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = dir.path().join("repo");
+        let spare_dir = repo.join("chunks/.tmp-spare");
+        let mut c = cfg(&repo);
+        c.keep = Some(1);
+        c.recycle_chunk_files = recycle;
+        let mut cs = comms(2);
+        let c1 = cs.pop().unwrap();
+        let c0 = cs.pop().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let r1 = {
+            let (c, stop) = (c.clone(), stop.clone());
+            std::thread::spawn(move || follow_with(c1, c, &stop, false, &AtomicBool::new(false)))
+        };
+        let mut b = big(7);
+        let (mut s0, _) = AsyncSession::open(c0, c, &mut b).unwrap();
+        let (mut reused, mut spares_seen) = (0, 0);
+        let mut spares = std::collections::BTreeSet::new();
+        let mut last = None;
+        for _ in 0..4 {
+            let (r, at_call) = round(&mut s0, &mut b);
+            assert_eq!(r.outcome, Outcome::Commit, "{r:?}");
+            // The round's chunks (both ranks') in files the previous collection kept.
+            reused += lazarus_testbed::inodes_under(&repo.join("chunks"))
+                .intersection(&spares)
+                .count();
+            spares = lazarus_testbed::inodes_under(&spare_dir);
+            spares_seen += spares.len();
+            last = Some((r.round.ckpt, at_call));
+        }
+        stop.store(true, Ordering::SeqCst);
+        s0.finish(&b, Duration::from_secs(10)).unwrap();
+        assert!(r1.join().unwrap().unwrap().is_empty());
+        if recycle {
+            assert!(spares_seen > 0, "no collection kept a spare");
+            assert!(reused > 0, "no round wrote into a spare");
+        } else {
+            assert_eq!(
+                spares_seen, 0,
+                "a collection kept spares with recycling off"
+            );
+        }
+        assert!(
+            !spare_dir.exists(),
+            "spares left after finish (recycle {recycle})"
+        );
+        let (id, want) = last.unwrap();
+        assert!(load(&repo, id, 0) == want, "checkpoint {id}: rank 0");
+        let got = load(&repo, id, 1);
+        assert!(got == big(got.n), "checkpoint {id}: rank 1 inconsistent");
+        let report = lazarus_store::RepoReader::open(&repo)
+            .unwrap()
+            .verify(&|_, _| {})
+            .unwrap();
+        assert!(report.problems.is_empty(), "{report:?}");
     }
 }
 

@@ -34,6 +34,29 @@ pub fn peak_rss() -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// Inode numbers of the files under `dir`, recursively, skipping directories whose name
+/// starts with `.tmp-` (a repository's temporaries and spare chunk files): which files a
+/// checkpoint wrote into, for the tests of recycled chunk files. Unreadable entries are
+/// skipped.
+pub fn inodes_under(dir: &std::path::Path) -> std::collections::BTreeSet<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = std::collections::BTreeSet::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let Ok(m) = e.metadata() else { continue };
+            if m.is_dir() {
+                if !e.file_name().to_string_lossy().starts_with(".tmp-") {
+                    stack.push(e.path());
+                }
+            } else {
+                out.insert(m.ino());
+            }
+        }
+    }
+    out
+}
+
 /// Why a test bed cannot be built on this machine.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Unavailable(pub String);

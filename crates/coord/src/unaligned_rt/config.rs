@@ -34,11 +34,17 @@ pub struct AsyncConfig {
     /// that takes the snapshot (docs/ASYNC.md, "Unaligned rounds"). The channel state
     /// does not count against it.
     pub staging_budget: u64,
+    /// Whether rank 0's retention keeps the files of dead chunks as spares that the next
+    /// round's parts write their new chunks into (default `true`, as the Job's
+    /// `.recycle_chunk_files`; see
+    /// [`Repository::recycle_dead_chunks`](lazarus_store::Repository::recycle_dead_chunks)).
+    /// A session that finishes deletes the spares left over.
+    pub recycle_chunk_files: bool,
 }
 
 impl AsyncConfig {
     /// Defaults: store defaults, `Timeouts::default()`, keep the newest 2, parts written in
-    /// the background, the default staging budget.
+    /// the background, the default staging budget, dead chunk files recycled.
     pub fn new(repo: impl Into<PathBuf>) -> Self {
         AsyncConfig {
             repo: repo.into(),
@@ -49,6 +55,7 @@ impl AsyncConfig {
             on_all_damaged: OnAllDamaged::Refuse,
             sync_writes: false,
             staging_budget: crate::capture::default_budget(),
+            recycle_chunk_files: true,
         }
     }
 
