@@ -493,3 +493,31 @@ fn a_damaged_parity_shard_falls_back_to_the_older_checkpoint_rebuilt_from_parity
     );
     assert_eq!(durable_checkpoints(&dir.path().join("repo")), 0);
 }
+
+/// L1 + L3 only, sim1 lost, and new rank 2's own L1 directory on sim1 cannot be opened
+/// (a file squats its name): new rank 2 rebuilds old rank 2 from parity into it and
+/// fails. Found in review: that failure returned before the allgather the other ranks
+/// were waiting in, and the restore hung. Now every rank learns it as damage of the
+/// checkpoint; with no other checkpoint that can be rebuilt and no L4 the restart is
+/// refused with an error naming the directory: never a hang, never a wrong state.
+#[test]
+fn a_failed_rebuild_in_an_nm_parity_restore_fails_every_rank_without_a_hang() {
+    let dir = tempfile::tempdir().unwrap();
+    killed_on_four(dir.path(), &PARITY_ONLY, 9, "host1");
+    let sim1 = dir.path().join("l1/sim1");
+    std::fs::create_dir_all(&sim1).unwrap();
+    std::fs::write(sim1.join("rank-2"), b"not a repository").unwrap();
+    let out = run(
+        dir.path(),
+        3,
+        &PARITY_ONLY,
+        &["--max-restarts", "0"],
+        &format!("{STEPS},0,none"),
+    );
+    let (stdout, stderr) = text(&out);
+    assert!(
+        !out.status.success() && !stdout.contains("checksum="),
+        "{stdout}{stderr}"
+    );
+    assert!(stderr.contains("sim1/rank-2"), "{stderr}");
+}

@@ -123,12 +123,19 @@ struct NotSent(String);
 struct Received<'a> {
     infos: &'a [Vec<ObjectInfo>],
     pieces: BTreeMap<Key, Vec<u8>>,
-    failed: Option<String>,
+    /// Where each old part comes from, to name the holder that did not send a piece.
+    sources: &'a [RankSource],
+    /// The first piece not sent: (its holder, what).
+    failed: Option<(Rank, String)>,
 }
 
 impl Received<'_> {
-    fn missing(&mut self, what: String) -> NotSent {
-        self.failed.get_or_insert_with(|| what.clone());
+    fn missing(&mut self, old: Rank, what: String) -> NotSent {
+        let holder = match self.sources.get(old.index()) {
+            Some(RankSource::Remote { holder, .. }) => Rank(*holder),
+            _ => old,
+        };
+        self.failed.get_or_insert_with(|| (holder, what.clone()));
         NotSent(what)
     }
 }
@@ -147,7 +154,7 @@ impl PartSource for Received<'_> {
             self.pieces.remove(&(rank.0, name.to_string(), 0, true)),
         ) {
             (Some(info), Some(data)) => Ok(LoadedObject { info, data }),
-            _ => Err(self.missing(format!("object `{name}` of old {rank} was not sent"))),
+            _ => Err(self.missing(rank, format!("object `{name}` of old {rank} was not sent"))),
         }
     }
 
@@ -166,10 +173,13 @@ impl PartSource for Received<'_> {
                 out.copy_from_slice(&b);
                 Ok(true)
             }
-            _ => Err(self.missing(format!(
-                "bytes {offset}..+{} of `{name}` of old {rank} were not sent",
-                out.len()
-            ))),
+            _ => Err(self.missing(
+                rank,
+                format!(
+                    "bytes {offset}..+{} of `{name}` of old {rank} were not sent",
+                    out.len()
+                ),
+            )),
         }
     }
 }
@@ -223,6 +233,7 @@ impl NodeLevels {
             }
             let p = self.host_dir(host).join(dir);
             let read = RepoReader::open(&p).and_then(|reader| {
+                crate::node::check_planned(&reader, *local, seq, s as u32)?;
                 let mut m = reader.manifests(CheckpointId(*local))?;
                 match (m.pop(), m.is_empty()) {
                     (Some(man), true) => Ok((reader, man)),
@@ -386,14 +397,15 @@ impl NodeLevels {
         let mut src = Received {
             infos: &infos,
             pieces,
+            sources: &sources,
             failed: None,
         };
         match reshard.assemble_from(Rank(me), &mut src) {
             Ok(objects) => Ok(objects),
             Err(e) => match src.failed {
-                Some(m) => Err(net(LevelError::Protocol {
-                    rank: Rank(me),
-                    detail: m,
+                Some((holder, m)) => Err(net(LevelError::Protocol {
+                    rank: holder,
+                    detail: format!("redistributing checkpoint {seq} to rank {me}: {m}"),
                 })),
                 None => Err(LoadOutcome::NotRedistributable(e)),
             },
@@ -414,13 +426,18 @@ impl NodeLevels {
         plan: &FastPlan,
     ) -> Result<(Vec<RankSource>, Option<String>), LoadOutcome> {
         let me = self.comm().rank().0;
+        // Every failure here is folded into the damage reported in step 1's allgather:
+        // a rank that returned early would skip it while the others wait in it (found in
+        // review: a protocol error of a rebuild hung every rank).
+        let mut failed = None;
         for src in &plan.sources {
             if let RankSource::Parity(ps) = src {
-                self.send_parity_inputs(plan.seq, ps)?;
+                if let Err(e) = self.send_parity_inputs(plan.seq, ps) {
+                    failed.get_or_insert(e.to_string());
+                }
             }
         }
         let mut sources = plan.sources.clone();
-        let mut failed = None;
         for (s, src) in plan.sources.iter().enumerate() {
             let RankSource::Parity(ps) = src else {
                 continue;
@@ -432,12 +449,8 @@ impl NodeLevels {
                 continue;
             };
             if ps.rebuilder == me {
-                match self.rebuild_from_parity(plan.seq, s as u32, ps) {
-                    Ok(_) => {}
-                    Err(LoadOutcome::Store(e)) => {
-                        failed.get_or_insert(e.to_string());
-                    }
-                    Err(other) => return Err(other),
+                if let Err(e) = self.rebuild_from_parity(plan.seq, s as u32, ps) {
+                    failed.get_or_insert(e.to_string());
                 }
             }
             sources[s] = RankSource::Remote {

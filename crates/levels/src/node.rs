@@ -274,6 +274,95 @@ pub(crate) fn parse_dir(name: &str) -> Option<(u32, bool)> {
     Some((rest.parse().ok()?, primary))
 }
 
+/// Checks the inventory rank `r` reported at open against what it may report: only the
+/// lowest rank of a host scans it, every entry is on that host, and each entry's directory
+/// name is the part or shard the entry claims. The plan trusts these entries: a copy
+/// reported under another rank's name would be restored as that rank's part, and a
+/// directory that is not a level directory would be read from anywhere on the holder
+/// (found in review).
+fn check_inventory(r: usize, hosts: &[String], inv: &Inventory) -> Result<(), String> {
+    let (held, parity) = inv;
+    let Some(host) = hosts.get(r) else {
+        return Err(format!("rank {r} is not a rank of {} ranks", hosts.len()));
+    };
+    let server = hosts.iter().position(|h| h == host) == Some(r);
+    let reported = !held.is_empty() || !parity.is_empty();
+    if reported && !server {
+        return Err(format!(
+            "reported {} copies and {} parity shards, but it is not the lowest rank on host {host}",
+            held.len(),
+            parity.len()
+        ));
+    }
+    for c in held {
+        if c.host != *host {
+            return Err(format!(
+                "reported copy {} on host {}, not on its own host {host}",
+                c.dir, c.host
+            ));
+        }
+        if parse_dir(&c.dir) != Some((c.subject, c.primary)) || c.subject >= c.world {
+            return Err(format!(
+                "reported directory {:?} of host {host} as {} of a {}-rank checkpoint",
+                c.dir,
+                dir_of(c.subject, c.primary),
+                c.world
+            ));
+        }
+    }
+    for p in parity {
+        if p.host != *host {
+            return Err(format!(
+                "reported parity shard {} on host {}, not on its own host {host}",
+                p.dir, p.host
+            ));
+        }
+        if l3::parse_parity_dir(&p.dir).map(|(_, j)| j) != Some(p.shard) {
+            return Err(format!(
+                "reported directory {:?} of host {host} as parity shard {}",
+                p.dir, p.shard
+            ));
+        }
+        if let Some(m) = group_problem(p) {
+            return Err(format!("parity shard {} of host {host}: {m}", p.dir));
+        }
+    }
+    Ok(())
+}
+
+/// Damage unless checkpoint `local` of the level copy `reader` is part `subject` of the
+/// job-wide checkpoint `seq`, as the restore plan says: the plan is made from what the
+/// hosts reported, and a copy of another rank or another checkpoint must never be
+/// restored in its place.
+pub(crate) fn check_planned(
+    reader: &RepoReader,
+    local: u64,
+    seq: u64,
+    subject: u32,
+) -> Result<(), StoreError> {
+    let id = CheckpointId(local);
+    let rec = reader.commit_record(id)?;
+    let (got_seq, got_rank) = (
+        app_u64(&rec.app, SEQ_KEY),
+        app_u64(&rec.app, LEVEL_RANK_KEY),
+    );
+    if got_seq == Some(seq) && got_rank == Some(u64::from(subject)) && rec.world_size == 1 {
+        return Ok(());
+    }
+    let shown = |v: Option<u64>| v.map_or_else(|| "none".to_string(), |v| v.to_string());
+    Err(StoreError::new(
+        lazarus_store::StoreErrorKind::Corrupt,
+        Some(&reader.path().join(format!("{id}"))),
+        format!(
+            "level checkpoint {local} is rank {}'s checkpoint {} ({} ranks in COMMIT), not rank \
+             {subject}'s checkpoint {seq} that the restore plan names",
+            shown(got_rank),
+            shown(got_seq),
+            rec.world_size
+        ),
+    ))
+}
+
 /// A level repository that this rank writes and collects after every round: its
 /// collections keep dead chunk files as spares for the next round's chunks
 /// ([`Repository::recycle_dead_chunks`]; on a RAM file system this saves zeroing fresh
@@ -326,7 +415,8 @@ impl NodeLevels {
         let mut held = Vec::new();
         let mut parity = Vec::new();
         for (r, h) in all.into_iter().enumerate() {
-            match h {
+            // Every rank checks every inventory the same way, so all refuse together.
+            match h.and_then(|inv| check_inventory(r, &hosts, &inv).map(|()| inv)) {
                 Ok((h, p)) => {
                     held.extend(h);
                     parity.extend(p);
@@ -2048,6 +2138,7 @@ impl NodeLevels {
         };
         let p = self.host_dir(&host).join(&dir);
         let reader = RepoReader::open(&p).map_err(LoadOutcome::Store)?;
+        check_planned(&reader, local, plan.seq, me).map_err(LoadOutcome::Store)?;
         reader
             .load_part(CheckpointId(local), Rank(0))
             .map_err(LoadOutcome::Store)
@@ -2439,6 +2530,16 @@ pub enum LoadOutcome {
     NotRedistributable(lazarus_dist::DistError),
 }
 
+impl std::fmt::Display for LoadOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LoadOutcome::Store(e) => e.fmt(f),
+            LoadOutcome::Level(e) => e.fmt(f),
+            LoadOutcome::NotRedistributable(e) => e.fmt(f),
+        }
+    }
+}
+
 /// Every committed level copy under `root` (every host directory), for tools
 /// (`lazarus inspect --levels`); unreadable entries are logged and left out.
 pub fn scan(root: &Path) -> Result<Vec<Held>, StoreError> {
@@ -2529,25 +2630,32 @@ fn parity_held(
         members,
         app: c.app.clone(),
     };
+    match group_problem(&p) {
+        Some(m) => Err(m),
+        None => Ok(p),
+    }
+}
+
+/// Why a parity shard's group description is inconsistent (`None`: it is not).
+fn group_problem(p: &ParityHeld) -> Option<String> {
     let k = p.members.len();
-    if k < 2
+    let bad = k < 2
         || p.locals.len() != k
         || p.lens.len() != k
         || p.hashes.len() != k
         || p.m == 0
         || p.m as usize > k.min(l3::MAX_PARITY_SHARDS)
-        || p.shard >= p.m
-    {
-        return Err(format!(
+        || p.shard >= p.m;
+    bad.then(|| {
+        format!(
             "inconsistent group: {k} members, {} ids, {} lengths, {} hashes, shard {} of {}",
             p.locals.len(),
             p.lens.len(),
             p.hashes.len(),
             p.shard,
             p.m
-        ));
-    }
-    Ok(p)
+        )
+    })
 }
 
 /// Why parity checkpoint `c` of the shard repository `dir` (`<root>/<host>/parity-<g>-<j>`)
@@ -2684,6 +2792,141 @@ mod tests {
     }
 
     const BYTES: usize = 64 * 1024;
+
+    fn copy_entry(host: &str, dir: &str, subject: u32, primary: bool) -> Held {
+        Held {
+            host: host.into(),
+            dir: dir.into(),
+            subject,
+            primary,
+            seq: 5,
+            step: 50,
+            world: 4,
+            local: 5,
+            app: BTreeMap::new(),
+        }
+    }
+
+    fn shard_entry(host: &str, dir: &str, shard: u32) -> ParityHeld {
+        ParityHeld {
+            host: host.into(),
+            dir: dir.into(),
+            shard,
+            m: 1,
+            seq: 5,
+            step: 50,
+            world: 4,
+            local: 5,
+            members: vec![0, 2],
+            locals: vec![5, 5],
+            lens: vec![10, 10],
+            hashes: vec!["x".into(), "y".into()],
+            shard_bytes: 10,
+            app: BTreeMap::new(),
+        }
+    }
+
+    /// The plan trusts the inventories the hosts' lowest ranks report at open: an entry
+    /// on another host, under a directory that is not the part or shard it claims, or
+    /// from a rank that does not scan a host, is refused (found in review: rank 3's
+    /// mirror reported as rank 2's would have been restored as rank 2's part, and an
+    /// absolute directory read from anywhere on the holder).
+    #[test]
+    fn an_inventory_entry_for_another_host_or_directory_is_refused() {
+        let hosts: Vec<String> = ["a", "a", "b", "b"].iter().map(|s| s.to_string()).collect();
+        let good = copy_entry("b", "partner-of-0", 0, false);
+        let shard = shard_entry("b", "parity-0-0", 0);
+        let inv = |c: Vec<Held>, p: Vec<ParityHeld>| (c, p);
+        assert_eq!(
+            check_inventory(2, &hosts, &inv(vec![good.clone()], vec![shard.clone()])),
+            Ok(())
+        );
+        let refused = |r: usize, i: Inventory, what: &str| {
+            let e = check_inventory(r, &hosts, &i).expect_err(what);
+            assert!(e.contains("host") || r >= hosts.len(), "{what}: {e}");
+        };
+        refused(
+            3,
+            inv(vec![good.clone()], vec![]),
+            "rank 3 does not scan host b",
+        );
+        refused(9, inv(vec![], vec![]), "no rank 9");
+        let mut c = good.clone();
+        c.host = "a".into();
+        refused(2, inv(vec![c], vec![]), "a copy on another host");
+        for (dir, subject, primary) in [
+            ("partner-of-3", 2, false),
+            ("partner-of-0", 0, true),
+            ("rank-0", 0, false),
+            ("/any/repo", 0, false),
+            ("../a/rank-0", 0, true),
+        ] {
+            let c = copy_entry("b", dir, subject, primary);
+            refused(2, inv(vec![c], vec![]), dir);
+        }
+        let mut c = good.clone();
+        c.world = 0;
+        refused(2, inv(vec![c], vec![]), "subject outside its world");
+        let mut p = shard.clone();
+        p.dir = "parity-0-1".into();
+        refused(
+            2,
+            inv(vec![], vec![p]),
+            "a shard under another shard's directory",
+        );
+        let mut p = shard.clone();
+        p.host = "a".into();
+        refused(2, inv(vec![], vec![p]), "a shard on another host");
+        let mut p = shard;
+        p.locals.pop();
+        refused(2, inv(vec![], vec![p]), "an inconsistent group");
+    }
+
+    /// A copy that is not the rank's part of the planned checkpoint is damage, never
+    /// restored: the plan names a copy from the hosts' reports, and the COMMIT read at load
+    /// must agree (rank, number, one-rank checkpoint).
+    #[test]
+    fn a_copy_whose_commit_is_not_the_planned_rank_and_checkpoint_is_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        run(root, 1, |_, _| {});
+        let reader = RepoReader::open(&root.join("sim0").join(dir_of(0, true))).unwrap();
+        let c = reader.committed().unwrap().pop().unwrap();
+        let seq = app_u64(&c.app, SEQ_KEY).unwrap();
+        check_planned(&reader, c.id.0, seq, 0).unwrap();
+        for (local, seq, subject, what) in [
+            (c.id.0, seq, 1, "rank 0's checkpoint"),
+            (c.id.0, seq + 1, 0, "checkpoint"),
+        ] {
+            let e = check_planned(&reader, local, seq, subject).unwrap_err();
+            assert_eq!(e.kind(), lazarus_store::StoreErrorKind::Corrupt, "{e}");
+            assert!(e.to_string().contains(what), "{e}");
+        }
+        // Through the agreed load: rank 1 planned to restore from rank 0's copy.
+        let out = lazarus_net::local(4, |comm| {
+            let me = comm.rank().0;
+            let host = format!("sim{}", me * 2 / comm.size());
+            let levels = Levels::new().l1(1).l3(1).l4(0);
+            let mut l =
+                NodeLevels::open(comm, levels, root.to_path_buf(), host, opts(), 2, 0, None)
+                    .unwrap();
+            let mut plan = l.plans().into_iter().next().unwrap();
+            if me == 1 {
+                plan.sources[1] = RankSource::Local {
+                    dir: dir_of(0, true),
+                    local: c.id.0,
+                };
+            }
+            l.load(&plan).map(|_| ()).map_err(|e| e.to_string())
+        })
+        .unwrap();
+        assert!(
+            out[0].is_ok() && out[2].is_ok() && out[3].is_ok(),
+            "{out:?}"
+        );
+        let e = out[1].as_ref().unwrap_err();
+        assert!(e.contains("not rank 1's checkpoint"), "{e}");
+    }
 
     fn opts() -> RepoOptions {
         RepoOptions {

@@ -237,13 +237,21 @@ pub fn plan_with_parity(held: &[Held], parity: &[ParityHeld], hosts: &[String]) 
         let copies: Vec<&Held> = held.iter().filter(|h| h.seq == seq).collect();
         let first = copies[0];
         let lineage = first.app.get(LINEAGE_KEY);
-        if copies.iter().any(|c| {
+        if let Some(other) = copies.iter().find(|c| {
             c.step != first.step || c.world != first.world || c.app.get(LINEAGE_KEY) != lineage
         }) {
             // Two runs that share a job-wide number (docs/LEVELS.md, "One history"): never
             // mix their parts.
             tracing::warn!(
-                "levels: the copies of checkpoint {seq} disagree on its step, world or lineage; not used"
+                "levels: the copies of checkpoint {seq} disagree on its step, world or lineage ({}/{}: step {}, {} ranks; {}/{}: step {}, {} ranks); not used",
+                first.host,
+                first.dir,
+                first.step,
+                first.world,
+                other.host,
+                other.dir,
+                other.step,
+                other.world
             );
             continue;
         }
@@ -291,7 +299,11 @@ pub fn plan_with_parity(held: &[Held], parity: &[ParityHeld], hosts: &[String]) 
                         .min_by_key(|(c, _)| (!c.primary, c.host.clone(), c.dir.clone()));
                     match remote {
                         Some((c, holder)) => {
-                            level = 2;
+                            // The rank's own L1 copy read from another host (placed
+                            // elsewhere after a restart) is still L1.
+                            if !c.primary {
+                                level = 2;
+                            }
                             app.get_or_insert_with(|| c.app.clone());
                             RankSource::Remote {
                                 holder,
@@ -565,6 +577,26 @@ mod tests {
                 holder: 0,
                 host: "a".into(),
                 dir: "partner-of-2".into(),
+                local: 5
+            }
+        );
+    }
+
+    /// Ranks 0 and 2 swapped hosts after a restart: each reads its own L1 copy from the
+    /// other host. That is still L1 (it was reported as a partner copy).
+    #[test]
+    fn a_remote_primary_copy_is_not_reported_as_a_partner_copy() {
+        let primaries: Vec<Held> = full(5).into_iter().filter(|h| h.primary).collect();
+        let swapped: Vec<String> = ["b", "a", "a", "b"].iter().map(|s| s.to_string()).collect();
+        let p = plan(&primaries, &swapped);
+        assert_eq!((p[0].seq, p[0].level), (5, 1));
+        assert_eq!(p[0].rebuilt(), vec![0, 2]);
+        assert_eq!(
+            p[0].sources[0],
+            RankSource::Remote {
+                holder: 1,
+                host: "a".into(),
+                dir: "rank-0".into(),
                 local: 5
             }
         );
