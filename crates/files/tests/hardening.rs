@@ -11,6 +11,90 @@ use lazarus_files::FilesErrorKind;
 use std::io::{ErrorKind, Write};
 use std::path::Path;
 
+/// A symbolic link planted in the working tree (at a name the job is about to create, at
+/// a file the job reopens) or at the journal was followed: `files.create` truncated and
+/// wrote the link's target.
+#[test]
+fn live_operations_never_follow_a_planted_symlink() {
+    let mut rig = Rig::new();
+    let victim = rig.dir.path().join("victim.txt");
+    std::fs::write(&victim, b"precious\n").unwrap();
+    let f = rig.restored(None, false).unwrap();
+    f.write("a", b"managed").unwrap();
+    rig.checkpoint(&f);
+
+    // At the journal, restarted at the first change after a checkpoint.
+    let journal = rig.root.join(".lazarus/rank-0/journal");
+    std::fs::remove_file(&journal).unwrap();
+    std::os::unix::fs::symlink(&victim, &journal).unwrap();
+    let e = f.create("other").unwrap_err();
+    assert!(e.to_string().contains(&*journal.to_string_lossy()), "{e}");
+    assert!(!f.exists("other"));
+    std::fs::remove_file(&journal).unwrap();
+
+    // At a name that is not yet created.
+    let planted = rig.work().join("new");
+    std::os::unix::fs::symlink(&victim, &planted).unwrap();
+    let e = f.create("new").unwrap_err();
+    assert!(e.to_string().contains(&*planted.to_string_lossy()), "{e}");
+    assert!(!f.exists("new"));
+    std::fs::remove_file(&planted).unwrap();
+
+    // At an existing managed file with no open handle (reopened by path).
+    let a = rig.work().join("a");
+    std::fs::remove_file(&a).unwrap();
+    std::os::unix::fs::symlink(&victim, &a).unwrap();
+    let e = f.options().write(true).open("a").unwrap_err();
+    assert!(e.to_string().contains(&*a.to_string_lossy()), "{e}");
+    let e = f.read("a").unwrap_err();
+    assert!(e.to_string().contains(&*a.to_string_lossy()), "{e}");
+
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious\n");
+}
+
+/// `set_len(u64::MAX)` marked 2^52 chunks changed before the system call refused the
+/// length: growing the bitmap to that size aborted the process.
+#[test]
+fn set_len_u64_max_is_an_error() {
+    let mut rig = Rig::new();
+    let f = rig.restored(None, false).unwrap();
+    let h = f.create("x").unwrap();
+    h.write_all_at(b"abc", 0).unwrap();
+    let c = rig.checkpoint(&f);
+    for len in [u64::MAX, i64::MAX as u64] {
+        let e = h.set_len(len).unwrap_err();
+        assert!(e.to_string().contains("rank-0/x"), "{e}");
+    }
+    assert_eq!(h.len(), 3);
+    assert_eq!(f.read("x").unwrap(), b"abc");
+    // The job goes on: the next checkpoint and a restore see the file as it is.
+    h.write_all_at(b"d", 3).unwrap();
+    let c2 = rig.checkpoint(&f);
+    assert_ne!(c, c2);
+    drop((h, f));
+    let _g = rig.restored(Some(c2), false).unwrap();
+    assert_eq!(std::fs::read(rig.work().join("x")).unwrap(), b"abcd");
+}
+
+/// A write ending just below the largest offset passed the range check but marked 2^51
+/// chunks changed before `pwrite` refused it (EFBIG): the process aborted.
+#[test]
+fn write_just_below_i64_max_is_an_error() {
+    let mut rig = Rig::new();
+    let f = rig.restored(None, false).unwrap();
+    let h = f.create("x").unwrap();
+    h.write_all_at(b"abc", 0).unwrap();
+    rig.checkpoint(&f);
+    let e = h.write_all_at(b"abc", i64::MAX as u64 - 3).unwrap_err();
+    assert!(e.to_string().contains("rank-0/x"), "{e}");
+    assert_eq!(h.len(), 3);
+    assert_eq!(f.len("x").unwrap(), 3);
+    let c = rig.checkpoint(&f);
+    drop((h, f));
+    let _g = rig.restored(Some(c), false).unwrap();
+    assert_eq!(std::fs::read(rig.work().join("x")).unwrap(), b"abc");
+}
+
 /// A power loss tore the journal's tail; the restart's restore was then killed mid-apply.
 /// `Restoring` was appended after the torn bytes, where no reader sees it: the next
 /// restart took the job's own half-finished restore for foreign changes and refused.
@@ -44,4 +128,66 @@ fn restoring_after_a_torn_tail_is_seen() {
         vec![1u8; 2 * CHUNK as usize]
     );
     assert_eq!(disk_tree(&rig.work()).len(), 1);
+}
+
+/// A real full file system (a 512 KiB tmpfs; needs root to mount).
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path) -> Option<Tmpfs> {
+        std::fs::create_dir_all(at).ok()?;
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=512k", "lazarus-files-test"])
+            .arg(at)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Tmpfs(at.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// A data write that failed (here a real ENOSPC) came back as the bare OS error: no
+/// file named, among many open.
+#[test]
+fn a_full_disk_on_data_write_names_the_file() {
+    let mut rig = Rig::new();
+    let mnt = rig.dir.path().join("small");
+    let Some(_fs) = Tmpfs::mount(&mnt) else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI=true but a tmpfs could not be mounted (needs root)"
+        );
+        eprintln!("SKIPPED a_full_disk_on_data_write_names_the_file: cannot mount a tmpfs");
+        return;
+    };
+    rig.root = mnt.join("managed");
+    let f = rig.restored(None, false).unwrap();
+    f.write("other", b"o").unwrap();
+    rig.checkpoint(&f);
+    // Created since the checkpoint: its writes need no journal record, so the data
+    // write itself is what meets the full disk.
+    let mut h = f.create("fills-the-disk").unwrap();
+    let mut filler = std::fs::File::create(mnt.join("filler")).unwrap();
+    let block = vec![0u8; 4096];
+    while filler.write_all(&block).is_ok() {}
+    let e = loop {
+        if let Err(e) = h.write_all(&block) {
+            break e;
+        }
+    };
+    assert_eq!(e.kind(), ErrorKind::StorageFull, "{e}");
+    assert!(e.to_string().contains("rank-0/fills-the-disk"), "{e}");
+    // The in-memory length follows what reached the file.
+    let on_disk = std::fs::metadata(rig.work().join("fills-the-disk"))
+        .unwrap()
+        .len();
+    assert_eq!(h.len(), on_disk);
 }
