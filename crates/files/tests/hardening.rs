@@ -95,6 +95,37 @@ fn write_just_below_i64_max_is_an_error() {
     assert_eq!(std::fs::read(rig.work().join("x")).unwrap(), b"abc");
 }
 
+/// A file truncated outside the job between checkpoints was mapped at its remembered
+/// length: hashing its changed chunks touched pages past the end (SIGBUS).
+#[test]
+fn a_file_truncated_outside_the_job_fails_the_checkpoint_by_name() {
+    let mut rig = Rig::new();
+    let f = rig.restored(None, false).unwrap();
+    let mut log = f.append("results.log").unwrap();
+    log.write_all(&vec![b'r'; 3 * CHUNK as usize]).unwrap();
+    let c = rig.checkpoint(&f);
+    log.write_all(&vec![b's'; 2 * CHUNK as usize]).unwrap();
+    let p = rig.work().join("results.log");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&p)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    let e = match f.snapshot() {
+        Err(e) => e,
+        Ok(_) => panic!("the checkpoint of a truncated file was not refused"),
+    };
+    assert_eq!(e.kind(), FilesErrorKind::ForeignChange, "{e}");
+    assert!(e.to_string().contains("results.log"), "{e}");
+    assert!(e.to_string().contains("outside the job"), "{e}");
+    drop((log, f));
+    // The job had resized the file too (its `Resized` record explains any length), so
+    // the restart puts it back to the checkpoint's content.
+    let _g = rig.restored(Some(c), false).unwrap();
+    assert_eq!(std::fs::read(&p).unwrap(), vec![b'r'; 3 * CHUNK as usize]);
+}
+
 /// A power loss tore the journal's tail; the restart's restore was then killed mid-apply.
 /// `Restoring` was appended after the torn bytes, where no reader sees it: the next
 /// restart took the job's own half-finished restore for foreign changes and refused.
