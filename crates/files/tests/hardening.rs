@@ -11,6 +11,115 @@ use lazarus_files::FilesErrorKind;
 use std::io::{ErrorKind, Write};
 use std::path::Path;
 
+/// Publication stopped at the first output it could not publish: every later output (in
+/// path order) was never published. Here three outputs cannot be published the old way
+/// (a name too long for the old temp name, a consumer who deleted a growing published
+/// log, a published file where a directory is now needed) and one cannot be published
+/// at all; every other output must still be.
+#[test]
+fn one_unpublishable_output_does_not_block_the_others() {
+    let mut rig = Rig::new();
+    let out = rig.root.join("output/rank-0");
+    let f = rig.restored(None, false).unwrap();
+    let long = "n".repeat(250); // a valid name, but `.lazarus-tmp-<name>` is not
+    for p in ["a", "log", "z", long.as_str()] {
+        f.mark_output(p).unwrap();
+    }
+    f.write("a", b"a file for now").unwrap();
+    f.append("log").unwrap().write_all(b"line 1\n").unwrap();
+    rig.checkpoint(&f);
+    assert_eq!(std::fs::read(out.join("log")).unwrap(), b"line 1\n");
+    assert_eq!(std::fs::read(out.join("a")).unwrap(), b"a file for now");
+
+    // A consumer deletes the published log; the job turns `a` into a directory (its
+    // published file stays: output that left the job stays), so `a/x` cannot be
+    // published; and the job writes the long-named output and `z`.
+    std::fs::remove_file(out.join("log")).unwrap();
+    f.remove_file("a").unwrap();
+    f.create_dir("a").unwrap();
+    f.write("a/x", b"blocked").unwrap();
+    f.append("log").unwrap().write_all(b"line 2\n").unwrap();
+    f.write(&long, b"long name").unwrap();
+    f.write("z", b"last in path order").unwrap();
+    rig.checkpoint(&f);
+
+    assert_eq!(
+        std::fs::read(out.join("log")).unwrap(),
+        b"line 1\nline 2\n",
+        "a deleted published log is recreated with the committed content"
+    );
+    assert_eq!(std::fs::read(out.join(&long)).unwrap(), b"long name");
+    assert_eq!(std::fs::read(out.join("z")).unwrap(), b"last in path order");
+    // The blocked one is left as it was (and retried at the next commit).
+    assert_eq!(std::fs::read(out.join("a")).unwrap(), b"a file for now");
+    // Once the consumer clears the way, the next commit publishes it.
+    std::fs::remove_file(out.join("a")).unwrap();
+    f.append("log").unwrap().write_all(b"line 3\n").unwrap();
+    rig.checkpoint(&f);
+    assert_eq!(std::fs::read(out.join("a/x")).unwrap(), b"blocked");
+    assert_eq!(
+        std::fs::read(out.join("log")).unwrap(),
+        b"line 1\nline 2\nline 3\n"
+    );
+}
+
+/// Outputs `x` and `.lazarus-tmp-x`: publishing `x` went through the other output's
+/// published copy as its temp file, deleting it for good.
+#[test]
+fn publish_temp_name_never_collides_with_an_output() {
+    let mut rig = Rig::new();
+    let out = rig.root.join("output/rank-0");
+    let f = rig.restored(None, false).unwrap();
+    f.mark_output("x").unwrap();
+    f.mark_output(".lazarus-tmp-x").unwrap();
+    f.write(".lazarus-tmp-x", b"an output of its own").unwrap();
+    f.write("x", b"x v1").unwrap();
+    rig.checkpoint(&f);
+    f.write("x", b"x v2").unwrap(); // replaced, through the temp name
+    rig.checkpoint(&f);
+    assert_eq!(std::fs::read(out.join("x")).unwrap(), b"x v2");
+    assert_eq!(
+        std::fs::read(out.join(".lazarus-tmp-x")).unwrap(),
+        b"an output of its own"
+    );
+    let names: Vec<String> = disk_tree(&out).into_keys().collect();
+    assert_eq!(names, [".lazarus-tmp-x", "x"], "no temp file is left");
+}
+
+/// Only the final name of a published copy was protected: a directory of the output tree
+/// replaced by a symbolic link was followed (`create_dir_all`, then the copy), writing
+/// the output into the link's target.
+#[test]
+fn publishing_never_follows_a_symlinked_output_directory() {
+    let mut rig = Rig::new();
+    let out = rig.root.join("output/rank-0");
+    let elsewhere = rig.dir.path().join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let f = rig.restored(None, false).unwrap();
+    f.mark_output("snaps").unwrap();
+    f.mark_output("top").unwrap();
+    f.create_dir("snaps").unwrap();
+    f.write("snaps/1.bin", b"one").unwrap();
+    rig.checkpoint(&f);
+    assert_eq!(std::fs::read(out.join("snaps/1.bin")).unwrap(), b"one");
+    std::fs::remove_dir_all(out.join("snaps")).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, out.join("snaps")).unwrap();
+    f.write("snaps/2.bin", b"two").unwrap();
+    f.write("top", b"published").unwrap();
+    rig.checkpoint(&f);
+    assert_eq!(
+        std::fs::read_dir(&elsewhere).unwrap().count(),
+        0,
+        "nothing is written through the link"
+    );
+    assert_eq!(std::fs::read(out.join("top")).unwrap(), b"published");
+    // Once the link is gone, the next commit publishes the directory again.
+    std::fs::remove_file(out.join("snaps")).unwrap();
+    f.write("top", b"published again").unwrap();
+    rig.checkpoint(&f);
+    assert_eq!(std::fs::read(out.join("snaps/2.bin")).unwrap(), b"two");
+}
+
 /// A symbolic link planted in the working tree (at a name the job is about to create, at
 /// a file the job reopens) or at the journal was followed: `files.create` truncated and
 /// wrote the link's target.
