@@ -191,7 +191,8 @@ impl File {
     /// Reads exactly `buf.len()` bytes at `offset`, like `FileExt::read_exact_at`.
     pub fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         let mut g = self.files.lock();
-        g.fd(self.id)?.read_exact_at(buf, offset)
+        let r = g.fd(self.id)?.read_exact_at(buf, offset);
+        r.map_err(|e| g.data_error(self.id, "reading", e))
     }
 
     /// Makes the file's data and the undo journal durable, like
@@ -201,7 +202,8 @@ impl File {
         if g.journal.is_some() {
             g.journal()?.sync()?;
         }
-        g.fd(self.id)?.sync_all()?;
+        let r = g.fd(self.id)?.sync_all();
+        r.map_err(|e| g.data_error(self.id, "syncing", e))?;
         if let Some(s) = g.files.get_mut(&self.id) {
             s.unsynced = false;
         }
@@ -228,7 +230,8 @@ impl Read for File {
             return Ok(0);
         }
         let n = buf.len().min((len - self.pos) as usize);
-        let got = g.fd(self.id)?.read_at(&mut buf[..n], self.pos)?;
+        let r = g.fd(self.id)?.read_at(&mut buf[..n], self.pos);
+        let got = r.map_err(|e| g.data_error(self.id, "reading", e))?;
         self.pos += got as u64;
         Ok(got)
     }

@@ -10,7 +10,7 @@ use crate::publish::Pub;
 use lazarus_format::{WriteTicket, WrittenSink};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -646,13 +646,23 @@ impl Inner {
             dir: false,
         })?;
         let w = self.layout.work_path(key);
+        // The tree says the name is new: whatever is there (a symbolic link planted at
+        // it above all, whose target create+truncate would have written) is someone
+        // else's, refused by name, never followed or replaced
+        // (regression: `live_operations_never_follow_a_planted_symlink`).
         let r = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&w);
-        let fd = self.made(mark, r, &w, "creating")?;
+        let what = match &r {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                "creating: something not in the managed tree is at its name (someone else put it there; remove it)"
+            }
+            _ => "creating",
+        };
+        let fd = self.made(mark, r, &w, what)?;
         self.sync_parents(&[key])?;
         let id = self.next_id;
         self.next_id += 1;
@@ -663,29 +673,66 @@ impl Inner {
         Ok(id)
     }
 
-    /// The open descriptor of file `id` (opened read-write on first use).
+    /// The open descriptor of file `id` (opened read-write on first use, never through a
+    /// symbolic link: one planted at a managed file's name is refused, naming it).
     pub(crate) fn fd(&mut self, id: u64) -> Result<&std::fs::File, FilesError> {
-        let work = &self.layout.work;
-        let s = self.files.get_mut(&id).ok_or_else(|| {
-            FilesError::new(FilesErrorKind::Io, Some(work), "stale managed file handle")
-        })?;
+        let Some(s) = self.files.get(&id) else {
+            return Err(self.stale_handle());
+        };
         if s.fd.is_none() {
-            let work = work.clone();
-            let p = s.path.as_deref().map(|p| work.join(p)).unwrap_or(work);
+            let p = match &s.path {
+                Some(p) => self.layout.work_path(p),
+                // Removed while open: its descriptor was kept until the last handle went.
+                None => return Err(self.stale_handle()),
+            };
             let fd = std::fs::OpenOptions::new()
                 .read(true)
                 .write(true)
+                .custom_flags(libc::O_NOFOLLOW)
                 .open(&p)
-                .map_err(|e| FilesError::io(&p, "opening", &e))?;
-            s.fd = Some(fd);
+                .map_err(|e| FilesError::io(&p, &opening(&e), &e))?;
+            if let Some(s) = self.files.get_mut(&id) {
+                s.fd = Some(fd);
+            }
         }
-        s.fd.as_ref()
-            .ok_or_else(|| FilesError::new(FilesErrorKind::Io, None, "no descriptor"))
+        self.files
+            .get(&id)
+            .and_then(|s| s.fd.as_ref())
+            .ok_or_else(|| self.stale_handle())
     }
 
-    /// Write-ahead bookkeeping for a change of file `id`'s bytes `a..b` that leaves it
-    /// `new_len` long: journal first (a failure leaves the file untouched), then mark the
-    /// chunks changed.
+    /// A handle whose file the table no longer has (the tree was restored since it was
+    /// opened).
+    pub(crate) fn stale_handle(&self) -> FilesError {
+        FilesError::new(
+            FilesErrorKind::Io,
+            Some(&self.layout.work),
+            "stale managed file handle (the managed files were restored since it was opened)",
+        )
+    }
+
+    /// The I/O error `e` of `what` on file `id`, naming the file and keeping `e`'s kind
+    /// (callers of a std-like API match on `UnexpectedEof`, `StorageFull`, ...).
+    pub(crate) fn data_error(&self, id: u64, what: &str, e: io::Error) -> io::Error {
+        let fe = match self.files.get(&id).and_then(|s| s.path.as_deref()) {
+            Some(p) => FilesError::io(&self.layout.work_path(p), what, &e),
+            None => {
+                let kind = if crate::error::is_disk_full(&e) {
+                    FilesErrorKind::DiskFull
+                } else {
+                    FilesErrorKind::Io
+                };
+                let msg = format!("{what} (a managed file removed while open): {e}");
+                FilesError::new(kind, Some(&self.layout.work), msg)
+            }
+        };
+        io::Error::new(e.kind(), fe)
+    }
+
+    /// Journals a change of file `id`'s bytes `a..b` that leaves it `new_len` long,
+    /// before it is made (a failure leaves the file untouched). The chunks are marked
+    /// changed only once the change is made ([`mark_changed`]), with the length it
+    /// actually left: a length the system refuses must not size the bitmaps.
     pub(crate) fn before_change(
         &mut self,
         id: u64,
@@ -744,9 +791,6 @@ impl Inner {
                 }
             }
         }
-        if let Some(s) = self.files.get_mut(&id) {
-            mark_changed(s, a, b, new_len, c);
-        }
         Ok(())
     }
 
@@ -755,71 +799,87 @@ impl Inner {
     pub(crate) fn write_at(&mut self, id: u64, off: Option<u64>, buf: &[u8]) -> io::Result<u64> {
         let c = self.chunk;
         let armed = self.crash.is_some();
-        let (off, end, new_len, fast) = match self.files.get_mut(&id) {
-            Some(s) => {
-                let off = off.unwrap_or(s.len);
-                let end = end_of(off, buf)?;
-                let new_len = s.len.max(end);
-                // The common case (an append, or a rewrite already journaled in this
-                // interval) needs no record: one lookup, no allocation.
-                let fast = !needs_record(s, off, end, new_len, c);
-                if fast && !armed && s.fd.is_some() {
-                    mark_changed(s, off, end, new_len, c);
-                    failpoint_between();
-                    if let Some(f) = &s.fd {
-                        let r = f.write_all_at(buf, off);
-                        s.len = written_len(r.is_ok(), f, new_len);
-                        return r.map(|()| off);
-                    }
-                }
-                (off, end, new_len, fast)
-            }
-            None => {
-                let off = off.unwrap_or(0);
-                let end = end_of(off, buf)?;
-                (off, end, end, false)
-            }
+        let Some(s) = self.files.get_mut(&id) else {
+            return Err(self.stale_handle().into());
         };
-        if fast {
-            if let Some(s) = self.files.get_mut(&id) {
-                mark_changed(s, off, end, new_len, c);
+        let off = off.unwrap_or(s.len);
+        let Some(end) = end_of(off, buf.len(), c) else {
+            let e = io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "a write of {} bytes at offset {off} ends past the largest file offset of a managed file ({} bytes)",
+                    buf.len(),
+                    max_len(c)
+                ),
+            );
+            return Err(self.data_error(id, "writing", e));
+        };
+        let new_len = s.len.max(end);
+        // The common case (an append, or a rewrite already journaled in this interval)
+        // needs no record: one lookup, no allocation.
+        let fast = !needs_record(s, off, end, new_len, c);
+        if fast && !armed && s.fd.is_some() {
+            failpoint_between();
+            if let Some(f) = &s.fd {
+                let r = f.write_all_at(buf, off);
+                written(s, r.is_ok(), off, end, new_len, c);
+                return r
+                    .map(|()| off)
+                    .map_err(|e| self.data_error(id, "writing", e));
             }
-        } else {
+        }
+        if !fast {
             self.before_change(id, off, end, new_len)?;
         }
         failpoint_between();
         self.crash_point()?;
         self.fd(id)?;
         let Some(s) = self.files.get_mut(&id) else {
-            return Err(
-                FilesError::new(FilesErrorKind::Io, None, "stale managed file handle").into(),
-            );
+            return Err(self.stale_handle().into());
         };
         let r = match &s.fd {
-            Some(f) => {
-                let r = f.write_all_at(buf, off);
-                s.len = written_len(r.is_ok(), f, new_len);
-                r
-            }
+            Some(f) => f.write_all_at(buf, off),
             None => Err(io::Error::other("managed file not open")),
         };
-        r?;
+        written(s, r.is_ok(), off, end, new_len, c);
+        r.map_err(|e| self.data_error(id, "writing", e))?;
         self.crash_point()?;
         Ok(off)
     }
 
     /// Truncates or extends file `id` to `len` (journaled first).
     pub(crate) fn set_len(&mut self, id: u64, len: u64) -> io::Result<()> {
-        let old = self.files.get(&id).map_or(0, |s| s.len);
+        let c = self.chunk;
+        let Some(old) = self.files.get(&id).map(|s| s.len) else {
+            return Err(self.stale_handle().into());
+        };
         if old == len {
             return Ok(());
         }
+        if len > max_len(c) {
+            let e = io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "{len} bytes is past the largest length of a managed file ({} bytes)",
+                    max_len(c)
+                ),
+            );
+            return Err(self.data_error(id, "setting the length", e));
+        }
         self.before_change(id, old.min(len), old.min(len), len)?;
         self.crash_point()?;
-        self.fd(id)?.set_len(len)?;
+        let f = self.fd(id)?;
+        let r = f.set_len(len);
+        // A failed call leaves the length as it was (read back when it can be).
+        let now = match &r {
+            Ok(()) => len,
+            Err(_) => f.metadata().map_or(old, |m| m.len()),
+        };
         if let Some(s) = self.files.get_mut(&id) {
-            s.len = len;
+            mark_changed(s, now.min(old), now.min(old), now, c);
+            s.len = now;
         }
+        r.map_err(|e| self.data_error(id, "setting the length", e))?;
         Ok(self.crash_point()?)
     }
 }
@@ -838,25 +898,41 @@ fn needs_record(s: &FileState, a: u64, b: u64, new_len: u64, c: u64) -> bool {
         || (new_len != bl && !s.resized)
 }
 
-/// The end of a write of `buf` at `off`: an error, as for `pwrite`, when it is past
-/// the largest file offset (it overflowed, and panicked in checked builds).
-fn end_of(off: u64, buf: &[u8]) -> io::Result<u64> {
-    off.checked_add(buf.len() as u64)
-        .filter(|e| *e <= i64::MAX as u64)
-        .ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "a write of {} bytes at offset {off} ends past the largest file offset",
-                    buf.len()
-                ),
-            )
-        })
+/// Most chunks a managed file may have: its change bitmaps and digests are kept in
+/// memory per chunk, so a length the file system would accept on a sparse file (up to
+/// 8 EiB on tmpfs or XFS) must not size them (regressions: `set_len_u64_max_is_an_error`,
+/// `write_just_below_i64_max_is_an_error`). 2^26 chunks: 64 TiB at the repository's
+/// 1 MiB chunks, 8 MiB per bitmap.
+const MAX_CHUNKS: u64 = 1 << 26;
+
+/// The largest length of a managed file in chunks of `c` bytes (at most the largest
+/// file offset).
+fn max_len(c: u64) -> u64 {
+    MAX_CHUNKS.saturating_mul(c).min(i64::MAX as u64)
+}
+
+/// The end of a write of `n` bytes at `off`; `None` (an error, as `pwrite`'s EFBIG) when
+/// it is past [`max_len`] (it overflowed, and panicked in checked builds).
+fn end_of(off: u64, n: usize, c: u64) -> Option<u64> {
+    off.checked_add(n as u64).filter(|e| *e <= max_len(c))
+}
+
+/// Bookkeeping after a write of bytes `a..b` that should have left the file `new_len`
+/// long: a failed write may have written part of it, and may still have extended the
+/// file, so then its length is read back and what may have changed is marked.
+fn written(s: &mut FileState, ok: bool, a: u64, b: u64, new_len: u64, c: u64) {
+    let now = match (&s.fd, ok) {
+        (_, true) => new_len,
+        (Some(f), false) => f.metadata().map_or(s.len, |m| m.len()),
+        (None, false) => s.len,
+    };
+    mark_changed(s, a, b.min(now.max(s.len)), now, c);
+    s.len = now;
 }
 
 /// Marks the chunks a change of bytes `a..b` (leaving the file `new_len` long) touches:
 /// stale digests, not covered by the store's hint, output to replace if below what was
-/// published.
+/// published. Called after the change, with lengths that exist.
 fn mark_changed(s: &mut FileState, a: u64, b: u64, new_len: u64, c: u64) {
     let old_len = s.len;
     if let Some(p) = &mut s.published {
@@ -881,13 +957,12 @@ fn mark_changed(s: &mut FileState, a: u64, b: u64, new_len: u64, c: u64) {
     s.unsynced = true;
 }
 
-/// The file's length after a write that should leave it `new_len` long: a failed write
-/// may still have extended it, so then it is read back.
-fn written_len(ok: bool, f: &std::fs::File, new_len: u64) -> u64 {
-    if ok {
-        new_len
+/// The message for a failed open of a managed file: a symbolic link at its name says so.
+pub(crate) fn opening(e: &io::Error) -> String {
+    if e.raw_os_error() == Some(libc::ELOOP) {
+        "opening: a symbolic link is at the managed file's name (never followed; someone else put it there)".into()
     } else {
-        f.metadata().map_or(new_len, |m| m.len())
+        "opening".into()
     }
 }
 

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -110,10 +111,13 @@ impl Journal {
         base: Option<u64>,
         budget: Budget,
     ) -> Result<Journal, FilesError> {
+        // Never through a symbolic link planted at the journal's name: truncating would
+        // destroy its target (regression: `live_operations_never_follow_a_planted_symlink`).
         let file = OpenOptions::new()
             .create(true)
             .write(true)
             .truncate(true)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(path)
             .map_err(|e| FilesError::io(path, "creating the undo journal", &e))?;
         let mut j = Journal {
@@ -135,20 +139,33 @@ impl Journal {
         Ok(j)
     }
 
-    /// Opens the existing journal at `path` to append to it.
+    /// Opens the existing journal at `path` to append to it, first cutting off a torn
+    /// tail (a crash or power loss mid-record): a record appended after torn bytes is
+    /// one no reader ever sees — a `Restoring` lost that way made the next restart
+    /// refuse the job's own half-finished restore (regression:
+    /// `restoring_after_a_torn_tail_is_seen`).
     pub(crate) fn reopen(path: &Path, budget: Budget) -> Result<Journal, FilesError> {
-        let file = OpenOptions::new()
+        let mut file = OpenOptions::new()
+            .read(true)
             .append(true)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(path)
             .map_err(|e| FilesError::io(path, "opening the undo journal", &e))?;
-        let len = file
-            .metadata()
-            .map_err(|e| FilesError::io(path, "stat of the undo journal", &e))?
-            .len();
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)
+            .map_err(|e| FilesError::io(path, "reading the undo journal", &e))?;
+        let whole = whole_frames_len(&bytes) as u64;
+        if whole < bytes.len() as u64 {
+            file.set_len(whole)
+                .and_then(|()| file.sync_data())
+                .map_err(|e| {
+                    FilesError::io(path, "cutting off the undo journal's torn tail", &e)
+                })?;
+        }
         Ok(Journal {
             file,
             path: path.to_path_buf(),
-            len,
+            len: whole,
             budget,
         })
     }
@@ -246,8 +263,21 @@ pub(crate) fn read_journal(path: &Path) -> Result<Vec<Rec>, FilesError> {
 }
 
 /// Records of `bytes`, stopping at the first frame that is short or fails its CRC.
-pub(crate) fn decode_frames(mut bytes: &[u8]) -> Vec<Rec> {
+pub(crate) fn decode_frames(bytes: &[u8]) -> Vec<Rec> {
     let mut out = Vec::new();
+    frames(bytes, |r| out.push(r));
+    out
+}
+
+/// The length of `bytes`' whole, valid frames (where a torn tail begins).
+fn whole_frames_len(bytes: &[u8]) -> usize {
+    frames(bytes, |_| {})
+}
+
+/// Calls `each` with every record of `bytes` up to the first frame that is short, fails
+/// its CRC or does not decode; returns the length of those frames.
+fn frames(mut bytes: &[u8], mut each: impl FnMut(Rec)) -> usize {
+    let mut used = 0;
     while bytes.len() >= 8 {
         let len = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
         let crc = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
@@ -258,12 +288,13 @@ pub(crate) fn decode_frames(mut bytes: &[u8]) -> Vec<Rec> {
             break;
         }
         match postcard::from_bytes::<Rec>(payload) {
-            Ok(r) => out.push(r),
+            Ok(r) => each(r),
             Err(_) => break,
         }
         bytes = &bytes[8 + len..];
+        used += 8 + len;
     }
-    out
+    used
 }
 
 impl LocalState {
@@ -310,7 +341,32 @@ impl LocalState {
         if crc32fast::hash(body) != crc {
             return Err(corrupt("checksum mismatch"));
         }
-        postcard::from_bytes(body).map_err(|e| corrupt(&e.to_string()))
+        let state: LocalState = postcard::from_bytes(body).map_err(|e| corrupt(&e.to_string()))?;
+        // A checksum proves the bytes are the ones written, not that they make sense: a
+        // forged or mis-written state with a chunk of 0 or digests that do not tile the
+        // file's length made the restore panic (regression:
+        // `a_state_whose_digests_do_not_tile_is_corrupt`).
+        if state.chunk == 0 || state.chunk > u64::from(u32::MAX) {
+            return Err(corrupt(&format!(
+                "chunk size {} is not in 1..=2^32-1",
+                state.chunk
+            )));
+        }
+        for (p, e) in &state.entries {
+            if crate::path::normalize(Path::new(p)).ok().as_deref() != Some(p.as_str()) {
+                return Err(corrupt(&format!("{p:?} is not a managed path")));
+            }
+            if let Entry::File { len, digests } = e {
+                if digests.len() as u64 != len.div_ceil(state.chunk) {
+                    return Err(corrupt(&format!(
+                        "{p:?}: {} digests do not tile {len} bytes in chunks of {}",
+                        digests.len(),
+                        state.chunk
+                    )));
+                }
+            }
+        }
+        Ok(state)
     }
 }
 
@@ -429,6 +485,63 @@ mod tests {
         let e = LocalState::load(&p).unwrap_err();
         assert_eq!(e.kind(), FilesErrorKind::Corrupt);
         assert!(e.to_string().contains("state"), "{e}");
+    }
+
+    #[test]
+    fn a_state_whose_digests_do_not_tile_is_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("state");
+        let file = |len: u64, n: usize| Entry::File {
+            len,
+            digests: vec![[7; 32]; n],
+        };
+        let forged = [
+            (4096, "x", file(3, 2)),          // more digests than chunks
+            (4096, "x", file(3 * 4096, 2)),   // fewer
+            (0, "x", file(0, 0)),             // no chunk size
+            ((1 << 63) + 1, "x", file(1, 1)), // a chunk no repository has
+            (4096, "../x", file(1, 1)),       // a path outside the area
+        ];
+        for (chunk, path, e) in forged {
+            let mut s = LocalState {
+                base: Some(1),
+                chunk,
+                ..Default::default()
+            };
+            s.entries.insert(path.into(), e);
+            s.store(&p).unwrap(); // a valid checksum over meaningless content
+            let e = LocalState::load(&p).unwrap_err();
+            assert_eq!(e.kind(), FilesErrorKind::Corrupt, "{e}");
+            assert!(e.to_string().contains(&*p.to_string_lossy()), "{e}");
+        }
+        // The ones that tile still load.
+        let mut s = LocalState {
+            base: Some(1),
+            chunk: 4096,
+            ..Default::default()
+        };
+        s.entries.insert("x".into(), file(4097, 2));
+        s.entries.insert("e".into(), file(0, 0));
+        s.entries.insert("d".into(), Entry::Dir);
+        s.store(&p).unwrap();
+        assert_eq!(LocalState::load(&p).unwrap(), Some(s));
+    }
+
+    #[test]
+    fn reopen_cuts_a_torn_tail_so_appends_are_seen() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("journal");
+        let mut j = Journal::start(&p, Some(1), Budget::default()).unwrap();
+        j.append(&Rec::Touch("a".into()), true).unwrap();
+        drop(j);
+        let whole = fs::metadata(&p).unwrap().len();
+        let mut f = OpenOptions::new().append(true).open(&p).unwrap();
+        f.write_all(&[9, 0, 0, 0, 1, 2]).unwrap();
+        drop(f);
+        let mut j = Journal::reopen(&p, Budget::default()).unwrap();
+        assert_eq!(j.len(), whole);
+        j.append(&Rec::Restoring, true).unwrap();
+        assert_eq!(read_journal(&p).unwrap().last(), Some(&Rec::Restoring));
     }
 
     #[test]

@@ -3,7 +3,9 @@
 //! clean) reads only the changed ones: untouched pages are never faulted in.
 //!
 //! Sound only while nobody truncates the file: the mapping lives inside a checkpoint,
-//! which holds the lock every managed-file operation takes.
+//! which holds the lock every managed-file operation takes, and the snapshot checks the
+//! file's size before mapping it. A truncation by another process racing the checkpoint
+//! itself is not caught: touching the lost pages raises SIGBUS (docs/FILES.md).
 
 use std::fs::File;
 use std::os::fd::AsRawFd;

@@ -27,8 +27,20 @@ pub(crate) struct Pub {
 
 const BLOCK: usize = 1 << 20;
 
+/// The temp file of a replacement, next to the copy it replaces. A backslash is in no
+/// managed path (`path::normalize` refuses it), so no output can have this name: with
+/// `.lazarus-tmp-<name>`, publishing `x` deleted the published copy of an output named
+/// `.lazarus-tmp-x` (regression: `publish_temp_name_never_collides_with_an_output`); and
+/// being short, it fits wherever the output's own name fits (`<name>` with a prefix did
+/// not when the name was 243 to 255 bytes long).
+const TEMP_NAME: &str = ".lazarus\\tmp";
+
 /// Publishes every output file of the tree (called with the working tree equal to the
-/// checkpoint just committed or restored). Stops at the first error.
+/// checkpoint just committed or restored). Each output is published on its own: one that
+/// cannot be (a name the file system refuses, a file where a directory is now needed)
+/// used to stop every later one in path order for good (regression:
+/// `one_unpublishable_output_does_not_block_the_others`). Every failure is logged; the
+/// error returned names how many failed and the first few.
 pub(crate) fn publish_committed(g: &mut Inner) -> Result<(), FilesError> {
     let outputs: Vec<(String, u64)> = g
         .tree
@@ -38,34 +50,111 @@ pub(crate) fn publish_committed(g: &mut Inner) -> Result<(), FilesError> {
             _ => None,
         })
         .collect();
+    let mut failed: Vec<FilesError> = Vec::new();
     for (p, id) in outputs {
-        let (len, known) = g.files.get(&id).map_or((0, None), |s| (s.len, s.published));
-        let out = g.layout.out_path(&p);
-        let work = g.layout.work_path(&p);
-        let fd = g.fd(id)?;
-        let now = match known {
-            Some(Pub {
-                len: l,
-                clean: true,
-            }) if l == len => continue,
-            Some(Pub {
-                len: l,
-                clean: true,
-            }) if l < len => match append_from(fd, &out, l, len) {
-                Ok(()) => len,
-                // The published copy is not what this process left: compare and repair.
-                Err(e) if e.kind() == crate::FilesErrorKind::ForeignChange => {
-                    sync_copy(fd, &work, &out, len)?
-                }
-                Err(e) => return Err(e),
-            },
-            _ => sync_copy(fd, &work, &out, len)?,
+        if let Err(e) = publish_one(g, &p, id) {
+            tracing::warn!("publishing output: {e}");
+            failed.push(e);
+        }
+    }
+    let Some(first) = failed.first() else {
+        return Ok(());
+    };
+    const SHOWN: usize = 4;
+    let mut msg = format!(
+        "{} of the outputs could not be published (retried at the next commit): ",
+        failed.len()
+    );
+    let listed: Vec<String> = failed.iter().take(SHOWN).map(|e| e.to_string()).collect();
+    msg.push_str(&listed.join("; "));
+    if failed.len() > SHOWN {
+        msg.push_str(&format!("; and {} more", failed.len() - SHOWN));
+    }
+    Err(FilesError::new(first.kind(), Some(&g.layout.out), msg))
+}
+
+/// Brings the published copy of output `p` (file `id`) to its committed content.
+fn publish_one(g: &mut Inner, p: &str, id: u64) -> Result<(), FilesError> {
+    let (len, known) = g.files.get(&id).map_or((0, None), |s| (s.len, s.published));
+    if let Some(Pub {
+        len: l,
+        clean: true,
+    }) = known
+    {
+        if l == len {
+            return Ok(());
+        }
+    }
+    let out = g.layout.out_path(p);
+    let work = g.layout.work_path(p);
+    out_dirs(&g.layout.out, p)?;
+    let fd = g.fd(id)?;
+    let now = match known {
+        Some(Pub {
+            len: l,
+            clean: true,
+        }) if l < len => match append_from(fd, &out, l, len) {
+            Ok(()) => len,
+            // The published copy is not what this process left (changed, replaced by a
+            // link, removed by a consumer): compare and repair through the full copy.
+            Err(e) if e.kind() == crate::FilesErrorKind::ForeignChange => {
+                sync_copy(fd, &work, &out, len)?
+            }
+            Err(e) => return Err(e),
+        },
+        _ => sync_copy(fd, &work, &out, len)?,
+    };
+    if let Some(s) = g.files.get_mut(&id) {
+        s.published = Some(Pub {
+            len: now,
+            clean: now == len,
+        });
+    }
+    Ok(())
+}
+
+/// Makes the directories of output `p` below the output tree `root`, never through a
+/// symbolic link: the output tree may be writable by others, and a directory replaced by
+/// a link would make every publication below it write into the link's target. A link
+/// or a file where a directory is needed is an error naming it (a link swapped in while
+/// this runs is not caught: that needs `openat` walks).
+fn out_dirs(root: &Path, p: &str) -> Result<(), FilesError> {
+    let mut dir = root.to_path_buf();
+    let Some(parent) = crate::path::parent(p) else {
+        return Ok(());
+    };
+    for part in parent.split('/') {
+        dir.push(part);
+        let stat = |dir: &Path| {
+            fs::symlink_metadata(dir)
+                .map_err(|e| FilesError::io(dir, "stat of the output directory", &e))
         };
-        if let Some(s) = g.files.get_mut(&id) {
-            s.published = Some(Pub {
-                len: now,
-                clean: now == len,
-            });
+        let m = match fs::symlink_metadata(&dir) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                match fs::create_dir(&dir) {
+                    // Someone else may have made it meanwhile: looked at below.
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                    Err(e) => {
+                        return Err(FilesError::io(&dir, "creating the output directory", &e))
+                    }
+                }
+                stat(&dir)?
+            }
+            Err(e) => return Err(FilesError::io(&dir, "stat of the output directory", &e)),
+        };
+        if !m.is_dir() {
+            let what = if m.file_type().is_symlink() {
+                "a symbolic link"
+            } else {
+                "a file"
+            };
+            return Err(FilesError::new(
+                crate::FilesErrorKind::ForeignChange,
+                Some(&dir),
+                format!("{what} is where an output directory must be (never followed; remove it)"),
+            ));
         }
     }
     Ok(())
@@ -85,6 +174,15 @@ fn append_from(src: &fs::File, out: &Path, from: u64, to: u64) -> Result<(), Fil
                 crate::FilesErrorKind::ForeignChange,
                 Some(out),
                 "published output was replaced by a symbolic link",
+            ))
+        }
+        // A consumer removed it: recreated through the full copy, like any other
+        // foreign change (an I/O error here stopped the publication for good).
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(FilesError::new(
+                crate::FilesErrorKind::ForeignChange,
+                Some(out),
+                "published output was removed outside the job",
             ))
         }
         Err(e) => return Err(FilesError::io(out, "opening the published output", &e)),
@@ -175,14 +273,11 @@ fn same_prefix(src: &fs::File, work: &Path, out: &Path, n: u64) -> Result<bool, 
     Ok(true)
 }
 
-/// Writes the first `len` bytes of the working file to a temp file next to `out`, fsyncs
-/// it and renames it over `out` (then fsyncs the directory).
+/// Writes the first `len` bytes of the working file to a temp file next to `out` (whose
+/// directory exists), fsyncs it and renames it over `out` (then fsyncs the directory).
 fn replace(src: &fs::File, work: &Path, out: &Path, len: u64) -> Result<(), FilesError> {
     let dir = out.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(dir)
-        .map_err(|e| FilesError::io(dir, "creating the output directory", &e))?;
-    let name = out.file_name().and_then(|n| n.to_str()).unwrap_or("out");
-    let tmp = dir.join(format!(".lazarus-tmp-{name}"));
+    let tmp = dir.join(TEMP_NAME);
     let r = (|| -> Result<(), FilesError> {
         let mut f =
             journal::create_fresh(&tmp).map_err(|e| FilesError::io(&tmp, "creating", &e))?;

@@ -86,6 +86,24 @@ impl Files {
                 fd.sync_data()
                     .map_err(|e| FilesError::io(&w, "syncing before the checkpoint", &e))?;
             }
+            // Mapped at the length the job wrote: a file cut shorter behind the job's back
+            // would make every page past its new end a SIGBUS when hashed or stored
+            // (regression: `a_file_truncated_outside_the_job_fails_the_checkpoint_by_name`).
+            // A truncation racing this very checkpoint is not caught (docs/FILES.md).
+            let on_disk = fd
+                .metadata()
+                .map_err(|e| FilesError::io(&w, "stat before the checkpoint", &e))?
+                .len();
+            if on_disk < s.len {
+                return Err(FilesError::new(
+                    FilesErrorKind::ForeignChange,
+                    Some(&w),
+                    format!(
+                        "managed file is {on_disk} bytes but the job wrote {}: it was truncated outside the job, and a checkpoint cannot record it (restart from the last checkpoint)",
+                        s.len
+                    ),
+                ));
+            }
             let map = Map::new(fd, s.len).map_err(|e| FilesError::io(&w, "mapping", &e))?;
             if s.handles == 0 {
                 // The mapping keeps the file; a tree of many files must not pin a
@@ -210,7 +228,18 @@ impl Snapshot<'_> {
             return Ok(());
         }
         let state = local_state(g, Some(id.0));
-        state.store(&g.layout.state())?;
+        let stored = state.store(&g.layout.state());
+        if let Err(e) = stored {
+            // The store fails after its rename only when the directory's fsync does: the
+            // state on disk then names `id`, and memory must follow it, or later changes
+            // go into a journal headed with the old base, which the next restart would
+            // not take as the state's (finding 8 of the 2026-12-07 review).
+            let on_disk = LocalState::load(&g.layout.state()).ok().flatten();
+            if on_disk.is_none_or(|s| s.base != Some(id.0)) {
+                return Err(e);
+            }
+            tracing::warn!("{e} (the new base is in place; it may not survive a power loss)");
+        }
         g.base = Some(id.0);
         g.journal = None;
         for s in g.files.values_mut() {

@@ -144,7 +144,8 @@ fn publishing_never_writes_through_a_planted_symlink() {
     let out_dir = rig.root.join("output/rank-0");
     // A rewrite (not an append): the next publication replaces through the temp name.
     f.write("out.log", b"v2 replaced\n").unwrap();
-    std::os::unix::fs::symlink(&victim, out_dir.join(".lazarus-tmp-out.log")).unwrap();
+    // The temp name of a replacement (see publish.rs: no managed path can have it).
+    std::os::unix::fs::symlink(&victim, out_dir.join(".lazarus\\tmp")).unwrap();
     rig.checkpoint(&f);
     assert_eq!(std::fs::read(&victim).unwrap(), b"precious\n");
     let published = out_dir.join("out.log");
