@@ -9,6 +9,7 @@ mod values {
     pub const SUCCESS: u16 = 0;
     pub const ACCES: u16 = 2;
     pub const BADF: u16 = 8;
+    pub const BUSY: u16 = 10;
     pub const EXIST: u16 = 20;
     pub const FAULT: u16 = 21;
     pub const ILSEQ: u16 = 25;

@@ -343,6 +343,18 @@ fn filestat(m: &mut Mem<'_>, at: u32, md: &std::fs::Metadata) -> Result<(), Errn
     m.write(at, &b)
 }
 
+/// Refuses a call that would remove, rename or replace a preopened directory itself (`rel`
+/// empty: `"."`, `"sub/.."`, what wasi-libc sends for `rmdir("/data")`): that changes the
+/// preopen's parent, outside what the program was given, and a resume could no longer
+/// find the preopen. `EBUSY`, as Linux answers for a directory in use as a mount point.
+fn not_the_preopen(rel: &str) -> Result<(), Errno> {
+    if rel.is_empty() {
+        Err(BUSY)
+    } else {
+        Ok(())
+    }
+}
+
 fn io_err(e: std::io::Error) -> Errno {
     from_io(&e)
 }
@@ -556,12 +568,14 @@ impl Wasi {
             "path_remove_directory" => {
                 let path = m.str(a(1), a(2))?;
                 let (pre, rel, host) = self.resolve(a(0), &path, false)?;
+                not_the_preopen(&rel)?;
                 self.before_change(pre, &rel, &host)?;
                 std::fs::remove_dir(&host).map_err(io_err)
             }
             "path_unlink_file" => {
                 let path = m.str(a(1), a(2))?;
                 let (pre, rel, host) = self.resolve(a(0), &path, false)?;
+                not_the_preopen(&rel)?;
                 let md = std::fs::symlink_metadata(&host).map_err(io_err)?;
                 if md.is_dir() {
                     return Err(ISDIR);
@@ -574,6 +588,8 @@ impl Wasi {
                 let to = m.str(a(4), a(5))?;
                 let (p1, r1, h1) = self.resolve(a(0), &from, false)?;
                 let (p2, r2, h2) = self.resolve(a(3), &to, false)?;
+                not_the_preopen(&r1)?;
+                not_the_preopen(&r2)?;
                 let dir = std::fs::symlink_metadata(&h1).is_ok_and(|m| m.is_dir());
                 self.before_change(p1, &r1, &h1)?;
                 self.before_change(p2, &r2, &h2)?;
