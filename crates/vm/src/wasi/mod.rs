@@ -293,8 +293,8 @@ impl Wasi {
         let io = |what: &str, e: std::io::Error| {
             crate::VmError::new(crate::VmErrorKind::Io, format!("restoring {what}: {e}"))
         };
-        w.stdout = Output::resume(1, &state.stdout, lines).map_err(|e| io("stdout", e))?;
-        w.stderr = Output::resume(2, &state.stderr, false).map_err(|e| io("stderr", e))?;
+        (w.stdout, w.stderr) = output::resume_both((1, 2), (&state.stdout, &state.stderr), lines)
+            .map_err(|e| io("output", e))?;
         w.tracked = state.tracked.iter().cloned().collect();
         Ok(w)
     }

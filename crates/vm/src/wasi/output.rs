@@ -68,12 +68,22 @@ fn fstat(fd: i32) -> Option<libc::stat> {
     (r == 0).then(|| unsafe { st.assume_init() })
 }
 
-/// `(dev, ino, offset)` of `fd` when it is a regular file.
+/// `(dev, ino, offset)` of `fd` when it is a regular file. For a descriptor opened with
+/// `O_APPEND` (`>>`) the offset is the file's size, where its next write goes: its own
+/// offset stands after its own last write only, so with `prog >>out 2>>out` (one file,
+/// two descriptors) each stream's offset missed the other's later bytes, and a resume
+/// truncating to the smaller one erased output written before the checkpoint.
 fn regular(fd: i32) -> Option<(u64, u64, u64)> {
     let st = fstat(fd)?;
     ((st.st_mode & libc::S_IFMT) == libc::S_IFREG).then(|| {
-        // SAFETY: lseek on an fd we were given; failure returns -1, handled below.
-        let pos = unsafe { libc::lseek(fd, 0, libc::SEEK_CUR) };
+        // SAFETY: fcntl/lseek on an fd we were given; failure returns -1, handled below.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+        let pos = if flags >= 0 && flags & libc::O_APPEND != 0 {
+            -1
+        } else {
+            // SAFETY: as above.
+            unsafe { libc::lseek(fd, 0, libc::SEEK_CUR) }
+        };
         let pos = if pos < 0 {
             st.st_size as u64
         } else {
@@ -81,6 +91,32 @@ fn regular(fd: i32) -> Option<(u64, u64, u64)> {
         };
         (st.st_dev, st.st_ino, pos)
     })
+}
+
+/// Resumes stdout (`fds.0`, `states.0`) and stderr together: when both were the same file
+/// at the checkpoint (`>>out 2>>out`: two descriptors of one inode), both are truncated to
+/// the larger of their recorded offsets, never one after the other to the smaller (an
+/// older record took each offset from its own descriptor, so the smaller one missed the
+/// other stream's bytes written before the checkpoint).
+pub(crate) fn resume_both(
+    fds: (i32, i32),
+    states: (&OutputState, &OutputState),
+    lines: bool,
+) -> io::Result<(Output, Output)> {
+    let (mut out, mut err) = (states.0.clone(), states.1.clone());
+    if let (Sink::File { dev, ino }, Sink::File { dev: d2, ino: i2 }, Some(a), Some(b)) =
+        (out.sink, err.sink, out.offset, err.offset)
+    {
+        // Both recorded on the same node at the same moment: the device is comparable here.
+        if dev == d2 && ino == i2 {
+            out.offset = Some(a.max(b));
+            err.offset = Some(a.max(b));
+        }
+    }
+    let named = |what: &str, e: io::Error| io::Error::new(e.kind(), format!("{what}: {e}"));
+    let so = Output::resume(fds.0, &out, lines).map_err(|e| named("stdout", e))?;
+    let se = Output::resume(fds.1, &err, false).map_err(|e| named("stderr", e))?;
+    Ok((so, se))
 }
 
 impl Output {
@@ -228,4 +264,75 @@ pub(crate) fn write_all(fd: i32, mut data: &[u8]) -> io::Result<()> {
         data = &data[n as usize..];
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    fn append(p: &std::path::Path) -> std::fs::File {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+            .unwrap()
+    }
+
+    /// Regression (review): `prog >>out 2>>out` gives stdout and stderr two descriptors of
+    /// one file. Each stream's offset came from its own descriptor (after its own last
+    /// write), so a resume truncated the file to stdout's offset, then to stderr's smaller
+    /// one, erasing stdout's bytes written before the checkpoint.
+    #[test]
+    fn stdout_and_stderr_appending_to_one_file_resume_byte_exact() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("out");
+        let (f1, f2) = (append(&p), append(&p));
+        let mut out = Output::new(f1.as_raw_fd(), false);
+        let mut err = Output::new(f2.as_raw_fd(), false);
+        err.write(&[b'e'; 100]).unwrap();
+        out.write(&[b'o'; 50]).unwrap();
+        let (so, se) = (out.state(), err.state());
+        // The killed run went on writing after the checkpoint.
+        out.write(b"after the checkpoint\n").unwrap();
+        err.write(b"also after\n").unwrap();
+        drop((out, err, f1, f2));
+        let mut before = vec![b'e'; 100];
+        before.extend_from_slice(&[b'o'; 50]);
+
+        // The resumed run: `>>out 2>>out` again.
+        let (g1, g2) = (append(&p), append(&p));
+        let (mut out, mut err) =
+            resume_both((g1.as_raw_fd(), g2.as_raw_fd()), (&so, &se), false).unwrap();
+        assert_eq!(
+            std::fs::read(&p).unwrap(),
+            before,
+            "everything before the checkpoint"
+        );
+        out.write(b"O").unwrap();
+        err.write(b"E").unwrap();
+        before.extend_from_slice(b"OE");
+        assert_eq!(std::fs::read(&p).unwrap(), before);
+
+        // A record of an older version (each offset its own descriptor's) resumes the same.
+        std::fs::write(&p, [&before[..150], b"lost"].concat()).unwrap();
+        let (old_out, old_err) = (
+            OutputState {
+                offset: Some(150),
+                ..so.clone()
+            },
+            OutputState {
+                offset: Some(100),
+                ..se.clone()
+            },
+        );
+        let (g1, g2) = (append(&p), append(&p));
+        resume_both(
+            (g1.as_raw_fd(), g2.as_raw_fd()),
+            (&old_out, &old_err),
+            false,
+        )
+        .unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), &before[..150]);
+    }
 }
