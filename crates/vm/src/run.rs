@@ -338,7 +338,7 @@ fn run_here(cfg: &VmConfig) -> Result<Report> {
     if let Some(r) = repo.as_mut() {
         // Records the end, so running the same command again does not run the tail twice.
         let meta = exit_meta(&ctx, inst.as_mut(), code);
-        let end = r.write(report.steps, app(&ctx, Some(code)), vec![meta_obj(&meta)])?;
+        let end = r.write(report.steps, app(&ctx, Some(code)), vec![meta_obj(&meta)?])?;
         inst.host()
             .wasi
             .checkpoint_committed(end.id.0)
@@ -690,12 +690,12 @@ fn app(ctx: &Ctx<'_>, exit: Option<i32>) -> BTreeMap<String, String> {
     a
 }
 
-fn meta_obj(meta: &VmMeta) -> Obj<'static> {
-    Obj {
+fn meta_obj(meta: &VmMeta) -> Result<Obj<'static>> {
+    Ok(Obj {
         name: objects::META.into(),
         type_name: "lazarus-vm meta (JSON)",
-        data: Cow::Owned(meta.encode()),
-    }
+        data: Cow::Owned(meta.encode_checked()?),
+    })
 }
 
 fn base_meta(ctx: &Ctx<'_>, inst: &mut dyn Instance) -> VmMeta {
@@ -885,7 +885,7 @@ fn write_checkpoint(
     meta.memory_pages = (mem.len() / 65_536) as u64;
     let steps = meta.steps;
     let mut objs = vec![
-        meta_obj(&meta),
+        meta_obj(&meta)?,
         Obj {
             name: objects::MODULE.into(),
             type_name: "lazarus-vm instrumented module (wasm)",
