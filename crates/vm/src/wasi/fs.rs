@@ -33,6 +33,11 @@ const FT_DIR: u8 = 3;
 const FT_FILE: u8 = 4;
 const FT_SYMLINK: u8 = 7;
 
+/// Most descriptors open at once, stdio and preopens included (docs/VM.md, "Limits"): one
+/// so without a bound one call could make the host allocate memory² / 8 bytes. The
+/// rest is left to the program, as a short write (allowed by WASI, and what a pipe does).
+pub const MAX_WRITE_BYTES: u32 = 16 << 20;
+
 /// A path the program changed, relative to preopen `pre` (restored on resume).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -413,12 +418,12 @@ impl Wasi {
     ) -> Result<(), Errno> {
         match name {
             "fd_write" => {
-                let data = m.gather(a(1), a(2))?;
+                let data = m.gather(a(1), a(2), MAX_WRITE_BYTES)?;
                 let n = self.write_fd(a(0), &data, None)?;
                 m.put_u32(a(3), n as u32)
             }
             "fd_pwrite" => {
-                let data = m.gather(a(1), a(2))?;
+                let data = m.gather(a(1), a(2), MAX_WRITE_BYTES)?;
                 let n = self.write_fd(a(0), &data, Some(l(3)))?;
                 m.put_u32(a(4), n as u32)
             }
