@@ -5,9 +5,9 @@
 
 mod common;
 
-use common::wasi::{func, host, open, WRITE};
-use lazarus_vm::wasi::errno::BUSY;
-use lazarus_vm::wasi::{Preopen, Wasi, WasiConfig, MAX_WRITE_BYTES};
+use common::wasi::{func, host, open, try_open, READ, WRITE};
+use lazarus_vm::wasi::errno::{BUSY, MFILE};
+use lazarus_vm::wasi::{Preopen, Wasi, WasiConfig, MAX_FDS, MAX_WRITE_BYTES};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
@@ -130,4 +130,34 @@ fn fd_write_with_aliased_iovecs_is_bounded() {
         u32::from_le_bytes(again[16..20].try_into().unwrap()),
         MAX_WRITE_BYTES
     );
+}
+
+/// Opening `.` with `O_DIRECTORY` uses no host handle: the table of descriptors (and
+/// every checkpoint's vm.meta with it) grew without bound, each new number found by a
+/// linear scan.
+#[test]
+fn opening_directories_past_the_descriptor_cap_is_emfile() {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(d.path().join("f"), "x").unwrap();
+    let (_, mut w) = host(d.path());
+    let mut mem = vec![0u8; 65536];
+    let mut opened = Vec::new();
+    let last = loop {
+        let (r, fd) = try_open(&mut w, &mut mem, ".", 2, 0, 0);
+        if r != 0 || opened.len() > MAX_FDS {
+            break r;
+        }
+        opened.push(fd);
+    };
+    assert_eq!(last, i32::from(MFILE));
+    assert_eq!(opened.len(), MAX_FDS - 4, "stdio and the preopen count too");
+    // A file is refused too, and closing one descriptor makes room for one.
+    assert_eq!(
+        try_open(&mut w, &mut mem, "f", 0, READ, 0).0,
+        i32::from(MFILE)
+    );
+    let r = w.call(&mut mem, func("fd_close"), &[u64::from(opened[10])]);
+    assert_eq!(r, Ok(0));
+    let fd = open(&mut w, &mut mem, "f", 0, READ, 0);
+    assert_eq!(fd, opened[10], "the lowest free number");
 }

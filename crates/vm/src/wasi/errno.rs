@@ -17,6 +17,7 @@ mod values {
     pub const IO: u16 = 29;
     pub const ISDIR: u16 = 31;
     pub const LOOP: u16 = 32;
+    pub const MFILE: u16 = 33;
     pub const NAMETOOLONG: u16 = 37;
     pub const NOENT: u16 = 44;
     pub const NOSPC: u16 = 51;

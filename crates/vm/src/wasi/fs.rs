@@ -34,6 +34,9 @@ const FT_FILE: u8 = 4;
 const FT_SYMLINK: u8 = 7;
 
 /// Most descriptors open at once, stdio and preopens included (docs/VM.md, "Limits"): one
+/// more is `EMFILE`, as a process past its `ulimit -n` sees.
+pub const MAX_FDS: usize = 4096;
+/// Most bytes one `fd_write`/`fd_pwrite` gathers: iovecs may all point at the whole memory,
 /// so without a bound one call could make the host allocate memory² / 8 bytes. The
 /// rest is left to the program, as a short write (allowed by WASI, and what a pipe does).
 pub const MAX_WRITE_BYTES: u32 = 16 << 20;
@@ -404,6 +407,12 @@ impl Wasi {
     }
 
     fn new_fd(&mut self, fd: Fd) -> Result<u32, Errno> {
+        // A directory descriptor holds no host handle, so nothing else bounds how many the
+        // program opens; each one costs host memory and a line of every checkpoint's
+        // vm.meta, and finding a free number scans the table.
+        if self.fds.len() >= MAX_FDS {
+            return Err(MFILE);
+        }
         let n = (3u32..).find(|n| !self.fds.contains_key(n)).ok_or(NOSPC)?;
         self.fds.insert(n, fd);
         Ok(n)

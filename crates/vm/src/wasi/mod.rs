@@ -20,7 +20,7 @@ pub mod sig;
 pub(crate) use confine::{restore, Want};
 use errno::*;
 pub(crate) use fs::tracked_host_path;
-pub use fs::{join_rel_checked, FdState, TrackedPath, MAX_WRITE_BYTES};
+pub use fs::{join_rel_checked, FdState, TrackedPath, MAX_FDS, MAX_WRITE_BYTES};
 use mem::Mem;
 pub use output::{Output, OutputState, Sink};
 use rand::{RngCore, SeedableRng};
