@@ -867,9 +867,16 @@ fn write_checkpoint(
                 ))
             }
             Ok(m) if m.is_dir() => FileState::Dir,
+            Ok(m) if m.len() > MAX_TRACKED_FILE_BYTES => {
+                return Err(too_big_to_capture(&p, m.len()));
+            }
             Ok(_) => {
                 let data = std::fs::read(&p)
                     .map_err(|e| VmError::io(&p, "capturing a file the program wrote", e))?;
+                // It may have grown since the metadata was read.
+                if data.len() as u64 > MAX_TRACKED_FILE_BYTES {
+                    return Err(too_big_to_capture(&p, data.len() as u64));
+                }
                 let object = format!("{}{i}", objects::FILE_PREFIX);
                 let len = data.len() as u64;
                 contents.push((object.clone(), data));
@@ -905,6 +912,23 @@ fn write_checkpoint(
         });
     }
     repo.write(steps, app(ctx, None), objs)
+}
+
+/// Largest file the program changed that a checkpoint captures (docs/VM.md, "Limits"):
+/// each checkpoint reads a tracked file whole into memory, and the program can make one
+/// huge for free (`fd_filestat_set_size(fd, 1 << 40)` makes a sparse 1 TiB file).
+pub const MAX_TRACKED_FILE_BYTES: u64 = 1 << 30;
+
+fn too_big_to_capture(p: &Path, len: u64) -> VmError {
+    VmError::new(
+        VmErrorKind::Trap,
+        format!(
+            "checkpoint failed: {} is {len} bytes, over the {MAX_TRACKED_FILE_BYTES} bytes a \
+             checkpoint captures of a file the program changed; the program is stopped \
+             without a new checkpoint",
+            p.display()
+        ),
+    )
 }
 
 /// Benchmark helper: runs `module` exactly as given (instrumented or not, no repository,

@@ -8,6 +8,7 @@ mod common;
 use common::wasi::{func, host, open, try_open, READ, WRITE};
 use lazarus_vm::wasi::errno::{BUSY, MFILE};
 use lazarus_vm::wasi::{Preopen, Wasi, WasiConfig, MAX_FDS, MAX_WRITE_BYTES};
+use lazarus_vm::{run, Every, VmConfig, VmErrorKind};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
@@ -160,4 +161,54 @@ fn opening_directories_past_the_descriptor_cap_is_emfile() {
     assert_eq!(r, Ok(0));
     let fd = open(&mut w, &mut mem, "f", 0, READ, 0);
     assert_eq!(fd, opened[10], "the lowest free number");
+}
+
+const BIG_WAT: &str = r#"(module
+  (import "wasi_snapshot_preview1" "path_open" (func $open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_filestat_set_size" (func $size (param i32 i64) (result i32)))
+  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+  (memory 1)
+  (data (i32.const 16) "big")
+  (func (export "_start") (local $i i32)
+    (drop (call $open (i32.const 3) (i32.const 1) (i32.const 16) (i32.const 3) (i32.const 1)
+                      (i64.const 4194368) (i64.const 0) (i32.const 0) (i32.const 100)))
+    (drop (call $size (i32.load (i32.const 100)) (i64.const 1099511627776)))
+    (loop $l
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br_if $l (i32.lt_u (local.get $i) (i32.const 100000))))
+    (call $exit (i32.const 0))))"#;
+
+/// `fd_filestat_set_size(fd, 1 << 40)` costs the program nothing (a sparse file), but
+/// made every checkpoint read the tracked file whole (1 TiB) into memory.
+#[test]
+fn huge_sparse_tracked_file_fails_checkpoint_naming_it() {
+    if !common::have_wasm_opt() {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let p = d.path().join("big.wasm");
+    std::fs::write(&p, wat::parse_str(BIG_WAT).unwrap()).unwrap();
+    let mut c = VmConfig::new(p, vec![]);
+    c.repo = Some(d.path().join("repo"));
+    c.every = Every::Steps(40_000);
+    c.seed = Some(1);
+    c.cache_dir = None;
+    c.preopens = vec![Preopen {
+        host: data.clone(),
+        guest: ".".into(),
+    }];
+    let e = run(&c).unwrap_err();
+    assert_eq!(std::fs::metadata(data.join("big")).unwrap().len(), 1 << 40);
+    assert_eq!(e.kind(), VmErrorKind::Trap, "{e}");
+    let msg = e.to_string();
+    let big = std::fs::canonicalize(data.join("big")).unwrap();
+    assert!(
+        msg.contains(&big.display().to_string()) && msg.contains("1099511627776"),
+        "{msg}"
+    );
+    let reader = lazarus_store::RepoReader::open(&d.path().join("repo")).unwrap();
+    let (committed, _) = reader.newest_committed_candidates().unwrap();
+    assert!(committed.is_empty(), "no checkpoint committed");
 }
