@@ -189,7 +189,13 @@ impl VmMeta {
             None => return bad("region", "missing for a running program".into()),
             Some(r) => {
                 let end = u64::from(r.start) + u64::from(r.len);
-                if r.len < 16 || r.start % 65_536 != 0 || end > mem_bytes {
+                // Ending at 4 GiB is refused too: Asyncify's end pointer could not hold it
+                // (no checkpoint is written with such a region).
+                if r.len < 16
+                    || r.start % 65_536 != 0
+                    || end > mem_bytes
+                    || end > u64::from(u32::MAX)
+                {
                     return bad(
                         "region",
                         format!("{r:?} does not fit in {mem_bytes} bytes of memory"),

@@ -6,7 +6,7 @@
 mod common;
 
 use common::wasi::{func, host, open, try_open, READ, WRITE};
-use lazarus_vm::wasi::errno::{BUSY, MFILE};
+use lazarus_vm::wasi::errno::{BUSY, FAULT, MFILE};
 use lazarus_vm::wasi::{Preopen, Wasi, WasiConfig, MAX_FDS, MAX_WRITE_BYTES};
 use lazarus_vm::{run, Every, VmConfig, VmErrorKind};
 use std::os::unix::fs::MetadataExt;
@@ -161,6 +161,73 @@ fn opening_directories_past_the_descriptor_cap_is_emfile() {
     assert_eq!(r, Ok(0));
     let fd = open(&mut w, &mut mem, "f", 0, READ, 0);
     assert_eq!(fd, opened[10], "the lowest free number");
+}
+
+/// A 4 GiB guest memory, mapped without reserving it (only the pages written are backed);
+/// `None` (and a SKIPPED line) when the host refuses the mapping.
+struct FullMemory(*mut u8);
+
+impl FullMemory {
+    const LEN: usize = 1 << 32;
+
+    fn new() -> Option<FullMemory> {
+        // SAFETY: an anonymous private mapping we own; checked for failure.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                Self::LEN,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            eprintln!("\n*** SKIPPED: cannot map 4 GiB of address space ***\n");
+            return None;
+        }
+        Some(FullMemory(p.cast()))
+    }
+
+    fn mem(&mut self) -> &mut [u8] {
+        // SAFETY: the mapping is LEN bytes, readable and writable, alive as long as self.
+        unsafe { std::slice::from_raw_parts_mut(self.0, Self::LEN) }
+    }
+}
+
+impl Drop for FullMemory {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping made in `new`.
+        unsafe { libc::munmap(self.0.cast(), Self::LEN) };
+    }
+}
+
+/// u32 address arithmetic overflowed for records at the very end of a full 4 GiB memory
+/// (`s + 8` in `poll_oneoff`, `ptr + 4` in `fd_prestat_get`, `end + 1` after the last
+/// byte in `args_get`): a debug build panicked, a release build wrapped to address 0 and
+/// read or wrote there instead of returning `EFAULT`.
+#[test]
+fn additions_at_the_4_gib_edge_are_efault_not_wrapped() {
+    let Some(mut full) = FullMemory::new() else {
+        return;
+    };
+    let d = tempfile::tempdir().unwrap();
+    let mut w = host_with(&[d.path()], &["p", "x"]);
+    let mem = full.mem();
+    let top = u32::MAX as u64 + 1;
+    let fault = Ok(i32::from(FAULT));
+    // poll_oneoff: one subscription whose userdata is the last 8 bytes.
+    let r = w.call(mem, func("poll_oneoff"), &[top - 8, 0, 1, 64]);
+    assert_eq!(r, fault, "poll_oneoff");
+    // fd_prestat_get: the tag fits, the length would not.
+    let r = w.call(mem, func("fd_prestat_get"), &[3, top - 4]);
+    assert_eq!(r, fault, "fd_prestat_get");
+    // args_get: "p\0" fills the last two bytes; "x" would go to address 0.
+    mem[0] = 0x55;
+    let r = w.call(mem, func("args_get"), &[64, top - 2]);
+    assert_eq!(r, fault, "args_get");
+    assert_eq!(mem[0], 0x55, "nothing written at address 0");
+    assert_eq!(&mem[(top - 2) as usize..], b"p\0");
 }
 
 const BIG_WAT: &str = r#"(module

@@ -172,6 +172,13 @@ fn inconsistent_fields_are_refused_by_name() {
     let mut m = ok.clone();
     m.program.digest = "zz".into();
     corrupt_field(m, "program.digest");
+    // An unwind region ending at 4 GiB, where Asyncify's end pointer cannot reach.
+    let mut m = sample(65_536, 0, vec![]);
+    m.region = Some(UnwindRegion {
+        start: u32::MAX - 65_535,
+        len: 65_536,
+    });
+    corrupt_field(m, "region");
 }
 
 /// Regression (review): nothing bounded vm.meta when it was written, only when read back

@@ -540,7 +540,7 @@ impl Wasi {
                 }) => {
                     let len = self.config.preopens[*pre].guest.len() as u32;
                     m.put_u32(a(1), 0)?;
-                    m.put_u32(a(1) + 4, len)
+                    m.put_u32(a(1).checked_add(4).ok_or(FAULT)?, len)
                 }
                 Some(_) => Err(BADF),
                 None => Err(BADF),
