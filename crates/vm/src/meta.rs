@@ -238,6 +238,16 @@ impl VmMeta {
                 );
             }
         }
+        // Tracked paths are restored and reopened on resume like `files`: each must name a
+        // preopen and stay inside it.
+        for t in &self.wasi.tracked {
+            if t.pre >= pre || crate::wasi::join_rel_checked(&t.rel).is_none_or(|r| r.is_empty()) {
+                return bad(
+                    "wasi.tracked",
+                    format!("{t:?} is not a path under a preopen"),
+                );
+            }
+        }
         let mut objs = BTreeSet::new();
         for f in &self.files {
             if f.path.pre >= pre

@@ -172,6 +172,19 @@ fn inconsistent_fields_are_refused_by_name() {
     let mut m = ok.clone();
     m.program.digest = "zz".into();
     corrupt_field(m, "program.digest");
+    // Regression (review): wasi.tracked was not validated at all.
+    let mut m = ok.clone();
+    m.wasi.tracked[0].rel = "../outside".into();
+    corrupt_field(m, "wasi.tracked");
+    let mut m = ok.clone();
+    m.wasi.tracked[0].rel = "a/../../etc/passwd".into();
+    corrupt_field(m, "wasi.tracked");
+    let mut m = ok.clone();
+    m.wasi.tracked[0].pre = 1;
+    corrupt_field(m, "wasi.tracked");
+    let mut m = ok.clone();
+    m.wasi.tracked[0].rel = ".".into(); // the preopen itself
+    corrupt_field(m, "wasi.tracked");
     // An unwind region ending at 4 GiB, where Asyncify's end pointer cannot reach.
     let mut m = sample(65_536, 0, vec![]);
     m.region = Some(UnwindRegion {
