@@ -606,7 +606,10 @@ fn resume(
     let have: Vec<String> = inst.globals()?.into_iter().map(|(n, _)| n).collect();
     let want: Vec<String> = meta.globals.iter().map(|(n, _)| n.clone()).collect();
     if have != want {
-        return Err(corrupt(ctx("its globals do not match the module's")));
+        return Err(corrupt(ctx(&format!(
+            "its globals do not match the module's: the module exports {have:?}, the \
+             checkpoint records {want:?}"
+        ))));
     }
     for (n, v) in &meta.globals {
         inst.set_global(n, *v)?;
@@ -634,6 +637,10 @@ fn resume(
             ));
         }
     }
+    // Every tracked file's object must be there with its recorded length: a checkpoint
+    // missing one is damaged, and must be refused before the journal is undone and
+    // cleared, not halfway through restoring files.
+    file_objects(meta, &objs).map_err(|e| e.context(ctx("restoring files")))?;
     // Checked only after the journal is undone and the files restored, as they depend on
     // them (docs/VM.md, "Damage"): each descriptor's file exists, opens and is the file
     // open at the checkpoint (inode), and stdout/stderr are rolled back (Output::resume).
@@ -647,8 +654,37 @@ fn resume(
     Ok((inst, module))
 }
 
+/// The contents of every tracked file of `meta`, by entry, each checked to be present with
+/// its recorded length.
+fn file_objects<'a>(
+    meta: &VmMeta,
+    objs: &'a BTreeMap<String, Vec<u8>>,
+) -> Result<BTreeMap<&'a str, &'a [u8]>> {
+    let mut out = BTreeMap::new();
+    for f in &meta.files {
+        if let FileState::File { object, len } = &f.state {
+            let (name, data) = objs.get_key_value(object).ok_or_else(|| {
+                corrupt(format!(
+                    "no object {object} (the content of {})",
+                    f.path.rel
+                ))
+            })?;
+            if data.len() as u64 != *len {
+                return Err(corrupt(format!(
+                    "object {object} (the content of {}) has {} bytes, not {len}",
+                    f.path.rel,
+                    data.len()
+                )));
+            }
+            out.insert(name.as_str(), data.as_slice());
+        }
+    }
+    Ok(out)
+}
+
 /// Puts every tracked path back as the checkpoint saw it.
 fn restore_files(meta: &VmMeta, objs: &BTreeMap<String, Vec<u8>>) -> Result<()> {
+    let contents = file_objects(meta, objs)?;
     let pre = &meta.wasi.config.preopens;
     // Directories first (shallow first), then files, then absences (deep first).
     let mut entries: Vec<&FileEntry> = meta.files.iter().collect();
@@ -661,18 +697,12 @@ fn restore_files(meta: &VmMeta, objs: &BTreeMap<String, Vec<u8>>) -> Result<()> 
         let want = match &f.state {
             FileState::Dir => Want::Dir,
             FileState::Absent => Want::Absent,
-            FileState::File { object, len } => {
-                let data = objs
-                    .get(object)
-                    .ok_or_else(|| corrupt(format!("no object {object}")))?;
-                if data.len() as u64 != *len {
-                    return Err(corrupt(format!(
-                        "object {object} has {} bytes, not {len}",
-                        data.len()
-                    )));
-                }
-                Want::File(data)
-            }
+            FileState::File { object, .. } => Want::File(
+                contents
+                    .get(object.as_str())
+                    .copied()
+                    .ok_or_else(|| corrupt(format!("no object {object}")))?,
+            ),
         };
         restore(pre, &f.path, want)?;
     }
