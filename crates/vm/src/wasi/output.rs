@@ -2,13 +2,15 @@
 //!
 //! Three modes, chosen per stream when the VM starts:
 //! - **File** (the stream is a regular file, e.g. `> out.txt`): written through; the
-//!   checkpoint records the file's identity and how many bytes the program had written;
-//!   a resume with the same file truncates it back to that length, so output written
+//!   checkpoint records the file's identity and its offset (its size for an `O_APPEND`
+//!   descriptor); a resume with the same file truncates it back to that, so output written
 //!   after the checkpoint by a killed run is erased and written again exactly once.
 //! - **Lines** (stdout under `lazarus run --repo`, `LAZARUS_OUTPUT_MARKERS=1`): complete
 //!   lines are written through, the unfinished last line stays in the VM (`pending`,
-//!   captured in the checkpoint), so the supervisor's `part`/`commit` markers always
-//!   start a line and it can release exactly the lines a committed checkpoint covers.
+//!   captured in the checkpoint), so the supervisor's `part`/`commit` markers start a
+//!   line and it can release exactly the lines a committed checkpoint covers. Past
+//!   [`MAX_HELD_LINE`] bytes an unfinished line is written through; the supervisor then
+//!   takes the marker out of the middle of the line and keeps the fragment in place.
 //! - **Plain** (a pipe or terminal, unsupervised): written through; output produced after
 //!   the last checkpoint is written again by the resumed run (a pipe cannot be taken
 //!   back). Redirect to a file or run under the supervisor for exactly-once output.
@@ -42,8 +44,9 @@ pub struct OutputState {
     pub sink: Sink,
     /// Bytes the program has written to the stream (including `pending`).
     pub produced: u64,
-    /// File mode: the file's offset at the checkpoint (what a resume truncates it to).
-    /// Taken from the file itself, so anything else written to it counts too.
+    /// File mode: the file's offset at the checkpoint (what a resume truncates it to), its
+    /// size for an `O_APPEND` descriptor. Taken from the file itself, so anything else
+    /// written to it counts too.
     pub offset: Option<u64>,
     /// Bytes written by the program but not yet to the stream (Lines mode: the
     /// unfinished last line).
