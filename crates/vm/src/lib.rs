@@ -35,7 +35,9 @@ pub mod wasi;
 
 pub use error::{Result, VmError, VmErrorKind};
 pub use meta::VmMeta;
-pub use run::{default_cache_dir, run, time_module, Every, Report, VmConfig};
+pub use run::{
+    default_cache_dir, run, time_module, Every, Report, VmConfig, MAX_TRACKED_FILE_BYTES,
+};
 pub use runtime::RuntimeKind;
 pub use store::{WriteStats, VM_CHUNK_SIZE};
 pub use wasi::Preopen;

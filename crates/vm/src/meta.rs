@@ -105,6 +105,46 @@ impl VmMeta {
         serde_json::to_vec(self).unwrap_or_default()
     }
 
+    /// JSON bytes for a checkpoint about to be written: refused (an error, so nothing is
+    /// committed) when over [`MAX_META_BYTES`], which [`VmMeta::decode`] would refuse at
+    /// every resume. Committing it would let retention drop the older checkpoints that
+    /// still load. The error names the sizes of the fields that can grow.
+    pub fn encode_checked(&self) -> Result<Vec<u8>> {
+        let bytes = serde_json::to_vec(self).map_err(|e| {
+            crate::VmError::new(
+                crate::VmErrorKind::Trap,
+                format!("checkpoint not written: encoding its vm.meta: {e}"),
+            )
+        })?;
+        if bytes.len() > MAX_META_BYTES {
+            let w = &self.wasi;
+            // A resource limit of the program (like the unwind region): Trap.
+            return Err(crate::VmError::new(
+                crate::VmErrorKind::Trap,
+                format!(
+                    "checkpoint not written: its vm.meta would be {} bytes, over the \
+                     {MAX_META_BYTES} a resume reads (wasi.stdout.pending {} bytes, \
+                     wasi.stderr.pending {} bytes, wasi.fds {} descriptors, wasi.tracked {} \
+                     paths, files {} entries, globals {}, wasi.config.args+env {} bytes)",
+                    bytes.len(),
+                    w.stdout.pending.len(),
+                    w.stderr.pending.len(),
+                    w.fds.len(),
+                    w.tracked.len(),
+                    self.files.len(),
+                    self.globals.len(),
+                    w.config
+                        .args
+                        .iter()
+                        .chain(&w.config.env)
+                        .map(String::len)
+                        .sum::<usize>(),
+                ),
+            ));
+        }
+        Ok(bytes)
+    }
+
     /// Decodes and validates; every inconsistency is a `Corrupt` error naming the field.
     pub fn decode(bytes: &[u8]) -> Result<VmMeta> {
         if bytes.len() > MAX_META_BYTES {
@@ -149,7 +189,13 @@ impl VmMeta {
             None => return bad("region", "missing for a running program".into()),
             Some(r) => {
                 let end = u64::from(r.start) + u64::from(r.len);
-                if r.len < 16 || r.start % 65_536 != 0 || end > mem_bytes {
+                // Ending at 4 GiB is refused too: Asyncify's end pointer could not hold it
+                // (no checkpoint is written with such a region).
+                if r.len < 16
+                    || r.start % 65_536 != 0
+                    || end > mem_bytes
+                    || end > u64::from(u32::MAX)
+                {
                     return bad(
                         "region",
                         format!("{r:?} does not fit in {mem_bytes} bytes of memory"),
@@ -189,6 +235,16 @@ impl VmMeta {
                 return bad(
                     "wasi.fds",
                     format!("fd {n} names a preopen that does not exist"),
+                );
+            }
+        }
+        // Tracked paths are restored and reopened on resume like `files`: each must name a
+        // preopen and stay inside it.
+        for t in &self.wasi.tracked {
+            if t.pre >= pre || crate::wasi::join_rel_checked(&t.rel).is_none_or(|r| r.is_empty()) {
+                return bad(
+                    "wasi.tracked",
+                    format!("{t:?} is not a path under a preopen"),
                 );
             }
         }

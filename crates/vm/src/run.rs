@@ -338,7 +338,7 @@ fn run_here(cfg: &VmConfig) -> Result<Report> {
     if let Some(r) = repo.as_mut() {
         // Records the end, so running the same command again does not run the tail twice.
         let meta = exit_meta(&ctx, inst.as_mut(), code);
-        let end = r.write(report.steps, app(&ctx, Some(code)), vec![meta_obj(&meta)])?;
+        let end = r.write(report.steps, app(&ctx, Some(code)), vec![meta_obj(&meta)?])?;
         inst.host()
             .wasi
             .checkpoint_committed(end.id.0)
@@ -606,7 +606,10 @@ fn resume(
     let have: Vec<String> = inst.globals()?.into_iter().map(|(n, _)| n).collect();
     let want: Vec<String> = meta.globals.iter().map(|(n, _)| n.clone()).collect();
     if have != want {
-        return Err(corrupt(ctx("its globals do not match the module's")));
+        return Err(corrupt(ctx(&format!(
+            "its globals do not match the module's: the module exports {have:?}, the \
+             checkpoint records {want:?}"
+        ))));
     }
     for (n, v) in &meta.globals {
         inst.set_global(n, *v)?;
@@ -634,6 +637,10 @@ fn resume(
             ));
         }
     }
+    // Every tracked file's object must be there with its recorded length: a checkpoint
+    // missing one is damaged, and must be refused before the journal is undone and
+    // cleared, not halfway through restoring files.
+    file_objects(meta, &objs).map_err(|e| e.context(ctx("restoring files")))?;
     // Checked only after the journal is undone and the files restored, as they depend on
     // them (docs/VM.md, "Damage"): each descriptor's file exists, opens and is the file
     // open at the checkpoint (inode), and stdout/stderr are rolled back (Output::resume).
@@ -647,8 +654,37 @@ fn resume(
     Ok((inst, module))
 }
 
+/// The contents of every tracked file of `meta`, by entry, each checked to be present with
+/// its recorded length.
+fn file_objects<'a>(
+    meta: &VmMeta,
+    objs: &'a BTreeMap<String, Vec<u8>>,
+) -> Result<BTreeMap<&'a str, &'a [u8]>> {
+    let mut out = BTreeMap::new();
+    for f in &meta.files {
+        if let FileState::File { object, len } = &f.state {
+            let (name, data) = objs.get_key_value(object).ok_or_else(|| {
+                corrupt(format!(
+                    "no object {object} (the content of {})",
+                    f.path.rel
+                ))
+            })?;
+            if data.len() as u64 != *len {
+                return Err(corrupt(format!(
+                    "object {object} (the content of {}) has {} bytes, not {len}",
+                    f.path.rel,
+                    data.len()
+                )));
+            }
+            out.insert(name.as_str(), data.as_slice());
+        }
+    }
+    Ok(out)
+}
+
 /// Puts every tracked path back as the checkpoint saw it.
 fn restore_files(meta: &VmMeta, objs: &BTreeMap<String, Vec<u8>>) -> Result<()> {
+    let contents = file_objects(meta, objs)?;
     let pre = &meta.wasi.config.preopens;
     // Directories first (shallow first), then files, then absences (deep first).
     let mut entries: Vec<&FileEntry> = meta.files.iter().collect();
@@ -661,18 +697,12 @@ fn restore_files(meta: &VmMeta, objs: &BTreeMap<String, Vec<u8>>) -> Result<()> 
         let want = match &f.state {
             FileState::Dir => Want::Dir,
             FileState::Absent => Want::Absent,
-            FileState::File { object, len } => {
-                let data = objs
-                    .get(object)
-                    .ok_or_else(|| corrupt(format!("no object {object}")))?;
-                if data.len() as u64 != *len {
-                    return Err(corrupt(format!(
-                        "object {object} has {} bytes, not {len}",
-                        data.len()
-                    )));
-                }
-                Want::File(data)
-            }
+            FileState::File { object, .. } => Want::File(
+                contents
+                    .get(object.as_str())
+                    .copied()
+                    .ok_or_else(|| corrupt(format!("no object {object}")))?,
+            ),
         };
         restore(pre, &f.path, want)?;
     }
@@ -690,12 +720,12 @@ fn app(ctx: &Ctx<'_>, exit: Option<i32>) -> BTreeMap<String, String> {
     a
 }
 
-fn meta_obj(meta: &VmMeta) -> Obj<'static> {
-    Obj {
+fn meta_obj(meta: &VmMeta) -> Result<Obj<'static>> {
+    Ok(Obj {
         name: objects::META.into(),
         type_name: "lazarus-vm meta (JSON)",
-        data: Cow::Owned(meta.encode()),
-    }
+        data: Cow::Owned(meta.encode_checked()?),
+    })
 }
 
 fn base_meta(ctx: &Ctx<'_>, inst: &mut dyn Instance) -> VmMeta {
@@ -867,9 +897,16 @@ fn write_checkpoint(
                 ))
             }
             Ok(m) if m.is_dir() => FileState::Dir,
+            Ok(m) if m.len() > MAX_TRACKED_FILE_BYTES => {
+                return Err(too_big_to_capture(&p, m.len()));
+            }
             Ok(_) => {
                 let data = std::fs::read(&p)
                     .map_err(|e| VmError::io(&p, "capturing a file the program wrote", e))?;
+                // It may have grown since the metadata was read.
+                if data.len() as u64 > MAX_TRACKED_FILE_BYTES {
+                    return Err(too_big_to_capture(&p, data.len() as u64));
+                }
                 let object = format!("{}{i}", objects::FILE_PREFIX);
                 let len = data.len() as u64;
                 contents.push((object.clone(), data));
@@ -885,7 +922,7 @@ fn write_checkpoint(
     meta.memory_pages = (mem.len() / 65_536) as u64;
     let steps = meta.steps;
     let mut objs = vec![
-        meta_obj(&meta),
+        meta_obj(&meta)?,
         Obj {
             name: objects::MODULE.into(),
             type_name: "lazarus-vm instrumented module (wasm)",
@@ -905,6 +942,23 @@ fn write_checkpoint(
         });
     }
     repo.write(steps, app(ctx, None), objs)
+}
+
+/// Largest file the program changed that a checkpoint captures (docs/VM.md, "Limits"):
+/// each checkpoint reads a tracked file whole into memory, and the program can make one
+/// huge for free (`fd_filestat_set_size(fd, 1 << 40)` makes a sparse 1 TiB file).
+pub const MAX_TRACKED_FILE_BYTES: u64 = 1 << 30;
+
+fn too_big_to_capture(p: &Path, len: u64) -> VmError {
+    VmError::new(
+        VmErrorKind::Trap,
+        format!(
+            "checkpoint failed: {} is {len} bytes, over the {MAX_TRACKED_FILE_BYTES} bytes a \
+             checkpoint captures of a file the program changed; the program is stopped \
+             without a new checkpoint",
+            p.display()
+        ),
+    )
 }
 
 /// Benchmark helper: runs `module` exactly as given (instrumented or not, no repository,

@@ -66,6 +66,11 @@ fn inconsistent_checkpoint_is_refused_before_any_file_is_touched() {
     let e = run(&c).unwrap_err();
     assert_eq!(e.kind(), VmErrorKind::Corrupt, "{e}");
     assert!(e.to_string().contains("globals"), "{e}");
+    // Both lists, so a mismatch can be told apart from damage (review).
+    assert!(
+        e.to_string().contains("\"__lz_g999\"]") && e.to_string().contains("exports"),
+        "{e}"
+    );
     assert_eq!(
         std::fs::read_to_string(&log).unwrap(),
         "the user's own later edit\n",
@@ -140,4 +145,63 @@ fn checkpoint_with_a_detached_descriptor_is_refused_before_any_file_is_touched()
         "the user's own later edit\n",
         "refused before restoring any file"
     );
+}
+
+/// Regression (review): the presence and length of each tracked file's `vm.file.N` object
+/// were checked only while restoring files, after the undo journal had been undone and
+/// cleared: a checkpoint with a short object undid (and forgot) the changes made after it,
+/// then was refused.
+#[test]
+fn checkpoint_with_a_bad_file_object_is_refused_before_the_journal_is_undone() {
+    use common::wasi::{host, open, write, CREAT, TRUNC, WRITE};
+    use lazarus_vm::meta::FileState;
+    use lazarus_vm::wasi::journal::Journal;
+    if !common::have_wasm_opt() {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let (data, repo) = (d.path().join("data"), d.path().join("repo"));
+    let mut c = common::appender::config(d.path());
+    std::fs::write(data.join("log.txt"), "existing\n").unwrap();
+    c.stop_after_checkpoints = Some(2); // the second one tracks log.txt
+    assert!(run(&c).unwrap().stopped);
+    recommit_newest(&repo, |m| {
+        for f in &mut m.files {
+            if let FileState::File { len, .. } = &mut f.state {
+                *len += 1;
+            }
+        }
+    });
+    let id = RepoReader::open(&repo)
+        .unwrap()
+        .newest_committed_candidates()
+        .unwrap()
+        .0[0]
+        .id
+        .0;
+    // Killed after that checkpoint, having created a file: the journal records it.
+    let (preopens, mut w) = host(&data);
+    let mut j = Journal::open(&repo.join("vm-undo")).unwrap();
+    j.follows(id);
+    w.set_journal(j);
+    let mut mem = vec![0u8; 65536];
+    let fd = open(&mut w, &mut mem, "after.txt", CREAT | TRUNC, WRITE, 0);
+    write(&mut w, &mut mem, fd, b"made after the checkpoint\n");
+    drop(w);
+    c.stop_after_checkpoints = None;
+    let e = run(&c).unwrap_err();
+    assert_eq!(e.kind(), VmErrorKind::Corrupt, "{e}");
+    assert!(
+        e.to_string().contains("vm.file.") && e.to_string().contains("log.txt"),
+        "{e}"
+    );
+    assert!(data.join("after.txt").exists(), "journal not undone");
+    assert_eq!(
+        std::fs::read_to_string(data.join("log.txt")).unwrap(),
+        "existing\nA\n"
+    );
+    // The journal is kept: a good checkpoint (or the user) can still undo it.
+    let mut j = Journal::open(&repo.join("vm-undo")).unwrap();
+    assert_eq!(j.undo_from(&preopens, Some(id)).unwrap(), 1);
+    assert!(!data.join("after.txt").exists());
 }

@@ -3,7 +3,7 @@
 //! `Corrupt` error naming the field — never a panic. The module check gets random bytes
 //! too. (Same decoders as `fuzz/fuzz_targets/vm_meta.rs`, on stable.)
 
-use lazarus_vm::meta::{FileEntry, FileState, ProgramId, VmMeta, VM_META_VERSION};
+use lazarus_vm::meta::{FileEntry, FileState, ProgramId, VmMeta, MAX_META_BYTES, VM_META_VERSION};
 use lazarus_vm::runtime::{GlobalValue, RuntimeKind, UnwindRegion};
 use lazarus_vm::wasi::{FdState, OutputState, Preopen, Sink, TrackedPath, WasiConfig, WasiState};
 use lazarus_vm::VmErrorKind;
@@ -172,6 +172,52 @@ fn inconsistent_fields_are_refused_by_name() {
     let mut m = ok.clone();
     m.program.digest = "zz".into();
     corrupt_field(m, "program.digest");
+    // Regression (review): wasi.tracked was not validated at all.
+    let mut m = ok.clone();
+    m.wasi.tracked[0].rel = "../outside".into();
+    corrupt_field(m, "wasi.tracked");
+    let mut m = ok.clone();
+    m.wasi.tracked[0].rel = "a/../../etc/passwd".into();
+    corrupt_field(m, "wasi.tracked");
+    let mut m = ok.clone();
+    m.wasi.tracked[0].pre = 1;
+    corrupt_field(m, "wasi.tracked");
+    let mut m = ok.clone();
+    m.wasi.tracked[0].rel = ".".into(); // the preopen itself
+    corrupt_field(m, "wasi.tracked");
+    // An unwind region ending at 4 GiB, where Asyncify's end pointer cannot reach.
+    let mut m = sample(65_536, 0, vec![]);
+    m.region = Some(UnwindRegion {
+        start: u32::MAX - 65_535,
+        len: 65_536,
+    });
+    corrupt_field(m, "region");
+}
+
+/// Regression (review): nothing bounded vm.meta when it was written, only when read back
+/// (`MAX_META_BYTES`): under the supervisor a 33 MiB line without newline (held, stored as
+/// hex) gave a checkpoint that committed, let retention drop the older ones, and was then
+/// refused by every resume. The writer's encoding refuses it, naming the field sizes.
+#[test]
+fn oversized_meta_is_refused_at_write_not_at_resume() {
+    let ok = sample(4, 1, b"held".to_vec());
+    assert_eq!(VmMeta::decode(&ok.encode_checked().unwrap()).unwrap(), ok);
+    let big = sample(4, 1, vec![b'x'; MAX_META_BYTES / 2 + 1]);
+    // What a resume would have met:
+    let e = VmMeta::decode(&big.encode()).unwrap_err();
+    assert!(e.to_string().contains("over"), "{e}");
+    // Refused when written instead, naming what is large.
+    let e = big.encode_checked().unwrap_err();
+    let msg = e.to_string();
+    assert!(msg.contains("checkpoint not written"), "{msg}");
+    assert!(
+        msg.contains(&format!(
+            "wasi.stdout.pending {} bytes",
+            MAX_META_BYTES / 2 + 1
+        )),
+        "{msg}"
+    );
+    assert!(msg.contains("wasi.tracked 1 paths"), "{msg}");
 }
 
 proptest! {

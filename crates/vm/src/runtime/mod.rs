@@ -237,27 +237,53 @@ pub(crate) fn tick(g: &mut dyn Guest) -> Result<()> {
             // a program that never checkpoints sees exactly its own memory sizes.
             let bytes = ctl.region_bytes;
             let pages = u64::from(bytes.div_ceil(65536));
-            let start = g.pages() * 65536;
+            let r = new_region(g.pages(), pages)?;
             g.grow(pages)?;
-            let r = UnwindRegion {
-                start: u32::try_from(start).map_err(|_| {
-                    VmError::new(
-                        VmErrorKind::Trap,
-                        "no room for the unwind region in a 4 GiB memory",
-                    )
-                })?,
-                len: (pages * 65536) as u32,
-            };
             g.ctl().region = Some(r);
             r
         }
     };
-    let mut header = [0u8; 8];
-    header[0..4].copy_from_slice(&(region.start + 8).to_le_bytes());
-    header[4..8].copy_from_slice(&(region.start + region.len).to_le_bytes());
-    g.write(region.start, &header)?;
+    g.write(region.start, &region_header(region)?)?;
     g.ctl().phase = Phase::Unwinding;
     g.call("asyncify_start_unwind", Some(region.start as i32))
+}
+
+fn no_room(what: String) -> VmError {
+    VmError::new(
+        VmErrorKind::Trap,
+        format!(
+            "{what}: Asyncify's end pointer is 32-bit, so the unwind region must end below \
+             4 GiB; give the program less memory or a smaller --unwind-buffer"
+        ),
+    )
+}
+
+/// The unwind region of `pages` pages placed after a memory of `mem_pages` pages, refused
+/// (before growing anything) when it would end at or past 4 GiB, where its end address no
+/// longer fits Asyncify's 32-bit pointer.
+fn new_region(mem_pages: u64, pages: u64) -> Result<UnwindRegion> {
+    let start = mem_pages.saturating_mul(65536);
+    let len = pages.saturating_mul(65536);
+    let end = start.saturating_add(len);
+    match (u32::try_from(start), u32::try_from(len), u32::try_from(end)) {
+        (Ok(start), Ok(len), Ok(_)) => Ok(UnwindRegion { start, len }),
+        _ => Err(no_room(format!(
+            "no room for the {len}-byte unwind region after {start} bytes of memory"
+        ))),
+    }
+}
+
+/// Asyncify's data header at the start of `r`: the first free address (after the header)
+/// and the end. Checked: a region ending at exactly 4 GiB (a resumed region, or memory
+/// grown to the limit) would otherwise wrap the end to 0 (and panic in a debug build).
+fn region_header(r: UnwindRegion) -> Result<[u8; 8]> {
+    let (Some(first), Some(end)) = (r.start.checked_add(8), r.start.checked_add(r.len)) else {
+        return Err(no_room(format!("the unwind region {r:?} reaches 4 GiB")));
+    };
+    let mut header = [0u8; 8];
+    header[0..4].copy_from_slice(&first.to_le_bytes());
+    header[4..8].copy_from_slice(&end.to_le_bytes());
+    Ok(header)
 }
 
 /// How a call of `_start` ended.
@@ -334,5 +360,36 @@ mod tests {
         }
         assert_eq!(due, vec![n, 2 * n, 3 * n]);
         assert!(u64::from(c.last_budget) <= i32::MAX as u64);
+    }
+
+    /// Regression (review): `region.start + region.len` overflowed for a region ending at
+    /// exactly 4 GiB (debug: panic; release: an end pointer of 0, so Asyncify saw no room
+    /// at all), and the region's length was cast to u32 unchecked.
+    #[test]
+    fn unwind_region_reaching_4_gib_is_an_error_naming_it() {
+        let last_page = UnwindRegion {
+            start: u32::MAX - 65535,
+            len: 65536,
+        };
+        let e = region_header(last_page).unwrap_err().to_string();
+        assert!(e.contains("4 GiB"), "{e}");
+        let e = new_region(65535, 1).unwrap_err().to_string();
+        assert!(e.contains("4 GiB") && e.contains("65536-byte"), "{e}");
+        assert!(new_region(0, 65536).is_err(), "a 4 GiB region");
+        // Below the limit the header is the first free byte and the end.
+        let r = new_region(65534, 1).unwrap();
+        assert_eq!(
+            r,
+            UnwindRegion {
+                start: u32::MAX - 2 * 65535 - 1,
+                len: 65536
+            }
+        );
+        let h = region_header(r).unwrap();
+        assert_eq!(u32::from_le_bytes(h[0..4].try_into().unwrap()), r.start + 8);
+        assert_eq!(
+            u32::from_le_bytes(h[4..8].try_into().unwrap()),
+            u32::MAX - 65535
+        );
     }
 }

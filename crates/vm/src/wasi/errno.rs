@@ -9,6 +9,7 @@ mod values {
     pub const SUCCESS: u16 = 0;
     pub const ACCES: u16 = 2;
     pub const BADF: u16 = 8;
+    pub const BUSY: u16 = 10;
     pub const EXIST: u16 = 20;
     pub const FAULT: u16 = 21;
     pub const ILSEQ: u16 = 25;
@@ -16,6 +17,7 @@ mod values {
     pub const IO: u16 = 29;
     pub const ISDIR: u16 = 31;
     pub const LOOP: u16 = 32;
+    pub const MFILE: u16 = 33;
     pub const NAMETOOLONG: u16 = 37;
     pub const NOENT: u16 = 44;
     pub const NOSPC: u16 = 51;

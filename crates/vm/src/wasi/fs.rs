@@ -33,6 +33,14 @@ const FT_DIR: u8 = 3;
 const FT_FILE: u8 = 4;
 const FT_SYMLINK: u8 = 7;
 
+/// Most descriptors open at once, stdio and preopens included (docs/VM.md, "Limits"): one
+/// more is `EMFILE`, as a process past its `ulimit -n` sees.
+pub const MAX_FDS: usize = 4096;
+/// Most bytes one `fd_write`/`fd_pwrite` gathers: iovecs may all point at the whole memory,
+/// so without a bound one call could make the host allocate memory² / 8 bytes. The
+/// rest is left to the program, as a short write (allowed by WASI, and what a pipe does).
+pub const MAX_WRITE_BYTES: u32 = 16 << 20;
+
 /// A path the program changed, relative to preopen `pre` (restored on resume).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -343,6 +351,18 @@ fn filestat(m: &mut Mem<'_>, at: u32, md: &std::fs::Metadata) -> Result<(), Errn
     m.write(at, &b)
 }
 
+/// Refuses a call that would remove, rename or replace a preopened directory itself (`rel`
+/// empty: `"."`, `"sub/.."`, what wasi-libc sends for `rmdir("/data")`): that changes the
+/// preopen's parent, outside what the program was given, and a resume could no longer
+/// find the preopen. `EBUSY`, as Linux answers for a directory in use as a mount point.
+fn not_the_preopen(rel: &str) -> Result<(), Errno> {
+    if rel.is_empty() {
+        Err(BUSY)
+    } else {
+        Ok(())
+    }
+}
+
 fn io_err(e: std::io::Error) -> Errno {
     from_io(&e)
 }
@@ -387,6 +407,12 @@ impl Wasi {
     }
 
     fn new_fd(&mut self, fd: Fd) -> Result<u32, Errno> {
+        // A directory descriptor holds no host handle, so nothing else bounds how many the
+        // program opens; each one costs host memory and a line of every checkpoint's
+        // vm.meta, and finding a free number scans the table.
+        if self.fds.len() >= MAX_FDS {
+            return Err(MFILE);
+        }
         let n = (3u32..).find(|n| !self.fds.contains_key(n)).ok_or(NOSPC)?;
         self.fds.insert(n, fd);
         Ok(n)
@@ -401,12 +427,12 @@ impl Wasi {
     ) -> Result<(), Errno> {
         match name {
             "fd_write" => {
-                let data = m.gather(a(1), a(2))?;
+                let data = m.gather(a(1), a(2), MAX_WRITE_BYTES)?;
                 let n = self.write_fd(a(0), &data, None)?;
                 m.put_u32(a(3), n as u32)
             }
             "fd_pwrite" => {
-                let data = m.gather(a(1), a(2))?;
+                let data = m.gather(a(1), a(2), MAX_WRITE_BYTES)?;
                 let n = self.write_fd(a(0), &data, Some(l(3)))?;
                 m.put_u32(a(4), n as u32)
             }
@@ -514,7 +540,7 @@ impl Wasi {
                 }) => {
                     let len = self.config.preopens[*pre].guest.len() as u32;
                     m.put_u32(a(1), 0)?;
-                    m.put_u32(a(1) + 4, len)
+                    m.put_u32(a(1).checked_add(4).ok_or(FAULT)?, len)
                 }
                 Some(_) => Err(BADF),
                 None => Err(BADF),
@@ -556,12 +582,14 @@ impl Wasi {
             "path_remove_directory" => {
                 let path = m.str(a(1), a(2))?;
                 let (pre, rel, host) = self.resolve(a(0), &path, false)?;
+                not_the_preopen(&rel)?;
                 self.before_change(pre, &rel, &host)?;
                 std::fs::remove_dir(&host).map_err(io_err)
             }
             "path_unlink_file" => {
                 let path = m.str(a(1), a(2))?;
                 let (pre, rel, host) = self.resolve(a(0), &path, false)?;
+                not_the_preopen(&rel)?;
                 let md = std::fs::symlink_metadata(&host).map_err(io_err)?;
                 if md.is_dir() {
                     return Err(ISDIR);
@@ -574,6 +602,8 @@ impl Wasi {
                 let to = m.str(a(4), a(5))?;
                 let (p1, r1, h1) = self.resolve(a(0), &from, false)?;
                 let (p2, r2, h2) = self.resolve(a(3), &to, false)?;
+                not_the_preopen(&r1)?;
+                not_the_preopen(&r2)?;
                 let dir = std::fs::symlink_metadata(&h1).is_ok_and(|m| m.is_dir());
                 self.before_change(p1, &r1, &h1)?;
                 self.before_change(p2, &r2, &h2)?;

@@ -82,11 +82,17 @@ impl Mem<'_> {
         Ok(out)
     }
 
-    /// The bytes of an iovec array, gathered.
-    pub fn gather(&self, iovs: u32, n: u32) -> Result<Vec<u8>, Errno> {
+    /// The bytes of an iovec array, gathered, at most `cap` of them: the iovecs may all
+    /// point at the same bytes, so their total is not bounded by the memory's size.
+    pub fn gather(&self, iovs: u32, n: u32, cap: u32) -> Result<Vec<u8>, Errno> {
         let mut out = Vec::new();
         for (buf, len) in self.iovecs(iovs, n)? {
-            out.extend_from_slice(self.slice(buf, len)?);
+            let room = cap as usize - out.len();
+            if room == 0 {
+                break;
+            }
+            let take = (len as usize).min(room) as u32;
+            out.extend_from_slice(self.slice(buf, take)?);
         }
         Ok(out)
     }

@@ -20,7 +20,7 @@ pub mod sig;
 pub(crate) use confine::{restore, Want};
 use errno::*;
 pub(crate) use fs::tracked_host_path;
-pub use fs::{join_rel_checked, FdState, TrackedPath};
+pub use fs::{join_rel_checked, FdState, TrackedPath, MAX_FDS, MAX_WRITE_BYTES};
 use mem::Mem;
 pub use output::{Output, OutputState, Sink};
 use rand::{RngCore, SeedableRng};
@@ -293,8 +293,8 @@ impl Wasi {
         let io = |what: &str, e: std::io::Error| {
             crate::VmError::new(crate::VmErrorKind::Io, format!("restoring {what}: {e}"))
         };
-        w.stdout = Output::resume(1, &state.stdout, lines).map_err(|e| io("stdout", e))?;
-        w.stderr = Output::resume(2, &state.stderr, false).map_err(|e| io("stderr", e))?;
+        (w.stdout, w.stderr) = output::resume_both((1, 2), (&state.stdout, &state.stderr), lines)
+            .map_err(|e| io("output", e))?;
         w.tracked = state.tracked.iter().cloned().collect();
         Ok(w)
     }
@@ -364,14 +364,17 @@ impl Wasi {
             let s = input
                 .checked_add(k.checked_mul(48).ok_or(FAULT)?)
                 .ok_or(FAULT)?;
+            // A field's address may pass 4 GiB when the record sits at the end of a full
+            // 32-bit memory: EFAULT, never a wrapped address.
+            let at = |off: u32| s.checked_add(off).ok_or(FAULT);
             let userdata = m.u64(s)?;
-            let tag = m.slice(s + 8, 1)?[0];
+            let tag = m.slice(at(8)?, 1)?[0];
             match tag {
                 0 => {
-                    let id = m.u32(s + 16)?;
-                    let timeout = m.u64(s + 24)?;
+                    let id = m.u32(at(16)?)?;
+                    let timeout = m.u64(at(24)?)?;
                     let flags =
-                        u16::from_le_bytes(m.slice(s + 40, 2)?.try_into().map_err(|_| FAULT)?);
+                        u16::from_le_bytes(m.slice(at(40)?, 2)?.try_into().map_err(|_| FAULT)?);
                     let rel = if flags & 1 != 0 {
                         let now = if id == 0 {
                             std::time::SystemTime::now()
@@ -416,13 +419,22 @@ impl Wasi {
 }
 
 fn strings_get(m: &mut Mem<'_>, list: &[String], ptrs: u32, buf: u32) -> Result<(), Errno> {
-    let mut at = buf;
+    // Every address is checked: the last string may end on the last byte of a full 4 GiB
+    // memory, and the next one must then be EFAULT, not written at address 0.
+    let mut at = Some(buf);
     for (i, s) in list.iter().enumerate() {
-        m.put_u32(ptrs.checked_add(i as u32 * 4).ok_or(FAULT)?, at)?;
-        m.write(at, s.as_bytes())?;
-        let end = at.checked_add(s.len() as u32).ok_or(FAULT)?;
+        let here = at.ok_or(FAULT)?;
+        let slot = u32::try_from(i)
+            .ok()
+            .and_then(|i| i.checked_mul(4))
+            .and_then(|o| ptrs.checked_add(o))
+            .ok_or(FAULT)?;
+        m.put_u32(slot, here)?;
+        m.write(here, s.as_bytes())?;
+        let len = u32::try_from(s.len()).map_err(|_| FAULT)?;
+        let end = here.checked_add(len).ok_or(FAULT)?;
         m.write(end, &[0])?;
-        at = end + 1;
+        at = end.checked_add(1);
     }
     Ok(())
 }
