@@ -6,7 +6,7 @@
 //! write them). [`OutputCommit`] is a pure state machine: lines and markers in,
 //! releasable lines out.
 
-pub use lazarus_coord::marker::{Marker, MARKER_PREFIX};
+pub use lazarus_coord::marker::{marker_key, Marker, MARKER_PREFIX};
 use lazarus_format::CheckpointId;
 
 #[derive(Debug)]
@@ -376,8 +376,11 @@ impl OutputCommit {
             for item in b.drain(..) {
                 join(item, &mut pending, |l| out.push((r as u32, l)));
             }
-            // The program ended without finishing its last line: it leaves as it is.
+            // The program ended without finishing its last line: it leaves with a newline,
+            // as from the other ends of a stream (found in review: without one, the next
+            // rank's line was glued to it, `[rank 0] tail[rank 1] ...`).
             if !pending.is_empty() {
+                pending.push(b'\n');
                 out.push((r as u32, pending));
             }
         }
@@ -463,9 +466,10 @@ fn join(item: Item, pending: &mut Vec<u8>, mut emit: impl FnMut(Vec<u8>)) {
 /// printed part of a line (`print!` without a newline) the marker lands after that text:
 /// the text goes to [`OutputCommit::fragment`], the marker is parsed as usual, and the
 /// rest of the program's line arrives as the next line. `None` when `line` has no
-/// well-formed marker after its start (or starts with one).
-pub fn split_at_marker(line: &[u8]) -> Option<(&[u8], &[u8])> {
-    let prefix = MARKER_PREFIX.as_bytes();
+/// well-formed marker with the launch's `key` after its start (or starts with one).
+pub fn split_at_marker<'a>(line: &'a [u8], key: &str) -> Option<(&'a [u8], &'a [u8])> {
+    let prefix = format!("{MARKER_PREFIX}{key}:");
+    let prefix = prefix.as_bytes();
     let at = line
         .windows(prefix.len())
         .position(|w| w == prefix)
@@ -473,7 +477,7 @@ pub fn split_at_marker(line: &[u8]) -> Option<(&[u8], &[u8])> {
     let (text, marker) = line.split_at(at);
     // Only a well-formed marker is taken out: other text that happens to hold the
     // prefix stays one ordinary line.
-    matches!(Marker::parse(marker), Some(Ok(_))).then_some((text, marker))
+    matches!(Marker::parse(marker, key), Some(Ok(_))).then_some((text, marker))
 }
 
 #[cfg(test)]
@@ -668,6 +672,8 @@ mod tests {
 #[cfg(test)]
 mod fast_level_tests {
     use super::*;
+
+    const KEY: &str = "0123456789abcdef0123456789abcdef";
     use proptest::prelude::*;
 
     fn l(s: &str) -> Vec<u8> {
@@ -770,18 +776,22 @@ mod fast_level_tests {
                 id: CheckpointId(1),
                 step: 5
             }
-            .line()
+            .line(KEY)
         );
-        let (text, marker) = split_at_marker(raw.as_bytes()).expect("a marker mid-line");
+        let (text, marker) = split_at_marker(raw.as_bytes(), KEY).expect("a marker mid-line");
         assert_eq!(text, b"a");
-        let Some(Ok(part)) = Marker::parse(marker) else {
+        let Some(Ok(part)) = Marker::parse(marker, KEY) else {
             panic!("the marker parses once taken out: {marker:?}");
         };
         assert!(
-            split_at_marker(marker).is_none(),
+            split_at_marker(marker, KEY).is_none(),
             "a line that starts with a marker"
         );
-        assert!(split_at_marker(b"plain\n").is_none());
+        assert!(split_at_marker(b"plain\n", KEY).is_none());
+        assert!(
+            split_at_marker(raw.as_bytes(), "fedcba9876543210").is_none(),
+            "a marker with another key is text"
+        );
         let commit = |id| Marker::Commit {
             id: CheckpointId(id),
             step: 5,
@@ -814,12 +824,16 @@ mod fast_level_tests {
         o.line(0, l("z\n"));
         out.extend(o.finish());
         assert_eq!(out, vec![(0, l("xy\n")), (0, l("z\n"))]);
-        // A program that ends in the middle of a line.
-        let mut o = OutputCommit::new(1);
+        // A program that ends in the middle of a line: the line gets its newline, so the
+        // next rank's line is not glued to it.
+        let mut o = OutputCommit::new(2);
         o.fragment(0, l("tail"));
-        assert_eq!(o.finish(), vec![(0, l("tail"))]);
+        o.line(1, l("next\n"));
+        assert_eq!(o.finish(), vec![(0, l("tail\n")), (1, l("next\n"))]);
         // Text that only looks like a marker stays one ordinary line.
-        assert!(split_at_marker(format!("x{MARKER_PREFIX}nonsense\n").as_bytes()).is_none());
+        assert!(
+            split_at_marker(format!("x{MARKER_PREFIX}{KEY}:nonsense\n").as_bytes(), KEY).is_none()
+        );
     }
 
     /// Found in review of the fragment change: a fragment a release passed must not
