@@ -286,7 +286,7 @@ struct Shared {
 impl Shared {
     fn new(ranks: u32, echo: Echo, capture: bool, repo: String, marker_key: String) -> Self {
         Shared {
-            out: OutputCommit::new(ranks),
+            out: OutputCommit::new(ranks, &marker_key),
             victims: Vec::new(),
             spawned_at: None,
             injected_at: None,

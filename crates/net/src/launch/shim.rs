@@ -488,7 +488,7 @@ fn control_loop(mut stdin: impl BufRead, stop: &AtomicI32, pid: u32) {
 }
 
 /// Forwards one pipe of the program as records, line by line, to `emit`; counts the
-/// lines that start with `part` (the part marker's start with the launch's key). A last
+/// lines that hold `part` (the part marker's start with the launch's key). A last
 /// line the program did not end (it died writing it) goes as it is, without a newline,
 /// so the launcher's observer can tell it was cut (a marker cut short must not be read
 /// as one).
@@ -508,7 +508,10 @@ pub(crate) fn pump(
             Ok(_) => {
                 // Only a whole marker line counts: one cut by the program's death is
                 // not read as a marker by the supervisor either.
-                if part.is_some_and(|p| !stderr && line.ends_with(b"\n") && line.starts_with(p)) {
+                // Anywhere in the line: a marker lands after the text of a line the
+                // program had not finished (the supervisor splits it out there too).
+                let has_part = |p: &[u8]| line.windows(p.len()).any(|w| w == p);
+                if part.is_some_and(|p| !stderr && line.ends_with(b"\n") && has_part(p)) {
                     parts.fetch_add(1, Ordering::AcqRel);
                 }
                 emit(&record::line_records(&line, stderr));
