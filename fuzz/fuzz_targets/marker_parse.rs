@@ -4,12 +4,14 @@
 use lazarus_supervisor::{Marker, MARKER_PREFIX};
 use libfuzzer_sys::fuzz_target;
 
+const KEY: &str = "0123456789abcdef0123456789abcdef";
+
 fuzz_target!(|data: &[u8]| {
-    let mut line = MARKER_PREFIX.as_bytes().to_vec();
+    let mut line = format!("{MARKER_PREFIX}{KEY}:").into_bytes();
     line.extend_from_slice(data);
     for l in [&line[..], data] {
-        if let Some(Ok(m)) = Marker::parse(l) {
-            assert_eq!(Marker::parse(m.line().as_bytes()), Some(Ok(m)));
+        if let Some(Ok(m)) = Marker::parse(l, KEY) {
+            assert_eq!(Marker::parse(m.line(KEY).as_bytes(), KEY), Some(Ok(m)));
         }
     }
 });

@@ -84,7 +84,7 @@ fn output_of_a_clean_run_is_released_once_with_rank_prefix() {
         "--",
         "sh",
         "-c",
-        "echo hello from $LAZARUS_RANK; printf '\\036lazarus:resumed - 0\\n'",
+        "echo hello from $LAZARUS_RANK; printf '\\036lazarus:%s:resumed - 0\\n' \"$LAZARUS_OUTPUT_MARKERS\"",
     ]);
     assert_eq!(code, 0, "{err}");
     for r in 0..3 {
@@ -114,8 +114,14 @@ fn ranks_find_the_repository_and_token_from_the_launcher() {
          [ -n \"$LAZARUS_JOB_TOKEN\" ] && [ -n \"$LAZARUS_JOB_START\" ] && echo env-ok",
     ]);
     assert_eq!(code, 0, "{err}");
+    // The markers' key: 128 random bits in hex, which only the job's ranks see.
+    let marked = format!("repo={} inc=0 markers=", repo.display());
+    let key = out
+        .split_once(&marked)
+        .map(|(_, rest)| rest.split_whitespace().next().unwrap_or(""))
+        .unwrap_or_else(|| panic!("{out}"));
     assert!(
-        out.contains(&format!("repo={} inc=0 markers=1", repo.display())),
+        lazarus::coord::marker::is_marker_key(key) && key.len() == 32,
         "{out}"
     );
     assert!(out.contains("env-ok"), "{out}");
@@ -245,7 +251,7 @@ fn a_repo_mismatch_under_a_remote_engine_kept_the_ranks_running() {
         "--",
         "sh",
         "-c",
-        "printf '\\036lazarus:repo /elsewhere/repo\\n'; sleep 120.4375; echo finished",
+        "printf '\\036lazarus:%s:repo /elsewhere/repo\\n' \"$LAZARUS_OUTPUT_MARKERS\"; sleep 120.4375; echo finished",
     ]);
     assert_eq!(code, 78, "stdout: {out}\nstderr: {err}");
     assert!(
@@ -312,7 +318,7 @@ fn a_repo_mismatch_under_mpirun_leaves_no_rank_running() {
         "--",
         "sh",
         "-c",
-        "printf '\\036lazarus:repo /elsewhere/repo\\n'; sleep 120.8125; echo finished",
+        "printf '\\036lazarus:%s:repo /elsewhere/repo\\n' \"$LAZARUS_OUTPUT_MARKERS\"; sleep 120.8125; echo finished",
     ]);
     assert_eq!(code, 78, "stdout: {out}\nstderr: {err}");
     assert!(t0.elapsed() < Duration::from_secs(15), "{:?}", t0.elapsed());
@@ -331,7 +337,7 @@ fn a_slow_stdout_lost_the_last_lines_of_a_successful_job() {
     let repo = dir.path().join("repo");
     let script = "if [ \"$LAZARUS_RANK\" = 0 ]; then \
            seq -f 'r0 line %g ................................................................' 3000; \
-           printf '\\036lazarus:part 1 1\\n\\036lazarus:commit 1 1\\n'; \
+           printf '\\036lazarus:%s:part 1 1\\n\\036lazarus:%s:commit 1 1\\n' \"$LAZARUS_OUTPUT_MARKERS\" \"$LAZARUS_OUTPUT_MARKERS\"; \
          else sleep 0.5; echo 'r1 a'; sleep 0.5; echo 'r1 b'; fi";
     let stderr = std::fs::File::create(dir.path().join("stderr")).unwrap();
     let mut child = Command::new(LAZARUS)
@@ -367,6 +373,73 @@ fn a_slow_stdout_lost_the_last_lines_of_a_successful_job() {
         out.contains("[rank 1] r1 b\n"),
         "rank 1's last line was lost: {err}"
     );
+}
+
+/// Review of the fix above: released lines were queued for stdout under the lock the
+/// launcher's failure detection also takes, into a queue bounded at 4096 batches, so a
+/// full queue would block there. Queuing now never blocks under the lock (the bound is
+/// in bytes and waited for outside it). With stdout paused and far more batches than the
+/// old bound (a checkpoint every line), rank 1's death is seen while nobody reads, and
+/// every released line arrives once. (The stall itself did not reproduce with the local
+/// engine before the change either: this guards the behaviour, it is not a regression
+/// test of an observed failure.)
+#[test]
+fn a_paused_stdout_neither_loses_lines_nor_stalls_failure_detection() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let script = "K=$LAZARUS_OUTPUT_MARKERS; if [ \"$LAZARUS_RANK\" = 0 ]; then \
+           i=1; while [ $i -le 20000 ]; do \
+             printf 'r0 line %d\\n\\036lazarus:%s:part %d %d\\n\\036lazarus:%s:commit %d %d\\n' \
+               $i $K $i $i $K $i $i; i=$((i+1)); done; \
+           sleep 121.0625; \
+         else sleep 5; exit 3; fi";
+    let stderr_path = dir.path().join("stderr");
+    let stderr = std::fs::File::create(&stderr_path).unwrap();
+    let mut child = Command::new(LAZARUS)
+        .args(["run", "-n", "2", "--max-restarts", "0", "--repo"])
+        .arg(&repo)
+        .args(["--", "sh", "-c", script])
+        .stdout(std::process::Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .unwrap();
+    // Nobody reads our stdout: the supervisor must still see rank 1 die.
+    let t0 = Instant::now();
+    let seen = loop {
+        let err = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+        if err.contains("rank 1 exited") {
+            break true;
+        }
+        if t0.elapsed() > Duration::from_secs(30) {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut stdout, &mut s).unwrap();
+        s
+    });
+    let t1 = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if t1.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!("lazarus run exceeded its deadline");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = reader.join().unwrap();
+    let err = std::fs::read_to_string(&stderr_path).unwrap();
+    assert!(
+        seen,
+        "rank 1's death was not noticed while stdout was paused: {err}"
+    );
+    assert!(!child.wait().unwrap().success(), "{err}");
+    // Every line a commit released arrives, once.
+    assert_eq!(out.matches("[rank 0] r0 line ").count(), 20000, "{err}");
+    assert!(out.contains("[rank 0] r0 line 20000\n"), "{err}");
+    assert_no_process_left("sleep 121.0625");
 }
 
 /// Regression (review): a supervisor that found a stale lock slept through the dead job's
@@ -464,7 +537,7 @@ fn a_repo_mismatch_followed_by_a_clean_exit_is_still_refused() {
             "--",
             "sh",
             "-c",
-            "(sleep 0.3; printf '\\036lazarus:repo /elsewhere/repo\\n') & exit 0",
+            "(sleep 0.3; printf '\\036lazarus:%s:repo /elsewhere/repo\\n' \"$LAZARUS_OUTPUT_MARKERS\") & exit 0",
         ]);
         assert_eq!(code, 78, "run {i}: stdout: {out}\nstderr: {err}");
         assert!(err.contains("/elsewhere/repo"), "run {i}: {err}");
@@ -487,7 +560,7 @@ fn a_restore_refusal_followed_by_a_clean_exit_is_a_completed_job() {
         "--",
         "sh",
         "-c",
-        "printf '\\036lazarus:refused handled by the program\\n'; exit 0",
+        "printf '\\036lazarus:%s:refused handled by the program\\n' \"$LAZARUS_OUTPUT_MARKERS\"; exit 0",
     ]);
     assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
 }

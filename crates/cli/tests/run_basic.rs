@@ -96,7 +96,7 @@ fn missing_program_is_a_usage_error() {
 #[test]
 fn log_colour_only_on_a_terminal_and_never_with_no_color() {
     let dir = tempfile::tempdir().unwrap();
-    let bad_marker = "printf '\\036lazarus:nope 1 2\\n'";
+    let bad_marker = "printf '\\036lazarus:%s:nope 1 2\\n' \"$LAZARUS_OUTPUT_MARKERS\"";
     let run = |repo: &str| {
         vec![
             "run".to_string(),

@@ -50,8 +50,9 @@ const _: () = assert!(
 /// rank counts the same aborts and stops at the same one; a commit resets the count.
 pub const MAX_ABORTS_IN_A_ROW: u32 = 3;
 
-/// Environment variable: when `1`, parts and commits print output markers on stdout.
-pub const OUTPUT_MARKERS_ENV: &str = "LAZARUS_OUTPUT_MARKERS";
+/// Environment variable: a marker key there makes parts and commits print output markers
+/// on stdout ([`crate::marker`]).
+pub use lazarus_net::launch::OUTPUT_MARKERS_ENV;
 
 /// Where this rank's part goes. Rank 0 owns the (locked or shared) repository and commits;
 /// other ranks only need its path and options to open a part writer per round.

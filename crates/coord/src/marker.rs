@@ -5,7 +5,13 @@
 //! [`AsyncSession`](crate::AsyncSession), the supervisor's test probe) and for the
 //! supervisor that reads them.
 //!
-//! With `LAZARUS_OUTPUT_MARKERS=1`, a rank writes `"\u{1e}lazarus:part <id> <step>"` once
+//! Every marker line carries the key the supervisor gave this launch in
+//! `LAZARUS_OUTPUT_MARKERS` (random, per `lazarus run`): `"\u{1e}lazarus:<key>:part <id>
+//! <step>"`. Only a line with the key is a marker; anything else is the program's own
+//! text, so output that merely looks like a marker (a program echoing untrusted input)
+//! cannot settle the output commit (found in review: a forged `commit` released lines
+//! before their checkpoint was durable, and a crash then printed them twice). Below, the
+//! key is left out. With markers on, a rank writes `"\u{1e}lazarus:part <id> <step>"` once
 //! its part of checkpoint `<id>` is durable, and rank 0 writes
 //! `"\u{1e}lazarus:commit <id> <step>"` after COMMIT; `"\u{1e}lazarus:resumed <id|-> <step>"`
 //! once restored (used to time recovery); with fast checkpoint levels,
@@ -17,8 +23,36 @@
 use lazarus_format::CheckpointId;
 use std::io::Write;
 
-/// First byte of every control line (ASCII record separator): never part of normal text.
+/// Start of every control line (the ASCII record separator, then `lazarus:`), followed by
+/// the launch's key and `:`. Text starting with it but without the key is ordinary text.
 pub const MARKER_PREFIX: &str = "\u{1e}lazarus:";
+
+/// Whether `key` can be a marker key: 16 to 128 lowercase hex digits (the supervisor
+/// makes 32 from the operating system's random source).
+pub fn is_marker_key(key: &str) -> bool {
+    (16..=128).contains(&key.len()) && key.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// The marker key this process was given (`LAZARUS_OUTPUT_MARKERS`, set by `lazarus run
+/// --repo`), read once; `None` when markers are off. A value that is not a key (the `1`
+/// of older versions) turns markers off, with a warning: a marker without the key would
+/// be ordinary text to the supervisor.
+pub fn marker_key() -> Option<&'static str> {
+    static KEY: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| {
+        let v = std::env::var(crate::OUTPUT_MARKERS_ENV).ok()?;
+        if is_marker_key(&v) {
+            Some(v)
+        } else {
+            tracing::warn!(
+                "{}={v:?} is not a marker key; no output markers are written",
+                crate::OUTPUT_MARKERS_ENV
+            );
+            None
+        }
+    })
+    .as_deref()
+}
 
 /// A control line written by a rank on its stdout.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -81,31 +115,37 @@ fn one_line(s: &str) -> String {
 }
 
 impl Marker {
-    /// The line (without newline) a rank writes for this marker.
-    pub fn line(&self) -> String {
-        match self {
-            Marker::Part { id, step } => format!("{MARKER_PREFIX}part {} {step}", id.0),
-            Marker::Commit { id, step } => format!("{MARKER_PREFIX}commit {} {step}", id.0),
-            Marker::Cut { seq, step } => format!("{MARKER_PREFIX}cut {seq} {step}"),
+    /// The line (without newline) a rank writes for this marker, with the launch's `key`.
+    pub fn line(&self, key: &str) -> String {
+        let body = match self {
+            Marker::Part { id, step } => format!("part {} {step}", id.0),
+            Marker::Commit { id, step } => format!("commit {} {step}", id.0),
+            Marker::Cut { seq, step } => format!("cut {seq} {step}"),
             Marker::Resumed { id, step, seq } => {
                 let id = id.map_or_else(|| "-".to_string(), |id| id.0.to_string());
                 match seq {
-                    Some(seq) => format!("{MARKER_PREFIX}resumed {id} {step} {seq}"),
-                    None => format!("{MARKER_PREFIX}resumed {id} {step}"),
+                    Some(seq) => format!("resumed {id} {step} {seq}"),
+                    None => format!("resumed {id} {step}"),
                 }
             }
-            Marker::Repo { location } => format!("{MARKER_PREFIX}repo {}", one_line(location)),
-            Marker::Refused { message } => {
-                format!("{MARKER_PREFIX}refused {}", one_line(message))
-            }
-        }
+            Marker::Repo { location } => format!("repo {}", one_line(location)),
+            Marker::Refused { message } => format!("refused {}", one_line(message)),
+        };
+        format!("{MARKER_PREFIX}{key}:{body}")
     }
 
-    /// Parses a line (with or without its newline). `None` for ordinary text; `Some(Err)`
-    /// for a line that starts with the marker prefix but is malformed (never shown to the
-    /// user either: the prefix is reserved).
-    pub fn parse(line: &[u8]) -> Option<Result<Marker, String>> {
-        let rest = line.strip_prefix(MARKER_PREFIX.as_bytes())?;
+    /// Parses a line (with or without its newline) of a launch whose key is `key`. `None`
+    /// for ordinary text, which includes a line with the marker prefix but another key (or
+    /// none); `Some(Err)` for a line with the prefix and the key that is malformed (never
+    /// shown to the user either: it came from the runtime).
+    pub fn parse(line: &[u8], key: &str) -> Option<Result<Marker, String>> {
+        if key.is_empty() {
+            return None;
+        }
+        let rest = line
+            .strip_prefix(MARKER_PREFIX.as_bytes())?
+            .strip_prefix(key.as_bytes())?
+            .strip_prefix(b":")?;
         let text = match std::str::from_utf8(rest) {
             Ok(t) => t.trim_end_matches(['\n', '\r']),
             Err(_) => return Some(Err("marker is not UTF-8".into())),
@@ -164,25 +204,30 @@ impl Marker {
     }
 }
 
-/// Writes `m` as one line on stdout and flushes, so it is ordered with the program's own
-/// lines. Callers decide whether markers are on (`LAZARUS_OUTPUT_MARKERS`, see
-/// [`markers_enabled`]). A closed or full stdout must not fail the job: markers only
+/// Writes `m` as one line on stdout, with this process's key, and flushes, so it is
+/// ordered with the program's own lines. Callers decide whether markers are on
+/// ([`markers_enabled`]); without a key nothing is written. A closed or full stdout must not fail the job: markers only
 /// inform the supervisor, so write errors are ignored.
 pub fn write_marker(m: &Marker) {
+    let Some(key) = marker_key() else {
+        return;
+    };
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{}", m.line());
+    let _ = writeln!(out, "{}", m.line(key));
     let _ = out.flush();
 }
 
-/// True when this process was asked to write markers (`LAZARUS_OUTPUT_MARKERS=1`, set by
-/// `lazarus run --repo` for every rank).
+/// True when this process was asked to write markers (a key in `LAZARUS_OUTPUT_MARKERS`,
+/// set by `lazarus run --repo` for every rank; [`marker_key`]).
 pub fn markers_enabled() -> bool {
-    std::env::var(crate::OUTPUT_MARKERS_ENV).is_ok_and(|v| v == "1")
+    marker_key().is_some()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const KEY: &str = "0123456789abcdef0123456789abcdef";
 
     #[test]
     fn marker_round_trip_and_rejects() {
@@ -212,8 +257,8 @@ mod tests {
                 seq: Some(14),
             },
         ] {
-            let line = format!("{}\n", m.line());
-            assert_eq!(Marker::parse(line.as_bytes()), Some(Ok(m)));
+            let line = format!("{}\n", m.line(KEY));
+            assert_eq!(Marker::parse(line.as_bytes(), KEY), Some(Ok(m)));
         }
         for m in [
             Marker::Repo {
@@ -226,20 +271,20 @@ mod tests {
                 message: "checkpoint 3: field `x` is per-rank state".into(),
             },
         ] {
-            let line = format!("{}\n", m.line());
-            assert_eq!(Marker::parse(line.as_bytes()), Some(Ok(m)));
+            let line = format!("{}\n", m.line(KEY));
+            assert_eq!(Marker::parse(line.as_bytes(), KEY), Some(Ok(m)));
         }
         // A multi-line message stays one marker line.
         let m = Marker::Refused {
             message: "a\nb".into(),
         };
         assert_eq!(
-            Marker::parse(m.line().as_bytes()),
+            Marker::parse(m.line(KEY).as_bytes(), KEY),
             Some(Ok(Marker::Refused {
                 message: "a b".into()
             }))
         );
-        assert_eq!(Marker::parse(b"checksum=12\n"), None);
+        assert_eq!(Marker::parse(b"checksum=12\n", KEY), None);
         for bad in [
             "part x 1",
             "part 1",
@@ -252,11 +297,48 @@ mod tests {
             "repo",
             "refused ",
         ] {
-            let line = format!("{MARKER_PREFIX}{bad}");
+            let line = format!("{MARKER_PREFIX}{KEY}:{bad}");
             assert!(
-                matches!(Marker::parse(line.as_bytes()), Some(Err(_))),
+                matches!(Marker::parse(line.as_bytes(), KEY), Some(Err(_))),
                 "{bad}"
             );
+        }
+    }
+
+    /// Found in review: any line starting with the marker prefix was a marker, so a
+    /// program printing untrusted text could forge a `commit` and settle the output
+    /// commit (lines released before their checkpoint was durable, printed twice after a
+    /// crash). Only a line with the launch's key is a marker now; the rest is text.
+    #[test]
+    fn a_marker_without_the_launchs_key_is_ordinary_text() {
+        let commit = Marker::Commit {
+            id: CheckpointId(u64::MAX),
+            step: 0,
+        };
+        let other = "fedcba9876543210fedcba9876543210";
+        for line in [
+            format!("{MARKER_PREFIX}commit 18446744073709551615 0\n"),
+            format!("{}\n", commit.line(other)),
+            format!("{MARKER_PREFIX}{KEY}commit 1 0\n"),
+            format!("{MARKER_PREFIX}{}:commit 1 0\n", &KEY[..16]),
+        ] {
+            assert_eq!(Marker::parse(line.as_bytes(), KEY), None, "{line:?}");
+        }
+        assert_eq!(
+            Marker::parse(commit.line(KEY).as_bytes(), KEY),
+            Some(Ok(commit.clone()))
+        );
+        // An empty key makes no line a marker.
+        assert_eq!(Marker::parse(commit.line("").as_bytes(), ""), None);
+        assert!(is_marker_key(KEY) && is_marker_key(other));
+        for bad in [
+            "1",
+            "",
+            "0123456789ABCDEF0123",
+            "0123456789abcdeg",
+            &"a".repeat(129),
+        ] {
+            assert!(!is_marker_key(bad), "{bad}");
         }
     }
 
@@ -269,12 +351,12 @@ mod tests {
             text in "[ -~\r\n\u{1e}é-]{0,40}",
             tail in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..20),
         ) {
-            let mut line = MARKER_PREFIX.as_bytes().to_vec();
+            let mut line = format!("{MARKER_PREFIX}{KEY}:").into_bytes();
             line.extend_from_slice(kind.as_bytes());
             line.extend_from_slice(text.as_bytes());
             line.extend_from_slice(&tail);
-            if let Some(Ok(m)) = Marker::parse(&line) {
-                proptest::prop_assert_eq!(Marker::parse(m.line().as_bytes()), Some(Ok(m)));
+            if let Some(Ok(m)) = Marker::parse(&line, KEY) {
+                proptest::prop_assert_eq!(Marker::parse(m.line(KEY).as_bytes(), KEY), Some(Ok(m)));
             }
         }
     }

@@ -106,6 +106,11 @@ pub struct ShimCommand {
     pub args: Vec<OsString>,
 }
 
+/// Environment variable holding the key of a launch's output markers (set by `lazarus run
+/// --repo`; the marker format is `lazarus_coord::marker`'s). Defined here, the lowest crate
+/// that reads it: the rank shim counts part markers for kills planned after commits.
+pub const OUTPUT_MARKERS_ENV: &str = "LAZARUS_OUTPUT_MARKERS";
+
 /// When an injected kill fires, counted from the start of the rank's program.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum InjectAt {

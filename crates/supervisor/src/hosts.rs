@@ -161,9 +161,12 @@ impl HostPool {
     }
 
     /// `host` is gone: it leaves the active hosts (suspect after one failure, excluded
-    /// after two) and the next spare takes its place. Unknown or inactive hosts change
-    /// nothing (`None`).
-    pub fn host_lost(&mut self, host: &str) -> Option<Replacement> {
+    /// after two) and the next spare takes its place; a suspect host is the last resort,
+    /// but never one of `lost_now`, the hosts lost in the same failure (found in review:
+    /// of two hosts lost together, the second was replaced by the first, dead one).
+    /// Unknown or inactive hosts change nothing (`None`).
+    pub fn host_lost(&mut self, host: &str, lost_now: &[String]) -> Option<Replacement> {
+        let lost_now: Vec<usize> = lost_now.iter().filter_map(|h| self.find(h)).collect();
         let i = self.find(host)?;
         let pos = self.order.iter().position(|&x| x == i)?;
         let h = &mut self.hosts[i];
@@ -178,10 +181,9 @@ impl HostPool {
             .iter()
             .position(|h| h.state == HostState::Spare)
             .or_else(|| {
-                self.hosts
-                    .iter()
-                    .enumerate()
-                    .position(|(k, h)| k != i && h.state == HostState::Suspect)
+                self.hosts.iter().enumerate().position(|(k, h)| {
+                    k != i && h.state == HostState::Suspect && !lost_now.contains(&k)
+                })
             });
         match spare {
             Some(s) => {
@@ -336,7 +338,7 @@ pub(crate) fn after_failure(
             .filter(|(_, x)| *x == h)
             .map(|(r, _)| r)
             .collect();
-        let Some(change) = pool.host_lost(h) else {
+        let Some(change) = pool.host_lost(h, &lost) else {
             continue;
         };
         let excluded = pool.state(h) == Some(HostState::Excluded);
@@ -390,31 +392,49 @@ mod tests {
             p.placement(8).unwrap(),
             ["a", "a", "b", "b", "c", "c", "d", "d"]
         );
-        assert_eq!(p.host_lost("b"), Some(Replacement::Spare("e".into())));
+        assert_eq!(p.host_lost("b", &[]), Some(Replacement::Spare("e".into())));
         assert_eq!(
             p.placement(8).unwrap(),
             ["a", "a", "e", "e", "c", "c", "d", "d"]
         );
         assert_eq!(p.state("b"), Some(HostState::Suspect));
         // No healthy spare left: the suspect host is the last resort.
-        assert_eq!(p.host_lost("c"), Some(Replacement::Spare("b".into())));
+        assert_eq!(p.host_lost("c", &[]), Some(Replacement::Spare("b".into())));
         assert_eq!(
             p.placement(8).unwrap(),
             ["a", "a", "e", "e", "b", "b", "d", "d"]
         );
         // Failing twice excludes it; the other suspect host replaces it.
-        assert_eq!(p.host_lost("b"), Some(Replacement::Spare("c".into())));
+        assert_eq!(p.host_lost("b", &[]), Some(Replacement::Spare("c".into())));
         assert_eq!(p.state("b"), Some(HostState::Excluded));
         // Nothing left to replace a host: the job runs on fewer hosts.
-        assert_eq!(p.host_lost("c"), Some(Replacement::None));
+        assert_eq!(p.host_lost("c", &[]), Some(Replacement::None));
         assert_eq!(p.active(), 3);
         assert_eq!(p.placement(6).unwrap(), ["a", "a", "e", "e", "d", "d"]);
         let r = p.report();
         assert_eq!(r.used, ["a", "b", "c", "d", "e"]);
         assert_eq!(r.excluded, ["b", "c"]);
         assert_eq!(r.failed, [("b".into(), 2), ("c".into(), 2)]);
-        assert_eq!(p.host_lost("zz"), None);
-        assert_eq!(p.host_lost("b"), None, "an excluded host is not active");
+        assert_eq!(p.host_lost("zz", &[]), None);
+        assert_eq!(
+            p.host_lost("b", &[]),
+            None,
+            "an excluded host is not active"
+        );
+    }
+
+    /// Found in review: with no spare, the first of two hosts lost in one failure became
+    /// suspect and then replaced the second: the next launch placed ranks on a dead host.
+    #[test]
+    fn two_hosts_lost_at_once_do_not_replace_each_other() {
+        let mut p = HostPool::new(parse_hosts("a,b,c").unwrap(), 0).unwrap();
+        let lost = vec!["a".to_string(), "b".to_string()];
+        assert_eq!(p.host_lost("a", &lost), Some(Replacement::None));
+        assert_eq!(p.host_lost("b", &lost), Some(Replacement::None));
+        assert_eq!(p.placement(1).unwrap(), ["c"]);
+        assert_eq!(p.active(), 1);
+        // A later failure may still fall back on a suspect host.
+        assert_eq!(p.host_lost("c", &[]), Some(Replacement::Spare("a".into())));
     }
 
     /// Regression (review): Slurm's ranks name their node by `SLURMD_NODENAME` (`n2`); a
@@ -428,7 +448,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            p.host_lost("n2"),
+            p.host_lost("n2", &[]),
             Some(Replacement::Spare("n3.c.example".into()))
         );
         assert_eq!(p.state("n2.c.example"), Some(HostState::Suspect));
@@ -449,9 +469,9 @@ mod tests {
         );
         assert_eq!(p.state("n2.c"), Some(HostState::Suspect));
         let mut p = HostPool::new(parse_hosts("n1.a,n1.b,n2").unwrap(), 0).unwrap();
-        assert_eq!(p.host_lost("n1"), None, "ambiguous short name");
+        assert_eq!(p.host_lost("n1", &[]), None, "ambiguous short name");
         let mut p = HostPool::new(parse_hosts("10.0.0.1,10.0.0.2").unwrap(), 1).unwrap();
-        assert_eq!(p.host_lost("10.0.0.3"), None);
+        assert_eq!(p.host_lost("10.0.0.3", &[]), None);
     }
 
     #[test]

@@ -20,7 +20,7 @@
 //! checkpoint follows it, so re-executed work neither loses nor repeats output. Ranks
 //! learn everything from the environment (`LAZARUS_REPO`, `LAZARUS_JOB_TOKEN`,
 //! `LAZARUS_INCARNATION`, `LAZARUS_JOB_START`, `LAZARUS_FAILURES`,
-//! `LAZARUS_OUTPUT_MARKERS=1`). See docs/RECOVERY.md.
+//! a marker key in `LAZARUS_OUTPUT_MARKERS`). See docs/RECOVERY.md.
 #![deny(missing_docs)]
 // A failed stdout/stderr must never panic a job (issue #11 item 10): no print macros.
 #![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
@@ -36,7 +36,7 @@ mod supervisor;
 pub use hosts::{HostPool, HostState, HostsReport, Replacement};
 /// Re-exported: ranks and the supervisor compare repository locations with it.
 pub use lazarus_store::repo_location;
-pub use output::{split_at_marker, Marker, OutputCommit, MARKER_PREFIX};
+pub use output::{marker_key, split_at_marker, Marker, OutputCommit, MARKER_PREFIX};
 pub use plan::{FailpointKill, KillPlan, KillTrigger, PlannedKill};
 pub use report::{
     FailureReport, JobEnd, OutputLine, Refusal, Report, RestorePoint, EXIT_REPO_MISMATCH,

@@ -6,7 +6,7 @@
 //! write them). [`OutputCommit`] is a pure state machine: lines and markers in,
 //! releasable lines out.
 
-pub use lazarus_coord::marker::{Marker, MARKER_PREFIX};
+pub use lazarus_coord::marker::{marker_key, Marker, MARKER_PREFIX};
 use lazarus_format::CheckpointId;
 
 #[derive(Debug)]
@@ -60,17 +60,20 @@ pub struct OutputCommit {
     /// [`OutputCommit::launching`] before the first one, then the restore point each
     /// rollback names (`None`: none).
     base: Option<CheckpointId>,
+    /// The start of this job's markers: [`MARKER_PREFIX`], its key, `:`.
+    marker_start: Vec<u8>,
 }
 
 impl OutputCommit {
-    /// Empty buffers for `ranks` ranks.
-    pub fn new(ranks: u32) -> Self {
+    /// Empty buffers for `ranks` ranks of a job whose markers carry `key`.
+    pub fn new(ranks: u32, key: &str) -> Self {
         OutputCommit {
             ranks: (0..ranks).map(|_| Vec::new()).collect(),
             committed: None,
             saw_cuts: false,
             delivered: vec![None; ranks as usize],
             base: None,
+            marker_start: format!("{MARKER_PREFIX}{key}:").into_bytes(),
         }
     }
 
@@ -108,7 +111,7 @@ impl OutputCommit {
     /// is dropped, and the text before it waits, as the start of a line, for the rest of
     /// that line; any other text is a line of its own (it gets its newline).
     pub fn unterminated(&mut self, rank: u32, mut line: Vec<u8>) {
-        match cut_marker(&line) {
+        match cut_marker(&line, &self.marker_start) {
             Some(at) => {
                 line.truncate(at);
                 self.fragment(rank, line);
@@ -263,7 +266,7 @@ impl OutputCommit {
                 continue;
             }
             let cut = match buf.last() {
-                Some(Item::Line(l)) => cut_marker(l).map(|at| l[..at].to_vec()),
+                Some(Item::Line(l)) => cut_marker(l, &self.marker_start).map(|at| l[..at].to_vec()),
                 _ => None,
             };
             if let Some(text) = cut {
@@ -376,8 +379,11 @@ impl OutputCommit {
             for item in b.drain(..) {
                 join(item, &mut pending, |l| out.push((r as u32, l)));
             }
-            // The program ended without finishing its last line: it leaves as it is.
+            // The program ended without finishing its last line: it leaves with a newline,
+            // as from the other ends of a stream (found in review: without one, the next
+            // rank's line was glued to it, `[rank 0] tail[rank 1] ...`).
             if !pending.is_empty() {
+                pending.push(b'\n');
                 out.push((r as u32, pending));
             }
         }
@@ -435,10 +441,11 @@ impl OutputCommit {
 
 /// Where a line ends with the start of a marker cut off in transit: the last record
 /// separator whose rest (without the newline the engine added) is a prefix of
-/// [`MARKER_PREFIX`] or begins with it. Other text holding the separator (a JSON text
-/// sequence, say) is not a marker.
-fn cut_marker(line: &[u8]) -> Option<usize> {
-    let prefix = MARKER_PREFIX.as_bytes();
+/// `marker_start` (the job's [`MARKER_PREFIX`], key and `:`) or begins with it. Other
+/// text holding the separator (a JSON text sequence, a marker-like line without the key)
+/// is not a marker.
+fn cut_marker(line: &[u8], marker_start: &[u8]) -> Option<usize> {
+    let prefix = marker_start;
     let at = line.iter().rposition(|b| Some(b) == prefix.first())?;
     let rest = line[at..].strip_suffix(b"\n").unwrap_or(&line[at..]);
     (prefix.starts_with(rest) || rest.starts_with(prefix)).then_some(at)
@@ -463,9 +470,10 @@ fn join(item: Item, pending: &mut Vec<u8>, mut emit: impl FnMut(Vec<u8>)) {
 /// printed part of a line (`print!` without a newline) the marker lands after that text:
 /// the text goes to [`OutputCommit::fragment`], the marker is parsed as usual, and the
 /// rest of the program's line arrives as the next line. `None` when `line` has no
-/// well-formed marker after its start (or starts with one).
-pub fn split_at_marker(line: &[u8]) -> Option<(&[u8], &[u8])> {
-    let prefix = MARKER_PREFIX.as_bytes();
+/// well-formed marker with the launch's `key` after its start (or starts with one).
+pub fn split_at_marker<'a>(line: &'a [u8], key: &str) -> Option<(&'a [u8], &'a [u8])> {
+    let prefix = format!("{MARKER_PREFIX}{key}:");
+    let prefix = prefix.as_bytes();
     let at = line
         .windows(prefix.len())
         .position(|w| w == prefix)
@@ -473,12 +481,14 @@ pub fn split_at_marker(line: &[u8]) -> Option<(&[u8], &[u8])> {
     let (text, marker) = line.split_at(at);
     // Only a well-formed marker is taken out: other text that happens to hold the
     // prefix stays one ordinary line.
-    matches!(Marker::parse(marker), Some(Ok(_))).then_some((text, marker))
+    matches!(Marker::parse(marker, key), Some(Ok(_))).then_some((text, marker))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const KEY: &str = "0123456789abcdef0123456789abcdef";
 
     fn l(s: &str) -> Vec<u8> {
         s.as_bytes().to_vec()
@@ -486,7 +496,7 @@ mod tests {
 
     #[test]
     fn commit_before_part_marker_of_a_slow_rank() {
-        let mut o = OutputCommit::new(2);
+        let mut o = OutputCommit::new(2, KEY);
         o.line(0, l("a0"));
         o.line(1, l("a1"));
         let p = |id| Marker::Part {
@@ -524,7 +534,7 @@ mod tests {
             step: id * 5,
         };
         for deferred in [false, true] {
-            let mut o = OutputCommit::new(2);
+            let mut o = OutputCommit::new(2, KEY);
             let mut out = Vec::new();
             for r in 0..2 {
                 o.line(r, l(&format!("a{r}")));
@@ -584,7 +594,7 @@ mod tests {
     /// released (which would duplicate it).
     #[test]
     fn a_run_restored_from_an_existing_checkpoint_is_not_taken_for_its_committer() {
-        let mut o = OutputCommit::new(2);
+        let mut o = OutputCommit::new(2, KEY);
         o.launching(Some(CheckpointId(5)));
         o.line(0, l("x0"));
         o.line(1, l("x1"));
@@ -600,10 +610,10 @@ mod tests {
     /// of its line, which the restore from 2 prints.
     #[test]
     fn a_marker_cut_in_transit_is_not_released_as_text() {
-        let mut o = OutputCommit::new(1);
+        let mut o = OutputCommit::new(1, KEY);
         o.launching(None);
         o.line(0, l("a0\n"));
-        o.line(0, format!("half {MARKER_PREFIX}pa\n").into_bytes());
+        o.line(0, format!("half {MARKER_PREFIX}{KEY}:pa\n").into_bytes());
         let (mut rel, dropped) = o.rollback(Some((CheckpointId(2), 10)));
         assert_eq!((rel.clone(), dropped), (vec![(0, l("a0\n"))], 0));
         o.line(0, l("rest\n"));
@@ -611,30 +621,43 @@ mod tests {
         assert_eq!(rel, vec![(0, l("a0\n")), (0, l("half rest\n"))]);
         // Found in review: a record separator that starts no marker (an RFC 7464 JSON
         // text sequence) is output, released with the lines before the lost marker.
-        let mut o = OutputCommit::new(1);
+        let mut o = OutputCommit::new(1, KEY);
         o.launching(None);
         let json = b"\x1e{\"a\": 1}\n".to_vec();
         o.line(0, json.clone());
         let (rel, _) = o.rollback(Some((CheckpointId(2), 10)));
         assert_eq!(rel, vec![(0, json)]);
+        let start = format!("{MARKER_PREFIX}{KEY}:").into_bytes();
         assert_eq!(
-            cut_marker(format!("x{MARKER_PREFIX}part 2").as_bytes()),
+            cut_marker(format!("x{MARKER_PREFIX}{KEY}:part 2").as_bytes(), &start),
             Some(1)
         );
-        assert_eq!(cut_marker(b"x\x1ela\n"), Some(1));
-        assert_eq!(cut_marker(b"x\x1elb\n"), None);
+        assert_eq!(cut_marker(b"x\x1ela\n", &start), Some(1));
+        assert_eq!(cut_marker(b"x\x1elb\n", &start), None);
+        // Found in review: a marker-like line without the key (the program's own text)
+        // lost everything from its separator on at a rollback.
+        assert_eq!(
+            cut_marker(format!("x{MARKER_PREFIX}commit 1 0\n").as_bytes(), &start),
+            None
+        );
+        let mut o = OutputCommit::new(1, KEY);
+        o.launching(None);
+        let forged = format!("text {MARKER_PREFIX}commit 1 0\n").into_bytes();
+        o.line(0, forged.clone());
+        let (rel, _) = o.rollback(Some((CheckpointId(2), 10)));
+        assert_eq!(rel, vec![(0, forged)], "released as written");
     }
 
     #[test]
     fn a_line_cut_by_the_end_of_its_stream_keeps_its_text_and_drops_a_marker_start() {
-        let mut o = OutputCommit::new(1);
+        let mut o = OutputCommit::new(1, KEY);
         o.launching(None);
         o.line(0, l("a0\n"));
         // The text before a cut marker is the start of a line: it leaves joined to the
         // rest of that line, never as a line of its own.
         o.unterminated(
             0,
-            format!("half {MARKER_PREFIX}resumed 5 50 1").into_bytes(),
+            format!("half {MARKER_PREFIX}{KEY}:resumed 5 50 1").into_bytes(),
         );
         let (mut rel, _) = o.rollback(Some((CheckpointId(2), 10)));
         o.line(0, l("rest\n"));
@@ -649,7 +672,7 @@ mod tests {
 
     #[test]
     fn rollback_releases_a_commit_found_in_the_repo() {
-        let mut o = OutputCommit::new(1);
+        let mut o = OutputCommit::new(1, KEY);
         o.line(0, l("x"));
         o.marker(
             0,
@@ -668,6 +691,8 @@ mod tests {
 #[cfg(test)]
 mod fast_level_tests {
     use super::*;
+
+    const KEY: &str = "0123456789abcdef0123456789abcdef";
     use proptest::prelude::*;
 
     fn l(s: &str) -> Vec<u8> {
@@ -706,7 +731,7 @@ mod fast_level_tests {
     /// after the first call, printed it again.
     #[test]
     fn two_checkpoint_calls_at_one_step_release_the_line_between_them_once() {
-        let mut o = OutputCommit::new(1);
+        let mut o = OutputCommit::new(1, KEY);
         let mut out = Vec::new();
         o.line(0, l("before"));
         out.extend(o.marker(0, Marker::Cut { seq: 1, step: 10 }));
@@ -736,7 +761,7 @@ mod fast_level_tests {
     #[test]
     fn a_restore_from_a_fast_level_keeps_the_lines_before_its_cut() {
         // Rank 0 prints a line per step and cuts every 2 steps; no durable checkpoint.
-        let mut o = OutputCommit::new(1);
+        let mut o = OutputCommit::new(1, KEY);
         assert!(!o.saw_cuts());
         for step in 0..7u64 {
             if step % 2 == 0 {
@@ -770,18 +795,22 @@ mod fast_level_tests {
                 id: CheckpointId(1),
                 step: 5
             }
-            .line()
+            .line(KEY)
         );
-        let (text, marker) = split_at_marker(raw.as_bytes()).expect("a marker mid-line");
+        let (text, marker) = split_at_marker(raw.as_bytes(), KEY).expect("a marker mid-line");
         assert_eq!(text, b"a");
-        let Some(Ok(part)) = Marker::parse(marker) else {
+        let Some(Ok(part)) = Marker::parse(marker, KEY) else {
             panic!("the marker parses once taken out: {marker:?}");
         };
         assert!(
-            split_at_marker(marker).is_none(),
+            split_at_marker(marker, KEY).is_none(),
             "a line that starts with a marker"
         );
-        assert!(split_at_marker(b"plain\n").is_none());
+        assert!(split_at_marker(b"plain\n", KEY).is_none());
+        assert!(
+            split_at_marker(raw.as_bytes(), "fedcba9876543210").is_none(),
+            "a marker with another key is text"
+        );
         let commit = |id| Marker::Commit {
             id: CheckpointId(id),
             step: 5,
@@ -790,7 +819,7 @@ mod fast_level_tests {
             id: CheckpointId(id),
             step: 6,
         };
-        let mut o = OutputCommit::new(1);
+        let mut o = OutputCommit::new(1, KEY);
         let mut out = Vec::new();
         o.fragment(0, text.to_vec());
         out.extend(o.marker(0, part));
@@ -814,12 +843,16 @@ mod fast_level_tests {
         o.line(0, l("z\n"));
         out.extend(o.finish());
         assert_eq!(out, vec![(0, l("xy\n")), (0, l("z\n"))]);
-        // A program that ends in the middle of a line.
-        let mut o = OutputCommit::new(1);
+        // A program that ends in the middle of a line: the line gets its newline, so the
+        // next rank's line is not glued to it.
+        let mut o = OutputCommit::new(2, KEY);
         o.fragment(0, l("tail"));
-        assert_eq!(o.finish(), vec![(0, l("tail"))]);
+        o.line(1, l("next\n"));
+        assert_eq!(o.finish(), vec![(0, l("tail\n")), (1, l("next\n"))]);
         // Text that only looks like a marker stays one ordinary line.
-        assert!(split_at_marker(format!("x{MARKER_PREFIX}nonsense\n").as_bytes()).is_none());
+        assert!(
+            split_at_marker(format!("x{MARKER_PREFIX}{KEY}:nonsense\n").as_bytes(), KEY).is_none()
+        );
     }
 
     /// Found in review of the fragment change: a fragment a release passed must not
@@ -838,7 +871,7 @@ mod fast_level_tests {
             o.line(0, l("s2\n"));
         };
         for restored in [None, Some((CheckpointId(1), 1))] {
-            let mut o = OutputCommit::new(1);
+            let mut o = OutputCommit::new(1, KEY);
             let mut out = Vec::new();
             run(&mut o, &mut out);
             // Checkpoint 2 turns out damaged: the job restarts from 1 (or from scratch).
@@ -858,7 +891,7 @@ mod fast_level_tests {
             want.push((0, l("r0 s2\n")));
             assert_eq!(out, want, "restored {restored:?}");
         }
-        let mut o = OutputCommit::new(1);
+        let mut o = OutputCommit::new(1, KEY);
         let mut out = Vec::new();
         run(&mut o, &mut out);
         let (rel, _) = o.rollback(Some((CheckpointId(2), 0)));
@@ -873,7 +906,7 @@ mod fast_level_tests {
     /// first (the second damaged) dropped it although the re-execution does not print it.
     #[test]
     fn a_carried_fragment_keeps_its_position_through_a_later_release() {
-        let mut o = OutputCommit::new(1);
+        let mut o = OutputCommit::new(1, KEY);
         let mut out = Vec::new();
         o.fragment(0, l("r0 "));
         out.extend(o.marker(0, part(2, 2)));
@@ -890,7 +923,7 @@ mod fast_level_tests {
         out.extend(o.finish());
         assert_eq!(out, vec![(0, l("r0 r1 s3\n"))]);
         // Interrupted instead, after commit 3: the two pieces leave as one line.
-        let mut o = OutputCommit::new(1);
+        let mut o = OutputCommit::new(1, KEY);
         o.fragment(0, l("r0 "));
         o.marker(0, part(2, 2));
         o.marker(0, commit(2, 2));
@@ -902,7 +935,7 @@ mod fast_level_tests {
 
     #[test]
     fn a_fresh_start_or_a_restart_that_never_resumed_drops_the_held_lines() {
-        let mut o = OutputCommit::new(2);
+        let mut o = OutputCommit::new(2, KEY);
         o.marker(0, cut(2));
         o.line(0, l("a"));
         o.line(1, l("b"));
@@ -913,7 +946,7 @@ mod fast_level_tests {
         assert!(o.marker(1, resumed(None)).is_empty());
         assert_eq!(o.held(), 0);
         // A deferred restart no rank settled: dropped at the end, never printed twice.
-        let mut o = OutputCommit::new(1);
+        let mut o = OutputCommit::new(1, KEY);
         o.line(0, l("x"));
         o.rollback_deferred(None);
         o.line(0, l("y"));
@@ -925,7 +958,7 @@ mod fast_level_tests {
     /// the newer copy lost), or they are printed twice.
     #[test]
     fn a_later_restore_from_an_older_checkpoint_drops_what_a_fast_restore_kept() {
-        let mut o = OutputCommit::new(1);
+        let mut o = OutputCommit::new(1, KEY);
         let mut out = Vec::new();
         for step in 0..50u64 {
             if step % 10 == 0 {
@@ -957,7 +990,7 @@ mod fast_level_tests {
 
     #[test]
     fn a_later_commit_does_not_release_lines_of_an_unsettled_restart() {
-        let mut o = OutputCommit::new(1);
+        let mut o = OutputCommit::new(1, KEY);
         o.line(0, l("old"));
         o.marker(
             0,
@@ -1027,7 +1060,7 @@ mod fast_level_tests {
                 }
             }
             let fail = fail.min(events.len());
-            let mut o = OutputCommit::new(1);
+            let mut o = OutputCommit::new(1, KEY);
             let mut out = Vec::new();
             let feed = |o: &mut OutputCommit, e: &Ev, out: &mut Vec<(u32, Vec<u8>)>| match e {
                 Ev::Cut { seq, step } => out.extend(o.marker(0, Marker::Cut { seq: *seq, step: *step })),

@@ -24,7 +24,8 @@ pub enum KillTrigger {
 pub struct PlannedKill {
     /// Incarnation (0 = first run, 1 = first restart, ...).
     pub incarnation: u64,
-    /// The victim; `None`: a rank drawn from the plan's seed.
+    /// The victim (not injected when the job runs fewer ranks by then); `None`: a rank
+    /// drawn from the plan's seed.
     pub rank: Option<Rank>,
     /// When.
     pub trigger: KillTrigger,
@@ -92,7 +93,15 @@ impl KillPlan {
                 continue;
             }
             let rank = match k.rank {
-                Some(r) => r.0.min(n - 1),
+                Some(r) if r.0 < n => r.0,
+                // The job shrank below the planned victim: another rank is not it (found
+                // in review: rank n-1 was killed instead, and reported as injected).
+                Some(r) => {
+                    tracing::warn!(
+                        "the kill planned for {r} in launch {incarnation} is not injected: the job runs {n} ranks"
+                    );
+                    continue;
+                }
                 None => self.rng(incarnation, i as u64 + 1).gen_range(0..n),
             };
             out.push(ResolvedKill {
@@ -126,6 +135,20 @@ impl KillPlan {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_explicit_victim_beyond_a_shrunk_world_is_not_retargeted() {
+        let plan = KillPlan {
+            kills: vec![PlannedKill {
+                incarnation: 1,
+                rank: Some(Rank(5)),
+                trigger: KillTrigger::AfterStart(Duration::from_millis(10)),
+            }],
+            ..KillPlan::default()
+        };
+        assert_eq!(plan.resolve(1, 6).len(), 1);
+        assert!(plan.resolve(1, 5).is_empty(), "rank 4 is not rank 5");
+    }
 
     #[test]
     fn same_seed_same_victims() {

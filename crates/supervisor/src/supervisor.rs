@@ -17,8 +17,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-/// Variable telling the Job to write output-commit markers on stdout.
-pub const OUTPUT_MARKERS_ENV: &str = "LAZARUS_OUTPUT_MARKERS";
+/// Variable telling the Job to write output-commit markers on stdout (with its key).
+pub use lazarus_coord::OUTPUT_MARKERS_ENV;
 /// Variable naming the repository (read by `lazarus::Job`).
 pub const REPO_ENV: &str = "LAZARUS_REPO";
 
@@ -169,19 +169,29 @@ enum ToStdout {
 /// the lock, the other ranks' pumps waited for it, the launcher gave up on them at the
 /// end of a successful job and closed its sink: their last lines were lost.)
 ///
-/// The queue is bounded ([`STDOUT_BACKLOG`] batches): a reader that stays away for good
-/// (a `less` left paused) eventually blocks the ranks' output again, as a pipe would,
-/// instead of growing this process's memory without bound.
+/// Queuing never blocks (it happens under the lock, which the launcher's failure
+/// detection also takes: found in review, a bounded queue that filled up stalled it).
+/// The bound is applied outside the lock instead: a rank's output thread that released
+/// lines waits while more than [`STDOUT_BACKLOG_BYTES`] wait for stdout
+/// ([`StdoutWriter::wait_for_room`]), so a reader that stays away for good (a `less`
+/// left paused) eventually blocks the ranks' output again, as a pipe would, instead of
+/// growing this process's memory without bound.
 #[derive(Clone, Debug)]
-struct StdoutWriter(std::sync::mpsc::SyncSender<ToStdout>);
+struct StdoutWriter {
+    tx: std::sync::mpsc::Sender<ToStdout>,
+    /// Bytes queued and not yet written, and the writer's signal that it wrote some.
+    backlog: Arc<(Mutex<usize>, std::sync::Condvar)>,
+}
 
-/// Released batches of lines that may wait for a slow stdout.
-const STDOUT_BACKLOG: usize = 4096;
+/// Released bytes that may wait for a slow stdout before ranks' output threads wait.
+const STDOUT_BACKLOG_BYTES: usize = 16 << 20;
 
 impl StdoutWriter {
     /// The writer thread; `None` if it cannot be started (lines are then written directly).
     fn spawn() -> Option<Self> {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<ToStdout>(STDOUT_BACKLOG);
+        let (tx, rx) = std::sync::mpsc::channel::<ToStdout>();
+        let backlog = Arc::new((Mutex::new(0usize), std::sync::Condvar::new()));
+        let written = backlog.clone();
         std::thread::Builder::new()
             .name("lazarus-stdout".into())
             .spawn(move || {
@@ -191,6 +201,10 @@ impl StdoutWriter {
                         // A closed or full stdout changes nothing about the job.
                         ToStdout::Bytes(b) => {
                             let _ = o.write_all(&b);
+                            let (n, cv) = &*written;
+                            let mut n = n.lock().unwrap_or_else(|e| e.into_inner());
+                            *n = n.saturating_sub(b.len());
+                            cv.notify_all();
                         }
                         ToStdout::Flush(ack) => {
                             let _ = o.flush();
@@ -200,20 +214,38 @@ impl StdoutWriter {
                 }
             })
             .ok()
-            .map(|_| StdoutWriter(tx))
+            .map(|_| StdoutWriter { tx, backlog })
     }
 
+    /// Queues `bytes`; never blocks.
     fn write(&self, bytes: Vec<u8>) {
-        if let Err(e) = self.0.send(ToStdout::Bytes(bytes)) {
+        let len = bytes.len();
+        *self.backlog.0.lock().unwrap_or_else(|e| e.into_inner()) += len;
+        if let Err(e) = self.tx.send(ToStdout::Bytes(bytes)) {
             let ToStdout::Bytes(b) = e.0 else { return };
             let _ = std::io::stdout().lock().write_all(&b);
+            let mut n = self.backlog.0.lock().unwrap_or_else(|e| e.into_inner());
+            *n = n.saturating_sub(len);
+        }
+    }
+
+    /// Waits while more than [`STDOUT_BACKLOG_BYTES`] wait for stdout. Call it without
+    /// holding the [`Shared`] lock.
+    fn wait_for_room(&self) {
+        let (n, cv) = &*self.backlog;
+        let mut n = n.lock().unwrap_or_else(|e| e.into_inner());
+        while *n > STDOUT_BACKLOG_BYTES {
+            n = match cv.wait_timeout(n, Duration::from_millis(200)) {
+                Ok((g, _)) => g,
+                Err(e) => e.into_inner().0,
+            };
         }
     }
 
     /// Returns once everything sent before is written (or stdout failed).
     fn flush(&self) {
         let (ack, done) = std::sync::mpsc::sync_channel(1);
-        if self.0.send(ToStdout::Flush(ack)).is_ok() {
+        if self.tx.send(ToStdout::Flush(ack)).is_ok() {
             let _ = done.recv();
         }
     }
@@ -247,12 +279,14 @@ struct Shared {
     repo: String,
     /// Set by a rank's marker: stop instead of restarting.
     refusal: Option<Refusal>,
+    /// The key every marker of this job carries (`LAZARUS_OUTPUT_MARKERS`).
+    marker_key: String,
 }
 
 impl Shared {
-    fn new(ranks: u32, echo: Echo, capture: bool, repo: String) -> Self {
+    fn new(ranks: u32, echo: Echo, capture: bool, repo: String, marker_key: String) -> Self {
         Shared {
-            out: OutputCommit::new(ranks),
+            out: OutputCommit::new(ranks, &marker_key),
             victims: Vec::new(),
             spawned_at: None,
             injected_at: None,
@@ -266,6 +300,7 @@ impl Shared {
             bad_markers: 0,
             repo,
             refusal: None,
+            marker_key,
         }
     }
 
@@ -379,6 +414,20 @@ impl LaunchObserver for Observer {
     }
 
     fn stdout_line(&self, rank: u32, line: &[u8]) -> bool {
+        let taken = self.take_stdout_line(rank, line);
+        // Back-pressure from a slow stdout, outside the lock (see `StdoutWriter`).
+        let echo = lock(&self.0).echo.clone();
+        if let Echo::Thread(w) = echo {
+            w.wait_for_room();
+        }
+        taken
+    }
+}
+
+impl Observer {
+    /// One whole line of `rank`'s stdout (or its cut last line): a marker settles the
+    /// output commit, text is held; what becomes releasable is queued for stdout.
+    fn take_stdout_line(&self, rank: u32, line: &[u8]) -> bool {
         let mut s = lock(&self.0);
         if line.last() != Some(&b'\n') {
             // The stream ended inside this line. A marker cut short can still parse,
@@ -389,18 +438,23 @@ impl LaunchObserver for Observer {
         }
         // A marker written into the middle of an unfinished line: the text before it
         // keeps its place, joined to the rest of its line later.
-        let line = match split_at_marker(line) {
+        let line = match split_at_marker(line, &s.marker_key) {
             Some((text, marker)) => {
                 s.out.fragment(rank, text.to_vec());
                 marker
             }
             None => line,
         };
-        match Marker::parse(line) {
+        match Marker::parse(line, &s.marker_key) {
             None => s.out.line(rank, line.to_vec()),
             Some(Err(e)) => {
                 s.bad_markers += 1;
                 tracing::warn!("rank {rank}: ignoring malformed output marker: {e}");
+            }
+            Some(Ok(Marker::Commit { id, .. })) if rank != 0 => {
+                // Only rank 0 commits; another rank's `commit` is a bug, not a decision.
+                s.bad_markers += 1;
+                tracing::warn!("rank {rank}: ignoring a commit marker of checkpoint {id}: only rank 0 writes them");
             }
             Some(Ok(m)) => {
                 match &m {
@@ -505,11 +559,15 @@ impl Supervisor {
         let t0 = Instant::now();
         let mut history = FailureHistory::starting_at(unix_ms() as f64 / 1000.0)
             .map_err(|e| SupervisorError::Config(e.to_string()))?;
+        // One key for every launch of this job: a late line of an earlier launch is
+        // still read as the marker it is.
+        let marker_key = format!("{:032x}", rand::random::<u128>());
         let shared = Arc::new(Mutex::new(Shared::new(
             n,
             echo,
             cfg.capture_output,
             repo_location,
+            marker_key.clone(),
         )));
         let mut failures: Vec<FailureReport> = Vec::new();
         let mut incarnation = 0u64;
@@ -543,7 +601,7 @@ impl Supervisor {
             launch.incarnation = incarnation;
             launch.observer = Some(Arc::new(Observer(shared.clone())));
             let env: [(&str, String); 2] = [
-                (OUTPUT_MARKERS_ENV, "1".into()),
+                (OUTPUT_MARKERS_ENV, marker_key.clone()),
                 ("LAZARUS_SUPERVISED", "1".into()),
             ];
             for (k, v) in env.into_iter().chain(history.env_vars()) {
@@ -903,19 +961,77 @@ mod tests {
     use super::*;
     use crate::output::MARKER_PREFIX;
 
+    const KEY: &str = "0123456789abcdef0123456789abcdef";
+
+    /// The shared state of a launch of `ranks` ranks whose markers carry [`KEY`],
+    /// capturing released lines.
+    fn observed(ranks: u32) -> Arc<Mutex<Shared>> {
+        let shared = Arc::new(Mutex::new(Shared::new(
+            ranks,
+            Echo::Off,
+            true,
+            String::new(),
+            KEY.into(),
+        )));
+        lock(&shared).new_launch(ranks);
+        shared
+    }
+
+    /// Found in review: a program's own output could forge markers (any line starting
+    /// with the prefix was one). A forged `commit` of a huge id made every later `part`
+    /// release its lines before COMMIT was durable, so a crash printed them twice. Now a
+    /// line without the launch's key is the program's text, held and released like any
+    /// other, and only rank 0's `commit` counts.
+    #[test]
+    fn a_program_printing_a_forged_commit_marker_does_not_release_lines_early() {
+        let shared = observed(2);
+        let obs = Observer(shared.clone());
+        let forged = format!("{MARKER_PREFIX}commit 18446744073709551615 0\n");
+        let forged_keyed = format!("{MARKER_PREFIX}{KEY}:commit 18446744073709551615 0\n");
+        assert!(obs.stdout_line(0, b"x\n"));
+        assert!(obs.stdout_line(0, forged.as_bytes()));
+        assert!(obs.stdout_line(0, format!("y {forged}").as_bytes()));
+        // Rank 1 holds the key (it is a rank of the job) but may not commit.
+        assert!(obs.stdout_line(1, forged_keyed.as_bytes()));
+        assert!(obs.stdout_line(0, format!("{MARKER_PREFIX}{KEY}:part 7 7\n").as_bytes()));
+        assert!(obs.stdout_line(1, format!("{MARKER_PREFIX}{KEY}:part 7 7\n").as_bytes()));
+        {
+            let s = lock(&shared);
+            assert!(
+                s.captured.is_empty(),
+                "released before COMMIT 7: {:?}",
+                s.captured
+            );
+            assert_eq!(s.out.held(), 3, "the forged lines are held as text");
+            assert_eq!(s.commits, 0);
+            assert_eq!(s.bad_markers, 1, "rank 1's commit");
+        }
+        assert!(obs.stdout_line(0, format!("{MARKER_PREFIX}{KEY}:commit 7 7\n").as_bytes()));
+        let s = lock(&shared);
+        let texts: Vec<&str> = s.captured.iter().map(|l| l.text.as_str()).collect();
+        assert_eq!(
+            texts,
+            [
+                "x",
+                forged.trim_end(),
+                format!("y {}", forged.trim_end()).as_str()
+            ]
+        );
+        assert_eq!(s.commits, 1);
+    }
+
     /// Regression: a marker cut short at the end of a rank's stream still parsed (with a
     /// shorter number) and was acted on: a cut `resumed` settled the held output at the
     /// wrong checkpoint, a cut `part` moved the step. A line without its newline is
     /// never read as a marker.
     #[test]
     fn a_marker_cut_short_at_the_end_of_a_stream_is_not_read() {
-        let shared = Arc::new(Mutex::new(Shared::new(1, Echo::Off, true, String::new())));
-        lock(&shared).new_launch(1);
+        let shared = observed(1);
         let obs = Observer(shared.clone());
-        assert!(obs.stdout_line(0, format!("{MARKER_PREFIX}part 3 3\n").as_bytes()));
+        assert!(obs.stdout_line(0, format!("{MARKER_PREFIX}{KEY}:part 3 3\n").as_bytes()));
         assert!(obs.stdout_line(0, b"printed\n"));
-        assert!(obs.stdout_line(0, format!("{MARKER_PREFIX}part 4 40").as_bytes()));
-        assert!(obs.stdout_line(0, format!("{MARKER_PREFIX}resumed 5 50 1").as_bytes()));
+        assert!(obs.stdout_line(0, format!("{MARKER_PREFIX}{KEY}:part 4 40").as_bytes()));
+        assert!(obs.stdout_line(0, format!("{MARKER_PREFIX}{KEY}:resumed 5 50 1").as_bytes()));
         let s = lock(&shared);
         assert_eq!(s.last_step, Some(3));
         assert_eq!(s.resumed, [None]);

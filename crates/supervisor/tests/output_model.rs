@@ -88,7 +88,7 @@ proptest! {
         order in any::<u64>(),
     ) {
         let text = |r: u32, s: u64| format!("r{r} step {s}\n").into_bytes();
-        let mut o = OutputCommit::new(ranks);
+        let mut o = OutputCommit::new(ranks, "0123456789abcdef");
         let mut out = vec![Vec::new(); ranks as usize];
         let mut from = 0u64;
         let mut committed: Option<u64> = None;

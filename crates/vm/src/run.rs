@@ -96,7 +96,8 @@ pub struct VmConfig {
     pub repo: Option<PathBuf>,
     /// The supervisor's job token (shares its repository lock).
     pub job_token: Option<String>,
-    /// Write supervisor output-commit markers (`LAZARUS_OUTPUT_MARKERS=1`).
+    /// Write supervisor output-commit markers (with the key `lazarus run` puts in
+    /// `LAZARUS_OUTPUT_MARKERS`; without one none are written).
     pub markers: bool,
     /// When to checkpoint.
     pub every: Every,
@@ -304,7 +305,9 @@ fn run_here(cfg: &VmConfig) -> Result<Report> {
             step: report.steps,
             seq: None,
         };
-        control_line(inst.as_mut(), &m.line())?;
+        if let Some(key) = lazarus_supervisor::marker_key() {
+            control_line(inst.as_mut(), &m.line(key))?;
+        }
     }
     let ctx = Ctx {
         program: &program,
@@ -826,7 +829,9 @@ fn drive(
                     step: steps,
                 },
             ] {
-                control_line(inst, &m.line())?;
+                if let Some(key) = lazarus_supervisor::marker_key() {
+                    control_line(inst, &m.line(key))?;
+                }
             }
         }
         tracing::debug!(

@@ -110,7 +110,7 @@ fn config(a: RunArgs) -> Result<VmConfig, Box<dyn std::error::Error + Send + Syn
         )?);
         c.every = Every::parse(&a.every)?;
         c.job_token = std::env::var(lazarus::coord::TOKEN_ENV).ok();
-        c.markers = std::env::var(lazarus::supervisor::OUTPUT_MARKERS_ENV).is_ok_and(|v| v == "1");
+        c.markers = lazarus::coord::marker::markers_enabled();
     }
     Ok(c)
 }

@@ -19,7 +19,7 @@ pub struct AsyncConfig {
     pub keep: Option<usize>,
     /// Write output-commit markers on stdout (docs/PROTOCOL.md, "Output markers"): a
     /// `part` marker at each local snapshot, `commit` on rank 0 after COMMIT, `resumed`
-    /// after `open`. Set by `lazarus run --repo` through `LAZARUS_OUTPUT_MARKERS=1`.
+    /// after `open`. Set by `lazarus run --repo` through the marker key in `LAZARUS_OUTPUT_MARKERS`.
     pub output_markers: bool,
     /// What `open` does when every committed checkpoint is damaged (default: refuse).
     pub on_all_damaged: OnAllDamaged,
@@ -62,7 +62,7 @@ impl AsyncConfig {
     /// The configuration of a rank started by `lazarus run`: the repository is `repo` or
     /// else `LAZARUS_REPO` (`None` if neither names one); the job token
     /// (`LAZARUS_JOB_TOKEN`) lets rank 0 share the repository lock with the supervisor;
-    /// `LAZARUS_OUTPUT_MARKERS=1` turns output markers on; `LAZARUS_ON_ALL_DAMAGED` sets
+    /// a marker key in `LAZARUS_OUTPUT_MARKERS` turns output markers on; `LAZARUS_ON_ALL_DAMAGED` sets
     /// `on_all_damaged` (an unknown value keeps the default, refuse, with a warning). Other
     /// fields as in `new`.
     pub fn from_env(repo: Option<PathBuf>) -> Option<Self> {
@@ -71,7 +71,7 @@ impl AsyncConfig {
         c.store.job_token = std::env::var(crate::TOKEN_ENV)
             .ok()
             .filter(|t| !t.is_empty());
-        c.output_markers = std::env::var(crate::OUTPUT_MARKERS_ENV).is_ok_and(|v| v == "1");
+        c.output_markers = crate::marker::markers_enabled();
         match OnAllDamaged::from_env() {
             Ok(p) => c.on_all_damaged = p.unwrap_or_default(),
             Err(e) => tracing::warn!("{e}; refusing a fresh start over damaged checkpoints"),

@@ -662,6 +662,7 @@ mod tests {
             std::io::Cursor::new(program),
             false,
             &AtomicU32::new(0),
+            None,
             |recs| {
                 let mut s = sent.lock().unwrap_or_else(|e| e.into_inner());
                 for r in recs {

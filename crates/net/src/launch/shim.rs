@@ -313,17 +313,20 @@ fn run(args: Vec<OsString>) -> Result<i32, String> {
     let pid = child.id();
     out.emit(&[Record::Pid(pid)]);
     let parts = Arc::new(AtomicU32::new(0));
+    // A part marker carries the launch's key: other text that looks like one is not.
+    let part = lookup(&extra, super::OUTPUT_MARKERS_ENV)
+        .map(|key| format!("\x1elazarus:{key}:part ").into_bytes());
     let mut pumps = Vec::new();
     if let Some(o) = child.stdout.take() {
-        let (out, parts) = (out.clone(), parts.clone());
+        let (out, parts, part) = (out.clone(), parts.clone(), part.clone());
         pumps.push(std::thread::spawn(move || {
-            pump(o, false, &parts, |r| out.emit(r))
+            pump(o, false, &parts, part.as_deref(), |r| out.emit(r))
         }));
     }
     if let Some(e) = child.stderr.take() {
         let (out, parts) = (out.clone(), parts.clone());
         pumps.push(std::thread::spawn(move || {
-            pump(e, true, &parts, |r| out.emit(r))
+            pump(e, true, &parts, None, |r| out.emit(r))
         }));
     }
     let stop_asked = Arc::new(AtomicI32::new(0));
@@ -484,14 +487,20 @@ fn control_loop(mut stdin: impl BufRead, stop: &AtomicI32, pid: u32) {
     }
 }
 
-/// Forwards one pipe of the program as records, line by line, to `emit`; counts part
-/// markers. A last line the program did not end (it died writing it) goes as it is,
-/// without a newline, so the launcher's observer can tell it was cut (a marker cut
-/// short must not be read as one).
-pub(crate) fn pump(src: impl Read, stderr: bool, parts: &AtomicU32, emit: impl Fn(&[Record])) {
+/// Forwards one pipe of the program as records, line by line, to `emit`; counts the
+/// lines that hold `part` (the part marker's start with the launch's key). A last
+/// line the program did not end (it died writing it) goes as it is, without a newline,
+/// so the launcher's observer can tell it was cut (a marker cut short must not be read
+/// as one).
+pub(crate) fn pump(
+    src: impl Read,
+    stderr: bool,
+    parts: &AtomicU32,
+    part: Option<&[u8]>,
+    emit: impl Fn(&[Record]),
+) {
     let mut r = BufReader::new(src);
     let mut line = Vec::new();
-    let part = b"\x1elazarus:part ";
     loop {
         line.clear();
         match r.read_until(b'\n', &mut line) {
@@ -499,7 +508,10 @@ pub(crate) fn pump(src: impl Read, stderr: bool, parts: &AtomicU32, emit: impl F
             Ok(_) => {
                 // Only a whole marker line counts: one cut by the program's death is
                 // not read as a marker by the supervisor either.
-                if !stderr && line.ends_with(b"\n") && line.starts_with(part) {
+                // Anywhere in the line: a marker lands after the text of a line the
+                // program had not finished (the supervisor splits it out there too).
+                let has_part = |p: &[u8]| line.windows(p.len()).any(|w| w == p);
+                if part.is_some_and(|p| !stderr && line.ends_with(b"\n") && has_part(p)) {
                     parts.fetch_add(1, Ordering::AcqRel);
                 }
                 emit(&record::line_records(&line, stderr));

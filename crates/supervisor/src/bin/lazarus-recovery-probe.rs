@@ -122,12 +122,11 @@ fn run() -> Result<(), Box<dyn Error>> {
         AgreeError::Own(e) => e,
         other => format!("{other:?}"),
     })?;
-    say(&Marker::Resumed {
+    lazarus_coord::marker::write_marker(&Marker::Resumed {
         id: restored,
         step,
         seq: None,
-    }
-    .line());
+    });
     let restored_step = restored.map(|_| step);
     while step < a.steps {
         if step > 0 && step % a.every == 0 && restored_step != Some(step) {
@@ -157,11 +156,10 @@ fn run() -> Result<(), Box<dyn Error>> {
             };
             let receipt =
                 PartWriter::open(&repo, CheckpointId(id), opts.clone())?.write(rank, &[obj])?;
-            say(&Marker::Part {
+            lazarus_coord::marker::write_marker(&Marker::Part {
                 id: CheckpointId(id),
                 step,
-            }
-            .line());
+            });
             let all: Option<Vec<PartReceipt>> = comm.gather(Rank(0), &receipt)?;
             if let (Some(w), Some(p), Some(all)) = (writer.as_mut(), pending, all) {
                 let meta = CommitMeta {
@@ -169,11 +167,10 @@ fn run() -> Result<(), Box<dyn Error>> {
                     ..CommitMeta::default()
                 };
                 w.commit(p, all, meta)?;
-                say(&Marker::Commit {
+                lazarus_coord::marker::write_marker(&Marker::Commit {
                     id: CheckpointId(id),
                     step,
-                }
-                .line());
+                });
                 w.retain(3)?;
             }
         }

@@ -5,7 +5,7 @@
 //!   checkpoint records the file's identity and its offset (its size for an `O_APPEND`
 //!   descriptor); a resume with the same file truncates it back to that, so output written
 //!   after the checkpoint by a killed run is erased and written again exactly once.
-//! - **Lines** (stdout under `lazarus run --repo`, `LAZARUS_OUTPUT_MARKERS=1`): complete
+//! - **Lines** (stdout under `lazarus run --repo`, a marker key in `LAZARUS_OUTPUT_MARKERS`): complete
 //!   lines are written through, the unfinished last line stays in the VM (`pending`,
 //!   captured in the checkpoint), so the supervisor's `part`/`commit` markers start a
 //!   line and it can release exactly the lines a committed checkpoint covers. Past
