@@ -81,7 +81,17 @@ impl<T: DElem> DVec<T> {
                 total: t,
             })
             .collect();
-        let d = Distribution::from_ranges(&ranges)?;
+        let d = Distribution::from_ranges(&ranges).map_err(|e| match &self.restored_from {
+            Some(field) => DistError::new(
+                e.kind(),
+                format!(
+                    "field `{field}`, in rows of {}: {}",
+                    self.width,
+                    e.message()
+                ),
+            ),
+            None => e,
+        })?;
         Ok(self.dist.get_or_init(|| d))
     }
 

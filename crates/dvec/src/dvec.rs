@@ -43,6 +43,10 @@ pub struct DVec<T: DElem> {
     pub(crate) balance_cfg: BalanceConfig,
     /// Pages of `data` written since the last durable checkpoint.
     pub(crate) tracker: PageTracker,
+    /// The field this DVec was restored from (its checkpoint path), so that a layout the
+    /// first collective finds bad names it (found in review: with several DVecs the error
+    /// did not say which).
+    pub(crate) restored_from: Option<String>,
 }
 
 /// Work measured since the last balancing decision.
@@ -87,6 +91,7 @@ impl<T: DElem> DVec<T> {
         let data = vec![T::default(); n];
         Ok(DVec {
             tracker: PageTracker::new(std::mem::size_of_val(data.as_slice())),
+            restored_from: None,
             data,
             width,
             rank,
@@ -300,6 +305,7 @@ impl<T: DElem> DVec<T> {
             .collect();
         DVec {
             tracker: PageTracker::new(std::mem::size_of_val(data.as_slice())),
+            restored_from: None,
             data,
             width: self.width,
             rank: self.rank,
@@ -464,6 +470,7 @@ impl<T: DElem> Checkpoint for DVec<T> {
         }
         self.my = g.start / w..(g.start + g.len) / w;
         self.total = g.total / w;
+        self.restored_from = Some(field);
         self.dist = OnceLock::new();
         self.meter.elements = 0;
         self.meter.seconds = 0.0;

@@ -59,6 +59,11 @@ impl DistError {
         self.kind
     }
 
+    /// What is at fault, without the kind.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
     /// True when retrying (after the job recovered) may succeed.
     pub fn is_retryable(&self) -> bool {
         self.kind == DistErrorKind::Comm

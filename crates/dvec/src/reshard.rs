@@ -189,7 +189,11 @@ impl Reshard {
                     global: Some(_), ..
                 } => {
                     Distribution::from_ranges(&ranges).map_err(|e| {
-                        DistError::bad_checkpoint(format!("field `{}`: {e}", info.name))
+                        DistError::bad_checkpoint(format!(
+                            "field `{}`, in scalars: {}",
+                            info.name,
+                            e.message()
+                        ))
                     })?;
                     let w = row_width_of(&info.type_name);
                     let total = ranges.first().map(|g| g.total).unwrap_or(0);
@@ -416,13 +420,18 @@ impl Reshard {
         };
         let (pieces, want, total) = block_pieces(name, info, parts, w, self.new_world, rank)?;
         let esize = dtype.size() as u64;
-        let n_bytes = usize::try_from((want.end - want.start) * esize)
-            .map_err(|_| DistError::invalid("block too large for this host"))?;
+        let too_large = |bytes: u64| {
+            DistError::bad_checkpoint(format!(
+                "field `{name}`: rank {}'s block of {bytes} bytes does not fit this host's memory",
+                rank.0
+            ))
+        };
+        let n_bytes = (want.end - want.start).saturating_mul(esize);
+        let n_bytes = usize::try_from(n_bytes).map_err(|_| too_large(n_bytes))?;
         let mut data = vec![0u8; n_bytes];
         let mut rest: &mut [u8] = &mut data;
         for (from, a, n) in pieces {
-            let n = usize::try_from(n)
-                .map_err(|_| DistError::invalid("block too large for this host"))?;
+            let n = usize::try_from(n).map_err(|_| too_large(n))?;
             let Some((piece, tail)) = std::mem::take(&mut rest).split_at_mut_checked(n) else {
                 return Err(DistError::bad_checkpoint(format!(
                     "field `{name}`: the old blocks overlapping rank {} hold more than its \
@@ -597,6 +606,34 @@ mod tests {
         let e = Reshard::new(&old, 3).unwrap_err().to_string();
         assert!(
             e.contains("`x` is recorded as replicated on rank 0 but rank on rank 1"),
+            "{e}"
+        );
+    }
+
+    /// Found in review: a tiling error said neither the unit nor which way it counts; the
+    /// same fault after a same-N restore is counted in rows.
+    #[test]
+    fn reshard_tiling_error_states_units() {
+        let grid = |start, len| ObjectInfo {
+            name: "grid".into(),
+            type_name: "DVec<[f64; 4]>".into(),
+            kind: ObjectKind::Bulk {
+                dtype: lazarus_format::DType::F64,
+                len,
+                global: Some(GlobalRange {
+                    start,
+                    len,
+                    total: 16,
+                }),
+            },
+            sharing: Some(Sharing::Distributed),
+            layout: None,
+        };
+        let e = Reshard::new(&[vec![grid(0, 8)], vec![grid(4, 12)]], 3)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("field `grid`, in scalars: rank 1 starts at global index 4"),
             "{e}"
         );
     }

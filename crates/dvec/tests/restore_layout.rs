@@ -75,6 +75,11 @@ fn every_collective_refuses(name: &str, parts: [Vec<LoadedObject>; 2], want: &st
                 m.contains("bad checkpoint") && m.contains(want),
                 "{name}: {op} on rank {rank}: {m}"
             );
+            // Which DVec, and in which unit (found in review: neither was said).
+            assert!(
+                m.contains("field `value`, in rows of 1"),
+                "{name}: {op} on rank {rank}: {m}"
+            );
         }
     }
 }

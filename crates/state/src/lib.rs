@@ -62,6 +62,13 @@
 //! give it a new type name (`ParamsV2`) or save it under a new field name
 //! (`#[checkpoint(rename = "params_v2")]`): old checkpoints are then refused by name.
 //!
+//! Names only catch what names can tell apart. A tuple struct's fields have no names, so
+//! they are recorded by position (`0`, `1`, both for `#[derive(Checkpoint)]` objects and
+//! inside serde layouts): swapping two fields of one type in a tuple struct
+//! (`struct S(Vec<f64>, Vec<f64>)` whose meaning is reordered, `Point(f64, f64)` turned
+//! `(y, x)`) is *not* detected, and the values restore exchanged. Give checkpointed types
+//! named fields (found in review: the docs above said swapped fields were always caught).
+//!
 //! Objects written before format 1.3 carry no layout and are still checked by name only;
 //! so are objects that hand-written impls read raw with [`StateReader::take`]. The
 //! tracing walks the whole value at save and at restore: about 1.3 to 6 times postcard's

@@ -2,6 +2,7 @@
 //! against its digest. N -> M restore uses it so that a new rank reads only the rows it
 //! gets from each old part, not the old parts whole.
 
+use crate::backend::ObjectKey;
 use crate::error::{StoreError, StoreErrorKind};
 use crate::reader::RepoReader;
 use lazarus_format::{ChunkDigest, LoadedObject, Manifest, ManifestObject};
@@ -45,7 +46,20 @@ impl RepoReader {
                     ),
                 )
             })?;
-        let mut data = vec![0u8; n];
+        // The length comes from the manifest: a checksum-valid manifest may still name an
+        // object no memory holds (found in review: `vec!` aborted the process).
+        let mut data = Vec::new();
+        if data.try_reserve_exact(n).is_err() {
+            return Err(StoreError::new(
+                StoreErrorKind::Corrupt,
+                Some(&self.manifest_location(manifest.checkpoint, manifest.rank)),
+                format!(
+                    "checkpoint {} {}: bytes {range:?} of {name:?} cannot be allocated",
+                    manifest.checkpoint, manifest.rank
+                ),
+            ));
+        }
+        data.resize(n, 0);
         self.read_object_range_into(manifest, name, range.start, &mut data)?;
         Ok(data)
     }
@@ -81,7 +95,7 @@ impl RepoReader {
         if total != Some(o.bytes) {
             return Err(StoreError::new(
                 StoreErrorKind::Corrupt,
-                None,
+                Some(&self.manifest_location(manifest.checkpoint, manifest.rank)),
                 format!(
                     "{ctx}: object {name:?} chunk lengths do not add up to its {} bytes",
                     o.bytes
@@ -134,10 +148,11 @@ impl RepoReader {
         if job.skip == 0 && job.out.len() as u64 == job.len {
             return self.read_chunk_into(&job.digest, job.out);
         }
+        let at = self.backend().describe(&ObjectKey::Chunk(job.digest));
         let len = usize::try_from(job.len).map_err(|_| {
             StoreError::new(
                 StoreErrorKind::Corrupt,
-                None,
+                Some(&at),
                 format!("chunk {}: length {} does not fit", job.digest, job.len),
             )
         })?;
@@ -146,7 +161,7 @@ impl RepoReader {
         let src = buf.get(job.skip..job.skip + job.out.len()).ok_or_else(|| {
             StoreError::new(
                 StoreErrorKind::Corrupt,
-                None,
+                Some(&at),
                 format!("chunk {}: shorter than its manifest entry", job.digest),
             )
         })?;
@@ -238,5 +253,25 @@ mod tests {
         assert!(r.read_object_range(&m, "x", 0..3 * c).is_ok());
         let e = r.read_object_range(&m, "x", 3 * c..n).unwrap_err();
         assert_eq!(e.kind(), crate::StoreErrorKind::Corrupt, "{e}");
+        assert!(
+            e.to_string().contains(&last.to_string()),
+            "names the chunk: {e}"
+        );
+        // Found in review: a manifest naming an object no memory can hold aborted the
+        // process (`vec!`); it is a Corrupt error naming the manifest.
+        let mut huge = m.clone();
+        huge.objects[0].bytes = 1 << 52;
+        let e = r.load_object(&huge, "x").unwrap_err();
+        assert_eq!(e.kind(), crate::StoreErrorKind::Corrupt, "{e}");
+        assert!(
+            e.to_string().contains("rank-0.manifest") || e.to_string().contains("COMMIT"),
+            "{e}"
+        );
+        // Chunks that do not add up name the manifest too.
+        let mut short = m.clone();
+        short.objects[0].bytes += 1;
+        let e = r.load_object(&short, "x").unwrap_err();
+        assert!(e.to_string().contains("do not add up"), "{e}");
+        assert!(e.path().is_some(), "{e}");
     }
 }

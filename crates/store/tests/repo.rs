@@ -282,6 +282,112 @@ fn one_writer_per_repository() {
     Repository::open(dir.path(), RepoOptions::default()).unwrap();
 }
 
+/// Found in review: a process sharing its job's lock (rank 0 under `lazarus run`) always
+/// said the lock was held. Once the holder died (the kernel frees its flock; `lazarus gc`
+/// takes a stale lock at once) the sharer went on committing and collecting beside
+/// whoever took the repository next. Now a sharer checks that someone still holds the
+/// flock and that `LOCK` names its job before every commit and deletion.
+#[test]
+fn a_sharer_is_fenced_once_the_holder_dies() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = RepoOptions {
+        job_token: Some("job-1".into()),
+        ..small_opts()
+    };
+    let holder = Repository::open(dir.path(), opts.clone()).unwrap();
+    let mut shared = Repository::open_shared(dir.path(), opts.clone()).unwrap();
+    let first = checkpoint(&mut shared, 1, 1, 1500);
+    // The holder dies: its flock is gone.
+    drop(holder);
+    let pending = shared.begin(1).unwrap();
+    let b = le_f64(&field(0, 2, 1500));
+    let receipt = pending
+        .part_writer()
+        .write(Rank(0), &[bulk_f64("field", &b, None)])
+        .unwrap();
+    let e = shared
+        .commit(pending, vec![receipt], lazarus_store::CommitMeta::default())
+        .unwrap_err();
+    assert_eq!(e.kind(), StoreErrorKind::Locked, "{e}");
+    assert!(e.to_string().contains("holder is gone"), "{e}");
+    assert_eq!(shared.retain(1).unwrap_err().kind(), StoreErrorKind::Locked);
+    // Another writer took the repository over: still refused, naming it.
+    let other = Repository::open(dir.path(), RepoOptions::default()).unwrap();
+    let e = shared.retain(1).unwrap_err();
+    assert_eq!(e.kind(), StoreErrorKind::Locked, "{e}");
+    assert!(e.to_string().contains("held by"), "{e}");
+    drop(other);
+    let reader = RepoReader::open(dir.path()).unwrap();
+    let ids: Vec<CheckpointId> = reader.committed().unwrap().iter().map(|c| c.id).collect();
+    assert_eq!(
+        ids,
+        vec![first],
+        "only the commit made under the live holder"
+    );
+}
+
+/// Found in review: COMMIT was read whole before its size was checked, so a sparse
+/// multi-GB file under that name was read (and allocated) at every scan. It is refused by
+/// its size, as damage naming it, and the older checkpoint restores.
+#[test]
+fn an_oversized_commit_is_refused_before_it_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut repo = Repository::open(dir.path(), small_opts()).unwrap();
+    let older = checkpoint(&mut repo, 1, 1, 1500);
+    let newest = checkpoint(&mut repo, 1, 2, 1500);
+    drop(repo);
+    let commit = dir
+        .path()
+        .join("checkpoints")
+        .join(newest.to_string())
+        .join("COMMIT");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&commit)
+        .unwrap()
+        .set_len(1 << 40)
+        .unwrap();
+    let reader = RepoReader::open(dir.path()).unwrap();
+    let e = reader.commit_record(newest).unwrap_err();
+    assert_eq!(e.kind(), StoreErrorKind::Corrupt, "{e}");
+    assert!(e.to_string().contains("COMMIT"), "{e}");
+    let (found, _) = reader.newest_intact().unwrap().unwrap();
+    assert_eq!(found.id, older);
+}
+
+/// Found in review: the collection of a damaged checkpoint read every file in its
+/// directory whole, so a stray huge file (a core dump) could make `lazarus gc` or rank
+/// 0's retention run out of memory. Only COMMIT and manifests are read.
+#[test]
+fn gc_does_not_read_a_huge_stray_file_in_a_damaged_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut repo = Repository::open(dir.path(), small_opts()).unwrap();
+    let damaged = checkpoint(&mut repo, 1, 1, 1500);
+    let kept = checkpoint(&mut repo, 1, 2, 1500);
+    let cdir = dir.path().join("checkpoints").join(damaged.to_string());
+    let commit = cdir.join("COMMIT");
+    let mut bytes = std::fs::read(&commit).unwrap();
+    let k = bytes.len() - 1;
+    bytes[k] ^= 1;
+    std::fs::write(&commit, bytes).unwrap();
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(cdir.join("core"))
+        .unwrap()
+        .set_len(1 << 40)
+        .unwrap();
+    let t = std::time::Instant::now();
+    let rep = repo.retain(1).unwrap();
+    assert_eq!(rep.kept, vec![kept]);
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(30),
+        "the stray file was read: {:?}",
+        t.elapsed()
+    );
+}
+
 #[test]
 fn retain_keeps_newest_and_sweeps_chunks() {
     let dir = tempfile::tempdir().unwrap();

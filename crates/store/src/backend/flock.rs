@@ -30,8 +30,11 @@ pub(crate) struct LockRecord {
 /// A held (or shared) repository lock; released on drop.
 #[derive(Debug)]
 pub(crate) struct RepoLock {
+    /// The locked file; `None` when sharing the lock of our job's holder.
     file: Option<File>,
     path: PathBuf,
+    /// The job tag a sharer shares under (`None` for the holder).
+    shared_job: Option<String>,
 }
 
 impl RepoLock {
@@ -84,6 +87,7 @@ impl RepoLock {
                 return Ok(RepoLock {
                     file: None,
                     path: path.to_path_buf(),
+                    shared_job: mine,
                 });
             }
             let who = match previous {
@@ -127,6 +131,7 @@ impl RepoLock {
         Ok(RepoLock {
             file: Some(file),
             path: path.to_path_buf(),
+            shared_job: None,
         })
     }
 }
@@ -196,14 +201,61 @@ fn read_owner(file: &mut File) -> Option<LockRecord> {
     }))
 }
 
+impl RepoLock {
+    /// A sharer's check: the flock must still be held by someone, and `LOCK` must name our
+    /// job. Found in review: a sharer always said "held", so after its job's holder died
+    /// (the kernel freed the flock) it went on committing and collecting while another
+    /// writer (`lazarus gc` takes a stale lock at once) could take the repository over.
+    fn check_shared(&self, job: &str) -> Result<(), StoreError> {
+        let lost = |why: String| {
+            StoreError::new(
+                StoreErrorKind::Locked,
+                Some(&self.path),
+                format!("the lock this process shared with its job is lost: {why}"),
+            )
+        };
+        let mut file = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(&self.path)
+            .map_err(|e| lost(format!("opening it: {e}")))?;
+        // SAFETY: flock on a valid, owned fd; a successful probe is undone at once (and by
+        // the close below in any case).
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc == 0 {
+            // SAFETY: as above.
+            unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_UN) };
+            return Err(lost("its holder is gone".into()));
+        }
+        match read_owner(&mut file).and_then(|o| o.job) {
+            Some(j) if j == job => Ok(()),
+            other => Err(lost(format!(
+                "it is held by {}",
+                other.map_or_else(|| "another process".to_string(), |j| format!("job {j}"))
+            ))),
+        }
+    }
+}
+
 impl LockGuard for RepoLock {
-    /// The kernel holds a flock for as long as this process lives: always held.
+    /// The holder: the kernel holds a flock for as long as this process lives, so always
+    /// held. A sharer: checked (see `check_shared`).
     fn check(&self) -> Result<(), StoreError> {
-        Ok(())
+        match &self.shared_job {
+            None => Ok(()),
+            Some(job) => self.check_shared(job),
+        }
     }
 
     fn check_until(&self) -> Result<Option<std::time::Instant>, StoreError> {
-        Ok(None)
+        match &self.shared_job {
+            None => Ok(None),
+            // Nothing bounds how soon another writer takes a freed flock: every request
+            // is checked (one open and flock probe, microseconds).
+            Some(job) => self
+                .check_shared(job)
+                .map(|()| Some(std::time::Instant::now())),
+        }
     }
 }
 
