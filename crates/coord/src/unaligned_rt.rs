@@ -488,7 +488,20 @@ fn write_commit(t: CommitTask) -> CommitDone {
             if e.kind() != StoreErrorKind::CommitUnknown
                 && crate::commit_absent(&path, round.ckpt) =>
         {
-            CommitOutcome::NotVisible(e.to_string())
+            // The round aborts, but `commit` consumed the pending checkpoint, so the
+            // coordinator's `CollectLeftovers` finds nothing: remove the directory here,
+            // before the abort is announced. Ranks that miss `Decided` read its absence as
+            // the abort (docs/PROTOCOL.md); left in place it reads as "still pending".
+            // Should it not go away, the abort is not announced (decided like an unknown
+            // outcome) rather than announced with the directory still there.
+            match repo.remove_uncommitted(round.ckpt) {
+                Ok(()) => CommitOutcome::NotVisible(e.to_string()),
+                Err(r) => CommitOutcome::Unknown(r.context(&format!(
+                    "{me}: COMMIT of checkpoint {} failed ({e}) and its directory could not \
+                     be removed",
+                    round.ckpt
+                ))),
+            }
         }
         Err(e) => CommitOutcome::Unknown(e),
     };
@@ -1029,6 +1042,21 @@ impl AsyncSession {
     #[doc(hidden)]
     pub fn set_write_budget(&mut self, bytes: Option<u64>) {
         self.write_budget = bytes;
+    }
+
+    /// Fault injection for tests (rank 0): the repository that writes COMMIT may write at
+    /// most `bytes` more (`u64::MAX` lifts it). Parts are written by their own writers,
+    /// not limited by this, so a round's parts fit and its COMMIT does not. False when
+    /// not applied (not rank 0, or the repository is with a COMMIT being written).
+    #[doc(hidden)]
+    pub fn set_commit_write_budget(&mut self, bytes: u64) -> bool {
+        match self.leader.as_mut().and_then(|l| l.repo.as_mut()) {
+            Some(r) => {
+                r.set_write_budget(bytes);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Test hook (rank 0): every COMMIT write handed out from now on waits, before it
@@ -1902,8 +1930,8 @@ impl AsyncSession {
                     K::Store,
                     me,
                     &format!(
-                        "writing COMMIT of checkpoint {} failed but it may be visible; \
-                         outcome unknown, not announced",
+                        "writing COMMIT of checkpoint {} failed and it may be visible (or \
+                         its directory could not be removed); outcome not announced",
                         round.ckpt
                     ),
                     e,
