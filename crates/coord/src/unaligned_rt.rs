@@ -562,6 +562,11 @@ impl AsyncSession {
     /// pass rank 0's check but none can be loaded on every rank. If committed checkpoints
     /// exist but none passes it, `cfg.on_all_damaged` decides: an error naming the damage
     /// (the default), or a fresh start said loudly on stderr.
+    ///
+    /// `comm` may be one an earlier session's [`AsyncSession::finish`] gave back: before
+    /// its first round, the session opens its round channels with a handshake that drops
+    /// whatever round messages an earlier session left in the mailbox (docs/PROTOCOL.md,
+    /// "Opening fence").
     pub fn open<S: Checkpoint + ?Sized>(
         comm: Comm,
         cfg: AsyncConfig,
@@ -630,6 +635,17 @@ impl AsyncSession {
                 });
             }
         })?;
+        // An earlier session on this communicator may have left round messages in the
+        // mailbox: its participants re-send their vote until they see the decision, even
+        // after `finish` sent Done, and rank 0 answers late votes. Rounds are named by
+        // checkpoint id, which a new `Repository` hands out again after an aborted round
+        // (its directory is deleted), so rank 0 would take such a vote, another session's
+        // part, for its own round and commit it. The fence (as `AlignedRuntime::new`'s)
+        // drops everything that came before it on the round's two tags. After the restore:
+        // its last step gathers from every rank, so every rank has left its previous
+        // session, which would otherwise receive our handshake as a round message.
+        crate::fence::open_channels_on(&s.comm, TAG_TO_PARTICIPANT, TAG_VOTE)
+            .map_err(|e| net(me, "opening the round channels with rank 0", e))?;
         Ok((s, start))
     }
 
@@ -1108,8 +1124,11 @@ impl AsyncSession {
             .begin(world)
             .map_err(|e| SessionError::wrap(K::Store, me, "beginning a checkpoint", e))?;
         // The epoch is the checkpoint id, so every rank knows the id at its local snapshot
-        // (for its output marker). Ids never repeat and exceed every directory, including
-        // the restored checkpoint's, so the epoch increases.
+        // (for its output marker). Ids exceed every directory present, including the
+        // restored checkpoint's, and every id this handle handed out, so the epoch
+        // increases within a session. They are not unique across sessions: an aborted
+        // round's directory is deleted and a new `Repository` hands its id out again (the
+        // fence in `open` keeps an earlier session's round messages out of ours).
         let id = pending.id();
         if id.0 <= current.0 {
             let _ = repo.abort(pending);
