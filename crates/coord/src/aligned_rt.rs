@@ -782,17 +782,42 @@ impl AlignedRuntime {
                             }
                             RankStore::Participant { .. } => false,
                         };
-                        if e.kind() == StoreErrorKind::CommitUnknown || !absent() {
+                        let undecidable = if e.kind() == StoreErrorKind::CommitUnknown || !absent()
+                        {
                             // COMMIT is or may be visible: announcing Abort could be a
-                            // lie, Commit a promise we cannot keep. Decide nothing; fail
-                            // this rank.
-                            tracing::error!("{e}");
+                            // lie, Commit a promise we cannot keep.
+                            Some(e.to_string())
+                        } else {
+                            // COMMIT is not there, so the round aborts. `commit` consumed
+                            // the pending checkpoint, so `CollectLeftovers` has nothing
+                            // to collect: remove the directory here, before Abort is
+                            // announced. A participant that misses `Decided` reads the
+                            // directory's absence as the abort (PROTOCOL.md); left in
+                            // place, it would read "outcome unknown" while rank 0 says
+                            // "aborted, retry", and the ranks would disagree.
+                            let removed = match &mut self.store {
+                                RankStore::Coordinator(repo) => repo.remove_uncommitted(round.ckpt),
+                                RankStore::Participant { .. } => Ok(()),
+                            };
+                            removed.err().map(|r| {
+                                format!(
+                                    "{e}; checkpoint {} could not be removed ({r}), so its \
+                                     abort is not announced",
+                                    round.ckpt
+                                )
+                            })
+                        };
+                        if let Some(why) = undecidable {
+                            // Decide nothing; fail this rank. Participants resolve the
+                            // round from the repository (or time out), never retrying on
+                            // a guess.
+                            tracing::error!("{why}");
                             if let Some(c) = self.coordinator.as_mut() {
                                 if let Err(m) = c.commit_unknown(round) {
                                     tracing::warn!("commit_unknown: {m}");
                                 }
                             }
-                            self.commit_unknown = Some(e.to_string());
+                            self.commit_unknown = Some(why);
                             continue;
                         }
                     }

@@ -1,4 +1,9 @@
-//! The opening handshake of an aligned runtime on a communicator (`AlignedRuntime::new`).
+//! The opening handshake of an aligned runtime on a communicator (`AlignedRuntime::new`),
+//! and of an unaligned session (`AsyncSession::open`, on its own two tags), which has the
+//! same problem: a vote its participant re-sent in a finished session's last round (or a
+//! decision rank 0 sent in answer to one) stays in the mailbox, and the next session's
+//! first round may have that very id (an aborted round's directory is deleted, so a new
+//! `Repository` hands its id out again).
 //!
 //! Rounds are named by their checkpoint id, which two repositories (or one repository after
 //! an aborted round, whose id is reused) repeat, and a vote or `Prepare` re-sent late in a
@@ -86,6 +91,18 @@ struct Channel {
 /// messages of earlier runtimes were dropped.
 #[doc(hidden)]
 pub fn open_channels(comm: &Comm) -> Result<usize, NetError> {
+    open_channels_on(comm, TAG_TO_PARTICIPANT, TAG_VOTE)
+}
+
+/// [`open_channels`] for a runtime whose rank 0 sends on checkpoint tag `to_participant`
+/// and whose participants vote on `vote` (the unaligned session's tags). Every rank must
+/// be past the previous runtime on `comm` (its `finish` returned) before any rank calls
+/// this: a handshake message reaching a runtime still running is not one of its messages.
+pub(crate) fn open_channels_on(
+    comm: &Comm,
+    to_participant: u32,
+    vote: u32,
+) -> Result<usize, NetError> {
     let me = comm.rank();
     let channels: Vec<Channel> = if me == Rank(0) {
         // Rank 0 to itself on both tags (its own Prepare and vote go through its mailbox),
@@ -93,26 +110,26 @@ pub fn open_channels(comm: &Comm) -> Result<usize, NetError> {
         let mut c = vec![
             Channel {
                 peer: me,
-                send: TAG_TO_PARTICIPANT,
-                recv: TAG_TO_PARTICIPANT,
+                send: to_participant,
+                recv: to_participant,
             },
             Channel {
                 peer: me,
-                send: TAG_VOTE,
-                recv: TAG_VOTE,
+                send: vote,
+                recv: vote,
             },
         ];
         c.extend((1..comm.size()).map(|r| Channel {
             peer: Rank(r),
-            send: TAG_TO_PARTICIPANT,
-            recv: TAG_VOTE,
+            send: to_participant,
+            recv: vote,
         }));
         c
     } else {
         vec![Channel {
             peer: Rank(0),
-            send: TAG_VOTE,
-            recv: TAG_TO_PARTICIPANT,
+            send: vote,
+            recv: to_participant,
         }]
     };
     let n = nonce();

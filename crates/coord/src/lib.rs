@@ -80,7 +80,7 @@ pub use unaligned_rt::{
 
 /// What the repository says about checkpoint `id` of a round whose decision this rank did
 /// not get: `Commit` if COMMIT is there, `Abort` once the directory is gone (rank 0
-/// removes it on every abort), `None` while it exists without COMMIT (rank 0 may still be
+/// removes it before announcing any abort, also after a failed COMMIT write), `None` while it exists without COMMIT (rank 0 may still be
 /// writing it). A read error is an error, never an outcome.
 pub(crate) fn outcome_in_repo(
     repo: &std::path::Path,

@@ -488,7 +488,20 @@ fn write_commit(t: CommitTask) -> CommitDone {
             if e.kind() != StoreErrorKind::CommitUnknown
                 && crate::commit_absent(&path, round.ckpt) =>
         {
-            CommitOutcome::NotVisible(e.to_string())
+            // The round aborts, but `commit` consumed the pending checkpoint, so the
+            // coordinator's `CollectLeftovers` finds nothing: remove the directory here,
+            // before the abort is announced. Ranks that miss `Decided` read its absence as
+            // the abort (docs/PROTOCOL.md); left in place it reads as "still pending".
+            // Should it not go away, the abort is not announced (decided like an unknown
+            // outcome) rather than announced with the directory still there.
+            match repo.remove_uncommitted(round.ckpt) {
+                Ok(()) => CommitOutcome::NotVisible(e.to_string()),
+                Err(r) => CommitOutcome::Unknown(r.context(&format!(
+                    "{me}: COMMIT of checkpoint {} failed ({e}) and its directory could not \
+                     be removed",
+                    round.ckpt
+                ))),
+            }
         }
         Err(e) => CommitOutcome::Unknown(e),
     };
@@ -549,6 +562,11 @@ impl AsyncSession {
     /// pass rank 0's check but none can be loaded on every rank. If committed checkpoints
     /// exist but none passes it, `cfg.on_all_damaged` decides: an error naming the damage
     /// (the default), or a fresh start said loudly on stderr.
+    ///
+    /// `comm` may be one an earlier session's [`AsyncSession::finish`] gave back: before
+    /// its first round, the session opens its round channels with a handshake that drops
+    /// whatever round messages an earlier session left in the mailbox (docs/PROTOCOL.md,
+    /// "Opening fence").
     pub fn open<S: Checkpoint + ?Sized>(
         comm: Comm,
         cfg: AsyncConfig,
@@ -617,6 +635,17 @@ impl AsyncSession {
                 });
             }
         })?;
+        // An earlier session on this communicator may have left round messages in the
+        // mailbox: its participants re-send their vote until they see the decision, even
+        // after `finish` sent Done, and rank 0 answers late votes. Rounds are named by
+        // checkpoint id, which a new `Repository` hands out again after an aborted round
+        // (its directory is deleted), so rank 0 would take such a vote, another session's
+        // part, for its own round and commit it. The fence (as `AlignedRuntime::new`'s)
+        // drops everything that came before it on the round's two tags. After the restore:
+        // its last step gathers from every rank, so every rank has left its previous
+        // session, which would otherwise receive our handshake as a round message.
+        crate::fence::open_channels_on(&s.comm, TAG_TO_PARTICIPANT, TAG_VOTE)
+            .map_err(|e| net(me, "opening the round channels with rank 0", e))?;
         Ok((s, start))
     }
 
@@ -1031,6 +1060,21 @@ impl AsyncSession {
         self.write_budget = bytes;
     }
 
+    /// Fault injection for tests (rank 0): the repository that writes COMMIT may write at
+    /// most `bytes` more (`u64::MAX` lifts it). Parts are written by their own writers,
+    /// not limited by this, so a round's parts fit and its COMMIT does not. False when
+    /// not applied (not rank 0, or the repository is with a COMMIT being written).
+    #[doc(hidden)]
+    pub fn set_commit_write_budget(&mut self, bytes: u64) -> bool {
+        match self.leader.as_mut().and_then(|l| l.repo.as_mut()) {
+            Some(r) => {
+                r.set_write_budget(bytes);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Test hook (rank 0): every COMMIT write handed out from now on waits, before it
     /// writes anything, while `hold` is set (60 s at most); `None` removes the hook.
     #[doc(hidden)]
@@ -1080,8 +1124,11 @@ impl AsyncSession {
             .begin(world)
             .map_err(|e| SessionError::wrap(K::Store, me, "beginning a checkpoint", e))?;
         // The epoch is the checkpoint id, so every rank knows the id at its local snapshot
-        // (for its output marker). Ids never repeat and exceed every directory, including
-        // the restored checkpoint's, so the epoch increases.
+        // (for its output marker). Ids exceed every directory present, including the
+        // restored checkpoint's, and every id this handle handed out, so the epoch
+        // increases within a session. They are not unique across sessions: an aborted
+        // round's directory is deleted and a new `Repository` hands its id out again (the
+        // fence in `open` keeps an earlier session's round messages out of ours).
         let id = pending.id();
         if id.0 <= current.0 {
             let _ = repo.abort(pending);
@@ -1902,8 +1949,8 @@ impl AsyncSession {
                     K::Store,
                     me,
                     &format!(
-                        "writing COMMIT of checkpoint {} failed but it may be visible; \
-                         outcome unknown, not announced",
+                        "writing COMMIT of checkpoint {} failed and it may be visible (or \
+                         its directory could not be removed); outcome not announced",
                         round.ckpt
                     ),
                     e,

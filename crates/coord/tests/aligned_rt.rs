@@ -682,3 +682,62 @@ fn a_round_rank_0_could_not_begin_is_not_retryable() {
     let e1 = out[1].as_ref().unwrap_err();
     assert!(!e1.is_retryable(), "{e1}");
 }
+
+/// Review finding 2 (2026-12-07): when writing COMMIT failed and COMMIT is definitely not
+/// there, rank 0 decides Abort; `Repository::commit` had consumed the pending checkpoint,
+/// so `CollectLeftovers` found nothing and the directory stayed. A rank that missed the
+/// decision then read "pending" (outcome unknown, not retryable) while rank 0 said
+/// "aborted, retry". The directory must be gone before Abort is announced: by the time any
+/// rank learns the abort, the repository says so too, and the next round commits.
+///
+/// Rank 0's part is large and cut into small chunks, so its manifest is a file in the
+/// directory (too big to ride in the vote): no participant's `discard_part` can empty
+/// the directory, only rank 0's removal.
+#[test]
+fn an_abort_after_a_failed_commit_write_removes_the_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = RepoOptions {
+        chunk_size: lazarus_store::MIN_CHUNK_SIZE,
+        ..RepoOptions::default()
+    };
+    let repo = Repository::open(dir.path(), opts).unwrap();
+    let path = dir.path().to_path_buf();
+    let t = timeouts(5000, 50, 5000);
+    let p = path.clone();
+    let out = run_ranks(2, repo, t, move |r, rt| {
+        let path = &p;
+        // 8 MiB in 4 KiB chunks: a manifest over the inline limit on rank 0.
+        let big: Vec<u8> = (0..8u32 << 20).map(|i| (i * 7 + r) as u8).collect();
+        let started = rt.begin_round(&meta(1)).unwrap();
+        let id = started.checkpoint();
+        // Rank 0's part writer keeps the budget it was begun with (none); only what the
+        // repository writes from now on, COMMIT, finds the disk full.
+        if let Some(repo) = rt.repository_mut() {
+            repo.set_write_budget(0);
+        }
+        let first = rt.complete_round(started, Ok(&[obj(&big)]), &meta(1));
+        // What a rank that missed `Decided` would read, at the moment this rank returns.
+        let presence = RepoReader::open(path).unwrap().commit_presence(id).unwrap();
+        if let Some(repo) = rt.repository_mut() {
+            repo.set_write_budget(u64::MAX);
+        }
+        let second = rt.round(&[obj(b"b")], &meta(2)).map(|c| c.checkpoint);
+        (id, first.map(|c| c.checkpoint), presence, second)
+    });
+    for (r, (id, first, presence, _)) in out.iter().enumerate() {
+        let e = first.as_ref().unwrap_err();
+        assert_eq!(e.kind(), RoundErrorKind::Aborted, "rank {r}: {e}");
+        assert!(e.is_retryable(), "rank {r}: {e}");
+        assert_eq!(
+            *presence,
+            lazarus_store::Presence::Gone,
+            "rank {r}: checkpoint {id} after its abort"
+        );
+        assert!(!path.join("checkpoints").join(id.to_string()).exists());
+    }
+    let second: Vec<_> = out.iter().map(|o| *o.3.as_ref().unwrap()).collect();
+    assert_eq!(second[0], second[1]);
+    assert!(second[0] > out[0].0);
+    let reader = RepoReader::open(dir.path()).unwrap();
+    assert_eq!(reader.load_part(second[0], Rank(1)).unwrap()[0].data, b"b");
+}

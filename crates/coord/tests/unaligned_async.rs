@@ -269,6 +269,13 @@ fn background_write_error_of_rank_1() {
     // Rank 1's disk is full: its part fails in the background, the round aborts.
     let (r, _) = round(&mut s0, &mut b);
     assert_eq!(r.outcome, Outcome::Abort, "{r:?}");
+    eprintln!(
+        "DBG {r:?} {:?}",
+        std::fs::read_dir(repo.join("checkpoints"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect::<Vec<_>>()
+    );
     let failed = r.round.ckpt;
     let t = Instant::now();
     while !recovered.load(Ordering::SeqCst) {
@@ -326,6 +333,13 @@ fn rank0_background_write_error_is_reported_once_by_finish_at_the_latest() {
         std::thread::sleep(Duration::from_millis(2));
     };
     assert_eq!(r.outcome, Outcome::Abort, "{r:?}");
+    eprintln!(
+        "DBG {r:?} {:?}",
+        std::fs::read_dir(repo.join("checkpoints"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect::<Vec<_>>()
+    );
     if let Err(e) = s0.finish(&b, Duration::from_secs(10)) {
         errors.push(e);
     }
@@ -421,4 +435,249 @@ fn rank0_writes_commit_in_the_background() {
     for (id, want) in &expected {
         assert!(load(&repo, *id, 0) == *want, "checkpoint {id}");
     }
+}
+
+/// Review finding 2 (2026-12-07), unaligned runtime: a COMMIT write that fails while
+/// COMMIT is definitely not there aborts the round; `Repository::commit` had consumed the
+/// pending checkpoint, so its directory stayed, and a rank that missed the decision read
+/// "pending" from the repository while rank 0 reported an abort. The directory must be
+/// gone by the time the abort is reported, and the next round commits.
+///
+/// Here rank 1 misses the decision for a while (it makes no session call once its vote
+/// is in), and its manifest is a file in the directory (small chunks: too many to be
+/// inlined), so only rank 0's removal can make the directory go away.
+#[test]
+fn an_abort_after_a_failed_commit_write_removes_the_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let mut c = cfg(&repo);
+    c.store.chunk_size = lazarus_store::MIN_CHUNK_SIZE;
+    let mut cs = comms(2);
+    let c1 = cs.pop().unwrap();
+    let c0 = cs.pop().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    // Rank 1 stops making session calls while `pause` is set, and says so in `paused`.
+    let pause = Arc::new(AtomicBool::new(false));
+    let paused = Arc::new(AtomicBool::new(false));
+    let r1 = {
+        let (c, stop, pause, paused) = (c.clone(), stop.clone(), pause.clone(), paused.clone());
+        std::thread::spawn(move || -> Result<(), SessionError> {
+            let mut b = Big {
+                n: 0,
+                xs: vec![7; 2 * WORDS],
+            };
+            let (mut s, _) = AsyncSession::open(c1, c, &mut b)?;
+            while !stop.load(Ordering::SeqCst) {
+                paused.store(pause.load(Ordering::SeqCst), Ordering::SeqCst);
+                if pause.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(1));
+                    continue;
+                }
+                match s.recv(&b, Duration::from_millis(5)) {
+                    Err(e) if e.is_retryable() => {}
+                    Err(e) => return Err(e),
+                    Ok(m) => panic!("unexpected message {m:?}"),
+                }
+                b.n += 1;
+            }
+            s.finish(&b, Duration::from_secs(10))?;
+            Ok(())
+        })
+    };
+    let mut b = big(1);
+    let (mut s0, _) = AsyncSession::open(c0, c, &mut b).unwrap();
+    // The parts have their own writers: only COMMIT finds the disk full.
+    assert!(s0.set_commit_write_budget(0));
+    let hold = Arc::new(AtomicBool::new(true));
+    s0.hold_commits(Some(hold.clone()));
+    assert!(s0.start_checkpoint(&b).unwrap());
+    let t = Instant::now();
+    // Every vote is in once COMMIT is being written: then rank 1 goes quiet.
+    while !s0.commit_in_flight() {
+        assert!(
+            t.elapsed() < Duration::from_secs(15),
+            "COMMIT never started"
+        );
+        s0.poll(&b).unwrap();
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    pause.store(true, Ordering::SeqCst);
+    while !paused.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    s0.hold_commits(None);
+    hold.store(false, Ordering::SeqCst);
+    let r = loop {
+        if let Some(r) = s0.take_report() {
+            break r;
+        }
+        assert!(t.elapsed() < Duration::from_secs(15), "round never decided");
+        s0.poll(&b).unwrap();
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    assert_eq!(r.outcome, Outcome::Abort, "{r:?}");
+    assert!(format!("{:?}", r.reason).contains("No space left"), "{r:?}");
+    let id = r.round.ckpt;
+    // What rank 1 would read now, had it missed `Decided` for good.
+    let presence = lazarus_store::RepoReader::open(&repo)
+        .unwrap()
+        .commit_presence(id)
+        .unwrap();
+    assert_eq!(
+        presence,
+        lazarus_store::Presence::Gone,
+        "checkpoint {id} when its abort is reported"
+    );
+    pause.store(false, Ordering::SeqCst);
+    assert!(s0.set_commit_write_budget(u64::MAX));
+    let (r, at_call) = round(&mut s0, &mut b);
+    assert_eq!(r.outcome, Outcome::Commit, "{r:?}");
+    assert!(r.round.ckpt > id);
+    stop.store(true, Ordering::SeqCst);
+    s0.finish(&b, Duration::from_secs(10)).unwrap();
+    r1.join().unwrap().unwrap();
+    assert!(load(&repo, r.round.ckpt, 0) == at_call);
+}
+
+/// Review finding 1 (2026-12-07): a participant re-sends its vote until it sees the
+/// decision, also from inside `finish` after its `Done`, so rank 0 may return from
+/// `finish` with such a vote unread. A second session on the same `Comm` and repository
+/// hands out the id of the first session's aborted round again (its directory was
+/// deleted), and on the old code rank 0 read the leftover vote first and committed the
+/// first session's part of rank 1. Here the leftover is sent by hand after rank 1's
+/// `finish` (deterministic): a vote for the reused id, its receipt naming a real part
+/// (inline manifest, chunks in the repository).
+#[test]
+fn a_vote_left_by_a_finished_session_is_not_taken_by_the_next_session_on_the_same_comm() {
+    use lazarus_coord::{RoundId, Vote, VoteMsg, UNALIGNED_TAG_BASE};
+    use lazarus_format::{Epoch, ObjectInfo, ObjectKind, ObjectSpec};
+    use lazarus_net::Tag;
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let mut cs = comms(2);
+    let c1 = cs.pop().unwrap();
+    let c0 = cs.pop().unwrap();
+    let stop1 = Arc::new(AtomicBool::new(false));
+    let stop2 = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = std::sync::mpsc::channel::<CheckpointId>();
+    let r1 = {
+        let (repo, stop1, stop2) = (repo.clone(), stop1.clone(), stop2.clone());
+        std::thread::spawn(move || {
+            let mut b = big(0);
+            let (mut s, _) = AsyncSession::open(c1, cfg(&repo), &mut b).unwrap();
+            while !stop1.load(Ordering::SeqCst) {
+                match s.recv(&b, Duration::from_millis(5)) {
+                    Err(e) if e.is_retryable() => {}
+                    other => panic!("rank 1, first session: {other:?}"),
+                }
+            }
+            let comm = s.finish(&b, Duration::from_secs(10)).unwrap();
+            // The vote the first session's participant would re-send for the aborted
+            // round, with the receipt of a part written for it.
+            let id = rx.recv().unwrap();
+            let spec = ObjectSpec {
+                info: ObjectInfo {
+                    name: "stale".into(),
+                    type_name: "Vec<u8>".into(),
+                    kind: ObjectKind::Serde,
+                    sharing: None,
+                    layout: None,
+                },
+                data: b"the first session's part"[..].into(),
+                hint: None,
+            };
+            // Written while the round ran, in the real case: its directory was there.
+            let ckpt_dir = repo.join("checkpoints").join(id.to_string());
+            std::fs::create_dir(&ckpt_dir).unwrap();
+            let receipt =
+                lazarus_store::PartWriter::open(&repo, id, lazarus_store::RepoOptions::default())
+                    .unwrap()
+                    .with_inline_manifest(lazarus_format::MAX_INLINE_MANIFEST)
+                    .write(Rank(1), &[spec])
+                    .unwrap();
+            // Then rank 0 collected the aborted round's directory (its chunks stay for GC).
+            std::fs::remove_dir_all(&ckpt_dir).unwrap();
+            let stale = VoteMsg {
+                round: RoundId {
+                    epoch: Epoch(id.0),
+                    ckpt: id,
+                },
+                from: Rank(1),
+                vote: Vote::Durable(receipt),
+            };
+            // The session's vote tag (`UNALIGNED_TAG_BASE + 2`, docs/PROTOCOL.md).
+            comm.send_bytes(
+                Rank(0),
+                Tag::checkpoint(UNALIGNED_TAG_BASE + 2),
+                postcard::to_allocvec(&stale).unwrap(),
+            )
+            .unwrap();
+            let mut b = big(0);
+            let (mut s, _) = AsyncSession::open(comm, cfg(&repo), &mut b).unwrap();
+            while !stop2.load(Ordering::SeqCst) {
+                match s.recv(&b, Duration::from_millis(5)) {
+                    Err(e) if e.is_retryable() => {}
+                    // On the old code rank 1 learns that a round committed without its
+                    // vote; the repository check below says what went wrong.
+                    Err(e) => return Err(e),
+                    Ok(m) => panic!("unexpected message {m:?}"),
+                }
+            }
+            s.finish(&b, Duration::from_secs(10)).map(|_| ())
+        })
+    };
+    let mut b = big(1);
+    let (mut s0, _) = AsyncSession::open(c0, cfg(&repo), &mut b).unwrap();
+    let (r, _) = round(&mut s0, &mut b);
+    assert_eq!(r.outcome, Outcome::Commit, "{r:?}");
+    // The second round aborts: rank 0's part cannot be written.
+    s0.set_write_budget(Some(0));
+    assert!(s0.start_checkpoint(&b).unwrap());
+    let t = Instant::now();
+    // The decision, and the write error (reported once, by a later call: taken here so
+    // that `finish` hands the communicator back).
+    let (mut aborted, mut reported) = (None, false);
+    while aborted.is_none() || !reported {
+        assert!(t.elapsed() < Duration::from_secs(15), "round never decided");
+        match s0.poll(&b) {
+            Err(e) if e.kind() == SessionErrorKind::Flush => reported = true,
+            other => other.unwrap(),
+        }
+        aborted = aborted.or_else(|| s0.take_report());
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let aborted = aborted.unwrap();
+    assert_eq!(aborted.outcome, Outcome::Abort, "{aborted:?}");
+    let id = aborted.round.ckpt;
+    s0.set_write_budget(None);
+    stop1.store(true, Ordering::SeqCst);
+    let comm = match s0.finish(&b, Duration::from_secs(10)) {
+        Ok(c) => c,
+        Err(e) => panic!("rank 0, first session: {e}"),
+    };
+    tx.send(id).unwrap();
+    // The second session: a fresh repository handle hands out the aborted round's id.
+    let mut b = big(50);
+    let (mut s0, _) = AsyncSession::open(comm, cfg(&repo), &mut b).unwrap();
+    let (r, at_call) = round(&mut s0, &mut b);
+    assert_eq!(
+        r.round.ckpt, id,
+        "the id of the aborted round is handed out again"
+    );
+    assert_eq!(r.outcome, Outcome::Commit, "{r:?}");
+    let reader = lazarus_store::RepoReader::open(&repo).unwrap();
+    let names: Vec<String> = reader
+        .load_part(id, Rank(1))
+        .unwrap()
+        .into_iter()
+        .map(|o| o.info.name)
+        .collect();
+    assert!(
+        !names.iter().any(|n| n == "stale"),
+        "checkpoint {id} holds the first session's part of rank 1: {names:?}"
+    );
+    assert!(load(&repo, id, 0) == at_call);
+    stop2.store(true, Ordering::SeqCst);
+    s0.finish(&b, Duration::from_secs(10)).unwrap();
+    r1.join().unwrap().unwrap();
 }

@@ -404,7 +404,8 @@ impl Repository {
     /// and of `checkpoints/`). Inline manifests are stored in COMMIT (format 1.1).
     ///
     /// `Err` of any kind but [`StoreErrorKind::CommitUnknown`] means COMMIT is not visible
-    /// and the pending directory is left for `abort` or GC. `CommitUnknown` means COMMIT
+    /// and the pending directory is left: remove it with [`Repository::remove_uncommitted`]
+    /// (or leave it to GC). `CommitUnknown` means COMMIT
     /// was renamed into place (readers see the checkpoint as committed) but could not be
     /// made durable: the caller must not report the round as aborted nor delete it.
     pub fn commit(
@@ -712,6 +713,33 @@ impl Repository {
     /// Abandons `pending`: removes its directory (its new chunks are swept by the next GC).
     pub fn abort(&mut self, pending: PendingCheckpoint) -> Result<(), StoreError> {
         self.backend.delete_dir(&DirKey::Checkpoint(pending.id))?;
+        self.backend.sync_dirs(&[DirKey::Checkpoints])
+    }
+
+    /// Removes the directory of checkpoint `id` after [`Repository::commit`] failed with
+    /// any kind but [`StoreErrorKind::CommitUnknown`] (`commit` consumed the
+    /// `PendingCheckpoint`, so [`Repository::abort`] cannot be used). A coordinator that
+    /// announces the abort of such a round must remove the directory first: ranks that
+    /// missed the decision read "directory gone" as the abort (docs/PROTOCOL.md).
+    ///
+    /// Refused (`Conflict`, nothing deleted) when COMMIT of `id` exists, and an error when
+    /// its presence cannot be read: a committed checkpoint is never removed here.
+    pub fn remove_uncommitted(&mut self, id: CheckpointId) -> Result<(), StoreError> {
+        let ckey = ObjectKey::Commit(id);
+        let present = self
+            .backend
+            .stat(&ckey)
+            .map_err(|e| e.context(&format!("checkpoint {id}: checking for COMMIT")))?;
+        if present.is_some() {
+            return Err(StoreError::new(
+                StoreErrorKind::Conflict,
+                Some(&self.backend.describe(&ckey)),
+                format!("checkpoint {id} has a COMMIT: not removed as uncommitted"),
+            ));
+        }
+        self.backend
+            .delete_dir(&DirKey::Checkpoint(id))
+            .map_err(|e| e.context(&format!("removing uncommitted checkpoint {id}")))?;
         self.backend.sync_dirs(&[DirKey::Checkpoints])
     }
 

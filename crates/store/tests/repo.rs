@@ -609,3 +609,43 @@ fn a_symlinked_checkpoint_directory_is_not_followed() {
     assert_eq!(ids, vec![CheckpointId(2)]);
     assert_holds(&other, CheckpointId(1), 1, 1, 300);
 }
+
+/// `remove_uncommitted` (what a coordinator calls after a failed COMMIT write, before it
+/// announces the abort) removes a directory without COMMIT and refuses, deleting nothing,
+/// one with COMMIT.
+#[test]
+fn remove_uncommitted_removes_only_a_checkpoint_without_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut repo = Repository::open(dir.path(), small_opts()).unwrap();
+    let committed = checkpoint(&mut repo, 1, 1, 3000);
+    let e = repo.remove_uncommitted(committed).unwrap_err();
+    assert_eq!(e.kind(), StoreErrorKind::Conflict, "{e}");
+    assert!(e.to_string().contains(&committed.to_string()), "{e}");
+    assert_holds(dir.path(), committed, 1, 1, 3000);
+
+    let pending = repo.begin(1).unwrap();
+    let id = pending.id();
+    let r = pending
+        .part_writer()
+        .write(
+            Rank(0),
+            &[bulk_f64("field", &le_f64(&field(0, 2, 3000)), None)],
+        )
+        .unwrap();
+    // A commit that fails with COMMIT not written (a full disk) leaves the directory.
+    repo.set_write_budget(0);
+    let e = repo
+        .commit(pending, vec![r], Default::default())
+        .unwrap_err();
+    assert_ne!(e.kind(), StoreErrorKind::CommitUnknown, "{e}");
+    let reader = RepoReader::open(dir.path()).unwrap();
+    assert_eq!(
+        reader.commit_presence(id).unwrap(),
+        lazarus_store::Presence::Pending
+    );
+    repo.remove_uncommitted(id).unwrap();
+    assert_eq!(
+        reader.commit_presence(id).unwrap(),
+        lazarus_store::Presence::Gone
+    );
+}
