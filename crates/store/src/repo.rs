@@ -723,8 +723,12 @@ impl Repository {
     /// missed the decision read "directory gone" as the abort (docs/PROTOCOL.md).
     ///
     /// Refused (`Conflict`, nothing deleted) when COMMIT of `id` exists, and an error when
-    /// its presence cannot be read: a committed checkpoint is never removed here.
+    /// its presence cannot be read: a committed checkpoint is never removed here. Refused
+    /// too (the lock's error) when this handle no longer holds the repository's lock.
     pub fn remove_uncommitted(&mut self, id: CheckpointId) -> Result<(), StoreError> {
+        // A writer that lost its lock (a commit can fail for that very reason) deletes
+        // nothing: the repository may be another writer's now.
+        self.lock.check()?;
         let ckey = ObjectKey::Commit(id);
         let present = self
             .backend
