@@ -4,11 +4,10 @@
 
 mod common;
 
-use common::{disk_tree, refused, Rig, CHUNK};
+use common::{disk_tree, refused, Rig, Tmpfs, CHUNK};
 use lazarus_files::{FilesErrorKind, RestoreError, RestoreTarget};
 use lazarus_store::RepoReader;
 use std::io::{ErrorKind, Write};
-use std::path::Path;
 
 #[test]
 fn a_file_changed_outside_the_job_is_refused_by_name_unless_accepted() {
@@ -97,30 +96,6 @@ fn journal_full_fails_the_write_and_leaves_the_file_unchanged() {
         std::fs::read(rig.work().join("data")).unwrap(),
         vec![3u8; 10_000]
     );
-}
-
-/// A real full file system: a 512 KiB tmpfs (needs root to mount).
-struct Tmpfs(std::path::PathBuf);
-
-impl Tmpfs {
-    fn mount(at: &Path) -> Option<Tmpfs> {
-        std::fs::create_dir_all(at).ok()?;
-        let ok = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=512k", "lazarus-files-test"])
-            .arg(at)
-            .status()
-            .is_ok_and(|s| s.success());
-        ok.then(|| Tmpfs(at.to_path_buf()))
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
 }
 
 #[test]

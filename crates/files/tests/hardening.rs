@@ -6,10 +6,9 @@
 
 mod common;
 
-use common::{disk_tree, Rig, CHUNK};
+use common::{disk_tree, Rig, Tmpfs, CHUNK};
 use lazarus_files::FilesErrorKind;
 use std::io::{ErrorKind, Write};
-use std::path::Path;
 
 /// Publication stopped at the first output it could not publish: every later output (in
 /// path order) was never published. Here three outputs cannot be published the old way
@@ -268,30 +267,6 @@ fn restoring_after_a_torn_tail_is_seen() {
         vec![1u8; 2 * CHUNK as usize]
     );
     assert_eq!(disk_tree(&rig.work()).len(), 1);
-}
-
-/// A real full file system (a 512 KiB tmpfs; needs root to mount).
-struct Tmpfs(std::path::PathBuf);
-
-impl Tmpfs {
-    fn mount(at: &Path) -> Option<Tmpfs> {
-        std::fs::create_dir_all(at).ok()?;
-        let ok = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=512k", "lazarus-files-test"])
-            .arg(at)
-            .status()
-            .is_ok_and(|s| s.success());
-        ok.then(|| Tmpfs(at.to_path_buf()))
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
 }
 
 /// A data write that failed (here a real ENOSPC) came back as the bare OS error: no

@@ -177,3 +177,28 @@ pub fn refused(
         Ok(_) => panic!("the restore was not refused"),
     }
 }
+
+/// A real full file system (a 512 KiB tmpfs; needs root to mount).
+pub struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    /// Mounts it at `at`; `None` when mounting is not allowed here.
+    pub fn mount(at: &Path) -> Option<Tmpfs> {
+        std::fs::create_dir_all(at).ok()?;
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=512k", "lazarus-files-test"])
+            .arg(at)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Tmpfs(at.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
