@@ -426,9 +426,14 @@ impl Reshard {
                 rank.0
             ))
         };
-        let n_bytes = (want.end - want.start).saturating_mul(esize);
-        let n_bytes = usize::try_from(n_bytes).map_err(|_| too_large(n_bytes))?;
-        let mut data = vec![0u8; n_bytes];
+        let wanted = (want.end - want.start).saturating_mul(esize);
+        let n_bytes = usize::try_from(wanted).map_err(|_| too_large(wanted))?;
+        // The size comes from the manifests: an allocation that fails is an error, not an
+        // abort (found in review).
+        let mut data = Vec::new();
+        data.try_reserve_exact(n_bytes)
+            .map_err(|_| too_large(wanted))?;
+        data.resize(n_bytes, 0);
         let mut rest: &mut [u8] = &mut data;
         for (from, a, n) in pieces {
             let n = usize::try_from(n).map_err(|_| too_large(n))?;

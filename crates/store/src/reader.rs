@@ -326,7 +326,11 @@ impl RepoReader {
                 let b = b.map_err(|e| StoreError::format(&cp, &format!("checkpoint {id}"), e))?;
                 (b, cp, "inline manifest")
             }
-            None => (self.backend.read(&mkey)?, p, "manifest"),
+            None => (
+                read_envelope_file(self.backend.as_ref(), &mkey)?,
+                p,
+                "manifest",
+            ),
         };
         let m = Manifest::decode(&bytes)
             .map_err(|e| StoreError::format(&p, &format!("checkpoint {id} {rank}"), e))?;

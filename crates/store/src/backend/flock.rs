@@ -12,7 +12,7 @@ use super::{LockGuard, LockOwner};
 use crate::error::{StoreError, StoreErrorKind};
 use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, Write};
+use std::io::{Seek, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -33,8 +33,9 @@ pub(crate) struct RepoLock {
     /// The locked file; `None` when sharing the lock of our job's holder.
     file: Option<File>,
     path: PathBuf,
-    /// The job tag a sharer shares under (`None` for the holder).
-    shared_job: Option<String>,
+    /// A sharer's job tag and its own descriptor of `LOCK`, kept for its checks (`None`
+    /// for the holder).
+    shared: Option<(String, File)>,
 }
 
 impl RepoLock {
@@ -75,19 +76,21 @@ impl RepoLock {
         }
         // SAFETY: flock on a valid, owned fd.
         let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        let previous = read_owner(&mut file);
+        let previous = read_owner(&file);
         if rc != 0 {
             let err = std::io::Error::last_os_error();
             if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
                 return Err(StoreError::io(path, "flock", err));
             }
             let mine = owner.job.clone();
-            if shared && mine.is_some() && previous.as_ref().and_then(|o| o.job.clone()) == mine {
+            if let Some(job) =
+                mine.filter(|j| shared && previous.as_ref().and_then(|o| o.job.as_ref()) == Some(j))
+            {
                 tracing::debug!(path = %path.display(), "sharing the lock of our own job");
                 return Ok(RepoLock {
                     file: None,
                     path: path.to_path_buf(),
-                    shared_job: mine,
+                    shared: Some((job, file)),
                 });
             }
             let who = match previous {
@@ -131,7 +134,7 @@ impl RepoLock {
         Ok(RepoLock {
             file: Some(file),
             path: path.to_path_buf(),
-            shared_job: None,
+            shared: None,
         })
     }
 }
@@ -159,13 +162,15 @@ pub enum LockProbe {
 /// lock over (docs/RECOVERY.md, "A supervisor that dies").
 pub fn probe_lock(root: &Path) -> Result<LockProbe, StoreError> {
     let path = root.join("LOCK");
-    let mut file = match OpenOptions::new().read(true).open(&path) {
+    let file = match OpenOptions::new().read(true).open(&path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(LockProbe::Free),
         Err(e) => return Err(StoreError::io(&path, "opening lock file", e)),
     };
-    // SAFETY: flock on a valid, owned fd; released when `file` is closed below.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    // Shared, not exclusive: a probe must never look like a holder to another probe (a
+    // sharer's check, found in review), yet it still fails against the holder's
+    // exclusive flock. SAFETY: flock on a valid, owned fd; released when `file` closes.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
     if rc != 0 {
         let err = std::io::Error::last_os_error();
         if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
@@ -173,7 +178,7 @@ pub fn probe_lock(root: &Path) -> Result<LockProbe, StoreError> {
         }
         return Err(StoreError::io(&path, "flock", err));
     }
-    Ok(match read_owner(&mut file) {
+    Ok(match read_owner(&file) {
         None => LockProbe::Free,
         Some(o) => LockProbe::Stale {
             owner: format!(
@@ -186,14 +191,25 @@ pub fn probe_lock(root: &Path) -> Result<LockProbe, StoreError> {
     })
 }
 
-fn read_owner(file: &mut File) -> Option<LockRecord> {
-    let mut s = Vec::new();
-    file.rewind().ok()?;
-    file.take(4096).read_to_end(&mut s).ok()?;
+/// The owner record in `LOCK` (read at offset 0 without moving the file's offset, so
+/// threads sharing one descriptor never interleave), `None` when empty or unreadable.
+fn read_owner(file: &File) -> Option<LockRecord> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; 4096];
+    let mut n = 0;
+    while n < buf.len() {
+        match file.read_at(&mut buf[n..], n as u64) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return None,
+        }
+    }
+    let s = &buf[..n];
     if s.is_empty() {
         return None;
     }
-    Some(serde_json::from_slice(&s).unwrap_or(LockRecord {
+    Some(serde_json::from_slice(s).unwrap_or(LockRecord {
         pid: 0,
         host: "unknown (unreadable LOCK)".into(),
         job: None,
@@ -206,7 +222,11 @@ impl RepoLock {
     /// job. Found in review: a sharer always said "held", so after its job's holder died
     /// (the kernel freed the flock) it went on committing and collecting while another
     /// writer (`lazarus gc` takes a stale lock at once) could take the repository over.
-    fn check_shared(&self, job: &str) -> Result<(), StoreError> {
+    /// The probe is shared (`LOCK_SH`): it fails against the holder's exclusive flock but
+    /// never against another sharer's probe, and works on descriptors NFS's flock
+    /// emulation opens for reading. Only `EWOULDBLOCK` means "held"; any other failure is
+    /// an I/O error, never taken for a held lock (found in review).
+    fn check_shared(&self, job: &str, probe: &File) -> Result<(), StoreError> {
         let lost = |why: String| {
             StoreError::new(
                 StoreErrorKind::Locked,
@@ -214,20 +234,18 @@ impl RepoLock {
                 format!("the lock this process shared with its job is lost: {why}"),
             )
         };
-        let mut file = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-            .open(&self.path)
-            .map_err(|e| lost(format!("opening it: {e}")))?;
-        // SAFETY: flock on a valid, owned fd; a successful probe is undone at once (and by
-        // the close below in any case).
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        // SAFETY: flock on a valid fd this lock owns; a successful probe is undone at once.
+        let rc = unsafe { libc::flock(probe.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
         if rc == 0 {
             // SAFETY: as above.
-            unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_UN) };
+            unsafe { libc::flock(probe.as_raw_fd(), libc::LOCK_UN) };
             return Err(lost("its holder is gone".into()));
         }
-        match read_owner(&mut file).and_then(|o| o.job) {
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(StoreError::io(&self.path, "checking the shared lock", err));
+        }
+        match read_owner(probe).and_then(|o| o.job) {
             Some(j) if j == job => Ok(()),
             other => Err(lost(format!(
                 "it is held by {}",
@@ -241,19 +259,19 @@ impl LockGuard for RepoLock {
     /// The holder: the kernel holds a flock for as long as this process lives, so always
     /// held. A sharer: checked (see `check_shared`).
     fn check(&self) -> Result<(), StoreError> {
-        match &self.shared_job {
+        match &self.shared {
             None => Ok(()),
-            Some(job) => self.check_shared(job),
+            Some((job, probe)) => self.check_shared(job, probe),
         }
     }
 
     fn check_until(&self) -> Result<Option<std::time::Instant>, StoreError> {
-        match &self.shared_job {
+        match &self.shared {
             None => Ok(None),
             // Nothing bounds how soon another writer takes a freed flock: every request
-            // is checked (one open and flock probe, microseconds).
-            Some(job) => self
-                .check_shared(job)
+            // is checked (a flock probe and a read of LOCK on a kept descriptor).
+            Some((job, probe)) => self
+                .check_shared(job, probe)
                 .map(|()| Some(std::time::Instant::now())),
         }
     }
