@@ -123,12 +123,9 @@ fn out_dirs(root: &Path, p: &str) -> Result<(), FilesError> {
     let Some(parent) = crate::path::parent(p) else {
         return Ok(());
     };
+    let stat_error = |dir: &Path, e| FilesError::io(dir, "stat of the output directory", &e);
     for part in parent.split('/') {
         dir.push(part);
-        let stat = |dir: &Path| {
-            fs::symlink_metadata(dir)
-                .map_err(|e| FilesError::io(dir, "stat of the output directory", &e))
-        };
         let m = match fs::symlink_metadata(&dir) {
             Ok(m) => m,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -140,9 +137,9 @@ fn out_dirs(root: &Path, p: &str) -> Result<(), FilesError> {
                         return Err(FilesError::io(&dir, "creating the output directory", &e))
                     }
                 }
-                stat(&dir)?
+                fs::symlink_metadata(&dir).map_err(|e| stat_error(&dir, e))?
             }
-            Err(e) => return Err(FilesError::io(&dir, "stat of the output directory", &e)),
+            Err(e) => return Err(stat_error(&dir, e)),
         };
         if !m.is_dir() {
             let what = if m.file_type().is_symlink() {

@@ -382,8 +382,11 @@ pub(crate) fn progress(line: std::fmt::Arguments<'_>) {
     let _ = writeln!(std::io::stderr().lock(), "{line}");
 }
 
+/// The launcher's view of the job: the shared state, and the stdout writer whose
+/// back-pressure a rank's output thread waits for outside the lock (fixed for the run,
+/// so it is not looked up under the lock per line).
 #[derive(Debug)]
-struct Observer(Arc<Mutex<Shared>>);
+struct Observer(Arc<Mutex<Shared>>, Option<StdoutWriter>);
 
 fn lock(m: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
     // A panic elsewhere must not silence the job's output: keep using the data.
@@ -416,8 +419,7 @@ impl LaunchObserver for Observer {
     fn stdout_line(&self, rank: u32, line: &[u8]) -> bool {
         let taken = self.take_stdout_line(rank, line);
         // Back-pressure from a slow stdout, outside the lock (see `StdoutWriter`).
-        let echo = lock(&self.0).echo.clone();
-        if let Echo::Thread(w) = echo {
+        if let Some(w) = &self.1 {
             w.wait_for_room();
         }
         taken
@@ -562,6 +564,10 @@ impl Supervisor {
         // One key for every launch of this job: a late line of an earlier launch is
         // still read as the marker it is.
         let marker_key = format!("{:032x}", rand::random::<u128>());
+        let writer = match &echo {
+            Echo::Thread(w) => Some(w.clone()),
+            Echo::Off | Echo::Direct => None,
+        };
         let shared = Arc::new(Mutex::new(Shared::new(
             n,
             echo,
@@ -599,7 +605,7 @@ impl Supervisor {
             launch.ranks = n;
             launch.token = Some(token.clone());
             launch.incarnation = incarnation;
-            launch.observer = Some(Arc::new(Observer(shared.clone())));
+            launch.observer = Some(Arc::new(Observer(shared.clone(), writer.clone())));
             let env: [(&str, String); 2] = [
                 (OUTPUT_MARKERS_ENV, marker_key.clone()),
                 ("LAZARUS_SUPERVISED", "1".into()),
@@ -985,7 +991,7 @@ mod tests {
     #[test]
     fn a_program_printing_a_forged_commit_marker_does_not_release_lines_early() {
         let shared = observed(2);
-        let obs = Observer(shared.clone());
+        let obs = Observer(shared.clone(), None);
         let forged = format!("{MARKER_PREFIX}commit 18446744073709551615 0\n");
         let forged_keyed = format!("{MARKER_PREFIX}{KEY}:commit 18446744073709551615 0\n");
         assert!(obs.stdout_line(0, b"x\n"));
@@ -1027,7 +1033,7 @@ mod tests {
     #[test]
     fn a_marker_cut_short_at_the_end_of_a_stream_is_not_read() {
         let shared = observed(1);
-        let obs = Observer(shared.clone());
+        let obs = Observer(shared.clone(), None);
         assert!(obs.stdout_line(0, format!("{MARKER_PREFIX}{KEY}:part 3 3\n").as_bytes()));
         assert!(obs.stdout_line(0, b"printed\n"));
         assert!(obs.stdout_line(0, format!("{MARKER_PREFIX}{KEY}:part 4 40").as_bytes()));

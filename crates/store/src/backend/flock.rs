@@ -195,7 +195,8 @@ pub fn probe_lock(root: &Path) -> Result<LockProbe, StoreError> {
 /// threads sharing one descriptor never interleave), `None` when empty or unreadable.
 fn read_owner(file: &File) -> Option<LockRecord> {
     use std::os::unix::fs::FileExt;
-    let mut buf = vec![0u8; 4096];
+    // On the stack: a sharer reads it before every deletion of a collection.
+    let mut buf = [0u8; 4096];
     let mut n = 0;
     while n < buf.len() {
         match file.read_at(&mut buf[n..], n as u64) {
