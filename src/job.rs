@@ -356,11 +356,13 @@ impl JobBuilder {
             app: self.app,
             step: 0,
             saved_at: None,
+            decided: false,
             report: None,
             files,
             on_all_damaged,
             fresh: None,
             finished: None,
+            newest: None,
             last: None,
         })
     }
@@ -483,8 +485,15 @@ impl<A: Policy, B: Policy> Policy for Either<A, B> {
 ///
 /// # The step contract
 ///
+/// - A restore method ([`Job::restore_or_init`] and its two siblings) comes first: it
+///   decides where the job starts. `checkpoint`, `checkpoint_now` and `finish` before it
+///   fail with [`JobError::Config`] (they would write step-0 checkpoints over the
+///   repository's newest ones, which retention then deletes).
 /// - [`Job::step`] is the number of loop iterations *completed* when the state is in its
 ///   current form. It starts at 0, or at the step of the restored checkpoint.
+/// - A save counts as taken at its step on every rank, whatever its outcome: after a
+///   failed `checkpoint_now`, the `checkpoint()` of the same step does not save (a rank
+///   that failed alone would otherwise save again while the others skip).
 /// - [`Job::checkpoint`] is called once at the top of every iteration. It may save the
 ///   state as "the state after `step()` iterations" (recorded as `step` in COMMIT), and
 ///   then counts the iteration: it returns the index of the iteration about to run and
@@ -604,12 +613,17 @@ pub struct Job {
     app: BTreeMap<String, String>,
     step: u64,
     saved_at: Option<u64>,
+    /// A restore method returned: the job knows where it starts. No checkpoint before
+    /// that (it would write step-0 checkpoints over the repository's newest ones).
+    decided: bool,
     report: Option<RestoreReport>,
     files: Option<Files>,
     on_all_damaged: OnAllDamaged,
     fresh: Option<FreshStart>,
     /// The checkpoint that records the job as finished and its step (restored or written).
     finished: Option<(CheckpointId, u64)>,
+    /// The newest checkpoint this process restored or took (captured, if asynchronous).
+    newest: Option<CheckpointId>,
     last: Option<CheckpointReport>,
     /// The fast checkpoint levels, when configured (docs/LEVELS.md).
     levels: Option<NodeLevels>,
@@ -683,7 +697,8 @@ impl Job {
     /// counted since. A program may still go on (e.g. a longer run of a finished job):
     /// the next [`Job::checkpoint`] counts a step and the job is no longer finished.
     pub fn is_finished(&self) -> bool {
-        self.finished.is_some_and(|(_, s)| s == self.step)
+        self.finished
+            .is_some_and(|(id, s)| s == self.step && self.newest == Some(id))
     }
 
     /// The step at which the job was last recorded finished (by this process's
@@ -976,6 +991,7 @@ impl Job {
         let location = lazarus_store::repo_location(&self.path);
         self.rt()?.marker(&Marker::Repo { location });
         let r = self.agree(make);
+        self.decided = r.is_ok();
         if let Err(e) = &r {
             if e.is_restore_refusal() {
                 self.rt()?.marker(&Marker::Refused {
@@ -1158,6 +1174,7 @@ impl Job {
                 self.saved_at = None;
                 self.report = None;
                 self.finished = None;
+                self.newest = None;
                 self.fresh = Some(FreshStart { damaged });
                 self.rt()?.marker(&Marker::Resumed {
                     id: None,
@@ -1170,6 +1187,7 @@ impl Job {
                 self.step = from.step;
                 self.saved_at = Some(from.step);
                 self.finished = finished.then_some((from.id, from.step));
+                self.newest = Some(from.id);
                 let level = match from.source {
                     Source::Fast { .. } => plans.iter().find(|p| p.seq == from.id.0).map(|p| {
                         let parity = p.from_parity();
@@ -1325,6 +1343,7 @@ impl Job {
     /// returned as [`JobError::Flush`] ([`JobError::LevelFlush`] for a checkpoint of fast
     /// levels only) by the first call that finds it (every call checks, without waiting). With [`JobBuilder::sync_writes`], the call returns once committed.
     pub fn checkpoint<T: Checkpoint + ?Sized>(&mut self, state: &T) -> Result<u64, JobError> {
+        self.require_decided("checkpoint")?;
         let at = Opportunity {
             step: self.step,
             now: Instant::now(),
@@ -1364,6 +1383,7 @@ impl Job {
         &mut self,
         state: &T,
     ) -> Result<CheckpointId, JobError> {
+        self.require_decided("checkpoint_now")?;
         self.save(state, false)
     }
 
@@ -1379,14 +1399,30 @@ impl Job {
     /// [`JobError::LevelFlush`], after
     /// saving) and returns once the final checkpoint is committed.
     pub fn finish<T: Checkpoint + ?Sized>(&mut self, state: &T) -> Result<CheckpointId, JobError> {
+        self.require_decided("finish")?;
         if let Some((id, step)) = self.finished {
             // A checkpoint still in flight is waited for, and its failure reported.
             self.settle()?;
-            if step == self.step {
+            if step == self.step && self.newest == Some(id) {
                 return Ok(id);
             }
         }
         self.save(state, true)
+    }
+
+    /// Refuses a save before the restore decision: a new run that forgot
+    /// `restore_or_init` would write step-0 checkpoints that supersede (and, through
+    /// retention, delete) the repository's newest ones. Every rank refuses alike.
+    fn require_decided(&self, call: &str) -> Result<(), JobError> {
+        if self.decided {
+            return Ok(());
+        }
+        Err(JobError::Config(format!(
+            "Job::{call} before the restore decision: call restore_or_init (or \
+             restore_or_try_init, restore_or_init_with) first, so that the job continues from \
+             the newest checkpoint in {} instead of writing step-0 checkpoints over it",
+            self.path.display()
+        )))
     }
 
     /// Saves `state` (the policy said so, or `checkpoint_now`/`finish`). First waits for
@@ -1400,6 +1436,12 @@ impl Job {
     ) -> Result<CheckpointId, JobError> {
         let earlier = self.settle();
         let now = self.save_now(state, finished);
+        if let Ok(id) = &now {
+            // A save at the finished step after `finish` supersedes the finished
+            // checkpoint: `finish` must save again and `is_finished` is false, as a rerun
+            // restoring the newer one says.
+            self.newest = Some(*id);
+        }
         match (earlier, now) {
             (Ok(()), now) => now,
             (Err(e), Err(later)) => Err(reported_of_two(e, later)),
@@ -1414,6 +1456,14 @@ impl Job {
     ) -> Result<CheckpointId, JobError> {
         let started = Instant::now();
         let step = self.step;
+        // Taken at the call on every rank, whatever the path (levels or not, background or
+        // not) and whatever the outcome on this rank: a second call at this step must
+        // skip on every rank alike. Set only on success, a rank whose save failed alone
+        // (its state, its staging, a full disk) saved again at this step while the others
+        // skipped, and its part of this step joined their next round: one COMMIT holding
+        // two steps (regression test
+        // `a_checkpoint_now_that_failed_on_one_rank_does_not_mix_steps`).
+        self.saved_at = Some(step);
         let mut meta = CommitMeta {
             step,
             app: self.app.clone(),
@@ -1442,11 +1492,6 @@ impl Job {
                     }
                 }
                 meta.app.insert(meta::LEVEL_SEQ_KEY.into(), seq.to_string());
-                // Taken at the call on every rank, whether this rank then writes in the
-                // background or (over its staging budget) synchronously, and whatever the
-                // outcome: a second call at this step must skip on every rank alike, or
-                // the ranks would run different level rounds.
-                self.saved_at = Some(step);
                 meta.app
                     .insert(lazarus_levels::LINEAGE_KEY.into(), l.lineage().to_string());
                 (Some(seq), due)
@@ -1591,7 +1636,6 @@ impl Job {
             };
             self.level_clock.written(due, Instant::now());
             let id = CheckpointId(seq.unwrap_or(0));
-            self.saved_at = Some(step);
             let report = CheckpointReport {
                 checkpoint: id,
                 step,
@@ -1640,7 +1684,6 @@ impl Job {
             },
         };
         self.level_clock.written(written, Instant::now());
-        self.saved_at = Some(step);
         flush::retain(
             held(&mut self.runtime, self.lost)?,
             self.keep,
@@ -1736,7 +1779,6 @@ impl Job {
                 return Err(JobError::Config("no level due for this checkpoint".into()))
             }
         };
-        self.saved_at = Some(step);
         cost_taken(&mut *self.policy, step, stall);
         let Some(runtime) = self.runtime.take() else {
             return Err(JobError::FlushLost { checkpoint });

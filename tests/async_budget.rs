@@ -44,6 +44,7 @@ fn peak_memory_stays_within_the_staging_budget() {
             .staging_budget(budget)
             .open()
             .unwrap();
+        job.restore_or_init(|| Big { data: Vec::new() }).unwrap();
         for round in 0..3u64 {
             small
                 .data
@@ -71,6 +72,7 @@ fn peak_memory_stays_within_the_staging_budget() {
             .staging_budget(budget)
             .open()
             .unwrap();
+        job.restore_or_init(|| Big { data: Vec::new() }).unwrap();
         job.checkpoint_now(&big).unwrap();
         let r = *job.flush().unwrap().unwrap();
         assert!(

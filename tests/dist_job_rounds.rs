@@ -471,3 +471,102 @@ fn checkpoints_without_recorded_sharing_keep_the_old_rule_except_from_one_rank()
         );
     }
 }
+
+/// A state whose save fails on demand (a rank's state that cannot be saved, as a full
+/// disk or a failed capture would fail one rank alone).
+struct Flaky {
+    s: S,
+    fail: bool,
+}
+
+impl Checkpoint for Flaky {
+    fn save<'a>(
+        &'a self,
+        out: &mut lazarus::state::StateWriter<'a>,
+    ) -> Result<(), lazarus::StateError> {
+        if self.fail {
+            return Err(lazarus::StateError::custom("xs", "injected save failure"));
+        }
+        self.s.save(out)
+    }
+
+    fn restore(
+        &mut self,
+        inp: &mut lazarus::state::StateReader,
+    ) -> Result<(), lazarus::StateError> {
+        self.s.restore(inp)
+    }
+}
+
+/// Regression: a save counted as taken only on the ranks where it succeeded. After a
+/// `checkpoint_now` that failed on rank 1 alone, the `checkpoint()` of the same step
+/// skipped on rank 0 and saved on rank 1, whose part then joined rank 0's round of the
+/// next step: a COMMIT of step 2 held rank 1's state after one iteration.
+#[test]
+fn a_checkpoint_now_that_failed_on_one_rank_does_not_mix_steps() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let short = Timeouts {
+        round: Duration::from_secs(5),
+        retry: Duration::from_millis(50),
+        decision: Duration::from_secs(5),
+    };
+    let r = repo.clone();
+    each(comms(2), move |rank, comm| {
+        let mut job = Job::builder()
+            .repo(&r)
+            .comm(comm)
+            .every_steps(1)
+            .timeouts(short)
+            .open()
+            .unwrap();
+        let s = job
+            .restore_or_init(|| S {
+                rank,
+                xs: vec![0.0],
+            })
+            .unwrap();
+        let mut f = Flaky { s, fail: false };
+        // Iteration i leaves xs[0] == i + 1: the state after `step()` iterations holds
+        // xs[0] == step().
+        while job.step() < 3 {
+            if job.step() == 1 {
+                // Before the iteration's checkpoint: a save that fails on rank 1 only.
+                f.fail = rank == 1;
+                let now = job.checkpoint_now(&f);
+                assert_eq!(now.is_err(), rank == 1, "rank {rank}: {now:?}");
+                f.fail = false;
+            }
+            let _ = job.checkpoint(&f);
+            f.s.xs[0] += 1.0;
+        }
+        let _ = job.flush();
+    });
+    let restored = each(comms(2), move |rank, comm| {
+        let mut job = Job::builder()
+            .repo(&repo)
+            .comm(comm)
+            .timeouts(short)
+            .open()
+            .unwrap();
+        let s = job
+            .restore_or_init(|| S {
+                rank,
+                xs: vec![-1.0],
+            })
+            .unwrap();
+        (job.step(), s.xs[0])
+    });
+    let (step, _) = restored[0];
+    assert!(
+        step >= 2,
+        "a checkpoint after the failed one was restored: {restored:?}"
+    );
+    for (rank, (at, x)) in restored.iter().enumerate() {
+        assert_eq!(
+            (*at, *x),
+            (step, step as f64),
+            "rank {rank} restored a state of another step than the checkpoint's {step}"
+        );
+    }
+}

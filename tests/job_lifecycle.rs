@@ -325,3 +325,29 @@ fn app_keys_with_the_reserved_prefix_are_refused() {
         .unwrap_err();
     assert!(e.to_string().contains("reserved"), "{e}");
 }
+
+/// Regression: `checkpoint_now` at the finished step after `finish` committed a newer
+/// checkpoint not marked finished, but the Job still said finished and a second `finish`
+/// saved nothing: a rerun restored the unfinished one.
+#[test]
+fn finish_after_checkpoint_now_at_the_finished_step_records_it_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let (_, sim, mut job) = run_to(&repo, 5, true);
+    assert!(job.is_finished());
+    job.checkpoint_now(&sim).unwrap();
+    assert!(
+        !job.is_finished(),
+        "the newest checkpoint is not the finished one"
+    );
+    assert_eq!(job.finished_at(), Some(5), "it was recorded finished at 5");
+    job.finish(&sim).unwrap();
+    assert!(job.is_finished());
+    drop(job);
+    let mut job = open(&repo);
+    job.restore_or_init(Sim::initial).unwrap();
+    assert!(
+        job.is_finished(),
+        "the rerun restores a finished checkpoint"
+    );
+}

@@ -451,3 +451,38 @@ fn retention_keeps_the_newest_k() {
         id
     );
 }
+
+/// Regression: a Job that checkpointed before `restore_or_init` wrote step-0 checkpoints
+/// newer than the repository's, so the next run restored step 0, and retention deleted
+/// the older run's checkpoints once `keep` new ones were committed.
+#[test]
+fn checkpointing_before_the_restore_decision_is_refused_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let (c, job) = run(&repo, 5, 10, None).unwrap();
+    drop(job);
+    let mut job = Job::builder()
+        .repo(&repo)
+        .every_steps(1)
+        .keep(1)
+        .open()
+        .unwrap();
+    let fresh = Counter::new();
+    for (call, r) in [
+        ("checkpoint", job.checkpoint(&fresh).map(|_| ())),
+        ("checkpoint_now", job.checkpoint_now(&fresh).map(|_| ())),
+        ("finish", job.finish(&fresh).map(|_| ())),
+    ] {
+        match r {
+            Err(JobError::Config(m)) => {
+                assert!(m.contains(call) && m.contains("restore_or_init"), "{m}")
+            }
+            other => panic!("{call} before restore_or_init: {other:?}"),
+        }
+    }
+    assert_eq!(job.step(), 0, "a refused checkpoint counts no step");
+    drop(job);
+    let (again, job) = run(&repo, 5, 10, None).unwrap();
+    assert_eq!(job.restore_report().map(|r| r.step), Some(5));
+    assert_eq!(again.data, c.data);
+}

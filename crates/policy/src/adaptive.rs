@@ -50,6 +50,9 @@ impl MtbfSource {
 
 /// The smallest cost the model is given: a measured zero would make every interval zero.
 const MIN_COST_S: f64 = 1e-6;
+/// The smallest EWMA weight of a new cost sample (a smaller one would ignore a changed
+/// cost for hundreds of checkpoints).
+pub const MIN_SMOOTHING: f64 = 0.01;
 /// The smallest MTBF the model is given, so a degenerate configuration cannot divide by 0.
 const MIN_MTBF_S: f64 = 1e-3;
 
@@ -119,11 +122,11 @@ impl Adaptive {
         self
     }
 
-    /// The EWMA weight of each new cost sample, clamped to `[0.01, 1]` (1: latest only).
-    /// NaN keeps the default.
+    /// The EWMA weight of each new cost sample, clamped to `[MIN_SMOOTHING, 1]` (1: latest
+    /// only); a policy spec refuses a value outside instead. NaN keeps the default.
     pub fn smoothing(mut self, alpha: f64) -> Adaptive {
         if !alpha.is_nan() {
-            self.smoothing = alpha.clamp(0.01, 1.0);
+            self.smoothing = alpha.clamp(MIN_SMOOTHING, 1.0);
         }
         self
     }

@@ -29,6 +29,11 @@ pub fn parse_duration(what: &str, input: &str) -> Result<Duration, PolicyError> 
         }));
     }
     let value: f64 = number.parse().map_err(|_| err("malformed number"))?;
+    if unit.starts_with(['e', 'E'])
+        && unit[1..].starts_with(|c: char| c.is_ascii_digit() || c == '-' || c == '+')
+    {
+        return Err(err("exponents are not supported (write 1000s, not 1e3s)"));
+    }
     let scale = match unit.trim() {
         "ms" => 1e-3,
         "s" => 1.0,
@@ -100,6 +105,18 @@ mod tests {
             assert_eq!(e.kind(), ErrorKind::InvalidDuration);
             assert!(e.to_string().starts_with("--mtbf"), "{e}");
         }
+    }
+
+    /// Regression: `1e3s` read the exponent as the unit and said "unknown unit".
+    #[test]
+    fn an_exponent_is_named_not_taken_for_a_unit() {
+        for bad in ["1e3s", "2E-3h", "1e+2m"] {
+            let e = parse_duration("--cost", bad).unwrap_err().to_string();
+            assert!(e.contains("exponents are not supported"), "{bad}: {e}");
+        }
+        // A unit starting with `e` that is no exponent is still an unknown unit.
+        let e = parse_duration("--cost", "1eons").unwrap_err().to_string();
+        assert!(e.contains("unknown unit"), "{e}");
     }
 
     #[test]

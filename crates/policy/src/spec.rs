@@ -10,10 +10,10 @@
 //!   KEY: mtbf (fixed MTBF; otherwise estimated from the failure history),
 //!        prior (prior MTBF, default 24h), restart, cost (initial cost), min, max:
 //!        durations (mtbf, prior, max and every: > 0; min <= max); smoothing: a number
-//!        in (0, 1]
+//!        in [0.01, 1]
 //! ```
 
-use crate::adaptive::{Adaptive, MtbfSource};
+use crate::adaptive::{Adaptive, MtbfSource, MIN_SMOOTHING};
 use crate::duration::parse_duration;
 use crate::error::PolicyError;
 use crate::history::{FailureHistory, DEFAULT_PRIOR_MTBF_S};
@@ -163,8 +163,12 @@ impl FromStr for PolicySpec {
                     spec.smoothing = value
                         .parse::<f64>()
                         .ok()
-                        .filter(|a| *a > 0.0 && *a <= 1.0)
-                        .ok_or_else(|| err(format!("smoothing must be in (0, 1], got {value:?}")))?
+                        .filter(|a| (MIN_SMOOTHING..=1.0).contains(a))
+                        .ok_or_else(|| {
+                            err(format!(
+                                "smoothing must be in [{MIN_SMOOTHING}, 1], got {value:?}"
+                            ))
+                        })?
                 }
                 _ => return Err(err(format!("unknown key {key:?}"))),
             }

@@ -174,6 +174,8 @@ fn specs_parse_and_build() {
         "daly,foo=1s",
         "daly,mtbf=0s",
         "daly,smoothing=2",
+        // Regression: accepted, printed back as given, but the policy used 0.01.
+        "daly,smoothing=0.001",
         "never,mtbf=1h",
         "nevermore",
         "never:1",

@@ -141,6 +141,9 @@ fn run(
                     b = b.sync_writes();
                 }
                 let mut job = b.open().map_err(|e| e.to_string())?;
+                // A fresh repository: the decision is a fresh start, nothing is read.
+                job.restore_or_init(|| Full { data: Vec::new() })
+                    .map_err(|e| e.to_string())?;
                 // Incompressible content (splitmix64), so compression cannot shrink a write
                 // below what raw write+fsync of the same bytes does.
                 let noise: Vec<u64> = (0..words as u64)
