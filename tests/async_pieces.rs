@@ -48,6 +48,11 @@ fn a_256_mib_state_with_a_64_mib_budget_is_captured_in_pieces() {
             .staging_budget(budget)
             .open()
             .unwrap();
+        job.restore_or_init(|| Big {
+            a: Vec::new(),
+            b: Vec::new(),
+        })
+        .unwrap();
         let id = job.checkpoint_now(&s).unwrap();
         // The program goes on at once: the background flush must not see this.
         s.a.iter_mut().step_by(4096).for_each(|w| *w = 0);

@@ -101,6 +101,11 @@ fn measure_state_throughput() {
         .repo_options(options(1 << 20))
         .open()
         .unwrap();
+    job.restore_or_init(|| Big {
+        step: 0,
+        field: Vec::new(),
+    })
+    .unwrap();
     let t = Instant::now();
     job.checkpoint_now(&big).unwrap();
     let ckpt = bytes / t.elapsed().as_secs_f64();

@@ -63,6 +63,7 @@ proptest! {
         let opts = RepoOptions { chunk_size: 4096, codec: if zstd { Codec::Zstd } else { Codec::None }, ..RepoOptions::default() };
         {
             let mut job = Job::builder().repo(dir.path()).repo_options(opts.clone()).open().unwrap();
+            job.restore_or_init(State::default).unwrap();
             job.checkpoint_now(&s).unwrap();
         }
         let mut job = Job::builder().repo(dir.path()).repo_options(opts).open().unwrap();
