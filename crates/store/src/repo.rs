@@ -931,7 +931,7 @@ impl Repository {
                     continue;
                 }
                 let key = ObjectKey::Entry(dir.clone(), ent.name);
-                let bytes = match crate::reader::read_envelope_file(b, &key) {
+                let bytes = match b.read(&key) {
                     Ok(bytes) => bytes,
                     // Unreadable is not damaged: its chunks may be live.
                     Err(e) if crate::reader::is_fatal(&e) => {

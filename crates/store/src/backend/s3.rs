@@ -387,6 +387,32 @@ impl S3Backend {
         }
     }
 
+    /// GETs `key` whole with its ETag, as a stream bounded by [`super::CappedRead`]: an
+    /// object whose announced size (`Content-Length`) is over its kind's cap is refused
+    /// before its body is read, and a body longer than announced is refused (found in
+    /// review: the client's `bytes()` pre-allocated whatever `Content-Length` said, so a
+    /// hostile server aborted the process, and an honest huge object was downloaded whole
+    /// before any check).
+    fn get_capped(&self, key: &ObjectKey) -> Result<(Vec<u8>, Option<String>), StoreError> {
+        let at = self.describe(key);
+        let (s, p, key, at2) = (self.store.clone(), self.obj(key), key.clone(), at.clone());
+        self.run("GET", &at, async move {
+            let g = s.get(&p).await?;
+            let etag = g.meta.e_tag.clone();
+            let mut out = match super::CappedRead::new(at2, &key, g.meta.size) {
+                Ok(out) => out,
+                Err(e) => return Ok(Err(e)),
+            };
+            let mut body = g.into_stream();
+            while let Some(b) = body.next().await {
+                if let Err(e) = out.push(&b?) {
+                    return Ok(Err(e));
+                }
+            }
+            Ok(out.finish().map(|b| (b, etag)))
+        })?
+    }
+
     fn error(&self, what: &str, at: &Path, e: object_store::Error) -> StoreError {
         use object_store::Error as E;
         let kind = match &e {
@@ -413,9 +439,7 @@ impl ReadBackend for S3Backend {
     }
 
     fn open(&self, key: &ObjectKey) -> Result<ObjectReader, StoreError> {
-        let at = self.describe(key);
-        let (s, p) = (self.store.clone(), self.obj(key));
-        let bytes = self.run("GET", &at, async move { s.get(&p).await?.bytes().await })?;
+        let bytes = self.get_capped(key)?.0;
         Ok(ObjectReader {
             len: bytes.len() as u64,
             reader: Box::new(std::io::Cursor::new(bytes)),
@@ -454,10 +478,7 @@ impl ReadBackend for S3Backend {
     }
 
     fn read(&self, key: &ObjectKey) -> Result<Vec<u8>, StoreError> {
-        let at = self.describe(key);
-        let (s, p) = (self.store.clone(), self.obj(key));
-        let b = self.run("GET", &at, async move { s.get(&p).await?.bytes().await })?;
-        Ok(b.to_vec())
+        Ok(self.get_capped(key)?.0)
     }
 
     fn stat(&self, key: &ObjectKey) -> Result<Option<ObjectMeta>, StoreError> {
@@ -562,14 +583,8 @@ impl WriteBackend for S3Backend {
 
     fn read_versioned(&self, key: &ObjectKey) -> Result<Option<(Vec<u8>, Version)>, StoreError> {
         let at = self.describe(key);
-        let (s, p) = (self.store.clone(), self.obj(key));
-        let r = self.run("GET", &at, async move {
-            let g = s.get(&p).await?;
-            let etag = g.meta.e_tag.clone();
-            Ok((g.bytes().await?, etag))
-        });
-        match r {
-            Ok((b, Some(etag))) => Ok(Some((b.to_vec(), Version(etag)))),
+        match self.get_capped(key) {
+            Ok((b, Some(etag))) => Ok(Some((b, Version(etag)))),
             Ok((_, None)) => Err(StoreError::new(
                 StoreErrorKind::Io,
                 Some(&at),

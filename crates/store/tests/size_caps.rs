@@ -1,0 +1,225 @@
+//! Attack review #1 and #3: whole-object reads are bounded by the format's cap for the
+//! object's kind (`lazarus_store::size_cap`) on every backend, checked against the size
+//! announced before the body (a file's size, an HTTP `Content-Length`), and the S3 backend
+//! reads bodies as a bounded stream. Each memory check runs in a child process of its own,
+//! so its peak RSS is its own.
+
+mod common;
+
+use common::s3::{config, Server};
+use common::*;
+use lazarus_format::{CheckpointId, Rank};
+use lazarus_store::{
+    ObjectKey, ReadBackend, RepoReader, Repository, S3Backend, StoreErrorKind, WriteBackend,
+};
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::process::Command;
+use std::time::Duration;
+
+const CHILD_ENV: &str = "LAZARUS_TEST_SIZE_CAPS_CHILD";
+
+/// In the parent: runs the test `name` alone in a child process and requires it to pass
+/// (a process abort is a failure, not the end of the test binary). Returns true in the
+/// child, which then runs the test's body.
+fn in_child(name: &str) -> bool {
+    if std::env::var_os(CHILD_ENV).is_some() {
+        return true;
+    }
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .env(CHILD_ENV, "1")
+        .output()
+        .unwrap();
+    let tail = |b: &[u8]| String::from_utf8_lossy(&b[b.len().saturating_sub(4000)..]).into_owned();
+    assert!(
+        out.status.success(),
+        "{name} failed in its child process ({:?}):\n{}\n{}",
+        out.status,
+        tail(&out.stdout),
+        tail(&out.stderr)
+    );
+    false
+}
+
+fn assert_peak_below(mib: u64) {
+    let peak = lazarus_testbed::peak_rss().expect("VmHWM in /proc/self/status");
+    assert!(peak < mib << 20, "peak RSS {} MiB", peak >> 20);
+}
+
+/// A one-route S3 server on 127.0.0.1: answers every request with a 200 announcing
+/// `content_length` bytes, then sends `body_len` bytes (in frames of at most 1 MiB, the
+/// first two apart in time so the client sees two frames). Returns its endpoint.
+fn fake_s3(content_length: u64, body_len: u64) -> String {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", l.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            std::thread::spawn(move || {
+                let mut r = BufReader::new(s.try_clone().unwrap());
+                let mut line = String::new();
+                while r.read_line(&mut line).is_ok_and(|n| n > 0) {
+                    if line == "\r\n" {
+                        break;
+                    }
+                    line.clear();
+                }
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {content_length}\r\nETag: \"e1\"\r\n\
+                     Last-Modified: Mon, 07 Dec 2026 00:00:00 GMT\r\n\r\n"
+                );
+                if s.write_all(head.as_bytes()).is_err() {
+                    return;
+                }
+                let frame = vec![b'x'; 1 << 20];
+                let mut left = body_len;
+                let mut first = true;
+                while left > 0 {
+                    let n = left.min(if first { 100 } else { 1 << 20 });
+                    if s.write_all(&frame[..n as usize])
+                        .and_then(|_| s.flush())
+                        .is_err()
+                    {
+                        return;
+                    }
+                    if first {
+                        std::thread::sleep(Duration::from_millis(100));
+                        first = false;
+                    }
+                    left -= n;
+                }
+                // Hold the connection (a hostile server never finishes).
+                std::thread::sleep(Duration::from_secs(30));
+            });
+        }
+    });
+    endpoint
+}
+
+fn fake_backend(endpoint: String) -> S3Backend {
+    let server = Server {
+        endpoint,
+        bucket: "lazarus-test".into(),
+    };
+    let mut cfg = config(&server, "caps");
+    cfg.op_timeout = Duration::from_secs(10);
+    S3Backend::open(cfg).unwrap()
+}
+
+/// #1: a server announcing `Content-Length: 1 TiB` for a COMMIT, then sending its body in
+/// two frames, made the client pre-allocate 1 TiB: the process aborted. Now the COMMIT is
+/// refused by its announced size before its body is read.
+#[test]
+fn a_hostile_content_length_is_refused_not_an_abort() {
+    if !in_child("a_hostile_content_length_is_refused_not_an_abort") {
+        return;
+    }
+    let b = fake_backend(fake_s3(1 << 40, 300));
+    for key in [ObjectKey::Commit(CheckpointId(1)), ObjectKey::Lock] {
+        let e = b.open(&key).map(|o| o.len).unwrap_err();
+        assert_eq!(e.kind(), StoreErrorKind::Corrupt, "{e}");
+        assert!(e.to_string().contains(&key.name()), "{e}");
+        assert!(e.to_string().contains("more than any"), "{e}");
+        let e = b.read(&key).map(|b| b.len()).unwrap_err();
+        assert_eq!(e.kind(), StoreErrorKind::Corrupt, "{e}");
+        let e = b
+            .read_versioned(&key)
+            .map(|o| o.map(|(b, _)| b.len()))
+            .unwrap_err();
+        assert_eq!(e.kind(), StoreErrorKind::Corrupt, "{e}");
+    }
+}
+
+/// #1: an honest 300 MiB object under LOCK (a lease record is at most 4 KiB) was
+/// downloaded whole before the lease decoder refused it. Now refused by its size.
+#[test]
+fn an_honest_huge_lock_object_is_refused_without_downloading_it() {
+    if !in_child("an_honest_huge_lock_object_is_refused_without_downloading_it") {
+        return;
+    }
+    let b = fake_backend(fake_s3(300 << 20, 300 << 20));
+    // Lengths only in a failure (never 300 MiB of Debug output).
+    let e = b
+        .read_versioned(&ObjectKey::Lock)
+        .map(|o| o.map(|(b, _)| b.len()))
+        .unwrap_err();
+    assert_eq!(e.kind(), StoreErrorKind::Corrupt, "{e}");
+    assert!(e.to_string().contains("LOCK"), "{e}");
+    assert_peak_below(128);
+}
+
+/// #3: `truncate -s 1G repo/FORMAT` made every open of the repository read 1 GiB of
+/// zeros. FORMAT is refused by its size, naming it.
+#[test]
+fn a_huge_format_file_is_refused_before_it_is_read() {
+    if !in_child("a_huge_format_file_is_refused_before_it_is_read") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut repo = Repository::open(dir.path(), small_opts()).unwrap();
+    checkpoint(&mut repo, 1, 1, 1500);
+    drop(repo);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.path().join("FORMAT"))
+        .unwrap()
+        .set_len(1 << 30)
+        .unwrap();
+    let e = RepoReader::open(dir.path()).unwrap_err();
+    assert_eq!(e.kind(), StoreErrorKind::Corrupt, "{e}");
+    assert!(e.to_string().contains("FORMAT"), "{e}");
+    assert_peak_below(512);
+}
+
+/// #3: commit read a rank's manifest file whole, whatever its size.
+#[test]
+fn a_huge_manifest_file_is_refused_by_commit_before_it_is_read() {
+    if !in_child("a_huge_manifest_file_is_refused_by_commit_before_it_is_read") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut repo = Repository::open(dir.path(), small_opts()).unwrap();
+    let pending = repo.begin(1).unwrap();
+    let bytes = le_f64(&field(0, 1, 1500));
+    let rc = pending
+        .part_writer()
+        .write(Rank(0), &[bulk_f64("field", &bytes, None)])
+        .unwrap();
+    assert!(rc.manifest.is_none(), "a manifest file");
+    let id = pending.id();
+    let manifest = dir
+        .path()
+        .join("checkpoints")
+        .join(id.to_string())
+        .join("rank-0.manifest");
+    // One GiB, well over the envelope cap (48 + 256 MiB).
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&manifest)
+        .unwrap()
+        .set_len(1 << 30)
+        .unwrap();
+    let e = repo
+        .commit(pending, vec![rc], Default::default())
+        .unwrap_err();
+    assert_eq!(e.kind(), StoreErrorKind::Corrupt, "{e}");
+    assert!(e.to_string().contains("rank-0.manifest"), "{e}");
+    assert_peak_below(512);
+}
+
+/// The caps are the format's (docs/FORMAT.md "Size limits").
+#[test]
+fn size_caps_are_the_formats() {
+    use lazarus_store::size_cap;
+    assert_eq!(size_cap(&ObjectKey::Format).unwrap().0, 12);
+    assert_eq!(size_cap(&ObjectKey::Lock).unwrap().0, 4096);
+    assert_eq!(
+        size_cap(&ObjectKey::Commit(CheckpointId(1))).unwrap().0,
+        48 + (256 << 20)
+    );
+    let chunk = size_cap(&ObjectKey::Chunk(lazarus_format::ChunkDigest([0; 32])))
+        .unwrap()
+        .0;
+    assert!(chunk > 16 + lazarus_format::MAX_CHUNK_LEN, "{chunk}");
+}
