@@ -665,24 +665,27 @@ impl Repository {
         })
     }
 
-    /// After the conditional create of COMMIT failed with `err`: Ok when our own COMMIT is
-    /// there after all (a retried request whose first attempt landed), `Conflict` when
-    /// another writer's is, `CommitUnknown` when an object store may still apply it (also a
-    /// conflict with no COMMIT there), else `err` (COMMIT is certainly not there: not
-    /// committed).
+    /// After the conditional create of COMMIT failed with `err`, COMMIT is read back for
+    /// every error but `InvalidArgument` (raised before anything was sent): Ok when our own
+    /// COMMIT is there after all (a retried request whose first attempt landed), `Conflict`
+    /// when another writer's is, `err` when it is certainly absent (not there, and `err`
+    /// was a definite answer, not a conflict or a transport failure that an attempt still
+    /// in flight may follow), else `CommitUnknown` (also when the read-back fails). Found
+    /// in review: only `Conflict`/`Unavailable` were read back, so a first PUT applied but
+    /// answered 503, whose retry got 403 or 404, was reported as not committed.
     fn settle_failed_commit(
         &self,
         id: CheckpointId,
         ours: &[u8],
         err: StoreError,
     ) -> Result<(), StoreError> {
-        let ambiguous = matches!(
+        if err.kind() == StoreErrorKind::InvalidArgument {
+            return Err(err);
+        }
+        let in_flight = matches!(
             err.kind(),
             StoreErrorKind::Conflict | StoreErrorKind::Unavailable
         );
-        if !ambiguous {
-            return Err(err);
-        }
         let key = ObjectKey::Commit(id);
         match self.backend.read(&key) {
             Ok(there) if there == ours => {
@@ -694,6 +697,7 @@ impl Repository {
                 Some(&self.backend.describe(&key)),
                 format!("checkpoint {id} was committed by another writer; ours is not"),
             )),
+            Err(e) if e.kind() == StoreErrorKind::Missing && !in_flight => Err(err),
             // A conflict with no COMMIT there is not proof that none will be: S3 answers
             // 409 ConditionalRequestConflict while an earlier attempt of this very write
             // (the client's retry) is still in flight. So it is unknown, like a read error

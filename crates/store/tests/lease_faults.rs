@@ -41,6 +41,9 @@ struct Flaky {
     /// 409 ConditionalRequestConflict while an earlier attempt of the same conditional
     /// write is still in flight (it may land later).
     commit_conflict_in_flight: AtomicBool,
+    /// The next `Create` put of a COMMIT is applied, then answered with an I/O error (a
+    /// first attempt answered 503 and retried, the retry answered 403 Forbidden).
+    commit_landed_then_forbidden: AtomicBool,
 }
 
 impl Flaky {
@@ -55,6 +58,7 @@ impl Flaky {
             landed_but_unavailable: AtomicBool::new(false),
             unreadable: std::sync::Mutex::new(None),
             commit_conflict_in_flight: AtomicBool::new(false),
+            commit_landed_then_forbidden: AtomicBool::new(false),
         })
     }
 }
@@ -122,6 +126,19 @@ impl WriteBackend for Flaky {
                     "injected: 500 after the request was applied, retries exhausted",
                 ));
             }
+        }
+        if matches!(key, ObjectKey::Commit(_))
+            && matches!(mode, PutMode::Create)
+            && self
+                .commit_landed_then_forbidden
+                .swap(false, Ordering::SeqCst)
+        {
+            self.inner.put(key, parts, mode)?;
+            return Err(StoreError::new(
+                StoreErrorKind::Io,
+                None,
+                "injected: 403 Forbidden on the retry of a PUT answered 503 but applied",
+            ));
         }
         if matches!(key, ObjectKey::Commit(_))
             && matches!(mode, PutMode::Create)
@@ -414,4 +431,22 @@ fn a_commit_conflict_with_no_commit_there_is_an_unknown_outcome_not_an_abort() {
     assert_eq!(e.kind(), StoreErrorKind::CommitUnknown, "{e}");
     assert!(!e.is_retryable(), "{e}");
     assert!(e.to_string().contains("may still be applied"), "{e}");
+}
+
+/// Attack review #5: a COMMIT PUT applied but answered 503, whose retry was answered 403
+/// (an `Io` error), was reported as not committed although COMMIT is visible. COMMIT is
+/// now read back after every error but `InvalidArgument`.
+#[test]
+fn a_commit_that_landed_before_a_forbidden_retry_is_not_reported_uncommitted() {
+    let store = Arc::new(MemoryBackend::new());
+    let b = Flaky::new("proc-a", store.clone());
+    let mut w = Repository::open_backend(b.clone(), opts()).unwrap();
+    try_commit(&mut w).expect("first checkpoint");
+    b.commit_landed_then_forbidden.store(true, Ordering::SeqCst);
+    match try_commit(&mut w) {
+        Ok(_) => {}
+        Err(e) => assert_eq!(e.kind(), StoreErrorKind::CommitUnknown, "{e}"),
+    }
+    let reader = RepoReader::from_backend(store.clone()).unwrap();
+    assert_eq!(reader.committed().unwrap().len(), 2);
 }
