@@ -840,6 +840,21 @@ impl Repository {
         let mut committed = Vec::new();
         let mut damaged = Vec::new();
         let ids = reader.checkpoint_ids()?;
+        // A listing that misses the checkpoint this handle committed is stale or
+        // incomplete (an object store's LIST): collecting by it would sweep that
+        // checkpoint's new chunks (regression:
+        // `gc_refuses_a_listing_that_misses_the_checkpoint_just_committed`).
+        if let Some(last) = self.last_committed.filter(|l| !ids.contains(l)) {
+            return Err(StoreError::new(
+                StoreErrorKind::Unavailable,
+                Some(&self.backend.describe_dir(&DirKey::Checkpoints)),
+                format!(
+                    "garbage collection stopped before deleting anything: the listing misses \
+                     checkpoint {last}, which this writer committed (a stale or incomplete \
+                     listing; retry later)"
+                ),
+            ));
+        }
         let scanned: BTreeMap<_, _> = reader.scan()?.into_iter().collect();
         let mut uncommitted = Vec::new();
         for id in ids {

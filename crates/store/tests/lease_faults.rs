@@ -44,6 +44,8 @@ struct Flaky {
     /// The next `Create` put of a COMMIT is applied, then answered with an I/O error (a
     /// first attempt answered 503 and retried, the retry answered 403 Forbidden).
     commit_landed_then_forbidden: AtomicBool,
+    /// Listings of `checkpoints/` leave out the newest checkpoint (a stale LIST).
+    hide_newest_checkpoint: AtomicBool,
 }
 
 impl Flaky {
@@ -59,6 +61,7 @@ impl Flaky {
             unreadable: std::sync::Mutex::new(None),
             commit_conflict_in_flight: AtomicBool::new(false),
             commit_landed_then_forbidden: AtomicBool::new(false),
+            hide_newest_checkpoint: AtomicBool::new(false),
         })
     }
 }
@@ -81,7 +84,13 @@ impl ReadBackend for Flaky {
         self.inner.stat(key)
     }
     fn list(&self, dir: &DirKey) -> Result<Vec<Entry>, StoreError> {
-        self.inner.list(dir)
+        let mut all = self.inner.list(dir)?;
+        if *dir == DirKey::Checkpoints && self.hide_newest_checkpoint.load(Ordering::SeqCst) {
+            if let Some(newest) = all.iter().map(|e| e.name.clone()).max() {
+                all.retain(|e| e.name != newest);
+            }
+        }
+        Ok(all)
     }
     fn dir_exists(&self, dir: &DirKey) -> Result<bool, StoreError> {
         self.inner.dir_exists(dir)
@@ -449,4 +458,27 @@ fn a_commit_that_landed_before_a_forbidden_retry_is_not_reported_uncommitted() {
     }
     let reader = RepoReader::from_backend(store.clone()).unwrap();
     assert_eq!(reader.committed().unwrap().len(), 2);
+}
+
+/// Attack review #6: GC trusted a `checkpoints/` listing that missed the checkpoint this
+/// handle had just committed, and swept its new chunks. It now stops before deleting
+/// anything.
+#[test]
+fn gc_refuses_a_listing_that_misses_the_checkpoint_just_committed() {
+    let store = Arc::new(MemoryBackend::new());
+    let b = Flaky::new("proc-a", store.clone());
+    let mut w = Repository::open_backend(b.clone(), opts()).unwrap();
+    // Different data: the newest checkpoint's chunks are its own.
+    checkpoint(&mut w, 1, 1, 3000);
+    let newest = checkpoint(&mut w, 1, 2, 3000);
+    b.hide_newest_checkpoint.store(true, Ordering::SeqCst);
+    let e = w
+        .retain(1)
+        .expect_err("the listing misses the newest checkpoint");
+    assert!(e.to_string().contains(&newest.to_string()), "{e}");
+    b.hide_newest_checkpoint.store(false, Ordering::SeqCst);
+    RepoReader::from_backend(store.clone())
+        .unwrap()
+        .check_committed(newest)
+        .expect("the newest checkpoint is intact");
 }
