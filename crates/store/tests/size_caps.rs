@@ -49,48 +49,69 @@ fn assert_peak_below(mib: u64) {
 
 /// A one-route S3 server on 127.0.0.1: answers every request with a 200 announcing
 /// `content_length` bytes, then sends `body_len` bytes (in frames of at most 1 MiB, the
-/// first two apart in time so the client sees two frames). Returns its endpoint.
+/// first two apart in time so the client sees two frames), then serves the next request
+/// of the connection (a body shorter than announced holds it). Returns its endpoint.
 fn fake_s3(content_length: u64, body_len: u64) -> String {
+    fake_s3_with(move |_| {
+        (
+            format!("HTTP/1.1 200 OK\r\nContent-Length: {content_length}\r\n"),
+            body_len,
+        )
+    })
+}
+
+/// [`fake_s3`] answering each request (its request line and headers) with `answer`'s
+/// status line and headers (ETag and Last-Modified are added) and that many body bytes.
+fn fake_s3_with(answer: impl Fn(&str) -> (String, u64) + Send + Sync + 'static) -> String {
+    let answer = std::sync::Arc::new(answer);
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let endpoint = format!("http://{}", l.local_addr().unwrap());
     std::thread::spawn(move || {
         for s in l.incoming() {
             let Ok(mut s) = s else { continue };
+            let answer = answer.clone();
             std::thread::spawn(move || {
                 let mut r = BufReader::new(s.try_clone().unwrap());
-                let mut line = String::new();
-                while r.read_line(&mut line).is_ok_and(|n| n > 0) {
-                    if line == "\r\n" {
-                        break;
+                loop {
+                    let mut request = String::new();
+                    while r.read_line(&mut request).is_ok_and(|n| n > 0) {
+                        if request.ends_with("\r\n\r\n") {
+                            break;
+                        }
                     }
-                    line.clear();
-                }
-                let head = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Length: {content_length}\r\nETag: \"e1\"\r\n\
-                     Last-Modified: Mon, 07 Dec 2026 00:00:00 GMT\r\n\r\n"
-                );
-                if s.write_all(head.as_bytes()).is_err() {
-                    return;
-                }
-                let frame = vec![b'x'; 1 << 20];
-                let mut left = body_len;
-                let mut first = true;
-                while left > 0 {
-                    let n = left.min(if first { 100 } else { 1 << 20 });
-                    if s.write_all(&frame[..n as usize])
-                        .and_then(|_| s.flush())
-                        .is_err()
-                    {
+                    if request.is_empty() {
                         return;
                     }
-                    if first {
-                        std::thread::sleep(Duration::from_millis(100));
-                        first = false;
+                    let (status, body_len) = answer(&request);
+                    let body_len = if request.starts_with("HEAD") {
+                        0
+                    } else {
+                        body_len
+                    };
+                    let head = format!(
+                        "{status}ETag: \"e1\"\r\nLast-Modified: Mon, 07 Dec 2026 00:00:00 GMT\r\n\r\n"
+                    );
+                    if s.write_all(head.as_bytes()).is_err() {
+                        return;
                     }
-                    left -= n;
+                    let frame = vec![b'x'; 1 << 20];
+                    let mut left = body_len;
+                    let mut first = true;
+                    while left > 0 {
+                        let n = left.min(if first { 100 } else { 1 << 20 });
+                        if s.write_all(&frame[..n as usize])
+                            .and_then(|_| s.flush())
+                            .is_err()
+                        {
+                            return;
+                        }
+                        if first {
+                            std::thread::sleep(Duration::from_millis(100));
+                            first = false;
+                        }
+                        left -= n;
+                    }
                 }
-                // Hold the connection (a hostile server never finishes).
-                std::thread::sleep(Duration::from_secs(30));
             });
         }
     });
@@ -147,6 +168,28 @@ fn an_honest_huge_lock_object_is_refused_without_downloading_it() {
     assert_eq!(e.kind(), StoreErrorKind::Corrupt, "{e}");
     assert!(e.to_string().contains("LOCK"), "{e}");
     assert_peak_below(128);
+}
+
+/// #10: the S3 backend's ranged read returned whatever length the server sent.
+#[test]
+fn a_ranged_read_of_the_wrong_length_is_an_error() {
+    // 1000-byte object; its range 0..100 is answered with 50 bytes.
+    let endpoint = fake_s3_with(|req| {
+        if req.to_ascii_lowercase().contains("range:") {
+            (
+                "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 0-99/1000\r\n\
+                 Content-Length: 50\r\n"
+                    .into(),
+                50,
+            )
+        } else {
+            ("HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n".into(), 1000)
+        }
+    });
+    let b = fake_backend(endpoint);
+    let key = ObjectKey::Chunk(lazarus_format::ChunkDigest([7; 32]));
+    let e = b.read_range(&key, 0..100).map(|b| b.len()).unwrap_err();
+    assert!(e.to_string().contains("50 of the 100"), "{e}");
 }
 
 /// #3: `truncate -s 1G repo/FORMAT` made every open of the repository read 1 GiB of

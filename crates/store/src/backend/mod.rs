@@ -570,7 +570,7 @@ impl CappedRead {
                 StoreErrorKind::Io,
                 Some(&self.at),
                 format!(
-                    "the object ended after {} of its {} bytes",
+                    "the read ended after {} of the {} bytes announced",
                     self.out.len(),
                     self.len
                 ),
