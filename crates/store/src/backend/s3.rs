@@ -74,7 +74,13 @@ impl std::fmt::Debug for S3Config {
         f.debug_struct("S3Config")
             .field("bucket", &self.bucket)
             .field("prefix", &self.prefix)
-            .field("endpoint", &self.endpoint)
+            .field(
+                "endpoint",
+                &self
+                    .endpoint
+                    .as_deref()
+                    .map(crate::location::without_userinfo),
+            )
             .field("region", &self.region)
             .field("allow_http", &self.allow_http)
             .field("op_timeout", &self.op_timeout)
@@ -82,6 +88,10 @@ impl std::fmt::Debug for S3Config {
             .finish_non_exhaustive()
     }
 }
+
+/// Why an endpoint with user information is refused (the value itself is never shown).
+const ENDPOINT_USERINFO: &str = "the S3 endpoint URL has user information (credentials?) in \
+     it: refused; give credentials in AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY";
 
 /// Environment variable: bound on one S3 operation in milliseconds (default 30000).
 pub const TIMEOUT_ENV: &str = "LAZARUS_S3_TIMEOUT_MS";
@@ -100,6 +110,16 @@ impl S3Config {
     /// `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`; `AWS_ALLOW_HTTP`; and
     /// [`TIMEOUT_ENV`], [`LEASE_TTL_ENV`], [`CONCURRENCY_ENV`].
     pub fn from_env(rest: &str) -> Result<S3Config, String> {
+        // Never echo credentials (found in review: `s3://KEY:SECRET@bucket/x` was shown
+        // back as an invalid bucket name).
+        if crate::location::has_userinfo(rest) {
+            return Err(
+                "the location has user information (credentials?) before the bucket \
+                 name: refused; give credentials in AWS_ACCESS_KEY_ID and \
+                 AWS_SECRET_ACCESS_KEY, never in the URL"
+                    .into(),
+            );
+        }
         let (bucket, prefix) = match rest.split_once('/') {
             Some((b, p)) => (b, p.trim_matches('/')),
             None => (rest, ""),
@@ -158,10 +178,17 @@ impl S3Config {
             (Some(k), Some(s)) => Some((k, s, env("AWS_SESSION_TOKEN"))),
             _ => None,
         };
+        let endpoint = env("AWS_ENDPOINT_URL_S3").or_else(|| env("AWS_ENDPOINT_URL"));
+        if endpoint
+            .as_deref()
+            .is_some_and(crate::location::has_userinfo)
+        {
+            return Err(ENDPOINT_USERINFO.into());
+        }
         Ok(S3Config {
             bucket: bucket.to_string(),
             prefix: prefix.to_string(),
-            endpoint: env("AWS_ENDPOINT_URL_S3").or_else(|| env("AWS_ENDPOINT_URL")),
+            endpoint,
             region: env("AWS_REGION")
                 .or_else(|| env("AWS_DEFAULT_REGION"))
                 .unwrap_or_else(|| "us-east-1".into()),
@@ -247,6 +274,9 @@ impl S3Backend {
         let bad =
             |msg: String| StoreError::new(StoreErrorKind::InvalidArgument, Some(&location), msg);
         if let Some(ep) = &cfg.endpoint {
+            if crate::location::has_userinfo(ep) {
+                return Err(bad(ENDPOINT_USERINFO.into()));
+            }
             if ep.starts_with("http://") && !cfg.allow_http {
                 return Err(bad(format!(
                     "endpoint {ep} is plain HTTP: set AWS_ALLOW_HTTP=true to allow it"
@@ -317,8 +347,12 @@ impl S3Backend {
         if let Some(b) = all.get(location) {
             return Ok(b.clone());
         }
-        let cfg = S3Config::from_env(rest)
-            .map_err(|m| StoreError::new(StoreErrorKind::InvalidArgument, Some(location), m))?;
+        let cfg = S3Config::from_env(rest).map_err(|m| {
+            let shown = PathBuf::from(crate::location::without_userinfo(
+                &location.to_string_lossy(),
+            ));
+            StoreError::new(StoreErrorKind::InvalidArgument, Some(&shown), m)
+        })?;
         let b = Arc::new(S3Backend::open(cfg)?);
         all.insert(location.to_path_buf(), b.clone());
         Ok(b)
