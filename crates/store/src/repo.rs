@@ -804,7 +804,22 @@ impl Repository {
         keep: usize,
         protect: &dyn Fn(&lazarus_format::CommitRecord) -> bool,
     ) -> Result<GcReport, StoreError> {
-        self.collect(keep, protect, &|_, _, _| {})
+        self.collect(keep, 1, protect, &|_, _, _| {})
+    }
+
+    /// [`Repository::retain_with_progress`] that keeps `keep` *intact* checkpoints: each
+    /// kept one not committed by this handle gets the cheap check (every chunk it names
+    /// exists), and older committed checkpoints are kept in place of damaged newer ones
+    /// until `keep` pass it (or none is left). For `lazarus gc --keep K` (found in
+    /// review: with K > 1, a newest checkpoint missing a chunk left fewer than K intact
+    /// ones, and only the newest intact one was spared). Costs a `stat` per chunk of each
+    /// kept checkpoint.
+    pub fn retain_intact_with_progress(
+        &mut self,
+        keep: usize,
+        progress: &dyn Fn(GcStage, u64, u64),
+    ) -> Result<GcReport, StoreError> {
+        self.collect(keep, keep, &|_| false, progress)
     }
 
     /// [`Repository::retain`], calling `progress(stage, done, total)` as it goes (for
@@ -814,14 +829,16 @@ impl Repository {
         keep: usize,
         progress: &dyn Fn(GcStage, u64, u64),
     ) -> Result<GcReport, StoreError> {
-        self.collect(keep, &|_| false, progress)
+        self.collect(keep, 1, &|_| false, progress)
     }
 
     /// Retention: the newest `keep` committed checkpoints and the older ones `protect`
-    /// accepts stay; see [`Repository::retain`].
+    /// accepts stay, and older ones in place of damaged newer ones until `intact` of the
+    /// kept ones pass the cheap check; see [`Repository::retain`].
     fn collect(
         &mut self,
         keep: usize,
+        intact: usize,
         protect: &dyn Fn(&lazarus_format::CommitRecord) -> bool,
         progress: &dyn Fn(GcStage, u64, u64),
     ) -> Result<GcReport, StoreError> {
@@ -887,25 +904,31 @@ impl Repository {
             .chain(newest.iter().copied())
             .collect();
         // Never the last checkpoint a restart could use: when the newest committed ones
-        // are broken (a chunk lost), the newest one that passes the cheap check stays
-        // even if it is older than `keep` (regression:
-        // `gc_keeps_the_newest_intact_checkpoint_when_the_newest_are_broken`).
+        // are broken (a chunk lost), the newest ones that pass the cheap check stay, until
+        // `intact` of them do, even if they are older than `keep` (regression:
+        // `gc_keeps_the_newest_intact_checkpoint_when_the_newest_are_broken`,
+        // `gc_keep_k_keeps_k_intact_checkpoints_when_the_newest_lost_a_chunk`).
+        let mut found = 0;
         for id in committed.iter().rev() {
+            if found >= intact {
+                break;
+            }
             if Some(*id) == self.last_committed {
-                break; // committed by this handle: every chunk proven present then
+                found += 1; // committed by this handle: every chunk proven present then
+                continue;
             }
             match reader.check_committed(*id) {
                 Ok(_) => {
+                    found += 1;
                     if let Some(i) = old.iter().position(|o| o == id) {
                         old.remove(i);
                         tracing::warn!(
-                            "{}: the newest {} committed checkpoint(s) are damaged; keeping checkpoint {id}, the newest intact one",
+                            "{}: some of the newest {} committed checkpoint(s) are damaged; keeping checkpoint {id}, an intact older one",
                             root.display(),
                             keep
                         );
                         kept.insert(0, *id);
                     }
-                    break;
                 }
                 Err(e) if crate::reader::is_fatal(&e) => {
                     return Err(e.context("garbage collection stopped before deleting anything"))
