@@ -188,3 +188,58 @@ fn bad_repositories_are_clear_errors() {
     assert!(!missing.exists(), "gc must not create a repository");
     assert!(text(&o.stderr).contains("no FORMAT"), "{}", text(&o.stderr));
 }
+
+/// Found in review: `gc --keep K` counted COMMIT and manifests only, so with K = 2 and a
+/// newest checkpoint missing a chunk it kept one intact checkpoint and deleted the older
+/// intact ones. It keeps K intact ones (older ones in place of the broken newest).
+#[test]
+fn gc_keep_k_keeps_k_intact_checkpoints_when_the_newest_lost_a_chunk() {
+    use lazarus::format::{ObjectInfo, ObjectKind, ObjectSpec, Rank};
+    use lazarus::store::{CommitMeta, RepoOptions, RepoReader, Repository};
+    let d = tempfile::tempdir().unwrap();
+    let repo = d.path().join("repo");
+    let mut r = Repository::open(&repo, RepoOptions::default()).unwrap();
+    let ids: Vec<_> = (1..=4u64)
+        .map(|step| {
+            let data = vec![step as u8; 10_000];
+            let p = r.begin(1).unwrap();
+            let spec = ObjectSpec {
+                info: ObjectInfo {
+                    name: "x".into(),
+                    type_name: "Params".into(),
+                    kind: ObjectKind::Serde,
+                    sharing: None,
+                    layout: None,
+                },
+                data: data.as_slice().into(),
+                hint: None,
+            };
+            let rc = p.part_writer().write(Rank(0), &[spec]).unwrap();
+            r.commit(
+                p,
+                vec![rc],
+                CommitMeta {
+                    step,
+                    app: Default::default(),
+                },
+            )
+            .unwrap()
+            .summary
+            .id
+        })
+        .collect();
+    drop(r);
+    let m = RepoReader::open(&repo)
+        .unwrap()
+        .manifest(ids[3], Rank(0))
+        .unwrap();
+    let hex = m.objects[0].chunks[0].digest.to_hex();
+    std::fs::remove_file(repo.join("chunks").join(&hex[..2]).join(&hex)).unwrap();
+    let o = lazarus(&["gc", "--keep", "2", "--json"], &repo);
+    assert_ok(&o);
+    let rd = RepoReader::open(&repo).unwrap();
+    for id in &ids[1..3] {
+        rd.check_committed(*id)
+            .unwrap_or_else(|e| panic!("intact checkpoint {id} was removed: {e}"));
+    }
+}

@@ -24,9 +24,9 @@ pub const LINEAGE_KEY: &str = "lazarus.level.lineage";
 /// The record's format version; a record of another version is refused, not guessed.
 pub const HISTORY_VERSION: u32 = 1;
 
-/// The largest record accepted (a path has one segment per restore that kept its
-/// ancestors; thousands of restarts fit in far less).
-const MAX_RECORD_BYTES: usize = 1 << 20;
+/// The largest record accepted: the store's cap on `LEVELS-HISTORY` (also applied when it
+/// is read).
+const MAX_RECORD_BYTES: usize = lazarus_store::MAX_LEVEL_HISTORY_LEN as usize;
 
 /// The most segments a record keeps (the oldest ancestors go first; about 60 bytes
 /// each, far under [`MAX_RECORD_BYTES`]).

@@ -411,6 +411,8 @@ pub(crate) fn acquire(
     let deadline = Instant::now() + cfg.ttl + cfg.max_clock_skew + Duration::from_secs(2);
     let my_boot = boot_id();
     let mut seen: Option<(Version, Instant)> = None;
+    // Lost races so far, for the backoff between attempts.
+    let mut conflicts: u32 = 0;
     loop {
         let current = backend.read_versioned(&key)?;
         let (record, version) = match &current {
@@ -529,14 +531,30 @@ pub(crate) fn acquire(
                         })?;
                         return Ok(Box::new(Lease::start(backend, cfg, rec, v, sent)));
                     }
-                    // Someone else wrote LOCK meanwhile: look again.
+                    // Someone else wrote LOCK meanwhile: look again, after a backoff (found
+                    // in review: a server answering every PUT 412 was sent GET+PUT in a
+                    // tight loop until the deadline).
                     Err(e) if e.kind() == StoreErrorKind::Conflict => {
                         if Instant::now() >= deadline {
                             return Err(locked(
                                 backend.as_ref(),
-                                "repository is locked: lost the race for the lease".into(),
+                                format!(
+                                    "repository is locked: lost the race for the lease {} \
+                                     times; the last conditional PUT of LOCK (expecting {}) \
+                                     failed: {}",
+                                    conflicts + 1,
+                                    version.as_ref().map_or_else(
+                                        || "no LOCK".to_string(),
+                                        |v| format!("ETag {}", v.0)
+                                    ),
+                                    e.message()
+                                ),
                             ));
                         }
+                        let pause = Duration::from_millis(50 << conflicts.min(5))
+                            .min(deadline.saturating_duration_since(Instant::now()));
+                        conflicts += 1;
+                        std::thread::sleep(pause);
                     }
                     Err(e) => return Err(e),
                 }

@@ -58,8 +58,8 @@ pub use backend::dir::record_fsyncs;
 #[cfg(feature = "s3")]
 pub use backend::s3::{S3Backend, S3Config};
 pub use backend::{
-    probe_lock, DirBackend, DirKey, LockGuard, LockProbe, MemoryBackend, ObjectKey, ReadBackend,
-    WriteBackend,
+    probe_lock, size_cap, DirBackend, DirKey, LockGuard, LockProbe, MemoryBackend, ObjectKey,
+    ReadBackend, WriteBackend, MAX_LEVEL_HISTORY_LEN,
 };
 pub use error::{StoreError, StoreErrorKind};
 pub use fsutil::{failpoint, FAILPOINT_ENV};

@@ -30,7 +30,7 @@ pub fn open_backend(location: &Path) -> Result<Arc<dyn WriteBackend>, StoreError
     let Some((scheme, rest)) = url_parts(location) else {
         return Ok(Arc::new(DirBackend::new(location)));
     };
-    let s = location.to_string_lossy();
+    let s = without_userinfo(&location.to_string_lossy());
     match scheme.to_ascii_lowercase().as_str() {
         "memory" => {
             let name = rest.trim_end_matches('/');
@@ -71,7 +71,31 @@ fn open_s3(location: &Path, _rest: &str) -> Result<Arc<dyn WriteBackend>, StoreE
 }
 
 fn bad(location: &Path, msg: &str) -> StoreError {
-    StoreError::new(StoreErrorKind::InvalidArgument, Some(location), msg)
+    let shown = PathBuf::from(without_userinfo(&location.to_string_lossy()));
+    StoreError::new(StoreErrorKind::InvalidArgument, Some(&shown), msg)
+}
+
+/// The authority of `url` (`scheme://AUTHORITY/...`, or the text before the first `/`
+/// when there is no scheme) has user information (`user:secret@`).
+pub(crate) fn has_userinfo(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    rest.split('/').next().unwrap_or("").contains('@')
+}
+
+/// `url` with the user information of its authority (`user:secret@`, credentials) removed:
+/// what messages and `Debug` show (found in review: `s3://KEY:SECRET@bucket` and
+/// `AWS_ENDPOINT_URL=http://user:secret@host` were echoed in errors).
+pub(crate) fn without_userinfo(url: &str) -> String {
+    if !has_userinfo(url) {
+        return url.to_string();
+    }
+    let (scheme, rest) = match url.split_once("://") {
+        Some((s, r)) => (format!("{s}://"), r),
+        None => (String::new(), url),
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    format!("{scheme}{host}{path}")
 }
 
 /// `(scheme, rest)` when `location` is a URL (`scheme://rest`, the scheme made of ASCII

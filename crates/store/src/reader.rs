@@ -107,46 +107,6 @@ pub struct RepoReader {
     version: FormatVersion,
 }
 
-/// The largest file an envelope (COMMIT, manifest) can be.
-const MAX_ENVELOPE_FILE: u64 =
-    lazarus_format::ENVELOPE_HEADER_LEN as u64 + lazarus_format::MAX_ENVELOPE_BODY;
-
-/// Reads the envelope file `key` (a COMMIT or a manifest) whole, refusing one larger than
-/// any the format allows before reading it where the backend knows the size on opening
-/// (found in review: a sparse multi-GB file named COMMIT was read whole, at every scan).
-pub(crate) fn read_envelope_file(
-    backend: &dyn ReadBackend,
-    key: &ObjectKey,
-) -> Result<Vec<u8>, StoreError> {
-    let o = backend.open(key)?;
-    let at = || backend.describe(key);
-    if o.len > MAX_ENVELOPE_FILE {
-        return Err(StoreError::new(
-            StoreErrorKind::Corrupt,
-            Some(&at()),
-            format!(
-                "{} bytes, more than any COMMIT or manifest can be ({MAX_ENVELOPE_FILE})",
-                o.len
-            ),
-        ));
-    }
-    let mut out = Vec::new();
-    // Within the cap above: a plain reservation.
-    out.reserve_exact(o.len as usize);
-    o.reader
-        .take(MAX_ENVELOPE_FILE + 1)
-        .read_to_end(&mut out)
-        .map_err(|e| StoreError::io(&at(), "reading", e))?;
-    if out.len() as u64 > MAX_ENVELOPE_FILE {
-        return Err(StoreError::new(
-            StoreErrorKind::Corrupt,
-            Some(&at()),
-            "grew past the largest COMMIT or manifest while being read",
-        ));
-    }
-    Ok(out)
-}
-
 pub(crate) fn check_format<B: ReadBackend + ?Sized>(
     backend: &B,
 ) -> Result<FormatVersion, StoreError> {
@@ -232,7 +192,7 @@ impl RepoReader {
 
     /// Reads and validates the COMMIT of `id`.
     pub fn commit_record(&self, id: CheckpointId) -> Result<CommitRecord, StoreError> {
-        let bytes = read_envelope_file(self.backend.as_ref(), &ObjectKey::Commit(id))?;
+        let bytes = self.backend.read(&ObjectKey::Commit(id))?;
         self.decode_commit(id, &bytes)
     }
 
@@ -326,11 +286,7 @@ impl RepoReader {
                 let b = b.map_err(|e| StoreError::format(&cp, &format!("checkpoint {id}"), e))?;
                 (b, cp, "inline manifest")
             }
-            None => (
-                read_envelope_file(self.backend.as_ref(), &mkey)?,
-                p,
-                "manifest",
-            ),
+            None => (self.backend.read(&mkey)?, p, "manifest"),
         };
         let m = Manifest::decode(&bytes)
             .map_err(|e| StoreError::format(&p, &format!("checkpoint {id} {rank}"), e))?;

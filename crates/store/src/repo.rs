@@ -665,24 +665,27 @@ impl Repository {
         })
     }
 
-    /// After the conditional create of COMMIT failed with `err`: Ok when our own COMMIT is
-    /// there after all (a retried request whose first attempt landed), `Conflict` when
-    /// another writer's is, `CommitUnknown` when an object store may still apply it (also a
-    /// conflict with no COMMIT there), else `err` (COMMIT is certainly not there: not
-    /// committed).
+    /// After the conditional create of COMMIT failed with `err`, COMMIT is read back for
+    /// every error but `InvalidArgument` (raised before anything was sent): Ok when our own
+    /// COMMIT is there after all (a retried request whose first attempt landed), `Conflict`
+    /// when another writer's is, `err` when it is certainly absent (not there, and `err`
+    /// was a definite answer, not a conflict or a transport failure that an attempt still
+    /// in flight may follow), else `CommitUnknown` (also when the read-back fails). Found
+    /// in review: only `Conflict`/`Unavailable` were read back, so a first PUT applied but
+    /// answered 503, whose retry got 403 or 404, was reported as not committed.
     fn settle_failed_commit(
         &self,
         id: CheckpointId,
         ours: &[u8],
         err: StoreError,
     ) -> Result<(), StoreError> {
-        let ambiguous = matches!(
+        if err.kind() == StoreErrorKind::InvalidArgument {
+            return Err(err);
+        }
+        let in_flight = matches!(
             err.kind(),
             StoreErrorKind::Conflict | StoreErrorKind::Unavailable
         );
-        if !ambiguous {
-            return Err(err);
-        }
         let key = ObjectKey::Commit(id);
         match self.backend.read(&key) {
             Ok(there) if there == ours => {
@@ -694,6 +697,7 @@ impl Repository {
                 Some(&self.backend.describe(&key)),
                 format!("checkpoint {id} was committed by another writer; ours is not"),
             )),
+            Err(e) if e.kind() == StoreErrorKind::Missing && !in_flight => Err(err),
             // A conflict with no COMMIT there is not proof that none will be: S3 answers
             // 409 ConditionalRequestConflict while an earlier attempt of this very write
             // (the client's retry) is still in flight. So it is unknown, like a read error
@@ -800,7 +804,22 @@ impl Repository {
         keep: usize,
         protect: &dyn Fn(&lazarus_format::CommitRecord) -> bool,
     ) -> Result<GcReport, StoreError> {
-        self.collect(keep, protect, &|_, _, _| {})
+        self.collect(keep, 1, protect, &|_, _, _| {})
+    }
+
+    /// [`Repository::retain_with_progress`] that keeps `keep` *intact* checkpoints: each
+    /// kept one not committed by this handle gets the cheap check (every chunk it names
+    /// exists), and older committed checkpoints are kept in place of damaged newer ones
+    /// until `keep` pass it (or none is left). For `lazarus gc --keep K` (found in
+    /// review: with K > 1, a newest checkpoint missing a chunk left fewer than K intact
+    /// ones, and only the newest intact one was spared). Costs a `stat` per chunk of each
+    /// kept checkpoint.
+    pub fn retain_intact_with_progress(
+        &mut self,
+        keep: usize,
+        progress: &dyn Fn(GcStage, u64, u64),
+    ) -> Result<GcReport, StoreError> {
+        self.collect(keep, keep, &|_| false, progress)
     }
 
     /// [`Repository::retain`], calling `progress(stage, done, total)` as it goes (for
@@ -810,14 +829,16 @@ impl Repository {
         keep: usize,
         progress: &dyn Fn(GcStage, u64, u64),
     ) -> Result<GcReport, StoreError> {
-        self.collect(keep, &|_| false, progress)
+        self.collect(keep, 1, &|_| false, progress)
     }
 
     /// Retention: the newest `keep` committed checkpoints and the older ones `protect`
-    /// accepts stay; see [`Repository::retain`].
+    /// accepts stay, and older ones in place of damaged newer ones until `intact` of the
+    /// kept ones pass the cheap check; see [`Repository::retain`].
     fn collect(
         &mut self,
         keep: usize,
+        intact: usize,
         protect: &dyn Fn(&lazarus_format::CommitRecord) -> bool,
         progress: &dyn Fn(GcStage, u64, u64),
     ) -> Result<GcReport, StoreError> {
@@ -836,6 +857,21 @@ impl Repository {
         let mut committed = Vec::new();
         let mut damaged = Vec::new();
         let ids = reader.checkpoint_ids()?;
+        // A listing that misses the checkpoint this handle committed is stale or
+        // incomplete (an object store's LIST): collecting by it would sweep that
+        // checkpoint's new chunks (regression:
+        // `gc_refuses_a_listing_that_misses_the_checkpoint_just_committed`).
+        if let Some(last) = self.last_committed.filter(|l| !ids.contains(l)) {
+            return Err(StoreError::new(
+                StoreErrorKind::Unavailable,
+                Some(&self.backend.describe_dir(&DirKey::Checkpoints)),
+                format!(
+                    "garbage collection stopped before deleting anything: the listing misses \
+                     checkpoint {last}, which this writer committed (a stale or incomplete \
+                     listing; retry later)"
+                ),
+            ));
+        }
         let scanned: BTreeMap<_, _> = reader.scan()?.into_iter().collect();
         let mut uncommitted = Vec::new();
         for id in ids {
@@ -868,25 +904,31 @@ impl Repository {
             .chain(newest.iter().copied())
             .collect();
         // Never the last checkpoint a restart could use: when the newest committed ones
-        // are broken (a chunk lost), the newest one that passes the cheap check stays
-        // even if it is older than `keep` (regression:
-        // `gc_keeps_the_newest_intact_checkpoint_when_the_newest_are_broken`).
+        // are broken (a chunk lost), the newest ones that pass the cheap check stay, until
+        // `intact` of them do, even if they are older than `keep` (regression:
+        // `gc_keeps_the_newest_intact_checkpoint_when_the_newest_are_broken`,
+        // `gc_keep_k_keeps_k_intact_checkpoints_when_the_newest_lost_a_chunk`).
+        let mut found = 0;
         for id in committed.iter().rev() {
+            if found >= intact {
+                break;
+            }
             if Some(*id) == self.last_committed {
-                break; // committed by this handle: every chunk proven present then
+                found += 1; // committed by this handle: every chunk proven present then
+                continue;
             }
             match reader.check_committed(*id) {
                 Ok(_) => {
+                    found += 1;
                     if let Some(i) = old.iter().position(|o| o == id) {
                         old.remove(i);
                         tracing::warn!(
-                            "{}: the newest {} committed checkpoint(s) are damaged; keeping checkpoint {id}, the newest intact one",
+                            "{}: some of the newest {} committed checkpoint(s) are damaged; keeping checkpoint {id}, an intact older one",
                             root.display(),
                             keep
                         );
                         kept.insert(0, *id);
                     }
-                    break;
                 }
                 Err(e) if crate::reader::is_fatal(&e) => {
                     return Err(e.context("garbage collection stopped before deleting anything"))
@@ -931,7 +973,7 @@ impl Repository {
                     continue;
                 }
                 let key = ObjectKey::Entry(dir.clone(), ent.name);
-                let bytes = match crate::reader::read_envelope_file(b, &key) {
+                let bytes = match b.read(&key) {
                     Ok(bytes) => bytes,
                     // Unreadable is not damaged: its chunks may be live.
                     Err(e) if crate::reader::is_fatal(&e) => {

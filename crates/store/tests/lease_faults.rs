@@ -41,6 +41,11 @@ struct Flaky {
     /// 409 ConditionalRequestConflict while an earlier attempt of the same conditional
     /// write is still in flight (it may land later).
     commit_conflict_in_flight: AtomicBool,
+    /// The next `Create` put of a COMMIT is applied, then answered with an I/O error (a
+    /// first attempt answered 503 and retried, the retry answered 403 Forbidden).
+    commit_landed_then_forbidden: AtomicBool,
+    /// Listings of `checkpoints/` leave out the newest checkpoint (a stale LIST).
+    hide_newest_checkpoint: AtomicBool,
 }
 
 impl Flaky {
@@ -55,6 +60,8 @@ impl Flaky {
             landed_but_unavailable: AtomicBool::new(false),
             unreadable: std::sync::Mutex::new(None),
             commit_conflict_in_flight: AtomicBool::new(false),
+            commit_landed_then_forbidden: AtomicBool::new(false),
+            hide_newest_checkpoint: AtomicBool::new(false),
         })
     }
 }
@@ -77,7 +84,13 @@ impl ReadBackend for Flaky {
         self.inner.stat(key)
     }
     fn list(&self, dir: &DirKey) -> Result<Vec<Entry>, StoreError> {
-        self.inner.list(dir)
+        let mut all = self.inner.list(dir)?;
+        if *dir == DirKey::Checkpoints && self.hide_newest_checkpoint.load(Ordering::SeqCst) {
+            if let Some(newest) = all.iter().map(|e| e.name.clone()).max() {
+                all.retain(|e| e.name != newest);
+            }
+        }
+        Ok(all)
     }
     fn dir_exists(&self, dir: &DirKey) -> Result<bool, StoreError> {
         self.inner.dir_exists(dir)
@@ -122,6 +135,19 @@ impl WriteBackend for Flaky {
                     "injected: 500 after the request was applied, retries exhausted",
                 ));
             }
+        }
+        if matches!(key, ObjectKey::Commit(_))
+            && matches!(mode, PutMode::Create)
+            && self
+                .commit_landed_then_forbidden
+                .swap(false, Ordering::SeqCst)
+        {
+            self.inner.put(key, parts, mode)?;
+            return Err(StoreError::new(
+                StoreErrorKind::Io,
+                None,
+                "injected: 403 Forbidden on the retry of a PUT answered 503 but applied",
+            ));
         }
         if matches!(key, ObjectKey::Commit(_))
             && matches!(mode, PutMode::Create)
@@ -414,4 +440,45 @@ fn a_commit_conflict_with_no_commit_there_is_an_unknown_outcome_not_an_abort() {
     assert_eq!(e.kind(), StoreErrorKind::CommitUnknown, "{e}");
     assert!(!e.is_retryable(), "{e}");
     assert!(e.to_string().contains("may still be applied"), "{e}");
+}
+
+/// Attack review #5: a COMMIT PUT applied but answered 503, whose retry was answered 403
+/// (an `Io` error), was reported as not committed although COMMIT is visible. COMMIT is
+/// now read back after every error but `InvalidArgument`.
+#[test]
+fn a_commit_that_landed_before_a_forbidden_retry_is_not_reported_uncommitted() {
+    let store = Arc::new(MemoryBackend::new());
+    let b = Flaky::new("proc-a", store.clone());
+    let mut w = Repository::open_backend(b.clone(), opts()).unwrap();
+    try_commit(&mut w).expect("first checkpoint");
+    b.commit_landed_then_forbidden.store(true, Ordering::SeqCst);
+    match try_commit(&mut w) {
+        Ok(_) => {}
+        Err(e) => assert_eq!(e.kind(), StoreErrorKind::CommitUnknown, "{e}"),
+    }
+    let reader = RepoReader::from_backend(store.clone()).unwrap();
+    assert_eq!(reader.committed().unwrap().len(), 2);
+}
+
+/// Attack review #6: GC trusted a `checkpoints/` listing that missed the checkpoint this
+/// handle had just committed, and swept its new chunks. It now stops before deleting
+/// anything.
+#[test]
+fn gc_refuses_a_listing_that_misses_the_checkpoint_just_committed() {
+    let store = Arc::new(MemoryBackend::new());
+    let b = Flaky::new("proc-a", store.clone());
+    let mut w = Repository::open_backend(b.clone(), opts()).unwrap();
+    // Different data: the newest checkpoint's chunks are its own.
+    checkpoint(&mut w, 1, 1, 3000);
+    let newest = checkpoint(&mut w, 1, 2, 3000);
+    b.hide_newest_checkpoint.store(true, Ordering::SeqCst);
+    let e = w
+        .retain(1)
+        .expect_err("the listing misses the newest checkpoint");
+    assert!(e.to_string().contains(&newest.to_string()), "{e}");
+    b.hide_newest_checkpoint.store(false, Ordering::SeqCst);
+    RepoReader::from_backend(store.clone())
+        .unwrap()
+        .check_committed(newest)
+        .expect("the newest checkpoint is intact");
 }

@@ -186,3 +186,39 @@ fn a_chunk_rewritten_with_another_codec_keeps_older_checkpoints_intact() {
         .unwrap_or_else(|e| panic!("an intact checkpoint was called damaged: {e}"));
     assert_holds(&root, id, 1, 2, N);
 }
+
+/// Attack review #2: `probe_lock` (the supervisor's dead-job probe) opened `LOCK` without
+/// `O_NONBLOCK`, so a FIFO named `LOCK` blocked `lazarus run` forever (and a symlinked
+/// `LOCK` was followed).
+#[test]
+fn probe_lock_does_not_block_on_a_fifo_lock() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("repo");
+    let mut repo = Repository::open(&root, small_opts()).unwrap();
+    checkpoint(&mut repo, 1, 1, N);
+    drop(repo);
+    let lock = root.join("LOCK");
+    std::fs::remove_file(&lock).unwrap();
+    mkfifo(&lock);
+    let r = root.clone();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(lazarus_store::probe_lock(&r));
+    });
+    let out = rx.recv_timeout(Duration::from_secs(10));
+    if out.is_err() {
+        // Free the stuck probe (a writer opening the FIFO unblocks its reader).
+        let _w = std::fs::OpenOptions::new().write(true).open(&lock);
+        panic!("probe_lock blocked on a FIFO named LOCK");
+    }
+    let e = out.unwrap().unwrap_err();
+    assert!(e.to_string().contains("LOCK"), "{e}");
+    assert!(e.to_string().contains("not a regular file"), "{e}");
+    // A symlinked LOCK is not followed either.
+    std::fs::remove_file(&lock).unwrap();
+    let elsewhere = d.path().join("elsewhere");
+    std::fs::write(&elsewhere, b"").unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &lock).unwrap();
+    let e = lazarus_store::probe_lock(&root).unwrap_err();
+    assert!(e.to_string().contains("symbolic link"), "{e}");
+}

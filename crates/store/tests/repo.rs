@@ -581,6 +581,32 @@ fn gc_keeps_the_newest_intact_checkpoint_when_the_newest_are_broken() {
     assert_holds(&root, good, 1, 1, 3000);
 }
 
+/// Found in review: `lazarus gc --keep K` spared only the newest intact checkpoint, so
+/// with K = 2 and a newest checkpoint missing a chunk, one intact checkpoint was kept and
+/// the older intact ones deleted. `retain_intact_with_progress` keeps K intact ones.
+#[test]
+fn gc_keep_k_keeps_k_intact_checkpoints_when_the_newest_lost_a_chunk() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("repo");
+    let mut repo = Repository::open(&root, small_opts()).unwrap();
+    let ids: Vec<_> = (1..=4).map(|s| checkpoint(&mut repo, 1, s, 3000)).collect();
+    let broken = ids[3];
+    let m = RepoReader::open(&root)
+        .unwrap()
+        .manifest(broken, Rank(0))
+        .unwrap();
+    let hex = m.objects[0].chunks[0].digest.to_hex();
+    std::fs::remove_file(root.join("chunks").join(&hex[..2]).join(&hex)).unwrap();
+    drop(repo);
+    let mut repo = Repository::open(&root, small_opts()).unwrap();
+    let report = repo.retain_intact_with_progress(2, &|_, _, _| {}).unwrap();
+    assert_eq!(report.kept, ids[1..].to_vec(), "{report:?}");
+    assert_eq!(report.removed, vec![ids[0]], "{report:?}");
+    drop(repo);
+    assert_holds(&root, ids[1], 1, 2, 3000);
+    assert_holds(&root, ids[2], 1, 3, 3000);
+}
+
 /// Bug: a symbolic link named like a checkpoint directory, into another repository, was
 /// taken for one of ours: `gc` removed that repository's COMMIT through it.
 #[test]

@@ -1,6 +1,7 @@
-//! `lazarus gc REPO --keep K`: keep the newest K committed checkpoints, remove older ones
-//! and uncommitted leftovers, and sweep chunks no kept checkpoint uses. Takes the
-//! repository lock (fails while a live writer holds it).
+//! `lazarus gc REPO --keep K`: keep the newest K intact committed checkpoints (older ones
+//! in place of newer ones missing a chunk), remove older ones and uncommitted leftovers,
+//! and sweep chunks no kept checkpoint uses. Takes the repository lock (fails while a live
+//! writer holds it).
 
 use super::CmdResult;
 use lazarus::store::{GcStage, RepoOptions, Repository};
@@ -27,7 +28,7 @@ pub fn main(args: Args) -> CmdResult {
     let keep = usize::try_from(args.keep)?;
     let mut repo = Repository::open(&args.repo, RepoOptions::default())?;
     let bar = super::inspect::progress_bar("{msg:8} {bar:40} {pos}/{len}", 0);
-    let r = repo.retain_with_progress(keep, &|stage, done, total| {
+    let r = repo.retain_intact_with_progress(keep, &|stage, done, total| {
         if let Some(b) = &bar {
             let msg = match stage {
                 GcStage::Mark => "marking",

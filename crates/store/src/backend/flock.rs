@@ -46,34 +46,9 @@ impl RepoLock {
         owner: &LockOwner,
         shared: bool,
     ) -> Result<Self, StoreError> {
-        // Never through a symbolic link, never a FIFO or device: whoever can write the
-        // repository could otherwise make the next writer (or an administrator's `gc`)
-        // empty any file it can write (regression: `a_symlinked_lock_is_refused_not_followed`).
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-            .open(path)
-            .map_err(|e| {
-                if e.raw_os_error() == Some(libc::ELOOP) {
-                    StoreError::new(
-                        StoreErrorKind::Corrupt,
-                        Some(path),
-                        "lock file is a symbolic link; refusing to follow it out of the repository (remove it)",
-                    )
-                } else {
-                    StoreError::io(path, "opening lock file", e)
-                }
-            })?;
-        if !file.metadata().is_ok_and(|m| m.is_file()) {
-            return Err(StoreError::new(
-                StoreErrorKind::Corrupt,
-                Some(path),
-                "lock file is not a regular file (remove it)",
-            ));
-        }
+        let mut opts = OpenOptions::new();
+        opts.read(true).write(true).create(true).truncate(false);
+        let mut file = open_lock_file(path, &mut opts)?;
         // SAFETY: flock on a valid, owned fd.
         let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
         let previous = read_owner(&file);
@@ -139,6 +114,36 @@ impl RepoLock {
     }
 }
 
+/// Opens `LOCK` never through a symbolic link and never a FIFO or device (`O_NOFOLLOW |
+/// O_NONBLOCK | O_CLOEXEC`, then `fstat`): whoever can write the repository could otherwise
+/// make the next writer (or an administrator's `gc`) empty any file it can write
+/// (regression: `a_symlinked_lock_is_refused_not_followed`), or block a probe forever on a
+/// FIFO (regression: `probe_lock_does_not_block_on_a_fifo_lock`).
+fn open_lock_file(path: &Path, opts: &mut OpenOptions) -> Result<File, StoreError> {
+    let file = opts
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                StoreError::new(
+                    StoreErrorKind::Corrupt,
+                    Some(path),
+                    "lock file is a symbolic link; refusing to follow it out of the repository (remove it)",
+                )
+            } else {
+                StoreError::io(path, "opening lock file", e)
+            }
+        })?;
+    if !file.metadata().is_ok_and(|m| m.is_file()) {
+        return Err(StoreError::new(
+            StoreErrorKind::Corrupt,
+            Some(path),
+            "lock file is not a regular file (remove it)",
+        ));
+    }
+    Ok(file)
+}
+
 /// The state of a repository's `LOCK`, as [`probe_lock`] found it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LockProbe {
@@ -162,10 +167,10 @@ pub enum LockProbe {
 /// lock over (docs/RECOVERY.md, "A supervisor that dies").
 pub fn probe_lock(root: &Path) -> Result<LockProbe, StoreError> {
     let path = root.join("LOCK");
-    let file = match OpenOptions::new().read(true).open(&path) {
+    let file = match open_lock_file(&path, OpenOptions::new().read(true)) {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(LockProbe::Free),
-        Err(e) => return Err(StoreError::io(&path, "opening lock file", e)),
+        Err(e) if e.kind() == StoreErrorKind::Missing => return Ok(LockProbe::Free),
+        Err(e) => return Err(e),
     };
     // Shared, not exclusive: a probe must never look like a holder to another probe (a
     // sharer's check, found in review), yet it still fails against the holder's

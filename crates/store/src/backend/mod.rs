@@ -294,9 +294,23 @@ pub trait ReadBackend: Send + Sync + fmt::Debug {
         Ok(out)
     }
 
-    /// The whole object.
+    /// The whole object, refused (`Corrupt`, naming it) before its bytes are read when it
+    /// is larger than the format allows its kind ([`size_cap`]); never allocates more than
+    /// its announced size, and fails if more bytes than that arrive.
     fn read(&self, key: &ObjectKey) -> Result<Vec<u8>, StoreError> {
-        self.read_range(key, 0..u64::MAX)
+        let o = self.open(key)?;
+        let mut out = CappedRead::new(self.describe(key), key, o.len)?;
+        let mut r = o.reader;
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            match r.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => out.push(&buf[..n])?,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(StoreError::io(&out.at, "reading", e)),
+            }
+        }
+        out.finish()
     }
 
     /// Size and kind of whatever is under `key`; `None` when nothing is.
@@ -449,6 +463,120 @@ pub trait WriteBackend: ReadBackend {
     /// `Conflict` as "present", instead of a `stat` before every write. Default: false.
     fn dedup_by_create(&self) -> bool {
         false
+    }
+}
+
+/// The largest `LEVELS-HISTORY` record accepted (a path has one segment per restore that
+/// kept its ancestors; thousands of restarts fit in far less).
+pub const MAX_LEVEL_HISTORY_LEN: u64 = 1 << 20;
+
+/// zstd's `ZSTD_COMPRESSBOUND(s)`: the most bytes zstd writes for `s` input bytes.
+const fn zstd_compress_bound(s: u64) -> u64 {
+    let small = if s < (128 << 10) {
+        ((128 << 10) - s) >> 11
+    } else {
+        0
+    };
+    s + (s >> 8) + small
+}
+
+/// The largest object of `key`'s kind the format allows, and the kind's name for messages
+/// (docs/FORMAT.md, "Size limits"): FORMAT 12 bytes; LOCK (a lease)
+/// [`crate::LeaseRecord::MAX_LEN`]; LEVELS-HISTORY [`MAX_LEVEL_HISTORY_LEN`]; COMMIT and
+/// manifests 48 + `MAX_ENVELOPE_BODY`; a chunk 16 + zstd's compress bound of
+/// `MAX_CHUNK_LEN`. `None` for names the format does not define (strays), which are read
+/// only as far as their announced size can be allocated. The one place these caps live.
+pub fn size_cap(key: &ObjectKey) -> Option<(u64, &'static str)> {
+    use lazarus_format::{
+        CHUNK_HEADER_LEN, ENVELOPE_HEADER_LEN, MAX_CHUNK_LEN, MAX_ENVELOPE_BODY, REPO_FORMAT_LEN,
+    };
+    const ENVELOPE: u64 = ENVELOPE_HEADER_LEN as u64 + MAX_ENVELOPE_BODY;
+    Some(match key {
+        ObjectKey::Format => (REPO_FORMAT_LEN as u64, "FORMAT"),
+        ObjectKey::Lock => (crate::LeaseRecord::MAX_LEN as u64, "LOCK"),
+        ObjectKey::LevelHistory => (MAX_LEVEL_HISTORY_LEN, "LEVELS-HISTORY"),
+        ObjectKey::Chunk(_) => (
+            CHUNK_HEADER_LEN as u64 + zstd_compress_bound(MAX_CHUNK_LEN),
+            "chunk",
+        ),
+        ObjectKey::Commit(_) => (ENVELOPE, "COMMIT"),
+        ObjectKey::Manifest(..) => (ENVELOPE, "manifest"),
+        ObjectKey::Entry(DirKey::Checkpoint(_), n) if n == COMMIT_NAME => (ENVELOPE, "COMMIT"),
+        ObjectKey::Entry(DirKey::Checkpoint(_), n)
+            if n.starts_with("rank-") && n.ends_with(".manifest") =>
+        {
+            (ENVELOPE, "manifest")
+        }
+        ObjectKey::Entry(..) => return None,
+    })
+}
+
+/// A whole-object read bounded by [`size_cap`] and by the size the backend announced
+/// before the body (a file's `fstat`, an HTTP `Content-Length`): the object is refused
+/// before any byte is read when the announced size is over the cap, at most that size is
+/// ever reserved (fallibly), and more bytes than announced are an error. Shared by
+/// [`ReadBackend::read`] and the S3 backend's streaming GETs.
+pub(crate) struct CappedRead {
+    pub(crate) at: PathBuf,
+    len: u64,
+    out: Vec<u8>,
+}
+
+impl CappedRead {
+    pub(crate) fn new(at: PathBuf, key: &ObjectKey, len: u64) -> Result<Self, StoreError> {
+        if let Some((max, what)) = size_cap(key) {
+            if len > max {
+                return Err(StoreError::new(
+                    StoreErrorKind::Corrupt,
+                    Some(&at),
+                    format!(
+                        "{len} bytes, more than any {what} can be ({max}); refusing to read it"
+                    ),
+                ));
+            }
+        }
+        let mut out = Vec::new();
+        if out
+            .try_reserve_exact(usize::try_from(len).unwrap_or(usize::MAX))
+            .is_err()
+        {
+            return Err(StoreError::new(
+                StoreErrorKind::Corrupt,
+                Some(&at),
+                format!("{len} bytes cannot be allocated"),
+            ));
+        }
+        Ok(CappedRead { at, len, out })
+    }
+
+    pub(crate) fn push(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
+        if (self.out.len() + bytes.len()) as u64 > self.len {
+            return Err(StoreError::new(
+                StoreErrorKind::Corrupt,
+                Some(&self.at),
+                format!(
+                    "more bytes arrived than the {} announced; refusing the rest",
+                    self.len
+                ),
+            ));
+        }
+        self.out.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    pub(crate) fn finish(self) -> Result<Vec<u8>, StoreError> {
+        if (self.out.len() as u64) < self.len {
+            return Err(StoreError::new(
+                StoreErrorKind::Io,
+                Some(&self.at),
+                format!(
+                    "the read ended after {} of the {} bytes announced",
+                    self.out.len(),
+                    self.len
+                ),
+            ));
+        }
+        Ok(self.out)
     }
 }
 

@@ -30,8 +30,8 @@ use futures::StreamExt;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path as OsPath;
 use object_store::{
-    BackoffConfig, ClientOptions, ObjectStore, ObjectStoreExt, PutOptions, PutPayload, RetryConfig,
-    UpdateVersion,
+    BackoffConfig, ClientOptions, GetOptions, ObjectStore, ObjectStoreExt, PutOptions, PutPayload,
+    RetryConfig, UpdateVersion,
 };
 use std::collections::HashMap;
 use std::future::Future;
@@ -74,7 +74,13 @@ impl std::fmt::Debug for S3Config {
         f.debug_struct("S3Config")
             .field("bucket", &self.bucket)
             .field("prefix", &self.prefix)
-            .field("endpoint", &self.endpoint)
+            .field(
+                "endpoint",
+                &self
+                    .endpoint
+                    .as_deref()
+                    .map(crate::location::without_userinfo),
+            )
             .field("region", &self.region)
             .field("allow_http", &self.allow_http)
             .field("op_timeout", &self.op_timeout)
@@ -82,6 +88,10 @@ impl std::fmt::Debug for S3Config {
             .finish_non_exhaustive()
     }
 }
+
+/// Why an endpoint with user information is refused (the value itself is never shown).
+const ENDPOINT_USERINFO: &str = "the S3 endpoint URL has user information (credentials?) in \
+     it: refused; give credentials in AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY";
 
 /// Environment variable: bound on one S3 operation in milliseconds (default 30000).
 pub const TIMEOUT_ENV: &str = "LAZARUS_S3_TIMEOUT_MS";
@@ -100,6 +110,16 @@ impl S3Config {
     /// `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`; `AWS_ALLOW_HTTP`; and
     /// [`TIMEOUT_ENV`], [`LEASE_TTL_ENV`], [`CONCURRENCY_ENV`].
     pub fn from_env(rest: &str) -> Result<S3Config, String> {
+        // Never echo credentials (found in review: `s3://KEY:SECRET@bucket/x` was shown
+        // back as an invalid bucket name).
+        if crate::location::has_userinfo(rest) {
+            return Err(
+                "the location has user information (credentials?) before the bucket \
+                 name: refused; give credentials in AWS_ACCESS_KEY_ID and \
+                 AWS_SECRET_ACCESS_KEY, never in the URL"
+                    .into(),
+            );
+        }
         let (bucket, prefix) = match rest.split_once('/') {
             Some((b, p)) => (b, p.trim_matches('/')),
             None => (rest, ""),
@@ -158,10 +178,17 @@ impl S3Config {
             (Some(k), Some(s)) => Some((k, s, env("AWS_SESSION_TOKEN"))),
             _ => None,
         };
+        let endpoint = env("AWS_ENDPOINT_URL_S3").or_else(|| env("AWS_ENDPOINT_URL"));
+        if endpoint
+            .as_deref()
+            .is_some_and(crate::location::has_userinfo)
+        {
+            return Err(ENDPOINT_USERINFO.into());
+        }
         Ok(S3Config {
             bucket: bucket.to_string(),
             prefix: prefix.to_string(),
-            endpoint: env("AWS_ENDPOINT_URL_S3").or_else(|| env("AWS_ENDPOINT_URL")),
+            endpoint,
             region: env("AWS_REGION")
                 .or_else(|| env("AWS_DEFAULT_REGION"))
                 .unwrap_or_else(|| "us-east-1".into()),
@@ -247,6 +274,9 @@ impl S3Backend {
         let bad =
             |msg: String| StoreError::new(StoreErrorKind::InvalidArgument, Some(&location), msg);
         if let Some(ep) = &cfg.endpoint {
+            if crate::location::has_userinfo(ep) {
+                return Err(bad(ENDPOINT_USERINFO.into()));
+            }
             if ep.starts_with("http://") && !cfg.allow_http {
                 return Err(bad(format!(
                     "endpoint {ep} is plain HTTP: set AWS_ALLOW_HTTP=true to allow it"
@@ -317,8 +347,12 @@ impl S3Backend {
         if let Some(b) = all.get(location) {
             return Ok(b.clone());
         }
-        let cfg = S3Config::from_env(rest)
-            .map_err(|m| StoreError::new(StoreErrorKind::InvalidArgument, Some(location), m))?;
+        let cfg = S3Config::from_env(rest).map_err(|m| {
+            let shown = PathBuf::from(crate::location::without_userinfo(
+                &location.to_string_lossy(),
+            ));
+            StoreError::new(StoreErrorKind::InvalidArgument, Some(&shown), m)
+        })?;
         let b = Arc::new(S3Backend::open(cfg)?);
         all.insert(location.to_path_buf(), b.clone());
         Ok(b)
@@ -387,6 +421,32 @@ impl S3Backend {
         }
     }
 
+    /// GETs `key` whole with its ETag, as a stream bounded by [`super::CappedRead`]: an
+    /// object whose announced size (`Content-Length`) is over its kind's cap is refused
+    /// before its body is read, and a body longer than announced is refused (found in
+    /// review: the client's `bytes()` pre-allocated whatever `Content-Length` said, so a
+    /// hostile server aborted the process, and an honest huge object was downloaded whole
+    /// before any check).
+    fn get_capped(&self, key: &ObjectKey) -> Result<(Vec<u8>, Option<String>), StoreError> {
+        let at = self.describe(key);
+        let (s, p, key, at2) = (self.store.clone(), self.obj(key), key.clone(), at.clone());
+        self.run("GET", &at, async move {
+            let g = s.get(&p).await?;
+            let etag = g.meta.e_tag.clone();
+            let mut out = match super::CappedRead::new(at2, &key, g.meta.size) {
+                Ok(out) => out,
+                Err(e) => return Ok(Err(e)),
+            };
+            let mut body = g.into_stream();
+            while let Some(b) = body.next().await {
+                if let Err(e) = out.push(&b?) {
+                    return Ok(Err(e));
+                }
+            }
+            Ok(out.finish().map(|b| (b, etag)))
+        })?
+    }
+
     fn error(&self, what: &str, at: &Path, e: object_store::Error) -> StoreError {
         use object_store::Error as E;
         let kind = match &e {
@@ -413,9 +473,7 @@ impl ReadBackend for S3Backend {
     }
 
     fn open(&self, key: &ObjectKey) -> Result<ObjectReader, StoreError> {
-        let at = self.describe(key);
-        let (s, p) = (self.store.clone(), self.obj(key));
-        let bytes = self.run("GET", &at, async move { s.get(&p).await?.bytes().await })?;
+        let bytes = self.get_capped(key)?.0;
         Ok(ObjectReader {
             len: bytes.len() as u64,
             reader: Box::new(std::io::Cursor::new(bytes)),
@@ -445,19 +503,30 @@ impl ReadBackend for S3Backend {
         if start == end {
             return Ok(Vec::new());
         }
+        // Streamed and bounded like a whole GET; exactly `end - start` bytes or an error
+        // (found in review: the length of the answer was not checked).
         let at = self.describe(key);
-        let (s, p) = (self.store.clone(), self.obj(key));
-        let b = self.run("ranged GET", &at, async move {
-            s.get_range(&p, start..end).await
-        })?;
-        Ok(b.to_vec())
+        let (s, p, key, at2) = (self.store.clone(), self.obj(key), key.clone(), at.clone());
+        self.run("ranged GET", &at, async move {
+            let g = s
+                .get_opts(&p, GetOptions::new().with_range(Some(start..end)))
+                .await?;
+            let mut out = match super::CappedRead::new(at2, &key, end - start) {
+                Ok(out) => out,
+                Err(e) => return Ok(Err(e)),
+            };
+            let mut body = g.into_stream();
+            while let Some(b) = body.next().await {
+                if let Err(e) = out.push(&b?) {
+                    return Ok(Err(e));
+                }
+            }
+            Ok(out.finish())
+        })?
     }
 
     fn read(&self, key: &ObjectKey) -> Result<Vec<u8>, StoreError> {
-        let at = self.describe(key);
-        let (s, p) = (self.store.clone(), self.obj(key));
-        let b = self.run("GET", &at, async move { s.get(&p).await?.bytes().await })?;
-        Ok(b.to_vec())
+        Ok(self.get_capped(key)?.0)
     }
 
     fn stat(&self, key: &ObjectKey) -> Result<Option<ObjectMeta>, StoreError> {
@@ -562,14 +631,8 @@ impl WriteBackend for S3Backend {
 
     fn read_versioned(&self, key: &ObjectKey) -> Result<Option<(Vec<u8>, Version)>, StoreError> {
         let at = self.describe(key);
-        let (s, p) = (self.store.clone(), self.obj(key));
-        let r = self.run("GET", &at, async move {
-            let g = s.get(&p).await?;
-            let etag = g.meta.e_tag.clone();
-            Ok((g.bytes().await?, etag))
-        });
-        match r {
-            Ok((b, Some(etag))) => Ok(Some((b.to_vec(), Version(etag)))),
+        match self.get_capped(key) {
+            Ok((b, Some(etag))) => Ok(Some((b, Version(etag)))),
             Ok((_, None)) => Err(StoreError::new(
                 StoreErrorKind::Io,
                 Some(&at),

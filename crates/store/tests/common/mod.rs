@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod backends;
+pub mod fake_s3;
 pub mod s3;
 
 use lazarus_format::{DType, GlobalRange, ObjectInfo, ObjectKind, ObjectSpec, Rank};
