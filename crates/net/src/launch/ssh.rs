@@ -36,10 +36,13 @@ impl Default for SshEngine {
 
 /// `word` quoted for a POSIX shell, byte for byte: a path or argument that is not UTF-8
 /// reaches the remote program unchanged (a lossy conversion would hand it another name).
+/// A word starting with `=` is always quoted: zsh (a remote login shell) expands `=cmd`
+/// to the command's path and rejects `==`.
 pub(crate) fn shell_quote(word: &OsStr) -> OsString {
     use std::os::unix::ffi::OsStringExt;
     let b = word.as_bytes();
     if !b.is_empty()
+        && b[0] != b'='
         && b.iter()
             .all(|c| c.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(c))
     {
@@ -139,6 +142,15 @@ impl remote::Proc {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Review #4: zsh (a remote login shell) expands `=cmd` and rejects `==`; a word
+    /// starting with '=' went unquoted. An inner '=' needs no quotes.
+    #[test]
+    fn words_starting_with_equals_are_quoted_for_zsh() {
+        assert_eq!(shell_quote(OsStr::new("==")), "'=='");
+        assert_eq!(shell_quote(OsStr::new("=x")), "'=x'");
+        assert_eq!(shell_quote(OsStr::new("a=b")), "a=b");
+    }
 
     #[test]
     fn remote_words_are_quoted_for_the_shell() {
