@@ -310,3 +310,19 @@ fn verify_refuses_json_with_a_level_and_l1_dir_without_one() {
     let o = lazarus(&["verify", "--level", "l1", "--l1-dir", l1], &repo);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
 }
+
+/// `inspect --levels --parts` accepted --parts and ignored it (the levels table has no
+/// parts), and `verify --level l9 --l1-dir D` blamed --l1-dir instead of the bad level.
+#[test]
+fn inspect_levels_refuses_parts_and_verify_names_a_bad_level_first() {
+    let (d, repo, _, _) = build();
+    let o = lazarus(&["inspect", "--levels", "--parts"], &repo);
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("--parts"), "{err}");
+    let l1 = d.path().to_str().unwrap();
+    let o = lazarus(&["verify", "--level", "l9", "--l1-dir", l1], &repo);
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("--level \"l9\""), "{err}");
+}

@@ -38,8 +38,8 @@ pub struct Args {
     /// Print JSON (one object with a `checkpoints` array) instead of a table.
     #[arg(long)]
     pub json: bool,
-    /// Also print one line per rank part under each checkpoint.
-    #[arg(long)]
+    /// Also print one line per rank part under each checkpoint (not with --levels).
+    #[arg(long, conflicts_with = "levels")]
     pub parts: bool,
     /// Multi-level jobs (docs/LEVELS.md): one row per job-wide checkpoint number saying
     /// which levels hold it (L4: the repository's id; L1/L2: how many ranks' parts; L3:

@@ -185,6 +185,13 @@ pub fn main(args: Args) -> CmdResult {
     // No flag is accepted and ignored: the level reports are text only, and the
     // repository has no node-local root.
     let node_local = matches!(args.level.as_str(), "l1" | "l2" | "l3");
+    if !node_local && args.level != "l4" {
+        return Err(format!(
+            "lazarus verify: --level {:?}: expected l1, l2, l3 or l4",
+            args.level
+        )
+        .into());
+    }
     if node_local && args.json {
         return Err(format!(
             "lazarus verify: --json is not supported with --level {} (its report is text \
@@ -204,12 +211,8 @@ pub fn main(args: Args) -> CmdResult {
         "l4" => {}
         "l1" => return verify_level(&args, "rank-"),
         "l2" => return verify_level(&args, "partner-of-"),
-        "l3" => return verify_level(&args, "parity-"),
-        other => {
-            return Err(
-                format!("lazarus verify: --level {other:?}: expected l1, l2, l3 or l4").into(),
-            )
-        }
+        // l3 (any other level was refused above).
+        _ => return verify_level(&args, "parity-"),
     }
     let reader = RepoReader::open(&args.repo)?;
     let bar = std::io::stderr().is_terminal().then(|| {
