@@ -230,7 +230,11 @@ fn run_with(
 ) -> std::process::Output {
     let l1 = dir.join("l1");
     let l1 = l1.to_str().expect("utf-8 path");
-    let mut extra = vec!["--l1-dir", l1, "--max-restarts", "2"];
+    let mut extra = vec!["--max-restarts", "2"];
+    // `lazarus run` refuses --l1-dir without a fast level (the ranks would ignore it).
+    if !levels.is_empty() {
+        extra.extend(["--l1-dir", l1]);
+    }
     extra.extend_from_slice(levels);
     let mut env = vec![(WORKER_ENV, spec), ("LAZARUS_SIM_HOSTS", "2")];
     env.extend_from_slice(more_env);
@@ -435,7 +439,11 @@ fn a_run_without_levels_abandons_the_fast_copies_it_did_not_restore() {
     let l1 = dir.path().join("l1");
     let l1 = l1.to_str().unwrap();
     let args = |levels: &[&'static str]| {
-        let mut a = vec!["--l1-dir", l1, "--max-restarts", "0"];
+        let mut a = vec!["--max-restarts", "0"];
+        // `lazarus run` refuses --l1-dir without a fast level (the ranks would ignore it).
+        if !levels.is_empty() {
+            a.extend(["--l1-dir", l1]);
+        }
         a.extend_from_slice(levels);
         a
     };

@@ -151,7 +151,11 @@ fn run_env(
 ) -> std::process::Output {
     let l1 = dir.join("l1");
     let l1 = l1.to_str().expect("utf-8 path");
-    let mut args = vec!["--l1-dir", l1];
+    let mut args = Vec::new();
+    // `lazarus run` refuses --l1-dir without a fast level (the ranks would ignore it).
+    if !levels.is_empty() {
+        args.extend(["--l1-dir", l1]);
+    }
     args.extend_from_slice(levels);
     args.extend_from_slice(extra);
     let mut env = vec![(WORKER_ENV, spec), ("LAZARUS_SIM_HOSTS", "2")];

@@ -235,3 +235,94 @@ fn inspect_shows_each_checkpoint_cost_and_the_finished_one() {
     let row = table.lines().nth(1).unwrap();
     assert!(row.trim_end().ends_with("-         -"), "{table}");
 }
+
+/// Review #3: `inspect --json` panicked (exit 101) on a repository at a non-UTF-8 path
+/// (serde's `PathBuf` serialization fails), and `verify --json` on a damaged repository
+/// there exited 2 ("path contains invalid UTF-8") instead of 1 with the report. Paths are
+/// written lossily.
+#[test]
+fn json_reports_survive_a_non_utf8_repo_path() {
+    use std::os::unix::ffi::OsStrExt;
+    let (d, repo, committed, _) = build();
+    let odd = d.path().join(std::ffi::OsStr::from_bytes(b"r\xff"));
+    std::fs::rename(&repo, &odd).unwrap();
+    let o = lazarus(&["inspect", "--json"], &odd);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v["repo"].as_str().unwrap().ends_with("r\u{fffd}"), "{v}");
+    std::fs::remove_file(manifest(&odd, committed, 1)).unwrap();
+    let o = lazarus(&["verify", "--json"], &odd);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["problems"][0]["kind"], "missing", "{v}");
+}
+
+/// Review #6: `inspect --levels` ignored a repository that did not open (exit 0 with an
+/// empty L4 column for a typo'd path). With nothing under the node-local root either, it
+/// fails naming the path; a directory that is not a repository fails the same way.
+#[test]
+fn inspect_levels_fails_naming_a_repository_that_does_not_open() {
+    let d = tempfile::tempdir().unwrap();
+    let l1 = d.path().join("l1");
+    std::fs::create_dir(&l1).unwrap();
+    let l1 = l1.to_str().unwrap();
+    for repo in [
+        Path::new("/nonexistent/x").to_path_buf(),
+        d.path().to_path_buf(),
+    ] {
+        let o = lazarus(&["inspect", "--levels", "--l1-dir", l1], &repo);
+        let err = text(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{err}");
+        assert!(err.contains(repo.to_str().unwrap()), "{err}");
+    }
+    // A real repository with no level copies: fine, exit 0.
+    let (_d, repo, _, _) = build();
+    let o = lazarus(&["inspect", "--levels", "--l1-dir", l1], &repo);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+}
+
+/// Review #7: `verify --level l1/l2/l3 --json` printed plain text (the flag was ignored),
+/// and `--l1-dir` was accepted and unused without a node-local level. Both are refused
+/// naming the flag.
+#[test]
+fn verify_refuses_json_with_a_level_and_l1_dir_without_one() {
+    let (d, repo, _, _) = build();
+    let l1 = d.path().to_str().unwrap();
+    for args in [
+        &["verify", "--level", "l1", "--json", "--l1-dir", l1][..],
+        &["verify", "--level", "l3", "--json"][..],
+    ] {
+        let o = lazarus(args, &repo);
+        let err = text(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains("--json"), "{err}");
+        assert!(o.stdout.is_empty(), "{}", text(&o.stdout));
+    }
+    for args in [
+        &["verify", "--l1-dir", l1][..],
+        &["verify", "--level", "l4", "--l1-dir", l1][..],
+    ] {
+        let o = lazarus(args, &repo);
+        let err = text(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains("--l1-dir"), "{err}");
+    }
+    let o = lazarus(&["verify", "--level", "l1", "--l1-dir", l1], &repo);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+}
+
+/// `inspect --levels --parts` accepted --parts and ignored it (the levels table has no
+/// parts), and `verify --level l9 --l1-dir D` blamed --l1-dir instead of the bad level.
+#[test]
+fn inspect_levels_refuses_parts_and_verify_names_a_bad_level_first() {
+    let (d, repo, _, _) = build();
+    let o = lazarus(&["inspect", "--levels", "--parts"], &repo);
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("--parts"), "{err}");
+    let l1 = d.path().to_str().unwrap();
+    let o = lazarus(&["verify", "--level", "l9", "--l1-dir", l1], &repo);
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("--level \"l9\""), "{err}");
+}

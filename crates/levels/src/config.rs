@@ -499,6 +499,54 @@ pub fn default_root(repo_location: &str) -> PathBuf {
     }
 }
 
+/// Makes the node-local root `root` safe to keep copies in, before any is read or written:
+/// created (with its missing parents) with mode 0700 when absent; when present, it must be
+/// a real directory (not a symlink) owned by this user with no group or other write
+/// permission. The default root has a predictable name in a world-writable directory
+/// (`/dev/shm`): another local user could otherwise plant it and read or forge the copies
+/// a restart would use. The error names the path and what is wrong.
+pub fn ensure_private_root(root: &Path) -> Result<(), String> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let shown = root.display();
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(root)
+        .map_err(|e| format!("node-local root {shown}: creating it: {e}"))?;
+    let m = std::fs::symlink_metadata(root).map_err(|e| format!("node-local root {shown}: {e}"))?;
+    let problem = if m.file_type().is_symlink() {
+        Some("it is a symbolic link, not a directory".to_string())
+    } else if !m.is_dir() {
+        Some("it is not a directory".to_string())
+    } else if m.uid() != euid() {
+        Some(format!(
+            "it is owned by uid {}, not by this user (uid {})",
+            m.uid(),
+            euid()
+        ))
+    } else if m.mode() & 0o022 != 0 {
+        Some(format!(
+            "its mode {:o} lets other users write into it (chmod go-w, or remove it)",
+            m.mode() & 0o7777
+        ))
+    } else {
+        None
+    };
+    match problem {
+        Some(p) => Err(format!(
+            "node-local root {shown}: {p}; refusing to keep or restore checkpoint copies there \
+             (another user could read or forge them)"
+        )),
+        None => Ok(()),
+    }
+}
+
+/// This process's effective user id.
+fn euid() -> u32 {
+    // SAFETY: geteuid(2) has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
 /// This rank's host: `LAZARUS_HOST`, else the simulated host of `LAZARUS_SIM_HOSTS`,
 /// else the machine's host name. It names a directory, so only `[A-Za-z0-9._-]` are
 /// accepted (an error names the variable and the value).

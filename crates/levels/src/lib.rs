@@ -44,9 +44,9 @@ pub mod slots;
 
 pub use audit::{audit_parity, ParityAudit};
 pub use config::{
-    default_root, host_identity, Due, LevelClock, Levels, Period, FAST_CODEC_ENV, HOST_ENV,
-    L1_DIR_ENV, L1_EVERY_ENV, L2_EVERY_ENV, L3_EVERY_ENV, L3_GROUP_ENV, L3_SHARDS_ENV,
-    L4_EVERY_ENV, SIM_HOSTS_ENV,
+    default_root, ensure_private_root, host_identity, Due, LevelClock, Levels, Period,
+    FAST_CODEC_ENV, HOST_ENV, L1_DIR_ENV, L1_EVERY_ENV, L2_EVERY_ENV, L3_EVERY_ENV, L3_GROUP_ENV,
+    L3_SHARDS_ENV, L4_EVERY_ENV, SIM_HOSTS_ENV,
 };
 pub use error::LevelError;
 pub use history::{History, LINEAGE_KEY};

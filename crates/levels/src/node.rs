@@ -404,13 +404,18 @@ impl NodeLevels {
         let hosts: Vec<String> = comm.allgather(&host)?;
         let me = comm.rank().0;
         let server = hosts.iter().position(|h| *h == host) == Some(me as usize);
-        // The lowest rank of each host reports everything in the host's directory; an
-        // unreadable entry is reported and left out (it is simply not a copy).
-        let mine: Result<Inventory, String> = if server {
-            scan_host(&root, &host).map_err(|e| e.to_string())
-        } else {
-            Ok((Vec::new(), Vec::new()))
-        };
+        // Every rank first makes sure its node-local root is its user's own (a planted
+        // root is refused); the lowest rank of each host then reports everything in the
+        // host's directory; an unreadable entry is reported and left out (it is simply not
+        // a copy). A refusal reaches every rank through the exchange below.
+        let mine: Result<Inventory, String> =
+            crate::config::ensure_private_root(&root).and_then(|()| {
+                if server {
+                    scan_host(&root, &host).map_err(|e| e.to_string())
+                } else {
+                    Ok((Vec::new(), Vec::new()))
+                }
+            });
         let all: Vec<Result<Inventory, String>> = comm.allgather(&mine)?;
         let mut held = Vec::new();
         let mut parity = Vec::new();
@@ -3053,6 +3058,49 @@ mod tests {
         for (written, sent) in stored_and_sent(base.fast_codec(lazarus_store::Codec::Auto)) {
             assert!(written < 1024 && sent < 1024, "{written} {sent}");
         }
+    }
+
+    /// Node-local root ownership: the default root has a predictable name in `/dev/shm`,
+    /// and was used whatever its owner and mode (created by `create_dir_all`), so another
+    /// user could plant it and read or forge copies. A root that others can write (or a
+    /// symlink) is refused on every rank, naming the path; a fresh root is created 0700,
+    /// and an existing one of ours with mode 0700 is used.
+    #[test]
+    fn a_planted_node_local_root_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let open_all = |root: PathBuf| {
+            lazarus_net::local(2, move |comm| {
+                let levels = Levels::new().l1(1).l4(0);
+                let host = "sim0".to_string();
+                NodeLevels::open(comm, levels, root.clone(), host, opts(), 2, 0, None)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            })
+            .unwrap()
+        };
+        let planted = d.path().join("planted");
+        std::fs::create_dir(&planted).unwrap();
+        std::fs::set_permissions(&planted, std::fs::Permissions::from_mode(0o777)).unwrap();
+        for r in open_all(planted.clone()) {
+            let e = r.unwrap_err();
+            assert!(
+                e.contains(&planted.display().to_string()) && e.contains("other users write"),
+                "{e}"
+            );
+        }
+        let link = d.path().join("link");
+        std::os::unix::fs::symlink(d.path(), &link).unwrap();
+        for r in open_all(link.clone()) {
+            let e = r.unwrap_err();
+            assert!(e.contains("symbolic link"), "{e}");
+        }
+        let fresh = d.path().join("a/fresh");
+        assert!(open_all(fresh.clone()).iter().all(Result::is_ok));
+        let mode = std::fs::metadata(&fresh).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "{mode:o}");
+        std::fs::set_permissions(&planted, std::fs::Permissions::from_mode(0o700)).unwrap();
+        assert!(open_all(planted).iter().all(Result::is_ok));
     }
 
     /// The job-wide numbers rank 0's L1 holds (host `sim0`).

@@ -32,7 +32,7 @@ pub use local::LocalEngine;
 pub use mpirun::MpirunEngine;
 #[doc(hidden)]
 pub use record::fuzz_launcher_output;
-pub use route::{advertise_address, probe_host};
+pub use route::{advertise_address, probe_host, unusable_advertise};
 pub use srun::{in_allocation, SrunEngine};
 pub use ssh::SshEngine;
 
@@ -415,7 +415,15 @@ impl Launcher {
         }
         let token = cfg.token.clone().unwrap_or_else(JobToken::random);
         let advertise = match cfg.advertise {
-            Some(a) => a,
+            Some(a) => match unusable_advertise(a) {
+                Some(why) => {
+                    return Err(NetError::new(
+                        ErrorKind::InvalidArgument,
+                        format!("advertise address {a}: {why}"),
+                    ))
+                }
+                None => a,
+            },
             None if remote => advertise_address(&cfg.hosts)?,
             None => IpAddr::V4(Ipv4Addr::LOCALHOST),
         };

@@ -62,7 +62,7 @@ pub use backend::{
     ReadBackend, WriteBackend, MAX_LEVEL_HISTORY_LEN,
 };
 pub use error::{StoreError, StoreErrorKind};
-pub use fsutil::{failpoint, FAILPOINT_ENV};
+pub use fsutil::{failpoint, FAILPOINTS, FAILPOINT_ENV};
 pub use lease::{LeaseConfig, LeaseRecord};
 pub use location::{open_backend, open_read_backend, repo_location};
 pub use reader::{

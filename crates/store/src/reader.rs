@@ -59,12 +59,19 @@ impl From<CommitRecord> for CheckpointSummary {
     }
 }
 
+/// Serializes a path as text, replacing bytes that are not UTF-8 (serde's own `PathBuf`
+/// serialization fails on them, and a report about a repository must still be written).
+fn lossy_path<S: serde::Serializer>(p: &Path, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&p.to_string_lossy())
+}
+
 /// Why a committed checkpoint cannot be used.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Damage {
     /// The unusable checkpoint.
     pub checkpoint: CheckpointId,
-    /// The first damaged file found.
+    /// The first damaged file found (in JSON: text, lossily for a non-UTF-8 path).
+    #[serde(serialize_with = "lossy_path")]
     pub path: PathBuf,
     /// Error kind, as text (`corrupt`, `missing`, ...).
     pub kind: String,
@@ -75,7 +82,8 @@ pub struct Damage {
 /// One problem found by [`RepoReader::verify`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Problem {
-    /// The damaged or missing file.
+    /// The damaged or missing file (in JSON: text, lossily for a non-UTF-8 path).
+    #[serde(serialize_with = "lossy_path")]
     pub path: PathBuf,
     /// Error kind, as text.
     pub kind: String,

@@ -3,8 +3,8 @@
 //! (`--advertise`, `--bind`). Turned into a `lazarus::net::launch::Engine` and a host list.
 
 use lazarus::net::launch::{
-    in_allocation, parse_hostfile, parse_hosts, Engine, HostSpec, LocalEngine, MpirunEngine,
-    ShimCommand, SrunEngine, SshEngine,
+    in_allocation, parse_hostfile, parse_hosts, unusable_advertise, Engine, HostSpec, LocalEngine,
+    MpirunEngine, ShimCommand, SrunEngine, SshEngine,
 };
 use std::ffi::OsString;
 use std::net::IpAddr;
@@ -45,7 +45,8 @@ pub struct ClusterArgs {
     #[arg(long, value_name = "K", default_value_t = 0, requires = "repo")]
     spares: u32,
     /// Address given to the ranks for the rendezvous [default: the local address of the
-    /// route to the hosts; 127.0.0.1 for the local launcher].
+    /// route to the hosts; 127.0.0.1 for the local launcher]. Never an unspecified
+    /// (0.0.0.0, ::), multicast or broadcast address (refused; --bind may be 0.0.0.0).
     #[arg(long, value_name = "IP")]
     advertise: Option<IpAddr>,
     /// Address the rendezvous listens on [default: the advertised one].
@@ -55,7 +56,8 @@ pub struct ClusterArgs {
     #[arg(long, value_name = "PATH")]
     launcher_program: Option<PathBuf>,
     /// Remote shell that runs a command on a host (`CMD HOST COMMAND`): Open MPI's
-    /// plm_rsh_agent for mpirun, the ssh program (without ssh's options) for ssh.
+    /// plm_rsh_agent for mpirun, the ssh program (without ssh's options) for ssh, then
+    /// instead of --launcher-program (refused with both, and with srun).
     #[arg(long, value_name = "CMD")]
     rsh_agent: Option<PathBuf>,
     /// Extra argument for the launcher program (repeatable), e.g. `--launcher-arg=--mca`.
@@ -87,6 +89,33 @@ impl ClusterArgs {
             LauncherKind::Auto => LauncherKind::Local,
             k => k,
         };
+        if let Some(a) = self.advertise {
+            if let Some(why) = unusable_advertise(a) {
+                return Err(format!(
+                    "--advertise {a}: {why}; give an address of this machine that the hosts reach"
+                ));
+            }
+        }
+        // No flag is accepted and ignored.
+        if self.rsh_agent.is_some() {
+            match kind {
+                LauncherKind::Srun => {
+                    return Err(
+                        "--rsh-agent: srun starts the ranks itself (no remote shell); \
+                                drop --rsh-agent"
+                            .into(),
+                    )
+                }
+                LauncherKind::Ssh if self.launcher_program.is_some() => {
+                    return Err(
+                        "--rsh-agent and --launcher-program: with --launcher ssh both \
+                                name the ssh program; give one"
+                            .into(),
+                    )
+                }
+                _ => {}
+            }
+        }
         let hosts = match (&self.hosts, &self.hostfile) {
             (Some(list), _) => parse_hosts(list).map_err(|e| format!("--hosts: {e}"))?,
             (None, Some(f)) => {

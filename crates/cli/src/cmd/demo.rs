@@ -62,12 +62,30 @@ pub fn heat_rank(a: HeatRankArgs) -> CmdResult {
     Ok(ExitCode::SUCCESS)
 }
 
-struct Removal(Option<PathBuf>);
-
-impl Drop for Removal {
-    fn drop(&mut self) {
-        if let Some(p) = &self.0 {
-            let _ = std::fs::remove_dir_all(p);
+/// The demo's directory: `dir` (created if needed), else a fresh temporary directory
+/// created exclusively with mode 0700 (never one planted under the predictable name of
+/// before), removed when the returned guard drops.
+fn demo_root(
+    dir: Option<&std::path::Path>,
+) -> Result<(PathBuf, Option<tempfile::TempDir>), String> {
+    match dir {
+        Some(d) => {
+            std::fs::create_dir_all(d).map_err(|e| format!("creating {}: {e}", d.display()))?;
+            Ok((d.to_path_buf(), None))
+        }
+        None => {
+            use std::os::unix::fs::PermissionsExt;
+            let t = tempfile::Builder::new()
+                .prefix("lazarus-demo-")
+                .permissions(std::fs::Permissions::from_mode(0o700))
+                .tempdir()
+                .map_err(|e| {
+                    format!(
+                        "creating a temporary directory in {}: {e}",
+                        std::env::temp_dir().display()
+                    )
+                })?;
+            Ok((t.path().to_path_buf(), Some(t)))
         }
     }
 }
@@ -126,18 +144,7 @@ pub fn main(a: Args) -> CmdResult {
         "--every".into(),
         a.every.to_string(),
     ])?;
-    let (root, _cleanup) = match &a.dir {
-        Some(d) => (d.clone(), Removal(None)),
-        None => {
-            let nanos = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.subsec_nanos());
-            let d =
-                std::env::temp_dir().join(format!("lazarus-demo-{}-{nanos}", std::process::id()));
-            (d.clone(), Removal(Some(d)))
-        }
-    };
-    std::fs::create_dir_all(&root).map_err(|e| format!("creating {}: {e}", root.display()))?;
+    let (root, _cleanup) = demo_root(a.dir.as_deref())?;
     let (crash_repo, ref_repo) = (root.join("with-failure"), root.join("reference"));
     outln!(
         "Lazarus demo: 2-D heat diffusion on a {0}x{0} grid, {1} steps, {2} on this machine,",
@@ -248,5 +255,29 @@ pub fn main(a: Args) -> CmdResult {
             outln!("Result: FAILED: {p}.")?;
             Ok(ExitCode::from(1))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    /// Review #11: the default directory had a predictable name and was created with
+    /// `create_dir_all`, which accepts a directory another user planted there. It is now
+    /// a fresh directory of ours, mode 0700, removed afterwards.
+    #[test]
+    fn default_demo_dir_is_fresh_private_and_removed() {
+        let (a, guard_a) = super::demo_root(None).unwrap();
+        let (b, guard_b) = super::demo_root(None).unwrap();
+        assert_ne!(a, b);
+        let mode = std::fs::metadata(&a).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700, "{}", a.display());
+        assert!(a
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("lazarus-demo-"));
+        drop((guard_a, guard_b));
+        assert!(!a.exists() && !b.exists());
     }
 }

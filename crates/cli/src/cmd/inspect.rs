@@ -38,8 +38,8 @@ pub struct Args {
     /// Print JSON (one object with a `checkpoints` array) instead of a table.
     #[arg(long)]
     pub json: bool,
-    /// Also print one line per rank part under each checkpoint.
-    #[arg(long)]
+    /// Also print one line per rank part under each checkpoint (not with --levels).
+    #[arg(long, conflicts_with = "levels")]
     pub parts: bool,
     /// Multi-level jobs (docs/LEVELS.md): one row per job-wide checkpoint number saying
     /// which levels hold it (L4: the repository's id; L1/L2: how many ranks' parts; L3:
@@ -87,7 +87,40 @@ fn levels_table(args: &Args) -> CmdResult {
     let parity = lazarus::levels::scan_parity(&root)?;
     let mut durable = Vec::new();
     let mut history = None;
-    if let Ok(reader) = RepoReader::open(&args.repo) {
+    // The repository must open: an error (a typo'd path) is never an empty L4 column.
+    // Decision: a repository that is not there at all is allowed only when the node-local
+    // root holds copies (a job with no L4 checkpoint yet may not have written it), with a
+    // warning; with nothing anywhere it is an error naming both paths.
+    let named = |e: &lazarus::store::StoreError| {
+        let (repo, e) = (args.repo.display().to_string(), e.to_string());
+        if e.contains(&repo) {
+            e
+        } else {
+            format!("{repo}: {e}")
+        }
+    };
+    let reader = match RepoReader::open(&args.repo) {
+        Ok(reader) => Some(reader),
+        Err(e) if e.kind() == lazarus::store::StoreErrorKind::Missing => {
+            if held.is_empty() && parity.is_empty() {
+                return Err(format!(
+                    "lazarus inspect --levels: {}; and no level copies under {}",
+                    named(&e),
+                    root.display()
+                )
+                .into());
+            }
+            errln!(
+                "lazarus inspect --levels: warning: {}; showing the node-local copies under {} \
+                 only (no L4 column)",
+                named(&e),
+                root.display()
+            );
+            None
+        }
+        Err(e) => return Err(format!("lazarus inspect --levels: {}", named(&e)).into()),
+    };
+    if let Some(reader) = reader {
         for c in reader.committed()? {
             if let Some(seq) = meta::level_seq(&c.app) {
                 durable.push((seq, c.step, c.world_size, c.id.0));
@@ -364,7 +397,8 @@ pub fn main(args: Args) -> CmdResult {
         .collect();
     if args.json {
         let out = serde_json::json!({
-            "repo": args.repo,
+            // Lossily: a non-UTF-8 path must not fail (or panic) the report.
+            "repo": args.repo.to_string_lossy(),
             "checkpoints": rows,
             "uncommitted": not_committed,
         });

@@ -30,10 +30,10 @@ pub struct InjectArgs {
     /// incarnation (e.g. `20s`).
     #[arg(long, help_heading = "Testing", value_name = "DURATION")]
     inject_kill_mtbf: Option<String>,
-    /// Arm a failpoint in one rank of the first run: `NAME[@RANK]` (default rank 0). The
-    /// rank SIGKILLs itself when it reaches the named place (`before_commit`,
-    /// `after_chunk_write`, ... in the store; `files_*` in the managed files; see
-    /// docs/RECOVERY.md).
+    /// Arm a failpoint in one rank of the first run: `NAME[#N][@RANK]` (default rank 0;
+    /// `#N`: at its N-th hit). The rank SIGKILLs itself when it reaches the named place
+    /// (`before_commit`, `after_chunk_write`, ... in the store; `levels_*` in the levels;
+    /// `files_*` in the managed files; see docs/RECOVERY.md). An unknown name is refused.
     #[arg(long, help_heading = "Testing", value_name = "NAME[@RANK]")]
     inject_failpoint: Vec<String>,
     /// Seed of every random choice of the fault injection.
@@ -119,6 +119,7 @@ impl InjectArgs {
             if name.is_empty() {
                 return Err("--inject-failpoint needs a failpoint name".into());
             }
+            check_failpoint(name)?;
             plan.failpoints.push(FailpointKill {
                 incarnation: 0,
                 rank: r,
@@ -127,6 +128,28 @@ impl InjectArgs {
         }
         Ok(plan)
     }
+}
+
+/// Refuses a failpoint that no rank would ever reach (a typo never fires): `NAME` must be
+/// one of the failpoints of the store, levels or managed files (`lazarus::store::
+/// FAILPOINTS`), optionally `NAME#N` (fire at the N-th hit, N >= 1).
+fn check_failpoint(spec: &str) -> Result<(), String> {
+    let (name, hit) = match spec.split_once('#') {
+        Some((n, k)) => (n, Some(k)),
+        None => (spec, None),
+    };
+    if !lazarus::store::FAILPOINTS.contains(&name) {
+        return Err(format!(
+            "--inject-failpoint {spec:?}: no failpoint {name:?}; known: {}",
+            lazarus::store::FAILPOINTS.join(", ")
+        ));
+    }
+    if hit.is_some_and(|k| k.parse::<u64>().map_or(true, |k| k == 0)) {
+        return Err(format!(
+            "--inject-failpoint {spec:?}: after '#' give the hit to fire at (a number >= 1)"
+        ));
+    }
+    Ok(())
 }
 
 /// True when the ranks will keep fast checkpoint levels: a `LAZARUS_L{1,2,3}_EVERY` of
@@ -192,4 +215,32 @@ pub fn supervise(
         errln!("lazarus run: interrupted by signal {s}; stopped all ranks");
     }
     Ok(ExitCode::from(report.exit_code().clamp(0, 255) as u8))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::InjectArgs;
+
+    fn plan(spec: &str) -> Result<usize, String> {
+        let a = InjectArgs {
+            inject_failpoint: vec![spec.into()],
+            ..InjectArgs::default()
+        };
+        a.plan(4).map(|p| p.failpoints.len())
+    }
+
+    /// Review #9: any name was accepted, so a typo armed a failpoint that never fires.
+    #[test]
+    fn unknown_failpoint_names_are_refused() {
+        let e = plan("before_comit").unwrap_err();
+        assert!(
+            e.contains("before_comit") && e.contains("before_commit,"),
+            "names the typo and lists the known ones: {e}"
+        );
+        assert!(plan("before_comit@2").is_err());
+        assert!(plan("before_commit#0").is_err());
+        assert!(plan("before_commit#x@1").is_err());
+        assert_eq!(plan("before_commit"), Ok(1));
+        assert_eq!(plan("levels_after_l1_commit#3@2"), Ok(1));
+    }
 }

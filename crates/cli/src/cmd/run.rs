@@ -102,8 +102,9 @@ pub struct Args {
     /// LAZARUS_FAST_CODEC.
     #[arg(long, value_name = "CODEC")]
     fast_codec: Option<lazarus::store::Codec>,
-    /// Root of the node-local directories (one per host) [default:
-    /// /dev/shm/lazarus-<hash of the repository>]. Exported as LAZARUS_L1_DIR.
+    /// With --l1-every/--l2-every/--l3-every (refused otherwise): root of the node-local
+    /// directories (one per host) [default: /dev/shm/lazarus-<hash of the repository>].
+    /// Exported as LAZARUS_L1_DIR.
     #[arg(long, value_name = "DIR")]
     l1_dir: Option<std::path::PathBuf>,
     #[command(flatten)]
@@ -161,9 +162,19 @@ fn config(
     c.stop_grace = Duration::from_millis(a.stop_grace_ms);
     c.kill_grace = Duration::from_millis(a.kill_grace_ms);
     let periods = [a.l1_every, a.l2_every, a.l3_every, a.l4_every];
-    if a.fast_codec.is_some() && periods[..3].iter().all(Option::is_none) {
-        // The ranks read it only with a schedule: it would be silently ignored.
-        return Err("lazarus run: --fast-codec needs --l1-every, --l2-every or --l3-every".into());
+    if periods[..3].iter().all(Option::is_none) {
+        // The ranks read these only with a fast level: they would be silently ignored.
+        for (flag, given) in [
+            ("--fast-codec", a.fast_codec.is_some()),
+            ("--l1-dir", a.l1_dir.is_some()),
+        ] {
+            if given {
+                return Err(format!(
+                    "lazarus run: {flag} needs --l1-every, --l2-every or --l3-every"
+                )
+                .into());
+            }
+        }
     }
     if periods.iter().any(Option::is_some) {
         // Refuse a schedule the ranks would refuse, before starting them.
@@ -403,6 +414,115 @@ mod tests {
         assert!(e.contains("leaves no host to run on"), "{e}");
         let e = err(&["-n", "2", "--rsh-agent", "/bin/x", "--", "true"]);
         assert!(e.contains("need --launcher"), "{e}");
+    }
+
+    /// Review #8: `--launcher srun --rsh-agent X` ignored the agent, and `--launcher ssh
+    /// --rsh-agent A --launcher-program P` ignored P. Both are refused naming the flags.
+    #[test]
+    fn rsh_agent_is_refused_where_it_would_be_ignored() {
+        let e = |args: &[&str]| {
+            let a = parse(args).unwrap();
+            a.cluster.resolve().err().unwrap_or_default()
+        };
+        let srun = e(&[
+            "-n",
+            "2",
+            "--launcher",
+            "srun",
+            "--rsh-agent",
+            "/bin/x",
+            "--",
+            "true",
+        ]);
+        assert!(srun.contains("--rsh-agent"), "{srun:?}");
+        let ssh = e(&[
+            "-n",
+            "2",
+            "--launcher",
+            "ssh",
+            "--hosts",
+            "a",
+            "--rsh-agent",
+            "/bin/a",
+            "--launcher-program",
+            "/bin/p",
+            "--",
+            "true",
+        ]);
+        assert!(
+            ssh.contains("--rsh-agent") && ssh.contains("--launcher-program"),
+            "{ssh:?}"
+        );
+        // Each alone is fine.
+        for one in [["--rsh-agent", "/bin/a"], ["--launcher-program", "/bin/p"]] {
+            let a = parse(&[
+                "-n",
+                "2",
+                "--launcher",
+                "ssh",
+                "--hosts",
+                "a",
+                one[0],
+                one[1],
+                "--",
+                "true",
+            ])
+            .unwrap();
+            assert!(a.cluster.resolve().is_ok(), "{one:?}");
+        }
+    }
+
+    /// Review #13: `--advertise 0.0.0.0` (or `::`, a multicast or the broadcast address)
+    /// was accepted: every remote rank would dial itself. Refused naming the flag.
+    #[test]
+    fn advertise_refuses_unspecified_multicast_and_broadcast() {
+        for bad in ["0.0.0.0", "::", "239.1.1.1", "255.255.255.255"] {
+            let a = parse(&[
+                "-n",
+                "2",
+                "--launcher",
+                "ssh",
+                "--hosts",
+                "a",
+                "--advertise",
+                bad,
+                "--",
+                "true",
+            ])
+            .unwrap();
+            let e = a.cluster.resolve().err().unwrap_or_default();
+            assert!(e.contains(&format!("--advertise {bad}")), "{bad}: {e:?}");
+        }
+        let a = parse(&[
+            "-n",
+            "2",
+            "--launcher",
+            "ssh",
+            "--hosts",
+            "a",
+            "--advertise",
+            "10.0.0.1",
+            "--bind",
+            "0.0.0.0",
+            "--",
+            "true",
+        ])
+        .unwrap();
+        assert!(a.cluster.resolve().is_ok());
+    }
+
+    /// Review #10: `--l1-dir` was exported to ranks that never read it (no fast level);
+    /// refused like --fast-codec.
+    #[test]
+    fn l1_dir_without_a_fast_level_is_refused() {
+        let a = parse(&["-n", "1", "--l1-dir", "/x", "--", "true"]).unwrap();
+        let e = super::config(&a)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("--l1-dir"), "{e:?}");
+        let a = parse(&["-n", "1", "--l1-dir", "/x", "--l1-every", "2", "--", "true"]).unwrap();
+        assert!(super::config(&a).is_ok());
     }
 
     #[test]

@@ -23,7 +23,8 @@ use std::process::ExitCode;
 pub struct Args {
     /// The checkpoint repository.
     pub repo: PathBuf,
-    /// Print the full report as JSON.
+    /// Print the full report as JSON (the repository, `--level l4`, only: refused with
+    /// --level l1/l2/l3).
     #[arg(long)]
     pub json: bool,
     /// Which level of a multi-level job (docs/LEVELS.md): `l4` (the repository, the
@@ -33,8 +34,8 @@ pub struct Args {
     /// under --l1-dir.
     #[arg(long, value_name = "l1|l2|l3|l4", default_value = "l4")]
     pub level: String,
-    /// With --level l1/l2/l3: the node-local root [default: the job's default,
-    /// /dev/shm/lazarus-<hash of REPO>].
+    /// With --level l1/l2/l3 (refused otherwise): the node-local root [default: the
+    /// job's default, /dev/shm/lazarus-<hash of REPO>].
     #[arg(long, value_name = "DIR")]
     pub l1_dir: Option<PathBuf>,
 }
@@ -181,16 +182,37 @@ fn verify_level(args: &Args, prefix: &str) -> CmdResult {
 
 /// Runs `lazarus verify`.
 pub fn main(args: Args) -> CmdResult {
+    // No flag is accepted and ignored: the level reports are text only, and the
+    // repository has no node-local root.
+    let node_local = matches!(args.level.as_str(), "l1" | "l2" | "l3");
+    if !node_local && args.level != "l4" {
+        return Err(format!(
+            "lazarus verify: --level {:?}: expected l1, l2, l3 or l4",
+            args.level
+        )
+        .into());
+    }
+    if node_local && args.json {
+        return Err(format!(
+            "lazarus verify: --json is not supported with --level {} (its report is text \
+             only); drop --json",
+            args.level
+        )
+        .into());
+    }
+    if !node_local && args.l1_dir.is_some() {
+        return Err(
+            "lazarus verify: --l1-dir applies only with --level l1, l2 or l3 (the repository, \
+             --level l4, has no node-local root)"
+                .into(),
+        );
+    }
     match args.level.as_str() {
         "l4" => {}
         "l1" => return verify_level(&args, "rank-"),
         "l2" => return verify_level(&args, "partner-of-"),
-        "l3" => return verify_level(&args, "parity-"),
-        other => {
-            return Err(
-                format!("lazarus verify: --level {other:?}: expected l1, l2, l3 or l4").into(),
-            )
-        }
+        // l3 (any other level was refused above).
+        _ => return verify_level(&args, "parity-"),
     }
     let reader = RepoReader::open(&args.repo)?;
     let bar = std::io::stderr().is_terminal().then(|| {

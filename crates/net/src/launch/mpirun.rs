@@ -63,7 +63,7 @@ impl Engine for MpirunEngine {
             cmd.args(["--mca", "plm_rsh_agent"]).arg(a);
         }
         cmd.args(&self.extra_args);
-        for (k, v) in remote::shim_env(cfg, &spec.env) {
+        for (k, v) in remote::shim_env(cfg, &spec.env, None)? {
             cmd.arg("-x").arg(&k).env(&k, &v);
         }
         cmd.arg(shim).args(shim_args);

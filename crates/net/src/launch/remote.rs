@@ -93,18 +93,47 @@ pub(crate) fn shim_argv(cfg: &LaunchConfig, flags: &[&str]) -> Result<(OsString,
     Ok((shim.program.clone().into_os_string(), args))
 }
 
+/// Linux's limit on one environment string, `NAME=value` and its NUL (`MAX_ARG_STRLEN`,
+/// 32 pages): `execve` fails with E2BIG beyond it.
+pub(crate) const MAX_ENV_STRING: usize = 128 * 1024;
+
 /// The environment every rank gets through a remote engine: the launcher's, plus the
-/// shim's encoded per-rank variables and planned kills.
+/// shim's encoded per-rank variables and planned kills. `only`: the one rank this
+/// environment is for (ssh starts each rank apart: it gets its own entries alone);
+/// `None`: one environment for all ranks (mpirun, srun), which carries every rank's
+/// entries in one variable and is refused, naming the limit, when that variable would
+/// pass Linux's limit for one environment string (the launcher would fail with E2BIG).
 pub(crate) fn shim_env(
     cfg: &LaunchConfig,
     env: &[(OsString, OsString)],
-) -> Vec<(OsString, OsString)> {
+    only: Option<u32>,
+) -> Result<Vec<(OsString, OsString)>> {
     let mut out = env.to_vec();
-    if !cfg.rank_env.is_empty() {
-        out.push((
-            ENV_SHIM_RANK_ENV.into(),
-            encode_rank_env(&cfg.rank_env).into(),
-        ));
+    let entries: Vec<(u32, OsString, OsString)> = cfg
+        .rank_env
+        .iter()
+        .filter(|(r, _, _)| only.is_none_or(|o| *r == o))
+        .cloned()
+        .collect();
+    if !entries.is_empty() {
+        let value = encode_rank_env(&entries);
+        let size = ENV_SHIM_RANK_ENV.len() + value.len() + 2;
+        if size > MAX_ENV_STRING {
+            return Err(NetError::new(
+                ErrorKind::Config,
+                format!(
+                    "the {} engine passes every rank's own variables ({} entries for {} ranks, \
+                     such as LAZARUS_HOST) in one environment variable, {ENV_SHIM_RANK_ENV}, \
+                     of {size} bytes: over Linux's limit of {MAX_ENV_STRING} bytes for one \
+                     environment string (the launch would fail with E2BIG); use the ssh \
+                     engine, fewer ranks or shorter host names",
+                    cfg.engine.name(),
+                    entries.len(),
+                    cfg.ranks
+                ),
+            ));
+        }
+        out.push((ENV_SHIM_RANK_ENV.into(), value.into()));
     }
     if !cfg.inject.is_empty() {
         out.push((ENV_SHIM_INJECT.into(), encode_inject(&cfg.inject).into()));
@@ -115,7 +144,7 @@ pub(crate) fn shim_env(
             out.push(("RUST_LOG".into(), v));
         }
     }
-    out
+    Ok(out)
 }
 
 /// Spawns one launcher process in its own session (so a hard stop takes its local helpers,
@@ -689,5 +718,51 @@ mod tests {
                 (0, b"\x1elazarus:resumed 5 50 1".to_vec())
             ]
         );
+    }
+
+    /// Review #1: LAZARUS_SHIM_RANK_ENV carried every rank's entries (LAZARUS_HOST per
+    /// rank) in one variable: past Linux's 128 KiB limit for one environment string at a
+    /// few thousand ranks, so mpirun/srun failed with E2BIG, and under ssh each rank's
+    /// control message carried the whole table (a write that blocked until ssh had
+    /// authenticated). mpirun/srun now refuse it up front naming the limit; each ssh rank
+    /// gets only its own entries.
+    #[test]
+    fn a_per_rank_env_table_past_the_env_string_limit_is_refused_and_ssh_ranks_get_theirs() {
+        let mut cfg = LaunchConfig::new(4096, "prog", Vec::new());
+        cfg.engine = Arc::new(super::super::MpirunEngine {
+            program: "mpirun".into(),
+            agent: None,
+            extra_args: Vec::new(),
+        });
+        let host = |r: u32| format!("node-{:04}.rack-{:02}.cluster.example.org", r / 8, r % 16);
+        cfg.rank_env = (0..4096)
+            .map(|r| (r, "LAZARUS_HOST".into(), host(r).into()))
+            .collect();
+        match shim_env(&cfg, &[], None) {
+            Ok(env) => {
+                let (k, v) = env.iter().find(|(k, _)| k == ENV_SHIM_RANK_ENV).unwrap();
+                assert!(k.len() + v.len() + 2 <= MAX_ENV_STRING);
+            }
+            Err(e) => {
+                let e = e.to_string();
+                assert!(
+                    e.contains(ENV_SHIM_RANK_ENV) && e.contains("131072") && e.contains("mpirun"),
+                    "{e}"
+                );
+            }
+        }
+        // ssh: one rank's own entries alone.
+        let env = shim_env(&cfg, &[], Some(77)).unwrap();
+        let (_, v) = env.iter().find(|(k, _)| k == ENV_SHIM_RANK_ENV).unwrap();
+        let v = v.to_str().unwrap();
+        assert_eq!(
+            v,
+            encode_rank_env(&[(77, "LAZARUS_HOST".into(), host(77).into())])
+        );
+        // A small table is passed whole, as before.
+        cfg.rank_env.truncate(8);
+        let env = shim_env(&cfg, &[], None).unwrap();
+        let (_, v) = env.iter().find(|(k, _)| k == ENV_SHIM_RANK_ENV).unwrap();
+        assert_eq!(v.to_str().unwrap().split(';').count(), 8);
     }
 }

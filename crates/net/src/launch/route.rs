@@ -28,9 +28,27 @@ pub fn advertise_address(hosts: &[String]) -> Result<IpAddr> {
     }
 }
 
-/// The local address the kernel would use to reach `host`.
+/// Why `ip` cannot be the rendezvous address given to the ranks, `None` when it can: the
+/// unspecified address (`0.0.0.0`, `::`: each remote rank would dial itself), a multicast
+/// or the broadcast address (nothing accepts a connection there).
+pub fn unusable_advertise(ip: IpAddr) -> Option<&'static str> {
+    if ip.is_unspecified() {
+        return Some("the unspecified address cannot be dialled (each rank would dial itself)");
+    }
+    if ip.is_multicast() {
+        return Some("a multicast address cannot accept a connection");
+    }
+    if matches!(ip, IpAddr::V4(v4) if v4.is_broadcast()) {
+        return Some("the broadcast address cannot accept a connection");
+    }
+    None
+}
+
+/// The local address the kernel would use to reach `host` (`user@host` for ssh: the
+/// host part, after the last `@`, is resolved).
 fn source_address_to(host: &str) -> Result<IpAddr> {
-    let target = (host, 9)
+    let name = host.rsplit_once('@').map_or(host, |(_, h)| h);
+    let target = (name, 9)
         .to_socket_addrs()
         .map_err(|e| NetError::io(format!("resolving host {host}"), e))?
         .next()
@@ -72,6 +90,30 @@ pub fn probe_host(addr: SocketAddr, timeout: Duration) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Review #13: unspecified, multicast and broadcast addresses are refused.
+    #[test]
+    fn unspecified_multicast_and_broadcast_cannot_be_advertised() {
+        for bad in ["0.0.0.0", "::", "224.0.0.1", "ff02::1", "255.255.255.255"] {
+            assert!(unusable_advertise(bad.parse().unwrap()).is_some(), "{bad}");
+        }
+        for good in ["127.0.0.1", "10.1.2.3", "::1", "fe80::1"] {
+            assert!(
+                unusable_advertise(good.parse().unwrap()).is_none(),
+                "{good}"
+            );
+        }
+    }
+
+    /// Review #5: an ssh host `user@host` was resolved whole (and failed); the host part
+    /// is resolved.
+    #[test]
+    fn user_at_host_resolves_the_host_part() {
+        let ip = advertise_address(&["alice@127.0.0.1".into()]).unwrap();
+        assert!(ip.is_loopback());
+        let ip = advertise_address(&["a@b@127.0.0.1".into()]).unwrap();
+        assert!(ip.is_loopback());
+    }
 
     #[test]
     fn local_hosts_advertise_loopback_and_probes_tell_refused_from_silent() {

@@ -66,10 +66,11 @@ pub(crate) fn encode_rank_env(entries: &[(u32, OsString, OsString)]) -> String {
 fn decode_rank_env(s: &str, me: u32) -> Result<Vec<(OsString, OsString)>, String> {
     use std::os::unix::ffi::OsStringExt;
     let mut out = Vec::new();
-    for e in s.split(';').filter(|e| !e.is_empty()) {
+    for (i, e) in s.split(';').filter(|e| !e.is_empty()).enumerate() {
         let mut it = e.split(':');
         let (r, k, v) = (it.next(), it.next(), it.next());
-        let bad = || format!("{ENV_SHIM_RANK_ENV}: bad entry {e:?}");
+        // The entry's number, not its text: a value is the launcher's to keep.
+        let bad = || format!("{ENV_SHIM_RANK_ENV}: bad entry {}", i + 1);
         let r: u32 = r.and_then(|r| r.parse().ok()).ok_or_else(bad)?;
         let k = k.and_then(unhex).ok_or_else(bad)?;
         let v = v.and_then(unhex).ok_or_else(bad)?;
@@ -433,11 +434,12 @@ fn take_forwarded() -> Option<i32> {
     }
 }
 
-/// Reads `env HEXKEY HEXVAL` lines up to `go`.
+/// Reads `env HEXKEY HEXVAL` lines up to `go`. An error names the line number and at most
+/// the variable's name, never the line: a value can be a secret (the job token).
 fn read_env(stdin: &mut impl BufRead, extra: &mut Vec<(OsString, OsString)>) -> Result<(), String> {
     use std::os::unix::ffi::OsStringExt;
     let mut line = String::new();
-    loop {
+    for n in 1u64.. {
         line.clear();
         match stdin.read_line(&mut line) {
             Ok(0) => return Err("control input ended before `go`".into()),
@@ -449,14 +451,24 @@ fn read_env(stdin: &mut impl BufRead, extra: &mut Vec<(OsString, OsString)>) -> 
         match (w.next(), w.next(), w.next(), w.next()) {
             (Some("go"), None, None, None) => return Ok(()),
             (Some("env"), Some(k), Some(v), None) => {
-                let (k, v) = unhex(k)
-                    .zip(unhex(v))
-                    .ok_or_else(|| format!("bad control line {:?}", line.trim()))?;
+                let k = unhex(k)
+                    .ok_or_else(|| format!("control line {n}: the `env` name is not hex"))?;
+                let v = unhex(v).ok_or_else(|| {
+                    format!(
+                        "control line {n}: the value of `env` {} is not hex",
+                        String::from_utf8_lossy(&k)
+                    )
+                })?;
                 extra.push((OsString::from_vec(k), OsString::from_vec(v)));
             }
-            _ => return Err(format!("bad control line {:?}", line.trim())),
+            _ => {
+                return Err(format!(
+                    "control line {n}: expected `env NAME VALUE` or `go`"
+                ))
+            }
         }
     }
+    Err("control input: too many lines".into())
 }
 
 /// After `go`: `sig N` forwards signal N; end of input (the launcher or its ssh is gone)
@@ -549,6 +561,31 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    /// A malformed control line carrying the job token (`env LAZARUS_JOB_TOKEN <hex>` with
+    /// a bad byte, or an extra field) was repeated whole in the error: the error names the
+    /// line number and the variable, never the value.
+    #[test]
+    fn bad_control_line_errors_do_not_repeat_the_token() {
+        let token = "0123456789abcdef0123456789abcdef";
+        let name = hex(b"LAZARUS_JOB_TOKEN");
+        for bad in [
+            format!("env {name} {token}z\ngo\n"),
+            format!("env {name} {token} extra\ngo\n"),
+            format!("env {token}z {token}\ngo\n"),
+            format!("{token}\ngo\n"),
+        ] {
+            let e = read_env(
+                &mut std::io::BufReader::new(bad.as_bytes()),
+                &mut Vec::new(),
+            )
+            .unwrap_err();
+            assert!(!e.contains(token), "{e}");
+            assert!(e.contains("control line 1"), "{e}");
+        }
+        let e = decode_rank_env(&format!("1:{name}:{token}zz"), 1).unwrap_err();
+        assert!(!e.contains(token) && e.contains("bad entry 1"), "{e}");
     }
 
     #[test]

@@ -79,6 +79,8 @@ impl Engine for SrunEngine {
         let cfg = spec.cfg;
         let (shim, shim_args) =
             remote::shim_argv(cfg, &["--newlines", "--rank-from", "SLURM_PROCID"])?;
+        // Before the host file: a refused environment leaves nothing behind.
+        let env = remote::shim_env(cfg, &spec.env, None)?;
         let mut job = RemoteJob::new(cfg.ranks, spec.hosts);
         // One node per line, rank order: Slurm's arbitrary distribution.
         let hostfile = std::env::temp_dir().join(format!(
@@ -109,7 +111,7 @@ impl Engine for SrunEngine {
             ])
             .arg(format!("--job-name=lazarus-{}", cfg.incarnation))
             .args(&self.extra_args)
-            .envs(remote::shim_env(cfg, &spec.env))
+            .envs(env)
             .env("SLURM_HOSTFILE", &hostfile)
             .arg(shim)
             .args(shim_args);

@@ -21,7 +21,9 @@ use std::process::Command;
 pub struct SshEngine {
     /// The remote shell (default `ssh`), called as `PROGRAM [extra] HOST COMMAND`.
     pub program: PathBuf,
-    /// Extra arguments before the host (default: `-T -o BatchMode=yes`, no prompts).
+    /// Extra arguments before the host (default: `-T -o BatchMode=yes`, no prompts; with
+    /// these defaults, `-o ConnectTimeout=<the job's connect timeout>` is added unless a
+    /// ConnectTimeout is given).
     pub extra_args: Vec<OsString>,
 }
 
@@ -36,10 +38,13 @@ impl Default for SshEngine {
 
 /// `word` quoted for a POSIX shell, byte for byte: a path or argument that is not UTF-8
 /// reaches the remote program unchanged (a lossy conversion would hand it another name).
+/// A word starting with `=` is always quoted: zsh (a remote login shell) expands `=cmd`
+/// to the command's path and rejects `==`.
 pub(crate) fn shell_quote(word: &OsStr) -> OsString {
     use std::os::unix::ffi::OsStringExt;
     let b = word.as_bytes();
     if !b.is_empty()
+        && b[0] != b'='
         && b.iter()
             .all(|c| c.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(c))
     {
@@ -56,6 +61,27 @@ pub(crate) fn shell_quote(word: &OsStr) -> OsString {
     }
     out.push(b'\'');
     OsString::from_vec(out)
+}
+
+impl SshEngine {
+    /// The arguments before the host: `extra_args`, plus `-o ConnectTimeout=<timeout>`
+    /// (whole seconds, at least 1) when they are the default options and name no
+    /// ConnectTimeout, so a host that never answers fails the start instead of hanging.
+    fn ssh_args(&self, timeout: std::time::Duration) -> Vec<OsString> {
+        let mut args = self.extra_args.clone();
+        let defaults = SshEngine::default().extra_args;
+        let named = args.iter().any(|a| {
+            a.to_string_lossy()
+                .to_ascii_lowercase()
+                .contains("connecttimeout")
+        });
+        if args.starts_with(&defaults) && !named {
+            let secs = timeout.as_secs() + u64::from(timeout.subsec_nanos() > 0);
+            args.push("-o".into());
+            args.push(format!("ConnectTimeout={}", secs.max(1)).into());
+        }
+        args
+    }
 }
 
 impl Engine for SshEngine {
@@ -75,22 +101,28 @@ impl Engine for SshEngine {
             remote_cmd.push(" ");
             remote_cmd.push(shell_quote(&w));
         }
-        let env = remote::shim_env(cfg, &spec.env);
+        let extra = self.ssh_args(cfg.net.connect_timeout);
         let mut job = RemoteJob::new(cfg.ranks, spec.hosts);
         for r in 0..cfg.ranks {
             let host = spec.hosts.get(r as usize).cloned().unwrap_or_default();
             let mut cmd = Command::new(&self.program);
-            cmd.args(&self.extra_args).arg(&host).arg(&remote_cmd);
-            let started = remote::spawn(
-                cmd,
-                format!("ssh {host}"),
-                Tagging::Fixed(r),
-                false,
-                &job.book,
-                &spec.sink,
-                true,
-            )
-            .and_then(|mut p| {
+            cmd.args(&extra).arg(&host).arg(&remote_cmd);
+            // Each rank's control message carries its own entries only: with the whole
+            // per-rank table it grew past the pipe buffer for big jobs, and writing it
+            // blocked until ssh had authenticated (forever with a stalled sshd).
+            let started = remote::shim_env(cfg, &spec.env, Some(r)).and_then(|env| {
+                remote::spawn(
+                    cmd,
+                    format!("ssh {host}"),
+                    Tagging::Fixed(r),
+                    false,
+                    &job.book,
+                    &spec.sink,
+                    true,
+                )
+                .map(|p| (p, env))
+            });
+            let started = started.and_then(|(mut p, env)| {
                 let mut ctl = Vec::new();
                 let rank_vars = [
                     ("LAZARUS_RANK".to_string(), r.to_string()),
@@ -139,6 +171,39 @@ impl remote::Proc {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Review #1: the default ssh options had no ConnectTimeout, so a host that never
+    /// answered held the start; it is added from the job's connect timeout unless given,
+    /// and never to a custom agent's arguments.
+    #[test]
+    fn default_ssh_options_get_a_connect_timeout() {
+        use std::time::Duration;
+        let d = SshEngine::default();
+        let a = d.ssh_args(Duration::from_millis(2500));
+        assert_eq!(
+            a[a.len() - 2..],
+            ["-o", "ConnectTimeout=3"].map(OsString::from)
+        );
+        let mut given = SshEngine::default();
+        given
+            .extra_args
+            .extend(["-o", "connecttimeout=9"].map(OsString::from));
+        assert_eq!(given.ssh_args(Duration::from_secs(20)), given.extra_args);
+        let agent = SshEngine {
+            program: "/bin/agent".into(),
+            extra_args: Vec::new(),
+        };
+        assert!(agent.ssh_args(Duration::from_secs(20)).is_empty());
+    }
+
+    /// Review #4: zsh (a remote login shell) expands `=cmd` and rejects `==`; a word
+    /// starting with '=' went unquoted. An inner '=' needs no quotes.
+    #[test]
+    fn words_starting_with_equals_are_quoted_for_zsh() {
+        assert_eq!(shell_quote(OsStr::new("==")), "'=='");
+        assert_eq!(shell_quote(OsStr::new("=x")), "'=x'");
+        assert_eq!(shell_quote(OsStr::new("a=b")), "a=b");
+    }
 
     #[test]
     fn remote_words_are_quoted_for_the_shell() {
