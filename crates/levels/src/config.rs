@@ -524,6 +524,14 @@ pub fn ensure_private_root(root: &Path) -> Result<(), String> {
             m.uid(),
             euid()
         ))
+    } else if m.mode() & 0o022 != 0 && m.mode() & 0o1000 != 0 {
+        // `/dev/shm` or `/tmp` itself given as the root: chmod is not the answer.
+        Some(format!(
+            "it is a directory shared by every user (mode {:o}, like /dev/shm itself): give \
+             a directory of this job's own inside it, such as {}",
+            m.mode() & 0o7777,
+            root.join("lazarus-l1").display()
+        ))
     } else if m.mode() & 0o022 != 0 {
         Some(format!(
             "its mode {:o} lets other users write into it (chmod go-w, or remove it)",

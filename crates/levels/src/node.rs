@@ -3089,6 +3089,18 @@ mod tests {
                 "{e}"
             );
         }
+        // `--l1-dir /dev/shm`: the advice is a directory of its own, not a chmod.
+        let shared = d.path().join("shm");
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        for r in open_all(shared.clone()) {
+            let e = r.unwrap_err();
+            assert!(
+                e.contains("shared by every user")
+                    && e.contains(&shared.join("lazarus-l1").display().to_string()),
+                "{e}"
+            );
+        }
         let link = d.path().join("link");
         std::os::unix::fs::symlink(d.path(), &link).unwrap();
         for r in open_all(link.clone()) {

@@ -299,18 +299,7 @@ pub trait ReadBackend: Send + Sync + fmt::Debug {
     /// its announced size, and fails if more bytes than that arrive.
     fn read(&self, key: &ObjectKey) -> Result<Vec<u8>, StoreError> {
         let o = self.open(key)?;
-        let mut out = CappedRead::new(self.describe(key), key, o.len)?;
-        let mut r = o.reader;
-        let mut buf = vec![0u8; 64 << 10];
-        loop {
-            match r.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => out.push(&buf[..n])?,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(StoreError::io(&out.at, "reading", e)),
-            }
-        }
-        out.finish()
+        CappedRead::new(self.describe(key), key, o.len)?.read_all(o.reader)
     }
 
     /// Size and kind of whatever is under `key`; `None` when nothing is.
@@ -551,17 +540,33 @@ impl CappedRead {
 
     pub(crate) fn push(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
         if (self.out.len() + bytes.len()) as u64 > self.len {
-            return Err(StoreError::new(
-                StoreErrorKind::Corrupt,
-                Some(&self.at),
-                format!(
-                    "more bytes arrived than the {} announced; refusing the rest",
-                    self.len
-                ),
-            ));
+            return Err(self.longer());
         }
         self.out.extend_from_slice(bytes);
         Ok(())
+    }
+
+    /// Reads `r` to its end straight into the reserved buffer (no bounce copy): one byte
+    /// past the announced size is enough to refuse a longer object.
+    pub(crate) fn read_all(mut self, r: impl std::io::Read) -> Result<Vec<u8>, StoreError> {
+        r.take(self.len.saturating_add(1))
+            .read_to_end(&mut self.out)
+            .map_err(|e| StoreError::io(&self.at, "reading", e))?;
+        if self.out.len() as u64 > self.len {
+            return Err(self.longer());
+        }
+        self.finish()
+    }
+
+    fn longer(&self) -> StoreError {
+        StoreError::new(
+            StoreErrorKind::Corrupt,
+            Some(&self.at),
+            format!(
+                "more bytes arrived than the {} announced; refusing the rest",
+                self.len
+            ),
+        )
     }
 
     pub(crate) fn finish(self) -> Result<Vec<u8>, StoreError> {

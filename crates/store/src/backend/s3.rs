@@ -433,17 +433,11 @@ impl S3Backend {
         self.run("GET", &at, async move {
             let g = s.get(&p).await?;
             let etag = g.meta.e_tag.clone();
-            let mut out = match super::CappedRead::new(at2, &key, g.meta.size) {
+            let out = match super::CappedRead::new(at2, &key, g.meta.size) {
                 Ok(out) => out,
                 Err(e) => return Ok(Err(e)),
             };
-            let mut body = g.into_stream();
-            while let Some(b) = body.next().await {
-                if let Err(e) = out.push(&b?) {
-                    return Ok(Err(e));
-                }
-            }
-            Ok(out.finish().map(|b| (b, etag)))
+            Ok(collect_body(g, out).await?.map(|b| (b, etag)))
         })?
     }
 
@@ -465,6 +459,21 @@ impl S3Backend {
         };
         StoreError::new(kind, Some(at), format!("{what} at {}: {e}", self.server))
     }
+}
+
+/// A GET's body, read as a stream into `out` (bounded: see [`super::CappedRead`]). The
+/// outer error is the transport's, the inner one a refused or short body.
+async fn collect_body(
+    g: object_store::GetResult,
+    mut out: super::CappedRead,
+) -> Result<Result<Vec<u8>, StoreError>, object_store::Error> {
+    let mut body = g.into_stream();
+    while let Some(b) = body.next().await {
+        if let Err(e) = out.push(&b?) {
+            return Ok(Err(e));
+        }
+    }
+    Ok(out.finish())
 }
 
 impl ReadBackend for S3Backend {
@@ -511,17 +520,11 @@ impl ReadBackend for S3Backend {
             let g = s
                 .get_opts(&p, GetOptions::new().with_range(Some(start..end)))
                 .await?;
-            let mut out = match super::CappedRead::new(at2, &key, end - start) {
+            let out = match super::CappedRead::new(at2, &key, end - start) {
                 Ok(out) => out,
                 Err(e) => return Ok(Err(e)),
             };
-            let mut body = g.into_stream();
-            while let Some(b) = body.next().await {
-                if let Err(e) = out.push(&b?) {
-                    return Ok(Err(e));
-                }
-            }
-            Ok(out.finish())
+            collect_body(g, out).await
         })?
     }
 
