@@ -693,9 +693,11 @@ impl Job {
     }
 
     /// True when the current state is the job's recorded final state: [`Job::finish`]
-    /// was called, or the restore found a checkpoint written by `finish`, and no step was
-    /// counted since. A program may still go on (e.g. a longer run of a finished job):
-    /// the next [`Job::checkpoint`] counts a step and the job is no longer finished.
+    /// was called, or the restore found a checkpoint written by `finish`, and neither was
+    /// a step counted since nor a newer checkpoint taken ([`Job::checkpoint_now`] at the
+    /// finished step supersedes it). A program may still go on (e.g. a longer run of a
+    /// finished job): the next [`Job::checkpoint`] counts a step and the job is no longer
+    /// finished.
     pub fn is_finished(&self) -> bool {
         self.finished
             .is_some_and(|(id, s)| s == self.step && self.newest == Some(id))

@@ -472,8 +472,16 @@ fn read_chunk_unrecorded<B: ReadBackend + ?Sized>(
             }
             return Ok(());
         }
+        let cap = crate::backend::size_cap(&key).map_or(u64::MAX, |(cap, _)| cap);
+        if file_len > cap {
+            return Err(StoreError::new(
+                StoreErrorKind::Corrupt,
+                Some(&p),
+                format!("chunk {d}: file is {file_len} bytes, more than any chunk can be ({cap})"),
+            ));
+        }
         let mut file = head.to_vec();
-        f.take(lazarus_format::MAX_CHUNK_LEN * 2)
+        f.take(cap - CHUNK_HEADER_LEN as u64)
             .read_to_end(&mut file)
             .map_err(|e| StoreError::io(&p, "reading chunk", e))?;
         let raw = decode_chunk(&file, d).map_err(fmt_err)?;

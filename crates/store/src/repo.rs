@@ -777,6 +777,10 @@ impl Repository {
         let what = format!("removal of checkpoint {id}");
         let mut fence = Fence::new(self.lock.as_ref(), self.backend.location(), &what);
         remove_committed(self.backend.as_ref(), id, &mut fence)?;
+        if self.last_committed == Some(id) {
+            // Gone on purpose: a collection must not take its absence for a stale listing.
+            self.last_committed = None;
+        }
         self.backend.sync_dirs(&[DirKey::Checkpoints])
     }
 

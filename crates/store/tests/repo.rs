@@ -683,3 +683,18 @@ fn remove_uncommitted_removes_only_a_checkpoint_without_commit() {
         lazarus_store::Presence::Gone
     );
 }
+
+/// Regression (review of the stale-listing stop): a handle that removed the checkpoint it
+/// had just committed took that checkpoint's absence from the listing for a stale listing,
+/// and every later collection stopped until its next commit.
+#[test]
+fn a_collection_after_removing_the_checkpoint_just_committed_is_not_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut repo = Repository::open(dir.path(), small_opts()).unwrap();
+    let first = checkpoint(&mut repo, 1, 1, 100);
+    let newest = checkpoint(&mut repo, 1, 2, 100);
+    repo.remove_checkpoint(newest).unwrap();
+    let rep = repo.retain(1).unwrap();
+    assert_eq!(rep.kept, vec![first]);
+    assert_holds(dir.path(), first, 1, 1, 100);
+}

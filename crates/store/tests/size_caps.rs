@@ -165,7 +165,7 @@ fn a_huge_manifest_file_is_refused_by_commit_before_it_is_read() {
     assert_peak_below(512);
 }
 
-/// The caps are the format's (docs/FORMAT.md "Size limits").
+/// The caps are the format's (docs/FORMAT.md, "Independent readers", "Opening files").
 #[test]
 fn size_caps_are_the_formats() {
     use lazarus_store::size_cap;

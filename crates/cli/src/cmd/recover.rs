@@ -34,7 +34,7 @@ pub struct InjectArgs {
     /// `#N`: at its N-th hit). The rank SIGKILLs itself when it reaches the named place
     /// (`before_commit`, `after_chunk_write`, ... in the store; `levels_*` in the levels;
     /// `files_*` in the managed files; see docs/RECOVERY.md). An unknown name is refused.
-    #[arg(long, help_heading = "Testing", value_name = "NAME[@RANK]")]
+    #[arg(long, help_heading = "Testing", value_name = "NAME[#N][@RANK]")]
     inject_failpoint: Vec<String>,
     /// Seed of every random choice of the fault injection.
     #[arg(long, help_heading = "Testing", default_value_t = 0)]

@@ -470,7 +470,7 @@ const fn zstd_compress_bound(s: u64) -> u64 {
 }
 
 /// The largest object of `key`'s kind the format allows, and the kind's name for messages
-/// (docs/FORMAT.md, "Size limits"): FORMAT 12 bytes; LOCK (a lease)
+/// (docs/FORMAT.md, "Independent readers", "Opening files"): FORMAT 12 bytes; LOCK (a lease)
 /// [`crate::LeaseRecord::MAX_LEN`]; LEVELS-HISTORY [`MAX_LEVEL_HISTORY_LEN`]; COMMIT and
 /// manifests 48 + `MAX_ENVELOPE_BODY`; a chunk 16 + zstd's compress bound of
 /// `MAX_CHUNK_LEN`. `None` for names the format does not define (strays), which are read
@@ -529,8 +529,17 @@ impl CappedRead {
             .try_reserve_exact(usize::try_from(len).unwrap_or(usize::MAX))
             .is_err()
         {
+            // Within its kind's cap, failing to allocate says nothing about the object:
+            // a fatal I/O error (never "damaged", which would let a collection sweep an
+            // intact checkpoint's chunks or a restore skip it). Only a stray without a
+            // cap is refused as corrupt.
+            let kind = if size_cap(key).is_some() {
+                StoreErrorKind::Io
+            } else {
+                StoreErrorKind::Corrupt
+            };
             return Err(StoreError::new(
-                StoreErrorKind::Corrupt,
+                kind,
                 Some(&at),
                 format!("{len} bytes cannot be allocated"),
             ));
