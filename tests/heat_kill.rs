@@ -71,30 +71,40 @@ fn reference() -> String {
     reference_run().0
 }
 
-/// Spawns heat and SIGKILLs it after `after` (if it is still running). True if killed.
-fn run_and_kill(repo: &Path, after: Duration) -> bool {
+/// Spawns heat and SIGKILLs it after `after` (if it is still running). True if killed;
+/// and the run's stderr (heat writes a line or two there: the restore report).
+fn run_and_kill(repo: &Path, after: Duration) -> (bool, String) {
     let mut child = command(repo)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
         .spawn()
         .expect("spawning heat");
     let start = Instant::now();
-    loop {
+    let killed = loop {
         if let Some(status) = child.try_wait().expect("try_wait") {
             assert!(
                 status.success(),
                 "heat exited with {status:?} before being killed"
             );
-            return false;
+            break false;
         }
         if start.elapsed() >= after {
             // SIGKILL; `wait` reaps it so its pid is dead before the next run takes the lock.
             child.kill().expect("kill -9");
             let status = child.wait().expect("wait");
-            return status.signal() == Some(libc::SIGKILL);
+            break status.signal() == Some(libc::SIGKILL);
         }
         std::thread::sleep(Duration::from_millis(2));
-    }
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    (killed, err)
+}
+
+/// True if heat's stderr shows it resumed a run midway: examples/heat.rs prints the
+/// RestoreReport ("restored checkpoint N at step S"), which says "(the job had finished
+/// there)" for a restore of a completed run.
+fn resumed_midway(stderr: &str) -> bool {
+    stderr.contains("heat: restored checkpoint") && !stderr.contains("the job had finished there")
 }
 
 #[test]
@@ -122,13 +132,19 @@ fn sigkill_at_seeded_random_moments() {
     let (want, full) = reference_run();
     // Kill points are drawn over the length of a whole run, so most land mid-run.
     let span = (full.as_millis() as u64 * 3 / 4).max(50);
+    let mut total_kills = 0;
+    let mut resumed_mid_run = 0;
     for round in 0..3 {
         let dir = tempfile::tempdir().unwrap();
         let repo = dir.path().join("r");
         let mut kills = Vec::new();
         for _ in 0..6 {
             let after = rng.gen_range(5..span);
-            if !run_and_kill(&repo, Duration::from_millis(after)) {
+            let (killed, stderr) = run_and_kill(&repo, Duration::from_millis(after));
+            if !kills.is_empty() && resumed_midway(&stderr) {
+                resumed_mid_run += 1;
+            }
+            if !killed {
                 break; // it completed before the kill
             }
             kills.push(after);
@@ -143,7 +159,16 @@ fn sigkill_at_seeded_random_moments() {
             want,
             "seed {seed} round {round}, kills at {kills:?} ms"
         );
+        total_kills += kills.len();
+        if !kills.is_empty() && resumed_midway(&String::from_utf8_lossy(&out.stderr)) {
+            resumed_mid_run += 1;
+        }
     }
+    assert!(total_kills > 0, "seed {seed}: no run was ever killed");
+    assert!(
+        resumed_mid_run > 0,
+        "seed {seed}: no run after a kill resumed from a checkpoint of the killed runs"
+    );
 }
 
 #[test]

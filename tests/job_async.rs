@@ -267,8 +267,19 @@ fn error_at_finish_is_returned_not_lost() {
     let s = job.restore_or_init(|| state(0, 1024)).unwrap();
     job.set_write_budget(0).unwrap();
     let id = job.checkpoint_now(&s).unwrap();
-    job.set_write_budget(u64::MAX).unwrap_err(); // waits for the flush: its error
-                                                 // finish writes synchronously and succeeds; the earlier error was reported above.
+    // Waits for the flush of `id` and returns its error: that checkpoint, at step 0.
+    let e = job.set_write_budget(u64::MAX).unwrap_err();
+    match &e {
+        JobError::Flush {
+            checkpoint, step, ..
+        } => assert_eq!((*checkpoint, *step), (id, 0), "{e}"),
+        other => panic!("expected the Flush error of checkpoint {id}, got {other:?}"),
+    }
+    assert!(
+        e.to_string().contains(&id.to_string()),
+        "names the checkpoint: {e}"
+    );
+    // finish writes synchronously and succeeds; the earlier error was reported above.
     job.finish(&s).unwrap();
     assert!(id.0 >= 1);
     drop(job);

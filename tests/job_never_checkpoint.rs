@@ -13,8 +13,12 @@ struct S {
 fn never_checkpoint_takes_no_checkpoint_until_asked() {
     let dir = tempfile::tempdir().unwrap();
     let repo = dir.path().join("repo");
+    // `every_steps(1)` first: never_checkpoint() replaces it (src/job.rs), so a broken
+    // never_checkpoint would commit at step 1 (the default 60 s policy would not within
+    // 500 fast steps, and could not tell).
     let mut job = Job::builder()
         .repo(&repo)
+        .every_steps(1)
         .never_checkpoint()
         .open()
         .unwrap();

@@ -8,9 +8,10 @@
 //! running on any host.
 //!
 //! Needs root, iproute2, openssh-server, Open MPI and Slurm (.ci/run installs them):
-//! skipped with a loud message elsewhere, failing under CI=true. Seeded: the victims
-//! follow `LAZARUS_TEST_SEED` (printed). CI runs one seeded case of each; the rest is
-//! `#[ignore]` (`cargo test --test multi_host -- --include-ignored`).
+//! skipped with a loud message elsewhere, failing under CI. Seeded: the victims
+//! follow `LAZARUS_TEST_SEED` (printed). CI runs one seeded case of each (under the ssh
+//! engine, a rank kill); the rest is `#[ignore]` (`cargo test --test multi_host --
+//! --include-ignored`).
 
 mod common;
 
@@ -338,7 +339,6 @@ fn rank_killed_on_one_of_four_hosts_recovers_with_the_failure_free_checksum() {
 }
 
 #[test]
-#[ignore = "full matrix: ssh engine (CI runs mpirun)"]
 fn rank_killed_under_the_ssh_engine_recovers() {
     rank_kill("heat_dvec", "ssh");
     rank_kill("heat", "ssh");

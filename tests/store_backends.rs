@@ -79,11 +79,21 @@ fn heat_killed_and_resumed_with_the_repository_in_a_bucket() {
         }
         child.wait().unwrap();
     }
+    assert!(
+        kills > 0,
+        "seed {seed}: every run completed before its kill"
+    );
     let out = heat(&repo, &env).output().unwrap();
     assert_eq!(
         checksum(&out),
         want,
         "resumed from the bucket after {kills} kills"
+    );
+    // It resumed from the bucket (examples/heat.rs prints the RestoreReport), not afresh.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("heat: restored checkpoint"),
+        "seed {seed}: the final run did not restore after {kills} kills; stderr:\n{stderr}"
     );
     // Every command works on the bucket.
     let v = lazarus(&["verify", &repo], &env);

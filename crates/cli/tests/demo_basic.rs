@@ -5,7 +5,6 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 #[test]
-#[ignore = "needs the distributed examples/heat.rs (coord); passes with it: run with --ignored"]
 fn demo_recovers_and_matches_the_reference() {
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_lazarus"))

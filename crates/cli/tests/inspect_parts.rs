@@ -129,9 +129,15 @@ fn verify_passes_and_notes_pending_checkpoint() {
     let out = text(&o.stdout);
     assert_eq!(o.status.code(), Some(0), "{out}{}", text(&o.stderr));
     assert!(out.contains("ok: 1 committed checkpoint(s)"), "{out}");
+    // The whole note, with the pending checkpoint's id as the line's last word (a bare
+    // contains(id) matched any "2" in the output).
+    let note = format!(
+        "note: 1 uncommitted checkpoint dir(s) (pending or aborted, never restored): {}",
+        pending.0
+    );
     assert!(
-        out.contains("uncommitted checkpoint dir(s)") && out.contains(&pending.0.to_string()),
-        "{out}"
+        out.lines().any(|l| l == note),
+        "want the line {note:?} in:\n{out}"
     );
 }
 

@@ -130,7 +130,7 @@ fn log_colour_only_on_a_terminal_and_never_with_no_color() {
     let have_script = Command::new("script").arg("--version").output().is_ok();
     if !have_script {
         assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
+            !lazarus_testbed::in_ci(),
             "`script` (util-linux) is needed for the terminal half of this test in CI"
         );
         eprintln!("SKIPPING the terminal half: no `script` command (util-linux)");

@@ -164,6 +164,15 @@ fn trials(per_case: usize, test: &str) {
     let base = seed(test);
     let root = tempfile::tempdir().unwrap();
     let rts = runtimes();
+    // Kills that landed, and those that left a committed checkpoint behind: the next run
+    // had to resume from it (a `COMMIT` file in the repository's checkpoints/<id>/).
+    let (mut landed, mut resumable) = (0, 0);
+    let committed = |repo: &Path| {
+        std::fs::read_dir(repo.join("checkpoints")).is_ok_and(|d| {
+            d.filter_map(Result::ok)
+                .any(|e| e.path().join("COMMIT").exists())
+        })
+    };
     for (ci, case) in CASES.iter().enumerate() {
         let wasm = program(case.prog);
         let (want, took) = reference(case, &wasm, root.path());
@@ -213,6 +222,10 @@ fn trials(per_case: usize, test: &str) {
                         child.kill().unwrap();
                         let _ = child.wait();
                         log.push(format!("{rt}: killed after {after:?}"));
+                        landed += 1;
+                        if committed(&repo) {
+                            resumable += 1;
+                        }
                     }
                 }
             }
@@ -225,6 +238,15 @@ fn trials(per_case: usize, test: &str) {
             eprintln!("{ctx}: identical");
         }
     }
+    eprintln!("{test}: {landed} kills landed, {resumable} after a committed checkpoint");
+    assert!(
+        landed > 0,
+        "{test}: no kill landed (every run finished first)"
+    );
+    assert!(
+        resumable > 0,
+        "{test}: no kill left a committed checkpoint: no run resumed"
+    );
 }
 
 /// Running the command again after the program finished runs nothing and says so on

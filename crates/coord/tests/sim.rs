@@ -688,6 +688,7 @@ fn fixed_seeds_exercise_every_path() {
     assert!(all.aborts > 10, "{all:?}");
     assert!(all.crashes > 10, "{all:?}");
     assert!(all.recorded > 0 && all.replayed > 0, "{all:?}");
+    assert!(all.delivered > 0, "{all:?}");
 }
 
 #[test]

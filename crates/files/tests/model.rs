@@ -163,9 +163,24 @@ fn run(ops: &[Op], end: End, pick: usize) {
     let f = rig.restored(None, false).unwrap();
     let mut model = Tree::new();
     let mut saved: Vec<(CheckpointId, Tree)> = Vec::new();
-    if let End::Crash(n) = end {
-        f.simulate_crash_after(n);
-    }
+    // A crash is armed only when it can be reached: `Crash(u64::MAX)` and `AfterCommit`
+    // run without one, so any error there is a real failure, not the simulated crash.
+    let armed = match end {
+        End::Crash(n) => {
+            f.simulate_crash_after(n);
+            n != u64::MAX
+        }
+        End::AfterCommit => false,
+    };
+    // Only the injected crash may end the run early (fs.rs: "simulated crash").
+    let crashed = |what: &str, e: &dyn std::fmt::Display| {
+        let msg = e.to_string();
+        assert!(armed, "{what} failed with no crash armed ({end:?}): {msg}");
+        assert!(
+            msg.contains("simulated crash"),
+            "{what} failed with something other than the injected crash ({end:?}): {msg}"
+        );
+    };
     for op in ops {
         match op {
             Op::Checkpoint => match f.snapshot() {
@@ -174,14 +189,21 @@ fn run(ops: &[Op], end: End, pick: usize) {
                     snap.committed(id).unwrap();
                     saved.push((id, model.clone()));
                 }
-                Err(_) => break,
+                Err(e) => {
+                    crashed("snapshot", &e);
+                    break;
+                }
             },
             Op::Abort => match f.snapshot() {
                 Ok(snap) => rig.abort_snapshot(snap),
-                Err(_) => break,
+                Err(e) => {
+                    crashed("snapshot (to abort)", &e);
+                    break;
+                }
             },
             _ => {
-                if apply(op, &mut model, &f).is_err() {
+                if let Err(e) = apply(op, &mut model, &f) {
+                    crashed(&format!("{op:?}"), &e);
                     break;
                 }
             }

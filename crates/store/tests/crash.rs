@@ -147,6 +147,7 @@ fn sigkill_at_random_instants() {
         .unwrap_or(0x1a2a_2025);
     println!("seed = {seed}");
     let mut x = seed;
+    let mut furthest = 0;
     for round in 0..4 {
         x ^= x << 13;
         x ^= x >> 7;
@@ -159,13 +160,26 @@ fn sigkill_at_random_instants() {
         let mut child = run_child("loop", dir.path(), None);
         std::thread::sleep(std::time::Duration::from_millis(delay_ms));
         child.kill().unwrap();
-        child.wait().unwrap();
+        let status = child.wait().unwrap();
+        // The child loops forever: anything but our SIGKILL (a panic, an early exit) means
+        // the round tested nothing.
+        assert_eq!(
+            status.signal(),
+            Some(libc::SIGKILL),
+            "seed {seed} round {round}: the child was not killed by us: {status:?}"
+        );
         let reader = RepoReader::open(dir.path()).unwrap();
         let (s, damage) = reader.newest_intact().unwrap().unwrap();
         assert!(damage.is_empty(), "seed {seed} round {round}: {damage:?}");
         assert_holds(dir.path(), s.id, 2, s.step, N);
         assert_recovers(dir.path());
+        furthest = furthest.max(s.step);
     }
+    // At least one round was killed while the child was checkpointing, not before it began.
+    assert!(
+        furthest > 1,
+        "seed {seed}: no round got past the parent's step-1 checkpoint"
+    );
 }
 
 #[test]

@@ -22,8 +22,8 @@ fn own_moto() -> Option<Moto> {
     let m = Moto::start(None);
     if m.is_none() {
         assert!(
-            std::env::var("CI").map_or(true, |v| v != "true"),
-            "CI=true but moto cannot be started"
+            !lazarus_testbed::in_ci(),
+            "under CI but moto cannot be started"
         );
         eprintln!("\n*** SKIPPING: moto is not installed ***\n");
     }

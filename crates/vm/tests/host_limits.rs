@@ -183,6 +183,11 @@ impl FullMemory {
             )
         };
         if p == libc::MAP_FAILED {
+            assert!(
+                !lazarus_testbed::in_ci(),
+                "under CI but 4 GiB of address space cannot be mapped: {}",
+                std::io::Error::last_os_error()
+            );
             eprintln!("\n*** SKIPPED: cannot map 4 GiB of address space ***\n");
             return None;
         }

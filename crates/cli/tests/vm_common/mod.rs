@@ -1,6 +1,6 @@
 //! Shared by the `vm_*` tests: the C test programs compiled to WASI (clang-16, wasi-libc),
 //! the `lazarus` binary, seeds, and output comparison. The toolchain is installed by
-//! `.ci/run`; without it these tests skip loudly, and fail under `CI=true`.
+//! `.ci/run`; without it these tests skip loudly, and fail under CI.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
@@ -49,7 +49,7 @@ fn have(cmd: &str, arg: &str) -> bool {
 }
 
 /// True when clang-16 (with the wasi sysroot) and wasm-opt are there. Otherwise prints a
-/// loud SKIPPED line — or panics under `CI=true`, where `.ci/run` must have installed them.
+/// loud SKIPPED line — or panics under CI, where `.ci/run` must have installed them.
 pub fn toolchain(test: &str) -> bool {
     let clang = have("clang-16", "--version");
     let opt = have("wasm-opt", "--version");
@@ -62,8 +62,8 @@ pub fn toolchain(test: &str) -> bool {
         "{test}: SKIPPED: needs clang-16, wasi-libc, libclang-rt-16-dev-wasm32 and binaryen \
          (clang-16: {clang}, wasi sysroot: {sysroot}, wasm-opt: {opt}); `.ci/run` installs them"
     );
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{msg} — failing because CI=true");
+    if lazarus_testbed::in_ci() {
+        panic!("{msg} — failing because CI is set");
     }
     eprintln!("\n*** {msg} ***\n");
     false

@@ -196,13 +196,13 @@ impl Tmpfs {
 
 impl Tmpfs {
     /// [`Tmpfs::mount`], or `None` after a loud skip message naming `test`; under CI
-    /// (`CI=true`) a tmpfs that cannot be mounted fails the test instead.
+    /// (`lazarus_testbed::in_ci`) a tmpfs that cannot be mounted fails the test instead.
     pub fn mount_or_skip(at: &Path, test: &str) -> Option<Tmpfs> {
         let fs = Tmpfs::mount(at);
         if fs.is_none() {
             assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "CI=true but a tmpfs could not be mounted (needs root)"
+                !lazarus_testbed::in_ci(),
+                "under CI but a tmpfs could not be mounted (needs root)"
             );
             eprintln!("SKIPPED {test}: cannot mount a tmpfs (not root?)");
         }

@@ -614,12 +614,50 @@ mod tests {
         }
 
         #[test]
-        fn garbage_never_panics_and_is_counted(bytes in proptest::collection::vec(any::<u8>(), 0..2000)) {
+        fn garbage_never_panics_and_is_counted(
+            bytes in proptest::collection::vec(any::<u8>(), 0..2000),
+            payload in "[A-Za-z0-9+/=]{0,100}",
+        ) {
             for t in [Tagging::OpenMpi, Tagging::SlurmLabel, Tagging::Fixed(3)] {
                 let mut rs = RecordStream::new(t);
-                let _ = rs.feed(&bytes);
-                let _ = rs.finish();
-                let _ = rs.problems();
+                let (mut recs, mut text) = rs.feed(&bytes);
+                let (r2, t2) = rs.finish();
+                recs.extend(r2);
+                text.extend(t2);
+                let problems = rs.problems();
+                // Under Fixed every byte is the rank's: any byte other than a newline or
+                // an empty record's `$` ends up in a record, a counted bad record, or the
+                // unterminated leftover. Nothing vanishes silently.
+                if t == Tagging::Fixed(3) && bytes.iter().any(|b| !b"\n\r$".contains(b)) {
+                    prop_assert!(
+                        !recs.is_empty() || !problems.is_empty(),
+                        "{t:?}: {} bytes gave no record and no problem", bytes.len()
+                    );
+                }
+                prop_assert!(
+                    problems.iter().all(|p| p.1 > 0 || p.3 > 0),
+                    "{t:?}: a listed problem with nothing wrong: {problems:?}"
+                );
+            }
+            // A well-tagged record of an unknown kind is skipped and counted against its rank.
+            for (t, wire) in [
+                (Tagging::OpenMpi, format!("[1,5]<stdout>:Z{payload}$\n")),
+                (Tagging::SlurmLabel, format!("5: Z{payload}$\n")),
+                (Tagging::Fixed(5), format!("Z{payload}$")),
+            ] {
+                let mut rs = RecordStream::new(t);
+                let (mut recs, mut text) = rs.feed(wire.as_bytes());
+                let (r2, t2) = rs.finish();
+                recs.extend(r2);
+                text.extend(t2);
+                prop_assert!(recs.is_empty() && text.is_empty(), "{t:?}: {recs:?} {text:?}");
+                let p = rs.problems();
+                prop_assert_eq!(p.len(), 1, "{:?}: {:?}", t, p);
+                prop_assert_eq!((p[0].0, p[0].1, p[0].3), (5, 1, 0), "{:?}: {:?}", t, p);
+                prop_assert!(
+                    p[0].2.as_deref().is_some_and(|e| e.contains("unknown record kind 'Z'")),
+                    "{:?}: {:?}", t, p
+                );
             }
         }
     }

@@ -155,10 +155,9 @@ pub fn server() -> Option<Server> {
                     Some((Server { endpoint, bucket }, Some(m)))
                 }
                 None => {
-                    let ci = std::env::var("CI").is_ok_and(|v| v == "true");
                     assert!(
-                        !ci,
-                        "CI=true but no S3 server: {ENDPOINT_ENV} is unset and moto_server \
+                        !lazarus_testbed::in_ci(),
+                        "under CI but no S3 server: {ENDPOINT_ENV} is unset and moto_server \
                          cannot be started (.ci/run installs moto[server])"
                     );
                     eprintln!(

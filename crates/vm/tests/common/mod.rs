@@ -4,7 +4,7 @@
 use lazarus_vm::{instrument, RuntimeKind};
 
 /// True when `wasm-opt` runs. Otherwise prints a loud SKIPPED line — or panics under
-/// `CI=true`, where `.ci/run` must have installed it.
+/// CI (`lazarus_testbed::in_ci`), where `.ci/run` must have installed it.
 pub fn have_wasm_opt() -> bool {
     let ok = std::process::Command::new(instrument::wasm_opt_path())
         .arg("--version")
@@ -13,8 +13,8 @@ pub fn have_wasm_opt() -> bool {
     if !ok {
         let msg =
             "SKIPPED: needs Binaryen's wasm-opt (Debian package binaryen; .ci/run installs it)";
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("{msg} — failing because CI=true");
+        if lazarus_testbed::in_ci() {
+            panic!("{msg} — failing because CI is set");
         }
         eprintln!("\n*** {msg} ***\n");
     }
