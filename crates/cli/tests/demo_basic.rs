@@ -9,7 +9,9 @@ fn demo_recovers_and_matches_the_reference() {
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_lazarus"))
         .args([
-            "demo", "--size", "96", "--steps", "300", "--every", "30", "--dir",
+            // Steps enough that the run cannot end before the kill lands (it fires a few
+            // ms after the first checkpoint; 50 more checkpoints, each fsynced, follow).
+            "demo", "--size", "96", "--steps", "1500", "--every", "30", "--dir",
         ])
         .arg(dir.path())
         .stdout(Stdio::piped())

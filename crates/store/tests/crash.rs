@@ -158,6 +158,27 @@ fn sigkill_at_random_instants() {
         checkpoint(&mut r, 2, 1, N);
         drop(r);
         let mut child = run_child("loop", dir.path(), None);
+        // The random instant is counted from the child's first checkpoint of its own (not
+        // from its start, which a loaded machine can stretch past any fixed delay): every
+        // round kills a child that is checkpointing.
+        let started = std::time::Instant::now();
+        loop {
+            let step = RepoReader::open(dir.path())
+                .ok()
+                .and_then(|r| r.newest_intact().ok().flatten())
+                .map_or(0, |(s, _)| s.step);
+            if step >= 2 {
+                break;
+            }
+            if let Some(st) = child.try_wait().unwrap() {
+                panic!("seed {seed} round {round}: the child ended before checkpointing: {st:?}");
+            }
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(120),
+                "seed {seed} round {round}: the child wrote no checkpoint past step 1 in 120 s"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
         std::thread::sleep(std::time::Duration::from_millis(delay_ms));
         child.kill().unwrap();
         let status = child.wait().unwrap();
@@ -175,7 +196,8 @@ fn sigkill_at_random_instants() {
         assert_recovers(dir.path());
         furthest = furthest.max(s.step);
     }
-    // At least one round was killed while the child was checkpointing, not before it began.
+    // Every round waited for the child's own checkpoints: a restore that lost them would
+    // show here.
     assert!(
         furthest > 1,
         "seed {seed}: no round got past the parent's step-1 checkpoint"

@@ -239,17 +239,20 @@ proptest! {
         let mut bad = good.clone();
         let i = pos.index(bad.len());
         bad[i] = byte;
-        // Either a refusal, or a record that is exactly what it decodes to: re-encoding it
-        // gives the mutated bytes back, byte for byte (the rule of the format crate's
-        // mutated_format_file_decodes_only_to_itself). So no mutation is read as some
-        // other, silently different record.
+        // Either a refusal, or a record that passed validation and survives its own round
+        // trip unchanged. (Not "re-encodes to the mutated bytes": vm.meta is JSON, and a
+        // digit turned into a space is still valid JSON for another number; a change of the
+        // stored bytes is caught by the repository's chunk digest of the `vm.meta` object,
+        // not by this decoder. The
+        // first version of this property failed on ~8 % of seeds, found in review.)
         if let Ok(m) = VmMeta::decode(&bad) {
-            prop_assert_eq!(
-                m.encode(),
-                bad.clone(),
-                "byte {} set to {:#04x} decoded to a record that encodes differently",
+            let again = VmMeta::decode(&m.encode());
+            prop_assert!(
+                again.as_ref().is_ok_and(|a| *a == m),
+                "byte {} set to {:#04x}: the decoded record does not round-trip: {:?}",
                 i,
-                byte
+                byte,
+                again.err()
             );
         }
     }
