@@ -32,7 +32,7 @@ pub use local::LocalEngine;
 pub use mpirun::MpirunEngine;
 #[doc(hidden)]
 pub use record::fuzz_launcher_output;
-pub use route::{advertise_address, probe_host, unusable_advertise};
+pub use route::{advertise_address, host_part, probe_host, unusable_advertise};
 pub use srun::{in_allocation, SrunEngine};
 pub use ssh::SshEngine;
 

@@ -630,8 +630,9 @@ impl Supervisor {
                 // checkpoints keep node-local copies per host and partners on other
                 // hosts: docs/LEVELS.md); the machine's own name may not tell hosts apart.
                 for (r, host) in (0u32..).zip(&launch.hosts) {
-                    // `alice@n1` (ssh's login) is host `n1`: a host names a directory.
-                    let name = host.rsplit_once('@').map_or(host.as_str(), |(_, h)| h);
+                    // `alice@n1` (ssh's login) is host `n1`: a host names a directory
+                    // (the levels refused `@` in it).
+                    let name = lazarus_net::launch::host_part(host);
                     launch.rank_env.push((r, HOST_ENV.into(), name.into()));
                 }
                 // Remote ranks are killed by their shim (we have no pid to signal).

@@ -44,10 +44,16 @@ pub fn unusable_advertise(ip: IpAddr) -> Option<&'static str> {
     None
 }
 
+/// The machine `host` names: `user@host` (ssh's login form) is `host`, the part after the
+/// last `@`; anything else is itself. What is resolved, and what a rank is told its host is.
+pub fn host_part(host: &str) -> &str {
+    host.rsplit_once('@').map_or(host, |(_, h)| h)
+}
+
 /// The local address the kernel would use to reach `host` (`user@host` for ssh: the
-/// host part, after the last `@`, is resolved).
+/// host part is resolved).
 fn source_address_to(host: &str) -> Result<IpAddr> {
-    let name = host.rsplit_once('@').map_or(host, |(_, h)| h);
+    let name = host_part(host);
     let target = (name, 9)
         .to_socket_addrs()
         .map_err(|e| NetError::io(format!("resolving host {host}"), e))?
@@ -113,6 +119,16 @@ mod tests {
         assert!(ip.is_loopback());
         let ip = advertise_address(&["a@b@127.0.0.1".into()]).unwrap();
         assert!(ip.is_loopback());
+    }
+
+    /// Review: the supervisor told a rank placed on `alice@n1` that its host was
+    /// `alice@n1`, which the levels refuse as a directory name; it now exports this.
+    #[test]
+    fn the_host_part_of_a_login_is_the_machine() {
+        assert_eq!(host_part("alice@n1"), "n1");
+        assert_eq!(host_part("a@b@n1.example.org"), "n1.example.org");
+        assert_eq!(host_part("n1"), "n1");
+        assert_eq!(host_part("10.0.0.1"), "10.0.0.1");
     }
 
     #[test]

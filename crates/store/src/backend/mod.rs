@@ -547,6 +547,8 @@ impl CappedRead {
         Ok(CappedRead { at, len, out })
     }
 
+    /// Appends one piece of a streamed body (the S3 backend's GETs).
+    #[cfg(feature = "s3")]
     pub(crate) fn push(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
         if (self.out.len() + bytes.len()) as u64 > self.len {
             return Err(self.longer());
