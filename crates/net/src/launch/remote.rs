@@ -116,6 +116,7 @@ pub(crate) fn shim_env(
         .cloned()
         .collect();
     if !entries.is_empty() {
+        // Grouped by value (docs/RUNTIME.md): one host name per host, not per rank.
         let value = encode_rank_env(&entries);
         let size = ENV_SHIM_RANK_ENV.len() + value.len() + 2;
         if size > MAX_ENV_STRING {
@@ -124,9 +125,9 @@ pub(crate) fn shim_env(
                 format!(
                     "the {} engine passes every rank's own variables ({} entries for {} ranks, \
                      such as LAZARUS_HOST) in one environment variable, {ENV_SHIM_RANK_ENV}, \
-                     of {size} bytes: over Linux's limit of {MAX_ENV_STRING} bytes for one \
-                     environment string (the launch would fail with E2BIG); use the ssh \
-                     engine, fewer ranks or shorter host names",
+                     of {size} bytes even grouped by value: over Linux's limit of \
+                     {MAX_ENV_STRING} bytes for one environment string (the launch would \
+                     fail with E2BIG); use the ssh engine, fewer hosts or shorter host names",
                     cfg.engine.name(),
                     entries.len(),
                     cfg.ranks
@@ -724,33 +725,26 @@ mod tests {
     /// rank) in one variable: past Linux's 128 KiB limit for one environment string at a
     /// few thousand ranks, so mpirun/srun failed with E2BIG, and under ssh each rank's
     /// control message carried the whole table (a write that blocked until ssh had
-    /// authenticated). mpirun/srun now refuse it up front naming the limit; each ssh rank
-    /// gets only its own entries.
+    /// authenticated). A table that still does not fit (a distinct value for every one of
+    /// 16384 ranks: the grouped encoding cannot shorten it) is refused up front naming the
+    /// limit; each ssh rank gets only its own entries.
     #[test]
     fn a_per_rank_env_table_past_the_env_string_limit_is_refused_and_ssh_ranks_get_theirs() {
-        let mut cfg = LaunchConfig::new(4096, "prog", Vec::new());
+        let mut cfg = LaunchConfig::new(16384, "prog", Vec::new());
         cfg.engine = Arc::new(super::super::MpirunEngine {
             program: "mpirun".into(),
             agent: None,
             extra_args: Vec::new(),
         });
-        let host = |r: u32| format!("node-{:04}.rack-{:02}.cluster.example.org", r / 8, r % 16);
-        cfg.rank_env = (0..4096)
+        let host = |r: u32| format!("node-{:05}.cluster.example.org", r);
+        cfg.rank_env = (0..16384)
             .map(|r| (r, "LAZARUS_HOST".into(), host(r).into()))
             .collect();
-        match shim_env(&cfg, &[], None) {
-            Ok(env) => {
-                let (k, v) = env.iter().find(|(k, _)| k == ENV_SHIM_RANK_ENV).unwrap();
-                assert!(k.len() + v.len() + 2 <= MAX_ENV_STRING);
-            }
-            Err(e) => {
-                let e = e.to_string();
-                assert!(
-                    e.contains(ENV_SHIM_RANK_ENV) && e.contains("131072") && e.contains("mpirun"),
-                    "{e}"
-                );
-            }
-        }
+        let e = shim_env(&cfg, &[], None).unwrap_err().to_string();
+        assert!(
+            e.contains(ENV_SHIM_RANK_ENV) && e.contains("131072") && e.contains("mpirun"),
+            "{e}"
+        );
         // ssh: one rank's own entries alone.
         let env = shim_env(&cfg, &[], Some(77)).unwrap();
         let (_, v) = env.iter().find(|(k, _)| k == ENV_SHIM_RANK_ENV).unwrap();
@@ -759,10 +753,15 @@ mod tests {
             v,
             encode_rank_env(&[(77, "LAZARUS_HOST".into(), host(77).into())])
         );
-        // A small table is passed whole, as before.
+        // A small table is passed whole: one section (the key) with an item per host.
         cfg.rank_env.truncate(8);
         let env = shim_env(&cfg, &[], None).unwrap();
         let (_, v) = env.iter().find(|(k, _)| k == ENV_SHIM_RANK_ENV).unwrap();
-        assert_eq!(v.to_str().unwrap().split(';').count(), 8);
+        let v = v.to_str().unwrap();
+        assert_eq!(
+            (v.split(';').count(), v.split('|').count()),
+            (2, 1 + 8),
+            "{v}"
+        );
     }
 }

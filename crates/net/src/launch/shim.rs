@@ -11,7 +11,7 @@
 //! launcher's daemon), and after the program exits (nothing the rank started survives).
 //!
 //! Environment it reads besides the rank variables: `LAZARUS_SHIM_RANK_ENV` (variables for
-//! one rank: `rank:hex(key):hex(value)`, `;`-separated), `LAZARUS_SHIM_INJECT` (planned
+//! ranks: `v2;KEY|RANKS:VALUE|…;…`, see `encode_rank_env`), `LAZARUS_SHIM_INJECT` (planned
 //! kills: `rank@start:MS` or `rank@parts:K+MS`, `;`-separated), `LAZARUS_HOST` (the host's
 //! name as the launcher knows it; else `SLURMD_NODENAME`, else the hostname). With
 //! `--stdin-control` (ssh) it first reads `env HEXKEY HEXVAL` lines up to `go`, then `sig N`
@@ -53,29 +53,178 @@ pub(crate) fn unhex(s: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-/// Encodes `(rank, key, value)` entries for [`ENV_SHIM_RANK_ENV`].
-pub(crate) fn encode_rank_env(entries: &[(u32, OsString, OsString)]) -> String {
-    use std::os::unix::ffi::OsStrExt;
-    entries
-        .iter()
-        .map(|(r, k, v)| format!("{r}:{}:{}", hex(k.as_bytes()), hex(v.as_bytes())))
-        .collect::<Vec<_>>()
-        .join(";")
+/// Marks the encoding of [`ENV_SHIM_RANK_ENV`]: a shim of another version refuses the
+/// variable instead of misreading it.
+const RANK_ENV_FORMAT: &str = "v2";
+
+/// Escapes `b` for one field of [`ENV_SHIM_RANK_ENV`]: letters, digits and `._-` (host
+/// names, variable names) stand for themselves, every other byte is `%XX`.
+fn escape_field(b: &[u8]) -> String {
+    let mut s = String::with_capacity(b.len());
+    for &x in b {
+        if x.is_ascii_alphanumeric() || matches!(x, b'.' | b'_' | b'-') {
+            s.push(char::from(x));
+        } else {
+            s.push_str(&format!("%{x:02x}"));
+        }
+    }
+    s
 }
 
+fn unescape_field(s: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut bytes = s.bytes();
+    while let Some(x) = bytes.next() {
+        match x {
+            b'%' => {
+                let h = [bytes.next()?, bytes.next()?];
+                out.push(u8::from_str_radix(std::str::from_utf8(&h).ok()?, 16).ok()?);
+            }
+            x if x.is_ascii_alphanumeric() || matches!(x, b'.' | b'_' | b'-') => out.push(x),
+            _ => return None,
+        }
+    }
+    Some(out)
+}
+
+/// Writes the sorted, distinct `ranks` as comma-separated arithmetic progressions
+/// (`a`, `a-b` for a step of 1, `a-b/s`): a block placement (ranks 0-31 on one host) and a
+/// cyclic one (ranks 3, 11, 19… on the fourth of eight hosts) are one item per host.
+fn encode_ranks(ranks: &[u32]) -> String {
+    let mut items = Vec::new();
+    let mut i = 0;
+    while i < ranks.len() {
+        let a = ranks[i];
+        // The longest progression from `a` with the step to its successor; fewer than
+        // three terms are written one by one unless consecutive.
+        let (mut j, mut step) = (i, 1);
+        if let Some(&next) = ranks.get(i + 1) {
+            step = next - a;
+            j = i + 1;
+            while ranks.get(j + 1).is_some_and(|&r| r - ranks[j] == step) {
+                j += 1;
+            }
+            if j - i < 2 && step != 1 {
+                j = i;
+            }
+        }
+        let b = ranks[j];
+        items.push(match (j - i, step) {
+            (0, _) => format!("{a}"),
+            (_, 1) => format!("{a}-{b}"),
+            _ => format!("{a}-{b}/{step}"),
+        });
+        i = j + 1;
+    }
+    items.join(",")
+}
+
+/// Whether rank `me` is in `ranks` (as [`encode_ranks`] writes them); `None`: malformed.
+fn ranks_contain(ranks: &str, me: u32) -> Option<bool> {
+    let mut found = false;
+    for item in ranks.split(',') {
+        let (span, step) = match item.split_once('/') {
+            Some((span, step)) => (span, step.parse::<u32>().ok().filter(|s| *s > 0)?),
+            None => (item, 1),
+        };
+        let (a, b) = match span.split_once('-') {
+            Some((a, b)) => (a.parse::<u32>().ok()?, b.parse::<u32>().ok()?),
+            None => {
+                let a = span.parse::<u32>().ok()?;
+                (a, a)
+            }
+        };
+        if a > b {
+            return None;
+        }
+        found |= (a..=b).contains(&me) && (me - a) % step == 0;
+    }
+    Some(found)
+}
+
+/// Encodes `(rank, key, value)` entries for [`ENV_SHIM_RANK_ENV`]: `v2`, then one
+/// `;`-separated section per key, `KEY|RANKS:VALUE|RANKS:VALUE…`, one item per distinct
+/// value with its ranks as progressions, the fields escaped. A table of one
+/// `LAZARUS_HOST` per rank costs about one host name per *host* (≈ 20 bytes for a name of
+/// 8 characters: 65536 ranks on 4096 such hosts take ~90 KiB of the 128 KiB an
+/// environment string may hold). For a rank with several values of one key the last one
+/// counts, as in a process's environment.
+pub(crate) fn encode_rank_env(entries: &[(u32, OsString, OsString)]) -> String {
+    use std::collections::{BTreeMap, HashMap};
+    use std::os::unix::ffi::OsStrExt;
+    let mut last: BTreeMap<(u32, &OsString), &OsString> = BTreeMap::new();
+    for (r, k, v) in entries {
+        last.insert((*r, k), v);
+    }
+    // Keys, and values within a key, in the order of their first entry: the output does
+    // not depend on how a map orders byte strings, and reads like the table it came from.
+    type Values<'a> = Vec<(&'a OsString, Vec<u32>)>;
+    let mut keys: Vec<(&OsString, Values<'_>)> = Vec::new();
+    let mut index: HashMap<(&OsString, &OsString), (usize, usize)> = HashMap::new();
+    for (r, k, _) in entries {
+        let v = last[&(*r, k)];
+        let (ki, vi) = *index.entry((k, v)).or_insert_with(|| {
+            let ki = match keys.iter().position(|(key, _)| *key == k) {
+                Some(ki) => ki,
+                None => {
+                    keys.push((k, Vec::new()));
+                    keys.len() - 1
+                }
+            };
+            keys[ki].1.push((v, Vec::new()));
+            (ki, keys[ki].1.len() - 1)
+        });
+        keys[ki].1[vi].1.push(*r);
+    }
+    let mut out = String::from(RANK_ENV_FORMAT);
+    for (k, values) in keys {
+        out.push(';');
+        out.push_str(&escape_field(k.as_bytes()));
+        for (v, mut ranks) in values {
+            ranks.sort_unstable();
+            ranks.dedup();
+            out.push('|');
+            out.push_str(&encode_ranks(&ranks));
+            out.push(':');
+            out.push_str(&escape_field(v.as_bytes()));
+        }
+    }
+    out
+}
+
+/// Rank `me`'s variables in an [`ENV_SHIM_RANK_ENV`] value; errors name the section,
+/// never its text (a value is the launcher's to keep).
 fn decode_rank_env(s: &str, me: u32) -> Result<Vec<(OsString, OsString)>, String> {
     use std::os::unix::ffi::OsStringExt;
+    if s.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut sections = s.split(';');
+    if sections.next() != Some(RANK_ENV_FORMAT) {
+        return Err(format!(
+            "{ENV_SHIM_RANK_ENV} is not in this shim's format ({RANK_ENV_FORMAT}): the launcher \
+             and the shim must be the same version of lazarus"
+        ));
+    }
     let mut out = Vec::new();
-    for (i, e) in s.split(';').filter(|e| !e.is_empty()).enumerate() {
-        let mut it = e.split(':');
-        let (r, k, v) = (it.next(), it.next(), it.next());
-        // The entry's number, not its text: a value is the launcher's to keep.
-        let bad = || format!("{ENV_SHIM_RANK_ENV}: bad entry {}", i + 1);
-        let r: u32 = r.and_then(|r| r.parse().ok()).ok_or_else(bad)?;
-        let k = k.and_then(unhex).ok_or_else(bad)?;
-        let v = v.and_then(unhex).ok_or_else(bad)?;
-        if r == me {
-            out.push((OsString::from_vec(k), OsString::from_vec(v)));
+    for (i, section) in sections.enumerate() {
+        let bad = || format!("{ENV_SHIM_RANK_ENV}: bad section {}", i + 1);
+        let mut items = section.split('|');
+        let key = items
+            .next()
+            .and_then(unescape_field)
+            .filter(|k| !k.is_empty())
+            .ok_or_else(bad)?;
+        let mut mine = None;
+        for item in items {
+            let (ranks, value) = item.split_once(':').ok_or_else(bad)?;
+            let value = unescape_field(value).ok_or_else(bad)?;
+            if ranks_contain(ranks, me).ok_or_else(bad)? {
+                mine = Some(value);
+            }
+        }
+        if let Some(v) = mine {
+            out.push((OsString::from_vec(key), OsString::from_vec(v)));
         }
     }
     Ok(out)
@@ -584,8 +733,8 @@ mod tests {
             assert!(!e.contains(token), "{e}");
             assert!(e.contains("control line 1"), "{e}");
         }
-        let e = decode_rank_env(&format!("1:{name}:{token}zz"), 1).unwrap_err();
-        assert!(!e.contains(token) && e.contains("bad entry 1"), "{e}");
+        let e = decode_rank_env(&format!("v2;LAZARUS_JOB_TOKEN|1:{token}%zz"), 1).unwrap_err();
+        assert!(!e.contains(token) && e.contains("bad section 1"), "{e}");
     }
 
     #[test]
@@ -617,5 +766,108 @@ mod tests {
         assert!(decode_inject("3@soon", 3).is_err());
         assert!(unhex("abc").is_none());
         assert_eq!(unhex(&hex(b"\x00\xff")).unwrap(), b"\x00\xff");
+    }
+
+    /// What each rank must get from a table: its own entries, the last value of each key.
+    fn expected(entries: &[(u32, OsString, OsString)], me: u32) -> Vec<(OsString, OsString)> {
+        let mut out: Vec<(OsString, OsString)> = Vec::new();
+        for (r, k, v) in entries.iter().filter(|(r, _, _)| *r == me) {
+            let _ = r;
+            match out.iter_mut().find(|(ok, _)| ok == k) {
+                Some(e) => e.1 = v.clone(),
+                None => out.push((k.clone(), v.clone())),
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// The per-rank table under mpirun/srun was one `rank:hex(key):hex(value)` entry per
+    /// rank: a `LAZARUS_HOST` for each of ~1500 ranks passed Linux's 128 KiB limit for one
+    /// environment string and the start was refused. Grouped by value with the ranks as
+    /// progressions, block and cyclic placements of 65536 ranks on 4096 hosts fit.
+    #[test]
+    fn a_host_table_of_tens_of_thousands_of_ranks_fits_one_environment_string() {
+        let host = |h: u32| OsString::from(format!("nid{h:05}"));
+        let block: Vec<_> = (0..65536u32)
+            .map(|r| (r, OsString::from("LAZARUS_HOST"), host(r / 16)))
+            .collect();
+        let cyclic: Vec<_> = (0..65536u32)
+            .map(|r| (r, OsString::from("LAZARUS_HOST"), host(r % 4096)))
+            .collect();
+        for table in [&block, &cyclic] {
+            let enc = encode_rank_env(table);
+            assert!(
+                ENV_SHIM_RANK_ENV.len() + enc.len() + 2 <= super::super::remote::MAX_ENV_STRING,
+                "{} bytes",
+                enc.len()
+            );
+            for me in [0, 1, 15, 16, 4095, 4096, 40000, 65535] {
+                assert_eq!(
+                    decode_rank_env(&enc, me).unwrap(),
+                    expected(table, me),
+                    "rank {me}"
+                );
+            }
+            assert!(decode_rank_env(&enc, 65536).unwrap().is_empty());
+        }
+    }
+
+    #[test]
+    fn hostile_rank_env_values_are_refused_without_panicking() {
+        for bad in [
+            "1:LAZARUS_HOST:n1", // the old format: another version's shim
+            "v1;A|1:b",
+            "v2;A|1",       // a missing value
+            "v2;|1:b",      // an empty key
+            "v2;A|:b",      // no ranks
+            "v2;A|1,:b",    // an empty item
+            "v2;A|5-3:b",   // a backwards range
+            "v2;A|1-9/0:b", // a zero step
+            "v2;A|1-9/x:b",
+            "v2;A|1-2-3:b",
+            "v2;A|4294967296:b", // past u32
+            "v2;A|-1:b",
+            "v2;A|1:b:c", // an unescaped separator
+            "v2;A|1:%4",  // a cut escape
+            "v2;A|1:%zz",
+            "v2;A|1:b c", // a byte that must be escaped
+            "v2;A|1:\u{e9}",
+            "v2;A%|1:b",
+        ] {
+            assert!(decode_rank_env(bad, 1).is_err(), "{bad:?} accepted");
+        }
+        // Huge ranges are a membership test, not a loop.
+        let all = "v2;A|0-4294967295:b;C|0-4294967295/4294967295:d";
+        assert_eq!(decode_rank_env(all, u32::MAX).unwrap().len(), 2);
+        assert_eq!(decode_rank_env("", 3).unwrap(), Vec::new());
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+        /// Every rank decodes exactly its own entries (the last value of a key counting),
+        /// whatever the table: any bytes in keys and values, any ranks, repeats.
+        #[test]
+        fn rank_env_tables_round_trip_for_every_rank(
+            raw in proptest::collection::vec(
+                (0u32..40, proptest::sample::select(vec!["A", "LAZARUS_HOST", "k;:%,-/ \u{e9}"]),
+                 proptest::collection::vec(proptest::prelude::any::<u8>(), 0..6)),
+                0..60),
+            big in proptest::prelude::any::<bool>(),
+        ) {
+            use std::os::unix::ffi::OsStringExt;
+            let table: Vec<(u32, OsString, OsString)> = raw
+                .into_iter()
+                .map(|(r, k, v)| (if big { r.wrapping_mul(107_374_182) } else { r }, OsString::from(k), OsString::from_vec(v)))
+                .collect();
+            let enc = encode_rank_env(&table);
+            let mut ranks: Vec<u32> = table.iter().map(|e| e.0).collect();
+            ranks.extend([0, 1, 41, u32::MAX]);
+            for me in ranks {
+                let mut got = decode_rank_env(&enc, me).unwrap();
+                got.sort();
+                proptest::prop_assert_eq!(got, expected(&table, me), "rank {} of {}", me, enc);
+            }
+        }
     }
 }
