@@ -75,11 +75,21 @@ fn parse_struct_attrs(input: &DeriveInput) -> syn::Result<StructAttrs> {
             continue;
         }
         attr.parse_nested_meta(|meta| {
+            // Each at most once: a second `after_restore` silently replaced the first,
+            // whose hook then never ran (found in review).
             if meta.path.is_ident("crate") {
+                if out.krate.is_some() {
+                    return Err(meta.error("`crate` may appear once"));
+                }
                 let s: LitStr = meta.value()?.parse()?;
                 out.krate = Some(s.parse()?);
                 Ok(())
             } else if meta.path.is_ident("after_restore") {
+                if out.after_restore.is_some() {
+                    return Err(meta.error(
+                        "`after_restore` may appear once (call the other hooks from it)",
+                    ));
+                }
                 let s: LitStr = meta.value()?.parse()?;
                 out.after_restore = Some(s.parse()?);
                 Ok(())
@@ -107,6 +117,7 @@ fn parse_field(field: &syn::Field, index: usize) -> syn::Result<FieldPlan> {
     };
     let mut mode = Mode::Default;
     let mut replicated = false;
+    let mut renamed = false;
     for attr in &field.attrs {
         if !attr.path().is_ident("checkpoint") {
             continue;
@@ -124,6 +135,10 @@ fn parse_field(field: &syn::Field, index: usize) -> syn::Result<FieldPlan> {
             } else if meta.path.is_ident("serde") {
                 Mode::Serde
             } else if meta.path.is_ident("rename") {
+                if renamed {
+                    return Err(meta.error("`rename` may appear once"));
+                }
+                renamed = true;
                 let s: LitStr = meta.value()?.parse()?;
                 name = s.value();
                 if name.is_empty() || name.contains('.') {

@@ -231,13 +231,13 @@ impl Balancer {
     }
 
     /// `max / mean` of the predicted per-step times under `dist` (1.0 when all are zero).
-    pub fn imbalance(&self, dist: &Distribution) -> f64 {
-        imbalance_of(&self.predicted_times(dist, dist))
+    /// Errors when `dist` has a different number of ranks (it panicked on more).
+    pub fn imbalance(&self, dist: &Distribution) -> Result<f64> {
+        self.check_ranks(dist)?;
+        Ok(imbalance_of(&self.predicted_times(dist, dist)))
     }
 
-    /// Applies the policy to the current distribution `dist` (the one the samples were
-    /// measured on). Errors when `dist` has a different number of ranks.
-    pub fn decide(&mut self, dist: &Distribution) -> Result<Decision> {
+    fn check_ranks(&self, dist: &Distribution) -> Result<()> {
         if dist.ranks() != self.rates.len() {
             return Err(DistError::invalid(format!(
                 "distribution over {} given to a balancer of {}",
@@ -245,6 +245,13 @@ impl Balancer {
                 self.rates.len()
             )));
         }
+        Ok(())
+    }
+
+    /// Applies the policy to the current distribution `dist` (the one the samples were
+    /// measured on). Errors when `dist` has a different number of ranks.
+    pub fn decide(&mut self, dist: &Distribution) -> Result<Decision> {
+        self.check_ranks(dist)?;
         let now = self.predicted_times(dist, dist);
         let imbalance = imbalance_of(&now);
         if imbalance <= self.cfg.threshold {
@@ -445,6 +452,28 @@ mod tests {
                 assert!(predicted < 1.01);
             }
             k => panic!("expected a rebalance, got {k:?}"),
+        }
+    }
+
+    /// Review: `imbalance` of a layout over more ranks than the balancer indexed past its
+    /// per-rank tables and panicked (both cost models); `decide` already refused it.
+    #[test]
+    fn imbalance_with_a_foreign_rank_count_is_not_a_panic() {
+        for model in [CostModel::RankRate, CostModel::ElementCost] {
+            let cfg = BalanceConfig {
+                model,
+                ..Default::default()
+            };
+            let mut b = Balancer::new(cfg, 2).unwrap();
+            b.observe(&[s(5, 1.0), s(5, 2.0)]).unwrap();
+            for ranks in [1, 3] {
+                let e = b
+                    .imbalance(&Distribution::even(10, ranks).unwrap())
+                    .unwrap_err();
+                assert!(e.to_string().contains("balancer of 2"), "{e}");
+            }
+            let two = b.imbalance(&Distribution::even(10, 2).unwrap()).unwrap();
+            assert!((two - 4.0 / 3.0).abs() < 1e-9, "{model:?}: {two}");
         }
     }
 

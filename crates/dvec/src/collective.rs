@@ -41,6 +41,9 @@ pub struct Halo<T> {
 
 impl<T: DElem> DVec<T> {
     fn check_comm(&self, comm: &Comm) -> Result<()> {
+        if let Some(why) = &self.unusable {
+            return Err(DistError::new(DistErrorKind::Unusable, why.clone()));
+        }
         if comm.rank() != self.rank || comm.size() != self.world {
             return Err(DistError::invalid(format!(
                 "DVec of {} in a world of {} used with the communicator of {} in a world of {}",
@@ -275,19 +278,29 @@ impl<T: DElem> DVec<T> {
         if width == 0 {
             return Err(DistError::invalid("a DVec row needs at least one scalar"));
         }
-        let mut total: u64 = 0;
+        // The root's verdict on its input travels with the length, so a bad input fails
+        // on every rank (it failed on the root alone, which left the others waiting in a
+        // collective the root never joined, or receiving its next one).
+        let mut head: Result<u64, String> = Ok(0);
         if comm.rank() == root {
-            let d = data.ok_or_else(|| DistError::invalid("scatter root must pass the data"))?;
-            if d.len() % width != 0 {
-                return Err(DistError::invalid(format!(
+            head = match data {
+                None => Err("scatter root must pass the data".into()),
+                Some(d) if d.len() % width != 0 => Err(format!(
                     "scatter: {} scalars are not whole rows of {width}",
                     d.len()
-                )));
-            }
-            total = (d.len() / width) as u64;
+                )),
+                Some(d) => Ok((d.len() / width) as u64),
+            };
         }
-        comm.broadcast(root, &mut total)
+        comm.broadcast(root, &mut head)
             .map_err(comm_err("scatter"))?;
+        let total = head.map_err(|e| {
+            DistError::invalid(if comm.rank() == root {
+                e
+            } else {
+                format!("{e} (on the root, {root})")
+            })
+        })?;
         let mut v = Self::with_width(comm, total, width)?;
         let dist = v.sync_distribution(comm)?.clone();
         let step = scalars(v.piece_rows(), width)?;
@@ -388,6 +401,57 @@ impl<T: DElem> DVec<T> {
             )));
         }
         let plan = Plan::new(&from, to, self.piece_rows())?;
+        let moved = self.migrate(comm, &plan, to);
+        // Every rank learns whether every rank's part of the move succeeded: a rank whose
+        // own sends and receives all went through would otherwise go on with the new
+        // layout next to a rank left half-way (rows compacted, zeros where a piece never
+        // arrived), and sums, gathers and checkpoints would silently mix the two.
+        let all = comm
+            .allgather(&moved.is_ok())
+            .map_err(comm_err("agreeing on the migration's outcome"));
+        // The causes too: a wrong-length piece names its sender only in the source.
+        let chain = |e: &DistError| {
+            let mut s = e.to_string();
+            let mut cause = std::error::Error::source(e);
+            while let Some(c) = cause {
+                s.push_str(&format!(": {c}"));
+                cause = c.source();
+            }
+            s
+        };
+        let why = match (&moved, &all) {
+            (Ok(()), Ok(all)) if all.iter().all(|ok| *ok) => return Ok(()),
+            (Err(e), _) => chain(e),
+            (Ok(()), Err(e)) => chain(e),
+            (Ok(()), Ok(all)) => format!(
+                "the migration failed on {}",
+                (0u32..)
+                    .zip(all)
+                    .filter(|(_, ok)| !**ok)
+                    .map(|(r, _)| Rank(r).to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
+        let why = format!(
+            "{} on {}: a migration to the blocks {:?} failed after rows had moved ({why}); \
+             the vector is unusable until it is restored from a checkpoint",
+            self.type_name(),
+            self.rank,
+            to.bounds()
+        );
+        self.data = Vec::new();
+        self.my = self.my.start..self.my.start;
+        self.dist = OnceLock::new();
+        self.tracker.reset(0);
+        self.unusable = Some(why.clone());
+        Err(DistError::new(DistErrorKind::Unusable, why))
+    }
+
+    /// The moves of [`DVec::redistribute`] on this rank: on success the vector holds its
+    /// block of `to`; on error its rows and range may disagree (the caller makes it
+    /// unusable).
+    fn migrate(&mut self, comm: &Comm, plan: &Plan, to: &Distribution) -> Result<()> {
         let me = self.rank;
         let w = self.width;
         let old = self.my.clone();

@@ -47,6 +47,11 @@ pub struct DVec<T: DElem> {
     /// first collective finds bad names it (found in review: with several DVecs the error
     /// did not say which).
     pub(crate) restored_from: Option<String>,
+    /// Why this vector is unusable: a migration failed after rows had moved, here or on
+    /// another rank (found in review: the rows and the range disagreed, and sums and
+    /// checkpoints went on silently). Every collective and every save refuses it; a
+    /// restore clears it.
+    pub(crate) unusable: Option<String>,
 }
 
 /// Work measured since the last balancing decision.
@@ -92,6 +97,7 @@ impl<T: DElem> DVec<T> {
         Ok(DVec {
             tracker: PageTracker::new(std::mem::size_of_val(data.as_slice())),
             restored_from: None,
+            unusable: None,
             data,
             width,
             rank,
@@ -306,6 +312,7 @@ impl<T: DElem> DVec<T> {
         DVec {
             tracker: PageTracker::new(std::mem::size_of_val(data.as_slice())),
             restored_from: None,
+            unusable: self.unusable.clone(),
             data,
             width: self.width,
             rank: self.rank,
@@ -432,6 +439,12 @@ pub(crate) fn parse_slowdown(s: &str, rank: Rank) -> Result<f64> {
 /// tracking (type doc), so an incremental checkpoint reads only the written pages.
 impl<T: DElem> Checkpoint for DVec<T> {
     fn save<'a>(&'a self, out: &mut StateWriter<'a>) -> Result<(), StateError> {
+        if let Some(why) = &self.unusable {
+            return Err(StateError::custom(
+                self.type_name(),
+                format!("not saved: {why}"),
+            ));
+        }
         let w = self.width as u64;
         let g = GlobalRange {
             start: self.my.start * w,
@@ -471,6 +484,7 @@ impl<T: DElem> Checkpoint for DVec<T> {
         self.my = g.start / w..(g.start + g.len) / w;
         self.total = g.total / w;
         self.restored_from = Some(field);
+        self.unusable = None;
         self.dist = OnceLock::new();
         self.meter.elements = 0;
         self.meter.seconds = 0.0;

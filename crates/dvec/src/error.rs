@@ -19,6 +19,10 @@ pub enum DistErrorKind {
     Protocol,
     /// The communicator failed (peer died, timeout); retrying after recovery may help.
     Comm,
+    /// A migration failed after rows had moved (on this rank or another): the vector no
+    /// longer holds what its range says, so every later operation on it and every save
+    /// of it is refused; restore it from a checkpoint. Not retryable.
+    Unusable,
 }
 
 /// An error of the data-parallel layer; `kind()` classifies it, `Display` names the culprit.
@@ -89,6 +93,7 @@ impl fmt::Display for DistErrorKind {
             DistErrorKind::BadCheckpoint => "bad checkpoint",
             DistErrorKind::Protocol => "protocol error",
             DistErrorKind::Comm => "communication error",
+            DistErrorKind::Unusable => "unusable vector",
         })
     }
 }

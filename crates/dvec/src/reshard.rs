@@ -203,6 +203,18 @@ impl Reshard {
                             info.name
                         )));
                     }
+                    // Every old block in whole rows too, as a restore on the same number
+                    // of ranks demands (found in review: only the total was checked here,
+                    // so the two paths accepted different checkpoints).
+                    if let Some((r, g)) = (0u32..)
+                        .zip(&ranges)
+                        .find(|(_, g)| g.start % w != 0 || g.len % w != 0)
+                    {
+                        return Err(DistError::bad_checkpoint(format!(
+                            "field `{}` on rank {r}: global range {g:?} is not whole rows of {w}",
+                            info.name
+                        )));
+                    }
                     ObjectClass::Distributed {
                         parts: ranges,
                         row_width: w,
@@ -641,6 +653,35 @@ mod tests {
             e.contains("field `grid`, in scalars: rank 1 starts at global index 4"),
             "{e}"
         );
+    }
+
+    /// Review: an N->M restore accepted old blocks cut inside a row (only the total was
+    /// checked in rows), which a same-N restore of the same checkpoint refuses.
+    #[test]
+    fn old_blocks_cut_inside_a_row_are_refused_as_on_a_same_size_restore() {
+        let grid = |start, len| ObjectInfo {
+            name: "grid".into(),
+            type_name: "DVec<[f64; 4]>".into(),
+            kind: ObjectKind::Bulk {
+                dtype: lazarus_format::DType::F64,
+                len,
+                global: Some(GlobalRange {
+                    start,
+                    len,
+                    total: 16,
+                }),
+            },
+            sharing: Some(Sharing::Distributed),
+            layout: None,
+        };
+        let e = Reshard::new(&[vec![grid(0, 6)], vec![grid(6, 10)]], 3)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("field `grid` on rank 0: global range") && e.contains("whole rows of 4"),
+            "{e}"
+        );
+        assert!(Reshard::new(&[vec![grid(0, 8)], vec![grid(8, 8)]], 3).is_ok());
     }
 
     /// Records every read of an assembly and serves deterministic bytes.

@@ -3,7 +3,7 @@
 
 mod parts;
 
-use lazarus_dist::{DVec, Decision, Distribution, Reshard};
+use lazarus_dist::{DVec, Decision, DistErrorKind, Distribution, Reshard};
 use lazarus_format::{LoadedObject, Rank};
 use lazarus_net::{local, Comm};
 use lazarus_state::{Checkpoint, StateError};
@@ -322,4 +322,69 @@ fn misuse_is_an_error_not_a_panic() {
 #[allow(dead_code)]
 fn _assert_error_is_std(e: StateError) -> Box<dyn std::error::Error> {
     Box::new(e)
+}
+
+/// The tag of the migration's pieces (crates/dvec/src/collective.rs): a test rank that
+/// plays a broken peer sends on it.
+const TAG_MIGRATE: u32 = 0xD157_0001;
+
+/// Review: a migration that failed after rows had moved left the vector's rows and its
+/// range disagreeing on the failed rank (rows compacted, zeros where a piece never
+/// arrived) while ranks whose own moves succeeded went on with the new layout: sums
+/// double-counted some rows and dropped others, and a checkpoint of it was written
+/// without error. Now every rank of the migration learns its outcome, and on failure
+/// the vector is unusable on every one of them until restored: collectives and saves
+/// are refused naming why. Rows 0..12 on 3 ranks move to the blocks [0, 6, 10, 12];
+/// rank 2 plays a broken peer that sends rank 1 one value instead of rows 8..10.
+#[test]
+fn a_migration_that_failed_half_way_leaves_the_vector_unusable_on_every_rank() {
+    let out = local(3, |c| {
+        let mut v = DVec::<f64>::from_fn(&c, 12, |g| g as f64).unwrap();
+        let to = Distribution::from_bounds(vec![0, 6, 10, 12]).unwrap();
+        if c.rank() == Rank(2) {
+            c.send_slice(Rank(1), TAG_MIGRATE, &[1.0f64]).unwrap();
+            c.allgather(&true).unwrap();
+            return None;
+        }
+        let e = v.redistribute(&c, &to).unwrap_err();
+        assert_eq!(e.kind(), DistErrorKind::Unusable, "{e}");
+        assert!(!e.is_retryable());
+        // Refused before any message: no rank waits for another.
+        let sum = v.sum(&c).unwrap_err();
+        assert_eq!(sum.kind(), DistErrorKind::Unusable, "{sum}");
+        let saved = lazarus_state::save(&v).unwrap_err().to_string();
+        assert!(saved.contains("unusable"), "{saved}");
+        assert!(v.local().is_empty() && v.range().is_empty());
+        Some(e.to_string())
+    })
+    .unwrap();
+    let (r0, r1) = (out[0].clone().unwrap(), out[1].clone().unwrap());
+    // Rank 0's own moves succeeded: it learns of rank 1's failure from the agreement.
+    assert!(r0.contains("the migration failed on rank 1"), "{r0}");
+    assert!(
+        r1.contains("rank 2"),
+        "rank 1 names the peer that sent it garbage: {r1}"
+    );
+}
+
+/// Review: `scatter` checked the root's input on the root alone, which returned before
+/// the broadcast the others were waiting in; now every rank gets the root's error.
+#[test]
+fn scatter_with_bad_root_input_fails_on_every_rank() {
+    for data in [None, Some(&[1.0f64, 2.0, 3.0][..])] {
+        let out = local(3, |c| {
+            let e = DVec::<f64>::scatter(&c, Rank(0), data, 2).unwrap_err();
+            // The communicator is still in step: a collective after the error completes.
+            let n: Vec<u32> = c.allgather(&c.rank().0).unwrap();
+            (e.kind(), e.to_string(), n.len())
+        })
+        .unwrap();
+        for (r, (kind, msg, n)) in out.iter().enumerate() {
+            assert_eq!(*kind, DistErrorKind::InvalidArgument, "rank {r}: {msg}");
+            assert_eq!(*n, 3);
+            if r > 0 {
+                assert!(msg.contains("on the root, rank 0"), "rank {r}: {msg}");
+            }
+        }
+    }
 }

@@ -173,6 +173,50 @@ pub const ROOT_NAME: &str = "value";
 /// | `#[checkpoint(replicated)]` | every field of every value of the struct is replicated |
 /// | `#[checkpoint(crate = "path")]` | the path of this crate when it is reachable under another name (the default is `::lazarus::state`, or `::lazarus_state` inside the Lazarus crates) |
 ///
+/// Each attribute may appear once on a struct or field: a second `after_restore`,
+/// `rename` or `crate` is a compile error (a second `after_restore` used to replace the
+/// first silently, whose hook then never ran). This compiles:
+///
+/// ```
+/// use lazarus_state::{Checkpoint, StateError};
+/// #[derive(Checkpoint)]
+/// #[checkpoint(after_restore = "S::b")]
+/// struct S { #[checkpoint(rename = "y")] x: u64 }
+/// impl S {
+///     fn a(&mut self) -> Result<(), StateError> { Ok(()) }
+///     fn b(&mut self) -> Result<(), StateError> { self.a() }
+/// }
+/// ```
+///
+/// and these, differing only by the repeated attribute, do not:
+///
+/// ```compile_fail
+/// use lazarus_state::{Checkpoint, StateError};
+/// #[derive(Checkpoint)]
+/// #[checkpoint(after_restore = "S::a", after_restore = "S::b")]
+/// struct S { #[checkpoint(rename = "y")] x: u64 }
+/// impl S {
+///     fn a(&mut self) -> Result<(), StateError> { Ok(()) }
+///     fn b(&mut self) -> Result<(), StateError> { self.a() }
+/// }
+/// ```
+///
+/// ```compile_fail
+/// use lazarus_state::{Checkpoint, StateError};
+/// #[derive(Checkpoint)]
+/// #[checkpoint(after_restore = "S::b")]
+/// struct S { #[checkpoint(rename = "y")] #[checkpoint(rename = "z")] x: u64 }
+/// impl S {
+///     fn a(&mut self) -> Result<(), StateError> { Ok(()) }
+///     fn b(&mut self) -> Result<(), StateError> { self.a() }
+/// }
+/// ```
+///
+/// Fields of a tuple struct are saved by position (objects `0`, `1`, …): swapping two
+/// fields of the same type between versions of a program restores them swapped, as
+/// reordering the fields of a `#[repr(C)]` file format would; name the fields (or
+/// `rename` them) where the order may change.
+///
 /// Two saved fields may not share a name (after `rename`); enums are not derivable (save
 /// them as a field with `#[checkpoint(serde)]`). Schema names: leaves record a type name
 /// (`u64`, `Vec<f64>`, `[f32; 3]`, and for serde types the Rust type name with module
