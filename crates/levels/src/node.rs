@@ -749,21 +749,6 @@ impl NodeLevels {
             .ok_or_else(|| LevelError::Config("L2 mirror".into()))
     }
 
-    /// Drops a mirror whose history diverged from its source and starts it empty.
-    fn reset_mirror(&mut self, subject: u32) -> Result<(), LevelError> {
-        self.mirrors.remove(&subject);
-        let p = self
-            .host_dir(&self.hosts[self.me() as usize])
-            .join(dir_of(subject, false));
-        std::fs::remove_dir_all(&p)
-            .map_err(|e| LevelError::l2(StoreError::io(&p, "removing a diverged mirror", e)))?;
-        tracing::info!(
-            "levels: {} diverged from rank {subject}'s L1; started again",
-            p.display()
-        );
-        Ok(())
-    }
-
     /// The level round of checkpoint `seq` (collective when L2 or L3 is due): writes this
     /// rank's part to L1 and, if due, copies it to the partner and receives the copies of
     /// the ranks this rank is the partner of (L2), then sends it to its parity group's
@@ -2011,16 +1996,35 @@ impl NodeLevels {
         local: u64,
         chunks: &[[u8; 32]],
     ) -> Result<Vec<[u8; 32]>, LevelError> {
+        let (complete, complete_l3) = (self.complete, self.complete_l3);
         let m = self.mirror(subject)?;
-        let stale: Vec<CheckpointId> = m
+        let stale: Vec<lazarus_store::CheckpointSummary> = m
             .reader()
             .and_then(|r| r.committed())
             .map_err(LevelError::l2)?
             .into_iter()
-            .map(|c| c.id)
-            .filter(|id| id.0 >= local)
+            .filter(|c| c.id.0 >= local)
             .collect();
-        for id in stale {
+        // An honest source numbers above every copy of its part the job saw at open and
+        // every number it offered since, so it never reaches the checkpoint the job last
+        // completed (or restored): an offer that would remove it is refused, nothing
+        // removed (found in review: a bad offer removed the copy a restore after the
+        // source's host loss needed).
+        if let Some(c) = stale.iter().find(|c| {
+            let seq = app_u64(&c.app, SEQ_KEY);
+            seq.is_some() && (seq == complete || seq == complete_l3)
+        }) {
+            return Err(LevelError::Protocol {
+                rank: Rank(subject),
+                detail: format!(
+                    "offered its checkpoint {local}, at or below checkpoint {} of its mirror {}, \
+                     the copy of the newest complete checkpoint: refused, nothing removed",
+                    c.id,
+                    m.path().display()
+                ),
+            });
+        }
+        for id in stale.into_iter().map(|c| c.id) {
             tracing::info!(
                 "levels: {}: checkpoint {id} is another history's than rank {subject}'s L1; removed",
                 m.path().display()
@@ -2042,11 +2046,15 @@ impl NodeLevels {
         let r = partner::install(m.backend().as_ref(), &reader, local, chunks, files, false)
             .map_err(LevelError::l2)?;
         if r == Installed::Diverged {
-            // Chunks we skipped as present may belong to the stale history only: start
-            // again; the next checkpoint's offer fills the mirror.
-            self.reset_mirror(subject)?;
+            // A checkpoint under this number that `want` did not see (its COMMIT does not
+            // decode, so it is not listed): only it goes. The mirror's other checkpoints
+            // stay, the one the last restore used among them (the whole mirror was
+            // deleted before: found in review); chunks are named by content, so those
+            // present are right for any history. The next offer fills the mirror.
+            m.remove_checkpoint(CheckpointId(local))
+                .map_err(LevelError::l2)?;
             return Err(LevelError::Config(format!(
-                "L2 mirror of rank {subject} held another checkpoint {local}; reset"
+                "L2 mirror of rank {subject} held another checkpoint {local}; removed"
             )));
         }
         // Retained after the round's outcome (`retain_levels`).
@@ -3453,6 +3461,140 @@ mod tests {
             .expect("a round with a hostile rank 2 hung")
             .unwrap();
         (dir, got)
+    }
+
+    /// The mirror's sequence numbers (`SEQ_KEY`) of the checkpoints it lists.
+    fn mirror_seqs(mirror: &Path) -> Vec<u64> {
+        RepoReader::open(mirror)
+            .unwrap()
+            .committed()
+            .unwrap()
+            .iter()
+            .filter_map(|c| app_u64(&c.app, SEQ_KEY))
+            .collect()
+    }
+
+    /// Review: an offer numbered at or below the mirror's checkpoints made the partner
+    /// remove every one of them before anything was checked, the copy of the newest
+    /// complete checkpoint included (what a restore after the source's host loss needs),
+    /// and `local: 0` was not even refused by the decoder. After two honest rounds, rank
+    /// 2 offers rank 0 its checkpoint number 1 again: refused naming rank 2, the mirror
+    /// keeps the copy of checkpoint 2, and the honest round after succeeds.
+    #[test]
+    fn an_offer_below_the_mirror_never_removes_its_protected_checkpoint() {
+        let (dir, got) = rounds_with_a_hostile_rank_2(4, |comm, round| {
+            if round != 2 {
+                return false;
+            }
+            let offer = CopyMsg::Offer {
+                subject: 2,
+                local: 1,
+                chunks: vec![],
+            };
+            partner::send(comm, 0, TAG_COPY, &offer).unwrap();
+            let offer0 = partner::recv(comm, 0, TAG_COPY).unwrap();
+            assert!(matches!(offer0, CopyMsg::Offer { .. }), "{offer0:?}");
+            partner::send(comm, 0, TAG_COPY, &CopyMsg::Want { missing: vec![] }).unwrap();
+            let _answer = partner::recv(comm, 0, TAG_COPY).unwrap();
+            let end = CopyMsg::Failed("nothing to send".into());
+            partner::send(comm, 0, TAG_COPY, &end).unwrap();
+            let data = partner::recv(comm, 0, TAG_COPY).unwrap();
+            assert!(matches!(data, CopyMsg::Data { .. }), "{data:?}");
+            true
+        });
+        for (r, outcomes) in got.iter().enumerate() {
+            assert!(
+                outcomes[..2].iter().all(Result::is_ok),
+                "rank {r}: {outcomes:?}"
+            );
+            let bad = outcomes[2].as_ref().expect_err("the hostile round fails");
+            if r == 0 {
+                assert!(
+                    bad.contains("rank 2") && bad.contains("refused, nothing removed"),
+                    "{bad}"
+                );
+            }
+            assert!(
+                outcomes[3].is_ok(),
+                "rank {r}, next round: {:?}",
+                outcomes[3]
+            );
+        }
+        let seqs = mirror_seqs(&dir.path().join("sim0").join(dir_of(2, false)));
+        assert!(seqs.contains(&2) && seqs.contains(&4), "{seqs:?}");
+        let zero = CopyMsg::Offer {
+            subject: 2,
+            local: 0,
+            chunks: vec![],
+        };
+        let e = CopyMsg::decode(Rank(2), &zero.encode())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("checkpoint id 0 out of range"), "{e}");
+    }
+
+    /// Review: a checkpoint under the number a source offers that the partner's listing
+    /// skips (its COMMIT does not decode) made the partner delete the whole mirror, the
+    /// copy of the newest complete checkpoint included. Only that checkpoint goes now.
+    #[test]
+    fn a_damaged_commit_at_the_offered_number_keeps_the_mirrors_older_checkpoints() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        let mirror = root.join("sim0").join(dir_of(2, false));
+        let got = lazarus_net::local(4, |comm| {
+            let me = comm.rank().0;
+            let mut levels = open(comm.clone(), &root);
+            let mut data = vec![0u8; BYTES];
+            noise(u64::from(me) + 1, &mut data);
+            let mut outcomes = Vec::new();
+            for round in 0..4 {
+                if me == 0 && round == 2 {
+                    // Under the number rank 2 offers next (its L1 numbers follow on).
+                    let reader = RepoReader::open(&mirror).unwrap();
+                    let next = reader
+                        .committed()
+                        .unwrap()
+                        .iter()
+                        .map(|c| c.id.0)
+                        .max()
+                        .unwrap()
+                        + 1;
+                    let commit = reader
+                        .backend()
+                        .describe(&lazarus_store::ObjectKey::Commit(CheckpointId(next)));
+                    std::fs::create_dir_all(commit.parent().unwrap()).unwrap();
+                    std::fs::write(&commit, b"not a commit record").unwrap();
+                }
+                let seq = levels.take_seq();
+                outcomes.push(honest_round(&mut levels, seq, &data, L1_L2));
+                if me == 0 && round == 2 {
+                    let seqs = mirror_seqs(&mirror);
+                    assert!(
+                        seqs.contains(&2),
+                        "the complete checkpoint's copy: {seqs:?}"
+                    );
+                }
+            }
+            outcomes
+        })
+        .unwrap();
+        for (r, outcomes) in got.iter().enumerate() {
+            assert!(
+                outcomes[..2].iter().all(Result::is_ok),
+                "rank {r}: {outcomes:?}"
+            );
+            let bad = outcomes[2]
+                .as_ref()
+                .expect_err("the round meeting the damage fails");
+            if r == 0 {
+                assert!(bad.contains("held another checkpoint"), "{bad}");
+            }
+            assert!(
+                outcomes[3].is_ok(),
+                "rank {r}, next round: {:?}",
+                outcomes[3]
+            );
+        }
     }
 
     /// A hostile source in a streamed L2 copy: rank 2 offers its partner (rank 0) a

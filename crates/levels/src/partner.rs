@@ -119,7 +119,10 @@ impl CopyMsg {
                         .ok_or_else(|| bad(format!("file name {name:?}")))?;
                 }
             }
-            CopyMsg::Chunks { local, .. } => {
+            // An offer's number too: the partner acts on it before any chunk arrives
+            // (found in review: `Offer { local: 0 }` made it drop every checkpoint of
+            // the mirror, for a round refused a moment later).
+            CopyMsg::Chunks { local, .. } | CopyMsg::Offer { local, .. } => {
                 checked_id(*local)
                     .ok_or_else(|| bad(format!("checkpoint id {local} out of range")))?;
             }
