@@ -15,7 +15,7 @@ use std::time::Duration;
 #[derive(clap::Args, Debug)]
 #[command(after_help = EXIT_STATUS)]
 pub struct Args {
-    /// Number of ranks to start on this machine.
+    /// Number of ranks to start (on this machine, or on the hosts with --launcher).
     #[arg(short = 'n', long = "ranks", value_parser = clap::value_parser!(u32).range(1..=4096))]
     ranks: u32,
     /// A rank silent (or disconnected) this long is declared dead [default: 3000].
@@ -36,6 +36,7 @@ pub struct Args {
     #[arg(long, value_name = "on|off")]
     frame_mac: Option<lazarus::net::FrameMac>,
     /// After a failure, time the other ranks get to exit on their own before SIGTERM.
+    /// With --repo, 0 (the default) means 200 ms.
     #[arg(long, default_value_t = 0)]
     stop_grace_ms: u64,
     /// Time between SIGTERM (or a forwarded Ctrl-C) and SIGKILL.
