@@ -57,6 +57,24 @@ struct Slot {
     stream: Option<Conn>,
     last_seen: Instant,
     state: Liveness,
+    /// The rank's heartbeats began (its first one arrived). Before that it is waiting for
+    /// the table or building its mesh and sends nothing: its silence then is no failure
+    /// (found in review: a rank registered 3 s before the last one was reported as
+    /// missing heartbeats, and the job failed on every start with such a gap). Its death
+    /// then still shows: the control connection closes; a rank stuck there is bounded by
+    /// the connect timeout of its peers.
+    beating: bool,
+}
+
+impl Slot {
+    /// The state with missed heartbeats evaluated now.
+    fn state_now(&self, timeout: Duration) -> Liveness {
+        if self.state == Liveness::Running && self.beating && self.last_seen.elapsed() > timeout {
+            Liveness::MissedHeartbeats
+        } else {
+            self.state.clone()
+        }
+    }
 }
 
 struct Shared {
@@ -118,6 +136,7 @@ impl RendezvousServer {
                         stream: None,
                         last_seen: now,
                         state: Liveness::Pending,
+                        beating: false,
                     })
                     .collect(),
             ),
@@ -148,18 +167,10 @@ impl RendezvousServer {
         self.shared
             .slots()
             .iter()
-            .map(|s| {
-                let silent = s.last_seen.elapsed();
-                let state = if s.state == Liveness::Running && silent > timeout {
-                    Liveness::MissedHeartbeats
-                } else {
-                    s.state.clone()
-                };
-                RankView {
-                    state,
-                    addr: s.addr.clone(),
-                    silent,
-                }
+            .map(|s| RankView {
+                state: s.state_now(timeout),
+                addr: s.addr.clone(),
+                silent: s.last_seen.elapsed(),
             })
             .collect()
     }
@@ -170,13 +181,7 @@ impl RendezvousServer {
         self.shared
             .slots()
             .iter()
-            .map(|s| {
-                if s.state == Liveness::Running && s.last_seen.elapsed() > timeout {
-                    Liveness::MissedHeartbeats
-                } else {
-                    s.state.clone()
-                }
-            })
+            .map(|s| s.state_now(timeout))
             .collect()
     }
 }
@@ -385,7 +390,10 @@ fn serve(
             }
         };
         match frame {
-            Ok(Frame::Heartbeat(_)) => slot.last_seen = Instant::now(),
+            Ok(Frame::Heartbeat(_)) => {
+                slot.last_seen = Instant::now();
+                slot.beating = true;
+            }
             Ok(Frame::Bye) => {
                 slot.state = Liveness::Finished;
                 return Ok(());

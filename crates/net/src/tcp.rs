@@ -220,6 +220,10 @@ impl TcpTransport {
                 std::thread::sleep(Duration::from_millis(2));
             }
         }
+        // The host counts this rank's silence from its first heartbeat on (rdv.rs): send
+        // it now, not one interval later, so a rank that stops right after joining is
+        // still seen to stop.
+        beat_control(&shared);
         let s3 = shared.clone();
         spawn("lazarus-heartbeat", move || heartbeat_loop(s3))?;
         Ok(TcpTransport { shared })
@@ -975,15 +979,20 @@ fn heartbeat_loop(shared: Arc<Shared>) {
                 declare_failed(&shared, p.rank, format!("no heartbeat for {silent:?}"));
             }
         }
-        let mut control = lock(&shared.control);
-        if let Some(Err(e)) = control.as_mut().map(|c| c.send(&Frame::Heartbeat(0))) {
-            // A sealed stream cannot skip a frame (the MAC counter moved on): close it, so
-            // the rendezvous host sees a lost connection rather than a bad MAC later.
-            // Expected when the rendezvous host is gone (`loopback_comms` drops it).
-            tracing::debug!("{}: control connection lost: {e}", shared.me);
-            if let Some(c) = control.take() {
-                let _ = c.s.shutdown(Shutdown::Both);
-            }
+        beat_control(&shared);
+    }
+}
+
+/// One heartbeat to the rendezvous host on the control connection, if any.
+fn beat_control(shared: &Shared) {
+    let mut control = lock(&shared.control);
+    if let Some(Err(e)) = control.as_mut().map(|c| c.send(&Frame::Heartbeat(0))) {
+        // A sealed stream cannot skip a frame (the MAC counter moved on): close it, so
+        // the rendezvous host sees a lost connection rather than a bad MAC later.
+        // Expected when the rendezvous host is gone (`loopback_comms` drops it).
+        tracing::debug!("{}: control connection lost: {e}", shared.me);
+        if let Some(c) = control.take() {
+            let _ = c.s.shutdown(Shutdown::Both);
         }
     }
 }

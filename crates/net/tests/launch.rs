@@ -109,6 +109,16 @@ fn sigkill_of_leaf_during_allreduce_fails_every_rank_in_time() {
     kill_while_blocked(4, 3, "allreduce");
 }
 
+/// Review: a rank sends nothing to the rendezvous between registering and the end of its
+/// mesh; the host counted that silence as missed heartbeats, so a rank that joined more
+/// than the failure timeout (1 s here) after another failed the job at every start.
+#[test]
+fn a_rank_that_registers_early_is_not_taken_for_a_silent_one() {
+    let o = run(&probe(3, &["late", "2", "2500"]));
+    assert!(o.failure.is_none(), "{:?}", o.failure);
+    assert_eq!(o.exit_code(), 0);
+}
+
 #[test]
 fn stopped_rank_is_detected_by_missed_heartbeats() {
     let o = run(&probe(3, &["stall", "2"]));

@@ -9,7 +9,8 @@
 //! `spam <lines> <long>` — every rank prints `r<rank> l<i> <filler>` lines as fast as it
 //! can, one line of `<long>` bytes, and a line on stderr, then `done r<rank>` after a
 //! barrier (output forwarding through launchers);
-//! `sleep <secs>` — barrier, then sleep (ranks to be killed from outside).
+//! `sleep <secs>` — barrier, then sleep (ranks to be killed from outside);
+//! `late <rank> <ms>` — that rank sleeps before it joins, then every rank runs `ring`.
 
 use lazarus_format::Rank;
 use lazarus_net::ReduceOp;
@@ -19,6 +20,9 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let arg = |i: usize| args.get(i).cloned().unwrap_or_default();
     let num = |i: usize| arg(i).parse::<u32>().unwrap_or(0);
+    if arg(0) == "late" && std::env::var("LAZARUS_RANK").ok() == Some(arg(1)) {
+        std::thread::sleep(std::time::Duration::from_millis(u64::from(num(2))));
+    }
     let comm = match lazarus_net::init() {
         Ok(c) => c,
         Err(e) => {
@@ -30,7 +34,7 @@ fn main() -> ExitCode {
     let n = comm.size();
     let result = (|| -> lazarus_net::Result<()> {
         match arg(0).as_str() {
-            "ring" => {
+            "ring" | "late" => {
                 let next = Rank((me + 1) % n);
                 let prev = Rank((me + n - 1) % n);
                 let hops: u32 = if me == 0 {
