@@ -479,6 +479,10 @@ impl<A: Policy, B: Policy> Policy for Either<A, B> {
         self.0.flush_completed(flush);
         self.1.flush_completed(flush);
     }
+    fn checkpoint_failed(&mut self, at: Opportunity) {
+        self.0.checkpoint_failed(at);
+        self.1.checkpoint_failed(at);
+    }
 }
 
 /// A running job: owns the (locked) repository, the checkpoint policy and the step count.
@@ -799,6 +803,7 @@ impl Job {
                     std::process::abort();
                 }
                 self.lost = Some(info.checkpoint);
+                self.failed(info.step);
                 return Err(JobError::FlushLost {
                     checkpoint: info.checkpoint,
                 });
@@ -848,6 +853,7 @@ impl Job {
                         info.step
                     );
                 }
+                self.failed(info.step);
                 Err(JobError::Flush {
                     checkpoint: info.checkpoint,
                     step: info.step,
@@ -873,12 +879,25 @@ impl Job {
                 self.last = Some(report);
                 Ok(())
             }
-            (Some(Err(source)), None) => Err(JobError::LevelFlush {
-                checkpoint: info.checkpoint,
-                step: info.step,
-                source,
-            }),
+            (Some(Err(source)), None) => {
+                self.failed(info.step);
+                Err(JobError::LevelFlush {
+                    checkpoint: info.checkpoint,
+                    step: info.step,
+                    source,
+                })
+            }
         }
+    }
+
+    /// Tells the policy that the checkpoint of `step`, reported taken at its capture
+    /// ([`Policy::checkpoint_taken`]), did not commit: it retries at the next opportunity,
+    /// as after a failed synchronous checkpoint (which is never reported taken).
+    fn failed(&mut self, step: u64) {
+        self.policy.checkpoint_failed(Opportunity {
+            step,
+            now: Instant::now(),
+        });
     }
 
     /// Returns the state of the newest committed checkpoint that verifies, or `init()`
@@ -1364,7 +1383,7 @@ impl Job {
             }
         };
         let saved = if due {
-            self.save(state, false).map(|_| ())
+            self.save(state, false, Instant::now()).map(|_| ())
         } else {
             // A background flush that ended is reported now, not at the next save.
             let r = match self.flusher.as_mut() {
@@ -1386,7 +1405,7 @@ impl Job {
         state: &T,
     ) -> Result<CheckpointId, JobError> {
         self.require_decided("checkpoint_now")?;
-        self.save(state, false)
+        self.save(state, false, Instant::now())
     }
 
     /// Records that the job is complete: saves `state` as its final state, after
@@ -1402,6 +1421,8 @@ impl Job {
     /// saving) and returns once the final checkpoint is committed.
     pub fn finish<T: Checkpoint + ?Sized>(&mut self, state: &T) -> Result<CheckpointId, JobError> {
         self.require_decided("finish")?;
+        // The stall counts from the call: it includes the wait for the previous flush.
+        let started = Instant::now();
         if let Some((id, step)) = self.finished {
             // A checkpoint still in flight is waited for, and its failure reported.
             self.settle()?;
@@ -1409,7 +1430,7 @@ impl Job {
                 return Ok(id);
             }
         }
-        self.save(state, true)
+        self.save(state, true, started)
     }
 
     /// Refuses a save before the restore decision: a new run that forgot
@@ -1430,14 +1451,18 @@ impl Job {
     /// Saves `state` (the policy said so, or `checkpoint_now`/`finish`). First waits for
     /// the previous background flush (back-pressure: one in flight, commits in order); a
     /// failure of that flush is returned after this checkpoint was taken, so every rank
-    /// still takes part in every round.
+    /// still takes part in every round. `started` is when the call began: the stall
+    /// (COMMIT's `lazarus.stall_us`, the policy's cost, [`CheckpointReport::stall`])
+    /// includes the wait for the previous flush, which the program paid too
+    /// (docs/ASYNC.md).
     fn save<T: Checkpoint + ?Sized>(
         &mut self,
         state: &T,
         finished: bool,
+        started: Instant,
     ) -> Result<CheckpointId, JobError> {
         let earlier = self.settle();
-        let now = self.save_now(state, finished);
+        let now = self.save_now(state, finished, started);
         if let Ok(id) = &now {
             // A save at the finished step after `finish` supersedes the finished
             // checkpoint: `finish` must save again and `is_finished` is false, as a rerun
@@ -1455,8 +1480,8 @@ impl Job {
         &mut self,
         state: &T,
         finished: bool,
+        started: Instant,
     ) -> Result<CheckpointId, JobError> {
-        let started = Instant::now();
         let step = self.step;
         // Taken at the call on every rank, whatever the path (levels or not, background or
         // not) and whatever the outcome on this rank: a second call at this step must

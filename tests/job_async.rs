@@ -615,3 +615,113 @@ fn a_job_writes_new_chunks_into_dead_ones_files_and_leaves_no_spares_at_finish()
     drop(job);
     assert_eq!(restored(&repo, None, 0, len), expected);
 }
+
+/// A state that does not compress: 64 MiB of pseudo-random words.
+#[derive(Checkpoint)]
+struct Noise {
+    words: Vec<u64>,
+}
+
+fn noise(bytes: usize) -> Noise {
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let words = (0..bytes / 8)
+        .map(|_| {
+            // xorshift64
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        })
+        .collect();
+    Noise { words }
+}
+
+/// A checkpoint first waits for the previous background flush (one in flight); the
+/// program pays that wait, so the stall (the policy's cost, `CheckpointReport::stall`,
+/// COMMIT's `lazarus.stall_us`) includes it (docs/ASYNC.md). The clock started after the
+/// wait: the stall of a checkpoint taken right after another was the copy alone, a small
+/// part of what the call cost.
+#[test]
+fn the_stall_includes_the_wait_for_the_previous_flush() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let spy = Spy::default();
+    let mut job = Job::builder()
+        .repo(&repo)
+        .policy(spy.clone())
+        .staging_budget(1 << 30)
+        .open()
+        .unwrap();
+    let s = job.restore_or_init(|| noise(64 << 20)).unwrap();
+    job.checkpoint_now(&s).unwrap();
+    // The first flush (64 MiB to hash and write) is still running: this call waits for it.
+    let t = std::time::Instant::now();
+    let second = job.checkpoint_now(&s).unwrap();
+    let wall = t.elapsed();
+    let report = *job.flush().unwrap().expect("both committed");
+    assert_eq!(report.checkpoint, second);
+    let costs = spy.0.lock().unwrap().0.clone();
+    assert_eq!(costs.len(), 2, "{costs:?}");
+    for (what, stall) in [
+        ("the policy's cost", costs[1]),
+        ("the report's", report.stall),
+    ] {
+        assert!(
+            stall.as_secs_f64() >= 0.8 * wall.as_secs_f64(),
+            "{what} stall {stall:?} leaves out most of the call's {wall:?}"
+        );
+        assert!(
+            stall <= wall,
+            "{what} stall {stall:?} over the call's {wall:?}"
+        );
+    }
+    drop(job);
+    let recorded = committed(&repo)[1]
+        .2
+        .stall
+        .expect("COMMIT records the stall");
+    assert_eq!(recorded.as_micros(), report.stall.as_micros());
+}
+
+/// A background flush that fails did not commit, so it must not count as a checkpoint
+/// for the policy (told at capture, before the outcome was known): with `every(1 h)` the
+/// next attempt came an hour later, while a failed synchronous checkpoint is retried at
+/// the next opportunity.
+#[test]
+fn a_failed_background_flush_lets_the_policy_retry_at_the_next_opportunity() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let mut job = Job::builder()
+        .repo(&repo)
+        .every(Duration::from_secs(3600))
+        .open()
+        .unwrap();
+    let s = job.restore_or_init(|| state(0, 1 << 12)).unwrap();
+    assert_eq!(job.checkpoint(&s).unwrap(), 0, "starts the clock, not due");
+    // A full disk: step 1's checkpoint is captured, then its background write fails.
+    job.set_write_budget(0).unwrap();
+    let lost = job.checkpoint_now(&s).unwrap();
+    match job.flush() {
+        Err(JobError::Flush { checkpoint, .. }) => assert_eq!(checkpoint, lost),
+        other => panic!("expected the Flush error of {lost}, got {other:?}"),
+    }
+    job.set_write_budget(u64::MAX).unwrap();
+    // Step 1 was saved (failed) already: its checkpoint() only counts the step.
+    assert_eq!(job.checkpoint(&s).unwrap(), 1);
+    assert!(job.last_checkpoint().is_none() && !job.flushing());
+    // The next opportunity, well within the hour: the policy asks again.
+    assert_eq!(job.checkpoint(&s).unwrap(), 2);
+    let report = job
+        .flush()
+        .unwrap()
+        .copied()
+        .expect("the policy took a checkpoint at step 2");
+    assert_eq!(report.step, 2);
+    // Then the interval counts from it again.
+    assert_eq!(job.checkpoint(&s).unwrap(), 3);
+    assert!(!job.flushing());
+    assert_eq!(job.flush().unwrap().map(|r| r.step), Some(2));
+    drop(job);
+    let steps: Vec<_> = committed(&repo).iter().map(|c| c.1).collect();
+    assert_eq!(steps, vec![2]);
+}

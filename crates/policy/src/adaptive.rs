@@ -72,6 +72,9 @@ const MIN_MTBF_S: f64 = 1e-3;
 ///   upper bound the user chose.
 /// - Clock: the interval counts from the end of the last checkpoint (the model's `τ` is
 ///   work between checkpoints), or from the first opportunity seen.
+/// - A failed background flush ([`Policy::checkpoint_failed`]): the next opportunity takes
+///   a checkpoint, as after a failed synchronous one. The stall it cost stays in `δ` (the
+///   program paid it).
 #[derive(Clone, Debug)]
 pub struct Adaptive {
     formula: Formula,
@@ -86,6 +89,8 @@ pub struct Adaptive {
     started: Option<Instant>,
     last: Option<Instant>,
     interval: Option<Duration>,
+    /// A checkpoint reported taken did not commit: the next opportunity takes one.
+    retry: bool,
 }
 
 impl Adaptive {
@@ -105,6 +110,7 @@ impl Adaptive {
             started: None,
             last: None,
             interval: None,
+            retry: false,
         }
     }
 
@@ -207,6 +213,9 @@ impl Policy for Adaptive {
         let first = self.started.is_none();
         self.started.get_or_insert(at.now);
         let last = *self.last.get_or_insert(at.now);
+        if self.retry {
+            return true;
+        }
         let elapsed = at.now.saturating_duration_since(last);
         if self.cost.is_none() {
             return !first && elapsed >= self.min_interval;
@@ -227,7 +236,12 @@ impl Policy for Adaptive {
         });
         self.measured = true;
         self.last = Some(at.now);
+        self.retry = false;
         self.recompute(at.now);
+    }
+
+    fn checkpoint_failed(&mut self, _at: Opportunity) {
+        self.retry = true;
     }
 
     fn flush_completed(&mut self, flush: Duration) {

@@ -44,10 +44,14 @@ impl Policy for Never {
 }
 
 /// Checkpoint when at least `interval` has passed since the last one (or since start).
+/// After [`Policy::checkpoint_failed`] (a background flush failed), at the next
+/// opportunity.
 #[derive(Clone, Debug)]
 pub struct EveryInterval {
     interval: Duration,
     last: Option<Instant>,
+    /// A checkpoint reported taken did not commit: the next opportunity takes one.
+    retry: bool,
 }
 
 impl EveryInterval {
@@ -56,6 +60,7 @@ impl EveryInterval {
         EveryInterval {
             interval,
             last: None,
+            retry: false,
         }
     }
 }
@@ -63,10 +68,14 @@ impl EveryInterval {
 impl Policy for EveryInterval {
     fn should_checkpoint(&mut self, at: Opportunity) -> bool {
         let last = *self.last.get_or_insert(at.now);
-        at.now.duration_since(last) >= self.interval
+        self.retry || at.now.saturating_duration_since(last) >= self.interval
     }
     fn checkpoint_taken(&mut self, at: Opportunity, _cost: Duration) {
         self.last = Some(at.now);
+        self.retry = false;
+    }
+    fn checkpoint_failed(&mut self, _at: Opportunity) {
+        self.retry = true;
     }
 }
 
@@ -108,5 +117,25 @@ mod tests {
             step: 3,
             now: t1 + Duration::from_secs(1)
         }));
+    }
+
+    #[test]
+    fn every_interval_retries_at_the_next_opportunity_after_a_failed_checkpoint() {
+        let mut p = EveryInterval::new(Duration::from_secs(3600));
+        let t0 = Instant::now();
+        let at = |step, s| Opportunity {
+            step,
+            now: t0 + Duration::from_secs(s),
+        };
+        assert!(!p.should_checkpoint(at(0, 0)));
+        p.checkpoint_taken(at(1, 1), Duration::ZERO);
+        assert!(!p.should_checkpoint(at(2, 2)), "an hour has not passed");
+        // Its background flush failed: nothing committed since the start.
+        p.checkpoint_failed(at(1, 3));
+        assert!(p.should_checkpoint(at(3, 4)), "retries at once");
+        assert!(p.should_checkpoint(at(4, 5)), "until a checkpoint is taken");
+        p.checkpoint_taken(at(4, 6), Duration::ZERO);
+        assert!(!p.should_checkpoint(at(5, 7)), "then a full interval again");
+        assert!(p.should_checkpoint(at(6, 3606)));
     }
 }

@@ -70,6 +70,17 @@ pub trait Policy: Send {
     fn flush_completed(&mut self, flush: Duration) {
         let _ = flush;
     }
+    /// Called when a checkpoint already reported to [`Policy::checkpoint_taken`] did not
+    /// commit after all: its background flush (docs/ASYNC.md) failed, learnt at `at.now`
+    /// (`at.step` is the failed checkpoint's step). A synchronous checkpoint that fails is
+    /// never reported taken, so its policy fires again at the next opportunity; a policy
+    /// that implements this hook guarantees the same after a failed background flush: its
+    /// next [`Policy::should_checkpoint`] returns true (until a checkpoint is taken), rather
+    /// than a whole interval after the checkpoint that was lost. The default ignores it,
+    /// which is right for policies that depend on the step alone.
+    fn checkpoint_failed(&mut self, at: Opportunity) {
+        let _ = at;
+    }
     /// True when the answer depends on `Opportunity::step` alone (not on time or on
     /// measured costs), so every rank of a job can ask its own copy and get the same answer
     /// without communicating. The default, `false`, is never wrong: the job then asks
@@ -88,6 +99,9 @@ impl<P: Policy + ?Sized> Policy for Box<P> {
     }
     fn flush_completed(&mut self, flush: Duration) {
         (**self).flush_completed(flush)
+    }
+    fn checkpoint_failed(&mut self, at: Opportunity) {
+        (**self).checkpoint_failed(at)
     }
     fn is_step_only(&self) -> bool {
         (**self).is_step_only()

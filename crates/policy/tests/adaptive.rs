@@ -362,3 +362,33 @@ fn background_flush_time_is_a_lower_bound_on_the_interval() {
     assert!(!q.should_checkpoint(c.at(101.0)));
     assert_eq!(q.current_interval(), Some(s(15.0)));
 }
+
+#[test]
+fn a_failed_background_flush_makes_the_next_opportunity_checkpoint() {
+    // Young: √(2·0.5·1800) ≈ 42.4 s. A checkpoint reported taken at capture whose flush
+    // then fails must not push the next one a whole interval later: nothing committed.
+    let mut c = Clock::new();
+    let mut p = Adaptive::new(Formula::Young, MtbfSource::Fixed(s(1800.0))).initial_cost(s(0.5));
+    assert!(!p.should_checkpoint(c.at(0.0)));
+    assert!(p.should_checkpoint(c.at(43.0)));
+    p.checkpoint_taken(c.at(43.5), s(0.5));
+    assert!(!p.should_checkpoint(c.at(44.0)));
+    p.checkpoint_failed(c.at(45.0));
+    assert!(p.should_checkpoint(c.at(45.5)), "retries at once");
+    assert!(
+        p.should_checkpoint(c.at(46.0)),
+        "until a checkpoint is taken"
+    );
+    // The stall it cost was measured all the same: δ stays the measured 0.5 s.
+    assert_eq!(p.cost_estimate(), Some(s(0.5)));
+    p.checkpoint_taken(c.at(46.5), s(0.5));
+    assert!(
+        !p.should_checkpoint(c.at(47.0)),
+        "then the model's interval again"
+    );
+    assert!(p.should_checkpoint(c.at(46.5 + 42.5)));
+    // Through a Box (how a Job holds its policy) too.
+    let mut b: Box<dyn Policy> = Box::new(p);
+    b.checkpoint_failed(c.at(90.0));
+    assert!(b.should_checkpoint(c.at(90.5)));
+}
