@@ -674,6 +674,33 @@ fn fragments_of_two_messages_are_never_reassembled_into_one() {
     assert_eq!(e.payload, b"first half of message one, second half");
 }
 
+/// Review: a sealed ack past every frame sent (a buggy token holder's `u64::MAX`) was
+/// stored as is and applied to frames pushed later: rank 0's next message left its
+/// retransmit window before it was ever acknowledged, and after a reconnect it was not
+/// sent again (the resumed stream delivered the message after it in its place).
+#[test]
+fn an_ack_beyond_what_was_sent_does_not_acknowledge_later_frames() {
+    let (job, mut links) = ScriptedJob::start(1, true, &mut |_, _| {});
+    let me = job.me;
+    let rank0 = job.comm(0);
+    let mut l = links.remove(0);
+    l.ack(u64::MAX);
+    // Let rank 0's reader take the ack before anything is sent.
+    std::thread::sleep(Duration::from_millis(300));
+    rank0.send(Rank(me), 1, &7u64).unwrap();
+    // Several heartbeats: each applies the stored ack to the send window.
+    std::thread::sleep(Duration::from_millis(500));
+    drop(l);
+    // A new connection that has received nothing: 7 must come again, first.
+    let mut l = job.link(0);
+    rank0.send(Rank(me), 1, &8u64).unwrap();
+    let (h, v) = l.next_data();
+    assert_eq!((h.seq, v), (0, 7), "the unacknowledged message was dropped");
+    let (h, v) = l.next_data();
+    assert_eq!((h.seq, v), (1, 8));
+    l.ack(2);
+}
+
 type Attack<'a> = Box<dyn Fn(&mut Link) -> Vec<u8> + 'a>;
 
 /// Each attack on a new connection of the scripted (top) rank to rank 0, which holds an

@@ -75,8 +75,11 @@ struct Peer {
     /// straight into the end of the message (see `on_data`); lock order `reassembly` ->
     /// `inbound` -> mailbox.
     reassembly: Mutex<Reassembly>,
-    /// Peer's cumulative ack of our frames.
+    /// Peer's cumulative ack of our frames, never beyond `sent` ([`Peer::note_ack`]).
     acked: AtomicU64,
+    /// The sequence number our next frame to this peer gets (the send window's), for
+    /// acks read without the `out` lock.
+    sent: AtomicU64,
     /// Mirror of `inbound.window.next_expected()`, for acks sent without that lock.
     recv_next: AtomicU64,
     last_seen: Mutex<Instant>,
@@ -86,6 +89,24 @@ struct Peer {
     /// The last large message from this peer went straight into a posted buffer: the
     /// receiver is streaming, so the next one is worth a short wait for its post.
     streaming: AtomicBool,
+}
+
+impl Peer {
+    /// Records the peer's cumulative ack `a`, clamped to what was sent: the stored value
+    /// is applied to frames pushed later too, so an ack past them (a buggy peer's
+    /// `u64::MAX`) acknowledged every later frame before it was sent, and a reconnect
+    /// then did not retransmit them (found in review). A frame is pushed before it is
+    /// written, so an honest ack never exceeds `sent` when it arrives.
+    fn note_ack(&self, a: u64) {
+        let sent = self.sent.load(Ordering::Acquire);
+        if a > sent {
+            tracing::warn!(
+                "{}: acknowledged frame {a} of which only {sent} were sent; taken as {sent}",
+                self.rank
+            );
+        }
+        self.acked.fetch_max(a.min(sent), Ordering::AcqRel);
+    }
 }
 
 /// How long a reader waits for the receiver to post its buffer for the next large message
@@ -152,6 +173,7 @@ impl TcpTransport {
                 }),
                 reassembly: Mutex::new(Reassembly::default()),
                 acked: AtomicU64::new(0),
+                sent: AtomicU64::new(0),
                 recv_next: AtomicU64::new(0),
                 last_seen: Mutex::new(now),
                 down_since: Mutex::new(None),
@@ -392,7 +414,7 @@ fn install(
             NetError::new(ErrorKind::Protocol, "superseded by a newer connection").with_peer(peer),
         );
     }
-    p.acked.fetch_max(their_next, Ordering::AcqRel);
+    p.note_ack(their_next);
     out.window.ack(their_next);
     let ack = p.recv_next.load(Ordering::Acquire);
     let mut retransmit = || -> std::io::Result<()> {
@@ -663,10 +685,10 @@ fn on_control(
     };
     match frame {
         Frame::Ack(a) => {
-            p.acked.fetch_max(a, Ordering::AcqRel);
+            p.note_ack(a);
         }
         Frame::Heartbeat(a) => {
-            p.acked.fetch_max(a, Ordering::AcqRel);
+            p.note_ack(a);
             // Answering lets a finishing peer learn promptly that we hold its data.
             try_send_ack(shared, p);
         }
@@ -709,7 +731,7 @@ fn verified(
         give_up(shared, p.rank, gen, s);
         return Flow::Stop;
     }
-    p.acked.fetch_max(h.ack, Ordering::AcqRel);
+    p.note_ack(h.ack);
     Flow::Continue
 }
 
@@ -1029,6 +1051,7 @@ impl Transport for TcpTransport {
                 start,
                 end,
             });
+            p.sent.store(seq + 1, Ordering::Release);
             let gen = out.gen;
             if let Some(c) = out.stream.as_mut() {
                 #[cfg(test)]
