@@ -232,7 +232,18 @@ impl ScriptedJob {
         scripted_is_top: bool,
         on_accept: &mut dyn FnMut(&ScriptedJob, TcpStream),
     ) -> (ScriptedJob, Vec<Link>) {
-        let cfg = || cfg_with(frame_mac);
+        Self::start_configured(cfg_with(frame_mac), real, scripted_is_top, on_accept)
+    }
+
+    /// [`ScriptedJob::start`] with every rank on `config`.
+    fn start_configured(
+        config: NetConfig,
+        real: u32,
+        scripted_is_top: bool,
+        on_accept: &mut dyn FnMut(&ScriptedJob, TcpStream),
+    ) -> (ScriptedJob, Vec<Link>) {
+        let frame_mac = config.frame_mac;
+        let cfg = || config.clone();
         let token = JobToken::random();
         let incarnation = 3;
         let size = real + 1;
@@ -699,6 +710,47 @@ fn an_ack_beyond_what_was_sent_does_not_acknowledge_later_frames() {
     let (h, v) = l.next_data();
     assert_eq!((h.seq, v), (1, 8));
     l.ack(2);
+}
+
+/// Review: a connection's last sign of life was taken at frame boundaries only, so a
+/// peer whose frame took longer than the failure timeout to arrive (a large fragment on a
+/// slow or shared link) was declared failed half-way through it, and the job with it.
+/// Here a 2 MiB frame arrives in 64 KiB pieces over ~3 s against a 1 s failure timeout.
+#[test]
+fn a_frame_still_arriving_keeps_its_sender_alive() {
+    let config = NetConfig {
+        failure_timeout: Duration::from_secs(1),
+        max_frame: 4 << 20,
+        ..cfg()
+    };
+    let (job, mut links) = ScriptedJob::start_configured(config, 1, true, &mut |_, _| {});
+    let (me, inc) = (job.me, job.incarnation);
+    let mut l = links.remove(0);
+    wire::write_sealed(&mut l.s, &mut l.tx, &Frame::Heartbeat(0)).unwrap();
+    let body: Vec<u8> = (0..2u32 << 20).map(|i| (i % 251) as u8).collect();
+    let h = DataHeader {
+        flags: FLAG_LAST,
+        tag: Tag::user(1),
+        src: me,
+        incarnation: inc,
+        epoch: 0,
+        seq: l.their_next,
+        ack: 0,
+    };
+    let mut bytes = Vec::new();
+    wire::write_data(&mut bytes, &mut l.tx, &h, &body).unwrap();
+    let started = Instant::now();
+    for piece in bytes.chunks(64 << 10) {
+        l.s.write_all(piece).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        started.elapsed() > Duration::from_secs(2),
+        "the frame came too fast to test"
+    );
+    wire::write_sealed(&mut l.s, &mut l.tx, &Frame::Heartbeat(0)).unwrap();
+    let e = job.comm(0).recv_envelope(Some(Rank(me)), None).unwrap();
+    assert!(e.payload == body, "a different message arrived");
 }
 
 type Attack<'a> = Box<dyn Fn(&mut Link) -> Vec<u8> + 'a>;

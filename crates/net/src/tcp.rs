@@ -735,6 +735,36 @@ fn verified(
     Flow::Continue
 }
 
+/// A peer's stream whose every read that returns bytes counts as a sign of life: the
+/// payload of a frame (up to `max_frame`, 64 MiB by default) can take longer than the
+/// failure timeout on a slow or shared link, and a live peer was declared failed half-way
+/// through one (found in review: only frame boundaries counted). The bytes are not yet
+/// authenticated when they count; a frame that fails its MAC closes the connection, so
+/// forged bytes can at most delay the detection by the time they take to fill a frame.
+struct Heard<'a> {
+    s: &'a mut TcpStream,
+    last_seen: &'a Mutex<Instant>,
+}
+
+impl<'a> Heard<'a> {
+    fn new(s: &'a mut TcpStream, p: &'a Peer) -> Self {
+        Heard {
+            s,
+            last_seen: &p.last_seen,
+        }
+    }
+}
+
+impl std::io::Read for Heard<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.s.read(buf)?;
+        if n > 0 {
+            *lock(self.last_seen) = Instant::now();
+        }
+        Ok(n)
+    }
+}
+
 /// One Data frame whose `n` payload bytes are still in the stream. A whole message that
 /// is the next in sequence and matches a posted `recv_into` is read straight into the
 /// caller's buffer; anything else goes through a (pooled) vector and the mailbox queue.
@@ -789,7 +819,7 @@ fn on_data(
         if let Some(mut claim) = claim {
             // On an error (a MAC that does not verify included) the claim drops
             // uncompleted: the bytes in the buffer are not delivered.
-            rd.read_into(s, claim.buf(), stop)?;
+            rd.read_into(&mut Heard::new(s, p), claim.buf(), stop)?;
             if let Flow::Stop = verified(shared, p, gen, addr, &h, s) {
                 return Ok(Flow::Stop);
             }
@@ -819,7 +849,7 @@ fn on_data(
         return on_fragment(shared, p, gen, addr, h, n, rd, s, stop, &mut partial);
     }
     // A whole message in one frame: its own (pooled) buffer is handed over, no copy.
-    let payload = rd.read_vec(s, n, stop)?;
+    let payload = rd.read_vec(&mut Heard::new(s, p), n, stop)?;
     if let Flow::Stop = verified(shared, p, gen, addr, &h, s) {
         crate::pool::give(payload);
         return Ok(Flow::Stop);
@@ -901,7 +931,7 @@ fn on_fragment(
     partial: &mut Reassembly,
 ) -> std::io::Result<Flow> {
     let base = partial.bytes.len();
-    if let Err(e) = rd.read_append(s, &mut partial.bytes, n, stop) {
+    if let Err(e) = rd.read_append(&mut Heard::new(s, p), &mut partial.bytes, n, stop) {
         // `read_append` has cut `partial` back to `base` already; this frees it.
         cut_back(partial, base);
         return Err(e);
