@@ -753,6 +753,39 @@ fn a_frame_still_arriving_keeps_its_sender_alive() {
     assert!(e.payload == body, "a different message arrived");
 }
 
+/// Review: the dialer's side of a handshake had per-read timeouts only, so a listener
+/// (or anything on the path) that trickled its challenge one byte just inside each
+/// timeout held a rank's registration for ~90 connect timeouts. A fake rendezvous host
+/// here sends one byte every 300 ms against a 1 s connect timeout.
+#[test]
+fn a_trickling_listener_cannot_hold_a_dial_past_the_connect_timeout() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let coord = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        if let Ok((mut s, _)) = listener.accept() {
+            // A plausible challenge length, then its body one byte at a time.
+            let _ = s.write_all(&100u32.to_le_bytes());
+            for _ in 0..200 {
+                if s.write_all(&[0x40]).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        }
+    });
+    let config = NetConfig {
+        connect_timeout: Duration::from_secs(1),
+        ..cfg()
+    };
+    let t0 = Instant::now();
+    let r = crate::rdv::register(&coord, 1, 2, &JobToken::random(), 3, &config, |_| {
+        Ok("127.0.0.1:1".into())
+    });
+    let took = t0.elapsed();
+    assert!(r.is_err(), "registered with a fake host");
+    assert!(took < Duration::from_secs(3), "held for {took:?}");
+}
+
 type Attack<'a> = Box<dyn Fn(&mut Link) -> Vec<u8> + 'a>;
 
 /// Each attack on a new connection of the scripted (top) rank to rank 0, which holds an

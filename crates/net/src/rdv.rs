@@ -14,7 +14,7 @@ use crate::error::{ErrorKind, NetError, Result};
 use crate::handshake::{self, Identity, Session};
 use crate::wire::{self, Conn, Frame};
 use serde::{Deserialize, Serialize};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -422,8 +422,23 @@ pub(crate) fn register(
     listen_for: impl FnOnce(&TcpStream) -> Result<String>,
 ) -> Result<(Vec<SocketAddr>, Conn, crate::auth::Opener)> {
     let deadline = Instant::now() + config.connect_timeout;
-    let mut stream = loop {
-        match TcpStream::connect(coord) {
+    let stream = loop {
+        // Bounded by the time left: a plain connect to an unreachable host waits for the
+        // system's own timeout (~2 minutes on Linux), past `connect_timeout` (review).
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1));
+        let attempt = coord.to_socket_addrs().and_then(|addrs| {
+            let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "no address");
+            for a in addrs {
+                match TcpStream::connect_timeout(&a, left) {
+                    Ok(s) => return Ok(s),
+                    Err(e) => last = e,
+                }
+            }
+            Err(last)
+        });
+        match attempt {
             Ok(s) => break s,
             Err(e) => {
                 if Instant::now() >= deadline {
@@ -448,7 +463,18 @@ pub(crate) fn register(
         .set_write_timeout(Some(config.connect_timeout))
         .map_err(io)?;
     let id = Identity::new(token, me, incarnation, config.frame_mac);
-    let Session { tx, mut rx, .. } = handshake::dial(&mut stream, &id, COORD_RANK, coord)?;
+    let Session { tx, mut rx, .. } = handshake::dial(
+        &mut handshake::Deadline::new(&stream, config.connect_timeout),
+        &id,
+        COORD_RANK,
+        coord,
+    )?;
+    stream
+        .set_read_timeout(Some(config.connect_timeout))
+        .map_err(io)?;
+    stream
+        .set_write_timeout(Some(config.connect_timeout))
+        .map_err(io)?;
     let addr = listen_for(&stream)?;
     let msg = postcard::to_allocvec(&Ctl::Register {
         rank: me,

@@ -273,12 +273,20 @@ fn dial(shared: &Arc<Shared>, peer: Rank) -> Result<()> {
         .addrs
         .get(peer.index())
         .ok_or_else(|| NetError::new(ErrorKind::InvalidArgument, "no address").with_peer(peer))?;
-    let mut s = TcpStream::connect_timeout(&addr, shared.config.connect_timeout)
+    let s = TcpStream::connect_timeout(&addr, shared.config.connect_timeout)
         .map_err(|e| NetError::io(format!("connect {addr}"), e).with_peer(peer))?;
     prepare(&s, &shared.config).map_err(|e| NetError::io("socket options", e))?;
     let addr = addr.to_string();
-    let session =
-        handshake::dial(&mut s, &shared.id, peer.0, &addr).map_err(|e| e.with_peer(peer))?;
+    // One deadline for the whole exchange, as on the listener's side: per-read timeouts
+    // alone let a listener that trickles bytes hold the dial ~90 times longer (review).
+    let session = handshake::dial(
+        &mut handshake::Deadline::new(&s, shared.config.connect_timeout),
+        &shared.id,
+        peer.0,
+        &addr,
+    )
+    .map_err(|e| e.with_peer(peer))?;
+    prepare(&s, &shared.config).map_err(|e| NetError::io("socket options", e))?;
     install(shared, peer, s, session, &addr)
 }
 
