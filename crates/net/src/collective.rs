@@ -90,6 +90,40 @@ fn codec(e: postcard::Error) -> NetError {
     NetError::new(ErrorKind::Codec, format!("postcard: {e}"))
 }
 
+/// A serde collective's message: `1` and the value's postcard bytes, or ([`refusal`]) `0`
+/// and why the sending rank cannot take part (its argument was refused, its value did not
+/// encode), so that the ranks waiting for its message fail with the reason instead of
+/// waiting for a message that never comes (found in review: a scatter root given the
+/// wrong number of values returned its error and left every other rank waiting).
+fn sealed<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
+    postcard::to_extend(value, vec![1u8]).map_err(codec)
+}
+
+/// The `0` message of [`sealed`], carrying `why`.
+fn refusal(why: &NetError) -> Vec<u8> {
+    let mut b = vec![0u8];
+    b.extend_from_slice(why.to_string().as_bytes());
+    b
+}
+
+/// Reads a message of [`sealed`] / [`refusal`] from `from`.
+fn unsealed<T: DeserializeOwned>(bytes: &[u8], from: Rank) -> Result<T> {
+    match bytes.split_first() {
+        Some((1, value)) => postcard::from_bytes(value).map_err(|e| codec(e).with_peer(from)),
+        Some((0, why)) => Err(NetError::new(
+            ErrorKind::InvalidArgument,
+            format!(
+                "{from} could not take part in the collective: {}",
+                String::from_utf8_lossy(why)
+            ),
+        )
+        .with_peer(from)),
+        _ => Err(
+            NetError::new(ErrorKind::Codec, "collective message without its mark").with_peer(from),
+        ),
+    }
+}
+
 impl Comm {
     fn abs(&self, root: Rank, vr: u32) -> Rank {
         Rank((vr + root.0) % self.size())
@@ -175,14 +209,18 @@ impl Comm {
     ) -> Result<()> {
         self.check_root(root)?;
         let t = self.next_collective_tag();
-        let bytes = if self.rank() == root {
-            postcard::to_allocvec(value).map_err(codec)?
+        let (bytes, mine) = if self.rank() == root {
+            match sealed(value) {
+                Ok(b) => (b, Ok(())),
+                Err(e) => (refusal(&e), Err(e)),
+            }
         } else {
-            Vec::new()
+            (Vec::new(), Ok(()))
         };
         let got = self.bcast_bytes(root, t, bytes)?;
+        mine?;
         if self.rank() != root {
-            *value = postcard::from_bytes(&got).map_err(|e| codec(e).with_peer(root))?;
+            *value = unsealed(&got, root)?;
         }
         Ok(())
     }
@@ -404,36 +442,58 @@ impl Comm {
         value: &T,
         t: Tag,
     ) -> Result<Option<Vec<T>>> {
-        let mine = postcard::to_allocvec(value).map_err(codec)?;
+        let mine = sealed(value);
         if self.rank() != root {
-            self.send_bytes(root, t, mine)?;
-            return Ok(None);
+            return match mine {
+                Ok(b) => self.send_bytes(root, t, b).map(|()| None),
+                Err(e) => {
+                    self.send_bytes(root, t, refusal(&e))?;
+                    Err(e)
+                }
+            };
         }
+        // Every rank's message is received, whatever fails, so none is left for a later
+        // collective; the first failure is returned.
+        let mut first_err = None;
         let mut out = Vec::with_capacity(self.size() as usize);
         for r in 0..self.size() {
             let r = Rank(r);
-            let b = if r == root {
-                mine.clone()
+            let v = if r == root {
+                match &mine {
+                    Ok(b) => unsealed(b, r),
+                    Err(e) => Err(NetError::new(e.kind(), e.to_string())),
+                }
             } else {
-                self.coll_recv(r, t)?
+                unsealed(&self.coll_recv(r, t)?, r)
             };
-            out.push(postcard::from_bytes(&b).map_err(|e| codec(e).with_peer(r))?);
+            match v {
+                Ok(v) => out.push(v),
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
         }
-        Ok(Some(out))
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(Some(out)),
+        }
     }
 
     /// Every rank gets every rank's value, in rank order.
     pub fn allgather<T: Serialize + DeserializeOwned>(&self, value: &T) -> Result<Vec<T>> {
         let t = self.next_collective_tag();
-        let g = self.gather_tagged(Rank(0), value, t)?;
+        let g = self.gather_tagged(Rank(0), value, t);
+        // Rank 0 sends the values or why it has none; every rank takes part in the
+        // broadcast (interior ranks of its tree forward it), even one that failed.
         let bytes = match &g {
-            Some(v) => postcard::to_allocvec(v).map_err(codec)?,
-            None => Vec::new(),
+            Ok(Some(v)) => sealed(v).unwrap_or_else(|e| refusal(&e)),
+            Err(e) if self.rank() == Rank(0) => refusal(e),
+            _ => Vec::new(),
         };
         let got = self.bcast_bytes(Rank(0), t, bytes)?;
-        match g {
+        match g? {
             Some(v) => Ok(v),
-            None => postcard::from_bytes(&got).map_err(|e| codec(e).with_peer(Rank(0))),
+            None => unsealed(&got, Rank(0)),
         }
     }
 
@@ -448,33 +508,54 @@ impl Comm {
         let t = self.next_collective_tag();
         if self.rank() != root {
             let b = self.coll_recv(root, t)?;
-            return postcard::from_bytes(&b).map_err(|e| codec(e).with_peer(root));
+            return unsealed(&b, root);
         }
-        let values = values.ok_or_else(|| {
-            NetError::new(
-                ErrorKind::InvalidArgument,
-                "scatter root must pass Some(values)",
-            )
-        })?;
-        if values.len() != self.size() as usize {
-            return Err(NetError::new(
-                ErrorKind::InvalidArgument,
-                format!(
-                    "scatter got {} for {}",
-                    lazarus_format::count(values.len() as u64, "value"),
-                    lazarus_format::count(self.size(), "rank")
-                ),
-            ));
-        }
-        let mut mine = None;
-        for (r, v) in values.into_iter().enumerate() {
-            let r = Rank(r as u32);
-            if r == root {
-                mine = Some(v);
-            } else {
-                self.send_bytes(r, t, postcard::to_allocvec(&v).map_err(codec)?)?;
+        // Everything is checked and encoded before the first message: a refusal then
+        // reaches every rank (none got a value).
+        let encoded = (|| -> Result<(Option<T>, Vec<Vec<u8>>)> {
+            let values = values.ok_or_else(|| {
+                NetError::new(
+                    ErrorKind::InvalidArgument,
+                    "scatter root must pass Some(values)",
+                )
+            })?;
+            if values.len() != self.size() as usize {
+                return Err(NetError::new(
+                    ErrorKind::InvalidArgument,
+                    format!(
+                        "scatter got {} for {}",
+                        lazarus_format::count(values.len() as u64, "value"),
+                        lazarus_format::count(self.size(), "rank")
+                    ),
+                ));
+            }
+            let mut mine = None;
+            let mut out = Vec::with_capacity(values.len());
+            for (r, v) in values.into_iter().enumerate() {
+                if r == root.index() {
+                    out.push(Vec::new());
+                    mine = Some(v);
+                } else {
+                    out.push(sealed(&v)?);
+                }
+            }
+            Ok((mine, out))
+        })();
+        match encoded {
+            Ok((mine, messages)) => {
+                for (r, b) in messages.into_iter().enumerate() {
+                    if r != root.index() {
+                        self.send_bytes(Rank(r as u32), t, b)?;
+                    }
+                }
+                mine.ok_or_else(|| NetError::new(ErrorKind::InvalidArgument, "root value missing"))
+            }
+            Err(e) => {
+                for r in (0..self.size()).map(Rank).filter(|r| *r != root) {
+                    self.send_bytes(r, t, refusal(&e))?;
+                }
+                Err(e)
             }
         }
-        mine.ok_or_else(|| NetError::new(ErrorKind::InvalidArgument, "root value missing"))
     }
 }

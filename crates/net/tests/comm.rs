@@ -317,3 +317,61 @@ fn every_allreduce_algorithm_adds_in_the_binomial_tree_order() {
         }
     }
 }
+
+/// A value whose encoding fails (postcard refuses a sequence of unknown length) on the
+/// ranks that hold `true`.
+#[derive(Debug)]
+struct Unencodable(bool);
+
+impl serde::Serialize for Unencodable {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        if self.0 {
+            s.serialize_seq(None)?.end()
+        } else {
+            s.serialize_u8(7)
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Unencodable {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        u8::deserialize(d).map(|_| Unencodable(false))
+    }
+}
+
+/// Review: a collective that failed on one rank before its messages went out (a scatter
+/// root given the wrong number of values, a value that does not encode) returned the error
+/// there and left the other ranks waiting for a message that never came, or receiving
+/// the failed rank's next collective in its place. Every rank now fails with the reason,
+/// and the communicator stays in step (a later collective completes).
+#[test]
+fn a_collective_refused_on_one_rank_fails_on_every_rank() {
+    each_backend(4, |c| {
+        let me = c.rank().0;
+        let wrong = (me == 1).then(|| vec![1u32, 2]);
+        let e = c.scatter(Rank(1), wrong).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument, "rank {me}: {e}");
+        assert!(
+            e.to_string().contains("scatter got 2 values for 4 ranks"),
+            "rank {me}: {e}"
+        );
+        let e = c.broadcast(Rank(2), &mut Unencodable(me == 2)).unwrap_err();
+        assert!(
+            me == 2 || e.to_string().contains("rank 2 could not take part"),
+            "{e}"
+        );
+        let e = c.allgather(&Unencodable(me == 3)).unwrap_err();
+        assert!(
+            me == 3 || e.to_string().contains("rank 3"),
+            "rank {me}: {e}"
+        );
+        let e = c.gather(Rank(0), &Unencodable(me == 1));
+        match me {
+            0 => assert!(e.unwrap_err().to_string().contains("rank 1"), "rank 0"),
+            1 => assert!(e.is_err()),
+            _ => assert!(e.unwrap().is_none()),
+        }
+        assert_eq!(c.allgather(&me).unwrap(), vec![0, 1, 2, 3]);
+    });
+}
