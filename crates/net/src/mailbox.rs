@@ -420,6 +420,20 @@ impl Mailbox {
                 if let Some(e) = check(src.index(), p) {
                     return Some(e);
                 }
+                // A collective involves every rank: once any of them failed, the message
+                // awaited may never be sent (its sender's own send to the dead rank
+                // failed first), so every receive of the collective fails, as the
+                // `Comm` docs promise (found in review: a rank waited for a live sender
+                // that had given up, for ever if that sender handled its error and went on).
+                if m.tag
+                    .is_some_and(|t| t.space() == crate::wire::TagSpace::Collective)
+                {
+                    for (i, p) in s.peers.iter().enumerate() {
+                        if let Some(e) = check(i, p) {
+                            return Some(e);
+                        }
+                    }
+                }
                 (*p == PeerState::Finished && src != me).then(|| {
                     NetError::new(
                         ErrorKind::PeerFinished,

@@ -375,3 +375,51 @@ fn a_collective_refused_on_one_rank_fails_on_every_rank() {
         assert_eq!(c.allgather(&me).unwrap(), vec![0, 1, 2, 3]);
     });
 }
+
+/// Review: a collective's receive failed only when the rank it waited for had died, not
+/// when another rank of the collective had. In a broadcast from rank 0 on 4 ranks, rank 0
+/// sends to rank 2 first: with rank 2 dead that send fails, rank 0 never sends to rank 1,
+/// and rank 1 waited for live rank 0 until rank 0 exited (for ever, had it handled its
+/// error and gone on). Now every receive of a collective fails once any rank has failed.
+#[test]
+fn a_collective_fails_when_any_rank_failed_not_only_the_one_it_waits_for() {
+    let mut comms = lazarus_net::local_comms(4).unwrap();
+    let doomed = comms.remove(2);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut live = Vec::new();
+    for c in comms {
+        let tx = tx.clone();
+        live.push(std::thread::spawn(move || {
+            c.barrier().unwrap();
+            // Rank 2 is marked failed in every mailbox before its thread ends.
+            while c.allgather(&0u8).is_ok() {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let t0 = Instant::now();
+            let r = c.broadcast(Rank(0), &mut 5u32);
+            tx.send((c.rank().0, r.map_err(|e| e.kind()), t0.elapsed()))
+                .unwrap();
+            // Rank 0 stays (it could have handled its error and gone on).
+            std::thread::sleep(Duration::from_secs(3));
+        }));
+    }
+    let dead = std::thread::spawn(move || {
+        doomed.barrier().unwrap();
+        panic!("rank 2 dies (expected in this test)");
+    });
+    assert!(dead.join().is_err());
+    let mut got: Vec<_> = (0..3)
+        .map(|_| rx.recv_timeout(Duration::from_secs(10)).unwrap())
+        .collect();
+    got.sort_by_key(|g| g.0);
+    for (rank, r, took) in &got {
+        assert_eq!(*r, Err(ErrorKind::PeerFailed), "rank {rank}");
+        assert!(
+            *took < Duration::from_secs(1),
+            "rank {rank} waited {took:?}"
+        );
+    }
+    for h in live {
+        h.join().unwrap();
+    }
+}
