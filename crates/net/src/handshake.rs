@@ -25,9 +25,10 @@
 use crate::auth::{FrameMac, JobKeys, JobToken, Opener, Sealer, Transcript};
 use crate::error::{ErrorKind, NetError, Result};
 use crate::wire::{self, Frame, Hello, Proof, Refusal, VERSION};
+use std::collections::VecDeque;
 use std::io::{Read, Write};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::net::TcpStream;
+use std::sync::{Arc, Mutex};
 
 /// The largest handshake frame (a dial hello is 48 bytes); refused before allocating.
 const MAX_HANDSHAKE_FRAME: u32 = 128;
@@ -36,19 +37,39 @@ const MAX_HANDSHAKE_FRAME: u32 = 128;
 /// dialing it at once (startup, a network blip), plus slack; more can only be a peer
 /// holding connections open to exhaust the listener's threads. Each handshake is also
 /// bounded in time by the connect timeout (the caller's socket timeouts).
+///
+/// When every place is taken, a new connection takes the place of the *oldest* handshake
+/// in progress (its socket is shut down), rather than being refused: a stranger that
+/// keeps opening connections (no token needed) otherwise held every place as they freed
+/// up, and a real rank's dial, retried every few milliseconds, kept landing behind its
+/// queue (found in review). A real handshake takes a few round trips, so it is never the
+/// oldest while such a flood lasts less than its places' worth of connections per
+/// handshake.
 #[derive(Debug)]
 pub(crate) struct Gate {
-    busy: Arc<AtomicUsize>,
+    state: Arc<Mutex<GateState>>,
     max: usize,
 }
 
-/// A handshake's place in a [`Gate`], given back when dropped.
+#[derive(Debug, Default)]
+struct GateState {
+    next: u64,
+    /// The handshakes in progress, oldest first: a ticket's number and its socket.
+    open: VecDeque<(u64, TcpStream)>,
+}
+
+/// A handshake's place in a [`Gate`], given back when dropped (drop it as soon as the
+/// handshake is over: until then the connection may be shut down for a newer one).
 #[derive(Debug)]
-pub(crate) struct Ticket(Arc<AtomicUsize>);
+pub(crate) struct Ticket {
+    id: u64,
+    state: Arc<Mutex<GateState>>,
+}
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.open.retain(|(id, _)| *id != self.id);
     }
 }
 
@@ -56,18 +77,29 @@ impl Gate {
     /// A gate for a listener of a world of `size` ranks.
     pub(crate) fn new(size: u32) -> Self {
         Gate {
-            busy: Arc::new(AtomicUsize::new(0)),
+            state: Arc::default(),
             max: size as usize + 64,
         }
     }
 
-    /// A ticket, or `None` when the listener must close the new connection at once.
-    pub(crate) fn enter(&self) -> Option<Ticket> {
-        if self.busy.fetch_add(1, Ordering::AcqRel) >= self.max {
-            self.busy.fetch_sub(1, Ordering::AcqRel);
-            return None;
+    /// A place for the handshake on `stream`, shutting down the oldest handshake in
+    /// progress if every place is taken; `None` (close the connection) only when the
+    /// socket cannot be shared.
+    pub(crate) fn enter(&self, stream: &TcpStream) -> Option<Ticket> {
+        let handle = stream.try_clone().ok()?;
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        while st.open.len() >= self.max {
+            if let Some((_, oldest)) = st.open.pop_front() {
+                let _ = oldest.shutdown(std::net::Shutdown::Both);
+            }
         }
-        Some(Ticket(self.busy.clone()))
+        st.next += 1;
+        let id = st.next;
+        st.open.push_back((id, handle));
+        Some(Ticket {
+            id,
+            state: self.state.clone(),
+        })
     }
 }
 

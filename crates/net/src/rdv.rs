@@ -201,11 +201,8 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     while !shared.shutdown.load(Ordering::Acquire) {
         match listener.accept() {
             Ok((stream, peer)) => {
-                let Some(ticket) = shared.handshakes.enter() else {
-                    tracing::warn!(
-                        "rendezvous: closing connection from {peer}: too many handshakes \
-                         in progress"
-                    );
+                let Some(ticket) = shared.handshakes.enter(&stream) else {
+                    tracing::warn!("rendezvous: closing connection from {peer}: cannot track it");
                     continue;
                 };
                 let s2 = shared.clone();

@@ -294,17 +294,16 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     while !shared.shutdown.load(Ordering::Acquire) {
         match listener.accept() {
             Ok((s, addr)) => {
-                let Some(ticket) = shared.handshakes.enter() else {
+                let Some(ticket) = shared.handshakes.enter(&s) else {
                     tracing::warn!(
-                        "{}: closing connection from {addr}: too many handshakes in progress",
+                        "{}: closing connection from {addr}: cannot track it",
                         shared.me
                     );
                     continue;
                 };
                 let sh = shared.clone();
                 let _ = spawn("lazarus-handshake", move || {
-                    let _ticket = ticket;
-                    if let Err(e) = accept_one(&sh, s, addr) {
+                    if let Err(e) = accept_one(&sh, s, addr, ticket) {
                         tracing::warn!("{}: refused connection from {addr}: {e}", sh.me);
                     }
                 });
@@ -320,7 +319,14 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
-fn accept_one(shared: &Arc<Shared>, s: TcpStream, addr: SocketAddr) -> Result<()> {
+/// The listener's side of one connection; `ticket` (its place among the handshakes in
+/// progress) is given back once the handshake is over.
+fn accept_one(
+    shared: &Arc<Shared>,
+    s: TcpStream,
+    addr: SocketAddr,
+    ticket: handshake::Ticket,
+) -> Result<()> {
     prepare(&s, &shared.config).map_err(|e| NetError::io("socket options", e))?;
     let (me, size) = (shared.me.0, shared.size);
     // Checked on the claimed rank before the listener sends anything but a refusal.
@@ -342,6 +348,7 @@ fn accept_one(shared: &Arc<Shared>, s: TcpStream, addr: SocketAddr) -> Result<()
         &may_dial,
         &addr,
     )?;
+    drop(ticket);
     // The deadline shortened the socket's timeouts: back to what `prepare` set.
     prepare(&s, &shared.config).map_err(|e| NetError::io("socket options", e))?;
     install(shared, Rank(session.peer), s, session, &addr)
