@@ -475,39 +475,66 @@ impl<T: DElem> DVec<T> {
             data.reserve_exact(scalars(new.end - new.start, w)?.saturating_sub(data.len()));
             Ok(())
         };
+        // After a failure the plan still runs to its end: this rank's later sends go out
+        // (a peer waiting for one would otherwise wait for ever: found in review, a rank
+        // whose first receive failed never sent the piece the next rank waited for) and
+        // its later receives are drained whatever their length, so every rank reaches
+        // the agreement in `redistribute` and no piece is left for a later migration.
+        let mut failed: Option<DistError> = None;
         for p in plan.involving(me) {
-            let n = scalars(p.global.end - p.global.start, w)?;
+            let n = scalars(p.global.end - p.global.start, w);
             if p.src == me {
                 // Outgoing rows are still at their old offsets: compaction happens only
                 // once a right-side piece arrives, after every send (global order).
-                let a = scalars(p.global.start - old.start, w)?;
-                let s = self.data.get(a..a + n).ok_or_else(|| {
-                    DistError::protocol(format!("migration: rows {:?} not held", p.global))
-                })?;
-                comm.send_slice(p.dst, TAG_MIGRATE, s)
-                    .map_err(comm_err("migration"))?;
+                let held = n.and_then(|n| {
+                    let a = scalars(p.global.start - old.start, w)?;
+                    self.data.get(a..a.saturating_add(n)).ok_or_else(|| {
+                        DistError::protocol(format!("migration: rows {:?} not held", p.global))
+                    })
+                });
+                // Rows not held: an empty piece, which the receiver refuses by its length.
+                let (rows, missing) = match held {
+                    Ok(rows) => (rows, None),
+                    Err(e) => (&[][..], Some(e)),
+                };
+                let sent = comm
+                    .send_slice(p.dst, TAG_MIGRATE, rows)
+                    .map_err(comm_err("migration"));
+                if let Some(e) = missing.or(sent.err()) {
+                    failed.get_or_insert(e);
+                }
+            } else if failed.is_some() {
+                let _ = comm.recv_vec::<T>(p.src, TAG_MIGRATE);
             } else {
                 // Received straight into its final place (no temporary vector): the
                 // first migration used to pay an extra allocation, first touch and copy
                 // per byte (docs/PERFORMANCE.md). A wrong length is an error from
-                // `recv_into`, naming the peer.
-                let dst = if p.global.start < old.start {
-                    &mut front
-                } else {
-                    if !compacted {
-                        compact(&mut self.data, &mut front)?;
-                        compacted = true;
-                    }
-                    &mut self.data
-                };
-                let at = dst.len();
-                dst.resize(at + n, T::default());
-                let buf = dst.get_mut(at..).ok_or_else(|| {
-                    DistError::protocol(format!("migration: rows {:?} do not fit", p.global))
-                })?;
-                comm.recv_into(p.src, TAG_MIGRATE, buf)
-                    .map_err(comm_err("migration"))?;
+                // `recv_into`, naming the peer (the piece is consumed).
+                let received = n.and_then(|n| {
+                    let dst = if p.global.start < old.start {
+                        &mut front
+                    } else {
+                        if !compacted {
+                            compact(&mut self.data, &mut front)?;
+                            compacted = true;
+                        }
+                        &mut self.data
+                    };
+                    let at = dst.len();
+                    dst.resize(at + n, T::default());
+                    let buf = dst.get_mut(at..).ok_or_else(|| {
+                        DistError::protocol(format!("migration: rows {:?} do not fit", p.global))
+                    })?;
+                    comm.recv_into(p.src, TAG_MIGRATE, buf)
+                        .map_err(comm_err("migration"))
+                });
+                if let Err(e) = received {
+                    failed = Some(e);
+                }
             }
+        }
+        if let Some(e) = failed {
+            return Err(e);
         }
         if !compacted {
             compact(&mut self.data, &mut front)?;

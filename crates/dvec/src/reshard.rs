@@ -627,11 +627,9 @@ mod tests {
         );
     }
 
-    /// Found in review: a tiling error said neither the unit nor which way it counts; the
-    /// same fault after a same-N restore is counted in rows.
-    #[test]
-    fn reshard_tiling_error_states_units() {
-        let grid = |start, len| ObjectInfo {
+    /// Rank `start..start + len` (in scalars) of a 16-scalar vector of rows of 4.
+    fn grid(start: u64, len: u64) -> ObjectInfo {
+        ObjectInfo {
             name: "grid".into(),
             type_name: "DVec<[f64; 4]>".into(),
             kind: ObjectKind::Bulk {
@@ -645,7 +643,13 @@ mod tests {
             },
             sharing: Some(Sharing::Distributed),
             layout: None,
-        };
+        }
+    }
+
+    /// Found in review: a tiling error said neither the unit nor which way it counts; the
+    /// same fault after a same-N restore is counted in rows.
+    #[test]
+    fn reshard_tiling_error_states_units() {
         let e = Reshard::new(&[vec![grid(0, 8)], vec![grid(4, 12)]], 3)
             .unwrap_err()
             .to_string();
@@ -659,21 +663,6 @@ mod tests {
     /// checked in rows), which a same-N restore of the same checkpoint refuses.
     #[test]
     fn old_blocks_cut_inside_a_row_are_refused_as_on_a_same_size_restore() {
-        let grid = |start, len| ObjectInfo {
-            name: "grid".into(),
-            type_name: "DVec<[f64; 4]>".into(),
-            kind: ObjectKind::Bulk {
-                dtype: lazarus_format::DType::F64,
-                len,
-                global: Some(GlobalRange {
-                    start,
-                    len,
-                    total: 16,
-                }),
-            },
-            sharing: Some(Sharing::Distributed),
-            layout: None,
-        };
         let e = Reshard::new(&[vec![grid(0, 6)], vec![grid(6, 10)]], 3)
             .unwrap_err()
             .to_string();

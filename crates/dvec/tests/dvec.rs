@@ -388,3 +388,37 @@ fn scatter_with_bad_root_input_fails_on_every_rank() {
         }
     }
 }
+
+/// Review of the fix above: a rank whose receive failed returned at once, before the sends
+/// that came later in its part of the plan, so the rank waiting for one of them waited
+/// for ever and nobody reached the agreement. Rows 0..12 on 3 ranks move to the blocks
+/// [0, 2, 6, 12]: rank 1 first receives rows 2..4 from rank 0 (here a broken peer that
+/// sends one value), then sends rows 6..8 to rank 2, which must still get them.
+#[test]
+fn a_rank_whose_receive_failed_still_sends_what_the_others_wait_for() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let out = local(3, |c| {
+            let mut v = DVec::<f64>::from_fn(&c, 12, |g| g as f64).unwrap();
+            let to = Distribution::from_bounds(vec![0, 2, 6, 12]).unwrap();
+            if c.rank() == Rank(0) {
+                c.send_slice(Rank(1), TAG_MIGRATE, &[1.0f64]).unwrap();
+                c.allgather(&true).unwrap();
+                return None;
+            }
+            let e = v.redistribute(&c, &to).unwrap_err();
+            Some((e.kind(), e.to_string()))
+        });
+        let _ = tx.send(out);
+    });
+    let out = rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("the migration hung")
+        .unwrap();
+    for (r, o) in out.iter().enumerate().skip(1) {
+        let (kind, msg) = o.clone().unwrap();
+        assert_eq!(kind, DistErrorKind::Unusable, "rank {r}: {msg}");
+    }
+    let r2 = out[2].clone().unwrap().1;
+    assert!(r2.contains("the migration failed on rank 1"), "{r2}");
+}

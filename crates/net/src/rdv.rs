@@ -452,13 +452,7 @@ pub(crate) fn register(
         }
     };
     let io = |e: std::io::Error| NetError::io(format!("coordinator {coord}"), e);
-    stream.set_nodelay(true).map_err(io)?;
-    stream
-        .set_read_timeout(Some(config.connect_timeout))
-        .map_err(io)?;
-    stream
-        .set_write_timeout(Some(config.connect_timeout))
-        .map_err(io)?;
+    crate::tcp::prepare(&stream, config).map_err(io)?;
     let id = Identity::new(token, me, incarnation, config.frame_mac);
     let Session { tx, mut rx, .. } = handshake::dial(
         &mut handshake::Deadline::new(&stream, config.connect_timeout),
@@ -466,12 +460,8 @@ pub(crate) fn register(
         COORD_RANK,
         coord,
     )?;
-    stream
-        .set_read_timeout(Some(config.connect_timeout))
-        .map_err(io)?;
-    stream
-        .set_write_timeout(Some(config.connect_timeout))
-        .map_err(io)?;
+    // The deadline shortened the socket's timeouts: back to the connect timeout.
+    crate::tcp::prepare(&stream, config).map_err(io)?;
     let addr = listen_for(&stream)?;
     let msg = postcard::to_allocvec(&Ctl::Register {
         rank: me,
