@@ -662,6 +662,13 @@ fn the_stall_includes_the_wait_for_the_previous_flush() {
     assert_eq!(report.checkpoint, second);
     let costs = spy.0.lock().unwrap().0.clone();
     assert_eq!(costs.len(), 2, "{costs:?}");
+    // The first call waited for no flush: its stall is a capture. The second call must
+    // have waited for the first flush, or this test shows nothing.
+    assert!(
+        wall > costs[0] * 2,
+        "the second call ({wall:?}) did not wait for the first flush (a capture: {:?})",
+        costs[0]
+    );
     for (what, stall) in [
         ("the policy's cost", costs[1]),
         ("the report's", report.stall),

@@ -38,13 +38,14 @@ const MAX_HANDSHAKE_FRAME: u32 = 128;
 /// holding connections open to exhaust the listener's threads. Each handshake is also
 /// bounded in time by the connect timeout (the caller's socket timeouts).
 ///
-/// When every place is taken, a new connection takes the place of the *oldest* handshake
-/// in progress (its socket is shut down), rather than being refused: a stranger that
-/// keeps opening connections (no token needed) otherwise held every place as they freed
-/// up, and a real rank's dial, retried every few milliseconds, kept landing behind its
-/// queue (found in review). A real handshake takes a few round trips, so it is never the
-/// oldest while such a flood lasts less than its places' worth of connections per
-/// handshake.
+/// When every place is taken, a new connection takes the place of the oldest handshake in
+/// progress *of the address holding the most places* (its socket is shut down), rather
+/// than being refused: a stranger that keeps opening connections (no token needed)
+/// otherwise held every place as they freed up, and a real rank's dial, retried every few
+/// milliseconds, kept landing behind its queue (found in review). So one flooding address
+/// pushes out its own connections, not the ranks'; a flood from as many addresses as
+/// there are places, opening a place's worth of connections per handshake round trip,
+/// still keeps dials out (a denial of service, docs/RUNTIME.md "Security").
 #[derive(Debug)]
 pub(crate) struct Gate {
     state: Arc<Mutex<GateState>>,
@@ -54,8 +55,9 @@ pub(crate) struct Gate {
 #[derive(Debug, Default)]
 struct GateState {
     next: u64,
-    /// The handshakes in progress, oldest first: a ticket's number and its socket.
-    open: VecDeque<(u64, TcpStream)>,
+    /// The handshakes in progress, oldest first: a ticket's number, the peer's address
+    /// and the socket.
+    open: VecDeque<(u64, std::net::IpAddr, TcpStream)>,
 }
 
 /// A handshake's place in a [`Gate`], given back when dropped (drop it as soon as the
@@ -69,7 +71,7 @@ pub(crate) struct Ticket {
 impl Drop for Ticket {
     fn drop(&mut self) {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        st.open.retain(|(id, _)| *id != self.id);
+        st.open.retain(|(id, _, _)| *id != self.id);
     }
 }
 
@@ -82,20 +84,33 @@ impl Gate {
         }
     }
 
-    /// A place for the handshake on `stream`, shutting down the oldest handshake in
-    /// progress if every place is taken; `None` (close the connection) only when the
-    /// socket cannot be shared.
-    pub(crate) fn enter(&self, stream: &TcpStream) -> Option<Ticket> {
+    /// A place for the handshake on `stream` from `peer`, shutting down the oldest
+    /// handshake in progress of the address holding the most places if every place is
+    /// taken; `None` (close the connection) only when the socket cannot be shared.
+    pub(crate) fn enter(&self, stream: &TcpStream, peer: std::net::IpAddr) -> Option<Ticket> {
         let handle = stream.try_clone().ok()?;
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         while st.open.len() >= self.max {
-            if let Some((_, oldest)) = st.open.pop_front() {
-                let _ = oldest.shutdown(std::net::Shutdown::Both);
+            let mut held: std::collections::HashMap<std::net::IpAddr, usize> = Default::default();
+            for (_, ip, _) in &st.open {
+                *held.entry(*ip).or_default() += 1;
+            }
+            let most = held.values().copied().max().unwrap_or(0);
+            // The oldest of the busiest address (`open` is oldest first).
+            let victim = st
+                .open
+                .iter()
+                .position(|(_, ip, _)| held.get(ip) == Some(&most));
+            match victim.and_then(|i| st.open.remove(i)) {
+                Some((_, _, s)) => {
+                    let _ = s.shutdown(std::net::Shutdown::Both);
+                }
+                None => break,
             }
         }
         st.next += 1;
         let id = st.next;
-        st.open.push_back((id, handle));
+        st.open.push_back((id, peer, handle));
         Some(Ticket {
             id,
             state: self.state.clone(),

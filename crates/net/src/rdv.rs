@@ -62,14 +62,24 @@ struct Slot {
     /// (found in review: a rank registered 3 s before the last one was reported as
     /// missing heartbeats, and the job failed on every start with such a gap). Its death
     /// then still shows: the control connection closes; a rank stuck there is bounded by
-    /// the connect timeout of its peers.
+    /// the connect timeout of its peers, and by [`Slot::state_now`]'s longer bound.
     beating: bool,
 }
 
 impl Slot {
-    /// The state with missed heartbeats evaluated now.
-    fn state_now(&self, timeout: Duration) -> Liveness {
-        if self.state == Liveness::Running && self.beating && self.last_seen.elapsed() > timeout {
+    /// The state with missed heartbeats evaluated now: silence longer than the failure
+    /// timeout once the rank's heartbeats began, or, once the table went out
+    /// (`table_sent`, when `last_seen` restarts), longer than the connect timeout plus the
+    /// failure timeout without them beginning (its mesh must be up within the connect
+    /// timeout: a rank stopped before then is named, not only the peers that time out
+    /// waiting for it). Before the table, waiting is all a rank can do.
+    fn state_now(&self, config: &NetConfig, table_sent: bool) -> Liveness {
+        let limit = match (self.beating, table_sent) {
+            (true, _) => config.failure_timeout,
+            (false, true) => config.connect_timeout + config.failure_timeout,
+            (false, false) => return self.state.clone(),
+        };
+        if self.state == Liveness::Running && self.last_seen.elapsed() > limit {
             Liveness::MissedHeartbeats
         } else {
             self.state.clone()
@@ -163,12 +173,14 @@ impl RendezvousServer {
     /// Each rank's view from the host, in rank order: state (missed heartbeats evaluated
     /// now), registered mesh address, and time since its last frame.
     pub fn snapshot(&self) -> Vec<RankView> {
-        let timeout = self.shared.config.failure_timeout;
         self.shared
             .slots()
             .iter()
             .map(|s| RankView {
-                state: s.state_now(timeout),
+                state: s.state_now(
+                    &self.shared.config,
+                    self.shared.table_sent.load(Ordering::Acquire),
+                ),
                 addr: s.addr.clone(),
                 silent: s.last_seen.elapsed(),
             })
@@ -177,11 +189,15 @@ impl RendezvousServer {
 
     /// Each rank's state, in rank order (missed heartbeats evaluated now).
     pub fn liveness(&self) -> Vec<Liveness> {
-        let timeout = self.shared.config.failure_timeout;
         self.shared
             .slots()
             .iter()
-            .map(|s| s.state_now(timeout))
+            .map(|s| {
+                s.state_now(
+                    &self.shared.config,
+                    self.shared.table_sent.load(Ordering::Acquire),
+                )
+            })
             .collect()
     }
 }
@@ -201,7 +217,7 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     while !shared.shutdown.load(Ordering::Acquire) {
         match listener.accept() {
             Ok((stream, peer)) => {
-                let Some(ticket) = shared.handshakes.enter(&stream) else {
+                let Some(ticket) = shared.handshakes.enter(&stream, peer.ip()) else {
                     tracing::warn!("rendezvous: closing connection from {peer}: cannot track it");
                     continue;
                 };
@@ -317,7 +333,10 @@ fn serve(
                 .collect();
             let msg = postcard::to_allocvec(&Ctl::Table { addrs })
                 .map_err(|e| NetError::new(ErrorKind::Codec, e.to_string()))?;
+            let now = Instant::now();
             for (i, s) in slots.iter_mut().enumerate() {
+                // Silence before a rank's first heartbeat counts from here (`state_now`).
+                s.last_seen = now;
                 if let Some(c) = s.stream.as_mut() {
                     if let Err(e) = c.send(&Frame::Control(&msg)) {
                         tracing::warn!("rendezvous: sending the table to rank {i} failed: {e}");
@@ -454,8 +473,13 @@ pub(crate) fn register(
     let io = |e: std::io::Error| NetError::io(format!("coordinator {coord}"), e);
     crate::tcp::prepare(&stream, config).map_err(io)?;
     let id = Identity::new(token, me, incarnation, config.frame_mac);
+    // The time left of the one deadline, not a fresh timeout: registering takes at most
+    // the connect timeout, connect and handshake together.
+    let left = deadline
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_millis(1));
     let Session { tx, mut rx, .. } = handshake::dial(
-        &mut handshake::Deadline::new(&stream, config.connect_timeout),
+        &mut handshake::Deadline::new(&stream, left),
         &id,
         COORD_RANK,
         coord,

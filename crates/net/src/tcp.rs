@@ -80,6 +80,8 @@ struct Peer {
     /// The sequence number our next frame to this peer gets (the send window's), for
     /// acks read without the `out` lock.
     sent: AtomicU64,
+    /// An ack past `sent` was logged once (a buggy peer would flood the log).
+    over_acked: AtomicBool,
     /// Mirror of `inbound.window.next_expected()`, for acks sent without that lock.
     recv_next: AtomicU64,
     last_seen: Mutex<Instant>,
@@ -99,7 +101,7 @@ impl Peer {
     /// written, so an honest ack never exceeds `sent` when it arrives.
     fn note_ack(&self, a: u64) {
         let sent = self.sent.load(Ordering::Acquire);
-        if a > sent {
+        if a > sent && !self.over_acked.swap(true, Ordering::AcqRel) {
             tracing::warn!(
                 "{}: acknowledged frame {a} of which only {sent} were sent; taken as {sent}",
                 self.rank
@@ -174,6 +176,7 @@ impl TcpTransport {
                 reassembly: Mutex::new(Reassembly::default()),
                 acked: AtomicU64::new(0),
                 sent: AtomicU64::new(0),
+                over_acked: AtomicBool::new(false),
                 recv_next: AtomicU64::new(0),
                 last_seen: Mutex::new(now),
                 down_since: Mutex::new(None),
@@ -273,14 +276,19 @@ fn dial(shared: &Arc<Shared>, peer: Rank) -> Result<()> {
         .addrs
         .get(peer.index())
         .ok_or_else(|| NetError::new(ErrorKind::InvalidArgument, "no address").with_peer(peer))?;
+    // One deadline for the connect and the handshake together.
+    let deadline = Instant::now() + shared.config.connect_timeout;
     let s = TcpStream::connect_timeout(&addr, shared.config.connect_timeout)
         .map_err(|e| NetError::io(format!("connect {addr}"), e).with_peer(peer))?;
     prepare(&s, &shared.config).map_err(|e| NetError::io("socket options", e))?;
     let addr = addr.to_string();
     // One deadline for the whole exchange, as on the listener's side: per-read timeouts
     // alone let a listener that trickles bytes hold the dial ~90 times longer (review).
+    let left = deadline
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_millis(1));
     let session = handshake::dial(
-        &mut handshake::Deadline::new(&s, shared.config.connect_timeout),
+        &mut handshake::Deadline::new(&s, left),
         &shared.id,
         peer.0,
         &addr,
@@ -294,7 +302,7 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     while !shared.shutdown.load(Ordering::Acquire) {
         match listener.accept() {
             Ok((s, addr)) => {
-                let Some(ticket) = shared.handshakes.enter(&s) else {
+                let Some(ticket) = shared.handshakes.enter(&s, addr.ip()) else {
                     tracing::warn!(
                         "{}: closing connection from {addr}: cannot track it",
                         shared.me

@@ -34,8 +34,11 @@ use std::io::{IoSlice, Read, Write};
 pub const MAGIC: [u8; 4] = *b"LZRS";
 /// Wire protocol version; a peer with another version is refused. Version 2: mutual
 /// authentication bound to both ranks and the role, sealed frames (issue #11). Version 3:
-/// the proofs carry and bind the job's [`FrameMac`] setting.
-pub const VERSION: u16 = 3;
+/// the proofs carry and bind the job's [`FrameMac`] setting. Version 4: the messages of
+/// the serde collectives (broadcast, gather, allgather, scatter) open with a mark, `1`
+/// and the value or `0` and why the sender cannot take part (a version 3 rank would read
+/// the mark as the start of the value).
+pub const VERSION: u16 = 4;
 /// Length of the MAC trailer of a sealed frame (and of a handshake proof).
 pub const MAC_LEN: usize = 32;
 /// Size of a Data frame's body before the payload.
@@ -1463,14 +1466,19 @@ mod tests {
         v1.extend_from_slice(&[0; 8 + 4 + 8 + 32]);
         assert_eq!(hello_version(&v1), Some(1));
         let e = decode(&v1).unwrap_err();
-        assert!(e.to_string().contains("wire version 1, expected 3"), "{e}");
+        assert!(e.to_string().contains("wire version 1, expected 4"), "{e}");
         let ours = body(&Frame::Hello(Hello::Challenge { nonce: [0; 32] }));
         assert_eq!(hello_version(&ours), Some(VERSION));
         // A version 2 peer (same hello, a proof without the frame MAC setting).
         let mut v2 = ours.clone();
         v2[5..7].copy_from_slice(&2u16.to_le_bytes());
         let e = decode(&v2).unwrap_err();
-        assert!(e.to_string().contains("wire version 2, expected 3"), "{e}");
+        assert!(e.to_string().contains("wire version 2, expected 4"), "{e}");
+        // A version 3 peer (the collectives' messages without their mark).
+        let mut v3 = ours.clone();
+        v3[5..7].copy_from_slice(&3u16.to_le_bytes());
+        let e = decode(&v3).unwrap_err();
+        assert!(e.to_string().contains("wire version 3, expected 4"), "{e}");
         // A proof or refusal naming a setting that does not exist.
         let mut p = body(&Frame::Proof(Proof {
             incarnation: 1,
