@@ -16,7 +16,11 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-const ARGS: [&str; 6] = ["--steps", "600", "--size", "128", "--every", "40"];
+/// Long enough that a run against the local S3 server outlasts the kill window of the
+/// test below (300..2500 ms): with 600 steps a run on a fast machine finished within it,
+/// every kill came too late, and the test failed on "every run completed before its
+/// kill" (CI, 2026-12-08).
+const ARGS: [&str; 6] = ["--steps", "4000", "--size", "128", "--every", "40"];
 
 fn heat(repo: &str, env: &[(&'static str, String)]) -> Command {
     let mut c = Command::new(common::example_bin("heat"));

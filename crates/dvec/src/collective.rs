@@ -510,6 +510,7 @@ impl<T: DElem> DVec<T> {
                 // first migration used to pay an extra allocation, first touch and copy
                 // per byte (docs/PERFORMANCE.md). A wrong length is an error from
                 // `recv_into`, naming the peer (the piece is consumed).
+                let mut asked = false;
                 let received = n.and_then(|n| {
                     let dst = if p.global.start < old.start {
                         &mut front
@@ -525,10 +526,15 @@ impl<T: DElem> DVec<T> {
                     let buf = dst.get_mut(at..).ok_or_else(|| {
                         DistError::protocol(format!("migration: rows {:?} do not fit", p.global))
                     })?;
+                    asked = true;
                     comm.recv_into(p.src, TAG_MIGRATE, buf)
                         .map_err(comm_err("migration"))
                 });
                 if let Err(e) = received {
+                    if !asked {
+                        // Failed before the receive: the piece is still to be taken.
+                        let _ = comm.recv_vec::<T>(p.src, TAG_MIGRATE);
+                    }
                     failed = Some(e);
                 }
             }

@@ -43,9 +43,10 @@ const MAX_HANDSHAKE_FRAME: u32 = 128;
 /// than being refused: a stranger that keeps opening connections (no token needed)
 /// otherwise held every place as they freed up, and a real rank's dial, retried every few
 /// milliseconds, kept landing behind its queue (found in review). So one flooding address
-/// pushes out its own connections, not the ranks'; a flood from as many addresses as
-/// there are places, opening a place's worth of connections per handshake round trip,
-/// still keeps dials out (a denial of service, docs/RUNTIME.md "Security").
+/// (an IPv6 /64) pushes out its own connections, not those of ranks on other hosts; a
+/// flood from the ranks' own host, or from as many addresses as there are places opening
+/// a place's worth of connections per handshake round trip, still keeps dials out (a
+/// denial of service, docs/RUNTIME.md "Security").
 #[derive(Debug)]
 pub(crate) struct Gate {
     state: Arc<Mutex<GateState>>,
@@ -89,6 +90,7 @@ impl Gate {
     /// taken; `None` (close the connection) only when the socket cannot be shared.
     pub(crate) fn enter(&self, stream: &TcpStream, peer: std::net::IpAddr) -> Option<Ticket> {
         let handle = stream.try_clone().ok()?;
+        let peer = source(peer);
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         while st.open.len() >= self.max {
             let mut held: std::collections::HashMap<std::net::IpAddr, usize> = Default::default();
@@ -115,6 +117,19 @@ impl Gate {
             id,
             state: self.state.clone(),
         })
+    }
+}
+
+/// The source a connection counts against in a [`Gate`]: its address, an IPv4 address
+/// mapped into IPv6 as the IPv4 one, and an IPv6 address by its /64 (one host can use any
+/// address of its /64 at no cost).
+fn source(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip.to_canonical() {
+        std::net::IpAddr::V6(v6) => {
+            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+            std::net::IpAddr::V6(prefix.into())
+        }
+        v4 => v4,
     }
 }
 

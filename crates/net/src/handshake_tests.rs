@@ -695,3 +695,69 @@ fn same_token_authenticates_over_tcp_and_a_wrong_one_fails_on_both_sides() {
     assert_eq!(e.kind(), ErrorKind::Auth);
     assert!(e.to_string().contains("refused our proof"), "{e}");
 }
+
+/// A connected pair on loopback: (the listener's side, the dialer's side).
+fn pair() -> (TcpStream, TcpStream) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let d = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    let (a, _) = l.accept().unwrap();
+    (a, d)
+}
+
+/// Whether the far end of `d` was shut down (EOF) within a short wait.
+fn shut(d: &mut TcpStream) -> bool {
+    d.set_read_timeout(Some(std::time::Duration::from_millis(200)))
+        .unwrap();
+    let mut b = [0u8; 1];
+    matches!(d.read(&mut b), Ok(0))
+        || matches!(&d.read(&mut b), Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset)
+}
+
+/// A full gate takes a place from the address holding the most (its oldest handshake),
+/// not from the oldest overall: one flooding address pushes out its own connections, not
+/// an older handshake from another address (review). IPv6 addresses of one /64 count as
+/// one address; an IPv4 address mapped into IPv6 as the IPv4 one.
+#[test]
+fn a_full_gate_pushes_out_the_busiest_address_first() {
+    let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+    let gate = Gate::new(0); // 64 places
+    let (rank_side, mut rank) = pair();
+    let _rank_ticket = gate.enter(&rank_side, ip("10.0.0.2")).unwrap();
+    let mut flood = Vec::new();
+    for i in 0..63 {
+        let (a, d) = pair();
+        // One /64, any address in it.
+        let t = gate
+            .enter(&a, ip(&format!("2001:db8::{:x}", i + 1)))
+            .unwrap();
+        flood.push((a, d, t));
+    }
+    // Full: the next one from the flood's /64 pushes out the flood's oldest.
+    let (a, d) = pair();
+    let _t = gate.enter(&a, ip("2001:db8::ffff:1")).unwrap();
+    assert!(shut(&mut flood[0].1), "the flood's oldest kept its place");
+    assert!(
+        !shut(&mut flood[1].1),
+        "a newer one of the flood was pushed out"
+    );
+    assert!(
+        !shut(&mut rank),
+        "the rank's older handshake was pushed out"
+    );
+    drop((a, d));
+    // A mapped IPv4 address is the IPv4 one: with the rank's address now the busiest
+    // (after the flood's places are given back), it gives way.
+    flood.clear();
+    let mut rest = Vec::new();
+    for _ in 0..63 {
+        let (a, d) = pair();
+        let t = gate.enter(&a, ip("::ffff:10.0.0.2")).unwrap();
+        rest.push((a, d, t));
+    }
+    let (a2, _d2) = pair();
+    let _t2 = gate.enter(&a2, ip("192.0.2.7")).unwrap();
+    assert!(
+        shut(&mut rank),
+        "the busiest address's oldest (the rank's) kept its place"
+    );
+}

@@ -333,15 +333,15 @@ fn serve(
                 .collect();
             let msg = postcard::to_allocvec(&Ctl::Table { addrs })
                 .map_err(|e| NetError::new(ErrorKind::Codec, e.to_string()))?;
-            let now = Instant::now();
             for (i, s) in slots.iter_mut().enumerate() {
-                // Silence before a rank's first heartbeat counts from here (`state_now`).
-                s.last_seen = now;
                 if let Some(c) = s.stream.as_mut() {
                     if let Err(e) = c.send(&Frame::Control(&msg)) {
                         tracing::warn!("rendezvous: sending the table to rank {i} failed: {e}");
                     }
                 }
+                // Silence before a rank's first heartbeat counts from when it has its
+                // table (`state_now`), not from the first rank's: the sends are in turn.
+                s.last_seen = Instant::now();
             }
             shared.table_sent.store(true, Ordering::Release);
         }
