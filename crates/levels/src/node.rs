@@ -2010,10 +2010,10 @@ impl NodeLevels {
         // completed (or restored): an offer that would remove it is refused, nothing
         // removed (found in review: a bad offer removed the copy a restore after the
         // source's host loss needed).
-        if let Some(c) = stale.iter().find(|c| {
-            let seq = app_u64(&c.app, SEQ_KEY);
-            seq.is_some() && (seq == complete || seq == complete_l3)
-        }) {
+        if let Some(c) = stale
+            .iter()
+            .find(|c| protected(&c.app, complete, complete_l3))
+        {
             return Err(LevelError::Protocol {
                 rank: Rank(subject),
                 detail: format!(
@@ -2077,10 +2077,8 @@ impl NodeLevels {
     fn retain_levels(&mut self, l1: bool) {
         let keep = self.keep;
         let (complete, complete_l3) = (self.complete, self.complete_l3);
-        let protect = move |c: &lazarus_format::CommitRecord| {
-            let seq = app_u64(&c.app, SEQ_KEY);
-            seq.is_some() && (seq == complete || seq == complete_l3)
-        };
+        let protect =
+            move |c: &lazarus_format::CommitRecord| protected(&c.app, complete, complete_l3);
         if l1 {
             if let Err(e) = self
                 .own_repo()
@@ -2304,6 +2302,18 @@ impl NodeLevels {
         }
         Ok(())
     }
+}
+
+/// Whether a level checkpoint with COMMIT metadata `app` is the copy of the newest
+/// complete checkpoint (`complete`) or of the newest complete parity round
+/// (`complete_l3`): what retention keeps and an offer may not remove.
+fn protected(
+    app: &BTreeMap<String, String>,
+    complete: Option<u64>,
+    complete_l3: Option<u64>,
+) -> bool {
+    let seq = app_u64(app, SEQ_KEY);
+    seq.is_some() && (seq == complete || seq == complete_l3)
 }
 
 /// Receives the next L2 exchange message from `from`. A message that does not decode is

@@ -582,10 +582,13 @@ pub(crate) struct Deadline<'a> {
 impl<'a> Deadline<'a> {
     /// `stream` with `within` from now for the whole exchange.
     pub(crate) fn new(stream: &'a std::net::TcpStream, within: std::time::Duration) -> Self {
-        Deadline {
-            stream,
-            until: std::time::Instant::now() + within,
-        }
+        Self::until(stream, std::time::Instant::now() + within)
+    }
+
+    /// `stream` with the whole exchange over by `until` (a deadline the caller's connect
+    /// already counted against).
+    pub(crate) fn until(stream: &'a std::net::TcpStream, until: std::time::Instant) -> Self {
+        Deadline { stream, until }
     }
 
     fn left(&self) -> std::io::Result<std::time::Duration> {

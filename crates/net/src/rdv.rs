@@ -473,13 +473,10 @@ pub(crate) fn register(
     let io = |e: std::io::Error| NetError::io(format!("coordinator {coord}"), e);
     crate::tcp::prepare(&stream, config).map_err(io)?;
     let id = Identity::new(token, me, incarnation, config.frame_mac);
-    // The time left of the one deadline, not a fresh timeout: registering takes at most
-    // the connect timeout, connect and handshake together.
-    let left = deadline
-        .saturating_duration_since(Instant::now())
-        .max(Duration::from_millis(1));
+    // The one deadline, not a fresh timeout: registering takes at most the connect
+    // timeout, connect and handshake together.
     let Session { tx, mut rx, .. } = handshake::dial(
-        &mut handshake::Deadline::new(&stream, left),
+        &mut handshake::Deadline::until(&stream, deadline),
         &id,
         COORD_RANK,
         coord,

@@ -284,11 +284,8 @@ fn dial(shared: &Arc<Shared>, peer: Rank) -> Result<()> {
     let addr = addr.to_string();
     // One deadline for the whole exchange, as on the listener's side: per-read timeouts
     // alone let a listener that trickles bytes hold the dial ~90 times longer (review).
-    let left = deadline
-        .saturating_duration_since(Instant::now())
-        .max(Duration::from_millis(1));
     let session = handshake::dial(
-        &mut handshake::Deadline::new(&s, left),
+        &mut handshake::Deadline::until(&s, deadline),
         &shared.id,
         peer.0,
         &addr,
